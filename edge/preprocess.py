@@ -1,0 +1,79 @@
+"""Turn a region of a screen frame into exactly the tensor a model's manifest asks for.
+
+One function serves the teacher, the student, calibration and the device, so there is no
+train/serve skew: every number comes from the manifest's `preprocessing` block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from edge.roi import Roi, to_grey
+
+RESIZE_MODES = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+NORMALISE_MODES = ("per_image_zscore",)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """The manifest's `preprocessing` block.
+
+    `per_image_zscore` is SonoNet's own normalisation: (x - mean) / std of the image, times
+    `scale` (255 for the teacher, "arbitrary but necessary because the network was trained
+    like this"). The crop is the region found by `edge.roi`, or the whole frame.
+    """
+
+    height: int
+    width: int
+    roi: str = "auto"  # "auto" (edge.roi) or "full"
+    color: str = "grey_mean"
+    resize: str = "area"
+    normalise: str = "per_image_zscore"
+    scale: float = 1.0
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "preprocessing") -> PreprocessSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key {unknown[0]!r}")
+        try:
+            spec = cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if spec.resize not in RESIZE_MODES:
+            raise ValueError(f"{where}.resize: {spec.resize!r} is not one of {list(RESIZE_MODES)}")
+        if spec.normalise not in NORMALISE_MODES:
+            raise ValueError(f"{where}.normalise: {spec.normalise!r} is not supported")
+        if spec.roi not in ("auto", "full") or spec.color != "grey_mean":
+            raise ValueError(f"{where}: roi must be auto|full and color grey_mean")
+        if spec.height < 8 or spec.width < 8:
+            raise ValueError(f"{where}: input size {spec.height}x{spec.width} is too small")
+        return spec
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def grey_resized(image: np.ndarray, roi: Roi | None, spec: PreprocessSpec) -> np.ndarray:
+    """Crop, grey and resize: the uint8 view both nets see, before normalisation."""
+    region = roi.crop(image) if roi is not None and spec.roi == "auto" else image
+    grey = to_grey(region)
+    return cv2.resize(grey, (spec.width, spec.height), interpolation=RESIZE_MODES[spec.resize])
+
+
+def normalise(grey: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Per-image z-score as float32 (H, W); a flat image maps to zeros instead of NaN."""
+    x = grey.astype(np.float32)
+    std = float(x.std())
+    if std < 1e-6:
+        return np.zeros_like(x)
+    return ((x - float(x.mean())) / std * spec.scale).astype(np.float32)
+
+
+def prepare(image: np.ndarray, roi: Roi | None, spec: PreprocessSpec) -> np.ndarray:
+    """The model input, float32 of shape (1, 1, H, W)."""
+    return normalise(grey_resized(image, roi, spec), spec)[None, None]

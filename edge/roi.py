@@ -1,0 +1,95 @@
+"""Find the ultrasound image on a scanner's screen.
+
+A probe's video out shows the whole screen: the B-mode sector or rectangle, text, a depth
+scale, a grey bar, logos. The models must see only the B-mode image, framed the same way
+on every scanner, so the region is found from the picture itself rather than from a fixed
+per-vendor crop. The idea: the B-mode image is the one large, solid, textured area; text,
+scales and frame lines are thin. Threshold away the black background, remove everything
+thinner than a fraction of the screen with a morphological opening, keep the largest
+connected area and take its bounding box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A rectangle in full-frame pixel coordinates (x, y = top-left corner)."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def as_list(self) -> list[int]:
+        return [self.x, self.y, self.w, self.h]
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        return image[self.y : self.y + self.h, self.x : self.x + self.w]
+
+
+@dataclass(frozen=True)
+class RoiSettings:
+    """Every number of the finder, kept together so config and manifests can set them."""
+
+    work_width: int = 320  # the finder runs on a copy this wide: fast and scale-free
+    black_level: int = 8  # grey levels at or below this count as screen background
+    thin_fraction: float = 1 / 14  # structures thinner than this share of the short side go
+    min_area_fraction: float = 0.08  # a region smaller than this share is no ultrasound image
+    # A sector is a fan: its apex rows and its outermost columns hold little image. Keep the
+    # rows (columns) where the filled region spans at least this share of its widest row
+    # (tallest column): on the GE screens SonoNet was trained on, this lands near its crop.
+    row_fraction: float = 0.7
+    col_fraction: float = 0.8
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """Unweighted mean of the colour channels, as SonoNet's preprocessing does."""
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 1:
+        return image[:, :, 0]
+    return image[:, :, :3].mean(axis=2).astype(np.uint8)
+
+
+def find_roi(image: np.ndarray, settings: RoiSettings = RoiSettings()) -> Roi | None:
+    """The bounding box of the ultrasound image, or None where there is none (a blank screen)."""
+    grey = to_grey(image)
+    height, width = grey.shape
+    scale = min(1.0, settings.work_width / width)
+    small = cv2.resize(grey, (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (3, 3), 0)
+    mask = (small > settings.black_level).astype(np.uint8)
+    # Close small speckle gaps first, so dark fluid inside the image does not split it.
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    side = max(3, int(round(min(small.shape) * settings.thin_fraction)) | 1)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (side, side)))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 1:
+        return None
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    best = 1 + int(np.argmax(areas))
+    if areas[best - 1] < settings.min_area_fraction * mask.size:
+        return None
+    region = (labels == best).astype(np.uint8)
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.vstack(contours))
+    filled = np.zeros_like(region)
+    cv2.fillConvexPoly(filled, hull, 1)
+    # Opening eroded the outline by up to half the kernel; grow back by that.
+    filled = cv2.dilate(filled, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
+    row_span = filled.sum(axis=1)
+    col_span = filled.sum(axis=0)
+    rows = np.flatnonzero(row_span >= settings.row_fraction * row_span.max())
+    cols = np.flatnonzero(col_span >= settings.col_fraction * col_span.max())
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    fx0, fy0 = int(np.floor(x0 / scale)), int(np.floor(y0 / scale))
+    fx1, fy1 = min(width, int(np.ceil(x1 / scale))), min(height, int(np.ceil(y1 / scale)))
+    return Roi(fx0, fy0, fx1 - fx0, fy1 - fy0)
