@@ -1,0 +1,344 @@
+"""Durable store-and-forward outbox for MQTT messages (SQLite, WAL).
+
+Every message the device wants to send is written here first and deleted only after the
+broker's PUBACK (QoS 1). A process crash, a power cut or days offline lose nothing that was
+enqueued: the uplink resends whatever is still here, and the collector deduplicates by
+``msg_id``.
+
+Durability policy: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode FULL fsyncs the
+WAL on every commit, so an ``enqueue()`` that returned survives a power cut (NORMAL would be
+crash-safe for the process but could lose the last commits on power loss, which is exactly
+the failure a field box without a UPS has). Acks are batched into one transaction, so the
+fsync cost of draining is per batch, not per message. An ack lost in a crash only means the
+message is sent again, which the collector absorbs.
+
+Ordering and identity: each message gets a uuid4 ``msg_id`` and a per-device ``seq`` that is
+allocated in the same transaction as the insert and persisted in the ``meta`` table, so it
+is strictly increasing across restarts and reboots. With the ``boot_id`` and the monotonic
+clock in each payload the collector can order messages even when the wall clock is wrong.
+
+Quota: the outbox holds at most ``quota_bytes`` of payload (plus a fixed per-row overhead).
+When a new message does not fit, ``health`` messages are dropped first, oldest first; an
+``exam`` is dropped (oldest first) only when no ``health`` is left. Drops are counted in
+``meta`` per kind, persistently, and reported in the next ``health`` message. Messages the
+broker refused outright (e.g. not authorised) are kept with state ``rejected``: they are never
+silently deleted, they show in ``sonoedge outbox`` and stop blocking the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("sonoedge.outbox")
+
+OUTBOX_FILE = "outbox.sqlite3"
+LAYOUT_VERSION = 1
+ROW_OVERHEAD_BYTES = 96  # rough on-disk cost of a row beside its payload (ids, topic, index)
+DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
+KINDS = ("exam", "health")  # kinds that travel through the outbox; status is live-only
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    msg_id TEXT NOT NULL UNIQUE,
+    seq INTEGER NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    created_ts REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending',
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_kind ON outbox(kind, id);
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, id);
+"""
+
+
+def read_boot_id() -> str:
+    """The kernel's boot id, or a per-process uuid where /proc does not offer one."""
+    try:
+        text = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        if text:
+            return text
+    except OSError:
+        pass
+    return _FALLBACK_BOOT_ID
+
+
+_FALLBACK_BOOT_ID = "proc-" + uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Message:
+    """One row of the outbox as the uplink needs it."""
+
+    msg_id: str
+    seq: int
+    kind: str
+    payload: bytes
+    size: int
+    created_ts: float
+    attempts: int = 0
+    state: str = "pending"
+    reason: str | None = None
+
+
+class OutboxError(Exception):
+    """A message that cannot be stored (bad kind, not JSON-serialisable, too large)."""
+
+
+class Outbox:
+    """SQLite-backed queue; safe to share between the loop thread and the uplink thread."""
+
+    def __init__(self, path: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if quota_bytes <= 0:
+            raise OutboxError(f"outbox quota must be positive, got {quota_bytes}")
+        self.quota_bytes = int(quota_bytes)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from exc
+        with self._tx():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('layout', ?)", (LAYOUT_VERSION,)
+            )
+            for key in ("seq", "dropped_health", "dropped_exam", "reported_health",
+                        "reported_exam"):
+                self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, 0)", (key,))
+        self._used = self._db.execute(
+            "SELECT COALESCE(SUM(size), 0) + COUNT(*) * ? FROM outbox", (ROW_OVERHEAD_BYTES,)
+        ).fetchone()[0]
+
+    # -- transactions -------------------------------------------------------------------
+    class _Tx:
+        def __init__(self, box: Outbox):
+            self.box = box
+
+        def __enter__(self):
+            self.box._lock.acquire()
+            self.box._db.execute("BEGIN IMMEDIATE")
+            return self.box._db
+
+        def __exit__(self, exc_type, exc, tb):
+            try:
+                self.box._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.box._lock.release()
+            return False
+
+    def _tx(self) -> Outbox._Tx:
+        return Outbox._Tx(self)
+
+    def _meta(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- writing ------------------------------------------------------------------------
+    def enqueue(self, kind: str, body: dict) -> Message | None:
+        """Store one message durably; fills ``msg_id`` and ``seq`` into ``body``.
+
+        Returns once the row is fsynced. Makes room by the drop policy when the quota is hit.
+        Returns None when the message itself was the one dropped: a ``health`` that finds the
+        outbox full of exams is counted as dropped rather than pushing an exam out.
+        """
+        if kind not in KINDS:
+            raise OutboxError(f"outbox kind must be one of {KINDS}, got {kind!r}")
+        msg_id = str(uuid.uuid4())
+        with self._tx() as db:
+            seq = self._meta("seq") + 1
+            body = dict(body)
+            body["msg_id"] = msg_id
+            body["seq"] = seq
+            try:
+                payload = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+            except (TypeError, ValueError) as exc:
+                raise OutboxError(f"{kind} message is not plain JSON: {exc}") from exc
+            cost = len(payload) + ROW_OVERHEAD_BYTES
+            if cost > self.quota_bytes:
+                raise OutboxError(
+                    f"{kind} message of {len(payload)} bytes exceeds outbox quota "
+                    f"{self.quota_bytes}"
+                )
+            if not self._make_room(db, cost, kind):
+                db.execute("UPDATE meta SET value = value + 1 WHERE key = 'dropped_health'")
+                return None
+            db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
+            db.execute(
+                "INSERT INTO outbox(msg_id, seq, kind, payload, size, created_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (msg_id, seq, kind, payload, len(payload), time.time()),
+            )
+            self._used += cost
+        return Message(msg_id, seq, kind, payload, len(payload), time.time())
+
+    def _make_room(self, db: sqlite3.Connection, cost: int, new_kind: str) -> bool:
+        """Drop oldest health, then (only if no health is left) oldest exam, until it fits.
+
+        False when the new message is a ``health`` that would need an exam dropped.
+        """
+        for kind in ("health", "exam"):
+            if kind == "exam" and new_kind == "health" and self._used + cost > self.quota_bytes:
+                return False
+            while self._used + cost > self.quota_bytes:
+                row = db.execute(
+                    "SELECT id, size FROM outbox WHERE kind = ? ORDER BY id LIMIT 1", (kind,)
+                ).fetchone()
+                if row is None:
+                    break
+                db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
+                db.execute(
+                    "UPDATE meta SET value = value + 1 WHERE key = ?", (f"dropped_{kind}",)
+                )
+                self._used -= row[1] + ROW_OVERHEAD_BYTES
+                if kind == "exam":
+                    log.warning("outbox quota %d bytes full: dropped oldest exam summary",
+                                self.quota_bytes)
+        return True
+
+    def ack(self, msg_ids: Iterable[str]) -> int:
+        """Delete messages the broker acknowledged; one transaction for the whole batch."""
+        ids = list(msg_ids)
+        if not ids:
+            return 0
+        removed = 0
+        with self._tx() as db:
+            for msg_id in ids:
+                row = db.execute("SELECT size FROM outbox WHERE msg_id = ?", (msg_id,)).fetchone()
+                if row is None:
+                    continue
+                db.execute("DELETE FROM outbox WHERE msg_id = ?", (msg_id,))
+                self._used -= row[0] + ROW_OVERHEAD_BYTES
+                removed += 1
+        if removed and self._used == 0:
+            with self._lock:
+                self._db.execute("PRAGMA incremental_vacuum")
+        return removed
+
+    def reject(self, msg_id: str, reason: str) -> None:
+        """Park a message the broker refused; it stays on disk and out of the send queue."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET state = 'rejected', reason = ? WHERE msg_id = ?",
+                (reason[:200], msg_id),
+            )
+
+    def retry_rejected(self) -> int:
+        """Put refused messages back in the queue (after the operator fixed the ACL)."""
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE outbox SET state = 'pending', reason = NULL WHERE state = 'rejected'"
+            ).rowcount
+
+    def mark_attempt(self, msg_ids: Iterable[str]) -> None:
+        ids = [(m,) for m in msg_ids]
+        if ids:
+            with self._tx() as db:
+                db.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE msg_id = ?", ids)
+
+    # -- reading ------------------------------------------------------------------------
+    def pending(self, limit: int, exclude: Iterable[str] = ()) -> list[Message]:
+        """Oldest pending messages first (seq order), skipping those already in flight."""
+        skip = set(exclude)
+        out: list[Message] = []
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT msg_id, seq, kind, payload, size, created_ts, attempts, state, reason "
+                "FROM outbox WHERE state = 'pending' ORDER BY id LIMIT ?",
+                (limit + len(skip),),
+            )
+            for row in cur:
+                if row[0] in skip:
+                    continue
+                out.append(Message(*row))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def list(self, limit: int = 100) -> list[Message]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT msg_id, seq, kind, payload, size, created_ts, attempts, state, reason "
+                "FROM outbox ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [Message(*r) for r in rows]
+
+    def counts(self) -> dict:
+        """Queue depth per kind and state, bytes used and the persisted counters."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, state, COUNT(*) FROM outbox GROUP BY kind, state"
+            ).fetchall()
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        per: dict[str, int] = {}
+        pending = rejected = 0
+        for kind, state, n in rows:
+            if state == "pending":
+                pending += n
+                per[kind] = per.get(kind, 0) + n
+            else:
+                rejected += n
+        return {
+            "pending": pending,
+            "pending_exam": per.get("exam", 0),
+            "pending_health": per.get("health", 0),
+            "rejected": rejected,
+            "used_bytes": self._used,
+            "quota_bytes": self.quota_bytes,
+            "last_seq": int(meta.get("seq", 0)),
+            "dropped_health": int(meta.get("dropped_health", 0)),
+            "dropped_exam": int(meta.get("dropped_exam", 0)),
+        }
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return self._db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"
+            ).fetchone()[0]
+
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._meta("seq")
+
+    def take_drop_report(self) -> dict:
+        """Cumulative drop counters plus the increase since the previous report.
+
+        Called when a ``health`` message is built; the "since" baseline moves forward in the
+        same transaction so each drop is reported as new exactly once.
+        """
+        with self._tx() as db:
+            dh, de = self._meta("dropped_health"), self._meta("dropped_exam")
+            rh, re_ = self._meta("reported_health"), self._meta("reported_exam")
+            db.execute("UPDATE meta SET value = ? WHERE key = 'reported_health'", (dh,))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'reported_exam'", (de,))
+        return {"health": dh, "exam": de, "health_new": dh - rh, "exam_new": de - re_}
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+
+
+def open_outbox(state_dir: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES) -> Outbox:
+    return Outbox(Path(state_dir) / OUTBOX_FILE, quota_bytes=quota_bytes)

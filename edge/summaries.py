@@ -1,0 +1,288 @@
+"""Payloads for the three MQTT message kinds: ``exam``, ``health`` and ``status``.
+
+Each payload is a flat JSON object with an envelope (``schema``, ``kind``, ``msg_id``,
+``seq``, ``boot_id``, ``device_id``, ``clinic_id``, wall time ``ts``, monotonic ``mono_s``)
+and a body. ``msg_id`` and ``seq`` of exam and health are filled by the outbox when the
+message is stored. The JSON Schemas in ``edge/schemas/`` are the contract with the
+collector; ``validate()`` is a small draft 2020-12 subset validator so neither the device
+nor the collector needs ``jsonschema`` at run time (the tests cross-check with it).
+
+Privacy: nothing that identifies the mother and no images. The source is reported only as
+a short hash, because file and folder names in clinics often carry patient names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from functools import cache
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+KINDS = ("exam", "health", "status")
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+EXAM_MAX_BYTES = 1024
+PLANES = (
+    "3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur", "Kidneys",
+    "Lips", "LVOT", "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)",
+)
+
+
+def envelope(kind: str, device_id: str, clinic_id: str, boot_id: str) -> dict:
+    """Fields every message carries; ``msg_id``/``seq`` come from the outbox."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": kind,
+        "device_id": device_id,
+        "clinic_id": clinic_id,
+        "boot_id": boot_id,
+        "ts": round(time.time(), 3),
+        "mono_s": round(time.monotonic(), 3),
+    }
+
+
+def source_id(source: str) -> str:
+    """A short stable hash of the source name: groups exams by source without the name."""
+    return hashlib.sha256(str(source).encode("utf-8", "replace")).hexdigest()[:12]
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return round(ordered[idx], 2)
+
+
+def _model_versions(results: list[dict], extra: dict[str, str] | None) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for name, version in (extra or {}).items():
+        models[str(name)[:40]] = str(version)[:24]
+    for r in results:
+        tag = r.get("model")
+        if isinstance(tag, str) and tag:
+            name, _, version = tag.partition("@")
+            models.setdefault(name[:40], (version or "?")[:24])
+    return dict(sorted(models.items())[:6])
+
+
+def summarize_exam(
+    results: list[dict],
+    source: str,
+    started_ts: float,
+    ended_ts: float,
+    started_mono: float | None = None,
+    ended_mono: float | None = None,
+    model_versions: dict[str, str] | None = None,
+    exam_id: str | None = None,
+) -> dict:
+    """The compact body of one exam from the loop's per-frame result dicts.
+
+    Until the exam workflow exists one exam is one run over a source. Per plane: frames
+    classified as that plane and the best confidence seen. Failed frames (``error`` set)
+    count separately. The result is well under 1 KB as JSON (checked in ``build_exam``).
+    """
+    planes: dict[str, list] = {}
+    latencies: list[float] = []
+    failed = 0
+    for r in results:
+        if r.get("error"):
+            failed += 1
+            continue
+        lat = r.get("latency_ms")
+        if isinstance(lat, int | float):
+            latencies.append(float(lat))
+        plane = r.get("plane")
+        if not isinstance(plane, str):
+            continue
+        label = plane if plane in PLANES else "other"
+        conf = r.get("plane_confidence")
+        conf = float(conf) if isinstance(conf, int | float) else 0.0
+        entry = planes.setdefault(label, [0, 0.0])
+        entry[0] += 1
+        entry[1] = max(entry[1], conf)
+    if started_mono is not None and ended_mono is not None:
+        duration = max(0.0, ended_mono - started_mono)
+    else:
+        duration = max(0.0, ended_ts - started_ts)
+    body = {
+        "exam_id": exam_id or hashlib.sha256(
+            f"{source}|{started_ts}|{started_mono}".encode()).hexdigest()[:16],
+        "source_id": source_id(source),
+        "started_ts": round(float(started_ts), 3),
+        "ended_ts": round(float(ended_ts), 3),
+        "duration_s": round(duration, 3),
+        "frames": len(results),
+        "frames_scored": len(results) - failed,
+        "frames_failed": failed,
+        "planes": {k: {"n": v[0], "best": round(v[1], 3)} for k, v in sorted(planes.items())},
+        "latency_ms": {"p50": _pct(latencies, 0.5), "p90": _pct(latencies, 0.9)},
+        "models": _model_versions(results, model_versions),
+    }
+    return body
+
+
+def build_exam(env: dict, body: dict) -> dict:
+    """Envelope plus exam body; refuses a body that would not fit in 1 KB once sent."""
+    payload = {**env, **body}
+    size = len(json.dumps(payload, separators=(",", ":"))) + 100  # room for msg_id and seq
+    if size > EXAM_MAX_BYTES:
+        raise ValueError(f"exam summary would be {size} bytes, over {EXAM_MAX_BYTES}")
+    return payload
+
+
+def read_temperature_c() -> float | None:
+    """SoC temperature where the kernel exposes it (Raspberry Pi: thermal_zone0)."""
+    try:
+        raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text().strip()
+        return round(int(raw) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def build_health(
+    env: dict,
+    loop_stats: dict,
+    queue: dict,
+    dropped: dict,
+    disk_free_mb: float | None,
+    models: dict[str, str],
+    uptime_s: float,
+    interval_s: float,
+) -> dict:
+    """Periodic health: the loop's figures plus queue depth, drops, disk, temperature."""
+    stats: dict = {}
+    for key, value in list(loop_stats.items())[:24]:
+        if isinstance(value, bool) or value is None:
+            stats[str(key)[:32]] = value
+        elif isinstance(value, int | float):
+            stats[str(key)[:32]] = round(float(value), 3) if isinstance(value, float) else value
+        elif isinstance(value, str):
+            stats[str(key)[:32]] = value[:64]
+    try:
+        sys_uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        sys_uptime = None
+    return {
+        **env,
+        "interval_s": interval_s,
+        "uptime_s": round(uptime_s, 1),
+        "sys_uptime_s": sys_uptime,
+        "loop": stats,
+        "queue": {k: int(queue.get(k, 0)) for k in
+                  ("pending", "pending_exam", "pending_health", "rejected", "used_bytes")},
+        "dropped": {k: int(dropped.get(k, 0)) for k in
+                    ("health", "exam", "health_new", "exam_new")},
+        "disk_free_mb": None if disk_free_mb is None else round(disk_free_mb, 1),
+        "temp_c": read_temperature_c(),
+        "models": dict(sorted((str(k)[:40], str(v)[:24]) for k, v in models.items())[:6]),
+    }
+
+
+def build_status(env: dict, msg_id: str, state: str, last_seq: int, pending: int) -> dict:
+    """Retained ``status``: ``online`` on every connect, ``offline`` as the last will.
+
+    ``seq`` is the outbox's last allocated sequence (status does not consume one), so the
+    collector knows how far the device's sequence has got even before the backlog arrives.
+    """
+    return {**env, "msg_id": msg_id, "seq": int(last_seq), "state": state,
+            "pending": int(pending)}
+
+
+# -- validation ------------------------------------------------------------------------
+@cache
+def load_schema(kind: str) -> dict:
+    return json.loads((SCHEMA_DIR / f"{kind}.schema.json").read_text(encoding="utf-8"))
+
+
+_TYPES = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool)
+    or (isinstance(v, float) and v.is_integer()),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+def validate(instance, schema: dict, path: str = "$") -> list[str]:
+    """Errors of ``instance`` against a draft 2020-12 subset: type, const, enum, required,
+    properties, additionalProperties, patternProperties, propertyNames, maxProperties,
+    min/maxLength, pattern, minimum/maximum, items, maxItems, $defs/$ref (local)."""
+    return _validate(instance, schema, path, schema)
+
+
+def _validate(v, s: dict, path: str, root: dict) -> list[str]:
+    if "$ref" in s:
+        ref = s["$ref"]
+        if not ref.startswith("#/$defs/"):
+            return [f"{path}: unsupported $ref {ref}"]
+        s = {**root["$defs"][ref.split("/")[-1]], **{k: x for k, x in s.items() if k != "$ref"}}
+    errs: list[str] = []
+    t = s.get("type")
+    if t is not None:
+        types = t if isinstance(t, list) else [t]
+        if not any(_TYPES[x](v) for x in types):
+            return [f"{path}: expected {'/'.join(types)}, got {type(v).__name__}"]
+    if "const" in s and v != s["const"]:
+        errs.append(f"{path}: must be {s['const']!r}")
+    if "enum" in s and v not in s["enum"]:
+        errs.append(f"{path}: {v!r} not one of {s['enum']}")
+    if isinstance(v, str):
+        if len(v) > s.get("maxLength", len(v)):
+            errs.append(f"{path}: longer than {s['maxLength']}")
+        if len(v) < s.get("minLength", 0):
+            errs.append(f"{path}: shorter than {s['minLength']}")
+        if "pattern" in s and not re.search(s["pattern"], v):
+            errs.append(f"{path}: does not match {s['pattern']}")
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        if "minimum" in s and v < s["minimum"]:
+            errs.append(f"{path}: below {s['minimum']}")
+        if "maximum" in s and v > s["maximum"]:
+            errs.append(f"{path}: above {s['maximum']}")
+    if isinstance(v, list):
+        if len(v) > s.get("maxItems", len(v)):
+            errs.append(f"{path}: more than {s['maxItems']} items")
+        if isinstance(s.get("items"), dict):
+            for i, item in enumerate(v):
+                errs += _validate(item, s["items"], f"{path}[{i}]", root)
+    if isinstance(v, dict):
+        for key in s.get("required", []):
+            if key not in v:
+                errs.append(f"{path}: missing {key}")
+        if len(v) > s.get("maxProperties", len(v)):
+            errs.append(f"{path}: more than {s['maxProperties']} properties")
+        props = s.get("properties", {})
+        pprops = s.get("patternProperties", {})
+        extra = s.get("additionalProperties", True)
+        names = s.get("propertyNames")
+        for key, item in v.items():
+            sub = f"{path}.{key}"
+            if names is not None:
+                errs += _validate(key, names, f"{sub}(name)", root)
+            matched = False
+            if key in props:
+                matched = True
+                errs += _validate(item, props[key], sub, root)
+            for pat, ps in pprops.items():
+                if re.search(pat, key):
+                    matched = True
+                    errs += _validate(item, ps, sub, root)
+            if not matched:
+                if extra is False:
+                    errs.append(f"{path}: unexpected property {key}")
+                elif isinstance(extra, dict):
+                    errs += _validate(item, extra, sub, root)
+    return errs
+
+
+def validate_payload(payload: dict) -> list[str]:
+    """Validate a decoded message against the schema of its own ``kind``."""
+    kind = payload.get("kind") if isinstance(payload, dict) else None
+    if kind not in KINDS:
+        return [f"$.kind: unknown kind {kind!r}"]
+    return validate(payload, load_schema(kind))

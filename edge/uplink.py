@@ -1,0 +1,520 @@
+"""MQTT uplink: a background thread that drains the durable outbox to the broker.
+
+paho-mqtt keeps its queue in memory only, so this module never relies on it: every message
+lives in the SQLite outbox until the broker's PUBACK comes back, and a new paho client is
+made for every connection attempt. Whatever was in flight when a connection died is simply
+published again from the outbox on the next connection (the collector deduplicates by
+``msg_id``). MQTT v5, QoS 1, ``clean_start=False`` with a session expiry, a bounded number
+of messages in flight, exponential backoff with jitter between attempts, TLS and
+username/password, a retained ``status`` topic with an ``offline`` last will.
+
+The device keeps working whatever the broker does: the uplink never raises into the loop,
+it records what went wrong in ``<state_dir>/uplink-status.json`` (read by ``sonoedge
+status``) and logs one clear line when the problem changes.
+
+With ``url == ""`` the uplink only records: messages accumulate in the outbox (up to its
+quota) and are sent, with their original ids and sequence numbers, once the device is
+given a broker. This module must not import ``edge.config``: config imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import socket
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from edge import summaries
+from edge.outbox import DEFAULT_QUOTA_BYTES, Outbox, OutboxError, open_outbox, read_boot_id
+
+log = logging.getLogger("sonoedge.uplink")
+
+STATUS_FILE = "uplink-status.json"
+TOPIC_PREFIX = "sonoedge"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class MqttSettings:
+    """The ``[mqtt]`` table of the config; every field has a working default."""
+
+    url: str = ""  # mqtt[s]://user:pass@host:port; "" records to the outbox only
+    device_id: str = ""  # "" means the host name (sanitised)
+    clinic_id: str = ""
+    health_interval_s: float = 60.0
+    outbox_quota_bytes: int = DEFAULT_QUOTA_BYTES
+    max_inflight: int = 20
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    connect_timeout_s: float = 10.0
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 60.0
+    drain_timeout_s: float = 30.0  # how long `run --once` tries to empty the outbox
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    username: str = ""  # overrides the URL's user when set
+    password: str = ""
+    client_id: str = ""  # "" means sonoedge-<device_id>
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    host: str
+    port: int
+    tls: bool
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    def redacted(self) -> str:
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for logs and error messages."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def parse_mqtt_url(url: str) -> MqttTarget:
+    """``mqtt://user:pass@host:port`` or ``mqtts://...``; ValueError naming the URL if bad."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad MQTT URL {shown!r}: {exc}") from None
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"bad MQTT URL {shown!r}: scheme must be mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"bad MQTT URL {shown!r}: no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"bad MQTT URL {shown!r}: unexpected path or query")
+    tls = parts.scheme == "mqtts"
+    return MqttTarget(
+        host=parts.hostname,
+        port=port or (8883 if tls else 1883),
+        tls=tls,
+        username=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+    )
+
+
+def resolve_device_id(device_id: str) -> str:
+    """The configured id, or the host name made safe for a topic level."""
+    if device_id:
+        if not _ID_RE.match(device_id):
+            raise ValueError(
+                f"bad device_id {device_id!r}: use letters, digits, '.', '_', '-' (max 64)"
+            )
+        return device_id
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.") or "device"
+    return host if _ID_RE.match(host) else "device"
+
+
+def topic_for(device_id: str, kind: str) -> str:
+    return f"{TOPIC_PREFIX}/{device_id}/{kind}"
+
+
+def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped at ``hi``."""
+    cap = min(hi, lo * (2 ** min(attempt, 20)))
+    return cap / 2 + rng.uniform(0, cap / 2)
+
+
+def read_status(state_dir: Path | str) -> dict | None:
+    try:
+        return json.loads((Path(state_dir) / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _describe_connect_error(exc: BaseException, target: MqttTarget) -> str:
+    where = f"{target.host}:{target.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS failed with {where}: certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed with {where}: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"broker {where} unreachable: connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"broker host {target.host!r} cannot be resolved: {exc.strerror}"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"broker {where} did not answer in time"
+    return f"broker {where} unreachable: {exc}"
+
+
+class Uplink:
+    """The device's only door to MQTT; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        state_dir: Path | str,
+        model_versions: dict[str, str] | None = None,
+    ):
+        self.settings = settings
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.device_id = resolve_device_id(settings.device_id)
+        self.clinic_id = settings.clinic_id
+        self.target = parse_mqtt_url(settings.url) if settings.url else None
+        self.model_versions = dict(model_versions or {})
+        self.outbox: Outbox = open_outbox(self.state_dir, settings.outbox_quota_bytes)
+        self.boot_id = read_boot_id()
+        self.client_id = settings.client_id or f"sonoedge-{self.device_id}"
+        self._started_mono = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rng = random.Random()
+        self._status_lock = threading.Lock()
+        self._status: dict = {
+            "device_id": self.device_id,
+            "clinic_id": self.clinic_id,
+            "broker": self.target.redacted() if self.target else "",
+            "enabled": self.target is not None,
+            "connected": False,
+            "last_error": None,
+            "last_error_ts": None,
+            "last_connect_ts": None,
+            "last_ack_ts": None,
+            "connects": 0,
+            "acked": 0,
+            "refused": 0,
+            "pid": os.getpid(),
+        }
+        self._last_logged_error: tuple[str, float] | None = None
+        self._write_status(force=True)
+
+    # -- the loop's surface ---------------------------------------------------------------
+    def start(self) -> None:
+        """Start the publisher thread; a no-op when no broker is configured."""
+        if self.target is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="sonoedge-uplink", daemon=True)
+        self._thread.start()
+
+    def _env(self, kind: str) -> dict:
+        return summaries.envelope(kind, self.device_id, self.clinic_id, self.boot_id)
+
+    def enqueue_exam(self, summary: dict) -> str | None:
+        """Store one exam summary (from ``summaries.summarize_exam``); returns its msg_id.
+
+        Never raises: a summary that breaks the schema is logged and not stored.
+        """
+        try:
+            payload = summaries.build_exam(self._env("exam"), summary)
+            return self._enqueue("exam", payload)
+        except (ValueError, TypeError) as exc:
+            log.error("exam summary not stored: %s", exc)
+            return None
+
+    def record_exam(self, results: list[dict], source: str, started_ts: float,
+                    ended_ts: float, **kw) -> str | None:
+        """Summarise per-frame results and enqueue them (convenience for the loop)."""
+        models = {**self.model_versions, **kw.pop("model_versions", {})}
+        body = summaries.summarize_exam(results, source, started_ts, ended_ts,
+                                        model_versions=models, **kw)
+        return self.enqueue_exam(body)
+
+    def enqueue_health(self, stats: dict) -> str | None:
+        """Store one health message: the loop's ``stats`` plus queue, drops, disk, temp."""
+        try:
+            try:
+                free_mb = shutil.disk_usage(self.state_dir).free / 1e6
+            except OSError:
+                free_mb = None
+            payload = summaries.build_health(
+                self._env("health"),
+                loop_stats=dict(stats or {}),
+                queue=self.outbox.counts(),
+                dropped=self.outbox.take_drop_report(),
+                disk_free_mb=free_mb,
+                models=self.model_versions,
+                uptime_s=time.monotonic() - self._started_mono,
+                interval_s=float(self.settings.health_interval_s),
+            )
+            return self._enqueue("health", payload)
+        except (ValueError, TypeError) as exc:
+            log.error("health message not stored: %s", exc)
+            return None
+
+    def _enqueue(self, kind: str, payload: dict) -> str | None:
+        probe = {**payload, "msg_id": str(uuid.uuid4()), "seq": 0}
+        errors = summaries.validate(probe, summaries.load_schema(kind))
+        if errors:
+            raise ValueError(f"{kind} payload breaks its schema: {'; '.join(errors[:3])}")
+        try:
+            msg = self.outbox.enqueue(kind, payload)
+        except OutboxError as exc:
+            raise ValueError(str(exc)) from None
+        return msg.msg_id if msg else None
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until the outbox is empty or the timeout passes; True when empty."""
+        timeout = self.settings.drain_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            if self.outbox.pending_count() == 0:
+                return True
+            if self.target is None or self._thread is None or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread (publishing ``offline`` if connected) and close the outbox."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+        self._set(connected=False)
+        self._write_status(force=True)
+        self.outbox.close()
+
+    # -- status ---------------------------------------------------------------------------
+    def status(self) -> dict:
+        with self._status_lock:
+            return dict(self._status)
+
+    def _set(self, **kw) -> None:
+        with self._status_lock:
+            self._status.update(kw)
+
+    def _error(self, text: str) -> None:
+        self._set(connected=False, last_error=text, last_error_ts=time.time())
+        now = time.monotonic()
+        pending = self.outbox.pending_count()
+        last = self._last_logged_error
+        if last is None or last[0] != text or now - last[1] > 600:
+            log.warning("mqtt: %s; %d message(s) wait in the outbox", text, pending)
+            self._last_logged_error = (text, now)
+        self._write_status(force=True)
+
+    def _write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - getattr(self, "_status_written", 0.0) < 1.0:
+            return
+        self._status_written = now
+        try:
+            counts = self.outbox.counts()
+        except Exception:  # the outbox may be closing; the file is advisory
+            counts = {}
+        with self._status_lock:
+            data = {**self._status, "outbox": counts, "updated_ts": time.time()}
+        path = self.state_dir / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.debug("cannot write %s: %s", path, exc)
+
+    # -- the publisher thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                had_session = self._session()
+            except Exception as exc:  # never let the thread die: the outbox keeps the data
+                log.exception("mqtt uplink error")
+                self._error(f"uplink error: {exc}")
+                had_session = False
+            if self._stop.is_set():
+                break
+            attempt = 0 if had_session else attempt + 1
+            delay = backoff_delay(attempt, self.settings.reconnect_min_s,
+                                  self.settings.reconnect_max_s, self._rng)
+            self._set(next_attempt_in_s=round(delay, 2))
+            self._write_status(force=True)
+            self._stop.wait(delay)
+
+    def _status_payload(self, state: str) -> bytes:
+        body = summaries.build_status(self._env("status"), str(uuid.uuid4()), state,
+                                      self.outbox.last_seq(), self.outbox.pending_count())
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _make_client(self):
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        client.max_inflight_messages_set(max(1, self.settings.max_inflight))
+        client.connect_timeout = self.settings.connect_timeout_s
+        user = self.settings.username or self.target.username
+        password = self.settings.password or self.target.password
+        if user:
+            client.username_pw_set(user, password or None)
+        if self.target.tls or self.settings.tls_ca:
+            client.tls_set(
+                ca_certs=self.settings.tls_ca or None,
+                certfile=self.settings.tls_cert or None,
+                keyfile=self.settings.tls_key or None,
+            )
+        client.will_set(topic_for(self.device_id, "status"), self._status_payload("offline"),
+                        qos=1, retain=True)
+        return client
+
+    def _session(self) -> bool:
+        """One connection's life; True if the broker accepted us (resets the backoff)."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        target = self.target
+        try:
+            client = self._make_client()
+        except (OSError, ValueError) as exc:
+            self._error(f"TLS setup failed: {exc}")
+            return False
+        state = {"connack": None, "lost": False}
+        acks: list[tuple[int, object]] = []
+
+        def on_connect(_c, _u, _flags, reason_code, _props):
+            state["connack"] = reason_code
+
+        def on_disconnect(_c, _u, _flags, reason_code, _props):
+            state["lost"] = True
+            state["disconnect_reason"] = str(reason_code)
+
+        def on_publish(_c, _u, mid, reason_code, _props):
+            acks.append((mid, reason_code))
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_publish = on_publish
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = int(self.settings.session_expiry_s)
+        try:
+            client.connect(target.host, target.port, keepalive=int(self.settings.keepalive_s),
+                           clean_start=False, properties=props)
+        except (OSError, ValueError) as exc:
+            self._error(_describe_connect_error(exc, target))
+            return False
+        deadline = time.monotonic() + self.settings.connect_timeout_s
+        try:
+            while state["connack"] is None and not state["lost"]:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    break
+                if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                    break
+        except (OSError, ValueError) as exc:
+            self._error(_describe_connect_error(exc, target))
+            return False
+        rc = state["connack"]
+        if rc is None:
+            self._error(f"broker {target.host}:{target.port} gave no CONNACK "
+                        f"within {self.settings.connect_timeout_s:g} s")
+            _quiet_close(client)
+            return False
+        if rc.is_failure:
+            user = self.settings.username or target.username or "(none)"
+            self._error(f"broker {target.host}:{target.port} refused login as {user!r}: {rc}")
+            _quiet_close(client)
+            return False
+        self._set(connected=True, last_connect_ts=time.time(),
+                  connects=self._status["connects"] + 1, session_lost_reason=None)
+        if self._last_logged_error is not None:
+            log.info("mqtt: connected to %s (%d pending)", target.redacted(),
+                     self.outbox.pending_count())
+            self._last_logged_error = None
+        self._write_status(force=True)
+        client.publish(topic_for(self.device_id, "status"), self._status_payload("online"),
+                       qos=1, retain=True)
+        self._pump(client, state, acks)
+        if self._stop.is_set():
+            self._say_goodbye(client, acks)
+        else:
+            reason = state.get("disconnect_reason") or "connection lost"
+            self._error(f"lost connection to {target.host}:{target.port}: {reason}")
+        _quiet_close(client)
+        return True
+
+    def _pump(self, client, state: dict, acks: list) -> None:
+        """Publish from the outbox with at most ``max_inflight`` unacknowledged."""
+        import paho.mqtt.client as mqtt
+
+        inflight: dict[int, str] = {}
+        limit = max(1, self.settings.max_inflight)
+        while not self._stop.is_set() and not state["lost"]:
+            free = limit - len(inflight)
+            if free > 0:
+                batch = self.outbox.pending(free, exclude=inflight.values())
+                for m in batch:
+                    info = client.publish(topic_for(self.device_id, m.kind), m.payload, qos=1)
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        state["lost"] = True
+                        break
+                    inflight[info.mid] = m.msg_id
+            rc = client.loop(timeout=0.02 if inflight else 0.2)
+            self._settle(acks, inflight)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                state["lost"] = True
+        # Stopping while connected: give what is in flight a moment to be acknowledged,
+        # so a clean shutdown does not cause needless duplicates.
+        deadline = time.monotonic() + 1.0
+        while inflight and not state["lost"] and time.monotonic() < deadline:
+            if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                break
+            self._settle(acks, inflight)
+
+    def _settle(self, acks: list, inflight: dict[int, str]) -> None:
+        """Apply PUBACKs: delete acknowledged rows (one transaction), park refused ones."""
+        if not acks:
+            return
+        done, refused = [], []
+        for mid, reason in acks:
+            msg_id = inflight.pop(mid, None)
+            if msg_id is None:
+                continue  # the status message
+            (refused if reason.is_failure else done).append((msg_id, reason))
+        acks.clear()
+        self.outbox.ack(m for m, _ in done)
+        for msg_id, reason in refused:
+            self.outbox.reject(msg_id, f"broker refused: {reason}")
+            log.error("mqtt: broker refused message %s under %s: %s (kept in the outbox "
+                      "as rejected)", msg_id, topic_for(self.device_id, "#"), reason)
+        self._set(acked=self._status["acked"] + len(done),
+                  refused=self._status["refused"] + len(refused),
+                  last_ack_ts=time.time() if done else self._status["last_ack_ts"])
+        self._write_status()
+
+    def _say_goodbye(self, client, acks: list) -> None:
+        """Clean shutdown: retained ``offline`` (the will is not sent on a clean disconnect)."""
+        import paho.mqtt.client as mqtt
+
+        try:
+            info = client.publish(topic_for(self.device_id, "status"),
+                                  self._status_payload("offline"), qos=1, retain=True)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                if any(mid == info.mid for mid, _ in acks):
+                    break
+                if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            client.disconnect()
+            client.loop(timeout=0.1)
+        except (OSError, ValueError):
+            pass
+
+
+def _quiet_close(client) -> None:
+    try:
+        client.disconnect()
+    except Exception:
+        pass
+    try:
+        client.socket() and client.socket().close()
+    except Exception:
+        pass

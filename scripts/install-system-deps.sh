@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install the real servers the MQTT/central tests need: Mosquitto (+ clients) and PostgreSQL.
+# Idempotent: does nothing when the binaries are already there. Needs root (CI runs as root).
+# The Debian mosquitto package may start a system broker on 1883; the tests never use it,
+# they start their own broker on a free loopback port.
+set -euo pipefail
+
+have_pg() {
+  command -v initdb >/dev/null 2>&1 && return 0
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null 2>&1
+}
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v mosquitto_passwd >/dev/null 2>&1 || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+have_pg || missing+=(postgresql)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-system-deps: mosquitto, mosquitto-clients and postgresql already present"
+  exit 0
+fi
+
+pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-system-deps: missing ${pkgs}; run as root (or: sudo apt-get install ${pkgs})" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends ${pkgs}
+echo "install-system-deps: installed ${pkgs}"
