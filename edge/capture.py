@@ -1,0 +1,594 @@
+"""Frame sources behind one iterator: image files, folders, video files, V4L2/UVC grabbers,
+picamera2 and the built-in demo clip.
+
+Why one shape for all of them: the loop and `score` must not care where pixels come from.
+Every item is a `Frame`; an item that could not be decoded is still a `Frame` (with `error`
+set and no image), so one corrupt file in a folder is reported and skipped instead of
+stopping a run. Problems with the source as a whole (missing path, empty folder, device that
+cannot be opened, picamera2 not installed) raise `SourceError` with one line naming it.
+
+Live sources (V4L2, picamera2) run a grabber thread that keeps only the newest frame: the
+models are slower than the scanner's 30-60 fps, and a queue would make the assistant talk
+about what the probe showed seconds ago. When the device stops delivering (unplugged,
+dongle reset) the grabber logs one line and reopens with bounded exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+VIDEO_EXTS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg"})
+MAX_IMAGE_BYTES = 256 * 1024 * 1024  # a screen grab is a few MB; refuse to slurp a disk image
+MAX_VIDEO_FRAMES = 10_000_000  # hard bound on any file-read loop
+
+_V4L2_RE = re.compile(r"^v4l2:(.+)$")
+_VIDEO_NODE_RE = re.compile(r"^/dev/video(\d+)$")
+
+
+class SourceError(Exception):
+    """A source as a whole cannot be used; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured item. `image` is None exactly when `error` says why."""
+
+    source: str  # display name: file basename, or e.g. "v4l2:/dev/video0"
+    index: int  # frame number within the source (live: grab sequence, gaps = dropped)
+    image: np.ndarray | None  # uint8 HxWx3 BGR or HxW grey, as decoded
+    t_mono: float  # time.monotonic() at capture: use for durations and ordering
+    t_wall: float  # time.time() at capture: advisory only (no RTC on the box)
+    error: str | None = None  # one-line reason when this item could not be decoded
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.image is not None
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """Knobs for live sources. Size/fps are hints the driver may ignore (None = leave)."""
+
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+    max_reopen_attempts: int | None = None  # consecutive failed reopens before giving up
+    width: int | None = 1280
+    height: int | None = 720
+    fps: float | None = 30.0
+    fourcc: str | None = "MJPG"  # HDMI-USB dongles give 720p30 only as MJPG over USB 2
+    wait_for_device: bool = False  # absent device at start: SourceError (False) or wait
+    poll_s: float = 0.1  # how often the consumer re-checks for close/end while waiting
+
+    def __post_init__(self) -> None:
+        if not (0 < self.backoff_initial_s <= self.backoff_max_s):
+            raise ValueError("LiveSettings: need 0 < backoff_initial_s <= backoff_max_s")
+        if self.max_reopen_attempts is not None and self.max_reopen_attempts < 0:
+            raise ValueError("LiveSettings: max_reopen_attempts must be >= 0 or None")
+        if self.poll_s <= 0:
+            raise ValueError("LiveSettings: poll_s must be > 0")
+
+
+class CaptureLike(Protocol):
+    """The part of cv2.VideoCapture the grabber uses (picamera2 is adapted to it)."""
+
+    def isOpened(self) -> bool: ...
+    def read(self) -> tuple[bool, Any]: ...
+    def release(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_image_file(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """Decode from bytes so a truncated/corrupt file gives a reason, never None or a raise."""
+    name = path.name
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return None, f"{name}: empty file (0 bytes)"
+        if size > MAX_IMAGE_BYTES:
+            return None, f"{name}: file too large for an image ({size} bytes)"
+        data = path.read_bytes()
+    except OSError as e:
+        return None, f"{name}: cannot read ({e.strerror or e})"
+    ext = path.suffix.lower()
+    if ext in (".jpg", ".jpeg") and data.rfind(b"\xff\xd9") < 0:
+        # Some decoders return a half-grey picture for a cut JPEG; the end marker is proof.
+        return None, f"{name}: truncated JPEG (no end-of-image marker)"
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR)
+    except cv2.error as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "decoder error"
+        return None, f"{name}: cannot decode image ({first})"
+    if img is None or img.size == 0:
+        return None, f"{name}: cannot decode image (corrupt or truncated {ext or 'file'})"
+    if img.dtype != np.uint8:
+        img = cv2.convertScaleAbs(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    return img, None
+
+
+def _error_frame(source: str, index: int, error: str) -> Frame:
+    return Frame(source, index, None, time.monotonic(), time.time(), error)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class Source:
+    """Iterable of Frames with close(); also a context manager. Counters are for status."""
+
+    name: str = "source"
+    live: bool = False
+
+    def __init__(self) -> None:
+        self.dropped = 0  # stale frames skipped (live) or late frames skipped (paced file)
+        self.reopens = 0  # live: successful reopens after a loss
+        self.demo: Any = None  # DemoClip when this is the demo source
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ImageListSource(Source):
+    """A fixed list of image files: one Frame each, errors as Frames."""
+
+    def __init__(self, paths: Sequence[Path], name: str) -> None:
+        super().__init__()
+        self.paths = list(paths)
+        self.name = name
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, p in enumerate(self.paths):
+            if self.closed:
+                return
+            t_mono, t_wall = time.monotonic(), time.time()
+            img, err = decode_image_file(p)
+            if err:
+                log.warning("%s", err)
+            yield Frame(p.name, i, img, t_mono, t_wall, err)
+
+
+class VideoFileSource(Source):
+    """A video file read frame by frame; a decode failure mid-file ends it with one error.
+
+    With pace=True the file plays at its own fps and late frames are skipped (counted in
+    `dropped`), so a slow loop sees it the way it would see a live scanner.
+    """
+
+    def __init__(self, path: Path, *, pace: bool = False, name: str | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self.name = name or path.name
+        self.pace = pace
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"{path}: cannot open video (corrupt or unsupported codec)")
+        self._cap = cap
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frame_count = n if n > 0 else None
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if 0 < fps <= 240 else 25.0
+        self._iterating = False
+
+    def __iter__(self) -> Iterator[Frame]:
+        cap = self._cap
+        self._iterating = True
+        t0 = time.monotonic()
+        i = 0
+        try:
+            while i < MAX_VIDEO_FRAMES and not self.closed:
+                if self.pace:
+                    i = self._skip_late(cap, t0, i)
+                    due = t0 + i / self.fps
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        self._closed.wait(min(wait, 1.0))
+                ok, img = cap.read()
+                t_mono, t_wall = time.monotonic(), time.time()
+                if not ok or img is None:
+                    if self.frame_count is not None and i < self.frame_count:
+                        err = (f"{self.name}: decode failed at frame {i} of {self.frame_count}"
+                               " (truncated or corrupt video)")
+                        log.warning("%s", err)
+                        yield Frame(self.name, i, None, t_mono, t_wall, err)
+                    else:
+                        log.info("%s: end of video after %d frames", self.name, i)
+                    return
+                yield Frame(self.name, i, img, t_mono, t_wall)
+                i += 1
+        finally:
+            cap.release()
+
+    def _skip_late(self, cap: Any, t0: float, i: int) -> int:
+        """Skip frames whose display time has passed (grab() does not decode them)."""
+        target = int((time.monotonic() - t0) * self.fps)
+        if self.frame_count is not None:
+            target = min(target, self.frame_count - 1)
+        while i < target and cap.grab():
+            self.dropped += 1
+            i += 1
+        return i
+
+    def close(self) -> None:
+        super().close()
+        if not self._iterating:
+            self._cap.release()
+
+
+class ChainSource(Source):
+    """Several sources one after another (`score a.png dir/ clip.mp4`).
+
+    A path that cannot be opened becomes one error Frame (index -1) unless strict.
+    """
+
+    def __init__(self, specs: Sequence[str | Path], *, strict: bool = False,
+                 pace: bool = False) -> None:
+        super().__init__()
+        self.specs = [str(s) for s in specs]
+        self.name = "+".join(os.path.basename(s.rstrip("/")) or s for s in self.specs)
+        self.pace = pace
+        self._current: Source | None = None
+        if strict:
+            for s in self.specs:  # fail before any work, naming the first bad path
+                _open_file_spec(s, pace=pace).close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        for spec in self.specs:
+            if self.closed:
+                return
+            try:
+                src = _open_file_spec(spec, pace=self.pace)
+            except SourceError as e:
+                log.warning("%s", e)
+                yield _error_frame(os.path.basename(spec.rstrip("/")) or spec, -1, str(e))
+                continue
+            self._current = src
+            try:
+                yield from src
+            finally:
+                src.close()
+                self.dropped += src.dropped
+                self._current = None
+
+    def close(self) -> None:
+        super().close()
+        if self._current is not None:
+            self._current.close()
+
+
+# --------------------------------------------------------------------------- live
+
+
+class LiveSource(Source):
+    """Latest-frame-wins grabber around any opener returning a CaptureLike.
+
+    The thread reads as fast as the device delivers and overwrites one slot; the consumer
+    takes whatever is newest. `dropped` counts frames overwritten before anyone took them.
+    On a failed read it logs one line, releases, and calls the opener again after a
+    backoff that doubles up to backoff_max_s; after max_reopen_attempts consecutive
+    failures (or close()) the iterator ends with one log line.
+    """
+
+    live = True
+
+    def __init__(self, name: str, opener: Callable[[], CaptureLike | None],
+                 settings: LiveSettings | None = None, *, first: CaptureLike | None = None):
+        super().__init__()
+        self.name = name
+        self.settings = settings or LiveSettings()
+        self._opener = opener
+        self._first = first
+        self._cond = threading.Condition()
+        self._slot: tuple[int, np.ndarray, float, float] | None = None
+        self._done = False
+        self.end_reason: str | None = None
+        self.frames_grabbed = 0
+        self.open_attempts = 0
+        self._thread = threading.Thread(target=self._run, name=f"grab-{name}", daemon=True)
+        self._thread.start()
+
+    # -- grabber thread
+    def _open(self) -> CaptureLike | None:
+        self.open_attempts += 1
+        try:
+            cap = self._opener()
+        except Exception as e:  # an opener may raise (device vanished mid-open)
+            log.warning("%s: open failed (%s)", self.name, str(e).splitlines()[0] if str(e)
+                        else type(e).__name__)
+            return None
+        if cap is None:
+            return None
+        if not cap.isOpened():
+            cap.release()
+            return None
+        return cap
+
+    def _run(self) -> None:
+        s = self.settings
+        cap, self._first = self._first, None
+        if cap is None:
+            cap = self._open()
+        delay = s.backoff_initial_s
+        failures = 0
+        seq = 0
+        had_frames = False
+        try:
+            while not self.closed:
+                if cap is None:
+                    failures += 1
+                    if s.max_reopen_attempts is not None and failures > s.max_reopen_attempts:
+                        self._finish(f"{self.name}: giving up after {failures - 1} reopen"
+                                     " attempts")
+                        return
+                    log.info("%s: reopening in %.2fs (attempt %d)", self.name, delay, failures)
+                    if self._closed.wait(delay):
+                        break
+                    delay = min(delay * 2, s.backoff_max_s)
+                    cap = self._open()
+                    if cap is not None and had_frames:
+                        self.reopens += 1
+                        log.info("%s: reopened", self.name)
+                    continue
+                ok, img = cap.read()
+                if not ok or img is None:
+                    log.warning("%s: no frame from device (unplugged or stream ended) after"
+                                " %d frames", self.name, self.frames_grabbed)
+                    cap.release()
+                    cap = None
+                    continue
+                t_mono, t_wall = time.monotonic(), time.time()
+                had_frames = True
+                failures = 0
+                delay = s.backoff_initial_s
+                with self._cond:
+                    if self._slot is not None:
+                        self.dropped += 1
+                    self._slot = (seq, img, t_mono, t_wall)
+                    self._cond.notify_all()
+                seq += 1
+                self.frames_grabbed += 1
+            self._finish(f"{self.name}: closed after {self.frames_grabbed} frames")
+        except Exception as e:  # never let the thread die silently
+            self._finish(f"{self.name}: grabber stopped ({type(e).__name__}: {e})")
+        finally:
+            if cap is not None:
+                cap.release()
+
+    def _finish(self, reason: str) -> None:
+        with self._cond:
+            if self._done:
+                return
+            self._done = True
+            self.end_reason = reason
+            self._cond.notify_all()
+        log.info("%s", reason)
+
+    # -- consumer
+    def __iter__(self) -> Iterator[Frame]:
+        while True:
+            with self._cond:
+                while self._slot is None and not self._done and not self.closed:
+                    self._cond.wait(self.settings.poll_s)
+                if self._slot is None or self.closed:
+                    return
+                seq, img, t_mono, t_wall = self._slot
+                self._slot = None
+            yield Frame(self.name, seq, img, t_mono, t_wall)
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        super().close()
+        with self._cond:
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+
+
+def _v4l2_target(spec: str) -> str | None:
+    """'v4l2:0', 'v4l2:/dev/video0', '/dev/video0', '/dev/v4l/by-id/...' -> device path."""
+    m = _V4L2_RE.match(spec)
+    rest = m.group(1) if m else spec
+    if rest.isdigit():
+        return f"/dev/video{int(rest)}"
+    if rest.startswith("/dev/"):
+        return rest
+    return None if not m else rest
+
+
+def _v4l2_opener(dev: str, s: LiveSettings) -> Callable[[], CaptureLike]:
+    """Re-resolve the path on every open: after a replug a by-id link may point elsewhere."""
+
+    def open_() -> CaptureLike:
+        real = os.path.realpath(dev)
+        m = _VIDEO_NODE_RE.match(real)
+        # This OpenCV build's V4L2 backend opens by index only; other names go by string.
+        cap = cv2.VideoCapture(int(m.group(1)) if m else real, cv2.CAP_V4L2)
+        if cap.isOpened():
+            if s.fourcc:
+                cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*s.fourcc))
+            if s.width:
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, s.width)
+            if s.height:
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, s.height)
+            if s.fps:
+                cap.set(cv2.CAP_PROP_FPS, s.fps)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # driver queue too: fewer stale frames
+        return cap
+
+    return open_
+
+
+def open_v4l2(spec: str, settings: LiveSettings | None = None) -> LiveSource:
+    s = settings or LiveSettings()
+    dev = _v4l2_target(spec)
+    if dev is None:
+        raise SourceError(f"{spec}: not a V4L2 device (use v4l2:N or v4l2:/dev/videoN)")
+    name = f"v4l2:{dev}"
+    opener = _v4l2_opener(dev, s)
+    if s.wait_for_device:
+        return LiveSource(name, opener, s)
+    if not os.path.exists(dev):
+        raise SourceError(f"{name}: no such device (is the capture dongle plugged in?)")
+    cap = opener()
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"{name}: cannot open device (busy, no permission, or not a "
+                          "capture device)")
+    return LiveSource(name, opener, s, first=cap)
+
+
+class _Picamera2Capture:
+    """Adapts a Picamera2 to the read()/isOpened()/release() shape the grabber uses."""
+
+    def __init__(self, module: Any, num: int, s: LiveSettings) -> None:
+        self._cam = module.Picamera2(camera_num=num)
+        main: dict[str, Any] = {"format": "RGB888"}  # RGB888 in libcamera = BGR in numpy
+        if s.width and s.height:
+            main["size"] = (int(s.width), int(s.height))
+        cfg = self._cam.create_video_configuration(main=main)
+        self._cam.configure(cfg)
+        if s.fps:
+            self._cam.set_controls({"FrameRate": float(s.fps)})
+        self._cam.start()
+        self._open = True
+
+    def isOpened(self) -> bool:
+        return self._open
+
+    def read(self) -> tuple[bool, Any]:
+        try:
+            return True, self._cam.capture_array("main")
+        except Exception:  # camera gone: report as a failed read, the grabber reopens
+            return False, None
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                self._cam.stop()
+                self._cam.close()
+            except Exception as e:
+                log.debug("picamera2 close: %s", e)
+
+
+def open_picamera2(spec: str, settings: LiveSettings | None = None) -> LiveSource:
+    s = settings or LiveSettings()
+    _, _, num_s = spec.partition(":")
+    if num_s and not num_s.isdigit():
+        raise SourceError(f"{spec}: camera number must be an integer (picamera2:N)")
+    num = int(num_s or 0)
+    name = f"picamera2:{num}"
+    try:
+        import picamera2  # optional: Raspberry Pi only
+    except ImportError as e:
+        raise SourceError(f"{name}: picamera2 is not installed (Raspberry Pi OS: apt install "
+                          f"python3-picamera2, venv with --system-site-packages): {e}") from None
+    try:
+        first = _Picamera2Capture(picamera2, num, s)
+    except Exception as e:
+        raise SourceError(f"{name}: cannot open camera ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return LiveSource(name, lambda: _Picamera2Capture(picamera2, num, s), s, first=first)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def list_folder_images(folder: Path) -> list[Path]:
+    """Images in a folder sorted by name; other files skipped with one log line."""
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError as e:
+        raise SourceError(f"{folder}: cannot list folder ({e.strerror or e})") from None
+    imgs = [p for p in entries if p.suffix.lower() in IMAGE_EXTS]
+    skipped = len(entries) - len(imgs)
+    if skipped:
+        log.info("%s: skipped %d non-image file(s)", folder, skipped)
+    if not imgs:
+        raise SourceError(f"{folder}: empty folder (no {'/'.join(sorted(IMAGE_EXTS))} files)")
+    return imgs
+
+
+def _open_file_spec(spec: str, *, pace: bool = False) -> Source:
+    path = Path(spec)
+    if not path.exists():
+        raise SourceError(f"{spec}: no such file or folder")
+    if path.is_dir():
+        return ImageListSource(list_folder_images(path), name=path.name or str(path))
+    ext = path.suffix.lower()
+    if ext in IMAGE_EXTS:
+        return ImageListSource([path], name=path.name)
+    if ext in VIDEO_EXTS:
+        return VideoFileSource(path, pace=pace)
+    raise SourceError(f"{spec}: unsupported file type '{ext or '(none)'}' (images: "
+                      f"{' '.join(sorted(IMAGE_EXTS))}; video: {' '.join(sorted(VIDEO_EXTS))})")
+
+
+def open_source(spec: str | Path, *, live: LiveSettings | None = None,
+                pace: bool = False) -> Source:
+    """Open one source by spec.
+
+    Specs: image file, folder, video file, `v4l2:N`, `v4l2:/dev/videoN`, `/dev/videoN`
+    (or a /dev/v4l/by-id link), `picamera2[:N]`, `demo`. pace=True plays files (and the
+    demo) at their own frame rate, skipping late frames like a live source would.
+    """
+    s = str(spec)
+    if s == "demo":
+        from edge import demo  # late import: only this spec needs it
+
+        clip = demo.build_demo_clip(demo.default_cache_dir(), None)
+        if clip.kind == "phantom":
+            log.warning("demo source: %s", clip.description)
+        else:
+            log.info("demo source: %s", clip.description)
+        src = _open_file_spec(str(clip.path), pace=pace)
+        src.name = f"demo:{clip.kind}"
+        src.demo = clip
+        return src
+    if s == "picamera2" or s.startswith("picamera2:"):
+        return open_picamera2(s, live)
+    if s.startswith("v4l2:") or s.startswith("/dev/"):
+        return open_v4l2(s, live)
+    return _open_file_spec(s, pace=pace)
+
+
+def open_sources(paths: Iterable[str | Path], *, strict: bool = False,
+                 pace: bool = False) -> ChainSource:
+    """Files/folders/videos in the given order, for `score`. A bad path is one error Frame
+    (index -1) and the rest still run; strict=True raises SourceError up front instead."""
+    specs = list(paths)
+    if not specs:
+        raise SourceError("no input paths given")
+    return ChainSource(specs, strict=strict, pace=pace)
