@@ -1,0 +1,150 @@
+"""`sonoedge` verbs. Bad input ends in one line naming the file or field, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from edge.capture import SourceError
+from edge.config import ConfigError, ModelSettings, load_settings
+from edge.manifest import Manifest, ModelError, list_manifests
+
+EXPECTED_ERRORS = (ConfigError, ModelError, SourceError)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from edge.capture import open_sources
+    from edge.loop import make_scorer, timed_frames
+
+    overrides = {"models": {"dir": args.models_dir, "backend": args.backend,
+                            "num_threads": args.threads}}
+    settings = load_settings(args.config, overrides)
+    scorer = make_scorer(settings)
+    failed = 0
+    with open_sources(args.paths) as source:
+        for frame, capture_s in timed_frames(source):
+            result = scorer.score(frame, capture_s)
+            failed += result.error is not None
+            if result.error:
+                print(f"sonoedge: {result.error}", file=sys.stderr)
+            print(json.dumps(result.to_dict(), separators=(",", ":")), flush=True)
+    return 1 if failed else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge.loop import run
+
+    overrides = {
+        "source": {"spec": args.source},
+        "device": {"state_dir": args.state_dir, "device_id": args.device_id},
+        "mqtt": {"url": args.mqtt_url, "device_id": args.device_id},
+        "loop": {"max_frames": args.max_frames},
+    }
+    settings = load_settings(args.config, overrides)
+    return run(settings, once=args.once)
+
+
+def _describe(manifest: Manifest) -> dict:
+    raw = manifest.raw
+    return {"name": manifest.name, "version": manifest.version, "task": manifest.task,
+            "file": str(manifest.model_path), "sha256": manifest.sha256, "verified": True,
+            "input": raw.get("input"), "labels": list(manifest.labels),
+            "preprocessing": raw.get("preprocessing"), "quantization": raw.get("quantization"),
+            "metrics": raw.get("metrics"), "licences": raw.get("licences")}
+
+
+def _models(args: argparse.Namespace) -> int:
+    found = list_manifests(Path(args.models_dir))
+    if not found:
+        print(f"sonoedge: {args.models_dir}: no model manifests", file=sys.stderr)
+        return 1
+    bad = 0
+    for item in found:
+        if isinstance(item, ModelError):
+            bad += 1
+            print(f"sonoedge: {item}", file=sys.stderr)
+        elif args.json:
+            print(json.dumps(_describe(item)))
+        else:
+            raw = item.raw
+            size = raw.get("size_bytes", item.model_path.stat().st_size)
+            shape = "x".join(str(v) for v in item.input_shape)
+            print(f"{item.ident}  {item.task}  {item.model_path.name}  {size / 1024:.0f} KiB  "
+                  f"input {shape} {raw['input'].get('dtype', '?')}  sha256 {item.sha256[:12]} ok")
+            for name, metric in sorted((raw.get("metrics") or {}).items()):
+                value = metric.get("value") if isinstance(metric, dict) else metric
+                print(f"    {name}: {value}")
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sonoedge", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    score = verbs.add_parser("score", help="score images, folders or videos; JSON per frame")
+    score.add_argument("paths", nargs="+")
+    score.add_argument("--config", type=Path)
+    score.add_argument("--models-dir")
+    score.add_argument("--backend", choices=["litert", "edgetpu", "tflite-runtime"])
+    score.add_argument("--threads", type=int)
+    score.set_defaults(func=_score)
+
+    run = verbs.add_parser("run", help="the on-device loop: capture, score, journal, publish")
+    run.add_argument("--config", type=Path)
+    run.add_argument("--source", help="demo | file | folder | v4l2:N | /dev/videoN | picamera2")
+    run.add_argument("--mqtt-url", help="mqtt[s]://user:pass@host:port")
+    run.add_argument("--device-id")
+    run.add_argument("--state-dir")
+    run.add_argument("--max-frames", type=int)
+    run.add_argument("--once", action="store_true",
+                     help="process the source to its end, try to drain the outbox, exit 0")
+    run.set_defaults(func=_run)
+
+    models = verbs.add_parser("models", help="installed models with their manifests")
+    models.add_argument("--models-dir", default=ModelSettings().dir)
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=_models)
+
+    for name, text in (("status", "uplink and device status"),
+                       ("outbox", "messages waiting to be published"),
+                       ("central", "the district collector and its report")):
+        sub = verbs.add_parser(name, help=text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(func=None, delegate=name)
+    return parser
+
+
+def _delegate(name: str, argv: list[str]) -> int:
+    if name == "central":
+        from central.cli import main as central_main
+
+        return central_main(argv)
+    from edge import outbox_cli
+
+    return (outbox_cli.status_main if name == "status" else outbox_cli.outbox_main)(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        if args.func is None:
+            return _delegate(args.delegate, args.rest)
+        return args.func(args)
+    except EXPECTED_ERRORS as exc:
+        print(f"sonoedge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The local journal: every scored frame, durable before the next one is read.
+
+SQLite in WAL mode with `synchronous=NORMAL`: each frame is its own committed transaction,
+so killing the process (SIGKILL, a crash) loses nothing that was journaled, and the
+database is never corrupted. A power cut may lose the last commits not yet checkpointed
+(about a second of frame results) but never an older one; exam summaries, which matter
+more, go through the outbox with its own, stricter policy. The schema version lives in
+`PRAGMA user_version`; upgrades migrate forward and never wipe.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+from edge.result import FrameResult
+
+SCHEMA_VERSION = 1
+JOURNAL_FILE = "journal.sqlite"
+
+_MIGRATIONS = {
+    1: """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        started_ts REAL NOT NULL,
+        ended_ts REAL,
+        frames INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        models TEXT NOT NULL
+    );
+    CREATE TABLE results (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL REFERENCES runs(run_id),
+        source TEXT NOT NULL,
+        frame INTEGER NOT NULL,
+        plane TEXT,
+        plane_confidence REAL,
+        latency_ms REAL,
+        ts REAL NOT NULL,
+        mono_s REAL NOT NULL,
+        error TEXT,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX results_run ON results(run_id, id);
+    """,
+}
+
+
+class Journal:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path}: journal cannot be opened ({exc})") from None
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"written by a newer sonoedge (schema {version})")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            self.db.executescript(f"BEGIN; {_MIGRATIONS[step]} PRAGMA user_version={step}; COMMIT;")
+
+    def start_run(self, source: str, models: dict[str, str]) -> str:
+        run_id = str(uuid.uuid4())
+        self.db.execute("INSERT INTO runs (run_id, source, started_ts, models) VALUES (?,?,?,?)",
+                        (run_id, source, time.time(), json.dumps(models, sort_keys=True)))
+        return run_id
+
+    def append(self, run_id: str, result: FrameResult) -> None:
+        record = result.to_dict()
+        self.db.execute(
+            "INSERT INTO results (run_id, source, frame, plane, plane_confidence, latency_ms,"
+            " ts, mono_s, error, record) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (run_id, result.source, result.frame, result.plane, result.plane_confidence,
+             result.latency_ms, result.ts, result.mono_s, result.error,
+             json.dumps(record, separators=(",", ":"))))
+
+    def end_run(self, run_id: str) -> None:
+        self.db.execute(
+            "UPDATE runs SET ended_ts=?, frames=(SELECT COUNT(*) FROM results WHERE run_id=?),"
+            " failed=(SELECT COUNT(*) FROM results WHERE run_id=? AND error IS NOT NULL)"
+            " WHERE run_id=?", (time.time(), run_id, run_id, run_id))
+
+    def results(self, run_id: str | None = None) -> list[dict]:
+        query = "SELECT record FROM results"
+        args: tuple = ()
+        if run_id is not None:
+            query += " WHERE run_id=?"
+            args = (run_id,)
+        return [json.loads(row[0]) for row in self.db.execute(query + " ORDER BY id", args)]
+
+    def runs(self) -> list[dict]:
+        cursor = self.db.execute("SELECT * FROM runs ORDER BY started_ts")
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def close(self) -> None:
+        self.db.close()

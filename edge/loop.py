@@ -1,0 +1,240 @@
+"""The device loop: source -> frame -> region -> model -> result -> journal -> outbox.
+
+Data flows one way. The scorer turns a captured frame into a `FrameResult`; the run loop
+journals every result before reading the next frame, keeps the run's figures, and hands
+compact summaries to the uplink, which publishes them whenever a link exists. Nothing in
+here waits on the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.capture import Frame, LiveSettings, Source, open_source
+from edge.config import Settings
+from edge.journal import JOURNAL_FILE, Journal
+from edge.manifest import Manifest, find_manifest
+from edge.planes import classify_plane
+from edge.result import FrameResult
+from edge.roi import Roi, RoiSettings, find_roi
+from edge.runtime import Model, load_model
+from edge.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+@dataclass
+class Scorer:
+    """Scores frames with the plane model, re-finding the screen region now and then.
+
+    A scanner's layout changes rarely within a stream, so the region is found again every
+    `roi_refresh_frames` frames, or when the source or the frame size changes.
+    """
+
+    model: Model
+    roi_settings: RoiSettings = field(default_factory=RoiSettings)
+    roi_refresh_frames: int = 15
+    _roi: Roi | None = None
+    _roi_key: tuple | None = None
+    _since_roi: int = 0
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.model.manifest
+
+    def _region(self, frame: Frame) -> Roi | None:
+        key = (frame.source, frame.image.shape)
+        if key != self._roi_key or self._since_roi >= self.roi_refresh_frames:
+            self._roi = find_roi(frame.image, self.roi_settings)
+            self._roi_key = key
+            self._since_roi = 0
+        self._since_roi += 1
+        return self._roi
+
+    def score(self, frame: Frame, capture_s: float = 0.0) -> FrameResult:
+        ident = self.manifest.ident
+        if not frame.ok:
+            return FrameResult(frame.source, frame.index, None, None, _ms(capture_s),
+                               _ms(capture_s), 0.0, 0.0, None, ident, frame.t_wall,
+                               frame.t_mono, error=frame.error or "no image")
+        t0 = time.perf_counter()
+        roi = self._region(frame)
+        t1 = time.perf_counter()
+        plane = classify_plane(self.model, frame.image, roi)
+        t2 = time.perf_counter()
+        preprocess_s, infer_s = t1 - t0, t2 - t1
+        return FrameResult(
+            source=frame.source, frame=frame.index, plane=plane.plane,
+            plane_confidence=plane.confidence,
+            latency_ms=_ms(capture_s + preprocess_s + infer_s), capture_ms=_ms(capture_s),
+            preprocess_ms=_ms(preprocess_s), infer_ms=_ms(infer_s),
+            roi=roi.as_list() if roi else None, model=ident, ts=frame.t_wall,
+            mono_s=frame.t_mono)
+
+
+def make_scorer(settings: Settings) -> Scorer:
+    manifest = find_manifest(Path(settings.models.dir), settings.models.plane)
+    model = load_model(manifest, settings.models.backend, settings.models.num_threads)
+    return Scorer(model, settings.roi, settings.loop.roi_refresh_frames)
+
+
+def timed_frames(source: Source) -> Iterator[tuple[Frame, float]]:
+    """Each frame with the time spent waiting for it (decode included for files)."""
+    iterator = iter(source)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            frame = next(iterator)
+        except StopIteration:
+            return
+        yield frame, time.perf_counter() - t0
+
+
+def live_settings(settings: Settings) -> LiveSettings:
+    src = settings.source
+    return LiveSettings(
+        backoff_initial_s=src.backoff_initial_s,
+        backoff_max_s=max(src.backoff_max_s, src.backoff_initial_s),
+        max_reopen_attempts=None if src.max_reopen_attempts < 0 else src.max_reopen_attempts,
+        width=src.width or None, height=src.height or None, fps=src.fps or None)
+
+
+@dataclass
+class RunStats:
+    """The figures the summary line and the health messages report."""
+
+    started_mono: float = field(default_factory=time.monotonic)
+    frames: int = 0
+    failed: int = 0
+    planes: Counter = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def add(self, result: FrameResult) -> None:
+        self.frames += 1
+        if result.error:
+            self.failed += 1
+            return
+        self.planes[result.plane] += 1
+        self.latencies_ms.append(result.latency_ms)
+
+    def snapshot(self, source: Source | None = None) -> dict:
+        elapsed = max(1e-9, time.monotonic() - self.started_mono)
+        lat = sorted(self.latencies_ms[-1000:])
+        return {
+            "frames": self.frames,
+            "failed": self.failed,
+            "fps": self.frames / elapsed,
+            "latency_p50_ms": statistics.median(lat) if lat else None,
+            "latency_p90_ms": lat[int(0.9 * (len(lat) - 1))] if lat else None,
+            "source_dropped": getattr(source, "dropped", 0),
+            "source_reopens": getattr(source, "reopens", 0),
+        }
+
+
+def format_line(result: FrameResult) -> str:
+    if result.error:
+        return f"{result.source} #{result.frame}: error: {result.error}"
+    return (f"{result.source} #{result.frame}: {result.plane} {result.plane_confidence:.2f}"
+            f"  {result.latency_ms:.1f} ms (capture {result.capture_ms:.1f},"
+            f" prep {result.preprocess_ms:.1f}, infer {result.infer_ms:.1f})")
+
+
+def format_summary(stats: RunStats, source_name: str) -> str:
+    snap = stats.snapshot()
+    planes = ", ".join(f"{name} {n}" for name, n in stats.planes.most_common()) or "none"
+    p50 = snap["latency_p50_ms"]
+    p90 = snap["latency_p90_ms"]
+    latency = f"median {p50:.1f} ms, p90 {p90:.1f} ms" if p50 is not None else "no frames"
+    return (f"summary: {source_name}: {stats.frames} frames, {stats.failed} failed, "
+            f"{snap['fps']:.1f} fps, latency {latency}; planes: {planes}")
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT end the run cleanly: the exam summary is still written."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._stop)
+            except ValueError:  # not the main thread (tests): no signal handling
+                pass
+        return self
+
+    def _stop(self, *_args: object) -> None:
+        self.stopped = True
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = print) -> int:
+    """The long-running loop; returns the process exit code."""
+    scorer = make_scorer(settings)
+    state_dir = Path(settings.device.state_dir)
+    models = {scorer.manifest.name: scorer.manifest.version}
+    mqtt = settings.mqtt
+    if settings.device.device_id and not mqtt.device_id:
+        from dataclasses import replace
+        mqtt = replace(mqtt, device_id=settings.device.device_id)
+    uplink = Uplink(mqtt, state_dir, model_versions=models)
+    uplink.start()
+    journal = Journal(state_dir / JOURNAL_FILE)
+    source = open_source(settings.source.spec, live=live_settings(settings))
+    if source.demo is not None and source.demo.kind == "phantom":
+        echo(f"demo source is a generated phantom: {source.demo.description}")
+    run_id = journal.start_run(source.name, models)
+    stats = RunStats()
+    results: list[dict] = []
+    started_ts = time.time()
+    next_health = time.monotonic() + mqtt.health_interval_s
+    limit = settings.loop.max_frames
+    try:
+        with _StopFlag() as stop, source:
+            for frame, capture_s in timed_frames(source):
+                result = scorer.score(frame, capture_s)
+                journal.append(run_id, result)
+                stats.add(result)
+                results.append(_slim(result))
+                every = settings.loop.log_every
+                if result.error or (every and stats.frames % every == 0):
+                    echo(format_line(result))
+                if time.monotonic() >= next_health:
+                    uplink.enqueue_health(stats.snapshot(source))
+                    next_health = time.monotonic() + mqtt.health_interval_s
+                if stop.stopped or (limit and stats.frames >= limit):
+                    break
+    finally:
+        journal.end_run(run_id)
+        journal.close()
+        uplink.record_exam(results, source.name, started_ts, time.time(),
+                           started_mono=stats.started_mono, ended_mono=time.monotonic())
+        uplink.enqueue_health(stats.snapshot(source))
+        echo(format_summary(stats, source.name))
+        if once and uplink.target is not None:
+            if not uplink.drain():
+                echo(f"outbox not empty after {mqtt.drain_timeout_s:.0f} s: "
+                     f"{uplink.outbox.pending_count()} messages wait for the next link")
+        uplink.close()
+    return 0
+
+
+def _slim(result: FrameResult) -> dict:
+    """What the exam summary needs of a frame; the journal keeps the whole record."""
+    return {"plane": result.plane, "plane_confidence": result.plane_confidence,
+            "latency_ms": result.latency_ms, "model": result.model, "error": result.error}

@@ -1,0 +1,115 @@
+"""Model manifests: what a shipped .tflite is, how to feed it, and proof it is the same file.
+
+A model file is trusted only when its sha256 matches its manifest: a half-copied update or
+a swapped file on a device nobody watches must fail loudly, not score frames wrongly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.preprocess import PreprocessSpec
+
+MANIFEST_VERSION = 1
+REQUIRED = ("name", "version", "task", "file", "sha256", "labels", "input", "output",
+            "preprocessing")
+
+
+class ModelError(ValueError):
+    """A one-line message naming the model file or manifest."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path  # the .json
+    name: str
+    version: str
+    task: str
+    model_path: Path
+    sha256: str
+    labels: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    output_kind: str  # "logits" or "probabilities"
+    preprocessing: PreprocessSpec
+    raw: dict
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def setting(self, key: str, default: float) -> float:
+        """A task-specific number from the manifest's `thresholds` block (e.g. abstain)."""
+        return float(self.raw.get("thresholds", {}).get(key, default))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse and check a manifest; the model file itself is checked by `verify`."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model manifest not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: manifest is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{path}: manifest must be a JSON object")
+    missing = [key for key in REQUIRED if key not in raw]
+    if missing:
+        raise ModelError(f"{path}: manifest lacks {missing[0]!r}")
+    if raw.get("manifest_version", MANIFEST_VERSION) != MANIFEST_VERSION:
+        raise ModelError(f"{path}: manifest_version {raw['manifest_version']} is not supported")
+    try:
+        spec = PreprocessSpec.from_dict(raw["preprocessing"], f"{path}: preprocessing")
+        shape = tuple(int(v) for v in raw["input"]["shape"])
+        labels = tuple(str(v).strip() for v in raw["labels"])
+        output_kind = str(raw["output"].get("kind", "logits"))
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ModelError(f"{path}: malformed input/output/labels ({exc})") from None
+    if output_kind not in ("logits", "probabilities"):
+        raise ModelError(f"{path}: output.kind {output_kind!r} is not logits or probabilities")
+    if shape[-2:] != (spec.height, spec.width):
+        raise ModelError(f"{path}: input shape {shape} disagrees with preprocessing "
+                         f"{spec.height}x{spec.width}")
+    return Manifest(path=path, name=str(raw["name"]), version=str(raw["version"]),
+                    task=str(raw["task"]), model_path=path.parent / str(raw["file"]),
+                    sha256=str(raw["sha256"]).lower(), labels=labels, input_shape=shape,
+                    output_kind=output_kind, preprocessing=spec, raw=raw)
+
+
+def verify(manifest: Manifest) -> None:
+    """The model file exists and is byte-for-byte the one the manifest describes."""
+    if not manifest.model_path.is_file():
+        raise ModelError(f"{manifest.model_path}: model file missing "
+                         f"(named by {manifest.path.name})")
+    actual = sha256_of(manifest.model_path)
+    if actual != manifest.sha256:
+        raise ModelError(f"{manifest.model_path}: sha256 {actual[:12]}... does not match "
+                         f"its manifest ({manifest.sha256[:12]}...); refusing to load it")
+
+
+def find_manifest(models_dir: Path, name: str) -> Manifest:
+    return read_manifest(Path(models_dir) / f"{name}.json")
+
+
+def list_manifests(models_dir: Path) -> list[Manifest | ModelError]:
+    """Every manifest in the folder, with the error in place of the ones that are broken."""
+    found: list[Manifest | ModelError] = []
+    for path in sorted(Path(models_dir).glob("*.json")):
+        try:
+            manifest = read_manifest(path)
+            verify(manifest)
+            found.append(manifest)
+        except ModelError as exc:
+            found.append(exc)
+    return found

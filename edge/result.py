@@ -1,0 +1,32 @@
+"""The per-frame result: one JSON-serialisable record that score, journal and summaries share."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+RESULT_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    source: str
+    frame: int
+    plane: str | None  # None when the frame could not be scored (see `error`)
+    plane_confidence: float | None
+    latency_ms: float  # capture wait excluded: preprocess + infer + bookkeeping
+    capture_ms: float
+    preprocess_ms: float
+    infer_ms: float
+    roi: list[int] | None  # [x, y, w, h] in frame pixels
+    model: str  # name@version
+    ts: float  # wall clock at capture (advisory: the box may have no RTC)
+    mono_s: float  # monotonic clock at capture
+    error: str | None = None
+    schema: int = RESULT_SCHEMA
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for key in ("plane_confidence", "latency_ms", "capture_ms", "preprocess_ms", "infer_ms"):
+            if data[key] is not None:
+                data[key] = round(data[key], 4 if key == "plane_confidence" else 3)
+        return data

@@ -1,0 +1,135 @@
+"""One way to run a shipped model, whatever executes it.
+
+A backend is a small function that turns a .tflite path into a TFLite-style interpreter
+(LiteRT on the CPU, LiteRT with the Edge TPU delegate, the legacy tflite-runtime), in the
+manner of pycoral's `make_interpreter`. Everything above this module sees only `Model.run`:
+float in, float out, int8 scales and zero points handled here once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.manifest import Manifest, ModelError, verify
+
+log = logging.getLogger(__name__)
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+def _litert_module():
+    try:
+        from ai_edge_litert import interpreter as litert
+    except ImportError:
+        return None
+    return litert
+
+
+def _tflite_runtime_module():
+    try:
+        from tflite_runtime import interpreter as tflite
+    except ImportError:
+        return None
+    return tflite
+
+
+def _cpu(model_path: Path, num_threads: int, module=None):
+    module = module or _litert_module() or _tflite_runtime_module()
+    if module is None:
+        raise ModelError("no TFLite runtime installed: pip install ai-edge-litert")
+    return module.Interpreter(model_path=str(model_path), num_threads=num_threads)
+
+
+def _litert(model_path: Path, num_threads: int):
+    return _cpu(model_path, num_threads, _litert_module())
+
+
+def _tflite_runtime(model_path: Path, num_threads: int):
+    module = _tflite_runtime_module()
+    if module is None:
+        log.warning("tflite-runtime is not installed; using LiteRT instead")
+    return _cpu(model_path, num_threads, module)
+
+
+def _edgetpu(model_path: Path, num_threads: int):
+    """The Edge TPU delegate where it loads; otherwise the CPU, said once in the log."""
+    module = _litert_module() or _tflite_runtime_module()
+    if module is None:
+        raise ModelError("no TFLite runtime installed: pip install ai-edge-litert")
+    try:
+        delegate = module.load_delegate(EDGETPU_LIBRARY)
+    except (ValueError, OSError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("Edge TPU delegate unavailable (%s: %s); running %s on the CPU",
+                    EDGETPU_LIBRARY, reason, model_path.name)
+        return module.Interpreter(model_path=str(model_path), num_threads=num_threads)
+    return module.Interpreter(model_path=str(model_path), num_threads=num_threads,
+                              experimental_delegates=[delegate])
+
+
+BACKENDS: dict[str, Callable[[Path, int], object]] = {
+    "litert": _litert,
+    "edgetpu": _edgetpu,
+    "tflite-runtime": _tflite_runtime,
+}
+
+
+def make_interpreter(model_path: Path, backend: str = "litert", num_threads: int = 2):
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    try:
+        interpreter = BACKENDS[backend](Path(model_path), num_threads)
+        interpreter.allocate_tensors()
+    except ModelError:
+        raise
+    except (ValueError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{model_path}: cannot load model ({first})") from None
+    return interpreter
+
+
+@dataclass
+class Model:
+    manifest: Manifest
+    interpreter: object
+    _input: dict
+    _output: dict
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Float input of the manifest's shape -> float output (dequantized)."""
+        detail = self._input
+        if detail["dtype"] != np.float32:
+            scale, zero = detail["quantization"]
+            info = np.iinfo(detail["dtype"])
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(detail["dtype"])
+        else:
+            x = x.astype(np.float32, copy=False)
+        self.interpreter.set_tensor(detail["index"], x)
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self._output["index"])
+        if self._output["dtype"] != np.float32:
+            scale, zero = self._output["quantization"]
+            out = (out.astype(np.float32) - zero) * scale
+        return out
+
+
+def load_model(manifest: Manifest, backend: str = "litert", num_threads: int = 2) -> Model:
+    """Verify the file against its manifest, then load it on the chosen backend."""
+    verify(manifest)
+    interpreter = make_interpreter(manifest.model_path, backend, num_threads)
+    inputs = interpreter.get_input_details()
+    outputs = interpreter.get_output_details()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(f"{manifest.model_path}: expected one input and one output")
+    if tuple(inputs[0]["shape"]) != manifest.input_shape:
+        raise ModelError(f"{manifest.model_path}: input shape {tuple(inputs[0]['shape'])} "
+                         f"differs from its manifest {manifest.input_shape}")
+    if outputs[0]["shape"][-1] != len(manifest.labels):
+        raise ModelError(f"{manifest.model_path}: {outputs[0]['shape'][-1]} outputs but "
+                         f"{len(manifest.labels)} labels in its manifest")
+    return Model(manifest, interpreter, inputs[0], outputs[0])
