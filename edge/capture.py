@@ -20,6 +20,7 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,6 +318,7 @@ class LiveSource(Source):
         self.end_reason: str | None = None
         self.frames_grabbed = 0
         self.open_attempts = 0
+        self.delays: deque[float] = deque(maxlen=32)  # recent backoff waits, for status/tests
         self._thread = threading.Thread(target=self._run, name=f"grab-{name}", daemon=True)
         self._thread.start()
 
@@ -354,6 +356,7 @@ class LiveSource(Source):
                                      " attempts")
                         return
                     log.info("%s: reopening in %.2fs (attempt %d)", self.name, delay, failures)
+                    self.delays.append(delay)
                     if self._closed.wait(delay):
                         break
                     delay = min(delay * 2, s.backoff_max_s)

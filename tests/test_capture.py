@@ -1,0 +1,344 @@
+"""Capture, specified on real files: real ultrasound frames copied into tmp dirs, truncated
+copies of them, and real videos written with cv2.VideoWriter. The live grabber runs with a
+real cv2.VideoCapture on such a video: end of file is what an unplugged dongle looks like.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.capture import (
+    Frame,
+    LiveSettings,
+    LiveSource,
+    SourceError,
+    decode_image_file,
+    open_source,
+    open_sources,
+)
+from edge.demo import default_data_dir
+
+DATA = default_data_dir()
+HC_PNG = DATA / "hc18" / "images" / "000_HC.png"
+TIFF = DATA / "sononet" / "examples" / "4CH.tiff"
+PLANES = DATA / "planes" / "images"
+needs_data = pytest.mark.skipif(not (HC_PNG.exists() and TIFF.exists() and PLANES.is_dir()),
+                                reason=f"real data not found under {DATA}")
+
+
+def _real_jpg() -> Path:
+    return sorted(PLANES.glob("*.jpg"))[0]
+
+
+def _truncate(src: Path, dst: Path, frac: float = 0.6) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * frac)])
+    return dst
+
+
+def _write_video(path: Path, n: int, fps: float = 30.0, size: tuple[int, int] = (160, 120)):
+    """Frame i is flat grey 10 + 4*i, so the index survives MJPG compression."""
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert wr.isOpened()
+    for i in range(n):
+        wr.write(np.full((size[1], size[0], 3), 10 + 4 * i, np.uint8))
+    wr.release()
+    return path
+
+
+def _index_of(img: np.ndarray) -> int:
+    return int(round((float(img.mean()) - 10) / 4))
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e)
+    assert msg and "\n" not in msg
+    return msg
+
+
+# --------------------------------------------------------------------------- files
+
+
+@needs_data
+def test_folder_sorted_skips_non_images_and_reports_corrupt_files_then_goes_on(tmp_path):
+    d = tmp_path / "frames"
+    d.mkdir()
+    shutil.copy(_real_jpg(), d / "a_001.jpg")
+    shutil.copy(HC_PNG, d / "b_002.png")
+    _truncate(HC_PNG, d / "c_003.png")
+    _truncate(_real_jpg(), d / "d_004.jpg")
+    shutil.copy(TIFF, d / "e_005.tiff")
+    (d / "f_006.png").write_bytes(b"")
+    (d / "notes.txt").write_text("not an image")
+
+    with open_source(d) as src:
+        frames = list(src)
+
+    assert [f.source for f in frames] == ["a_001.jpg", "b_002.png", "c_003.png", "d_004.jpg",
+                                          "e_005.tiff", "f_006.png"]
+    assert [f.index for f in frames] == list(range(6))
+    ok = {f.source: f for f in frames if f.ok}
+    assert ok["a_001.jpg"].image.shape == (480, 640, 3)
+    assert ok["b_002.png"].image.shape == (540, 800)  # greyscale stays HxW
+    assert ok["e_005.tiff"].image.shape == (735, 975, 3)
+    assert all(f.image.dtype == np.uint8 for f in ok.values())
+    for name in ("c_003.png", "d_004.jpg", "f_006.png"):
+        bad = next(f for f in frames if f.source == name)
+        assert bad.image is None and not bad.ok
+        assert name in bad.error and "\n" not in bad.error
+
+
+@needs_data
+def test_truncated_tiff_and_garbage_bytes_give_a_reason_not_an_exception(tmp_path):
+    img, err = decode_image_file(_truncate(TIFF, tmp_path / "cut.tiff", 0.9))
+    assert img is None and "cut.tiff" in err
+    (tmp_path / "junk.bmp").write_bytes(b"BM not really a bitmap")
+    img, err = decode_image_file(tmp_path / "junk.bmp")
+    assert img is None and "junk.bmp" in err
+
+
+@needs_data
+def test_single_image_file_is_one_frame_named_by_basename(tmp_path):
+    p = tmp_path / "head.png"
+    shutil.copy(HC_PNG, p)
+    frames = list(open_source(str(p)))
+    assert len(frames) == 1
+    f = frames[0]
+    assert isinstance(f, Frame) and f.ok and f.source == "head.png" and f.index == 0
+    assert f.t_mono <= time.monotonic() and f.t_wall > 1e9
+    with pytest.raises(AttributeError):
+        f.index = 3  # frozen
+
+
+def test_sixteen_bit_png_comes_out_as_uint8(tmp_path):
+    p = tmp_path / "deep.png"
+    cv2.imwrite(str(p), np.full((20, 30), 40000, np.uint16))
+    img, err = decode_image_file(p)
+    assert err is None and img.dtype == np.uint8 and img.shape == (20, 30)
+
+
+def test_empty_folder_missing_path_and_unsupported_type_raise_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError) as e:
+        open_source(empty)
+    assert "empty folder" in _one_line(e.value) and str(empty) in str(e.value)
+
+    only_txt = tmp_path / "only_txt"
+    only_txt.mkdir()
+    (only_txt / "readme.txt").write_text("x")
+    with pytest.raises(SourceError, match="empty folder"):
+        open_source(only_txt)
+
+    with pytest.raises(SourceError) as e:
+        open_source(tmp_path / "nope.png")
+    assert "nope.png" in _one_line(e.value)
+
+    txt = tmp_path / "notes.txt"
+    txt.write_text("x")
+    with pytest.raises(SourceError) as e:
+        open_source(txt)
+    assert "unsupported" in _one_line(e.value) and ".txt" in str(e.value)
+
+
+# --------------------------------------------------------------------------- video
+
+
+def test_video_file_yields_every_frame_in_order(tmp_path):
+    p = _write_video(tmp_path / "clip.avi", 20)
+    with open_source(p) as src:
+        frames = list(src)
+    assert [f.index for f in frames] == list(range(20))
+    assert all(f.ok and f.source == "clip.avi" for f in frames)
+    assert [_index_of(f.image) for f in frames] == list(range(20))
+    assert all(a.t_mono <= b.t_mono for a, b in zip(frames, frames[1:], strict=False))
+
+
+def test_truncated_video_ends_cleanly_with_fewer_frames(tmp_path):
+    full = _write_video(tmp_path / "full.avi", 30)
+    cut = _truncate(full, tmp_path / "cut.avi", 0.5)
+    try:
+        src = open_source(cut)
+    except SourceError as e:  # some demuxers refuse the file outright: also fine
+        assert "cut.avi" in _one_line(e)
+        return
+    frames = list(src)
+    good = [f for f in frames if f.ok]
+    assert 0 < len(good) < 30
+    assert all(f.error is None for f in frames[:-1])
+    if frames[-1].error:
+        assert "cut.avi" in frames[-1].error and "\n" not in frames[-1].error
+
+
+def test_corrupt_video_raises_source_error(tmp_path):
+    p = tmp_path / "bad.mp4"
+    p.write_bytes(b"\x00" * 4096)
+    with pytest.raises(SourceError) as e:
+        open_source(p)
+    assert "bad.mp4" in _one_line(e.value)
+
+
+def test_paced_video_skips_late_frames_instead_of_falling_behind(tmp_path):
+    p = _write_video(tmp_path / "live_like.avi", 30, fps=30.0)
+    t0 = time.monotonic()
+    with open_source(p, pace=True) as src:
+        got = []
+        for f in src:
+            got.append(f.index)
+            time.sleep(0.1)  # a slow model: 10 fps against a 30 fps file
+    assert time.monotonic() - t0 < 5
+    assert src.dropped > 0 and len(got) + src.dropped <= 30
+    assert got == sorted(set(got)) and got[-1] >= 25
+
+
+# --------------------------------------------------------------------------- many paths
+
+
+@needs_data
+def test_open_sources_chains_in_order_and_reports_bad_paths_inline(tmp_path):
+    img = tmp_path / "one.png"
+    shutil.copy(HC_PNG, img)
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    shutil.copy(_real_jpg(), folder / "x.jpg")
+    shutil.copy(TIFF, folder / "y.tiff")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    vid = _write_video(tmp_path / "v.avi", 5)
+    missing = tmp_path / "missing.png"
+
+    frames = list(open_sources([img, folder, missing, empty, vid]))
+    assert [f.source for f in frames] == ["one.png", "x.jpg", "y.tiff", "missing.png",
+                                          "empty", "v.avi", "v.avi", "v.avi", "v.avi", "v.avi"]
+    bad = [f for f in frames if f.error]
+    assert [f.index for f in bad] == [-1, -1]
+    assert "missing.png" in bad[0].error and "empty folder" in bad[1].error
+    assert sum(f.ok for f in frames) == 8
+
+    with pytest.raises(SourceError, match="missing.png"):
+        open_sources([img, missing], strict=True)
+    with pytest.raises(SourceError):
+        open_sources([])
+
+
+# --------------------------------------------------------------------------- live
+
+
+def _file_opener(path: Path, calls: list[float]):
+    def opener():
+        calls.append(time.monotonic())
+        return cv2.VideoCapture(str(path))
+
+    return opener
+
+
+def test_live_grabber_keeps_only_the_latest_frame(tmp_path):
+    p = _write_video(tmp_path / "dongle.avi", 60)
+    calls: list[float] = []
+    s = LiveSettings(backoff_initial_s=0.01, backoff_max_s=0.02, max_reopen_attempts=0,
+                     poll_s=0.01)
+    src = LiveSource("test:dongle", _file_opener(p, calls), s)
+    got: list[Frame] = []
+    deadline = time.monotonic() + 10
+    for f in src:
+        got.append(f)
+        time.sleep(0.03)  # slower than the grabber: stale frames must be dropped
+        assert time.monotonic() < deadline
+    src.close()
+
+    idx = [f.index for f in got]
+    assert idx == sorted(set(idx))  # never an old frame after a newer one
+    assert src.dropped > 0
+    assert len(got) + src.dropped == src.frames_grabbed == 60
+    assert idx[-1] == 59  # the newest frame at the end is delivered, not lost
+    assert all(_index_of(f.image) == f.index for f in got)  # image belongs to its index
+    assert "giving up" in src.end_reason
+    assert len(calls) == 1 and src.reopens == 0
+
+
+def test_live_grabber_reopens_with_bounded_exponential_backoff(tmp_path):
+    """Two replugs that work, then the device is gone: 3 attempts, then a clean end."""
+    p = _write_video(tmp_path / "dongle.avi", 5)
+    calls: list[float] = []
+
+    def opener():
+        calls.append(time.monotonic())
+        # first three opens find the "device", later ones a path that is not there
+        return cv2.VideoCapture(str(p if len(calls) <= 3 else tmp_path / "unplugged.avi"))
+
+    s = LiveSettings(backoff_initial_s=0.05, backoff_max_s=0.1, max_reopen_attempts=3,
+                     poll_s=0.01)
+    t0 = time.monotonic()
+    with LiveSource("test:replug", opener, s) as src:
+        got = [f.index for f in src]
+    assert time.monotonic() - t0 < 10
+
+    assert src.reopens == 2
+    assert len(calls) == 6  # 1 open + 2 good reopens + 3 failed attempts
+    # backoff resets after each good reopen, doubles while failing, capped at backoff_max_s
+    assert list(src.delays) == [0.05, 0.05, 0.05, 0.1, 0.1]
+    gaps = np.diff(calls[3:])
+    assert gaps[0] >= 0.1 * 0.9 and gaps[1] >= 0.1 * 0.9
+    assert got == sorted(set(got)) and len(got) >= 3  # frames from each plug-in
+    assert "giving up after 3 reopen attempts" in src.end_reason
+
+
+def test_close_ends_a_live_source_that_would_reopen_forever(tmp_path):
+    p = _write_video(tmp_path / "loop.avi", 3)
+    calls: list[float] = []
+    s = LiveSettings(backoff_initial_s=0.01, backoff_max_s=0.02, max_reopen_attempts=None,
+                     poll_s=0.01)
+    src = LiveSource("test:forever", _file_opener(p, calls), s)
+    deadline = time.monotonic() + 10
+    n = 0
+    for _ in src:
+        n += 1
+        if src.reopens >= 2:
+            src.close()
+        assert time.monotonic() < deadline
+    assert src.reopens >= 2 and n >= 1
+    assert not src._thread.is_alive()
+    assert "closed" in src.end_reason
+
+
+@pytest.mark.parametrize("spec", ["v4l2:/dev/video99", "v4l2:99", "/dev/video99"])
+def test_absent_v4l2_device_is_a_one_line_source_error(spec):
+    with pytest.raises(SourceError) as e:
+        open_source(spec)
+    assert "/dev/video99" in _one_line(e.value)
+
+
+def test_absent_v4l2_device_with_wait_ends_after_bounded_attempts():
+    """The real V4L2 opener, against a device that never appears."""
+    s = LiveSettings(backoff_initial_s=0.02, backoff_max_s=0.04, max_reopen_attempts=2,
+                     wait_for_device=True, poll_s=0.01)
+    t0 = time.monotonic()
+    with open_source("v4l2:/dev/video99", live=s) as src:
+        frames = list(src)
+    assert frames == [] and time.monotonic() - t0 < 10
+    assert src.name == "v4l2:/dev/video99" and src.open_attempts == 3
+    assert "giving up" in src.end_reason
+
+
+def test_missing_picamera2_is_a_clear_source_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # import fails as on a non-Pi box
+    for spec in ("picamera2", "picamera2:1"):
+        with pytest.raises(SourceError) as e:
+            open_source(spec)
+        assert "picamera2 is not installed" in _one_line(e.value)
+    with pytest.raises(SourceError, match="integer"):
+        open_source("picamera2:front")
+
+
+def test_live_settings_are_validated():
+    with pytest.raises(ValueError):
+        LiveSettings(backoff_initial_s=2, backoff_max_s=1)
+    with pytest.raises(ValueError):
+        LiveSettings(max_reopen_attempts=-1)
