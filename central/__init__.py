@@ -1,0 +1,1 @@
+"""Central side: the MQTT collector that stores every device message once, and its report."""

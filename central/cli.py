@@ -1,0 +1,110 @@
+"""``sonoedge central ...``: run the collector, or print its report.
+
+    sonoedge central --mqtt-url mqtt://central:PW@broker:1883 --db postgresql://...
+    sonoedge central report --db sonoedge-central.sqlite3 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+
+from central.db import DEFAULT_DB, DbError, Store
+
+USAGE = "sonoedge central [run] --mqtt-url URL [--db URL] ... | sonoedge central report ..."
+
+
+def _collector_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sonoedge central", description="MQTT collector: "
+                                 "stores every device message once, bad ones dead-lettered.")
+    ap.add_argument("--mqtt-url", required=True, help="mqtt[s]://user:pass@host:port")
+    ap.add_argument("--db", default=DEFAULT_DB,
+                    help=f"SQLite path or postgresql://... (default {DEFAULT_DB})")
+    ap.add_argument("--client-id", default="",
+                    help="MQTT client id; keep it stable, the broker keeps its session")
+    ap.add_argument("--share-group", default="sonoedge",
+                    help="shared-subscription group to split the load between collectors")
+    ap.add_argument("--no-share", action="store_true", help="plain subscription, no $share")
+    ap.add_argument("--max-bytes", type=int, default=4096,
+                    help="larger messages are dead-lettered (default 4096)")
+    ap.add_argument("--tls-ca", default="")
+    ap.add_argument("--tls-cert", default="")
+    ap.add_argument("--tls-key", default="")
+    ap.add_argument("--reconnect-max-s", type=float, default=30.0)
+    ap.add_argument("--duration-s", type=float, default=None,
+                    help="stop after this many seconds (default: run until SIGTERM)")
+    ap.add_argument("--log-level", default="INFO")
+    return ap
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sonoedge central report",
+                                 description="Per-device and per-clinic counts.")
+    ap.add_argument("--db", default=DEFAULT_DB, help="SQLite path or postgresql://...")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    return ap
+
+
+def report_main(argv: list[str]) -> int:
+    from central.report import build_report, format_report
+
+    args = _report_parser().parse_args(argv)
+    try:
+        store = Store(args.db)
+        try:
+            rep = build_report(store)
+        finally:
+            store.close()
+    except DbError as exc:
+        print(f"sonoedge central report: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(rep, indent=1) if args.json else format_report(rep))
+    return 0
+
+
+def collector_main(argv: list[str]) -> int:
+    from central.collector import Collector, CollectorSettings
+
+    args = _collector_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = CollectorSettings(
+        mqtt_url=args.mqtt_url, db_url=args.db, client_id=args.client_id,
+        share_group="" if args.no_share else args.share_group, max_bytes=args.max_bytes,
+        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        reconnect_max_s=args.reconnect_max_s, duration_s=args.duration_s,
+    )
+    try:
+        collector = Collector(settings)
+    except (ValueError, DbError) as exc:
+        print(f"sonoedge central: {exc}", file=sys.stderr)
+        return 2
+
+    def _stop(_signum, _frame):
+        collector.stop_event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, _stop)
+        except ValueError:  # not the main thread (embedded use)
+            pass
+    return collector.run()
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    if not argv or argv[0] in ("-h", "--help") and len(argv) == 1:
+        _collector_parser().print_help()
+        print(f"\nusage: {USAGE}")
+        return 0 if argv else 2
+    return collector_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,212 @@
+"""The collector's store: SQLite by default, PostgreSQL (psycopg 3) for scale.
+
+Exactly-once storage rests on one database constraint: ``messages.msg_id`` is the primary
+key and every insert is ``ON CONFLICT (msg_id) DO NOTHING``. A message redelivered by the
+broker, resent by a device after a crash, or received by two collectors that share the
+load is therefore stored once, whichever collector commits first. Malformed messages go to
+``dead_letters`` with their reason, keyed by a digest of topic and payload so that a
+redelivered bad message is also kept once.
+
+SQLite runs in WAL mode with ``synchronous=FULL``: the collector acknowledges a message to
+the broker only after the commit, so a commit must survive a power cut.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DB = "sonoedge-central.sqlite3"
+DEAD_PREVIEW_CHARS = 2048
+
+_TABLES = [
+    """CREATE TABLE IF NOT EXISTS messages (
+        msg_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        clinic_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        boot_id TEXT NOT NULL,
+        device_ts DOUBLE PRECISION,
+        mono_s DOUBLE PRECISION,
+        received_ts DOUBLE PRECISION NOT NULL,
+        collector TEXT NOT NULL,
+        payload TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS messages_device_kind_seq ON messages(device_id, kind, seq)",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        digest TEXT PRIMARY KEY,
+        topic TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        preview TEXT NOT NULL,
+        received_ts DOUBLE PRECISION NOT NULL,
+        collector TEXT NOT NULL
+    )""",
+]
+
+_INSERT_MSG = (
+    "INSERT INTO messages (msg_id, device_id, clinic_id, kind, seq, boot_id, device_ts, "
+    "mono_s, received_ts, collector, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (msg_id) DO NOTHING"
+)
+_INSERT_DEAD = (
+    "INSERT INTO dead_letters (digest, topic, reason, size, preview, received_ts, collector) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    msg_id: str
+    device_id: str
+    clinic_id: str
+    kind: str
+    seq: int
+    boot_id: str
+    device_ts: float | None
+    mono_s: float | None
+    received_ts: float
+    collector: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    digest: str
+    topic: str
+    reason: str
+    size: int
+    preview: str
+    received_ts: float
+    collector: str
+
+
+class DbError(Exception):
+    """The database cannot be opened or written; the message names the URL."""
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_path(url: str) -> str:
+    for prefix in ("sqlite:///", "sqlite://"):
+        if url.startswith(prefix):
+            return url[len(prefix):]
+    return url
+
+
+class Store:
+    """Thin wrapper that hides the two drivers' parameter styles."""
+
+    def __init__(self, url: str = DEFAULT_DB):
+        self.url = url
+        self.pg = is_postgres(url)
+        try:
+            if self.pg:
+                import psycopg
+
+                self._errors = (psycopg.Error,)
+                self.conn = psycopg.connect(url, autocommit=False, connect_timeout=10)
+            else:
+                self._errors = (sqlite3.Error,)
+                path = sqlite_path(url)
+                if path != ":memory:":
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(path, timeout=30.0)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+            with self.tx() as cur:
+                for stmt in _TABLES:
+                    cur.execute(stmt)
+        except ImportError:
+            raise DbError(f"{url}: PostgreSQL needs psycopg: pip install 'sonoedge[central]'") \
+                from None
+        except DbError:
+            raise
+        except Exception as exc:
+            raise DbError(f"{self.shown()}: cannot open database: {_one_line(exc)}") from None
+
+    def shown(self) -> str:
+        import re
+
+        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", self.url)
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.pg else sql
+
+    class _Tx:
+        def __init__(self, store: Store):
+            self.store = store
+
+        def __enter__(self):
+            self.cur = self.store.conn.cursor()
+            return _Cursor(self.cur, self.store)
+
+        def __exit__(self, exc_type, exc, tb):
+            try:
+                if exc_type is None:
+                    self.store.conn.commit()
+                else:
+                    self.store.conn.rollback()
+            finally:
+                self.cur.close()
+            return False
+
+    def tx(self) -> Store._Tx:
+        return Store._Tx(self)
+
+    def store(self, rows: list[Row], dead: list[DeadLetter]) -> tuple[int, int]:
+        """Insert a batch in one transaction; returns (new messages, new dead letters)."""
+        new_rows = new_dead = 0
+        try:
+            with self.tx() as cur:
+                for r in rows:
+                    cur.execute(_INSERT_MSG, (r.msg_id, r.device_id, r.clinic_id, r.kind, r.seq,
+                                              r.boot_id, r.device_ts, r.mono_s, r.received_ts,
+                                              r.collector, r.payload))
+                    new_rows += max(0, cur.rowcount)
+                for d in dead:
+                    cur.execute(_INSERT_DEAD, (d.digest, d.topic, d.reason, d.size, d.preview,
+                                               d.received_ts, d.collector))
+                    new_dead += max(0, cur.rowcount)
+        except self._errors as exc:
+            raise DbError(f"{self.shown()}: write failed: {_one_line(exc)}") from None
+        return new_rows, new_dead
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        try:
+            with self.tx() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+        except self._errors as exc:
+            raise DbError(f"{self.shown()}: query failed: {_one_line(exc)}") from None
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+class _Cursor:
+    def __init__(self, cur, store: Store):
+        self._cur = cur
+        self._store = store
+
+    def execute(self, sql: str, params: tuple = ()):
+        return self._cur.execute(self._store._sql(sql), params)
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    def fetchall(self):
+        return self._cur.fetchall()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,184 @@
+"""Per-device and per-clinic report from the collector's database.
+
+Counts come straight from SQL so the report scales with the database, not with memory.
+Sequence numbers are per device and strictly increasing across reboots, so a hole in the
+stored ``exam``/``health`` sequence is a message that never arrived. Holes are split into
+*dropped* (the device reported discarding it to stay within its outbox quota: it says so
+in its latest ``health``) and *lost* (the rest). ``behind`` is how many messages the
+device's latest ``status`` says it has allocated beyond what is stored: still on its way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from central.db import Store
+
+
+@dataclass
+class DeviceReport:
+    device_id: str
+    clinic_id: str
+    exams: int = 0
+    health: int = 0
+    status: int = 0
+    first_seen_ts: float | None = None
+    last_seen_ts: float | None = None
+    last_device_ts: float | None = None
+    max_seq: int = 0
+    missing: int = 0  # holes in 1..max_seq of exam/health
+    gaps: list[list[int]] = field(default_factory=list)  # first few holes, [from, to]
+    dropped_health: int = 0
+    dropped_exam: int = 0
+    lost: int = 0
+    behind: int = 0
+    last_state: str | None = None
+
+
+@dataclass
+class ClinicReport:
+    clinic_id: str
+    devices: int = 0
+    exams: int = 0
+    health: int = 0
+    last_seen_ts: float | None = None
+    missing: int = 0
+    dropped: int = 0
+    lost: int = 0
+
+
+def build_report(store: Store, max_gaps: int = 10) -> dict:
+    devices: dict[str, DeviceReport] = {}
+    latest_clinic: dict[str, tuple[float, str]] = {}
+    for dev, clinic, exams, health, status, first, last, last_dev, max_seq in store.query(
+        "SELECT device_id, clinic_id, "
+        "SUM(CASE WHEN kind = 'exam' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN kind = 'health' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN kind = 'status' THEN 1 ELSE 0 END), "
+        "MIN(received_ts), MAX(received_ts), MAX(device_ts), "
+        "MAX(CASE WHEN kind <> 'status' THEN seq ELSE 0 END) "
+        "FROM messages GROUP BY device_id, clinic_id"
+    ):
+        d = devices.setdefault(dev, DeviceReport(dev, clinic))
+        d.exams += int(exams)
+        d.health += int(health)
+        d.status += int(status)
+        d.first_seen_ts = _min(d.first_seen_ts, first)
+        d.last_seen_ts = _max(d.last_seen_ts, last)
+        d.last_device_ts = _max(d.last_device_ts, last_dev)
+        d.max_seq = max(d.max_seq, int(max_seq or 0))
+        if last is not None and (dev not in latest_clinic or last > latest_clinic[dev][0]):
+            latest_clinic[dev] = (last, clinic)
+    for dev, (_, clinic) in latest_clinic.items():
+        devices[dev].clinic_id = clinic
+
+    # Holes: a row whose predecessor (by seq) is not seq - 1, plus the start before seq 1.
+    for dev, seq, prev in store.query(
+        "SELECT device_id, seq, prev FROM (SELECT device_id, seq, LAG(seq) OVER "
+        "(PARTITION BY device_id ORDER BY seq) AS prev FROM messages "
+        "WHERE kind IN ('exam', 'health')) t "
+        "WHERE (prev IS NULL AND seq > 1) OR seq - prev > 1 ORDER BY device_id, seq"
+    ):
+        d = devices[dev]
+        lo = 1 if prev is None else int(prev) + 1
+        d.missing += int(seq) - lo
+        if len(d.gaps) < max_gaps:
+            d.gaps.append([lo, int(seq) - 1])
+
+    for dev, payload in store.query(
+        "SELECT m.device_id, m.payload FROM messages m JOIN (SELECT device_id, MAX(seq) AS s "
+        "FROM messages WHERE kind = 'health' GROUP BY device_id) h "
+        "ON m.device_id = h.device_id AND m.seq = h.s AND m.kind = 'health'"
+    ):
+        dropped = json.loads(payload).get("dropped", {})
+        devices[dev].dropped_health = int(dropped.get("health", 0))
+        devices[dev].dropped_exam = int(dropped.get("exam", 0))
+
+    for dev, seq, state in _latest_status(store):
+        d = devices[dev]
+        d.last_state = state
+        d.behind = max(0, int(seq) - d.max_seq)
+
+    for d in devices.values():
+        d.lost = max(0, d.missing - d.dropped_health - d.dropped_exam)
+
+    clinics: dict[str, ClinicReport] = {}
+    for d in devices.values():
+        c = clinics.setdefault(d.clinic_id, ClinicReport(d.clinic_id))
+        c.devices += 1
+        c.exams += d.exams
+        c.health += d.health
+        c.last_seen_ts = _max(c.last_seen_ts, d.last_seen_ts)
+        c.missing += d.missing
+        c.dropped += d.dropped_health + d.dropped_exam
+        c.lost += d.lost
+
+    dead = store.query("SELECT reason FROM dead_letters")
+    dead_by: dict[str, int] = {}
+    for (reason,) in dead:
+        key = " ".join(reason.split(":")[0].split()[:2])
+        dead_by[key] = dead_by.get(key, 0) + 1
+    return {
+        "devices": [asdict(devices[k]) for k in sorted(devices)],
+        "clinics": [asdict(clinics[k]) for k in sorted(clinics)],
+        "dead_letters": {"total": len(dead), "by_reason": dict(sorted(dead_by.items()))},
+    }
+
+
+def _latest_status(store: Store) -> list[tuple]:
+    """(device, seq, state) of each device's most recently received status message."""
+    rows = store.query(
+        "SELECT m.device_id, m.seq, m.payload FROM messages m JOIN (SELECT device_id, "
+        "MAX(received_ts) AS r FROM messages WHERE kind = 'status' GROUP BY device_id) s "
+        "ON m.device_id = s.device_id AND m.received_ts = s.r AND m.kind = 'status'"
+    )
+    return [(dev, seq, json.loads(p).get("state")) for dev, seq, p in rows]
+
+
+def _min(a, b):
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a, b):
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _ts(value: float | None) -> str:
+    if value is None:
+        return "-"
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
+
+
+def format_report(rep: dict) -> str:
+    lines = ["Devices"]
+    head = (f"{'device':<20} {'clinic':<12} {'exams':>6} {'health':>6} {'max seq':>8} "
+            f"{'missing':>7} {'dropped':>7} {'lost':>5} {'behind':>6}  {'last seen (UTC)':<19}"
+            f"  state")
+    lines += [head, "-" * len(head)]
+    for d in rep["devices"]:
+        lines.append(
+            f"{d['device_id']:<20} {d['clinic_id'] or '-':<12} {d['exams']:>6} "
+            f"{d['health']:>6} {d['max_seq']:>8} {d['missing']:>7} "
+            f"{d['dropped_health'] + d['dropped_exam']:>7} {d['lost']:>5} {d['behind']:>6}  "
+            f"{_ts(d['last_seen_ts']):<19}  {d['last_state'] or '-'}"
+        )
+        if d["gaps"]:
+            shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in d["gaps"])
+            lines.append(f"{'':<20} gaps in seq: {shown}")
+    lines += ["", "Clinics"]
+    head = (f"{'clinic':<12} {'devices':>7} {'exams':>6} {'health':>6} {'missing':>7} "
+            f"{'dropped':>7} {'lost':>5}  last seen (UTC)")
+    lines += [head, "-" * len(head)]
+    for c in rep["clinics"]:
+        lines.append(
+            f"{c['clinic_id'] or '-':<12} {c['devices']:>7} {c['exams']:>6} {c['health']:>6} "
+            f"{c['missing']:>7} {c['dropped']:>7} {c['lost']:>5}  {_ts(c['last_seen_ts'])}"
+        )
+    dl = rep["dead_letters"]
+    lines += ["", f"Dead letters: {dl['total']}"]
+    for reason, n in dl["by_reason"].items():
+        lines.append(f"  {reason}: {n}")
+    return "\n".join(lines)

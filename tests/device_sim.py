@@ -1,0 +1,89 @@
+"""A stand-in device for the MQTT scenarios: drives Outbox + Uplink exactly as the loop does.
+
+    python -m tests.device_sim --state-dir D --mqtt-url URL --device-id dev-a --frames 200
+
+It "scores" ``--frames`` synthetic frames, enqueues an exam summary every ``--exam-every``
+frames and a health message every ``--health-every`` frames, then drains the outbox until
+``--drain-timeout`` and exits 0 whether or not the outbox is empty (like ``run --once``).
+Each enqueued message is appended to ``--produced`` as "seq msg_id kind" after it is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from edge.uplink import MqttSettings, Uplink
+
+PLANES = ["4CH", "3VV", "Brain (Tv.)", "Femur", "Abdominal", "Background", "Lips"]
+
+
+def frame_result(i: int) -> dict:
+    failed = i % 97 == 13
+    return {
+        "schema": 1, "source": "mother_name_clip.mp4", "frame": i,
+        "plane": None if failed else PLANES[i % len(PLANES)],
+        "plane_confidence": None if failed else 0.5 + (i % 50) / 100,
+        "latency_ms": 5.0 + (i % 7), "capture_ms": 0.4, "preprocess_ms": 1.2, "infer_ms": 4.5,
+        "roi": [10, 20, 300, 200], "model": "plane_student@1.0.0", "ts": time.time(),
+        "mono_s": time.monotonic(), "error": "decode failed" if failed else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--state-dir", required=True, type=Path)
+    ap.add_argument("--mqtt-url", default="")
+    ap.add_argument("--device-id", default="dev-a")
+    ap.add_argument("--clinic-id", default="clinic-1")
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--exam-every", type=int, default=50)
+    ap.add_argument("--health-every", type=int, default=20)
+    ap.add_argument("--frame-delay-s", type=float, default=0.0)
+    ap.add_argument("--drain-timeout", type=float, default=20.0)
+    ap.add_argument("--quota-bytes", type=int, default=64 * 1024 * 1024)
+    ap.add_argument("--max-inflight", type=int, default=20)
+    ap.add_argument("--reconnect-max-s", type=float, default=0.5)
+    ap.add_argument("--produced", type=Path)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = MqttSettings(
+        url=args.mqtt_url, device_id=args.device_id, clinic_id=args.clinic_id,
+        outbox_quota_bytes=args.quota_bytes, max_inflight=args.max_inflight,
+        reconnect_min_s=0.1, reconnect_max_s=args.reconnect_max_s, connect_timeout_s=3,
+    )
+    uplink = Uplink(settings, args.state_dir, {"plane_student": "1.0.0"})
+    uplink.start()
+    produced = open(args.produced, "a", encoding="utf-8") if args.produced else None
+
+    def note(kind: str, msg_id: str | None) -> None:
+        if produced is not None and msg_id is not None:
+            produced.write(f"{msg_id} {kind}\n")
+            produced.flush()
+
+    results: list[dict] = []
+    started, started_mono = time.time(), time.monotonic()
+    for i in range(args.frames):
+        results.append(frame_result(i))
+        if args.frame_delay_s:
+            time.sleep(args.frame_delay_s)
+        if (i + 1) % args.health_every == 0:
+            note("health", uplink.enqueue_health({"fps": 30.0, "frames": i + 1}))
+        if (i + 1) % args.exam_every == 0 or i + 1 == args.frames:
+            note("exam", uplink.record_exam(results, "mother_name_clip.mp4", started,
+                                            time.time(), started_mono=started_mono,
+                                            ended_mono=time.monotonic()))
+            results, started, started_mono = [], time.time(), time.monotonic()
+    drained = uplink.drain(args.drain_timeout)
+    counts = uplink.outbox.counts()
+    uplink.close()
+    print(json.dumps({"drained": drained, **counts}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
