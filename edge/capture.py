@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 from collections import deque
@@ -571,7 +572,16 @@ def open_source(spec: str | Path, *, live: LiveSettings | None = None,
     if s == "demo":
         from edge import demo  # late import: only this spec needs it
 
-        clip = demo.build_demo_clip(demo.default_cache_dir(), None)
+        try:
+            clip = demo.build_demo_clip(demo.default_cache_dir(), None)
+        except OSError as e:  # read-only install: build in the temp dir instead
+            alt = Path(tempfile.gettempdir()) / "sonoedge-demo"
+            log.warning("demo: cannot build in %s (%s); using %s", demo.default_cache_dir(),
+                        e.strerror or e, alt)
+            try:
+                clip = demo.build_demo_clip(alt, None)
+            except OSError as e2:
+                raise SourceError(f"demo: cannot build the demo clip ({e2})") from None
         if clip.kind == "phantom":
             log.warning("demo source: %s", clip.description)
         else:
