@@ -73,6 +73,7 @@ class LiveSettings:
     fps: float | None = 30.0
     fourcc: str | None = "MJPG"  # HDMI-USB dongles give 720p30 only as MJPG over USB 2
     wait_for_device: bool = False  # absent device at start: SourceError (False) or wait
+    copy_frames: bool = True  # own each image: a backend may reuse its buffer (~1 ms/720p)
     poll_s: float = 0.1  # how often the consumer re-checks for close/end while waiting
 
     def __post_init__(self) -> None:
@@ -374,6 +375,8 @@ class LiveSource(Source):
                     cap = None
                     continue
                 t_mono, t_wall = time.monotonic(), time.time()
+                if s.copy_frames:
+                    img = np.array(img, copy=True)
                 had_frames = True
                 failures = 0
                 delay = s.backoff_initial_s
