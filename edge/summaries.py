@@ -59,13 +59,13 @@ def _pct(values: list[float], q: float) -> float | None:
 def _model_versions(results: list[dict], extra: dict[str, str] | None) -> dict[str, str]:
     models: dict[str, str] = {}
     for name, version in (extra or {}).items():
-        models[str(name)[:40]] = str(version)[:24]
+        models[str(name)[:32]] = str(version)[:16]
     for r in results:
         tag = r.get("model")
         if isinstance(tag, str) and tag:
             name, _, version = tag.partition("@")
-            models.setdefault(name[:40], (version or "?")[:24])
-    return dict(sorted(models.items())[:6])
+            models.setdefault(name[:32], (version or "?")[:16])
+    return dict(sorted(models.items())[:4])
 
 
 def summarize_exam(
@@ -117,7 +117,8 @@ def summarize_exam(
         "frames": len(results),
         "frames_scored": len(results) - failed,
         "frames_failed": failed,
-        "planes": {k: {"n": v[0], "best": round(v[1], 3)} for k, v in sorted(planes.items())},
+        # [frames, best confidence] per plane: the compact form keeps 14 planes under 1 KB
+        "planes": {k: [v[0], round(v[1], 3)] for k, v in sorted(planes.items())},
         "latency_ms": {"p50": _pct(latencies, 0.5), "p90": _pct(latencies, 0.9)},
         "models": _model_versions(results, model_versions),
     }
@@ -177,7 +178,7 @@ def build_health(
                     ("health", "exam", "health_new", "exam_new")},
         "disk_free_mb": None if disk_free_mb is None else round(disk_free_mb, 1),
         "temp_c": read_temperature_c(),
-        "models": dict(sorted((str(k)[:40], str(v)[:24]) for k, v in models.items())[:6]),
+        "models": dict(sorted((str(k)[:32], str(v)[:16]) for k, v in models.items())[:4]),
     }
 
 
@@ -212,7 +213,7 @@ _TYPES = {
 def validate(instance, schema: dict, path: str = "$") -> list[str]:
     """Errors of ``instance`` against a draft 2020-12 subset: type, const, enum, required,
     properties, additionalProperties, patternProperties, propertyNames, maxProperties,
-    min/maxLength, pattern, minimum/maximum, items, maxItems, $defs/$ref (local)."""
+    min/maxLength, pattern, minimum/maximum, prefixItems, items, min/maxItems, $defs/$ref."""
     return _validate(instance, schema, path, schema)
 
 
@@ -247,9 +248,15 @@ def _validate(v, s: dict, path: str, root: dict) -> list[str]:
     if isinstance(v, list):
         if len(v) > s.get("maxItems", len(v)):
             errs.append(f"{path}: more than {s['maxItems']} items")
-        if isinstance(s.get("items"), dict):
-            for i, item in enumerate(v):
-                errs += _validate(item, s["items"], f"{path}[{i}]", root)
+        if len(v) < s.get("minItems", 0):
+            errs.append(f"{path}: fewer than {s['minItems']} items")
+        prefix = s.get("prefixItems", [])
+        for i, item in enumerate(v):
+            sub = prefix[i] if i < len(prefix) else s.get("items", True)
+            if sub is False:
+                errs.append(f"{path}: unexpected item {i}")
+            elif isinstance(sub, dict):
+                errs += _validate(item, sub, f"{path}[{i}]", root)
     if isinstance(v, dict):
         for key in s.get("required", []):
             if key not in v:

@@ -420,7 +420,9 @@ class Uplink:
             return False
         if rc.is_failure:
             user = self.settings.username or target.username or "(none)"
-            self._error(f"broker {target.host}:{target.port} refused login as {user!r}: {rc}")
+            hint = " (check user name and password)" if rc.value in (134, 135) else ""
+            self._error(f"broker {target.host}:{target.port} refused login as {user!r}: "
+                        f"{rc}{hint}")
             _quiet_close(client)
             return False
         self._set(connected=True, last_connect_ts=time.time(),
@@ -457,6 +459,8 @@ class Uplink:
                         state["lost"] = True
                         break
                     inflight[info.mid] = m.msg_id
+                if batch:
+                    self.outbox.mark_attempt(m.msg_id for m in batch)
             rc = client.loop(timeout=0.02 if inflight else 0.2)
             self._settle(acks, inflight)
             if rc != mqtt.MQTT_ERR_SUCCESS:

@@ -1,0 +1,136 @@
+"""``sonoedge outbox`` (what waits to be sent) and ``sonoedge status`` (is the uplink well).
+
+Both only read: the outbox database (WAL lets them read while ``sonoedge run`` writes) and
+the status file the uplink rewrites on every change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from edge.outbox import OUTBOX_FILE
+from edge.uplink import STATUS_FILE, read_status
+
+DEFAULT_STATE_DIR = os.environ.get("SONOEDGE_STATE_DIR", "state")
+
+
+def _open_ro(state_dir: Path) -> sqlite3.Connection | None:
+    path = state_dir / OUTBOX_FILE
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    return conn
+
+
+def _age(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    s = max(0.0, time.time() - ts)
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog)
+    ap.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE_DIR),
+                    help=f"device state directory (default {DEFAULT_STATE_DIR}, "
+                         "or $SONOEDGE_STATE_DIR)")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    return ap
+
+
+def outbox_main(argv: list[str]) -> int:
+    ap = _parser("sonoedge outbox")
+    ap.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
+    args = ap.parse_args(argv)
+    try:
+        conn = _open_ro(args.state_dir)
+        if conn is None:
+            print(f"sonoedge outbox: no outbox in {args.state_dir} (nothing recorded yet)")
+            return 0
+        with conn:
+            rows = conn.execute(
+                "SELECT seq, kind, msg_id, size, created_ts, attempts, state, reason "
+                "FROM outbox ORDER BY id LIMIT ?", (args.limit,)).fetchall()
+            total = conn.execute("SELECT state, kind, COUNT(*), COALESCE(SUM(size), 0) "
+                                 "FROM outbox GROUP BY state, kind").fetchall()
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        conn.close()
+    except sqlite3.Error as exc:
+        print(f"sonoedge outbox: {args.state_dir / OUTBOX_FILE}: {exc}", file=sys.stderr)
+        return 2
+    summary = {
+        "pending": sum(n for st, _, n, _ in total if st == "pending"),
+        "rejected": sum(n for st, _, n, _ in total if st == "rejected"),
+        "bytes": sum(b for _, _, _, b in total),
+        "by_kind": {f"{st}/{k}": n for st, k, n, _ in total},
+        "last_seq": meta.get("seq", 0),
+        "dropped": {"health": meta.get("dropped_health", 0),
+                    "exam": meta.get("dropped_exam", 0)},
+    }
+    if args.json:
+        items = [dict(zip(("seq", "kind", "msg_id", "size", "created_ts", "attempts", "state",
+                           "reason"), r, strict=True)) for r in rows]
+        print(json.dumps({**summary, "messages": items}, indent=1))
+        return 0
+    print(f"{summary['pending']} pending, {summary['rejected']} rejected, "
+          f"{summary['bytes']} bytes; last seq {summary['last_seq']}; dropped by quota: "
+          f"{summary['dropped']['health']} health, {summary['dropped']['exam']} exam")
+    if rows:
+        print(f"{'seq':>7} {'kind':<7} {'msg_id':<36} {'bytes':>6} {'age':>6} {'tries':>5} state")
+    for seq, kind, msg_id, size, created, attempts, state, reason in rows:
+        extra = f" ({reason})" if reason else ""
+        print(f"{seq:>7} {kind:<7} {msg_id:<36} {size:>6} {_age(created):>6} {attempts:>5} "
+              f"{state}{extra}")
+    if summary["pending"] + summary["rejected"] > len(rows):
+        print(f"... {summary['pending'] + summary['rejected'] - len(rows)} more")
+    return 0
+
+
+def status_main(argv: list[str]) -> int:
+    args = _parser("sonoedge status").parse_args(argv)
+    status = read_status(args.state_dir)
+    if status is None:
+        print(f"sonoedge status: no {STATUS_FILE} in {args.state_dir}: the uplink has not run "
+              "there yet")
+        return 0 if not args.json else (print(json.dumps({"uplink": None})) or 0)
+    if args.json:
+        print(json.dumps({"uplink": status}, indent=1))
+        return 0
+    box = status.get("outbox") or {}
+    if not status.get("enabled"):
+        state = "disabled (no --mqtt-url): recording to the outbox only"
+    elif status.get("connected"):
+        state = f"connected to {status.get('broker')}"
+    else:
+        state = f"NOT connected to {status.get('broker')}"
+    print(f"device {status.get('device_id')}  clinic {status.get('clinic_id') or '-'}")
+    print(f"mqtt: {state}")
+    if status.get("last_error"):
+        print(f"last error ({_age(status.get('last_error_ts'))} ago): {status['last_error']}")
+    print(f"last connect: {_age(status.get('last_connect_ts'))} ago; "
+          f"last ack: {_age(status.get('last_ack_ts'))} ago; "
+          f"acked {status.get('acked', 0)}, refused {status.get('refused', 0)} "
+          f"(this run, pid {status.get('pid')})")
+    print(f"outbox: {box.get('pending', '?')} pending ({box.get('pending_exam', '?')} exam), "
+          f"{box.get('rejected', 0)} rejected, {box.get('used_bytes', '?')}/"
+          f"{box.get('quota_bytes', '?')} bytes; dropped {box.get('dropped_health', 0)} "
+          f"health, {box.get('dropped_exam', 0)} exam")
+    print(f"status written {_age(status.get('updated_ts'))} ago")
+    return 0
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
+    if cmd == "outbox":
+        sys.exit(outbox_main(sys.argv[2:]))
+    if cmd == "status":
+        sys.exit(status_main(sys.argv[2:]))
+    print("usage: python -m edge.outbox_cli outbox|status [--state-dir DIR] [--json]",
+          file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,297 @@
+"""The durable outbox, the message payloads and their schemas, without a broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import jsonschema
+import pytest
+
+from edge import summaries
+from edge.outbox import ROW_OVERHEAD_BYTES, Outbox, OutboxError, open_outbox, read_boot_id
+from edge.uplink import MqttSettings, Uplink, backoff_delay, parse_mqtt_url, redact_url
+from tests.conftest_mqtt import REPO, py_env
+from tests.device_sim import frame_result
+
+
+def health_body(n: int = 0) -> dict:
+    env = summaries.envelope("health", "dev-a", "c1", "boot")
+    return summaries.build_health(env, {"fps": 30.0, "n": n}, {}, {}, 100.0, {}, 1.0, 60.0)
+
+
+def exam_body() -> dict:
+    env = summaries.envelope("exam", "dev-a", "c1", "boot")
+    results = [frame_result(i) for i in range(20)]
+    return summaries.build_exam(env, summaries.summarize_exam(results, "clip.mp4", 1.0, 2.0))
+
+
+# -- durability and identity ------------------------------------------------------------------
+def test_outbox_uses_wal_and_full_sync(tmp_path):
+    box = open_outbox(tmp_path)
+    assert box._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_each_message_gets_a_uuid_and_the_next_seq_even_after_reopening(tmp_path):
+    box = open_outbox(tmp_path)
+    first = [box.enqueue("exam", exam_body()) for _ in range(3)]
+    box.close()
+    box = open_outbox(tmp_path)
+    later = box.enqueue("health", health_body())
+    assert [m.seq for m in first] + [later.seq] == [1, 2, 3, 4]
+    assert len({m.msg_id for m in [*first, later]}) == 4
+    stored = json.loads(box.pending(10)[0].payload)
+    assert stored["msg_id"] == first[0].msg_id and stored["seq"] == 1
+
+
+def test_an_enqueued_message_survives_sigkill_of_the_writer(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from edge.outbox import open_outbox
+        box = open_outbox({str(tmp_path)!r})
+        m = box.enqueue("health", {{"kind": "health"}})
+        print(m.msg_id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=py_env(), cwd=str(REPO), timeout=30)
+    assert out.returncode == -signal.SIGKILL
+    box = open_outbox(tmp_path)
+    assert [m.msg_id for m in box.pending(10)] == [out.stdout.strip()]
+
+
+def test_only_acknowledged_messages_leave_and_in_flight_ones_are_skipped(tmp_path):
+    box = open_outbox(tmp_path)
+    msgs = [box.enqueue("health", health_body(i)) for i in range(5)]
+    assert [m.seq for m in box.pending(2)] == [1, 2]
+    assert [m.seq for m in box.pending(2, exclude=[msgs[0].msg_id])] == [2, 3]
+    assert box.ack([msgs[1].msg_id, msgs[3].msg_id, "unknown-id"]) == 2
+    assert [m.seq for m in box.pending(10)] == [1, 3, 5]
+    assert box.counts()["used_bytes"] == sum(
+        m.size + ROW_OVERHEAD_BYTES for m in box.pending(10))
+
+
+def test_a_refused_message_is_kept_but_no_longer_blocks_the_queue(tmp_path):
+    box = open_outbox(tmp_path)
+    a, b = box.enqueue("exam", exam_body()), box.enqueue("exam", exam_body())
+    box.reject(a.msg_id, "broker refused: Not authorized")
+    assert [m.msg_id for m in box.pending(10)] == [b.msg_id]
+    assert box.counts()["rejected"] == 1 and box.list()[0].reason.endswith("Not authorized")
+    assert box.retry_rejected() == 1 and len(box.pending(10)) == 2
+
+
+def test_bad_input_is_refused_with_a_clear_error(tmp_path):
+    box = open_outbox(tmp_path, quota_bytes=2000)
+    with pytest.raises(OutboxError, match="kind must be one of"):
+        box.enqueue("selfie", {})
+    with pytest.raises(OutboxError, match="not plain JSON"):
+        box.enqueue("health", {"x": float("nan")})
+    with pytest.raises(OutboxError, match="exceeds outbox quota 2000"):
+        box.enqueue("health", {"x": "y" * 5000})
+    assert box.counts()["pending"] == 0 and box.last_seq() == 0
+
+
+def test_boot_id_is_the_kernels(tmp_path):
+    assert read_boot_id() == open("/proc/sys/kernel/random/boot_id").read().strip()
+
+
+# -- quota and drop policy ---------------------------------------------------------------------
+def test_quota_drops_oldest_health_first_and_never_an_exam_while_health_is_left(tmp_path):
+    size_h = len(json.dumps(health_body())) + 60 + ROW_OVERHEAD_BYTES
+    size_e = len(json.dumps(exam_body())) + 60 + ROW_OVERHEAD_BYTES
+    quota = 4 * size_e + 6 * size_h
+    box = Outbox(tmp_path / "o.sqlite3", quota_bytes=quota)
+    exams = []
+    for i in range(40):
+        m = box.enqueue("health", health_body(i))
+        assert m is not None
+        if i % 10 == 0:
+            exams.append(box.enqueue("exam", exam_body()))
+    pending = box.pending(100)
+    kept_health = [json.loads(m.payload)["loop"]["n"] for m in pending if m.kind == "health"]
+    assert [m.msg_id for m in pending if m.kind == "exam"] == [e.msg_id for e in exams]
+    assert kept_health == sorted(kept_health) and kept_health[-1] == 39  # the newest stay
+    c = box.counts()
+    assert c["dropped_health"] == 40 - len(kept_health) > 0 and c["dropped_exam"] == 0
+    assert c["used_bytes"] <= quota
+
+
+def test_health_arriving_at_an_outbox_full_of_exams_is_itself_dropped(tmp_path):
+    size_e = len(json.dumps(exam_body())) + 60 + ROW_OVERHEAD_BYTES
+    box = Outbox(tmp_path / "o.sqlite3", quota_bytes=3 * size_e)
+    exams = [box.enqueue("exam", exam_body()) for _ in range(3)]
+    assert box.enqueue("health", health_body()) is None
+    assert [m.msg_id for m in box.pending(10)] == [e.msg_id for e in exams]
+    assert box.counts()["dropped_health"] == 1
+    assert box.enqueue("exam", exam_body()).seq == 5  # the dropped health used seq 4: a gap
+
+
+def test_with_no_health_left_the_oldest_exam_goes(tmp_path):
+    size_e = len(json.dumps(exam_body())) + 60 + ROW_OVERHEAD_BYTES
+    box = Outbox(tmp_path / "o.sqlite3", quota_bytes=3 * size_e)
+    exams = [box.enqueue("exam", exam_body()) for _ in range(4)]
+    assert [m.msg_id for m in box.pending(10)] == [e.msg_id for e in exams[1:]]
+    assert box.counts()["dropped_exam"] == 1
+
+
+def test_drop_counters_persist_and_each_drop_is_reported_as_new_once(tmp_path):
+    size_h = len(json.dumps(health_body())) + 60 + ROW_OVERHEAD_BYTES
+    box = Outbox(tmp_path / "o.sqlite3", quota_bytes=2 * size_h)
+    for i in range(5):
+        box.enqueue("health", health_body(i))
+    box.close()
+    box = Outbox(tmp_path / "o.sqlite3", quota_bytes=2 * size_h)
+    assert box.take_drop_report() == {"health": 3, "exam": 0, "health_new": 3, "exam_new": 0}
+    box.enqueue("health", health_body())
+    assert box.take_drop_report() == {"health": 4, "exam": 0, "health_new": 1, "exam_new": 0}
+
+
+# -- payloads and schemas ----------------------------------------------------------------------
+def _jsonschema_ok(payload: dict) -> bool:
+    schema = summaries.load_schema(payload["kind"])
+    return jsonschema.Draft202012Validator(schema).is_valid(payload)
+
+
+def test_schemas_are_valid_draft_2020_12():
+    for kind in summaries.KINDS:
+        jsonschema.Draft202012Validator.check_schema(summaries.load_schema(kind))
+
+
+def test_worst_case_exam_summary_fits_in_1kb_and_names_no_file(tmp_path):
+    results = []
+    for i, plane in enumerate(summaries.PLANES * 10):
+        r = frame_result(i) | {"plane": plane, "plane_confidence": 0.123456789,
+                               "latency_ms": 123.456789, "error": None}
+        results.append(r)
+    results.append(frame_result(0) | {"error": "x" * 300, "plane": None})
+    models = {f"model_with_a_long_name_{i}": "10.20.30-rc1+build" for i in range(10)}
+    source = "/data/Jane_Doe_1990-01-01/scan.mp4"
+    box = open_outbox(tmp_path)
+    up = Uplink(MqttSettings(device_id="clinic-0042-box-0001", clinic_id="clinic-0042"),
+                tmp_path, models)
+    msg_id = up.record_exam(results, source, 1.0e9, 1.0e9 + 3600.0)
+    assert msg_id is not None
+    raw = up.outbox.pending(1)[0].payload
+    up.close()
+    box.close()
+    payload = json.loads(raw)
+    assert len(raw) <= 1024, len(raw)
+    assert "Jane" not in raw.decode() and "scan" not in raw.decode()
+    assert payload["frames_failed"] == 1 and payload["frames_scored"] == len(results) - 1
+    assert set(payload["planes"]) == set(summaries.PLANES)
+    assert payload["planes"]["4CH"] == [10, 0.123]
+    assert summaries.validate_payload(payload) == [] and _jsonschema_ok(payload)
+
+
+def test_health_and_status_payloads_match_their_schemas(tmp_path):
+    up = Uplink(MqttSettings(device_id="dev-a"), tmp_path, {"plane_student": "1.0.0"})
+    up.enqueue_health({"fps": 29.97, "frames_dropped": 3, "backend": "litert-cpu"})
+    health = json.loads(up.outbox.pending(1)[0].payload)
+    status = json.loads(up._status_payload("online"))
+    up.close()
+    for payload in (health, status):
+        assert summaries.validate_payload(payload) == [] and _jsonschema_ok(payload)
+    assert health["loop"]["fps"] == 29.97 and health["queue"]["pending"] == 0
+    assert set(health["dropped"]) == {"health", "exam", "health_new", "exam_new"}
+    assert health["disk_free_mb"] > 0 and health["models"] == {"plane_student": "1.0.0"}
+    assert len(json.dumps(health)) < 1024
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda p: p.pop("seq"),
+    lambda p: p.update(seq=-1),
+    lambda p: p.update(msg_id="not-a-uuid"),
+    lambda p: p.update(device_id="a/b"),
+    lambda p: p.update(planes={"Selfie": [1, 0.5]}),
+    lambda p: p.update(planes={"4CH": [1, 1.5]}),
+    lambda p: p.update(planes={"4CH": [1.5, 0.5]}),
+    lambda p: p.update(planes={"4CH": [1, 0.5, 7]}),
+    lambda p: p.update(image="base64..."),
+    lambda p: p.update(frames="many"),
+    lambda p: p.update(schema=2),
+])
+def test_builtin_validator_agrees_with_jsonschema_on_broken_exams(breakage, tmp_path):
+    payload = exam_body() | {"msg_id": "6dc8fb1f-8408-4c82-9c6f-2c77bf98ddfc", "seq": 3}
+    assert summaries.validate_payload(payload) == [] and _jsonschema_ok(payload)
+    breakage(payload)
+    assert summaries.validate_payload(payload) != []
+    assert not _jsonschema_ok(payload)
+
+
+# -- settings, URL, backoff, recording without a broker ----------------------------------------
+def test_mqtt_url_parsing():
+    t = parse_mqtt_url("mqtts://dev-a:p%40ss@broker.local")
+    assert (t.host, t.port, t.tls, t.username, t.password) == (
+        "broker.local", 8883, True, "dev-a", "p@ss")
+    assert parse_mqtt_url("mqtt://127.0.0.1:1999").port == 1999
+
+
+@pytest.mark.parametrize("url, why", [
+    ("http://u:secret@h:1", "scheme must be mqtt"),
+    ("mqtt://u:secret@:1883", "no host"),
+    ("mqtt://u:secret@h:notaport", "Port could not be cast"),
+    ("mqtt://u:secret@h:1883/topic", "unexpected path"),
+])
+def test_a_bad_url_gives_one_line_naming_it_without_the_password(url, why):
+    with pytest.raises(ValueError) as err:
+        parse_mqtt_url(url)
+    text = str(err.value)
+    assert why in text and redact_url(url) in text and "secret" not in text
+    assert "\n" not in text
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped():
+    import random
+
+    rng = random.Random(1)
+    delays = [backoff_delay(a, 0.5, 30.0, rng) for a in range(12)]
+    assert all(0.25 <= d <= 30.0 for d in delays)
+    assert delays[5] > delays[1] and max(delays) <= 30.0 and delays[-1] >= 15.0
+    assert len({round(backoff_delay(3, 0.5, 30, rng), 6) for _ in range(20)}) > 10
+
+
+def test_without_a_url_the_uplink_records_for_later(tmp_path):
+    up = Uplink(MqttSettings(url="", device_id="dev-a"), tmp_path)
+    up.start()
+    up.enqueue_health({"fps": 1.0})
+    assert up.drain(0.5) is False  # nothing can leave, nothing is lost
+    up.close()
+    box = open_outbox(tmp_path)
+    assert box.counts()["pending"] == 1
+
+
+def test_uplink_never_raises_on_a_bad_summary(tmp_path, caplog):
+    up = Uplink(MqttSettings(device_id="dev-a"), tmp_path)
+    assert up.enqueue_exam({"frames": "lots"}) is None
+    assert "exam summary not stored" in caplog.text
+    up.close()
+
+
+def test_outbox_cli_lists_pending_messages(tmp_path):
+    up = Uplink(MqttSettings(device_id="dev-a"), tmp_path)
+    up.enqueue_health({"fps": 1.0})
+    up.close()
+    out = subprocess.run([sys.executable, "-m", "edge.outbox_cli", "outbox", "--state-dir",
+                          str(tmp_path), "--json"], capture_output=True, text=True,
+                         env=py_env(), cwd=str(REPO), timeout=30)
+    data = json.loads(out.stdout)
+    assert data["pending"] == 1 and data["messages"][0]["kind"] == "health"
+    assert os.path.exists(tmp_path / "uplink-status.json")
+
+
+def test_outbox_cli_names_a_corrupt_outbox_in_one_line(tmp_path):
+    (tmp_path / "outbox.sqlite3").write_bytes(b"this is not a database" * 100)
+    out = subprocess.run([sys.executable, "-m", "edge.outbox_cli", "outbox", "--state-dir",
+                          str(tmp_path)], capture_output=True, text=True, env=py_env(),
+                         cwd=str(REPO), timeout=30)
+    assert out.returncode == 2 and "outbox.sqlite3" in out.stderr
+    assert "Traceback" not in out.stderr
+    with pytest.raises(OutboxError, match="outbox.sqlite3"):
+        open_outbox(tmp_path)
+    assert sqlite3  # the module is used by the CLI under test
