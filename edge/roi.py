@@ -39,13 +39,14 @@ class RoiSettings:
 
     work_width: int = 320  # the finder runs on a copy this wide: fast and scale-free
     black_level: int = 8  # grey levels at or below this count as screen background
-    thin_fraction: float = 1 / 14  # structures thinner than this share of the short side go
+    thin_fraction: float = 0.03  # structures thinner than this share of the short side go
     min_area_fraction: float = 0.08  # a region smaller than this share is no ultrasound image
+    piece_fraction: float = 0.1  # pieces this large next to the largest belong to the image
     # A sector is a fan: its apex rows and its outermost columns hold little image. Keep the
     # rows (columns) where the filled region spans at least this share of its widest row
     # (tallest column): on the GE screens SonoNet was trained on, this lands near its crop.
-    row_fraction: float = 0.7
-    col_fraction: float = 0.8
+    row_fraction: float = 0.6
+    col_fraction: float = 0.6
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
@@ -70,25 +71,25 @@ def find_roi(image: np.ndarray, settings: RoiSettings = RoiSettings()) -> Roi | 
                        interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (3, 3), 0)
     mask = (small > settings.black_level).astype(np.uint8)
-    # Close small speckle gaps first, so dark fluid inside the image does not split it.
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    # Remove the thin things first (text, ticks, scales, frame lines), so that nothing can
+    # bridge them to the image; then close the speckle gaps the opening left in the image.
     side = max(3, int(round(min(small.shape) * settings.thin_fraction)) | 1)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(
         cv2.MORPH_ELLIPSE, (side, side)))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count <= 1:
         return None
     areas = stats[1:, cv2.CC_STAT_AREA]
-    best = 1 + int(np.argmax(areas))
-    if areas[best - 1] < settings.min_area_fraction * mask.size:
+    if areas.max() < settings.min_area_fraction * mask.size:
         return None
-    region = (labels == best).astype(np.uint8)
+    # Fluid can split one image into several large pieces; thin clutter is gone by now.
+    pieces = 1 + np.flatnonzero(areas >= settings.piece_fraction * areas.max())
+    region = np.isin(labels, pieces).astype(np.uint8)
     contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     hull = cv2.convexHull(np.vstack(contours))
     filled = np.zeros_like(region)
     cv2.fillConvexPoly(filled, hull, 1)
-    # Opening eroded the outline by up to half the kernel; grow back by that.
-    filled = cv2.dilate(filled, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
     row_span = filled.sum(axis=1)
     col_span = filled.sum(axis=0)
     rows = np.flatnonzero(row_span >= settings.row_fraction * row_span.max())

@@ -1,0 +1,45 @@
+# sonoedge: the two commands a new user needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint models bench eval-biometry device-env dev-env system-deps clean
+
+# The device needs only the runtime, numpy, OpenCV and paho-mqtt.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.device: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+# Tests, the training/conversion toolchain and the collector's PostgreSQL driver.
+$(VENV)/.dev: pyproject.toml $(VENV)/.device
+	$(PIP) install -e '.[toolchain,central,dev]'
+	touch $@
+
+device-env: $(VENV)/.device
+dev-env: $(VENV)/.dev
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+run: device-env
+	$(BIN)/sonoedge run --once
+
+lint: dev-env
+	$(BIN)/ruff check edge central quantize tests bench
+
+test: dev-env system-deps lint
+	$(BIN)/python -m pytest -q
+
+models: dev-env
+	$(BIN)/python -m quantize.build_models
+
+bench: dev-env system-deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf build .cache .pytest_cache .ruff_cache
