@@ -1,0 +1,47 @@
+"""The device config: defaults everywhere, every key checked, errors name file and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.config import ConfigError, Settings, load_settings
+
+
+def test_no_file_gives_working_defaults():
+    settings = load_settings()
+    assert settings == Settings()
+    assert settings.source.spec == "demo"
+    assert settings.models.plane == "plane_student"
+
+
+def test_a_file_and_overrides_are_layered(tmp_path):
+    path = tmp_path / "device.toml"
+    path.write_text('[source]\nspec = "/data/clip.mp4"\n[models]\nnum_threads = 1\n'
+                    '[mqtt]\nclinic_id = "clinic-7"\nhealth_interval_s = 30\n')
+    settings = load_settings(path, {"source": {"spec": "v4l2:0"}, "models": {"dir": None}})
+    assert settings.source.spec == "v4l2:0"  # the command line wins
+    assert settings.models.num_threads == 1
+    assert settings.mqtt.clinic_id == "clinic-7"
+    assert settings.mqtt.health_interval_s == 30.0  # an int is fine where a float is asked
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[models]\nthreads = 2\n", "models: unknown key 'threads'"),
+    ("[camera]\nspec = 1\n", "unknown section [camera]"),
+    ("[models]\nnum_threads = 'two'\n", "models.num_threads: expected int"),
+    ("[models]\nbackend = 'cuda'\n", "models.backend must be"),
+    ("[source\nspec = 1\n", "not valid TOML"),
+    ("[roi]\nblack_level = 8.5\n", "roi.black_level: expected int"),
+])
+def test_a_bad_key_is_one_line_naming_the_file_and_key(tmp_path, text, expected):
+    path = tmp_path / "device.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert str(path) in message and expected in message and "\n" not in message
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="device.toml: config file not found"):
+        load_settings(tmp_path / "device.toml")

@@ -1,0 +1,81 @@
+"""The journal keeps every result it acknowledged, even when the process is SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.journal import SCHEMA_VERSION, Journal
+from edge.result import FrameResult
+
+REPO = Path(__file__).resolve().parents[1]
+
+WRITER = """
+import sys, time
+from edge.journal import Journal
+from edge.result import FrameResult
+journal = Journal(sys.argv[1])
+run = journal.start_run("clip.avi", {"plane_student": "1.0.0"})
+for i in range(100000):
+    journal.append(run, FrameResult("clip.avi", i, "Femur", 0.9, 5.0, 1.0, 1.0, 3.0,
+                                    [0, 0, 10, 10], "plane_student@1.0.0", time.time(),
+                                    time.monotonic()))
+    print(i, flush=True)
+    time.sleep(0.002)
+"""
+
+
+def _result(i: int, error: str | None = None) -> FrameResult:
+    return FrameResult("a.png", i, None if error else "4CH", None if error else 0.8, 4.0, 1.0,
+                       1.0, 2.0, None, "plane_student@1.0.0", time.time(), time.monotonic(),
+                       error=error)
+
+
+def test_results_acknowledged_before_a_sigkill_are_all_there(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
+                            text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    acknowledged = -1
+    deadline = time.monotonic() + 60
+    try:
+        while acknowledged < 150 and time.monotonic() < deadline:
+            acknowledged = int(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert acknowledged >= 150
+    journal = Journal(path)
+    frames = [r["frame"] for r in journal.results()]
+    assert frames[: acknowledged + 1] == list(range(acknowledged + 1))
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_run_records_its_frames_and_failures(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    run = journal.start_run("folder", {"plane_student": "1.0.0"})
+    journal.append(run, _result(0))
+    journal.append(run, _result(1, error="b.png: truncated JPEG (no end-of-image marker)"))
+    journal.end_run(run)
+    (row,) = journal.runs()
+    assert (row["frames"], row["failed"]) == (2, 1)
+    assert journal.results(run)[1]["error"].startswith("b.png")
+    assert sqlite3.connect(tmp_path / "j.sqlite").execute(
+        "PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_journal_from_a_newer_version_is_refused_not_wiped(tmp_path):
+    path = tmp_path / "j.sqlite"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(ValueError, match="j.sqlite: journal cannot be opened"):
+        Journal(path)
+    assert path.stat().st_size > 0
