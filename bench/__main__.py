@@ -1,0 +1,75 @@
+"""`make bench`: speed and size of the models, the device path, and the MQTT figures.
+
+Everything is measured in one run on this machine; ratios are taken within the run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bench.agreement import device_path_agreement, example_planes, summarise
+from bench.models import format_table, model_table, time_device_path
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "build" / "bench"
+
+
+def _reference_models() -> tuple[Path, Path]:
+    """The fp32 teacher and the fp32 student, rebuilt into build/ (not shipped)."""
+    from quantize.export import export_student_fp32, export_teacher_fp32
+
+    teacher = export_teacher_fp32(BUILD / "teacher")
+    student = export_student_fp32(BUILD / "student")
+    return teacher.with_suffix(".json"), student.with_suffix(".json")
+
+
+def main() -> int:
+    from quantize.data import data_dir, list_frames, split
+
+    student_int8 = REPO / "models" / "plane_student.json"
+    teacher, student_fp32 = _reference_models()
+    frame = data_dir() / "hc18" / "images" / "100_HC.png"
+    rows = model_table([("teacher SonoNet-16 fp32", teacher),
+                        ("student fp32", student_fp32),
+                        ("student int8 (shipped)", student_int8)], frame)
+    print("## Model latency (ai-edge-litert, XNNPACK; one real frame, 200 invokes)\n")
+    print(format_table(rows))
+    by = {(r.label, r.threads): r for r in rows}
+    for threads in (1, 2):
+        t = by[("teacher SonoNet-16 fp32", threads)].median_ms
+        s8 = by[("student int8 (shipped)", threads)].median_ms
+        s32 = by[("student fp32", threads)].median_ms
+        print(f"\nratio at {threads} thread(s): student int8 / teacher fp32 = {s8 / t:.3f} "
+              f"({s8:.2f} / {t:.2f} ms); student fp32 / teacher fp32 = {s32 / t:.3f}")
+    size = (REPO / "models" / "plane_student.tflite").stat().st_size
+    print(f"student int8 size: {size / 1024:.0f} KiB ({size} bytes)")
+
+    print("\n## Whole per-frame path on the demo clip (capture + ROI + preprocess + infer)\n")
+    path = time_device_path(student_int8, 2)
+    print(f"student int8, 2 threads, {path['frames']} frames: median {path['median_ms']:.2f} ms,"
+          f" p90 {path['p90_ms']:.2f} ms (capture {path['capture_ms']:.2f}, preprocess "
+          f"{path['preprocess_ms']:.2f}, infer {path['infer_ms']:.2f}); peak RSS "
+          f"{path['rss_mb']:.0f} MB")
+
+    print("\n## Agreement on held-out real frames, through the device path\n")
+    _, heldout = split(list_frames())
+    result = device_path_agreement(teacher, student_int8, [f.path for f in heldout])
+    print(summarise(result))
+    answers = example_planes(student_int8, data_dir() / "sononet" / "examples")
+    right = sum(want == got for want, got in answers.values())
+    wrong = ", ".join(f"{k}: {got}" for k, (want, got) in answers.items() if want != got)
+    print(f"13 SonoNet example screens, student int8: {right}/13 correct"
+          + (f" (wrong: {wrong})" if wrong else ""))
+
+    mqtt = REPO / "bench" / "bench_mqtt.py"
+    if mqtt.exists():
+        print("\n## Store-and-forward and collector\n", flush=True)
+        from bench import bench_mqtt
+
+        return bench_mqtt.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Student-vs-teacher agreement through the device's own path, on held-out real frames.
+
+The quantize gate measures agreement on the views it cached; this measures it the way the
+box will see frames: the full frame, `find_roi`, each model's manifest preprocessing, the
+.tflite on LiteRT. A difference between the two would be train/serve skew.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+
+from edge.manifest import read_manifest
+from edge.planes import classify_plane
+from edge.roi import find_roi
+from edge.runtime import load_model
+
+
+@dataclass
+class Agreement:
+    frames: int = 0
+    agree: int = 0
+    per_teacher_label: Counter = field(default_factory=Counter)
+    disagreements: Counter = field(default_factory=Counter)
+
+    @property
+    def rate(self) -> float:
+        return self.agree / max(1, self.frames)
+
+
+def device_path_agreement(teacher_manifest: Path, student_manifest: Path,
+                          frames: list[Path], threads: int = 2) -> Agreement:
+    teacher = load_model(read_manifest(teacher_manifest), "litert", threads)
+    student = load_model(read_manifest(student_manifest), "litert", threads)
+    result = Agreement()
+    for path in frames:
+        image = cv2.imread(str(path))
+        if image is None:
+            continue
+        roi = find_roi(image)
+        want = classify_plane(teacher, image, roi).top_label
+        got = classify_plane(student, image, roi).top_label
+        result.frames += 1
+        result.per_teacher_label[want] += 1
+        if want == got:
+            result.agree += 1
+        else:
+            result.disagreements[f"{want} -> {got}"] += 1
+    return result
+
+
+def example_planes(student_manifest: Path, examples_dir: Path, threads: int = 2) -> dict:
+    """The student's answer on the 13 SonoNet example screens, against their true labels."""
+    student = load_model(read_manifest(student_manifest), "litert", threads)
+    names = {"3VV": "3VV", "4CH": "4CH", "ABDOMINAL": "Abdominal", "BRAIN-CB": "Brain (Cb.)",
+             "BRAIN-TV": "Brain (Tv.)", "FEMUR": "Femur", "KIDNEYS": "Kidneys", "LIPS": "Lips",
+             "LVOT": "LVOT", "PROFILE": "Profile", "RVOT": "RVOT",
+             "SPINE-CORONAL": "Spine (cor.)", "SPINE-SAGITTAL": "Spine (sag.)"}
+    answers = {}
+    for path in sorted(examples_dir.glob("*.tiff")):
+        image = cv2.imread(str(path))
+        answers[path.stem] = (names[path.stem],
+                              classify_plane(student, image, find_roi(image)).top_label)
+    return answers
+
+
+def summarise(agreement: Agreement) -> str:
+    lines = [f"device-path top-1 agreement, student int8 vs teacher fp32: "
+             f"{agreement.agree}/{agreement.frames} = {100 * agreement.rate:.1f}%"]
+    if agreement.disagreements:
+        worst = ", ".join(f"{k} x{v}" for k, v in agreement.disagreements.most_common(6))
+        lines.append(f"  disagreements: {worst}")
+    labels = ", ".join(f"{k} {v}" for k, v in agreement.per_teacher_label.most_common())
+    lines.append(f"  teacher's labels on these frames: {labels}")
+    return "\n".join(lines)

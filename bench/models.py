@@ -1,0 +1,60 @@
+"""Model speed and the device path, measured in one run so ratios compare like with like.
+
+Each (model, threads) pair runs in a fresh subprocess, so peak RSS is that model's own and
+one model's warm caches do not flatter the next. Inputs are real frames through the device
+preprocessing. Timing is wall-clock per invoke: median and p90 over a fixed count.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+@dataclass(frozen=True)
+class Timing:
+    label: str
+    threads: int
+    median_ms: float
+    p90_ms: float
+    rss_mb: float
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.median_ms
+
+
+def _worker(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "bench.worker", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=600)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"bench worker failed: {tail[0]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def time_model(label: str, manifest: Path, threads: int, frame: Path, runs: int) -> Timing:
+    data = _worker("model", str(manifest), str(threads), str(frame), str(runs))
+    return Timing(label, threads, data["median_ms"], data["p90_ms"], data["rss_mb"])
+
+
+def time_device_path(manifest: Path, threads: int) -> dict:
+    return _worker("path", str(manifest.parent), manifest.stem, str(threads))
+
+
+def model_table(models: list[tuple[str, Path]], frame: Path, runs: int = 200) -> list[Timing]:
+    return [time_model(label, path, threads, frame, runs)
+            for threads in (1, 2) for label, path in models]
+
+
+def format_table(rows: list[Timing]) -> str:
+    lines = ["| model | threads | median ms | p90 ms | fps | peak RSS MB |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row.label} | {row.threads} | {row.median_ms:.2f} | {row.p90_ms:.2f} |"
+                     f" {row.fps:.0f} | {row.rss_mb:.0f} |")
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""One measurement in a fresh process: `python -m bench.worker model|path ...`.
+
+A process per measurement keeps peak RSS per model and stops one model's warm caches
+from flattering the next. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+import cv2
+
+from edge.capture import open_source
+from edge.config import load_settings
+from edge.loop import make_scorer, timed_frames
+from edge.manifest import read_manifest
+from edge.preprocess import prepare
+from edge.roi import find_roi
+from edge.runtime import load_model
+
+
+def _p90(values: list[float]) -> float:
+    return sorted(values)[int(0.9 * (len(values) - 1))]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_model(manifest_path: str, threads: int, frame_path: str, runs: int) -> dict:
+    manifest = read_manifest(manifest_path)
+    model = load_model(manifest, "litert", threads)
+    image = cv2.imread(frame_path)
+    x = prepare(image, find_roi(image), manifest.preprocessing)
+    for _ in range(10):
+        model.run(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model.run(x)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"median_ms": statistics.median(times), "p90_ms": _p90(times), "rss_mb": _rss_mb()}
+
+
+def time_path(models_dir: str, name: str, threads: int) -> dict:
+    settings = load_settings(None, {"models": {"dir": models_dir, "plane": name,
+                                               "num_threads": threads}})
+    scorer = make_scorer(settings)
+    parts: dict[str, list[float]] = {"latency_ms": [], "capture_ms": [], "preprocess_ms": [],
+                                     "infer_ms": []}
+    with open_source("demo") as source:
+        for frame, capture_s in timed_frames(source):
+            result = scorer.score(frame, capture_s)
+            if result.error is None:
+                for key, values in parts.items():
+                    values.append(getattr(result, key))
+    lat = parts["latency_ms"]
+    return {"frames": len(lat), "median_ms": statistics.median(lat), "p90_ms": _p90(lat),
+            **{key: statistics.median(v) for key, v in parts.items() if key != "latency_ms"},
+            "rss_mb": _rss_mb()}
+
+
+def main(argv: list[str]) -> int:
+    if argv[0] == "model":
+        out = time_model(argv[1], int(argv[2]), argv[3], int(argv[4]))
+    else:
+        out = time_path(argv[1], argv[2], int(argv[3]))
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
