@@ -1,0 +1,180 @@
+"""`sonoedge score`, `run` and `models`, run as a user runs them: real processes, real frames.
+
+Bad input is specified too: each gets one line naming the file or key, never a traceback,
+and the frames already scored are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+LABELS = {"3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur",
+          "Kidneys", "Lips", "LVOT", "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)"}
+
+
+def sonoedge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("sonoedge: error")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def _shifted(image: np.ndarray, pixels: int) -> np.ndarray:
+    """The frame moved sideways, as in a slow sweep."""
+    matrix = np.float32([[1, 0, pixels], [0, 1, 0]])
+    return cv2.warpAffine(image, matrix, (image.shape[1], image.shape[0]))
+
+
+@pytest.fixture()
+def frames_dir(tmp_path, data_dir) -> Path:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ("010_HC.png", "200_HC.png", "420_HC.png"):
+        shutil.copy(data_dir / "hc18" / "images" / name, folder / name)
+    shutil.copy(data_dir / "sononet" / "examples" / "FEMUR.tiff", folder / "500_femur.tiff")
+    return folder
+
+
+def test_score_prints_one_json_line_per_frame(frames_dir):
+    proc = sonoedge("score", str(frames_dir))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["source"] for line in lines] == ["010_HC.png", "200_HC.png", "420_HC.png",
+                                                  "500_femur.tiff"]
+    for line in lines:
+        assert line["plane"] in LABELS
+        assert 0.0 < line["plane_confidence"] <= 1.0
+        assert line["latency_ms"] > 0 and line["error"] is None
+        assert line["model"].startswith("plane_student@")
+    assert lines[-1]["plane"] == "Femur"
+
+
+def test_score_reads_video_files_frame_by_frame(tmp_path, data_dir):
+    path = tmp_path / "sweep.avi"
+    image = cv2.imread(str(data_dir / "hc18" / "images" / "300_HC.png"))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10,
+                             (image.shape[1], image.shape[0]))
+    for step in range(6):
+        writer.write(_shifted(image, 3 * step))
+    writer.release()
+    proc = sonoedge("score", str(path))
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 0 and [line["frame"] for line in lines] == list(range(6))
+    assert all(line["plane"] in LABELS for line in lines)
+
+
+def test_a_corrupt_image_is_reported_and_the_rest_still_scored(frames_dir):
+    good = (frames_dir / "200_HC.png").read_bytes()
+    (frames_dir / "300_cut.png").write_bytes(good[: len(good) // 3])
+    (frames_dir / "notes.txt").write_text("not an image")
+    proc = sonoedge("score", str(frames_dir))
+    assert "Traceback" not in proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == 5  # the .txt is not an image and is skipped
+    broken = [line for line in lines if line["error"]]
+    assert [line["source"] for line in broken] == ["300_cut.png"]
+    assert "300_cut.png" in broken[0]["error"] and broken[0]["plane"] is None
+    assert sum(line["plane"] in LABELS for line in lines) == 4
+    assert proc.returncode == 1  # some input failed: a script can tell
+
+
+def test_an_empty_folder_is_one_line_naming_it(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = sonoedge("score", str(tmp_path / "empty"))
+    assert "Traceback" not in proc.stderr and proc.returncode != 0
+    assert "empty" in proc.stderr
+
+
+def test_a_model_that_does_not_match_its_manifest_is_refused(models_copy, frames_dir):
+    model = models_copy / "plane_student.tflite"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    proc = sonoedge("score", "--models-dir", str(models_copy), str(frames_dir))
+    _one_line_error(proc, "plane_student.tflite", "sha256")
+    assert proc.returncode == 2 and proc.stdout == ""
+    listing = sonoedge("models", "--models-dir", str(models_copy))
+    assert listing.returncode == 1 and "sha256" in listing.stderr
+
+
+def test_a_missing_model_is_named(models_copy, frames_dir):
+    (models_copy / "plane_student.tflite").unlink()
+    proc = sonoedge("score", "--models-dir", str(models_copy), str(frames_dir))
+    _one_line_error(proc, "plane_student.tflite", "missing")
+
+
+def test_models_lists_the_shipped_manifests():
+    proc = sonoedge("models", "--json")
+    assert proc.returncode == 0, proc.stderr
+    models = [json.loads(line) for line in proc.stdout.splitlines()]
+    student = next(m for m in models if m["name"] == "plane_student")
+    assert student["verified"] and set(student["labels"]) == LABELS
+    assert student["input"]["dtype"] == "int8"
+    assert (REPO / "models" / "plane_student.tflite").stat().st_size <= 1_000_000
+
+
+def test_a_bad_config_key_stops_run_with_one_line(tmp_path):
+    config = tmp_path / "device.toml"
+    config.write_text("[models]\nthreads = 4\n")
+    proc = sonoedge("run", "--config", str(config), "--state-dir", str(tmp_path / "state"))
+    _one_line_error(proc, str(config), "threads")
+    assert proc.returncode == 2
+
+
+def test_run_journals_every_frame_and_prints_a_summary(tmp_path, frames_dir):
+    state = tmp_path / "state"
+    proc = sonoedge("run", "--source", str(frames_dir), "--state-dir", str(state))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    per_frame = [line for line in proc.stdout.splitlines() if " #" in line]
+    assert len(per_frame) == 4
+    assert proc.stdout.splitlines()[-1].startswith("summary: frames: 4 frames, 0 failed")
+    db = sqlite3.connect(state / "journal.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM results WHERE plane IS NOT NULL").fetchone() == (4,)
+    assert db.execute("SELECT frames, failed FROM runs").fetchall() == [(4, 0)]
+    assert (state / "outbox.sqlite3").exists()  # the exam summary waits for a link
+
+
+def test_a_killed_run_keeps_what_it_journaled(tmp_path, data_dir):
+    """SIGKILL mid-run: every frame printed before the kill is in the journal."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for path in sorted((data_dir / "hc18" / "images").glob("*.png"))[:400]:
+        os.symlink(path, folder / path.name)
+    state = tmp_path / "state"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--source", str(folder),
+                             "--state-dir", str(state)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=REPO, env=env)
+    printed = 0
+    deadline = time.monotonic() + 90
+    try:
+        while printed < 25 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            printed += " #" in line
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert printed == 25
+    db = sqlite3.connect(state / "journal.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM results").fetchone()[0] >= 25

@@ -1,0 +1,86 @@
+"""One runtime for every backend; int8 scales handled once; the Edge TPU falls back loudly."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.manifest import ModelError, find_manifest, read_manifest
+from edge.planes import classify_plane
+from edge.preprocess import prepare
+from edge.roi import find_roi
+from edge.runtime import load_model, make_interpreter
+from tests.conftest import MODELS, PLANE_MODEL
+
+
+@pytest.fixture(scope="module")
+def head(data_dir):
+    return cv2.imread(str(data_dir / "hc18" / "images" / "250_HC.png"))
+
+
+def test_the_shipped_student_is_int8_end_to_end(head):
+    model = load_model(find_manifest(MODELS, PLANE_MODEL), "litert", 2)
+    assert model._input["dtype"] == np.int8 and model._output["dtype"] == np.int8
+    logits = model.run(prepare(head, find_roi(head), model.manifest.preprocessing))
+    assert logits.shape == (1, 14) and logits.dtype == np.float32 and np.isfinite(logits).all()
+    plane = classify_plane(model, head, find_roi(head))
+    assert plane.top_label in model.manifest.labels
+    assert abs(sum(plane.probabilities) - 1.0) < 1e-6
+
+
+def test_inputs_are_quantized_with_the_model_s_own_scale(head):
+    model = load_model(find_manifest(MODELS, PLANE_MODEL), "litert", 1)
+    x = prepare(head, find_roi(head), model.manifest.preprocessing)
+    model.run(x)
+    scale, zero = model._input["quantization"]
+    stored = model.interpreter.get_tensor(model._input["index"]).astype(np.float32)
+    inside = (x > (-128 - zero) * scale) & (x < (127 - zero) * scale)
+    assert np.abs((stored - zero) * scale - x)[inside].max() <= scale / 2 + 1e-6
+
+
+def test_one_and_two_threads_give_the_same_answer(head):
+    manifest = find_manifest(MODELS, PLANE_MODEL)
+    x = prepare(head, find_roi(head), manifest.preprocessing)
+    one = load_model(manifest, "litert", 1).run(x)
+    two = load_model(manifest, "litert", 2).run(x)
+    assert np.array_equal(one, two)
+
+
+def test_edgetpu_without_a_tpu_runs_on_the_cpu_and_says_so(head, caplog):
+    manifest = find_manifest(MODELS, PLANE_MODEL)
+    x = prepare(head, find_roi(head), manifest.preprocessing)
+    with caplog.at_level(logging.WARNING, logger="edge.runtime"):
+        tpu = load_model(manifest, "edgetpu", 2)
+    assert any("Edge TPU delegate unavailable" in r.getMessage() and "on the CPU" in
+               r.getMessage() for r in caplog.records)
+    assert np.array_equal(tpu.run(x), load_model(manifest, "litert", 2).run(x))
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(ModelError, match="unknown backend 'cuda'"):
+        make_interpreter(MODELS / f"{PLANE_MODEL}.tflite", "cuda")
+
+
+def test_a_file_that_is_no_model_is_one_line(models_copy):
+    (models_copy / "plane_student.tflite").write_bytes(b"not a flatbuffer" * 64)
+    with pytest.raises(ModelError, match="plane_student.tflite") as caught:
+        make_interpreter(models_copy / "plane_student.tflite")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda m: m.pop("sha256"), "lacks 'sha256'"),
+    (lambda m: m["preprocessing"].update(height=100), "disagrees with preprocessing"),
+    (lambda m: m["output"].update(kind="scores"), "output.kind"),
+])
+def test_a_broken_manifest_is_refused_by_name(models_copy, edit, expected):
+    path = models_copy / "plane_student.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=expected):
+        read_manifest(path)
