@@ -66,6 +66,9 @@ class MqttSettings:
     username: str = ""  # overrides the URL's user when set
     password: str = ""
     client_id: str = ""  # "" means sonoedge-<device_id>
+    # A PUBACK "No matching subscribers" means no collector session holds the message (e.g.
+    # the broker restarted and lost a shared subscription): keep it and retry later.
+    require_subscriber: bool = True
 
 
 @dataclass(frozen=True)
@@ -289,8 +292,8 @@ class Uplink:
         with self._status_lock:
             self._status.update(kw)
 
-    def _error(self, text: str) -> None:
-        self._set(connected=False, last_error=text, last_error_ts=time.time())
+    def _error(self, text: str, connected: bool = False) -> None:
+        self._set(connected=connected, last_error=text, last_error_ts=time.time())
         now = time.monotonic()
         pending = self.outbox.pending_count()
         last = self._last_logged_error
@@ -449,9 +452,11 @@ class Uplink:
 
         inflight: dict[int, str] = {}
         limit = max(1, self.settings.max_inflight)
+        self._hold_until = 0.0
+        self._hold_attempt = 0
         while not self._stop.is_set() and not state["lost"]:
             free = limit - len(inflight)
-            if free > 0:
+            if free > 0 and time.monotonic() >= self._hold_until:
                 batch = self.outbox.pending(free, exclude=inflight.values())
                 for m in batch:
                     info = client.publish(topic_for(self.device_id, m.kind), m.payload, qos=1)
@@ -477,14 +482,30 @@ class Uplink:
         """Apply PUBACKs: delete acknowledged rows (one transaction), park refused ones."""
         if not acks:
             return
-        done, refused = [], []
+        done, refused, unrouted = [], [], 0
         for mid, reason in acks:
             msg_id = inflight.pop(mid, None)
             if msg_id is None:
                 continue  # the status message
-            (refused if reason.is_failure else done).append((msg_id, reason))
+            if reason.value == 16 and self.settings.require_subscriber:
+                unrouted += 1  # "No matching subscribers": stays pending in the outbox
+            else:
+                (refused if reason.is_failure else done).append((msg_id, reason))
         acks.clear()
         self.outbox.ack(m for m, _ in done)
+        if unrouted and not done:
+            self._hold_attempt += 1
+            delay = backoff_delay(self._hold_attempt, self.settings.reconnect_min_s,
+                                  self.settings.reconnect_max_s, self._rng)
+            self._hold_until = time.monotonic() + delay
+            self._error(f"no collector is subscribed at {self.target.host}:"
+                        f"{self.target.port} (PUBACK 'No matching subscribers'); retrying "
+                        f"in {delay:.1f} s", connected=True)
+        elif done:
+            self._hold_attempt = 0
+            if self._status.get("last_error", "") and "no collector" in (
+                    self._status.get("last_error") or ""):
+                self._set(last_error=None)
         for msg_id, reason in refused:
             self.outbox.reject(msg_id, f"broker refused: {reason}")
             log.error("mqtt: broker refused message %s under %s: %s (kept in the outbox "

@@ -129,14 +129,21 @@ def run_device(state_dir: Path, url: str, device: str = "dev-a", timeout_s: floa
 def device_args(state_dir: Path, url: str, device: str = "dev-a", **opts) -> list[str]:
     args = [sys.executable, "-m", "tests.device_sim", "--state-dir", str(state_dir),
             "--mqtt-url", url, "--device-id", device,
-            "--produced", str(state_dir.parent / f"{device}.produced")]
+            "--produced", str(produced_file(state_dir))]
     for key, value in opts.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        args += [flag] if value is True else [flag, str(value)]
     return args
 
 
-def produced_ids(state_dir: Path, device: str = "dev-a") -> set[str]:
-    path = state_dir.parent / f"{device}.produced"
+def produced_file(state_dir: Path) -> Path:
+    """Where the simulator lists what it enqueued: one file per state dir."""
+    return state_dir.parent / f"{state_dir.name}.produced"
+
+
+def produced_ids(state_dir: Path, device: str = "") -> set[str]:
+    """msg_ids the device running on ``state_dir`` enqueued (``device`` is informative)."""
+    path = produced_file(state_dir)
     return {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
 
 

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-inflight", type=int, default=20)
     ap.add_argument("--reconnect-max-s", type=float, default=0.5)
     ap.add_argument("--produced", type=Path)
+    ap.add_argument("--final-health", action="store_true",
+                    help="after draining, send one more health (it reports the drops)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = MqttSettings(
@@ -79,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                                             ended_mono=time.monotonic()))
             results, started, started_mono = [], time.time(), time.monotonic()
     drained = uplink.drain(args.drain_timeout)
+    if args.final_health:
+        note("health", uplink.enqueue_health({"fps": 30.0, "frames": args.frames}))
+        drained = uplink.drain(args.drain_timeout)
     counts = uplink.outbox.counts()
     uplink.close()
     print(json.dumps({"drained": drained, **counts}))
