@@ -47,6 +47,11 @@ class LoopSettings:
 
 
 @dataclass(frozen=True)
+class JournalSettings:
+    keep_days: float = 90.0  # frame results of runs older than this are pruned at start
+
+
+@dataclass(frozen=True)
 class DeviceSettings:
     state_dir: str = "state"  # journal, outbox and status live here
     device_id: str = ""  # empty: derived from the machine id
@@ -59,6 +64,7 @@ class Settings:
     roi: RoiSettings = field(default_factory=RoiSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
     device: DeviceSettings = field(default_factory=DeviceSettings)
+    journal: JournalSettings = field(default_factory=JournalSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
 
 
@@ -134,5 +140,7 @@ def _validate(settings: Settings, label: str) -> None:
         raise ConfigError(f"{label}: models.num_threads must be between 1 and 64")
     if settings.loop.roi_refresh_frames < 1 or settings.loop.log_every < 0:
         raise ConfigError(f"{label}: loop.roi_refresh_frames must be >= 1, log_every >= 0")
+    if settings.journal.keep_days <= 0:
+        raise ConfigError(f"{label}: journal.keep_days must be positive")
     if settings.source.backoff_initial_s <= 0 or settings.source.backoff_max_s <= 0:
         raise ConfigError(f"{label}: source backoff times must be positive")

@@ -90,6 +90,22 @@ class Journal:
             " failed=(SELECT COUNT(*) FROM results WHERE run_id=? AND error IS NOT NULL)"
             " WHERE run_id=?", (time.time(), run_id, run_id, run_id))
 
+    def prune(self, keep_days: float) -> int:
+        """Forget runs that ended more than `keep_days` ago; returns how many frames went.
+
+        The box has a small disk and the district keeps the summaries; frame-level
+        history is for local review and debugging, so it ages out.
+        """
+        cutoff = time.time() - keep_days * 86400.0
+        old = "SELECT run_id FROM runs WHERE ended_ts IS NOT NULL AND ended_ts < ?"
+        self.db.execute("BEGIN")
+        gone = self.db.execute(f"DELETE FROM results WHERE run_id IN ({old})",
+                               (cutoff,)).rowcount
+        self.db.execute("DELETE FROM runs WHERE ended_ts IS NOT NULL AND ended_ts < ?",
+                        (cutoff,))
+        self.db.execute("COMMIT")
+        return gone
+
     def results(self, run_id: str | None = None) -> list[dict]:
         query = "SELECT record FROM results"
         args: tuple = ()

@@ -195,6 +195,10 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     uplink = Uplink(mqtt, state_dir, model_versions=models)
     uplink.start()
     journal = Journal(state_dir / JOURNAL_FILE)
+    pruned = journal.prune(settings.journal.keep_days)
+    if pruned:
+        log.info("journal: pruned %d frame results older than %g days", pruned,
+                 settings.journal.keep_days)
     source = open_source(settings.source.spec, live=live_settings(settings))
     if source.demo is not None and source.demo.kind == "phantom":
         echo(f"demo source is a generated phantom: {source.demo.description}")

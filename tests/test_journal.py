@@ -79,3 +79,20 @@ def test_a_journal_from_a_newer_version_is_refused_not_wiped(tmp_path):
     with pytest.raises(ValueError, match="j.sqlite: journal cannot be opened"):
         Journal(path)
     assert path.stat().st_size > 0
+
+
+def test_old_runs_age_out_and_recent_ones_stay(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    old = journal.start_run("old", {})
+    journal.append(old, _result(0))
+    journal.end_run(old)
+    journal.db.execute("UPDATE runs SET ended_ts = ended_ts - 100 * 86400 WHERE run_id = ?",
+                       (old,))
+    recent = journal.start_run("recent", {})
+    journal.append(recent, _result(0))
+    journal.end_run(recent)
+    unfinished = journal.start_run("live", {})
+    journal.append(unfinished, _result(0))
+    assert journal.prune(keep_days=90) == 1
+    assert [run["source"] for run in journal.runs()] == ["recent", "live"]
+    assert len(journal.results()) == 2
