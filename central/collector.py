@@ -71,7 +71,8 @@ def check(topic: str, payload: bytes, max_bytes: int, collector: str,
         if reason is None and not isinstance(data, dict):
             reason = f"not a JSON object but {type(data).__name__}"
         if reason is None and data.get("kind") != parts[2]:
-            reason = f"kind {str(data.get('kind'))[:40]!r} in payload, {parts[2]!r} in topic"
+            got = repr(data["kind"])[:40] if "kind" in data else "missing"
+            reason = f"kind {got} in payload, {parts[2]!r} in topic"
         if reason is None:
             errors = summaries.validate(data, summaries.load_schema(parts[2]))
             if errors:

@@ -1,0 +1,201 @@
+"""The collector's checks, its store (SQLite and PostgreSQL), the report and provisioning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import uuid
+
+import pytest
+
+from board.provision import ProvisionError, provision, read_roles, remove
+from central.collector import check
+from central.db import DbError, DeadLetter, Row, Store
+from central.report import build_report, format_report
+from edge import summaries
+from tests import conftest_mqtt as fx
+from tests.conftest_mqtt import REPO, py_env
+from tests.device_sim import frame_result
+
+postgres = fx.postgres  # fixture
+
+
+def message(kind: str = "exam", device: str = "dev-a", seq: int = 1, **extra) -> dict:
+    env = summaries.envelope(kind, device, "clinic-1", "boot-1")
+    if kind == "exam":
+        body = summaries.summarize_exam([frame_result(i) for i in range(10)], "a.mp4", 1, 2)
+        payload = {**env, **body}
+    elif kind == "health":
+        payload = summaries.build_health(env, {"fps": 30.0}, {}, extra.pop("dropped", {}),
+                                         10.0, {}, 1.0, 60.0)
+    else:
+        payload = summaries.build_status(env, "", extra.pop("state", "online"), seq, 0)
+    return {**payload, "msg_id": str(uuid.uuid4()), "seq": seq, **extra}
+
+
+def encode(payload: dict) -> bytes:
+    return json.dumps(payload).encode()
+
+
+def row(payload: dict, collector: str = "c1") -> Row:
+    item = check(f"sonoedge/{payload['device_id']}/{payload['kind']}", encode(payload), 4096,
+                 collector, 1000.0 + payload["seq"])
+    assert isinstance(item, Row), item
+    return item
+
+
+# -- checks ------------------------------------------------------------------------------------
+def test_a_valid_message_becomes_a_row_keyed_by_its_msg_id():
+    p = message("exam", seq=7)
+    r = row(p)
+    assert (r.msg_id, r.device_id, r.kind, r.seq, r.clinic_id) == (
+        p["msg_id"], "dev-a", "exam", 7, "clinic-1")
+    assert json.loads(r.payload) == p
+
+
+@pytest.mark.parametrize("topic, payload, reason", [
+    ("sonoedge/dev-a/exam", b"{oops", "bad JSON"),
+    ("sonoedge/dev-a/exam", b"\xff\xfe", "bad JSON"),
+    ("sonoedge/dev-a/exam", b'{"a": NaN}', "bad JSON"),
+    ("sonoedge/dev-a/exam", b"[1, 2]", "not a JSON object but list"),
+    ("sonoedge/dev-a/exam", b"{}", "kind missing in payload, 'exam' in topic"),
+    ("sonoedge/dev-a/video", b"{}", "unknown kind 'video'"),
+    ("sonoedge/dev-a/exam/extra", b"{}", "bad topic"),
+    ("other/dev-a/exam", b"{}", "bad topic"),
+    ("sonoedge/dev-a/exam", b"x" * 5000, "oversize: 5000 bytes > 4096"),
+])
+def test_malformed_messages_become_dead_letters_with_a_reason(topic, payload, reason):
+    item = check(topic, payload, 4096, "c1", 1.0)
+    assert isinstance(item, DeadLetter) and item.reason.startswith(reason), item.reason
+    assert item.size == len(payload) and len(item.preview) <= 2048
+
+
+def test_wrong_schema_and_impersonation_are_dead_lettered():
+    bad = message("health") | {"queue": {"pending": -1}}
+    item = check("sonoedge/dev-a/health", encode(bad), 4096, "c1", 1.0)
+    assert isinstance(item, DeadLetter) and item.reason.startswith("schema: $.queue")
+    other = message("exam", device="dev-b")
+    item = check("sonoedge/dev-a/exam", encode(other), 4096, "c1", 1.0)
+    assert item.reason == "device_id 'dev-b' in payload, 'dev-a' in topic"
+
+
+# -- store -------------------------------------------------------------------------------------
+def test_sqlite_store_keeps_each_msg_id_once(tmp_path):
+    store = Store(str(tmp_path / "c.sqlite3"))
+    a, b = row(message(seq=1)), row(message(seq=2))
+    dead = check("sonoedge/dev-a/exam", b"{oops", 4096, "c1", 1.0)
+    assert store.store([a, b], [dead]) == (2, 1)
+    assert store.store([a, b], [dead]) == (0, 0)
+    assert store.query("SELECT COUNT(*) FROM messages") == [(2,)]
+    assert store.query("SELECT COUNT(*) FROM dead_letters") == [(1,)]
+    store.close()
+
+
+def test_postgres_store_keeps_each_msg_id_once_under_concurrent_writers(postgres):
+    import psycopg
+
+    url = postgres.url
+    Store(url).close()  # creates the tables
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM messages WHERE device_id = 'dev-pg'")
+    rows = [row(message(device="dev-pg", seq=i)) for i in range(1, 201)]
+    results: list[tuple[int, int]] = []
+
+    def writer(name: str) -> None:
+        s = Store(url)
+        for i in range(0, len(rows), 20):
+            results.append(s.store(rows[i:i + 20], []))
+        s.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in ("w1", "w2", "w3")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sum(n for n, _ in results) == 200  # 600 attempts, 200 stored
+    assert Store(url).query("SELECT COUNT(*) FROM messages WHERE device_id = 'dev-pg'") == [
+        (200,)]
+
+
+def test_an_unreachable_database_is_a_one_line_error_naming_it(tmp_path):
+    with pytest.raises(DbError) as err:
+        Store("postgresql://u:secret@127.0.0.1:1/none")
+    assert "postgresql://u:***@127.0.0.1:1/none" in str(err.value)
+    assert "secret" not in str(err.value) and "\n" not in str(err.value)
+    out = subprocess.run([sys.executable, "-m", "central.cli", "report", "--db",
+                          str(tmp_path / "no" / "such" / "dir" / "x.sqlite3"), "--json"],
+                         capture_output=True, text=True, env=py_env(), cwd=str(REPO),
+                         timeout=30)
+    assert out.returncode == 0  # SQLite creates an empty database: an empty report
+    assert json.loads(out.stdout)["devices"] == []
+
+
+# -- report ------------------------------------------------------------------------------------
+def test_report_counts_exams_and_splits_gaps_into_dropped_and_lost(tmp_path):
+    store = Store(str(tmp_path / "c.sqlite3"))
+    rows = [row(message("exam", seq=s)) for s in (1, 2, 5, 9)]
+    rows += [row(message("health", seq=10, dropped={"health": 3, "exam": 0}))]
+    rows += [row(message("status", seq=12, state="online"))]  # 11 and 12 still on the way
+    rows += [row(message("exam", device="dev-b", seq=s)) for s in (1, 2)]
+    store.store(rows, [check("sonoedge/dev-a/exam", b"{", 4096, "c1", 1.0)])
+    rep = build_report(store)
+    a, b = rep["devices"]
+    assert (a["device_id"], a["exams"], a["health"], a["max_seq"]) == ("dev-a", 4, 1, 10)
+    assert a["missing"] == 5 and a["gaps"] == [[3, 4], [6, 8]]
+    assert (a["dropped_health"], a["lost"], a["behind"], a["last_state"]) == (3, 2, 2, "online")
+    assert (b["exams"], b["missing"], b["lost"]) == (2, 0, 0)
+    assert rep["clinics"] == [{"clinic_id": "clinic-1", "devices": 2, "exams": 6, "health": 1,
+                               "last_seen_ts": a["last_seen_ts"], "missing": 5, "dropped": 3,
+                               "lost": 2}]
+    assert rep["dead_letters"] == {"total": 1, "by_reason": {"bad JSON": 1}}
+    text = format_report(rep)
+    assert "gaps in seq: 3-4, 6-8" in text and "Dead letters: 1" in text
+    store.close()
+
+
+def test_report_cli_prints_text_and_json(tmp_path):
+    db = str(tmp_path / "c.sqlite3")
+    store = Store(db)
+    store.store([row(message("exam", seq=1))], [])
+    store.close()
+    run = [sys.executable, "-m", "central.cli", "report", "--db", db]
+    text = subprocess.run(run, capture_output=True, text=True, env=py_env(), cwd=str(REPO),
+                          timeout=30).stdout
+    assert "dev-a" in text and "clinic-1" in text
+    data = json.loads(subprocess.run(run + ["--json"], capture_output=True, text=True,
+                                     env=py_env(), cwd=str(REPO), timeout=30).stdout)
+    assert data["devices"][0]["exams"] == 1
+
+
+def test_collector_cli_rejects_a_bad_url_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "central.cli", "--mqtt-url", "http://x:pw@h",
+                          "--db", str(tmp_path / "c.sqlite3")], capture_output=True, text=True,
+                         env=py_env(), cwd=str(REPO), timeout=30)
+    assert out.returncode == 2 and "bad MQTT URL 'http://x:***@h'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+# -- provisioning ------------------------------------------------------------------------------
+def test_provisioning_writes_password_entries_and_an_acl_per_role(tmp_path):
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    secret = provision(pw, acl, "clinic7-box1", "device")
+    provision(pw, acl, "central-1", "central", "fixed")
+    provision(pw, acl, "clinic7-box1", "device", "again")  # idempotent: replaces
+    text = acl.read_text()
+    assert "user clinic7-box1\ntopic write sonoedge/clinic7-box1/#\n" in text
+    assert "user central-1\ntopic read sonoedge/#\n" in text
+    assert "topic read sonoedge/clinic7-box1" not in text  # a device reads nothing
+    entries = dict(line.split(":", 1) for line in pw.read_text().splitlines())
+    assert set(entries) == {"clinic7-box1", "central-1"} and secret not in pw.read_text()
+    assert entries["central-1"].startswith("$7$")  # salted PBKDF2 hash from mosquitto_passwd
+    assert read_roles(acl) == {"clinic7-box1": "device", "central-1": "central"}
+    remove(pw, acl, "clinic7-box1")
+    assert read_roles(acl) == {"central-1": "central"} and "clinic7" not in pw.read_text()
+
+
+@pytest.mark.parametrize("bad", ["a/b", "+", "#", "", "-x", "x" * 65])
+def test_provisioning_refuses_ids_that_would_break_topics(tmp_path, bad):
+    with pytest.raises(ProvisionError, match="bad id"):
+        provision(tmp_path / "p", tmp_path / "a", bad, "device")
