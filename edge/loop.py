@@ -150,13 +150,14 @@ def format_line(result: FrameResult) -> str:
             f" prep {result.preprocess_ms:.1f}, infer {result.infer_ms:.1f})")
 
 
-def format_summary(stats: RunStats, source_name: str) -> str:
-    snap = stats.snapshot()
+def format_summary(stats: RunStats, source: Source) -> str:
+    snap = stats.snapshot(source)
     planes = ", ".join(f"{name} {n}" for name, n in stats.planes.most_common()) or "none"
     p50 = snap["latency_p50_ms"]
     p90 = snap["latency_p90_ms"]
     latency = f"median {p50:.1f} ms, p90 {p90:.1f} ms" if p50 is not None else "no frames"
-    return (f"summary: {source_name}: {stats.frames} frames, {stats.failed} failed, "
+    dropped = f", {snap['source_dropped']} stale frames skipped" if snap["source_dropped"] else ""
+    return (f"summary: {source.name}: {stats.frames} frames, {stats.failed} failed{dropped}, "
             f"{snap['fps']:.1f} fps, latency {latency}; planes: {planes}")
 
 
@@ -199,7 +200,9 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     if pruned:
         log.info("journal: pruned %d frame results older than %g days", pruned,
                  settings.journal.keep_days)
-    source = open_source(settings.source.spec, live=live_settings(settings))
+    # The demo plays at its own frame rate, as a scanner would; files run as fast as they can.
+    spec = settings.source.spec
+    source = open_source(spec, live=live_settings(settings), pace=spec == "demo")
     if source.demo is not None and source.demo.kind == "phantom":
         echo(f"demo source is a generated phantom: {source.demo.description}")
     run_id = journal.start_run(source.name, models)
@@ -229,7 +232,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         uplink.record_exam(results, source.name, started_ts, time.time(),
                            started_mono=stats.started_mono, ended_mono=time.monotonic())
         uplink.enqueue_health(stats.snapshot(source))
-        echo(format_summary(stats, source.name))
+        echo(format_summary(stats, source))
         if once and uplink.target is not None:
             if not uplink.drain():
                 echo(f"outbox not empty after {mqtt.drain_timeout_s:.0f} s: "
