@@ -13,6 +13,7 @@ import sys
 import time
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from tests import conftest_mqtt as fx
 from tests.conftest_mqtt import (
@@ -334,3 +335,95 @@ def test_with_no_collector_subscribed_the_device_keeps_its_messages_until_one_is
     assert run_device(state, broker.url("dev-a"), frames=0, drain_timeout=20)["drained"]
     wait_all_stored(db, state)
     assert_exactly_produced(db, state)
+
+
+# The same scenarios through the real `sonoedge run --once` -------------------------------------
+PLANE_MANIFEST = REPO / "models" / "plane_student.json"
+
+
+def frames_folder(tmp_path, n: int = 200):
+    """``n`` real ultrasound frames in a temp folder (links to the shared data, no copies)."""
+    from edge.demo import default_data_dir
+
+    images = sorted((default_data_dir() / "hc18" / "images").glob("*.png"))[:20]
+    assert images, "hc18 images not found beside the repo"
+    folder = tmp_path / "frames"
+    folder.mkdir(parents=True)
+    for i in range(n):
+        (folder / f"frame{i:03d}.png").symlink_to(images[i % len(images)])
+    return folder
+
+
+def sonoedge_run(tmp_path, broker, state, source, **mqtt_keys) -> list[str]:
+    config = tmp_path / "sonoedge.toml"
+    keys = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "drain_timeout_s": 40.0,
+            **mqtt_keys}
+    config.write_text("[mqtt]\n" + "".join(f"{k} = {v!r}\n" for k, v in keys.items()))
+    return [sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--source",
+            str(source), "--once", "--mqtt-url", broker.url("dev-a"), "--device-id", "dev-a",
+            "--state-dir", str(state)]
+
+
+def assert_seqs_complete(db: str, state) -> list[tuple]:
+    rows = stored(db, "dev-a")
+    assert len({r[0] for r in rows}) == len(rows)
+    assert [r[1] for r in rows] == list(range(1, outbox_last_seq(state) + 1))
+    return rows
+
+
+needs_model = pytest.mark.skipif(not PLANE_MANIFEST.exists(),
+                                 reason=f"{PLANE_MANIFEST} not shipped yet")
+
+
+@needs_model
+def test_real_run_once_with_the_broker_down_at_start(broker, collectors, tmp_path):
+    db = str(tmp_path / "central.sqlite3")
+    collectors(broker.url("central"), db, tmp_path, "central-1").wait_subscribed()
+    broker.stop()
+    state = tmp_path / "state"
+    dev = subprocess.Popen(sonoedge_run(tmp_path, broker, state, frames_folder(tmp_path)),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=py_env(), cwd=str(REPO))
+    try:
+        wait_for(lambda: (state / "uplink-status.json").exists()
+                 and "connection refused" in (state / "uplink-status.json").read_text(),
+                 30, "the device to record that the broker is down")
+        broker.start()
+        out, err = dev.communicate(timeout=120)
+    finally:
+        dev.kill()
+    assert dev.returncode == 0, err[-2000:]
+    wait_for(lambda: len(stored(db, "dev-a")) >= outbox_last_seq(state), 20, "all messages")
+    rows = assert_seqs_complete(db, state)
+    assert [r[2] for r in rows].count("exam") == 1
+    report = json.loads(subprocess.run(
+        [sys.executable, "-m", "central.cli", "report", "--db", db, "--json"],
+        capture_output=True, text=True, env=py_env(), cwd=str(REPO), timeout=30).stdout)
+    assert report["devices"][0]["exams"] == 1 and report["devices"][0]["lost"] == 0
+
+
+@needs_model
+def test_real_run_sigkilled_while_draining_then_rerun_stores_each_message_once(
+        broker, collectors, tmp_path):
+    db = str(tmp_path / "central.sqlite3")
+    collectors(broker.url("central"), db, tmp_path, "central-1").wait_subscribed()
+    state = tmp_path / "state"
+    # A health message per frame and two in flight: the drain takes a while.
+    args = sonoedge_run(tmp_path, broker, state, frames_folder(tmp_path),
+                        health_interval_s=0.0, max_inflight=1)
+    dev = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=py_env(), cwd=str(REPO))
+    try:
+        wait_for(lambda: len(stored(db, "dev-a")) >= 20, 90, "publishing under way")
+        dev.send_signal(signal.SIGKILL)
+        dev.wait(timeout=10)
+    finally:
+        dev.kill()
+    backlog = outbox_last_seq(state)
+    assert len(stored(db, "dev-a")) < backlog
+    rerun = subprocess.run(sonoedge_run(tmp_path, broker, state, frames_folder(
+        tmp_path / "again", 1)), capture_output=True, text=True, env=py_env(),
+        cwd=str(REPO), timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    wait_for(lambda: len(stored(db, "dev-a")) >= outbox_last_seq(state), 20, "the backlog")
+    assert_seqs_complete(db, state)
