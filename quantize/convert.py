@@ -1,0 +1,129 @@
+"""PyTorch -> fp32 .tflite -> fully int8 .tflite (ai-edge-quantizer static_wi8_ai8), and a runner.
+
+The recipe of TOOLCHAIN.md: `litert_torch.convert(...).export(fp32)`, then the quantizer with
+`static_wi8_ai8` calibrated on real frames, through the device's own preprocessing. The
+result takes an int8 input and gives int8 logits; `run_tflite` quantizes and dequantizes
+with the scale and zero-point read from the file, as the device does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from quantize.data import Frame, device_view, read_frame
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    fp32: Path
+    int8: Path
+    calibration: str  # what the int8 model was calibrated on
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The converters print pages of progress; keep the build log readable."""
+    logging.disable(logging.WARNING)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def export_fp32(model: nn.Module, input_shape: tuple[int, ...], dest: Path) -> Path:
+    import litert_torch
+
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet(), torch.no_grad():
+        litert_torch.convert(model, (torch.zeros(input_shape),)).export(str(dest))
+    return dest
+
+
+def quantize_int8(fp32: Path, calibration: list[np.ndarray], dest: Path) -> Path:
+    """Full int8 (weights, activations, input and output) calibrated on `calibration`."""
+    from ai_edge_quantizer import Quantizer, recipe
+
+    if not calibration:
+        raise ValueError(f"{fp32}: no calibration inputs")
+    with _quiet():
+        quantizer = Quantizer(str(fp32))
+        quantizer.load_quantization_recipe(recipe.static_wi8_ai8())
+        data = {"serving_default": [{"args_0": x.astype(np.float32)} for x in calibration]}
+        result = quantizer.quantize(quantizer.calibrate(data))
+        tmp = dest.with_suffix(".tmp.tflite")
+        if tmp.exists():
+            tmp.unlink()
+        result.export_model(str(tmp), overwrite=True)
+    os.replace(tmp, dest)
+    return dest
+
+
+def run_tflite(path: Path, inputs: np.ndarray, threads: int = 2) -> np.ndarray:
+    """Float outputs for float inputs (n, 1, H, W), through an int8 or fp32 .tflite."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=threads)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    results = []
+    for x in inputs:
+        x = x[None].astype(np.float32)
+        if inp["dtype"] == np.int8:
+            scale, zero = inp["quantization"]
+            x = np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+        y = interp.get_tensor(out["index"])
+        if out["dtype"] == np.int8:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        results.append(y[0].astype(np.float32))
+    return np.stack(results)
+
+
+def calibration_inputs(frames: list[Frame], spec, limit: int, seed: int) -> list[np.ndarray]:
+    """Device-path inputs (find_roi + prepare) of up to `limit` training frames."""
+    from edge.preprocess import normalise
+
+    rng = np.random.default_rng([seed, 4])
+    must = [f for f in frames if f.source != "hc18"]
+    rest = [f for f in frames if f.source == "hc18"]
+    chosen = must + [rest[i] for i in rng.permutation(len(rest))[: max(0, limit - len(must))]]
+    return [normalise(device_view(read_frame(f.path), spec), spec)[None, None] for f in chosen]
+
+
+def convert_student(student: nn.Module, train: list[Frame], work: Path, seed: int,
+                    n_calibration: int = 200) -> ModelPaths:
+    """fp32 and int8 .tflite of the student under `work`; reused when already there."""
+    from quantize.distil import STUDENT_SPEC
+
+    spec = STUDENT_SPEC
+    fp32 = work / "plane_student_fp32.tflite"
+    int8 = work / "plane_student_int8.tflite"
+    calib_note = work / "calibration.txt"
+    stamp = work / "student.pt"
+    stale = not int8.exists() or (stamp.exists() and stamp.stat().st_mtime > int8.stat().st_mtime)
+    if stale:
+        export_fp32(student, (1, 1, spec.height, spec.width), fp32)
+        calib = calibration_inputs(train, spec, n_calibration, seed)
+        quantize_int8(fp32, calib, int8)
+        n_ex = sum(f.source == "examples" for f in train)
+        n_pl = sum(f.source == "planes" for f in train)
+        calib_note.write_text(
+            f"{len(calib)} real training frames through find_roi + prepare: all {n_ex} "
+            f"SonoNet examples, all {n_pl} training planes frames, {len(calib) - n_ex - n_pl} "
+            f"HC18 training frames drawn with seed {seed}; no held-out frame")
+    return ModelPaths(fp32=fp32, int8=int8, calibration=calib_note.read_text())

@@ -1,0 +1,187 @@
+"""Every real frame in the shared data folder, a patient-level split, and consistent views.
+
+Frames: HC18 images, `planes/images` and the 13 SonoNet example planes. Groups (the unit of
+the split, so no patient is on both sides): HC18 = the number before the first `_`;
+planes = the `patient_or_source_id` column, except that all 20 umbilical-cord frames
+(MFM_AI, no patient ids, consecutive frames of one session) form one group; each example
+plane is its own group and always trains (they are the only frames of 9 of the classes).
+
+`make_view` produces one augmented view of a frame for *both* nets: the augmentation acts on
+the full-resolution region found by `edge.roi.find_roi` (the device path), and the result
+is then resized exactly as `edge.preprocess.grey_resized` does, once per net resolution.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.preprocess import RESIZE_MODES, PreprocessSpec, grey_resized
+from edge.roi import Roi, find_roi, to_grey
+
+LABELS = ["3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur",
+          "Kidneys", "Lips", "LVOT", "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)"]
+EXAMPLE_LABELS = {
+    "3VV": "3VV", "4CH": "4CH", "ABDOMINAL": "Abdominal", "BRAIN-CB": "Brain (Cb.)",
+    "BRAIN-TV": "Brain (Tv.)", "FEMUR": "Femur", "KIDNEYS": "Kidneys", "LIPS": "Lips",
+    "LVOT": "LVOT", "PROFILE": "Profile", "RVOT": "RVOT", "SPINE-CORONAL": "Spine (cor.)",
+    "SPINE-SAGITTAL": "Spine (sag.)",
+}
+CORD_GROUP = "MFM_AI:umbilical-cord-session"
+# The README's fixed crop for the GE example screens: image[115:734, 81:874].
+EXAMPLE_CROP = Roi(x=81, y=115, w=874 - 81, h=734 - 115)
+
+
+class DataError(ValueError):
+    """A one-line message naming the missing or unreadable file."""
+
+
+def data_dir() -> Path:
+    """`$SONOEDGE_DATA`, else ../shared/data beside the repository."""
+    env = os.environ.get("SONOEDGE_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        raise DataError(f"{path}: data folder not found (set SONOEDGE_DATA)")
+    return path
+
+
+@dataclass(frozen=True)
+class Frame:
+    path: Path
+    source: str  # "hc18", "planes", "examples"
+    group: str
+    label: str  # true SonoNet label where known exactly, else ""
+
+
+def list_frames(root: Path | None = None) -> list[Frame]:
+    root = data_dir() if root is None else Path(root)
+    frames: list[Frame] = []
+    hc_dir = root / "hc18" / "images"
+    planes_csv = root / "planes" / "labels.csv"
+    ex_dir = root / "sononet" / "examples"
+    for path in (hc_dir, planes_csv, ex_dir):
+        if not path.exists():
+            raise DataError(f"{path}: missing from the data folder")
+    for path in sorted(hc_dir.glob("*.png")):
+        frames.append(Frame(path, "hc18", "HC18:" + path.name.split("_")[0], ""))
+    with open(planes_csv, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            group = row["patient_or_source_id"]
+            if group.startswith("MFM_AI:"):
+                group = CORD_GROUP
+            frames.append(Frame(root / "planes" / "images" / row["filename"], "planes", group,
+                                row["label"].strip()))
+    for path in sorted(ex_dir.glob("*.tiff")):
+        frames.append(Frame(path, "examples", "example:" + path.stem,
+                            EXAMPLE_LABELS.get(path.stem, "")))
+    return frames
+
+
+def _unit(text: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split(frames: list[Frame], seed: int = 0, hc18_heldout: float = 0.25,
+          planes_heldout: float = 0.35) -> tuple[list[Frame], list[Frame]]:
+    """(train, held-out), by group. Examples and the cord session always train."""
+    train: list[Frame] = []
+    held: list[Frame] = []
+    for frame in frames:
+        if frame.source == "examples" or frame.group == CORD_GROUP:
+            train.append(frame)
+            continue
+        fraction = hc18_heldout if frame.source == "hc18" else planes_heldout
+        (held if _unit(frame.group, seed) < fraction else train).append(frame)
+    return train, held
+
+
+def read_frame(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(f"{path}: cannot read image")
+    if image.dtype != np.uint8:
+        raise DataError(f"{path}: expected 8-bit pixels, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    return image
+
+
+def device_view(image: np.ndarray, spec: PreprocessSpec, roi: Roi | None = None,
+                auto: bool = True) -> np.ndarray:
+    """The uint8 view the device computes: find_roi (unless given) + grey_resized."""
+    if roi is None and auto:
+        roi = find_roi(image)
+    return grey_resized(image, roi, spec)
+
+
+def border_crop(roi: Roi | None, shape: tuple[int, ...], fraction: float = 0.04) -> Roi:
+    """The region with `fraction` of its width and height cut from every side."""
+    if roi is None:
+        roi = Roi(0, 0, shape[1], shape[0])
+    dx, dy = int(round(roi.w * fraction)), int(round(roi.h * fraction))
+    return Roi(roi.x + dx, roi.y + dy, roi.w - 2 * dx, roi.h - 2 * dy)
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    rotate_deg: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    shift: float = 0.08  # of the region's width/height
+    edge_jitter: float = 0.05  # each ROI edge moves by up to this share (ROI finder variation)
+    flip: float = 0.5
+    gamma: tuple[float, float] = (0.65, 1.5)
+    speckle: float = 0.25  # max std of multiplicative noise
+    blur: float = 0.25  # probability of a light Gaussian blur
+    strength: float = 1.0  # multiplies the geometric ranges (heavier for the examples)
+
+
+def make_view(grey: np.ndarray, roi: Roi | None, rng: np.random.Generator,
+              specs: tuple[PreprocessSpec, ...], aug: AugmentSettings | None) -> list[np.ndarray]:
+    """One augmented view of a grey frame, resized for each spec (uint8 H x W each)."""
+    if roi is None:
+        roi = Roi(0, 0, grey.shape[1], grey.shape[0])
+    if aug is None:
+        region = roi.crop(grey)
+    else:
+        k = aug.strength
+        j = aug.edge_jitter * k
+        x0 = roi.x + rng.uniform(-j, j) * roi.w
+        x1 = roi.x + roi.w + rng.uniform(-j, j) * roi.w
+        y0 = roi.y + rng.uniform(-j, j) * roi.h
+        y1 = roi.y + roi.h + rng.uniform(-j, j) * roi.h
+        w, h = max(16, int(round(x1 - x0))), max(16, int(round(y1 - y0)))
+        lo, hi = aug.scale
+        scale = float(np.exp(rng.uniform(np.log(1 - (1 - lo) * k), np.log(1 + (hi - 1) * k))))
+        angle = rng.uniform(-aug.rotate_deg, aug.rotate_deg) * k
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        # Map source -> crop: rotate/scale about the region's centre, then shift.
+        m = cv2.getRotationMatrix2D((cx, cy), angle, scale)
+        m[0, 2] += w / 2 - cx + rng.uniform(-aug.shift, aug.shift) * k * w
+        m[1, 2] += h / 2 - cy + rng.uniform(-aug.shift, aug.shift) * k * h
+        region = cv2.warpAffine(grey, m, (w, h), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        if rng.random() < aug.flip:
+            region = region[:, ::-1]
+        x = region.astype(np.float32) / 255.0
+        x = np.power(x, rng.uniform(*aug.gamma))
+        if rng.random() < aug.blur:
+            x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.5, 1.5))
+        sigma = rng.uniform(0, aug.speckle)
+        if sigma > 0:
+            noise = rng.normal(1.0, sigma, size=(h // 2 + 1, w // 2 + 1)).astype(np.float32)
+            x = x * cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR)
+        region = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    region = np.ascontiguousarray(region)
+    return [cv2.resize(region, (s.width, s.height), interpolation=RESIZE_MODES[s.resize])
+            for s in specs]
+
+
+def grey_frame(image: np.ndarray) -> np.ndarray:
+    return to_grey(image)

@@ -1,0 +1,206 @@
+"""Manifests for the models this package builds (format read by edge/manifest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from quantize.data import LABELS
+
+TEACHER_CREDIT = ("SonoNet-16 (Baumgartner et al. 2017), weights "
+                  "baumgach/SonoNet-weights@6c4df399 (Apache-2.0)")
+LICENCE_NOTES = (
+    "Student weights are distilled from SonoNet-16 (Apache-2.0, cite Baumgartner et al., "
+    "IEEE TMI 36(11) 2017). Distillation inputs: HC18 training images (van den Heuvel et "
+    "al. 2018, Zenodo 10.5281/zenodo.1327317, listed CC BY 4.0 upstream, not stated in "
+    "the copying repo), FETAL_PLANES_DB frames (Burgos-Artizzu et al. 2020, Zenodo "
+    "10.5281/zenodo.3904280, listed CC BY 4.0 upstream), 20 umbilical-cord frames from "
+    "Eric43/MFM_AI (GPL-3.0 repository) and the 13 SonoNet example frames (Apache-2.0). "
+    "No image is shipped; only the teacher's answers on them shaped the weights.")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def base(name: str, file: str, input_shape: list[int], dtype: str, preprocessing: dict) -> dict:
+    return {
+        "manifest_version": 1, "name": name, "version": "1.0.0",
+        "task": "plane_classification", "file": file, "sha256": "", "size_bytes": 0,
+        "labels": list(LABELS),
+        "input": {"shape": input_shape, "dtype": dtype, "layout": "NCHW"},
+        "output": {"shape": [1, len(LABELS)], "dtype": dtype, "kind": "logits"},
+        "preprocessing": preprocessing,
+    }
+
+
+def finish(manifest: dict, model_path: Path) -> dict:
+    """Fill in the file name, sha256 and size of the model the manifest describes."""
+    manifest = dict(manifest)
+    manifest["file"] = model_path.name
+    manifest["sha256"] = sha256_file(model_path)
+    manifest["size_bytes"] = model_path.stat().st_size
+    return manifest
+
+
+def median_latency_ms(path: Path, threads: int, runs: int = 200, warmup: int = 20) -> float:
+    """Median wall time of `invoke` on a zero input, ai-edge-litert with XNNPACK."""
+    import time
+
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=threads)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    x = np.zeros(inp["shape"], inp["dtype"])
+    times = []
+    for i in range(warmup + runs):
+        interp.set_tensor(inp["index"], x)
+        start = time.perf_counter()
+        interp.invoke()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def student_manifest(student, teacher, paths, gate_result, frames, train, held, heldout,
+                     work: Path, args) -> dict:
+    """The shipped student's manifest (everything but sha256/size, see `finish`)."""
+    import json
+
+    import numpy as np
+
+    from edge.preprocess import normalise
+    from quantize.convert import run_tflite
+    from quantize.data import LABELS, device_view, read_frame
+    from quantize.distil import STUDENT_SPEC, TEACHER_SPEC
+    from quantize.export import export_teacher_fp32
+    from quantize.gate import INT8_VS_FP32_MIN, MAX_TEACHER_DROP, WHY
+    from quantize.macs import count_macs, count_params
+
+    spec = STUDENT_SPEC
+    shape = (1, 1, spec.height, spec.width)
+    macs = count_macs(student, shape)
+    teacher_macs = count_macs(teacher, (1, 1, TEACHER_SPEC.height, TEACHER_SPEC.width))
+    build_cmd = f"python -m quantize.build_models --seed {args.seed}"
+
+    inputs = np.stack([normalise(v, spec)[None] for v in heldout["student"]])
+    q = run_tflite(paths.int8, inputs).argmax(1)
+    f = run_tflite(paths.fp32, inputs).argmax(1)
+    t = heldout["logits"].argmax(1)
+    tc = heldout["crop_logits"].argmax(1)
+    src = heldout["source"]
+    n_hc, n_pl = int((src == "hc18").sum()), int((src == "planes").sum())
+    hc_groups = len({fr.group for fr in held if fr.source == "hc18"})
+    pl_groups = len({fr.group for fr in held if fr.source == "planes"})
+    where = (f"held-out frames: {n_hc} HC18 images of {hc_groups} patients + {n_pl} "
+             f"FETAL_PLANES_DB frames of {pl_groups} patients never trained on (split by "
+             f"patient, seed {args.seed}), each frame through find_roi + prepare (the device "
+             f"path); teacher = fp32 SonoNet-16 at 224x288 on the same frame; `{build_cmd}`")
+
+    def agree(a, b, mask=None):
+        mask = np.ones(len(a), bool) if mask is None else mask
+        return {"value": round(float((a[mask] == b[mask]).mean()), 4),
+                "agree": int((a[mask] == b[mask]).sum()), "n": int(mask.sum())}
+
+    ex = [fr for fr in train if fr.source == "examples"]
+    ex_in = np.stack([normalise(device_view(read_frame(fr.path), spec), spec)[None]
+                      for fr in ex])
+    ex_pred = run_tflite(paths.int8, ex_in).argmax(1)
+    ex_ok = [LABELS[p] == fr.label for p, fr in zip(ex_pred, ex, strict=True)]
+
+    teacher_fp32 = export_teacher_fp32(work / "teacher")
+    lat = {}
+    for label, path in (("teacher_fp32", teacher_fp32), ("student_fp32", paths.fp32),
+                        ("student_int8", paths.int8)):
+        for threads in (1, 2):
+            lat[f"latency_ms_{label}_{threads}t"] = {
+                "value": round(median_latency_ms(path, threads), 3),
+                "how": (f"median of 200 invokes after 20 warm-up, ai-edge-litert 2.3.0 "
+                        f"XNNPACK, num_threads={threads}, 2-core x86-64 build box (AVX2, no "
+                        f"VNNI), shared with other jobs; measured by `{build_cmd}`")}
+
+    metrics = {
+        "heldout_top1_agreement_int8_vs_teacher": {
+            **agree(q, t), "how": where,
+            "hc18": agree(q, t, src == "hc18"), "planes": agree(q, t, src == "planes")},
+        "heldout_top1_agreement_fp32_vs_teacher": {**agree(f, t), "how": where},
+        "heldout_top1_agreement_int8_vs_fp32": {**agree(q, f), "how": where},
+        "teacher_self_agreement_4pct_border_crop": {
+            **agree(tc, t),
+            "how": ("the teacher's own stability on the same held-out frames: its answer on "
+                    "the find_roi region vs on that region with 4% of width and height cut "
+                    "from every side")},
+        "examples_13_correct_int8": {
+            "value": int(sum(ex_ok)), "n": len(ex),
+            "wrong": [fr.path.name for fr, ok in zip(ex, ex_ok, strict=True) if not ok],
+            "how": ("true labels of the 13 SonoNet example frames (file names) vs the int8 "
+                    "student through find_roi + prepare; NOTE these 13 frames are in the "
+                    "training set (the only frames of 9 classes), so this is a sanity check, "
+                    "not held-out evidence")},
+        "size_bytes": {"value": paths.int8.stat().st_size, "how": "size of the .tflite"},
+        **lat,
+    }
+    log = json.loads((work / "train_log.json").read_text()) if (
+        work / "train_log.json").exists() else []
+    by_source: dict[str, int] = {}
+    for fr in train:
+        by_source[fr.source] = by_source.get(fr.source, 0) + 1
+    held_by: dict[str, int] = {}
+    for fr in held:
+        held_by[fr.source] = held_by.get(fr.source, 0) + 1
+    man = base("plane_student", "plane_student.tflite", list(shape), "int8", spec.to_dict())
+    man.update({
+        "quantization": {
+            "scheme": "ai-edge-quantizer 0.10.0 static_wi8_ai8 (int8 weights and "
+                      "activations, int8 input and output)",
+            "calibration": paths.calibration,
+            "gate": {"metric": "top-1 agreement int8 vs fp32 student on held-out frames",
+                     "threshold": INT8_VS_FP32_MIN, "value": round(gate_result.int8_vs_fp32, 4),
+                     "max_teacher_agreement_drop": MAX_TEACHER_DROP,
+                     "int8_vs_teacher": gate_result.int8_vs_teacher,
+                     "fp32_vs_teacher": gate_result.fp32_vs_teacher,
+                     "n": gate_result.n, "why": WHY}},
+        "architecture": {
+            "family": ("SonoNet-style VGG: conv3x3-BN-ReLU stages "
+                       f"{[list(s) for s in student.stages_spec]} with 2x2 max-pools between, "
+                       "1x1 head to 64 then 14 class maps (14x18), global mean; initialised "
+                       "from the teacher's first four blocks and head"),
+            "params": count_params(student), "macs": macs, "teacher_macs": teacher_macs},
+        "metrics": metrics,
+        "teacher": TEACHER_CREDIT,
+        "training_data": [
+            {"name": "HC18 training-set subset (fetal head)", "frames": by_source.get("hc18", 0),
+             "licence": "CC BY 4.0 upstream (not stated in the copying repo)",
+             "split": f"train; {held_by.get('hc18', 0)} frames of other patients held out"},
+            {"name": "FETAL_PLANES_DB subset + MFM_AI umbilical-cord session (planes/)",
+             "frames": by_source.get("planes", 0),
+             "licence": "FETAL_PLANES_DB CC BY 4.0 upstream; MFM_AI repo GPL-3.0",
+             "split": (f"train (the 20 cord frames as one group, always in train); "
+                       f"{held_by.get('planes', 0)} FETAL_PLANES_DB frames of other patients "
+                       "held out")},
+            {"name": "SonoNet-16 example planes", "frames": by_source.get("examples", 0),
+             "licence": "Apache-2.0",
+             "split": ("train only, with heavier augmentation: they are the only frames of "
+                       "9 of the 14 classes, so none can be held out")}],
+        "distillation": {
+            "targets": "teacher logits (KL at T=4 and T=1) + MSE on the 14 class maps (14x18)",
+            "views": "cached augmented views, teacher-labelled; mixup views re-labelled by "
+                     "the teacher; see quantize/distil.py",
+            "log": log[-3:]},
+        "licences": {"model": "Apache-2.0", "notes": LICENCE_NOTES},
+    })
+    fp32_man = base("plane_student_fp32", paths.fp32.name, list(shape), "float32",
+                    spec.to_dict())
+    fp32_man.update({k: man[k] for k in ("architecture", "teacher", "training_data",
+                                         "licences")})
+    fp32_man["quantization"] = {"scheme": "none (fp32, same weights as plane_student)"}
+    fp32_man["metrics"] = {k: v for k, v in metrics.items() if "fp32" in k}
+    paths.fp32.with_suffix(".json").write_text(
+        json.dumps(finish(fp32_man, paths.fp32), indent=2) + "\n")
+    return man

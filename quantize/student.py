@@ -1,0 +1,106 @@
+"""The plane-classifier student: a short SonoNet-style VGG at a quarter of the teacher's pixels.
+
+Plain 3x3 conv + BN + ReLU (BN folds into the conv at export; XNNPACK's int8 kernels run
+these best), max-pooling, then SonoNet's own adaptation head (1x1 conv -> 1x1 conv to 14
+class maps) and a global mean. At 112x144 input and three pools the class maps are 14x18,
+the same grid as the teacher's at 224x288, so the maps can be distilled cell by cell.
+
+`init_from_teacher` copies the teacher's filters into the student: where the student's layer
+is narrower, it keeps the teacher's channels with the largest BN gamma (output side) and the
+matching input channels, so the student starts from the teacher's own features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quantize.teacher import BN_EPS, NUM_CLASSES, SonoNet16, conv_bn_layers
+
+# Each stage: conv widths, then a 2x2 max-pool except after the last stage.
+# The teacher's first four blocks: 283 M MACs at 112x144, under a quarter of the teacher's.
+DEFAULT_STAGES: tuple[tuple[int, ...], ...] = ((16, 16), (32, 32), (64, 64, 64), (128, 128, 128))
+# For each student conv, which teacher conv it is initialised from (teacher.conv_bn_layers order).
+DEFAULT_TEACHER_MAP: tuple[int, ...] = tuple(range(10))
+HEAD_WIDTH = 64
+
+
+def _conv_bn(cin: int, cout: int, k: int, relu: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+        nn.BatchNorm2d(cout, eps=BN_EPS),
+    ]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class PlaneStudent(nn.Module):
+    """`forward(x)` gives logits (1, 14); `forward_maps(x)` gives (logits, class maps)."""
+
+    def __init__(self, stages: tuple[tuple[int, ...], ...] = DEFAULT_STAGES,
+                 head_width: int = HEAD_WIDTH) -> None:
+        super().__init__()
+        self.stages_spec = tuple(tuple(s) for s in stages)
+        blocks: list[nn.Module] = []
+        cin = 1
+        for i, widths in enumerate(self.stages_spec):
+            layers: list[nn.Module] = []
+            for cout in widths:
+                layers.append(_conv_bn(cin, cout, 3))
+                cin = cout
+            if i < len(self.stages_spec) - 1:
+                layers.append(nn.MaxPool2d(2))
+            blocks.append(nn.Sequential(*layers))
+        self.features = nn.Sequential(*blocks)
+        self.adaptation = nn.Sequential(
+            _conv_bn(cin, head_width, 1), _conv_bn(head_width, NUM_CLASSES, 1, relu=False)
+        )
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.adaptation(self.features(x))
+        return maps.mean(dim=(2, 3)), maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_maps(x)[0]
+
+
+def init_from_teacher(student: PlaneStudent, teacher: SonoNet16,
+                      teacher_map: tuple[int, ...] = DEFAULT_TEACHER_MAP,
+                      input_gain: float = 1.0) -> PlaneStudent:
+    """Copy teacher filters (channel-selected by BN gamma) into the student's convs and head.
+
+    `input_gain` = teacher input scale / student input scale (255 when the teacher sees
+    255 * z-score and the student plain z-score), folded into the first conv.
+    """
+    s_layers = conv_bn_layers(student)
+    t_layers = conv_bn_layers(teacher)
+    n_body = len(s_layers) - 2
+    if len(teacher_map) != n_body:
+        raise ValueError(f"teacher_map has {len(teacher_map)} entries for {n_body} convs")
+    sources = [*teacher_map, len(t_layers) - 2, len(t_layers) - 1]
+    keep_in = torch.arange(1)  # the grey input channel
+    with torch.no_grad():
+        for (s_conv, s_bn), src in zip(s_layers, sources, strict=True):
+            t_conv, t_bn = t_layers[src]
+            cout = s_conv.out_channels
+            if cout == t_conv.out_channels:
+                keep_out = torch.arange(cout)
+            else:
+                keep_out = torch.argsort(t_bn.weight.abs(), descending=True)[:cout].sort().values
+            w = t_conv.weight[keep_out]
+            if w.shape[1] != s_conv.in_channels:
+                # The input side follows the previous layer's selection when the teacher layer
+                # reads exactly what we kept; otherwise take the first channels that fit.
+                idx = keep_in if w.shape[1] > int(keep_in.max()) and len(keep_in) == \
+                    s_conv.in_channels else torch.arange(s_conv.in_channels)
+                w = w[:, idx] * (w.shape[1] / s_conv.in_channels) ** 0.5
+            if w.shape[2:] != s_conv.weight.shape[2:]:
+                continue
+            if s_conv.in_channels == 1:
+                w = w * input_gain
+            s_conv.weight.copy_(w)
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(s_bn, name).copy_(getattr(t_bn, name)[keep_out])
+            keep_in = keep_out
+    return student

@@ -1,0 +1,166 @@
+"""The int8 toolchain: MAC counts, the patient split, consistent views, the quantize gate.
+
+Fast (< 60 s on 2 cores) and independent of `make models`: the gate test converts a tiny
+network itself; the shipped-model test uses only models/ from the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge.preprocess import PreprocessSpec, grey_resized, normalise
+from edge.roi import find_roi
+from quantize.data import CORD_GROUP, list_frames, make_view, read_frame, split
+from quantize.macs import count_macs
+from quantize.student import PlaneStudent
+from quantize.teacher import SonoNet16
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SONOEDGE_DATA") or REPO.parent / "shared" / "data")
+needs_data = pytest.mark.skipif(not (DATA / "sononet").is_dir(),
+                                reason=f"{DATA}: shared data folder not present")
+
+
+def test_teacher_macs_by_hand_and_student_under_a_quarter():
+    # SonoNet-16 at 224x288: 13 3x3 convs in 5 blocks (4 pools), then 1x1 128->64->14.
+    hw = [224 * 288 // 4**i for i in range(5)]
+    widths = [[16, 16], [32, 32], [64, 64, 64], [128, 128, 128], [128, 128, 128]]
+    macs, cin = 0, 1
+    for block, size in zip(widths, hw, strict=True):
+        for cout in block:
+            macs += size * cout * cin * 9
+            cin = cout
+    macs += hw[-1] * (128 * 64 + 64 * 14)
+    assert count_macs(SonoNet16(), (1, 1, 224, 288)) == macs == 1_237_824_000
+    assert count_macs(PlaneStudent(), (1, 1, 112, 144)) <= macs / 4
+
+
+def test_student_maps_match_teacher_grid():
+    _, maps = PlaneStudent().forward_maps(torch.zeros(1, 1, 112, 144))
+    assert tuple(maps.shape) == (1, 14, 14, 18)
+
+
+@needs_data
+def test_split_keeps_patients_apart():
+    frames = list_frames(DATA)
+    assert len(frames) == 499 + 53 + 13
+    train, held = split(frames, seed=0)
+    assert {f.group for f in train}.isdisjoint({f.group for f in held})
+    assert all(f.source != "examples" and f.group != CORD_GROUP for f in held)
+    assert sum(f.group == CORD_GROUP for f in train) == 20
+    assert {f.source for f in held} == {"hc18", "planes"}
+    assert split(frames, seed=0) == (train, held)
+
+
+@needs_data
+def test_clean_view_is_the_device_path_and_views_are_consistent():
+    image = read_frame(DATA / "hc18" / "images" / "000_HC.png")
+    roi = find_roi(image)
+    t_spec, s_spec = PreprocessSpec(224, 288, scale=255.0), PreprocessSpec(112, 144)
+    tv, sv = make_view(image, roi, None, (t_spec, s_spec), None)
+    assert np.array_equal(tv, grey_resized(image, roi, t_spec))
+    assert np.array_equal(sv, grey_resized(image, roi, s_spec))
+    from quantize.data import AugmentSettings
+    rng = np.random.default_rng(0)
+    tv, sv = make_view(image, roi, rng, (t_spec, s_spec), AugmentSettings(flip=0.0))
+    # Both nets see the same augmented view: the teacher's, area-resized, is the student's.
+    import cv2
+    down = cv2.resize(tv, (144, 112), interpolation=cv2.INTER_AREA).astype(float)
+    assert np.corrcoef(down.ravel(), sv.astype(float).ravel())[0, 1] > 0.97
+
+
+def test_missing_data_dir_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    from quantize.build_models import main
+
+    monkeypatch.setenv("SONOEDGE_DATA", str(tmp_path / "nowhere"))
+    assert main(["--build", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nowhere" in err and "not found" in err
+
+
+@needs_data
+def test_gate_passes_good_conversion_and_fails_broken_ones(tmp_path):
+    """A tiny net fitted to a few real frames; int8 calibrated on real frames passes the
+    gate, int8 calibrated on flat frames, on faint noise, or with perturbed weights fails."""
+    from quantize.convert import export_fp32, quantize_int8
+    from quantize.data import device_view
+    from quantize.gate import INT8_VS_FP32_MIN, check
+
+    torch.manual_seed(0)
+    spec = PreprocessSpec(56, 72)
+    frames = list_frames(DATA)
+    pick = ([f for f in frames if f.source == "planes"][::3]
+            + [f for f in frames if f.source == "hc18"][::25])
+    x = np.stack([normalise(device_view(read_frame(f.path), spec), spec)[None] for f in pick])
+    model = PlaneStudent(((8,), (16,), (16,), (32,)), head_width=16)
+    y = torch.arange(len(x)) % 5
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    xt = torch.from_numpy(x)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(xt), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    fp32 = export_fp32(model, (1, 1, 56, 72), tmp_path / "fp32.tflite")
+    good = quantize_int8(fp32, [xi[None] for xi in x[::2]], tmp_path / "good.tflite")
+    result = check(good, fp32, x)
+    assert result.passed, result.reason
+    assert result.int8_vs_fp32 >= INT8_VS_FP32_MIN
+
+    flat = quantize_int8(fp32, [np.zeros((1, 1, 56, 72), np.float32)] * 4,
+                         tmp_path / "flat.tflite")
+    rng = np.random.default_rng(0)
+    noise = quantize_int8(fp32, [rng.normal(0, 0.05, (1, 1, 56, 72)).astype(np.float32)
+                                 for _ in range(4)], tmp_path / "noise.tflite")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * p.std())
+    fp32_bad = export_fp32(model, (1, 1, 56, 72), tmp_path / "perturbed_fp32.tflite")
+    perturbed = quantize_int8(fp32_bad, [xi[None] for xi in x[::2]],
+                              tmp_path / "perturbed.tflite")
+    for broken in (flat, noise, perturbed):
+        bad = check(broken, fp32, x)
+        assert not bad.passed and "below the gate" in bad.reason, (broken.name, bad)
+
+
+SHIPPED = REPO / "models" / "plane_student.json"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped plane_student yet")
+def test_shipped_student_manifest_and_budget():
+    from edge.manifest import read_manifest, verify
+
+    man = read_manifest(SHIPPED)
+    verify(man)
+    raw = json.loads(SHIPPED.read_text())
+    assert raw["input"]["dtype"] == raw["output"]["dtype"] == "int8"
+    assert raw["output"]["kind"] == "logits"
+    assert raw["size_bytes"] <= 1_000_000
+    assert raw["architecture"]["macs"] * 4 <= raw["architecture"]["teacher_macs"]
+    gate = raw["quantization"]["gate"]
+    assert gate["value"] >= gate["threshold"]
+
+
+@needs_data
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped plane_student yet")
+def test_shipped_student_names_the_13_examples_through_the_device_path():
+    from edge.manifest import read_manifest
+    from quantize.convert import run_tflite
+    from quantize.data import EXAMPLE_LABELS, LABELS
+
+    man = read_manifest(SHIPPED)
+    spec = man.preprocessing
+    names = list(EXAMPLE_LABELS)
+    x = []
+    for stem in names:
+        image = read_frame(DATA / "sononet" / "examples" / f"{stem}.tiff")
+        x.append(normalise(grey_resized(image, find_roi(image), spec), spec)[None])
+    pred = run_tflite(man.model_path, np.stack(x)).argmax(1)
+    assert [LABELS[p] for p in pred] == [EXAMPLE_LABELS[s] for s in names]
