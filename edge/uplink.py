@@ -416,6 +416,9 @@ class Uplink:
             self._error(_describe_connect_error(exc, target))
             return False
         rc = state["connack"]
+        if rc is None and self._stop.is_set():
+            _quiet_close(client)  # closing while connecting is not a broker problem
+            return False
         if rc is None:
             self._error(f"broker {target.host}:{target.port} gave no CONNACK "
                         f"within {self.settings.connect_timeout_s:g} s")
