@@ -119,6 +119,10 @@ class Store:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
             with self.tx() as cur:
+                if self.pg:
+                    # Two collectors starting together would race on CREATE TABLE IF NOT
+                    # EXISTS (a duplicate pg_type row); serialise it for this transaction.
+                    cur.execute("SELECT pg_advisory_xact_lock(727274)")
                 for stmt in _TABLES:
                     cur.execute(stmt)
         except ImportError:
