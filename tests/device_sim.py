@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-inflight", type=int, default=20)
     ap.add_argument("--reconnect-max-s", type=float, default=0.5)
     ap.add_argument("--produced", type=Path)
+    ap.add_argument("--tls-ca", default="")
+    ap.add_argument("--tls-cert", default="")
+    ap.add_argument("--tls-key", default="")
     ap.add_argument("--final-health", action="store_true",
                     help="after draining, send one more health (it reports the drops)")
     args = ap.parse_args(argv)
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         url=args.mqtt_url, device_id=args.device_id, clinic_id=args.clinic_id,
         outbox_quota_bytes=args.quota_bytes, max_inflight=args.max_inflight,
         reconnect_min_s=0.1, reconnect_max_s=args.reconnect_max_s, connect_timeout_s=3,
+        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
     )
     uplink = Uplink(settings, args.state_dir, {"plane_student": "1.0.0"})
     uplink.start()

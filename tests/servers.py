@@ -52,10 +52,40 @@ def mosquitto_bin() -> str:
     raise RuntimeError("mosquitto not installed: run scripts/install-system-deps.sh")
 
 
-class Mosquitto:
-    """A private broker: password file + ACL from board.provision, persistence on disk."""
+def make_pki(folder: Path, name: str = "ca", clients: tuple[str, ...] = ()) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and client certificates (openssl)."""
+    folder.mkdir(parents=True, exist_ok=True)
 
-    def __init__(self, workdir: Path, port: int | None = None, persistence: bool = True):
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True,
+                       timeout=60)
+
+    ca_key, ca_crt = folder / f"{name}.key", folder / f"{name}.crt"
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+         f"/CN=sonoedge test {name}", "-keyout", str(ca_key), "-out", str(ca_crt))
+    out = {"ca": ca_crt}
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for who in ("server", *clients):
+        key, csr, crt = (folder / f"{name}-{who}.{x}" for x in ("key", "csr", "crt"))
+        ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}", "-keyout",
+             str(key), "-out", str(csr))
+        extra = ["-extfile", str(ext)] if who == "server" else []
+        ossl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-days", "2", "-out", str(crt), *extra)
+        out[f"{who}.crt"], out[f"{who}.key"] = crt, key
+    return out
+
+
+class Mosquitto:
+    """A private broker: password file + ACL from board.provision, persistence on disk.
+
+    With ``pki`` (from ``make_pki``) the listener speaks TLS only and requires a client
+    certificate signed by the same CA.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, persistence: bool = True,
+                 pki: dict[str, Path] | None = None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -64,6 +94,7 @@ class Mosquitto:
         self.conf = self.dir / "mosquitto.conf"
         self.log = self.dir / "mosquitto.log"
         self.persistence = persistence
+        self.pki = pki
         self.proc: subprocess.Popen | None = None
         self.passwords: dict[str, str] = {}
         self._finalizer = weakref.finalize(self, _stop_proc, [None])
@@ -77,7 +108,8 @@ class Mosquitto:
 
     def url(self, user: str, password: str | None = None) -> str:
         pw = self.passwords[user] if password is None else password
-        return f"mqtt://{user}:{pw}@127.0.0.1:{self.port}"
+        scheme = "mqtts" if self.pki else "mqtt"
+        return f"{scheme}://{user}:{pw}@127.0.0.1:{self.port}"
 
     def write_config(self) -> None:
         lines = [
@@ -96,6 +128,9 @@ class Mosquitto:
             "log_type information",
             "user root" if os.geteuid() == 0 else "",
         ]
+        if self.pki:
+            lines[1:1] = [f"cafile {self.pki['ca']}", f"certfile {self.pki['server.crt']}",
+                          f"keyfile {self.pki['server.key']}", "require_certificate true"]
         self.conf.write_text("\n".join(x for x in lines if x) + "\n")
         if not self.passwd.exists():
             self.passwd.touch(mode=0o600)

@@ -427,3 +427,38 @@ def test_real_run_sigkilled_while_draining_then_rerun_stores_each_message_once(
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     wait_for(lambda: len(stored(db, "dev-a")) >= outbox_last_seq(state), 20, "the backlog")
     assert_seqs_complete(db, state)
+
+
+# TLS ----------------------------------------------------------------------------------------
+def test_tls_with_an_untrusted_broker_then_the_right_ca(collectors, tmp_path):
+    """A device that cannot verify the broker keeps everything and says why; with the right
+    CA and its client certificate the backlog goes through."""
+    from tests.servers import Mosquitto, make_pki
+
+    pki = make_pki(tmp_path / "pki", "ca", clients=("dev-a", "central"))
+    other = make_pki(tmp_path / "other", "rogue")
+    broker = Mosquitto(tmp_path / "broker", pki=pki)
+    broker.add_user("dev-a")
+    broker.add_user("central", "central")
+    broker.start()
+    try:
+        db = str(tmp_path / "central.sqlite3")
+        tls = ("--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["central.crt"]),
+               "--tls-key", str(pki["central.key"]))
+        collectors(broker.url("central"), db, tmp_path, "central-1", extra=tls).wait_subscribed()
+        state = tmp_path / "dev"
+        cert = {"tls_cert": pki["dev-a.crt"], "tls_key": pki["dev-a.key"]}
+        result = run_device(state, broker.url("dev-a"), frames=100, drain_timeout=1.5,
+                            tls_ca=other["ca"], **cert)
+        assert result["drained"] is False and result["pending"] == 7
+        assert "TLS failed with 127.0.0.1" in result["log"]
+        assert "certificate not trusted" in result["log"]
+        status = json.loads((state / "uplink-status.json").read_text())
+        assert status["last_error"].startswith("TLS failed") and not status["connected"]
+        result = run_device(state, broker.url("dev-a"), frames=0, drain_timeout=20,
+                            tls_ca=pki["ca"], **cert)
+        assert result["drained"] is True
+        wait_all_stored(db, state)
+        assert_exactly_produced(db, state)
+    finally:
+        broker.stop()
