@@ -86,12 +86,12 @@ def read_roles(acl_file: Path) -> dict[str, str]:
         words = line.split()
         if words[0] == "user" and len(words) == 2:
             user = words[1]
-        elif words[0] == "topic" and user is not None:
-            if words[1:] == ["read", f"{PREFIX}/#"]:
-                roles[user] = "central"
-            elif words[1:] == ["write", f"{PREFIX}/{user}/#"]:
-                roles[user] = "device"
-        elif words[0] != "topic":
+        elif words[0] == "topic" and user is not None and words[1:] == ["read", f"{PREFIX}/#"]:
+            roles[user] = "central"
+        elif (words[0] == "topic" and user is not None
+              and words[1:] == ["write", f"{PREFIX}/{user}/#"]):
+            roles[user] = "device"
+        else:  # a hand-written rule would vanish on rewrite: refuse instead
             raise ProvisionError(f"{acl_file}:{lineno}: not written by provision.py: {line!r}")
     return roles
 

@@ -15,9 +15,10 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 command -v mosquitto_passwd >/dev/null 2>&1 || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 have_pg || missing+=(postgresql)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the TLS test makes its own CA
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-system-deps: mosquitto, mosquitto-clients and postgresql already present"
+  echo "install-system-deps: mosquitto, mosquitto-clients, postgresql, openssl already present"
   exit 0
 fi
 

@@ -195,6 +195,14 @@ def test_provisioning_writes_password_entries_and_an_acl_per_role(tmp_path):
     assert read_roles(acl) == {"central-1": "central"} and "clinic7" not in pw.read_text()
 
 
+def test_provisioning_refuses_an_acl_it_did_not_write(tmp_path):
+    acl = tmp_path / "acl"
+    acl.write_text("user dev-a\ntopic readwrite #\n")
+    with pytest.raises(ProvisionError, match=r"acl:2: not written by provision.py"):
+        provision(tmp_path / "p", acl, "dev-b", "device")
+    assert acl.read_text() == "user dev-a\ntopic readwrite #\n"
+
+
 @pytest.mark.parametrize("bad", ["a/b", "+", "#", "", "-x", "x" * 65])
 def test_provisioning_refuses_ids_that_would_break_topics(tmp_path, bad):
     with pytest.raises(ProvisionError, match="bad id"):
