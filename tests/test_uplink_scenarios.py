@@ -462,3 +462,38 @@ def test_tls_with_an_untrusted_broker_then_the_right_ca(collectors, tmp_path):
         assert_exactly_produced(db, state)
     finally:
         broker.stop()
+
+
+# 2b -----------------------------------------------------------------------------------------
+def test_a_broker_crash_may_lose_what_it_acknowledged_but_the_report_accounts_for_it(
+        broker, collectors, tmp_path):
+    """SIGKILL gives Mosquitto no time to save what it acknowledged and had not delivered.
+    Whatever the broker loses must show in the report (as holes or as not yet received):
+    stored + missing + behind == everything the device produced."""
+    db = str(tmp_path / "central.sqlite3")
+    collectors(broker.url("central"), db, tmp_path, "central-1").wait_subscribed()
+    state = tmp_path / "dev"
+    dev = subprocess.Popen(device_args(state, broker.url("dev-a"), frames=1500, exam_every=5,
+                                       health_every=10, frame_delay_s=0.002, drain_timeout=40),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=py_env(), cwd=str(REPO))
+    try:
+        wait_for(lambda: len(stored(db, "dev-a")) >= 40, 20, "publishing under way")
+        broker.stop(signal.SIGKILL)
+        time.sleep(0.5)
+        broker.start()
+        dev.wait(timeout=60)
+    finally:
+        dev.kill()
+    last = outbox_last_seq(state)
+    time.sleep(1.0)  # let the last messages and the offline status land
+    rows = stored(db, "dev-a")
+    assert len({r[1] for r in rows}) == len(rows) and {r[1] for r in rows} <= set(
+        range(1, last + 1))
+    report = json.loads(subprocess.run(
+        [sys.executable, "-m", "central.cli", "report", "--db", db, "--json"],
+        capture_output=True, text=True, env=py_env(), cwd=str(REPO), timeout=30).stdout)
+    dev_report = report["devices"][0]
+    assert dev_report["exams"] + dev_report["health"] == len(rows)
+    assert len(rows) + dev_report["missing"] + dev_report["behind"] == last
+    assert dev_report["lost"] == dev_report["missing"]  # no quota drops here
