@@ -125,6 +125,33 @@ def resolve_device_id(device_id: str) -> str:
     return host if _ID_RE.match(host) else "device"
 
 
+def check_mqtt_settings(s: MqttSettings) -> None:
+    """Refuse settings that would make every message fail later; ValueError names the key.
+
+    ``edge.config`` can call this while loading and turn the error into a ConfigError.
+    """
+    if s.url:
+        parse_mqtt_url(s.url)
+    resolve_device_id(s.device_id)
+    if not re.match(r"^[A-Za-z0-9_.-]{0,64}$", s.clinic_id or ""):
+        raise ValueError(f"mqtt.clinic_id {s.clinic_id!r}: use letters, digits, '.', '_', '-'")
+    positive = {"outbox_quota_bytes": s.outbox_quota_bytes, "max_inflight": s.max_inflight,
+                "keepalive_s": s.keepalive_s, "connect_timeout_s": s.connect_timeout_s,
+                "reconnect_min_s": s.reconnect_min_s}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"mqtt.{key} must be positive, got {value!r}")
+    for key in ("health_interval_s", "drain_timeout_s", "session_expiry_s"):
+        if getattr(s, key) < 0:
+            raise ValueError(f"mqtt.{key} must not be negative, got {getattr(s, key)!r}")
+    if s.reconnect_max_s < s.reconnect_min_s:
+        raise ValueError("mqtt.reconnect_max_s must be at least mqtt.reconnect_min_s")
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(s, key)
+        if path and not Path(path).is_file():
+            raise ValueError(f"mqtt.{key}: {path}: no such file")
+
+
 def topic_for(device_id: str, kind: str) -> str:
     return f"{TOPIC_PREFIX}/{device_id}/{kind}"
 
@@ -166,6 +193,7 @@ class Uplink:
         state_dir: Path | str,
         model_versions: dict[str, str] | None = None,
     ):
+        check_mqtt_settings(settings)
         self.settings = settings
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)

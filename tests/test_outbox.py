@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -244,6 +245,19 @@ def test_a_bad_url_gives_one_line_naming_it_without_the_password(url, why):
     text = str(err.value)
     assert why in text and redact_url(url) in text and "secret" not in text
     assert "\n" not in text
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"url": "mqtt://h:99999"}, "Port out of range"),
+    ({"device_id": "a/b"}, "bad device_id 'a/b'"),
+    ({"clinic_id": "Clinic #7"}, "mqtt.clinic_id"),
+    ({"max_inflight": 0}, "mqtt.max_inflight must be positive"),
+    ({"tls_ca": "/nonexistent/ca.crt"}, "mqtt.tls_ca: /nonexistent/ca.crt: no such file"),
+    ({"reconnect_min_s": 5.0, "reconnect_max_s": 1.0}, "mqtt.reconnect_max_s"),
+])
+def test_settings_that_would_fail_every_message_are_refused_at_start(tmp_path, change, key):
+    with pytest.raises(ValueError, match=re.escape(key)):
+        Uplink(MqttSettings(**({"device_id": "dev-a"} | change)), tmp_path)
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped():
