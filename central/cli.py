@@ -61,7 +61,11 @@ def report_main(argv: list[str]) -> int:
     except DbError as exc:
         print(f"sonoedge central report: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(rep, indent=1) if args.json else format_report(rep))
+    try:
+        print(json.dumps(rep, indent=1) if args.json else format_report(rep))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error
+        sys.stderr.close()
     return 0
 
 
