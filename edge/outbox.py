@@ -178,10 +178,12 @@ class Outbox:
                     f"{kind} message of {len(payload)} bytes exceeds outbox quota "
                     f"{self.quota_bytes}"
                 )
+            # The seq is consumed even by a message dropped on arrival, so at the collector
+            # every drop is a gap and "gaps - reported drops" counts exactly what was lost.
+            db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
             if not self._make_room(db, cost, kind):
                 db.execute("UPDATE meta SET value = value + 1 WHERE key = 'dropped_health'")
                 return None
-            db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
             db.execute(
                 "INSERT INTO outbox(msg_id, seq, kind, payload, size, created_ts) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
