@@ -13,6 +13,9 @@ from edge.config import ConfigError, ModelSettings, load_settings
 from edge.manifest import Manifest, ModelError, list_manifests
 
 EXPECTED_ERRORS = (ConfigError, ModelError, SourceError)
+DELEGATED = {"status": "uplink and device status",
+             "outbox": "messages waiting to be published",
+             "central": "the district collector and its report"}
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -109,12 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_models)
 
-    for name, text in (("status", "uplink and device status"),
-                       ("outbox", "messages waiting to be published"),
-                       ("central", "the district collector and its report")):
-        sub = verbs.add_parser(name, help=text, add_help=False)
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(func=None, delegate=name)
+    for name, text in DELEGATED.items():
+        verbs.add_parser(name, help=text, add_help=False)  # listed in --help; see main()
     return parser
 
 
@@ -130,14 +129,17 @@ def _delegate(name: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    verbose = bool(argv) and argv[0] in ("-v", "--verbose")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    rest = argv[1:] if verbose else argv
     try:
-        if args.func is None:
-            return _delegate(args.delegate, args.rest)
+        if rest and rest[0] in DELEGATED:
+            # These verbs own their whole argument list (argparse's REMAINDER would drop
+            # a leading option such as --state-dir).
+            return _delegate(rest[0], rest[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except EXPECTED_ERRORS as exc:
         print(f"sonoedge: error: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.roi import RoiSettings
-from edge.uplink import MqttSettings
+from edge.uplink import MqttSettings, check_mqtt_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def _section(cls: type, table: object, where: str) -> object:
 def load_settings(path: Path | None = None, overrides: dict[str, dict] | None = None) -> Settings:
     """Defaults, then the file, then command-line overrides ({"source": {"spec": ...}})."""
     data: dict = {}
-    label = "defaults"
+    label = "command line"
     if path is not None:
         label = str(path)
         try:
@@ -140,6 +140,10 @@ def _validate(settings: Settings, label: str) -> None:
         raise ConfigError(f"{label}: models.num_threads must be between 1 and 64")
     if settings.loop.roi_refresh_frames < 1 or settings.loop.log_every < 0:
         raise ConfigError(f"{label}: loop.roi_refresh_frames must be >= 1, log_every >= 0")
+    try:
+        check_mqtt_settings(settings.mqtt)
+    except ValueError as exc:
+        raise ConfigError(f"{label}: mqtt: {exc}") from None
     if settings.journal.keep_days <= 0:
         raise ConfigError(f"{label}: journal.keep_days must be positive")
     if settings.source.backoff_initial_s <= 0 or settings.source.backoff_max_s <= 0:
