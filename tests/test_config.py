@@ -45,3 +45,10 @@ def test_a_bad_key_is_one_line_naming_the_file_and_key(tmp_path, text, expected)
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="device.toml: config file not found"):
         load_settings(tmp_path / "device.toml")
+
+
+def test_the_shipped_board_config_example_is_valid():
+    from tests.conftest import REPO
+
+    settings = load_settings(REPO / "board" / "device.toml.example")
+    assert settings.source.spec == "v4l2:0" and settings.device.state_dir == "/var/lib/sonoedge"
