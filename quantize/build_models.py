@@ -10,6 +10,7 @@ are written to models/ only after the quantization gate passes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from quantize import distil
     from quantize.student import PlaneStudent, init_from_teacher
@@ -69,18 +70,22 @@ def run(args: argparse.Namespace) -> int:
     settings = distil.TrainSettings()
     if args.steps:
         settings = replace(settings, steps=args.steps)
-    student = init_from_teacher(PlaneStudent(), teacher,
+    student = init_from_teacher(PlaneStudent(stem_stride=distil.STUDENT_STEM_STRIDE), teacher,
                                 input_gain=distil.TEACHER_SPEC.scale / distil.STUDENT_SPEC.scale)
-    ckpt = work / "student.pt"
+    config = {**asdict(settings), "spec": distil.STUDENT_SPEC.to_dict(),
+              "stem_stride": distil.STUDENT_STEM_STRIDE}
+    tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    ckpt = work / f"student-{tag}.pt"
     cache = distil.load_cache(cache_dir)
     student = distil.train_student(student, cache, ckpt, args.seed, settings, heldout)
+    student = student.to(memory_format=torch.contiguous_format)
     if args.until == "distil":
         return 0
     del cache
 
     from quantize import convert, gate, manifest
 
-    paths = convert.convert_student(student, train, work, args.seed)
+    paths = convert.convert_student(student, train, work, args.seed, ckpt)
     result = gate.run_gate(paths, heldout, work)
     print(result.summary())
     if not result.passed:

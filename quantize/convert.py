@@ -51,9 +51,19 @@ def export_fp32(model: nn.Module, input_shape: tuple[int, ...], dest: Path) -> P
     return dest
 
 
+def _running_min_max(old: dict, new: dict) -> dict:
+    return {"min": np.minimum(old["min"], new["min"]), "max": np.maximum(old["max"], new["max"])}
+
+
 def quantize_int8(fp32: Path, calibration: list[np.ndarray], dest: Path) -> Path:
-    """Full int8 (weights, activations, input and output) calibrated on `calibration`."""
-    from ai_edge_quantizer import Quantizer, recipe
+    """Full int8 (weights, activations, input and output) calibrated on `calibration`.
+
+    Activation ranges are the true min/max over all calibration frames. The quantizer's
+    default (an exponential moving average, factor 0.95, of per-frame min/max) follows the
+    last ~20 frames and clips activations on frames unlike them: on our 112x144 student it
+    flipped 8 of 140 held-out answers (5.7%), against 1 of 140 with the true min/max.
+    """
+    from ai_edge_quantizer import Quantizer, calibrator, recipe
 
     if not calibration:
         raise ValueError(f"{fp32}: no calibration inputs")
@@ -61,7 +71,12 @@ def quantize_int8(fp32: Path, calibration: list[np.ndarray], dest: Path) -> Path
         quantizer = Quantizer(str(fp32))
         quantizer.load_quantization_recipe(recipe.static_wi8_ai8())
         data = {"serving_default": [{"args_0": x.astype(np.float32)} for x in calibration]}
-        result = quantizer.quantize(quantizer.calibrate(data))
+        # Quantizer.calibrate offers no choice of range statistic, so build its Calibrator
+        # the same way but with the running min/max (ai-edge-quantizer 0.10.0).
+        calib = calibrator.Calibrator(quantizer._float_model_buffer, num_threads=2,
+                                      qsv_update_func=_running_min_max)
+        calib.calibrate(data, quantizer._recipe_manager)
+        result = quantizer.quantize(calib.get_model_qsvs())
         tmp = dest.with_suffix(".tmp.tflite")
         if tmp.exists():
             tmp.unlink()
@@ -95,7 +110,8 @@ def run_tflite(path: Path, inputs: np.ndarray, threads: int = 2) -> np.ndarray:
 
 
 def calibration_inputs(frames: list[Frame], spec, limit: int, seed: int) -> list[np.ndarray]:
-    """Device-path inputs (find_roi + prepare) of up to `limit` training frames."""
+    """Device-path inputs (find_roi + prepare) of up to `limit` training frames (with the
+    running min/max their order does not matter)."""
     from edge.preprocess import normalise
 
     rng = np.random.default_rng([seed, 4])
@@ -106,7 +122,7 @@ def calibration_inputs(frames: list[Frame], spec, limit: int, seed: int) -> list
 
 
 def convert_student(student: nn.Module, train: list[Frame], work: Path, seed: int,
-                    n_calibration: int = 200) -> ModelPaths:
+                    stamp: Path, n_calibration: int = 500) -> ModelPaths:
     """fp32 and int8 .tflite of the student under `work`; reused when already there."""
     from quantize.distil import STUDENT_SPEC
 
@@ -114,7 +130,6 @@ def convert_student(student: nn.Module, train: list[Frame], work: Path, seed: in
     fp32 = work / "plane_student_fp32.tflite"
     int8 = work / "plane_student_int8.tflite"
     calib_note = work / "calibration.txt"
-    stamp = work / "student.pt"
     stale = not int8.exists() or (stamp.exists() and stamp.stat().st_mtime > int8.stat().st_mtime)
     if stale:
         export_fp32(student, (1, 1, spec.height, spec.width), fp32)

@@ -85,10 +85,18 @@ def check(int8: Path, fp32: Path, inputs: np.ndarray, teacher_top1: np.ndarray |
                       fp32_vs_teacher=tf, threshold=threshold)
 
 
+def views_for(data: dict[str, np.ndarray], spec) -> np.ndarray:
+    """The stored uint8 views (n, H, W) at the spec's resolution (student or teacher size)."""
+    for key in ("student", "teacher", "teacher_small"):
+        if key in data and tuple(data[key].shape[1:]) == (spec.height, spec.width):
+            return data[key]
+    raise ValueError(f"no cached views at {spec.height}x{spec.width}")
+
+
 def run_gate(paths, heldout: dict[str, np.ndarray], work: Path) -> GateResult:
     """The build's gate on the cached held-out set (device-path views and teacher answers)."""
     from edge.preprocess import normalise
     from quantize.distil import STUDENT_SPEC
 
-    inputs = np.stack([normalise(v, STUDENT_SPEC)[None] for v in heldout["student"]])
+    inputs = np.stack([normalise(v, STUDENT_SPEC)[None] for v in views_for(heldout, STUDENT_SPEC)])
     return check(paths.int8, paths.fp32, inputs, heldout["logits"].argmax(1))

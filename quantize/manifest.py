@@ -68,6 +68,35 @@ def median_latency_ms(path: Path, threads: int, runs: int = 200, warmup: int = 2
     return float(np.median(times) * 1000)
 
 
+def device_path_ms(model: Path, images: list, spec, threads: int = 2) -> float:
+    """Median ms per frame of find_roi + prepare + int8 quantize + invoke (decode excluded)."""
+    import time
+
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge.preprocess import prepare
+    from edge.roi import find_roi
+
+    interp = Interpreter(model_path=str(model), num_threads=threads)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    times = []
+    for rep in range(3):
+        for image in images:
+            start = time.perf_counter()
+            x = prepare(image, find_roi(image), spec)
+            q = np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
+            interp.set_tensor(inp["index"], q)
+            interp.invoke()
+            interp.get_tensor(out["index"])
+            if rep:
+                times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
 def student_manifest(student, teacher, paths, gate_result, frames, train, held, heldout,
                      work: Path, args) -> dict:
     """The shipped student's manifest (everything but sha256/size, see `finish`)."""
@@ -89,7 +118,9 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
     teacher_macs = count_macs(teacher, (1, 1, TEACHER_SPEC.height, TEACHER_SPEC.width))
     build_cmd = f"python -m quantize.build_models --seed {args.seed}"
 
-    inputs = np.stack([normalise(v, spec)[None] for v in heldout["student"]])
+    from quantize.gate import views_for
+
+    inputs = np.stack([normalise(v, spec)[None] for v in views_for(heldout, spec)])
     q = run_tflite(paths.int8, inputs).argmax(1)
     f = run_tflite(paths.fp32, inputs).argmax(1)
     t = heldout["logits"].argmax(1)
@@ -125,6 +156,12 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
                         f"XNNPACK, num_threads={threads}, 2-core x86-64 build box (AVX2, no "
                         f"VNNI), shared with other jobs; measured by `{build_cmd}`")}
 
+    sample = [read_frame(fr.path) for fr in held[:: max(1, len(held) // 30)]]
+    lat["device_path_ms_2t"] = {
+        "value": round(device_path_ms(paths.int8, sample, spec), 3),
+        "how": (f"median per frame over {len(sample)} held-out frames (x2 passes) of "
+                "find_roi + prepare + int8 quantize + invoke + read output, decoded frames "
+                f"in memory, 2 threads; `{build_cmd}`")}
     metrics = {
         "heldout_top1_agreement_int8_vs_teacher": {
             **agree(q, t), "how": where,
@@ -168,6 +205,7 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
                      "n": gate_result.n, "why": WHY}},
         "architecture": {
             "family": ("SonoNet-style VGG: conv3x3-BN-ReLU stages "
+                       f"(first conv stride {getattr(student, 'stem_stride', 1)}) "
                        f"{[list(s) for s in student.stages_spec]} with 2x2 max-pools between, "
                        "1x1 head to 64 then 14 class maps (14x18), global mean; initialised "
                        "from the teacher's first four blocks and head"),

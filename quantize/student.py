@@ -25,9 +25,9 @@ DEFAULT_TEACHER_MAP: tuple[int, ...] = tuple(range(10))
 HEAD_WIDTH = 64
 
 
-def _conv_bn(cin: int, cout: int, k: int, relu: bool = True) -> nn.Sequential:
+def _conv_bn(cin: int, cout: int, k: int, relu: bool = True, stride: int = 1) -> nn.Sequential:
     layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
         nn.BatchNorm2d(cout, eps=BN_EPS),
     ]
     if relu:
@@ -39,15 +39,17 @@ class PlaneStudent(nn.Module):
     """`forward(x)` gives logits (1, 14); `forward_maps(x)` gives (logits, class maps)."""
 
     def __init__(self, stages: tuple[tuple[int, ...], ...] = DEFAULT_STAGES,
-                 head_width: int = HEAD_WIDTH) -> None:
+                 head_width: int = HEAD_WIDTH, stem_stride: int = 1) -> None:
         super().__init__()
         self.stages_spec = tuple(tuple(s) for s in stages)
+        self.stem_stride = stem_stride
         blocks: list[nn.Module] = []
         cin = 1
         for i, widths in enumerate(self.stages_spec):
             layers: list[nn.Module] = []
-            for cout in widths:
-                layers.append(_conv_bn(cin, cout, 3))
+            for j, cout in enumerate(widths):
+                stride = stem_stride if i == j == 0 else 1
+                layers.append(_conv_bn(cin, cout, 3, stride=stride))
                 cin = cout
             if i < len(self.stages_spec) - 1:
                 layers.append(nn.MaxPool2d(2))

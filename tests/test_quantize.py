@@ -39,10 +39,14 @@ def test_teacher_macs_by_hand_and_student_under_a_quarter():
     macs += hw[-1] * (128 * 64 + 64 * 14)
     assert count_macs(SonoNet16(), (1, 1, 224, 288)) == macs == 1_237_824_000
     assert count_macs(PlaneStudent(), (1, 1, 112, 144)) <= macs / 4
+    assert count_macs(PlaneStudent(stem_stride=2), (1, 1, 224, 288)) <= macs / 4
 
 
 def test_student_maps_match_teacher_grid():
-    _, maps = PlaneStudent().forward_maps(torch.zeros(1, 1, 112, 144))
+    from quantize.distil import STUDENT_SPEC, STUDENT_STEM_STRIDE
+
+    student = PlaneStudent(stem_stride=STUDENT_STEM_STRIDE)
+    _, maps = student.forward_maps(torch.zeros(1, 1, STUDENT_SPEC.height, STUDENT_SPEC.width))
     assert tuple(maps.shape) == (1, 14, 14, 18)
 
 
@@ -164,3 +168,17 @@ def test_shipped_student_names_the_13_examples_through_the_device_path():
         x.append(normalise(grey_resized(image, find_roi(image), spec), spec)[None])
     pred = run_tflite(man.model_path, np.stack(x)).argmax(1)
     assert [LABELS[p] for p in pred] == [EXAMPLE_LABELS[s] for s in names]
+
+
+@needs_data
+def test_export_teacher_fp32_writes_a_verified_manifest(tmp_path, monkeypatch):
+    from edge.manifest import read_manifest, verify
+    from quantize.export import export_teacher_fp32
+
+    monkeypatch.setenv("SONOEDGE_DATA", str(DATA))
+    path = export_teacher_fp32(tmp_path / "bench")
+    man = read_manifest(path.with_suffix(".json"))
+    verify(man)
+    assert man.task == "plane_classification" and man.output_kind == "logits"
+    assert man.input_shape == (1, 1, 224, 288) and man.preprocessing.scale == 255.0
+    assert export_teacher_fp32(tmp_path / "bench") == path  # reused, not rebuilt
