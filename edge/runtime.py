@@ -8,6 +8,7 @@ float in, float out, int8 scales and zero points handled here once.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,9 @@ def _edgetpu(model_path: Path, num_threads: int):
     if module is None:
         raise ModelError("no TFLite runtime installed: pip install ai-edge-litert")
     try:
+        # Probe the library first: LiteRT's Delegate prints a traceback from __del__ when
+        # the library itself is missing, and the user must see one clear line instead.
+        ctypes.CDLL(EDGETPU_LIBRARY)
         delegate = module.load_delegate(EDGETPU_LIBRARY)
     except (ValueError, OSError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

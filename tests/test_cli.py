@@ -178,3 +178,12 @@ def test_a_killed_run_keeps_what_it_journaled(tmp_path, data_dir):
     assert printed == 25
     db = sqlite3.connect(state / "journal.sqlite")
     assert db.execute("SELECT COUNT(*) FROM results").fetchone()[0] >= 25
+
+
+def test_edgetpu_backend_without_a_tpu_says_so_in_one_line_and_scores(frames_dir):
+    proc = sonoedge("score", "--backend", "edgetpu", str(frames_dir / "200_HC.png"))
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "Edge TPU" in line]
+    assert len(warnings) == 1 and "on the CPU" in warnings[0]
+    assert json.loads(proc.stdout)["plane"] in LABELS
