@@ -55,6 +55,7 @@ class Frame:
     t_mono: float  # time.monotonic() at capture: use for durations and ordering
     t_wall: float  # time.time() at capture: advisory only (no RTC on the box)
     error: str | None = None  # one-line reason when this item could not be decoded
+    read_s: float | None = None  # time spent reading + decoding it (None: off the loop's path)
 
     @property
     def ok(self) -> bool:
@@ -178,9 +179,10 @@ class ImageListSource(Source):
                 return
             t_mono, t_wall = time.monotonic(), time.time()
             img, err = decode_image_file(p)
+            read_s = time.monotonic() - t_mono
             if err:
                 log.warning("%s", err)
-            yield Frame(p.name, i, img, t_mono, t_wall, err)
+            yield Frame(p.name, i, img, t_mono, t_wall, err, read_s)
 
 
 class VideoFileSource(Source):
@@ -219,6 +221,7 @@ class VideoFileSource(Source):
                     wait = due - time.monotonic()
                     if wait > 0:
                         self._closed.wait(min(wait, 1.0))
+                t_read = time.monotonic()
                 ok, img = cap.read()
                 t_mono, t_wall = time.monotonic(), time.time()
                 if not ok or img is None:
@@ -230,7 +233,7 @@ class VideoFileSource(Source):
                     else:
                         log.info("%s: end of video after %d frames", self.name, i)
                     return
-                yield Frame(self.name, i, img, t_mono, t_wall)
+                yield Frame(self.name, i, img, t_mono, t_wall, read_s=t_mono - t_read)
                 i += 1
         finally:
             cap.release()

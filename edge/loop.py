@@ -90,7 +90,12 @@ def make_scorer(settings: Settings) -> Scorer:
 
 
 def timed_frames(source: Source) -> Iterator[tuple[Frame, float]]:
-    """Each frame with the time spent waiting for it (decode included for files)."""
+    """Each frame with its capture cost on the loop's path.
+
+    That is the read and decode time where the source measured it. It is not the time
+    spent waiting: a paced file or a live grabber hands over frames at the scanner's rate,
+    and a live grabber decodes on its own thread.
+    """
     iterator = iter(source)
     while True:
         t0 = time.perf_counter()
@@ -98,7 +103,11 @@ def timed_frames(source: Source) -> Iterator[tuple[Frame, float]]:
             frame = next(iterator)
         except StopIteration:
             return
-        yield frame, time.perf_counter() - t0
+        waited = time.perf_counter() - t0
+        if frame.read_s is not None:
+            yield frame, frame.read_s
+        else:
+            yield frame, 0.0 if source.live else waited
 
 
 def live_settings(settings: Settings) -> LiveSettings:
