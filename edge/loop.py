@@ -21,7 +21,8 @@ from edge.capture import Frame, LiveSettings, Source, open_source
 from edge.config import Settings
 from edge.journal import JOURNAL_FILE, Journal
 from edge.manifest import Manifest, find_manifest
-from edge.planes import classify_plane
+from edge.planes import plane_from_output
+from edge.preprocess import prepare
 from edge.result import FrameResult
 from edge.roi import Roi, RoiSettings, find_roi
 from edge.runtime import Model, load_model
@@ -70,8 +71,9 @@ class Scorer:
                                frame.t_mono, error=frame.error or "no image")
         t0 = time.perf_counter()
         roi = self._region(frame)
+        x = prepare(frame.image, roi, self.manifest.preprocessing)
         t1 = time.perf_counter()
-        plane = classify_plane(self.model, frame.image, roi)
+        plane = plane_from_output(self.manifest, self.model.run(x))
         t2 = time.perf_counter()
         preprocess_s, infer_s = t1 - t0, t2 - t1
         return FrameResult(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.manifest import Manifest
 from edge.preprocess import prepare
 from edge.roi import Roi
 from edge.runtime import Model
@@ -32,9 +33,8 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return z / z.sum()
 
 
-def classify_plane(model: Model, image: np.ndarray, roi: Roi | None) -> PlaneResult:
-    manifest = model.manifest
-    output = model.run(prepare(image, roi, manifest.preprocessing))
+def plane_from_output(manifest: Manifest, output: np.ndarray) -> PlaneResult:
+    """The model's raw output (logits or probabilities, per the manifest) as a result."""
     if manifest.output_kind == "logits":
         probs = softmax(output, manifest.setting("temperature", 1.0))
     else:
@@ -45,3 +45,8 @@ def classify_plane(model: Model, image: np.ndarray, roi: Roi | None) -> PlaneRes
     abstain_below = manifest.setting("abstain_below", 0.0)
     plane = label if confidence >= abstain_below else UNCERTAIN
     return PlaneResult(plane, confidence, label, tuple(float(p) for p in probs))
+
+
+def classify_plane(model: Model, image: np.ndarray, roi: Roi | None) -> PlaneResult:
+    manifest = model.manifest
+    return plane_from_output(manifest, model.run(prepare(image, roi, manifest.preprocessing)))
