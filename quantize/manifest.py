@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from edge.manifest import sha256_of as sha256_file
 from quantize.data import LABELS
 
 TEACHER_CREDIT = ("SonoNet-16 (Baumgartner et al. 2017), weights "
@@ -17,14 +17,6 @@ LICENCE_NOTES = (
     "10.5281/zenodo.3904280, listed CC BY 4.0 upstream), 20 umbilical-cord frames from "
     "Eric43/MFM_AI (GPL-3.0 repository) and the 13 SonoNet example frames (Apache-2.0). "
     "No image is shipped; only the teacher's answers on them shaped the weights.")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def base(name: str, file: str, input_shape: list[int], dtype: str, preprocessing: dict) -> dict:
