@@ -17,6 +17,7 @@ from edge.manifest import read_manifest
 from edge.planes import classify_plane
 from edge.roi import find_roi
 from edge.runtime import load_model
+from quantize.data import EXAMPLE_LABELS
 
 
 @dataclass
@@ -55,14 +56,10 @@ def device_path_agreement(teacher_manifest: Path, student_manifest: Path,
 def example_planes(student_manifest: Path, examples_dir: Path, threads: int = 2) -> dict:
     """The student's answer on the 13 SonoNet example screens, against their true labels."""
     student = load_model(read_manifest(student_manifest), "litert", threads)
-    names = {"3VV": "3VV", "4CH": "4CH", "ABDOMINAL": "Abdominal", "BRAIN-CB": "Brain (Cb.)",
-             "BRAIN-TV": "Brain (Tv.)", "FEMUR": "Femur", "KIDNEYS": "Kidneys", "LIPS": "Lips",
-             "LVOT": "LVOT", "PROFILE": "Profile", "RVOT": "RVOT",
-             "SPINE-CORONAL": "Spine (cor.)", "SPINE-SAGITTAL": "Spine (sag.)"}
     answers = {}
     for path in sorted(examples_dir.glob("*.tiff")):
         image = cv2.imread(str(path))
-        answers[path.stem] = (names[path.stem],
+        answers[path.stem] = (EXAMPLE_LABELS[path.stem],
                               classify_plane(student, image, find_roi(image)).top_label)
     return answers
 
