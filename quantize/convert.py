@@ -130,7 +130,11 @@ def convert_student(student: nn.Module, train: list[Frame], work: Path, seed: in
     fp32 = work / "plane_student_fp32.tflite"
     int8 = work / "plane_student_int8.tflite"
     calib_note = work / "calibration.txt"
-    stale = not int8.exists() or (stamp.exists() and stamp.stat().st_mtime > int8.stat().st_mtime)
+    # Reuse only a conversion of this very checkpoint: a build with other settings (another
+    # checkpoint, perhaps older) must not pick up the last build's .tflite.
+    source = work / "converted_from.txt"
+    made_from = f"{stamp.name} {stamp.stat().st_mtime_ns}" if stamp.exists() else stamp.name
+    stale = not (int8.exists() and source.exists() and source.read_text() == made_from)
     if stale:
         export_fp32(student, (1, 1, spec.height, spec.width), fp32)
         calib = calibration_inputs(train, spec, n_calibration, seed)
@@ -141,4 +145,5 @@ def convert_student(student: nn.Module, train: list[Frame], work: Path, seed: in
             f"{len(calib)} real training frames through find_roi + prepare: all {n_ex} "
             f"SonoNet examples, all {n_pl} training planes frames, {len(calib) - n_ex - n_pl} "
             f"HC18 training frames drawn with seed {seed}; no held-out frame")
+        source.write_text(made_from)
     return ModelPaths(fp32=fp32, int8=int8, calibration=calib_note.read_text())
