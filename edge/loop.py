@@ -26,6 +26,7 @@ from edge.preprocess import prepare
 from edge.result import FrameResult
 from edge.roi import Roi, RoiSettings, find_roi
 from edge.runtime import Model, load_model
+from edge.summaries import ExamTally
 from edge.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         echo(f"demo source is a generated phantom: {source.demo.description}")
     run_id = journal.start_run(source.name, models)
     stats = RunStats()
-    results: list[dict] = []
+    exam = ExamTally()  # running totals: a live run may last days
     started_ts = time.time()
     next_health = time.monotonic() + mqtt.health_interval_s
     limit = settings.loop.max_frames
@@ -228,7 +229,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                 result = scorer.score(frame, capture_s)
                 journal.append(run_id, result)
                 stats.add(result)
-                results.append(_slim(result))
+                exam.add(result.to_dict())
                 every = settings.loop.log_every
                 if result.error or (every and stats.frames % every == 0):
                     echo(format_line(result))
@@ -240,8 +241,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     finally:
         journal.end_run(run_id)
         journal.close()
-        uplink.record_exam(results, source.name, started_ts, time.time(),
-                           started_mono=stats.started_mono, ended_mono=time.monotonic())
+        uplink.enqueue_exam(exam.body(source.name, started_ts, time.time(),
+                                      stats.started_mono, time.monotonic(), models))
         uplink.enqueue_health(stats.snapshot(source))
         echo(format_summary(stats, source))
         if once and uplink.target is not None:
@@ -250,9 +251,3 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                      f"{uplink.outbox.pending_count()} messages wait for the next link")
         uplink.close()
     return 0
-
-
-def _slim(result: FrameResult) -> dict:
-    """What the exam summary needs of a frame; the journal keeps the whole record."""
-    return {"plane": result.plane, "plane_confidence": result.plane_confidence,
-            "latency_ms": result.latency_ms, "model": result.model, "error": result.error}

@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import time
+from collections import deque
 from functools import cache
 from pathlib import Path
 
@@ -68,6 +69,66 @@ def _model_versions(results: list[dict], extra: dict[str, str] | None) -> dict[s
     return dict(sorted(models.items())[:4])
 
 
+class ExamTally:
+    """The running totals of one exam, so a loop that runs for days holds a few numbers
+    per plane instead of every frame. Latency percentiles use the most recent frames."""
+
+    LATENCY_WINDOW = 10_000
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.failed = 0
+        self.planes: dict[str, list] = {}
+        self.latencies: deque[float] = deque(maxlen=self.LATENCY_WINDOW)
+        self.model_tags: dict[str, None] = {}
+
+    def add(self, r: dict) -> None:
+        self.frames += 1
+        tag = r.get("model")
+        if isinstance(tag, str) and tag and len(self.model_tags) < 16:
+            self.model_tags[tag] = None
+        if r.get("error"):
+            self.failed += 1
+            return
+        lat = r.get("latency_ms")
+        if isinstance(lat, int | float):
+            self.latencies.append(float(lat))
+        plane = r.get("plane")
+        if not isinstance(plane, str):
+            return
+        label = plane if plane in PLANES else "other"
+        conf = r.get("plane_confidence")
+        conf = float(conf) if isinstance(conf, int | float) else 0.0
+        entry = self.planes.setdefault(label, [0, 0.0])
+        entry[0] += 1
+        entry[1] = max(entry[1], conf)
+
+    def body(self, source: str, started_ts: float, ended_ts: float,
+             started_mono: float | None = None, ended_mono: float | None = None,
+             model_versions: dict[str, str] | None = None, exam_id: str | None = None) -> dict:
+        """The compact exam body; see `summarize_exam`."""
+        if started_mono is not None and ended_mono is not None:
+            duration = max(0.0, ended_mono - started_mono)
+        else:
+            duration = max(0.0, ended_ts - started_ts)
+        latencies = list(self.latencies)
+        return {
+            "exam_id": exam_id or hashlib.sha256(
+                f"{source}|{started_ts}|{started_mono}".encode()).hexdigest()[:16],
+            "source_id": source_id(source),
+            "started_ts": round(float(started_ts), 3),
+            "ended_ts": round(float(ended_ts), 3),
+            "duration_s": round(duration, 3),
+            "frames": self.frames,
+            "frames_scored": self.frames - self.failed,
+            "frames_failed": self.failed,
+            "planes": {k: [v[0], round(v[1], 3)] for k, v in sorted(self.planes.items())},
+            "latency_ms": {"p50": _pct(latencies, 0.5), "p90": _pct(latencies, 0.9)},
+            "models": _model_versions([{"model": t} for t in self.model_tags],
+                                      model_versions),
+        }
+
+
 def summarize_exam(
     results: list[dict],
     source: str,
@@ -84,45 +145,11 @@ def summarize_exam(
     classified as that plane and the best confidence seen. Failed frames (``error`` set)
     count separately. The result is well under 1 KB as JSON (checked in ``build_exam``).
     """
-    planes: dict[str, list] = {}
-    latencies: list[float] = []
-    failed = 0
+    tally = ExamTally()
     for r in results:
-        if r.get("error"):
-            failed += 1
-            continue
-        lat = r.get("latency_ms")
-        if isinstance(lat, int | float):
-            latencies.append(float(lat))
-        plane = r.get("plane")
-        if not isinstance(plane, str):
-            continue
-        label = plane if plane in PLANES else "other"
-        conf = r.get("plane_confidence")
-        conf = float(conf) if isinstance(conf, int | float) else 0.0
-        entry = planes.setdefault(label, [0, 0.0])
-        entry[0] += 1
-        entry[1] = max(entry[1], conf)
-    if started_mono is not None and ended_mono is not None:
-        duration = max(0.0, ended_mono - started_mono)
-    else:
-        duration = max(0.0, ended_ts - started_ts)
-    body = {
-        "exam_id": exam_id or hashlib.sha256(
-            f"{source}|{started_ts}|{started_mono}".encode()).hexdigest()[:16],
-        "source_id": source_id(source),
-        "started_ts": round(float(started_ts), 3),
-        "ended_ts": round(float(ended_ts), 3),
-        "duration_s": round(duration, 3),
-        "frames": len(results),
-        "frames_scored": len(results) - failed,
-        "frames_failed": failed,
-        # [frames, best confidence] per plane: the compact form keeps 14 planes under 1 KB
-        "planes": {k: [v[0], round(v[1], 3)] for k, v in sorted(planes.items())},
-        "latency_ms": {"p50": _pct(latencies, 0.5), "p90": _pct(latencies, 0.9)},
-        "models": _model_versions(results, model_versions),
-    }
-    return body
+        tally.add(r)
+    return tally.body(source, started_ts, ended_ts, started_mono, ended_mono,
+                      model_versions, exam_id)
 
 
 def build_exam(env: dict, body: dict) -> dict:
