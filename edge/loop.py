@@ -12,9 +12,8 @@ import logging
 import signal
 import statistics
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edge.capture import Frame, LiveSettings, Source, open_source
@@ -124,25 +123,29 @@ def live_settings(settings: Settings) -> LiveSettings:
 
 @dataclass
 class RunStats:
-    """The figures the summary line and the health messages report."""
+    """The figures the summary line, the health messages and the exam summary report.
+
+    One tally serves all three, so they cannot disagree, and it holds running totals and a
+    bounded latency window rather than every frame: a live run may last days.
+    """
 
     started_mono: float = field(default_factory=time.monotonic)
-    frames: int = 0
-    failed: int = 0
-    planes: Counter = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
+    tally: ExamTally = field(default_factory=ExamTally)
+
+    @property
+    def frames(self) -> int:
+        return self.tally.frames
+
+    @property
+    def failed(self) -> int:
+        return self.tally.failed
 
     def add(self, result: FrameResult) -> None:
-        self.frames += 1
-        if result.error:
-            self.failed += 1
-            return
-        self.planes[result.plane] += 1
-        self.latencies_ms.append(result.latency_ms)
+        self.tally.add(result.to_dict())
 
     def snapshot(self, source: Source | None = None) -> dict:
         elapsed = max(1e-9, time.monotonic() - self.started_mono)
-        lat = sorted(self.latencies_ms[-1000:])
+        lat = sorted(list(self.tally.latencies)[-1000:])
         return {
             "frames": self.frames,
             "failed": self.failed,
@@ -164,7 +167,8 @@ def format_line(result: FrameResult) -> str:
 
 def format_summary(stats: RunStats, source: Source) -> str:
     snap = stats.snapshot(source)
-    planes = ", ".join(f"{name} {n}" for name, n in stats.planes.most_common()) or "none"
+    counts = sorted(stats.tally.planes.items(), key=lambda item: -item[1][0])
+    planes = ", ".join(f"{name} {n}" for name, (n, _best) in counts) or "none"
     p50 = snap["latency_p50_ms"]
     p90 = snap["latency_p90_ms"]
     latency = f"median {p50:.1f} ms, p90 {p90:.1f} ms" if p50 is not None else "no frames"
@@ -203,7 +207,6 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     models = {scorer.manifest.name: scorer.manifest.version}
     mqtt = settings.mqtt
     if settings.device.device_id and not mqtt.device_id:
-        from dataclasses import replace
         mqtt = replace(mqtt, device_id=settings.device.device_id)
     uplink = Uplink(mqtt, state_dir, model_versions=models)
     uplink.start()
@@ -219,7 +222,6 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         echo(f"demo source is a generated phantom: {source.demo.description}")
     run_id = journal.start_run(source.name, models)
     stats = RunStats()
-    exam = ExamTally()  # running totals: a live run may last days
     started_ts = time.time()
     next_health = time.monotonic() + mqtt.health_interval_s
     limit = settings.loop.max_frames
@@ -229,7 +231,6 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                 result = scorer.score(frame, capture_s)
                 journal.append(run_id, result)
                 stats.add(result)
-                exam.add(result.to_dict())
                 every = settings.loop.log_every
                 if result.error or (every and stats.frames % every == 0):
                     echo(format_line(result))
@@ -241,7 +242,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     finally:
         journal.end_run(run_id)
         journal.close()
-        uplink.enqueue_exam(exam.body(source.name, started_ts, time.time(),
+        uplink.enqueue_exam(stats.tally.body(source.name, started_ts, time.time(),
                                       stats.started_mono, time.monotonic(), models))
         uplink.enqueue_health(stats.snapshot(source))
         echo(format_summary(stats, source))
