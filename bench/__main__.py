@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from bench import bench_mqtt
 from bench.agreement import device_path_agreement, example_planes, summarise
 from bench.models import format_table, model_table, time_device_path
 
@@ -69,13 +70,8 @@ def main() -> int:
     print(f"13 SonoNet example screens, student int8: {right}/13 correct"
           + (f" (wrong: {wrong})" if wrong else ""))
 
-    mqtt = REPO / "bench" / "bench_mqtt.py"
-    if mqtt.exists():
-        print("\n## Store-and-forward and collector\n", flush=True)
-        from bench import bench_mqtt
-
-        return bench_mqtt.main()
-    return 0
+    print("\n## Store-and-forward and collector\n", flush=True)
+    return bench_mqtt.main()
 
 
 if __name__ == "__main__":
