@@ -99,13 +99,20 @@ def make_interpreter(model_path: Path, backend: str = "litert", num_threads: int
 
 @dataclass
 class Model:
-    manifest: Manifest
+    """A loaded .tflite: float in, float out, whatever the tensors' dtypes.
+
+    The device gets one through `load_model` (manifest verified); the toolchain opens a
+    freshly converted file with `open_model_file`, so the gate and the bench see int8
+    exactly as the device does.
+    """
+
     interpreter: object
     _input: dict
     _output: dict
+    manifest: Manifest | None = None
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Float input of the manifest's shape -> float output (dequantized)."""
+        """Float input of the model's shape -> float output (dequantized)."""
         detail = self._input
         if detail["dtype"] != np.float32:
             scale, zero = detail["quantization"]
@@ -122,18 +129,26 @@ class Model:
         return out
 
 
-def load_model(manifest: Manifest, backend: str = "litert", num_threads: int = 2) -> Model:
-    """Verify the file against its manifest, then load it on the chosen backend."""
-    verify(manifest)
-    interpreter = make_interpreter(manifest.model_path, backend, num_threads)
+def open_model_file(path: Path, backend: str = "litert", num_threads: int = 2) -> Model:
+    """A .tflite with one input and one output, without a manifest (toolchain use)."""
+    interpreter = make_interpreter(path, backend, num_threads)
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ModelError(f"{manifest.model_path}: expected one input and one output")
-    if tuple(inputs[0]["shape"]) != manifest.input_shape:
-        raise ModelError(f"{manifest.model_path}: input shape {tuple(inputs[0]['shape'])} "
+        raise ModelError(f"{path}: expected one input and one output")
+    return Model(interpreter, inputs[0], outputs[0])
+
+
+def load_model(manifest: Manifest, backend: str = "litert", num_threads: int = 2) -> Model:
+    """Verify the file against its manifest, then load it on the chosen backend."""
+    verify(manifest)
+    model = open_model_file(manifest.model_path, backend, num_threads)
+    shape = tuple(model._input["shape"])
+    if shape != manifest.input_shape:
+        raise ModelError(f"{manifest.model_path}: input shape {shape} "
                          f"differs from its manifest {manifest.input_shape}")
-    if outputs[0]["shape"][-1] != len(manifest.labels):
-        raise ModelError(f"{manifest.model_path}: {outputs[0]['shape'][-1]} outputs but "
+    if model._output["shape"][-1] != len(manifest.labels):
+        raise ModelError(f"{manifest.model_path}: {model._output['shape'][-1]} outputs but "
                          f"{len(manifest.labels)} labels in its manifest")
-    return Model(manifest, interpreter, inputs[0], outputs[0])
+    model.manifest = manifest
+    return model

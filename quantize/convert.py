@@ -86,27 +86,12 @@ def quantize_int8(fp32: Path, calibration: list[np.ndarray], dest: Path) -> Path
 
 
 def run_tflite(path: Path, inputs: np.ndarray, threads: int = 2) -> np.ndarray:
-    """Float outputs for float inputs (n, 1, H, W), through an int8 or fp32 .tflite."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Float outputs for float inputs (n, 1, H, W), through the device's own runtime."""
+    from edge.runtime import open_model_file
 
-    interp = Interpreter(model_path=str(path), num_threads=threads)
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-    results = []
-    for x in inputs:
-        x = x[None].astype(np.float32)
-        if inp["dtype"] == np.int8:
-            scale, zero = inp["quantization"]
-            x = np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
-        interp.set_tensor(inp["index"], x)
-        interp.invoke()
-        y = interp.get_tensor(out["index"])
-        if out["dtype"] == np.int8:
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        results.append(y[0].astype(np.float32))
-    return np.stack(results)
+    model = open_model_file(path, "litert", threads)
+    return np.stack([model.run(x[None].astype(np.float32))[0].astype(np.float32)
+                     for x in inputs])
 
 
 def calibration_inputs(frames: list[Frame], spec, limit: int, seed: int) -> list[np.ndarray]:

@@ -44,10 +44,10 @@ def median_latency_ms(path: Path, threads: int, runs: int = 200, warmup: int = 2
     import time
 
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_path=str(path), num_threads=threads)
-    interp.allocate_tensors()
+    from edge.runtime import make_interpreter
+
+    interp = make_interpreter(path, "litert", threads)
     inp = interp.get_input_details()[0]
     x = np.zeros(inp["shape"], inp["dtype"])
     times = []
@@ -65,25 +65,17 @@ def device_path_ms(model: Path, images: list, spec, threads: int = 2) -> float:
     import time
 
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
 
     from edge.preprocess import prepare
     from edge.roi import find_roi
+    from edge.runtime import open_model_file
 
-    interp = Interpreter(model_path=str(model), num_threads=threads)
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-    scale, zero = inp["quantization"]
+    runner = open_model_file(model, "litert", threads)
     times = []
     for rep in range(3):
         for image in images:
             start = time.perf_counter()
-            x = prepare(image, find_roi(image), spec)
-            q = np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
-            interp.set_tensor(inp["index"], q)
-            interp.invoke()
-            interp.get_tensor(out["index"])
+            runner.run(prepare(image, find_roi(image), spec))
             if rep:
                 times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
