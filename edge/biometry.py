@@ -1,0 +1,324 @@
+"""Head biometry: HC, BPD, OFD and gestational age from the head segmenter's probability map.
+
+No I/O here: a probability map and where it lies in the frame in, a `Biometry` out.
+
+Measurement. The map (the model's resolution) is upsampled bilinearly to the box it covers
+(the region found by `edge.roi`, or the whole frame), thresholded, and split into connected
+components. The largest is the head; a second one larger than `several_heads_fraction` of
+it means the frame shows two heads (twins, or a bad segmentation) and nothing is measured.
+The head's outer 0.5 iso-contour is found at sub-pixel precision, marching-squares style: on
+every pixel edge that crosses the boundary the crossing is placed by linear interpolation of
+the probabilities, so the contour does not snap to pixel corners. An ellipse is fitted to
+those points (`cv2.fitEllipseDirect`, least squares constrained to an ellipse) in frame
+pixels.
+
+Calipers. HC is the perimeter of that ellipse (Ramanujan's second approximation) times the
+pixel size. OFD is its major axis and BPD its minor axis, both outer-to-outer on the HC
+ellipse: HC18's sonographers drew the ellipse on the outer edge of the skull, and the model
+learns that ellipse. Hadlock's BPD is measured outer-to-inner (leading edge to leading
+edge), so the BPD here is a little larger than a BPD placed by Hadlock's convention and must
+not be fed into Hadlock's BPD formulas.
+
+Gestational age. Hadlock et al. 1984 (below), from HC alone. Outside the ages the formula
+was fitted on (14-42 menstrual weeks, i.e. HC about 89-358 mm) the age is withheld: the
+status is `ga_out_of_range` and HC, BPD and OFD are still reported.
+
+A head cut off by the edge of the box (the fitted ellipse runs past it by more than
+`cutoff_margin_fraction` of the semi-major axis, or the head lies along the edge for more
+than `edge_run_fraction` of its perimeter) is `head_cut_off`, never a short HC.
+
+Settings live in one place each: the probability threshold belongs to the model and comes
+from the segmenter manifest's `biometry` block (`settings_for_model`); every other number is
+the device's and comes from the `[biometry]` section of the device config, whose defaults
+are the defaults of `BiometrySettings` below. The pixel size comes from the caller: the
+HC18-format CSV in batch mode, the probe's calibration (`[biometry] pixel_size_mm`) live.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+
+from edge.manifest import Manifest, ModelError
+from edge.preprocess import prepare
+from edge.roi import Roi
+from edge.runtime import Model
+
+TASK = "head_segmentation"
+
+OK = "ok"
+GA_OUT_OF_RANGE = "ga_out_of_range"  # HC, BPD and OFD measured; the age formula does not apply
+NO_HEAD = "no_head"
+SEVERAL_HEADS = "several_heads"
+HEAD_CUT_OFF = "head_cut_off"
+POOR_FIT = "poor_fit"  # the head region is not ellipse-shaped: the segmentation is not trusted
+PIXEL_SIZE_MISSING = "pixel_size_missing"
+PIXEL_SIZE_ABSURD = "pixel_size_absurd"
+# Statuses with the numbers filled in.
+MEASURED = (OK, GA_OUT_OF_RANGE)
+STATUSES = (OK, GA_OUT_OF_RANGE, NO_HEAD, SEVERAL_HEADS, HEAD_CUT_OFF, POOR_FIT,
+            PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD)
+
+# Hadlock FP, Deter RL, Harrist RB, Park SK. "Estimating fetal age: computer-assisted
+# analysis of multiple fetal growth parameters." Radiology 1984;152(2):497-501. A
+# cross-sectional study of 361 fetuses between 14 and 42 menstrual weeks; HC-only model
+# GA (weeks) = 8.96 + 0.540 HC + 0.0003 HC^3 with HC in cm.
+HADLOCK_1984 = (8.96, 0.540, 0.0, 0.0003)  # c0 + c1 x + c2 x^2 + c3 x^3, x = HC in cm
+HADLOCK_1984_WEEKS = (14.0, 42.0)  # the study's age span: no estimate outside it
+
+
+@dataclass(frozen=True)
+class BiometrySettings:
+    """Every number of the measurement. See the module docstring for who sets which."""
+
+    probability_threshold: float = 0.5  # the model's: manifest `biometry.probability_threshold`
+    min_head_area_fraction: float = 0.005  # a head smaller than this share of the box: no head
+    several_heads_fraction: float = 0.25  # a 2nd component this large vs the largest: two heads
+    cutoff_margin_fraction: float = 0.02  # ellipse past the box edge by > this x semi-major axis
+    edge_run_fraction: float = 0.08  # head along the box edge for > this share of its perimeter
+    min_fit_iou: float = 0.85  # head region vs fitted ellipse; below: poor_fit
+    pixel_size_min_mm: float = 0.01  # plausible mm per pixel (HC18 spans 0.049-0.35)
+    pixel_size_max_mm: float = 1.0
+
+
+@dataclass(frozen=True)
+class Biometry:
+    status: str  # "ok" or a reason code from STATUSES
+    hc_mm: float | None = None
+    bpd_mm: float | None = None  # minor axis of the HC ellipse, outer-to-outer
+    ofd_mm: float | None = None  # major axis of the HC ellipse, outer-to-outer
+    ga_weeks: float | None = None  # Hadlock 1984 from HC; None outside 14-42 weeks
+    # (cx, cy, semi_axis_major, semi_axis_minor, angle_deg) in frame pixels (pixel centres
+    # at integers; the angle of the major axis from +x towards +y, in [0, 180)).
+    ellipse: tuple[float, float, float, float, float] | None = None
+    pixel_size_mm: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.hc_mm is not None
+
+    def to_dict(self) -> dict:
+        def r(value: float | None, digits: int) -> float | None:
+            return None if value is None else round(float(value), digits)
+
+        return {"status": self.status, "hc_mm": r(self.hc_mm, 2), "bpd_mm": r(self.bpd_mm, 2),
+                "ofd_mm": r(self.ofd_mm, 2), "ga_weeks": r(self.ga_weeks, 2),
+                "ellipse": None if self.ellipse is None else [round(v, 2) for v in self.ellipse],
+                "pixel_size_mm": r(self.pixel_size_mm, 6)}
+
+
+def ramanujan_perimeter(a: float, b: float) -> float:
+    """Perimeter of an ellipse with semi-axes a and b (Ramanujan's second approximation)."""
+    a, b = float(a), float(b)
+    if a + b <= 0:
+        return 0.0
+    h = ((a - b) / (a + b)) ** 2
+    return math.pi * (a + b) * (1.0 + 3.0 * h / (10.0 + math.sqrt(4.0 - 3.0 * h)))
+
+
+def hadlock_ga_weeks(hc_mm: float) -> float | None:
+    """Menstrual age in weeks from HC in mm, Hadlock et al. 1984 (Radiology 152:497-501).
+
+    GA = 8.96 + 0.540 HC + 0.0003 HC^3, HC in cm, fitted on 361 fetuses of 14-42 menstrual
+    weeks. The formula was checked against its secondary sources (vendor obstetric tables
+    "GA by HC - Hadlock 1984", e.g. HC 17.0 cm -> 19.6 weeks) and Hadlock's HC table
+    (HC 17.0 cm at 19.5 weeks, 34.6 cm at 40 weeks). Outside 14-42 weeks (HC about 89-358
+    mm) the study says nothing, so None is returned rather than an extrapolation.
+    """
+    if hc_mm is None or not math.isfinite(hc_mm) or hc_mm <= 0:
+        return None
+    x = hc_mm / 10.0
+    c0, c1, c2, c3 = HADLOCK_1984
+    weeks = c0 + c1 * x + c2 * x * x + c3 * x ** 3
+    low, high = HADLOCK_1984_WEEKS
+    return weeks if low <= weeks <= high else None
+
+
+def hadlock_hc_range_mm() -> tuple[float, float]:
+    """The HC span (mm) over which `hadlock_ga_weeks` answers (the formula is increasing)."""
+
+    def solve(weeks: float) -> float:
+        lo, hi = 1.0, 1000.0
+        c0, c1, c2, c3 = HADLOCK_1984
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            x = mid / 10.0
+            if c0 + c1 * x + c2 * x * x + c3 * x ** 3 < weeks:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    return solve(HADLOCK_1984_WEEKS[0]), solve(HADLOCK_1984_WEEKS[1])
+
+
+def _subpixel_boundary(prob: np.ndarray, inside: np.ndarray, threshold: float) -> np.ndarray:
+    """Points (x, y) where the iso-contour `threshold` crosses the boundary of `inside`.
+
+    On every horizontal or vertical pair of neighbouring pixels with one pixel inside and
+    one outside, the crossing is placed by linear interpolation of the two probabilities.
+    """
+    points = []
+    for axis in (1, 0):
+        a = [slice(None), slice(None)]
+        b = [slice(None), slice(None)]
+        a[axis], b[axis] = slice(None, -1), slice(1, None)
+        ins_a, ins_b = inside[tuple(a)], inside[tuple(b)]
+        rows, cols = np.nonzero(ins_a != ins_b)
+        if rows.size == 0:
+            continue
+        pa = prob[tuple(a)][rows, cols]
+        pb = prob[tuple(b)][rows, cols]
+        denom = pb - pa
+        safe = np.where(np.abs(denom) < 1e-9, 1.0, denom)
+        t = np.clip(np.where(np.abs(denom) < 1e-9, 0.5, (threshold - pa) / safe), 0.0, 1.0)
+        if axis == 1:
+            points.append(np.stack([cols + t, rows.astype(np.float64)], axis=1))
+        else:
+            points.append(np.stack([cols.astype(np.float64), rows + t], axis=1))
+    if not points:
+        return np.zeros((0, 2))
+    return np.concatenate(points)
+
+
+def _extent(a: float, b: float, angle_deg: float) -> tuple[float, float]:
+    """Half-width and half-height of the ellipse's bounding box."""
+    t = math.radians(angle_deg)
+    return (math.hypot(a * math.cos(t), b * math.sin(t)),
+            math.hypot(a * math.sin(t), b * math.cos(t)))
+
+
+def measure_probability(prob: np.ndarray, box: tuple[int, int, int, int],
+                        frame_shape: tuple[int, ...], pixel_size_mm: float | None,
+                        settings: BiometrySettings = BiometrySettings()) -> Biometry:
+    """Biometry from a head probability map `prob` (H, W) covering `box` = (x, y, w, h).
+
+    `frame_shape` is the frame's (height, width, ...); the box is clipped to it. See the
+    module docstring for the method and the statuses.
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    prob = prob.reshape(prob.shape[-2:]) if prob.ndim > 2 else prob
+    frame_h, frame_w = int(frame_shape[0]), int(frame_shape[1])
+    bx, by, bw, bh = (int(v) for v in box)
+    bx, by = max(0, bx), max(0, by)
+    bw, bh = min(bw, frame_w - bx), min(bh, frame_h - by)
+    if bw < 2 or bh < 2 or prob.size == 0:
+        return Biometry(NO_HEAD, pixel_size_mm=pixel_size_mm)
+    if prob.shape != (bh, bw):
+        prob = cv2.resize(prob, (bw, bh), interpolation=cv2.INTER_LINEAR)
+    prob = np.nan_to_num(prob, nan=0.0)
+    threshold = settings.probability_threshold
+    mask = (prob >= threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 1:
+        return Biometry(NO_HEAD, pixel_size_mm=pixel_size_mm)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    order = np.argsort(areas)[::-1]
+    largest = int(areas[order[0]])
+    if largest < settings.min_head_area_fraction * bw * bh:
+        return Biometry(NO_HEAD, pixel_size_mm=pixel_size_mm)
+    if len(order) > 1 and areas[order[1]] > settings.several_heads_fraction * largest:
+        return Biometry(SEVERAL_HEADS, pixel_size_mm=pixel_size_mm)
+    head = (labels == 1 + order[0]).astype(np.uint8)
+    # The outer outline only: holes inside the head (a dark ventricle) are not its edge.
+    contours, _ = cv2.findContours(head, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros_like(head)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    points = _subpixel_boundary(prob, filled.astype(bool), threshold)
+    if len(points) < 12:
+        return Biometry(NO_HEAD, pixel_size_mm=pixel_size_mm)
+    (cx, cy), (w, h), fit_angle = cv2.fitEllipseDirect(points.astype(np.float32))
+    if not all(math.isfinite(v) for v in (cx, cy, w, h, fit_angle)) or min(w, h) <= 0:
+        return Biometry(POOR_FIT, pixel_size_mm=pixel_size_mm)
+    major, minor = (w / 2.0, h / 2.0) if w >= h else (h / 2.0, w / 2.0)
+    angle = (fit_angle if w >= h else fit_angle + 90.0) % 180.0
+    ellipse = (cx + bx, cy + by, major, minor, angle)
+
+    # Cut off: the ellipse runs past the box edge (pixel edges at -0.5 and size - 0.5),
+    # or the head lies along the edge for a long run.
+    ex, ey = _extent(major, minor, angle)
+    over = max(-0.5 - (cx - ex), (cx + ex) - (bw - 0.5), -0.5 - (cy - ey), (cy + ey) - (bh - 0.5))
+    along_edge = (int(filled[0].sum()) + int(filled[-1].sum()) + int(filled[:, 0].sum())
+                  + int(filled[:, -1].sum()))
+    perimeter_px = ramanujan_perimeter(major, minor)
+    if (over > settings.cutoff_margin_fraction * major
+            or along_edge > settings.edge_run_fraction * perimeter_px):
+        return Biometry(HEAD_CUT_OFF, ellipse=ellipse, pixel_size_mm=pixel_size_mm)
+
+    drawn = np.zeros_like(filled)
+    cv2.ellipse(drawn, (round(cx * 16), round(cy * 16)), (round(w * 8), round(h * 8)),
+                fit_angle, 0, 360, 1, thickness=cv2.FILLED, lineType=cv2.LINE_8, shift=4)
+    union = int(np.count_nonzero(drawn | filled))
+    iou = int(np.count_nonzero(drawn & filled)) / max(1, union)
+    if iou < settings.min_fit_iou:
+        return Biometry(POOR_FIT, ellipse=ellipse, pixel_size_mm=pixel_size_mm)
+
+    if pixel_size_mm is None or not math.isfinite(pixel_size_mm) or pixel_size_mm <= 0:
+        return Biometry(PIXEL_SIZE_MISSING, ellipse=ellipse, pixel_size_mm=None)
+    if not settings.pixel_size_min_mm <= pixel_size_mm <= settings.pixel_size_max_mm:
+        return Biometry(PIXEL_SIZE_ABSURD, ellipse=ellipse, pixel_size_mm=pixel_size_mm)
+    hc = perimeter_px * pixel_size_mm
+    ga = hadlock_ga_weeks(hc)
+    return Biometry(OK if ga is not None else GA_OUT_OF_RANGE, hc_mm=hc,
+                    bpd_mm=2.0 * minor * pixel_size_mm, ofd_mm=2.0 * major * pixel_size_mm,
+                    ga_weeks=ga, ellipse=ellipse, pixel_size_mm=pixel_size_mm)
+
+
+def check_segmenter(manifest: Manifest) -> None:
+    """The manifest is a head segmenter with a usable `biometry` block, or a one-line error."""
+    if manifest.task != TASK:
+        raise ModelError(f"{manifest.path}: task {manifest.task!r} is not {TASK!r}")
+    block = manifest.raw.get("biometry", {})
+    if not isinstance(block, dict):
+        raise ModelError(f"{manifest.path}: biometry must be an object")
+    unknown = sorted(set(block) - {"probability_threshold"})
+    if unknown:
+        raise ModelError(f"{manifest.path}: biometry: unknown key {unknown[0]!r}")
+    threshold = block.get("probability_threshold", BiometrySettings.probability_threshold)
+    if (not isinstance(threshold, int | float) or isinstance(threshold, bool)
+            or not 0.0 < threshold < 1.0):
+        raise ModelError(f"{manifest.path}: biometry.probability_threshold must be in (0, 1)")
+
+
+def settings_for_model(manifest: Manifest | None,
+                       settings: BiometrySettings = BiometrySettings()) -> BiometrySettings:
+    """The device's settings with the model's own threshold from its manifest."""
+    if manifest is None:
+        return settings
+    check_segmenter(manifest)
+    block = manifest.raw.get("biometry", {})
+    if "probability_threshold" not in block:
+        return settings
+    return replace(settings, probability_threshold=float(block["probability_threshold"]))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+
+
+def segment_head(model: Model, image: np.ndarray,
+                 roi: Roi | None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The head probability map (H, W) at the model's resolution and the box it covers."""
+    manifest = model.manifest
+    spec = manifest.preprocessing
+    out = np.asarray(model.run(prepare(image, roi, spec)), dtype=np.float32)
+    out = out.reshape(out.shape[-2:])
+    prob = sigmoid(out) if manifest.output_kind == "logits" else np.clip(out, 0.0, 1.0)
+    if roi is not None and spec.roi == "auto":
+        box = (roi.x, roi.y, roi.w, roi.h)
+    else:
+        box = (0, 0, int(image.shape[1]), int(image.shape[0]))
+    return prob, box
+
+
+def measure_frame(model: Model, image: np.ndarray, roi: Roi | None,
+                  pixel_size_mm: float | None,
+                  settings: BiometrySettings = BiometrySettings()) -> Biometry:
+    """Segment the head in a frame and measure it; the threshold is the model's own."""
+    settings = settings_for_model(model.manifest, settings)
+    prob, box = segment_head(model, image, roi)
+    return measure_probability(prob, box, image.shape, pixel_size_mm, settings)
