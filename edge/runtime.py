@@ -147,7 +147,13 @@ def load_model(manifest: Manifest, backend: str = "litert", num_threads: int = 2
     if shape != manifest.input_shape:
         raise ModelError(f"{manifest.model_path}: input shape {shape} "
                          f"differs from its manifest {manifest.input_shape}")
-    if model._output["shape"][-1] != len(manifest.labels):
+    if manifest.task.endswith("_segmentation"):
+        # A segmenter answers per pixel: its map has the input's height and width.
+        out = tuple(model._output["shape"])
+        if out[-2:] != shape[-2:]:
+            raise ModelError(f"{manifest.model_path}: output shape {out} does not match "
+                             f"its input {shape}")
+    elif model._output["shape"][-1] != len(manifest.labels):
         raise ModelError(f"{manifest.model_path}: {model._output['shape'][-1]} outputs but "
                          f"{len(manifest.labels)} labels in its manifest")
     model.manifest = manifest
