@@ -191,14 +191,31 @@ def _extent(a: float, b: float, angle_deg: float) -> tuple[float, float]:
             math.hypot(a * math.sin(t), b * math.cos(t)))
 
 
+def pixel_size_status(pixel_size_mm: float | None,
+                      settings: BiometrySettings = BiometrySettings()) -> str | None:
+    """None for a usable pixel size, else why not: unknown (None, NaN, 0) or implausible.
+
+    Checked before anything else: without a scale no image can give a measurement.
+    """
+    if pixel_size_mm is None or not math.isfinite(pixel_size_mm) or pixel_size_mm == 0:
+        return PIXEL_SIZE_MISSING
+    if not settings.pixel_size_min_mm <= pixel_size_mm <= settings.pixel_size_max_mm:
+        return PIXEL_SIZE_ABSURD
+    return None
+
+
 def measure_probability(prob: np.ndarray, box: tuple[int, int, int, int],
                         frame_shape: tuple[int, ...], pixel_size_mm: float | None,
                         settings: BiometrySettings = BiometrySettings()) -> Biometry:
     """Biometry from a head probability map `prob` (H, W) covering `box` = (x, y, w, h).
 
     `frame_shape` is the frame's (height, width, ...); the box is clipped to it. See the
-    module docstring for the method and the statuses.
+    module docstring for the method and the statuses. The pixel size is checked first.
     """
+    bad_scale = pixel_size_status(pixel_size_mm, settings)
+    if bad_scale is not None:
+        finite = pixel_size_mm is not None and math.isfinite(pixel_size_mm)
+        return Biometry(bad_scale, pixel_size_mm=pixel_size_mm if finite else None)
     prob = np.asarray(prob, dtype=np.float32)
     prob = prob.reshape(prob.shape[-2:]) if prob.ndim > 2 else prob
     frame_h, frame_w = int(frame_shape[0]), int(frame_shape[1])
@@ -256,10 +273,6 @@ def measure_probability(prob: np.ndarray, box: tuple[int, int, int, int],
     if iou < settings.min_fit_iou:
         return Biometry(POOR_FIT, ellipse=ellipse, pixel_size_mm=pixel_size_mm)
 
-    if pixel_size_mm is None or not math.isfinite(pixel_size_mm) or pixel_size_mm <= 0:
-        return Biometry(PIXEL_SIZE_MISSING, ellipse=ellipse, pixel_size_mm=None)
-    if not settings.pixel_size_min_mm <= pixel_size_mm <= settings.pixel_size_max_mm:
-        return Biometry(PIXEL_SIZE_ABSURD, ellipse=ellipse, pixel_size_mm=pixel_size_mm)
     hc = perimeter_px * pixel_size_mm
     ga = hadlock_ga_weeks(hc)
     return Biometry(OK if ga is not None else GA_OUT_OF_RANGE, hc_mm=hc,

@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.biometry import BiometrySettings
 from edge.roi import RoiSettings
 from edge.uplink import MqttSettings, check_mqtt_settings
 
@@ -57,6 +58,35 @@ class DeviceSettings:
     device_id: str = ""  # empty: derived from the machine id
 
 
+_MEASURE = BiometrySettings()  # the measurement's defaults, stated once in edge/biometry.py
+
+
+@dataclass(frozen=True)
+class BiometryConfig:
+    """[biometry]: head biometry on head-plane frames (see edge/biometry.py).
+
+    The probability threshold is the model's and lives in the segmenter's manifest; the
+    numbers here are the device's.
+    """
+
+    pixel_size_mm: float = 0.0  # the live probe's calibration, mm per pixel; 0 = unknown: off
+    segmenter: str = "head_segmenter"  # manifest name in models.dir; absent = no biometry
+    head_planes: tuple[str, ...] = ("Brain (Tv.)", "Brain (Cb.)")  # plane labels measured
+    min_head_area_fraction: float = _MEASURE.min_head_area_fraction
+    several_heads_fraction: float = _MEASURE.several_heads_fraction
+    cutoff_margin_fraction: float = _MEASURE.cutoff_margin_fraction
+    edge_run_fraction: float = _MEASURE.edge_run_fraction
+    min_fit_iou: float = _MEASURE.min_fit_iou
+    pixel_size_min_mm: float = _MEASURE.pixel_size_min_mm
+    pixel_size_max_mm: float = _MEASURE.pixel_size_max_mm
+
+    def measurement(self) -> BiometrySettings:
+        """The measurement settings; the threshold is filled in from the model's manifest."""
+        names = [f.name for f in dataclasses.fields(BiometrySettings)
+                 if f.name != "probability_threshold"]
+        return BiometrySettings(**{name: getattr(self, name) for name in names})
+
+
 @dataclass(frozen=True)
 class Settings:
     source: SourceSettings = field(default_factory=SourceSettings)
@@ -66,6 +96,7 @@ class Settings:
     device: DeviceSettings = field(default_factory=DeviceSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    biometry: BiometryConfig = field(default_factory=BiometryConfig)
 
 
 class ConfigError(ValueError):
@@ -86,6 +117,10 @@ def _coerce(value: object, kind: object, where: str) -> object:
         raise ConfigError(f"{where}: {value!r} has the wrong type")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
     if kind in (int, str, bool, float):
         if type(value) is not kind:
             raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
@@ -148,3 +183,21 @@ def _validate(settings: Settings, label: str) -> None:
         raise ConfigError(f"{label}: journal.keep_days must be positive")
     if settings.source.backoff_initial_s <= 0 or settings.source.backoff_max_s <= 0:
         raise ConfigError(f"{label}: source backoff times must be positive")
+    _validate_biometry(settings.biometry, label)
+
+
+def _validate_biometry(bio: BiometryConfig, label: str) -> None:
+    for name in ("min_head_area_fraction", "several_heads_fraction", "cutoff_margin_fraction",
+                 "edge_run_fraction", "min_fit_iou"):
+        if not 0.0 < getattr(bio, name) < 1.0:
+            raise ConfigError(f"{label}: biometry.{name} must be between 0 and 1")
+    if not 0.0 < bio.pixel_size_min_mm < bio.pixel_size_max_mm:
+        raise ConfigError(f"{label}: biometry.pixel_size_min_mm must be positive and below "
+                          f"pixel_size_max_mm")
+    if bio.pixel_size_mm != 0.0 and not (
+            bio.pixel_size_min_mm <= bio.pixel_size_mm <= bio.pixel_size_max_mm):
+        raise ConfigError(f"{label}: biometry.pixel_size_mm {bio.pixel_size_mm:g} is outside "
+                          f"the plausible {bio.pixel_size_min_mm:g}-{bio.pixel_size_max_mm:g} "
+                          f"mm per pixel (0 = unknown)")
+    if not bio.segmenter:
+        raise ConfigError(f"{label}: biometry.segmenter must name a model manifest")

@@ -32,6 +32,11 @@ def test_a_file_and_overrides_are_layered(tmp_path):
     ("[models]\nbackend = 'cuda'\n", "models.backend must be"),
     ("[source\nspec = 1\n", "not valid TOML"),
     ("[roi]\nblack_level = 8.5\n", "roi.black_level: expected int"),
+    ("[biometry]\nprobability_threshold = 0.4\n", "unknown key 'probability_threshold'"),
+    ("[biometry]\npixel_size_mm = 5.0\n", "biometry.pixel_size_mm 5 is outside"),
+    ("[biometry]\npixel_size_mm = -0.1\n", "biometry.pixel_size_mm -0.1 is outside"),
+    ("[biometry]\nhead_planes = 'Brain (Tv.)'\n", "head_planes: expected a list of strings"),
+    ("[biometry]\ncutoff_margin_fraction = 2\n", "cutoff_margin_fraction must be between"),
 ])
 def test_a_bad_key_is_one_line_naming_the_file_and_key(tmp_path, text, expected):
     path = tmp_path / "device.toml"
@@ -52,3 +57,16 @@ def test_the_shipped_board_config_example_is_valid():
 
     settings = load_settings(REPO / "board" / "device.toml.example")
     assert settings.source.spec == "v4l2:0" and settings.device.state_dir == "/var/lib/sonoedge"
+
+
+def test_the_biometry_section_feeds_the_measurement(tmp_path):
+    path = tmp_path / "device.toml"
+    path.write_text('[biometry]\npixel_size_mm = 0.12\nhead_planes = ["Brain (Tv.)"]\n'
+                    'cutoff_margin_fraction = 0.05\n')
+    settings = load_settings(path)
+    assert settings.biometry.pixel_size_mm == 0.12
+    assert settings.biometry.head_planes == ("Brain (Tv.)",)
+    measurement = settings.biometry.measurement()
+    assert measurement.cutoff_margin_fraction == 0.05
+    assert measurement.probability_threshold == 0.5  # the model's manifest sets the real one
+    assert load_settings().biometry.pixel_size_mm == 0.0  # unknown until calibrated: off
