@@ -8,11 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
+from edge import biometry_cli
 from edge.capture import SourceError
 from edge.config import ConfigError, ModelSettings, load_settings
 from edge.manifest import Manifest, ModelError, list_manifests
 
-EXPECTED_ERRORS = (ConfigError, ModelError, SourceError)
+EXPECTED_ERRORS = (ConfigError, ModelError, SourceError, biometry_cli.InputError)
 DELEGATED = {"status": "uplink and device status",
              "outbox": "messages waiting to be published",
              "central": "the district collector and its report"}
@@ -23,7 +24,8 @@ def _score(args: argparse.Namespace) -> int:
     from edge.loop import make_scorer, timed_frames
 
     overrides = {"models": {"dir": args.models_dir, "backend": args.backend,
-                            "num_threads": args.threads}}
+                            "num_threads": args.threads},
+                 "biometry": {"pixel_size_mm": args.pixel_size}}
     settings = load_settings(args.config, overrides)
     scorer = make_scorer(settings)
     failed = 0
@@ -94,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--models-dir")
     score.add_argument("--backend", choices=["litert", "edgetpu", "tflite-runtime"])
     score.add_argument("--threads", type=int)
+    score.add_argument("--pixel-size", type=float, metavar="MM",
+                       help="mm per pixel of these frames: head-plane frames get head biometry "
+                            "(default: the config's [biometry] pixel_size_mm; 0 = off)")
     score.set_defaults(func=_score)
 
     run = verbs.add_parser("run", help="the on-device loop: capture, score, journal, publish")
@@ -106,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--once", action="store_true",
                      help="process the source to its end, try to drain the outbox, exit 0")
     run.set_defaults(func=_run)
+
+    biometry_cli.add_parser(verbs)
 
     models = verbs.add_parser("models", help="installed models with their manifests")
     models.add_argument("--models-dir", default=ModelSettings().dir)

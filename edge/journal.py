@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edge.result import FrameResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 JOURNAL_FILE = "journal.sqlite"
 
 _MIGRATIONS = {
@@ -46,6 +46,12 @@ _MIGRATIONS = {
         record TEXT NOT NULL
     );
     CREATE INDEX results_run ON results(run_id, id);
+    """,
+    # Head biometry: the record holds all of it; the status and HC are columns so a local
+    # review can query them. Older rows keep NULL (they were never measured).
+    2: """
+    ALTER TABLE results ADD COLUMN biometry_status TEXT;
+    ALTER TABLE results ADD COLUMN hc_mm REAL;
     """,
 }
 
@@ -77,12 +83,15 @@ class Journal:
 
     def append(self, run_id: str, result: FrameResult) -> None:
         record = result.to_dict()
+        biometry = result.biometry or {}
         self.db.execute(
             "INSERT INTO results (run_id, source, frame, plane, plane_confidence, latency_ms,"
-            " ts, mono_s, error, record) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " ts, mono_s, error, record, biometry_status, hc_mm)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (run_id, result.source, result.frame, result.plane, result.plane_confidence,
              result.latency_ms, result.ts, result.mono_s, result.error,
-             json.dumps(record, separators=(",", ":"))))
+             json.dumps(record, separators=(",", ":")), biometry.get("status"),
+             biometry.get("hc_mm")))
 
     def end_run(self, run_id: str) -> None:
         self.db.execute(

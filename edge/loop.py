@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from edge.biometry import BiometrySettings, measure_frame, settings_for_model
 from edge.capture import Frame, LiveSettings, Source, open_source
 from edge.config import Settings
 from edge.journal import JOURNAL_FILE, Journal
@@ -36,6 +37,23 @@ def _ms(seconds: float) -> float:
 
 
 @dataclass
+class HeadBiometry:
+    """Head biometry for frames of a head plane, at the probe's known pixel size."""
+
+    model: Model
+    pixel_size_mm: float
+    head_planes: frozenset[str]
+    settings: BiometrySettings = field(default_factory=BiometrySettings)
+
+    def measure(self, image, roi: Roi | None, plane: str | None) -> dict | None:
+        if plane not in self.head_planes:
+            return None  # the loop stays cheap: one extra model run on head planes only
+        t0 = time.perf_counter()
+        result = measure_frame(self.model, image, roi, self.pixel_size_mm, self.settings)
+        return {**result.to_dict(), "ms": round(_ms(time.perf_counter() - t0), 3)}
+
+
+@dataclass
 class Scorer:
     """Scores frames with the plane model, re-finding the screen region now and then.
 
@@ -46,6 +64,7 @@ class Scorer:
     model: Model
     roi_settings: RoiSettings = field(default_factory=RoiSettings)
     roi_refresh_frames: int = 15
+    head: HeadBiometry | None = None
     _roi: Roi | None = None
     _roi_key: tuple | None = None
     _since_roi: int = 0
@@ -75,20 +94,43 @@ class Scorer:
         t1 = time.perf_counter()
         plane = plane_from_output(self.manifest, self.model.run(x))
         t2 = time.perf_counter()
+        biometry = self.head.measure(frame.image, roi, plane.plane) if self.head else None
+        t3 = time.perf_counter()
         preprocess_s, infer_s = t1 - t0, t2 - t1
         return FrameResult(
             source=frame.source, frame=frame.index, plane=plane.plane,
             plane_confidence=plane.confidence,
-            latency_ms=_ms(capture_s + preprocess_s + infer_s), capture_ms=_ms(capture_s),
-            preprocess_ms=_ms(preprocess_s), infer_ms=_ms(infer_s),
+            latency_ms=_ms(capture_s + preprocess_s + infer_s + (t3 - t2)),
+            capture_ms=_ms(capture_s), preprocess_ms=_ms(preprocess_s), infer_ms=_ms(infer_s),
             roi=roi.as_list() if roi else None, model=ident, ts=frame.t_wall,
-            mono_s=frame.t_mono)
+            mono_s=frame.t_mono, biometry=biometry)
+
+
+def make_head_biometry(settings: Settings) -> HeadBiometry | None:
+    """The head segmenter when a pixel size is configured; None (said once) without it.
+
+    A segmenter that is installed but broken is an error like a broken plane model; one
+    that is not installed only turns biometry off.
+    """
+    bio = settings.biometry
+    if not bio.pixel_size_mm:
+        return None
+    path = Path(settings.models.dir) / f"{bio.segmenter}.json"
+    if not path.is_file():
+        log.warning("biometry: %s not installed; frames are scored without head biometry",
+                    path)
+        return None
+    manifest = find_manifest(Path(settings.models.dir), bio.segmenter)
+    measurement = settings_for_model(manifest, bio.measurement())
+    model = load_model(manifest, settings.models.backend, settings.models.num_threads)
+    return HeadBiometry(model, bio.pixel_size_mm, frozenset(bio.head_planes), measurement)
 
 
 def make_scorer(settings: Settings) -> Scorer:
     manifest = find_manifest(Path(settings.models.dir), settings.models.plane)
     model = load_model(manifest, settings.models.backend, settings.models.num_threads)
-    return Scorer(model, settings.roi, settings.loop.roi_refresh_frames)
+    return Scorer(model, settings.roi, settings.loop.roi_refresh_frames,
+                  head=make_head_biometry(settings))
 
 
 def timed_frames(source: Source) -> Iterator[tuple[Frame, float]]:
@@ -160,9 +202,18 @@ class RunStats:
 def format_line(result: FrameResult) -> str:
     if result.error:
         return f"{result.source} #{result.frame}: error: {result.error}"
-    return (f"{result.source} #{result.frame}: {result.plane} {result.plane_confidence:.2f}"
+    line = (f"{result.source} #{result.frame}: {result.plane} {result.plane_confidence:.2f}"
             f"  {result.latency_ms:.1f} ms (capture {result.capture_ms:.1f},"
             f" prep {result.preprocess_ms:.1f}, infer {result.infer_ms:.1f})")
+    bio = result.biometry
+    if bio:
+        if bio.get("hc_mm") is not None:
+            ga = bio.get("ga_weeks")
+            age = f", GA {ga:.1f} wk" if ga is not None else ", GA out of the formula's range"
+            line += f"  HC {bio['hc_mm']:.1f} mm{age}"
+        else:
+            line += f"  biometry: {bio.get('status')}"
+    return line
 
 
 def format_summary(stats: RunStats, source: Source) -> str:
@@ -205,6 +256,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     scorer = make_scorer(settings)
     state_dir = Path(settings.device.state_dir)
     models = {scorer.manifest.name: scorer.manifest.version}
+    if scorer.head is not None:
+        models[scorer.head.model.manifest.name] = scorer.head.model.manifest.version
     mqtt = settings.mqtt
     if settings.device.device_id and not mqtt.device_id:
         mqtt = replace(mqtt, device_id=settings.device.device_id)

@@ -1,4 +1,9 @@
-"""The per-frame result: one JSON-serialisable record that score, journal and summaries share."""
+"""The per-frame result: one JSON-serialisable record that score, journal and summaries share.
+
+`biometry` (head biometry on head-plane frames, `edge.biometry.Biometry.to_dict()` plus its
+time `ms`) was added as an optional key without a schema bump: records without it, and
+readers that ignore it, stay valid.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ class FrameResult:
     ts: float  # wall clock at capture (advisory: the box may have no RTC)
     mono_s: float  # monotonic clock at capture
     error: str | None = None
+    biometry: dict | None = None  # head-plane frames with a known pixel size and a segmenter
     schema: int = RESULT_SCHEMA
 
     def to_dict(self) -> dict:

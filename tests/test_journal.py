@@ -96,3 +96,28 @@ def test_old_runs_age_out_and_recent_ones_stay(tmp_path):
     assert journal.prune(keep_days=90) == 1
     assert [run["source"] for run in journal.runs()] == ["recent", "live"]
     assert len(journal.results()) == 2
+
+
+def test_a_journal_of_schema_1_gains_the_biometry_columns_and_keeps_its_rows(tmp_path):
+    from edge.journal import _MIGRATIONS
+
+    path = tmp_path / "j.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(f"BEGIN; {_MIGRATIONS[1]} PRAGMA user_version=1; COMMIT;")
+    db.execute("INSERT INTO runs (run_id, source, started_ts, models) VALUES ('r', 'a', 1, '{}')")
+    db.execute("INSERT INTO results (run_id, source, frame, ts, mono_s, record)"
+               " VALUES ('r', 'a.png', 0, 1, 1, '{\"frame\": 0}')")
+    db.close()
+    journal = Journal(path)
+    run = journal.start_run("b", {"plane_student": "1.0.0"})
+    head = FrameResult("b.png", 0, "Brain (Tv.)", 0.9, 4.0, 1.0, 1.0, 2.0, None,
+                       "plane_student@1.0.0", time.time(), time.monotonic(),
+                       biometry={"status": "ok", "hc_mm": 171.25, "ms": 9.0})
+    journal.append(run, head)
+    journal.append(run, _result(1))
+    assert [r["frame"] for r in journal.results()] == [0, 0, 1]
+    assert journal.results(run)[0]["biometry"]["hc_mm"] == 171.25
+    rows = sqlite3.connect(path).execute(
+        "SELECT biometry_status, hc_mm FROM results ORDER BY id").fetchall()
+    assert rows == [(None, None), ("ok", 171.25), (None, None)]
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
