@@ -224,9 +224,9 @@ def measure_probability(prob: np.ndarray, box: tuple[int, int, int, int],
     bw, bh = min(bw, frame_w - bx), min(bh, frame_h - by)
     if bw < 2 or bh < 2 or prob.size == 0:
         return Biometry(NO_HEAD, pixel_size_mm=pixel_size_mm)
+    prob = np.nan_to_num(prob, nan=0.0)
     if prob.shape != (bh, bw):
         prob = cv2.resize(prob, (bw, bh), interpolation=cv2.INTER_LINEAR)
-    prob = np.nan_to_num(prob, nan=0.0)
     threshold = settings.probability_threshold
     mask = (prob >= threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -239,14 +239,20 @@ def measure_probability(prob: np.ndarray, box: tuple[int, int, int, int],
         return Biometry(NO_HEAD, pixel_size_mm=pixel_size_mm)
     if len(order) > 1 and areas[order[1]] > settings.several_heads_fraction * largest:
         return Biometry(SEVERAL_HEADS, pixel_size_mm=pixel_size_mm)
-    head = (labels == 1 + order[0]).astype(np.uint8)
+    # From here on, work in the head's bounding box plus one pixel (the outside neighbours).
+    k = 1 + int(order[0])
+    left, top, width, height = (int(v) for v in stats[k, :4])
+    x0, y0 = max(0, left - 1), max(0, top - 1)
+    x1, y1 = min(bw, left + width + 1), min(bh, top + height + 1)
+    head = (labels[y0:y1, x0:x1] == k).astype(np.uint8)
     # The outer outline only: holes inside the head (a dark ventricle) are not its edge.
     contours, _ = cv2.findContours(head, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     filled = np.zeros_like(head)
     cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
-    points = _subpixel_boundary(prob, filled.astype(bool), threshold)
+    points = _subpixel_boundary(prob[y0:y1, x0:x1], filled.astype(bool), threshold)
     if len(points) < 12:
         return Biometry(NO_HEAD, pixel_size_mm=pixel_size_mm)
+    points += (x0, y0)
     (cx, cy), (w, h), fit_angle = cv2.fitEllipseDirect(points.astype(np.float32))
     if not all(math.isfinite(v) for v in (cx, cy, w, h, fit_angle)) or min(w, h) <= 0:
         return Biometry(POOR_FIT, pixel_size_mm=pixel_size_mm)
@@ -258,18 +264,28 @@ def measure_probability(prob: np.ndarray, box: tuple[int, int, int, int],
     # or the head lies along the edge for a long run.
     ex, ey = _extent(major, minor, angle)
     over = max(-0.5 - (cx - ex), (cx + ex) - (bw - 0.5), -0.5 - (cy - ey), (cy + ey) - (bh - 0.5))
-    along_edge = (int(filled[0].sum()) + int(filled[-1].sum()) + int(filled[:, 0].sum())
-                  + int(filled[:, -1].sum()))
+    along_edge = ((int(filled[0].sum()) if y0 == 0 else 0)
+                  + (int(filled[-1].sum()) if y1 == bh else 0)
+                  + (int(filled[:, 0].sum()) if x0 == 0 else 0)
+                  + (int(filled[:, -1].sum()) if x1 == bw else 0))
     perimeter_px = ramanujan_perimeter(major, minor)
     if (over > settings.cutoff_margin_fraction * major
             or along_edge > settings.edge_run_fraction * perimeter_px):
         return Biometry(HEAD_CUT_OFF, ellipse=ellipse, pixel_size_mm=pixel_size_mm)
 
-    drawn = np.zeros_like(filled)
-    cv2.ellipse(drawn, (round(cx * 16), round(cy * 16)), (round(w * 8), round(h * 8)),
-                fit_angle, 0, 360, 1, thickness=cv2.FILLED, lineType=cv2.LINE_8, shift=4)
-    union = int(np.count_nonzero(drawn | filled))
-    iou = int(np.count_nonzero(drawn & filled)) / max(1, union)
+    # The head region must look like the ellipse fitted to its outline (IoU), on the
+    # part of the box that holds either of them.
+    rx0, ry0 = max(0, min(x0, math.floor(cx - ex) - 1)), max(0, min(y0, math.floor(cy - ey) - 1))
+    rx1 = min(bw, max(x1, math.ceil(cx + ex) + 2))
+    ry1 = min(bh, max(y1, math.ceil(cy + ey) + 2))
+    region = np.zeros((ry1 - ry0, rx1 - rx0), np.uint8)
+    region[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] = filled
+    drawn = np.zeros_like(region)
+    cv2.ellipse(drawn, (round((cx - rx0) * 16), round((cy - ry0) * 16)),
+                (round(w * 8), round(h * 8)), fit_angle, 0, 360, 1, thickness=cv2.FILLED,
+                lineType=cv2.LINE_8, shift=4)
+    union = int(np.count_nonzero(drawn | region))
+    iou = int(np.count_nonzero(drawn & region)) / max(1, union)
     if iou < settings.min_fit_iou:
         return Biometry(POOR_FIT, ellipse=ellipse, pixel_size_mm=pixel_size_mm)
 
