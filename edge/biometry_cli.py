@@ -118,12 +118,12 @@ def main(args) -> int:
     settings = load_settings(args.config, overrides)
     images = list_images(Path(args.images))
     sizes = read_pixel_sizes(Path(args.pixel_sizes))
-    manifest = find_manifest(Path(settings.models.dir), settings.biometry.segmenter)
-    measurement = settings_for_model(manifest, settings.biometry.measurement())
-    model = load_model(manifest, settings.models.backend, settings.models.num_threads)
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError(f"{out}: its folder does not exist")
+    manifest = find_manifest(Path(settings.models.dir), settings.biometry.segmenter)
+    measurement = settings_for_model(manifest, settings.biometry.measurement())
+    model = load_model(manifest, settings.models.backend, settings.models.num_threads)
     counts: Counter = Counter()
     try:
         handle = open(out, "w", newline="", encoding="utf-8")
@@ -134,19 +134,17 @@ def main(args) -> int:
         writer.writerow(COLUMNS)
         handle.flush()
         for path in images:
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             pixel = sizes.get(path.name)
             scale_problem = PIXEL_SIZE_MISSING if pixel is None else pixel_size_status(
                 pixel, measurement)
-            if scale_problem is not None:  # no scale, no measurement: skip the model
+            if image is None:
+                row = row_of(path.name, None, UNREADABLE)
+            elif scale_problem is not None:  # no scale, no measurement: skip the model
                 row = row_of(path.name, None, scale_problem)
             else:
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if image is None:
-                    row = row_of(path.name, None, UNREADABLE)
-                else:
-                    # roi None: the segmenter's manifest says how to frame the image.
-                    row = row_of(path.name, measure_frame(model, image, None, pixel,
-                                                          measurement))
+                # roi None: the segmenter's manifest says how to frame the image.
+                row = row_of(path.name, measure_frame(model, image, None, pixel, measurement))
             counts[row[-1]] += 1
             writer.writerow(row)
             handle.flush()
