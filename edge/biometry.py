@@ -303,9 +303,7 @@ def check_segmenter(manifest: Manifest) -> None:
     block = manifest.raw.get("biometry", {})
     if not isinstance(block, dict):
         raise ModelError(f"{manifest.path}: biometry must be an object")
-    unknown = sorted(set(block) - {"probability_threshold"})
-    if unknown:
-        raise ModelError(f"{manifest.path}: biometry: unknown key {unknown[0]!r}")
+    # Other keys in the block are the toolchain's notes; only the threshold is read here.
     threshold = block.get("probability_threshold", BiometrySettings.probability_threshold)
     if (not isinstance(threshold, int | float) or isinstance(threshold, bool)
             or not 0.0 < threshold < 1.0):

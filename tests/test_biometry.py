@@ -223,3 +223,31 @@ def test_to_dict_is_rounded_and_json_ready():
     assert data["ellipse"][4] == pytest.approx(30.0, abs=0.5)
     assert data["ofd_mm"] == pytest.approx(400 * 0.123456789, abs=0.2)
     assert data["bpd_mm"] == pytest.approx(320 * 0.123456789, abs=0.2)
+
+
+def test_the_threshold_is_the_segmenter_manifests_own(tmp_path):
+    import json
+
+    from edge.biometry import check_segmenter, settings_for_model
+    from edge.manifest import ModelError, read_manifest
+
+    def manifest(**changes):
+        raw = {"name": "head_segmenter", "version": "1", "task": "head_segmentation",
+               "file": "head_segmenter.tflite", "sha256": "0" * 64, "labels": ["head"],
+               "input": {"shape": [1, 1, 160, 240], "dtype": "int8"},
+               "output": {"shape": [1, 1, 160, 240], "kind": "logits"},
+               "preprocessing": {"height": 160, "width": 240, "roi": "full"},
+               "biometry": {"probability_threshold": 0.4}, **changes}
+        path = tmp_path / "head_segmenter.json"
+        path.write_text(json.dumps(raw))
+        return read_manifest(path)
+
+    base = BiometrySettings(cutoff_margin_fraction=0.05)
+    settings = settings_for_model(manifest(), base)
+    assert settings.probability_threshold == 0.4 and settings.cutoff_margin_fraction == 0.05
+    assert settings_for_model(manifest(biometry={}), base).probability_threshold == 0.5
+    for bad in ({"task": "plane_classification"},
+                {"biometry": {"probability_threshold": 1.5}},
+                {"biometry": {"probability_threshold": "high"}}, {"biometry": [0.5]}):
+        with pytest.raises(ModelError, match="head_segmenter.json"):
+            check_segmenter(manifest(**bad))
