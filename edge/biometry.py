@@ -209,8 +209,8 @@ def measure_probability(prob: np.ndarray, box: tuple[int, int, int, int],
                         settings: BiometrySettings = BiometrySettings()) -> Biometry:
     """Biometry from a head probability map `prob` (H, W) covering `box` = (x, y, w, h).
 
-    `frame_shape` is the frame's (height, width, ...); the box is clipped to it. See the
-    module docstring for the method and the statuses. The pixel size is checked first.
+    `frame_shape` is the frame's (height, width, ...) and the box must lie inside it. See
+    the module docstring for the method and the statuses. The pixel size is checked first.
     """
     bad_scale = pixel_size_status(pixel_size_mm, settings)
     if bad_scale is not None:
@@ -220,8 +220,8 @@ def measure_probability(prob: np.ndarray, box: tuple[int, int, int, int],
     prob = prob.reshape(prob.shape[-2:]) if prob.ndim > 2 else prob
     frame_h, frame_w = int(frame_shape[0]), int(frame_shape[1])
     bx, by, bw, bh = (int(v) for v in box)
-    bx, by = max(0, bx), max(0, by)
-    bw, bh = min(bw, frame_w - bx), min(bh, frame_h - by)
+    if bx < 0 or by < 0 or bx + bw > frame_w or by + bh > frame_h:
+        raise ValueError(f"box {tuple(box)} is not inside the {frame_w}x{frame_h} frame")
     if bw < 2 or bh < 2 or prob.size == 0:
         return Biometry(NO_HEAD, pixel_size_mm=pixel_size_mm)
     prob = np.nan_to_num(prob, nan=0.0)

@@ -251,3 +251,8 @@ def test_the_threshold_is_the_segmenter_manifests_own(tmp_path):
                 {"biometry": {"probability_threshold": "high"}}, {"biometry": [0.5]}):
         with pytest.raises(ModelError, match="head_segmenter.json"):
             check_segmenter(manifest(**bad))
+
+
+def test_a_box_outside_the_frame_is_a_caller_error():
+    with pytest.raises(ValueError, match="not inside the 800x540 frame"):
+        measure_probability(np.zeros(MODEL_HW, np.float32), (10, 0, 800, 540), (540, 800), 0.1)
