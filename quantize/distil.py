@@ -267,8 +267,14 @@ def distil_loss(s_logits: torch.Tensor, s_maps: torch.Tensor, t_logits: torch.Te
 
 def train_student(student: PlaneStudent, cache: dict[str, np.ndarray], ckpt: Path, seed: int,
                   settings: TrainSettings = TrainSettings(),
-                  heldout: dict[str, np.ndarray] | None = None) -> PlaneStudent:
-    """Train (or resume) and return the student; the checkpoint holds the step reached."""
+                  heldout: dict[str, np.ndarray] | None = None,
+                  extra: dict[str, np.ndarray] | None = None,
+                  extra_share: float = 0.0) -> PlaneStudent:
+    """Train (or resume) and return the student; the checkpoint holds the step reached.
+
+    `extra` (same keys as `cache`, e.g. views of synthesised images) supplies
+    round(extra_share * batch) rows of every batch; the rest come from `cache`.
+    """
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(student.parameters(), lr=settings.lr,
                             weight_decay=settings.weight_decay)
@@ -281,12 +287,18 @@ def train_student(student: PlaneStudent, cache: dict[str, np.ndarray], ckpt: Pat
         step, log = state["step"], state["log"]
         if state.get("settings") != asdict(settings):
             raise ValueError(f"{ckpt}: checkpoint was made with other settings")
+    n = len(cache["student"])
+    n_extra = 0
+    if extra is not None and extra_share > 0:
+        n_extra = int(round(extra_share * settings.batch))
+        cache = {k: np.concatenate([cache[k], extra[k]]) for k in
+                 ("student", "logits", "maps", "label")}
     views = cache["student"]
     t_logits = torch.from_numpy(cache["logits"].astype(np.float32))
+    t_maps = torch.from_numpy(cache["maps"][:n].astype(np.float32))
+    map_scale = float(t_maps.var()) + 1e-6
     t_maps = torch.from_numpy(cache["maps"].astype(np.float32))
     true = torch.from_numpy(cache["label"].astype(np.int64))
-    map_scale = float(t_maps.var()) + 1e-6
-    n = len(views)
     student = student.to(memory_format=torch.channels_last)
 
     def lr_at(s: int) -> float:
@@ -299,7 +311,10 @@ def train_student(student: PlaneStudent, cache: dict[str, np.ndarray], ckpt: Pat
     t0 = time.time()
     while step < settings.steps:
         rng = np.random.default_rng([seed, 3, step])
-        idx = np.sort(rng.choice(n, settings.batch, replace=False))
+        idx = np.sort(rng.choice(n, settings.batch - n_extra, replace=False))
+        if n_extra:
+            idx = np.concatenate([idx, n + np.sort(rng.choice(len(views) - n, n_extra,
+                                                              replace=False))])
         x = _norm_batch(views[idx], STUDENT_SPEC).contiguous(memory_format=torch.channels_last)
         student.train()
         for group in opt.param_groups:
