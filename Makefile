@@ -41,5 +41,9 @@ models: dev-env
 bench: dev-env system-deps
 	$(BIN)/python -m bench
 
+# Synthesised plane images, a row per class: build/plane_student/seed0/synth_montage.png
+montage: dev-env
+	$(BIN)/python -m quantize.montage
+
 clean:
 	rm -rf build .cache .pytest_cache .ruff_cache
