@@ -37,6 +37,11 @@ test: dev-env system-deps lint
 
 models: dev-env
 	$(BIN)/python -m quantize.build_models
+	$(BIN)/python -m quantize.build_segmenter
+
+# Head segmenters on validation patients: build/eval_biometry/report.md + bland_altman.png
+eval-biometry: dev-env
+	$(BIN)/python -m quantize.eval_biometry
 
 bench: dev-env system-deps
 	$(BIN)/python -m bench

@@ -126,10 +126,10 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
             raise ValueError(f"{path}: checkpoint was made with other settings; delete it or "
                              "use --force")
         net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step, log, minutes = state["step"], state["log"], state.get("minutes", 0.0)
         if state.get("done"):
             return net.eval()
+        opt.load_state_dict(state["opt"])
+        step, log, minutes = state["step"], state["log"], state.get("minutes", 0.0)
     if teacher is not None:
         teacher.eval()
     kind_id = zlib.crc32(kind.encode())

@@ -1,0 +1,459 @@
+"""`make models` (head segmenter): masks -> teacher -> baselines -> student -> convert ->
+gate -> manifest, writing models/head_segmenter.tflite and models/head_segmenter.json.
+
+Every step caches its result under build/head_segmenter/seed<seed>/ and is skipped when
+it is already there (training resumes from its checkpoint), so an interrupted run resumes
+where it stopped. The shipped files are written only after the quantization gate passes.
+
+    python -m quantize.build_segmenter [--seed 0] [--until STEP] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantize import seg_data, seg_train
+from quantize.data import DataError, data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ("masks", "teacher", "baselines", "student", "convert", "gate", "manifest")
+KINDS = ("teacher", "unet_small", "deeplab", "student")
+LABELS = {
+    "teacher": "teacher U-Net",
+    "unet_small": "small U-Net, no distillation (baseline)",
+    "deeplab": "DeepLabv3+-lite (baseline)",
+    "student": "student small U-Net, distilled",
+}
+# Gate: the int8 student must segment and measure like its own fp32 model on validation.
+GATE_MIN_MASK_DICE = 0.99  # mean per-frame Dice of the int8 mask against the fp32 mask
+GATE_MAX_HC_CHANGE_MM = 1.0  # mean |HC int8 - HC fp32| over frames both measure
+GATE_MAX_STATUS_CHANGES = 2  # frames measured by one and declined by the other
+GATE_WHY = ("int8 may move the 0.5 iso-contour by a fraction of a model pixel (about 3.4 "
+            "frame pixels, 0.1-1.2 mm); the masks must still agree to Dice >= 0.99 on average "
+            "and the HC by <= 1 mm on average, half the 2 mm HC target, so quantization can "
+            "never eat the error budget unnoticed")
+TEACHER_CALIBRATION = 96  # the teacher's int8 exists only for its size; fewer frames
+
+
+def work_dir(seed: int) -> Path:
+    return REPO / "build" / "head_segmenter" / f"seed{seed}"
+
+
+def tflite_paths(work: Path, kind: str) -> tuple[Path, Path]:
+    return work / "tflite" / f"{kind}_fp32.tflite", work / "tflite" / f"{kind}_int8.tflite"
+
+
+def load_caches(work: Path, seed: int) -> tuple[dict, dict]:
+    root = data_dir()
+    train_frames, val_frames = seg_data.hc18_split(root, seed)
+    train = seg_data.build_cache(train_frames, work / "train_cache.npz", root)
+    val = seg_data.build_cache(val_frames, work / "val_cache.npz", root)
+    return train, val
+
+
+def require(work: Path, kind: str) -> torch.nn.Module:
+    net = seg_train.load_trained(work, kind)
+    if net is None:
+        raise FileNotFoundError(f"{seg_train.checkpoint_path(work, kind)}: no finished {kind} "
+                                "checkpoint (run `make models` first)")
+    return net
+
+
+def convert(work: Path, kind: str, train: dict) -> tuple[Path, Path, str]:
+    """fp32 and int8 .tflite of a trained net; reused only for the same checkpoint."""
+    from quantize.convert import export_fp32, quantize_int8
+
+    ckpt = seg_train.checkpoint_path(work, kind)
+    fp32, int8 = tflite_paths(work, kind)
+    stamp = int8.with_suffix(".from")
+    made_from = f"{ckpt.name} {ckpt.stat().st_mtime_ns}"
+    note = int8.with_suffix(".calibration.txt")
+    if not (int8.exists() and stamp.exists() and stamp.read_text() == made_from):
+        net = require(work, kind)
+        export_fp32(net, (1, 1, seg_data.SPEC.height, seg_data.SPEC.width), fp32)
+        inputs = seg_data.device_inputs(train)
+        n = TEACHER_CALIBRATION if kind == "teacher" else len(inputs)
+        pick = np.random.default_rng([0, 7]).permutation(len(inputs))[:n]
+        quantize_int8(fp32, [inputs[i][None] for i in sorted(pick)], int8)
+        note.write_text(f"{n} real HC18 training frames (of {len(inputs)}, patients of the "
+                        "training split only) through grey_resized + normalise (whole frame, "
+                        "160x240), true min/max activation ranges; no validation frame")
+        stamp.write_text(made_from)
+    return fp32, int8, note.read_text()
+
+
+def gate(work: Path, val: dict, truths: list) -> dict:
+    from quantize.eval_biometry import mask_agreement, score, tflite_logits
+
+    fp32, int8 = tflite_paths(work, "student")
+    inputs = seg_data.device_inputs(val)
+    lf, lq = tflite_logits(fp32, inputs), tflite_logits(int8, inputs)
+    agree = mask_agreement(lf, lq, truths)
+    sf, sq = score(lf, val, truths), score(lq, val, truths)
+    both = [(a, b) for a, b in zip(sf.hc, sq.hc, strict=True) if a is not None and b is not None]
+    changed = sum((a is None) != (b is None) for a, b in zip(sf.hc, sq.hc, strict=True))
+    hc_change = float(np.mean([abs(a - b) for a, b in both])) if both else float("inf")
+    result = {"metric": "int8 vs fp32 student on validation frames: mean per-frame Dice of "
+                        "the device masks, mean |HC change|, frames whose measured/declined "
+                        "status changed",
+              "mask_dice_mean": round(float(np.mean(agree)), 5),
+              "mask_dice_min": round(float(np.min(agree)), 5),
+              "hc_change_mean_mm": round(hc_change, 4), "status_changes": int(changed),
+              "n": len(agree), "min_mask_dice": GATE_MIN_MASK_DICE,
+              "max_hc_change_mm": GATE_MAX_HC_CHANGE_MM,
+              "max_status_changes": GATE_MAX_STATUS_CHANGES, "why": GATE_WHY}
+    failures = []
+    if result["mask_dice_mean"] < GATE_MIN_MASK_DICE:
+        failures.append(f"mask Dice {result['mask_dice_mean']:.4f} < {GATE_MIN_MASK_DICE}")
+    if hc_change > GATE_MAX_HC_CHANGE_MM:
+        failures.append(f"HC change {hc_change:.2f} mm > {GATE_MAX_HC_CHANGE_MM} mm")
+    if changed > GATE_MAX_STATUS_CHANGES:
+        failures.append(f"{changed} frames changed status > {GATE_MAX_STATUS_CHANGES}")
+    result["passed"] = not failures
+    result["failures"] = failures
+    return result
+
+
+def evaluate_rows(work: Path, val: dict, truths: list, threads: int = 2) -> list[dict]:
+    """Every model on the validation frames through the device path, plus size and speed."""
+    from quantize.eval_biometry import score, tflite_logits
+    from quantize.macs import count_macs, count_params
+    from quantize.manifest import median_latency_ms
+
+    inputs = seg_data.device_inputs(val)
+    shape = (1, 1, seg_data.SPEC.height, seg_data.SPEC.width)
+    rows = []
+    for kind in KINDS:
+        net = require(work, kind)
+        fp32, int8 = tflite_paths(work, kind)
+        if not int8.exists():
+            raise FileNotFoundError(f"{int8}: not converted yet (run `make models` first)")
+        forms = [("fp32", fp32)] if kind == "teacher" else [("fp32", fp32), ("int8", int8)]
+        for form, path in forms:
+            scores = score(tflite_logits(path, inputs), val, truths)
+            rows.append({
+                "kind": kind, "form": form, "label": f"{LABELS[kind]} {form}",
+                "scores": scores.summary(val["hc_csv"]), "hc": scores.hc,
+                "params": count_params(net), "macs": count_macs(net, shape),
+                "int8_kb": int8.stat().st_size / 1024, "int8_bytes": int8.stat().st_size,
+                "latency_ms": median_latency_ms(path, threads), "path": str(path)})
+    return rows
+
+
+def choose(rows: list[dict]) -> tuple[str, str]:
+    """The small net to ship: the distilled student unless the same net trained without
+    distillation has the lower int8 HC error on validation (then that one, said so)."""
+    by = {(r["kind"], r["form"]): r["scores"] for r in rows}
+    s, b = by[("student", "int8")], by[("unet_small", "int8")]
+    if b["hc_mad_mm"] is not None and s["hc_mad_mm"] is not None and \
+            b["hc_mad_mm"] < s["hc_mad_mm"]:
+        return "unet_small", (f"the non-distilled small U-Net had the lower int8 HC error on "
+                              f"validation ({b['hc_mad_mm']:.3f} vs {s['hc_mad_mm']:.3f} mm "
+                              "distilled), so it is shipped instead")
+    return "student", (f"distilled student int8 HC MAD {s['hc_mad_mm']} mm vs the same net "
+                       f"without distillation {b['hc_mad_mm']} mm on validation")
+
+
+def build_manifest(work: Path, kind: str, rows: list[dict], gate_result: dict, note: str,
+                   calibration: str, train: dict, val: dict, check: dict, seed: int) -> dict:
+    from quantize.manifest import median_latency_ms
+    from quantize.seg_nets import describe
+
+    spec = seg_data.SPEC
+    shape = [1, 1, spec.height, spec.width]
+    by = {(r["kind"], r["form"]): r for r in rows}
+    mine, mine32, teacher = by[(kind, "int8")], by[(kind, "fp32")], by[("teacher", "fp32")]
+    cmd = f"python -m quantize.build_segmenter --seed {seed}"
+    n_val_pat = len({str(n).split("_")[0] for n in val["name"]})
+    n_tr_pat = len({str(n).split("_")[0] for n in train["name"]})
+    where = (f"{len(val['name'])} HC18 validation frames of {n_val_pat} patients never trained "
+             f"or calibrated on (quantize.data.split seed {seed}); whole frame through "
+             "grey_resized + normalise + this .tflite via edge.runtime; device mask = sigmoid "
+             "upsampled bilinearly to the frame, >= 0.5, vs the filled annotation ellipse at "
+             f"full resolution, per frame then averaged; `{cmd}`")
+    hc_how = ("HC by edge.biometry.measure_probability (sub-pixel 0.5 contour, ellipse fit, "
+              "Ramanujan) minus the CSV HC, over the frames the device measured; " + where)
+
+    def m(value, how, **extra):
+        return {"value": value, "how": how, **extra}
+
+    def rd(value, digits):
+        return None if value is None else round(value, digits)
+
+    s = mine["scores"]
+    lat = {}
+    for label, path in ((f"{kind}_int8", Path(mine["path"])),
+                        (f"{kind}_fp32", Path(mine32["path"])),
+                        ("teacher_fp32", Path(teacher["path"]))):
+        for threads in (1, 2):
+            lat[f"latency_ms_{label}_{threads}t"] = m(
+                round(median_latency_ms(path, threads), 3),
+                f"median of 200 invokes after 20 warm-up, ai-edge-litert 2.3.0 XNNPACK, "
+                f"num_threads={threads}, 2-core x86-64 build box (AVX2, no VNNI), shared with "
+                f"other jobs; `{cmd}`")
+    metrics = {
+        "val_dice_int8": m(rd(s["dice"], 4), where, min=rd(s["dice_min"], 4)),
+        "val_iou_int8": m(rd(s["iou"], 4), where),
+        "val_pixel_accuracy_int8": m(rd(s["pixel_accuracy"], 4), where),
+        "val_hc_mad_mm_int8": m(rd(s["hc_mad_mm"], 3), hc_how,
+                                sd_of_abs=rd(s["hc_abs_sd_mm"], 3),
+                                bias=rd(s["hc_bias_mm"], 3), measured=s["hc_n"], n=s["n"],
+                                statuses=s["statuses"]),
+        "val_dice_fp32": m(rd(mine32["scores"]["dice"], 4), where.replace("this .tflite",
+                                                                           "its fp32 .tflite")),
+        "val_hc_mad_mm_fp32": m(rd(mine32["scores"]["hc_mad_mm"], 3), hc_how),
+        "val_dice_teacher_fp32": m(rd(teacher["scores"]["dice"], 4), where),
+        "val_hc_mad_mm_teacher_fp32": m(rd(teacher["scores"]["hc_mad_mm"], 3), hc_how),
+        "size_bytes": m(mine["int8_bytes"], "size of the .tflite"),
+        **lat,
+    }
+    logs = {}
+    for k in (kind, "teacher"):
+        state = torch.load(seg_train.checkpoint_path(work, k), weights_only=False)
+        logs[k] = {"steps": state["step"], "minutes": round(state["minutes"], 1),
+                   "settings": state["settings"], "last": state["log"][-1]}
+    man = {
+        "manifest_version": 1, "name": "head_segmenter", "version": "1.0.0",
+        "task": "head_segmentation", "file": "head_segmenter.tflite", "sha256": "",
+        "size_bytes": 0, "labels": ["head"],
+        "input": {"shape": shape, "dtype": "int8", "layout": "NCHW"},
+        "output": {"shape": shape, "dtype": "int8", "kind": "logits"},
+        "preprocessing": spec.to_dict(),
+        "biometry": {"probability_threshold": 0.5},
+        "quantization": {
+            "scheme": "ai-edge-quantizer 0.10.0 static_wi8_ai8 (int8 weights and "
+                      "activations, int8 input and output)",
+            "calibration": calibration, "gate": gate_result},
+        "architecture": {"family": describe(kind), "params": mine["params"],
+                         "macs": mine["macs"], "teacher_macs": teacher["macs"],
+                         "teacher_params": teacher["params"]},
+        "metrics": metrics,
+        "selection": {"kind": kind, "note": note},
+        "teacher": f"{describe('teacher')}; trained here on the HC18 training patients, fp32",
+        "training": {
+            "loss": ("BCE on the area-coverage mask + soft Dice" + (
+                "; distilled: + T^2 BCE on the teacher's pixel logits at T=2 + attention "
+                "transfer (beta 1000) at 1/8 and 1/2 resolution" if kind == "student" else "")),
+            "augmentation": "rotation +-20 deg, scale 0.8-1.2, shift +-8%, h/v flips, gain "
+                            "0.7-1.3, gamma 0.7-1.4; image and mask alike",
+            "log": logs},
+        "masks": {"how": "cv2.fitEllipse on every outline pixel of the HC18 annotation, "
+                         "rasterised filled as exact area coverage (8x8 supersampled along "
+                         "the boundary), its area coverage at 160x240 as the target",
+                  "device_hc_of_target_vs_csv_mean_abs_mm": round(check["target_mean_abs_mm"],
+                                                                  4),
+                  "hc_vs_csv_mean_abs_mm": round(check["mean_abs_mm"], 4),
+                  "hc_vs_csv_max_abs_mm": round(check["max_abs_mm"], 4),
+                  "frames": check["n"], "ellipses_past_frame_edge": check["past_edge"]},
+        "training_data": [
+            {"name": "HC18 training-set subset (fetal head), annotations filled to masks",
+             "frames": int(len(train["name"])), "patients": n_tr_pat,
+             "licence": "CC BY 4.0 upstream (not stated in the copying repo)",
+             "split": f"train; {len(val['name'])} frames of {n_val_pat} other patients held "
+                      "out for validation"}],
+        "licences": {"model": "Apache-2.0",
+                     "notes": ("Weights trained from scratch here on HC18 training images "
+                               "and annotations (van den Heuvel et al., PLoS ONE 13(8) "
+                               "e0200412, 2018; Zenodo 10.5281/zenodo.1327317, listed CC BY "
+                               "4.0 upstream, not stated in the copying repo). No image is "
+                               "shipped.")},
+    }
+    return man
+
+
+def export_teacher_fp32(dest: Path, seed: int = 0) -> Path:
+    """The fp32 segmenter teacher .tflite (for `make bench`) and its manifest, regenerated
+    from the checkpoint of the last build."""
+    from quantize.convert import export_fp32
+    from quantize.manifest import finish, sha256_file
+
+    work = work_dir(seed)
+    ckpt = seg_train.checkpoint_path(work, "teacher")
+    path = Path(dest)
+    path = path if path.suffix == ".tflite" else path / "head_teacher_fp32.tflite"
+    man_path = path.with_suffix(".json")
+    stamp = path.with_suffix(".from")
+    made_from = f"{ckpt} {ckpt.stat().st_mtime_ns}" if ckpt.exists() else ""
+    if path.exists() and man_path.exists() and stamp.exists() and \
+            stamp.read_text() == made_from and \
+            json.loads(man_path.read_text()).get("sha256") == sha256_file(path):
+        return path
+    net = require(work, "teacher")
+    spec = seg_data.SPEC
+    shape = [1, 1, spec.height, spec.width]
+    export_fp32(net, tuple(shape), path)
+    man = {"manifest_version": 1, "name": "head_teacher_fp32", "version": "1.0.0",
+           "task": "head_segmentation", "file": path.name, "sha256": "", "size_bytes": 0,
+           "labels": ["head"], "input": {"shape": shape, "dtype": "float32", "layout": "NCHW"},
+           "output": {"shape": shape, "dtype": "float32", "kind": "logits"},
+           "preprocessing": spec.to_dict(), "biometry": {"probability_threshold": 0.5},
+           "quantization": {"scheme": "none (fp32)"}}
+    man_path.write_text(json.dumps(finish(man, path), indent=2) + "\n")
+    stamp.write_text(made_from)
+    return path
+
+
+def evaluate_all(seed: int, out: Path) -> str:
+    """The eval-biometry report (Markdown) and Bland-Altman plot; returns the report."""
+    from quantize.eval_biometry import bland_altman, table, truth_masks
+
+    work = work_dir(seed)
+    train, val = load_caches(work, seed)
+    truths = truth_masks(val)
+    for kind in KINDS:
+        convert(work, kind, train)
+    rows = evaluate_rows(work, val, truths)
+    by = {(r["kind"], r["form"]): r for r in rows}
+    s8, t32 = by[("student", "int8")], by[("teacher", "fp32")]
+    shipped = REPO / "models" / "head_segmenter.json"
+    shipped_note, ba_row = "No shipped model in models/ yet.", s8
+    if shipped.exists():
+        from quantize.manifest import sha256_file
+
+        man = json.loads(shipped.read_text())
+        kind = man.get("selection", {}).get("kind", "student")
+        ba_row = by[(kind, "int8")]
+        same = sha256_file(Path(ba_row["path"])) == man["sha256"] == sha256_file(
+            shipped.parent / man["file"])
+        ba_row["label"] += " (= shipped models/head_segmenter.tflite)" if same else ""
+        shipped_note = (f"Shipped model: {man['selection']['note']}." if same else
+                        "WARNING: models/head_segmenter.tflite is not this build's int8 "
+                        f"{kind}; rebuild with `make models`.")
+    ref = val["hc_csv"]
+    pairs = np.array([(h, r) for h, r in zip(ba_row["hc"], ref, strict=True) if h is not None])
+    out.mkdir(parents=True, exist_ok=True)
+    if len(pairs) < 3:
+        raise ValueError(f"{ba_row['label']}: measured only {len(pairs)} validation heads; no "
+                         "Bland-Altman plot")
+    ba = bland_altman(pairs[:, 0], pairs[:, 1], out / "bland_altman.png",
+                      f"{ba_row['label']}: validation HC vs CSV (n={len(pairs)})")
+    check = seg_data.mask_check(train)
+    check_val = seg_data.mask_check(val)
+    n_pat = len({str(n).split("_")[0] for n in val["name"]})
+    lines = [
+        "# Head biometry on validation patients",
+        "",
+        f"{len(val['name'])} HC18 frames of {n_pat} validation patients (never trained or "
+        f"calibrated on; `quantize.data.split` seed {seed}). Device path: whole frame -> "
+        "grey_resized + normalise (160x240) -> .tflite (edge.runtime) -> sigmoid -> "
+        "edge.biometry.measure_probability. Dice/IoU/pixel accuracy: device mask (bilinear "
+        "upsample to the frame, >= 0.5) vs the filled annotation ellipse, full resolution, "
+        "mean over frames. HC MAD ± sd: mean ± sd of |device HC - CSV HC| over the frames the "
+        "device measured (HC measured column). Latency: median of 200 invokes, ai-edge-litert "
+        "XNNPACK, 2 threads, this run. int8 size: that net's fully int8 .tflite.",
+        "",
+        table(rows),
+        "",
+        f"Speed: student int8 {s8['latency_ms']:.2f} ms vs teacher fp32 "
+        f"{t32['latency_ms']:.2f} ms at 2 threads = {t32['latency_ms'] / s8['latency_ms']:.2f}x "
+        "faster (same run).",
+        f"Distillation: student int8 HC MAD {_f(s8)} mm vs small U-Net without "
+        f"distillation int8 {_f(by[('unet_small', 'int8')])} mm; fp32 {_f(by[('student', 'fp32')])}"
+        f" vs {_f(by[('unet_small', 'fp32')])} mm.",
+        shipped_note,
+        f"Bland-Altman ({ba_row['label']}, n={ba['n']}): bias {ba['bias_mm']:+.2f} mm, sd "
+        f"{ba['sd_mm']:.2f} mm, 95% limits {ba['loa_mm'][0]:+.2f} to {ba['loa_mm'][1]:+.2f} mm "
+        f"-> {out / 'bland_altman.png'}",
+        f"Masks: fitted-ellipse HC vs CSV, train {check['n']} frames mean |diff| "
+        f"{check['mean_abs_mm']:.3f} mm (max {check['max_abs_mm']:.3f}); validation "
+        f"{check_val['n']} frames {check_val['mean_abs_mm']:.3f} mm (max "
+        f"{check_val['max_abs_mm']:.3f}); ellipses past the frame edge: "
+        f"{check['past_edge']} train, {check_val['past_edge']} validation (kept). The "
+        "device's HC of the perfect 160x240 target (area coverage as the probability map): "
+        f"mean |diff| to the CSV {check_val['target_mean_abs_mm']:.3f} mm on "
+        f"{check_val['target_measured']}/{check_val['n']} validation frames, the floor of the "
+        "method.",
+        "Statuses of the shipped/student int8 run: " + json.dumps(ba_row["scores"]["statuses"]),
+    ]
+    report = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(report)
+    return report
+
+
+def _f(row: dict) -> str:
+    v = row["scores"]["hc_mad_mm"]
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    work = work_dir(args.seed)
+    work.mkdir(parents=True, exist_ok=True)
+    train, val = load_caches(work, args.seed)
+    check = seg_data.mask_check(train)
+    print(f"masks: {check['n']} train frames, fitted HC vs CSV mean |diff| "
+          f"{check['mean_abs_mm']:.3f} mm, max {check['max_abs_mm']:.3f}; "
+          f"{check['past_edge']} ellipses run past the frame edge (kept)")
+    if args.until == "masks":
+        return 0
+    order = {"teacher": ["teacher"], "baselines": ["unet_small", "deeplab"],
+             "student": ["student"]}
+    teacher = None
+    for step in ("teacher", "baselines", "student"):
+        for kind in order[step]:
+            settings = seg_train.settings_for(kind)
+            net = seg_train.train(kind, train, work, args.seed, settings, teacher)
+            if kind == "teacher":
+                teacher = net
+        if args.until == step:
+            return 0
+    calibration = {}
+    for kind in KINDS:
+        calibration[kind] = convert(work, kind, train)[2]
+    if args.until == "convert":
+        return 0
+    from quantize.eval_biometry import truth_masks
+
+    truths = truth_masks(val)
+    result = gate(work, val, truths)
+    print("gate: " + json.dumps({k: v for k, v in result.items() if k != "why"}))
+    if not result["passed"]:
+        print(f"quantize gate FAILED: {'; '.join(result['failures'])}", file=sys.stderr)
+        return 1
+    if args.until == "gate":
+        return 0
+    rows = evaluate_rows(work, val, truths)
+    kind, note = choose(rows)
+    print(f"ship: {kind} ({note})")
+    if kind != "student":
+        result = {**result, "note": "gate computed on the distilled student; see selection"}
+    from quantize.manifest import finish
+
+    man = build_manifest(work, kind, rows, result, note, calibration[kind], train, val,
+                         check, args.seed)
+    args.models.mkdir(parents=True, exist_ok=True)
+    dest = args.models / "head_segmenter.tflite"
+    shutil.copyfile(tflite_paths(work, kind)[1], dest)
+    man = finish(man, dest)
+    (args.models / "head_segmenter.json").write_text(json.dumps(man, indent=2) + "\n")
+    print(f"wrote {dest} ({man['size_bytes']} bytes) and its manifest in "
+          f"{(time.time() - started) / 60:.1f} min")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quantize.build_segmenter",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--until", choices=STEPS, default="manifest")
+    parser.add_argument("--models", type=Path, default=REPO / "models")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        print(f"build_segmenter: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The head segmenter toolchain: masks from HC18 outlines, the patient split, the nets'
+shapes and the shipped model on real held-out frames. Fast: no training, a few frames."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from edge.biometry import BiometrySettings, measure_probability, sigmoid
+from edge.manifest import ModelError, read_manifest, verify
+from edge.preprocess import prepare
+from edge.runtime import open_model_file
+from quantize import seg_data
+from quantize.data import DataError
+from quantize.seg_nets import make_net
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SONOEDGE_DATA") or REPO.parent / "shared" / "data")
+needs_data = pytest.mark.skipif(not (DATA / "hc18").is_dir(),
+                                reason=f"{DATA}: shared data folder not present")
+SHIPPED = REPO / "models" / "head_segmenter.json"
+FILES = ["000_HC.png", "010_2HC.png", "100_HC.png", "250_HC.png", "400_HC.png", "600_HC.png",
+         "804_HC.png"]
+
+
+@needs_data
+def test_filled_annotation_reproduces_csv_hc():
+    table = seg_data.read_hc_table(DATA)
+    for name in FILES:
+        pixel, hc = table[name]
+        path = DATA / "hc18" / "annotations" / name.replace(".png", "_Annotation.png")
+        ell = seg_data.fit_annotation(path)
+        # The fitted ellipse's Ramanujan perimeter: within 0.1 mm of the CSV (measured:
+        # mean 0.009, max 0.045 mm over all 499 files).
+        assert abs(ell.perimeter_px() * pixel - hc) < 0.1, name
+        outline = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        mask = seg_data.fill_ellipse(outline.shape, ell)
+        # Filled, not an outline: the area is pi*a*b (up to the frame edge).
+        area = float(mask.sum())
+        assert abs(area - np.pi * ell.width * ell.height / 4) < 2 or seg_data.past_edge(
+            outline.shape, ell), name
+        # The device's measurement of the filled mask gives back the CSV HC.
+        bio = measure_probability(mask, (0, 0, mask.shape[1], mask.shape[0]), mask.shape, pixel,
+                                  BiometrySettings())
+        assert bio.hc_mm is not None and abs(bio.hc_mm - hc) < 0.1, (name, bio.hc_mm, hc)
+        # The raw outline is not a head mask: measured as-is it is a thin ring.
+        assert np.count_nonzero(outline > 127) < 0.2 * area
+
+
+@needs_data
+def test_mask_at_model_size_keeps_the_hc():
+    """The 160x240 area-coverage target, as a probability map, gives the device the CSV HC."""
+    table = seg_data.read_hc_table(DATA)
+    for name in FILES[:4]:
+        pixel, hc = table[name]
+        ell = seg_data.fit_annotation(seg_data.annotation_path(DATA / "hc18" / "images" / name))
+        shape = cv2.imread(str(DATA / "hc18" / "images" / name), cv2.IMREAD_GRAYSCALE).shape
+        cov = seg_data.coverage(seg_data.fill_ellipse(shape, ell), 160, 240)
+        bio = measure_probability(cov, (0, 0, shape[1], shape[0]), shape, pixel)
+        assert bio.hc_mm is not None and abs(bio.hc_mm - hc) < 0.1, (name, bio.hc_mm, hc)
+
+
+def test_bad_annotation_names_the_file(tmp_path):
+    blank = tmp_path / "999_HC_Annotation.png"
+    cv2.imwrite(str(blank), np.zeros((50, 80), np.uint8))
+    with pytest.raises(DataError, match="999_HC_Annotation.png"):
+        seg_data.fit_annotation(blank)
+    with pytest.raises(DataError, match="nothing.png"):
+        seg_data.fit_annotation(tmp_path / "nothing.png")
+
+
+@needs_data
+def test_split_keeps_every_patient_on_one_side():
+    train, val = seg_data.hc18_split(DATA, seed=0)
+    assert len(train) + len(val) == 499
+    assert 100 < len(val) < 170
+    tr = {f.path.name.split("_")[0] for f in train}
+    va = {f.path.name.split("_")[0] for f in val}
+    assert tr.isdisjoint(va)
+    everything = {p.name for p in (DATA / "hc18" / "images").glob("*.png")}
+    for side in (train, val):
+        ids = {f.path.name.split("_")[0] for f in side}
+        assert {n for n in everything if n.split("_")[0] in ids} == {f.path.name for f in side}
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student", "unet_small", "deeplab"])
+def test_forward_shapes(kind):
+    net = make_net(kind).eval()
+    with torch.no_grad():
+        out, feats = net.forward_all(torch.zeros(2, 1, 160, 240))
+    assert tuple(out.shape) == (2, 1, 160, 240)
+    assert all(f.shape[0] == 2 for f in feats)
+
+
+def test_student_and_teacher_sizes():
+    from quantize.macs import count_params
+    from quantize.seg_train import AT_PAIRS
+
+    student, teacher = make_net("student"), make_net("teacher")
+    assert count_params(student) < 250_000 < 1_000_000 < count_params(teacher) < 2_000_000
+    with torch.no_grad():
+        _, fs = student.forward_all(torch.zeros(1, 1, 160, 240))
+        _, ft = teacher.forward_all(torch.zeros(1, 1, 160, 240))
+    for i, j in AT_PAIRS:
+        assert fs[i].shape[-2:] == ft[j].shape[-2:]
+
+
+needs_model = pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped head segmenter")
+
+
+@needs_model
+def test_shipped_manifest_matches_file_and_contract(tmp_path):
+    man = read_manifest(SHIPPED)
+    verify(man)
+    raw = man.raw
+    h, w = man.preprocessing.height, man.preprocessing.width
+    assert raw["task"] == "head_segmentation"
+    assert raw["output"] == {"shape": [1, 1, h, w], "dtype": "int8", "kind": "logits"}
+    assert raw["input"]["shape"] == [1, 1, h, w] and raw["input"]["dtype"] == "int8"
+    assert raw["biometry"] == {"probability_threshold": 0.5}
+    assert raw["size_bytes"] <= 1_000_000
+    for key in ("quantization", "architecture", "metrics", "training_data", "licences"):
+        assert key in raw
+    assert all("how" in v for v in raw["metrics"].values())
+    # A changed byte is refused.
+    copy = tmp_path / raw["file"]
+    shutil.copyfile(man.model_path, copy)
+    with open(copy, "r+b") as handle:
+        handle.seek(len(copy.read_bytes()) // 2)
+        handle.write(b"\x00\x01")
+    (tmp_path / SHIPPED.name).write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="sha256"):
+        verify(read_manifest(tmp_path / SHIPPED.name))
+
+
+@needs_model
+@needs_data
+def test_shipped_model_segments_held_out_heads():
+    man = read_manifest(SHIPPED)
+    model = open_model_file(man.model_path, "litert", 2)
+    _, val = seg_data.hc18_split(DATA, seed=0)
+    table = seg_data.read_hc_table(DATA)
+    for frame in val[::33][:4]:
+        image = cv2.imread(str(frame.path), cv2.IMREAD_UNCHANGED)
+        logits = model.run(prepare(image, None, man.preprocessing))
+        assert logits.shape == (1, 1, man.preprocessing.height, man.preprocessing.width)
+        prob = sigmoid(logits[0, 0])
+        h, w = image.shape[:2]
+        pred = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
+        truth = seg_data.fill_ellipse((h, w), seg_data.fit_annotation(
+            seg_data.annotation_path(frame.path))) >= 0.5
+        dice = 2 * np.count_nonzero(pred & truth) / (pred.sum() + truth.sum())
+        assert dice >= 0.9, (frame.path.name, dice)
+        pixel, hc = table[frame.path.name]
+        bio = measure_probability(prob, (0, 0, w, h), image.shape, pixel)
+        if bio.hc_mm is not None:
+            assert abs(bio.hc_mm - hc) < 10, (frame.path.name, bio.hc_mm, hc)
