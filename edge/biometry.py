@@ -122,11 +122,13 @@ def ramanujan_perimeter(a: float, b: float) -> float:
 def hadlock_ga_weeks(hc_mm: float) -> float | None:
     """Menstrual age in weeks from HC in mm, Hadlock et al. 1984 (Radiology 152:497-501).
 
-    GA = 8.96 + 0.540 HC + 0.0003 HC^3, HC in cm, fitted on 361 fetuses of 14-42 menstrual
-    weeks. The formula was checked against its secondary sources (vendor obstetric tables
-    "GA by HC - Hadlock 1984", e.g. HC 17.0 cm -> 19.6 weeks) and Hadlock's HC table
-    (HC 17.0 cm at 19.5 weeks, 34.6 cm at 40 weeks). Outside 14-42 weeks (HC about 89-358
-    mm) the study says nothing, so None is returned rather than an extrapolation.
+    GA = 8.96 + 0.540 HC + 0.0003 HC^3, HC in cm. Sources checked: the paper's abstract
+    (cross-sectional study of 361 fetuses of 14-42 menstrual weeks; the full text is
+    paywalled and was not read); Hadlock's HC-for-age table as reproduced by
+    medicalalgorithms.com ("from Hadlock (1984)": HC 17.0 cm at 19.5 weeks, 34.6 cm at 40
+    weeks; the formula gives 19.6 and 40.1); and independent implementations quoting the
+    same coefficients. Outside 14-42 weeks (HC about 89-358 mm) the study says nothing, so
+    None is returned rather than an extrapolation.
     """
     if hc_mm is None or not math.isfinite(hc_mm) or hc_mm <= 0:
         return None
