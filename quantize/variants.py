@@ -8,7 +8,9 @@ rotated (+-15 deg), scaled (0.8-1.2), shifted (+-5% of its width/height), its ga
 (multiplicative noise, std 0-0.25), then pasted back into the screen. Each variant screen
 then goes through the device path: `find_roi` + `edge.preprocess.prepare` + the int8
 .tflite via `edge.runtime.open_model_file`; the fp32 teacher sees the same region at
-224x288 (TEACHER_SPEC). Rows are grouped by the example's true class.
+224x288 (TEACHER_SPEC). Rows are grouped by the example's true class. Beside them, the
+teacher's own stability: how often it gives the same answer when 4% of the region is cut
+from every side (the same measure as the manifest's held-out one).
 
 Background has no example screen. Its 50 variants come from real frames of `planes/` that
 carry no SonoNet label (maternal cervix, "Other", umbilical-cord frames) and that the
@@ -37,7 +39,7 @@ from tqdm import tqdm
 
 from edge.preprocess import grey_resized, normalise
 from edge.roi import Roi, find_roi
-from quantize.data import LABELS, DataError, data_dir, list_frames, read_frame
+from quantize.data import LABELS, DataError, border_crop, data_dir, list_frames, read_frame
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "build" / "plane_student" / "seed0"
@@ -105,7 +107,8 @@ def build_views(seed: int = 0, settings: VariantSettings = VariantSettings(),
     from quantize.teacher import load_teacher
 
     cache = cache or WORK / "variants" / f"views_seed{seed}.npz"
-    key = json.dumps({"seed": seed, **asdict(settings)}, sort_keys=True)
+    key = json.dumps({"seed": seed, **asdict(settings), "with": "teacher_crop"},
+                     sort_keys=True)
     if cache.exists():
         data = dict(np.load(cache))
         if str(data.get("key")) == key:
@@ -118,7 +121,7 @@ def build_views(seed: int = 0, settings: VariantSettings = VariantSettings(),
     bg = background_sources(teacher, frames)
     if not bg:
         raise DataError(f"{root / 'planes'}: no unlabelled frame the teacher calls Background")
-    views, t_views, cls, src_names, params = [], [], [], [], []
+    views, t_views, t_crop, cls, src_names, params = [], [], [], [], [], []
     jobs = [(f, label, v) for f, label in sources for v in range(settings.per_class)]
     jobs += [(bg[v % len(bg)], "Background", v) for v in range(settings.per_class)]
     images: dict[Path, np.ndarray] = {}
@@ -133,19 +136,23 @@ def build_views(seed: int = 0, settings: VariantSettings = VariantSettings(),
         roi = find_roi(var)
         views.append(grey_resized(var, roi, STUDENT_SPEC))
         t_views.append(grey_resized(var, roi, TEACHER_SPEC))
+        t_crop.append(grey_resized(var, border_crop(roi, var.shape), TEACHER_SPEC))
         cls.append(LABELS.index(label))
         src_names.append(frame.path.name)
         params.append(json.dumps(p))
     t_logits, _ = teacher_targets(teacher, np.stack(t_views))
+    crop_logits, _ = teacher_targets(teacher, np.stack(t_crop))
     vidx = [v for _, _, v in jobs]
     from quantize.gate import views_for
 
     held = dict(np.load(WORK / "heldout.npz"))
     out = {"views": np.stack(views), "teacher_logits": t_logits.astype(np.float32),
+           "teacher_crop_logits": crop_logits.astype(np.float32),
            "cls": np.asarray(cls, np.int16), "vidx": np.asarray(vidx, np.int16),
            "source": np.array(src_names),
            "params": np.array(params), "held_views": views_for(held, STUDENT_SPEC),
            "held_logits": held["logits"].astype(np.float32), "held_source": held["source"],
+           "held_crop_logits": held["crop_logits"].astype(np.float32),
            "held_name": held["name"], "key": np.array(key)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp.npz")
@@ -184,19 +191,24 @@ def evaluate(model: Path, seed: int = 0, threads: int = 1) -> dict:
 
 def summarise(data: dict, v_logits: np.ndarray, h_logits: np.ndarray, model, digest) -> dict:
     t = data["teacher_logits"].argmax(1)
+    tc = data["teacher_crop_logits"].argmax(1)
     s = v_logits.argmax(1)
     rows = {}
     for c, name in enumerate(LABELS):
         m = data["cls"] == c
         if m.any():
             rows[name] = {"n": int(m.sum()), "agree": int((s[m] == t[m]).sum()),
-                          "teacher_true": int((t[m] == c).sum())}
+                          "teacher_true": int((t[m] == c).sum()),
+                          "teacher_stable": int((tc[m] == t[m]).sum())}
     rows["all variants"] = {"n": len(t), "agree": int((s == t).sum()),
-                            "teacher_true": int((t == data["cls"]).sum())}
+                            "teacher_true": int((t == data["cls"]).sum()),
+                            "teacher_stable": int((tc == t).sum())}
     ht, hs = data["held_logits"].argmax(1), h_logits.argmax(1)
     for src, name in (("hc18", "held-out HC18 heads"), ("planes", "held-out planes frames")):
         m = data["held_source"] == src
-        rows[name] = {"n": int(m.sum()), "agree": int((hs[m] == ht[m]).sum())}
+        rows[name] = {"n": int(m.sum()), "agree": int((hs[m] == ht[m]).sum()),
+                      "teacher_stable": int((data["held_crop_logits"][m].argmax(1) ==
+                                             ht[m]).sum())}
     return {"model": str(model), "sha256_12": digest, "rows": rows,
             "variant_logits": v_logits, "held_logits": h_logits}
 
@@ -211,12 +223,14 @@ def table(results: dict[str, dict]) -> str:
     """Markdown: one row per class, one column per model (e.g. before, after)."""
     names = list(results)
     first = results[names[0]]["rows"]
-    head = ["class", "n", "teacher names true class"] + [
+    head = ["class", "n", "teacher names true class", "teacher same answer, 4% crop"] + [
         f"{n}: int8 vs teacher" for n in names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, row in first.items():
         tt = f"{row['teacher_true']}/{row['n']}" if "teacher_true" in row else "-"
-        cells = [key, str(row["n"]), tt] + [_cell(results[n]["rows"].get(key)) for n in names]
+        ts = f"{row['teacher_stable']}/{row['n']}" if "teacher_stable" in row else "-"
+        cells = [key, str(row["n"]), tt, ts] + [_cell(results[n]["rows"].get(key))
+                                               for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
