@@ -251,8 +251,9 @@ def _add_extras(man: dict, extras: dict) -> None:
                     "planes/ frames the teacher calls Background, through find_roi + "
                     "prepare + the int8 .tflite; teacher = fp32 SonoNet-16 on the same "
                     "region; rows grouped by the example's true class; the examples and "
-                    "the Background sources are training frames, the held-out rows are "
-                    "not; `python -m quantize.variants --model models/plane_student.tflite`")}
+                    "22 of the 24 Background sources are training frames, the held-out "
+                    "rows are not; "
+                    "`python -m quantize.variants --model models/plane_student.tflite`")}
     syn = extras.get("synthesis")
     if syn:
         man["synthesis"] = {

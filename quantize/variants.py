@@ -15,8 +15,9 @@ from every side (the same measure as the manifest's held-out one).
 Background has no example screen. Its 50 variants come from real frames of `planes/` that
 carry no SonoNet label (maternal cervix, "Other", umbilical-cord frames) and that the
 teacher itself calls Background on the clean device view, cycled in file order (seeded
-variants, the same transforms). They are real non-plane frames, but they are in the
-student's training set (as are the 13 examples); the held-out rows below are not.
+variants, the same transforms): with seed 0, 24 frames (17 umbilical-cord frames, 7
+FETAL_PLANES_DB "Other"/cervix/unlabelled-brain frames), 22 of them training frames (as
+are the 13 examples) and 2 held-out ones; the held-out rows below are never trained on.
 
 In the same run: the held-out real frames of `heldout.npz` (HC18 heads and FETAL_PLANES_DB
 frames of patients never trained on), device-path views, the teacher's answer as target.
