@@ -90,10 +90,10 @@ def convert(work: Path, kind: str, train: dict) -> tuple[Path, Path, str]:
     return fp32, int8, note.read_text()
 
 
-def gate(work: Path, val: dict, truths: list) -> dict:
+def gate(work: Path, val: dict, truths: list, kind: str = "student") -> dict:
     from quantize.eval_biometry import mask_agreement, score, tflite_logits
 
-    fp32, int8 = tflite_paths(work, "student")
+    fp32, int8 = tflite_paths(work, kind)
     inputs = seg_data.device_inputs(val)
     lf, lq = tflite_logits(fp32, inputs), tflite_logits(int8, inputs)
     agree = mask_agreement(lf, lq, truths)
@@ -101,9 +101,9 @@ def gate(work: Path, val: dict, truths: list) -> dict:
     both = [(a, b) for a, b in zip(sf.hc, sq.hc, strict=True) if a is not None and b is not None]
     changed = sum((a is None) != (b is None) for a, b in zip(sf.hc, sq.hc, strict=True))
     hc_change = float(np.mean([abs(a - b) for a, b in both])) if both else float("inf")
-    result = {"metric": "int8 vs fp32 student on validation frames: mean per-frame Dice of "
+    result = {"metric": f"int8 vs fp32 {kind} on validation frames: mean per-frame Dice of "
                         "the device masks, mean |HC change|, frames whose measured/declined "
-                        "status changed",
+                        "status changed", "model": kind,
               "mask_dice_mean": round(float(np.mean(agree)), 5),
               "mask_dice_min": round(float(np.min(agree)), 5),
               "hc_change_mean_mm": round(hc_change, 4), "status_changes": int(changed),
@@ -425,7 +425,12 @@ def run(args: argparse.Namespace) -> int:
     kind, note = choose(rows)
     print(f"ship: {kind} ({note})")
     if kind != "student":
-        result = {**result, "note": "gate computed on the distilled student; see selection"}
+        # The shipped net must pass the gate itself.
+        result = gate(work, val, truths, kind)
+        print(f"gate ({kind}): " + json.dumps({k: v for k, v in result.items() if k != "why"}))
+        if not result["passed"]:
+            print(f"quantize gate FAILED: {'; '.join(result['failures'])}", file=sys.stderr)
+            return 1
     from quantize.manifest import finish
 
     man = build_manifest(work, kind, rows, result, note, calibration[kind], train, val,
