@@ -29,6 +29,37 @@ def _reference_models() -> tuple[Path, Path | None]:
     return teacher.with_suffix(".json"), student
 
 
+def _segmenter_rows(frame: Path) -> None:
+    """The head segmenter: fp32 teacher (regenerated from the build's checkpoint) vs the
+    shipped int8 student, timed in this run like the plane models."""
+    from quantize.build_segmenter import export_teacher_fp32
+
+    shipped = REPO / "models" / "head_segmenter.json"
+    try:
+        teacher = export_teacher_fp32(BUILD / "head_teacher").with_suffix(".json")
+    except FileNotFoundError as exc:
+        print(f"\nnote: {exc}; the head segmenter rows are left out")
+        return
+    if not shipped.is_file():
+        print(f"\nnote: {shipped} missing; the head segmenter rows are left out")
+        return
+    import json
+
+    kind = json.loads(shipped.read_text()).get("selection", {}).get("kind", "student")
+    labels = ("head teacher U-Net fp32", f"head {kind} int8 (shipped)")
+    rows = model_table(list(zip(labels, (teacher, shipped), strict=True)), frame)
+    print("\n## Head segmenter latency (ai-edge-litert, XNNPACK; 160x240, one real frame, "
+          "200 invokes)\n")
+    print(format_table(rows))
+    by = {(r.label, r.threads): r.median_ms for r in rows}
+    for threads in (1, 2):
+        t, s = by[(labels[0], threads)], by[(labels[1], threads)]
+        print(f"\nratio at {threads} thread(s): head {kind} int8 is {t / s:.2f}x faster than "
+              f"the head teacher fp32 ({s:.2f} / {t:.2f} ms)")
+    size = (REPO / "models" / "head_segmenter.tflite").stat().st_size
+    print(f"head {kind} int8 size: {size / 1024:.0f} KiB ({size} bytes)")
+
+
 def main() -> int:
     from quantize.data import data_dir, list_frames, split
 
@@ -52,6 +83,8 @@ def main() -> int:
             print(f"ratio at {threads} thread(s): student fp32 / teacher fp32 = {s32 / t:.3f}")
     size = (REPO / "models" / "plane_student.tflite").stat().st_size
     print(f"student int8 size: {size / 1024:.0f} KiB ({size} bytes)")
+
+    _segmenter_rows(frame)
 
     print("\n## Whole per-frame path on the demo clip (capture + ROI + preprocess + infer)\n")
     path = time_device_path(student_int8, 2)

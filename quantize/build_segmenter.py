@@ -334,7 +334,8 @@ def evaluate_all(seed: int, out: Path) -> str:
         raise ValueError(f"{ba_row['label']}: measured only {len(pairs)} validation heads; no "
                          "Bland-Altman plot")
     ba = bland_altman(pairs[:, 0], pairs[:, 1], out / "bland_altman.png",
-                      f"{ba_row['label']}: validation HC vs CSV (n={len(pairs)})")
+                      f"{ba_row['kind']} int8{' (shipped)' if shipped.exists() else ''}: "
+                      f"validation HC vs CSV, n={len(pairs)}")
     check = seg_data.mask_check(train)
     check_val = seg_data.mask_check(val)
     n_pat = len({str(n).split("_")[0] for n in val["name"]})
@@ -423,6 +424,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = evaluate_rows(work, val, truths)
     kind, note = choose(rows)
+    if args.ship != "auto":
+        note = (f"{args.ship} chosen by --ship {args.ship} (the default rule would ship {kind}: "
+                f"{note})")
+        kind = args.ship
     print(f"ship: {kind} ({note})")
     if kind != "student":
         # The shipped net must pass the gate itself.
@@ -452,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", choices=STEPS, default="manifest")
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ship", choices=("auto",) + KINDS[1:], default="auto",
+                        help="auto: the distilled student unless the same net without "
+                             "distillation measures the lower int8 HC error on validation")
     args = parser.parse_args(argv)
     try:
         return run(args)
