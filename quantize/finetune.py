@@ -13,7 +13,7 @@ synthetic views and the rest from the real cache (real frames, examples and mixu
 with its own checkpoint named from a hash of its settings, the base checkpoint and the
 synthesis tag, so the base checkpoint stays untouched.
 
-    python -m quantize.finetune [--seed 0] [--threads 1] [--steps 400]
+    python -m quantize.finetune [--seed 0] [--threads 1] [--steps 800]
 """
 
 from __future__ import annotations
@@ -38,14 +38,17 @@ REPO = Path(__file__).resolve().parents[1]
 class FinetuneSettings:
     views_per_image: int = 16
     images_per_chunk: int = 32
-    steps: int = 400
+    steps: int = 800
     batch: int = 64
     lr: float = 3e-4
     warmup: int = 20
     synth_share: float = 0.25  # of every batch
     # No CE on the example screens' true labels here (the base run used 0.5): on the
     # variants the teacher often answers otherwise (3VV variants: RVOT 21, Background 15,
-    # 3VV 13 of 50) and the student's job is to answer like the teacher.
+    # 3VV 13 of 50) and the student's job is to answer like the teacher. Measured (800
+    # steps, int8): 0.0 -> 634/700 variants, 123/133 held-out heads; 0.1 -> 632/700,
+    # 122/133; the 400-step run with 0.5 -> 608/700, 123/133. Cost: with 0.0 and 0.1 the
+    # student says RVOT on the clean 3VV example screen (the teacher says 3VV there).
     label_weight: float = 0.0
 
 
