@@ -21,6 +21,8 @@ from collections import deque
 from functools import cache
 from pathlib import Path
 
+from edge.biometry import MEASURED, hadlock_ga_weeks
+
 SCHEMA_VERSION = 1
 KINDS = ("exam", "health", "status")
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
@@ -29,6 +31,10 @@ PLANES = (
     "3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur", "Kidneys",
     "Lips", "LVOT", "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)",
 )
+# Frames the plane model abstained on are counted as such: a district site must be able to
+# tell "the model was unsure" from "a plane outside the list".
+UNCERTAIN = "uncertain"
+PLANE_MODEL = "plane_student"  # the model whose version an exam keeps when space is short
 
 
 def envelope(kind: str, device_id: str, clinic_id: str, boot_id: str) -> dict:
@@ -81,6 +87,8 @@ class ExamTally:
         self.planes: dict[str, list] = {}
         self.latencies: deque[float] = deque(maxlen=self.LATENCY_WINDOW)
         self.model_tags: dict[str, None] = {}
+        self.head_mm: deque[tuple[float, float, float]] = deque(maxlen=self.LATENCY_WINDOW)
+        self.head_declined: dict[str, int] = {}
 
     def add(self, r: dict) -> None:
         self.frames += 1
@@ -96,12 +104,40 @@ class ExamTally:
         plane = r.get("plane")
         if not isinstance(plane, str):
             return
-        label = plane if plane in PLANES else "other"
+        label = plane if plane in PLANES or plane == UNCERTAIN else "other"
         conf = r.get("plane_confidence")
         conf = float(conf) if isinstance(conf, int | float) else 0.0
         entry = self.planes.setdefault(label, [0, 0.0])
         entry[0] += 1
         entry[1] = max(entry[1], conf)
+        self._add_biometry(r.get("biometry"))
+
+    def _add_biometry(self, bio) -> None:
+        if not isinstance(bio, dict) or not isinstance(bio.get("status"), str):
+            return
+        mm = [bio.get(k) for k in ("hc_mm", "bpd_mm", "ofd_mm")]
+        if bio["status"] in MEASURED and all(isinstance(v, int | float) for v in mm):
+            self.head_mm.append(tuple(float(v) for v in mm))
+        elif len(self.head_declined) < 8 or bio["status"] in self.head_declined:
+            status = bio["status"][:24]
+            self.head_declined[status] = self.head_declined.get(status, 0) + 1
+
+    def biometry(self) -> dict | None:
+        """The exam's head biometry: medians over every measured head-plane frame (robust to
+        the odd bad frame), the spread of HC, and the age from the median HC."""
+        if not self.head_mm and not self.head_declined:
+            return None
+        out: dict = {"measured": len(self.head_mm),
+                     "declined": dict(sorted(self.head_declined.items()))}
+        if self.head_mm:
+            hc, bpd, ofd = (sorted(col) for col in zip(*self.head_mm, strict=True))
+            median_hc = _pct(hc, 0.5)
+            ga = hadlock_ga_weeks(median_hc)
+            out.update({"hc_mm": median_hc, "hc_p10_mm": _pct(hc, 0.1),
+                        "hc_p90_mm": _pct(hc, 0.9), "bpd_mm": _pct(bpd, 0.5),
+                        "ofd_mm": _pct(ofd, 0.5),
+                        "ga_weeks": None if ga is None else round(ga, 1)})
+        return out
 
     def body(self, source: str, started_ts: float, ended_ts: float,
              started_mono: float | None = None, ended_mono: float | None = None,
@@ -112,6 +148,7 @@ class ExamTally:
         else:
             duration = max(0.0, ended_ts - started_ts)
         latencies = list(self.latencies)
+        head = self.biometry()
         return {
             "exam_id": exam_id or hashlib.sha256(
                 f"{source}|{started_ts}|{started_mono}".encode()).hexdigest()[:16],
@@ -126,6 +163,7 @@ class ExamTally:
             "latency_ms": {"p50": _pct(latencies, 0.5), "p90": _pct(latencies, 0.9)},
             "models": _model_versions([{"model": t} for t in self.model_tags],
                                       model_versions),
+            **({"biometry": head} if head is not None else {}),
         }
 
 
@@ -152,10 +190,47 @@ def summarize_exam(
                       model_versions, exam_id)
 
 
+def _exam_size(payload: dict) -> int:
+    return len(json.dumps(payload, separators=(",", ":"))) + 100  # room for msg_id and seq
+
+
+def _shed(body: dict) -> list[dict]:
+    """Ever smaller versions of an exam body, least useful detail first, so a busy exam
+    still fits in 1 KB instead of being refused: the HC spread, then the reasons head
+    frames were declined (kept as one count), then plane confidences to two digits."""
+    bio = body.get("biometry")
+    steps = []
+    if isinstance(bio, dict):
+        bio = {k: v for k, v in bio.items() if k not in ("hc_p10_mm", "hc_p90_mm")}
+        steps.append({**body, "biometry": bio})
+        declined = sum(v for v in bio.get("declined", {}).values() if isinstance(v, int))
+        bio = {**bio, "declined": {"all": declined} if declined else {}}
+        body = {**body, "biometry": bio}
+        steps.append(body)
+    planes = body.get("planes")
+    if isinstance(planes, dict):
+        body = {**body, "planes": {k: [v[0], round(v[1], 2)] if isinstance(v, list)
+                                   and len(v) == 2 and isinstance(v[1], float) else v
+                                   for k, v in planes.items()}}
+        steps.append(body)
+    models = body.get("models")
+    if isinstance(models, dict) and len(models) > 1:
+        # every health message names the installed models too
+        first = PLANE_MODEL if PLANE_MODEL in models else sorted(models)[0]
+        steps.append({**body, "models": {first: models[first]}})
+    return steps
+
+
 def build_exam(env: dict, body: dict) -> dict:
-    """Envelope plus exam body; refuses a body that would not fit in 1 KB once sent."""
+    """Envelope plus exam body in at most 1 KB once sent, shedding detail if it must;
+    refuses (ValueError) only a body that cannot be made to fit."""
     payload = {**env, **body}
-    size = len(json.dumps(payload, separators=(",", ":"))) + 100  # room for msg_id and seq
+    size = _exam_size(payload)
+    for smaller in _shed(body):
+        if size <= EXAM_MAX_BYTES:
+            break
+        payload = {**env, **smaller}
+        size = _exam_size(payload)
     if size > EXAM_MAX_BYTES:
         raise ValueError(f"exam summary would be {size} bytes, over {EXAM_MAX_BYTES}")
     return payload

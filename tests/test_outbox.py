@@ -165,12 +165,25 @@ def test_schemas_are_valid_draft_2020_12():
 
 
 def test_worst_case_exam_summary_fits_in_1kb_and_names_no_file(tmp_path):
+    """Every plane, abstentions and head biometry with every status still fit in 1 KB,
+    shedding detail (HC spread, declined reasons) rather than refusing the exam."""
     results = []
     for i, plane in enumerate(summaries.PLANES * 10):
         r = frame_result(i) | {"plane": plane, "plane_confidence": 0.123456789,
                                "latency_ms": 123.456789, "error": None}
         results.append(r)
     results.append(frame_result(0) | {"error": "x" * 300, "plane": None})
+    # every reason a head frame can be declined, measured heads, and abstained frames
+    from edge.biometry import STATUSES
+    for i, status in enumerate(STATUSES * 3):
+        measured = status in ("ok", "ga_out_of_range")
+        results.append(frame_result(i) | {
+            "plane": "Brain (Tv.)", "plane_confidence": 0.9, "error": None,
+            "biometry": {"status": status, "hc_mm": 171.23456 + i if measured else None,
+                         "bpd_mm": 45.6789 if measured else None,
+                         "ofd_mm": 61.2345 if measured else None}})
+    results += [frame_result(i) | {"plane": "uncertain", "plane_confidence": 0.5,
+                                   "error": None} for i in range(3)]
     models = {f"model_with_a_long_name_{i}": "10.20.30-rc1+build" for i in range(10)}
     source = "/data/Jane_Doe_1990-01-01/scan.mp4"
     box = open_outbox(tmp_path)
@@ -185,8 +198,11 @@ def test_worst_case_exam_summary_fits_in_1kb_and_names_no_file(tmp_path):
     assert len(raw) <= 1024, len(raw)
     assert "Jane" not in raw.decode() and "scan" not in raw.decode()
     assert payload["frames_failed"] == 1 and payload["frames_scored"] == len(results) - 1
-    assert set(payload["planes"]) == set(summaries.PLANES)
-    assert payload["planes"]["4CH"] == [10, 0.123]
+    assert set(payload["planes"]) == set(summaries.PLANES) | {"uncertain"}
+    assert payload["planes"]["4CH"][0] == 10 and payload["planes"]["uncertain"][0] == 3
+    bio = payload["biometry"]
+    assert bio["measured"] == 6 and bio["ga_weeks"] is not None and 170 < bio["hc_mm"] < 180
+    assert sum(bio["declined"].values()) == 18
     assert summaries.validate_payload(payload) == [] and _jsonschema_ok(payload)
 
 
