@@ -48,6 +48,34 @@ class ClinicReport:
     lost: int = 0
 
 
+# Planes that count as "seen" in an exam: the standard views, not Background or the rest.
+NOT_A_VIEW = ("Background", "other", "uncertain")
+
+
+def recent_exams(store: Store, limit: int = 20) -> list[dict]:
+    """The newest exams received, as a district reviewer reads them: when, where, how many
+    standard views were seen, how often the model abstained, and the head biometry."""
+    out = []
+    for dev, clinic, payload in store.query(
+        "SELECT device_id, clinic_id, payload FROM messages WHERE kind = 'exam' "
+        f"ORDER BY received_ts DESC, seq DESC LIMIT {int(limit)}"
+    ):
+        exam = json.loads(payload)
+        planes = exam.get("planes") or {}
+        scored = int(exam.get("frames_scored") or 0)
+        bio = exam.get("biometry") or {}
+        out.append({
+            "device_id": dev, "clinic_id": clinic, "exam_id": exam.get("exam_id"),
+            "ended_ts": exam.get("ended_ts"), "frames": exam.get("frames"),
+            "views": sorted(k for k, v in planes.items() if k not in NOT_A_VIEW and v[0] > 0),
+            "uncertain_fraction": round(planes.get("uncertain", [0])[0] / scored, 3)
+            if scored else None,
+            "heads_measured": bio.get("measured"), "hc_mm": bio.get("hc_mm"),
+            "ga_weeks": bio.get("ga_weeks"),
+        })
+    return out
+
+
 def build_report(store: Store, max_gaps: int = 10) -> dict:
     devices: dict[str, DeviceReport] = {}
     latest_clinic: dict[str, tuple[float, str]] = {}
@@ -123,6 +151,7 @@ def build_report(store: Store, max_gaps: int = 10) -> dict:
         "devices": [asdict(devices[k]) for k in sorted(devices)],
         "clinics": [asdict(clinics[k]) for k in sorted(clinics)],
         "dead_letters": {"total": len(dead), "by_reason": dict(sorted(dead_by.items()))},
+        "recent_exams": recent_exams(store),
     }
 
 
@@ -142,6 +171,10 @@ def _min(a, b):
 
 def _max(a, b):
     return b if a is None else a if b is None else max(a, b)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def _ts(value: float | None) -> str:
@@ -177,6 +210,18 @@ def format_report(rep: dict) -> str:
             f"{c['clinic_id'] or '-':<12} {c['devices']:>7} {c['exams']:>6} {c['health']:>6} "
             f"{c['missing']:>7} {c['dropped']:>7} {c['lost']:>5}  {_ts(c['last_seen_ts'])}"
         )
+    exams = rep.get("recent_exams") or []
+    if exams:
+        lines += ["", "Recent exams"]
+        head = (f"{'ended (device clock, UTC)':<25} {'device':<20} {'frames':>7} {'views':>5} "
+                f"{'unsure':>6} {'heads':>5} {'HC mm':>6} {'GA wk':>5}  standard views seen")
+        lines += [head, "-" * len(head)]
+        for e in exams:
+            unsure = "-" if e["uncertain_fraction"] is None else f"{e['uncertain_fraction']:.0%}"
+            lines.append(
+                f"{_ts(e['ended_ts']):<25} {e['device_id']:<20} {e['frames'] or 0:>7} "
+                f"{len(e['views']):>5} {unsure:>6} {_num(e['heads_measured']):>5} "
+                f"{_num(e['hc_mm']):>6} {_num(e['ga_weeks']):>5}  {', '.join(e['views'])}")
     dl = rep["dead_letters"]
     lines += ["", f"Dead letters: {dl['total']}"]
     for reason, n in dl["by_reason"].items():

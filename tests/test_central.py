@@ -155,6 +155,27 @@ def test_report_counts_exams_and_splits_gaps_into_dropped_and_lost(tmp_path):
     store.close()
 
 
+def test_report_lists_recent_exams_with_views_abstentions_and_gestational_age(tmp_path):
+    store = Store(str(tmp_path / "c.sqlite3"))
+    heads = [frame_result(i) | {"plane": "Brain (Tv.)", "plane_confidence": 0.9,
+                                "biometry": {"status": "ok", "hc_mm": 175.0, "bpd_mm": 47.0,
+                                             "ofd_mm": 63.0}} for i in range(4)]
+    unsure = [frame_result(i) | {"plane": "uncertain", "plane_confidence": 0.4}
+              for i in range(4)]
+    env = summaries.envelope("exam", "dev-a", "clinic-1", "boot-1")
+    body = summaries.summarize_exam(heads + unsure, "b.mp4", 1, 2)
+    with_ga = {**env, **body, "msg_id": str(uuid.uuid4()), "seq": 2}
+    store.store([row(message("exam", seq=1)), row(with_ga)], [])
+    newest, older = build_report(store)["recent_exams"]
+    assert newest["views"] == ["Brain (Tv.)"] and newest["uncertain_fraction"] == 0.5
+    assert (newest["heads_measured"], newest["hc_mm"]) == (4, 175.0)
+    assert newest["ga_weeks"] == 20.0  # Hadlock 1984 at HC 17.5 cm
+    assert older["heads_measured"] is None and older["ga_weeks"] is None
+    text = format_report(build_report(store))
+    assert "Recent exams" in text and "50%" in text and " 20 " in text
+    store.close()
+
+
 def test_report_cli_prints_text_and_json(tmp_path):
     db = str(tmp_path / "c.sqlite3")
     store = Store(db)
