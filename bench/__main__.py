@@ -60,6 +60,9 @@ def _segmenter_rows(frame: Path) -> None:
     print(f"head {kind} int8 size: {size / 1024:.0f} KiB ({size} bytes)")
 
 
+BENCH_PIXEL_SIZE_MM = 0.15  # a typical HC18 pixel size; only the timing depends on it
+
+
 def main() -> int:
     from quantize.data import data_dir, list_frames, split
 
@@ -92,6 +95,17 @@ def main() -> int:
           f" p90 {path['p90_ms']:.2f} ms (capture {path['capture_ms']:.2f}, preprocess "
           f"{path['preprocess_ms']:.2f}, infer {path['infer_ms']:.2f}); peak RSS "
           f"{path['rss_mb']:.0f} MB")
+    if (REPO / "models" / "head_segmenter.json").is_file():
+        bio = time_device_path(student_int8, 2, BENCH_PIXEL_SIZE_MM)
+        if bio.get("head_frames"):
+            print(f"with head biometry at {BENCH_PIXEL_SIZE_MM} mm/px, 2 threads: all "
+                  f"{bio['frames']} frames median {bio['median_ms']:.2f} ms, p90 "
+                  f"{bio['p90_ms']:.2f} ms; the {bio['head_frames']} head-plane frames median "
+                  f"{bio['head_frame_median_ms']:.2f} ms, p90 {bio['head_frame_p90_ms']:.2f} ms,"
+                  f" of which segmenter + measurement median {bio['head_ms_median']:.2f} ms, "
+                  f"p90 {bio['head_ms_p90']:.2f} ms; peak RSS {bio['rss_mb']:.0f} MB")
+        else:
+            print("with head biometry: no frame of the demo clip was named a head plane")
 
     print("\n## Agreement on held-out real frames, through the device path\n")
     _, heldout = split(list_frames())

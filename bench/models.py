@@ -42,8 +42,9 @@ def time_model(label: str, manifest: Path, threads: int, frame: Path, runs: int)
     return Timing(label, threads, data["median_ms"], data["p90_ms"], data["rss_mb"])
 
 
-def time_device_path(manifest: Path, threads: int) -> dict:
-    return _worker("path", str(manifest.parent), manifest.stem, str(threads))
+def time_device_path(manifest: Path, threads: int, pixel_size_mm: float = 0.0) -> dict:
+    return _worker("path", str(manifest.parent), manifest.stem, str(threads),
+                   str(pixel_size_mm))
 
 
 def model_table(models: list[tuple[str, Path]], frame: Path, runs: int = 200) -> list[Timing]:

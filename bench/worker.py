@@ -17,10 +17,10 @@ import cv2
 from edge.capture import open_source
 from edge.config import load_settings
 from edge.loop import make_scorer, timed_frames
-from edge.manifest import read_manifest, verify
+from edge.manifest import read_manifest
 from edge.preprocess import prepare
 from edge.roi import find_roi
-from edge.runtime import load_model, open_model_file
+from edge.runtime import load_model
 
 
 def _p90(values: list[float]) -> float:
@@ -41,12 +41,7 @@ def _rss_mb() -> float:
 
 def time_model(manifest_path: str, threads: int, frame_path: str, runs: int) -> dict:
     manifest = read_manifest(manifest_path)
-    if manifest.task == "head_segmentation":
-        # One output map, not one logit per label: load_model's label check does not apply.
-        verify(manifest)
-        model = open_model_file(manifest.model_path, "litert", threads)
-    else:
-        model = load_model(manifest, "litert", threads)
+    model = load_model(manifest, "litert", threads)
     image = cv2.imread(frame_path)
     x = prepare(image, find_roi(image), manifest.preprocessing)
     for _ in range(10):
@@ -59,29 +54,45 @@ def time_model(manifest_path: str, threads: int, frame_path: str, runs: int) -> 
     return {"median_ms": statistics.median(times), "p90_ms": _p90(times), "rss_mb": _rss_mb()}
 
 
-def time_path(models_dir: str, name: str, threads: int) -> dict:
-    settings = load_settings(None, {"models": {"dir": models_dir, "plane": name,
-                                               "num_threads": threads}})
+def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0.0) -> dict:
+    """The loop's own per-frame path on the demo clip; with a pixel size, head-plane frames
+    also run the head segmenter and the measurement, timed apart."""
+    overrides = {"models": {"dir": models_dir, "plane": name, "num_threads": threads}}
+    if pixel_size_mm:
+        overrides["biometry"] = {"pixel_size_mm": pixel_size_mm}
+    settings = load_settings(None, overrides)
     scorer = make_scorer(settings)
     parts: dict[str, list[float]] = {"latency_ms": [], "capture_ms": [], "preprocess_ms": [],
                                      "infer_ms": []}
+    head_ms: list[float] = []
+    head_total: list[float] = []
     with open_source("demo") as source:
         for frame, capture_s in timed_frames(source):
             result = scorer.score(frame, capture_s)
             if result.error is None:
                 for key, values in parts.items():
                     values.append(getattr(result, key))
+                if result.biometry is not None:
+                    head_ms.append(result.biometry["ms"])
+                    head_total.append(result.latency_ms)
     lat = parts["latency_ms"]
-    return {"frames": len(lat), "median_ms": statistics.median(lat), "p90_ms": _p90(lat),
-            **{key: statistics.median(v) for key, v in parts.items() if key != "latency_ms"},
-            "rss_mb": _rss_mb()}
+    out = {"frames": len(lat), "median_ms": statistics.median(lat), "p90_ms": _p90(lat),
+           **{key: statistics.median(v) for key, v in parts.items() if key != "latency_ms"},
+           "rss_mb": _rss_mb()}
+    if pixel_size_mm:
+        out["head_frames"] = len(head_ms)
+        if head_ms:
+            out.update(head_ms_median=statistics.median(head_ms), head_ms_p90=_p90(head_ms),
+                       head_frame_median_ms=statistics.median(head_total),
+                       head_frame_p90_ms=_p90(head_total))
+    return out
 
 
 def main(argv: list[str]) -> int:
     if argv[0] == "model":
         out = time_model(argv[1], int(argv[2]), argv[3], int(argv[4]))
     else:
-        out = time_path(argv[1], argv[2], int(argv[3]))
+        out = time_path(argv[1], argv[2], int(argv[3]), float(argv[4]) if len(argv) > 4 else 0.0)
     print(json.dumps(out))
     return 0
 
