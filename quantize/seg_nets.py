@@ -103,7 +103,7 @@ def make_net(kind: str) -> nn.Module:
         return UNet(TEACHER_WIDTHS)
     if kind in ("student", "unet_small"):
         return UNet(STUDENT_WIDTHS)
-    if kind == "deeplab":
+    if kind in ("deeplab", "deeplab_student"):
         return DeepLabLite()
     raise ValueError(f"unknown segmenter {kind!r}")
 

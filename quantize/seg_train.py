@@ -37,7 +37,9 @@ from quantize.seg_nets import make_net
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "build" / "head_segmenter"
-KINDS = ("teacher", "unet_small", "deeplab", "student")
+KINDS = ("teacher", "unet_small", "deeplab", "student", "deeplab_student")
+# Distilled from the teacher; each is the same net as a baseline trained without it.
+DISTILLED = {"student": "unet_small", "deeplab_student": "deeplab"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class TrainSettings:
     at_beta: float = 1000.0
 
 
-DEFAULT_STEPS = {"teacher": 1000, "unet_small": 1200, "deeplab": 1200, "student": 1200}
+DEFAULT_STEPS = {"teacher": 1000, "unet_small": 1200, "deeplab": 4000, "student": 1200,
+                 "deeplab_student": 4000}
 
 
 def settings_for(kind: str, steps: int | None = None) -> TrainSettings:
@@ -80,13 +83,17 @@ def at_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
 
 
 # (student feature index, teacher feature index) at equal resolution: see the docstring.
+# The teacher's features run 1/16, 1/8, 1/4, 1/2, 1/1; the small U-Net's 1/8 ... 1/1;
+# DeepLab-lite's are its 1/8 encoder output and its 1/4 decoder.
 AT_PAIRS = ((0, 1), (2, 3))
+AT_PAIRS_BY_KIND = {"student": AT_PAIRS, "deeplab_student": ((0, 1), (1, 2))}
 
 
-def distil_loss(s_logits, s_feats, t_logits, t_feats, target, settings: TrainSettings):
+def distil_loss(s_logits, s_feats, t_logits, t_feats, target, settings: TrainSettings,
+                pairs: tuple[tuple[int, int], ...] = AT_PAIRS):
     t = settings.temperature
     kd = F.binary_cross_entropy_with_logits(s_logits / t, torch.sigmoid(t_logits / t)) * t * t
-    at = sum(at_loss(s_feats[i], t_feats[j]) for i, j in AT_PAIRS)
+    at = sum(at_loss(s_feats[i], t_feats[j]) for i, j in pairs)
     gt = gt_loss(s_logits, target)
     return gt + settings.kd_weight * kd + settings.at_beta / 2 * at, {
         "gt": float(gt.detach()), "kd": float(kd.detach()), "at": float(at.detach())}
@@ -112,7 +119,7 @@ def load_trained(work: Path, kind: str) -> torch.nn.Module | None:
 def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings,
           teacher: torch.nn.Module | None = None) -> torch.nn.Module:
     """Train (or resume, or just load) the net of `kind`; returns it in eval mode."""
-    if kind == "student" and teacher is None:
+    if kind in DISTILLED and teacher is None:
         raise ValueError("the student needs a trained teacher")
     path = checkpoint_path(work, kind)
     torch.manual_seed(seed)
@@ -156,11 +163,12 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        if kind == "student":
+        if kind in DISTILLED:
             with torch.no_grad():
                 t_logits, t_feats = teacher.forward_all(x)
             s_logits, s_feats = net.forward_all(x)
-            loss, parts = distil_loss(s_logits, s_feats, t_logits, t_feats, y, settings)
+            loss, parts = distil_loss(s_logits, s_feats, t_logits, t_feats, y, settings,
+                                      AT_PAIRS_BY_KIND[kind])
         else:
             loss = gt_loss(net(x), y)
             parts = {}
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cache = prepare_cache(work, args.seed)
         teacher = None
-        if args.kind == "student":
+        if args.kind in DISTILLED:
             teacher = load_trained(work, "teacher")
             if teacher is None:
                 raise FileNotFoundError(f"{checkpoint_path(work, 'teacher')}: train the teacher "

@@ -90,7 +90,8 @@ def test_split_keeps_every_patient_on_one_side():
         assert {n for n in everything if n.split("_")[0] in ids} == {f.path.name for f in side}
 
 
-@pytest.mark.parametrize("kind", ["teacher", "student", "unet_small", "deeplab"])
+@pytest.mark.parametrize("kind", ["teacher", "student", "unet_small", "deeplab",
+                                  "deeplab_student"])
 def test_forward_shapes(kind):
     net = make_net(kind).eval()
     with torch.no_grad():
@@ -101,15 +102,21 @@ def test_forward_shapes(kind):
 
 def test_student_and_teacher_sizes():
     from quantize.macs import count_params
-    from quantize.seg_train import AT_PAIRS
+    from quantize.seg_train import AT_PAIRS_BY_KIND, DISTILLED
 
-    student, teacher = make_net("student"), make_net("teacher")
-    assert count_params(student) < 250_000 < 1_000_000 < count_params(teacher) < 2_000_000
+    teacher = make_net("teacher")
+    assert count_params(make_net("student")) < 250_000 < 1_000_000 < count_params(teacher)
+    assert count_params(make_net("deeplab_student")) < 300_000 < count_params(teacher) < 2_000_000
     with torch.no_grad():
-        _, fs = student.forward_all(torch.zeros(1, 1, 160, 240))
         _, ft = teacher.forward_all(torch.zeros(1, 1, 160, 240))
-    for i, j in AT_PAIRS:
-        assert fs[i].shape[-2:] == ft[j].shape[-2:]
+    for kind, plain in DISTILLED.items():
+        # a distilled net is the very net of its baseline, so the comparison is like for like
+        assert type(make_net(kind)) is type(make_net(plain))
+        assert count_params(make_net(kind)) == count_params(make_net(plain))
+        with torch.no_grad():
+            _, fs = make_net(kind).forward_all(torch.zeros(1, 1, 160, 240))
+        for i, j in AT_PAIRS_BY_KIND[kind]:
+            assert fs[i].shape[-2:] == ft[j].shape[-2:]
 
 
 needs_model = pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped head segmenter")
