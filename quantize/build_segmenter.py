@@ -25,12 +25,13 @@ from quantize.data import DataError, data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("masks", "teacher", "baselines", "student", "convert", "gate", "manifest")
-KINDS = ("teacher", "unet_small", "deeplab", "student")
+KINDS = ("teacher", "unet_small", "deeplab", "student", "deeplab_student")
 LABELS = {
     "teacher": "teacher U-Net",
     "unet_small": "small U-Net, no distillation (baseline)",
     "deeplab": "DeepLabv3+-lite (baseline)",
     "student": "student small U-Net, distilled",
+    "deeplab_student": "student DeepLabv3+-lite, distilled",
 }
 # Gate: the int8 student must segment and measure like its own fp32 model on validation.
 GATE_MIN_MASK_DICE = 0.99  # mean per-frame Dice of the int8 mask against the fp32 mask
@@ -148,18 +149,40 @@ def evaluate_rows(work: Path, val: dict, truths: list, threads: int = 2) -> list
     return rows
 
 
+MAX_INT8_BYTES = 1_000_000  # issue 5: the shipped segmenter is at most 1 MB int8
+
+
+def distillation_verdicts(by: dict) -> list[str]:
+    """Each distilled net against the same net trained without distillation (int8 HC)."""
+    out = []
+    for student, plain in seg_train.DISTILLED.items():
+        s, b = by[(student, "int8")]["scores"], by[(plain, "int8")]["scores"]
+        if s["hc_mad_mm"] is None or b["hc_mad_mm"] is None:
+            continue
+        won = s["hc_mad_mm"] < b["hc_mad_mm"]
+        out.append(f"distilled {student} {'beat' if won else 'did not beat'} {plain} without "
+                   f"distillation: int8 HC MAD {s['hc_mad_mm']:.3f} vs {b['hc_mad_mm']:.3f} mm, "
+                   f"Dice {s['dice']:.4f} vs {b['dice']:.4f}")
+    return out
+
+
 def choose(rows: list[dict]) -> tuple[str, str]:
-    """The small net to ship: the distilled student unless the same net trained without
-    distillation has the lower int8 HC error on validation (then that one, said so)."""
-    by = {(r["kind"], r["form"]): r["scores"] for r in rows}
-    s, b = by[("student", "int8")], by[("unet_small", "int8")]
-    if b["hc_mad_mm"] is not None and s["hc_mad_mm"] is not None and \
-            b["hc_mad_mm"] < s["hc_mad_mm"]:
-        return "unet_small", (f"the non-distilled small U-Net had the lower int8 HC error on "
-                              f"validation ({b['hc_mad_mm']:.3f} vs {s['hc_mad_mm']:.3f} mm "
-                              "distilled), so it is shipped instead")
-    return "student", (f"distilled student int8 HC MAD {s['hc_mad_mm']} mm vs the same net "
-                       f"without distillation {b['hc_mad_mm']} mm on validation")
+    """The net to ship: of the small nets that fit the device budget (int8 <= 1 MB), the one
+    with the lowest int8 HC error on validation. Distillation is judged on its own line (each
+    distilled net against the same net trained without it) and that verdict is kept in the
+    note. The choice among the candidates is made on the validation patients, so the shipped
+    net's validation figure is slightly optimistic; the note says so."""
+    by = {(r["kind"], r["form"]): r for r in rows}
+    fits = [k for k in KINDS[1:]
+            if by[(k, "int8")]["int8_bytes"] <= MAX_INT8_BYTES
+            and by[(k, "int8")]["scores"]["hc_mad_mm"] is not None]
+    if not fits:
+        raise ValueError("no segmenter fits the 1 MB int8 budget with a measured HC")
+    kind = min(fits, key=lambda k: by[(k, "int8")]["scores"]["hc_mad_mm"])
+    mads = ", ".join(f"{k} {by[(k, 'int8')]['scores']['hc_mad_mm']:.3f}" for k in fits)
+    return kind, (f"{kind} has the lowest int8 HC MAD on validation among the nets within "
+                  f"1 MB ({mads} mm; chosen on the validation patients, so its figure is "
+                  f"slightly optimistic); " + "; ".join(distillation_verdicts(by)))
 
 
 def build_manifest(work: Path, kind: str, rows: list[dict], gate_result: dict, note: str,
@@ -221,7 +244,7 @@ def build_manifest(work: Path, kind: str, rows: list[dict], gate_result: dict, n
         logs[k] = {"steps": state["step"], "minutes": round(state["minutes"], 1),
                    "settings": state["settings"], "last": state["log"][-1]}
     man = {
-        "manifest_version": 1, "name": "head_segmenter", "version": "1.0.0",
+        "manifest_version": 1, "name": "head_segmenter", "version": "1.1.0",
         "task": "head_segmentation", "file": "head_segmenter.tflite", "sha256": "",
         "size_bytes": 0, "labels": ["head"],
         "input": {"shape": shape, "dtype": "int8", "layout": "NCHW"},
@@ -241,7 +264,8 @@ def build_manifest(work: Path, kind: str, rows: list[dict], gate_result: dict, n
         "training": {
             "loss": ("BCE on the area-coverage mask + soft Dice" + (
                 "; distilled: + T^2 BCE on the teacher's pixel logits at T=2 + attention "
-                "transfer (beta 1000) at 1/8 and 1/2 resolution" if kind == "student" else "")),
+                "transfer (beta 1000) at two matching resolutions"
+                if kind in seg_train.DISTILLED else "")),
             "augmentation": "rotation +-20 deg, scale 0.8-1.2, shift +-8%, h/v flips, gain "
                             "0.7-1.3, gamma 0.7-1.4; image and mask alike",
             "log": logs},
@@ -358,9 +382,7 @@ def evaluate_all(seed: int, out: Path) -> str:
             f"ms = {t32['latency_ms'] / r['latency_ms']:.2f}x faster"
             for r in ([ba_row] if ba_row is s8 else [ba_row, s8]))
         + ".",
-        f"Distillation: student int8 HC MAD {_f(s8)} mm vs small U-Net without "
-        f"distillation int8 {_f(by[('unet_small', 'int8')])} mm; fp32 {_f(by[('student', 'fp32')])}"
-        f" vs {_f(by[('unet_small', 'fp32')])} mm.",
+        "Distillation: " + "; ".join(distillation_verdicts(by)) + ".",
         shipped_note,
         f"Bland-Altman ({ba_row['label']}, n={ba['n']}): bias {ba['bias_mm']:+.2f} mm, sd "
         f"{ba['sd_mm']:.2f} mm, 95% limits {ba['loa_mm'][0]:+.2f} to {ba['loa_mm'][1]:+.2f} mm "
@@ -381,10 +403,6 @@ def evaluate_all(seed: int, out: Path) -> str:
     return report
 
 
-def _f(row: dict) -> str:
-    v = row["scores"]["hc_mad_mm"]
-    return "n/a" if v is None else f"{v:.2f}"
-
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
@@ -399,7 +417,7 @@ def run(args: argparse.Namespace) -> int:
     if args.until == "masks":
         return 0
     order = {"teacher": ["teacher"], "baselines": ["unet_small", "deeplab"],
-             "student": ["student"]}
+             "student": ["student", "deeplab_student"]}
     teacher = None
     for step in ("teacher", "baselines", "student"):
         for kind in order[step]:
