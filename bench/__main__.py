@@ -11,6 +11,7 @@ from pathlib import Path
 from bench import bench_mqtt
 from bench.agreement import device_path_agreement, example_planes, summarise
 from bench.models import format_table, model_table, time_device_path
+from edge.manifest import ModelError, read_manifest, verify
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "bench"
@@ -23,8 +24,12 @@ def _reference_models() -> tuple[Path, Path | None]:
     teacher = export_teacher_fp32(BUILD / "teacher")
     try:
         student = export_student_fp32(BUILD / "student").with_suffix(".json")
-    except FileNotFoundError as exc:
-        print(f"note: {exc}; the fp32 student row is left out")
+        verify(read_manifest(student))
+        shipped_sha = read_manifest(REPO / "models" / "plane_student.json").sha256
+        if read_manifest(student).raw.get("int8_sha256") != shipped_sha:
+            raise ModelError(f"{student}: not the fp32 twin of the shipped int8 student")
+    except (FileNotFoundError, ModelError) as exc:
+        print(f"note: {exc}; the fp32 student row is left out (run `make models`)")
         student = None
     return teacher.with_suffix(".json"), student
 

@@ -228,6 +228,9 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
                                          "licences")})
     fp32_man["quantization"] = {"scheme": "none (fp32, same weights as plane_student)"}
     fp32_man["metrics"] = {k: v for k, v in metrics.items() if "fp32" in k}
+    # Whoever compares fp32 with int8 (make bench) can tell this is the shipped file's twin.
+    fp32_man["version"] = man["version"]
+    fp32_man["int8_sha256"] = sha256_file(paths.int8)
     paths.fp32.with_suffix(".json").write_text(
         json.dumps(finish(fp32_man, paths.fp32), indent=2) + "\n")
     return man
