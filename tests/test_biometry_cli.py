@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_run import one_line_error, sonoedge
 from tests.conftest import MODELS, REPO
 
 SEGMENTER = "head_segmenter"
@@ -32,19 +33,14 @@ HELD_OUT = ("024_HC.png", "186_HC.png", "200_HC.png", "304_HC.png", "424_HC.png"
             "552_HC.png", "710_HC.png")
 
 
-def sonoedge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, env=env)
-
-
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("sonoedge: error")]
-    assert len(errors) == 1, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
+def _refused(proc, *needles: str) -> None:
+    """One error line naming `needles`, and exit status 2 (bad input, nothing measured)."""
+    one_line_error(proc, *needles)
     assert proc.returncode == 2
+
+
+
+
 
 
 def _read(path: Path) -> list[dict]:
@@ -135,25 +131,25 @@ def test_a_malformed_pixel_size_csv_is_one_line_naming_file_and_line(tmp_path, h
     sizes.write_text(text)
     proc = sonoedge("biometry", str(heads), "--pixel-sizes", str(sizes),
                     "--out", str(tmp_path / "out.csv"))
-    _one_line_error(proc, needle)
+    _refused(proc, needle)
 
 
 def test_missing_inputs_and_a_missing_model_are_named(tmp_path, heads, hc18_csv, models_copy):
     out = str(tmp_path / "out.csv")
     proc = sonoedge("biometry", str(tmp_path / "nowhere"), "--pixel-sizes", str(hc18_csv),
                     "--out", out)
-    _one_line_error(proc, "nowhere", "not a folder")
+    _refused(proc, "nowhere", "not a folder")
     proc = sonoedge("biometry", str(heads), "--pixel-sizes", str(tmp_path / "none.csv"),
                     "--out", out)
-    _one_line_error(proc, "none.csv", "not found")
+    _refused(proc, "none.csv", "not found")
     proc = sonoedge("biometry", str(heads), "--pixel-sizes", str(hc18_csv),
                     "--out", str(tmp_path / "no" / "out.csv"))
-    _one_line_error(proc, "out.csv", "folder does not exist")
+    _refused(proc, "out.csv", "folder does not exist")
     for path in models_copy.glob(f"{SEGMENTER}.*"):
         path.unlink()
     proc = sonoedge("biometry", str(heads), "--pixel-sizes", str(hc18_csv), "--out", out,
                     "--models", str(models_copy))
-    _one_line_error(proc, f"{SEGMENTER}.json", "not found")
+    _refused(proc, f"{SEGMENTER}.json", "not found")
 
 
 def test_a_damaged_segmenter_is_refused(tmp_path, heads, hc18_csv, models_copy):
@@ -163,7 +159,7 @@ def test_a_damaged_segmenter_is_refused(tmp_path, heads, hc18_csv, models_copy):
     model.write_bytes(bytes(data))
     proc = sonoedge("biometry", str(heads), "--pixel-sizes", str(hc18_csv),
                     "--out", str(tmp_path / "out.csv"), "--models", str(models_copy))
-    _one_line_error(proc, f"{SEGMENTER}.tflite", "sha256")
+    _refused(proc, f"{SEGMENTER}.tflite", "sha256")
 
 
 def test_rows_written_before_a_kill_are_kept(tmp_path, data_dir, hc18_csv):

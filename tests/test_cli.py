@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.cli_run import one_line_error, sonoedge
 from tests.conftest import REPO
 
 LABELS = {"3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur",
@@ -28,18 +29,8 @@ LABELS = {"3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)",
 PLANES = LABELS | {"uncertain"}
 
 
-def sonoedge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, env=env)
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("sonoedge: error")]
-    assert len(errors) == 1, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
 
 
 def _shifted(image: np.ndarray, pixels: int) -> np.ndarray:
@@ -114,7 +105,7 @@ def test_a_model_that_does_not_match_its_manifest_is_refused(models_copy, frames
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
     proc = sonoedge("score", "--models-dir", str(models_copy), str(frames_dir))
-    _one_line_error(proc, "plane_student.tflite", "sha256")
+    one_line_error(proc, "plane_student.tflite", "sha256")
     assert proc.returncode == 2 and proc.stdout == ""
     listing = sonoedge("models", "--models-dir", str(models_copy))
     assert listing.returncode == 1 and "sha256" in listing.stderr
@@ -123,7 +114,7 @@ def test_a_model_that_does_not_match_its_manifest_is_refused(models_copy, frames
 def test_a_missing_model_is_named(models_copy, frames_dir):
     (models_copy / "plane_student.tflite").unlink()
     proc = sonoedge("score", "--models-dir", str(models_copy), str(frames_dir))
-    _one_line_error(proc, "plane_student.tflite", "missing")
+    one_line_error(proc, "plane_student.tflite", "missing")
 
 
 def test_models_lists_the_shipped_manifests():
@@ -140,7 +131,7 @@ def test_a_bad_config_key_stops_run_with_one_line(tmp_path):
     config = tmp_path / "device.toml"
     config.write_text("[models]\nthreads = 4\n")
     proc = sonoedge("run", "--config", str(config), "--state-dir", str(tmp_path / "state"))
-    _one_line_error(proc, str(config), "threads")
+    one_line_error(proc, str(config), "threads")
     assert proc.returncode == 2
 
 
