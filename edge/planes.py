@@ -28,15 +28,17 @@ class PlaneResult:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64).reshape(-1) / temperature
-    z = np.exp(z - z.max())
-    return z / z.sum()
+    """Probabilities over the last axis (one row of logits, or a batch of rows): the device
+    and the toolchain's calibration share this one function and so the same temperature."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def plane_from_output(manifest: Manifest, output: np.ndarray) -> PlaneResult:
     """The model's raw output (logits or probabilities, per the manifest) as a result."""
     if manifest.output_kind == "logits":
-        probs = softmax(output, manifest.setting("temperature", 1.0))
+        probs = softmax(np.reshape(output, -1), manifest.setting("temperature", 1.0))
     else:
         probs = np.asarray(output, dtype=np.float64).reshape(-1)
     top = int(np.argmax(probs))

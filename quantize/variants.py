@@ -164,11 +164,11 @@ def build_views(seed: int = 0, settings: VariantSettings = VariantSettings(),
 
 def student_outputs(model: Path, views: np.ndarray, threads: int = 1) -> np.ndarray:
     """Dequantized int8 logits of `model` on uint8 device views (device runtime)."""
-    from edge.runtime import open_model_file
+    from quantize.convert import run_tflite
     from quantize.distil import STUDENT_SPEC
 
-    runner = open_model_file(model, "litert", threads)
-    return np.stack([runner.run(normalise(v, STUDENT_SPEC)[None, None])[0] for v in views])
+    return run_tflite(model, np.stack([normalise(v, STUDENT_SPEC)[None] for v in views]),
+                      threads)
 
 
 def evaluate(model: Path, seed: int = 0, threads: int = 1) -> dict:
