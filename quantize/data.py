@@ -102,6 +102,15 @@ def split(frames: list[Frame], seed: int = 0, hc18_heldout: float = 0.25,
     return train, held
 
 
+def save_npz(path: Path, **arrays) -> None:
+    """Write a cache file whole or not at all: an interrupted build never leaves a
+    half-written .npz for the next run to trip on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
 def read_frame(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:

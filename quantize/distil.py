@@ -38,6 +38,7 @@ from quantize.data import (
     border_crop,
     make_view,
     read_frame,
+    save_npz,
 )
 from quantize.student import PlaneStudent
 from quantize.teacher import SonoNet16
@@ -78,12 +79,6 @@ def teacher_targets(teacher: SonoNet16, views: np.ndarray,
     return np.concatenate(logits), np.concatenate(maps)
 
 
-def _save_chunk(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-
-
 def build_cache(teacher: SonoNet16, train: list[Frame], cache_dir: Path, seed: int,
                 settings: CacheSettings = CacheSettings()) -> Path:
     """Fill `cache_dir` with view chunks; returns it. Skips chunks that already exist."""
@@ -113,7 +108,7 @@ def build_cache(teacher: SonoNet16, train: list[Frame], cache_dir: Path, seed: i
                 labels.append(label)
         t_arr = np.stack(t_views)
         logits, maps = teacher_targets(teacher, t_arr, settings.teacher_batch)
-        _save_chunk(cache_dir / f"views_{ci:04d}.npz", student=np.stack(s_views),
+        save_npz(cache_dir / f"views_{ci:04d}.npz", student=np.stack(s_views),
                     teacher_small=t_arr, logits=logits.astype(np.float16),
                     maps=maps.astype(np.float16), frame=np.asarray(owner, np.int32),
                     label=np.asarray(labels, np.int16))
@@ -142,7 +137,7 @@ def _build_mix(teacher: SonoNet16, cache_dir: Path, seed: int, settings: CacheSe
         t_mix = _mix(t_all[a], t_all[b], lam)
         s_mix = _mix(s_all[a], s_all[b], lam)
         logits, maps = teacher_targets(teacher, t_mix, settings.teacher_batch)
-        _save_chunk(cache_dir / f"mix_{mi:04d}.npz", student=s_mix, teacher_small=t_mix,
+        save_npz(cache_dir / f"mix_{mi:04d}.npz", student=s_mix, teacher_small=t_mix,
                     logits=logits.astype(np.float16), maps=maps.astype(np.float16),
                     frame=np.full(n, -1, np.int32), label=np.full(n, -1, np.int16))
 
@@ -224,10 +219,7 @@ def heldout_set(teacher: SonoNet16, frames: list[Frame], path: Path) -> dict[str
            "crop_logits": crop_logits, "source": np.array([f.source for f in frames]),
            "name": np.array([f.path.name for f in frames]),
            "roi_fingerprint": np.array(fingerprint)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **out)
-    tmp.replace(path)
+    save_npz(path, **out)
     return out
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from quantize.data import AugmentSettings, make_view
+from quantize.data import AugmentSettings, make_view, save_npz
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ class FinetuneSettings:
 def synth_views(teacher, synth_dir: Path, out_dir: Path, seed: int,
                 settings: FinetuneSettings = FinetuneSettings()) -> Path:
     """Teacher-labelled augmented views of the kept synthesised images (chunked, resumable)."""
-    from quantize.distil import STUDENT_SPEC, TEACHER_SPEC, _save_chunk, teacher_targets
+    from quantize.distil import STUDENT_SPEC, TEACHER_SPEC, teacher_targets
     from quantize.synth import load_synth
 
     data = load_synth(synth_dir)
@@ -87,7 +87,7 @@ def synth_views(teacher, synth_dir: Path, out_dir: Path, seed: int,
                 owner.append(i)
         arr = np.stack(views)
         logits, maps = teacher_targets(teacher, arr)
-        _save_chunk(out_dir / f"views_{c:04d}.npz", student=arr,
+        save_npz(out_dir / f"views_{c:04d}.npz", student=arr,
                     logits=logits.astype(np.float16), maps=maps.astype(np.float16),
                     frame=np.asarray(owner, np.int32),
                     target=targets[np.asarray(owner)].astype(np.int16),

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from edge.biometry import measure_probability
 from edge.preprocess import PreprocessSpec, grey_resized, normalise
-from quantize.data import DataError, Frame, list_frames, read_frame, split
+from quantize.data import DataError, Frame, list_frames, read_frame, save_npz, split
 
 SPEC = PreprocessSpec(height=160, width=240, roi="full", resize="area", scale=1.0)
 CACHE_SCALE = 2  # augmentation works on a 2x copy, then area-halves to SPEC
@@ -179,10 +179,7 @@ def build_cache(frames: list[Frame], dest: Path, root: Path, spec: PreprocessSpe
         names.append(frame.path.name)
     arrays = {k: np.asarray(v) for k, v in out.items()}
     arrays["name"] = np.asarray(names)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(dest)
+    save_npz(dest, **arrays)
     return arrays
 
 

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from quantize.data import LABELS
+from quantize.data import LABELS, save_npz
 from quantize.teacher import NUM_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,13 +275,11 @@ def run_synthesis(teacher: nn.Module, student: nn.Module | None, out_dir: Path, 
         from quantize.distil import TEACHER_SPEC, teacher_targets
 
         logits, _ = teacher_targets(teacher, view)
-        tmp = out_dir / f"batch_{b:04d}.tmp.npz"
-        np.savez(tmp, images=images, target=targets.astype(np.int16),
-                 teacher_logits=logits.astype(np.float32),
+        save_npz(out_dir / f"batch_{b:04d}.npz", images=images,
+                 target=targets.astype(np.int16), teacher_logits=logits.astype(np.float32),
                  kept=(logits.argmax(1) == targets), seconds=np.float32(seconds),
                  log=np.array(json.dumps(log)), spec=np.array(json.dumps(
                      TEACHER_SPEC.to_dict())))
-        tmp.replace(out_dir / f"batch_{b:04d}.npz")
         tqdm.write(f"batch {b}: {seconds:.0f} s, bn {log['bn'][0]:.1f} -> {log['bn'][-1]:.1f}, "
                    f"kept {int((logits.argmax(1) == targets).sum())}/{len(targets)}")
     bar.close()

@@ -40,7 +40,15 @@ from tqdm import tqdm
 
 from edge.preprocess import grey_resized, normalise
 from edge.roi import Roi, find_roi
-from quantize.data import LABELS, DataError, border_crop, data_dir, list_frames, read_frame
+from quantize.data import (
+    LABELS,
+    DataError,
+    border_crop,
+    data_dir,
+    list_frames,
+    read_frame,
+    save_npz,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "build" / "plane_student" / "seed0"
@@ -155,10 +163,7 @@ def build_views(seed: int = 0, settings: VariantSettings = VariantSettings(),
            "held_logits": held["logits"].astype(np.float32), "held_source": held["source"],
            "held_crop_logits": held["crop_logits"].astype(np.float32),
            "held_name": held["name"], "key": np.array(key)}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **out)
-    tmp.replace(cache)
+    save_npz(cache, **out)
     return out
 
 
@@ -186,7 +191,7 @@ def evaluate(model: Path, seed: int = 0, threads: int = 1) -> dict:
     else:
         v_logits = student_outputs(model, data["views"], threads)
         h_logits = student_outputs(model, data["held_views"], threads)
-        np.savez(path, variant_logits=v_logits, held_logits=h_logits)
+        save_npz(path, variant_logits=v_logits, held_logits=h_logits)
     return summarise(data, v_logits, h_logits, model, digest)
 
 
