@@ -379,7 +379,10 @@ def segment_head(model: Model, image: np.ndarray,
 def measure_frame(model: Model, image: np.ndarray, roi: Roi | None,
                   pixel_size_mm: float | None,
                   settings: BiometrySettings = BiometrySettings()) -> Biometry:
-    """Segment the head in a frame and measure it; the threshold is the model's own."""
-    settings = settings_for_model(model.manifest, settings)
+    """Segment the head in a frame and measure it.
+
+    `settings` come from `settings_for_model` (done once when the segmenter is loaded, see
+    `edge.loop.load_segmenter`), so the threshold is the model's own.
+    """
     prob, box = segment_head(model, image, roi)
     return measure_probability(prob, box, image.shape, pixel_size_mm, settings)

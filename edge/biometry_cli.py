@@ -108,10 +108,8 @@ def main(args) -> int:
     """Run from `edge.cli` with parsed arguments (images, pixel_sizes, out, models_dir...)."""
     import cv2
 
-    from edge.biometry import settings_for_model
     from edge.config import load_settings
-    from edge.manifest import find_manifest
-    from edge.runtime import load_model
+    from edge.loop import load_segmenter
 
     overrides = {"models": {"dir": args.models_dir, "backend": args.backend,
                             "num_threads": args.threads}}
@@ -121,9 +119,7 @@ def main(args) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError(f"{out}: its folder does not exist")
-    manifest = find_manifest(Path(settings.models.dir), settings.biometry.segmenter)
-    measurement = settings_for_model(manifest, settings.biometry.measurement())
-    model = load_model(manifest, settings.models.backend, settings.models.num_threads)
+    model, measurement = load_segmenter(settings)
     counts: Counter = Counter()
     try:
         handle = open(out, "w", newline="", encoding="utf-8")

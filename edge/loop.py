@@ -120,10 +120,17 @@ def make_head_biometry(settings: Settings) -> HeadBiometry | None:
         log.warning("biometry: %s not installed; frames are scored without head biometry",
                     path)
         return None
-    manifest = find_manifest(Path(settings.models.dir), bio.segmenter)
-    measurement = settings_for_model(manifest, bio.measurement())
-    model = load_model(manifest, settings.models.backend, settings.models.num_threads)
+    model, measurement = load_segmenter(settings)
     return HeadBiometry(model, bio.pixel_size_mm, frozenset(bio.head_planes), measurement)
+
+
+def load_segmenter(settings: Settings) -> tuple[Model, BiometrySettings]:
+    """The head segmenter and the measurement's settings, checked once at start-up: the
+    device's `[biometry]` numbers with the model's own threshold from its manifest."""
+    manifest = find_manifest(Path(settings.models.dir), settings.biometry.segmenter)
+    measurement = settings_for_model(manifest, settings.biometry.measurement())
+    model = load_model(manifest, settings.models.backend, settings.models.num_threads)
+    return model, measurement
 
 
 def make_scorer(settings: Settings) -> Scorer:
