@@ -1,10 +1,17 @@
 """Every real frame in the shared data folder, a patient-level split, and consistent views.
 
-Frames: HC18 images, `planes/images` and the 13 SonoNet example planes. Groups (the unit of
-the split, so no patient is on both sides): HC18 = the number before the first `_`;
+Frames: HC18 images, the unlabelled HC18 test heads, `planes/images` and the 13 SonoNet
+example planes. Groups (the unit of the split, so no patient is on both sides): HC18 = the
+number before the first `_`; HC18 test heads = `HC18test:` + the file stem (one patient per
+image, and their names repeat the training names, so they get a group of their own);
 planes = the `patient_or_source_id` column, except that all 20 umbilical-cord frames
 (MFM_AI, no patient ids, consecutive frames of one session) form one group; each example
 plane is its own group and always trains (they are the only frames of 9 of the classes).
+The HC18 test heads always train as well: they have no labels, so they are distillation
+data (the teacher labels them) and can never be used to validate.
+
+The split is a hash of the group (`_unit`), so it is stable per patient: adding frames or
+patients never moves a patient from one side to the other.
 
 `make_view` produces one augmented view of a frame for *both* nets: the augmentation acts on
 the full-resolution region found by `edge.roi.find_roi` (the device path), and the result
@@ -34,6 +41,7 @@ EXAMPLE_LABELS = {
     "SPINE-SAGITTAL": "Spine (sag.)",
 }
 CORD_GROUP = "MFM_AI:umbilical-cord-session"
+ALWAYS_TRAIN = ("examples", "hc18_test")
 # The README's fixed crop for the GE example screens: image[115:734, 81:874].
 EXAMPLE_CROP = Roi(x=81, y=115, w=874 - 81, h=734 - 115)
 
@@ -63,6 +71,7 @@ def list_frames(root: Path | None = None) -> list[Frame]:
     root = data_dir() if root is None else Path(root)
     frames: list[Frame] = []
     hc_dir = root / "hc18" / "images"
+    test_dir = root / "hc18_test" / "images"
     planes_csv = root / "planes" / "labels.csv"
     ex_dir = root / "sononet" / "examples"
     for path in (hc_dir, planes_csv, ex_dir):
@@ -70,6 +79,9 @@ def list_frames(root: Path | None = None) -> list[Frame]:
             raise DataError(f"{path}: missing from the data folder")
     for path in sorted(hc_dir.glob("*.png")):
         frames.append(Frame(path, "hc18", "HC18:" + path.name.split("_")[0], ""))
+    if test_dir.is_dir():  # optional: older data folders do not have it
+        for path in sorted(test_dir.glob("*.png")):
+            frames.append(Frame(path, "hc18_test", "HC18test:" + path.stem, ""))
     with open(planes_csv, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             group = row["patient_or_source_id"]
@@ -90,11 +102,12 @@ def _unit(text: str, seed: int) -> float:
 
 def split(frames: list[Frame], seed: int = 0, hc18_heldout: float = 0.25,
           planes_heldout: float = 0.35) -> tuple[list[Frame], list[Frame]]:
-    """(train, held-out), by group. Examples and the cord session always train."""
+    """(train, held-out), by group. Examples, unlabelled test heads and the cord session
+    always train."""
     train: list[Frame] = []
     held: list[Frame] = []
     for frame in frames:
-        if frame.source == "examples" or frame.group == CORD_GROUP:
+        if frame.source in ALWAYS_TRAIN or frame.group == CORD_GROUP:
             train.append(frame)
             continue
         fraction = hc18_heldout if frame.source == "hc18" else planes_heldout

@@ -56,7 +56,7 @@ class TrainSettings:
     at_beta: float = 1000.0
 
 
-DEFAULT_STEPS = {"teacher": 1000, "unet_small": 1200, "deeplab": 4000, "student": 1200,
+DEFAULT_STEPS = {"teacher": 6000, "unet_small": 1200, "deeplab": 4000, "student": 1200,
                  "deeplab_student": 4000}
 
 

@@ -53,13 +53,31 @@ def test_student_maps_match_teacher_grid():
 @needs_data
 def test_split_keeps_patients_apart():
     frames = list_frames(DATA)
-    assert len(frames) == 499 + 53 + 13
+    on_disk = (len(list((DATA / "hc18" / "images").glob("*.png")))
+               + len(list((DATA / "hc18_test" / "images").glob("*.png"))) + 53 + 13)
+    assert len(frames) == on_disk
     train, held = split(frames, seed=0)
     assert {f.group for f in train}.isdisjoint({f.group for f in held})
-    assert all(f.source != "examples" and f.group != CORD_GROUP for f in held)
+    assert all(f.source not in ("examples", "hc18_test") and f.group != CORD_GROUP
+               for f in held)
     assert sum(f.group == CORD_GROUP for f in train) == 20
     assert {f.source for f in held} == {"hc18", "planes"}
     assert split(frames, seed=0) == (train, held)
+
+
+@needs_data
+def test_split_is_stable_when_patients_are_added():
+    """A patient's side depends on the patient alone: the split of the first data folder
+    (even HC18 ids only) is exactly the full split restricted to those patients, and its
+    held-out side is still the 133 frames of 111 patients the 1.x models were judged on."""
+    frames = list_frames(DATA)
+    train, held = split(frames, seed=0)
+    side = {f.group: f in held for f in train + held}
+    first = [f for f in frames if f.source != "hc18" or int(f.group.split(":")[1]) % 2 == 0]
+    old_train, old_held = split(first, seed=0)
+    assert all(not side[f.group] for f in old_train) and all(side[f.group] for f in old_held)
+    old_heads = [f for f in old_held if f.source == "hc18"]
+    assert (len(old_heads), len({f.group for f in old_heads})) == (133, 111)
 
 
 @needs_data
