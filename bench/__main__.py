@@ -11,7 +11,7 @@ from pathlib import Path
 from bench import bench_mqtt
 from bench.agreement import device_path_agreement, example_planes, summarise
 from bench.models import format_table, model_table, time_device_path
-from edge.manifest import ModelError, read_manifest, verify
+from edge.models.manifest import ModelError, read_manifest, verify
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "bench"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import cv2
 
-from edge.manifest import read_manifest
-from edge.planes import classify_plane
-from edge.roi import find_roi
-from edge.runtime import load_model
+from edge.models.manifest import read_manifest
+from edge.models.planes import classify_plane
+from edge.models.roi import find_roi
+from edge.models.runtime import load_model
 from quantize.data import EXAMPLE_LABELS
 
 

@@ -37,23 +37,25 @@ if str(REPO) not in sys.path:
 
 from central.collector import check  # noqa: E402
 from central.db import Store  # noqa: E402
-from edge import summaries  # noqa: E402
-from edge.outbox import Outbox  # noqa: E402
-from edge.uplink import MqttSettings, Uplink  # noqa: E402
+from edge.exam import tally  # noqa: E402
+from edge.store.outbox import Outbox  # noqa: E402
+from edge.uplink import messages  # noqa: E402
+from edge.uplink.mqtt import MqttSettings, Uplink  # noqa: E402
+from wire import schema as wire_schema  # noqa: E402
 
 
 def _frames(n: int) -> list[dict]:
-    planes = summaries.PLANES
+    planes = wire_schema.PLANES
     return [{"plane": planes[i % 12], "plane_confidence": 0.5 + (i % 50) / 100,
              "latency_ms": 5.0 + i % 7, "model": "plane_student@1.0.0", "error": None}
             for i in range(n)]
 
 
 def exam_payload(device: str = "dev-a") -> dict:
-    env = summaries.envelope("exam", device, "clinic-1", "bench-boot")
-    body = summaries.summarize_exam(_frames(300), "clip.mp4", time.time() - 300, time.time(),
+    env = messages.envelope("exam", device, "clinic-1", "bench-boot")
+    body = tally.summarize_exam(_frames(300), "clip.mp4", time.time() - 300, time.time(),
                                     model_versions={"plane_student": "1.0.0"})
-    return summaries.build_exam(env, body)
+    return messages.build_exam(env, body)
 
 
 class Relay:
@@ -142,7 +144,8 @@ def _session_bytes(relay: Relay, work: Path, kind: str, k: int) -> int:
     up = Uplink(s, state, {"plane_student": "1.0.0"})
     for _ in range(k):
         if kind == "exam":
-            up.record_exam(_frames(300), "clip.mp4", time.time() - 300, time.time())
+            up.enqueue_exam(tally.summarize_exam(_frames(300), "clip.mp4", time.time() - 300,
+                                              time.time(), model_versions=up.model_versions))
         else:
             up.enqueue_health({"fps": 29.9, "latency_ms_p50": 6.1, "latency_ms_p90": 9.8,
                                "frames": 123456, "frames_failed": 12, "frames_dropped": 3})
@@ -183,7 +186,7 @@ def bench_drain(broker, work: Path, n: int = 1000) -> float:
                      device_id="dev-a", reconnect_min_s=0.1, reconnect_max_s=0.5)
     up = Uplink(s, work / "drain", {"plane_student": "1.0.0"})
     payload = exam_payload()
-    body = {k: v for k, v in payload.items() if k not in summaries.envelope("exam", "", "", "")}
+    body = {k: v for k, v in payload.items() if k not in messages.envelope("exam", "", "", "")}
     for _ in range(n):
         up.enqueue_exam(body)
     t = time.perf_counter()

@@ -14,13 +14,13 @@ import time
 
 import cv2
 
-from edge.capture import open_source
+from edge.capture.sources import open_source
 from edge.config import load_settings
-from edge.loop import make_scorer, timed_frames
-from edge.manifest import read_manifest
-from edge.preprocess import prepare
-from edge.roi import find_roi
-from edge.runtime import load_model
+from edge.models.manifest import read_manifest
+from edge.models.preprocess import prepare
+from edge.models.roi import find_roi
+from edge.models.runtime import load_model
+from edge.scorer import make_scorer, timed_frames
 
 
 def _p90(values: list[float]) -> float:

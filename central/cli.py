@@ -1,7 +1,7 @@
-"""``sonoedge central ...``: run the collector, or print its report.
+"""``sonoedge-central ...``: run the collector, or print its report.
 
-    sonoedge central --mqtt-url mqtt://central:PW@broker:1883 --db postgresql://...
-    sonoedge central report --db sonoedge-central.sqlite3 [--json]
+    sonoedge-central --mqtt-url mqtt://central:PW@broker:1883 --db postgresql://...
+    sonoedge-central report --db sonoedge-central.sqlite3 [--json]
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import sys
 
 from central.db import DEFAULT_DB, DbError, Store
 
-USAGE = "sonoedge central [run] --mqtt-url URL [--db URL] ... | sonoedge central report ..."
+USAGE = "sonoedge-central [run] --mqtt-url URL [--db URL] ... | sonoedge-central report ..."
 
 
 def _collector_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sonoedge central", description="MQTT collector: "
+    ap = argparse.ArgumentParser(prog="sonoedge-central", description="MQTT collector: "
                                  "stores every device message once, bad ones dead-lettered.")
     ap.add_argument("--mqtt-url", required=True, help="mqtt[s]://user:pass@host:port")
     ap.add_argument("--db", default=DEFAULT_DB,
@@ -41,7 +41,7 @@ def _collector_parser() -> argparse.ArgumentParser:
 
 
 def _report_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sonoedge central report",
+    ap = argparse.ArgumentParser(prog="sonoedge-central report",
                                  description="Per-device and per-clinic counts.")
     ap.add_argument("--db", default=DEFAULT_DB, help="SQLite path or postgresql://...")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
@@ -59,7 +59,7 @@ def report_main(argv: list[str]) -> int:
         finally:
             store.close()
     except DbError as exc:
-        print(f"sonoedge central report: {exc}", file=sys.stderr)
+        print(f"sonoedge-central report: {exc}", file=sys.stderr)
         return 2
     try:
         print(json.dumps(rep, indent=1) if args.json else format_report(rep))
@@ -84,7 +84,7 @@ def collector_main(argv: list[str]) -> int:
     try:
         collector = Collector(settings)
     except (ValueError, DbError) as exc:
-        print(f"sonoedge central: {exc}", file=sys.stderr)
+        print(f"sonoedge-central: {exc}", file=sys.stderr)
         return 2
 
     def _stop(_signum, _frame):

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 from central.db import DEAD_PREVIEW_CHARS, DbError, DeadLetter, Row, Store
-from edge import summaries
+from wire import schema as wire_schema
 
 log = logging.getLogger("sonoedge.central")
 
@@ -61,7 +61,7 @@ def check(topic: str, payload: bytes, max_bytes: int, collector: str,
         reason = f"oversize: {len(payload)} bytes > {max_bytes}"
     elif len(parts) != 3 or parts[0] != "sonoedge" or not _ID_RE.match(parts[1]):
         reason = f"bad topic {topic[:120]!r}"
-    elif parts[2] not in summaries.KINDS:
+    elif parts[2] not in wire_schema.KINDS:
         reason = f"unknown kind {parts[2][:40]!r}"
     else:
         try:
@@ -74,7 +74,7 @@ def check(topic: str, payload: bytes, max_bytes: int, collector: str,
             got = repr(data["kind"])[:40] if "kind" in data else "missing"
             reason = f"kind {got} in payload, {parts[2]!r} in topic"
         if reason is None:
-            errors = summaries.validate(data, summaries.load_schema(parts[2]))
+            errors = wire_schema.validate(data, wire_schema.load_schema(parts[2]))
             if errors:
                 reason = "schema: " + "; ".join(errors[:3])
         if reason is None and data["device_id"] != parts[1]:
@@ -103,7 +103,7 @@ def _first_line(exc: BaseException) -> str:
 
 class Collector:
     def __init__(self, settings: CollectorSettings, store: Store | None = None):
-        from edge.uplink import parse_mqtt_url
+        from wire.mqtt import parse_mqtt_url
 
         self.settings = settings
         self.target = parse_mqtt_url(settings.mqtt_url)
@@ -149,7 +149,7 @@ class Collector:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        from edge.uplink import _describe_connect_error
+        from wire.mqtt import describe_connect_error
 
         s = self.settings
         client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -181,7 +181,7 @@ class Collector:
                 if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
                     break
         except (OSError, ValueError) as exc:
-            self._error(_describe_connect_error(exc, self.target))
+            self._error(describe_connect_error(exc, self.target))
             return False
         rc = state["connack"]
         if rc is None or rc.is_failure:

@@ -14,9 +14,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.biometry import BiometrySettings
-from edge.roi import RoiSettings
-from edge.uplink import MqttSettings, check_mqtt_settings
+from edge.models.biometry import BiometrySettings
+from edge.models.roi import RoiSettings
+from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

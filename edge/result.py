@@ -1,6 +1,6 @@
 """The per-frame result: one JSON-serialisable record that score, journal and summaries share.
 
-`biometry` (head biometry on head-plane frames, `edge.biometry.Biometry.to_dict()` plus its
+`biometry` (head biometry on head-plane frames, `edge.models.biometry.Biometry.to_dict()` plus its
 time `ms`) was added as an optional key without a schema bump: records without it, and
 readers that ignore it, stay valid.
 """

@@ -160,7 +160,7 @@ def hc18_agreement(model: Path, heldout: dict) -> tuple[int, int]:
     """(agree, n): the int8 model's top-1 vs the teacher's on the held-out HC18 heads."""
     import numpy as np
 
-    from edge.preprocess import normalise
+    from edge.models.preprocess import normalise
     from quantize.convert import run_tflite
     from quantize.distil import STUDENT_SPEC
     from quantize.gate import views_for

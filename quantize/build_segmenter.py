@@ -199,11 +199,11 @@ def build_manifest(work: Path, kind: str, rows: list[dict], gate_result: dict, n
     n_tr_pat = len({str(n).split("_")[0] for n in train["name"]})
     where = (f"{len(val['name'])} HC18 validation frames of {n_val_pat} patients never trained "
              f"or calibrated on (quantize.data.split seed {seed}); whole frame through "
-             "grey_resized + normalise + this .tflite via edge.runtime; device mask = sigmoid "
-             "upsampled bilinearly to the frame, >= 0.5, vs the filled annotation ellipse at "
-             f"full resolution, per frame then averaged; `{cmd}`")
-    hc_how = ("HC by edge.biometry.measure_probability (sub-pixel 0.5 contour, ellipse fit, "
-              "Ramanujan) minus the CSV HC, over the frames the device measured; " + where)
+             "grey_resized + normalise + this .tflite via edge.models.runtime; device mask = "
+             "sigmoid upsampled bilinearly to the frame, >= 0.5, vs the filled annotation "
+             f"ellipse at full resolution, per frame then averaged; `{cmd}`")
+    hc_how = ("HC by edge.models.biometry.measure_probability (sub-pixel 0.5 contour, ellipse "
+              "fit, Ramanujan) minus the CSV HC, over the frames the device measured; " + where)
 
     def m(value, how, **extra):
         return {"value": value, "how": how, **extra}
@@ -368,8 +368,8 @@ def evaluate_all(seed: int, out: Path) -> str:
         "",
         f"{len(val['name'])} HC18 frames of {n_pat} validation patients (never trained or "
         f"calibrated on; `quantize.data.split` seed {seed}). Device path: whole frame -> "
-        "grey_resized + normalise (160x240) -> .tflite (edge.runtime) -> sigmoid -> "
-        "edge.biometry.measure_probability. Dice/IoU/pixel accuracy: device mask (bilinear "
+        "grey_resized + normalise (160x240) -> .tflite (edge.models.runtime) -> sigmoid -> "
+        "edge.models.biometry.measure_probability. Dice/IoU/pixel accuracy: device mask (bilinear "
         "upsample to the frame, >= 0.5) vs the filled annotation ellipse, full resolution, "
         "mean over frames. HC MAD ± sd: mean ± sd of |device HC - CSV HC| over the frames the "
         "device measured (HC measured column). Latency: median of 200 invokes, ai-edge-litert "

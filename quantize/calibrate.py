@@ -15,7 +15,7 @@ confidence; p sits just above the most confident frame where that fit is below 7
 below p the device says "uncertain" instead of guessing. (Fixed groups of 25 were tried
 first: one group at 68% put p at 0.94 and abstained on a third of the frames; the
 monotone fit is not moved by one noisy group.) Both go into the manifest's `thresholds`
-block, read by `edge.planes.plane_from_output`.
+block, read by `edge.models.planes.plane_from_output`.
 
     python -m quantize.calibrate --model models/plane_student.tflite \
         [--write models/plane_student.json]
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.planes import softmax  # the device's own: calibration fits what the device applies
+from edge.models.planes import softmax  # the device's own: calibration fits what the device applies
 from quantize.data import LABELS, DataError
 
 N_BINS = 15

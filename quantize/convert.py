@@ -87,7 +87,7 @@ def quantize_int8(fp32: Path, calibration: list[np.ndarray], dest: Path) -> Path
 
 def run_tflite(path: Path, inputs: np.ndarray, threads: int = 2) -> np.ndarray:
     """Float outputs for float inputs (n, 1, H, W), through the device's own runtime."""
-    from edge.runtime import open_model_file
+    from edge.models.runtime import open_model_file
 
     model = open_model_file(path, "litert", threads)
     return np.stack([model.run(x[None].astype(np.float32))[0].astype(np.float32)
@@ -97,7 +97,7 @@ def run_tflite(path: Path, inputs: np.ndarray, threads: int = 2) -> np.ndarray:
 def calibration_inputs(frames: list[Frame], spec, limit: int, seed: int) -> list[np.ndarray]:
     """Device-path inputs (find_roi + prepare) of up to `limit` training frames (with the
     running min/max their order does not matter)."""
-    from edge.preprocess import normalise
+    from edge.models.preprocess import normalise
 
     rng = np.random.default_rng([seed, 4])
     must = [f for f in frames if f.source != "hc18"]

@@ -14,8 +14,8 @@ The split is a hash of the group (`_unit`), so it is stable per patient: adding 
 patients never moves a patient from one side to the other.
 
 `make_view` produces one augmented view of a frame for *both* nets: the augmentation acts on
-the full-resolution region found by `edge.roi.find_roi` (the device path), and the result
-is then resized exactly as `edge.preprocess.grey_resized` does, once per net resolution.
+the full-resolution region found by `edge.models.roi.find_roi` (the device path), and the result
+is then resized exactly as `edge.models.preprocess.grey_resized` does, once per net resolution.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.preprocess import RESIZE_MODES, PreprocessSpec, grey_resized
-from edge.roi import Roi, find_roi, to_grey
+from edge.models.preprocess import RESIZE_MODES, PreprocessSpec, grey_resized
+from edge.models.roi import Roi, find_roi, to_grey
 
 LABELS = ["3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur",
           "Kidneys", "Lips", "LVOT", "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)"]

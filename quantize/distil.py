@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from edge.preprocess import PreprocessSpec, normalise
-from edge.roi import Roi, find_roi
+from edge.models.preprocess import PreprocessSpec, normalise
+from edge.models.roi import Roi, find_roi
 from quantize.data import (
     EXAMPLE_CROP,
     LABELS,

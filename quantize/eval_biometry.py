@@ -3,12 +3,13 @@
 Validation = the HC18 frames of the patients `quantize.data.split(list_frames(), seed=0)`
 holds out (never trained or calibrated on). Each frame goes through the device's own
 preprocessing (`grey_resized` + `normalise`, whole frame) and the .tflite in question
-(fp32 or int8, through `edge.runtime`); sigmoid; then `edge.biometry.measure_probability`,
-the device's measurement, gives the HC. Segmentation scores compare the device's mask (the
-probability map bilinearly upsampled to the frame, >= the manifest's threshold) with the
-filled annotation ellipse at the frame's full resolution, per frame, then averaged.
-HC error = measured HC - the CSV's HC (the sonographer's value). Frames the device declines
-to measure (e.g. `head_cut_off`) have no HC; they are counted, not scored.
+(fp32 or int8, through `edge.models.runtime`); sigmoid; then
+`edge.models.biometry.measure_probability`, the device's measurement, gives the HC.
+Segmentation scores compare the device's mask (the probability map bilinearly upsampled
+to the frame, >= the manifest's threshold) with the filled annotation ellipse at the
+frame's full resolution, per frame, then averaged. HC error = measured HC - the CSV's HC
+(the sonographer's value). Frames the device declines to measure (e.g. `head_cut_off`)
+have no HC; they are counted, not scored.
 
 Writes build/eval_biometry/report.md (the table) and bland_altman.png (int8 student).
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.biometry import BiometrySettings, measure_probability, sigmoid
+from edge.models.biometry import BiometrySettings, measure_probability, sigmoid
 from quantize import seg_data
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.manifest import sha256_of as sha256_file
+from edge.models.manifest import sha256_of as sha256_file
 from quantize.data import LABELS
 
 TEACHER_CREDIT = ("SonoNet-16 (Baumgartner et al. 2017), weights "
@@ -45,7 +45,7 @@ def median_latency_ms(path: Path, threads: int, runs: int = 200, warmup: int = 2
 
     import numpy as np
 
-    from edge.runtime import make_interpreter
+    from edge.models.runtime import make_interpreter
 
     interp = make_interpreter(path, "litert", threads)
     inp = interp.get_input_details()[0]
@@ -66,9 +66,9 @@ def device_path_ms(model: Path, images: list, spec, threads: int = 2) -> float:
 
     import numpy as np
 
-    from edge.preprocess import prepare
-    from edge.roi import find_roi
-    from edge.runtime import open_model_file
+    from edge.models.preprocess import prepare
+    from edge.models.roi import find_roi
+    from edge.models.runtime import open_model_file
 
     runner = open_model_file(model, "litert", threads)
     times = []
@@ -91,7 +91,7 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
 
     import numpy as np
 
-    from edge.preprocess import normalise
+    from edge.models.preprocess import normalise
     from quantize.convert import run_tflite
     from quantize.data import LABELS, device_view, read_frame
     from quantize.distil import STUDENT_SPEC, TEACHER_SPEC

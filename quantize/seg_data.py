@@ -9,7 +9,7 @@ Ramanujan's perimeter of the fitted ellipse times the pixel size reproduces the 
 (measured on all 499 files: mean |diff| 0.009 mm, max 0.045 mm). Ellipses that run past
 the image edge are kept (their mask is simply clipped by the frame).
 
-Preprocessing: `SPEC` (roi "full"): `edge.roi.find_roi` cut into the annotated head (>1%
+Preprocessing: `SPEC` (roi "full"): `edge.models.roi.find_roi` cut into the annotated head (>1%
 of its area) on 86 of 499 HC18 frames, so the segmenter sees the whole frame. Training
 inputs are exactly `grey_resized` + `normalise` of the frame (INTER_AREA to 160x240); the
 mask target at that size is the area coverage of the filled ellipse (0..1), resized the
@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge.biometry import measure_probability
-from edge.preprocess import PreprocessSpec, grey_resized, normalise
+from edge.models.biometry import measure_probability
+from edge.models.preprocess import PreprocessSpec, grey_resized, normalise
 from quantize.data import DataError, Frame, list_frames, read_frame, save_npz, split
 
 SPEC = PreprocessSpec(height=160, width=240, roi="full", resize="area", scale=1.0)
@@ -96,7 +96,7 @@ def fill_ellipse(shape: tuple[int, int], ellipse: Ellipse, sub: int = 8) -> np.n
     """float32 (0..1) area coverage of the filled ellipse on a pixel grid of `shape`.
 
     Pixel (row r, col c) is the unit square centred on (x=c, y=r), the convention of
-    cv2.fitEllipse and edge.biometry. Pixels farther than one pixel from the boundary are
+    cv2.fitEllipse and edge.models.biometry. Pixels farther than one pixel from the boundary are
     0 or 1 exactly; the band along the boundary is supersampled `sub` x `sub`. (cv2.ellipse,
     even with shift and LINE_AA, fills about half a pixel beyond the true boundary: on
     250_HC that put the device's HC 0.55 mm above the CSV's.)

@@ -83,10 +83,10 @@ def at_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
 
 
 # (student feature index, teacher feature index) at equal resolution: see the docstring.
-# The teacher's features run 1/16, 1/8, 1/4, 1/2, 1/1; the small U-Net's 1/8 ... 1/1;
-# DeepLab-lite's are its 1/8 encoder output and its 1/4 decoder.
-AT_PAIRS = ((0, 1), (2, 3))
-AT_PAIRS_BY_KIND = {"student": AT_PAIRS, "deeplab_student": ((0, 1), (1, 2))}
+# The teacher (DeepLabv3+-wide) gives its 1/8 encoder output and its 1/4 decoder; the small
+# U-Net's features run 1/8 ... 1/1, DeepLab-lite's are its 1/8 encoder and 1/4 decoder.
+AT_PAIRS = ((0, 0), (1, 1))
+AT_PAIRS_BY_KIND = {"student": AT_PAIRS, "deeplab_student": AT_PAIRS}
 
 
 def distil_loss(s_logits, s_feats, t_logits, t_feats, target, settings: TrainSettings,

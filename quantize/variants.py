@@ -6,8 +6,8 @@ variants of each example: the ultrasound region of the screen (found by `find_ro
 rotated (+-15 deg), scaled (0.8-1.2), shifted (+-5% of its width/height), its gain changed
 (x0.7-1.4, clipped at 255), its contrast changed (power law, gamma 0.7-1.4) and speckled
 (multiplicative noise, std 0-0.25), then pasted back into the screen. Each variant screen
-then goes through the device path: `find_roi` + `edge.preprocess.prepare` + the int8
-.tflite via `edge.runtime.open_model_file`; the fp32 teacher sees the same region at
+then goes through the device path: `find_roi` + `edge.models.preprocess.prepare` + the int8
+.tflite via `edge.models.runtime.open_model_file`; the fp32 teacher sees the same region at
 224x288 (TEACHER_SPEC). Rows are grouped by the example's true class. Beside them, the
 teacher's own stability: how often it gives the same answer when 4% of the region is cut
 from every side (the same measure as the manifest's held-out one).
@@ -38,8 +38,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge.preprocess import grey_resized, normalise
-from edge.roi import Roi, find_roi
+from edge.models.preprocess import grey_resized, normalise
+from edge.models.roi import Roi, find_roi
 from quantize.data import (
     LABELS,
     DataError,
@@ -178,7 +178,7 @@ def student_outputs(model: Path, views: np.ndarray, threads: int = 1) -> np.ndar
 
 def evaluate(model: Path, seed: int = 0, threads: int = 1) -> dict:
     """Per-class agreement and logits of `model`; cached by the file's sha256."""
-    from edge.manifest import sha256_of
+    from edge.models.manifest import sha256_of
 
     if not Path(model).is_file():
         raise DataError(f"{model}: model file not found")

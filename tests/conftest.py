@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.demo import default_data_dir
+from edge.capture.demo import default_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = default_data_dir()

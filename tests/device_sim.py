@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from edge.uplink import MqttSettings, Uplink
+from edge.exam import tally
+from edge.uplink.mqtt import MqttSettings, Uplink
 
 PLANES = ["4CH", "3VV", "Brain (Tv.)", "Femur", "Abdominal", "Background", "Lips"]
 
@@ -80,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         if (i + 1) % args.health_every == 0:
             note("health", uplink.enqueue_health({"fps": 30.0, "frames": i + 1}))
         if (i + 1) % args.exam_every == 0 or i + 1 == args.frames:
-            note("exam", uplink.record_exam(results, "mother_name_clip.mp4", started,
-                                            time.time(), started_mono=started_mono,
-                                            ended_mono=time.monotonic()))
+            note("exam", uplink.enqueue_exam(tally.summarize_exam(
+                results, "mother_name_clip.mp4", started, time.time(),
+                started_mono=started_mono, ended_mono=time.monotonic(),
+                model_versions=uplink.model_versions)))
             results, started, started_mono = [], time.time(), time.monotonic()
     drained = uplink.drain(args.drain_timeout)
     if args.final_health:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.biometry import (
+from edge.models.biometry import (
     GA_OUT_OF_RANGE,
     HEAD_CUT_OFF,
     NO_HEAD,
@@ -228,8 +228,8 @@ def test_to_dict_is_rounded_and_json_ready():
 def test_the_threshold_is_the_segmenter_manifests_own(tmp_path):
     import json
 
-    from edge.biometry import check_segmenter, settings_for_model
-    from edge.manifest import ModelError, read_manifest
+    from edge.models.biometry import check_segmenter, settings_for_model
+    from edge.models.manifest import ModelError, read_manifest
 
     def manifest(**changes):
         raw = {"name": "head_segmenter", "version": "1", "task": "head_segmentation",

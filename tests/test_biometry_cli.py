@@ -232,8 +232,8 @@ def test_run_journals_biometry_from_the_configured_pixel_size(tmp_path, heads):
 
 
 def test_the_shipped_segmenter_manifest_is_a_head_segmenter():
-    from edge.biometry import check_segmenter, settings_for_model
-    from edge.manifest import find_manifest, verify
+    from edge.models.biometry import check_segmenter, settings_for_model
+    from edge.models.manifest import find_manifest, verify
 
     manifest = find_manifest(MODELS, SEGMENTER)
     verify(manifest)

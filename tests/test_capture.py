@@ -14,16 +14,16 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture import (
+from edge.capture.demo import default_data_dir
+from edge.capture.images import decode_image_file
+from edge.capture.sources import (
     Frame,
     LiveSettings,
     LiveSource,
     SourceError,
-    decode_image_file,
     open_source,
     open_sources,
 )
-from edge.demo import default_data_dir
 
 DATA = default_data_dir()
 HC_PNG = DATA / "hc18" / "images" / "000_HC.png"

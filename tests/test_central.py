@@ -14,7 +14,8 @@ from board.provision import ProvisionError, provision, read_roles, remove
 from central.collector import check
 from central.db import DbError, DeadLetter, Row, Store
 from central.report import build_report, format_report
-from edge import summaries
+from edge.exam import tally
+from edge.uplink import messages
 from tests import conftest_mqtt as fx
 from tests.conftest_mqtt import REPO, py_env
 from tests.device_sim import frame_result
@@ -23,15 +24,15 @@ postgres = fx.postgres  # fixture
 
 
 def message(kind: str = "exam", device: str = "dev-a", seq: int = 1, **extra) -> dict:
-    env = summaries.envelope(kind, device, "clinic-1", "boot-1")
+    env = messages.envelope(kind, device, "clinic-1", "boot-1")
     if kind == "exam":
-        body = summaries.summarize_exam([frame_result(i) for i in range(10)], "a.mp4", 1, 2)
+        body = tally.summarize_exam([frame_result(i) for i in range(10)], "a.mp4", 1, 2)
         payload = {**env, **body}
     elif kind == "health":
-        payload = summaries.build_health(env, {"fps": 30.0}, {}, extra.pop("dropped", {}),
+        payload = messages.build_health(env, {"fps": 30.0}, {}, extra.pop("dropped", {}),
                                          10.0, {}, 1.0, 60.0)
     else:
-        payload = summaries.build_status(env, "", extra.pop("state", "online"), seq, 0)
+        payload = messages.build_status(env, "", extra.pop("state", "online"), seq, 0)
     return {**payload, "msg_id": str(uuid.uuid4()), "seq": seq, **extra}
 
 
@@ -162,8 +163,8 @@ def test_report_lists_recent_exams_with_views_abstentions_and_gestational_age(tm
                                              "ofd_mm": 63.0}} for i in range(4)]
     unsure = [frame_result(i) | {"plane": "uncertain", "plane_confidence": 0.4}
               for i in range(4)]
-    env = summaries.envelope("exam", "dev-a", "clinic-1", "boot-1")
-    body = summaries.summarize_exam(heads + unsure, "b.mp4", 1, 2)
+    env = messages.envelope("exam", "dev-a", "clinic-1", "boot-1")
+    body = tally.summarize_exam(heads + unsure, "b.mp4", 1, 2)
     with_ga = {**env, **body, "msg_id": str(uuid.uuid4()), "seq": 2}
     store.store([row(message("exam", seq=1)), row(with_ga)], [])
     newest, older = build_report(store)["recent_exams"]

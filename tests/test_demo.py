@@ -15,8 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture import open_source
-from edge.demo import (
+from edge.capture.demo import (
     REPO_ROOT,
     SCREEN_H,
     SCREEN_W,
@@ -25,6 +24,7 @@ from edge.demo import (
     default_cache_dir,
     default_data_dir,
 )
+from edge.capture.sources import open_source
 
 DATA = default_data_dir()
 EXAMPLES = DATA / "sononet" / "examples"
@@ -146,7 +146,7 @@ def test_open_source_demo_without_data_logs_phantom(tmp_path, monkeypatch, caplo
     (tmp_path / "nothing").mkdir()
     monkeypatch.setenv("SONOEDGE_DATA", str(tmp_path / "nothing"))
     monkeypatch.setenv("SONOEDGE_DEMO_CACHE", str(tmp_path / "cache"))
-    with caplog.at_level(logging.INFO, logger="edge.capture"):
+    with caplog.at_level(logging.INFO, logger="edge.capture.sources"):
         src = open_source("demo")
         first = next(iter(src))
         src.close()

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from edge.journal import SCHEMA_VERSION, Journal
 from edge.result import FrameResult
+from edge.store.journal import SCHEMA_VERSION, Journal
 
 REPO = Path(__file__).resolve().parents[1]
 
 WRITER = """
 import sys, time
-from edge.journal import Journal
+from edge.store.journal import Journal
 from edge.result import FrameResult
 journal = Journal(sys.argv[1])
 run = journal.start_run("clip.avi", {"plane_student": "1.0.0"})
@@ -99,7 +99,7 @@ def test_old_runs_age_out_and_recent_ones_stay(tmp_path):
 
 
 def test_a_journal_of_schema_1_gains_the_biometry_columns_and_keeps_its_rows(tmp_path):
-    from edge.journal import _MIGRATIONS
+    from edge.store.journal import _MIGRATIONS
 
     path = tmp_path / "j.sqlite"
     db = sqlite3.connect(path, isolation_level=None)

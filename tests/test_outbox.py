@@ -14,22 +14,25 @@ import textwrap
 import jsonschema
 import pytest
 
-from edge import summaries
-from edge.outbox import ROW_OVERHEAD_BYTES, Outbox, OutboxError, open_outbox, read_boot_id
-from edge.uplink import MqttSettings, Uplink, backoff_delay, parse_mqtt_url, redact_url
+from edge.exam import tally
+from edge.store.outbox import ROW_OVERHEAD_BYTES, Outbox, OutboxError, open_outbox, read_boot_id
+from edge.uplink import messages
+from edge.uplink.mqtt import MqttSettings, Uplink, backoff_delay
 from tests.conftest_mqtt import REPO, py_env
 from tests.device_sim import frame_result
+from wire import schema as wire_schema
+from wire.mqtt import parse_mqtt_url, redact_url
 
 
 def health_body(n: int = 0) -> dict:
-    env = summaries.envelope("health", "dev-a", "c1", "boot")
-    return summaries.build_health(env, {"fps": 30.0, "n": n}, {}, {}, 100.0, {}, 1.0, 60.0)
+    env = messages.envelope("health", "dev-a", "c1", "boot")
+    return messages.build_health(env, {"fps": 30.0, "n": n}, {}, {}, 100.0, {}, 1.0, 60.0)
 
 
 def exam_body() -> dict:
-    env = summaries.envelope("exam", "dev-a", "c1", "boot")
+    env = messages.envelope("exam", "dev-a", "c1", "boot")
     results = [frame_result(i) for i in range(20)]
-    return summaries.build_exam(env, summaries.summarize_exam(results, "clip.mp4", 1.0, 2.0))
+    return messages.build_exam(env, tally.summarize_exam(results, "clip.mp4", 1.0, 2.0))
 
 
 # -- durability and identity ------------------------------------------------------------------
@@ -54,7 +57,7 @@ def test_each_message_gets_a_uuid_and_the_next_seq_even_after_reopening(tmp_path
 def test_an_enqueued_message_survives_sigkill_of_the_writer(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from edge.outbox import open_outbox
+        from edge.store.outbox import open_outbox
         box = open_outbox({str(tmp_path)!r})
         m = box.enqueue("health", {{"kind": "health"}})
         print(m.msg_id, flush=True)
@@ -155,26 +158,26 @@ def test_drop_counters_persist_and_each_drop_is_reported_as_new_once(tmp_path):
 
 # -- payloads and schemas ----------------------------------------------------------------------
 def _jsonschema_ok(payload: dict) -> bool:
-    schema = summaries.load_schema(payload["kind"])
+    schema = wire_schema.load_schema(payload["kind"])
     return jsonschema.Draft202012Validator(schema).is_valid(payload)
 
 
 def test_schemas_are_valid_draft_2020_12():
-    for kind in summaries.KINDS:
-        jsonschema.Draft202012Validator.check_schema(summaries.load_schema(kind))
+    for kind in wire_schema.KINDS:
+        jsonschema.Draft202012Validator.check_schema(wire_schema.load_schema(kind))
 
 
 def test_worst_case_exam_summary_fits_in_1kb_and_names_no_file(tmp_path):
     """Every plane, abstentions and head biometry with every status still fit in 1 KB,
     shedding detail (HC spread, declined reasons) rather than refusing the exam."""
     results = []
-    for i, plane in enumerate(summaries.PLANES * 10):
+    for i, plane in enumerate(wire_schema.PLANES * 10):
         r = frame_result(i) | {"plane": plane, "plane_confidence": 0.123456789,
                                "latency_ms": 123.456789, "error": None}
         results.append(r)
     results.append(frame_result(0) | {"error": "x" * 300, "plane": None})
     # every reason a head frame can be declined, measured heads, and abstained frames
-    from edge.biometry import STATUSES
+    from edge.models.biometry import STATUSES
     for i, status in enumerate(STATUSES * 3):
         measured = status in ("ok", "ga_out_of_range")
         results.append(frame_result(i) | {
@@ -189,7 +192,8 @@ def test_worst_case_exam_summary_fits_in_1kb_and_names_no_file(tmp_path):
     box = open_outbox(tmp_path)
     up = Uplink(MqttSettings(device_id="clinic-0042-box-0001", clinic_id="clinic-0042"),
                 tmp_path, models)
-    msg_id = up.record_exam(results, source, 1.0e9, 1.0e9 + 3600.0)
+    msg_id = up.enqueue_exam(tally.summarize_exam(results, source, 1.0e9, 1.0e9 + 3600.0,
+                                           model_versions=models))
     assert msg_id is not None
     raw = up.outbox.pending(1)[0].payload
     up.close()
@@ -198,12 +202,12 @@ def test_worst_case_exam_summary_fits_in_1kb_and_names_no_file(tmp_path):
     assert len(raw) <= 1024, len(raw)
     assert "Jane" not in raw.decode() and "scan" not in raw.decode()
     assert payload["frames_failed"] == 1 and payload["frames_scored"] == len(results) - 1
-    assert set(payload["planes"]) == set(summaries.PLANES) | {"uncertain"}
+    assert set(payload["planes"]) == set(wire_schema.PLANES) | {"uncertain"}
     assert payload["planes"]["4CH"][0] == 10 and payload["planes"]["uncertain"][0] == 3
     bio = payload["biometry"]
     assert bio["measured"] == 6 and bio["ga_weeks"] is not None and 170 < bio["hc_mm"] < 180
     assert sum(bio["declined"].values()) == 18
-    assert summaries.validate_payload(payload) == [] and _jsonschema_ok(payload)
+    assert wire_schema.validate_payload(payload) == [] and _jsonschema_ok(payload)
 
 
 def test_health_and_status_payloads_match_their_schemas(tmp_path):
@@ -213,7 +217,7 @@ def test_health_and_status_payloads_match_their_schemas(tmp_path):
     status = json.loads(up._status_payload("online"))
     up.close()
     for payload in (health, status):
-        assert summaries.validate_payload(payload) == [] and _jsonschema_ok(payload)
+        assert wire_schema.validate_payload(payload) == [] and _jsonschema_ok(payload)
     assert health["loop"]["fps"] == 29.97 and health["queue"]["pending"] == 0
     assert set(health["dropped"]) == {"health", "exam", "health_new", "exam_new"}
     assert health["disk_free_mb"] > 0 and health["models"] == {"plane_student": "1.0.0"}
@@ -235,9 +239,9 @@ def test_health_and_status_payloads_match_their_schemas(tmp_path):
 ])
 def test_builtin_validator_agrees_with_jsonschema_on_broken_exams(breakage, tmp_path):
     payload = exam_body() | {"msg_id": "6dc8fb1f-8408-4c82-9c6f-2c77bf98ddfc", "seq": 3}
-    assert summaries.validate_payload(payload) == [] and _jsonschema_ok(payload)
+    assert wire_schema.validate_payload(payload) == [] and _jsonschema_ok(payload)
     breakage(payload)
-    assert summaries.validate_payload(payload) != []
+    assert wire_schema.validate_payload(payload) != []
     assert not _jsonschema_ok(payload)
 
 
@@ -307,7 +311,7 @@ def test_outbox_cli_lists_pending_messages(tmp_path):
     up = Uplink(MqttSettings(device_id="dev-a"), tmp_path)
     up.enqueue_health({"fps": 1.0})
     up.close()
-    out = subprocess.run([sys.executable, "-m", "edge.outbox_cli", "outbox", "--state-dir",
+    out = subprocess.run([sys.executable, "-m", "edge.cli.outbox", "outbox", "--state-dir",
                           str(tmp_path), "--json"], capture_output=True, text=True,
                          env=py_env(), cwd=str(REPO), timeout=30)
     data = json.loads(out.stdout)
@@ -317,7 +321,7 @@ def test_outbox_cli_lists_pending_messages(tmp_path):
 
 def test_outbox_cli_names_a_corrupt_outbox_in_one_line(tmp_path):
     (tmp_path / "outbox.sqlite3").write_bytes(b"this is not a database" * 100)
-    out = subprocess.run([sys.executable, "-m", "edge.outbox_cli", "outbox", "--state-dir",
+    out = subprocess.run([sys.executable, "-m", "edge.cli.outbox", "outbox", "--state-dir",
                           str(tmp_path)], capture_output=True, text=True, env=py_env(),
                          cwd=str(REPO), timeout=30)
     assert out.returncode == 2 and "outbox.sqlite3" in out.stderr

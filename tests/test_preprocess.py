@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.preprocess import PreprocessSpec, prepare
-from edge.roi import Roi, find_roi
+from edge.models.preprocess import PreprocessSpec, prepare
+from edge.models.roi import Roi, find_roi
 
 
 def test_sononet_preprocessing_as_documented(data_dir):

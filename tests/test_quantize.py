@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge.preprocess import PreprocessSpec, grey_resized, normalise
-from edge.roi import find_roi
+from edge.models.preprocess import PreprocessSpec, grey_resized, normalise
+from edge.models.roi import find_roi
 from quantize.data import CORD_GROUP, list_frames, make_view, read_frame, split
 from quantize.macs import count_macs
 from quantize.student import PlaneStudent
@@ -157,7 +157,7 @@ SHIPPED = REPO / "models" / "plane_student.json"
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped plane_student yet")
 def test_shipped_student_manifest_and_budget():
-    from edge.manifest import read_manifest, verify
+    from edge.models.manifest import read_manifest, verify
 
     man = read_manifest(SHIPPED)
     verify(man)
@@ -177,7 +177,7 @@ def test_shipped_student_names_the_13_examples_through_the_device_path():
     to answer like the teacher, which through this path calls LIPS Background itself; it
     also says RVOT on the 3VV screen (the teacher says 3VV: a real miss, reported in the
     manifest). The test pins exactly that: 11 named, the two misses the manifest lists."""
-    from edge.manifest import read_manifest
+    from edge.models.manifest import read_manifest
     from quantize.convert import run_tflite
     from quantize.data import EXAMPLE_LABELS, LABELS
 
@@ -198,7 +198,7 @@ def test_shipped_student_names_the_13_examples_through_the_device_path():
 
 @needs_data
 def test_export_teacher_fp32_writes_a_verified_manifest(tmp_path, monkeypatch):
-    from edge.manifest import read_manifest, verify
+    from edge.models.manifest import read_manifest, verify
     from quantize.export import export_teacher_fp32
 
     monkeypatch.setenv("SONOEDGE_DATA", str(DATA))

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.roi import Roi, find_roi, to_grey
+from edge.models.roi import Roi, find_roi, to_grey
 
 SCREEN_H, SCREEN_W = 720, 1280
 

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.manifest import ModelError, find_manifest, read_manifest
-from edge.planes import classify_plane
-from edge.preprocess import prepare
-from edge.roi import find_roi
-from edge.runtime import load_model, make_interpreter
+from edge.models.manifest import ModelError, find_manifest, read_manifest
+from edge.models.planes import classify_plane
+from edge.models.preprocess import prepare
+from edge.models.roi import find_roi
+from edge.models.runtime import load_model, make_interpreter
 from tests.conftest import MODELS, PLANE_MODEL
 
 
@@ -53,7 +53,7 @@ def test_one_and_two_threads_give_the_same_answer(head):
 def test_edgetpu_without_a_tpu_runs_on_the_cpu_and_says_so(head, caplog):
     manifest = find_manifest(MODELS, PLANE_MODEL)
     x = prepare(head, find_roi(head), manifest.preprocessing)
-    with caplog.at_level(logging.WARNING, logger="edge.runtime"):
+    with caplog.at_level(logging.WARNING, logger="edge.models.runtime"):
         tpu = load_model(manifest, "edgetpu", 2)
     assert any("Edge TPU delegate unavailable" in r.getMessage() and "on the CPU" in
                r.getMessage() for r in caplog.records)

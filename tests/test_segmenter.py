@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge.biometry import BiometrySettings, measure_probability, sigmoid
-from edge.manifest import ModelError, read_manifest, verify
-from edge.preprocess import prepare
-from edge.runtime import open_model_file
+from edge.models.biometry import BiometrySettings, measure_probability, sigmoid
+from edge.models.manifest import ModelError, read_manifest, verify
+from edge.models.preprocess import prepare
+from edge.models.runtime import open_model_file
 from quantize import seg_data
 from quantize.data import DataError
 from quantize.seg_nets import make_net
@@ -105,8 +105,8 @@ def test_student_and_teacher_sizes():
     from quantize.seg_train import AT_PAIRS_BY_KIND, DISTILLED
 
     teacher = make_net("teacher")
-    assert count_params(make_net("student")) < 250_000 < 1_000_000 < count_params(teacher)
-    assert count_params(make_net("deeplab_student")) < 300_000 < count_params(teacher) < 2_000_000
+    assert count_params(make_net("student")) < 250_000 < count_params(teacher) < 2_000_000
+    assert 3 * count_params(make_net("deeplab_student")) < count_params(teacher)
     with torch.no_grad():
         _, ft = teacher.forward_all(torch.zeros(1, 1, 160, 240))
     for kind, plain in DISTILLED.items():

@@ -99,7 +99,7 @@ def test_variant_parameters_are_seeded_and_in_range():
 
 @needs_data
 def test_variant_changes_only_the_region_and_is_deterministic():
-    from edge.roi import find_roi
+    from edge.models.roi import find_roi
     from quantize.data import read_frame
 
     screen = read_frame(DATA / "sononet" / "examples" / "4CH.tiff")
@@ -145,8 +145,8 @@ def test_abstain_threshold_sits_where_agreement_drops():
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped plane_student")
 def test_shipped_thresholds_make_a_flat_output_uncertain():
-    from edge.manifest import read_manifest
-    from edge.planes import UNCERTAIN, plane_from_output
+    from edge.models.manifest import read_manifest
+    from edge.models.planes import UNCERTAIN, plane_from_output
 
     man = read_manifest(SHIPPED)
     raw = json.loads(SHIPPED.read_text())

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge.preprocess import PreprocessSpec, prepare
-from edge.roi import Roi, find_roi
+from edge.models.preprocess import PreprocessSpec, prepare
+from edge.models.roi import Roi, find_roi
 from quantize.teacher import load_teacher
 
 DATA = Path(os.environ.get("SONOEDGE_DATA")

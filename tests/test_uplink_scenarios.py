@@ -162,7 +162,7 @@ def test_wrong_password_then_the_right_one(broker, collectors, tmp_path):
                         drain_timeout=1.5)
     assert result["drained"] is False and result["pending"] == 14  # kept working, kept all
     assert "refused login as 'dev-a'" in result["log"]
-    status = subprocess.run([sys.executable, "-m", "edge.outbox_cli", "status", "--state-dir",
+    status = subprocess.run([sys.executable, "-m", "edge.cli.outbox", "status", "--state-dir",
                              str(state)], capture_output=True, text=True, env=py_env(),
                             cwd=str(REPO), timeout=30).stdout
     assert "NOT connected" in status and "check user name and password" in status
@@ -343,7 +343,7 @@ PLANE_MANIFEST = REPO / "models" / "plane_student.json"
 
 def frames_folder(tmp_path, n: int = 200):
     """``n`` real ultrasound frames in a temp folder (links to the shared data, no copies)."""
-    from edge.demo import default_data_dir
+    from edge.capture.demo import default_data_dir
 
     images = sorted((default_data_dir() / "hc18" / "images").glob("*.png"))[:20]
     assert images, "hc18 images not found beside the repo"

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.preprocess import PreprocessSpec
+from edge.models.preprocess import PreprocessSpec
 
 MANIFEST_VERSION = 1
 REQUIRED = ("name", "version", "task", "file", "sha256", "labels", "input", "output",

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.capture import IMAGE_EXTS, decode_image_file
+from edge.capture.images import IMAGE_EXTS, decode_image_file
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ FRAMES_PER_SCREEN = 5
 FRAMES_PER_HEAD = 4
 JPEG_QUALITY = 90
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Roughly the order of a second-trimester anomaly scan; unknown names go at the end.
 EXAM_ORDER = ("BRAIN-TV", "BRAIN-CB", "LIPS", "PROFILE", "4CH", "LVOT", "RVOT", "3VV",

@@ -8,20 +8,19 @@ import logging
 import sys
 from pathlib import Path
 
-from edge import biometry_cli
-from edge.capture import SourceError
+from edge.capture.sources import SourceError
+from edge.cli import biometry as biometry_cli
 from edge.config import ConfigError, ModelSettings, load_settings
-from edge.manifest import Manifest, ModelError, list_manifests
+from edge.models.manifest import Manifest, ModelError, list_manifests
 
 EXPECTED_ERRORS = (ConfigError, ModelError, SourceError, biometry_cli.InputError)
 DELEGATED = {"status": "uplink and device status",
-             "outbox": "messages waiting to be published",
-             "central": "the district collector and its report"}
+             "outbox": "messages waiting to be published"}
 
 
 def _score(args: argparse.Namespace) -> int:
-    from edge.capture import open_sources
-    from edge.loop import make_scorer, timed_frames
+    from edge.capture.sources import open_sources
+    from edge.scorer import make_scorer, timed_frames
 
     overrides = {"models": {"dir": args.models_dir, "backend": args.backend,
                             "num_threads": args.threads},
@@ -125,11 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _delegate(name: str, argv: list[str]) -> int:
-    if name == "central":
-        from central.cli import main as central_main
-
-        return central_main(argv)
-    from edge import outbox_cli
+    from edge.cli import outbox as outbox_cli
 
     return (outbox_cli.status_main if name == "status" else outbox_cli.outbox_main)(argv)
 

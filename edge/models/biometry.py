@@ -3,7 +3,7 @@
 No I/O here: a probability map and where it lies in the frame in, a `Biometry` out.
 
 Measurement. The map (the model's resolution) is upsampled bilinearly to the box it covers
-(the region found by `edge.roi`, or the whole frame), thresholded, and split into connected
+(the region found by `edge.models.roi`, or the whole frame), thresholded, and split into connected
 components. The largest is the head; a second one larger than `several_heads_fraction` of
 it means the frame shows two heads (twins, or a bad segmentation) and nothing is measured.
 The head's outer 0.5 iso-contour is found at sub-pixel precision, marching-squares style: on
@@ -42,10 +42,10 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from edge.manifest import Manifest, ModelError
-from edge.preprocess import prepare
-from edge.roi import Roi
-from edge.runtime import Model
+from edge.models.manifest import Manifest, ModelError
+from edge.models.preprocess import prepare
+from edge.models.roi import Roi
+from edge.models.runtime import Model
 
 TASK = "head_segmentation"
 
@@ -382,7 +382,7 @@ def measure_frame(model: Model, image: np.ndarray, roi: Roi | None,
     """Segment the head in a frame and measure it.
 
     `settings` come from `settings_for_model` (done once when the segmenter is loaded, see
-    `edge.loop.load_segmenter`), so the threshold is the model's own.
+    `edge.scorer.load_segmenter`), so the threshold is the model's own.
     """
     prob, box = segment_head(model, image, roi)
     return measure_probability(prob, box, image.shape, pixel_size_mm, settings)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
-from edge.biometry import PIXEL_SIZE_MISSING, Biometry, measure_frame, pixel_size_status
+from edge.models.biometry import PIXEL_SIZE_MISSING, Biometry, measure_frame, pixel_size_status
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 UNREADABLE = "unreadable_image"
@@ -105,11 +104,11 @@ def summary_line(counts: Counter, total: int) -> str:
 
 
 def main(args) -> int:
-    """Run from `edge.cli` with parsed arguments (images, pixel_sizes, out, models_dir...)."""
+    """Run from `edge.cli.main` with parsed arguments (images, pixel_sizes, out, models_dir...)."""
     import cv2
 
     from edge.config import load_settings
-    from edge.loop import load_segmenter
+    from edge.scorer import load_segmenter
 
     overrides = {"models": {"dir": args.models_dir, "backend": args.backend,
                             "num_threads": args.threads}}
@@ -162,8 +161,3 @@ def add_parser(verbs) -> None:
     parser.add_argument("--threads", type=int)
     parser.set_defaults(func=main)
 
-
-if __name__ == "__main__":  # pragma: no cover - use `sonoedge biometry`
-    from edge.cli import main as cli_main
-
-    sys.exit(cli_main(["biometry", *sys.argv[1:]]))

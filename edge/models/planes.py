@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.manifest import Manifest
-from edge.preprocess import prepare
-from edge.roi import Roi
-from edge.runtime import Model
+from edge.models.manifest import Manifest
+from edge.models.preprocess import prepare
+from edge.models.roi import Roi
+from edge.models.runtime import Model
 
 UNCERTAIN = "uncertain"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.manifest import Manifest, ModelError, verify
+from edge.models.manifest import Manifest, ModelError, verify
 
 log = logging.getLogger(__name__)
 

@@ -26,21 +26,20 @@ import random
 import re
 import shutil
 import socket
-import ssl
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
-from edge import summaries
-from edge.outbox import DEFAULT_QUOTA_BYTES, Outbox, OutboxError, open_outbox, read_boot_id
+from edge.store.outbox import DEFAULT_QUOTA_BYTES, Outbox, OutboxError, open_outbox, read_boot_id
+from edge.uplink import messages
+from wire.mqtt import describe_connect_error, parse_mqtt_url, topic_for
+from wire.schema import load_schema, validate
 
 log = logging.getLogger("sonoedge.uplink")
 
 STATUS_FILE = "uplink-status.json"
-TOPIC_PREFIX = "sonoedge"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -69,48 +68,6 @@ class MqttSettings:
     # A PUBACK "No matching subscribers" means no collector session holds the message (e.g.
     # the broker restarted and lost a shared subscription): keep it and retry later.
     require_subscriber: bool = True
-
-
-@dataclass(frozen=True)
-class MqttTarget:
-    host: str
-    port: int
-    tls: bool
-    username: str = ""
-    password: str = field(default="", repr=False)
-
-    def redacted(self) -> str:
-        user = f"{self.username}:***@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced, for logs and error messages."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
-def parse_mqtt_url(url: str) -> MqttTarget:
-    """``mqtt://user:pass@host:port`` or ``mqtts://...``; ValueError naming the URL if bad."""
-    shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad MQTT URL {shown!r}: {exc}") from None
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"bad MQTT URL {shown!r}: scheme must be mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise ValueError(f"bad MQTT URL {shown!r}: no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"bad MQTT URL {shown!r}: unexpected path or query")
-    tls = parts.scheme == "mqtts"
-    return MqttTarget(
-        host=parts.hostname,
-        port=port or (8883 if tls else 1883),
-        tls=tls,
-        username=unquote(parts.username or ""),
-        password=unquote(parts.password or ""),
-    )
 
 
 def resolve_device_id(device_id: str) -> str:
@@ -152,10 +109,6 @@ def check_mqtt_settings(s: MqttSettings) -> None:
             raise ValueError(f"mqtt.{key}: {path}: no such file")
 
 
-def topic_for(device_id: str, kind: str) -> str:
-    return f"{TOPIC_PREFIX}/{device_id}/{kind}"
-
-
 def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
     """Exponential backoff with "equal jitter": half fixed, half random, capped at ``hi``."""
     cap = min(hi, lo * (2 ** min(attempt, 20)))
@@ -167,21 +120,6 @@ def read_status(state_dir: Path | str) -> dict | None:
         return json.loads((Path(state_dir) / STATUS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _describe_connect_error(exc: BaseException, target: MqttTarget) -> str:
-    where = f"{target.host}:{target.port}"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS failed with {where}: certificate not trusted ({exc.verify_message})"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS failed with {where}: {exc.reason or exc}"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"broker {where} unreachable: connection refused"
-    if isinstance(exc, socket.gaierror):
-        return f"broker host {target.host!r} cannot be resolved: {exc.strerror}"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return f"broker {where} did not answer in time"
-    return f"broker {where} unreachable: {exc}"
 
 
 class Uplink:
@@ -236,27 +174,19 @@ class Uplink:
         self._thread.start()
 
     def _env(self, kind: str) -> dict:
-        return summaries.envelope(kind, self.device_id, self.clinic_id, self.boot_id)
+        return messages.envelope(kind, self.device_id, self.clinic_id, self.boot_id)
 
     def enqueue_exam(self, summary: dict) -> str | None:
-        """Store one exam summary (from ``summaries.summarize_exam``); returns its msg_id.
+        """Store one exam summary (from ``edge.exam.tally.summarize_exam``); returns its msg_id.
 
         Never raises: a summary that breaks the schema is logged and not stored.
         """
         try:
-            payload = summaries.build_exam(self._env("exam"), summary)
+            payload = messages.build_exam(self._env("exam"), summary)
             return self._enqueue("exam", payload)
         except (ValueError, TypeError) as exc:
             log.error("exam summary not stored: %s", exc)
             return None
-
-    def record_exam(self, results: list[dict], source: str, started_ts: float,
-                    ended_ts: float, **kw) -> str | None:
-        """Summarise per-frame results and enqueue them (convenience for the loop)."""
-        models = {**self.model_versions, **kw.pop("model_versions", {})}
-        body = summaries.summarize_exam(results, source, started_ts, ended_ts,
-                                        model_versions=models, **kw)
-        return self.enqueue_exam(body)
 
     def enqueue_health(self, stats: dict) -> str | None:
         """Store one health message: the loop's ``stats`` plus queue, drops, disk, temp."""
@@ -265,7 +195,7 @@ class Uplink:
                 free_mb = shutil.disk_usage(self.state_dir).free / 1e6
             except OSError:
                 free_mb = None
-            payload = summaries.build_health(
+            payload = messages.build_health(
                 self._env("health"),
                 loop_stats=dict(stats or {}),
                 queue=self.outbox.counts(),
@@ -282,7 +212,7 @@ class Uplink:
 
     def _enqueue(self, kind: str, payload: dict) -> str | None:
         probe = {**payload, "msg_id": str(uuid.uuid4()), "seq": 0}
-        errors = summaries.validate(probe, summaries.load_schema(kind))
+        errors = validate(probe, load_schema(kind))
         if errors:
             raise ValueError(f"{kind} payload breaks its schema: {'; '.join(errors[:3])}")
         try:
@@ -369,7 +299,7 @@ class Uplink:
             self._stop.wait(delay)
 
     def _status_payload(self, state: str) -> bytes:
-        body = summaries.build_status(self._env("status"), str(uuid.uuid4()), state,
+        body = messages.build_status(self._env("status"), str(uuid.uuid4()), state,
                                       self.outbox.last_seq(), self.outbox.pending_count())
         return json.dumps(body, separators=(",", ":")).encode()
 
@@ -431,7 +361,7 @@ class Uplink:
             client.connect(target.host, target.port, keepalive=int(self.settings.keepalive_s),
                            clean_start=False, properties=props)
         except (OSError, ValueError) as exc:
-            self._error(_describe_connect_error(exc, target))
+            self._error(describe_connect_error(exc, target))
             return False
         deadline = time.monotonic() + self.settings.connect_timeout_s
         try:
@@ -441,7 +371,7 @@ class Uplink:
                 if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
                     break
         except (OSError, ValueError) as exc:
-            self._error(_describe_connect_error(exc, target))
+            self._error(describe_connect_error(exc, target))
             return False
         rc = state["connack"]
         if rc is None and self._stop.is_set():

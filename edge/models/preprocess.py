@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from edge.roi import Roi, to_grey
+from edge.models.roi import Roi, to_grey
 
 RESIZE_MODES = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
-NORMALISE_MODES = ("per_image_zscore",)
+NORMALISE_MODES = ("per_image_zscore", "unit")
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,12 @@ class PreprocessSpec:
 
     `per_image_zscore` is SonoNet's own normalisation: (x - mean) / std of the image, times
     `scale` (255 for the teacher, "arbitrary but necessary because the network was trained
-    like this"). The crop is the region found by `edge.roi`, or the whole frame.
+    like this"). The crop is the region found by `edge.models.roi`, or the whole frame.
     """
 
     height: int
     width: int
-    roi: str = "auto"  # "auto" (edge.roi) or "full"
+    roi: str = "auto"  # "auto" (edge.models.roi) or "full"
     color: str = "grey_mean"
     resize: str = "area"
     normalise: str = "per_image_zscore"
@@ -66,8 +66,11 @@ def grey_resized(image: np.ndarray, roi: Roi | None, spec: PreprocessSpec) -> np
 
 
 def normalise(grey: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Per-image z-score as float32 (H, W); a flat image maps to zeros instead of NaN."""
+    """Per-image z-score (a flat image maps to zeros instead of NaN) or unit scaling, as
+    float32 (H, W)."""
     x = grey.astype(np.float32)
+    if spec.normalise == "unit":
+        return x * np.float32(spec.scale / 255.0)
     std = float(x.std())
     if std < 1e-6:
         return np.zeros_like(x)

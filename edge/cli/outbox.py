@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from edge.outbox import OUTBOX_FILE
-from edge.uplink import STATUS_FILE, read_status
+from edge.store.outbox import OUTBOX_FILE
+from edge.uplink.mqtt import STATUS_FILE, read_status
 
 DEFAULT_STATE_DIR = os.environ.get("SONOEDGE_STATE_DIR", "state")
 
@@ -131,6 +131,6 @@ if __name__ == "__main__":
         sys.exit(outbox_main(sys.argv[2:]))
     if cmd == "status":
         sys.exit(status_main(sys.argv[2:]))
-    print("usage: python -m edge.outbox_cli outbox|status [--state-dir DIR] [--json]",
+    print("usage: python -m edge.cli.outbox outbox|status [--state-dir DIR] [--json]",
           file=sys.stderr)
     sys.exit(2)

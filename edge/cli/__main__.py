@@ -1,0 +1,7 @@
+"""`python -m edge.cli` is `sonoedge`."""
+
+import sys
+
+from edge.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,138 @@
+"""Payloads for the three MQTT message kinds: ``exam``, ``health`` and ``status``.
+
+Each payload is a flat JSON object with an envelope (``schema``, ``kind``, ``msg_id``,
+``seq``, ``boot_id``, ``device_id``, ``clinic_id``, wall time ``ts``, monotonic ``mono_s``)
+and a body. ``msg_id`` and ``seq`` of exam and health are filled by the outbox when the
+message is stored. What a payload may hold is defined by ``wire.schema``.
+
+Privacy: nothing that identifies the mother and no images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from wire.schema import EXAM_MAX_BYTES, SCHEMA_VERSION
+
+PLANE_MODEL = "plane_student"  # the model whose version an exam keeps when space is short
+
+
+def envelope(kind: str, device_id: str, clinic_id: str, boot_id: str) -> dict:
+    """Fields every message carries; ``msg_id``/``seq`` come from the outbox."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": kind,
+        "device_id": device_id,
+        "clinic_id": clinic_id,
+        "boot_id": boot_id,
+        "ts": round(time.time(), 3),
+        "mono_s": round(time.monotonic(), 3),
+    }
+
+
+def _exam_size(payload: dict) -> int:
+    return len(json.dumps(payload, separators=(",", ":"))) + 100  # room for msg_id and seq
+
+
+def _shed(body: dict) -> list[dict]:
+    """Ever smaller versions of an exam body, least useful detail first, so a busy exam
+    still fits in 1 KB instead of being refused: the HC spread, then the reasons head
+    frames were declined (kept as one count), then plane confidences to two digits."""
+    bio = body.get("biometry")
+    steps = []
+    if isinstance(bio, dict):
+        bio = {k: v for k, v in bio.items() if k not in ("hc_p10_mm", "hc_p90_mm")}
+        steps.append({**body, "biometry": bio})
+        declined = sum(v for v in bio.get("declined", {}).values() if isinstance(v, int))
+        bio = {**bio, "declined": {"all": declined} if declined else {}}
+        body = {**body, "biometry": bio}
+        steps.append(body)
+    planes = body.get("planes")
+    if isinstance(planes, dict):
+        body = {**body, "planes": {k: [v[0], round(v[1], 2)] if isinstance(v, list)
+                                   and len(v) == 2 and isinstance(v[1], float) else v
+                                   for k, v in planes.items()}}
+        steps.append(body)
+    models = body.get("models")
+    if isinstance(models, dict) and len(models) > 1:
+        # every health message names the installed models too
+        first = PLANE_MODEL if PLANE_MODEL in models else sorted(models)[0]
+        steps.append({**body, "models": {first: models[first]}})
+    return steps
+
+
+def build_exam(env: dict, body: dict) -> dict:
+    """Envelope plus exam body in at most 1 KB once sent, shedding detail if it must;
+    refuses (ValueError) only a body that cannot be made to fit."""
+    payload = {**env, **body}
+    size = _exam_size(payload)
+    for smaller in _shed(body):
+        if size <= EXAM_MAX_BYTES:
+            break
+        payload = {**env, **smaller}
+        size = _exam_size(payload)
+    if size > EXAM_MAX_BYTES:
+        raise ValueError(f"exam summary would be {size} bytes, over {EXAM_MAX_BYTES}")
+    return payload
+
+
+def read_temperature_c() -> float | None:
+    """SoC temperature where the kernel exposes it (Raspberry Pi: thermal_zone0)."""
+    try:
+        raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text().strip()
+        return round(int(raw) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def build_health(
+    env: dict,
+    loop_stats: dict,
+    queue: dict,
+    dropped: dict,
+    disk_free_mb: float | None,
+    models: dict[str, str],
+    uptime_s: float,
+    interval_s: float,
+) -> dict:
+    """Periodic health: the loop's figures plus queue depth, drops, disk, temperature."""
+    stats: dict = {}
+    for key, value in list(loop_stats.items())[:24]:
+        if isinstance(value, bool) or value is None:
+            stats[str(key)[:32]] = value
+        elif isinstance(value, int | float):
+            stats[str(key)[:32]] = round(float(value), 3) if isinstance(value, float) else value
+        elif isinstance(value, str):
+            stats[str(key)[:32]] = value[:64]
+    try:
+        sys_uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        sys_uptime = None
+    return {
+        **env,
+        "interval_s": interval_s,
+        "uptime_s": round(uptime_s, 1),
+        "sys_uptime_s": sys_uptime,
+        "loop": stats,
+        "queue": {k: int(queue.get(k, 0)) for k in
+                  ("pending", "pending_exam", "pending_health", "rejected", "used_bytes")},
+        "dropped": {k: int(dropped.get(k, 0)) for k in
+                    ("health", "exam", "health_new", "exam_new")},
+        "disk_free_mb": None if disk_free_mb is None else round(disk_free_mb, 1),
+        "temp_c": read_temperature_c(),
+        "models": dict(sorted((str(k)[:32], str(v)[:16]) for k, v in models.items())[:4]),
+    }
+
+
+def build_status(env: dict, msg_id: str, state: str, last_seq: int, pending: int) -> dict:
+    """Retained ``status``: ``online`` on every connect, ``offline`` as the last will.
+
+    ``seq`` is the outbox's last allocated sequence (status does not consume one), so the
+    collector knows how far the device's sequence has got even before the backlog arrives.
+    """
+    return {**env, "msg_id": msg_id, "seq": int(last_seq), "state": state,
+            "pending": int(pending)}
+
+

@@ -1,0 +1,74 @@
+"""MQTT addresses shared by device and collector: URL parsing, topics, connect errors."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+TOPIC_PREFIX = "sonoedge"
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    host: str
+    port: int
+    tls: bool
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    def redacted(self) -> str:
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for logs and error messages."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def parse_mqtt_url(url: str) -> MqttTarget:
+    """``mqtt://user:pass@host:port`` or ``mqtts://...``; ValueError naming the URL if bad."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad MQTT URL {shown!r}: {exc}") from None
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"bad MQTT URL {shown!r}: scheme must be mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"bad MQTT URL {shown!r}: no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"bad MQTT URL {shown!r}: unexpected path or query")
+    tls = parts.scheme == "mqtts"
+    return MqttTarget(
+        host=parts.hostname,
+        port=port or (8883 if tls else 1883),
+        tls=tls,
+        username=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+    )
+
+
+def topic_for(device_id: str, kind: str) -> str:
+    return f"{TOPIC_PREFIX}/{device_id}/{kind}"
+
+
+def describe_connect_error(exc: BaseException, target: MqttTarget) -> str:
+    where = f"{target.host}:{target.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS failed with {where}: certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed with {where}: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"broker {where} unreachable: connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"broker host {target.host!r} cannot be resolved: {exc.strerror}"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"broker {where} did not answer in time"
+    return f"broker {where} unreachable: {exc}"
+
+
