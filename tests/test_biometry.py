@@ -256,3 +256,63 @@ def test_the_threshold_is_the_segmenter_manifests_own(tmp_path):
 def test_a_box_outside_the_frame_is_a_caller_error():
     with pytest.raises(ValueError, match="not inside the 800x540 frame"):
         measure_probability(np.zeros(MODEL_HW, np.float32), (10, 0, 800, 540), (540, 800), 0.1)
+
+
+def test_the_passes_are_the_segmenter_manifests_own(tmp_path):
+    """Flip and crop refinement belong to the model: read from its manifest's `biometry`
+    block, checked at load with one line naming the field, absent = one plain pass."""
+    import json
+
+    from edge.models.biometry import Passes, check_segmenter, passes_for_model
+    from edge.models.manifest import ModelError, read_manifest
+
+    def manifest(block):
+        raw = {"name": "head_segmenter", "version": "1", "task": "head_segmentation",
+               "file": "head_segmenter.tflite", "sha256": "0" * 64, "labels": ["head"],
+               "input": {"shape": [1, 1, 160, 240], "dtype": "int8"},
+               "output": {"shape": [1, 1, 160, 240], "kind": "logits"},
+               "preprocessing": {"height": 160, "width": 240, "roi": "full"},
+               "biometry": block}
+        path = tmp_path / "head_segmenter.json"
+        path.write_text(json.dumps(raw))
+        return read_manifest(path)
+
+    both = manifest({"probability_threshold": 0.5, "test_time_flip": True,
+                     "refine_crop_margin": 0.2})
+    check_segmenter(both)
+    assert passes_for_model(both) == Passes(test_time_flip=True, refine_crop_margin=0.2)
+    assert passes_for_model(both).runs() == 4
+    assert passes_for_model(manifest({"probability_threshold": 0.5})) == Passes()
+    assert Passes().runs() == 1 and passes_for_model(None) == Passes()
+    for bad, field in (({"test_time_flip": "yes"}, "test_time_flip"),
+                       ({"test_time_flip": 1}, "test_time_flip"),
+                       ({"refine_crop_margin": -0.1}, "refine_crop_margin"),
+                       ({"refine_crop_margin": 2.0}, "refine_crop_margin"),
+                       ({"refine_crop_margin": True}, "refine_crop_margin"),
+                       ({"refine_crop_margin": "0.2"}, "refine_crop_margin")):
+        with pytest.raises(ModelError, match=f"head_segmenter.json: biometry.{field}"):
+            check_segmenter(manifest(bad))
+
+
+def test_the_second_pass_crop_holds_the_head_at_the_models_aspect(data_dir):
+    """The crop around a real annotated head: the whole head plus the margin, the model's
+    width/height ratio, inside the frame; a head that fills the frame gets the frame."""
+    from edge.models.biometry import refine_box
+
+    for name in ("010_2HC.png", "100_HC.png", "250_HC.png", "600_HC.png"):
+        fit, (fh, fw) = annotation_ellipse(data_dir, name)
+        (cx, cy), (w, h), angle = fit
+        a, b = max(w, h) / 2, min(w, h) / 2
+        ellipse = (cx, cy, a, b, angle if w >= h else angle + 90)
+        x, y, bw, bh = refine_box(ellipse, (0, 0, fw, fh), 0.2, 1.5)
+        assert 0 <= x and 0 <= y and x + bw <= fw and y + bh <= fh, name
+        t = math.radians(ellipse[4])
+        ex, ey = math.hypot(a * math.cos(t), b * math.sin(t)), math.hypot(a * math.sin(t),
+                                                                           b * math.cos(t))
+        # The head and (where the frame allows) a margin of 20% of its half-size around it.
+        assert x <= max(0, cx - 1.2 * ex) + 1 and x + bw >= min(fw, cx + 1.2 * ex) - 1, name
+        assert y <= max(0, cy - 1.2 * ey) + 1 and y + bh >= min(fh, cy + 1.2 * ey) - 1, name
+        if bh < fh and bw < fw:
+            assert bw / bh == pytest.approx(1.5, abs=0.02), name
+    # A head as tall as the frame: the crop is the frame's height and as wide as allowed.
+    assert refine_box((400, 270, 300, 260, 90), (0, 0, 800, 540), 0.2, 1.5)[1::2] == (0, 540)
