@@ -206,8 +206,13 @@ class SegAugment:
 
 
 def augment(x2: np.ndarray, y2: np.ndarray, rng: np.random.Generator,
-            aug: SegAugment | None, spec: PreprocessSpec = SPEC) -> tuple[np.ndarray, np.ndarray]:
-    """One view: (float32 z-scored H x W input, float32 0..1 H x W target)."""
+            aug: SegAugment | None, spec: PreprocessSpec = SPEC,
+            t2: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """One view: (float32 z-scored H x W input, float32 0..1 H x W target), plus the
+    teacher's logit map `t2` (2x size) moved exactly like the mask when it is given.
+
+    The teacher map takes no random draw of its own, so a batch with and without it is the
+    same view of the same frames (a plain run and a distilled run see the same data)."""
     h, w = spec.height, spec.width
     if aug is not None:
         hh, ww = x2.shape
@@ -220,24 +225,78 @@ def augment(x2: np.ndarray, y2: np.ndarray, rng: np.random.Generator,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         y2 = cv2.warpAffine(y2, m, (ww, hh), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        if t2 is not None:  # off the frame the teacher would see background
+            t2 = cv2.warpAffine(t2.astype(np.float32), m, (ww, hh), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=TEACHER_OFF_FRAME)
         if rng.random() < aug.flip:
             x2, y2 = x2[:, ::-1], y2[:, ::-1]
+            t2 = None if t2 is None else t2[:, ::-1]
         if rng.random() < aug.flip:
             x2, y2 = x2[::-1], y2[::-1]
+            t2 = None if t2 is None else t2[::-1]
         g = x2.astype(np.float32) / 255.0
         g = np.clip(np.power(g, rng.uniform(*aug.gamma)) * rng.uniform(*aug.gain), 0, 1)
         x2 = (g * 255 + 0.5).astype(np.uint8)
     x = cv2.resize(np.ascontiguousarray(x2), (w, h), interpolation=cv2.INTER_AREA)
     y = cv2.resize(np.ascontiguousarray(y2).astype(np.float32) / 255.0, (w, h),
                    interpolation=cv2.INTER_AREA)
-    return normalise(x, spec), y
+    if t2 is None:
+        return normalise(x, spec), y
+    t = cv2.resize(np.ascontiguousarray(t2, dtype=np.float32), (w, h),
+                   interpolation=cv2.INTER_AREA)
+    return normalise(x, spec), y, t
 
 
 def batch(cache: dict, rng: np.random.Generator, size: int,
-          aug: SegAugment | None = SegAugment()) -> tuple[np.ndarray, np.ndarray]:
+          aug: SegAugment | None = SegAugment()) -> tuple[np.ndarray, ...]:
+    """(inputs, targets) of `size` augmented views, (N, 1, H, W) each; when the cache holds
+    the teacher's maps (`t2`, see `with_teacher`) also the teacher's logits for each view."""
     idx = rng.integers(0, len(cache["x2"]), size)
-    pairs = [augment(cache["x2"][i], cache["y2"][i], rng, aug) for i in idx]
-    return (np.stack([p[0] for p in pairs])[:, None], np.stack([p[1] for p in pairs])[:, None])
+    teacher = cache.get("t2")
+    views = [augment(cache["x2"][i], cache["y2"][i], rng, aug,
+                     t2=None if teacher is None else teacher[i]) for i in idx]
+    return tuple(np.stack([v[k] for v in views])[:, None] for k in range(len(views[0])))
+
+
+TEACHER_OFF_FRAME = -12.0  # teacher logit for pixels warped in from outside the frame
+
+
+def unlabelled_frames(root: Path) -> list[Frame]:
+    """The HC18 test heads (no labels; other patients than the training set's same names)."""
+    return [f for f in list_frames(root) if f.source == "hc18_test"]
+
+
+def build_unlabelled_cache(frames: list[Frame], dest: Path, spec: PreprocessSpec = SPEC) -> dict:
+    """Device view (`x`) and the 2x augmentation copy (`x2`) of unlabelled heads, cached.
+
+    Names are kept as `hc18_test/<file>` so they can never be mistaken for the training
+    frames of the same file name."""
+    if dest.exists():
+        return dict(np.load(dest))
+    h, w = spec.height, spec.width
+    xs, x2s, names = [], [], []
+    for frame in tqdm(frames, desc=f"frames {dest.stem}", unit="frame"):
+        image = read_frame(frame.path)
+        full = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        xs.append(grey_resized(image, None, PreprocessSpec(h, w, roi="full")))
+        x2s.append(cv2.resize(full, (w * CACHE_SCALE, h * CACHE_SCALE),
+                              interpolation=cv2.INTER_AREA))
+        names.append(f"hc18_test/{frame.path.name}")
+    arrays = {"x": np.asarray(xs), "x2": np.asarray(x2s), "name": np.asarray(names)}
+    save_npz(dest, **arrays)
+    return arrays
+
+
+def with_teacher(labelled: dict, unlabelled: dict, t2_labelled: np.ndarray,
+                 t2_unlabelled: np.ndarray) -> dict:
+    """One training pool for distillation: the labelled frames with their annotation masks
+    and the unlabelled heads with the teacher's pseudo-mask (its probability, as area
+    coverage like the annotation masks), each with the teacher's logit map `t2` at the
+    2x cache size."""
+    pseudo = 1.0 / (1.0 + np.exp(-t2_unlabelled.astype(np.float32)))
+    return {"x2": np.concatenate([labelled["x2"], unlabelled["x2"]]),
+            "y2": np.concatenate([labelled["y2"], (pseudo * 255 + 0.5).astype(np.uint8)]),
+            "t2": np.concatenate([t2_labelled, t2_unlabelled]).astype(np.float16)}
 
 
 def device_inputs(cache: dict, spec: PreprocessSpec = SPEC) -> np.ndarray:

@@ -13,10 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from edge.models.biometry import BiometrySettings, measure_probability, sigmoid
+from edge.models.biometry import (
+    BiometrySettings,
+    Passes,
+    check_segmenter,
+    measure_frame,
+    measure_probability,
+    segment_head,
+    sigmoid,
+)
 from edge.models.manifest import ModelError, read_manifest, verify
 from edge.models.preprocess import prepare
-from edge.models.runtime import open_model_file
+from edge.models.runtime import load_model, open_model_file
 from quantize import seg_data
 from quantize.data import DataError
 from quantize.seg_nets import make_net
@@ -102,21 +110,60 @@ def test_forward_shapes(kind):
 
 def test_student_and_teacher_sizes():
     from quantize.macs import count_params
-    from quantize.seg_train import AT_PAIRS_BY_KIND, DISTILLED
+    from quantize.seg_train import DISTILLED
 
     teacher = make_net("teacher")
-    assert count_params(make_net("student")) < 250_000 < count_params(teacher) < 2_000_000
+    assert count_params(make_net("deeplab")) < 300_000 < count_params(teacher) < 2_000_000
     assert 3 * count_params(make_net("deeplab_student")) < count_params(teacher)
-    with torch.no_grad():
-        _, ft = teacher.forward_all(torch.zeros(1, 1, 160, 240))
     for kind, plain in DISTILLED.items():
         # a distilled net is the very net of its baseline, so the comparison is like for like
         assert type(make_net(kind)) is type(make_net(plain))
         assert count_params(make_net(kind)) == count_params(make_net(plain))
-        with torch.no_grad():
-            _, fs = make_net(kind).forward_all(torch.zeros(1, 1, 160, 240))
-        for i, j in AT_PAIRS_BY_KIND[kind]:
-            assert fs[i].shape[-2:] == ft[j].shape[-2:]
+
+
+def real_views(name: str = "250_HC.png"):
+    """A real HC18 frame and its mask coverage at the 2x cache size, as build_cache makes
+    them, and the mask as a teacher would give it (confident logits)."""
+    image = cv2.imread(str(DATA / "hc18" / "images" / name), cv2.IMREAD_GRAYSCALE)
+    ell = seg_data.fit_annotation(seg_data.annotation_path(DATA / "hc18" / "images" / name))
+    h2, w2 = 160 * seg_data.CACHE_SCALE, 240 * seg_data.CACHE_SCALE
+    x2 = cv2.resize(image, (w2, h2), interpolation=cv2.INTER_AREA)
+    cov = seg_data.coverage(seg_data.fill_ellipse(image.shape, ell), h2, w2)
+    y2 = (cov * 255 + 0.5).astype(np.uint8)
+    t2 = np.log(np.clip(cov, 1e-3, 1 - 1e-3) / np.clip(1 - cov, 1e-3, 1)).astype(np.float16)
+    return x2, y2, t2
+
+
+@needs_data
+def test_the_teachers_map_moves_with_the_mask_and_changes_no_view():
+    """Distillation caches the teacher's map once and moves it with each augmentation: the
+    moved map must still describe the moved mask, and a batch drawn with the teacher's maps
+    must be the very views a plain run draws (the twin comparison is like for like)."""
+    x2, y2, t2 = real_views()
+    cache = {"x2": np.stack([x2, x2[:, ::-1]]), "y2": np.stack([y2, y2[:, ::-1]])}
+    plain = seg_data.batch(cache, np.random.default_rng(7), 6)
+    x, y, t = seg_data.batch({**cache, "t2": np.stack([t2, t2[:, ::-1]])},
+                             np.random.default_rng(7), 6)
+    assert np.array_equal(plain[0], x) and np.array_equal(plain[1], y)
+    teacher_prob = 1 / (1 + np.exp(-t.astype(np.float32)))
+    assert np.abs(teacher_prob - y).mean() < 0.01
+    # the views really were moved (rotation, scale, flips), so the check above means something
+    assert min(np.abs(y[i] - y[j]).mean() for i in range(6) for j in range(i)) > 0.001
+
+
+@needs_data
+def test_the_boundary_term_asks_for_the_teachers_boundary():
+    from quantize.seg_train import boundary_loss
+
+    _, _, t2 = real_views()
+    t = torch.from_numpy(t2.astype(np.float32))[None, None]
+    assert float(boundary_loss(t, t)) < 1e-6
+    flat = torch.full_like(t, -5.0)  # no head at all: the whole boundary is missing
+    assert 0.9 < float(boundary_loss(flat, t)) < 1.1
+    shifted = torch.roll(t, shifts=3, dims=-1)  # the right boundary, 3 pixels off
+    sharp_right = float(boundary_loss(shifted, t))
+    assert 0.3 < sharp_right < float(boundary_loss(flat, t)) + 1.0
+    assert float(boundary_loss(torch.roll(t, shifts=1, dims=-1), t)) < sharp_right
 
 
 needs_model = pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped head segmenter")
@@ -131,7 +178,10 @@ def test_shipped_manifest_matches_file_and_contract(tmp_path):
     assert raw["task"] == "head_segmentation"
     assert raw["output"] == {"shape": [1, 1, h, w], "dtype": "int8", "kind": "logits"}
     assert raw["input"]["shape"] == [1, 1, h, w] and raw["input"]["dtype"] == "int8"
-    assert raw["biometry"] == {"probability_threshold": 0.5}
+    assert raw["biometry"]["probability_threshold"] == 0.5
+    check_segmenter(man)  # its passes are valid, and the toolchain noted why they were chosen
+    assert set(raw["biometry"]) <= {"probability_threshold", "test_time_flip",
+                                    "refine_crop_margin", "passes_note"}
     assert raw["size_bytes"] <= 1_000_000
     for key in ("quantization", "architecture", "metrics", "training_data", "licences"):
         assert key in raw
@@ -176,3 +226,31 @@ def test_shipped_model_segments_held_out_heads():
         close += bio.hc_mm is not None and abs(bio.hc_mm - hc) < 10
     assert np.median(dices) >= 0.9 and min(dices) >= 0.5, dices
     assert close >= 6, (close, dices)
+
+
+@needs_model
+@needs_data
+def test_every_pass_measures_real_held_out_heads_alike():
+    """The shipped model on validation heads through measure_frame with each pass option:
+    test-time flip is mirror-equivariant (the map of the mirrored frame is the mirrored map),
+    and every option measures each head within 10 mm of the CSV and within 4% of the
+    single pass."""
+    man = read_manifest(SHIPPED)
+    model = load_model(man, "litert", 2)
+    _, val = seg_data.hc18_split(DATA, seed=0)
+    table = seg_data.read_hc_table(DATA)
+    frames = val[5:: len(val) // 5][:5]
+    image = cv2.imread(str(frames[0].path), cv2.IMREAD_GRAYSCALE)
+    prob, _ = segment_head(model, image, None, flip=True)
+    mirrored, _ = segment_head(model, np.ascontiguousarray(image[:, ::-1]), None, flip=True)
+    assert np.abs(prob[:, ::-1] - mirrored).max() < 0.1
+    assert np.abs(prob[:, ::-1] - mirrored).mean() < 0.002
+    options = (Passes(), Passes(test_time_flip=True), Passes(refine_crop_margin=0.2),
+               Passes(test_time_flip=True, refine_crop_margin=0.2))
+    for frame in frames:
+        image = cv2.imread(str(frame.path), cv2.IMREAD_UNCHANGED)
+        pixel, hc = table[frame.path.name]
+        got = [measure_frame(model, image, None, pixel, BiometrySettings(), p) for p in options]
+        assert all(b.hc_mm is not None for b in got), (frame.path.name, [b.status for b in got])
+        assert all(abs(b.hc_mm - hc) < 10 for b in got), (frame.path.name, hc, got)
+        assert all(abs(b.hc_mm - got[0].hc_mm) < 0.04 * hc for b in got), frame.path.name
