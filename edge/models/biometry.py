@@ -480,29 +480,25 @@ def refine_box(ellipse: tuple[float, float, float, float, float],
     return int(x), int(y), int(w), int(h)
 
 
-def measure_frame(model: Model, image: np.ndarray, roi: Roi | None,
-                  pixel_size_mm: float | None,
-                  settings: BiometrySettings = BiometrySettings(),
-                  passes: Passes | None = None) -> Biometry:
-    """Segment the head in a frame and measure it.
+def locate_head(model: Model, image: np.ndarray, roi: Roi | None,
+                settings: BiometrySettings = BiometrySettings(),
+                passes: Passes | None = None) -> HeadShape:
+    """Segment the head in a frame and find its shape, with the model's own passes.
 
     `settings` come from `settings_for_model` (done once when the segmenter is loaded, see
     `edge.scorer.load_segmenter`), so the threshold is the model's own; `passes` default to
     the model's own (`passes_for_model`). With a crop margin, the first pass only places
-    the crop, measured at the model's resolution (cheap); the head is measured on the
-    second pass. If the first pass finds no whole head, or the second pass does not
-    measure one, the frame is measured on the first pass as a single pass would.
+    the crop, located at the model's resolution (cheap); the head is found on the second
+    pass. If the first pass finds no whole head, or the second pass does not find one
+    whole and regular, the frame is judged on the first pass as a single pass would.
     """
-    if pixel_size_status(pixel_size_mm, settings) is not None:
-        return measure_probability(np.zeros((2, 2), np.float32), (0, 0, 2, 2), (2, 2),
-                                   pixel_size_mm, settings)
     passes = passes_for_model(model.manifest) if passes is None else passes
     prob, box = segment_head(model, image, roi, passes.test_time_flip)
     if passes.refine_crop_margin <= 0:
-        return measure_probability(prob, box, image.shape, pixel_size_mm, settings)
+        return head_shape(prob, box, image.shape, settings)
     mh, mw = prob.shape
-    rough = measure_probability(prob, (0, 0, mw, mh), (mh, mw), pixel_size_mm, settings)
-    if rough.status in MEASURED:
+    rough = head_shape(prob, (0, 0, mw, mh), (mh, mw), settings)
+    if rough.status == OK:
         sx, sy = box[2] / mw, box[3] / mh
         cx, cy, major, minor, angle = rough.ellipse
         # Scale the model-resolution ellipse to the box; the axes by the mean scale (the
@@ -515,8 +511,20 @@ def measure_frame(model: Model, image: np.ndarray, roi: Roi | None,
                                 spec.width / spec.height)
         crop = np.ascontiguousarray(image[y:y + h, x:x + w])
         prob2, _ = segment_head(model, crop, None, passes.test_time_flip)
-        refined = measure_probability(prob2, (x, y, w, h), image.shape, pixel_size_mm,
-                                      settings)
-        if refined.measured:
+        refined = head_shape(prob2, (x, y, w, h), image.shape, settings)
+        if refined.status == OK:
             return refined
-    return measure_probability(prob, box, image.shape, pixel_size_mm, settings)
+    return head_shape(prob, box, image.shape, settings)
+
+
+def measure_frame(model: Model, image: np.ndarray, roi: Roi | None,
+                  pixel_size_mm: float | None,
+                  settings: BiometrySettings = BiometrySettings(),
+                  passes: Passes | None = None) -> Biometry:
+    """Segment the head in a frame and measure it (see `locate_head`); without a usable
+    pixel size the model is not run at all."""
+    bad_scale = pixel_size_status(pixel_size_mm, settings)
+    if bad_scale is not None:
+        finite = pixel_size_mm is not None and math.isfinite(pixel_size_mm)
+        return Biometry(bad_scale, pixel_size_mm=pixel_size_mm if finite else None)
+    return biometry_of(locate_head(model, image, roi, settings, passes), pixel_size_mm)
