@@ -40,29 +40,53 @@ def _segmenter_rows(frame: Path) -> None:
     from quantize.build_segmenter import export_teacher_fp32
 
     shipped = REPO / "models" / "head_segmenter.json"
-    try:
-        teacher = export_teacher_fp32(BUILD / "head_teacher").with_suffix(".json")
-    except FileNotFoundError as exc:
-        print(f"\nnote: {exc}; the head segmenter rows are left out")
-        return
     if not shipped.is_file():
         print(f"\nnote: {shipped} missing; the head segmenter rows are left out")
         return
     import json
 
     kind = json.loads(shipped.read_text()).get("selection", {}).get("kind", "student")
-    labels = ("head teacher U-Net fp32", f"head {kind} int8 (shipped)")
-    rows = model_table(list(zip(labels, (teacher, shipped), strict=True)), frame)
+    models = [(f"head {kind} int8 (shipped)", shipped)]
+    try:
+        teacher = export_teacher_fp32(BUILD / "head_teacher").with_suffix(".json")
+        models.insert(0, ("head teacher DeepLabv3+-wide fp32", teacher))
+    except FileNotFoundError as exc:
+        print(f"\nnote: {exc}; the head teacher rows are left out")
+    labels = [label for label, _ in models]
+    rows = model_table(models, frame)
     print("\n## Head segmenter latency (ai-edge-litert, XNNPACK; 160x240, one real frame, "
           "200 invokes)\n")
     print(format_table(rows))
     by = {(r.label, r.threads): r.median_ms for r in rows}
-    for threads in (1, 2):
+    for threads in (1, 2) if len(labels) == 2 else ():
         t, s = by[(labels[0], threads)], by[(labels[1], threads)]
         print(f"\nratio at {threads} thread(s): head {kind} int8 is {t / s:.2f}x faster than "
               f"the head teacher fp32 ({s:.2f} / {t:.2f} ms)")
     size = (REPO / "models" / "head_segmenter.tflite").stat().st_size
     print(f"head {kind} int8 size: {size / 1024:.0f} KiB ({size} bytes)")
+    _passes_rows(shipped)
+
+
+def _passes_rows(shipped: Path, count: int = 40) -> None:
+    """What each pass option of the measurement costs per head frame, on real validation
+    heads, with the shipped segmenter; and which option its manifest chose."""
+    from bench.models import time_passes
+    from quantize.build_segmenter import CROP_MARGIN
+    from quantize.data import data_dir
+    from quantize.seg_data import hc18_split, read_hc_table
+
+    table = read_hc_table(data_dir())
+    _, val = hc18_split(data_dir())
+    frames = [(f.path, table[f.path.name][0]) for f in val[:: max(1, len(val) // count)][:count]]
+    block = read_manifest(shipped).raw.get("biometry", {})
+    margin = block.get("refine_crop_margin") or CROP_MARGIN
+    print(f"\n## Head biometry passes: segmenter + measurement per head frame ({len(frames)} "
+          f"HC18 validation frames, 2 threads; crop margin {margin:g})\n")
+    print("| passes | model runs | median ms | p90 ms |\n|---|---|---|---|")
+    for name, t in time_passes(shipped, 2, margin, frames).items():
+        print(f"| {name} | {t['runs']} | {t['median_ms']:.2f} | {t['p90_ms']:.2f} |")
+    print(f"shipped manifest: test_time_flip={block.get('test_time_flip', False)}, "
+          f"refine_crop_margin={block.get('refine_crop_margin', 0.0)}")
 
 
 BENCH_PIXEL_SIZE_MM = 0.15  # a typical HC18 pixel size; only the timing depends on it

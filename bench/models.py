@@ -47,6 +47,13 @@ def time_device_path(manifest: Path, threads: int, pixel_size_mm: float = 0.0) -
                    str(pixel_size_mm))
 
 
+def time_passes(manifest: Path, threads: int, margin: float,
+                frames: list[tuple[Path, float]]) -> dict:
+    """ms per head frame of each pass option of the head segmenter (bench.worker passes)."""
+    return _worker("passes", str(manifest), str(threads), str(margin),
+                   *(f"{path}={pixel}" for path, pixel in frames))
+
+
 def model_table(models: list[tuple[str, Path]], frame: Path, runs: int = 200) -> list[Timing]:
     return [time_model(label, path, threads, frame, runs)
             for threads in (1, 2) for label, path in models]

@@ -88,9 +88,39 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
     return out
 
 
+def time_passes(manifest_path: str, threads: int, margin: float, frames: list[str]) -> dict:
+    """The head segmenter's measure_frame per pass option on real head frames (`frames`:
+    "path=pixel_mm" items): what each option of edge.models.biometry.Passes costs per frame,
+    segmenter runs and measurement together."""
+    from edge.models.biometry import Passes, measure_frame, settings_for_model
+
+    manifest = read_manifest(manifest_path)
+    model = load_model(manifest, "litert", threads)
+    settings = settings_for_model(manifest)
+    images = [(cv2.imread(item.rsplit("=", 1)[0]), float(item.rsplit("=", 1)[1]))
+              for item in frames]
+    options = {"one pass": Passes(), "flip": Passes(test_time_flip=True),
+               "crop": Passes(refine_crop_margin=margin),
+               "crop + flip": Passes(test_time_flip=True, refine_crop_margin=margin)}
+    out = {}
+    for name, passes in options.items():
+        for image, pixel in images[:3]:
+            measure_frame(model, image, None, pixel, settings, passes)
+        times = []
+        for image, pixel in images:
+            t0 = time.perf_counter()
+            measure_frame(model, image, None, pixel, settings, passes)
+            times.append((time.perf_counter() - t0) * 1000)
+        out[name] = {"median_ms": statistics.median(times), "p90_ms": _p90(times),
+                     "runs": passes.runs()}
+    return out
+
+
 def main(argv: list[str]) -> int:
     if argv[0] == "model":
         out = time_model(argv[1], int(argv[2]), argv[3], int(argv[4]))
+    elif argv[0] == "passes":
+        out = time_passes(argv[1], int(argv[2]), float(argv[3]), argv[4:])
     else:
         out = time_path(argv[1], argv[2], int(argv[3]), float(argv[4]) if len(argv) > 4 else 0.0)
     print(json.dumps(out))
