@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.exam.session import ExamSettings
 from edge.models.biometry import BiometrySettings
 from edge.models.roi import RoiSettings
 from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
@@ -88,6 +89,15 @@ class BiometryConfig:
 
 
 @dataclass(frozen=True)
+class QualityConfig:
+    """[quality]: the per-frame audit (edge/models/quality.py)."""
+
+    enabled: bool = True
+    rules: str = ""  # a quality rules TOML; "" = the shipped edge/models/quality_rules.toml
+    learned: str = "quality_head"  # manifest name of the learned quality head; "" = none
+
+
+@dataclass(frozen=True)
 class Settings:
     source: SourceSettings = field(default_factory=SourceSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
@@ -97,6 +107,8 @@ class Settings:
     journal: JournalSettings = field(default_factory=JournalSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     biometry: BiometryConfig = field(default_factory=BiometryConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    exam: ExamSettings = field(default_factory=ExamSettings)
 
 
 class ConfigError(ValueError):
@@ -184,6 +196,11 @@ def _validate(settings: Settings, label: str) -> None:
     if settings.source.backoff_initial_s <= 0 or settings.source.backoff_max_s <= 0:
         raise ConfigError(f"{label}: source backoff times must be positive")
     _validate_biometry(settings.biometry, label)
+    ex = settings.exam
+    if not (0.0 < ex.end_gap_s <= 86400.0 and 16 <= ex.thumb_width <= 4096
+            and 0.0 <= ex.thumb_interval_s <= 3600.0 and 0.0 < ex.thumbs_quota_mb <= 1e6):
+        raise ConfigError(f"{label}: exam: end_gap_s must be in (0, 86400], thumb_width in "
+                          "16-4096, thumb_interval_s in 0-3600, thumbs_quota_mb positive")
 
 
 def _validate_biometry(bio: BiometryConfig, label: str) -> None:

@@ -18,7 +18,11 @@ from pathlib import Path
 
 from edge.capture.sources import LiveSettings, Source, open_source
 from edge.config import Settings
+from edge.exam.protocol import find_protocol
+from edge.exam.session import ExamSession, ExamTracker, format_exam
 from edge.exam.tally import ExamTally
+from edge.exam.thumbs import THUMBS_DIR, ThumbStore
+from edge.models.roi import Roi
 from edge.result import FrameResult
 from edge.scorer import make_scorer, timed_frames
 from edge.store.journal import JOURNAL_FILE, Journal
@@ -55,8 +59,8 @@ class RunStats:
     def failed(self) -> int:
         return self.tally.failed
 
-    def add(self, result: FrameResult) -> None:
-        self.tally.add(result.to_dict())
+    def add(self, record: dict) -> None:
+        self.tally.add(record)
 
     def snapshot(self, source: Source | None = None) -> dict:
         elapsed = max(1e-9, time.monotonic() - self.started_mono)
@@ -86,13 +90,19 @@ def format_line(result: FrameResult) -> str:
             line += f"  HC {bio['hc_mm']:.1f} mm{age}"
         else:
             line += f"  biometry: {bio.get('status')}"
+    quality = result.quality
+    if quality:
+        advice = quality.get("advice")
+        line += f"  quality {quality['score']:.2f}"
+        if advice:
+            line += f": {quality['criteria'][advice]['message']}"
     return line
 
 
 def format_summary(stats: RunStats, source: Source) -> str:
     snap = stats.snapshot(source)
     counts = sorted(stats.tally.planes.items(), key=lambda item: -item[1][0])
-    planes = ", ".join(f"{name} {n}" for name, (n, _best) in counts) or "none"
+    planes = ", ".join(f"{name} {entry[0]}" for name, entry in counts) or "none"
     p50 = snap["latency_p50_ms"]
     p90 = snap["latency_p90_ms"]
     latency = f"median {p50:.1f} ms, p90 {p90:.1f} ms" if p50 is not None else "no frames"
@@ -102,16 +112,20 @@ def format_summary(stats: RunStats, source: Source) -> str:
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT end the run cleanly: the exam summary is still written."""
+    """SIGTERM/SIGINT end the run cleanly: the open exam's summary is still written.
+    SIGUSR1 is the midwife's "end exam" command (a button on the box, or the web page):
+    the exam in progress ends now, and the next ultrasound starts a new one."""
 
     def __init__(self) -> None:
         self.stopped = False
+        self.end_exam = False
         self._previous: dict = {}
 
     def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig, handler in ((signal.SIGTERM, self._stop), (signal.SIGINT, self._stop),
+                             (signal.SIGUSR1, self._end_exam)):
             try:
-                self._previous[sig] = signal.signal(sig, self._stop)
+                self._previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread (tests): no signal handling
                 pass
         return self
@@ -119,18 +133,29 @@ class _StopFlag:
     def _stop(self, *_args: object) -> None:
         self.stopped = True
 
+    def _end_exam(self, *_args: object) -> None:
+        self.end_exam = True
+
     def __exit__(self, *_exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def make_tracker(settings: Settings, state_dir: Path, models: dict[str, str],
+                 on_end: Callable[[ExamSession, dict], None]) -> ExamTracker:
+    """The exam tracker of the configured protocol, with thumbnails under the state dir."""
+    cfg = settings.exam
+    protocol = find_protocol(cfg.protocol, cfg.protocols_file or None)
+    thumbs = ThumbStore(state_dir / THUMBS_DIR, int(cfg.thumbs_quota_mb * 1e6)) \
+        if cfg.thumbnails else None
+    return ExamTracker(protocol, cfg, thumbs, on_end, models)
 
 
 def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = print) -> int:
     """The long-running loop; returns the process exit code."""
     scorer = make_scorer(settings)
     state_dir = Path(settings.device.state_dir)
-    models = {scorer.manifest.name: scorer.manifest.version}
-    if scorer.head is not None:
-        models[scorer.head.model.manifest.name] = scorer.head.model.manifest.version
+    models = scorer.model_versions()
     mqtt = settings.mqtt
     if settings.device.device_id and not mqtt.device_id:
         mqtt = replace(mqtt, device_id=settings.device.device_id)
@@ -147,8 +172,14 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     if source.demo is not None and source.demo.kind == "phantom":
         echo(f"demo source is a generated phantom: {source.demo.description}")
     run_id = journal.start_run(source.name, models)
+
+    def exam_ended(session: ExamSession, body: dict) -> None:
+        journal.add_exam(run_id, body, session.best_frames())
+        uplink.enqueue_exam(body)
+        echo(format_exam(session, body))
+
+    tracker = make_tracker(settings, state_dir, models, exam_ended)
     stats = RunStats()
-    started_ts = time.time()
     next_health = time.monotonic() + mqtt.health_interval_s
     limit = settings.loop.max_frames
     try:
@@ -156,20 +187,25 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             for frame, capture_s in timed_frames(source):
                 result = scorer.score(frame, capture_s)
                 journal.append(run_id, result)
-                stats.add(result)
+                record = result.to_dict()
+                stats.add(record)
+                roi = Roi(*result.roi) if result.roi else None
+                tracker.feed(record, frame.image, roi, frame.t_mono)
                 every = settings.loop.log_every
                 if result.error or (every and stats.frames % every == 0):
                     echo(format_line(result))
                 if time.monotonic() >= next_health:
                     uplink.enqueue_health(stats.snapshot(source))
                     next_health = time.monotonic() + mqtt.health_interval_s
+                if stop.end_exam:
+                    stop.end_exam = False
+                    tracker.end("command")
                 if stop.stopped or (limit and stats.frames >= limit):
                     break
     finally:
+        tracker.end("source_end")
         journal.end_run(run_id)
         journal.close()
-        uplink.enqueue_exam(stats.tally.body(source.name, started_ts, time.time(),
-                                      stats.started_mono, time.monotonic(), models))
         uplink.enqueue_health(stats.snapshot(source))
         echo(format_summary(stats, source))
         if once and uplink.target is not None:

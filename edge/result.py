@@ -1,8 +1,10 @@
 """The per-frame result: one JSON-serialisable record that score, journal and summaries share.
 
-`biometry` (head biometry on head-plane frames, `edge.models.biometry.Biometry.to_dict()` plus its
-time `ms`) was added as an optional key without a schema bump: records without it, and
-readers that ignore it, stay valid.
+Optional keys were added without a schema bump, so records without them, and readers that
+ignore them, stay valid: `biometry` (head biometry on head-plane frames,
+`edge.models.biometry.Biometry.to_dict()` plus its time `ms`), `quality` (the audit,
+`edge.models.quality.QualityResult.to_dict()` plus its time `ms`) and `head` (the head the
+segmenter found on a frame that may show one, even without a pixel size).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class FrameResult:
     mono_s: float  # monotonic clock at capture
     error: str | None = None
     biometry: dict | None = None  # head-plane frames with a known pixel size and a segmenter
+    quality: dict | None = None  # the audit: score, advice, criteria (edge.models.quality)
+    head: dict | None = None  # the head the segmenter found: status and ellipse (frame px)
+    head_ms: float | None = None  # time spent segmenting (and measuring) the head
     schema: int = RESULT_SCHEMA
 
     def to_dict(self) -> dict:

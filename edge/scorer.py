@@ -15,10 +15,21 @@ from pathlib import Path
 
 from edge.capture.sources import Frame, Source
 from edge.config import Settings
-from edge.models.biometry import BiometrySettings, measure_frame, settings_for_model
+from edge.models.biometry import BiometrySettings, biometry_of, locate_head, settings_for_model
 from edge.models.manifest import Manifest, find_manifest
-from edge.models.planes import plane_from_output
-from edge.models.preprocess import prepare
+from edge.models.planes import PlaneResult, plane_from_output
+from edge.models.preprocess import grey_resized, normalise
+from edge.models.quality import (
+    RepeatTracker,
+    Rules,
+    audit,
+    check_quality_head,
+    head_measures,
+    image_measures,
+    learned_severities,
+    load_rules,
+    may_show_head,
+)
 from edge.models.roi import Roi, RoiSettings, find_roi
 from edge.models.runtime import Model, load_model
 from edge.result import FrameResult
@@ -31,20 +42,23 @@ def _ms(seconds: float) -> float:
 
 
 @dataclass
-class HeadBiometry:
-    """Head biometry for frames of a head plane, at the probe's known pixel size."""
+class HeadModel:
+    """The head segmenter: the head is judged on every frame that may show one, and
+    measured (biometry) on frames of the biometry planes when the pixel size is known."""
 
     model: Model
-    pixel_size_mm: float
-    head_planes: frozenset[str]
     settings: BiometrySettings = field(default_factory=BiometrySettings)
+    pixel_size_mm: float = 0.0  # the probe's calibration; 0 = unknown: no biometry
+    head_planes: frozenset[str] = frozenset()
 
-    def measure(self, image, roi: Roi | None, plane: str | None) -> dict | None:
-        if plane not in self.head_planes:
-            return None  # the loop stays cheap: one extra model run on head planes only
-        t0 = time.perf_counter()
-        result = measure_frame(self.model, image, roi, self.pixel_size_mm, self.settings)
-        return {**result.to_dict(), "ms": round(_ms(time.perf_counter() - t0), 3)}
+
+@dataclass
+class QualityModel:
+    """The audit's rules and, where installed, the learned quality head."""
+
+    rules: Rules
+    learned: Model | None = None
+    repeats: RepeatTracker = field(default_factory=RepeatTracker)
 
 
 @dataclass
@@ -52,13 +66,16 @@ class Scorer:
     """Scores frames with the plane model, re-finding the screen region now and then.
 
     A scanner's layout changes rarely within a stream, so the region is found again every
-    `roi_refresh_frames` frames, or when the source or the frame size changes.
+    `roi_refresh_frames` frames, or when the source or the frame size changes. The quality
+    audit reuses the plane model's own grey view of the region, so its image statistics
+    cost one histogram and one small Laplacian.
     """
 
     model: Model
     roi_settings: RoiSettings = field(default_factory=RoiSettings)
     roi_refresh_frames: int = 15
-    head: HeadBiometry | None = None
+    head: HeadModel | None = None
+    quality: QualityModel | None = None
     _roi: Roi | None = None
     _roi_key: tuple | None = None
     _since_roi: int = 0
@@ -66,6 +83,17 @@ class Scorer:
     @property
     def manifest(self) -> Manifest:
         return self.model.manifest
+
+    def model_versions(self) -> dict[str, str]:
+        """Every model (and the quality rules) that shapes a result, name -> version."""
+        out = {self.manifest.name: self.manifest.version}
+        for extra in (self.head.model if self.head else None,
+                      self.quality.learned if self.quality else None):
+            if extra is not None:
+                out[extra.manifest.name] = extra.manifest.version
+        if self.quality is not None:
+            out["quality_rules"] = self.quality.rules.version
+        return out
 
     def _region(self, frame: Frame) -> Roi | None:
         key = (frame.source, frame.image.shape)
@@ -76,6 +104,14 @@ class Scorer:
         self._since_roi += 1
         return self._roi
 
+    def _judge_head(self, frame: Frame, roi: Roi | None, plane: PlaneResult) -> bool:
+        if self.head is None:
+            return False
+        if self.quality is None:  # no audit: the segmenter runs for biometry alone
+            return bool(self.head.pixel_size_mm) and plane.plane in self.head.head_planes
+        return may_show_head(self.quality.rules, self.head.head_planes, plane.plane,
+                             self.manifest.labels, plane.probabilities)
+
     def score(self, frame: Frame, capture_s: float = 0.0) -> FrameResult:
         ident = self.manifest.ident
         if not frame.ok:
@@ -84,38 +120,62 @@ class Scorer:
                                frame.t_mono, error=frame.error or "no image")
         t0 = time.perf_counter()
         roi = self._region(frame)
-        x = prepare(frame.image, roi, self.manifest.preprocessing)
+        spec = self.manifest.preprocessing
+        grey = grey_resized(frame.image, roi, spec)
+        x = normalise(grey, spec)[None, None]
         t1 = time.perf_counter()
         plane = plane_from_output(self.manifest, self.model.run(x))
         t2 = time.perf_counter()
-        biometry = self.head.measure(frame.image, roi, plane.plane) if self.head else None
+        head = biometry = None
+        measures: dict[str, float] = {}
+        if self._judge_head(frame, roi, plane):
+            shape = locate_head(self.head.model, frame.image, roi, self.head.settings)
+            head = {"status": shape.status,
+                    "ellipse": None if shape.ellipse is None else
+                    [round(v, 2) for v in shape.ellipse]}
+            measures.update(head_measures(shape, roi) or {})
+            if self.head.pixel_size_mm and plane.plane in self.head.head_planes:
+                biometry = biometry_of(shape, self.head.pixel_size_mm).to_dict()
         t3 = time.perf_counter()
+        if biometry is not None:
+            biometry["ms"] = round(_ms(t3 - t2), 3)
+        quality = None
+        if self.quality is not None:
+            measures.update(image_measures(grey))
+            measures["repeated_frames"] = float(self.quality.repeats.update(frame.source, grey))
+            measures["plane_confidence"] = (0.0 if plane.top_label == "Background"
+                                            else plane.confidence)
+            if self.quality.learned is not None:
+                learned = learned_severities(self.quality.learned, frame.image, roi)
+                measures.update({f"learned:{k}": v for k, v in learned.items()})
+            quality = audit(self.quality.rules, measures).to_dict()
+            quality["ms"] = round(_ms(time.perf_counter() - t3), 3)
+        t4 = time.perf_counter()
         preprocess_s, infer_s = t1 - t0, t2 - t1
         return FrameResult(
             source=frame.source, frame=frame.index, plane=plane.plane,
             plane_confidence=plane.confidence,
-            latency_ms=_ms(capture_s + preprocess_s + infer_s + (t3 - t2)),
+            latency_ms=_ms(capture_s + preprocess_s + infer_s + (t4 - t2)),
             capture_ms=_ms(capture_s), preprocess_ms=_ms(preprocess_s), infer_ms=_ms(infer_s),
             roi=roi.as_list() if roi else None, model=ident, ts=frame.t_wall,
-            mono_s=frame.t_mono, biometry=biometry)
+            mono_s=frame.t_mono, biometry=biometry, quality=quality, head=head,
+            head_ms=round(_ms(t3 - t2), 3) if head is not None else None)
 
 
-def make_head_biometry(settings: Settings) -> HeadBiometry | None:
-    """The head segmenter when a pixel size is configured; None (said once) without it.
+def make_head_model(settings: Settings) -> HeadModel | None:
+    """The head segmenter where it is installed; None (said once) where it is not.
 
     A segmenter that is installed but broken is an error like a broken plane model; one
-    that is not installed only turns biometry off.
+    that is not installed only turns the head criteria and biometry off.
     """
     bio = settings.biometry
-    if not bio.pixel_size_mm:
-        return None
     path = Path(settings.models.dir) / f"{bio.segmenter}.json"
     if not path.is_file():
-        log.warning("biometry: %s not installed; frames are scored without head biometry",
-                    path)
+        log.warning("head: %s not installed; frames are scored without head biometry or "
+                    "head quality criteria", path)
         return None
     model, measurement = load_segmenter(settings)
-    return HeadBiometry(model, bio.pixel_size_mm, frozenset(bio.head_planes), measurement)
+    return HeadModel(model, measurement, bio.pixel_size_mm, frozenset(bio.head_planes))
 
 
 def load_segmenter(settings: Settings) -> tuple[Model, BiometrySettings]:
@@ -127,11 +187,31 @@ def load_segmenter(settings: Settings) -> tuple[Model, BiometrySettings]:
     return model, measurement
 
 
+def make_quality_model(settings: Settings) -> QualityModel | None:
+    """The quality rules, and the learned quality head where installed; None when the
+    audit is turned off. Broken rules or a broken installed head are errors at start-up."""
+    cfg = settings.quality
+    if not cfg.enabled:
+        return None
+    rules = load_rules(cfg.rules or None)
+    path = Path(settings.models.dir) / f"{cfg.learned}.json"
+    learned = None
+    if cfg.learned and path.is_file():
+        manifest = find_manifest(Path(settings.models.dir), cfg.learned)
+        check_quality_head(manifest)
+        learned = load_model(manifest, settings.models.backend, settings.models.num_threads)
+    elif rules.needs_learned_head():
+        log.warning("quality: %s not installed; the criteria it measures (%s) are left out",
+                    path, ", ".join(r.name for r in rules.criteria
+                                    if r.measure.startswith("learned:")))
+    return QualityModel(rules, learned)
+
+
 def make_scorer(settings: Settings) -> Scorer:
     manifest = find_manifest(Path(settings.models.dir), settings.models.plane)
     model = load_model(manifest, settings.models.backend, settings.models.num_threads)
     return Scorer(model, settings.roi, settings.loop.roi_refresh_frames,
-                  head=make_head_biometry(settings))
+                  head=make_head_model(settings), quality=make_quality_model(settings))
 
 
 def timed_frames(source: Source) -> Iterator[tuple[Frame, float]]:

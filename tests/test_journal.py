@@ -120,4 +120,4 @@ def test_a_journal_of_schema_1_gains_the_biometry_columns_and_keeps_its_rows(tmp
     rows = sqlite3.connect(path).execute(
         "SELECT biometry_status, hc_mm FROM results ORDER BY id").fetchall()
     assert rows == [(None, None), ("ok", 171.25), (None, None)]
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -10,10 +10,14 @@ from pathlib import Path
 
 from edge.capture.sources import SourceError
 from edge.cli import biometry as biometry_cli
+from edge.cli import exam as exam_cli
 from edge.config import ConfigError, ModelSettings, load_settings
+from edge.exam.protocol import ProtocolError
 from edge.models.manifest import Manifest, ModelError, list_manifests
+from edge.models.quality import RulesError
 
-EXPECTED_ERRORS = (ConfigError, ModelError, SourceError, biometry_cli.InputError)
+EXPECTED_ERRORS = (ConfigError, ModelError, SourceError, biometry_cli.InputError,
+                   ProtocolError, RulesError)
 DELEGATED = {"status": "uplink and device status",
              "outbox": "messages waiting to be published"}
 
@@ -112,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     biometry_cli.add_parser(verbs)
+    exam_cli.add_parser(verbs)
 
     models = verbs.add_parser("models", help="installed models with their manifests")
     models.add_argument("--models-dir", default=ModelSettings().dir)

@@ -7,6 +7,7 @@ carry patient names.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections import deque
 
 from edge.models.biometry import MEASURED, hadlock_ga_weeks
@@ -40,9 +41,17 @@ def _model_versions(results: list[dict], extra: dict[str, str] | None) -> dict[s
 
 class ExamTally:
     """The running totals of one exam, so a loop that runs for days holds a few numbers
-    per plane instead of every frame. Latency percentiles use the most recent frames."""
+    per plane instead of every frame. Latency percentiles use the most recent frames.
+
+    Per plane: frames, best confidence and, where the audit ran, best quality score. The
+    criteria frames failed are counted (the exam's most frequent deficiencies). Head
+    biometry keeps every measured frame's HC, BPD and OFD (for the spread) and the
+    `BEST_HEADS` best-quality measured frames, from which the exam's age is given.
+    """
 
     LATENCY_WINDOW = 10_000
+    BEST_HEADS = 5
+    MAX_CRITERIA = 32
 
     def __init__(self) -> None:
         self.frames = 0
@@ -51,7 +60,9 @@ class ExamTally:
         self.latencies: deque[float] = deque(maxlen=self.LATENCY_WINDOW)
         self.model_tags: dict[str, None] = {}
         self.head_mm: deque[tuple[float, float, float]] = deque(maxlen=self.LATENCY_WINDOW)
+        self.best_heads: list[tuple[float, int, float, float, float]] = []  # min-heap
         self.head_declined: dict[str, int] = {}
+        self.deficiencies: dict[str, int] = {}
 
     def add(self, r: dict) -> None:
         self.frames += 1
@@ -73,34 +84,66 @@ class ExamTally:
         entry = self.planes.setdefault(label, [0, 0.0])
         entry[0] += 1
         entry[1] = max(entry[1], conf)
-        self._add_biometry(r.get("biometry"))
+        score = quality_score(r)
+        if score is not None:
+            if len(entry) == 2:
+                entry.append(score)
+            entry[2] = max(entry[2], score)
+            self._add_deficiencies(r["quality"].get("criteria"))
+        self._add_biometry(r.get("biometry"), conf if score is None else score)
 
-    def _add_biometry(self, bio) -> None:
+    def _add_deficiencies(self, criteria) -> None:
+        if not isinstance(criteria, dict):
+            return
+        for name, c in criteria.items():
+            if isinstance(c, dict) and c.get("pass") is False and isinstance(name, str):
+                if name in self.deficiencies or len(self.deficiencies) < self.MAX_CRITERIA:
+                    key = name[:24]
+                    self.deficiencies[key] = self.deficiencies.get(key, 0) + 1
+
+    def _add_biometry(self, bio, rank: float) -> None:
         if not isinstance(bio, dict) or not isinstance(bio.get("status"), str):
             return
         mm = [bio.get(k) for k in ("hc_mm", "bpd_mm", "ofd_mm")]
         if bio["status"] in MEASURED and all(isinstance(v, int | float) for v in mm):
-            self.head_mm.append(tuple(float(v) for v in mm))
+            hc, bpd, ofd = (float(v) for v in mm)
+            self.head_mm.append((hc, bpd, ofd))
+            item = (rank, self.frames, hc, bpd, ofd)
+            if len(self.best_heads) < self.BEST_HEADS:
+                heapq.heappush(self.best_heads, item)
+            elif item > self.best_heads[0]:
+                heapq.heapreplace(self.best_heads, item)
         elif len(self.head_declined) < 8 or bio["status"] in self.head_declined:
             status = bio["status"][:24]
             self.head_declined[status] = self.head_declined.get(status, 0) + 1
 
     def biometry(self) -> dict | None:
-        """The exam's head biometry: medians over every measured head-plane frame (robust to
-        the odd bad frame), the spread of HC, and the age from the median HC."""
+        """The exam's head biometry. HC, BPD, OFD and the age are the medians of the best
+        measured head frames (by quality score, or by confidence without the audit): the
+        frames a sonographer would have frozen. The age range is the age of the lowest and
+        the highest HC among those frames, i.e. the spread of the measurement, not the
+        biological spread of dating by HC. HC p10/p90 span every measured frame."""
         if not self.head_mm and not self.head_declined:
             return None
         out: dict = {"measured": len(self.head_mm),
                      "declined": dict(sorted(self.head_declined.items()))}
         if self.head_mm:
-            hc, bpd, ofd = (sorted(col) for col in zip(*self.head_mm, strict=True))
+            hc_all = sorted(h[0] for h in self.head_mm)
+            hc, bpd, ofd = (sorted(col) for col in zip(*[b[2:] for b in self.best_heads],
+                                                       strict=True))
             median_hc = _pct(hc, 0.5)
-            ga = hadlock_ga_weeks(median_hc)
-            out.update({"hc_mm": median_hc, "hc_p10_mm": _pct(hc, 0.1),
-                        "hc_p90_mm": _pct(hc, 0.9), "bpd_mm": _pct(bpd, 0.5),
-                        "ofd_mm": _pct(ofd, 0.5),
-                        "ga_weeks": None if ga is None else round(ga, 1)})
+            ga, low, high = (hadlock_ga_weeks(v) for v in (median_hc, hc[0], hc[-1]))
+            out.update({"hc_mm": median_hc, "hc_p10_mm": _pct(hc_all, 0.1),
+                        "hc_p90_mm": _pct(hc_all, 0.9), "bpd_mm": _pct(bpd, 0.5),
+                        "ofd_mm": _pct(ofd, 0.5), "best_frames": len(hc),
+                        "ga_weeks": None if ga is None else round(ga, 1),
+                        "ga_low_weeks": None if low is None else round(low, 1),
+                        "ga_high_weeks": None if high is None else round(high, 1)})
         return out
+
+    def top_deficiencies(self, n: int = 3) -> dict[str, int]:
+        ranked = sorted(self.deficiencies.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        return dict(ranked)
 
     def body(self, source: str, started_ts: float, ended_ts: float,
              started_mono: float | None = None, ended_mono: float | None = None,
@@ -112,6 +155,7 @@ class ExamTally:
             duration = max(0.0, ended_ts - started_ts)
         latencies = list(self.latencies)
         head = self.biometry()
+        deficiencies = self.top_deficiencies()
         return {
             "exam_id": exam_id or hashlib.sha256(
                 f"{source}|{started_ts}|{started_mono}".encode()).hexdigest()[:16],
@@ -122,12 +166,25 @@ class ExamTally:
             "frames": self.frames,
             "frames_scored": self.frames - self.failed,
             "frames_failed": self.failed,
-            "planes": {k: [v[0], round(v[1], 3)] for k, v in sorted(self.planes.items())},
+            "planes": {k: [v[0], round(v[1], 3), *[round(q, 3) for q in v[2:]]]
+                       for k, v in sorted(self.planes.items())},
             "latency_ms": {"p50": _pct(latencies, 0.5), "p90": _pct(latencies, 0.9)},
             "models": _model_versions([{"model": t} for t in self.model_tags],
                                       model_versions),
+            **({"deficiencies": deficiencies} if deficiencies else {}),
             **({"biometry": head} if head is not None else {}),
         }
+
+
+def quality_score(r: dict) -> float | None:
+    """The audit's score of a result dict, or None where the audit did not run."""
+    quality = r.get("quality")
+    if not isinstance(quality, dict):
+        return None
+    score = quality.get("score")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+        return None
+    return float(score)
 
 
 def summarize_exam(
@@ -142,9 +199,9 @@ def summarize_exam(
 ) -> dict:
     """The compact body of one exam from the loop's per-frame result dicts.
 
-    Until the exam workflow exists one exam is one run over a source. Per plane: frames
-    classified as that plane and the best confidence seen. Failed frames (``error`` set)
-    count separately. The result is well under 1 KB as JSON (checked in ``build_exam``).
+    Per plane: frames classified as that plane, the best confidence and the best quality
+    seen. Failed frames (``error`` set) count separately. The result is well under 1 KB as
+    JSON (checked, and shed if it must be, in ``edge.uplink.messages.build_exam``).
     """
     tally = ExamTally()
     for r in results:

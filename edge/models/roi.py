@@ -25,6 +25,9 @@ class Roi:
     y: int
     w: int
     h: int
+    # The share of the box the ultrasound image covers: a sector leaves the box's corners
+    # empty. The quality audit judges how much of the *image* the head fills with it.
+    fill: float = 1.0
 
     def as_list(self) -> list[int]:
         return [self.x, self.y, self.w, self.h]
@@ -97,4 +100,5 @@ def find_roi(image: np.ndarray, settings: RoiSettings = RoiSettings()) -> Roi | 
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     fx0, fy0 = int(np.floor(x0 / scale)), int(np.floor(y0 / scale))
     fx1, fy1 = min(width, int(np.ceil(x1 / scale))), min(height, int(np.ceil(y1 / scale)))
-    return Roi(fx0, fy0, fx1 - fx0, fy1 - fy0)
+    fill = float(filled[y0:y1, x0:x1].mean())
+    return Roi(fx0, fy0, fx1 - fx0, fy1 - fy0, round(fill, 3))

@@ -21,6 +21,12 @@ from edge.models.manifest import Manifest, ModelError, verify
 log = logging.getLogger(__name__)
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
+_EDGETPU_FALLBACK_SAID = False
+
+
+def _said_edgetpu_fallback() -> None:
+    global _EDGETPU_FALLBACK_SAID
+    _EDGETPU_FALLBACK_SAID = True
 
 
 def _litert_module():
@@ -69,8 +75,11 @@ def _edgetpu(model_path: Path, num_threads: int):
         delegate = module.load_delegate(EDGETPU_LIBRARY)
     except (ValueError, OSError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        log.warning("Edge TPU delegate unavailable (%s: %s); running %s on the CPU",
-                    EDGETPU_LIBRARY, reason, model_path.name)
+        # Said once per process: the device loads several models, one line is enough.
+        say = log.debug if _EDGETPU_FALLBACK_SAID else log.warning
+        say("Edge TPU delegate unavailable (%s: %s); running %s on the CPU",
+            EDGETPU_LIBRARY, reason, "the models" if say is log.warning else model_path.name)
+        _said_edgetpu_fallback()
         return module.Interpreter(model_path=str(model_path), num_threads=num_threads)
     return module.Interpreter(model_path=str(model_path), num_threads=num_threads,
                               experimental_delegates=[delegate])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edge.result import FrameResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 JOURNAL_FILE = "journal.sqlite"
 
 _MIGRATIONS = {
@@ -53,6 +53,23 @@ _MIGRATIONS = {
     ALTER TABLE results ADD COLUMN biometry_status TEXT;
     ALTER TABLE results ADD COLUMN hc_mm REAL;
     """,
+    # Exams: the summary that goes to the district and the best frame of every plane (with
+    # its thumbnail's path), so a local review can show what was captured. The frame's
+    # quality score is a column beside its biometry.
+    3: """
+    CREATE TABLE exams (
+        exam_id TEXT PRIMARY KEY,
+        run_id TEXT REFERENCES runs(run_id),
+        protocol TEXT NOT NULL,
+        started_ts REAL NOT NULL,
+        ended_ts REAL NOT NULL,
+        ended_by TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        best_frames TEXT NOT NULL
+    );
+    CREATE INDEX exams_started ON exams(started_ts);
+    ALTER TABLE results ADD COLUMN quality REAL;
+    """,
 }
 
 
@@ -84,14 +101,30 @@ class Journal:
     def append(self, run_id: str, result: FrameResult) -> None:
         record = result.to_dict()
         biometry = result.biometry or {}
+        quality = result.quality or {}
         self.db.execute(
             "INSERT INTO results (run_id, source, frame, plane, plane_confidence, latency_ms,"
-            " ts, mono_s, error, record, biometry_status, hc_mm)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " ts, mono_s, error, record, biometry_status, hc_mm, quality)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run_id, result.source, result.frame, result.plane, result.plane_confidence,
              result.latency_ms, result.ts, result.mono_s, result.error,
              json.dumps(record, separators=(",", ":")), biometry.get("status"),
-             biometry.get("hc_mm")))
+             biometry.get("hc_mm"), quality.get("score")))
+
+    def add_exam(self, run_id: str | None, summary: dict, best_frames: dict) -> None:
+        """Keep one finished exam: its summary body and its best frames."""
+        protocol = summary.get("protocol") or {}
+        self.db.execute(
+            "INSERT OR REPLACE INTO exams (exam_id, run_id, protocol, started_ts, ended_ts,"
+            " ended_by, summary, best_frames) VALUES (?,?,?,?,?,?,?,?)",
+            (summary["exam_id"], run_id, str(protocol.get("name", "")),
+             summary["started_ts"], summary["ended_ts"], summary.get("ended_by", ""),
+             json.dumps(summary, separators=(",", ":")),
+             json.dumps(best_frames, separators=(",", ":"))))
+
+    def exams(self) -> list[dict]:
+        rows = self.db.execute("SELECT summary, best_frames FROM exams ORDER BY started_ts")
+        return [{**json.loads(s), "best_frames": json.loads(b)} for s, b in rows]
 
     def end_run(self, run_id: str) -> None:
         self.db.execute(

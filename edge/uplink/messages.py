@@ -39,7 +39,10 @@ def _exam_size(payload: dict) -> int:
 def _shed(body: dict) -> list[dict]:
     """Ever smaller versions of an exam body, least useful detail first, so a busy exam
     still fits in 1 KB instead of being refused: the HC spread, then the reasons head
-    frames were declined (kept as one count), then plane confidences to two digits."""
+    frames were declined (kept as one count), then plane confidences and qualities to two
+    digits, then the names of the protocol's missing planes (their count stays), then every
+    model but the plane model, then the deficiencies, then the per-plane qualities, then
+    the age range of the head."""
     bio = body.get("biometry")
     steps = []
     if isinstance(bio, dict):
@@ -49,17 +52,35 @@ def _shed(body: dict) -> list[dict]:
         bio = {**bio, "declined": {"all": declined} if declined else {}}
         body = {**body, "biometry": bio}
         steps.append(body)
-    planes = body.get("planes")
-    if isinstance(planes, dict):
-        body = {**body, "planes": {k: [v[0], round(v[1], 2)] if isinstance(v, list)
-                                   and len(v) == 2 and isinstance(v[1], float) else v
-                                   for k, v in planes.items()}}
+
+    def planes_as(keep: int, digits: int) -> dict:
+        return {k: [v[0], *(round(x, digits) if isinstance(x, float) else x
+                            for x in v[1:keep])] if isinstance(v, list) and v else v
+                for k, v in body["planes"].items()}
+
+    if isinstance(body.get("planes"), dict):
+        body = {**body, "planes": planes_as(3, 2)}
+        steps.append(body)
+    protocol = body.get("protocol")
+    if isinstance(protocol, dict) and protocol.get("missing"):
+        body = {**body, "protocol": {**protocol, "missing": []}}
         steps.append(body)
     models = body.get("models")
     if isinstance(models, dict) and len(models) > 1:
         # every health message names the installed models too
         first = PLANE_MODEL if PLANE_MODEL in models else sorted(models)[0]
-        steps.append({**body, "models": {first: models[first]}})
+        body = {**body, "models": {first: models[first]}}
+        steps.append(body)
+    if "deficiencies" in body:
+        body = {k: v for k, v in body.items() if k != "deficiencies"}
+        steps.append(body)
+    if isinstance(body.get("planes"), dict):
+        body = {**body, "planes": planes_as(2, 2)}
+        steps.append(body)
+    bio = body.get("biometry")
+    if isinstance(bio, dict) and ("ga_low_weeks" in bio or "best_frames" in bio):
+        drop = ("ga_low_weeks", "ga_high_weeks", "best_frames")
+        steps.append({**body, "biometry": {k: v for k, v in bio.items() if k not in drop}})
     return steps
 
 

@@ -1,0 +1,1 @@
+"""Frames from files, folders, videos, V4L2/UVC grabbers, picamera2 and the demo clip."""

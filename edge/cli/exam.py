@@ -1,0 +1,71 @@
+"""`sonoedge exam`: a clip, a video or a folder (sorted) as one exam.
+
+Every frame is scored and audited; the best frame of each plane is kept (and, with
+`--thumbs DIR`, written as a thumbnail). Prints the protocol's checklist and the exam
+summary, or with `--json` one JSON object: the summary (`exam`), the `checklist`, and
+`best_frames` ({plane: {"source", "frame", "quality", ...}} for every plane whose best frame
+reaches the protocol's minimum quality; a plane without one is absent). This is also the
+blind-sweep mode: a novice's sweep in, the best frame per plane (or none) out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from edge.capture.sources import open_sources
+from edge.config import load_settings
+from edge.exam.protocol import find_protocol
+from edge.exam.session import ExamSession, format_exam
+from edge.exam.thumbs import ThumbStore
+from edge.models.roi import Roi
+from edge.scorer import make_scorer, timed_frames
+
+
+def main(args) -> int:
+    overrides = {"models": {"dir": args.models_dir, "backend": args.backend,
+                            "num_threads": args.threads},
+                 "biometry": {"pixel_size_mm": args.pixel_size},
+                 "exam": {"protocol": args.protocol}}
+    settings = load_settings(args.config, overrides)
+    protocol = find_protocol(settings.exam.protocol, settings.exam.protocols_file or None)
+    scorer = make_scorer(settings)
+    thumbs = None
+    if args.thumbs:
+        thumbs = ThumbStore(Path(args.thumbs), int(settings.exam.thumbs_quota_mb * 1e6))
+    session = ExamSession(protocol, thumbs, settings.exam)
+    failed = 0
+    with open_sources(args.paths) as source:
+        for frame, capture_s in timed_frames(source):
+            result = scorer.score(frame, capture_s)
+            if result.error:
+                failed += 1
+                print(f"sonoedge: {result.error}", file=sys.stderr)
+            roi = Roi(*result.roi) if result.roi else None
+            session.add(result.to_dict(), frame.image, roi)
+    body = session.finish("source_end", scorer.model_versions())
+    if args.json:
+        print(json.dumps({"exam": body, "checklist": session.checklist(),
+                          "best_frames": session.best_frames()}, separators=(",", ":")))
+    else:
+        print(format_exam(session, body))
+    return 1 if failed and failed == body["frames"] else 0
+
+
+def add_parser(verbs) -> None:
+    parser = verbs.add_parser(
+        "exam", help="a clip, video or folder as one exam: checklist, best frames, summary",
+        description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="video files, image files or folders")
+    parser.add_argument("--protocol", help="biometry | second-trimester (default: the "
+                                           "config's [exam] protocol)")
+    parser.add_argument("--pixel-size", type=float, metavar="MM",
+                        help="mm per pixel: head-plane frames get head biometry")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.add_argument("--thumbs", metavar="DIR", help="write the best frames here as JPEGs")
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--models-dir")
+    parser.add_argument("--backend", choices=["litert", "edgetpu", "tflite-runtime"])
+    parser.add_argument("--threads", type=int)
+    parser.set_defaults(func=main)

@@ -1,0 +1,1 @@
+"""Exams: protocols, the best frame per plane, steady feedback, the exam summary."""

@@ -1,0 +1,84 @@
+"""Exam protocols: the planes an exam must capture, from a checked, versioned TOML file."""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from wire.schema import PLANES
+
+PROTOCOLS_FILE = Path(__file__).resolve().parent / "protocols.toml"
+MAX_PROTOCOLS_BYTES = 64 * 1024
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class ProtocolError(ValueError):
+    """A one-line message naming the protocols file and the key, or the unknown protocol."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    title: str
+    planes: tuple[str, ...]
+    min_quality: float
+    version: str
+
+
+def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
+    path = Path(path) if path else PROTOCOLS_FILE
+    try:
+        if path.stat().st_size > MAX_PROTOCOLS_BYTES:
+            raise ProtocolError(f"{path}: too large for a protocols file")
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: protocols file not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProtocolError(f"{path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(data) - {"version", "protocols"})
+    if unknown:
+        raise ProtocolError(f"{path}: unknown key {unknown[0]!r}")
+    version = data.get("version")
+    if not isinstance(version, str) or not version:
+        raise ProtocolError(f"{path}: version must be a string")
+    table = data.get("protocols")
+    if not isinstance(table, dict) or not table:
+        raise ProtocolError(f"{path}: protocols: expected a table of protocols")
+    out = {}
+    for name, entry in table.items():
+        where = f"{path}: protocols.{name}"
+        if not _NAME.match(name):
+            raise ProtocolError(f"{where}: a name is 1-32 lower-case letters, digits, - or _")
+        if not isinstance(entry, dict):
+            raise ProtocolError(f"{where}: expected a table")
+        extra = sorted(set(entry) - {"title", "planes", "min_quality"})
+        if extra:
+            raise ProtocolError(f"{where}: unknown key {extra[0]!r}")
+        title, planes = entry.get("title"), entry.get("planes")
+        quality = entry.get("min_quality", 0.5)
+        if not isinstance(title, str) or not title:
+            raise ProtocolError(f"{where}.title: must be a string")
+        if (not isinstance(planes, list) or not planes
+                or not all(isinstance(p, str) for p in planes)):
+            raise ProtocolError(f"{where}.planes: expected a list of plane names")
+        bad = [p for p in planes if p not in PLANES or p == "Background"]
+        if bad:
+            raise ProtocolError(f"{where}.planes: {bad[0]!r} is not a standard plane")
+        if len(set(planes)) != len(planes):
+            raise ProtocolError(f"{where}.planes: a plane is listed twice")
+        if (isinstance(quality, bool) or not isinstance(quality, int | float)
+                or not math.isfinite(quality) or not 0.0 <= quality <= 1.0):
+            raise ProtocolError(f"{where}.min_quality: must be between 0 and 1")
+        out[name] = Protocol(name, title, tuple(planes), float(quality), version)
+    return out
+
+
+def find_protocol(name: str, path: Path | str | None = None) -> Protocol:
+    protocols = load_protocols(path)
+    if name not in protocols:
+        raise ProtocolError(f"unknown protocol {name!r}: choose one of "
+                            f"{', '.join(sorted(protocols))}")
+    return protocols[name]

@@ -1,0 +1,262 @@
+"""One exam: its protocol, its best frame per plane, its checklist and its summary.
+
+An exam keeps running totals (`ExamTally`), and for every standard plane the frame with the
+highest quality score (the plane model's confidence breaks ties, and ranks frames when the
+audit is off). The best frame is kept as a thumbnail (`ThumbStore`), written at most every
+`thumb_interval_s` per plane while the exam runs and once more when it ends, so a live
+stream that keeps improving does not write a JPEG per frame. A plane is captured when its
+best frame reaches the protocol's `min_quality`.
+
+`ExamTracker` runs exams in a live stream: an exam starts on the first frame with
+ultrasound content, and ends after `end_gap_s` without content, on command (`stop`), or
+when the source ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.exam.protocol import Protocol
+from edge.exam.tally import ExamTally, quality_score
+from edge.exam.thumbs import ThumbStore, make_thumbnail
+from edge.models.roi import Roi
+from wire.schema import PLANES
+
+log = logging.getLogger(__name__)
+
+NOT_A_VIEW = ("Background",)
+ENDED_BY = ("gap", "command", "source_end")
+
+
+@dataclass(frozen=True)
+class ExamSettings:
+    """[exam] in the device config."""
+
+    protocol: str = "biometry"
+    protocols_file: str = ""  # "" = the shipped edge/exam/protocols.toml
+    end_gap_s: float = 20.0  # an exam ends after this long without ultrasound content
+    thumbnails: bool = True
+    thumb_width: int = 320  # pixels; the region is scaled down to this width
+    thumb_interval_s: float = 0.5  # a plane's thumbnail is rewritten at most this often
+    thumbs_quota_mb: float = 200.0  # oldest exams' thumbnails go first
+
+
+@dataclass
+class BestFrame:
+    plane: str
+    source: str
+    frame: int
+    quality: float | None
+    confidence: float
+    biometry: dict | None = None
+    thumbnail: str | None = None  # path relative to the state dir, once written
+
+    def rank(self) -> tuple[float, float]:
+        return (-1.0 if self.quality is None else self.quality, self.confidence)
+
+    def to_dict(self) -> dict:
+        out = {"source": self.source, "frame": self.frame,
+               "quality": None if self.quality is None else round(self.quality, 4),
+               "confidence": round(self.confidence, 4)}
+        if self.thumbnail:
+            out["thumbnail"] = self.thumbnail
+        if self.biometry and self.biometry.get("hc_mm") is not None:
+            out["hc_mm"] = self.biometry["hc_mm"]
+        return out
+
+
+@dataclass
+class ExamSession:
+    protocol: Protocol
+    thumbs: ThumbStore | None = None
+    settings: ExamSettings = field(default_factory=ExamSettings)
+    exam_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    source: str = ""
+    started_ts: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+    tally: ExamTally = field(default_factory=ExamTally)
+    best: dict[str, BestFrame] = field(default_factory=dict)
+    last_content: tuple[float, float] | None = None  # (wall, monotonic) of the last content
+    _pending: dict[str, np.ndarray] = field(default_factory=dict)
+    _written: dict[str, float] = field(default_factory=dict)
+
+    def add(self, result: dict, image: np.ndarray | None = None, roi: Roi | None = None,
+            now: float | None = None) -> None:
+        """Count one frame's result dict; keep it if it is its plane's best so far."""
+        if not self.source and isinstance(result.get("source"), str):
+            self.source = result["source"]
+        self.tally.add(result)
+        plane = result.get("plane")
+        if result.get("error") or plane not in PLANES or plane in NOT_A_VIEW:
+            return
+        conf = result.get("plane_confidence")
+        candidate = BestFrame(plane, str(result.get("source", "")), int(result.get("frame", -1)),
+                              quality_score(result),
+                              float(conf) if isinstance(conf, int | float) else 0.0,
+                              result.get("biometry"))
+        current = self.best.get(plane)
+        if current is not None and candidate.rank() <= current.rank():
+            return
+        if current is not None:
+            candidate.thumbnail = current.thumbnail
+        self.best[plane] = candidate
+        if self.thumbs is not None and self.settings.thumbnails and image is not None:
+            self._pending[plane] = make_thumbnail(image, roi, self.settings.thumb_width)
+            self._flush(time.monotonic() if now is None else now, force=False)
+
+    def _flush(self, now: float, force: bool) -> None:
+        for plane in list(self._pending):
+            if not force and now - self._written.get(plane, -1e9) < self.settings.thumb_interval_s:
+                continue
+            path = self.thumbs.save(self.exam_id, plane, self._pending.pop(plane))
+            self._written[plane] = now
+            if path is not None:
+                self.best[plane].thumbnail = path
+
+    def captured(self, plane: str) -> bool:
+        best = self.best.get(plane)
+        if best is None:
+            return False
+        score = best.quality if best.quality is not None else best.confidence
+        return score >= self.protocol.min_quality
+
+    def checklist(self) -> list[dict]:
+        """The protocol's planes in order: captured or not, and the best frame found."""
+        rows = []
+        for plane in self.protocol.planes:
+            best = self.best.get(plane)
+            rows.append({"plane": plane, "captured": self.captured(plane),
+                         **({"best": best.to_dict()} if best else {})})
+        return rows
+
+    def best_frames(self) -> dict[str, dict]:
+        """Every standard plane whose best frame is good enough to keep (the protocol's
+        `min_quality`); a plane with no such frame is absent: "none"."""
+        return {plane: best.to_dict() for plane, best in sorted(self.best.items())
+                if self.captured(plane)}
+
+    def finish(self, ended_by: str, model_versions: dict[str, str] | None = None,
+               ended_ts: float | None = None, ended_mono: float | None = None) -> dict:
+        """Write the last thumbnails; return the exam summary body (see `summary`)."""
+        if self.thumbs is not None and self._pending:
+            self._flush(time.monotonic(), force=True)
+        return self.summary(ended_by, model_versions, ended_ts, ended_mono)
+
+    def summary(self, ended_by: str, model_versions: dict[str, str] | None = None,
+                ended_ts: float | None = None, ended_mono: float | None = None) -> dict:
+        """The compact exam body for the journal and the outbox."""
+        if ended_by not in ENDED_BY:
+            raise ValueError(f"ended_by {ended_by!r} is not one of {ENDED_BY}")
+        body = self.tally.body(self.source, self.started_ts,
+                               time.time() if ended_ts is None else ended_ts,
+                               self.started_mono,
+                               time.monotonic() if ended_mono is None else ended_mono,
+                               model_versions, self.exam_id)
+        missing = [p for p in self.protocol.planes if not self.captured(p)]
+        body["protocol"] = {"name": self.protocol.name,
+                            "required": len(self.protocol.planes),
+                            "captured": len(self.protocol.planes) - len(missing),
+                            "missing": missing}
+        body["ended_by"] = ended_by
+        return body
+
+
+class ExamTracker:
+    """Exams in a live stream: started by ultrasound content, ended by a gap, a command
+    or the end of the source. `on_end(session, body)` receives each finished exam."""
+
+    def __init__(self, protocol: Protocol, settings: ExamSettings, thumbs: ThumbStore | None,
+                 on_end: Callable[[ExamSession, dict], None],
+                 model_versions: dict[str, str] | None = None):
+        self.protocol = protocol
+        self.settings = settings
+        self.thumbs = thumbs
+        self.on_end = on_end
+        self.model_versions = model_versions
+        self.current: ExamSession | None = None
+        self._last_content: float | None = None
+
+    @staticmethod
+    def has_content(result: dict) -> bool:
+        if result.get("error"):
+            return False
+        quality = result.get("quality")
+        if isinstance(quality, dict):
+            content = (quality.get("criteria") or {}).get("content")
+            if isinstance(content, dict):
+                return content.get("pass") is True
+        return result.get("roi") is not None
+
+    def feed(self, result: dict, image: np.ndarray | None = None, roi: Roi | None = None,
+             mono: float | None = None) -> ExamSession | None:
+        """One frame; returns the exam it joined, or None between exams."""
+        now = time.monotonic() if mono is None else mono
+        content = self.has_content(result)
+        if self.current is not None and not content and self._last_content is not None \
+                and now - self._last_content >= self.settings.end_gap_s:
+            self.end("gap")
+        if self.current is None:
+            if not content:
+                return None
+            self.current = ExamSession(self.protocol, self.thumbs, self.settings)
+            log.info("exam %s started (protocol %s)", self.current.exam_id, self.protocol.name)
+        if content:
+            self._last_content = now
+            ts = result.get("ts")
+            self.current.last_content = (float(ts) if isinstance(ts, int | float)
+                                         else time.time(), now)
+        self.current.add(result, image, roi, now)
+        return self.current
+
+    def end(self, ended_by: str) -> dict | None:
+        """End the current exam, if any; returns its summary body."""
+        session, self.current, self._last_content = self.current, None, None
+        if session is None:
+            return None
+        # An exam that ran out of content ended with its last content frame, not 20 s later.
+        last = session.last_content if ended_by == "gap" else None
+        body = session.finish(ended_by, self.model_versions, *(last or (None, None)))
+        log.info("exam %s ended (%s): %d frames, %d/%d planes captured", session.exam_id,
+                 ended_by, body["frames"], body["protocol"]["captured"],
+                 body["protocol"]["required"])
+        self.on_end(session, body)
+        return body
+
+
+def format_exam(session: ExamSession, body: dict) -> str:
+    """The checklist and the summary as a few lines for a terminal or a log."""
+    protocol = body.get("protocol") or {}
+    lines = [f"exam {session.exam_id} ({session.protocol.title}): {body['frames']} frames, "
+             f"{body['duration_s']:.0f} s, ended by {body.get('ended_by')}; "
+             f"{protocol.get('captured', 0)}/{protocol.get('required', 0)} planes captured"]
+    for row in session.checklist():
+        best = row.get("best")
+        mark = "[x]" if row["captured"] else "[ ]"
+        if best is None:
+            lines.append(f"  {mark} {row['plane']}: not found")
+            continue
+        q = best["quality"]
+        lines.append(f"  {mark} {row['plane']}: best quality "
+                     f"{'-' if q is None else f'{q:.2f}'} ({best['source']}, frame {best['frame']})"
+                     + (f", thumbnail {best['thumbnail']}" if best.get("thumbnail") else ""))
+    bio = body.get("biometry")
+    if bio and bio.get("hc_mm") is not None:
+        ga = bio.get("ga_weeks")
+        age = (f"GA {ga:.1f} weeks ({bio.get('ga_low_weeks')}-{bio.get('ga_high_weeks')})"
+               if ga is not None else "GA outside Hadlock's 14-42 weeks")
+        lines.append(f"  head: HC {bio['hc_mm']:.1f} mm, BPD {bio['bpd_mm']:.1f} mm, "
+                     f"OFD {bio['ofd_mm']:.1f} mm from the {bio.get('best_frames')} best of "
+                     f"{bio['measured']} measured frames; {age}")
+    elif bio:
+        declined = ", ".join(f"{k} {v}" for k, v in bio.get("declined", {}).items())
+        lines.append(f"  head: not measured ({declined or 'no head frames'})")
+    if body.get("deficiencies"):
+        lines.append("  most frequent deficiencies: " + ", ".join(
+            f"{name} ({n} frames)" for name, n in body["deficiencies"].items()))
+    return "\n".join(lines)

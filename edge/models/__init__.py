@@ -1,0 +1,1 @@
+"""Frame to model answers: region, preprocessing, runtime, manifests, planes, biometry, quality."""

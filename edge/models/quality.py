@@ -1,0 +1,333 @@
+"""Is this frame good enough, and if not, what should the midwife change?
+
+A frame is judged criterion by criterion. Each criterion measures one thing (an image
+statistic of the plane model's own grey view of the ultrasound region, a figure of the head
+the segmenter found, or a branch of the learned quality head) and compares it with the
+bounds in the quality rules (`quality_rules.toml`, versioned, every number with its
+source). Each gives `pass`, the `value` and a plain-language `message`; the frame's `score`
+in 0..1 is the product over criteria of (1 - weight * (1 - goodness)), so one critical
+failure (no image) zeroes it while small deficiencies only dent it. The `advice` is the one
+failing criterion that matters most, by the rules' priority.
+
+No I/O here beyond reading the rules file once: evidence in, a `QualityResult` out. The
+criteria that need evidence a frame does not have are left out of that frame's audit: the
+head criteria when no head may be in view, the learned ones when no quality head is
+installed.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.models.biometry import HEAD_CUT_OFF, NO_HEAD, SEVERAL_HEADS, HeadShape, sigmoid
+from edge.models.manifest import Manifest, ModelError
+from edge.models.preprocess import prepare
+from edge.models.roi import Roi
+from edge.models.runtime import Model
+
+RULES_FILE = Path(__file__).resolve().parent / "quality_rules.toml"
+TASK = "quality_regression"
+QUALITY_HEAD_LABELS = ("blur", "gain", "noise", "shadow", "cutoff", "zoom")
+
+# What a criterion may measure. Image statistics are of the plane model's grey view of the
+# region (uint8, the model's input size); head figures come from `biometry.HeadShape`.
+IMAGE_MEASURES = ("tissue_fraction", "repeated_frames", "bright_level", "dynamic_range",
+                  "edge_energy", "plane_confidence")
+HEAD_MEASURES = ("head_overshoot", "head_area_fraction", "head_fit_iou", "head_offset")
+LEARNED_MEASURES = tuple(f"learned:{label}" for label in QUALITY_HEAD_LABELS)
+MEASURES = IMAGE_MEASURES + HEAD_MEASURES + LEARNED_MEASURES
+
+TISSUE_LEVEL = 12  # grey level above which a pixel holds echoes (fluid and air are below)
+SAME_FRAME_DIFF = 0.5  # mean absolute difference (grey levels) below which a frame repeats
+MAX_RULES_BYTES = 256 * 1024
+_CRITERION_KEYS = {"measure": str, "min": float, "max": float, "soft": float, "weight": float,
+                   "priority": int, "message": str, "message_low": str, "message_high": str,
+                   "ok": str, "source": str}
+
+
+class RulesError(ValueError):
+    """A one-line message naming the rules file and the key."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    measure: str
+    min: float | None
+    max: float | None
+    soft: float
+    weight: float
+    priority: int
+    message_low: str
+    message_high: str
+    ok: str
+    source: str
+
+    def goodness(self, value: float) -> float:
+        """1 inside the bounds, falling linearly to 0 at `soft` beyond them."""
+        miss = 0.0
+        if self.min is not None and value < self.min:
+            miss = self.min - value
+        elif self.max is not None and value > self.max:
+            miss = value - self.max
+        return 1.0 if miss <= 0 else max(0.0, 1.0 - miss / self.soft)
+
+    def passes(self, value: float) -> bool:
+        return ((self.min is None or value >= self.min)
+                and (self.max is None or value <= self.max))
+
+    def message(self, value: float) -> str:
+        if self.passes(value):
+            return self.ok
+        return self.message_low if self.min is not None and value < self.min else \
+            self.message_high
+
+
+@dataclass(frozen=True)
+class Feedback:
+    plane_change_frames: int = 6
+    message_change_frames: int = 15
+    score_smoothing: float = 0.2
+
+
+@dataclass(frozen=True)
+class Rules:
+    version: str
+    criteria: tuple[Rule, ...]
+    feedback: Feedback
+    head_gate_probability: float
+    path: str
+
+    def needs_learned_head(self) -> bool:
+        return any(r.measure.startswith("learned:") for r in self.criteria)
+
+
+def _typed(value: object, kind: type, where: str) -> object:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not kind:
+        raise RulesError(f"{where}: expected {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise RulesError(f"{where}: must be a finite number")
+    return value
+
+
+def _rule(name: str, table: object, where: str) -> Rule:
+    if not isinstance(table, dict):
+        raise RulesError(f"{where}: expected a table")
+    values = {}
+    for key, value in table.items():
+        if key not in _CRITERION_KEYS:
+            raise RulesError(f"{where}: unknown key {key!r}")
+        values[key] = _typed(value, _CRITERION_KEYS[key], f"{where}.{key}")
+    for key in ("measure", "soft", "weight", "priority", "ok", "source"):
+        if key not in values:
+            raise RulesError(f"{where}: missing {key!r}")
+    if values["measure"] not in MEASURES:
+        raise RulesError(f"{where}.measure: {values['measure']!r} is not one of "
+                         f"{', '.join(MEASURES)}")
+    low, high = values.get("min"), values.get("max")
+    if low is None and high is None:
+        raise RulesError(f"{where}: needs min, max or both")
+    if low is not None and high is not None and low > high:
+        raise RulesError(f"{where}: min is above max")
+    if not values["soft"] > 0:
+        raise RulesError(f"{where}.soft: must be positive")
+    if not 0.0 <= values["weight"] <= 1.0:
+        raise RulesError(f"{where}.weight: must be between 0 and 1")
+    message = values.get("message", "")
+    low_msg, high_msg = values.get("message_low", message), values.get("message_high", message)
+    if (low is not None and not low_msg) or (high is not None and not high_msg):
+        raise RulesError(f"{where}: needs a message for each bound it has")
+    return Rule(name, values["measure"], low, high, values["soft"], values["weight"],
+                values["priority"], low_msg, high_msg, values["ok"], values["source"])
+
+
+def load_rules(path: Path | str | None = None) -> Rules:
+    """The quality rules from `path` (default: the shipped file), every key checked."""
+    path = Path(path) if path else RULES_FILE
+    try:
+        if path.stat().st_size > MAX_RULES_BYTES:
+            raise RulesError(f"{path}: too large for a rules file")
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RulesError(f"{path}: quality rules file not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RulesError(f"{path}: not valid TOML ({exc})") from None
+    known = {"version", "feedback", "head", "criteria"}
+    for key in data:
+        if key not in known:
+            raise RulesError(f"{path}: unknown key {key!r}")
+    version = _typed(data.get("version"), str, f"{path}: version")
+    feedback_table = data.get("feedback", {})
+    if not isinstance(feedback_table, dict):
+        raise RulesError(f"{path}: feedback: expected a table")
+    fb = {}
+    for key, value in feedback_table.items():
+        kind = {"plane_change_frames": int, "message_change_frames": int,
+                "score_smoothing": float}.get(key)
+        if kind is None:
+            raise RulesError(f"{path}: feedback: unknown key {key!r}")
+        fb[key] = _typed(value, kind, f"{path}: feedback.{key}")
+    feedback = Feedback(**fb)
+    if not (1 <= feedback.plane_change_frames <= 1000
+            and 1 <= feedback.message_change_frames <= 1000
+            and 0.0 < feedback.score_smoothing <= 1.0):
+        raise RulesError(f"{path}: feedback: frame counts must be 1-1000 and score_smoothing "
+                         "in (0, 1]")
+    head = data.get("head", {})
+    if not isinstance(head, dict) or set(head) - {"gate_probability"}:
+        raise RulesError(f"{path}: head: only gate_probability is known")
+    gate = _typed(head.get("gate_probability", 0.1), float, f"{path}: head.gate_probability")
+    if not 0.0 <= gate <= 1.0:
+        raise RulesError(f"{path}: head.gate_probability must be between 0 and 1")
+    table = data.get("criteria")
+    if not isinstance(table, dict) or not table:
+        raise RulesError(f"{path}: criteria: expected a table of criteria")
+    rules = tuple(_rule(name, value, f"{path}: criteria.{name}")
+                  for name, value in table.items())
+    return Rules(version, rules, feedback, gate, str(path))
+
+
+# ---------------------------------------------------------------------------- evidence
+@dataclass
+class RepeatTracker:
+    """Counts consecutive identical frames per source: a frozen scanner repeats its image."""
+
+    key: tuple | None = None
+    last: np.ndarray | None = None
+    repeats: int = 0
+
+    def update(self, source: str, grey: np.ndarray) -> int:
+        small = cv2.resize(grey, (36, 28), interpolation=cv2.INTER_AREA).astype(np.int16)
+        key = (source, grey.shape)
+        same = (self.last is not None and key == self.key
+                and float(np.abs(small - self.last).mean()) < SAME_FRAME_DIFF)
+        self.repeats = self.repeats + 1 if same else 0
+        self.key, self.last = key, small
+        return self.repeats
+
+
+def image_measures(grey: np.ndarray | None) -> dict[str, float]:
+    """Statistics of the plane model's uint8 grey view of the region (cheap: one histogram,
+    one Laplacian at half size)."""
+    if grey is None or grey.size == 0:
+        return {"tissue_fraction": 0.0, "bright_level": 0.0, "dynamic_range": 0.0,
+                "edge_energy": 0.0}
+    hist = cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel()
+    cdf = np.cumsum(hist) / max(1.0, float(hist.sum()))
+    p5, p95 = int(np.searchsorted(cdf, 0.05)), int(np.searchsorted(cdf, 0.95))
+    tissue = float(1.0 - cdf[TISSUE_LEVEL])
+    span = max(1, p95 - p5)
+    half = cv2.resize(grey, (max(8, grey.shape[1] // 2), max(8, grey.shape[0] // 2)),
+                      interpolation=cv2.INTER_AREA)
+    lap = float(cv2.Laplacian(half, cv2.CV_32F).var())
+    return {"tissue_fraction": tissue, "bright_level": float(p95),
+            "dynamic_range": (p95 - p5) / 255.0,
+            "edge_energy": lap / (span * span) * 100.0 if p95 > p5 else 0.0}
+
+
+def head_measures(shape: HeadShape | None, roi: Roi | None = None) -> dict[str, float] | None:
+    """The head figures, or None when no single head was found (nothing to judge).
+
+    Size and centring are judged against the ultrasound image (the region `roi`, counting
+    only the part of its box the image covers: a sector leaves the corners empty), not
+    against the screen; whether the head is whole is biometry's own cut-off rule on the
+    box the segmenter saw, so the two never disagree.
+    """
+    if shape is None or shape.status in (NO_HEAD, SEVERAL_HEADS) or shape.ellipse is None:
+        return None
+    cx, cy, a, b, _ = shape.ellipse
+    bx, by, bw, bh = (roi.x, roi.y, roi.w, roi.h) if roi is not None else shape.box
+    image_area = float(bw * bh) * (roi.fill if roi is not None else 1.0)
+    offset = max(abs(cx - (bx + (bw - 1) / 2)) / (bw / 2), abs(cy - (by + (bh - 1) / 2)) / (bh / 2))
+    out = {"head_area_fraction": math.pi * a * b / max(1.0, image_area), "head_offset": offset,
+           "head_overshoot": max(0.0, shape.overshoot or 0.0)}
+    if shape.status == HEAD_CUT_OFF:
+        # Cut off by the edge rather than by the ellipse: count the edge run as overshoot,
+        # so the value fails exactly when biometry declines the head.
+        out["head_overshoot"] = max(out["head_overshoot"], shape.edge_run or 0.0, 1.0)
+    if shape.fit_iou is not None:
+        out["head_fit_iou"] = shape.fit_iou
+    return out
+
+
+def learned_severities(model: Model, image: np.ndarray, roi: Roi | None) -> dict[str, float]:
+    """The quality head's severities (0 clean .. 1 severe) for one frame."""
+    manifest = model.manifest
+    out = np.asarray(model.run(prepare(image, roi, manifest.preprocessing)), np.float32)
+    values = sigmoid(out.reshape(-1)) if manifest.output_kind == "logits" else out.reshape(-1)
+    return {label: float(v) for label, v in zip(manifest.labels, values, strict=True)}
+
+
+def check_quality_head(manifest: Manifest) -> None:
+    """The manifest is a quality head with the branches the rules may name, or one line."""
+    if manifest.task != TASK:
+        raise ModelError(f"{manifest.path}: task {manifest.task!r} is not {TASK!r}")
+    missing = [label for label in QUALITY_HEAD_LABELS if label not in manifest.labels]
+    if missing:
+        raise ModelError(f"{manifest.path}: labels lack {missing[0]!r}")
+
+
+# ------------------------------------------------------------------------------ audit
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    passed: bool
+    value: float
+    message: str
+    loss: float  # how much of the score this criterion took away
+    priority: int
+
+    def to_dict(self) -> dict:
+        return {"pass": self.passed, "value": round(float(self.value), 4),
+                "message": self.message}
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    score: float
+    criteria: dict[str, Criterion] = field(default_factory=dict)
+    advice: str | None = None  # the failing criterion that matters most, or None
+
+    def to_dict(self) -> dict:
+        return {"score": round(self.score, 4), "advice": self.advice,
+                "criteria": {name: c.to_dict() for name, c in self.criteria.items()}}
+
+    @property
+    def failing(self) -> list[str]:
+        return [name for name, c in self.criteria.items() if not c.passed]
+
+
+def audit(rules: Rules, measures: dict[str, float]) -> QualityResult:
+    """Judge every criterion whose measure is present in `measures`."""
+    criteria: dict[str, Criterion] = {}
+    score = 1.0
+    for rule in rules.criteria:
+        value = measures.get(rule.measure)
+        if value is None or not math.isfinite(value):
+            continue
+        good = rule.goodness(value)
+        loss = rule.weight * (1.0 - good)
+        score *= 1.0 - loss
+        criteria[rule.name] = Criterion(rule.name, rule.passes(value), float(value),
+                                        rule.message(value), loss, rule.priority)
+    failing = [c for c in criteria.values() if not c.passed]
+    advice = min(failing, key=lambda c: (c.priority, -c.loss)).name if failing else None
+    return QualityResult(max(0.0, min(1.0, score)), criteria, advice)
+
+
+def may_show_head(rules: Rules, head_planes: frozenset[str], plane: str | None,
+                  labels: tuple[str, ...], probabilities: tuple[float, ...]) -> bool:
+    """Whether the head criteria apply: a head plane, an abstention, or enough head mass."""
+    if plane in head_planes or plane == "uncertain":
+        return True
+    mass = sum(p for label, p in zip(labels, probabilities, strict=False)
+               if label in head_planes)
+    return mass >= rules.head_gate_probability

@@ -1,0 +1,1 @@
+"""The MQTT uplink and the payloads it publishes."""

@@ -1,0 +1,1 @@
+"""The contract shared by device and collector: message schemas and MQTT addresses."""
