@@ -11,7 +11,6 @@ blind-sweep mode: a novice's sweep in, the best frame per plane (or none) out.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from edge.capture.sources import open_sources
@@ -39,9 +38,7 @@ def main(args) -> int:
     with open_sources(args.paths) as source:
         for frame, capture_s in timed_frames(source):
             result = scorer.score(frame, capture_s)
-            if result.error:
-                failed += 1
-                print(f"sonoedge: {result.error}", file=sys.stderr)
+            failed += result.error is not None  # the source has said why, in one line
             roi = Roi(*result.roi) if result.roi else None
             session.add(result.to_dict(), frame.image, roi)
     body = session.finish("source_end", scorer.model_versions())

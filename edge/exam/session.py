@@ -204,7 +204,10 @@ class ExamTracker:
         if self.current is None:
             if not content:
                 return None
-            self.current = ExamSession(self.protocol, self.thumbs, self.settings)
+            ts = result.get("ts")
+            self.current = ExamSession(self.protocol, self.thumbs, self.settings,
+                                       started_ts=float(ts) if isinstance(ts, int | float)
+                                       else time.time(), started_mono=now)
             log.info("exam %s started (protocol %s)", self.current.exam_id, self.protocol.name)
         if content:
             self._last_content = now

@@ -216,21 +216,44 @@ class RepeatTracker:
 
 def image_measures(grey: np.ndarray | None) -> dict[str, float]:
     """Statistics of the plane model's uint8 grey view of the region (cheap: one histogram,
-    one Laplacian at half size)."""
+    one Laplacian at half size).
+
+    Brightness and contrast are read off the pixels that hold echoes (above `TISSUE_LEVEL`):
+    the black corners beside a sector, the scanner's panels and anechoic fluid say nothing
+    about the gain or the dynamic range.
+    """
     if grey is None or grey.size == 0:
         return {"tissue_fraction": 0.0, "bright_level": 0.0, "dynamic_range": 0.0,
                 "edge_energy": 0.0}
     hist = cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel()
-    cdf = np.cumsum(hist) / max(1.0, float(hist.sum()))
-    p5, p95 = int(np.searchsorted(cdf, 0.05)), int(np.searchsorted(cdf, 0.95))
-    tissue = float(1.0 - cdf[TISSUE_LEVEL])
-    span = max(1, p95 - p5)
-    half = cv2.resize(grey, (max(8, grey.shape[1] // 2), max(8, grey.shape[0] // 2)),
-                      interpolation=cv2.INTER_AREA)
-    lap = float(cv2.Laplacian(half, cv2.CV_32F).var())
+    total = max(1.0, float(hist.sum()))
+    echoes = hist[TISSUE_LEVEL + 1:]
+    tissue = float(echoes.sum()) / total
+    if echoes.sum() < 1:
+        return {"tissue_fraction": 0.0, "bright_level": 0.0, "dynamic_range": 0.0,
+                "edge_energy": 0.0}
+    cdf = np.cumsum(echoes) / float(echoes.sum())
+    p5 = TISSUE_LEVEL + 1 + int(np.searchsorted(cdf, 0.05))
+    p95 = TISSUE_LEVEL + 1 + int(np.searchsorted(cdf, 0.95))
     return {"tissue_fraction": tissue, "bright_level": float(p95),
-            "dynamic_range": (p95 - p5) / 255.0,
-            "edge_energy": lap / (span * span) * 100.0 if p95 > p5 else 0.0}
+            "dynamic_range": (p95 - p5) / 255.0, "edge_energy": edge_energy(grey)}
+
+
+def edge_energy(grey: np.ndarray) -> float:
+    """Fine detail relative to contrast: the variance of the Laplacian over the variance of
+    the image, at half size, inside the echoes only. The edge of a sector and of fluid stays
+    sharp however blurred the anatomy is (the scanner draws it), so a band along every dark
+    border is left out."""
+    half = cv2.resize(grey, (max(8, grey.shape[1] // 2), max(8, grey.shape[0] // 2)),
+                      interpolation=cv2.INTER_AREA).astype(np.float32)
+    inside = cv2.erode((cv2.blur(half, (5, 5)) > TISSUE_LEVEL).astype(np.uint8),
+                       np.ones((7, 7), np.uint8)).astype(bool)
+    if int(inside.sum()) < 64:
+        return 0.0
+    spread = float(half[inside].var())
+    if spread < 1.0:
+        return 0.0
+    return float(cv2.Laplacian(half, cv2.CV_32F)[inside].var()) / spread
 
 
 def head_measures(shape: HeadShape | None, roi: Roi | None = None) -> dict[str, float] | None:

@@ -1,0 +1,347 @@
+"""Exams: the protocol's checklist, the best frame of each plane, thumbnails within a quota,
+steady feedback, when an exam starts and ends, and `sonoedge exam` as a user runs it.
+
+Frames are real (HC18 heads and SonoNet example screens) and go through the device's own
+scorer; the summaries are checked against the wire schema and the 1 KB limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.capture.sources import Frame
+from edge.config import ConfigError, load_settings
+from edge.exam.feedback import SteadyFeedback
+from edge.exam.protocol import ProtocolError, find_protocol, load_protocols
+from edge.exam.session import ExamSession, ExamSettings, ExamTracker
+from edge.exam.thumbs import ThumbStore
+from edge.models.quality import Feedback, load_rules
+from edge.models.roi import Roi, find_roi, to_grey
+from edge.scorer import make_scorer
+from edge.uplink import messages
+from quantize.data import read_frame
+from quantize.degrade import degrade
+from tests.cli_run import one_line_error, sonoedge
+from tests.conftest import DATA, REPO
+from wire import schema as wire_schema
+
+pytestmark = pytest.mark.skipif(not (DATA / "hc18").is_dir(), reason="no shared data")
+EXAMPLES = DATA / "sononet" / "examples"
+HEADS = ("500_HC.png", "010_HC.png", "502_HC.png")
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return make_scorer(load_settings())
+
+
+def scored(scorer, image: np.ndarray, source: str, index: int = 0) -> tuple[dict, Roi | None]:
+    scorer._roi_key = None
+    result = scorer.score(Frame(source, index, image, time.monotonic(), time.time()))
+    return result.to_dict(), find_roi(image)
+
+
+def head(name: str) -> np.ndarray:
+    return read_frame(DATA / "hc18" / "images" / name)
+
+
+# ---------------------------------------------------------------------------- protocols
+def test_the_shipped_protocols_are_biometry_and_the_second_trimester_screen():
+    protocols = load_protocols()
+    assert protocols["biometry"].planes == ("Brain (Tv.)",)
+    assert len(protocols["second-trimester"].planes) == 13
+    assert "Background" not in protocols["second-trimester"].planes
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('version = "1"\n[protocols.x]\ntitle = "t"\nplanes = ["Brain (Tv.)", "Skull"]\n',
+     "'Skull' is not a standard plane"),
+    ('version = "1"\n[protocols.x]\ntitle = "t"\nplanes = ["Femur"]\nmin_quality = 2\n',
+     "min_quality"),
+    ('version = "1"\n[protocols.x]\ntitle = "t"\nplanes = ["Femur"]\nextra = 1\n',
+     "unknown key 'extra'"),
+    ('version = "1"\n[protocols."Bad Name"]\ntitle = "t"\nplanes = ["Femur"]\n', "a name is"),
+    ("version = [", "not valid TOML"),
+])
+def test_a_broken_protocols_file_is_one_line_naming_it(tmp_path, text, needle):
+    path = tmp_path / "protocols.toml"
+    path.write_text(text)
+    with pytest.raises(ProtocolError) as err:
+        load_protocols(path)
+    assert str(path) in str(err.value) and needle in str(err.value)
+
+
+def test_an_unknown_protocol_names_the_choices():
+    with pytest.raises(ProtocolError, match="unknown protocol 'heart'.*biometry"):
+        find_protocol("heart")
+
+
+# ------------------------------------------------------------------ best frames, checklist
+def test_the_best_frame_of_a_plane_is_the_one_of_highest_quality(scorer, tmp_path):
+    """The same head, clean and degraded: the clean frame is kept, whatever the order."""
+    protocol = find_protocol("biometry")
+    session = ExamSession(protocol, ThumbStore(tmp_path / "thumbs", 10_000_000))
+    clean = head("500_HC.png")
+    grey = to_grey(clean)
+    roi = find_roi(grey)
+    rng = np.random.default_rng(3)
+    frames = [degrade(grey, roi, "blur", 0.2, rng), clean,
+              degrade(grey, roi, "gain", 0.6, rng, direction=-1)]
+    qualities = []
+    for i, image in enumerate(frames):
+        record, region = scored(scorer, image, f"sweep_{i}.png", i)
+        assert record["plane"] == "Brain (Tv.)", record["plane"]
+        qualities.append(record["quality"]["score"])
+        session.add(record, image, region)
+    body = session.finish("source_end", scorer.model_versions())
+    best = session.best["Brain (Tv.)"]
+    assert best.source == "sweep_1.png" and best.quality == max(qualities)
+    assert qualities[1] > qualities[0] and qualities[1] > qualities[2]
+    thumb = tmp_path / best.thumbnail
+    assert thumb.is_file() and cv2.imread(str(thumb)).shape[1] <= 320
+    assert session.checklist() == [{"plane": "Brain (Tv.)", "captured": True,
+                                    "best": best.to_dict()}]
+    assert body["protocol"] == {"name": "biometry", "required": 1, "captured": 1,
+                                "missing": []}
+    assert body["planes"]["Brain (Tv.)"][2] == pytest.approx(max(qualities), abs=1e-3)
+
+
+def test_an_exam_summary_carries_checklist_quality_biometry_and_fits_the_wire(scorer,
+                                                                               tmp_path):
+    settings = load_settings(overrides={"biometry": {"pixel_size_mm": 0.15}})
+    scorer_mm = make_scorer(settings)
+    session = ExamSession(find_protocol("second-trimester"), None)
+    for i, name in enumerate(sorted(p.name for p in EXAMPLES.glob("*.tiff"))):
+        image = read_frame(EXAMPLES / name)
+        record, region = scored(scorer_mm, image, name, i)
+        session.add(record, image, region)
+    for i, name in enumerate(HEADS):
+        record, region = scored(scorer_mm, head(name), name, 20 + i)
+        session.add(record, head(name), region)
+    body = session.finish("command", scorer_mm.model_versions())
+    protocol = body["protocol"]
+    assert protocol["required"] == 13 and protocol["captured"] >= 9
+    assert protocol["captured"] + len(protocol["missing"]) == 13
+    assert all(len(entry) == 3 for entry in body["planes"].values())
+    bio = body["biometry"]
+    assert bio["measured"] >= 2 and bio["ga_low_weeks"] <= bio["ga_weeks"] <= bio["ga_high_weeks"]
+    assert body["ended_by"] == "command" and set(body["models"]) >= {"plane_student",
+                                                                      "quality_rules"}
+    payload = messages.build_exam(messages.envelope("exam", "clinic-7-box-1", "clinic-7",
+                                                    "boot-1"), body)
+    wire = {**payload, "msg_id": "00000000-0000-4000-8000-000000000000", "seq": 1}
+    assert len(json.dumps(wire, separators=(",", ":"))) <= wire_schema.EXAM_MAX_BYTES
+    assert wire_schema.validate_payload(wire) == []
+    best = session.best_frames()
+    assert set(best) <= set(wire_schema.PLANES) and "Background" not in best
+    assert all(v["quality"] >= 0.5 for v in best.values())
+
+
+# ------------------------------------------------------------------------------ thumbnails
+def test_thumbnails_stay_within_their_quota_oldest_exams_first(tmp_path):
+    store = ThumbStore(tmp_path / "thumbs", quota_bytes=20_000)
+    picture = cv2.resize(head("500_HC.png"), (320, 220))
+    for exam in ("exam-a", "exam-b", "exam-c", "exam-d"):
+        assert store.save(exam, "Brain (Tv.)", picture) is not None
+        time.sleep(0.02)
+    kept = sorted(p.name for p in (tmp_path / "thumbs").iterdir())
+    total = sum(f.stat().st_size for f in (tmp_path / "thumbs").rglob("*.jpg"))
+    assert total <= 20_000 and "exam-d" in kept and "exam-a" not in kept
+
+
+def test_an_unwritable_or_full_thumbnail_folder_costs_the_thumbnail_not_the_exam(
+        scorer, tmp_path, caplog):
+    blocker = tmp_path / "thumbs"
+    blocker.write_text("a file where the folder should be")
+    session = ExamSession(find_protocol("biometry"), ThumbStore(blocker, 10_000_000))
+    tiny = ExamSession(find_protocol("biometry"), ThumbStore(tmp_path / "t2", quota_bytes=100))
+    with caplog.at_level(logging.WARNING, logger="edge.exam.thumbs"):
+        for i, name in enumerate(HEADS):
+            record, region = scored(scorer, head(name), name, i)
+            session.add(record, head(name), region)
+            tiny.add(record, head(name), region)
+        body = session.finish("source_end")
+        tiny_body = tiny.finish("source_end")
+    assert body["frames"] == tiny_body["frames"] == 3 and "Brain (Tv.)" in session.best
+    assert session.best["Brain (Tv.)"].thumbnail is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(str(blocker) in line for line in lines) == 1, lines  # said once, not per frame
+    assert sum("quota of 100 bytes" in line for line in lines) == 1, lines
+
+
+# ------------------------------------------------------------------------------ feedback
+def test_the_shown_plane_and_instruction_do_not_flicker():
+    rules = load_rules()
+    steady = SteadyFeedback(Feedback(plane_change_frames=3, message_change_frames=4,
+                                     score_smoothing=0.5))
+
+    def frame(plane, advice):
+        criteria = {"zoom": {"pass": advice != "zoom", "value": 0.1, "message": "Zoom in"},
+                    "gain": {"pass": advice != "gain", "value": 10.0, "message": "Too dark"}}
+        return {"plane": plane, "quality": {"score": 0.4, "advice": advice,
+                                            "criteria": criteria}}
+
+    shown = [steady.update(frame("Brain (Tv.)", "zoom")) for _ in range(4)]
+    assert shown[-1].plane == "Brain (Tv.)" and shown[-1].message == "Zoom in"
+    assert shown[1].plane is None and shown[2].plane == "Brain (Tv.)"
+    # one odd frame changes nothing on screen
+    odd = steady.update(frame("Background", None))
+    assert odd.plane == "Brain (Tv.)" and odd.advice == "zoom"
+    later = [steady.update(frame("Brain (Tv.)", "gain")) for _ in range(4)]
+    assert [s.advice for s in later] == ["zoom", "zoom", "zoom", "gain"]
+    assert rules.feedback.plane_change_frames >= 2 and rules.feedback.message_change_frames >= 2
+
+
+# ------------------------------------------------------------------------- start and end
+def _content(i: float, present: bool) -> dict:
+    return {"source": "live", "frame": int(i), "plane": "Brain (Tv.)" if present else
+            "Background", "plane_confidence": 0.9, "error": None, "ts": 1e9 + i,
+            "roi": [0, 0, 10, 10] if present else None,
+            "quality": {"score": 0.8 if present else 0.0, "advice": None, "criteria": {
+                "content": {"pass": present, "value": 0.8 if present else 0.0,
+                            "message": ""}}}}
+
+
+def test_an_exam_starts_with_ultrasound_and_ends_after_a_gap_or_on_command():
+    ended: list[dict] = []
+    tracker = ExamTracker(find_protocol("biometry"), ExamSettings(end_gap_s=5.0), None,
+                          lambda session, body: ended.append(body))
+    for t in range(3):  # probe in the air: no exam yet
+        assert tracker.feed(_content(t, False), mono=float(t)) is None
+    for t in range(3, 10):
+        assert tracker.feed(_content(t, True), mono=float(t)) is not None
+    for t in range(10, 20):  # probe put down
+        tracker.feed(_content(t, False), mono=float(t))
+    assert len(ended) == 1 and ended[0]["ended_by"] == "gap"
+    assert ended[0]["duration_s"] == pytest.approx(6.0)  # ends with the last ultrasound
+    tracker.feed(_content(30, True), mono=30.0)
+    tracker.end("command")
+    tracker.end("source_end")  # nothing open: nothing sent
+    assert [b["ended_by"] for b in ended] == ["gap", "command"]
+    assert ended[0]["exam_id"] != ended[1]["exam_id"]
+
+
+# --------------------------------------------------------------------------------- CLI
+@pytest.fixture()
+def sweep(tmp_path) -> Path:
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    for i, name in enumerate(HEADS):
+        shutil.copy(DATA / "hc18" / "images" / name, folder / f"{i:02d}_{name}")
+    shutil.copy(EXAMPLES / "FEMUR.tiff", folder / "10_femur.tiff")
+    (folder / "11_broken.png").write_bytes(b"\x89PNG not really")
+    return folder
+
+
+def test_sonoedge_exam_json_gives_best_frames_checklist_and_summary(sweep, tmp_path):
+    proc = sonoedge("exam", str(sweep), "--protocol", "second-trimester", "--pixel-size",
+                    "0.15", "--json", "--thumbs", str(tmp_path / "thumbs"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("11_broken.png") == 1  # the bad frame is one line, and skipped
+    out = json.loads(proc.stdout)
+    assert set(out) == {"exam", "checklist", "best_frames"}
+    assert out["best_frames"]["Femur"]["source"] == "10_femur.tiff"
+    for best in out["best_frames"].values():
+        assert set(best) >= {"source", "frame", "quality"} and 0.5 <= best["quality"] <= 1
+        assert isinstance(best["frame"], int) and (tmp_path / best["thumbnail"]).is_file()
+    assert [row["plane"] for row in out["checklist"]][:2] == ["Brain (Tv.)", "Brain (Cb.)"]
+    assert out["exam"]["frames"] == 5 and out["exam"]["frames_failed"] == 1
+
+
+def test_sonoedge_exam_prints_a_checklist(sweep):
+    proc = sonoedge("exam", str(sweep), "--protocol", "biometry")
+    assert proc.returncode == 0, proc.stderr
+    assert "[x] Brain (Tv.): best quality" in proc.stdout
+    assert "1/1 planes captured" in proc.stdout
+
+
+def test_sonoedge_score_adds_the_audit_to_every_frame(sweep):
+    proc = sonoedge("score", str(sweep / "00_500_HC.png"))
+    quality = json.loads(proc.stdout)["quality"]
+    assert 0 <= quality["score"] <= 1
+    for c in quality["criteria"].values():
+        assert set(c) == {"pass", "value", "message"}
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--protocol", "heart"], ["unknown protocol 'heart'"]),
+    (["--config", "CONFIG"], ["exam", "end_gap_s"]),
+    (["--config", "RULES"], ["criteria.gain", "unknown key"]),
+])
+def test_bad_exam_input_is_one_line(sweep, tmp_path, args, needles):
+    config = tmp_path / "device.toml"
+    config.write_text("[exam]\nend_gap_s = -4.0\n")
+    rules = tmp_path / "rules.toml"
+    rules.write_text(Path(REPO / "edge/models/quality_rules.toml").read_text()
+                     .replace("[criteria.gain]", "[criteria.gain]\nhue = 1"))
+    rules_config = tmp_path / "rules-config.toml"
+    rules_config.write_text(f'[quality]\nrules = "{rules}"\n')
+    args = [{"CONFIG": str(config), "RULES": str(rules_config)}.get(a, a) for a in args]
+    proc = sonoedge("exam", str(sweep), *args)
+    assert proc.returncode == 2
+    one_line_error(proc, *needles)
+
+
+def test_config_checks_the_exam_section():
+    with pytest.raises(ConfigError, match="exam: unknown key 'gap'"):
+        load_settings(overrides={"exam": {"gap": 3}})
+    assert load_settings().exam.protocol == "biometry"
+
+
+# --------------------------------------------------------------------------- the loop
+def test_run_journals_each_exam_and_queues_its_summary(sweep, tmp_path):
+    state = tmp_path / "state"
+    proc = sonoedge("run", "--source", str(sweep), "--state-dir", str(state))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    db = sqlite3.connect(state / "journal.sqlite")
+    (summary, best), = db.execute("SELECT summary, best_frames FROM exams").fetchall()
+    summary, best = json.loads(summary), json.loads(best)
+    assert summary["ended_by"] == "source_end" and summary["protocol"]["name"] == "biometry"
+    assert "Brain (Tv.)" in best and (state / best["Brain (Tv.)"]["thumbnail"]).is_file()
+    queued = [json.loads(p) for (p,) in sqlite3.connect(state / "outbox.sqlite3").execute(
+        "SELECT payload FROM outbox WHERE kind = 'exam'")]
+    assert [q["exam_id"] for q in queued] == [summary["exam_id"]]
+    assert "1/1 planes captured" in proc.stdout
+    qualities = [r for (r,) in db.execute("SELECT quality FROM results") if r is not None]
+    assert len(qualities) == 4
+
+
+def test_sigusr1_ends_the_exam_in_progress(tmp_path, data_dir):
+    """The midwife's end-exam command, on a live-like paced stream that keeps going."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(40):
+        shutil.copy(data_dir / "hc18" / "images" / HEADS[i % 3], folder / f"{i:03d}.png")
+    state = tmp_path / "state"
+    config = tmp_path / "device.toml"
+    config.write_text("[loop]\nlog_every = 1\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--source", str(folder),
+                             "--state-dir", str(state), "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, env=env)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if sum(" #" in x for x in lines) == 5:
+            proc.send_signal(signal.SIGUSR1)
+        if sum(" #" in x for x in lines) == 12:
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    ended = [json.loads(s)["ended_by"] for (s,) in sqlite3.connect(
+        state / "journal.sqlite").execute("SELECT summary FROM exams ORDER BY started_ts")]
+    assert ended == ["command", "source_end"], ended

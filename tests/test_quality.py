@@ -1,0 +1,256 @@
+"""The per-frame quality audit, criterion by criterion, on real frames.
+
+Each criterion is shown a real frame that passes it and a real frame that fails it: a clean
+HC18 head or SonoNet example screen, and the same frame with the fault the criterion is
+meant to catch (a dial turned, the probe moved, the scanner frozen), made by
+`quantize.degrade` or by moving the real image on its screen.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.capture.sources import Frame
+from edge.config import load_settings
+from edge.models.quality import RulesError, audit, load_rules
+from edge.models.roi import find_roi, to_grey
+from edge.scorer import make_scorer
+from quantize.data import read_frame
+from quantize.degrade import degrade
+from tests.conftest import DATA, MODELS
+
+pytestmark = pytest.mark.skipif(not (DATA / "hc18").is_dir(), reason="no shared data")
+HAS_QUALITY_HEAD = (MODELS / "quality_head.json").is_file()
+needs_head = pytest.mark.skipif(not HAS_QUALITY_HEAD, reason="no learned quality head shipped")
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return make_scorer(load_settings())
+
+
+def grey_of(name: str) -> np.ndarray:
+    folder = "sononet/examples" if name.endswith(".tiff") else "hc18/images"
+    return to_grey(read_frame(DATA / folder / name))
+
+
+def judge(scorer, grey: np.ndarray, source: str = "test") -> dict:
+    """One frame through the device's own scorer; every call is its own still, with its
+    own screen region (a live stream re-finds the region every few frames)."""
+    scorer.quality.repeats.last = None
+    scorer._roi_key = None
+    return scorer.score(Frame(source, 0, grey, time.monotonic(), time.time())).to_dict()
+
+
+def criterion(result: dict, name: str) -> dict:
+    criteria = result["quality"]["criteria"]
+    assert name in criteria, f"{name} was not judged: {sorted(criteria)}"
+    return criteria[name]
+
+
+def fault(name: str, kind: str, severity: float = 1.0, **options) -> np.ndarray:
+    grey = grey_of(name)
+    return degrade(grey, find_roi(grey), kind, severity, np.random.default_rng(1), **options)
+
+
+def moved(grey: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """The same screen with the image moved by (dx, dy): the probe slid, not the anatomy."""
+    out = np.zeros_like(grey)
+    h, w = grey.shape
+    out[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
+        grey[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+    return out
+
+
+CLEAN_HEAD = "500_HC.png"  # a well-magnified, centred head of a held-out patient
+CLEAN_VIEW = "FEMUR.tiff"
+
+
+def test_a_clean_frame_passes_the_image_criteria_and_scores_high(scorer):
+    for name in (CLEAN_HEAD, CLEAN_VIEW):
+        r = judge(scorer, grey_of(name))
+        for c in ("content", "frozen", "gain", "contrast", "sharpness", "plane_confident"):
+            assert criterion(r, c)["pass"], (name, c, criterion(r, c))
+        assert r["quality"]["score"] >= 0.8 and r["quality"]["advice"] is None, r["quality"]
+
+
+def test_every_criterion_gives_pass_value_and_a_message(scorer):
+    r = judge(scorer, fault(CLEAN_HEAD, "gain", direction=-1))
+    assert set(r["quality"]) >= {"score", "criteria", "advice"}
+    for name, c in r["quality"]["criteria"].items():
+        assert set(c) == {"pass", "value", "message"}, name
+        assert isinstance(c["pass"], bool) and np.isfinite(c["value"]) and c["message"]
+    assert 0.0 <= r["quality"]["score"] <= 1.0
+
+
+def test_content_fails_when_the_probe_is_in_the_air(scorer):
+    grey = grey_of(CLEAN_VIEW)
+    roi = find_roi(grey)
+    air = grey.copy()
+    region = air[roi.y:roi.y + roi.h, roi.x:roi.x + roi.w]
+    region[:] = 0
+    for row in range(8, roi.h // 5, roi.h // 25):  # reverberation lines under the probe face
+        region[row:row + 3, roi.w // 4: 3 * roi.w // 4] = 90
+    c = criterion(judge(scorer, air), "content")
+    assert not c["pass"] and "gel" in c["message"]
+    assert criterion(judge(scorer, grey), "content")["pass"]
+
+
+def test_frozen_fails_when_the_same_image_repeats(scorer):
+    grey = grey_of(CLEAN_HEAD)
+    scorer.quality.repeats.last = None
+    verdicts = [scorer.score(Frame("live", i, grey, time.monotonic(), time.time())).to_dict()
+                for i in range(16)]
+    assert all(criterion(v, "frozen")["pass"] for v in verdicts[:15])
+    last = criterion(verdicts[15], "frozen")
+    assert not last["pass"] and last["value"] == 15 and "Freeze" in last["message"]
+    # a live probe: consecutive real frames differ, and the count starts again
+    other = scorer.score(Frame("live", 16, grey_of("502_HC.png"), time.monotonic(),
+                               time.time())).to_dict()
+    assert criterion(other, "frozen")["pass"] and criterion(other, "frozen")["value"] == 0
+
+
+@pytest.mark.parametrize("direction,word", [(-1, "up"), (+1, "down")])
+def test_gain_fails_too_dark_and_too_bright_with_the_right_instruction(scorer, direction, word):
+    c = criterion(judge(scorer, fault(CLEAN_HEAD, "gain", 1.0, direction=direction)), "gain")
+    assert not c["pass"] and f"gain {word}" in c["message"]
+    assert criterion(judge(scorer, grey_of(CLEAN_HEAD)), "gain")["pass"]
+
+
+def test_contrast_fails_on_a_washed_out_image(scorer):
+    grey = grey_of(CLEAN_VIEW)
+    roi = find_roi(grey)
+    fog = grey.copy()
+    region = fog[roi.y:roi.y + roi.h, roi.x:roi.x + roi.w]
+    region[:] = (region.astype(np.float32) * 0.2 + 95).astype(np.uint8)
+    c = criterion(judge(scorer, fog), "contrast")
+    assert not c["pass"] and c["value"] < 0.25
+    assert criterion(judge(scorer, grey), "contrast")["pass"]
+
+
+def test_sharpness_fails_when_the_probe_moves(scorer):
+    for name in (CLEAN_HEAD, CLEAN_VIEW):
+        c = criterion(judge(scorer, fault(name, "blur", 1.0)), "sharpness")
+        assert not c["pass"] and "still" in c["message"], (name, c)
+        assert criterion(judge(scorer, grey_of(name)), "sharpness")["pass"]
+
+
+@needs_head
+@pytest.mark.parametrize("kind,name", [("noise", "noise"), ("shadow", "shadow"),
+                                       ("cutoff", "sector_cut")])
+def test_learned_criteria_fail_on_their_fault_and_pass_clean(scorer, kind, name):
+    for frame in (CLEAN_HEAD, CLEAN_VIEW):
+        assert criterion(judge(scorer, grey_of(frame)), name)["pass"], frame
+        assert not criterion(judge(scorer, fault(frame, kind, 1.0)), name)["pass"], frame
+
+
+def test_plane_confident_passes_a_standard_plane_and_fails_elsewhere(scorer):
+    assert criterion(judge(scorer, grey_of(CLEAN_VIEW)), "plane_confident")["pass"]
+    cervix = to_grey(read_frame(DATA / "planes" / "images" / "Patient01623_Plane4_2_of_3.png"))
+    c = criterion(judge(scorer, cervix), "plane_confident")
+    assert not c["pass"] and "sweep" in c["message"]
+
+
+def test_head_criteria_are_judged_even_when_the_plane_model_is_unsure(scorer):
+    """A small head is where the plane model abstains; the head is judged all the same."""
+    r = judge(scorer, grey_of("010_HC.png"))
+    assert r["plane"] == "uncertain" or r["plane_confidence"] < 0.9
+    assert {"head_inside", "zoom", "ellipse_regular", "centred"} <= set(r["quality"]["criteria"])
+    assert not criterion(r, "zoom")["pass"]
+
+
+def test_zoom_passes_a_magnified_head_and_fails_a_small_one(scorer):
+    big = criterion(judge(scorer, grey_of(CLEAN_HEAD)), "zoom")
+    assert big["pass"] and big["value"] >= 0.30
+    small = criterion(judge(scorer, fault(CLEAN_HEAD, "zoom", 0.5)), "zoom")
+    assert not small["pass"] and "Zoom in" in small["message"] and small["value"] < 0.30
+
+
+def test_head_inside_fails_when_the_skull_runs_off_the_screen(scorer):
+    grey = grey_of(CLEAN_HEAD)
+    assert criterion(judge(scorer, grey), "head_inside")["pass"]
+    r = judge(scorer, moved(grey, grey.shape[1] // 3, 0))
+    c = criterion(r, "head_inside")
+    assert not c["pass"] and "whole head" in c["message"]
+    assert r["head"]["status"] == "head_cut_off"
+
+
+def test_centred_fails_when_the_head_sits_at_the_side(scorer):
+    grey = grey_of("010_HC.png")  # a small head: it can move without leaving the screen
+    assert criterion(judge(scorer, grey), "centred")["pass"]
+    c = criterion(judge(scorer, moved(grey, -grey.shape[1] // 4, 0)), "centred")
+    assert not c["pass"] and "middle" in c["message"]
+
+
+def test_ellipse_regular_fails_where_the_head_region_is_not_an_oval(scorer):
+    """Real frames the plane model could not rule out as heads (an umbilical cord, a
+    FETAL_PLANES_DB 'Other' view): the segmenter finds a region, but not a skull-like oval."""
+    assert criterion(judge(scorer, grey_of(CLEAN_HEAD)), "ellipse_regular")["pass"]
+    for name in ("Patient01657_Plane1_2_of_2.png", "2Vcord_14_20230521_12_12_50.jpg"):
+        r = judge(scorer, to_grey(read_frame(DATA / "planes" / "images" / name)))
+        c = criterion(r, "ellipse_regular")
+        assert not c["pass"] and c["value"] < 0.9 and "oval" in c["message"], (name, c)
+
+
+def test_the_most_important_failure_is_the_advice(scorer):
+    dark_and_blurred = fault(CLEAN_HEAD, "blur", 1.0)
+    roi = find_roi(dark_and_blurred)
+    dark_and_blurred = degrade(dark_and_blurred, roi, "gain", 1.0, np.random.default_rng(2),
+                               direction=-1)
+    r = judge(scorer, dark_and_blurred)
+    assert r["quality"]["advice"] == "gain"  # fix the gain before anything else
+    assert r["quality"]["score"] < judge(scorer, grey_of(CLEAN_HEAD))["quality"]["score"]
+
+
+def test_the_score_falls_as_a_fault_gets_worse(scorer):
+    scores = [judge(scorer, fault(CLEAN_HEAD, "blur", s))["quality"]["score"]
+              for s in (0.0, 0.15, 0.3)]
+    assert scores[0] > scores[1] > scores[2], scores
+
+
+def test_the_audit_is_pure_arithmetic_on_its_rules():
+    rules = load_rules()
+    perfect = audit(rules, {"tissue_fraction": 0.8, "bright_level": 150.0})
+    assert perfect.score == 1.0 and perfect.advice is None
+    dark = audit(rules, {"tissue_fraction": 0.8, "bright_level": 10.0})
+    assert dark.advice == "gain" and dark.score < 0.5
+    assert audit(rules, {"tissue_fraction": 0.0}).score == 0.0  # no image: nothing usable
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('version = "1"\n[criteria.gain]\nmeasure = "bright_level"\nmin = 1.0\nsoft = 1.0\n'
+     'weight = 0.5\npriority = 1\nmessage = "x"\nok = "y"\nsource = "z"\ncolour = 3\n',
+     "criteria.gain: unknown key 'colour'"),
+    ('version = "1"\n[criteria.gain]\nmeasure = "bright_level"\nmin = "dark"\nsoft = 1.0\n'
+     'weight = 0.5\npriority = 1\nmessage = "x"\nok = "y"\nsource = "z"\n',
+     "criteria.gain.min: expected float"),
+    ('version = "1"\n[criteria.gain]\nmeasure = "moon_phase"\nmin = 1.0\nsoft = 1.0\n'
+     'weight = 0.5\npriority = 1\nmessage = "x"\nok = "y"\nsource = "z"\n',
+     "criteria.gain.measure"),
+    ('version = "1"\n[criteria.gain]\nmeasure = "bright_level"\nmin = 1.0\nsoft = 1.0\n'
+     'weight = 7.0\npriority = 1\nmessage = "x"\nok = "y"\nsource = "z"\n',
+     "criteria.gain.weight"),
+    ("[[[", "not valid TOML"),
+    (b"\xff\xfe version".decode("latin-1"), "not valid TOML"),
+])
+def test_broken_rules_are_one_line_naming_the_file_and_key(tmp_path, text, needle):
+    path = tmp_path / "rules.toml"
+    path.write_text(text, encoding="utf-8" if "version" in text[:9] else "latin-1")
+    with pytest.raises(RulesError) as err:
+        load_rules(path)
+    assert str(path) in str(err.value) and needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_every_shipped_rule_names_its_source():
+    rules = load_rules()
+    assert {r.name for r in rules.criteria} >= {
+        "content", "frozen", "gain", "contrast", "sharpness", "noise", "sector_cut",
+        "plane_confident", "head_inside", "zoom", "ellipse_regular", "centred"}
+    for rule in rules.criteria:
+        assert len(rule.source) > 10 and rule.ok, rule.name
+    assert Path(rules.path).name == "quality_rules.toml" and rules.version
