@@ -19,6 +19,7 @@ Writes build/eval_biometry/report.md (the table) and bland_altman.png (int8 stud
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,112 @@ def bland_altman(measured: np.ndarray, reference: np.ndarray, dest: Path, title:
     plt.close(fig)
     return {"bias_mm": bias, "sd_mm": sd, "loa_mm": [bias - 1.96 * sd, bias + 1.96 * sd],
             "n": int(len(diff))}
+
+
+# The issue's HC bands, and the pixel-size bands that explain them (HC18 frames of big heads
+# are zoomed out: 0.23 mm pixels on heads over 240 mm against 0.13 mm on 100-200 mm heads).
+HC_BANDS = ((0.0, 100.0, "under 100"), (100.0, 200.0, "100-200"), (200.0, 300.0, "200-300"),
+            (300.0, math.inf, "over 300"), (240.0, math.inf, "240 and over"))
+PIXEL_BANDS = ((0.0, 0.1, "under 0.10"), (0.1, 0.15, "0.10-0.15"), (0.15, 0.2, "0.15-0.20"),
+               (0.2, 0.25, "0.20-0.25"), (0.25, math.inf, "0.25 and over"))
+BAND_LIMIT_MM = 3.0  # issue 13: every HC band under 3 mm
+
+
+def band_stats(hc: list[float | None], ref: np.ndarray, pixel: np.ndarray,
+               frame_w: np.ndarray, model_w: int) -> list[dict]:
+    """HC error per HC band (by the CSV's HC) and per pixel-size band.
+
+    Besides mm, the error is given in model pixels of radius (|HC error| / 2 pi, in units of
+    one model pixel = frame width / model width frame pixels x pixel size): if it is the
+    same in every band, the mm error of a band follows its pixel size, i.e. the model's
+    resolution, not the head's size."""
+    measured = np.array([h is not None for h in hc])
+    err = np.array([np.nan if h is None else h - r for h, r in zip(hc, ref, strict=True)])
+    model_px_mm = pixel * frame_w / model_w
+    out = []
+    for kind, bands, key in (("HC", HC_BANDS, ref), ("pixel", PIXEL_BANDS, pixel)):
+        for lo, hi, name in bands:
+            inside = (key >= lo) & (key < hi)
+            m = inside & measured
+            e = err[m]
+            out.append({"by": kind, "band": name, "n": int(inside.sum()), "measured": int(m.sum()),
+                        "mad_mm": float(np.abs(e).mean()) if m.any() else None,
+                        "bias_mm": float(e.mean()) if m.any() else None,
+                        "max_mm": float(np.abs(e).max()) if m.any() else None,
+                        "pixel_mm": float(pixel[inside].mean()) if inside.any() else None,
+                        "radius_model_px": float((np.abs(e) / model_px_mm[m]).mean()
+                                                 / (2 * math.pi)) if m.any() else None})
+    return out
+
+
+def band_table(named: list[tuple[str, list[dict]]]) -> str:
+    """One Markdown table: a row per band, a column pair per named run (mm, model px)."""
+    head = "| band | frames | mean pixel (mm) | " + " | ".join(
+        f"{name}: MAD mm (bias) | {name}: model px" for name, _ in named) + " |"
+    lines = [head, "|" + "---|" * (3 + 2 * len(named))]
+    for i, row in enumerate(named[0][1]):
+        cells = [f"{row['by']} {row['band']}", f"{row['n']}", fmt(row["pixel_mm"], 3)]
+        for _, stats in named:
+            r = stats[i]
+            bias = "n/a" if r["bias_mm"] is None else f"{r['bias_mm']:+.2f}"
+            cells.append(f"{fmt(r['mad_mm'], 2)} ({bias})")
+            cells.append(fmt(r["radius_model_px"], 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def worst_band(stats: list[dict]) -> tuple[str, float]:
+    """The issue's HC band (of the four) with the largest MAD."""
+    rows = [r for r in stats if r["by"] == "HC" and r["band"] != "240 and over"
+            and r["mad_mm"] is not None]
+    row = max(rows, key=lambda r: r["mad_mm"])
+    return row["band"], row["mad_mm"]
+
+
+def read_images(cache: dict, root: Path) -> list[np.ndarray]:
+    """The validation frames themselves (the device measures whole frames)."""
+    from quantize.data import read_frame
+
+    return [read_frame(root / "hc18" / "images" / str(n)) for n in cache["name"]]
+
+
+def device_model(path: Path, threads: int = 2, passes=None):
+    """A build .tflite opened like the device opens the shipped one, with a manifest that
+    says what the shipped one would (preprocessing, logits, and the passes)."""
+    from edge.models.biometry import TASK
+    from edge.models.manifest import Manifest
+    from edge.models.runtime import open_model_file
+
+    spec = seg_data.SPEC
+    block = {"probability_threshold": THRESHOLD}
+    if passes is not None:
+        block.update(test_time_flip=passes.test_time_flip,
+                     refine_crop_margin=passes.refine_crop_margin)
+    model = open_model_file(path, "litert", threads)
+    model.manifest = Manifest(path=path.with_suffix(".json"), name=path.stem, version="build",
+                              task=TASK, model_path=path, sha256="", labels=("head",),
+                              input_shape=(1, 1, spec.height, spec.width), output_kind="logits",
+                              preprocessing=spec, raw={"biometry": block})
+    return model
+
+
+def measure_with_passes(model, images: list[np.ndarray], pixel: np.ndarray,
+                        passes) -> tuple[list[float | None], list[str], list[float]]:
+    """HC, status and wall-clock ms of `edge.models.biometry.measure_frame` per frame: the
+    device's whole measurement, passes included."""
+    import time
+
+    from edge.models.biometry import measure_frame
+
+    settings = BiometrySettings(probability_threshold=THRESHOLD)
+    hc, status, ms = [], [], []
+    for image, px in zip(images, pixel, strict=True):
+        t0 = time.perf_counter()
+        bio = measure_frame(model, image, None, float(px), settings, passes)
+        ms.append((time.perf_counter() - t0) * 1000)
+        hc.append(bio.hc_mm)
+        status.append(bio.status)
+    return hc, status, ms
 
 
 def fmt(v: float | None, digits: int = 3) -> str:
