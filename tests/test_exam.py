@@ -61,7 +61,8 @@ def head(name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------- protocols
 def test_the_shipped_protocols_are_biometry_and_the_second_trimester_screen():
     protocols = load_protocols()
-    assert protocols["biometry"].planes == ("Brain (Tv.)",)
+    assert protocols["biometry"].planes == ("Brain (Tv.)", "Brain (Cb.)")
+    assert [slot.name for slot in protocols["biometry"].slots] == ["Head (HC, BPD)"]
     assert len(protocols["second-trimester"].planes) == 13
     assert "Background" not in protocols["second-trimester"].planes
 
@@ -74,6 +75,8 @@ def test_the_shipped_protocols_are_biometry_and_the_second_trimester_screen():
     ('version = "1"\n[protocols.x]\ntitle = "t"\nplanes = ["Femur"]\nextra = 1\n',
      "unknown key 'extra'"),
     ('version = "1"\n[protocols."Bad Name"]\ntitle = "t"\nplanes = ["Femur"]\n', "a name is"),
+    ('version = "1"\n[protocols.x]\ntitle = "t"\nplanes = [{name = "Head", accepts = []}]\n',
+     "needs accepts"),
     ("version = [", "not valid TOML"),
 ])
 def test_a_broken_protocols_file_is_one_line_naming_it(tmp_path, text, needle):
@@ -112,8 +115,9 @@ def test_the_best_frame_of_a_plane_is_the_one_of_highest_quality(scorer, tmp_pat
     assert qualities[1] > qualities[0] and qualities[1] > qualities[2]
     thumb = tmp_path / best.thumbnail
     assert thumb.is_file() and cv2.imread(str(thumb)).shape[1] <= 320
-    assert session.checklist() == [{"plane": "Brain (Tv.)", "captured": True,
-                                    "best": best.to_dict()}]
+    assert session.checklist() == [{"plane": "Head (HC, BPD)", "captured": True,
+                                    "accepts": ["Brain (Tv.)", "Brain (Cb.)"],
+                                    "best": {"plane": "Brain (Tv.)", **best.to_dict()}}]
     assert body["protocol"] == {"name": "biometry", "required": 1, "captured": 1,
                                 "missing": []}
     assert body["planes"]["Brain (Tv.)"][2] == pytest.approx(max(qualities), abs=1e-3)
@@ -264,7 +268,7 @@ def test_sonoedge_exam_json_gives_best_frames_checklist_and_summary(sweep, tmp_p
 def test_sonoedge_exam_prints_a_checklist(sweep):
     proc = sonoedge("exam", str(sweep), "--protocol", "biometry")
     assert proc.returncode == 0, proc.stderr
-    assert "[x] Brain (Tv.): best quality" in proc.stdout
+    assert "[x] Head (HC, BPD): best quality" in proc.stdout
     assert "1/1 planes captured" in proc.stdout
 
 
@@ -311,6 +315,7 @@ def test_run_journals_each_exam_and_queues_its_summary(sweep, tmp_path):
     summary, best = json.loads(summary), json.loads(best)
     assert summary["ended_by"] == "source_end" and summary["protocol"]["name"] == "biometry"
     assert "Brain (Tv.)" in best and (state / best["Brain (Tv.)"]["thumbnail"]).is_file()
+    assert summary["protocol"]["missing"] == []
     queued = [json.loads(p) for (p,) in sqlite3.connect(state / "outbox.sqlite3").execute(
         "SELECT payload FROM outbox WHERE kind = 'exam'")]
     assert [q["exam_id"] for q in queued] == [summary["exam_id"]]

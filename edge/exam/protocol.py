@@ -20,12 +20,44 @@ class ProtocolError(ValueError):
 
 
 @dataclass(frozen=True)
+class Slot:
+    """One line of the checklist: a plane, or a view several planes can fill (the head for
+    biometry may be measured on SonoNet's transventricular or transcerebellar plane)."""
+
+    name: str
+    accepts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Protocol:
     name: str
     title: str
-    planes: tuple[str, ...]
+    slots: tuple[Slot, ...]
     min_quality: float
     version: str
+
+    @property
+    def planes(self) -> tuple[str, ...]:
+        """Every plane some slot accepts, in checklist order."""
+        return tuple(p for slot in self.slots for p in slot.accepts)
+
+
+def _slot(entry: object, where: str) -> Slot:
+    if isinstance(entry, str):
+        name, accepts = entry, [entry]
+    elif isinstance(entry, dict) and set(entry) <= {"name", "accepts"}:
+        name, accepts = entry.get("name"), entry.get("accepts")
+        if not isinstance(name, str) or not 0 < len(name) <= 32:
+            raise ProtocolError(f"{where}: a slot's name is 1-32 characters")
+        if not isinstance(accepts, list) or not accepts or not all(
+                isinstance(p, str) for p in accepts):
+            raise ProtocolError(f"{where}: slot {name!r} needs accepts = [plane names]")
+    else:
+        raise ProtocolError(f"{where}: expected a plane name or {{name, accepts}}")
+    bad = [p for p in accepts if p not in PLANES or p == "Background"]
+    if bad:
+        raise ProtocolError(f"{where}: {bad[0]!r} is not a standard plane")
+    return Slot(name, tuple(accepts))
 
 
 def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
@@ -61,18 +93,16 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
         quality = entry.get("min_quality", 0.5)
         if not isinstance(title, str) or not title:
             raise ProtocolError(f"{where}.title: must be a string")
-        if (not isinstance(planes, list) or not planes
-                or not all(isinstance(p, str) for p in planes)):
-            raise ProtocolError(f"{where}.planes: expected a list of plane names")
-        bad = [p for p in planes if p not in PLANES or p == "Background"]
-        if bad:
-            raise ProtocolError(f"{where}.planes: {bad[0]!r} is not a standard plane")
-        if len(set(planes)) != len(planes):
-            raise ProtocolError(f"{where}.planes: a plane is listed twice")
+        if not isinstance(planes, list) or not 0 < len(planes) <= len(PLANES):
+            raise ProtocolError(f"{where}.planes: expected a list of planes or slots")
+        slots = tuple(_slot(entry, f"{where}.planes") for entry in planes)
+        every = [p for slot in slots for p in slot.accepts]
+        if len(set(every)) != len(every) or len({s.name for s in slots}) != len(slots):
+            raise ProtocolError(f"{where}.planes: a plane or slot is listed twice")
         if (isinstance(quality, bool) or not isinstance(quality, int | float)
                 or not math.isfinite(quality) or not 0.0 <= quality <= 1.0):
             raise ProtocolError(f"{where}.min_quality: must be between 0 and 1")
-        out[name] = Protocol(name, title, tuple(planes), float(quality), version)
+        out[name] = Protocol(name, title, slots, float(quality), version)
     return out
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.exam.protocol import Protocol
+from edge.exam.protocol import Protocol, Slot
 from edge.exam.tally import ExamTally, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
 from edge.models.roi import Roi
@@ -126,13 +126,22 @@ class ExamSession:
         score = best.quality if best.quality is not None else best.confidence
         return score >= self.protocol.min_quality
 
+    def slot_best(self, slot: Slot) -> BestFrame | None:
+        found = [self.best[p] for p in slot.accepts if p in self.best]
+        return max(found, key=BestFrame.rank) if found else None
+
     def checklist(self) -> list[dict]:
-        """The protocol's planes in order: captured or not, and the best frame found."""
+        """The protocol's slots in order: captured or not, and the best frame found."""
         rows = []
-        for plane in self.protocol.planes:
-            best = self.best.get(plane)
-            rows.append({"plane": plane, "captured": self.captured(plane),
-                         **({"best": best.to_dict()} if best else {})})
+        for slot in self.protocol.slots:
+            best = self.slot_best(slot)
+            row = {"plane": slot.name, "captured": best is not None
+                   and self.captured(best.plane)}
+            if len(slot.accepts) > 1:
+                row["accepts"] = list(slot.accepts)
+            if best is not None:
+                row["best"] = {"plane": best.plane, **best.to_dict()}
+            rows.append(row)
         return rows
 
     def best_frames(self) -> dict[str, dict]:
@@ -158,10 +167,10 @@ class ExamSession:
                                self.started_mono,
                                time.monotonic() if ended_mono is None else ended_mono,
                                model_versions, self.exam_id)
-        missing = [p for p in self.protocol.planes if not self.captured(p)]
+        missing = [row["plane"] for row in self.checklist() if not row["captured"]]
         body["protocol"] = {"name": self.protocol.name,
-                            "required": len(self.protocol.planes),
-                            "captured": len(self.protocol.planes) - len(missing),
+                            "required": len(self.protocol.slots),
+                            "captured": len(self.protocol.slots) - len(missing),
                             "missing": missing}
         body["ended_by"] = ended_by
         return body
@@ -245,8 +254,10 @@ def format_exam(session: ExamSession, body: dict) -> str:
             lines.append(f"  {mark} {row['plane']}: not found")
             continue
         q = best["quality"]
+        which = f"{best['plane']}, " if row.get("accepts") else ""
         lines.append(f"  {mark} {row['plane']}: best quality "
-                     f"{'-' if q is None else f'{q:.2f}'} ({best['source']}, frame {best['frame']})"
+                     f"{'-' if q is None else f'{q:.2f}'} ({which}{best['source']}, "
+                     f"frame {best['frame']})"
                      + (f", thumbnail {best['thumbnail']}" if best.get("thumbnail") else ""))
     bio = body.get("biometry")
     if bio and bio.get("hc_mm") is not None:
