@@ -4,6 +4,7 @@ shapes and the shipped model on real held-out frames. Fast: no training, a few f
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -254,3 +255,47 @@ def test_every_pass_measures_real_held_out_heads_alike():
         assert all(b.hc_mm is not None for b in got), (frame.path.name, [b.status for b in got])
         assert all(abs(b.hc_mm - hc) < 10 for b in got), (frame.path.name, hc, got)
         assert all(abs(b.hc_mm - got[0].hc_mm) < 0.04 * hc for b in got), frame.path.name
+
+
+def test_a_pass_that_costs_model_runs_must_buy_accuracy():
+    """The release's passes: the lowest HC error, but an option with more model runs must
+    beat every cheaper one by at least MIN_PASS_GAIN_MM."""
+    from quantize.build_segmenter import MIN_PASS_GAIN_MM, choose_passes
+
+    def option(name, passes, mad):
+        return {"option": name, "passes": passes, "hc_mad_mm": mad, "ms_median": 1.0}
+
+    one, flip = Passes(), Passes(test_time_flip=True)
+    crop = Passes(refine_crop_margin=0.2)
+    both = Passes(test_time_flip=True, refine_crop_margin=0.2)
+    small = MIN_PASS_GAIN_MM / 2
+    picked, note = choose_passes([option("one pass", one, 1.80), option("flip", flip, 1.80 - small),
+                                  option("crop", crop, 1.79), option("crop + flip", both, 1.70)])
+    assert picked["option"] == "crop + flip" and "crop + flip 1.700 mm" in note
+    picked, _ = choose_passes([option("one pass", one, 1.80), option("flip", flip, 1.80 - small),
+                               option("crop + flip", both, 1.80 - 2 * small + 1e-6)])
+    assert picked["option"] == "one pass"
+    picked, _ = choose_passes([option("one pass", one, 1.80), option("flip", flip, 1.75),
+                               option("crop + flip", both, 1.74)])
+    assert picked["option"] == "flip"
+
+
+def test_the_band_breakdown_tells_resolution_from_head_size():
+    """An error of the same model pixels on every head gives the same model-pixel figure in
+    every band, and mm errors that follow the pixel size."""
+    from quantize.eval_biometry import band_stats, worst_band
+
+    ref = np.array([80.0, 150.0, 250.0, 320.0, 330.0])
+    pixel = np.array([0.08, 0.13, 0.22, 0.25, 0.26])
+    frame_w = np.full(5, 800.0)
+    model_px_mm = pixel * 800 / 240
+    hc = list(ref + 2 * math.pi * 0.6 * model_px_mm)  # 0.6 model px of radius, too big
+    hc[1] = None  # declined: counted, not scored
+    stats = {(r["by"], r["band"]): r for r in band_stats(hc, ref, pixel, frame_w, 240)}
+    assert stats[("HC", "100-200")]["n"] == 1 and stats[("HC", "100-200")]["measured"] == 0
+    for key in (("HC", "under 100"), ("HC", "200-300"), ("HC", "over 300"),
+                ("pixel", "0.25 and over")):
+        assert stats[key]["radius_model_px"] == pytest.approx(0.6), key
+    assert stats[("HC", "over 300")]["mad_mm"] > 3 * stats[("HC", "under 100")]["mad_mm"]
+    assert stats[("HC", "240 and over")]["n"] == 3
+    assert worst_band(list(stats.values()))[0] == "over 300"
