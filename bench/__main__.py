@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench import bench_mqtt
 from bench.agreement import device_path_agreement, example_planes, summarise
+from bench.audit import audit_section, sweeps_section
 from bench.models import format_table, model_table, time_device_path
 from edge.models.manifest import ModelError, read_manifest, verify
 
@@ -135,6 +136,9 @@ def main() -> int:
                   f"p90 {bio['head_ms_p90']:.2f} ms; peak RSS {bio['rss_mb']:.0f} MB")
         else:
             print("with head biometry: no frame of the demo clip was named a head plane")
+
+    audit_section(student_int8, BENCH_PIXEL_SIZE_MM)
+    sweeps_section()
 
     print("\n## Agreement on held-out real frames, through the device path\n")
     _, heldout = split(list_frames())

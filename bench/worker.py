@@ -54,10 +54,14 @@ def time_model(manifest_path: str, threads: int, frame_path: str, runs: int) -> 
     return {"median_ms": statistics.median(times), "p90_ms": _p90(times), "rss_mb": _rss_mb()}
 
 
-def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0.0) -> dict:
+def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0.0,
+              audit: bool = True) -> dict:
     """The loop's own per-frame path on the demo clip; with a pixel size, head-plane frames
-    also run the head segmenter and the measurement, timed apart."""
-    overrides = {"models": {"dir": models_dir, "plane": name, "num_threads": threads}}
+    also run the head segmenter and the measurement, timed apart. With the audit on, the
+    quality audit's own time (image statistics, the learned quality head, the criteria) is
+    timed apart too, and so is the head segmentation on frames that may show a head."""
+    overrides = {"models": {"dir": models_dir, "plane": name, "num_threads": threads},
+                 "quality": {"enabled": audit}}
     if pixel_size_mm:
         overrides["biometry"] = {"pixel_size_mm": pixel_size_mm}
     settings = load_settings(None, overrides)
@@ -66,6 +70,8 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
                                      "infer_ms": []}
     head_ms: list[float] = []
     head_total: list[float] = []
+    quality_ms: list[float] = []
+    judged_ms: list[float] = []
     with open_source("demo") as source:
         for frame, capture_s in timed_frames(source):
             result = scorer.score(frame, capture_s)
@@ -75,10 +81,21 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
                 if result.biometry is not None:
                     head_ms.append(result.biometry["ms"])
                     head_total.append(result.latency_ms)
+                if result.quality is not None:
+                    quality_ms.append(result.quality["ms"])
+                if result.head_ms is not None:
+                    judged_ms.append(result.head_ms)
     lat = parts["latency_ms"]
     out = {"frames": len(lat), "median_ms": statistics.median(lat), "p90_ms": _p90(lat),
            **{key: statistics.median(v) for key, v in parts.items() if key != "latency_ms"},
-           "rss_mb": _rss_mb()}
+           "rss_mb": _rss_mb(), "learned_quality_head": bool(
+               scorer.quality and scorer.quality.learned)}
+    if quality_ms:
+        out.update(quality_ms_median=statistics.median(quality_ms),
+                   quality_ms_p90=_p90(quality_ms))
+    if judged_ms:
+        out.update(head_judged_frames=len(judged_ms), head_judged_ms_median=statistics.median(
+            judged_ms), head_judged_ms_p90=_p90(judged_ms))
     if pixel_size_mm:
         out["head_frames"] = len(head_ms)
         if head_ms:
@@ -122,7 +139,8 @@ def main(argv: list[str]) -> int:
     elif argv[0] == "passes":
         out = time_passes(argv[1], int(argv[2]), float(argv[3]), argv[4:])
     else:
-        out = time_path(argv[1], argv[2], int(argv[3]), float(argv[4]) if len(argv) > 4 else 0.0)
+        out = time_path(argv[1], argv[2], int(argv[3]), float(argv[4]) if len(argv) > 4 else 0.0,
+                        audit=argv[5:6] != ["noaudit"])
     print(json.dumps(out))
     return 0
 
