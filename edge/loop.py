@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edge.capture.sources import LiveSettings, Source, open_source
 from edge.config import Settings
+from edge.exam.feedback import SteadyFeedback
 from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamSession, ExamTracker, format_exam
 from edge.exam.tally import ExamTally
@@ -179,6 +180,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         echo(format_exam(session, body))
 
     tracker = make_tracker(settings, state_dir, models, exam_ended)
+    steady = SteadyFeedback(scorer.quality.rules.feedback) if scorer.quality else None
+    advice: str | None = None
     stats = RunStats()
     next_health = time.monotonic() + mqtt.health_interval_s
     limit = settings.loop.max_frames
@@ -191,6 +194,11 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                 stats.add(record)
                 roi = Roi(*result.roi) if result.roi else None
                 tracker.feed(record, frame.image, roi, frame.t_mono)
+                if steady is not None:
+                    shown = steady.update(record)
+                    if shown.message != advice:  # said when it changes, never per frame
+                        advice = shown.message
+                        echo(f"advice: {advice or 'the image is good'}")
                 every = settings.loop.log_every
                 if result.error or (every and stats.frames % every == 0):
                     echo(format_line(result))

@@ -272,5 +272,5 @@ def format_exam(session: ExamSession, body: dict) -> str:
         lines.append(f"  head: not measured ({declined or 'no head frames'})")
     if body.get("deficiencies"):
         lines.append("  most frequent deficiencies: " + ", ".join(
-            f"{name} ({n} frames)" for name, n in body["deficiencies"].items()))
+            f"{name} ({n} frame{'' if n == 1 else 's'})" for name, n in body["deficiencies"].items()))
     return "\n".join(lines)
