@@ -20,7 +20,13 @@ USAGE = "sonoedge-central [run] --mqtt-url URL [--db URL] ... | sonoedge-central
 def _collector_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sonoedge-central", description="MQTT collector: "
                                  "stores every device message once, bad ones dead-lettered.")
-    ap.add_argument("--mqtt-url", required=True, help="mqtt[s]://user:pass@host:port")
+    ap.add_argument("--mqtt-url", required=True,
+                    help="mqtt[s]://user@host:port (the password from --password-file)")
+    ap.add_argument("--password-file", default="",
+                    help="file holding the MQTT password (mode 0600); never put it in the URL")
+    ap.add_argument("--registry", default="",
+                    help="device_id,clinic_id per line (board/provision.py --registry): the "
+                         "clinic of each device; payloads cannot choose it")
     ap.add_argument("--db", default=DEFAULT_DB,
                     help=f"SQLite path or postgresql://... (default {DEFAULT_DB})")
     ap.add_argument("--client-id", default="",
@@ -45,6 +51,9 @@ def _report_parser() -> argparse.ArgumentParser:
                                  description="Per-device and per-clinic counts.")
     ap.add_argument("--db", default=DEFAULT_DB, help="SQLite path or postgresql://...")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--seq-jump", type=int, default=1000,
+                    help="a hole in a device's seq longer than this is a jump (a broken or "
+                         "hostile counter), flagged and not counted as lost (default 1000)")
     return ap
 
 
@@ -53,9 +62,9 @@ def report_main(argv: list[str]) -> int:
 
     args = _report_parser().parse_args(argv)
     try:
-        store = Store(args.db)
+        store = Store(args.db, create=False)
         try:
-            rep = build_report(store)
+            rep = build_report(store, seq_jump=max(1, args.seq_jump))
         finally:
             store.close()
     except DbError as exc:
@@ -71,15 +80,20 @@ def report_main(argv: list[str]) -> int:
 
 def collector_main(argv: list[str]) -> int:
     from central.collector import Collector, CollectorSettings
+    from wire.mqtt import URL_PASSWORD_WARNING, url_has_password
 
     args = _collector_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if url_has_password(args.mqtt_url):
+        print(f"sonoedge-central: warning: {URL_PASSWORD_WARNING} (--password-file)",
+              file=sys.stderr)
     settings = CollectorSettings(
         mqtt_url=args.mqtt_url, db_url=args.db, client_id=args.client_id,
         share_group="" if args.no_share else args.share_group, max_bytes=args.max_bytes,
         tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         reconnect_max_s=args.reconnect_max_s, duration_s=args.duration_s,
+        password_file=args.password_file, registry=args.registry,
     )
     try:
         collector = Collector(settings)

@@ -7,21 +7,27 @@ killed between receiving and storing gets the same messages again, and the ``msg
 constraint keeps them single. Several collectors split the load through a shared
 subscription ``$share/<group>/sonoedge/+/+``; they can share one PostgreSQL database.
 
-Anything that is not a valid message goes to the dead-letter table with the reason, and
-the collector keeps running.
+Every message is treated as hostile. Its size and nesting depth are checked on the raw
+bytes before it is parsed (``wire.schema.loads_bounded``), numbers must be finite and in the
+schema's ranges, and the device named in the payload must be the one in the topic (which the
+broker's ACL ties to the user that logged in). Anything that is not a valid message, or that
+the database refuses, goes to the dead-letter table with the reason; nothing one message
+holds can stop the collector. The clinic of a device comes from the district's registry
+(``--registry``, written by ``board/provision.py``), never from the payload.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import os
 import random
 import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from central.db import DEAD_PREVIEW_CHARS, DbError, DeadLetter, Row, Store
 from wire import schema as wire_schema
@@ -48,12 +54,47 @@ class CollectorSettings:
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    password_file: str = ""  # the MQTT password, from a file only its owner can read
+    registry: str = ""  # device_id,clinic_id per line (board/provision.py); "" = no clinics
     duration_s: float | None = None  # stop after this long (tests, cron-style runs)
 
 
-def check(topic: str, payload: bytes, max_bytes: int, collector: str,
-          now: float) -> Row | DeadLetter:
-    """Turn one received message into a row to store, or a dead letter with the reason."""
+def read_registry(path: str | Path) -> dict[str, str]:
+    """The district's record of which device belongs to which clinic: ``device_id,clinic_id``
+    per line, ``#`` comments (written by ``board/provision.py --clinic``). ValueError names
+    the file and line of a malformed entry."""
+    out: dict[str, str] = {}
+    text = Path(path).read_text(encoding="utf-8")
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        device, sep, clinic = (x.strip() for x in line.partition(","))
+        if not sep or not _ID_RE.match(device) or not _CLINIC_RE.match(clinic):
+            raise ValueError(f"{path}:{lineno}: expected device_id,clinic_id, got {line[:80]!r}")
+        out[device] = clinic
+    return out
+
+
+_CLINIC_RE = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+
+
+def check(topic: str, payload: bytes, max_bytes: int, collector: str, now: float,
+          clinics: dict[str, str] | None = None) -> Row | DeadLetter:
+    """Turn one received message into a row to store, or a dead letter with the reason.
+
+    Never raises: whatever a message holds, the answer is a row or a dead letter. The clinic
+    is the registry's (``clinics``), or "" for a device the registry does not list."""
+    try:
+        return _check(topic, payload, max_bytes, collector, now, clinics)
+    except Exception as exc:  # a bug must cost one message, not the collector
+        log.exception("checking a message on %r failed", topic[:120])
+        return dead_letter(topic, payload, f"internal error: {type(exc).__name__}: "
+                           f"{_first_line(exc)}", collector, now)
+
+
+def _check(topic: str, payload: bytes, max_bytes: int, collector: str, now: float,
+           clinics: dict[str, str] | None) -> Row | DeadLetter:
     reason = None
     data = None
     parts = topic.split("/")
@@ -65,9 +106,10 @@ def check(topic: str, payload: bytes, max_bytes: int, collector: str,
         reason = f"unknown kind {parts[2][:40]!r}"
     else:
         try:
-            data = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
-        except (UnicodeDecodeError, ValueError) as exc:
-            reason = f"bad JSON: {_first_line(exc)}"
+            data = wire_schema.loads_bounded(payload, max_bytes)
+        except wire_schema.PayloadError as exc:
+            reason = str(exc) if str(exc).startswith(("bad JSON", "oversize")) \
+                else f"bad JSON: {exc}"
         if reason is None and not isinstance(data, dict):
             reason = f"not a JSON object but {type(data).__name__}"
         if reason is None and data.get("kind") != parts[2]:
@@ -80,20 +122,26 @@ def check(topic: str, payload: bytes, max_bytes: int, collector: str,
         if reason is None and data["device_id"] != parts[1]:
             reason = f"device_id {data['device_id']!r} in payload, {parts[1]!r} in topic"
     if reason is not None:
-        digest = hashlib.sha256(topic.encode("utf-8", "replace") + b"\0" + payload).hexdigest()
-        preview = payload[:DEAD_PREVIEW_CHARS].decode("utf-8", "replace").replace("\x00", "")
-        return DeadLetter(digest, topic[:255], reason[:500], len(payload), preview, now,
-                          collector)
+        return dead_letter(topic, payload, reason, collector, now)
     return Row(
-        msg_id=data["msg_id"], device_id=parts[1], clinic_id=data["clinic_id"], kind=parts[2],
+        msg_id=data["msg_id"], device_id=parts[1],
+        clinic_id=(clinics or {}).get(parts[1], ""), kind=parts[2],
         seq=int(data["seq"]), boot_id=data["boot_id"], device_ts=float(data["ts"]),
         mono_s=float(data["mono_s"]), received_ts=now, collector=collector,
         payload=payload.decode("utf-8"),
     )
 
 
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
+def dead_letter(topic: str, payload: bytes, reason: str, collector: str,
+                now: float) -> DeadLetter:
+    """A dead letter that any database takes: printable text, no NUL, bounded sizes."""
+    topic = str(topic)
+    digest = hashlib.sha256(topic.encode("utf-8", "backslashreplace") + b"\0"
+                            + payload).hexdigest()
+    preview = payload[:DEAD_PREVIEW_CHARS].decode("utf-8", "replace").replace("\x00", "")
+    shown = topic.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "")
+    reason = reason.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "")
+    return DeadLetter(digest, shown[:255], reason[:500], len(payload), preview, now, collector)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -103,10 +151,16 @@ def _first_line(exc: BaseException) -> str:
 
 class Collector:
     def __init__(self, settings: CollectorSettings, store: Store | None = None):
-        from wire.mqtt import parse_mqtt_url
+        from wire.mqtt import parse_mqtt_url, read_secret_file
 
         self.settings = settings
         self.target = parse_mqtt_url(settings.mqtt_url)
+        if settings.password_file:
+            self.target = replace(self.target,
+                                  password=read_secret_file(settings.password_file))
+        self._registry: tuple[float, dict[str, str]] | None = None
+        self._unregistered: set[str] = set()
+        self.clinics()  # a broken registry is an error at start, naming the file and line
         self.client_id = settings.client_id or "sonoedge-central-" + re.sub(
             r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40]
         self.store = store or Store(settings.db_url)
@@ -114,6 +168,24 @@ class Collector:
         self.stats = {"received": 0, "stored": 0, "duplicates": 0, "dead": 0}
         self._rng = random.Random()
         self._last_error: str | None = None
+
+    def clinics(self) -> dict[str, str] | None:
+        """The registry, re-read when its file changes (provisioning a device needs no
+        restart); on a read error the last good copy stays in use."""
+        path = self.settings.registry
+        if not path:
+            return None
+        try:
+            mtime = os.stat(path).st_mtime
+            if self._registry is None or self._registry[0] != mtime:
+                self._registry = (mtime, read_registry(path))
+                log.info("registry %s: %d devices", path, len(self._registry[1]))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            if self._registry is None:
+                raise ValueError(f"registry {exc}" if isinstance(exc, OSError) else str(exc)) \
+                    from None
+            self._error(f"registry {path} unreadable, using the last good copy: {exc}")
+        return self._registry[1]
 
     @property
     def topic(self) -> str:
@@ -233,6 +305,9 @@ class Collector:
                     # Unacknowledged: the broker redelivers them on the next session.
                     self._error(str(exc))
                     return False
+                except Exception:  # never die: unacknowledged, so nothing is lost
+                    log.exception("collector %s: storing a batch failed", self.client_id)
+                    return False
                 for msg in batch:
                     if msg.qos > 0:
                         client.ack(msg.mid, msg.qos)
@@ -251,17 +326,33 @@ class Collector:
     def _store_batch(self, batch: list) -> None:
         now = time.time()
         rows, dead = [], []
+        clinics = self.clinics()
         for msg in batch:
-            item = check(msg.topic, bytes(msg.payload), self.settings.max_bytes,
-                         self.client_id, now)
+            topic = _topic_of(msg)
+            item = check(topic, bytes(msg.payload), self.settings.max_bytes,
+                         self.client_id, now, clinics)
             (dead if isinstance(item, DeadLetter) else rows).append(item)
-        new_rows, new_dead = self.store.store(rows, dead)
-        for d in dead:
+            if (clinics is not None and isinstance(item, Row)
+                    and item.device_id not in clinics and item.device_id not in
+                    self._unregistered):
+                self._unregistered.add(item.device_id)
+                log.warning("device %s is not in the registry %s: its messages are stored "
+                            "without a clinic", item.device_id, self.settings.registry)
+        new_rows, new_dead, refused = self.store.store_checked(rows, dead)
+        for d in dead + refused:
             log.warning("dead letter on %s: %s", d.topic, d.reason)
+        dead = dead + refused
         self.stats["received"] += len(batch)
         self.stats["stored"] += new_rows
-        self.stats["duplicates"] += len(rows) - new_rows
+        self.stats["duplicates"] += len(rows) - len(refused) - new_rows
         self.stats["dead"] += new_dead
+
+
+def _topic_of(msg) -> str:
+    try:
+        return msg.topic
+    except UnicodeDecodeError:  # the broker should refuse it; a dead letter if not
+        return bytes(getattr(msg, "_topic", b"")).decode("utf-8", "replace")
 
 
 def _close(client) -> None:

@@ -9,6 +9,11 @@ redelivered bad message is also kept once.
 
 SQLite runs in WAL mode with ``synchronous=FULL``: the collector acknowledges a message to
 the broker only after the commit, so a commit must survive a power cut.
+
+A row the database refuses (a value out of its range, a character it cannot hold) costs
+that row alone: the batch is retried row by row and the refused row becomes a dead letter
+with the database's reason. Only an unusable database (gone, full, locked) is a ``DbError``,
+and then nothing of the batch is acknowledged.
 """
 
 from __future__ import annotations
@@ -101,7 +106,10 @@ def sqlite_path(url: str) -> str:
 class Store:
     """Thin wrapper that hides the two drivers' parameter styles."""
 
-    def __init__(self, url: str = DEFAULT_DB):
+    def __init__(self, url: str = DEFAULT_DB, create: bool = True):
+        """``create=False`` (reports) opens an existing collector database only: a mistyped
+        path or a database without the collector's tables is a ``DbError``, never a new,
+        empty database."""
         self.url = url
         self.pg = is_postgres(url)
         try:
@@ -109,16 +117,31 @@ class Store:
                 import psycopg
 
                 self._errors = (psycopg.Error,)
+                self._row_errors = (psycopg.DataError, psycopg.IntegrityError,
+                                    psycopg.ProgrammingError, OverflowError, ValueError,
+                                    TypeError, UnicodeError)
                 self.conn = psycopg.connect(url, autocommit=False, connect_timeout=10)
             else:
                 self._errors = (sqlite3.Error,)
+                self._row_errors = (sqlite3.DataError, sqlite3.IntegrityError,
+                                    sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                                    OverflowError, ValueError, TypeError, UnicodeError)
                 path = sqlite_path(url)
                 if path != ":memory:":
+                    if not create and not Path(path).is_file():
+                        raise DbError(f"{path}: no such database (is --db right?)")
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self.conn = sqlite3.connect(path, timeout=30.0)
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
             with self.tx() as cur:
+                if not create:
+                    cur.execute("SELECT to_regclass('messages') IS NOT NULL" if self.pg else
+                                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'messages'")
+                    if not cur.fetchall()[0][0]:
+                        raise DbError(f"{self.shown()}: not a sonoedge collector database "
+                                      "(no messages table)")
+                    return
                 if self.pg:
                     # Two collectors starting together would race on CREATE TABLE IF NOT
                     # EXISTS (a duplicate pg_type row); serialise it for this transaction.
@@ -164,20 +187,53 @@ class Store:
 
     def store(self, rows: list[Row], dead: list[DeadLetter]) -> tuple[int, int]:
         """Insert a batch in one transaction; returns (new messages, new dead letters)."""
-        new_rows = new_dead = 0
+        new_rows, new_dead, _ = self.store_checked(rows, dead)
+        return new_rows, new_dead
+
+    def store_checked(self, rows: list[Row], dead: list[DeadLetter]
+                      ) -> tuple[int, int, list[DeadLetter]]:
+        """Insert a batch; a row the database refuses goes to the dead letters instead.
+
+        Returns (new messages, new dead letters, the rows refused as dead letters). Raises
+        ``DbError`` only when the database itself cannot be written."""
         try:
-            with self.tx() as cur:
-                for r in rows:
-                    cur.execute(_INSERT_MSG, (r.msg_id, r.device_id, r.clinic_id, r.kind, r.seq,
-                                              r.boot_id, r.device_ts, r.mono_s, r.received_ts,
-                                              r.collector, r.payload))
-                    new_rows += max(0, cur.rowcount)
-                for d in dead:
-                    cur.execute(_INSERT_DEAD, (d.digest, d.topic, d.reason, d.size, d.preview,
-                                               d.received_ts, d.collector))
-                    new_dead += max(0, cur.rowcount)
+            return (*self._insert(rows, dead), [])
+        except self._row_errors:
+            pass  # one of the rows: find it, one row per transaction
         except self._errors as exc:
             raise DbError(f"{self.shown()}: write failed: {_one_line(exc)}") from None
+        new_rows = new_dead = 0
+        refused: list[DeadLetter] = []
+        for r in rows:
+            try:
+                new_rows += self._insert([r], [])[0]
+            except self._row_errors as exc:
+                refused.append(DeadLetter(
+                    digest=r.msg_id, topic=f"sonoedge/{r.device_id}/{r.kind}"[:255],
+                    reason=f"database refused it: {_one_line(exc)}"[:500],
+                    size=len(r.payload), preview=r.payload[:DEAD_PREVIEW_CHARS],
+                    received_ts=r.received_ts, collector=r.collector))
+            except self._errors as exc:
+                raise DbError(f"{self.shown()}: write failed: {_one_line(exc)}") from None
+        for d in dead + refused:
+            try:
+                new_dead += self._insert([], [d])[1]
+            except self._errors as exc:
+                raise DbError(f"{self.shown()}: write failed: {_one_line(exc)}") from None
+        return new_rows, new_dead, refused
+
+    def _insert(self, rows: list[Row], dead: list[DeadLetter]) -> tuple[int, int]:
+        new_rows = new_dead = 0
+        with self.tx() as cur:
+            for r in rows:
+                cur.execute(_INSERT_MSG, (r.msg_id, r.device_id, r.clinic_id, r.kind, r.seq,
+                                          r.boot_id, r.device_ts, r.mono_s, r.received_ts,
+                                          r.collector, r.payload))
+                new_rows += max(0, cur.rowcount)
+            for d in dead:
+                cur.execute(_INSERT_DEAD, (d.digest, d.topic, d.reason, d.size, d.preview,
+                                           d.received_ts, d.collector))
+                new_dead += max(0, cur.rowcount)
         return new_rows, new_dead
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:

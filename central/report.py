@@ -4,7 +4,9 @@ Counts come straight from SQL so the report scales with the database, not with m
 Sequence numbers are per device and strictly increasing across reboots, so a hole in the
 stored ``exam``/``health`` sequence is a message that never arrived. Holes are split into
 *dropped* (the device reported discarding it to stay within its outbox quota: it says so
-in its latest ``health``) and *lost* (the rest). ``behind`` is how many messages the
+in its latest ``health``) and *lost* (the rest). A hole longer than ``seq_jump`` is no
+loss: no device makes that many messages unseen, so it is a broken or hostile counter,
+flagged as a *jump* and kept out of ``missing`` and ``lost``. ``behind`` is how many messages the
 device's latest ``status`` says it has allocated beyond what is stored: still on its way.
 """
 
@@ -29,6 +31,7 @@ class DeviceReport:
     max_seq: int = 0
     missing: int = 0  # holes in 1..max_seq of exam/health
     gaps: list[list[int]] = field(default_factory=list)  # first few holes, [from, to]
+    seq_jumps: list[list[int]] = field(default_factory=list)  # holes too long to be loss
     dropped_health: int = 0
     dropped_exam: int = 0
     lost: int = 0
@@ -76,7 +79,7 @@ def recent_exams(store: Store, limit: int = 20) -> list[dict]:
     return out
 
 
-def build_report(store: Store, max_gaps: int = 10) -> dict:
+def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict:
     devices: dict[str, DeviceReport] = {}
     latest_clinic: dict[str, tuple[float, str]] = {}
     for dev, clinic, exams, health, status, first, last, last_dev, max_seq in store.query(
@@ -110,6 +113,10 @@ def build_report(store: Store, max_gaps: int = 10) -> dict:
     ):
         d = devices[dev]
         lo = 1 if prev is None else int(prev) + 1
+        if int(seq) - lo > seq_jump:
+            if len(d.seq_jumps) < max_gaps:
+                d.seq_jumps.append([lo, int(seq) - 1])
+            continue
         d.missing += int(seq) - lo
         if len(d.gaps) < max_gaps:
             d.gaps.append([lo, int(seq) - 1])
@@ -201,6 +208,10 @@ def format_report(rep: dict) -> str:
         if d["gaps"]:
             shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in d["gaps"])
             lines.append(f"{'':<20} gaps in seq: {shown}")
+        if d.get("seq_jumps"):
+            shown = ", ".join(f"{a}-{b}" for a, b in d["seq_jumps"])
+            lines.append(f"{'':<20} seq jumps (a broken or hostile counter, not counted as "
+                         f"lost): {shown}")
     lines += ["", "Clinics"]
     head = (f"{'clinic':<12} {'devices':>7} {'exams':>6} {'health':>6} {'missing':>7} "
             f"{'dropped':>7} {'lost':>5}  last seen (UTC)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -40,9 +41,12 @@ def encode(payload: dict) -> bytes:
     return json.dumps(payload).encode()
 
 
+REGISTRY = {"dev-a": "clinic-1", "dev-b": "clinic-1"}  # the district's own record
+
+
 def row(payload: dict, collector: str = "c1") -> Row:
     item = check(f"sonoedge/{payload['device_id']}/{payload['kind']}", encode(payload), 4096,
-                 collector, 1000.0 + payload["seq"])
+                 collector, 1000.0 + payload["seq"], REGISTRY)
     assert isinstance(item, Row), item
     return item
 
@@ -125,12 +129,22 @@ def test_an_unreachable_database_is_a_one_line_error_naming_it(tmp_path):
         Store("postgresql://u:secret@127.0.0.1:1/none")
     assert "postgresql://u:***@127.0.0.1:1/none" in str(err.value)
     assert "secret" not in str(err.value) and "\n" not in str(err.value)
+    # Issue 14, item 6: a mistyped --db is an error, never a new, empty database.
+    missing = tmp_path / "no" / "such" / "dir" / "x.sqlite3"
     out = subprocess.run([sys.executable, "-m", "central.cli", "report", "--db",
-                          str(tmp_path / "no" / "such" / "dir" / "x.sqlite3"), "--json"],
+                          str(missing), "--json"], capture_output=True, text=True,
+                         env=py_env(), cwd=str(REPO), timeout=30)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        f"sonoedge-central report: {missing}: no such database (is --db right?)"]
+    assert not missing.parent.exists()
+    other = tmp_path / "other.sqlite3"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    out = subprocess.run([sys.executable, "-m", "central.cli", "report", "--db", str(other)],
                          capture_output=True, text=True, env=py_env(), cwd=str(REPO),
                          timeout=30)
-    assert out.returncode == 0  # SQLite creates an empty database: an empty report
-    assert json.loads(out.stdout)["devices"] == []
+    assert out.returncode == 2 and "not a sonoedge collector database" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 # -- report ------------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import ssl
+import stat
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -51,6 +53,39 @@ def parse_mqtt_url(url: str) -> MqttTarget:
         username=unquote(parts.username or ""),
         password=unquote(parts.password or ""),
     )
+
+
+URL_PASSWORD_WARNING = ("the MQTT password in the URL is visible to every user of this "
+                        "machine (ps, /proc); put it in a password file instead")
+
+
+def url_has_password(url: str) -> bool:
+    try:
+        return bool(parse_mqtt_url(url).password)
+    except ValueError:
+        return False
+
+
+def read_secret_file(path: str | os.PathLike) -> str:
+    """A password from a file that only its owner may read (mode 0600 or 0400): the first
+    line, without its line end. ValueError names the file and what is wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            text = handle.read(4096)
+    except OSError as exc:
+        raise ValueError(f"password file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"password file {path}: not UTF-8 text") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"password file {path}: not a regular file")
+    if mode & 0o077:
+        raise ValueError(f"password file {path}: readable by other users (mode "
+                         f"{stat.S_IMODE(mode):04o}); chmod 600 it")
+    password = text.splitlines()[0] if text.splitlines() else ""
+    if not password:
+        raise ValueError(f"password file {path}: empty")
+    return password
 
 
 def topic_for(device_id: str, kind: str) -> str:

@@ -10,6 +10,7 @@ stored, and the collector checks every payload it receives. ``validate()`` is a 
 from __future__ import annotations
 
 import json
+import math
 import re
 from functools import cache
 from pathlib import Path
@@ -22,6 +23,12 @@ PLANES = (
     "3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur", "Kidneys",
     "Lips", "LVOT", "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)",
 )
+# Bounds on any message before and while it is parsed: a hostile or broken sender must not
+# make a reader recurse, allocate or loop without limit. A valid exam is at most 1 KB and
+# nests 4 levels deep.
+MAX_DEPTH = 16
+MAX_NODES = 5000  # values visited by one validate() call
+MAX_INT_DIGITS = 20
 # Frames the plane model abstained on are counted as such: a district site must be able to
 # tell "the model was unsure" from "a plane outside the list".
 UNCERTAIN = "uncertain"
@@ -32,13 +39,84 @@ def load_schema(kind: str) -> dict:
     return json.loads((SCHEMA_DIR / f"{kind}.schema.json").read_text(encoding="utf-8"))
 
 
+class PayloadError(ValueError):
+    """A message that cannot be parsed within the bounds; the text is the reason."""
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of ``[`` and ``{`` in JSON text, found without parsing it (string
+    contents are skipped), so a reader can refuse a deep payload before any recursion."""
+    stripped = _JSON_STRING.sub(b'""', data)
+    depth = deepest = 0
+    for byte in stripped.translate(None, _NOT_BRACKETS):
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _no_constant(name: str):
+    raise PayloadError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise PayloadError(f"number {text[:24]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise PayloadError(f"integer of {len(text)} digits is out of range")
+    return int(text)
+
+
+def _unique_keys(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise PayloadError(f"duplicate key {dup[:40]!r}")
+    return out
+
+
+def loads_bounded(data: bytes, max_bytes: int, max_depth: int = MAX_DEPTH):
+    """JSON from untrusted bytes, refused (``PayloadError`` with the reason) when it is
+    larger than ``max_bytes``, nested deeper than ``max_depth``, not UTF-8, or holds NaN,
+    infinities, out-of-range numbers or a key twice. Size and depth are checked on the raw
+    bytes, before ``json.loads`` could recurse."""
+    if len(data) > max_bytes:
+        raise PayloadError(f"oversize: {len(data)} bytes > {max_bytes}")
+    depth = json_depth(data)
+    if depth > max_depth:
+        raise PayloadError(f"nested {depth} deep, more than {max_depth}")
+    try:
+        text = data.decode("utf-8")
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
+                          parse_int=_bounded_int, object_pairs_hook=_unique_keys)
+    except PayloadError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        lines = str(exc).splitlines()
+        raise PayloadError(f"bad JSON: {lines[0][:200] if lines else type(exc).__name__}") \
+            from None
+
+
 _TYPES = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
     "string": lambda v: isinstance(v, str),
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool)
     or (isinstance(v, float) and v.is_integer()),
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int) and not isinstance(v, bool)
+    or (isinstance(v, float) and math.isfinite(v)),
     "boolean": lambda v: isinstance(v, bool),
     "null": lambda v: v is None,
 }
@@ -47,11 +125,23 @@ _TYPES = {
 def validate(instance, schema: dict, path: str = "$") -> list[str]:
     """Errors of ``instance`` against a draft 2020-12 subset: type, const, enum, required,
     properties, additionalProperties, patternProperties, propertyNames, maxProperties,
-    min/maxLength, pattern, minimum/maximum, prefixItems, items, min/maxItems, $defs/$ref."""
-    return _validate(instance, schema, path, schema)
+    min/maxLength, pattern, minimum/maximum, prefixItems, items, min/maxItems, $defs/$ref.
+
+    Bounded: an instance nested deeper than ``MAX_DEPTH`` or with more than ``MAX_NODES``
+    values is refused with one error, never walked, and non-finite numbers are no number."""
+    budget = [MAX_NODES]
+    return _validate(instance, schema, path, schema, 0, budget)
 
 
-def _validate(v, s: dict, path: str, root: dict) -> list[str]:
+def _validate(v, s: dict, path: str, root: dict, depth: int = 0,
+              budget: list | None = None) -> list[str]:
+    if depth > MAX_DEPTH:
+        return [f"{path}: nested deeper than {MAX_DEPTH}"]
+    if budget is not None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            return [f"{path}: more than {MAX_NODES} values"] if budget[0] == -1 else []
+    depth += 1
     if "$ref" in s:
         ref = s["$ref"]
         if not ref.startswith("#/$defs/"):
@@ -90,7 +180,7 @@ def _validate(v, s: dict, path: str, root: dict) -> list[str]:
             if sub is False:
                 errs.append(f"{path}: unexpected item {i}")
             elif isinstance(sub, dict):
-                errs += _validate(item, sub, f"{path}[{i}]", root)
+                errs += _validate(item, sub, f"{path}[{i}]", root, depth, budget)
     if isinstance(v, dict):
         for key in s.get("required", []):
             if key not in v:
@@ -104,20 +194,20 @@ def _validate(v, s: dict, path: str, root: dict) -> list[str]:
         for key, item in v.items():
             sub = f"{path}.{key}"
             if names is not None:
-                errs += _validate(key, names, f"{sub}(name)", root)
+                errs += _validate(key, names, f"{sub}(name)", root, depth, budget)
             matched = False
             if key in props:
                 matched = True
-                errs += _validate(item, props[key], sub, root)
+                errs += _validate(item, props[key], sub, root, depth, budget)
             for pat, ps in pprops.items():
                 if re.search(pat, key):
                     matched = True
-                    errs += _validate(item, ps, sub, root)
+                    errs += _validate(item, ps, sub, root, depth, budget)
             if not matched:
                 if extra is False:
                     errs.append(f"{path}: unexpected property {key}")
                 elif isinstance(extra, dict):
-                    errs += _validate(item, extra, sub, root)
+                    errs += _validate(item, extra, sub, root, depth, budget)
     return errs
 
 
