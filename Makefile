@@ -38,6 +38,7 @@ test: dev-env system-deps lint
 models: dev-env
 	$(BIN)/python -m quantize.build_models
 	$(BIN)/python -m quantize.build_segmenter
+	$(BIN)/python -m quantize.build_quality_head
 
 # Head segmenters on validation patients: build/eval_biometry/report.md + bland_altman.png
 eval-biometry: dev-env

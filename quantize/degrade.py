@@ -30,6 +30,9 @@ import numpy as np
 from edge.models.roi import Roi
 
 KINDS = ("blur", "gain", "noise", "shadow", "cutoff", "zoom")
+# Bump when a fault's pixels change for the same severity: cached training views and the
+# quality head's checkpoint carry it, so they are rebuilt rather than silently reused.
+VERSION = 2
 
 # Physical meaning of severity 1.0 for each fault; the quality head's manifest copies these.
 BLUR_SIGMA_AT_ONE = 0.025  # Gaussian sigma as a share of the region's width
@@ -40,7 +43,12 @@ SHADOW_WIDTH_AT_ONE = 0.30  # shadow width at the region's bottom, share of the 
 SHADOW_RESIDUAL = 0.10  # a bone shadow keeps this share of the echo (near-anechoic)
 SHADOW_START = (0.10, 0.45)  # the occluder's depth, share of the region's height
 APEX_ABOVE = 0.6  # the virtual apex of the fan sits this many region heights above its top
-CUTOFF_SHIFT_AT_ONE = 0.5  # the anatomy moves by half the region's width (or height)
+# The anatomy moves by this share of the region's width (or height) at s = 1: a head
+# centred in the region then loses about half of itself past the edge. Further than that
+# the anatomy is simply out of view, which is the plane model's question, not a grade of
+# how badly it is cut (version 1 used 0.5: the head often vanished, and its severity with
+# it, so the head could not learn it).
+CUTOFF_SHIFT_AT_ONE = 0.35
 ZOOM_AT_ONE = 2.0  # zoomed out 2x: linear size / 2, area / 4
 BLACK_LEVEL = 8  # as edge.models.roi: grey <= this is screen background
 
@@ -81,7 +89,8 @@ SEVERITY_ONE = {
         "model": "the region's content shifted left, right or down by s * "
                  f"{CUTOFF_SHIFT_AT_ONE} of the region's width (height); what leaves the "
                  "region is lost, the uncovered part is black",
-        "at_1": f"shifted by {CUTOFF_SHIFT_AT_ONE:.0%} of the region"},
+        "at_1": f"shifted by {CUTOFF_SHIFT_AT_ONE:.0%} of the region: a head centred in "
+                "it loses about half of itself past the edge"},
     "zoom": {
         "fault": "depth set too deep (zoomed out): the anatomy fills too little of the image",
         "model": f"the region's content scaled by {ZOOM_AT_ONE:g}**(-s) about the "
