@@ -1,7 +1,10 @@
 """``sonoedge outbox`` (what waits to be sent) and ``sonoedge status`` (is the uplink well).
 
-Both only read: the outbox database (WAL lets them read while ``sonoedge run`` writes) and
-the status file the uplink rewrites on every change.
+Both read: the outbox database (WAL lets them read while ``sonoedge run`` writes) and the
+status file the uplink rewrites on every change. ``sonoedge outbox --retry-rejected`` is the
+one write: it puts the messages the broker refused back in the queue, once the cause is
+fixed. ``status`` asks the kernel whether a run holds the state dir (its lock), so the last
+state of a process that was killed is shown as such, never as "connected".
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 
 from edge.store.outbox import OUTBOX_FILE
+from edge.store.state import lock_holder
 from edge.uplink.mqtt import STATUS_FILE, read_status
 
 DEFAULT_STATE_DIR = os.environ.get("SONOEDGE_STATE_DIR", "state")
@@ -47,7 +51,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 def outbox_main(argv: list[str]) -> int:
     ap = _parser("sonoedge outbox")
     ap.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
+    ap.add_argument("--retry-rejected", action="store_true",
+                    help="queue the messages the broker refused again (after fixing the "
+                         "device id, its credentials or the ACL)")
     args = ap.parse_args(argv)
+    if args.retry_rejected:
+        return _retry_rejected(args.state_dir)
     try:
         conn = _open_ro(args.state_dir)
         if conn is None:
@@ -92,9 +101,36 @@ def outbox_main(argv: list[str]) -> int:
     return 0
 
 
+def _retry_rejected(state_dir: Path) -> int:
+    path = state_dir / OUTBOX_FILE
+    if not path.is_file():
+        print(f"sonoedge outbox: no outbox in {state_dir} (nothing recorded yet)")
+        return 0
+    try:
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        try:
+            count = conn.execute("UPDATE outbox SET state = 'pending', reason = NULL "
+                                 "WHERE state = 'rejected'").rowcount
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        print(f"sonoedge outbox: {path}: {exc}", file=sys.stderr)
+        return 2
+    live = lock_holder(state_dir)
+    when = ("the running sonoedge (pid {}) sends them now".format(live.get("pid", "?"))
+            if live is not None else "the next `sonoedge run` sends them")
+    print(f"{count} rejected message(s) queued again; {when}")
+    return 0
+
+
 def status_main(argv: list[str]) -> int:
     args = _parser("sonoedge status").parse_args(argv)
     status = read_status(args.state_dir)
+    holder = lock_holder(args.state_dir)
+    if status is not None:
+        status["running"] = holder is not None
+        if holder is None:
+            status["connected"] = False  # whatever the file says: nobody holds a link
     if status is None:
         print(f"sonoedge status: no {STATUS_FILE} in {args.state_dir}: the uplink has not run "
               "there yet")
@@ -103,7 +139,10 @@ def status_main(argv: list[str]) -> int:
         print(json.dumps({"uplink": status}, indent=1))
         return 0
     box = status.get("outbox") or {}
-    if not status.get("enabled"):
+    if holder is None:
+        state = (f"not running: the run that wrote this (pid {status.get('pid')}) has ended; "
+                 f"its last state is {_age(status.get('updated_ts'))} old")
+    elif not status.get("enabled"):
         state = "disabled (no --mqtt-url): recording to the outbox only"
     elif status.get("connected"):
         state = f"connected to {status.get('broker')}"
@@ -116,7 +155,10 @@ def status_main(argv: list[str]) -> int:
     print(f"last connect: {_age(status.get('last_connect_ts'))} ago; "
           f"last ack: {_age(status.get('last_ack_ts'))} ago; "
           f"acked {status.get('acked', 0)}, refused {status.get('refused', 0)} "
-          f"(this run, pid {status.get('pid')})")
+          f"({'this' if holder is not None else 'that'} run, pid {status.get('pid')})")
+    if status.get("held"):
+        print(f"disk full: {status['held']} exam summar"
+              f"{'y' if status['held'] == 1 else 'ies'} held in memory until there is room")
     print(f"outbox: {box.get('pending', '?')} pending ({box.get('pending_exam', '?')} exam), "
           f"{box.get('rejected', 0)} rejected, {box.get('used_bytes', '?')}/"
           f"{box.get('quota_bytes', '?')} bytes; dropped {box.get('dropped_health', 0)} "

@@ -9,7 +9,10 @@ best frame reaches the protocol's `min_quality`.
 
 `ExamTracker` runs exams in a live stream: an exam starts on the first frame with
 ultrasound content, and ends after `end_gap_s` without content, on command (`stop`), or
-when the source ends.
+when the source ends. The same tracker rebuilds the exams of a run that was killed, by
+replaying its journaled results (`ended_by` "recovered" for the exam left open). An exam's
+id is then derived from the run and its first frame's journal row (`exam_id_for`), so a
+replay, however often repeated, gives the ids the live run gave.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from wire.schema import PLANES
 log = logging.getLogger(__name__)
 
 NOT_A_VIEW = ("Background",)
-ENDED_BY = ("gap", "command", "source_end")
+ENDED_BY = ("gap", "command", "source_end", "recovered")
+_EXAM_NAMESPACE = uuid.UUID("5d0b7c1e-6f1a-4c55-9a0e-7d3c8e2b1f40")
+
+
+def exam_id_for(run_id: str, first_row: int) -> str:
+    """The id of the exam whose first frame is journal row `first_row` of run `run_id`."""
+    return str(uuid.uuid5(_EXAM_NAMESPACE, f"{run_id}/{int(first_row)}"))
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,8 @@ class ExamSession:
     tally: ExamTally = field(default_factory=ExamTally)
     best: dict[str, BestFrame] = field(default_factory=dict)
     last_content: tuple[float, float] | None = None  # (wall, monotonic) of the last content
+    first_row: int | None = None  # journal rows of its first and last frame, where journaled
+    last_row: int | None = None
     _pending: dict[str, np.ndarray] = field(default_factory=dict)
     _written: dict[str, float] = field(default_factory=dict)
 
@@ -203,8 +214,11 @@ class ExamTracker:
         return result.get("roi") is not None
 
     def feed(self, result: dict, image: np.ndarray | None = None, roi: Roi | None = None,
-             mono: float | None = None) -> ExamSession | None:
-        """One frame; returns the exam it joined, or None between exams."""
+             mono: float | None = None, row: int | None = None,
+             run_id: str | None = None) -> ExamSession | None:
+        """One frame; returns the exam it joined, or None between exams. `row` is the
+        frame's journal row and `run_id` its run: an exam they start gets the id
+        `exam_id_for(run_id, row)` (a random one when the frame was not journaled)."""
         now = time.monotonic() if mono is None else mono
         content = self.has_content(result)
         if self.current is not None and not content and self._last_content is not None \
@@ -214,9 +228,11 @@ class ExamTracker:
             if not content:
                 return None
             ts = result.get("ts")
+            ids = {"exam_id": exam_id_for(run_id, row)} if row is not None and run_id else {}
             self.current = ExamSession(self.protocol, self.thumbs, self.settings,
                                        started_ts=float(ts) if isinstance(ts, int | float)
-                                       else time.time(), started_mono=now)
+                                       else time.time(), started_mono=now, first_row=row,
+                                       **ids)
             log.info("exam %s started (protocol %s)", self.current.exam_id, self.protocol.name)
         if content:
             self._last_content = now
@@ -224,6 +240,8 @@ class ExamTracker:
             self.current.last_content = (float(ts) if isinstance(ts, int | float)
                                          else time.time(), now)
         self.current.add(result, image, roi, now)
+        if row is not None:
+            self.current.last_row = row
         return self.current
 
     def end(self, ended_by: str) -> dict | None:
@@ -231,8 +249,9 @@ class ExamTracker:
         session, self.current, self._last_content = self.current, None, None
         if session is None:
             return None
-        # An exam that ran out of content ended with its last content frame, not 20 s later.
-        last = session.last_content if ended_by == "gap" else None
+        # An exam that ran out of content ended with its last content frame, not 20 s later;
+        # so, as far as the journal tells, did an exam whose run was killed.
+        last = session.last_content if ended_by in ("gap", "recovered") else None
         body = session.finish(ended_by, self.model_versions, *(last or (None, None)))
         log.info("exam %s ended (%s): %d frames, %d/%d planes captured", session.exam_id,
                  ended_by, body["frames"], body["protocol"]["captured"],
@@ -272,5 +291,6 @@ def format_exam(session: ExamSession, body: dict) -> str:
         lines.append(f"  head: not measured ({declined or 'no head frames'})")
     if body.get("deficiencies"):
         lines.append("  most frequent deficiencies: " + ", ".join(
-            f"{name} ({n} frame{'' if n == 1 else 's'})" for name, n in body["deficiencies"].items()))
+            f"{name} ({n} frame{'' if n == 1 else 's'})"
+            for name, n in body["deficiencies"].items()))
     return "\n".join(lines)

@@ -6,20 +6,33 @@ database is never corrupted. A power cut may lose the last commits not yet check
 (about a second of frame results) but never an older one; exam summaries, which matter
 more, go through the outbox with its own, stricter policy. The schema version lives in
 `PRAGMA user_version`; upgrades migrate forward and never wipe.
+
+The journal never stops the loop. A full disk sheds the oldest frame results (never an
+exam) to make room, says so once in the log and in `stats()`, and a frame that still does
+not fit is scored without being journaled. A journal that is corrupt is moved aside, with
+one line saying where, and a new one is started. A run whose process was killed stays open
+(`ended_ts` NULL) until the next start rebuilds its exams from its results (`replay`) and
+closes it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edge.result import FrameResult
+from edge.store.state import StateError, is_corrupt, is_full, move_aside
 
-SCHEMA_VERSION = 3
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 4
 JOURNAL_FILE = "journal.sqlite"
+SHED_BATCH = 2000  # frame results dropped at a time when the disk is full
 
 _MIGRATIONS = {
     1: """
@@ -70,20 +83,147 @@ _MIGRATIONS = {
     CREATE INDEX exams_started ON exams(started_ts);
     ALTER TABLE results ADD COLUMN quality REAL;
     """,
+    # Crash recovery: the journal rows of each exam's first and last frame, so the exams of
+    # a killed run are rebuilt after the last one it finished, with the ids it gave them.
+    4: """
+    ALTER TABLE exams ADD COLUMN first_row INTEGER;
+    ALTER TABLE exams ADD COLUMN last_row INTEGER;
+    """,
 }
+
+
+class JournalError(StateError):
+    """The journal cannot be used (and is not corrupt): one line naming it."""
+
+
+def _text(value):
+    """A string SQLite can store: file names that are not UTF-8 keep their bytes as \\xNN."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape" if all(
+                "\udc80" <= c <= "\udcff" for c in value if "\ud800" <= c <= "\udfff")
+                else "backslashreplace").decode("utf-8", "backslashreplace")
+    return value
 
 
 class Journal:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.shed_frames = 0  # frame results deleted to make room on a full disk
+        self.skipped_frames = 0  # frames scored but not journaled (no room even so)
+        self.disk_full = False
+        self.moved_aside: Path | None = None  # where a corrupt journal went
+        self._runs: dict[str, tuple] = {}  # runs started here, to re-create after a move
+        self._failure: str | None = None
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(f"{self.path}: journal cannot be opened ({exc.strerror or exc})"
+                               ) from None
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise JournalError(f"{self.path}: journal cannot be opened ({exc})") from None
+            self._replace_corrupt(exc)
+
+    def _open(self) -> None:
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{self.path}: journal cannot be opened ({exc})") from None
+            self.db.execute("SELECT COUNT(*) FROM runs WHERE ended_ts IS NULL").fetchone()
+            self.db.execute("SELECT MAX(id) FROM results").fetchone()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _replace_corrupt(self, exc: BaseException) -> None:
+        try:
+            self.db.close()
+        except Exception:
+            pass
+        try:
+            self.moved_aside = move_aside(self.path)
+        except OSError as err:
+            raise JournalError(f"{self.path}: journal is corrupt ({exc}) and cannot be moved "
+                               f"aside ({err.strerror or err})") from None
+        log.warning("journal %s is corrupt (%s): moved to %s; a new journal is started",
+                    self.path, str(exc).splitlines()[0], self.moved_aside)
+        try:
+            self._open()
+            for run_id, row in self._runs.items():
+                self.db.execute("INSERT OR IGNORE INTO runs (run_id, source, started_ts, "
+                                "models) VALUES (?,?,?,?)", (run_id, *row))
+        except sqlite3.DatabaseError as err:
+            raise JournalError(f"{self.path}: a new journal cannot be started ({err})") \
+                from None
+
+    # -- writing that never stops the loop -----------------------------------------------
+    def _write(self, what: str, fn: Callable[[], object]):
+        """Run one write; on a full disk shed old frames and retry, on corruption move the
+        file aside and retry; otherwise (or if that fails too) say so once and give None."""
+        for attempt in range(3):
+            try:
+                out = fn()
+            except sqlite3.DatabaseError as exc:
+                if attempt < 2 and is_full(exc) and self._shed():
+                    continue
+                if attempt < 2 and is_corrupt(exc):
+                    self._replace_corrupt(exc)
+                    continue
+                self._failed(what, exc)
+                return None
+            if self.disk_full or self._failure:
+                log.warning("journal: writing again (%d oldest frames shed, %d frames not "
+                            "journaled so far)", self.shed_frames, self.skipped_frames)
+                self.disk_full, self._failure = False, None
+            return out
+        return None
+
+    def _shed(self) -> bool:
+        """Delete the oldest frame results (of any run; exams are kept) to free room in the
+        file; True when something went."""
+        gone = 0
+        for _ in range(2):
+            try:
+                gone = self.db.execute(
+                    "DELETE FROM results WHERE id IN (SELECT id FROM results ORDER BY id "
+                    "LIMIT ?)", (SHED_BATCH,)).rowcount
+                break
+            except sqlite3.DatabaseError:
+                # No room even to delete: fold the write-ahead log back first.
+                try:
+                    self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                except sqlite3.DatabaseError:
+                    return False
+        if gone <= 0:
+            return False
+        self.shed_frames += gone
+        if not self.disk_full:
+            log.warning("disk full: shedding the oldest journal frames to keep scoring (%d so "
+                        "far); exams are kept", self.shed_frames)
+            self.disk_full = True
+        return True
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if what == "frame":
+            self.skipped_frames += 1
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if is_full(exc):
+            self.disk_full = True
+        if reason != self._failure:
+            log.warning("journal %s: %s not journaled (%s); scoring goes on", self.path, what,
+                        reason)
+            self._failure = reason
+
+    def stats(self) -> dict:
+        """The journal's health for the loop's figures (and so the health message)."""
+        return {"journal_shed": self.shed_frames, "journal_skipped": self.skipped_frames,
+                "disk_full": self.disk_full}
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -94,43 +234,99 @@ class Journal:
 
     def start_run(self, source: str, models: dict[str, str]) -> str:
         run_id = str(uuid.uuid4())
-        self.db.execute("INSERT INTO runs (run_id, source, started_ts, models) VALUES (?,?,?,?)",
-                        (run_id, source, time.time(), json.dumps(models, sort_keys=True)))
+        row = (_text(source), time.time(), json.dumps(models, sort_keys=True))
+        self._runs[run_id] = row
+        self._write("run", lambda: self.db.execute(
+            "INSERT INTO runs (run_id, source, started_ts, models) VALUES (?,?,?,?)",
+            (run_id, *row)))
         return run_id
 
-    def append(self, run_id: str, result: FrameResult) -> None:
+    def append(self, run_id: str, result: FrameResult) -> int | None:
+        """Journal one frame result; its row id, or None when it could not be journaled."""
         record = result.to_dict()
         biometry = result.biometry or {}
         quality = result.quality or {}
-        self.db.execute(
+        values = (run_id, _text(result.source), result.frame, result.plane,
+                  result.plane_confidence, result.latency_ms, result.ts, result.mono_s,
+                  _text(result.error), json.dumps(record, separators=(",", ":")),
+                  biometry.get("status"), biometry.get("hc_mm"), quality.get("score"))
+        cursor = self._write("frame", lambda: self.db.execute(
             "INSERT INTO results (run_id, source, frame, plane, plane_confidence, latency_ms,"
             " ts, mono_s, error, record, biometry_status, hc_mm, quality)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (run_id, result.source, result.frame, result.plane, result.plane_confidence,
-             result.latency_ms, result.ts, result.mono_s, result.error,
-             json.dumps(record, separators=(",", ":")), biometry.get("status"),
-             biometry.get("hc_mm"), quality.get("score")))
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", values))
+        return None if cursor is None else cursor.lastrowid
 
-    def add_exam(self, run_id: str | None, summary: dict, best_frames: dict) -> None:
-        """Keep one finished exam: its summary body and its best frames."""
+    def add_exam(self, run_id: str | None, summary: dict, best_frames: dict,
+                 first_row: int | None = None, last_row: int | None = None) -> bool:
+        """Keep one finished exam: its summary body, its best frames and its first and last
+        frames' journal rows. False when it could not be written (said in the log)."""
         protocol = summary.get("protocol") or {}
-        self.db.execute(
+        values = (summary["exam_id"], run_id, str(protocol.get("name", "")),
+                  summary["started_ts"], summary["ended_ts"], summary.get("ended_by", ""),
+                  json.dumps(summary, separators=(",", ":")),
+                  json.dumps(best_frames, separators=(",", ":")), first_row, last_row)
+        return self._write("exam", lambda: self.db.execute(
             "INSERT OR REPLACE INTO exams (exam_id, run_id, protocol, started_ts, ended_ts,"
-            " ended_by, summary, best_frames) VALUES (?,?,?,?,?,?,?,?)",
-            (summary["exam_id"], run_id, str(protocol.get("name", "")),
-             summary["started_ts"], summary["ended_ts"], summary.get("ended_by", ""),
-             json.dumps(summary, separators=(",", ":")),
-             json.dumps(best_frames, separators=(",", ":"))))
+            " ended_by, summary, best_frames, first_row, last_row)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)", values)) is not None
+
+    # -- crash recovery -------------------------------------------------------------------
+    def open_runs(self, exclude: str | None = None) -> list[tuple[str, dict]]:
+        """Runs left open by a process that died: (run_id, models), oldest first."""
+        rows = self.db.execute("SELECT run_id, models FROM runs WHERE ended_ts IS NULL AND "
+                               "run_id IS NOT ? ORDER BY started_ts", (exclude,)).fetchall()
+        out = []
+        for run_id, models in rows:
+            try:
+                parsed = json.loads(models)
+            except ValueError:
+                parsed = {}
+            out.append((run_id, parsed if isinstance(parsed, dict) else {}))
+        return out
+
+    def run_exams(self, run_id: str) -> list[tuple[dict, int | None]]:
+        """The exams a run finished and journaled: (summary, last journal row)."""
+        rows = self.db.execute("SELECT summary, last_row, ended_ts FROM exams WHERE run_id=? "
+                               "ORDER BY started_ts", (run_id,)).fetchall()
+        out = []
+        for summary, last_row, ended_ts in rows:
+            if last_row is None:  # written before schema 4: its frames end at its end time
+                last_row = self.db.execute(
+                    "SELECT MAX(id) FROM results WHERE run_id=? AND ts <= ?",
+                    (run_id, ended_ts)).fetchone()[0]
+            out.append((json.loads(summary), last_row))
+        return out
+
+    def replay(self, run_id: str, after_row: int = 0) -> Iterator[tuple[int, dict]]:
+        """A run's journaled results after `after_row`, in order, as (row id, record)."""
+        last = int(after_row or 0)
+        while True:
+            rows = self.db.execute("SELECT id, record FROM results WHERE run_id=? AND id > ? "
+                                   "ORDER BY id LIMIT 500", (run_id, last)).fetchall()
+            if not rows:
+                return
+            for row_id, record in rows:
+                last = row_id
+                try:
+                    parsed = json.loads(record)
+                except ValueError:
+                    continue
+                if isinstance(parsed, dict):
+                    yield row_id, parsed
 
     def exams(self) -> list[dict]:
         rows = self.db.execute("SELECT summary, best_frames FROM exams ORDER BY started_ts")
         return [{**json.loads(s), "best_frames": json.loads(b)} for s, b in rows]
 
-    def end_run(self, run_id: str) -> None:
-        self.db.execute(
+    def end_run(self, run_id: str, ended_ts: float | None = None) -> bool:
+        """Close a run; False when that could not be written (it stays open, and the next
+        start closes it)."""
+        self._runs.pop(run_id, None)
+        return self._write("end of run", lambda: self.db.execute(
             "UPDATE runs SET ended_ts=?, frames=(SELECT COUNT(*) FROM results WHERE run_id=?),"
             " failed=(SELECT COUNT(*) FROM results WHERE run_id=? AND error IS NOT NULL)"
-            " WHERE run_id=?", (time.time(), run_id, run_id, run_id))
+            " WHERE run_id=?", (time.time() if ended_ts is None else ended_ts, run_id, run_id,
+                                run_id))) is not None
 
     def prune(self, keep_days: float) -> int:
         """Forget runs that ended more than `keep_days` ago; returns how many frames went.

@@ -22,7 +22,18 @@ When a new message does not fit, ``health`` messages are dropped first, oldest f
 ``exam`` is dropped (oldest first) only when no ``health`` is left. Drops are counted in
 ``meta`` per kind, persistently, and reported in the next ``health`` message. Messages the
 broker refused outright (e.g. not authorised) are kept with state ``rejected``: they are never
-silently deleted, they show in ``sonoedge outbox`` and stop blocking the queue.
+silently deleted, they show in ``sonoedge outbox`` and stop blocking the queue, and
+``sonoedge outbox --retry-rejected`` queues them again once the cause is fixed.
+
+Exactly once: a message may carry a ``key`` (an exam's id). The keys of everything ever
+enqueued are kept, and a key already there is not enqueued again, in the same transaction
+that would have stored it: crash recovery may rebuild an exam as often as the device is
+killed, and it is still queued once.
+
+Faults: a full disk is ``OutboxFull`` (the uplink holds the message in memory and queues it
+as soon as there is room). A corrupt outbox is moved aside with one log line saying where,
+and every message that can still be read from it is salvaged into a new one with its
+``msg_id`` and ``seq``; the sequence goes on from the highest seq known.
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from edge.store.state import is_corrupt, is_full, move_aside
 
 log = logging.getLogger("sonoedge.outbox")
 
@@ -61,7 +74,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_kind ON outbox(kind, id);
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, id);
+CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts REAL NOT NULL);
 """
+_COLUMNS = "msg_id, seq, kind, payload, size, created_ts, attempts, state, reason"
 
 
 def read_boot_id() -> str:
@@ -97,26 +112,90 @@ class OutboxError(Exception):
     """A message that cannot be stored (bad kind, not JSON-serialisable, too large)."""
 
 
+class OutboxFull(OutboxError):
+    """No room on the disk for the message now; it may fit later."""
+
+
 class Outbox:
     """SQLite-backed queue; safe to share between the loop thread and the uplink thread."""
 
-    def __init__(self, path: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES):
+    def __init__(self, path: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES,
+                 seq_floor: int = 0):
+        """``seq_floor``: the highest seq known from elsewhere (the uplink's status file), so
+        an outbox rebuilt after corruption never hands out a seq twice."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError(f"{self.path}: cannot open outbox database: "
+                              f"{exc.strerror or exc}") from None
         if quota_bytes <= 0:
             raise OutboxError(f"outbox quota must be positive, got {quota_bytes}")
         self.quota_bytes = int(quota_bytes)
         self._lock = threading.RLock()
+        self.moved_aside: Path | None = None
+        self.salvaged = 0
         try:
-            self._db = sqlite3.connect(
-                str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
-            )
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from None
+            self._salvage(exc, seq_floor)
+        self._used = self._db.execute(
+            "SELECT COALESCE(SUM(size), 0) + COUNT(*) * ? FROM outbox", (ROW_OVERHEAD_BYTES,)
+        ).fetchone()[0]
+
+    def _open(self) -> None:
+        self._db = sqlite3.connect(
+            str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
+        )
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from exc
+            # The outbox is small (its quota): a full check at start is cheap, and a damaged
+            # page must be found now, not when the message on it is due.
+            problems = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({problems[0]})")
+            self._init_meta()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _salvage(self, exc: BaseException, seq_floor: int) -> None:
+        """Move the corrupt file aside and rebuild the outbox from what can still be read."""
+        try:
+            moved = move_aside(self.path)
+        except OSError as err:
+            raise OutboxError(f"{self.path}: outbox is corrupt ({exc}) and cannot be moved "
+                              f"aside ({err.strerror or err})") from None
+        rows, meta, keys = _read_what_remains(moved)
+        try:
+            self._open()
+            with self._tx() as db:
+                for row in rows.values():
+                    db.execute(f"INSERT OR IGNORE INTO outbox({_COLUMNS}) VALUES "
+                               "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                for key, seq in keys:
+                    db.execute("INSERT OR IGNORE INTO keys(key, seq, ts) VALUES (?, ?, ?)",
+                               (key, seq, time.time()))
+                top = max([int(seq_floor), int(meta.get("seq", 0))]
+                          + [int(r[1]) for r in rows.values()])
+                db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (top,))
+                for name in ("dropped_health", "dropped_exam", "reported_health",
+                             "reported_exam"):
+                    if name in meta:
+                        db.execute("UPDATE meta SET value = ? WHERE key = ?",
+                                   (int(meta[name]), name))
+        except sqlite3.DatabaseError as err:
+            raise OutboxError(f"{self.path}: a new outbox cannot be started ({err})") from None
+        self.moved_aside, self.salvaged = moved, len(rows)
+        log.warning("outbox %s is corrupt (%s): moved to %s; %d message(s) salvaged into a "
+                    "new outbox", self.path, str(exc).splitlines()[0], moved, len(rows))
+
+    def _init_meta(self) -> None:
         with self._tx():
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('layout', ?)", (LAYOUT_VERSION,)
@@ -124,9 +203,6 @@ class Outbox:
             for key in ("seq", "dropped_health", "dropped_exam", "reported_health",
                         "reported_exam"):
                 self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, 0)", (key,))
-        self._used = self._db.execute(
-            "SELECT COALESCE(SUM(size), 0) + COUNT(*) * ? FROM outbox", (ROW_OVERHEAD_BYTES,)
-        ).fetchone()[0]
 
     # -- transactions -------------------------------------------------------------------
     class _Tx:
@@ -140,7 +216,13 @@ class Outbox:
 
         def __exit__(self, exc_type, exc, tb):
             try:
-                self.box._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                if exc_type is None:
+                    self.box._db.execute("COMMIT")
+                else:
+                    try:
+                        self.box._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # SQLite rolled it back itself (a full disk, an I/O error)
             finally:
                 self.box._lock.release()
             return False
@@ -153,17 +235,36 @@ class Outbox:
         return int(row[0]) if row else 0
 
     # -- writing ------------------------------------------------------------------------
-    def enqueue(self, kind: str, body: dict) -> Message | None:
+    def enqueue(self, kind: str, body: dict, key: str | None = None) -> Message | None:
         """Store one message durably; fills ``msg_id`` and ``seq`` into ``body``.
 
         Returns once the row is fsynced. Makes room by the drop policy when the quota is hit.
         Returns None when the message itself was the one dropped: a ``health`` that finds the
-        outbox full of exams is counted as dropped rather than pushing an exam out.
+        outbox full of exams is counted as dropped rather than pushing an exam out. Returns
+        None, storing nothing, when ``key`` was enqueued before. ``OutboxFull`` when the disk
+        has no room for it now.
         """
         if kind not in KINDS:
             raise OutboxError(f"outbox kind must be one of {KINDS}, got {kind!r}")
+        try:
+            return self._enqueue(kind, body, key)
+        except sqlite3.DatabaseError as exc:
+            if is_full(exc):
+                raise OutboxFull(f"{self.path}: disk full, {kind} message not queued yet") \
+                    from None
+            raise OutboxError(f"{self.path}: {kind} message not queued: {exc}") from None
+
+    def has_key(self, key: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM keys WHERE key = ?",
+                                    (key,)).fetchone() is not None
+
+    def _enqueue(self, kind: str, body: dict, key: str | None) -> Message | None:
         msg_id = str(uuid.uuid4())
         with self._tx() as db:
+            if key is not None and db.execute("SELECT 1 FROM keys WHERE key = ?",
+                                              (key,)).fetchone():
+                return None
             seq = self._meta("seq") + 1
             body = dict(body)
             body["msg_id"] = msg_id
@@ -181,6 +282,9 @@ class Outbox:
             # The seq is consumed even by a message dropped on arrival, so at the collector
             # every drop is a gap and "gaps - reported drops" counts exactly what was lost.
             db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
+            if key is not None:
+                db.execute("INSERT INTO keys(key, seq, ts) VALUES (?, ?, ?)",
+                           (key, seq, time.time()))
             if not self._make_room(db, cost, kind):
                 db.execute("UPDATE meta SET value = value + 1 WHERE key = 'dropped_health'")
                 return None
@@ -251,10 +355,15 @@ class Outbox:
             ).rowcount
 
     def mark_attempt(self, msg_ids: Iterable[str]) -> None:
+        """Count a send attempt (advisory: on a full disk the count is simply not kept)."""
         ids = [(m,) for m in msg_ids]
         if ids:
-            with self._tx() as db:
-                db.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE msg_id = ?", ids)
+            try:
+                with self._tx() as db:
+                    db.executemany("UPDATE outbox SET attempts = attempts + 1 "
+                                   "WHERE msg_id = ?", ids)
+            except sqlite3.DatabaseError as exc:
+                log.debug("outbox: attempts not counted: %s", exc)
 
     # -- reading ------------------------------------------------------------------------
     def pending(self, limit: int, exclude: Iterable[str] = ()) -> list[Message]:
@@ -342,5 +451,56 @@ class Outbox:
                 pass
 
 
-def open_outbox(state_dir: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES) -> Outbox:
-    return Outbox(Path(state_dir) / OUTBOX_FILE, quota_bytes=quota_bytes)
+def open_outbox(state_dir: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES,
+                seq_floor: int = 0) -> Outbox:
+    return Outbox(Path(state_dir) / OUTBOX_FILE, quota_bytes=quota_bytes, seq_floor=seq_floor)
+
+
+def _read_what_remains(path: Path) -> tuple[dict, dict, list]:
+    """Messages, counters and keys still readable in a corrupt outbox: the rows before the
+    damage (read forwards) and after it (read backwards); a row whose payload is not the
+    message it claims to be is left behind."""
+    rows: dict[str, tuple] = {}
+    meta: dict[str, int] = {}
+    keys: list[tuple[str, int]] = []
+    try:
+        conn = sqlite3.connect(str(path), timeout=2.0)
+    except sqlite3.Error:
+        return rows, meta, keys
+    try:
+        for order in ("ASC", "DESC"):
+            try:
+                for row in conn.execute(f"SELECT {_COLUMNS} FROM outbox ORDER BY id {order}"):
+                    if _sound(row):
+                        rows.setdefault(row[0], row)
+            except sqlite3.Error:
+                pass
+        try:
+            meta = {str(k): int(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        except (sqlite3.Error, TypeError, ValueError):
+            meta = {}
+        try:
+            keys = [(str(k), int(q)) for k, q in conn.execute("SELECT key, seq FROM keys")]
+        except (sqlite3.Error, TypeError, ValueError):
+            keys = []
+    finally:
+        conn.close()
+    for row in rows.values():  # an exam's key travels in its payload too
+        try:
+            body = json.loads(row[3])
+            if row[2] == "exam" and isinstance(body.get("exam_id"), str):
+                keys.append((body["exam_id"], int(row[1])))
+        except (ValueError, TypeError, AttributeError):
+            pass
+    return rows, meta, keys
+
+
+def _sound(row: tuple) -> bool:
+    msg_id, seq, kind, payload = row[:4]
+    if kind not in KINDS or not isinstance(seq, int) or not isinstance(payload, bytes | str):
+        return False
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(body, dict) and body.get("msg_id") == msg_id and body.get("seq") == seq

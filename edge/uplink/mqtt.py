@@ -15,6 +15,11 @@ status``) and logs one clear line when the problem changes.
 With ``url == ""`` the uplink only records: messages accumulate in the outbox (up to its
 quota) and are sent, with their original ids and sequence numbers, once the device is
 given a broker. This module must not import ``edge.config``: config imports it.
+
+A full disk never costs an exam: an exam the outbox has no room for is held in memory,
+said once in the log, and queued as soon as there is room (tried on every enqueue, by the
+publisher thread, and while ``drain`` waits). The password is read from ``password_file``
+(only its owner may read it) or the config; one given in the URL works but is warned about.
 """
 
 from __future__ import annotations
@@ -26,15 +31,23 @@ import random
 import re
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.store.outbox import DEFAULT_QUOTA_BYTES, Outbox, OutboxError, open_outbox, read_boot_id
+from edge.store.outbox import (
+    DEFAULT_QUOTA_BYTES,
+    Outbox,
+    OutboxError,
+    OutboxFull,
+    open_outbox,
+    read_boot_id,
+)
 from edge.uplink import messages
-from wire.mqtt import describe_connect_error, parse_mqtt_url, topic_for
+from wire.mqtt import describe_connect_error, parse_mqtt_url, read_secret_file, topic_for
 from wire.schema import load_schema, validate
 
 log = logging.getLogger("sonoedge.uplink")
@@ -63,7 +76,8 @@ class MqttSettings:
     tls_cert: str = ""
     tls_key: str = ""
     username: str = ""  # overrides the URL's user when set
-    password: str = ""
+    password: str = ""  # only in a config file no other user can read; better: password_file
+    password_file: str = ""  # the password's first line; the file must be mode 0600
     client_id: str = ""  # "" means sonoedge-<device_id>
     # A PUBACK "No matching subscribers" means no collector session holds the message (e.g.
     # the broker restarted and lost a shared subscription): keep it and retry later.
@@ -107,6 +121,8 @@ def check_mqtt_settings(s: MqttSettings) -> None:
         path = getattr(s, key)
         if path and not Path(path).is_file():
             raise ValueError(f"mqtt.{key}: {path}: no such file")
+    if s.password_file:
+        read_secret_file(s.password_file)
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
@@ -139,8 +155,15 @@ class Uplink:
         self.clinic_id = settings.clinic_id
         self.target = parse_mqtt_url(settings.url) if settings.url else None
         self.model_versions = dict(model_versions or {})
-        self.outbox: Outbox = open_outbox(self.state_dir, settings.outbox_quota_bytes)
+        self.password = (read_secret_file(settings.password_file) if settings.password_file
+                         else settings.password)
+        known = ((read_status(self.state_dir) or {}).get("outbox") or {}).get("last_seq", 0)
+        self.outbox: Outbox = open_outbox(self.state_dir, settings.outbox_quota_bytes,
+                                          seq_floor=known if isinstance(known, int) else 0)
         self.boot_id = read_boot_id()
+        self._held: list[tuple[dict, str | None]] = []  # exams waiting for disk space
+        self._held_lock = threading.Lock()
+        self._full_said = False
         self.client_id = settings.client_id or f"sonoedge-{self.device_id}"
         self._started_mono = time.monotonic()
         self._stop = threading.Event()
@@ -160,7 +183,9 @@ class Uplink:
             "connects": 0,
             "acked": 0,
             "refused": 0,
+            "held": 0,
             "pid": os.getpid(),
+            "boot_id": read_boot_id(),
         }
         self._last_logged_error: tuple[str, float] | None = None
         self._write_status(force=True)
@@ -176,17 +201,65 @@ class Uplink:
     def _env(self, kind: str) -> dict:
         return messages.envelope(kind, self.device_id, self.clinic_id, self.boot_id)
 
-    def enqueue_exam(self, summary: dict) -> str | None:
+    def enqueue_exam(self, summary: dict, key: str | None = None) -> str | None:
         """Store one exam summary (from ``edge.exam.tally.summarize_exam``); returns its msg_id.
 
-        Never raises: a summary that breaks the schema is logged and not stored.
+        ``key`` (the exam's id) makes it once only: an exam enqueued before under the same
+        key is not enqueued again. Never raises: a summary that breaks the schema is logged
+        and not stored; one the disk has no room for is held and queued when there is.
         """
         try:
             payload = messages.build_exam(self._env("exam"), summary)
-            return self._enqueue("exam", payload)
+            self._check("exam", payload)
         except (ValueError, TypeError) as exc:
             log.error("exam summary not stored: %s", exc)
             return None
+        self.flush_held()
+        with self._held_lock:
+            if self._held:  # keep the order: older exams first
+                self._hold(payload, key)
+                return None
+        try:
+            msg = self.outbox.enqueue("exam", payload, key=key)
+        except OutboxFull:
+            with self._held_lock:
+                self._hold(payload, key)
+            return None
+        except OutboxError as exc:
+            log.error("exam summary not stored: %s", exc)
+            return None
+        return msg.msg_id if msg else None
+
+    def _hold(self, payload: dict, key: str | None) -> None:
+        self._held.append((payload, key))
+        self._set(held=len(self._held))
+        if not self._full_said:
+            log.warning("disk full: exam %s held in memory (%d waiting); it is queued as soon "
+                        "as there is room", payload.get("exam_id"), len(self._held))
+            self._full_said = True
+
+    def flush_held(self) -> int:
+        """Queue the exams held for want of disk space, oldest first; how many are left."""
+        with self._held_lock:
+            while self._held:
+                payload, key = self._held[0]
+                try:
+                    self.outbox.enqueue("exam", payload, key=key)
+                except OutboxFull:
+                    break
+                except OutboxError as exc:
+                    log.error("held exam summary not stored: %s", exc)
+                self._held.pop(0)
+                if not self._held:
+                    log.warning("disk space back: every held exam summary is queued")
+                    self._full_said = False
+            self._set(held=len(self._held))
+            return len(self._held)
+
+    @property
+    def held(self) -> int:
+        with self._held_lock:
+            return len(self._held)
 
     def enqueue_health(self, stats: dict) -> str | None:
         """Store one health message: the loop's ``stats`` plus queue, drops, disk, temp."""
@@ -205,28 +278,30 @@ class Uplink:
                 uptime_s=time.monotonic() - self._started_mono,
                 interval_s=float(self.settings.health_interval_s),
             )
-            return self._enqueue("health", payload)
-        except (ValueError, TypeError) as exc:
+            self._check("health", payload)
+            self.flush_held()
+            msg = self.outbox.enqueue("health", payload)
+            return msg.msg_id if msg else None
+        except OutboxFull as exc:
+            log.debug("health message not stored: %s", exc)  # the exams are what matter
+            return None
+        except (ValueError, TypeError, OutboxError) as exc:
             log.error("health message not stored: %s", exc)
             return None
 
-    def _enqueue(self, kind: str, payload: dict) -> str | None:
+    @staticmethod
+    def _check(kind: str, payload: dict) -> None:
         probe = {**payload, "msg_id": str(uuid.uuid4()), "seq": 0}
         errors = validate(probe, load_schema(kind))
         if errors:
             raise ValueError(f"{kind} payload breaks its schema: {'; '.join(errors[:3])}")
-        try:
-            msg = self.outbox.enqueue(kind, payload)
-        except OutboxError as exc:
-            raise ValueError(str(exc)) from None
-        return msg.msg_id if msg else None
 
     def drain(self, timeout_s: float | None = None) -> bool:
         """Wait until the outbox is empty or the timeout passes; True when empty."""
         timeout = self.settings.drain_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            if self.outbox.pending_count() == 0:
+            if self.flush_held() == 0 and self.outbox.pending_count() == 0:
                 return True
             if self.target is None or self._thread is None or time.monotonic() >= deadline:
                 return False
@@ -237,6 +312,10 @@ class Uplink:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
+        if self.flush_held():
+            log.error("disk full: %d exam summar%s could not be queued before exit; the next "
+                      "start rebuilds them from the journal", self.held,
+                      "y" if self.held == 1 else "ies")
         self._set(connected=False)
         self._write_status(force=True)
         self.outbox.close()
@@ -284,6 +363,7 @@ class Uplink:
         attempt = 0
         while not self._stop.is_set():
             try:
+                self.flush_held()
                 had_session = self._session()
             except Exception as exc:  # never let the thread die: the outbox keeps the data
                 log.exception("mqtt uplink error")
@@ -314,7 +394,7 @@ class Uplink:
         client.max_inflight_messages_set(max(1, self.settings.max_inflight))
         client.connect_timeout = self.settings.connect_timeout_s
         user = self.settings.username or self.target.username
-        password = self.settings.password or self.target.password
+        password = self.password or self.target.password
         if user:
             client.username_pw_set(user, password or None)
         if self.target.tls or self.settings.tls_ca:
@@ -416,6 +496,8 @@ class Uplink:
         self._hold_until = 0.0
         self._hold_attempt = 0
         while not self._stop.is_set() and not state["lost"]:
+            if self._held:
+                self.flush_held()
             free = limit - len(inflight)
             if free > 0 and time.monotonic() >= self._hold_until:
                 batch = self.outbox.pending(free, exclude=inflight.values())
@@ -453,7 +535,15 @@ class Uplink:
             else:
                 (refused if reason.is_failure else done).append((msg_id, reason))
         acks.clear()
-        self.outbox.ack(m for m, _ in done)
+        try:
+            self.outbox.ack(m for m, _ in done)
+        except sqlite3.DatabaseError as exc:
+            # Delivered, but not yet deleted (a full disk): they are sent again later, and
+            # the collector keeps one copy; wait a little rather than resend at once.
+            self._hold_until = time.monotonic() + self.settings.reconnect_max_s
+            self._error(f"outbox: acknowledged messages not deleted yet ({exc})",
+                        connected=True)
+            return
         if unrouted and not done:
             self._hold_attempt += 1
             delay = backoff_delay(self._hold_attempt, self.settings.reconnect_min_s,

@@ -1,0 +1,161 @@
+"""The state directory: checked before use, held by one run at a time, and what to do with
+a SQLite file that is corrupt or cannot grow.
+
+`sonoedge run` keeps its journal, outbox and uplink status in one folder. A folder that is
+a file, cannot be created or cannot be written is one clear error (`StateError`) before
+anything else starts. A running loop holds an exclusive `flock` on `run.lock` in it: the
+kernel drops the lock when the process dies, however it dies, so a second run on the same
+folder is refused, crash recovery never touches the run of a live process, and `sonoedge
+status` can tell a live uplink from the stale state of a dead one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "run.lock"
+
+# SQLite's primary result codes (sqlite3.h) for the failures the device handles itself.
+SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 10, 11, 13, 26
+
+
+class StateError(ValueError):
+    """The state directory or a file in it cannot be used; one line naming it."""
+
+
+def sqlite_code(exc: BaseException) -> int:
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """The file is not a (sound) SQLite database: move it aside, never retry it."""
+    text = str(exc)
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        sqlite_code(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB)
+        or "malformed" in text or "not a database" in text)
+
+
+def is_full(exc: BaseException) -> bool:
+    """The disk (or the file's size limit) is full: free space, then try again."""
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        sqlite_code(exc) == SQLITE_FULL or "disk is full" in str(exc))
+
+
+def prepare_state_dir(path: Path | str) -> Path:
+    """The state directory, created if missing and proven writable; `StateError` if not."""
+    path = Path(path)
+    shown = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+    if path.exists() and not path.is_dir():
+        raise StateError(f"state dir {shown}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"state dir {shown}: cannot create it ({exc.strerror or exc})") \
+            from None
+    probe = path / f".write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"ok")
+    except OSError as exc:
+        if exc.errno not in (28,):  # ENOSPC: writable, only full (the loop copes with that)
+            raise StateError(f"state dir {shown}: not writable ({exc.strerror or exc})") \
+                from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return path
+
+
+class StateLock:
+    """An exclusive `flock` on `<state dir>/run.lock`, held while a run lives."""
+
+    def __init__(self, state_dir: Path | str):
+        self.path = Path(state_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> StateLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot open ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock_holder(self.path.parent)
+            os.close(fd)
+            who = f" (pid {holder['pid']})" if holder else ""
+            raise StateError(f"state dir {self.path.parent} is in use by another sonoedge "
+                             f"run{who}") from None
+        info = json.dumps({"pid": os.getpid(), "started_ts": time.time()}).encode()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info, 0)
+        except OSError:
+            pass  # a full disk: the lock itself holds; the pid is only for messages
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+    def __enter__(self) -> StateLock:
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def lock_holder(state_dir: Path | str) -> dict | None:
+    """The live run holding the state dir (`{"pid": ...}`), or None when no process does.
+
+    Asks the kernel, not a file's contents: a lock held by a process that was killed is
+    gone with it."""
+    path = Path(state_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                info = json.loads(os.pread(fd, 256, 0) or b"{}")
+            except ValueError:
+                info = {}
+            return info if isinstance(info, dict) else {}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a corrupt database (with its -wal and -shm) out of the way; returns where."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    os.replace(path, dest)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            try:
+                os.replace(side, dest.with_name(dest.name + suffix))
+            except OSError:
+                pass
+    return dest
