@@ -5,6 +5,9 @@ Shared by the file sources and the demo clip builder.
 
 from __future__ import annotations
 
+import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -14,9 +17,91 @@ IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 MAX_IMAGE_BYTES = 256 * 1024 * 1024  # a screen grab is a few MB; refuse to slurp a disk image
 
 
-def decode_image_file(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """Decode from bytes so a truncated/corrupt file gives a reason, never None or a raise."""
-    name = path.name
+@dataclass(frozen=True)
+class FrameLimits:
+    """What a frame may be: at most `max_pixels` (a 30000x30000 PNG is under 1 MB on disk
+    and 2.7 GB decoded: it is refused from its header, before decoding) and at least
+    `min_side` pixels each way (smaller holds no ultrasound worth a plane)."""
+
+    max_pixels: int = 40_000_000  # 8K UHD is 33 MP; a scanner's screen is 1-2 MP
+    min_side: int = 32
+
+    def check(self, name: str, width: int, height: int) -> str | None:
+        if width * height > self.max_pixels:
+            return (f"{name}: {width}x{height} image is over the pixel budget "
+                    f"({width * height / 1e6:.1f} MP > {self.max_pixels / 1e6:g} MP; "
+                    f"[source] max_frame_pixels)")
+        if min(width, height) < self.min_side:
+            return (f"{name}: {width}x{height} image is too small to score (at least "
+                    f"{self.min_side}x{self.min_side} pixels; [source] min_frame_side)")
+        return None
+
+
+DEFAULT_LIMITS = FrameLimits()
+
+
+def display_name(name: str) -> str:
+    """A file or folder name as text: bytes that are not UTF-8 are shown as \\xNN (the
+    journal, the JSON output and the log can all hold that), never a surrogate."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, BMP or TIFF header without decoding the pixels;
+    None when the header is not one of those or cannot be read."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if data[:2] == b"BM" and len(data) >= 26:
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(width), abs(height)
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+    except (struct.error, IndexError, ValueError):
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+            continue
+        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        i += 2 + length
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    end = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(end + "I", data[4:8])
+    (count,) = struct.unpack(end + "H", data[ifd:ifd + 2])
+    found: dict[int, int] = {}
+    for k in range(min(count, 512)):
+        at = ifd + 2 + 12 * k
+        tag, kind = struct.unpack(end + "HH", data[at:at + 4])
+        if tag in (256, 257):
+            found[tag] = struct.unpack(end + ("H" if kind == 3 else "I"),
+                                       data[at + 8:at + (10 if kind == 3 else 12)])[0]
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
+def decode_image_file(path: Path, limits: FrameLimits = DEFAULT_LIMITS
+                      ) -> tuple[np.ndarray | None, str | None]:
+    """Decode from bytes so a truncated/corrupt file gives a reason, never None or a raise.
+
+    The size in the header is checked against `limits` before decoding, and the decoded
+    image again (a header that lies, or a format whose header is not read here)."""
+    name = display_name(path.name)
     try:
         size = path.stat().st_size
         if size == 0:
@@ -27,6 +112,9 @@ def decode_image_file(path: Path) -> tuple[np.ndarray | None, str | None]:
     except OSError as e:
         return None, f"{name}: cannot read ({e.strerror or e})"
     ext = path.suffix.lower()
+    size = header_size(data)
+    if size is not None and (problem := limits.check(name, *size)):
+        return None, problem
     if ext in (".jpg", ".jpeg") and data.rfind(b"\xff\xd9") < 0:
         # Some decoders return a half-grey picture for a cut JPEG; the end marker is proof.
         return None, f"{name}: truncated JPEG (no end-of-image marker)"
@@ -37,6 +125,8 @@ def decode_image_file(path: Path) -> tuple[np.ndarray | None, str | None]:
         return None, f"{name}: cannot decode image ({first})"
     if img is None or img.size == 0:
         return None, f"{name}: cannot decode image (corrupt or truncated {ext or 'file'})"
+    if problem := limits.check(name, img.shape[1], img.shape[0]):
+        return None, problem
     if img.dtype != np.uint8:
         img = cv2.convertScaleAbs(img)
     if img.ndim == 3 and img.shape[2] == 1:

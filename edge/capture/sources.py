@@ -30,7 +30,13 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from edge.capture.images import IMAGE_EXTS, decode_image_file
+from edge.capture.images import (
+    DEFAULT_LIMITS,
+    IMAGE_EXTS,
+    FrameLimits,
+    decode_image_file,
+    display_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,7 @@ class LiveSettings:
     wait_for_device: bool = False  # absent device at start: SourceError (False) or wait
     copy_frames: bool = True  # own each image: a backend may reuse its buffer (~1 ms/720p)
     poll_s: float = 0.1  # how often the consumer re-checks for close/end while waiting
+    limits: FrameLimits = DEFAULT_LIMITS  # files opened by `open_source`: the pixel budget
 
     def __post_init__(self) -> None:
         if not (0 < self.backoff_initial_s <= self.backoff_max_s):
@@ -136,21 +143,23 @@ class Source:
 class ImageListSource(Source):
     """A fixed list of image files: one Frame each, errors as Frames."""
 
-    def __init__(self, paths: Sequence[Path], name: str) -> None:
+    def __init__(self, paths: Sequence[Path], name: str,
+                 limits: FrameLimits = DEFAULT_LIMITS) -> None:
         super().__init__()
         self.paths = list(paths)
-        self.name = name
+        self.name = display_name(name)
+        self.limits = limits
 
     def __iter__(self) -> Iterator[Frame]:
         for i, p in enumerate(self.paths):
             if self.closed:
                 return
             t_mono, t_wall = time.monotonic(), time.time()
-            img, err = decode_image_file(p)
+            img, err = decode_image_file(p, self.limits)
             read_s = time.monotonic() - t_mono
             if err:
                 log.warning("%s", err)
-            yield Frame(p.name, i, img, t_mono, t_wall, err, read_s)
+            yield Frame(display_name(p.name), i, img, t_mono, t_wall, err, read_s)
 
 
 class VideoFileSource(Source):
@@ -160,15 +169,22 @@ class VideoFileSource(Source):
     `dropped`), so a slow loop sees it the way it would see a live scanner.
     """
 
-    def __init__(self, path: Path, *, pace: bool = False, name: str | None = None) -> None:
+    def __init__(self, path: Path, *, pace: bool = False, name: str | None = None,
+                 limits: FrameLimits = DEFAULT_LIMITS) -> None:
         super().__init__()
         self.path = path
-        self.name = name or path.name
+        self.name = name or display_name(path.name)
         self.pace = pace
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"{path}: cannot open video (corrupt or unsupported codec)")
+            raise SourceError(f"{display_name(str(path))}: cannot open video (corrupt or "
+                              "unsupported codec)")
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if width > 0 and height > 0 and (problem := limits.check(self.name, width, height)):
+            cap.release()
+            raise SourceError(problem)
         self._cap = cap
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.frame_count = n if n > 0 else None
@@ -229,25 +245,28 @@ class ChainSource(Source):
     """
 
     def __init__(self, specs: Sequence[str | Path], *, strict: bool = False,
-                 pace: bool = False) -> None:
+                 pace: bool = False, limits: FrameLimits = DEFAULT_LIMITS) -> None:
         super().__init__()
         self.specs = [str(s) for s in specs]
-        self.name = "+".join(os.path.basename(s.rstrip("/")) or s for s in self.specs)
+        self.name = display_name("+".join(os.path.basename(s.rstrip("/")) or s
+                                          for s in self.specs))
         self.pace = pace
+        self.limits = limits
         self._current: Source | None = None
         if strict:
             for s in self.specs:  # fail before any work, naming the first bad path
-                _open_file_spec(s, pace=pace).close()
+                _open_file_spec(s, pace=pace, limits=limits).close()
 
     def __iter__(self) -> Iterator[Frame]:
         for spec in self.specs:
             if self.closed:
                 return
             try:
-                src = _open_file_spec(spec, pace=self.pace)
+                src = _open_file_spec(spec, pace=self.pace, limits=self.limits)
             except SourceError as e:
                 log.warning("%s", e)
-                yield _error_frame(os.path.basename(spec.rstrip("/")) or spec, -1, str(e))
+                yield _error_frame(display_name(os.path.basename(spec.rstrip("/")) or spec),
+                                   -1, str(e))
                 continue
             self._current = src
             try:
@@ -506,31 +525,35 @@ def open_picamera2(spec: str, settings: LiveSettings | None = None) -> LiveSourc
 
 def list_folder_images(folder: Path) -> list[Path]:
     """Images in a folder sorted by name; other files skipped with one log line."""
+    shown = display_name(str(folder))
     try:
         entries = sorted(p for p in folder.iterdir() if p.is_file())
     except OSError as e:
-        raise SourceError(f"{folder}: cannot list folder ({e.strerror or e})") from None
+        raise SourceError(f"{shown}: cannot list folder ({e.strerror or e})") from None
     imgs = [p for p in entries if p.suffix.lower() in IMAGE_EXTS]
     skipped = len(entries) - len(imgs)
     if skipped:
-        log.info("%s: skipped %d non-image file(s)", folder, skipped)
+        log.info("%s: skipped %d non-image file(s)", shown, skipped)
     if not imgs:
-        raise SourceError(f"{folder}: empty folder (no {'/'.join(sorted(IMAGE_EXTS))} files)")
+        raise SourceError(f"{shown}: empty folder (no {'/'.join(sorted(IMAGE_EXTS))} files)")
     return imgs
 
 
-def _open_file_spec(spec: str, *, pace: bool = False) -> Source:
+def _open_file_spec(spec: str, *, pace: bool = False,
+                    limits: FrameLimits = DEFAULT_LIMITS) -> Source:
     path = Path(spec)
+    shown = display_name(spec)
     if not path.exists():
-        raise SourceError(f"{spec}: no such file or folder")
+        raise SourceError(f"{shown}: no such file or folder")
     if path.is_dir():
-        return ImageListSource(list_folder_images(path), name=path.name or str(path))
+        return ImageListSource(list_folder_images(path), name=path.name or str(path),
+                               limits=limits)
     ext = path.suffix.lower()
     if ext in IMAGE_EXTS:
-        return ImageListSource([path], name=path.name)
+        return ImageListSource([path], name=path.name, limits=limits)
     if ext in VIDEO_EXTS:
-        return VideoFileSource(path, pace=pace)
-    raise SourceError(f"{spec}: unsupported file type '{ext or '(none)'}' (images: "
+        return VideoFileSource(path, pace=pace, limits=limits)
+    raise SourceError(f"{shown}: unsupported file type '{ext or '(none)'}' (images: "
                       f"{' '.join(sorted(IMAGE_EXTS))}; video: {' '.join(sorted(VIDEO_EXTS))})")
 
 
@@ -560,7 +583,8 @@ def open_source(spec: str | Path, *, live: LiveSettings | None = None,
             log.warning("demo source: %s", clip.description)
         else:
             log.info("demo source: %s", clip.description)
-        src = _open_file_spec(str(clip.path), pace=pace)
+        src = _open_file_spec(str(clip.path), pace=pace,
+                              limits=(live or LiveSettings()).limits)
         src.name = f"demo:{clip.kind}"
         src.demo = clip
         return src
@@ -568,14 +592,14 @@ def open_source(spec: str | Path, *, live: LiveSettings | None = None,
         return open_picamera2(s, live)
     if s.startswith("v4l2:") or s.startswith("/dev/"):
         return open_v4l2(s, live)
-    return _open_file_spec(s, pace=pace)
+    return _open_file_spec(s, pace=pace, limits=(live or LiveSettings()).limits)
 
 
 def open_sources(paths: Iterable[str | Path], *, strict: bool = False,
-                 pace: bool = False) -> ChainSource:
+                 pace: bool = False, limits: FrameLimits = DEFAULT_LIMITS) -> ChainSource:
     """Files/folders/videos in the given order, for `score`. A bad path is one error Frame
     (index -1) and the rest still run; strict=True raises SourceError up front instead."""
     specs = list(paths)
     if not specs:
         raise SourceError("no input paths given")
-    return ChainSource(specs, strict=strict, pace=pace)
+    return ChainSource(specs, strict=strict, pace=pace, limits=limits)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +43,64 @@ class Manifest:
         return f"{self.name}@{self.version}"
 
     def setting(self, key: str, default: float) -> float:
-        """A task-specific number from the manifest's `thresholds` block (e.g. abstain)."""
-        return float(self.raw.get("thresholds", {}).get(key, default))
+        """A task-specific number from the manifest's `thresholds` block (e.g. abstain);
+        `read_manifest` has checked every one of them."""
+        return float((self.raw.get("thresholds") or {}).get(key, default))
+
+
+# What each known threshold may be; any other threshold must still be a finite number.
+THRESHOLDS = {
+    "temperature": (lambda v: 0.01 <= v <= 100.0, "a softmax temperature in 0.01-100"),
+    "abstain_below": (lambda v: 0.0 <= v <= 1.0, "a probability in 0-1"),
+}
+MAX_INPUT_SIDE = 4096
+
+
+def _number(value) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _check_fields(path: Path, raw: dict) -> None:
+    """Every field the device reads, checked once at load: one ModelError naming the field."""
+    def bad(field: str, why: str) -> ModelError:
+        return ModelError(f"{path}: {field} {why}")
+
+    for key in ("name", "version", "task", "file"):
+        if not isinstance(raw[key], str) or not raw[key].strip():
+            raise bad(key, f"must be a non-empty string, got {raw[key]!r}")
+    if raw["file"] != Path(raw["file"]).name or raw["file"] in (".", ".."):
+        raise bad("file", f"must name a file beside the manifest, got {raw['file']!r}")
+    if not isinstance(raw["sha256"], str) or not re.fullmatch(r"[0-9a-fA-F]{64}",
+                                                               raw["sha256"]):
+        raise bad("sha256", "must be 64 hexadecimal digits")
+    labels = raw["labels"]
+    if (not isinstance(labels, list) or not labels
+            or not all(isinstance(v, str) and v.strip() for v in labels)):
+        raise bad("labels", "must be a non-empty list of non-empty strings")
+    if len({v.strip() for v in labels}) != len(labels):
+        raise bad("labels", "has a label twice")
+    inp = raw["input"]
+    if not isinstance(inp, dict):
+        raise bad("input", f"must be an object, got {inp!r}")
+    shape = inp.get("shape")
+    if (not isinstance(shape, list) or not 2 <= len(shape) <= 4
+            or not all(isinstance(v, int) and not isinstance(v, bool)
+                       and 1 <= v <= MAX_INPUT_SIDE for v in shape)):
+        raise bad("input.shape", f"must be 2-4 integers in 1-{MAX_INPUT_SIDE}, got {shape!r}")
+    if "dtype" in inp and inp["dtype"] not in ("int8", "uint8", "float32"):
+        raise bad("input.dtype", f"must be int8, uint8 or float32, got {inp['dtype']!r}")
+    if not isinstance(raw["output"], dict):
+        raise bad("output", f"must be an object, got {raw['output']!r}")
+    if not isinstance(raw["preprocessing"], dict):
+        raise bad("preprocessing", f"must be an object, got {raw['preprocessing']!r}")
+    thresholds = raw.get("thresholds", {})
+    if not isinstance(thresholds, dict):
+        raise bad("thresholds", f"must be an object of numbers, got {thresholds!r}")
+    for key, value in thresholds.items():
+        check, what = THRESHOLDS.get(key, (lambda v: True, "a finite number"))
+        if not _number(value) or not check(float(value)):
+            raise bad(f"thresholds.{key}", f"must be {what}, got {value!r}")
 
 
 def sha256_of(path: Path) -> str:
@@ -69,11 +127,16 @@ def read_manifest(path: Path) -> Manifest:
         raise ModelError(f"{path}: manifest lacks {missing[0]!r}")
     if raw.get("manifest_version", MANIFEST_VERSION) != MANIFEST_VERSION:
         raise ModelError(f"{path}: manifest_version {raw['manifest_version']} is not supported")
+    _check_fields(path, raw)
     try:
         spec = PreprocessSpec.from_dict(raw["preprocessing"], f"{path}: preprocessing")
         shape = tuple(int(v) for v in raw["input"]["shape"])
         labels = tuple(str(v).strip() for v in raw["labels"])
         output_kind = str(raw["output"].get("kind", "logits"))
+    except ModelError:
+        raise
+    except ValueError as exc:  # the preprocessing's own check names the manifest and key
+        raise ModelError(str(exc)) from None
     except (TypeError, KeyError, AttributeError) as exc:
         raise ModelError(f"{path}: malformed input/output/labels ({exc})") from None
     if output_kind not in ("logits", "probabilities"):
