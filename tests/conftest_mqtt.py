@@ -52,6 +52,7 @@ def broker(tmp_path) -> Mosquitto:
     for dev in DEVICES:
         m.add_user(dev, "device")
     m.add_user("central", "central")
+    m.add_user("central-2", "central")  # client id = user name: one user per collector
     m.start()
     yield m
     m.stop(signal.SIGKILL)

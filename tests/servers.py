@@ -115,6 +115,7 @@ class Mosquitto:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous false",
+            "use_username_as_clientid true",  # as board/mosquitto.conf.example
             f"password_file {self.passwd}",
             f"acl_file {self.acl}",
             f"persistence {'true' if self.persistence else 'false'}",
