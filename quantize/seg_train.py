@@ -76,7 +76,7 @@ class DistilSettings:
     teacher_maps: str = "cached, moved with the augmentation"
 
 
-DEFAULT_STEPS = {"teacher": 6000, "unet_small": 1200, "deeplab": 4000, "student": 1200,
+DEFAULT_STEPS = {"teacher": 3000, "unet_small": 1200, "deeplab": 4000, "student": 1200,
                  "deeplab_student": 4000}
 
 

@@ -50,6 +50,7 @@ class ThumbStore:
     quota_bytes: int
     jpeg_quality: int = 80
     _told: set = field(default_factory=set)
+    _total: int | None = None  # bytes under root, scanned once, then kept up to date
 
     def _tell(self, exam_id: str, cause: str, text: str) -> None:
         if (exam_id, cause) not in self._told:
@@ -79,6 +80,9 @@ class ThumbStore:
         return out
 
     def _make_room(self, exam_id: str, need: int) -> bool:
+        """Room for `need` more bytes: the folder is scanned only when it may be over."""
+        if self._total is not None and self._total + need <= self.quota_bytes:
+            return True
         usage = self._usage()
         total = sum(size for _, size, _ in usage)
         for _, size, folder in usage:
@@ -90,6 +94,7 @@ class ThumbStore:
             total -= size
             log.info("thumbnails: removed %s (%d bytes) to stay within the %d-byte quota",
                      folder.name, size, self.quota_bytes)
+        self._total = total
         return total + need <= self.quota_bytes
 
     def save(self, exam_id: str, plane: str, thumb: np.ndarray) -> str | None:
@@ -112,6 +117,7 @@ class ThumbStore:
             with open(tmp, "wb") as handle:
                 handle.write(blob)
             os.replace(tmp, path)
+            self._total = (self._total or 0) + len(blob) - old
         except OSError as exc:
             reason = exc.strerror or str(exc)
             self._tell(exam_id, reason, f"cannot write {path} ({reason}); the exam goes on "
