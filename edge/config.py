@@ -14,10 +14,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.capture.images import DEFAULT_LIMITS, FrameLimits
 from edge.exam.session import ExamSettings
 from edge.models.biometry import BiometrySettings
 from edge.models.roi import RoiSettings
 from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
+from wire.mqtt import url_has_password
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class SourceSettings:
     spec: str = "demo"  # demo | image/video file | folder | v4l2:N | /dev/videoN | picamera2
+    max_frame_pixels: int = DEFAULT_LIMITS.max_pixels  # pixel budget: larger is refused
+    min_frame_side: int = DEFAULT_LIMITS.min_side  # smaller frames hold nothing to score
     width: int = 0  # live sources: capture size hint (0 = the device's default)
     height: int = 0
     fps: float = 0.0
@@ -164,6 +168,8 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict] | None = 
             raise ConfigError(f"{path}: config file not found") from None
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    if path is not None:
+        _check_secrets(Path(path), data)
     for section, values in (overrides or {}).items():
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
@@ -180,6 +186,29 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict] | None = 
     return settings
 
 
+def frame_limits(settings: Settings) -> FrameLimits:
+    """The pixel budget and minimum frame size of `[source]`."""
+    return FrameLimits(settings.source.max_frame_pixels, settings.source.min_frame_side)
+
+
+def _check_secrets(path: Path, data: dict) -> None:
+    """A config that holds the MQTT password must be readable by its owner alone."""
+    mqtt = data.get("mqtt")
+    if not isinstance(mqtt, dict):
+        return
+    url = mqtt.get("url")
+    if not (mqtt.get("password") or (isinstance(url, str) and url_has_password(url))):
+        return
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        raise ConfigError(f"{path}: holds the MQTT password but other users can read it "
+                          f"(mode {mode & 0o777:04o}); chmod 600 it, or use [mqtt] "
+                          "password_file")
+
+
 def _validate(settings: Settings, label: str) -> None:
     if settings.models.backend not in ("litert", "edgetpu", "tflite-runtime"):
         raise ConfigError(f"{label}: models.backend must be litert, edgetpu or tflite-runtime")
@@ -193,6 +222,10 @@ def _validate(settings: Settings, label: str) -> None:
         raise ConfigError(f"{label}: mqtt: {exc}") from None
     if settings.journal.keep_days <= 0:
         raise ConfigError(f"{label}: journal.keep_days must be positive")
+    if not (settings.source.max_frame_pixels >= 1024 and settings.source.min_frame_side >= 1
+            and settings.source.min_frame_side ** 2 <= settings.source.max_frame_pixels):
+        raise ConfigError(f"{label}: source.max_frame_pixels must be at least 1024 and "
+                          "source.min_frame_side at least 1 (and fit within the budget)")
     if settings.source.backoff_initial_s <= 0 or settings.source.backoff_max_s <= 0:
         raise ConfigError(f"{label}: source backoff times must be positive")
     _validate_biometry(settings.biometry, label)

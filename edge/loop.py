@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edge.capture.sources import LiveSettings, Source, open_source
-from edge.config import Settings
+from edge.config import Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
 from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamSession, ExamTracker, format_exam
@@ -27,6 +28,7 @@ from edge.models.roi import Roi
 from edge.result import FrameResult
 from edge.scorer import make_scorer, timed_frames
 from edge.store.journal import JOURNAL_FILE, Journal
+from edge.store.state import StateLock, prepare_state_dir
 from edge.uplink.mqtt import Uplink
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,8 @@ def live_settings(settings: Settings) -> LiveSettings:
         backoff_initial_s=src.backoff_initial_s,
         backoff_max_s=max(src.backoff_max_s, src.backoff_initial_s),
         max_reopen_attempts=None if src.max_reopen_attempts < 0 else src.max_reopen_attempts,
-        width=src.width or None, height=src.height or None, fps=src.fps or None)
+        width=src.width or None, height=src.height or None, fps=src.fps or None,
+        limits=frame_limits(settings))
 
 
 @dataclass
@@ -51,6 +54,7 @@ class RunStats:
 
     started_mono: float = field(default_factory=time.monotonic)
     tally: ExamTally = field(default_factory=ExamTally)
+    journal: Journal | None = None  # its shedding on a full disk is reported too
 
     @property
     def frames(self) -> int:
@@ -74,6 +78,7 @@ class RunStats:
             "latency_p90_ms": lat[int(0.9 * (len(lat) - 1))] if lat else None,
             "source_dropped": getattr(source, "dropped", 0),
             "source_reopens": getattr(source, "reopens", 0),
+            **(self.journal.stats() if self.journal is not None else {}),
         }
 
 
@@ -152,10 +157,53 @@ def make_tracker(settings: Settings, state_dir: Path, models: dict[str, str],
     return ExamTracker(protocol, cfg, thumbs, on_end, models)
 
 
+def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
+                 exclude: str | None = None) -> int:
+    """Close every run a killed process left open, queueing the exams it never sent.
+
+    The exams such a run finished are in the journal: each is queued unless the outbox has
+    it already. The frames after the last of them are replayed through the same exam
+    tracker the live run used (no thumbnails), and the exam still open at the end ends as
+    "recovered". Exam ids come from the run and the first frame's journal row, and the
+    outbox queues an id once, so a crash during recovery itself only means doing it again.
+    Returns how many exams were queued."""
+    queued = 0
+    cfg = settings.exam
+    protocol = find_protocol(cfg.protocol, cfg.protocols_file or None)
+    for run_id, models in journal.open_runs(exclude):
+        after, frames, exams = 0, 0, 0
+        for summary, last_row in journal.run_exams(run_id):
+            after = max(after, last_row or 0)
+            queued += uplink.enqueue_exam(summary, key=summary["exam_id"]) is not None
+
+        def ended(session: ExamSession, body: dict, run_id: str = run_id) -> None:
+            nonlocal queued, exams
+            journal.add_exam(run_id, body, session.best_frames(), session.first_row,
+                             session.last_row)
+            exams += 1
+            queued += uplink.enqueue_exam(body, key=body["exam_id"]) is not None
+
+        tracker = ExamTracker(protocol, cfg, None, ended, models)
+        last_ts = None
+        for row, record in journal.replay(run_id, after):
+            mono = record.get("mono_s")
+            tracker.feed(record, mono=float(mono) if isinstance(mono, int | float) else None,
+                         row=row, run_id=run_id)
+            frames += 1
+            last_ts = record.get("ts") if isinstance(record.get("ts"), int | float) else last_ts
+        tracker.end("recovered")
+        journal.end_run(run_id, ended_ts=last_ts)
+        log.warning("recovered run %s left open by a killed process: %d frames replayed, "
+                    "%d exam(s) rebuilt", run_id, frames, exams)
+    return queued
+
+
 def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = print) -> int:
     """The long-running loop; returns the process exit code."""
+    state_dir = prepare_state_dir(settings.device.state_dir)
+    # Held until the process ends, however it ends: one run per state dir.
+    lock = StateLock(state_dir).acquire()
     scorer = make_scorer(settings)
-    state_dir = Path(settings.device.state_dir)
     models = scorer.model_versions()
     mqtt = settings.mqtt
     if settings.device.device_id and not mqtt.device_id:
@@ -163,10 +211,15 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     uplink = Uplink(mqtt, state_dir, model_versions=models)
     uplink.start()
     journal = Journal(state_dir / JOURNAL_FILE)
-    pruned = journal.prune(settings.journal.keep_days)
+    try:
+        pruned = journal.prune(settings.journal.keep_days)
+    except sqlite3.DatabaseError as exc:  # a full disk: pruning can wait for the next start
+        log.warning("journal: not pruned (%s)", exc)
+        pruned = 0
     if pruned:
         log.info("journal: pruned %d frame results older than %g days", pruned,
                  settings.journal.keep_days)
+    recover_runs(settings, journal, uplink)
     # The demo plays at its own frame rate, as a scanner would; files run as fast as they can.
     spec = settings.source.spec
     source = open_source(spec, live=live_settings(settings), pace=spec == "demo")
@@ -175,25 +228,27 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     run_id = journal.start_run(source.name, models)
 
     def exam_ended(session: ExamSession, body: dict) -> None:
-        journal.add_exam(run_id, body, session.best_frames())
-        uplink.enqueue_exam(body)
+        # The journal first: a crash before the outbox has it is repaired from there.
+        journal.add_exam(run_id, body, session.best_frames(), session.first_row,
+                         session.last_row)
+        uplink.enqueue_exam(body, key=body["exam_id"])
         echo(format_exam(session, body))
 
     tracker = make_tracker(settings, state_dir, models, exam_ended)
     steady = SteadyFeedback(scorer.quality.rules.feedback) if scorer.quality else None
     advice: str | None = None
-    stats = RunStats()
+    stats = RunStats(journal=journal)
     next_health = time.monotonic() + mqtt.health_interval_s
     limit = settings.loop.max_frames
     try:
         with _StopFlag() as stop, source:
             for frame, capture_s in timed_frames(source):
                 result = scorer.score(frame, capture_s)
-                journal.append(run_id, result)
+                row = journal.append(run_id, result)
                 record = result.to_dict()
                 stats.add(record)
                 roi = Roi(*result.roi) if result.roi else None
-                tracker.feed(record, frame.image, roi, frame.t_mono)
+                tracker.feed(record, frame.image, roi, frame.t_mono, row=row, run_id=run_id)
                 if steady is not None:
                     shown = steady.update(record)
                     if shown.message != advice:  # said when it changes, never per frame
@@ -221,4 +276,5 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                 echo(f"outbox not empty after {mqtt.drain_timeout_s:.0f} s: "
                      f"{uplink.outbox.pending_count()} messages wait for the next link")
         uplink.close()
+        lock.release()
     return 0

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edge.capture.sources import Frame, Source
 from edge.config import Settings
 from edge.models.biometry import BiometrySettings, biometry_of, locate_head, settings_for_model
 from edge.models.manifest import Manifest, find_manifest
-from edge.models.planes import PlaneResult, plane_from_output
+from edge.models.planes import PlaneResult, class_map, class_maps_layout, plane_from_output
 from edge.models.preprocess import grey_resized, normalise
 from edge.models.quality import (
     RepeatTracker,
@@ -79,6 +81,18 @@ class Scorer:
     _roi: Roi | None = None
     _roi_key: tuple | None = None
     _since_roi: int = 0
+    # The named plane's class map of the last scored frame, (h, w) over the region, when the
+    # plane model has a class_maps output (edge/models/planes.py); None otherwise. Kept
+    # beside the result, not in it: the web view shows it, the journal does not keep it.
+    last_class_map: np.ndarray | None = field(default=None, repr=False)
+    _maps_layout: str | None = None
+
+    def __post_init__(self) -> None:
+        self._maps_layout = class_maps_layout(self.manifest)
+
+    @property
+    def has_class_maps(self) -> bool:
+        return self._maps_layout is not None
 
     @property
     def manifest(self) -> Manifest:
@@ -124,7 +138,14 @@ class Scorer:
         grey = grey_resized(frame.image, roi, spec)
         x = normalise(grey, spec)[None, None]
         t1 = time.perf_counter()
-        plane = plane_from_output(self.manifest, self.model.run(x))
+        if self._maps_layout is None:
+            plane = plane_from_output(self.manifest, self.model.run(x))
+        else:
+            outputs = self.model.run_all(x)
+            plane = plane_from_output(self.manifest, outputs[self.model.output_names[0]])
+            self.last_class_map = class_map(outputs["class_maps"],
+                                            self.manifest.labels.index(plane.top_label),
+                                            self._maps_layout)
         t2 = time.perf_counter()
         head = biometry = None
         measures: dict[str, float] = {}

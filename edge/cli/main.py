@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -15,15 +16,20 @@ from edge.config import ConfigError, ModelSettings, load_settings
 from edge.exam.protocol import ProtocolError
 from edge.models.manifest import Manifest, ModelError, list_manifests
 from edge.models.quality import RulesError
+from edge.store.outbox import OutboxError
+from edge.store.state import StateError
+from wire.mqtt import URL_PASSWORD_WARNING, url_has_password
 
 EXPECTED_ERRORS = (ConfigError, ModelError, SourceError, biometry_cli.InputError,
                    ProtocolError, RulesError)
 DELEGATED = {"status": "uplink and device status",
              "outbox": "messages waiting to be published"}
+EXPECTED_ERRORS += (StateError, OutboxError)  # the state dir, the journal and the outbox
 
 
 def _score(args: argparse.Namespace) -> int:
     from edge.capture.sources import open_sources
+    from edge.config import frame_limits
     from edge.scorer import make_scorer, timed_frames
 
     overrides = {"models": {"dir": args.models_dir, "backend": args.backend,
@@ -32,7 +38,7 @@ def _score(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, overrides)
     scorer = make_scorer(settings)
     failed = 0
-    with open_sources(args.paths) as source:
+    with open_sources(args.paths, limits=frame_limits(settings)) as source:
         for frame, capture_s in timed_frames(source):
             result = scorer.score(frame, capture_s)
             failed += result.error is not None
@@ -52,6 +58,9 @@ def _run(args: argparse.Namespace) -> int:
         "loop": {"max_frames": args.max_frames},
     }
     settings = load_settings(args.config, overrides)
+    if args.mqtt_url and url_has_password(args.mqtt_url):
+        print(f"sonoedge: warning: {URL_PASSWORD_WARNING} ([mqtt] password_file)",
+              file=sys.stderr)
     return run(settings, once=args.once)
 
 
@@ -65,7 +74,12 @@ def _describe(manifest: Manifest) -> dict:
 
 
 def _models(args: argparse.Namespace) -> int:
-    found = list_manifests(Path(args.models_dir))
+    from edge.models.runtime import load_model
+
+    # The same checks `run` and `score` make before they use a model: manifest fields,
+    # sha256, and the model's own tensors against the manifest (input shape, label count).
+    found = [item if isinstance(item, ModelError) else _loads(load_model, item)
+             for item in list_manifests(Path(args.models_dir))]
     if not found:
         print(f"sonoedge: {args.models_dir}: no model manifests", file=sys.stderr)
         return 1
@@ -86,6 +100,14 @@ def _models(args: argparse.Namespace) -> int:
                 value = metric.get("value") if isinstance(metric, dict) else metric
                 print(f"    {name}: {value}")
     return 1 if bad else 0
+
+
+def _loads(load_model, manifest: Manifest) -> Manifest | ModelError:
+    try:
+        load_model(manifest, "litert", 1)
+    except ModelError as exc:
+        return exc
+    return manifest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED_ERRORS as exc:
         print(f"sonoedge: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `sonoedge score ... | head -1`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.models.manifest import Manifest
+from edge.models.manifest import Manifest, ModelError
 from edge.models.preprocess import prepare
 from edge.models.roi import Roi
 from edge.models.runtime import Model
 
 UNCERTAIN = "uncertain"
+CLASS_MAPS = "class_maps"  # the optional second output: SonoNet's per-class maps
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,66 @@ def plane_from_output(manifest: Manifest, output: np.ndarray) -> PlaneResult:
 def classify_plane(model: Model, image: np.ndarray, roi: Roi | None) -> PlaneResult:
     manifest = model.manifest
     return plane_from_output(manifest, model.run(prepare(image, roi, manifest.preprocessing)))
+
+
+# --------------------------------------------------------------------------- class maps
+#
+# Where the plane model looked. A SonoNet-style model ends in one map per class (a 1x1
+# convolution) and takes their global mean as its logits, so the map of the named plane is
+# its class-localisation heatmap (Baumgartner et al., IEEE TMI 2017). A model exposes them
+# as a second output declared in its manifest:
+#
+#   "outputs": [{"name": "logits", "shape": [1, 14], "dtype": "int8"},
+#               {"name": "class_maps", "shape": [1, 14, h, w], "dtype": "int8",
+#                "layout": "NCHW"}]
+#
+# "outputs"[0] is the primary output (the same as "output"); class_maps has one map per
+# label in the labels' order, "NCHW" (the default) or "NHWC", and covers the model's whole
+# input (the region, stretched to the input size). The logits must be the mean of the maps
+# over h and w; `check_class_maps` verifies the declaration at load time.
+
+
+def class_maps_layout(manifest: Manifest) -> str | None:
+    """"NCHW" or "NHWC" when the manifest declares class maps; None when it does not.
+    A declaration that breaks the contract above is a `ModelError` naming the manifest."""
+    outputs = manifest.raw.get("outputs")
+    if not isinstance(outputs, list):
+        return None
+    entry = next((o for o in outputs if isinstance(o, dict) and o.get("name") == CLASS_MAPS),
+                 None)
+    if entry is None:
+        return None
+    first = outputs[0] if isinstance(outputs[0], dict) else {}
+    primary = manifest.raw.get("output", {}).get("shape")
+    if primary is not None and first.get("shape") != primary:
+        raise ModelError(f"{manifest.path}: outputs[0] must be the primary output "
+                         f"{primary} (got {first.get('shape')})")
+    layout = str(entry.get("layout", "NCHW"))
+    shape = entry.get("shape")
+    n = len(manifest.labels)
+    ok = isinstance(shape, list) and len(shape) == 4 and shape[0] == 1 and all(
+        isinstance(v, int) and v > 0 for v in shape)
+    if ok:
+        ok = (shape[1] == n) if layout == "NCHW" else (layout == "NHWC" and shape[3] == n)
+    if not ok:
+        raise ModelError(f"{manifest.path}: class_maps must be [1, {n}, h, w] (NCHW) or "
+                         f"[1, h, w, {n}] (NHWC), one map per label; got {shape} {layout}")
+    return layout
+
+
+def class_map(maps: np.ndarray, index: int, layout: str = "NCHW") -> np.ndarray:
+    """The (h, w) map of label `index` from the class_maps output."""
+    maps = np.asarray(maps, dtype=np.float32)
+    return maps[0, index] if layout == "NCHW" else maps[0, :, :, index]
+
+
+def heatmap(plane_map: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    """A class map as a uint8 heatmap for display: the map's own range stretched to 0..255
+    above its median (the background of a class-activation map), so the brightest region is
+    where the model found the most evidence for the class. A flat map gives zeros."""
+    m = np.asarray(plane_map, dtype=np.float32)
+    base = float(np.median(m))
+    top = float(m.max())
+    if not np.isfinite(top) or top - base < floor:
+        return np.zeros(m.shape, np.uint8)
+    return np.clip((m - base) / (top - base) * 255.0, 0, 255).astype(np.uint8)

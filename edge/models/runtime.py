@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -112,16 +112,22 @@ class Model:
 
     The device gets one through `load_model` (manifest verified); the toolchain opens a
     freshly converted file with `open_model_file`, so the gate and the bench see int8
-    exactly as the device does.
+    exactly as the device does. A model may have several outputs, declared by name in its
+    manifest's `outputs` (see `match_outputs`): `run` gives the primary one, `run_all` all
+    of them by name, each dequantized.
     """
 
     interpreter: object
     _input: dict
     _output: dict
     manifest: Manifest | None = None
+    _outputs: dict[str, dict] = field(default_factory=dict)  # name -> tensor detail
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Float input of the model's shape -> float output (dequantized)."""
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(self._outputs)
+
+    def _invoke(self, x: np.ndarray) -> None:
         detail = self._input
         if detail["dtype"] != np.float32:
             scale, zero = detail["quantization"]
@@ -131,27 +137,83 @@ class Model:
             x = x.astype(np.float32, copy=False)
         self.interpreter.set_tensor(detail["index"], x)
         self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self._output["index"])
-        if self._output["dtype"] != np.float32:
-            scale, zero = self._output["quantization"]
+
+    def _read(self, detail: dict) -> np.ndarray:
+        out = self.interpreter.get_tensor(detail["index"])
+        if detail["dtype"] != np.float32:
+            scale, zero = detail["quantization"]
             out = (out.astype(np.float32) - zero) * scale
         return out
 
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Float input of the model's shape -> float output (dequantized)."""
+        self._invoke(x)
+        return self._read(self._output)
 
-def open_model_file(path: Path, backend: str = "litert", num_threads: int = 2) -> Model:
-    """A .tflite with one input and one output, without a manifest (toolchain use)."""
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One invoke; every declared output by name, dequantized (the primary output is
+        under its manifest name, or "output" for a model without `outputs`)."""
+        self._invoke(x)
+        if not self._outputs:
+            return {"output": self._read(self._output)}
+        return {name: self._read(detail) for name, detail in self._outputs.items()}
+
+
+def match_outputs(path: Path, declared: list, tensors: list[dict]) -> dict[str, dict]:
+    """The manifest's `outputs` ([{name, shape, ...}]) matched to the model's tensors.
+
+    Each declared output is matched by its exact shape, so the converter's tensor names and
+    order do not matter; the model must have exactly the declared outputs, with distinct
+    shapes. Anything else is one `ModelError` naming the file.
+    """
+    if not isinstance(declared, list) or not declared:
+        raise ModelError(f"{path}: manifest 'outputs' must be a non-empty list")
+    if len(declared) != len(tensors):
+        raise ModelError(f"{path}: manifest declares {len(declared)} outputs, the model has "
+                         f"{len(tensors)}")
+    by_shape: dict[tuple, dict] = {}
+    for detail in tensors:
+        by_shape.setdefault(tuple(int(v) for v in detail["shape"]), detail)
+    if len(by_shape) != len(tensors):
+        raise ModelError(f"{path}: two outputs share a shape; they cannot be told apart")
+    matched: dict[str, dict] = {}
+    for entry in declared:
+        try:
+            name = str(entry["name"])
+            shape = tuple(int(v) for v in entry["shape"])
+        except (TypeError, KeyError, ValueError):
+            raise ModelError(f"{path}: each manifest output needs a name and a shape") from None
+        if name in matched:
+            raise ModelError(f"{path}: manifest output {name!r} is declared twice")
+        if shape not in by_shape:
+            raise ModelError(f"{path}: manifest output {name!r} {list(shape)} is not an "
+                             f"output of the model ({[list(s) for s in by_shape]})")
+        matched[name] = by_shape[shape]
+    return matched
+
+
+def open_model_file(path: Path, backend: str = "litert", num_threads: int = 2,
+                    outputs: list | None = None) -> Model:
+    """A .tflite with one input and one output, without a manifest (toolchain use); or with
+    several outputs when `outputs` declares them (a manifest's `outputs`, first = primary)."""
     interpreter = make_interpreter(path, backend, num_threads)
     inputs = interpreter.get_input_details()
-    outputs = interpreter.get_output_details()
-    if len(inputs) != 1 or len(outputs) != 1:
+    tensors = interpreter.get_output_details()
+    if outputs is not None:
+        if len(inputs) != 1:
+            raise ModelError(f"{path}: expected one input")
+        matched = match_outputs(path, outputs, tensors)
+        return Model(interpreter, inputs[0], next(iter(matched.values())), _outputs=matched)
+    if len(inputs) != 1 or len(tensors) != 1:
         raise ModelError(f"{path}: expected one input and one output")
-    return Model(interpreter, inputs[0], outputs[0])
+    return Model(interpreter, inputs[0], tensors[0])
 
 
 def load_model(manifest: Manifest, backend: str = "litert", num_threads: int = 2) -> Model:
     """Verify the file against its manifest, then load it on the chosen backend."""
     verify(manifest)
-    model = open_model_file(manifest.model_path, backend, num_threads)
+    model = open_model_file(manifest.model_path, backend, num_threads,
+                            manifest.raw.get("outputs"))
     shape = tuple(model._input["shape"])
     if shape != manifest.input_shape:
         raise ModelError(f"{manifest.model_path}: input shape {shape} "

@@ -26,13 +26,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edge.result import FrameResult
-from edge.store.state import StateError, is_corrupt, is_full, move_aside
+from edge.store.state import Reserve, StateError, is_corrupt, is_full, move_aside
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 4
 JOURNAL_FILE = "journal.sqlite"
 SHED_BATCH = 2000  # frame results dropped at a time when the disk is full
+WAL_PAGES = 256  # checkpoint the write-ahead log at this many pages (1 MB of 4 KB pages)
+MIN_FREE_PAGES = 64  # on a full disk, shed again before the file's free pages run out
 
 _MIGRATIONS = {
     1: """
@@ -109,8 +111,9 @@ def _text(value):
 
 
 class Journal:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, reserve: Reserve | None = None):
         self.path = Path(path)
+        self.reserve = reserve if reserve is not None else Reserve(self.path.parent)
         self.shed_frames = 0  # frame results deleted to make room on a full disk
         self.skipped_frames = 0  # frames scored but not journaled (no room even so)
         self.disk_full = False
@@ -128,12 +131,16 @@ class Journal:
             if not is_corrupt(exc):
                 raise JournalError(f"{self.path}: journal cannot be opened ({exc})") from None
             self._replace_corrupt(exc)
+        self.reserve.ensure()
 
     def _open(self) -> None:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            # A write-ahead log of at most ~1 MB (the reserve's size): on a full disk it can
+            # always be folded back into the file once the reserve is given back.
+            self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
             self._migrate()
             self.db.execute("SELECT COUNT(*) FROM runs WHERE ended_ts IS NULL").fetchone()
             self.db.execute("SELECT MAX(id) FROM results").fetchone()
@@ -166,47 +173,73 @@ class Journal:
     def _write(self, what: str, fn: Callable[[], object]):
         """Run one write; on a full disk shed old frames and retry, on corruption move the
         file aside and retry; otherwise (or if that fails too) say so once and give None."""
-        for attempt in range(3):
+        # On a full disk, each step in turn until one makes room: fold the write-ahead log
+        # back into the file (its pages are then reused), give back the reserve, shed the
+        # oldest frames.
+        steps = iter((self._checkpoint, self._release_reserve, self._shed, self._shed))
+        for attempt in range(6):
             try:
                 out = fn()
             except sqlite3.DatabaseError as exc:
-                if attempt < 2 and is_full(exc) and self._shed():
-                    continue
-                if attempt < 2 and is_corrupt(exc):
+                if is_full(exc):
+                    self.disk_full = True
+                    if any(step() for step in steps):
+                        continue
+                elif attempt < 3 and is_corrupt(exc):
                     self._replace_corrupt(exc)
                     continue
                 self._failed(what, exc)
                 return None
-            if self.disk_full or self._failure:
-                log.warning("journal: writing again (%d oldest frames shed, %d frames not "
-                            "journaled so far)", self.shed_frames, self.skipped_frames)
+            if self.disk_full and self._free_pages() < MIN_FREE_PAGES:
+                self._shed()  # room for the next frames, while deleting still fits
+            elif self._failure and not self.disk_full:
+                self._failure = None
+            if self.disk_full and self.reserve.ensure():
+                log.warning("journal: disk space is back (%d oldest frames shed, %d frames "
+                            "not journaled)", self.shed_frames, self.skipped_frames)
                 self.disk_full, self._failure = False, None
             return out
         return None
 
+    def _release_reserve(self) -> bool:
+        if not self.reserve.release():
+            return False
+        self._checkpoint()
+        self._shed()  # now, while there is room to delete: free pages for what follows
+        return True
+
+    def _free_pages(self) -> int:
+        try:
+            return int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
+        except sqlite3.DatabaseError:
+            return 0
+
+    def _checkpoint(self) -> bool:
+        try:
+            busy = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.DatabaseError:
+            return False
+        return not busy
+
     def _shed(self) -> bool:
         """Delete the oldest frame results (of any run; exams are kept) to free room in the
         file; True when something went."""
-        gone = 0
-        for _ in range(2):
-            try:
-                gone = self.db.execute(
-                    "DELETE FROM results WHERE id IN (SELECT id FROM results ORDER BY id "
-                    "LIMIT ?)", (SHED_BATCH,)).rowcount
-                break
-            except sqlite3.DatabaseError:
-                # No room even to delete: fold the write-ahead log back first.
-                try:
-                    self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-                except sqlite3.DatabaseError:
-                    return False
+        try:
+            # At most half of what is left: the newest frames are the ones worth keeping.
+            gone = self.db.execute(
+                "DELETE FROM results WHERE id IN (SELECT id FROM results ORDER BY id "
+                "LIMIT MIN(?, MAX(1, (SELECT COUNT(*) FROM results) / 2)))",
+                (SHED_BATCH,)).rowcount
+        except sqlite3.DatabaseError:
+            return False
         if gone <= 0:
             return False
+        first = self.shed_frames == 0
         self.shed_frames += gone
-        if not self.disk_full:
+        self._checkpoint()
+        if first:
             log.warning("disk full: shedding the oldest journal frames to keep scoring (%d so "
                         "far); exams are kept", self.shed_frames)
-            self.disk_full = True
         return True
 
     def _failed(self, what: str, exc: BaseException) -> None:

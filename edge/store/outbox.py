@@ -246,13 +246,26 @@ class Outbox:
         """
         if kind not in KINDS:
             raise OutboxError(f"outbox kind must be one of {KINDS}, got {kind!r}")
-        try:
-            return self._enqueue(kind, body, key)
-        except sqlite3.DatabaseError as exc:
-            if is_full(exc):
+        for attempt in range(2):
+            try:
+                return self._enqueue(kind, body, key)
+            except sqlite3.DatabaseError as exc:
+                if not is_full(exc):
+                    raise OutboxError(f"{self.path}: {kind} message not queued: {exc}") \
+                        from None
+                # Fold the write-ahead log back: its room is then reused, or given back.
+                if attempt == 0 and self._checkpoint():
+                    continue
                 raise OutboxFull(f"{self.path}: disk full, {kind} message not queued yet") \
                     from None
-            raise OutboxError(f"{self.path}: {kind} message not queued: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _checkpoint(self) -> bool:
+        with self._lock:
+            try:
+                return not self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.DatabaseError:
+                return False
 
     def has_key(self, key: str) -> bool:
         with self._lock:

@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -140,6 +141,48 @@ def lock_holder(state_dir: Path | str) -> dict | None:
         return None
     finally:
         os.close(fd)
+
+
+class Reserve:
+    """A file of `size` bytes kept in the state dir as room to give back on a full disk.
+
+    When the disk fills, SQLite cannot even delete old rows: a delete writes to the
+    write-ahead log first. Releasing the reserve gives the journal the room to shed its
+    oldest frames and the outbox the room for the exams; it is made again once there is
+    space to spare."""
+
+    FILE = "reserve.bin"
+
+    def __init__(self, state_dir: Path | str, size: int = 1 << 20):
+        self.path = Path(state_dir) / self.FILE
+        self.size = int(size)
+
+    def ensure(self) -> bool:
+        """Make the reserve if it is missing and the disk has 4 times its size free."""
+        if self.path.exists():
+            return True
+        try:
+            if shutil.disk_usage(self.path.parent).free < 4 * self.size:
+                return False
+            tmp = self.path.with_name(self.FILE + ".tmp")
+            with open(tmp, "wb") as handle:
+                handle.write(b"\0" * self.size)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+            return True
+        except OSError:
+            return False
+
+    def release(self) -> bool:
+        """Give the room back; True when there was a reserve to give."""
+        try:
+            self.path.unlink()
+        except OSError:
+            return False
+        log.warning("disk full: released the %d KB reserve in %s", self.size // 1024,
+                    self.path.parent)
+        return True
 
 
 def move_aside(path: Path) -> Path:

@@ -46,6 +46,7 @@ from edge.store.outbox import (
     open_outbox,
     read_boot_id,
 )
+from edge.store.state import Reserve
 from edge.uplink import messages
 from wire.mqtt import describe_connect_error, parse_mqtt_url, read_secret_file, topic_for
 from wire.schema import load_schema, validate
@@ -220,7 +221,12 @@ class Uplink:
                 self._hold(payload, key)
                 return None
         try:
-            msg = self.outbox.enqueue("exam", payload, key=key)
+            try:
+                msg = self.outbox.enqueue("exam", payload, key=key)
+            except OutboxFull:
+                if not Reserve(self.state_dir).release():
+                    raise
+                msg = self.outbox.enqueue("exam", payload, key=key)
         except OutboxFull:
             with self._held_lock:
                 self._hold(payload, key)
