@@ -19,6 +19,7 @@ from edge.exam.session import ExamSettings
 from edge.models.biometry import BiometrySettings
 from edge.models.roi import RoiSettings
 from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
+from edge.web.settings import WebSettings, check_web_settings
 from wire.mqtt import url_has_password
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ class SourceSettings:
     backoff_initial_s: float = 0.5  # live sources: first wait before reopening
     backoff_max_s: float = 30.0
     max_reopen_attempts: int = -1  # -1: keep trying forever (a grabber may be replugged)
+    pace: bool = False  # play a video file at its own frame rate, as a scanner would
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class Settings:
     biometry: BiometryConfig = field(default_factory=BiometryConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     exam: ExamSettings = field(default_factory=ExamSettings)
+    web: WebSettings = field(default_factory=WebSettings)  # the midwife's page (edge/web)
 
 
 class ConfigError(ValueError):
@@ -229,6 +232,10 @@ def _validate(settings: Settings, label: str) -> None:
     if settings.source.backoff_initial_s <= 0 or settings.source.backoff_max_s <= 0:
         raise ConfigError(f"{label}: source backoff times must be positive")
     _validate_biometry(settings.biometry, label)
+    try:
+        check_web_settings(settings.web)
+    except ValueError as exc:
+        raise ConfigError(f"{label}: web: {exc}") from None
     ex = settings.exam
     if not (0.0 < ex.end_gap_s <= 86400.0 and 16 <= ex.thumb_width <= 4096
             and 0.0 <= ex.thumb_interval_s <= 3600.0 and 0.0 < ex.thumbs_quota_mb <= 1e6):

@@ -203,6 +203,11 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     state_dir = prepare_state_dir(settings.device.state_dir)
     # Held until the process ends, however it ends: one run per state dir.
     lock = StateLock(state_dir).acquire()
+    web = None
+    if settings.web.listen:  # the page is up while the models load, and says so
+        from edge.web import start_web
+
+        web = start_web(settings.web, state_dir, settings.exam.end_gap_s)
     scorer = make_scorer(settings)
     models = scorer.model_versions()
     mqtt = settings.mqtt
@@ -222,7 +227,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     recover_runs(settings, journal, uplink)
     # The demo plays at its own frame rate, as a scanner would; files run as fast as they can.
     spec = settings.source.spec
-    source = open_source(spec, live=live_settings(settings), pace=spec == "demo")
+    source = open_source(spec, live=live_settings(settings),
+                         pace=spec == "demo" or settings.source.pace)
     if source.demo is not None and source.demo.kind == "phantom":
         echo(f"demo source is a generated phantom: {source.demo.description}")
     run_id = journal.start_run(source.name, models)
@@ -233,8 +239,12 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                          session.last_row)
         uplink.enqueue_exam(body, key=body["exam_id"])
         echo(format_exam(session, body))
+        if web is not None:
+            web.exam_ended(session, body)
 
     tracker = make_tracker(settings, state_dir, models, exam_ended)
+    if web is not None:
+        web.attach(scorer, uplink, source, tracker)
     steady = SteadyFeedback(scorer.quality.rules.feedback) if scorer.quality else None
     advice: str | None = None
     stats = RunStats(journal=journal)
@@ -248,12 +258,17 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                 record = result.to_dict()
                 stats.add(record)
                 roi = Roi(*result.roi) if result.roi else None
-                tracker.feed(record, frame.image, roi, frame.t_mono, row=row, run_id=run_id)
+                if web is None or web.accepts(record, frame.t_mono, tracker.has_content(record)):
+                    tracker.feed(record, frame.image, roi, frame.t_mono, row=row,
+                                 run_id=run_id)
                 if steady is not None:
                     shown = steady.update(record)
                     if shown.message != advice:  # said when it changes, never per frame
                         advice = shown.message
                         echo(f"advice: {advice or 'the image is good'}")
+                if web is not None:
+                    web.after_frame(frame.image, record, shown if steady is not None else None,
+                                    scorer.last_class_map, frame.t_mono, tracker)
                 every = settings.loop.log_every
                 if result.error or (every and stats.frames % every == 0):
                     echo(format_line(result))
@@ -265,6 +280,11 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                     tracker.end("command")
                 if stop.stopped or (limit and stats.frames >= limit):
                     break
+            else:
+                if web is not None and not once:  # the last exam stays on the page
+                    tracker.end("source_end")
+                    web.source_ended()
+                    web.linger(lambda: stop.stopped)
     finally:
         tracker.end("source_end")
         journal.end_run(run_id)
@@ -276,5 +296,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                 echo(f"outbox not empty after {mqtt.drain_timeout_s:.0f} s: "
                      f"{uplink.outbox.pending_count()} messages wait for the next link")
         uplink.close()
+        if web is not None:
+            web.close()
         lock.release()
     return 0

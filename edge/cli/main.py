@@ -12,16 +12,19 @@ from pathlib import Path
 from edge.capture.sources import SourceError
 from edge.cli import biometry as biometry_cli
 from edge.cli import exam as exam_cli
+from edge.cli import pin as pin_cli
 from edge.config import ConfigError, ModelSettings, load_settings
 from edge.exam.protocol import ProtocolError
 from edge.models.manifest import Manifest, ModelError, list_manifests
 from edge.models.quality import RulesError
 from edge.store.outbox import OutboxError
 from edge.store.state import StateError
+from edge.web.auth import PinError
+from edge.web.settings import WebError
 from wire.mqtt import URL_PASSWORD_WARNING, url_has_password
 
 EXPECTED_ERRORS = (ConfigError, ModelError, SourceError, biometry_cli.InputError,
-                   ProtocolError, RulesError)
+                   ProtocolError, RulesError, PinError, WebError)
 DELEGATED = {"status": "uplink and device status",
              "outbox": "messages waiting to be published"}
 EXPECTED_ERRORS += (StateError, OutboxError)  # the state dir, the journal and the outbox
@@ -56,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         "device": {"state_dir": args.state_dir, "device_id": args.device_id},
         "mqtt": {"url": args.mqtt_url, "device_id": args.device_id},
         "loop": {"max_frames": args.max_frames},
+        "web": {"listen": args.web},
     }
     settings = load_settings(args.config, overrides)
     if args.mqtt_url and url_has_password(args.mqtt_url):
@@ -133,12 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device-id")
     run.add_argument("--state-dir")
     run.add_argument("--max-frames", type=int)
+    run.add_argument("--web", metavar="HOST:PORT",
+                     help="serve the midwife's page here (needs `sonoedge pin set` first)")
     run.add_argument("--once", action="store_true",
                      help="process the source to its end, try to drain the outbox, exit 0")
     run.set_defaults(func=_run)
 
     biometry_cli.add_parser(verbs)
     exam_cli.add_parser(verbs)
+    pin_cli.add_parser(verbs)
 
     models = verbs.add_parser("models", help="installed models with their manifests")
     models.add_argument("--models-dir", default=ModelSettings().dir)

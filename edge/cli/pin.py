@@ -1,0 +1,38 @@
+"""`sonoedge pin set`: the device PIN for the midwife's page, read from standard input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edge.config import DeviceSettings, load_settings
+from edge.web.auth import PIN_MAX, PIN_MIN, PinError, check_pin_text, write_pin
+
+
+def _set(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, {"device": {"state_dir": args.state_dir}})
+    state_dir = Path(settings.device.state_dir)
+    if sys.stdin.isatty():
+        import getpass
+
+        pin = getpass.getpass(f"new device PIN ({PIN_MIN}-{PIN_MAX} characters): ")
+        again = getpass.getpass("again: ")
+        if pin != again:
+            raise PinError("the two PINs differ; nothing was changed")
+    else:
+        pin = sys.stdin.readline(PIN_MAX + 2).rstrip("\r\n")
+    path = write_pin(state_dir, check_pin_text(pin))
+    print(f"PIN set: a salted scrypt hash in {path}; open sessions end when the device "
+          f"restarts")
+    return 0
+
+
+def add_parser(verbs) -> None:
+    pin = verbs.add_parser("pin", help="the device PIN for the web page")
+    actions = pin.add_subparsers(dest="pin_action", required=True)
+    setter = actions.add_parser("set", help="set the PIN, read from standard input")
+    setter.add_argument("--state-dir", help=f"default: the config's [device] state_dir "
+                                            f"({DeviceSettings().state_dir})")
+    setter.add_argument("--config", type=Path)
+    setter.set_defaults(func=_set)

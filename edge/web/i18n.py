@@ -1,0 +1,103 @@
+"""Message catalogs: every word the page shows, by key, one JSON file per language.
+
+`edge/web/i18n/<lang>.json` holds the page's own text. The quality instructions' English
+text is not repeated there: it comes from the quality rules (`edge/models/quality_rules.toml`,
+whatever file the device is configured with), each criterion's messages under
+`quality.<criterion>` (one message) or `quality.<criterion>.low` / `.high`, and
+`quality.<criterion>.ok`. Another language is one more JSON file with the same keys, no
+code: a key it lacks falls back to English. A catalog's quality text is used only while the
+rules' `version` equals its `_quality_rules_version`, because a stale translation of a
+changed instruction would tell the midwife the wrong thing; otherwise the English text of
+the rules is shown (and the log says so once).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from edge.models.quality import Rules
+
+log = logging.getLogger(__name__)
+
+CATALOG_DIR = Path(__file__).resolve().parent / "i18n"
+LANG_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+DEFAULT = "en"
+MAX_CATALOG_BYTES = 256 * 1024
+
+
+class CatalogError(ValueError):
+    """One line naming the catalog file."""
+
+
+def quality_keys(rules: Rules | None) -> dict[str, str]:
+    """English text of every quality instruction by catalog key."""
+    out: dict[str, str] = {}
+    for rule in rules.criteria if rules is not None else ():
+        if rule.message_low == rule.message_high:
+            out[f"quality.{rule.name}"] = rule.message_low
+        else:
+            out[f"quality.{rule.name}.low"] = rule.message_low
+            out[f"quality.{rule.name}.high"] = rule.message_high
+        out[f"quality.{rule.name}.ok"] = rule.ok
+    return out
+
+
+def message_key(rules: Rules | None, criterion: str | None, message: str | None) -> str | None:
+    """The catalog key of a criterion's instruction, given its English text."""
+    if not criterion or message is None:
+        return None
+    for key, text in quality_keys(rules).items():
+        if text == message and key.startswith(f"quality.{criterion}") and \
+                not key.endswith(".ok"):
+            return key
+    return None
+
+
+@lru_cache(maxsize=16)
+def _read(path: Path) -> dict[str, str]:
+    try:
+        raw = path.read_bytes()
+        if len(raw) > MAX_CATALOG_BYTES:
+            raise CatalogError(f"{path}: catalog larger than {MAX_CATALOG_BYTES} bytes")
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CatalogError(f"{path}: not a readable JSON catalog ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in data.items()):
+        raise CatalogError(f"{path}: a catalog is one JSON object of strings")
+    return data
+
+
+def languages(catalog_dir: Path = CATALOG_DIR) -> dict[str, str]:
+    """Available languages: code -> its own name (the catalog's `_language_name`)."""
+    out = {}
+    for path in sorted(catalog_dir.glob("*.json")):
+        if LANG_RE.match(path.stem):
+            out[path.stem] = _read(path).get("_language_name", path.stem)
+    return out
+
+
+_SAID_STALE: set[str] = set()
+
+
+def catalog(lang: str, rules: Rules | None, catalog_dir: Path = CATALOG_DIR) -> dict[str, str]:
+    """The full catalog of one language: English underneath, the language on top."""
+    if lang not in languages(catalog_dir):
+        lang = DEFAULT
+    merged = dict(_read(catalog_dir / f"{DEFAULT}.json"))
+    merged.update(quality_keys(rules))
+    if lang != DEFAULT:
+        own = _read(catalog_dir / f"{lang}.json")
+        fresh = rules is None or own.get("_quality_rules_version") == rules.version
+        if not fresh and lang not in _SAID_STALE:
+            _SAID_STALE.add(lang)
+            log.warning("web: the %s catalog translates quality rules %s, the device has %s; "
+                        "quality instructions are shown in English", lang,
+                        own.get("_quality_rules_version"), rules.version)
+        merged.update({k: v for k, v in own.items() if fresh or not k.startswith("quality.")})
+    merged["_lang"] = lang
+    return merged

@@ -1,0 +1,128 @@
+"""Head-shape flags for the midwife: a screening aid, never a diagnosis.
+
+Two signals that the device's own head biometry supports:
+
+- **Cephalic index** CI = 100 x BPD / OFD. Hadlock, Deter, Carpenter and Park, "Estimating
+  fetal age: effect of head shape on BPD", AJR 1981;137:83-85: mean 78.3 in 316 scans at
+  14-40 weeks, and a CI more than 1 SD from the mean (below 74, above 83) "may be associated
+  with a significant alteration in the BPD" (so 1 SD is about 4.4). We flag outside the
+  mean +/- 2 SD (70-87), where about 1 normal head in 20 falls, not at 1 SD, where one in
+  three would: a flag the midwife sees on every third woman would soon be ignored.
+  The device's BPD is outer-to-outer (see README, "Head biometry"); the usual BPD of the
+  era is outer-to-inner, about one skull wall shorter. We convert with Wong et al.,
+  Australas J Ultrasound Med 2018;21:161-168 (543 fetuses, 14-40 weeks):
+  BPDoi = -0.403 + 0.9714 BPDoo (mm), before taking the ratio. Without it our CI would read
+  about 2-3 points higher than Hadlock's. Whether Hadlock's OFD was outer-to-outer is not
+  stated in the abstract; ours is, so a small bias may remain.
+- **HC against the age from dates** (the last menstrual period, entered by the midwife).
+  The age the head size gives (Hadlock et al., Radiology 1984;152:497-501, the device's
+  formula) is compared with the age from dates. The flag is raised where ACOG Committee
+  Opinion 700 (2017), "Methods for estimating the due date", would have the scan overrule
+  the dates: a difference of more than 7 days at 14-15 weeks, 10 days at 16-21, 14 days at
+  22-27, 21 days from 28 weeks. A difference that large means the dates are wrong or the
+  head is small or large for its age: either way the woman needs a closer look.
+
+What this data does not support is said in the README: the CNS anomalies of the study this
+product cites (anencephaly, encephalocele, holoprosencephaly, rachischisis) were classified
+from labelled cases, and we have none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from edge.models.biometry import HADLOCK_1984, HADLOCK_1984_WEEKS, hadlock_ga_weeks
+
+CI_MEAN, CI_SD = 78.3, 4.4  # Hadlock et al. 1981; SD from the abstract's 1 SD bounds 74/83
+CI_LOW, CI_HIGH = round(CI_MEAN - 2 * CI_SD), round(CI_MEAN + 2 * CI_SD)  # 70, 87
+# Wong et al. 2018: outer-to-inner BPD from outer-to-outer (mm)
+BPD_OI_FROM_OO = (-0.403458, 0.9714153)
+# ACOG CO 700 (2017): redate when the scan differs from dates by more than this (days),
+# by the age from dates (weeks, from): 14-15 6/7, 16-21 6/7, 22-27 6/7, 28 on.
+ACOG_REDATE_DAYS = ((14.0, 7), (16.0, 10), (22.0, 14), (28.0, 21))
+MAX_LMP_DAYS = 45 * 7  # a date further back is a typing slip, not a pregnancy
+
+
+def cephalic_index(bpd_mm: float | None, ofd_mm: float | None) -> dict | None:
+    """The CI with the outer-to-inner conversion, and whether it is outside 70-87."""
+    if not bpd_mm or not ofd_mm or bpd_mm <= 0 or ofd_mm <= 0:
+        return None
+    a, b = BPD_OI_FROM_OO
+    bpd_oi = a + b * float(bpd_mm)
+    ci = 100.0 * bpd_oi / float(ofd_mm)
+    flag = "low" if ci < CI_LOW else "high" if ci > CI_HIGH else None
+    return {"ci": round(ci, 1), "ci_outer_outer": round(100.0 * bpd_mm / ofd_mm, 1),
+            "low": CI_LOW, "high": CI_HIGH, "flag": flag}
+
+
+def hc_for_weeks(weeks: float) -> float | None:
+    """The HC (mm) at which Hadlock 1984's formula gives `weeks` (its inverse)."""
+    lo_w, hi_w = HADLOCK_1984_WEEKS
+    if not lo_w <= weeks <= hi_w:
+        return None
+    c0, c1, c2, c3 = HADLOCK_1984
+    lo, hi = 1.0, 1000.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        x = mid / 10.0
+        if c0 + c1 * x + c2 * x * x + c3 * x ** 3 < weeks:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def redate_days(weeks: float) -> int | None:
+    """ACOG's tolerance (days) at this age from dates; None before 14 weeks."""
+    found = None
+    for start, days in ACOG_REDATE_DAYS:
+        if weeks >= start:
+            found = days
+    return found
+
+
+def ga_from_lmp(lmp: str, today: str) -> float:
+    """Weeks from the last menstrual period to today (both ISO dates, from the midwife's
+    phone: the box may have no real-time clock). ValueError for an impossible pair."""
+    first = dt.date.fromisoformat(lmp)
+    now = dt.date.fromisoformat(today)
+    days = (now - first).days
+    if not 0 <= days <= MAX_LMP_DAYS:
+        raise ValueError("the last menstrual period must be within the last 45 weeks")
+    return days / 7.0
+
+
+def hc_against_dates(hc_mm: float | None, ga_dates_weeks: float | None) -> dict | None:
+    """HC against the age from dates: the expected HC, the age the HC gives, the
+    difference in days, ACOG's tolerance at that age, and `small`/`large` when beyond it."""
+    if ga_dates_weeks is None:
+        return None
+    out: dict = {"ga_dates_weeks": round(ga_dates_weeks, 1), "flag": None}
+    expected = hc_for_weeks(ga_dates_weeks)
+    out["hc_expected_mm"] = None if expected is None else round(expected, 1)
+    tolerance = redate_days(ga_dates_weeks)
+    out["tolerance_days"] = tolerance
+    if tolerance is None or expected is None:
+        out["status"] = "dates_out_of_range"  # Hadlock 1984 covers 14-42 weeks
+        return out
+    if not hc_mm:
+        out["status"] = "no_hc"
+        return out
+    ga_hc = hadlock_ga_weeks(hc_mm)
+    out["hc_mm"] = round(float(hc_mm), 1)
+    if ga_hc is None:  # HC outside the formula's 14-42 weeks: far from any expected HC
+        out.update(status="ok", ga_hc_weeks=None,
+                   flag="small" if hc_mm < expected else "large")
+        return out
+    diff = (ga_hc - ga_dates_weeks) * 7.0
+    out.update(status="ok", ga_hc_weeks=round(ga_hc, 1), difference_days=round(diff))
+    if abs(diff) > tolerance:
+        out["flag"] = "small" if diff < 0 else "large"
+    return out
+
+
+def screening(biometry: dict | None, ga_dates_weeks: float | None) -> dict:
+    """Both flags from an exam's biometry (medians of its best head frames)."""
+    bio = biometry or {}
+    return {"cephalic_index": cephalic_index(bio.get("bpd_mm"), bio.get("ofd_mm")),
+            "hc_dates": hc_against_dates(bio.get("hc_mm"), ga_dates_weeks)}

@@ -1,0 +1,578 @@
+"""The midwife's page: a small aiohttp server on its own thread beside the device loop.
+
+Routes (everything under /api/ answers 401 without a session):
+
+- `GET /`, `/static/...`: the page and its assets, all shipped in the package.
+- `GET /i18n/<lang>.json`: a message catalog (text only: the login screen needs it).
+- `POST /api/login {"pin"}`: opens a session (cookie); 401 wrong PIN, 429 braked.
+- `POST /api/logout`: ends it.
+- `GET /api/state`: the latest frame's result, the exam with its checklist, the
+  screening flags and the status strip, as one JSON object.
+- `GET /api/ws`: the live stream. Binary messages, each a little-endian u32 header
+  length, a JSON header (the frame's overlay data) and the JPEG of the frame; JSON text
+  messages with the state, every second.
+- `POST /api/exam {"action": "start" | "stop"}`: applied by the loop between frames.
+- `POST /api/lmp {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"}`: dates for the
+  HC-for-dates flag (`{"lmp": null}` clears them).
+- `GET /api/thumb/<exam>/<file>.jpg`: a checklist thumbnail (only those the exam lists).
+
+The stream encodes one JPEG per streamed frame, shared by every viewer, only while a
+viewer is connected and at most `max_fps` times a second; a slow viewer skips frames
+rather than queueing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import shutil
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from edge.models.planes import heatmap
+from edge.models.quality import Rules
+from edge.uplink.messages import read_temperature_c
+from edge.web import i18n
+from edge.web.auth import Brake, PinHash, Sessions
+from edge.web.live import LiveView
+from edge.web.screening import ga_from_lmp, screening
+from edge.web.settings import WebError, WebSettings, parse_listen
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+COOKIE = "sonoedge_session"
+MAX_BODY = 4096
+MAX_WS_MESSAGE = 1024
+STATUS_EVERY_S = 2.0  # uplink, disk and temperature are read this often
+STATE_EVERY_S = 1.0  # the state message to each viewer
+SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; "
+                                "img-src 'self' blob: data:; connect-src 'self'; "
+                                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+                                "form-action 'self'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+@dataclass(eq=False)
+class _Viewer:
+    ws: web.WebSocketResponse
+    token: str
+    heatmap: bool = False
+    video: bool = True
+    packet: bytes | None = None
+    seq: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    bytes_sent: int = 0
+
+
+def frame_header(record: dict, shown: object | None, seq: int) -> dict:
+    """The overlay data of one frame: what the page draws over the image."""
+    quality = record.get("quality") or {}
+    head = record.get("head") or {}
+    bio = record.get("biometry") or {}
+    out = {
+        "seq": seq, "ts": record.get("ts"), "source": record.get("source"),
+        "frame": record.get("frame"), "error": record.get("error"),
+        "plane": record.get("plane"), "confidence": record.get("plane_confidence"),
+        "quality": quality.get("score"), "roi": record.get("roi"),
+        "ellipse": head.get("ellipse") if head.get("status") not in ("no_head",) else None,
+        "head_status": head.get("status"),
+        "biometry": {k: bio.get(k) for k in ("status", "hc_mm", "bpd_mm", "ofd_mm", "ga_weeks")}
+        if bio else None,
+        "latency_ms": record.get("latency_ms"),
+    }
+    if shown is not None:
+        out["shown"] = {"plane": getattr(shown, "plane", None),
+                        "score": getattr(shown, "score", None),
+                        "advice": getattr(shown, "advice", None),
+                        "message": getattr(shown, "message", None)}
+    return out
+
+
+class WebServer:
+    """The page's server; `start()` returns once it listens (or raises `WebError`)."""
+
+    def __init__(self, settings: WebSettings, view: LiveView, state_dir: Path,
+                 pin: PinHash, rules: Rules | None = None):
+        self.settings = settings
+        self.view = view
+        self.state_dir = Path(state_dir)
+        self.pin = pin
+        self.rules = rules
+        self.uplink = None  # set by the loop once the uplink exists
+        self.sessions = Sessions(idle_s=settings.session_idle_min * 60.0,
+                                 max_age_s=settings.session_max_hours * 3600.0)
+        self.brake = Brake()
+        self.host, self.port = parse_listen(settings.listen)
+        self.bytes_sent = 0
+        self.frames_encoded = 0
+        self.encode_s = 0.0
+        self.cpu_s = {"encode": 0.0, "status": 0.0}  # CPU seconds of the helper threads
+        self._viewers: set[_Viewer] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._frame_event: asyncio.Event | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web-encode")
+        self._status: dict = {}
+        self._status_at = 0.0
+        self._verify_lock: asyncio.Lock | None = None
+        self._packet: tuple[int, bool, bytes] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, timeout_s: float = 15.0) -> None:
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._start())
+            except BaseException as exc:  # reported to the caller as one line
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(self._shutdown())
+                loop.close()
+
+        self._thread = threading.Thread(target=main, name="sonoedge-web", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout_s):
+            raise WebError(f"web: {self.settings.listen}: the server did not start in "
+                           f"{timeout_s:.0f} s")
+        if failure:
+            exc = failure[0]
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise WebError(f"web: cannot listen on {self.settings.listen} ({reason})")
+        log.info("web: the midwife's page is at http://%s:%d/", self.host, self.port)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.view.notify = None
+        self._pool.shutdown(wait=False)
+
+    async def _start(self) -> None:
+        self._frame_event = asyncio.Event()
+        self._verify_lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        event = self._frame_event
+        self.view.notify = lambda: loop.call_soon_threadsafe(event.set)
+        app = web.Application(client_max_size=MAX_BODY,
+                              middlewares=[self._headers, self._auth])
+        app.router.add_get("/", self._index)
+        app.router.add_static("/static/", STATIC, follow_symlinks=False)
+        app.router.add_get("/i18n/{lang}.json", self._catalog)
+        app.router.add_post("/api/login", self._login)
+        app.router.add_post("/api/logout", self._logout)
+        app.router.add_get("/api/state", self._state)
+        app.router.add_get("/api/metrics", self._metrics)
+        app.router.add_get("/api/ws", self._ws)
+        app.router.add_post("/api/exam", self._exam)
+        app.router.add_post("/api/lmp", self._lmp)
+        app.router.add_get("/api/thumb/{exam}/{name}", self._thumb)
+        app.router.add_route("*", "/api/{tail:.*}", self._not_found)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port, backlog=32).start()
+        self._streamer = asyncio.ensure_future(self._stream())
+
+    async def _shutdown(self) -> None:
+        for viewer in list(self._viewers):
+            await viewer.ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- middleware ------------------------------------------------------------------------
+    @web.middleware
+    async def _headers(self, request: web.Request, handler):
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        if request.path.startswith("/api/") or request.path == "/":
+            response.headers.setdefault("Cache-Control", "no-store")
+        if isinstance(response, web.HTTPException):
+            raise response
+        return response
+
+    def _token(self, request: web.Request) -> str | None:
+        return request.cookies.get(COOKIE)
+
+    @staticmethod
+    def _same_origin(request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True  # not a browser's cross-site request (curl, tests)
+        return origin.split("://", 1)[-1] == request.host
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        if request.path.startswith("/api/"):
+            if request.method not in ("GET", "HEAD") or request.path == "/api/ws":
+                if not self._same_origin(request):
+                    raise web.HTTPForbidden(text="cross-origin request refused")
+            if request.path != "/api/login" and not self.sessions.valid(self._token(request)):
+                raise web.HTTPUnauthorized(text="no valid session: log in with the PIN",
+                                           headers={"WWW-Authenticate": 'PIN realm="sonoedge"'})
+        return await handler(request)
+
+    # -- public ----------------------------------------------------------------------------
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def _catalog(self, request: web.Request) -> web.Response:
+        lang = request.match_info["lang"]
+        if not i18n.LANG_RE.match(lang) or lang not in i18n.languages():
+            raise web.HTTPNotFound()
+        text = i18n.catalog(lang, self.rules)
+        text["_languages"] = json.dumps(i18n.languages())
+        return web.json_response(text, headers={"Cache-Control": "no-cache"})
+
+    async def _json_body(self, request: web.Request) -> dict:
+        if request.content_type != "application/json":
+            raise web.HTTPUnsupportedMediaType(text="send application/json")
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise web.HTTPBadRequest(text="the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text="the body must be a JSON object")
+        return body
+
+    async def _login(self, request: web.Request) -> web.Response:
+        client = request.remote or "?"
+        wait = self.brake.wait_s(client)
+        if wait > 0:
+            return web.json_response({"error": "braked", "retry_after_s": round(wait)},
+                                     status=429, headers={"Retry-After": str(int(wait) + 1)})
+        body = await self._json_body(request)
+        pin = body.get("pin")
+        if not isinstance(pin, str) or len(pin) > 64:
+            raise web.HTTPBadRequest(text="pin must be a string")
+        async with self._verify_lock:  # one slow hash at a time: bounded memory
+            ok = await asyncio.get_running_loop().run_in_executor(None, self.pin.matches, pin)
+        if not ok:
+            wait = self.brake.wrong(client)
+            log.warning("web: wrong PIN from %s", client)
+            return web.json_response({"error": "wrong_pin", "retry_after_s": round(wait)},
+                                     status=401)
+        self.brake.right(client)
+        token = self.sessions.open()
+        response = web.json_response({"ok": True})
+        response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",
+                            max_age=int(self.sessions.max_age_s))
+        return response
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        self.sessions.close(self._token(request))
+        response = web.json_response({"ok": True})
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        raise web.HTTPNotFound(text="no such API")
+
+    # -- state -----------------------------------------------------------------------------
+    def _slow_status(self) -> dict:
+        """Uplink, disk and temperature: read at most every STATUS_EVERY_S (executor)."""
+        cpu0 = time.thread_time()
+        try:
+            return self._read_status()
+        finally:
+            self.cpu_s["status"] += time.thread_time() - cpu0
+
+    def _read_status(self) -> dict:
+        out: dict = {"temperature_c": read_temperature_c()}
+        try:
+            out["disk_free_mb"] = round(shutil.disk_usage(self.state_dir).free / 1e6)
+        except OSError:
+            out["disk_free_mb"] = None
+        uplink = self.uplink
+        if uplink is None:
+            out["uplink"] = None
+        else:
+            status = uplink.status()
+            try:
+                pending = uplink.outbox.pending_count()
+            except Exception:  # a closed outbox at shutdown
+                pending = None
+            out["uplink"] = {"enabled": bool(status.get("enabled")),
+                             "connected": bool(status.get("connected")),
+                             "pending": pending, "broker": status.get("broker") or ""}
+        return out
+
+    async def _status_now(self) -> dict:
+        now = time.monotonic()
+        if now - self._status_at >= STATUS_EVERY_S or not self._status:
+            self._status_at = now
+            self._status = await asyncio.get_running_loop().run_in_executor(
+                None, self._slow_status)
+        view = self.view
+        if view.phase == "loading":
+            signal = "loading"
+        elif view.phase == "ended":
+            signal = "ended"
+        elif view.last_frame_mono is None or \
+                now - view.last_frame_mono > self.settings.no_signal_s:
+            signal = "no_signal"
+        else:
+            signal = "ok"
+        fps = view.fps if signal == "ok" else 0.0
+        return {**self._status, "phase": view.phase, "signal": signal,
+                "source": view.source_name, "live": view.source_live,
+                "fps": None if fps is None else round(fps, 1), "models": view.models,
+                "viewers": view.viewers, "heatmap_available": view.has_class_maps}
+
+    def _screening(self) -> dict:
+        exam = self.view.exam
+        dates = self.view.ga_dates
+        if dates is not None and exam is not None and dates.get("exam_id") is None:
+            dates = {**dates, "exam_id": exam["exam_id"]}
+            self.view.ga_dates = dates
+        if dates is not None and exam is not None and dates["exam_id"] != exam["exam_id"]:
+            dates = None  # entered for another woman's exam
+        out = screening((exam or {}).get("biometry"), dates["weeks"] if dates else None)
+        out["lmp"] = dates["lmp"] if dates else None
+        return out
+
+    async def _state_dict(self) -> dict:
+        latest = self.view.latest
+        frame = None if latest is None else frame_header(latest.record, latest.shown,
+                                                         latest.seq)
+        if frame is not None and latest.shown is not None:
+            frame["shown"]["key"] = i18n.message_key(self.rules, frame["shown"]["advice"],
+                                                     frame["shown"]["message"])
+        return {"frame": frame, "exam": self.view.exam, "protocol": self.view.protocol,
+                "screening": self._screening(), "status": await self._status_now()}
+
+    async def _state(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._state_dict())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """What the page costs the device, for `make bench`: CPU seconds of the server's
+        event loop (this thread), the encoder and the status reader; the loop's time in
+        the web hook; frames and bytes streamed."""
+        view = self.view
+        return web.json_response({
+            "cpu_s": {"server": time.thread_time(), **self.cpu_s},
+            "hook_s": view.hook_s, "loop_frames": view.frames,
+            "frames_encoded": self.frames_encoded, "bytes_sent": self.bytes_sent,
+            "encode_ms_mean": 1000 * self.encode_s / max(1, self.frames_encoded),
+            "viewers": view.viewers, "wall": time.time()})
+
+    # -- commands --------------------------------------------------------------------------
+    async def _exam(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        action = body.get("action")
+        if action not in ("start", "stop"):
+            raise web.HTTPBadRequest(text='action must be "start" or "stop"')
+        if self.view.phase != "running":
+            raise web.HTTPConflict(text=f"the device is {self.view.phase}")
+        self.view.command(action)
+        return web.json_response({"ok": True, "action": action})
+
+    async def _lmp(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        lmp, today = body.get("lmp"), body.get("today")
+        if lmp is None:
+            self.view.ga_dates = None
+            return web.json_response({"ok": True, "ga_dates_weeks": None})
+        if not isinstance(lmp, str) or not isinstance(today, str) or len(lmp) > 10 \
+                or len(today) > 10:
+            raise web.HTTPBadRequest(text="lmp and today must be YYYY-MM-DD")
+        try:
+            weeks = ga_from_lmp(lmp, today)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        exam = self.view.exam
+        self.view.ga_dates = {"exam_id": exam["exam_id"] if exam else None, "lmp": lmp,
+                              "today": today, "weeks": weeks}
+        return web.json_response({"ok": True, "ga_dates_weeks": round(weeks, 2)})
+
+    async def _thumb(self, request: web.Request) -> web.StreamResponse:
+        exam_id, name = request.match_info["exam"], request.match_info["name"]
+        wanted = f"{exam_id}/{name}"
+        exam = self.view.exam or {}
+        listed = {str((row.get("best") or {}).get("thumbnail") or "")
+                  for row in exam.get("checklist", [])}
+        match = next((p for p in listed if p and p.endswith("/" + wanted)
+                      and p.count("/") == 2), None)
+        if match is None:
+            raise web.HTTPNotFound(text="no such thumbnail in the exam on screen")
+        path = (self.state_dir / match).resolve()
+        if not path.is_relative_to(self.state_dir.resolve()) or not path.is_file():
+            raise web.HTTPNotFound(text="thumbnail not written yet")
+        return web.FileResponse(path, headers={"Cache-Control": "private, max-age=5"})
+
+    # -- the stream ------------------------------------------------------------------------
+    def _encode(self, latest, with_heatmap: bool) -> bytes:
+        """Executor thread: crop the region, scale, JPEG; the header beside it."""
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        settings = self.settings
+        header = frame_header(latest.record, latest.shown, latest.seq)
+        if latest.shown is not None:
+            header["shown"]["key"] = i18n.message_key(self.rules, header["shown"]["advice"],
+                                                      header["shown"]["message"])
+        jpeg = b""
+        image = latest.image
+        if image is not None:
+            h, w = image.shape[:2]
+            roi = latest.record.get("roi")
+            if roi:
+                x, y, rw, rh = roi
+                pad = int(round(0.02 * max(rw, rh)))
+                x0, y0 = max(0, x - pad), max(0, y - pad)
+                x1, y1 = min(w, x + rw + pad), min(h, y + rh + pad)
+            else:
+                x0, y0, x1, y1 = 0, 0, w, h
+            crop = image[y0:y1, x0:x1]
+            scale = min(1.0, settings.stream_width / max(x1 - x0, y1 - y0))
+            if scale < 1.0:
+                size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+                crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+            ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY,
+                                                  settings.jpeg_quality])
+            if ok:
+                jpeg = buf.tobytes()
+                header["view"] = [x0, y0, x1 - x0, y1 - y0]
+                header["size"] = [int(crop.shape[1]), int(crop.shape[0])]
+        if with_heatmap and latest.class_map is not None:
+            hm = heatmap(latest.class_map)
+            header["heatmap"] = {"w": int(hm.shape[1]), "h": int(hm.shape[0]),
+                                 "data": base64.b64encode(np.ascontiguousarray(hm)).decode()}
+        header["published"] = latest.published
+        header["sent"] = time.time()
+        head = json.dumps(header, separators=(",", ":")).encode()
+        self.encode_s += time.perf_counter() - t0
+        self.cpu_s["encode"] += time.thread_time() - cpu0
+        self.frames_encoded += 1
+        return struct.pack("<I", len(head)) + head + jpeg
+
+    async def _stream(self) -> None:
+        """One encoder for all viewers, at most max_fps, only while someone watches."""
+        loop = asyncio.get_running_loop()
+        interval = 1.0 / self.settings.max_fps
+        last = 0.0
+        while True:
+            await self._frame_event.wait()
+            self._frame_event.clear()
+            viewers = [v for v in self._viewers if v.video]
+            if not viewers:
+                continue
+            wait = last + interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                # The rate cap delayed us: rather than send a frame that has aged through
+                # the wait, take the next one as it arrives (a frame period at most).
+                latest = self.view.latest
+                if latest is not None and time.time() - latest.published > interval / 2:
+                    self._frame_event.clear()
+                    try:
+                        await asyncio.wait_for(self._frame_event.wait(), timeout=1.0)
+                    except TimeoutError:
+                        pass  # the source stalled: send what there is
+                    self._frame_event.clear()
+            latest = self.view.latest
+            if latest is None:
+                continue
+            last = time.monotonic()
+            with_heatmap = any(v.heatmap for v in viewers)
+            try:
+                packet = await loop.run_in_executor(self._pool, self._encode, latest,
+                                                    with_heatmap)
+            except Exception:  # never let one bad frame end the stream
+                log.exception("web: could not encode frame %d", latest.seq)
+                continue
+            for viewer in list(self._viewers):
+                viewer.packet = packet
+                viewer.seq = latest.seq
+                viewer.wake.set()
+
+    async def _send_loop(self, viewer: _Viewer) -> None:
+        try:
+            await self._send_frames(viewer)
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            pass  # the viewer went away
+
+    async def _send_frames(self, viewer: _Viewer) -> None:
+        ws = viewer.ws
+        next_state = 0.0
+        while not ws.closed:
+            try:
+                await asyncio.wait_for(viewer.wake.wait(), timeout=STATE_EVERY_S)
+            except TimeoutError:
+                pass
+            viewer.wake.clear()
+            if not self.sessions.valid(viewer.token, touch=False):
+                await ws.close(code=4401, message=b"session expired")
+                return
+            packet, viewer.packet = viewer.packet, None
+            if packet is not None and viewer.video:
+                await ws.send_bytes(packet)  # waits while the viewer is slow: frames skip
+                viewer.bytes_sent += len(packet)
+                self.bytes_sent += len(packet)
+            if time.monotonic() >= next_state:
+                next_state = time.monotonic() + STATE_EVERY_S
+                text = json.dumps({"type": "state", **await self._state_dict()},
+                                  separators=(",", ":"))
+                await ws.send_str(text)
+                viewer.bytes_sent += len(text)
+                self.bytes_sent += len(text)
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20.0,
+                                   compress=False)
+        await ws.prepare(request)
+        viewer = _Viewer(ws, self._token(request) or "")
+        self._viewers.add(viewer)
+        self.view.viewers = len(self._viewers)
+        sender = asyncio.ensure_future(self._send_loop(viewer))
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    break
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    break
+                if not isinstance(data, dict):
+                    break
+                if isinstance(data.get("heatmap"), bool):
+                    viewer.heatmap = data["heatmap"]
+                if isinstance(data.get("video"), bool):
+                    viewer.video = data["video"]
+                self._frame_event.set()
+        finally:
+            sender.cancel()
+            self._viewers.discard(viewer)
+            self.view.viewers = len(self._viewers)
+        return ws

@@ -1,0 +1,50 @@
+"""[web] in the device config: the midwife's page (`sonoedge run --web HOST:PORT`)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+class WebError(ValueError):
+    """One line: the page cannot be served (the address cannot be used)."""
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    listen: str = ""  # "HOST:PORT" (IPv6 as [::1]:8080); "" = no web page
+    max_fps: float = 10.0  # frames streamed per second at most, whatever the loop's rate
+    stream_width: int = 640  # the streamed image's longer side, pixels
+    jpeg_quality: int = 70
+    session_idle_min: float = 240.0  # a session unused this long ends
+    session_max_hours: float = 12.0  # and none lasts longer than this (a clinic day)
+    no_signal_s: float = 2.0  # no frame for this long: the page says "no signal"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """ "HOST:PORT" -> (host, port); ValueError with the reason."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"listen {text!r} must be HOST:PORT, e.g. 0.0.0.0:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"listen {text!r}: the port must be 1-65535")
+    return host, int(port)
+
+
+def check_web_settings(web: WebSettings) -> None:
+    """ValueError with one line naming the key."""
+    if web.listen:
+        parse_listen(web.listen)
+    if not 0.5 <= web.max_fps <= 30.0:
+        raise ValueError("max_fps must be between 0.5 and 30")
+    if not 160 <= web.stream_width <= 1920:
+        raise ValueError("stream_width must be between 160 and 1920")
+    if not 20 <= web.jpeg_quality <= 95:
+        raise ValueError("jpeg_quality must be between 20 and 95")
+    if not 1.0 <= web.session_idle_min <= 24 * 60 or not 0.1 <= web.session_max_hours <= 72:
+        raise ValueError("session_idle_min must be 1-1440 and session_max_hours 0.1-72")
+    if not 0.2 <= web.no_signal_s <= 60.0:
+        raise ValueError("no_signal_s must be between 0.2 and 60")

@@ -1,0 +1,575 @@
+// sonoedge: the midwife's screen. No framework, nothing fetched from outside the box.
+// The image and its overlay data arrive together in one WebSocket message per frame; the
+// overlay is drawn here, over the image, never burnt into its pixels.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const stats = { latencies: [], parts: [], frames: 0, bytes: 0, states: 0, lastHeader: null, lastState: null };
+window.sonoedge = stats; // read by the tests and the bench
+
+let catalog = {};
+let languages = { en: "English" };
+let ws = null;
+let reconnectTimer = null;
+let pending = null; // {header, bitmap} waiting for the next animation frame
+let shownHeader = null;
+let state = null;
+let lastCaptured = null; // {exam_id, n}
+let heatmapOn = false;
+let audio = null;
+
+// ---------------------------------------------------------------- text
+
+function t(key, vars) {
+  let text = catalog[key];
+  if (text === undefined) text = vars && vars._fallback !== undefined ? vars._fallback : key;
+  if (vars) text = text.replace(/\{(\w+)\}/g, (m, k) => (vars[k] !== undefined ? vars[k] : m));
+  return text;
+}
+
+function planeName(label) {
+  if (!label) return "";
+  return t("plane." + label, { _fallback: label });
+}
+
+function pickLanguage() {
+  const saved = localStorage.getItem("sonoedge.lang");
+  if (saved) return saved;
+  const nav = (navigator.language || "en").slice(0, 2).toLowerCase();
+  return nav;
+}
+
+async function loadCatalog(lang) {
+  let res = await fetch(`/i18n/${encodeURIComponent(lang)}.json`);
+  if (!res.ok) res = await fetch("/i18n/en.json");
+  catalog = await res.json();
+  try { languages = JSON.parse(catalog._languages || "{}"); } catch (e) { languages = { en: "English" }; }
+  document.documentElement.lang = catalog._lang || "en";
+  for (const el of document.querySelectorAll("[data-i18n]")) {
+    const key = el.getAttribute("data-i18n");
+    if (catalog[key] !== undefined) el.textContent = catalog[key];
+  }
+  for (const sel of document.querySelectorAll("select.lang")) {
+    sel.textContent = "";
+    for (const [code, name] of Object.entries(languages)) {
+      const opt = document.createElement("option");
+      opt.value = code; opt.textContent = name;
+      if (code === catalog._lang) opt.selected = true;
+      sel.appendChild(opt);
+    }
+  }
+  if (state) renderState(state);
+  if (shownHeader) renderInstruction(shownHeader);
+}
+
+// ---------------------------------------------------------------- login
+
+function showLogin(message) {
+  if (ws) { try { ws.close(); } catch (e) { /* closing anyway */ } ws = null; }
+  $("#app").hidden = true;
+  $("#login").hidden = false;
+  $("#login-error").textContent = message || "";
+  $("#pin").value = "";
+  $("#pin").focus();
+}
+
+function showApp() {
+  $("#login").hidden = true;
+  $("#app").hidden = false;
+  connect();
+}
+
+async function login(ev) {
+  ev.preventDefault();
+  const pin = $("#pin").value;
+  $("#unlock").disabled = true;
+  try {
+    const res = await fetch("/api/login", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ pin }), credentials: "same-origin",
+    });
+    if (res.ok) { showApp(); return; }
+    let body = {};
+    try { body = await res.json(); } catch (e) { body = {}; }
+    const wait = body.retry_after_s || 0;
+    if (res.status === 429) showLogin(t("login.braked", { s: wait }));
+    else if (wait > 0) showLogin(t("login.wrong_wait", { s: wait }));
+    else showLogin(t("login.wrong"));
+  } catch (e) {
+    showLogin(t("login.unreachable"));
+  } finally {
+    $("#unlock").disabled = false;
+  }
+}
+
+async function api(path, body) {
+  const res = await fetch(path, {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body), credentials: "same-origin",
+  });
+  if (res.status === 401) { showLogin(t("login.expired")); throw new Error("401"); }
+  return res;
+}
+
+// ---------------------------------------------------------------- stream
+
+function connect() {
+  clearTimeout(reconnectTimer);
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  ws = new WebSocket(`${proto}//${location.host}/api/ws`);
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => {
+    ws.send(JSON.stringify({ heatmap: heatmapOn, video: true }));
+  };
+  ws.onmessage = (ev) => {
+    if (typeof ev.data === "string") {
+      const msg = JSON.parse(ev.data);
+      if (msg.type === "state") { stats.states += 1; renderState(msg); }
+      return;
+    }
+    onFrame(ev.data);
+  };
+  ws.onclose = (ev) => {
+    ws = null;
+    if (ev.code === 4401 || ev.code === 1008) { showLogin(t("login.expired")); return; }
+    if ($("#app").hidden) return;
+    setBanner(t("status.reconnecting"), true);
+    reconnectTimer = setTimeout(checkSessionThenConnect, 1500);
+  };
+}
+
+async function checkSessionThenConnect() {
+  try {
+    const res = await fetch("/api/state", { credentials: "same-origin" });
+    if (res.status === 401) { showLogin(t("login.expired")); return; }
+    if (res.ok) renderState(await res.json());
+  } catch (e) { /* the box is restarting: try again */ }
+  connect();
+}
+
+async function onFrame(buffer) {
+  const view = new DataView(buffer);
+  const n = view.getUint32(0, true);
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, n)));
+  stats.bytes += buffer.byteLength;
+  let bitmap = null;
+  if (buffer.byteLength > 4 + n) {
+    const blob = new Blob([new Uint8Array(buffer, 4 + n)], { type: "image/jpeg" });
+    try { bitmap = await createImageBitmap(blob); } catch (e) { bitmap = null; }
+  }
+  if (pending && pending.bitmap) pending.bitmap.close();
+  pending = { header, bitmap };
+  requestAnimationFrame(draw);
+}
+
+function draw() {
+  if (!pending) return;
+  const { header, bitmap } = pending;
+  pending = null;
+  const video = $("#video");
+  if (bitmap) {
+    if (video.width !== bitmap.width || video.height !== bitmap.height) {
+      video.width = bitmap.width; video.height = bitmap.height;
+      $("#stage").style.setProperty("--ar", (bitmap.width / bitmap.height).toFixed(4));
+    }
+    video.getContext("2d").drawImage(bitmap, 0, 0);
+    bitmap.close();
+  }
+  shownHeader = header;
+  drawOverlay(header);
+  renderInstruction(header);
+  stats.frames += 1;
+  stats.lastHeader = header;
+  if (typeof header.ts === "number") {
+    // The frame was captured at header.ts (the device's clock); this is the moment its
+    // overlay is drawn, just before the browser paints it.
+    const lat = performance.timeOrigin + performance.now() - header.ts * 1000;
+    stats.latencies.push(lat);
+    // where it went: capture -> handed to the web view (the loop's scoring), -> sent
+    // (rate cap and JPEG), -> drawn (network, decode, the next animation frame)
+    stats.parts.push([(header.published - header.ts) * 1000, (header.sent - header.published) * 1000,
+      performance.timeOrigin + performance.now() - header.sent * 1000]);
+    if (stats.latencies.length > 600) { stats.latencies.shift(); stats.parts.shift(); }
+  }
+}
+
+// ---------------------------------------------------------------- overlay
+
+const HEAT = (() => { // a 256-entry blue-cyan-yellow-red ramp, alpha rising with the value
+  const lut = new Uint8ClampedArray(256 * 4);
+  const stops = [[0, 0, 0, 255], [90, 0, 200, 255], [160, 255, 230, 0], [255, 255, 40, 0]];
+  for (let i = 0; i < 256; i++) {
+    let a = stops[0], b = stops[stops.length - 1];
+    for (let s = 0; s < stops.length - 1; s++) {
+      if (i >= stops[s][0] && i <= stops[s + 1][0]) { a = stops[s]; b = stops[s + 1]; break; }
+    }
+    const f = b[0] === a[0] ? 0 : (i - a[0]) / (b[0] - a[0]);
+    lut[i * 4] = a[1] + f * (b[1] - a[1]);
+    lut[i * 4 + 1] = a[2] + f * (b[2] - a[2]);
+    lut[i * 4 + 2] = a[3] + f * (b[3] - a[3]);
+    lut[i * 4 + 3] = i < 40 ? 0 : Math.min(170, (i - 40) * 0.9);
+  }
+  return lut;
+})();
+const heatCanvas = document.createElement("canvas");
+
+function drawOverlay(h) {
+  const overlay = $("#overlay");
+  const dpr = window.devicePixelRatio || 1;
+  const cw = Math.round(overlay.clientWidth * dpr), ch = Math.round(overlay.clientHeight * dpr);
+  if (overlay.width !== cw || overlay.height !== ch) { overlay.width = cw; overlay.height = ch; }
+  const ctx = overlay.getContext("2d");
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.clearRect(0, 0, cw, ch);
+  if (!h.view || !cw) return;
+  const [vx, vy, vw, vh] = h.view;
+  const sx = cw / vw, sy = ch / vh;
+  const px = (x) => (x - vx) * sx, py = (y) => (y - vy) * sy;
+  const unit = Math.max(12, Math.min(cw, ch) / 22); // text size that scales with the image
+
+  if (heatmapOn && h.heatmap && h.roi) {
+    const { w, h: hh, data } = h.heatmap;
+    const raw = atob(data);
+    heatCanvas.width = w; heatCanvas.height = hh;
+    const hctx = heatCanvas.getContext("2d");
+    const img = hctx.createImageData(w, hh);
+    for (let i = 0; i < w * hh; i++) {
+      const v = raw.charCodeAt(i);
+      img.data.set(HEAT.subarray(v * 4, v * 4 + 4), i * 4);
+    }
+    hctx.putImageData(img, 0, 0);
+    const [rx, ry, rw, rh] = h.roi;
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(heatCanvas, px(rx), py(ry), rw * sx, rh * sy);
+    stats.heatmapDrawn = (stats.heatmapDrawn || 0) + 1;
+  }
+
+  if (h.ellipse) {
+    const [cx, cy, a, b, ang] = h.ellipse;
+    const ok = h.biometry && h.biometry.hc_mm != null;
+    ctx.lineWidth = Math.max(2, unit / 6);
+    ctx.strokeStyle = ok ? "#39ff6a" : "#ffd43b";
+    ctx.beginPath();
+    ctx.ellipse(px(cx), py(cy), a * sx, b * sy, (ang * Math.PI) / 180, 0, 2 * Math.PI);
+    ctx.stroke();
+    if (ok) {
+      const r = (ang * Math.PI) / 180;
+      ctx.setLineDash([unit / 2, unit / 3]);
+      ctx.lineWidth = Math.max(1.5, unit / 9);
+      ctx.beginPath(); // BPD: the minor axis; OFD: the major axis
+      ctx.moveTo(px(cx - b * -Math.sin(r)), py(cy - b * Math.cos(r)));
+      ctx.lineTo(px(cx + b * -Math.sin(r)), py(cy + b * Math.cos(r)));
+      ctx.moveTo(px(cx - a * Math.cos(r)), py(cy - a * Math.sin(r)));
+      ctx.lineTo(px(cx + a * Math.cos(r)), py(cy + a * Math.sin(r)));
+      ctx.stroke();
+      ctx.setLineDash([]);
+    }
+  }
+
+  renderTags(h);
+}
+
+function renderTags(h) {
+  const plane = h.shown && h.shown.plane ? h.shown.plane : null;
+  const conf = plane && plane === h.plane && h.confidence != null ? ` ${Math.round(h.confidence * 100)}%` : "";
+  $("#plane").textContent = !plane ? "" : plane === "uncertain" ? t("plane.uncertain") : planeName(plane) + conf;
+  const right = $("#ga");
+  right.textContent = "";
+  const addLine = (text, cls) => {
+    if (!text) return;
+    const span = document.createElement("span");
+    span.className = "line " + (cls || "");
+    span.textContent = text;
+    right.appendChild(span);
+  };
+  const bio = h.biometry;
+  if (bio && bio.hc_mm != null) {
+    addLine(`${t("overlay.hc", { mm: bio.hc_mm.toFixed(0) })} · ${t("overlay.bpd", { mm: bio.bpd_mm.toFixed(0) })}`, "bio");
+  }
+  const [ga, range] = gaLine(h);
+  addLine(ga);
+  addLine(range, "small");
+  const q = h.shown && h.shown.score != null ? h.shown.score : h.quality;
+  const line = $("#quality");
+  line.hidden = q == null;
+  if (q != null) {
+    line.className = "qline " + (q >= 0.5 ? "good" : q >= 0.25 ? "fair" : "poor");
+    line.querySelector("i").style.width = `${Math.round(Math.max(0, Math.min(1, q)) * 100)}%`;
+    line.querySelector("b").textContent = `${t("overlay.quality")} ${Math.round(q * 100)}%`;
+  }
+}
+
+function weeksDays(w) {
+  const days = Math.round(w * 7);
+  return t("overlay.wd", { w: Math.floor(days / 7), d: days % 7 });
+}
+
+function gaLine(h) { // [age, its range]: the exam's best head frames, else this frame
+  const bio = state && state.exam && state.exam.biometry;
+  if (bio && bio.ga_weeks != null) {
+    const lo = bio.ga_low_weeks, hi = bio.ga_high_weeks;
+    const range = lo != null && hi != null && hi > lo ? `${weeksDays(lo)} – ${weeksDays(hi)}` : "";
+    return [`${t("overlay.ga")} ${weeksDays(bio.ga_weeks)}`, range];
+  }
+  if (h.biometry && h.biometry.ga_weeks != null) return [`${t("overlay.ga")} ${weeksDays(h.biometry.ga_weeks)}`, ""];
+  return ["", ""];
+}
+
+function renderInstruction(h) {
+  const el = $("#instruction");
+  const st = state && state.status;
+  if (st && st.signal !== "ok") {
+    el.className = "instruction idle";
+    el.textContent = t("status.instruction_" + st.signal, { _fallback: "" });
+    return;
+  }
+  const shown = h && h.shown;
+  if (!shown) { el.className = "instruction idle"; el.textContent = ""; return; }
+  if (shown.message) {
+    el.className = "instruction fix";
+    el.textContent = shown.key ? t(shown.key, { _fallback: shown.message }) : shown.message;
+  } else {
+    el.className = "instruction good";
+    el.textContent = t("instruction.good");
+  }
+}
+
+// ---------------------------------------------------------------- state
+
+function setBanner(text, bad) {
+  const b = $("#banner");
+  b.hidden = !text;
+  b.textContent = text || "";
+  b.className = bad ? "bad" : "";
+}
+
+function chip(id, text, cls) {
+  const el = $(id);
+  el.textContent = text || "";
+  el.className = "chip" + (cls ? " " + cls : "");
+}
+
+function renderState(s) {
+  state = s;
+  stats.lastState = s;
+  const st = s.status || {};
+  const signalText = {
+    ok: t("status.live"), no_signal: t("status.no_signal"), loading: t("status.loading"),
+    ended: t("status.ended"),
+  }[st.signal] || "";
+  chip("#signal", signalText, st.signal === "ok" ? "ok" : st.signal === "no_signal" ? "bad" : "warn");
+  chip("#fps", st.fps != null && st.signal === "ok" ? t("status.fps", { fps: st.fps.toFixed(1) }) : "");
+  const up = st.uplink;
+  if (!up) chip("#uplink", "");
+  else if (up.connected) chip("#uplink", t("status.uplink_ok", { n: up.pending ?? 0 }), "ok");
+  else if (!up.enabled) chip("#uplink", t("status.uplink_off", { n: up.pending ?? 0 }));
+  else chip("#uplink", t("status.offline", { n: up.pending ?? 0 }), "warn");
+  if (st.disk_free_mb != null) {
+    const gb = st.disk_free_mb / 1000;
+    chip("#disk", t("status.disk", { gb: gb >= 10 ? gb.toFixed(0) : gb.toFixed(1) }), gb < 1 ? "bad" : "");
+  } else chip("#disk", "");
+  chip("#temp", st.temperature_c != null ? t("status.temp", { c: st.temperature_c.toFixed(0) }) : "",
+    st.temperature_c >= 80 ? "bad" : "");
+  const models = Object.entries(st.models || {}).map(([k, v]) => `${k} ${v}`).join(" · ");
+  chip("#models", models);
+  if (st.signal === "no_signal") setBanner(t("status.no_signal_banner"), true);
+  else if (st.signal === "loading") setBanner(t("status.loading_banner"), false);
+  else if (st.signal === "ended") setBanner("", false);
+  else setBanner("", false);
+  if (st.signal === "ended" && !$("#overlay").dataset.endedNote) {
+    $("#overlay").dataset.endedNote = "1";
+  }
+  renderHeatmapControl(st);
+  renderExam(s);
+  renderScreening(s.screening);
+  if (shownHeader || st.signal !== "ok") renderInstruction(shownHeader);
+}
+
+function renderHeatmapControl(st) {
+  const toggle = $("#heatmap-toggle");
+  const available = !!st.heatmap_available;
+  toggle.disabled = !available;
+  if (!available && toggle.checked) { toggle.checked = false; setHeatmap(false); }
+  const plane = st.models && Object.entries(st.models).find(([k]) => k.startsWith("plane"));
+  $("#heatmap-note").textContent = available ? "" :
+    t("controls.heatmap_unavailable", { model: plane ? `${plane[0]} ${plane[1]}` : "" });
+}
+
+function renderExam(s) {
+  const exam = s.exam;
+  const protocol = s.protocol || {};
+  const pname = exam ? exam.protocol : protocol.name;
+  const ptitle = exam ? exam.title : (protocol.title || t("exam.title"));
+  $("#exam-title").textContent = pname ? t("protocol." + pname, { _fallback: ptitle }) : ptitle;
+  const progress = $("#progress");
+  if (exam) {
+    progress.textContent = t("exam.progress", { n: exam.captured, m: exam.required });
+    progress.className = "badge" + (exam.captured === exam.required ? " done" : "");
+  } else { progress.textContent = ""; progress.className = "badge"; }
+  const st = s.status || {};
+  let text;
+  if (!exam) text = t("exam.waiting");
+  else if (exam.running) text = t("exam.running", { n: exam.frames });
+  else text = t("exam.ended_" + (exam.ended_by || "command"), { _fallback: t("exam.ended_command") });
+  $("#exam-state").textContent = text;
+  const running = !!(exam && exam.running);
+  $("#start").disabled = st.phase !== "running";
+  $("#stop").disabled = st.phase !== "running" || !running;
+  $("#start").classList.toggle("later", running); // one strong button: the next step
+  $("#stop").classList.toggle("now", running);
+
+  const list = $("#checklist");
+  const rows = exam ? exam.checklist : [];
+  list.textContent = "";
+  for (const row of rows) {
+    const li = document.createElement("li");
+    li.className = row.captured ? "captured" : "";
+    li.dataset.plane = row.plane;
+    const best = row.best;
+    if (best && best.thumbnail) {
+      const img = document.createElement("img");
+      img.className = "thumb";
+      img.alt = planeName(row.plane);
+      const parts = best.thumbnail.split("/");
+      img.src = `/api/thumb/${encodeURIComponent(parts[1])}/${encodeURIComponent(parts[2])}?v=${best.frame}`;
+      li.appendChild(img);
+    } else {
+      const empty = document.createElement("div");
+      empty.className = "thumb empty";
+      empty.textContent = t("exam.not_found");
+      li.appendChild(empty);
+    }
+    const name = document.createElement("div");
+    name.className = "name";
+    name.textContent = (row.captured ? "✓ " : "") + t("slot." + row.plane, { _fallback: planeName(row.plane) });
+    li.appendChild(name);
+    const q = document.createElement("div");
+    q.className = "q";
+    if (best && best.quality != null) {
+      const bar = document.createElement("span");
+      bar.className = "qbar";
+      const fill = document.createElement("i");
+      fill.style.width = `${Math.round(best.quality * 100)}%`;
+      bar.appendChild(fill);
+      q.appendChild(bar);
+      const pct = document.createElement("span");
+      pct.textContent = `${Math.round(best.quality * 100)}%`;
+      q.appendChild(pct);
+    } else {
+      q.textContent = best ? "" : "—";
+    }
+    li.appendChild(q);
+    list.appendChild(li);
+  }
+  // the tone: a plane newly captured within the same exam
+  if (exam) {
+    const prev = lastCaptured;
+    if (prev && prev.exam_id === exam.exam_id && exam.captured > prev.n) beep();
+    lastCaptured = { exam_id: exam.exam_id, n: exam.captured };
+  }
+}
+
+function renderScreening(sc) {
+  const list = $("#flags");
+  list.textContent = "";
+  if (!sc) return;
+  const add = (text, flagged) => {
+    const li = document.createElement("li");
+    li.textContent = text;
+    if (flagged) li.className = "flag";
+    list.appendChild(li);
+  };
+  const ci = sc.cephalic_index;
+  if (ci) {
+    const key = ci.flag ? `screen.ci_${ci.flag}` : "screen.ci_ok";
+    add(t(key, { ci: ci.ci.toFixed(0), low: ci.low, high: ci.high }), !!ci.flag);
+  } else add(t("screen.no_head"), false);
+  const hd = sc.hc_dates;
+  if (sc.lmp && $("#lmp").value !== sc.lmp && document.activeElement !== $("#lmp")) $("#lmp").value = sc.lmp;
+  if (!hd) add(t("screen.enter_lmp"), false);
+  else if (hd.status === "dates_out_of_range") add(t("screen.dates_out_of_range", { ga: weeksDays(hd.ga_dates_weeks) }), false);
+  else if (hd.status === "no_hc") add(t("screen.expected_hc", { ga: weeksDays(hd.ga_dates_weeks), mm: hd.hc_expected_mm.toFixed(0) }), false);
+  else {
+    const vars = { ga: weeksDays(hd.ga_dates_weeks), mm: hd.hc_expected_mm.toFixed(0), hc: hd.hc_mm.toFixed(0),
+      days: Math.abs(hd.difference_days ?? 0), tol: hd.tolerance_days };
+    add(t(hd.flag ? `screen.hc_${hd.flag}` : "screen.hc_ok", vars), !!hd.flag);
+  }
+}
+
+function setFlagsError(text) {
+  const li = document.createElement("li");
+  li.className = "flag";
+  li.textContent = text;
+  $("#flags").prepend(li);
+}
+
+function beep() {
+  if (!$("#sound-toggle").checked) return;
+  try {
+    audio = audio || new AudioContext();
+    const now = audio.currentTime;
+    for (const [f, start] of [[880, 0], [1320, 0.14]]) {
+      const osc = audio.createOscillator();
+      const gain = audio.createGain();
+      osc.frequency.value = f;
+      gain.gain.setValueAtTime(0.0001, now + start);
+      gain.gain.exponentialRampToValueAtTime(0.4, now + start + 0.02);
+      gain.gain.exponentialRampToValueAtTime(0.0001, now + start + 0.12);
+      osc.connect(gain).connect(audio.destination);
+      osc.start(now + start); osc.stop(now + start + 0.13);
+    }
+    stats.beeps = (stats.beeps || 0) + 1;
+  } catch (e) { /* no audio device: the checklist still shows it */ }
+}
+
+function setHeatmap(on) {
+  heatmapOn = on;
+  localStorage.setItem("sonoedge.heatmap", on ? "1" : "0");
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ heatmap: on }));
+  if (shownHeader) drawOverlay(shownHeader);
+}
+
+// ---------------------------------------------------------------- wiring
+
+function today() {
+  const d = new Date();
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+}
+
+async function boot() {
+  await loadCatalog(pickLanguage());
+  $("#login-form").addEventListener("submit", login);
+  for (const sel of document.querySelectorAll("select.lang")) {
+    sel.addEventListener("change", (ev) => {
+      localStorage.setItem("sonoedge.lang", ev.target.value);
+      loadCatalog(ev.target.value);
+    });
+  }
+  $("#start").addEventListener("click", () => api("/api/exam", { action: "start" }).catch(() => {}));
+  $("#stop").addEventListener("click", () => api("/api/exam", { action: "stop" }).catch(() => {}));
+  $("#logout").addEventListener("click", async () => {
+    await fetch("/api/logout", { method: "POST", credentials: "same-origin" });
+    showLogin("");
+  });
+  $("#heatmap-toggle").addEventListener("change", (ev) => setHeatmap(ev.target.checked));
+  $("#sound-toggle").checked = localStorage.getItem("sonoedge.sound") !== "0";
+  $("#sound-toggle").addEventListener("change", (ev) => {
+    localStorage.setItem("sonoedge.sound", ev.target.checked ? "1" : "0");
+  });
+  $("#lmp").max = today();
+  $("#lmp-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const lmp = $("#lmp").value || null;
+    try {
+      const res = await api("/api/lmp", { lmp, today: today() });
+      if (!res.ok) setFlagsError(await res.text());
+    } catch (e) { /* 401 handled */ }
+  });
+  window.addEventListener("resize", () => { if (shownHeader) drawOverlay(shownHeader); });
+  const res = await fetch("/api/state", { credentials: "same-origin" });
+  if (res.ok) { renderState(await res.json()); showApp(); } else showLogin("");
+}
+
+boot();
