@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint models bench eval-biometry device-env dev-env system-deps clean
+.PHONY: run test lint models bench eval-biometry device-env dev-env system-deps clean screenshots
 
 # The device needs only the runtime, numpy, OpenCV and paho-mqtt.
 $(BIN)/python:
@@ -46,6 +46,10 @@ eval-biometry: dev-env
 
 bench: dev-env system-deps
 	$(BIN)/python -m bench
+
+# The midwife's page at phone and tablet sizes, in headless Chromium: build/screenshots/*.png
+screenshots: dev-env system-deps
+	$(BIN)/python -m tests.web_screenshots
 
 # Synthesised plane images, a row per class: build/plane_student/seed0/synth_montage.png
 montage: dev-env

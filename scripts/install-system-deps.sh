@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the real servers the MQTT/central tests need: Mosquitto (+ clients) and PostgreSQL.
+# Install the real servers the MQTT/central tests need: Mosquitto (+ clients) and PostgreSQL;
+# and Debian's Chromium, which the web tests drive headless (Playwright never downloads one).
 # Idempotent: does nothing when the binaries are already there. Needs root (CI runs as root).
 # The Debian mosquitto package may start a system broker on 1883; the tests never use it,
 # they start their own broker on a free loopback port.
@@ -16,9 +17,11 @@ command -v mosquitto_passwd >/dev/null 2>&1 || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 have_pg || missing+=(postgresql)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the TLS test makes its own CA
+[ -x /usr/bin/chromium ] || missing+=(chromium)  # tests/test_web_*.py, make screenshots
+fc-list 2>/dev/null | grep -qi dejavu || missing+=(fonts-dejavu-core)  # text in screenshots
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-system-deps: mosquitto, mosquitto-clients, postgresql, openssl already present"
+  echo "install-system-deps: mosquitto, mosquitto-clients, postgresql, openssl, chromium already present"
   exit 0
 fi
 

@@ -1,0 +1,185 @@
+"""The midwife's page in headless Chromium, against `sonoedge run --web` on a clip of real
+frames (HC18 heads and SonoNet example screens, paced at 15 fps).
+
+One device and one browser serve the whole module; the tests run in file order, as the
+clip plays: the API refuses without a session, a wrong PIN is refused, then the page shows
+the plane, the instruction, the head with HC and BPD, the checklist filling, the heatmap
+toggle, the offline uplink with its queue, two viewers at once, stop and start, French,
+the last exam after the clip ends, and the brake on wrong PINs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import pytest
+
+from tests.web_harness import PIN, chromium, device, http, login_cookie, make_clip, wait_for
+
+pytest.importorskip("playwright")
+
+POLL = {"timeout": 60_000, "polling": 200}  # wait_for_function without rAF (background tabs)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("web")
+    clip = make_clip(data_dir, tmp / "clip.avi")
+    with chromium(tmp) as context, device(tmp, clip) as (base, proc):
+        yield {"base": base, "context": context, "proc": proc, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def page(live):
+    page = live["context"].new_page()
+    page.goto(live["base"] + "/")
+    page.wait_for_selector("#login:not([hidden])")
+    return page
+
+
+def test_every_api_answers_401_without_a_session(live):
+    base = live["base"]
+    for method, path, data in (("GET", "/api/state", None), ("GET", "/api/ws", None),
+                               ("POST", "/api/exam", {"action": "stop"}),
+                               ("POST", "/api/lmp", {"lmp": None}),
+                               ("GET", "/api/thumb/x/brain-tv.jpg", None),
+                               ("GET", "/api/no-such-thing", None)):
+        status, _, _ = http(base + path, data, method=method)
+        assert status == 401, (method, path, status)
+    status, _, _ = http(base + "/api/state", cookie="sonoedge_session=forged")
+    assert status == 401
+    # the page itself is public (it holds no data), with a strict CSP; so are catalogs
+    status, headers, body = http(base + "/")
+    assert status == 200 and b"/static/app.js" in body
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert http(base + "/i18n/fr.json")[0] == 200
+    assert http(base + "/static/../auth.py")[0] in (403, 404)
+
+
+def test_a_wrong_pin_is_refused(page):
+    page.fill("#pin", "0000")
+    page.click("#unlock")
+    page.wait_for_function("document.querySelector('#login-error').textContent.length > 0",
+                           **POLL)
+    assert "Wrong PIN" in page.text_content("#login-error")
+    assert page.is_visible("#login") and not page.is_visible("#app")
+    assert page.evaluate("fetch('/api/state').then(r => r.status)") == 401
+
+
+def test_the_page_follows_the_clip(page, live):
+    page.fill("#pin", PIN)
+    page.click("#unlock")
+    page.wait_for_selector("#app:not([hidden])")
+    seen: dict[str, set] = {"plane": set(), "instruction": set(), "progress": set()}
+    deadline = time.monotonic() + 60
+    head = None
+    while time.monotonic() < deadline:
+        for key, sel in (("plane", "#plane"), ("instruction", "#instruction"),
+                         ("progress", "#progress")):
+            seen[key].add(page.text_content(sel).strip())
+        header = page.evaluate("window.sonoedge.lastHeader")
+        if header and header.get("ellipse") and (header.get("biometry") or {}).get("hc_mm"):
+            head = header
+        if head and "1 of 1" in seen["progress"] and any(
+                "Head" in p for p in seen["plane"]):
+            break
+        time.sleep(0.15)
+    assert any(p.startswith("Head (") for p in seen["plane"]), seen["plane"]
+    rules_text = json.loads(http(live["base"] + "/i18n/en.json")[2])
+    advice = {v for k, v in rules_text.items() if k.startswith("quality.")
+              and not k.endswith(".ok")} | {rules_text["instruction.good"]}
+    assert seen["instruction"] & advice, seen["instruction"]
+    assert "1 of 1" in seen["progress"], seen["progress"]
+    assert head is not None, "no head frame with HC reached the page"
+    assert "HC" in page.text_content("#ga")
+    page.wait_for_function("document.querySelector('#checklist li.captured img') && "
+                           "document.querySelector('#checklist li.captured img').naturalWidth > 0",
+                           **POLL)
+    assert page.text_content("#uplink").startswith("Offline")  # the broker port is closed
+    assert "Live" in page.text_content("#signal")
+    latencies = page.evaluate("window.sonoedge.latencies")
+    assert len(latencies) >= 10
+    print(f"\nframe-to-overlay latency in the browser: median {statistics.median(latencies):.0f}"
+          f" ms over {len(latencies)} frames")
+    assert statistics.median(latencies) < 1000  # the bench holds it to 150 ms on a quiet box
+
+
+def test_heatmap_toggle(page, live):
+    available = page.evaluate("window.sonoedge.lastState.status.heatmap_available")
+    if not available:
+        # today's plane model has only logits: the toggle says so and cannot be turned on
+        assert page.is_disabled("#heatmap-toggle")
+        assert "Not available with this model (plane_student" in \
+            page.text_content("#heatmap-note")
+        return
+    # a model with class maps: the named plane's map is drawn over the region
+    page.check("#heatmap-toggle")
+    page.wait_for_function("(window.sonoedge.heatmapDrawn || 0) > 3", **POLL)
+    header = page.evaluate("window.sonoedge.lastHeader")
+    assert header["heatmap"]["w"] > 1 and header["heatmap"]["h"] > 1
+    page.uncheck("#heatmap-toggle")
+
+
+def test_two_viewers_at_once(page, live):
+    second = live["context"].new_page()
+    second.set_viewport_size({"width": 1280, "height": 800})
+    second.goto(live["base"] + "/")  # same browser, same session cookie
+    second.wait_for_selector("#app:not([hidden])")
+    second.wait_for_function("window.sonoedge.frames > 3", **POLL)
+    page.bring_to_front()
+    before = page.evaluate("window.sonoedge.frames")
+    page.wait_for_function(f"window.sonoedge.frames > {before + 3}", **POLL)
+    state = json.loads(http(live["base"] + "/api/state", cookie=login_cookie(live["base"]))[2])
+    assert state["status"]["viewers"] == 2
+    live["second"] = second
+
+
+def test_stop_and_start_the_exam(page, live):
+    page.bring_to_front()
+    first = page.evaluate("window.sonoedge.lastState.exam.exam_id")
+    page.click("#stop")
+    page.wait_for_function("window.sonoedge.lastState.exam && "
+                           "window.sonoedge.lastState.exam.ended_by === 'command'", **POLL)
+    assert "Exam stopped" in page.text_content("#exam-state")
+    assert page.is_disabled("#stop")
+    time.sleep(1.5)  # frames with content keep coming: the stopped exam is not replaced
+    assert page.evaluate("window.sonoedge.lastState.exam.exam_id") == first
+    page.click("#start")
+    page.wait_for_function(f"window.sonoedge.lastState.exam && "
+                           f"window.sonoedge.lastState.exam.exam_id !== '{first}' && "
+                           f"window.sonoedge.lastState.exam.running", **POLL)
+
+
+def test_another_language_needs_no_code(live):
+    second = live["second"]
+    second.bring_to_front()
+    second.select_option("#controls select.lang", "fr")
+    second.wait_for_function("document.querySelector('#start').textContent === "
+                             "\"Commencer l'examen\"", **POLL)
+    assert second.text_content("#screening h2") == "Taille et forme de la tête"
+    second.select_option("#controls select.lang", "en")
+
+
+def test_the_last_exam_stays_after_the_clip_ends(page, live):
+    page.bring_to_front()
+    page.wait_for_function("window.sonoedge.lastState.status.phase === 'ended'",
+                           timeout=90_000, polling=250)
+    page.wait_for_function("window.sonoedge.lastState.status.uplink.pending >= 1", **POLL)
+    assert "Recording ended" in page.text_content("#signal")
+    queued = page.text_content("#uplink")
+    assert queued.startswith("Offline") and "queued" in queued and not queued.startswith(
+        "Offline · 0")
+    exam = page.evaluate("window.sonoedge.lastState.exam")
+    assert exam["ended_by"] == "source_end" and exam["checklist"]
+    assert live["proc"].poll() is None  # still serving
+
+
+def test_wrong_pins_are_braked(live):
+    base = live["base"]
+    statuses = [http(base + "/api/login", {"pin": "9999"})[0] for _ in range(6)]
+    assert statuses[0] == 401 and statuses[-1] == 429, statuses
+    status, headers, body = http(base + "/api/login", {"pin": PIN})
+    assert status == 429 and int(headers["Retry-After"]) > 0  # even the right PIN waits
+    wait_for(lambda: live["proc"].poll() is None, 1, "the device to keep running")

@@ -1,0 +1,198 @@
+"""What the web tests, `make screenshots` and `make bench` share: a clip of real frames,
+the device loop with its page, and headless Chromium (Debian's, never a downloaded one).
+
+The clip is written with cv2 into a temporary folder: black frames (no signal content:
+the instruction must say so), HC18 heads laid out on a scanner-like screen with small
+probe motion (the head slot fills, with HC and BPD), then SonoNet's example screens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tests.conftest import REPO
+from tests.servers import free_port, wait_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required"]
+SCREEN_W, SCREEN_H = 960, 720
+PIN = "4827"
+PIXEL_SIZE_MM = 0.15  # a typical HC18 pixel size: the head overlay shows HC and BPD
+HEADS = ("106_HC.png", "205_HC.png", "250_HC.png", "310_HC.png", "414_HC.png", "515_HC.png")
+EXAMPLES = ("BRAIN-TV.tiff", "4CH.tiff", "ABDOMINAL.tiff", "FEMUR.tiff")
+SONONET_BMODE = (slice(115, 734), slice(81, 874))
+
+
+def _screen(image: np.ndarray, rng: np.random.Generator, jitter: bool) -> np.ndarray:
+    """The image centred on a black scanner screen, with a little probe motion."""
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    s = min(860 / image.shape[1], 640 / image.shape[0], 1.0)
+    if s < 1.0:
+        image = cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    if jitter:
+        h, w = image.shape[:2]
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), float(rng.uniform(-1.5, 1.5)), 1.0)
+        m[:, 2] += rng.uniform(-5, 5, size=2)
+        image = cv2.warpAffine(image, m, (w, h), borderMode=cv2.BORDER_REFLECT_101)
+    screen = np.zeros((SCREEN_H, SCREEN_W, 3), np.uint8)
+    h, w = image.shape[:2]
+    oy, ox = (SCREEN_H - h) // 2, (SCREEN_W - w) // 2
+    screen[oy:oy + h, ox:ox + w] = image
+    cv2.putText(screen, "TEST CLIP  real frames, not for diagnosis", (12, SCREEN_H - 12),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (150, 150, 150), 1, cv2.LINE_AA)
+    return screen
+
+
+def make_clip(data_dir: Path, dest: Path, fps: float = 15.0, black_s: float = 6.0,
+              per_head: int = 10, per_example: int = 8, rounds: int = 2) -> Path:
+    """An MJPG .avi of real frames: black, then heads, then example screens."""
+    rng = np.random.default_rng(15)
+    frames: list[np.ndarray] = [np.zeros((SCREEN_H, SCREEN_W, 3), np.uint8)] * int(black_s * fps)
+    for _ in range(rounds):
+        for name in HEADS:
+            img = cv2.imread(str(data_dir / "hc18" / "images" / name))
+            frames += [_screen(img, rng, k > 0) for k in range(per_head)]
+        for name in EXAMPLES:
+            img = cv2.imread(str(data_dir / "sononet" / "examples" / name))
+            img = img[SONONET_BMODE]
+            frames += [_screen(img, rng, k > 0) for k in range(per_example)]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), fps,
+                             (SCREEN_W, SCREEN_H))
+    if not writer.isOpened():
+        raise RuntimeError(f"{dest}: cv2 cannot write MJPG here")
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return dest
+
+
+def write_config(path: Path, state_dir: Path, clip: Path, port: int, mqtt_port: int,
+                 extra: str = "") -> Path:
+    path.write_text(f"""
+[source]
+spec = "{clip}"
+pace = true
+
+[device]
+state_dir = "{state_dir}"
+device_id = "web-test"
+
+[biometry]
+pixel_size_mm = {PIXEL_SIZE_MM}
+
+[loop]
+log_every = 0
+
+[mqtt]
+url = "mqtt://127.0.0.1:{mqtt_port}"
+clinic_id = "clinic-test"
+
+[exam]
+end_gap_s = 5.0
+
+[web]
+listen = "127.0.0.1:{port}"
+{extra}
+""")
+    return path
+
+
+def set_pin(state_dir: Path, pin: str = PIN) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "edge.cli", "pin", "set", "--state-dir",
+                           str(state_dir)], input=pin + "\n", capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env=env)
+
+
+@contextmanager
+def device(tmp: Path, clip: Path, extra_config: str = "", log_name: str = "device.log"):
+    """`sonoedge run` with the page on a free loopback port; yields (base_url, process).
+    The broker port is free and closed: the uplink stays offline and queues."""
+    state = tmp / "state"
+    done = set_pin(state)
+    assert done.returncode == 0, done.stderr
+    port = free_port()
+    cfg = write_config(tmp / "device.toml", state, clip, port, free_port(), extra_config)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = open(tmp / log_name, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(cfg)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, 60, proc)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def http(url: str, data: dict | None = None, cookie: str | None = None,
+         method: str | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one request, errors included."""
+    body = None if data is None else json.dumps(data).encode()
+    req = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    if cookie:
+        req.add_header("Cookie", cookie)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as res:
+            return res.status, dict(res.headers), res.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def login_cookie(base: str, pin: str = PIN) -> str:
+    status, headers, body = http(base + "/api/login", {"pin": pin})
+    assert status == 200, (status, body)
+    return headers["Set-Cookie"].split(";", 1)[0]
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@contextmanager
+def chromium(tmp: Path):
+    """Playwright driving Debian's Chromium with a fresh profile."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        raise RuntimeError(f"{CHROMIUM} missing: run scripts/install-system-deps.sh")
+    profile = tmp / "chromium-profile"
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 390, "height": 844}, device_scale_factor=2,
+            bypass_csp=True)  # the page forbids eval; the test driver needs it
+        try:
+            yield context
+        finally:
+            context.close()

@@ -1,0 +1,75 @@
+"""`make screenshots`: the midwife's page at phone and tablet sizes, under build/screenshots/.
+
+The device loop plays a clip of real frames (tests/web_harness.py); two browser pages watch
+it at once, a phone (390x844, portrait) and a tablet (1280x800, landscape). Each is saved
+while a head is on screen (with the heatmap where the model has one), in French on the
+phone, and after the clip has ended; plus the login screen. Not committed.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.conftest import DATA, REPO
+from tests.web_harness import PIN, chromium, device, make_clip
+
+OUT = REPO / "build" / "screenshots"
+SIZES = {"phone": {"width": 390, "height": 844}, "tablet": {"width": 1280, "height": 800}}
+
+
+def _login(page, base: str) -> None:
+    page.goto(base + "/")
+    page.wait_for_selector("#login:not([hidden]), #app:not([hidden])")
+    if page.is_visible("#login"):  # the context shares cookies: the second page is in
+        page.fill("#pin", PIN)
+        page.click("#unlock")
+    page.wait_for_selector("#app:not([hidden])")
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sonoedge-shots-") as tmp_name:
+        tmp = Path(tmp_name)
+        clip = make_clip(DATA, tmp / "clip.avi")
+        with device(tmp, clip) as (base, _proc), chromium(tmp) as context:
+            pages = {}
+            for name, size in SIZES.items():
+                page = context.new_page()
+                page.set_viewport_size(size)
+                pages[name] = page
+            pages["phone"].goto(base + "/")
+            pages["phone"].wait_for_selector("#login:not([hidden])")
+            pages["phone"].screenshot(path=str(OUT / "phone-login.png"))
+            for page in pages.values():
+                _login(page, base)
+                if not page.is_disabled("#heatmap-toggle"):
+                    page.check("#heatmap-toggle")
+            head = "window.sonoedge.lastHeader && window.sonoedge.lastHeader.ellipse " \
+                   "&& window.sonoedge.lastHeader.biometry"
+            for name, page in pages.items():
+                page.bring_to_front()  # a page in the background draws nothing (no rAF)
+                page.wait_for_function(head, timeout=60_000, polling=200)
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(OUT / f"{name}-head.png"), full_page=True)
+            phone = pages["phone"]
+            phone.bring_to_front()
+            phone.select_option("#controls select.lang", "fr")
+            phone.wait_for_timeout(400)
+            phone.screenshot(path=str(OUT / "phone-fr.png"), full_page=True)
+            phone.select_option("#controls select.lang", "en")
+            for name, page in pages.items():
+                page.bring_to_front()
+                page.wait_for_function("window.sonoedge.lastState && "
+                                       "window.sonoedge.lastState.status.phase === 'ended'",
+                                       timeout=90_000, polling=200)
+                page.wait_for_timeout(1200)
+                page.screenshot(path=str(OUT / f"{name}-ended.png"), full_page=True)
+    for path in sorted(OUT.glob("*.png")):
+        print(path.relative_to(REPO))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
