@@ -12,6 +12,7 @@ from bench import bench_mqtt
 from bench.agreement import device_path_agreement, example_planes, summarise
 from bench.audit import audit_section, sweeps_section
 from bench.models import format_table, model_table, time_device_path
+from bench.web import web_section
 from edge.models.manifest import ModelError, read_manifest, verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +151,7 @@ def main() -> int:
     print(f"13 SonoNet example screens, student int8: {right}/13 correct"
           + (f" (wrong: {wrong})" if wrong else ""))
 
+    web_section()  # the midwife's page: latency in the browser, bandwidth, CPU (bench/web.py)
     print("\n## Store-and-forward and collector\n", flush=True)
     return bench_mqtt.main()
 

@@ -1,0 +1,129 @@
+"""`make bench`: what the midwife's page costs, measured in the browser and in the device.
+
+Two runs of `sonoedge run --web` on the same paced clip of real frames (15 fps): one with
+nobody watching, one with one headless Chromium viewer at the default 10 fps stream cap.
+Reported: frame-to-overlay latency measured in the browser on loopback (median, p90, and
+where it goes), the bandwidth per viewer, the CPU the server and the stream take (the
+server's own thread CPU clocks, as a share of one core, plus the loop's time in the web
+hook), and the loop's per-frame latency with and without the page open.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from tests.conftest import DATA
+from tests.web_harness import PIN, chromium, device, http, login_cookie, make_clip
+
+SUMMARY_RE = re.compile(r"latency median ([\d.]+) ms, p90 ([\d.]+) ms")
+WINDOW_S = 20.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
+
+
+def _loop_latency(log: Path) -> tuple[float, float] | None:
+    found = SUMMARY_RE.findall(log.read_text(errors="replace"))
+    return (float(found[-1][0]), float(found[-1][1])) if found else None
+
+
+def _metrics(base: str, cookie: str) -> dict:
+    return json.loads(http(base + "/api/metrics", cookie=cookie)[2])
+
+
+def _run(tmp: Path, clip: Path, watch: bool) -> dict:
+    name = "watched" if watch else "unwatched"
+    out: dict = {}
+    with device(tmp, clip, log_name=f"{name}.log") as (base, proc):
+        cookie = login_cookie(base)
+        # wait until the loop runs (models loaded)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = json.loads(http(base + "/api/state", cookie=cookie)[2])
+            if state["status"]["phase"] == "running" and state["frame"]:
+                break
+            time.sleep(0.2)
+        if watch:
+            with chromium(tmp) as context:
+                page = context.new_page()
+                page.goto(base + "/")
+                page.fill("#pin", PIN)
+                page.click("#unlock")
+                page.wait_for_function("window.sonoedge.frames > 5", timeout=60_000,
+                                       polling=200)
+                m0, t0 = _metrics(base, cookie), time.monotonic()
+                b0 = page.evaluate("window.sonoedge.bytes")
+                f0 = page.evaluate("window.sonoedge.frames")
+                page.evaluate("window.sonoedge.latencies.length = 0; "
+                              "window.sonoedge.parts.length = 0")
+                time.sleep(WINDOW_S)
+                m1, t1 = _metrics(base, cookie), time.monotonic()
+                out["bytes"] = page.evaluate("window.sonoedge.bytes") - b0
+                out["frames"] = page.evaluate("window.sonoedge.frames") - f0
+                out["latencies"] = page.evaluate("window.sonoedge.latencies")
+                out["parts"] = page.evaluate("window.sonoedge.parts")
+        else:
+            m0, t0 = _metrics(base, cookie), time.monotonic()
+            time.sleep(WINDOW_S)
+            m1, t1 = _metrics(base, cookie), time.monotonic()
+        out["wall_s"] = t1 - t0
+        out["cpu_s"] = {k: m1["cpu_s"][k] - m0["cpu_s"][k] for k in m1["cpu_s"]}
+        out["hook_s"] = m1["hook_s"] - m0["hook_s"]
+        out["loop_frames"] = m1["loop_frames"] - m0["loop_frames"]
+        out["encoded"] = m1["frames_encoded"] - m0["frames_encoded"]
+        out["encode_ms_mean"] = m1["encode_ms_mean"]
+        out["sent_bytes"] = m1["bytes_sent"] - m0["bytes_sent"]
+    out["loop_latency"] = _loop_latency(tmp / f"{name}.log")
+    return out
+
+
+def web_section() -> None:
+    print("\n## The midwife's page (sonoedge run --web; a paced 15 fps clip of real frames, "
+          f"{WINDOW_S:.0f} s windows, stream cap 10 fps, loopback)\n", flush=True)
+    with tempfile.TemporaryDirectory(prefix="sonoedge-bench-web-") as name:
+        tmp = Path(name)
+        clip = make_clip(DATA, tmp / "clip.avi", black_s=2.0, per_head=12, rounds=4)
+        idle = _run(tmp / "a", clip, watch=False) if (tmp / "a").mkdir() is None else {}
+        seen = _run(tmp / "b", clip, watch=True) if (tmp / "b").mkdir() is None else {}
+    lat = seen.get("latencies") or []
+    if lat:
+        parts = list(zip(*seen["parts"], strict=True)) if seen["parts"] else [[], [], []]
+        med = [statistics.median(p) for p in parts]
+        print(f"frame-to-overlay latency in the browser: median {statistics.median(lat):.0f} ms, "
+              f"p90 {_pct(lat, 0.9):.0f} ms over {len(lat)} frames (target <= 150 ms); "
+              f"median parts: capture->scored {med[0]:.0f} ms, scored->sent (cap + JPEG) "
+              f"{med[1]:.0f} ms, sent->drawn {med[2]:.0f} ms")
+    wall = seen["wall_s"]
+    fps = seen["frames"] / wall
+    kbs = seen["bytes"] / wall / 1000
+    print(f"bandwidth per viewer: {kbs:.0f} kB/s ({kbs * 8 / 1000:.2f} Mbit/s) at {fps:.1f} "
+          f"frames/s, {seen['bytes'] / max(1, seen['frames']) / 1000:.1f} kB per frame; "
+          f"JPEG encode {seen['encode_ms_mean']:.1f} ms per frame")
+    cpu = seen["cpu_s"]
+    server = cpu["server"] + cpu["encode"] + cpu["status"]
+    share = 100 * (server + seen["hook_s"]) / wall
+    print(f"CPU of the server and the stream, one viewer: {100 * server / wall:.1f}% of one core "
+          f"(event loop {100 * cpu['server'] / wall:.1f}%, JPEG {100 * cpu['encode'] / wall:.1f}%,"
+          f" status {100 * cpu['status'] / wall:.2f}%) + the loop's web hook "
+          f"{100 * seen['hook_s'] / wall:.2f}% = {share:.1f}% (target <= 10%)")
+    idle_cpu = idle["cpu_s"]
+    print(f"nobody watching: {100 * sum(idle_cpu.values()) / idle['wall_s']:.2f}% of one core, "
+          f"{idle['encoded']} frames encoded, hook "
+          f"{1000 * idle['hook_s'] / max(1, idle['loop_frames']):.3f} ms per frame")
+    for label, run in (("page closed", idle), ("page open", seen)):
+        if run.get("loop_latency"):
+            p50, p90 = run["loop_latency"]
+            print(f"per-frame path, {label}: median {p50:.1f} ms, p90 {p90:.1f} ms "
+                  f"({run['loop_frames'] / run['wall_s']:.1f} fps scored; web hook "
+                  f"{1000 * run['hook_s'] / max(1, run['loop_frames']):.3f} ms per frame)")
+
+
+if __name__ == "__main__":
+    web_section()
