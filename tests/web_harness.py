@@ -196,3 +196,27 @@ def chromium(tmp: Path):
             yield context
         finally:
             context.close()
+
+
+MAPS_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "plane_maps_int8.tflite"
+MAPS_OUTPUTS = [{"name": "logits", "shape": [1, 14], "dtype": "int8"},
+                {"name": "class_maps", "shape": [1, 14, 14, 18], "dtype": "int8",
+                 "layout": "NCHW"}]
+
+
+def maps_models_dir(dest: Path, outputs: list | None = None) -> Path:
+    """The shipped models, with the plane model swapped for the tiny untrained two-output
+    fixture (tests/make_two_output_model.py) under a manifest that declares its class maps.
+    Its answers are meaningless; its outputs have the shapes the real export must have."""
+    import hashlib
+    import shutil
+
+    shutil.copytree(REPO / "models", dest)
+    manifest = json.loads((dest / "plane_student.json").read_text())
+    shutil.copyfile(MAPS_FIXTURE, dest / "plane_student.tflite")
+    data = (dest / "plane_student.tflite").read_bytes()
+    manifest.update(version="0.0.0-test-maps", sha256=hashlib.sha256(data).hexdigest(),
+                    size_bytes=len(data), outputs=outputs or MAPS_OUTPUTS)
+    manifest["output"] = {"shape": [1, 14], "dtype": "int8", "kind": "logits"}
+    (dest / "plane_student.json").write_text(json.dumps(manifest, indent=1))
+    return dest

@@ -372,7 +372,7 @@ function renderState(s) {
   chip("#temp", st.temperature_c != null ? t("status.temp", { c: st.temperature_c.toFixed(0) }) : "",
     st.temperature_c >= 80 ? "bad" : "");
   const models = Object.entries(st.models || {}).map(([k, v]) => `${k} ${v}`).join(" · ");
-  chip("#models", models);
+  chip("#models", models, "quiet");
   if (st.signal === "no_signal") setBanner(t("status.no_signal_banner"), true);
   else if (st.signal === "loading") setBanner(t("status.loading_banner"), false);
   else if (st.signal === "ended") setBanner("", false);
