@@ -1,0 +1,198 @@
+"""The page's pieces without a browser: the PIN and sessions, the brake, the screening
+flags and their references, the catalogs, the loop hook, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from edge.config import ConfigError, load_settings
+from edge.exam.feedback import Shown
+from edge.models.quality import load_rules
+from edge.web import i18n
+from edge.web.auth import PIN_FILE, Brake, PinError, Sessions, read_pin, write_pin
+from edge.web.live import LiveView, LoopHook
+from edge.web.screening import (
+    CI_HIGH,
+    CI_LOW,
+    cephalic_index,
+    ga_from_lmp,
+    hc_against_dates,
+    hc_for_weeks,
+    redate_days,
+)
+from tests.cli_run import one_line_error, sonoedge
+from tests.web_harness import set_pin
+
+
+def test_the_pin_is_stored_as_a_salted_slow_hash_never_in_clear(tmp_path):
+    path = write_pin(tmp_path, "4827")
+    text = path.read_text()
+    assert "4827" not in text
+    record = json.loads(text)
+    assert record["scheme"] == "scrypt" and record["n"] >= 1 << 14
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    stored = read_pin(tmp_path)
+    assert stored.matches("4827") and not stored.matches("4828") and not stored.matches("")
+    again = json.loads(write_pin(tmp_path, "4827").read_text())
+    assert again["salt"] != record["salt"] and again["hash"] != record["hash"]  # salted
+
+
+def test_pin_set_reads_standard_input_and_refuses_a_short_pin(tmp_path):
+    done = set_pin(tmp_path, "2468")
+    assert done.returncode == 0, done.stderr
+    assert read_pin(tmp_path).matches("2468")
+    short = set_pin(tmp_path, "12")
+    assert short.returncode == 2
+    one_line_error(short, "4 to 64 characters")
+    assert read_pin(tmp_path).matches("2468")  # unchanged
+
+
+def test_a_missing_or_damaged_pin_file_is_one_line(tmp_path):
+    with pytest.raises(PinError, match="sonoedge pin set"):
+        read_pin(tmp_path)
+    (tmp_path / PIN_FILE).write_text('{"scheme": "scrypt", "n": 3}')
+    with pytest.raises(PinError, match="damaged PIN file"):
+        read_pin(tmp_path)
+
+
+def test_run_with_the_page_but_no_pin_or_a_bad_address_is_one_line(tmp_path):
+    done = sonoedge("run", "--source", "demo", "--state-dir", str(tmp_path), "--web",
+                    "127.0.0.1:8099", "--once")
+    assert done.returncode == 2
+    one_line_error(done, "no device PIN is set", "sonoedge pin set")
+    bad = sonoedge("run", "--state-dir", str(tmp_path), "--web", "nonsense", "--once")
+    assert bad.returncode == 2
+    one_line_error(bad, "web", "HOST:PORT")
+
+
+def test_web_config_keys_are_checked(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[web]\nlisten = "0.0.0.0:8080"\nmax_fps = 99.0\n')
+    with pytest.raises(ConfigError, match="max_fps"):
+        load_settings(cfg)
+    cfg.write_text('[web]\nlisten = "0.0.0.0:8080"\ncolour = "blue"\n')
+    with pytest.raises(ConfigError, match="unknown key 'colour'"):
+        load_settings(cfg)
+    cfg.write_text('[web]\nlisten = "[::1]:8443"\n')
+    assert load_settings(cfg).web.listen == "[::1]:8443"
+
+
+def test_wrong_pins_are_braked_per_address_and_per_device():
+    brake = Brake(free=3, base_s=30, max_s=120, global_max=10, global_window_s=600)
+    now = 1000.0
+    for _ in range(2):
+        assert brake.wrong("a", now) == 0
+    assert brake.wrong("a", now) == 30  # the third wrong PIN starts the wait
+    assert brake.wait_s("a", now + 10) == pytest.approx(20)
+    assert brake.wrong("a", now + 31) == 60 and brake.wrong("a", now + 92) == 120
+    assert brake.wrong("a", now + 300) == 120  # capped
+    assert brake.wait_s("b", now + 300) == 0  # another address is not braked by "a"
+    brake.right("a")
+    assert brake.wait_s("a", now + 300) == 0
+    for i in range(10):  # the whole device: changing address does not help
+        brake.wrong(f"x{i}", now + 400)
+    assert brake.wait_s("fresh", now + 401) > 0
+    assert brake.wait_s("fresh", now + 1001) == 0
+
+
+def test_sessions_expire_when_idle_and_at_their_maximum_age():
+    sessions = Sessions(idle_s=60, max_age_s=300, max_sessions=2)
+    token = sessions.open(now=0)
+    assert sessions.valid(token, now=50) and sessions.valid(token, now=100)
+    assert not sessions.valid(token, now=161)  # 61 s unused
+    token = sessions.open(now=200)
+    for t in range(250, 500, 50):
+        assert sessions.valid(token, now=t)
+    assert not sessions.valid(token, now=501)  # older than 300 s, however busy
+    a, b, c = sessions.open(now=600), sessions.open(now=601), sessions.open(now=602)
+    assert not sessions.valid(a, now=603) and sessions.valid(b, now=603) \
+        and sessions.valid(c, now=603)
+    assert not sessions.valid("x" * 500) and not sessions.valid(None)
+
+
+def test_cephalic_index_uses_the_outer_to_inner_bpd_and_hadlock_s_range():
+    assert (CI_LOW, CI_HIGH) == (70, 87)
+    normal = cephalic_index(50.0, 65.0)  # outer-outer CI 76.9; BPD oi = 48.2 -> 74.1
+    assert normal["ci_outer_outer"] == 76.9 and normal["ci"] == 74.1 and normal["flag"] is None
+    assert cephalic_index(40.0, 65.0)["flag"] == "low"  # long, narrow head
+    assert cephalic_index(62.0, 65.0)["flag"] == "high"  # short, round head
+    assert cephalic_index(None, 65.0) is None
+
+
+def test_hc_against_dates_uses_hadlock_s_curve_and_acog_s_redating_limits():
+    assert hc_for_weeks(19.5) == pytest.approx(168.6, abs=0.2)  # Hadlock's table: 17.0 cm
+    assert hc_for_weeks(40.0) == pytest.approx(345.6, abs=0.2)  # 34.6 cm
+    assert [redate_days(w) for w in (13.9, 15.0, 20.0, 25.0, 33.0)] == [None, 7, 10, 14, 21]
+    agree = hc_against_dates(hc_for_weeks(22.0) - 5, 22.0)
+    assert agree["flag"] is None and abs(agree["difference_days"]) <= 14
+    small = hc_against_dates(170.0, 22.0)  # 19.6 weeks by HC: 17 days behind
+    assert small["flag"] == "small" and small["difference_days"] == -17
+    assert small["tolerance_days"] == 14
+    assert hc_against_dates(260.0, 22.0)["flag"] == "large"
+    assert hc_against_dates(None, 22.0)["status"] == "no_hc"
+    assert hc_against_dates(170.0, 10.0)["status"] == "dates_out_of_range"
+    assert ga_from_lmp("2026-06-01", "2026-11-02") == pytest.approx(22.0)
+    with pytest.raises(ValueError):
+        ga_from_lmp("2027-01-01", "2026-11-02")
+
+
+def test_another_language_is_one_file_and_covers_every_instruction():
+    rules = load_rules(None)
+    english = i18n.catalog("en", rules)
+    for key, text in i18n.quality_keys(rules).items():
+        assert english[key] == text  # the English instructions are the rules' own
+    own = json.loads((i18n.CATALOG_DIR / "fr.json").read_text())
+    base = json.loads((i18n.CATALOG_DIR / "en.json").read_text())
+    assert set(base) - set(own) == set()
+    assert set(i18n.quality_keys(rules)) - set(own) == set()
+    assert own["_quality_rules_version"] == rules.version
+    french = i18n.catalog("fr", rules)
+    gain = next(r for r in rules.criteria if r.name == "gain")
+    key = i18n.message_key(rules, "gain", gain.message_high)
+    assert key == "quality.gain.high" and french[key] == "Trop clair : baissez le gain"
+    assert i18n.languages() == {"en": "English", "fr": "Français"}
+    assert i18n.catalog("xx", rules)["_lang"] == "en"
+
+
+def test_a_stale_translation_of_changed_rules_falls_back_to_english(tmp_path):
+    (tmp_path / "en.json").write_text('{"_language_name": "English", "a": "A"}')
+    (tmp_path / "sw.json").write_text(json.dumps({
+        "_language_name": "Kiswahili", "_quality_rules_version": "0.9", "a": "Aa",
+        "quality.zoom": "Kuza"}))
+    rules = load_rules(None)
+    swahili = i18n.catalog("sw", rules, tmp_path)
+    assert swahili["a"] == "Aa"
+    assert swahili["quality.zoom"] == next(r for r in rules.criteria
+                                           if r.name == "zoom").message_low
+
+
+class _Tracker:
+    def __init__(self):
+        self.ended = []
+        self.current = None
+
+    def end(self, why):
+        self.ended.append(why)
+
+
+def test_stop_holds_the_next_exam_until_start_or_the_probe_is_lifted():
+    view = LiveView()
+    hook = LoopHook(view, end_gap_s=5.0)
+    tracker = _Tracker()
+    view.command("stop")
+    hook.after_frame(None, {"ts": 0}, Shown(None, None, None, None), None, 0.0, tracker)
+    assert tracker.ended == ["command"] and hook.holding
+    assert not hook.accepts({}, 1.0, has_content=True)
+    assert not hook.accepts({}, 2.0, has_content=False)
+    assert not hook.accepts({}, 6.0, has_content=False)
+    assert hook.accepts({}, 7.1, has_content=False)  # off the belly for the end gap
+    view.command("stop")
+    hook.apply_commands(tracker)
+    view.command("start")
+    hook.apply_commands(tracker)
+    assert not hook.holding and hook.accepts({}, 8.0, has_content=True)
+    assert view.latest is not None and view.latest.seq == 1
