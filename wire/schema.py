@@ -153,10 +153,10 @@ def _validate(v, s: dict, path: str, root: dict, depth: int = 0,
         types = t if isinstance(t, list) else [t]
         if not any(_TYPES[x](v) for x in types):
             return [f"{path}: expected {'/'.join(types)}, got {type(v).__name__}"]
-    if "const" in s and v != s["const"]:
+    if "const" in s and not _equal(v, s["const"]):
         errs.append(f"{path}: must be {s['const']!r}")
-    if "enum" in s and v not in s["enum"]:
-        errs.append(f"{path}: {v!r} not one of {s['enum']}")
+    if "enum" in s and not any(_equal(v, x) for x in s["enum"]):
+        errs.append(f"{path}: {str(v)[:40]!r} not one of {s['enum']}")
     if isinstance(v, str):
         if len(v) > s.get("maxLength", len(v)):
             errs.append(f"{path}: longer than {s['maxLength']}")
@@ -209,6 +209,20 @@ def _validate(v, s: dict, path: str, root: dict, depth: int = 0,
                 elif isinstance(extra, dict):
                     errs += _validate(item, extra, sub, root, depth, budget)
     return errs
+
+
+def _equal(a, b) -> bool:
+    """JSON equality: true is not 1 (Python's True == 1 is), 1.0 is 1; lists and objects
+    compare member by member. Used for const and enum, whose values are plain."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a is b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    return type(a) is type(b) and a == b
 
 
 def validate_payload(payload: dict) -> list[str]:
