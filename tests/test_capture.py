@@ -119,9 +119,9 @@ def test_single_image_file_is_one_frame_named_by_basename(tmp_path):
 
 def test_sixteen_bit_png_comes_out_as_uint8(tmp_path):
     p = tmp_path / "deep.png"
-    cv2.imwrite(str(p), np.full((20, 30), 40000, np.uint16))
+    cv2.imwrite(str(p), np.full((40, 60), 40000, np.uint16))
     img, err = decode_image_file(p)
-    assert err is None and img.dtype == np.uint8 and img.shape == (20, 30)
+    assert err is None and img.dtype == np.uint8 and img.shape == (40, 60)
 
 
 def test_empty_folder_missing_path_and_unsupported_type_raise_one_line(tmp_path):

@@ -111,6 +111,9 @@ class StateLock:
             os.close(self._fd)  # closing drops the lock
             self._fd = None
 
+    def __del__(self) -> None:  # a run that raised before its `finally` still lets go
+        self.release()
+
     def __enter__(self) -> StateLock:
         return self.acquire()
 
