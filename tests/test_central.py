@@ -243,3 +243,25 @@ def test_provisioning_refuses_an_acl_it_did_not_write(tmp_path):
 def test_provisioning_refuses_ids_that_would_break_topics(tmp_path, bad):
     with pytest.raises(ProvisionError, match="bad id"):
         provision(tmp_path / "p", tmp_path / "a", bad, "device")
+
+
+# -- issue 14: rows the database refuses ---------------------------------------------------------
+def test_a_row_the_database_refuses_is_dead_lettered_alone(tmp_path, postgres):
+    """SQLite cannot bind an integer of 2^70 and PostgreSQL refuses NUL in text: each such
+    row becomes a dead letter with the database's reason, and the rest of its batch is
+    stored (the checks before the store make these rows unreachable; this is the net)."""
+    from dataclasses import replace
+
+    good, other = row(message(seq=1)), row(message(seq=2))
+    for url, bad in ((str(tmp_path / "c.sqlite3"), replace(other, seq=2 ** 70)),
+                     (postgres.url, replace(other, clinic_id="a\x00b"))):
+        store = Store(url)
+        with store.tx() as cur:
+            cur.execute("DELETE FROM messages WHERE msg_id IN (?, ?)", (good.msg_id, bad.msg_id))
+            cur.execute("DELETE FROM dead_letters WHERE digest = ?", (bad.msg_id,))
+        new_rows, new_dead, refused = store.store_checked([good, bad], [])
+        assert (new_rows, new_dead, len(refused)) == (1, 1, 1), url
+        assert refused[0].reason.startswith("database refused it: ")
+        assert store.query("SELECT reason FROM dead_letters WHERE digest = ?",
+                           (bad.msg_id,))[0][0] == refused[0].reason
+        store.close()
