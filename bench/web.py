@@ -1,11 +1,12 @@
 """`make bench`: what the midwife's page costs, measured in the browser and in the device.
 
-Two runs of `sonoedge run --web` on the same paced clip of real frames (15 fps): one with
-nobody watching, one with one headless Chromium viewer at the default 10 fps stream cap.
-Reported: frame-to-overlay latency measured in the browser on loopback (median, p90, and
-where it goes), the bandwidth per viewer, the CPU the server and the stream take (the
-server's own thread CPU clocks, as a share of one core, plus the loop's time in the web
-hook), and the loop's per-frame latency with and without the page open.
+Three runs of `sonoedge run --web` on the same paced clip of real frames (15 fps), at the
+default 10 fps stream cap: nobody watching; one viewer that only receives the stream (a
+WebSocket client, as a phone would be: its decoding and drawing happen on the phone, not
+on the box), for the CPU, the bandwidth and the per-frame path; and one headless Chromium
+viewer, for the frame-to-overlay latency measured in the browser on loopback (median,
+p90, and where it goes). CPU is the server's own thread clocks (event loop, JPEG encoder,
+status reader) as a share of one core, plus the loop thread's time in the web hook.
 """
 
 from __future__ import annotations
@@ -38,8 +39,49 @@ def _metrics(base: str, cookie: str) -> dict:
     return json.loads(http(base + "/api/metrics", cookie=cookie)[2])
 
 
-def _run(tmp: Path, clip: Path, watch: bool) -> dict:
-    name = "watched" if watch else "unwatched"
+class _Receiver:
+    """A viewer that takes the stream and throws it away: bytes and frames counted."""
+
+    def __init__(self, base: str, cookie: str):
+        import threading
+
+        self.base, self.cookie = base, cookie
+        self.bytes = self.frames = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        import asyncio
+
+        import aiohttp
+
+        async def go() -> None:
+            name, value = self.cookie.split("=", 1)
+            async with aiohttp.ClientSession(cookies={name: value}) as session, \
+                    session.ws_connect(self.base.replace("http", "ws") + "/api/ws",
+                                       max_msg_size=8 << 20) as ws:
+                await ws.send_json({"heatmap": False, "video": True})
+                while not self._stop.is_set():
+                    try:
+                        msg = await ws.receive(timeout=0.5)
+                    except TimeoutError:
+                        continue
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        self.bytes += len(msg.data)
+                        self.frames += 1
+                    elif msg.type != aiohttp.WSMsgType.TEXT:
+                        return
+
+        asyncio.run(go())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _run(tmp: Path, clip: Path, viewer: str | None) -> dict:
+    name = viewer or "unwatched"
     out: dict = {}
     with device(tmp, clip, log_name=f"{name}.log") as (base, proc):
         cookie = login_cookie(base)
@@ -50,7 +92,16 @@ def _run(tmp: Path, clip: Path, watch: bool) -> dict:
             if state["status"]["phase"] == "running" and state["frame"]:
                 break
             time.sleep(0.2)
-        if watch:
+        if viewer == "stream":
+            receiver = _Receiver(base, cookie)
+            time.sleep(2.0)
+            m0, t0, b0, f0 = _metrics(base, cookie), time.monotonic(), receiver.bytes, \
+                receiver.frames
+            time.sleep(WINDOW_S)
+            m1, t1 = _metrics(base, cookie), time.monotonic()
+            out["bytes"], out["frames"] = receiver.bytes - b0, receiver.frames - f0
+            receiver.close()
+        elif viewer == "browser":
             with chromium(tmp) as context:
                 page = context.new_page()
                 page.goto(base + "/")
@@ -90,11 +141,14 @@ def web_section() -> None:
     with tempfile.TemporaryDirectory(prefix="sonoedge-bench-web-") as name:
         tmp = Path(name)
         clip = make_clip(DATA, tmp / "clip.avi", black_s=2.0, per_head=12, rounds=4)
-        idle = _run(tmp / "a", clip, watch=False) if (tmp / "a").mkdir() is None else {}
-        seen = _run(tmp / "b", clip, watch=True) if (tmp / "b").mkdir() is None else {}
-    lat = seen.get("latencies") or []
+        runs = {}
+        for viewer in (None, "stream", "browser"):
+            (tmp / str(viewer)).mkdir()
+            runs[viewer] = _run(tmp / str(viewer), clip, viewer)
+    idle, seen, browser = runs[None], runs["stream"], runs["browser"]
+    lat = browser.get("latencies") or []
     if lat:
-        parts = list(zip(*seen["parts"], strict=True)) if seen["parts"] else [[], [], []]
+        parts = list(zip(*browser["parts"], strict=True))
         med = [statistics.median(p) for p in parts]
         print(f"frame-to-overlay latency in the browser: median {statistics.median(lat):.0f} ms, "
               f"p90 {_pct(lat, 0.9):.0f} ms over {len(lat)} frames (target <= 150 ms); "
@@ -112,12 +166,13 @@ def web_section() -> None:
     print(f"CPU of the server and the stream, one viewer: {100 * server / wall:.1f}% of one core "
           f"(event loop {100 * cpu['server'] / wall:.1f}%, JPEG {100 * cpu['encode'] / wall:.1f}%,"
           f" status {100 * cpu['status'] / wall:.2f}%) + the loop's web hook "
-          f"{100 * seen['hook_s'] / wall:.2f}% = {share:.1f}% (target <= 10%)")
+          f"{100 * seen['hook_s'] / wall:.2f}% (GIL waits included) = {share:.1f}% (target <= 10%)")
     idle_cpu = idle["cpu_s"]
     print(f"nobody watching: {100 * sum(idle_cpu.values()) / idle['wall_s']:.2f}% of one core, "
           f"{idle['encoded']} frames encoded, hook "
           f"{1000 * idle['hook_s'] / max(1, idle['loop_frames']):.3f} ms per frame")
-    for label, run in (("page closed", idle), ("page open", seen)):
+    for label, run in (("page closed", idle), ("one viewer", seen),
+                       ("Chromium on the same cores", browser)):
         if run.get("loop_latency"):
             p50, p90 = run["loop_latency"]
             print(f"per-frame path, {label}: median {p50:.1f} ms, p90 {p90:.1f} ms "

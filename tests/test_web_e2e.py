@@ -26,7 +26,7 @@ POLL = {"timeout": 60_000, "polling": 200}  # wait_for_function without rAF (bac
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("web")
-    clip = make_clip(data_dir, tmp / "clip.avi")
+    clip = make_clip(data_dir, tmp / "clip.avi", rounds=3)  # ~25 s: room for every step
     with chromium(tmp) as context, device(tmp, clip) as (base, proc):
         yield {"base": base, "context": context, "proc": proc, "tmp": tmp}
 

@@ -32,7 +32,8 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sonoedge-shots-") as tmp_name:
         tmp = Path(tmp_name)
-        clip = make_clip(DATA, tmp / "clip.avi")
+        # a midwife holds the probe on a view for a while: 2 s per head
+        clip = make_clip(DATA, tmp / "clip.avi", per_head=30, per_example=15, rounds=1)
         with device(tmp, clip) as (base, _proc), chromium(tmp) as context:
             pages = {}
             for name, size in SIZES.items():

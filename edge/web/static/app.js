@@ -285,7 +285,10 @@ function renderTags(h) {
   };
   const bio = h.biometry;
   if (bio && bio.hc_mm != null) {
-    addLine(`${t("overlay.hc", { mm: bio.hc_mm.toFixed(0) })} · ${t("overlay.bpd", { mm: bio.bpd_mm.toFixed(0) })}`, "bio");
+    addLine(t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }), "bio");
+    addLine(t("overlay.bpd", { mm: bio.bpd_mm.toFixed(0) }), "bio");
+  } else if (bio && bio.status && h.ellipse) {
+    addLine(t("bio." + bio.status, { _fallback: "" }), "small note"); // why no HC
   }
   const [ga, range] = gaLine(h);
   addLine(ga);
@@ -337,11 +340,11 @@ function renderInstruction(h) {
 
 // ---------------------------------------------------------------- state
 
-function setBanner(text, bad) {
+function setBanner(text, bad, extra) {
   const b = $("#banner");
   b.hidden = !text;
   b.textContent = text || "";
-  b.className = bad ? "bad" : "";
+  b.className = (bad ? "bad" : "") + (extra ? " " + extra : "");
 }
 
 function chip(id, text, cls) {
@@ -375,11 +378,10 @@ function renderState(s) {
   chip("#models", models, "quiet");
   if (st.signal === "no_signal") setBanner(t("status.no_signal_banner"), true);
   else if (st.signal === "loading") setBanner(t("status.loading_banner"), false);
-  else if (st.signal === "ended") setBanner("", false);
+  else if (st.signal === "ended") setBanner(t("status.ended_banner"), false, "quiet");
   else setBanner("", false);
-  if (st.signal === "ended" && !$("#overlay").dataset.endedNote) {
-    $("#overlay").dataset.endedNote = "1";
-  }
+  // an image that is not live any more is greyed, so nobody reads it as the scan now
+  $("#stage").classList.toggle("stale", st.signal !== "ok");
   renderHeatmapControl(st);
   renderExam(s);
   renderScreening(s.screening);
