@@ -532,7 +532,7 @@ class WebServer:
             except TimeoutError:
                 pass
             viewer.wake.clear()
-            if not self.sessions.valid(viewer.token, touch=False):
+            if not self.sessions.valid(viewer.token):  # watching counts as use
                 await ws.close(code=4401, message=b"session expired")
                 return
             packet, viewer.packet = viewer.packet, None
