@@ -10,6 +10,7 @@ the last exam after the clip ends, and the brake on wrong PINs.
 
 from __future__ import annotations
 
+import datetime
 import json
 import statistics
 import time
@@ -92,6 +93,8 @@ def test_the_page_follows_the_clip(page, live):
               and not k.endswith(".ok")} | {rules_text["instruction.good"]}
     assert seen["instruction"] & advice, seen["instruction"]
     assert "1 of 1" in seen["progress"], seen["progress"]
+    if "0 of 1" in seen["progress"]:  # watched the plane being captured: the tone sounded
+        assert page.evaluate("window.sonoedge.beeps || 0") >= 1
     assert head is not None, "no head frame with HC reached the page"
     assert "HC" in page.text_content("#ga")
     page.wait_for_function("document.querySelector('#checklist li.captured img') && "
@@ -120,6 +123,18 @@ def test_heatmap_toggle(page, live):
     header = page.evaluate("window.sonoedge.lastHeader")
     assert header["heatmap"]["w"] > 1 and header["heatmap"]["h"] > 1
     page.uncheck("#heatmap-toggle")
+
+
+def test_dates_give_the_hc_flag_a_reference(page):
+    lmp = (datetime.date.today() - datetime.timedelta(weeks=22)).isoformat()
+    page.fill("#lmp", lmp)
+    page.click("#lmp-form button")
+    page.wait_for_function("document.querySelector('#flags').textContent.includes("
+                           "'By dates 22w 0d')", **POLL)
+    flags = page.text_content("#flags")
+    assert "expected HC about 198 mm" in flags  # Hadlock 1984 at 22 weeks
+    assert "cephalic index" in flags
+    assert page.text_content("#screening .aid") == "A screening aid, not a diagnosis."
 
 
 def test_two_viewers_at_once(page, live):

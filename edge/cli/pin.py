@@ -23,8 +23,8 @@ def _set(args: argparse.Namespace) -> int:
     else:
         pin = sys.stdin.readline(PIN_MAX + 2).rstrip("\r\n")
     path = write_pin(state_dir, check_pin_text(pin))
-    print(f"PIN set: a salted scrypt hash in {path}; open sessions end when the device "
-          f"restarts")
+    print(f"PIN set: a salted scrypt hash in {path}; a running device takes it at its "
+          f"next start")
     return 0
 
 
