@@ -54,6 +54,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "sonoedge_session"
 MAX_BODY = 4096
 MAX_WS_MESSAGE = 1024
+MAX_VIEWERS = 8  # a clinic has a phone or two; more streams would only cost the loop
 STATUS_EVERY_S = 2.0  # uplink, disk and temperature are read this often
 STATE_EVERY_S = 1.0  # the state message to each viewer
 SECURITY_HEADERS = {
@@ -549,6 +550,8 @@ class WebServer:
                 self.bytes_sent += len(text)
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        if len(self._viewers) >= MAX_VIEWERS:
+            raise web.HTTPServiceUnavailable(text=f"at most {MAX_VIEWERS} viewers at once")
         ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20.0,
                                    compress=False)
         await ws.prepare(request)
