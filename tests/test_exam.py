@@ -205,7 +205,10 @@ def test_the_shown_plane_and_instruction_do_not_flicker():
     odd = steady.update(frame("Background", None))
     assert odd.plane == "Brain (Tv.)" and odd.advice == "zoom"
     later = [steady.update(frame("Brain (Tv.)", "gain")) for _ in range(4)]
-    assert [s.advice for s in later] == ["zoom", "zoom", "zoom", "gain"]
+    assert [s.advice for s in later] == ["zoom", "zoom", "gain", "gain"]  # zoom gone 4 frames
+    # a stale instruction goes even while its successors keep changing
+    stale = [steady.update(frame("Brain (Tv.)", a)) for a in ("zoom", None, "zoom", None)]
+    assert [s.advice for s in stale] == ["gain", "gain", "gain", None]
     assert rules.feedback.plane_change_frames >= 2 and rules.feedback.message_change_frames >= 2
 
 

@@ -1,39 +1,45 @@
 """What the midwife is shown, steadied over frames so that it does not flicker.
 
 Per frame the plane model and the audit answer afresh; a probe in a moving hand makes both
-jump. The displayed plane changes only after `plane_change_frames` consecutive frames agree
-on a new one; the instruction changes only after a new most important failing criterion
-has led for `message_change_frames` frames (a run of passing frames clears it the same
-way); the displayed score is an exponential average. The numbers are in the quality rules'
+jump. The displayed plane holds until it has been absent from the last
+`plane_change_frames` frames, and the instruction until it has been absent from the last
+`message_change_frames` frames; then the most common recent value replaces it (so a steady
+change is taken after that many frames, one odd frame changes nothing, and a stale
+instruction goes even while the probe keeps moving). The displayed score is an exponential
+average. The numbers are in the quality rules'
 [feedback] table.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
 
 from edge.models.quality import Feedback
 
 
 @dataclass
 class _Hysteresis:
-    """A value that changes only after a candidate has been seen `needed` times in a row."""
+    """A shown value that holds until it has been absent from the last `needed` frames;
+    then the most common of those frames' values (the latest on a tie) is shown.
+
+    So a change seen on `needed` frames in a row is taken, one odd frame changes nothing,
+    and a value that has gone stale is dropped even when what replaced it keeps changing
+    (a moving probe: zoom, then sector cut, then sharpness, each for a few frames).
+    """
 
     needed: int
     shown: object = None
-    candidate: object = None
-    run: int = 0
+    recent: deque = field(default_factory=deque)
 
     def update(self, value: object) -> object:
-        if value == self.shown:
-            self.candidate, self.run = None, 0
-            return self.shown
-        if value == self.candidate:
-            self.run += 1
-        else:
-            self.candidate, self.run = value, 1
-        if self.run >= self.needed:
-            self.shown, self.candidate, self.run = value, None, 0
+        self.recent.append(value)
+        while len(self.recent) > self.needed:
+            self.recent.popleft()
+        if len(self.recent) == self.needed and self.shown not in self.recent:
+            counts = Counter(self.recent)
+            most = max(counts.values())
+            self.shown = next(v for v in reversed(self.recent) if counts[v] == most)
         return self.shown
 
 
