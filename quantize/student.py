@@ -1,4 +1,7 @@
-"""The plane-classifier student: a short SonoNet-style VGG at a quarter of the teacher's pixels.
+"""The plane-classifier students: `MobileStudent` (1.2, inverted residuals) and `PlaneStudent`
+(1.0-1.1, a short SonoNet-style VGG initialised from the teacher).
+
+PlaneStudent:
 
 Plain 3x3 conv + BN + ReLU (BN folds into the conv at export; XNNPACK's int8 kernels run
 these best), max-pooling, then SonoNet's own adaptation head (1x1 conv -> 1x1 conv to 14
@@ -12,7 +15,10 @@ matching input channels, so the student starts from the teacher's own features.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quantize.teacher import BN_EPS, NUM_CLASSES, SonoNet16, conv_bn_layers
@@ -25,9 +31,10 @@ DEFAULT_TEACHER_MAP: tuple[int, ...] = tuple(range(10))
 HEAD_WIDTH = 64
 
 
-def _conv_bn(cin: int, cout: int, k: int, relu: bool = True, stride: int = 1) -> nn.Sequential:
+def _conv_bn(cin: int, cout: int, k: int, relu: bool = True, stride: int = 1,
+             groups: int = 1) -> nn.Sequential:
     layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
         nn.BatchNorm2d(cout, eps=BN_EPS),
     ]
     if relu:
@@ -106,3 +113,106 @@ def init_from_teacher(student: PlaneStudent, teacher: SonoNet16,
                 getattr(s_bn, name).copy_(getattr(t_bn, name)[keep_out])
             keep_in = keep_out
     return student
+
+
+# ---------------------------------------------------------------- the 1.2 student
+@dataclass(frozen=True)
+class MobileSpec:
+    """The inverted-residual student's shape (MobileNetV2 blocks, Sandler et al. CVPR 2018).
+
+    `unshuffle`: the input is first rearranged into r x r pixel blocks (pixel_unshuffle), so
+    the first conv is an ordinary dense conv over r*r channels at 1/r of the resolution.
+    Measured (ai-edge-litert 2.3.0, AMD EPYC, AVX2, no VNNI): a conv straight on the
+    one-channel 224x288 input becomes an int8 DEPTHWISE_CONV_2D with a depth multiplier,
+    which XNNPACK runs 3.5x slower than fp32 (0.97 vs 0.27 ms for 2.3 M MACs); after the
+    unshuffle it is a CONV_2D, 0.19 ms. Inverted-residual stages at 112x144 cost more int8
+    time than their MACs suggest, so the net starts at 56x72.
+    `stages`: (expansion, width, blocks, stride, kernel) per stage; the first block of a
+    stage carries the stride. The last stage ends at 1/16 of the input: the 14 class maps
+    lie on the teacher's own 14x18 grid, so they are distilled cell by cell.
+    """
+
+    unshuffle: int = 4
+    stem_width: int = 24
+    stages: tuple[tuple[int, int, int, int, int], ...] = (
+        (4, 40, 3, 2, 3), (4, 80, 4, 2, 5), (4, 112, 1, 1, 5))
+    head_width: int = HEAD_WIDTH
+
+    def to_dict(self) -> dict:
+        return {"unshuffle": self.unshuffle, "stem_width": self.stem_width,
+                "stages": [list(s) for s in self.stages], "head_width": self.head_width}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MobileSpec:
+        return cls(unshuffle=int(data["unshuffle"]), stem_width=int(data["stem_width"]),
+                   stages=tuple(tuple(int(v) for v in s) for s in data["stages"]),
+                   head_width=int(data["head_width"]))
+
+    def describe(self) -> str:
+        stages = ", ".join(f"{n}x IR(t={t}, {c} ch, {k}x{k} dw{', stride 2' if s == 2 else ''})"
+                           for t, c, n, s, k in self.stages)
+        return (f"pixel-unshuffle {self.unshuffle}x{self.unshuffle} -> conv3x3 "
+                f"{self.unshuffle ** 2}->{self.stem_width} -> {stages} -> 1x1 head to "
+                f"{self.head_width} then 14 class maps at 1/16 of the input -> global mean")
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand (ReLU) -> kxk depthwise (ReLU, maybe strided) -> 1x1 project (linear),
+    plus the input when shapes allow. Plain ReLU (not ReLU6): int8 calibration sets the
+    clipping range from real activations anyway."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, kernel: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(_conv_bn(cin, hidden, 1))
+        layers += [_conv_bn(hidden, hidden, kernel, stride=stride, groups=hidden),
+                   _conv_bn(hidden, cout, 1, relu=False)]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class MobileStudent(nn.Module):
+    """`forward(x)` gives logits (1, 14); `forward_maps(x)` gives (logits, class maps).
+
+    The logits are the global mean of the class maps, as in SonoNet, so the named plane's
+    map is there to be shown (a later second output) and to be distilled.
+    """
+
+    def __init__(self, spec: MobileSpec = MobileSpec()) -> None:
+        super().__init__()
+        self.spec = spec
+        cin = spec.unshuffle ** 2
+        layers: list[nn.Module] = [_conv_bn(cin, spec.stem_width, 3)]
+        cin = spec.stem_width
+        for expand, width, blocks, stride, kernel in spec.stages:
+            for i in range(blocks):
+                layers.append(InvertedResidual(cin, width, stride if i == 0 else 1, expand,
+                                               kernel))
+                cin = width
+        self.features = nn.Sequential(*layers)
+        self.adaptation = nn.Sequential(
+            _conv_bn(cin, spec.head_width, 1),
+            _conv_bn(spec.head_width, NUM_CLASSES, 1, relu=False))
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.adaptation(self.features(F.pixel_unshuffle(x, self.spec.unshuffle)))
+        return maps.mean(dim=(2, 3)), maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_maps(x)[0]
+
+
+def load_student(path) -> nn.Module:
+    """A trained student from its checkpoint, in eval mode: the checkpoint's recorded
+    `student_spec` gives a MobileStudent; checkpoints without one are 1.0-1.1 VGG students."""
+    state = torch.load(path, weights_only=False)
+    spec = state.get("student_spec")
+    student = MobileStudent(MobileSpec.from_dict(spec)) if spec else PlaneStudent(stem_stride=2)
+    student.load_state_dict(state["model"])
+    return student.eval()
