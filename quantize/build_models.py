@@ -1,19 +1,22 @@
-"""`make models`: cache -> distil -> synth -> finetune -> convert -> gate -> calibrate ->
+"""`make models`: cache -> distil -> [synth -> finetune] -> convert -> gate -> calibrate ->
 manifest, for the plane student.
 
-`distil` trains the base student on the real frames (the v1.0.0 checkpoint); `synth` makes
-class-balanced images from the teacher (DeepInversion + ADI against that base student,
-quantize/synth.py); `finetune` continues the base student on real + synthesised views
-(quantize/finetune.py); `calibrate` runs the variants test and fits the temperature and
-the abstain threshold (quantize/variants.py, quantize/calibrate.py). The new model replaces
-the shipped one only if it passes the gate AND agrees with the teacher on at least as many
-held-out HC18 heads as the shipped model does.
+`cache` has the teacher label several views of every real training frame (its average
+over three framings of each view, quantize/distil.py); `distil` trains the inverted-
+residual student (quantize/student.py: MobileStudent) on them, with the true label on the
+13 example screens; `synth` and `finetune` (only with --synth: 1.1.0's last steps) make
+class-balanced images from the teacher and fine-tune on them; `calibrate` runs the
+variants test and fits the temperature and the abstain threshold (quantize/variants.py,
+quantize/calibrate.py). The new model replaces the shipped one only if it passes the gate,
+agrees with the teacher on at least as many held-out HC18 heads as the shipped model, and
+names more of the 13 example screens than the shipped model (through the device path,
+with each model's own abstain threshold).
 
 Every step caches its result under build/plane_student/seed<seed>/ and is skipped when the
-result is already there, so an interrupted run resumes where it stopped. The shipped files
-are written to models/ only after the quantization gate passes.
+result is already there, so an interrupted run resumes where it stopped (training from its
+last checkpoint). The shipped files are written to models/ only after those checks.
 
-    python -m quantize.build_models [--seed 0] [--steps N] [--until STEP] [--force STEP]
+    python -m quantize.build_models [--seed 0] [--steps N] [--until STEP] [--synth]
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from quantize.data import DataError, data_dir, list_frames, split
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("cache", "distil", "synth", "finetune", "convert", "gate", "calibrate", "manifest")
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,11 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", choices=STEPS, default="manifest")
     parser.add_argument("--build", type=Path, default=REPO / "build" / "plane_student")
     parser.add_argument("--models", type=Path, default=REPO / "models")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and LiteRT threads (the box is shared: 1 by default)")
     parser.add_argument("--finetune-steps", type=int, default=None)
-    parser.add_argument("--synth-threads", type=int, default=1,
-                        help="threads for the synthesis and the fine-tune (one core is "
-                             "usually busy with another training job)")
+    parser.add_argument("--cache-workers", type=int, choices=(1, 2), default=2,
+                        help="processes filling the teacher cache (the second starts from "
+                             "the last chunk; they meet in the middle); 1 on a busy box")
+    parser.add_argument("--cache-reverse", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--synth", action="store_true",
+                        help="also synthesise images from the teacher (DeepInversion + ADI "
+                             "against the distilled student) and fine-tune on them (1.1.0's "
+                             "last steps; about 40 min more)")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -60,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict, replace
 
     from quantize import distil
-    from quantize.student import PlaneStudent, init_from_teacher
     from quantize.teacher import load_teacher
 
     torch.set_num_threads(args.threads)
@@ -77,46 +85,69 @@ def run(args: argparse.Namespace) -> int:
     print(f"frames: {len(frames)} ({len(train)} train, {len(held)} held-out by patient)")
 
     heldout = distil.heldout_set(teacher, held, work / "heldout.npz")
-    cache_dir = distil.build_cache(teacher, train, work / "cache", args.seed)
+    cache_settings = distil.CacheSettings()
+    fast = distil.FastTeacher(teacher, work / "teacher_maps_fp32.tflite", args.threads)
+    cache_tag = cache_settings.tag(train, args.seed)
+    n_chunks = -(-len(train) // cache_settings.frames_per_chunk)
+    done = len(list((work / f"cache-{cache_tag}").glob("views_*.npz")))
+    helper = cache_helper(args, work) if args.cache_workers > 1 and not args.cache_reverse \
+        and done < n_chunks - 1 else None
+    try:
+        cache_dir = distil.build_cache(fast, train, work / f"cache-{cache_tag}", args.seed,
+                                       cache_settings, reverse=args.cache_reverse)
+    finally:
+        if helper is not None:
+            helper.wait()
+    if helper is not None and helper.returncode:
+        raise ValueError(f"the second cache worker failed (exit {helper.returncode}); see "
+                         f"{work / 'cache_worker.log'}")
     if args.until == "cache":
         return 0
+
+    from quantize.student import MobileSpec, MobileStudent
 
     settings = distil.TrainSettings()
     if args.steps:
         settings = replace(settings, steps=args.steps)
-    student = init_from_teacher(PlaneStudent(stem_stride=distil.STUDENT_STEM_STRIDE), teacher,
-                                input_gain=distil.TEACHER_SPEC.scale / distil.STUDENT_SPEC.scale)
+    spec = MobileSpec()
+    student = MobileStudent(spec)
     config = {**asdict(settings), "spec": distil.STUDENT_SPEC.to_dict(),
-              "stem_stride": distil.STUDENT_STEM_STRIDE}
+              "student": spec.to_dict(), "cache": cache_tag}
     tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
     ckpt = work / f"student-{tag}.pt"
     cache = distil.load_cache(cache_dir)
+    cache_info = cache_summary(cache, train, cache_settings)
+    print(f"teacher cache: {json.dumps(cache_info)}")
+    torch.manual_seed(args.seed)
     student = distil.train_student(student, cache, ckpt, args.seed, settings, heldout)
     student = student.to(memory_format=torch.contiguous_format)
+    del cache
     if args.until == "distil":
         return 0
-    del cache
 
-    from quantize import finetune, synth
+    final_ckpt, synth_info, ft_info = ckpt, None, None
+    if args.synth:
+        from quantize import finetune, synth
 
-    torch.set_num_threads(args.synth_threads)
-    synth.run_synthesis(teacher, student, work / "synth", args.seed, synth.SynthSettings(),
-                        ckpt.name)
-    synth_info = {**synth.synth_report(work / "synth"), "threads": args.synth_threads}
-    if args.until == "synth":
-        return 0
-    ft = finetune.FinetuneSettings()
-    if args.finetune_steps:
-        ft = replace(ft, steps=args.finetune_steps)
-    student, ft_ckpt = finetune.finetune(teacher, ckpt, work, args.seed, ft, heldout)
-    student = student.to(memory_format=torch.contiguous_format)
-    torch.set_num_threads(args.threads)
-    if args.until == "finetune":
+        synth.run_synthesis(teacher, student, work / "synth", args.seed, synth.SynthSettings(),
+                            ckpt.name)
+        synth_info = {**synth.synth_report(work / "synth"), "threads": args.threads}
+        if args.until == "synth":
+            return 0
+        ft = finetune.FinetuneSettings()
+        if args.finetune_steps:
+            ft = replace(ft, steps=args.finetune_steps)
+        student, final_ckpt = finetune.finetune(teacher, ckpt, work, args.seed, ft, heldout,
+                                                cache_dir)
+        student = student.to(memory_format=torch.contiguous_format)
+        ft_info = {"checkpoint": final_ckpt.name, "base": ckpt.name, "settings": asdict(ft),
+                   **finetune_minutes(final_ckpt)}
+    if args.until in ("synth", "finetune"):
         return 0
 
     from quantize import calibrate, convert, gate, manifest, variants
 
-    paths = convert.convert_student(student, train, work, args.seed, ft_ckpt)
+    paths = convert.convert_student(student, train, work, args.seed, final_ckpt)
     result = gate.run_gate(paths, heldout, work)
     print(result.summary())
     if not result.passed:
@@ -133,18 +164,26 @@ def run(args: argparse.Namespace) -> int:
     rows = variants.evaluate(paths.int8, args.seed)["rows"]
     print(f"calibration: T = {report['temperature']}, ECE {report['ece_eval_before']} -> "
           f"{report['ece_eval_after']}, abstain below {report['abstain_below']}")
+    examples = [f for f in train if f.source == "examples"]
+    new_ex = examples_named(paths.int8, examples, report)
+    old_ex = examples_named(shipped, examples, shipped_thresholds(args.models)) \
+        if shipped.is_file() else None
+    print(f"13 example screens named (device path, with the abstain threshold): new "
+          f"{new_ex}/{len(examples)}" + (f", shipped {old_ex}/{len(examples)}" if old_ex
+                                         is not None else ""))
     if args.until == "calibrate":
         return 0
-    if old_heads is not None and new_heads[0] < old_heads[0]:
+    if old_heads is not None and (new_heads[0] < old_heads[0] or new_ex <= old_ex):
         print(f"keeping the shipped model: the new one agrees with the teacher on "
-              f"{new_heads[0]} held-out HC18 heads, the shipped one on {old_heads[0]}; "
-              "recalibrate it with `python -m quantize.calibrate --model "
-              f"{shipped} --write {shipped.with_suffix('.json')}`", file=sys.stderr)
+              f"{new_heads[0]} held-out HC18 heads (shipped {old_heads[0]}) and names "
+              f"{new_ex} example screens (shipped {old_ex}); it must be no worse on the heads "
+              "and better on the examples", file=sys.stderr)
         return 0
-    extras = {"version": VERSION, "synthesis": synth_info,
-              "finetune": {"checkpoint": ft_ckpt.name, "base": ckpt.name,
-                           "settings": asdict(ft), **finetune_minutes(ft_ckpt)},
-              "variants": rows, "calibration": report}
+    extras = {"version": VERSION, "synthesis": synth_info, "finetune": ft_info,
+              "variants": rows, "calibration": report, "cache": cache_info,
+              "examples_named": new_ex,
+              "train": {"checkpoint": final_ckpt.name, "settings": asdict(settings),
+                        "threads": args.threads}}
     man = manifest.student_manifest(student, teacher, paths, result, frames, train, held,
                                     heldout, work, args, extras)
     args.models.mkdir(parents=True, exist_ok=True)
@@ -154,6 +193,62 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {shipped} ({man['size_bytes']} bytes) and "
           f"its manifest in {(time.time() - started) / 60:.1f} min")
     return 0
+
+
+def cache_helper(args: argparse.Namespace, work: Path):
+    """A second process filling the teacher cache from its last chunk (log in `work`)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "quantize.build_models", "--until", "cache", "--cache-reverse",
+           "--seed", str(args.seed), "--build", str(args.build), "--threads", str(args.threads)]
+    log = open(work / "cache_worker.log", "w")  # noqa: SIM115 (lives as long as the worker)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def cache_summary(cache: dict, train: list, settings) -> dict:
+    """What the student learns from: views per source, and how often the teacher's
+    average over the framings differs from its answer on the view itself."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    sources = np.array([f.source for f in train])
+    frame = cache["frame"]
+    per = {s: int(((frame >= 0) & (sources[np.maximum(frame, 0)] == s)).sum())
+           for s in ("hc18", "hc18_test", "planes", "examples")}
+    per["mixup"] = int((frame < 0).sum())
+    changed = cache["logits"].argmax(1) != cache["logits_view"].argmax(1)
+    return {"views": int(len(frame)), "per_source": per,
+            "average_differs_from_view_top1": round(float(changed.mean()), 4),
+            "settings": asdict(settings)}
+
+
+def examples_named(model: Path, examples: list, thresholds: dict) -> int:
+    """How many example screens the int8 model names right through the device path, as
+    `sonoedge score` reports them: top-1 at the manifest's temperature, `uncertain` below
+    the abstain threshold (counted wrong)."""
+    import numpy as np
+
+    from edge.models.planes import softmax
+    from edge.models.preprocess import normalise
+    from quantize.convert import run_tflite
+    from quantize.data import LABELS, device_view, read_frame
+    from quantize.distil import STUDENT_SPEC
+
+    x = np.stack([normalise(device_view(read_frame(f.path), STUDENT_SPEC), STUDENT_SPEC)[None]
+                  for f in examples])
+    p = softmax(run_tflite(model, x), thresholds.get("temperature", 1.0))
+    top = p.argmax(1)
+    named = [LABELS[t] == f.label and p[i, t] >= thresholds.get("abstain_below", 0.0)
+             for i, (t, f) in enumerate(zip(top, examples, strict=True))]
+    return int(sum(named))
+
+
+def shipped_thresholds(models: Path) -> dict:
+    try:
+        return json.loads((models / "plane_student.json").read_text()).get("thresholds", {})
+    except (OSError, ValueError):
+        return {}
 
 
 def hc18_agreement(model: Path, heldout: dict) -> tuple[int, int]:

@@ -112,12 +112,12 @@ def checkpoint_name(settings: FinetuneSettings, base: Path, synth_tag: str) -> s
 
 def finetune(teacher, base_ckpt: Path, work: Path, seed: int,
              settings: FinetuneSettings = FinetuneSettings(),
-             heldout: dict[str, np.ndarray] | None = None):
+             heldout: dict[str, np.ndarray] | None = None, cache_dir: Path | None = None):
     """(student, checkpoint path): the base student fine-tuned on real + synthetic views."""
     from dataclasses import replace
 
     from quantize import distil
-    from quantize.student import PlaneStudent
+    from quantize.student import load_student
 
     synth_dir = work / "synth"
     meta = json.loads((synth_dir / "settings.json").read_text())
@@ -125,14 +125,18 @@ def finetune(teacher, base_ckpt: Path, work: Path, seed: int,
                             settings)
     extra = load_views(views_dir)
     ckpt = work / checkpoint_name(settings, base_ckpt, meta["tag"])
-    student = PlaneStudent(stem_stride=distil.STUDENT_STEM_STRIDE)
-    if not ckpt.exists():
-        if not base_ckpt.is_file():
-            raise FileNotFoundError(f"{base_ckpt}: base student checkpoint not found")
-        student.load_state_dict(torch.load(base_ckpt, weights_only=False)["model"])
+    if not base_ckpt.is_file():
+        raise FileNotFoundError(f"{base_ckpt}: base student checkpoint not found")
+    student = load_student(base_ckpt)  # the base's architecture; a resume loads ckpt over it
     train = replace(distil.TrainSettings(), steps=settings.steps, batch=settings.batch,
                     lr=settings.lr, warmup=settings.warmup, label_weight=settings.label_weight)
-    cache = distil.load_cache(work / "cache")
+    if cache_dir is None:  # the newest teacher cache of this build
+        found = sorted(work.glob("cache-*"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"{work}: no teacher cache (run quantize.build_models "
+                                    "--until cache)")
+        cache_dir = found[-1]
+    cache = distil.load_cache(cache_dir)
     student = distil.train_student(student, cache, ckpt, seed, train, heldout, extra=extra,
                                    extra_share=settings.synth_share)
     return student, ckpt

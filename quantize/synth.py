@@ -316,9 +316,8 @@ def synth_report(out_dir: Path) -> dict:
 
 
 def load_nets(seed: int, student_ckpt: Path | None):
-    from quantize import distil
     from quantize.data import data_dir
-    from quantize.student import PlaneStudent
+    from quantize.student import load_student
     from quantize.teacher import load_teacher
 
     teacher = load_teacher(data_dir() / "sononet" / "SonoNet16.npz")
@@ -326,9 +325,7 @@ def load_nets(seed: int, student_ckpt: Path | None):
     if student_ckpt is not None:
         if not student_ckpt.is_file():
             raise FileNotFoundError(f"{student_ckpt}: student checkpoint not found")
-        student = PlaneStudent(stem_stride=distil.STUDENT_STEM_STRIDE)
-        student.load_state_dict(torch.load(student_ckpt, weights_only=False)["model"])
-        student.eval()
+        student = load_student(student_ckpt)
     return teacher, student
 
 
