@@ -14,7 +14,8 @@ the quantizer's default moving-average ranges, which clip activations on unusual
 flipped 8 of 140 (94.3%) and failed; calibration on flat or noise frames and perturbed
 weights fall far below (tests/test_quantize.py). The agreement with the teacher is
 reported beside it, and the int8 model may not lose more than MAX_TEACHER_DROP (0.03) of
-agreement with the teacher relative to its fp32 model.
+agreement with the teacher relative to its fp32 model. And the model must be fully int8: no
+op may read or write a float32 tensor (`float_ops`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,22 @@ WHY = ("a correct int8 conversion only flips frames on a decision boundary (the 
        "lose at most 3 points of agreement with the teacher relative to fp32")
 
 
+def float_ops(path: Path) -> list[str]:
+    """The ops of a .tflite that read or write a float32 tensor ("OP:tensor"). A fully int8
+    model has none: int8 input, activations and output (weights int8, biases int32), so
+    every op can run in XNNPACK's int8 kernels and nothing is dequantized in between."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    dtypes = {t["index"]: (t["dtype"], t["name"]) for t in interpreter.get_tensor_details()}
+    found = []
+    for op in interpreter._get_ops_details():
+        for i in [*op["inputs"], *op["outputs"]]:
+            if i >= 0 and dtypes[i][0] == np.float32:
+                found.append(f"{op['op_name']}:{dtypes[i][1]}")
+    return found
+
+
 @dataclass(frozen=True)
 class GateResult:
     n: int
@@ -45,9 +62,13 @@ class GateResult:
     fp32_vs_teacher: float | None
     threshold: float = INT8_VS_FP32_MIN
     max_teacher_drop: float = MAX_TEACHER_DROP
+    float_ops: tuple[str, ...] = ()
 
     @property
     def reason(self) -> str:
+        if self.float_ops:
+            return (f"the int8 model is not fully int8: {len(self.float_ops)} float32 "
+                    f"tensor(s), first {self.float_ops[0]}")
         if self.int8_vs_fp32 < self.threshold:
             return (f"int8 agrees with fp32 on {self.int8_vs_fp32:.1%} of {self.n} held-out "
                     f"frames, below the gate's {self.threshold:.0%}")
@@ -84,7 +105,8 @@ def check(int8: Path, fp32: Path, inputs: np.ndarray, teacher_top1: np.ndarray |
         t8 = float((q == teacher_top1).mean())
         tf = float((f == teacher_top1).mean())
     return GateResult(n=len(inputs), int8_vs_fp32=float((q == f).mean()), int8_vs_teacher=t8,
-                      fp32_vs_teacher=tf, threshold=threshold)
+                      fp32_vs_teacher=tf, threshold=threshold,
+                      float_ops=tuple(float_ops(int8)))
 
 
 def views_for(data: dict[str, np.ndarray], spec) -> np.ndarray:

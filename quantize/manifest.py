@@ -97,7 +97,7 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
     from quantize.distil import STUDENT_SPEC, TEACHER_SPEC
     from quantize.export import export_teacher_fp32
     from quantize.gate import INT8_VS_FP32_MIN, MAX_TEACHER_DROP, WHY
-    from quantize.macs import count_macs, count_params
+    from quantize.macs import count_macs
 
     spec = STUDENT_SPEC
     shape = (1, 1, spec.height, spec.width)
@@ -114,6 +114,8 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
     tc = heldout["crop_logits"].argmax(1)
     src = heldout["source"]
     n_hc, n_pl = int((src == "hc18").sum()), int((src == "planes").sum())
+    first = (src == "hc18") & np.array([n.split("_")[0].isdigit() and int(n.split("_")[0]) % 2
+                                        == 0 for n in heldout["name"]])
     hc_groups = len({fr.group for fr in held if fr.source == "hc18"})
     pl_groups = len({fr.group for fr in held if fr.source == "planes"})
     where = (f"held-out frames: {n_hc} HC18 images of {hc_groups} patients + {n_pl} "
@@ -152,11 +154,15 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
     metrics = {
         "heldout_top1_agreement_int8_vs_teacher": {
             **agree(q, t), "how": where,
-            "hc18": agree(q, t, src == "hc18"), "planes": agree(q, t, src == "planes")},
+            "hc18": agree(q, t, src == "hc18"), "planes": agree(q, t, src == "planes"),
+            "hc18_even_ids": {**agree(q, t, first), "how": (
+                "the held-out heads of even patient ids: the 133 frames 1.0-1.1 were judged "
+                "on (the data folder then held the even ids only)")}},
         "heldout_top1_agreement_fp32_vs_teacher": {**agree(f, t), "how": where},
         "heldout_top1_agreement_int8_vs_fp32": {**agree(q, f), "how": where},
         "teacher_self_agreement_4pct_border_crop": {
-            **agree(tc, t),
+            **agree(tc, t), "hc18": agree(tc, t, src == "hc18"),
+            "hc18_even_ids": agree(tc, t, first),
             "how": ("the teacher's own stability on the same held-out frames: its answer on "
                     "the find_roi region vs on that region with 4% of width and height cut "
                     "from every side")},
@@ -190,19 +196,18 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
                      "int8_vs_teacher": gate_result.int8_vs_teacher,
                      "fp32_vs_teacher": gate_result.fp32_vs_teacher,
                      "n": gate_result.n, "why": WHY}},
-        "architecture": {
-            "family": ("SonoNet-style VGG: conv3x3-BN-ReLU stages "
-                       f"(first conv stride {getattr(student, 'stem_stride', 1)}) "
-                       f"{[list(s) for s in student.stages_spec]} with 2x2 max-pools between, "
-                       "1x1 head to 64 then 14 class maps (14x18), global mean; initialised "
-                       "from the teacher's first four blocks and head"),
-            "params": count_params(student), "macs": macs, "teacher_macs": teacher_macs},
+        "architecture": _architecture(student, macs, teacher_macs),
         "metrics": metrics,
         "teacher": TEACHER_CREDIT,
         "training_data": [
             {"name": "HC18 training-set subset (fetal head)", "frames": by_source.get("hc18", 0),
              "licence": "CC BY 4.0 upstream (not stated in the copying repo)",
              "split": f"train; {held_by.get('hc18', 0)} frames of other patients held out"},
+            {"name": "HC18 test-set heads (unlabelled; the teacher labels them)",
+             "frames": by_source.get("hc18_test", 0),
+             "licence": "CC BY 4.0 upstream (not stated in the copying repo)",
+             "split": "train only (no labels, so never validation); other patients than "
+                      "the HC18 training set"},
             {"name": "FETAL_PLANES_DB subset + MFM_AI umbilical-cord session (planes/)",
              "frames": by_source.get("planes", 0),
              "licence": "FETAL_PLANES_DB CC BY 4.0 upstream; MFM_AI repo GPL-3.0",
@@ -214,7 +219,11 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
              "split": ("train only, with heavier augmentation: they are the only frames of "
                        "9 of the 14 classes, so none can be held out")}],
         "distillation": {
-            "targets": "teacher logits (KL at T=4 and T=1) + MSE on the 14 class maps (14x18)",
+            "targets": ("the teacher's average probability over three framings of each view "
+                        "(itself, 4% cut from every side, 4% more on every side), KL at T=2 "
+                        "and T=1, + MSE on the 14 class maps (14x18) of the view itself; on "
+                        "views of the 13 example screens the target is 0.7 x the true label "
+                        "+ 0.3 x the teacher's (the true-label term)"),
             "views": "cached augmented views, teacher-labelled; mixup views re-labelled by "
                      "the teacher; see quantize/distil.py",
             "log": log[-3:]},
@@ -234,6 +243,27 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
     paths.fp32.with_suffix(".json").write_text(
         json.dumps(finish(fp32_man, paths.fp32), indent=2) + "\n")
     return man
+
+
+def _architecture(student, macs: int, teacher_macs: int) -> dict:
+    from quantize.macs import count_params
+
+    spec = getattr(student, "spec", None)
+    if spec is not None:
+        family = ("MobileNetV2-style inverted residuals (Sandler et al. 2018): "
+                  + spec.describe())
+    else:
+        family = ("SonoNet-style VGG: conv3x3-BN-ReLU stages "
+                  f"(first conv stride {getattr(student, 'stem_stride', 1)}) "
+                  f"{[list(s) for s in student.stages_spec]} with 2x2 max-pools between, "
+                  "1x1 head to 64 then 14 class maps (14x18), global mean; initialised "
+                  "from the teacher's first four blocks and head")
+    out = {"family": family, "params": count_params(student), "macs": macs,
+           "teacher_macs": teacher_macs, "macs_share_of_teacher": round(macs / teacher_macs, 4),
+           "class_maps": "14 class maps at 14x18 before the global mean (SonoNet-style)"}
+    if spec is not None:
+        out["spec"] = spec.to_dict()
+    return out
 
 
 def _add_extras(man: dict, extras: dict) -> None:
@@ -273,3 +303,13 @@ def _add_extras(man: dict, extras: dict) -> None:
     ft = extras.get("finetune")
     if ft:
         man["distillation"]["finetune"] = ft
+    for key in ("cache", "train"):
+        if extras.get(key):
+            man["distillation"][key] = extras[key]
+    named = extras.get("examples_named")
+    if named is not None:
+        man["metrics"]["examples_13_named_int8_with_abstain"] = {
+            "value": named, "n": 13,
+            "how": ("as `sonoedge score` reports them: top-1 of the int8 student through "
+                    "find_roi + prepare at the manifest's temperature, `uncertain` below "
+                    "its abstain_below counted wrong; training frames")}

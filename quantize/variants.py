@@ -1,4 +1,5 @@
-"""Per-class agreement of an int8 plane student with the teacher on realistic variants.
+"""Per-class true-plane accuracy of an int8 plane student on realistic variants of the
+example screens, beside the teacher's own and the student's agreement with the teacher.
 
 The real frames here are almost all heads; the only real frames of the other planes are the
 13 SonoNet example screens, which the student trained on. This test makes 50 seeded
@@ -116,8 +117,10 @@ def build_views(seed: int = 0, settings: VariantSettings = VariantSettings(),
     from quantize.teacher import load_teacher
 
     cache = cache or WORK / "variants" / f"views_seed{seed}.npz"
-    key = json.dumps({"seed": seed, **asdict(settings), "with": "teacher_crop"},
-                     sort_keys=True)
+    held_path = WORK / "heldout.npz"
+    held_key = str(np.load(held_path)["roi_fingerprint"]) if held_path.exists() else ""
+    key = json.dumps({"seed": seed, **asdict(settings), "with": "teacher_crop",
+                      "heldout": held_key}, sort_keys=True)
     if cache.exists():
         data = dict(np.load(cache))
         if str(data.get("key")) == key:
@@ -204,9 +207,11 @@ def summarise(data: dict, v_logits: np.ndarray, h_logits: np.ndarray, model, dig
         m = data["cls"] == c
         if m.any():
             rows[name] = {"n": int(m.sum()), "agree": int((s[m] == t[m]).sum()),
+                          "true": int((s[m] == c).sum()),
                           "teacher_true": int((t[m] == c).sum()),
                           "teacher_stable": int((tc[m] == t[m]).sum())}
     rows["all variants"] = {"n": len(t), "agree": int((s == t).sum()),
+                            "true": int((s == data["cls"]).sum()),
                             "teacher_true": int((t == data["cls"]).sum()),
                             "teacher_stable": int((tc == t).sum())}
     ht, hs = data["held_logits"].argmax(1), h_logits.argmax(1)
@@ -219,24 +224,29 @@ def summarise(data: dict, v_logits: np.ndarray, h_logits: np.ndarray, model, dig
             "variant_logits": v_logits, "held_logits": h_logits}
 
 
-def _cell(row: dict | None) -> str:
-    if row is None:
+def _cell(row: dict | None, key: str = "agree") -> str:
+    if row is None or key not in row:
         return "-"
-    return f"{row['agree'] / row['n']:.1%} ({row['agree']}/{row['n']})"
+    return f"{row[key] / row['n']:.1%} ({row[key]}/{row['n']})"
 
 
 def table(results: dict[str, dict]) -> str:
-    """Markdown: one row per class, one column per model (e.g. before, after)."""
+    """Markdown: one row per class; per model (e.g. before, after) the share of variants
+    on which the int8 student names the true plane, and its agreement with the teacher.
+    The held-out rows have no true plane: agreement with the teacher only."""
     names = list(results)
     first = results[names[0]]["rows"]
-    head = ["class", "n", "teacher names true class", "teacher same answer, 4% crop"] + [
-        f"{n}: int8 vs teacher" for n in names]
+    head = ["class", "n", "teacher names true plane", "teacher same answer, 4% crop"]
+    for n in names:
+        head += [f"{n}: int8 names true plane", f"{n}: int8 vs teacher"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, row in first.items():
-        tt = f"{row['teacher_true']}/{row['n']}" if "teacher_true" in row else "-"
+        tt = _cell(row, "teacher_true")
         ts = f"{row['teacher_stable']}/{row['n']}" if "teacher_stable" in row else "-"
-        cells = [key, str(row["n"]), tt, ts] + [_cell(results[n]["rows"].get(key))
-                                               for n in names]
+        cells = [key, str(row["n"]), tt, ts]
+        for n in names:
+            cells += [_cell(results[n]["rows"].get(key), "true"),
+                      _cell(results[n]["rows"].get(key))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
