@@ -115,6 +115,11 @@ def main() -> int:
         if ("student fp32", threads) in by:
             s32 = by[("student fp32", threads)].median_ms
             print(f"ratio at {threads} thread(s): student fp32 / teacher fp32 = {s32 / t:.3f}")
+    t_macs = by[("teacher SonoNet-16 fp32", 1)].macs
+    s_macs = by[("student int8 (shipped)", 1)].macs
+    if t_macs and s_macs:
+        print(f"multiply-adds: student {s_macs / 1e6:.1f} M / teacher {t_macs / 1e6:.1f} M = "
+              f"{s_macs / t_macs:.3f}")
     size = (REPO / "models" / "plane_student.tflite").stat().st_size
     print(f"student int8 size: {size / 1024:.0f} KiB ({size} bytes)")
 

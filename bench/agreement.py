@@ -54,13 +54,14 @@ def device_path_agreement(teacher_manifest: Path, student_manifest: Path,
 
 
 def example_planes(student_manifest: Path, examples_dir: Path, threads: int = 2) -> dict:
-    """The student's answer on the 13 SonoNet example screens, against their true labels."""
+    """The student's answer on the 13 SonoNet example screens, against their true labels,
+    as `sonoedge score` reports it: the plane, or `uncertain` below the abstain threshold."""
     student = load_model(read_manifest(student_manifest), "litert", threads)
     answers = {}
     for path in sorted(examples_dir.glob("*.tiff")):
         image = cv2.imread(str(path))
         answers[path.stem] = (EXAMPLE_LABELS[path.stem],
-                              classify_plane(student, image, find_roi(image)).top_label)
+                              classify_plane(student, image, find_roi(image)).plane)
     return answers
 
 

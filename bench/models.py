@@ -22,6 +22,7 @@ class Timing:
     median_ms: float
     p90_ms: float
     rss_mb: float
+    macs: int | None = None  # multiply-adds per frame, from the model's manifest
 
     @property
     def fps(self) -> float:
@@ -39,7 +40,18 @@ def _worker(*args: str) -> dict:
 
 def time_model(label: str, manifest: Path, threads: int, frame: Path, runs: int) -> Timing:
     data = _worker("model", str(manifest), str(threads), str(frame), str(runs))
-    return Timing(label, threads, data["median_ms"], data["p90_ms"], data["rss_mb"])
+    return Timing(label, threads, data["median_ms"], data["p90_ms"], data["rss_mb"],
+                  manifest_macs(manifest))
+
+
+def manifest_macs(manifest: Path) -> int | None:
+    """The multiply-adds a manifest records (`architecture.macs`), if any: latency is
+    reported beside them because int8 speed depends on the CPU and MACs do not."""
+    try:
+        macs = json.loads(Path(manifest).read_text()).get("architecture", {}).get("macs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(macs) if isinstance(macs, (int, float)) else None
 
 
 def time_device_path(manifest: Path, threads: int, pixel_size_mm: float = 0.0) -> dict:
@@ -60,9 +72,10 @@ def model_table(models: list[tuple[str, Path]], frame: Path, runs: int = 200) ->
 
 
 def format_table(rows: list[Timing]) -> str:
-    lines = ["| model | threads | median ms | p90 ms | fps | peak RSS MB |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | M MACs | threads | median ms | p90 ms | fps | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row.label} | {row.threads} | {row.median_ms:.2f} | {row.p90_ms:.2f} |"
-                     f" {row.fps:.0f} | {row.rss_mb:.0f} |")
+        macs = f"{row.macs / 1e6:.1f}" if row.macs else "-"
+        lines.append(f"| {row.label} | {macs} | {row.threads} | {row.median_ms:.2f} | "
+                     f"{row.p90_ms:.2f} | {row.fps:.0f} | {row.rss_mb:.0f} |")
     return "\n".join(lines)
