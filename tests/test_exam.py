@@ -341,12 +341,13 @@ def test_sigusr1_ends_the_exam_in_progress(tmp_path, data_dir):
                              "--state-dir", str(state), "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO, env=env)
-    lines = []
+    scored, sent = 0, False
     for line in proc.stdout:
-        lines.append(line)
-        if sum(" #" in x for x in lines) == 5:
+        scored += " #" in line
+        if scored == 5 and not sent:
             proc.send_signal(signal.SIGUSR1)
-        if sum(" #" in x for x in lines) == 12:
+            sent = True
+        if scored == 12:
             break
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "Traceback" not in err, err
