@@ -56,8 +56,10 @@ NOT_A_VIEW = ("Background", "other", "uncertain")
 
 
 def recent_exams(store: Store, limit: int = 20) -> list[dict]:
-    """The newest exams received, as a district reviewer reads them: when, where, how many
-    standard views were seen, how often the model abstained, and the head biometry."""
+    """The newest exams received, as a district reviewer reads them: when, where, which
+    protocol and how much of its checklist was captured, the standard views seen and the
+    best quality among them, the deficiencies seen most often, how often the model
+    abstained, and the head biometry with its age range."""
     out = []
     for dev, clinic, payload in store.query(
         "SELECT device_id, clinic_id, payload FROM messages WHERE kind = 'exam' "
@@ -67,14 +69,23 @@ def recent_exams(store: Store, limit: int = 20) -> list[dict]:
         planes = exam.get("planes") or {}
         scored = int(exam.get("frames_scored") or 0)
         bio = exam.get("biometry") or {}
+        protocol = exam.get("protocol") or {}
+        views = {k: v for k, v in planes.items() if k not in NOT_A_VIEW and v[0] > 0}
+        qualities = [v[2] for v in views.values() if len(v) > 2]
         out.append({
             "device_id": dev, "clinic_id": clinic, "exam_id": exam.get("exam_id"),
             "ended_ts": exam.get("ended_ts"), "frames": exam.get("frames"),
-            "views": sorted(k for k, v in planes.items() if k not in NOT_A_VIEW and v[0] > 0),
+            "ended_by": exam.get("ended_by"), "protocol": protocol.get("name"),
+            "captured": protocol.get("captured"), "required": protocol.get("required"),
+            "missing": protocol.get("missing") or [],
+            "views": sorted(views),
+            "best_quality": max(qualities) if qualities else None,
+            "deficiencies": list((exam.get("deficiencies") or {}).keys()),
             "uncertain_fraction": round(planes.get("uncertain", [0])[0] / scored, 3)
             if scored else None,
             "heads_measured": bio.get("measured"), "hc_mm": bio.get("hc_mm"),
-            "ga_weeks": bio.get("ga_weeks"),
+            "ga_weeks": bio.get("ga_weeks"), "ga_low_weeks": bio.get("ga_low_weeks"),
+            "ga_high_weeks": bio.get("ga_high_weeks"),
         })
     return out
 
@@ -224,15 +235,22 @@ def format_report(rep: dict) -> str:
     exams = rep.get("recent_exams") or []
     if exams:
         lines += ["", "Recent exams"]
-        head = (f"{'ended (device clock, UTC)':<25} {'device':<20} {'frames':>7} {'views':>5} "
-                f"{'unsure':>6} {'heads':>5} {'HC mm':>6} {'GA wk':>5}  standard views seen")
+        head = (f"{'ended (device clock, UTC)':<25} {'device':<20} {'protocol':<16} "
+                f"{'done':>5} {'frames':>7} {'views':>5} {'best q':>6} {'unsure':>6} "
+                f"{'heads':>5} {'HC mm':>6} {'GA wk':>5}  missing; most frequent deficiencies")
         lines += [head, "-" * len(head)]
         for e in exams:
             unsure = "-" if e["uncertain_fraction"] is None else f"{e['uncertain_fraction']:.0%}"
+            done = (f"{e['captured']}/{e['required']}" if e.get("required") is not None
+                    else "-")
+            quality = "-" if e.get("best_quality") is None else f"{e['best_quality']:.2f}"
+            notes = "; ".join(x for x in (", ".join(e.get("missing") or []),
+                                          ", ".join(e.get("deficiencies") or [])) if x)
             lines.append(
-                f"{_ts(e['ended_ts']):<25} {e['device_id']:<20} {e['frames'] or 0:>7} "
-                f"{len(e['views']):>5} {unsure:>6} {_num(e['heads_measured']):>5} "
-                f"{_num(e['hc_mm']):>6} {_num(e['ga_weeks']):>5}  {', '.join(e['views'])}")
+                f"{_ts(e['ended_ts']):<25} {e['device_id']:<20} {e.get('protocol') or '-':<16} "
+                f"{done:>5} {e['frames'] or 0:>7} {len(e['views']):>5} {quality:>6} "
+                f"{unsure:>6} {_num(e['heads_measured']):>5} {_num(e['hc_mm']):>6} "
+                f"{_num(e['ga_weeks']):>5}  {notes or '-'}")
     dl = rep["dead_letters"]
     lines += ["", f"Dead letters: {dl['total']}"]
     for reason, n in dl["by_reason"].items():

@@ -191,6 +191,33 @@ def test_report_lists_recent_exams_with_views_abstentions_and_gestational_age(tm
     store.close()
 
 
+def test_report_says_which_protocol_each_exam_followed_and_how_well(tmp_path):
+    """The district learns which exams were done and how well: the protocol, how much of its
+    checklist was captured, what is missing, the best quality and the usual deficiency."""
+    from edge.exam.protocol import find_protocol
+    from edge.exam.session import ExamSession
+
+    session = ExamSession(find_protocol("second-trimester"), None)
+    criteria = {"zoom": {"pass": False, "value": 0.1, "message": "Zoom in"}}
+    for i, plane in enumerate(("Brain (Tv.)", "Femur", "Femur")):
+        session.add(frame_result(i) | {"plane": plane, "plane_confidence": 0.95,
+                                       "quality": {"score": 0.4 + 0.2 * i, "advice": "zoom",
+                                                   "criteria": criteria}})
+    body = session.finish("command", {"plane_student": "1.2.0"})
+    env = messages.envelope("exam", "dev-a", "clinic-1", "boot-1")
+    store = Store(str(tmp_path / "c.sqlite3"))
+    store.store([row({**messages.build_exam(env, body), "msg_id": str(uuid.uuid4()),
+                      "seq": 1})], [])
+    (exam,) = build_report(store)["recent_exams"]
+    assert (exam["protocol"], exam["captured"], exam["required"]) == ("second-trimester", 1, 13)
+    assert "Brain (Tv.)" in exam["missing"] and "Femur" not in exam["missing"]
+    assert exam["best_quality"] == 0.8 and exam["deficiencies"] == ["zoom"]
+    assert exam["ended_by"] == "command"
+    text = format_report(build_report(store))
+    assert "second-trimester" in text and "1/13" in text and "0.80" in text
+    store.close()
+
+
 def test_report_cli_prints_text_and_json(tmp_path):
     db = str(tmp_path / "c.sqlite3")
     store = Store(db)
