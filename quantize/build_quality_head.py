@@ -218,7 +218,11 @@ def manifest(work: Path, net: torch.nn.Module, pool: dict, ev: dict, held: list,
         severity[k] = {**SEVERITY_ONE[k],
                        "severity": "sigmoid(logit) in 0..1: 0 = clean, 1 = as at_1",
                        "metrics": {"heldout_spearman": metrics[f"heldout_spearman_{k}"]}}
-    severity["usable"] = {"auroc": metrics["heldout_auroc_usable_vs_unusable"]}
+    # The held-out evidence beside the branches, as the brief for the head asked: every
+    # branch's Spearman and the usable/unusable AUROC, each with how it was measured.
+    severity["metrics"] = {key: metrics[key] for key in
+                           [f"heldout_spearman_{k}" for k in KINDS]
+                           + ["heldout_auroc_usable_vs_unusable"]}
     state = torch.load(qh.checkpoint_path(work), weights_only=False)
     by_train: dict[str, int] = {}
     for f in train_frames:
