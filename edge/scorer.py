@@ -164,8 +164,10 @@ class Scorer:
         if self.quality is not None:
             measures.update(image_measures(grey))
             measures["repeated_frames"] = float(self.quality.repeats.update(frame.source, grey))
-            measures["plane_confidence"] = (0.0 if plane.top_label == "Background"
-                                            else plane.confidence)
+            # How far the named plane is above the model's own abstain threshold: one number
+            # for "is this a standard plane", whatever threshold the installed model carries.
+            confidence = 0.0 if plane.top_label == "Background" else plane.confidence
+            measures["plane_margin"] = confidence - self.manifest.setting("abstain_below", 0.0)
             if self.quality.learned is not None:
                 learned = learned_severities(self.quality.learned, frame.image, roi)
                 measures.update({f"learned:{k}": v for k, v in learned.items()})

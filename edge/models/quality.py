@@ -38,7 +38,7 @@ QUALITY_HEAD_LABELS = ("blur", "gain", "noise", "shadow", "cutoff", "zoom")
 # What a criterion may measure. Image statistics are of the plane model's grey view of the
 # region (uint8, the model's input size); head figures come from `biometry.HeadShape`.
 IMAGE_MEASURES = ("tissue_fraction", "repeated_frames", "bright_level", "dynamic_range",
-                  "edge_energy", "plane_confidence")
+                  "edge_energy", "plane_margin")
 HEAD_MEASURES = ("head_overshoot", "head_area_fraction", "head_fit_iou", "head_offset")
 LEARNED_MEASURES = tuple(f"learned:{label}" for label in QUALITY_HEAD_LABELS)
 MEASURES = IMAGE_MEASURES + HEAD_MEASURES + LEARNED_MEASURES
