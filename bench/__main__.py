@@ -73,7 +73,7 @@ def _passes_rows(shipped: Path, count: int = 40) -> None:
     """What each pass option of the measurement costs per head frame, on real validation
     heads, with the shipped segmenter; and which option its manifest chose."""
     from bench.models import time_passes
-    from quantize.build_segmenter import CROP_MARGIN
+    from quantize.build_segmenter import CROP_MARGIN, CROP_MAX_ZOOM
     from quantize.data import data_dir
     from quantize.seg_data import hc18_split, read_hc_table
 
@@ -82,13 +82,16 @@ def _passes_rows(shipped: Path, count: int = 40) -> None:
     frames = [(f.path, table[f.path.name][0]) for f in val[:: max(1, len(val) // count)][:count]]
     block = read_manifest(shipped).raw.get("biometry", {})
     margin = block.get("refine_crop_margin") or CROP_MARGIN
+    max_zoom = block.get("refine_max_zoom") or CROP_MAX_ZOOM
     print(f"\n## Head biometry passes: segmenter + measurement per head frame ({len(frames)} "
-          f"HC18 validation frames, 2 threads; crop margin {margin:g})\n")
+          f"HC18 validation frames, 2 threads; crop margin {margin:g}, zoom at most "
+          f"{max_zoom:g}x)\n")
     print("| passes | model runs | median ms | p90 ms |\n|---|---|---|---|")
-    for name, t in time_passes(shipped, 2, margin, frames).items():
+    for name, t in time_passes(shipped, 2, margin, max_zoom, frames).items():
         print(f"| {name} | {t['runs']} | {t['median_ms']:.2f} | {t['p90_ms']:.2f} |")
     print(f"shipped manifest: test_time_flip={block.get('test_time_flip', False)}, "
-          f"refine_crop_margin={block.get('refine_crop_margin', 0.0)}")
+          f"refine_crop_margin={block.get('refine_crop_margin', 0.0)}, "
+          f"refine_max_zoom={block.get('refine_max_zoom', 0.0)}")
 
 
 BENCH_PIXEL_SIZE_MM = 0.15  # a typical HC18 pixel size; only the timing depends on it

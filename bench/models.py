@@ -59,10 +59,10 @@ def time_device_path(manifest: Path, threads: int, pixel_size_mm: float = 0.0) -
                    str(pixel_size_mm))
 
 
-def time_passes(manifest: Path, threads: int, margin: float,
+def time_passes(manifest: Path, threads: int, margin: float, max_zoom: float,
                 frames: list[tuple[Path, float]]) -> dict:
     """ms per head frame of each pass option of the head segmenter (bench.worker passes)."""
-    return _worker("passes", str(manifest), str(threads), str(margin),
+    return _worker("passes", str(manifest), str(threads), str(margin), str(max_zoom),
                    *(f"{path}={pixel}" for path, pixel in frames))
 
 

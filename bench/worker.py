@@ -105,7 +105,8 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
     return out
 
 
-def time_passes(manifest_path: str, threads: int, margin: float, frames: list[str]) -> dict:
+def time_passes(manifest_path: str, threads: int, margin: float, max_zoom: float,
+                frames: list[str]) -> dict:
     """The head segmenter's measure_frame per pass option on real head frames (`frames`:
     "path=pixel_mm" items): what each option of edge.models.biometry.Passes costs per frame,
     segmenter runs and measurement together."""
@@ -117,8 +118,9 @@ def time_passes(manifest_path: str, threads: int, margin: float, frames: list[st
     images = [(cv2.imread(item.rsplit("=", 1)[0]), float(item.rsplit("=", 1)[1]))
               for item in frames]
     options = {"one pass": Passes(), "flip": Passes(test_time_flip=True),
-               "crop": Passes(refine_crop_margin=margin),
-               "crop + flip": Passes(test_time_flip=True, refine_crop_margin=margin)}
+               "crop": Passes(refine_crop_margin=margin, refine_max_zoom=max_zoom),
+               "crop + flip": Passes(test_time_flip=True, refine_crop_margin=margin,
+                                     refine_max_zoom=max_zoom)}
     out = {}
     for name, passes in options.items():
         for image, pixel in images[:3]:
@@ -137,7 +139,7 @@ def main(argv: list[str]) -> int:
     if argv[0] == "model":
         out = time_model(argv[1], int(argv[2]), argv[3], int(argv[4]))
     elif argv[0] == "passes":
-        out = time_passes(argv[1], int(argv[2]), float(argv[3]), argv[4:])
+        out = time_passes(argv[1], int(argv[2]), float(argv[3]), float(argv[4]), argv[5:])
     else:
         out = time_path(argv[1], argv[2], int(argv[3]), float(argv[4]) if len(argv) > 4 else 0.0,
                         audit=argv[5:6] != ["noaudit"])

@@ -216,7 +216,8 @@ def device_model(path: Path, threads: int = 2, passes=None):
     block = {"probability_threshold": THRESHOLD}
     if passes is not None:
         block.update(test_time_flip=passes.test_time_flip,
-                     refine_crop_margin=passes.refine_crop_margin)
+                     refine_crop_margin=passes.refine_crop_margin,
+                     refine_max_zoom=passes.refine_max_zoom)
     model = open_model_file(path, "litert", threads)
     model.manifest = Manifest(path=path.with_suffix(".json"), name=path.stem, version="build",
                               task=TASK, model_path=path, sha256="", labels=("head",),

@@ -278,9 +278,10 @@ def test_the_passes_are_the_segmenter_manifests_own(tmp_path):
         return read_manifest(path)
 
     both = manifest({"probability_threshold": 0.5, "test_time_flip": True,
-                     "refine_crop_margin": 0.2})
+                     "refine_crop_margin": 0.2, "refine_max_zoom": 1.2})
     check_segmenter(both)
-    assert passes_for_model(both) == Passes(test_time_flip=True, refine_crop_margin=0.2)
+    assert passes_for_model(both) == Passes(test_time_flip=True, refine_crop_margin=0.2,
+                                            refine_max_zoom=1.2)
     assert passes_for_model(both).runs() == 4
     assert passes_for_model(manifest({"probability_threshold": 0.5})) == Passes()
     assert Passes().runs() == 1 and passes_for_model(None) == Passes()
@@ -289,7 +290,10 @@ def test_the_passes_are_the_segmenter_manifests_own(tmp_path):
                        ({"refine_crop_margin": -0.1}, "refine_crop_margin"),
                        ({"refine_crop_margin": 2.0}, "refine_crop_margin"),
                        ({"refine_crop_margin": True}, "refine_crop_margin"),
-                       ({"refine_crop_margin": "0.2"}, "refine_crop_margin")):
+                       ({"refine_crop_margin": "0.2"}, "refine_crop_margin"),
+                       ({"refine_max_zoom": 0.5}, "refine_max_zoom"),
+                       ({"refine_max_zoom": 50}, "refine_max_zoom"),
+                       ({"refine_max_zoom": None}, "refine_max_zoom")):
         with pytest.raises(ModelError, match=f"head_segmenter.json: biometry.{field}"):
             check_segmenter(manifest(bad))
 
@@ -316,3 +320,11 @@ def test_the_second_pass_crop_holds_the_head_at_the_models_aspect(data_dir):
             assert bw / bh == pytest.approx(1.5, abs=0.02), name
     # A head as tall as the frame: the crop is the frame's height and as wide as allowed.
     assert refine_box((400, 270, 300, 260, 90), (0, 0, 800, 540), 0.2, 1.5)[1::2] == (0, 540)
+    # A small head (the smallest annotated one, 000_HC) is magnified at most max_zoom: the
+    # crop keeps at least 1/1.2 of the frame's height, still around the head.
+    fit, (fh, fw) = annotation_ellipse(data_dir, "000_HC.png")
+    (cx, cy), (w, h), angle = fit
+    small = (cx, cy, max(w, h) / 2, min(w, h) / 2, angle if w >= h else angle + 90)
+    assert refine_box(small, (0, 0, fw, fh), 0.2, 1.5)[3] < fh / 1.5
+    x, y, bw, bh = refine_box(small, (0, 0, fw, fh), 0.2, 1.5, max_zoom=1.2)
+    assert bh >= fh / 1.2 - 1 and x <= cx <= x + bw and y <= cy <= y + bh

@@ -182,7 +182,7 @@ def test_shipped_manifest_matches_file_and_contract(tmp_path):
     assert raw["biometry"]["probability_threshold"] == 0.5
     check_segmenter(man)  # its passes are valid, and the toolchain noted why they were chosen
     assert set(raw["biometry"]) <= {"probability_threshold", "test_time_flip",
-                                    "refine_crop_margin", "passes_note"}
+                                    "refine_crop_margin", "refine_max_zoom", "passes_note"}
     assert raw["size_bytes"] <= 1_000_000
     for key in ("quantization", "architecture", "metrics", "training_data", "licences"):
         assert key in raw

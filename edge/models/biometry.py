@@ -101,6 +101,9 @@ class Passes:
 
     test_time_flip: bool = False  # also run the mirrored frame; average the two logit maps
     refine_crop_margin: float = 0.0  # > 0: second pass on the head + this share around it
+    # >= 1: the crop magnifies the box at most this much (the largest scale the net was
+    # trained on; a small head zoomed further is under-segmented); 0: no limit
+    refine_max_zoom: float = 0.0
 
     def runs(self) -> int:
         """Model invocations per frame."""
@@ -108,6 +111,7 @@ class Passes:
 
 
 MAX_CROP_MARGIN = 1.0  # a margin of a whole head each side is no longer a crop
+MAX_ZOOM_LIMIT = 10.0  # a zoom limit above this is a mistake, not a limit
 
 
 @dataclass(frozen=True)
@@ -409,6 +413,11 @@ def check_segmenter(manifest: Manifest) -> None:
             or not 0.0 <= margin <= MAX_CROP_MARGIN):
         raise ModelError(f"{manifest.path}: biometry.refine_crop_margin must be in "
                          f"[0, {MAX_CROP_MARGIN:g}] (0 = no second pass)")
+    zoom = block.get("refine_max_zoom", 0.0)
+    if (not isinstance(zoom, int | float) or isinstance(zoom, bool)
+            or not (zoom == 0 or 1.0 <= zoom <= MAX_ZOOM_LIMIT)):
+        raise ModelError(f"{manifest.path}: biometry.refine_max_zoom must be 0 (no limit) "
+                         f"or in [1, {MAX_ZOOM_LIMIT:g}]")
 
 
 def settings_for_model(manifest: Manifest | None,
@@ -432,7 +441,8 @@ def passes_for_model(manifest: Manifest | None) -> Passes:
     if not isinstance(block, dict):
         return Passes()
     return Passes(test_time_flip=block.get("test_time_flip", False) is True,
-                  refine_crop_margin=float(block.get("refine_crop_margin", 0.0)))
+                  refine_crop_margin=float(block.get("refine_crop_margin", 0.0)),
+                  refine_max_zoom=float(block.get("refine_max_zoom", 0.0)))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -465,13 +475,16 @@ def segment_head(model: Model, image: np.ndarray, roi: Roi | None,
 
 def refine_box(ellipse: tuple[float, float, float, float, float],
                within: tuple[int, int, int, int], margin: float,
-               aspect: float) -> tuple[int, int, int, int]:
+               aspect: float, max_zoom: float = 0.0) -> tuple[int, int, int, int]:
     """(x, y, w, h): the head's bounding box plus `margin` of its size on every side, grown
-    to the model's aspect ratio (width / height) and kept inside the box `within`."""
+    to the model's aspect ratio (width / height), at least 1/`max_zoom` of the height of
+    `within` (when `max_zoom` > 0), and kept inside the box `within`."""
     cx, cy, major, minor, angle = ellipse
     ex, ey = _extent(major, minor, angle)
     wx, wy, ww, wh = within
     h = max(2.0 * ey * (1.0 + margin), 2.0 * ex * (1.0 + margin) / aspect)
+    if max_zoom > 0:
+        h = max(h, wh / max_zoom)
     w = min(float(ww), aspect * h)
     h = min(float(wh), h)
     w, h = max(2, round(w)), max(2, round(h))
@@ -508,7 +521,7 @@ def locate_head(model: Model, image: np.ndarray, roi: Roi | None,
                    major * s, minor * s, angle)
         spec = model.manifest.preprocessing
         x, y, w, h = refine_box(ellipse, box, passes.refine_crop_margin,
-                                spec.width / spec.height)
+                                spec.width / spec.height, passes.refine_max_zoom)
         crop = np.ascontiguousarray(image[y:y + h, x:x + w])
         prob2, _ = segment_head(model, crop, None, passes.test_time_flip)
         refined = head_shape(prob2, (x, y, w, h), image.shape, settings)
