@@ -246,7 +246,10 @@ def choose_passes(options: list[dict]) -> tuple[dict, str]:
     ranked = sorted(options, key=lambda o: (o["passes"].runs(), o["hc_mad_mm"]))
     best = ranked[0]
     for option in ranked[1:]:
-        if option["hc_mad_mm"] <= best["hc_mad_mm"] - MIN_PASS_GAIN_MM:
+        cheaper = [o["hc_mad_mm"] for o in options
+                   if o["passes"].runs() < option["passes"].runs()]
+        if (option["hc_mad_mm"] <= min(cheaper) - MIN_PASS_GAIN_MM
+                and option["hc_mad_mm"] < best["hc_mad_mm"]):
             best = option
     table = ", ".join(f"{o['option']} {o['hc_mad_mm']:.3f} mm / {o['ms_median']:.1f} ms"
                       for o in options)
