@@ -44,7 +44,7 @@ HEAD_EXAMPLES = ("BRAIN-CB", "BRAIN-TV")
 class Sweep:
     patient: str
     items: list[tuple[str, np.ndarray, str]]  # (name, grey image, "clean"|"degraded"|"other")
-    pixel_mm: float
+    pixel_mm: dict[str, float]  # each frame's own pixel size (a degraded copy: its source's)
     hc_csv: dict[str, float]
 
 
@@ -76,8 +76,12 @@ def build_sweeps(limit: int | None, seed: int) -> list[Sweep]:
             items.append((*other_greys[i], "other"))
         items.append(("no-image.png", np.zeros_like(items[0][1]), "other"))
         order = rng.permutation(len(items))
-        first = patients[group][0].path.name
-        sweeps.append(Sweep(group, [items[i] for i in order], table[first][0],
+        pixel = {}
+        for f in patients[group]:
+            pixel[f.path.name] = table[f.path.name][0]
+            pixel.update({n: table[f.path.name][0] for n, _, k in items
+                          if k == "degraded" and n.startswith(f.path.stem + "-")})
+        sweeps.append(Sweep(group, [items[i] for i in order], pixel,
                             {f.path.name: table[f.path.name][1] for f in patients[group]}))
     return sweeps
 
@@ -93,10 +97,11 @@ def run(limit: int | None, seed: int) -> dict:
     t0 = time.perf_counter()
     n_frames = 0
     for sweep in sweeps:
-        scorer.head.pixel_size_mm = sweep.pixel_mm
         session = ExamSession(protocol, None)
         kinds = {}
         for index, (name, grey, kind) in enumerate(sweep.items):
+            # HC18 gives each frame its own pixel size; other anatomy has none that matters.
+            scorer.head.pixel_size_mm = sweep.pixel_mm.get(name, 0.1)
             scorer._roi_key = None
             result = scorer.score(Frame(name, index, grey, time.monotonic(), time.time()))
             record = result.to_dict()

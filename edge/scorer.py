@@ -168,10 +168,13 @@ class Scorer:
             # for "is this a standard plane", whatever threshold the installed model carries.
             confidence = 0.0 if plane.top_label == "Background" else plane.confidence
             measures["plane_margin"] = confidence - self.manifest.setting("abstain_below", 0.0)
+            learned = {}
             if self.quality.learned is not None:
                 learned = learned_severities(self.quality.learned, frame.image, roi)
                 measures.update({f"learned:{k}": v for k, v in learned.items()})
             quality = audit(self.quality.rules, measures).to_dict()
+            if learned:  # every branch, also those no rule reads: they rank equal-score frames
+                quality["learned"] = {k: round(v, 3) for k, v in learned.items()}
             quality["ms"] = round(_ms(time.perf_counter() - t3), 3)
         t4 = time.perf_counter()
         preprocess_s, infer_s = t1 - t0, t2 - t1

@@ -65,9 +65,13 @@ class BestFrame:
     confidence: float
     biometry: dict | None = None
     thumbnail: str | None = None  # path relative to the state dir, once written
+    worst_fault: float = 0.0  # the learned quality head's largest severity, 0 without it
 
-    def rank(self) -> tuple[float, float]:
-        return (-1.0 if self.quality is None else self.quality, self.confidence)
+    def rank(self) -> tuple[float, float, float]:
+        """Quality first; among frames of equal score (every criterion passed: 1.0), the
+        one the learned quality head finds least faulty; then the plane's confidence."""
+        return (-1.0 if self.quality is None else self.quality, -self.worst_fault,
+                self.confidence)
 
     def to_dict(self) -> dict:
         out = {"source": self.source, "frame": self.frame,
@@ -107,10 +111,12 @@ class ExamSession:
         if result.get("error") or plane not in PLANES or plane in NOT_A_VIEW:
             return
         conf = result.get("plane_confidence")
+        learned = (result.get("quality") or {}).get("learned") or {}
+        faults = [v for v in learned.values() if isinstance(v, int | float)]
         candidate = BestFrame(plane, str(result.get("source", "")), int(result.get("frame", -1)),
                               quality_score(result),
                               float(conf) if isinstance(conf, int | float) else 0.0,
-                              result.get("biometry"))
+                              result.get("biometry"), worst_fault=max(faults, default=0.0))
         current = self.best.get(plane)
         if current is not None and candidate.rank() <= current.rank():
             return
