@@ -58,6 +58,7 @@ def _report_parser() -> argparse.ArgumentParser:
 
 
 def report_main(argv: list[str]) -> int:
+    from central.fleet import fleet_rows, format_fleet
     from central.report import build_report, format_report
 
     args = _report_parser().parse_args(argv)
@@ -65,13 +66,15 @@ def report_main(argv: list[str]) -> int:
         store = Store(args.db, create=False)
         try:
             rep = build_report(store, seq_jump=max(1, args.seq_jump))
+            rep["fleet"] = fleet_rows(store)  # each device's model bundle (central/fleet.py)
         finally:
             store.close()
     except DbError as exc:
         print(f"sonoedge-central report: {exc}", file=sys.stderr)
         return 2
     try:
-        print(json.dumps(rep, indent=1) if args.json else format_report(rep))
+        print(json.dumps(rep, indent=1) if args.json
+              else format_report(rep) + format_fleet(rep["fleet"]))
         sys.stdout.flush()
     except BrokenPipeError:  # `... | head` closed the pipe: not an error
         sys.stderr.close()
@@ -115,6 +118,10 @@ def collector_main(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "report":
         return report_main(argv[1:])
+    if argv and argv[0] == "bundle":  # publish or export a signed model bundle
+        from central.fleet import bundle_main
+
+        return bundle_main(argv[1:])
     if argv and argv[0] == "run":
         argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help") and len(argv) == 1:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edge.capture.images import DEFAULT_LIMITS, FrameLimits
 from edge.exam.session import ExamSettings
+from edge.fleet.settings import FleetSettings, check_fleet_settings
 from edge.models.biometry import BiometrySettings
 from edge.models.roi import RoiSettings
 from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
@@ -57,12 +58,23 @@ class LoopSettings:
 @dataclass(frozen=True)
 class JournalSettings:
     keep_days: float = 90.0  # frame results of runs older than this are pruned at start
+    quota_mb: float = 2000.0  # the journal's file at most; the oldest frames are shed first
 
 
 @dataclass(frozen=True)
 class DeviceSettings:
     state_dir: str = "state"  # journal, outbox and status live here
     device_id: str = ""  # empty: derived from the machine id
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """[logging]: journald keeps stderr under systemd (board/journald-sonoedge.conf caps it);
+    a box without journald can keep a rotated file instead."""
+
+    file: str = ""  # "" = stderr only
+    max_mb: float = 10.0  # one file at most this large, then rotated
+    backups: int = 5  # rotated files kept
 
 
 _MEASURE = BiometrySettings()  # the measurement's defaults, stated once in edge/biometry.py
@@ -116,6 +128,8 @@ class Settings:
     quality: QualityConfig = field(default_factory=QualityConfig)
     exam: ExamSettings = field(default_factory=ExamSettings)
     web: WebSettings = field(default_factory=WebSettings)  # the midwife's page (edge/web)
+    fleet: FleetSettings = field(default_factory=FleetSettings)  # bundles, slots (edge/fleet)
+    logging: LogSettings = field(default_factory=LogSettings)
 
 
 class ConfigError(ValueError):
@@ -225,6 +239,14 @@ def _validate(settings: Settings, label: str) -> None:
         raise ConfigError(f"{label}: mqtt: {exc}") from None
     if settings.journal.keep_days <= 0:
         raise ConfigError(f"{label}: journal.keep_days must be positive")
+    if not 1.0 <= settings.journal.quota_mb <= 1e7:
+        raise ConfigError(f"{label}: journal.quota_mb must be at least 1")
+    if not 0.1 <= settings.logging.max_mb <= 1e4 or not 0 <= settings.logging.backups <= 100:
+        raise ConfigError(f"{label}: logging.max_mb must be 0.1-10000 and backups 0-100")
+    try:
+        check_fleet_settings(settings.fleet)
+    except ValueError as exc:
+        raise ConfigError(f"{label}: fleet: {exc}") from None
     if not (settings.source.max_frame_pixels >= 1024 and settings.source.min_frame_side >= 1
             and settings.source.min_frame_side ** 2 <= settings.source.max_frame_pixels):
         raise ConfigError(f"{label}: source.max_frame_pixels must be at least 1024 and "

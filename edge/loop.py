@@ -24,6 +24,8 @@ from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamSession, ExamTracker, format_exam
 from edge.exam.tally import ExamTally
 from edge.exam.thumbs import THUMBS_DIR, ThumbStore
+from edge.fleet.agent import RESTART_EXIT, start_fleet
+from edge.fleet.watchdog import Watchdog
 from edge.models.roi import Roi
 from edge.result import FrameResult
 from edge.scorer import make_scorer, timed_frames
@@ -203,6 +205,10 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     state_dir = prepare_state_dir(settings.device.state_dir)
     # Held until the process ends, however it ends: one run per state dir.
     lock = StateLock(state_dir).acquire()
+    # With [fleet] on, the models are the active slot's; a crash during a trial is counted
+    # (and at the limit rolled back) before any model is loaded.
+    fleet, models_dir = start_fleet(settings, state_dir, echo)
+    settings = replace(settings, models=replace(settings.models, dir=models_dir))
     web = None
     if settings.web.listen:  # the page is up while the models load, and says so
         from edge.web import start_web
@@ -215,7 +221,9 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         mqtt = replace(mqtt, device_id=settings.device.device_id)
     uplink = Uplink(mqtt, state_dir, model_versions=models)
     uplink.start()
-    journal = Journal(state_dir / JOURNAL_FILE)
+    if fleet is not None:
+        fleet.start(uplink)
+    journal = Journal(state_dir / JOURNAL_FILE, quota_bytes=int(settings.journal.quota_mb * 1e6))
     try:
         pruned = journal.prune(settings.journal.keep_days)
     except sqlite3.DatabaseError as exc:  # a full disk: pruning can wait for the next start
@@ -232,6 +240,9 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     if source.demo is not None and source.demo.kind == "phantom":
         echo(f"demo source is a generated phantom: {source.demo.description}")
     run_id = journal.start_run(source.name, models)
+    if fleet is not None:
+        fleet.source = source
+    dog = Watchdog()  # systemd's WatchdogSec: pinged only while frames flow (edge/fleet)
 
     def exam_ended(session: ExamSession, body: dict) -> None:
         # The journal first: a crash before the outbox has it is repaired from there.
@@ -252,7 +263,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     limit = settings.loop.max_frames
     try:
         with _StopFlag() as stop, source:
-            for frame, capture_s in timed_frames(source):
+            dog.ready(f"scoring {source.name}")
+            for frame, capture_s in dog.watch(timed_frames(source), source):
                 result = scorer.score(frame, capture_s)
                 row = journal.append(run_id, result)
                 record = result.to_dict()
@@ -280,12 +292,19 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                     tracker.end("command")
                 if stop.stopped or (limit and stats.frames >= limit):
                     break
+                if fleet is not None and fleet.restart.is_set():  # new models installed
+                    break
             else:
-                if web is not None and not once:  # the last exam stays on the page
+                restart = fleet is not None and fleet.restart.is_set()
+                if web is not None and not once and not restart:  # the last exam stays up
                     tracker.end("source_end")
                     web.source_ended()
-                    web.linger(lambda: stop.stopped)
+                    web.linger(lambda: stop.stopped or (fleet is not None
+                                                        and fleet.restart.is_set()))
     finally:
+        dog.stopping()
+        if fleet is not None:
+            fleet.stop()
         tracker.end("source_end")
         journal.end_run(run_id)
         journal.close()
@@ -299,4 +318,9 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         if web is not None:
             web.close()
         lock.release()
+    if fleet is not None:
+        fleet.fleet.on_clean_exit()
+        if fleet.restart.is_set():
+            echo(f"models switched to bundle {fleet.status()['bundle']}: starting again")
+            return RESTART_EXIT
     return 0

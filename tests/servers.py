@@ -99,8 +99,9 @@ class Mosquitto:
         self.passwords: dict[str, str] = {}
         self._finalizer = weakref.finalize(self, _stop_proc, [None])
 
-    def add_user(self, user: str, role: str = "device", password: str | None = None) -> str:
-        self.passwords[user] = provision(self.passwd, self.acl, user, role, password)
+    def add_user(self, user: str, role: str = "device", password: str | None = None,
+                 group: str | None = None) -> str:
+        self.passwords[user] = provision(self.passwd, self.acl, user, role, password, group)
         if self.running:
             self.proc.send_signal(signal.SIGHUP)  # reload password file and ACL
             time.sleep(0.2)

@@ -12,6 +12,7 @@ from pathlib import Path
 from edge.capture.sources import SourceError
 from edge.cli import biometry as biometry_cli
 from edge.cli import exam as exam_cli
+from edge.cli import fleet as fleet_cli
 from edge.cli import pin as pin_cli
 from edge.config import ConfigError, ModelSettings, load_settings
 from edge.exam.protocol import ProtocolError
@@ -21,6 +22,7 @@ from edge.store.outbox import OutboxError
 from edge.store.state import StateError
 from edge.web.auth import PinError
 from edge.web.settings import WebError
+from wire.fleet import BundleError
 from wire.mqtt import URL_PASSWORD_WARNING, url_has_password
 
 EXPECTED_ERRORS = (ConfigError, ModelError, SourceError, biometry_cli.InputError,
@@ -28,6 +30,7 @@ EXPECTED_ERRORS = (ConfigError, ModelError, SourceError, biometry_cli.InputError
 DELEGATED = {"status": "uplink and device status",
              "outbox": "messages waiting to be published"}
 EXPECTED_ERRORS += (StateError, OutboxError)  # the state dir, the journal and the outbox
+EXPECTED_ERRORS += (BundleError,)  # model bundles, keys and slots (edge/fleet)
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -52,6 +55,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from edge.fleet.agent import RESTART_EXIT
     from edge.loop import run
 
     overrides = {
@@ -65,7 +69,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.mqtt_url and url_has_password(args.mqtt_url):
         print(f"sonoedge: warning: {URL_PASSWORD_WARNING} ([mqtt] password_file)",
               file=sys.stderr)
-    return run(settings, once=args.once)
+    if settings.logging.file:
+        from edge.logfile import log_to_file
+
+        log_to_file(settings.logging)
+    while (code := run(settings, once=args.once)) == RESTART_EXIT:
+        pass  # new models were installed: the loop starts again on them (edge/fleet)
+    return code
 
 
 def _describe(manifest: Manifest) -> dict:
@@ -146,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     biometry_cli.add_parser(verbs)
     exam_cli.add_parser(verbs)
     pin_cli.add_parser(verbs)
+    fleet_cli.add_parser(verbs)
 
     models = verbs.add_parser("models", help="installed models with their manifests")
     models.add_argument("--models-dir", default=ModelSettings().dir)

@@ -35,6 +35,7 @@ JOURNAL_FILE = "journal.sqlite"
 SHED_BATCH = 2000  # frame results dropped at a time when the disk is full
 WAL_PAGES = 256  # checkpoint the write-ahead log at this many pages (1 MB of 4 KB pages)
 MIN_FREE_PAGES = 64  # on a full disk, shed again before the file's free pages run out
+QUOTA_CHECK_EVERY = 200  # frames between two looks at the journal's size against its quota
 
 _MIGRATIONS = {
     1: """
@@ -111,8 +112,14 @@ def _text(value):
 
 
 class Journal:
-    def __init__(self, path: Path, reserve: Reserve | None = None):
+    def __init__(self, path: Path, reserve: Reserve | None = None, quota_bytes: int = 0):
         self.path = Path(path)
+        # [journal] quota_mb: past it the oldest frame results go (never an exam), said once
+        # per episode in the log, so the journal cannot take the card from the outbox.
+        self.quota_bytes = int(quota_bytes)
+        self.quota_shed = 0
+        self._since_quota = 0
+        self._over_said = False
         self.reserve = reserve if reserve is not None else Reserve(self.path.parent)
         self.shed_frames = 0  # frame results deleted to make room on a full disk
         self.skipped_frames = 0  # frames scored but not journaled (no room even so)
@@ -221,7 +228,7 @@ class Journal:
             return False
         return not busy
 
-    def _shed(self) -> bool:
+    def _shed(self, quiet: bool = False) -> bool:
         """Delete the oldest frame results (of any run; exams are kept) to free room in the
         file; True when something went."""
         try:
@@ -237,7 +244,7 @@ class Journal:
         first = self.shed_frames == 0
         self.shed_frames += gone
         self._checkpoint()
-        if first:
+        if first and not quiet:
             log.warning("disk full: shedding the oldest journal frames to keep scoring (%d so "
                         "far); exams are kept", self.shed_frames)
         return True
@@ -256,7 +263,7 @@ class Journal:
     def stats(self) -> dict:
         """The journal's health for the loop's figures (and so the health message)."""
         return {"journal_shed": self.shed_frames, "journal_skipped": self.skipped_frames,
-                "disk_full": self.disk_full}
+                "disk_full": self.disk_full, "journal_quota_shed": self.quota_shed}
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -287,7 +294,41 @@ class Journal:
             "INSERT INTO results (run_id, source, frame, plane, plane_confidence, latency_ms,"
             " ts, mono_s, error, record, biometry_status, hc_mm, quality)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", values))
+        self._since_quota += 1
+        if self.quota_bytes and self._since_quota >= QUOTA_CHECK_EVERY:
+            self._since_quota = 0
+            self.enforce_quota()
         return None if cursor is None else cursor.lastrowid
+
+    def used_bytes(self) -> int:
+        """Pages in use (the file less its free pages) plus the write-ahead log."""
+        try:
+            pages, free, size = (int(self.db.execute(f"PRAGMA {p}").fetchone()[0]) for p in
+                                 ("page_count", "freelist_count", "page_size"))
+        except sqlite3.DatabaseError:
+            return 0
+        wal = self.path.with_name(self.path.name + "-wal")
+        return (pages - free) * size + (wal.stat().st_size if wal.exists() else 0)
+
+    def enforce_quota(self) -> int:
+        """Shed the oldest frame results until the journal is within 90% of its quota;
+        how many went. Deleted pages are reused, so the file stops growing there."""
+        if not self.quota_bytes or self.used_bytes() <= self.quota_bytes:
+            self._over_said = False
+            return 0
+        gone = 0
+        while self.used_bytes() > 0.9 * self.quota_bytes:
+            before = self.shed_frames
+            if not self._shed(quiet=True):
+                break
+            gone += self.shed_frames - before
+        self.quota_shed += gone
+        if not self._over_said:
+            log.warning("journal %s over its quota of %d bytes ([journal] quota_mb): shed the "
+                        "oldest %d frame results; exams are kept", self.path, self.quota_bytes,
+                        gone)
+            self._over_said = True
+        return gone
 
     def add_exam(self, run_id: str | None, summary: dict, best_frames: dict,
                  first_row: int | None = None, last_row: int | None = None) -> bool:

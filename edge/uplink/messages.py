@@ -117,8 +117,10 @@ def build_health(
     models: dict[str, str],
     uptime_s: float,
     interval_s: float,
+    fleet: dict | None = None,
 ) -> dict:
-    """Periodic health: the loop's figures plus queue depth, drops, disk, temperature."""
+    """Periodic health: the loop's figures plus queue depth, drops, disk, temperature, and
+    with the fleet on, the installed model bundle, its state and the last rollback."""
     stats: dict = {}
     for key, value in list(loop_stats.items())[:24]:
         if isinstance(value, bool) or value is None:
@@ -131,8 +133,10 @@ def build_health(
         sys_uptime = float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         sys_uptime = None
+    extra = {"fleet": fleet} if fleet is not None else {}
     return {
         **env,
+        **extra,
         "interval_s": interval_s,
         "uptime_s": round(uptime_s, 1),
         "sys_uptime_s": sys_uptime,

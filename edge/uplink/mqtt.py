@@ -189,6 +189,14 @@ class Uplink:
             "boot_id": read_boot_id(),
         }
         self._last_logged_error: tuple[str, float] | None = None
+        # Topics the device reads (model bundle offers and chunks, edge/fleet): on this same
+        # connection, since the broker ties the client id to the user name and a second
+        # client of the device would knock this one off. `on_message(topic, payload)` runs on
+        # the publisher thread and must only hand the message over.
+        self._wanted: set[str] = set()
+        self._wanted_version = 0
+        self.on_message = None
+        self.fleet_status = None  # () -> dict for health's "fleet" (edge/fleet), or None
         self._write_status(force=True)
 
     # -- the loop's surface ---------------------------------------------------------------
@@ -201,6 +209,26 @@ class Uplink:
 
     def _env(self, kind: str) -> dict:
         return messages.envelope(kind, self.device_id, self.clinic_id, self.boot_id)
+
+    def set_subscriptions(self, topics: set[str]) -> None:
+        """The topics to read from now on (QoS 1), made again on every connection."""
+        with self._status_lock:
+            if set(topics) != self._wanted:
+                self._wanted = set(topics)
+                self._wanted_version += 1
+
+    def _resubscribe(self, client, state: dict) -> None:
+        with self._status_lock:
+            wanted, version = set(self._wanted), self._wanted_version
+        if state.get("sub_version") == version:
+            return
+        have = state.setdefault("subscribed", set())
+        gone, new = sorted(have - wanted), sorted(wanted - have)
+        if gone:
+            client.unsubscribe(gone)
+        if new:
+            client.subscribe([(topic, 1) for topic in new])
+        state["subscribed"], state["sub_version"] = wanted, version
 
     def enqueue_exam(self, summary: dict, key: str | None = None) -> str | None:
         """Store one exam summary (from ``edge.exam.tally.summarize_exam``); returns its msg_id.
@@ -283,6 +311,7 @@ class Uplink:
                 models=self.model_versions,
                 uptime_s=time.monotonic() - self._started_mono,
                 interval_s=float(self.settings.health_interval_s),
+                fleet=self.fleet_status() if self.fleet_status is not None else None,
             )
             self._check("health", payload)
             self.flush_held()
@@ -438,9 +467,18 @@ class Uplink:
         def on_publish(_c, _u, mid, reason_code, _props):
             acks.append((mid, reason_code))
 
+        def on_message(_c, _u, msg):
+            handler = self.on_message
+            if handler is not None:
+                try:
+                    handler(msg.topic, bytes(msg.payload))
+                except Exception:  # a reader's bug must not take the uplink down
+                    log.exception("mqtt: message on %s not handled", msg.topic[:120])
+
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
+        client.on_message = on_message
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = int(self.settings.session_expiry_s)
         try:
@@ -504,6 +542,7 @@ class Uplink:
         while not self._stop.is_set() and not state["lost"]:
             if self._held:
                 self.flush_held()
+            self._resubscribe(client, state)
             free = limit - len(inflight)
             if free > 0 and time.monotonic() >= self._hold_until:
                 batch = self.outbox.pending(free, exclude=inflight.values())

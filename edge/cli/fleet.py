@@ -1,0 +1,152 @@
+"""`sonoedge keys new`, `sonoedge bundle make|install|verify|status`: signed model bundles.
+
+    sonoedge keys new --out keys/ --name district-a        # district-a.key (0600), .pub
+    sonoedge bundle make --models models/ --key keys/district-a.key --out b.bundle \
+        --version 2025.6.1 --group district-a --frames selftest-frames/
+    sonoedge bundle install b.bundle [--config /etc/sonoedge/device.toml]   # e.g. from USB
+    sonoedge bundle verify b.bundle --keys keys/
+    sonoedge bundle status [--config ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from wire.fleet import BundleError
+
+
+def fleet_root(settings) -> Path:
+    """Where the slots live: `[fleet] root`, or `fleet/` in the state dir."""
+    return Path(settings.fleet.root or Path(settings.device.state_dir) / "fleet")
+
+
+def selftest_names(settings) -> dict:
+    """The device's model names and backend, so the self-test loads what the loop loads."""
+    return {"plane": settings.models.plane, "segmenter": settings.biometry.segmenter,
+            "learned": settings.quality.learned, "backend": settings.models.backend}
+
+
+def open_fleet(settings):
+    """The device's slots, made on first use from `[models] dir`; BundleError when off."""
+    from edge.fleet.slots import Fleet
+
+    if not settings.fleet.enabled:
+        raise BundleError("the fleet is off in this config: set [fleet] enabled = true and "
+                          "group")
+    fleet = Fleet(fleet_root(settings), settings.fleet)
+    fleet.ensure(Path(settings.models.dir))
+    return fleet
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    from edge.fleet.keys import new_keypair
+
+    key, pub = new_keypair(Path(args.out), args.name)
+    print(f"private key {key} (mode 0600: keep it off the devices and off-line); public key "
+          f"{pub} (install it in each device's [fleet] trusted_keys folder)")
+    return 0
+
+
+def _make(args: argparse.Namespace) -> int:
+    from edge.fleet.bundle import make_bundle
+
+    t0 = time.monotonic()
+    tolerance = json.loads(args.tolerance) if args.tolerance else None
+    if tolerance is not None and not isinstance(tolerance, dict):
+        raise BundleError("--tolerance must be a JSON object")
+    manifest = make_bundle(Path(args.models), Path(args.key), Path(args.out),
+                           version=args.version, group=args.group,
+                           min_app_version=args.min_app, frames=[Path(f) for f in args.frames],
+                           pixel_size_mm=args.pixel_size, tolerance=tolerance, note=args.note)
+    size = Path(args.out).stat().st_size
+    unpacked = sum(f["size"] for f in manifest["files"])
+    print(f"{args.out}: bundle {manifest['version']} for group {manifest['group']}, "
+          f"{len(manifest['files'])} files, {size} bytes ({unpacked} unpacked), "
+          f"{len(manifest['selftest']['frames'])} self-test frames, "
+          f"{time.monotonic() - t0:.1f} s")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from edge.fleet.bundle import Limits, read_bundle
+    from edge.fleet.keys import load_trusted_keys
+
+    keys = load_trusted_keys(Path(args.keys))
+    t0 = time.monotonic()
+    manifest, signer = read_bundle(Path(args.file), keys, Limits(1 << 32, 1 << 34))
+    print(f"{args.file}: bundle {manifest.version} for group {manifest.group}, signed by "
+          f"{signer}, {len(manifest.files)} files verified in {time.monotonic() - t0:.2f} s")
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    from edge.config import load_settings
+    from edge.fleet.keys import load_trusted_keys
+
+    settings = load_settings(args.config, {"device": {"state_dir": args.state_dir}})
+    fleet = open_fleet(settings)
+    keys = load_trusted_keys(Path(settings.fleet.trusted_keys))
+    before = fleet.status()["bundle"]
+    manifest = fleet.install(Path(args.file), keys, selftest_names(settings))
+    t = getattr(fleet, "timings", {})
+    print(f"bundle {manifest.version} installed (was {before}): verify "
+          f"{t.get('verify_s', 0):.2f} s, self-test {t.get('selftest_s', 0):.2f} s, swap "
+          f"{t.get('swap_s', 0) * 1000:.1f} ms; on trial for {settings.fleet.trial_min:g} "
+          f"min of running; a running loop picks it up within seconds")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from edge.config import load_settings
+
+    settings = load_settings(args.config, {"device": {"state_dir": args.state_dir}})
+    print(json.dumps(open_fleet(settings).status(), indent=1))
+    return 0
+
+
+def add_parser(verbs) -> None:
+    keys = verbs.add_parser("keys", help="Ed25519 signing keys for model bundles")
+    keys_verbs = keys.add_subparsers(dest="keys_verb", required=True)
+    new = keys_verbs.add_parser("new", help="make a key pair (NAME.key 0600, NAME.pub)")
+    new.add_argument("--out", default=".", help="folder (default: here)")
+    new.add_argument("--name", default="sonoedge-bundles")
+    new.set_defaults(func=_keys_new)
+
+    bundle = verbs.add_parser("bundle", help="signed model bundles: make, install, verify")
+    sub = bundle.add_subparsers(dest="bundle_verb", required=True)
+    make = sub.add_parser("make", help="pack and sign a models folder")
+    make.add_argument("--models", required=True, help="folder of manifests and .tflite files")
+    make.add_argument("--key", required=True, help="the Ed25519 private key (keys new)")
+    make.add_argument("--out", required=True)
+    make.add_argument("--version", required=True, help="dotted numbers, e.g. 2025.6.1; "
+                      "devices refuse a version not above every one they installed")
+    make.add_argument("--group", required=True, help="the device group it is for")
+    make.add_argument("--min-app", default="0.1.0", help="oldest sonoedge that may run it")
+    make.add_argument("--frames", nargs="+", required=True,
+                      help="self-test frames (images or folders; 1-32 frames)")
+    make.add_argument("--pixel-size", type=float, default=0.0,
+                      help="mm per pixel of the frames: the self-test also checks HC")
+    make.add_argument("--tolerance", default="",
+                      help='JSON, e.g. {"plane_confidence": 0.05, "quality_score": 0.05, '
+                           '"hc_mm": 1.0} (the defaults)')
+    make.add_argument("--note", default="")
+    make.set_defaults(func=_make)
+
+    install = sub.add_parser("install", help="install a bundle by hand (e.g. from a USB stick)")
+    install.add_argument("file")
+    install.add_argument("--config", type=Path)
+    install.add_argument("--state-dir")
+    install.set_defaults(func=_install)
+
+    verify = sub.add_parser("verify", help="check a bundle's signature and every file")
+    verify.add_argument("file")
+    verify.add_argument("--keys", required=True, help="folder of trusted *.pub")
+    verify.set_defaults(func=_verify)
+
+    status = sub.add_parser("status", help="the installed bundle, its trial, the last rollback")
+    status.add_argument("--config", type=Path)
+    status.add_argument("--state-dir")
+    status.set_defaults(func=_status)

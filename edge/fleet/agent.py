@@ -1,0 +1,370 @@
+"""The fleet inside the running loop: trial time, delivery over MQTT and HTTP(S), and the
+signal to reload when `current` changes.
+
+One thread, started by `start_fleet` when `[fleet] enabled`. Every second it adds the
+running time to the trial (which confirms the new set after `trial_min`), hands the MQTT
+messages the uplink received to the download, polls the district's HTTP(S) server every
+`poll_min`, and installs a finished download. When `current` points elsewhere than when the
+loop loaded its models (an install here, or `sonoedge bundle install` from a USB stick) it
+asks the loop to restart on the new set, between two frames. Nothing here blocks the loop,
+and nothing it receives is trusted: offers and chunks are bounded and hashed, and the
+bundle is verified whole by `Fleet.install`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import shutil
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from edge.fleet.slots import FACTORY, Fleet
+from wire.fleet import (
+    MAX_OFFER_BYTES,
+    BundleError,
+    Offer,
+    chunk_topic,
+    offer_topic,
+    parse_offer,
+    parse_version,
+)
+
+log = logging.getLogger("sonoedge.fleet")
+
+DOWNLOADS = "download"
+MAX_INBOX = 256  # MQTT messages waiting for the fleet thread; more are dropped (resent later)
+MAX_REFUSED = 16
+RESTART_EXIT = 75  # run() returns this when the loop must start again on new models
+
+
+class Download:
+    """One offered bundle being fetched chunk by chunk into `<root>/download/<id>/`.
+
+    Each chunk is checked against the offer's hash and written whole (tmp + rename) as it
+    arrives, so a cut link or a power cut only costs the chunks in flight."""
+
+    def __init__(self, folder: Path, offer: Offer):
+        self.folder = folder
+        self.offer = offer
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def chunk_path(self, index: int) -> Path:
+        return self.folder / f"{index:05d}"
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.offer.count) if not self.chunk_path(i).exists()]
+
+    def accept(self, index: int, payload: bytes) -> bool:
+        start, end = self.offer.chunk_range(index)
+        if len(payload) != end - start:
+            return False
+        if hashlib.sha256(payload).hexdigest() != self.offer.chunk_sha256[index]:
+            return False
+        tmp = self.folder / f"{index:05d}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.chunk_path(index))
+        return True
+
+    def assemble(self) -> Path:
+        """The whole bundle file, whose sha256 must be the offer's id."""
+        out = self.folder / "bundle"
+        digest = hashlib.sha256()
+        with open(out, "wb") as handle:
+            for i in range(self.offer.count):
+                data = self.chunk_path(i).read_bytes()
+                digest.update(data)
+                handle.write(data)
+        if digest.hexdigest() != self.offer.bundle_id:
+            raise BundleError("the chunks do not make up the offered bundle (sha256 differs)")
+        return out
+
+
+class FleetAgent:
+    """See the module docstring."""
+
+    def __init__(self, fleet: Fleet, settings):
+        self.fleet = fleet
+        self.settings = settings  # the device's whole Settings
+        self.cfg = settings.fleet
+        self.uplink = None
+        self.loaded_slot = fleet.active_slot()
+        self.restart = threading.Event()
+        self.source = None  # closed when a restart is wanted, so a waiting loop wakes up
+        self.inbox: queue.Queue = queue.Queue(MAX_INBOX)
+        self.download: Download | None = None
+        self.progress = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_poll = time.monotonic()
+        self._keys = None
+
+    # -- the loop's side ------------------------------------------------------------------
+    def start(self, uplink=None) -> None:
+        """Run the thread; with an uplink, report in health and read offers over MQTT."""
+        self.uplink = uplink
+        if self.uplink is not None:
+            self.uplink.fleet_status = self.status
+            if self.cfg.mqtt and self.uplink.target is not None:
+                self.uplink.on_message = self._received
+                self.uplink.set_subscriptions({offer_topic(self.cfg.group)})
+        self._thread = threading.Thread(target=self._run, name="sonoedge-fleet", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.uplink is not None:
+            self.uplink.on_message = None
+
+    def status(self) -> dict:
+        out = self.fleet.status()
+        if self.progress:
+            out["download"] = self.progress[:80]
+        return out
+
+    def _received(self, topic: str, payload: bytes) -> None:
+        try:
+            self.inbox.put_nowait((topic, payload))
+        except queue.Full:
+            pass  # a chunk is asked for again; the offer is retained
+
+    # -- the thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                self.fleet.tick(now - last)
+                last = now
+                self._drain_inbox()
+                if self.cfg.http_url and now >= self._next_poll:
+                    self._next_poll = now + self.cfg.poll_min * 60
+                    self._poll_http()
+                if self.fleet.active_slot() != self.loaded_slot and not self.restart.is_set():
+                    log.info("fleet: models switched to %s; the loop restarts on them",
+                             self.fleet.status()["bundle"])
+                    self.request_restart()
+            except Exception:  # never let the thread die: the loop must go on scoring
+                log.exception("fleet: error")
+            self._stop.wait(1.0)
+
+    def request_restart(self) -> None:
+        self.restart.set()
+        source = self.source
+        if source is not None and getattr(source, "live", False):
+            source.close()  # a loop waiting for a grabber wakes up
+
+    def _keys_or_none(self):
+        from edge.fleet.keys import load_trusted_keys
+
+        try:
+            return load_trusted_keys(Path(self.cfg.trusted_keys))
+        except BundleError as exc:
+            self._error(str(exc))
+            return None
+
+    def _error(self, text: str) -> None:
+        if self.fleet.state.get("last_error") != text[-200:]:
+            log.error("fleet: %s", text)
+            self.fleet.state["last_error"] = text[-200:]
+            self.fleet.save()
+
+    def _wanted(self, offer: Offer) -> bool:
+        """Worth fetching: newer than anything installed, and not refused before. Only a
+        shortcut to save the link: the signed manifest decides after the download."""
+        if offer.group != self.cfg.group or offer.bundle_id in self.fleet.state.get(
+                "refused_ids", []):
+            return False
+        known = [v for v in (self.fleet.state.get("highest"), self.fleet.status()["bundle"])
+                 if isinstance(v, str) and v not in (FACTORY, "none")]
+        return all(parse_version(offer.version) > parse_version(v) for v in known)
+
+    def _refuse(self, bundle_id: str, why: str) -> None:
+        refused = [x for x in self.fleet.state.get("refused_ids", []) if isinstance(x, str)]
+        self.fleet.state["refused_ids"] = (refused + [bundle_id])[-MAX_REFUSED:]
+        self._error(why)
+
+    def _install(self, path: Path, offer: Offer) -> None:
+        from edge.cli.fleet import selftest_names
+
+        keys = self._keys_or_none()
+        if keys is None:
+            return
+        try:
+            manifest = self.fleet.install(path, keys, selftest_names(self.settings))
+        except BundleError as exc:
+            self._refuse(offer.bundle_id, str(exc))
+            return
+        finally:
+            self._clear_downloads()
+        log.info("fleet: bundle %s installed from the district", manifest.version)
+        self.request_restart()
+
+    def _clear_downloads(self) -> None:
+        shutil.rmtree(self.fleet.root / DOWNLOADS, ignore_errors=True)
+        self.download = None
+        self.progress = ""
+        if self.uplink is not None and self.cfg.mqtt:
+            self.uplink.set_subscriptions({offer_topic(self.cfg.group)})
+
+    # -- MQTT -----------------------------------------------------------------------------------
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                topic, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if topic == offer_topic(self.cfg.group):
+                self._offered(payload)
+            elif self.download is not None:
+                self._chunk(topic, payload)
+
+    def _offered(self, payload: bytes) -> None:
+        if not payload:
+            return  # the district cleared its offer
+        try:
+            offer = parse_offer(payload, int(self.cfg.max_bundle_mb * 1e6),
+                                self.cfg.max_chunk_kb * 1024)
+        except BundleError as exc:
+            self._error(f"offer refused: {exc}")
+            return
+        if self.download is not None and self.download.offer.bundle_id == offer.bundle_id:
+            return
+        if not self._wanted(offer):
+            return
+        if isinstance(self.fleet.state.get("trial"), dict):
+            return  # offered again after the trial (it is retained)
+        folder = self.fleet.root / DOWNLOADS / offer.bundle_id
+        for old in (self.fleet.root / DOWNLOADS).glob("*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+        self.download = Download(folder, offer)
+        log.info("fleet: bundle %s offered (%d bytes in %d chunks); %d still to fetch",
+                 offer.version, offer.size, offer.count, len(self.download.missing()))
+        self._ask()
+
+    def _ask(self) -> None:
+        """Subscribe to the next window of missing chunks (the broker sends each retained
+        chunk on subscribe); install once none is missing."""
+        download = self.download
+        missing = download.missing()
+        offer = download.offer
+        self.progress = (f"{offer.version}: {offer.count - len(missing)}/{offer.count} "
+                         "chunks (mqtt)")
+        if not missing:
+            try:
+                path = download.assemble()
+            except (BundleError, OSError) as exc:
+                self._refuse(offer.bundle_id, f"download of {offer.version}: {exc}")
+                self._clear_downloads()
+                return
+            self._install(path, offer)
+            return
+        window = {chunk_topic(self.cfg.group, offer.bundle_id, i)
+                  for i in missing[:self.cfg.chunk_window]}
+        self.uplink.set_subscriptions({offer_topic(self.cfg.group)} | window)
+
+    def _chunk(self, topic: str, payload: bytes) -> None:
+        offer = self.download.offer
+        prefix = chunk_topic(self.cfg.group, offer.bundle_id, 0)[:-1]
+        if not topic.startswith(prefix) or not topic[len(prefix):].isdigit():
+            return
+        index = int(topic[len(prefix):])
+        if index >= offer.count or self.download.chunk_path(index).exists():
+            return
+        if not self.download.accept(index, payload):
+            log.warning("fleet: chunk %d of %s does not match its offer; asked again", index,
+                        offer.version)
+            return
+        self._ask()
+
+    # -- HTTP(S) ----------------------------------------------------------------------------------
+    def _open(self, url: str, start: int = 0):
+        context = ssl.create_default_context(cafile=self.cfg.http_ca or None)
+        request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start
+                                         else {})
+        return urllib.request.urlopen(request, timeout=self.cfg.http_timeout_s,
+                                      context=context if url.startswith("https:") else None)
+
+    def _poll_http(self) -> None:
+        base = f"{self.cfg.http_url.rstrip('/')}/{self.cfg.group}"
+        try:
+            with self._open(f"{base}/offer.json") as response:
+                data = response.read(MAX_OFFER_BYTES + 1)
+            offer = parse_offer(data, int(self.cfg.max_bundle_mb * 1e6),
+                                self.cfg.max_chunk_kb * 1024)
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            log.info("fleet: no offer from %s (%s)", base, getattr(exc, "reason", exc))
+            return
+        if not self._wanted(offer) or isinstance(self.fleet.state.get("trial"), dict):
+            return
+        folder = self.fleet.root / DOWNLOADS / offer.bundle_id
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / "bundle.http"
+        have = part.stat().st_size if part.exists() else 0
+        if have > offer.size:
+            part.unlink()
+            have = 0
+        try:
+            with self._open(f"{base}/{offer.bundle_id}.bundle", have) as response:
+                if have and response.status != 206:
+                    have = 0  # the server ignored the range: start again
+                with open(part, "ab" if have else "wb") as handle:
+                    while True:
+                        data = response.read(1 << 16)
+                        if not data:
+                            break
+                        have += len(data)
+                        if have > offer.size:
+                            raise BundleError(f"the server sent more than the offered "
+                                              f"{offer.size} bytes")
+                        handle.write(data)
+                        self.progress = f"{offer.version}: {have}/{offer.size} bytes (http)"
+                        if self._stop.is_set():
+                            return
+        except (OSError, urllib.error.URLError) as exc:
+            log.info("fleet: download of %s paused at %d bytes (%s); resumed at the next "
+                     "poll", offer.version, have, getattr(exc, "reason", exc))
+            self._next_poll = time.monotonic() + min(60.0, self.cfg.poll_min * 60)
+            return
+        except BundleError as exc:
+            self._refuse(offer.bundle_id, str(exc))
+            self._clear_downloads()
+            return
+        if have < offer.size:
+            return
+        digest = hashlib.sha256()
+        with open(part, "rb") as handle:
+            for data in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(data)
+        if digest.hexdigest() != offer.bundle_id:
+            self._refuse(offer.bundle_id, f"download of {offer.version}: sha256 differs from "
+                                          "the offer")
+            self._clear_downloads()
+            return
+        self._install(part, offer)
+
+
+def start_fleet(settings, state_dir: Path, echo=print):
+    """At the loop's start: the slots (seeded on first use), a crash counted or rolled back.
+    Returns (agent, models dir to load), or (None, [models] dir) with the fleet off."""
+    if not settings.fleet.enabled:
+        return None, settings.models.dir
+    fleet = Fleet(Path(settings.fleet.root or Path(state_dir) / "fleet"), settings.fleet)
+    fleet.ensure(Path(settings.models.dir))
+    line = fleet.on_start()
+    if line:
+        echo(line)
+    return FleetAgent(fleet, settings), str(fleet.current)
+

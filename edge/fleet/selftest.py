@@ -1,0 +1,138 @@
+"""Self-test: the new models, through the device's own scorer, on the frames in the bundle.
+
+The bundle carries a few frames and what the district's machine got on them with these very
+models (plane, confidence, quality score, head status and HC), with tolerances. The device
+scores the same frames from the staged slot and compares. It runs in a child process
+(`python -m edge.fleet.selftest`) with a time limit: a model that crashes or hangs the
+runtime fails the test, never the loop that is still scoring with the current set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from wire.fleet import BundleManifest
+
+
+def _outputs(record: dict) -> dict:
+    quality = record.get("quality") or {}
+    head = record.get("head") or {}
+    bio = record.get("biometry") or {}
+    out = {"plane": record.get("plane") or "",
+           "plane_confidence": record.get("plane_confidence"),
+           "quality_score": quality.get("score")}
+    if record.get("head") is not None:
+        out["head_status"] = str(head.get("status") or "")
+    if record.get("biometry") is not None:
+        out["hc_mm"] = bio.get("hc_mm")
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def score_selftest(models_dir: Path, pictures: list[Path], pixel_size_mm: float,
+                   num_threads: int = 1, names: dict | None = None) -> list[dict]:
+    """What the models in `models_dir` give on each picture (the self-test's outputs)."""
+    from edge.capture.sources import open_sources
+    from edge.config import load_settings
+    from edge.scorer import make_scorer, timed_frames
+
+    names = names or {}
+    overrides = {"models": {"dir": str(models_dir), "num_threads": num_threads,
+                            "backend": names.get("backend"), "plane": names.get("plane")},
+                 "biometry": {"pixel_size_mm": float(pixel_size_mm),
+                              "segmenter": names.get("segmenter")},
+                 "quality": {"learned": names.get("learned")}}
+    scorer = make_scorer(load_settings(None, overrides))
+    outputs = []
+    with open_sources([str(p) for p in pictures]) as source:
+        for frame, capture_s in timed_frames(source):
+            record = scorer.score(frame, capture_s).to_dict()
+            if record.get("error"):
+                raise ValueError(f"{frame.source}: {record['error']}")
+            outputs.append(_outputs(record))
+    if len(outputs) != len(pictures):
+        raise ValueError(f"scored {len(outputs)} of {len(pictures)} self-test frames")
+    return outputs
+
+
+def compare(expected: dict, got: dict, tolerance: dict) -> list[str]:
+    """What differs beyond the tolerance, one short phrase each."""
+    bad = []
+    for key, want in expected.items():
+        have = got.get(key)
+        if key in tolerance and want is not None and have is not None:
+            if abs(float(have) - float(want)) > tolerance[key]:
+                bad.append(f"{key} {have} vs {want} (+-{tolerance[key]:g})")
+        elif have != want:
+            bad.append(f"{key} {have!r} vs {want!r}")
+    return bad
+
+
+def check_slot(slot: Path, manifest: BundleManifest, num_threads: int = 1,
+               names: dict | None = None) -> list[str]:
+    """Score the slot's self-test frames with its models; the failures, [] when it passed."""
+    pictures = [slot / f.path for f in manifest.frames]
+    try:
+        outputs = score_selftest(slot / "models", pictures, manifest.pixel_size_mm,
+                                 num_threads, names)
+    except Exception as exc:  # any failure to load or score is the test failing
+        return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+    failures = []
+    for frame, got in zip(manifest.frames, outputs, strict=True):
+        diff = compare(frame.expect, got, manifest.tolerance)
+        if diff:
+            failures.append(f"{Path(frame.path).name}: {'; '.join(diff)}")
+    return failures
+
+
+def run_selftest(slot: Path, timeout_s: float, num_threads: int = 1,
+                 names: dict | None = None) -> list[str]:
+    """`check_slot` in a child process with a time limit; the failures, [] when it passed."""
+    cmd = [sys.executable, "-m", "edge.fleet.selftest", str(slot), "--threads",
+           str(num_threads), "--names", json.dumps(names or {})]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2])] + [p for p in [os.environ.get(
+            "PYTHONPATH")] if p]))
+    env.pop("NOTIFY_SOCKET", None)  # the child must never speak for the service
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return [f"self-test did not finish within {timeout_s:g} s"]
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode not in (0, 1) or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return [f"self-test process ended with code {done.returncode}: {tail}"]
+    try:
+        return list(json.loads(lines[-1])["failures"])
+    except (ValueError, KeyError, TypeError):
+        return ["self-test process gave no verdict"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edge.fleet.bundle import BundleError
+    from wire.fleet import MANIFEST_MEMBER, parse_manifest
+
+    ap = argparse.ArgumentParser(prog="python -m edge.fleet.selftest")
+    ap.add_argument("slot", type=Path)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--names", default="{}")
+    args = ap.parse_args(argv)
+    try:
+        os.nice(10)  # the loop scoring the clinic's frames comes first
+    except OSError:
+        pass
+    try:
+        manifest = parse_manifest((args.slot / MANIFEST_MEMBER).read_bytes(), 1 << 40)
+        failures = check_slot(args.slot, manifest, args.threads, json.loads(args.names))
+    except (OSError, BundleError, ValueError) as exc:
+        failures = [str(exc)]
+    print(json.dumps({"failures": failures}), flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,468 @@
+"""Two model slots and a symlink: install, self-test, swap, trial, confirm, roll back.
+
+    <root>/slots/a/models/*.json|*.tflite   one complete set (plus bundle.json, bundle.sig,
+    <root>/slots/b/models/...               selftest/ and slot.json saying what it is)
+    <root>/current -> slots/a/models        what the loop loads ([models] dir)
+    <root>/state.json                       trial, intent, highest version, last rollback
+
+Why it survives a power cut at any moment: the running set is never written to. A bundle is
+unpacked into `slots/.staging`, checked (signature, every hash, the self-test), renamed to
+the spare slot and only then does `current` switch, by renaming a new symlink over it
+(rename(2) is atomic), with the folders fsynced in between. `state.json` is replaced whole
+(write, fsync, rename) and records an *intent* before every switch, so a start after a cut
+finishes or forgets a half-done switch: the symlink is the truth.
+
+A new set is on *trial* until the loop has run `trial_min` minutes with it. Every start
+during the trial that finds the previous start did not end cleanly counts a crash; at
+`crash_limit` crashes `current` goes back to the previous slot, which is kept untouched
+during the trial (no other bundle is installed meanwhile), and the version is remembered
+so the same bundle is never taken again. A version at or below the highest one ever
+installed is refused: an old signed bundle replayed cannot downgrade a device.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from edge.fleet.bundle import Limits, read_bundle
+from edge.fleet.settings import FleetSettings
+from edge.models.manifest import ModelError, list_manifests
+from wire.fleet import BundleError, BundleManifest, parse_version
+
+log = logging.getLogger("sonoedge.fleet")
+
+SLOTS = ("a", "b")
+CURRENT = "current"
+STATE_FILE = "state.json"
+SLOT_FILE = "slot.json"
+STAGING = ".staging"
+FACTORY = "factory"
+SAVE_EVERY_S = 30.0  # the trial's running time is written this often
+
+
+def _step(name: str) -> None:
+    """A named point of an install or rollback; the SIGKILL tests stop the process here."""
+
+
+def app_version() -> str:
+    try:
+        return metadata.version("sonoedge")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Replace a small JSON file whole: write, fsync, rename, fsync the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def check_set(models_dir: Path) -> str | None:
+    """None when every manifest in the folder matches its model file, else the first error."""
+    try:
+        found = list_manifests(models_dir)
+    except OSError as exc:
+        return f"{models_dir}: {exc.strerror or exc}"
+    if not found:
+        return f"{models_dir}: no model manifests"
+    bad = next((item for item in found if isinstance(item, ModelError)), None)
+    return str(bad) if bad else None
+
+
+@dataclass
+class SlotInfo:
+    slot: str
+    version: str  # "factory" for the set copied from [models] dir
+    installed_ts: float | None
+    signer: str
+
+
+class Fleet:
+    """The slots under one root; every method keeps `current` pointing at a complete set."""
+
+    def __init__(self, root: Path | str, settings: FleetSettings):
+        self.root = Path(root)
+        self.settings = settings
+        self._since_save = 0.0
+        self._state: dict | None = None
+
+    # -- layout -------------------------------------------------------------------------
+    @property
+    def current(self) -> Path:
+        return self.root / CURRENT
+
+    def slot_dir(self, slot: str) -> Path:
+        return self.root / "slots" / slot
+
+    def active_slot(self) -> str | None:
+        try:
+            target = os.readlink(self.current)
+        except OSError:
+            return None
+        parts = Path(target).parts
+        if len(parts) == 3 and parts[0] == "slots" and parts[1] in SLOTS and parts[2] == "models":
+            return parts[1]
+        return None
+
+    def spare_slot(self) -> str:
+        return "b" if self.active_slot() == "a" else "a"
+
+    def slot_info(self, slot: str | None) -> SlotInfo | None:
+        if slot is None:
+            return None
+        try:
+            raw = json.loads((self.slot_dir(slot) / SLOT_FILE).read_text(encoding="utf-8"))
+            return SlotInfo(slot, str(raw["version"]), raw.get("installed_ts"),
+                            str(raw.get("signer", "")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def state(self) -> dict:
+        if self._state is None:
+            try:
+                raw = json.loads((self.root / STATE_FILE).read_text(encoding="utf-8"))
+                self._state = raw if isinstance(raw, dict) else {}
+            except (OSError, ValueError):
+                self._state = {}
+        return self._state
+
+    def save(self) -> None:
+        write_json(self.root / STATE_FILE, self.state)
+        self._since_save = 0.0
+
+    def _point_at(self, slot: str) -> None:
+        """Switch `current` to the slot's models in one rename."""
+        tmp = self.root / (CURRENT + ".tmp")
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        os.symlink(f"slots/{slot}/models", tmp)
+        os.replace(tmp, self.current)
+        fsync_dir(self.root)
+
+    # -- start-up -------------------------------------------------------------------------
+    def ensure(self, factory_dir: Path) -> None:
+        """Make the layout on first use: the factory set (`[models] dir`) becomes slot a.
+        Also repairs what a cut may have left: an unfinished switch, a missing link."""
+        (self.root / "slots").mkdir(parents=True, exist_ok=True)
+        if self.current.exists() and not self.current.is_symlink():
+            raise BundleError(f"{self.current}: exists and is not the fleet's symlink")
+        self.reconcile()
+        active = self.active_slot()
+        if active is not None and check_set(self.current) is None:
+            return
+        for slot in SLOTS:  # the link is gone or its set broken: any complete slot will do
+            if slot != active and check_set(self.slot_dir(slot) / "models") is None:
+                log.error("fleet: %s is not a complete set (%s); switching to slot %s",
+                          self.current, check_set(self.current) if active else "no link",
+                          slot)
+                self._point_at(slot)
+                self.state.pop("trial", None)
+                self.save()
+                return
+        self._seed(Path(factory_dir))
+
+    def _seed(self, factory_dir: Path) -> None:
+        problem = check_set(factory_dir)
+        if problem:
+            raise BundleError(f"fleet: cannot seed slot a from [models] dir: {problem}")
+        staging = self.root / "slots" / STAGING
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "models").mkdir(parents=True)
+        for item in list_manifests(factory_dir):
+            for src in (item.path, item.model_path):
+                shutil.copyfile(src, staging / "models" / src.name)
+        write_json(staging / SLOT_FILE, {"version": FACTORY, "installed_ts": time.time(),
+                                         "signer": ""})
+        fsync_dir(staging / "models")
+        shutil.rmtree(self.slot_dir("a"), ignore_errors=True)
+        os.replace(staging, self.slot_dir("a"))
+        fsync_dir(self.root / "slots")
+        self._point_at("a")
+        log.info("fleet: slot a seeded with the factory models of %s", factory_dir)
+
+    def reconcile(self) -> None:
+        """Finish or forget what a killed install or rollback left in `state.json`."""
+        intent = self.state.get("intent")
+        if not isinstance(intent, dict):
+            return
+        active = self.active_slot()
+        if intent.get("op") == "swap":
+            if active == intent.get("to"):
+                self._begin_trial(intent)
+            else:
+                log.warning("fleet: the switch to %s was cut before it happened; %s stays",
+                            intent.get("version"), self._version(active))
+                self.state.pop("intent", None)
+                self.save()
+        elif intent.get("op") == "rollback":
+            if active != intent.get("to"):
+                self._point_at(str(intent["to"]))
+            self._finish_rollback(intent)
+        else:
+            self.state.pop("intent", None)
+            self.save()
+        trial = self.state.get("trial")
+        if isinstance(trial, dict) and trial.get("slot") != self.active_slot():
+            self.state.pop("trial", None)
+            self.save()
+
+    def on_start(self) -> str | None:
+        """Called once when the loop starts: counts an unclean end during a trial and rolls
+        back at the limit. Returns a line to print when it rolled back."""
+        trial = self.state.get("trial")
+        if not isinstance(trial, dict):
+            return None
+        if trial.get("running"):
+            trial["crashes"] = int(trial.get("crashes", 0)) + 1
+            log.warning("fleet: %s on trial: the loop did not end cleanly (%d of %d)",
+                        trial.get("version"), trial["crashes"], self.settings.crash_limit)
+        if trial.get("crashes", 0) >= self.settings.crash_limit:
+            return self.rollback(f"the loop crashed {trial['crashes']} times within "
+                                 f"{self.settings.trial_min:g} min of the swap")
+        trial["running"] = True
+        self.save()
+        return None
+
+    def on_clean_exit(self) -> None:
+        trial = self.state.get("trial")
+        if isinstance(trial, dict):
+            trial["running"] = False
+            self.save()
+
+    def tick(self, seconds: float) -> bool:
+        """The loop ran `seconds` more; True when that ended the trial (confirmed)."""
+        trial = self.state.get("trial")
+        if not isinstance(trial, dict):
+            return False
+        trial["ran_s"] = float(trial.get("ran_s", 0.0)) + seconds
+        self._since_save += seconds
+        if trial["ran_s"] >= self.settings.trial_min * 60:
+            self.state.pop("trial")
+            self.save()
+            log.info("fleet: bundle %s confirmed after %.0f min without %d crashes",
+                     trial.get("version"), trial["ran_s"] / 60, self.settings.crash_limit)
+            return True
+        if self._since_save >= SAVE_EVERY_S:
+            self.save()
+        return False
+
+    # -- install ----------------------------------------------------------------------------
+    def _version(self, slot: str | None) -> str:
+        info = self.slot_info(slot)
+        return info.version if info else "none"
+
+    def policy(self, manifest: BundleManifest, app: str) -> None:
+        """Refuse a bundle for another group, one that needs a newer app, or one not newer
+        than every version this device has installed (a replay or a downgrade)."""
+        group = self.settings.group
+        if manifest.group != group:
+            raise BundleError(f"bundle {manifest.version} is for device group "
+                              f"{manifest.group!r}, this device is in {group!r}")
+        if parse_version(manifest.min_app_version) > parse_version(app):
+            raise BundleError(f"bundle {manifest.version} needs sonoedge "
+                              f"{manifest.min_app_version} or newer; this is {app}")
+        active = self._version(self.active_slot())
+        floor = [v for v in (self.state.get("highest"), active)
+                 if isinstance(v, str) and v not in (FACTORY, "none")]
+        top = max(floor, key=parse_version, default=None)
+        if top is not None and manifest.version_key <= parse_version(top):
+            what = "already installed" if manifest.version == active else \
+                "not newer than" if manifest.version == top else "older than"
+            raise BundleError(f"bundle {manifest.version} refused: {what} {top} (a replayed "
+                              "or downgraded bundle is never installed)")
+
+    def install(self, path: Path, keys: list, names: dict | None = None) -> BundleManifest:
+        """Verify, stage, self-test and swap in a bundle; `BundleError` (one line) leaves
+        `current` and its models exactly as they were."""
+        (self.root / "slots").mkdir(parents=True, exist_ok=True)
+        with open(self.root / "install.lock", "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BundleError("another install is running") from None
+            self._state = None  # re-read: another process may have changed it
+            self.reconcile()
+            trial = self.state.get("trial")
+            if isinstance(trial, dict):
+                left = self.settings.trial_min - float(trial.get("ran_s", 0)) / 60
+                raise BundleError(f"bundle {trial.get('version')} is still on trial "
+                                  f"({left:.0f} min of running left); install after that")
+            try:
+                return self._install(Path(path), keys, names)
+            except BundleError as exc:
+                self.state["last_error"] = str(exc)[-200:]
+                self.save()
+                raise
+
+    def _install(self, path: Path, keys: list, names: dict | None) -> BundleManifest:
+        from edge.fleet.selftest import run_selftest
+
+        s = self.settings
+        limits = Limits(int(s.max_bundle_mb * 1e6), int(s.max_unpacked_mb * 1e6))
+        staging = self.root / "slots" / STAGING
+        shutil.rmtree(staging, ignore_errors=True)
+        _step("cleared-staging")
+        app = app_version()
+        seen: list[str] = []
+
+        def on_file(name: str) -> None:
+            seen.append(name)
+            if len(seen) == 1:
+                _step("extracting")
+
+        staging.mkdir(parents=True)
+        t0 = time.monotonic()
+        try:
+            manifest, signer = read_bundle(path, keys, limits, staging, on_file=on_file,
+                                           check=lambda m: self.policy(m, app))
+        except BundleError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        verify_s = time.monotonic() - t0
+        _step("extracted")
+        t0 = time.monotonic()
+        failures = run_selftest(staging, s.selftest_timeout_s, s.selftest_threads, names)
+        selftest_s = time.monotonic() - t0
+        if failures:
+            shutil.rmtree(staging, ignore_errors=True)
+            active = self._version(self.active_slot())
+            self.state["rollback"] = {"from": manifest.version, "to": active,
+                                      "reason": f"self-test failed: {failures[0]}"[:160],
+                                      "ts": round(time.time(), 1)}
+            self._remember_failed(manifest.version)
+            self.save()
+            raise BundleError(f"bundle {manifest.version} failed its self-test, {active} "
+                              f"stays: {failures[0]}" + (f" (and {len(failures) - 1} more)"
+                                                         if len(failures) > 1 else ""))
+        _step("selftested")
+        write_json(staging / SLOT_FILE, {"version": manifest.version, "signer": signer,
+                                         "installed_ts": round(time.time(), 1),
+                                         "group": manifest.group})
+        t0 = time.monotonic()
+        spare = self.spare_slot()
+        shutil.rmtree(self.slot_dir(spare), ignore_errors=True)
+        _step("spare-removed")
+        os.replace(staging, self.slot_dir(spare))
+        fsync_dir(self.root / "slots")
+        _step("staged")
+        intent = {"op": "swap", "to": spare, "from": self.active_slot(),
+                  "version": manifest.version,
+                  "previous_version": self._version(self.active_slot())}
+        self.state["intent"] = intent
+        self.save()
+        _step("intent")
+        self._point_at(spare)
+        _step("swapped")
+        self._begin_trial(intent)
+        swap_s = time.monotonic() - t0
+        self.timings = {"verify_s": verify_s, "selftest_s": selftest_s, "swap_s": swap_s}
+        log.info("fleet: bundle %s installed in slot %s (signed by %s; verify %.2f s, "
+                 "self-test %.2f s, swap %.3f s); on trial for %g min", manifest.version,
+                 spare, signer, verify_s, selftest_s, swap_s, s.trial_min)
+        return manifest
+
+    def _begin_trial(self, intent: dict) -> None:
+        version = str(intent.get("version"))
+        self.state["trial"] = {"slot": intent.get("to"), "previous": intent.get("from"),
+                               "version": version,
+                               "previous_version": intent.get("previous_version"),
+                               "crashes": 0, "ran_s": 0.0, "running": False,
+                               "swapped_ts": round(time.time(), 1)}
+        highest = self.state.get("highest")
+        if not isinstance(highest, str) or parse_version(version) > parse_version(highest):
+            self.state["highest"] = version
+        self.state.pop("intent", None)
+        self.state.pop("last_error", None)
+        self.save()
+        _step("trial")
+
+    def _remember_failed(self, version: str) -> None:
+        failed = [v for v in self.state.get("failed", []) if isinstance(v, str)]
+        self.state["failed"] = (failed + [version])[-8:]
+        highest = self.state.get("highest")
+        if not isinstance(highest, str) or parse_version(version) > parse_version(highest):
+            self.state["highest"] = version  # the same bundle is never tried again
+
+    # -- rollback --------------------------------------------------------------------------
+    def rollback(self, reason: str) -> str:
+        """Put the previous set back; returns the line that says so."""
+        trial = self.state.get("trial") or {}
+        previous = trial.get("previous")
+        if previous not in SLOTS or check_set(self.slot_dir(previous) / "models"):
+            self.state.pop("trial", None)
+            self.save()
+            return f"fleet: cannot roll back {trial.get('version')}: no complete previous set"
+        intent = {"op": "rollback", "to": previous, "from": trial.get("slot"),
+                  "version": trial.get("version"),
+                  "previous_version": trial.get("previous_version"), "reason": reason}
+        self.state["intent"] = intent
+        self.save()
+        _step("rollback-intent")
+        self._point_at(previous)
+        _step("rollback-swapped")
+        return self._finish_rollback(intent)
+
+    def _finish_rollback(self, intent: dict) -> str:
+        self.state.pop("trial", None)
+        self.state.pop("intent", None)
+        self.state["rollback"] = {"from": intent.get("version"),
+                                  "to": intent.get("previous_version"),
+                                  "reason": str(intent.get("reason", ""))[:160],
+                                  "ts": round(time.time(), 1)}
+        if isinstance(intent.get("version"), str):
+            self._remember_failed(intent["version"])
+        self.save()
+        line = (f"fleet: rolled back from {intent.get('version')} to "
+                f"{intent.get('previous_version')}: {intent.get('reason')}")
+        log.error("%s", line)
+        return line
+
+    # -- reporting --------------------------------------------------------------------------
+    def status(self) -> dict:
+        """What `health` reports: the installed bundle, its state, the last rollback."""
+        active = self.active_slot()
+        version = self._version(active)
+        trial = self.state.get("trial")
+        state = ("trial" if isinstance(trial, dict) else
+                 "factory" if version == FACTORY else "confirmed")
+        out = {"group": self.settings.group[:64], "bundle": version[:40], "state": state,
+               "slot": active or "-"}
+        if isinstance(trial, dict):
+            out["crashes"] = int(trial.get("crashes", 0))
+            out["trial_left_min"] = round(max(0.0, self.settings.trial_min - float(
+                trial.get("ran_s", 0)) / 60), 1)
+        rollback = self.state.get("rollback")
+        if isinstance(rollback, dict):
+            out["rollback"] = {"from": str(rollback.get("from"))[:40],
+                               "to": str(rollback.get("to"))[:40],
+                               "reason": str(rollback.get("reason"))[:160],
+                               "ts": rollback.get("ts") if isinstance(
+                                   rollback.get("ts"), int | float) else None}
+        if self.state.get("last_error"):
+            out["error"] = str(self.state["last_error"])[-160:]
+        return out

@@ -1,0 +1,407 @@
+"""Signed model bundles: made, refused, installed, self-tested, swapped and rolled back.
+
+Issue 16. Every refusal is one clear line and leaves the running models exactly as they
+were; a crash loop after a swap rolls back; SIGKILL at every step of an install (and of a
+rollback) leaves `current` on a complete set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import lzma
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.fleet import bundle as bundle_mod
+from edge.fleet.bundle import Limits, make_bundle, read_bundle
+from edge.fleet.keys import load_private_key, load_trusted_keys, new_keypair
+from edge.fleet.settings import FleetSettings
+from edge.fleet.slots import Fleet, check_set
+from tests.cli_run import one_line_error, sonoedge
+from tests.conftest import DATA, MODELS, REPO
+from wire.fleet import BundleError, parse_manifest
+
+GROUP = "district-a"
+FRAME = DATA / "sononet" / "examples" / "BRAIN-TV.tiff"
+
+
+@pytest.fixture(scope="session")
+def fleet_kit(tmp_path_factory):
+    """Keys, a copy of the shipped models (another engineer may replace them meanwhile)
+    and the bundles every test uses, made once."""
+    root = tmp_path_factory.mktemp("fleet-kit")
+    models = root / "models"
+    models.mkdir()
+    for path in MODELS.iterdir():
+        if path.suffix in (".json", ".tflite"):
+            (models / path.name).write_bytes(path.read_bytes())
+    key, pub = new_keypair(root / "keys", "district")
+    bad_key, _ = new_keypair(root / "other-keys", "intruder")
+    trusted = root / "trusted"
+    trusted.mkdir(mode=0o755)
+    (trusted / "district.pub").write_bytes(pub.read_bytes())
+    os.chmod(trusted / "district.pub", 0o644)
+
+    def make(name: str, version: str, group: str = GROUP, min_app: str = "0.1.0",
+             key_path: Path = key) -> Path:
+        out = root / f"{name}.bundle"
+        make_bundle(models, key_path, out, version=version, group=group,
+                    min_app_version=min_app, frames=[FRAME], pixel_size_mm=0.12)
+        return out
+
+    kit = {"root": root, "models": models, "key": key, "trusted": trusted, "make": make}
+    kit["v1"] = make("v1", "1.0")
+    kit["v2"] = make("v2", "2.0")
+    return kit
+
+
+def device_config(tmp_path: Path, kit: dict, **fleet) -> Path:
+    opts = {"enabled": True, "group": GROUP, "trusted_keys": str(kit["trusted"]),
+            "trial_min": 10.0, **fleet}
+    lines = ["[device]", f'state_dir = "{tmp_path / "state"}"', "[models]",
+             f'dir = "{kit["models"]}"', "[loop]", "log_every = 0", "[fleet]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in opts.items()]
+    path = tmp_path / "device.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def fleet_of(tmp_path: Path, **kw) -> Fleet:
+    settings = FleetSettings(enabled=True, group=GROUP, **kw)
+    return Fleet(tmp_path / "state" / "fleet", settings)
+
+
+def snapshot(fleet: Fleet) -> tuple:
+    """What the loop would load: the link and every byte behind it."""
+    current = fleet.current
+    return (os.readlink(current), {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                                   for p in sorted(current.iterdir())})
+
+
+def test_keys_new_keeps_the_private_key_to_its_owner_and_never_overwrites(tmp_path):
+    out = sonoedge("keys", "new", "--out", str(tmp_path), "--name", "d")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "d.key").stat().st_mode & 0o777 == 0o600
+    assert b"PUBLIC KEY" in (tmp_path / "d.pub").read_bytes()
+    one_line_error(sonoedge("keys", "new", "--out", str(tmp_path), "--name", "d"),
+                   "exists; a key is never overwritten")
+    os.chmod(tmp_path / "d.key", 0o644)
+    with pytest.raises(BundleError, match="readable by other users"):
+        load_private_key(tmp_path / "d.key")
+
+
+def test_a_trusted_keys_folder_others_could_write_is_refused(tmp_path, fleet_kit):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    (folder / "k.pub").write_bytes((fleet_kit["trusted"] / "district.pub").read_bytes())
+    os.chmod(folder, 0o777)
+    with pytest.raises(BundleError, match="other users can write it"):
+        load_trusted_keys(folder)
+
+
+def test_a_bundle_holds_models_manifests_selftest_and_a_signed_manifest(fleet_kit):
+    with tarfile.open(fleet_kit["v2"], "r:xz") as tar:
+        names = tar.getnames()
+        manifest = parse_manifest(tar.extractfile("bundle.json").read(), 1 << 30)
+    assert names[:2] == ["bundle.json", "bundle.sig"]
+    assert {"models/plane_student.tflite", "models/plane_student.json",
+            "models/head_segmenter.tflite", "selftest/BRAIN-TV.png"} <= set(names)
+    assert manifest.version == "2.0" and manifest.group == GROUP
+    assert manifest.min_app_version == "0.1.0"
+    assert all(len(f.sha256) == 64 for f in manifest.files)
+    expect = manifest.frames[0].expect
+    assert expect["plane"] == "Brain (Tv.)" and expect["head_status"] == "ok"
+    assert 100 < expect["hc_mm"] < 250
+
+
+def test_install_swaps_to_the_new_set_and_reports_it(tmp_path, fleet_kit):
+    config = device_config(tmp_path, fleet_kit)
+    out = sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "bundle 2.0 installed (was factory)" in out.stdout
+    fleet = fleet_of(tmp_path)
+    assert os.readlink(fleet.current) == "slots/b/models" and check_set(fleet.current) is None
+    status = fleet.status()
+    assert status["bundle"] == "2.0" and status["state"] == "trial"
+    # the previous set is kept, untouched, for a rollback
+    assert check_set(fleet.slot_dir("a") / "models") is None
+
+
+def _tamper(path: Path, out: Path) -> Path:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    out.write_bytes(bytes(data))
+    return out
+
+
+def _truncate(path: Path, out: Path) -> Path:
+    out.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    return out
+
+
+@pytest.mark.parametrize("case", ["tampered", "wrong-key", "truncated", "other-group",
+                                  "newer-app", "downgrade", "replay"])
+def test_bad_bundles_are_refused_with_one_line_and_the_models_stay(tmp_path, fleet_kit, case):
+    config = device_config(tmp_path, fleet_kit)
+    make = fleet_kit["make"]
+    if case in ("downgrade", "replay"):  # 2.0 installed and confirmed first
+        assert sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
+                        str(config)).returncode == 0
+        fleet = fleet_of(tmp_path)
+        fleet.tick(3600.0)
+    bundle, needle = {
+        "tampered": (lambda: _tamper(fleet_kit["v2"], tmp_path / "t.bundle"), "tampered"),
+        "wrong-key": (lambda: make("wrongkey", "3.0", key_path=fleet_kit["root"] /
+                                   "other-keys" / "intruder.key"), "bad signature"),
+        "truncated": (lambda: _truncate(fleet_kit["v2"], tmp_path / "c.bundle"),
+                      "truncated"),
+        "other-group": (lambda: make("othergroup", "3.0", group="district-b"),
+                        "is for device group 'district-b'"),
+        "newer-app": (lambda: make("newapp", "3.0", min_app="99.0"),
+                      "needs sonoedge 99.0 or newer"),
+        "downgrade": (lambda: fleet_kit["v1"], "older than 2.0"),
+        "replay": (lambda: fleet_kit["v2"], "already installed 2.0"),
+    }[case]
+    path = bundle()
+    fleet = fleet_of(tmp_path)
+    fleet.ensure(fleet_kit["models"])
+    before = snapshot(fleet)
+    out = sonoedge("bundle", "install", str(path), "--config", str(config))
+    assert out.returncode == 2
+    one_line_error(out, needle)
+    assert snapshot(fleet_of(tmp_path)) == before
+    assert not (fleet.root / "slots" / ".staging").exists()
+
+
+def test_the_tampered_byte_in_the_signed_manifest_fails_the_signature(tmp_path, fleet_kit):
+    """Decompress, flip one byte of the manifest, compress again: xz's CRC cannot save the
+    attacker, only the signature stops it."""
+    raw = lzma.decompress(fleet_kit["v2"].read_bytes())
+    at = raw.index(b'"version":"2.0"')
+    changed = raw[:at] + b'"version":"9.0"' + raw[at + 15:]
+    path = tmp_path / "forged.bundle"
+    path.write_bytes(lzma.compress(changed, format=lzma.FORMAT_XZ))
+    with pytest.raises(BundleError, match="bad signature"):
+        read_bundle(path, load_trusted_keys(fleet_kit["trusted"]), Limits(1 << 30, 1 << 30))
+
+
+def _signed_archive(kit: dict, path: Path, manifest: dict, members: list) -> Path:
+    data = json.dumps(manifest, sort_keys=True).encode()
+    sig = load_private_key(kit["key"]).sign(data)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, blob in [(tarfile.TarInfo("bundle.json"), data),
+                           (tarfile.TarInfo("bundle.sig"), sig), *members]:
+            info.size = len(blob) if info.type == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(blob) if info.type == tarfile.REGTYPE else None)
+    path.write_bytes(lzma.compress(buf.getvalue(), format=lzma.FORMAT_XZ))
+    return path
+
+
+@pytest.mark.parametrize("case", ["link", "unlisted", "missing", "too-big"])
+def test_archive_members_are_checked_against_the_signed_list(tmp_path, fleet_kit, case):
+    with tarfile.open(fleet_kit["v2"], "r:xz") as tar:
+        manifest = json.loads(tar.extractfile("bundle.json").read())
+        blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers()[2:]}
+    members = [(tarfile.TarInfo(name), blob) for name, blob in blobs.items()]
+    limits = Limits(1 << 30, 1 << 30)
+    if case == "link":
+        link = tarfile.TarInfo("models/evil")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        members.insert(0, (link, b""))
+        needle = "not a regular file"
+    elif case == "unlisted":
+        members.append((tarfile.TarInfo("models/extra.tflite"), b"x"))
+        needle = "not in the signed manifest"
+    elif case == "missing":
+        members = members[:-1]
+        needle = "missing"
+    else:
+        limits = Limits(1 << 30, 100_000)
+        needle = "size must be 0-100000 bytes"
+    path = _signed_archive(fleet_kit, tmp_path / "crafted.bundle", manifest, members)
+    dest = tmp_path / "dest"
+    with pytest.raises(BundleError, match=needle):
+        read_bundle(path, load_trusted_keys(fleet_kit["trusted"]), limits, dest)
+    assert not (dest / "models" / "evil").exists()
+
+
+def test_a_failed_selftest_never_swaps_and_is_reported(tmp_path, fleet_kit, monkeypatch):
+    real = bundle_mod.__dict__.get("score_selftest")
+    assert real is None  # imported inside make_bundle: patch it at its source
+
+    from edge.fleet import selftest
+
+    honest = selftest.score_selftest
+    monkeypatch.setattr(selftest, "score_selftest", lambda *a, **k: [
+        {**out, "plane": "Femur"} for out in honest(*a, **k)])
+    bad = tmp_path / "lying.bundle"
+    make_bundle(fleet_kit["models"], fleet_kit["key"], bad, version="3.0", group=GROUP,
+                min_app_version="0.1.0", frames=[FRAME], pixel_size_mm=0.12)
+    monkeypatch.undo()
+    config = device_config(tmp_path, fleet_kit)
+    fleet = fleet_of(tmp_path)
+    fleet.ensure(fleet_kit["models"])
+    before = snapshot(fleet)
+    out = sonoedge("bundle", "install", str(bad), "--config", str(config))
+    one_line_error(out, "failed its self-test", "plane 'Brain (Tv.)' vs 'Femur'")
+    assert snapshot(fleet_of(tmp_path)) == before
+    status = fleet_of(tmp_path).status()
+    assert status["bundle"] == "factory"
+    assert status["rollback"]["from"] == "3.0" and "self-test" in status["rollback"]["reason"]
+    # the same bundle is not taken again
+    one_line_error(sonoedge("bundle", "install", str(bad), "--config", str(config)),
+                   "not newer than 3.0")
+
+
+CRASHING_RUN = """
+import os, signal, sys
+import edge.scorer as scorer
+scorer.Scorer.score = lambda self, *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+from edge.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _run_loop(config: Path, crash: bool, source: Path) -> subprocess.CompletedProcess:
+    code = CRASHING_RUN if crash else "import sys; from edge.cli.main import main; " \
+                                      "sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code, "run", "--config", str(config),
+                           "--source", str(source), "--once"], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=REPO)
+
+
+def test_a_crash_loop_after_a_swap_rolls_back_to_the_previous_set(tmp_path, fleet_kit):
+    config = device_config(tmp_path, fleet_kit, crash_limit=3)
+    assert sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
+                    str(config)).returncode == 0
+    for _ in range(3):  # the new set is loaded, then the loop dies on its first frame
+        out = _run_loop(config, crash=True, source=FRAME)
+        assert out.returncode == -9, out.stderr[-2000:]
+        assert fleet_of(tmp_path).status()["bundle"] == "2.0"
+    out = _run_loop(config, crash=False, source=FRAME)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "rolled back from 2.0 to factory: the loop crashed 3 times" in out.stdout
+    fleet = fleet_of(tmp_path)
+    assert os.readlink(fleet.current) == "slots/a/models"
+    status = fleet.status()
+    assert status["bundle"] == "factory" and status["rollback"]["from"] == "2.0"
+    one_line_error(sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
+                            str(config)), "not newer than 2.0")
+
+
+def test_a_clean_run_counts_no_crash_and_the_trial_ends_in_a_confirmation(tmp_path, fleet_kit):
+    config = device_config(tmp_path, fleet_kit, trial_min=0.1)
+    assert sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
+                    str(config)).returncode == 0
+    out = _run_loop(config, crash=False, source=FRAME)
+    assert out.returncode == 0, out.stderr[-2000:]
+    trial = fleet_of(tmp_path).state["trial"]
+    assert trial["crashes"] == 0 and trial["running"] is False
+    fleet = fleet_of(tmp_path, trial_min=0.1)
+    assert fleet.tick(7.0) and fleet.status()["state"] == "confirmed"
+
+
+KILL_AT = """
+import os, signal, sys
+import edge.fleet.slots as slots
+step = sys.argv.pop(1)
+slots._step = lambda name: os.kill(os.getpid(), signal.SIGKILL) if name == step else None
+from edge.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+INSTALL_STEPS = ["cleared-staging", "extracting", "extracted", "selftested", "spare-removed",
+                 "staged", "intent", "swapped", "trial"]
+
+
+def test_sigkill_at_every_step_of_an_install_leaves_a_complete_set(tmp_path, fleet_kit):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for i, step in enumerate(INSTALL_STEPS):
+        where = tmp_path / f"k{i}"
+        where.mkdir()
+        config = device_config(where, fleet_kit)
+        out = subprocess.run([sys.executable, "-c", KILL_AT, step, "bundle", "install",
+                              str(fleet_kit["v2"]), "--config", str(config)],
+                             capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+        assert out.returncode == -9, (step, out.stderr[-2000:])
+        fleet = fleet_of(where)
+        fleet.ensure(fleet_kit["models"])  # what the loop's start does
+        assert check_set(fleet.current) is None, step
+        swapped = INSTALL_STEPS.index(step) >= INSTALL_STEPS.index("swapped")
+        status = fleet.status()
+        assert status["bundle"] == ("2.0" if swapped else "factory"), (step, status)
+        assert status["state"] == ("trial" if swapped else "factory"), (step, status)
+        if not swapped:  # the install can simply be done again
+            again = sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
+                             str(config))
+            assert again.returncode == 0, (step, again.stderr)
+
+
+@pytest.mark.parametrize("step", ["rollback-intent", "rollback-swapped"])
+def test_sigkill_during_a_rollback_still_ends_on_the_previous_set(tmp_path, fleet_kit, step):
+    config = device_config(tmp_path, fleet_kit, crash_limit=1)
+    assert sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
+                    str(config)).returncode == 0
+    state = fleet_of(tmp_path)
+    state.state["trial"]["running"] = True  # the previous start crashed
+    state.save()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", KILL_AT, step, "run", "--config", str(config),
+                          "--source", str(FRAME), "--once"], capture_output=True, text=True,
+                         timeout=120, env=env, cwd=REPO)
+    assert out.returncode == -9, out.stderr[-2000:]
+    fleet = fleet_of(tmp_path)
+    fleet.ensure(fleet_kit["models"])
+    assert check_set(fleet.current) is None
+    assert os.readlink(fleet.current) == "slots/a/models"
+    assert fleet.status()["rollback"]["from"] == "2.0"
+
+
+def test_a_plain_models_folder_still_works_with_the_fleet_off(tmp_path, fleet_kit):
+    out = sonoedge("run", "--source", str(FRAME), "--once", "--state-dir",
+                   str(tmp_path / "s"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not (tmp_path / "s" / "fleet").exists()
+
+
+def test_the_loop_restarts_on_a_bundle_installed_while_it_runs(tmp_path, fleet_kit):
+    """`sonoedge bundle install` from a USB stick while the loop runs: the loop notices the
+    switch and starts again on the new set, without a process restart."""
+    config = device_config(tmp_path, fleet_kit)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "run.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
+                             "--source", "demo"], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while b"advice:" not in (tmp_path / "run.log").read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "run.log").read_text()[-2000:]
+            time.sleep(0.2)
+        out = sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config", str(config))
+        assert out.returncode == 0, out.stderr
+        def again() -> bool:  # switched, and scoring the demo once more
+            text = (tmp_path / "run.log").read_text()
+            return "starting again" in text and "demo source:" in text.split(
+                "starting again")[-1] and "exam" in text.split("starting again")[-1]
+
+        while not again():
+            assert proc.poll() is None and time.monotonic() < deadline + 30, \
+                (tmp_path / "run.log").read_text()[-2000:]
+            time.sleep(0.2)
+        assert "models switched to bundle 2.0" in (tmp_path / "run.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "run.log").read_text()[-2000:]

@@ -1,0 +1,299 @@
+"""Model bundles and their delivery: what the district signs and sends, and what a device accepts.
+
+Shared by the device (`edge/fleet`) and the district (`central/fleet.py`), which never import
+each other. A bundle is one xz-compressed tar whose first member is the bundle manifest
+(`bundle.json`) and whose second is an Ed25519 signature over exactly those bytes
+(`bundle.sig`, 64 bytes). The manifest lists every other member with its size and sha256,
+so a reader checks the signature before it extracts a single model byte, and then every
+member against the signed list. Nothing in the archive chooses whether or with which
+algorithm it is checked: the signature is always Ed25519, always checked, against the keys
+the device was given (never a key the bundle carries).
+
+Delivery over MQTT: the district publishes, retained, the bundle in chunks under
+`sonoedge-fleet/<group>/chunk/<id>/<n>` and then an *offer* at `sonoedge-fleet/<group>/offer`
+(id = the bundle's sha256, size, chunk size, each chunk's sha256). A device subscribes only
+to the chunks it still lacks, keeps each on disk as it arrives, and so resumes a download
+cut by the link or a power cut. The offer is not signed: it only decides what to
+download, and every byte is checked against the signed manifest before it is used. Over
+HTTP(S) the same offer is `<base>/<group>/offer.json` and the bundle `<base>/<group>/<id>.bundle`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from wire.schema import PayloadError, loads_bounded
+
+BUNDLE_FORMAT = "sonoedge-bundle"
+BUNDLE_FORMAT_VERSION = 1
+OFFER_FORMAT = "sonoedge-offer"
+MANIFEST_MEMBER = "bundle.json"
+SIGNATURE_MEMBER = "bundle.sig"
+SIGNATURE_BYTES = 64  # Ed25519
+MAX_MANIFEST_BYTES = 64 * 1024  # 64 files with their hashes fit in a few kB
+MAX_OFFER_BYTES = 512 * 1024  # up to MAX_CHUNKS chunk hashes
+MAX_FILES = 64
+MAX_SELFTEST_FRAMES = 32
+MAX_CHUNKS = 4096
+FLEET_PREFIX = "sonoedge-fleet"
+GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VERSION_RE = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9}){0,3}$")
+MEMBER_RE = re.compile(r"^(models|selftest)/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+# What a self-test frame may expect and how far the device may differ (x86 vs arm64 float
+# order, a different thread count): the tolerance keys are the expectation's numbers.
+EXPECT_KEYS = {"plane": str, "plane_confidence": float, "quality_score": float,
+               "head_status": str, "hc_mm": float}
+TOLERANCE_KEYS = ("plane_confidence", "quality_score", "hc_mm")
+
+
+class BundleError(ValueError):
+    """A bundle, offer or key that must not be used; one line saying why."""
+
+
+def parse_version(text: object, what: str = "version") -> tuple[int, ...]:
+    """"1.4.2" -> (1, 4, 2); dotted decimal numbers only, so comparing is unambiguous."""
+    if not isinstance(text, str) or not VERSION_RE.match(text):
+        raise BundleError(f"{what} must be 1-4 dotted numbers such as 2025.6.1, got {text!r}")
+    parts = tuple(int(p) for p in text.split("."))
+    return parts + (0,) * (4 - len(parts))
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # "models/x.tflite" or "selftest/y.png"
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class SelfTestFrame:
+    path: str
+    expect: dict
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """The signed manifest, every field checked (see `parse_manifest`)."""
+
+    version: str
+    group: str
+    min_app_version: str
+    created_ts: float
+    files: tuple[FileEntry, ...]
+    frames: tuple[SelfTestFrame, ...]
+    tolerance: dict
+    pixel_size_mm: float
+    note: str
+    raw: dict
+
+    @property
+    def version_key(self) -> tuple[int, ...]:
+        return parse_version(self.version)
+
+    def file(self, path: str) -> FileEntry | None:
+        return next((f for f in self.files if f.path == path), None)
+
+    @property
+    def unpacked_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+_MANIFEST_KEYS = {"format", "format_version", "version", "group", "min_app_version",
+                  "created_ts", "files", "selftest", "note"}
+
+
+def parse_manifest(data: bytes, max_member_bytes: int) -> BundleManifest:
+    """The manifest's bytes -> `BundleManifest`, or `BundleError` naming the bad field.
+
+    Strict: an unknown key, a wrong type, a file outside `models/` or `selftest/`, a size
+    over `max_member_bytes`, a duplicate, a self-test frame that is not a listed file, each
+    is refused. Call it only on bytes whose signature has been checked."""
+    try:
+        raw = loads_bounded(data, MAX_MANIFEST_BYTES, max_depth=6)
+    except PayloadError as exc:
+        raise BundleError(f"bundle manifest: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BundleError("bundle manifest: not a JSON object")
+
+    def bad(key: str, why: str) -> BundleError:
+        return BundleError(f"bundle manifest: {key} {why}")
+
+    unknown = sorted(set(raw) - _MANIFEST_KEYS)
+    if unknown:
+        raise bad(unknown[0], "is not a known field")
+    if raw.get("format") != BUNDLE_FORMAT:
+        raise bad("format", f"must be {BUNDLE_FORMAT!r}")
+    if raw.get("format_version") != BUNDLE_FORMAT_VERSION:
+        raise bad("format_version", f"{raw.get('format_version')!r} is not supported "
+                                    f"(this device reads {BUNDLE_FORMAT_VERSION})")
+    parse_version(raw.get("version"), "bundle manifest: version")
+    parse_version(raw.get("min_app_version"), "bundle manifest: min_app_version")
+    group = raw.get("group")
+    if not isinstance(group, str) or not GROUP_RE.match(group):
+        raise bad("group", f"must be a device group name, got {group!r}")
+    created = raw.get("created_ts")
+    if not _number(created) or not 0 <= created <= 4102444800:
+        raise bad("created_ts", "must be seconds since 1970, before 2100")
+    note = raw.get("note", "")
+    if not isinstance(note, str) or len(note) > 500:
+        raise bad("note", "must be a string of at most 500 characters")
+    files = raw.get("files")
+    if not isinstance(files, list) or not 1 <= len(files) <= MAX_FILES:
+        raise bad("files", f"must list 1-{MAX_FILES} files")
+    entries: list[FileEntry] = []
+    for i, item in enumerate(files):
+        if not isinstance(item, dict) or set(item) != {"path", "sha256", "size"}:
+            raise bad(f"files[{i}]", "must be {path, sha256, size}")
+        path, digest, size = item["path"], item["sha256"], item["size"]
+        if not isinstance(path, str) or not MEMBER_RE.match(path) or ".." in path:
+            raise bad(f"files[{i}].path", f"{path!r} is not models/NAME or selftest/NAME")
+        if not isinstance(digest, str) or not SHA_RE.match(digest):
+            raise bad(f"files[{i}].sha256", "must be 64 lowercase hexadecimal digits")
+        if (not isinstance(size, int) or isinstance(size, bool)
+                or not 0 <= size <= max_member_bytes):
+            raise bad(f"files[{i}].size", f"must be 0-{max_member_bytes} bytes, got {size!r}")
+        if any(e.path == path for e in entries):
+            raise bad(f"files[{i}].path", f"{path!r} is listed twice")
+        entries.append(FileEntry(path, digest, size))
+    if not any(e.path.startswith("models/") and e.path.endswith(".json") for e in entries):
+        raise bad("files", "holds no model manifest (models/*.json)")
+    frames, tolerance, pixel = _parse_selftest(raw.get("selftest"), entries, bad)
+    return BundleManifest(version=raw["version"], group=group,
+                          min_app_version=raw["min_app_version"], created_ts=float(created),
+                          files=tuple(entries), frames=frames, tolerance=tolerance,
+                          pixel_size_mm=pixel, note=note, raw=raw)
+
+
+def _parse_selftest(block: object, entries: list[FileEntry], bad):
+    if not isinstance(block, dict) or set(block) - {"frames", "tolerance", "pixel_size_mm"}:
+        raise bad("selftest", "must be {frames, tolerance, pixel_size_mm}")
+    tolerance = block.get("tolerance")
+    if not isinstance(tolerance, dict) or set(tolerance) != set(TOLERANCE_KEYS):
+        raise bad("selftest.tolerance", f"must give exactly {', '.join(TOLERANCE_KEYS)}")
+    for key, value in tolerance.items():
+        if not _number(value) or not 0 <= value <= 1000:
+            raise bad(f"selftest.tolerance.{key}", "must be a number in 0-1000")
+    pixel = block.get("pixel_size_mm", 0.0)
+    if not _number(pixel) or not 0 <= pixel <= 1.0:
+        raise bad("selftest.pixel_size_mm", "must be 0 (no biometry) or a size in mm up to 1")
+    items = block.get("frames")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_SELFTEST_FRAMES:
+        raise bad("selftest.frames", f"must list 1-{MAX_SELFTEST_FRAMES} frames: a bundle "
+                                     "is never installed untested")
+    frames = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"path", "expect"}:
+            raise bad(f"selftest.frames[{i}]", "must be {path, expect}")
+        path, expect = item["path"], item["expect"]
+        if not isinstance(path, str) or not path.startswith("selftest/") or not any(
+                e.path == path for e in entries):
+            raise bad(f"selftest.frames[{i}].path", f"{path!r} is not a listed selftest file")
+        if not isinstance(expect, dict) or "plane" not in expect or set(expect) - set(
+                EXPECT_KEYS):
+            raise bad(f"selftest.frames[{i}].expect", f"must hold plane and only "
+                                                      f"{', '.join(EXPECT_KEYS)}")
+        for key, value in expect.items():
+            kind = EXPECT_KEYS[key]
+            ok = (isinstance(value, str) and len(value) <= 64) if kind is str else (
+                value is None or (_number(value) and abs(value) <= 1e6))
+            if not ok:
+                raise bad(f"selftest.frames[{i}].expect.{key}", f"has the wrong type: {value!r}")
+        frames.append(SelfTestFrame(path, dict(expect)))
+    return tuple(frames), {k: float(v) for k, v in tolerance.items()}, float(pixel)
+
+
+def verify_signature(manifest: bytes, signature: bytes, keys: list) -> str:
+    """The name of the trusted key whose Ed25519 signature this is, or `BundleError`.
+
+    `keys` is [(name, Ed25519PublicKey)], the keys the device was provisioned with. Every
+    key is tried; none is chosen by the bundle."""
+    from cryptography.exceptions import InvalidSignature
+
+    if not keys:
+        raise BundleError("no trusted public key is installed: the device accepts no bundle")
+    if len(signature) != SIGNATURE_BYTES:
+        raise BundleError(f"signature is {len(signature)} bytes, not {SIGNATURE_BYTES}")
+    for name, key in keys:
+        try:
+            key.verify(signature, manifest)
+            return name
+        except InvalidSignature:
+            continue
+    raise BundleError("bad signature: not signed by any trusted key (tampered, or a wrong key)")
+
+
+# -- delivery ----------------------------------------------------------------------------
+
+
+def check_group(group: str) -> str:
+    if not isinstance(group, str) or not GROUP_RE.match(group):
+        raise BundleError(f"bad device group {group!r}: letters, digits, '.', '_', '-' "
+                          "(max 64)")
+    return group
+
+
+def offer_topic(group: str) -> str:
+    return f"{FLEET_PREFIX}/{check_group(group)}/offer"
+
+
+def chunk_topic(group: str, bundle_id: str, index: int) -> str:
+    return f"{FLEET_PREFIX}/{check_group(group)}/chunk/{bundle_id[:32]}/{int(index)}"
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What the district offers a group: not signed, so it only decides what to fetch."""
+
+    bundle_id: str  # sha256 of the whole bundle file
+    size: int
+    chunk_size: int
+    chunk_sha256: tuple[str, ...]
+    version: str
+    group: str
+
+    def to_dict(self) -> dict:
+        return {"format": OFFER_FORMAT, "id": self.bundle_id, "size": self.size,
+                "chunk_size": self.chunk_size, "chunks": list(self.chunk_sha256),
+                "version": self.version, "group": self.group}
+
+    @property
+    def count(self) -> int:
+        return len(self.chunk_sha256)
+
+    def chunk_range(self, index: int) -> tuple[int, int]:
+        start = index * self.chunk_size
+        return start, min(self.size, start + self.chunk_size)
+
+
+def parse_offer(data: bytes, max_bundle_bytes: int, max_chunk_bytes: int) -> Offer:
+    """An offer's bytes -> `Offer`, every field checked and bounded, or `BundleError`."""
+    try:
+        raw = loads_bounded(data, MAX_OFFER_BYTES, max_depth=3)
+    except PayloadError as exc:
+        raise BundleError(f"offer: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != OFFER_FORMAT or set(raw) != {
+            "format", "id", "size", "chunk_size", "chunks", "version", "group"}:
+        raise BundleError("offer: not a sonoedge offer (format, id, size, chunk_size, "
+                          "chunks, version, group)")
+    bundle_id, size, chunk, hashes = raw["id"], raw["size"], raw["chunk_size"], raw["chunks"]
+    if not isinstance(bundle_id, str) or not SHA_RE.match(bundle_id):
+        raise BundleError("offer: id must be the bundle's sha256")
+    for name, value, top in (("size", size, max_bundle_bytes),
+                             ("chunk_size", chunk, max_chunk_bytes)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+            raise BundleError(f"offer: {name} {value!r} is outside 1-{top} bytes")
+    expected = -(-size // chunk)
+    if expected > MAX_CHUNKS:
+        raise BundleError(f"offer: {expected} chunks, more than {MAX_CHUNKS}")
+    if (not isinstance(hashes, list) or len(hashes) != expected
+            or not all(isinstance(h, str) and SHA_RE.match(h) for h in hashes)):
+        raise BundleError(f"offer: chunks must be {expected} sha256 digests")
+    parse_version(raw["version"], "offer: version")
+    return Offer(bundle_id, size, chunk, tuple(hashes), raw["version"],
+                 check_group(raw["group"]))
