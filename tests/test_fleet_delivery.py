@@ -1,0 +1,215 @@
+"""Delivering bundles: over a real Mosquitto to a device that was offline when the district
+published, resumed chunk by chunk, and pulled over HTTP with a resumed download (issue 16).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from central.fleet import export, publish
+from edge.config import load_settings
+from edge.fleet.agent import FleetAgent
+from edge.fleet.slots import Fleet
+from tests.conftest_mqtt import REPO, CollectorProc, py_env, wait_for
+from tests.servers import Mosquitto
+from tests.test_fleet import GROUP, device_config, fleet_kit  # noqa: F401  (fixture)
+from wire.fleet import chunk_topic, offer_topic
+
+
+@pytest.fixture
+def fleet_broker(tmp_path):
+    m = Mosquitto(tmp_path / "broker")
+    m.add_user("dev-a", "device", group=GROUP)
+    m.add_user("dev-other", "device", group="district-b")
+    m.add_user("publisher", "central")
+    m.add_user("central", "central")
+    m.start()
+    yield m
+    m.stop(signal.SIGKILL)
+
+
+def _secret(tmp_path: Path, name: str, password: str) -> Path:
+    path = tmp_path / f"{name}.password"
+    path.write_text(password + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def test_a_device_offline_at_publication_gets_the_bundle_when_it_connects(
+        tmp_path, fleet_kit, fleet_broker):  # noqa: F811
+    pub = _secret(tmp_path, "publisher", fleet_broker.passwords["publisher"])
+    url = f"mqtt://publisher@127.0.0.1:{fleet_broker.port}"
+    offer = publish(fleet_kit["v2"], GROUP, url, str(pub), str(fleet_kit["trusted"]),
+                    chunk_size=32 * 1024, timeout_s=60)
+    assert offer.count == -(-fleet_kit["v2"].stat().st_size // (32 * 1024))
+    # The device connects only now, for the first time.
+    config = device_config(tmp_path, fleet_kit)
+    dev = _secret(tmp_path, "dev-a", fleet_broker.passwords["dev-a"])
+    with open(config, "a") as handle:
+        handle.write(f'[mqtt]\nurl = "mqtt://dev-a@127.0.0.1:{fleet_broker.port}"\n'
+                     f'password_file = "{dev}"\ndevice_id = "dev-a"\nhealth_interval_s = 1.0\n'
+                     "require_subscriber = false\n")
+    db = str(tmp_path / "central.sqlite3")
+    collector = CollectorProc(fleet_broker.url("central"), db, tmp_path, "central")
+    collector.wait_subscribed()
+    log = tmp_path / "device.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config",
+                                 str(config), "--source", "demo"], stdout=out,
+                                stderr=subprocess.STDOUT, env=py_env(), cwd=REPO)
+        try:
+            wait_for(lambda: "starting again" in log.read_text() or proc.poll() is not None,
+                     120, "the bundle to arrive over MQTT and be installed")
+            text = log.read_text()
+            assert proc.poll() is None, text[-3000:]
+            assert f"bundle 2.0 offered ({offer.size} bytes in {offer.count} chunks); " \
+                   f"{offer.count} still to fetch" in text
+            assert "fleet: bundle 2.0 installed from the district" in text
+
+            def report() -> str:
+                out = subprocess.run([sys.executable, "-m", "central.cli", "report", "--db",
+                                      db], capture_output=True, text=True, env=py_env(),
+                                     cwd=REPO, timeout=30)
+                return out.stdout if "2.0" in out.stdout.split("Model bundles")[-1] else ""
+
+            # the district report shows what the device runs, from its health messages
+            shown = wait_for(report, 30, "the report to show bundle 2.0")
+            row = next(ln for ln in shown.split("Model bundles")[1].splitlines()
+                       if ln.startswith("dev-a"))
+            assert GROUP in row and "2.0" in row and "trial (0)" in row
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            collector.stop()
+    fleet = Fleet(tmp_path / "state" / "fleet", load_settings(config).fleet)
+    assert fleet.status()["bundle"] == "2.0" and fleet.status()["state"] == "trial"
+    assert not (fleet.root / "download").exists()
+
+
+class _Uplink:
+    """What the agent needs of the uplink: a target, subscriptions, a message hook."""
+
+    target = object()
+
+    def __init__(self):
+        self.topics: set[str] = set()
+        self.on_message = None
+        self.fleet_status = None
+
+    def set_subscriptions(self, topics):
+        self.topics = set(topics)
+
+
+def _agent(config: Path, kit) -> FleetAgent:
+    settings = load_settings(config)
+    fleet = Fleet(Path(settings.device.state_dir) / "fleet", settings.fleet)
+    fleet.ensure(kit["models"])
+    agent = FleetAgent(fleet, settings)
+    agent.uplink = _Uplink()
+    return agent
+
+
+def test_a_download_cut_halfway_resumes_with_only_the_missing_chunks(tmp_path, fleet_kit):  # noqa: F811
+    config = device_config(tmp_path, fleet_kit, chunk_window=4)
+    data = fleet_kit["v2"].read_bytes()
+    size = 16 * 1024
+    from central.fleet import make_offer, peek
+
+    offer, _ = make_offer(fleet_kit["v2"], peek(fleet_kit["v2"], GROUP), size)
+    payload = json.dumps(offer.to_dict()).encode()
+
+    def serve(agent: FleetAgent, limit: int) -> int:
+        """Answer the agent's subscriptions like the broker's retained chunks."""
+        sent = 0
+        while sent < limit:
+            wanted = sorted(t for t in agent.uplink.topics if "/chunk/" in t)
+            if not wanted:
+                break
+            index = int(wanted[0].rsplit("/", 1)[1])
+            agent._received(wanted[0], data[index * size:(index + 1) * size])
+            agent._drain_inbox()
+            sent += 1
+        return sent
+
+    first = _agent(config, fleet_kit)
+    first._received(offer_topic(GROUP), payload)
+    first._drain_inbox()
+    assert len(first.uplink.topics) == 1 + 4  # the offer and a window of 4 chunks
+    half = offer.count // 2
+    assert serve(first, half) == half
+    # a corrupt chunk is refused, not stored
+    lacking = first.download.missing()[0]
+    first._received(chunk_topic(GROUP, offer.bundle_id, lacking), b"x" * size)
+    first._drain_inbox()
+    assert not first.download.chunk_path(lacking).exists()
+    # power cut: a new process, same disk
+    second = _agent(config, fleet_kit)
+    second._received(offer_topic(GROUP), payload)
+    second._drain_inbox()
+    assert len(second.download.missing()) == offer.count - half
+    assert serve(second, offer.count) == offer.count - half
+    assert second.fleet.status()["bundle"] == "2.0"
+    assert second.restart.is_set()
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with `Range: bytes=N-`, and a first answer cut short (a dropped link)."""
+
+    cut_after: int | None = None
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            return self.send_error(404)
+        data = path.read_bytes()
+        start = 0
+        ranged = self.headers.get("Range", "")
+        if ranged.startswith("bytes="):
+            start = int(ranged[6:].split("-")[0])
+        body = data[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if path.suffix == ".bundle" and type(self).cut_after is not None:
+            self.wfile.write(body[:type(self).cut_after])
+            type(self).cut_after = None
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+
+def test_a_device_pulls_over_http_and_resumes_a_cut_download(tmp_path, fleet_kit):  # noqa: F811
+    www = tmp_path / "www"
+    offer = export(fleet_kit["v2"], GROUP, www, str(fleet_kit["trusted"]))
+    handler = functools.partial(_RangeHandler, directory=str(www))
+    _RangeHandler.cut_after = 500_000
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = device_config(tmp_path, fleet_kit,
+                               http_url=f"http://127.0.0.1:{server.server_port}")
+        agent = _agent(config, fleet_kit)
+        agent._poll_http()  # cut at 500 kB
+        part = agent.fleet.root / "download" / offer.bundle_id / "bundle.http"
+        assert part.stat().st_size == 500_000
+        assert agent.fleet.status()["bundle"] == "factory"
+        agent._poll_http()  # resumes with a Range request
+        assert agent.fleet.status()["bundle"] == "2.0"
+        assert agent.restart.is_set()
+    finally:
+        server.shutdown()
