@@ -53,6 +53,9 @@ class LoopSettings:
     roi_refresh_frames: int = 15  # the screen layout changes rarely: find the region this often
     log_every: int = 1  # print one line every N scored frames
     max_frames: int = 0  # 0 = until the source ends
+    # systemd's watchdog is pinged only while a frame was scored within this many seconds or
+    # the loop waits on a live grabber that is itself alive (edge/fleet/watchdog.py)
+    stall_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,8 @@ def _validate(settings: Settings, label: str) -> None:
         raise ConfigError(f"{label}: models.num_threads must be between 1 and 64")
     if settings.loop.roi_refresh_frames < 1 or settings.loop.log_every < 0:
         raise ConfigError(f"{label}: loop.roi_refresh_frames must be >= 1, log_every >= 0")
+    if not 0.1 <= settings.loop.stall_s <= 3600:
+        raise ConfigError(f"{label}: loop.stall_s must be 0.1-3600 seconds")
     try:
         check_mqtt_settings(settings.mqtt)
     except ValueError as exc:

@@ -242,7 +242,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     run_id = journal.start_run(source.name, models)
     if fleet is not None:
         fleet.source = source
-    dog = Watchdog()  # systemd's WatchdogSec: pinged only while frames flow (edge/fleet)
+    dog = Watchdog(stall_s=settings.loop.stall_s)  # systemd's WatchdogSec (edge/fleet)
 
     def exam_ended(session: ExamSession, body: dict) -> None:
         # The journal first: a crash before the outbox has it is repaired from there.
@@ -302,7 +302,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                     web.linger(lambda: stop.stopped or (fleet is not None
                                                         and fleet.restart.is_set()))
     finally:
-        dog.stopping()
+        dog.stopping(restarting=fleet is not None and fleet.restart.is_set())
         if fleet is not None:
             fleet.stop()
         tracker.end("source_end")

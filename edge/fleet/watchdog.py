@@ -2,11 +2,11 @@
 
 sd_notify is one datagram of text to the socket in `NOTIFY_SOCKET`, so a few lines here
 replace a library. The pings come from a thread of their own, but only while the loop is
-really alive: a frame was scored within half the watchdog interval, or the loop is waiting
-for a live source whose grabber thread is itself alive and still trying (reading frames,
-or reopening an unplugged grabber with backoff). A loop stuck anywhere else (a model that
-never returns, a file read that blocks) stops the pings, and systemd kills and restarts
-the service `WatchdogSec` later.
+really alive: a frame was scored within `[loop] stall_s`, or the loop is waiting for a live
+source whose grabber thread is itself alive and still trying (reading frames, or reopening
+an unplugged grabber with backoff). A loop stuck anywhere else (a model that never returns,
+a file read that blocks) stops the pings within `stall_s` plus one ping period (at most
+1 s), and systemd kills and restarts the service `WatchdogSec` later.
 """
 
 from __future__ import annotations
@@ -60,9 +60,12 @@ class Notifier:
 class Watchdog:
     """Pings systemd while the loop makes progress; see the module docstring."""
 
-    def __init__(self, notifier: Notifier | None = None):
+    def __init__(self, notifier: Notifier | None = None, stall_s: float = 2.0):
         self.notifier = notifier or Notifier()
         self.interval_s = self.notifier.watchdog_s
+        # No frame for this long, and not waiting on a live grabber: the loop is hung.
+        self.stall_s = min(stall_s, self.interval_s / 2) if self.interval_s else stall_s
+        self.period_s = min(1.0, self.interval_s / 4)
         self.last_progress = time.monotonic()
         self._waiting_on = None  # the live source the loop is blocked on, if any
         self._grabber_seen: tuple | None = None
@@ -106,24 +109,25 @@ class Watchdog:
         if seen != self._grabber_seen:
             self._grabber_seen, self._grabber_changed = seen, now
         settings = getattr(source, "settings", None)
-        patience = float(getattr(settings, "backoff_max_s", 30.0)) + self.interval_s
+        patience = float(getattr(settings, "backoff_max_s", 30.0)) + self.stall_s
         return now - self._grabber_changed <= patience
 
     def healthy(self) -> bool:
         now = time.monotonic()
-        if now - self.last_progress <= self.interval_s / 2:
+        if now - self.last_progress <= self.stall_s:
             return True
         source = self._waiting_on
         return source is not None and self._grabber_alive(source, now)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s / 4):
+        while not self._stop.wait(self.period_s):
             if self.healthy():
                 self.pings += self.notifier.send("WATCHDOG=1")
 
-    def stopping(self) -> None:
+    def stopping(self, restarting: bool = False) -> None:
+        """The loop ends; `restarting` (new models): RELOADING=1, READY=1 follows."""
         self._stop.set()
-        self.notifier.send("STOPPING=1")
+        self.notifier.send("RELOADING=1" if restarting else "STOPPING=1")
         if self._thread is not None:
             self._thread.join(timeout=2)
             self._thread = None
