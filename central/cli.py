@@ -14,7 +14,8 @@ import sys
 
 from central.db import DEFAULT_DB, DbError, Store
 
-USAGE = "sonoedge-central [run] --mqtt-url URL [--db URL] ... | sonoedge-central report ..."
+USAGE = ("sonoedge-central [run] --mqtt-url URL [--db URL] ... | sonoedge-central report ... "
+         "| sonoedge-central serve|users|districts|seed ... (the dashboard)")
 
 
 def _collector_parser() -> argparse.ArgumentParser:
@@ -122,6 +123,10 @@ def main(argv: list[str]) -> int:
         from central.fleet import bundle_main
 
         return bundle_main(argv[1:])
+    if argv and argv[0] in ("serve", "users", "districts", "seed"):  # the dashboard's verbs
+        from central.dashboard.cli import VERBS
+
+        return VERBS[argv[0]](argv[1:])
     if argv and argv[0] == "run":
         argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help") and len(argv) == 1:

@@ -1,0 +1,192 @@
+"""The dashboard's verbs of ``sonoedge-central``:
+
+    sonoedge-central serve --db URL --listen HOST:PORT
+    sonoedge-central users add NAME --role viewer --district D --db URL   (password on stdin)
+    sonoedge-central users list|remove NAME --db URL
+    sonoedge-central districts FILE --db URL     (clinic_id,district[,name] per line)
+    sonoedge-central seed --db URL [--clinics 50 --days 730]   (a simulated district)
+
+A bad --db, a missing database, a malformed districts file or a bad user is one line on
+standard error and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import re
+import sys
+from pathlib import Path
+
+from central.db import DEFAULT_DB, DbError
+
+CLINIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def serve_main(argv: list[str]) -> int:
+    from central.dashboard.server import ServeSettings, parse_listen, serve
+
+    ap = argparse.ArgumentParser(prog="sonoedge-central serve",
+                                 description="The district's web dashboard over the "
+                                             "collector's database.")
+    ap.add_argument("--db", default=DEFAULT_DB, help="SQLite path or postgresql://...")
+    ap.add_argument("--listen", default="127.0.0.1:8090", help="HOST:PORT (default "
+                    "127.0.0.1:8090; put TLS in front of it for anything beyond loopback)")
+    ap.add_argument("--secure-cookie", action="store_true",
+                    help="mark the session cookie Secure (behind an HTTPS proxy)")
+    ap.add_argument("--refresh-s", type=float, default=None,
+                    help="how often new messages are rolled up (default 5 s)")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        host, port = parse_listen(args.listen)
+        settings = ServeSettings(db_url=args.db, host=host, port=port,
+                                 secure_cookie=args.secure_cookie)
+        if args.refresh_s is not None:
+            if not 0.1 <= args.refresh_s <= 3600:
+                raise ValueError("--refresh-s must be within 0.1-3600")
+            settings.refresh_every_s = args.refresh_s
+        return serve(settings)
+    except (ValueError, DbError) as exc:
+        print(f"sonoedge-central serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the address is taken or cannot be bound
+        print(f"sonoedge-central serve: cannot listen on {args.listen}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
+
+
+def users_main(argv: list[str]) -> int:
+    from central.dashboard import auth
+    from central.dashboard.store import open_db
+
+    ap = argparse.ArgumentParser(prog="sonoedge-central users",
+                                 description="Dashboard users: add (or change), list, remove.")
+    ap.add_argument("action", choices=("add", "list", "remove"))
+    ap.add_argument("username", nargs="?", default="")
+    ap.add_argument("--role", choices=auth.ROLES, default="viewer")
+    ap.add_argument("--district", default="", help="the district a viewer sees")
+    ap.add_argument("--db", default=DEFAULT_DB)
+    args = ap.parse_args(argv)
+    try:
+        if args.action != "list" and not args.username:
+            raise auth.AuthError(f"users {args.action} needs a user name")
+        password = _read_password() if args.action == "add" else ""
+        db = open_db(args.db)
+        try:
+            if args.action == "add":
+                user = auth.add_user(db, args.username, args.role, args.district, password)
+                where = f" of {user.district}" if user.district else ""
+                print(f"user {user.username}: {user.role}{where}")
+            elif args.action == "remove":
+                if not auth.remove_user(db, args.username):
+                    raise auth.AuthError(f"no user {args.username!r}")
+                print(f"user {args.username} removed")
+            else:
+                for u in auth.list_users(db):
+                    print(f"{u.username}\t{u.role}\t{u.district or '-'}")
+        finally:
+            db.close()
+    except (auth.AuthError, DbError) as exc:
+        print(f"sonoedge-central users: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _read_password() -> str:
+    from central.dashboard.auth import AuthError
+
+    if sys.stdin.isatty():
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            raise AuthError("the two passwords differ")
+        return first
+    line = sys.stdin.readline()
+    if not line:
+        raise AuthError("no password on standard input")
+    return line.rstrip("\r\n")
+
+
+def read_districts(path: str | Path) -> list[tuple[str, str, str]]:
+    """``clinic_id,district[,name]`` per line, ``#`` comments; ValueError names the line."""
+    from central.dashboard.auth import DISTRICT_RE
+
+    out = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read: {exc}") from None
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [x.strip() for x in line.split(",")]
+        if len(parts) not in (2, 3) or not CLINIC_RE.match(parts[0]) \
+                or not DISTRICT_RE.match(parts[1]) or len(parts[-1]) > 100:
+            raise ValueError(f"{path}:{lineno}: expected clinic_id,district[,name], got "
+                             f"{line[:80]!r}")
+        out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else parts[0]))
+    return out
+
+
+def districts_main(argv: list[str]) -> int:
+    from central.dashboard.store import open_db
+
+    ap = argparse.ArgumentParser(prog="sonoedge-central districts",
+                                 description="Load which district each clinic belongs to.")
+    ap.add_argument("file", help="clinic_id,district[,name] per line")
+    ap.add_argument("--db", default=DEFAULT_DB)
+    args = ap.parse_args(argv)
+    try:
+        entries = read_districts(args.file)
+        db = open_db(args.db)
+        try:
+            with db.tx():
+                for clinic, district, name in entries:
+                    db.execute("INSERT INTO dash.clinics (clinic_id, district, name) VALUES "
+                               "(?, ?, ?) ON CONFLICT (clinic_id) DO UPDATE SET district = "
+                               "excluded.district, name = excluded.name",
+                               (clinic, district, name))
+        finally:
+            db.close()
+    except (ValueError, DbError) as exc:
+        print(f"sonoedge-central districts: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(entries)} clinics in {len({d for _, d, _ in entries})} districts")
+    return 0
+
+
+def seed_main(argv: list[str]) -> int:
+    from central.dashboard.seed import SeedSettings, seed
+
+    ap = argparse.ArgumentParser(prog="sonoedge-central seed",
+                                 description="Fill an empty collector database with a "
+                                             "simulated district (for scale tests).")
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--clinics", type=int, default=50)
+    ap.add_argument("--districts", type=int, default=5)
+    ap.add_argument("--days", type=int, default=730)
+    ap.add_argument("--seed", type=int, default=17)
+    args = ap.parse_args(argv)
+    if not (1 <= args.clinics <= 1000 and 1 <= args.districts <= args.clinics
+            and 1 <= args.days <= 3650):
+        print("sonoedge-central seed: --clinics 1-1000, --districts 1-clinics, --days 1-3650",
+              file=sys.stderr)
+        return 2
+    try:
+        res = seed(args.db, SeedSettings(clinics=args.clinics, districts=args.districts,
+                                         days=args.days, seed=args.seed))
+    except DbError as exc:
+        print(f"sonoedge-central seed: {exc}", file=sys.stderr)
+        return 2
+    print(f"{res.exam} exams, {res.health} health, {res.status} status from {res.devices} "
+          f"devices in {res.seconds:.0f} s")
+    return 0
+
+
+VERBS = {"serve": serve_main, "users": users_main, "districts": districts_main,
+         "seed": seed_main}

@@ -1,0 +1,63 @@
+"""Every number the dashboard depends on, in one place, each with why it has that value.
+
+Nothing here is read from a request: requests only choose among the values listed here
+(``PERIODS_WEEKS``), so a hostile query string cannot make a query larger.
+"""
+
+from __future__ import annotations
+
+# -- time ------------------------------------------------------------------------------------
+DAY_S = 86400
+# Days are UTC days. A device's own clock (``ts``) dates a message when it is plausible: not
+# after the collector received it (plus a day of clock skew), and not older than a
+# store-and-forward backlog can be (a box offline for over a year has been replaced). Outside
+# that (a box without RTC booting in 1970) the collector's receive time dates it.
+DEVICE_CLOCK_AHEAD_S = DAY_S
+DEVICE_CLOCK_BEHIND_S = 400 * DAY_S
+
+CLINICS_WEEKS = 8  # issue 17: exams per day per clinic over the last 8 weeks
+PERIODS_WEEKS = (8, 26, 52, 104)  # the only periods a page may be asked for
+DEFAULT_WEEKS = {"clinics": 8, "completeness": 8, "quality": 26, "biometry": 26,
+                 "devices": 8}
+
+# -- sequence gaps (as central/report.py) ----------------------------------------------------
+SEQ_JUMP = 1000  # a hole longer than this is a broken counter, not loss (report --seq-jump)
+
+# -- exams -----------------------------------------------------------------------------------
+# A checklist slot is captured when its best frame scores at least the protocol's
+# min_quality; both shipped protocols use 0.5 (edge/exam/protocols.toml). Central does not
+# import edge, so the figure is repeated here for the quality page's "below capture" share.
+MIN_QUALITY = 0.5
+NOT_A_VIEW = ("Background", "other", "uncertain")  # as central/report.py
+
+# -- devices: what makes a box need a visit --------------------------------------------------
+SILENT_AFTER_S = 3 * DAY_S  # a clinic box that scans most weekdays: 3 days is a long weekend
+LOW_DISK_MB = 500.0  # the journal sheds frames near full; 500 MB is about a week of frames
+HOT_C = 80.0  # Raspberry Pi 5 starts throttling at 80-85 C (Raspberry Pi documentation)
+BACKLOG_WARN = 100  # messages queued on the box: about a clinic day of exams and health
+
+# -- access ----------------------------------------------------------------------------------
+# scrypt (hashlib, RFC 7914): N=2^15, r=8 needs 32 MiB and ~0.06 s per check on the build
+# box; slow enough that a stolen users table is costly to brute-force.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1
+SCRYPT_MAXMEM = 64 * 1024 * 1024
+PASSWORD_MIN, PASSWORD_MAX = 10, 256
+SESSION_IDLE_S = 60 * 60  # an officer's session unused for an hour ends
+SESSION_MAX_S = 12 * 3600  # none lasts longer than a working day
+SESSION_TOUCH_S = 60  # the last-use time is written at most once a minute per session
+LOGIN_FREE_FAILURES = 5  # then each further wrong password from one address waits
+LOGIN_BRAKE_S, LOGIN_BRAKE_MAX_S = 2.0, 900.0  # doubling from 2 s up to 15 min
+COOKIE = "sonoedge_dash"
+
+# -- requests --------------------------------------------------------------------------------
+MAX_BODY = 4096  # the login form is the only body
+MAX_PARAM_CHARS = 64  # an id is at most 64 characters (wire schema)
+QUERY_THREADS = 3  # DB work runs here, never on the event loop
+OUTLIERS_SHOWN = 200  # the page lists at most this many; the CSV has them all
+
+# -- rollup ----------------------------------------------------------------------------------
+REFRESH_EVERY_S = 5.0  # new messages reach the pages within this (plus a batch)
+REFRESH_BATCH = 2000  # messages per rollup transaction: a short write, a short read
+# Messages received up to this long before the newest one rolled up are looked at again:
+# a second collector's clock may lag, and a batch is stamped before it commits.
+REFRESH_OVERLAP_S = 300.0

@@ -1,0 +1,369 @@
+"""Each page's plots (SVG), tables and CSV, from the rows of ``queries.py``.
+
+A plot and its CSV are made from the same list, so the CSV is always the numbers behind
+the plot. Every drawn mark carries its numbers as ``data-*`` attributes (and a ``<title>``
+for the hover), which is what the browser tests compare with the database.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+from central.dashboard import config as C
+from central.dashboard import queries as Q
+from central.dashboard import reference as R
+from central.dashboard.svg import (
+    BLUES,
+    GREY,
+    INK,
+    MUTED,
+    ORANGE,
+    Svg,
+    bin_colour,
+    esc,
+    hbars,
+    legend,
+)
+
+EXAM_EDGES = [1, 3, 5, 8]  # exams a day: 0 | 1-2 | 3-4 | 5-7 | 8+ (clinics do 0-10)
+WEEKEND = "#f0f0f0"  # a clinic closed at the weekend is silent as expected: lighter grey
+QUALITY_EDGES = [C.MIN_QUALITY, 0.6, 0.7, 0.8]  # below capture | ... | 0.8+
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    s = max(0.0, now - ts)
+    if s < 3600:
+        return f"{s / 60:.0f} min ago"
+    if s < 2 * C.DAY_S:
+        return f"{s / 3600:.0f} h ago"
+    return f"{s / C.DAY_S:.0f} days ago"
+
+
+def utc(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+
+
+def to_csv(header: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        # a cell starting with = + - @ would be a formula in a spreadsheet: quote it away
+        w.writerow(["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else
+                    ("" if v is None else v) for v in r])
+    return buf.getvalue()
+
+
+# -- clinics ---------------------------------------------------------------------------------
+def clinics_svg(page: Q.ClinicsPage) -> str:
+    days = page.period.days
+    cell, label_w, top = 13, 118, 34
+    right = 170
+    width = label_w + cell * len(days) + right
+    height = top + cell * max(1, len(page.clinics)) + 44
+    svg = Svg(width, height, "Exams per day per clinic, silent days and sequence holes",
+              "clinics")
+    for i, d in enumerate(days):
+        x = label_w + i * cell
+        if (d + 3) % 7 == 0:  # Monday
+            svg.line(x, top - 4, x, top + cell * len(page.clinics), stroke="#bbb")
+            svg.text(x + 1, top - 8, Q.day_text(d)[5:], fill=MUTED, size=10)
+    for dx, head in ((30, "exams"), (72, "silent"), (124, "missing")):
+        svg.text(label_w + len(days) * cell + 8 + dx, top - 8, head, anchor="end", fill=MUTED,
+                 size=10)
+    for r, clinic in enumerate(page.clinics):
+        y = top + r * cell
+        svg.text(label_w - 6, y + cell - 3, clinic, anchor="end")
+        exams = silent = missing = 0
+        for i, d in enumerate(days):
+            c = page.cells[(clinic, d)]
+            exams += c.exams
+            silent += int(c.silent)
+            missing += c.missing
+            fill = (WEEKEND if (d + 3) % 7 >= 5 else GREY) if c.silent else \
+                ("#fff" if c.exams == 0 else bin_colour(c.exams, EXAM_EDGES, BLUES))
+            tip = (f"{clinic} {Q.day_text(d)}: " +
+                   ("silent, no message" if c.silent else
+                    f"{c.exams} exams, {c.health} health") +
+                   (f"; {c.holes} sequence hole(s)" if c.holes else "") +
+                   (f", {c.missing} messages missing" if c.missing else ""))
+            svg.rect(label_w + i * cell + 0.5, y + 0.5, cell - 1, cell - 1, fill, tip=tip,
+                     stroke="#ccc" if fill == "#fff" else None,
+                     data_clinic=clinic, data_day=Q.day_text(d), data_exams=c.exams,
+                     data_silent=int(c.silent), data_holes=c.holes)
+            if c.holes:
+                svg.circle(label_w + i * cell + cell / 2, y + cell / 2, 2.6, ORANGE,
+                           stroke="#fff")
+        x = label_w + len(days) * cell + 8
+        svg.text(x + 30, y + cell - 3, exams, anchor="end", data_total=clinic)
+        svg.text(x + 72, y + cell - 3, silent, anchor="end", fill=MUTED)
+        svg.text(x + 124, y + cell - 3, missing or "", anchor="end", fill=ORANGE)
+    y = top + cell * len(page.clinics) + 22
+    x = legend(svg, label_w, y, [(GREY, "silent weekday"), (WEEKEND, "silent weekend"),
+                                 ("#fff", "0 exams"), (BLUES[1], "1-2"), (BLUES[2], "3-4"),
+                                 (BLUES[3], "5-7"), (BLUES[4], "8+")])
+    svg.circle(x + 4, y - 4, 3, ORANGE)
+    svg.text(x + 12, y, "a hole in the box's message sequence touches this day", fill=MUTED)
+    return svg.done()
+
+
+def clinics_csv(page: Q.ClinicsPage) -> str:
+    return to_csv(["clinic_id", "day", "exams", "health", "silent", "sequence_holes",
+                   "messages_missing"],
+                  [[c.clinic_id, Q.day_text(c.day), c.exams, c.health, int(c.silent), c.holes,
+                    c.missing] for c in page.rows()])
+
+
+# -- completeness ----------------------------------------------------------------------------
+def completeness_svg(page: Q.CompletenessPage) -> str:
+    rows = []
+    for c in page.clinics:
+        note = (f"{pct(c.share)} of {c.with_protocol} exams" if c.with_protocol else "")
+        rows.append({"label": c.clinic_id, "value": c.share, "note": note,
+                     "colour": ORANGE if c.share is not None and c.share < 0.5 else BLUES[3],
+                     "data": {"data_clinic": c.clinic_id, "data_complete": c.complete,
+                              "data_exams": c.with_protocol}})
+    return hbars("Share of exams that captured every slot of their protocol, per clinic",
+                 "completeness", rows)
+
+
+def missed_svg(page: Q.CompletenessPage) -> str:
+    rows = [{"label": f"{s.slot} ({s.protocol})", "value": s.share,
+             "note": f"{pct(s.share)}: {s.missed} of {s.exams}",
+             "data": {"data_protocol": s.protocol, "data_slot": s.slot,
+                      "data_missed": s.missed, "data_exams": s.exams}}
+            for s in page.slots[:20]]
+    return hbars("Checklist slots most often missed (share of the protocol's exams)",
+                 "missed", rows, label_w=230)
+
+
+def completeness_csv(page: Q.CompletenessPage) -> str:
+    return to_csv(["clinic_id", "exams", "exams_with_protocol", "complete", "share_complete"],
+                  [[c.clinic_id, c.exams, c.with_protocol, c.complete,
+                    "" if c.share is None else round(c.share, 4)] for c in page.clinics])
+
+
+def missed_csv(page: Q.CompletenessPage) -> str:
+    rows = [[c.clinic_id, *key.split(": ", 1), n] for c in page.clinics
+            for key, n in sorted(c.missed.items())]
+    return to_csv(["clinic_id", "protocol", "slot", "exams_missing_it"], rows)
+
+
+# -- quality ---------------------------------------------------------------------------------
+def quality_svg(page: Q.QualityPage) -> str:
+    cell_w = max(6, min(22, 720 // max(1, len(page.weeks))))
+    cell_h, label_w, top = 18, 100, 30
+    width = label_w + cell_w * len(page.weeks) + 20
+    height = top + cell_h * max(1, len(page.planes)) + 44
+    svg = Svg(width, height, "Mean best-frame quality per plane and week", "quality")
+    col = {w: i for i, w in enumerate(page.weeks)}
+    row = {p: i for i, p in enumerate(page.planes)}
+    step = max(1, len(page.weeks) // 8)
+    for w in page.weeks[::step]:
+        svg.text(label_w + col[w] * cell_w, top - 8, Q.week_text(w), fill=MUTED, size=10)
+    for p in page.planes:
+        svg.text(label_w - 6, top + row[p] * cell_h + cell_h - 5, p, anchor="end")
+    if not page.planes:
+        svg.text(label_w, top + 14, "no exams in this period", fill=MUTED)
+    for c in page.cells:
+        fill = ORANGE if c.mean_quality < C.MIN_QUALITY else \
+            bin_colour(c.mean_quality, QUALITY_EDGES[1:], BLUES[1:])
+        svg.rect(label_w + col[c.week] * cell_w + 0.5, top + row[c.plane] * cell_h + 0.5,
+                 cell_w - 1, cell_h - 1, fill,
+                 tip=(f"{c.plane}, week of {Q.week_text(c.week)}: mean {c.mean_quality:.2f} "
+                      f"over {c.exams} exams, {c.below_capture} below {C.MIN_QUALITY}"),
+                 data_plane=c.plane, data_week=Q.week_text(c.week), data_exams=c.exams,
+                 data_mean=f"{c.mean_quality:.4f}")
+    y = top + cell_h * len(page.planes) + 24
+    legend(svg, label_w, y, [(ORANGE, f"under {C.MIN_QUALITY} (not captured)"),
+                             (BLUES[1], "0.5-0.6"), (BLUES[2], "0.6-0.7"),
+                             (BLUES[3], "0.7-0.8"), (BLUES[4], "0.8+")])
+    return svg.done()
+
+
+def deficiencies_svg(page: Q.QualityPage) -> str:
+    rows = [{"label": d.name.replace("_", " "),
+             "value": d.exams / page.exams if page.exams else 0.0,
+             "note": f"{pct(d.exams / page.exams if page.exams else None)}: {d.exams} exams",
+             "data": {"data_name": d.name, "data_exams": d.exams}}
+            for d in page.deficiencies]
+    top = max((r["value"] for r in rows), default=0.0)
+    scale = next(s for s in (0.2, 0.4, 0.6, 0.8, 1.0) if top <= s)  # ticks at round numbers
+    return hbars("Quality criteria failed most often (share of exams listing them)",
+                 "deficiencies", rows, value_max=scale)
+
+
+def quality_csv(page: Q.QualityPage) -> str:
+    return to_csv(["plane", "week_starting", "exams", "mean_best_quality",
+                   f"exams_below_{C.MIN_QUALITY}"],
+                  [[c.plane, Q.week_text(c.week), c.exams, round(c.mean_quality, 4),
+                    c.below_capture] for c in page.cells])
+
+
+def deficiencies_csv(page: Q.QualityPage) -> str:
+    return to_csv(["criterion", "exams_listing_it", "frames_failing", "exams_in_period"],
+                  [[d.name, d.exams, d.frames, page.exams] for d in page.deficiencies])
+
+
+# -- biometry --------------------------------------------------------------------------------
+GA_MIN, GA_MAX, HC_MIN, HC_MAX = 12.0, 43.0, 50.0, 400.0
+GA_BIN, HC_BIN = 0.5, 5.0  # density cells: half a week by 5 mm
+
+
+def biometry_svg(page: Q.BiometryPage) -> str:
+    width, height = 760, 470
+    left, right, top, bottom = 56, 150, 16, 44
+    pw, ph = width - left - right, height - top - bottom
+
+    def x(ga: float) -> float:
+        return left + (ga - GA_MIN) / (GA_MAX - GA_MIN) * pw
+
+    def y(hc: float) -> float:
+        return top + ph - (hc - HC_MIN) / (HC_MAX - HC_MIN) * ph
+
+    svg = Svg(width, height, "Head circumference against gestational age, over "
+              "INTERGROWTH-21st", "biometry")
+    for ga in range(14, 43, 2):
+        svg.line(x(ga), top, x(ga), top + ph, stroke="#eee")
+        svg.text(x(ga), top + ph + 14, ga, anchor="middle", fill=MUTED)
+    for hc in range(50, 401, 50):
+        svg.line(left, y(hc), left + pw, y(hc), stroke="#eee")
+        svg.text(left - 6, y(hc) + 4, hc, anchor="end", fill=MUTED)
+    svg.text(left + pw / 2, height - 8, "gestational age (weeks)", anchor="middle")
+    svg.add(f'<text x="16" y="{top + ph / 2:.0f}" text-anchor="middle" '
+            f'transform="rotate(-90 16 {top + ph / 2:.0f})">head circumference (mm)</text>')
+    ig = [R.IG_MIN_WEEKS + 0.25 * i for i in range(int((R.IG_MAX_WEEKS - R.IG_MIN_WEEKS) * 4)
+                                                   + 1)]
+    band = [(x(g), y(R.ig_hc_centile(g, 97))) for g in ig] + \
+        [(x(g), y(R.ig_hc_centile(g, 3))) for g in reversed(ig)]
+    svg.polygon(band, "#c7e9c0", 0.7, data_band="3-97")
+    for cen, dash in ((3, None), (10, "3 3"), (50, None), (90, "3 3"), (97, None)):
+        svg.polyline([(x(g), y(R.ig_hc_centile(g, cen))) for g in ig], "#31a354",
+                     width=1.6 if cen == 50 else 1, dash=dash, data_centile=cen)
+        if cen in (3, 50, 97):  # 10th and 90th are dashed; their labels would overlap
+            svg.text(x(R.IG_MAX_WEEKS) + 4, y(R.ig_hc_centile(R.IG_MAX_WEEKS, cen)) + 4,
+                     f"{cen}th" if cen != 3 else "3rd", fill="#31a354", size=10)
+    hd = [R.HADLOCK_MIN_WEEKS + 0.5 * i for i in range(57)]
+    svg.polyline([(x(g), y(R.hadlock_hc(g))) for g in hd], INK, width=1.2, dash="6 3",
+                 data_curve="hadlock")
+    # density of every measured exam with an age, then the outliers on top
+    grid: dict[tuple[int, int], int] = {}
+    for e in page.exams:
+        if e.ga_weeks is None or not GA_MIN <= e.ga_weeks < GA_MAX \
+                or not HC_MIN <= e.hc_mm < HC_MAX:
+            continue
+        key = (int((e.ga_weeks - GA_MIN) // GA_BIN), int((e.hc_mm - HC_MIN) // HC_BIN))
+        grid[key] = grid.get(key, 0) + 1
+    top_n = max(grid.values(), default=1)
+    for (gi, hi), n in sorted(grid.items()):
+        g0, h0 = GA_MIN + gi * GA_BIN, HC_MIN + hi * HC_BIN
+        level = n / top_n
+        fill = BLUES[min(4, 1 + int(level * 4))]
+        svg.rect(x(g0), y(h0 + HC_BIN), x(g0 + GA_BIN) - x(g0), y(h0) - y(h0 + HC_BIN), fill,
+                 tip=f"{n} exams at {g0:g}-{g0 + GA_BIN:g} weeks, HC {h0:g}-{h0 + HC_BIN:g} mm",
+                 data_ga=f"{g0:g}", data_hc=f"{h0:g}", data_n=n)
+    for e in page.outliers:
+        svg.circle(x(e.ga_weeks), y(e.hc_mm), 3.2, ORANGE, stroke=INK,
+                   tip=f"{e.clinic_id} {e.device_id} {Q.day_text(e.day)}: HC {e.hc_mm:g} mm at "
+                       f"{e.ga_weeks:g} weeks ({e.outside})",
+                   data_outlier=e.msg_id)
+    lx, ly = left + pw + 14, top + 150
+    svg.rect(lx, ly, 12, 10, "#c7e9c0")
+    svg.text(lx + 16, ly + 9, "3rd-97th", fill=MUTED)
+    svg.line(lx, ly + 26, lx + 12, ly + 26, stroke=INK, dash="6 3")
+    svg.text(lx + 16, ly + 30, "Hadlock 1984", fill=MUTED)
+    svg.rect(lx, ly + 42, 12, 10, BLUES[3])
+    svg.text(lx + 16, ly + 51, "exams (density)", fill=MUTED)
+    svg.circle(lx + 6, ly + 68, 3.2, ORANGE, stroke=INK)
+    svg.text(lx + 16, ly + 72, "outside 3rd-97th", fill=MUTED)
+    return svg.done()
+
+
+def biometry_csv(page: Q.BiometryPage) -> str:
+    return to_csv(["msg_id", "device_id", "clinic_id", "exam_id", "day", "hc_mm", "ga_weeks",
+                   "ga_source", "intergrowth_z", "outside_3rd_97th"],
+                  [[e.msg_id, e.device_id, e.clinic_id, e.exam_id, Q.day_text(e.day), e.hc_mm,
+                    e.ga_weeks, e.ga_source, None if e.z is None else round(e.z, 3),
+                    e.outside or ""] for e in page.exams])
+
+
+# -- devices ---------------------------------------------------------------------------------
+DEVICE_COLUMNS = ["device_id", "clinic_id", "last_seen_utc", "uplink", "uplink_since_utc",
+                  "backlog", "behind", "messages_missing", "dead_letters", "disk_free_mb",
+                  "temp_c", "models", "bundle", "needs_a_visit"]
+
+
+def device_cells(d: Q.DeviceRow) -> list:
+    models = " ".join(f"{k}@{v}" for k, v in sorted(d.models.items()))
+    bundle = " ".join(f"{k}={v}" for k, v in sorted(d.bundle.items()))
+    return [d.device_id, d.clinic_id, utc(d.last_seen), d.state or "", utc(d.state_since),
+            d.backlog, d.behind, d.missing, d.dead_letters, d.disk_free_mb, d.temp_c, models,
+            bundle, "; ".join(d.flags)]
+
+
+def devices_csv(rows: list[Q.DeviceRow]) -> str:
+    return to_csv(DEVICE_COLUMNS, [device_cells(d) for d in rows])
+
+
+def devices_table(rows: list[Q.DeviceRow], now: float) -> str:
+    head = ("<tr><th>device</th><th>clinic</th><th>last seen</th><th>uplink</th>"
+            "<th>backlog</th><th>behind</th><th>missing</th><th>dead letters</th>"
+            "<th>disk free</th><th>temp</th><th>models</th><th>bundle</th>"
+            "<th>needs a visit</th></tr>")
+    body = []
+    for d in sorted(rows, key=lambda r: (not r.flags, r.clinic_id, r.device_id)):
+        models = "<br>".join(f"{esc(k)} {esc(v)}" for k, v in sorted(d.models.items()))
+        bundle = " ".join(f"{esc(v)}" for _, v in sorted(d.bundle.items())) or \
+            '<span class="muted">not reported</span>'
+        state = esc(d.state or "-")
+        body.append(
+            f'<tr data-device="{esc(d.device_id)}" class="{"flag" if d.flags else ""}">'
+            f"<td>{esc(d.device_id)}</td><td>{esc(d.clinic_id)}</td>"
+            f'<td title="{esc(utc(d.last_seen))} UTC">{esc(ago(d.last_seen, now))}</td>'
+            f'<td class="{state}">{state}<br><span class="small">'
+            f"{esc(ago(d.state_since, now))}</span></td>"
+            f'<td class="num">{_cell(d.backlog)}</td><td class="num">{_cell(d.behind)}</td>'
+            f'<td class="num">{_cell(d.missing)}</td>'
+            f'<td class="num">{_cell(d.dead_letters)}</td>'
+            f'<td class="num">{_cell(d.disk_free_mb, " MB")}</td>'
+            f'<td class="num">{_cell(d.temp_c, " °C")}</td>'
+            f'<td class="small">{models}</td><td class="small">{bundle}</td>'
+            f'<td class="flags">{esc(", ".join(d.flags)) or "-"}</td></tr>')
+    if not body:
+        body.append('<tr><td colspan="13" class="muted">no devices in this scope</td></tr>')
+    return f'<table class="devices">{head}{"".join(body)}</table>'
+
+
+def _cell(value, unit: str = "") -> str:
+    if value is None:
+        return '<span class="muted">-</span>'
+    if isinstance(value, float):
+        return esc(f"{value:,.0f}{unit}" if abs(value) >= 100 else f"{value:g}{unit}")
+    return esc(f"{value}{unit}")
+
+
+def outliers_table(page: Q.BiometryPage) -> str:
+    rows = page.outliers
+    head = ("<tr><th>date</th><th>clinic</th><th>device</th><th>exam</th><th>HC (mm)</th>"
+            "<th>GA (weeks)</th><th>z</th><th></th></tr>")
+    body = [f'<tr data-outlier="{esc(e.msg_id)}"><td>{esc(Q.day_text(e.day))}</td>'
+            f"<td>{esc(e.clinic_id)}</td><td>{esc(e.device_id)}</td><td>{esc(e.exam_id)}</td>"
+            f'<td class="num">{e.hc_mm:g}</td><td class="num">{e.ga_weeks:g}</td>'
+            f'<td class="num">{e.z:+.2f}</td><td>{esc(e.outside)}</td></tr>'
+            for e in rows[:C.OUTLIERS_SHOWN]]
+    if not body:
+        body = ['<tr><td colspan="8" class="muted">none in this period</td></tr>']
+    more = (f'<p class="muted">{len(rows) - C.OUTLIERS_SHOWN} more in the CSV.</p>'
+            if len(rows) > C.OUTLIERS_SHOWN else "")
+    return f'<table class="outliers">{head}{"".join(body)}</table>{more}'
+
+
+__all__ = ["MUTED"]

@@ -1,0 +1,389 @@
+"""The numbers behind each page, from the rollups (``store.py``), for one user's scope.
+
+Each page has one function here returning plain rows; the page's plots are drawn from those
+rows and its CSV is those rows, so a plot and its CSV cannot disagree. A viewer's scope is
+one district: every query that names clinics carries ``clinic_id IN (the district's
+clinics)`` as a bound parameter. An admin's scope is every clinic, or one district.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from central.dashboard import config as C
+from central.dashboard import reference as R
+from central.dashboard.store import Db, week_of
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose data: ``district`` None means every clinic (an admin not filtering)."""
+    district: str | None
+
+    def where(self, column: str = "clinic_id") -> tuple[str, tuple]:
+        if self.district is None:
+            return "1 = 1", ()
+        return (f"{column} IN (SELECT clinic_id FROM dash.clinics WHERE district = ?)",
+                (self.district,))
+
+
+@dataclass(frozen=True)
+class Period:
+    first_day: int
+    last_day: int
+
+    @property
+    def days(self) -> list[int]:
+        return list(range(self.first_day, self.last_day + 1))
+
+
+def period(weeks: int, now: float | None = None) -> Period:
+    today = int((now if now is not None else time.time()) // C.DAY_S)
+    return Period(today - 7 * weeks + 1, today)
+
+
+def day_text(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * C.DAY_S))
+
+
+def week_text(week: int) -> str:
+    """The Monday that starts a week_of() week."""
+    return day_text(week * 7 - 3)
+
+
+def clinics_in_scope(db: Db, scope: Scope) -> list[str]:
+    """Every clinic the scope holds: those with devices, and those the district map lists
+    (a clinic whose box never spoke is the most silent of all)."""
+    w, p = scope.where()
+    rows = db.query(f"SELECT clinic_id FROM dash.device_latest WHERE {w} UNION "
+                    f"SELECT clinic_id FROM dash.clinics WHERE {w}", p + p)
+    return sorted(r[0] for r in rows)
+
+
+def districts(db: Db) -> list[str]:
+    return [r[0] for r in db.query("SELECT DISTINCT district FROM dash.clinics "
+                                   "ORDER BY district")]
+
+
+# -- sequence gaps ---------------------------------------------------------------------------
+@dataclass
+class Hole:
+    device_id: str
+    clinic_id: str
+    first_seq: int
+    last_seq: int
+    after_day: int  # the day of the message before the hole
+    before_day: int  # the day of the message after it
+
+    @property
+    def size(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+
+def holes(db: Db, scope: Scope, per: Period, lookback_days: int = 30) -> list[Hole]:
+    """Holes in each device's exam/health sequence whose later message falls in the period
+    (holes longer than SEQ_JUMP are broken counters, not loss, as the report says)."""
+    w, p = scope.where()
+    rows = db.query(
+        "SELECT device_id, clinic_id, seq, prev, day, prev_day FROM (SELECT device_id, "
+        "clinic_id, seq, day, LAG(seq) OVER w AS prev, LAG(day) OVER w AS prev_day "
+        f"FROM dash.msgs WHERE kind IN ('exam', 'health') AND day >= ? AND {w} "
+        "WINDOW w AS (PARTITION BY device_id ORDER BY seq)) t "
+        "WHERE prev IS NOT NULL AND seq - prev > 1 AND day >= ? AND day <= ?",
+        (per.first_day - lookback_days, *p, per.first_day, per.last_day))
+    out = []
+    for dev, clinic, seq, prev, day, prev_day in rows:
+        if seq - prev - 1 > C.SEQ_JUMP:
+            continue
+        out.append(Hole(dev, clinic, int(prev) + 1, int(seq) - 1, int(prev_day), int(day)))
+    return out
+
+
+# -- clinics ---------------------------------------------------------------------------------
+@dataclass
+class ClinicDay:
+    clinic_id: str
+    day: int
+    exams: int = 0
+    health: int = 0
+    other: int = 0
+    holes: int = 0  # sequence holes whose span touches this day
+    missing: int = 0  # messages missing in holes that end this day
+
+    @property
+    def silent(self) -> bool:
+        return self.exams + self.health + self.other == 0
+
+
+@dataclass
+class ClinicsPage:
+    period: Period
+    clinics: list[str]
+    cells: dict[tuple[str, int], ClinicDay]
+    devices: dict[str, list[str]] = field(default_factory=dict)
+
+    def rows(self) -> list[ClinicDay]:
+        return [self.cells[(c, d)] for c in self.clinics for d in self.period.days]
+
+
+def clinics_page(db: Db, scope: Scope, per: Period) -> ClinicsPage:
+    clinics = clinics_in_scope(db, scope)
+    cells = {(c, d): ClinicDay(c, d) for c in clinics for d in per.days}
+    w, p = scope.where()
+    for clinic, day, exams, health, other in db.query(
+            "SELECT clinic_id, day, SUM(exams), SUM(health), SUM(other) FROM dash.day_device "
+            f"WHERE day >= ? AND day <= ? AND {w} GROUP BY clinic_id, day",
+            (per.first_day, per.last_day, *p)):
+        cell = cells.get((clinic, day))
+        if cell is not None:
+            cell.exams, cell.health, cell.other = int(exams), int(health), int(other)
+    for h in holes(db, scope, per):
+        for d in range(max(h.after_day, per.first_day), h.before_day + 1):
+            if (h.clinic_id, d) in cells:
+                cells[(h.clinic_id, d)].holes += 1
+        if (h.clinic_id, h.before_day) in cells:
+            cells[(h.clinic_id, h.before_day)].missing += h.size
+    devices: dict[str, list[str]] = defaultdict(list)
+    for dev, clinic in db.query(f"SELECT device_id, clinic_id FROM dash.device_latest "
+                                f"WHERE {w} ORDER BY device_id", p):
+        devices[clinic].append(dev)
+    return ClinicsPage(per, clinics, cells, dict(devices))
+
+
+# -- completeness ----------------------------------------------------------------------------
+@dataclass
+class ClinicCompleteness:
+    clinic_id: str
+    exams: int = 0  # every exam received
+    with_protocol: int = 0  # exams that name their protocol
+    complete: int = 0  # ... and captured every slot of it
+    missed: dict[str, int] = field(default_factory=dict)  # "protocol: slot" -> exams
+
+    @property
+    def share(self) -> float | None:
+        return self.complete / self.with_protocol if self.with_protocol else None
+
+
+@dataclass
+class SlotMissed:
+    protocol: str
+    slot: str
+    missed: int
+    exams: int  # exams of that protocol: each required the slot
+
+    @property
+    def share(self) -> float:
+        return self.missed / self.exams if self.exams else 0.0
+
+
+@dataclass
+class CompletenessPage:
+    period: Period
+    clinics: list[ClinicCompleteness]
+    slots: list[SlotMissed]
+
+
+def completeness_page(db: Db, scope: Scope, per: Period) -> CompletenessPage:
+    w, p = scope.where()
+    args = (per.first_day, per.last_day, *p)
+    by: dict[str, ClinicCompleteness] = {c: ClinicCompleteness(c)
+                                         for c in clinics_in_scope(db, scope)}
+    for clinic, exams in db.query(
+            "SELECT clinic_id, SUM(exams) FROM dash.day_device "
+            f"WHERE day >= ? AND day <= ? AND {w} GROUP BY clinic_id", args):
+        by.setdefault(clinic, ClinicCompleteness(clinic)).exams = int(exams)
+    per_protocol: dict[str, int] = defaultdict(int)
+    for clinic, protocol, exams, complete in db.query(
+            "SELECT clinic_id, protocol, SUM(exams), SUM(complete) FROM dash.day_protocol "
+            f"WHERE day >= ? AND day <= ? AND {w} GROUP BY clinic_id, protocol", args):
+        c = by.setdefault(clinic, ClinicCompleteness(clinic))
+        c.with_protocol += int(exams)
+        c.complete += int(complete)
+        per_protocol[protocol] += int(exams)
+    slot_total: dict[tuple[str, str], int] = defaultdict(int)
+    for clinic, protocol, slot, n in db.query(
+            "SELECT clinic_id, protocol, slot, SUM(n) FROM dash.day_missing "
+            f"WHERE day >= ? AND day <= ? AND {w} GROUP BY clinic_id, protocol, slot", args):
+        by.setdefault(clinic, ClinicCompleteness(clinic)).missed[f"{protocol}: {slot}"] = int(n)
+        slot_total[(protocol, slot)] += int(n)
+    slots = sorted((SlotMissed(pr, s, n, per_protocol.get(pr, 0))
+                    for (pr, s), n in slot_total.items()),
+                   key=lambda x: (-x.share, x.protocol, x.slot))
+    clinics = sorted(by.values(), key=lambda c: (c.share is None, c.share or 0, c.clinic_id))
+    return CompletenessPage(per, clinics, slots)
+
+
+# -- quality ---------------------------------------------------------------------------------
+@dataclass
+class PlaneWeek:
+    plane: str
+    week: int
+    exams: int
+    mean_quality: float
+    below_capture: int  # exams whose best frame of this plane scored under MIN_QUALITY
+
+
+@dataclass
+class Deficiency:
+    name: str
+    exams: int  # exams that list it among their most failed criteria
+    frames: int
+
+
+@dataclass
+class QualityPage:
+    period: Period
+    weeks: list[int]
+    planes: list[str]
+    cells: list[PlaneWeek]
+    deficiencies: list[Deficiency]
+    exams: int
+
+
+def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
+    w, p = scope.where()
+    w0, w1 = week_of(per.first_day), week_of(per.last_day)
+    cells = []
+    for plane, week, n, q_sum, q_low in db.query(
+            "SELECT plane, week, SUM(n), SUM(q_sum), SUM(q_low) FROM dash.week_plane "
+            f"WHERE week >= ? AND week <= ? AND {w} GROUP BY plane, week", (w0, w1, *p)):
+        cells.append(PlaneWeek(plane, int(week), int(n), float(q_sum) / int(n), int(q_low)))
+    order = {name: i for i, name in enumerate(PLANE_ORDER)}
+    planes = sorted({c.plane for c in cells}, key=lambda x: (order.get(x, 99), x))
+    args = (per.first_day, per.last_day, *p)
+    defs = [Deficiency(name, int(e), int(f)) for name, e, f in db.query(
+        "SELECT name, SUM(exams), SUM(frames) FROM dash.day_deficiency "
+        f"WHERE day >= ? AND day <= ? AND {w} GROUP BY name", args)]
+    defs.sort(key=lambda d: (-d.exams, d.name))
+    exams = db.query("SELECT COALESCE(SUM(exams), 0) FROM dash.day_device "
+                     f"WHERE day >= ? AND day <= ? AND {w}", args)[0][0]
+    cells.sort(key=lambda c: (order.get(c.plane, 99), c.plane, c.week))
+    return QualityPage(per, list(range(w0, w1 + 1)), planes, cells, defs, int(exams))
+
+
+PLANE_ORDER = ["Brain (Tv.)", "Brain (Cb.)", "Profile", "Lips", "Spine (sag.)", "Spine (cor.)",
+               "4CH", "LVOT", "RVOT", "3VV", "Abdominal", "Kidneys", "Femur"]
+
+
+# -- biometry --------------------------------------------------------------------------------
+@dataclass
+class MeasuredExam:
+    msg_id: str
+    device_id: str
+    clinic_id: str
+    exam_id: str
+    day: int
+    hc_mm: float
+    ga_weeks: float | None
+    ga_source: str | None
+    z: float | None  # against INTERGROWTH-21st; None outside 14-40 weeks or without GA
+
+    @property
+    def outside(self) -> str | None:
+        """'below 3rd' / 'above 97th' / None."""
+        if self.z is None:
+            return None
+        if self.z < R.CENTILE_Z[3]:
+            return "below 3rd"
+        if self.z > R.CENTILE_Z[97]:
+            return "above 97th"
+        return None
+
+
+@dataclass
+class BiometryPage:
+    period: Period
+    exams: list[MeasuredExam]
+
+    @property
+    def outliers(self) -> list[MeasuredExam]:
+        return [e for e in self.exams if e.outside]
+
+    @property
+    def not_comparable(self) -> int:
+        return sum(1 for e in self.exams if e.z is None)
+
+
+def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
+    w, p = scope.where()
+    out = []
+    for msg_id, dev, clinic, exam_id, day, hc, ga, src in db.query(
+            "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source "
+            f"FROM dash.exams WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w} "
+            "ORDER BY day, msg_id", (per.first_day, per.last_day, *p)):
+        out.append(MeasuredExam(msg_id, dev, clinic, exam_id, int(day), float(hc),
+                                None if ga is None else float(ga), src,
+                                R.ig_z(float(hc), None if ga is None else float(ga))))
+    return BiometryPage(per, out)
+
+
+# -- devices ---------------------------------------------------------------------------------
+@dataclass
+class DeviceRow:
+    device_id: str
+    clinic_id: str
+    last_seen: float | None
+    state: str | None  # the latest status: online / offline
+    state_since: float | None
+    backlog: int | None  # queued on the box, from its latest health
+    behind: int  # allocated on the box (latest status) beyond what is stored
+    missing: int  # messages missing in this period's sequence holes
+    dead_letters: int
+    disk_free_mb: float | None
+    temp_c: float | None
+    models: dict
+    bundle: dict
+    health_ts: float | None
+    flags: list[str] = field(default_factory=list)
+
+
+def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
+                 ) -> list[DeviceRow]:
+    now = time.time() if now is None else now
+    w, p = scope.where()
+    dead = {dev: int(n) for dev, n in db.query(
+        "SELECT device_id, COUNT(*) FROM dash.dead GROUP BY device_id")}
+    missing: dict[str, int] = defaultdict(int)
+    for h in holes(db, scope, per):
+        missing[h.device_id] += h.size
+    out = []
+    for (dev, clinic, last, max_seq, _hseq, health_ts, health, st_rec, st_state, st_seq,
+         _pending) in db.query(
+            "SELECT device_id, clinic_id, last_received, max_seq, health_seq, health_ts, "
+            "health, status_received, status_state, status_seq, status_pending "
+            f"FROM dash.device_latest WHERE {w} ORDER BY clinic_id, device_id", p):
+        h = json.loads(health) if health else {}
+        row = DeviceRow(dev, clinic, last, st_state, st_rec, h.get("pending"),
+                        max(0, int(st_seq or 0) - int(max_seq or 0)), missing.get(dev, 0),
+                        dead.get(dev, 0), h.get("disk_free_mb"), h.get("temp_c"),
+                        h.get("models") or {}, h.get("bundle") or {}, health_ts)
+        row.flags = device_flags(row, now)
+        out.append(row)
+    return out
+
+
+def device_flags(d: DeviceRow, now: float) -> list[str]:
+    """Why this box may need a visit (thresholds in config.py)."""
+    flags = []
+    if d.last_seen is None or now - d.last_seen > C.SILENT_AFTER_S:
+        days = "never" if d.last_seen is None else f"{(now - d.last_seen) / C.DAY_S:.0f} days"
+        flags.append(f"silent {days}")
+    if d.disk_free_mb is not None and d.disk_free_mb < C.LOW_DISK_MB:
+        flags.append("disk low")
+    if d.temp_c is not None and d.temp_c >= C.HOT_C:
+        flags.append("hot")
+    if d.backlog is not None and d.backlog >= C.BACKLOG_WARN:
+        flags.append("backlog")
+    if d.dead_letters:
+        flags.append("dead letters")
+    if d.missing:
+        flags.append("messages lost")
+    return flags
+
+
+def unattributed_dead_letters(db: Db) -> int:
+    """Dead letters whose topic names no device (an admin's concern only)."""
+    return int(db.query("SELECT COUNT(*) FROM dash.dead WHERE device_id = ''")[0][0])

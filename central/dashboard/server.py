@@ -1,0 +1,483 @@
+"""The district dashboard: ``sonoedge-central serve --db URL --listen HOST:PORT``.
+
+Routes (every ``/api/`` route answers 401 without a session; pages send the browser to the
+login form):
+
+- ``GET /login``, ``POST /login`` (form: username, password), ``POST /logout``
+- ``GET /clinics``, ``/completeness``, ``/quality``, ``/biometry``, ``/devices``: the pages,
+  each with ``?weeks=8|26|52|104`` and, for an admin, ``?district=NAME``
+- ``GET /api/<plot>.csv`` with the same parameters: the numbers behind each plot
+  (clinics, completeness, missed, quality, deficiencies, biometry, devices)
+- ``GET /api/me``: who is logged in
+- ``GET /static/dash.css``: the one asset; the pages use the system's fonts and no script
+
+The pages are HTML with the plots inline as SVG, made on the server (see ``svg.py`` for
+why). Database work runs on a small thread pool, never on the event loop; a background
+thread rolls new messages up every few seconds (``store.refresh``). The dashboard only reads
+the collector's tables and writes its own (``store.py``), so it never holds up ingestion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from central.dashboard import auth as A
+from central.dashboard import config as C
+from central.dashboard import pages as P
+from central.dashboard import queries as Q
+from central.dashboard.store import Db, open_db, refresh
+from central.dashboard.svg import esc
+from central.db import DbError
+
+log = logging.getLogger("sonoedge.dashboard")
+
+STATIC = Path(__file__).resolve().parent / "static"
+CSS = (STATIC / "dash.css").read_bytes()
+CSS_VERSION = hashlib.sha256(CSS).hexdigest()[:12]
+PAGES = ("clinics", "completeness", "quality", "biometry", "devices")
+TITLES = {"clinics": "Clinics", "completeness": "Exam completeness", "quality": "Quality",
+          "biometry": "Biometry", "devices": "Devices"}
+CSVS = {"clinics": "clinics", "completeness": "completeness", "missed": "completeness",
+        "quality": "quality", "deficiencies": "quality", "biometry": "biometry",
+        "devices": "devices"}
+SECURITY_HEADERS = {
+    # no script at all; the charts are inline SVG with presentation attributes, no style=
+    "Content-Security-Policy": ("default-src 'none'; style-src 'self'; img-src 'self'; "
+                                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes form POSTs say Origin: null
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+@dataclass
+class ServeSettings:
+    db_url: str
+    host: str = "127.0.0.1"
+    port: int = 8090
+    refresh_every_s: float = C.REFRESH_EVERY_S
+    secure_cookie: bool = False  # set behind TLS (a reverse proxy): the cookie never goes clear
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8090")
+    return host.strip("[]"), int(port)
+
+
+class Dashboard:
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        db = open_db(settings.db_url)  # tables, index; a bad --db fails here, in one line
+        db.close()
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(C.QUERY_THREADS, thread_name_prefix="dash-db")
+        self._dbs: list[Db] = []
+        self._dbs_lock = threading.Lock()
+        self.brake = A.Brake()
+        self.stop_event = threading.Event()
+        self.refresher: threading.Thread | None = None
+        self.last_refresh: dict = {}
+
+    # -- database, off the event loop --------------------------------------------------------
+    def _db(self) -> Db:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = Db(self.settings.db_url)
+            self._local.db = db
+            with self._dbs_lock:
+                self._dbs.append(db)
+        return db
+
+    async def run_db(self, fn, *args):
+        loop = asyncio.get_running_loop()
+
+        def call():
+            try:
+                return fn(self._db(), *args)
+            except DbError:
+                self._local.db = None  # reconnect next time (PostgreSQL restarted, ...)
+                raise
+
+        return await loop.run_in_executor(self._pool, call)
+
+    def start_refresher(self) -> None:
+        def loop():
+            db = None
+            while not self.stop_event.is_set():
+                try:
+                    db = db or Db(self.settings.db_url)
+                    stats = refresh(db)
+                    self.last_refresh = {"at": time.time(), "messages": stats.messages,
+                                         "seconds": round(stats.seconds, 3)}
+                    if stats.messages:
+                        log.info("rolled up %d messages in %.2f s", stats.messages,
+                                 stats.seconds)
+                except DbError as exc:
+                    log.warning("dashboard refresh: %s", exc)
+                    if db is not None:
+                        db.close()
+                    db = None
+                self.stop_event.wait(self.settings.refresh_every_s)
+            if db is not None:
+                db.close()
+
+        self.refresher = threading.Thread(target=loop, name="dash-refresh", daemon=True)
+        self.refresher.start()
+
+    def close(self) -> None:
+        self.stop_event.set()
+        if self.refresher is not None:
+            self.refresher.join(timeout=30)
+        self._pool.shutdown(wait=True)
+        with self._dbs_lock:
+            for db in self._dbs:
+                db.close()
+
+    # -- the app -----------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=C.MAX_BODY,
+                              middlewares=[self._headers, self._auth])
+        app.router.add_get("/", self.home)
+        app.router.add_get("/login", self.login_page)
+        app.router.add_post("/login", self.login)
+        app.router.add_post("/logout", self.logout)
+        app.router.add_get("/static/dash.css", self.css)
+        app.router.add_get("/favicon.ico", self.favicon)
+        for name in PAGES:
+            app.router.add_get(f"/{name}", self.page)
+        app.router.add_get("/api/me", self.me)
+        app.router.add_get("/api/{name}.csv", self.csv)
+        app.router.add_route("*", "/api/{tail:.*}", self.api_not_found)
+        return app
+
+    @web.middleware
+    async def _headers(self, request: web.Request, handler):
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            resp = exc
+        except DbError as exc:
+            log.warning("%s %s: %s", request.method, request.path[:100], exc)
+            resp = web.Response(status=503, text="The database is not reachable; try again "
+                                "in a minute.\n")
+        resp.headers.update(SECURITY_HEADERS)
+        if "Cache-Control" not in resp.headers:
+            resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        """Attach the session's user; refuse /api/ without one (401) and send a browser to
+        the login form for a page."""
+        public = request.path in ("/login", "/static/dash.css", "/", "/favicon.ico")
+        token = request.cookies.get(C.COOKIE)
+        user = await self.run_db(A.session_user, token) if token else None
+        request["user"] = user
+        if user is None and not public:
+            if request.path.startswith("/api/"):
+                return web.json_response({"error": "login required"}, status=401)
+            raise web.HTTPSeeOther("/login")
+        if request.method == "POST" and not _same_origin(request):
+            return web.Response(status=403, text="cross-origin request refused\n")
+        return await handler(request)
+
+    async def home(self, request: web.Request):
+        raise web.HTTPSeeOther("/clinics" if request["user"] else "/login")
+
+    async def favicon(self, request: web.Request):
+        return web.Response(status=204, headers={"Cache-Control": "public, max-age=86400"})
+
+    async def css(self, request: web.Request):
+        return web.Response(body=CSS, content_type="text/css",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
+    async def login_page(self, request: web.Request, error: str = "", status: int = 200):
+        body = (f'<form class="login" method="post" action="/login">'
+                f"<h1>sonoedge district dashboard</h1>"
+                f'{f"<p class=error>{esc(error)}</p>" if error else ""}'
+                f'<label>User <input name="username" autocomplete="username" '
+                f'maxlength="64" required autofocus></label>'
+                f'<label>Password <input name="password" type="password" '
+                f'autocomplete="current-password" maxlength="{C.PASSWORD_MAX}" required></label>'
+                f'<button type="submit">Log in</button></form>')
+        return _html(_document("Log in", body), status)
+
+    async def login(self, request: web.Request):
+        address = request.remote or "?"
+        wait = self.brake.wait_s(address)
+        if wait > 0:
+            resp = await self.login_page(request, f"Too many wrong passwords: wait "
+                                         f"{wait:.0f} s.", 429)
+            resp.headers["Retry-After"] = str(int(wait) + 1)
+            return resp
+        try:
+            form = await request.post()
+        except (ValueError, web.HTTPRequestEntityTooLarge):
+            return await self.login_page(request, "Bad request.", 400)
+        username = str(form.get("username", ""))[:64]
+        password = str(form.get("password", ""))[:C.PASSWORD_MAX + 1]
+        user = await self.run_db(A.check_login, username, password)
+        if user is None:
+            self.brake.failed(address)
+            return await self.login_page(request, "Wrong user or password.", 401)
+        self.brake.succeeded(address)
+        token = await self.run_db(A.open_session, user)
+        resp = web.HTTPSeeOther("/clinics")
+        resp.set_cookie(C.COOKIE, token, httponly=True, samesite="Strict", path="/",
+                        secure=self.settings.secure_cookie, max_age=int(C.SESSION_MAX_S))
+        return resp
+
+    async def logout(self, request: web.Request):
+        token = request.cookies.get(C.COOKIE)
+        if token:
+            await self.run_db(A.close_session, token)
+        resp = web.HTTPSeeOther("/login")
+        resp.del_cookie(C.COOKIE, path="/")
+        return resp
+
+    async def me(self, request: web.Request):
+        u: A.User = request["user"]
+        return web.json_response({"username": u.username, "role": u.role,
+                                  "district": u.district or None})
+
+    async def api_not_found(self, request: web.Request):
+        return web.json_response({"error": "no such API"}, status=404)
+
+    # -- pages and CSV -----------------------------------------------------------------------
+    def _params(self, request: web.Request, page: str) -> tuple[Q.Scope, int]:
+        user: A.User = request["user"]
+        weeks = C.DEFAULT_WEEKS[page]
+        raw = request.query.get("weeks", "")
+        if raw.isdigit() and int(raw) in C.PERIODS_WEEKS:
+            weeks = int(raw)
+        if not user.admin:
+            return Q.Scope(user.district), weeks
+        district = request.query.get("district", "")[:C.MAX_PARAM_CHARS]
+        return Q.Scope(district if A.DISTRICT_RE.match(district) else None), weeks
+
+    async def page(self, request: web.Request):
+        name = request.path.strip("/")
+        scope, weeks = self._params(request, name)
+        t0 = time.perf_counter()
+        body, districts = await self.run_db(self._page_body, name, scope, weeks)
+        t1 = time.perf_counter()
+        html = _document(TITLES[name], _nav(request["user"], name, scope, weeks, districts)
+                         + body + _footer(self.last_refresh))
+        resp = _html(html)
+        resp.headers["Server-Timing"] = (f"db;dur={(t1 - t0) * 1000:.1f}, "
+                                         f"render;dur={(time.perf_counter() - t1) * 1000:.1f}")
+        resp.enable_compression()
+        return resp
+
+    def _page_body(self, db: Db, name: str, scope: Q.Scope, weeks: int) -> tuple[str, list]:
+        per = Q.period(C.CLINICS_WEEKS if name == "clinics" and weeks == 8 else weeks)
+        districts = Q.districts(db)
+        return getattr(self, f"_body_{name}")(db, scope, per, weeks), districts
+
+    def _csv_link(self, name: str, scope: Q.Scope, weeks: int) -> str:
+        q = f"?weeks={weeks}" + (f"&district={scope.district}" if scope.district else "")
+        return (f'<p class="csv"><a href="/api/{esc(name)}.csv{esc(q)}" download>'
+                f"The numbers behind this plot (CSV)</a></p>")
+
+    def _body_clinics(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
+        page = Q.clinics_page(db, scope, per)
+        silent = sum(1 for c in page.clinics
+                     if all(page.cells[(c, d)].silent for d in per.days[-7:]))
+        return (f"<h2>Exams per day, last {weeks} weeks</h2>"
+                f'<p class="lead">{len(page.clinics)} clinics; <strong>{silent}</strong> sent '
+                f"nothing in the last 7 days. Grey: no message from any box of the clinic that "
+                f"day. An orange dot: a box's messages of that day are missing (a hole in its "
+                f"sequence: lost on the way or dropped by a full outbox).</p>"
+                f'<div class="plot">{P.clinics_svg(page)}</div>'
+                + self._csv_link("clinics", scope, weeks))
+
+    def _body_completeness(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
+        page = Q.completeness_page(db, scope, per)
+        total = sum(c.with_protocol for c in page.clinics)
+        done = sum(c.complete for c in page.clinics)
+        rows = "".join(
+            f"<tr><td>{esc(c.clinic_id)}</td><td class=num>{c.with_protocol}</td>"
+            f"<td class=num>{P.pct(c.share)}</td><td>"
+            + esc(", ".join(f"{k.split(': ', 1)[1]} ({n})" for k, n in
+                            sorted(c.missed.items(), key=lambda kv: -kv[1])[:3]) or "-")
+            + "</td></tr>" for c in page.clinics)
+        return (f"<h2>Complete exams, last {weeks} weeks</h2>"
+                f'<p class="lead">{P.pct(done / total if total else None)} of {total} exams '
+                f"captured every slot of their protocol (each slot's best frame scoring at "
+                f"least {C.MIN_QUALITY}). Orange: under half of a clinic's exams.</p>"
+                f'<div class="plot">{P.completeness_svg(page)}</div>'
+                + self._csv_link("completeness", scope, weeks)
+                + f'<h2>Slots most often missed</h2><div class="plot">{P.missed_svg(page)}</div>'
+                + self._csv_link("missed", scope, weeks)
+                + '<h2>Per clinic: the slots missed most</h2><table class="missed"><tr>'
+                  "<th>clinic</th><th>exams</th><th>complete</th><th>missed most (exams)</th>"
+                  f"</tr>{rows}</table>")
+
+    def _body_quality(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
+        page = Q.quality_page(db, scope, per)
+        return (f"<h2>Best-frame quality per plane, by week, last {weeks} weeks</h2>"
+                f'<p class="lead">Each cell is the mean, over the week\'s exams that found the '
+                f"plane, of the quality score of its best frame (0-1; the checklist takes a "
+                f"plane from {C.MIN_QUALITY}). {page.exams} exams.</p>"
+                f'<div class="plot">{P.quality_svg(page)}</div>'
+                + self._csv_link("quality", scope, weeks)
+                + "<h2>Deficiencies seen most often</h2>"
+                  '<p class="lead">Each exam names the quality criteria its frames failed most '
+                  "(up to four); the bar is the share of exams naming each.</p>"
+                  f'<div class="plot">{P.deficiencies_svg(page)}</div>'
+                + self._csv_link("deficiencies", scope, weeks))
+
+    def _body_biometry(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
+        page = Q.biometry_page(db, scope, per)
+        dated = sum(1 for e in page.exams if e.ga_source == "dates")
+        n = len(page.exams)
+        caveat = ("" if dated == n and n else
+                  '<p class="caveat"><strong>Read this first.</strong> The age plotted is '
+                  "the device's estimate from the same head circumference (Hadlock 1984), "
+                  "because exam summaries do not yet carry the age by dates. Every point "
+                  "therefore lies on Hadlock's curve, and the chart shows how Hadlock's dating "
+                  "sits against the standard, not whether a head is small or large for its "
+                  "age. A head can fall outside the band only when the two references "
+                  "disagree that much. The check becomes meaningful once the exam carries the "
+                  f"age by dates ({dated} of {n} here do).</p>")
+        return (f"<h2>Head circumference against gestational age, last {weeks} weeks</h2>"
+                f'<p class="lead">{n} measured exams; {len(page.outliers)} outside the '
+                f"3rd-97th centile; {page.not_comparable} without an age inside 14-40 weeks "
+                f"(not compared). Reference: INTERGROWTH-21st fetal growth standard "
+                f"(Papageorghiou et al., Lancet 2014), which publishes the 3rd, 5th, 10th, "
+                f"50th, 90th, 95th and 97th centiles for 14-40 weeks; drawn: 3rd, 10th, 50th, "
+                f"90th, 97th. Dashed black: Hadlock 1984's HC for each age (its paper gives "
+                f"the age's spread, not HC centiles).</p>{caveat}"
+                f'<div class="plot">{P.biometry_svg(page)}</div>'
+                + self._csv_link("biometry", scope, weeks)
+                + "<h2>Exams outside the 3rd-97th centile</h2>" + P.outliers_table(page))
+
+    def _body_devices(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
+        rows = Q.devices_page(db, scope, per)
+        flagged = sum(1 for d in rows if d.flags)
+        extra = ""
+        if scope.district is None:
+            n = Q.unattributed_dead_letters(db)
+            extra = (f'<p class="muted">{n} dead letters name no device (malformed topics).'
+                     "</p>" if n else "")
+        return (f"<h2>Devices</h2>"
+                f'<p class="lead">{len(rows)} boxes; <strong>{flagged}</strong> may need a '
+                f"visit (silent over {C.SILENT_AFTER_S / C.DAY_S:.0f} days, disk under "
+                f"{C.LOW_DISK_MB:.0f} MB, {C.HOT_C:.0f} °C or more, a backlog of "
+                f"{C.BACKLOG_WARN}+ messages, dead letters, or messages missing in the last "
+                f"{weeks} weeks). Backlog: queued on the box at its last health; behind: "
+                f"allocated on the box beyond what arrived.</p>"
+                f"{P.devices_table(rows, time.time())}{extra}"
+                + self._csv_link("devices", scope, weeks))
+
+    async def csv(self, request: web.Request):
+        name = request.match_info["name"]
+        if name not in CSVS:
+            return web.json_response({"error": "no such CSV"}, status=404)
+        scope, weeks = self._params(request, CSVS[name])
+        text = await self.run_db(self._csv_text, name, scope, weeks)
+        resp = web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
+            "Content-Disposition": f'attachment; filename="{name}-{weeks}w.csv"'})
+        resp.enable_compression()
+        return resp
+
+    def _csv_text(self, db: Db, name: str, scope: Q.Scope, weeks: int) -> str:
+        per = Q.period(weeks)
+        if name == "clinics":
+            return P.clinics_csv(Q.clinics_page(db, scope, per))
+        if name in ("completeness", "missed"):
+            page = Q.completeness_page(db, scope, per)
+            return P.completeness_csv(page) if name == "completeness" else P.missed_csv(page)
+        if name in ("quality", "deficiencies"):
+            page = Q.quality_page(db, scope, per)
+            return P.quality_csv(page) if name == "quality" else P.deficiencies_csv(page)
+        if name == "biometry":
+            return P.biometry_csv(Q.biometry_page(db, scope, per))
+        return P.devices_csv(Q.devices_page(db, scope, per))
+
+
+def _same_origin(request: web.Request) -> bool:
+    """Browsers send Origin on every POST; one naming another site is a forged form."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return origin.split("://", 1)[-1] == request.host
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def _document(title: str, body: str) -> str:
+    return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{esc(title)} · sonoedge district</title>"
+            f'<link rel="stylesheet" href="/static/dash.css?v={CSS_VERSION}"></head>'
+            f"<body>{body}</body></html>")
+
+
+def _nav(user: A.User, current: str, scope: Q.Scope, weeks: int, districts: list) -> str:
+    def q(**kw) -> str:
+        params = {"weeks": weeks, "district": scope.district, **kw}
+        return "?" + "&".join(f"{k}={v}" for k, v in params.items() if v)
+
+    links = "".join(f'<a href="/{p}{esc(q())}"{" class=on" if p == current else ""}>'
+                    f"{TITLES[p]}</a>" for p in PAGES)
+    periods = "".join(f'<a href="/{current}{esc(q(weeks=w))}"'
+                      f'{" class=on" if w == weeks else ""}>{w} weeks</a>'
+                      for w in C.PERIODS_WEEKS)
+    if user.admin:
+        opts = [f'<a href="/{current}{esc(q(district=""))}"'
+                f'{" class=on" if scope.district is None else ""}>all districts</a>']
+        opts += [f'<a href="/{current}{esc(q(district=d))}"'
+                 f'{" class=on" if d == scope.district else ""}>{esc(d)}</a>' for d in districts]
+        where = "".join(opts)
+    else:
+        where = f"<span>{esc(user.district)}</span>"
+    who = (f'<form method="post" action="/logout" class="who">{esc(user.username)} '
+           f"({esc(user.role)}) <button>Log out</button></form>")
+    return (f'<header><div class="brand">sonoedge district</div><nav>{links}</nav>{who}'
+            f'</header><div class="filters"><span class="where">{where}</span>'
+            f'<span class="periods">{periods}</span></div><main>')
+
+
+def _footer(last: dict) -> str:
+    when = P.utc(last.get("at")) if last else "starting"
+    return (f'</main><footer>Dates are UTC days of the device clock when plausible, else of '
+            f"arrival. Data rolled up at {esc(when)} UTC.</footer>")
+
+
+def serve(settings: ServeSettings) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop."""
+    dash = Dashboard(settings)
+    dash.start_refresher()
+    app = dash.app()
+
+    async def on_cleanup(_app):
+        await asyncio.get_running_loop().run_in_executor(None, dash.close)
+
+    app.on_cleanup.append(on_cleanup)
+    print(f"sonoedge-central serve: http://{settings.host}:{settings.port}/ "
+          f"on {_shown(settings.db_url)}", flush=True)
+    web.run_app(app, host=settings.host, port=settings.port, print=None,
+                access_log=None, handle_signals=True)
+    return 0
+
+
+def _shown(url: str) -> str:
+    import re
+
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)

@@ -1,0 +1,537 @@
+"""The dashboard's view of the collector's database, and the rollups that keep it fast.
+
+The collector's tables are only ever read. What the dashboard writes (its rollups, users,
+sessions and the clinic-to-district map) lives apart from them, so it never takes the lock
+the collector needs to store a message:
+
+- SQLite: the collector's file is opened read-only (``mode=ro``; WAL lets a reader and the
+  writer work at once) and the dashboard's tables live in a file beside it
+  (``<db>.dashboard.sqlite3``), ATTACHed as ``dash``. A write there locks that file only.
+- PostgreSQL: the dashboard's tables live in the schema ``dash`` of the same database; MVCC
+  means its reads and writes never wait for the collector's inserts, nor these for them.
+
+Either way the SQL says ``dash.<table>``, and every value is a bound parameter.
+
+Rollups. Parsing every exam's JSON on each page view would cost seconds at 100,000 exams,
+so ``refresh`` reads each message once, after it is stored, and adds it to small tables: a
+row per message (``dash.msgs``, for sequence gaps and last seen), a row per exam with the
+figures the pages plot (``dash.exams``), per-day and per-week counts (``dash.day_device``,
+``dash.day_protocol``, ``dash.day_missing``, ``dash.day_deficiency``, ``dash.week_plane``),
+the latest health and status of each device (``dash.device_latest``) and dead letters per
+device (``dash.dead``). A message is added only when its ``msg_id`` is new to ``dash.msgs``,
+inside the same transaction as the counts, so the counts never count a message twice, even
+with two dashboards refreshing the same database.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from central.dashboard import config as C
+from central.db import DbError, is_postgres, sqlite_path
+
+SCHEMA_VERSION = "1"
+
+_DASH_TABLES = [
+    "CREATE TABLE IF NOT EXISTS dash.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS dash.msgs (
+        msg_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, clinic_id TEXT NOT NULL,
+        kind TEXT NOT NULL, seq BIGINT NOT NULL, ts DOUBLE PRECISION NOT NULL,
+        day INTEGER NOT NULL, received_ts DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS dash.msgs_day ON msgs (day)",
+    "CREATE INDEX IF NOT EXISTS dash.msgs_device_seq ON msgs (device_id, seq)",
+    """CREATE TABLE IF NOT EXISTS dash.exams (
+        msg_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, clinic_id TEXT NOT NULL,
+        exam_id TEXT, day INTEGER NOT NULL, ts DOUBLE PRECISION NOT NULL, protocol TEXT,
+        required INTEGER, captured INTEGER, complete INTEGER, best_quality DOUBLE PRECISION,
+        hc_mm DOUBLE PRECISION, ga_weeks DOUBLE PRECISION, ga_low DOUBLE PRECISION,
+        ga_high DOUBLE PRECISION, ga_source TEXT, missing TEXT)""",
+    "CREATE INDEX IF NOT EXISTS dash.exams_day ON exams (day)",
+    "CREATE INDEX IF NOT EXISTS dash.exams_hc_day ON exams (day) WHERE hc_mm IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS dash.day_device (
+        device_id TEXT NOT NULL, clinic_id TEXT NOT NULL, day INTEGER NOT NULL,
+        exams INTEGER NOT NULL, health INTEGER NOT NULL, other INTEGER NOT NULL,
+        PRIMARY KEY (day, device_id, clinic_id))""",
+    """CREATE TABLE IF NOT EXISTS dash.day_protocol (
+        clinic_id TEXT NOT NULL, day INTEGER NOT NULL, protocol TEXT NOT NULL,
+        exams INTEGER NOT NULL, complete INTEGER NOT NULL,
+        PRIMARY KEY (day, clinic_id, protocol))""",
+    """CREATE TABLE IF NOT EXISTS dash.day_missing (
+        clinic_id TEXT NOT NULL, day INTEGER NOT NULL, protocol TEXT NOT NULL,
+        slot TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (day, clinic_id, protocol, slot))""",
+    """CREATE TABLE IF NOT EXISTS dash.day_deficiency (
+        clinic_id TEXT NOT NULL, day INTEGER NOT NULL, name TEXT NOT NULL,
+        exams INTEGER NOT NULL, frames BIGINT NOT NULL, PRIMARY KEY (day, clinic_id, name))""",
+    """CREATE TABLE IF NOT EXISTS dash.week_plane (
+        clinic_id TEXT NOT NULL, week INTEGER NOT NULL, plane TEXT NOT NULL,
+        n INTEGER NOT NULL, q_sum DOUBLE PRECISION NOT NULL, q_low INTEGER NOT NULL,
+        PRIMARY KEY (week, clinic_id, plane))""",
+    """CREATE TABLE IF NOT EXISTS dash.device_latest (
+        device_id TEXT PRIMARY KEY, clinic_id TEXT NOT NULL,
+        last_received DOUBLE PRECISION, max_seq BIGINT NOT NULL,
+        health_seq BIGINT, health_ts DOUBLE PRECISION, health TEXT,
+        status_received DOUBLE PRECISION, status_state TEXT, status_seq BIGINT,
+        status_pending BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS dash.dead (
+        digest TEXT PRIMARY KEY, device_id TEXT NOT NULL, received_ts DOUBLE PRECISION)""",
+    "CREATE INDEX IF NOT EXISTS dash.dead_device ON dead (device_id)",
+    """CREATE TABLE IF NOT EXISTS dash.clinics (
+        clinic_id TEXT PRIMARY KEY, district TEXT NOT NULL, name TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS dash.users (
+        username TEXT PRIMARY KEY, role TEXT NOT NULL, district TEXT NOT NULL,
+        pw TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS dash.sessions (
+        token_hash TEXT PRIMARY KEY, username TEXT NOT NULL,
+        created DOUBLE PRECISION NOT NULL, last_used DOUBLE PRECISION NOT NULL)""",
+]
+# The one index the dashboard adds to the collector's own table: without it, finding the
+# messages not yet rolled up would scan the whole table every few seconds.
+_MAIN_INDEX_SQLITE = ("CREATE INDEX IF NOT EXISTS messages_received "
+                      "ON messages (received_ts)")
+_MAIN_INDEX_PG = ("CREATE INDEX CONCURRENTLY IF NOT EXISTS messages_received "
+                  "ON messages (received_ts)")
+
+
+def sidecar_path(db_path: str) -> str:
+    """The SQLite file holding the dashboard's tables, beside the collector's."""
+    p = Path(db_path)
+    return str(p.with_name(p.stem + ".dashboard.sqlite3"))
+
+
+class Db:
+    """One connection, SQLite or PostgreSQL, with ``?`` placeholders either way."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.pg = is_postgres(url)
+        try:
+            if self.pg:
+                import psycopg
+
+                self._errors: tuple = (psycopg.Error,)
+                self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10,
+                                            options="-c statement_timeout=30000")
+            else:
+                self._errors = (sqlite3.Error,)
+                path = sqlite_path(url)
+                if path == ":memory:" or not Path(path).is_file():
+                    raise DbError(f"{path}: no such database (is --db right?)")
+                uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?mode=ro"
+                self.conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+                side = "file:" + urllib.parse.quote(sidecar_path(str(Path(path).resolve())))
+                self.conn.execute("ATTACH DATABASE ? AS dash", (side + "?mode=rwc",))
+                self.conn.execute("PRAGMA dash.journal_mode=WAL")
+                self.conn.execute("PRAGMA dash.synchronous=NORMAL")
+            found = self.query("SELECT to_regclass('messages') IS NOT NULL" if self.pg else
+                               "SELECT COUNT(*) FROM main.sqlite_master "
+                               "WHERE name = 'messages'")[0][0]
+            if not found:
+                raise DbError(f"{self.shown()}: not a sonoedge collector database "
+                              "(no messages table)")
+        except ImportError:
+            raise DbError(f"{url}: PostgreSQL needs psycopg: pip install 'sonoedge[central]'") \
+                from None
+        except DbError:
+            raise
+        except Exception as exc:
+            raise DbError(f"{self.shown()}: cannot open database: {_one_line(exc)}") from None
+
+    def shown(self) -> str:
+        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", self.url)
+
+    def _sql(self, sql: str) -> str:
+        if not self.pg:
+            return sql
+        # dash.<name> in an index statement means "index of table dash.<name>" in SQLite;
+        # PostgreSQL puts an index in its table's schema and names it without one.
+        sql = re.sub(r"INDEX IF NOT EXISTS dash\.(\w+) ON (\w+)",
+                     r"INDEX IF NOT EXISTS \1 ON dash.\2", sql)
+        return sql.replace("?", "%s")
+
+    def query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        try:
+            cur = self.conn.execute(self._sql(sql), tuple(params))
+            return list(cur.fetchall())
+        except self._errors as exc:
+            raise DbError(f"{self.shown()}: query failed: {_one_line(exc)}") from None
+
+    def execute(self, sql: str, params: tuple | list = ()) -> int:
+        try:
+            return self.conn.execute(self._sql(sql), tuple(params)).rowcount
+        except self._errors as exc:
+            raise DbError(f"{self.shown()}: write failed: {_one_line(exc)}") from None
+
+    def many(self, sql: str, rows: list) -> None:
+        if not rows:
+            return
+        try:
+            if self.pg:
+                with self.conn.cursor() as cur:
+                    cur.executemany(self._sql(sql), rows)
+            else:
+                self.conn.executemany(sql, rows)
+        except self._errors as exc:
+            raise DbError(f"{self.shown()}: write failed: {_one_line(exc)}") from None
+
+    class _Tx:
+        def __init__(self, db: Db):
+            self.db = db
+
+        def __enter__(self):
+            if self.db.pg:
+                self._tx = self.db.conn.transaction()
+                self._tx.__enter__()
+            else:
+                self.db.conn.execute("BEGIN IMMEDIATE")  # the dash file only: main is ro
+            return self.db
+
+        def __exit__(self, exc_type, exc, tb):
+            if self.db.pg:
+                return self._tx.__exit__(exc_type, exc, tb)
+            self.db.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            return False
+
+    def tx(self) -> Db._Tx:
+        """A write transaction on the dashboard's tables (never the collector's)."""
+        return Db._Tx(self)
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+def open_db(url: str, setup: bool = True) -> Db:
+    """Open the collector's database for the dashboard; ``setup`` makes the dashboard's
+    tables when missing. A missing or foreign database is a ``DbError`` (one line)."""
+    db = Db(url)
+    if setup:
+        try:
+            ensure_schema(db)
+        except DbError:
+            db.close()
+            raise
+    return db
+
+
+def ensure_schema(db: Db) -> None:
+    if db.pg:
+        with db.tx():
+            db.execute("SELECT pg_advisory_xact_lock(727275)")
+            db.execute("CREATE SCHEMA IF NOT EXISTS dash")
+            for stmt in _DASH_TABLES:
+                db.execute(stmt)
+        # CONCURRENTLY: the collector goes on inserting while the index is built.
+        db.execute(_MAIN_INDEX_PG)
+    else:
+        with db.tx():
+            for stmt in _DASH_TABLES:
+                db.execute(stmt)
+        if not db.query("SELECT 1 FROM main.sqlite_master WHERE name = 'messages_received'"):
+            _sqlite_main_index(db)
+    with db.tx():
+        db.execute("INSERT INTO dash.meta (key, value) VALUES ('schema', ?) "
+                   "ON CONFLICT (key) DO NOTHING", (SCHEMA_VERSION,))
+
+
+def _sqlite_main_index(db: Db) -> None:
+    """The collector's file is read-only to the dashboard: build the index once through a
+    short-lived writable connection (the collector waits for it, once, with its 30 s busy
+    timeout; on a large database say so first)."""
+    conn = sqlite3.connect(sqlite_path(db.url), timeout=60.0)
+    try:
+        conn.execute(_MAIN_INDEX_SQLITE)
+        conn.commit()
+    except sqlite3.Error as exc:
+        raise DbError(f"{db.shown()}: cannot add the dashboard's index: {_one_line(exc)}") \
+            from None
+    finally:
+        conn.close()
+
+
+# -- refresh ---------------------------------------------------------------------------------
+def day_of(device_ts: float | None, received_ts: float) -> tuple[float, int]:
+    """(ts, UTC day number) dating a message: the device's clock when plausible."""
+    ts = received_ts
+    if device_ts is not None and math.isfinite(device_ts) and (
+            received_ts - C.DEVICE_CLOCK_BEHIND_S <= device_ts
+            <= received_ts + C.DEVICE_CLOCK_AHEAD_S):
+        ts = device_ts
+    return ts, int(ts // C.DAY_S)
+
+
+def week_of(day: int) -> int:
+    """Monday-based week number (day 0, 1970-01-01, was a Thursday)."""
+    return (day + 3) // 7
+
+
+@dataclass
+class RefreshStats:
+    messages: int = 0
+    dead: int = 0
+    seconds: float = 0.0
+
+
+_refresh_lock = threading.Lock()
+
+
+def refresh(db: Db, max_batches: int | None = None) -> RefreshStats:
+    """Roll up every stored message not yet rolled up; returns what was added."""
+    t0 = time.perf_counter()
+    stats = RefreshStats()
+    with _refresh_lock:
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            batches += 1
+            n = _refresh_batch(db)
+            stats.messages += n
+            if n < C.REFRESH_BATCH:
+                break
+        stats.dead = _refresh_dead(db)
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def _watermark(db: Db, key: str) -> float:
+    rows = db.query("SELECT value FROM dash.meta WHERE key = ?", (key,))
+    return float(rows[0][0]) if rows else 0.0
+
+
+def _set_watermark(db: Db, key: str, value: float) -> None:
+    db.execute("INSERT INTO dash.meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+               "DO UPDATE SET value = excluded.value", (key, repr(float(value))))
+
+
+def _refresh_batch(db: Db) -> int:
+    with db.tx():
+        if db.pg:
+            db.execute("SELECT pg_advisory_xact_lock(727276)")  # one refresher at a time
+        since = _watermark(db, "received_ts") - C.REFRESH_OVERLAP_S
+        rows = db.query(
+            "SELECT m.msg_id, m.device_id, m.clinic_id, m.kind, m.seq, m.device_ts, "
+            "m.received_ts, m.payload FROM messages m WHERE m.received_ts >= ? AND NOT EXISTS "
+            "(SELECT 1 FROM dash.msgs d WHERE d.msg_id = m.msg_id) "
+            "ORDER BY m.received_ts LIMIT ?", (since, C.REFRESH_BATCH))
+        if not rows:
+            return 0
+        _add(db, rows)
+        newest = max(r[6] for r in rows)
+        if newest > since + C.REFRESH_OVERLAP_S:
+            _set_watermark(db, "received_ts", newest)
+    return len(rows)
+
+
+def _num(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value) else None
+
+
+def _add(db: Db, rows: list[tuple]) -> None:
+    msgs, exams = [], []
+    day_device: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
+    day_protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    day_missing: dict[tuple, int] = defaultdict(int)
+    day_def: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    week_plane: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0])
+    latest: dict[str, dict] = {}
+    for msg_id, dev, clinic, kind, seq, device_ts, received, payload in rows:
+        ts, day = day_of(device_ts, received)
+        msgs.append((msg_id, dev, clinic, kind, int(seq), ts, day, received))
+        counts = day_device[(day, dev, clinic)]
+        counts[0 if kind == "exam" else 1 if kind == "health" else 2] += 1
+        lat = latest.setdefault(dev, {"clinic": clinic, "received": received, "max_seq": 0})
+        if received >= lat["received"]:
+            lat["clinic"], lat["received"] = clinic, received
+        try:
+            data = json.loads(payload)
+        except ValueError:  # the collector stored it, so it parsed once; be safe anyway
+            continue
+        if kind in ("exam", "health"):
+            lat["max_seq"] = max(lat["max_seq"], int(seq))
+        if kind == "health" and int(seq) >= lat.get("health_seq", -1):
+            lat["health_seq"], lat["health_ts"] = int(seq), ts
+            lat["health"] = json.dumps(_health_digest(data), separators=(",", ":"))
+        elif kind == "status" and received >= lat.get("status_received", -1.0):
+            lat["status_received"], lat["status_state"] = received, str(data.get("state"))
+            lat["status_seq"] = int(seq)
+            lat["status_pending"] = int(data.get("pending") or 0)
+        if kind != "exam":
+            continue
+        exams.append(_exam_row(msg_id, dev, clinic, day, ts, data))
+        protocol = data.get("protocol") or {}
+        name = str(protocol.get("name") or "")
+        if name:
+            pc = day_protocol[(day, clinic, name)]
+            pc[0] += 1
+            pc[1] += _complete(protocol)
+            named = [str(slot) for slot in protocol.get("missing") or []]
+            for slot in named:
+                day_missing[(day, clinic, name, slot)] += 1
+            if _unnamed(protocol, named):
+                day_missing[(day, clinic, name, UNNAMED_SLOT)] += _unnamed(protocol, named)
+        for crit, frames in (data.get("deficiencies") or {}).items():
+            d = day_def[(day, clinic, str(crit))]
+            d[0] += 1
+            d[1] += int(frames)
+        for plane, entry in (data.get("planes") or {}).items():
+            if plane in C.NOT_A_VIEW or not entry or entry[0] <= 0 or len(entry) < 3:
+                continue
+            q = _num(entry[2])
+            if q is None:
+                continue
+            wp = week_plane[(week_of(day), clinic, str(plane))]
+            wp[0] += 1
+            wp[1] += q
+            wp[2] += int(q < C.MIN_QUALITY)
+    db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
+            "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", msgs)
+    db.many("INSERT INTO dash.exams (msg_id, device_id, clinic_id, exam_id, day, ts, protocol, "
+            "required, captured, complete, best_quality, hc_mm, ga_weeks, ga_low, ga_high, "
+            "ga_source, missing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            exams)
+    db.many("INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, clinic_id) DO UPDATE SET "
+            "exams = dash.day_device.exams + excluded.exams, "
+            "health = dash.day_device.health + excluded.health, "
+            "other = dash.day_device.other + excluded.other",
+            [(*k, *v) for k, v in day_device.items()])
+    db.many("INSERT INTO dash.day_protocol (day, clinic_id, protocol, exams, complete) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (day, clinic_id, protocol) DO UPDATE SET "
+            "exams = dash.day_protocol.exams + excluded.exams, "
+            "complete = dash.day_protocol.complete + excluded.complete",
+            [(*k, *v) for k, v in day_protocol.items()])
+    db.many("INSERT INTO dash.day_missing (day, clinic_id, protocol, slot, n) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (day, clinic_id, protocol, slot) DO UPDATE SET "
+            "n = dash.day_missing.n + excluded.n", [(*k, v) for k, v in day_missing.items()])
+    db.many("INSERT INTO dash.day_deficiency (day, clinic_id, name, exams, frames) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (day, clinic_id, name) DO UPDATE SET "
+            "exams = dash.day_deficiency.exams + excluded.exams, "
+            "frames = dash.day_deficiency.frames + excluded.frames",
+            [(*k, *v) for k, v in day_def.items()])
+    db.many("INSERT INTO dash.week_plane (week, clinic_id, plane, n, q_sum, q_low) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, plane) DO UPDATE SET "
+            "n = dash.week_plane.n + excluded.n, q_sum = dash.week_plane.q_sum + excluded.q_sum,"
+            " q_low = dash.week_plane.q_low + excluded.q_low",
+            [(*k, *v) for k, v in week_plane.items()])
+    for dev, lat in latest.items():
+        _upsert_latest(db, dev, lat)
+
+
+# A busy exam sheds the names of its missing slots to fit 1 KB on the wire, keeping their
+# count (edge/uplink/messages.py): those misses are counted under this name.
+UNNAMED_SLOT = "(not named: shed to fit 1 KB)"
+
+
+def _complete(protocol: dict) -> int:
+    """Every slot captured: the counts decide, since the names may have been shed."""
+    req, cap = protocol.get("required"), protocol.get("captured")
+    if isinstance(req, int) and isinstance(cap, int):
+        return int(cap >= req)
+    return int(not protocol.get("missing"))
+
+
+def _unnamed(protocol: dict, named: list) -> int:
+    req, cap = protocol.get("required"), protocol.get("captured")
+    if isinstance(req, int) and isinstance(cap, int):
+        return max(0, req - cap - len(named))
+    return 0
+
+
+def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dict) -> tuple:
+    protocol = data.get("protocol") or {}
+    planes = data.get("planes") or {}
+    qualities = [_num(v[2]) for k, v in planes.items()
+                 if k not in C.NOT_A_VIEW and v and v[0] > 0 and len(v) > 2]
+    qualities = [q for q in qualities if q is not None]
+    bio = data.get("biometry") or {}
+    # GA by dates would make HC-for-age a real check; the wire carries only the device's
+    # Hadlock GA from the same HC today (see the biometry page), so that is what is plotted.
+    ga_dates = _num(bio.get("ga_dates_weeks"))
+    ga = ga_dates if ga_dates is not None else _num(bio.get("ga_weeks"))
+    missing = protocol.get("missing") or []
+    return (msg_id, dev, clinic, str(data.get("exam_id") or "")[:40], day, ts,
+            str(protocol.get("name") or "") or None,
+            protocol.get("required"), protocol.get("captured"),
+            None if not protocol else _complete(protocol),
+            max(qualities) if qualities else None, _num(bio.get("hc_mm")), ga,
+            _num(bio.get("ga_low_weeks")), _num(bio.get("ga_high_weeks")),
+            None if ga is None else ("dates" if ga_dates is not None else "hadlock-hc"),
+            "|".join(str(s) for s in missing) or None)
+
+
+def _health_digest(data: dict) -> dict:
+    """What the devices page shows of a health message (bounded: the schema bounds it)."""
+    queue = data.get("queue") or {}
+    dropped = data.get("dropped") or {}
+    out = {"pending": queue.get("pending"), "rejected": queue.get("rejected"),
+           "dropped": int(dropped.get("health", 0) or 0) + int(dropped.get("exam", 0) or 0),
+           "disk_free_mb": data.get("disk_free_mb"), "temp_c": data.get("temp_c"),
+           "models": data.get("models") or {}, "uptime_s": data.get("uptime_s"),
+           "fps": (data.get("loop") or {}).get("fps")}
+    bundle = data.get("bundle")  # issue 16 adds the installed bundle to health
+    if isinstance(bundle, dict):
+        out["bundle"] = {k: str(v)[:32] for k, v in list(bundle.items())[:4]}
+    elif isinstance(bundle, str):
+        out["bundle"] = {"version": bundle[:32]}
+    return out
+
+
+def _upsert_latest(db: Db, dev: str, lat: dict) -> None:
+    db.execute("INSERT INTO dash.device_latest (device_id, clinic_id, last_received, max_seq) "
+               "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO NOTHING",
+               (dev, lat["clinic"], lat["received"], lat["max_seq"]))
+    db.execute("UPDATE dash.device_latest SET clinic_id = ?, last_received = ? "
+               "WHERE device_id = ? AND last_received <= ?",
+               (lat["clinic"], lat["received"], dev, lat["received"]))
+    db.execute("UPDATE dash.device_latest SET max_seq = ? WHERE device_id = ? AND max_seq < ?",
+               (lat["max_seq"], dev, lat["max_seq"]))
+    if "health_seq" in lat:
+        db.execute("UPDATE dash.device_latest SET health_seq = ?, health_ts = ?, health = ? "
+                   "WHERE device_id = ? AND (health_seq IS NULL OR health_seq <= ?)",
+                   (lat["health_seq"], lat["health_ts"], lat["health"], dev, lat["health_seq"]))
+    if "status_received" in lat:
+        db.execute("UPDATE dash.device_latest SET status_received = ?, status_state = ?, "
+                   "status_seq = ?, status_pending = ? WHERE device_id = ? AND "
+                   "(status_received IS NULL OR status_received <= ?)",
+                   (lat["status_received"], lat["status_state"], lat["status_seq"],
+                    lat["status_pending"], dev, lat["status_received"]))
+
+
+_TOPIC_DEVICE = re.compile(r"^sonoedge/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/")
+
+
+def _refresh_dead(db: Db) -> int:
+    """Dead letters per device (the device named in the topic; '' when there is none)."""
+    with db.tx():
+        if db.pg:
+            db.execute("SELECT pg_advisory_xact_lock(727276)")
+        since = _watermark(db, "dead_ts") - C.REFRESH_OVERLAP_S
+        rows = db.query(
+            "SELECT digest, topic, received_ts FROM dead_letters l WHERE received_ts >= ? "
+            "AND NOT EXISTS (SELECT 1 FROM dash.dead d WHERE d.digest = l.digest) "
+            "ORDER BY received_ts LIMIT ?", (since, 50_000))
+        out = []
+        for digest, topic, received in rows:
+            m = _TOPIC_DEVICE.match(topic or "")
+            out.append((digest, m.group(1) if m else "", received))
+        db.many("INSERT INTO dash.dead (digest, device_id, received_ts) VALUES (?, ?, ?)", out)
+        if rows:
+            newest = max(r[2] for r in rows)
+            if newest > since + C.REFRESH_OVERLAP_S:
+                _set_watermark(db, "dead_ts", newest)
+    return len(rows)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,136 @@
+"""Charts as static SVG, drawn on the server from the same rows the CSV gives.
+
+Why server-side SVG rather than a JavaScript charting library: the page needs no script at
+all (the Content-Security-Policy forbids every script), the plot arrives in the first
+response (one request per page; a few kB gzipped on a slow link), it prints and saves as it
+is, there is nothing to vendor, audit or upgrade, and the tests read every drawn value
+straight from the markup (``data-*`` attributes). Charts here are few and fixed, so a
+plotting library's interactivity buys little; a ``<title>`` on every mark gives its number
+on hover.
+
+Colours: a sequential blue for counts and quality (Okabe-Ito-safe: it does not rely on
+red/green), orange for "below what the protocol accepts", grey for "no data".
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+FONT = 11
+BLUES = ["#deebf7", "#9ecae1", "#6baed6", "#3182bd", "#08519c"]
+ORANGE = "#e6550d"
+GREY = "#d9d9d9"
+INK = "#222"
+MUTED = "#666"
+
+
+def esc(value) -> str:
+    return escape(str(value), quote=True)
+
+
+def attrs(**kw) -> str:
+    """SVG/HTML attributes, escaped; data_x -> data-x; None values left out."""
+    return " ".join(f'{k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in kw.items()
+                    if v is not None)
+
+
+class Svg:
+    def __init__(self, width: int, height: int, title: str, chart: str):
+        self.w, self.h = width, height
+        self.parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+                      f'{attrs(role="img", class_="chart", data_chart=chart)} '
+                      f'font-family="system-ui, sans-serif" font-size="{FONT}">',
+                      f"<title>{esc(title)}</title>"]
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def rect(self, x, y, w, h, fill, tip: str | None = None, **data) -> None:
+        inner = f"<title>{esc(tip)}</title>" if tip else ""
+        a = attrs(x=_n(x), y=_n(y), width=_n(w), height=_n(h), fill=fill, **data)
+        self.parts.append(f"<rect {a}>{inner}</rect>")
+
+    def text(self, x, y, s, anchor: str = "start", fill: str = INK, size: int | None = None,
+             weight: str | None = None, **data) -> None:
+        a = attrs(x=_n(x), y=_n(y), text_anchor=anchor, fill=fill, font_size=size,
+                  font_weight=weight, **data)
+        self.parts.append(f"<text {a}>{esc(s)}</text>")
+
+    def line(self, x1, y1, x2, y2, stroke: str = MUTED, width: float = 1,
+             dash: str | None = None) -> None:
+        a = attrs(x1=_n(x1), y1=_n(y1), x2=_n(x2), y2=_n(y2), stroke=stroke,
+                  stroke_width=width, stroke_dasharray=dash)
+        self.parts.append(f"<line {a}/>")
+
+    def polyline(self, points, stroke: str, width: float = 1.5, dash: str | None = None,
+                 fill: str = "none", **data) -> None:
+        pts = " ".join(f"{_n(x)},{_n(y)}" for x, y in points)
+        a = attrs(points=pts, fill=fill, stroke=stroke, stroke_width=width,
+                  stroke_dasharray=dash, **data)
+        self.parts.append(f"<polyline {a}/>")
+
+    def polygon(self, points, fill: str, opacity: float = 1.0, **data) -> None:
+        pts = " ".join(f"{_n(x)},{_n(y)}" for x, y in points)
+        a = attrs(points=pts, fill=fill, fill_opacity=opacity, **data)
+        self.parts.append(f"<polygon {a}/>")
+
+    def circle(self, x, y, r, fill, tip: str | None = None, stroke: str | None = None,
+               **data) -> None:
+        inner = f"<title>{esc(tip)}</title>" if tip else ""
+        a = attrs(cx=_n(x), cy=_n(y), r=r, fill=fill, stroke=stroke, **data)
+        self.parts.append(f"<circle {a}>{inner}</circle>")
+
+    def done(self) -> str:
+        return "\n".join(self.parts + ["</svg>"])
+
+
+def _n(v) -> str:
+    """Coordinates with at most one decimal: smaller markup, no visible difference."""
+    return f"{v:.1f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
+
+
+def bin_colour(value: float, edges: list[float], colours: list[str] = BLUES) -> str:
+    """The colour of the first bin whose upper edge is above value."""
+    for edge, colour in zip(edges, colours, strict=False):
+        if value < edge:
+            return colour
+    return colours[len(edges)] if len(edges) < len(colours) else colours[-1]
+
+
+def legend(svg: Svg, x: float, y: float, items: list[tuple[str, str]], box: int = 10) -> float:
+    """Colour swatches with labels in one row; returns the x after the last."""
+    for colour, label in items:
+        svg.rect(x, y - box + 1, box, box, colour, stroke=INK if colour == "#fff" else None)
+        svg.text(x + box + 4, y, label, fill=MUTED)
+        x += box + 10 + 6.2 * len(label)
+    return x
+
+
+def hbars(title: str, chart: str, rows: list[dict], width: int = 760,
+          label_w: int = 170, value_max: float = 1.0, percent: bool = True,
+          row_h: int = 18) -> str:
+    """Horizontal bars. Each row: label, value (0..value_max), note (text after the bar),
+    colour (optional) and data (attributes for the bar)."""
+    bar_w = width - label_w - 150
+    h = 24 + row_h * max(1, len(rows)) + 20
+    svg = Svg(width, h, title, chart)
+    x0 = label_w
+    for frac in (0, 0.25, 0.5, 0.75, 1.0):
+        x = x0 + bar_w * frac
+        svg.line(x, 16, x, h - 20, stroke="#eee")
+        svg.text(x, 12, f"{frac * value_max:.0%}" if percent else f"{frac * value_max:g}",
+                 anchor="middle", fill=MUTED)
+    if not rows:
+        svg.text(x0, 36, "no data in this period", fill=MUTED)
+    for i, r in enumerate(rows):
+        y = 20 + i * row_h
+        svg.text(label_w - 6, y + row_h * 0.7, r["label"], anchor="end")
+        value = r["value"]
+        if value is None:
+            svg.text(x0 + 4, y + row_h * 0.7, "no exams", fill=MUTED, **r.get("data", {}))
+            continue
+        w = bar_w * max(0.0, min(1.0, value / value_max)) if value_max else 0
+        svg.rect(x0, y + 3, max(w, 1), row_h - 6, r.get("colour", BLUES[3]),
+                 tip=f"{r['label']}: {r.get('note', '')}", **r.get("data", {}))
+        svg.text(x0 + w + 5, y + row_h * 0.7, r.get("note", ""), fill=MUTED)
+    return svg.done()

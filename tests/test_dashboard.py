@@ -1,0 +1,436 @@
+"""Issue 17: the district dashboard, in headless Chromium (Debian's), against a collector
+filled by real device runs through a real Mosquitto (tests/dashboard_harness.py).
+
+Every plot's numbers are read from the page (the marks' data-* attributes) and compared
+with what the test computes itself from the stored payloads; a viewer sees only their
+district; every API answers 401 without a session. The rollup is also checked on a
+simulated district, on SQLite and on PostgreSQL, against the same payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter, defaultdict
+
+import pytest
+
+from central.dashboard import auth, queries, reference
+from central.dashboard import config as C
+from central.dashboard.seed import SeedSettings, generate, seed
+from central.dashboard.store import UNNAMED_SLOT, open_db, refresh
+from tests import conftest_mqtt as fx
+from tests.dashboard_harness import (
+    ADMIN,
+    DEVICES,
+    DISTRICTS,
+    VIEWER,
+    central,
+    dashboard,
+    filled_district,
+    login,
+    messages,
+    request,
+    wait_rolled_up,
+)
+from tests.web_harness import CHROMIUM, CHROMIUM_ARGS
+from wire import schema as wire_schema
+
+postgres = fx.postgres  # fixture
+PAGES = ("clinics", "completeness", "quality", "biometry", "devices")
+CSVS = ("clinics", "completeness", "missed", "quality", "deficiencies", "biometry", "devices")
+
+
+# -- the district, the server and the browser, once for the module -------------------------
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("dash")
+    with filled_district(tmp, data_dir) as db, dashboard(db, tmp) as base:
+        admin = login(base, ADMIN)
+        sent = messages(db)
+        wait_rolled_up(base, admin, sum(1 for m in sent if m["kind"] == "exam"))
+        yield {"db": db, "base": base, "admin": admin, "sent": sent, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def browser(site):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def logged_in(browser, base: str, user: tuple[str, str]):
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("requestfailed", lambda r: problems.append(f"failed {r.url}"))
+    page.goto(base + "/clinics")
+    assert page.url.endswith("/login")
+    page.fill("input[name=username]", user[0])
+    page.fill("input[name=password]", user[1])
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    assert page.url.endswith("/clinics"), page.url
+    page.problems = problems
+    return page
+
+
+def day(m: dict) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(m["device_ts"]))
+
+
+def exams(site, clinics: set[str] | None = None) -> list[dict]:
+    return [m for m in site["sent"] if m["kind"] == "exam"
+            and (clinics is None or m["clinic_id"] in clinics)]
+
+
+def data(page, selector: str, keys: tuple[str, ...]) -> list[tuple]:
+    return [tuple(r) for r in page.eval_on_selector_all(
+        selector, f"els => els.map(e => [{', '.join(f'e.dataset.{k}' for k in keys)}])")]
+
+
+# -- access ----------------------------------------------------------------------------------
+def test_every_api_answers_401_without_a_session(site):
+    base = site["base"]
+    for path in [f"/api/{c}.csv" for c in CSVS] + ["/api/me", "/api/nothing"]:
+        status, _, _ = request(base, path)
+        assert status == 401, path
+        assert request(base, path, cookie="sonoedge_dash=forged")[0] == 401, path
+    for name in PAGES:  # a page sends the browser to the login form
+        status, headers, _ = request(base, f"/{name}")
+        assert status == 303 and headers["location"] == "/login", name
+    status, headers, body = request(base, "/login")
+    assert status == 200 and b"<script" not in body
+    assert "script-src" not in headers["content-security-policy"]  # none at all: default-src
+    assert headers["content-security-policy"].startswith("default-src 'none'")
+    status, _, body = request(base, "/static/../server.py")
+    assert status != 200 and b"import" not in body
+    # a cross-site form cannot log anybody out or in
+    status, _, _ = request(base, "/logout", site["admin"], "POST",
+                           headers={"Origin": "http://evil.example"})
+    assert status == 403
+    assert request(base, "/api/me", site["admin"])[0] == 200
+
+
+def test_every_page_loads_in_chromium_with_its_assets_and_no_script(site, browser):
+    page = logged_in(browser, site["base"], ADMIN)
+    for name in PAGES:
+        response = page.goto(f"{site['base']}/{name}")
+        assert response.status == 200, name
+        assert page.eval_on_selector_all("script", "els => els.length") == 0
+        font = page.evaluate("getComputedStyle(document.body).fontFamily")
+        assert "system-ui" in font, font  # the packaged stylesheet applied, no web font
+        assert page.eval_on_selector_all("main svg, main table", "els => els.length") >= 1
+        hrefs = page.eval_on_selector_all("a[href], link[href]", "els => els.map(e => e.href)")
+        assert all(h.startswith(site["base"]) for h in hrefs), hrefs  # nothing external
+        csv_links = page.eval_on_selector_all("p.csv a", "els => els.map(e => e.href)")
+        assert csv_links, name
+        for link in csv_links:
+            status, headers, body = request(site["base"], link[len(site["base"]):],
+                                            site["admin"])
+            assert status == 200 and headers["content-type"].startswith("text/csv"), link
+    assert page.problems == []
+
+
+def test_the_clinics_plot_shows_the_exams_that_were_sent(site, browser):
+    page = logged_in(browser, site["base"], ADMIN)
+    cells = data(page, "svg[data-chart=clinics] rect[data-clinic]",
+                 ("clinic", "day", "exams", "silent", "holes"))
+    assert {c for c, *_ in cells} == set(DISTRICTS)
+    assert len(cells) == 2 * 7 * C.CLINICS_WEEKS
+    sent = Counter((m["clinic_id"], day(m)) for m in exams(site))
+    shown = {(c, d): int(n) for c, d, n, _, _ in cells if int(n)}
+    assert shown == dict(sent)  # the clinic is the registry's, never the payload's claim
+    active = {(m["clinic_id"], day(m)) for m in site["sent"]}
+    for c, d, _, silent, _ in cells:
+        assert (silent == "1") == ((c, d) not in active)
+    # box-north's hole (two messages never arrived) is marked on its day
+    holes = {(c, d) for c, d, _, _, h in cells if int(h)}
+    assert ("clinic-north", time.strftime("%Y-%m-%d", time.gmtime())) in holes
+    assert all(c == "clinic-north" for c, _ in holes)
+
+
+def test_the_completeness_plots_match_the_protocols_of_the_exams(site, browser):
+    page = logged_in(browser, site["base"], ADMIN)
+    page.goto(site["base"] + "/completeness")
+    bars = {c: (int(done), int(n)) for c, done, n in
+            data(page, "svg[data-chart=completeness] rect[data-clinic]",
+                 ("clinic", "complete", "exams"))}
+    want: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    missed: Counter = Counter()
+    per_protocol: Counter = Counter()
+    for m in exams(site):
+        p = m["payload"]["protocol"]
+        want[m["clinic_id"]][0] += int(p["captured"] >= p["required"])
+        want[m["clinic_id"]][1] += 1
+        per_protocol[p["name"]] += 1
+        missed.update((p["name"], s) for s in p["missing"])
+        # a busy exam sheds the names of its missing slots to fit 1 KB, keeping the count
+        unnamed = p["required"] - p["captured"] - len(p["missing"])
+        if unnamed:
+            missed[(p["name"], UNNAMED_SLOT)] += unnamed
+    assert bars == {c: tuple(v) for c, v in want.items()}
+    assert any(done < n for done, n in bars.values()), "some real exams are incomplete"
+    slots = {(pr, s): (int(n), int(e)) for pr, s, n, e in
+             data(page, "svg[data-chart=missed] rect[data-slot]",
+                  ("protocol", "slot", "missed", "exams"))}
+    assert slots == {k: (n, per_protocol[k[0]]) for k, n in missed.items()}
+    assert missed, "the real second-trimester runs miss some planes"
+
+
+def test_the_quality_plots_match_the_best_frames_and_deficiencies(site, browser):
+    page = logged_in(browser, site["base"], ADMIN)
+    page.goto(site["base"] + "/quality")
+    cells = {plane: (int(n), float(mean)) for plane, n, mean in
+             data(page, "svg[data-chart=quality] rect[data-plane]", ("plane", "exams", "mean"))}
+    want: dict[str, list[float]] = defaultdict(list)
+    defs: Counter = Counter()
+    for m in exams(site):
+        for plane, entry in m["payload"]["planes"].items():
+            if plane not in C.NOT_A_VIEW and entry[0] > 0 and len(entry) > 2:
+                want[plane].append(entry[2])
+        defs.update(list(m["payload"].get("deficiencies") or {}))  # exams naming each
+    assert set(cells) == set(want)  # all exams fall in this week
+    for plane, qs in want.items():
+        assert cells[plane][0] == len(qs)
+        assert cells[plane][1] == pytest.approx(sum(qs) / len(qs), abs=1e-4)
+    bars = {name: int(n) for name, n in
+            data(page, "svg[data-chart=deficiencies] rect[data-name]", ("name", "exams"))}
+    assert bars == {k: v for k, v in defs.items() if v}
+
+
+def test_the_biometry_plot_shows_every_measured_exam_over_intergrowth(site, browser):
+    page = logged_in(browser, site["base"], ADMIN)
+    page.goto(site["base"] + "/biometry")
+    measured = [m for m in exams(site) if (m["payload"].get("biometry") or {}).get("hc_mm")]
+    assert len(measured) >= 4, "the runs on HC18 heads measure heads"
+    cells = data(page, "svg[data-chart=biometry] rect[data-n]", ("ga", "hc", "n"))
+    plotted = sum(int(n) for *_, n in cells)
+    with_age = [m for m in measured if m["payload"]["biometry"].get("ga_weeks") is not None]
+    assert plotted == len(with_age)
+    for m in with_age:
+        b = m["payload"]["biometry"]
+        key = (f"{12 + (b['ga_weeks'] - 12) // 0.5 * 0.5:g}",
+               f"{50 + (b['hc_mm'] - 50) // 5 * 5:g}")
+        assert key in {(g, h) for g, h, _ in cells}, key
+    assert page.eval_on_selector_all("svg[data-chart=biometry] polyline[data-centile]",
+                                     "els => els.map(e => +e.dataset.centile)") == [3, 10, 50,
+                                                                                    90, 97]
+    text = page.text_content("main")
+    assert "INTERGROWTH-21st" in text and "Hadlock 1984" in text
+    assert "Read this first" in text  # the age on the wire comes from the same HC
+    outliers = {m["payload"]["msg_id"] for m in with_age
+                if abs(reference.ig_z(m["payload"]["biometry"]["hc_mm"],
+                                      m["payload"]["biometry"]["ga_weeks"]) or 0) > 1.88079}
+    shown = set(page.eval_on_selector_all("table.outliers tr[data-outlier]",
+                                          "els => els.map(e => e.dataset.outlier)"))
+    assert shown == outliers
+    status, _, body = request(site["base"], "/api/biometry.csv", site["admin"])
+    rows = body.decode().splitlines()[1:]
+    assert sorted(r.split(",")[0] for r in rows) == sorted(m["payload"]["msg_id"]
+                                                          for m in measured)
+
+
+def test_the_devices_page_shows_last_health_status_and_dead_letters(site, browser):
+    page = logged_in(browser, site["base"], ADMIN)
+    page.goto(site["base"] + "/devices")
+    rows = page.eval_on_selector_all(
+        "table.devices tr[data-device]",
+        "els => els.map(e => [e.dataset.device, ...[...e.cells].map(c => c.innerText)])")
+    by = {r[0]: r[1:] for r in rows}
+    assert set(by) == set(DEVICES)
+    _, headers, body = request(site["base"], "/api/devices.csv", site["admin"])
+    import csv
+    import io
+
+    table = {r["device_id"]: r for r in csv.DictReader(io.StringIO(body.decode()))}
+    for dev, clinic in DEVICES.items():
+        health = max((m for m in site["sent"] if m["device_id"] == dev and m["kind"] == "health"),
+                     key=lambda m: m["seq"])["payload"]
+        row = table[dev]
+        assert row["clinic_id"] == clinic and by[dev][1] == clinic
+        disk = health["disk_free_mb"]
+        assert (row["disk_free_mb"] == "" if disk is None else
+                math.isclose(float(row["disk_free_mb"]), disk))
+        assert row["models"] == " ".join(f"{k}@{v}" for k, v in sorted(health["models"].items()))
+        assert row["uplink"] in ("online", "offline")
+    assert table["box-south"]["dead_letters"] == "1" and table["box-north"]["dead_letters"] == "0"
+    assert table["box-north"]["messages_missing"] == "2"
+    assert "messages lost" in table["box-north"]["needs_a_visit"]
+
+
+def test_a_viewer_sees_only_their_district(site, browser):
+    page = logged_in(browser, site["base"], VIEWER)
+    for name in PAGES:
+        page.goto(f"{site['base']}/{name}?district=district-s")  # asking is not enough
+        html = page.content()
+        assert "clinic-south" not in html and "box-south" not in html, name
+    page.goto(site["base"] + "/clinics")
+    assert "clinic-north" in page.content()
+    cookie = login(site["base"], VIEWER)
+    for name in CSVS:
+        status, _, body = request(site["base"], f"/api/{name}.csv?district=district-s", cookie)
+        assert status == 200 and b"south" not in body, name
+    assert json.loads(request(site["base"], "/api/me", cookie)[2]) == {
+        "username": VIEWER[0], "role": "viewer", "district": "district-n"}
+    page.goto(site["base"] + "/devices")
+    assert page.eval_on_selector_all("table.devices tr[data-device]",
+                                     "els => els.map(e => e.dataset.device)") == ["box-north"]
+
+
+def test_logout_ends_the_session(site):
+    cookie = login(site["base"], ADMIN)
+    assert request(site["base"], "/api/me", cookie)[0] == 200
+    assert request(site["base"], "/logout", cookie, "POST")[0] == 303
+    assert request(site["base"], "/api/me", cookie)[0] == 401
+
+
+def test_wrong_passwords_are_refused_then_braked(site):
+    """Last in the module: it brakes the loopback address."""
+    base = site["base"]
+    for _ in range(C.LOGIN_FREE_FAILURES):
+        status, _, body = request(base, "/login", method="POST",
+                                  form={"username": ADMIN[0], "password": "wrong-password"})
+        assert status == 401 and b"Wrong user or password" in body
+    status, _, _ = request(base, "/login", method="POST",
+                           form={"username": "nobody", "password": "wrong-password"})
+    assert status == 401
+    status, headers, _ = request(base, "/login", method="POST",
+                                 form={"username": ADMIN[0], "password": ADMIN[1]})
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    status, _, _ = request(base, "/login", method="POST", form={"username": "x" * 5000})
+    assert status in (400, 413, 429)
+
+
+# -- without a browser -----------------------------------------------------------------------
+def test_sessions_expire_when_idle_and_at_their_maximum(tmp_path):
+    db_path = str(tmp_path / "c.sqlite3")
+    seed(db_path, SeedSettings(clinics=2, days=3))
+    db = open_db(db_path)
+    user = auth.add_user(db, "u1", "viewer", "district-1", "a-good-password")
+    with pytest.raises(auth.AuthError):
+        auth.add_user(db, "u2", "viewer", "district-1", "short")
+    with pytest.raises(auth.AuthError):
+        auth.add_user(db, "u3", "viewer", "", "a-good-password")
+    stored = db.query("SELECT pw FROM dash.users WHERE username = 'u1'")[0][0]
+    assert stored.startswith("scrypt$32768$8$1$") and "a-good-password" not in stored
+    assert auth.check_login(db, "u1", "a-good-password") == user
+    assert auth.check_login(db, "u1", "a-bad-password") is None
+    t0 = 1_000_000.0
+    token = auth.open_session(db, user, now=t0)
+    assert auth.session_user(db, token, now=t0 + 10) == user
+    assert auth.session_user(db, token, now=t0 + 10 + C.SESSION_IDLE_S + 1) is None
+    token = auth.open_session(db, user, now=t0)
+    for k in range(1, int(C.SESSION_MAX_S // 1800) + 2):  # used every half hour
+        alive = auth.session_user(db, token, now=t0 + k * 1800)
+    assert alive is None  # ended at the maximum, however busy
+    assert db.query("SELECT COUNT(*) FROM dash.sessions WHERE token_hash = ?",
+                    (auth._token_hash(token),)) == [(0,)]
+    db.close()
+
+
+def test_bad_config_is_one_line(tmp_path):
+    out = central("serve", "--db", str(tmp_path / "none.sqlite3"))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"sonoedge-central serve: {tmp_path / 'none.sqlite3'}: no such database (is --db "
+        "right?)"]
+    out = central("serve", "--db", "postgresql://u:secret@127.0.0.1:1/x")
+    assert out.returncode == 2 and "secret" not in out.stderr and "***" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    db_path = str(tmp_path / "c.sqlite3")
+    seed(db_path, SeedSettings(clinics=2, days=2))
+    out = central("serve", "--db", db_path, "--listen", "nohost")
+    assert out.returncode == 2 and "expected HOST:PORT" in out.stderr
+    bad = tmp_path / "districts.csv"
+    bad.write_text("clinic-1,district-1\nclinic 2;oops\n")
+    out = central("districts", str(bad), "--db", db_path)
+    assert out.returncode == 2 and f"{bad}:2: expected clinic_id,district" in out.stderr
+    out = central("users", "add", "x", "--role", "viewer", "--district", "d", "--db", db_path,
+                  stdin="short\n")
+    assert out.returncode == 2 and "a password has 10 to 256 characters" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_the_seeded_district_follows_the_wire_schemas():
+    count = Counter()
+    for *_, payload in generate(SeedSettings(clinics=3, days=40, seed=5)):
+        msg = json.loads(payload)
+        assert wire_schema.validate(msg, wire_schema.load_schema(msg["kind"])) == [], msg
+        assert len(payload) <= 4096
+        count[msg["kind"]] += 1
+    assert count["exam"] > 50 and count["health"] > 100 and count["status"] > 10
+
+
+def test_intergrowth_and_hadlock_references():
+    mean, sd = reference.ig_hc_mean_sd(20.0)
+    assert mean == pytest.approx(172.5, abs=0.5) and sd == pytest.approx(7.4, abs=0.2)
+    assert reference.ig_hc_centile(20.0, 3) == pytest.approx(mean - 1.88079 * sd)
+    assert reference.ig_z(mean, 20.0) == pytest.approx(0.0, abs=1e-9)
+    assert reference.ig_z(300.0, 41.0) is None and reference.ig_z(90.0, 13.9) is None
+    assert reference.hadlock_ga(175.0) == pytest.approx(20.0, abs=0.05)  # the device's formula
+    assert reference.hadlock_hc(20.0) == pytest.approx(175.0, abs=0.5)
+
+
+def _rollup_numbers(url: str, district: str | None) -> dict:
+    db = open_db(url)
+    try:
+        refresh(db)
+        again = refresh(db)  # nothing new: counted once
+        assert again.messages == 0
+        scope, per = queries.Scope(district), queries.period(104)
+        comp = queries.completeness_page(db, scope, per)
+        qual = queries.quality_page(db, scope, per)
+        clin = queries.clinics_page(db, scope, queries.period(8))
+        return {
+            "exams": sum(c.exams for c in comp.clinics),
+            "complete": {c.clinic_id: (c.complete, c.with_protocol) for c in comp.clinics},
+            "defs": {d.name: d.exams for d in qual.deficiencies},
+            "cells": sorted((c.plane, c.week, c.exams) for c in qual.cells),
+            "means": [c.mean_quality for c in sorted(qual.cells, key=lambda c: (c.plane,
+                                                                               c.week))],
+            "clinics": sorted((c.clinic_id, c.day, c.exams, c.silent, c.holes)
+                              for c in clin.rows()),
+            "biometry": len(queries.biometry_page(db, scope, per).exams),
+            "devices": sorted((d.device_id, d.disk_free_mb, d.missing)
+                              for d in queries.devices_page(db, scope, queries.period(8))),
+        }
+    finally:
+        db.close()
+
+
+def test_the_rollup_matches_the_payloads_on_sqlite_and_postgresql(tmp_path, postgres):
+    import psycopg
+
+    settings = SeedSettings(clinics=4, districts=2, days=70, seed=11, end_ts=time.time())
+    sqlite_url = str(tmp_path / "seed.sqlite3")
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS dash CASCADE")
+        conn.execute("DROP TABLE IF EXISTS messages, dead_letters")
+    seed(sqlite_url, settings)
+    seed(postgres.url, settings)
+    lite = _rollup_numbers(sqlite_url, None)
+    pg = _rollup_numbers(postgres.url, None)
+    assert lite.pop("means") == pytest.approx(pg.pop("means"), abs=1e-9)  # summation order
+    assert lite == pg
+    # against the payloads themselves
+    sent = [json.loads(p) for *_, p in generate(settings)]
+    ex = [m for m in sent if m["kind"] == "exam"]
+    assert lite["exams"] == len(ex)
+    assert lite["biometry"] == sum(1 for m in ex if "biometry" in m)
+    want = defaultdict(lambda: [0, 0])
+    for m in ex:
+        clinic = "clinic-" + m["device_id"][4:6]
+        want[clinic][0] += int(m["protocol"]["captured"] >= m["protocol"]["required"])
+        want[clinic][1] += 1
+    assert lite["complete"] == {c: tuple(v) for c, v in want.items()}
+    # a district's viewer: only its clinics, on both databases
+    north = _rollup_numbers(sqlite_url, "district-1")
+    assert set(north["complete"]) == {"clinic-01", "clinic-02"}
+    north_pg = _rollup_numbers(postgres.url, "district-1")
+    assert north.pop("means") == pytest.approx(north_pg.pop("means"), abs=1e-9)
+    assert north == north_pg
