@@ -258,6 +258,9 @@ def test_the_devices_page_shows_last_health_status_and_dead_letters(site, browse
                 math.isclose(float(row["disk_free_mb"]), disk))
         assert row["models"] == " ".join(f"{k}@{v}" for k, v in sorted(health["models"].items()))
         assert row["uplink"] in ("online", "offline")
+        fleet = health.get("fleet") or {}
+        assert (row["bundle"], row["bundle_state"]) == (fleet.get("bundle", ""),
+                                                       fleet.get("state", ""))
     assert table["box-south"]["dead_letters"] == "1" and table["box-north"]["dead_letters"] == "0"
     assert table["box-north"]["messages_missing"] == "2"
     assert "messages lost" in table["box-north"]["needs_a_visit"]

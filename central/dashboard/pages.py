@@ -298,15 +298,17 @@ def biometry_csv(page: Q.BiometryPage) -> str:
 # -- devices ---------------------------------------------------------------------------------
 DEVICE_COLUMNS = ["device_id", "clinic_id", "last_seen_utc", "uplink", "uplink_since_utc",
                   "backlog", "behind", "messages_missing", "dead_letters", "disk_free_mb",
-                  "temp_c", "models", "bundle", "needs_a_visit"]
+                  "temp_c", "models", "bundle", "bundle_state", "bundle_group",
+                  "bundle_rollback", "bundle_error", "needs_a_visit"]
 
 
 def device_cells(d: Q.DeviceRow) -> list:
     models = " ".join(f"{k}@{v}" for k, v in sorted(d.models.items()))
-    bundle = " ".join(f"{k}={v}" for k, v in sorted(d.bundle.items()))
+    b = d.bundle
     return [d.device_id, d.clinic_id, utc(d.last_seen), d.state or "", utc(d.state_since),
             d.backlog, d.behind, d.missing, d.dead_letters, d.disk_free_mb, d.temp_c, models,
-            bundle, "; ".join(d.flags)]
+            b.get("bundle"), b.get("state"), b.get("group"), b.get("rollback"), b.get("error"),
+            "; ".join(d.flags)]
 
 
 def devices_csv(rows: list[Q.DeviceRow]) -> str:
@@ -321,8 +323,7 @@ def devices_table(rows: list[Q.DeviceRow], now: float) -> str:
     body = []
     for d in sorted(rows, key=lambda r: (not r.flags, r.clinic_id, r.device_id)):
         models = "<br>".join(f"{esc(k)} {esc(v)}" for k, v in sorted(d.models.items()))
-        bundle = " ".join(f"{esc(v)}" for _, v in sorted(d.bundle.items())) or \
-            '<span class="muted">not reported</span>'
+        bundle = _bundle_cell(d.bundle)
         state = esc(d.state or "-")
         body.append(
             f'<tr data-device="{esc(d.device_id)}" class="{"flag" if d.flags else ""}">'
@@ -340,6 +341,17 @@ def devices_table(rows: list[Q.DeviceRow], now: float) -> str:
     if not body:
         body.append('<tr><td colspan="13" class="muted">no devices in this scope</td></tr>')
     return f'<table class="devices">{head}{"".join(body)}</table>'
+
+
+def _bundle_cell(b: dict) -> str:
+    """The installed bundle and its state; a rollback or an error under it."""
+    if not b:
+        return '<span class="muted">not reported</span>'
+    out = f"{esc(b.get('bundle') or '-')} <span class=small>({esc(b.get('state') or '-')})</span>"
+    for key in ("rollback", "error"):
+        if b.get(key):
+            out += f'<br><span class="warn">{esc(key)}: {esc(b[key])}</span>'
+    return out
 
 
 def _cell(value, unit: str = "") -> str:

@@ -381,6 +381,10 @@ def device_flags(d: DeviceRow, now: float) -> list[str]:
         flags.append("dead letters")
     if d.missing:
         flags.append("messages lost")
+    if d.bundle.get("rollback"):
+        flags.append("bundle rolled back")
+    if d.bundle.get("error"):
+        flags.append("bundle error")
     return flags
 
 

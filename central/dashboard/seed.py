@@ -80,6 +80,7 @@ class _Device:
         self.disk_leak = rng.choice([0.0, 0.0, 0.0, 40.0, 200.0])  # MB a day, a few fill up
         self.temp = rng.uniform(45, 62) + (18 if rng.random() < 0.08 else 0)
         self.upgrade_day = start_day + int(days * rng.uniform(0.4, 1.3))  # some never do
+        self.rolled_back = rng.random() < 0.06
         self.off: set[int] = set()  # days switched off
         self.link_down: set[int] = set()  # days whose messages arrive later
         for _ in range(rng.randint(1, 4)):
@@ -255,7 +256,23 @@ def _health(rng: random.Random, env: dict, uptime: float, dev: _Device, interval
             "dropped": {"health": dev.dropped["health"], "exam": dev.dropped["exam"],
                         "health_new": 0, "exam_new": 0},
             "disk_free_mb": round(dev.disk, 1),
-            "temp_c": round(dev.temp + rng.uniform(-3, 6), 1), "models": dict(models)}
+            "temp_c": round(dev.temp + rng.uniform(-3, 6), 1), "models": dict(models),
+            "fleet": _fleet(dev, models)}
+
+
+def _fleet(dev: _Device, models: dict) -> dict:
+    """The bundle state health reports (edge/fleet): factory models until the box takes the
+    district's bundle; a few boxes rolled a bad one back."""
+    if models is MODELS_OLD:
+        out = {"group": "district", "bundle": "factory", "state": "factory", "slot": "-"}
+    else:
+        out = {"group": "district", "bundle": "models-2026.1", "state": "confirmed",
+               "slot": "b"}
+    if dev.rolled_back:
+        out["rollback"] = {"from": "models-2026.2", "to": out["bundle"],
+                           "reason": "self-test: plane model disagrees on 3 of 13 frames",
+                           "ts": None}
+    return out
 
 
 def seed(db_url: str, settings: SeedSettings | None = None, batch: int = 5000) -> SeedResult:

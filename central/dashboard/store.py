@@ -478,11 +478,20 @@ def _health_digest(data: dict) -> dict:
            "disk_free_mb": data.get("disk_free_mb"), "temp_c": data.get("temp_c"),
            "models": data.get("models") or {}, "uptime_s": data.get("uptime_s"),
            "fps": (data.get("loop") or {}).get("fps")}
-    bundle = data.get("bundle")  # issue 16 adds the installed bundle to health
-    if isinstance(bundle, dict):
-        out["bundle"] = {k: str(v)[:32] for k, v in list(bundle.items())[:4]}
-    elif isinstance(bundle, str):
-        out["bundle"] = {"version": bundle[:32]}
+    fleet = data.get("fleet")  # the signed model bundle (edge/fleet, issue 16)
+    if isinstance(fleet, dict):
+        b = {"bundle": str(fleet.get("bundle", ""))[:40], "state": str(fleet.get("state", "")),
+             "group": str(fleet.get("group", ""))[:64]}
+        rollback = fleet.get("rollback")
+        if isinstance(rollback, dict):
+            b["rollback"] = (f"{rollback.get('from')} -> {rollback.get('to')}: "
+                             f"{rollback.get('reason')}")[:200]
+            b["rollback_ts"] = _num(rollback.get("ts"))
+        if fleet.get("error"):
+            b["error"] = str(fleet["error"])[:160]
+        if fleet.get("download"):
+            b["download"] = str(fleet["download"])[:80]
+        out["bundle"] = b
     return out
 
 
