@@ -31,7 +31,7 @@ run: device-env
 	$(BIN)/sonoedge run --once
 
 lint: dev-env
-	$(BIN)/ruff check edge central quantize tests bench
+	$(BIN)/ruff check edge wire central quantize tests bench board scripts
 
 test: dev-env system-deps lint
 	$(BIN)/python -m pytest -q
