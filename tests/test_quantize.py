@@ -1,4 +1,5 @@
-"""The int8 toolchain: MAC counts, the patient split, consistent views, the quantize gate.
+"""The int8 toolchain: MAC counts, the patient split, consistent views, the true-label term,
+the quantize gate, the shipped student.
 
 Fast (< 60 s on 2 cores) and independent of `make models`: the gate test converts a tiny
 network itself; the shipped-model test uses only models/ from the repository.
@@ -18,7 +19,7 @@ from edge.models.preprocess import PreprocessSpec, grey_resized, normalise
 from edge.models.roi import find_roi
 from quantize.data import CORD_GROUP, list_frames, make_view, read_frame, split
 from quantize.macs import count_macs
-from quantize.student import PlaneStudent
+from quantize.student import MobileSpec, MobileStudent, PlaneStudent
 from quantize.teacher import SonoNet16
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ needs_data = pytest.mark.skipif(not (DATA / "sononet").is_dir(),
                                 reason=f"{DATA}: shared data folder not present")
 
 
-def test_teacher_macs_by_hand_and_student_under_a_quarter():
+def test_teacher_macs_by_hand_and_student_under_an_eighth():
     # SonoNet-16 at 224x288: 13 3x3 convs in 5 blocks (4 pools), then 1x1 128->64->14.
     hw = [224 * 288 // 4**i for i in range(5)]
     widths = [[16, 16], [32, 32], [64, 64, 64], [128, 128, 128], [128, 128, 128]]
@@ -38,16 +39,47 @@ def test_teacher_macs_by_hand_and_student_under_a_quarter():
             cin = cout
     macs += hw[-1] * (128 * 64 + 64 * 14)
     assert count_macs(SonoNet16(), (1, 1, 224, 288)) == macs == 1_237_824_000
-    assert count_macs(PlaneStudent(), (1, 1, 112, 144)) <= macs / 4
-    assert count_macs(PlaneStudent(stem_stride=2), (1, 1, 224, 288)) <= macs / 4
+    # The 1.2 student by hand: 4x4 unshuffle, a dense 3x3 stem at 56x72, then inverted
+    # residuals (1x1 expand, kxk depthwise at the block's stride, 1x1 project), the head.
+    spec = MobileSpec()
+    h, w = 224 // spec.unshuffle, 288 // spec.unshuffle
+    student, cin = h * w * spec.stem_width * spec.unshuffle**2 * 9, spec.stem_width
+    for expand, width, blocks, stride, kernel in spec.stages:
+        for i in range(blocks):
+            hidden = cin * expand
+            student += h * w * cin * hidden if expand != 1 else 0
+            if i == 0 and stride == 2:
+                h, w = h // 2, w // 2
+            student += h * w * hidden * kernel * kernel + h * w * hidden * width
+            cin = width
+    student += h * w * (cin * spec.head_width + spec.head_width * 14)
+    assert (h, w) == (14, 18)
+    assert count_macs(MobileStudent(spec), (1, 1, 224, 288)) == student
+    assert student * 8 <= macs
 
 
 def test_student_maps_match_teacher_grid():
-    from quantize.distil import STUDENT_SPEC, STUDENT_STEM_STRIDE
+    """The class maps are the last layer before the mean, on the teacher's 14x18 grid."""
+    from quantize.distil import STUDENT_SPEC
 
-    student = PlaneStudent(stem_stride=STUDENT_STEM_STRIDE)
-    _, maps = student.forward_maps(torch.zeros(1, 1, STUDENT_SPEC.height, STUDENT_SPEC.width))
+    student = MobileStudent().eval()
+    x = torch.randn(1, 1, STUDENT_SPEC.height, STUDENT_SPEC.width)
+    logits, maps = student.forward_maps(x)
     assert tuple(maps.shape) == (1, 14, 14, 18)
+    assert torch.allclose(logits, maps.mean(dim=(2, 3))) and torch.equal(logits, student(x))
+
+
+def test_true_label_term_puts_the_true_plane_on_top():
+    """On an example view the target is 0.7 x the true label + 0.3 x the teacher: the true
+    plane leads even where the teacher is sure of another; unlabelled rows keep the teacher."""
+    from quantize.distil import TrainSettings, soft_targets
+
+    teacher = torch.full((2, 14), -8.0)
+    teacher[:, 11] = 8.0  # the teacher says RVOT on both
+    target = soft_targets(teacher, 2.0, torch.tensor([0, -1]), TrainSettings().label_weight)
+    assert target.argmax(1).tolist() == [0, 11]
+    assert torch.allclose(target.sum(1), torch.ones(2))
+    assert torch.allclose(target[1], torch.softmax(teacher[1] / 2.0, 0))
 
 
 @needs_data
@@ -97,6 +129,33 @@ def test_clean_view_is_the_device_path_and_views_are_consistent():
     assert np.corrcoef(down.ravel(), sv.astype(float).ravel())[0, 1] > 0.97
 
 
+@needs_data
+def test_framings_show_one_view_and_the_clean_one_is_the_device_path():
+    """The teacher's target averages three framings of one augmented view: zoom 1.0 is the
+    view, 0.92 the same content with 4% cut from every side. Clean, zoom 1.0 is exactly
+    what the device computes; the same seed gives the same views."""
+    import cv2
+
+    from edge.models.roi import to_grey
+    from quantize.data import AugmentSettings
+    from quantize.distil import STUDENT_SPEC, render_framings
+
+    image = read_frame(DATA / "sononet" / "examples" / "KIDNEYS.tiff")
+    roi = find_roi(image)
+    grey = to_grey(image)
+    clean = render_framings(grey, roi, None, None, (1.0, 0.92, 1.08))
+    assert np.array_equal(clean[0], grey_resized(image, roi, STUDENT_SPEC))
+    aug = AugmentSettings(flip=0.0)
+    views = render_framings(grey, roi, np.random.default_rng(5), aug, (1.0, 0.92), (0.7, 1.4))
+    again = render_framings(grey, roi, np.random.default_rng(5), aug, (1.0, 0.92), (0.7, 1.4))
+    assert all(np.array_equal(a, b) for a, b in zip(views, again, strict=True))
+    h, w = views[0].shape
+    dy, dx = round(h * 0.04), round(w * 0.04)
+    inner = cv2.resize(views[0][dy: h - dy, dx: w - dx], (w, h), interpolation=cv2.INTER_AREA)
+    assert np.corrcoef(inner.ravel().astype(float), views[1].ravel().astype(float))[0, 1] > 0.9
+    assert not np.array_equal(views[0], clean[0])
+
+
 def test_missing_data_dir_is_one_clear_line(tmp_path, monkeypatch, capsys):
     from quantize.build_models import main
 
@@ -112,7 +171,7 @@ def test_gate_passes_good_conversion_and_fails_broken_ones(tmp_path):
     gate, int8 calibrated on flat frames, on faint noise, or with perturbed weights fails."""
     from quantize.convert import export_fp32, quantize_int8
     from quantize.data import device_view
-    from quantize.gate import INT8_VS_FP32_MIN, check
+    from quantize.gate import INT8_VS_FP32_MIN, check, float_ops
 
     torch.manual_seed(0)
     spec = PreprocessSpec(56, 72)
@@ -135,6 +194,9 @@ def test_gate_passes_good_conversion_and_fails_broken_ones(tmp_path):
     result = check(good, fp32, x)
     assert result.passed, result.reason
     assert result.int8_vs_fp32 >= INT8_VS_FP32_MIN
+    assert float_ops(good) == [] and float_ops(fp32)  # fully int8; the fp32 file is not
+    not_int8 = check(fp32, fp32, x)
+    assert not not_int8.passed and "not fully int8" in not_int8.reason
 
     flat = quantize_int8(fp32, [np.zeros((1, 1, 56, 72), np.float32)] * 4,
                          tmp_path / "flat.tflite")
@@ -168,6 +230,9 @@ def test_shipped_student_manifest_and_budget():
     assert raw["architecture"]["macs"] * 4 <= raw["architecture"]["teacher_macs"]
     gate = raw["quantization"]["gate"]
     assert gate["value"] >= gate["threshold"]
+    from quantize.gate import float_ops
+
+    assert float_ops(man.model_path) == []  # fully int8, input and output included
 
 
 @needs_data
@@ -194,6 +259,15 @@ def test_shipped_student_names_the_13_examples_through_the_device_path():
     listed = json.loads(SHIPPED.read_text())["metrics"]["examples_13_correct_int8"]
     assert wrong == sorted(listed["wrong"]) and listed["value"] == 13 - len(wrong)
     assert len(wrong) <= 2 and set(wrong) <= {"3VV.tiff", "LIPS.tiff"}
+
+
+def test_the_build_ships_only_a_student_no_worse_on_heads_and_better_on_examples():
+    from quantize.build_models import ship_decision
+
+    assert ship_decision((213, 264), (230, 264), 13, 10)[0] is False  # worse on the heads
+    assert ship_decision((230, 264), (230, 264), 10, 10)[0] is False  # not better on examples
+    assert ship_decision((231, 264), (230, 264), 13, 10) == (True, "")
+    assert ship_decision((5, 264), None, 0, None) == (True, "")  # nothing shipped yet
 
 
 @needs_data

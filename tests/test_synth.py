@@ -41,7 +41,7 @@ def _tiny(**kw):
 
 @needs_data
 def test_synthesis_lowers_the_bn_statistics_loss(teacher):
-    from quantize.student import PlaneStudent
+    from quantize.student import MobileStudent
     from quantize.synth import batch_targets, bn_loss_of, synthesise_batch
 
     torch.set_num_threads(1)
@@ -52,8 +52,7 @@ def test_synthesis_lowers_the_bn_statistics_loss(teacher):
     from quantize.synth import to_uint8
 
     before = bn_loss_of(teacher, to_uint8(noise))
-    images, log = synthesise_batch(teacher, PlaneStudent(stem_stride=2), targets, 0, 0,
-                                   settings)
+    images, log = synthesise_batch(teacher, MobileStudent(), targets, 0, 0, settings)
     after = bn_loss_of(teacher, images)
     assert images.shape == (2, 32, 40) and images.dtype == np.uint8
     assert log["bn"][-1] < 0.7 * log["bn"][0]
@@ -141,6 +140,18 @@ def test_abstain_threshold_sits_where_agreement_drops():
     assert abstain_threshold(conf, noisy, 0.7) == pytest.approx(0.51)
     assert isotonic(np.array([1, 0, 1, 1, 0, 1.0])).tolist() == pytest.approx(
         [0.5, 0.5, 2 / 3, 2 / 3, 2 / 3, 1.0])
+
+
+def test_calibration_judges_variants_by_their_true_plane_and_real_frames_by_the_teacher():
+    """A 3VV variant the teacher calls RVOT is right when the student says 3VV; a held-out
+    head is right when the student says what the teacher says."""
+    from quantize.calibrate import reference_labels
+
+    held = np.full((2, 14), -5.0, np.float32)
+    held[0, 5] = held[1, 3] = 5.0  # teacher: Brain (Tv.), Background
+    data = {"cls": np.array([0, 2], np.int16), "held_logits": held,
+            "teacher_logits": np.eye(14, dtype=np.float32)[[11, 2]]}
+    assert reference_labels(data).tolist() == [0, 2, 5, 3]
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped plane_student")
