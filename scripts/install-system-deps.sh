@@ -19,9 +19,12 @@ have_pg || missing+=(postgresql)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the TLS test makes its own CA
 [ -x /usr/bin/chromium ] || missing+=(chromium)  # tests/test_web_*.py, make screenshots
 fc-list 2>/dev/null | grep -qi dejavu || missing+=(fonts-dejavu-core)  # text in screenshots
+# tests/test_arm64.py: score under an emulated arm64 Debian (scripts/arm64_emulated.sh)
+command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-system-deps: mosquitto, mosquitto-clients, postgresql, openssl, chromium already present"
+  echo "install-system-deps: mosquitto, mosquitto-clients, postgresql, openssl, chromium, qemu-user-static, debootstrap already present"
   exit 0
 fi
 

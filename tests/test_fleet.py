@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from edge.fleet import bundle as bundle_mod
 from edge.fleet.bundle import Limits, make_bundle, read_bundle
 from edge.fleet.keys import load_private_key, load_trusted_keys, new_keypair
 from edge.fleet.settings import FleetSettings
@@ -235,9 +234,8 @@ def test_archive_members_are_checked_against_the_signed_list(tmp_path, fleet_kit
 
 
 def test_a_failed_selftest_never_swaps_and_is_reported(tmp_path, fleet_kit, monkeypatch):
-    real = bundle_mod.__dict__.get("score_selftest")
-    assert real is None  # imported inside make_bundle: patch it at its source
-
+    """A bundle whose recorded outputs its models do not give (here: signed with the plane
+    'Femur' where they say 'Brain (Tv.)')."""
     from edge.fleet import selftest
 
     honest = selftest.score_selftest
@@ -405,3 +403,57 @@ def test_the_loop_restarts_on_a_bundle_installed_while_it_runs(tmp_path, fleet_k
         proc.wait(timeout=20)
         log.close()
     assert proc.returncode == 0, (tmp_path / "run.log").read_text()[-2000:]
+
+
+def test_health_carries_the_fleet_status_within_its_schema(tmp_path, fleet_kit):
+    from edge.uplink.messages import build_health, envelope
+    from wire.schema import load_schema, validate
+
+    config = device_config(tmp_path, fleet_kit)
+    assert sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
+                    str(config)).returncode == 0
+    fleet = fleet_of(tmp_path)
+    fleet.state["rollback"] = {"from": "1.9", "to": "factory", "reason": "x" * 500, "ts": 1.0}
+    status = fleet.status()
+    payload = build_health(envelope("health", "dev-a", "c", "boot"), {}, {}, {}, 1.0, {},
+                           1.0, 60.0, fleet=status)
+    payload |= {"msg_id": "00000000-0000-4000-8000-000000000000", "seq": 1}
+    assert validate(payload, load_schema("health")) == []
+    assert payload["fleet"]["bundle"] == "2.0" and payload["fleet"]["state"] == "trial"
+    assert len(payload["fleet"]["rollback"]["reason"]) == 160
+
+
+def test_the_journal_keeps_within_its_quota_and_says_so(tmp_path, caplog):
+    from edge.result import FrameResult
+    from edge.store.journal import QUOTA_CHECK_EVERY, Journal
+
+    journal = Journal(tmp_path / "j.sqlite", quota_bytes=400_000)
+    run = journal.start_run("test", {})
+    big = {"score": 0.5, "advice": None, "criteria": {"c": {"message": "m" * 2000}}}
+    for i in range(QUOTA_CHECK_EVERY * 3):
+        journal.append(run, FrameResult("s", i, "4CH", 0.9, 1.0, 0.0, 0.0, 0.0, None, "m",
+                                        0.0, float(i), quality=big))
+    assert journal.used_bytes() <= 400_000 * 1.1
+    assert journal.quota_shed > 0
+    assert "over its quota of 400000 bytes" in caplog.text
+    assert journal.stats()["journal_quota_shed"] == journal.quota_shed
+    journal.close()
+
+
+def test_a_log_file_is_rotated_at_its_size(tmp_path):
+    import logging
+
+    from edge.config import LogSettings
+    from edge.logfile import log_to_file
+
+    handler = log_to_file(LogSettings(file=str(tmp_path / "log" / "sonoedge.log"),
+                                      max_mb=0.1, backups=2))
+    try:
+        for _ in range(3000):
+            logging.getLogger("sonoedge.test").warning("x" * 100)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    files = sorted(p.name for p in (tmp_path / "log").iterdir())
+    assert files == ["sonoedge.log", "sonoedge.log.1", "sonoedge.log.2"]
+    assert all((tmp_path / "log" / f).stat().st_size <= 100_200 for f in files)
