@@ -214,8 +214,8 @@ def deficiencies_csv(page: Q.QualityPage) -> str:
 
 
 # -- biometry --------------------------------------------------------------------------------
-GA_MIN, GA_MAX, HC_MIN, HC_MAX = 12.0, 43.0, 50.0, 400.0
-GA_BIN, HC_BIN = 0.5, 5.0  # density cells: half a week by 5 mm
+GA_MAX, HC_MAX = 43.0, 400.0
+GA_MIN, HC_MIN, GA_BIN, HC_BIN = Q.GA_MIN, Q.HC_MIN, Q.GA_BIN, Q.HC_BIN
 
 
 def biometry_svg(page: Q.BiometryPage) -> str:
@@ -254,19 +254,13 @@ def biometry_svg(page: Q.BiometryPage) -> str:
     hd = [R.HADLOCK_MIN_WEEKS + 0.5 * i for i in range(57)]
     svg.polyline([(x(g), y(R.hadlock_hc(g))) for g in hd], INK, width=1.2, dash="6 3",
                  data_curve="hadlock")
-    # density of every measured exam with an age, then the outliers on top
-    grid: dict[tuple[int, int], int] = {}
-    for e in page.exams:
-        if e.ga_weeks is None or not GA_MIN <= e.ga_weeks < GA_MAX \
-                or not HC_MIN <= e.hc_mm < HC_MAX:
-            continue
-        key = (int((e.ga_weeks - GA_MIN) // GA_BIN), int((e.hc_mm - HC_MIN) // HC_BIN))
-        grid[key] = grid.get(key, 0) + 1
-    top_n = max(grid.values(), default=1)
-    for (gi, hi), n in sorted(grid.items()):
+    # the density of every measured exam with an age, then the outliers on top
+    shown = [(gi, hi, n) for gi, hi, n in page.bins
+             if GA_MIN <= GA_MIN + gi * GA_BIN < GA_MAX and HC_MIN <= HC_MIN + hi * HC_BIN < HC_MAX]
+    top_n = max((n for *_, n in shown), default=1)
+    for gi, hi, n in sorted(shown):
         g0, h0 = GA_MIN + gi * GA_BIN, HC_MIN + hi * HC_BIN
-        level = n / top_n
-        fill = BLUES[min(4, 1 + int(level * 4))]
+        fill = BLUES[min(4, 1 + int(n / top_n * 4))]
         svg.rect(x(g0), y(h0 + HC_BIN), x(g0 + GA_BIN) - x(g0), y(h0) - y(h0 + HC_BIN), fill,
                  tip=f"{n} exams at {g0:g}-{g0 + GA_BIN:g} weeks, HC {h0:g}-{h0 + HC_BIN:g} mm",
                  data_ga=f"{g0:g}", data_hc=f"{h0:g}", data_n=n)
@@ -287,12 +281,12 @@ def biometry_svg(page: Q.BiometryPage) -> str:
     return svg.done()
 
 
-def biometry_csv(page: Q.BiometryPage) -> str:
+def biometry_csv(exams: list[Q.MeasuredExam]) -> str:
     return to_csv(["msg_id", "device_id", "clinic_id", "exam_id", "day", "hc_mm", "ga_weeks",
                    "ga_source", "intergrowth_z", "outside_3rd_97th"],
                   [[e.msg_id, e.device_id, e.clinic_id, e.exam_id, Q.day_text(e.day), e.hc_mm,
                     e.ga_weeks, e.ga_source, None if e.z is None else round(e.z, 3),
-                    e.outside or ""] for e in page.exams])
+                    e.outside or ""] for e in exams])
 
 
 # -- devices ---------------------------------------------------------------------------------

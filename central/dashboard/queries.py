@@ -32,6 +32,7 @@ class Scope:
 
 @dataclass(frozen=True)
 class Period:
+    """Whole weeks, Monday to Sunday, the last of them the current one (up to today)."""
     first_day: int
     last_day: int
 
@@ -39,10 +40,19 @@ class Period:
     def days(self) -> list[int]:
         return list(range(self.first_day, self.last_day + 1))
 
+    @property
+    def first_week(self) -> int:
+        return week_of(self.first_day)
+
+    @property
+    def last_week(self) -> int:
+        return week_of(self.last_day)
+
 
 def period(weeks: int, now: float | None = None) -> Period:
     today = int((now if now is not None else time.time()) // C.DAY_S)
-    return Period(today - 7 * weeks + 1, today)
+    first_week = week_of(today) - weeks + 1
+    return Period(first_week * 7 - 3, today)  # week_of(7w - 3) == w: its Monday
 
 
 def day_text(day: int) -> str:
@@ -85,20 +95,23 @@ class Hole:
 
 def holes(db: Db, scope: Scope, per: Period, lookback_days: int = 30) -> list[Hole]:
     """Holes in each device's exam/health sequence whose later message falls in the period
-    (holes longer than SEQ_JUMP are broken counters, not loss, as the report says)."""
+    (holes longer than SEQ_JUMP are broken counters, not loss, as the report says). The rows
+    come from a covering index on day; the predecessor is found here, not by a window
+    function, which SQLite would run over the whole table in device order."""
     w, p = scope.where()
     rows = db.query(
-        "SELECT device_id, clinic_id, seq, prev, day, prev_day FROM (SELECT device_id, "
-        "clinic_id, seq, day, LAG(seq) OVER w AS prev, LAG(day) OVER w AS prev_day "
-        f"FROM dash.msgs WHERE kind IN ('exam', 'health') AND day >= ? AND {w} "
-        "WINDOW w AS (PARTITION BY device_id ORDER BY seq)) t "
-        "WHERE prev IS NOT NULL AND seq - prev > 1 AND day >= ? AND day <= ?",
-        (per.first_day - lookback_days, *p, per.first_day, per.last_day))
+        "SELECT device_id, seq, day, clinic_id FROM dash.msgs WHERE day >= ? AND day <= ? "
+        f"AND kind IN ('exam', 'health') AND {w}",
+        (per.first_day - lookback_days, per.last_day, *p))
+    rows.sort()
     out = []
-    for dev, clinic, seq, prev, day, prev_day in rows:
-        if seq - prev - 1 > C.SEQ_JUMP:
+    for prev, row in zip(rows, rows[1:], strict=False):
+        dev, seq, day, clinic = row
+        if prev[0] != dev or day < per.first_day or seq - prev[1] <= 1:
             continue
-        out.append(Hole(dev, clinic, int(prev) + 1, int(seq) - 1, int(prev_day), int(day)))
+        if seq - prev[1] - 1 > C.SEQ_JUMP:
+            continue
+        out.append(Hole(dev, clinic, int(prev[1]) + 1, int(seq) - 1, int(prev[2]), int(day)))
     return out
 
 
@@ -189,6 +202,7 @@ class CompletenessPage:
 def completeness_page(db: Db, scope: Scope, per: Period) -> CompletenessPage:
     w, p = scope.where()
     args = (per.first_day, per.last_day, *p)
+    wargs = (per.first_week, per.last_week, *p)
     by: dict[str, ClinicCompleteness] = {c: ClinicCompleteness(c)
                                          for c in clinics_in_scope(db, scope)}
     for clinic, exams in db.query(
@@ -197,16 +211,16 @@ def completeness_page(db: Db, scope: Scope, per: Period) -> CompletenessPage:
         by.setdefault(clinic, ClinicCompleteness(clinic)).exams = int(exams)
     per_protocol: dict[str, int] = defaultdict(int)
     for clinic, protocol, exams, complete in db.query(
-            "SELECT clinic_id, protocol, SUM(exams), SUM(complete) FROM dash.day_protocol "
-            f"WHERE day >= ? AND day <= ? AND {w} GROUP BY clinic_id, protocol", args):
+            "SELECT clinic_id, protocol, SUM(exams), SUM(complete) FROM dash.week_protocol "
+            f"WHERE week >= ? AND week <= ? AND {w} GROUP BY clinic_id, protocol", wargs):
         c = by.setdefault(clinic, ClinicCompleteness(clinic))
         c.with_protocol += int(exams)
         c.complete += int(complete)
         per_protocol[protocol] += int(exams)
     slot_total: dict[tuple[str, str], int] = defaultdict(int)
     for clinic, protocol, slot, n in db.query(
-            "SELECT clinic_id, protocol, slot, SUM(n) FROM dash.day_missing "
-            f"WHERE day >= ? AND day <= ? AND {w} GROUP BY clinic_id, protocol, slot", args):
+            "SELECT clinic_id, protocol, slot, SUM(n) FROM dash.week_missing "
+            f"WHERE week >= ? AND week <= ? AND {w} GROUP BY clinic_id, protocol, slot", wargs):
         by.setdefault(clinic, ClinicCompleteness(clinic)).missed[f"{protocol}: {slot}"] = int(n)
         slot_total[(protocol, slot)] += int(n)
     slots = sorted((SlotMissed(pr, s, n, per_protocol.get(pr, 0))
@@ -245,7 +259,7 @@ class QualityPage:
 
 def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
     w, p = scope.where()
-    w0, w1 = week_of(per.first_day), week_of(per.last_day)
+    w0, w1 = per.first_week, per.last_week
     cells = []
     for plane, week, n, q_sum, q_low in db.query(
             "SELECT plane, week, SUM(n), SUM(q_sum), SUM(q_low) FROM dash.week_plane "
@@ -255,8 +269,8 @@ def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
     planes = sorted({c.plane for c in cells}, key=lambda x: (order.get(x, 99), x))
     args = (per.first_day, per.last_day, *p)
     defs = [Deficiency(name, int(e), int(f)) for name, e, f in db.query(
-        "SELECT name, SUM(exams), SUM(frames) FROM dash.day_deficiency "
-        f"WHERE day >= ? AND day <= ? AND {w} GROUP BY name", args)]
+        "SELECT name, SUM(exams), SUM(frames) FROM dash.week_deficiency "
+        f"WHERE week >= ? AND week <= ? AND {w} GROUP BY name", (w0, w1, *p))]
     defs.sort(key=lambda d: (-d.exams, d.name))
     exams = db.query("SELECT COALESCE(SUM(exams), 0) FROM dash.day_device "
                      f"WHERE day >= ? AND day <= ? AND {w}", args)[0][0]
@@ -295,29 +309,49 @@ class MeasuredExam:
 
 @dataclass
 class BiometryPage:
+    """What the biometry page draws: the density of every measured exam with an age (counts
+    per half week and 5 mm, made in SQL), and the exams outside the 3rd-97th centile."""
     period: Period
-    exams: list[MeasuredExam]
+    bins: list[tuple[int, int, int]]  # (GA bin, HC bin, exams) from GA_MIN/HC_MIN
+    outliers: list[MeasuredExam]
+    measured: int  # exams with an HC
+    not_comparable: int  # of which without an age inside INTERGROWTH's 14-40 weeks
+    dated: int  # of which with the age by dates (not only the Hadlock age from the same HC)
 
-    @property
-    def outliers(self) -> list[MeasuredExam]:
-        return [e for e in self.exams if e.outside]
 
-    @property
-    def not_comparable(self) -> int:
-        return sum(1 for e in self.exams if e.z is None)
+# The density grid: half a week by 5 mm, from 12 weeks and 50 mm.
+GA_MIN, HC_MIN, GA_BIN, HC_BIN = 12.0, 50.0, 0.5, 5.0
 
 
 def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
     w, p = scope.where()
-    out = []
-    for msg_id, dev, clinic, exam_id, day, hc, ga, src in db.query(
-            "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source "
-            f"FROM dash.exams WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w} "
-            "ORDER BY day, msg_id", (per.first_day, per.last_day, *p)):
-        out.append(MeasuredExam(msg_id, dev, clinic, exam_id, int(day), float(hc),
-                                None if ga is None else float(ga), src,
-                                R.ig_z(float(hc), None if ga is None else float(ga))))
-    return BiometryPage(per, out)
+    args = (per.first_day, per.last_day, *p)
+    base = f"FROM dash.exams WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w}"
+    measured, not_comparable, dated = db.query(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN ig_z IS NULL THEN 1 ELSE 0 END), 0), "
+        f"COALESCE(SUM(CASE WHEN ga_source = 'dates' THEN 1 ELSE 0 END), 0) {base}", args)[0]
+    bins = [(int(g), int(h), int(n)) for g, h, n in db.query(
+        "SELECT gb, hb, COUNT(*) FROM (SELECT CAST(FLOOR((ga_weeks - ?) / ?) AS INTEGER) AS gb, "
+        f"CAST(FLOOR((hc_mm - ?) / ?) AS INTEGER) AS hb {base} AND ga_weeks IS NOT NULL) t "
+        "GROUP BY gb, hb", (GA_MIN, GA_BIN, HC_MIN, HC_BIN, *args))]
+    z3, z97 = R.CENTILE_Z[3], R.CENTILE_Z[97]
+    outliers = [MeasuredExam(m, dev, clinic, exam, int(day), float(hc), float(ga), src, z)
+                for m, dev, clinic, exam, day, hc, ga, src, z in db.query(
+        "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, ig_z "
+        f"{base} AND (ig_z < ? OR ig_z > ?) ORDER BY day DESC, msg_id", (*args, z3, z97))]
+    return BiometryPage(per, bins, outliers, int(measured), int(not_comparable), int(dated))
+
+
+def biometry_exams(db: Db, scope: Scope, per: Period) -> list[MeasuredExam]:
+    """Every measured exam of the period: the CSV behind the biometry plot."""
+    w, p = scope.where()
+    return [MeasuredExam(m, dev, clinic, exam, int(day), float(hc),
+                         None if ga is None else float(ga), src,
+                         None if z is None else float(z))
+            for m, dev, clinic, exam, day, hc, ga, src, z in db.query(
+                "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, "
+                f"ig_z FROM dash.exams WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w} "
+                "ORDER BY day, msg_id", (per.first_day, per.last_day, *p))]
 
 
 # -- devices ---------------------------------------------------------------------------------

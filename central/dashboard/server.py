@@ -342,8 +342,7 @@ class Dashboard:
 
     def _body_biometry(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.biometry_page(db, scope, per)
-        dated = sum(1 for e in page.exams if e.ga_source == "dates")
-        n = len(page.exams)
+        dated, n = page.dated, page.measured
         caveat = ("" if dated == n and n else
                   '<p class="caveat"><strong>Read this first.</strong> The age plotted is '
                   "the device's estimate from the same head circumference (Hadlock 1984), "
@@ -405,7 +404,7 @@ class Dashboard:
             page = Q.quality_page(db, scope, per)
             return P.quality_csv(page) if name == "quality" else P.deficiencies_csv(page)
         if name == "biometry":
-            return P.biometry_csv(Q.biometry_page(db, scope, per))
+            return P.biometry_csv(Q.biometry_exams(db, scope, per))
         return P.devices_csv(Q.devices_page(db, scope, per))
 
 

@@ -15,8 +15,9 @@ Either way the SQL says ``dash.<table>``, and every value is a bound parameter.
 Rollups. Parsing every exam's JSON on each page view would cost seconds at 100,000 exams,
 so ``refresh`` reads each message once, after it is stored, and adds it to small tables: a
 row per message (``dash.msgs``, for sequence gaps and last seen), a row per exam with the
-figures the pages plot (``dash.exams``), per-day and per-week counts (``dash.day_device``,
-``dash.day_protocol``, ``dash.day_missing``, ``dash.day_deficiency``, ``dash.week_plane``),
+figures the pages plot (``dash.exams``), messages per device and day (``dash.day_device``),
+exam figures per clinic and week (``dash.week_protocol``, ``dash.week_missing``,
+``dash.week_deficiency``, ``dash.week_plane``),
 the latest health and status of each device (``dash.device_latest``) and dead letters per
 device (``dash.dead``). A message is added only when its ``msg_id`` is new to ``dash.msgs``,
 inside the same transaction as the counts, so the counts never count a message twice, even
@@ -37,9 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from central.dashboard import config as C
+from central.dashboard.reference import ig_z
 from central.db import DbError, is_postgres, sqlite_path
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "3"  # a change drops the rollups and rebuilds them from the messages
+# The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
+ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
+                 "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
+                 "week_plane", "device_latest", "dead")
 
 _DASH_TABLES = [
     "CREATE TABLE IF NOT EXISTS dash.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -47,34 +53,41 @@ _DASH_TABLES = [
         msg_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, clinic_id TEXT NOT NULL,
         kind TEXT NOT NULL, seq BIGINT NOT NULL, ts DOUBLE PRECISION NOT NULL,
         day INTEGER NOT NULL, received_ts DOUBLE PRECISION NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS dash.msgs_day ON msgs (day)",
+    # covering the sequence-hole query: a window of days, read from the index alone
+    "CREATE INDEX IF NOT EXISTS dash.msgs_day ON msgs (day, device_id, seq, kind, clinic_id)",
     "CREATE INDEX IF NOT EXISTS dash.msgs_device_seq ON msgs (device_id, seq)",
     """CREATE TABLE IF NOT EXISTS dash.exams (
         msg_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, clinic_id TEXT NOT NULL,
         exam_id TEXT, day INTEGER NOT NULL, ts DOUBLE PRECISION NOT NULL, protocol TEXT,
         required INTEGER, captured INTEGER, complete INTEGER, best_quality DOUBLE PRECISION,
         hc_mm DOUBLE PRECISION, ga_weeks DOUBLE PRECISION, ga_low DOUBLE PRECISION,
-        ga_high DOUBLE PRECISION, ga_source TEXT, missing TEXT)""",
+        ga_high DOUBLE PRECISION, ga_source TEXT, missing TEXT, ig_z DOUBLE PRECISION)""",
     "CREATE INDEX IF NOT EXISTS dash.exams_day ON exams (day)",
-    "CREATE INDEX IF NOT EXISTS dash.exams_hc_day ON exams (day) WHERE hc_mm IS NOT NULL",
+    # covering the biometry page: its density and outliers come from the index alone
+    "CREATE INDEX IF NOT EXISTS dash.exams_hc_day ON exams (day, ga_weeks, hc_mm, ig_z, "
+    "clinic_id) WHERE hc_mm IS NOT NULL",
     """CREATE TABLE IF NOT EXISTS dash.day_device (
         device_id TEXT NOT NULL, clinic_id TEXT NOT NULL, day INTEGER NOT NULL,
         exams INTEGER NOT NULL, health INTEGER NOT NULL, other INTEGER NOT NULL,
-        PRIMARY KEY (day, device_id, clinic_id))""",
-    """CREATE TABLE IF NOT EXISTS dash.day_protocol (
-        clinic_id TEXT NOT NULL, day INTEGER NOT NULL, protocol TEXT NOT NULL,
+        PRIMARY KEY (day, device_id, clinic_id)) WITHOUT ROWID""",
+    # Exam figures are kept per week (pages show whole weeks): 2 years of a 50-clinic
+    # district is then ~5,000 rows per table and protocol, not ~36,000.
+    """CREATE TABLE IF NOT EXISTS dash.week_protocol (
+        clinic_id TEXT NOT NULL, week INTEGER NOT NULL, protocol TEXT NOT NULL,
         exams INTEGER NOT NULL, complete INTEGER NOT NULL,
-        PRIMARY KEY (day, clinic_id, protocol))""",
-    """CREATE TABLE IF NOT EXISTS dash.day_missing (
-        clinic_id TEXT NOT NULL, day INTEGER NOT NULL, protocol TEXT NOT NULL,
-        slot TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (day, clinic_id, protocol, slot))""",
-    """CREATE TABLE IF NOT EXISTS dash.day_deficiency (
-        clinic_id TEXT NOT NULL, day INTEGER NOT NULL, name TEXT NOT NULL,
-        exams INTEGER NOT NULL, frames BIGINT NOT NULL, PRIMARY KEY (day, clinic_id, name))""",
+        PRIMARY KEY (week, clinic_id, protocol)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS dash.week_missing (
+        clinic_id TEXT NOT NULL, week INTEGER NOT NULL, protocol TEXT NOT NULL,
+        slot TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (week, clinic_id, protocol, slot))
+        WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS dash.week_deficiency (
+        clinic_id TEXT NOT NULL, week INTEGER NOT NULL, name TEXT NOT NULL,
+        exams INTEGER NOT NULL, frames BIGINT NOT NULL, PRIMARY KEY (week, clinic_id, name))
+        WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS dash.week_plane (
         clinic_id TEXT NOT NULL, week INTEGER NOT NULL, plane TEXT NOT NULL,
         n INTEGER NOT NULL, q_sum DOUBLE PRECISION NOT NULL, q_low INTEGER NOT NULL,
-        PRIMARY KEY (week, clinic_id, plane))""",
+        PRIMARY KEY (week, clinic_id, plane)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS dash.device_latest (
         device_id TEXT PRIMARY KEY, clinic_id TEXT NOT NULL,
         last_received DOUBLE PRECISION, max_seq BIGINT NOT NULL,
@@ -131,6 +144,10 @@ class Db:
                 self.conn.execute("ATTACH DATABASE ? AS dash", (side + "?mode=rwc",))
                 self.conn.execute("PRAGMA dash.journal_mode=WAL")
                 self.conn.execute("PRAGMA dash.synchronous=NORMAL")
+                try:
+                    self.conn.execute("SELECT floor(1.5)")
+                except sqlite3.OperationalError:  # a build without SQLite's math functions
+                    self.conn.create_function("floor", 1, math.floor, deterministic=True)
             found = self.query("SELECT to_regclass('messages') IS NOT NULL" if self.pg else
                                "SELECT COUNT(*) FROM main.sqlite_master "
                                "WHERE name = 'messages'")[0][0]
@@ -155,6 +172,9 @@ class Db:
         # PostgreSQL puts an index in its table's schema and names it without one.
         sql = re.sub(r"INDEX IF NOT EXISTS dash\.(\w+) ON (\w+)",
                      r"INDEX IF NOT EXISTS \1 ON dash.\2", sql)
+        # WITHOUT ROWID makes SQLite store a rollup in its key's order (a day range is one
+        # contiguous read); PostgreSQL has no such clause.
+        sql = sql.replace(" WITHOUT ROWID", "").replace("\n        WITHOUT ROWID", "")
         return sql.replace("?", "%s")
 
     def query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
@@ -225,6 +245,7 @@ def open_db(url: str, setup: bool = True) -> Db:
 
 
 def ensure_schema(db: Db) -> None:
+    _drop_stale_rollups(db)
     if db.pg:
         with db.tx():
             db.execute("SELECT pg_advisory_xact_lock(727275)")
@@ -241,7 +262,22 @@ def ensure_schema(db: Db) -> None:
             _sqlite_main_index(db)
     with db.tx():
         db.execute("INSERT INTO dash.meta (key, value) VALUES ('schema', ?) "
-                   "ON CONFLICT (key) DO NOTHING", (SCHEMA_VERSION,))
+                   "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (SCHEMA_VERSION,))
+
+
+def _drop_stale_rollups(db: Db) -> None:
+    """Rollups made by another version of this module are dropped (and rebuilt by the next
+    refresh from the collector's messages, which are never touched)."""
+    try:
+        rows = db.query("SELECT value FROM dash.meta WHERE key = 'schema'")
+    except DbError:
+        return  # no dashboard tables yet
+    if not rows or rows[0][0] == SCHEMA_VERSION:
+        return
+    with db.tx():
+        for table in ROLLUP_TABLES:
+            db.execute(f"DROP TABLE IF EXISTS dash.{table}")
+        db.execute("DELETE FROM dash.meta WHERE key IN ('received_ts', 'dead_ts')")
 
 
 def _sqlite_main_index(db: Db) -> None:
@@ -339,9 +375,9 @@ def _num(value) -> float | None:
 def _add(db: Db, rows: list[tuple]) -> None:
     msgs, exams = [], []
     day_device: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
-    day_protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
-    day_missing: dict[tuple, int] = defaultdict(int)
-    day_def: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    week_protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    week_missing: dict[tuple, int] = defaultdict(int)
+    week_def: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     week_plane: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0])
     latest: dict[str, dict] = {}
     for msg_id, dev, clinic, kind, seq, device_ts, received, payload in rows:
@@ -371,16 +407,17 @@ def _add(db: Db, rows: list[tuple]) -> None:
         protocol = data.get("protocol") or {}
         name = str(protocol.get("name") or "")
         if name:
-            pc = day_protocol[(day, clinic, name)]
+            week = week_of(day)
+            pc = week_protocol[(week, clinic, name)]
             pc[0] += 1
             pc[1] += _complete(protocol)
             named = [str(slot) for slot in protocol.get("missing") or []]
             for slot in named:
-                day_missing[(day, clinic, name, slot)] += 1
+                week_missing[(week, clinic, name, slot)] += 1
             if _unnamed(protocol, named):
-                day_missing[(day, clinic, name, UNNAMED_SLOT)] += _unnamed(protocol, named)
+                week_missing[(week, clinic, name, UNNAMED_SLOT)] += _unnamed(protocol, named)
         for crit, frames in (data.get("deficiencies") or {}).items():
-            d = day_def[(day, clinic, str(crit))]
+            d = week_def[(week_of(day), clinic, str(crit))]
             d[0] += 1
             d[1] += int(frames)
         for plane, entry in (data.get("planes") or {}).items():
@@ -397,7 +434,8 @@ def _add(db: Db, rows: list[tuple]) -> None:
             "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", msgs)
     db.many("INSERT INTO dash.exams (msg_id, device_id, clinic_id, exam_id, day, ts, protocol, "
             "required, captured, complete, best_quality, hc_mm, ga_weeks, ga_low, ga_high, "
-            "ga_source, missing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "ga_source, missing, ig_z) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?)",
             exams)
     db.many("INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, clinic_id) DO UPDATE SET "
@@ -405,19 +443,19 @@ def _add(db: Db, rows: list[tuple]) -> None:
             "health = dash.day_device.health + excluded.health, "
             "other = dash.day_device.other + excluded.other",
             [(*k, *v) for k, v in day_device.items()])
-    db.many("INSERT INTO dash.day_protocol (day, clinic_id, protocol, exams, complete) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (day, clinic_id, protocol) DO UPDATE SET "
-            "exams = dash.day_protocol.exams + excluded.exams, "
-            "complete = dash.day_protocol.complete + excluded.complete",
-            [(*k, *v) for k, v in day_protocol.items()])
-    db.many("INSERT INTO dash.day_missing (day, clinic_id, protocol, slot, n) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (day, clinic_id, protocol, slot) DO UPDATE SET "
-            "n = dash.day_missing.n + excluded.n", [(*k, v) for k, v in day_missing.items()])
-    db.many("INSERT INTO dash.day_deficiency (day, clinic_id, name, exams, frames) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (day, clinic_id, name) DO UPDATE SET "
-            "exams = dash.day_deficiency.exams + excluded.exams, "
-            "frames = dash.day_deficiency.frames + excluded.frames",
-            [(*k, *v) for k, v in day_def.items()])
+    db.many("INSERT INTO dash.week_protocol (week, clinic_id, protocol, exams, complete) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, protocol) DO UPDATE SET "
+            "exams = dash.week_protocol.exams + excluded.exams, "
+            "complete = dash.week_protocol.complete + excluded.complete",
+            [(*k, *v) for k, v in week_protocol.items()])
+    db.many("INSERT INTO dash.week_missing (week, clinic_id, protocol, slot, n) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, protocol, slot) DO UPDATE SET "
+            "n = dash.week_missing.n + excluded.n", [(*k, v) for k, v in week_missing.items()])
+    db.many("INSERT INTO dash.week_deficiency (week, clinic_id, name, exams, frames) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, name) DO UPDATE SET "
+            "exams = dash.week_deficiency.exams + excluded.exams, "
+            "frames = dash.week_deficiency.frames + excluded.frames",
+            [(*k, *v) for k, v in week_def.items()])
     db.many("INSERT INTO dash.week_plane (week, clinic_id, plane, n, q_sum, q_low) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, plane) DO UPDATE SET "
             "n = dash.week_plane.n + excluded.n, q_sum = dash.week_plane.q_sum + excluded.q_sum,"
@@ -459,14 +497,16 @@ def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dic
     ga_dates = _num(bio.get("ga_dates_weeks"))
     ga = ga_dates if ga_dates is not None else _num(bio.get("ga_weeks"))
     missing = protocol.get("missing") or []
+    hc = _num(bio.get("hc_mm"))
+    z = None if hc is None or ga is None else ig_z(hc, ga)
     return (msg_id, dev, clinic, str(data.get("exam_id") or "")[:40], day, ts,
             str(protocol.get("name") or "") or None,
             protocol.get("required"), protocol.get("captured"),
             None if not protocol else _complete(protocol),
-            max(qualities) if qualities else None, _num(bio.get("hc_mm")), ga,
+            max(qualities) if qualities else None, hc, ga,
             _num(bio.get("ga_low_weeks")), _num(bio.get("ga_high_weeks")),
             None if ga is None else ("dates" if ga_dates is not None else "hadlock-hc"),
-            "|".join(str(s) for s in missing) or None)
+            "|".join(str(s) for s in missing) or None, z)
 
 
 def _health_digest(data: dict) -> dict:

@@ -1,0 +1,330 @@
+"""The district dashboard at scale (issue 17): `python -m bench.dashboard` (or `make
+bench-dashboard`; also the last section of `make bench`).
+
+1. Seeds a simulated district (central/dashboard/seed.py: 50 clinics, 2 years, ~100,000
+   exams with their health and status) into SQLite and into PostgreSQL, and times the
+   dashboard's first rollup of it.
+2. Page times: `sonoedge-central serve` on each database; every page (and its longest
+   period) fetched by an admin (all 50 clinics) and by a viewer (one district), each
+   ``REPEATS`` times over a fresh connection, as a browser would (gzip); the median and
+   p90 of the wall time of the whole response, client side.
+3. Ingestion with and without the dashboard under load, on the seeded SQLite database: a
+   real collector behind a real Mosquitto stores ``N_INGEST`` exam summaries published as
+   fast as QoS 1 allows; the rate is measured alone and while ``LOAD_CLIENTS`` clients fetch
+   dashboard pages back to back (far more than a district's officers would) and the
+   dashboard rolls the new messages up. Alternated, so a trend on the shared box does not
+   favour one side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from central.dashboard.seed import SeedSettings, seed  # noqa: E402
+from central.dashboard.store import open_db, refresh  # noqa: E402
+
+REPEATS = 15
+N_INGEST = 3000
+LOAD_CLIENTS = 4
+ROUNDS = 2
+PAGES = [("clinics", ""), ("completeness", ""), ("completeness", "weeks=104"),
+         ("quality", ""), ("quality", "weeks=104"), ("biometry", ""), ("biometry", "weeks=104"),
+         ("devices", "")]
+ADMIN = ("bench-admin", "bench-admin-password")
+VIEWER = ("bench-viewer", "bench-viewer-password")
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def _central(*args: str, stdin: str = "") -> None:
+    out = subprocess.run([sys.executable, "-m", "central.cli", *args], input=stdin,
+                         capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip())
+
+
+def _free_port() -> int:
+    from tests.servers import free_port
+
+    return free_port()
+
+
+class Server:
+    """`sonoedge-central serve` as a process."""
+
+    def __init__(self, db: str, work: Path):
+        from tests.servers import wait_port
+
+        self.port = _free_port()
+        self.log = open(work / f"serve-{self.port}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "central.cli", "serve", "--db", db,
+                                      "--listen", f"127.0.0.1:{self.port}"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=_env(),
+                                     cwd=REPO)
+        wait_port(self.port, 120, self.proc)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def _get(port: int, path: str, cookie: str = "", method: str = "GET",
+         form: dict | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Accept-Encoding": "gzip"}
+    body = None
+    if form is not None:
+        body = urllib.parse.urlencode(form).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    if cookie:
+        headers["Cookie"] = cookie
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        res = conn.getresponse()
+        return res.status, {k.lower(): v for k, v in res.getheaders()}, res.read()
+    finally:
+        conn.close()
+
+
+def _login(port: int, user: tuple[str, str]) -> str:
+    status, headers, _ = _get(port, "/login", method="POST",
+                              form={"username": user[0], "password": user[1]})
+    if status != 303:
+        raise RuntimeError(f"login as {user[0]}: HTTP {status}")
+    return headers["set-cookie"].split(";", 1)[0]
+
+
+def page_times(port: int, cookie: str) -> list[dict]:
+    out = []
+    for name, query in PAGES:
+        path = f"/{name}" + (f"?{query}" if query else "")
+        _get(port, path, cookie)  # warm: the first view after start opens the connection
+        times, sizes, db_ms = [], [], []
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            status, headers, body = _get(port, path, cookie)
+            times.append((time.perf_counter() - t) * 1000)
+            if status != 200:
+                raise RuntimeError(f"{path}: HTTP {status}")
+            sizes.append(len(body))
+            timing = headers.get("server-timing", "")
+            if "db;dur=" in timing:
+                db_ms.append(float(timing.split("db;dur=")[1].split(",")[0]))
+        times.sort()
+        out.append({"page": path, "median_ms": statistics.median(times),
+                    "p90_ms": times[int(0.9 * (len(times) - 1))], "max_ms": times[-1],
+                    "kb": statistics.median(sizes) / 1024,
+                    "db_ms": statistics.median(db_ms) if db_ms else None})
+    return out
+
+
+def _print_times(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}\n")
+    print("| page | median ms | p90 ms | max ms | server DB+queries ms (median) | kB gzip |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        db = "-" if r["db_ms"] is None else f"{r['db_ms']:.0f}"
+        print(f"| {r['page']} | {r['median_ms']:.0f} | {r['p90_ms']:.0f} | {r['max_ms']:.0f} | "
+              f"{db} | {r['kb']:.1f} |")
+
+
+def seeded(db: str, label: str) -> None:
+    t = time.perf_counter()
+    res = seed(db, SeedSettings())
+    print(f"{label}: seeded {res.exam:,} exams, {res.health:,} health, {res.status:,} status "
+          f"from {res.devices} devices in {time.perf_counter() - t:.0f} s", flush=True)
+    d = open_db(db)
+    try:
+        stats = refresh(d)
+    finally:
+        d.close()
+    print(f"{label}: first rollup of {stats.messages:,} messages in {stats.seconds:.0f} s "
+          f"({stats.messages / stats.seconds:,.0f} msg/s)", flush=True)
+    _central("users", "add", ADMIN[0], "--role", "admin", "--db", db, stdin=ADMIN[1] + "\n")
+    _central("users", "add", VIEWER[0], "--role", "viewer", "--district", "district-1",
+             "--db", db, stdin=VIEWER[1] + "\n")
+
+
+def measure_pages(db: str, label: str, work: Path) -> dict:
+    server = Server(db, work)
+    try:
+        out = {}
+        for who, user in (("admin, all 50 clinics", ADMIN), ("viewer, district-1", VIEWER)):
+            rows = page_times(server.port, _login(server.port, user))
+            _print_times(f"### {label}, {who} ({REPEATS} loads of each page)", rows)
+            out[who] = rows
+        return out
+    finally:
+        server.stop()
+
+
+# -- ingestion -------------------------------------------------------------------------------
+def _exam_payloads(device: str, first_seq: int, n: int) -> list[bytes]:
+    from bench.bench_mqtt import exam_payload
+
+    base = exam_payload(device)
+    return [json.dumps(base | {"msg_id": str(uuid.uuid4()), "seq": first_seq + i,
+                               "ts": time.time()}).encode() for i in range(n)]
+
+
+def _ingest(broker, db: str, device: str, first_seq: int, n: int) -> float:
+    """Publish n exams as fast as QoS 1 allows; messages stored per second until all are."""
+    import paho.mqtt.client as mqtt
+
+    from central.db import Store
+
+    payloads = _exam_payloads(device, first_seq, n)
+    store = Store(db, create=False)
+    count = ("SELECT COUNT(*) FROM messages WHERE device_id = ?", (device,))
+    before = store.query(*count)[0][0]
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}",
+                      protocol=mqtt.MQTTv5)
+    pub.username_pw_set(device, broker.passwords[device])
+    pub.max_inflight_messages_set(100)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    try:
+        t = time.perf_counter()
+        for p in payloads:
+            pub.publish(f"sonoedge/{device}/exam", p, qos=1)
+        deadline = time.monotonic() + 300
+        while store.query(*count)[0][0] - before < n:
+            if time.monotonic() > deadline:
+                return float("nan")
+            time.sleep(0.02)
+        return n / (time.perf_counter() - t)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        store.close()
+
+
+def _load(port: int, cookie: str, stop: threading.Event, served: list) -> None:
+    i = 0
+    while not stop.is_set():
+        name, query = PAGES[i % len(PAGES)]
+        i += 1
+        status, _, _ = _get(port, f"/{name}" + (f"?{query}" if query else ""), cookie)
+        served.append(status)
+
+
+def measure_ingestion(db: str, work: Path) -> None:
+    from tests.servers import Mosquitto
+
+    broker = Mosquitto(work / "broker", persistence=False)
+    broker.add_user("bench-box", "device")
+    broker.add_user("central", "central")
+    broker.start()
+    log = open(work / "collector.log", "wb")
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "central.cli", "--mqtt-url",
+         f"mqtt://central:{broker.passwords['central']}@127.0.0.1:{broker.port}", "--db", db,
+         "--client-id", "bench-central", "--no-share", "--duration-s", "3600"],
+        stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+    server = None
+    try:
+        deadline = time.monotonic() + 30
+        while b"subscribed" not in Path(log.name).read_bytes():
+            if time.monotonic() > deadline or collector.poll() is not None:
+                raise RuntimeError("the collector did not start")
+            time.sleep(0.05)
+        _ingest(broker, db, "bench-box", 1, 300)  # warm-up
+        seq = 301
+        server = Server(db, work)
+        cookie = _login(server.port, ADMIN)
+        alone, loaded, pages = [], [], []
+        for _ in range(ROUNDS):
+            alone.append(_ingest(broker, db, "bench-box", seq, N_INGEST))
+            seq += N_INGEST
+            stop, served = threading.Event(), []
+            clients = [threading.Thread(target=_load, args=(server.port, cookie, stop, served))
+                       for _ in range(LOAD_CLIENTS)]
+            for c in clients:
+                c.start()
+            time.sleep(1.0)
+            t = time.perf_counter()
+            loaded.append(_ingest(broker, db, "bench-box", seq, N_INGEST))
+            dt = time.perf_counter() - t
+            seq += N_INGEST
+            stop.set()
+            for c in clients:
+                c.join(60)
+            pages.append(sum(1 for s in served if s == 200) / (dt + 1.0))
+        a, b = statistics.median(alone), statistics.median(loaded)
+        print(f"\n### Ingestion on the seeded SQLite district ({N_INGEST:,} exams a run, "
+              f"{ROUNDS} rounds alternated)\n")
+        print(f"collector alone: {', '.join(f'{x:,.0f}' for x in alone)} msg/s "
+              f"(median {a:,.0f})")
+        print(f"with the dashboard under load ({LOAD_CLIENTS} clients back to back, "
+              f"{statistics.median(pages):.1f} pages/s served, rollup every 5 s): "
+              f"{', '.join(f'{x:,.0f}' for x in loaded)} msg/s (median {b:,.0f})")
+        print(f"ratio with/without: {b / a:.2f} (target >= 0.90)")
+    finally:
+        if server is not None:
+            server.stop()
+        collector.terminate()
+        try:
+            collector.wait(30)
+        except subprocess.TimeoutExpired:
+            collector.kill()
+        log.close()
+        broker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.dashboard")
+    ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument("--no-ingest", action="store_true")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="seed here (or reuse a district seeded here before)")
+    args = ap.parse_args(argv)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="sonoedge-bench-dash-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    print("\n## The district dashboard (issue 17)\n", flush=True)
+    pg = None
+    try:
+        db = str(work / "district.sqlite3")
+        if not Path(db).exists():
+            seeded(db, "SQLite")
+        measure_pages(db, "SQLite", work)
+        if not args.no_postgres:
+            from tests.servers import Postgres
+
+            pg = Postgres().start()
+            seeded(pg.url, "PostgreSQL")
+            measure_pages(pg.url, "PostgreSQL", work)
+        if not args.no_ingest:
+            measure_ingestion(db, work)
+    finally:
+        if pg is not None:
+            pg.stop()
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
