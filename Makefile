@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: run test lint models bench eval-biometry device-env dev-env system-deps clean screenshots \
-	check-arm64 check-arm64-emulated
+	check-arm64 check-arm64-emulated bench-dashboard
 
 # The device needs only the runtime, numpy, OpenCV and paho-mqtt.
 $(BIN)/python:
@@ -51,6 +51,12 @@ bench: dev-env system-deps
 # The midwife's page at phone and tablet sizes, in headless Chromium: build/screenshots/*.png
 screenshots: dev-env system-deps
 	$(BIN)/python -m tests.web_screenshots
+	$(BIN)/python -m tests.dashboard_screenshots
+
+# The district dashboard at scale (also the last part of `make bench`): seeds 50 clinics x
+# 2 years into SQLite and PostgreSQL, times every page, and ingestion with the dashboard loaded
+bench-dashboard: dev-env system-deps
+	$(BIN)/python -m bench.dashboard
 
 # arm64 (issue 16): the device install resolves on linux/aarch64 from wheels alone (about 5 s);
 # and `sonoedge score` on the 13 example screens under an emulated arm64 Debian gives the

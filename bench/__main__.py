@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bench import bench_mqtt
+from bench import dashboard as bench_dashboard
 from bench.agreement import device_path_agreement, example_planes, summarise
 from bench.audit import audit_section, sweeps_section
 from bench.models import format_table, model_table, time_device_path
@@ -161,7 +162,7 @@ def main() -> int:
 
     web_section()  # the midwife's page: latency in the browser, bandwidth, CPU (bench/web.py)
     print("\n## Store-and-forward and collector\n", flush=True)
-    return bench_mqtt.main()
+    return bench_mqtt.main() or bench_dashboard.main([])  # issue 17: pages and ingestion
 
 
 if __name__ == "__main__":
