@@ -213,3 +213,19 @@ def test_a_device_pulls_over_http_and_resumes_a_cut_download(tmp_path, fleet_kit
         assert agent.restart.is_set()
     finally:
         server.shutdown()
+
+
+def test_an_offer_during_a_trial_waits_for_the_confirmation(tmp_path, fleet_kit):  # noqa: F811
+    from central.fleet import make_offer, peek
+
+    config = device_config(tmp_path, fleet_kit, trial_min=0.1)
+    agent = _agent(config, fleet_kit)
+    from edge.fleet.keys import load_trusted_keys
+
+    agent.fleet.install(fleet_kit["v1"], load_trusted_keys(fleet_kit["trusted"]))
+    offer, _ = make_offer(fleet_kit["v2"], peek(fleet_kit["v2"], GROUP), 32 * 1024)
+    agent._received(offer_topic(GROUP), json.dumps(offer.to_dict()).encode())
+    agent._drain_inbox()
+    assert agent.download is None  # 1.0 is on trial: its predecessor must stay intact
+    agent.poll_once(7.0)  # the trial's 6 s are over: confirmed, then the offer is taken
+    assert agent.download is not None and agent.download.offer.version == "2.0"

@@ -103,6 +103,7 @@ class FleetAgent:
         self.inbox: queue.Queue = queue.Queue(MAX_INBOX)
         self.download: Download | None = None
         self.progress = ""
+        self._deferred: bytes | None = None  # an offer that came during a trial
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_poll = time.monotonic()
@@ -144,20 +145,29 @@ class FleetAgent:
         last = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
-            try:
-                self.fleet.tick(now - last)
-                last = now
-                self._drain_inbox()
-                if self.cfg.http_url and now >= self._next_poll:
-                    self._next_poll = now + self.cfg.poll_min * 60
-                    self._poll_http()
-                if self.fleet.active_slot() != self.loaded_slot and not self.restart.is_set():
-                    log.info("fleet: models switched to %s; the loop restarts on them",
-                             self.fleet.status()["bundle"])
-                    self.request_restart()
-            except Exception:  # never let the thread die: the loop must go on scoring
-                log.exception("fleet: error")
+            self.poll_once(now - last)
+            last = now
             self._stop.wait(1.0)
+
+    def poll_once(self, elapsed_s: float) -> None:
+        """One pass of the thread: trial time, a deferred offer, MQTT messages, the HTTP
+        poll when due, and a restart when `current` moved."""
+        try:
+            self.fleet.tick(elapsed_s)
+            if self._deferred is not None and not isinstance(self.fleet.state.get("trial"),
+                                                             dict):
+                deferred, self._deferred = self._deferred, None
+                self._offered(deferred)  # the trial is over: now it may be fetched
+            self._drain_inbox()
+            if self.cfg.http_url and time.monotonic() >= self._next_poll:
+                self._next_poll = time.monotonic() + self.cfg.poll_min * 60
+                self._poll_http()
+            if self.fleet.active_slot() != self.loaded_slot and not self.restart.is_set():
+                log.info("fleet: models switched to %s; the loop restarts on them",
+                         self.fleet.status()["bundle"])
+                self.request_restart()
+        except Exception:  # never let the thread die: the loop must go on scoring
+            log.exception("fleet: error")
 
     def request_restart(self) -> None:
         self.restart.set()
@@ -244,7 +254,8 @@ class FleetAgent:
         if not self._wanted(offer):
             return
         if isinstance(self.fleet.state.get("trial"), dict):
-            return  # offered again after the trial (it is retained)
+            self._deferred = payload  # the previous set must stay intact until confirmed
+            return
         folder = self.fleet.root / DOWNLOADS / offer.bundle_id
         for old in (self.fleet.root / DOWNLOADS).glob("*"):
             if old != folder:
