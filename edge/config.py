@@ -99,6 +99,7 @@ class BiometryConfig:
     cutoff_margin_fraction: float = _MEASURE.cutoff_margin_fraction
     edge_run_fraction: float = _MEASURE.edge_run_fraction
     min_fit_iou: float = _MEASURE.min_fit_iou
+    measure_max_side_px: int = _MEASURE.measure_max_side_px
     pixel_size_min_mm: float = _MEASURE.pixel_size_min_mm
     pixel_size_max_mm: float = _MEASURE.pixel_size_max_mm
 
@@ -275,6 +276,9 @@ def _validate_biometry(bio: BiometryConfig, label: str) -> None:
                  "edge_run_fraction", "min_fit_iou"):
         if not 0.0 < getattr(bio, name) < 1.0:
             raise ConfigError(f"{label}: biometry.{name} must be between 0 and 1")
+    if not (bio.measure_max_side_px == 0 or 64 <= bio.measure_max_side_px <= 8192):
+        raise ConfigError(f"{label}: biometry.measure_max_side_px must be 0 (the frame's own "
+                          "size) or 64-8192")
     if not 0.0 < bio.pixel_size_min_mm < bio.pixel_size_max_mm:
         raise ConfigError(f"{label}: biometry.pixel_size_min_mm must be positive and below "
                           f"pixel_size_max_mm")

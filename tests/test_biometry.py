@@ -89,6 +89,28 @@ def test_the_mask_of_the_annotated_ellipse_reproduces_the_csv_hc(data_dir):
     assert np.abs(np.array(axes)).max() < 0.3
 
 
+def test_the_head_is_measured_the_same_on_a_capped_copy_of_a_large_frame(data_dir):
+    """The contour is found on the map upsampled to at most 480 pixels along the box, and
+    the ellipse scaled back: HC18's 800-pixel frames and a 1920-pixel screen grab of the
+    same head measure as on the frame's own pixels, within hundredths of a millimetre."""
+    full = BiometrySettings(measure_max_side_px=0)
+    for row in read_hc18_csv(data_dir)[5::60]:
+        fit, frame_hw = annotation_ellipse(data_dir, row["filename"])
+        pixel = float(row["pixel size(mm)"])
+        prob = coverage_map(fit, frame_hw)
+        box = (0, 0, frame_hw[1], frame_hw[0])
+        capped = measure_probability(prob, box, frame_hw, pixel)
+        exact = measure_probability(prob, box, frame_hw, pixel, full)
+        assert capped.status == exact.status, row["filename"]
+        if exact.hc_mm is None:
+            continue
+        assert abs(capped.hc_mm - exact.hc_mm) < 0.05
+        assert np.allclose(capped.ellipse[:2], exact.ellipse[:2], atol=0.5)
+        big_hw = (round(frame_hw[0] * 2.4), round(frame_hw[1] * 2.4))  # a 1920-wide grab
+        big = measure_probability(prob, (0, 0, big_hw[1], big_hw[0]), big_hw, pixel / 2.4)
+        assert abs(big.hc_mm - exact.hc_mm) < 0.1, row["filename"]
+
+
 def test_the_ellipse_is_reported_in_frame_pixels_when_the_map_covers_a_region(data_dir):
     row = read_hc18_csv(data_dir)[100]
     fit, frame_hw = annotation_ellipse(data_dir, row["filename"])

@@ -89,6 +89,10 @@ class BiometrySettings:
     cutoff_margin_fraction: float = 0.02  # ellipse past the box edge by > this x semi-major axis
     edge_run_fraction: float = 0.08  # head along the box edge for > this share of its perimeter
     min_fit_iou: float = 0.85  # head region vs fitted ellipse; below: poor_fit
+    # The head is found on the probability map upsampled to at most this many pixels along
+    # the box's long side, and the ellipse scaled back to the frame: the sub-pixel contour
+    # of a 240-pixel map gains nothing from 800 or 1920 frame pixels, but costs their square.
+    measure_max_side_px: int = 480
     pixel_size_min_mm: float = 0.01  # plausible mm per pixel (HC18 spans 0.049-0.35)
     pixel_size_max_mm: float = 1.0
 
@@ -298,7 +302,11 @@ class HeadShape:
 def head_shape(prob: np.ndarray, box: tuple[int, int, int, int],
                frame_shape: tuple[int, ...],
                settings: BiometrySettings = BiometrySettings()) -> HeadShape:
-    """The head in a probability map `prob` (H, W) covering `box`; see the module docstring."""
+    """The head in a probability map `prob` (H, W) covering `box`; see the module docstring.
+
+    A box longer than `measure_max_side_px` is measured on a scaled copy of itself, and the
+    ellipse scaled back: every other figure of the shape is a ratio and needs no scaling.
+    """
     prob = np.asarray(prob, dtype=np.float32)
     prob = prob.reshape(prob.shape[-2:]) if prob.ndim > 2 else prob
     frame_h, frame_w = int(frame_shape[0]), int(frame_shape[1])
@@ -306,6 +314,19 @@ def head_shape(prob: np.ndarray, box: tuple[int, int, int, int],
     if bx < 0 or by < 0 or bx + bw > frame_w or by + bh > frame_h:
         raise ValueError(f"box {tuple(box)} is not inside the {frame_w}x{frame_h} frame")
     box = (bx, by, bw, bh)
+    longest = max(bw, bh)
+    if longest > settings.measure_max_side_px > 0:
+        sw = max(2, round(bw * settings.measure_max_side_px / longest))
+        sh = max(2, round(bh * settings.measure_max_side_px / longest))
+        small = head_shape(prob, (0, 0, sw, sh), (sh, sw), settings)
+        if small.ellipse is None:
+            return replace(small, box=box)
+        sx, sy = bw / sw, bh / sh
+        cx, cy, major, minor, angle = small.ellipse
+        # Pixel centres sit at integers: the edge of pixel 0 is at -0.5 in both grids.
+        ellipse = ((cx + 0.5) * sx - 0.5 + bx, (cy + 0.5) * sy - 0.5 + by,
+                   major * (sx + sy) / 2, minor * (sx + sy) / 2, angle)
+        return replace(small, box=box, ellipse=ellipse)
     if bw < 2 or bh < 2 or prob.size == 0:
         return HeadShape(NO_HEAD, box)
     prob = np.nan_to_num(prob, nan=0.0)
