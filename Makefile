@@ -43,7 +43,7 @@ models: dev-env
 
 # Head segmenters on validation patients: build/eval_biometry/report.md + bland_altman.png
 eval-biometry: dev-env
-	$(BIN)/python -m quantize.eval_biometry
+	$(BIN)/python -m quantize.biometry_report
 
 bench: dev-env system-deps
 	$(BIN)/python -m bench

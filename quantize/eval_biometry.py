@@ -11,16 +11,13 @@ frame's full resolution, per frame, then averaged. HC error = measured HC - the 
 (the sonographer's value). Frames the device declines to measure (e.g. `head_cut_off`)
 have no HC; they are counted, not scored.
 
-Writes build/eval_biometry/report.md (the table) and bland_altman.png (int8 student).
-
-    python -m quantize.eval_biometry [--seed 0]
+The metrics only: `python -m quantize.biometry_report` (`make eval-biometry`) writes the
+report with them.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,24 +258,3 @@ def table(rows: list[dict]) -> str:
             f"{fmt(s['hc_abs_sd_mm'], 2)} | {s['hc_n']}/{s['n']} | {r['params']:,} | "
             f"{r['macs'] / 1e6:.0f} | {r['int8_kb']:.0f} | {r['latency_ms']:.2f} |")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m quantize.eval_biometry",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
-    from quantize import build_segmenter
-
-    try:
-        report = build_segmenter.evaluate_all(args.seed, args.out)
-    except (seg_data.DataError, FileNotFoundError, ValueError) as exc:
-        print(f"eval_biometry: {exc}", file=sys.stderr)
-        return 2
-    print(report)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
