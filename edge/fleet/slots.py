@@ -311,7 +311,8 @@ class Fleet:
             if isinstance(trial, dict):
                 left = self.settings.trial_min - float(trial.get("ran_s", 0)) / 60
                 raise BundleError(f"bundle {trial.get('version')} is still on trial "
-                                  f"({left:.0f} min of running left); install after that")
+                                  f"({max(0.0, left):.1f} min of running left); install "
+                                  "after that")
             try:
                 return self._install(Path(path), keys, names)
             except BundleError as exc:
