@@ -116,7 +116,8 @@ def collector_main(argv: list[str]) -> int:
     return collector.run()
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv  # the console script passes nothing
     if argv and argv[0] == "report":
         return report_main(argv[1:])
     if argv and argv[0] == "bundle":  # publish or export a signed model bundle
