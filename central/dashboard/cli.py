@@ -37,6 +37,10 @@ def serve_main(argv: list[str]) -> int:
                     help="mark the session cookie Secure (behind an HTTPS proxy)")
     ap.add_argument("--refresh-s", type=float, default=None,
                     help="how often new messages are rolled up (default 5 s)")
+    ap.add_argument("--nice", type=int, default=None,
+                    help="CPU priority (default 10: the collector on the same box comes first)")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="make every page from the database on every view (for measuring)")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
@@ -45,11 +49,15 @@ def serve_main(argv: list[str]) -> int:
     try:
         host, port = parse_listen(args.listen)
         settings = ServeSettings(db_url=args.db, host=host, port=port,
-                                 secure_cookie=args.secure_cookie)
+                                 secure_cookie=args.secure_cookie, cache=not args.no_cache)
         if args.refresh_s is not None:
             if not 0.1 <= args.refresh_s <= 3600:
                 raise ValueError("--refresh-s must be within 0.1-3600")
             settings.refresh_every_s = args.refresh_s
+        if args.nice is not None:
+            if not 0 <= args.nice <= 19:
+                raise ValueError("--nice must be within 0-19")
+            settings.nice = args.nice
         return serve(settings)
     except (ValueError, DbError) as exc:
         print(f"sonoedge-central serve: {exc}", file=sys.stderr)

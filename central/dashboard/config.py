@@ -53,6 +53,14 @@ COOKIE = "sonoedge_dash"
 MAX_BODY = 4096  # the login form is the only body
 MAX_PARAM_CHARS = 64  # an id is at most 64 characters (wire schema)
 QUERY_THREADS = 3  # DB work runs here, never on the event loop
+# A page's numbers change only when the rollup adds messages: a page is made once per
+# rollup pass that changed something (and at least once a minute, for "3 days ago"), then
+# served from memory to every officer who asks. Bounded, least recently used out first.
+CACHE_MAX_S = 60.0
+CACHE_ENTRIES = 256
+# The collector comes first on a shared box: the dashboard runs at a lower CPU priority
+# (nice 10), so a busy dashboard slows itself, not ingestion (measured in bench/dashboard.py).
+SERVE_NICE = 10
 OUTLIERS_SHOWN = 200  # the page lists at most this many; the CSV has them all
 
 # -- rollup ----------------------------------------------------------------------------------

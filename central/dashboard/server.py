@@ -20,10 +20,13 @@ the collector's tables and writes its own (``store.py``), so it never holds up i
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import logging
+import os
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +71,8 @@ class ServeSettings:
     port: int = 8090
     refresh_every_s: float = C.REFRESH_EVERY_S
     secure_cookie: bool = False  # set behind TLS (a reverse proxy): the cookie never goes clear
+    cache: bool = True  # False makes every view query the database (for measuring)
+    nice: int = C.SERVE_NICE
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -90,6 +95,9 @@ class Dashboard:
         self.stop_event = threading.Event()
         self.refresher: threading.Thread | None = None
         self.last_refresh: dict = {}
+        self.generation = 0  # rollup passes that added something: the cache's clock
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     # -- database, off the event loop --------------------------------------------------------
     def _db(self) -> Db:
@@ -100,6 +108,23 @@ class Dashboard:
             with self._dbs_lock:
                 self._dbs.append(db)
         return db
+
+    async def cached(self, key: tuple, fn, *args):
+        """``run_db(fn, *args)``, made once per rollup generation (and per CACHE_MAX_S)."""
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(key) if self.settings.cache else None
+            if hit and hit[0] == self.generation and now - hit[1] < C.CACHE_MAX_S:
+                self._cache.move_to_end(key)
+                return hit[2]
+        generation = self.generation
+        value = await self.run_db(fn, *args)
+        with self._cache_lock:
+            self._cache[key] = (generation, now, value)
+            self._cache.move_to_end(key)
+            while len(self._cache) > C.CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return value
 
     async def run_db(self, fn, *args):
         loop = asyncio.get_running_loop()
@@ -122,7 +147,8 @@ class Dashboard:
                     stats = refresh(db)
                     self.last_refresh = {"at": time.time(), "messages": stats.messages,
                                          "seconds": round(stats.seconds, 3)}
-                    if stats.messages:
+                    if stats.messages or stats.dead:
+                        self.generation += 1
                         log.info("rolled up %d messages in %.2f s", stats.messages,
                                  stats.seconds)
                 except DbError as exc:
@@ -271,16 +297,26 @@ class Dashboard:
     async def page(self, request: web.Request):
         name = request.path.strip("/")
         scope, weeks = self._params(request, name)
-        t0 = time.perf_counter()
-        body, districts = await self.run_db(self._page_body, name, scope, weeks)
-        t1 = time.perf_counter()
-        html = _document(TITLES[name], _nav(request["user"], name, scope, weeks, districts)
-                         + body + _footer(self.last_refresh))
-        resp = _html(html)
-        resp.headers["Server-Timing"] = (f"db;dur={(t1 - t0) * 1000:.1f}, "
-                                         f"render;dur={(time.perf_counter() - t1) * 1000:.1f}")
-        resp.enable_compression()
+        user: A.User = request["user"]
+        raw, gz, made_ms = await self.cached(("page", name, scope.district, weeks, user),
+                                             self._page_doc, name, scope, weeks, user)
+        gzip_ok = "gzip" in request.headers.get("Accept-Encoding", "")
+        resp = web.Response(body=gz if gzip_ok else raw, content_type="text/html",
+                            charset="utf-8", headers={"Vary": "Accept-Encoding"})
+        if gzip_ok:
+            resp.headers["Content-Encoding"] = "gzip"
+        resp.headers["Server-Timing"] = f"db;dur={made_ms:.1f}"  # when the page was made
         return resp
+
+    def _page_doc(self, db: Db, name: str, scope: Q.Scope, weeks: int, user: A.User
+                  ) -> tuple[bytes, bytes, float]:
+        """The whole page, plain and gzipped (made once per rollup generation and user, on
+        a DB thread: the event loop only sends bytes)."""
+        t0 = time.perf_counter()
+        body, districts = self._page_body(db, name, scope, weeks)
+        raw = _document(TITLES[name], _nav(user, name, scope, weeks, districts) + body
+                        + _footer(self.last_refresh)).encode("utf-8")
+        return raw, gzip.compress(raw, 6), (time.perf_counter() - t0) * 1000
 
     def _page_body(self, db: Db, name: str, scope: Q.Scope, weeks: int) -> tuple[str, list]:
         per = Q.period(C.CLINICS_WEEKS if name == "clinics" and weeks == 8 else weeks)
@@ -387,7 +423,8 @@ class Dashboard:
         if name not in CSVS:
             return web.json_response({"error": "no such CSV"}, status=404)
         scope, weeks = self._params(request, CSVS[name])
-        text = await self.run_db(self._csv_text, name, scope, weeks)
+        text = await self.cached(("csv", name, scope.district, weeks), self._csv_text, name,
+                                 scope, weeks)
         resp = web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
             "Content-Disposition": f'attachment; filename="{name}-{weeks}w.csv"'})
         resp.enable_compression()
@@ -462,6 +499,10 @@ def _footer(last: dict) -> str:
 def serve(settings: ServeSettings) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop."""
     dash = Dashboard(settings)
+    try:
+        os.nice(settings.nice)
+    except OSError:
+        pass
     dash.start_refresher()
     app = dash.app()
 
