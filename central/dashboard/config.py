@@ -35,6 +35,9 @@ SILENT_AFTER_S = 3 * DAY_S  # a clinic box that scans most weekdays: 3 days is a
 LOW_DISK_MB = 500.0  # the journal sheds frames near full; 500 MB is about a week of frames
 HOT_C = 80.0  # Raspberry Pi 5 starts throttling at 80-85 C (Raspberry Pi documentation)
 BACKLOG_WARN = 100  # messages queued on the box: about a clinic day of exams and health
+# Messages missing in the period's sequence holes, as a share of what the box sent: a few in
+# a thousand go missing on any rural link; more than 1% is a link or an outbox to look at.
+MISSING_WARN_SHARE = 0.01
 
 # -- access ----------------------------------------------------------------------------------
 # scrypt (hashlib, RFC 7914): N=2^15, r=8 needs 32 MiB and ~0.06 s per check on the build

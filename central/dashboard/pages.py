@@ -65,8 +65,8 @@ def to_csv(header: list[str], rows: list[list]) -> str:
 # -- clinics ---------------------------------------------------------------------------------
 def clinics_svg(page: Q.ClinicsPage) -> str:
     days = page.period.days
-    cell, label_w, top = 13, 118, 34
-    right = 170
+    cell, label_w, top = 15, 118, 34
+    right = 290  # totals, then the clinic again: a phone opens the plot at its latest end
     width = label_w + cell * len(days) + right
     height = top + cell * max(1, len(page.clinics)) + 44
     svg = Svg(width, height, "Exams per day per clinic, silent days and sequence holes",
@@ -75,10 +75,11 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
         x = label_w + i * cell
         if (d + 3) % 7 == 0:  # Monday
             svg.line(x, top - 4, x, top + cell * len(page.clinics), stroke="#bbb")
-            svg.text(x + 1, top - 8, Q.day_text(d)[5:], fill=MUTED, size=10)
-    for dx, head in ((30, "exams"), (72, "silent"), (124, "missing")):
-        svg.text(label_w + len(days) * cell + 8 + dx, top - 8, head, anchor="end", fill=MUTED,
-                 size=10)
+            svg.text(x + 1, top - 8, time.strftime("%d %b", time.gmtime(d * C.DAY_S)),
+                     fill=MUTED, size=10)
+    for dx, head in ((40, "exams"), (100, "silent"), (100, "weekdays"), (150, "missing")):
+        svg.text(label_w + len(days) * cell + 8 + dx, top - (20 if head == "silent" else 8),
+                 head, anchor="end", fill=MUTED, size=10)
     for r, clinic in enumerate(page.clinics):
         y = top + r * cell
         svg.text(label_w - 6, y + cell - 3, clinic, anchor="end")
@@ -86,7 +87,7 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
         for i, d in enumerate(days):
             c = page.cells[(clinic, d)]
             exams += c.exams
-            silent += int(c.silent)
+            silent += int(c.silent and (d + 3) % 7 < 5)  # weekends are expected to be quiet
             missing += c.missing
             fill = (WEEKEND if (d + 3) % 7 >= 5 else GREY) if c.silent else \
                 ("#fff" if c.exams == 0 else bin_colour(c.exams, EXAM_EDGES, BLUES))
@@ -103,9 +104,11 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
                 svg.circle(label_w + i * cell + cell / 2, y + cell / 2, 2.6, ORANGE,
                            stroke="#fff")
         x = label_w + len(days) * cell + 8
-        svg.text(x + 30, y + cell - 3, exams, anchor="end", data_total=clinic)
-        svg.text(x + 72, y + cell - 3, silent, anchor="end", fill=MUTED)
-        svg.text(x + 124, y + cell - 3, missing or "", anchor="end", fill=ORANGE)
+        svg.text(x + 40, y + cell - 3, exams, anchor="end", data_total=clinic)
+        svg.text(x + 100, y + cell - 3, silent or "", anchor="end",
+                 fill=ORANGE if silent >= 3 else MUTED)
+        svg.text(x + 150, y + cell - 3, missing or "", anchor="end", fill=ORANGE)
+        svg.text(x + 162, y + cell - 3, clinic)
     y = top + cell * len(page.clinics) + 22
     x = legend(svg, label_w, y, [(GREY, "silent weekday"), (WEEKEND, "silent weekend"),
                                  ("#fff", "0 exams"), (BLUES[1], "1-2"), (BLUES[2], "3-4"),
@@ -245,6 +248,7 @@ def biometry_svg(page: Q.BiometryPage) -> str:
     band = [(x(g), y(R.ig_hc_centile(g, 97))) for g in ig] + \
         [(x(g), y(R.ig_hc_centile(g, 3))) for g in reversed(ig)]
     svg.polygon(band, "#c7e9c0", 0.7, data_band="3-97")
+    under = len(svg.parts)
     for cen, dash in ((3, None), (10, "3 3"), (50, None), (90, "3 3"), (97, None)):
         svg.polyline([(x(g), y(R.ig_hc_centile(g, cen))) for g in ig], "#31a354",
                      width=1.6 if cen == 50 else 1, dash=dash, data_centile=cen)
@@ -258,12 +262,16 @@ def biometry_svg(page: Q.BiometryPage) -> str:
     shown = [(gi, hi, n) for gi, hi, n in page.bins
              if GA_MIN <= GA_MIN + gi * GA_BIN < GA_MAX and HC_MIN <= HC_MIN + hi * HC_BIN < HC_MAX]
     top_n = max((n for *_, n in shown), default=1)
+    first = len(svg.parts)
     for gi, hi, n in sorted(shown):
         g0, h0 = GA_MIN + gi * GA_BIN, HC_MIN + hi * HC_BIN
         fill = BLUES[min(4, 1 + int(n / top_n * 4))]
         svg.rect(x(g0), y(h0 + HC_BIN), x(g0 + GA_BIN) - x(g0), y(h0) - y(h0 + HC_BIN), fill,
                  tip=f"{n} exams at {g0:g}-{g0 + GA_BIN:g} weeks, HC {h0:g}-{h0 + HC_BIN:g} mm",
                  data_ga=f"{g0:g}", data_hc=f"{h0:g}", data_n=n)
+    cells = svg.parts[first:]  # under the reference lines, which must stay visible
+    del svg.parts[first:]
+    svg.parts[under:under] = cells
     for e in page.outliers:
         svg.circle(x(e.ga_weeks), y(e.hc_mm), 3.2, ORANGE, stroke=INK,
                    tip=f"{e.clinic_id} {e.device_id} {Q.day_text(e.day)}: HC {e.hc_mm:g} mm at "
@@ -316,7 +324,8 @@ def devices_table(rows: list[Q.DeviceRow], now: float) -> str:
             "<th>needs a visit</th></tr>")
     body = []
     for d in sorted(rows, key=lambda r: (not r.flags, r.clinic_id, r.device_id)):
-        models = "<br>".join(f"{esc(k)} {esc(v)}" for k, v in sorted(d.models.items()))
+        models = "<br>".join(f"{esc(k.split('_')[0])} {esc(v)}"  # plane, head, quality
+                             for k, v in sorted(d.models.items()))
         bundle = _bundle_cell(d.bundle)
         state = esc(d.state or "-")
         body.append(

@@ -154,9 +154,13 @@ def clinics_page(db: Db, scope: Scope, per: Period) -> ClinicsPage:
         if cell is not None:
             cell.exams, cell.health, cell.other = int(exams), int(health), int(other)
     for h in holes(db, scope, per):
-        for d in range(max(h.after_day, per.first_day), h.before_day + 1):
-            if (h.clinic_id, d) in cells:
-                cells[(h.clinic_id, d)].holes += 1
+        # the missing messages were made between the messages either side of the hole, on a
+        # day the clinic was working: mark those days, not the weekend between them
+        span = [cells[(h.clinic_id, d)] for d in range(max(h.after_day, per.first_day),
+                                                        h.before_day + 1)
+                if (h.clinic_id, d) in cells]
+        for cell in [c for c in span if not c.silent] or span[-1:]:
+            cell.holes += 1
         if (h.clinic_id, h.before_day) in cells:
             cells[(h.clinic_id, h.before_day)].missing += h.size
     devices: dict[str, list[str]] = defaultdict(list)
@@ -371,6 +375,7 @@ class DeviceRow:
     models: dict
     bundle: dict
     health_ts: float | None
+    received: int = 0  # exam and health messages received in the period
     flags: list[str] = field(default_factory=list)
 
 
@@ -383,6 +388,9 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
     missing: dict[str, int] = defaultdict(int)
     for h in holes(db, scope, per):
         missing[h.device_id] += h.size
+    received = {dev: int(n) for dev, n in db.query(
+        "SELECT device_id, SUM(exams + health) FROM dash.day_device WHERE day >= ? AND "
+        f"day <= ? AND {w} GROUP BY device_id", (per.first_day, per.last_day, *p))}
     out = []
     for (dev, clinic, last, max_seq, _hseq, health_ts, health, st_rec, st_state, st_seq,
          _pending) in db.query(
@@ -394,6 +402,7 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
                         max(0, int(st_seq or 0) - int(max_seq or 0)), missing.get(dev, 0),
                         dead.get(dev, 0), h.get("disk_free_mb"), h.get("temp_c"),
                         h.get("models") or {}, h.get("bundle") or {}, health_ts)
+        row.received = received.get(dev, 0)
         row.flags = device_flags(row, now)
         out.append(row)
     return out
@@ -413,8 +422,8 @@ def device_flags(d: DeviceRow, now: float) -> list[str]:
         flags.append("backlog")
     if d.dead_letters:
         flags.append("dead letters")
-    if d.missing:
-        flags.append("messages lost")
+    if d.missing and d.missing > C.MISSING_WARN_SHARE * (d.received + d.missing):
+        flags.append(f"{d.missing} messages lost")
     if d.bundle.get("rollback"):
         flags.append("bundle rolled back")
     if d.bundle.get("error"):

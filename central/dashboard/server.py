@@ -337,7 +337,7 @@ class Dashboard:
                 f"nothing in the last 7 days. Grey: no message from any box of the clinic that "
                 f"day. An orange dot: a box's messages of that day are missing (a hole in its "
                 f"sequence: lost on the way or dropped by a full outbox).</p>"
-                f'<div class="plot">{P.clinics_svg(page)}</div>'
+                f'<div class="plot recent">{P.clinics_svg(page)}</div>'
                 + self._csv_link("clinics", scope, weeks))
 
     def _body_completeness(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
@@ -368,7 +368,7 @@ class Dashboard:
                 f'<p class="lead">Each cell is the mean, over the week\'s exams that found the '
                 f"plane, of the quality score of its best frame (0-1; the checklist takes a "
                 f"plane from {C.MIN_QUALITY}). {page.exams} exams.</p>"
-                f'<div class="plot">{P.quality_svg(page)}</div>'
+                f'<div class="plot recent">{P.quality_svg(page)}</div>'
                 + self._csv_link("quality", scope, weeks)
                 + "<h2>Deficiencies seen most often</h2>"
                   '<p class="lead">Each exam names the quality criteria its frames failed most '

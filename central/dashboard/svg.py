@@ -37,7 +37,10 @@ def attrs(**kw) -> str:
 class Svg:
     def __init__(self, width: int, height: int, title: str, chart: str):
         self.w, self.h = width, height
+        # width/height in px: the plot keeps its size and a phone scrolls it sideways rather
+        # than shrink its text below reading size
         self.parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+                      f'width="{width}" height="{height}" '
                       f'{attrs(role="img", class_="chart", data_chart=chart)} '
                       f'font-family="system-ui, sans-serif" font-size="{FONT}">',
                       f"<title>{esc(title)}</title>"]
