@@ -19,7 +19,13 @@ from edge.capture.sources import Frame, Source
 from edge.config import Settings
 from edge.models.biometry import BiometrySettings, biometry_of, locate_head, settings_for_model
 from edge.models.manifest import Manifest, find_manifest
-from edge.models.planes import PlaneResult, class_map, class_maps_layout, plane_from_output
+from edge.models.planes import (
+    PlaneResult,
+    class_map,
+    class_maps_layout,
+    plane_from_output,
+    settle_within_group,
+)
 from edge.models.preprocess import grey_resized, normalise
 from edge.models.quality import (
     RepeatTracker,
@@ -146,6 +152,9 @@ class Scorer:
             self.last_class_map = class_map(outputs["class_maps"],
                                             self.manifest.labels.index(plane.top_label),
                                             self._maps_layout)
+        if self.head is not None:  # Tv vs Cb: either is a head plane biometry measures on
+            plane = settle_within_group(plane, self.manifest.labels, self.head.head_planes,
+                                        self.manifest.setting("abstain_below", 0.0))
         t2 = time.perf_counter()
         head = biometry = None
         measures: dict[str, float] = {}

@@ -254,3 +254,39 @@ def test_every_shipped_rule_names_its_source():
     for rule in rules.criteria:
         assert len(rule.source) > 10 and rule.ok, rule.name
     assert Path(rules.path).name == "quality_rules.toml" and rules.version
+
+
+def test_a_head_split_between_the_two_head_planes_counts_as_a_head_plane(scorer):
+    """243_2HC (a held-out patient): the model gives the transventricular plane 56% and
+    the transcerebellar nearly all the rest. Either is a head plane the biometry protocol
+    measures on, so the frame is named the likelier one, with their combined probability,
+    and passes plane_confident; it is not thrown away as an abstention."""
+    r = judge(scorer, grey_of("243_2HC.png"))
+    assert r["plane"] in ("Brain (Tv.)", "Brain (Cb.)")
+    assert criterion(r, "plane_confident")["pass"]
+
+
+def test_only_a_split_within_the_group_is_settled():
+    from edge.models.manifest import read_manifest
+    from edge.models.planes import UNCERTAIN, PlaneResult, settle_within_group
+
+    labels = read_manifest(MODELS / "plane_student.json").labels
+    heads = frozenset({"Brain (Tv.)", "Brain (Cb.)"})
+
+    def result(**mass: float) -> PlaneResult:
+        probs = [0.0] * len(labels)
+        for key, p in mass.items():
+            probs[labels.index({"tv": "Brain (Tv.)", "cb": "Brain (Cb.)",
+                                "bg": "Background"}[key])] = p
+        top = labels[int(np.argmax(probs))]
+        return PlaneResult(UNCERTAIN, max(probs), top, tuple(probs))
+
+    settled = settle_within_group(result(tv=0.45, cb=0.40, bg=0.15), labels, heads, 0.64)
+    assert (settled.plane, round(settled.confidence, 2)) == ("Brain (Tv.)", 0.85)
+    # head against Background, or two head planes together still below the threshold
+    assert settle_within_group(result(tv=0.55, bg=0.45), labels, heads, 0.64).plane == UNCERTAIN
+    assert settle_within_group(result(tv=0.35, cb=0.25, bg=0.3), labels, heads,
+                               0.64).plane == UNCERTAIN
+    # a decided answer is left as it is
+    sure = PlaneResult("Brain (Cb.)", 0.9, "Brain (Cb.)", result(cb=0.9).probabilities)
+    assert settle_within_group(sure, labels, heads, 0.64) is sure

@@ -50,6 +50,25 @@ def plane_from_output(manifest: Manifest, output: np.ndarray) -> PlaneResult:
     return PlaneResult(plane, confidence, label, tuple(float(p) for p in probs))
 
 
+def settle_within_group(result: PlaneResult, labels: tuple[str, ...], group: frozenset[str],
+                        abstain_below: float) -> PlaneResult:
+    """An abstention that is only a split between planes of one group becomes the group's
+    likelier plane, with the group's combined probability.
+
+    The head planes are the case: SonoNet's transventricular and transcerebellar planes are
+    neighbouring axial sections, both measured for biometry, and a head the model gives 45%
+    and 40% is a head plane it is sure of, not a frame to throw away. Measured on held-out
+    HC18 heads: 12 of 264 clean head frames were abstentions of this kind (see the README).
+    """
+    if result.plane != UNCERTAIN or result.top_label not in group:
+        return result
+    mass = sum(p for label, p in zip(labels, result.probabilities, strict=False)
+               if label in group)
+    if mass < abstain_below:
+        return result
+    return PlaneResult(result.top_label, float(mass), result.top_label, result.probabilities)
+
+
 def classify_plane(model: Model, image: np.ndarray, roi: Roi | None) -> PlaneResult:
     manifest = model.manifest
     return plane_from_output(manifest, model.run(prepare(image, roi, manifest.preprocessing)))
