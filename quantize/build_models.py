@@ -186,8 +186,11 @@ def run(args: argparse.Namespace) -> int:
               "examples_named": new_ex,
               "train": {"checkpoint": final_ckpt.name, "settings": asdict(settings),
                         "threads": args.threads}}
+    from quantize.export import export_teacher_fp32
+
     man = manifest.student_manifest(student, teacher, paths, result, frames, train, held,
-                                    heldout, work, args, extras)
+                                    heldout, work, args, extras,
+                                    teacher_fp32=export_teacher_fp32(work / "teacher"))
     args.models.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(paths.int8, shipped)
     man = manifest.finish(man, shipped)
@@ -250,7 +253,7 @@ def examples_named(model: Path, examples: list, thresholds: dict) -> int:
     from edge.models.preprocess import normalise
     from quantize.convert import run_tflite
     from quantize.data import LABELS, device_view, read_frame
-    from quantize.distil import STUDENT_SPEC
+    from quantize.specs import STUDENT_SPEC
 
     x = np.stack([normalise(device_view(read_frame(f.path), STUDENT_SPEC), STUDENT_SPEC)[None]
                   for f in examples])
@@ -274,8 +277,8 @@ def hc18_agreement(model: Path, heldout: dict) -> tuple[int, int]:
 
     from edge.models.preprocess import normalise
     from quantize.convert import run_tflite
-    from quantize.distil import STUDENT_SPEC
     from quantize.gate import views_for
+    from quantize.specs import STUDENT_SPEC
 
     m = heldout["source"] == "hc18"
     x = np.stack([normalise(v, STUDENT_SPEC)[None]

@@ -109,7 +109,7 @@ def calibration_inputs(frames: list[Frame], spec, limit: int, seed: int) -> list
 def convert_student(student: nn.Module, train: list[Frame], work: Path, seed: int,
                     stamp: Path, n_calibration: int = 500) -> ModelPaths:
     """fp32 and int8 .tflite of the student under `work`; reused when already there."""
-    from quantize.distil import STUDENT_SPEC
+    from quantize.specs import STUDENT_SPEC
 
     spec = STUDENT_SPEC
     fp32 = work / "plane_student_fp32.tflite"

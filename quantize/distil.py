@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from edge.models.preprocess import RESIZE_MODES, PreprocessSpec, normalise
+from edge.models.preprocess import RESIZE_MODES, PreprocessSpec
 from edge.models.roi import Roi, find_roi, to_grey
 from quantize.data import (
     EXAMPLE_CROP,
@@ -45,15 +45,10 @@ from quantize.data import (
     read_frame,
     save_npz,
 )
-from quantize.teacher import SonoNet16
+from quantize.specs import STUDENT_SPEC, TEACHER_SPEC
+from quantize.specs import norm_batch as _norm_batch
+from quantize.teacher import SonoNet16, teacher_targets
 
-TEACHER_SPEC = PreprocessSpec(224, 288, scale=255.0)
-# The student reads the teacher's own 224x288 view (z-scored, scale 1): a 112x144
-# area-resized input lost detail the teacher's answers hang on (the teacher itself agrees
-# with its full-res answer on only 91% of held-out frames when fed the 112x144 view
-# upsampled). The 1.2 student unshuffles it into 4x4 blocks; the 1.0-1.1 VGG student halved
-# it with a stride-2 first conv (STUDENT_STEM_STRIDE).
-STUDENT_SPEC = PreprocessSpec(224, 288, scale=1.0)
 STUDENT_STEM_STRIDE = 2
 
 
@@ -89,24 +84,6 @@ VIEWS_VERSION = 2  # bump when the view rendering changes: the cache folder name
 # Example views made like quantize.variants, with wider ranges; other seeds than the test's.
 EXAMPLE_SCREEN_VARIANTS = dict(rotate_deg=20.0, scale=(0.75, 1.25), shift=0.07,
                                gain=(0.65, 1.5), gamma=(0.65, 1.5), speckle=0.3)
-
-
-def _norm_batch(views: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
-    return torch.from_numpy(np.stack([normalise(v, spec) for v in views])[:, None])
-
-
-def teacher_targets(teacher, views: np.ndarray,
-                    batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Teacher logits (n, 14) and class maps (n, 14, h, w) for uint8 teacher-res views.
-    `teacher` is a SonoNet16 or a FastTeacher (anything with `forward_maps`)."""
-    logits, maps = [], []
-    with torch.inference_mode():
-        for i in range(0, len(views), batch):
-            x = _norm_batch(views[i : i + batch], TEACHER_SPEC)
-            lg, mp = teacher.forward_maps(x.contiguous(memory_format=torch.channels_last))
-            logits.append(lg.numpy())
-            maps.append(mp.contiguous().numpy())
-    return np.concatenate(logits), np.concatenate(maps)
 
 
 class FastTeacher:

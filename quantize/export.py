@@ -41,8 +41,8 @@ def export_teacher_fp32(dest: Path) -> Path:
     """The fp32 SonoNet-16 .tflite (224x288 input, logits out) and its manifest."""
     from quantize.convert import export_fp32
     from quantize.data import data_dir
-    from quantize.distil import TEACHER_SPEC
     from quantize.macs import count_macs, count_params
+    from quantize.specs import TEACHER_SPEC
     from quantize.teacher import load_teacher
 
     path = _target(dest, "sononet16_fp32.tflite")

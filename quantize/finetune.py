@@ -55,8 +55,9 @@ class FinetuneSettings:
 def synth_views(teacher, synth_dir: Path, out_dir: Path, seed: int,
                 settings: FinetuneSettings = FinetuneSettings()) -> Path:
     """Teacher-labelled augmented views of the kept synthesised images (chunked, resumable)."""
-    from quantize.distil import STUDENT_SPEC, TEACHER_SPEC, teacher_targets
+    from quantize.specs import STUDENT_SPEC, TEACHER_SPEC
     from quantize.synth import load_synth
+    from quantize.teacher import teacher_targets
 
     data = load_synth(synth_dir)
     images, targets = data["images"], data["target"]

@@ -120,7 +120,7 @@ def views_for(data: dict[str, np.ndarray], spec) -> np.ndarray:
 def run_gate(paths, heldout: dict[str, np.ndarray], work: Path) -> GateResult:
     """The build's gate on the cached held-out set (device-path views and teacher answers)."""
     from edge.models.preprocess import normalise
-    from quantize.distil import STUDENT_SPEC
+    from quantize.specs import STUDENT_SPEC
 
     inputs = np.stack([normalise(v, STUDENT_SPEC)[None] for v in views_for(heldout, STUDENT_SPEC)])
     return check(paths.int8, paths.fp32, inputs, heldout["logits"].argmax(1))

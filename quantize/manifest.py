@@ -82,8 +82,12 @@ def device_path_ms(model: Path, images: list, spec, threads: int = 2) -> float:
 
 
 def student_manifest(student, teacher, paths, gate_result, frames, train, held, heldout,
-                     work: Path, args, extras: dict | None = None) -> dict:
+                     work: Path, args, extras: dict | None = None,
+                     teacher_fp32: Path | None = None) -> dict:
     """The shipped student's manifest (everything but sha256/size, see `finish`).
+
+    `teacher_fp32`: the teacher's exported fp32 .tflite (quantize.export), timed beside
+    the student.
 
     `extras` (from build_models): version, synthesis, finetune, variants, calibration.
     """
@@ -94,10 +98,9 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
     from edge.models.preprocess import normalise
     from quantize.convert import run_tflite
     from quantize.data import LABELS, device_view, read_frame
-    from quantize.distil import STUDENT_SPEC, TEACHER_SPEC
-    from quantize.export import export_teacher_fp32
     from quantize.gate import INT8_VS_FP32_MIN, MAX_TEACHER_DROP, WHY
     from quantize.macs import count_macs
+    from quantize.specs import STUDENT_SPEC, TEACHER_SPEC
 
     spec = STUDENT_SPEC
     shape = (1, 1, spec.height, spec.width)
@@ -134,7 +137,8 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
     ex_pred = run_tflite(paths.int8, ex_in).argmax(1)
     ex_ok = [LABELS[p] == fr.label for p, fr in zip(ex_pred, ex, strict=True)]
 
-    teacher_fp32 = export_teacher_fp32(work / "teacher")
+    if teacher_fp32 is None:
+        raise ValueError("student_manifest: the teacher's fp32 export is needed to time it")
     lat = {}
     for label, path in (("teacher_fp32", teacher_fp32), ("student_fp32", paths.fp32),
                         ("student_int8", paths.int8)):

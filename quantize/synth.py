@@ -272,7 +272,8 @@ def run_synthesis(teacher: nn.Module, student: nn.Module | None, out_dir: Path, 
         images, log = synthesise_batch(teacher, student, targets, seed, b, settings, bar)
         seconds = time.time() - t0
         view = device_upsample(images)
-        from quantize.distil import TEACHER_SPEC, teacher_targets
+        from quantize.specs import TEACHER_SPEC
+        from quantize.teacher import teacher_targets
 
         logits, _ = teacher_targets(teacher, view)
         save_npz(out_dir / f"batch_{b:04d}.npz", images=images,

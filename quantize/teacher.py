@@ -89,3 +89,19 @@ def load_teacher(npz_path: Path) -> SonoNet16:
             bn.running_mean.copy_(torch.from_numpy(mean))
             bn.running_var.copy_(torch.from_numpy(1.0 / inv_std.astype(np.float64) ** 2 - BN_EPS))
     return model.eval()
+
+
+def teacher_targets(teacher, views: np.ndarray,
+                    batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher logits (n, 14) and class maps (n, 14, h, w) for uint8 teacher-res views.
+    `teacher` is a SonoNet16 or a FastTeacher (anything with `forward_maps`)."""
+    from quantize.specs import TEACHER_SPEC, norm_batch
+
+    logits, maps = [], []
+    with torch.inference_mode():
+        for i in range(0, len(views), batch):
+            x = norm_batch(views[i : i + batch], TEACHER_SPEC)
+            lg, mp = teacher.forward_maps(x.contiguous(memory_format=torch.channels_last))
+            logits.append(lg.numpy())
+            maps.append(mp.contiguous().numpy())
+    return np.concatenate(logits), np.concatenate(maps)

@@ -99,7 +99,8 @@ def apply_variant(screen: np.ndarray, roi: Roi, p: dict[str, float],
 
 def background_sources(teacher, frames) -> list:
     """Unlabelled planes/ frames the teacher calls Background on the clean device view."""
-    from quantize.distil import TEACHER_SPEC, teacher_targets
+    from quantize.specs import TEACHER_SPEC
+    from quantize.teacher import teacher_targets
 
     cands = [f for f in frames if f.source == "planes" and not f.label]
     views = np.stack([grey_resized(im, find_roi(im), TEACHER_SPEC)
@@ -113,8 +114,8 @@ def build_views(seed: int = 0, settings: VariantSettings = VariantSettings(),
                 cache: Path | None = None) -> dict[str, np.ndarray]:
     """Device-path uint8 views (224x288) of every variant, the teacher's logits on them, and
     the held-out frames; cached as one .npz (teacher work is the same for every model)."""
-    from quantize.distil import STUDENT_SPEC, TEACHER_SPEC, teacher_targets
-    from quantize.teacher import load_teacher
+    from quantize.specs import STUDENT_SPEC, TEACHER_SPEC
+    from quantize.teacher import load_teacher, teacher_targets
 
     cache = cache or WORK / "variants" / f"views_seed{seed}.npz"
     held_path = WORK / "heldout.npz"
@@ -173,7 +174,7 @@ def build_views(seed: int = 0, settings: VariantSettings = VariantSettings(),
 def student_outputs(model: Path, views: np.ndarray, threads: int = 1) -> np.ndarray:
     """Dequantized int8 logits of `model` on uint8 device views (device runtime)."""
     from quantize.convert import run_tflite
-    from quantize.distil import STUDENT_SPEC
+    from quantize.specs import STUDENT_SPEC
 
     return run_tflite(model, np.stack([normalise(v, STUDENT_SPEC)[None] for v in views]),
                       threads)
