@@ -26,7 +26,7 @@ from edge.models.planes import (
     plane_from_output,
     settle_within_group,
 )
-from edge.models.preprocess import grey_resized, normalise
+from edge.models.preprocess import FrameViews, normalise
 from edge.models.quality import (
     RepeatTracker,
     Rules,
@@ -141,7 +141,8 @@ class Scorer:
         t0 = time.perf_counter()
         roi = self._region(frame)
         spec = self.manifest.preprocessing
-        grey = grey_resized(frame.image, roi, spec)
+        views = FrameViews(frame.image, roi)  # greyed once, read by every model
+        grey = views.resized(spec)
         x = normalise(grey, spec)[None, None]
         t1 = time.perf_counter()
         if self._maps_layout is None:
@@ -159,7 +160,8 @@ class Scorer:
         head = biometry = None
         measures: dict[str, float] = {}
         if self._judge_head(frame, roi, plane):
-            shape = locate_head(self.head.model, frame.image, roi, self.head.settings)
+            shape = locate_head(self.head.model, frame.image, roi, self.head.settings,
+                                views=views)
             head = {"status": shape.status,
                     "ellipse": None if shape.ellipse is None else
                     [round(v, 2) for v in shape.ellipse]}
@@ -179,7 +181,7 @@ class Scorer:
             measures["plane_margin"] = confidence - self.manifest.setting("abstain_below", 0.0)
             learned = {}
             if self.quality.learned is not None:
-                learned = learned_severities(self.quality.learned, frame.image, roi)
+                learned = learned_severities(self.quality.learned, frame.image, roi, views)
                 measures.update({f"learned:{k}": v for k, v in learned.items()})
             quality = audit(self.quality.rules, measures).to_dict()
             if learned:  # every branch, also those no rule reads: they rank equal-score frames

@@ -48,3 +48,35 @@ def test_a_flat_frame_gives_zeros_not_nan():
 def test_a_bad_preprocessing_block_is_refused_by_name(block, expected):
     with pytest.raises(ValueError, match=expected):
         PreprocessSpec.from_dict(block, "plane_student.json: preprocessing")
+
+
+def test_grey_is_exactly_the_floor_of_the_channel_mean(data_dir):
+    """The models were trained on floor((b + g + r) / 3); the fast path must give the same
+    value for every possible sum, on a real colour screen and on a crop of it (a view with
+    the frame's row stride), as the slow reference does."""
+    from edge.models.roi import to_grey
+
+    sums = np.arange(766)
+    b = np.minimum(sums, 255)
+    g = np.minimum(sums - b, 255)
+    every_sum = np.stack([b, g, sums - b - g], axis=1).astype(np.uint8)[None]
+    assert np.array_equal(to_grey(every_sum)[0], (sums // 3).astype(np.uint8))
+    screen = cv2.imread(str(data_dir / "sononet/examples/4CH.tiff"))
+    for image in (screen, screen[115:734, 81:874]):
+        ref = (image.astype(np.uint16).sum(axis=2) // 3).astype(np.uint8)
+        assert np.array_equal(to_grey(image), ref)
+
+
+def test_every_model_of_a_frame_reads_one_grey_region(data_dir):
+    """FrameViews greys the region once, and gives each model the view prepare() would."""
+    from edge.models.preprocess import FrameViews
+
+    image = cv2.imread(str(data_dir / "sononet/examples/4CH.tiff"))
+    roi = find_roi(image)
+    views = FrameViews(image, roi)
+    plane, quality = PreprocessSpec(224, 288), PreprocessSpec(96, 128, normalise="unit")
+    head = PreprocessSpec(160, 240, roi="full")
+    for spec in (plane, quality, head):
+        assert np.array_equal(views.prepare(spec), prepare(image, roi, spec))
+    assert views.grey(plane) is views.grey(quality)  # made once, shared
+    assert views.grey(head).shape == image.shape[:2]

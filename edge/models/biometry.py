@@ -52,7 +52,7 @@ import cv2
 import numpy as np
 
 from edge.models.manifest import Manifest, ModelError
-from edge.models.preprocess import prepare
+from edge.models.preprocess import FrameViews
 from edge.models.roi import Roi
 from edge.models.runtime import Model
 
@@ -472,15 +472,17 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def segment_head(model: Model, image: np.ndarray, roi: Roi | None,
-                 flip: bool = False) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+                 flip: bool = False,
+                 views: FrameViews | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """The head probability map (H, W) at the model's resolution and the box it covers.
 
     With `flip` the model also sees the mirrored input and the two logit maps are averaged
     (the mirrored map mirrored back): a head is symmetric enough that the two views err
-    differently, and their mean is steadier."""
+    differently, and their mean is steadier. `views`: the frame's shared grey region, where
+    the caller has one (the scorer)."""
     manifest = model.manifest
     spec = manifest.preprocessing
-    x = prepare(image, roi, spec)
+    x = (views or FrameViews(image, roi)).prepare(spec)
     out = np.asarray(model.run(x), dtype=np.float32)
     out = out.reshape(out.shape[-2:])
     if flip:
@@ -516,7 +518,7 @@ def refine_box(ellipse: tuple[float, float, float, float, float],
 
 def locate_head(model: Model, image: np.ndarray, roi: Roi | None,
                 settings: BiometrySettings = BiometrySettings(),
-                passes: Passes | None = None) -> HeadShape:
+                passes: Passes | None = None, views: FrameViews | None = None) -> HeadShape:
     """Segment the head in a frame and find its shape, with the model's own passes.
 
     `settings` come from `settings_for_model` (done once when the segmenter is loaded, see
@@ -527,7 +529,7 @@ def locate_head(model: Model, image: np.ndarray, roi: Roi | None,
     whole and regular, the frame is judged on the first pass as a single pass would.
     """
     passes = passes_for_model(model.manifest) if passes is None else passes
-    prob, box = segment_head(model, image, roi, passes.test_time_flip)
+    prob, box = segment_head(model, image, roi, passes.test_time_flip, views)
     if passes.refine_crop_margin <= 0:
         return head_shape(prob, box, image.shape, settings)
     mh, mw = prob.shape

@@ -6,7 +6,7 @@ train/serve skew: every number comes from the manifest's `preprocessing` block.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
@@ -58,11 +58,39 @@ class PreprocessSpec:
         return asdict(self)
 
 
+@dataclass
+class FrameViews:
+    """One frame's grey region, made once and shared by every model that reads the frame.
+
+    The plane model, the head segmenter and the quality head all start from the same grey
+    crop of the region. Greying a 1024x768 colour frame costs about as much as a model's
+    invoke, so making it once per frame instead of once per model saves milliseconds on
+    every frame, with exactly the same pixels.
+    """
+
+    image: np.ndarray
+    roi: Roi | None
+    _grey: dict[bool, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def grey(self, spec: PreprocessSpec) -> np.ndarray:
+        cropped = self.roi is not None and spec.roi == "auto"
+        if cropped not in self._grey:
+            self._grey[cropped] = to_grey(self.roi.crop(self.image) if cropped else self.image)
+        return self._grey[cropped]
+
+    def resized(self, spec: PreprocessSpec) -> np.ndarray:
+        """Crop, grey and resize: the uint8 view a model sees, before normalisation."""
+        return cv2.resize(self.grey(spec), (spec.width, spec.height),
+                          interpolation=RESIZE_MODES[spec.resize])
+
+    def prepare(self, spec: PreprocessSpec) -> np.ndarray:
+        """The model input, float32 of shape (1, 1, H, W)."""
+        return normalise(self.resized(spec), spec)[None, None]
+
+
 def grey_resized(image: np.ndarray, roi: Roi | None, spec: PreprocessSpec) -> np.ndarray:
     """Crop, grey and resize: the uint8 view both nets see, before normalisation."""
-    region = roi.crop(image) if roi is not None and spec.roi == "auto" else image
-    grey = to_grey(region)
-    return cv2.resize(grey, (spec.width, spec.height), interpolation=RESIZE_MODES[spec.resize])
+    return FrameViews(image, roi).resized(spec)
 
 
 def normalise(grey: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -79,4 +107,4 @@ def normalise(grey: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def prepare(image: np.ndarray, roi: Roi | None, spec: PreprocessSpec) -> np.ndarray:
     """The model input, float32 of shape (1, 1, H, W)."""
-    return normalise(grey_resized(image, roi, spec), spec)[None, None]
+    return FrameViews(image, roi).prepare(spec)

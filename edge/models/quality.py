@@ -27,7 +27,7 @@ import numpy as np
 
 from edge.models.biometry import HEAD_CUT_OFF, NO_HEAD, SEVERAL_HEADS, HeadShape, sigmoid
 from edge.models.manifest import Manifest, ModelError
-from edge.models.preprocess import prepare
+from edge.models.preprocess import FrameViews
 from edge.models.roi import Roi
 from edge.models.runtime import Model
 
@@ -281,10 +281,13 @@ def head_measures(shape: HeadShape | None, roi: Roi | None = None) -> dict[str, 
     return out
 
 
-def learned_severities(model: Model, image: np.ndarray, roi: Roi | None) -> dict[str, float]:
-    """The quality head's severities (0 clean .. 1 severe) for one frame."""
+def learned_severities(model: Model, image: np.ndarray, roi: Roi | None,
+                       views: FrameViews | None = None) -> dict[str, float]:
+    """The quality head's severities (0 clean .. 1 severe) for one frame (`views`: the
+    frame's shared grey region, where the caller has one)."""
     manifest = model.manifest
-    out = np.asarray(model.run(prepare(image, roi, manifest.preprocessing)), np.float32)
+    x = (views or FrameViews(image, roi)).prepare(manifest.preprocessing)
+    out = np.asarray(model.run(x), np.float32)
     values = sigmoid(out.reshape(-1)) if manifest.output_kind == "logits" else out.reshape(-1)
     return {label: float(v) for label, v in zip(manifest.labels, values, strict=True)}
 
