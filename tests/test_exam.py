@@ -354,3 +354,20 @@ def test_sigusr1_ends_the_exam_in_progress(tmp_path, data_dir):
     ended = [json.loads(s)["ended_by"] for (s,) in sqlite3.connect(
         state / "journal.sqlite").execute("SELECT summary FROM exams ORDER BY started_ts")]
     assert ended == ["command", "source_end"], ended
+
+
+def test_two_measured_heads_are_dated_by_their_mean_not_the_smaller():
+    """The exam's HC is the median of its best head frames; with two frames that is their
+    mean, and the age lies inside the range the two span."""
+    from edge.exam.tally import ExamTally
+
+    tally = ExamTally()
+    for i, hc in enumerate((170.0, 190.0)):
+        tally.add({"source": "clip", "frame": i, "plane": "Brain (Tv.)",
+                   "plane_confidence": 0.9, "latency_ms": 10.0,
+                   "quality": {"score": 0.9, "criteria": {}},
+                   "biometry": {"status": "ok", "hc_mm": hc, "bpd_mm": hc / 3.6,
+                                "ofd_mm": hc / 2.7}})
+    bio = tally.biometry()
+    assert bio["measured"] == 2 and bio["hc_mm"] == pytest.approx(180.0)
+    assert bio["ga_low_weeks"] < bio["ga_weeks"] < bio["ga_high_weeks"]

@@ -22,9 +22,13 @@ def source_id(source: str) -> str:
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
+    # Linear between the two nearest ranks: the median of two head frames is their mean,
+    # not the smaller one (which dated every two-frame exam by its smaller head).
     ordered = sorted(values)
-    idx = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return round(ordered[idx], 2)
+    pos = min(1.0, max(0.0, q)) * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo), 2)
 
 
 def _model_versions(results: list[dict], extra: dict[str, str] | None) -> dict[str, str]:
