@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import sweeps
 from bench.models import _worker
+from quantize import sweeps
 
 
 def audit_section(manifest: Path, pixel_size_mm: float) -> None:

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="training steps")
+    parser.add_argument("--continue-from", type=int, default=None, metavar="STEPS",
+                        help="start from the finished run of STEPS steps (same settings "
+                             "otherwise) and go on to --steps on the longer schedule")
     parser.add_argument("--low-res-steps", type=int, default=None,
                         help="of those, how many at half resolution first")
     parser.add_argument("--until", choices=STEPS, default="manifest")
@@ -115,10 +118,23 @@ def run(args: argparse.Namespace) -> int:
         settings = replace(settings, low_res_steps=args.low_res_steps)
     spec = MobileSpec()
     student = MobileStudent(spec)
-    config = {**asdict(settings), "spec": distil.STUDENT_SPEC.to_dict(),
-              "student": spec.to_dict(), "cache": cache_tag}
-    tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
-    ckpt = work / f"student-{tag}.pt"
+    def checkpoint_for(s) -> Path:
+        config = {**asdict(s), "spec": distil.STUDENT_SPEC.to_dict(),
+                  "student": spec.to_dict(), "cache": cache_tag}
+        tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+        return work / f"student-{tag}.pt"
+
+    ckpt = checkpoint_for(settings)
+    if args.continue_from and not ckpt.exists():
+        # Resume a finished shorter run on this longer cosine schedule (how 1.2.0 was made:
+        # 1,600 steps, then 2,400, then 4,000), instead of starting again from step 0.
+        shorter = checkpoint_for(replace(settings, steps=args.continue_from))
+        if not shorter.exists():
+            raise FileNotFoundError(f"{shorter}: no {args.continue_from}-step checkpoint to "
+                                    "continue from")
+        state = torch.load(shorter, weights_only=False)
+        state["settings"] = asdict(settings)
+        torch.save(state, ckpt)
     cache = distil.load_cache(cache_dir)
     cache_info = cache_summary(cache, train, cache_settings)
     print(f"teacher cache: {json.dumps(cache_info)}")
@@ -177,13 +193,9 @@ def run(args: argparse.Namespace) -> int:
                                          is not None else ""))
     if args.until == "calibrate":
         return 0
-    ship, why = ship_decision(new_heads, old_heads, new_ex, old_ex)
-    if not ship:
-        print(f"keeping the shipped model: {why}", file=sys.stderr)
-        return 0
     extras = {"version": VERSION, "synthesis": synth_info, "finetune": ft_info,
               "variants": rows, "calibration": report, "cache": cache_info,
-              "examples_named": new_ex,
+              "examples_named": new_ex, "heldout_heads_agree": list(new_heads),
               "train": {"checkpoint": final_ckpt.name, "settings": asdict(settings),
                         "threads": args.threads}}
     from quantize.export import export_teacher_fp32
@@ -191,28 +203,59 @@ def run(args: argparse.Namespace) -> int:
     man = manifest.student_manifest(student, teacher, paths, result, frames, train, held,
                                     heldout, work, args, extras,
                                     teacher_fp32=export_teacher_fp32(work / "teacher"))
+    # The candidate beside the shipped segmenter and quality head, run as the device would.
+    candidate = work / "candidate"
+    shutil.rmtree(candidate, ignore_errors=True)
+    candidate.mkdir(parents=True)
+    for other in args.models.glob("*"):
+        if other.is_file() and not other.name.startswith("plane_student."):
+            shutil.copyfile(other, candidate / other.name)
+    shutil.copyfile(paths.int8, candidate / "plane_student.tflite")
+    man = manifest.finish(man, candidate / "plane_student.tflite")
+    (candidate / "plane_student.json").write_text(json.dumps(man, indent=2) + "\n")
+    new_sweeps = clean_sweeps(candidate)
+    old_sweeps = clean_sweeps(args.models) if shipped.is_file() else None
+    ship, why = ship_decision(new_sweeps, old_sweeps, new_ex, old_ex)
+    if not ship:
+        print(f"keeping the shipped model: {why}", file=sys.stderr)
+        return 0
     args.models.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(paths.int8, shipped)
-    man = manifest.finish(man, shipped)
+    shutil.copyfile(candidate / "plane_student.tflite", shipped)
     (args.models / "plane_student.json").write_text(json.dumps(man, indent=2) + "\n")
     print(f"wrote {shipped} ({man['size_bytes']} bytes) and "
           f"its manifest in {(time.time() - started) / 60:.1f} min")
     return 0
 
 
-def ship_decision(new_heads: tuple[int, int], old_heads: tuple[int, int] | None, new_ex: int,
+def ship_decision(new_sweeps: int, old_sweeps: int | None, new_ex: int,
                   old_ex: int | None) -> tuple[bool, str]:
-    """(ship?, why not): a new student replaces the shipped one only if it agrees with the
-    teacher on at least as many held-out HC18 heads and names more of the 13 example
-    screens (as `sonoedge score` does, abstentions counted wrong)."""
-    if old_heads is None:
+    """(ship?, why not): a new student replaces the shipped one only if, through the
+    device, it chooses a clean head in at least as many blind sweeps of held-out patients
+    (`quantize.sweeps`: what the biometry exam gets) and names more of the 13 example
+    screens (as `sonoedge score` does, abstentions counted wrong).
+
+    Agreement with the teacher on held-out heads is printed beside it, not ruled on: the
+    teacher itself changes its answer on 17 of those 264 heads under a 4% border crop, and
+    a third of 1.1.0's differences from it on held-out frames are transventricular against
+    transcerebellar, which the biometry slot takes alike."""
+    if old_sweeps is None:
         return True, ""
-    if new_heads[0] < old_heads[0] or new_ex <= (old_ex or 0):
-        return False, (f"the new one agrees with the teacher on {new_heads[0]}/{new_heads[1]} "
-                       f"held-out HC18 heads (shipped {old_heads[0]}) and names {new_ex} "
-                       f"example screens (shipped {old_ex}); it must be no worse on the heads "
-                       "and better on the examples")
+    if new_sweeps < old_sweeps or new_ex <= (old_ex or 0):
+        return False, (f"the new one chooses a clean head in {new_sweeps} blind sweeps "
+                       f"(shipped {old_sweeps}) and names {new_ex} example screens (shipped "
+                       f"{old_ex}); it must be no worse on the sweeps and better on the "
+                       "examples")
     return True, ""
+
+
+def clean_sweeps(models: Path) -> int:
+    """Blind sweeps (all held-out patients, seed 0) whose head choice is a clean frame,
+    with the plane student, segmenter and quality head in `models`."""
+    from quantize import sweeps
+
+    result = sweeps.run(None, 0, models)
+    print(sweeps.report(result).splitlines()[0].replace("214 sweeps", f"{models}: 214 sweeps"))
+    return int(result["outcome"]["clean"])
 
 
 def cache_helper(args: argparse.Namespace, work: Path):

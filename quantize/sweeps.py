@@ -1,0 +1,173 @@
+"""Blind sweeps: does the device pick a clean head frame out of a novice's sweep?
+
+A sweep is built for every held-out HC18 patient (patients `quantize.data.split` keeps out
+of training, so no model saw them): the patient's real head frames (the clean targets),
+each of them also degraded by one acquisition fault of `quantize.degrade` at a random
+severity between 0.4 and 1.0 (blurred by a moving probe, too dark or bright, noisy,
+shadowed, cut off, zoomed out), real frames of other anatomy (the FETAL_PLANES_DB and
+umbilical-cord frames and the SonoNet example screens that are not head planes) and a frame
+with no ultrasound, in a seeded random order. The device runs the biometry protocol over
+it, exactly as `sonoedge exam` does; its choice is the head slot's best frame, or none.
+
+Reported: how often the choice is a clean target frame (the target: at least 95% of the
+sweeps), how often it is a degraded or wrong frame, how often nothing is chosen; and the HC
+error of the chosen frames against the sonographer's CSV value, beside the error on every
+clean target frame.
+
+    python -m bench.sweeps [--limit N] [--seed 0]   (this module's main, as make bench runs it)
+
+The plane student's build (`quantize.build_models`) runs them too: a new student ships only
+if it chooses a clean head in at least as many sweeps as the shipped one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.capture.sources import Frame
+from edge.config import load_settings
+from edge.exam.protocol import find_protocol
+from edge.exam.session import ExamSession
+from edge.models.roi import find_roi, to_grey
+from edge.scorer import make_scorer
+from quantize.data import DataError, data_dir, list_frames, read_frame, split
+from quantize.degrade import KINDS, degrade
+from quantize.seg_data import read_hc_table
+
+HEAD_EXAMPLES = ("BRAIN-CB", "BRAIN-TV")
+
+
+@dataclass
+class Sweep:
+    patient: str
+    items: list[tuple[str, np.ndarray, str]]  # (name, grey image, "clean"|"degraded"|"other")
+    pixel_mm: dict[str, float]  # each frame's own pixel size (a degraded copy: its source's)
+    hc_csv: dict[str, float]
+
+
+def build_sweeps(limit: int | None, seed: int) -> list[Sweep]:
+    root = data_dir()
+    table = read_hc_table(root)
+    frames = list_frames(root)
+    _, held = split(frames)
+    # FETAL_PLANES_DB's plane 3 is the fetal brain, labelled or not: a head, not "other".
+    others = [f for f in frames if f.source == "planes" and "_Plane3_" not in f.path.name]
+    others += [f for f in frames if f.source == "examples" and f.path.stem not in HEAD_EXAMPLES]
+    other_greys = [(f.path.name, to_grey(read_frame(f.path))) for f in others]
+    patients: dict[str, list] = {}
+    for f in held:
+        if f.source == "hc18":
+            patients.setdefault(f.group, []).append(f)
+    rng = np.random.default_rng(seed)
+    sweeps = []
+    for group in sorted(patients)[:limit] if limit else sorted(patients):
+        items = []
+        for f in patients[group]:
+            grey = to_grey(read_frame(f.path))
+            items.append((f.path.name, grey, "clean"))
+            roi = find_roi(grey)
+            for kind in rng.choice(KINDS, size=2, replace=False):
+                bad = degrade(grey, roi, str(kind), float(rng.uniform(0.4, 1.0)), rng)
+                items.append((f"{f.path.stem}-{kind}.png", bad, "degraded"))
+        for i in rng.choice(len(other_greys), size=4, replace=False):
+            items.append((*other_greys[i], "other"))
+        items.append(("no-image.png", np.zeros_like(items[0][1]), "other"))
+        order = rng.permutation(len(items))
+        pixel = {}
+        for f in patients[group]:
+            pixel[f.path.name] = table[f.path.name][0]
+            pixel.update({n: table[f.path.name][0] for n, _, k in items
+                          if k == "degraded" and n.startswith(f.path.stem + "-")})
+        sweeps.append(Sweep(group, [items[i] for i in order], pixel,
+                            {f.path.name: table[f.path.name][1] for f in patients[group]}))
+    return sweeps
+
+
+def run(limit: int | None, seed: int, models_dir: Path | None = None) -> dict:
+    """The sweeps through the device's scorer, with the models in `models_dir` (default:
+    the device config's, i.e. the shipped ones)."""
+    overrides: dict = {"biometry": {"pixel_size_mm": 0.1}}
+    if models_dir is not None:
+        overrides["models"] = {"dir": str(models_dir)}
+    settings = load_settings(overrides=overrides)
+    scorer = make_scorer(settings)
+    protocol = find_protocol("biometry")
+    slot = protocol.slots[0]
+    sweeps = build_sweeps(limit, seed)
+    outcome = {"clean": 0, "degraded": 0, "other": 0, "none": 0}
+    chosen_err, clean_err, wrong = [], [], []
+    t0 = time.perf_counter()
+    n_frames = 0
+    for sweep in sweeps:
+        session = ExamSession(protocol, None)
+        kinds = {}
+        for index, (name, grey, kind) in enumerate(sweep.items):
+            # HC18 gives each frame its own pixel size; other anatomy has none that matters.
+            scorer.head.pixel_size_mm = sweep.pixel_mm.get(name, 0.1)
+            scorer._roi_key = None
+            result = scorer.score(Frame(name, index, grey, time.monotonic(), time.time()))
+            record = result.to_dict()
+            session.add(record)
+            kinds[name] = kind
+            n_frames += 1
+            bio = record.get("biometry") or {}
+            if kind == "clean" and bio.get("hc_mm") is not None:
+                clean_err.append(abs(bio["hc_mm"] - sweep.hc_csv[name]))
+        best = session.slot_best(slot)
+        if best is None or not session.captured(best.plane):
+            outcome["none"] += 1
+            continue
+        outcome[kinds[best.source]] += 1
+        if kinds[best.source] != "clean":
+            wrong.append(f"{sweep.patient}: {best.source}")
+        hc = (best.biometry or {}).get("hc_mm")
+        if kinds[best.source] == "clean" and hc is not None:
+            chosen_err.append(abs(hc - sweep.hc_csv[best.source]))
+    seconds = time.perf_counter() - t0
+    return {"sweeps": len(sweeps), "frames": n_frames, "outcome": outcome,
+            "clean_share": outcome["clean"] / max(1, len(sweeps)),
+            "hc_mad_chosen_mm": statistics.fmean(chosen_err) if chosen_err else None,
+            "hc_chosen_n": len(chosen_err),
+            "hc_mad_all_clean_mm": statistics.fmean(clean_err) if clean_err else None,
+            "hc_all_clean_n": len(clean_err), "wrong": wrong, "seconds": seconds}
+
+
+def report(r: dict) -> str:
+    o = r["outcome"]
+    n = max(1, r["sweeps"])
+    lines = [f"{r['sweeps']} sweeps of held-out HC18 patients ({r['frames']} frames, "
+             f"{r['seconds']:.0f} s): the head slot's choice is a clean target frame in "
+             f"{o['clean']} ({100 * o['clean'] / n:.1f}%), a degraded frame in "
+             f"{o['degraded']}, another anatomy in {o['other']}, nothing in {o['none']}."]
+    if r["hc_mad_chosen_mm"] is not None:
+        lines.append(f"HC error of the chosen clean frames: mean {r['hc_mad_chosen_mm']:.2f} mm "
+                     f"over {r['hc_chosen_n']}; over every clean target frame measured: "
+                     f"{r['hc_mad_all_clean_mm']:.2f} mm over {r['hc_all_clean_n']}.")
+    if r["wrong"]:
+        lines.append("wrong choices: " + "; ".join(r["wrong"][:12]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sweeps",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=None, help="patients (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        print(report(run(args.limit, args.seed)))
+    except (DataError, ValueError, OSError) as exc:
+        print(f"bench.sweeps: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
