@@ -187,10 +187,11 @@ def test_centred_fails_when_the_head_sits_at_the_side(scorer):
 
 
 def test_ellipse_regular_fails_where_the_head_region_is_not_an_oval(scorer):
-    """Real frames the plane model could not rule out as heads (an umbilical cord, a
-    FETAL_PLANES_DB 'Other' view): the segmenter finds a region, but not a skull-like oval."""
+    """A real frame the plane model could not rule out as a head (an umbilical cord): the
+    segmenter finds a region, but not a skull-like oval. (The 1.1.0 plane student also
+    left a FETAL_PLANES_DB 'Other' view open; 1.2.0 rules it out, so it is not judged.)"""
     assert criterion(judge(scorer, grey_of(CLEAN_HEAD)), "ellipse_regular")["pass"]
-    for name in ("Patient01657_Plane1_2_of_2.png", "2Vcord_14_20230521_12_12_50.jpg"):
+    for name in ("2Vcord_14_20230521_12_12_50.jpg",):
         r = judge(scorer, to_grey(read_frame(DATA / "planes" / "images" / name)))
         c = criterion(r, "ellipse_regular")
         assert not c["pass"] and c["value"] < 0.9 and "oval" in c["message"], (name, c)
