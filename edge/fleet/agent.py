@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from edge.fleet.slots import FACTORY, Fleet
+from edge.models.manifest import sha256_of
 from wire.fleet import (
     MAX_OFFER_BYTES,
     BundleError,
@@ -328,22 +329,25 @@ class FleetAgent:
             part.unlink()
             have = 0
         try:
-            with self._open(f"{base}/{offer.bundle_id}.bundle", have) as response:
-                if have and response.status != 206:
-                    have = 0  # the server ignored the range: start again
-                with open(part, "ab" if have else "wb") as handle:
-                    while True:
-                        data = response.read(1 << 16)
-                        if not data:
-                            break
-                        have += len(data)
-                        if have > offer.size:
-                            raise BundleError(f"the server sent more than the offered "
-                                              f"{offer.size} bytes")
-                        handle.write(data)
-                        self.progress = f"{offer.version}: {have}/{offer.size} bytes (http)"
-                        if self._stop.is_set():
-                            return
+            # A download finished before (an install that stopped short, say on keys that
+            # would not load) is checked again, not asked for past its end (HTTP 416).
+            if have < offer.size:
+                with self._open(f"{base}/{offer.bundle_id}.bundle", have) as response:
+                    if have and response.status != 206:
+                        have = 0  # the server ignored the range: start again
+                    with open(part, "ab" if have else "wb") as handle:
+                        while True:
+                            data = response.read(1 << 16)
+                            if not data:
+                                break
+                            have += len(data)
+                            if have > offer.size:
+                                raise BundleError(f"the server sent more than the offered "
+                                                  f"{offer.size} bytes")
+                            handle.write(data)
+                            self.progress = f"{offer.version}: {have}/{offer.size} bytes (http)"
+                            if self._stop.is_set():
+                                return
         except (OSError, urllib.error.URLError) as exc:
             log.info("fleet: download of %s paused at %d bytes (%s); resumed at the next "
                      "poll", offer.version, have, getattr(exc, "reason", exc))
@@ -355,11 +359,7 @@ class FleetAgent:
             return
         if have < offer.size:
             return
-        digest = hashlib.sha256()
-        with open(part, "rb") as handle:
-            for data in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(data)
-        if digest.hexdigest() != offer.bundle_id:
+        if sha256_of(part) != offer.bundle_id:
             self._refuse(offer.bundle_id, f"download of {offer.version}: sha256 differs from "
                                           "the offer")
             self._clear_downloads()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import cv2
 
-from edge.models.manifest import ModelError, list_manifests
+from edge.models.manifest import ModelError, list_manifests, sha256_of
 from wire.fleet import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -105,7 +105,7 @@ def _next(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     return member
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -202,7 +202,7 @@ def _read(tar, reader: _XzReader, keys, limits: Limits, dest: Path | None, on_fi
                           "missing")
     if dest is not None:
         for sub in ("models", "selftest", "."):
-            _fsync_dir(dest / sub)
+            fsync_dir(dest / sub)
     return manifest, signer
 
 
@@ -270,14 +270,6 @@ def _selftest_frames(frames: list[Path], work: Path) -> list[Path]:
     return out
 
 
-def _sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for data in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(data)
-    return digest.hexdigest()
-
-
 def make_bundle(models_dir: Path, key_path: Path, out: Path, *, version: str, group: str,
                 min_app_version: str, frames: list[Path], pixel_size_mm: float = 0.0,
                 tolerance: dict | None = None, note: str = "", num_threads: int = 2) -> dict:
@@ -302,7 +294,7 @@ def make_bundle(models_dir: Path, key_path: Path, out: Path, *, version: str, gr
         pictures = _selftest_frames(frames, work)
         outputs = score_selftest(work / "models", pictures, pixel_size_mm, num_threads)
         members = sorted((work / "models").iterdir()) + pictures
-        files = [{"path": f"{p.parent.name}/{p.name}", "sha256": _sha(p),
+        files = [{"path": f"{p.parent.name}/{p.name}", "sha256": sha256_of(p),
                   "size": p.stat().st_size} for p in members]
         manifest = {
             "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from edge.fleet.bundle import Limits, read_bundle
+from edge.fleet.bundle import Limits, fsync_dir, read_bundle
 from edge.fleet.settings import FleetSettings
 from edge.models.manifest import ModelError, list_manifests
 from wire.fleet import BundleError, BundleManifest, parse_version
@@ -57,14 +57,6 @@ def app_version() -> str:
         return metadata.version("sonoedge")
     except metadata.PackageNotFoundError:
         return "0.0.0"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_json(path: Path, data: dict) -> None:
