@@ -92,9 +92,11 @@ class Scorer:
     # beside the result, not in it: the web view shows it, the journal does not keep it.
     last_class_map: np.ndarray | None = field(default=None, repr=False)
     _maps_layout: str | None = None
+    _abstain_below: float = 0.0  # the plane model's own, from its manifest
 
     def __post_init__(self) -> None:
         self._maps_layout = class_maps_layout(self.manifest)
+        self._abstain_below = self.manifest.setting("abstain_below", 0.0)
 
     @property
     def has_class_maps(self) -> bool:
@@ -155,7 +157,7 @@ class Scorer:
                                             self._maps_layout)
         if self.head is not None:  # Tv vs Cb: either is a head plane biometry measures on
             plane = settle_within_group(plane, self.manifest.labels, self.head.head_planes,
-                                        self.manifest.setting("abstain_below", 0.0))
+                                        self._abstain_below)
         t2 = time.perf_counter()
         head = biometry = None
         measures: dict[str, float] = {}
@@ -178,7 +180,7 @@ class Scorer:
             # How far the named plane is above the model's own abstain threshold: one number
             # for "is this a standard plane", whatever threshold the installed model carries.
             confidence = 0.0 if plane.top_label == "Background" else plane.confidence
-            measures["plane_margin"] = confidence - self.manifest.setting("abstain_below", 0.0)
+            measures["plane_margin"] = confidence - self._abstain_below
             learned = {}
             if self.quality.learned is not None:
                 learned = learned_severities(self.quality.learned, frame.image, roi, views)

@@ -50,6 +50,12 @@ def plane_from_output(manifest: Manifest, output: np.ndarray) -> PlaneResult:
     return PlaneResult(plane, confidence, label, tuple(float(p) for p in probs))
 
 
+def group_mass(labels: tuple[str, ...], probabilities: tuple[float, ...],
+               group: frozenset[str]) -> float:
+    """The probability the model gives the planes of `group` together."""
+    return sum(p for label, p in zip(labels, probabilities, strict=False) if label in group)
+
+
 def settle_within_group(result: PlaneResult, labels: tuple[str, ...], group: frozenset[str],
                         abstain_below: float) -> PlaneResult:
     """An abstention that is only a split between planes of one group becomes the group's
@@ -62,8 +68,7 @@ def settle_within_group(result: PlaneResult, labels: tuple[str, ...], group: fro
     """
     if result.plane != UNCERTAIN or result.top_label not in group:
         return result
-    mass = sum(p for label, p in zip(labels, result.probabilities, strict=False)
-               if label in group)
+    mass = group_mass(labels, result.probabilities, group)
     if mass < abstain_below:
         return result
     return PlaneResult(result.top_label, float(mass), result.top_label, result.probabilities)

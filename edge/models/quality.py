@@ -27,6 +27,7 @@ import numpy as np
 
 from edge.models.biometry import HEAD_CUT_OFF, NO_HEAD, SEVERAL_HEADS, HeadShape, sigmoid
 from edge.models.manifest import Manifest, ModelError
+from edge.models.planes import group_mass
 from edge.models.preprocess import FrameViews
 from edge.models.roi import Roi
 from edge.models.runtime import Model
@@ -354,6 +355,4 @@ def may_show_head(rules: Rules, head_planes: frozenset[str], plane: str | None,
     """Whether the head criteria apply: a head plane, an abstention, or enough head mass."""
     if plane in head_planes or plane == "uncertain":
         return True
-    mass = sum(p for label, p in zip(labels, probabilities, strict=False)
-               if label in head_planes)
-    return mass >= rules.head_gate_probability
+    return group_mass(labels, probabilities, head_planes) >= rules.head_gate_probability
