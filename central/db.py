@@ -154,12 +154,10 @@ class Store:
         except DbError:
             raise
         except Exception as exc:
-            raise DbError(f"{self.shown()}: cannot open database: {_one_line(exc)}") from None
+            raise DbError(f"{self.shown()}: cannot open database: {one_line(exc)}") from None
 
     def shown(self) -> str:
-        import re
-
-        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", self.url)
+        return redact(self.url)
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.pg else sql
@@ -201,7 +199,7 @@ class Store:
         except self._row_errors:
             pass  # one of the rows: find it, one row per transaction
         except self._errors as exc:
-            raise DbError(f"{self.shown()}: write failed: {_one_line(exc)}") from None
+            raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
         new_rows = new_dead = 0
         refused: list[DeadLetter] = []
         for r in rows:
@@ -210,16 +208,16 @@ class Store:
             except self._row_errors as exc:
                 refused.append(DeadLetter(
                     digest=r.msg_id, topic=f"sonoedge/{r.device_id}/{r.kind}"[:255],
-                    reason=f"database refused it: {_one_line(exc)}"[:500],
+                    reason=f"database refused it: {one_line(exc)}"[:500],
                     size=len(r.payload), preview=r.payload[:DEAD_PREVIEW_CHARS],
                     received_ts=r.received_ts, collector=r.collector))
             except self._errors as exc:
-                raise DbError(f"{self.shown()}: write failed: {_one_line(exc)}") from None
+                raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
         for d in dead + refused:
             try:
                 new_dead += self._insert([], [d])[1]
             except self._errors as exc:
-                raise DbError(f"{self.shown()}: write failed: {_one_line(exc)}") from None
+                raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
         return new_rows, new_dead, refused
 
     def _insert(self, rows: list[Row], dead: list[DeadLetter]) -> tuple[int, int]:
@@ -242,7 +240,7 @@ class Store:
                 cur.execute(sql, params)
                 return list(cur.fetchall())
         except self._errors as exc:
-            raise DbError(f"{self.shown()}: query failed: {_one_line(exc)}") from None
+            raise DbError(f"{self.shown()}: query failed: {one_line(exc)}") from None
 
     def close(self) -> None:
         try:
@@ -267,6 +265,14 @@ class _Cursor:
         return self._cur.fetchall()
 
 
-def _one_line(exc: BaseException) -> str:
+def redact(url: str) -> str:
+    """The database URL with its password hidden, for messages and logs."""
+    import re
+
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's first line, for a one-line message."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -39,7 +39,7 @@ from central.dashboard import pages as P
 from central.dashboard import queries as Q
 from central.dashboard.store import Db, open_db, refresh
 from central.dashboard.svg import esc
-from central.db import DbError
+from central.db import DbError, redact
 
 log = logging.getLogger("sonoedge.dashboard")
 
@@ -511,13 +511,10 @@ def serve(settings: ServeSettings) -> int:
 
     app.on_cleanup.append(on_cleanup)
     print(f"sonoedge-central serve: http://{settings.host}:{settings.port}/ "
-          f"on {_shown(settings.db_url)}", flush=True)
+          f"on {redact(settings.db_url)}", flush=True)
     web.run_app(app, host=settings.host, port=settings.port, print=None,
                 access_log=None, handle_signals=True)
     return 0
 
 
-def _shown(url: str) -> str:
-    import re
 
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from central.dashboard import config as C
 from central.dashboard.reference import ig_z
-from central.db import DbError, is_postgres, sqlite_path
+from central.db import DbError, is_postgres, one_line, redact, sqlite_path
 
 SCHEMA_VERSION = "3"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
@@ -163,7 +163,7 @@ class Db:
             raise DbError(f"{self.shown()}: cannot open database: {_one_line(exc)}") from None
 
     def shown(self) -> str:
-        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", self.url)
+        return redact(self.url)
 
     def _sql(self, sql: str) -> str:
         if not self.pg:
@@ -582,5 +582,4 @@ def _refresh_dead(db: Db) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return one_line(exc)[:300]
