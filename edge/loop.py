@@ -12,6 +12,7 @@ import logging
 import signal
 import sqlite3
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -208,6 +209,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     # With [fleet] on, the models are the active slot's; a crash during a trial is counted
     # (and at the limit rolled back) before any model is loaded.
     fleet, models_dir = start_fleet(settings, state_dir, echo)
+    # Set when new models are installed: the loop ends and the service starts it again.
+    models_switched = fleet.restart if fleet is not None else threading.Event()
     settings = replace(settings, models=replace(settings.models, dir=models_dir))
     web = None
     if settings.web.listen:  # the page is up while the models load, and says so
@@ -292,17 +295,15 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                     tracker.end("command")
                 if stop.stopped or (limit and stats.frames >= limit):
                     break
-                if fleet is not None and fleet.restart.is_set():  # new models installed
+                if models_switched.is_set():
                     break
-            else:
-                restart = fleet is not None and fleet.restart.is_set()
-                if web is not None and not once and not restart:  # the last exam stays up
+            else:  # the source ended: with the page open, the last exam stays up
+                if web is not None and not once and not models_switched.is_set():
                     tracker.end("source_end")
                     web.source_ended()
-                    web.linger(lambda: stop.stopped or (fleet is not None
-                                                        and fleet.restart.is_set()))
+                    web.linger(lambda: stop.stopped or models_switched.is_set())
     finally:
-        dog.stopping(restarting=fleet is not None and fleet.restart.is_set())
+        dog.stopping(restarting=models_switched.is_set())
         if fleet is not None:
             fleet.stop()
         tracker.end("source_end")
@@ -320,7 +321,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         lock.release()
     if fleet is not None:
         fleet.fleet.on_clean_exit()
-        if fleet.restart.is_set():
+        if models_switched.is_set():
             echo(f"models switched to bundle {fleet.status()['bundle']}: starting again")
             return RESTART_EXIT
     return 0
