@@ -228,9 +228,8 @@ class Journal:
             return False
         return not busy
 
-    def _shed(self, quiet: bool = False) -> bool:
-        """Delete the oldest frame results (of any run; exams are kept) to free room in the
-        file; True when something went."""
+    def _delete_oldest(self) -> int:
+        """Delete the oldest frame results (of any run; exams are kept); how many went."""
         try:
             # At most half of what is left: the newest frames are the ones worth keeping.
             gone = self.db.execute(
@@ -238,13 +237,21 @@ class Journal:
                 "LIMIT MIN(?, MAX(1, (SELECT COUNT(*) FROM results) / 2)))",
                 (SHED_BATCH,)).rowcount
         except sqlite3.DatabaseError:
-            return False
+            return 0
         if gone <= 0:
+            return 0
+        self._checkpoint()
+        return gone
+
+    def _shed(self) -> bool:
+        """Make room in the file on a full disk (counted and said apart from the quota's
+        trimming); True when something went."""
+        gone = self._delete_oldest()
+        if not gone:
             return False
         first = self.shed_frames == 0
         self.shed_frames += gone
-        self._checkpoint()
-        if first and not quiet:
+        if first:
             log.warning("disk full: shedding the oldest journal frames to keep scoring (%d so "
                         "far); exams are kept", self.shed_frames)
         return True
@@ -318,10 +325,10 @@ class Journal:
             return 0
         gone = 0
         while self.used_bytes() > 0.9 * self.quota_bytes:
-            before = self.shed_frames
-            if not self._shed(quiet=True):
+            went = self._delete_oldest()
+            if not went:
                 break
-            gone += self.shed_frames - before
+            gone += went
         self.quota_shed += gone
         if not self._over_said:
             log.warning("journal %s over its quota of %d bytes ([journal] quota_mb): shed the "
