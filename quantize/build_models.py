@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
         return work / f"student-{tag}.pt"
 
     ckpt = checkpoint_for(settings)
+    if args.continue_from is not None and not 0 < args.continue_from < settings.steps:
+        raise ValueError(f"--continue-from {args.continue_from}: a run shorter than --steps "
+                         f"({settings.steps}) to resume")
     if args.continue_from and not ckpt.exists():
         # Resume a finished shorter run on this longer cosine schedule (how 1.2.0 was made:
         # 1,600 steps, then 2,400, then 4,000), instead of starting again from step 0.
@@ -213,8 +216,11 @@ def run(args: argparse.Namespace) -> int:
     shutil.copyfile(paths.int8, candidate / "plane_student.tflite")
     man = manifest.finish(man, candidate / "plane_student.tflite")
     (candidate / "plane_student.json").write_text(json.dumps(man, indent=2) + "\n")
-    new_sweeps = clean_sweeps(candidate)
-    old_sweeps = clean_sweeps(args.models) if shipped.is_file() else None
+    from quantize.sweeps import build_sweeps
+
+    built = build_sweeps(None, 0)  # every held-out patient, seed 0: the same frames for both
+    new_sweeps = clean_sweeps(candidate, built)
+    old_sweeps = clean_sweeps(args.models, built) if shipped.is_file() else None
     ship, why = ship_decision(new_sweeps, old_sweeps, new_ex, old_ex)
     if not ship:
         print(f"keeping the shipped model: {why}", file=sys.stderr)
@@ -248,13 +254,13 @@ def ship_decision(new_sweeps: int, old_sweeps: int | None, new_ex: int,
     return True, ""
 
 
-def clean_sweeps(models: Path) -> int:
-    """Blind sweeps (all held-out patients, seed 0) whose head choice is a clean frame,
-    with the plane student, segmenter and quality head in `models`."""
+def clean_sweeps(models: Path, built: list) -> int:
+    """Blind sweeps (`built` by quantize.sweeps.build_sweeps) whose head choice is a clean
+    frame, with the plane student, segmenter and quality head in `models`."""
     from quantize import sweeps
 
-    result = sweeps.run(None, 0, models)
-    print(sweeps.report(result).splitlines()[0].replace("214 sweeps", f"{models}: 214 sweeps"))
+    result = sweeps.run(None, 0, models, built)
+    print(f"{models}: {sweeps.report(result).splitlines()[0]}")
     return int(result["outcome"]["clean"])
 
 

@@ -90,9 +90,11 @@ def build_sweeps(limit: int | None, seed: int) -> list[Sweep]:
     return sweeps
 
 
-def run(limit: int | None, seed: int, models_dir: Path | None = None) -> dict:
+def run(limit: int | None, seed: int, models_dir: Path | None = None,
+        built: list[Sweep] | None = None) -> dict:
     """The sweeps through the device's scorer, with the models in `models_dir` (default:
-    the device config's, i.e. the shipped ones)."""
+    the device config's, i.e. the shipped ones); `built`: sweeps already made by
+    `build_sweeps(limit, seed)`, to judge several model sets on the same frames."""
     overrides: dict = {"biometry": {"pixel_size_mm": 0.1}}
     if models_dir is not None:
         overrides["models"] = {"dir": str(models_dir)}
@@ -100,7 +102,7 @@ def run(limit: int | None, seed: int, models_dir: Path | None = None) -> dict:
     scorer = make_scorer(settings)
     protocol = find_protocol("biometry")
     slot = protocol.slots[0]
-    sweeps = build_sweeps(limit, seed)
+    sweeps = built if built is not None else build_sweeps(limit, seed)
     outcome = {"clean": 0, "degraded": 0, "other": 0, "none": 0}
     chosen_err, clean_err, wrong = [], [], []
     t0 = time.perf_counter()
