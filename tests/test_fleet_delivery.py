@@ -166,6 +166,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with `Range: bytes=N-`, and a first answer cut short (a dropped link)."""
 
     cut_after: int | None = None
+    bundle_gets: int = 0
 
     def log_message(self, *args):
         pass
@@ -179,6 +180,10 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         ranged = self.headers.get("Range", "")
         if ranged.startswith("bytes="):
             start = int(ranged[6:].split("-")[0])
+        if path.suffix == ".bundle":
+            type(self).bundle_gets += 1
+        if start >= len(data) > 0:
+            return self.send_error(416)  # as nginx answers a range past the end
         body = data[start:]
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
@@ -211,6 +216,29 @@ def test_a_device_pulls_over_http_and_resumes_a_cut_download(tmp_path, fleet_kit
         agent._poll_http()  # resumes with a Range request
         assert agent.fleet.status()["bundle"] == "2.0"
         assert agent.restart.is_set()
+    finally:
+        server.shutdown()
+
+
+def test_a_whole_download_whose_install_stopped_short_is_installed_without_asking_again(
+        tmp_path, fleet_kit):  # noqa: F811
+    www = tmp_path / "www"
+    offer = export(fleet_kit["v2"], GROUP, www, str(fleet_kit["trusted"]))
+    handler = functools.partial(_RangeHandler, directory=str(www))
+    _RangeHandler.bundle_gets = 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = device_config(tmp_path, fleet_kit,
+                               http_url=f"http://127.0.0.1:{server.server_port}")
+        agent = _agent(config, fleet_kit)
+        part = agent.fleet.root / "download" / offer.bundle_id / "bundle.http"
+        part.parent.mkdir(parents=True)
+        part.write_bytes((www / GROUP / f"{offer.bundle_id}.bundle").read_bytes())
+        agent._poll_http()
+        assert _RangeHandler.bundle_gets == 0  # never a range past the end (HTTP 416)
+        assert agent.fleet.status()["bundle"] == "2.0"
     finally:
         server.shutdown()
 

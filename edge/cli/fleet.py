@@ -15,18 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from edge.fleet.settings import fleet_root, selftest_names
 from wire.fleet import BundleError
-
-
-def fleet_root(settings) -> Path:
-    """Where the slots live: `[fleet] root`, or `fleet/` in the state dir."""
-    return Path(settings.fleet.root or Path(settings.device.state_dir) / "fleet")
-
-
-def selftest_names(settings) -> dict:
-    """The device's model names and backend, so the self-test loads what the loop loads."""
-    return {"plane": settings.models.plane, "segmenter": settings.biometry.segmenter,
-            "learned": settings.quality.learned, "backend": settings.models.backend}
 
 
 def open_fleet(settings):

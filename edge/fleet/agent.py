@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from edge.fleet.settings import selftest_names
 from edge.fleet.slots import FACTORY, Fleet
 from edge.models.manifest import sha256_of
 from wire.fleet import (
@@ -55,12 +56,19 @@ class Download:
         self.folder = folder
         self.offer = offer
         folder.mkdir(parents=True, exist_ok=True)
+        # The chunks already on disk, listed once: a bundle of thousands of chunks must not
+        # cost a stat of every chunk for every chunk that arrives.
+        names = {entry.name for entry in os.scandir(folder)}
+        self._have = {i for i in range(offer.count) if f"{i:05d}" in names}
 
     def chunk_path(self, index: int) -> Path:
         return self.folder / f"{index:05d}"
 
+    def has(self, index: int) -> bool:
+        return index in self._have
+
     def missing(self) -> list[int]:
-        return [i for i in range(self.offer.count) if not self.chunk_path(i).exists()]
+        return [i for i in range(self.offer.count) if i not in self._have]
 
     def accept(self, index: int, payload: bytes) -> bool:
         start, end = self.offer.chunk_range(index)
@@ -74,6 +82,7 @@ class Download:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.chunk_path(index))
+        self._have.add(index)
         return True
 
     def assemble(self) -> Path:
@@ -207,8 +216,6 @@ class FleetAgent:
         self._error(why)
 
     def _install(self, path: Path, offer: Offer) -> None:
-        from edge.cli.fleet import selftest_names
-
         keys = self._keys_or_none()
         if keys is None:
             return
@@ -293,7 +300,7 @@ class FleetAgent:
         if not topic.startswith(prefix) or not topic[len(prefix):].isdigit():
             return
         index = int(topic[len(prefix):])
-        if index >= offer.count or self.download.chunk_path(index).exists():
+        if index >= offer.count or self.download.has(index):
             return
         if not self.download.accept(index, payload):
             log.warning("fleet: chunk %d of %s does not match its offer; asked again", index,

@@ -8,6 +8,7 @@ one of two slots; the first start copies `[models] dir` into slot a as the facto
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from wire.fleet import GROUP_RE
 
@@ -56,3 +57,14 @@ def check_fleet_settings(f: FleetSettings) -> None:
         raise ValueError("poll_min must be 0.1-10080 and http_timeout_s 1-600")
     if f.http_url and not f.http_url.startswith(("https://", "http://")):
         raise ValueError(f"http_url {f.http_url!r} must start with https:// (or http://)")
+
+
+def fleet_root(settings) -> Path:
+    """Where the slots live: `[fleet] root`, or `fleet/` in the state dir."""
+    return Path(settings.fleet.root or Path(settings.device.state_dir) / "fleet")
+
+
+def selftest_names(settings) -> dict:
+    """The device's model names and backend, so the self-test loads what the loop loads."""
+    return {"plane": settings.models.plane, "segmenter": settings.biometry.segmenter,
+            "learned": settings.quality.learned, "backend": settings.models.backend}
