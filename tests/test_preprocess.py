@@ -80,3 +80,22 @@ def test_every_model_of_a_frame_reads_one_grey_region(data_dir):
         assert np.array_equal(views.prepare(spec), prepare(image, roi, spec))
     assert views.grey(plane) is views.grey(quality)  # made once, shared
     assert views.grey(head).shape == image.shape[:2]
+
+
+def test_the_whole_frame_grey_made_around_the_region_is_the_frames_own(data_dir):
+    """The head segmenter reads the whole frame after the plane model read the region; the
+    whole grey is then made from the region's and the four strips around it, and must be
+    exactly what greying the whole frame gives, wherever the region lies (also at an edge)."""
+    from edge.models.preprocess import FrameViews
+    from edge.models.roi import to_grey
+
+    image = cv2.imread(str(data_dir / "sononet/examples/4CH.tiff"))
+    h, w = image.shape[:2]
+    region, whole = PreprocessSpec(224, 288), PreprocessSpec(160, 240, roi="full")
+    for roi in (find_roi(image), Roi(0, 0, w, h), Roi(0, 10, 50, h - 10), Roi(w - 7, 0, 7, 9)):
+        views = FrameViews(image, roi)
+        views.grey(region)
+        assert np.array_equal(views.grey(whole), to_grey(image)), roi
+        other = FrameViews(image, roi)  # the other order: the region cut from the whole
+        other.grey(whole)
+        assert np.array_equal(other.grey(region), to_grey(roi.crop(image))), roi
