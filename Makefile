@@ -36,12 +36,14 @@ lint: dev-env
 test: dev-env system-deps lint
 	$(BIN)/python -m pytest -q
 
-# The plane student 1.2.0 was trained 1,600 steps, then resumed on 2,400- and 4,000-step
-# cosine schedules; the first two stop after distillation.
+# The plane student 1.3.0 was trained 1,600 steps, then resumed on 2,400- and 4,000-step
+# cosine schedules (1.2.0), then on a 5,000-step one with the head-plane term (every HC18
+# frame is a head plane); only the last stage converts, checks and ships.
 models: dev-env
 	$(BIN)/python -m quantize.build_models --low-res-steps 0 --until distil
 	$(BIN)/python -m quantize.build_models --low-res-steps 0 --steps 2400 --continue-from 1600 --until distil
-	$(BIN)/python -m quantize.build_models --low-res-steps 0 --steps 4000 --continue-from 2400
+	$(BIN)/python -m quantize.build_models --low-res-steps 0 --steps 4000 --continue-from 2400 --until distil
+	$(BIN)/python -m quantize.build_models --low-res-steps 0 --steps 5000 --continue-from 4000 --head-weight 0.7
 	$(BIN)/python -m quantize.build_segmenter
 	$(BIN)/python -m quantize.build_quality_head
 

@@ -391,39 +391,65 @@ class TrainSettings:
     # (it calls 3VV variants RVOT or Background more often than 3VV). 0 = teacher only.
     label_weight: float = 0.7
     eval_every: int = 300
+    # The head-plane term (1.3.0's last steps): every HC18 frame is a head plane, an axial
+    # view its sonographers measured HC on, and so is every FETAL_PLANES_DB brain frame.
+    # The teacher, trained on mid-trimester planes, calls 30 of 264 held-out HC18 heads
+    # something else (16 Background: mostly early heads), and those are the blind sweeps the
+    # device found no head in. On those rows the target is this share of the teacher's own
+    # split between the head planes (transventricular against transcerebellar; even where it
+    # has no head mass) plus the rest of its answer. 0 = teacher only, as up to 1.2.0.
+    head_weight: float = 0.0
+
+
+HEAD_PLANES = ("Brain (Cb.)", "Brain (Tv.)")
 
 
 def soft_targets(t_logits: torch.Tensor, temp: float, true: torch.Tensor,
-                 label_weight: float) -> torch.Tensor:
+                 label_weight: float, head_rows: torch.Tensor | None = None,
+                 head_weight: float = 0.0) -> torch.Tensor:
     """The teacher's probabilities at `temp`, mixed with the one-hot true label on the rows
-    that have one (true >= 0)."""
+    that have one (true >= 0), and with the teacher's own split between the head planes on
+    the rows known to be a head plane (`head_rows`)."""
     p = F.softmax(t_logits / temp, 1)
-    if label_weight <= 0:
-        return p
-    share = (true >= 0).to(p.dtype)[:, None] * label_weight
-    onehot = F.one_hot(true.clamp_min(0), p.shape[1]).to(p.dtype)
-    return (1 - share) * p + share * onehot
+    if label_weight > 0:
+        share = (true >= 0).to(p.dtype)[:, None] * label_weight
+        onehot = F.one_hot(true.clamp_min(0), p.shape[1]).to(p.dtype)
+        p = (1 - share) * p + share * onehot
+    if head_rows is not None and head_weight > 0:
+        group = torch.tensor([LABELS.index(name) for name in HEAD_PLANES])
+        within = torch.zeros_like(p)
+        within[:, group] = p[:, group] + 1e-6  # no head mass at all: an even split
+        within = within / within.sum(1, keepdim=True)
+        share = ((true < 0) & head_rows).to(p.dtype)[:, None] * head_weight
+        p = (1 - share) * p + share * within
+    return p
 
 
 def distil_loss(s_logits: torch.Tensor, s_maps: torch.Tensor, t_logits: torch.Tensor,
                 t_maps: torch.Tensor, settings: TrainSettings, map_scale: float,
                 true: torch.Tensor | None = None,
-                t_view_top1: torch.Tensor | None = None) -> torch.Tensor:
+                t_view_top1: torch.Tensor | None = None,
+                head_rows: torch.Tensor | None = None) -> torch.Tensor:
     """KL to the (label-mixed) soft targets at T and at 1, plus the class-map MSE. The maps
-    term is left out on labelled rows where the teacher's own top-1 is not the true label
-    (its maps would pull towards the plane the label overrules)."""
+    term is left out on labelled rows where the teacher's own top-1 is not the true label,
+    and on head rows where it is not a head plane (its maps would pull towards the plane the
+    label overrules)."""
     temp = settings.temperature
     if true is None:
         true = torch.full((len(s_logits),), -1, dtype=torch.long)
     loss = 0.0
     for t, weight in ((temp, temp * temp), (1.0, 1.0)):
-        target = soft_targets(t_logits, t, true, settings.label_weight)
+        target = soft_targets(t_logits, t, true, settings.label_weight, head_rows,
+                              settings.head_weight)
         loss = loss + weight * F.kl_div(F.log_softmax(s_logits / t, 1), target,
                                         reduction="batchmean")
     per_row = ((s_maps - t_maps) ** 2).mean(dim=(1, 2, 3)) / map_scale
     keep = torch.ones_like(per_row)
     if t_view_top1 is not None and settings.label_weight > 0:
         keep = ((true < 0) | (t_view_top1 == true)).to(per_row.dtype)
+    if t_view_top1 is not None and head_rows is not None and settings.head_weight > 0:
+        group = torch.tensor([LABELS.index(name) for name in HEAD_PLANES])
+        keep = keep * (~head_rows | torch.isin(t_view_top1, group)).to(per_row.dtype)
     return loss + settings.map_weight * (per_row * keep).sum() / keep.sum().clamp_min(1.0)
 
 
@@ -436,11 +462,14 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
                   seed: int, settings: TrainSettings = TrainSettings(),
                   heldout: dict[str, np.ndarray] | None = None,
                   extra: dict[str, np.ndarray] | None = None,
-                  extra_share: float = 0.0) -> torch.nn.Module:
+                  extra_share: float = 0.0,
+                  head_rows: np.ndarray | None = None) -> torch.nn.Module:
     """Train (or resume) and return the student; the checkpoint holds the step reached.
 
     `extra` (same keys as `cache`, e.g. views of synthesised images) supplies
     round(extra_share * batch) rows of every batch; the rest come from `cache`.
+    `head_rows` (bool per `cache` row, `head_rows_of`) marks the views of frames known to
+    be a head plane, for the head-plane term (settings.head_weight).
     """
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(student.parameters(), lr=settings.lr,
@@ -466,6 +495,9 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
     map_scale = float(t_maps[:n].var()) + 1e-6
     t_view_top1 = t_maps.mean(dim=(2, 3)).argmax(1)
     true = torch.from_numpy(cache["label"].astype(np.int64))
+    heads = torch.zeros(len(true), dtype=torch.bool)
+    if head_rows is not None:
+        heads[:n] = torch.from_numpy(np.asarray(head_rows[:n], dtype=bool))
     student = student.to(memory_format=torch.channels_last)
 
     def lr_at(s: int) -> float:
@@ -495,7 +527,7 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
             group["lr"] = lr_at(step)
         s_logits, s_maps = student.forward_maps(x)
         loss = distil_loss(s_logits, s_maps, t_logits[idx], maps_target, settings, map_scale,
-                           true[idx], t_view_top1[idx])
+                           true[idx], t_view_top1[idx], heads[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -509,8 +541,10 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
                 pred = student_logits(student, views_for_student(heldout)).argmax(1)
                 agree = pred == heldout["logits"].argmax(1)
                 entry["heldout_agreement"] = float(agree.mean())
-                heads = heldout["source"] == "hc18"
-                entry["heldout_heads_agreement"] = float(agree[heads].mean())
+                on_heads = heldout["source"] == "hc18"
+                entry["heldout_heads_agreement"] = float(agree[on_heads].mean())
+                group = [LABELS.index(name) for name in HEAD_PLANES]
+                entry["heldout_heads_named_head"] = float(np.isin(pred[on_heads], group).mean())
             log.append(entry)
             tqdm.write(json.dumps(entry))
             tmp = ckpt.with_suffix(".tmp")
@@ -521,6 +555,15 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
     bar.close()
     (ckpt.parent / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     return student.eval()
+
+
+def head_rows_of(cache: dict[str, np.ndarray], train: list[Frame]) -> np.ndarray:
+    """Which cached views show a frame known to be a head plane: every HC18 frame (labelled
+    or test) and every FETAL_PLANES_DB brain frame; mixup views never."""
+    known = np.array([f.source in ("hc18", "hc18_test") or "_Plane3_" in f.path.name
+                      for f in train] + [False])
+    owner = cache["frame"].astype(np.int64)
+    return known[np.where(owner >= 0, owner, len(train))]
 
 
 def half_resolution(x: torch.Tensor) -> torch.Tensor:

@@ -310,6 +310,21 @@ def _add_extras(man: dict, extras: dict) -> None:
     for key in ("cache", "train"):
         if extras.get(key):
             man["distillation"][key] = extras[key]
+    head_weight = ((extras.get("train") or {}).get("settings") or {}).get("head_weight") or 0
+    if head_weight:
+        man["distillation"]["targets"] += (
+            f"; on views of frames known to be a head plane (every HC18 frame, labelled or "
+            f"test, and the FETAL_PLANES_DB brain frames) the target is {head_weight} x the "
+            f"teacher's own split between the two head planes + {1 - head_weight:.1f} x its "
+            "answer (the head-plane term, in the last stage only)")
+    named = extras.get("heads_named_head_plane")
+    if named is not None:
+        man["metrics"]["heldout_hc18_named_a_head_plane_int8"] = {
+            "value": round(named[0] / max(1, named[1]), 4), "named": named[0], "n": named[1],
+            "teacher": {"named": named[2], "n": named[1]},
+            "how": ("every HC18 frame is a head plane its sonographers measured HC on: the "
+                    "share of the held-out HC18 heads whose top-1 (int8 student, device path, "
+                    "no abstention) is Brain (Tv.) or Brain (Cb.), beside the fp32 teacher's")}
     named = extras.get("examples_named")
     if named is not None:
         man["metrics"]["examples_13_named_int8_with_abstain"] = {

@@ -17,7 +17,7 @@ import torch
 
 from edge.models.preprocess import PreprocessSpec, grey_resized, normalise
 from edge.models.roi import find_roi
-from quantize.data import CORD_GROUP, list_frames, make_view, read_frame, split
+from quantize.data import CORD_GROUP, LABELS, list_frames, make_view, read_frame, split
 from quantize.macs import count_macs
 from quantize.student import MobileSpec, MobileStudent, PlaneStudent
 from quantize.teacher import SonoNet16
@@ -261,13 +261,35 @@ def test_shipped_student_names_the_13_examples_through_the_device_path():
     assert len(wrong) <= 2 and set(wrong) <= {"3VV.tiff", "LIPS.tiff"}
 
 
-def test_the_build_ships_only_a_student_no_worse_in_blind_sweeps_and_better_on_examples():
+def test_the_build_ships_only_a_student_no_worse_on_sweeps_and_examples_and_better_on_one():
     from quantize.build_models import ship_decision
 
     assert ship_decision(170, 175, 13, 10)[0] is False  # fewer clean heads in the sweeps
-    assert ship_decision(175, 175, 10, 10)[0] is False  # not better on examples
+    assert ship_decision(190, 175, 12, 13)[0] is False  # fewer example screens named
+    assert ship_decision(175, 175, 10, 10)[0] is False  # better on neither
     assert ship_decision(175, 175, 13, 10) == (True, "")
+    assert ship_decision(180, 175, 13, 13) == (True, "")  # more clean heads, examples kept
+    assert ship_decision(182, 175, 13, 13, 8, 0)[0] is False  # a chest chosen as the head
     assert ship_decision(5, None, 0, None) == (True, "")  # nothing shipped yet
+
+
+def test_the_head_plane_term_moves_a_known_head_to_the_head_planes_in_the_teachers_split():
+    from quantize.distil import soft_targets
+
+    cb, tv, bg = LABELS.index("Brain (Cb.)"), LABELS.index("Brain (Tv.)"), \
+        LABELS.index("Background")
+    logits = torch.full((2, len(LABELS)), -9.0)
+    logits[:, bg], logits[:, tv], logits[:, cb] = 3.0, 1.0, 0.0  # the teacher: Background
+    none = torch.tensor([-1, -1])
+    heads = torch.tensor([True, False])
+    p = soft_targets(logits, 1.0, none, 0.7, heads, 0.7)
+    assert p[0].argmax() == tv and p[1].argmax() == bg  # only the known head moves
+    assert torch.allclose(p.sum(1), torch.ones(2))
+    teacher = torch.softmax(logits[0], 0)
+    # The head planes keep the teacher's split between them.
+    assert torch.isclose(p[0, tv] / p[0, cb], teacher[tv] / teacher[cb], rtol=1e-3)
+    assert torch.equal(soft_targets(logits, 1.0, none, 0.7, heads, 0.0), soft_targets(
+        logits, 1.0, none, 0.7))  # weight 0: the teacher's answer, as up to 1.2.0
 
 
 @needs_data

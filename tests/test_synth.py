@@ -144,14 +144,19 @@ def test_abstain_threshold_sits_where_agreement_drops():
 
 def test_calibration_judges_variants_by_their_true_plane_and_real_frames_by_the_teacher():
     """A 3VV variant the teacher calls RVOT is right when the student says 3VV; a held-out
-    head is right when the student says what the teacher says."""
+    frame is right when the student says what the teacher says; but an HC18 head the
+    teacher calls Background is right when the student names either head plane."""
     from quantize.calibrate import reference_labels
 
-    held = np.full((2, 14), -5.0, np.float32)
-    held[0, 5] = held[1, 3] = 5.0  # teacher: Brain (Tv.), Background
+    held = np.full((4, 14), -5.0, np.float32)
+    held[0, 5] = held[1, 3] = held[2, 3] = held[3, 3] = 5.0  # Brain (Tv.), then Background
+    held[2, 4] = held[3, 4] = -1.0  # of the head planes, the teacher leans to Brain (Cb.)
     data = {"cls": np.array([0, 2], np.int16), "held_logits": held,
-            "teacher_logits": np.eye(14, dtype=np.float32)[[11, 2]]}
-    assert reference_labels(data).tolist() == [0, 2, 5, 3]
+            "held_source": np.array(["hc18", "planes", "hc18", "hc18"])}
+    assert reference_labels(data).tolist() == [0, 2, 5, 3, 4, 4]
+    student = np.zeros((6, 14), np.float32)
+    student[np.arange(6), [0, 2, 5, 3, 5, 3]] = 1.0  # the head: Tv., then Background
+    assert reference_labels(data, student).tolist() == [0, 2, 5, 3, 5, 4]
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped plane_student")
