@@ -167,7 +167,8 @@ class Scorer:
             head = {"status": shape.status,
                     "ellipse": None if shape.ellipse is None else
                     [round(v, 2) for v in shape.ellipse]}
-            measures.update(head_measures(shape, roi) or {})
+            named = plane.plane in self.head.head_planes
+            measures.update(head_measures(shape, roi, named_head=named) or {})
             if self.head.pixel_size_mm and plane.plane in self.head.head_planes:
                 biometry = biometry_of(shape, self.head.pixel_size_mm).to_dict()
         t3 = time.perf_counter()

@@ -40,7 +40,8 @@ QUALITY_HEAD_LABELS = ("blur", "gain", "noise", "shadow", "cutoff", "zoom")
 # region (uint8, the model's input size); head figures come from `biometry.HeadShape`.
 IMAGE_MEASURES = ("tissue_fraction", "repeated_frames", "bright_level", "dynamic_range",
                   "edge_energy", "plane_margin")
-HEAD_MEASURES = ("head_overshoot", "head_area_fraction", "head_fit_iou", "head_offset")
+HEAD_MEASURES = ("head_regions", "head_overshoot", "head_area_fraction", "head_fit_iou",
+                 "head_offset")
 LEARNED_MEASURES = tuple(f"learned:{label}" for label in QUALITY_HEAD_LABELS)
 MEASURES = IMAGE_MEASURES + HEAD_MEASURES + LEARNED_MEASURES
 
@@ -257,8 +258,13 @@ def edge_energy(grey: np.ndarray) -> float:
     return float(cv2.Laplacian(half, cv2.CV_32F)[inside].var()) / spread
 
 
-def head_measures(shape: HeadShape | None, roi: Roi | None = None) -> dict[str, float] | None:
+def head_measures(shape: HeadShape | None, roi: Roi | None = None,
+                  named_head: bool = False) -> dict[str, float] | None:
     """The head figures, or None when no single head was found (nothing to judge).
+
+    Except on a frame the plane model names a head plane (`named_head`): there a missing
+    skull, or several skull-like regions, is itself the fault (`head_regions` 0 or 2), or
+    a chest the plane model mistook for a head would pass every head criterion unjudged.
 
     Size and centring are judged against the ultrasound image (the region `roi`, counting
     only the part of its box the image covers: a sector leaves the corners empty), not
@@ -266,12 +272,16 @@ def head_measures(shape: HeadShape | None, roi: Roi | None = None) -> dict[str, 
     box the segmenter saw, so the two never disagree.
     """
     if shape is None or shape.status in (NO_HEAD, SEVERAL_HEADS) or shape.ellipse is None:
-        return None
+        if not named_head:
+            return None
+        return {"head_regions": 2.0 if shape is not None and shape.status == SEVERAL_HEADS
+                else 0.0}
     cx, cy, a, b, _ = shape.ellipse
     bx, by, bw, bh = (roi.x, roi.y, roi.w, roi.h) if roi is not None else shape.box
     image_area = float(bw * bh) * (roi.fill if roi is not None else 1.0)
     offset = max(abs(cx - (bx + (bw - 1) / 2)) / (bw / 2), abs(cy - (by + (bh - 1) / 2)) / (bh / 2))
-    out = {"head_area_fraction": math.pi * a * b / max(1.0, image_area), "head_offset": offset,
+    out = {"head_regions": 1.0,
+           "head_area_fraction": math.pi * a * b / max(1.0, image_area), "head_offset": offset,
            "head_overshoot": max(0.0, shape.overshoot or 0.0)}
     if shape.status == HEAD_CUT_OFF:
         # Cut off by the edge rather than by the ellipse: count the edge run as overshoot,
