@@ -59,7 +59,7 @@ def _report_parser() -> argparse.ArgumentParser:
 
 
 def report_main(argv: list[str]) -> int:
-    from central.fleet import fleet_rows, format_fleet
+    from central.fleet import format_fleet
     from central.report import build_report, format_report
 
     args = _report_parser().parse_args(argv)
@@ -67,7 +67,6 @@ def report_main(argv: list[str]) -> int:
         store = Store(args.db, create=False)
         try:
             rep = build_report(store, seq_jump=max(1, args.seq_jump))
-            rep["fleet"] = fleet_rows(store)  # each device's model bundle (central/fleet.py)
         finally:
             store.close()
     except DbError as exc:

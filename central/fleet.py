@@ -187,21 +187,6 @@ def _wait(predicate, deadline: float, what: str) -> None:
 # -- the district report ------------------------------------------------------------------------
 
 
-def fleet_rows(store) -> list[dict]:
-    """Each device's model bundle, from its latest health message."""
-    rows = []
-    for dev, payload in store.query(
-        "SELECT m.device_id, m.payload FROM messages m JOIN (SELECT device_id, MAX(seq) AS s "
-        "FROM messages WHERE kind = 'health' GROUP BY device_id) h "
-        "ON m.device_id = h.device_id AND m.seq = h.s AND m.kind = 'health' "
-        "ORDER BY m.device_id"
-    ):
-        fleet = json.loads(payload).get("fleet")
-        if isinstance(fleet, dict):
-            rows.append({"device_id": dev, **fleet})
-    return rows
-
-
 def format_fleet(rows: list[dict]) -> str:
     if not rows:
         return ""

@@ -132,12 +132,9 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
         if len(d.gaps) < max_gaps:
             d.gaps.append([lo, int(seq) - 1])
 
-    for dev, payload in store.query(
-        "SELECT m.device_id, m.payload FROM messages m JOIN (SELECT device_id, MAX(seq) AS s "
-        "FROM messages WHERE kind = 'health' GROUP BY device_id) h "
-        "ON m.device_id = h.device_id AND m.seq = h.s AND m.kind = 'health'"
-    ):
-        dropped = json.loads(payload).get("dropped", {})
+    latest = latest_health(store)
+    for dev, health in latest:
+        dropped = health.get("dropped", {})
         devices[dev].dropped_health = int(dropped.get("health", 0))
         devices[dev].dropped_exam = int(dropped.get("exam", 0))
 
@@ -170,7 +167,24 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
         "clinics": [asdict(clinics[k]) for k in sorted(clinics)],
         "dead_letters": {"total": len(dead), "by_reason": dict(sorted(dead_by.items()))},
         "recent_exams": recent_exams(store),
+        "fleet": bundle_rows(latest),
     }
+
+
+def latest_health(store: Store) -> list[tuple[str, dict]]:
+    """(device, payload) of each device's latest health message, by device: read once for
+    the delivery figures and the model bundles."""
+    return [(dev, json.loads(payload)) for dev, payload in store.query(
+        "SELECT m.device_id, m.payload FROM messages m JOIN (SELECT device_id, MAX(seq) AS s "
+        "FROM messages WHERE kind = 'health' GROUP BY device_id) h "
+        "ON m.device_id = h.device_id AND m.seq = h.s AND m.kind = 'health' "
+        "ORDER BY m.device_id")]
+
+
+def bundle_rows(latest: list[tuple[str, dict]]) -> list[dict]:
+    """Each device's model bundle, from its latest health message (`latest_health`)."""
+    return [{"device_id": dev, **health["fleet"]} for dev, health in latest
+            if isinstance(health.get("fleet"), dict)]
 
 
 def _latest_status(store: Store) -> list[tuple]:
