@@ -406,18 +406,19 @@ def _add(db: Db, rows: list[tuple]) -> None:
         exams.append(_exam_row(msg_id, dev, clinic, day, ts, data))
         protocol = data.get("protocol") or {}
         name = str(protocol.get("name") or "")
+        week = week_of(day)
         if name:
-            week = week_of(day)
             pc = week_protocol[(week, clinic, name)]
             pc[0] += 1
             pc[1] += _complete(protocol)
             named = [str(slot) for slot in protocol.get("missing") or []]
             for slot in named:
                 week_missing[(week, clinic, name, slot)] += 1
-            if _unnamed(protocol, named):
-                week_missing[(week, clinic, name, UNNAMED_SLOT)] += _unnamed(protocol, named)
+            unnamed = _unnamed(protocol, named)
+            if unnamed:
+                week_missing[(week, clinic, name, UNNAMED_SLOT)] += unnamed
         for crit, frames in (data.get("deficiencies") or {}).items():
-            d = week_def[(week_of(day), clinic, str(crit))]
+            d = week_def[(week, clinic, str(crit))]
             d[0] += 1
             d[1] += int(frames)
         for plane, entry in (data.get("planes") or {}).items():
@@ -426,7 +427,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
             q = _num(entry[2])
             if q is None:
                 continue
-            wp = week_plane[(week_of(day), clinic, str(plane))]
+            wp = week_plane[(week, clinic, str(plane))]
             wp[0] += 1
             wp[1] += q
             wp[2] += int(q < C.MIN_QUALITY)
