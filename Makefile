@@ -38,14 +38,16 @@ test: dev-env system-deps lint
 
 # The plane student 1.3.0 was trained 1,600 steps, then resumed on 2,400- and 4,000-step
 # cosine schedules (1.2.0), then on a 5,000-step one with the head-plane term (every HC18
-# frame is a head plane); only the last stage converts, checks and ships.
+# frame is a head plane); only the last stage converts, checks and ships. Training uses both
+# cores (measured: 1.7-1.9x the steps per second of one thread).
+MODEL_THREADS ?= 2
 models: dev-env
-	$(BIN)/python -m quantize.build_models --low-res-steps 0 --until distil
-	$(BIN)/python -m quantize.build_models --low-res-steps 0 --steps 2400 --continue-from 1600 --until distil
-	$(BIN)/python -m quantize.build_models --low-res-steps 0 --steps 4000 --continue-from 2400 --until distil
-	$(BIN)/python -m quantize.build_models --low-res-steps 0 --steps 5000 --continue-from 4000 --head-weight 0.7
-	$(BIN)/python -m quantize.build_segmenter
-	$(BIN)/python -m quantize.build_quality_head
+	$(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --until distil
+	$(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --steps 2400 --continue-from 1600 --until distil
+	$(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --steps 4000 --continue-from 2400 --until distil
+	$(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --steps 5000 --continue-from 4000 --head-weight 0.7
+	$(BIN)/python -m quantize.build_segmenter --threads $(MODEL_THREADS)
+	$(BIN)/python -m quantize.build_quality_head --threads $(MODEL_THREADS)
 
 # Head segmenters on validation patients: build/eval_biometry/report.md + bland_altman.png
 eval-biometry: dev-env

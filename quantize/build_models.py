@@ -94,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
 
     heldout = distil.heldout_set(teacher, held, work / "heldout.npz")
     cache_settings = distil.CacheSettings()
-    fast = distil.FastTeacher(teacher, work / "teacher_maps_fp32.tflite", args.threads)
+    # Two cache workers take a core each; one worker may use every thread it was given.
+    fast = distil.FastTeacher(teacher, work / "teacher_maps_fp32.tflite",
+                              1 if args.cache_workers > 1 else args.threads)
     cache_tag = cache_settings.tag(train, args.seed)
     n_chunks = -(-len(train) // cache_settings.frames_per_chunk)
     done = len(list((work / f"cache-{cache_tag}").glob("views_*.npz")))
@@ -292,7 +294,7 @@ def cache_helper(args: argparse.Namespace, work: Path):
     import subprocess
 
     cmd = [sys.executable, "-m", "quantize.build_models", "--until", "cache", "--cache-reverse",
-           "--seed", str(args.seed), "--build", str(args.build), "--threads", str(args.threads)]
+           "--seed", str(args.seed), "--build", str(args.build), "--threads", "1"]
     log = open(work / "cache_worker.log", "w")  # noqa: SIM115 (lives as long as the worker)
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
