@@ -275,6 +275,24 @@ def test_sonoedge_exam_prints_a_checklist(sweep):
     assert "1/1 planes captured" in proc.stdout
 
 
+def test_a_sweep_whose_best_head_is_not_good_enough_says_what_to_change(tmp_path):
+    """An early head (005_HC, a held-out patient, 70 mm HC) fills 8% of the image: the slot
+    is not captured, and the checklist says what would make its best frame good enough."""
+    folder = tmp_path / "early"
+    folder.mkdir()
+    shutil.copy(DATA / "hc18" / "images" / "005_HC.png", folder / "00_005_HC.png")
+    proc = sonoedge("exam", str(folder), "--protocol", "biometry")
+    assert proc.returncode == 0, proc.stderr
+    assert "0/1 planes captured" in proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if "Head (HC, BPD)" in x)
+    assert line.lstrip().startswith("[ ]") and "00_005_HC.png" in line
+    assert "to improve it: Zoom in" in line
+    out = json.loads(sonoedge("exam", str(folder), "--protocol", "biometry", "--json").stdout)
+    (row,) = out["checklist"]
+    assert not row["captured"] and row["best"]["advice"]["criterion"] == "zoom"
+    assert out["best_frames"] == {}  # nothing good enough to keep as the plane's best
+
+
 def test_sonoedge_score_adds_the_audit_to_every_frame(sweep):
     proc = sonoedge("score", str(sweep / "00_500_HC.png"))
     quality = json.loads(proc.stdout)["quality"]

@@ -66,6 +66,9 @@ class BestFrame:
     biometry: dict | None = None
     thumbnail: str | None = None  # path relative to the state dir, once written
     worst_fault: float = 0.0  # the learned quality head's largest severity, 0 without it
+    # What to change on it (the audit's leading failing criterion and its instruction):
+    # a slot whose best frame is not good enough says why, for a blind sweep as live.
+    advice: tuple[str, str] | None = None
 
     def rank(self) -> tuple[float, float, float]:
         """Quality first; among frames of equal score (every criterion passed: 1.0), the
@@ -81,6 +84,8 @@ class BestFrame:
             out["thumbnail"] = self.thumbnail
         if self.biometry and self.biometry.get("hc_mm") is not None:
             out["hc_mm"] = self.biometry["hc_mm"]
+        if self.advice:
+            out["advice"] = {"criterion": self.advice[0], "message": self.advice[1]}
         return out
 
 
@@ -116,7 +121,8 @@ class ExamSession:
         candidate = BestFrame(plane, str(result.get("source", "")), int(result.get("frame", -1)),
                               quality_score(result),
                               float(conf) if isinstance(conf, int | float) else 0.0,
-                              result.get("biometry"), worst_fault=max(faults, default=0.0))
+                              result.get("biometry"), worst_fault=max(faults, default=0.0),
+                              advice=advice_of(result))
         current = self.best.get(plane)
         if current is not None and candidate.rank() <= current.rank():
             return
@@ -266,6 +272,22 @@ class ExamTracker:
         return body
 
 
+MAX_ADVICE_CHARS = 200
+
+
+def advice_of(result: dict) -> tuple[str, str] | None:
+    """(criterion, instruction) of a result's leading failing criterion, or None."""
+    quality = result.get("quality")
+    if not isinstance(quality, dict) or not isinstance(quality.get("advice"), str):
+        return None
+    name = quality["advice"]
+    entry = (quality.get("criteria") or {}).get(name)
+    message = entry.get("message") if isinstance(entry, dict) else None
+    if not isinstance(message, str):
+        return None
+    return name[:40], message[:MAX_ADVICE_CHARS]
+
+
 def format_exam(session: ExamSession, body: dict) -> str:
     """The checklist and the summary as a few lines for a terminal or a log."""
     protocol = body.get("protocol") or {}
@@ -283,7 +305,9 @@ def format_exam(session: ExamSession, body: dict) -> str:
         lines.append(f"  {mark} {row['plane']}: best quality "
                      f"{'-' if q is None else f'{q:.2f}'} ({which}{best['source']}, "
                      f"frame {best['frame']})"
-                     + (f", thumbnail {best['thumbnail']}" if best.get("thumbnail") else ""))
+                     + (f", thumbnail {best['thumbnail']}" if best.get("thumbnail") else "")
+                     + (f"; to improve it: {best['advice']['message']}"
+                        if not row["captured"] and best.get("advice") else ""))
     bio = body.get("biometry")
     if bio and bio.get("hc_mm") is not None:
         ga = bio.get("ga_weeks")
