@@ -158,6 +158,23 @@ def test_another_language_is_one_file_and_covers_every_instruction():
     assert i18n.catalog("xx", rules)["_lang"] == "en"
 
 
+def test_a_slots_advice_reaches_the_page_with_its_catalog_key():
+    """A slot whose best frame is not good enough: the page gets the key of its
+    instruction, so it says it in the midwife's language; the exam itself is not changed."""
+    rules = load_rules(None)
+    zoom = next(r for r in rules.criteria if r.name == "zoom")
+    best = {"plane": "Brain (Cb.)", "source": "a.png", "frame": 3, "quality": 0.4,
+            "advice": {"criterion": "zoom", "message": zoom.message_low}}
+    exam = {"exam_id": "e", "checklist": [{"plane": "Head (HC, BPD)", "captured": False,
+                                           "best": best}, {"plane": "Femur", "captured": False}]}
+    shown = i18n.exam_with_advice_keys(rules, exam)
+    key = shown["checklist"][0]["best"]["advice"]["key"]
+    assert key == "quality.zoom" and i18n.catalog("fr", rules)[key].startswith("Zoomez")
+    assert shown["checklist"][1] == exam["checklist"][1]
+    assert "key" not in exam["checklist"][0]["best"]["advice"]  # a copy
+    assert i18n.exam_with_advice_keys(rules, None) is None
+
+
 def test_a_stale_translation_of_changed_rules_falls_back_to_english(tmp_path):
     (tmp_path / "en.json").write_text('{"_language_name": "English", "a": "A"}')
     (tmp_path / "sw.json").write_text(json.dumps({

@@ -57,6 +57,22 @@ def message_key(rules: Rules | None, criterion: str | None, message: str | None)
     return None
 
 
+def exam_with_advice_keys(rules: Rules | None, exam: dict | None) -> dict | None:
+    """The exam with the catalog key of each slot's advice, so the page says in its own
+    language what would make a best frame good enough. A copy: the view's own exam is
+    shared with the loop."""
+    if not exam:
+        return exam
+    rows = []
+    for row in exam.get("checklist") or []:
+        advice = (row.get("best") or {}).get("advice")
+        if isinstance(advice, dict):
+            key = message_key(rules, advice.get("criterion"), advice.get("message"))
+            row = {**row, "best": {**row["best"], "advice": {**advice, "key": key}}}
+        rows.append(row)
+    return {**exam, "checklist": rows}
+
+
 @lru_cache(maxsize=16)
 def _read(path: Path) -> dict[str, str]:
     try:

@@ -372,8 +372,10 @@ class WebServer:
         if frame is not None and latest.shown is not None:
             frame["shown"]["key"] = i18n.message_key(self.rules, frame["shown"]["advice"],
                                                      frame["shown"]["message"])
-        return {"frame": frame, "exam": self.view.exam, "protocol": self.view.protocol,
-                "screening": self._screening(), "status": await self._status_now()}
+        return {"frame": frame, "exam": i18n.exam_with_advice_keys(self.rules, self.view.exam),
+                "protocol": self.view.protocol, "screening": self._screening(),
+                "status": await self._status_now()}
+
 
     async def _state(self, request: web.Request) -> web.Response:
         return web.json_response(await self._state_dict())

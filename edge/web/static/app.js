@@ -462,6 +462,14 @@ function renderExam(s) {
       q.textContent = best ? "" : "—";
     }
     li.appendChild(q);
+    if (!row.captured && best && best.advice) {
+      // what would make this slot's best frame good enough, in the page's language
+      const advice = document.createElement("div");
+      advice.className = "advice";
+      advice.textContent = best.advice.key
+        ? t(best.advice.key, { _fallback: best.advice.message }) : best.advice.message;
+      li.appendChild(advice);
+    }
     list.appendChild(li);
   }
   // the tone: a plane newly captured within the same exam
