@@ -1,0 +1,146 @@
+"""Does a larger segmenter input mend the big heads (issue 13), and what does it cost?
+
+The HC error of the shipped segmenter is about 0.6 model pixels of radius at every head
+size, and big heads come on zoomed-out frames, so a model pixel there is 1.7x the
+millimetres (`make eval-biometry`). This tool tests the mend the measurement points to.
+The shipped plain DeepLabv3+-lite, 4,000 steps at 160x240, is trained `--steps` more at
+240x360. The control is the same number of steps at 160x240, so the extra training alone
+is measured too. Both go to int8 and are scored on the 264 validation frames exactly as
+`quantize.build_segmenter` scores its nets (`eval_biometry.score`: the device's
+measurement on the whole frame). The shipped model is scored the same way beside them,
+with the HC bands and each int8 model's latency.
+
+The net is fully convolutional, so the weights carry over to the new size. The training
+views are the cached 2x views (320x480) area-resized to the input, as in training.
+
+    python -m quantize.seg_input_size [--steps 1200] [--threads 2]
+
+It writes build/head_segmenter/seed0/input_size/results_<steps>.json. The models it makes
+are not shipped: at 240x360 the segmenter costs about twice the time (see the results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from edge.models.preprocess import PreprocessSpec, grey_resized, normalise
+from quantize import eval_biometry, seg_data, seg_train
+from quantize.data import DataError, data_dir
+
+SIZES = {"control_160x240": (160, 240), "big_240x360": (240, 360)}
+LR = 1e-3
+WARMUP = 50
+BATCH = 8
+
+
+def fine_tune(net: torch.nn.Module, train: dict, spec: PreprocessSpec, steps: int,
+              seed: int, desc: str) -> torch.nn.Module:
+    """`steps` more steps of the plain net's loss at `spec`'s size, warm-up then cosine."""
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    net.train()
+    for step in tqdm(range(steps), desc=desc, unit="step", mininterval=20):
+        for group in opt.param_groups:
+            group["lr"] = LR * min(1.0, (step + 1) / WARMUP) * 0.5 * (
+                1 + math.cos(math.pi * step / steps))
+        rng = np.random.default_rng([seed, 77, step])
+        idx = rng.integers(0, len(train["x2"]), BATCH)
+        views = [seg_data.augment(train["x2"][i], train["y2"][i], rng, seg_data.SegAugment(),
+                                  spec) for i in idx]
+        x = torch.from_numpy(np.stack([v[0] for v in views])[:, None])
+        y = torch.from_numpy(np.stack([v[1] for v in views])[:, None])
+        loss = seg_train.gt_loss(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def scored(model: Path, spec: PreprocessSpec, images: list, val: dict, truths: list) -> dict:
+    """HC MAD, Dice and the HC bands of an int8 model on the validation frames."""
+    inputs = np.stack([normalise(grey_resized(im, None, spec), spec) for im in images])[:, None]
+    s = eval_biometry.score(eval_biometry.tflite_logits(model, inputs), val, truths)
+    err = [abs(a - b) for a, b in zip(s.hc, val["hc_csv"], strict=True) if a is not None]
+    bands = eval_biometry.band_stats(s.hc, val["hc_csv"], val["pixel_mm"],
+                                     val["frame_hw"][:, 1], spec.width)
+    return {"hc_mad_mm": round(float(np.mean(err)), 3), "measured": len(err),
+            "n": len(val["hc_csv"]), "dice": round(float(np.mean(s.dice)), 4),
+            "hc_bands_mm": {r["band"]: None if r["mad_mm"] is None else round(r["mad_mm"], 2)
+                            for r in bands if r["by"] == "HC"}}
+
+
+def run(steps: int, seed: int) -> dict:
+    from quantize.convert import export_fp32, quantize_int8
+    from quantize.manifest import median_latency_ms
+    from quantize.seg_nets import make_net
+
+    work = seg_train.WORK / f"seed{seed}"
+    base = seg_train.checkpoint_path(work, "deeplab")
+    for path in (base, work / "train_cache.npz", work / "val_cache.npz"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: run `python -m quantize.build_segmenter` first")
+    out = work / "input_size"
+    out.mkdir(exist_ok=True)
+    train, val = dict(np.load(work / "train_cache.npz")), dict(np.load(work / "val_cache.npz"))
+    images = eval_biometry.read_images(val, data_dir())
+    truths = eval_biometry.truth_masks(val)
+    results: dict = {"steps": steps, "base": f"{base.name} (4,000 steps at 160x240)"}
+    for name, (h, w) in SIZES.items():
+        spec = PreprocessSpec(h, w, roi="full", resize="area", scale=1.0)
+        ckpt = out / f"{name}_{steps}.pt"
+        net = make_net("deeplab")
+        started = time.time()
+        if ckpt.exists():
+            net.load_state_dict(torch.load(ckpt, weights_only=False))
+        else:
+            net.load_state_dict(torch.load(base, weights_only=False)["model"])
+            net = fine_tune(net, train, spec, steps, seed, name)
+            torch.save(net.state_dict(), ckpt)
+        minutes = (time.time() - started) / 60
+        fp32, int8 = out / f"{name}_{steps}_fp32.tflite", out / f"{name}_{steps}_int8.tflite"
+        if not int8.exists():
+            export_fp32(net.eval(), (1, 1, h, w), fp32)
+            calibration = [normalise(cv2.resize(x2, (w, h), interpolation=cv2.INTER_AREA),
+                                     spec)[None, None] for x2 in train["x2"][::4]]
+            quantize_int8(fp32, calibration, int8)
+        results[name] = {**scored(int8, spec, images, val, truths),
+                         "train_min": round(minutes, 1),
+                         "int8_ms_1t": round(median_latency_ms(int8, 1), 2),
+                         "int8_ms_2t": round(median_latency_ms(int8, 2), 2)}
+        print(name, json.dumps(results[name]), flush=True)
+    shipped = Path(__file__).resolve().parents[1] / "models" / "head_segmenter.tflite"
+    results["shipped"] = {**scored(shipped, seg_data.SPEC, images, val, truths),
+                          "int8_ms_1t": round(median_latency_ms(shipped, 1), 2),
+                          "int8_ms_2t": round(median_latency_ms(shipped, 2), 2)}
+    print("shipped", json.dumps(results["shipped"]), flush=True)
+    (out / f"results_{steps}.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quantize.seg_input_size",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        run(args.steps, args.seed)
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        print(f"seg_input_size: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
