@@ -5,8 +5,9 @@ size, and big heads come on zoomed-out frames, so a model pixel there is 1.7x th
 millimetres (`make eval-biometry`). This tool tests the mend the measurement points to.
 The shipped plain DeepLabv3+-lite, 4,000 steps at 160x240, is trained `--steps` more at
 240x360. The control is the same number of steps at 160x240, so the extra training alone
-is measured too. Both go to int8 and are scored on the 264 validation frames exactly as
-`quantize.build_segmenter` scores its nets (`eval_biometry.score`: the device's
+is measured too; and its distilled twin gets the same steps with its own loss, so the two
+twins stay trained equally long. All go to int8 and are scored on the 264 validation
+frames exactly as `quantize.build_segmenter` scores its nets (`eval_biometry.score`: the device's
 measurement on the whole frame). The shipped model is scored the same way beside them,
 with the HC bands and each int8 model's latency.
 
@@ -37,7 +38,10 @@ from edge.models.preprocess import PreprocessSpec, grey_resized, normalise
 from quantize import eval_biometry, seg_data, seg_train
 from quantize.data import DataError, data_dir
 
-SIZES = {"control_160x240": (160, 240), "big_240x360": (240, 360)}
+# name: (input size, the checkpoint it continues, distilled?)
+RUNS = {"control_160x240": ((160, 240), "deeplab", False),
+        "big_240x360": ((240, 360), "deeplab", False),
+        "distilled_160x240": ((160, 240), "deeplab_student", True)}
 LR = 1e-3
 WARMUP = 50
 BATCH = 8
@@ -45,7 +49,10 @@ BATCH = 8
 
 def fine_tune(net: torch.nn.Module, train: dict, spec: PreprocessSpec, steps: int,
               seed: int, desc: str) -> torch.nn.Module:
-    """`steps` more steps of the plain net's loss at `spec`'s size, warm-up then cosine."""
+    """`steps` more steps at `spec`'s size, warm-up then cosine: the plain net's loss, or
+    with the teacher's maps in `train` (`t2`) the distilled twin's own loss."""
+    teacher = train.get("t2")
+    settings, distil = seg_train.TrainSettings(), seg_train.DistilSettings()
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
     net.train()
     for step in tqdm(range(steps), desc=desc, unit="step", mininterval=20):
@@ -55,10 +62,13 @@ def fine_tune(net: torch.nn.Module, train: dict, spec: PreprocessSpec, steps: in
         rng = np.random.default_rng([seed, 77, step])
         idx = rng.integers(0, len(train["x2"]), BATCH)
         views = [seg_data.augment(train["x2"][i], train["y2"][i], rng, seg_data.SegAugment(),
-                                  spec) for i in idx]
-        x = torch.from_numpy(np.stack([v[0] for v in views])[:, None])
-        y = torch.from_numpy(np.stack([v[1] for v in views])[:, None])
-        loss = seg_train.gt_loss(net(x), y)
+                                  spec, None if teacher is None else teacher[i]) for i in idx]
+        x, y, *t = (torch.from_numpy(np.stack([v[k] for v in views])[:, None])
+                    for k in range(len(views[0])))
+        if t:
+            loss, _ = seg_train.distil_loss(net(x), t[0], y, settings, distil)
+        else:
+            loss = seg_train.gt_loss(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -84,8 +94,9 @@ def run(steps: int, seed: int) -> dict:
     from quantize.seg_nets import make_net
 
     work = seg_train.WORK / f"seed{seed}"
-    base = seg_train.checkpoint_path(work, "deeplab")
-    for path in (base, work / "train_cache.npz", work / "val_cache.npz"):
+    for path in (seg_train.checkpoint_path(work, "deeplab"),
+                 seg_train.checkpoint_path(work, "deeplab_student"),
+                 work / "train_cache.npz", work / "val_cache.npz"):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: run `python -m quantize.build_segmenter` first")
     out = work / "input_size"
@@ -93,17 +104,26 @@ def run(steps: int, seed: int) -> dict:
     train, val = dict(np.load(work / "train_cache.npz")), dict(np.load(work / "val_cache.npz"))
     images = eval_biometry.read_images(val, data_dir())
     truths = eval_biometry.truth_masks(val)
-    results: dict = {"steps": steps, "base": f"{base.name} (4,000 steps at 160x240)"}
-    for name, (h, w) in SIZES.items():
+    results: dict = {"steps": steps, "base": "deeplab.pt and deeplab_student.pt (4,000 steps "
+                     "at 160x240, plain and distilled)"}
+    for name, ((h, w), kind, distilled) in RUNS.items():
         spec = PreprocessSpec(h, w, roi="full", resize="area", scale=1.0)
         ckpt = out / f"{name}_{steps}.pt"
-        net = make_net("deeplab")
+        net = make_net(kind)
         started = time.time()
         if ckpt.exists():
             net.load_state_dict(torch.load(ckpt, weights_only=False))
         else:
+            base = seg_train.checkpoint_path(work, kind)
             net.load_state_dict(torch.load(base, weights_only=False)["model"])
-            net = fine_tune(net, train, spec, steps, seed, name)
+            pool = train
+            if distilled:  # the twin's own pool: the unlabelled heads and the teacher's maps
+                teacher = seg_train.load_trained(work, "teacher")
+                if teacher is None:
+                    raise FileNotFoundError(f"{seg_train.checkpoint_path(work, 'teacher')}: "
+                                            "no finished teacher")
+                pool = seg_train.distillation_pool(work, seed, train, teacher)
+            net = fine_tune(net, pool, spec, steps, seed, name)
             torch.save(net.state_dict(), ckpt)
         minutes = (time.time() - started) / 60
         fp32, int8 = out / f"{name}_{steps}_fp32.tflite", out / f"{name}_{steps}_int8.tflite"
