@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from quantize import distil
     from quantize.teacher import load_teacher
 
+    check_args(args)
     torch.set_num_threads(args.threads)
     started = time.time()
     root = data_dir()
@@ -249,6 +250,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {shipped} ({man['size_bytes']} bytes) and "
           f"its manifest in {(time.time() - started) / 60:.1f} min")
     return 0
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Numbers that would train for hours to no purpose are refused before any work."""
+    import math
+
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: must be at least 1")
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: must be at least 1")
+    if args.head_weight is not None and not (math.isfinite(args.head_weight)
+                                             and 0.0 <= args.head_weight < 1.0):
+        raise ValueError(f"--head-weight {args.head_weight}: must be at least 0 and below 1 "
+                         "(a share of the target; 1 would drop the teacher's answer)")
 
 
 def ship_decision(new_sweeps: int, old_sweeps: int | None, new_ex: int,

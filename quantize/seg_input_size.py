@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.threads < 1:
+        parser.error("--steps and --threads must be at least 1")
     torch.set_num_threads(args.threads)
     try:
         run(args.steps, args.seed)

@@ -304,3 +304,16 @@ def test_export_teacher_fp32_writes_a_verified_manifest(tmp_path, monkeypatch):
     assert man.task == "plane_classification" and man.output_kind == "logits"
     assert man.input_shape == (1, 1, 224, 288) and man.preprocessing.scale == 255.0
     assert export_teacher_fp32(tmp_path / "bench") == path  # reused, not rebuilt
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--head-weight", "-1"], "--head-weight -1.0"),
+    (["--head-weight", "nan"], "--head-weight nan"), (["--head-weight", "1"], "below 1"),
+    (["--steps", "0"], "--steps 0"),
+    (["--threads", "0"], "--threads 0")])
+def test_a_build_with_senseless_numbers_is_one_line_before_any_work(args, needle, capsys):
+    from quantize.build_models import main
+
+    assert main([*args, "--build", "/nonexistent/never-made"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and not Path("/nonexistent").exists()
