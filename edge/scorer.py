@@ -169,7 +169,7 @@ class Scorer:
                     [round(v, 2) for v in shape.ellipse]}
             named = plane.plane in self.head.head_planes
             measures.update(head_measures(shape, roi, named_head=named) or {})
-            if self.head.pixel_size_mm and plane.plane in self.head.head_planes:
+            if self.head.pixel_size_mm and named:
                 biometry = biometry_of(shape, self.head.pixel_size_mm).to_dict()
         t3 = time.perf_counter()
         if biometry is not None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from quantize.data import LABELS, DataError, data_dir, list_frames, split
+from quantize.data import HEAD_PLANE_IDS, LABELS, DataError, data_dir, list_frames, split
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("cache", "distil", "synth", "finetune", "convert", "gate", "calibrate", "manifest")
@@ -192,9 +192,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"quantize gate FAILED: {result.reason}", file=sys.stderr)
         return 1
     shipped = args.models / "plane_student.tflite"
-    new_heads = hc18_agreement(paths.int8, heldout)
-    heads_named = hc18_named_head(paths.int8, heldout)
-    old_heads = hc18_agreement(shipped, heldout) if shipped.is_file() else None
+    new_top1 = hc18_top1(paths.int8, heldout)
+    new_heads = hc18_agreement(new_top1, heldout)
+    heads_named = hc18_named_head(new_top1, heldout)
+    old_heads = hc18_agreement(hc18_top1(shipped, heldout), heldout) if shipped.is_file() \
+        else None
     print(f"held-out HC18 heads, int8 vs teacher: new {new_heads[0]}/{new_heads[1]}"
           + (f", shipped {old_heads[0]}/{old_heads[1]}" if old_heads else ""))
     print(f"held-out HC18 heads named a head plane (all are): new {heads_named[0]}/"
@@ -360,8 +362,8 @@ def shipped_thresholds(models: Path) -> dict:
         return {}
 
 
-def hc18_agreement(model: Path, heldout: dict) -> tuple[int, int]:
-    """(agree, n): the int8 model's top-1 vs the teacher's on the held-out HC18 heads."""
+def hc18_top1(model: Path, heldout: dict):
+    """The int8 model's top-1 on the held-out HC18 heads (device-path views)."""
     import numpy as np
 
     from edge.models.preprocess import normalise
@@ -372,27 +374,22 @@ def hc18_agreement(model: Path, heldout: dict) -> tuple[int, int]:
     m = heldout["source"] == "hc18"
     x = np.stack([normalise(v, STUDENT_SPEC)[None]
                   for v in views_for(heldout, STUDENT_SPEC)[m]])
-    pred = run_tflite(model, x).argmax(1)
-    return int((pred == heldout["logits"][m].argmax(1)).sum()), int(m.sum())
+    return run_tflite(model, x).argmax(1)
 
 
-def hc18_named_head(model: Path, heldout: dict) -> tuple[int, int, int]:
+def hc18_agreement(pred, heldout: dict) -> tuple[int, int]:
+    """(agree, n): top-1 `pred` (hc18_top1) vs the teacher's on the held-out HC18 heads."""
+    teacher = heldout["logits"][heldout["source"] == "hc18"].argmax(1)
+    return int((pred == teacher).sum()), len(teacher)
+
+
+def hc18_named_head(pred, heldout: dict) -> tuple[int, int, int]:
     """(student, n, teacher): held-out HC18 heads whose top-1 is a head plane; every one is."""
     import numpy as np
 
-    from edge.models.preprocess import normalise
-    from quantize.convert import run_tflite
-    from quantize.distil import HEAD_PLANES
-    from quantize.gate import views_for
-    from quantize.specs import STUDENT_SPEC
-
-    group = [LABELS.index(name) for name in HEAD_PLANES]
-    m = heldout["source"] == "hc18"
-    x = np.stack([normalise(v, STUDENT_SPEC)[None]
-                  for v in views_for(heldout, STUDENT_SPEC)[m]])
-    student = np.isin(run_tflite(model, x).argmax(1), group)
-    teacher = np.isin(heldout["logits"][m].argmax(1), group)
-    return int(student.sum()), int(m.sum()), int(teacher.sum())
+    teacher = heldout["logits"][heldout["source"] == "hc18"].argmax(1)
+    return (int(np.isin(pred, HEAD_PLANE_IDS).sum()), len(teacher),
+            int(np.isin(teacher, HEAD_PLANE_IDS).sum()))
 
 
 def finetune_minutes(ckpt: Path) -> dict:

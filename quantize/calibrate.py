@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.models.planes import softmax  # the device's own: calibration fits what the device applies
-from quantize.data import LABELS, DataError
+from quantize.data import HEAD_PLANE_IDS, LABELS, DataError
 
 N_BINS = 15
 ABSTAIN_AGREEMENT = 0.70
@@ -134,9 +134,6 @@ def groups(data: dict) -> np.ndarray:
     return np.array(names)
 
 
-HEAD_PLANES = ("Brain (Cb.)", "Brain (Tv.)")
-
-
 def reference_labels(data: dict, student_logits: np.ndarray | None = None) -> np.ndarray:
     """What a right answer is per row: the true plane of each variant, then the teacher's
     top-1 on each held-out real frame; on an HC18 head the teacher calls another plane, the
@@ -144,7 +141,7 @@ def reference_labels(data: dict, student_logits: np.ndarray | None = None) -> np
     likely head plane. `student_logits`: the student's, variants then held-out frames."""
     held = np.asarray(data["held_logits"])
     ref = held.argmax(1)
-    group = np.array([LABELS.index(name) for name in HEAD_PLANES])
+    group = np.array(HEAD_PLANE_IDS)
     missed = (np.asarray(data["held_source"]) == "hc18") & ~np.isin(ref, group)
     ref = np.where(missed, group[held[:, group].argmax(1)], ref)
     if student_logits is not None:

@@ -34,6 +34,9 @@ from edge.models.roi import Roi, find_roi, to_grey
 
 LABELS = ["3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur",
           "Kidneys", "Lips", "LVOT", "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)"]
+# SonoNet's two axial head planes: biometry measures on either (edge/exam/protocols.toml).
+HEAD_PLANES = ("Brain (Cb.)", "Brain (Tv.)")
+HEAD_PLANE_IDS = tuple(LABELS.index(name) for name in HEAD_PLANES)
 EXAMPLE_LABELS = {
     "3VV": "3VV", "4CH": "4CH", "ABDOMINAL": "Abdominal", "BRAIN-CB": "Brain (Cb.)",
     "BRAIN-TV": "Brain (Tv.)", "FEMUR": "Femur", "KIDNEYS": "Kidneys", "LIPS": "Lips",
@@ -65,6 +68,13 @@ class Frame:
     source: str  # "hc18", "planes", "examples"
     group: str
     label: str  # true SonoNet label where known exactly, else ""
+
+
+def is_head_frame(frame: Frame) -> bool:
+    """A frame known to show a head plane without a SonoNet label: every HC18 frame (its
+    sonographers measured HC on it, labelled or test) and FETAL_PLANES_DB's plane 3, the
+    fetal brain."""
+    return frame.source in ("hc18", "hc18_test") or "_Plane3_" in frame.path.name
 
 
 def list_frames(root: Path | None = None) -> list[Frame]:

@@ -37,10 +37,12 @@ from edge.models.preprocess import RESIZE_MODES, PreprocessSpec
 from edge.models.roi import Roi, find_roi, to_grey
 from quantize.data import (
     EXAMPLE_CROP,
+    HEAD_PLANE_IDS,
     LABELS,
     AugmentSettings,
     Frame,
     border_crop,
+    is_head_frame,
     make_view,
     read_frame,
     save_npz,
@@ -401,7 +403,7 @@ class TrainSettings:
     head_weight: float = 0.0
 
 
-HEAD_PLANES = ("Brain (Cb.)", "Brain (Tv.)")
+_HEAD_GROUP = torch.tensor(HEAD_PLANE_IDS)
 
 
 def soft_targets(t_logits: torch.Tensor, temp: float, true: torch.Tensor,
@@ -416,9 +418,8 @@ def soft_targets(t_logits: torch.Tensor, temp: float, true: torch.Tensor,
         onehot = F.one_hot(true.clamp_min(0), p.shape[1]).to(p.dtype)
         p = (1 - share) * p + share * onehot
     if head_rows is not None and head_weight > 0:
-        group = torch.tensor([LABELS.index(name) for name in HEAD_PLANES])
         within = torch.zeros_like(p)
-        within[:, group] = p[:, group] + 1e-6  # no head mass at all: an even split
+        within[:, _HEAD_GROUP] = p[:, _HEAD_GROUP] + 1e-6  # no head mass at all: an even split
         within = within / within.sum(1, keepdim=True)
         share = ((true < 0) & head_rows).to(p.dtype)[:, None] * head_weight
         p = (1 - share) * p + share * within
@@ -448,8 +449,7 @@ def distil_loss(s_logits: torch.Tensor, s_maps: torch.Tensor, t_logits: torch.Te
     if t_view_top1 is not None and settings.label_weight > 0:
         keep = ((true < 0) | (t_view_top1 == true)).to(per_row.dtype)
     if t_view_top1 is not None and head_rows is not None and settings.head_weight > 0:
-        group = torch.tensor([LABELS.index(name) for name in HEAD_PLANES])
-        keep = keep * (~head_rows | torch.isin(t_view_top1, group)).to(per_row.dtype)
+        keep = keep * (~head_rows | torch.isin(t_view_top1, _HEAD_GROUP)).to(per_row.dtype)
     return loss + settings.map_weight * (per_row * keep).sum() / keep.sum().clamp_min(1.0)
 
 
@@ -543,8 +543,8 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
                 entry["heldout_agreement"] = float(agree.mean())
                 on_heads = heldout["source"] == "hc18"
                 entry["heldout_heads_agreement"] = float(agree[on_heads].mean())
-                group = [LABELS.index(name) for name in HEAD_PLANES]
-                entry["heldout_heads_named_head"] = float(np.isin(pred[on_heads], group).mean())
+                entry["heldout_heads_named_head"] = float(
+                    np.isin(pred[on_heads], HEAD_PLANE_IDS).mean())
             log.append(entry)
             tqdm.write(json.dumps(entry))
             tmp = ckpt.with_suffix(".tmp")
@@ -560,8 +560,7 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
 def head_rows_of(cache: dict[str, np.ndarray], train: list[Frame]) -> np.ndarray:
     """Which cached views show a frame known to be a head plane: every HC18 frame (labelled
     or test) and every FETAL_PLANES_DB brain frame; mixup views never."""
-    known = np.array([f.source in ("hc18", "hc18_test") or "_Plane3_" in f.path.name
-                      for f in train] + [False])
+    known = np.array([is_head_frame(f) for f in train] + [False])
     owner = cache["frame"].astype(np.int64)
     return known[np.where(owner >= 0, owner, len(train))]
 

@@ -37,7 +37,7 @@ from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamSession
 from edge.models.roi import find_roi, to_grey
 from edge.scorer import make_scorer
-from quantize.data import DataError, data_dir, list_frames, read_frame, split
+from quantize.data import DataError, data_dir, is_head_frame, list_frames, read_frame, split
 from quantize.degrade import KINDS, degrade
 from quantize.seg_data import read_hc_table
 
@@ -58,7 +58,7 @@ def build_sweeps(limit: int | None, seed: int) -> list[Sweep]:
     frames = list_frames(root)
     _, held = split(frames)
     # FETAL_PLANES_DB's plane 3 is the fetal brain, labelled or not: a head, not "other".
-    others = [f for f in frames if f.source == "planes" and "_Plane3_" not in f.path.name]
+    others = [f for f in frames if f.source == "planes" and not is_head_frame(f)]
     others += [f for f in frames if f.source == "examples" and f.path.stem not in HEAD_EXAMPLES]
     other_greys = [(f.path.name, to_grey(read_frame(f.path))) for f in others]
     patients: dict[str, list] = {}

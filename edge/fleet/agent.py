@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from edge.fleet.settings import selftest_names
+from edge.fleet.settings import fleet_root, selftest_names
 from edge.fleet.slots import FACTORY, Fleet
 from edge.models.manifest import sha256_of
 from wire.fleet import (
@@ -379,7 +379,7 @@ def start_fleet(settings, state_dir: Path, echo=print):
     Returns (agent, models dir to load), or (None, [models] dir) with the fleet off."""
     if not settings.fleet.enabled:
         return None, settings.models.dir
-    fleet = Fleet(Path(settings.fleet.root or Path(state_dir) / "fleet"), settings.fleet)
+    fleet = Fleet(fleet_root(settings, state_dir), settings.fleet)
     fleet.ensure(Path(settings.models.dir))
     line = fleet.on_start()
     if line:

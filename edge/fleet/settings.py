@@ -59,9 +59,10 @@ def check_fleet_settings(f: FleetSettings) -> None:
         raise ValueError(f"http_url {f.http_url!r} must start with https:// (or http://)")
 
 
-def fleet_root(settings) -> Path:
-    """Where the slots live: `[fleet] root`, or `fleet/` in the state dir."""
-    return Path(settings.fleet.root or Path(settings.device.state_dir) / "fleet")
+def fleet_root(settings, state_dir: Path | str | None = None) -> Path:
+    """Where the slots live: `[fleet] root`, or `fleet/` in the state dir (`state_dir`, the
+    loop's own, else the config's)."""
+    return Path(settings.fleet.root or Path(state_dir or settings.device.state_dir) / "fleet")
 
 
 def selftest_names(settings) -> dict:
