@@ -1,5 +1,5 @@
-"""`make models` (head segmenter): masks -> teacher -> baselines -> student -> restart ->
-convert -> gate -> manifest, writing models/head_segmenter.tflite and models/head_segmenter.json.
+"""`make models` (head segmenter): masks -> teacher -> baselines -> student -> convert ->
+gate -> manifest, writing models/head_segmenter.tflite and models/head_segmenter.json.
 
 Every step caches its result under build/head_segmenter/seed<seed>/ and is skipped when
 it is already there (training resumes from its checkpoint), so an interrupted run resumes
@@ -24,16 +24,14 @@ from quantize import seg_data, seg_train
 from quantize.data import DataError, data_dir
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("masks", "teacher", "baselines", "student", "restart", "convert", "gate", "manifest")
+STEPS = ("masks", "teacher", "baselines", "student", "convert", "gate", "manifest")
 # The small U-Nets of 1.1.0 lost to DeepLabv3+-lite by 0.6 mm and are no longer built.
-KINDS = ("teacher", "deeplab", "deeplab_student", "deeplab_restart", "deeplab_student_restart")
+KINDS = ("teacher", "deeplab", "deeplab_student")
 STUDENT = "deeplab_student"
 LABELS = {
     "teacher": "teacher DeepLabv3+-wide",
     "deeplab": "DeepLabv3+-lite, no distillation (plain twin)",
     "deeplab_student": "DeepLabv3+-lite distilled (student)",
-    "deeplab_restart": "DeepLabv3+-lite plain twin + a 2nd cosine cycle",
-    "deeplab_student_restart": "DeepLabv3+-lite distilled student + a 2nd cosine cycle",
 }
 # Gate: the int8 student must segment and measure like its own fp32 model on validation.
 GATE_MIN_MASK_DICE = 0.99  # mean per-frame Dice of the int8 mask against the fp32 mask
@@ -359,9 +357,7 @@ def build_manifest(work: Path, kind: str, rows: list[dict], gate_result: dict, n
         metrics["val_hc_mad_mm_teacher_fp32"] = m(rd(teacher["scores"]["hc_mad_mm"], 3),
                                                   hc_how)
     logs = {}
-    for k in (kind, seg_train.RESTARTED.get(kind), "teacher"):
-        if k is None:
-            continue
+    for k in (kind, "teacher"):
         if seg_train.load_trained(work, k) is None:
             logs[k] = "not finished when this model was built"
             continue
@@ -397,10 +393,6 @@ def build_manifest(work: Path, kind: str, rows: list[dict], gate_result: dict, n
                 "term (L1 of the probability gradients against the teacher's), on the "
                 "annotated frames and on the unlabelled HC18 test heads with the teacher's "
                 "pseudo-masks" if kind in seg_train.DISTILLED else "")),
-            "schedule": ("AdamW, batch 8, warm-up then cosine" + (
-                f"; then a second cosine cycle of {seg_train.DEFAULT_STEPS[kind]} steps from "
-                f"the finished {seg_train.RESTARTED[kind]} at lr {seg_train.RESTART_LR} with a "
-                "fresh optimiser (warm restart, SGDR)" if kind in seg_train.RESTARTED else "")),
             "augmentation": "rotation +-20 deg, scale 0.8-1.2, shift +-8%, h/v flips, gain "
                             "0.7-1.3, gamma 0.7-1.4; image and mask alike",
             "log": logs},
@@ -477,8 +469,7 @@ def run(args: argparse.Namespace) -> int:
     if args.until == "masks":
         return 0
     teacher = None
-    for step, kind in (("teacher", "teacher"), ("baselines", "deeplab"), ("student", STUDENT),
-                       ("restart", "deeplab_restart"), ("restart", "deeplab_student_restart")):
+    for step, kind in (("teacher", "teacher"), ("baselines", "deeplab"), ("student", STUDENT)):
         if args.finished_only:
             break
         settings = seg_train.settings_for(kind)
@@ -488,7 +479,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             net = seg_train.train(kind, train, work, args.seed, settings)
             teacher = net if kind == "teacher" else teacher
-        if args.until == step and kind != "deeplab_restart":
+        if args.until == step:
             return 0
     kinds = tuple(finished_kinds(work))
     if args.finished_only:

@@ -108,7 +108,7 @@ def make_net(kind: str) -> nn.Module:
         return UNet(UNET_WIDTHS)
     if kind in ("student", "unet_small"):
         return UNet(STUDENT_WIDTHS)
-    if kind in ("deeplab", "deeplab_student", "deeplab_restart", "deeplab_student_restart"):
+    if kind in ("deeplab", "deeplab_student"):
         return DeepLabLite()
     raise ValueError(f"unknown segmenter {kind!r}")
 

@@ -17,12 +17,6 @@ would add about 0.35 s to a 0.3-0.5 s step. Loss per view:
 A feature (attention-transfer) term would need the teacher on every augmented batch; it
 was left out for that cost.
 
-Restarts (`deeplab_restart`, `deeplab_student_restart`): each twin, once finished, gets a
-second cosine cycle from its own weights with a fresh optimiser at half the peak rate (a warm
-restart, Loshchilov & Hutter, SGDR, ICLR 2017), each with its own loss, so the twins stay
-trained equally long. Measured with `quantize.seg_input_size` before it became a build step:
-+1,200 steps took the plain net from 1.874 to 1.803 mm HC MAD on the validation patients.
-
 AdamW, linear warm-up then cosine decay, batch 8, one thread. Every step draws its batch
 from an RNG seeded by (seed, model, step), so a run resumed from its checkpoint (saved
 every `save_every` steps, atomically) continues exactly as an uninterrupted one would.
@@ -52,14 +46,10 @@ from quantize.seg_nets import make_net
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "build" / "head_segmenter"
-KINDS = ("teacher", "deeplab", "deeplab_student", "unet_small", "student", "deeplab_restart",
-         "deeplab_student_restart")
+KINDS = ("teacher", "deeplab", "deeplab_student", "unet_small", "student")
 # Distilled from the teacher; each is the same net as a baseline trained without it. The
 # U-Nets lost to DeepLab-lite by 0.6 mm in 1.1.0 and are no longer built by `make models`.
-DISTILLED = {"deeplab_student": "deeplab", "student": "unet_small",
-             "deeplab_student_restart": "deeplab_restart"}
-# A restart continues the finished net it names (see the module docstring).
-RESTARTED = {"deeplab_restart": "deeplab", "deeplab_student_restart": "deeplab_student"}
+DISTILLED = {"deeplab_student": "deeplab", "student": "unet_small"}
 
 
 @dataclass(frozen=True)
@@ -87,14 +77,10 @@ class DistilSettings:
 
 
 DEFAULT_STEPS = {"teacher": 3000, "unet_small": 1200, "deeplab": 4000, "student": 1200,
-                 "deeplab_student": 4000, "deeplab_restart": 1200,
-                 "deeplab_student_restart": 1200}
-RESTART_LR = 1e-3  # half the first cycle's peak: the net is already near a minimum
+                 "deeplab_student": 4000}
 
 
 def settings_for(kind: str, steps: int | None = None) -> TrainSettings:
-    if kind in RESTARTED:
-        return TrainSettings(steps=steps or DEFAULT_STEPS[kind], lr=RESTART_LR)
     return TrainSettings(steps=steps or DEFAULT_STEPS[kind])
 
 
@@ -160,20 +146,11 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
     path = checkpoint_path(work, kind)
     torch.manual_seed(seed)
     net = make_net(kind)
+    opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     step, log, minutes = 0, [], 0.0
     config = asdict(settings)
     if kind in DISTILLED:
         config["distil"] = asdict(distil)
-    if kind in RESTARTED:
-        config["continues"] = RESTARTED[kind]
-        if not path.exists():
-            base = load_trained(work, RESTARTED[kind])
-            if base is None:
-                raise FileNotFoundError(f"{checkpoint_path(work, RESTARTED[kind])}: {kind} "
-                                        f"continues the finished {RESTARTED[kind]}; train it "
-                                        "first")
-            net.load_state_dict(base.state_dict())
-    opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     if path.exists():
         state = torch.load(path, weights_only=False)
         if state["settings"] != config or state["seed"] != seed:

@@ -304,30 +304,3 @@ def test_the_band_breakdown_tells_resolution_from_head_size():
     assert stats[("HC", "over 300")]["mad_mm"] > 3 * stats[("HC", "under 100")]["mad_mm"]
     assert stats[("HC", "240 and over")]["n"] == 3
     assert worst_band(list(stats.values()))[0] == "over 300"
-
-
-@needs_data
-def test_a_restart_continues_its_finished_twin_and_only_that(tmp_path):
-    """`make models`' second cosine cycle starts from the finished net's own weights, with
-    its own checkpoint and settings; without a finished twin it stops in one line."""
-    from quantize import seg_train
-
-    frames = [f for f in seg_data.hc18_split(DATA)[0] if f.path.name in FILES][:2]
-    cache = seg_data.build_cache(frames, tmp_path / "train_cache.npz", DATA)
-    with pytest.raises(FileNotFoundError, match=r"deeplab\.pt: deeplab_restart continues"):
-        seg_train.train("deeplab_restart", cache, tmp_path, 0,
-                        seg_train.settings_for("deeplab_restart", 1))
-    base = seg_train.train("deeplab", cache, tmp_path, 0, seg_train.TrainSettings(steps=2))
-    restart_settings = seg_train.settings_for("deeplab_restart", 1)
-    assert restart_settings.lr == seg_train.RESTART_LR < seg_train.TrainSettings().lr
-    # At a vanishing learning rate one step leaves the weights where the twin left them.
-    still = seg_train.train("deeplab_restart", cache, tmp_path, 0,
-                            seg_train.TrainSettings(steps=1, lr=1e-12))
-    fresh = make_net("deeplab").state_dict()
-    for name, value in base.state_dict().items():
-        if value.dtype.is_floating_point and "running" not in name:
-            assert torch.allclose(still.state_dict()[name], value, atol=1e-6), name
-    assert any(not torch.allclose(fresh[n], v) for n, v in base.state_dict().items()
-               if v.dtype.is_floating_point)
-    state = torch.load(tmp_path / "deeplab_restart.pt", weights_only=False)
-    assert state["done"] and state["settings"]["continues"] == "deeplab"
