@@ -74,7 +74,7 @@ def evaluate_all(seed: int, out: Path) -> str:
     candidates = [k for k in kinds if k != "teacher"]
     options = {k: evaluate_passes(tflite_paths(work, k)[1], images, val, k) for k in candidates}
     best_kind, choice_note = choose(rows)
-    chosen, pass_note = choose_passes(options[best_kind])
+    chosen, pass_note = choose_passes(options[best_kind], val["hc_csv"])
     previous = previous_model(val, images)
     shipped = REPO / "models" / "head_segmenter.json"
     shipped_note = "No model in models/ yet."

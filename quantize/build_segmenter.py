@@ -204,8 +204,10 @@ CROP_MAX_ZOOM = seg_data.SegAugment().scale[1]
 MIN_PASS_GAIN_MM = 0.02  # a pass that buys less HC accuracy than this is not worth its time
 PASS_WHY = ("each option is the device's own measure_frame on the validation frames; the "
             "lowest HC MAD wins, but an option with more model runs must beat every cheaper "
-            f"one by at least {MIN_PASS_GAIN_MM} mm; chosen on the validation patients, so "
-            "its figure is slightly optimistic")
+            f"one, frame by frame, by at least {MIN_PASS_GAIN_MM} mm and by two standard "
+            "errors of the paired difference (quantize.eval_biometry.clearly_better), and "
+            "decline no more frames; chosen on the validation patients, so its figure is "
+            "slightly optimistic")
 
 
 def pass_options():
@@ -241,15 +243,17 @@ def evaluate_passes(path: Path, images: list, val: dict, label: str) -> list[dic
     return out
 
 
-def choose_passes(options: list[dict]) -> tuple[dict, str]:
-    """The pass option to ship: see PASS_WHY."""
+def choose_passes(options: list[dict], reference: np.ndarray) -> tuple[dict, str]:
+    """The pass option to ship: see PASS_WHY. Each option carries its per-frame HC (`hc`)
+    on the frames whose CSV HC is `reference`."""
+    from quantize.eval_biometry import clearly_better
+
     ranked = sorted(options, key=lambda o: (o["passes"].runs(), o["hc_mad_mm"]))
     best = ranked[0]
     for option in ranked[1:]:
-        cheaper = [o["hc_mad_mm"] for o in options
-                   if o["passes"].runs() < option["passes"].runs()]
-        if (option["hc_mad_mm"] <= min(cheaper) - MIN_PASS_GAIN_MM
-                and option["hc_mad_mm"] < best["hc_mad_mm"]):
+        cheaper = [o for o in options if o["passes"].runs() < option["passes"].runs()]
+        if (all(clearly_better(option["hc"], o["hc"], reference, MIN_PASS_GAIN_MM)
+                for o in cheaper) and option["hc_mad_mm"] < best["hc_mad_mm"]):
             best = option
     table = ", ".join(f"{o['option']} {o['hc_mad_mm']:.3f} mm / {o['ms_median']:.1f} ms"
                       for o in options)
@@ -488,7 +492,13 @@ def run(args: argparse.Namespace) -> int:
     calibration = {kind: convert(work, kind, train)[2] for kind in kinds}
     if args.until == "convert":
         return 0
-    from quantize.eval_biometry import read_images, truth_masks
+    from quantize.eval_biometry import (
+        SIGNIFICANT_SE,
+        clearly_better,
+        paired_gain,
+        read_images,
+        truth_masks,
+    )
 
     truths = truth_masks(val)
     rows = evaluate_rows(work, val, truths, kinds=kinds)
@@ -507,16 +517,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     images = read_images(val, data_dir())
     options = evaluate_passes(tflite_paths(work, kind)[1], images, val, kind)
-    chosen, pass_note = choose_passes(options)
+    chosen, pass_note = choose_passes(options, val["hc_csv"])
     print(f"passes: {pass_note}")
     previous = previous_model(val, images)
-    # A rebuild of this very release may replace itself; an older release must be beaten.
-    if (previous is not None and previous["version"] != VERSION
-            and chosen["hc_mad_mm"] >= previous["hc_mad_mm"] and not args.force):
+    # A rebuild of this very release may replace itself; an older release must be beaten,
+    # frame by frame, by more than the noise of one training run.
+    if (previous is not None and previous["version"] != VERSION and not args.force
+            and not clearly_better(chosen["hc"], previous["hc"], val["hc_csv"])):
+        gain, se, n = paired_gain(chosen["hc"], previous["hc"], val["hc_csv"])
         print(f"build_segmenter: {kind} int8 with {chosen['option']} measures HC to "
-              f"{chosen['hc_mad_mm']:.3f} mm on validation, no better than the model in "
-              f"models/ ({previous['version']}: {previous['hc_mad_mm']:.3f} mm); models/ left "
-              "as it is (--force to replace it anyway)", file=sys.stderr)
+              f"{chosen['hc_mad_mm']:.3f} mm on validation against {previous['hc_mad_mm']:.3f}"
+              f" mm for the model in models/ ({previous['version']}): a gain of {gain:+.3f} "
+              f"+- {se:.3f} mm over {n} frames, not {SIGNIFICANT_SE:g} standard errors; "
+              "models/ left as it is (--force to replace it anyway)", file=sys.stderr)
         return 1
     from quantize.manifest import finish
 
