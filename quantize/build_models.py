@@ -234,7 +234,24 @@ def run(args: argparse.Namespace) -> int:
     for other in args.models.glob("*"):
         if other.is_file() and not other.name.startswith("plane_student."):
             shutil.copyfile(other, candidate / other.name)
-    shutil.copyfile(paths.int8, candidate / "plane_student.tflite")
+    # The int8 twin with its class maps (the page's heatmap) ships where its maps show the
+    # head; its logits were checked to be bit for bit those of the model measured above.
+    from quantize.class_maps import MIN_PEAKS_IN_HEAD, peaks_in_head
+
+    with_maps = False
+    if paths.int8_with_maps is not None:
+        inside, judged = peaks_in_head(paths.int8_with_maps, held)
+        with_maps = judged > 0 and inside >= MIN_PEAKS_IN_HEAD * judged
+        man["metrics"]["class_maps_peak_in_head"] = {
+            "value": inside, "n": judged, "min_share": MIN_PEAKS_IN_HEAD, "shipped": with_maps,
+            "how": "held-out HC18 heads: the named plane's class map, upsampled over the "
+                   "region, peaks inside the annotated head ellipse (quantize/class_maps.py)"}
+        print(f"class maps: the named plane's map peaks inside {inside}/{judged} held-out "
+              f"heads; {'shipped' if with_maps else 'not shipped (the page shows no heatmap)'}")
+    shutil.copyfile(paths.int8_with_maps if with_maps else paths.int8,
+                    candidate / "plane_student.tflite")
+    if with_maps:
+        man["outputs"] = convert.class_maps_outputs(paths.int8_with_maps)
     man = manifest.finish(man, candidate / "plane_student.tflite")
     (candidate / "plane_student.json").write_text(json.dumps(man, indent=2) + "\n")
     from quantize.sweeps import build_sweeps

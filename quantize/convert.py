@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -27,6 +28,35 @@ class ModelPaths:
     fp32: Path
     int8: Path
     calibration: str  # what the int8 model was calibrated on
+    # The same int8 model with its class maps as a second output: the one that ships.
+    int8_with_maps: Path | None = None
+
+
+def class_maps_outputs(path: Path) -> list[dict]:
+    """The plane student's outputs as its manifest declares them (edge.models.runtime
+    matches them by shape): the logits, then the class maps they are the global mean of."""
+    from edge.models.runtime import make_interpreter
+
+    details = make_interpreter(Path(path), "litert", 1).get_output_details()
+    logits = [d["shape"] for d in details if len(d["shape"]) == 2]
+    maps = [d["shape"] for d in details if len(d["shape"]) == 4]
+    if len(details) != 2 or len(logits) != 1 or len(maps) != 1 or \
+            int(maps[0][1]) != int(logits[0][1]):
+        raise ValueError(f"{path}: expected logits (1, n) and class maps (1, n, h, w)")
+    return [{"name": "logits", "shape": [int(v) for v in logits[0]], "dtype": "int8"},
+            {"name": "class_maps", "shape": [int(v) for v in maps[0]], "dtype": "int8",
+             "layout": "NCHW"}]
+
+
+class WithClassMaps(nn.Module):
+    """A student whose `forward_maps` gives (logits, class maps), exported with both."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.forward_maps(x)
 
 
 @contextlib.contextmanager
@@ -85,11 +115,24 @@ def quantize_int8(fp32: Path, calibration: list[np.ndarray], dest: Path) -> Path
     return dest
 
 
-def run_tflite(path: Path, inputs: np.ndarray, threads: int = 2) -> np.ndarray:
-    """Float outputs for float inputs (n, 1, H, W), through the device's own runtime."""
+def open_for_toolchain(path: Path, threads: int = 2):
+    """A .tflite as the device's runtime opens it: with the outputs that the manifest beside
+    it declares (a plane student with its class maps), or with its one output."""
     from edge.models.runtime import open_model_file
 
-    model = open_model_file(path, "litert", threads)
+    side = Path(path).with_suffix(".json")
+    outputs = None
+    if side.is_file():
+        try:
+            outputs = json.loads(side.read_text()).get("outputs")
+        except (OSError, ValueError, AttributeError):
+            outputs = None
+    return open_model_file(Path(path), "litert", threads, outputs)
+
+
+def run_tflite(path: Path, inputs: np.ndarray, threads: int = 2) -> np.ndarray:
+    """Float primary outputs for float inputs (n, 1, H, W), through the device's runtime."""
+    model = open_for_toolchain(path, threads)
     return np.stack([model.run(x[None].astype(np.float32))[0].astype(np.float32)
                      for x in inputs])
 
@@ -119,11 +162,15 @@ def convert_student(student: nn.Module, train: list[Frame], work: Path, seed: in
     # checkpoint, perhaps older) must not pick up the last build's .tflite.
     source = work / "converted_from.txt"
     made_from = f"{stamp.name} {stamp.stat().st_mtime_ns}" if stamp.exists() else stamp.name
-    stale = not (int8.exists() and source.exists() and source.read_text() == made_from)
+    maps_fp32 = work / "plane_student_maps_fp32.tflite"
+    maps_int8 = work / "plane_student_maps_int8.tflite"
+    stale = not (int8.exists() and maps_int8.exists() and source.exists()
+                 and source.read_text() == made_from)
     if stale:
         export_fp32(student, (1, 1, spec.height, spec.width), fp32)
         calib = calibration_inputs(train, spec, n_calibration, seed)
         quantize_int8(fp32, calib, int8)
+        with_class_maps(student, calib, int8, maps_fp32, maps_int8)
         n_ex = sum(f.source == "examples" for f in train)
         n_pl = sum(f.source == "planes" for f in train)
         calib_note.write_text(
@@ -131,4 +178,28 @@ def convert_student(student: nn.Module, train: list[Frame], work: Path, seed: in
             f"SonoNet examples, all {n_pl} training planes frames, {len(calib) - n_ex - n_pl} "
             f"HC18 training frames drawn with seed {seed}; no held-out frame")
         source.write_text(made_from)
-    return ModelPaths(fp32=fp32, int8=int8, calibration=calib_note.read_text())
+    return ModelPaths(fp32=fp32, int8=int8, calibration=calib_note.read_text(),
+                      int8_with_maps=maps_int8)
+
+
+def with_class_maps(student: nn.Module, calibration: list[np.ndarray], int8: Path,
+                    fp32_dest: Path, int8_dest: Path) -> Path:
+    """The int8 `int8` model again, with the class maps as a second output.
+
+    Converted from the same net and calibrated on the same frames, so every tensor gets the
+    same range; it ships only if its logits are bit for bit those of `int8` on every
+    calibration frame, so every figure measured on `int8` holds for it."""
+    from edge.models.runtime import open_model_file
+
+    spec_shape = tuple(int(v) for v in calibration[0].shape)
+    export_fp32(WithClassMaps(student), spec_shape, fp32_dest)
+    quantize_int8(fp32_dest, calibration, int8_dest)
+    plain = open_model_file(int8, "litert", 2)
+    both = open_model_file(int8_dest, "litert", 2, class_maps_outputs(int8_dest))
+    for x in calibration:
+        a = plain.run(x.astype(np.float32))
+        b = both.run_all(x.astype(np.float32))["logits"]
+        if not np.array_equal(a, b):
+            raise ValueError(f"{int8_dest}: its logits differ from {int8.name}'s "
+                             f"(max {float(np.abs(a - b).max()):.4g}); not shipped")
+    return int8_dest

@@ -68,9 +68,9 @@ def device_path_ms(model: Path, images: list, spec, threads: int = 2) -> float:
 
     from edge.models.preprocess import prepare
     from edge.models.roi import find_roi
-    from edge.models.runtime import open_model_file
+    from quantize.convert import open_for_toolchain
 
-    runner = open_model_file(model, "litert", threads)
+    runner = open_for_toolchain(model, threads)
     times = []
     for rep in range(3):
         for image in images:

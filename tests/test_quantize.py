@@ -198,6 +198,25 @@ def test_gate_passes_good_conversion_and_fails_broken_ones(tmp_path):
     not_int8 = check(fp32, fp32, x)
     assert not not_int8.passed and "not fully int8" in not_int8.reason
 
+    # The twin that ships carries the class maps too (the page's heatmap), and answers
+    # exactly as the model the gate just passed.
+    from edge.models.runtime import open_model_file
+    from quantize.convert import class_maps_outputs, with_class_maps
+
+    twin = with_class_maps(model, [xi[None] for xi in x[::2]], good,
+                           tmp_path / "maps_fp32.tflite", tmp_path / "maps.tflite")
+    declared = class_maps_outputs(twin)
+    assert [o["name"] for o in declared] == ["logits", "class_maps"]
+    assert declared[1]["shape"][:2] == declared[0]["shape"] == [1, 14]  # a map per class
+    both, plain = open_model_file(twin, "litert", 2, declared), open_model_file(good)
+    for xi in x:
+        out = both.run_all(xi[None])
+        assert np.array_equal(out["logits"], plain.run(xi[None]))
+        step = both._outputs["class_maps"]["quantization"][0]
+        assert np.allclose(out["class_maps"].mean(axis=(2, 3)), out["logits"],
+                           atol=3 * step + both._outputs["logits"]["quantization"][0])
+    assert float_ops(twin) == []
+
     flat = quantize_int8(fp32, [np.zeros((1, 1, 56, 72), np.float32)] * 4,
                          tmp_path / "flat.tflite")
     rng = np.random.default_rng(0)
@@ -317,3 +336,35 @@ def test_a_build_with_senseless_numbers_is_one_line_before_any_work(args, needle
     assert main([*args, "--build", "/nonexistent/never-made"]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and not Path("/nonexistent").exists()
+
+
+@needs_data
+def test_class_maps_are_judged_by_where_the_named_planes_map_peaks(monkeypatch):
+    """The build ships the heatmap only if the named plane's map peaks inside the
+    sonographer's head ellipse: a map peaking at the region's corner never does, one
+    peaking at its centre does on centred heads, and frames without an annotation are not
+    judged."""
+    import edge.models.runtime as runtime
+    import quantize.convert as convert
+    from quantize.class_maps import head_mask, peaks_in_head
+
+    frames = [f for f in list_frames(DATA) if f.source == "hc18"][:6]
+    frames += [f for f in list_frames(DATA) if f.source == "planes"][:2]
+    peak = {"cell": (0, 0)}
+
+    class Fake:
+        def run_all(self, x):
+            maps = np.zeros((1, 14, 14, 18), np.float32)
+            maps[0, 4][peak["cell"]] = 5.0
+            logits = np.zeros((1, 14), np.float32)
+            logits[0, 4] = 1.0
+            return {"logits": logits, "class_maps": maps}
+
+    monkeypatch.setattr(runtime, "open_model_file", lambda *a, **k: Fake())
+    monkeypatch.setattr(convert, "class_maps_outputs", lambda path: [])
+    assert peaks_in_head(Path("fake.tflite"), frames) == (0, 6)
+    peak["cell"] = (7, 9)
+    inside, judged = peaks_in_head(Path("fake.tflite"), frames)
+    assert judged == 6 and inside >= 5
+    mask = head_mask(frames[0], read_frame(frames[0].path).shape)
+    assert 0.02 < mask.mean() < 0.9
