@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-weight", type=float, default=None,
                         help="share of the head-plane term on views of known head frames "
                              "(distil.TrainSettings.head_weight; 1.3.0's last stage: 0.7)")
+    parser.add_argument("--maps-from", type=int, default=None, metavar="STEPS",
+                        help="from the weights of the finished STEPS-step run (same settings "
+                             "otherwise), --steps more steps with a fresh optimiser and the "
+                             "class-map shape term (distil.MAP_STAGE; tried, not in make "
+                             "models)")
     parser.add_argument("--low-res-steps", type=int, default=None,
                         help="of those, how many at half resolution first")
     parser.add_argument("--until", choices=STEPS, default="manifest")
@@ -127,14 +132,33 @@ def run(args: argparse.Namespace) -> int:
     spec = MobileSpec()
     student = MobileStudent(spec)
     def checkpoint_for(s) -> Path:
-        config = {**asdict(s), "spec": distil.STUDENT_SPEC.to_dict(),
+        config = {**distil.settings_stamp(s), "spec": distil.STUDENT_SPEC.to_dict(),
                   "student": spec.to_dict(), "cache": cache_tag}
         if not s.head_weight:  # the runs made before the term existed keep their names
             del config["head_weight"]
         tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
         return work / f"student-{tag}.pt"
 
-    ckpt = checkpoint_for(settings)
+    if args.maps_from:
+        # Start from the finished run's weights with a fresh optimiser and step 0 of this
+        # stage's own schedule, stamped with this stage's settings.
+        base = checkpoint_for(replace(settings, steps=args.maps_from))
+        settings = replace(settings, **distil.MAP_STAGE)
+        ckpt = checkpoint_for(settings)
+        if not ckpt.exists():
+            if not base.exists():
+                raise FileNotFoundError(f"{base}: no finished {args.maps_from}-step run to "
+                                        "start the class-map stage from")
+            state = torch.load(base, weights_only=False)
+            student.load_state_dict(state["model"])
+            fresh = torch.optim.AdamW(student.parameters(), lr=settings.lr,
+                                      weight_decay=settings.weight_decay)
+            torch.save({"model": state["model"], "opt": fresh.state_dict(), "step": 0,
+                        "log": [], "settings": distil.settings_stamp(settings),
+                        "student_spec": state.get("student_spec"),
+                        "continues": base.name}, ckpt)
+    else:
+        ckpt = checkpoint_for(settings)
     if args.continue_from is not None and not 0 < args.continue_from < settings.steps:
         raise ValueError(f"--continue-from {args.continue_from}: a run shorter than --steps "
                          f"({settings.steps}) to resume")
@@ -150,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{shorter}: no {args.continue_from}-step checkpoint to "
                                     "continue from")
         state = torch.load(shorter, weights_only=False)
-        state["settings"] = asdict(settings)
+        state["settings"] = distil.settings_stamp(settings)
         torch.save(state, ckpt)
     cache = distil.load_cache(cache_dir)
     cache_info = cache_summary(cache, train, cache_settings)
@@ -259,7 +283,10 @@ def run(args: argparse.Namespace) -> int:
     built = build_sweeps(None, 0)  # every held-out patient, seed 0: the same frames for both
     new_sweeps, new_other = clean_sweeps(candidate, built)
     old_sweeps, old_other = clean_sweeps(args.models, built) if shipped.is_file() else (None, 0)
-    ship, why = ship_decision(new_sweeps, old_sweeps, new_ex, old_ex, new_other, old_other)
+    old_maps = shipped.is_file() and "outputs" in json.loads(
+        (args.models / "plane_student.json").read_text())
+    ship, why = ship_decision(new_sweeps, old_sweeps, new_ex, old_ex, new_other, old_other,
+                              with_maps, old_maps)
     if not ship:
         print(f"keeping the shipped model: {why}", file=sys.stderr)
         return 0
@@ -279,6 +306,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps {args.steps}: must be at least 1")
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: must be at least 1")
+    if args.maps_from is not None and (args.maps_from < 1 or args.continue_from is not None):
+        raise ValueError(f"--maps-from {args.maps_from}: a finished run of at least 1 step, "
+                         "and not together with --continue-from")
     if args.head_weight is not None and not (math.isfinite(args.head_weight)
                                              and 0.0 <= args.head_weight < 1.0):
         raise ValueError(f"--head-weight {args.head_weight}: must be at least 0 and below 1 "
@@ -287,7 +317,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def ship_decision(new_sweeps: int, old_sweeps: int | None, new_ex: int,
                   old_ex: int | None, new_other: int = 0,
-                  old_other: int = 0) -> tuple[bool, str]:
+                  old_other: int = 0, new_maps: bool = False,
+                  old_maps: bool = False) -> tuple[bool, str]:
     """(ship?, why not): a new student replaces the shipped one only if, through the
     device, it is no worse on either count and better on one: the blind sweeps of held-out
     patients whose head choice is a clean frame (`quantize.sweeps`: what the biometry exam
@@ -297,18 +328,23 @@ def ship_decision(new_sweeps: int, old_sweeps: int | None, new_ex: int,
 
     Agreement with the teacher on held-out heads is printed beside it, not ruled on: the
     teacher itself changes its answer on 17 of those 264 heads under a 4% border crop, and
-    it calls 30 of them (every one a head plane its sonographers measured) another plane."""
+    it calls 30 of them (every one a head plane its sonographers measured) another plane.
+
+    The third count is the heatmap (`_maps`): whether the model ships class maps that show
+    the head (`quantize.class_maps`); a model that gains them is better on that count."""
     if old_sweeps is None:
         return True, ""
     if new_other > old_other:
         return False, (f"the new one chooses another anatomy as the head in {new_other} blind "
                        f"sweeps (shipped {old_other})")
     old_ex = old_ex or 0
-    if new_sweeps < old_sweeps or new_ex < old_ex or (new_sweeps, new_ex) == (old_sweeps,
-                                                                            old_ex):
+    new, old = (new_sweeps, new_ex, int(new_maps)), (old_sweeps, old_ex, int(old_maps))
+    if any(a < b for a, b in zip(new, old, strict=True)) or new == old:
         return False, (f"the new one chooses a clean head in {new_sweeps} blind sweeps "
-                       f"(shipped {old_sweeps}) and names {new_ex} example screens (shipped "
-                       f"{old_ex}); it must be no worse on either and better on one")
+                       f"(shipped {old_sweeps}), names {new_ex} example screens (shipped "
+                       f"{old_ex}) and {'has' if new_maps else 'has no'} heatmap (shipped: "
+                       f"{'has' if old_maps else 'none'}); it must be no worse on any and "
+                       "better on one")
     return True, ""
 
 

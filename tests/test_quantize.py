@@ -290,6 +290,35 @@ def test_the_build_ships_only_a_student_no_worse_on_sweeps_and_examples_and_bett
     assert ship_decision(180, 175, 13, 13) == (True, "")  # more clean heads, examples kept
     assert ship_decision(182, 175, 13, 13, 8, 0)[0] is False  # a chest chosen as the head
     assert ship_decision(5, None, 0, None) == (True, "")  # nothing shipped yet
+    # The heatmap is the third count: gaining maps that show the head, all else kept, ships;
+    # losing them does not, whatever else it gains.
+    assert ship_decision(188, 188, 13, 13, 0, 0, True, False) == (True, "")
+    assert ship_decision(188, 188, 13, 13, 0, 0, False, False)[0] is False
+    kept, why = ship_decision(190, 188, 13, 13, 0, 0, False, True)
+    assert kept is False and "heatmap" in why
+
+
+def test_the_map_shape_term_asks_where_the_named_planes_map_peaks_not_its_level():
+    from dataclasses import replace
+
+    from quantize.distil import MAP_STAGE, TrainSettings, distil_loss, settings_stamp
+
+    torch.manual_seed(0)
+    t_maps = torch.randn(4, 14, 14, 18)
+    t_logits = t_maps.mean(dim=(2, 3))
+    top = t_logits.argmax(1)
+    off, on = TrainSettings(), replace(TrainSettings(), **MAP_STAGE)
+    # The same maps shifted by a constant: the MSE term sees a difference, the shape none.
+    shifted = t_maps + 3.0
+    base = distil_loss(t_logits, shifted, t_logits, t_maps, off, 1.0, t_view_top1=top)
+    same_shape = distil_loss(t_logits, shifted, t_logits, t_maps, on, 1.0, t_view_top1=top)
+    assert float(same_shape) == pytest.approx(float(base), abs=1e-5)
+    moved = torch.roll(shifted, shifts=7, dims=3)  # the peak elsewhere
+    assert float(distil_loss(t_logits, moved, t_logits, t_maps, on, 1.0, t_view_top1=top)) \
+        > float(distil_loss(t_logits, moved, t_logits, t_maps, off, 1.0, t_view_top1=top))
+    # Checkpoints of runs without the term keep the stamp they were made with.
+    assert "map_shape_weight" not in settings_stamp(off)
+    assert settings_stamp(on)["map_shape_weight"] == MAP_STAGE["map_shape_weight"]
 
 
 def test_the_head_plane_term_moves_a_known_head_to_the_head_planes_in_the_teachers_split():
@@ -329,7 +358,9 @@ def test_export_teacher_fp32_writes_a_verified_manifest(tmp_path, monkeypatch):
     (["--head-weight", "-1"], "--head-weight -1.0"),
     (["--head-weight", "nan"], "--head-weight nan"), (["--head-weight", "1"], "below 1"),
     (["--steps", "0"], "--steps 0"),
-    (["--threads", "0"], "--threads 0")])
+    (["--threads", "0"], "--threads 0"),
+    (["--maps-from", "5000", "--continue-from", "4000", "--steps", "400"], "--maps-from 5000"),
+    (["--maps-from", "0", "--steps", "400"], "--maps-from 0")])
 def test_a_build_with_senseless_numbers_is_one_line_before_any_work(args, needle, capsys):
     from quantize.build_models import main
 
