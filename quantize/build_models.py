@@ -134,8 +134,6 @@ def run(args: argparse.Namespace) -> int:
     def checkpoint_for(s) -> Path:
         config = {**distil.settings_stamp(s), "spec": distil.STUDENT_SPEC.to_dict(),
                   "student": spec.to_dict(), "cache": cache_tag}
-        if not s.head_weight:  # the runs made before the term existed keep their names
-            del config["head_weight"]
         tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
         return work / f"student-{tag}.pt"
 

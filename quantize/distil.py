@@ -422,9 +422,12 @@ MAP_STAGE = {"lr": 5e-4, "warmup": 30, "map_shape_weight": 1.0}
 
 
 def settings_stamp(settings: TrainSettings) -> dict:
-    """The settings a checkpoint records and is matched by; the terms a run did not use
-    are left out, so the checkpoints made before a term existed keep their stamp."""
+    """The settings a checkpoint records and is matched by (and `build_models` names it
+    by); the terms a run did not use are left out, so the checkpoints made before a term
+    existed keep their stamp."""
     stamp = asdict(settings)
+    if not settings.head_weight:
+        del stamp["head_weight"]
     if not settings.map_shape_weight:
         del stamp["map_shape_weight"], stamp["map_shape_temperature"]
     return stamp

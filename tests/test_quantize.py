@@ -318,6 +318,8 @@ def test_the_map_shape_term_asks_where_the_named_planes_map_peaks_not_its_level(
         > float(distil_loss(t_logits, moved, t_logits, t_maps, off, 1.0, t_view_top1=top))
     # Checkpoints of runs without the term keep the stamp they were made with.
     assert "map_shape_weight" not in settings_stamp(off)
+    assert "head_weight" not in settings_stamp(off)  # the 1,600-4,000-step runs predate it
+    assert settings_stamp(replace(off, head_weight=0.7))["head_weight"] == 0.7
     assert settings_stamp(on)["map_shape_weight"] == MAP_STAGE["map_shape_weight"]
 
 
