@@ -461,7 +461,8 @@ def distil_loss(s_logits: torch.Tensor, s_maps: torch.Tensor, t_logits: torch.Te
                 true: torch.Tensor | None = None,
                 t_view_top1: torch.Tensor | None = None,
                 head_rows: torch.Tensor | None = None) -> torch.Tensor:
-    """KL to the (label-mixed) soft targets at T and at 1, plus the class-map MSE. The maps
+    """KL to the (label-mixed) soft targets at T and at 1, plus the class-map MSE, plus,
+    with `map_shape_weight`, the shape term (where the named plane's map peaks). The maps
     term is left out on labelled rows where the teacher's own top-1 is not the true label,
     and on head rows where it is not a head plane (its maps would pull towards the plane the
     label overrules)."""

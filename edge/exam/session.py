@@ -121,11 +121,11 @@ class ExamSession:
         candidate = BestFrame(plane, str(result.get("source", "")), int(result.get("frame", -1)),
                               quality_score(result),
                               float(conf) if isinstance(conf, int | float) else 0.0,
-                              result.get("biometry"), worst_fault=max(faults, default=0.0),
-                              advice=advice_of(result))
+                              result.get("biometry"), worst_fault=max(faults, default=0.0))
         current = self.best.get(plane)
         if current is not None and candidate.rank() <= current.rank():
             return
+        candidate.advice = advice_of(result)  # only for the frame kept, not every frame
         if current is not None:
             candidate.thumbnail = current.thumbnail
         self.best[plane] = candidate

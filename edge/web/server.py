@@ -376,7 +376,6 @@ class WebServer:
                 "protocol": self.view.protocol, "screening": self._screening(),
                 "status": await self._status_now()}
 
-
     async def _state(self, request: web.Request) -> web.Response:
         return web.json_response(await self._state_dict())
 
