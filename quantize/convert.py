@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -117,16 +116,13 @@ def quantize_int8(fp32: Path, calibration: list[np.ndarray], dest: Path) -> Path
 
 def open_for_toolchain(path: Path, threads: int = 2):
     """A .tflite as the device's runtime opens it: with the outputs that the manifest beside
-    it declares (a plane student with its class maps), or with its one output."""
+    it declares (a plane student with its class maps), or with its one output. The manifest
+    is read by the device's own reader, so a broken one is a `ModelError` naming it."""
+    from edge.models.manifest import read_manifest
     from edge.models.runtime import open_model_file
 
     side = Path(path).with_suffix(".json")
-    outputs = None
-    if side.is_file():
-        try:
-            outputs = json.loads(side.read_text()).get("outputs")
-        except (OSError, ValueError, AttributeError):
-            outputs = None
+    outputs = read_manifest(side).raw.get("outputs") if side.is_file() else None
     return open_model_file(Path(path), "litert", threads, outputs)
 
 

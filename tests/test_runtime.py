@@ -84,3 +84,29 @@ def test_a_broken_manifest_is_refused_by_name(models_copy, edit, expected):
     path.write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=expected):
         read_manifest(path)
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b"", "not valid JSON"),
+    (b"\xff\xfe not utf-8", "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested 100000 deep"),
+    (b'{"name": "' + b"x" * (2 << 20) + b'"}', "oversize"),
+    (b'{"name": "a", "name": "b"}', "duplicate key 'name'"),
+    (b"[1, 2]", "must be a JSON object"),
+])
+def test_a_hostile_manifest_file_is_one_line_naming_it(models_copy, body, expected):
+    """Corrupt on disk or crafted: empty, not UTF-8, nested 100,000 deep, megabytes, a key
+    twice, not an object. Each is one ModelError naming the file, never a recursion."""
+    path = models_copy / "plane_student.json"
+    path.write_bytes(body)
+    with pytest.raises(ModelError, match=expected) as caught:
+        read_manifest(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_toolchain_reads_a_broken_manifest_beside_a_model_as_one_line(models_copy):
+    from quantize.convert import open_for_toolchain
+
+    (models_copy / "plane_student.json").write_bytes(b"{" * 50_000)
+    with pytest.raises(ModelError, match="plane_student.json: manifest is not valid JSON"):
+        open_for_toolchain(models_copy / "plane_student.tflite")

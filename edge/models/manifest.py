@@ -7,13 +7,13 @@ a swapped file on a device nobody watches must fail loudly, not score frames wro
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.models.preprocess import PreprocessSpec
+from wire.schema import PayloadError, loads_bounded
 
 MANIFEST_VERSION = 1
 REQUIRED = ("name", "version", "task", "file", "sha256", "labels", "input", "output",
@@ -111,14 +111,23 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# A shipped manifest is 14-29 KB and 5 levels deep; far beyond both it is not a manifest.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_MANIFEST_DEPTH = 16
+
+
 def read_manifest(path: Path) -> Manifest:
-    """Parse and check a manifest; the model file itself is checked by `verify`."""
+    """Parse and check a manifest; the model file itself is checked by `verify`. The JSON is
+    read bounded in size and depth (`wire.schema.loads_bounded`): a corrupt or hostile file
+    is one `ModelError`, never a recursion."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+        raw = loads_bounded(data, MAX_MANIFEST_BYTES, MAX_MANIFEST_DEPTH)
     except FileNotFoundError:
         raise ModelError(f"{path}: model manifest not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, PayloadError) as exc:
         raise ModelError(f"{path}: manifest is not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ModelError(f"{path}: manifest must be a JSON object")
