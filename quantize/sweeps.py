@@ -7,14 +7,19 @@ severity between 0.4 and 1.0 (blurred by a moving probe, too dark or bright, noi
 shadowed, cut off, zoomed out), real frames of other anatomy (the FETAL_PLANES_DB and
 umbilical-cord frames and the SonoNet example screens that are not head planes) and a frame
 with no ultrasound, in a seeded random order. The device runs the biometry protocol over
-it, exactly as `sonoedge exam` does; its choice is the head slot's best frame, or none.
+it, exactly as `sonoedge exam` does; its choice is the head slot's best frame, the one the
+checklist shows, or none when no frame could fill the slot. A choice below the protocol's
+quality bar is still the frame the device returns (with what to change on it); whether it
+also counts as captured is reported beside it.
 
 Reported: how often the choice is a clean target frame (the target: at least 95% of the
-sweeps), how often it is a degraded or wrong frame, how often nothing is chosen; and the HC
-error of the chosen frames against the sonographer's CSV value, beside the error on every
-clean target frame.
+sweeps), how often it is a degraded or wrong frame, how often nothing is chosen, how many
+choices reach the bar; and the HC error of the chosen frames against the sonographer's CSV
+value, beside the error on every clean target frame.
 
-    python -m bench.sweeps [--limit N] [--seed 0]   (this module's main, as make bench runs it)
+    python -m bench.sweeps [--limit N] [--seed 0] [--patients held|train]
+    (this module's main, as make bench runs it; "train" builds the sweeps of the training
+    patients instead, where a selection rule may be tuned: see edge/exam/protocols.toml)
 
 The plane student's build (`quantize.build_models`) runs them too: a new student ships only
 if it chooses a clean head in at least as many sweeps as the shipped one.
@@ -35,6 +40,7 @@ from edge.capture.sources import Frame
 from edge.config import load_settings
 from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamSession
+from edge.models.planes import UNCERTAIN
 from edge.models.roi import find_roi, to_grey
 from edge.scorer import make_scorer
 from quantize.data import DataError, data_dir, is_head_frame, list_frames, read_frame, split
@@ -42,6 +48,7 @@ from quantize.degrade import KINDS, degrade
 from quantize.seg_data import read_hc_table
 
 HEAD_EXAMPLES = ("BRAIN-CB", "BRAIN-TV")
+PATIENT_SETS = ("held", "train")
 
 
 @dataclass
@@ -52,24 +59,30 @@ class Sweep:
     hc_csv: dict[str, float]
 
 
-def build_sweeps(limit: int | None, seed: int) -> list[Sweep]:
+def build_sweeps(limit: int | None, seed: int, patients: str = "held") -> list[Sweep]:
+    """One sweep per patient of `patients`: "held" (the report's, never trained on) or
+    "train" (the training patients: where a selection rule may be tuned without looking at
+    the held-out sweeps it is judged on)."""
+    if patients not in PATIENT_SETS:
+        raise ValueError(f"patients must be one of {PATIENT_SETS}, not {patients!r}")
     root = data_dir()
     table = read_hc_table(root)
     frames = list_frames(root)
-    _, held = split(frames)
+    train, held = split(frames)
+    chosen = held if patients == "held" else train
     # FETAL_PLANES_DB's plane 3 is the fetal brain, labelled or not: a head, not "other".
     others = [f for f in frames if f.source == "planes" and not is_head_frame(f)]
     others += [f for f in frames if f.source == "examples" and f.path.stem not in HEAD_EXAMPLES]
     other_greys = [(f.path.name, to_grey(read_frame(f.path))) for f in others]
-    patients: dict[str, list] = {}
-    for f in held:
+    groups: dict[str, list] = {}
+    for f in chosen:
         if f.source == "hc18":
-            patients.setdefault(f.group, []).append(f)
+            groups.setdefault(f.group, []).append(f)
     rng = np.random.default_rng(seed)
     sweeps = []
-    for group in sorted(patients)[:limit] if limit else sorted(patients):
+    for group in sorted(groups)[:limit] if limit else sorted(groups):
         items = []
-        for f in patients[group]:
+        for f in groups[group]:
             grey = to_grey(read_frame(f.path))
             items.append((f.path.name, grey, "clean"))
             roi = find_roi(grey)
@@ -81,17 +94,17 @@ def build_sweeps(limit: int | None, seed: int) -> list[Sweep]:
         items.append(("no-image.png", np.zeros_like(items[0][1]), "other"))
         order = rng.permutation(len(items))
         pixel = {}
-        for f in patients[group]:
+        for f in groups[group]:
             pixel[f.path.name] = table[f.path.name][0]
             pixel.update({n: table[f.path.name][0] for n, _, k in items
                           if k == "degraded" and n.startswith(f.path.stem + "-")})
         sweeps.append(Sweep(group, [items[i] for i in order], pixel,
-                            {f.path.name: table[f.path.name][1] for f in patients[group]}))
+                            {f.path.name: table[f.path.name][1] for f in groups[group]}))
     return sweeps
 
 
 def run(limit: int | None, seed: int, models_dir: Path | None = None,
-        built: list[Sweep] | None = None) -> dict:
+        built: list[Sweep] | None = None, patients: str = "held") -> dict:
     """The sweeps through the device's scorer, with the models in `models_dir` (default:
     the device config's, i.e. the shipped ones); `built`: sweeps already made by
     `build_sweeps(limit, seed)`, to judge several model sets on the same frames."""
@@ -102,11 +115,12 @@ def run(limit: int | None, seed: int, models_dir: Path | None = None,
     scorer = make_scorer(settings)
     protocol = find_protocol("biometry")
     slot = protocol.slots[0]
-    sweeps = built if built is not None else build_sweeps(limit, seed)
+    sweeps = built if built is not None else build_sweeps(limit, seed, patients)
     outcome = {"clean": 0, "degraded": 0, "other": 0, "none": 0}
-    # Of the sweeps with nothing good enough: those whose best head frame, shown to the
-    # midwife below the protocol's bar with its instruction, was a clean target frame.
-    below_bar_clean = 0
+    # Choices that reach the protocol's quality bar (captured), and of the clean ones, those
+    # that do; and choices the plane model abstained on (a slot's unsure_head).
+    captured = clean_captured = unsure = 0
+    advice: dict[str, int] = {}  # what the device says on choices below the bar
     chosen_err, clean_err, wrong = [], [], []
     t0 = time.perf_counter()
     n_frames = 0
@@ -126,19 +140,26 @@ def run(limit: int | None, seed: int, models_dir: Path | None = None,
             if kind == "clean" and bio.get("hc_mm") is not None:
                 clean_err.append(abs(bio["hc_mm"] - sweep.hc_csv[name]))
         best = session.slot_best(slot)
-        if best is None or not session.captured(best.plane):
+        if best is None:
             outcome["none"] += 1
-            below_bar_clean += best is not None and kinds[best.source] == "clean"
             continue
         outcome[kinds[best.source]] += 1
+        captured += session.captured(best.plane)
+        if not session.captured(best.plane):
+            said = best.advice[0] if best.advice else "none"
+            advice[said] = advice.get(said, 0) + 1
+        clean_captured += session.captured(best.plane) and kinds[best.source] == "clean"
+        unsure += best.plane == UNCERTAIN
         if kinds[best.source] != "clean":
             wrong.append(f"{sweep.patient}: {best.source}")
         hc = (best.biometry or {}).get("hc_mm")
         if kinds[best.source] == "clean" and hc is not None:
             chosen_err.append(abs(hc - sweep.hc_csv[best.source]))
     seconds = time.perf_counter() - t0
-    return {"sweeps": len(sweeps), "frames": n_frames, "outcome": outcome,
-            "below_bar_clean": below_bar_clean,
+    return {"sweeps": len(sweeps), "patients": patients, "frames": n_frames,
+            "outcome": outcome,
+            "captured": captured, "clean_captured": clean_captured, "unsure": unsure,
+            "advice_below_bar": dict(sorted(advice.items(), key=lambda kv: -kv[1])),
             "clean_share": outcome["clean"] / max(1, len(sweeps)),
             "hc_mad_chosen_mm": statistics.fmean(chosen_err) if chosen_err else None,
             "hc_chosen_n": len(chosen_err),
@@ -149,12 +170,16 @@ def run(limit: int | None, seed: int, models_dir: Path | None = None,
 def report(r: dict) -> str:
     o = r["outcome"]
     n = max(1, r["sweeps"])
-    lines = [f"{r['sweeps']} sweeps of held-out HC18 patients ({r['frames']} frames, "
-             f"{r['seconds']:.0f} s): the head slot's choice is a clean target frame in "
-             f"{o['clean']} ({100 * o['clean'] / n:.1f}%), a degraded frame in "
-             f"{o['degraded']}, another anatomy in {o['other']}, nothing in {o['none']}"
-             f" (of these, the best head frame, below the protocol's quality bar, was a "
-             f"clean one in {r.get('below_bar_clean', 0)})."]
+    who = "held-out" if r.get("patients", "held") == "held" else "training"
+    lines = [f"{r['sweeps']} sweeps of {who} HC18 patients "
+             f"({r['frames']} frames, {r['seconds']:.0f} s): the head slot's choice is a clean "
+             f"target frame in {o['clean']} ({100 * o['clean'] / n:.1f}%), a degraded frame "
+             f"in {o['degraded']}, another anatomy in {o['other']}, nothing in {o['none']}.",
+             f"Choices that reach the protocol's quality bar (captured): {r['captured']}, "
+             f"{r['clean_captured']} of them clean; the rest are shown with what to change ("
+             + ", ".join(f"{k} {v}" for k, v in r["advice_below_bar"].items())
+             + f"). Choices the plane model abstained on, outlined by the head segmenter: "
+             f"{r['unsure']}."]
     if r["hc_mad_chosen_mm"] is not None:
         lines.append(f"HC error of the chosen clean frames: mean {r['hc_mad_chosen_mm']:.2f} mm "
                      f"over {r['hc_chosen_n']}; over every clean target frame measured: "
@@ -169,9 +194,11 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="patients (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patients", choices=PATIENT_SETS, default="held",
+                        help="held-out patients (the report) or training patients (tuning)")
     args = parser.parse_args(argv)
     try:
-        print(report(run(args.limit, args.seed)))
+        print(report(run(args.limit, args.seed, patients=args.patients)))
     except (DataError, ValueError, OSError) as exc:
         print(f"bench.sweeps: {exc}", file=sys.stderr)
         return 2

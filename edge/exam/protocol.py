@@ -26,6 +26,10 @@ class Slot:
 
     name: str
     accepts: tuple[str, ...]
+    # Also a frame the plane model abstains on ("uncertain") but on which the head segmenter
+    # outlines one whole, regular skull: shown as the slot's best until a named frame beats
+    # it, never counted as captured (its plane is not confirmed).
+    unsure_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,13 @@ class Protocol:
     slots: tuple[Slot, ...]
     min_quality: float
     version: str
+    # How the learned quality head's fault estimates discount a frame's score when the exam
+    # chooses each plane's best frame: score * prod(1 - fault_discount * severity).
+    fault_discount: float = 1.0
+
+    @property
+    def unsure_head_slot(self) -> Slot | None:
+        return next((s for s in self.slots if s.unsure_head), None)
 
     @property
     def planes(self) -> tuple[str, ...]:
@@ -43,10 +54,14 @@ class Protocol:
 
 
 def _slot(entry: object, where: str) -> Slot:
+    unsure = False
     if isinstance(entry, str):
         name, accepts = entry, [entry]
-    elif isinstance(entry, dict) and set(entry) <= {"name", "accepts"}:
+    elif isinstance(entry, dict) and set(entry) <= {"name", "accepts", "unsure_head"}:
         name, accepts = entry.get("name"), entry.get("accepts")
+        unsure = entry.get("unsure_head", False)
+        if not isinstance(unsure, bool):
+            raise ProtocolError(f"{where}: slot {name!r}: unsure_head must be true or false")
         if not isinstance(name, str) or not 0 < len(name) <= 32:
             raise ProtocolError(f"{where}: a slot's name is 1-32 characters")
         if not isinstance(accepts, list) or not accepts or not all(
@@ -57,7 +72,7 @@ def _slot(entry: object, where: str) -> Slot:
     bad = [p for p in accepts if p not in PLANES or p == "Background"]
     if bad:
         raise ProtocolError(f"{where}: {bad[0]!r} is not a standard plane")
-    return Slot(name, tuple(accepts))
+    return Slot(name, tuple(accepts), unsure)
 
 
 def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
@@ -70,12 +85,16 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
         raise ProtocolError(f"{path}: protocols file not found") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProtocolError(f"{path}: not valid TOML ({exc})") from None
-    unknown = sorted(set(data) - {"version", "protocols"})
+    unknown = sorted(set(data) - {"version", "fault_discount", "protocols"})
     if unknown:
         raise ProtocolError(f"{path}: unknown key {unknown[0]!r}")
     version = data.get("version")
     if not isinstance(version, str) or not version:
         raise ProtocolError(f"{path}: version must be a string")
+    discount = data.get("fault_discount", 1.0)
+    if (isinstance(discount, bool) or not isinstance(discount, int | float)
+            or not math.isfinite(discount) or not 0.0 <= discount <= 1.0):
+        raise ProtocolError(f"{path}: fault_discount: must be between 0 and 1")
     table = data.get("protocols")
     if not isinstance(table, dict) or not table:
         raise ProtocolError(f"{path}: protocols: expected a table of protocols")
@@ -99,10 +118,12 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
         every = [p for slot in slots for p in slot.accepts]
         if len(set(every)) != len(every) or len({s.name for s in slots}) != len(slots):
             raise ProtocolError(f"{where}.planes: a plane or slot is listed twice")
+        if sum(slot.unsure_head for slot in slots) > 1:
+            raise ProtocolError(f"{where}.planes: only one slot may take unsure_head")
         if (isinstance(quality, bool) or not isinstance(quality, int | float)
                 or not math.isfinite(quality) or not 0.0 <= quality <= 1.0):
             raise ProtocolError(f"{where}.min_quality: must be between 0 and 1")
-        out[name] = Protocol(name, title, slots, float(quality), version)
+        out[name] = Protocol(name, title, slots, float(quality), version, float(discount))
     return out
 
 

@@ -1,11 +1,14 @@
 """One exam: its protocol, its best frame per plane, its checklist and its summary.
 
 An exam keeps running totals (`ExamTally`), and for every standard plane the frame with the
-highest quality score (the plane model's confidence breaks ties, and ranks frames when the
-audit is off). The best frame is kept as a thumbnail (`ThumbStore`), written at most every
-`thumb_interval_s` per plane while the exam runs and once more when it ends, so a live
-stream that keeps improving does not write a JPEG per frame. A plane is captured when its
-best frame reaches the protocol's `min_quality`.
+highest quality score, discounted by the learned quality head's fault estimates (the
+protocol's `fault_discount`; the plane model's confidence breaks ties, and ranks frames
+when the audit is off). A slot marked `unsure_head` also takes the best frame the plane
+model abstained on but whose skull the head segmenter outlines whole and regular (never
+captured: its plane is not confirmed). The best frame is kept as a thumbnail
+(`ThumbStore`), written at most every `thumb_interval_s` per plane while the exam runs and
+once more when it ends, so a live stream that keeps improving does not write a JPEG per
+frame. A plane is captured when its best frame reaches the protocol's `min_quality`.
 
 `ExamTracker` runs exams in a live stream: an exam starts on the first frame with
 ultrasound content, and ends after `end_gap_s` without content, on command (`stop`), or
@@ -18,6 +21,7 @@ replay, however often repeated, gives the ids the live run gave.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +32,7 @@ import numpy as np
 from edge.exam.protocol import Protocol, Slot
 from edge.exam.tally import ExamTally, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
+from edge.models.planes import UNCERTAIN
 from edge.models.roi import Roi
 from wire.schema import PLANES
 
@@ -65,16 +70,16 @@ class BestFrame:
     confidence: float
     biometry: dict | None = None
     thumbnail: str | None = None  # path relative to the state dir, once written
-    worst_fault: float = 0.0  # the learned quality head's largest severity, 0 without it
+    ranked: float | None = None  # quality discounted by the learned head's faults
     # What to change on it (the audit's leading failing criterion and its instruction):
     # a slot whose best frame is not good enough says why, for a blind sweep as live.
     advice: tuple[str, str] | None = None
 
     def rank(self) -> tuple[float, float, float]:
-        """Quality first; among frames of equal score (every criterion passed: 1.0), the
-        one the learned quality head finds least faulty; then the plane's confidence."""
-        return (-1.0 if self.quality is None else self.quality, -self.worst_fault,
-                self.confidence)
+        """The discounted quality first (so among frames that pass every rule, the one the
+        learned head finds least faulty), then the plain quality, then the confidence."""
+        quality = -1.0 if self.quality is None else self.quality
+        return (quality if self.ranked is None else self.ranked, quality, self.confidence)
 
     def to_dict(self) -> dict:
         out = {"source": self.source, "frame": self.frame,
@@ -113,15 +118,19 @@ class ExamSession:
             self.source = result["source"]
         self.tally.add(result)
         plane = result.get("plane")
-        if result.get("error") or plane not in PLANES or plane in NOT_A_VIEW:
+        if result.get("error"):
+            return
+        if plane == UNCERTAIN:
+            if self.protocol.unsure_head_slot is None or not outlines_one_head(result):
+                return
+        elif plane not in PLANES or plane in NOT_A_VIEW:
             return
         conf = result.get("plane_confidence")
-        learned = (result.get("quality") or {}).get("learned") or {}
-        faults = [v for v in learned.values() if isinstance(v, int | float)]
+        quality = quality_score(result)
         candidate = BestFrame(plane, str(result.get("source", "")), int(result.get("frame", -1)),
-                              quality_score(result),
-                              float(conf) if isinstance(conf, int | float) else 0.0,
-                              result.get("biometry"), worst_fault=max(faults, default=0.0))
+                              quality, float(conf) if isinstance(conf, int | float) else 0.0,
+                              result.get("biometry"),
+                              ranked=discounted(quality, result, self.protocol.fault_discount))
         current = self.best.get(plane)
         if current is not None and candidate.rank() <= current.rank():
             return
@@ -144,13 +153,15 @@ class ExamSession:
 
     def captured(self, plane: str) -> bool:
         best = self.best.get(plane)
-        if best is None:
+        if best is None or plane == UNCERTAIN:  # an unconfirmed plane is never captured
             return False
         score = best.quality if best.quality is not None else best.confidence
         return score >= self.protocol.min_quality
 
     def slot_best(self, slot: Slot) -> BestFrame | None:
         found = [self.best[p] for p in slot.accepts if p in self.best]
+        if slot.unsure_head and UNCERTAIN in self.best:
+            found.append(self.best[UNCERTAIN])
         return max(found, key=BestFrame.rank) if found else None
 
     def checklist(self) -> list[dict]:
@@ -273,6 +284,31 @@ class ExamTracker:
 
 
 MAX_ADVICE_CHARS = 200
+HEAD_OUTLINE_CRITERIA = ("head_found", "head_inside", "ellipse_regular")
+
+
+def outlines_one_head(result: dict) -> bool:
+    """Whether the head segmenter outlined one whole, regular skull on this frame: the
+    audit judged the head criteria and every one of them passed."""
+    criteria = (result.get("quality") or {}).get("criteria")
+    if not isinstance(criteria, dict):
+        return False
+    return all(isinstance(criteria.get(name), dict) and criteria[name].get("pass") is True
+               for name in HEAD_OUTLINE_CRITERIA)
+
+
+def discounted(quality: float | None, result: dict, discount: float) -> float | None:
+    """`quality` times (1 - discount * s) for each fault severity s of the learned head."""
+    if quality is None:
+        return None
+    learned = (result.get("quality") or {}).get("learned")
+    if not isinstance(learned, dict):
+        return quality
+    for severity in learned.values():
+        if isinstance(severity, int | float) and not isinstance(severity, bool) \
+                and math.isfinite(severity):
+            quality *= 1.0 - discount * min(1.0, max(0.0, float(severity)))
+    return quality
 
 
 def advice_of(result: dict) -> tuple[str, str] | None:
