@@ -231,6 +231,34 @@ def test_shipped_model_segments_held_out_heads():
 
 @needs_model
 @needs_data
+def test_the_ellipse_dice_scores_the_devices_outline_as_hc18_scores_an_ellipse():
+    """The device's outline is its fitted ellipse: filled, it is scored against the
+    sonographer's ellipse as HC18's challenge scores submitted ellipses. The annotation's
+    own ellipse scores 1; one 5% larger in both axes 2 / (1 + 1.05^2) = 0.951; the shipped
+    model's ellipse on a real validation head at least 0.95."""
+    from quantize.eval_biometry import ellipse_dice
+
+    man = read_manifest(SHIPPED)
+    model = open_model_file(man.model_path, "litert", 2)
+    _, val = seg_data.hc18_split(DATA, seed=0)
+    table = seg_data.read_hc_table(DATA)
+    frame = next(f for f in val if f.path.name == "350_HC.png")
+    image = cv2.imread(str(frame.path), cv2.IMREAD_UNCHANGED)
+    h, w = image.shape[:2]
+    annotation = seg_data.fit_annotation(seg_data.annotation_path(frame.path))
+    truth = seg_data.fill_ellipse((h, w), annotation) >= 0.5
+    own = (annotation.cx, annotation.cy, annotation.width / 2, annotation.height / 2,
+           annotation.angle)
+    assert ellipse_dice(own, truth) > 0.999
+    larger = (*own[:2], own[2] * 1.05, own[3] * 1.05, own[4])
+    assert ellipse_dice(larger, truth) == pytest.approx(2 / (1 + 1.05 ** 2), abs=0.003)
+    prob = sigmoid(model.run(prepare(image, None, man.preprocessing))[0, 0])
+    bio = measure_probability(prob, (0, 0, w, h), image.shape, table[frame.path.name][0])
+    assert bio.ellipse is not None and 0.95 <= ellipse_dice(bio.ellipse, truth) < 1
+
+
+@needs_model
+@needs_data
 def test_every_pass_measures_real_held_out_heads_alike():
     """The shipped model on validation heads through measure_frame with each pass option:
     test-time flip is mirror-equivariant (the map of the mirrored frame is the mirrored map),
