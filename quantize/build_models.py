@@ -280,7 +280,8 @@ def run(args: argparse.Namespace) -> int:
 
     built = build_sweeps(None, 0)  # every held-out patient, seed 0: the same frames for both
     new_sweeps, new_other = clean_sweeps(candidate, built)
-    old_sweeps, old_other = clean_sweeps(args.models, built) if shipped.is_file() else (None, 0)
+    old_sweeps, old_other = clean_sweeps(args.models, built) if shipped.is_file() \
+        else (None, 0)
     old_maps = shipped.is_file() and "outputs" in json.loads(
         (args.models / "plane_student.json").read_text())
     ship, why = ship_decision(new_sweeps, old_sweeps, new_ex, old_ex, new_other, old_other,
@@ -313,13 +314,14 @@ def check_args(args: argparse.Namespace) -> None:
                          "(a share of the target; 1 would drop the teacher's answer)")
 
 
-def ship_decision(new_sweeps: int, old_sweeps: int | None, new_ex: int,
-                  old_ex: int | None, new_other: int = 0,
+def ship_decision(new_sweeps: tuple[int, int], old_sweeps: tuple[int, int] | None,
+                  new_ex: int, old_ex: int | None, new_other: int = 0,
                   old_other: int = 0, new_maps: bool = False,
                   old_maps: bool = False) -> tuple[bool, str]:
     """(ship?, why not): a new student replaces the shipped one only if, through the
-    device, it is no worse on either count and better on one: the blind sweeps of held-out
-    patients whose head choice is a clean frame (`quantize.sweeps`: what the biometry exam
+    device, it is no worse on any count and better on one: the blind sweeps of held-out
+    patients whose head choice is a clean frame, and of those the ones good enough to be
+    captured (`_sweeps` = (clean, clean captured), `quantize.sweeps`: what the biometry exam
     gets), and the 13 example screens named (as `sonoedge score` does, abstentions counted
     wrong). And it must not choose another anatomy as the head in more sweeps (`_other`):
     HC measured on a chest is worse than no HC.
@@ -328,7 +330,7 @@ def ship_decision(new_sweeps: int, old_sweeps: int | None, new_ex: int,
     teacher itself changes its answer on 17 of those 264 heads under a 4% border crop, and
     it calls 30 of them (every one a head plane its sonographers measured) another plane.
 
-    The third count is the heatmap (`_maps`): whether the model ships class maps that show
+    The last count is the heatmap (`_maps`): whether the model ships class maps that show
     the head (`quantize.class_maps`); a model that gains them is better on that count."""
     if old_sweeps is None:
         return True, ""
@@ -336,25 +338,29 @@ def ship_decision(new_sweeps: int, old_sweeps: int | None, new_ex: int,
         return False, (f"the new one chooses another anatomy as the head in {new_other} blind "
                        f"sweeps (shipped {old_other})")
     old_ex = old_ex or 0
-    new, old = (new_sweeps, new_ex, int(new_maps)), (old_sweeps, old_ex, int(old_maps))
+    new = (*new_sweeps, new_ex, int(new_maps))
+    old = (*old_sweeps, old_ex, int(old_maps))
     if any(a < b for a, b in zip(new, old, strict=True)) or new == old:
-        return False, (f"the new one chooses a clean head in {new_sweeps} blind sweeps "
-                       f"(shipped {old_sweeps}), names {new_ex} example screens (shipped "
+        return False, (f"the new one chooses a clean head in {new_sweeps[0]} blind sweeps, "
+                       f"{new_sweeps[1]} of them captured (shipped {old_sweeps[0]}, "
+                       f"{old_sweeps[1]}), names {new_ex} example screens (shipped "
                        f"{old_ex}) and {'has' if new_maps else 'has no'} heatmap (shipped: "
                        f"{'has' if old_maps else 'none'}); it must be no worse on any and "
                        "better on one")
     return True, ""
 
 
-def clean_sweeps(models: Path, built: list) -> tuple[int, int]:
+def clean_sweeps(models: Path, built: list) -> tuple[tuple[int, int], int]:
     """Blind sweeps (`built` by quantize.sweeps.build_sweeps) whose head choice is a clean
-    frame, and those where it is another anatomy, with the plane student, segmenter and
-    quality head in `models`."""
+    frame, and of those the ones captured (reaching the protocol's bar: a choice shown
+    below it must not replace one that was good enough), and those where it is another
+    anatomy, with the plane student, segmenter and quality head in `models`."""
     from quantize import sweeps
 
     result = sweeps.run(None, 0, models, built)
-    print(f"{models}: {sweeps.report(result).splitlines()[0]}")
-    return int(result["outcome"]["clean"]), int(result["outcome"]["other"])
+    print(f"{models}: " + " ".join(sweeps.report(result).splitlines()[:2]))
+    return ((int(result["outcome"]["clean"]), int(result["clean_captured"])),
+            int(result["outcome"]["other"]))
 
 
 def cache_helper(args: argparse.Namespace, work: Path):

@@ -152,6 +152,20 @@ def test_a_copy_with_a_fault_the_rules_let_pass_does_not_displace_its_clean_orig
         assert session.slot_best(session.protocol.slots[0]).source == "0.png"
 
 
+def test_a_frame_without_ultrasound_is_no_planes_best_whatever_it_is_named(scorer):
+    """A black frame fails `content`. Even named a head plane (as a class-map student
+    named one, at 0.62), it fills no slot, and a real head after it does."""
+    blank, _ = scored(scorer, np.zeros((540, 800, 3), np.uint8), "blank.png", 0)
+    assert blank["quality"]["criteria"]["content"]["pass"] is False
+    named_blank = {**blank, "plane": "Brain (Tv.)", "plane_confidence": 0.9}
+    session = ExamSession(find_protocol("biometry"))
+    session.add(named_blank)
+    assert session.best == {}
+    real, _ = scored(scorer, head("500_HC.png"), "head.png", 1)
+    session.add(real)
+    assert session.slot_best(session.protocol.slots[0]).source == "head.png"
+
+
 def test_an_unknown_protocol_names_the_choices():
     with pytest.raises(ProtocolError, match="unknown protocol 'heart'.*biometry"):
         find_protocol("heart")

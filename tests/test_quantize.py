@@ -283,18 +283,23 @@ def test_shipped_student_names_the_13_examples_through_the_device_path():
 def test_the_build_ships_only_a_student_no_worse_on_sweeps_and_examples_and_better_on_one():
     from quantize.build_models import ship_decision
 
-    assert ship_decision(170, 175, 13, 10)[0] is False  # fewer clean heads in the sweeps
-    assert ship_decision(190, 175, 12, 13)[0] is False  # fewer example screens named
-    assert ship_decision(175, 175, 10, 10)[0] is False  # better on neither
-    assert ship_decision(175, 175, 13, 10) == (True, "")
-    assert ship_decision(180, 175, 13, 13) == (True, "")  # more clean heads, examples kept
-    assert ship_decision(182, 175, 13, 13, 8, 0)[0] is False  # a chest chosen as the head
-    assert ship_decision(5, None, 0, None) == (True, "")  # nothing shipped yet
-    # The heatmap is the third count: gaining maps that show the head, all else kept, ships;
+    # sweeps: (clean head chosen, of those captured)
+    assert ship_decision((170, 160), (175, 160), 13, 10)[0] is False  # fewer clean heads
+    assert ship_decision((190, 180), (175, 170), 12, 13)[0] is False  # fewer examples named
+    assert ship_decision((175, 170), (175, 170), 10, 10)[0] is False  # better on neither
+    assert ship_decision((175, 170), (175, 170), 13, 10) == (True, "")
+    assert ship_decision((180, 172), (175, 170), 13, 13) == (True, "")  # more, examples kept
+    assert ship_decision((182, 175), (175, 170), 13, 13, 8, 0)[0] is False  # a chest as head
+    assert ship_decision((5, 5), None, 0, None) == (True, "")  # nothing shipped yet
+    # More clean choices, but fewer of them good enough to capture: the midwife would be
+    # told to improve a frame that was good enough before.
+    kept, why = ship_decision((206, 186), (204, 193), 13, 13, 0, 0, True, False)
+    assert kept is False and "186 of them captured" in why
+    # The heatmap is the last count: gaining maps that show the head, all else kept, ships;
     # losing them does not, whatever else it gains.
-    assert ship_decision(188, 188, 13, 13, 0, 0, True, False) == (True, "")
-    assert ship_decision(188, 188, 13, 13, 0, 0, False, False)[0] is False
-    kept, why = ship_decision(190, 188, 13, 13, 0, 0, False, True)
+    assert ship_decision((188, 180), (188, 180), 13, 13, 0, 0, True, False) == (True, "")
+    assert ship_decision((188, 180), (188, 180), 13, 13, 0, 0, False, False)[0] is False
+    kept, why = ship_decision((190, 182), (188, 180), 13, 13, 0, 0, False, True)
     assert kept is False and "heatmap" in why
 
 

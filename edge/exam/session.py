@@ -118,7 +118,7 @@ class ExamSession:
             self.source = result["source"]
         self.tally.add(result)
         plane = result.get("plane")
-        if result.get("error"):
+        if result.get("error") or not shows_content(result):
             return
         if plane == UNCERTAIN:
             if self.protocol.unsure_head_slot is None or not outlines_one_head(result):
@@ -295,6 +295,15 @@ def outlines_one_head(result: dict) -> bool:
         return False
     return all(isinstance(criteria.get(name), dict) and criteria[name].get("pass") is True
                for name in HEAD_OUTLINE_CRITERIA)
+
+
+def shows_content(result: dict) -> bool:
+    """False only where the audit found no ultrasound on the frame (`content` failed): a
+    blank screen or the probe in the air is nobody's best frame, whatever a plane model
+    calls it (a class-map student named a black frame a head plane)."""
+    criteria = (result.get("quality") or {}).get("criteria")
+    content = criteria.get("content") if isinstance(criteria, dict) else None
+    return not (isinstance(content, dict) and content.get("pass") is False)
 
 
 def discounted(quality: float | None, result: dict, discount: float) -> float | None:
