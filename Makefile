@@ -45,7 +45,8 @@ models: dev-env
 	$(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --until distil
 	$(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --steps 2400 --continue-from 1600 --until distil
 	$(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --steps 4000 --continue-from 2400 --until distil
-	$(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --steps 5000 --continue-from 4000 --head-weight 0.7
+	$(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --steps 5000 --continue-from 4000 --head-weight 0.7 --until distil
+	$(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --maps-from 5000 --steps 400 --head-weight 0.7
 	$(BIN)/python -m quantize.build_segmenter --threads $(MODEL_THREADS)
 	$(BIN)/python -m quantize.build_quality_head --threads $(MODEL_THREADS)
 

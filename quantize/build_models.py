@@ -7,10 +7,13 @@ residual student (quantize/student.py: MobileStudent) on them, with the true lab
 13 example screens; `synth` and `finetune` (only with --synth: 1.1.0's last steps) make
 class-balanced images from the teacher and fine-tune on them; `calibrate` runs the
 variants test and fits the temperature and the abstain threshold (quantize/variants.py,
-quantize/calibrate.py). The new model replaces the shipped one only if it passes the gate,
-agrees with the teacher on at least as many held-out HC18 heads as the shipped model, and
-names more of the 13 example screens than the shipped model (through the device path,
-with each model's own abstain threshold).
+quantize/calibrate.py). The new model replaces the shipped one only if it passes the gate
+and `ship_decision` takes it: through the device, no worse than the shipped model on the
+blind sweeps (clean heads chosen, and of them captured), the 13 example screens and the
+heatmap, better on one, no other anatomy chosen as the head more often, and a flat frame
+named as the teacher names it. `make models` runs it in five stages (see the Makefile):
+1,600, 2,400, 4,000 and 5,000 steps (the last with the head-plane term), then the
+class-map stage (`--maps-from 5000`), which converts, judges and ships.
 
 Every step caches its result under build/plane_student/seed<seed>/ and is skipped when the
 result is already there, so an interrupted run resumes where it stopped (training from its
@@ -29,13 +32,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from quantize.data import HEAD_PLANE_IDS, LABELS, DataError, data_dir, list_frames, split
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("cache", "distil", "synth", "finetune", "convert", "gate", "calibrate", "manifest")
-VERSION = "1.3.0"
+VERSION = "1.4.0"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--maps-from", type=int, default=None, metavar="STEPS",
                         help="from the weights of the finished STEPS-step run (same settings "
                              "otherwise), --steps more steps with a fresh optimiser and the "
-                             "class-map shape term (distil.MAP_STAGE; tried, not in make "
-                             "models)")
+                             "class-map shape term and flat rows (distil.MAP_STAGE; "
+                             "make models' last plane stage, which made 1.4.0)")
     parser.add_argument("--low-res-steps", type=int, default=None,
                         help="of those, how many at half resolution first")
     parser.add_argument("--until", choices=STEPS, default="manifest")
@@ -179,7 +183,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"teacher cache: {json.dumps(cache_info)}")
     torch.manual_seed(args.seed)
     student = distil.train_student(student, cache, ckpt, args.seed, settings, heldout,
-                                   head_rows=distil.head_rows_of(cache, train))
+                                   head_rows=distil.head_rows_of(cache, train),
+                                   flat_targets=distil.flat_frame_targets(teacher)
+                                   if settings.flat_rows else None)
     student = student.to(memory_format=torch.contiguous_format)
     del cache
     if args.until == "distil":
@@ -236,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"13 example screens named (device path, with the abstain threshold): new "
           f"{new_ex}/{len(examples)}" + (f", shipped {old_ex}/{len(examples)}" if old_ex
                                          is not None else ""))
+    flat_said, flat_teacher = flat_frame_answers(paths.int8, teacher)
+    print(f"a flat frame (the probe in the air): new {flat_said}, teacher {flat_teacher}")
     if args.until == "calibrate":
         return 0
     extras = {"version": VERSION, "synthesis": synth_info, "finetune": ft_info,
@@ -285,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
     old_maps = shipped.is_file() and "outputs" in json.loads(
         (args.models / "plane_student.json").read_text())
     ship, why = ship_decision(new_sweeps, old_sweeps, new_ex, old_ex, new_other, old_other,
-                              with_maps, old_maps)
+                              with_maps, old_maps, flat_said == flat_teacher)
     if not ship:
         print(f"keeping the shipped model: {why}", file=sys.stderr)
         return 0
@@ -317,7 +325,7 @@ def check_args(args: argparse.Namespace) -> None:
 def ship_decision(new_sweeps: tuple[int, int], old_sweeps: tuple[int, int] | None,
                   new_ex: int, old_ex: int | None, new_other: int = 0,
                   old_other: int = 0, new_maps: bool = False,
-                  old_maps: bool = False) -> tuple[bool, str]:
+                  old_maps: bool = False, flat_as_teacher: bool = True) -> tuple[bool, str]:
     """(ship?, why not): a new student replaces the shipped one only if, through the
     device, it is no worse on any count and better on one: the blind sweeps of held-out
     patients whose head choice is a clean frame, and of those the ones good enough to be
@@ -331,7 +339,13 @@ def ship_decision(new_sweeps: tuple[int, int], old_sweeps: tuple[int, int] | Non
     it calls 30 of them (every one a head plane its sonographers measured) another plane.
 
     The last count is the heatmap (`_maps`): whether the model ships class maps that show
-    the head (`quantize.class_maps`); a model that gains them is better on that count."""
+    the head (`quantize.class_maps`); a model that gains them is better on that count.
+
+    And a flat frame (the probe in the air) must get the teacher's answer, Background
+    (`flat_as_teacher`): a student that names a blank screen a brain plane is not shipped
+    for anything else it gains."""
+    if not flat_as_teacher:
+        return False, "the new one names a flat frame otherwise than the teacher does"
     if old_sweeps is None:
         return True, ""
     if new_other > old_other:
@@ -348,6 +362,20 @@ def ship_decision(new_sweeps: tuple[int, int], old_sweeps: tuple[int, int] | Non
                        f"{'has' if old_maps else 'none'}); it must be no worse on any and "
                        "better on one")
     return True, ""
+
+
+def flat_frame_answers(model: Path, teacher) -> tuple[str, str]:
+    """What the int8 student (its top-1, as the device reads it) and the teacher call a
+    flat frame: every pixel alike, all zeros once z-scored."""
+    from quantize import distil
+    from quantize.convert import run_tflite
+    from quantize.specs import STUDENT_SPEC
+
+    said = run_tflite(model, np.zeros((1, 1, STUDENT_SPEC.height, STUDENT_SPEC.width),
+                                      np.float32))
+    teacher_logits, _ = distil.flat_frame_targets(teacher)
+    return LABELS[int(np.asarray(said).reshape(-1)[:14].argmax())], \
+        LABELS[int(np.argmax(teacher_logits))]
 
 
 def clean_sweeps(models: Path, built: list) -> tuple[tuple[int, int], int]:
@@ -377,8 +405,6 @@ def cache_summary(cache: dict, train: list, settings) -> dict:
     """What the student learns from: views per source, and how often the teacher's
     average over the framings differs from its answer on the view itself."""
     from dataclasses import asdict
-
-    import numpy as np
 
     sources = np.array([f.source for f in train])
     frame = cache["frame"]

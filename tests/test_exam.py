@@ -99,12 +99,12 @@ def test_a_broken_protocols_file_is_one_line_naming_it(tmp_path, text, needle):
 
 
 def test_the_biometry_head_slot_takes_an_outlined_head_the_plane_model_is_unsure_of(scorer):
-    """000_HC (a held-out patient, HC 44 mm) is too early for SonoNet's planes: the plane
+    """099_HC (a held-out patient, HC 75 mm) is too early for SonoNet's planes: the plane
     student abstains, but the segmenter outlines one whole, regular skull. It is shown as the
     head slot's best, with what to change, and never counted as captured; a frame of other
     anatomy the model is unsure of, with no skull outlined, is not taken; a named head frame
     of a higher score replaces it. The second-trimester screen has no such slot."""
-    early = head("000_HC.png")
+    early = head("099_HC.png")
     record, _ = scored(scorer, early, "early.png", 1)
     assert record["plane"] == "uncertain"
     other = read_frame(DATA / "planes" / "images" / "Patient01690_Plane4_1_of_1.png")

@@ -280,6 +280,23 @@ def test_shipped_student_names_the_13_examples_through_the_device_path():
     assert len(wrong) <= 2 and set(wrong) <= {"3VV.tiff", "LIPS.tiff"}
 
 
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped plane_student yet")
+def test_the_shipped_student_calls_a_flat_screen_background_as_the_teacher_does():
+    """The probe in the air: a black screen, or one flat grey. Through the device's scorer
+    the shipped student says Background there, as SonoNet-16 does (0.68)."""
+    import time
+
+    from edge.capture.sources import Frame
+    from edge.config import load_settings
+    from edge.scorer import make_scorer
+
+    scorer = make_scorer(load_settings())
+    for level in (0, 40):
+        frame = Frame("flat", 0, np.full((540, 800, 3), level, np.uint8), time.monotonic(),
+                      time.time())
+        assert scorer.score(frame).plane == "Background", level
+
+
 def test_the_build_ships_only_a_student_no_worse_on_sweeps_and_examples_and_better_on_one():
     from quantize.build_models import ship_decision
 
@@ -301,6 +318,10 @@ def test_the_build_ships_only_a_student_no_worse_on_sweeps_and_examples_and_bett
     assert ship_decision((188, 180), (188, 180), 13, 13, 0, 0, False, False)[0] is False
     kept, why = ship_decision((190, 182), (188, 180), 13, 13, 0, 0, False, True)
     assert kept is False and "heatmap" in why
+    # A student that names a flat frame (the probe in the air) otherwise than the teacher
+    # does is not shipped, whatever it gains.
+    kept, why = ship_decision((210, 200), (188, 180), 13, 13, 0, 0, True, False, False)
+    assert kept is False and "flat frame" in why
 
 
 def test_the_map_shape_term_asks_where_the_named_planes_map_peaks_not_its_level():
@@ -326,6 +347,56 @@ def test_the_map_shape_term_asks_where_the_named_planes_map_peaks_not_its_level(
     assert "head_weight" not in settings_stamp(off)  # the 1,600-4,000-step runs predate it
     assert settings_stamp(replace(off, head_weight=0.7))["head_weight"] == 0.7
     assert settings_stamp(on)["map_shape_weight"] == MAP_STAGE["map_shape_weight"]
+
+
+def test_flat_rows_teach_the_student_the_teachers_answer_on_a_flat_frame(tmp_path):
+    """No cached view is flat, so nothing holds a student's answer on the probe in the air.
+    Trained on views the teacher calls Abdominal, a student calls a flat frame Abdominal
+    too; with flat rows in every batch it says what the teacher says there: Background."""
+    from dataclasses import replace
+
+    from quantize.distil import TrainSettings, settings_stamp, train_student
+    from quantize.specs import STUDENT_SPEC
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 8, 16, stride=16)
+            self.head = torch.nn.Conv2d(8, 14, 1)
+
+        def forward_maps(self, x):
+            maps = self.head(torch.relu(self.conv(x)))
+            maps = torch.nn.functional.adaptive_avg_pool2d(maps, (14, 18))
+            return maps.mean(dim=(2, 3)), maps
+
+        def forward(self, x):
+            return self.forward_maps(x)[0]
+
+    abdominal, background = LABELS.index("Abdominal"), LABELS.index("Background")
+    rng = np.random.default_rng(0)
+    n, h, w = 24, STUDENT_SPEC.height, STUDENT_SPEC.width
+    maps = np.full((n, 14, 14, 18), -2.0, np.float32)
+    maps[:, abdominal] = 2.0
+    cache = {"student": rng.integers(0, 255, (n, h, w), dtype=np.uint8),
+             "logits": maps.mean(axis=(2, 3)), "maps": maps,
+             "label": np.full(n, -1, np.int16)}
+    flat_maps = np.full((14, 14, 18), -2.0, np.float32)
+    flat_maps[background] = 2.0
+    flat = (flat_maps.mean(axis=(1, 2)), flat_maps)
+    settings = replace(TrainSettings(), steps=60, batch=8, lr=0.05, warmup=1,
+                       low_res_steps=0, eval_every=1000)
+    said = {}
+    for rows in (0, 2):
+        torch.manual_seed(0)
+        student = train_student(Tiny(), cache, tmp_path / f"tiny-{rows}.pt", 0,
+                                replace(settings, flat_rows=rows), flat_targets=flat)
+        with torch.no_grad():
+            said[rows] = int(student(torch.zeros(1, 1, h, w)).argmax())
+    assert said == {0: abdominal, 2: background}
+    assert "flat_rows" not in settings_stamp(settings)
+    assert settings_stamp(replace(settings, flat_rows=2))["flat_rows"] == 2
+    with pytest.raises(ValueError, match="flat_targets"):
+        train_student(Tiny(), cache, tmp_path / "none.pt", 0, replace(settings, flat_rows=2))
 
 
 def test_the_head_plane_term_moves_a_known_head_to_the_head_planes_in_the_teachers_split():
