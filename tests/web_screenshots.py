@@ -47,6 +47,9 @@ def main() -> int:
                 _login(page, base)
                 if not page.is_disabled("#heatmap-toggle"):
                     page.check("#heatmap-toggle")
+                    # checking it scrolled the page down to the switch; a full-page shot
+                    # of a scrolled page draws the sticky status bar mid-page
+                    page.evaluate("window.scrollTo(0, 0)")
             head = "window.sonoedge.lastHeader && window.sonoedge.lastHeader.ellipse " \
                    "&& window.sonoedge.lastHeader.biometry"
             for name, page in pages.items():
