@@ -166,6 +166,21 @@ def test_a_frame_without_ultrasound_is_no_planes_best_whatever_it_is_named(score
     assert session.slot_best(session.protocol.slots[0]).source == "head.png"
 
 
+@pytest.mark.parametrize("quality", ["broken", [1, 2], {"criteria": ["content"]},
+                                     {"score": 0.9, "learned": [0.5]},
+                                     {"score": 0.9, "learned": {"noise": "high"}},
+                                     {"score": 0.9, "learned": {"noise": float("nan")}}])
+def test_a_replayed_result_with_a_broken_audit_costs_nothing(quality):
+    """A journal row read back from disk may carry any audit: the exam neither raises nor
+    ranks by the garbage (a frame whose audit is unreadable ranks by its confidence)."""
+    session = ExamSession(find_protocol("biometry"))
+    for plane in ("Brain (Tv.)", "uncertain"):
+        session.add({"source": "j", "frame": 1, "plane": plane, "plane_confidence": 0.9,
+                     "quality": quality})
+    assert set(session.best) <= {"Brain (Tv.)"}
+    assert session.checklist()[0]["plane"] == "Head (HC, BPD)"
+
+
 def test_an_unknown_protocol_names_the_choices():
     with pytest.raises(ProtocolError, match="unknown protocol 'heart'.*biometry"):
         find_protocol("heart")

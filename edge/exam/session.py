@@ -287,10 +287,17 @@ MAX_ADVICE_CHARS = 200
 HEAD_OUTLINE_CRITERIA = ("head_found", "head_inside", "ellipse_regular")
 
 
+def _audit(result: dict) -> dict:
+    """The result's audit, or {} where it is missing or not a mapping (a replayed journal
+    row is read back from disk)."""
+    quality = result.get("quality")
+    return quality if isinstance(quality, dict) else {}
+
+
 def outlines_one_head(result: dict) -> bool:
     """Whether the head segmenter outlined one whole, regular skull on this frame: the
     audit judged the head criteria and every one of them passed."""
-    criteria = (result.get("quality") or {}).get("criteria")
+    criteria = _audit(result).get("criteria")
     if not isinstance(criteria, dict):
         return False
     return all(isinstance(criteria.get(name), dict) and criteria[name].get("pass") is True
@@ -301,7 +308,7 @@ def shows_content(result: dict) -> bool:
     """False only where the audit found no ultrasound on the frame (`content` failed): a
     blank screen or the probe in the air is nobody's best frame, whatever a plane model
     calls it (a class-map student named a black frame a head plane)."""
-    criteria = (result.get("quality") or {}).get("criteria")
+    criteria = _audit(result).get("criteria")
     content = criteria.get("content") if isinstance(criteria, dict) else None
     return not (isinstance(content, dict) and content.get("pass") is False)
 
@@ -310,7 +317,7 @@ def discounted(quality: float | None, result: dict, discount: float) -> float | 
     """`quality` times (1 - discount * s) for each fault severity s of the learned head."""
     if quality is None:
         return None
-    learned = (result.get("quality") or {}).get("learned")
+    learned = _audit(result).get("learned")
     if not isinstance(learned, dict):
         return quality
     for severity in learned.values():
