@@ -244,6 +244,8 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
     # Whoever compares fp32 with int8 (make bench) can tell this is the shipped file's twin.
     fp32_man["version"] = man["version"]
     fp32_man["int8_sha256"] = sha256_file(paths.int8)
+    if paths.int8_with_maps is not None:  # the shipped file may be this twin (the heatmap)
+        fp32_man["int8_with_maps_sha256"] = sha256_file(paths.int8_with_maps)
     paths.fp32.with_suffix(".json").write_text(
         json.dumps(finish(fp32_man, paths.fp32), indent=2) + "\n")
     return man
