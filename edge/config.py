@@ -8,7 +8,6 @@ fall back to a default on a device nobody watches.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,8 +21,11 @@ from edge.models.roi import RoiSettings
 from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
 from edge.web.settings import WebSettings, check_web_settings
 from wire.mqtt import url_has_password
+from wire.schema import PayloadError, read_toml_bounded
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The shipped config is about 4 KB; a file 64 times that is no device config.
+MAX_CONFIG_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -184,11 +186,11 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict] | None = 
     if path is not None:
         label = str(path)
         try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            data = read_toml_bounded(Path(path), MAX_CONFIG_BYTES)
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        except (OSError, PayloadError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     if path is not None:
         _check_secrets(Path(path), data)
     for section, values in (overrides or {}).items():

@@ -31,6 +31,7 @@ def test_a_file_and_overrides_are_layered(tmp_path):
     ("[models]\nnum_threads = 'two'\n", "models.num_threads: expected int"),
     ("[models]\nbackend = 'cuda'\n", "models.backend must be"),
     ("[source\nspec = 1\n", "not valid TOML"),
+    ("a = " + "[" * 20000 + "]" * 20000 + "\n", "nested more than 16 deep"),  # tomllib recursed
     ("[roi]\nblack_level = 8.5\n", "roi.black_level: expected int"),
     ("[biometry]\nprobability_threshold = 0.4\n", "unknown key 'probability_threshold'"),
     ("[biometry]\npixel_size_mm = 5.0\n", "biometry.pixel_size_mm 5 is outside"),

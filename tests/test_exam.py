@@ -81,6 +81,8 @@ def test_the_shipped_protocols_are_biometry_and_the_second_trimester_screen():
     ('version = "1"\n[protocols.x]\ntitle = "t"\nplanes = [{name = "Head", accepts = []}]\n',
      "needs accepts"),
     ("version = [", "not valid TOML"),
+    ('version = "1"\nfault_discount = ' + "[" * 20000 + "]" * 20000 + "\n",
+     "nested more than 16 deep"),  # tomllib recursed
     ('version = "1"\n[protocols.x]\ntitle = "t"\n'
      'planes = [{name = "Head", accepts = ["Brain (Tv.)"], unsure_head = "yes"}]\n',
      "unsure_head must be true or false"),

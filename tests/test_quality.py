@@ -263,6 +263,7 @@ def test_the_audit_is_pure_arithmetic_on_its_rules():
      'weight = 7.0\npriority = 1\nmessage = "x"\nok = "y"\nsource = "z"\n',
      "criteria.gain.weight"),
     ("[[[", "not valid TOML"),
+    ("a = " + "[" * 20000 + "]" * 20000 + "\n", "nested more than 16 deep"),  # tomllib recursed
     (b"\xff\xfe version".decode("latin-1"), "not valid TOML"),
 ])
 def test_broken_rules_are_one_line_naming_the_file_and_key(tmp_path, text, needle):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import tomllib
 from functools import cache
 from pathlib import Path
 
@@ -107,6 +108,39 @@ def loads_bounded(data: bytes, max_bytes: int, max_depth: int = MAX_DEPTH):
         lines = str(exc).splitlines()
         raise PayloadError(f"bad JSON: {lines[0][:200] if lines else type(exc).__name__}") \
             from None
+
+
+def read_toml_bounded(path: Path, max_bytes: int, max_depth: int = MAX_DEPTH) -> dict:
+    """A TOML file that may be broken or hostile (a device config, the exam protocols, the
+    quality rules): FileNotFoundError when it is missing, else ``PayloadError`` with the
+    reason when it is larger than ``max_bytes`` (only that much is read), not UTF-8, not
+    TOML, or nested deeper than ``max_depth``. tomllib recurses on nested arrays and inline
+    tables, so 20,000 brackets are a RecursionError unless caught here."""
+    with open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadError(f"too large: more than {max_bytes} bytes")
+    try:
+        value = tomllib.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise PayloadError(f"not valid TOML (nested more than {max_depth} deep)") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PayloadError(f"not valid TOML ({exc})") from None
+    if _depth(value) > max_depth:
+        raise PayloadError(f"not valid TOML (nested more than {max_depth} deep)")
+    return value
+
+
+def _depth(value) -> int:
+    """Nesting depth of parsed dicts and lists, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict)
+                                                 else item))
+    return deepest
 
 
 _TYPES = {

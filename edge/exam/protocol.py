@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from wire.schema import PLANES
+from wire.schema import PLANES, PayloadError, read_toml_bounded
 
 PROTOCOLS_FILE = Path(__file__).resolve().parent / "protocols.toml"
 MAX_PROTOCOLS_BYTES = 64 * 1024
@@ -78,13 +77,11 @@ def _slot(entry: object, where: str) -> Slot:
 def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
     path = Path(path) if path else PROTOCOLS_FILE
     try:
-        if path.stat().st_size > MAX_PROTOCOLS_BYTES:
-            raise ProtocolError(f"{path}: too large for a protocols file")
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = read_toml_bounded(path, MAX_PROTOCOLS_BYTES)
     except FileNotFoundError:
         raise ProtocolError(f"{path}: protocols file not found") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ProtocolError(f"{path}: not valid TOML ({exc})") from None
+    except (OSError, PayloadError) as exc:
+        raise ProtocolError(f"{path}: {exc}") from None
     unknown = sorted(set(data) - {"version", "fault_discount", "protocols"})
     if unknown:
         raise ProtocolError(f"{path}: unknown key {unknown[0]!r}")

@@ -18,7 +18,6 @@ installed.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from edge.models.planes import group_mass
 from edge.models.preprocess import FrameViews
 from edge.models.roi import Roi
 from edge.models.runtime import Model
+from wire.schema import PayloadError, read_toml_bounded
 
 RULES_FILE = Path(__file__).resolve().parent / "quality_rules.toml"
 TASK = "quality_regression"
@@ -155,13 +155,11 @@ def load_rules(path: Path | str | None = None) -> Rules:
     """The quality rules from `path` (default: the shipped file), every key checked."""
     path = Path(path) if path else RULES_FILE
     try:
-        if path.stat().st_size > MAX_RULES_BYTES:
-            raise RulesError(f"{path}: too large for a rules file")
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = read_toml_bounded(path, MAX_RULES_BYTES)
     except FileNotFoundError:
         raise RulesError(f"{path}: quality rules file not found") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise RulesError(f"{path}: not valid TOML ({exc})") from None
+    except (OSError, PayloadError) as exc:
+        raise RulesError(f"{path}: {exc}") from None
     known = {"version", "feedback", "head", "criteria"}
     for key in data:
         if key not in known:
