@@ -290,8 +290,7 @@ def run(args: argparse.Namespace) -> int:
     new_sweeps, new_other = clean_sweeps(candidate, built)
     old_sweeps, old_other = clean_sweeps(args.models, built) if shipped.is_file() \
         else (None, 0)
-    old_maps = shipped.is_file() and "outputs" in json.loads(
-        (args.models / "plane_student.json").read_text())
+    old_maps = shipped.is_file() and "outputs" in shipped_manifest(args.models)
     ship, why = ship_decision(new_sweeps, old_sweeps, new_ex, old_ex, new_other, old_other,
                               with_maps, old_maps, flat_said == flat_teacher)
     if not ship:
@@ -438,11 +437,19 @@ def examples_named(model: Path, examples: list, thresholds: dict) -> int:
     return int(sum(named))
 
 
-def shipped_thresholds(models: Path) -> dict:
+def shipped_manifest(models: Path) -> dict:
+    """The shipped student's manifest as the device reads it (bounded, checked), or {}
+    where there is none it could read."""
+    from edge.models.manifest import ModelError, read_manifest
+
     try:
-        return json.loads((models / "plane_student.json").read_text()).get("thresholds", {})
-    except (OSError, ValueError):
+        return read_manifest(models / "plane_student.json").raw
+    except ModelError:
         return {}
+
+
+def shipped_thresholds(models: Path) -> dict:
+    return shipped_manifest(models).get("thresholds", {})
 
 
 def hc18_top1(model: Path, heldout: dict):

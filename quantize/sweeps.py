@@ -31,6 +31,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +41,12 @@ from edge.capture.sources import Frame
 from edge.config import load_settings
 from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamSession
-from edge.models.planes import UNCERTAIN
 from edge.models.roi import find_roi, to_grey
 from edge.scorer import make_scorer
 from quantize.data import DataError, data_dir, is_head_frame, list_frames, read_frame, split
 from quantize.degrade import KINDS, degrade
 from quantize.seg_data import read_hc_table
+from wire.schema import UNCERTAIN
 
 HEAD_EXAMPLES = ("BRAIN-CB", "BRAIN-TV")
 PATIENT_SETS = ("held", "train")
@@ -120,7 +121,7 @@ def run(limit: int | None, seed: int, models_dir: Path | None = None,
     # Choices that reach the protocol's quality bar (captured), and of the clean ones, those
     # that do; and choices the plane model abstained on (a slot's unsure_head).
     captured = clean_captured = unsure = 0
-    advice: dict[str, int] = {}  # what the device says on choices below the bar
+    advice: Counter[str] = Counter()  # what the device says on choices below the bar
     chosen_err, clean_err, wrong = [], [], []
     t0 = time.perf_counter()
     n_frames = 0
@@ -144,11 +145,11 @@ def run(limit: int | None, seed: int, models_dir: Path | None = None,
             outcome["none"] += 1
             continue
         outcome[kinds[best.source]] += 1
-        captured += session.captured(best.plane)
-        if not session.captured(best.plane):
-            said = best.advice[0] if best.advice else "none"
-            advice[said] = advice.get(said, 0) + 1
-        clean_captured += session.captured(best.plane) and kinds[best.source] == "clean"
+        good_enough = session.captured(best.plane)
+        captured += good_enough
+        clean_captured += good_enough and kinds[best.source] == "clean"
+        if not good_enough:
+            advice[best.advice[0] if best.advice else "none"] += 1
         unsure += best.plane == UNCERTAIN
         if kinds[best.source] != "clean":
             wrong.append(f"{sweep.patient}: {best.source}")
@@ -159,7 +160,7 @@ def run(limit: int | None, seed: int, models_dir: Path | None = None,
     return {"sweeps": len(sweeps), "patients": patients, "frames": n_frames,
             "outcome": outcome,
             "captured": captured, "clean_captured": clean_captured, "unsure": unsure,
-            "advice_below_bar": dict(sorted(advice.items(), key=lambda kv: -kv[1])),
+            "advice_below_bar": dict(advice.most_common()),
             "clean_share": outcome["clean"] / max(1, len(sweeps)),
             "hc_mad_chosen_mm": statistics.fmean(chosen_err) if chosen_err else None,
             "hc_chosen_n": len(chosen_err),

@@ -32,9 +32,8 @@ import numpy as np
 from edge.exam.protocol import Protocol, Slot
 from edge.exam.tally import ExamTally, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
-from edge.models.planes import UNCERTAIN
 from edge.models.roi import Roi
-from wire.schema import PLANES
+from wire.schema import PLANES, UNCERTAIN
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from edge.models.manifest import Manifest, ModelError
 from edge.models.preprocess import prepare
 from edge.models.roi import Roi
 from edge.models.runtime import Model
+from wire.schema import UNCERTAIN  # the wire's word for an abstention, also on the device
 
-UNCERTAIN = "uncertain"
 CLASS_MAPS = "class_maps"  # the optional second output: SonoNet's per-class maps
 
 
