@@ -27,6 +27,7 @@ from edge.models.biometry import (
     BiometrySettings,
     hadlock_ga_weeks,
     hadlock_hc_range_mm,
+    head_shape,
     measure_probability,
     ramanujan_perimeter,
 )
@@ -194,6 +195,30 @@ def test_a_head_cut_off_by_the_edge_is_flagged_not_measured_short():
         result = measure_probability(ellipse_map(cx, cy, 200, 160, 20), (0, 0, 800, 540),
                                      (540, 800), 0.1)
         assert result.status == HEAD_CUT_OFF and result.hc_mm is None, (cx, cy)
+
+
+FAN = np.array([[300, 20], [500, 20], [700, 520], [100, 520]], np.float32)  # a sector's outline
+
+
+def in_fan(prob: np.ndarray) -> np.ndarray:
+    """What a segmenter sees of a head under the fan: nothing where there is no image."""
+    fan = np.zeros((540, 800), np.uint8)
+    cv2.fillConvexPoly(fan, FAN.astype(np.int32), 1)
+    small = cv2.resize(fan, prob.shape[::-1], interpolation=cv2.INTER_AREA)
+    return prob * small
+
+
+def test_a_head_cut_by_the_side_of_the_fan_is_flagged_when_the_outline_is_known():
+    """On a scanner's screen the fan ends inside the frame: the box's edges never see a head
+    pushed past its side, the image's outline does."""
+    box, frame = (0, 0, 800, 540), (540, 800)
+    whole = head_shape(in_fan(ellipse_map(400, 300, 150, 120, 0)), box, frame, outline=FAN)
+    assert whole.status == OK
+    for cx in (200, 600):  # past the left side, past the right side
+        cut = head_shape(in_fan(ellipse_map(cx, 300, 150, 120, 0)), box, frame, outline=FAN)
+        assert cut.status == HEAD_CUT_OFF, cx
+        assert measure_probability(in_fan(ellipse_map(cx, 300, 150, 120, 0)), box, frame,
+                                   0.1).status != HEAD_CUT_OFF  # the box alone is blind
 
 
 def test_the_real_hc18_head_that_runs_past_the_image_is_cut_off(data_dir):

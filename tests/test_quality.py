@@ -20,7 +20,7 @@ from edge.models.quality import RulesError, audit, load_rules
 from edge.models.roi import find_roi, to_grey
 from edge.scorer import make_scorer
 from quantize.data import read_frame
-from quantize.degrade import degrade
+from quantize.degrade import degrade, footprint
 from tests.conftest import DATA, MODELS
 
 pytestmark = pytest.mark.skipif(not (DATA / "hc18").is_dir(), reason="no shared data")
@@ -204,6 +204,40 @@ def test_head_inside_fails_when_the_skull_runs_off_the_screen(scorer):
     c = criterion(r, "head_inside")
     assert not c["pass"] and "whole head" in c["message"]
     assert r["head"]["status"] == "head_cut_off"
+
+
+def slid_under_the_fan(grey: np.ndarray, dx: int) -> np.ndarray:
+    """A real cut-off on a scanner's screen: the anatomy slides sideways under a fan that
+    stays where it is (the probe moved, not the screen), and the frame sits on a black
+    1024x768 screen, so the fan's side is not the frame's edge. What leaves the fan is lost."""
+    fan = footprint(grey) > 0
+    slid = np.zeros_like(grey)
+    slid[:, dx:] = grey[:, :grey.shape[1] - dx] if dx else grey
+    slid[~fan] = 0
+    screen = np.zeros((768, 1024), np.uint8)
+    screen[114:114 + grey.shape[0], 112:112 + grey.shape[1]] = slid
+    return screen
+
+
+def test_head_inside_fails_when_the_skull_runs_past_the_side_of_the_fan(scorer):
+    """The fan's side, not only the screen's edge: before the image's outline was judged,
+    this head lost a sixth of its HC past the fan and was still measured as whole."""
+    grey = grey_of("434_HC.png")  # a large head whose right wall sits near the fan's side
+    whole = judge(scorer, slid_under_the_fan(grey, 0))
+    assert criterion(whole, "head_inside")["pass"] and whole["head"]["status"] == "ok"
+    for dx in (100, 200):
+        r = judge(scorer, slid_under_the_fan(grey, dx))
+        c = criterion(r, "head_inside")
+        assert not c["pass"] and "whole head" in c["message"], dx
+        assert r["head"]["status"] == "head_cut_off", dx
+
+
+def test_a_whole_head_beside_a_dim_side_of_the_fan_is_not_cut_off(scorer):
+    """738_HC's fan echoes at grey 2 on its far sides: those are image, not screen, and its
+    head, which fills the fan, is whole (the sonographers measured it)."""
+    r = judge(scorer, grey_of("738_HC.png"))
+    assert r["head"]["status"] == "ok"
+    assert criterion(r, "head_inside")["pass"]
 
 
 def test_centred_fails_when_the_head_sits_at_the_side(scorer):

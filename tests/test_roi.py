@@ -101,3 +101,19 @@ def test_a_blank_or_text_only_screen_has_no_region():
 def test_grey_is_the_unweighted_channel_mean_as_sononet_computes_it(data_dir):
     image = cv2.imread(str(data_dir / "sononet" / "examples" / "4CH.tiff"))
     assert np.array_equal(to_grey(image), image.mean(axis=2).astype(np.uint8))
+
+
+def test_the_outline_holds_the_whole_fan_and_a_replayed_box_equals_the_found_one(data_dir):
+    """The outline is where the image ends (a head past it is cut off): it holds the box's
+    centre and the dim far side of 738_HC's fan, which echoes at grey 2 and which the box
+    leaves out; a result replayed from the journal keeps only the box, and is the same Roi."""
+    image = cv2.imread(str(data_dir / "hc18" / "images" / "738_HC.png"))
+    roi = find_roi(image)
+    outline = np.array(roi.outline, np.float32).reshape(-1, 1, 2)
+    assert cv2.pointPolygonTest(outline, (roi.x + roi.w / 2, roi.y + roi.h / 2), False) > 0
+    for dim_side in ((110, 300), (120, 330)):  # grey 2, left of the box
+        assert to_grey(image)[dim_side[1], dim_side[0]] > 0
+        assert not roi.x <= dim_side[0] < roi.x + roi.w
+        assert cv2.pointPolygonTest(outline, dim_side, False) >= 0, dim_side
+    assert cv2.pointPolygonTest(outline, (2, 2), False) < 0  # the black screen's corner
+    assert Roi(*roi.as_list(), roi.fill) == roi

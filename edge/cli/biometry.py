@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from edge.models.biometry import PIXEL_SIZE_MISSING, Biometry, measure_frame, pixel_size_status
+from edge.models.roi import find_roi
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 UNREADABLE = "unreadable_image"
@@ -138,8 +139,11 @@ def main(args) -> int:
             elif scale_problem is not None:  # no scale, no measurement: skip the model
                 row = row_of(path.name, None, scale_problem)
             else:
-                # roi None: the segmenter's manifest says how to frame the image.
-                row = row_of(path.name, measure_frame(model, image, None, pixel, measurement))
+                # The segmenter's manifest says how to frame the image; the region found on
+                # it gives the image's outline, so a head past the fan's side is cut off here
+                # as it is live (edge.scorer).
+                row = row_of(path.name, measure_frame(model, image, find_roi(image), pixel,
+                                                      measurement))
             counts[row[-1]] += 1
             writer.writerow(row)
             handle.flush()

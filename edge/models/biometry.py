@@ -25,7 +25,10 @@ status is `ga_out_of_range` and HC, BPD and OFD are still reported.
 
 A head cut off by the edge of the box (the fitted ellipse runs past it by more than
 `cutoff_margin_fraction` of the semi-major axis, or the head lies along the edge for more
-than `edge_run_fraction` of its perimeter) is `head_cut_off`, never a short HC.
+than `edge_run_fraction` of its perimeter) is `head_cut_off`, never a short HC. Where the
+caller knows the image's outline on the screen (`Roi.outline`: a sector's fan inside the
+scanner's black screen), the same two rules also hold against that outline: a head pushed
+past the side of the fan is cut off although the frame goes on around it.
 
 Passes. The segmenter runs once on the frame, or, as its manifest's `biometry` block says
 (`Passes`), also on the mirrored frame (the two logit maps averaged) and/or a second time on
@@ -253,6 +256,38 @@ def _extent(a: float, b: float, angle_deg: float) -> tuple[float, float]:
             math.hypot(a * math.sin(t), b * math.cos(t)))
 
 
+OUTLINE_BAND_PX = 2  # head pixels this close inside the image's outline lie along it
+
+
+def _past_outline(outline: np.ndarray, ellipse: tuple[float, float, float, float, float],
+                  filled: np.ndarray, origin: tuple[int, int]) -> tuple[float, float]:
+    """How far the ellipse runs past the image's outline (pixels; <= 0: inside it), and how
+    long the head region lies along or over that outline (pixels of run).
+
+    `ellipse` is (cx, cy, a, b, angle) and `outline` (N, 2), both in box pixels; `filled`
+    is the head region in the window whose top-left box pixel is `origin`. The run counts
+    the head's pixels less than OUTLINE_BAND_PX inside the outline or past it, per pixel of
+    band width: a head resting against the fan's side for a long stretch is cut by it.
+    """
+    cx, cy, a, b, angle = ellipse
+    t = np.linspace(0.0, 2.0 * math.pi, 72, endpoint=False)
+    ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    xs = cx + a * np.cos(t) * ca - b * np.sin(t) * sa
+    ys = cy + a * np.cos(t) * sa + b * np.sin(t) * ca
+    polygon = outline.reshape(-1, 1, 2)
+    past = max(-cv2.pointPolygonTest(polygon, (float(x), float(y)), True)
+               for x, y in zip(xs, ys, strict=True))
+    inner = np.zeros((filled.shape[0] + 2 * OUTLINE_BAND_PX, filled.shape[1] + 2 * OUTLINE_BAND_PX),
+                     np.uint8)
+    shifted = outline - (origin[0] - OUTLINE_BAND_PX, origin[1] - OUTLINE_BAND_PX)
+    cv2.fillConvexPoly(inner, np.round(shifted * 16).astype(np.int32), 1, cv2.LINE_8, 4)
+    side = 2 * OUTLINE_BAND_PX + 1
+    inner = cv2.erode(inner, np.ones((side, side), np.uint8))
+    inner = inner[OUTLINE_BAND_PX:-OUTLINE_BAND_PX, OUTLINE_BAND_PX:-OUTLINE_BAND_PX]
+    run = np.count_nonzero(filled & (inner == 0)) / OUTLINE_BAND_PX
+    return float(past), float(run)
+
+
 def pixel_size_status(pixel_size_mm: float | None,
                       settings: BiometrySettings = BiometrySettings()) -> str | None:
     """None for a usable pixel size, else why not: unknown (None, NaN, 0) or implausible.
@@ -301,11 +336,14 @@ class HeadShape:
 
 def head_shape(prob: np.ndarray, box: tuple[int, int, int, int],
                frame_shape: tuple[int, ...],
-               settings: BiometrySettings = BiometrySettings()) -> HeadShape:
+               settings: BiometrySettings = BiometrySettings(),
+               outline: np.ndarray | None = None) -> HeadShape:
     """The head in a probability map `prob` (H, W) covering `box`; see the module docstring.
 
-    A box longer than `measure_max_side_px` is measured on a scaled copy of itself, and the
-    ellipse scaled back: every other figure of the shape is a ratio and needs no scaling.
+    `outline`: the image's outline, a convex polygon (N, 2) of (x, y) in the box's pixels,
+    or None where the box's own edges are the image's. A box longer than
+    `measure_max_side_px` is measured on a scaled copy of itself, and the ellipse scaled
+    back: every other figure of the shape is a ratio and needs no scaling.
     """
     prob = np.asarray(prob, dtype=np.float32)
     prob = prob.reshape(prob.shape[-2:]) if prob.ndim > 2 else prob
@@ -318,7 +356,9 @@ def head_shape(prob: np.ndarray, box: tuple[int, int, int, int],
     if longest > settings.measure_max_side_px > 0:
         sw = max(2, round(bw * settings.measure_max_side_px / longest))
         sh = max(2, round(bh * settings.measure_max_side_px / longest))
-        small = head_shape(prob, (0, 0, sw, sh), (sh, sw), settings)
+        if outline is not None:  # the same pixel-centre convention as the ellipse below
+            outline = (np.asarray(outline, np.float64) + 0.5) * (sw / bw, sh / bh) - 0.5
+        small = head_shape(prob, (0, 0, sw, sh), (sh, sw), settings, outline)
         if small.ellipse is None:
             return replace(small, box=box)
         sx, sy = bw / sw, bh / sh
@@ -380,6 +420,10 @@ def head_shape(prob: np.ndarray, box: tuple[int, int, int, int],
                   + (int(filled[-1].sum()) if y1 == bh else 0)
                   + (int(filled[:, 0].sum()) if x0 == 0 else 0)
                   + (int(filled[:, -1].sum()) if x1 == bw else 0))
+    if outline is not None and len(outline) >= 3:
+        past, run = _past_outline(np.asarray(outline, np.float32), (cx, cy, major, minor, angle),
+                                  filled, (x0, y0))
+        over, along_edge = max(over, past), max(along_edge, run)
     perimeter_px = ramanujan_perimeter(major, minor)
     found = {"ellipse": ellipse, "area_fraction": area_fraction,
              "overshoot": over / major, "edge_run": along_edge / perimeter_px}
@@ -531,7 +575,7 @@ def locate_head(model: Model, image: np.ndarray, roi: Roi | None,
     passes = passes_for_model(model.manifest) if passes is None else passes
     prob, box = segment_head(model, image, roi, passes.test_time_flip, views)
     if passes.refine_crop_margin <= 0:
-        return head_shape(prob, box, image.shape, settings)
+        return head_shape(prob, box, image.shape, settings, _outline_in(roi, box))
     mh, mw = prob.shape
     rough = head_shape(prob, (0, 0, mw, mh), (mh, mw), settings)
     if rough.status == OK:
@@ -547,10 +591,18 @@ def locate_head(model: Model, image: np.ndarray, roi: Roi | None,
                                 spec.width / spec.height, passes.refine_max_zoom)
         crop = np.ascontiguousarray(image[y:y + h, x:x + w])
         prob2, _ = segment_head(model, crop, None, passes.test_time_flip)
-        refined = head_shape(prob2, (x, y, w, h), image.shape, settings)
+        refined = head_shape(prob2, (x, y, w, h), image.shape, settings,
+                             _outline_in(roi, (x, y, w, h)))
         if refined.status == OK:
             return refined
-    return head_shape(prob, box, image.shape, settings)
+    return head_shape(prob, box, image.shape, settings, _outline_in(roi, box))
+
+
+def _outline_in(roi: Roi | None, box: tuple[int, int, int, int]) -> np.ndarray | None:
+    """The image's outline (`Roi.outline`) in the pixels of `box`, where it is known."""
+    if roi is None or not roi.outline:
+        return None
+    return np.asarray(roi.outline, np.float32) - np.float32((box[0], box[1]))
 
 
 def measure_frame(model: Model, image: np.ndarray, roi: Roi | None,

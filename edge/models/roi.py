@@ -11,7 +11,8 @@ connected area and take its bounding box.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -28,6 +29,11 @@ class Roi:
     # The share of the box the ultrasound image covers: a sector leaves the box's corners
     # empty. The quality audit judges how much of the *image* the head fills with it.
     fill: float = 1.0
+    # The image's outline on the screen, a convex polygon ((x, y), ...) in frame pixels:
+    # the fan of a sector probe, which the box above crops inside. A head running past it
+    # is cut off even where the screen around it goes on (see `edge.models.biometry`).
+    # None where the region did not come from `find_roi` (a replayed result, a given box).
+    outline: tuple[tuple[float, float], ...] | None = field(default=None, compare=False)
 
     def as_list(self) -> list[int]:
         return [self.x, self.y, self.w, self.h]
@@ -42,6 +48,9 @@ class RoiSettings:
 
     work_width: int = 320  # the finder runs on a copy this wide: fast and scale-free
     black_level: int = 8  # grey levels at or below this count as screen background
+    # The image's outline (`Roi.outline`) also takes the dim parts of the image next to it
+    # that the box leaves out: a fan's far sides can echo at grey 1-3 on a black screen.
+    outline_level: int = 0
     thin_fraction: float = 0.03  # structures thinner than this share of the short side go
     min_area_fraction: float = 0.08  # a region smaller than this share is no ultrasound image
     piece_fraction: float = 0.1  # pieces this large next to the largest belong to the image
@@ -109,4 +118,29 @@ def find_roi(image: np.ndarray, settings: RoiSettings = RoiSettings()) -> Roi | 
     fx0, fy0 = int(np.floor(x0 / scale)), int(np.floor(y0 / scale))
     fx1, fy1 = min(width, int(np.ceil(x1 / scale))), min(height, int(np.ceil(y1 / scale)))
     fill = float(filled[y0:y1, x0:x1].mean())
-    return Roi(fx0, fy0, fx1 - fx0, fy1 - fy0, round(fill, 3))
+    return Roi(fx0, fy0, fx1 - fx0, fy1 - fy0, round(fill, 3),
+               _outline(small, filled, side, scale, settings))
+
+
+def _outline(small: np.ndarray, filled: np.ndarray, side: int, scale: float,
+             settings: RoiSettings) -> tuple[tuple[float, float], ...]:
+    """The image's outline in frame pixels: the convex hull of the region and of every
+    non-thin area above `outline_level` that touches it (a dim side of the fan)."""
+    dim = (small > settings.outline_level).astype(np.uint8)
+    dim = cv2.morphologyEx(dim, cv2.MORPH_OPEN, cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (side, side)))
+    count, labels = cv2.connectedComponents(dim | filled, connectivity=8)
+    touching = np.unique(labels[filled > 0])
+    keep = np.isin(labels, touching[touching > 0]).astype(np.uint8)
+    contours, _ = cv2.findContours(keep, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.vstack(contours))
+    # The hull's vertices are centres of the outermost image pixels of the small copy: half
+    # a small pixel further out is the image's edge, in frame pixels (centres at integers).
+    centre = hull.reshape(-1, 2).astype(np.float64).mean(axis=0)
+    outline = []
+    for x, y in hull.reshape(-1, 2).astype(np.float64):
+        dx, dy = x - centre[0], y - centre[1]
+        out = 0.5 / max(1e-9, math.hypot(dx, dy))
+        outline.append((round(float((x + dx * out + 0.5) / scale - 0.5), 1),
+                        round(float((y + dy * out + 0.5) / scale - 0.5), 1)))
+    return tuple(outline)
