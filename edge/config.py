@@ -102,6 +102,7 @@ class BiometryConfig:
     edge_run_fraction: float = _MEASURE.edge_run_fraction
     min_fit_iou: float = _MEASURE.min_fit_iou
     measure_max_side_px: int = _MEASURE.measure_max_side_px
+    frame_image_below: float = _MEASURE.frame_image_below
     pixel_size_min_mm: float = _MEASURE.pixel_size_min_mm
     pixel_size_max_mm: float = _MEASURE.pixel_size_max_mm
 
@@ -278,6 +279,8 @@ def _validate_biometry(bio: BiometryConfig, label: str) -> None:
                  "edge_run_fraction", "min_fit_iou"):
         if not 0.0 < getattr(bio, name) < 1.0:
             raise ConfigError(f"{label}: biometry.{name} must be between 0 and 1")
+    if not 0.0 <= bio.frame_image_below <= 1.0:
+        raise ConfigError(f"{label}: biometry.frame_image_below must be between 0 and 1")
     if not (bio.measure_max_side_px == 0 or 64 <= bio.measure_max_side_px <= 8192):
         raise ConfigError(f"{label}: biometry.measure_max_side_px must be 0 (the frame's own "
                           "size) or 64-8192")

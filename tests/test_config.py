@@ -38,6 +38,9 @@ def test_a_file_and_overrides_are_layered(tmp_path):
     ("[biometry]\npixel_size_mm = -0.1\n", "biometry.pixel_size_mm -0.1 is outside"),
     ("[biometry]\nhead_planes = 'Brain (Tv.)'\n", "head_planes: expected a list of strings"),
     ("[biometry]\ncutoff_margin_fraction = 2\n", "cutoff_margin_fraction must be between"),
+    ("[biometry]\nframe_image_below = 1.5\n", "frame_image_below must be between 0 and 1"),
+    ("[biometry]\nframe_image_below = nan\n", "frame_image_below must be between 0 and 1"),
+    ("[biometry]\nframe_image_below = \"all\"\n", "frame_image_below"),
 ])
 def test_a_bad_key_is_one_line_naming_the_file_and_key(tmp_path, text, expected):
     path = tmp_path / "device.toml"

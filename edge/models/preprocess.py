@@ -99,6 +99,24 @@ class FrameViews:
                 out[rows, cols] = to_grey(np.ascontiguousarray(strip))
         return out
 
+    def box_grey(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The grey of any box (x, y, w, h) inside the frame: a slice of a grey already
+        made where one holds it, else only the box greyed."""
+        x, y, w, h = box
+        if False in self._grey:
+            return self._grey[False][y:y + h, x:x + w]
+        r = self.roi
+        if (True in self._grey and r.x <= x and r.y <= y and x + w <= r.x + r.w
+                and y + h <= r.y + r.h):
+            return self._grey[True][y - r.y:y - r.y + h, x - r.x:x - r.x + w]
+        return to_grey(np.ascontiguousarray(self.image[y:y + h, x:x + w]))
+
+    def prepare_box(self, spec: PreprocessSpec, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The model input for a box the caller chose, float32 of shape (1, 1, H, W)."""
+        small = cv2.resize(self.box_grey(box), (spec.width, spec.height),
+                           interpolation=RESIZE_MODES[spec.resize])
+        return normalise(small, spec)[None, None]
+
     def resized(self, spec: PreprocessSpec) -> np.ndarray:
         """Crop, grey and resize: the uint8 view a model sees, before normalisation."""
         return cv2.resize(self.grey(spec), (spec.width, spec.height),
