@@ -91,7 +91,7 @@ def test_the_mask_of_the_annotated_ellipse_reproduces_the_csv_hc(data_dir):
 
 
 def test_the_head_is_measured_the_same_on_a_capped_copy_of_a_large_frame(data_dir):
-    """The contour is found on the map upsampled to at most 480 pixels along the box, and
+    """The contour is found on the map upsampled to at most 320 pixels along the box, and
     the ellipse scaled back: HC18's 800-pixel frames and a 1920-pixel screen grab of the
     same head measure as on the frame's own pixels, within hundredths of a millimetre."""
     full = BiometrySettings(measure_max_side_px=0)
