@@ -99,3 +99,25 @@ def test_the_whole_frame_grey_made_around_the_region_is_the_frames_own(data_dir)
         other = FrameViews(image, roi)  # the other order: the region cut from the whole
         other.grey(whole)
         assert np.array_equal(other.grey(region), to_grey(roi.crop(image))), roi
+
+
+def test_any_box_s_grey_made_around_the_region_is_the_frames_own(data_dir):
+    """The segmenter reads the image's box (edge.models.biometry.image_box), which holds the
+    plane model's region: its grey is made around the region's and must be exactly the box
+    greyed, whether the box holds the region, lies inside it, or crosses it."""
+    from edge.models.preprocess import FrameViews
+    from edge.models.roi import to_grey
+
+    image = cv2.imread(str(data_dir / "sononet/examples/4CH.tiff"))
+    h, w = image.shape[:2]
+    roi = find_roi(image)
+    region = PreprocessSpec(224, 288)
+    x0, y0 = max(0, roi.x - 40), max(0, roi.y - 30)
+    holding = (x0, y0, min(w, roi.x + roi.w + 50) - x0, min(h, roi.y + roi.h + 20) - y0)
+    boxes = (holding, (0, 0, w, h), (roi.x + 10, roi.y + 10, 50, 40),
+             (roi.x - 20, roi.y + 20, 100, roi.h - 40))
+    for box in boxes:
+        views = FrameViews(image, roi)
+        views.grey(region)
+        x, y, bw, bh = box
+        assert np.array_equal(views.box_grey(box), to_grey(image[y:y + bh, x:x + bw])), box

@@ -79,21 +79,24 @@ class FrameViews:
                 self._grey[True] = (self.roi.crop(self._grey[False]) if False in self._grey
                                     else to_grey(self.roi.crop(self.image)))
             elif True in self._grey and self.image.ndim == 3:
-                self._grey[False] = self._grey_around(self._grey[True])
+                self._grey[False] = self._grey_around(
+                    self._grey[True], (0, 0, self.image.shape[1], self.image.shape[0]))
             else:
                 self._grey[False] = to_grey(self.image)
         return self._grey[cropped]
 
-    def _grey_around(self, region: np.ndarray) -> np.ndarray:
-        """The whole frame's grey from the region's, greying only the four strips around
-        it: the head segmenter reads the whole frame after the plane model read the region,
-        and greying a frame costs about a millisecond per 400,000 pixels."""
-        image, r = self.image, self.roi
+    def _grey_around(self, region: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The grey of `box`, which holds the region, from the region's grey, greying only
+        the four strips around it: the head segmenter reads the image's box or the whole
+        frame after the plane model read the region, and greying costs about a millisecond
+        per 400,000 pixels."""
+        bx, by, bw, bh = box
+        image = self.image[by:by + bh, bx:bx + bw]
+        x, y, w, h = self.roi.x - bx, self.roi.y - by, self.roi.w, self.roi.h
         out = np.empty(image.shape[:2], np.uint8)
-        out[r.y:r.y + r.h, r.x:r.x + r.w] = region
-        for rows, cols in ((slice(0, r.y), slice(None)), (slice(r.y + r.h, None), slice(None)),
-                           (slice(r.y, r.y + r.h), slice(0, r.x)),
-                           (slice(r.y, r.y + r.h), slice(r.x + r.w, None))):
+        out[y:y + h, x:x + w] = region
+        for rows, cols in ((slice(0, y), slice(None)), (slice(y + h, None), slice(None)),
+                           (slice(y, y + h), slice(0, x)), (slice(y, y + h), slice(x + w, None))):
             strip = image[rows, cols]
             if strip.size:
                 out[rows, cols] = to_grey(np.ascontiguousarray(strip))
@@ -106,9 +109,11 @@ class FrameViews:
         if False in self._grey:
             return self._grey[False][y:y + h, x:x + w]
         r = self.roi
-        if (True in self._grey and r.x <= x and r.y <= y and x + w <= r.x + r.w
-                and y + h <= r.y + r.h):
-            return self._grey[True][y - r.y:y - r.y + h, x - r.x:x - r.x + w]
+        if True in self._grey and self.image.ndim == 3:
+            if r.x <= x and r.y <= y and x + w <= r.x + r.w and y + h <= r.y + r.h:
+                return self._grey[True][y - r.y:y - r.y + h, x - r.x:x - r.x + w]
+            if x <= r.x and y <= r.y and r.x + r.w <= x + w and r.y + r.h <= y + h:
+                return self._grey_around(self._grey[True], box)
         return to_grey(np.ascontiguousarray(self.image[y:y + h, x:x + w]))
 
     def prepare_box(self, spec: PreprocessSpec, box: tuple[int, int, int, int]) -> np.ndarray:
