@@ -397,6 +397,10 @@ def test_a_head_on_a_scanner_s_screen_measures_as_on_its_own_frame(size):
         shown = measure_frame(model, screen, find_roi(screen), pixel)
         assert native.hc_mm is not None and shown.hc_mm is not None, frame.path.name
         gaps.append(abs(shown.hc_mm - native.hc_mm))
+        # The outline drawn on the midwife's screen sits where the head is on it.
+        dy, dx = (size[1] - image.shape[0]) // 2, (size[0] - image.shape[1]) // 2 + 40
+        assert abs(shown.ellipse[0] - native.ellipse[0] - dx) < 2.0, frame.path.name
+        assert abs(shown.ellipse[1] - native.ellipse[1] - dy) < 2.0, frame.path.name
     assert np.mean(gaps) < 0.4 and max(gaps) < 1.0, gaps  # whole-screen framing: 0.76 and 3.26 mm
 
 
