@@ -44,6 +44,36 @@ OUT = REPO / "build" / "eval_biometry"
 THRESHOLD_SWEEP = (0.4, 0.45, 0.5, 0.55, 0.6)
 
 
+def screen_lines(shipped: Path, images: list, val: dict) -> list[str]:
+    """The report's section on heads shown on a scanner's screen, for the shipped segmenter."""
+    from edge.models.manifest import read_manifest
+    from edge.models.runtime import load_model
+    from quantize.eval_biometry import on_screens, paired_gain
+
+    if not shipped.is_file():
+        return []
+    model = load_model(read_manifest(shipped), "litert", 2)
+    rows = on_screens(model, images, val)
+    own = rows[0]["hc"]
+    lines = ["## On a scanner's screen", "",
+             "The shipped segmenter through the device's path (`find_roi`, then "
+             "`measure_frame`) on each validation frame as it is, and 1:1 on a black screen "
+             "with a scanner's text (`quantize.eval_biometry.on_screen`). The segmenter sees "
+             "the image's outline framed at its own aspect ratio where that box covers under "
+             "`frame_image_below` of the frame (the device's default); the control row shows "
+             "it the whole screen, as the device did before.", "",
+             "| shown on | segmenter sees | HC MAD (mm) | measured | head_cut_off | paired "
+             "change of the error against its own frame, mm ± SE (> 0: larger) |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        gain, se, n = paired_gain(row["hc"], own, val["hc_csv"])
+        change = "-" if row is rows[0] else f"{-gain:+.3f} ± {se:.3f} ({n} frames)"
+        mad = "n/a" if row["mad"] is None else f"{row['mad']:.3f}"
+        lines.append(f"| {row['screen']} | {row['framing']} | {mad} | {row['n']} | "
+                     f"{row['cut_off']} | {change} |")
+    return lines + [""]
+
+
 def evaluate_all(seed: int, out: Path) -> str:
     """The eval-biometry report (Markdown), per-frame CSV and Bland-Altman plot; returns the
     report. Uses every net whose training has finished (the teacher may still be training)."""
@@ -78,6 +108,7 @@ def evaluate_all(seed: int, out: Path) -> str:
     chosen, pass_note = choose_passes(options[best_kind], val["hc_csv"])
     previous = previous_model(val, images)
     shipped = REPO / "models" / "head_segmenter.json"
+    screens = screen_lines(shipped, images, val)
     shipped_note = "No model in models/ yet."
     if shipped.exists():
         from quantize.manifest import sha256_file
@@ -202,6 +233,7 @@ def evaluate_all(seed: int, out: Path) -> str:
         "",
         f"Chosen passes for {best_kind}: {pass_note}.",
         "",
+        *screens,
         "## HC error by HC band and by pixel size",
         "",
         "MAD (bias) in mm over the measured frames of each band, and the same error in model "

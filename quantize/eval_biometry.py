@@ -292,6 +292,57 @@ def measure_with_passes(model, images: list[np.ndarray], pixel: np.ndarray,
     return hc, status, ms
 
 
+SCREENS = ((1024, 768), (1280, 720))  # a scanner's video out: 4:3 and 16:9
+
+
+def on_screen(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`image` 1:1 on a black screen with a scanner's text, as a video out shows it (BGR);
+    cut to the screen where it does not fit."""
+    import cv2
+
+    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    screen = np.zeros((height, width, 3), np.uint8)
+    y = max(0, (height - grey.shape[0]) // 2)
+    x = max(0, min(width - grey.shape[1], (width - grey.shape[1]) // 2 + 40))
+    part = grey[:height - y, :width - x]
+    screen[y:y + part.shape[0], x:x + part.shape[1]] = part[..., None]
+    cv2.putText(screen, "GE Voluson  RAB4-8-D/OB  MI 0.9", (20, 30), cv2.FONT_HERSHEY_SIMPLEX,
+                0.8, (235, 235, 235), 2)
+    for row, text in enumerate(("Har-mid", "Gn -3", "FR 24Hz")):
+        cv2.putText(screen, text, (10, 120 + 32 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                    (60, 220, 60), 2)
+    return screen
+
+
+def on_screens(model, images: list[np.ndarray], cache: dict) -> list[dict]:
+    """The device's measurement (region found, then `measure_frame`) of every validation
+    head on its own frame and on each of SCREENS, with the segmenter framing the image's
+    outline (the device's default) and, as the control, shown the whole screen."""
+    from edge.models.biometry import measure_frame
+    from edge.models.roi import find_roi
+
+    ref = cache["hc_csv"]
+    out = []
+    for screen in (None, *SCREENS):
+        for below in ((BiometrySettings.frame_image_below,) if screen is None
+                      else (BiometrySettings.frame_image_below, 0.0)):
+            settings = BiometrySettings(probability_threshold=THRESHOLD, frame_image_below=below)
+            hc, status = [], []
+            for image, px in zip(images, cache["pixel_mm"], strict=True):
+                shown = image if screen is None else on_screen(image, *screen)
+                bio = measure_frame(model, shown, find_roi(shown), float(px), settings)
+                hc.append(bio.hc_mm)
+                status.append(bio.status)
+            err = [abs(h - r) for h, r in zip(hc, ref, strict=True) if h is not None]
+            out.append({"screen": "its own frame" if screen is None else f"{screen[0]}x{screen[1]}",
+                        "framing": ("the frame, which the image fills" if screen is None
+                                    else "the whole screen" if below == 0.0
+                                    else "the image's outline"),
+                        "mad": float(np.mean(err)) if err else None, "n": len(err),
+                        "cut_off": status.count("head_cut_off"), "hc": hc})
+    return out
+
+
 def fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 

@@ -30,6 +30,7 @@ from edge.models.roi import Roi, find_roi
 from edge.models.runtime import load_model, open_model_file
 from quantize import seg_data
 from quantize.data import DataError
+from quantize.eval_biometry import on_screen
 from quantize.seg_nets import make_net
 
 REPO = Path(__file__).resolve().parents[1]
@@ -366,21 +367,12 @@ def test_the_band_breakdown_tells_resolution_from_head_size():
     assert worst_band(list(stats.values()))[0] == "over 300"
 
 
-def on_a_screen(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """An HC18 frame 1:1 on a scanner's black video out with its text, as the device sees it."""
-    screen = np.zeros((height, width, 3), np.uint8)
-    y, x = (height - image.shape[0]) // 2, (width - image.shape[1]) // 2 + 40
-    screen[y:y + image.shape[0], x:x + image.shape[1]] = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    cv2.putText(screen, "GE Voluson  RAB4-8-D/OB  MI 0.9", (20, 30), cv2.FONT_HERSHEY_SIMPLEX,
-                0.8, (235, 235, 235), 2)
-    return screen
-
-
 @needs_model
 @needs_data
 @pytest.mark.parametrize("size", [(1024, 768), (1280, 720)])
 def test_a_head_on_a_scanner_s_screen_measures_as_on_its_own_frame(size):
-    """The net learned heads on frames the image fills. Shown the whole screen, it saw them
+    """An HC18 frame 1:1 on a scanner's black video out with its text, as the device sees it.
+    The net learned heads on frames the image fills. Shown the whole screen, it saw them
     smaller and squeezed: over the 264 validation heads the HC error rose from 1.88 mm to
     2.33 (1024x768) and 4.48 mm (1280x720). Framed at the image's outline it measures them
     as on their own frames."""
@@ -393,7 +385,7 @@ def test_a_head_on_a_scanner_s_screen_measures_as_on_its_own_frame(size):
         image = cv2.imread(str(frame.path), cv2.IMREAD_GRAYSCALE)
         pixel, _ = table[frame.path.name]
         native = measure_frame(model, image, find_roi(image), pixel)
-        screen = on_a_screen(image, *size)
+        screen = on_screen(image, *size)
         shown = measure_frame(model, screen, find_roi(screen), pixel)
         assert native.hc_mm is not None and shown.hc_mm is not None, frame.path.name
         gaps.append(abs(shown.hc_mm - native.hc_mm))
