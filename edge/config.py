@@ -263,6 +263,7 @@ def _validate(settings: Settings, label: str) -> None:
     if settings.source.backoff_initial_s <= 0 or settings.source.backoff_max_s <= 0:
         raise ConfigError(f"{label}: source backoff times must be positive")
     _validate_biometry(settings.biometry, label)
+    _validate_roi(settings.roi, label)
     try:
         check_web_settings(settings.web)
     except ValueError as exc:
@@ -272,6 +273,22 @@ def _validate(settings: Settings, label: str) -> None:
             and 0.0 <= ex.thumb_interval_s <= 3600.0 and 0.0 < ex.thumbs_quota_mb <= 1e6):
         raise ConfigError(f"{label}: exam: end_gap_s must be in (0, 86400], thumb_width in "
                           "16-4096, thumb_interval_s in 0-3600, thumbs_quota_mb positive")
+
+
+def _validate_roi(roi: RoiSettings, label: str) -> None:
+    """[roi]: a width of 0 or a black level of 999 would find no image on any screen, and
+    say nothing; each number is held to what the finder can use."""
+    if not 32 <= roi.work_width <= 4096:
+        raise ConfigError(f"{label}: roi.work_width must be 32-4096 pixels")
+    for name in ("black_level", "outline_level"):
+        if not 0 <= getattr(roi, name) <= 254:
+            raise ConfigError(f"{label}: roi.{name} must be a grey level of 0-254")
+    for name in ("thin_fraction", "min_area_fraction"):
+        if not 0.0 < getattr(roi, name) < 0.5:
+            raise ConfigError(f"{label}: roi.{name} must be between 0 and 0.5")
+    for name in ("piece_fraction", "row_fraction", "col_fraction"):
+        if not 0.0 < getattr(roi, name) <= 1.0:
+            raise ConfigError(f"{label}: roi.{name} must be above 0 and at most 1")
 
 
 def _validate_biometry(bio: BiometryConfig, label: str) -> None:

@@ -39,6 +39,11 @@ def test_a_file_and_overrides_are_layered(tmp_path):
     ("[biometry]\nhead_planes = 'Brain (Tv.)'\n", "head_planes: expected a list of strings"),
     ("[biometry]\ncutoff_margin_fraction = 2\n", "cutoff_margin_fraction must be between"),
     ("[biometry]\nframe_image_below = 1.5\n", "frame_image_below must be between 0 and 1"),
+    ("[roi]\nwork_width = 0\n", "roi.work_width must be 32-4096"),
+    ("[roi]\nblack_level = 999\n", "roi.black_level must be a grey level"),
+    ("[roi]\noutline_level = -5\n", "roi.outline_level must be a grey level"),
+    ("[roi]\nthin_fraction = nan\n", "roi.thin_fraction must be between 0 and 0.5"),
+    ("[roi]\nrow_fraction = 0\n", "roi.row_fraction must be above 0"),
     ("[biometry]\nframe_image_below = nan\n", "frame_image_below must be between 0 and 1"),
     ("[biometry]\nframe_image_below = \"all\"\n", "frame_image_below"),
 ])
