@@ -3,9 +3,11 @@
 No I/O here: a probability map and where it lies in the frame in, a `Biometry` out.
 
 Measurement. The map (the model's resolution) is upsampled bilinearly to the box it covers
-(the region found by `edge.models.roi`, or the whole frame), thresholded, and split into connected
-components. The largest is the head; a second one larger than `several_heads_fraction` of
-it means the frame shows two heads (twins, or a bad segmentation) and nothing is measured.
+(the region found by `edge.models.roi` for an "auto" model; for a "full" one the whole frame,
+or on a scanner's screen the image's outline framed at the model's aspect, `image_box`),
+thresholded, and split into connected components. The largest is the head; a second one
+larger than `several_heads_fraction` of it means the frame shows two heads (twins, or a bad
+segmentation) and nothing is measured.
 The head's outer 0.5 iso-contour is found at sub-pixel precision, marching-squares style: on
 every pixel edge that crosses the boundary the crossing is placed by linear interpolation of
 the probabilities, so the contour does not snap to pixel corners. An ellipse is fitted to
