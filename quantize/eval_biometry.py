@@ -343,6 +343,67 @@ def on_screens(model, images: list[np.ndarray], cache: dict) -> list[dict]:
     return out
 
 
+def slid_under_the_fan(grey: np.ndarray, dx: int, screen: tuple[int, int] = SCREENS[0],
+                       ) -> np.ndarray:
+    """A real cut-off on a scanner's screen: the anatomy slides `dx` px sideways under a fan
+    that stays where it is (the probe moved, not the screen), and the frame sits on a black
+    screen, so the fan's side is not the frame's edge. What leaves the fan is lost."""
+    from quantize.degrade import footprint
+
+    fan = footprint(grey) > 0
+    slid = np.zeros_like(grey)
+    if dx > 0:
+        slid[:, dx:] = grey[:, :-dx]
+    elif dx < 0:
+        slid[:, :dx] = grey[:, -dx:]
+    else:
+        slid = grey.copy()
+    slid[~fan] = 0
+    width, height = screen
+    out = np.zeros((height, width), np.uint8)
+    y, x = (height - grey.shape[0]) // 2, (width - grey.shape[1]) // 2
+    out[y:y + grey.shape[0], x:x + grey.shape[1]] = slid
+    return out
+
+
+SLIDES = (-200, -100, 100, 200)
+
+
+def slides(model, images: list[np.ndarray], cache: dict) -> dict[str, dict[str, int]]:
+    """Every validation head measured unslid, slid by each of SLIDES under its fan: how
+    many slides are measured over 3% short, within 1% of the unslid head, or cut off, with
+    the image's outline judged (the device) and without it (the frame's edge alone)."""
+    import dataclasses
+
+    from edge.models.biometry import measure_frame
+    from edge.models.roi import find_roi, to_grey
+
+    settings = BiometrySettings(probability_threshold=THRESHOLD)
+    out = {k: {"slides": 0, "short": 0, "within_1pct": 0, "cut_off": 0}
+           for k in ("outline", "frame edge")}
+    for image, px in zip(images, cache["pixel_mm"], strict=True):
+        grey = to_grey(image)
+        still = slid_under_the_fan(grey, 0)
+        base = measure_frame(model, still, find_roi(still), float(px), settings).hc_mm
+        if base is None:
+            continue
+        for dx in SLIDES:
+            shown = slid_under_the_fan(grey, dx)
+            roi = find_roi(shown)
+            if roi is None:
+                continue
+            bare = dataclasses.replace(roi, outline=None)
+            for name, r in (("outline", roi), ("frame edge", bare)):
+                bio = measure_frame(model, shown, r, float(px), settings)
+                row = out[name]
+                row["slides"] += 1
+                row["cut_off"] += bio.status == "head_cut_off"
+                if bio.hc_mm is not None:
+                    row["short"] += bio.hc_mm < 0.97 * base
+                    row["within_1pct"] += abs(bio.hc_mm - base) <= 0.01 * base
+    return out
+
+
 def fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 

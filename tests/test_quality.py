@@ -20,7 +20,8 @@ from edge.models.quality import RulesError, audit, load_rules
 from edge.models.roi import find_roi, to_grey
 from edge.scorer import make_scorer
 from quantize.data import read_frame
-from quantize.degrade import degrade, footprint
+from quantize.degrade import degrade
+from quantize.eval_biometry import slid_under_the_fan
 from tests.conftest import DATA, MODELS
 
 pytestmark = pytest.mark.skipif(not (DATA / "hc18").is_dir(), reason="no shared data")
@@ -204,19 +205,6 @@ def test_head_inside_fails_when_the_skull_runs_off_the_screen(scorer):
     c = criterion(r, "head_inside")
     assert not c["pass"] and "whole head" in c["message"]
     assert r["head"]["status"] == "head_cut_off"
-
-
-def slid_under_the_fan(grey: np.ndarray, dx: int) -> np.ndarray:
-    """A real cut-off on a scanner's screen: the anatomy slides sideways under a fan that
-    stays where it is (the probe moved, not the screen), and the frame sits on a black
-    1024x768 screen, so the fan's side is not the frame's edge. What leaves the fan is lost."""
-    fan = footprint(grey) > 0
-    slid = np.zeros_like(grey)
-    slid[:, dx:] = grey[:, :grey.shape[1] - dx] if dx else grey
-    slid[~fan] = 0
-    screen = np.zeros((768, 1024), np.uint8)
-    screen[114:114 + grey.shape[0], 112:112 + grey.shape[1]] = slid
-    return screen
 
 
 def test_head_inside_fails_when_the_skull_runs_past_the_side_of_the_fan(scorer):
