@@ -182,10 +182,10 @@ def run(args: argparse.Namespace) -> int:
     cache_info = cache_summary(cache, train, cache_settings)
     print(f"teacher cache: {json.dumps(cache_info)}")
     torch.manual_seed(args.seed)
+    flat_targets = distil.flat_frame_targets(teacher)  # trained on, and checked after
     student = distil.train_student(student, cache, ckpt, args.seed, settings, heldout,
                                    head_rows=distil.head_rows_of(cache, train),
-                                   flat_targets=distil.flat_frame_targets(teacher)
-                                   if settings.flat_rows else None)
+                                   flat_targets=flat_targets if settings.flat_rows else None)
     student = student.to(memory_format=torch.contiguous_format)
     del cache
     if args.until == "distil":
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"13 example screens named (device path, with the abstain threshold): new "
           f"{new_ex}/{len(examples)}" + (f", shipped {old_ex}/{len(examples)}" if old_ex
                                          is not None else ""))
-    flat_said, flat_teacher = flat_frame_answers(paths.int8, teacher)
+    flat_said, flat_teacher = flat_frame_answers(paths.int8, flat_targets[0])
     print(f"a flat frame (the probe in the air): new {flat_said}, teacher {flat_teacher}")
     if args.until == "calibrate":
         return 0
@@ -363,17 +363,16 @@ def ship_decision(new_sweeps: tuple[int, int], old_sweeps: tuple[int, int] | Non
     return True, ""
 
 
-def flat_frame_answers(model: Path, teacher) -> tuple[str, str]:
-    """What the int8 student (its top-1, as the device reads it) and the teacher call a
-    flat frame: every pixel alike, all zeros once z-scored."""
-    from quantize import distil
+def flat_frame_answers(model: Path, teacher_logits: np.ndarray) -> tuple[str, str]:
+    """What the int8 student (its top-1, as the device reads it) and the teacher (its
+    logits there, `distil.flat_frame_targets`) call a flat frame: every pixel alike, all
+    zeros once z-scored."""
     from quantize.convert import run_tflite
     from quantize.specs import STUDENT_SPEC
 
     said = run_tflite(model, np.zeros((1, 1, STUDENT_SPEC.height, STUDENT_SPEC.width),
                                       np.float32))
-    teacher_logits, _ = distil.flat_frame_targets(teacher)
-    return LABELS[int(np.asarray(said).reshape(-1)[:14].argmax())], \
+    return LABELS[int(np.asarray(said).reshape(-1)[:len(LABELS)].argmax())], \
         LABELS[int(np.argmax(teacher_logits))]
 
 

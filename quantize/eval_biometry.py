@@ -300,7 +300,9 @@ def on_screen(image: np.ndarray, width: int, height: int) -> np.ndarray:
     cut to the screen where it does not fit."""
     import cv2
 
-    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    from edge.models.roi import to_grey
+
+    grey = to_grey(image)
     screen = np.zeros((height, width, 3), np.uint8)
     y = max(0, (height - grey.shape[0]) // 2)
     x = max(0, min(width - grey.shape[1], (width - grey.shape[1]) // 2 + 40))

@@ -78,11 +78,9 @@ class FrameViews:
             if cropped:
                 self._grey[True] = (self.roi.crop(self._grey[False]) if False in self._grey
                                     else to_grey(self.roi.crop(self.image)))
-            elif True in self._grey and self.image.ndim == 3:
-                self._grey[False] = self._grey_around(
-                    self._grey[True], (0, 0, self.image.shape[1], self.image.shape[0]))
-            else:
-                self._grey[False] = to_grey(self.image)
+            else:  # around the region's grey where there is one (box_grey)
+                self._grey[False] = self.box_grey(
+                    (0, 0, self.image.shape[1], self.image.shape[0]))
         return self._grey[cropped]
 
     def _grey_around(self, region: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -129,7 +129,7 @@ def _outline(small: np.ndarray, filled: np.ndarray, side: int, scale: float,
     dim = (small > settings.outline_level).astype(np.uint8)
     dim = cv2.morphologyEx(dim, cv2.MORPH_OPEN, cv2.getStructuringElement(
         cv2.MORPH_ELLIPSE, (side, side)))
-    count, labels = cv2.connectedComponents(dim | filled, connectivity=8)
+    _, labels = cv2.connectedComponents(dim | filled, connectivity=8)
     touching = np.unique(labels[filled > 0])
     keep = np.isin(labels, touching[touching > 0]).astype(np.uint8)
     contours, _ = cv2.findContours(keep, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
