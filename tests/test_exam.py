@@ -66,6 +66,7 @@ def test_the_shipped_protocols_are_biometry_and_the_second_trimester_screen():
     assert protocols["biometry"].unsure_head_slot is protocols["biometry"].slots[0]
     assert protocols["second-trimester"].unsure_head_slot is None
     assert protocols["biometry"].fault_discount == 1.0
+    assert protocols["biometry"].anatomy_criteria == ("head_found",)
     assert len(protocols["second-trimester"].planes) == 13
     assert "Background" not in protocols["second-trimester"].planes
 
@@ -91,6 +92,12 @@ def test_the_shipped_protocols_are_biometry_and_the_second_trimester_screen():
      'unsure_head = true}]\n', "only one slot may take unsure_head"),
     ('version = "1"\nfault_discount = 1.5\n[protocols.x]\ntitle = "t"\nplanes = ["Femur"]\n',
      "fault_discount: must be between 0 and 1"),
+    ('version = "1"\nanatomy_criteria = "head_found"\n[protocols.x]\ntitle = "t"\n'
+     'planes = ["Femur"]\n', "anatomy_criteria: expected a list"),
+    ('version = "1"\nanatomy_criteria = [1]\n[protocols.x]\ntitle = "t"\nplanes = ["Femur"]\n',
+     "anatomy_criteria: expected a list"),
+    ('version = "1"\nanatomy_criteria = [' + '"a", ' * 17 + ']\n[protocols.x]\ntitle = "t"\n'
+     'planes = ["Femur"]\n', "at most 16 criterion names"),
 ])
 def test_a_broken_protocols_file_is_one_line_naming_it(tmp_path, text, needle):
     path = tmp_path / "protocols.toml"
@@ -164,6 +171,33 @@ def test_a_frame_without_ultrasound_is_no_planes_best_whatever_it_is_named(score
     session.add(named_blank)
     assert session.best == {}
     real, _ = scored(scorer, head("500_HC.png"), "head.png", 1)
+    session.add(real)
+    assert session.slot_best(session.protocol.slots[0]).source == "head.png"
+
+
+def test_a_frame_named_a_head_plane_on_which_no_skull_is_found_is_never_the_best_head(
+        scorer):
+    """A FETAL_PLANES_DB frame of other anatomy that the plane student names a
+    transventricular plane (0.58): the segmenter finds no single skull on it (head_found
+    fails), so it is no head's best frame, even alone; a cut-off copy of a real head, and
+    then the head itself, are."""
+    other, _ = scored(scorer, read_frame(DATA / "planes" / "images" /
+                                         "Patient01650_Plane5_2_of_2.png"), "other.png", 0)
+    assert other["plane"] in ("Brain (Tv.)", "Brain (Cb.)")
+    assert other["quality"]["criteria"]["head_found"]["pass"] is False
+    session = ExamSession(find_protocol("biometry"))
+    session.add(other)
+    assert session.slot_best(session.protocol.slots[0]) is None
+    assert session.tally.frames == 1 and session.tally.deficiencies["head_found"] == 1
+    grey = to_grey(head("067_HC.png"))
+    cut = degrade(grey, find_roi(grey), "cutoff", 1.0, np.random.default_rng(1),
+                  direction="left")
+    cut_record, _ = scored(scorer, cut, "cut.png", 1)
+    assert cut_record["plane"] in ("Brain (Tv.)", "Brain (Cb.)")
+    assert cut_record["quality"]["score"] < 0.5  # the cut-off head, below the bar
+    session.add(cut_record)
+    assert session.slot_best(session.protocol.slots[0]).source == "cut.png"
+    real, _ = scored(scorer, head("500_HC.png"), "head.png", 2)
     session.add(real)
     assert session.slot_best(session.protocol.slots[0]).source == "head.png"
 

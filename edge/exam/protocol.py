@@ -11,6 +11,7 @@ from wire.schema import PLANES, PayloadError, read_toml_bounded
 
 PROTOCOLS_FILE = Path(__file__).resolve().parent / "protocols.toml"
 MAX_PROTOCOLS_BYTES = 64 * 1024
+MAX_ANATOMY_CRITERIA = 16
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
@@ -41,6 +42,9 @@ class Protocol:
     # How the learned quality head's fault estimates discount a frame's score when the exam
     # chooses each plane's best frame: score * prod(1 - fault_discount * severity).
     fault_discount: float = 1.0
+    # Criteria that say whether a frame shows its plane's anatomy at all (the head segmenter
+    # finding one skull): a frame failing one is never kept as its plane's best frame.
+    anatomy_criteria: tuple[str, ...] = ()
 
     @property
     def unsure_head_slot(self) -> Slot | None:
@@ -82,7 +86,7 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
         raise ProtocolError(f"{path}: protocols file not found") from None
     except (OSError, PayloadError) as exc:
         raise ProtocolError(f"{path}: {exc}") from None
-    unknown = sorted(set(data) - {"version", "fault_discount", "protocols"})
+    unknown = sorted(set(data) - {"version", "fault_discount", "anatomy_criteria", "protocols"})
     if unknown:
         raise ProtocolError(f"{path}: unknown key {unknown[0]!r}")
     version = data.get("version")
@@ -92,6 +96,11 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
     if (isinstance(discount, bool) or not isinstance(discount, int | float)
             or not math.isfinite(discount) or not 0.0 <= discount <= 1.0):
         raise ProtocolError(f"{path}: fault_discount: must be between 0 and 1")
+    anatomy = data.get("anatomy_criteria", [])
+    if (not isinstance(anatomy, list) or len(anatomy) > MAX_ANATOMY_CRITERIA
+            or not all(isinstance(n, str) and _NAME.match(n) for n in anatomy)):
+        raise ProtocolError(f"{path}: anatomy_criteria: expected a list of at most "
+                            f"{MAX_ANATOMY_CRITERIA} criterion names")
     table = data.get("protocols")
     if not isinstance(table, dict) or not table:
         raise ProtocolError(f"{path}: protocols: expected a table of protocols")
@@ -120,7 +129,8 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
         if (isinstance(quality, bool) or not isinstance(quality, int | float)
                 or not math.isfinite(quality) or not 0.0 <= quality <= 1.0):
             raise ProtocolError(f"{where}.min_quality: must be between 0 and 1")
-        out[name] = Protocol(name, title, slots, float(quality), version, float(discount))
+        out[name] = Protocol(name, title, slots, float(quality), version, float(discount),
+                             tuple(anatomy))
     return out
 
 

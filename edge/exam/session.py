@@ -124,6 +124,8 @@ class ExamSession:
                 return
         elif plane not in PLANES or plane in NOT_A_VIEW:
             return
+        if not passes_all(result, self.protocol.anatomy_criteria):
+            return  # not the plane's anatomy at all, whatever the plane model named it
         conf = result.get("plane_confidence")
         quality = quality_score(result)
         candidate = BestFrame(plane, str(result.get("source", "")), int(result.get("frame", -1)),
@@ -324,6 +326,15 @@ def discounted(quality: float | None, result: dict, discount: float) -> float | 
                 and math.isfinite(severity):
             quality *= 1.0 - discount * min(1.0, max(0.0, float(severity)))
     return quality
+
+
+def passes_all(result: dict, names: tuple[str, ...]) -> bool:
+    """No criterion in `names` failed on the result (one not judged does not fail)."""
+    criteria = _audit(result).get("criteria")
+    if not names or not isinstance(criteria, dict):
+        return True
+    return not any(isinstance(criteria.get(n), dict) and criteria[n].get("pass") is False
+                   for n in names)
 
 
 def advice_of(result: dict) -> tuple[str, str] | None:
