@@ -28,7 +28,7 @@ from quantize.degrade import KINDS, SEVERITY_ONE
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("views", "train", "heldout", "convert", "gate", "manifest")
 NAME = "quality_head"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 N_CALIBRATION = 512
 # Gate: the int8 head must estimate the severities as its fp32 self does.
 GATE_MAX_MEAN_ABS = 0.03  # mean |severity int8 - fp32| per branch, held-out views
@@ -116,6 +116,65 @@ def head_path_ms(model_path: Path, frames: list, threads: int = 2) -> float:
     return float(np.median(times) * 1000)
 
 
+SCREEN = (1024, 768)
+SLIDES_PX = (100, 200)
+CUT_SEVERITIES = (0.5, 1.0)
+
+
+def screen_cutoffs(model_path: Path, frames: list, seed: int, threads: int = 2) -> dict:
+    """The cut-off branch where the midwife meets it: every held-out head shown 1:1 on a
+    1024x768 screen with a scanner's text, clean, cut by `quantize.degrade.cutoff` left
+    and right (tissue slides in) and slid sideways under its fan with the uncovered part
+    left black (`quantize.eval_biometry.slid_under_the_fan`, a cut-off the head never
+    trained on). Each through the device path; the share the audit's `sector_cut` rule
+    fails, and the AUROC of clean against the severity-1 cuts."""
+    from edge.models.preprocess import prepare
+    from edge.models.quality import load_rules
+    from edge.models.roi import find_roi, to_grey
+    from edge.models.runtime import open_model_file
+    from quantize.data import read_frame
+    from quantize.degrade import degrade
+    from quantize.eval_biometry import on_screen, slid_under_the_fan
+    from quantize.quality_head import auroc
+
+    rule = next(r for r in load_rules().criteria if r.measure == "learned:cutoff")
+    model = open_model_file(model_path, "litert", threads)
+    branch = KINDS.index("cutoff")
+    rng = np.random.default_rng([seed, 23])
+
+    def severity(grey: np.ndarray) -> float:
+        logits = model.run(prepare(grey, find_roi(grey), qh.SPEC)).reshape(-1)
+        return float(1 / (1 + np.exp(-logits[branch])))
+
+    found: dict[str, list[float]] = {}
+    heads = [f for f in frames if f.source == "hc18"]
+    for f in heads:
+        image = read_frame(f.path)
+        screen = to_grey(on_screen(image, *SCREEN))
+        roi = find_roi(screen)
+        found.setdefault("clean", []).append(severity(screen))
+        for s in CUT_SEVERITIES:
+            for direction in ("left", "right"):
+                cut = degrade(screen, roi, "cutoff", s, rng, direction=direction)
+                found.setdefault(f"cut {s:g}", []).append(severity(cut))
+        for px in SLIDES_PX:
+            for dx in (-px, px):
+                found.setdefault(f"slid {px} px, black", []).append(
+                    severity(slid_under_the_fan(to_grey(image), dx, SCREEN)))
+    clean = found["clean"]
+
+    def against_clean(values: list[float]) -> float:
+        scores = np.asarray(values + clean)
+        return round(auroc(scores, np.arange(len(scores)) < len(values)), 4)
+
+    out = {k: {"n": len(v), "median": round(float(np.median(v)), 3),
+               "fails": round(float(np.mean(np.asarray(v) > rule.max)), 3),
+               **({} if k == "clean" else {"auroc_vs_clean": against_clean(v)})}
+           for k, v in found.items()}
+    out["rule_max"] = rule.max
+    return out
+
+
 def table(m8: dict, m32: dict) -> str:
     lines = ["| branch | Spearman int8 | Spearman fp32 | views (fault alone + clean) | "
              "AUROC of max severity, this fault severe vs usable |",
@@ -140,9 +199,10 @@ def table(m8: dict, m32: dict) -> str:
 
 def manifest(work: Path, net: torch.nn.Module, pool: dict, ev: dict, held: list,
              train_frames: list, m8: dict, m32: dict, gate_result: dict, calibration: str,
-             paths: tuple[Path, Path], seed: int, head_ms: float) -> dict:
+             paths: tuple[Path, Path], seed: int, head_ms: float,
+             screens: dict) -> dict:
     from quantize.macs import count_macs, count_params
-    from quantize.manifest import median_latency_ms
+    from quantize.manifest import build_box, median_latency_ms
 
     fp32, int8 = paths
     spec = qh.SPEC
@@ -180,8 +240,7 @@ def manifest(work: Path, net: torch.nn.Module, pool: dict, ev: dict, held: list,
             lat[f"latency_ms_{label}_{threads}t"] = m(
                 round(median_latency_ms(path, threads), 3),
                 f"median of 200 invokes after 20 warm-up, ai-edge-litert 2.3.0 XNNPACK, "
-                f"num_threads={threads}, 2-core x86-64 build box (AMD EPYC, AVX2, no VNNI), "
-                f"shared with other jobs; `{cmd}`")
+                f"num_threads={threads}, {build_box()}, shared with other jobs; `{cmd}`")
     op = m8["operating_point"]
     metrics = {f"heldout_spearman_{k}": m(round(m8["spearman"][k], 4), spear_how,
                                           n=m8["n_single"][k] + m8["n_clean"],
@@ -210,6 +269,16 @@ def manifest(work: Path, net: torch.nn.Module, pool: dict, ev: dict, held: list,
             "median per frame over held-out frames of what the head adds on the device "
             "given the plane model's find_roi region: prepare + int8 quantize + invoke + "
             "dequantize + sigmoid, 2 threads; decode and find_roi excluded"),
+        "heldout_cutoff_on_screen": m(
+            screens, "the cut-off branch on every held-out HC18 head shown 1:1 on a "
+            f"{SCREEN[0]}x{SCREEN[1]} screen with a scanner's text: clean; cut left and right "
+            f"at severities {list(CUT_SEVERITIES)} (quantize.degrade.cutoff on the screen's "
+            "region); and slid sideways by "
+            f"{list(SLIDES_PX)} px each way under its fan with the uncovered part black "
+            "(quantize.eval_biometry.slid_under_the_fan, a cut the head never trained on). "
+            "fails = the share over the audit's sector_cut max (rule_max); each through "
+            "find_roi + grey_resized + this int8 .tflite; auroc_vs_clean: of each set's "
+            f"severities against the clean heads'; `{cmd}`"),
         "size_bytes": m(int8.stat().st_size, "size of the .tflite"),
         **lat,
     })
@@ -276,8 +345,11 @@ def manifest(work: Path, net: torch.nn.Module, pool: dict, ev: dict, held: list,
             "dark, small or soft scores above 0 on that branch",
             "zoom: the wider field of a zoomed-out view is synthetic featureless speckle "
             "(quantize.degrade.tissue); a real zoomed-out view shows real tissue there",
-            "cut-off: the uncovered part is black and find_roi then crops to what remains, "
-            "as the device would; a real probe off target shows other tissue instead"],
+            "cut-off: what comes in behind the slid anatomy is simulated (the frame's own "
+            "far side, synthetic speckle, or black, at random); a real probe shows the "
+            "real tissue beside the view, which no frame here holds. On a screen the head "
+            "tells a cut with nothing behind it from a clean head less well than the "
+            "others (heldout_cutoff_on_screen)"],
         "licences": {"model": "Apache-2.0",
                      "notes": ("Weights trained from scratch here on real frames with "
                                "simulated faults: HC18 (van den Heuvel et al., PLoS ONE "
@@ -329,8 +401,10 @@ def run(args: argparse.Namespace) -> int:
     from quantize.manifest import finish
 
     ms = head_path_ms(int8, held[:: max(1, len(held) // 40)])
+    screens = screen_cutoffs(int8, held, args.seed)
+    print(f"cut-off on a screen: {json.dumps(screens)}")
     man = manifest(work, net, pool, ev, held, train_frames, m8, m32, result, calibration,
-                   (fp32, int8), args.seed, ms)
+                   (fp32, int8), args.seed, ms, screens)
     args.models.mkdir(parents=True, exist_ok=True)
     dest = args.models / f"{NAME}.tflite"
     tmp = dest.with_suffix(".tmp")

@@ -32,7 +32,7 @@ from edge.models.roi import Roi
 KINDS = ("blur", "gain", "noise", "shadow", "cutoff", "zoom")
 # Bump when a fault's pixels change for the same severity: cached training views and the
 # quality head's checkpoint carry it, so they are rebuilt rather than silently reused.
-VERSION = 2
+VERSION = 3
 
 # Physical meaning of severity 1.0 for each fault; the quality head's manifest copies these.
 BLUR_SIGMA_AT_ONE = 0.025  # Gaussian sigma as a share of the region's width
@@ -86,9 +86,11 @@ SEVERITY_ONE = {
     "cutoff": {
         "fault": "the anatomy pushed past the edge of the ultrasound region (probe off "
                  "target)",
-        "model": "the region's content shifted left, right or down by s * "
-                 f"{CUTOFF_SHIFT_AT_ONE} of the region's width (height); what leaves the "
-                 "region is lost, the uncovered part is black",
+        "model": "the region's content slid left, right or down by s * "
+                 f"{CUTOFF_SHIFT_AT_ONE} of the region's width (height) under a fan that "
+                 "stays where it is: what slides past the fan's side is lost, and other "
+                 "tissue comes in on the other side (the frame's own far side, or "
+                 "featureless speckle as in zoom, drawn at random)",
         "at_1": f"shifted by {CUTOFF_SHIFT_AT_ONE:.0%} of the region: a head centred in "
                 "it loses about half of itself past the edge"},
     "zoom": {
@@ -241,32 +243,61 @@ def shadow(region: np.ndarray, s: float, rng: np.random.Generator,
 
 
 CUTOFF_DIRECTIONS = ("left", "right", "down")
+# What comes in behind the slid anatomy (see `cutoff`), drawn at random: no one of them is
+# a real probe's, so the cue they share, the anatomy cut by the fan's side, is the one to
+# learn. With "roll" and "tissue" alone the head missed 96% of cuts with nothing behind.
+CUTOFF_FILLERS = ("roll", "tissue", "black")
 
 
 def cutoff(region: np.ndarray, s: float, rng: np.random.Generator,
-           direction: str | None = None) -> np.ndarray:
+           direction: str | None = None, filler: str | None = None) -> np.ndarray:
     """direction: left, right or down (None = drawn from rng). Upward is left out: the
-    transducer sits at the top, and the skin line there cannot move past it."""
+    transducer sits at the top, and the skin line there cannot move past it.
+
+    The probe moved, not the screen: the anatomy slides under a fan that stays where it
+    is, what slides past the fan's side is lost, and other tissue comes in on the other
+    side. `filler` says what comes in (None = drawn from rng among CUTOFF_FILLERS):
+    "roll", the frame's own tissue from its far side (real speckle); "tissue", synthetic
+    speckle as in `zoom`; "black", nothing (find_roi then crops it away, as version 2 of
+    this fault did). Each alone is a tell a net can learn in place of the cut anatomy."""
     if direction is None:
         direction = CUTOFF_DIRECTIONS[int(rng.integers(len(CUTOFF_DIRECTIONS)))]
     if direction not in CUTOFF_DIRECTIONS:
         raise ValueError(f"cutoff: direction must be one of {CUTOFF_DIRECTIONS}")
+    if filler is None:
+        filler = CUTOFF_FILLERS[int(rng.integers(len(CUTOFF_FILLERS)))]
+    if filler not in ("roll", "tissue", "black"):
+        raise ValueError("cutoff: filler must be roll, tissue or black")
     height, width = region.shape
-    out = np.zeros_like(region)
-    if direction == "down":
-        d = int(round(s * CUTOFF_SHIFT_AT_ONE * height))
-        if d == 0:
-            return region.copy()
-        out[d:] = region[: height - d]
+    axis = 0 if direction == "down" else 1
+    d = int(round(s * CUTOFF_SHIFT_AT_ONE * region.shape[axis]))
+    if d == 0:
+        return region.copy()
+    fp = footprint(region)
+    step = -d if direction == "left" else d
+    whole = np.roll(region.astype(np.float32), step, axis)
+    where = np.roll(fp, step, axis)  # the image's own fan, carried along
+    slid = np.zeros((height, width), np.float32)  # the part that is the anatomy slid
+    if direction == "left":
+        slid[:, : width - d] = 1
+    elif direction == "right":
+        slid[:, d:] = 1
     else:
-        d = int(round(s * CUTOFF_SHIFT_AT_ONE * width))
-        if d == 0:
-            return region.copy()
-        if direction == "right":
-            out[:, d:] = region[:, : width - d]
-        else:
-            out[:, : width - d] = region[:, d:]
-    return out
+        slid[d:] = 1
+    sigma = max(1.0, 0.015 * width)
+
+    def soft(mask: np.ndarray) -> np.ndarray:  # a seam over a soft edge, as in `zoom`
+        return np.clip(2 * _gaussian(mask, sigma) - 1, 0, 1)
+
+    if filler == "black":
+        incoming = np.zeros((height, width), np.float32)
+    else:
+        incoming = tissue(region, fp, rng)
+        if filler == "roll":  # the far side's own image where it has one, else speckle
+            near = soft(where * (1 - slid))
+            incoming = near * whole + (1 - near) * incoming
+    alpha = soft(where * slid)
+    return _to_u8((alpha * whole + (1 - alpha) * incoming) * fp)
 
 
 TISSUE_GRAIN = 1 / 80  # speckle grain of the filler tissue, share of the region width
@@ -321,7 +352,7 @@ def degrade(grey: np.ndarray, roi: Roi | None, kind: str, severity: float,
     """A copy of `grey` with fault `kind` at `severity` (0..1) inside `roi`.
 
     `options` go to the fault: gain(direction=+1|-1), shadow(centre=0..1),
-    cutoff(direction="left"|"right"|"down")."""
+    cutoff(direction="left"|"right"|"down", filler="roll"|"tissue"|"black")."""
     if kind not in FAULTS:
         raise ValueError(f"degrade: unknown kind {kind!r}; choose one of {list(KINDS)}")
     s = float(severity)

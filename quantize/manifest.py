@@ -39,6 +39,29 @@ def finish(manifest: dict, model_path: Path) -> dict:
     return manifest
 
 
+def build_box() -> str:
+    """The CPU the latencies in a manifest were measured on, read off this machine: int8
+    speed hangs on its instructions (VNNI or not), so a figure without it misleads."""
+    import os
+    import platform
+
+    name, flags = platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == platform.machine():
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    vnni = ("AVX-512 VNNI" if "avx512_vnni" in flags else
+            "AVX-VNNI" if "avx_vnni" in flags else "no VNNI")
+    simd = "AVX2, " if "avx2" in flags else ""
+    return f"{os.cpu_count()}-core build box ({name}, {simd}{vnni})"
+
+
 def median_latency_ms(path: Path, threads: int, runs: int = 200, warmup: int = 20) -> float:
     """Median wall time of `invoke` on a zero input, ai-edge-litert with XNNPACK."""
     import time

@@ -149,6 +149,29 @@ def test_learned_criteria_fail_on_their_fault_and_pass_clean(scorer, kind, name)
         assert not criterion(judge(scorer, fault(frame, kind, 1.0)), name)["pass"], frame
 
 
+@needs_head
+def test_sector_cut_fails_when_the_anatomy_slides_past_the_fan_on_a_scanners_screen(scorer):
+    """On a screen the fan stays where it is and the anatomy slides past its side, with
+    whatever comes in behind it: the frame's own far side, speckle, or nothing. Quality
+    head 1.0.0 learned a black band at the region's edge instead, and passed 70% of such
+    cuts of held-out heads (heldout_cutoff_on_screen in its manifest)."""
+    from quantize.eval_biometry import on_screen
+
+    for name, fillers in ((CLEAN_HEAD, ("roll", "tissue", "black")),
+                          (CLEAN_VIEW, ("roll", "tissue"))):
+        folder = "sononet/examples" if name.endswith(".tiff") else "hc18/images"
+        screen = to_grey(on_screen(read_frame(DATA / folder / name), 1024, 768))
+        roi = find_roi(screen)
+        assert criterion(judge(scorer, screen), "sector_cut")["pass"], name
+        for direction in ("left", "right"):
+            for filler in fillers:
+                cut = degrade(screen, roi, "cutoff", 1.0, np.random.default_rng(1),
+                              direction=direction, filler=filler)
+                c = criterion(judge(scorer, cut), "sector_cut")
+                assert not c["pass"] and "runs off the edge" in c["message"], \
+                    (name, direction, filler, c["value"])
+
+
 def test_plane_confident_passes_a_standard_plane_and_fails_elsewhere(scorer):
     assert criterion(judge(scorer, grey_of(CLEAN_VIEW)), "plane_confident")["pass"]
     cervix = to_grey(read_frame(DATA / "planes" / "images" / "Patient01623_Plane4_2_of_3.png"))

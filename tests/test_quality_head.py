@@ -149,21 +149,47 @@ def test_shadow_darkens_a_ray_below_the_occluder(frames):
         assert strictly_decreasing(areas[::-1]), (name, areas)
 
 
-def test_cutoff_blacks_part_of_the_region_and_moves_the_anatomy(frames):
+def test_cutoff_slides_the_anatomy_under_a_fan_that_stays_put(frames):
+    """The probe moved, not the screen: the image slides, what passes the fan's side is
+    lost, other tissue comes in behind it (the frame's own far side, or speckle; nothing
+    only on request), and the fan's outline does not move."""
     for name, grey, roi in frames:
         clean = roi.crop(grey)
         h, w = clean.shape
-        blacked = []
-        for s in LEVELS[1:]:
-            d = int(round(s * dg.CUTOFF_SHIFT_AT_ONE * w))
-            out = roi.crop(apply(grey, roi, "cutoff", s, direction="right"))
-            assert (out[:, :d] == 0).all(), name
-            assert np.array_equal(out[:, d:], clean[:, : w - d]), name
-            blacked.append(float((out == 0).mean()))
-            down = roi.crop(apply(grey, roi, "cutoff", s, direction="down"))
-            dy = int(round(s * dg.CUTOFF_SHIFT_AT_ONE * h))
-            assert (down[:dy] == 0).all() and np.array_equal(down[dy:], clean[: h - dy]), name
-        assert strictly_decreasing(blacked[::-1]), (name, blacked)
+        fan = dg.footprint(clean) > 0
+        seam = int(np.ceil(3 * max(1.0, 0.015 * w))) + 1  # the soft seam's half-width
+        grow = np.ones((2 * seam + 1, 2 * seam + 1), np.uint8)
+        rolled_in = 0
+        for filler in ("roll", "tissue", "black"):
+            incoming = []
+            for s in LEVELS[1:]:
+                d = int(round(s * dg.CUTOFF_SHIFT_AT_ONE * w))
+                out = roi.crop(apply(grey, roi, "cutoff", s, direction="right", filler=filler))
+                assert (out[~fan] == 0).all(), name  # the screen beside the fan stays black
+                # Away from the seam and the fans' sides, the anatomy is the clean one, slid.
+                both = np.zeros((h, w), np.uint8)
+                both[:, d + seam:] = fan[:, d + seam:] & fan[:, seam: w - d]
+                both = cv2.erode(both, grow) > 0
+                slid = np.roll(clean, d, 1).astype(int)
+                assert np.abs(out.astype(int) - slid)[both].max() <= 1, (name, filler)
+                band = np.zeros((h, w), bool)
+                band[:, : max(1, d - seam)] = fan[:, : max(1, d - seam)]
+                if filler == "black":
+                    assert (out[band] == 0).all(), name
+                elif filler == "roll":  # the far side's own pixels, where it has image
+                    far = band & (cv2.erode(np.roll(fan, d, 1).astype(np.uint8), grow) > 0)
+                    rolled_in += int(far.sum())
+                    if far.any():
+                        assert np.abs(out.astype(int) - slid)[far].max() <= 1, name
+                else:
+                    assert out[band].mean() > 20, name
+                incoming.append(float(band.sum()))
+                down = roi.crop(apply(grey, roi, "cutoff", s, direction="down", filler=filler))
+                assert (down[~fan] == 0).all(), name
+            assert strictly_decreasing(incoming[::-1]), (name, filler, incoming)
+        assert rolled_in > 0.01 * h * w, name  # the far side's image did come in
+    with pytest.raises(ValueError, match="filler"):
+        apply(grey, roi, "cutoff", 0.5, filler="mirror")
 
 
 def test_zoom_shrinks_the_anatomy_about_the_transducer(frames):
@@ -207,7 +233,7 @@ def test_shipped_manifest_loads_and_verifies(tmp_path):
     manifest = read_manifest(SHIPPED)
     verify(manifest)
     model = load_model(manifest, "litert", 2)
-    assert manifest.task == "quality_regression" and manifest.version == "1.0.0"
+    assert manifest.task == "quality_regression" and manifest.version == "1.1.0"
     assert list(manifest.labels) == ["blur", "gain", "noise", "shadow", "cutoff", "zoom"]
     spec = manifest.preprocessing
     assert (spec.roi, spec.resize, spec.normalise) == ("auto", "area", "unit")
