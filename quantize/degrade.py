@@ -89,8 +89,8 @@ SEVERITY_ONE = {
         "model": "the region's content slid left, right or down by s * "
                  f"{CUTOFF_SHIFT_AT_ONE} of the region's width (height) under a fan that "
                  "stays where it is: what slides past the fan's side is lost, and other "
-                 "tissue comes in on the other side (the frame's own far side, or "
-                 "featureless speckle as in zoom, drawn at random)",
+                 "tissue comes in on the other side (the frame's own far side, "
+                 "featureless speckle as in zoom, or nothing, drawn at random)",
         "at_1": f"shifted by {CUTOFF_SHIFT_AT_ONE:.0%} of the region: a head centred in "
                 "it loses about half of itself past the edge"},
     "zoom": {
