@@ -124,10 +124,10 @@ CUT_SEVERITIES = (0.5, 1.0)
 def screen_cutoffs(model_path: Path, frames: list, seed: int, threads: int = 2) -> dict:
     """The cut-off branch where the midwife meets it: every held-out head shown 1:1 on a
     1024x768 screen with a scanner's text, clean, cut by `quantize.degrade.cutoff` left
-    and right (tissue slides in) and slid sideways under its fan with the uncovered part
-    left black (`quantize.eval_biometry.slid_under_the_fan`, a cut-off the head never
-    trained on). Each through the device path; the share the audit's `sector_cut` rule
-    fails, and the AUROC of clean against the severity-1 cuts."""
+    and right, and slid sideways under its fan with the uncovered part left black
+    (`quantize.eval_biometry.slid_under_the_fan`, a cut made by another function). Each
+    through the device path; per set the share the audit's `sector_cut` rule fails, and
+    the AUROC of its severities against the clean heads'."""
     from edge.models.preprocess import prepare
     from edge.models.quality import load_rules
     from edge.models.roi import find_roi, to_grey
@@ -149,8 +149,8 @@ def screen_cutoffs(model_path: Path, frames: list, seed: int, threads: int = 2) 
     found: dict[str, list[float]] = {}
     heads = [f for f in frames if f.source == "hc18"]
     for f in heads:
-        image = read_frame(f.path)
-        screen = to_grey(on_screen(image, *SCREEN))
+        grey = to_grey(read_frame(f.path))  # greyed once: the screen and the slides read it
+        screen = to_grey(on_screen(grey, *SCREEN))
         roi = find_roi(screen)
         found.setdefault("clean", []).append(severity(screen))
         for s in CUT_SEVERITIES:
@@ -160,7 +160,7 @@ def screen_cutoffs(model_path: Path, frames: list, seed: int, threads: int = 2) 
         for px in SLIDES_PX:
             for dx in (-px, px):
                 found.setdefault(f"slid {px} px, black", []).append(
-                    severity(slid_under_the_fan(to_grey(image), dx, SCREEN)))
+                    severity(slid_under_the_fan(grey, dx, SCREEN)))
     clean = found["clean"]
 
     def against_clean(values: list[float]) -> float:

@@ -272,8 +272,8 @@ def cutoff(region: np.ndarray, s: float, rng: np.random.Generator,
         raise ValueError(f"cutoff: direction must be one of {CUTOFF_DIRECTIONS}")
     if filler is None:
         filler = CUTOFF_FILLERS[int(rng.integers(len(CUTOFF_FILLERS)))]
-    if filler not in ("roll", "tissue", "black"):
-        raise ValueError("cutoff: filler must be roll, tissue or black")
+    if filler not in CUTOFF_FILLERS:
+        raise ValueError(f"cutoff: filler must be one of {CUTOFF_FILLERS}")
     height, width = region.shape
     axis = 0 if direction == "down" else 1
     d = int(round(s * CUTOFF_SHIFT_AT_ONE * region.shape[axis]))
