@@ -101,6 +101,7 @@ class BiometryConfig:
     cutoff_margin_fraction: float = _MEASURE.cutoff_margin_fraction
     edge_run_fraction: float = _MEASURE.edge_run_fraction
     min_fit_iou: float = _MEASURE.min_fit_iou
+    min_axis_ratio: float = _MEASURE.min_axis_ratio
     measure_max_side_px: int = _MEASURE.measure_max_side_px
     frame_image_below: float = _MEASURE.frame_image_below
     pixel_size_min_mm: float = _MEASURE.pixel_size_min_mm
@@ -293,7 +294,7 @@ def _validate_roi(roi: RoiSettings, label: str) -> None:
 
 def _validate_biometry(bio: BiometryConfig, label: str) -> None:
     for name in ("min_head_area_fraction", "several_heads_fraction", "cutoff_margin_fraction",
-                 "edge_run_fraction", "min_fit_iou"):
+                 "edge_run_fraction", "min_fit_iou", "min_axis_ratio"):
         if not 0.0 < getattr(bio, name) < 1.0:
             raise ConfigError(f"{label}: biometry.{name} must be between 0 and 1")
     if not 0.0 <= bio.frame_image_below <= 1.0:

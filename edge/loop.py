@@ -268,7 +268,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         with _StopFlag() as stop, source:
             dog.ready(f"scoring {source.name}")
             for frame, capture_s in dog.watch(timed_frames(source), source):
-                result = scorer.score(frame, capture_s)
+                result = scorer.score(frame, capture_s, keeps=tracker.keeps_measure)
                 row = journal.append(run_id, result)
                 record = result.to_dict()
                 stats.add(record)

@@ -193,7 +193,7 @@ def choose(rows: list[dict]) -> tuple[str, str]:
                             "figure is slightly optimistic)"] + distillation_verdicts(by))
 
 
-VERSION = "1.2.0"
+VERSION = "1.3.0"
 # Second-pass crop: the head's bounding box plus this share of its size on every side. 0.2
 # measured better than 0.1 with the 1.1.0 net on the 264 validation frames (1.85 vs 1.90 mm).
 CROP_MARGIN = 0.2
@@ -258,6 +258,23 @@ def choose_passes(options: list[dict], reference: np.ndarray) -> tuple[dict, str
     table = ", ".join(f"{o['option']} {o['hc_mad_mm']:.3f} mm / {o['ms_median']:.1f} ms"
                       for o in options)
     return best, f"{best['option']} ({table}); {PASS_WHY}"
+
+
+def release_verdict(chosen: dict, previous: dict, reference) -> dict:
+    """Whether this build clearly beats the release in models/ (`clearly_better`), and a
+    line that says which condition failed where one did."""
+    from quantize.eval_biometry import clearly_better, paired_gain
+
+    gain, se, n = paired_gain(chosen["hc"], previous["hc"], reference)
+    declined = (sum(h is None for h in chosen["hc"]), sum(h is None for h in previous["hc"]))
+    passed = clearly_better(chosen["hc"], previous["hc"], reference)
+    note = (f"HC {chosen['hc_mad_mm']:.3f} mm on validation against {previous['hc_mad_mm']:.3f}"
+            f" mm for {previous['version']}: paired gain {gain:+.3f} +- {se:.3f} mm over {n} "
+            f"frames both measure ({gain / se if se else 0.0:.1f} standard errors); declines "
+            f"{declined[0]} frames against {declined[1]}")
+    return {"passed": bool(passed), "gain_mm": round(gain, 4), "se_mm": round(se, 4),
+            "frames": n, "declined": declined[0], "declined_before": declined[1],
+            "note": note}
 
 
 def previous_model(val: dict, images: list) -> dict | None:
@@ -493,8 +510,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from quantize.eval_biometry import (
         SIGNIFICANT_SE,
-        clearly_better,
-        paired_gain,
         read_images,
         truth_masks,
     )
@@ -521,19 +536,24 @@ def run(args: argparse.Namespace) -> int:
     previous = previous_model(val, images)
     # A rebuild of this very release may replace itself; an older release must be beaten,
     # frame by frame, by more than the noise of one training run.
-    if (previous is not None and previous["version"] != VERSION and not args.force
-            and not clearly_better(chosen["hc"], previous["hc"], val["hc_csv"])):
-        gain, se, n = paired_gain(chosen["hc"], previous["hc"], val["hc_csv"])
-        print(f"build_segmenter: {kind} int8 with {chosen['option']} measures HC to "
-              f"{chosen['hc_mad_mm']:.3f} mm on validation against {previous['hc_mad_mm']:.3f}"
-              f" mm for the model in models/ ({previous['version']}): a gain of {gain:+.3f} "
-              f"+- {se:.3f} mm over {n} frames, not {SIGNIFICANT_SE:g} standard errors; "
-              "models/ left as it is (--force to replace it anyway)", file=sys.stderr)
-        return 1
+    release_gate = None
+    if previous is not None and previous["version"] != VERSION:
+        release_gate = release_verdict(chosen, previous, val["hc_csv"])
+        if not release_gate["passed"] and not args.force:
+            print(f"build_segmenter: {kind} int8 with {chosen['option']}: "
+                  f"{release_gate['note']}; models/ left as it is (--force to replace it "
+                  "anyway)", file=sys.stderr)
+            return 1
     from quantize.manifest import finish
 
     man = build_manifest(work, kind, rows, result, note, calibration[kind], train, val,
                          check, args.seed, chosen, pass_note, previous)
+    if release_gate is not None:
+        man["selection"]["release_gate"] = {
+            **release_gate, "forced": not release_gate["passed"],
+            "rule": "beat the release in models/ frame by frame by at least "
+                    f"{SIGNIFICANT_SE:g} standard errors of the paired difference, and "
+                    "decline no more validation frames; --force ships anyway"}
     args.models.mkdir(parents=True, exist_ok=True)
     dest = args.models / "head_segmenter.tflite"
     shutil.copyfile(tflite_paths(work, kind)[1], dest)

@@ -132,7 +132,8 @@ def run(limit: int | None, seed: int, models_dir: Path | None = None,
             # HC18 gives each frame its own pixel size; other anatomy has none that matters.
             scorer.head.pixel_size_mm = sweep.pixel_mm.get(name, 0.1)
             scorer._roi_key = None
-            result = scorer.score(Frame(name, index, grey, time.monotonic(), time.time()))
+            result = scorer.score(Frame(name, index, grey, time.monotonic(), time.time()),
+                                  keeps=session.keeps_measure)
             record = result.to_dict()
             session.add(record)
             kinds[name] = kind

@@ -263,12 +263,13 @@ def test_centred_fails_when_the_head_sits_at_the_side(scorer):
 
 
 def test_ellipse_regular_fails_where_the_head_region_is_not_an_oval(scorer):
-    """A real head of a held-out patient (025_HC) under a deep acoustic shadow across the
+    """A real head of a held-out patient (000_HC) under a deep acoustic shadow across the
     skull: the segmenter still finds a head region, but not a skull-like oval. (Up to 1.2.0
     an umbilical-cord frame served here; plane student 1.3.0 ruled it out as a head. Then
-    067_HC under a shadow at 0.6, until plane student 1.4.0 called that Kidneys.)"""
+    067_HC under a shadow at 0.6, until plane student 1.4.0 called that Kidneys; then
+    025_HC at 0.8, until segmenter 1.3.0 drew its skull whole under the shadow.)"""
     assert criterion(judge(scorer, grey_of(CLEAN_HEAD)), "ellipse_regular")["pass"]
-    r = judge(scorer, fault("025_HC.png", "shadow", 0.8))
+    r = judge(scorer, fault("000_HC.png", "shadow", 0.8))
     c = criterion(r, "ellipse_regular")
     assert not c["pass"] and c["value"] < 0.9 and "oval" in c["message"], c
 

@@ -37,7 +37,7 @@ def main(args) -> int:
     failed = 0
     with open_sources(args.paths) as source:
         for frame, capture_s in timed_frames(source):
-            result = scorer.score(frame, capture_s)
+            result = scorer.score(frame, capture_s, keeps=session.keeps_measure)
             failed += result.error is not None  # the source has said why, in one line
             roi = Roi(*result.roi) if result.roi else None
             session.add(result.to_dict(), frame.image, roi)

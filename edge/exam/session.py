@@ -116,16 +116,30 @@ class ExamSession:
         if not self.source and isinstance(result.get("source"), str):
             self.source = result["source"]
         self.tally.add(result)
+        candidate = self._better_frame(result)
+        if candidate is None:
+            return
+        current = self.best.get(candidate.plane)
+        candidate.advice = advice_of(result)  # only for the frame kept, not every frame
+        if current is not None:
+            candidate.thumbnail = current.thumbnail
+        self.best[candidate.plane] = candidate
+        if self.thumbs is not None and self.settings.thumbnails and image is not None:
+            self._pending[candidate.plane] = make_thumbnail(image, roi, self.settings.thumb_width)
+            self._flush(time.monotonic() if now is None else now, force=False)
+
+    def _better_frame(self, result: dict) -> BestFrame | None:
+        """The frame as its plane's new best, or None where it is not better (or no view)."""
         plane = result.get("plane")
         if result.get("error") or not shows_content(result):
-            return
+            return None
         if plane == UNCERTAIN:
             if self.protocol.unsure_head_slot is None or not outlines_one_head(result):
-                return
+                return None
         elif plane not in PLANES or plane in NOT_A_VIEW:
-            return
+            return None
         if not passes_all(result, self.protocol.anatomy_criteria):
-            return  # not the plane's anatomy at all, whatever the plane model named it
+            return None  # not the plane's anatomy at all, whatever the plane model named it
         conf = result.get("plane_confidence")
         quality = quality_score(result)
         candidate = BestFrame(plane, str(result.get("source", "")), int(result.get("frame", -1)),
@@ -134,14 +148,18 @@ class ExamSession:
                               ranked=discounted(quality, result, self.protocol.fault_discount))
         current = self.best.get(plane)
         if current is not None and candidate.rank() <= current.rank():
-            return
-        candidate.advice = advice_of(result)  # only for the frame kept, not every frame
-        if current is not None:
-            candidate.thumbnail = current.thumbnail
-        self.best[plane] = candidate
-        if self.thumbs is not None and self.settings.thumbnails and image is not None:
-            self._pending[plane] = make_thumbnail(image, roi, self.settings.thumb_width)
-            self._flush(time.monotonic() if now is None else now, force=False)
+            return None
+        return candidate
+
+    def keeps_measure(self, result: dict) -> bool:
+        """Whether the exam would keep this frame's head measurement: as one of the best
+        heads its age comes from, or on its plane's best frame. The scorer measures such a
+        frame again with the segmenter's slower, more exact passes before it is added."""
+        score = quality_score(result)
+        if score is None:
+            conf = result.get("plane_confidence")
+            score = float(conf) if isinstance(conf, int | float) else 0.0
+        return self.tally.keeps_head(score) or self._better_frame(result) is not None
 
     def _flush(self, now: float, force: bool) -> None:
         for plane in list(self._pending):
@@ -267,6 +285,13 @@ class ExamTracker:
         if row is not None:
             self.current.last_row = row
         return self.current
+
+    def keeps_measure(self, result: dict) -> bool:
+        """`ExamSession.keeps_measure` for the exam this frame joins: a frame with content
+        and no exam open starts one, which keeps its first heads."""
+        if self.current is None:
+            return self.has_content(result)
+        return self.current.keeps_measure(result)
 
     def end(self, ended_by: str) -> dict | None:
         """End the current exam, if any; returns its summary body."""

@@ -105,6 +105,12 @@ class ExamTally:
                     key = name[:24]
                     self.deficiencies[key] = self.deficiencies.get(key, 0) + 1
 
+    def keeps_head(self, rank: float) -> bool:
+        """Whether a measured head of this rank (`add`'s: the quality score, or the
+        confidence without the audit) would join the best heads the exam's age comes from;
+        a tie goes to the later frame, as in `add`."""
+        return len(self.best_heads) < self.BEST_HEADS or rank >= self.best_heads[0][0]
+
     def _add_biometry(self, bio, rank: float) -> None:
         if not isinstance(bio, dict) or not isinstance(bio.get("status"), str):
             return

@@ -94,6 +94,13 @@ class BiometrySettings:
     cutoff_margin_fraction: float = 0.02  # ellipse past the box edge by > this x semi-major axis
     edge_run_fraction: float = 0.08  # head along the box edge for > this share of its perimeter
     min_fit_iou: float = 0.85  # head region vs fitted ellipse; below: poor_fit
+    # A region whose ellipse is narrower than this (minor / major axis) has no skull's
+    # proportions: no head. The fetal cephalic index (BPD / OFD) is 0.70-0.86 (Hadlock et
+    # al., AJR 1981;137:83-85), and the 252 HC18 heads of every third file measure 0.69 at
+    # the least (segmenter 1.3.0). A thorax or an abdomen side-on, which a segmenter may
+    # outline as one oval, measured 0.34 and 0.41 on FETAL_PLANES_DB frames. Judged before
+    # the cut-off rules, so a sliver of a head at the screen's edge is also no head.
+    min_axis_ratio: float = 0.45
     # The head is found on the probability map upsampled to at most this many pixels along
     # the box's long side, and the ellipse scaled back to the frame: the sub-pixel contour
     # of a 240-pixel map gains nothing from 800 or 1920 frame pixels, but costs their square.
@@ -421,6 +428,8 @@ def head_shape(prob: np.ndarray, box: tuple[int, int, int, int],
     major, minor = (w / 2.0, h / 2.0) if w >= h else (h / 2.0, w / 2.0)
     angle = (fit_angle if w >= h else fit_angle + 90.0) % 180.0
     ellipse = (cx + bx, cy + by, major, minor, angle)
+    if minor < settings.min_axis_ratio * major:
+        return HeadShape(NO_HEAD, box, area_fraction=area_fraction)
 
     # Cut off: the ellipse runs past the box edge (pixel edges at -0.5 and size - 0.5),
     # or the head lies along the edge for a long run.
@@ -618,14 +627,27 @@ def locate_head(model: Model, image: np.ndarray, roi: Roi | None,
 
     `settings` come from `settings_for_model` (done once when the segmenter is loaded, see
     `edge.scorer.load_segmenter`), so the threshold is the model's own; `passes` default to
-    the model's own (`passes_for_model`). With a crop margin, the first pass only places
-    the crop, located at the model's resolution (cheap); the head is found on the second
-    pass. If the first pass finds no whole head, or the second pass does not find one
-    whole and regular, the frame is judged on the first pass as a single pass would.
+    the model's own (`passes_for_model`). See `shape_from_first_pass` for the second pass.
     """
     passes = passes_for_model(model.manifest) if passes is None else passes
-    prob, box = segment_head(model, image, roi, passes.test_time_flip, views,
-                             settings.frame_image_below)
+    first = segment_head(model, image, roi, passes.test_time_flip, views,
+                         settings.frame_image_below)
+    return shape_from_first_pass(model, image, roi, first, settings, passes)
+
+
+def shape_from_first_pass(model: Model, image: np.ndarray, roi: Roi | None,
+                          first: tuple[np.ndarray, tuple[int, int, int, int]],
+                          settings: BiometrySettings, passes: Passes) -> HeadShape:
+    """The head's shape from the first pass's map (`segment_head` with `passes`' flip),
+    and from a second pass on a crop around the head where `passes` ask for one.
+
+    With a crop margin, the first pass only places the crop, located at the model's
+    resolution (cheap); the head is found on the second pass. If the first pass finds no
+    whole head, or the second pass does not find one whole and regular, the frame is judged
+    on the first pass as a single pass would. The scorer keeps a live frame's first pass and
+    calls this again only for the frames an exam keeps (`Scorer.measure_kept`).
+    """
+    prob, box = first
     if passes.refine_crop_margin <= 0:
         return head_shape(prob, box, image.shape, settings, _outline_in(roi, box))
     mh, mw = prob.shape
