@@ -144,7 +144,9 @@ def main() -> int:
                   f"{bio['p90_ms']:.2f} ms; the {bio['head_frames']} head-plane frames median "
                   f"{bio['head_frame_median_ms']:.2f} ms, p90 {bio['head_frame_p90_ms']:.2f} ms,"
                   f" of which segmenter + measurement median {bio['head_ms_median']:.2f} ms, "
-                  f"p90 {bio['head_ms_p90']:.2f} ms; peak RSS {bio['rss_mb']:.0f} MB")
+                  f"p90 {bio['head_ms_p90']:.2f} ms; peak RSS {bio['rss_mb']:.0f} MB; "
+                  f"{bio.get('measured_again', 0)} frames the exam kept measured again with "
+                  "the segmenter's own passes")
         else:
             print("with head biometry: no frame of the demo clip was named a head plane")
 

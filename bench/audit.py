@@ -30,6 +30,10 @@ def audit_section(manifest: Path, pixel_size_mm: float) -> None:
     if both.get("head_frames"):
         print(f"| ... head-plane frames only ({both['head_frames']}) | "
               f"{both['head_frame_median_ms']:.2f} | {both['head_frame_p90_ms']:.2f} |")
+        print(f"\nhead frames the exam kept, measured again with the segmenter's own passes: "
+              f"{both.get('measured_again', 0)} of {both['head_frames']} (their head time "
+              f"median {both.get('measured_again_head_ms_median', float('nan')):.2f} ms; "
+              "included in the rows above)")
     print(f"\naudit's own time (statistics + learned head + criteria): median "
           f"{on.get('quality_ms_median', float('nan')):.2f} ms, p90 "
           f"{on.get('quality_ms_p90', float('nan')):.2f} ms; it adds "

@@ -554,6 +554,11 @@ def test_only_the_heads_an_exam_keeps_are_measured_again_with_the_segmenters_own
     assert kept == [pytest.approx(exact.hc_mm, abs=0.01)] * len(kept)
     assert abs(exact.hc_mm - once.hc_mm) > 0.05  # the two passes do measure differently
 
+    # The same frame again ties with the five: the exam keeps the earlier ones, so a
+    # midwife holding the plane does not pay for the second pass on every frame.
+    again = scorer.score(frame(grey, 8), keeps=session.keeps_measure).to_dict()
+    assert "passes" not in again["biometry"]
+    session.add(again)
     # A blurred frame of the same head ranks below all five: measured live, once.
     result = scorer.score(frame(blurred, 9), keeps=session.keeps_measure).to_dict()
     assert result["biometry"]["status"] == "ok"

@@ -64,7 +64,8 @@ class ExamTally:
         self.latencies: deque[float] = deque(maxlen=self.LATENCY_WINDOW)
         self.model_tags: dict[str, None] = {}
         self.head_mm: deque[tuple[float, float, float]] = deque(maxlen=self.LATENCY_WINDOW)
-        self.best_heads: list[tuple[float, int, float, float, float]] = []  # min-heap
+        # min-heap of (rank, -frame number, hc, bpd, ofd)
+        self.best_heads: list[tuple[float, int, float, float, float]] = []
         self.head_declined: dict[str, int] = {}
         self.deficiencies: dict[str, int] = {}
 
@@ -107,9 +108,10 @@ class ExamTally:
 
     def keeps_head(self, rank: float) -> bool:
         """Whether a measured head of this rank (`add`'s: the quality score, or the
-        confidence without the audit) would join the best heads the exam's age comes from;
-        a tie goes to the later frame, as in `add`."""
-        return len(self.best_heads) < self.BEST_HEADS or rank >= self.best_heads[0][0]
+        confidence without the audit) would join the best heads the exam's age comes from.
+        A tie keeps the earlier frame, as in `add`: a midwife holding a plane at a score of
+        1.0 does not have every frame measured again (`ExamSession.keeps_measure`)."""
+        return len(self.best_heads) < self.BEST_HEADS or rank > self.best_heads[0][0]
 
     def _add_biometry(self, bio, rank: float) -> None:
         if not isinstance(bio, dict) or not isinstance(bio.get("status"), str):
@@ -118,7 +120,7 @@ class ExamTally:
         if bio["status"] in MEASURED and all(isinstance(v, int | float) for v in mm):
             hc, bpd, ofd = (float(v) for v in mm)
             self.head_mm.append((hc, bpd, ofd))
-            item = (rank, self.frames, hc, bpd, ofd)
+            item = (rank, -self.frames, hc, bpd, ofd)  # equal rank: the earlier frame stays
             if len(self.best_heads) < self.BEST_HEADS:
                 heapq.heappush(self.best_heads, item)
             elif item > self.best_heads[0]:
