@@ -151,7 +151,7 @@ class Scorer:
               keeps: Callable[[dict], bool] | None = None) -> FrameResult:
         """One frame's result. The head is judged and measured on one plain pass of the
         segmenter. Where the segmenter's own passes are more (a second pass on a crop
-        around the head: about 3 ms more per head frame, and a smaller HC error on the
+        around the head: 3-4 ms more per head frame with VNNI, and a smaller HC error on the
         validation patients), only the frames that `keeps` says the exam keeps (its best
         heads, whose HC the exam reports) are measured again with them, so the midwife's
         live feedback never waits for them and the exam's numbers always have them."""
