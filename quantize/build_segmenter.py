@@ -539,6 +539,10 @@ def run(args: argparse.Namespace) -> int:
     release_gate = None
     if previous is not None and previous["version"] != VERSION:
         release_gate = release_verdict(chosen, previous, val["hc_csv"])
+        if not release_gate["passed"] and args.force and not args.why.strip():
+            print("build_segmenter: --force over a failed release rule needs --why TEXT, "
+                  f"kept in the manifest ({release_gate['note']})", file=sys.stderr)
+            return 2
         if not release_gate["passed"] and not args.force:
             print(f"build_segmenter: {kind} int8 with {chosen['option']}: "
                   f"{release_gate['note']}; models/ left as it is (--force to replace it "
@@ -549,8 +553,9 @@ def run(args: argparse.Namespace) -> int:
     man = build_manifest(work, kind, rows, result, note, calibration[kind], train, val,
                          check, args.seed, chosen, pass_note, previous)
     if release_gate is not None:
+        forced = {"why_forced": args.why.strip()} if not release_gate["passed"] else {}
         man["selection"]["release_gate"] = {
-            **release_gate, "forced": not release_gate["passed"],
+            **release_gate, "forced": not release_gate["passed"], **forced,
             "rule": "beat the release in models/ frame by frame by at least "
                     f"{SIGNIFICANT_SE:g} standard errors of the paired difference, and "
                     "decline no more validation frames; --force ships anyway"}
@@ -579,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(e.g. while the teacher is still training)")
     parser.add_argument("--force", action="store_true",
                         help="replace models/ even if the new model is not better than it")
+    parser.add_argument("--why", default="", metavar="TEXT",
+                        help="with --force: why, kept in the manifest's selection.release_gate")
     args = parser.parse_args(argv)
     try:
         return run(args)

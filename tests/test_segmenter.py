@@ -174,6 +174,23 @@ needs_model = pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped head 
 
 
 @needs_model
+def test_the_release_verdict_names_the_condition_that_failed():
+    from quantize.build_segmenter import release_verdict
+
+    reference = np.array([100.0, 200.0, 300.0, 150.0])
+    old = {"hc": [102.0, 197.0, 301.0, 150.5], "hc_mad_mm": 1.625, "version": "1.2.0"}
+    declines = {"hc": [101.0, 198.5, 300.0, None], "hc_mad_mm": 0.833}
+    verdict = release_verdict(declines, old, reference)
+    assert not verdict["passed"] and (verdict["declined"], verdict["declined_before"]) == (1, 0)
+    assert "declines 1 frames against 0" in verdict["note"] and "for 1.2.0" in verdict["note"]
+    measures_all = {"hc": [101.0, 198.5, 300.0, 150.0], "hc_mad_mm": 0.625}
+    assert release_verdict(measures_all, old, reference)["passed"]
+    noisy = {"hc": [101.0, 199.5, 302.5, 150.0], "hc_mad_mm": 1.125}  # gains 1, 2.5, -1.5, 0.5
+    verdict = release_verdict(noisy, old, reference)
+    assert not verdict["passed"] and verdict["declined"] == 0
+    assert f"({verdict['gain_mm'] / verdict['se_mm']:.1f} standard errors)" in verdict["note"]
+
+
 def test_shipped_manifest_matches_file_and_contract(tmp_path):
     man = read_manifest(SHIPPED)
     verify(man)
