@@ -179,7 +179,7 @@ class Scorer:
             plane = settle_within_group(plane, self.manifest.labels, self.head.head_planes,
                                         self._abstain_below)
         t2 = time.perf_counter()
-        head = biometry = None
+        head = biometry = first = None  # first: the segmenter's live pass, (map, box)
         measures: dict[str, float] = {}
         if self._judge_head(frame, roi, plane):
             first = segment_head(self.head.model, frame.image, roi, False, views,

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.exam.protocol import Protocol, Slot
-from edge.exam.tally import ExamTally, quality_score
+from edge.exam.tally import ExamTally, confidence_of, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
 from edge.models.roi import Roi
 from wire.schema import PLANES, UNCERTAIN
@@ -140,11 +140,9 @@ class ExamSession:
             return None
         if not passes_all(result, self.protocol.anatomy_criteria):
             return None  # not the plane's anatomy at all, whatever the plane model named it
-        conf = result.get("plane_confidence")
         quality = quality_score(result)
         candidate = BestFrame(plane, str(result.get("source", "")), int(result.get("frame", -1)),
-                              quality, float(conf) if isinstance(conf, int | float) else 0.0,
-                              result.get("biometry"),
+                              quality, confidence_of(result), result.get("biometry"),
                               ranked=discounted(quality, result, self.protocol.fault_discount))
         current = self.best.get(plane)
         if current is not None and candidate.rank() <= current.rank():
@@ -155,11 +153,7 @@ class ExamSession:
         """Whether the exam would keep this frame's head measurement: as one of the best
         heads its age comes from, or on its plane's best frame. The scorer measures such a
         frame again with the segmenter's slower, more exact passes before it is added."""
-        score = quality_score(result)
-        if score is None:
-            conf = result.get("plane_confidence")
-            score = float(conf) if isinstance(conf, int | float) else 0.0
-        return self.tally.keeps_head(score) or self._better_frame(result) is not None
+        return self.tally.keeps_head(result) or self._better_frame(result) is not None
 
     def _flush(self, now: float, force: bool) -> None:
         for plane in list(self._pending):

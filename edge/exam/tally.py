@@ -84,18 +84,16 @@ class ExamTally:
         if not isinstance(plane, str):
             return
         label = plane if plane in PLANES or plane == UNCERTAIN else "other"
-        conf = r.get("plane_confidence")
-        conf = float(conf) if isinstance(conf, int | float) else 0.0
         entry = self.planes.setdefault(label, [0, 0.0])
         entry[0] += 1
-        entry[1] = max(entry[1], conf)
+        entry[1] = max(entry[1], confidence_of(r))
         score = quality_score(r)
         if score is not None:
             if len(entry) == 2:
                 entry.append(score)
             entry[2] = max(entry[2], score)
             self._add_deficiencies(r["quality"].get("criteria"))
-        self._add_biometry(r.get("biometry"), conf if score is None else score)
+        self._add_biometry(r.get("biometry"), head_rank(r))
 
     def _add_deficiencies(self, criteria) -> None:
         if not isinstance(criteria, dict):
@@ -106,11 +104,12 @@ class ExamTally:
                     key = name[:24]
                     self.deficiencies[key] = self.deficiencies.get(key, 0) + 1
 
-    def keeps_head(self, rank: float) -> bool:
-        """Whether a measured head of this rank (`add`'s: the quality score, or the
-        confidence without the audit) would join the best heads the exam's age comes from.
-        A tie keeps the earlier frame, as in `add`: a midwife holding a plane at a score of
-        1.0 does not have every frame measured again (`ExamSession.keeps_measure`)."""
+    def keeps_head(self, r: dict) -> bool:
+        """Whether this result's head, measured, would join the best heads the exam's age
+        comes from (ranked as `add` ranks it). A tie keeps the earlier frame, as in `add`: a
+        midwife holding a plane at a score of 1.0 does not have every frame measured again
+        (`ExamSession.keeps_measure`)."""
+        rank = head_rank(r)
         return len(self.best_heads) < self.BEST_HEADS or rank > self.best_heads[0][0]
 
     def _add_biometry(self, bio, rank: float) -> None:
@@ -186,6 +185,19 @@ class ExamTally:
             **({"deficiencies": deficiencies} if deficiencies else {}),
             **({"biometry": head} if head is not None else {}),
         }
+
+
+def confidence_of(r: dict) -> float:
+    """The result's plane confidence, 0 where it is missing or not a number."""
+    conf = r.get("plane_confidence")
+    return float(conf) if isinstance(conf, int | float) else 0.0
+
+
+def head_rank(r: dict) -> float:
+    """How a measured head ranks among an exam's best heads: the audit's score, or the plane
+    confidence where the audit did not run."""
+    score = quality_score(r)
+    return confidence_of(r) if score is None else score
 
 
 def quality_score(r: dict) -> float | None:

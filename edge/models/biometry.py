@@ -645,7 +645,7 @@ def shape_from_first_pass(model: Model, image: np.ndarray, roi: Roi | None,
     resolution (cheap); the head is found on the second pass. If the first pass finds no
     whole head, or the second pass does not find one whole and regular, the frame is judged
     on the first pass as a single pass would. The scorer keeps a live frame's first pass and
-    calls this again only for the frames an exam keeps (`Scorer.measure_kept`).
+    calls this again only for the frames an exam keeps (`Scorer.score`'s `keeps`).
     """
     prob, box = first
     if passes.refine_crop_margin <= 0:
