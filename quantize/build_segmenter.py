@@ -277,6 +277,21 @@ def release_verdict(chosen: dict, previous: dict, reference) -> dict:
             "note": note}
 
 
+MAX_WHY_CHARS = 1000
+
+
+def why_problem(text: str) -> str | None:
+    """What is wrong with a --why text, or None: it goes into a manifest every device reads,
+    so it is bounded and must be UTF-8 (a non-UTF-8 argument arrives as lone surrogates)."""
+    if len(text) > MAX_WHY_CHARS:
+        return f"{len(text)} characters, more than {MAX_WHY_CHARS}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not UTF-8"
+    return None
+
+
 def previous_model(val: dict, images: list) -> dict | None:
     """The model now in models/ (the last release) measured like this build's, with its
     own manifest's passes: a new release must beat it on these validation patients."""
@@ -587,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--why", default="", metavar="TEXT",
                         help="with --force: why, kept in the manifest's selection.release_gate")
     args = parser.parse_args(argv)
+    if problem := why_problem(args.why):
+        print(f"build_segmenter: --why: {problem}", file=sys.stderr)
+        return 2
     try:
         return run(args)
     except (DataError, FileNotFoundError, ValueError) as exc:

@@ -191,6 +191,16 @@ def test_the_release_verdict_names_the_condition_that_failed():
     assert f"({verdict['gain_mm'] / verdict['se_mm']:.1f} standard errors)" in verdict["note"]
 
 
+def test_a_forced_release_s_reason_is_bounded_utf8_text(capsys):
+    from quantize.build_segmenter import MAX_WHY_CHARS, main
+
+    for why, words in (("x" * (MAX_WHY_CHARS + 1), "more than"),
+                       (b"\xff\xfe".decode("utf-8", "surrogateescape"), "not UTF-8")):
+        assert main(["--force", "--why", why]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("build_segmenter: --why:") and words in err[0]
+
+
 def test_shipped_manifest_matches_file_and_contract(tmp_path):
     man = read_manifest(SHIPPED)
     verify(man)
