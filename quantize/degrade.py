@@ -275,21 +275,13 @@ def cutoff(region: np.ndarray, s: float, rng: np.random.Generator,
     if filler not in CUTOFF_FILLERS:
         raise ValueError(f"cutoff: filler must be one of {CUTOFF_FILLERS}")
     height, width = region.shape
-    axis = 0 if direction == "down" else 1
-    d = int(round(s * CUTOFF_SHIFT_AT_ONE * region.shape[axis]))
-    if d == 0:
+    slide = _slide(region.shape, s, direction)
+    if slide is None:
         return region.copy()
+    step, axis, slid = slide
     fp = footprint(region)
-    step = -d if direction == "left" else d
     whole = np.roll(region.astype(np.float32), step, axis)
     where = np.roll(fp, step, axis)  # the image's own fan, carried along
-    slid = np.zeros((height, width), np.float32)  # the part that is the anatomy slid
-    if direction == "left":
-        slid[:, : width - d] = 1
-    elif direction == "right":
-        slid[:, d:] = 1
-    else:
-        slid[d:] = 1
     if filler == "black":
         incoming = np.zeros((height, width), np.float32)
     else:
@@ -299,6 +291,44 @@ def cutoff(region: np.ndarray, s: float, rng: np.random.Generator,
             incoming = near * whole + (1 - near) * incoming
     alpha = _soft_inside(where * slid, width)  # the seam is soft, as in `zoom`
     return _to_u8((alpha * whole + (1 - alpha) * incoming) * fp)
+
+
+def _slide(shape: tuple[int, int], s: float, direction: str
+           ) -> tuple[int, int, np.ndarray] | None:
+    """The slide of `cutoff`: (roll step, axis, the 0/1 part of the region the slid anatomy
+    covers), or None when it moves less than a pixel."""
+    height, width = shape
+    axis = 0 if direction == "down" else 1
+    d = int(round(s * CUTOFF_SHIFT_AT_ONE * shape[axis]))
+    if d == 0:
+        return None
+    slid = np.zeros((height, width), np.float32)
+    if direction == "left":
+        slid[:, : width - d] = 1
+    elif direction == "right":
+        slid[:, d:] = 1
+    else:
+        slid[d:] = 1
+    return (-d if direction == "left" else d), axis, slid
+
+
+def cutoff_kept(grey: np.ndarray, roi: Roi | None, anatomy: np.ndarray, s: float,
+                direction: str) -> float:
+    """The share of `anatomy` (a 0..1 mask over the frame, e.g. an annotated head) still
+    inside the fan after `degrade(grey, roi, "cutoff", s, rng, direction=direction)`: 1.0
+    when the slide cut none of it. A slide moves the whole image, so a small or off-centre
+    head often slides without being cut; whoever needs a cut-off *head* checks here."""
+    if direction not in CUTOFF_DIRECTIONS:
+        raise ValueError(f"cutoff: direction must be one of {CUTOFF_DIRECTIONS}")
+    box = _region(grey, roi)
+    part = box.crop(anatomy).astype(np.float32)
+    total = float(anatomy.sum())
+    slide = _slide(part.shape, s, direction)
+    if total <= 0 or slide is None:
+        return 1.0
+    step, axis, slid = slide
+    fan = footprint(box.crop(grey))
+    return float((np.roll(part, step, axis) * slid * fan).sum()) / total
 
 
 TISSUE_GRAIN = 1 / 80  # speckle grain of the filler tissue, share of the region width

@@ -41,11 +41,17 @@ from edge.capture.sources import Frame
 from edge.config import load_settings
 from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamSession
-from edge.models.roi import find_roi, to_grey
+from edge.models.roi import Roi, find_roi, to_grey
 from edge.scorer import make_scorer
 from quantize.data import DataError, data_dir, is_head_frame, list_frames, read_frame, split
-from quantize.degrade import KINDS, degrade
-from quantize.seg_data import read_hc_table
+from quantize.degrade import (
+    CUTOFF_DIRECTIONS,
+    CUTOFF_FILLERS,
+    KINDS,
+    cutoff_kept,
+    degrade,
+)
+from quantize.seg_data import annotation_path, fill_ellipse, fit_annotation, read_hc_table
 from wire.schema import UNCERTAIN
 
 HEAD_EXAMPLES = ("BRAIN-CB", "BRAIN-TV")
@@ -58,6 +64,37 @@ class Sweep:
     items: list[tuple[str, np.ndarray, str]]  # (name, grey image, "clean"|"degraded"|"other")
     pixel_mm: dict[str, float]  # each frame's own pixel size (a degraded copy: its source's)
     hc_csv: dict[str, float]
+
+
+# A cut-off head has lost at least this share of its annotated area past the fan's edge.
+MIN_CUT = 0.01
+
+
+def cut_off_head(grey: np.ndarray, roi: Roi | None, head: np.ndarray, s: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """The cut-off fault at severity `s`, drawn as `degrade` draws it, but one that cuts the
+    head (`cutting_slide`). The filler stays as drawn, so the rng's stream, and with it
+    every later frame of every sweep, is what it was."""
+    direction = CUTOFF_DIRECTIONS[int(rng.integers(len(CUTOFF_DIRECTIONS)))]
+    filler = CUTOFF_FILLERS[int(rng.integers(len(CUTOFF_FILLERS)))]
+    level, direction = cutting_slide(grey, roi, head, s, direction)
+    return degrade(grey, roi, "cutoff", level, rng, direction=direction, filler=filler)
+
+
+def cutting_slide(grey: np.ndarray, roi: Roi | None, head: np.ndarray, s: float,
+                  direction: str) -> tuple[float, str]:
+    """(severity, direction) of a cut-off slide that cuts `head` (a 0..1 mask over the
+    frame) by at least MIN_CUT: the drawn one if it does. A slide moves the whole image,
+    and one in six of the held-out heads' drawn slides left the annotated head whole (a
+    small or off-centre head, slid towards the middle or not far enough), which made a
+    whole, well-measured head a "degraded" frame. Such a slide is replaced by the first
+    that cuts: the other directions at `s`, then every direction at rising severity up to
+    1 (every HC18 head is cut by some direction at 1); the drawn one if none does."""
+    order = [direction] + [d for d in CUTOFF_DIRECTIONS if d != direction]
+    tries = [(s, d) for d in order] + [(float(level), d)
+                                       for level in np.linspace(s, 1.0, 7)[1:] for d in order]
+    return next(((level, d) for level, d in tries
+                 if cutoff_kept(grey, roi, head, level, d) <= 1 - MIN_CUT), (s, direction))
 
 
 def build_sweeps(limit: int | None, seed: int, patients: str = "held") -> list[Sweep]:
@@ -87,8 +124,15 @@ def build_sweeps(limit: int | None, seed: int, patients: str = "held") -> list[S
             grey = to_grey(read_frame(f.path))
             items.append((f.path.name, grey, "clean"))
             roi = find_roi(grey)
+            head = None
             for kind in rng.choice(KINDS, size=2, replace=False):
-                bad = degrade(grey, roi, str(kind), float(rng.uniform(0.4, 1.0)), rng)
+                s = float(rng.uniform(0.4, 1.0))
+                if kind == "cutoff":
+                    if head is None:
+                        head = fill_ellipse(grey.shape, fit_annotation(annotation_path(f.path)))
+                    bad = cut_off_head(grey, roi, head, s, rng)
+                else:
+                    bad = degrade(grey, roi, str(kind), s, rng)
                 items.append((f"{f.path.stem}-{kind}.png", bad, "degraded"))
         for i in rng.choice(len(other_greys), size=4, replace=False):
             items.append((*other_greys[i], "other"))
