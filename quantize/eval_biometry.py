@@ -252,14 +252,13 @@ def read_images(cache: dict, root: Path) -> list[np.ndarray]:
     return [read_frame(root / "hc18" / "images" / str(n)) for n in cache["name"]]
 
 
-def device_model(path: Path, threads: int = 2, passes=None):
+def device_model(path: Path, threads: int = 2, passes=None, spec=seg_data.SPEC):
     """A build .tflite opened like the device opens the shipped one, with a manifest that
-    says what the shipped one would (preprocessing, logits, and the passes)."""
+    says what the shipped one would (preprocessing `spec`, logits, and the passes)."""
     from edge.models.biometry import TASK
     from edge.models.manifest import Manifest
     from edge.models.runtime import open_model_file
 
-    spec = seg_data.SPEC
     block = {"probability_threshold": THRESHOLD}
     if passes is not None:
         block.update(test_time_flip=passes.test_time_flip,

@@ -48,16 +48,29 @@ BATCH = 8
 
 
 def fine_tune(net: torch.nn.Module, train: dict, spec: PreprocessSpec, steps: int,
-              seed: int, desc: str) -> torch.nn.Module:
+              seed: int, desc: str, lr: float = LR, resume: Path | None = None
+              ) -> torch.nn.Module:
     """`steps` more steps at `spec`'s size, warm-up then cosine: the plain net's loss, or
-    with the teacher's maps in `train` (`t2`) the distilled twin's own loss."""
+    with the teacher's maps in `train` (`t2`) the distilled twin's own loss. With `resume`
+    the net, its optimiser and the step are saved there every 250 steps and picked up."""
     teacher = train.get("t2")
     settings, distil = seg_train.TrainSettings(), seg_train.DistilSettings()
-    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    start = 0
+    if resume is not None and resume.exists():
+        state = torch.load(resume, weights_only=False)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
     net.train()
-    for step in tqdm(range(steps), desc=desc, unit="step", mininterval=20):
+    for step in tqdm(range(start, steps), desc=desc, unit="step", mininterval=20,
+                     initial=start, total=steps):
+        if resume is not None and step > start and step % 250 == 0:
+            torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step},
+                       resume.with_suffix(".tmp"))
+            resume.with_suffix(".tmp").replace(resume)
         for group in opt.param_groups:
-            group["lr"] = LR * min(1.0, (step + 1) / WARMUP) * 0.5 * (
+            group["lr"] = lr * min(1.0, (step + 1) / WARMUP) * 0.5 * (
                 1 + math.cos(math.pi * step / steps))
         rng = np.random.default_rng([seed, 77, step])
         idx = rng.integers(0, len(train["x2"]), BATCH)
@@ -146,18 +159,100 @@ def run(steps: int, seed: int) -> dict:
     return results
 
 
+SCRATCH = {"size": (240, 360), "rates": (3, 6, 9), "lr": 2e-3}
+
+
+def run_scratch(steps: int, seed: int) -> dict:
+    """The mend the fine-tune could not test: DeepLabv3+-lite trained from scratch at
+    240x360 with its atrous rates widened in step (3/6/9, so a big head is still inside
+    its context), the plain net's loss and the build's learning rate. Scored one pass and
+    with the device's crop pass, through the device's own measure_frame, against the
+    shipped segmenter frame by frame."""
+    from edge.models.biometry import Passes, measure_frame, settings_for_model
+    from quantize.convert import export_fp32, quantize_int8
+    from quantize.manifest import median_latency_ms
+    from quantize.seg_nets import DeepLabLite
+
+    work = seg_train.WORK / f"seed{seed}"
+    out = work / "input_size"
+    out.mkdir(parents=True, exist_ok=True)
+    train, val = dict(np.load(work / "train_cache.npz")), dict(np.load(work / "val_cache.npz"))
+    images = eval_biometry.read_images(val, data_dir())
+    truths = eval_biometry.truth_masks(val)
+    h, w = SCRATCH["size"]
+    spec = PreprocessSpec(h, w, roi="full", resize="area", scale=1.0)
+    name = f"scratch_{h}x{w}_{steps}"
+    torch.manual_seed(seed)
+    net = DeepLabLite(rates=SCRATCH["rates"])
+    done = out / f"{name}.pt"
+    started = time.time()
+    if done.exists():
+        net.load_state_dict(torch.load(done, weights_only=False))
+    else:
+        net = fine_tune(net, train, spec, steps, seed, name, lr=SCRATCH["lr"],
+                        resume=out / f"{name}.resume.pt")
+        torch.save(net.state_dict(), done)
+    fp32, int8 = out / f"{name}_fp32.tflite", out / f"{name}_int8.tflite"
+    if not int8.exists():
+        export_fp32(net.eval(), (1, 1, h, w), fp32)
+        calibration = [normalise(cv2.resize(x2, (w, h), interpolation=cv2.INTER_AREA),
+                                 spec)[None, None] for x2 in train["x2"][::4]]
+        quantize_int8(fp32, calibration, int8)
+    result = {**scored(int8, spec, images, val, truths),
+              "train_min": round((time.time() - started) / 60, 1),
+              "int8_ms_2t": round(median_latency_ms(int8, 2), 2)}
+    shipped_path = Path(__file__).resolve().parents[1] / "models" / "head_segmenter.json"
+    from edge.models.manifest import read_manifest
+    from edge.models.runtime import load_model
+    shipped = load_model(read_manifest(shipped_path), "litert", 2)
+    crop = Passes(refine_crop_margin=0.2, refine_max_zoom=1.2)
+    measured = {}
+    for label, model, passes in (
+            ("shipped, its crop pass", shipped, crop),
+            ("new, one pass", eval_biometry.device_model(int8, 2, Passes(), spec), Passes()),
+            ("new, crop pass", eval_biometry.device_model(int8, 2, crop, spec), crop)):
+        settings = settings_for_model(model.manifest)
+        hc, edice = [], []
+        for image, truth, px in zip(images, truths, val["pixel_mm"], strict=True):
+            bio = measure_frame(model, image, None, float(px), settings, passes)
+            hc.append(bio.hc_mm)
+            if bio.ellipse is not None and bio.hc_mm is not None:
+                edice.append(eval_biometry.ellipse_dice(bio.ellipse, truth))
+        err = [abs(a - b) for a, b in zip(hc, val["hc_csv"], strict=True) if a is not None]
+        bands = eval_biometry.band_stats(hc, val["hc_csv"], val["pixel_mm"],
+                                         val["frame_hw"][:, 1], spec.width)
+        measured[label] = {"hc": hc, "hc_mad_mm": round(float(np.mean(err)), 3),
+                           "measured": len(err), "ellipse_dice": round(float(np.mean(edice)), 4),
+                           "hc_bands_mm": {r["band"]: None if r["mad_mm"] is None else
+                                           round(r["mad_mm"], 2) for r in bands
+                                           if r["by"] == "HC"}}
+    for label in ("new, one pass", "new, crop pass"):
+        gain, se, n = eval_biometry.paired_gain(measured[label]["hc"],
+                                                measured["shipped, its crop pass"]["hc"],
+                                                val["hc_csv"])
+        measured[label]["gain_over_shipped_mm"] = f"{gain:+.3f} ± {se:.3f} ({n} frames)"
+    for m in measured.values():
+        del m["hc"]
+    result["device"] = measured
+    (out / f"results_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(name, json.dumps(result, indent=1), flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quantize.seg_input_size",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scratch", action="store_true",
+                        help="train DeepLabv3+-lite from scratch at 240x360 instead (run_scratch)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.threads < 1:
         parser.error("--steps and --threads must be at least 1")
     torch.set_num_threads(args.threads)
     try:
-        run(args.steps, args.seed)
+        (run_scratch if args.scratch else run)(args.steps, args.seed)
     except (DataError, FileNotFoundError, ValueError) as exc:
         print(f"seg_input_size: {exc}", file=sys.stderr)
         return 2

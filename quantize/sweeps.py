@@ -4,7 +4,8 @@ A sweep is built for every held-out HC18 patient (patients `quantize.data.split`
 of training, so no model saw them): the patient's real head frames (the clean targets),
 each of them also degraded by one acquisition fault of `quantize.degrade` at a random
 severity between 0.4 and 1.0 (blurred by a moving probe, too dark or bright, noisy,
-shadowed, cut off, zoomed out), real frames of other anatomy (the FETAL_PLANES_DB and
+shadowed, cut off, zoomed out; a cut-off copy always cuts the annotated head, see
+`cutting_slide`), real frames of other anatomy (the FETAL_PLANES_DB and
 umbilical-cord frames and the SonoNet example screens that are not head planes) and a frame
 with no ultrasound, in a seeded random order. The device runs the biometry protocol over
 it, exactly as `sonoedge exam` does; its choice is the head slot's best frame, the one the
