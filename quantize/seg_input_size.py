@@ -168,7 +168,6 @@ def run_scratch(steps: int, seed: int) -> dict:
     its context), the plain net's loss and the build's learning rate. Scored one pass and
     with the device's crop pass, through the device's own measure_frame, against the
     shipped segmenter frame by frame."""
-    from edge.models.biometry import Passes, measure_frame, settings_for_model
     from quantize.convert import export_fp32, quantize_int8
     from quantize.manifest import median_latency_ms
     from quantize.seg_nets import DeepLabLite
@@ -201,16 +200,32 @@ def run_scratch(steps: int, seed: int) -> dict:
     result = {**scored(int8, spec, images, val, truths),
               "train_min": round((time.time() - started) / 60, 1),
               "int8_ms_2t": round(median_latency_ms(int8, 2), 2)}
-    shipped_path = Path(__file__).resolve().parents[1] / "models" / "head_segmenter.json"
+    measured = device_rows([("new", int8, spec)], images, val, truths)
+    result["device"] = measured
+    (out / f"results_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(name, json.dumps(result, indent=1), flush=True)
+    return result
+
+
+def device_rows(nets: list[tuple[str, Path, PreprocessSpec]], images: list, val: dict,
+                truths: list) -> dict:
+    """Each int8 net of `nets` one pass and with the crop pass, and the shipped segmenter
+    with its crop pass, through the device's measure_frame on the validation frames: HC
+    MAD, ellipse Dice, HC bands, and the paired gain over the shipped segmenter."""
+    from edge.models.biometry import Passes, measure_frame, settings_for_model
     from edge.models.manifest import read_manifest
     from edge.models.runtime import load_model
-    shipped = load_model(read_manifest(shipped_path), "litert", 2)
+
+    shipped_path = Path(__file__).resolve().parents[1] / "models" / "head_segmenter.json"
     crop = Passes(refine_crop_margin=0.2, refine_max_zoom=1.2)
+    runs = [("shipped, its crop pass", load_model(read_manifest(shipped_path), "litert", 2),
+             crop)]
+    for label, path, spec in nets:
+        runs += [(f"{label}, one pass", eval_biometry.device_model(path, 2, Passes(), spec),
+                  Passes()),
+                 (f"{label}, crop pass", eval_biometry.device_model(path, 2, crop, spec), crop)]
     measured = {}
-    for label, model, passes in (
-            ("shipped, its crop pass", shipped, crop),
-            ("new, one pass", eval_biometry.device_model(int8, 2, Passes(), spec), Passes()),
-            ("new, crop pass", eval_biometry.device_model(int8, 2, crop, spec), crop)):
+    for label, model, passes in runs:
         settings = settings_for_model(model.manifest)
         hc, edice = [], []
         for image, truth, px in zip(images, truths, val["pixel_mm"], strict=True):
@@ -220,22 +235,81 @@ def run_scratch(steps: int, seed: int) -> dict:
                 edice.append(eval_biometry.ellipse_dice(bio.ellipse, truth))
         err = [abs(a - b) for a, b in zip(hc, val["hc_csv"], strict=True) if a is not None]
         bands = eval_biometry.band_stats(hc, val["hc_csv"], val["pixel_mm"],
-                                         val["frame_hw"][:, 1], spec.width)
+                                         val["frame_hw"][:, 1], model.manifest.input_shape[-1])
         measured[label] = {"hc": hc, "hc_mad_mm": round(float(np.mean(err)), 3),
                            "measured": len(err), "ellipse_dice": round(float(np.mean(edice)), 4),
                            "hc_bands_mm": {r["band"]: None if r["mad_mm"] is None else
                                            round(r["mad_mm"], 2) for r in bands
                                            if r["by"] == "HC"}}
-    for label in ("new, one pass", "new, crop pass"):
-        gain, se, n = eval_biometry.paired_gain(measured[label]["hc"],
-                                                measured["shipped, its crop pass"]["hc"],
-                                                val["hc_csv"])
-        measured[label]["gain_over_shipped_mm"] = f"{gain:+.3f} ± {se:.3f} ({n} frames)"
+    base = measured["shipped, its crop pass"]["hc"]
+    for label, m in measured.items():
+        if label != "shipped, its crop pass":
+            gain, se, n = eval_biometry.paired_gain(m["hc"], base, val["hc_csv"])
+            m["gain_over_shipped_mm"] = f"{gain:+.3f} ± {se:.3f} ({n} frames)"
     for m in measured.values():
         del m["hc"]
-    result["device"] = measured
-    (out / f"results_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(name, json.dumps(result, indent=1), flush=True)
+    return measured
+
+
+def run_distil_big(steps: int, seed: int) -> dict:
+    """Distillation from a teacher that sees more: the 160x240 DeepLabv3+-lite distilled
+    exactly as the build distils its twin (same loss, same views, the unlabelled heads),
+    but from `run_scratch`'s 240x360 net, which reads every view at 1.5x the student's
+    resolution, instead of the build's 160x240 teacher. Its plain twin is the build's own
+    (deeplab.pt, 4,000 steps, the same views of the labelled frames)."""
+    from quantize.convert import export_fp32, quantize_int8
+    from quantize.seg_nets import DeepLabLite
+
+    work = seg_train.WORK / f"seed{seed}"
+    out = work / "input_size"
+    h, w = SCRATCH["size"]
+    big_path = out / f"scratch_{h}x{w}_8000.pt"
+    if not big_path.is_file():
+        raise FileNotFoundError(f"{big_path}: run `python -m quantize.seg_input_size "
+                                "--scratch --steps 8000` first")
+    big = DeepLabLite(rates=SCRATCH["rates"])
+    big.load_state_dict(torch.load(big_path, weights_only=False))
+    big.eval()
+    train, val = dict(np.load(work / "train_cache.npz")), dict(np.load(work / "val_cache.npz"))
+    unlabelled = seg_data.build_unlabelled_cache(seg_data.unlabelled_frames(data_dir()),
+                                                 work / "unlabelled_cache.npz")
+    big_spec = PreprocessSpec(h, w, roi="full", resize="area", scale=1.0)
+
+    def maps(cache: dict) -> np.ndarray:
+        # The big net reads each frame's 2x view (320x480) at its own 240x360.
+        inputs = np.stack([normalise(cv2.resize(x2, (w, h), interpolation=cv2.INTER_AREA),
+                                     big_spec) for x2 in cache["x2"]])[:, None]
+        return seg_train.teacher_logits(big, inputs)
+
+    maps_path = out / "big_teacher_maps.npz"
+    if maps_path.exists():
+        cached = dict(np.load(maps_path))
+        lab, unl = cached["labelled"], cached["unlabelled"]
+    else:
+        lab, unl = maps(train), maps(unlabelled)
+        np.savez(maps_path, labelled=lab, unlabelled=unl)
+    pool = seg_data.with_teacher(train, unlabelled, lab, unl)
+    dest = out / "distil_from_big"
+    dest.mkdir(exist_ok=True)
+    net = seg_train.train("deeplab_student", pool, dest, seed,
+                          seg_train.settings_for("deeplab_student", steps),
+                          seg_train.DistilSettings())
+    spec = seg_data.SPEC
+    fp32, int8 = dest / "deeplab_student_fp32.tflite", dest / "deeplab_student_int8.tflite"
+    if not int8.exists():
+        export_fp32(net.eval(), (1, 1, spec.height, spec.width), fp32)
+        calibration = [normalise(x, spec)[None, None] for x in train["x"][::4]]
+        quantize_int8(fp32, calibration, int8)
+    images = eval_biometry.read_images(val, data_dir())
+    truths = eval_biometry.truth_masks(val)
+    plain = work / "tflite" / "deeplab_int8.tflite"
+    build_distilled = work / "tflite" / "deeplab_student_int8.tflite"
+    result = device_rows([("distilled from the 240x360 net", int8, spec),
+                          ("plain twin (the build's)", plain, spec),
+                          ("distilled from the build's teacher (1.3.0)", build_distilled, spec)],
+                         images, val, truths)
+    (out / f"results_distil_big_{steps}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1), flush=True)
     return result
 
 
@@ -247,12 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scratch", action="store_true",
                         help="train DeepLabv3+-lite from scratch at 240x360 instead (run_scratch)")
+    parser.add_argument("--distil-big", action="store_true",
+                        help="distil the 160x240 net from the --scratch net (run_distil_big)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.threads < 1:
         parser.error("--steps and --threads must be at least 1")
     torch.set_num_threads(args.threads)
     try:
-        (run_scratch if args.scratch else run)(args.steps, args.seed)
+        job = run_distil_big if args.distil_big else run_scratch if args.scratch else run
+        job(args.steps, args.seed)
     except (DataError, FileNotFoundError, ValueError) as exc:
         print(f"seg_input_size: {exc}", file=sys.stderr)
         return 2
