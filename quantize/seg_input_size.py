@@ -18,6 +18,16 @@ views are the cached 2x views (320x480) area-resized to the input, as in trainin
 
 It writes build/head_segmenter/seed0/input_size/results_<steps>.json. The models it makes
 are not shipped: at 240x360 the segmenter costs about twice the time (see the results).
+
+    python -m quantize.seg_input_size --scratch --steps 8000
+    python -m quantize.seg_input_size --distil-big [--both-teachers] --steps 4000
+
+`--scratch` trains a net built for 240x360 from scratch instead (`run_scratch`), and
+`--distil-big` distils the shipped size from it as the build distils its twin
+(`run_distil_big`; `--both-teachers`: from the mean of its and the build's teacher's
+logits). Both score through the device's own measure_frame, one pass and with the crop
+pass, against the shipped segmenter frame by frame (results_scratch_*.json,
+results_distil_*.json). The README's "A net built for the larger input" gives the figures.
 """
 
 from __future__ import annotations
@@ -251,7 +261,7 @@ def device_rows(nets: list[tuple[str, Path, PreprocessSpec]], images: list, val:
     return measured
 
 
-def run_distil_big(steps: int, seed: int) -> dict:
+def run_distil_big(steps: int, seed: int, both: bool = False) -> dict:
     """Distillation from a teacher that sees more: the 160x240 DeepLabv3+-lite distilled
     exactly as the build distils its twin (same loss, same views, the unlabelled heads),
     but from `run_scratch`'s 240x360 net, which reads every view at 1.5x the student's
@@ -288,8 +298,12 @@ def run_distil_big(steps: int, seed: int) -> dict:
     else:
         lab, unl = maps(train), maps(unlabelled)
         np.savez(maps_path, labelled=lab, unlabelled=unl)
+    if both:  # the two teachers' mean logits: the build's is the better on the biggest heads
+        build_maps = dict(np.load(work / "teacher_maps.npz"))
+        lab = ((lab.astype(np.float32) + build_maps["labelled"]) / 2).astype(np.float16)
+        unl = ((unl.astype(np.float32) + build_maps["unlabelled"]) / 2).astype(np.float16)
     pool = seg_data.with_teacher(train, unlabelled, lab, unl)
-    dest = out / "distil_from_big"
+    dest = out / ("distil_from_both" if both else "distil_from_big")
     dest.mkdir(exist_ok=True)
     net = seg_train.train("deeplab_student", pool, dest, seed,
                           seg_train.settings_for("deeplab_student", steps),
@@ -304,11 +318,13 @@ def run_distil_big(steps: int, seed: int) -> dict:
     truths = eval_biometry.truth_masks(val)
     plain = work / "tflite" / "deeplab_int8.tflite"
     build_distilled = work / "tflite" / "deeplab_student_int8.tflite"
-    result = device_rows([("distilled from the 240x360 net", int8, spec),
+    result = device_rows([("distilled from " + ("both teachers" if both else "the 240x360 net"),
+                           int8, spec),
                           ("plain twin (the build's)", plain, spec),
                           ("distilled from the build's teacher (1.3.0)", build_distilled, spec)],
                          images, val, truths)
-    (out / f"results_distil_big_{steps}.json").write_text(json.dumps(result, indent=1) + "\n")
+    name = f"results_distil_{'both' if both else 'big'}_{steps}.json"
+    (out / name).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1), flush=True)
     return result
 
@@ -323,13 +339,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="train DeepLabv3+-lite from scratch at 240x360 instead (run_scratch)")
     parser.add_argument("--distil-big", action="store_true",
                         help="distil the 160x240 net from the --scratch net (run_distil_big)")
+    parser.add_argument("--both-teachers", action="store_true",
+                        help="with --distil-big: from the mean of it and the build's teacher")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.threads < 1:
         parser.error("--steps and --threads must be at least 1")
+    if args.both_teachers and not args.distil_big:
+        parser.error("--both-teachers goes with --distil-big")
+    if args.scratch and args.distil_big:
+        parser.error("--scratch and --distil-big are two runs: give one")
     torch.set_num_threads(args.threads)
     try:
-        job = run_distil_big if args.distil_big else run_scratch if args.scratch else run
-        job(args.steps, args.seed)
+        if args.distil_big:
+            run_distil_big(args.steps, args.seed, args.both_teachers)
+        else:
+            (run_scratch if args.scratch else run)(args.steps, args.seed)
     except (DataError, FileNotFoundError, ValueError) as exc:
         print(f"seg_input_size: {exc}", file=sys.stderr)
         return 2
