@@ -98,6 +98,22 @@ def fine_tune(net: torch.nn.Module, train: dict, spec: PreprocessSpec, steps: in
     return net.eval()
 
 
+def to_int8(net: torch.nn.Module, spec: PreprocessSpec, train: dict, stem: Path) -> Path:
+    """`stem`_int8.tflite of `net` at `spec`'s size (made once, via `stem`_fp32.tflite),
+    calibrated on every fourth training frame's 2x view resized as in training."""
+    from quantize.convert import export_fp32, quantize_int8
+
+    fp32 = stem.with_name(stem.name + "_fp32.tflite")
+    int8 = stem.with_name(stem.name + "_int8.tflite")
+    if not int8.exists():
+        h, w = spec.height, spec.width
+        export_fp32(net.eval(), (1, 1, h, w), fp32)
+        calibration = [normalise(cv2.resize(x2, (w, h), interpolation=cv2.INTER_AREA),
+                                 spec)[None, None] for x2 in train["x2"][::4]]
+        quantize_int8(fp32, calibration, int8)
+    return int8
+
+
 def scored(model: Path, spec: PreprocessSpec, images: list, val: dict, truths: list) -> dict:
     """HC MAD, Dice and the HC bands of an int8 model on the validation frames."""
     inputs = np.stack([normalise(grey_resized(im, None, spec), spec) for im in images])[:, None]
@@ -112,7 +128,6 @@ def scored(model: Path, spec: PreprocessSpec, images: list, val: dict, truths: l
 
 
 def run(steps: int, seed: int) -> dict:
-    from quantize.convert import export_fp32, quantize_int8
     from quantize.manifest import median_latency_ms
     from quantize.seg_nets import make_net
 
@@ -149,12 +164,7 @@ def run(steps: int, seed: int) -> dict:
             net = fine_tune(net, pool, spec, steps, seed, name)
             torch.save(net.state_dict(), ckpt)
         minutes = (time.time() - started) / 60
-        fp32, int8 = out / f"{name}_{steps}_fp32.tflite", out / f"{name}_{steps}_int8.tflite"
-        if not int8.exists():
-            export_fp32(net.eval(), (1, 1, h, w), fp32)
-            calibration = [normalise(cv2.resize(x2, (w, h), interpolation=cv2.INTER_AREA),
-                                     spec)[None, None] for x2 in train["x2"][::4]]
-            quantize_int8(fp32, calibration, int8)
+        int8 = to_int8(net, spec, train, out / f"{name}_{steps}")
         results[name] = {**scored(int8, spec, images, val, truths),
                          "train_min": round(minutes, 1),
                          "int8_ms_1t": round(median_latency_ms(int8, 1), 2),
@@ -178,7 +188,6 @@ def run_scratch(steps: int, seed: int) -> dict:
     its context), the plain net's loss and the build's learning rate. Scored one pass and
     with the device's crop pass, through the device's own measure_frame, against the
     shipped segmenter frame by frame."""
-    from quantize.convert import export_fp32, quantize_int8
     from quantize.manifest import median_latency_ms
     from quantize.seg_nets import DeepLabLite
 
@@ -201,12 +210,7 @@ def run_scratch(steps: int, seed: int) -> dict:
         net = fine_tune(net, train, spec, steps, seed, name, lr=SCRATCH["lr"],
                         resume=out / f"{name}.resume.pt")
         torch.save(net.state_dict(), done)
-    fp32, int8 = out / f"{name}_fp32.tflite", out / f"{name}_int8.tflite"
-    if not int8.exists():
-        export_fp32(net.eval(), (1, 1, h, w), fp32)
-        calibration = [normalise(cv2.resize(x2, (w, h), interpolation=cv2.INTER_AREA),
-                                 spec)[None, None] for x2 in train["x2"][::4]]
-        quantize_int8(fp32, calibration, int8)
+    int8 = to_int8(net, spec, train, out / name)
     result = {**scored(int8, spec, images, val, truths),
               "train_min": round((time.time() - started) / 60, 1),
               "int8_ms_2t": round(median_latency_ms(int8, 2), 2)}
@@ -221,7 +225,8 @@ def device_rows(nets: list[tuple[str, Path, PreprocessSpec]], images: list, val:
                 truths: list) -> dict:
     """Each int8 net of `nets` one pass and with the crop pass, and the shipped segmenter
     with its crop pass, through the device's measure_frame on the validation frames: HC
-    MAD, ellipse Dice, HC bands, and the paired gain over the shipped segmenter."""
+    MAD, ellipse Dice, HC bands, and the paired gain over the shipped segmenter; and each
+    net's mask Dice, one pass, as the build scores its nets."""
     from edge.models.biometry import Passes, measure_frame, settings_for_model
     from edge.models.manifest import read_manifest
     from edge.models.runtime import load_model
@@ -234,6 +239,9 @@ def device_rows(nets: list[tuple[str, Path, PreprocessSpec]], images: list, val:
         runs += [(f"{label}, one pass", eval_biometry.device_model(path, 2, Passes(), spec),
                   Passes()),
                  (f"{label}, crop pass", eval_biometry.device_model(path, 2, crop, spec), crop)]
+    # The mask Dice of each net's one pass, as the build scores its nets.
+    mask_dice = {f"{label}, one pass": scored(path, spec, images, val, truths)["dice"]
+                 for label, path, spec in nets}
     measured = {}
     for label, model, passes in runs:
         settings = settings_for_model(model.manifest)
@@ -246,7 +254,8 @@ def device_rows(nets: list[tuple[str, Path, PreprocessSpec]], images: list, val:
         err = [abs(a - b) for a, b in zip(hc, val["hc_csv"], strict=True) if a is not None]
         bands = eval_biometry.band_stats(hc, val["hc_csv"], val["pixel_mm"],
                                          val["frame_hw"][:, 1], model.manifest.input_shape[-1])
-        measured[label] = {"hc": hc, "hc_mad_mm": round(float(np.mean(err)), 3),
+        measured[label] = {"hc": hc, "mask_dice": mask_dice.get(label),
+                           "hc_mad_mm": round(float(np.mean(err)), 3),
                            "measured": len(err), "ellipse_dice": round(float(np.mean(edice)), 4),
                            "hc_bands_mm": {r["band"]: None if r["mad_mm"] is None else
                                            round(r["mad_mm"], 2) for r in bands
