@@ -173,7 +173,6 @@ def test_the_boundary_term_asks_for_the_teachers_boundary():
 needs_model = pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped head segmenter")
 
 
-@needs_model
 def test_the_release_verdict_names_the_condition_that_failed():
     from quantize.build_segmenter import release_verdict
 
@@ -201,6 +200,7 @@ def test_a_forced_release_s_reason_is_bounded_utf8_text(capsys):
         assert len(err) == 1 and err[0].startswith("build_segmenter: --why:") and words in err[0]
 
 
+@needs_model
 def test_shipped_manifest_matches_file_and_contract(tmp_path):
     man = read_manifest(SHIPPED)
     verify(man)
