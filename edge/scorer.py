@@ -223,7 +223,7 @@ class Scorer:
             mono_s=frame.t_mono, biometry=biometry, quality=quality, head=head,
             head_ms=round(_ms(t3 - t2), 3) if head is not None else None)
         if (keeps is not None and biometry is not None and biometry["status"] in MEASURED
-                and self.head.passes.runs() > 1 and keeps(result.to_dict())):
+                and self.head.passes.runs() > 1 and keeps(result.view())):
             result = self._measure_again(frame, roi, views, first, result)
         return result
 

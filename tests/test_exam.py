@@ -524,6 +524,18 @@ def test_two_measured_heads_are_dated_by_their_mean_not_the_smaller():
 
 
 # ---------------------------------------------------------------- measuring kept heads
+def test_the_view_the_exam_is_asked_with_is_the_journal_record_without_its_copies():
+    """The scorer asks the exam whether it keeps a head frame with `FrameResult.view()`,
+    not a deep copy: the same keys and rounded values as the record the journal writes."""
+    scorer = make_scorer(load_settings(overrides={"biometry": {"pixel_size_mm": 0.155}}))
+    grey = to_grey(head("500_HC.png"))
+    result = scorer.score(Frame("500_HC.png", 0, grey, time.monotonic(), time.time()))
+    assert result.biometry is not None and result.quality is not None
+    view, record = result.view(), result.to_dict()
+    assert view == record and json.dumps(view) == json.dumps(record)
+    assert view["quality"] is result.quality and record["quality"] is not result.quality
+
+
 def test_only_the_heads_an_exam_keeps_are_measured_again_with_the_segmenters_own_passes():
     """The segmenter's manifest asks for a second pass on a crop around the head (its HC
     error on validation patients is smaller). Live frames are judged on one pass; the frames
