@@ -20,9 +20,11 @@ from edge.capture.sources import (
     Frame,
     LiveSettings,
     LiveSource,
+    Source,
     SourceError,
     open_source,
     open_sources,
+    read_ahead,
 )
 
 DATA = default_data_dir()
@@ -342,3 +344,73 @@ def test_live_settings_are_validated():
         LiveSettings(backoff_initial_s=2, backoff_max_s=1)
     with pytest.raises(ValueError):
         LiveSettings(max_reopen_attempts=-1)
+
+
+# --------------------------------------------------------------------------- read-ahead
+
+
+class _CountingSource(Source):
+    """A file source that counts the frames it decoded, and can fail after some."""
+
+    def __init__(self, inner: Source, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.inner, self.fail_after, self.decoded = inner, fail_after, 0
+        self.name = inner.name
+
+    def __iter__(self):
+        for frame in self.inner:
+            if self.closed:
+                return
+            if self.fail_after is not None and self.decoded == self.fail_after:
+                raise OSError("the disk went away")
+            self.decoded += 1
+            yield frame
+
+    def close(self) -> None:
+        super().close()
+        self.inner.close()
+
+
+def test_a_file_is_decoded_ahead_of_a_slow_loop_in_order_and_charged_only_what_it_waited(
+        tmp_path):
+    """A video file read ahead on its own thread gives every frame, in order, as reading
+    it in the loop does; a loop slower than the decoder then waits for no decode, so the
+    frames' capture cost is the wait, not the decode."""
+    p = _write_video(tmp_path / "clip.avi", 20, size=(1024, 768))
+    with open_source(p) as src:
+        direct = [(f.index, _index_of(f.image), f.read_s) for f in src]
+    got = []
+    with open_source(p) as src:
+        for frame in read_ahead(src):
+            got.append((frame.index, _index_of(frame.image), frame.read_s))
+            time.sleep(0.03)  # a slow model
+    assert [g[:2] for g in got] == [d[:2] for d in direct] == [(i, i) for i in range(20)]
+    assert all(d[2] > 0 for d in direct)  # decoded in the loop: all of it charged
+    waited = [g[2] for g in got[1:]]  # the first frame is waited for
+    assert all(w is not None and w >= 0 for w in waited)
+    assert np.median(waited) < 0.2 * np.median([d[2] for d in direct[1:]])
+
+
+def test_read_ahead_is_bounded_stops_with_the_loop_and_raises_the_sources_error(tmp_path):
+    """At most a few frames are decoded ahead of the loop; a loop that stops early leaves
+    no reading thread behind; a source that fails mid-way fails in the loop, by name."""
+    import threading
+
+    p = _write_video(tmp_path / "clip.avi", 40)
+    with open_source(p) as inner:
+        src = _CountingSource(inner)
+        frames = read_ahead(src, depth=2)
+        first = [next(frames) for _ in range(3)]
+        time.sleep(0.3)  # time enough to decode the whole clip, were it unbounded
+        assert [f.index for f in first] == [0, 1, 2]
+        assert src.decoded <= 3 + 2 + 1  # taken + waiting + one in hand
+        frames.close()
+    time.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("read-")]
+    with open_source(p) as inner:
+        failing = _CountingSource(inner, fail_after=5)
+        seen = []
+        with pytest.raises(OSError, match="the disk went away"):
+            for frame in read_ahead(failing):
+                seen.append(frame.index)
+        assert seen == [0, 1, 2, 3, 4]

@@ -121,3 +121,28 @@ def test_any_box_s_grey_made_around_the_region_is_the_frames_own(data_dir):
         views.grey(region)
         x, y, bw, bh = box
         assert np.array_equal(views.box_grey(box), to_grey(image[y:y + bh, x:x + bw])), box
+
+
+def test_a_box_inside_a_box_greyed_before_is_cut_from_it_with_the_same_pixels(data_dir):
+    """The head's crop pass reads a box inside the image's box the first pass greyed: it is
+    cut from that grey (`FrameViews.of_box`), not greyed again, and must be exactly the crop
+    greyed, as a frame of its own, for every model view made from it."""
+    from edge.models.preprocess import FrameViews
+    from edge.models.roi import to_grey
+
+    image = cv2.imread(str(data_dir / "sononet/examples/4CH.tiff"))
+    h, w = image.shape[:2]
+    roi = find_roi(image)
+    views = FrameViews(image, roi)
+    views.grey(PreprocessSpec(224, 288))
+    outer = (max(0, roi.x - 40), max(0, roi.y - 20), min(w, roi.w + 80), min(h, roi.h + 40))
+    first = views.box_grey(outer)
+    head = PreprocessSpec(160, 240, roi="full")
+    for box in ((outer[0] + 5, outer[1] + 7, 300, 200), (outer[0], outer[1], 120, 80),
+                (roi.x - 30, roi.y + 50, 240, 160)):
+        x, y, bw, bh = box
+        crop = np.ascontiguousarray(image[y:y + bh, x:x + bw])
+        inner = views.of_box(box)
+        assert np.shares_memory(inner.grey(head), first), box  # cut, not greyed again
+        assert np.array_equal(inner.grey(head), to_grey(crop)), box
+        assert np.array_equal(inner.prepare(head), prepare(crop, None, head)), box

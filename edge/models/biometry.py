@@ -637,9 +637,11 @@ def locate_head(model: Model, image: np.ndarray, roi: Roi | None,
 
 def shape_from_first_pass(model: Model, image: np.ndarray, roi: Roi | None,
                           first: tuple[np.ndarray, tuple[int, int, int, int]],
-                          settings: BiometrySettings, passes: Passes) -> HeadShape:
+                          settings: BiometrySettings, passes: Passes,
+                          views: FrameViews | None = None) -> HeadShape:
     """The head's shape from the first pass's map (`segment_head` with `passes`' flip),
-    and from a second pass on a crop around the head where `passes` ask for one.
+    and from a second pass on a crop around the head where `passes` ask for one (`views`:
+    the frame's shared grey, where the caller has one; the crop's grey is cut from it).
 
     With a crop margin, the first pass only places the crop, located at the model's
     resolution (cheap); the head is found on the second pass. If the first pass finds no
@@ -663,8 +665,9 @@ def shape_from_first_pass(model: Model, image: np.ndarray, roi: Roi | None,
         spec = model.manifest.preprocessing
         x, y, w, h = refine_box(ellipse, box, passes.refine_crop_margin,
                                 spec.width / spec.height, passes.refine_max_zoom)
-        crop = np.ascontiguousarray(image[y:y + h, x:x + w])
-        prob2, _ = segment_head(model, crop, None, passes.test_time_flip)
+        crop = (FrameViews(np.ascontiguousarray(image[y:y + h, x:x + w]), None)
+                if views is None else views.of_box((x, y, w, h)))
+        prob2, _ = segment_head(model, crop.image, None, passes.test_time_flip, crop)
         refined = head_shape(prob2, (x, y, w, h), image.shape, settings,
                              _outline_in(roi, (x, y, w, h)))
         if refined.status == OK:

@@ -71,6 +71,7 @@ class FrameViews:
     image: np.ndarray
     roi: Roi | None
     _grey: dict[bool, np.ndarray] = field(default_factory=dict, repr=False)
+    _boxes: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     def grey(self, spec: PreprocessSpec) -> np.ndarray:
         cropped = self.roi is not None and spec.roi == "auto"
@@ -106,6 +107,15 @@ class FrameViews:
         x, y, w, h = box
         if False in self._grey:
             return self._grey[False][y:y + h, x:x + w]
+        for (ox, oy, ow, oh), grey in self._boxes.items():  # a box greyed before holds it
+            if ox <= x and oy <= y and x + w <= ox + ow and y + h <= oy + oh:
+                return grey[y - oy:y - oy + h, x - ox:x - ox + w]
+        grey = self._box_grey(box)
+        self._boxes[box] = grey
+        return grey
+
+    def _box_grey(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        x, y, w, h = box
         r = self.roi
         if True in self._grey and self.image.ndim == 3:
             if r.x <= x and r.y <= y and x + w <= r.x + r.w and y + h <= r.y + r.h:
@@ -113,6 +123,15 @@ class FrameViews:
             if x <= r.x and y <= r.y and r.x + r.w <= x + w and r.y + r.h <= y + h:
                 return self._grey_around(self._grey[True], box)
         return to_grey(np.ascontiguousarray(self.image[y:y + h, x:x + w]))
+
+    def of_box(self, box: tuple[int, int, int, int]) -> FrameViews:
+        """The views of a box of this frame as a frame of its own, its grey cut from a grey
+        already made here (greying is per pixel, so the pixels are the same): a second
+        pass on a crop around the head does not grey the crop again (0.5 ms with VNNI)."""
+        x, y, w, h = box
+        views = FrameViews(self.image[y:y + h, x:x + w], None)
+        views._grey[False] = self.box_grey(box)
+        return views
 
     def prepare_box(self, spec: PreprocessSpec, box: tuple[int, int, int, int]) -> np.ndarray:
         """The model input for a box the caller chose, float32 of shape (1, 1, H, W)."""
