@@ -203,24 +203,69 @@ class SegAugment:
     flip: float = 0.5  # horizontal, and the same again vertically
     gain: tuple[float, float] = (0.7, 1.3)
     gamma: tuple[float, float] = (0.7, 1.4)
+    # The share of views that show what the device's crop pass shows
+    # (`edge.models.biometry.refine_box`): the annotated head, moved and resized by about
+    # what the first pass errs, plus a margin, framed at the model's aspect and magnified
+    # up to a zoom drawn from `crop_zoom`. 0: none (the build's nets so far).
+    crop_views: float = 0.0
+    crop_zoom: tuple[float, float] = (1.0, 2.0)
+    crop_margin: tuple[float, float] = (0.1, 0.35)
+    crop_jitter: float = 0.04  # of the head's size: the first pass's error in place and size
+
+
+def crop_view_matrix(ellipse: np.ndarray, frame_hw: np.ndarray, shape2: tuple[int, int],
+                     rng: np.random.Generator, aug: SegAugment) -> np.ndarray:
+    """The 2x3 affine that maps a crop like the device's second pass onto the whole 2x
+    view: the annotated head (cv2 full axes, frame pixels), jittered by the first pass's
+    typical error, plus a margin, at the view's aspect, magnified at most the drawn zoom."""
+    from edge.models.biometry import refine_box
+
+    cx, cy, width, height, angle = (float(v) for v in ellipse)
+    fh, fw = (int(v) for v in frame_hw)
+    hh, ww = shape2
+    size = max(width, height) / 2
+    jitter = aug.crop_jitter
+    cx += rng.normal(0.0, jitter) * size
+    cy += rng.normal(0.0, jitter) * size
+    grow = float(np.clip(1.0 + rng.normal(0.0, jitter), 0.8, 1.2))
+    major, minor = max(width, height) / 2 * grow, min(width, height) / 2 * grow
+    tilt = angle if width >= height else angle + 90.0
+    margin = rng.uniform(*aug.crop_margin)
+    zoom = float(np.exp(rng.uniform(np.log(aug.crop_zoom[0]), np.log(aug.crop_zoom[1]))))
+    x, y, bw, bh = refine_box((cx, cy, major, minor, tilt % 180.0), (0, 0, fw, fh), margin,
+                              ww / hh, zoom)
+    sx, sy = ww / fw, hh / fh  # frame pixels to 2x-view pixels (pixel edges at 0)
+    kx, ky = ww / (bw * sx), hh / (bh * sy)
+    return np.array([[kx, 0.0, -kx * x * sx], [0.0, ky, -ky * y * sy]])
 
 
 def augment(x2: np.ndarray, y2: np.ndarray, rng: np.random.Generator,
             aug: SegAugment | None, spec: PreprocessSpec = SPEC,
-            t2: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+            t2: np.ndarray | None = None, ellipse: np.ndarray | None = None,
+            frame_hw: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """One view: (float32 z-scored H x W input, float32 0..1 H x W target), plus the
     teacher's logit map `t2` (2x size) moved exactly like the mask when it is given.
 
     The teacher map takes no random draw of its own, so a batch with and without it is the
-    same view of the same frames (a plain run and a distilled run see the same data)."""
+    same view of the same frames (a plain run and a distilled run see the same data).
+    With `aug.crop_views` > 0 and the frame's annotated `ellipse` and `frame_hw`, that share
+    of views is a crop pass's view (`crop_view_matrix`), turned and shifted a little less."""
     h, w = spec.height, spec.width
     if aug is not None:
         hh, ww = x2.shape
+        crop = (aug.crop_views > 0 and ellipse is not None and frame_hw is not None
+                and rng.random() < aug.crop_views)
         angle = rng.uniform(-aug.rotate_deg, aug.rotate_deg)
         scale = float(np.exp(rng.uniform(np.log(aug.scale[0]), np.log(aug.scale[1]))))
-        m = cv2.getRotationMatrix2D((ww / 2 - 0.5, hh / 2 - 0.5), angle, scale)
-        m[0, 2] += rng.uniform(-aug.shift, aug.shift) * ww
-        m[1, 2] += rng.uniform(-aug.shift, aug.shift) * hh
+        if crop:  # the crop frames the head; turn it about the view's centre, no rescale
+            box = np.vstack([crop_view_matrix(ellipse, frame_hw, (hh, ww), rng, aug),
+                             [0.0, 0.0, 1.0]])
+            turn = cv2.getRotationMatrix2D((ww / 2 - 0.5, hh / 2 - 0.5), angle / 2, 1.0)
+            m = (np.vstack([turn, [0.0, 0.0, 1.0]]) @ box)[:2]
+        else:
+            m = cv2.getRotationMatrix2D((ww / 2 - 0.5, hh / 2 - 0.5), angle, scale)
+            m[0, 2] += rng.uniform(-aug.shift, aug.shift) * ww
+            m[1, 2] += rng.uniform(-aug.shift, aug.shift) * hh
         x2 = cv2.warpAffine(x2, m, (ww, hh), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         y2 = cv2.warpAffine(y2, m, (ww, hh), flags=cv2.INTER_LINEAR,
@@ -253,8 +298,11 @@ def batch(cache: dict, rng: np.random.Generator, size: int,
     the teacher's maps (`t2`, see `with_teacher`) also the teacher's logits for each view."""
     idx = rng.integers(0, len(cache["x2"]), size)
     teacher = cache.get("t2")
+    crops = aug is not None and aug.crop_views > 0 and "ellipse" in cache
     views = [augment(cache["x2"][i], cache["y2"][i], rng, aug,
-                     t2=None if teacher is None else teacher[i]) for i in idx]
+                     t2=None if teacher is None else teacher[i],
+                     ellipse=cache["ellipse"][i] if crops else None,
+                     frame_hw=cache["frame_hw"][i] if crops else None) for i in idx]
     return tuple(np.stack([v[k] for v in views])[:, None] for k in range(len(views[0])))
 
 

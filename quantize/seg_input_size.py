@@ -58,11 +58,14 @@ BATCH = 8
 
 
 def fine_tune(net: torch.nn.Module, train: dict, spec: PreprocessSpec, steps: int,
-              seed: int, desc: str, lr: float = LR, resume: Path | None = None
-              ) -> torch.nn.Module:
+              seed: int, desc: str, lr: float = LR, resume: Path | None = None,
+              aug: seg_data.SegAugment | None = None) -> torch.nn.Module:
     """`steps` more steps at `spec`'s size, warm-up then cosine: the plain net's loss, or
     with the teacher's maps in `train` (`t2`) the distilled twin's own loss. With `resume`
-    the net, its optimiser and the step are saved there every 250 steps and picked up."""
+    the net, its optimiser and the step are saved there every 250 steps and picked up.
+    `aug` with `crop_views` also shows the crop pass's views (`seg_data.crop_view_matrix`)."""
+    aug = aug or seg_data.SegAugment()
+    crops = aug.crop_views > 0
     teacher = train.get("t2")
     settings, distil = seg_train.TrainSettings(), seg_train.DistilSettings()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -84,8 +87,10 @@ def fine_tune(net: torch.nn.Module, train: dict, spec: PreprocessSpec, steps: in
                 1 + math.cos(math.pi * step / steps))
         rng = np.random.default_rng([seed, 77, step])
         idx = rng.integers(0, len(train["x2"]), BATCH)
-        views = [seg_data.augment(train["x2"][i], train["y2"][i], rng, seg_data.SegAugment(),
-                                  spec, None if teacher is None else teacher[i]) for i in idx]
+        views = [seg_data.augment(train["x2"][i], train["y2"][i], rng, aug, spec,
+                                  None if teacher is None else teacher[i],
+                                  train["ellipse"][i] if crops else None,
+                                  train["frame_hw"][i] if crops else None) for i in idx]
         x, y, *t = (torch.from_numpy(np.stack([v[k] for v in views])[:, None])
                     for k in range(len(views[0])))
         if t:
@@ -221,13 +226,34 @@ def run_scratch(steps: int, seed: int) -> dict:
     return result
 
 
+def device_measure(model, passes, images: list, val: dict, truths: list) -> dict:
+    """One int8 net with `passes` through the device's own measure_frame on the validation
+    frames: per-frame HC (`hc`, None where declined), HC MAD, ellipse Dice, HC bands."""
+    from edge.models.biometry import measure_frame, settings_for_model
+
+    settings = settings_for_model(model.manifest)
+    hc, edice = [], []
+    for image, truth, px in zip(images, truths, val["pixel_mm"], strict=True):
+        bio = measure_frame(model, image, None, float(px), settings, passes)
+        hc.append(bio.hc_mm)
+        if bio.ellipse is not None and bio.hc_mm is not None:
+            edice.append(eval_biometry.ellipse_dice(bio.ellipse, truth))
+    err = [abs(a - b) for a, b in zip(hc, val["hc_csv"], strict=True) if a is not None]
+    bands = eval_biometry.band_stats(hc, val["hc_csv"], val["pixel_mm"],
+                                     val["frame_hw"][:, 1], model.manifest.input_shape[-1])
+    return {"hc": hc, "hc_mad_mm": round(float(np.mean(err)), 3), "measured": len(err),
+            "ellipse_dice": round(float(np.mean(edice)), 4),
+            "hc_bands_mm": {r["band"]: None if r["mad_mm"] is None else round(r["mad_mm"], 2)
+                            for r in bands if r["by"] == "HC"}}
+
+
 def device_rows(nets: list[tuple[str, Path, PreprocessSpec]], images: list, val: dict,
                 truths: list) -> dict:
     """Each int8 net of `nets` one pass and with the crop pass, and the shipped segmenter
     with its crop pass, through the device's measure_frame on the validation frames: HC
     MAD, ellipse Dice, HC bands, and the paired gain over the shipped segmenter; and each
     net's mask Dice, one pass, as the build scores its nets."""
-    from edge.models.biometry import Passes, measure_frame, settings_for_model
+    from edge.models.biometry import Passes
     from edge.models.manifest import read_manifest
     from edge.models.runtime import load_model
 
@@ -242,24 +268,8 @@ def device_rows(nets: list[tuple[str, Path, PreprocessSpec]], images: list, val:
     # The mask Dice of each net's one pass, as the build scores its nets.
     mask_dice = {f"{label}, one pass": scored(path, spec, images, val, truths)["dice"]
                  for label, path, spec in nets}
-    measured = {}
-    for label, model, passes in runs:
-        settings = settings_for_model(model.manifest)
-        hc, edice = [], []
-        for image, truth, px in zip(images, truths, val["pixel_mm"], strict=True):
-            bio = measure_frame(model, image, None, float(px), settings, passes)
-            hc.append(bio.hc_mm)
-            if bio.ellipse is not None and bio.hc_mm is not None:
-                edice.append(eval_biometry.ellipse_dice(bio.ellipse, truth))
-        err = [abs(a - b) for a, b in zip(hc, val["hc_csv"], strict=True) if a is not None]
-        bands = eval_biometry.band_stats(hc, val["hc_csv"], val["pixel_mm"],
-                                         val["frame_hw"][:, 1], model.manifest.input_shape[-1])
-        measured[label] = {"hc": hc, "mask_dice": mask_dice.get(label),
-                           "hc_mad_mm": round(float(np.mean(err)), 3),
-                           "measured": len(err), "ellipse_dice": round(float(np.mean(edice)), 4),
-                           "hc_bands_mm": {r["band"]: None if r["mad_mm"] is None else
-                                           round(r["mad_mm"], 2) for r in bands
-                                           if r["by"] == "HC"}}
+    measured = {label: {**device_measure(model, passes, images, val, truths),
+                        "mask_dice": mask_dice.get(label)} for label, model, passes in runs}
     base = measured["shipped, its crop pass"]["hc"]
     for label, m in measured.items():
         if label != "shipped, its crop pass":

@@ -432,3 +432,42 @@ def test_the_image_box_frames_a_screen_s_image_and_leaves_a_filled_frame_whole()
     assert image_box(filled, (540, 800), 1.5) is None  # the frame is the image: as trained
     assert image_box(Roi(0, 0, 800, 540), (540, 800), 1.5) is None  # no outline known
     assert image_box(fan, (768, 1024), 1.5, below=0.0) is None  # turned off in the config
+
+
+@needs_data
+def test_a_crop_view_is_what_the_devices_crop_pass_shows_and_plain_views_are_unchanged():
+    """`SegAugment.crop_views` trains the net on the second pass's own views: the annotated
+    head plus a margin, framed at the model's aspect and magnified at most the drawn zoom,
+    as `edge.models.biometry.refine_box` frames it on the full frame. Without crop views a
+    batch is exactly the build's, ellipses in the cache or not."""
+    from edge.models.biometry import refine_box
+
+    still = seg_data.SegAugment(rotate_deg=0.0, flip=0.0, gain=(1.0, 1.0), gamma=(1.0, 1.0),
+                                crop_views=1.0, crop_zoom=(1.6, 1.6), crop_margin=(0.2, 0.2),
+                                crop_jitter=0.0)
+    for name in FILES:
+        path = DATA / "hc18" / "images" / name
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        ell = seg_data.fit_annotation(seg_data.annotation_path(path))
+        x2, y2, _ = real_views(name)
+        ellipse = np.array([ell.cx, ell.cy, ell.width, ell.height, ell.angle])
+        x, y = seg_data.augment(x2, y2, np.random.default_rng(0), still, ellipse=ellipse,
+                                frame_hw=np.array(image.shape))
+        major, minor = max(ell.width, ell.height) / 2, min(ell.width, ell.height) / 2
+        tilt = ell.angle if ell.width >= ell.height else ell.angle + 90
+        bx, by, bw, bh = refine_box((ell.cx, ell.cy, major, minor, tilt % 180),
+                                    (0, 0, image.shape[1], image.shape[0]), 0.2, 1.5, 1.6)
+        mask = seg_data.fill_ellipse(image.shape, ell)[by:by + bh, bx:bx + bw]
+        device_mask = seg_data.coverage(mask, 160, 240) >= 0.5
+        view_mask = y >= 0.5
+        iou = (device_mask & view_mask).sum() / (device_mask | view_mask).sum()
+        assert iou > 0.97, (name, iou)
+        device_view = cv2.resize(image[by:by + bh, bx:bx + bw], (240, 160),
+                                 interpolation=cv2.INTER_AREA).astype(np.float32)
+        assert np.corrcoef(device_view.ravel(), x.ravel())[0, 1] > 0.95, name
+    cache = {"x2": np.stack([x2, x2[:, ::-1]]), "y2": np.stack([y2, y2[:, ::-1]])}
+    build = seg_data.batch(cache, np.random.default_rng(3), 6)
+    annotated = seg_data.batch({**cache, "ellipse": np.stack([ellipse, ellipse]),
+                                "frame_hw": np.array([image.shape] * 2)},
+                               np.random.default_rng(3), 6)
+    assert all(np.array_equal(a, b) for a, b in zip(build, annotated, strict=True))
