@@ -145,8 +145,9 @@ def main() -> int:
                   f"{bio['head_frame_median_ms']:.2f} ms, p90 {bio['head_frame_p90_ms']:.2f} ms,"
                   f" of which segmenter + measurement median {bio['head_ms_median']:.2f} ms, "
                   f"p90 {bio['head_ms_p90']:.2f} ms; peak RSS {bio['rss_mb']:.0f} MB; "
-                  f"{bio.get('measured_again', 0)} frames the exam kept measured again with "
-                  "the segmenter's own passes")
+                  f"the exam's {bio.get('measured_again', 0)} reported heads measured again "
+                  f"with the segmenter's own passes when it ended, off the frames' path, in "
+                  f"{bio.get('exam_end_ms', float('nan')):.1f} ms")
         else:
             print("with head biometry: no frame of the demo clip was named a head plane")
 

@@ -30,10 +30,14 @@ def audit_section(manifest: Path, pixel_size_mm: float) -> None:
     if both.get("head_frames"):
         print(f"| ... head-plane frames only ({both['head_frames']}) | "
               f"{both['head_frame_median_ms']:.2f} | {both['head_frame_p90_ms']:.2f} |")
-        print(f"\nhead frames the exam kept, measured again with the segmenter's own passes: "
-              f"{both.get('measured_again', 0)} of {both['head_frames']} (their head time "
-              f"median {both.get('measured_again_head_ms_median', float('nan')):.2f} ms; "
-              "included in the rows above)")
+        print(f"\nthe heads the exam reports, measured again with the segmenter's own passes "
+              f"when it ended, off the frames' path: {both.get('measured_again', 0)} frames "
+              f"in {both.get('exam_end_ms', float('nan')):.1f} ms")
+    print(f"\nthe loop's throughput (the clip's wall time per frame, the exam keeping "
+          f"its heads included): audit off {off['wall_ms_per_frame']:.2f} ms, on "
+          f"{on['wall_ms_per_frame']:.2f} ms, + biometry {both['wall_ms_per_frame']:.2f} ms; "
+          f"the frames' decode, on its own thread, waited for: median "
+          f"{both['capture_ms']:.2f} ms")
     print(f"\naudit's own time (statistics + learned head + criteria): median "
           f"{on.get('quality_ms_median', float('nan')):.2f} ms, p90 "
           f"{on.get('quality_ms_p90', float('nan')):.2f} ms; it adds "

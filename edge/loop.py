@@ -151,13 +151,15 @@ class _StopFlag:
 
 
 def make_tracker(settings: Settings, state_dir: Path, models: dict[str, str],
-                 on_end: Callable[[ExamSession, dict], None]) -> ExamTracker:
-    """The exam tracker of the configured protocol, with thumbnails under the state dir."""
+                 on_end: Callable[[ExamSession, dict], None],
+                 measure_kept: Callable | None = None) -> ExamTracker:
+    """The exam tracker of the configured protocol, with thumbnails under the state dir;
+    `measure_kept`: the scorer's, for the heads an exam reports (`Scorer.measure_kept`)."""
     cfg = settings.exam
     protocol = find_protocol(cfg.protocol, cfg.protocols_file or None)
     thumbs = ThumbStore(state_dir / THUMBS_DIR, int(cfg.thumbs_quota_mb * 1e6)) \
         if cfg.thumbnails else None
-    return ExamTracker(protocol, cfg, thumbs, on_end, models)
+    return ExamTracker(protocol, cfg, thumbs, on_end, models, measure_kept)
 
 
 def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
@@ -256,7 +258,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         if web is not None:
             web.exam_ended(session, body)
 
-    tracker = make_tracker(settings, state_dir, models, exam_ended)
+    tracker = make_tracker(settings, state_dir, models, exam_ended, scorer.measure_kept)
     if web is not None:
         web.attach(scorer, uplink, source, tracker)
     steady = SteadyFeedback(scorer.quality.rules.feedback) if scorer.quality else None
@@ -268,7 +270,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         with _StopFlag() as stop, source:
             dog.ready(f"scoring {source.name}")
             for frame, capture_s in dog.watch(timed_frames(source), source):
-                result = scorer.score(frame, capture_s, keeps=tracker.keeps_measure)
+                result = scorer.score(frame, capture_s)
                 row = journal.append(run_id, result)
                 record = result.to_dict()
                 stats.add(record)

@@ -7,10 +7,9 @@ models' own files, read once at start-up.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,14 +18,13 @@ import numpy as np
 from edge.capture.sources import Frame, Source, read_ahead
 from edge.config import Settings
 from edge.models.biometry import (
-    MEASURED,
     BiometrySettings,
     Passes,
     biometry_of,
+    locate_head,
     passes_for_model,
-    segment_head,
+    pixel_size_status,
     settings_for_model,
-    shape_from_first_pass,
 )
 from edge.models.manifest import Manifest, find_manifest
 from edge.models.planes import (
@@ -68,8 +66,8 @@ class HeadModel:
     settings: BiometrySettings = field(default_factory=BiometrySettings)
     pixel_size_mm: float = 0.0  # the probe's calibration; 0 = unknown: no biometry
     head_planes: frozenset[str] = frozenset()
-    # The model's own passes (its manifest): what a frame an exam keeps is measured with.
-    # Every frame is judged live on one plain pass; see `Scorer.score`'s `keeps`.
+    # The model's own passes (its manifest): what a frame an exam keeps is measured with
+    # when the exam ends (`Scorer.measure_kept`). Every frame is judged live on one pass.
     passes: Passes = field(default_factory=Passes)
 
 
@@ -147,14 +145,12 @@ class Scorer:
         return may_show_head(self.quality.rules, self.head.head_planes, plane.plane,
                              self.manifest.labels, plane.probabilities)
 
-    def score(self, frame: Frame, capture_s: float = 0.0,
-              keeps: Callable[[dict], bool] | None = None) -> FrameResult:
+    def score(self, frame: Frame, capture_s: float = 0.0) -> FrameResult:
         """One frame's result. The head is judged and measured on one plain pass of the
-        segmenter. Where the segmenter's own passes are more (a second pass on a crop
-        around the head: 3-4 ms more per head frame with VNNI, and a smaller HC error on the
-        validation patients), only the frames that `keeps` says the exam keeps (its best
-        heads, whose HC the exam reports) are measured again with them, so the midwife's
-        live feedback never waits for them and the exam's numbers always have them."""
+        segmenter, on every frame alike. Where the segmenter's own passes are more (a second
+        pass on a crop around the head: 3-4 ms more per frame with VNNI, and a smaller HC
+        error on the validation patients), the exam measures the few heads it reports with
+        them when it ends (`measure_kept`), so no live frame waits for them."""
         ident = self.manifest.ident
         if not frame.ok:
             return FrameResult(frame.source, frame.index, None, None, _ms(capture_s),
@@ -179,13 +175,11 @@ class Scorer:
             plane = settle_within_group(plane, self.manifest.labels, self.head.head_planes,
                                         self._abstain_below)
         t2 = time.perf_counter()
-        head = biometry = first = None  # first: the segmenter's live pass, (map, box)
+        head = biometry = None
         measures: dict[str, float] = {}
-        if self._judge_head(frame, roi, plane):
-            first = segment_head(self.head.model, frame.image, roi, False, views,
-                                 self.head.settings.frame_image_below)
-            shape = shape_from_first_pass(self.head.model, frame.image, roi, first,
-                                          self.head.settings, Passes())
+        if self._judge_head(frame, roi, plane):  # the live pass: one plain run
+            shape = locate_head(self.head.model, frame.image, roi, self.head.settings,
+                                Passes(), views)
             head = {"status": shape.status,
                     "ellipse": None if shape.ellipse is None else
                     [round(v, 2) for v in shape.ellipse]}
@@ -222,29 +216,25 @@ class Scorer:
             roi=roi.as_list() if roi else None, model=ident, ts=frame.t_wall,
             mono_s=frame.t_mono, biometry=biometry, quality=quality, head=head,
             head_ms=round(_ms(t3 - t2), 3) if head is not None else None)
-        if (keeps is not None and biometry is not None and biometry["status"] in MEASURED
-                and self.head.passes.runs() > 1 and keeps(result.view())):
-            result = self._measure_again(frame, roi, views, first, result)
         return result
 
-    def _measure_again(self, frame: Frame, roi: Roi | None, views: FrameViews,
-                       first: tuple, result: FrameResult) -> FrameResult:
-        """The result with its biometry measured with the segmenter's own passes, and the
-        time that took added to the frame's latency and head time."""
-        t0 = time.perf_counter()
+    def measure_kept(self, image: np.ndarray, roi: Roi | None,
+                     pixel_size_mm: float) -> dict | None:
+        """The biometry of a frame an exam keeps (its best heads, its planes' best frames),
+        measured with the segmenter's own passes, or None where they are the one live pass
+        already (or there is no segmenter, or no usable pixel size). The exam calls it for
+        a handful of frames when it ends (`ExamSession.measure_kept`)."""
         head = self.head
-        if head.passes.test_time_flip:  # the live pass was not mirrored: run it again
-            first = segment_head(head.model, frame.image, roi, True, views,
-                                 head.settings.frame_image_below)
-        shape = shape_from_first_pass(head.model, frame.image, roi, first, head.settings,
-                                      head.passes, views)
-        biometry = biometry_of(shape, head.pixel_size_mm).to_dict()
-        extra = _ms(time.perf_counter() - t0)
-        biometry["ms"] = round(result.biometry["ms"] + extra, 3)
+        if head is None or head.passes.runs() <= 1 or pixel_size_status(
+                pixel_size_mm, head.settings) is not None:
+            return None
+        t0 = time.perf_counter()
+        shape = locate_head(head.model, image, roi, head.settings, head.passes,
+                            FrameViews(image, roi))
+        biometry = biometry_of(shape, pixel_size_mm).to_dict()
+        biometry["ms"] = round(_ms(time.perf_counter() - t0), 3)
         biometry["passes"] = head.passes.runs()
-        return dataclasses.replace(result, biometry=biometry,
-                                   latency_ms=result.latency_ms + extra,
-                                   head_ms=round((result.head_ms or 0.0) + extra, 3))
+        return biometry
 
 
 def make_head_model(settings: Settings) -> HeadModel | None:

@@ -171,21 +171,21 @@ def run(limit: int | None, seed: int, models_dir: Path | None = None,
     t0 = time.perf_counter()
     n_frames = 0
     for sweep in sweeps:
-        session = ExamSession(protocol, None)
+        session = ExamSession(protocol, None, measure_kept=scorer.measure_kept)
         kinds = {}
         for index, (name, grey, kind) in enumerate(sweep.items):
             # HC18 gives each frame its own pixel size; other anatomy has none that matters.
             scorer.head.pixel_size_mm = sweep.pixel_mm.get(name, 0.1)
             scorer._roi_key = None
-            result = scorer.score(Frame(name, index, grey, time.monotonic(), time.time()),
-                                  keeps=session.keeps_measure)
+            result = scorer.score(Frame(name, index, grey, time.monotonic(), time.time()))
             record = result.to_dict()
-            session.add(record)
+            session.add(record, grey, Roi(*result.roi) if result.roi else None)
             kinds[name] = kind
             n_frames += 1
             bio = record.get("biometry") or {}
             if kind == "clean" and bio.get("hc_mm") is not None:
                 clean_err.append(abs(bio["hc_mm"] - sweep.hc_csv[name]))
+        session.measure_kept_heads()  # as when an exam ends
         best = session.slot_best(slot)
         if best is None:
             outcome["none"] += 1

@@ -524,22 +524,12 @@ def test_two_measured_heads_are_dated_by_their_mean_not_the_smaller():
 
 
 # ---------------------------------------------------------------- measuring kept heads
-def test_the_view_the_exam_is_asked_with_is_the_journal_record_without_its_copies():
-    """The scorer asks the exam whether it keeps a head frame with `FrameResult.view()`,
-    not a deep copy: the same keys and rounded values as the record the journal writes."""
-    scorer = make_scorer(load_settings(overrides={"biometry": {"pixel_size_mm": 0.155}}))
-    grey = to_grey(head("500_HC.png"))
-    result = scorer.score(Frame("500_HC.png", 0, grey, time.monotonic(), time.time()))
-    assert result.biometry is not None and result.quality is not None
-    view, record = result.view(), result.to_dict()
-    assert view == record and json.dumps(view) == json.dumps(record)
-    assert view["quality"] is result.quality and record["quality"] is not result.quality
-
-
-def test_only_the_heads_an_exam_keeps_are_measured_again_with_the_segmenters_own_passes():
+def test_the_heads_an_exam_reports_are_measured_again_when_it_ends_and_no_live_frame_waits():
     """The segmenter's manifest asks for a second pass on a crop around the head (its HC
-    error on validation patients is smaller). Live frames are judged on one pass; the frames
-    the exam keeps, whose HC it reports, are measured with both, as `measure_frame` does."""
+    error on validation patients is smaller). Every live frame is measured on one pass, at
+    the same cost; the exam holds a copy of the frames whose heads it reports (its best
+    heads, its planes' best frames) and measures those with both passes when it ends, as
+    `measure_frame` does. Frames it no longer reports are let go."""
     from edge.models.biometry import Passes, measure_frame
 
     name, pixel, hc_csv = "500_HC.png", 0.155017459765, 177.58
@@ -549,38 +539,38 @@ def test_only_the_heads_an_exam_keeps_are_measured_again_with_the_segmenters_own
     grey = to_grey(head(name))
     roi = find_roi(grey)
     blurred = degrade(grey, roi, "blur", 0.4, np.random.default_rng(3))
-    session = ExamSession(find_protocol("biometry"), None)
+    protocol = find_protocol("biometry")
+    session = ExamSession(protocol, None, measure_kept=scorer.measure_kept)
+    plain = ExamSession(protocol, None)  # no segmenter passes offered: the live pass stands
 
-    def frame(image, index):
+    def score(image, index):
         scorer._roi_key = None
-        return Frame(name, index, image, time.monotonic(), time.time())
+        result = scorer.score(Frame(name, index, image, time.monotonic(), time.time()))
+        return result.to_dict(), Roi(*result.roi) if result.roi else None
 
-    kept = []
-    for index in range(session.tally.BEST_HEADS):  # an exam keeps its first heads
-        result = scorer.score(frame(grey, index), keeps=session.keeps_measure).to_dict()
-        assert result["biometry"]["passes"] == 2
-        kept.append(result["biometry"]["hc_mm"])
-        session.add(result)
+    live = []
+    frames = [grey] * (session.tally.BEST_HEADS + 3) + [blurred]
+    for index, image in enumerate(frames):
+        buffer = image.copy()  # a live grabber's buffer, refilled after the frame
+        record, region = score(buffer, index)
+        assert "passes" not in record["biometry"]  # no live frame waits for the second pass
+        live.append(record["biometry"]["hc_mm"])
+        session.add(record, buffer, region)
+        plain.add(record, buffer, region)
+        buffer[:] = 0
+        assert len(session._kept) <= session.tally.BEST_HEADS + len(session.best)
+    assert frames[-1] is blurred and len(frames) not in session._kept  # ranked below: let go
     exact = measure_frame(scorer.head.model, grey, roi, pixel, scorer.head.settings, passes)
     once = measure_frame(scorer.head.model, grey, roi, pixel, scorer.head.settings, Passes())
-    assert kept == [pytest.approx(exact.hc_mm, abs=0.01)] * len(kept)
+    assert live[:-1] == [pytest.approx(once.hc_mm, abs=0.01)] * (len(frames) - 1)
     assert abs(exact.hc_mm - once.hc_mm) > 0.05  # the two passes do measure differently
 
-    # The same frame again ties with the five: the exam keeps the earlier ones, so a
-    # midwife holding the plane does not pay for the second pass on every frame.
-    again = scorer.score(frame(grey, 8), keeps=session.keeps_measure).to_dict()
-    assert "passes" not in again["biometry"]
-    session.add(again)
-    # A blurred frame of the same head ranks below all five: measured live, once.
-    result = scorer.score(frame(blurred, 9), keeps=session.keeps_measure).to_dict()
-    assert result["biometry"]["status"] == "ok"
-    assert result["quality"]["score"] < min(b[0] for b in session.tally.best_heads)
-    assert "passes" not in result["biometry"]
-    session.add(result)
     body = session.finish("source_end")
     assert body["biometry"]["hc_mm"] == pytest.approx(exact.hc_mm, abs=0.01)
     assert abs(body["biometry"]["hc_mm"] - hc_csv) < 5.0
-    # Without an exam to ask, every frame is measured once: the live path's cost.
-    alone = scorer.score(frame(grey, 10)).to_dict()
-    assert "passes" not in alone["biometry"]
-    assert alone["biometry"]["hc_mm"] == pytest.approx(once.hc_mm, abs=0.01)
+    best = session.best_frames()
+    assert best and all(b["hc_mm"] == pytest.approx(exact.hc_mm, abs=0.01)
+                        for b in best.values() if "hc_mm" in b)
+    assert not session._kept  # the copies are let go with the exam
+    assert plain.finish("source_end")["biometry"]["hc_mm"] == pytest.approx(once.hc_mm,
+                                                                           abs=0.01)

@@ -33,11 +33,11 @@ def main(args) -> int:
     thumbs = None
     if args.thumbs:
         thumbs = ThumbStore(Path(args.thumbs), int(settings.exam.thumbs_quota_mb * 1e6))
-    session = ExamSession(protocol, thumbs, settings.exam)
+    session = ExamSession(protocol, thumbs, settings.exam, measure_kept=scorer.measure_kept)
     failed = 0
     with open_sources(args.paths) as source:
         for frame, capture_s in timed_frames(source):
-            result = scorer.score(frame, capture_s, keeps=session.keeps_measure)
+            result = scorer.score(frame, capture_s)
             failed += result.error is not None  # the source has said why, in one line
             roi = Roi(*result.roi) if result.roi else None
             session.add(result.to_dict(), frame.image, roi)

@@ -9,6 +9,10 @@ captured: its plane is not confirmed). The best frame is kept as a thumbnail
 (`ThumbStore`), written at most every `thumb_interval_s` per plane while the exam runs and
 once more when it ends, so a live stream that keeps improving does not write a JPEG per
 frame. A plane is captured when its best frame reaches the protocol's `min_quality`.
+The heads the exam reports (its best heads and its planes' best frames) are measured live
+on the segmenter's one plain pass like every frame; the exam holds a copy of just those
+frames and, when it ends, measures them again with the segmenter's own passes
+(`measure_kept`), so no live frame waits for the slower passes.
 
 `ExamTracker` runs exams in a live stream: an exam starts on the first frame with
 ultrasound content, and ends after `end_gap_s` without content, on command (`stop`), or
@@ -32,6 +36,7 @@ import numpy as np
 from edge.exam.protocol import Protocol, Slot
 from edge.exam.tally import ExamTally, confidence_of, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
+from edge.models.biometry import MEASURED
 from edge.models.roi import Roi
 from wire.schema import PLANES, UNCERTAIN
 
@@ -73,6 +78,7 @@ class BestFrame:
     # What to change on it (the audit's leading failing criterion and its instruction):
     # a slot whose best frame is not good enough says why, for a blind sweep as live.
     advice: tuple[str, str] | None = None
+    key: int | None = None  # the exam's count of frames when it came (`ExamTally.frames`)
 
     def rank(self) -> tuple[float, float, float]:
         """The discounted quality first (so among frames that pass every rule, the one the
@@ -107,8 +113,13 @@ class ExamSession:
     last_content: tuple[float, float] | None = None  # (wall, monotonic) of the last content
     first_row: int | None = None  # journal rows of its first and last frame, where journaled
     last_row: int | None = None
+    # The segmenter's own passes, for the heads the exam reports (`Scorer.measure_kept`:
+    # image, region, pixel size -> biometry dict or None); None: the live pass is final.
+    measure_kept: Callable[[np.ndarray, Roi | None, float], dict | None] | None = None
     _pending: dict[str, np.ndarray] = field(default_factory=dict)
     _written: dict[str, float] = field(default_factory=dict)
+    # The frames whose heads the exam reports, until it ends: key -> (image, region, mm/px)
+    _kept: dict[int, tuple[np.ndarray, Roi | None, float]] = field(default_factory=dict)
 
     def add(self, result: dict, image: np.ndarray | None = None, roi: Roi | None = None,
             now: float | None = None) -> None:
@@ -117,16 +128,52 @@ class ExamSession:
             self.source = result["source"]
         self.tally.add(result)
         candidate = self._better_frame(result)
-        if candidate is None:
-            return
-        current = self.best.get(candidate.plane)
-        candidate.advice = advice_of(result)  # only for the frame kept, not every frame
-        if current is not None:
-            candidate.thumbnail = current.thumbnail
-        self.best[candidate.plane] = candidate
-        if self.thumbs is not None and self.settings.thumbnails and image is not None:
-            self._pending[candidate.plane] = make_thumbnail(image, roi, self.settings.thumb_width)
-            self._flush(time.monotonic() if now is None else now, force=False)
+        if candidate is not None:
+            current = self.best.get(candidate.plane)
+            candidate.advice = advice_of(result)  # only for the frame kept, not every frame
+            candidate.key = self.tally.frames
+            if current is not None:
+                candidate.thumbnail = current.thumbnail
+            self.best[candidate.plane] = candidate
+            if self.thumbs is not None and self.settings.thumbnails and image is not None:
+                self._pending[candidate.plane] = make_thumbnail(image, roi,
+                                                                self.settings.thumb_width)
+                self._flush(time.monotonic() if now is None else now, force=False)
+        if self.measure_kept is not None:
+            self._keep_for_measuring(result, image, roi)
+
+    def _keep_for_measuring(self, result: dict, image: np.ndarray | None,
+                            roi: Roi | None) -> None:
+        """Hold a copy of this frame while its head is one the exam reports (a best head,
+        or a plane's best frame), and let go of frames that no longer are: at most
+        `ExamTally.BEST_HEADS` plus one per plane, whatever the exam's length."""
+        key = self.tally.frames
+        reported = self.tally.best_head_keys() | {b.key for b in self.best.values()}
+        bio = result.get("biometry")
+        if (key in reported and image is not None and isinstance(bio, dict)
+                and bio.get("status") in MEASURED and isinstance(bio.get("pixel_size_mm"),
+                                                                 int | float)):
+            # A copy: a live grabber may hand over its buffer, refilled on the next frame.
+            self._kept[key] = (np.array(image, copy=True), roi, float(bio["pixel_size_mm"]))
+        for old in [k for k in self._kept if k not in reported]:
+            del self._kept[old]
+
+    def measure_kept_heads(self) -> int:
+        """Measure the heads the exam reports again with the segmenter's own passes (its
+        best heads, its planes' best frames), in place of their live measurement; returns
+        how many. Called when the exam ends, so no live frame waits for the slower passes."""
+        done = 0
+        for key, (image, roi, pixel_size_mm) in list(self._kept.items()):
+            bio = self.measure_kept(image, roi, pixel_size_mm) if self.measure_kept else None
+            if bio is None or bio.get("status") not in MEASURED:
+                continue  # the live measurement stands
+            self.tally.remeasure_head(key, bio["hc_mm"], bio["bpd_mm"], bio["ofd_mm"])
+            for best in self.best.values():
+                if best.key == key:
+                    best.biometry = bio
+            done += 1
+        self._kept.clear()
+        return done
 
     def _better_frame(self, result: dict) -> BestFrame | None:
         """The frame as its plane's new best, or None where it is not better (or no view)."""
@@ -148,12 +195,6 @@ class ExamSession:
         if current is not None and candidate.rank() <= current.rank():
             return None
         return candidate
-
-    def keeps_measure(self, result: dict) -> bool:
-        """Whether the exam would keep this frame's head measurement: as one of the best
-        heads its age comes from, or on its plane's best frame. The scorer measures such a
-        frame again with the segmenter's slower, more exact passes before it is added."""
-        return self.tally.keeps_head(result) or self._better_frame(result) is not None
 
     def _flush(self, now: float, force: bool) -> None:
         for plane in list(self._pending):
@@ -199,7 +240,9 @@ class ExamSession:
 
     def finish(self, ended_by: str, model_versions: dict[str, str] | None = None,
                ended_ts: float | None = None, ended_mono: float | None = None) -> dict:
-        """Write the last thumbnails; return the exam summary body (see `summary`)."""
+        """Measure its reported heads with the segmenter's own passes, write the last
+        thumbnails; return the exam summary body (see `summary`)."""
+        self.measure_kept_heads()
         if self.thumbs is not None and self._pending:
             self._flush(time.monotonic(), force=True)
         return self.summary(ended_by, model_versions, ended_ts, ended_mono)
@@ -229,8 +272,11 @@ class ExamTracker:
 
     def __init__(self, protocol: Protocol, settings: ExamSettings, thumbs: ThumbStore | None,
                  on_end: Callable[[ExamSession, dict], None],
-                 model_versions: dict[str, str] | None = None):
+                 model_versions: dict[str, str] | None = None,
+                 measure_kept: Callable[[np.ndarray, Roi | None, float], dict | None]
+                 | None = None):
         self.protocol = protocol
+        self.measure_kept = measure_kept  # see ExamSession.measure_kept
         self.settings = settings
         self.thumbs = thumbs
         self.on_end = on_end
@@ -266,6 +312,7 @@ class ExamTracker:
             ts = result.get("ts")
             ids = {"exam_id": exam_id_for(run_id, row)} if row is not None and run_id else {}
             self.current = ExamSession(self.protocol, self.thumbs, self.settings,
+                                       measure_kept=self.measure_kept,
                                        started_ts=float(ts) if isinstance(ts, int | float)
                                        else time.time(), started_mono=now, first_row=row,
                                        **ids)
@@ -279,13 +326,6 @@ class ExamTracker:
         if row is not None:
             self.current.last_row = row
         return self.current
-
-    def keeps_measure(self, result: dict) -> bool:
-        """`ExamSession.keeps_measure` for the exam this frame joins: a frame with content
-        and no exam open starts one, which keeps its first heads."""
-        if self.current is None:
-            return self.has_content(result)
-        return self.current.keeps_measure(result)
 
     def end(self, ended_by: str) -> dict | None:
         """End the current exam, if any; returns its summary body."""

@@ -104,13 +104,16 @@ class ExamTally:
                     key = name[:24]
                     self.deficiencies[key] = self.deficiencies.get(key, 0) + 1
 
-    def keeps_head(self, r: dict) -> bool:
-        """Whether this result's head, measured, would join the best heads the exam's age
-        comes from (ranked as `add` ranks it). A tie keeps the earlier frame, as in `add`: a
-        midwife holding a plane at a score of 1.0 does not have every frame measured again
-        (`ExamSession.keeps_measure`)."""
-        rank = head_rank(r)
-        return len(self.best_heads) < self.BEST_HEADS or rank > self.best_heads[0][0]
+    def best_head_keys(self) -> set[int]:
+        """The best heads' frame keys: the count of frames added when each was added."""
+        return {-item[1] for item in self.best_heads}
+
+    def remeasure_head(self, key: int, hc: float, bpd: float, ofd: float) -> None:
+        """Put a best head's measurement taken again (the segmenter's own passes) in place
+        of its live one; its rank, hence the heap's order, stays."""
+        for i, item in enumerate(self.best_heads):
+            if -item[1] == key:
+                self.best_heads[i] = (item[0], item[1], float(hc), float(bpd), float(ofd))
 
     def _add_biometry(self, bio, rank: float) -> None:
         if not isinstance(bio, dict) or not isinstance(bio.get("status"), str):
