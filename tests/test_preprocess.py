@@ -146,3 +146,21 @@ def test_a_box_inside_a_box_greyed_before_is_cut_from_it_with_the_same_pixels(da
         assert np.shares_memory(inner.grey(head), first), box  # cut, not greyed again
         assert np.array_equal(inner.grey(head), to_grey(crop)), box
         assert np.array_equal(inner.prepare(head), prepare(crop, None, head)), box
+
+
+def test_the_grey_the_region_is_found_on_is_the_one_every_model_reads(data_dir):
+    """On a frame where the scorer finds the region again, it greys the whole frame once,
+    finds the region on that grey, and every model reads it: the very views, and the very
+    region, that greying the frame for each would give."""
+    from edge.models.preprocess import FrameViews
+    from edge.models.roi import to_grey
+
+    image = cv2.imread(str(data_dir / "sononet/examples/4CH.tiff"))
+    grey = to_grey(image)
+    roi = find_roi(grey)
+    assert roi == find_roi(image)
+    views = FrameViews.from_grey(image, roi, grey)
+    for spec in (PreprocessSpec(224, 288), PreprocessSpec(96, 128, normalise="unit"),
+                 PreprocessSpec(160, 240, roi="full")):
+        assert np.array_equal(views.prepare(spec), prepare(image, roi, spec))
+    assert np.shares_memory(views.grey(PreprocessSpec(224, 288)), grey)  # cut, not greyed

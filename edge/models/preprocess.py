@@ -73,6 +73,13 @@ class FrameViews:
     _grey: dict[bool, np.ndarray] = field(default_factory=dict, repr=False)
     _boxes: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict, repr=False)
 
+    @classmethod
+    def from_grey(cls, image: np.ndarray, roi: Roi | None, grey: np.ndarray) -> FrameViews:
+        """The views of a frame whose whole grey (`to_grey(image)`) is made already."""
+        views = cls(image, roi)
+        views._grey[False] = grey
+        return views
+
     def grey(self, spec: PreprocessSpec) -> np.ndarray:
         cropped = self.roi is not None and spec.roi == "auto"
         if cropped not in self._grey:

@@ -104,8 +104,9 @@ def find_roi(image: np.ndarray, settings: RoiSettings = RoiSettings()) -> Roi | 
     if areas.max() < settings.min_area_fraction * mask.size:
         return None
     # Fluid can split one image into several large pieces; thin clutter is gone by now.
-    pieces = 1 + np.flatnonzero(areas >= settings.piece_fraction * areas.max())
-    region = np.isin(labels, pieces).astype(np.uint8)
+    pieces = np.zeros(count, np.uint8)  # a lookup per label: np.isin sorts, this indexes
+    pieces[1:] = areas >= settings.piece_fraction * areas.max()
+    region = pieces[labels]
     contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     hull = cv2.convexHull(np.vstack(contours))
     filled = np.zeros_like(region)
@@ -129,9 +130,11 @@ def _outline(small: np.ndarray, filled: np.ndarray, side: int, scale: float,
     dim = (small > settings.outline_level).astype(np.uint8)
     dim = cv2.morphologyEx(dim, cv2.MORPH_OPEN, cv2.getStructuringElement(
         cv2.MORPH_ELLIPSE, (side, side)))
-    _, labels = cv2.connectedComponents(dim | filled, connectivity=8)
-    touching = np.unique(labels[filled > 0])
-    keep = np.isin(labels, touching[touching > 0]).astype(np.uint8)
+    count, labels = cv2.connectedComponents(dim | filled, connectivity=8)
+    touching = np.zeros(count, np.uint8)  # the labels the region touches, as a lookup
+    touching[labels[filled > 0]] = 1
+    touching[0] = 0
+    keep = touching[labels]
     contours, _ = cv2.findContours(keep, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     hull = cv2.convexHull(np.vstack(contours))
     # The hull's vertices are centres of the outermost image pixels of the small copy: half
