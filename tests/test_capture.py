@@ -414,3 +414,19 @@ def test_read_ahead_is_bounded_stops_with_the_loop_and_raises_the_sources_error(
             for frame in read_ahead(failing):
                 seen.append(frame.index)
         assert seen == [0, 1, 2, 3, 4]
+
+
+def test_a_paced_file_read_ahead_by_a_slow_loop_stays_as_fresh_as_a_live_feed(tmp_path):
+    """A paced file played to a loop slower than its frame rate skips late frames, and read
+    ahead it keeps one frame ready, not a queue: no frame reaches the loop more than about
+    two frame times after it was due."""
+    fps = 30.0
+    p = _write_video(tmp_path / "live_like.avi", 45, fps=fps)
+    lateness = []
+    with open_source(p, pace=True) as src:
+        t0 = time.monotonic()
+        for frame in read_ahead(src):
+            lateness.append(time.monotonic() - (t0 + frame.index / fps))
+            time.sleep(0.1)  # a slow model: 10 fps against a 30 fps file
+    assert src.dropped > 0
+    assert max(lateness[1:]) < 0.1 + 2.5 / fps, max(lateness[1:])

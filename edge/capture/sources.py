@@ -300,6 +300,23 @@ def _handover(handoff: queue.Queue, item: object, stop: threading.Event) -> bool
     return False
 
 
+def _newest_wins(handoff: queue.Queue, frame: Frame, stop: threading.Event,
+                 source: Source) -> bool:
+    """Put `frame` in the one-frame slot, in place of a frame the loop has not taken (it
+    is stale now: counted in `source.dropped`), as a live grabber does."""
+    while not stop.is_set():
+        try:
+            handoff.put_nowait(frame)
+            return True
+        except queue.Full:
+            try:
+                handoff.get_nowait()
+                source.dropped += 1
+            except queue.Empty:
+                continue
+    return False
+
+
 def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES) -> Iterator[Frame]:
     """A file source's frames decoded on a thread of their own, up to `depth` ahead.
 
@@ -309,19 +326,25 @@ def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES) -> Iterator[Frame
     the decode of the next frames overlaps the scoring of this one, in order, none dropped.
     Each frame's `read_s` becomes the part of its decode the loop actually waited for, so
     the path's capture cost stays honest: near 0 when the decoder keeps ahead, the whole
-    decode when it does not. Pacing (a paced file) stays the source's own. An error raised
+    decode when it does not. A paced file keeps its own pacing and, like a live grabber,
+    only its newest frame ready: a frame the loop was too slow to take gives way to the
+    next (`dropped`), so a slow loop never sees a queue of old frames. An error raised
     by the source is raised here, in the loop. Live sources are iterated as they are.
     """
     if source.live:
         yield from source
         return
-    handoff: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    paced = bool(getattr(source, "pace", False))  # played at its own rate, as live
+    handoff: queue.Queue = queue.Queue(maxsize=1 if paced else max(1, depth))
     stop = threading.Event()
 
     def produce() -> None:
         try:
             for frame in source:
-                if not _handover(handoff, frame, stop):
+                if paced and frame.ok:
+                    if not _newest_wins(handoff, frame, stop, source):
+                        return
+                elif not _handover(handoff, frame, stop):
                     return
         except BaseException as exc:  # handed to the loop and raised there
             _handover(handoff, exc, stop)
