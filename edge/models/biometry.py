@@ -630,9 +630,10 @@ def locate_head(model: Model, image: np.ndarray, roi: Roi | None,
     the model's own (`passes_for_model`). See `shape_from_first_pass` for the second pass.
     """
     passes = passes_for_model(model.manifest) if passes is None else passes
+    views = views or FrameViews(image, roi)  # one grey of the frame for both passes
     first = segment_head(model, image, roi, passes.test_time_flip, views,
                          settings.frame_image_below)
-    return shape_from_first_pass(model, image, roi, first, settings, passes)
+    return shape_from_first_pass(model, image, roi, first, settings, passes, views)
 
 
 def shape_from_first_pass(model: Model, image: np.ndarray, roi: Roi | None,
