@@ -1,0 +1,76 @@
+"""The per-frame path of two checkouts, in turn, on the same box: `python -m bench.paired`.
+
+A shared box's speed drifts within minutes (a VM's host), so two `make bench` runs an hour
+apart cannot say whether a change made the path shorter. This runs `bench.worker path`
+(the whole per-frame path with the audit and head biometry on the demo clip, as `make
+bench` runs it) on the OLD and the NEW checkout in turn, RUNS times each, and prints the
+medians of each side and the paired differences, run by run. Each side runs in its own
+checkout with its own code and models, on this venv's Python.
+
+    python -m bench.paired OLD_DIR NEW_DIR [--runs 6] [--pixel-size 0.15]
+
+OLD_DIR is, for example, `git worktree add /tmp/old <commit>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KEYS = ("median_ms", "p90_ms", "head_frame_median_ms", "head_frame_p90_ms", "capture_ms")
+
+
+def path_once(root: Path, pixel_size_mm: float) -> dict:
+    """One fresh process's per-frame path figures in the checkout at `root`."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.worker", "path", "models", "plane_student", "2",
+         str(pixel_size_mm)], cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=600, check=False)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{root}: bench.worker failed: {out.stderr.strip()[-300:]}")
+    return json.loads(lines[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.paired", description=__doc__)
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--pixel-size", type=float, default=0.15)
+    args = parser.parse_args(argv)
+    runs = max(1, min(args.runs, 50))
+    sides = {"old": args.old.resolve(), "new": args.new.resolve()}
+    for root in sides.values():
+        if not (root / "bench" / "worker.py").is_file():
+            print(f"bench.paired: {root}: not a checkout with bench/worker.py", file=sys.stderr)
+            return 2
+    rows: dict[str, list[dict]] = {"old": [], "new": []}
+    try:
+        for _ in range(runs):
+            for name, root in sides.items():
+                data = path_once(root, args.pixel_size)
+                rows[name].append(data)
+                print(time.strftime("%H:%M:%S"), name,
+                      {k: round(data.get(k, float("nan")), 2) for k in KEYS}, flush=True)
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+        print(f"bench.paired: {exc}", file=sys.stderr)
+        return 1
+    for name, root in sides.items():
+        print(f"{name} ({root}): medians of {runs}:",
+              {k: round(statistics.median(r.get(k, float("nan")) for r in rows[name]), 2)
+               for k in KEYS})
+    for key in KEYS[:4]:
+        diffs = [b[key] - a[key] for a, b in zip(rows["old"], rows["new"], strict=True)]
+        print(f"paired {key}, new minus old: median {statistics.median(diffs):+.2f} ms "
+              f"(runs: {', '.join(f'{d:+.2f}' for d in diffs)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
