@@ -22,7 +22,7 @@ from edge.capture.sources import LiveSettings, Source, open_source
 from edge.config import Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
 from edge.exam.protocol import find_protocol
-from edge.exam.session import ExamSession, ExamTracker, format_exam
+from edge.exam.session import ExamSession, ExamTracker, MeasureKept, format_exam
 from edge.exam.tally import ExamTally
 from edge.exam.thumbs import THUMBS_DIR, ThumbStore
 from edge.fleet.agent import RESTART_EXIT, start_fleet
@@ -152,7 +152,7 @@ class _StopFlag:
 
 def make_tracker(settings: Settings, state_dir: Path, models: dict[str, str],
                  on_end: Callable[[ExamSession, dict], None],
-                 measure_kept: Callable | None = None) -> ExamTracker:
+                 measure_kept: MeasureKept | None = None) -> ExamTracker:
     """The exam tracker of the configured protocol, with thumbnails under the state dir;
     `measure_kept`: the scorer's, for the heads an exam reports (`Scorer.measure_kept`)."""
     cfg = settings.exam

@@ -233,8 +233,7 @@ class Scorer:
                 pixel_size_mm, head.settings) is not None:
             return None
         t0 = time.perf_counter()
-        shape = locate_head(head.model, image, roi, head.settings, head.passes,
-                            FrameViews(image, roi))
+        shape = locate_head(head.model, image, roi, head.settings, head.passes)
         biometry = biometry_of(shape, pixel_size_mm).to_dict()
         biometry["ms"] = round(_ms(time.perf_counter() - t0), 3)
         biometry["passes"] = head.passes.runs()

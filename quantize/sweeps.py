@@ -185,7 +185,7 @@ def run(limit: int | None, seed: int, models_dir: Path | None = None,
             bio = record.get("biometry") or {}
             if kind == "clean" and bio.get("hc_mm") is not None:
                 clean_err.append(abs(bio["hc_mm"] - sweep.hc_csv[name]))
-        session.measure_kept_heads()  # as when an exam ends
+        session.finish("source_end")  # as an exam ends: its reported heads measured again
         best = session.slot_best(slot)
         if best is None:
             outcome["none"] += 1

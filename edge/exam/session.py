@@ -43,6 +43,9 @@ from wire.schema import PLANES, UNCERTAIN
 log = logging.getLogger(__name__)
 
 NOT_A_VIEW = ("Background",)
+# Measures a kept frame with the segmenter's own passes: (image, region, mm per pixel) ->
+# a biometry dict, or None where that adds nothing (`edge.scorer.Scorer.measure_kept`).
+MeasureKept = Callable[[np.ndarray, Roi | None, float], dict | None]
 ENDED_BY = ("gap", "command", "source_end", "recovered")
 _EXAM_NAMESPACE = uuid.UUID("5d0b7c1e-6f1a-4c55-9a0e-7d3c8e2b1f40")
 
@@ -113,9 +116,8 @@ class ExamSession:
     last_content: tuple[float, float] | None = None  # (wall, monotonic) of the last content
     first_row: int | None = None  # journal rows of its first and last frame, where journaled
     last_row: int | None = None
-    # The segmenter's own passes, for the heads the exam reports (`Scorer.measure_kept`:
-    # image, region, pixel size -> biometry dict or None); None: the live pass is final.
-    measure_kept: Callable[[np.ndarray, Roi | None, float], dict | None] | None = None
+    # The segmenter's own passes, for the heads the exam reports; None: the live pass is final.
+    measure_kept: MeasureKept | None = None
     _pending: dict[str, np.ndarray] = field(default_factory=dict)
     _written: dict[str, float] = field(default_factory=dict)
     # The frames whose heads the exam reports, until it ends: key -> (image, region, mm/px)
@@ -149,8 +151,10 @@ class ExamSession:
         `ExamTally.BEST_HEADS` plus one per plane, whatever the exam's length."""
         key = self.tally.frames
         reported = self.tally.best_head_keys() | {b.key for b in self.best.values()}
+        if key not in reported:  # nothing entered, so nothing left the reported heads
+            return
         bio = result.get("biometry")
-        if (key in reported and image is not None and isinstance(bio, dict)
+        if (image is not None and isinstance(bio, dict)
                 and bio.get("status") in MEASURED and isinstance(bio.get("pixel_size_mm"),
                                                                  int | float)):
             # A copy: a live grabber may hand over its buffer, refilled on the next frame.
@@ -164,7 +168,7 @@ class ExamSession:
         how many. Called when the exam ends, so no live frame waits for the slower passes."""
         done = 0
         for key, (image, roi, pixel_size_mm) in list(self._kept.items()):
-            bio = self.measure_kept(image, roi, pixel_size_mm) if self.measure_kept else None
+            bio = self.measure_kept(image, roi, pixel_size_mm)  # set: it filled _kept
             if bio is None or bio.get("status") not in MEASURED:
                 continue  # the live measurement stands
             self.tally.remeasure_head(key, bio["hc_mm"], bio["bpd_mm"], bio["ofd_mm"])
@@ -273,8 +277,7 @@ class ExamTracker:
     def __init__(self, protocol: Protocol, settings: ExamSettings, thumbs: ThumbStore | None,
                  on_end: Callable[[ExamSession, dict], None],
                  model_versions: dict[str, str] | None = None,
-                 measure_kept: Callable[[np.ndarray, Roi | None, float], dict | None]
-                 | None = None):
+                 measure_kept: MeasureKept | None = None):
         self.protocol = protocol
         self.measure_kept = measure_kept  # see ExamSession.measure_kept
         self.settings = settings

@@ -666,8 +666,7 @@ def shape_from_first_pass(model: Model, image: np.ndarray, roi: Roi | None,
         spec = model.manifest.preprocessing
         x, y, w, h = refine_box(ellipse, box, passes.refine_crop_margin,
                                 spec.width / spec.height, passes.refine_max_zoom)
-        crop = (FrameViews(np.ascontiguousarray(image[y:y + h, x:x + w]), None)
-                if views is None else views.of_box((x, y, w, h)))
+        crop = (views or FrameViews(image, roi)).of_box((x, y, w, h))
         prob2, _ = segment_head(model, crop.image, None, passes.test_time_flip, crop)
         refined = head_shape(prob2, (x, y, w, h), image.shape, settings,
                              _outline_in(roi, (x, y, w, h)))

@@ -136,9 +136,7 @@ class FrameViews:
         already made here (greying is per pixel, so the pixels are the same): a second
         pass on a crop around the head does not grey the crop again (0.5 ms with VNNI)."""
         x, y, w, h = box
-        views = FrameViews(self.image[y:y + h, x:x + w], None)
-        views._grey[False] = self.box_grey(box)
-        return views
+        return FrameViews.from_grey(self.image[y:y + h, x:x + w], None, self.box_grey(box))
 
     def prepare_box(self, spec: PreprocessSpec, box: tuple[int, int, int, int]) -> np.ndarray:
         """The model input for a box the caller chose, float32 of shape (1, 1, H, W)."""
