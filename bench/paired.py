@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from quantize.args import bounded_float, bounded_int
+
 KEYS = ("median_ms", "p90_ms", "head_frame_median_ms", "head_frame_p90_ms", "capture_ms")
 
 
@@ -37,19 +39,24 @@ def path_once(root: Path, pixel_size_mm: float) -> dict:
     return json.loads(lines[-1])
 
 
+def checkout(text: str) -> Path:
+    """An argparse `type`: a folder holding a checkout's bench/worker.py."""
+    root = Path(text).resolve() if text.strip() else None
+    if root is None or not (root / "bench" / "worker.py").is_file():
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a checkout with "
+                                         "bench/worker.py")
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.paired", description=__doc__)
-    parser.add_argument("old", type=Path)
-    parser.add_argument("new", type=Path)
-    parser.add_argument("--runs", type=int, default=6)
-    parser.add_argument("--pixel-size", type=float, default=0.15)
+    parser.add_argument("old", type=checkout)
+    parser.add_argument("new", type=checkout)
+    parser.add_argument("--runs", type=bounded_int(1, 50), default=6)
+    parser.add_argument("--pixel-size", type=bounded_float(0.01, 1.0), default=0.15)
     args = parser.parse_args(argv)
-    runs = max(1, min(args.runs, 50))
-    sides = {"old": args.old.resolve(), "new": args.new.resolve()}
-    for root in sides.values():
-        if not (root / "bench" / "worker.py").is_file():
-            print(f"bench.paired: {root}: not a checkout with bench/worker.py", file=sys.stderr)
-            return 2
+    runs = args.runs
+    sides = {"old": args.old, "new": args.new}
     rows: dict[str, list[dict]] = {"old": [], "new": []}
     try:
         for _ in range(runs):

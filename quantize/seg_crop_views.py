@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from quantize import eval_biometry, seg_data, seg_train
+from quantize.args import SEED, STEPS, THREADS
 from quantize.data import DataError, data_dir
 from quantize.seg_input_size import device_measure, fine_tune, to_int8
 
@@ -104,10 +105,11 @@ def run(steps: int, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = argparse.ArgumentParser(prog="python -m quantize.seg_crop_views",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=STEPS, default=4000)
+    parser.add_argument("--seed", type=SEED, default=0)
+    parser.add_argument("--threads", type=THREADS, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:

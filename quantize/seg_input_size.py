@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from edge.models.preprocess import PreprocessSpec, grey_resized, normalise
 from quantize import eval_biometry, seg_data, seg_train
+from quantize.args import SEED, STEPS, THREADS
 from quantize.data import DataError, data_dir
 
 # name: (input size, the checkpoint it continues, distilled?)
@@ -351,9 +352,9 @@ def run_distil_big(steps: int, seed: int, both: bool = False) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quantize.seg_input_size",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=STEPS, default=1200)
+    parser.add_argument("--seed", type=SEED, default=0)
+    parser.add_argument("--threads", type=THREADS, default=2)
     parser.add_argument("--scratch", action="store_true",
                         help="train DeepLabv3+-lite from scratch at 240x360 instead (run_scratch)")
     parser.add_argument("--distil-big", action="store_true",
@@ -361,8 +362,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--both-teachers", action="store_true",
                         help="with --distil-big: from the mean of it and the build's teacher")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.threads < 1:
-        parser.error("--steps and --threads must be at least 1")
     if args.both_teachers and not args.distil_big:
         parser.error("--both-teachers goes with --distil-big")
     if args.scratch and args.distil_big:

@@ -471,3 +471,27 @@ def test_a_crop_view_is_what_the_devices_crop_pass_shows_and_plain_views_are_unc
                                 "frame_hw": np.array([image.shape] * 2)},
                                np.random.default_rng(3), 6)
     assert all(np.array_equal(a, b) for a, b in zip(build, annotated, strict=True))
+
+
+@pytest.mark.parametrize(("tool", "args", "option"), [
+    ("quantize.seg_crop_views", ["--steps", "-3"], "--steps"),
+    ("quantize.seg_crop_views", ["--threads", "0"], "--threads"),
+    ("quantize.seg_crop_views", ["--seed", "-1"], "--seed"),
+    ("quantize.seg_input_size", ["--steps", "abc"], "--steps"),
+    ("quantize.seg_input_size", ["--steps", "9" * 30], "--steps"),
+    ("bench.paired", ["--runs", "0", ".", "."], "--runs"),
+    ("bench.paired", ["--pixel-size", "nan", ".", "."], "--pixel-size"),
+    ("bench.paired", ["", "."], "old"),
+    ("bench.paired", [b"\xff\xfe".decode("utf-8", "surrogateescape"), "."], "old"),
+])
+def test_an_experiment_tools_bad_number_or_folder_is_one_line_before_any_work(
+        capsys, tool, args, option):
+    """A negative step count once trained nothing and wrote its results as if it had; a
+    thread count of 0 ended in a traceback. Each is now refused by name, up front."""
+    import importlib
+
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(tool).main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"argument {option}:" in err[-1] and "Traceback" not in "\n".join(err)
