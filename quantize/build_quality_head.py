@@ -24,6 +24,7 @@ import torch
 from quantize import quality_head as qh
 from quantize.data import DataError, data_dir, list_frames, split
 from quantize.degrade import KINDS, SEVERITY_ONE
+from quantize.specs import device_spec
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("views", "train", "heldout", "convert", "gate", "manifest")
@@ -110,7 +111,7 @@ def head_path_ms(model_path: Path, frames: list, threads: int = 2) -> float:
     for rep in range(4):
         for image, roi in zip(images, rois, strict=True):
             start = time.perf_counter()
-            1 / (1 + np.exp(-model.run(prepare(image, roi, qh.SPEC))))
+            1 / (1 + np.exp(-model.run(prepare(image, roi, device_spec(qh.SPEC)))))
             if rep:
                 times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
@@ -143,7 +144,7 @@ def screen_cutoffs(model_path: Path, frames: list, seed: int, threads: int = 2) 
     rng = np.random.default_rng([seed, 23])
 
     def severity(grey: np.ndarray) -> float:
-        logits = model.run(prepare(grey, find_roi(grey), qh.SPEC)).reshape(-1)
+        logits = model.run(prepare(grey, find_roi(grey), device_spec(qh.SPEC))).reshape(-1)
         return float(1 / (1 + np.exp(-logits[branch])))
 
     found: dict[str, list[float]] = {}
@@ -302,7 +303,7 @@ def manifest(work: Path, net: torch.nn.Module, pool: dict, ev: dict, held: list,
         "file": f"{NAME}.tflite", "sha256": "", "size_bytes": 0, "labels": list(KINDS),
         "input": {"shape": shape, "dtype": "int8", "layout": "NCHW"},
         "output": {"shape": [1, len(KINDS)], "dtype": "int8", "kind": "logits"},
-        "preprocessing": spec.to_dict(),
+        "preprocessing": device_spec(spec).to_dict(),
         "thresholds": {"usable_max_severity": qh.USABLE_MAX,
                        "unusable_min_severity": qh.UNUSABLE_MIN},
         "severity": severity,

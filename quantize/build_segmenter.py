@@ -22,6 +22,7 @@ import torch
 
 from quantize import seg_data, seg_train
 from quantize.data import DataError, data_dir
+from quantize.specs import device_spec
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("masks", "teacher", "baselines", "student", "convert", "gate", "manifest")
@@ -405,7 +406,7 @@ def build_manifest(work: Path, kind: str, rows: list[dict], gate_result: dict, n
         "size_bytes": 0, "labels": ["head"],
         "input": {"shape": shape, "dtype": "int8", "layout": "NCHW"},
         "output": {"shape": shape, "dtype": "int8", "kind": "logits"},
-        "preprocessing": spec.to_dict(),
+        "preprocessing": device_spec(spec).to_dict(),
         "biometry": {"probability_threshold": 0.5,
                      "test_time_flip": chosen["passes"].test_time_flip,
                      "refine_crop_margin": chosen["passes"].refine_crop_margin,

@@ -252,13 +252,16 @@ def read_images(cache: dict, root: Path) -> list[np.ndarray]:
     return [read_frame(root / "hc18" / "images" / str(n)) for n in cache["name"]]
 
 
-def device_model(path: Path, threads: int = 2, passes=None, spec=seg_data.SPEC):
+def device_model(path: Path, threads: int = 2, passes=None, spec=None):
     """A build .tflite opened like the device opens the shipped one, with a manifest that
-    says what the shipped one would (preprocessing `spec`, logits, and the passes)."""
+    says what the shipped one would (preprocessing `spec`, by default the device's
+    `device_spec(seg_data.SPEC)`, logits, and the passes)."""
     from edge.models.biometry import TASK
     from edge.models.manifest import Manifest
     from edge.models.runtime import open_model_file
+    from quantize.specs import device_spec
 
+    spec = device_spec(seg_data.SPEC) if spec is None else spec
     block = {"probability_threshold": THRESHOLD}
     if passes is not None:
         block.update(test_time_flip=passes.test_time_flip,

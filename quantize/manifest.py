@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edge.models.manifest import sha256_of as sha256_file
 from quantize.data import LABELS
+from quantize.specs import device_spec
 
 TEACHER_CREDIT = ("SonoNet-16 (Baumgartner et al. 2017), weights "
                   "baumgach/SonoNet-weights@6c4df399 (Apache-2.0)")
@@ -211,7 +212,8 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
     held_by: dict[str, int] = {}
     for fr in held:
         held_by[fr.source] = held_by.get(fr.source, 0) + 1
-    man = base("plane_student", "plane_student.tflite", list(shape), "int8", spec.to_dict())
+    man = base("plane_student", "plane_student.tflite", list(shape), "int8",
+               device_spec(spec).to_dict())
     man.update({
         "quantization": {
             "scheme": "ai-edge-quantizer 0.10.0 static_wi8_ai8 (int8 weights and "

@@ -164,3 +164,108 @@ def test_the_grey_the_region_is_found_on_is_the_one_every_model_reads(data_dir):
                  PreprocessSpec(160, 240, roi="full")):
         assert np.array_equal(views.prepare(spec), prepare(image, roi, spec))
     assert np.shares_memory(views.grey(PreprocessSpec(224, 288)), grey)  # cut, not greyed
+
+
+HALF = 1.0  # the shipped manifests' half_res_from
+
+
+@pytest.mark.parametrize("spec", [PreprocessSpec(224, 288),
+                                  PreprocessSpec(96, 128, normalise="unit"),
+                                  PreprocessSpec(160, 240, roi="full")])
+def test_a_region_read_at_half_resolution_is_its_full_resolution_view_within_a_grey_level(
+        data_dir, spec):
+    """A manifest's `half_res_from` lets the device read a region from the frame's grey at
+    half resolution: the region grown to even pixel edges (at most a pixel a side), and a
+    view of it that differs from the full-resolution view of that same box by under a grey
+    level on average. Both are what the shipped models were measured on."""
+    from dataclasses import replace
+
+    from edge.models.preprocess import FrameViews
+
+    screen = cv2.imread(str(data_dir / "sononet/examples/4CH.tiff"))
+    roi = find_roi(screen)
+    assert roi.x % 2 or roi.y % 2 or roi.w % 2 or roi.h % 2  # an odd edge to grow
+    half = replace(spec, half_res_from=HALF)
+    box = (roi.x, roi.y, roi.w, roi.h) if spec.roi == "auto" else (0, 0, *screen.shape[1::-1])
+    view, covered = FrameViews(screen, roi).resized_box(half, box)
+    x, y, w, h = covered
+    assert x % 2 == y % 2 == w % 2 == h % 2 == 0
+    assert 0 <= box[0] - x <= 1 and 0 <= box[1] - y <= 1
+    # Out by a pixel to an even edge; in by one at the screen's odd last row (735 rows).
+    assert abs(x + w - (box[0] + box[2])) <= 1 and abs(y + h - (box[1] + box[3])) <= 1
+    assert y + h == 734 and box[1] + box[3] == 735
+    full, same = FrameViews(screen, roi).resized_box(spec, covered)
+    assert same == covered and view.shape == full.shape == (spec.height, spec.width)
+    diff = np.abs(view.astype(int) - full.astype(int))
+    # Under a grey level on average; the sharp edges (text, the rim of the fan) differ most.
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 12, (diff.mean(), diff.max())
+    if spec.roi == "auto":  # the region's own view: the box the model reads
+        assert np.array_equal(FrameViews(screen, roi).resized(half), view)
+
+
+def test_a_region_too_small_for_half_resolution_is_read_at_full_resolution_exactly(data_dir):
+    """Half resolution must never upsample: a region whose half is smaller than the model's
+    input, and a frame that is not 8-bit, are read exactly as without `half_res_from`."""
+    from dataclasses import replace
+
+    from edge.models.preprocess import FrameViews
+
+    screen = cv2.imread(str(data_dir / "sononet/examples/4CH.tiff"))
+    spec = PreprocessSpec(224, 288)
+    small = Roi(101, 97, 2 * 288 - 3, 2 * 224 + 5)  # 573 wide: 286.5 at half, under 288
+    assert np.array_equal(FrameViews(screen, small).resized(replace(spec, half_res_from=HALF)),
+                          FrameViews(screen, small).resized(spec))
+    wide = screen.astype(np.uint16) * 200
+    roi = find_roi(screen)
+    assert np.array_equal(FrameViews(wide, roi).resized(replace(spec, half_res_from=HALF)),
+                          FrameViews(wide, roi).resized(spec))
+
+
+def test_the_half_resolution_grey_is_made_once_per_frame_for_every_model(data_dir, monkeypatch):
+    from dataclasses import replace
+
+    from edge.models import preprocess
+
+    screen = cv2.imread(str(data_dir / "sononet/examples/4CH.tiff"))
+    greyed = []
+    real = preprocess.to_grey
+    monkeypatch.setattr(preprocess, "to_grey", lambda image: greyed.append(image.shape) or
+                        real(image))
+    views = preprocess.FrameViews(screen, find_roi(screen))
+    for spec in (PreprocessSpec(224, 288), PreprocessSpec(96, 128, normalise="unit"),
+                 PreprocessSpec(160, 240, roi="full")):
+        views.prepare(replace(spec, half_res_from=HALF))
+    assert greyed == [(screen.shape[0] // 2, screen.shape[1] // 2, 3)]
+
+
+@pytest.mark.parametrize("value", [0.5, -1, 17, float("nan"), float("inf"), "1", True, None])
+def test_a_bad_half_res_from_is_refused_by_name(value):
+    with pytest.raises(ValueError, match="half_res_from"):
+        PreprocessSpec.from_dict({"height": 224, "width": 288, "half_res_from": value},
+                                 "plane_student.json: preprocessing")
+
+
+@pytest.mark.parametrize(("block", "expected"), [
+    ({"height": "224", "width": 288}, "height"),
+    ({"height": 224, "width": 288.5}, "width"),
+    ({"height": 224, "width": True}, "width"),
+    ({"height": 224, "width": 288, "scale": float("nan")}, "scale"),
+    ({"height": 224, "width": 288, "scale": "255"}, "scale"),
+    ({"height": 224, "width": 288, "scale": 0}, "scale"),
+])
+def test_a_wrongly_typed_size_or_scale_is_refused_by_name_not_a_traceback(block, expected):
+    with pytest.raises(ValueError, match=expected):
+        PreprocessSpec.from_dict(block, "plane_student.json: preprocessing")
+
+
+def test_a_spec_without_half_resolution_writes_the_block_it_always_did():
+    """Caches and manifests are keyed on the block: a spec that does not read at half
+    resolution must not change its block, and one that does must read back the same."""
+    from dataclasses import replace
+
+    plain = PreprocessSpec(224, 288)
+    assert "half_res_from" not in plain.to_dict()
+    half = replace(plain, half_res_from=HALF)
+    assert half.to_dict()["half_res_from"] == HALF
+    assert PreprocessSpec.from_dict(half.to_dict()) == half
+    assert PreprocessSpec.from_dict(plain.to_dict()) == plain

@@ -423,6 +423,40 @@ def test_a_head_on_a_scanner_s_screen_measures_as_on_its_own_frame(size):
     assert np.mean(gaps) < 0.4 and max(gaps) < 1.0, gaps  # whole-screen framing: 0.76 and 3.26 mm
 
 
+@needs_model
+@needs_data
+def test_a_head_one_pixel_further_on_the_screen_measures_the_same_at_half_resolution():
+    """The shipped segmenter reads the frame at half resolution (its manifest's
+    `half_res_from`), so a region at an odd pixel is read from the even edge before it. The
+    box it reads is the box its map is placed in: a head moved by one pixel must come out
+    moved by one pixel, within a pixel, and with the same HC within a millimetre."""
+    man = read_manifest(SHIPPED)
+    assert man.preprocessing.half_res_from > 0
+    model = load_model(man, "litert", 2)
+    _, val = seg_data.hc18_split(DATA, seed=0)
+    table = seg_data.read_hc_table(DATA)
+    for frame in val[3:: len(val) // 8][:6]:
+        image = cv2.imread(str(frame.path), cv2.IMREAD_GRAYSCALE)
+        pixel, _ = table[frame.path.name]
+        found = []
+        for dx, dy in ((152, 114), (153, 115)):
+            screen = np.zeros((768, 1024), np.uint8)
+            screen[dy:dy + image.shape[0], dx:dx + image.shape[1]] = image
+            roi = find_roi(screen)
+            bio = measure_frame(model, screen, roi, pixel)
+            assert bio.hc_mm is not None, frame.path.name
+            found.append((bio.hc_mm, bio.ellipse[0] - dx, bio.ellipse[1] - dy))
+            # The map is placed on the box that was read: at even edges, next to the asked.
+            spec = man.preprocessing
+            asked = image_box(roi, screen.shape, spec.width / spec.height)
+            _, placed = segment_head(model, screen, roi)
+            assert all(v % 2 == 0 for v in placed), (asked, placed)
+            assert max(abs(a - b) for a, b in zip(asked, placed, strict=True)) <= 2
+            assert placed != asked or all(v % 2 == 0 for v in asked)
+        (hc0, x0, y0), (hc1, x1, y1) = found
+        assert abs(hc1 - hc0) < 1.0 and abs(x1 - x0) < 1.0 and abs(y1 - y0) < 1.0, found
+
+
 def test_the_image_box_frames_a_screen_s_image_and_leaves_a_filled_frame_whole():
     fan = Roi(300, 140, 500, 480, outline=((200, 114), (700, 114), (911, 653), (112, 653)))
     x, y, w, h = image_box(fan, (768, 1024), 1.5)

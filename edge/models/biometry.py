@@ -57,7 +57,7 @@ import cv2
 import numpy as np
 
 from edge.models.manifest import Manifest, ModelError
-from edge.models.preprocess import FrameViews
+from edge.models.preprocess import FrameViews, normalise
 from edge.models.roi import Roi
 from edge.models.runtime import Model
 
@@ -549,19 +549,20 @@ def segment_head(model: Model, image: np.ndarray, roi: Roi | None,
     views = views or FrameViews(image, roi)
     framed = (image_box(roi, image.shape, spec.width / spec.height, frame_image_below)
               if spec.roi == "full" else None)
-    x = views.prepare(spec) if framed is None else views.prepare_box(spec, framed)
-    out = np.asarray(model.run(x), dtype=np.float32)
-    out = out.reshape(out.shape[-2:])
-    if flip:
-        mirrored = np.asarray(model.run(np.ascontiguousarray(x[..., ::-1])), dtype=np.float32)
-        out = (out + mirrored.reshape(out.shape)[:, ::-1]) / 2.0
-    prob = sigmoid(out) if manifest.output_kind == "logits" else np.clip(out, 0.0, 1.0)
     if framed is not None:
         box = framed
     elif roi is not None and spec.roi == "auto":
         box = (roi.x, roi.y, roi.w, roi.h)
     else:
         box = (0, 0, int(image.shape[1]), int(image.shape[0]))
+    small, box = views.resized_box(spec, box)
+    x = normalise(small, spec)[None, None]
+    out = np.asarray(model.run(x), dtype=np.float32)
+    out = out.reshape(out.shape[-2:])
+    if flip:
+        mirrored = np.asarray(model.run(np.ascontiguousarray(x[..., ::-1])), dtype=np.float32)
+        out = (out + mirrored.reshape(out.shape)[:, ::-1]) / 2.0
+    prob = sigmoid(out) if manifest.output_kind == "logits" else np.clip(out, 0.0, 1.0)
     return prob, box
 
 
