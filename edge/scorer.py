@@ -8,8 +8,10 @@ models' own files, read once at start-up.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,24 @@ from edge.result import FrameResult
 log = logging.getLogger(__name__)
 
 
+def find_roi_aside(image: np.ndarray, settings: RoiSettings) -> Future:
+    """`find_roi` of a frame on a thread of its own, its region (or error) in the future.
+
+    Finding the region costs a whole frame's greying and more, 3-5 ms: on the frames it was
+    found on, it was most of the head-plane p90. Beside the loop it runs on the core the
+    models leave idle between their invokes (OpenCV lets the GIL go)."""
+    future: Future = Future()
+
+    def find() -> None:
+        try:
+            future.set_result(find_roi(image, settings))
+        except BaseException as exc:  # raised in the loop, at the next frame
+            future.set_exception(exc)
+
+    threading.Thread(target=find, name="sonoedge-roi", daemon=True).start()
+    return future
+
+
 def _ms(seconds: float) -> float:
     return seconds * 1000.0
 
@@ -85,7 +105,8 @@ class Scorer:
     """Scores frames with the plane model, re-finding the screen region now and then.
 
     A scanner's layout changes rarely within a stream, so the region is found again every
-    `roi_refresh_frames` frames, or when the source or the frame size changes. The quality
+    `roi_refresh_frames` frames (beside the loop, taken at the next frame), or at once when
+    the source or the frame size changes. The quality
     audit reuses the plane model's own grey view of the region, so its image statistics
     cost one histogram and one small Laplacian.
     """
@@ -98,6 +119,7 @@ class Scorer:
     _roi: Roi | None = None
     _roi_key: tuple | None = None
     _since_roi: int = 0
+    _roi_pending: Future | None = None  # the region being found beside the loop
     # The named plane's class map of the last scored frame, (h, w) over the region, when the
     # plane model has a class_maps output (edge/models/planes.py); None otherwise. Kept
     # beside the result, not in it: the web view shows it, the journal does not keep it.
@@ -129,16 +151,28 @@ class Scorer:
         return out
 
     def _views(self, frame: Frame) -> tuple[Roi | None, FrameViews]:
-        """The region (found again now and then) and the frame's shared grey views. Where
-        the region is found on this frame, the whole frame's grey it is found on is the one
-        every model then reads, so that frame is not greyed twice (about 0.8 ms)."""
+        """The region and the frame's shared grey views.
+
+        On a source's first frame, or a new frame size, the region is found on the spot,
+        on the whole frame's grey, which every model then reads. After that it is found
+        again every `roi_refresh_frames` frames beside the loop (`find_roi_aside`): the
+        frame it is found on keeps the region before, and the next frame takes the new one,
+        waiting for it if need be. So every frame's region is that of a known earlier frame,
+        whatever the timing, and no frame waits for a whole search."""
         key = (frame.source, frame.image.shape)
-        if key != self._roi_key or self._since_roi >= self.roi_refresh_frames:
+        if key != self._roi_key:
+            self._roi_pending = None
             grey = to_grey(frame.image)
             self._roi = find_roi(grey, self.roi_settings)
             self._roi_key = key
             self._since_roi = 1
             return self._roi, FrameViews.from_grey(frame.image, self._roi, grey)
+        if self._roi_pending is not None:
+            pending, self._roi_pending = self._roi_pending, None
+            self._roi = pending.result()
+        if self._since_roi >= self.roi_refresh_frames:
+            self._roi_pending = find_roi_aside(frame.image, self.roi_settings)
+            self._since_roi = 0
         self._since_roi += 1
         return self._roi, FrameViews(frame.image, self._roi)
 

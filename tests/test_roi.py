@@ -117,3 +117,65 @@ def test_the_outline_holds_the_whole_fan_and_a_replayed_box_equals_the_found_one
         assert cv2.pointPolygonTest(outline, dim_side, False) >= 0, dim_side
     assert cv2.pointPolygonTest(outline, (2, 2), False) < 0  # the black screen's corner
     assert Roi(*roi.as_list(), roi.fill) == roi
+
+
+def _moving_scan(data_dir) -> list[np.ndarray]:
+    """A scan whose layout changes: two heads at different places on the same screen."""
+    first = cv2.imread(str(data_dir / "hc18" / "images" / "170_HC.png"), cv2.IMREAD_GRAYSCALE)
+    second = cv2.imread(str(data_dir / "hc18" / "images" / "402_HC.png"), cv2.IMREAD_GRAYSCALE)
+    return [_screen(first, 210, 95)] * 20 + [_screen(second, 330, 60)] * 30
+
+
+def _scorer(refresh: int):
+    from edge.config import load_settings
+    from edge.scorer import make_scorer
+
+    return make_scorer(load_settings(None, {"loop": {"roi_refresh_frames": refresh},
+                                            "models": {"num_threads": 1}}))
+
+
+def test_the_scorer_finds_the_region_again_beside_the_loop_and_the_next_frame_takes_it(
+        data_dir):
+    """A source's first frame has its region found on the spot. Then every 15 frames the
+    region is searched on a thread of its own, on that frame, and the frame after takes it:
+    so each frame's region is that of a known earlier frame however the threads run, and a
+    change of layout is followed one refresh later."""
+    import time
+
+    from edge.capture.sources import Frame
+
+    frames = _moving_scan(data_dir)
+    for _ in range(2):  # the same regions every run
+        scorer = _scorer(15)
+        for i, image in enumerate(frames):
+            result = scorer.score(Frame("probe", i, image, time.monotonic(), time.time()))
+            searched = 0 if i == 0 else 15 * ((i - 1) // 15)
+            assert result.roi == find_roi(frames[searched]).as_list(), (i, searched)
+    assert find_roi(frames[0]) != find_roi(frames[30])  # the layout did change
+
+
+def test_a_failed_search_beside_the_loop_is_raised_in_the_loop_at_the_next_frame(
+        data_dir, monkeypatch):
+    import time
+
+    from edge import scorer as scorer_module
+    from edge.capture.sources import Frame
+
+    frames = _moving_scan(data_dir)
+    scorer = _scorer(3)
+    calls = []
+
+    def failing(image, settings):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("no memory for the region")
+        return find_roi(image, settings)
+
+    monkeypatch.setattr(scorer_module, "find_roi", failing)
+    for i in range(4):  # frame 3 starts the search and keeps the region before
+        scorer.score(Frame("probe", i, frames[i], time.monotonic(), time.time()))
+    with pytest.raises(MemoryError, match="no memory"):
+        scorer.score(Frame("probe", 4, frames[4], time.monotonic(), time.time()))
+    # A new source finds its region on the spot again.
+    result = scorer.score(Frame("other", 0, frames[25], time.monotonic(), time.time()))
+    assert result.roi == find_roi(frames[25]).as_list()
