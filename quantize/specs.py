@@ -27,7 +27,7 @@ STUDENT_SPEC = PreprocessSpec(224, 288, scale=1.0)
 # the shipped models (2026-12-02, through the device path), full resolution -> half: plane
 # student 223/271 held-out heads agreeing with the teacher -> 223/271 (the same heads), 13/13
 # example screens -> 13/13; head segmenter HC MAD on the 262 validation heads, one pass
-# 1.849 -> 1.840 mm, its own passes 1.779 -> 1.781 mm; blind sweeps 208/214 -> 208/214.
+# 1.849 -> 1.840 mm, its own passes 1.779 -> 1.779 mm; blind sweeps 208/214 -> 208/214.
 # The teacher is the reference and reads full resolution.
 DEVICE_HALF_RES_FROM = 1.0
 
