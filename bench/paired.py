@@ -5,7 +5,10 @@ apart cannot say whether a change made the path shorter. This runs `bench.worker
 (the whole per-frame path with the audit and head biometry on the demo clip, as `make
 bench` runs it) on the OLD and the NEW checkout in turn, RUNS times each, and prints the
 medians of each side and the paired differences, run by run. Each side runs in its own
-checkout with its own code and models, on this venv's Python.
+checkout with its own code and models, on this venv's Python, and on the same demo clip:
+both read the shared data this checkout reads (a checkout elsewhere, a `git worktree` in
+/tmp, has no ../shared beside it and would score the synthetic phantom clip instead), and
+two sides that scored different numbers of frames are refused, not compared.
 
     python -m bench.paired OLD_DIR NEW_DIR [--runs 6] [--pixel-size 0.15]
 
@@ -22,16 +25,19 @@ import sys
 import time
 from pathlib import Path
 
+from edge.capture.demo import default_data_dir
 from quantize.args import bounded_float, bounded_int
 
 KEYS = ("median_ms", "p90_ms", "head_frame_median_ms", "head_frame_p90_ms", "capture_ms")
 
 
-def path_once(root: Path, pixel_size_mm: float) -> dict:
-    """One fresh process's per-frame path figures in the checkout at `root`."""
+def path_once(root: Path, pixel_size_mm: float, data_dir: Path) -> dict:
+    """One fresh process's per-frame path figures in the checkout at `root`, its demo clip
+    built from `data_dir`."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.worker", "path", "models", "plane_student", "2",
-         str(pixel_size_mm)], cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+         str(pixel_size_mm)], cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "SONOEDGE_DATA": str(data_dir)},
         capture_output=True, text=True, timeout=600, check=False)
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
@@ -56,15 +62,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pixel-size", type=bounded_float(0.01, 1.0), default=0.15)
     args = parser.parse_args(argv)
     runs = args.runs
+    data_dir = default_data_dir()
+    if not (data_dir / "sononet").is_dir():
+        print(f"bench.paired: {data_dir}: no shared data (the demo clip would be the phantom)",
+              file=sys.stderr)
+        return 1
     sides = {"old": args.old, "new": args.new}
     rows: dict[str, list[dict]] = {"old": [], "new": []}
     try:
         for _ in range(runs):
             for name, root in sides.items():
-                data = path_once(root, args.pixel_size)
+                data = path_once(root, args.pixel_size, data_dir)
                 rows[name].append(data)
                 print(time.strftime("%H:%M:%S"), name,
                       {k: round(data.get(k, float("nan")), 2) for k in KEYS}, flush=True)
+            clips = {name: rows[name][-1].get("frames") for name in sides}
+            if clips["old"] != clips["new"]:
+                raise RuntimeError(f"the two checkouts scored different clips ({clips['old']} "
+                                   f"and {clips['new']} frames): not a paired comparison")
     except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
         print(f"bench.paired: {exc}", file=sys.stderr)
         return 1
