@@ -80,7 +80,7 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
                           lambda *_: None, measure_kept=scorer.measure_kept)
     started = time.perf_counter()
     with open_source("demo") as source:
-        for frame, capture_s in timed_frames(source):
+        for frame, capture_s in timed_frames(source, scorer.prepare_frame):
             result = scorer.score(frame, capture_s)
             roi = Roi(*result.roi) if result.roi else None
             tracker.feed(result.to_dict(), frame.image, roi, mono=frame.t_mono)

@@ -269,7 +269,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     try:
         with _StopFlag() as stop, source:
             dog.ready(f"scoring {source.name}")
-            for frame, capture_s in dog.watch(timed_frames(source), source):
+            for frame, capture_s in dog.watch(timed_frames(source, scorer.prepare_frame),
+                                              source):
                 result = scorer.score(frame, capture_s)
                 row = journal.append(run_id, result)
                 record = result.to_dict()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.capture.sources import Frame, Source, read_ahead
+from edge.capture.sources import Frame, Prepare, Source, read_ahead
 from edge.config import Settings
 from edge.models.biometry import (
     BiometrySettings,
@@ -36,7 +36,7 @@ from edge.models.planes import (
     plane_from_output,
     settle_within_group,
 )
-from edge.models.preprocess import FrameViews, normalise
+from edge.models.preprocess import FrameViews, half_grey, normalise
 from edge.models.quality import (
     RepeatTracker,
     Rules,
@@ -132,6 +132,16 @@ class Scorer:
         self._abstain_below = self.manifest.setting("abstain_below", 0.0)
 
     @property
+    def prepare_frame(self) -> Prepare | None:
+        """What the capture thread can make of a frame for these models right after decoding
+        it (`timed_frames`): the half-resolution grey where one of them reads it."""
+        specs = [self.model.manifest.preprocessing]
+        specs += [self.head.model.manifest.preprocessing] if self.head is not None else []
+        if self.quality is not None and self.quality.learned is not None:
+            specs.append(self.quality.learned.manifest.preprocessing)
+        return half_grey if any(spec.half_res_from > 0 for spec in specs) else None
+
+    @property
     def has_class_maps(self) -> bool:
         return self._maps_layout is not None
 
@@ -166,7 +176,9 @@ class Scorer:
             self._roi = find_roi(grey, self.roi_settings)
             self._roi_key = key
             self._since_roi = 1
-            return self._roi, FrameViews.from_grey(frame.image, self._roi, grey)
+            views = FrameViews.from_grey(frame.image, self._roi, grey)
+            views.half = frame.half_grey
+            return self._roi, views
         if self._roi_pending is not None:
             pending, self._roi_pending = self._roi_pending, None
             self._roi = pending.result()
@@ -174,7 +186,7 @@ class Scorer:
             self._roi_pending = find_roi_aside(frame.image, self.roi_settings)
             self._since_roi = 0
         self._since_roi += 1
-        return self._roi, FrameViews(frame.image, self._roi)
+        return self._roi, FrameViews(frame.image, self._roi, half=frame.half_grey)
 
     def _judge_head(self, frame: Frame, roi: Roi | None, plane: PlaneResult) -> bool:
         if self.head is None:
@@ -327,15 +339,17 @@ def make_scorer(settings: Settings) -> Scorer:
                   head=make_head_model(settings), quality=make_quality_model(settings))
 
 
-def timed_frames(source: Source) -> Iterator[tuple[Frame, float]]:
+def timed_frames(source: Source, prepare: Prepare | None = None,
+                 ) -> Iterator[tuple[Frame, float]]:
     """Each frame with its capture cost on the loop's path.
 
     That is the read and decode time the loop waited for. It is not the time spent waiting
     for the scanner: a paced file or a live grabber hands over frames at the scanner's
     rate. A live grabber decodes on its own thread, and so do files and the demo clip
     (`read_ahead`): their cost is the part of the decode the loop was not ahead of.
+    `prepare` (a scorer's `prepare_frame`) runs on that thread, right after the decode.
     """
-    iterator = read_ahead(source)
+    iterator = read_ahead(source, prepare=prepare)
     while True:
         t0 = time.perf_counter()
         try:

@@ -430,3 +430,53 @@ def test_a_paced_file_read_ahead_by_a_slow_loop_stays_as_fresh_as_a_live_feed(tm
             time.sleep(0.1)  # a slow model: 10 fps against a 30 fps file
     assert src.dropped > 0
     assert max(lateness[1:]) < 0.1 + 2.5 / fps, max(lateness[1:])
+
+
+def test_the_decoding_thread_prepares_each_frame_and_the_loop_is_charged_what_it_waited(
+        tmp_path):
+    """`prepare` (the models' half-resolution grey) runs on the decoding thread right after
+    each decode, while the frame's pixels are still in that core's cache; a loop faster than
+    decode and prepare together waits for both, and is charged for both."""
+    import threading
+
+    p = _write_video(tmp_path / "clip.avi", 12, size=(1024, 768))
+    threads = []
+
+    def prepare(image):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.02)
+        return np.ascontiguousarray(image[::2, ::2, 0])
+
+    with open_source(p) as src:
+        frames = list(read_ahead(src, prepare=prepare))  # a loop that takes no time
+    assert [f.index for f in frames] == list(range(12))
+    assert all(f.half_grey is not None and f.half_grey.shape == (384, 512) for f in frames)
+    assert len(threads) == 12 and all(name.startswith("read-") for name in threads)
+    assert np.median([f.read_s for f in frames[1:]]) >= 0.015
+
+
+def test_a_live_grabber_prepares_each_frame_on_its_own_thread(tmp_path):
+    import threading
+
+    p = _write_video(tmp_path / "dongle.avi", 30)
+    s = LiveSettings(backoff_initial_s=0.01, backoff_max_s=0.02, max_reopen_attempts=0,
+                     poll_s=0.01)
+    threads = []
+
+    def slow_opener():  # gives the loop time to hand over `prepare` before the first frame
+        time.sleep(0.2)
+        return cv2.VideoCapture(str(p))
+
+    def prepare(image):
+        threads.append(threading.current_thread().name)
+        return np.zeros((image.shape[0] // 2, image.shape[1] // 2), np.uint8)
+
+    src = LiveSource("test:prepared", slow_opener, s)
+    deadline = time.monotonic() + 10
+    frames = []
+    for frame in read_ahead(src, prepare=prepare):
+        frames.append(frame)
+        assert time.monotonic() < deadline
+    src.close()
+    assert frames and all(f.half_grey is not None for f in frames)
+    assert threads and all(name.startswith("grab-") for name in threads)

@@ -269,3 +269,28 @@ def test_a_spec_without_half_resolution_writes_the_block_it_always_did():
     assert half.to_dict()["half_res_from"] == HALF
     assert PreprocessSpec.from_dict(half.to_dict()) == half
     assert PreprocessSpec.from_dict(plain.to_dict()) == plain
+
+
+def test_a_half_grey_made_on_the_capture_thread_gives_the_very_views_made_here(data_dir):
+    """The capture thread may hand over the frame's half-resolution grey (`half_grey`): the
+    models then read exactly what they would have made themselves; one of the wrong size
+    (another frame's) is not read but made again."""
+    from dataclasses import replace
+
+    from edge.models.preprocess import FrameViews, half_grey
+
+    screen = cv2.imread(str(data_dir / "sononet/examples/4CH.tiff"))
+    roi = find_roi(screen)
+    specs = [replace(s, half_res_from=HALF) for s in (
+        PreprocessSpec(224, 288), PreprocessSpec(96, 128, normalise="unit"),
+        PreprocessSpec(160, 240, roi="full"))]
+    made = half_grey(screen)
+    wrong = half_grey(screen[:-10])
+    for spec in specs:
+        own = FrameViews(screen, roi).prepare(spec)
+        assert np.array_equal(FrameViews(screen, roi, half=made).prepare(spec), own)
+        assert np.array_equal(FrameViews(screen, roi, half=wrong).prepare(spec), own)
+    views = FrameViews(screen, roi, half=made)
+    views.prepare(specs[0])
+    assert views.half is made  # read, not made again
+    assert half_grey(screen.astype(np.float32)) is None and half_grey(screen[:1]) is None

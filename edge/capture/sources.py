@@ -63,6 +63,10 @@ class Frame:
     t_wall: float  # time.time() at capture: advisory only (no RTC on the box)
     error: str | None = None  # one-line reason when this item could not be decoded
     read_s: float | None = None  # time spent reading + decoding it (None: off the loop's path)
+    # What the capture thread made of the image right after decoding it, while its pixels
+    # were still in that core's cache (`read_ahead`'s and `LiveSource`'s `prepare`): the
+    # models' half-resolution grey (edge.models.preprocess.half_grey), or None.
+    half_grey: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
@@ -300,7 +304,7 @@ def _handover(handoff: queue.Queue, item: object, stop: threading.Event) -> bool
     return False
 
 
-def _newest_wins(handoff: queue.Queue, frame: Frame, stop: threading.Event,
+def _newest_wins(handoff: queue.Queue, frame: object, stop: threading.Event,
                  source: Source) -> bool:
     """Put `frame` in the one-frame slot, in place of a frame the loop has not taken (it
     is stale now: counted in `source.dropped`), as a live grabber does."""
@@ -317,7 +321,11 @@ def _newest_wins(handoff: queue.Queue, frame: Frame, stop: threading.Event,
     return False
 
 
-def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES) -> Iterator[Frame]:
+Prepare = Callable[[np.ndarray], "np.ndarray | None"]
+
+
+def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES,
+               prepare: Prepare | None = None) -> Iterator[Frame]:
     """A file source's frames decoded on a thread of their own, up to `depth` ahead.
 
     A live grabber already decodes on its own thread. A video file, a folder or the demo
@@ -329,9 +337,13 @@ def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES) -> Iterator[Frame
     decode when it does not. A paced file keeps its own pacing and, like a live grabber,
     only its newest frame ready: a frame the loop was too slow to take gives way to the
     next (`dropped`), so a slow loop never sees a queue of old frames. An error raised
-    by the source is raised here, in the loop. Live sources are iterated as they are.
+    by the source is raised here, in the loop. `prepare` runs on each decoded image on the
+    decoding thread (its result in `Frame.half_grey`), and counts as part of the decode.
+    A live source runs it on its own grabber thread.
     """
     if source.live:
+        if prepare is not None and isinstance(source, LiveSource):
+            source.prepare = prepare
         yield from source
         return
     paced = bool(getattr(source, "pace", False))  # played at its own rate, as live
@@ -341,10 +353,11 @@ def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES) -> Iterator[Frame
     def produce() -> None:
         try:
             for frame in source:
+                item = _ready(frame, prepare)
                 if paced and frame.ok:
-                    if not _newest_wins(handoff, frame, stop, source):
+                    if not _newest_wins(handoff, item, stop, source):
                         return
-                elif not _handover(handoff, frame, stop):
+                elif not _handover(handoff, item, stop):
                     return
         except BaseException as exc:  # handed to the loop and raised there
             _handover(handoff, exc, stop)
@@ -367,16 +380,32 @@ def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES) -> Iterator[Frame
                 return
             if isinstance(item, BaseException):
                 raise item
-            frame: Frame = item  # type: ignore[assignment]
+            frame, done = item.frame, item.done  # type: ignore[union-attr]
             if frame.read_s is None:
                 yield frame
                 continue
-            # The decode ran over [t_mono - read_s, t_mono]; the loop waited over [asked, got].
-            waited = min(got, frame.t_mono) - max(asked, frame.t_mono - frame.read_s)
+            # The decode ran over [t_mono - read_s, done] (`prepare` after it); the loop
+            # waited over [asked, got].
+            waited = min(got, done) - max(asked, frame.t_mono - frame.read_s)
             yield replace(frame, read_s=max(0.0, waited))
     finally:
         stop.set()  # a paced source may sleep up to 1 s more; closing it wakes it
         thread.join(timeout=0.25)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A decoded frame and when the decoding thread was done with it (`prepare` included)."""
+
+    frame: Frame
+    done: float
+
+
+def _ready(frame: Frame, prepare: Prepare | None) -> _Ready:
+    if prepare is None or not frame.ok:
+        return _Ready(frame, frame.t_mono)
+    made = prepare(frame.image)
+    return _Ready(replace(frame, half_grey=made), time.monotonic())
 
 
 # --------------------------------------------------------------------------- live
@@ -402,7 +431,9 @@ class LiveSource(Source):
         self._opener = opener
         self._first = first
         self._cond = threading.Condition()
-        self._slot: tuple[int, np.ndarray, float, float] | None = None
+        self._slot: tuple[int, np.ndarray, float, float, np.ndarray | None] | None = None
+        # Run on each grabbed image on the grabber's thread (`read_ahead`'s `prepare`).
+        self.prepare: Prepare | None = None
         self._done = False
         self.end_reason: str | None = None
         self.frames_grabbed = 0
@@ -464,13 +495,15 @@ class LiveSource(Source):
                 t_mono, t_wall = time.monotonic(), time.time()
                 if s.copy_frames:
                     img = np.array(img, copy=True)
+                prepare = self.prepare
+                half = prepare(img) if prepare is not None else None
                 had_frames = True
                 failures = 0
                 delay = s.backoff_initial_s
                 with self._cond:
                     if self._slot is not None:
                         self.dropped += 1
-                    self._slot = (seq, img, t_mono, t_wall)
+                    self._slot = (seq, img, t_mono, t_wall, half)
                     self._cond.notify_all()
                 seq += 1
                 self.frames_grabbed += 1
@@ -498,9 +531,9 @@ class LiveSource(Source):
                     self._cond.wait(self.settings.poll_s)
                 if self._slot is None or self.closed:
                     return
-                seq, img, t_mono, t_wall = self._slot
+                seq, img, t_mono, t_wall, half = self._slot
                 self._slot = None
-            yield Frame(self.name, seq, img, t_mono, t_wall)
+            yield Frame(self.name, seq, img, t_mono, t_wall, half_grey=half)
 
     def close(self, timeout_s: float = 2.0) -> None:
         super().close()

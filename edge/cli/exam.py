@@ -36,7 +36,7 @@ def main(args) -> int:
     session = ExamSession(protocol, thumbs, settings.exam, measure_kept=scorer.measure_kept)
     failed = 0
     with open_sources(args.paths) as source:
-        for frame, capture_s in timed_frames(source):
+        for frame, capture_s in timed_frames(source, scorer.prepare_frame):
             result = scorer.score(frame, capture_s)
             failed += result.error is not None  # the source has said why, in one line
             roi = Roi(*result.roi) if result.roi else None

@@ -45,7 +45,7 @@ def _score(args: argparse.Namespace) -> int:
     scorer = make_scorer(settings)
     failed = 0
     with open_sources(args.paths, limits=frame_limits(settings)) as source:
-        for frame, capture_s in timed_frames(source):
+        for frame, capture_s in timed_frames(source, scorer.prepare_frame):
             result = scorer.score(frame, capture_s)
             failed += result.error is not None
             if result.error:

@@ -49,7 +49,7 @@ def score_selftest(models_dir: Path, pictures: list[Path], pixel_size_mm: float,
     scorer = make_scorer(load_settings(None, overrides))
     outputs = []
     with open_sources([str(p) for p in pictures]) as source:
-        for frame, capture_s in timed_frames(source):
+        for frame, capture_s in timed_frames(source, scorer.prepare_frame):
             record = scorer.score(frame, capture_s).to_dict()
             if record.get("error"):
                 raise ValueError(f"{frame.source}: {record['error']}")

@@ -99,7 +99,9 @@ class FrameViews:
     image: np.ndarray
     roi: Roi | None
     _grey: dict[bool, np.ndarray] = field(default_factory=dict, repr=False)
-    _half: np.ndarray | None = field(default=None, repr=False)
+    # The frame's half-resolution grey (`half_grey`), where the capture thread made it
+    # already (`Frame.half_grey`); else made here when a model first reads it.
+    half: np.ndarray | None = field(default=None, repr=False)
     _boxes: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -185,14 +187,10 @@ class FrameViews:
         return x0, y0, x1 - x0, y1 - y0
 
     def _half_grey(self) -> np.ndarray:
-        """The whole frame's grey at half resolution: the colour frame's 2x2 means (an
-        exact halving, OpenCV's fast path), then greyed, a quarter of the pixels."""
-        if self._half is None:
-            h2, w2 = self.image.shape[0] // 2, self.image.shape[1] // 2
-            small = cv2.resize(self.image[:2 * h2, :2 * w2], (w2, h2),
-                               interpolation=cv2.INTER_AREA)
-            self._half = to_grey(small)
-        return self._half
+        expected = (self.image.shape[0] // 2, self.image.shape[1] // 2)
+        if self.half is None or self.half.shape != expected or self.half.dtype != np.uint8:
+            self.half = half_grey(self.image)
+        return self.half
 
     def resized_box(self, spec: PreprocessSpec, box: tuple[int, int, int, int],
                     ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -225,6 +223,21 @@ class FrameViews:
     def prepare(self, spec: PreprocessSpec) -> np.ndarray:
         """The model input, float32 of shape (1, 1, H, W)."""
         return normalise(self.resized(spec), spec)[None, None]
+
+
+def half_grey(image: np.ndarray) -> np.ndarray | None:
+    """A frame's grey at half resolution: the colour frame's 2x2 means (an exact halving,
+    OpenCV's fast path), then greyed, a quarter of the pixels; None for a frame the models
+    read at full resolution only (not 8-bit, or not grey or BGR). Cheapest where the frame
+    was just decoded, its pixels still in that core's cache (`read_ahead(prepare=...)`)."""
+    if image is None or image.dtype != np.uint8 or not (
+            image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        return None
+    h2, w2 = image.shape[0] // 2, image.shape[1] // 2
+    if h2 < 1 or w2 < 1:
+        return None
+    small = cv2.resize(image[:2 * h2, :2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
+    return to_grey(small)
 
 
 def grey_resized(image: np.ndarray, roi: Roi | None, spec: PreprocessSpec) -> np.ndarray:
