@@ -247,14 +247,26 @@ def grey_resized(image: np.ndarray, roi: Roi | None, spec: PreprocessSpec) -> np
 
 def normalise(grey: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Per-image z-score (a flat image maps to zeros instead of NaN) or unit scaling, as
-    float32 (H, W)."""
+    float32 (H, W).
+
+    An 8-bit view's mean and standard deviation come from one OpenCV pass, exact in double
+    (NumPy's float32 mean and std took 0.3 ms of the 0.36 a view cost; they agree to the
+    float32 the net is fed, bar a last bit now and then); the arithmetic is in place."""
     x = grey.astype(np.float32)
     if spec.normalise == "unit":
-        return x * np.float32(spec.scale / 255.0)
-    std = float(x.std())
-    if std < 1e-6:
+        x *= np.float32(spec.scale / 255.0)
+        return x
+    if grey.dtype == np.uint8 and grey.ndim == 2 and grey.size:
+        mean_px, std_px = cv2.meanStdDev(grey)
+        mean, std = float(mean_px[0, 0]), float(std_px[0, 0])
+    else:
+        mean, std = float(x.mean()), float(x.std())
+    if not std >= 1e-6:  # flat, or no pixels at all
         return np.zeros_like(x)
-    return ((x - float(x.mean())) / std * spec.scale).astype(np.float32)
+    x -= np.float32(mean)
+    x /= np.float32(std)
+    x *= np.float32(spec.scale)
+    return x
 
 
 def prepare(image: np.ndarray, roi: Roi | None, spec: PreprocessSpec) -> np.ndarray:
