@@ -106,9 +106,9 @@ class Scorer:
 
     A scanner's layout changes rarely within a stream, so the region is found again every
     `roi_refresh_frames` frames (beside the loop, taken at the next frame), or at once when
-    the source or the frame size changes. The quality
-    audit reuses the plane model's own grey view of the region, so its image statistics
-    cost one histogram and one small Laplacian.
+    the source or the frame size changes. The quality audit reuses the plane model's own
+    grey view of the region, so its image statistics cost one histogram and one small
+    Laplacian.
     """
 
     model: Model
@@ -164,7 +164,8 @@ class Scorer:
         """The region and the frame's shared grey views.
 
         On a source's first frame, or a new frame size, the region is found on the spot,
-        on the whole frame's grey, which every model then reads. After that it is found
+        on the whole frame's grey, which a model reading full resolution then reads too (the
+        others read the capture thread's half-resolution grey). After that it is found
         again every `roi_refresh_frames` frames beside the loop (`find_roi_aside`): the
         frame it is found on keeps the region before, and the next frame takes the new one,
         waiting for it if need be. So every frame's region is that of a known earlier frame,
