@@ -54,9 +54,10 @@ def manifest_macs(manifest: Path) -> int | None:
     return int(macs) if isinstance(macs, (int, float)) else None
 
 
-def time_device_path(manifest: Path, threads: int, pixel_size_mm: float = 0.0) -> dict:
+def time_device_path(manifest: Path, threads: int, pixel_size_mm: float = 0.0,
+                     paced: bool = False) -> dict:
     return _worker("path", str(manifest.parent), manifest.stem, str(threads),
-                   str(pixel_size_mm))
+                   str(pixel_size_mm), *(["paced"] if paced else []))
 
 
 def time_passes(manifest: Path, threads: int, margin: float, max_zoom: float,

@@ -57,11 +57,13 @@ def time_model(manifest_path: str, threads: int, frame_path: str, runs: int) -> 
 
 
 def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0.0,
-              audit: bool = True) -> dict:
+              audit: bool = True, paced: bool = False) -> dict:
     """The loop's own per-frame path on the demo clip; with a pixel size, head-plane frames
     also run the head segmenter and the measurement, timed apart. With the audit on, the
     quality audit's own time (image statistics, the learned quality head, the criteria) is
-    timed apart too, and so is the head segmentation on frames that may show a head."""
+    timed apart too, and so is the head segmentation on frames that may show a head.
+    `paced`: the clip played at its own frame rate, as a live scanner hands frames over,
+    instead of back to back (the cores then idle between frames)."""
     overrides = {"models": {"dir": models_dir, "plane": name, "num_threads": threads},
                  "quality": {"enabled": audit}}
     if pixel_size_mm:
@@ -79,7 +81,7 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
     tracker = ExamTracker(find_protocol(settings.exam.protocol), settings.exam, None,
                           lambda *_: None, measure_kept=scorer.measure_kept)
     started = time.perf_counter()
-    with open_source("demo") as source:
+    with open_source("demo", pace=paced) as source:
         for frame, capture_s in timed_frames(source, scorer.prepare_frame):
             result = scorer.score(frame, capture_s)
             roi = Roi(*result.roi) if result.roi else None
@@ -161,7 +163,7 @@ def main(argv: list[str]) -> int:
         out = time_passes(argv[1], int(argv[2]), float(argv[3]), float(argv[4]), argv[5:])
     else:
         out = time_path(argv[1], argv[2], int(argv[3]), float(argv[4]) if len(argv) > 4 else 0.0,
-                        audit=argv[5:6] != ["noaudit"])
+                        audit="noaudit" not in argv[5:], paced="paced" in argv[5:])
     print(json.dumps(out))
     return 0
 
