@@ -170,10 +170,16 @@ def test_stop_and_start_the_exam(page, live):
 def test_another_language_needs_no_code(live):
     second = live["second"]
     second.bring_to_front()
+    running = "n => window.sonoedge.t('exam.running', {n: n})"
+    assert second.evaluate(f"[1, 2].map({running})") == ["Exam running (1 frame)",
+                                                         "Exam running (2 frames)"]
     second.select_option("#controls select.lang", "fr")
     second.wait_for_function("document.querySelector('#start').textContent === "
                              "\"Commencer l'examen\"", **POLL)
     assert second.text_content("#screening h2") == "Taille et forme de la tête"
+    # Counts take the language's own plural rule: French counts 0 and 1 as one.
+    assert second.evaluate(f"[0, 1, 2].map({running})") == [
+        "Examen en cours (0 image)", "Examen en cours (1 image)", "Examen en cours (2 images)"]
     second.select_option("#controls select.lang", "en")
 
 
