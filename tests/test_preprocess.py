@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -294,3 +296,26 @@ def test_a_half_grey_made_on_the_capture_thread_gives_the_very_views_made_here(d
     views.prepare(specs[0])
     assert views.half is made  # read, not made again
     assert half_grey(screen.astype(np.float32)) is None and half_grey(screen[:1]) is None
+
+
+def test_the_capture_thread_makes_the_half_grey_only_for_models_that_read_it(tmp_path):
+    """`Scorer.prepare_frame`: the shipped models read half resolution, so the capture
+    thread makes it; models whose manifests do not would only waste the work."""
+    import json
+    import shutil
+
+    from edge.config import load_settings
+    from edge.models.preprocess import half_grey
+    from edge.scorer import make_scorer
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    shipped = make_scorer(load_settings(None, {"models": {"dir": str(models)}}))
+    assert shipped.prepare_frame is half_grey
+    for path in models.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    for manifest in tmp_path.glob("*.json"):
+        raw = json.loads(manifest.read_text())
+        raw["preprocessing"].pop("half_res_from", None)
+        manifest.write_text(json.dumps(raw))
+    plain = make_scorer(load_settings(None, {"models": {"dir": str(tmp_path)}}))
+    assert plain.prepare_frame is None
