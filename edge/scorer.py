@@ -177,9 +177,8 @@ class Scorer:
             self._roi = find_roi(grey, self.roi_settings)
             self._roi_key = key
             self._since_roi = 1
-            views = FrameViews.from_grey(frame.image, self._roi, grey)
-            views.half = frame.half_grey
-            return self._roi, views
+            return self._roi, FrameViews.from_grey(frame.image, self._roi, grey,
+                                                   frame.half_grey)
         if self._roi_pending is not None:
             pending, self._roi_pending = self._roi_pending, None
             self._roi = pending.result()

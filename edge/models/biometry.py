@@ -554,13 +554,7 @@ def segment_head(model: Model, image: np.ndarray, roi: Roi | None,
     views = views or FrameViews(image, roi)
     framed = (image_box(roi, image.shape, spec.width / spec.height, frame_image_below)
               if spec.roi == "full" else None)
-    if framed is not None:
-        box = framed
-    elif roi is not None and spec.roi == "auto":
-        box = (roi.x, roi.y, roi.w, roi.h)
-    else:
-        box = (0, 0, int(image.shape[1]), int(image.shape[0]))
-    small, box = views.resized_box(spec, box)
+    small, box = views.resized_box(spec, views.region_box(spec) if framed is None else framed)
     x = normalise(small, spec)[None, None]
     out = np.asarray(model.run(x), dtype=np.float32)
     out = out.reshape(out.shape[-2:])

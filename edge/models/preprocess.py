@@ -108,11 +108,18 @@ class FrameViews:
     _boxes: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_grey(cls, image: np.ndarray, roi: Roi | None, grey: np.ndarray) -> FrameViews:
+    def from_grey(cls, image: np.ndarray, roi: Roi | None, grey: np.ndarray,
+                  half: np.ndarray | None = None) -> FrameViews:
         """The views of a frame whose whole grey (`to_grey(image)`) is made already."""
-        views = cls(image, roi)
+        views = cls(image, roi, half=half)
         views._grey[False] = grey
         return views
+
+    def region_box(self, spec: PreprocessSpec) -> tuple[int, int, int, int]:
+        """(x, y, w, h) a model with `spec` reads: the region, or the whole frame."""
+        r = self.roi if spec.roi == "auto" else None
+        return ((r.x, r.y, r.w, r.h) if r is not None else
+                (0, 0, int(self.image.shape[1]), int(self.image.shape[0])))
 
     def grey(self, spec: PreprocessSpec) -> np.ndarray:
         cropped = self.roi is not None and spec.roi == "auto"
@@ -172,12 +179,12 @@ class FrameViews:
         x, y, w, h = box
         return FrameViews.from_grey(self.image[y:y + h, x:x + w], None, self.box_grey(box))
 
-    def _half_box(self, box: tuple[int, int, int, int],
-                  spec: PreprocessSpec) -> tuple[int, int, int, int] | None:
-        """`box` grown to even pixel edges, where the half-resolution grey serves it (see
-        `PreprocessSpec.half_res_from`), else None."""
-        if spec.half_res_from <= 0 or self.image.dtype != np.uint8 or not (
-                self.image.ndim == 2 or (self.image.ndim == 3 and self.image.shape[2] == 3)):
+    def _half_region(self, box: tuple[int, int, int, int], spec: PreprocessSpec,
+                     ) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        """The half-resolution grey of `box` moved to even pixel edges, and that box, where
+        the model reads half resolution and the box there still holds its input (see
+        `PreprocessSpec.half_res_from`); else None."""
+        if spec.half_res_from <= 0:
             return None
         x, y, w, h = box
         x0, y0 = x - x % 2, y - y % 2
@@ -187,9 +194,12 @@ class FrameViews:
         if (x1 - x0) / 2 < spec.half_res_from * spec.width or (
                 y1 - y0) / 2 < spec.half_res_from * spec.height:
             return None
-        return x0, y0, x1 - x0, y1 - y0
+        half = self._half_grey()
+        if half is None:  # a frame read at full resolution only (see `half_grey`)
+            return None
+        return half[y0 // 2:y1 // 2, x0 // 2:x1 // 2], (x0, y0, x1 - x0, y1 - y0)
 
-    def _half_grey(self) -> np.ndarray:
+    def _half_grey(self) -> np.ndarray | None:
         expected = (self.image.shape[0] // 2, self.image.shape[1] // 2)
         if self.half is None or self.half.shape != expected or self.half.dtype != np.uint8:
             self.half = half_grey(self.image)
@@ -200,28 +210,22 @@ class FrameViews:
         """The uint8 view of a box the caller chose, and the box it covers: `box`, or where
         it is read at half resolution, `box` moved to even edges (out by a pixel, or in by
         one at a frame's odd last row or column)."""
-        half = self._half_box(box, spec)
-        if half is None:
-            return cv2.resize(self.box_grey(box), (spec.width, spec.height),
-                              interpolation=RESIZE_MODES[spec.resize]), box
-        x, y, w, h = half
-        grey = self._half_grey()[y // 2:(y + h) // 2, x // 2:(x + w) // 2]
+        half = self._half_region(box, spec)
+        grey, covered = (self.box_grey(box), box) if half is None else half
         return cv2.resize(grey, (spec.width, spec.height),
-                          interpolation=RESIZE_MODES[spec.resize]), half
+                          interpolation=RESIZE_MODES[spec.resize]), covered
 
     def prepare_box(self, spec: PreprocessSpec, box: tuple[int, int, int, int]) -> np.ndarray:
         """The model input for a box the caller chose, float32 of shape (1, 1, H, W)."""
         return normalise(self.resized_box(spec, box)[0], spec)[None, None]
 
     def resized(self, spec: PreprocessSpec) -> np.ndarray:
-        """Crop, grey and resize: the uint8 view a model sees, before normalisation."""
-        if spec.half_res_from > 0:
-            r = self.roi if spec.roi == "auto" else None
-            box = ((r.x, r.y, r.w, r.h) if r is not None else
-                   (0, 0, self.image.shape[1], self.image.shape[0]))
-            return self.resized_box(spec, box)[0]
-        return cv2.resize(self.grey(spec), (spec.width, spec.height),
-                          interpolation=RESIZE_MODES[spec.resize])
+        """Crop, grey and resize: the uint8 view a model sees, before normalisation. At full
+        resolution the region's grey is kept (`grey`): the segmenter's larger box is then
+        greyed around it."""
+        half = self._half_region(self.region_box(spec), spec)
+        grey = self.grey(spec) if half is None else half[0]
+        return cv2.resize(grey, (spec.width, spec.height), interpolation=RESIZE_MODES[spec.resize])
 
     def prepare(self, spec: PreprocessSpec) -> np.ndarray:
         """The model input, float32 of shape (1, 1, H, W)."""
