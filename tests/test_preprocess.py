@@ -254,6 +254,8 @@ def test_a_bad_half_res_from_is_refused_by_name(value):
     ({"height": 224, "width": 288, "scale": float("nan")}, "scale"),
     ({"height": 224, "width": 288, "scale": "255"}, "scale"),
     ({"height": 224, "width": 288, "scale": 0}, "scale"),
+    ({"height": 224, "width": 288, "resize": {"a": 1}}, "resize"),
+    ({"height": 224, "width": 288, "normalise": ["z"]}, "normalise"),
 ])
 def test_a_wrongly_typed_size_or_scale_is_refused_by_name_not_a_traceback(block, expected):
     with pytest.raises(ValueError, match=expected):
@@ -319,3 +321,10 @@ def test_the_capture_thread_makes_the_half_grey_only_for_models_that_read_it(tmp
         manifest.write_text(json.dumps(raw))
     plain = make_scorer(load_settings(None, {"models": {"dir": str(tmp_path)}}))
     assert plain.prepare_frame is None
+
+
+def test_a_huge_bad_value_is_named_in_one_short_line():
+    with pytest.raises(ValueError, match="half_res_from") as raised:
+        PreprocessSpec.from_dict({"height": 224, "width": 288, "half_res_from": "x" * 200_000},
+                                 "plane_student.json: preprocessing")
+    assert len(str(raised.value)) < 200

@@ -22,6 +22,12 @@ NORMALISE_MODES = ("per_image_zscore", "unit")
 MAX_HALF_RES_FROM = 16.0
 
 
+def _shown(value: object, limit: int = 60) -> str:
+    """A manifest's bad value as an error line shows it: its repr, cut to `limit`."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """The manifest's `preprocessing` block.
@@ -60,14 +66,16 @@ class PreprocessSpec:
             raise ValueError(f"{where}: {exc}") from None
         for name in ("height", "width"):
             if isinstance(getattr(spec, name), bool) or not isinstance(getattr(spec, name), int):
-                raise ValueError(f"{where}.{name}: {getattr(spec, name)!r} is not a whole number")
+                raise ValueError(f"{where}.{name}: {_shown(getattr(spec, name))} is not a whole "
+                                 "number")
         if (isinstance(spec.scale, bool) or not isinstance(spec.scale, int | float)
                 or not math.isfinite(spec.scale) or spec.scale <= 0):
-            raise ValueError(f"{where}.scale: {spec.scale!r} is not a positive number")
-        if spec.resize not in RESIZE_MODES:
-            raise ValueError(f"{where}.resize: {spec.resize!r} is not one of {list(RESIZE_MODES)}")
+            raise ValueError(f"{where}.scale: {_shown(spec.scale)} is not a positive number")
+        if not isinstance(spec.resize, str) or spec.resize not in RESIZE_MODES:
+            raise ValueError(f"{where}.resize: {_shown(spec.resize)} is not one of "
+                             f"{list(RESIZE_MODES)}")
         if spec.normalise not in NORMALISE_MODES:
-            raise ValueError(f"{where}.normalise: {spec.normalise!r} is not supported")
+            raise ValueError(f"{where}.normalise: {_shown(spec.normalise)} is not supported")
         if spec.roi not in ("auto", "full") or spec.color != "grey_mean":
             raise ValueError(f"{where}: roi must be auto|full and color grey_mean")
         if spec.height < 8 or spec.width < 8:
@@ -75,8 +83,8 @@ class PreprocessSpec:
         half = spec.half_res_from
         if (isinstance(half, bool) or not isinstance(half, int | float) or not math.isfinite(half)
                 or not (half == 0 or 1.0 <= half <= MAX_HALF_RES_FROM)):
-            raise ValueError(f"{where}.half_res_from: {half!r} must be 0 (never) or a number "
-                             f"from 1 to {MAX_HALF_RES_FROM:g}")
+            raise ValueError(f"{where}.half_res_from: {_shown(half)} must be 0 (never) or a "
+                             f"number from 1 to {MAX_HALF_RES_FROM:g}")
         return spec
 
     def to_dict(self) -> dict:
