@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge.models.preprocess import PreprocessSpec
 from quantize import seg_data, seg_train
 from quantize.data import DataError, data_dir
+from quantize.seg_nets import input_size
 from quantize.specs import device_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +32,7 @@ STEPS = ("masks", "teacher", "baselines", "student", "convert", "gate", "manifes
 KINDS = ("teacher", "deeplab", "deeplab_student")
 STUDENT = "deeplab_student"
 LABELS = {
-    "teacher": "teacher DeepLabv3+-wide",
+    "teacher": "teacher DeepLabv3+-lite at 240x360",
     "deeplab": "DeepLabv3+-lite, no distillation (plain twin)",
     "deeplab_student": "DeepLabv3+-lite distilled (student)",
 }
@@ -61,6 +63,11 @@ def load_caches(work: Path, seed: int) -> tuple[dict, dict]:
     return train, val
 
 
+def kind_spec(kind: str) -> PreprocessSpec:
+    """The input a net of `kind` reads (the teacher reads 1.5x the student's)."""
+    return seg_data.sized_spec(*input_size(kind))
+
+
 def require(work: Path, kind: str) -> torch.nn.Module:
     net = seg_train.load_trained(work, kind)
     if net is None:
@@ -80,14 +87,16 @@ def convert(work: Path, kind: str, train: dict) -> tuple[Path, Path, str]:
     note = int8.with_suffix(".calibration.txt")
     if not (int8.exists() and stamp.exists() and stamp.read_text() == made_from):
         net = require(work, kind)
-        export_fp32(net, (1, 1, seg_data.SPEC.height, seg_data.SPEC.width), fp32)
-        inputs = seg_data.device_inputs(train)
+        spec = kind_spec(kind)
+        export_fp32(net, (1, 1, spec.height, spec.width), fp32)
+        inputs = seg_data.device_inputs(train, spec)
         n = TEACHER_CALIBRATION if kind == "teacher" else len(inputs)
         pick = np.random.default_rng([0, 7]).permutation(len(inputs))[:n]
         quantize_int8(fp32, [inputs[i][None] for i in sorted(pick)], int8)
         note.write_text(f"{n} real HC18 training frames (of {len(inputs)}, patients of the "
                         "training split only) through grey_resized + normalise (whole frame, "
-                        "160x240), true min/max activation ranges; no validation frame")
+                        f"{spec.height}x{spec.width}), true min/max activation ranges; no "
+                        "validation frame")
         stamp.write_text(made_from)
     return fp32, int8, note.read_text()
 
@@ -136,10 +145,11 @@ def evaluate_rows(work: Path, val: dict, truths: list, threads: int = 2,
     from quantize.macs import count_macs, count_params
     from quantize.manifest import median_latency_ms
 
-    inputs = seg_data.device_inputs(val)
-    shape = (1, 1, seg_data.SPEC.height, seg_data.SPEC.width)
     rows = []
     for kind in kinds:
+        spec = kind_spec(kind)
+        inputs = seg_data.device_inputs(val, spec)
+        shape = (1, 1, spec.height, spec.width)
         net = require(work, kind)
         fp32, int8 = tflite_paths(work, kind)
         if not int8.exists():
@@ -478,7 +488,7 @@ def export_teacher_fp32(dest: Path, seed: int = 0) -> Path:
             json.loads(man_path.read_text()).get("sha256") == sha256_file(path):
         return path
     net = require(work, "teacher")
-    spec = seg_data.SPEC
+    spec = kind_spec("teacher")
     shape = [1, 1, spec.height, spec.width]
     export_fp32(net, tuple(shape), path)
     man = {"manifest_version": 1, "name": "head_teacher_fp32", "version": "1.0.0",

@@ -293,13 +293,15 @@ def augment(x2: np.ndarray, y2: np.ndarray, rng: np.random.Generator,
 
 
 def batch(cache: dict, rng: np.random.Generator, size: int,
-          aug: SegAugment | None = SegAugment()) -> tuple[np.ndarray, ...]:
-    """(inputs, targets) of `size` augmented views, (N, 1, H, W) each; when the cache holds
-    the teacher's maps (`t2`, see `with_teacher`) also the teacher's logits for each view."""
+          aug: SegAugment | None = SegAugment(),
+          spec: PreprocessSpec = SPEC) -> tuple[np.ndarray, ...]:
+    """(inputs, targets) of `size` augmented views at `spec`'s size, (N, 1, H, W) each;
+    when the cache holds the teacher's maps (`t2`, see `with_teacher`) also the teacher's
+    logits for each view. The views are drawn the same at every size."""
     idx = rng.integers(0, len(cache["x2"]), size)
     teacher = cache.get("t2")
     crops = aug is not None and aug.crop_views > 0 and "ellipse" in cache
-    views = [augment(cache["x2"][i], cache["y2"][i], rng, aug,
+    views = [augment(cache["x2"][i], cache["y2"][i], rng, aug, spec,
                      t2=None if teacher is None else teacher[i],
                      ellipse=cache["ellipse"][i] if crops else None,
                      frame_hw=cache["frame_hw"][i] if crops else None) for i in idx]
@@ -347,6 +349,17 @@ def with_teacher(labelled: dict, unlabelled: dict, t2_labelled: np.ndarray,
             "t2": np.concatenate([t2_labelled, t2_unlabelled]).astype(np.float16)}
 
 
+def sized_spec(height: int, width: int) -> PreprocessSpec:
+    """SPEC at another input size (the segmenter teacher reads 1.5x the student's)."""
+    return PreprocessSpec(height, width, roi=SPEC.roi, resize=SPEC.resize, scale=SPEC.scale)
+
+
 def device_inputs(cache: dict, spec: PreprocessSpec = SPEC) -> np.ndarray:
-    """Exactly the device's input for each cached frame: grey_resized + normalise."""
-    return np.stack([normalise(x, spec) for x in cache["x"]])[:, None]
+    """Each cached frame as a net of `spec`'s size reads it, z-scored: at SPEC's size
+    exactly the device's input (grey_resized + normalise); at another size the 2x copy
+    area-resized, as the training views are made."""
+    if (spec.height, spec.width) == (SPEC.height, SPEC.width):
+        return np.stack([normalise(x, spec) for x in cache["x"]])[:, None]
+    return np.stack([normalise(cv2.resize(x2, (spec.width, spec.height),
+                                          interpolation=cv2.INTER_AREA), spec)
+                     for x2 in cache["x2"]])[:, None]

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from quantize import seg_data
 from quantize.data import data_dir, save_npz
-from quantize.seg_nets import make_net
+from quantize.seg_nets import input_size, make_net
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "build" / "head_segmenter"
@@ -76,8 +76,8 @@ class DistilSettings:
     teacher_maps: str = "cached, moved with the augmentation"
 
 
-DEFAULT_STEPS = {"teacher": 3000, "unet_small": 1200, "deeplab": 4000, "student": 1200,
-                 "deeplab_student": 4000}
+DEFAULT_STEPS = {"teacher": 8000, "unet_small": 1200, "deeplab": 8000, "student": 1200,
+                 "deeplab_student": 8000}
 
 
 def settings_for(kind: str, steps: int | None = None) -> TrainSettings:
@@ -149,6 +149,9 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     step, log, minutes = 0, [], 0.0
     config = asdict(settings)
+    spec = seg_data.sized_spec(*input_size(kind))
+    if spec != seg_data.SPEC:  # stamped only where it differs, so older stamps still hold
+        config["input"] = [spec.height, spec.width]
     if kind in DISTILLED:
         config["distil"] = asdict(distil)
     if path.exists():
@@ -181,7 +184,8 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
     started, running = time.time(), []
     while step < settings.steps:
         rng = np.random.default_rng([seed, kind_id, step])
-        views = [torch.from_numpy(v) for v in seg_data.batch(cache, rng, settings.batch)]
+        views = [torch.from_numpy(v) for v in seg_data.batch(cache, rng, settings.batch,
+                                                             spec=spec)]
         x, y = views[0], views[1]
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -218,8 +222,8 @@ def prepare_cache(work: Path, seed: int) -> dict:
 
 
 def teacher_logits(teacher: torch.nn.Module, inputs: np.ndarray, batch: int = 16) -> np.ndarray:
-    """The teacher's logits (n, H2, W2) at the 2x cache size for device inputs (n, 1, H, W),
-    upsampled bilinearly like the device upsamples its map."""
+    """The teacher's logits (n, H2, W2) at the 2x cache size for its inputs (n, 1, H, W) of
+    any size, resized bilinearly like the device resizes its map."""
     h2, w2 = seg_data.SPEC.height * seg_data.CACHE_SCALE, seg_data.SPEC.width * seg_data.CACHE_SCALE
     out = []
     with torch.no_grad():
@@ -235,15 +239,17 @@ def teacher_maps(work: Path, teacher: torch.nn.Module, labelled: dict,
     """The teacher's maps of the labelled and unlabelled frames, cached in
     teacher_maps.npz and reused only for the same teacher checkpoint and frames."""
     ckpt = checkpoint_path(work, "teacher")
-    stamp = f"{ckpt.stat().st_mtime_ns} {len(labelled['x'])} {len(unlabelled['x'])}"
+    spec = seg_data.sized_spec(*input_size("teacher"))
+    stamp = (f"{ckpt.stat().st_mtime_ns} {len(labelled['x'])} {len(unlabelled['x'])} "
+             f"{spec.height}x{spec.width}")
     dest = work / "teacher_maps.npz"
     if dest.exists():
         cached = dict(np.load(dest))
         if str(cached["stamp"]) == stamp:
             return cached["labelled"], cached["unlabelled"]
     teacher.eval()
-    lab = teacher_logits(teacher, seg_data.device_inputs(labelled))
-    unl = teacher_logits(teacher, seg_data.device_inputs(unlabelled))
+    lab = teacher_logits(teacher, seg_data.device_inputs(labelled, spec))
+    unl = teacher_logits(teacher, seg_data.device_inputs(unlabelled, spec))
     save_npz(dest, labelled=lab, unlabelled=unl, stamp=np.asarray(stamp))
     return lab, unl
 

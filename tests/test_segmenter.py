@@ -112,13 +112,20 @@ def test_forward_shapes(kind):
     assert all(f.shape[0] == 2 for f in feats)
 
 
-def test_student_and_teacher_sizes():
-    from quantize.macs import count_params
+def test_the_teacher_reads_more_of_the_frame_than_its_student():
+    """A teacher at the student's input knew nothing the student lacked (1.2.0-1.3.0); the
+    teacher reads 1.5x the input, so it pays more than twice the multiply-adds."""
+    from quantize.macs import count_macs, count_params
+    from quantize.seg_nets import input_size
     from quantize.seg_train import DISTILLED
 
-    teacher = make_net("teacher")
-    assert count_params(make_net("deeplab")) < 300_000 < count_params(teacher) < 2_000_000
-    assert 3 * count_params(make_net("deeplab_student")) < count_params(teacher)
+    teacher, student = make_net("teacher"), make_net("deeplab_student")
+    (th, tw), (sh, sw) = input_size("teacher"), input_size("deeplab_student")
+    assert (th / sh, tw / sw) == (1.5, 1.5)
+    with torch.no_grad():
+        assert tuple(teacher.eval()(torch.zeros(1, 1, th, tw)).shape) == (1, 1, th, tw)
+    assert count_params(student) < 300_000
+    assert count_macs(teacher, (1, 1, th, tw)) > 2 * count_macs(student, (1, 1, sh, sw))
     for kind, plain in DISTILLED.items():
         # a distilled net is the very net of its baseline, so the comparison is like for like
         assert type(make_net(kind)) is type(make_net(plain))
@@ -153,6 +160,29 @@ def test_the_teachers_map_moves_with_the_mask_and_changes_no_view():
     assert np.abs(teacher_prob - y).mean() < 0.01
     # the views really were moved (rotation, scale, flips), so the check above means something
     assert min(np.abs(y[i] - y[j]).mean() for i in range(6) for j in range(i)) > 0.001
+
+
+@needs_data
+def test_the_teacher_learns_the_students_very_views_at_its_own_size():
+    """The same draw gives the teacher the student's view of the same frame, 1.5x larger:
+    area-shrunk to the student's size, the teacher's target is the student's."""
+    import cv2
+
+    from quantize.seg_nets import input_size
+
+    x2, y2, _ = real_views()
+    cache = {"x2": np.stack([x2, x2[:, ::-1]]), "y2": np.stack([y2, y2[:, ::-1]])}
+    teacher_spec = seg_data.sized_spec(*input_size("teacher"))
+    xs, ys = seg_data.batch(cache, np.random.default_rng(3), 4)
+    xt, yt = seg_data.batch(cache, np.random.default_rng(3), 4, spec=teacher_spec)
+    assert xt.shape == (4, 1, 240, 360) and xs.shape == (4, 1, 160, 240)
+    for small, big in zip(ys[:, 0], yt[:, 0], strict=True):
+        shrunk = cv2.resize(big, (240, 160), interpolation=cv2.INTER_AREA)
+        assert small.sum() > 1000 and np.abs(shrunk - small).mean() < 0.01
+    # the frames the teacher labels are read at its own size, z-scored as the device does
+    inputs = seg_data.device_inputs({"x2": cache["x2"]}, teacher_spec)
+    assert inputs.shape == (2, 1, 240, 360)
+    assert np.allclose(inputs.mean((1, 2, 3)), 0, atol=1e-3)
 
 
 @needs_data
