@@ -204,7 +204,7 @@ def choose(rows: list[dict]) -> tuple[str, str]:
                             "figure is slightly optimistic)"] + distillation_verdicts(by))
 
 
-VERSION = "1.3.0"
+VERSION = "1.4.0"
 # Second-pass crop: the head's bounding box plus this share of its size on every side. 0.2
 # measured better than 0.1 with the 1.1.0 net on the 264 validation frames (1.85 vs 1.90 mm).
 CROP_MARGIN = 0.2
