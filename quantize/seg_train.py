@@ -4,10 +4,11 @@ Plain loss: BCE on the area-coverage target + soft Dice.
 
 Distillation (deeplab_student, the same DeepLabv3+-lite as the plain `deeplab`): the teacher
 labels every training frame once, the 673 annotated ones and the 335 unlabelled HC18 test
-heads, and its logit map is cached at the 2x augmentation size (`teacher_maps`). The map
-then moves with the augmentation exactly like the mask (`seg_data.augment`), so a distilled
-step costs what a plain step costs: running the 4x-wide teacher on every augmented batch
-would add about 0.35 s to a 0.3-0.5 s step. Loss per view:
+heads, at its own input (240x360, 1.5x the student's: `seg_nets.input_size`), and its
+logit map is cached at the 2x augmentation size (`teacher_maps`). The map then moves with
+the augmentation exactly like the mask (`seg_data.augment`), so a distilled step costs what
+a plain step costs: running the teacher on every augmented batch would more than double a
+step (its training step takes twice the student's). Loss per view:
 - ground truth: BCE + soft Dice on the annotation's area coverage, or on an unlabelled
   head the teacher's own probability (its pseudo-mask);
 - pixel soft targets at temperature T: T^2 * BCE(sigmoid(s/T), sigmoid(t/T));
