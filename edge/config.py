@@ -18,6 +18,7 @@ from edge.exam.session import ExamSettings
 from edge.fleet.settings import FleetSettings, check_fleet_settings
 from edge.models.biometry import BiometrySettings
 from edge.models.roi import RoiSettings
+from edge.shown import shown
 from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
 from edge.web.settings import WebSettings, check_web_settings
 from wire.mqtt import url_has_password
@@ -155,16 +156,16 @@ def _coerce(value: object, kind: object, where: str) -> object:
                 return _coerce(value, option, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: {value!r} has the wrong type")
+        raise ConfigError(f"{where}: {shown(value)} has the wrong type")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of strings, got {shown(value)}")
         return tuple(value)
     if kind in (int, str, bool, float):
         if type(value) is not kind:
-            raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected {kind.__name__}, got {shown(value)}")
         return value
     return value
 
@@ -176,7 +177,7 @@ def _section(cls: type, table: object, where: str) -> object:
     values = {}
     for key, value in table.items():
         if key not in hints:
-            raise ConfigError(f"{where}: unknown key {key!r}")
+            raise ConfigError(f"{where}: unknown key {shown(key)}")
         values[key] = _coerce(value, hints[key], f"{where}.{key}")
     return cls(**values)
 

@@ -56,6 +56,22 @@ def test_a_bad_key_is_one_line_naming_the_file_and_key(tmp_path, text, expected)
     assert str(path) in message and expected in message and "\n" not in message
 
 
+@pytest.mark.parametrize("text", [
+    "[biometry]\nmin_axis_ratio = \"" + "x" * 200_000 + "\"\n",
+    "[biometry]\nhead_planes = [" + "1, " * 50_000 + "1]\n",
+    "[biometry]\n" + "k" * 100_000 + " = 1\n",
+])
+def test_a_huge_bad_value_or_key_is_named_in_a_short_line(tmp_path, text):
+    """The line names the key and shows the start of what was there, not 200 kB of it."""
+    path = tmp_path / "device.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert str(path) in message and "biometry" in message and "..." in message
+    assert len(message) < len(str(path)) + 200 and "\n" not in message
+
+
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="device.toml: config file not found"):
         load_settings(tmp_path / "device.toml")

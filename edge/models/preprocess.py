@@ -16,16 +16,11 @@ import cv2
 import numpy as np
 
 from edge.models.roi import Roi, to_grey
+from edge.shown import shown
 
 RESIZE_MODES = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 NORMALISE_MODES = ("per_image_zscore", "unit")
 MAX_HALF_RES_FROM = 16.0
-
-
-def _shown(value: object, limit: int = 60) -> str:
-    """A manifest's bad value as an error line shows it: its repr, cut to `limit`."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True)
@@ -66,16 +61,16 @@ class PreprocessSpec:
             raise ValueError(f"{where}: {exc}") from None
         for name in ("height", "width"):
             if isinstance(getattr(spec, name), bool) or not isinstance(getattr(spec, name), int):
-                raise ValueError(f"{where}.{name}: {_shown(getattr(spec, name))} is not a whole "
+                raise ValueError(f"{where}.{name}: {shown(getattr(spec, name))} is not a whole "
                                  "number")
         if (isinstance(spec.scale, bool) or not isinstance(spec.scale, int | float)
                 or not math.isfinite(spec.scale) or spec.scale <= 0):
-            raise ValueError(f"{where}.scale: {_shown(spec.scale)} is not a positive number")
+            raise ValueError(f"{where}.scale: {shown(spec.scale)} is not a positive number")
         if not isinstance(spec.resize, str) or spec.resize not in RESIZE_MODES:
-            raise ValueError(f"{where}.resize: {_shown(spec.resize)} is not one of "
+            raise ValueError(f"{where}.resize: {shown(spec.resize)} is not one of "
                              f"{list(RESIZE_MODES)}")
         if spec.normalise not in NORMALISE_MODES:
-            raise ValueError(f"{where}.normalise: {_shown(spec.normalise)} is not supported")
+            raise ValueError(f"{where}.normalise: {shown(spec.normalise)} is not supported")
         if spec.roi not in ("auto", "full") or spec.color != "grey_mean":
             raise ValueError(f"{where}: roi must be auto|full and color grey_mean")
         if spec.height < 8 or spec.width < 8:
@@ -83,7 +78,7 @@ class PreprocessSpec:
         half = spec.half_res_from
         if (isinstance(half, bool) or not isinstance(half, int | float) or not math.isfinite(half)
                 or not (half == 0 or 1.0 <= half <= MAX_HALF_RES_FROM)):
-            raise ValueError(f"{where}.half_res_from: {_shown(half)} must be 0 (never) or a "
+            raise ValueError(f"{where}.half_res_from: {shown(half)} must be 0 (never) or a "
                              f"number from 1 to {MAX_HALF_RES_FROM:g}")
         return spec
 
