@@ -20,10 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge.models.preprocess import PreprocessSpec
 from quantize import seg_data, seg_train
 from quantize.data import DataError, data_dir
-from quantize.seg_nets import input_size
 from quantize.specs import device_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,11 +61,6 @@ def load_caches(work: Path, seed: int) -> tuple[dict, dict]:
     return train, val
 
 
-def kind_spec(kind: str) -> PreprocessSpec:
-    """The input a net of `kind` reads (the teacher reads 1.5x the student's)."""
-    return seg_data.sized_spec(*input_size(kind))
-
-
 def require(work: Path, kind: str) -> torch.nn.Module:
     net = seg_train.load_trained(work, kind)
     if net is None:
@@ -87,7 +80,7 @@ def convert(work: Path, kind: str, train: dict) -> tuple[Path, Path, str]:
     note = int8.with_suffix(".calibration.txt")
     if not (int8.exists() and stamp.exists() and stamp.read_text() == made_from):
         net = require(work, kind)
-        spec = kind_spec(kind)
+        spec = seg_train.kind_spec(kind)
         export_fp32(net, (1, 1, spec.height, spec.width), fp32)
         inputs = seg_data.device_inputs(train, spec)
         n = TEACHER_CALIBRATION if kind == "teacher" else len(inputs)
@@ -147,7 +140,7 @@ def evaluate_rows(work: Path, val: dict, truths: list, threads: int = 2,
 
     rows = []
     for kind in kinds:
-        spec = kind_spec(kind)
+        spec = seg_train.kind_spec(kind)
         inputs = seg_data.device_inputs(val, spec)
         shape = (1, 1, spec.height, spec.width)
         net = require(work, kind)
@@ -488,7 +481,7 @@ def export_teacher_fp32(dest: Path, seed: int = 0) -> Path:
             json.loads(man_path.read_text()).get("sha256") == sha256_file(path):
         return path
     net = require(work, "teacher")
-    spec = kind_spec("teacher")
+    spec = seg_train.kind_spec("teacher")
     shape = [1, 1, spec.height, spec.width]
     export_fp32(net, tuple(shape), path)
     man = {"manifest_version": 1, "name": "head_teacher_fp32", "version": "1.0.0",

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from edge.models.preprocess import PreprocessSpec
 from quantize import seg_data
 from quantize.data import data_dir, save_npz
 from quantize.seg_nets import input_size, make_net
@@ -119,6 +120,11 @@ def distil_loss(s_logits, t_logits, target, settings: TrainSettings, distil: Dis
         "gt": float(gt.detach()), "kd": float(kd.detach()), "boundary": float(edge.detach())}
 
 
+def kind_spec(kind: str) -> PreprocessSpec:
+    """The input a net of `kind` reads (the teacher reads 1.5x the student's)."""
+    return seg_data.sized_spec(*input_size(kind))
+
+
 def checkpoint_path(work: Path, kind: str) -> Path:
     return work / f"{kind}.pt"
 
@@ -150,7 +156,7 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     step, log, minutes = 0, [], 0.0
     config = asdict(settings)
-    spec = seg_data.sized_spec(*input_size(kind))
+    spec = kind_spec(kind)
     if spec != seg_data.SPEC:  # stamped only where it differs, so older stamps still hold
         config["input"] = [spec.height, spec.width]
     if kind in DISTILLED:
@@ -240,7 +246,7 @@ def teacher_maps(work: Path, teacher: torch.nn.Module, labelled: dict,
     """The teacher's maps of the labelled and unlabelled frames, cached in
     teacher_maps.npz and reused only for the same teacher checkpoint and frames."""
     ckpt = checkpoint_path(work, "teacher")
-    spec = seg_data.sized_spec(*input_size("teacher"))
+    spec = kind_spec("teacher")
     stamp = (f"{ckpt.stat().st_mtime_ns} {len(labelled['x'])} {len(unlabelled['x'])} "
              f"{spec.height}x{spec.width}")
     dest = work / "teacher_maps.npz"
