@@ -195,4 +195,7 @@ def test_run_with_no_source_plays_the_demo_at_scanner_speed(tmp_path):
         "SELECT record FROM results ORDER BY id")]
     mono = [r["mono_s"] for r in records]
     assert mono[-1] - mono[0] >= 19 / 15 * 0.9  # 15 fps: the clip is not raced through
-    assert max(r["capture_ms"] for r in records) < 1000 / 15  # the pacing wait is not in it
+    # The pacing wait is not in it: were it, every frame would carry most of 1000/15 ms.
+    # One frame may still catch the VM's host stalling (87 ms once, in a fresh-clone CI).
+    capture = sorted(r["capture_ms"] for r in records)
+    assert capture[len(capture) // 2] < 1000 / 15 / 4 and capture[-2] < 1000 / 15
