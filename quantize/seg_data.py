@@ -292,13 +292,31 @@ def augment(x2: np.ndarray, y2: np.ndarray, rng: np.random.Generator,
     return normalise(x, spec), y, t
 
 
+def draw_weights(hc_mm: np.ndarray, big_head_weight: float, start_mm: float = 200.0,
+                 full_mm: float = 300.0) -> np.ndarray | None:
+    """How often each frame is drawn, summing to 1, or None for uniform draws. Big heads are
+    few (107 of 673 training heads over 250 mm) and carry the largest HC errors: a model
+    pixel there is the most millimetres. Their weight rises linearly from 1 at `start_mm`
+    to `big_head_weight` at `full_mm`; a frame without a reference HC (an unlabelled head,
+    NaN) weighs 1."""
+    if big_head_weight == 1.0:
+        return None
+    hc = np.nan_to_num(np.asarray(hc_mm, dtype=np.float64), nan=0.0)
+    ramp = np.clip((hc - start_mm) / (full_mm - start_mm), 0.0, 1.0)
+    weights = 1.0 + (big_head_weight - 1.0) * ramp
+    return weights / weights.sum()
+
+
 def batch(cache: dict, rng: np.random.Generator, size: int,
           aug: SegAugment | None = SegAugment(),
-          spec: PreprocessSpec = SPEC) -> tuple[np.ndarray, ...]:
+          spec: PreprocessSpec = SPEC,
+          weights: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """(inputs, targets) of `size` augmented views at `spec`'s size, (N, 1, H, W) each;
     when the cache holds the teacher's maps (`t2`, see `with_teacher`) also the teacher's
-    logits for each view. The views are drawn the same at every size."""
-    idx = rng.integers(0, len(cache["x2"]), size)
+    logits for each view. The views are drawn the same at every size; `weights`
+    (`draw_weights`) makes some frames likelier than others."""
+    idx = (rng.integers(0, len(cache["x2"]), size) if weights is None
+           else rng.choice(len(cache["x2"]), size, p=weights))
     teacher = cache.get("t2")
     crops = aug is not None and aug.crop_views > 0 and "ellipse" in cache
     views = [augment(cache["x2"][i], cache["y2"][i], rng, aug, spec,
@@ -346,7 +364,9 @@ def with_teacher(labelled: dict, unlabelled: dict, t2_labelled: np.ndarray,
     pseudo = 1.0 / (1.0 + np.exp(-t2_unlabelled.astype(np.float32)))
     return {"x2": np.concatenate([labelled["x2"], unlabelled["x2"]]),
             "y2": np.concatenate([labelled["y2"], (pseudo * 255 + 0.5).astype(np.uint8)]),
-            "t2": np.concatenate([t2_labelled, t2_unlabelled]).astype(np.float16)}
+            "t2": np.concatenate([t2_labelled, t2_unlabelled]).astype(np.float16),
+            "hc_csv": np.concatenate([labelled["hc_csv"],
+                                      np.full(len(unlabelled["x2"]), np.nan)])}
 
 
 def sized_spec(height: int, width: int) -> PreprocessSpec:

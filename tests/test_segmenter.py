@@ -162,6 +162,22 @@ def test_the_teachers_map_moves_with_the_mask_and_changes_no_view():
     assert min(np.abs(y[i] - y[j]).mean() for i in range(6) for j in range(i)) > 0.001
 
 
+def test_big_heads_are_drawn_more_often_and_unlabelled_heads_like_small_ones():
+    """Training draws heads over 300 mm three times as often as heads under 200 mm, ramping
+    in between; an unlabelled head (no reference HC) is drawn like a small one; a weight
+    of 1 keeps every frame alike, the draw 1.4.0 was trained with."""
+    hc = np.array([150.0, 199.0, 250.0, 310.0, np.nan])
+    weights = seg_data.draw_weights(hc, 3.0)
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[3] / weights[0] == pytest.approx(3.0)
+    assert weights[2] / weights[0] == pytest.approx(2.0)
+    assert weights[4] == weights[0] == weights[1]
+    assert seg_data.draw_weights(hc, 1.0) is None
+    drawn = np.random.default_rng(0).choice(len(hc), 90_000, p=weights)
+    counts = np.bincount(drawn, minlength=len(hc))
+    assert counts[3] / counts[0] == pytest.approx(3.0, rel=0.05)
+
+
 @needs_data
 def test_the_teacher_learns_the_students_very_views_at_its_own_size():
     """The same draw gives the teacher the student's view of the same frame, 1.5x larger:
