@@ -134,6 +134,23 @@ def kind_spec(kind: str) -> PreprocessSpec:
     return seg_data.sized_spec(*input_size(kind))
 
 
+def settings_stamp(kind: str, settings: TrainSettings,
+                   distil: DistilSettings | None) -> dict:
+    """What a checkpoint records of how it was trained; resuming needs the same stamp.
+    Settings added after checkpoints existed (the input size, the big-head draw) are
+    stamped only where they differ from what those checkpoints were trained with, so their
+    stamps still hold."""
+    config = asdict(settings)
+    if settings.big_head_weight == 1.0:
+        del config["big_head_weight"]
+    spec = kind_spec(kind)
+    if spec != seg_data.SPEC:
+        config["input"] = [spec.height, spec.width]
+    if kind in DISTILLED:
+        config["distil"] = asdict(distil)
+    return config
+
+
 def checkpoint_path(work: Path, kind: str) -> Path:
     return work / f"{kind}.pt"
 
@@ -164,14 +181,8 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
     net = make_net(kind)
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     step, log, minutes = 0, [], 0.0
-    config = asdict(settings)
-    if settings.big_head_weight == 1.0:  # stamped only when set, so older stamps still hold
-        del config["big_head_weight"]
+    config = settings_stamp(kind, settings, distil)
     spec = kind_spec(kind)
-    if spec != seg_data.SPEC:  # stamped only where it differs, so older stamps still hold
-        config["input"] = [spec.height, spec.width]
-    if kind in DISTILLED:
-        config["distil"] = asdict(distil)
     if path.exists():
         state = torch.load(path, weights_only=False)
         if state["settings"] != config or state["seed"] != seed:
