@@ -418,8 +418,9 @@ def test_read_ahead_is_bounded_stops_with_the_loop_and_raises_the_sources_error(
 
 def test_a_paced_file_read_ahead_by_a_slow_loop_stays_as_fresh_as_a_live_feed(tmp_path):
     """A paced file played to a loop slower than its frame rate skips late frames, and read
-    ahead it keeps one frame ready, not a queue: no frame reaches the loop more than about
-    two frame times after it was due."""
+    ahead it keeps one frame ready, not a queue: frames reach the loop within a frame time
+    of being due, and none (but one a host stall may catch) more than two and a half late.
+    A queue would make every frame later than the one before."""
     fps = 30.0
     p = _write_video(tmp_path / "live_like.avi", 45, fps=fps)
     lateness = []
@@ -429,7 +430,10 @@ def test_a_paced_file_read_ahead_by_a_slow_loop_stays_as_fresh_as_a_live_feed(tm
             lateness.append(time.monotonic() - (t0 + frame.index / fps))
             time.sleep(0.1)  # a slow model: 10 fps against a 30 fps file
     assert src.dropped > 0
-    assert max(lateness[1:]) < 0.1 + 2.5 / fps, max(lateness[1:])
+    # A fresh-clone CI once saw one frame 345 ms late among 14 (the rest under 2 ms): the
+    # VM's host stalled the whole process. A queue of old frames would fail both bounds.
+    late = sorted(lateness[1:])
+    assert late[len(late) // 2] < 1 / fps and late[-2] < 0.1 + 2.5 / fps, late
 
 
 def test_the_decoding_thread_prepares_each_frame_and_the_loop_is_charged_what_it_waited(
