@@ -5,6 +5,7 @@ Everything is measured in one run on this machine; ratios are taken within the r
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -102,6 +103,7 @@ BENCH_PIXEL_SIZE_MM = 0.15  # a typical HC18 pixel size; only the timing depends
 
 def main() -> int:
     from quantize.data import data_dir, list_frames, split
+    from quantize.manifest import cpu_description
 
     student_int8 = REPO / "models" / "plane_student.json"
     teacher, student_fp32 = _reference_models()
@@ -110,6 +112,7 @@ def main() -> int:
     if student_fp32 is not None:
         models.insert(1, ("student fp32", student_fp32))
     rows = model_table(models, frame)
+    print(f"CPU: {os.cpu_count()} cores, {cpu_description()} (int8 speed hangs on these)\n")
     print("## Model latency (ai-edge-litert, XNNPACK; one real frame, 200 invokes)\n")
     print(format_table(rows))
     by = {(r.label, r.threads): r for r in rows}

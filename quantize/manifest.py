@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from edge.models.manifest import sha256_of as sha256_file
@@ -44,23 +45,34 @@ def build_box() -> str:
     """The CPU the latencies in a manifest were measured on, read off this machine: int8
     speed hangs on its instructions (VNNI or not), so a figure without it misleads."""
     import os
+
+    return f"{os.cpu_count()}-core build box ({cpu_description()})"
+
+
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """This machine's CPU name and the instructions int8 speed hangs on, for any latency
+    figure to carry (`make bench` prints it first)."""
     import platform
 
     name, flags = platform.machine(), set()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            for line in info:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as info:
+            for line in itertools.islice(info, 100_000):
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and name == platform.machine():
+                if key.strip() in ("model name", "Model") and name == platform.machine():
                     name = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())  # x86 says flags, arm64 Features
     except OSError:
         pass
+    if "asimd" in flags:  # arm64 (a Pi 5's Cortex-A76 has dot products, no i8mm)
+        return f"{name}, " + ", ".join(
+            [label for flag, label in (("asimddp", "dot product"), ("i8mm", "i8mm"))
+             if flag in flags] or ["no int8 dot product"])
     vnni = ("AVX-512 VNNI" if "avx512_vnni" in flags else
             "AVX-VNNI" if "avx_vnni" in flags else "no VNNI")
     simd = "AVX2, " if "avx2" in flags else ""
-    return f"{os.cpu_count()}-core build box ({name}, {simd}{vnni})"
+    return f"{name}, {simd}{vnni}"
 
 
 def median_latency_ms(path: Path, threads: int, runs: int = 200, warmup: int = 20) -> float:

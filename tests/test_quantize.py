@@ -477,3 +477,22 @@ def test_class_maps_are_judged_by_where_the_named_planes_map_peaks(monkeypatch):
     assert judged == 6 and inside >= 5
     mask = head_mask(frames[0], read_frame(frames[0].path).shape)
     assert 0.02 < mask.mean() < 0.9
+
+
+def test_latency_figures_name_the_int8_instructions_of_their_cpu(tmp_path):
+    """An int8 ratio means little without the CPU's int8 instructions: the Xeon here has
+    AVX-512 VNNI, the AMD EPYC box of issue 13 none, a Pi 5 arm64 dot products."""
+    from quantize.manifest import cpu_description
+
+    def cpu(text: str) -> str:
+        (tmp_path / "cpuinfo").write_text(text)
+        return cpu_description(tmp_path / "cpuinfo")
+
+    assert cpu("model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f "
+               "avx512_vnni\n") == "Intel(R) Xeon(R) Processor, AVX2, AVX-512 VNNI"
+    assert cpu("model name\t: AMD EPYC 7B13\nflags\t\t: fpu avx avx2 fma\n"
+               ) == "AMD EPYC 7B13, AVX2, no VNNI"
+    assert cpu("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 atomics fphp asimdhp "
+               "asimdrdm lrcpc dcpop asimddp\nCPU part\t: 0xd0b\n\nModel\t\t: Raspberry Pi 5 "
+               "Model B Rev 1.0\n") == "Raspberry Pi 5 Model B Rev 1.0, dot product"
+    assert cpu("\x00\xff garbage without a colon\n").endswith("no VNNI")  # never a traceback
