@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -322,7 +323,7 @@ def test_an_unwritable_or_full_thumbnail_folder_costs_the_thumbnail_not_the_exam
 def test_the_shown_plane_and_instruction_do_not_flicker():
     rules = load_rules()
     steady = SteadyFeedback(Feedback(plane_change_frames=3, message_change_frames=4,
-                                     score_smoothing=0.5))
+                                     followed_frames=10, score_smoothing=0.5))
 
     def frame(plane, advice):
         criteria = {"zoom": {"pass": advice != "zoom", "value": 0.1, "message": "Zoom in"},
@@ -342,6 +343,27 @@ def test_the_shown_plane_and_instruction_do_not_flicker():
     stale = [steady.update(frame("Brain (Tv.)", a)) for a in ("zoom", None, "zoom", None)]
     assert [s.advice for s in stale] == ["gain", "gain", "gain", None]
     assert rules.feedback.plane_change_frames >= 2 and rules.feedback.message_change_frames >= 2
+
+
+def test_an_instruction_the_midwife_has_followed_goes_within_followed_frames(scorer):
+    """A black screen says "No image"; when the probe meets the belly and a clear head shows,
+    that instruction goes once the image has been there for `followed_frames` frames, not
+    after the `message_change_frames` a new instruction needs to take over."""
+    rules = load_rules()
+    fb = rules.feedback
+    assert fb.followed_frames < fb.message_change_frames
+    clear = head("500_HC.png")
+    black = [scored(scorer, np.zeros_like(clear), "black", i)[0] for i in range(20)]
+    heads = [scored(scorer, clear, "head", 20 + i)[0] for i in range(fb.message_change_frames)]
+    assert all(r["quality"]["advice"] == "content" for r in black)
+    assert all(r["quality"]["criteria"]["content"]["pass"] for r in heads)
+    for settings, gone_at in ((fb, fb.followed_frames),
+                              (replace(fb, followed_frames=1000), fb.message_change_frames)):
+        steady = SteadyFeedback(settings)
+        assert [steady.update(r).advice for r in black][-1] == "content"
+        shown = [steady.update(r) for r in heads]
+        assert [s.advice == "content" for s in shown].index(False) == gone_at - 1
+        assert shown[gone_at - 1].advice == heads[gone_at - 1]["quality"]["advice"]
 
 
 # ------------------------------------------------------------------------- start and end

@@ -5,9 +5,10 @@ jump. The displayed plane holds until it has been absent from the last
 `plane_change_frames` frames, and the instruction until it has been absent from the last
 `message_change_frames` frames; then the most common recent value replaces it (so a steady
 change is taken after that many frames, one odd frame changes nothing, and a stale
-instruction goes even while the probe keeps moving). The displayed score is an exponential
-average. The numbers are in the quality rules'
-[feedback] table.
+instruction goes even while the probe keeps moving). An instruction the midwife has followed
+goes sooner, once its own criterion has passed on the last `followed_frames` frames: the
+screen answers what she did. The displayed score is an exponential average. The numbers are
+in the quality rules' [feedback] table.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ class _Hysteresis:
             self.shown = next(v for v in reversed(self.recent) if counts[v] == most)
         return self.shown
 
+    def release(self, last: int) -> object:
+        """Drop the shown value for the most common of the last `last` frames' values."""
+        window = list(self.recent)[-last:]
+        counts = Counter(window)
+        most = max(counts.values())
+        self.shown = next(v for v in reversed(window) if counts[v] == most)
+        return self.shown
+
 
 @dataclass(frozen=True)
 class Shown:
@@ -58,6 +67,7 @@ class SteadyFeedback:
         self._advice = _Hysteresis(settings.message_change_frames)
         self._score: float | None = None
         self._messages: dict[str, str] = {}
+        self._followed = 0  # frames in a row on which the shown instruction's criterion passed
 
     def update(self, result: dict) -> Shown:
         """Feed one frame's result dict; returns what to show now."""
@@ -74,6 +84,13 @@ class SteadyFeedback:
         advice = quality.get("advice")
         if advice:
             self._messages[advice] = quality["criteria"][advice]["message"]
+        before = self._advice.shown
         shown = self._advice.update(advice)
+        criterion = (quality.get("criteria") or {}).get(shown) if shown else None
+        passed = isinstance(criterion, dict) and criterion.get("pass") is True
+        self._followed = self._followed + 1 if passed and shown == before else int(passed)
+        if self._followed >= self.settings.followed_frames:
+            shown = self._advice.release(self.settings.followed_frames)
+            self._followed = 0
         return Shown(plane, None if self._score is None else round(self._score, 3), shown,
                      self._messages.get(shown) if shown else None)

@@ -95,6 +95,7 @@ class Rule:
 class Feedback:
     plane_change_frames: int = 6
     message_change_frames: int = 15
+    followed_frames: int = 6
     score_smoothing: float = 0.2
 
 
@@ -171,13 +172,14 @@ def load_rules(path: Path | str | None = None) -> Rules:
     fb = {}
     for key, value in feedback_table.items():
         kind = {"plane_change_frames": int, "message_change_frames": int,
-                "score_smoothing": float}.get(key)
+                "followed_frames": int, "score_smoothing": float}.get(key)
         if kind is None:
             raise RulesError(f"{path}: feedback: unknown key {key!r}")
         fb[key] = _typed(value, kind, f"{path}: feedback.{key}")
     feedback = Feedback(**fb)
     if not (1 <= feedback.plane_change_frames <= 1000
             and 1 <= feedback.message_change_frames <= 1000
+            and 1 <= feedback.followed_frames <= 1000
             and 0.0 < feedback.score_smoothing <= 1.0):
         raise RulesError(f"{path}: feedback: frame counts must be 1-1000 and score_smoothing "
                          "in (0, 1]")
