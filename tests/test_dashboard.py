@@ -155,6 +155,29 @@ def test_the_clinics_plot_shows_the_exams_that_were_sent(site, browser):
     assert all(c == "clinic-north" for c, _ in holes)
 
 
+def test_a_clinic_quiet_so_far_today_is_not_counted_silent(tmp_path):
+    """At 8 in the morning no clinic has scanned yet: today is drawn as under way (white,
+    dashed) and left out of the silent weekdays, which count only days that are over."""
+    import re
+
+    from central.dashboard import pages
+
+    per = queries.period(1, now=C.DAY_S * (19_004 + 0.3))  # a Wednesday morning, UTC
+    quiet, busy = "clinic-quiet", "clinic-busy"
+    cells = {(c, d): queries.ClinicDay(c, d, exams=0 if c == quiet else 3)
+             for c in (quiet, busy) for d in per.days}
+    svg = pages.clinics_svg(queries.ClinicsPage(per, [quiet, busy], cells))
+    weekdays_over = sum(1 for d in per.days[:-1] if (d + 3) % 7 < 5)
+    assert weekdays_over == 2  # Monday and Tuesday
+    totals = dict(re.findall(r'fill="[^"]*" data-silent-weekdays="([^"]+)">([^<]*)<', svg))
+    assert totals == {quiet: str(weekdays_over), busy: ""}
+    day = queries.day_text(per.last_day)
+    today = re.search(rf'<rect [^>]*data-clinic="{quiet}" data-day="{day}"[^>]*><title>'
+                      r'([^<]*)</title>', svg)
+    assert today and "today so far: no message yet" in today.group(1)
+    assert 'stroke-dasharray="2 2"' in today.group(0)
+
+
 def test_the_completeness_plots_match_the_protocols_of_the_exams(site, browser):
     page = logged_in(browser, site["base"], ADMIN)
     page.goto(site["base"] + "/completeness")

@@ -77,6 +77,9 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
             svg.line(x, top - 4, x, top + cell * len(page.clinics), stroke="#bbb")
             svg.text(x + 1, top - 8, time.strftime("%d %b", time.gmtime(d * C.DAY_S)),
                      fill=MUTED, size=10)
+    today = page.period.last_day  # still under way: silent so far is not silent
+    svg.text(label_w + (len(days) - 1) * cell + cell / 2, top - 20, "today", anchor="middle",
+             fill=MUTED, size=10)
     for dx, head in ((40, "exams"), (100, "silent"), (100, "weekdays"), (150, "missing")):
         svg.text(label_w + len(days) * cell + 8 + dx, top - (20 if head == "silent" else 8),
                  head, anchor="end", fill=MUTED, size=10)
@@ -87,17 +90,20 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
         for i, d in enumerate(days):
             c = page.cells[(clinic, d)]
             exams += c.exams
-            silent += int(c.silent and (d + 3) % 7 < 5)  # weekends are expected to be quiet
+            # weekends are expected to be quiet, and today may not have begun at the clinic
+            silent += int(c.silent and (d + 3) % 7 < 5 and d != today)
             missing += c.missing
-            fill = (WEEKEND if (d + 3) % 7 >= 5 else GREY) if c.silent else \
+            fill = ("#fff" if d == today else WEEKEND if (d + 3) % 7 >= 5 else GREY) \
+                if c.silent else \
                 ("#fff" if c.exams == 0 else bin_colour(c.exams, EXAM_EDGES, BLUES))
             tip = (f"{clinic} {Q.day_text(d)}: " +
-                   ("silent, no message" if c.silent else
-                    f"{c.exams} exams, {c.health} health") +
+                   (("today so far: no message yet" if d == today else "silent, no message")
+                    if c.silent else f"{c.exams} exams, {c.health} health") +
                    (f"; {c.holes} sequence hole(s)" if c.holes else "") +
                    (f", {c.missing} messages missing" if c.missing else ""))
             svg.rect(label_w + i * cell + 0.5, y + 0.5, cell - 1, cell - 1, fill, tip=tip,
                      stroke="#ccc" if fill == "#fff" else None,
+                     stroke_dasharray="2 2" if c.silent and d == today else None,
                      data_clinic=clinic, data_day=Q.day_text(d), data_exams=c.exams,
                      data_silent=int(c.silent), data_holes=c.holes)
             if c.holes:
@@ -106,7 +112,7 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
         x = label_w + len(days) * cell + 8
         svg.text(x + 40, y + cell - 3, exams, anchor="end", data_total=clinic)
         svg.text(x + 100, y + cell - 3, silent or "", anchor="end",
-                 fill=ORANGE if silent >= 3 else MUTED)
+                 fill=ORANGE if silent >= 3 else MUTED, data_silent_weekdays=clinic)
         svg.text(x + 150, y + cell - 3, missing or "", anchor="end", fill=ORANGE)
         svg.text(x + 162, y + cell - 3, clinic)
     y = top + cell * len(page.clinics) + 22
