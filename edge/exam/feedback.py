@@ -38,18 +38,20 @@ class _Hysteresis:
         while len(self.recent) > self.needed:
             self.recent.popleft()
         if len(self.recent) == self.needed and self.shown not in self.recent:
-            counts = Counter(self.recent)
-            most = max(counts.values())
-            self.shown = next(v for v in reversed(self.recent) if counts[v] == most)
+            self.shown = _most_common(list(self.recent))
         return self.shown
 
     def release(self, last: int) -> object:
         """Drop the shown value for the most common of the last `last` frames' values."""
-        window = list(self.recent)[-last:]
-        counts = Counter(window)
-        most = max(counts.values())
-        self.shown = next(v for v in reversed(window) if counts[v] == most)
+        self.shown = _most_common(list(self.recent)[-last:])
         return self.shown
+
+
+def _most_common(values: list) -> object:
+    """The most common value, the latest of them on a tie."""
+    counts = Counter(values)
+    most = max(counts.values())
+    return next(v for v in reversed(values) if counts[v] == most)
 
 
 @dataclass(frozen=True)
