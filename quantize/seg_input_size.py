@@ -27,7 +27,8 @@ are not shipped: at 240x360 the segmenter costs about twice the time (see the re
 (`run_distil_big`; `--both-teachers`: from the mean of its and the build's teacher's
 logits). Both score through the device's own measure_frame, one pass and with the crop
 pass, against the shipped segmenter frame by frame (results_scratch_*.json,
-results_distil_*.json). The README's "A net built for the larger input" gives the figures.
+results_distil_*.json). docs/measurements.md, "A net built for the larger input", gives the
+figures.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ STUDENT_WIDTHS = (8, 16, 32, 64)
 # its context. The 1.2.0-1.3.0 teacher was 4x wider at the student's input and measured
 # no better than its students (1.80 against 1.85 mm): seven such nets averaged knew
 # nothing the student lacked. Reading more input it was the first teacher better than the
-# student, and distillation from it paid (README, "A net built for the larger input").
+# student, and distillation from it paid (docs/measurements.md, "A net built for the larger
+# input").
 TEACHER_DEEPLAB = {"rates": (3, 6, 9)}
 TEACHER_INPUT = (240, 360)  # height, width
 STUDENT_INPUT = (160, 240)

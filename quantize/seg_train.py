@@ -21,7 +21,7 @@ was left out for that cost.
 `TrainSettings.big_head_weight` can draw the heads over 300 mm more often than the small
 ones (`seg_data.draw_weights`); it is 1 (every frame alike), because drawing them three
 times as often did not mend their error: every net errs on the same big heads by the same
-amount (README, "Drawing the big heads more often").
+amount (docs/measurements.md, "Drawing the big heads more often").
 
 AdamW, linear warm-up then cosine decay, batch 8, one thread. Every step draws its batch
 from an RNG seeded by (seed, model, step), so a run resumed from its checkpoint (saved
@@ -73,8 +73,9 @@ class TrainSettings:
     kd_weight: float = 1.0
     at_beta: float = 1000.0
     # heads over 300 mm drawn this many times as often as heads under 200 mm
-    # (seg_data.draw_weights). 3.0 was tried on 3 December and did not pay (README, "Drawing
-    # the big heads more often"); 1.0 draws every frame alike, as 1.4.0 was trained
+    # (seg_data.draw_weights). 3.0 was tried on 3 December and did not pay
+    # (docs/measurements.md, "Drawing the big heads more often"); 1.0 draws every frame alike,
+    # as 1.4.0 was trained
     big_head_weight: float = 1.0
 
 

@@ -4,7 +4,7 @@ One function serves the teacher, the student, calibration and the device, so the
 train/serve skew: every number comes from the manifest's `preprocessing` block. The one
 knowing difference: a manifest's `half_res_from` lets the device read the frame at half
 resolution while training views stay at full; through the device path it changed no
-answer measurably (README, "This stop (4th of 2 December)").
+answer measurably (docs/measurements.md, "This stop (4th of 2 December)").
 """
 
 from __future__ import annotations
