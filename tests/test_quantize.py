@@ -496,3 +496,52 @@ def test_latency_figures_name_the_int8_instructions_of_their_cpu(tmp_path):
                "asimdrdm lrcpc dcpop asimddp\nCPU part\t: 0xd0b\n\nModel\t\t: Raspberry Pi 5 "
                "Model B Rev 1.0\n") == "Raspberry Pi 5 Model B Rev 1.0, dot product"
     assert cpu("\x00\xff garbage without a colon\n").endswith("no VNNI")  # never a traceback
+
+
+def test_plane_student_training_stopped_midway_resumes_to_the_weights_of_an_unbroken_run(
+        tmp_path, monkeypatch):
+    """The plane stages of `make models` are resumable as the segmenter's are: stopped after
+    a checkpoint and started again, the student ends bit for bit where an unbroken run
+    does. The views are real HC18 frames; the teacher's answers are seeded stand-ins, since
+    what is specified is the loop, not the targets."""
+    import cv2
+
+    from quantize import distil
+    from quantize.data import data_dir
+
+    images = sorted((data_dir() / "hc18" / "images").glob("1??_HC.png"))[:6]
+    views = np.stack([cv2.resize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), (288, 224),
+                                 interpolation=cv2.INTER_AREA) for p in images])
+    rng = np.random.default_rng(5)
+    cache = {"student": views, "logits": rng.normal(size=(6, 14)).astype(np.float16),
+             "maps": rng.normal(size=(6, 14, 14, 18)).astype(np.float16),
+             "label": np.full(6, -1)}
+    settings = distil.TrainSettings(steps=4, batch=3, warmup=1, eval_every=2)
+
+    def student() -> MobileStudent:  # as build_models makes it: seeded, then built
+        torch.manual_seed(0)
+        return MobileStudent()
+
+    unbroken = distil.train_student(student(), cache, tmp_path / "a.pt", 0, settings)
+
+    calls = []
+    real_norm = distil._norm_batch
+
+    def dies_on_the_third_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("the power went")
+        return real_norm(*args, **kwargs)
+
+    monkeypatch.setattr(distil, "_norm_batch", dies_on_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        distil.train_student(student(), cache, tmp_path / "b.pt", 0, settings)
+    monkeypatch.setattr(distil, "_norm_batch", real_norm)
+    assert torch.load(tmp_path / "b.pt", weights_only=False)["step"] == 2
+    resumed = distil.train_student(student(), cache, tmp_path / "b.pt", 0, settings)
+    for (name, a), (_, b) in zip(unbroken.state_dict().items(), resumed.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="b.pt: checkpoint was made with other settings"):
+        distil.train_student(student(), cache, tmp_path / "b.pt", 0,
+                             distil.TrainSettings(steps=6, batch=3, warmup=1, eval_every=2))

@@ -575,3 +575,44 @@ def test_an_experiment_tools_bad_number_or_folder_is_one_line_before_any_work(
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert f"argument {option}:" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+@needs_data
+def test_segmenter_training_killed_midway_resumes_to_the_very_weights_of_an_unbroken_run(
+        tmp_path, monkeypatch):
+    """`make models` is resumable: a run stopped after its last checkpoint and started again
+    ends with the weights, bit for bit, of a run never stopped (each step's batch comes
+    from (seed, net, step), the optimiser's state is in the checkpoint). A checkpoint made
+    with other settings is refused by name, never silently continued."""
+    from quantize import seg_train
+
+    views = [real_views(name) for name in ("250_HC.png", "100_HC.png")]
+    cache = {"x2": np.stack([v[0] for v in views]), "y2": np.stack([v[1] for v in views]),
+             "hc_csv": np.array([180.0, 170.0])}
+    settings = seg_train.TrainSettings(steps=4, batch=2, warmup=1, save_every=2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    unbroken = seg_train.train("deeplab", cache, tmp_path / "a", 0, settings)
+
+    draws = []
+    real_batch = seg_data.batch
+
+    def dies_after_two(*args, **kwargs):
+        if len(draws) == 2:
+            raise KeyboardInterrupt("the power went")
+        draws.append(1)
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(seg_data, "batch", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        seg_train.train("deeplab", cache, tmp_path / "b", 0, settings)
+    monkeypatch.setattr(seg_data, "batch", real_batch)
+    stopped = torch.load(tmp_path / "b" / "deeplab.pt", weights_only=False)
+    assert stopped["step"] == 2 and not stopped["done"]
+    resumed = seg_train.train("deeplab", cache, tmp_path / "b", 0, settings)
+    for (name, a), (_, b) in zip(unbroken.state_dict().items(), resumed.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="deeplab.pt: checkpoint was made with other settings"):
+        seg_train.train("deeplab", cache, tmp_path / "b", 0,
+                        seg_train.TrainSettings(steps=6, batch=2, warmup=1, save_every=2))
