@@ -182,8 +182,8 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
             lat[f"latency_ms_{label}_{threads}t"] = {
                 "value": round(median_latency_ms(path, threads), 3),
                 "how": (f"median of 200 invokes after 20 warm-up, ai-edge-litert 2.3.0 "
-                        f"XNNPACK, num_threads={threads}, 2-core x86-64 build box (AVX2, no "
-                        f"VNNI), shared with other jobs; measured by `{build_cmd}`")}
+                        f"XNNPACK, num_threads={threads}, {build_box()}, shared with other "
+                        f"jobs; measured by `{build_cmd}`")}
 
     sample = [read_frame(fr.path) for fr in held[:: max(1, len(held) // 30)]]
     lat["device_path_ms_2t"] = {
