@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.shown import shown
 from wire.schema import PLANES, PayloadError, read_toml_bounded
 
 PROTOCOLS_FILE = Path(__file__).resolve().parent / "protocols.toml"
@@ -64,17 +65,17 @@ def _slot(entry: object, where: str) -> Slot:
         name, accepts = entry.get("name"), entry.get("accepts")
         unsure = entry.get("unsure_head", False)
         if not isinstance(unsure, bool):
-            raise ProtocolError(f"{where}: slot {name!r}: unsure_head must be true or false")
+            raise ProtocolError(f"{where}: slot {shown(name)}: unsure_head must be true or false")
         if not isinstance(name, str) or not 0 < len(name) <= 32:
             raise ProtocolError(f"{where}: a slot's name is 1-32 characters")
         if not isinstance(accepts, list) or not accepts or not all(
                 isinstance(p, str) for p in accepts):
-            raise ProtocolError(f"{where}: slot {name!r} needs accepts = [plane names]")
+            raise ProtocolError(f"{where}: slot {shown(name)} needs accepts = [plane names]")
     else:
         raise ProtocolError(f"{where}: expected a plane name or {{name, accepts}}")
     bad = [p for p in accepts if p not in PLANES or p == "Background"]
     if bad:
-        raise ProtocolError(f"{where}: {bad[0]!r} is not a standard plane")
+        raise ProtocolError(f"{where}: {shown(bad[0])} is not a standard plane")
     return Slot(name, tuple(accepts), unsure)
 
 
@@ -88,7 +89,7 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
         raise ProtocolError(f"{path}: {exc}") from None
     unknown = sorted(set(data) - {"version", "fault_discount", "anatomy_criteria", "protocols"})
     if unknown:
-        raise ProtocolError(f"{path}: unknown key {unknown[0]!r}")
+        raise ProtocolError(f"{path}: unknown key {shown(unknown[0])}")
     version = data.get("version")
     if not isinstance(version, str) or not version:
         raise ProtocolError(f"{path}: version must be a string")
@@ -113,7 +114,7 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
             raise ProtocolError(f"{where}: expected a table")
         extra = sorted(set(entry) - {"title", "planes", "min_quality"})
         if extra:
-            raise ProtocolError(f"{where}: unknown key {extra[0]!r}")
+            raise ProtocolError(f"{where}: unknown key {shown(extra[0])}")
         title, planes = entry.get("title"), entry.get("planes")
         quality = entry.get("min_quality", 0.5)
         if not isinstance(title, str) or not title:
@@ -137,6 +138,6 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
 def find_protocol(name: str, path: Path | str | None = None) -> Protocol:
     protocols = load_protocols(path)
     if name not in protocols:
-        raise ProtocolError(f"unknown protocol {name!r}: choose one of "
+        raise ProtocolError(f"unknown protocol {shown(name)}: choose one of "
                             f"{', '.join(sorted(protocols))}")
     return protocols[name]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.models.preprocess import PreprocessSpec
+from edge.shown import shown
 from wire.schema import PayloadError, loads_bounded
 
 MANIFEST_VERSION = 1
@@ -68,9 +69,9 @@ def _check_fields(path: Path, raw: dict) -> None:
 
     for key in ("name", "version", "task", "file"):
         if not isinstance(raw[key], str) or not raw[key].strip():
-            raise bad(key, f"must be a non-empty string, got {raw[key]!r}")
+            raise bad(key, f"must be a non-empty string, got {shown(raw[key])}")
     if raw["file"] != Path(raw["file"]).name or raw["file"] in (".", ".."):
-        raise bad("file", f"must name a file beside the manifest, got {raw['file']!r}")
+        raise bad("file", f"must name a file beside the manifest, got {shown(raw['file'])}")
     if not isinstance(raw["sha256"], str) or not re.fullmatch(r"[0-9a-fA-F]{64}",
                                                                raw["sha256"]):
         raise bad("sha256", "must be 64 hexadecimal digits")
@@ -82,25 +83,25 @@ def _check_fields(path: Path, raw: dict) -> None:
         raise bad("labels", "has a label twice")
     inp = raw["input"]
     if not isinstance(inp, dict):
-        raise bad("input", f"must be an object, got {inp!r}")
+        raise bad("input", f"must be an object, got {shown(inp)}")
     shape = inp.get("shape")
     if (not isinstance(shape, list) or not 2 <= len(shape) <= 4
             or not all(isinstance(v, int) and not isinstance(v, bool)
                        and 1 <= v <= MAX_INPUT_SIDE for v in shape)):
-        raise bad("input.shape", f"must be 2-4 integers in 1-{MAX_INPUT_SIDE}, got {shape!r}")
+        raise bad("input.shape", f"must be 2-4 integers in 1-{MAX_INPUT_SIDE}, got {shown(shape)}")
     if "dtype" in inp and inp["dtype"] not in ("int8", "uint8", "float32"):
-        raise bad("input.dtype", f"must be int8, uint8 or float32, got {inp['dtype']!r}")
+        raise bad("input.dtype", f"must be int8, uint8 or float32, got {shown(inp['dtype'])}")
     if not isinstance(raw["output"], dict):
-        raise bad("output", f"must be an object, got {raw['output']!r}")
+        raise bad("output", f"must be an object, got {shown(raw['output'])}")
     if not isinstance(raw["preprocessing"], dict):
-        raise bad("preprocessing", f"must be an object, got {raw['preprocessing']!r}")
+        raise bad("preprocessing", f"must be an object, got {shown(raw['preprocessing'])}")
     thresholds = raw.get("thresholds", {})
     if not isinstance(thresholds, dict):
-        raise bad("thresholds", f"must be an object of numbers, got {thresholds!r}")
+        raise bad("thresholds", f"must be an object of numbers, got {shown(thresholds)}")
     for key, value in thresholds.items():
         check, what = THRESHOLDS.get(key, (lambda v: True, "a finite number"))
         if not _number(value) or not check(float(value)):
-            raise bad(f"thresholds.{key}", f"must be {what}, got {value!r}")
+            raise bad(f"thresholds.{key}", f"must be {what}, got {shown(value)}")
 
 
 def sha256_of(path: Path) -> str:
@@ -133,7 +134,7 @@ def read_manifest(path: Path) -> Manifest:
         raise ModelError(f"{path}: manifest must be a JSON object")
     missing = [key for key in REQUIRED if key not in raw]
     if missing:
-        raise ModelError(f"{path}: manifest lacks {missing[0]!r}")
+        raise ModelError(f"{path}: manifest lacks {shown(missing[0])}")
     if raw.get("manifest_version", MANIFEST_VERSION) != MANIFEST_VERSION:
         raise ModelError(f"{path}: manifest_version {raw['manifest_version']} is not supported")
     _check_fields(path, raw)
@@ -149,7 +150,7 @@ def read_manifest(path: Path) -> Manifest:
     except (TypeError, KeyError, AttributeError) as exc:
         raise ModelError(f"{path}: malformed input/output/labels ({exc})") from None
     if output_kind not in ("logits", "probabilities"):
-        raise ModelError(f"{path}: output.kind {output_kind!r} is not logits or probabilities")
+        raise ModelError(f"{path}: output.kind {shown(output_kind)} is not logits or probabilities")
     if shape[-2:] != (spec.height, spec.width):
         raise ModelError(f"{path}: input shape {shape} disagrees with preprocessing "
                          f"{spec.height}x{spec.width}")

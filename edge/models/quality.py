@@ -30,6 +30,7 @@ from edge.models.planes import group_mass
 from edge.models.preprocess import FrameViews
 from edge.models.roi import Roi
 from edge.models.runtime import Model
+from edge.shown import shown
 from wire.schema import PayloadError, read_toml_bounded
 
 RULES_FILE = Path(__file__).resolve().parent / "quality_rules.toml"
@@ -115,7 +116,7 @@ def _typed(value: object, kind: type, where: str) -> object:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not kind:
-        raise RulesError(f"{where}: expected {kind.__name__}, got {value!r}")
+        raise RulesError(f"{where}: expected {kind.__name__}, got {shown(value)}")
     if kind is float and not math.isfinite(value):
         raise RulesError(f"{where}: must be a finite number")
     return value
@@ -127,13 +128,13 @@ def _rule(name: str, table: object, where: str) -> Rule:
     values = {}
     for key, value in table.items():
         if key not in _CRITERION_KEYS:
-            raise RulesError(f"{where}: unknown key {key!r}")
+            raise RulesError(f"{where}: unknown key {shown(key)}")
         values[key] = _typed(value, _CRITERION_KEYS[key], f"{where}.{key}")
     for key in ("measure", "soft", "weight", "priority", "ok", "source"):
         if key not in values:
-            raise RulesError(f"{where}: missing {key!r}")
+            raise RulesError(f"{where}: missing {shown(key)}")
     if values["measure"] not in MEASURES:
-        raise RulesError(f"{where}.measure: {values['measure']!r} is not one of "
+        raise RulesError(f"{where}.measure: {shown(values['measure'])} is not one of "
                          f"{', '.join(MEASURES)}")
     low, high = values.get("min"), values.get("max")
     if low is None and high is None:
@@ -164,7 +165,7 @@ def load_rules(path: Path | str | None = None) -> Rules:
     known = {"version", "feedback", "head", "criteria"}
     for key in data:
         if key not in known:
-            raise RulesError(f"{path}: unknown key {key!r}")
+            raise RulesError(f"{path}: unknown key {shown(key)}")
     version = _typed(data.get("version"), str, f"{path}: version")
     feedback_table = data.get("feedback", {})
     if not isinstance(feedback_table, dict):
@@ -174,7 +175,7 @@ def load_rules(path: Path | str | None = None) -> Rules:
         kind = {"plane_change_frames": int, "message_change_frames": int,
                 "followed_frames": int, "score_smoothing": float}.get(key)
         if kind is None:
-            raise RulesError(f"{path}: feedback: unknown key {key!r}")
+            raise RulesError(f"{path}: feedback: unknown key {shown(key)}")
         fb[key] = _typed(value, kind, f"{path}: feedback.{key}")
     feedback = Feedback(**fb)
     if not (1 <= feedback.plane_change_frames <= 1000
@@ -306,10 +307,10 @@ def learned_severities(model: Model, image: np.ndarray, roi: Roi | None,
 def check_quality_head(manifest: Manifest) -> None:
     """The manifest is a quality head with the branches the rules may name, or one line."""
     if manifest.task != TASK:
-        raise ModelError(f"{manifest.path}: task {manifest.task!r} is not {TASK!r}")
+        raise ModelError(f"{manifest.path}: task {shown(manifest.task)} is not {TASK!r}")
     missing = [label for label in QUALITY_HEAD_LABELS if label not in manifest.labels]
     if missing:
-        raise ModelError(f"{manifest.path}: labels lack {missing[0]!r}")
+        raise ModelError(f"{manifest.path}: labels lack {shown(missing[0])}")
 
 
 # ------------------------------------------------------------------------------ audit
