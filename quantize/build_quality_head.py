@@ -203,7 +203,7 @@ def manifest(work: Path, net: torch.nn.Module, pool: dict, ev: dict, held: list,
              paths: tuple[Path, Path], seed: int, head_ms: float,
              screens: dict) -> dict:
     from quantize.macs import count_macs, count_params
-    from quantize.manifest import build_box, median_latency_ms
+    from quantize.manifest import latency_how, median_latency_ms
 
     fp32, int8 = paths
     spec = qh.SPEC
@@ -240,8 +240,7 @@ def manifest(work: Path, net: torch.nn.Module, pool: dict, ev: dict, held: list,
         for threads in (1, 2):
             lat[f"latency_ms_{label}_{threads}t"] = m(
                 round(median_latency_ms(path, threads), 3),
-                f"median of 200 invokes after 20 warm-up, ai-edge-litert 2.3.0 XNNPACK, "
-                f"num_threads={threads}, {build_box()}, shared with other jobs; `{cmd}`")
+                latency_how(threads, f"`{cmd}`"))
     op = m8["operating_point"]
     metrics = {f"heldout_spearman_{k}": m(round(m8["spearman"][k], 4), spear_how,
                                           n=m8["n_single"][k] + m8["n_clean"],

@@ -323,7 +323,7 @@ def previous_model(val: dict, images: list) -> dict | None:
 def build_manifest(work: Path, kind: str, rows: list[dict], gate_result: dict, note: str,
                    calibration: str, train: dict, val: dict, check: dict, seed: int,
                    chosen: dict, pass_note: str, previous: dict | None) -> dict:
-    from quantize.manifest import build_box, median_latency_ms
+    from quantize.manifest import latency_how, median_latency_ms
     from quantize.seg_nets import describe
 
     spec = seg_data.SPEC
@@ -357,8 +357,7 @@ def build_manifest(work: Path, kind: str, rows: list[dict], gate_result: dict, n
         for threads in (1, 2):
             lat[f"latency_ms_{label}_{threads}t"] = m(
                 round(median_latency_ms(path, threads), 3),
-                f"median of 200 invokes after 20 warm-up, ai-edge-litert 2.3.0 XNNPACK, "
-                f"num_threads={threads}, {build_box()}, shared with other jobs; `{cmd}`")
+                latency_how(threads, f"`{cmd}`"))
     metrics = {
         "val_dice_int8": m(rd(s["dice"], 4), where, min=rd(s["dice_min"], 4)),
         "val_iou_int8": m(rd(s["iou"], 4), where),

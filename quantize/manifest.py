@@ -49,6 +49,19 @@ def build_box() -> str:
     return f"{os.cpu_count()}-core build box ({cpu_description()})"
 
 
+def latency_how(threads: int, source: str) -> str:
+    """How a manifest's latency figure was measured: the one wording for every model, the
+    runtime's installed version and this box's CPU read off the machine, not typed in."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        litert = version("ai-edge-litert")
+    except PackageNotFoundError:
+        litert = "(version unknown)"
+    return (f"median of 200 invokes after 20 warm-up, ai-edge-litert {litert} XNNPACK, "
+            f"num_threads={threads}, {build_box()}, shared with other jobs; {source}")
+
+
 def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """This machine's CPU name and the instructions int8 speed hangs on, for any latency
     figure to carry (`make bench` prints it first)."""
@@ -181,9 +194,7 @@ def student_manifest(student, teacher, paths, gate_result, frames, train, held, 
         for threads in (1, 2):
             lat[f"latency_ms_{label}_{threads}t"] = {
                 "value": round(median_latency_ms(path, threads), 3),
-                "how": (f"median of 200 invokes after 20 warm-up, ai-edge-litert 2.3.0 "
-                        f"XNNPACK, num_threads={threads}, {build_box()}, shared with other "
-                        f"jobs; measured by `{build_cmd}`")}
+                "how": latency_how(threads, f"measured by `{build_cmd}`")}
 
     sample = [read_frame(fr.path) for fr in held[:: max(1, len(held) // 30)]]
     lat["device_path_ms_2t"] = {
