@@ -77,6 +77,10 @@ class TrainSettings:
     # (docs/measurements.md, "Drawing the big heads more often"); 1.0 draws every frame alike,
     # as 1.4.0 was trained
     big_head_weight: float = 1.0
+    # > 0: also keep an exponential moving average of the weights (and of BatchNorm's
+    # statistics) with this decay, saved beside the weights as "ema" (load_trained(ema=True)).
+    # 0, the build's setting, keeps no average and leaves the stamp as it was.
+    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ def settings_stamp(kind: str, settings: TrainSettings,
     config = asdict(settings)
     if settings.big_head_weight == 1.0:
         del config["big_head_weight"]
+    if settings.ema_decay == 0.0:
+        del config["ema_decay"]
     spec = kind_spec(kind)
     if spec != seg_data.SPEC:
         config["input"] = [spec.height, spec.width]
@@ -156,17 +162,27 @@ def checkpoint_path(work: Path, kind: str) -> Path:
     return work / f"{kind}.pt"
 
 
-def load_trained(work: Path, kind: str) -> torch.nn.Module | None:
-    """The finished net of `kind`, or None if its training has not completed."""
+def load_trained(work: Path, kind: str, ema: bool = False) -> torch.nn.Module | None:
+    """The finished net of `kind` (its weights' moving average with `ema`), or None if its
+    training has not completed."""
     path = checkpoint_path(work, kind)
     if not path.exists():
         return None
     state = torch.load(path, weights_only=False)
     if not state.get("done"):
         return None
+    if ema and "ema" not in state:
+        raise ValueError(f"{path}: trained without a moving average (ema_decay 0)")
     net = make_net(kind)
-    net.load_state_dict(state["model"])
+    net.load_state_dict(state["ema"] if ema else state["model"])
     return net.eval()
+
+
+def moving_average(net: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of `net`'s weights and BatchNorm statistics."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings,
@@ -184,6 +200,7 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
     step, log, minutes = 0, [], 0.0
     config = settings_stamp(kind, settings, distil)
     spec = kind_spec(kind)
+    state: dict = {}
     if path.exists():
         state = torch.load(path, weights_only=False)
         if state["settings"] != config or state["seed"] != seed:
@@ -194,6 +211,10 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
             return net.eval()
         opt.load_state_dict(state["opt"])
         step, log, minutes = state["step"], state["log"], state.get("minutes", 0.0)
+    ema = moving_average(net, settings.ema_decay) if settings.ema_decay > 0 else None
+    if ema is not None and "ema" in state:
+        ema.module.load_state_dict(state["ema"])
+        ema.n_averaged.fill_(state["ema_n"])
     kind_id = zlib.crc32(kind.encode())
 
     def lr_at(s: int) -> float:
@@ -204,9 +225,11 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
 
     def save(done: bool) -> None:
         tmp = path.with_suffix(".tmp")
+        extra = {} if ema is None else {"ema": ema.module.state_dict(),
+                                        "ema_n": int(ema.n_averaged)}
         torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
                     "settings": config, "seed": seed, "log": log, "done": done,
-                    "minutes": minutes}, tmp)
+                    "minutes": minutes, **extra}, tmp)
         tmp.replace(path)
 
     net.train()
@@ -228,6 +251,8 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema.update_parameters(net)
         step += 1
         running.append(loss.item())
         bar.update(1)

@@ -578,18 +578,21 @@ def test_an_experiment_tools_bad_number_or_folder_is_one_line_before_any_work(
 
 
 @needs_data
+@pytest.mark.parametrize("ema_decay", [0.0, 0.5])
 def test_segmenter_training_killed_midway_resumes_to_the_very_weights_of_an_unbroken_run(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, ema_decay):
     """`make models` is resumable: a run stopped after its last checkpoint and started again
     ends with the weights, bit for bit, of a run never stopped (each step's batch comes
-    from (seed, net, step), the optimiser's state is in the checkpoint). A checkpoint made
-    with other settings is refused by name, never silently continued."""
+    from (seed, net, step), the optimiser's state is in the checkpoint), and so does the
+    weights' moving average when one is kept. A checkpoint made with other settings is
+    refused by name, never silently continued."""
     from quantize import seg_train
 
     views = [real_views(name) for name in ("250_HC.png", "100_HC.png")]
     cache = {"x2": np.stack([v[0] for v in views]), "y2": np.stack([v[1] for v in views]),
              "hc_csv": np.array([180.0, 170.0])}
-    settings = seg_train.TrainSettings(steps=4, batch=2, warmup=1, save_every=2)
+    settings = seg_train.TrainSettings(steps=4, batch=2, warmup=1, save_every=2,
+                                       ema_decay=ema_decay)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     unbroken = seg_train.train("deeplab", cache, tmp_path / "a", 0, settings)
@@ -613,6 +616,19 @@ def test_segmenter_training_killed_midway_resumes_to_the_very_weights_of_an_unbr
     for (name, a), (_, b) in zip(unbroken.state_dict().items(), resumed.state_dict().items(),
                                  strict=True):
         assert torch.equal(a, b), name
+    if ema_decay:
+        averaged = [seg_train.load_trained(tmp_path / d, "deeplab", ema=True) for d in "ab"]
+        for (name, a), (_, b) in zip(averaged[0].state_dict().items(),
+                                     averaged[1].state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+        # an average of the steps' weights, not the last step's
+        assert not torch.equal(next(averaged[0].parameters()), next(unbroken.parameters()))
+    else:
+        # the build keeps no average, and its checkpoints' stamps are what they were
+        assert "ema_decay" not in stopped["settings"] and "ema" not in stopped
+        with pytest.raises(ValueError, match="trained without a moving average"):
+            seg_train.load_trained(tmp_path / "b", "deeplab", ema=True)
     with pytest.raises(ValueError, match="deeplab.pt: checkpoint was made with other settings"):
         seg_train.train("deeplab", cache, tmp_path / "b", 0,
-                        seg_train.TrainSettings(steps=6, batch=2, warmup=1, save_every=2))
+                        seg_train.TrainSettings(steps=6, batch=2, warmup=1, save_every=2,
+                                                ema_decay=ema_decay))

@@ -1,0 +1,160 @@
+"""Does distillation beat the plain twin, beyond one run's luck? And does a moving average
+of the weights help either?
+
+One build trains each twin once, and the same recipe has measured the plain twin at 1.725
+and 1.812 mm in two builds: one run's spread is as large as the gain distillation is asked
+to show. This experiment trains both twins again with other training seeds (the weights'
+start and the batches; the patient split, the teacher and its cached maps stay the
+build's), each also keeping an exponential moving average of its weights, and measures
+every net int8 through the device's own `measure_frame` on the validation frames.
+
+    python -m quantize.seg_seeds train KIND SEED [--work DIR] [--threads N]
+    python -m quantize.seg_seeds report [--work DIR] [--seeds 1 2]
+
+`--work` is a build's head-segmenter folder (default build/head_segmenter/seed0) with its
+teacher, its caches and its own twins (its training seed 0) in tflite/. Results go to
+WORK/seeds/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from quantize import eval_biometry, seg_data, seg_train
+from quantize.data import data_dir
+
+EMA_DECAY = 0.998  # averages about the last 500 of 8,000 steps
+TWINS = ("deeplab", "deeplab_student")
+
+
+def seed_dir(work: Path, seed: int) -> Path:
+    return work / "seeds" / f"s{seed}"
+
+
+def train(kind: str, seed: int, work: Path) -> None:
+    cache = dict(np.load(work / "train_cache.npz"))
+    distil = None
+    if kind in seg_train.DISTILLED:
+        teacher = seg_train.load_trained(work, "teacher")
+        if teacher is None:
+            raise FileNotFoundError(f"{seg_train.checkpoint_path(work, 'teacher')}: no teacher")
+        cache = seg_train.distillation_pool(work, 0, cache, teacher)
+        distil = seg_train.DistilSettings()
+    base = seg_train.settings_for(kind)
+    settings = seg_train.TrainSettings(**{**base.__dict__, "ema_decay": EMA_DECAY})
+    dest = seed_dir(work, seed)
+    dest.mkdir(parents=True, exist_ok=True)
+    seg_train.train(kind, cache, dest, seed, settings, distil)
+
+
+def int8_of(work: Path, seed: int, kind: str, ema: bool, train_cache: dict) -> Path:
+    from quantize.seg_input_size import to_int8
+
+    dest = seed_dir(work, seed)
+    net = seg_train.load_trained(dest, kind, ema=ema)
+    if net is None:
+        raise FileNotFoundError(f"{seg_train.checkpoint_path(dest, kind)}: not trained yet")
+    stem = dest / "tflite" / (kind + ("_ema" if ema else ""))
+    stem.parent.mkdir(exist_ok=True)
+    return to_int8(net, seg_data.SPEC, train_cache, stem)
+
+
+def report(work: Path, seeds: list[int]) -> dict:
+    from edge.models.biometry import Passes
+    from quantize.seg_input_size import device_measure
+
+    train_cache = dict(np.load(work / "train_cache.npz"))
+    val = dict(np.load(work / "val_cache.npz"))
+    images = eval_biometry.read_images(val, data_dir())
+    truths = eval_biometry.truth_masks(val)
+    nets: dict[str, Path] = {f"{kind} s0": work / "tflite" / f"{kind}_int8.tflite"
+                             for kind in TWINS}
+    for seed in seeds:
+        for kind in TWINS:
+            for ema in (False, True):
+                label = f"{kind} s{seed}" + (" ema" if ema else "")
+                nets[label] = int8_of(work, seed, kind, ema, train_cache)
+    measured = {}
+    for label, path in nets.items():
+        model = eval_biometry.device_model(path, 2, Passes(), seg_data.SPEC)
+        measured[label] = device_measure(model, Passes(), images, val, truths)
+        print(label, measured[label]["hc_mad_mm"], measured[label]["hc_bands_mm"], flush=True)
+
+    def gain(better: str, worse: str) -> str:
+        g, se, n = eval_biometry.paired_gain(measured[better]["hc"], measured[worse]["hc"],
+                                             val["hc_csv"])
+        return f"{g:+.3f} ± {se:.3f} ({n} frames)"
+
+    pairs = {}
+    for seed in [0, *seeds]:
+        pairs[f"distilled over plain, s{seed}"] = gain(f"deeplab_student s{seed}",
+                                                       f"deeplab s{seed}")
+        if seed:
+            pairs[f"distilled over plain, s{seed} ema"] = gain(f"deeplab_student s{seed} ema",
+                                                               f"deeplab s{seed} ema")
+            for kind in TWINS:
+                pairs[f"{kind} s{seed}: ema over its own weights"] = gain(
+                    f"{kind} s{seed} ema", f"{kind} s{seed}")
+    hc = {k: m.pop("hc") for k, m in measured.items()}
+
+    def mean_of(kind: str, ema: bool) -> float:
+        runs = [f"{kind} s{s}" + (" ema" if ema else "") for s in seeds]
+        if not ema:
+            runs.append(f"{kind} s0")
+        return round(float(np.mean([measured[r]["hc_mad_mm"] for r in runs])), 3)
+
+    summary = {f"{kind}{' ema' if ema else ''}: mean HC MAD over its runs": mean_of(kind, ema)
+               for kind in TWINS for ema in (False, True)}
+    # Every run's per-frame differences pooled: the distilled twin's mean gain over the
+    # plain twin's, frame by frame, averaged over the seeds (its SE from the seeds' spread).
+    per_seed = []
+    for seed in [0, *seeds]:
+        g, _, _ = eval_biometry.paired_gain(hc[f"deeplab_student s{seed}"],
+                                            hc[f"deeplab s{seed}"], val["hc_csv"])
+        per_seed.append(g)
+    summary["distilled over plain, mean over seeds (± SE of the seeds)"] = (
+        f"{np.mean(per_seed):+.3f} ± {np.std(per_seed, ddof=1) / np.sqrt(len(per_seed)):.3f}"
+        f" ({len(per_seed)} seeds)")
+    result = {"work": str(work), "ema_decay": EMA_DECAY, "measured": measured,
+              "paired": pairs, "summary": summary}
+    out = work / "seeds" / "results.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({"paired": pairs, "summary": summary}, indent=1, ensure_ascii=False))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(prog="python -m quantize.seg_seeds")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("kind", choices=TWINS)
+    t.add_argument("seed", type=int)
+    r = sub.add_parser("report")
+    r.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    for p in (t, r):
+        p.add_argument("--work", type=Path, default=seg_train.WORK / "seed0")
+        p.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        if args.command == "train":
+            if args.seed == 0:
+                raise ValueError("seed 0 is the build's own run (WORK/tflite)")
+            train(args.kind, args.seed, args.work)
+        else:
+            report(args.work, args.seeds)
+    except (seg_data.DataError, FileNotFoundError, ValueError) as exc:
+        print(f"seg_seeds: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
