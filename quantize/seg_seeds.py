@@ -67,6 +67,7 @@ def int8_of(work: Path, seed: int, kind: str, ema: bool, train_cache: dict) -> P
 def report(work: Path, seeds: list[int]) -> dict:
     from edge.models.biometry import Passes
     from quantize.seg_input_size import device_measure
+    from quantize.specs import device_spec
 
     train_cache = dict(np.load(work / "train_cache.npz"))
     val = dict(np.load(work / "val_cache.npz"))
@@ -79,9 +80,14 @@ def report(work: Path, seeds: list[int]) -> dict:
             for ema in (False, True):
                 label = f"{kind} s{seed}" + (" ema" if ema else "")
                 nets[label] = int8_of(work, seed, kind, ema, train_cache)
+    # The teacher they learn from, int8 at its own 240x360, for what it has to give.
+    nets["teacher s0"] = work / "tflite" / "teacher_int8.tflite"
     measured = {}
     for label, path in nets.items():
-        model = eval_biometry.device_model(path, 2, Passes(), seg_data.SPEC)
+        # as the device reads it (half_res_from: a large frame is halved before resizing)
+        spec = device_spec(seg_train.kind_spec("teacher" if label.startswith("teacher")
+                                               else "deeplab"))
+        model = eval_biometry.device_model(path, 2, Passes(), spec)
         measured[label] = device_measure(model, Passes(), images, val, truths)
         print(label, measured[label]["hc_mad_mm"], measured[label]["hc_bands_mm"], flush=True)
 
@@ -91,6 +97,8 @@ def report(work: Path, seeds: list[int]) -> dict:
         return f"{g:+.3f} ± {se:.3f} ({n} frames)"
 
     pairs = {}
+    for kind in TWINS:
+        pairs[f"teacher over {kind} s0"] = gain("teacher s0", f"{kind} s0")
     for seed in [0, *seeds]:
         pairs[f"distilled over plain, s{seed}"] = gain(f"deeplab_student s{seed}",
                                                        f"deeplab s{seed}")
