@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,19 @@ def split(frames: list[Frame], seed: int = 0, hc18_heldout: float = 0.25,
         fraction = hc18_heldout if frame.source == "hc18" else planes_heldout
         (held if _unit(frame.group, seed) < fraction else train).append(frame)
     return train, held
+
+
+def load_npz(path: Path) -> dict:
+    """A cache written by save_npz, whole; a file that is not one (truncated, overwritten,
+    another program's) is a DataError naming it, not a zipfile or pickle traceback."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {key: z[key] for key in z.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable cache ({str(exc)[:80]}); delete it and run "
+                        "again to rebuild it") from None
 
 
 def save_npz(path: Path, **arrays) -> None:

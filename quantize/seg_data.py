@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from edge.models.biometry import measure_probability
 from edge.models.preprocess import PreprocessSpec, grey_resized, normalise
-from quantize.data import DataError, Frame, list_frames, read_frame, save_npz, split
+from quantize.data import DataError, Frame, list_frames, load_npz, read_frame, save_npz, split
 
 SPEC = PreprocessSpec(height=160, width=240, roi="full", resize="area", scale=1.0)
 CACHE_SCALE = 2  # augmentation works on a 2x copy, then area-halves to SPEC
@@ -145,7 +145,7 @@ def hc18_split(root: Path | None = None, seed: int = 0) -> tuple[list[Frame], li
 def build_cache(frames: list[Frame], dest: Path, root: Path, spec: PreprocessSpec = SPEC) -> dict:
     """Decode, fit, fill and resize every frame once; stored as one .npz (reused)."""
     if dest.exists():
-        return dict(np.load(dest))
+        return load_npz(dest)
     table = read_hc_table(root)
     h, w = spec.height, spec.width
     h2, w2 = h * CACHE_SCALE, w * CACHE_SCALE
@@ -340,7 +340,7 @@ def build_unlabelled_cache(frames: list[Frame], dest: Path, spec: PreprocessSpec
     Names are kept as `hc18_test/<file>` so they can never be mistaken for the training
     frames of the same file name."""
     if dest.exists():
-        return dict(np.load(dest))
+        return load_npz(dest)
     h, w = spec.height, spec.width
     xs, x2s, names = [], [], []
     for frame in tqdm(frames, desc=f"frames {dest.stem}", unit="frame"):

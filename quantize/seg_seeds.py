@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from quantize import eval_biometry, seg_data, seg_train
-from quantize.data import data_dir
+from quantize.args import SEED, THREADS
+from quantize.data import data_dir, load_npz
 
 EMA_DECAY = 0.998  # averages about the last 500 of 8,000 steps
 TWINS = ("deeplab", "deeplab_student")
@@ -37,7 +38,7 @@ def seed_dir(work: Path, seed: int) -> Path:
 
 
 def train(kind: str, seed: int, work: Path) -> None:
-    cache = dict(np.load(work / "train_cache.npz"))
+    cache = load_npz(work / "train_cache.npz")
     distil = None
     if kind in seg_train.DISTILLED:
         teacher = seg_train.load_trained(work, "teacher")
@@ -69,8 +70,8 @@ def report(work: Path, seeds: list[int]) -> dict:
     from quantize.seg_input_size import device_measure
     from quantize.specs import device_spec
 
-    train_cache = dict(np.load(work / "train_cache.npz"))
-    val = dict(np.load(work / "val_cache.npz"))
+    train_cache = load_npz(work / "train_cache.npz")
+    val = load_npz(work / "val_cache.npz")
     images = eval_biometry.read_images(val, data_dir())
     truths = eval_biometry.truth_masks(val)
     nets: dict[str, Path] = {f"{kind} s0": work / "tflite" / f"{kind}_int8.tflite"
@@ -146,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")
     t.add_argument("kind", choices=TWINS)
-    t.add_argument("seed", type=int)
+    t.add_argument("seed", type=SEED)
     r = sub.add_parser("report")
-    r.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    r.add_argument("--seeds", type=SEED, nargs="+", default=[1, 2])
     for p in (t, r):
         p.add_argument("--work", type=Path, default=seg_train.WORK / "seed0")
-        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--threads", type=THREADS, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:

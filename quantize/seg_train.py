@@ -48,7 +48,8 @@ from tqdm import tqdm
 
 from edge.models.preprocess import PreprocessSpec
 from quantize import seg_data
-from quantize.data import data_dir, save_npz
+from quantize.args import SEED, STEPS, THREADS
+from quantize.data import data_dir, load_npz, save_npz
 from quantize.seg_nets import input_size, make_net
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,7 +301,7 @@ def teacher_maps(work: Path, teacher: torch.nn.Module, labelled: dict,
              f"{spec.height}x{spec.width}")
     dest = work / "teacher_maps.npz"
     if dest.exists():
-        cached = dict(np.load(dest))
+        cached = load_npz(dest)
         if str(cached["stamp"]) == stamp:
             return cached["labelled"], cached["unlabelled"]
     teacher.eval()
@@ -323,9 +324,9 @@ def distillation_pool(work: Path, seed: int, labelled: dict,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quantize.seg_train")
     parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=SEED, default=0)
+    parser.add_argument("--steps", type=STEPS, default=None)
+    parser.add_argument("--threads", type=THREADS, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = WORK / f"seed{args.seed}"

@@ -559,6 +559,10 @@ def test_a_crop_view_is_what_the_devices_crop_pass_shows_and_plain_views_are_unc
     ("quantize.seg_crop_views", ["--seed", "-1"], "--seed"),
     ("quantize.seg_input_size", ["--steps", "abc"], "--steps"),
     ("quantize.seg_input_size", ["--steps", "9" * 30], "--steps"),
+    ("quantize.seg_train", ["deeplab", "--threads", "0"], "--threads"),
+    ("quantize.seg_train", ["deeplab", "--steps", "-5"], "--steps"),
+    ("quantize.seg_seeds", ["train", "deeplab", "1", "--threads", "0"], "--threads"),
+    ("quantize.seg_seeds", ["report", "--seeds", "1", "-2"], "--seeds"),
     ("bench.paired", ["--runs", "0", ".", "."], "--runs"),
     ("bench.paired", ["--pixel-size", "nan", ".", "."], "--pixel-size"),
     ("bench.paired", ["", "."], "old"),
@@ -632,3 +636,28 @@ def test_segmenter_training_killed_midway_resumes_to_the_very_weights_of_an_unbr
         seg_train.train("deeplab", cache, tmp_path / "b", 0,
                         seg_train.TrainSettings(steps=6, batch=2, warmup=1, save_every=2,
                                                 ema_decay=ema_decay))
+
+
+@needs_data
+def test_a_damaged_segmenter_cache_is_one_line_naming_it_never_a_traceback_or_a_pickle(
+        tmp_path):
+    """The build reuses its caches of real frames across runs. One cut short (a copy
+    interrupted by a full disk), or one holding pickled objects, came out as a zipfile or
+    numpy traceback that did not say which file; a pickle would even have been run. Each
+    is now a DataError naming the file and what to do."""
+    frames = seg_data.unlabelled_frames(DATA)[:2]
+    dest = tmp_path / "unlabelled_cache.npz"
+    made = seg_data.build_unlabelled_cache(frames, dest)
+    again = seg_data.build_unlabelled_cache(frames, dest)
+    assert all(np.array_equal(made[k], again[k]) for k in made)
+
+    whole = dest.read_bytes()
+    dest.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DataError, match=r"unlabelled_cache.npz: not a readable cache .*"
+                                        r"delete it and run again"):
+        seg_data.build_unlabelled_cache(frames, dest)
+
+    np.savez(tmp_path / "pickled.npz", x=np.array([{"run": "me"}], dtype=object))
+    (tmp_path / "pickled.npz").replace(dest)
+    with pytest.raises(DataError, match="unlabelled_cache.npz: not a readable cache"):
+        seg_data.build_unlabelled_cache(frames, dest)
