@@ -43,6 +43,7 @@ from quantize.data import (
     Frame,
     border_crop,
     is_head_frame,
+    load_npz,
     make_view,
     read_frame,
     save_npz,
@@ -318,7 +319,7 @@ def load_cache(cache_dir: Path) -> dict[str, np.ndarray]:
     files = sorted(cache_dir.glob("views_*.npz"))
     if not files:
         raise FileNotFoundError(f"{cache_dir}: no cached views (run the cache step first)")
-    parts = [np.load(f) for f in files]
+    parts = [load_npz(f) for f in files]
     return {k: np.concatenate([p[k] for p in parts])
             for k in ("student", "logits", "logits_view", "maps", "label", "frame")}
 
@@ -339,7 +340,7 @@ def heldout_set(teacher: SonoNet16, frames: list[Frame], path: Path) -> dict[str
     rois = [find_roi(im) for im in images]
     fingerprint = roi_fingerprint(rois)
     if path.exists():
-        cached = dict(np.load(path))
+        cached = load_npz(path)
         if str(cached.get("roi_fingerprint")) == fingerprint:
             return cached
     s_views, t_views, t_crop = [], [], []

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from quantize.data import AugmentSettings, make_view, save_npz
+from quantize.data import AugmentSettings, load_npz, make_view, save_npz
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,8 +69,7 @@ def synth_views(teacher, synth_dir: Path, out_dir: Path, seed: int,
             return False
         want = min(len(images), (c + 1) * settings.images_per_chunk) - \
             c * settings.images_per_chunk
-        with np.load(path) as z:
-            return len(z["frame"]) == want * settings.views_per_image
+        return len(load_npz(path)["frame"]) == want * settings.views_per_image
 
     todo = [c for c in range(n_chunks) if not done(c)]
     aug = AugmentSettings()
@@ -100,7 +99,7 @@ def load_views(out_dir: Path) -> dict[str, np.ndarray]:
     files = sorted(out_dir.glob("views_[0-9][0-9][0-9][0-9].npz"))
     if not files:
         raise FileNotFoundError(f"{out_dir}: no synthesised views (run the synth step)")
-    parts = [np.load(f) for f in files]
+    parts = [load_npz(f) for f in files]
     return {k: np.concatenate([p[k] for p in parts])
             for k in ("student", "logits", "maps", "label", "target")}
 
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     base = args.base or work / f"student-{SHIPPED_STUDENT_TAG}.pt"
     try:
         teacher = load_teacher(data_dir() / "sononet" / "SonoNet16.npz")
-        heldout = dict(np.load(work / "heldout.npz"))
+        heldout = load_npz(work / "heldout.npz")
         _, ckpt = finetune(teacher, base, work, args.seed,
                            replace(FinetuneSettings(), steps=args.steps), heldout)
     except (DataError, FileNotFoundError, ValueError) as exc:

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from edge.models.preprocess import PreprocessSpec, grey_resized
 from edge.models.roi import find_roi, to_grey
-from quantize.data import DataError, Frame, read_frame, save_npz
+from quantize.data import DataError, Frame, load_npz, read_frame, save_npz
 from quantize.degrade import KINDS, SEVERITY_ONE, degrade_many
 from quantize.degrade import VERSION as DEGRADE_VERSION
 
@@ -133,14 +133,14 @@ def build_pool(frames: list[Frame], folder: Path, seed: int,
         path = folder / f"chunk{index:03d}.npz"
         names = _chunk_names(chunk)
         if path.exists():
-            with np.load(path) as cached:
-                if ("stamp" in cached.files and str(cached["stamp"]) == tag
-                        and np.array_equal(cached["names"], names)):
-                    xs.append(cached["x"])
-                    ys.append(cached["y"])
-                    srcs.append(cached["source"])
-                    bar.update(len(cached["x"]))
-                    continue
+            cached = load_npz(path)
+            if ("stamp" in cached and str(cached["stamp"]) == tag
+                    and np.array_equal(cached["names"], names)):
+                xs.append(cached["x"])
+                ys.append(cached["y"])
+                srcs.append(cached["source"])
+                bar.update(len(cached["x"]))
+                continue
         cx, cy, cs = [], [], []
         for frame in chunk:
             grey, roi = load_grey(frame)
@@ -195,10 +195,10 @@ def build_eval(frames: list[Frame], path: Path, seed: int) -> dict[str, np.ndarr
     names = _chunk_names(frames)
     tag = stamp(eval={"single": EVAL_SINGLE, "mild": MILD, "unusable": UNUSABLE_MIN})
     if path.exists():
-        with np.load(path) as cached:
-            if ("stamp" in cached.files and str(cached["stamp"]) == tag
-                        and np.array_equal(cached["names"], names)):
-                return {k: cached[k] for k in cached.files}
+        cached = load_npz(path)
+        if ("stamp" in cached and str(cached["stamp"]) == tag
+                and np.array_equal(cached["names"], names)):
+            return cached
     xs, ys, sets, frame_idx, groups = [], [], [], [], []
     for i, frame in enumerate(tqdm(frames, desc="held-out views", unit="frame",
                                    mininterval=10)):

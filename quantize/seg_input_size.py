@@ -48,7 +48,7 @@ from tqdm import tqdm
 from edge.models.preprocess import PreprocessSpec, grey_resized, normalise
 from quantize import eval_biometry, seg_data, seg_train
 from quantize.args import SEED, STEPS, THREADS
-from quantize.data import DataError, data_dir
+from quantize.data import DataError, data_dir, load_npz
 
 # name: (input size, the checkpoint it continues, distilled?)
 RUNS = {"control_160x240": ((160, 240), "deeplab", False),
@@ -146,7 +146,7 @@ def run(steps: int, seed: int) -> dict:
             raise FileNotFoundError(f"{path}: run `python -m quantize.build_segmenter` first")
     out = work / "input_size"
     out.mkdir(exist_ok=True)
-    train, val = dict(np.load(work / "train_cache.npz")), dict(np.load(work / "val_cache.npz"))
+    train, val = load_npz(work / "train_cache.npz"), load_npz(work / "val_cache.npz")
     images = eval_biometry.read_images(val, data_dir())
     truths = eval_biometry.truth_masks(val)
     results: dict = {"steps": steps, "base": "deeplab.pt and deeplab_student.pt (4,000 steps "
@@ -201,7 +201,7 @@ def run_scratch(steps: int, seed: int) -> dict:
     work = seg_train.WORK / f"seed{seed}"
     out = work / "input_size"
     out.mkdir(parents=True, exist_ok=True)
-    train, val = dict(np.load(work / "train_cache.npz")), dict(np.load(work / "val_cache.npz"))
+    train, val = load_npz(work / "train_cache.npz"), load_npz(work / "val_cache.npz")
     images = eval_biometry.read_images(val, data_dir())
     truths = eval_biometry.truth_masks(val)
     h, w = SCRATCH["size"]
@@ -301,7 +301,7 @@ def run_distil_big(steps: int, seed: int, both: bool = False) -> dict:
     big = DeepLabLite(rates=SCRATCH["rates"])
     big.load_state_dict(torch.load(big_path, weights_only=False))
     big.eval()
-    train, val = dict(np.load(work / "train_cache.npz")), dict(np.load(work / "val_cache.npz"))
+    train, val = load_npz(work / "train_cache.npz"), load_npz(work / "val_cache.npz")
     unlabelled = seg_data.build_unlabelled_cache(seg_data.unlabelled_frames(data_dir()),
                                                  work / "unlabelled_cache.npz")
     big_spec = PreprocessSpec(h, w, roi="full", resize="area", scale=1.0)
@@ -314,13 +314,13 @@ def run_distil_big(steps: int, seed: int, both: bool = False) -> dict:
 
     maps_path = out / "big_teacher_maps.npz"
     if maps_path.exists():
-        cached = dict(np.load(maps_path))
+        cached = load_npz(maps_path)
         lab, unl = cached["labelled"], cached["unlabelled"]
     else:
         lab, unl = maps(train), maps(unlabelled)
         np.savez(maps_path, labelled=lab, unlabelled=unl)
     if both:  # the two teachers' mean logits: the build's is the better on the biggest heads
-        build_maps = dict(np.load(work / "teacher_maps.npz"))
+        build_maps = load_npz(work / "teacher_maps.npz")
         lab = ((lab.astype(np.float32) + build_maps["labelled"]) / 2).astype(np.float16)
         unl = ((unl.astype(np.float32) + build_maps["unlabelled"]) / 2).astype(np.float16)
     pool = seg_data.with_teacher(train, unlabelled, lab, unl)

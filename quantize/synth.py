@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from quantize.data import LABELS, save_npz
+from quantize.data import LABELS, load_npz, save_npz
 from quantize.teacher import NUM_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,7 +291,7 @@ def load_synth(out_dir: Path, kept_only: bool = True) -> dict[str, np.ndarray]:
     files = sorted(out_dir.glob("batch_[0-9][0-9][0-9][0-9].npz"))
     if not files:
         raise FileNotFoundError(f"{out_dir}: no synthesised batches (run quantize.synth)")
-    parts = [dict(np.load(f)) for f in files]
+    parts = [load_npz(f) for f in files]
     out = {k: np.concatenate([p[k] for p in parts])
            for k in ("images", "target", "teacher_logits", "kept")}
     out["seconds"] = np.array([float(p["seconds"]) for p in parts])

@@ -47,6 +47,7 @@ from quantize.data import (
     border_crop,
     data_dir,
     list_frames,
+    load_npz,
     read_frame,
     save_npz,
 )
@@ -119,11 +120,11 @@ def build_views(seed: int = 0, settings: VariantSettings = VariantSettings(),
 
     cache = cache or WORK / "variants" / f"views_seed{seed}.npz"
     held_path = WORK / "heldout.npz"
-    held_key = str(np.load(held_path)["roi_fingerprint"]) if held_path.exists() else ""
+    held_key = str(load_npz(held_path)["roi_fingerprint"]) if held_path.exists() else ""
     key = json.dumps({"seed": seed, **asdict(settings), "with": "teacher_crop",
                       "heldout": held_key}, sort_keys=True)
     if cache.exists():
-        data = dict(np.load(cache))
+        data = load_npz(cache)
         if str(data.get("key")) == key:
             return data
     root = data_dir()
@@ -158,7 +159,7 @@ def build_views(seed: int = 0, settings: VariantSettings = VariantSettings(),
     vidx = [v for _, _, v in jobs]
     from quantize.gate import views_for
 
-    held = dict(np.load(WORK / "heldout.npz"))
+    held = load_npz(WORK / "heldout.npz")
     out = {"views": np.stack(views), "teacher_logits": t_logits.astype(np.float32),
            "teacher_crop_logits": crop_logits.astype(np.float32),
            "cls": np.asarray(cls, np.int16), "vidx": np.asarray(vidx, np.int16),
@@ -190,7 +191,7 @@ def evaluate(model: Path, seed: int = 0, threads: int = 1) -> dict:
     digest = sha256_of(Path(model))[:12]
     path = WORK / "variants" / f"result_{digest}_seed{seed}.npz"
     if path.exists():
-        z = np.load(path)
+        z = load_npz(path)
         v_logits, h_logits = z["variant_logits"], z["held_logits"]
     else:
         v_logits = student_outputs(model, data["views"], threads)

@@ -281,3 +281,26 @@ def test_shipped_head_ranks_clean_below_degraded_on_the_right_branch(frames):
             k = labels.index(branch)
             bad = severities(model, apply(grey, roi, kind, 0.9, seed=1, **options))
             assert bad[k] > clean[k] + 0.2, (name, kind, options, clean[k], bad[k])
+
+
+def test_the_quality_heads_cached_views_are_reused_exactly_and_a_damaged_chunk_is_named(
+        data_dir, tmp_path):
+    """`make models` keeps the quality head's degraded views in chunks and reuses them on
+    the next run. A reused chunk gives the very views it was built with; one cut short
+    (a disk that filled during a copy) is one line naming the chunk and what to do, where
+    it was a zipfile traceback."""
+    from quantize import quality_head as qh
+    from quantize.data import DataError
+
+    _, held = split(list_frames(data_dir), seed=0)
+    two = [f for f in held if f.source == "hc18"][:2]
+    settings = qh.ViewSettings(views_hc18=2, chunk=1)
+    built = qh.build_pool(two, tmp_path / "pool", 5, settings)
+    assert len(built["x"]) == 4
+    reused = qh.build_pool(two, tmp_path / "pool", 5, settings)
+    assert all(np.array_equal(built[k], reused[k]) for k in built)
+
+    chunk = tmp_path / "pool" / "chunk001.npz"
+    chunk.write_bytes(chunk.read_bytes()[:300])
+    with pytest.raises(DataError, match=r"chunk001.npz: not a readable cache"):
+        qh.build_pool(two, tmp_path / "pool", 5, settings)
