@@ -126,15 +126,17 @@ def split(frames: list[Frame], seed: int = 0, hc18_heldout: float = 0.25,
     return train, held
 
 
-def load_npz(path: Path) -> dict:
-    """A cache written by save_npz, whole; a file that is not one (truncated, overwritten,
-    another program's) is a DataError naming it, not a zipfile or pickle traceback."""
+def load_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict:
+    """A cache written by save_npz, whole or only its `keys` (a build's chunked caches are
+    joined key by key, so that only one key's chunks are in memory twice); a file that is
+    not one (truncated, overwritten, another program's, a key missing) is a DataError naming
+    it, not a zipfile or pickle traceback."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {key: z[key] for key in z.files}
+            return {key: z[key] for key in (z.files if keys is None else keys)}
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable cache ({str(exc)[:80]}); delete it and run "
                         "again to rebuild it") from None
 

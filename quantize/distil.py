@@ -319,8 +319,7 @@ def load_cache(cache_dir: Path) -> dict[str, np.ndarray]:
     files = sorted(cache_dir.glob("views_*.npz"))
     if not files:
         raise FileNotFoundError(f"{cache_dir}: no cached views (run the cache step first)")
-    parts = [load_npz(f) for f in files]
-    return {k: np.concatenate([p[k] for p in parts])
+    return {k: np.concatenate([load_npz(f, (k,))[k] for f in files])
             for k in ("student", "logits", "logits_view", "maps", "label", "frame")}
 
 

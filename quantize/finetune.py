@@ -69,7 +69,7 @@ def synth_views(teacher, synth_dir: Path, out_dir: Path, seed: int,
             return False
         want = min(len(images), (c + 1) * settings.images_per_chunk) - \
             c * settings.images_per_chunk
-        return len(load_npz(path)["frame"]) == want * settings.views_per_image
+        return len(load_npz(path, ("frame",))["frame"]) == want * settings.views_per_image
 
     todo = [c for c in range(n_chunks) if not done(c)]
     aug = AugmentSettings()
@@ -99,8 +99,7 @@ def load_views(out_dir: Path) -> dict[str, np.ndarray]:
     files = sorted(out_dir.glob("views_[0-9][0-9][0-9][0-9].npz"))
     if not files:
         raise FileNotFoundError(f"{out_dir}: no synthesised views (run the synth step)")
-    parts = [load_npz(f) for f in files]
-    return {k: np.concatenate([p[k] for p in parts])
+    return {k: np.concatenate([load_npz(f, (k,))[k] for f in files])
             for k in ("student", "logits", "maps", "label", "target")}
 
 

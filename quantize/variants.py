@@ -120,7 +120,8 @@ def build_views(seed: int = 0, settings: VariantSettings = VariantSettings(),
 
     cache = cache or WORK / "variants" / f"views_seed{seed}.npz"
     held_path = WORK / "heldout.npz"
-    held_key = str(load_npz(held_path)["roi_fingerprint"]) if held_path.exists() else ""
+    held_key = (str(load_npz(held_path, ("roi_fingerprint",))["roi_fingerprint"])
+                if held_path.exists() else "")
     key = json.dumps({"seed": seed, **asdict(settings), "with": "teacher_crop",
                       "heldout": held_key}, sort_keys=True)
     if cache.exists():
