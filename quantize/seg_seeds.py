@@ -8,8 +8,8 @@ start and the batches; the patient split, the teacher and its cached maps stay t
 build's), each also keeping an exponential moving average of its weights, and measures
 every net int8 through the device's own `measure_frame` on the validation frames.
 
-    python -m quantize.seg_seeds train KIND SEED [--work DIR] [--threads N]
-    python -m quantize.seg_seeds report [--work DIR] [--seeds 1 2]
+    python -m quantize.seg_seeds train KIND SEED [--steps N] [--work DIR] [--threads N]
+    python -m quantize.seg_seeds report [--work DIR] [--seeds 1 2] [--long-steps N]
 
 `--work` is a build's head-segmenter folder (default build/head_segmenter/seed0) with its
 teacher, its caches and its own twins (its training seed 0) in tflite/. Results go to
@@ -26,18 +26,19 @@ from pathlib import Path
 import numpy as np
 
 from quantize import eval_biometry, seg_data, seg_train
-from quantize.args import SEED, THREADS
+from quantize.args import SEED, STEPS, THREADS
 from quantize.data import data_dir, load_npz
 
 EMA_DECAY = 0.998  # averages about the last 500 of 8,000 steps
 TWINS = ("deeplab", "deeplab_student")
 
 
-def seed_dir(work: Path, seed: int) -> Path:
-    return work / "seeds" / f"s{seed}"
+def seed_dir(work: Path, seed: int, steps: int | None = None) -> Path:
+    """Where a seed's twins train; a run longer than the build's has a folder of its own."""
+    return work / "seeds" / (f"s{seed}" if steps is None else f"s{seed}_{steps}steps")
 
 
-def train(kind: str, seed: int, work: Path) -> None:
+def train(kind: str, seed: int, work: Path, steps: int | None = None) -> None:
     cache = load_npz(work / "train_cache.npz")
     distil = None
     if kind in seg_train.DISTILLED:
@@ -46,17 +47,18 @@ def train(kind: str, seed: int, work: Path) -> None:
             raise FileNotFoundError(f"{seg_train.checkpoint_path(work, 'teacher')}: no teacher")
         cache = seg_train.distillation_pool(work, 0, cache, teacher)
         distil = seg_train.DistilSettings()
-    base = seg_train.settings_for(kind)
+    base = seg_train.settings_for(kind, steps)
     settings = seg_train.TrainSettings(**{**base.__dict__, "ema_decay": EMA_DECAY})
-    dest = seed_dir(work, seed)
+    dest = seed_dir(work, seed, steps)
     dest.mkdir(parents=True, exist_ok=True)
     seg_train.train(kind, cache, dest, seed, settings, distil)
 
 
-def int8_of(work: Path, seed: int, kind: str, ema: bool, train_cache: dict) -> Path:
+def int8_of(work: Path, seed: int, kind: str, ema: bool, train_cache: dict,
+            steps: int | None = None) -> Path:
     from quantize.seg_input_size import to_int8
 
-    dest = seed_dir(work, seed)
+    dest = seed_dir(work, seed, steps)
     net = seg_train.load_trained(dest, kind, ema=ema)
     if net is None:
         raise FileNotFoundError(f"{seg_train.checkpoint_path(dest, kind)}: not trained yet")
@@ -65,7 +67,7 @@ def int8_of(work: Path, seed: int, kind: str, ema: bool, train_cache: dict) -> P
     return to_int8(net, seg_data.SPEC, train_cache, stem)
 
 
-def report(work: Path, seeds: list[int]) -> dict:
+def report(work: Path, seeds: list[int], long_steps: int | None = None) -> dict:
     from edge.models.biometry import Passes
     from quantize.seg_input_size import device_measure
     from quantize.specs import device_spec
@@ -81,6 +83,15 @@ def report(work: Path, seeds: list[int]) -> dict:
             for ema in (False, True):
                 label = f"{kind} s{seed}" + (" ema" if ema else "")
                 nets[label] = int8_of(work, seed, kind, ema, train_cache)
+    # Runs trained longer than the build's (train --steps), where they have finished.
+    longer = []
+    if long_steps is not None:
+        for seed in seeds:
+            for kind in TWINS:
+                if seg_train.load_trained(seed_dir(work, seed, long_steps), kind) is not None:
+                    label = f"{kind} s{seed} {long_steps} steps"
+                    nets[label] = int8_of(work, seed, kind, False, train_cache, long_steps)
+                    longer.append((label, f"{kind} s{seed}"))
     # The teacher they learn from, int8 at its own 240x360, for what it has to give.
     nets["teacher s0"] = work / "tflite" / "teacher_int8.tflite"
     measured = {}
@@ -109,6 +120,8 @@ def report(work: Path, seeds: list[int]) -> dict:
             for kind in TWINS:
                 pairs[f"{kind} s{seed}: ema over its own weights"] = gain(
                     f"{kind} s{seed} ema", f"{kind} s{seed}")
+    for label, base in longer:
+        pairs[f"{label} over {base}"] = gain(label, base)
     hc = {k: m.pop("hc") for k, m in measured.items()}
 
     def spread(runs: list[str]) -> str:
@@ -148,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train")
     t.add_argument("kind", choices=TWINS)
     t.add_argument("seed", type=SEED)
+    t.add_argument("--steps", type=STEPS, default=None)
     r = sub.add_parser("report")
     r.add_argument("--seeds", type=SEED, nargs="+", default=[1, 2])
+    r.add_argument("--long-steps", type=STEPS, default=None,
+                   help="also measure the seeds' runs trained this many steps, where finished")
     for p in (t, r):
         p.add_argument("--work", type=Path, default=seg_train.WORK / "seed0")
         p.add_argument("--threads", type=THREADS, default=1)
@@ -159,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             if args.seed == 0:
                 raise ValueError("seed 0 is the build's own run (WORK/tflite)")
-            train(args.kind, args.seed, args.work)
+            train(args.kind, args.seed, args.work, args.steps)
         else:
-            report(args.work, args.seeds)
+            report(args.work, args.seeds, args.long_steps)
     except (seg_data.DataError, FileNotFoundError, ValueError) as exc:
         print(f"seg_seeds: {exc}", file=sys.stderr)
         return 2
