@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +40,11 @@ def seed_dir(work: Path, seed: int, steps: int | None = None) -> Path:
 
 
 def train(kind: str, seed: int, work: Path, steps: int | None = None) -> None:
-    cache = load_npz(work / "train_cache.npz")
-    distil = None
-    if kind in seg_train.DISTILLED:
-        teacher = seg_train.load_trained(work, "teacher")
-        if teacher is None:
-            raise FileNotFoundError(f"{seg_train.checkpoint_path(work, 'teacher')}: no teacher")
-        cache = seg_train.distillation_pool(work, 0, cache, teacher)
-        distil = seg_train.DistilSettings()
-    base = seg_train.settings_for(kind, steps)
-    settings = seg_train.TrainSettings(**{**base.__dict__, "ema_decay": EMA_DECAY})
+    # the build's split (seed 0), caches and teacher; only the training seed differs
+    if not (work / "train_cache.npz").is_file():
+        raise FileNotFoundError(f"{work / 'train_cache.npz'}: not a build's segmenter folder")
+    cache, distil = seg_train.training_inputs(work, kind, 0)
+    settings = replace(seg_train.settings_for(kind, steps), ema_decay=EMA_DECAY)
     dest = seed_dir(work, seed, steps)
     dest.mkdir(parents=True, exist_ok=True)
     seg_train.train(kind, cache, dest, seed, settings, distil)
@@ -103,17 +99,24 @@ def report(work: Path, seeds: list[int], long_steps: int | None = None) -> dict:
         measured[label] = device_measure(model, Passes(), images, val, truths)
         print(label, measured[label]["hc_mad_mm"], measured[label]["hc_bands_mm"], flush=True)
 
-    def gain(better: str, worse: str) -> str:
-        g, se, n = eval_biometry.paired_gain(measured[better]["hc"], measured[worse]["hc"],
-                                             val["hc_csv"])
+    def paired(better: str, worse: str) -> tuple[float, float, int]:
+        return eval_biometry.paired_gain(measured[better]["hc"], measured[worse]["hc"],
+                                         val["hc_csv"])
+
+    def worded(g: float, se: float, n: int) -> str:
         return f"{g:+.3f} ± {se:.3f} ({n} frames)"
+
+    def gain(better: str, worse: str) -> str:
+        return worded(*paired(better, worse))
 
     pairs = {}
     for kind in TWINS:
         pairs[f"teacher over {kind} s0"] = gain("teacher s0", f"{kind} s0")
+    distil_gains = []  # distilled over plain, per seed, for the mean over the seeds
     for seed in [0, *seeds]:
-        pairs[f"distilled over plain, s{seed}"] = gain(f"deeplab_student s{seed}",
-                                                       f"deeplab s{seed}")
+        g, se, n = paired(f"deeplab_student s{seed}", f"deeplab s{seed}")
+        distil_gains.append(g)
+        pairs[f"distilled over plain, s{seed}"] = worded(g, se, n)
         if seed:
             pairs[f"distilled over plain, s{seed} ema"] = gain(f"deeplab_student s{seed} ema",
                                                                f"deeplab s{seed} ema")
@@ -122,7 +125,8 @@ def report(work: Path, seeds: list[int], long_steps: int | None = None) -> dict:
                     f"{kind} s{seed} ema", f"{kind} s{seed}")
     for label, base in longer:
         pairs[f"{label} over {base}"] = gain(label, base)
-    hc = {k: m.pop("hc") for k, m in measured.items()}
+    for m in measured.values():
+        del m["hc"]
 
     def spread(runs: list[str]) -> str:
         mads = [measured[r]["hc_mad_mm"] for r in runs]
@@ -135,16 +139,12 @@ def report(work: Path, seeds: list[int], long_steps: int | None = None) -> dict:
     summary.update({f"{kind}{' ema' if ema else ''}: HC MAD over seeds {seeds}":
                     spread([f"{kind} s{s}" + (" ema" if ema else "") for s in seeds])
                     for kind in TWINS for ema in (False, True)})
-    # Every run's per-frame differences pooled: the distilled twin's mean gain over the
-    # plain twin's, frame by frame, averaged over the seeds (its SE from the seeds' spread).
-    per_seed = []
-    for seed in [0, *seeds]:
-        g, _, _ = eval_biometry.paired_gain(hc[f"deeplab_student s{seed}"],
-                                            hc[f"deeplab s{seed}"], val["hc_csv"])
-        per_seed.append(g)
+    # The distilled twin's paired gain over the plain twin, averaged over the seeds (its SE
+    # from the seeds' spread).
     summary["distilled over plain, mean over seeds (± SE of the seeds)"] = (
-        f"{np.mean(per_seed):+.3f} ± {np.std(per_seed, ddof=1) / np.sqrt(len(per_seed)):.3f}"
-        f" ({len(per_seed)} seeds)")
+        f"{np.mean(distil_gains):+.3f} ± "
+        f"{np.std(distil_gains, ddof=1) / np.sqrt(len(distil_gains)):.3f}"
+        f" ({len(distil_gains)} seeds)")
     result = {"work": str(work), "ema_decay": EMA_DECAY, "measured": measured,
               "paired": pairs, "summary": summary}
     out = work / "seeds" / "results.json"

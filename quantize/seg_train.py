@@ -321,6 +321,18 @@ def distillation_pool(work: Path, seed: int, labelled: dict,
     return seg_data.with_teacher(labelled, unlabelled, lab, unl)
 
 
+def training_inputs(work: Path, kind: str, split_seed: int) -> tuple[dict, DistilSettings | None]:
+    """What a net of `kind` trains on in `work`: the training frames of the split, and for a
+    distilled kind the pool with the teacher's maps and the distillation settings."""
+    cache = prepare_cache(work, split_seed)
+    if kind not in DISTILLED:
+        return cache, None
+    teacher = load_trained(work, "teacher")
+    if teacher is None:
+        raise FileNotFoundError(f"{checkpoint_path(work, 'teacher')}: train the teacher first")
+    return distillation_pool(work, split_seed, cache, teacher), DistilSettings()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quantize.seg_train")
     parser.add_argument("kind", choices=KINDS)
@@ -331,14 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     work = WORK / f"seed{args.seed}"
     try:
-        cache = prepare_cache(work, args.seed)
-        distil = None
-        if args.kind in DISTILLED:
-            teacher = load_trained(work, "teacher")
-            if teacher is None:
-                raise FileNotFoundError(f"{checkpoint_path(work, 'teacher')}: train the teacher "
-                                        "first")
-            cache, distil = distillation_pool(work, args.seed, cache, teacher), DistilSettings()
+        cache, distil = training_inputs(work, args.kind, args.seed)
         train(args.kind, cache, work, args.seed, settings_for(args.kind, args.steps), distil)
     except (seg_data.DataError, FileNotFoundError, ValueError) as exc:
         print(f"seg_train: {exc}", file=sys.stderr)

@@ -361,6 +361,14 @@ def test_every_pass_measures_real_held_out_heads_alike():
         assert all(abs(b.hc_mm - got[0].hc_mm) < 0.04 * hc for b in got), frame.path.name
 
 
+def lucky_scatter(error: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per-frame errors a little lower than `error` on average, only through scatter: each
+    frame jittered, half of them kept only where the jitter happened to help."""
+    jitter = error + rng.normal(0, 1.0, len(error))
+    helped = np.where(np.abs(jitter) < np.abs(error), jitter, error)
+    return np.where(rng.random(len(error)) < 0.5, helped, jitter)
+
+
 def test_a_pass_that_costs_model_runs_must_buy_accuracy_beyond_noise():
     """The release's passes: the lowest HC error, but an option with more model runs must
     beat every cheaper one frame by frame, by MIN_PASS_GAIN_MM and by two standard errors of
@@ -385,10 +393,7 @@ def test_a_pass_that_costs_model_runs_must_buy_accuracy_beyond_noise():
                                   option("crop", crop, shrink)], reference)
     assert picked["option"] == "crop" and "crop 1." in note and "standard errors" in note
     # Better on average by about as much, but only through frame-by-frame scatter: noise.
-    jitter = base_error + rng.normal(0, 1.0, 264)
-    scattered = np.where(np.abs(jitter) < np.abs(base_error), jitter, base_error)
-    scattered = np.where(rng.random(264) < 0.5, scattered, jitter)
-    lucky = option("flip", flip, scattered)
+    lucky = option("flip", flip, lucky_scatter(base_error, rng))
     assert lucky["hc_mad_mm"] < option("one pass", one, base_error)["hc_mad_mm"]
     picked, _ = choose_passes([option("one pass", one, base_error), lucky], reference)
     assert picked["option"] == "one pass"
@@ -424,10 +429,7 @@ def test_the_build_ships_the_distilled_twin_unless_another_net_is_clearly_better
 
     distilled = row(STUDENT, distilled_error)
     # A plain twin a little lower on average, only through frame-by-frame scatter.
-    jitter = distilled_error + rng.normal(0, 1.0, 264)
-    lucky_error = np.where(np.abs(jitter) < np.abs(distilled_error), jitter, distilled_error)
-    lucky_error = np.where(rng.random(264) < 0.5, lucky_error, jitter)
-    lucky = row("deeplab", lucky_error)
+    lucky = row("deeplab", lucky_scatter(distilled_error, rng))
     assert lucky["scores"]["hc_mad_mm"] < distilled["scores"]["hc_mad_mm"]
     kind, note = choose([distilled, lucky], reference)
     assert kind == STUDENT and "none did" in note and "did not beat" in note
@@ -701,3 +703,4 @@ def test_a_damaged_segmenter_cache_is_one_line_naming_it_never_a_traceback_or_a_
     (tmp_path / "pickled.npz").replace(dest)
     with pytest.raises(DataError, match="unlabelled_cache.npz: not a readable cache"):
         seg_data.build_unlabelled_cache(frames, dest)
+
