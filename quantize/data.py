@@ -126,14 +126,27 @@ def split(frames: list[Frame], seed: int = 0, hc18_heldout: float = 0.25,
     return train, held
 
 
+MAX_CACHE_BYTES = 4 * 2**30  # a cache file, unpacked
+
+
 def load_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict:
     """A cache written by save_npz, whole or only its `keys` (a build's chunked caches are
     joined key by key, so that only one key's chunks are in memory twice); a file that is
     not one (truncated, overwritten, another program's, a key missing) is a DataError naming
-    it, not a zipfile or pickle traceback."""
+    it, not a zipfile or pickle traceback. Its unpacked size is bounded before anything is
+    unpacked (the largest cache today, the teacher's maps, is 310 MB)."""
     try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+        if unpacked > MAX_CACHE_BYTES:
+            raise ValueError(f"it would unpack to {unpacked / 2**30:.1f} GiB, over "
+                             f"{MAX_CACHE_BYTES / 2**30:.0f} GiB")
         with np.load(path, allow_pickle=False) as z:
-            return {key: z[key] for key in (z.files if keys is None else keys)}
+            out = {key: z[key] for key in (z.files if keys is None else keys)}
+        odd = [key for key, value in out.items() if not isinstance(value, np.ndarray)]
+        if odd:
+            raise ValueError(f"{odd[0]!r} is not an array")
+        return out
     except FileNotFoundError:
         raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:

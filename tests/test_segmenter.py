@@ -704,3 +704,30 @@ def test_a_damaged_segmenter_cache_is_one_line_naming_it_never_a_traceback_or_a_
     with pytest.raises(DataError, match="unlabelled_cache.npz: not a readable cache"):
         seg_data.build_unlabelled_cache(frames, dest)
 
+
+@needs_data
+def test_a_cache_that_would_unpack_too_large_or_holds_no_array_is_refused_by_name(
+        tmp_path, monkeypatch):
+    """A cache's size is bounded before it is unpacked: 400 kB of compressed zeros unpacked
+    to 400 MB without a word. A zip member that is not an array came back as bytes, for the
+    build to trip on later. Both are a DataError naming the file."""
+    import zipfile
+
+    from quantize import data as qdata
+
+    frames = seg_data.unlabelled_frames(DATA)[:1]
+    real = tmp_path / "unlabelled_cache.npz"
+    seg_data.build_unlabelled_cache(frames, real)
+    unpacked = sum(m.file_size for m in zipfile.ZipFile(real).infolist())
+    monkeypatch.setattr(qdata, "MAX_CACHE_BYTES", unpacked - 1)
+    with pytest.raises(DataError, match=r"unlabelled_cache.npz: not a readable cache "
+                                        r"\(it would unpack to"):
+        qdata.load_npz(real)
+    monkeypatch.setattr(qdata, "MAX_CACHE_BYTES", unpacked)
+    assert set(qdata.load_npz(real)) == {"x", "x2", "name"}
+
+    with zipfile.ZipFile(real, "a") as archive:
+        archive.writestr("note.txt", b"not an array")
+    monkeypatch.setattr(qdata, "MAX_CACHE_BYTES", 2**30)
+    with pytest.raises(DataError, match=r"'note.txt' is not an array"):
+        qdata.load_npz(real)
