@@ -10,6 +10,12 @@ every net int8 through the device's own `measure_frame` on the validation frames
 
     python -m quantize.seg_seeds train KIND SEED [--steps N] [--work DIR] [--threads N]
     python -m quantize.seg_seeds report [--work DIR] [--seeds 1 2] [--long-steps N]
+    python -m quantize.seg_seeds long --steps N [--work DIR] [--seeds 0 1]
+
+`long` asks whether the build should train longer: each seed's twins trained N steps
+against the same seed's build-length twins, one pass and with the crop pass, each
+long distilled twin against its long plain twin and against the shipped segmenter, and
+the mask Dice as the build scores its nets. Results go to WORK/seeds/long_N.json.
 
 `--work` is a build's head-segmenter folder (default build/head_segmenter/seed0) with its
 teacher, its caches and its own twins (its training seed 0) in tflite/. Results go to
@@ -153,6 +159,79 @@ def report(work: Path, seeds: list[int], long_steps: int | None = None) -> dict:
     return result
 
 
+def build_length_net(work: Path, seed: int, kind: str, train_cache: dict) -> Path | None:
+    """The int8 twin trained the build's steps: the build's own for seed 0."""
+    if seed == 0:
+        return work / "tflite" / f"{kind}_int8.tflite"
+    if seg_train.load_trained(seed_dir(work, seed), kind) is None:
+        return None
+    return int8_of(work, seed, kind, False, train_cache)
+
+
+def long_report(work: Path, seeds: list[int], steps: int, shipped: Path) -> dict:
+    from edge.models.biometry import Passes
+    from quantize.build_segmenter import CROP_MARGIN, CROP_MAX_ZOOM
+    from quantize.seg_input_size import device_measure, scored
+    from quantize.specs import device_spec
+
+    train_cache = load_npz(work / "train_cache.npz")
+    val = load_npz(work / "val_cache.npz")
+    images = eval_biometry.read_images(val, data_dir())
+    truths = eval_biometry.truth_masks(val)
+    nets: dict[str, Path] = {"shipped": shipped}
+    for seed in seeds:
+        for kind in TWINS:
+            if seg_train.load_trained(seed_dir(work, seed, steps), kind) is None:
+                print(f"{kind} s{seed}: not trained {steps} steps yet; left out", flush=True)
+                continue
+            nets[f"{kind} s{seed} {steps}"] = int8_of(work, seed, kind, False, train_cache,
+                                                     steps)
+            short = build_length_net(work, seed, kind, train_cache)
+            if short is not None:
+                nets[f"{kind} s{seed}"] = short
+    options = {"one": Passes(), "crop": Passes(refine_crop_margin=CROP_MARGIN,
+                                               refine_max_zoom=CROP_MAX_ZOOM)}
+    spec = device_spec(seg_train.kind_spec("deeplab"))
+    measured: dict[str, dict] = {}
+    for label, path in nets.items():
+        # the mask Dice as the build scores its nets (whole frame, one pass)
+        mask_dice = scored(path, seg_data.SPEC, images, val, truths)["dice"]
+        for option, passes in options.items():
+            model = eval_biometry.device_model(path, 2, passes, spec)
+            m = device_measure(model, passes, images, val, truths)
+            m["mask_dice"] = mask_dice
+            measured[f"{label}, {option}"] = m
+            print(f"{label}, {option}", m["hc_mad_mm"], m["hc_bands_mm"], flush=True)
+
+    def gain(better: str, worse: str) -> str | None:
+        if better not in measured or worse not in measured:
+            return None
+        g, se, n = eval_biometry.paired_gain(measured[better]["hc"], measured[worse]["hc"],
+                                             val["hc_csv"])
+        return f"{g:+.3f} ± {se:.3f} ({n} frames)"
+
+    pairs: dict[str, str | None] = {}
+    for seed in seeds:
+        for option in options:
+            long_d, long_p = f"deeplab_student s{seed} {steps}", f"deeplab s{seed} {steps}"
+            pairs[f"s{seed} {steps}, {option}: distilled over plain"] = gain(
+                f"{long_d}, {option}", f"{long_p}, {option}")
+            for kind in TWINS:
+                pairs[f"{kind} s{seed}, {option}: {steps} steps over the build's"] = gain(
+                    f"{kind} s{seed} {steps}, {option}", f"{kind} s{seed}, {option}")
+            pairs[f"s{seed} {steps} distilled, {option}: over shipped one pass"] = gain(
+                f"{long_d}, {option}", "shipped, one")
+    pairs = {k: v for k, v in pairs.items() if v is not None}
+    for m in measured.values():
+        del m["hc"]
+    result = {"work": str(work), "steps": steps, "shipped": str(shipped),
+              "measured": measured, "paired": pairs}
+    out = work / "seeds" / f"long_{steps}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(pairs, indent=1, ensure_ascii=False))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -166,16 +245,24 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", type=SEED, nargs="+", default=[1, 2])
     r.add_argument("--long-steps", type=STEPS, default=None,
                    help="also measure the seeds' runs trained this many steps, where finished")
-    for p in (t, r):
+    lg = sub.add_parser("long")
+    lg.add_argument("--steps", type=STEPS, required=True)
+    lg.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1])
+    lg.add_argument("--shipped", type=Path, default=seg_train.REPO / "models" /
+                    "head_segmenter.tflite")
+    for p in (t, r, lg):
         p.add_argument("--work", type=Path, default=seg_train.WORK / "seed0")
         p.add_argument("--threads", type=THREADS, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
         if args.command == "train":
-            if args.seed == 0:
-                raise ValueError("seed 0 is the build's own run (WORK/tflite)")
+            if args.seed == 0 and args.steps is None:
+                raise ValueError("seed 0 at the build's steps is the build's own run "
+                                 "(WORK/tflite); give --steps for a longer one")
             train(args.kind, args.seed, args.work, args.steps)
+        elif args.command == "long":
+            long_report(args.work, args.seeds, args.steps, args.shipped)
         else:
             report(args.work, args.seeds, args.long_steps)
     except (seg_data.DataError, FileNotFoundError, ValueError) as exc:

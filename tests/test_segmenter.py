@@ -605,6 +605,7 @@ def test_a_crop_view_is_what_the_devices_crop_pass_shows_and_plain_views_are_unc
     ("quantize.seg_train", ["deeplab", "--steps", "-5"], "--steps"),
     ("quantize.seg_seeds", ["train", "deeplab", "1", "--threads", "0"], "--threads"),
     ("quantize.seg_seeds", ["report", "--seeds", "1", "-2"], "--seeds"),
+    ("quantize.seg_seeds", ["long", "--steps", "0"], "--steps"),
     ("bench.paired", ["--runs", "0", ".", "."], "--runs"),
     ("bench.paired", ["--pixel-size", "nan", ".", "."], "--pixel-size"),
     ("bench.paired", ["", "."], "old"),
