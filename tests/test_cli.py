@@ -90,6 +90,11 @@ def test_a_corrupt_image_is_reported_and_the_rest_still_scored(frames_dir):
     assert "300_cut.png" in broken[0]["error"] and broken[0]["plane"] is None
     assert sum(line["plane"] in PLANES for line in lines) == 4
     assert proc.returncode == 1  # some input failed: a script can tell
+    # one line on stderr says it, ours: not a log line as well, not OpenCV's decoder
+    # speaking for itself ("[ERROR:0@0.3] global grfmt_png.cpp:296 readHeader ...")
+    told = [line for line in proc.stderr.splitlines() if "300_cut.png" in line]
+    assert told == ["sonoedge: 300_cut.png: cannot decode image (corrupt or truncated .png)"]
+    assert not [line for line in proc.stderr.splitlines() if "grfmt" in line], proc.stderr
 
 
 def test_an_empty_folder_is_one_line_naming_it(tmp_path):

@@ -162,8 +162,8 @@ class ImageListSource(Source):
             t_mono, t_wall = time.monotonic(), time.time()
             img, err = decode_image_file(p, self.limits)
             read_s = time.monotonic() - t_mono
-            if err:
-                log.warning("%s", err)
+            if err:  # the frame carries it; whoever scores the frame says it, once
+                log.debug("%s", err)
             yield Frame(display_name(p.name), i, img, t_mono, t_wall, err, read_s)
 
 
@@ -217,7 +217,7 @@ class VideoFileSource(Source):
                     if self.frame_count is not None and i < self.frame_count:
                         err = (f"{self.name}: decode failed at frame {i} of {self.frame_count}"
                                " (truncated or corrupt video)")
-                        log.warning("%s", err)
+                        log.debug("%s", err)  # carried by the frame, said by its scorer
                         yield Frame(self.name, i, None, t_mono, t_wall, err)
                     else:
                         log.info("%s: end of video after %d frames", self.name, i)
@@ -269,7 +269,7 @@ class ChainSource(Source):
             try:
                 src = _open_file_spec(spec, pace=self.pace, limits=self.limits)
             except SourceError as e:
-                log.warning("%s", e)
+                log.debug("%s", e)  # carried by the error frame, said by its scorer
                 yield _error_frame(display_name(os.path.basename(spec.rstrip("/")) or spec),
                                    -1, str(e))
                 continue

@@ -11,6 +11,7 @@ blind-sweep mode: a novice's sweep in, the best frame per plane (or none) out.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from edge.capture.sources import open_sources
@@ -38,7 +39,9 @@ def main(args) -> int:
     with open_sources(args.paths) as source:
         for frame, capture_s in timed_frames(source, scorer.prepare_frame):
             result = scorer.score(frame, capture_s)
-            failed += result.error is not None  # the source has said why, in one line
+            failed += result.error is not None
+            if result.error:  # one line naming the file; the frame is skipped
+                print(f"sonoedge: {result.error}", file=sys.stderr)
             roi = Roi(*result.roi) if result.roi else None
             session.add(result.to_dict(), frame.image, roi)
     body = session.finish("source_end", scorer.model_versions())

@@ -174,12 +174,24 @@ def _delegate(name: str, argv: list[str]) -> int:
     return (outbox_cli.status_main if name == "status" else outbox_cli.outbox_main)(argv)
 
 
+def quiet_opencv(verbose: bool) -> None:
+    """OpenCV's decoders print their own lines ("[ERROR:0@0.3] global grfmt_png.cpp:296
+    readHeader ...") beside ours for one corrupt frame; the frame's error already names the
+    file and says what is wrong, once. With -v, or OPENCV_LOG_LEVEL set, OpenCV speaks."""
+    if verbose or os.environ.get("OPENCV_LOG_LEVEL"):
+        return
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_FATAL)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = bool(argv) and argv[0] in ("-v", "--verbose")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    quiet_opencv(verbose)
     rest = argv[1:] if verbose else argv
     try:
         if rest and rest[0] in DELEGATED:
