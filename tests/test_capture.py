@@ -5,6 +5,7 @@ real cv2.VideoCapture on such a video: end of file is what an unplugged dongle l
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -79,22 +80,28 @@ def test_folder_sorted_skips_non_images_and_reports_corrupt_files_then_goes_on(t
     shutil.copy(TIFF, d / "e_005.tiff")
     (d / "f_006.png").write_bytes(b"")
     (d / "notes.txt").write_text("not an image")
+    # a copy whose image went missing, and a pipe named like an image (reading it would
+    # wait for ever): each is a frame that says so, never skipped without a word
+    (d / "g_007.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(d / "h_008.jpg")
+    (d / "i_009.png").mkdir()  # a folder named like an image is not a frame
 
     with open_source(d) as src:
         frames = list(src)
 
     assert [f.source for f in frames] == ["a_001.jpg", "b_002.png", "c_003.png", "d_004.jpg",
-                                          "e_005.tiff", "f_006.png"]
-    assert [f.index for f in frames] == list(range(6))
+                                          "e_005.tiff", "f_006.png", "g_007.png", "h_008.jpg"]
+    assert [f.index for f in frames] == list(range(8))
     ok = {f.source: f for f in frames if f.ok}
     assert ok["a_001.jpg"].image.shape == (480, 640, 3)
     assert ok["b_002.png"].image.shape == (540, 800)  # greyscale stays HxW
     assert ok["e_005.tiff"].image.shape == (735, 975, 3)
     assert all(f.image.dtype == np.uint8 for f in ok.values())
-    for name in ("c_003.png", "d_004.jpg", "f_006.png"):
+    for name in ("c_003.png", "d_004.jpg", "f_006.png", "g_007.png", "h_008.jpg"):
         bad = next(f for f in frames if f.source == name)
         assert bad.image is None and not bad.ok
         assert name in bad.error and "\n" not in bad.error
+    assert "not a regular file" in next(f for f in frames if f.source == "h_008.jpg").error
 
 
 @needs_data

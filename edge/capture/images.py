@@ -6,6 +6,7 @@ Shared by the file sources and the demo clip builder.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,10 @@ def decode_image_file(path: Path, limits: FrameLimits = DEFAULT_LIMITS
     image again (a header that lies, or a format whose header is not read here)."""
     name = display_name(path.name)
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a pipe or a device would be read for ever
+            return None, f"{name}: not a regular file"
+        size = st.st_size
         if size == 0:
             return None, f"{name}: empty file (0 bytes)"
         if size > MAX_IMAGE_BYTES:

@@ -654,10 +654,14 @@ def open_picamera2(spec: str, settings: LiveSettings | None = None) -> LiveSourc
 
 
 def list_folder_images(folder: Path) -> list[Path]:
-    """Images in a folder sorted by name; other files skipped with one log line."""
+    """Images in a folder sorted by name; other files skipped with one log line.
+
+    Anything named like an image that is not a folder is a frame: a link whose image went
+    missing, or a pipe, then says why it gave no image (`decode_image_file`), where a
+    regular-files-only listing dropped it without a word."""
     shown = display_name(str(folder))
     try:
-        entries = sorted(p for p in folder.iterdir() if p.is_file())
+        entries = sorted(p for p in folder.iterdir() if not p.is_dir())
     except OSError as e:
         raise SourceError(f"{shown}: cannot list folder ({e.strerror or e})") from None
     imgs = [p for p in entries if p.suffix.lower() in IMAGE_EXTS]
