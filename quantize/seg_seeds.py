@@ -174,6 +174,8 @@ def long_report(work: Path, seeds: list[int], steps: int, shipped: Path) -> dict
     from quantize.seg_input_size import device_measure, scored
     from quantize.specs import device_spec
 
+    if not shipped.is_file():  # said before minutes of loading, not after
+        raise FileNotFoundError(f"{shipped}: no shipped segmenter there (--shipped)")
     train_cache = load_npz(work / "train_cache.npz")
     val = load_npz(work / "val_cache.npz")
     images = eval_biometry.read_images(val, data_dir())
