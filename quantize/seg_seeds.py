@@ -69,15 +69,26 @@ def int8_of(work: Path, seed: int, kind: str, ema: bool, train_cache: dict,
     return to_int8(net, seg_data.SPEC, train_cache, stem)
 
 
+def build_inputs(work: Path) -> tuple[dict, dict, list, list]:
+    """A build's training cache (to calibrate int8), and its validation frames with their
+    images and annotated masks, as every report measures its nets on them."""
+    train_cache = load_npz(work / "train_cache.npz")
+    val = load_npz(work / "val_cache.npz")
+    return (train_cache, val, eval_biometry.read_images(val, data_dir()),
+            eval_biometry.truth_masks(val))
+
+
+def worded(g: float, se: float, n: int) -> str:
+    """A paired gain as the reports print it: mm ± its standard error, over how many frames."""
+    return f"{g:+.3f} ± {se:.3f} ({n} frames)"
+
+
 def report(work: Path, seeds: list[int], long_steps: int | None = None) -> dict:
     from edge.models.biometry import Passes
     from quantize.seg_input_size import device_measure
     from quantize.specs import device_spec
 
-    train_cache = load_npz(work / "train_cache.npz")
-    val = load_npz(work / "val_cache.npz")
-    images = eval_biometry.read_images(val, data_dir())
-    truths = eval_biometry.truth_masks(val)
+    train_cache, val, images, truths = build_inputs(work)
     nets: dict[str, Path] = {f"{kind} s0": work / "tflite" / f"{kind}_int8.tflite"
                              for kind in TWINS}
     for seed in seeds:
@@ -108,9 +119,6 @@ def report(work: Path, seeds: list[int], long_steps: int | None = None) -> dict:
     def paired(better: str, worse: str) -> tuple[float, float, int]:
         return eval_biometry.paired_gain(measured[better]["hc"], measured[worse]["hc"],
                                          val["hc_csv"])
-
-    def worded(g: float, se: float, n: int) -> str:
-        return f"{g:+.3f} ± {se:.3f} ({n} frames)"
 
     def gain(better: str, worse: str) -> str:
         return worded(*paired(better, worse))
@@ -176,10 +184,7 @@ def long_report(work: Path, seeds: list[int], steps: int, shipped: Path) -> dict
 
     if not shipped.is_file():  # said before minutes of loading, not after
         raise FileNotFoundError(f"{shipped}: no shipped segmenter there (--shipped)")
-    train_cache = load_npz(work / "train_cache.npz")
-    val = load_npz(work / "val_cache.npz")
-    images = eval_biometry.read_images(val, data_dir())
-    truths = eval_biometry.truth_masks(val)
+    train_cache, val, images, truths = build_inputs(work)
     nets: dict[str, Path] = {"shipped": shipped}
     for seed in seeds:
         for kind in TWINS:
@@ -208,9 +213,8 @@ def long_report(work: Path, seeds: list[int], steps: int, shipped: Path) -> dict
     def gain(better: str, worse: str) -> str | None:
         if better not in measured or worse not in measured:
             return None
-        g, se, n = eval_biometry.paired_gain(measured[better]["hc"], measured[worse]["hc"],
-                                             val["hc_csv"])
-        return f"{g:+.3f} ± {se:.3f} ({n} frames)"
+        return worded(*eval_biometry.paired_gain(measured[better]["hc"],
+                                                 measured[worse]["hc"], val["hc_csv"]))
 
     pairs: dict[str, str | None] = {}
     for seed in seeds:
