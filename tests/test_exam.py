@@ -27,7 +27,7 @@ from edge.capture.sources import Frame
 from edge.config import ConfigError, load_settings
 from edge.exam.feedback import SteadyFeedback
 from edge.exam.protocol import ProtocolError, find_protocol, load_protocols
-from edge.exam.session import ExamSession, ExamSettings, ExamTracker
+from edge.exam.session import ExamSession, ExamSettings, ExamTracker, format_exam
 from edge.exam.thumbs import ThumbStore
 from edge.models.quality import Feedback, load_rules
 from edge.models.roi import Roi, find_roi, to_grey
@@ -80,6 +80,7 @@ def test_the_shipped_protocols_are_biometry_and_the_second_trimester_screen():
     ('version = "1"\n[protocols.x]\ntitle = "t"\nplanes = ["Femur"]\nextra = 1\n',
      "unknown key 'extra'"),
     ('version = "1"\n[protocols."Bad Name"]\ntitle = "t"\nplanes = ["Femur"]\n', "a name is"),
+    ('version = "1"\n[protocols."x\\n"]\ntitle = "t"\nplanes = ["Femur"]\n', "a name is"),
     ('version = "1"\n[protocols.x]\ntitle = "t"\nplanes = [{name = "Head", accepts = []}]\n',
      "needs accepts"),
     ("version = [", "not valid TOML"),
@@ -99,6 +100,15 @@ def test_the_shipped_protocols_are_biometry_and_the_second_trimester_screen():
      "anatomy_criteria: expected a list"),
     ('version = "1"\nanatomy_criteria = [' + '"a", ' * 17 + ']\n[protocols.x]\ntitle = "t"\n'
      'planes = ["Femur"]\n', "at most 16 criterion names"),
+    ('version = "1"\n[protocols.x]\ntitle = "' + "t" * 60_000 + '"\nplanes = ["Femur"]\n',
+     "protocols.x.title: must be one line of 1-100 characters"),
+    ('version = "1"\n[protocols.x]\ntitle = "Head\\n[x] Femur: captured"\nplanes = ["Femur"]\n',
+     "protocols.x.title: must be one line"),  # would forge a checklist line
+    ('version = "' + "1" * 60_000 + '"\n[protocols.x]\ntitle = "t"\nplanes = ["Femur"]\n',
+     "version must be a string of 1-16 characters"),
+    ('version = "1"\n[protocols.x]\ntitle = "t"\n'
+     'planes = [{name = "Head", accepts = ["Brain (Tv.)"], unsure = true}]\n',
+     "slot 'Head': unknown key 'unsure'"),
 ])
 def test_a_broken_protocols_file_is_one_line_naming_it(tmp_path, text, needle):
     path = tmp_path / "protocols.toml"
@@ -220,6 +230,35 @@ def test_a_replayed_result_with_a_broken_audit_costs_nothing(quality):
     assert session.checklist()[0]["plane"] == "Head (HC, BPD)"
 
 
+@pytest.mark.parametrize("field,value", [
+    ("frame", "abc"), ("frame", None), ("frame", float("inf")), ("biometry", "broken"),
+    ("quality", {"score": 0.9, "advice": "zoom", "criteria": "broken"}),
+    ("plane_confidence", float("inf")), ("latency_ms", float("nan")), ("ts", float("nan")),
+    ("biometry", {"status": "ok", "hc_mm": 1e308, "bpd_mm": 50.0, "ofd_mm": 60.0}),
+    ("biometry", {"status": "ok", "hc_mm": float("nan"), "bpd_mm": 50.0, "ofd_mm": 60.0}),
+])
+def test_a_replayed_result_with_a_broken_field_costs_nothing(field, value):
+    """Recovery replays journal rows read back from disk through the exam tracker: a row
+    with any field broken is counted, never raises, and the summary stays valid JSON, so a
+    damaged journal cannot keep the device from starting or lose the exams around it."""
+    good = {"source": "j", "frame": 1, "plane": "Brain (Tv.)", "plane_confidence": 0.9,
+            "latency_ms": 5.0, "ts": 1.7e9, "roi": [0, 0, 10, 10],
+            "quality": {"score": 0.8, "advice": None,
+                        "criteria": {"content": {"pass": True, "value": 0.5, "message": "ok"}}},
+            "biometry": {"status": "ok", "hc_mm": 180.0, "bpd_mm": 48.0, "ofd_mm": 62.0}}
+    bodies = []
+    tracker = ExamTracker(find_protocol("biometry"), ExamSettings(), None,
+                          lambda session, body: bodies.append((session, body)))
+    tracker.feed({**good, field: value}, mono=0.0, row=1, run_id="run")
+    tracker.feed({**good, "frame": 2, "plane_confidence": 0.5}, mono=1.0, row=2, run_id="run")
+    tracker.end("recovered")
+    ((session, body),) = bodies
+    assert body["frames"] == 2
+    json.dumps({"exam": body, "checklist": session.checklist(),
+                "best_frames": session.best_frames()}, allow_nan=False)
+    assert format_exam(session, body).startswith("exam ")
+
+
 def test_an_unknown_protocol_names_the_choices():
     with pytest.raises(ProtocolError, match="unknown protocol 'heart'.*biometry"):
         find_protocol("heart")
@@ -317,6 +356,31 @@ def test_an_unwritable_or_full_thumbnail_folder_costs_the_thumbnail_not_the_exam
     lines = [r.getMessage() for r in caplog.records]
     assert sum(str(blocker) in line for line in lines) == 1, lines  # said once, not per frame
     assert sum("quota of 100 bytes" in line for line in lines) == 1, lines
+
+
+def test_a_best_frame_whose_thumbnail_could_not_be_written_is_not_shown_an_older_one(
+        tmp_path, monkeypatch):
+    """The disk fills between a plane's first best frame and a better one: the thumbnail
+    file on disk still shows the first, so the new best frame has no thumbnail rather than
+    the picture of another frame."""
+    protocol = find_protocol("second-trimester")
+    session = ExamSession(protocol, ThumbStore(tmp_path / "thumbs", 10_000_000))
+    image = read_frame(EXAMPLES / "FEMUR.tiff")
+    record = {"source": "FEMUR.tiff", "frame": 0, "plane": "Femur", "plane_confidence": 0.7,
+              "quality": {"score": 0.6, "advice": None, "criteria": {}}}
+    session.add(record, image, find_roi(image), now=0.0)
+    assert session.best["Femur"].thumbnail is not None
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("edge.exam.thumbs.os.replace", full)
+    session.add({**record, "frame": 1, "quality": {**record["quality"], "score": 0.9}},
+                image, find_roi(image), now=10.0)
+    session.finish("source_end")
+    best = session.best["Femur"]
+    assert best.frame == 1 and best.quality == 0.9 and best.thumbnail is None
+    assert "thumbnail" not in session.best_frames()["Femur"]
 
 
 # ------------------------------------------------------------------------------ feedback
@@ -472,6 +536,45 @@ def test_bad_exam_input_is_one_line(sweep, tmp_path, args, needles):
     proc = sonoedge("exam", str(sweep), *args)
     assert proc.returncode == 2
     one_line_error(proc, *needles)
+
+
+def test_sonoedge_exam_holds_frames_to_the_configs_pixel_budget(tmp_path):
+    """[source] max_frame_pixels bounds what `exam` decodes, as it does for `score` and
+    `run`: a site that lowered it for its box gets it on every verb."""
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    shutil.copy(DATA / "hc18" / "images" / "010_HC.png", folder / "00_head.png")
+    config = tmp_path / "device.toml"
+    config.write_text("[source]\nmax_frame_pixels = 10000\n")
+    proc = sonoedge("exam", str(folder), "--config", str(config), "--json")
+    assert "Traceback" not in proc.stderr
+    told = [line for line in proc.stderr.splitlines() if "00_head.png" in line]
+    assert len(told) == 1 and "max_frame_pixels" in told[0], proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["exam"]["frames_failed"] == 1 and out["best_frames"] == {}
+    assert proc.returncode == 1
+
+
+def test_ctrl_c_during_an_exam_still_prints_the_frames_scored_so_far(sweep, monkeypatch,
+                                                                      capsys):
+    """A long video stopped with Ctrl-C: the frames already scored are the exam, printed
+    as always (ended by "command"), and the exit status says it was interrupted."""
+    from edge.cli import exam as exam_cli
+    from edge.cli.main import main as cli_main
+
+    real = exam_cli.timed_frames
+
+    def interrupted(source, prepare):
+        for n, item in enumerate(real(source, prepare)):
+            if n == 3:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(exam_cli, "timed_frames", interrupted)
+    assert cli_main(["exam", str(sweep), "--json"]) == 130
+    out = json.loads(capsys.readouterr().out)
+    assert out["exam"]["frames"] == 3 and out["exam"]["ended_by"] == "command"
+    assert out["checklist"][0]["best"]["source"].endswith("_HC.png")
 
 
 def test_config_checks_the_exam_section():

@@ -5,7 +5,8 @@ Every frame is scored and audited; the best frame of each plane is kept (and, wi
 summary, or with `--json` one JSON object: the summary (`exam`), the `checklist`, and
 `best_frames` ({plane: {"source", "frame", "quality", ...}} for every plane whose best frame
 reaches the protocol's minimum quality; a plane without one is absent). This is also the
-blind-sweep mode: a novice's sweep in, the best frame per plane (or none) out.
+blind-sweep mode: a novice's sweep in, the best frame per plane (or none) out. Stopped with
+Ctrl-C, it still prints the exam of the frames scored so far (ended by "command"), exit 130.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from edge.capture.sources import open_sources
-from edge.config import load_settings
+from edge.config import frame_limits, load_settings
 from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamSession, format_exam
 from edge.exam.thumbs import ThumbStore
@@ -35,21 +36,26 @@ def main(args) -> int:
     if args.thumbs:
         thumbs = ThumbStore(Path(args.thumbs), int(settings.exam.thumbs_quota_mb * 1e6))
     session = ExamSession(protocol, thumbs, settings.exam, measure_kept=scorer.measure_kept)
-    failed = 0
-    with open_sources(args.paths) as source:
-        for frame, capture_s in timed_frames(source, scorer.prepare_frame):
-            result = scorer.score(frame, capture_s)
-            failed += result.error is not None
-            if result.error:  # one line naming the file; the frame is skipped
-                print(f"sonoedge: {result.error}", file=sys.stderr)
-            roi = Roi(*result.roi) if result.roi else None
-            session.add(result.to_dict(), frame.image, roi)
-    body = session.finish("source_end", scorer.model_versions())
+    failed, ended_by = 0, "source_end"
+    try:
+        with open_sources(args.paths, limits=frame_limits(settings)) as source:
+            for frame, capture_s in timed_frames(source, scorer.prepare_frame):
+                result = scorer.score(frame, capture_s)
+                failed += result.error is not None
+                if result.error:  # one line naming the file; the frame is skipped
+                    print(f"sonoedge: {result.error}", file=sys.stderr)
+                roi = Roi(*result.roi) if result.roi else None
+                session.add(result.to_dict(), frame.image, roi)
+    except KeyboardInterrupt:  # Ctrl-C on a long video: the frames scored are the exam
+        ended_by = "command"
+    body = session.finish(ended_by, scorer.model_versions())
     if args.json:
         print(json.dumps({"exam": body, "checklist": session.checklist(),
                           "best_frames": session.best_frames()}, separators=(",", ":")))
     else:
         print(format_exam(session, body))
+    if ended_by == "command":
+        return 130
     return 1 if failed and failed == body["frames"] else 0
 
 

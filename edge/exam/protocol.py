@@ -13,6 +13,8 @@ from wire.schema import PLANES, PayloadError, read_toml_bounded
 PROTOCOLS_FILE = Path(__file__).resolve().parent / "protocols.toml"
 MAX_PROTOCOLS_BYTES = 64 * 1024
 MAX_ANATOMY_CRITERIA = 16
+MAX_TITLE_CHARS = 100  # one line of the checklist's header
+MAX_VERSION_CHARS = 16
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
@@ -61,13 +63,16 @@ def _slot(entry: object, where: str) -> Slot:
     unsure = False
     if isinstance(entry, str):
         name, accepts = entry, [entry]
-    elif isinstance(entry, dict) and set(entry) <= {"name", "accepts", "unsure_head"}:
+    elif isinstance(entry, dict):
         name, accepts = entry.get("name"), entry.get("accepts")
+        extra = sorted(set(entry) - {"name", "accepts", "unsure_head"})
+        if extra:
+            raise ProtocolError(f"{where}: slot {shown(name)}: unknown key {shown(extra[0])}")
         unsure = entry.get("unsure_head", False)
         if not isinstance(unsure, bool):
             raise ProtocolError(f"{where}: slot {shown(name)}: unsure_head must be true or false")
-        if not isinstance(name, str) or not 0 < len(name) <= 32:
-            raise ProtocolError(f"{where}: a slot's name is 1-32 characters")
+        if not isinstance(name, str) or not 0 < len(name) <= 32 or not name.isprintable():
+            raise ProtocolError(f"{where}: a slot's name is 1-32 characters on one line")
         if not isinstance(accepts, list) or not accepts or not all(
                 isinstance(p, str) for p in accepts):
             raise ProtocolError(f"{where}: slot {shown(name)} needs accepts = [plane names]")
@@ -91,15 +96,17 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
     if unknown:
         raise ProtocolError(f"{path}: unknown key {shown(unknown[0])}")
     version = data.get("version")
-    if not isinstance(version, str) or not version:
-        raise ProtocolError(f"{path}: version must be a string")
+    if (not isinstance(version, str) or not 0 < len(version) <= MAX_VERSION_CHARS
+            or not version.isprintable()):
+        raise ProtocolError(f"{path}: version must be a string of 1-{MAX_VERSION_CHARS} "
+                            "characters")
     discount = data.get("fault_discount", 1.0)
     if (isinstance(discount, bool) or not isinstance(discount, int | float)
             or not math.isfinite(discount) or not 0.0 <= discount <= 1.0):
         raise ProtocolError(f"{path}: fault_discount: must be between 0 and 1")
     anatomy = data.get("anatomy_criteria", [])
     if (not isinstance(anatomy, list) or len(anatomy) > MAX_ANATOMY_CRITERIA
-            or not all(isinstance(n, str) and _NAME.match(n) for n in anatomy)):
+            or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in anatomy)):
         raise ProtocolError(f"{path}: anatomy_criteria: expected a list of at most "
                             f"{MAX_ANATOMY_CRITERIA} criterion names")
     table = data.get("protocols")
@@ -108,7 +115,7 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
     out = {}
     for name, entry in table.items():
         where = f"{path}: protocols.{name}"
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ProtocolError(f"{where}: a name is 1-32 lower-case letters, digits, - or _")
         if not isinstance(entry, dict):
             raise ProtocolError(f"{where}: expected a table")
@@ -117,8 +124,10 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
             raise ProtocolError(f"{where}: unknown key {shown(extra[0])}")
         title, planes = entry.get("title"), entry.get("planes")
         quality = entry.get("min_quality", 0.5)
-        if not isinstance(title, str) or not title:
-            raise ProtocolError(f"{where}.title: must be a string")
+        if (not isinstance(title, str) or not 0 < len(title) <= MAX_TITLE_CHARS
+                or not title.isprintable()):
+            raise ProtocolError(f"{where}.title: must be one line of 1-{MAX_TITLE_CHARS} "
+                                "characters")
         if not isinstance(planes, list) or not 0 < len(planes) <= len(PLANES):
             raise ProtocolError(f"{where}.planes: expected a list of planes or slots")
         slots = tuple(_slot(entry, f"{where}.planes") for entry in planes)

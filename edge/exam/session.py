@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.exam.protocol import Protocol, Slot
-from edge.exam.tally import ExamTally, confidence_of, quality_score
+from edge.exam.tally import ExamTally, confidence_of, finite, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
 from edge.models.biometry import MEASURED
 from edge.models.roi import Roi
@@ -95,7 +95,7 @@ class BestFrame:
                "confidence": round(self.confidence, 4)}
         if self.thumbnail:
             out["thumbnail"] = self.thumbnail
-        if self.biometry and self.biometry.get("hc_mm") is not None:
+        if self.biometry and finite(self.biometry.get("hc_mm")):
             out["hc_mm"] = self.biometry["hc_mm"]
         if self.advice:
             out["advice"] = {"criterion": self.advice[0], "message": self.advice[1]}
@@ -192,8 +192,10 @@ class ExamSession:
         if not passes_all(result, self.protocol.anatomy_criteria):
             return None  # not the plane's anatomy at all, whatever the plane model named it
         quality = quality_score(result)
-        candidate = BestFrame(plane, str(result.get("source", "")), int(result.get("frame", -1)),
-                              quality, confidence_of(result), result.get("biometry"),
+        frame, bio = result.get("frame"), result.get("biometry")
+        candidate = BestFrame(plane, str(result.get("source", "")),
+                              frame if type(frame) is int else -1, quality,
+                              confidence_of(result), bio if isinstance(bio, dict) else None,
                               ranked=discounted(quality, result, self.protocol.fault_discount))
         current = self.best.get(plane)
         if current is not None and candidate.rank() <= current.rank():
@@ -206,8 +208,9 @@ class ExamSession:
                 continue
             path = self.thumbs.save(self.exam_id, plane, self._pending.pop(plane))
             self._written[plane] = now
-            if path is not None:
-                self.best[plane].thumbnail = path
+            # Unwritten (a full disk, the quota): the file there shows an older frame, and
+            # must not be shown as this one's.
+            self.best[plane].thumbnail = path
 
     def captured(self, plane: str) -> bool:
         best = self.best.get(plane)
@@ -291,11 +294,9 @@ class ExamTracker:
     def has_content(result: dict) -> bool:
         if result.get("error"):
             return False
-        quality = result.get("quality")
-        if isinstance(quality, dict):
-            content = (quality.get("criteria") or {}).get("content")
-            if isinstance(content, dict):
-                return content.get("pass") is True
+        criteria = _audit(result).get("criteria")
+        if isinstance(criteria, dict) and isinstance(criteria.get("content"), dict):
+            return criteria["content"].get("pass") is True
         return result.get("roi") is not None
 
     def feed(self, result: dict, image: np.ndarray | None = None, roi: Roi | None = None,
@@ -312,19 +313,15 @@ class ExamTracker:
         if self.current is None:
             if not content:
                 return None
-            ts = result.get("ts")
             ids = {"exam_id": exam_id_for(run_id, row)} if row is not None and run_id else {}
             self.current = ExamSession(self.protocol, self.thumbs, self.settings,
                                        measure_kept=self.measure_kept,
-                                       started_ts=float(ts) if isinstance(ts, int | float)
-                                       else time.time(), started_mono=now, first_row=row,
-                                       **ids)
+                                       started_ts=wall_time_of(result), started_mono=now,
+                                       first_row=row, **ids)
             log.info("exam %s started (protocol %s)", self.current.exam_id, self.protocol.name)
         if content:
             self._last_content = now
-            ts = result.get("ts")
-            self.current.last_content = (float(ts) if isinstance(ts, int | float)
-                                         else time.time(), now)
+            self.current.last_content = (wall_time_of(result), now)
         self.current.add(result, image, roi, now)
         if row is not None:
             self.current.last_row = row
@@ -355,6 +352,13 @@ def _audit(result: dict) -> dict:
     row is read back from disk)."""
     quality = result.get("quality")
     return quality if isinstance(quality, dict) else {}
+
+
+def wall_time_of(result: dict) -> float:
+    """The result's wall-clock time, or now where it is missing or not a finite number (a
+    replayed journal row may hold anything; NaN would make the summary invalid JSON)."""
+    ts = result.get("ts")
+    return float(ts) if finite(ts) else time.time()
 
 
 def outlines_one_head(result: dict) -> bool:
@@ -405,7 +409,8 @@ def advice_of(result: dict) -> tuple[str, str] | None:
     if not isinstance(quality, dict) or not isinstance(quality.get("advice"), str):
         return None
     name = quality["advice"]
-    entry = (quality.get("criteria") or {}).get(name)
+    criteria = quality.get("criteria")
+    entry = criteria.get(name) if isinstance(criteria, dict) else None
     message = entry.get("message") if isinstance(entry, dict) else None
     if not isinstance(message, str):
         return None

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 from collections import deque
 
 from edge.models.biometry import MEASURED, hadlock_ga_weeks
 from wire.schema import PLANES, UNCERTAIN
+
+# A journal row read back may hold any number; no fetal head measures a metre (Hadlock's
+# formula overflows on 1e308).
+MAX_HEAD_MM = 1000.0
 
 
 def source_id(source: str) -> str:
@@ -78,7 +83,7 @@ class ExamTally:
             self.failed += 1
             return
         lat = r.get("latency_ms")
-        if isinstance(lat, int | float):
+        if finite(lat):
             self.latencies.append(float(lat))
         plane = r.get("plane")
         if not isinstance(plane, str):
@@ -119,7 +124,7 @@ class ExamTally:
         if not isinstance(bio, dict) or not isinstance(bio.get("status"), str):
             return
         mm = [bio.get(k) for k in ("hc_mm", "bpd_mm", "ofd_mm")]
-        if bio["status"] in MEASURED and all(isinstance(v, int | float) for v in mm):
+        if bio["status"] in MEASURED and all(finite(v) and 0 < v < MAX_HEAD_MM for v in mm):
             hc, bpd, ofd = (float(v) for v in mm)
             self.head_mm.append((hc, bpd, ofd))
             item = (rank, -self.frames, hc, bpd, ofd)  # equal rank: the earlier frame stays
@@ -193,7 +198,13 @@ class ExamTally:
 def confidence_of(r: dict) -> float:
     """The result's plane confidence, 0 where it is missing or not a number."""
     conf = r.get("plane_confidence")
-    return float(conf) if isinstance(conf, int | float) else 0.0
+    return min(1.0, max(0.0, float(conf))) if finite(conf) else 0.0
+
+
+def finite(value: object) -> bool:
+    """A real number (a journal row read back may hold NaN, inf or a bool)."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def head_rank(r: dict) -> float:
