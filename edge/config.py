@@ -8,6 +8,7 @@ fall back to a default on a device nobody watches.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -270,11 +271,34 @@ def _validate(settings: Settings, label: str) -> None:
         check_web_settings(settings.web)
     except ValueError as exc:
         raise ConfigError(f"{label}: web: {exc}") from None
-    ex = settings.exam
-    if not (0.0 < ex.end_gap_s <= 86400.0 and 16 <= ex.thumb_width <= 4096
-            and 0.0 <= ex.thumb_interval_s <= 3600.0 and 0.0 < ex.thumbs_quota_mb <= 1e6):
-        raise ConfigError(f"{label}: exam: end_gap_s must be in (0, 86400], thumb_width in "
-                          "16-4096, thumb_interval_s in 0-3600, thumbs_quota_mb positive")
+    _validate_exam(settings.exam, label)
+    _check_finite(settings, label)
+
+
+def _check_finite(settings: Settings, label: str) -> None:
+    """TOML has nan and inf, and NaN passes every check written "x <= 0 is wrong": a number
+    no check above covers must still be a number."""
+    for section in dataclasses.fields(settings):
+        values = getattr(settings, section.name)
+        if not dataclasses.is_dataclass(values):
+            continue
+        for item in dataclasses.fields(values):
+            value = getattr(values, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{label}: {section.name}.{item.name}: expected a finite "
+                                  f"number, got {value}")
+
+
+def _validate_exam(ex: ExamSettings, label: str) -> None:
+    """[exam]: each number named on its own, so the line says which one is wrong."""
+    checks = (("end_gap_s", 0.0 < ex.end_gap_s <= 86400.0, "in (0, 86400] seconds"),
+              ("thumb_width", 16 <= ex.thumb_width <= 4096, "16-4096 pixels"),
+              ("thumb_interval_s", 0.0 <= ex.thumb_interval_s <= 3600.0, "0-3600 seconds"),
+              ("thumbs_quota_mb", 0.0 < ex.thumbs_quota_mb <= 1e6, "in (0, 1000000] MB"))
+    for name, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{label}: exam.{name} must be {allowed}, got "
+                              f"{getattr(ex, name):g}")
 
 
 def _validate_roi(roi: RoiSettings, label: str) -> None:

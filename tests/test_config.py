@@ -95,3 +95,34 @@ def test_the_biometry_section_feeds_the_measurement(tmp_path):
     assert measurement.cutoff_margin_fraction == 0.05
     assert measurement.probability_threshold == 0.5  # the model's manifest sets the real one
     assert load_settings().biometry.pixel_size_mm == 0.0  # unknown until calibrated: off
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[journal]\nkeep_days = nan\n", "journal.keep_days"),
+    ("[source]\nfps = inf\n", "source.fps"),
+    ("[source]\nbackoff_initial_s = nan\n", "source.backoff_initial_s"),
+    ("[biometry]\npixel_size_max_mm = inf\n", "biometry.pixel_size_max_mm"),
+])
+def test_nan_or_inf_is_refused_for_every_number(tmp_path, text, key):
+    """NaN passes a check written as "keep_days <= 0 is wrong": a number no range check
+    covers is still refused when it is not a number."""
+    path = tmp_path / "device.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert str(path) in message and f"{key}: expected a finite number" in message
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("end_gap_s", "-4.0"), ("thumb_width", "8"), ("thumb_interval_s", "-1"),
+    ("thumbs_quota_mb", "0"), ("thumbs_quota_mb", "nan")])
+def test_a_bad_exam_number_is_named_on_its_own(tmp_path, key, value):
+    path = tmp_path / "device.toml"
+    path.write_text(f"[exam]\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert str(path) in message and f"exam.{key} must be" in message
+    others = {"end_gap_s", "thumb_width", "thumb_interval_s", "thumbs_quota_mb"} - {key}
+    assert not [name for name in others if name in message], message
