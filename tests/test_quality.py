@@ -312,6 +312,22 @@ def test_the_audit_is_pure_arithmetic_on_its_rules():
     ('version = "1"\n[criteria.gain]\nmeasure = "bright_level"\nmin = 1.0\nsoft = 1.0\n'
      'weight = 7.0\npriority = 1\nmessage = "x"\nok = "y"\nsource = "z"\n',
      "criteria.gain.weight"),
+    ('version = "1"\n[criteria.gain]\nmeasure = "bright_level"\nmin = 1.0\nsoft = 1.0\n'
+     'weight = 0.0\npriority = 1\nmessage = "x"\nok = "y"\nsource = "z"\n',
+     "criteria: every weight is 0"),  # every frame would score 1: all "captured"
+    ('version = "1"\n' + "".join(
+        f'[criteria.c{i}]\nmeasure = "bright_level"\nmin = 1.0\nsoft = 1.0\nweight = 0.5\n'
+        f'priority = 1\nmessage = "x"\nok = "y"\nsource = "z"\n' for i in range(1000)),
+     "criteria: 1000 criteria, at most 32"),  # each judged on every frame
+    ('version = "1"\n[criteria."gain\\n"]\nmeasure = "bright_level"\nmin = 1.0\n'
+     'soft = 1.0\nweight = 0.5\npriority = 1\nmessage = "x"\nok = "y"\nsource = "z"\n',
+     "a name is 1-32 lower-case letters"),
+    ('version = "1"\n[criteria.gain]\nmeasure = "bright_level"\nmin = 1.0\nsoft = 1.0\n'
+     'weight = 0.5\npriority = 1\nmessage = "' + "x" * 100_000 + '"\nok = "y"\n'
+     'source = "z"\n', "criteria.gain.message: must be one line of at most 200"),
+    ('version = "' + "1" * 10_000 + '"\n[criteria.gain]\nmeasure = "bright_level"\n'
+     'min = 1.0\nsoft = 1.0\nweight = 0.5\npriority = 1\nmessage = "x"\nok = "y"\n'
+     'source = "z"\n', "version: must be 1-16 characters"),
     ("[[[", "not valid TOML"),
     ("a = " + "[" * 20000 + "]" * 20000 + "\n", "nested more than 16 deep"),  # tomllib recursed
     (b"\xff\xfe version".decode("latin-1"), "not valid TOML"),

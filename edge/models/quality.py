@@ -18,6 +18,7 @@ installed.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,12 @@ MEASURES = IMAGE_MEASURES + HEAD_MEASURES + LEARNED_MEASURES
 TISSUE_LEVEL = 12  # grey level above which a pixel holds echoes (fluid and air are below)
 SAME_FRAME_DIFF = 0.5  # mean absolute difference (grey levels) below which a frame repeats
 MAX_RULES_BYTES = 256 * 1024
+# Every frame's audit judges every criterion and carries each one's message into its result
+# and the journal: the shipped file has 14, each message under 100 characters.
+MAX_CRITERIA = 32
+MAX_MESSAGE_CHARS = 200
+MAX_VERSION_CHARS = 16  # an exam summary carries it (edge/exam/tally.py keeps 16)
+_CRITERION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # as a protocol names one
 _CRITERION_KEYS = {"measure": str, "min": float, "max": float, "soft": float, "weight": float,
                    "priority": int, "message": str, "message_low": str, "message_high": str,
                    "ok": str, "source": str}
@@ -149,6 +156,11 @@ def _rule(name: str, table: object, where: str) -> Rule:
     low_msg, high_msg = values.get("message_low", message), values.get("message_high", message)
     if (low is not None and not low_msg) or (high is not None and not high_msg):
         raise RulesError(f"{where}: needs a message for each bound it has")
+    for key in ("message", "message_low", "message_high", "ok"):
+        text = values.get(key, "")
+        if len(text) > MAX_MESSAGE_CHARS or not text.isprintable():
+            raise RulesError(f"{where}.{key}: must be one line of at most {MAX_MESSAGE_CHARS} "
+                             "characters")
     return Rule(name, values["measure"], low, high, values["soft"], values["weight"],
                 values["priority"], low_msg, high_msg, values["ok"], values["source"])
 
@@ -167,6 +179,8 @@ def load_rules(path: Path | str | None = None) -> Rules:
         if key not in known:
             raise RulesError(f"{path}: unknown key {shown(key)}")
     version = _typed(data.get("version"), str, f"{path}: version")
+    if not 0 < len(version) <= MAX_VERSION_CHARS or not version.isprintable():
+        raise RulesError(f"{path}: version: must be 1-{MAX_VERSION_CHARS} characters")
     feedback_table = data.get("feedback", {})
     if not isinstance(feedback_table, dict):
         raise RulesError(f"{path}: feedback: expected a table")
@@ -193,8 +207,16 @@ def load_rules(path: Path | str | None = None) -> Rules:
     table = data.get("criteria")
     if not isinstance(table, dict) or not table:
         raise RulesError(f"{path}: criteria: expected a table of criteria")
+    if len(table) > MAX_CRITERIA:
+        raise RulesError(f"{path}: criteria: {len(table)} criteria, at most {MAX_CRITERIA}")
+    for name in table:
+        if not _CRITERION_NAME.fullmatch(name):
+            raise RulesError(f"{path}: criteria.{shown(name)}: a name is 1-32 lower-case "
+                             "letters, digits, - or _")
     rules = tuple(_rule(name, value, f"{path}: criteria.{name}")
                   for name, value in table.items())
+    if not any(rule.weight > 0 for rule in rules):
+        raise RulesError(f"{path}: criteria: every weight is 0, so every frame would score 1")
     return Rules(version, rules, feedback, gate, str(path))
 
 
