@@ -104,6 +104,25 @@ def test_an_empty_folder_is_one_line_naming_it(tmp_path):
     assert "empty" in proc.stderr
 
 
+@pytest.mark.parametrize(("args", "needles"), [
+    (("exam", "x", "--pixel-size", "abc"), ("sonoedge exam: error", "--pixel-size", "'abc'",
+                                            "sonoedge exam --help")),
+    (("score", "--threads", "two", "x"), ("sonoedge score: error", "--threads", "'two'")),
+    (("exam",), ("sonoedge exam: error", "paths")),
+    (("scroe", "x"), ("sonoedge: error", "'scroe'")),
+    (("outbox", "--limit", "many"), ("sonoedge outbox: error", "--limit", "'many'")),
+])
+def test_a_mistyped_argument_is_one_line_naming_it(args, needles):
+    """One line that names the argument and where the usage is, exit 2: not argparse's
+    usage block followed by the error."""
+    proc = sonoedge(*args, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and not lines[0].startswith("usage"), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
 def test_a_model_that_does_not_match_its_manifest_is_refused(models_copy, frames_dir):
     model = models_copy / "plane_student.tflite"
     data = bytearray(model.read_bytes())

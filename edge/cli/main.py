@@ -14,6 +14,7 @@ from edge.cli import biometry as biometry_cli
 from edge.cli import exam as exam_cli
 from edge.cli import fleet as fleet_cli
 from edge.cli import pin as pin_cli
+from edge.cli.parsing import OneLineParser
 from edge.config import ConfigError, ModelSettings, load_settings
 from edge.exam.protocol import ProtocolError
 from edge.models.manifest import Manifest, ModelError, list_manifests
@@ -125,7 +126,7 @@ def _loads(load_model, manifest: Manifest) -> Manifest | ModelError:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sonoedge", description=__doc__)
+    parser = OneLineParser(prog="sonoedge", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True)
 

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from edge.cli.parsing import OneLineParser
 from edge.store.outbox import OUTBOX_FILE
 from edge.store.state import lock_holder
 from edge.uplink.mqtt import STATUS_FILE, read_status
@@ -40,7 +41,7 @@ def _age(ts: float | None) -> str:
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog)
+    ap = OneLineParser(prog=prog)
     ap.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE_DIR),
                     help=f"device state directory (default {DEFAULT_STATE_DIR}, "
                          "or $SONOEDGE_STATE_DIR)")
