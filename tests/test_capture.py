@@ -143,8 +143,26 @@ def test_empty_folder_missing_path_and_unsupported_type_raise_one_line(tmp_path)
     only_txt = tmp_path / "only_txt"
     only_txt.mkdir()
     (only_txt / "readme.txt").write_text("x")
-    with pytest.raises(SourceError, match="empty folder"):
+    with pytest.raises(SourceError, match="no .* files in this folder; it holds 1 other file"):
         open_source(only_txt)
+
+    # The frames one level down, as in FETAL_PLANES_DB's planes/images: the line says where.
+    nested = tmp_path / "planes"
+    (nested / "images").mkdir(parents=True)
+    shutil.copy(TIFF, nested / "images" / "y.tiff")
+    (nested / "labels.csv").write_text("x")
+    with pytest.raises(SourceError) as e:
+        open_source(nested)
+    assert "1 other file(s) and sub-folder(s) images/ (not read" in _one_line(e.value)
+
+    # A link round in a loop, or to nothing, is not "no such file".
+    (tmp_path / "loop_a.png").symlink_to(tmp_path / "loop_b.png")
+    (tmp_path / "loop_b.png").symlink_to(tmp_path / "loop_a.png")
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    for link in ("loop_a.png", "dangling.mp4"):
+        with pytest.raises(SourceError) as e:
+            open_source(tmp_path / link)
+        assert "a link that leads nowhere" in _one_line(e.value) and link in str(e.value)
 
     with pytest.raises(SourceError) as e:
         open_source(tmp_path / "nope.png")

@@ -661,15 +661,26 @@ def list_folder_images(folder: Path) -> list[Path]:
     regular-files-only listing dropped it without a word."""
     shown = display_name(str(folder))
     try:
-        entries = sorted(p for p in folder.iterdir() if not p.is_dir())
+        listed = sorted(folder.iterdir())
+        folders = [p.name for p in listed if p.is_dir()]
     except OSError as e:
         raise SourceError(f"{shown}: cannot list folder ({e.strerror or e})") from None
+    entries = [p for p in listed if p.name not in folders]
     imgs = [p for p in entries if p.suffix.lower() in IMAGE_EXTS]
     skipped = len(entries) - len(imgs)
+    if not imgs:  # one line, with what the folder does hold: the frames may be a level down
+        kinds = "/".join(sorted(IMAGE_EXTS))
+        if not listed:
+            raise SourceError(f"{shown}: empty folder (no {kinds} files)")
+        held = [f"{len(entries)} other file(s)"] if entries else []
+        if folders:
+            names = ", ".join(f"{display_name(n)}/" for n in folders[:3])
+            held.append(f"sub-folder(s) {names}{', ...' if len(folders) > 3 else ''} (not "
+                        "read: name the one with the frames)")
+        raise SourceError(f"{shown}: no {kinds} files in this folder; it holds "
+                          + " and ".join(held))
     if skipped:
         log.info("%s: skipped %d non-image file(s)", shown, skipped)
-    if not imgs:
-        raise SourceError(f"{shown}: empty folder (no {'/'.join(sorted(IMAGE_EXTS))} files)")
     return imgs
 
 
@@ -678,7 +689,12 @@ def _open_file_spec(spec: str, *, pace: bool = False,
     path = Path(spec)
     shown = display_name(spec)
     if not path.exists():
-        raise SourceError(f"{shown}: no such file or folder")
+        if not os.path.lexists(path):
+            raise SourceError(f"{shown}: no such file or folder")
+        try:  # a link: to nothing, or round in a loop
+            path.stat()
+        except OSError as e:
+            raise SourceError(f"{shown}: a link that leads nowhere ({e.strerror or e})") from None
     if path.is_dir():
         return ImageListSource(list_folder_images(path), name=path.name or str(path),
                                limits=limits)
