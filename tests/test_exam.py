@@ -538,6 +538,16 @@ def test_bad_exam_input_is_one_line(sweep, tmp_path, args, needles):
     one_line_error(proc, *needles)
 
 
+def test_an_exam_over_a_path_with_no_frames_is_one_line_and_no_exam(sweep, tmp_path):
+    """An empty folder or a missing path among the exam's paths is a usage error, said
+    before any work: not an exam of one failed "frame" with an empty checklist."""
+    (tmp_path / "empty").mkdir()
+    for bad in (tmp_path / "empty", tmp_path / "missing"):
+        proc = sonoedge("exam", str(sweep), str(bad))
+        one_line_error(proc, str(bad))
+        assert proc.returncode == 2 and proc.stdout == ""
+
+
 def test_sonoedge_exam_holds_frames_to_the_configs_pixel_budget(tmp_path):
     """[source] max_frame_pixels bounds what `exam` decodes, as it does for `score` and
     `run`: a site that lowered it for its box gets it on every verb."""

@@ -38,7 +38,9 @@ def main(args) -> int:
     session = ExamSession(protocol, thumbs, settings.exam, measure_kept=scorer.measure_kept)
     failed, ended_by = 0, "source_end"
     try:
-        with open_sources(args.paths, limits=frame_limits(settings)) as source:
+        # strict: a path that gives no frames at all (missing, an empty folder) is one
+        # error line before any work, not an exam of one failed frame
+        with open_sources(args.paths, strict=True, limits=frame_limits(settings)) as source:
             for frame, capture_s in timed_frames(source, scorer.prepare_frame):
                 result = scorer.score(frame, capture_s)
                 failed += result.error is not None
