@@ -263,8 +263,16 @@ def _validate(settings: Settings, label: str) -> None:
             and settings.source.min_frame_side ** 2 <= settings.source.max_frame_pixels):
         raise ConfigError(f"{label}: source.max_frame_pixels must be at least 1024 and "
                           "source.min_frame_side at least 1 (and fit within the budget)")
-    if settings.source.backoff_initial_s <= 0 or settings.source.backoff_max_s <= 0:
-        raise ConfigError(f"{label}: source backoff times must be positive")
+    src = settings.source
+    for name, ok, allowed in (
+            ("width", 0 <= src.width <= 16384, "0-16384 pixels (0: the device's own)"),
+            ("height", 0 <= src.height <= 16384, "0-16384 pixels (0: the device's own)"),
+            ("fps", 0.0 <= src.fps <= 240.0, "0-240 (0: the device's own)"),
+            ("backoff_initial_s", 0.0 < src.backoff_initial_s <= 3600.0, "in (0, 3600] seconds"),
+            ("backoff_max_s", 0.0 < src.backoff_max_s <= 3600.0, "in (0, 3600] seconds")):
+        if not ok:
+            raise ConfigError(f"{label}: source.{name} must be {allowed}, got "
+                              f"{getattr(src, name):g}")
     _validate_biometry(settings.biometry, label)
     _validate_roi(settings.roi, label)
     try:

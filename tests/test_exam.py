@@ -109,6 +109,10 @@ def test_the_shipped_protocols_are_biometry_and_the_second_trimester_screen():
     ('version = "1"\n[protocols.x]\ntitle = "t"\n'
      'planes = [{name = "Head", accepts = ["Brain (Tv.)"], unsure = true}]\n',
      "slot 'Head': unknown key 'unsure'"),
+    ('version = "1"\n[protocols.x]\ntitle = "t"\nplanes = ["Femur", "4CH", "Femur"]\n',
+     "'Femur' is listed twice"),
+    ('version = "1"\n[protocols.x]\ntitle = "t"\nplanes = ["Femur", '
+     '{name = "Femur", accepts = ["4CH"]}]\n', "'Femur' is listed twice"),
 ])
 def test_a_broken_protocols_file_is_one_line_naming_it(tmp_path, text, needle):
     path = tmp_path / "protocols.toml"

@@ -132,8 +132,11 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
             raise ProtocolError(f"{where}.planes: expected a list of planes or slots")
         slots = tuple(_slot(entry, f"{where}.planes") for entry in planes)
         every = [p for slot in slots for p in slot.accepts]
-        if len(set(every)) != len(every) or len({s.name for s in slots}) != len(slots):
-            raise ProtocolError(f"{where}.planes: a plane or slot is listed twice")
+        names = [s.name for s in slots]
+        twice = next((x for seen in (every, names) for i, x in enumerate(seen)
+                      if x in seen[:i]), None)
+        if twice is not None:
+            raise ProtocolError(f"{where}.planes: {shown(twice)} is listed twice")
         if sum(slot.unsure_head for slot in slots) > 1:
             raise ProtocolError(f"{where}.planes: only one slot may take unsure_head")
         if (isinstance(quality, bool) or not isinstance(quality, int | float)
