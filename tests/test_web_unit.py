@@ -4,8 +4,12 @@ flags and their references, the catalogs, the loop hook, and one-line errors."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import socket
 import stat
+import time
 
 import pytest
 
@@ -13,6 +17,7 @@ from edge.config import ConfigError, load_settings
 from edge.exam.feedback import Shown
 from edge.models.quality import load_rules
 from edge.web import i18n
+from edge.web import server as web_server
 from edge.web.auth import PIN_FILE, Brake, PinError, Sessions, read_pin, write_pin
 from edge.web.live import LiveView, LoopHook
 from edge.web.screening import (
@@ -24,8 +29,11 @@ from edge.web.screening import (
     hc_for_weeks,
     redate_days,
 )
+from edge.web.server import WebServer
+from edge.web.settings import WebSettings
 from tests.cli_run import one_line_error, sonoedge
-from tests.web_harness import set_pin
+from tests.servers import free_port
+from tests.web_harness import PIN, set_pin
 
 
 def test_the_pin_is_stored_as_a_salted_slow_hash_never_in_clear(tmp_path):
@@ -213,3 +221,109 @@ def test_stop_holds_the_next_exam_until_start_or_the_probe_is_lifted():
     hook.apply_commands(tracker)
     assert not hook.holding and hook.accepts({}, 8.0, has_content=True)
     assert view.latest is not None and view.latest.seq == 1
+
+
+# -- hostile requests, against a running server (the page's server alone, no models) -------
+@pytest.fixture
+def page_server(tmp_path, monkeypatch):
+    """`WebServer` listening on a free loopback port, with short client timeouts."""
+    monkeypatch.setattr(web_server, "IDLE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(web_server, "BODY_TIMEOUT_S", 1.0)
+    write_pin(tmp_path, PIN)
+    started = []
+
+    def start(brake: Brake | None = None) -> WebServer:
+        srv = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}"), LiveView(), tmp_path,
+                        read_pin(tmp_path))
+        srv.brake = brake or srv.brake
+        srv.start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+def _raw(srv, data: bytes, source: str = "127.0.0.1", timeout_s: float = 4.0,
+         head_only: bool = False) -> bytes:
+    """Send bytes as they are; everything the server answers until it closes (or only
+    until the status line and headers are in)."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout_s,
+                                  source_address=(source, 0)) as conn:
+        conn.sendall(data)
+        out = b""
+        while not (head_only and b"\r\n\r\n" in out) and (chunk := conn.recv(65536)):
+            out += chunk
+        return out
+
+
+def _login(srv, pin: str, source: str = "127.0.0.1", cookies: str = "") -> bytes:
+    body = json.dumps({"pin": pin}).encode()
+    return _raw(srv, b"POST /api/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                + (f"Cookie: {cookies}\r\n".encode() if cookies else b"")
+                + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                + body, source)
+
+
+def test_a_json_body_is_read_as_utf8_and_a_bad_one_is_400_never_500(page_server):
+    srv = page_server()
+    for content_type, body, status in (
+            ("application/json", b"[" * 2000 + b"]" * 2000, b"400"),  # nested too deep
+            ("application/json", b'{"pin": "\xff\xfe\xfd\xfc"}', b"400"),  # not UTF-8
+            ("application/json; charset=no-such", b'{"pin": "4827"}', b"200")):  # ignored
+        out = _raw(srv, b"POST /api/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                   + f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+                   .encode() + body)
+        assert out.startswith(b"HTTP/1.1 " + status), (content_type, out[:200])
+        assert status == b"200" or out.endswith(b"the body is not JSON")
+
+
+def test_a_client_that_never_finishes_its_request_is_cut_off(page_server):
+    srv = page_server()
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=4) as slow:
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Never: ends")  # headers never finish
+        # meanwhile another client is served at once
+        assert _raw(srv, b"GET /i18n/en.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    ).startswith(b"HTTP/1.1 200 ")
+        assert slow.recv(100) == b""  # closed by the server, not left open for an hour
+    assert time.monotonic() - t0 < 3
+    t0 = time.monotonic()
+    out = _raw(srv, b"POST /api/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+               b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"pin\"",
+               head_only=True)
+    assert out.startswith(b"HTTP/1.1 408 "), out[:200]  # a body announced, never sent
+    assert time.monotonic() - t0 < 3
+
+
+def test_wrong_pins_from_many_addresses_do_not_keep_out_a_browser_that_knew_the_pin(
+        page_server):
+    srv = page_server(Brake(global_max=4))
+    out = _login(srv, PIN)
+    assert out.startswith(b"HTTP/1.1 200 ")
+    known = re.search(rb"sonoedge_known=([0-9a-f]+);", out).group(1).decode()
+    for i in range(2, 6):  # four addresses, one wrong PIN each: the device-wide brake
+        assert _login(srv, "0000", f"127.0.0.{i}").startswith(b"HTTP/1.1 401 ")
+    assert _login(srv, PIN, "127.0.0.9").startswith(b"HTTP/1.1 429 ")  # a stranger waits
+    assert _login(srv, PIN).startswith(b"HTTP/1.1 429 ")  # the address alone is not enough
+    assert _login(srv, PIN, cookies=f"sonoedge_known={known}").startswith(b"HTTP/1.1 200 ")
+    assert _login(srv, PIN, cookies="sonoedge_known=" + "0" * 64).startswith(b"HTTP/1.1 429 ")
+    srv.stop()
+    again = page_server(Brake(global_max=1))  # restarted, and braked again at once
+    assert _login(again, "0000", "127.0.0.2").startswith(b"HTTP/1.1 401 ")
+    assert _login(again, PIN, cookies=f"sonoedge_known={known}").startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_malformed_request_is_one_line_in_the_log_not_a_traceback(page_server, caplog):
+    srv = page_server()
+    caplog.set_level(logging.INFO)
+    for bad in (b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"):
+        assert _raw(srv, bad).startswith(b"HTTP/1.0 400 ")
+    said = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(said) == 3
+    for record in said:
+        assert record.exc_info is None and record.levelno == logging.WARNING
+        assert "\n" not in record.getMessage() and len(record.getMessage()) < 300

@@ -116,8 +116,11 @@ class Brake:
     """Wrong-PIN brake. After `free` wrong PINs from one address, each further wrong PIN
     makes it wait `base_s`, doubling up to `max_s`; a correct PIN clears its count. The
     device as a whole accepts at most `global_max` wrong PINs per `global_window_s`, so
-    changing address does not help. Counts are in memory: a restart forgets them, which a
-    restart's own time (models load) already brakes."""
+    changing address does not help. A browser known to have typed the right PIN before
+    (`known`, its cookie) is not held by that device-wide limit, only by its address's: else
+    anyone trying PINs from a few addresses would keep the midwife out for as long as they
+    kept at it. Counts are in memory: a restart forgets them, which a restart's own time
+    (models load) already brakes."""
 
     free: int = 5
     base_s: float = 30.0
@@ -129,13 +132,13 @@ class Brake:
     _recent: list[float] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def wait_s(self, client: str, now: float | None = None) -> float:
+    def wait_s(self, client: str, now: float | None = None, *, known: bool = False) -> float:
         """Seconds this client must wait before its next attempt (0 = may try now)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             self._recent = [t for t in self._recent if now - t < self.global_window_s]
             wait = 0.0
-            if len(self._recent) >= self.global_max:
+            if len(self._recent) >= self.global_max and not known:
                 wait = self._recent[0] + self.global_window_s - now
             _, until = self._clients.get(client, (0, 0.0))
             return max(wait, until - now, 0.0)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import shutil
@@ -47,11 +49,23 @@ from edge.web.auth import Brake, PinHash, Sessions
 from edge.web.live import LiveView
 from edge.web.screening import ga_from_lmp, screening
 from edge.web.settings import WebError, WebSettings, parse_listen
+from wire.http_log import one_line_bad_requests
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "sonoedge_session"
+# A browser that has typed the right PIN keeps this cookie (a year, sent only to the login):
+# it lets that browser past the device-wide brake, so someone trying PINs from many
+# addresses cannot keep the midwife herself out. Derived from the stored PIN hash: it
+# survives a restart and ends with a new PIN.
+KNOWN_COOKIE = "sonoedge_known"
+KNOWN_MAX_AGE_S = 365 * 86400
+# A connection that has not sent a whole request this long after connecting (or after its
+# last answer) is closed: aiohttp's default is an hour, so clients that never finish their
+# headers (slow loris) would each hold a socket that long, and a box under systemd has 1024.
+IDLE_TIMEOUT_S = 15.0
+BODY_TIMEOUT_S = 10.0  # a body announced but not sent is answered 408, not waited for
 MAX_BODY = 4096
 MAX_WS_MESSAGE = 1024
 MAX_VIEWERS = 8  # a clinic has a phone or two; more streams would only cost the loop
@@ -199,12 +213,15 @@ class WebServer:
         app.router.add_post("/api/lmp", self._lmp)
         app.router.add_get("/api/thumb/{exam}/{name}", self._thumb)
         app.router.add_route("*", "/api/{tail:.*}", self._not_found)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        one_line_bad_requests()
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=IDLE_TIMEOUT_S)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port, backlog=32).start()
         self._streamer = asyncio.ensure_future(self._stream())
 
     async def _shutdown(self) -> None:
+        self._streamer.cancel()
         for viewer in list(self._viewers):
             await viewer.ws.close()
         if self._runner is not None:
@@ -262,23 +279,35 @@ class WebServer:
         if request.content_type != "application/json":
             raise web.HTTPUnsupportedMediaType(text="send application/json")
         try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                raw = await request.read()  # at most MAX_BODY (413 beyond)
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(text="the body did not arrive in time") from None
+        try:  # JSON is UTF-8 (RFC 8259), whatever charset the request names
+            body = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             raise web.HTTPBadRequest(text="the body is not JSON") from None
         if not isinstance(body, dict):
             raise web.HTTPBadRequest(text="the body must be a JSON object")
         return body
 
+    def _known_token(self) -> str:
+        return hmac.new(self.pin.digest, b"sonoedge-known-browser", hashlib.sha256).hexdigest()
+
+    def _known_browser(self, request: web.Request) -> bool:
+        given = request.cookies.get(KNOWN_COOKIE, "").encode("utf-8", "replace")
+        return hmac.compare_digest(given, self._known_token().encode())
+
     async def _login(self, request: web.Request) -> web.Response:
         client = request.remote or "?"
-        wait = self.brake.wait_s(client)
+        wait = self.brake.wait_s(client, known=self._known_browser(request))
         if wait > 0:
             return web.json_response({"error": "braked", "retry_after_s": round(wait)},
                                      status=429, headers={"Retry-After": str(int(wait) + 1)})
         body = await self._json_body(request)
         pin = body.get("pin")
         if not isinstance(pin, str) or len(pin) > 64:
-            raise web.HTTPBadRequest(text="pin must be a string")
+            raise web.HTTPBadRequest(text="pin must be a string of at most 64 characters")
         async with self._verify_lock:  # one slow hash at a time: bounded memory
             ok = await asyncio.get_running_loop().run_in_executor(None, self.pin.matches, pin)
         if not ok:
@@ -291,6 +320,8 @@ class WebServer:
         response = web.json_response({"ok": True})
         response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",
                             max_age=int(self.sessions.max_age_s))
+        response.set_cookie(KNOWN_COOKIE, self._known_token(), httponly=True,
+                            samesite="Strict", path="/api/login", max_age=KNOWN_MAX_AGE_S)
         return response
 
     async def _logout(self, request: web.Request) -> web.Response:
