@@ -461,3 +461,94 @@ def test_the_rollup_matches_the_payloads_on_sqlite_and_postgresql(tmp_path, post
     north_pg = _rollup_numbers(postgres.url, "district-1")
     assert north.pop("means") == pytest.approx(north_pg.pop("means"), abs=1e-9)
     assert north == north_pg
+
+
+# -- hostile requests, against a running dashboard (in this process, on a seeded district) --
+@pytest.fixture
+def seeded_dashboard(tmp_path, monkeypatch):
+    """The dashboard's app on a free loopback port, over a small simulated district; yields
+    its port. Its body timeout is cut to a second."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from central.dashboard.server import Dashboard, ServeSettings
+    from tests.servers import free_port
+
+    monkeypatch.setattr(C, "BODY_TIMEOUT_S", 1.0)
+    db_path = str(tmp_path / "c.sqlite3")
+    seed(db_path, SeedSettings(clinics=2, days=3))
+    db = open_db(db_path)
+    auth.add_user(db, ADMIN[0], "admin", "", ADMIN[1])
+    db.close()
+    dash = Dashboard(ServeSettings(db_url=db_path))
+    port, ready = free_port(), threading.Event()
+    loop = asyncio.new_event_loop()
+
+    def serve() -> None:  # its own thread and loop: a browser fixture may hold this one's
+        runner = web.AppRunner(dash.app())
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        dash.close()
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    """Send bytes as they are; the status line and headers of the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=4) as conn:
+        conn.sendall(data)
+        out = b""
+        while b"\r\n\r\n" not in out and (chunk := conn.recv(65536)):
+            out += chunk
+        return out
+
+
+def _login_form(port: int, content_type: bytes, body: bytes, length: int | None = None
+                ) -> bytes:
+    return _raw(port, b"POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Content-Type: " + content_type + b"\r\nContent-Length: %d\r\n\r\n"
+                % (len(body) if length is None else length) + body)
+
+
+def test_a_login_form_in_an_unknown_charset_or_never_sent_is_one_clear_answer(
+        seeded_dashboard):
+    port = seeded_dashboard
+    form = f"username={ADMIN[0]}&password={ADMIN[1]}".encode()
+    out = _login_form(port, b"application/x-www-form-urlencoded; charset=no-such", form)
+    assert out.startswith(b"HTTP/1.1 400 "), out[:200]
+    t0 = time.monotonic()
+    out = _login_form(port, b"application/x-www-form-urlencoded", b"username=", length=100)
+    assert out.startswith(b"HTTP/1.1 408 "), out[:200]  # announced, never sent
+    assert time.monotonic() - t0 < 3
+    assert _login_form(port, b"application/x-www-form-urlencoded", form).startswith(
+        b"HTTP/1.1 303 ")
+
+
+def test_a_malformed_request_is_one_line_in_the_dashboard_log(seeded_dashboard, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    for bad in (b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"):
+        assert _raw(seeded_dashboard, bad).startswith(b"HTTP/1.0 400 ")
+    said = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(said) == 3
+    for record in said:
+        assert record.exc_info is None and record.levelno == logging.WARNING
+        assert "\n" not in record.getMessage() and len(record.getMessage()) < 300

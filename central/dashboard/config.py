@@ -54,6 +54,7 @@ COOKIE = "sonoedge_dash"
 
 # -- requests --------------------------------------------------------------------------------
 MAX_BODY = 4096  # the login form is the only body
+BODY_TIMEOUT_S = 10.0  # a login form announced but not sent is answered 408, not waited for
 MAX_PARAM_CHARS = 64  # an id is at most 64 characters (wire schema)
 QUERY_THREADS = 3  # DB work runs here, never on the event loop
 # A page's numbers change only when the rollup adds messages: a page is made once per

@@ -40,6 +40,7 @@ from central.dashboard import queries as Q
 from central.dashboard.store import Db, open_db, refresh
 from central.dashboard.svg import esc
 from central.db import DbError, redact
+from wire.http_log import one_line_bad_requests
 
 log = logging.getLogger("sonoedge.dashboard")
 
@@ -174,6 +175,7 @@ class Dashboard:
 
     # -- the app -----------------------------------------------------------------------------
     def app(self) -> web.Application:
+        one_line_bad_requests()
         app = web.Application(client_max_size=C.MAX_BODY,
                               middlewares=[self._headers, self._auth])
         app.router.add_get("/", self.home)
@@ -250,9 +252,12 @@ class Dashboard:
             resp.headers["Retry-After"] = str(int(wait) + 1)
             return resp
         try:
-            form = await request.post()
-        except (ValueError, web.HTTPRequestEntityTooLarge):
-            return await self.login_page(request, "Bad request.", 400)
+            async with asyncio.timeout(C.BODY_TIMEOUT_S):
+                form = await request.post()
+        except TimeoutError:
+            return await self.login_page(request, "The form did not arrive in time.", 408)
+        except (ValueError, LookupError, web.HTTPRequestEntityTooLarge):  # LookupError:
+            return await self.login_page(request, "Bad request.", 400)  # unknown charset
         username = str(form.get("username", ""))[:64]
         password = str(form.get("password", ""))[:C.PASSWORD_MAX + 1]
         user = await self.run_db(A.check_login, username, password)
