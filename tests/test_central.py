@@ -98,6 +98,29 @@ def test_sqlite_store_keeps_each_msg_id_once(tmp_path):
     store.close()
 
 
+@pytest.mark.parametrize("field", ["msg_id", "boot_id", "exam_id", "clinic_id"])
+def test_a_replay_whose_ids_end_in_a_newline_is_dead_lettered_not_stored_again(tmp_path,
+                                                                               field):
+    """A schema pattern ends at the end of the string (ECMA-262), not before a final
+    newline: a message replayed with "\\n" after its msg_id would otherwise be a second,
+    distinct row, counted as a second exam."""
+    store = Store(str(tmp_path / "c.sqlite3"))
+    original = message(seq=1)
+    replay = {**original, field: original[field] + "\n"}
+    item = check("sonoedge/dev-a/exam", encode(replay), 4096, "c1", 2.0, REGISTRY)
+    assert isinstance(item, DeadLetter), item
+    assert item.reason.startswith(f"schema: $.{field}: does not match")
+    assert store.store([row(original)], [item]) == (1, 1)
+    assert store.query("SELECT COUNT(*) FROM messages") == [(1,)]
+    store.close()
+
+
+def test_a_topic_whose_device_id_ends_in_a_newline_is_a_bad_topic():
+    payload = message(device="dev-a") | {"device_id": "dev-a\n"}
+    item = check("sonoedge/dev-a\n/exam", encode(payload), 4096, "c1", 1.0, REGISTRY)
+    assert isinstance(item, DeadLetter) and item.reason.startswith("bad topic"), item
+
+
 def test_postgres_store_keeps_each_msg_id_once_under_concurrent_writers(postgres):
     import psycopg
 

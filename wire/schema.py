@@ -196,7 +196,7 @@ def _validate(v, s: dict, path: str, root: dict, depth: int = 0,
             errs.append(f"{path}: longer than {s['maxLength']}")
         if len(v) < s.get("minLength", 0):
             errs.append(f"{path}: shorter than {s['minLength']}")
-        if "pattern" in s and not re.search(s["pattern"], v):
+        if "pattern" in s and not _pattern(s["pattern"]).search(v):
             errs.append(f"{path}: does not match {s['pattern']}")
     if isinstance(v, int | float) and not isinstance(v, bool):
         if "minimum" in s and v < s["minimum"]:
@@ -243,6 +243,14 @@ def _validate(v, s: dict, path: str, root: dict, depth: int = 0,
                 elif isinstance(extra, dict):
                     errs += _validate(item, extra, sub, root, depth, budget)
     return errs
+
+
+@cache
+def _pattern(text: str) -> re.Pattern:
+    """A schema pattern as JSON Schema (ECMA-262) means it: ``$`` is the end of the string.
+    Python's ``$`` also matches before a final newline, so "<uuid>\\n" would pass as a
+    msg_id and a replayed message would be stored twice under a second key."""
+    return re.compile(re.sub(r"(?<!\\)\$", r"\\Z", text))
 
 
 def _equal(a, b) -> bool:
