@@ -110,3 +110,30 @@ def test_the_toolchain_reads_a_broken_manifest_beside_a_model_as_one_line(models
     (models_copy / "plane_student.json").write_bytes(b"{" * 50_000)
     with pytest.raises(ModelError, match="plane_student.json: manifest is not valid JSON"):
         open_for_toolchain(models_copy / "plane_student.tflite")
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda m: m.update(metrics=[1, 2]), "metrics must be an object"),
+    (lambda m: m.update(size_bytes="big"), "size_bytes must be a whole number of bytes"),
+    (lambda m: m["labels"].__setitem__(0, "x" * 500_000), "labels must be a list of 1-1000"),
+    (lambda m: m.update(task="plane\nclassification"), "task must be a non-empty line"),
+    (lambda m: m["thresholds"].update({"k" * 100_000: "x"}), "thresholds.kkkk"),
+    (lambda m: m["preprocessing"].update({"z" * 200_000: 1}), "preprocessing: unknown key"),
+    (lambda m: m.update(manifest_version=[2] * 100_000), "manifest_version [2, 2"),
+])
+def test_sonoedge_models_names_a_hostile_manifest_field_in_one_short_line(models_copy, edit,
+                                                                           expected):
+    """Fields `sonoedge models` prints (metrics, size_bytes) are checked like the rest, and
+    a label, key or value of any size is named in one line of a readable length."""
+    from tests.cli_run import sonoedge
+
+    path = models_copy / "plane_student.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    out = sonoedge("models", "--models-dir", str(models_copy))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("sonoedge: ")]
+    assert len(lines) == 1, out.stderr[-2000:]
+    assert lines[0].startswith(f"sonoedge: {path}: ") and expected in lines[0], lines[0][:400]
+    assert len(lines[0]) < 400, len(lines[0])

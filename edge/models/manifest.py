@@ -55,6 +55,10 @@ THRESHOLDS = {
     "abstain_below": (lambda v: 0.0 <= v <= 1.0, "a probability in 0-1"),
 }
 MAX_INPUT_SIDE = 4096
+# A shipped label is at most 12 characters and a name or version a few more; these bound
+# what a hostile manifest can make the device print or carry.
+MAX_LABELS = 1000
+MAX_TEXT = 128
 
 
 def _number(value) -> bool:
@@ -68,17 +72,21 @@ def _check_fields(path: Path, raw: dict) -> None:
         return ModelError(f"{path}: {field} {why}")
 
     for key in ("name", "version", "task", "file"):
-        if not isinstance(raw[key], str) or not raw[key].strip():
-            raise bad(key, f"must be a non-empty string, got {shown(raw[key])}")
+        if (not isinstance(raw[key], str) or not raw[key].strip()
+                or len(raw[key]) > MAX_TEXT or not raw[key].isprintable()):
+            raise bad(key, f"must be a non-empty line of at most {MAX_TEXT} characters, "
+                           f"got {shown(raw[key])}")
     if raw["file"] != Path(raw["file"]).name or raw["file"] in (".", ".."):
         raise bad("file", f"must name a file beside the manifest, got {shown(raw['file'])}")
     if not isinstance(raw["sha256"], str) or not re.fullmatch(r"[0-9a-fA-F]{64}",
                                                                raw["sha256"]):
         raise bad("sha256", "must be 64 hexadecimal digits")
     labels = raw["labels"]
-    if (not isinstance(labels, list) or not labels
-            or not all(isinstance(v, str) and v.strip() for v in labels)):
-        raise bad("labels", "must be a non-empty list of non-empty strings")
+    if (not isinstance(labels, list) or not 1 <= len(labels) <= MAX_LABELS
+            or not all(isinstance(v, str) and v.strip() and len(v) <= MAX_TEXT
+                       and v.isprintable() for v in labels)):
+        raise bad("labels", f"must be a list of 1-{MAX_LABELS} non-empty lines of at most "
+                            f"{MAX_TEXT} characters")
     if len({v.strip() for v in labels}) != len(labels):
         raise bad("labels", "has a label twice")
     inp = raw["input"]
@@ -95,13 +103,20 @@ def _check_fields(path: Path, raw: dict) -> None:
         raise bad("output", f"must be an object, got {shown(raw['output'])}")
     if not isinstance(raw["preprocessing"], dict):
         raise bad("preprocessing", f"must be an object, got {shown(raw['preprocessing'])}")
+    # Read by `sonoedge models`, so checked here too, however informative they are.
+    size = raw.get("size_bytes", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise bad("size_bytes", f"must be a whole number of bytes, got {shown(size)}")
+    if not isinstance(raw.get("metrics") or {}, dict):
+        raise bad("metrics", f"must be an object, got {shown(raw['metrics'])}")
     thresholds = raw.get("thresholds", {})
     if not isinstance(thresholds, dict):
         raise bad("thresholds", f"must be an object of numbers, got {shown(thresholds)}")
     for key, value in thresholds.items():
         check, what = THRESHOLDS.get(key, (lambda v: True, "a finite number"))
         if not _number(value) or not check(float(value)):
-            raise bad(f"thresholds.{key}", f"must be {what}, got {shown(value)}")
+            name = key if len(key) <= 40 else key[:40] + "..."
+            raise bad(f"thresholds.{name}", f"must be {what}, got {shown(value)}")
 
 
 def sha256_of(path: Path) -> str:
@@ -136,7 +151,8 @@ def read_manifest(path: Path) -> Manifest:
     if missing:
         raise ModelError(f"{path}: manifest lacks {shown(missing[0])}")
     if raw.get("manifest_version", MANIFEST_VERSION) != MANIFEST_VERSION:
-        raise ModelError(f"{path}: manifest_version {raw['manifest_version']} is not supported")
+        raise ModelError(f"{path}: manifest_version {shown(raw['manifest_version'])} is not "
+                         "supported")
     _check_fields(path, raw)
     try:
         spec = PreprocessSpec.from_dict(raw["preprocessing"], f"{path}: preprocessing")
@@ -146,7 +162,8 @@ def read_manifest(path: Path) -> Manifest:
     except ModelError:
         raise
     except ValueError as exc:  # the preprocessing's own check names the manifest and key
-        raise ModelError(str(exc)) from None
+        text = str(exc)  # which may quote a hostile key of any length: one short line
+        raise ModelError(text if len(text) <= 300 else text[:300] + "...") from None
     except (TypeError, KeyError, AttributeError) as exc:
         raise ModelError(f"{path}: malformed input/output/labels ({exc})") from None
     if output_kind not in ("logits", "probabilities"):
