@@ -233,6 +233,39 @@ def test_archive_members_are_checked_against_the_signed_list(tmp_path, fleet_kit
     assert not (dest / "models" / "evil").exists()
 
 
+def test_a_full_disk_during_an_install_is_one_line_and_the_same_bundle_installs_later(
+        tmp_path, fleet_kit, monkeypatch):
+    """The disk fills after the bundle is verified and self-tested (writing the slot's
+    record) and stays full while the error is recorded: one BundleError line, the running
+    set untouched, no staging folder left holding the space, and once there is room the
+    same bundle installs."""
+    import errno
+
+    from edge.fleet import slots
+
+    fleet = fleet_of(tmp_path)
+    fleet.ensure(fleet_kit["models"])
+    before = snapshot(fleet)
+    keys = load_trusted_keys(fleet_kit["trusted"])
+    honest = slots.write_json
+
+    def full(path, data):
+        if path.name in (slots.SLOT_FILE, slots.STATE_FILE):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return honest(path, data)
+
+    monkeypatch.setattr(slots, "write_json", full)
+    with pytest.raises(BundleError) as caught:
+        fleet.install(fleet_kit["v2"], keys)
+    assert "No space left on device" in str(caught.value)
+    assert str(fleet_kit["v2"]) in str(caught.value) and "\n" not in str(caught.value)
+    assert snapshot(fleet_of(tmp_path)) == before
+    assert not (fleet.root / "slots" / ".staging").exists()
+    monkeypatch.undo()
+    assert fleet_of(tmp_path).install(fleet_kit["v2"], keys).version == "2.0"
+    assert fleet_of(tmp_path).status()["bundle"] == "2.0"
+
+
 def test_a_failed_selftest_never_swaps_and_is_reported(tmp_path, fleet_kit, monkeypatch):
     """A bundle whose recorded outputs its models do not give (here: signed with the plane
     'Femur' where they say 'Brain (Tv.)')."""

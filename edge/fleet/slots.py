@@ -305,12 +305,25 @@ class Fleet:
                 raise BundleError(f"bundle {trial.get('version')} is still on trial "
                                   f"({max(0.0, left):.1f} min of running left); install "
                                   "after that")
+            before = self.active_slot()
             try:
                 return self._install(Path(path), keys, names)
             except BundleError as exc:
-                self.state["last_error"] = str(exc)[-200:]
+                error = exc
+            except OSError as exc:
+                # A full disk or a failing card, past the bundle's own checks: one line, and
+                # no half-written staging folder left to hold the space.
+                shutil.rmtree(self.root / "slots" / STAGING, ignore_errors=True)
+                error = BundleError(
+                    f"{path}: cannot install ({exc.strerror or exc}); " + (
+                        "the models in use are unchanged" if self.active_slot() == before
+                        else "switched, the next start finishes recording it"))
+            self.state["last_error"] = str(error)[-200:]
+            try:
                 self.save()
-                raise
+            except OSError:
+                pass  # the disk is still full: the error line below says what went wrong
+            raise error from None
 
     def _install(self, path: Path, keys: list, names: dict | None) -> BundleManifest:
         from edge.fleet.selftest import run_selftest
