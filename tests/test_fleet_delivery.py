@@ -257,3 +257,46 @@ def test_an_offer_during_a_trial_waits_for_the_confirmation(tmp_path, fleet_kit)
     assert agent.download is None  # 1.0 is on trial: its predecessor must stay intact
     agent.poll_once(7.0)  # the trial's 6 s are over: confirmed, then the offer is taken
     assert agent.download is not None and agent.download.offer.version == "2.0"
+
+
+def test_a_bundle_the_device_could_not_install_for_a_full_disk_is_fetched_again_later(
+        tmp_path, fleet_kit, monkeypatch):  # noqa: F811
+    """A full disk is the device's trouble, not the bundle's: the offer is not refused for
+    good (a refused bundle is never fetched again), its download's space is freed, and
+    after `poll_min` the same retained offer is taken up and installs."""
+    from central.fleet import make_offer, peek
+
+    config = device_config(tmp_path, fleet_kit, poll_min=0.5)
+    data = fleet_kit["v2"].read_bytes()
+    size = 32 * 1024
+    offer, _ = make_offer(fleet_kit["v2"], peek(fleet_kit["v2"], GROUP), size)
+    agent = _agent(config, fleet_kit)
+    real_install = Fleet._install
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    def serve_all() -> None:
+        while wanted := sorted(t for t in agent.uplink.topics if "/chunk/" in t):
+            index = int(wanted[0].rsplit("/", 1)[1])
+            agent._received(wanted[0], data[index * size:(index + 1) * size])
+            agent._drain_inbox()
+
+    monkeypatch.setattr(Fleet, "_install", disk_full)
+    agent._received(offer_topic(GROUP), json.dumps(offer.to_dict()).encode())
+    agent._drain_inbox()
+    serve_all()
+    state = agent.fleet.state
+    assert offer.bundle_id not in state.get("refused_ids", [])
+    assert "No space left on device" in state["last_error"] and "again in 0.5 min" in \
+        state["last_error"]
+    assert agent.download is None and not (agent.fleet.root / "download").exists()
+    assert agent.fleet.status()["bundle"] != "2.0"
+
+    monkeypatch.setattr(Fleet, "_install", real_install)  # room again
+    agent.poll_once(10.0)
+    assert agent.download is None  # not yet: poll_min is 30 s
+    agent.poll_once(25.0)
+    assert agent.download is not None and agent.download.offer.bundle_id == offer.bundle_id
+    serve_all()
+    assert agent.fleet.status()["bundle"] == "2.0" and agent.restart.is_set()

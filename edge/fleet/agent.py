@@ -14,6 +14,7 @@ bundle is verified whole by `Fleet.install`.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -25,6 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from edge.fleet.bundle import DeviceFault
 from edge.fleet.settings import fleet_root, selftest_names
 from edge.fleet.slots import FACTORY, Fleet
 from edge.models.manifest import sha256_of
@@ -114,6 +116,9 @@ class FleetAgent:
         self.download: Download | None = None
         self.progress = ""
         self._deferred: bytes | None = None  # an offer that came during a trial
+        # ... or one the device could not take (its own full disk): taken up again once
+        # this many seconds of the thread's time have passed (`poll_min`)
+        self._deferred_in_s = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_poll = time.monotonic()
@@ -164,8 +169,9 @@ class FleetAgent:
         poll when due, and a restart when `current` moved."""
         try:
             self.fleet.tick(elapsed_s)
-            if self._deferred is not None and not isinstance(self.fleet.state.get("trial"),
-                                                             dict):
+            self._deferred_in_s = max(0.0, self._deferred_in_s - elapsed_s)
+            if (self._deferred is not None and self._deferred_in_s <= 0
+                    and not isinstance(self.fleet.state.get("trial"), dict)):
                 deferred, self._deferred = self._deferred, None
                 self._offered(deferred)  # the trial is over: now it may be fetched
             self._drain_inbox()
@@ -215,12 +221,23 @@ class FleetAgent:
         self.fleet.state["refused_ids"] = (refused + [bundle_id])[-MAX_REFUSED:]
         self._error(why)
 
+    def _not_now(self, offer: Offer, why: str) -> None:
+        """The device's own trouble (a full disk), not the bundle's: said, and the offer
+        taken up again after `poll_min` (over HTTP the next poll does it), not refused."""
+        self._error(f"{why}; the bundle is fetched again in {self.cfg.poll_min:g} min")
+        if self.cfg.mqtt:
+            self._deferred = json.dumps(offer.to_dict()).encode()
+            self._deferred_in_s = self.cfg.poll_min * 60
+
     def _install(self, path: Path, offer: Offer) -> None:
         keys = self._keys_or_none()
         if keys is None:
             return
         try:
             manifest = self.fleet.install(path, keys, selftest_names(self.settings))
+        except DeviceFault as exc:
+            self._not_now(offer, str(exc))
+            return
         except BundleError as exc:
             self._refuse(offer.bundle_id, str(exc))
             return
@@ -284,9 +301,14 @@ class FleetAgent:
         if not missing:
             try:
                 path = download.assemble()
-            except (BundleError, OSError) as exc:
+            except BundleError as exc:
                 self._refuse(offer.bundle_id, f"download of {offer.version}: {exc}")
                 self._clear_downloads()
+                return
+            except OSError as exc:  # writing the whole bundle out: the device's disk
+                self._clear_downloads()
+                self._not_now(offer, f"download of {offer.version}: cannot assemble "
+                                     f"({exc.strerror or exc})")
                 return
             self._install(path, offer)
             return

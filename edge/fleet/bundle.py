@@ -49,6 +49,12 @@ TAR_OVERHEAD = 64 << 10  # headers and padding allowed beyond the listed files
 DEFAULT_TOLERANCE = {"plane_confidence": 0.05, "quality_score": 0.05, "hc_mm": 1.0}
 
 
+class DeviceFault(BundleError):
+    """The device's own trouble while reading or installing a bundle (a full disk, a failing
+    card), not the bundle's: the same bundle may install once that is mended, so the fleet
+    agent takes its offer up again later instead of refusing it for good."""
+
+
 @dataclass(frozen=True)
 class Limits:
     max_bundle_bytes: int
@@ -127,7 +133,7 @@ def read_bundle(path: Path, keys: list, limits: Limits, dest: Path | None = None
         size = path.stat().st_size
         raw = open(path, "rb")
     except OSError as exc:
-        raise BundleError(f"{path}: {exc.strerror or exc}") from None
+        raise DeviceFault(f"{path}: {exc.strerror or exc}") from None
     if size > limits.max_bundle_bytes:
         raw.close()
         raise BundleError(f"{path}: {size} bytes, over the {limits.max_bundle_bytes}-byte "
@@ -137,12 +143,12 @@ def read_bundle(path: Path, keys: list, limits: Limits, dest: Path | None = None
         with raw, tarfile.open(fileobj=io.BufferedReader(reader, 1 << 16), mode="r|") as tar:
             return _read(tar, reader, keys, limits, dest, on_file, check)
     except BundleError as exc:
-        raise BundleError(f"{path}: {exc}") from None
+        raise type(exc)(f"{path}: {exc}") from None
     except (tarfile.TarError, lzma.LZMAError, EOFError) as exc:
         why = str(exc)[:120] or type(exc).__name__
         raise BundleError(f"{path}: truncated, tampered or corrupt archive ({why})") from None
     except OSError as exc:
-        raise BundleError(f"{path}: cannot unpack ({exc.strerror or exc})") from None
+        raise DeviceFault(f"{path}: cannot unpack ({exc.strerror or exc})") from None
 
 
 def _read(tar, reader: _XzReader, keys, limits: Limits, dest: Path | None, on_file, check):

@@ -36,7 +36,9 @@ class FleetSettings:
     chunk_window: int = 8  # chunks asked for at once over MQTT
     http_url: str = ""  # https://district/sonoedge/bundles: <url>/<group>/offer.json; "" = off
     http_ca: str = ""  # a CA file for a district server with its own CA; "" = the system's
-    poll_min: float = 60.0  # how often the HTTP offer is fetched
+    # how often the HTTP offer is fetched, and how soon an offer the device could not take
+    # for its own fault (a full disk) is taken up again
+    poll_min: float = 60.0
     http_timeout_s: float = 30.0
 
 

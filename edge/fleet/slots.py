@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from edge.fleet.bundle import Limits, fsync_dir, read_bundle
+from edge.fleet.bundle import DeviceFault, Limits, fsync_dir, read_bundle
 from edge.fleet.settings import FleetSettings
 from edge.models.manifest import ModelError, list_manifests
 from wire.fleet import BundleError, BundleManifest, parse_version
@@ -314,7 +314,7 @@ class Fleet:
                 # A full disk or a failing card, past the bundle's own checks: one line, and
                 # no half-written staging folder left to hold the space.
                 shutil.rmtree(self.root / "slots" / STAGING, ignore_errors=True)
-                error = BundleError(
+                error = DeviceFault(
                     f"{path}: cannot install ({exc.strerror or exc}); " + (
                         "the models in use are unchanged" if self.active_slot() == before
                         else "switched, the next start finishes recording it"))
