@@ -19,11 +19,11 @@ from edge.exam.session import ExamSettings
 from edge.fleet.settings import FleetSettings, check_fleet_settings
 from edge.models.biometry import BiometrySettings
 from edge.models.roi import RoiSettings
-from edge.shown import shown
 from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
 from edge.web.settings import WebSettings, check_web_settings
 from wire.mqtt import url_has_password
 from wire.schema import PayloadError, read_toml_bounded
+from wire.shown import shown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shipped config is about 4 KB; a file 64 times that is no device config.

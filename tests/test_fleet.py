@@ -26,7 +26,7 @@ from edge.fleet.settings import FleetSettings
 from edge.fleet.slots import Fleet, check_set
 from tests.cli_run import one_line_error, sonoedge
 from tests.conftest import DATA, MODELS, REPO
-from wire.fleet import BundleError, parse_manifest
+from wire.fleet import BundleError, check_group, parse_manifest, parse_version
 
 GROUP = "district-a"
 FRAME = DATA / "sononet" / "examples" / "BRAIN-TV.tiff"
@@ -490,3 +490,16 @@ def test_a_log_file_is_rotated_at_its_size(tmp_path):
     files = sorted(p.name for p in (tmp_path / "log").iterdir())
     assert files == ["sonoedge.log", "sonoedge.log.1", "sonoedge.log.2"]
     assert all((tmp_path / "log" / f).stat().st_size <= 100_200 for f in files)
+
+
+@pytest.mark.parametrize("check", [parse_version, check_group])
+def test_a_fleet_name_with_a_trailing_newline_or_of_any_length_is_one_short_line(check):
+    """Offers are read before any signature: "2.0\\n" or "district-a\\n" passed the old
+    patterns (Python's $ matches before a final newline), and a 512 kB value was quoted
+    whole in the error line."""
+    good = "2.0" if check is parse_version else "district-a"
+    check(good)
+    for bad in (good + "\n", "9" * 500_000):
+        with pytest.raises(BundleError) as caught:
+            check(bad)
+        assert len(str(caught.value)) < 200 and "\n" not in str(caught.value)

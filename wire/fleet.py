@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 from wire.schema import PayloadError, loads_bounded
+from wire.shown import shown
 
 BUNDLE_FORMAT = "sonoedge-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -54,8 +55,8 @@ class BundleError(ValueError):
 
 def parse_version(text: object, what: str = "version") -> tuple[int, ...]:
     """"1.4.2" -> (1, 4, 2); dotted decimal numbers only, so comparing is unambiguous."""
-    if not isinstance(text, str) or not VERSION_RE.match(text):
-        raise BundleError(f"{what} must be 1-4 dotted numbers such as 2025.6.1, got {text!r}")
+    if not isinstance(text, str) or not VERSION_RE.fullmatch(text):
+        raise BundleError(f"{what} must be 1-4 dotted numbers such as 2025.6.1, got {shown(text)}")
     parts = tuple(int(p) for p in text.split("."))
     return parts + (0,) * (4 - len(parts))
 
@@ -130,13 +131,13 @@ def parse_manifest(data: bytes, max_member_bytes: int) -> BundleManifest:
     if raw.get("format") != BUNDLE_FORMAT:
         raise bad("format", f"must be {BUNDLE_FORMAT!r}")
     if raw.get("format_version") != BUNDLE_FORMAT_VERSION:
-        raise bad("format_version", f"{raw.get('format_version')!r} is not supported "
+        raise bad("format_version", f"{shown(raw.get('format_version'))} is not supported "
                                     f"(this device reads {BUNDLE_FORMAT_VERSION})")
     parse_version(raw.get("version"), "bundle manifest: version")
     parse_version(raw.get("min_app_version"), "bundle manifest: min_app_version")
     group = raw.get("group")
-    if not isinstance(group, str) or not GROUP_RE.match(group):
-        raise bad("group", f"must be a device group name, got {group!r}")
+    if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
+        raise bad("group", f"must be a device group name, got {shown(group)}")
     created = raw.get("created_ts")
     if not _number(created) or not 0 <= created <= 4102444800:
         raise bad("created_ts", "must be seconds since 1970, before 2100")
@@ -151,15 +152,15 @@ def parse_manifest(data: bytes, max_member_bytes: int) -> BundleManifest:
         if not isinstance(item, dict) or set(item) != {"path", "sha256", "size"}:
             raise bad(f"files[{i}]", "must be {path, sha256, size}")
         path, digest, size = item["path"], item["sha256"], item["size"]
-        if not isinstance(path, str) or not MEMBER_RE.match(path) or ".." in path:
-            raise bad(f"files[{i}].path", f"{path!r} is not models/NAME or selftest/NAME")
-        if not isinstance(digest, str) or not SHA_RE.match(digest):
+        if not isinstance(path, str) or not MEMBER_RE.fullmatch(path) or ".." in path:
+            raise bad(f"files[{i}].path", f"{shown(path)} is not models/NAME or selftest/NAME")
+        if not isinstance(digest, str) or not SHA_RE.fullmatch(digest):
             raise bad(f"files[{i}].sha256", "must be 64 lowercase hexadecimal digits")
         if (not isinstance(size, int) or isinstance(size, bool)
                 or not 0 <= size <= max_member_bytes):
-            raise bad(f"files[{i}].size", f"must be 0-{max_member_bytes} bytes, got {size!r}")
+            raise bad(f"files[{i}].size", f"must be 0-{max_member_bytes} bytes, got {shown(size)}")
         if any(e.path == path for e in entries):
-            raise bad(f"files[{i}].path", f"{path!r} is listed twice")
+            raise bad(f"files[{i}].path", f"{shown(path)} is listed twice")
         entries.append(FileEntry(path, digest, size))
     if not any(e.path.startswith("models/") and e.path.endswith(".json") for e in entries):
         raise bad("files", "holds no model manifest (models/*.json)")
@@ -193,7 +194,7 @@ def _parse_selftest(block: object, entries: list[FileEntry], bad):
         path, expect = item["path"], item["expect"]
         if not isinstance(path, str) or not path.startswith("selftest/") or not any(
                 e.path == path for e in entries):
-            raise bad(f"selftest.frames[{i}].path", f"{path!r} is not a listed selftest file")
+            raise bad(f"selftest.frames[{i}].path", f"{shown(path)} is not a listed selftest file")
         if not isinstance(expect, dict) or "plane" not in expect or set(expect) - set(
                 EXPECT_KEYS):
             raise bad(f"selftest.frames[{i}].expect", f"must hold plane and only "
@@ -203,7 +204,8 @@ def _parse_selftest(block: object, entries: list[FileEntry], bad):
             ok = (isinstance(value, str) and len(value) <= 64) if kind is str else (
                 value is None or (_number(value) and abs(value) <= 1e6))
             if not ok:
-                raise bad(f"selftest.frames[{i}].expect.{key}", f"has the wrong type: {value!r}")
+                raise bad(f"selftest.frames[{i}].expect.{key}",
+                          f"has the wrong type: {shown(value)}")
         frames.append(SelfTestFrame(path, dict(expect)))
     return tuple(frames), {k: float(v) for k, v in tolerance.items()}, float(pixel)
 
@@ -232,8 +234,8 @@ def verify_signature(manifest: bytes, signature: bytes, keys: list) -> str:
 
 
 def check_group(group: str) -> str:
-    if not isinstance(group, str) or not GROUP_RE.match(group):
-        raise BundleError(f"bad device group {group!r}: letters, digits, '.', '_', '-' "
+    if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
+        raise BundleError(f"bad device group {shown(group)}: letters, digits, '.', '_', '-' "
                           "(max 64)")
     return group
 
@@ -282,17 +284,17 @@ def parse_offer(data: bytes, max_bundle_bytes: int, max_chunk_bytes: int) -> Off
         raise BundleError("offer: not a sonoedge offer (format, id, size, chunk_size, "
                           "chunks, version, group)")
     bundle_id, size, chunk, hashes = raw["id"], raw["size"], raw["chunk_size"], raw["chunks"]
-    if not isinstance(bundle_id, str) or not SHA_RE.match(bundle_id):
+    if not isinstance(bundle_id, str) or not SHA_RE.fullmatch(bundle_id):
         raise BundleError("offer: id must be the bundle's sha256")
     for name, value, top in (("size", size, max_bundle_bytes),
                              ("chunk_size", chunk, max_chunk_bytes)):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
-            raise BundleError(f"offer: {name} {value!r} is outside 1-{top} bytes")
+            raise BundleError(f"offer: {name} {shown(value)} is outside 1-{top} bytes")
     expected = -(-size // chunk)
     if expected > MAX_CHUNKS:
         raise BundleError(f"offer: {expected} chunks, more than {MAX_CHUNKS}")
     if (not isinstance(hashes, list) or len(hashes) != expected
-            or not all(isinstance(h, str) and SHA_RE.match(h) for h in hashes)):
+            or not all(isinstance(h, str) and SHA_RE.fullmatch(h) for h in hashes)):
         raise BundleError(f"offer: chunks must be {expected} sha256 digests")
     parse_version(raw["version"], "offer: version")
     return Offer(bundle_id, size, chunk, tuple(hashes), raw["version"],

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.shown import shown
 from wire.schema import PLANES, PayloadError, read_toml_bounded
+from wire.shown import shown
 
 PROTOCOLS_FILE = Path(__file__).resolve().parent / "protocols.toml"
 MAX_PROTOCOLS_BYTES = 64 * 1024

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.models.preprocess import PreprocessSpec
-from edge.shown import shown
 from wire.schema import PayloadError, loads_bounded
+from wire.shown import shown
 
 MANIFEST_VERSION = 1
 REQUIRED = ("name", "version", "task", "file", "sha256", "labels", "input", "output",

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from edge.models.roi import Roi, to_grey
-from edge.shown import shown
+from wire.shown import shown
 
 RESIZE_MODES = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 NORMALISE_MODES = ("per_image_zscore", "unit")

@@ -31,8 +31,8 @@ from edge.models.planes import group_mass
 from edge.models.preprocess import FrameViews
 from edge.models.roi import Roi
 from edge.models.runtime import Model
-from edge.shown import shown
 from wire.schema import PayloadError, read_toml_bounded
+from wire.shown import shown
 
 RULES_FILE = Path(__file__).resolve().parent / "quality_rules.toml"
 TASK = "quality_regression"

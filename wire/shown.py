@@ -1,4 +1,5 @@
-"""How a bad value appears in an error line: one line, whatever the input was."""
+"""How a bad value appears in an error line: one line, whatever the input was (the device
+and the district alike)."""
 
 from __future__ import annotations
 
