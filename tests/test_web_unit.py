@@ -4,7 +4,6 @@ flags and their references, the catalogs, the loop hook, and one-line errors."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import socket
@@ -32,6 +31,7 @@ from edge.web.screening import (
 from edge.web.server import WebServer
 from edge.web.settings import WebSettings
 from tests.cli_run import one_line_error, sonoedge
+from tests.http_raw import assert_malformed_requests_are_one_log_line_each, raw_http
 from tests.servers import free_port
 from tests.web_harness import PIN, set_pin
 
@@ -245,17 +245,8 @@ def page_server(tmp_path, monkeypatch):
         srv.stop()
 
 
-def _raw(srv, data: bytes, source: str = "127.0.0.1", timeout_s: float = 4.0,
-         head_only: bool = False) -> bytes:
-    """Send bytes as they are; everything the server answers until it closes (or only
-    until the status line and headers are in)."""
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout_s,
-                                  source_address=(source, 0)) as conn:
-        conn.sendall(data)
-        out = b""
-        while not (head_only and b"\r\n\r\n" in out) and (chunk := conn.recv(65536)):
-            out += chunk
-        return out
+def _raw(srv, data: bytes, source: str = "127.0.0.1", head_only: bool = False) -> bytes:
+    return raw_http(srv.port, data, source, head_only=head_only)
 
 
 def _login(srv, pin: str, source: str = "127.0.0.1", cookies: str = "") -> bytes:
@@ -316,14 +307,4 @@ def test_wrong_pins_from_many_addresses_do_not_keep_out_a_browser_that_knew_the_
 
 
 def test_a_malformed_request_is_one_line_in_the_log_not_a_traceback(page_server, caplog):
-    srv = page_server()
-    caplog.set_level(logging.INFO)
-    for bad in (b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n",
-                b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-                b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"):
-        assert _raw(srv, bad).startswith(b"HTTP/1.0 400 ")
-    said = [r for r in caplog.records if r.name == "aiohttp.server"]
-    assert len(said) == 3
-    for record in said:
-        assert record.exc_info is None and record.levelno == logging.WARNING
-        assert "\n" not in record.getMessage() and len(record.getMessage()) < 300
+    assert_malformed_requests_are_one_log_line_each(page_server().port, "/api/login", caplog)
