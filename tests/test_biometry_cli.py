@@ -134,6 +134,133 @@ def test_a_malformed_pixel_size_csv_is_one_line_naming_file_and_line(tmp_path, h
     _refused(proc, needle)
 
 
+@pytest.mark.parametrize(("data", "needle"), [
+    (b"filename,pixel size(mm)\n", "sizes.csv: no rows"),
+    (b"filename,pixel size(mm),pixel size(mm)\n200_HC.png,0.1,0.2\n", "sizes.csv:1"),
+    (b"filename,pixel size(mm)\n200_HC.png,0,12\n", "sizes.csv:2"),  # a decimal comma
+    (b"filename,pixel size(mm)\n../200_HC.png,0.1\n", "sizes.csv:2"),
+    (b"filename,pixel size(mm)\n/abs/200_HC.png,0.1\n", "sizes.csv:2"),
+    (b"filename,pixel size(mm)\n200_HC.png\x00,0.1\n", "sizes.csv:2"),
+    ("filename,pixel size(mm)\n200_HC.png,0.1\n".encode("utf-16"), "sizes.csv:1"),
+    (b"filename,pixel size(mm)\n200_HC.png,0.1\n\xe9t\xe9.png,0.1\n", "sizes.csv:3"),
+    (b"filename,pixel size(mm)\n200_HC.png," + b"9x" * 50_000 + b"\n", "sizes.csv:2"),
+    (b"," * 60_000 + b"\n200_HC.png,0.1\n", "sizes.csv:1"),
+], ids=["header-only", "column-twice", "row-longer", "dotdot", "absolute", "nul", "utf16",
+        "latin1", "long-cell", "long-header"])
+def test_a_pixel_size_csv_that_could_be_misread_is_one_short_line_naming_file_and_line(
+        tmp_path, heads, data, needle):
+    """No rows, a column twice, a row longer than its header, a name that can never match a
+    file in the folder, text that is not UTF-8: each would have measured with no pixel size
+    or a guessed one. A 100 kB cell is quoted, not copied, into the line."""
+    sizes = tmp_path / "sizes.csv"
+    sizes.write_bytes(data)
+    proc = sonoedge("biometry", str(heads), "--pixel-sizes", str(sizes),
+                    "--out", str(tmp_path / "out.csv"))
+    _refused(proc, needle)
+    assert len(proc.stderr.strip().splitlines()[-1]) < 300
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_pixel_size_csv_too_big_a_fifo_or_a_folder_is_refused_without_reading_it(
+        tmp_path, heads):
+    big = tmp_path / "big.csv"
+    with open(big, "w") as handle:
+        handle.write("filename,pixel size(mm)\n")
+        handle.writelines(f"{n:07d}_HC.png,0.1\n" for n in range(300_000))  # 6 MB
+    _refused(sonoedge("biometry", str(heads), "--pixel-sizes", str(big),
+                      "--out", str(tmp_path / "out.csv")), "big.csv", "MiB")
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)  # opening it would wait for a writer for ever
+    _refused(sonoedge("biometry", str(heads), "--pixel-sizes", str(fifo),
+                      "--out", str(tmp_path / "out.csv"), timeout=60),
+             "fifo.csv", "not a regular file")
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    _refused(sonoedge("biometry", str(heads), "--pixel-sizes", str(folder),
+                      "--out", str(tmp_path / "out.csv")), "folder.csv", "a folder")
+
+
+def test_out_that_is_an_input_is_refused_before_anything_is_emptied(tmp_path, heads,
+                                                                     hc18_csv):
+    image = heads / "200_HC.png"
+    before = image.read_bytes()
+    _refused(sonoedge("biometry", str(heads), "--pixel-sizes", str(hc18_csv),
+                      "--out", str(image)), "200_HC.png", "is an input")
+    assert image.read_bytes() == before
+    sizes = tmp_path / "sizes.csv"
+    shutil.copy(hc18_csv, sizes)
+    _refused(sonoedge("biometry", str(heads), "--pixel-sizes", str(sizes),
+                      "--out", str(sizes)), "sizes.csv", "is an input")
+    assert sizes.read_bytes() == hc18_csv.read_bytes()
+
+
+def test_a_full_disk_is_one_line_and_the_rows_written_before_it_stay(
+        tmp_path, heads, hc18_csv, monkeypatch, capsys):
+    import errno
+
+    from edge.cli import biometry as biometry_cli
+    from edge.cli.main import main
+
+    class FillsUp:
+        """The output file on a disk with room for the header and two rows."""
+
+        def __init__(self, handle):
+            self.handle = handle
+            self.lines = 0
+
+        def write(self, text):
+            if self.lines >= 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.lines += text.count("\n")
+            return self.handle.write(text)
+
+        def flush(self):
+            self.handle.flush()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def opened(path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)
+        return FillsUp(handle) if "w" in mode else handle
+
+    monkeypatch.setattr(biometry_cli, "open", opened, raising=False)
+    out = tmp_path / "out.csv"
+    assert main(["biometry", str(heads), "--pixel-sizes", str(hc18_csv),
+                 "--out", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "out.csv" in errors[0] and "No space left" in errors[0]
+    assert "after 2 of 7 rows" in errors[0], errors[0]
+    rows = _read(out)
+    assert [row["filename"] for row in rows] == sorted(HELD_OUT)[:2]
+
+
+def test_an_image_over_the_pixel_budget_is_unreadable_and_never_decoded(tmp_path, heads,
+                                                                      hc18_csv):
+    """`[source] max_frame_pixels` holds here as in `score`: HC18's 800x540 frames are over
+    a 0.3 MP budget (a 424 kB PNG of 20000x20000 took 2.4 GB to decode)."""
+    config = tmp_path / "device.toml"
+    config.write_text("[source]\nmax_frame_pixels = 300000\n")
+    out = tmp_path / "out.csv"
+    proc = sonoedge("biometry", str(heads), "--pixel-sizes", str(hc18_csv), "--out", str(out),
+                    "--config", str(config))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert {row["status"] for row in _read(out)} == {"unreadable_image"}
+
+
+def test_an_image_whose_name_is_not_utf8_gets_its_row(tmp_path, heads, hc18_csv):
+    shutil.copy(heads / "200_HC.png", os.fsdecode(bytes(heads) + b"/\xff_HC.png"))
+    out = tmp_path / "out.csv"
+    proc = sonoedge("biometry", str(heads), "--pixel-sizes", str(hc18_csv), "--out", str(out))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    rows = {row["filename"]: row["status"] for row in _read(out)}
+    assert rows["\\xff_HC.png"] == "pixel_size_missing"
+    assert len(rows) == len(HELD_OUT) + 1
+
+
 def test_missing_inputs_and_a_missing_model_are_named(tmp_path, heads, hc18_csv, models_copy):
     out = str(tmp_path / "out.csv")
     proc = sonoedge("biometry", str(tmp_path / "nowhere"), "--pixel-sizes", str(hc18_csv),

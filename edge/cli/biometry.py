@@ -8,18 +8,26 @@ it is measured, so a later failure never loses the rows before it.
 
 The pixel sizes come from a CSV in HC18's format (`filename,pixel size(mm)`, extra columns
 ignored). A file without a row is `pixel_size_missing`. A malformed CSV or a missing model
-is one line naming the file (and line), exit 2.
+is one line naming the file (and line), exit 2: so is a CSV over 4 MiB or not a regular
+file, not UTF-8, with no rows, with a column named twice, a row longer than the header or a
+file name with a folder in it (it could never match). `--out` may not be an input, and a
+write that fails (a full disk) is one line; the rows flushed before it stay. Images are
+decoded as `score` decodes them, within `[source]`'s pixel budget.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
+import stat
 from collections import Counter
 from pathlib import Path
 
+from edge.capture.images import display_name
 from edge.models.biometry import PIXEL_SIZE_MISSING, Biometry, measure_frame, pixel_size_status
 from edge.models.roi import find_roi
+from wire.shown import shown
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 UNREADABLE = "unreadable_image"
@@ -32,46 +40,90 @@ class InputError(ValueError):
     """A one-line message naming the file (and line) that is wrong."""
 
 
+# HC18's whole training CSV is 30 kB for 999 frames; 4 MiB is over 100,000 rows. Read no
+# more than that: a 50 MB CSV took 1 GB of memory, and /dev/zero or a FIFO never ended.
+MAX_CSV_BYTES = 4 * 1024 * 1024
+
+
+def _read_csv_text(path: Path) -> str:
+    """The CSV's text, from a regular file of at most MAX_CSV_BYTES, as UTF-8 (BOM or not)."""
+    try:
+        # Checked before opening: opening a FIFO waits for a writer, for ever.
+        if not stat.S_ISREG(path.stat().st_mode):
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise InputError(f"{path}: the pixel-size CSV is {kind}")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CSV_BYTES + 1)
+    except FileNotFoundError:
+        raise InputError(f"{path}: pixel-size CSV not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the pixel-size CSV ({exc.strerror or exc})"
+                         ) from None
+    if len(data) > MAX_CSV_BYTES:
+        raise InputError(f"{path}: over {MAX_CSV_BYTES // (1024 * 1024)} MiB; "
+                         "not a pixel-size CSV")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); save the CSV "
+                         "as UTF-8") from None
+
+
+def _bare_name(name: str) -> bool:
+    """A file name as the images folder lists it: no folder, no NUL, never `.` or `..`."""
+    return name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
 def read_pixel_sizes(path: Path) -> dict[str, float]:
     """filename -> mm per pixel from an HC18-format CSV; any malformed line is an error."""
     path = Path(path)
+    reader = csv.reader(_read_csv_text(path).splitlines())
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{path}: pixel-size CSV not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the pixel-size CSV ({exc})") from None
-    try:
-        rows = list(csv.reader(text.splitlines()))
+        header = next(reader, None)
+        if header is None:
+            raise InputError(f"{path}: empty; expected the header "
+                             f"'{FILENAME_COLUMN},{PIXEL_COLUMN}'")
+        names = [name.strip().lower() for name in header]
+        if FILENAME_COLUMN not in names or PIXEL_COLUMN not in names:
+            raise InputError(f"{path}:1: header must have '{FILENAME_COLUMN}' and "
+                             f"'{PIXEL_COLUMN}' columns, got {shown(','.join(header))}")
+        for column in (FILENAME_COLUMN, PIXEL_COLUMN):
+            if names.count(column) > 1:  # which one holds the value? Never guess.
+                raise InputError(f"{path}:1: the header has '{column}' twice")
+        name_at, pixel_at = names.index(FILENAME_COLUMN), names.index(PIXEL_COLUMN)
+        sizes: dict[str, float] = {}
+        for row in reader:
+            number = reader.line_num
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) <= max(name_at, pixel_at):
+                raise InputError(f"{path}:{number}: expected at least "
+                                 f"{max(name_at, pixel_at) + 1} columns, got {len(row)}")
+            if len(row) > len(header):  # `0,12` for 0.12, or a stray comma: never a guess
+                raise InputError(f"{path}:{number}: {len(row)} fields, but the header has "
+                                 f"{len(header)}")
+            name, raw = row[name_at].strip(), row[pixel_at].strip()
+            if not name:
+                raise InputError(f"{path}:{number}: empty filename")
+            if not _bare_name(name):
+                raise InputError(f"{path}:{number}: filename {shown(name)} is not a file "
+                                 "name in the images folder")
+            try:
+                value = float(raw)
+            except ValueError:
+                raise InputError(f"{path}:{number}: pixel size {shown(raw)} is not a number"
+                                 ) from None
+            if not math.isfinite(value):
+                raise InputError(f"{path}:{number}: pixel size {shown(raw)} is not a number")
+            if name in sizes and sizes[name] != value:
+                raise InputError(f"{path}:{number}: {shown(name)} has a second, different "
+                                 "pixel size")
+            sizes[name] = value
     except csv.Error as exc:
-        raise InputError(f"{path}: not a CSV ({exc})") from None
-    if not rows:
-        raise InputError(f"{path}: empty; expected the header "
-                         f"'{FILENAME_COLUMN},{PIXEL_COLUMN}'")
-    header = [name.strip().lower() for name in rows[0]]
-    if FILENAME_COLUMN not in header or PIXEL_COLUMN not in header:
-        raise InputError(f"{path}:1: header must have '{FILENAME_COLUMN}' and "
-                         f"'{PIXEL_COLUMN}' columns, got {','.join(rows[0])!r}")
-    name_at, pixel_at = header.index(FILENAME_COLUMN), header.index(PIXEL_COLUMN)
-    sizes: dict[str, float] = {}
-    for number, row in enumerate(rows[1:], start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) <= max(name_at, pixel_at):
-            raise InputError(f"{path}:{number}: expected at least {max(name_at, pixel_at) + 1} "
-                             f"columns, got {len(row)}")
-        name, raw = row[name_at].strip(), row[pixel_at].strip()
-        if not name:
-            raise InputError(f"{path}:{number}: empty filename")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise InputError(f"{path}:{number}: pixel size {raw!r} is not a number") from None
-        if not math.isfinite(value):
-            raise InputError(f"{path}:{number}: pixel size {raw!r} is not a number")
-        if name in sizes and sizes[name] != value:
-            raise InputError(f"{path}:{number}: {name} has a second, different pixel size")
-        sizes[name] = value
+        raise InputError(f"{path}:{reader.line_num}: not a CSV ({exc})") from None
+    if not sizes:
+        raise InputError(f"{path}: no rows after the header; no frame has a pixel size")
     return sizes
 
 
@@ -104,11 +156,24 @@ def summary_line(counts: Counter, total: int) -> str:
     return f"biometry: {total} images: " + ", ".join(parts)
 
 
+def check_out(out: Path, inputs: list[Path]) -> None:
+    """`--out` may not be a folder, nor one of the files it is made from: opening it for
+    writing would empty the pixel-size CSV, or an image before it is measured."""
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: its folder does not exist")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; --out names the CSV to write")
+    if out.exists():
+        for path in inputs:
+            if path.exists() and os.path.samefile(out, path):
+                raise InputError(f"{out}: is an input ({path.name}); write the results to "
+                                 "another file")
+
+
 def main(args) -> int:
     """Run from `edge.cli.main` with parsed arguments (images, pixel_sizes, out, models_dir...)."""
-    import cv2
-
-    from edge.config import load_settings
+    from edge.capture.images import decode_image_file
+    from edge.config import frame_limits, load_settings
     from edge.scorer import load_segmenter
 
     overrides = {"models": {"dir": args.models_dir, "backend": args.backend,
@@ -117,36 +182,44 @@ def main(args) -> int:
     images = list_images(Path(args.images))
     sizes = read_pixel_sizes(Path(args.pixel_sizes))
     out = Path(args.out)
-    if not out.parent.is_dir():
-        raise InputError(f"{out}: its folder does not exist")
+    check_out(out, [Path(args.pixel_sizes), *images])
+    limits = frame_limits(settings)
     model, measurement = load_segmenter(settings)
     counts: Counter = Counter()
     try:
         handle = open(out, "w", newline="", encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{out}: cannot write ({exc.strerror or exc})") from None
-    with handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        handle.flush()
-        for path in images:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            pixel = sizes.get(path.name)
-            scale_problem = PIXEL_SIZE_MISSING if pixel is None else pixel_size_status(
-                pixel, measurement)
-            if image is None:
-                row = row_of(path.name, None, UNREADABLE)
-            elif scale_problem is not None:  # no scale, no measurement: skip the model
-                row = row_of(path.name, None, scale_problem)
-            else:
-                # The segmenter's manifest says how to frame the image; the region found on
-                # it gives the image's outline, so a head past the fan's side is cut off here
-                # as it is live (edge.scorer).
-                row = row_of(path.name, measure_frame(model, image, find_roi(image), pixel,
-                                                      measurement))
-            counts[row[-1]] += 1
-            writer.writerow(row)
+    try:
+        with handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(COLUMNS)
             handle.flush()
+            for path in images:
+                # Decoded as `score` decodes: a 424 kB PNG of 20000x20000 is refused from its
+                # header (cv2.imread took 2.4 GB for it).
+                image, _ = decode_image_file(path, limits)
+                pixel = sizes.get(path.name)
+                scale_problem = PIXEL_SIZE_MISSING if pixel is None else pixel_size_status(
+                    pixel, measurement)
+                name = display_name(path.name)
+                if image is None:
+                    row = row_of(name, None, UNREADABLE)
+                elif scale_problem is not None:  # no scale, no measurement: skip the model
+                    row = row_of(name, None, scale_problem)
+                else:
+                    # The segmenter's manifest says how to frame the image; the region found
+                    # on it gives the image's outline, so a head past the fan's side is cut
+                    # off here as it is live (edge.scorer).
+                    row = row_of(name, measure_frame(model, image, find_roi(image), pixel,
+                                                     measurement))
+                writer.writerow(row)
+                handle.flush()
+                counts[row[-1]] += 1
+    except OSError as exc:  # a full disk, a pulled USB stick: the rows flushed so far stay
+        done = sum(counts.values())
+        raise InputError(f"{out}: cannot write ({exc.strerror or exc}) after "
+                         f"{done} of {len(images)} rows; the rows written are kept") from None
     print(summary_line(counts, len(images)), flush=True)
     return 1 if counts.get(UNREADABLE) else 0
 
