@@ -9,17 +9,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 
 from central.db import DEFAULT_DB, DbError, Store
+from wire.cli import OneLineParser
 
 USAGE = ("sonoedge-central [run] --mqtt-url URL [--db URL] ... | sonoedge-central report ... "
          "| sonoedge-central serve|users|districts|seed ... (the dashboard)")
 
 
+def check_collector_numbers(args: argparse.Namespace) -> None:
+    """Bounds the collector's numbers: a NaN --duration-s ran for ever, and a negative
+    --max-bytes or --reconnect-max-s was taken without a word."""
+    if not 1 <= args.max_bytes <= 1 << 20:
+        raise ValueError(f"--max-bytes {args.max_bytes}: must be 1-{1 << 20}")
+    if not 0.1 <= args.reconnect_max_s <= 3600:  # also false for NaN
+        raise ValueError(f"--reconnect-max-s {args.reconnect_max_s}: must be within 0.1-3600")
+    if args.duration_s is not None and not (math.isfinite(args.duration_s)
+                                            and args.duration_s > 0):
+        raise ValueError(f"--duration-s {args.duration_s}: must be a number of seconds over 0")
+
+
 def _collector_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sonoedge-central", description="MQTT collector: "
+    ap = OneLineParser(prog="sonoedge-central", description="MQTT collector: "
                                  "stores every device message once, bad ones dead-lettered.")
     ap.add_argument("--mqtt-url", required=True,
                     help="mqtt[s]://user@host:port (the password from --password-file)")
@@ -48,7 +62,7 @@ def _collector_parser() -> argparse.ArgumentParser:
 
 
 def _report_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sonoedge-central report",
+    ap = OneLineParser(prog="sonoedge-central report",
                                  description="Per-device and per-clinic counts.")
     ap.add_argument("--db", default=DEFAULT_DB, help="SQLite path or postgresql://...")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
@@ -63,10 +77,14 @@ def report_main(argv: list[str]) -> int:
     from central.report import build_report, format_report
 
     args = _report_parser().parse_args(argv)
+    if args.seq_jump < 1:  # was taken as 1 without a word
+        print(f"sonoedge-central report: --seq-jump {args.seq_jump}: must be 1 or more",
+              file=sys.stderr)
+        return 2
     try:
         store = Store(args.db, create=False)
         try:
-            rep = build_report(store, seq_jump=max(1, args.seq_jump))
+            rep = build_report(store, seq_jump=args.seq_jump)
         finally:
             store.close()
     except DbError as exc:
@@ -86,6 +104,11 @@ def collector_main(argv: list[str]) -> int:
     from wire.mqtt import URL_PASSWORD_WARNING, url_has_password
 
     args = _collector_parser().parse_args(argv)
+    try:
+        check_collector_numbers(args)
+    except ValueError as exc:
+        print(f"sonoedge-central: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if url_has_password(args.mqtt_url):

@@ -18,24 +18,27 @@ user would knock the collector off.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
+import stat
 import sys
 import tarfile
 import time
 from pathlib import Path
 
+from wire.cli import OneLineParser
 from wire.fleet import (
     MANIFEST_MEMBER,
+    MAX_CHUNKS,
     MAX_MANIFEST_BYTES,
     SIGNATURE_BYTES,
     SIGNATURE_MEMBER,
     BundleError,
     BundleManifest,
     Offer,
+    check_group,
     chunk_topic,
     offer_topic,
     parse_manifest,
@@ -44,11 +47,62 @@ from wire.fleet import (
 )
 
 log = logging.getLogger("sonoedge.central.fleet")
+MAX_KEYS = 64
+MAX_KEY_BYTES = 4096  # an Ed25519 public key in PEM is 113 bytes
 
 
-def peek(path: Path, group: str, keys_dir: str = "") -> BundleManifest:
+def load_keys(keys_dir: str) -> list:
+    """Every `*.pub` in `keys_dir`, as [(name, key)]; BundleError names the folder or file.
+
+    As on the device: a folder or key another user could write is refused (they could add
+    their own key), and a key is a small regular file (a FIFO was waited on for ever)."""
+    from cryptography.hazmat.primitives import serialization
+
+    folder = Path(keys_dir)
+    try:
+        st = folder.stat()
+    except OSError as exc:
+        raise BundleError(f"--keys {folder}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise BundleError(f"--keys {folder}: not a folder")
+    if st.st_mode & 0o022:
+        raise BundleError(f"--keys {folder}: other users can write it (mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}); chmod 755 it")
+    keys = []
+    for pub in sorted(folder.glob("*.pub"))[:MAX_KEYS]:
+        try:
+            st = pub.stat()
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_KEY_BYTES:
+                raise BundleError(f"key {pub}: not a public key file (a regular file of at "
+                                  f"most {MAX_KEY_BYTES} bytes)")
+            if st.st_mode & 0o022:
+                raise BundleError(f"key {pub}: other users can write it (mode "
+                                  f"{stat.S_IMODE(st.st_mode):04o}); chmod 644 it")
+            keys.append((pub.stem, serialization.load_pem_public_key(pub.read_bytes())))
+        except BundleError:
+            raise
+        except OSError as exc:
+            raise BundleError(f"key {pub}: {exc.strerror or exc}") from None
+        except (ValueError, TypeError):  # garbage, or a private key in a .pub
+            raise BundleError(f"key {pub}: not a PEM public key") from None
+    return keys
+
+
+def peek(path: Path, group: str, keys_dir: str = "",
+         max_bytes: int = MAX_CHUNKS * 32768) -> BundleManifest:
     """The bundle's manifest (signature checked against `keys_dir` when given); its group
-    must be `group`."""
+    must be `group`. A bundle is a regular file a device could fetch: at most `max_bytes`
+    (MAX_CHUNKS chunks; it is read whole to be chunked), never a FIFO."""
+    check_group(group)
+    try:
+        st = Path(path).stat()
+    except OSError as exc:
+        raise BundleError(f"{path}: not a readable bundle ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"{path}: not a readable bundle (not a regular file)")
+    if st.st_size > max_bytes:
+        raise BundleError(f"{path}: {st.st_size} bytes, over the {max_bytes} an offer can "
+                          f"hold ({MAX_CHUNKS} chunks)")
     try:
         with tarfile.open(path, "r:xz") as tar:
             first, second = tar.next(), tar.next()
@@ -61,12 +115,7 @@ def peek(path: Path, group: str, keys_dir: str = "") -> BundleManifest:
     except (OSError, tarfile.TarError, EOFError) as exc:
         raise BundleError(f"{path}: not a readable bundle ({exc})") from None
     if keys_dir:
-        from cryptography.hazmat.primitives import serialization
-
-        keys = []
-        for pub in sorted(Path(keys_dir).glob("*.pub")):
-            keys.append((pub.stem, serialization.load_pem_public_key(pub.read_bytes())))
-        verify_signature(data, signature, keys)
+        verify_signature(data, signature, load_keys(keys_dir))
     manifest = parse_manifest(data, 1 << 40)
     if manifest.group != group:
         raise BundleError(f"{path}: bundle {manifest.version} is for group "
@@ -86,7 +135,7 @@ def make_offer(path: Path, manifest: BundleManifest, chunk_size: int) -> tuple[O
 def export(path: Path, group: str, out_dir: Path, keys_dir: str = "",
            chunk_size: int = 32768) -> Offer:
     """`<out>/<group>/<id>.bundle` and `offer.json` (written last, atomically)."""
-    manifest = peek(Path(path), group, keys_dir)
+    manifest = peek(Path(path), group, keys_dir, MAX_CHUNKS * chunk_size)
     offer, data = make_offer(Path(path), manifest, chunk_size)
     folder = Path(out_dir) / group
     folder.mkdir(parents=True, exist_ok=True)
@@ -120,7 +169,7 @@ def publish(path: Path, group: str, url: str, password_file: str = "", keys_dir:
             chunk_size: int = 32768, tls_ca: str = "", timeout_s: float = 600.0) -> Offer:
     """Publish the bundle retained in chunks, then its offer; clear the old offer's chunks."""
 
-    manifest = peek(Path(path), group, keys_dir)
+    manifest = peek(Path(path), group, keys_dir, MAX_CHUNKS * chunk_size)
     offer, data = make_offer(Path(path), manifest, chunk_size)
     client, target = _client(url, password_file, tls_ca)
     acked: set[int] = set()
@@ -142,7 +191,11 @@ def publish(path: Path, group: str, url: str, password_file: str = "", keys_dir:
                 pass
 
     client.on_connect, client.on_publish, client.on_message = on_connect, on_publish, on_message
-    client.connect(target.host, target.port, keepalive=30)
+    try:
+        client.connect(target.host, target.port, keepalive=30)
+    except OSError as exc:  # was "[Errno 111] Connection refused", naming no broker
+        raise BundleError(f"broker {target.host}:{target.port}: cannot connect "
+                          f"({exc.strerror or exc})") from None
     client.loop_start()
     deadline = time.monotonic() + timeout_s
     try:
@@ -212,7 +265,7 @@ def format_fleet(rows: list[dict]) -> str:
 
 
 def bundle_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="sonoedge-central bundle",
+    ap = OneLineParser(prog="sonoedge-central bundle",
                                  description="send a signed model bundle to a device group")
     sub = ap.add_subparsers(dest="verb", required=True)
     pub = sub.add_parser("publish", help="retained, chunked, over MQTT")

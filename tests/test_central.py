@@ -315,3 +315,36 @@ def test_a_row_the_database_refuses_is_dead_lettered_alone(tmp_path, postgres):
         assert store.query("SELECT reason FROM dead_letters WHERE digest = ?",
                            (bad.msg_id,))[0][0] == refused[0].reason
         store.close()
+
+
+# -- hostile command lines ---------------------------------------------------------------------
+def _central_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "central.cli", *args], capture_output=True,
+                          text=True, env=py_env(), cwd=str(REPO), timeout=timeout)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("--duration-s", "nan"), "--duration-s nan"),  # ran for ever
+    (("--duration-s", "-1"), "--duration-s -1"),
+    (("--max-bytes", "-1", "--duration-s", "3"), "--max-bytes -1"),
+    (("--reconnect-max-s", "-5", "--duration-s", "3"), "--reconnect-max-s -5"),
+    (("--reconnect-max-s", "nan", "--duration-s", "3"), "--reconnect-max-s nan"),
+    (("--max-bytes", "abc"), "--max-bytes: invalid int value: 'abc'"),
+])
+def test_collector_numbers_out_of_range_are_one_line_naming_the_option(tmp_path, args, needle):
+    out = _central_cli("--mqtt-url", "mqtt://127.0.0.1:1", "--db", str(tmp_path / "c.sqlite3"),
+                       *args)
+    assert out.returncode == 2 and out.stdout == ""
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("sonoedge-central") and needle in line, line
+
+
+def test_report_refuses_a_negative_seq_jump_and_a_mistyped_number_in_one_line(tmp_path):
+    db = str(tmp_path / "c.sqlite3")
+    Store(db).close()
+    for value, needle in (("-5", "--seq-jump -5: must be 1 or more"),
+                          ("abc", "--seq-jump: invalid int value: 'abc'")):
+        out = _central_cli("report", "--db", db, "--seq-jump", value)
+        assert out.returncode == 2 and out.stdout == ""
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith("sonoedge-central report") and needle in line, line

@@ -534,3 +534,81 @@ def test_a_login_form_in_an_unknown_charset_or_never_sent_is_one_clear_answer(
 
 def test_a_malformed_request_is_one_line_in_the_dashboard_log(seeded_dashboard, caplog):
     assert_malformed_requests_are_one_log_line_each(seeded_dashboard, "/login", caplog)
+
+
+# -- hostile command lines ---------------------------------------------------------------------
+@pytest.fixture()
+def small_db(tmp_path) -> str:
+    db_path = str(tmp_path / "c.sqlite3")
+    seed(db_path, SeedSettings(clinics=2, districts=1, days=2))
+    return db_path
+
+
+def _one_line(out, verb: str, *needles: str) -> str:
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"sonoedge-central {verb}") and len(line) < 300, line
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+def test_a_districts_file_that_could_be_misread_is_one_line_naming_file_and_line(tmp_path,
+                                                                                small_db):
+    import os
+
+    def districts(name: str, data: bytes | None = None):
+        path = tmp_path / name
+        if data is not None:
+            path.write_bytes(data)
+        return central("districts", str(path), "--db", small_db)
+
+    # a clinic twice: its district would depend on the order, and the count was wrong
+    _one_line(districts("twice.csv", b"clinic-1,north\nclinic-2,north\nclinic-1,south\n"),
+              "districts", "twice.csv:3", "clinic-1", "line 1")
+    _one_line(districts("latin1.csv", b"clinic-1,north\nclinic-2,north,G\xe9n\xe9ral\n"),
+              "districts", "latin1.csv:2", "not UTF-8")
+    _one_line(districts("nul.csv", b"clinic-1,north,Name\x00x\n"), "districts", "nul.csv:1")
+    _one_line(districts("cr.csv", b"clinic-1,north,Name\rclinic-2,south\n"), "districts",
+              "cr.csv:1")
+    _one_line(districts("huge.csv", b"clinic-1,north,Clinic\n" * 300_000), "districts",
+              "huge.csv", "MiB")
+    os.mkfifo(tmp_path / "fifo.csv")  # was waited on for ever
+    _one_line(districts("fifo.csv"), "districts", "fifo.csv", "not a regular file")
+    db = open_db(small_db)
+    try:
+        assert db.query("SELECT COUNT(*) FROM dash.clinics WHERE clinic_id = 'clinic-1' "
+                        "AND district = 'south'")[0][0] == 0
+    finally:
+        db.close()
+
+
+def test_user_names_and_passwords_that_could_be_misread_are_one_short_line(small_db):
+    import subprocess
+    import sys
+
+    from tests.dashboard_harness import REPO, py_env
+
+    def users(*args: str, stdin: bytes = b"a-good-password\n"):
+        return subprocess.run([sys.executable, "-m", "central.cli", "users", *args,
+                               "--db", small_db], input=stdin, capture_output=True,
+                              env=py_env(), cwd=REPO, timeout=60, text=False)
+
+    def line(out, *needles: str) -> str:
+        out.stderr = out.stderr.decode("utf-8", "replace")
+        return _one_line(out, "users", *needles)
+
+    line(users("add", "bob\n", "--role", "admin"), "bad user name 'bob\\n'")  # was stored
+    line(users("add", "dave", "--role", "viewer", "--district", "north\n"), "--district")
+    line(users("add", "a" * 100_000, "--role", "admin"), "bad user name")
+    line(users("add", "carol", "--role", "admin", stdin=b"pass\xffword-123\n"), "not UTF-8")
+    line(users("add", "carol", "--role", "admin", stdin=b"pass\x00word-123\n"),
+         "control characters")
+    line(users("add", "carol", "--role", "admin", stdin=b"a" * 20_000_000), "over 256")
+    line(users("remove", "b\udcffob"), "no user")  # a name that is not UTF-8
+    line(users("remove", "a" * 100_000), "no user")
+    db = open_db(small_db)
+    try:
+        assert auth.list_users(db) == []
+    finally:
+        db.close()

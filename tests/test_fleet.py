@@ -503,3 +503,54 @@ def test_a_fleet_name_with_a_trailing_newline_or_of_any_length_is_one_short_line
         with pytest.raises(BundleError) as caught:
             check(bad)
         assert len(str(caught.value)) < 200 and "\n" not in str(caught.value)
+
+
+def _central(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "central.cli", "bundle", *args],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+
+
+def _central_refused(out: subprocess.CompletedProcess, *needles: str) -> None:
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("sonoedge-central bundle") and len(line) < 300, line
+    for needle in needles:
+        assert needle in line, line
+
+
+def test_the_district_refuses_a_bundle_or_keys_it_cannot_trust_in_one_line_naming_them(
+        tmp_path, fleet_kit):
+    www = str(tmp_path / "www")
+    v1 = str(fleet_kit["v1"])
+    fifo = tmp_path / "fifo.bundle"
+    os.mkfifo(fifo)  # was waited on for ever
+    _central_refused(_central("export", str(fifo), "--group", GROUP, "--out", www),
+                     "fifo.bundle", "not a regular file")
+    _central_refused(_central("export", v1, "--group", GROUP + "\n", "--out", www),
+                     "bad device group")
+    _central_refused(_central("export", v1, "--group", "g" * 100_000, "--out", www),
+                     "bad device group")
+    garbage = tmp_path / "garbage"
+    garbage.mkdir(mode=0o755)
+    (garbage / "district.pub").write_bytes(b"not a key\n")
+    os.chmod(garbage / "district.pub", 0o644)
+    _central_refused(_central("export", v1, "--group", GROUP, "--out", www,
+                              "--keys", str(garbage)), "garbage/district.pub")
+    (garbage / "district.pub").write_bytes(fleet_kit["key"].read_bytes())  # the private key
+    _central_refused(_central("export", v1, "--group", GROUP, "--out", www,
+                              "--keys", str(garbage)), "garbage/district.pub")
+    open_keys = tmp_path / "open"
+    open_keys.mkdir()
+    (open_keys / "district.pub").write_bytes((fleet_kit["trusted"] / "district.pub").read_bytes())
+    os.chmod(open_keys, 0o777)  # anyone could add their own key
+    _central_refused(_central("export", v1, "--group", GROUP, "--out", www,
+                              "--keys", str(open_keys)), str(open_keys), "other users")
+    _central_refused(_central("publish", v1, "--group", GROUP, "--mqtt-url",
+                              "mqtt://127.0.0.1:1"), "127.0.0.1:1", "cannot connect")
+    _central_refused(_central("publish", v1, "--group", GROUP, "--mqtt-url",
+                              "mqtt://127.0.0.1:1", "--chunk-kb", "abc"), "--chunk-kb")
+    assert not (tmp_path / "www").exists()
+    ok = _central("export", v1, "--group", GROUP, "--out", www,
+                  "--keys", str(fleet_kit["trusted"]))
+    assert ok.returncode == 0, ok.stderr

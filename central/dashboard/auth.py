@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 from central.dashboard import config as C
 from central.dashboard.store import Db
+from wire.shown import shown
 
 ROLES = ("admin", "viewer")
-USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-DISTRICT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \Z, not $: `$` also matches before a final newline, and took "bob\n" as a user name.
+USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
+DISTRICT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class AuthError(ValueError):
@@ -51,6 +53,8 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 def hash_password(password: str) -> str:
     if not C.PASSWORD_MIN <= len(password) <= C.PASSWORD_MAX:
         raise AuthError(f"a password has {C.PASSWORD_MIN} to {C.PASSWORD_MAX} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in password):  # NUL, a pasted newline, ...
+        raise AuthError("a password has no control characters (NUL, newline, tab...)")
     salt = secrets.token_bytes(16)
     digest = _scrypt(password, salt, C.SCRYPT_N, C.SCRYPT_R, C.SCRYPT_P)
     return "$".join(["scrypt", str(C.SCRYPT_N), str(C.SCRYPT_R), str(C.SCRYPT_P),
@@ -82,9 +86,10 @@ def _dummy_hash() -> str:
 
 def add_user(db: Db, username: str, role: str, district: str, password: str) -> User:
     if not USER_RE.match(username or ""):
-        raise AuthError(f"bad user name {username!r}: letters, digits, '_.@-', at most 64")
+        raise AuthError(f"bad user name {shown(username)}: letters, digits, '_.@-', at most "
+                        "64")
     if role not in ROLES:
-        raise AuthError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        raise AuthError(f"role must be one of {', '.join(ROLES)}, not {shown(role)}")
     if role == "viewer" and not DISTRICT_RE.match(district or ""):
         raise AuthError("a viewer needs --district (letters, digits, '_.-', at most 64)")
     if role == "admin":
@@ -101,6 +106,8 @@ def add_user(db: Db, username: str, role: str, district: str, password: str) -> 
 
 
 def remove_user(db: Db, username: str) -> bool:
+    if not USER_RE.match(username or ""):  # no such user could have been added
+        return False
     with db.tx():
         db.execute("DELETE FROM dash.sessions WHERE username = ?", (username,))
         return db.execute("DELETE FROM dash.users WHERE username = ?", (username,)) > 0

@@ -12,22 +12,28 @@ standard error and exit status 2.
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import logging
+import os
 import re
+import stat
 import sys
 from pathlib import Path
 
 from central.db import DEFAULT_DB, DbError
+from wire.cli import OneLineParser
+from wire.shown import shown
 
-CLINIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+CLINIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+# A country's clinics fit in well under 1 MiB (64 + 64 + 100 characters a line); a larger
+# file was read whole (53 MB: 760 MB of memory), and a FIFO was waited on for ever.
+MAX_DISTRICTS_BYTES = 4 * 1024 * 1024
 
 
 def serve_main(argv: list[str]) -> int:
     from central.dashboard.server import ServeSettings, parse_listen, serve
 
-    ap = argparse.ArgumentParser(prog="sonoedge-central serve",
+    ap = OneLineParser(prog="sonoedge-central serve",
                                  description="The district's web dashboard over the "
                                              "collector's database.")
     ap.add_argument("--db", default=DEFAULT_DB, help="SQLite path or postgresql://...")
@@ -72,7 +78,7 @@ def users_main(argv: list[str]) -> int:
     from central.dashboard import auth
     from central.dashboard.store import open_db
 
-    ap = argparse.ArgumentParser(prog="sonoedge-central users",
+    ap = OneLineParser(prog="sonoedge-central users",
                                  description="Dashboard users: add (or change), list, remove.")
     ap.add_argument("action", choices=("add", "list", "remove"))
     ap.add_argument("username", nargs="?", default="")
@@ -92,7 +98,7 @@ def users_main(argv: list[str]) -> int:
                 print(f"user {user.username}: {user.role}{where}")
             elif args.action == "remove":
                 if not auth.remove_user(db, args.username):
-                    raise auth.AuthError(f"no user {args.username!r}")
+                    raise auth.AuthError(f"no user {shown(args.username)}")
                 print(f"user {args.username} removed")
             else:
                 for u in auth.list_users(db):
@@ -106,6 +112,7 @@ def users_main(argv: list[str]) -> int:
 
 
 def _read_password() -> str:
+    from central.dashboard import config as C
     from central.dashboard.auth import AuthError
 
     if sys.stdin.isatty():
@@ -113,30 +120,65 @@ def _read_password() -> str:
         if getpass.getpass("again: ") != first:
             raise AuthError("the two passwords differ")
         return first
-    line = sys.stdin.readline()
+    # Bytes, bounded: a 300 MB line was read whole, and bytes that are not UTF-8 were a
+    # traceback. Anything past the first line is not the password.
+    line = sys.stdin.buffer.readline(4 * C.PASSWORD_MAX + 2)
     if not line:
         raise AuthError("no password on standard input")
-    return line.rstrip("\r\n")
+    if len(line) > 4 * C.PASSWORD_MAX and not line.endswith(b"\n"):
+        raise AuthError(f"the password on standard input is over {C.PASSWORD_MAX} "
+                        "characters")
+    try:
+        return line.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise AuthError("the password on standard input is not UTF-8 text") from None
+
+
+def _read_bounded(path: str | Path) -> bytes:
+    """A regular file's bytes, at most MAX_DISTRICTS_BYTES; ValueError names the file."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before open: a FIFO waits for ever
+            raise ValueError(f"{path}: not a regular file")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_DISTRICTS_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_DISTRICTS_BYTES:
+        raise ValueError(f"{path}: over {MAX_DISTRICTS_BYTES // (1024 * 1024)} MiB; not a "
+                         "districts file")
+    return data
 
 
 def read_districts(path: str | Path) -> list[tuple[str, str, str]]:
-    """``clinic_id,district[,name]`` per line, ``#`` comments; ValueError names the line."""
+    """``clinic_id,district[,name]`` per line, ``#`` comments; ValueError names the line.
+
+    A clinic named twice is refused: which district it is in would depend on the order."""
     from central.dashboard.auth import DISTRICT_RE
 
-    out = []
+    data = _read_bounded(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read: {exc}") from None
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = data[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{lineno}: not UTF-8 text") from None
+    out = []
+    where: dict[str, int] = {}
+    # split("\n"), not splitlines(): a CR or U+0085 inside a name is an error on its own
+    # line number, not a line of its own.
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.removesuffix("\r").strip()
         if not line or line.startswith("#"):
             continue
         parts = [x.strip() for x in line.split(",")]
         if len(parts) not in (2, 3) or not CLINIC_RE.match(parts[0]) \
-                or not DISTRICT_RE.match(parts[1]) or len(parts[-1]) > 100:
+                or not DISTRICT_RE.match(parts[1]) or len(parts[-1]) > 100 \
+                or not parts[-1].isprintable():
             raise ValueError(f"{path}:{lineno}: expected clinic_id,district[,name], got "
-                             f"{line[:80]!r}")
+                             f"{shown(line, 80)}")
+        if parts[0] in where:
+            raise ValueError(f"{path}:{lineno}: clinic {parts[0]} is already on line "
+                             f"{where[parts[0]]}")
+        where[parts[0]] = lineno
         out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else parts[0]))
     return out
 
@@ -144,7 +186,7 @@ def read_districts(path: str | Path) -> list[tuple[str, str, str]]:
 def districts_main(argv: list[str]) -> int:
     from central.dashboard.store import open_db
 
-    ap = argparse.ArgumentParser(prog="sonoedge-central districts",
+    ap = OneLineParser(prog="sonoedge-central districts",
                                  description="Load which district each clinic belongs to.")
     ap.add_argument("file", help="clinic_id,district[,name] per line")
     ap.add_argument("--db", default=DEFAULT_DB)
@@ -171,7 +213,7 @@ def districts_main(argv: list[str]) -> int:
 def seed_main(argv: list[str]) -> int:
     from central.dashboard.seed import SeedSettings, seed
 
-    ap = argparse.ArgumentParser(prog="sonoedge-central seed",
+    ap = OneLineParser(prog="sonoedge-central seed",
                                  description="Fill an empty collector database with a "
                                              "simulated district (for scale tests).")
     ap.add_argument("--db", required=True)

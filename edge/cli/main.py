@@ -14,7 +14,6 @@ from edge.cli import biometry as biometry_cli
 from edge.cli import exam as exam_cli
 from edge.cli import fleet as fleet_cli
 from edge.cli import pin as pin_cli
-from edge.cli.parsing import OneLineParser
 from edge.config import ConfigError, ModelSettings, load_settings
 from edge.exam.protocol import ProtocolError
 from edge.models.manifest import Manifest, ModelError, list_manifests
@@ -23,6 +22,7 @@ from edge.store.outbox import OutboxError
 from edge.store.state import StateError
 from edge.web.auth import PinError
 from edge.web.settings import WebError
+from wire.cli import OneLineParser
 from wire.fleet import BundleError
 from wire.mqtt import URL_PASSWORD_WARNING, url_has_password
 

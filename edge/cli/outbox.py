@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from edge.cli.parsing import OneLineParser
 from edge.store.outbox import OUTBOX_FILE
 from edge.store.state import lock_holder
 from edge.uplink.mqtt import STATUS_FILE, read_status
+from wire.cli import OneLineParser
 
 DEFAULT_STATE_DIR = os.environ.get("SONOEDGE_STATE_DIR", "state")
 

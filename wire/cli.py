@@ -1,5 +1,5 @@
-"""The command line's own parser: a mistyped argument is one line, like every other bad
-input, naming the argument and where the help is."""
+"""The command lines' own parser, the device's and the district's: a mistyped argument is
+one line, like every other bad input, naming the argument and where the help is."""
 
 from __future__ import annotations
 
