@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -173,6 +174,47 @@ def test_empty_folder_missing_path_and_unsupported_type_raise_one_line(tmp_path)
     with pytest.raises(SourceError) as e:
         open_source(txt)
     assert "unsupported" in _one_line(e.value) and ".txt" in str(e.value)
+
+
+
+@pytest.mark.parametrize(("spec", "needles"), [
+    ("", ("source spec is empty", "--source")),  # Path("") would read the current folder
+    ("a" * 5000, ("File name too long",)),  # was an OSError traceback
+    ("v4l2:" + "a" * 5000, ("no such device",)),
+    ("clinic\nframes", ("clinic\\x0aframes", "no such file")),  # was two lines
+    ("picamera2:\n1", ("picamera2:\\x0a1", "camera number")),
+])
+def test_a_hostile_source_spec_is_one_short_line_naming_it(spec, needles):
+    with pytest.raises(SourceError) as e:
+        open_source(spec)
+    line = _one_line(e.value)
+    assert len(line) < 400, line
+    for needle in needles:
+        assert needle in line, line
+
+
+def test_a_pipe_named_like_a_video_is_refused_not_waited_on(tmp_path):
+    """A FIFO called clip.mp4 made the decoder wait for a writer forever, before the loop
+    (and its watchdog) had started."""
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    outcome: list = []
+
+    def attempt() -> None:
+        try:
+            open_source(fifo).close()
+            outcome.append("opened")
+        except SourceError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # let the blocked open go before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+    assert outcome and isinstance(outcome[0], SourceError), outcome
+    assert "clip.mp4: not a regular file" in _one_line(outcome[0])
 
 
 # --------------------------------------------------------------------------- video

@@ -38,6 +38,7 @@ from edge.capture.images import (
     decode_image_file,
     display_name,
 )
+from wire.shown import shown_path
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class VideoFileSource(Source):
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"{display_name(str(path))}: cannot open video (corrupt or "
+            raise SourceError(f"{shown_path(str(path))}: cannot open video (corrupt or "
                               "unsupported codec)")
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
         height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
@@ -581,17 +582,19 @@ def open_v4l2(spec: str, settings: LiveSettings | None = None) -> LiveSource:
     s = settings or LiveSettings()
     dev = _v4l2_target(spec)
     if dev is None:
-        raise SourceError(f"{spec}: not a V4L2 device (use v4l2:N or v4l2:/dev/videoN)")
+        raise SourceError(f"{shown_path(spec)}: not a V4L2 device (use v4l2:N or "
+                          "v4l2:/dev/videoN)")
     name = f"v4l2:{dev}"
+    shown = f"v4l2:{shown_path(dev)}"
     opener = _v4l2_opener(dev, s)
     if s.wait_for_device:
         return LiveSource(name, opener, s)
     if not os.path.exists(dev):
-        raise SourceError(f"{name}: no such device (is the capture dongle plugged in?)")
+        raise SourceError(f"{shown}: no such device (is the capture dongle plugged in?)")
     cap = opener()
     if not cap.isOpened():
         cap.release()
-        raise SourceError(f"{name}: cannot open device (busy, no permission, or not a "
+        raise SourceError(f"{shown}: cannot open device (busy, no permission, or not a "
                           "capture device)")
     return LiveSource(name, opener, s, first=cap)
 
@@ -634,7 +637,8 @@ def open_picamera2(spec: str, settings: LiveSettings | None = None) -> LiveSourc
     s = settings or LiveSettings()
     _, _, num_s = spec.partition(":")
     if num_s and not num_s.isdigit():
-        raise SourceError(f"{spec}: camera number must be an integer (picamera2:N)")
+        raise SourceError(f"{shown_path(spec)}: camera number must be an integer "
+                          "(picamera2:N)")
     num = int(num_s or 0)
     name = f"picamera2:{num}"
     try:
@@ -659,7 +663,7 @@ def list_folder_images(folder: Path) -> list[Path]:
     Anything named like an image that is not a folder is a frame: a link whose image went
     missing, or a pipe, then says why it gave no image (`decode_image_file`), where a
     regular-files-only listing dropped it without a word."""
-    shown = display_name(str(folder))
+    shown = shown_path(str(folder))
     try:
         listed = sorted(folder.iterdir())
         folders = [p.name for p in listed if p.is_dir()]
@@ -687,8 +691,12 @@ def list_folder_images(folder: Path) -> list[Path]:
 def _open_file_spec(spec: str, *, pace: bool = False,
                     limits: FrameLimits = DEFAULT_LIMITS) -> Source:
     path = Path(spec)
-    shown = display_name(spec)
-    if not path.exists():
+    shown = shown_path(spec)
+    try:
+        found = path.exists()
+    except OSError as e:  # a name longer than the file system takes, and the like
+        raise SourceError(f"{shown}: cannot use this path ({e.strerror or e})") from None
+    if not found:
         if not os.path.lexists(path):
             raise SourceError(f"{shown}: no such file or folder")
         try:  # a link: to nothing, or round in a loop
@@ -702,6 +710,8 @@ def _open_file_spec(spec: str, *, pace: bool = False,
     if ext in IMAGE_EXTS:
         return ImageListSource([path], name=path.name, limits=limits)
     if ext in VIDEO_EXTS:
+        if not path.is_file():  # a pipe named .mp4: the decoder would wait for a writer
+            raise SourceError(f"{shown}: not a regular file (a video source must be a file)")
         return VideoFileSource(path, pace=pace, limits=limits)
     raise SourceError(f"{shown}: unsupported file type '{ext or '(none)'}' (images: "
                       f"{' '.join(sorted(IMAGE_EXTS))}; video: {' '.join(sorted(VIDEO_EXTS))})")
@@ -716,6 +726,9 @@ def open_source(spec: str | Path, *, live: LiveSettings | None = None,
     demo) at their own frame rate, skipping late frames like a live source would.
     """
     s = str(spec)
+    if not s:  # Path("") is the current folder: never read whatever happens to be there
+        raise SourceError("source spec is empty (--source or [source] spec): give demo, a "
+                          "file, a folder, v4l2:N or picamera2")
     if s == "demo":
         from edge.capture import demo  # late import: only this spec needs it
 
