@@ -267,6 +267,27 @@ def test_a_bad_url_gives_one_line_naming_it_without_the_password(url, why):
     assert "\n" not in text
 
 
+@pytest.mark.parametrize("url, why", [
+    ("mqtt://u:secret@h:0", "port must be 1-65535"),  # was taken as 1883
+    ("mqtt://u:secret@h\nost:1883", "control character"),  # urlsplit made it "host"
+    ("mqtt://u:secret@" + "h" * 10240 + ":1883", "longer than 253"),  # was a 10 kB log line
+])
+def test_a_url_that_would_quietly_reach_another_broker_is_refused_in_one_short_line(url, why):
+    with pytest.raises(ValueError) as err:
+        parse_mqtt_url(url)
+    text = str(err.value)
+    assert why in text and "secret" not in text and "\n" not in text and len(text) < 400
+
+
+def test_a_device_id_with_a_trailing_newline_is_refused_at_start(tmp_path):
+    """The id "dev-a\n" passed its pattern ("$" matches before a final newline); every exam
+    of the run then broke the schema and was never queued."""
+    with pytest.raises(ValueError, match=re.escape("bad device_id 'dev-a\\n'")):
+        Uplink(MqttSettings(device_id="dev-a\n"), tmp_path)
+    with pytest.raises(ValueError, match="mqtt.clinic_id"):
+        Uplink(MqttSettings(device_id="dev-a", clinic_id="clinic-7\n"), tmp_path)
+
+
 @pytest.mark.parametrize("change, key", [
     ({"url": "mqtt://h:99999"}, "Port out of range"),
     ({"device_id": "a/b"}, "bad device_id 'a/b'"),

@@ -10,6 +10,8 @@ import stat
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from wire.shown import shown as shown_value
+
 TOPIC_PREFIX = "sonoedge"
 
 
@@ -31,20 +33,31 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
+MAX_HOST_CHARS = 253  # the longest name DNS can resolve
+
+
 def parse_mqtt_url(url: str) -> MqttTarget:
     """``mqtt://user:pass@host:port`` or ``mqtts://...``; ValueError naming the URL if bad."""
-    shown = redact_url(url)
+    # Quoted on one line, cut at 200 characters: a 10 kB host is not a 10 kB error line.
+    quoted = shown_value(redact_url(url), 200)
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):  # urlsplit drops them without a word
+        raise ValueError(f"bad MQTT URL {quoted}: it holds a control character (a newline?)")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"bad MQTT URL {shown!r}: {exc}") from None
+        raise ValueError(f"bad MQTT URL {quoted}: {exc}") from None
+    if port == 0:  # `port or default` would quietly connect to 1883 instead
+        raise ValueError(f"bad MQTT URL {quoted}: port must be 1-65535")
+    if parts.hostname and len(parts.hostname) > MAX_HOST_CHARS:
+        raise ValueError(f"bad MQTT URL {quoted}: host name longer than {MAX_HOST_CHARS} "
+                         "characters")
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"bad MQTT URL {shown!r}: scheme must be mqtt:// or mqtts://")
+        raise ValueError(f"bad MQTT URL {quoted}: scheme must be mqtt:// or mqtts://")
     if not parts.hostname:
-        raise ValueError(f"bad MQTT URL {shown!r}: no host")
+        raise ValueError(f"bad MQTT URL {quoted}: no host")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"bad MQTT URL {shown!r}: unexpected path or query")
+        raise ValueError(f"bad MQTT URL {quoted}: unexpected path or query")
     tls = parts.scheme == "mqtts"
     return MqttTarget(
         host=parts.hostname,

@@ -50,11 +50,14 @@ from edge.store.state import Reserve
 from edge.uplink import messages
 from wire.mqtt import describe_connect_error, parse_mqtt_url, read_secret_file, topic_for
 from wire.schema import load_schema, validate
+from wire.shown import shown
 
 log = logging.getLogger("sonoedge.uplink")
 
 STATUS_FILE = "uplink-status.json"
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \Z, not $: "$" also matches before a final newline, and "dev-a\n" then passed here but
+# broke every message's schema (its exams were never queued).
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 @dataclass
@@ -90,7 +93,7 @@ def resolve_device_id(device_id: str) -> str:
     if device_id:
         if not _ID_RE.match(device_id):
             raise ValueError(
-                f"bad device_id {device_id!r}: use letters, digits, '.', '_', '-' (max 64)"
+                f"bad device_id {shown(device_id)}: use letters, digits, '.', '_', '-' (max 64)"
             )
         return device_id
     host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.") or "device"
@@ -105,8 +108,9 @@ def check_mqtt_settings(s: MqttSettings) -> None:
     if s.url:
         parse_mqtt_url(s.url)
     resolve_device_id(s.device_id)
-    if not re.match(r"^[A-Za-z0-9_.-]{0,64}$", s.clinic_id or ""):
-        raise ValueError(f"mqtt.clinic_id {s.clinic_id!r}: use letters, digits, '.', '_', '-'")
+    if not re.match(r"^[A-Za-z0-9_.-]{0,64}\Z", s.clinic_id or ""):
+        raise ValueError(f"mqtt.clinic_id {shown(s.clinic_id)}: use letters, digits, '.', '_', "
+                         "'-'")
     positive = {"outbox_quota_bytes": s.outbox_quota_bytes, "max_inflight": s.max_inflight,
                 "keepalive_s": s.keepalive_s, "connect_timeout_s": s.connect_timeout_s,
                 "reconnect_min_s": s.reconnect_min_s}
