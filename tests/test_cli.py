@@ -159,6 +159,24 @@ def test_a_bad_config_key_stops_run_with_one_line(tmp_path):
     assert proc.returncode == 2
 
 
+@pytest.mark.parametrize(("option", "value", "needles"), [
+    ("--max-frames", "-1", ("--max-frames must be 0", "got -1")),  # was: stop after 1 frame
+    ("--state-dir", "", ("state dir is empty",)),  # was: the state landed in the cwd
+    ("--state-dir", "s" * 300, ("state dir", "File name too long")),  # was a traceback
+])
+def test_run_refuses_an_option_it_cannot_honour_in_one_line_naming_it(tmp_path, data_dir,
+                                                                       option, value, needles):
+    frame = data_dir / "hc18" / "images" / "010_HC.png"
+    args = {"--state-dir": str(tmp_path / "state"), "--source": str(frame)} | {option: value}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--once",
+                           *(item for pair in args.items() for item in pair)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    line = one_line_error(proc, *needles)
+    assert proc.returncode == 2 and len(line) < 400, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing may be written"
+
+
 def test_run_journals_every_frame_and_prints_a_summary(tmp_path, frames_dir):
     state = tmp_path / "state"
     proc = sonoedge("run", "--source", str(frames_dir), "--state-dir", str(state))

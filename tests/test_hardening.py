@@ -311,6 +311,26 @@ def test_the_outbox_holds_an_exam_it_has_no_room_for_until_there_is(small_disk):
     up.close()
 
 
+def test_a_box_whose_disk_filled_while_it_was_off_still_starts_and_scores(small_disk, data_dir):
+    """Item 3 at start: the disk filled up while the box was off (another file took every
+    byte). The outbox and journal cannot even open their write-ahead logs; the run gives back
+    its reserve, says so once, and scores, where it used to refuse to start ("cannot open
+    outbox database: disk I/O error") until someone freed space by hand."""
+    frames = sorted((data_dir / "hc18" / "images").glob("*.png"))[:3]
+    state = small_disk / "state"
+    first = sonoedge("run", "--source", str(frames[0]), "--state-dir", str(state), "--once")
+    assert first.returncode == 0 and (state / "reserve.bin").exists(), first.stderr[-2000:]
+    fill(small_disk)
+    folder = small_disk.parent / "frames"
+    folder.mkdir()
+    for path in frames:
+        os.symlink(path, folder / path.name)
+    run = sonoedge("run", "--source", str(folder), "--state-dir", str(state), "--once")
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert len([x for x in run.stderr.splitlines() if "released the" in x]) == 1, run.stderr
+    assert journaled_rows(state / "journal.sqlite") == 4
+
+
 # 4 ------------------------------------------------------------------------------------------
 def test_field_conditions_end_in_one_line_or_go_on(tmp_path, data_dir, models_copy):
     """Item 4: names that are not UTF-8, a state dir that is a file or cannot be written,

@@ -67,6 +67,11 @@ def _run(args: argparse.Namespace) -> int:
         "web": {"listen": args.web},
     }
     settings = load_settings(args.config, overrides)
+    if settings.loop.max_frames < 0:  # -1 was taken as "stop after the first frame"
+        where = "--max-frames" if args.max_frames is not None else f"{args.config}: " \
+            "loop.max_frames"
+        raise ConfigError(f"{where} must be 0 (until the source ends) or more, got "
+                          f"{settings.loop.max_frames}")
     if args.mqtt_url and url_has_password(args.mqtt_url):
         print(f"sonoedge: warning: {URL_PASSWORD_WARNING} ([mqtt] password_file)",
               file=sys.stderr)

@@ -26,7 +26,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edge.result import FrameResult
-from edge.store.state import Reserve, StateError, is_corrupt, is_full, move_aside
+from edge.store.state import (
+    Reserve,
+    StateError,
+    is_corrupt,
+    is_full,
+    move_aside,
+    no_room,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +140,14 @@ class Journal:
             raise JournalError(f"{self.path}: journal cannot be opened ({exc.strerror or exc})"
                                ) from None
         try:
-            self._open()
+            try:
+                self._open()
+            except sqlite3.DatabaseError as exc:
+                # A disk full at start: the reserve is given back so the run can begin (and
+                # then shed old frames), rather than never start again.
+                if not (no_room(exc, self.path.parent) and self.reserve.release()):
+                    raise
+                self._open()
         except sqlite3.DatabaseError as exc:
             if not is_corrupt(exc):
                 raise JournalError(f"{self.path}: journal cannot be opened ({exc})") from None

@@ -20,6 +20,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from wire.shown import shown_path
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
@@ -50,11 +52,30 @@ def is_full(exc: BaseException) -> bool:
         sqlite_code(exc) == SQLITE_FULL or "disk is full" in str(exc))
 
 
+def no_room(exc: BaseException, folder: Path | str) -> bool:
+    """Opening a database failed for want of space: SQLite says "full", or (when the shared
+    memory file of its write-ahead log cannot grow) "disk I/O error" on a disk that is full."""
+    if is_full(exc):
+        return True
+    if not (isinstance(exc, sqlite3.DatabaseError) and sqlite_code(exc) == SQLITE_IOERR):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < (256 << 10)
+    except OSError:
+        return False
+
+
 def prepare_state_dir(path: Path | str) -> Path:
     """The state directory, created if missing and proven writable; `StateError` if not."""
+    if not str(path):  # Path("") is the current folder: the state would land wherever
+        raise StateError("state dir is empty (--state-dir or [device] state_dir)")
     path = Path(path)
-    shown = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
-    if path.exists() and not path.is_dir():
+    shown = shown_path(path)
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError as exc:  # a name longer than the file system takes, and the like
+        raise StateError(f"state dir {shown}: cannot use it ({exc.strerror or exc})") from None
+    if is_file:
         raise StateError(f"state dir {shown}: is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
