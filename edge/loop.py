@@ -203,6 +203,28 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
     return queued
 
 
+def requeue_after_salvage(settings: Settings, journal: Journal, uplink: Uplink) -> int:
+    """Queue again the journaled exams a corrupt outbox lost.
+
+    A corrupt outbox is moved aside and what can be read of it salvaged, but the exams on
+    its unreadable pages, still waiting for the broker, would be gone for the district. The
+    journal has every exam, so after a salvage each one of the last `[journal] keep_days`
+    whose id the new outbox does not know is queued again. An exam the district had already
+    received comes under the same msg_id (its key's) and is absorbed there as a duplicate.
+    Returns how many were queued."""
+    if uplink.outbox.moved_aside is None:
+        return 0
+    since = time.time() - settings.journal.keep_days * 86400.0
+    queued = 0
+    for summary in journal.exam_summaries(since):
+        key = summary.get("exam_id")
+        if isinstance(key, str) and not uplink.outbox.has_key(key):
+            queued += uplink.enqueue_exam(summary, key=key) is not None
+    log.warning("outbox was corrupt: %d journaled exam(s) it no longer held queued again",
+                queued)
+    return queued
+
+
 def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = print) -> int:
     """The long-running loop; returns the process exit code."""
     state_dir = prepare_state_dir(settings.device.state_dir)
@@ -238,6 +260,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         log.info("journal: pruned %d frame results older than %g days", pruned,
                  settings.journal.keep_days)
     recover_runs(settings, journal, uplink)
+    requeue_after_salvage(settings, journal, uplink)
     # The demo plays at its own frame rate, as a scanner would; files run as fast as they can.
     spec = settings.source.spec
     source = open_source(spec, live=live_settings(settings),

@@ -430,6 +430,43 @@ def test_a_corrupt_outbox_is_moved_aside_and_its_readable_messages_salvaged(tmp_
     box.close()
 
 
+def test_exams_a_corrupt_outbox_lost_are_queued_again_from_the_journal(tmp_path, data_dir):
+    """Item 4: an outbox too damaged to salvage held exams the broker never had. The
+    journal has every exam, so the next start queues again each one the outbox no longer
+    knows, under the msg_id its exam id gives it: an exam that had reached the district
+    comes again as the same message, which the collector absorbs."""
+    import uuid
+
+    from edge.store.outbox import KEYED_NAMESPACE, open_outbox
+
+    src = sorted((data_dir / "hc18" / "images").glob("*.png"))[:2]
+    state = tmp_path / "state"
+    for path in src:  # two runs, one exam each; no broker: both wait in the outbox
+        run = sonoedge("run", "--source", str(path), "--state-dir", str(state), "--once")
+        assert run.returncode == 0, run.stderr[-2000:]
+    with sqlite3.connect(state / "journal.sqlite") as conn:
+        journaled = {r[0] for r in conn.execute("SELECT exam_id FROM exams")}
+    assert len(journaled) == 2
+    box = open_outbox(state)
+    before = {json.loads(m.payload)["exam_id"]: m.msg_id for m in box.list(100)
+              if m.kind == "exam"}
+    box.close()
+    assert set(before) == journaled
+    assert all(before[e] == str(uuid.uuid5(KEYED_NAMESPACE, e)) for e in journaled)
+    for side in ("-wal", "-shm"):
+        (state / f"outbox.sqlite3{side}").unlink(missing_ok=True)
+    (state / "outbox.sqlite3").write_bytes(b"\xa5" * 8192)  # nothing left to salvage
+    run = sonoedge("run", "--source", str(src[0]), "--state-dir", str(state), "--once")
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "2 journaled exam(s) it no longer held queued again" in run.stderr, run.stderr
+    box = open_outbox(state)
+    after = {json.loads(m.payload)["exam_id"]: m.msg_id for m in box.list(100)
+             if m.kind == "exam"}
+    box.close()
+    assert set(before) < set(after) and len(after) == 3  # the two lost, and the new run's
+    assert all(after[e] == before[e] for e in before)  # the same messages as before
+
+
 # 5 ------------------------------------------------------------------------------------------
 def test_a_device_cannot_knock_off_the_collector_choose_its_clinic_or_fake_a_loss(
         broker, collectors, tmp_path):

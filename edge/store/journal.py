@@ -392,6 +392,22 @@ class Journal:
             out.append((json.loads(summary), last_row))
         return out
 
+    def exam_summaries(self, since_ts: float, limit: int = 100_000) -> list[dict]:
+        """The summaries of the exams started since `since_ts`, oldest first, at most
+        `limit` (the newest of them): what an outbox lost can be queued again from here."""
+        rows = self.db.execute("SELECT summary FROM (SELECT summary, started_ts FROM exams "
+                               "WHERE started_ts >= ? ORDER BY started_ts DESC LIMIT ?) "
+                               "ORDER BY started_ts", (since_ts, int(limit))).fetchall()
+        out = []
+        for (summary,) in rows:
+            try:
+                parsed = json.loads(summary)
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                out.append(parsed)
+        return out
+
     def replay(self, run_id: str, after_row: int = 0) -> Iterator[tuple[int, dict]]:
         """A run's journaled results after `after_row`, in order, as (row id, record)."""
         last = int(after_row or 0)

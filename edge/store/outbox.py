@@ -28,7 +28,9 @@ silently deleted, they show in ``sonoedge outbox`` and stop blocking the queue, 
 Exactly once: a message may carry a ``key`` (an exam's id). The keys of everything ever
 enqueued are kept, and a key already there is not enqueued again, in the same transaction
 that would have stored it: crash recovery may rebuild an exam as often as the device is
-killed, and it is still queued once.
+killed, and it is still queued once. A keyed message's ``msg_id`` derives from its key, so
+an exam queued again after a corrupt outbox lost its key (the loop re-queues every journaled
+exam the outbox no longer knows) is the same message to the collector.
 
 Faults: a full disk is ``OutboxFull`` (the uplink holds the message in memory and queues it
 as soon as there is room). A corrupt outbox is moved aside with one log line saying where,
@@ -57,6 +59,10 @@ LAYOUT_VERSION = 1
 ROW_OVERHEAD_BYTES = 96  # rough on-disk cost of a row beside its payload (ids, topic, index)
 DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
 KINDS = ("exam", "health")  # kinds that travel through the outbox; status is live-only
+# A keyed message's msg_id derives from its key (an exam's id): an exam queued again after
+# its outbox was lost (see `loop.requeue_after_salvage`) reaches the collector under the
+# same msg_id as the first time, and is absorbed there as a duplicate.
+KEYED_NAMESPACE = uuid.UUID("5b0e6d1c-3f4a-5e8b-9c2d-7a1f0e4b6c3d")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -283,10 +289,16 @@ class Outbox:
                                     (key,)).fetchone() is not None
 
     def _enqueue(self, kind: str, body: dict, key: str | None) -> Message | None:
-        msg_id = str(uuid.uuid4())
+        msg_id = str(uuid.uuid4() if key is None else uuid.uuid5(KEYED_NAMESPACE, key))
         with self._tx() as db:
             if key is not None and db.execute("SELECT 1 FROM keys WHERE key = ?",
                                               (key,)).fetchone():
+                return None
+            if key is not None and db.execute("SELECT 1 FROM outbox WHERE msg_id = ?",
+                                              (msg_id,)).fetchone():
+                # salvaged from a corrupt outbox without its key: queued already
+                db.execute("INSERT OR IGNORE INTO keys(key, seq, ts) VALUES (?, 0, ?)",
+                           (key, time.time()))
                 return None
             seq = self._meta("seq") + 1
             body = dict(body)
