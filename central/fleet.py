@@ -40,6 +40,7 @@ from wire.fleet import (
     Offer,
     check_group,
     chunk_topic,
+    load_trusted_keys,
     offer_topic,
     parse_manifest,
     parse_offer,
@@ -47,45 +48,11 @@ from wire.fleet import (
 )
 
 log = logging.getLogger("sonoedge.central.fleet")
-MAX_KEYS = 64
-MAX_KEY_BYTES = 4096  # an Ed25519 public key in PEM is 113 bytes
 
 
 def load_keys(keys_dir: str) -> list:
-    """Every `*.pub` in `keys_dir`, as [(name, key)]; BundleError names the folder or file.
-
-    As on the device: a folder or key another user could write is refused (they could add
-    their own key), and a key is a small regular file (a FIFO was waited on for ever)."""
-    from cryptography.hazmat.primitives import serialization
-
-    folder = Path(keys_dir)
-    try:
-        st = folder.stat()
-    except OSError as exc:
-        raise BundleError(f"--keys {folder}: {exc.strerror or exc}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise BundleError(f"--keys {folder}: not a folder")
-    if st.st_mode & 0o022:
-        raise BundleError(f"--keys {folder}: other users can write it (mode "
-                          f"{stat.S_IMODE(st.st_mode):04o}); chmod 755 it")
-    keys = []
-    for pub in sorted(folder.glob("*.pub"))[:MAX_KEYS]:
-        try:
-            st = pub.stat()
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_KEY_BYTES:
-                raise BundleError(f"key {pub}: not a public key file (a regular file of at "
-                                  f"most {MAX_KEY_BYTES} bytes)")
-            if st.st_mode & 0o022:
-                raise BundleError(f"key {pub}: other users can write it (mode "
-                                  f"{stat.S_IMODE(st.st_mode):04o}); chmod 644 it")
-            keys.append((pub.stem, serialization.load_pem_public_key(pub.read_bytes())))
-        except BundleError:
-            raise
-        except OSError as exc:
-            raise BundleError(f"key {pub}: {exc.strerror or exc}") from None
-        except (ValueError, TypeError):  # garbage, or a private key in a .pub
-            raise BundleError(f"key {pub}: not a PEM public key") from None
-    return keys
+    """Every `*.pub` in `keys_dir`, checked as the device checks its own (wire/fleet.py)."""
+    return load_trusted_keys(keys_dir, "--keys")
 
 
 def peek(path: Path, group: str, keys_dir: str = "",

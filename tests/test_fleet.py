@@ -12,9 +12,11 @@ import io
 import json
 import lzma
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -554,3 +556,24 @@ def test_the_district_refuses_a_bundle_or_keys_it_cannot_trust_in_one_line_namin
     ok = _central("export", v1, "--group", GROUP, "--out", www,
                   "--keys", str(fleet_kit["trusted"]))
     assert ok.returncode == 0, ok.stderr
+
+
+def test_a_trusted_key_that_is_a_pipe_is_refused_not_waited_on(tmp_path, fleet_kit):
+    """Opening a FIFO waits for a writer, for ever: the device checked its trusted keys
+    only after opening them. Device and district now read keys the same way (wire/fleet)."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o755)
+    shutil.copy(fleet_kit["trusted"] / "district.pub", keys / "district.pub")
+    os.mkfifo(keys / "extra.pub", 0o644)
+    outcome: list = []
+
+    def load() -> None:  # on a thread: a regression waits for ever, not the whole suite
+        try:
+            load_trusted_keys(keys)
+        except BundleError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert outcome and "extra.pub: not a key file" in outcome[0], "still waiting on the FIFO"

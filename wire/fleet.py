@@ -20,8 +20,11 @@ HTTP(S) the same offer is `<base>/<group>/offer.json` and the bundle `<base>/<gr
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from wire.schema import PayloadError, loads_bounded
 from wire.shown import shown
@@ -231,6 +234,72 @@ def verify_signature(manifest: bytes, signature: bytes, keys: list) -> str:
 
 
 # -- delivery ----------------------------------------------------------------------------
+
+
+MAX_KEY_FILE = 4096  # an Ed25519 key in PEM is about 120 bytes
+MAX_TRUSTED_KEYS = 16
+
+
+def read_key_file(path: Path | str) -> tuple[bytes, os.stat_result]:
+    """A key file's bytes: a regular file of at most MAX_KEY_FILE bytes, checked before it
+    is opened (opening a FIFO waits for a writer, for ever)."""
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise BundleError(f"{path}: not a key file (not a regular file)")
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            data = handle.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise BundleError(f"{path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode) or len(data) > MAX_KEY_FILE:
+        raise BundleError(f"{path}: not a key file")
+    return data, st
+
+
+def load_public_key(path: Path | str):
+    """An Ed25519 public key from a PEM file; BundleError naming the file otherwise (a
+    private key saved as .pub included)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    data, _ = read_key_file(path)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"{path}: not a PEM public key ({str(exc)[:80]})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def _writable_by_others(st: os.stat_result) -> bool:
+    return bool(st.st_mode & 0o022) and not (stat.S_ISDIR(st.st_mode)
+                                             and st.st_mode & stat.S_ISVTX)
+
+
+def load_trusted_keys(folder: Path | str, what: str = "trusted keys") -> list:
+    """Every `*.pub` in `folder` (at most MAX_TRUSTED_KEYS), as [(name, key)]: the device's
+    provisioned keys, or the district's `--keys` (`what` names them in the error line).
+    Refuses a folder or key another user could write: they could add their own key."""
+    folder = Path(folder)
+    try:
+        st = folder.stat()
+    except OSError as exc:
+        raise BundleError(f"{what} {folder}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise BundleError(f"{what} {folder}: not a folder")
+    if _writable_by_others(st):
+        raise BundleError(f"{what} {folder}: other users can write it (mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}); chmod 755 it")
+    keys = []
+    for path in sorted(folder.glob("*.pub"))[:MAX_TRUSTED_KEYS]:
+        _, key_st = read_key_file(path)
+        if key_st.st_mode & 0o022:
+            raise BundleError(f"trusted key {path}: other users can write it (mode "
+                              f"{stat.S_IMODE(key_st.st_mode):04o}); chmod 644 it")
+        keys.append((path.stem, load_public_key(path)))
+    return keys
 
 
 def check_group(group: str) -> str:

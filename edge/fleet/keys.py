@@ -13,12 +13,12 @@ import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from wire.fleet import BundleError
+from wire.fleet import BundleError, load_public_key, load_trusted_keys, read_key_file
 
-MAX_KEY_FILE = 4096
-MAX_TRUSTED_KEYS = 16
+# Reading public keys is shared with the district (wire/fleet.py); kept importable here.
+__all__ = ["load_private_key", "load_public_key", "load_trusted_keys", "new_keypair"]
 
 
 def new_keypair(out_dir: Path, name: str) -> tuple[Path, Path]:
@@ -44,20 +44,8 @@ def new_keypair(out_dir: Path, name: str) -> tuple[Path, Path]:
     return key_path, pub_path
 
 
-def _read_small(path: Path) -> tuple[bytes, os.stat_result]:
-    try:
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            data = handle.read(MAX_KEY_FILE + 1)
-    except OSError as exc:
-        raise BundleError(f"{path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode) or len(data) > MAX_KEY_FILE:
-        raise BundleError(f"{path}: not a key file")
-    return data, st
-
-
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    data, st = _read_small(Path(path))
+    data, st = read_key_file(Path(path))
     if st.st_mode & 0o077:
         raise BundleError(f"{path}: private key readable by other users (mode "
                           f"{stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
@@ -68,43 +56,3 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise BundleError(f"{path}: not an Ed25519 key")
     return key
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    data, _ = _read_small(Path(path))
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise BundleError(f"{path}: not a PEM public key ({exc})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise BundleError(f"{path}: not an Ed25519 public key")
-    return key
-
-
-def _writable_by_others(st: os.stat_result) -> bool:
-    return bool(st.st_mode & 0o022) and not (stat.S_ISDIR(st.st_mode)
-                                             and st.st_mode & stat.S_ISVTX)
-
-
-def load_trusted_keys(folder: Path | str) -> list[tuple[str, Ed25519PublicKey]]:
-    """Every `*.pub` in the folder the device was provisioned with, as [(name, key)].
-
-    Refuses a folder or key another user could write (they could add their own key)."""
-    folder = Path(folder)
-    try:
-        st = folder.stat()
-    except OSError as exc:
-        raise BundleError(f"trusted keys {folder}: {exc.strerror or exc}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise BundleError(f"trusted keys {folder}: not a folder")
-    if _writable_by_others(st):
-        raise BundleError(f"trusted keys {folder}: other users can write it (mode "
-                          f"{stat.S_IMODE(st.st_mode):04o}); chmod 755 it")
-    keys = []
-    for path in sorted(folder.glob("*.pub"))[:MAX_TRUSTED_KEYS]:
-        mode = path.stat().st_mode
-        if mode & 0o022:
-            raise BundleError(f"trusted key {path}: other users can write it (mode "
-                              f"{stat.S_IMODE(mode):04o}); chmod 644 it")
-        keys.append((path.stem, load_public_key(path)))
-    return keys
