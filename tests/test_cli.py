@@ -241,3 +241,22 @@ def test_run_with_no_source_plays_the_demo_at_scanner_speed(tmp_path):
     # One frame may still catch the VM's host stalling (87 ms once, in a fresh-clone CI).
     capture = sorted(r["capture_ms"] for r in records)
     assert capture[len(capture) // 2] < 1000 / 15 / 4 and capture[-2] < 1000 / 15
+
+
+def test_a_newline_in_a_folder_or_file_name_stays_on_its_line(tmp_path, data_dir):
+    """Names are shown with control characters as \\xNN, as bytes that are not UTF-8
+    already were: a newline in a folder's name split the run's summary line in two, and
+    one in a file's name split the JSON line `score` prints for it."""
+    folder = tmp_path / "clinic\nroom 2"
+    folder.mkdir()
+    shutil.copy(sorted((data_dir / "hc18" / "images").glob("*.png"))[0], folder / "a\nb.png")
+    scored = sonoedge("score", str(folder), timeout=120)
+    assert scored.returncode == 0, scored.stderr
+    (line,) = scored.stdout.splitlines()
+    assert json.loads(line)["source"] == "a\\x0ab.png"
+    run = sonoedge("run", "--source", str(folder), "--state-dir", str(tmp_path / "state"),
+                   "--once", timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = [x for x in run.stdout.splitlines() if x.startswith("summary:")]
+    assert len(summary) == 1 and "clinic\\x0aroom 2" in summary[0], run.stdout
+    assert not [x for x in run.stdout.splitlines() if x.startswith("room 2")]

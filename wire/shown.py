@@ -14,13 +14,13 @@ def shown(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def shown_path(path: object, limit: int = 200) -> str:
+def shown_path(path: object, limit: int | None = 200) -> str:
     """A path or source spec as one line of at most about `limit` characters: bytes that
     are not UTF-8 and control characters (a newline) as \\xNN, a very long one cut in its
-    middle, keeping its start and its end (the file name)."""
+    middle, keeping its start and its end (the file name); `limit` None never cuts."""
     text = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
     text = re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
-    if len(text) > limit:
+    if limit is not None and len(text) > limit:
         half = limit // 2 - 2
         text = f"{text[:half]}...{text[-half:]}"
     return text

@@ -5,7 +5,6 @@ Shared by the file sources and the demo clip builder.
 
 from __future__ import annotations
 
-import os
 import stat
 import struct
 from dataclasses import dataclass
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from wire.shown import shown_path
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 MAX_IMAGE_BYTES = 256 * 1024 * 1024  # a screen grab is a few MB; refuse to slurp a disk image
@@ -43,8 +44,9 @@ DEFAULT_LIMITS = FrameLimits()
 
 def display_name(name: str) -> str:
     """A file or folder name as text: bytes that are not UTF-8 are shown as \\xNN (the
-    journal, the JSON output and the log can all hold that), never a surrogate."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
+    journal, the JSON output and the log can all hold that), never a surrogate, and so are
+    control characters: a newline in a folder's name split the run's summary line."""
+    return shown_path(name, None)
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
