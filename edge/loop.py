@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from edge.config import Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
 from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamSession, ExamTracker, MeasureKept, format_exam
-from edge.exam.tally import ExamTally
+from edge.exam.tally import ExamTally, percentile
 from edge.exam.thumbs import THUMBS_DIR, ThumbStore
 from edge.fleet.agent import RESTART_EXIT, start_fleet
 from edge.fleet.watchdog import Watchdog
@@ -77,8 +76,10 @@ class RunStats:
             "frames": self.frames,
             "failed": self.failed,
             "fps": self.frames / elapsed,
-            "latency_p50_ms": statistics.median(lat) if lat else None,
-            "latency_p90_ms": lat[int(0.9 * (len(lat) - 1))] if lat else None,
+            # as the exam summary computes them: linear between the nearest ranks (the
+            # lower rank alone made p90 of two frames the faster one, under the median)
+            "latency_p50_ms": percentile(lat, 0.5),
+            "latency_p90_ms": percentile(lat, 0.9),
             "source_dropped": getattr(source, "dropped", 0),
             "source_reopens": getattr(source, "reopens", 0),
             **(self.journal.stats() if self.journal is not None else {}),

@@ -24,7 +24,7 @@ def source_id(source: str) -> str:
     return hashlib.sha256(str(source).encode("utf-8", "replace")).hexdigest()[:12]
 
 
-def _pct(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     # Linear between the two nearest ranks: the median of two head frames is their mean,
@@ -150,11 +150,11 @@ class ExamTally:
             hc_all = sorted(h[0] for h in self.head_mm)
             hc, bpd, ofd = (sorted(col) for col in zip(*[b[2:] for b in self.best_heads],
                                                        strict=True))
-            median_hc = _pct(hc, 0.5)
+            median_hc = percentile(hc, 0.5)
             ga, low, high = (hadlock_ga_weeks(v) for v in (median_hc, hc[0], hc[-1]))
-            out.update({"hc_mm": median_hc, "hc_p10_mm": _pct(hc_all, 0.1),
-                        "hc_p90_mm": _pct(hc_all, 0.9), "bpd_mm": _pct(bpd, 0.5),
-                        "ofd_mm": _pct(ofd, 0.5), "best_frames": len(hc),
+            out.update({"hc_mm": median_hc, "hc_p10_mm": percentile(hc_all, 0.1),
+                        "hc_p90_mm": percentile(hc_all, 0.9), "bpd_mm": percentile(bpd, 0.5),
+                        "ofd_mm": percentile(ofd, 0.5), "best_frames": len(hc),
                         "ga_weeks": None if ga is None else round(ga, 1),
                         "ga_low_weeks": None if low is None else round(low, 1),
                         "ga_high_weeks": None if high is None else round(high, 1)})
@@ -187,7 +187,7 @@ class ExamTally:
             "frames_failed": self.failed,
             "planes": {k: [v[0], round(v[1], 3), *[round(q, 3) for q in v[2:]]]
                        for k, v in sorted(self.planes.items())},
-            "latency_ms": {"p50": _pct(latencies, 0.5), "p90": _pct(latencies, 0.9)},
+            "latency_ms": {"p50": percentile(latencies, 0.5), "p90": percentile(latencies, 0.9)},
             "models": _model_versions([{"model": t} for t in self.model_tags],
                                       model_versions),
             **({"deficiencies": deficiencies} if deficiencies else {}),
