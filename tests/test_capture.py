@@ -553,3 +553,10 @@ def test_a_live_grabber_prepares_each_frame_on_its_own_thread(tmp_path):
     src.close()
     assert frames and all(f.half_grey is not None for f in frames)
     assert threads and all(name.startswith("grab-") for name in threads)
+
+
+@pytest.mark.parametrize("spec", ["rtsp://10.0.0.5:554/stream", "http://district/clip.mp4"])
+def test_a_network_stream_is_named_as_such_not_as_a_missing_file(spec):
+    with pytest.raises(SourceError) as caught:
+        open_source(spec)
+    assert "network streams are not a source here" in _one_line(caught.value)

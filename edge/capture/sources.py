@@ -46,6 +46,7 @@ VIDEO_EXTS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg",
 MAX_VIDEO_FRAMES = 10_000_000  # hard bound on any file-read loop
 
 _V4L2_RE = re.compile(r"^v4l2:(.+)$")
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _VIDEO_NODE_RE = re.compile(r"^/dev/video(\d+)$")
 
 
@@ -729,6 +730,10 @@ def open_source(spec: str | Path, *, live: LiveSettings | None = None,
     if not s:  # Path("") is the current folder: never read whatever happens to be there
         raise SourceError("source spec is empty (--source or [source] spec): give demo, a "
                           "file, a folder, v4l2:N or picamera2")
+    if _URL_RE.match(s):  # rtsp://, http://...: not a path that happens to be missing
+        raise SourceError(f"{shown_path(s)}: network streams are not a source here; give a "
+                          "capture device (v4l2:N, /dev/videoN), picamera2, a file or a "
+                          "folder")
     if s == "demo":
         from edge.capture import demo  # late import: only this spec needs it
 
