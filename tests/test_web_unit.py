@@ -29,7 +29,7 @@ from edge.web.screening import (
     redate_days,
 )
 from edge.web.server import WebServer
-from edge.web.settings import WebSettings
+from edge.web.settings import WebSettings, parse_listen
 from tests.cli_run import one_line_error, sonoedge
 from tests.http_raw import assert_malformed_requests_are_one_log_line_each, raw_http
 from tests.servers import free_port
@@ -308,3 +308,14 @@ def test_wrong_pins_from_many_addresses_do_not_keep_out_a_browser_that_knew_the_
 
 def test_a_malformed_request_is_one_line_in_the_log_not_a_traceback(page_server, caplog):
     assert_malformed_requests_are_one_log_line_each(page_server().port, "/api/login", caplog)
+
+
+@pytest.mark.parametrize("listen", ["h" * 3000 + ":8080", "a\nb:8080", "[zz]:8080",
+                                    "x:" + "9" * 30])
+def test_a_listen_address_that_cannot_be_is_one_short_line(listen):
+    """A 3,000-character host was quoted whole, a newline passed, a bad IPv6 address in
+    brackets raised ipaddress's own error naming nothing, a 30-digit port was parsed."""
+    with pytest.raises(ValueError) as caught:
+        parse_listen(listen)
+    message = str(caught.value)
+    assert message.startswith("listen ") and len(message) < 200 and "\n" not in message

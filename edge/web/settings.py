@@ -5,6 +5,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from wire.mqtt import MAX_HOST_CHARS
+from wire.shown import shown
+
 
 class WebError(ValueError):
     """One line: the page cannot be served (the address cannot be used)."""
@@ -25,12 +28,19 @@ def parse_listen(text: str) -> tuple[str, int]:
     """ "HOST:PORT" -> (host, port); ValueError with the reason."""
     host, sep, port = text.rpartition(":")
     if not sep or not host:
-        raise ValueError(f"listen {text!r} must be HOST:PORT, e.g. 0.0.0.0:8080")
+        raise ValueError(f"listen {shown(text)} must be HOST:PORT, e.g. 0.0.0.0:8080")
+    if len(host) > MAX_HOST_CHARS or not host.isprintable():
+        raise ValueError(f"listen {shown(text)}: the host must be one name or address of at "
+                         f"most {MAX_HOST_CHARS} characters")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-        ipaddress.IPv6Address(host)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"listen {text!r}: the port must be 1-65535")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"listen {shown(text)}: not an IPv6 address in brackets"
+                             ) from None
+    if not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
+        raise ValueError(f"listen {shown(text)}: the port must be 1-65535")
     return host, int(port)
 
 
