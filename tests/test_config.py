@@ -141,3 +141,25 @@ def test_a_bad_source_number_is_named_on_its_own(tmp_path, key, value):
         load_settings(path)
     message = str(caught.value)
     assert str(path) in message and f"source.{key} must be" in message and "got " in message
+
+
+def test_a_config_that_is_a_pipe_is_one_line_not_a_wait_for_ever(tmp_path):
+    """Opening a FIFO waits for a writer: `--config pipe.toml` (and a protocols or rules
+    file given as one) hung the device. Every TOML it reads is now checked first."""
+    import os
+    import threading
+
+    pipe = tmp_path / "pipe.toml"
+    os.mkfifo(pipe)
+    outcome: list = []
+
+    def load() -> None:  # on a thread: a regression waits for ever, not the whole suite
+        try:
+            load_settings(pipe)
+        except ConfigError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert outcome == [f"{pipe}: not a regular file"], "still waiting on the FIFO"

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -110,16 +112,37 @@ def loads_bounded(data: bytes, max_bytes: int, max_depth: int = MAX_DEPTH):
             from None
 
 
+def _size_text(n: int) -> str:
+    return f"{n >> 20} MiB" if n and not n % (1 << 20) else f"{n} bytes"
+
+
+def read_regular_file(path: Path | str, max_bytes: int) -> tuple[bytes, os.stat_result]:
+    """A file given by someone else (a config, a CSV, a key): its bytes, at most
+    `max_bytes`, and its stat. It must be a regular file, checked before it is opened:
+    opening a FIFO waits for a writer, for ever. FileNotFoundError when it is missing,
+    ``PayloadError`` when it is a folder, not a regular file or too large, OSError else."""
+    if stat.S_ISDIR(os.stat(path).st_mode):
+        raise PayloadError("a folder, not a file")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise PayloadError("not a regular file")
+    with open(path, "rb") as handle:
+        st = os.fstat(handle.fileno())  # what was opened, should it have been swapped
+        if not stat.S_ISREG(st.st_mode):
+            raise PayloadError("not a regular file")
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadError(f"too large: more than {_size_text(max_bytes)}")
+    return data, st
+
+
 def read_toml_bounded(path: Path, max_bytes: int, max_depth: int = MAX_DEPTH) -> dict:
     """A TOML file that may be broken or hostile (a device config, the exam protocols, the
     quality rules): FileNotFoundError when it is missing, else ``PayloadError`` with the
-    reason when it is larger than ``max_bytes`` (only that much is read), not UTF-8, not
+    reason when it is not a regular file (a FIFO would be waited on for ever), larger than
+    ``max_bytes`` (only that much is read), not UTF-8, not
     TOML, or nested deeper than ``max_depth``. tomllib recurses on nested arrays and inline
     tables, so 20,000 brackets are a RecursionError unless caught here."""
-    with open(path, "rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise PayloadError(f"too large: more than {max_bytes} bytes")
+    data, _ = read_regular_file(path, max_bytes)
     try:
         value = tomllib.loads(data.decode("utf-8"))
     except RecursionError:
