@@ -26,7 +26,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from wire.schema import PayloadError, loads_bounded
+from wire.schema import PayloadError, loads_bounded, read_regular_file
 from wire.shown import shown
 
 BUNDLE_FORMAT = "sonoedge-bundle"
@@ -241,20 +241,13 @@ MAX_TRUSTED_KEYS = 16
 
 
 def read_key_file(path: Path | str) -> tuple[bytes, os.stat_result]:
-    """A key file's bytes: a regular file of at most MAX_KEY_FILE bytes, checked before it
-    is opened (opening a FIFO waits for a writer, for ever)."""
-    path = Path(path)
+    """A key file's bytes and stat: a regular file of at most MAX_KEY_FILE bytes."""
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise BundleError(f"{path}: not a key file (not a regular file)")
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            data = handle.read(MAX_KEY_FILE + 1)
+        return read_regular_file(path, MAX_KEY_FILE)
+    except PayloadError as exc:
+        raise BundleError(f"{path}: not a key file ({exc})") from None
     except OSError as exc:
         raise BundleError(f"{path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode) or len(data) > MAX_KEY_FILE:
-        raise BundleError(f"{path}: not a key file")
-    return data, st
 
 
 def load_public_key(path: Path | str):

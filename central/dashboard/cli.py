@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import getpass
 import logging
-import os
 import re
-import stat
 import sys
 from pathlib import Path
 
 from central.db import DEFAULT_DB, DbError
 from wire.cli import OneLineParser
+from wire.schema import PayloadError, read_regular_file
 from wire.shown import shown
 
 CLINIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
@@ -137,16 +136,11 @@ def _read_password() -> str:
 def _read_bounded(path: str | Path) -> bytes:
     """A regular file's bytes, at most MAX_DISTRICTS_BYTES; ValueError names the file."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # before open: a FIFO waits for ever
-            raise ValueError(f"{path}: not a regular file")
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_DISTRICTS_BYTES + 1)
+        return read_regular_file(path, MAX_DISTRICTS_BYTES)[0]
+    except PayloadError as exc:  # a folder, a FIFO (waited on for ever), too large
+        raise ValueError(f"{path}: {exc}; not a districts file") from None
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_DISTRICTS_BYTES:
-        raise ValueError(f"{path}: over {MAX_DISTRICTS_BYTES // (1024 * 1024)} MiB; not a "
-                         "districts file")
-    return data
 
 
 def read_districts(path: str | Path) -> list[tuple[str, str, str]]:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import csv
 import math
 import os
-import stat
 from collections import Counter
 from pathlib import Path
 
 from edge.capture.images import display_name
 from edge.models.biometry import PIXEL_SIZE_MISSING, Biometry, measure_frame, pixel_size_status
 from edge.models.roi import find_roi
+from wire.schema import PayloadError, read_regular_file
 from wire.shown import shown
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -48,20 +48,14 @@ MAX_CSV_BYTES = 4 * 1024 * 1024
 def _read_csv_text(path: Path) -> str:
     """The CSV's text, from a regular file of at most MAX_CSV_BYTES, as UTF-8 (BOM or not)."""
     try:
-        # Checked before opening: opening a FIFO waits for a writer, for ever.
-        if not stat.S_ISREG(path.stat().st_mode):
-            kind = "a folder" if path.is_dir() else "not a regular file"
-            raise InputError(f"{path}: the pixel-size CSV is {kind}")
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CSV_BYTES + 1)
+        data, _ = read_regular_file(path, MAX_CSV_BYTES)
     except FileNotFoundError:
         raise InputError(f"{path}: pixel-size CSV not found") from None
+    except PayloadError as exc:  # a folder, a FIFO, over MAX_CSV_BYTES
+        raise InputError(f"{path}: the pixel-size CSV is {exc}") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read the pixel-size CSV ({exc.strerror or exc})"
                          ) from None
-    if len(data) > MAX_CSV_BYTES:
-        raise InputError(f"{path}: over {MAX_CSV_BYTES // (1024 * 1024)} MiB; "
-                         "not a pixel-size CSV")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
