@@ -4,6 +4,7 @@ flags and their references, the catalogs, the loop hook, and one-line errors."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -319,3 +320,31 @@ def test_a_listen_address_that_cannot_be_is_one_short_line(listen):
         parse_listen(listen)
     message = str(caught.value)
     assert message.startswith("listen ") and len(message) < 200 and "\n" not in message
+
+
+def test_a_websocket_message_nested_too_deep_closes_the_socket_without_a_traceback(
+        page_server, caplog):
+    """A thousand brackets fit in the 1 kB message limit and made json.loads recurse past
+    Python's limit: a RecursionError traceback in the log for every such message."""
+    import asyncio
+
+    import aiohttp
+
+    srv = page_server()
+    out = _login(srv, PIN)
+    session = re.search(rb"sonoedge_session=([^;]+);", out).group(1).decode()
+    caplog.set_level(logging.INFO)
+
+    async def send_deep() -> aiohttp.WSMsgType:
+        origin = f"http://127.0.0.1:{srv.port}"
+        async with aiohttp.ClientSession() as client, client.ws_connect(
+                f"{origin}/api/ws", headers={"Origin": origin,
+                                             "Cookie": f"sonoedge_session={session}"}) as ws:
+            await ws.send_str("[" * 1000)
+            while (msg := await ws.receive(timeout=5)).type not in (
+                    aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                pass
+            return msg.type
+
+    assert asyncio.run(send_deep()) in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[-2000:]

@@ -50,6 +50,7 @@ from edge.web.live import LiveView
 from edge.web.screening import ga_from_lmp, screening
 from edge.web.settings import WebError, WebSettings, parse_listen
 from wire.http_log import one_line_bad_requests
+from wire.schema import PayloadError, loads_bounded
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +284,9 @@ class WebServer:
                 raw = await request.read()  # at most MAX_BODY (413 beyond)
         except TimeoutError:
             raise web.HTTPRequestTimeout(text="the body did not arrive in time") from None
-        try:  # JSON is UTF-8 (RFC 8259), whatever charset the request names
-            body = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError):  # RecursionError: nested too deep
+        try:  # UTF-8 (RFC 8259) whatever charset the request names; depth checked first
+            body = loads_bounded(raw, MAX_BODY)
+        except PayloadError:
             raise web.HTTPBadRequest(text="the body is not JSON") from None
         if not isinstance(body, dict):
             raise web.HTTPBadRequest(text="the body must be a JSON object")
@@ -595,9 +596,9 @@ class WebServer:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     break
-                try:
-                    data = json.loads(msg.data)
-                except ValueError:
+                try:  # depth checked before parsing: 1,000 brackets fit in a message
+                    data = loads_bounded(msg.data.encode("utf-8"), MAX_WS_MESSAGE)
+                except PayloadError:
                     break
                 if not isinstance(data, dict):
                     break
