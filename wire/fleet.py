@@ -26,7 +26,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from wire.schema import PayloadError, loads_bounded, read_regular_file
+from wire.schema import PayloadError, finite_number, loads_bounded, read_regular_file
 from wire.shown import shown
 
 BUNDLE_FORMAT = "sonoedge-bundle"
@@ -62,10 +62,6 @@ def parse_version(text: object, what: str = "version") -> tuple[int, ...]:
         raise BundleError(f"{what} must be 1-4 dotted numbers such as 2025.6.1, got {shown(text)}")
     parts = tuple(int(p) for p in text.split("."))
     return parts + (0,) * (4 - len(parts))
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -142,7 +138,7 @@ def parse_manifest(data: bytes, max_member_bytes: int) -> BundleManifest:
     if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
         raise bad("group", f"must be a device group name, got {shown(group)}")
     created = raw.get("created_ts")
-    if not _number(created) or not 0 <= created <= 4102444800:
+    if not finite_number(created) or not 0 <= created <= 4102444800:
         raise bad("created_ts", "must be seconds since 1970, before 2100")
     note = raw.get("note", "")
     if not isinstance(note, str) or len(note) > 500:
@@ -181,10 +177,10 @@ def _parse_selftest(block: object, entries: list[FileEntry], bad):
     if not isinstance(tolerance, dict) or set(tolerance) != set(TOLERANCE_KEYS):
         raise bad("selftest.tolerance", f"must give exactly {', '.join(TOLERANCE_KEYS)}")
     for key, value in tolerance.items():
-        if not _number(value) or not 0 <= value <= 1000:
+        if not finite_number(value) or not 0 <= value <= 1000:
             raise bad(f"selftest.tolerance.{key}", "must be a number in 0-1000")
     pixel = block.get("pixel_size_mm", 0.0)
-    if not _number(pixel) or not 0 <= pixel <= 1.0:
+    if not finite_number(pixel) or not 0 <= pixel <= 1.0:
         raise bad("selftest.pixel_size_mm", "must be 0 (no biometry) or a size in mm up to 1")
     items = block.get("frames")
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_SELFTEST_FRAMES:
@@ -205,7 +201,7 @@ def _parse_selftest(block: object, entries: list[FileEntry], bad):
         for key, value in expect.items():
             kind = EXPECT_KEYS[key]
             ok = (isinstance(value, str) and len(value) <= 64) if kind is str else (
-                value is None or (_number(value) and abs(value) <= 1e6))
+                value is None or (finite_number(value) and abs(value) <= 1e6))
             if not ok:
                 raise bad(f"selftest.frames[{i}].expect.{key}",
                           f"has the wrong type: {shown(value)}")

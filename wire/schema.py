@@ -112,6 +112,13 @@ def loads_bounded(data: bytes, max_bytes: int, max_depth: int = MAX_DEPTH):
             from None
 
 
+def finite_number(value: object) -> bool:
+    """A real number: not a bool (True is 1 to Python), not NaN nor an infinity. What a
+    device reads back from disk or a hostile file may be any of those."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def _size_text(n: int) -> str:
     return f"{n >> 20} MiB" if n and not n % (1 << 20) else f"{n} bytes"
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.exam.protocol import Protocol, Slot
-from edge.exam.tally import ExamTally, confidence_of, finite, quality_score
+from edge.exam.tally import ExamTally, confidence_of, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
 from edge.models.biometry import MEASURED
 from edge.models.roi import Roi
-from wire.schema import PLANES, UNCERTAIN
+from wire.schema import PLANES, UNCERTAIN, finite_number
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class BestFrame:
                "confidence": round(self.confidence, 4)}
         if self.thumbnail:
             out["thumbnail"] = self.thumbnail
-        if self.biometry and finite(self.biometry.get("hc_mm")):
+        if self.biometry and finite_number(self.biometry.get("hc_mm")):
             out["hc_mm"] = self.biometry["hc_mm"]
         if self.advice:
             out["advice"] = {"criterion": self.advice[0], "message": self.advice[1]}
@@ -358,7 +358,7 @@ def wall_time_of(result: dict) -> float:
     """The result's wall-clock time, or now where it is missing or not a finite number (a
     replayed journal row may hold anything; NaN would make the summary invalid JSON)."""
     ts = result.get("ts")
-    return float(ts) if finite(ts) else time.time()
+    return float(ts) if finite_number(ts) else time.time()
 
 
 def outlines_one_head(result: dict) -> bool:

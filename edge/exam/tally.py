@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import math
 from collections import deque
 
 from edge.models.biometry import MEASURED, hadlock_ga_weeks
-from wire.schema import PLANES, UNCERTAIN
+from wire.schema import PLANES, UNCERTAIN, finite_number
 
 # A journal row read back may hold any number; no fetal head measures a metre (Hadlock's
 # formula overflows on 1e308).
@@ -83,7 +82,7 @@ class ExamTally:
             self.failed += 1
             return
         lat = r.get("latency_ms")
-        if finite(lat):
+        if finite_number(lat):
             self.latencies.append(float(lat))
         plane = r.get("plane")
         if not isinstance(plane, str):
@@ -124,7 +123,7 @@ class ExamTally:
         if not isinstance(bio, dict) or not isinstance(bio.get("status"), str):
             return
         mm = [bio.get(k) for k in ("hc_mm", "bpd_mm", "ofd_mm")]
-        if bio["status"] in MEASURED and all(finite(v) and 0 < v < MAX_HEAD_MM for v in mm):
+        if bio["status"] in MEASURED and all(finite_number(v) and 0 < v < MAX_HEAD_MM for v in mm):
             hc, bpd, ofd = (float(v) for v in mm)
             self.head_mm.append((hc, bpd, ofd))
             item = (rank, -self.frames, hc, bpd, ofd)  # equal rank: the earlier frame stays
@@ -198,13 +197,7 @@ class ExamTally:
 def confidence_of(r: dict) -> float:
     """The result's plane confidence, 0 where it is missing or not a number."""
     conf = r.get("plane_confidence")
-    return min(1.0, max(0.0, float(conf))) if finite(conf) else 0.0
-
-
-def finite(value: object) -> bool:
-    """A real number (a journal row read back may hold NaN, inf or a bool)."""
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
+    return min(1.0, max(0.0, float(conf))) if finite_number(conf) else 0.0
 
 
 def head_rank(r: dict) -> float:

@@ -7,13 +7,12 @@ a swapped file on a device nobody watches must fail loudly, not score frames wro
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.models.preprocess import PreprocessSpec
-from wire.schema import PayloadError, loads_bounded
+from wire.schema import PayloadError, finite_number, loads_bounded
 from wire.shown import shown
 
 MANIFEST_VERSION = 1
@@ -59,11 +58,6 @@ MAX_INPUT_SIDE = 4096
 # what a hostile manifest can make the device print or carry.
 MAX_LABELS = 1000
 MAX_TEXT = 128
-
-
-def _number(value) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 def _check_fields(path: Path, raw: dict) -> None:
@@ -114,7 +108,7 @@ def _check_fields(path: Path, raw: dict) -> None:
         raise bad("thresholds", f"must be an object of numbers, got {shown(thresholds)}")
     for key, value in thresholds.items():
         check, what = THRESHOLDS.get(key, (lambda v: True, "a finite number"))
-        if not _number(value) or not check(float(value)):
+        if not finite_number(value) or not check(float(value)):
             name = key if len(key) <= 40 else key[:40] + "..."
             raise bad(f"thresholds.{name}", f"must be {what}, got {shown(value)}")
 
