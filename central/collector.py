@@ -35,7 +35,7 @@ from wire import schema as wire_schema
 log = logging.getLogger("sonoedge.central")
 
 TOPIC_FILTER = "sonoedge/+/+"
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_ID_RE = wire_schema.id_pattern("device_id")
 
 
 @dataclass
@@ -76,7 +76,7 @@ def read_registry(path: str | Path) -> dict[str, str]:
     return out
 
 
-_CLINIC_RE = re.compile(r"^[A-Za-z0-9_.-]{0,64}\Z")
+_CLINIC_RE = wire_schema.id_pattern("clinic_id")
 
 
 def check(topic: str, payload: bytes, max_bytes: int, collector: str, now: float,

@@ -112,6 +112,13 @@ def loads_bounded(data: bytes, max_bytes: int, max_depth: int = MAX_DEPTH):
             from None
 
 
+def id_pattern(field: str) -> re.Pattern:
+    """What a `device_id` or `clinic_id` must match, from the message schema itself: the
+    device checks its own ids at start, and the collector a topic's device, against the
+    rule every message is then checked against (one definition, in wire/schemas/)."""
+    return _pattern(load_schema("exam")["properties"][field]["pattern"])
+
+
 def finite_number(value: object) -> bool:
     """A real number: not a bool (True is 1 to Python), not NaN nor an infinity. What a
     device reads back from disk or a hostile file may be any of those."""

@@ -49,15 +49,16 @@ from edge.store.outbox import (
 from edge.store.state import Reserve
 from edge.uplink import messages
 from wire.mqtt import describe_connect_error, parse_mqtt_url, read_secret_file, topic_for
-from wire.schema import load_schema, validate
+from wire.schema import id_pattern, load_schema, validate
 from wire.shown import shown
 
 log = logging.getLogger("sonoedge.uplink")
 
 STATUS_FILE = "uplink-status.json"
-# \Z, not $: "$" also matches before a final newline, and "dev-a\n" then passed here but
-# broke every message's schema (its exams were never queued).
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+# The schema's own rules ("$" as JSON Schema means it: "dev-a\n" passed a Python "$" here
+# and then broke every message's schema, so its exams were never queued).
+_ID_RE = id_pattern("device_id")
+_CLINIC_RE = id_pattern("clinic_id")
 
 
 @dataclass
@@ -108,7 +109,7 @@ def check_mqtt_settings(s: MqttSettings) -> None:
     if s.url:
         parse_mqtt_url(s.url)
     resolve_device_id(s.device_id)
-    if not re.match(r"^[A-Za-z0-9_.-]{0,64}\Z", s.clinic_id or ""):
+    if not _CLINIC_RE.match(s.clinic_id or ""):
         raise ValueError(f"mqtt.clinic_id {shown(s.clinic_id)}: use letters, digits, '.', '_', "
                          "'-'")
     positive = {"outbox_quota_bytes": s.outbox_quota_bytes, "max_inflight": s.max_inflight,
