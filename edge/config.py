@@ -264,15 +264,12 @@ def _validate(settings: Settings, label: str) -> None:
         raise ConfigError(f"{label}: source.max_frame_pixels must be at least 1024 and "
                           "source.min_frame_side at least 1 (and fit within the budget)")
     src = settings.source
-    for name, ok, allowed in (
-            ("width", 0 <= src.width <= 16384, "0-16384 pixels (0: the device's own)"),
-            ("height", 0 <= src.height <= 16384, "0-16384 pixels (0: the device's own)"),
-            ("fps", 0.0 <= src.fps <= 240.0, "0-240 (0: the device's own)"),
-            ("backoff_initial_s", 0.0 < src.backoff_initial_s <= 3600.0, "in (0, 3600] seconds"),
-            ("backoff_max_s", 0.0 < src.backoff_max_s <= 3600.0, "in (0, 3600] seconds")):
-        if not ok:
-            raise ConfigError(f"{label}: source.{name} must be {allowed}, got "
-                              f"{getattr(src, name):g}")
+    _each_in_range("source", src, label, (
+        ("width", 0 <= src.width <= 16384, "0-16384 pixels (0: the device's own)"),
+        ("height", 0 <= src.height <= 16384, "0-16384 pixels (0: the device's own)"),
+        ("fps", 0.0 <= src.fps <= 240.0, "0-240 (0: the device's own)"),
+        ("backoff_initial_s", 0.0 < src.backoff_initial_s <= 3600.0, "in (0, 3600] seconds"),
+        ("backoff_max_s", 0.0 < src.backoff_max_s <= 3600.0, "in (0, 3600] seconds")))
     _validate_biometry(settings.biometry, label)
     _validate_roi(settings.roi, label)
     try:
@@ -297,16 +294,22 @@ def _check_finite(settings: Settings, label: str) -> None:
                                   f"number, got {value}")
 
 
-def _validate_exam(ex: ExamSettings, label: str) -> None:
-    """[exam]: each number named on its own, so the line says which one is wrong."""
-    checks = (("end_gap_s", 0.0 < ex.end_gap_s <= 86400.0, "in (0, 86400] seconds"),
-              ("thumb_width", 16 <= ex.thumb_width <= 4096, "16-4096 pixels"),
-              ("thumb_interval_s", 0.0 <= ex.thumb_interval_s <= 3600.0, "0-3600 seconds"),
-              ("thumbs_quota_mb", 0.0 < ex.thumbs_quota_mb <= 1e6, "in (0, 1000000] MB"))
+def _each_in_range(section: str, values: object, label: str,
+                   checks: tuple[tuple[str, bool, str], ...]) -> None:
+    """(key, in range, what is allowed) per number of a section: the first out of range is
+    named on its own, with its value, so the line says which one is wrong."""
     for name, ok, allowed in checks:
         if not ok:
-            raise ConfigError(f"{label}: exam.{name} must be {allowed}, got "
-                              f"{getattr(ex, name):g}")
+            raise ConfigError(f"{label}: {section}.{name} must be {allowed}, got "
+                              f"{getattr(values, name):g}")
+
+
+def _validate_exam(ex: ExamSettings, label: str) -> None:
+    _each_in_range("exam", ex, label, (
+        ("end_gap_s", 0.0 < ex.end_gap_s <= 86400.0, "in (0, 86400] seconds"),
+        ("thumb_width", 16 <= ex.thumb_width <= 4096, "16-4096 pixels"),
+        ("thumb_interval_s", 0.0 <= ex.thumb_interval_s <= 3600.0, "0-3600 seconds"),
+        ("thumbs_quota_mb", 0.0 < ex.thumbs_quota_mb <= 1e6, "in (0, 1000000] MB")))
 
 
 def _validate_roi(roi: RoiSettings, label: str) -> None:
