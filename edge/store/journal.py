@@ -32,7 +32,7 @@ from edge.store.state import (
     is_corrupt,
     is_full,
     move_aside,
-    no_room,
+    open_making_room,
 )
 
 log = logging.getLogger(__name__)
@@ -140,14 +140,7 @@ class Journal:
             raise JournalError(f"{self.path}: journal cannot be opened ({exc.strerror or exc})"
                                ) from None
         try:
-            try:
-                self._open()
-            except sqlite3.DatabaseError as exc:
-                # A disk full at start: the reserve is given back so the run can begin (and
-                # then shed old frames), rather than never start again.
-                if not (no_room(exc, self.path.parent) and self.reserve.release()):
-                    raise
-                self._open()
+            open_making_room(self._open, self.reserve)  # then it sheds old frames
         except sqlite3.DatabaseError as exc:
             if not is_corrupt(exc):
                 raise JournalError(f"{self.path}: journal cannot be opened ({exc})") from None

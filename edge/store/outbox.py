@@ -50,7 +50,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.store.state import Reserve, is_corrupt, is_full, move_aside, no_room
+from edge.store.state import Reserve, is_corrupt, is_full, move_aside, open_making_room
 
 log = logging.getLogger("sonoedge.outbox")
 
@@ -142,7 +142,7 @@ class Outbox:
         self.moved_aside: Path | None = None
         self.salvaged = 0
         try:
-            self._open_or_make_room()
+            open_making_room(self._open, Reserve(self.path.parent))
         except sqlite3.DatabaseError as exc:
             if not is_corrupt(exc):
                 raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from None
@@ -169,16 +169,6 @@ class Outbox:
         except BaseException:
             self._db.close()
             raise
-
-    def _open_or_make_room(self) -> None:
-        """Open; on a disk already full at start (a box that filled up and rebooted), give
-        back the state dir's reserve and try once more, rather than never start again."""
-        try:
-            self._open()
-        except sqlite3.DatabaseError as exc:
-            if not (no_room(exc, self.path.parent) and Reserve(self.path.parent).release()):
-                raise
-            self._open()
 
     def _salvage(self, exc: BaseException, seq_floor: int) -> None:
         """Move the corrupt file aside and rebuild the outbox from what can still be read."""

@@ -18,6 +18,7 @@ import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from wire.shown import shown_path
@@ -63,6 +64,18 @@ def no_room(exc: BaseException, folder: Path | str) -> bool:
         return shutil.disk_usage(folder).free < (256 << 10)
     except OSError:
         return False
+
+
+def open_making_room(open_db: Callable[[], None], reserve: Reserve) -> None:
+    """`open_db()`; on a disk already full at start (a box that filled up and rebooted),
+    give back the state dir's reserve and try once more, rather than never start again.
+    The journal and the outbox open through here."""
+    try:
+        open_db()
+    except sqlite3.DatabaseError as exc:
+        if not (no_room(exc, reserve.path.parent) and reserve.release()):
+            raise
+        open_db()
 
 
 def prepare_state_dir(path: Path | str) -> Path:
