@@ -28,6 +28,7 @@ from edge.capture.sources import (
     open_sources,
     read_ahead,
 )
+from tests.waits import raised_within
 
 DATA = default_data_dir()
 HC_PNG = DATA / "hc18" / "images" / "000_HC.png"
@@ -198,23 +199,8 @@ def test_a_pipe_named_like_a_video_is_refused_not_waited_on(tmp_path):
     (and its watchdog) had started."""
     fifo = tmp_path / "clip.mp4"
     os.mkfifo(fifo)
-    outcome: list = []
-
-    def attempt() -> None:
-        try:
-            open_source(fifo).close()
-            outcome.append("opened")
-        except SourceError as exc:
-            outcome.append(exc)
-
-    worker = threading.Thread(target=attempt, daemon=True)
-    worker.start()
-    worker.join(10)
-    if worker.is_alive():  # let the blocked open go before failing
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        worker.join(10)
-    assert outcome and isinstance(outcome[0], SourceError), outcome
-    assert "clip.mp4: not a regular file" in _one_line(outcome[0])
+    caught = raised_within(lambda: open_source(fifo).close(), SourceError)
+    assert "clip.mp4: not a regular file" in _one_line(caught)
 
 
 # --------------------------------------------------------------------------- video
@@ -461,7 +447,6 @@ def test_a_file_is_decoded_ahead_of_a_slow_loop_in_order_and_charged_only_what_i
 def test_read_ahead_is_bounded_stops_with_the_loop_and_raises_the_sources_error(tmp_path):
     """At most a few frames are decoded ahead of the loop; a loop that stops early leaves
     no reading thread behind; a source that fails mid-way fails in the loop, by name."""
-    import threading
 
     p = _write_video(tmp_path / "clip.avi", 40)
     with open_source(p) as inner:
@@ -510,7 +495,6 @@ def test_the_decoding_thread_prepares_each_frame_and_the_loop_is_charged_what_it
     """`prepare` (the models' half-resolution grey) runs on the decoding thread right after
     each decode, while the frame's pixels are still in that core's cache; a loop faster than
     decode and prepare together waits for both, and is charged for both."""
-    import threading
 
     p = _write_video(tmp_path / "clip.avi", 12, size=(1024, 768))
     threads = []
@@ -529,7 +513,6 @@ def test_the_decoding_thread_prepares_each_frame_and_the_loop_is_charged_what_it
 
 
 def test_a_live_grabber_prepares_each_frame_on_its_own_thread(tmp_path):
-    import threading
 
     p = _write_video(tmp_path / "dongle.avi", 30)
     s = LiveSettings(backoff_initial_s=0.01, backoff_max_s=0.02, max_reopen_attempts=0,
