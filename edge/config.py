@@ -197,6 +197,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict] | None = 
             raise ConfigError(f"{path}: {exc}") from None
     if path is not None:
         _check_secrets(Path(path), data)
+        _paths_beside(Path(path), data)
     for section, values in (overrides or {}).items():
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
@@ -211,6 +212,35 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict] | None = 
     settings = Settings(**built)
     _validate(settings, label)
     return settings
+
+
+# The keys that name a file or folder. A relative one in a config file means beside that
+# file, as a unit file or a compose file reads it: the service's working folder is not the
+# config's, and `--config` from another folder must read the same files. A command-line
+# path (--source, --state-dir) keeps the shell's meaning: the current folder.
+PATH_KEYS = {
+    "source": ("spec",), "models": ("dir",), "device": ("state_dir",), "logging": ("file",),
+    "quality": ("rules",), "exam": ("protocols_file",),
+    "mqtt": ("tls_ca", "tls_cert", "tls_key", "password_file"),
+    "fleet": ("root", "trusted_keys", "http_ca"),
+}
+# `[source] spec` values that name no file: the demo, a device, a camera (v4l2:N, picamera2:N)
+_SPEC_WORDS = ("demo", "picamera2")
+
+
+def _paths_beside(path: Path, data: dict) -> None:
+    base = path.parent
+    for section, keys in PATH_KEYS.items():
+        table = data.get(section)
+        if not isinstance(table, dict):
+            continue  # _section names the wrong type
+        for key in keys:
+            value = table.get(key)
+            if not isinstance(value, str) or not value or Path(value).is_absolute():
+                continue
+            if section == "source" and (value in _SPEC_WORDS or ":" in value):
+                continue
+            table[key] = str(base / value)
 
 
 def frame_limits(settings: Settings) -> FrameLimits:

@@ -273,3 +273,23 @@ def test_the_run_summarys_p90_is_never_under_its_median():
                    "latency_ms": ms})
     snap = stats.snapshot()
     assert snap["latency_p50_ms"] == 10.0 and snap["latency_p90_ms"] == 14.0
+
+
+def test_relative_paths_in_a_config_file_mean_beside_that_file(tmp_path, data_dir):
+    """A service starts in its own working folder; `--config site/device.toml` from anywhere
+    must read the frames and keep the state beside the config, not in the current folder."""
+    site = tmp_path / "site"
+    (site / "frames").mkdir(parents=True)
+    os.symlink(data_dir / "hc18" / "images" / "010_HC.png", site / "frames" / "010_HC.png")
+    (site / "device.toml").write_text('[source]\nspec = "frames"\n'
+                                      '[device]\nstate_dir = "state"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config",
+                           "../site/device.toml"], capture_output=True, text=True,
+                          timeout=120, cwd=elsewhere, env=env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("summary: frames: 1 frames, 0 failed")
+    assert (site / "state" / "journal.sqlite").exists()
+    assert list(elsewhere.iterdir()) == [], "nothing may land in the current folder"

@@ -153,3 +153,25 @@ def test_a_config_that_is_a_pipe_is_one_line_not_a_wait_for_ever(tmp_path):
     os.mkfifo(pipe)
     caught = raised_within(lambda: load_settings(pipe), ConfigError)
     assert str(caught) == f"{pipe}: not a regular file"
+
+
+def test_a_relative_path_in_the_file_means_beside_it_and_one_on_the_command_line_does_not(
+        tmp_path):
+    path = tmp_path / "site" / "device.toml"
+    path.parent.mkdir()
+    path.write_text('[source]\nspec = "clips/a.mp4"\n[device]\nstate_dir = "state"\n'
+                    '[models]\ndir = "/opt/models"\n[quality]\nrules = "rules.toml"\n'
+                    '[mqtt]\npassword_file = "secret"\n[fleet]\ntrusted_keys = "keys"\n')
+    (path.parent / "secret").write_text("pw\n")
+    (path.parent / "secret").chmod(0o600)
+    settings = load_settings(path)
+    assert settings.source.spec == str(path.parent / "clips" / "a.mp4")
+    assert settings.device.state_dir == str(path.parent / "state")
+    assert settings.models.dir == "/opt/models"  # absolute: as written
+    assert settings.quality.rules == str(path.parent / "rules.toml")
+    assert settings.mqtt.password_file == str(path.parent / "secret")
+    assert settings.fleet.trusted_keys == str(path.parent / "keys")
+    for spec in ("demo", "v4l2:0", "picamera2:0"):  # names of sources, not files
+        path.write_text(f'[source]\nspec = "{spec}"\n')
+        assert load_settings(path).source.spec == spec
+    assert load_settings(path, {"device": {"state_dir": "here"}}).device.state_dir == "here"
