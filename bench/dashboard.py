@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:
 
 from central.dashboard.seed import SeedSettings, seed  # noqa: E402
 from central.dashboard.store import open_db, refresh  # noqa: E402
+from edge.exam.tally import percentile  # noqa: E402
 
 REPEATS = 15
 N_INGEST = 3000
@@ -141,7 +142,7 @@ def page_times(port: int, cookie: str) -> list[dict]:
                 db_ms.append(float(timing.split("db;dur=")[1].split(",")[0]))
         times.sort()
         out.append({"page": path, "median_ms": statistics.median(times),
-                    "p90_ms": times[int(0.9 * (len(times) - 1))], "max_ms": times[-1],
+                    "p90_ms": percentile(times, 0.9), "max_ms": times[-1],
                     "kb": statistics.median(sizes) / 1024,
                     "db_ms": statistics.median(db_ms) if db_ms else None})
     return out

@@ -18,16 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from edge.exam.tally import percentile
 from tests.conftest import DATA
 from tests.web_harness import PIN, chromium, device, http, login_cookie, make_clip
 
 SUMMARY_RE = re.compile(r"latency median ([\d.]+) ms, p90 ([\d.]+) ms")
 WINDOW_S = 20.0
-
-
-def _pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
 
 
 def _loop_latency(log: Path) -> tuple[float, float] | None:
@@ -151,7 +147,7 @@ def web_section() -> None:
         parts = list(zip(*browser["parts"], strict=True))
         med = [statistics.median(p) for p in parts]
         print(f"frame-to-overlay latency in the browser: median {statistics.median(lat):.0f} ms, "
-              f"p90 {_pct(lat, 0.9):.0f} ms over {len(lat)} frames (target <= 150 ms); "
+              f"p90 {percentile(lat, 0.9):.0f} ms over {len(lat)} frames (target <= 150 ms); "
               f"median parts: capture->scored {med[0]:.0f} ms, scored->sent (cap + JPEG) "
               f"{med[1]:.0f} ms, sent->drawn {med[2]:.0f} ms")
     wall = seen["wall_s"]

@@ -18,6 +18,7 @@ from edge.capture.sources import open_source
 from edge.config import load_settings
 from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamTracker
+from edge.exam.tally import percentile
 from edge.models.manifest import read_manifest
 from edge.models.preprocess import prepare
 from edge.models.roi import Roi, find_roi
@@ -26,7 +27,8 @@ from edge.scorer import make_scorer, timed_frames
 
 
 def _p90(values: list[float]) -> float:
-    return sorted(values)[int(0.9 * (len(values) - 1))]
+    """The device's own percentile (linear between ranks), so bench and run summary agree."""
+    return percentile(values, 0.9)
 
 
 def _rss_mb() -> float:
