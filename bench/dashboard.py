@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from central.dashboard import config as C  # noqa: E402
 from central.dashboard.seed import SeedSettings, seed  # noqa: E402
 from central.dashboard.store import open_db, refresh  # noqa: E402
 from edge.exam.tally import percentile  # noqa: E402
@@ -111,7 +112,11 @@ def _get(port: int, path: str, cookie: str = "", method: str = "GET",
     try:
         conn.request(method, path, body=body, headers=headers)
         res = conn.getresponse()
-        return res.status, {k.lower(): v for k, v in res.getheaders()}, res.read()
+        headers = {k.lower(): v for k, v in res.getheaders()}
+        # a login sets two cookies: keep every Set-Cookie, one per line
+        headers["set-cookie"] = "\n".join(v for k, v in res.getheaders()
+                                           if k.lower() == "set-cookie")
+        return res.status, headers, res.read()
     finally:
         conn.close()
 
@@ -121,7 +126,8 @@ def _login(port: int, user: tuple[str, str]) -> str:
                               form={"username": user[0], "password": user[1]})
     if status != 303:
         raise RuntimeError(f"login as {user[0]}: HTTP {status}")
-    return headers["set-cookie"].split(";", 1)[0]
+    return next(line.split(";", 1)[0] for line in headers["set-cookie"].splitlines()
+                if line.startswith(C.COOKIE + "="))
 
 
 def page_times(port: int, cookie: str) -> list[dict]:

@@ -21,6 +21,7 @@ import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 
+from central.dashboard import config as C
 from tests.conftest import REPO
 from tests.conftest_mqtt import CollectorProc, outbox_last_seq, py_env, wait_for
 from tests.servers import Mosquitto, free_port, wait_port
@@ -224,7 +225,11 @@ def request(base: str, path: str, cookie: str = "", method: str = "GET",
     try:
         conn.request(method, path, body=body, headers=h)
         res = conn.getresponse()
-        return res.status, {k.lower(): v for k, v in res.getheaders()}, res.read()
+        headers = {k.lower(): v for k, v in res.getheaders()}
+        # a login sets two cookies: keep every Set-Cookie, one per line
+        headers["set-cookie"] = "\n".join(v for k, v in res.getheaders()
+                                           if k.lower() == "set-cookie")
+        return res.status, headers, res.read()
     finally:
         conn.close()
 
@@ -233,7 +238,15 @@ def login(base: str, user: tuple[str, str]) -> str:
     status, headers, body = request(base, "/login", method="POST",
                                     form={"username": user[0], "password": user[1]})
     assert status == 303, (status, body[:300])
-    return headers["set-cookie"].split(";", 1)[0]
+    return cookie_named(headers, C.COOKIE)
+
+
+def cookie_named(headers: dict, name: str) -> str:
+    """`name=value` of the response's cookie called `name`."""
+    found = [line.split(";", 1)[0] for line in headers["set-cookie"].splitlines()
+             if line.startswith(name + "=")]
+    assert len(found) == 1, headers["set-cookie"]
+    return found[0]
 
 
 def wait_rolled_up(base: str, cookie: str, exams: int, timeout_s: float = 60) -> None:

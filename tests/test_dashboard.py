@@ -9,9 +9,11 @@ simulated district, on SQLite and on PostgreSQL, against the same payloads.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import time
+import urllib.parse
 from collections import Counter, defaultdict
 
 import pytest
@@ -27,6 +29,7 @@ from tests.dashboard_harness import (
     DISTRICTS,
     VIEWER,
     central,
+    cookie_named,
     dashboard,
     filled_district,
     login,
@@ -530,6 +533,69 @@ def test_a_login_form_in_an_unknown_charset_or_never_sent_is_one_clear_answer(
     assert time.monotonic() - t0 < 3
     assert _login_form(port, b"application/x-www-form-urlencoded", form).startswith(
         b"HTTP/1.1 303 ")
+
+
+def _login_from(port: int, source: str, user: str, password: str, cookie: str = ""
+                ) -> tuple[int, dict]:
+    """A login from one loopback address (127.0.0.0/8 is all ours): (status, headers)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
+                                      source_address=(source, 0))
+    try:
+        conn.request("POST", "/login", urllib.parse.urlencode(
+            {"username": user, "password": password}).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded",
+             **({"Cookie": cookie} if cookie else {})})
+        res = conn.getresponse()
+        res.read()
+        headers = {k.lower(): v for k, v in res.getheaders()}
+        headers["set-cookie"] = "\n".join(v for k, v in res.getheaders()
+                                           if k.lower() == "set-cookie")
+        return res.status, headers
+    finally:
+        conn.close()
+
+
+def test_guessing_one_account_from_many_addresses_is_braked_but_not_its_officers_browser(
+        seeded_dashboard, monkeypatch):
+    port = seeded_dashboard
+    monkeypatch.setattr(C, "LOGIN_BRAKE_S", 60.0)  # the first wait outlasts the test
+    status, headers = _login_from(port, "127.0.0.1", *ADMIN)
+    assert status == 303
+    known = cookie_named(headers, C.KNOWN_COOKIE)
+    for i in range(C.LOGIN_ACCOUNT_FREE_FAILURES + 1):  # each address under its own limit
+        assert _login_from(port, f"127.0.0.{10 + i}", ADMIN[0], f"guess-number-{i}")[0] == 401
+    status, headers = _login_from(port, "127.0.0.60", *ADMIN)
+    assert status == 429 and int(headers["retry-after"]) >= 1  # the account is braked
+    assert _login_from(port, "127.0.0.61", *ADMIN, cookie=known)[0] == 303  # its officer is not
+    assert _login_from(port, "127.0.0.62", "someone-else", "guess-number-x")[0] == 401
+    forged = "0" * 64
+    assert _login_from(port, "127.0.0.63", *ADMIN, cookie=f"{C.KNOWN_COOKIE}={forged}")[0] == 429
+
+
+def test_guessing_many_accounts_from_many_addresses_hits_the_servers_limit(seeded_dashboard,
+                                                                          monkeypatch):
+    port = seeded_dashboard
+    monkeypatch.setattr(C, "LOGIN_SERVER_MAX", 8)
+    status, headers = _login_from(port, "127.0.0.1", *ADMIN)
+    known = cookie_named(headers, C.KNOWN_COOKIE)
+    for i in range(8):  # a new name and a new address each time
+        assert _login_from(port, f"127.0.1.{10 + i}", f"user{i}", "guess-number-1")[0] == 401
+    assert _login_from(port, "127.0.1.60", *ADMIN)[0] == 429
+    assert _login_from(port, "127.0.1.61", *ADMIN, cookie=known)[0] == 303
+
+
+def test_an_accounts_brake_is_forgotten_an_hour_after_the_guessing_stops():
+    brake = auth.Brake()
+    t0 = 1000.0
+    for i in range(C.LOGIN_ACCOUNT_FREE_FAILURES + 3):
+        brake.failed(f"10.0.0.{i}", "alice", known=False, now=t0 + i)
+    assert brake.account_wait_s("alice", known=False, now=t0 + 13) > 0
+    assert brake.account_wait_s("alice", known=True, now=t0 + 13) == 0
+    assert brake.account_wait_s("bob", known=False, now=t0 + 13) == 0
+    later = t0 + 20 + C.LOGIN_ACCOUNT_FORGET_S
+    assert brake.account_wait_s("alice", known=False, now=later) == 0
+    brake.failed("10.0.0.99", "alice", known=False, now=later)
+    assert brake.account_wait_s("alice", known=False, now=later) == 0  # counting from one again
 
 
 def test_a_malformed_request_is_one_line_in_the_dashboard_log(seeded_dashboard, caplog):

@@ -18,6 +18,7 @@ import re
 import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from central.dashboard import config as C
@@ -169,13 +170,47 @@ def close_session(db: Db, token: str) -> None:
         db.execute("DELETE FROM dash.sessions WHERE token_hash = ?", (_token_hash(token),))
 
 
+def known_token(stored_pw: str) -> str:
+    """What a browser that logged into this account keeps: an HMAC keyed by the account's
+    stored hash, so it needs no secret of its own and a new password forgets it."""
+    return hmac.new(stored_pw.encode("utf-8"), b"sonoedge-dash-known-browser",
+                    hashlib.sha256).hexdigest()
+
+
+def known_browser(db: Db, username: str, cookie: str | None) -> bool:
+    """Did this browser log into `username` before (the known-browser cookie names it)?"""
+    given = [t for t in (cookie or "")[:C.KNOWN_COOKIE_CHARS].split(".") if t]
+    if not given or not USER_RE.match(username or ""):
+        return False
+    rows = db.query("SELECT pw FROM dash.users WHERE username = ?", (username,))
+    if not rows:
+        return False
+    want = known_token(rows[0][0]).encode()
+    return any(hmac.compare_digest(t.encode("ascii", "replace"), want) for t in given)
+
+
+def known_cookie_after_login(db: Db, username: str, cookie: str | None) -> str:
+    """The cookie with this account's token first: a shared browser remembers a few."""
+    rows = db.query("SELECT pw FROM dash.users WHERE username = ?", (username,))
+    token = known_token(rows[0][0]) if rows else ""
+    kept = [t for t in (cookie or "")[:C.KNOWN_COOKIE_CHARS].split(".")
+            if re.fullmatch(r"[0-9a-f]{64}", t) and t != token]
+    return ".".join([token, *kept][:C.KNOWN_TOKENS])
+
+
 class Brake:
-    """Wrong passwords from one address: the first few are free, then each waits twice as
-    long as the one before (2 s up to 15 min). In memory: a restart forgives."""
+    """Wrong passwords. From one address: the first few are free, then each waits twice as
+    long as the one before (2 s up to 15 min). On one account name, and on the server as a
+    whole, counted over every address, so that guessing from many addresses gains nothing;
+    a browser that logged into that account before (its known-browser cookie) is held by
+    neither, else anyone guessing would keep the officers out for as long as they kept at
+    it. In memory: a restart forgives."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._by: dict[str, tuple[int, float]] = {}  # address -> (failures, blocked until)
+        self._accounts: dict[str, tuple[int, float, float]] = {}  # name -> (n, until, last)
+        self._recent: deque[float] = deque()  # the server's failures from unknown browsers
 
     def wait_s(self, address: str, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
@@ -183,17 +218,56 @@ class Brake:
             _, until = self._by.get(address, (0, 0.0))
             return max(0.0, until - now)
 
-    def failed(self, address: str, now: float | None = None) -> None:
+    def account_wait_s(self, username: str, known: bool, now: float | None = None) -> float:
+        """The wait on this account name and on the server; none for a known browser."""
+        if known:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._forget(now)
+            wait = 0.0
+            if len(self._recent) >= C.LOGIN_SERVER_MAX:
+                wait = self._recent[0] + C.LOGIN_SERVER_WINDOW_S - now
+            _, until, _ = self._accounts.get(username, (0, 0.0, 0.0))
+            return max(0.0, wait, until - now)
+
+    def failed(self, address: str, username: str = "", known: bool = False,
+               now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
             n, _ = self._by.get(address, (0, 0.0))
-            n += 1
-            wait = 0.0 if n <= C.LOGIN_FREE_FAILURES else min(
-                C.LOGIN_BRAKE_MAX_S, C.LOGIN_BRAKE_S * 2 ** (n - C.LOGIN_FREE_FAILURES - 1))
-            self._by[address] = (n, now + wait)
-            if len(self._by) > 10_000:  # a flood of addresses must not grow memory
-                self._by.pop(next(iter(self._by)))
+            self._by[address] = (n + 1, now + _doubling(n + 1, C.LOGIN_FREE_FAILURES))
+            _bounded(self._by)
+            if known:
+                return
+            self._forget(now)
+            self._recent.append(now)
+            n, _, _ = self._accounts.pop(username, (0, 0.0, 0.0))
+            self._accounts[username] = (
+                n + 1, now + _doubling(n + 1, C.LOGIN_ACCOUNT_FREE_FAILURES), now)
+            _bounded(self._accounts)
 
     def succeeded(self, address: str) -> None:
+        """Clears the address only: an account's count ends when the guessing does."""
         with self._lock:
             self._by.pop(address, None)
+
+    def _forget(self, now: float) -> None:
+        while self._recent and now - self._recent[0] >= C.LOGIN_SERVER_WINDOW_S:
+            self._recent.popleft()
+        while len(self._recent) > C.LOGIN_SERVER_MAX:
+            self._recent.popleft()
+        for name, (_, _, last) in list(self._accounts.items())[:64]:  # oldest first
+            if now - last < C.LOGIN_ACCOUNT_FORGET_S:
+                break
+            del self._accounts[name]
+
+
+def _doubling(failures: int, free: int) -> float:
+    return 0.0 if failures <= free else min(
+        C.LOGIN_BRAKE_MAX_S, C.LOGIN_BRAKE_S * 2 ** min(32, failures - free - 1))
+
+
+def _bounded(table: dict) -> None:
+    if len(table) > 10_000:  # a flood of addresses or names must not grow memory
+        table.pop(next(iter(table)))

@@ -50,6 +50,16 @@ SESSION_MAX_S = 12 * 3600  # none lasts longer than a working day
 SESSION_TOUCH_S = 60  # the last-use time is written at most once a minute per session
 LOGIN_FREE_FAILURES = 5  # then each further wrong password from one address waits
 LOGIN_BRAKE_S, LOGIN_BRAKE_MAX_S = 2.0, 900.0  # doubling from 2 s up to 15 min
+# One account name, from every address together: then the same doubling. A name's count
+# is forgotten an hour after its last wrong password. Browsers that logged into it before
+# (the known-browser cookie) are held by neither this nor the server's limit.
+LOGIN_ACCOUNT_FREE_FAILURES = 10
+LOGIN_ACCOUNT_FORGET_S = 3600.0
+LOGIN_SERVER_MAX, LOGIN_SERVER_WINDOW_S = 100, 600.0  # wrong passwords, whole server
+KNOWN_COOKIE = "sonoedge_dash_known"
+KNOWN_COOKIE_MAX_AGE_S = 365 * 24 * 3600
+KNOWN_TOKENS = 4  # accounts a shared browser is known for
+KNOWN_COOKIE_CHARS = KNOWN_TOKENS * 65
 COOKIE = "sonoedge_dash"
 
 # -- requests --------------------------------------------------------------------------------

@@ -247,10 +247,7 @@ class Dashboard:
         address = request.remote or "?"
         wait = self.brake.wait_s(address)
         if wait > 0:
-            resp = await self.login_page(request, f"Too many wrong passwords: wait "
-                                         f"{wait:.0f} s.", 429)
-            resp.headers["Retry-After"] = str(int(wait) + 1)
-            return resp
+            return await self._braked(request, wait)
         try:
             async with asyncio.timeout(C.BODY_TIMEOUT_S):
                 form = await request.post()
@@ -260,15 +257,30 @@ class Dashboard:
             return await self.login_page(request, "Bad request.", 400)  # unknown charset
         username = str(form.get("username", ""))[:64]
         password = str(form.get("password", ""))[:C.PASSWORD_MAX + 1]
+        known_cookie = request.cookies.get(C.KNOWN_COOKIE)
+        known = await self.run_db(A.known_browser, username, known_cookie)
+        wait = self.brake.account_wait_s(username, known)
+        if wait > 0:
+            return await self._braked(request, wait)
         user = await self.run_db(A.check_login, username, password)
         if user is None:
-            self.brake.failed(address)
+            self.brake.failed(address, username, known)
             return await self.login_page(request, "Wrong user or password.", 401)
         self.brake.succeeded(address)
         token = await self.run_db(A.open_session, user)
         resp = web.HTTPSeeOther("/clinics")
         resp.set_cookie(C.COOKIE, token, httponly=True, samesite="Strict", path="/",
                         secure=self.settings.secure_cookie, max_age=int(C.SESSION_MAX_S))
+        resp.set_cookie(C.KNOWN_COOKIE, await self.run_db(
+            A.known_cookie_after_login, user.username, known_cookie), httponly=True,
+            samesite="Strict", path="/login", secure=self.settings.secure_cookie,
+            max_age=C.KNOWN_COOKIE_MAX_AGE_S)
+        return resp
+
+    async def _braked(self, request: web.Request, wait: float) -> web.Response:
+        resp = await self.login_page(request, f"Too many wrong passwords: wait {wait:.0f} s.",
+                                     429)
+        resp.headers["Retry-After"] = str(int(wait) + 1)
         return resp
 
     async def logout(self, request: web.Request):
