@@ -7,6 +7,13 @@ load is therefore stored once, whichever collector commits first. Malformed mess
 ``dead_letters`` with their reason, keyed by a digest of topic and payload so that a
 redelivered bad message is also kept once.
 
+A device whose outbox was too corrupt to salvage queues its journaled exams again: each
+comes under its old ``msg_id`` (its exam key's) but a new ``seq``. The collector keeps the
+message it has, and records the new ``seq`` in ``resent`` (device, seq): that seq was
+allocated and did arrive, so the report's and the dashboard's hole counts must not call it
+lost. A plain redelivery (same ``msg_id``, same ``seq``) records nothing; the same
+``msg_id`` from another device is not that device's seq, so it records nothing either.
+
 SQLite runs in WAL mode with ``synchronous=FULL``: the collector acknowledges a message to
 the broker only after the commit, so a commit must survive a power cut.
 
@@ -40,6 +47,17 @@ _TABLES = [
         payload TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS messages_device_kind_seq ON messages(device_id, kind, seq)",
+    """CREATE TABLE IF NOT EXISTS resent (
+        device_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        msg_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        clinic_id TEXT NOT NULL,
+        device_ts DOUBLE PRECISION,
+        received_ts DOUBLE PRECISION NOT NULL,
+        collector TEXT NOT NULL,
+        PRIMARY KEY (device_id, seq)
+    )""",
     """CREATE TABLE IF NOT EXISTS dead_letters (
         digest TEXT PRIMARY KEY,
         topic TEXT NOT NULL,
@@ -56,6 +74,15 @@ _INSERT_MSG = (
     "mono_s, received_ts, collector, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (msg_id) DO NOTHING"
 )
+# Run when a row's insert conflicted: records its seq only when the message stored under its
+# msg_id is the same device's under another seq (a re-sent duplicate, not a redelivery).
+_INSERT_RESENT = (
+    "INSERT INTO resent (device_id, seq, msg_id, kind, clinic_id, device_ts, received_ts, "
+    "collector) SELECT ?, ?, ?, ?, ?, ?, ?, ? FROM messages "
+    "WHERE msg_id = ? AND device_id = ? AND seq <> ? ON CONFLICT (device_id, seq) DO NOTHING"
+)
+# The kinds that take a seq from the device's counter (status repeats the last one).
+SEQ_KINDS = ("exam", "health")
 _INSERT_DEAD = (
     "INSERT INTO dead_letters (digest, topic, reason, size, preview, received_ts, collector) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
@@ -227,12 +254,25 @@ class Store:
                 cur.execute(_INSERT_MSG, (r.msg_id, r.device_id, r.clinic_id, r.kind, r.seq,
                                           r.boot_id, r.device_ts, r.mono_s, r.received_ts,
                                           r.collector, r.payload))
-                new_rows += max(0, cur.rowcount)
+                if cur.rowcount > 0:
+                    new_rows += 1
+                elif r.kind in SEQ_KINDS:
+                    cur.execute(_INSERT_RESENT, (
+                        r.device_id, r.seq, r.msg_id, r.kind, r.clinic_id, r.device_ts,
+                        r.received_ts, r.collector, r.msg_id, r.device_id, r.seq))
             for d in dead:
                 cur.execute(_INSERT_DEAD, (d.digest, d.topic, d.reason, d.size, d.preview,
                                            d.received_ts, d.collector))
                 new_dead += max(0, cur.rowcount)
         return new_rows, new_dead
+
+    def has_table(self, name: str) -> bool:
+        """Whether the collector's database has this table (an older collector made no
+        ``resent``)."""
+        return bool(self.query(
+            "SELECT to_regclass(?) IS NOT NULL" if self.pg else
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+            (name,))[0][0])
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:

@@ -8,6 +8,10 @@ in its latest ``health``) and *lost* (the rest). A hole longer than ``seq_jump``
 loss: no device makes that many messages unseen, so it is a broken or hostile counter,
 flagged as a *jump* and kept out of ``missing`` and ``lost``. ``behind`` is how many messages the
 device's latest ``status`` says it has allocated beyond what is stored: still on its way.
+
+A seq the collector recorded in ``resent`` (a message it already had, sent again under a
+new seq after the device lost its outbox) did arrive: it fills its hole and counts towards
+``max_seq``. A database from a collector older than that table reads as having none.
 """
 
 from __future__ import annotations
@@ -115,13 +119,23 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
     for dev, (_, clinic) in latest_clinic.items():
         devices[dev].clinic_id = clinic
 
+    seqs = "SELECT device_id, seq FROM messages WHERE kind IN ('exam', 'health')"
+    if store.has_table("resent"):
+        resent = "SELECT device_id, seq FROM resent WHERE kind IN ('exam', 'health')"
+        seqs += " UNION ALL " + resent
+        for dev, max_seq in store.query(
+                f"SELECT device_id, MAX(seq) FROM ({resent}) r GROUP BY device_id"):
+            if dev in devices:
+                devices[dev].max_seq = max(devices[dev].max_seq, int(max_seq))
+
     # Holes: a row whose predecessor (by seq) is not seq - 1, plus the start before seq 1.
     for dev, seq, prev in store.query(
         "SELECT device_id, seq, prev FROM (SELECT device_id, seq, LAG(seq) OVER "
-        "(PARTITION BY device_id ORDER BY seq) AS prev FROM messages "
-        "WHERE kind IN ('exam', 'health')) t "
+        f"(PARTITION BY device_id ORDER BY seq) AS prev FROM ({seqs}) s) t "
         "WHERE (prev IS NULL AND seq > 1) OR seq - prev > 1 ORDER BY device_id, seq"
     ):
+        if dev not in devices:
+            continue
         d = devices[dev]
         lo = 1 if prev is None else int(prev) + 1
         if int(seq) - lo > seq_jump:

@@ -95,9 +95,11 @@ class Hole:
 
 def holes(db: Db, scope: Scope, per: Period, lookback_days: int = 30) -> list[Hole]:
     """Holes in each device's exam/health sequence whose later message falls in the period
-    (holes longer than SEQ_JUMP are broken counters, not loss, as the report says). The rows
-    come from a covering index on day; the predecessor is found here, not by a window
-    function, which SQLite would run over the whole table in device order."""
+    (holes longer than SEQ_JUMP are broken counters, not loss, as the report says). A seq
+    the collector recorded as a re-sent duplicate is a row of ``dash.msgs`` too (store.py),
+    so it fills its hole as in the report. The rows come from a covering index on day; the
+    predecessor is found here, not by a window function, which SQLite would run over the
+    whole table in device order."""
     w, p = scope.where()
     rows = db.query(
         "SELECT device_id, seq, day, clinic_id FROM dash.msgs WHERE day >= ? AND day <= ? "

@@ -22,6 +22,11 @@ the latest health and status of each device (``dash.device_latest``) and dead le
 device (``dash.dead``). A message is added only when its ``msg_id`` is new to ``dash.msgs``,
 inside the same transaction as the counts, so the counts never count a message twice, even
 with two dashboards refreshing the same database.
+
+A seq the collector recorded in ``resent`` (a message it already had, sent again under a new
+seq after the device lost its outbox) is a row of ``dash.msgs`` too, under the synthetic id
+``resent/<device>/<seq>``, so that ``queries.holes`` does not count it lost; it is no new
+message, so no count includes it. A collector database older than ``resent`` has none.
 """
 
 from __future__ import annotations
@@ -277,7 +282,8 @@ def _drop_stale_rollups(db: Db) -> None:
     with db.tx():
         for table in ROLLUP_TABLES:
             db.execute(f"DROP TABLE IF EXISTS dash.{table}")
-        db.execute("DELETE FROM dash.meta WHERE key IN ('received_ts', 'dead_ts')")
+        db.execute("DELETE FROM dash.meta WHERE key IN ('received_ts', 'dead_ts', "
+                   "'resent_ts')")
 
 
 def _sqlite_main_index(db: Db) -> None:
@@ -316,6 +322,7 @@ class RefreshStats:
     messages: int = 0
     dead: int = 0
     seconds: float = 0.0
+    resent: int = 0
 
 
 _refresh_lock = threading.Lock()
@@ -331,6 +338,11 @@ def refresh(db: Db, max_batches: int | None = None) -> RefreshStats:
             batches += 1
             n = _refresh_batch(db)
             stats.messages += n
+            if n < C.REFRESH_BATCH:
+                break
+        for _ in range(RESENT_MAX_BATCHES if max_batches is None else max_batches):
+            n = _refresh_resent(db)
+            stats.resent += n
             if n < C.REFRESH_BATCH:
                 break
         stats.dead = _refresh_dead(db)
@@ -555,6 +567,46 @@ def _upsert_latest(db: Db, dev: str, lat: dict) -> None:
                    "(status_received IS NULL OR status_received <= ?)",
                    (lat["status_received"], lat["status_state"], lat["status_seq"],
                     lat["status_pending"], dev, lat["status_received"]))
+
+
+RESENT_MAX_BATCHES = 100  # per refresh; the next refresh goes on from the watermark
+
+
+def _refresh_resent(db: Db) -> int:
+    """Roll up the collector's ``resent`` seqs into ``dash.msgs`` (for the holes only: no
+    count, since the message itself was stored and counted once) and the device's max seq
+    (its status's seq is measured against it)."""
+    found = db.query("SELECT to_regclass('resent') IS NOT NULL" if db.pg else
+                     "SELECT COUNT(*) FROM main.sqlite_master WHERE type = 'table' "
+                     "AND name = 'resent'")[0][0]
+    if not found:
+        return 0  # a collector older than the table
+    with db.tx():
+        if db.pg:
+            db.execute("SELECT pg_advisory_xact_lock(727276)")
+        since = _watermark(db, "resent_ts") - C.REFRESH_OVERLAP_S
+        rows = db.query(
+            "SELECT device_id, seq, kind, clinic_id, device_ts, received_ts FROM resent r "
+            "WHERE received_ts >= ? AND NOT EXISTS (SELECT 1 FROM dash.msgs d WHERE d.msg_id "
+            "= 'resent/' || r.device_id || '/' || CAST(r.seq AS TEXT)) "
+            "ORDER BY received_ts LIMIT ?", (since, C.REFRESH_BATCH))
+        msgs, max_seq = [], {}
+        for dev, seq, kind, clinic, device_ts, received in rows:
+            ts, day = day_of(device_ts, received)
+            msgs.append((f"resent/{dev}/{int(seq)}", dev, clinic, kind, int(seq), ts, day,
+                         received))
+            max_seq[dev] = max(max_seq.get(dev, 0), int(seq))
+        db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
+                "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (msg_id) DO NOTHING",
+                msgs)
+        for dev, seq in max_seq.items():
+            db.execute("UPDATE dash.device_latest SET max_seq = ? WHERE device_id = ? "
+                       "AND max_seq < ?", (seq, dev, seq))
+        if rows:
+            newest = max(r[5] for r in rows)
+            if newest > since + C.REFRESH_OVERLAP_S:
+                _set_watermark(db, "resent_ts", newest)
+    return len(rows)
 
 
 _TOPIC_DEVICE = re.compile(r"^sonoedge/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/")
