@@ -334,12 +334,13 @@ def test_an_exam_summary_carries_checklist_quality_biometry_and_fits_the_wire(sc
 def test_thumbnails_stay_within_their_quota_oldest_exams_first(tmp_path):
     store = ThumbStore(tmp_path / "thumbs", quota_bytes=20_000)
     picture = cv2.resize(head("500_HC.png"), (320, 220))
-    for exam in ("exam-a", "exam-b", "exam-c", "exam-d"):
+    exams = [f"00000000-0000-4000-8000-00000000000{k}" for k in range(4)]  # exam ids
+    for exam in exams:
         assert store.save(exam, "Brain (Tv.)", picture) is not None
         time.sleep(0.02)
     kept = sorted(p.name for p in (tmp_path / "thumbs").iterdir())
     total = sum(f.stat().st_size for f in (tmp_path / "thumbs").rglob("*.jpg"))
-    assert total <= 20_000 and "exam-d" in kept and "exam-a" not in kept
+    assert total <= 20_000 and exams[-1] in kept and exams[0] not in kept
 
 
 def test_an_unwritable_or_full_thumbnail_folder_costs_the_thumbnail_not_the_exam(

@@ -34,7 +34,9 @@ def main(args) -> int:
     scorer = make_scorer(settings)
     thumbs = None
     if args.thumbs:
-        thumbs = ThumbStore(Path(args.thumbs), int(settings.exam.thumbs_quota_mb * 1e6))
+        # printed as given, so the path shown is one the user can open from here
+        thumbs = ThumbStore(Path(args.thumbs), int(settings.exam.thumbs_quota_mb * 1e6),
+                            shown_as=str(Path(args.thumbs)))
     session = ExamSession(protocol, thumbs, settings.exam, measure_kept=scorer.measure_kept)
     failed, ended_by = 0, "source_end"
     try:
@@ -56,6 +58,12 @@ def main(args) -> int:
                           "best_frames": session.best_frames()}, separators=(",", ":")))
     else:
         print(format_exam(session, body))
+        heads = sum((body.get("planes") or {}).get(p, [0])[0]
+                    for p in settings.biometry.head_planes)
+        if heads and not settings.biometry.pixel_size_mm:
+            print(f"  head: not measured on its {heads} head-plane frame{'s' if heads > 1 else ''}"
+                  ": the pixel size is unknown (--pixel-size MM, the scanner's mm per pixel at "
+                  "this depth, or [biometry] pixel_size_mm)")
     if ended_by == "command":
         return 130
     return 1 if failed and failed == body["frames"] else 0

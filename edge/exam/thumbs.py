@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,15 @@ log = logging.getLogger(__name__)
 THUMBS_DIR = "thumbs"
 _SAFE = re.compile(r"[^A-Za-z0-9]+")
 MAX_EXAM_FOLDERS = 100_000  # bounds the quota scan on a box that was never cleaned
+
+
+def is_exam_folder(name: str) -> bool:
+    """An exam's own folder is named by its exam id, a UUID. Anything else under the root
+    (a user's `sonoedge exam --thumbs ~/Desktop`) is never counted, nor removed."""
+    try:
+        return str(uuid.UUID(name)) == name.lower()
+    except ValueError:
+        return False
 
 
 def plane_slug(plane: str) -> str:
@@ -49,6 +59,7 @@ class ThumbStore:
     root: Path
     quota_bytes: int
     jpeg_quality: int = 80
+    shown_as: str = THUMBS_DIR  # the folder as `save` names it: the state dir's, or as given
     _told: set = field(default_factory=set)
     _total: int | None = None  # bytes under root, scanned once, then kept up to date
 
@@ -65,7 +76,7 @@ class ThumbStore:
         except OSError:
             return out
         for entry in folders:
-            if not entry.is_dir(follow_symlinks=False):
+            if not entry.is_dir(follow_symlinks=False) or not is_exam_folder(entry.name):
                 continue
             size, newest = 0, 0.0
             try:
@@ -98,7 +109,8 @@ class ThumbStore:
         return total + need <= self.quota_bytes
 
     def save(self, exam_id: str, plane: str, thumb: np.ndarray) -> str | None:
-        """Write one thumbnail; returns its path relative to the state dir, or None."""
+        """Write one thumbnail; returns its path (relative to the state dir unless `shown_as`
+        names the folder otherwise), or None."""
         ok, data = cv2.imencode(".jpg", thumb, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
             self._tell(exam_id, "encode", f"cannot encode the {plane} thumbnail")
@@ -127,4 +139,4 @@ class ThumbStore:
             except OSError:
                 pass
             return None
-        return f"{THUMBS_DIR}/{exam_id}/{path.name}"
+        return f"{self.shown_as}/{exam_id}/{path.name}"
