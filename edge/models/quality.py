@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -378,9 +378,29 @@ def audit(rules: Rules, measures: dict[str, float]) -> QualityResult:
         score *= 1.0 - loss
         criteria[rule.name] = Criterion(rule.name, rule.passes(value), float(value),
                                         rule.message(value), loss, rule.priority)
+    _dim_is_not_washed_out(rules, measures, criteria)
     failing = [c for c in criteria.values() if not c.passed]
     advice = min(failing, key=lambda c: (c.priority, -c.loss)).name if failing else None
     return QualityResult(max(0.0, min(1.0, score)), criteria, advice)
+
+
+def _dim_is_not_washed_out(rules: Rules, measures: dict[str, float],
+                           criteria: dict[str, Criterion]) -> None:
+    """Echoes too dim for the contrast bound to be reachable at all (their 5th-95th span
+    cannot exceed the bright level above the tissue floor) are dark, not washed out: the fix
+    is more gain, where a washed-out image's instruction says less. Such a frame's contrast
+    criterion says so in the gain rule's own words (a dim frame whose gain passed was told
+    "lower the gain", and lowering it failed the gain)."""
+    span = next((r for r in rules.criteria if r.measure == "dynamic_range"), None)
+    gain = next((r for r in rules.criteria if r.measure == "bright_level"), None)
+    bright = measures.get("bright_level")
+    if span is None or gain is None or span.min is None or gain.min is None \
+            or bright is None or not math.isfinite(bright):
+        return
+    judged = criteria.get(span.name)
+    if judged is not None and not judged.passed \
+            and bright - (TISSUE_LEVEL + 1) < span.min * 255.0:
+        criteria[span.name] = replace(judged, message=gain.message_low)
 
 
 def may_show_head(rules: Rules, head_planes: frozenset[str], plane: str | None,

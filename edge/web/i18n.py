@@ -50,11 +50,14 @@ def message_key(rules: Rules | None, criterion: str | None, message: str | None)
     """The catalog key of a criterion's instruction, given its English text."""
     if not criterion or message is None:
         return None
-    for key, text in quality_keys(rules).items():
+    keys = quality_keys(rules)
+    for key, text in keys.items():
         if text == message and key.startswith(f"quality.{criterion}") and \
                 not key.endswith(".ok"):
             return key
-    return None
+    # another criterion's words (a dim frame's contrast says the gain's "too dark")
+    return next((key for key, text in keys.items()
+                 if text == message and not key.endswith(".ok")), None)
 
 
 def exam_with_advice_keys(rules: Rules | None, exam: dict | None) -> dict | None:
