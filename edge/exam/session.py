@@ -36,7 +36,7 @@ import numpy as np
 from edge.exam.protocol import Protocol, Slot
 from edge.exam.tally import ExamTally, confidence_of, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
-from edge.models.biometry import MEASURED
+from edge.models.biometry import HADLOCK_1984_WEEKS, MEASURED
 from edge.models.roi import Roi
 from wire.schema import PLANES, UNCERTAIN, finite_number
 
@@ -420,7 +420,9 @@ def advice_of(result: dict) -> tuple[str, str] | None:
 def format_exam(session: ExamSession, body: dict) -> str:
     """The checklist and the summary as a few lines for a terminal or a log."""
     protocol = body.get("protocol") or {}
-    lines = [f"exam {session.exam_id} ({session.protocol.title}): {body['frames']} frames, "
+    frames = body["frames"]
+    lines = [f"exam {session.exam_id} ({session.protocol.title}): {frames} "
+             f"frame{'' if frames == 1 else 's'}, "
              f"{body['duration_s']:.0f} s, ended by {body.get('ended_by')}; "
              f"{protocol.get('captured', 0)}/{protocol.get('required', 0)} planes captured"]
     for row in session.checklist():
@@ -440,7 +442,11 @@ def format_exam(session: ExamSession, body: dict) -> str:
     bio = body.get("biometry")
     if bio and bio.get("hc_mm") is not None:
         ga = bio.get("ga_weeks")
-        age = (f"GA {ga:.1f} weeks ({bio.get('ga_low_weeks')}-{bio.get('ga_high_weeks')})"
+        # a bound of the range may be outside Hadlock's span (a best head under 89 mm)
+        low, high = bio.get("ga_low_weeks"), bio.get("ga_high_weeks")
+        low = f"under {HADLOCK_1984_WEEKS[0]:g}" if low is None else f"{low}"
+        high = f"over {HADLOCK_1984_WEEKS[1]:g}" if high is None else f"{high}"
+        age = (f"GA {ga:.1f} weeks ({low}-{high})"
                if ga is not None else "GA outside Hadlock's 14-42 weeks")
         lines.append(f"  head: HC {bio['hc_mm']:.1f} mm, BPD {bio['bpd_mm']:.1f} mm, "
                      f"OFD {bio['ofd_mm']:.1f} mm from the {bio.get('best_frames')} best of "
