@@ -40,6 +40,11 @@ def _age(ts: float | None) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
 
 
+def _ago(ts: float | None) -> str:
+    """'12s ago', or 'never' (never '- ago')."""
+    return f"{_age(ts)} ago" if ts else "never"
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     ap = OneLineParser(prog=prog)
     ap.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE_DIR),
@@ -142,7 +147,8 @@ def status_main(argv: list[str]) -> int:
     box = status.get("outbox") or {}
     if holder is None:
         state = (f"not running: the run that wrote this (pid {status.get('pid')}) has ended; "
-                 f"its last state is {_age(status.get('updated_ts'))} old")
+                 f"its last state is {_age(status.get('updated_ts'))} old"
+                 + ("" if status.get("enabled") else "; it had no broker (no --mqtt-url)"))
     elif not status.get("enabled"):
         state = "disabled (no --mqtt-url): recording to the outbox only"
     elif status.get("connected"):
@@ -153,15 +159,15 @@ def status_main(argv: list[str]) -> int:
     print(f"mqtt: {state}")
     if status.get("last_error"):
         print(f"last error ({_age(status.get('last_error_ts'))} ago): {status['last_error']}")
-    print(f"last connect: {_age(status.get('last_connect_ts'))} ago; "
-          f"last ack: {_age(status.get('last_ack_ts'))} ago; "
+    print(f"last connect: {_ago(status.get('last_connect_ts'))}; "
+          f"last ack: {_ago(status.get('last_ack_ts'))}; "
           f"acked {status.get('acked', 0)}, refused {status.get('refused', 0)} "
           f"({'this' if holder is not None else 'that'} run, pid {status.get('pid')})")
     if status.get("held"):
         print(f"disk full: {status['held']} exam summar"
               f"{'y' if status['held'] == 1 else 'ies'} held in memory until there is room")
     print(f"outbox: {box.get('pending', '?')} pending ({box.get('pending_exam', '?')} exam), "
-          f"{box.get('rejected', 0)} rejected, {box.get('used_bytes', '?')}/"
+          f"{box.get('rejected', 0)} rejected, quota used {box.get('used_bytes', '?')}/"
           f"{box.get('quota_bytes', '?')} bytes; dropped {box.get('dropped_health', 0)} "
           f"health, {box.get('dropped_exam', 0)} exam")
     print(f"status written {_age(status.get('updated_ts'))} ago")
