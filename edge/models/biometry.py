@@ -116,7 +116,7 @@ class BiometrySettings:
     # around the image); above it the frame is the image, as on the HC18 frames the net
     # learned (937 of them: 932 at 0.8 or more, the lowest 0.69). 0: always the frame.
     frame_image_below: float = 0.75
-    pixel_size_min_mm: float = 0.01  # plausible mm per pixel (HC18 spans 0.049-0.35)
+    pixel_size_min_mm: float = 0.01  # plausible mm per pixel (HC18 spans 0.049-0.393)
     pixel_size_max_mm: float = 1.0
 
 
