@@ -24,7 +24,7 @@ from tests.cli_run import one_line_error, sonoedge
 from tests.conftest import MODELS, REPO
 
 SEGMENTER = "head_segmenter"
-COLUMNS = ["filename", "hc_mm", "bpd_mm", "ofd_mm", "ga_weeks", "status"]
+COLUMNS = ["filename", "hc_mm", "bpd_mm", "ofd_mm", "ga_weeks", "status", "plane"]
 STATUSES = {"ok", "ga_out_of_range", "no_head", "several_heads", "head_cut_off", "poor_fit",
             "pixel_size_missing", "pixel_size_absurd", "unreadable_image"}
 # Held-out HC18 frames (patients the segmenter never trained on), HC 73-284 mm; 186_HC's
@@ -104,6 +104,36 @@ def test_a_folder_of_held_out_heads_gets_one_row_each(tmp_path, heads, hc18_csv,
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"biometry: {len(rows)} images: ")
     assert "1 unreadable_image" in summary and "1 pixel_size_missing" in summary
+    assert by_name["300_cut.png"]["plane"] == ""  # nothing to name
+    # every head is named, as the live path names it; an early head may look like nothing
+    # (024_HC, 69 mm: Background): 11 of HC18's 937 heads are named another plane
+    assert all(row["plane"] for row in rows if row["status"] != "unreadable_image")
+    assert sum(row["plane"] in ("Brain (Tv.)", "Brain (Cb.)") for row in rows) >= 6, rows
+
+
+def test_an_abdomen_or_a_cord_among_the_heads_is_named_so_the_user_can_check_its_hc(
+        tmp_path, heads, data_dir):
+    """The segmenter outlines any oval: an abdomen gets an HC as well as a skull does. The
+    row names the plane the plane model sees, and the summary counts those that are not a
+    head plane."""
+    others = ("Patient01689_Plane2_1_of_1.png", "3Vcord_4_20230521_12_15_54.jpg")
+    for name in others:
+        shutil.copy(data_dir / "planes" / "images" / name, heads / name)
+    sizes = tmp_path / "sizes.csv"
+    sizes.write_text("filename,pixel size(mm)\n" + "".join(
+        f"{p.name},0.15\n" for p in sorted(heads.iterdir())))
+    out = tmp_path / "out.csv"
+    proc = sonoedge("biometry", str(heads), "--pixel-sizes", str(sizes), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    by_name = {row["filename"]: row for row in _read(out)}
+    named = {by_name[name]["plane"] for name in others}
+    assert not named & {"Brain (Tv.)", "Brain (Cb.)"}, named
+    assert by_name["Patient01689_Plane2_1_of_1.png"]["plane"] == "Abdominal"
+    flagged = sum(row["plane"] not in ("Brain (Tv.)", "Brain (Cb.)", "uncertain")
+                  for row in by_name.values())
+    assert flagged >= 1
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert f"names {flagged} of them another plane than a head plane" in summary, summary
 
 
 def test_a_pixel_size_csv_with_only_the_two_columns_and_an_absurd_value(tmp_path, heads):

@@ -1,10 +1,15 @@
 """`sonoedge biometry IMAGES_DIR --pixel-sizes CSV --out OUT.csv`: batch head biometry.
 
 Every png/jpg in the folder, in file-name order, gets one row in OUT.csv:
-`filename,hc_mm,bpd_mm,ofd_mm,ga_weeks,status`. The status is `ok` or the reason there is
-no number (see edge/biometry.py), plus `unreadable_image` for a file that does not decode;
+`filename,hc_mm,bpd_mm,ofd_mm,ga_weeks,status,plane`. The status is `ok` or the reason there
+is no number (see edge/biometry.py), plus `unreadable_image` for a file that does not decode;
 `ga_out_of_range` rows carry HC, BPD and OFD without an age. Each row is flushed as soon as
 it is measured, so a later failure never loses the rows before it.
+
+The segmenter outlines anything oval, an abdomen or a cord as well as a skull, and this
+command measures what it is given. So each row also names the plane the plane model sees
+(`uncertain` where it abstains), and the summary counts the images it names another plane
+than a head plane: those are worth a look before their HC is trusted.
 
 The pixel sizes come from a CSV in HC18's format (`filename,pixel size(mm)`, extra columns
 ignored). A file without a row is `pixel_size_missing`. A malformed CSV or a missing model
@@ -26,12 +31,13 @@ from pathlib import Path
 from edge.capture.images import display_name
 from edge.models.biometry import PIXEL_SIZE_MISSING, Biometry, measure_frame, pixel_size_status
 from edge.models.roi import find_roi
-from wire.schema import PayloadError, read_regular_file
+from wire.schema import UNCERTAIN, PayloadError, read_regular_file
 from wire.shown import shown
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 UNREADABLE = "unreadable_image"
-COLUMNS = ("filename", "hc_mm", "bpd_mm", "ofd_mm", "ga_weeks", "status")
+COLUMNS = ("filename", "hc_mm", "bpd_mm", "ofd_mm", "ga_weeks", "status", "plane")
+STATUS = COLUMNS.index("status")
 FILENAME_COLUMN = "filename"
 PIXEL_COLUMN = "pixel size(mm)"
 
@@ -144,10 +150,14 @@ def row_of(name: str, result: Biometry | None, status: str | None = None) -> lis
             _cell(result.ga_weeks), result.status]
 
 
-def summary_line(counts: Counter, total: int) -> str:
+def summary_line(counts: Counter, total: int, other_planes: int = 0) -> str:
     parts = [f"{counts.get('ok', 0)} ok"]
     parts += [f"{n} {status}" for status, n in sorted(counts.items()) if status != "ok"]
-    return f"biometry: {total} images: " + ", ".join(parts)
+    line = f"biometry: {total} images: " + ", ".join(parts)
+    if other_planes:
+        line += (f"; the plane model names {other_planes} of them another plane than a head "
+                 "plane (the plane column): check they are heads")
+    return line
 
 
 def check_out(out: Path, inputs: list[Path]) -> None:
@@ -168,6 +178,9 @@ def main(args) -> int:
     """Run from `edge.cli.main` with parsed arguments (images, pixel_sizes, out, models_dir...)."""
     from edge.capture.images import decode_image_file
     from edge.config import frame_limits, load_settings
+    from edge.models.manifest import find_manifest
+    from edge.models.planes import classify_plane, settle_within_group
+    from edge.models.runtime import load_model
     from edge.scorer import load_segmenter
 
     overrides = {"models": {"dir": args.models_dir, "backend": args.backend,
@@ -179,7 +192,18 @@ def main(args) -> int:
     check_out(out, [Path(args.pixel_sizes), *images])
     limits = frame_limits(settings)
     model, measurement = load_segmenter(settings)
+    planes = load_model(find_manifest(Path(settings.models.dir), settings.models.plane),
+                        settings.models.backend, settings.models.num_threads)
+    head_planes = frozenset(settings.biometry.head_planes)
+
+    def plane_of(image, roi) -> str:
+        """As the live path names it: a split between the head planes is a head plane."""
+        named = settle_within_group(classify_plane(planes, image, roi), planes.manifest.labels,
+                                    head_planes, planes.manifest.setting("abstain_below", 0.0))
+        return named.plane
+
     counts: Counter = Counter()
+    other_planes = 0
     try:
         handle = open(out, "w", newline="", encoding="utf-8")
     except OSError as exc:
@@ -197,6 +221,8 @@ def main(args) -> int:
                 scale_problem = PIXEL_SIZE_MISSING if pixel is None else pixel_size_status(
                     pixel, measurement)
                 name = display_name(path.name)
+                roi = None if image is None else find_roi(image)
+                plane = "" if image is None else plane_of(image, roi)
                 if image is None:
                     row = row_of(name, None, UNREADABLE)
                 elif scale_problem is not None:  # no scale, no measurement: skip the model
@@ -205,16 +231,16 @@ def main(args) -> int:
                     # The segmenter's manifest says how to frame the image; the region found
                     # on it gives the image's outline, so a head past the fan's side is cut
                     # off here as it is live (edge.scorer).
-                    row = row_of(name, measure_frame(model, image, find_roi(image), pixel,
-                                                     measurement))
-                writer.writerow(row)
+                    row = row_of(name, measure_frame(model, image, roi, pixel, measurement))
+                writer.writerow([*row, plane])
                 handle.flush()
-                counts[row[-1]] += 1
+                counts[row[STATUS]] += 1
+                other_planes += plane not in head_planes and plane not in ("", UNCERTAIN)
     except OSError as exc:  # a full disk, a pulled USB stick: the rows flushed so far stay
         done = sum(counts.values())
         raise InputError(f"{out}: cannot write ({exc.strerror or exc}) after "
                          f"{done} of {len(images)} rows; the rows written are kept") from None
-    print(summary_line(counts, len(images)), flush=True)
+    print(summary_line(counts, len(images), other_planes), flush=True)
     return 1 if counts.get(UNREADABLE) else 0
 
 
