@@ -293,3 +293,14 @@ def test_relative_paths_in_a_config_file_mean_beside_that_file(tmp_path, data_di
     assert proc.stdout.splitlines()[-1].startswith("summary: frames: 1 frames, 0 failed")
     assert (site / "state" / "journal.sqlite").exists()
     assert list(elsewhere.iterdir()) == [], "nothing may land in the current folder"
+
+
+def test_models_shows_every_metric_as_a_figure_never_none():
+    """The plane model's calibration is a table of figures without one `value`: it read
+    `calibration: None`, where the temperature and the abstain threshold were."""
+    proc = sonoedge("models")
+    assert proc.returncode == 0, proc.stderr
+    metric_lines = [line for line in proc.stdout.splitlines() if line.startswith("    ")]
+    assert metric_lines and not any(line.endswith(": None") for line in metric_lines)
+    calibration = next(line for line in metric_lines if "calibration:" in line)
+    assert "temperature=" in calibration and "abstain_below=" in calibration

@@ -25,6 +25,7 @@ from edge.web.settings import WebError
 from wire.cli import OneLineParser
 from wire.fleet import BundleError
 from wire.mqtt import URL_PASSWORD_WARNING, url_has_password
+from wire.shown import shown_path
 
 EXPECTED_ERRORS = (ConfigError, ModelError, SourceError, biometry_cli.InputError,
                    ProtocolError, RulesError, PinError, WebError)
@@ -117,9 +118,19 @@ def _models(args: argparse.Namespace) -> int:
             print(f"{item.ident}  {item.task}  {item.model_path.name}  {size / 1024:.0f} KiB  "
                   f"input {shape} {raw['input'].get('dtype', '?')}  sha256 {item.sha256[:12]} ok")
             for name, metric in sorted((raw.get("metrics") or {}).items()):
-                value = metric.get("value") if isinstance(metric, dict) else metric
-                print(f"    {name}: {value}")
+                print(f"    {name}: {_metric_value(metric)}")
     return 1 if bad else 0
+
+
+def _metric_value(metric: object) -> str:
+    """A metric's figure: its `value`, or, for a table of figures without one (the plane
+    model's calibration), its figures as key=value; one line whatever a manifest holds."""
+    if isinstance(metric, dict) and "value" in metric:
+        metric = metric["value"]
+    elif isinstance(metric, dict):
+        return " ".join(f"{shown_path(k, 40)}={shown_path(v, 40)}"
+                        for k, v in list(metric.items())[:24])
+    return shown_path(metric, 200)
 
 
 def _loads(load_model, manifest: Manifest) -> Manifest | ModelError:
