@@ -117,7 +117,8 @@ def format_summary(stats: RunStats, source: Source) -> str:
     p90 = snap["latency_p90_ms"]
     latency = f"median {p50:.1f} ms, p90 {p90:.1f} ms" if p50 is not None else "no frames"
     dropped = f", {snap['source_dropped']} stale frames skipped" if snap["source_dropped"] else ""
-    return (f"summary: {source.name}: {stats.frames} frames, {stats.failed} failed{dropped}, "
+    frames = f"{stats.frames} frame{'' if stats.frames == 1 else 's'}"
+    return (f"summary: {source.name}: {frames}, {stats.failed} failed{dropped}, "
             f"{snap['fps']:.1f} fps, latency {latency}; planes: {planes}")
 
 

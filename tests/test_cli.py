@@ -290,7 +290,7 @@ def test_relative_paths_in_a_config_file_mean_beside_that_file(tmp_path, data_di
                            "../site/device.toml"], capture_output=True, text=True,
                           timeout=120, cwd=elsewhere, env=env)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stdout.splitlines()[-1].startswith("summary: frames: 1 frames, 0 failed")
+    assert proc.stdout.splitlines()[-1].startswith("summary: frames: 1 frame, 0 failed")
     assert (site / "state" / "journal.sqlite").exists()
     assert list(elsewhere.iterdir()) == [], "nothing may land in the current folder"
 
