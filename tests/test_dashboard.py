@@ -200,7 +200,7 @@ def test_the_completeness_plots_match_the_protocols_of_the_exams(site, browser):
         # a busy exam sheds the names of its missing slots to fit 1 KB, keeping the count
         unnamed = p["required"] - p["captured"] - len(p["missing"])
         if unnamed:
-            missed[(p["name"], UNNAMED_SLOT)] += unnamed
+            missed[(p["name"], UNNAMED_SLOT)] += 1  # counted once per exam, as every slot
     assert bars == {c: tuple(v) for c, v in want.items()}
     assert any(done < n for done, n in bars.values()), "some real exams are incomplete"
     slots = {(pr, s): (int(n), int(e)) for pr, s, n, e in

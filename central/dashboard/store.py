@@ -6,7 +6,8 @@ the collector needs to store a message:
 
 - SQLite: the collector's file is opened read-only (``mode=ro``; WAL lets a reader and the
   writer work at once) and the dashboard's tables live in a file beside it
-  (``<db>.dashboard.sqlite3``), ATTACHed as ``dash``. A write there locks that file only.
+  (``central.sqlite3`` -> ``central.dashboard.sqlite3``), ATTACHed as ``dash``. A write
+  there locks that file only.
 - PostgreSQL: the dashboard's tables live in the schema ``dash`` of the same database; MVCC
   means its reads and writes never wait for the collector's inserts, nor these for them.
 
@@ -46,7 +47,7 @@ from central.dashboard import config as C
 from central.dashboard.reference import ig_z
 from central.db import DbError, is_postgres, one_line, redact, sqlite_path
 
-SCHEMA_VERSION = "3"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "4"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -426,9 +427,8 @@ def _add(db: Db, rows: list[tuple]) -> None:
             named = [str(slot) for slot in protocol.get("missing") or []]
             for slot in named:
                 week_missing[(week, clinic, name, slot)] += 1
-            unnamed = _unnamed(protocol, named)
-            if unnamed:
-                week_missing[(week, clinic, name, UNNAMED_SLOT)] += unnamed
+            if _unnamed(protocol, named):  # one exam, however many names it shed
+                week_missing[(week, clinic, name, UNNAMED_SLOT)] += 1
         for crit, frames in (data.get("deficiencies") or {}).items():
             d = week_def[(week, clinic, str(crit))]
             d[0] += 1
@@ -479,7 +479,8 @@ def _add(db: Db, rows: list[tuple]) -> None:
 
 
 # A busy exam sheds the names of its missing slots to fit 1 KB on the wire, keeping their
-# count (edge/uplink/messages.py): those misses are counted under this name.
+# count (edge/uplink/messages.py): such an exam is counted once under this name, like every
+# named slot (the page's shares are of exams: "9 of 1" would read as 900%).
 UNNAMED_SLOT = "(not named: shed to fit 1 KB)"
 
 
