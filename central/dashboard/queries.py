@@ -107,6 +107,16 @@ def holes(db: Db, scope: Scope, per: Period, lookback_days: int = 30) -> list[Ho
         (per.first_day - lookback_days, per.last_day, *p))
     rows.sort()
     out = []
+    # A box's first messages that never arrived are a hole before its first stored one, as
+    # the report counts them (a seq starts at 1). Only a box whose first row here is in the
+    # period can have one that counts; one point query each, on (device_id, seq).
+    for i, (dev, seq, day, clinic) in enumerate(rows):
+        if (i and rows[i - 1][0] == dev) or day < per.first_day or not 1 < seq <= C.SEQ_JUMP + 1:
+            continue
+        first = db.query("SELECT MIN(seq) FROM dash.msgs WHERE device_id = ? "
+                         "AND kind IN ('exam', 'health')", (dev,))[0][0]
+        if first is not None and int(first) == seq:
+            out.append(Hole(dev, clinic, 1, int(seq) - 1, int(day), int(day)))
     for prev, row in zip(rows, rows[1:], strict=False):
         dev, seq, day, clinic = row
         if prev[0] != dev or day < per.first_day or seq - prev[1] <= 1:
