@@ -82,6 +82,8 @@ def recent_exams(store: Store, limit: int = 20) -> list[dict]:
             "ended_by": exam.get("ended_by"), "protocol": protocol.get("name"),
             "captured": protocol.get("captured"), "required": protocol.get("required"),
             "missing": protocol.get("missing") or [],
+            # a busy exam sheds its missing slots' names to fit 1 KB, keeping the counts
+            "missing_not_named": _not_named(protocol),
             "views": sorted(views),
             "best_quality": max(qualities) if qualities else None,
             "deficiencies": list((exam.get("deficiencies") or {}).keys()),
@@ -92,6 +94,13 @@ def recent_exams(store: Store, limit: int = 20) -> list[dict]:
             "ga_high_weeks": bio.get("ga_high_weeks"),
         })
     return out
+
+
+def _not_named(protocol: dict) -> int:
+    req, cap, named = protocol.get("required"), protocol.get("captured"), protocol.get("missing")
+    if not isinstance(req, int) or not isinstance(cap, int):
+        return 0
+    return max(0, req - cap - len(named if isinstance(named, list) else []))
 
 
 def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict:
@@ -272,7 +281,10 @@ def format_report(rep: dict) -> str:
             done = (f"{e['captured']}/{e['required']}" if e.get("required") is not None
                     else "-")
             quality = "-" if e.get("best_quality") is None else f"{e['best_quality']:.2f}"
-            notes = "; ".join(x for x in (", ".join(e.get("missing") or []),
+            missing = list(e.get("missing") or [])
+            if e.get("missing_not_named"):
+                missing.append(f"{e['missing_not_named']} slots not named")
+            notes = "; ".join(x for x in (", ".join(missing),
                                           ", ".join(e.get("deficiencies") or [])) if x)
             lines.append(
                 f"{_ts(e['ended_ts']):<25} {e['device_id']:<20} {e.get('protocol') or '-':<16} "
