@@ -95,6 +95,13 @@ def users_main(argv: list[str]) -> int:
                 user = auth.add_user(db, args.username, args.role, args.district, password)
                 where = f" of {user.district}" if user.district else ""
                 print(f"user {user.username}: {user.role}{where}")
+                if user.district and not db.query(
+                        "SELECT 1 FROM dash.clinics WHERE district = ? LIMIT 1",
+                        (user.district,)):
+                    # a typo, or districts not loaded yet: the viewer would see empty pages
+                    print(f"sonoedge-central users: warning: no clinic is in district "
+                          f"{shown(user.district)} yet, so {user.username} sees nothing until "
+                          f"`sonoedge-central districts FILE` puts some there", file=sys.stderr)
             elif args.action == "remove":
                 if not auth.remove_user(db, args.username):
                     raise auth.AuthError(f"no user {shown(args.username)}")

@@ -330,7 +330,8 @@ def devices_table(rows: list[Q.DeviceRow], now: float) -> str:
             "<th>needs a visit</th></tr>")
     body = []
     for d in sorted(rows, key=lambda r: (not r.flags, r.clinic_id, r.device_id)):
-        models = "<br>".join(f"{esc(k.split('_')[0])} {esc(v)}"  # plane, head, quality
+        # the manifest's name in words: "quality head" and "quality rules" are two things
+        models = "<br>".join(f"{esc(k.replace('_', ' '))} {esc(v)}"
                              for k, v in sorted(d.models.items()))
         bundle = _bundle_cell(d.bundle)
         state = esc(d.state or "-")

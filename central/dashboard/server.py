@@ -429,7 +429,8 @@ class Dashboard:
                 f'<p class="lead">{len(rows)} boxes; <strong>{flagged}</strong> may need a '
                 f"visit (silent over {C.SILENT_AFTER_S / C.DAY_S:.0f} days, disk under "
                 f"{C.LOW_DISK_MB:.0f} MB, {C.HOT_C:.0f} °C or more, a backlog of "
-                f"{C.BACKLOG_WARN}+ messages, dead letters, or messages missing in the last "
+                f"{C.BACKLOG_WARN}+ messages, dead letters, or over "
+                f"{C.MISSING_WARN_SHARE:.0%} of its messages missing in the last "
                 f"{weeks} weeks). Backlog: queued on the box at its last health; behind: "
                 f"allocated on the box beyond what arrived.</p>"
                 f"{P.devices_table(rows, time.time())}{extra}"
