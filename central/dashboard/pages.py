@@ -30,6 +30,30 @@ from central.dashboard.svg import (
 EXAM_EDGES = [1, 3, 5, 8]  # exams a day: 0 | 1-2 | 3-4 | 5-7 | 8+ (clinics do 0-10)
 WEEKEND = "#f0f0f0"  # a clinic closed at the weekend is silent as expected: lighter grey
 QUALITY_EDGES = [C.MIN_QUALITY, 0.6, 0.7, 0.8]  # below capture | ... | 0.8+
+LABEL_CHARS = 32  # a clinic's name in a plot's label column (a name has up to 100)
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """ "1 exam", "3 exams": a count with its unit, singular when it is one."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def clinic_text(clinic_id: str, name: str = "") -> str:
+    """A clinic in plain text (a hover title, a line): its name and id, or the id alone."""
+    return f"{name} ({clinic_id})" if name else clinic_id
+
+
+def clinic_html(clinic_id: str, name: str = "") -> str:
+    """A clinic in a table cell: its name, the id beside it in small type (what IT and the
+    registry call it); a clinic the district map gives no name is its id, as before."""
+    if not name:
+        return esc(clinic_id)
+    return f'{esc(name)} <span class="small">({esc(clinic_id)})</span>'
+
+
+def fit(text: str, chars: int) -> str:
+    """Text cut to a plot's label column (the whole of it goes in the hover title)."""
+    return text if len(text) <= chars else text[:chars - 1] + "\u2026"
 
 
 def pct(x: float | None) -> str:
@@ -65,8 +89,11 @@ def to_csv(header: list[str], rows: list[list]) -> str:
 # -- clinics ---------------------------------------------------------------------------------
 def clinics_svg(page: Q.ClinicsPage) -> str:
     days = page.period.days
-    cell, label_w, top = 15, 118, 34
-    right = 290  # totals, then the clinic again: a phone opens the plot at its latest end
+    labels = {c: fit(page.names.get(c) or c, LABEL_CHARS) for c in page.clinics}
+    name_w = max([6.2 * len(x) for x in labels.values()] + [106.0])
+    cell, label_w, top = 15, round(name_w + 12), 34
+    # totals, then the clinic again: a phone opens the plot at its latest end
+    right = round(max(290.0, 184 + name_w))
     width = label_w + cell * len(days) + right
     height = top + cell * max(1, len(page.clinics)) + 44
     svg = Svg(width, height, "Exams per day per clinic, silent days and sequence holes",
@@ -80,27 +107,34 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
     today = page.period.last_day  # still under way: silent so far is not silent
     svg.text(label_w + (len(days) - 1) * cell + cell / 2, top - 20, "today", anchor="middle",
              fill=MUTED, size=10)
-    for dx, head in ((40, "exams"), (100, "silent"), (100, "weekdays"), (150, "missing")):
-        svg.text(label_w + len(days) * cell + 8 + dx, top - (20 if head == "silent" else 8),
-                 head, anchor="end", fill=MUTED, size=10)
+    for dx, dy, head in ((40, 8, "exams"), (100, 20, "silent"), (100, 8, "weekdays"),
+                         (160, 20, "messages"), (160, 8, "missing")):
+        svg.text(label_w + len(days) * cell + 8 + dx, top - dy, head, anchor="end",
+                 fill=MUTED, size=10)
     for r, clinic in enumerate(page.clinics):
         y = top + r * cell
-        svg.text(label_w - 6, y + cell - 3, clinic, anchor="end")
+        name = page.names.get(clinic, "")
+        title = clinic_text(clinic, name)
+        svg.text(label_w - 6, y + cell - 3, labels[clinic], anchor="end", tip=title)
         exams = silent = missing = 0
         for i, d in enumerate(days):
             c = page.cells[(clinic, d)]
             exams += c.exams
-            # weekends are expected to be quiet, and today may not have begun at the clinic
-            silent += int(c.silent and (d + 3) % 7 < 5 and d != today)
+            # weekends are expected to be quiet, today may not have begun at the clinic, and
+            # before its first message the clinic had no box to hear from
+            before = page.before_first(clinic, d)
+            silent += int(c.silent and (d + 3) % 7 < 5 and d != today and not before)
             missing += c.missing
-            fill = ("#fff" if d == today else WEEKEND if (d + 3) % 7 >= 5 else GREY) \
-                if c.silent else \
+            fill = ("#fff" if d == today else WEEKEND if (d + 3) % 7 >= 5 or before
+                    else GREY) if c.silent else \
                 ("#fff" if c.exams == 0 else bin_colour(c.exams, EXAM_EDGES, BLUES))
-            tip = (f"{clinic} {Q.day_text(d)}: " +
-                   (("today so far: no message yet" if d == today else "silent, no message")
-                    if c.silent else f"{c.exams} exams, {c.health} health") +
-                   (f"; {c.holes} sequence hole(s)" if c.holes else "") +
-                   (f", {c.missing} messages missing" if c.missing else ""))
+            quiet = ("today so far: no message yet" if d == today else
+                     "before the clinic's first message" if before else "silent, no message")
+            tip = (f"{title} {Q.day_text(d)}: " +
+                   (quiet if c.silent else
+                    f"{plural(c.exams, 'exam')}, {plural(c.health, 'health message')}") +
+                   (f"; {plural(c.holes, 'sequence hole')}" if c.holes else "") +
+                   (f", {plural(c.missing, 'message')} missing" if c.missing else ""))
             svg.rect(label_w + i * cell + 0.5, y + 0.5, cell - 1, cell - 1, fill, tip=tip,
                      stroke="#ccc" if fill == "#fff" else None,
                      stroke_dasharray="2 2" if c.silent and d == today else None,
@@ -113,10 +147,11 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
         svg.text(x + 40, y + cell - 3, exams, anchor="end", data_total=clinic)
         svg.text(x + 100, y + cell - 3, silent or "", anchor="end",
                  fill=ORANGE if silent >= 3 else MUTED, data_silent_weekdays=clinic)
-        svg.text(x + 150, y + cell - 3, missing or "", anchor="end", fill=ORANGE)
-        svg.text(x + 162, y + cell - 3, clinic)
+        svg.text(x + 160, y + cell - 3, missing or "", anchor="end", fill=ORANGE)
+        svg.text(x + 172, y + cell - 3, labels[clinic], tip=title)
     y = top + cell * len(page.clinics) + 22
-    x = legend(svg, label_w, y, [(GREY, "silent weekday"), (WEEKEND, "silent weekend"),
+    x = legend(svg, label_w, y, [(GREY, "silent weekday"),
+                                 (WEEKEND, "silent weekend, or before the first message"),
                                  ("#fff", "0 exams"), (BLUES[1], "1-2"), (BLUES[2], "3-4"),
                                  (BLUES[3], "5-7"), (BLUES[4], "8+")])
     svg.circle(x + 4, y - 4, 3, ORANGE)
@@ -124,19 +159,23 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
     return svg.done()
 
 
+# A clinic's name in a CSV is its last column, clinic_name (empty when the district map
+# gives none), so that a script reading the columns by position reads what it read before.
 def clinics_csv(page: Q.ClinicsPage) -> str:
     return to_csv(["clinic_id", "day", "exams", "health", "silent", "sequence_holes",
-                   "messages_missing"],
+                   "messages_missing", "clinic_name"],
                   [[c.clinic_id, Q.day_text(c.day), c.exams, c.health, int(c.silent), c.holes,
-                    c.missing] for c in page.rows()])
+                    c.missing, page.names.get(c.clinic_id, "")] for c in page.rows()])
 
 
 # -- completeness ----------------------------------------------------------------------------
 def completeness_svg(page: Q.CompletenessPage) -> str:
     rows = []
     for c in page.clinics:
-        note = (f"{pct(c.share)} of {c.with_protocol} exams" if c.with_protocol else "")
-        rows.append({"label": c.clinic_id, "value": c.share, "note": note,
+        note = (f"{pct(c.share)} of {plural(c.with_protocol, 'exam')}" if c.with_protocol
+                else "")
+        rows.append({"label": fit(c.name or c.clinic_id, 26),
+                     "title": clinic_text(c.clinic_id, c.name), "value": c.share, "note": note,
                      "colour": ORANGE if c.share is not None and c.share < 0.5 else BLUES[3],
                      "data": {"data_clinic": c.clinic_id, "data_complete": c.complete,
                               "data_exams": c.with_protocol}})
@@ -146,7 +185,7 @@ def completeness_svg(page: Q.CompletenessPage) -> str:
 
 def missed_svg(page: Q.CompletenessPage) -> str:
     rows = [{"label": f"{s.slot} ({s.protocol})", "value": s.share,
-             "note": f"{pct(s.share)}: {s.missed} of {s.exams}",
+             "note": f"{pct(s.share)}: {s.missed} of {plural(s.exams, 'exam')}",
              "data": {"data_protocol": s.protocol, "data_slot": s.slot,
                       "data_missed": s.missed, "data_exams": s.exams}}
             for s in page.slots[:20]]
@@ -155,9 +194,11 @@ def missed_svg(page: Q.CompletenessPage) -> str:
 
 
 def completeness_csv(page: Q.CompletenessPage) -> str:
-    return to_csv(["clinic_id", "exams", "exams_with_protocol", "complete", "share_complete"],
+    return to_csv(["clinic_id", "exams", "exams_with_protocol", "complete", "share_complete",
+                   "clinic_name"],
                   [[c.clinic_id, c.exams, c.with_protocol, c.complete,
-                    "" if c.share is None else round(c.share, 4)] for c in page.clinics])
+                    "" if c.share is None else round(c.share, 4), c.name]
+                   for c in page.clinics])
 
 
 def missed_csv(page: Q.CompletenessPage) -> str:
@@ -188,7 +229,8 @@ def quality_svg(page: Q.QualityPage) -> str:
         svg.rect(label_w + col[c.week] * cell_w + 0.5, top + row[c.plane] * cell_h + 0.5,
                  cell_w - 1, cell_h - 1, fill,
                  tip=(f"{c.plane}, week of {Q.week_text(c.week)}: mean {c.mean_quality:.2f} "
-                      f"over {c.exams} exams, {c.below_capture} below {C.MIN_QUALITY}"),
+                      f"over {plural(c.exams, 'exam')}, {c.below_capture} below "
+                      f"{C.MIN_QUALITY}"),
                  data_plane=c.plane, data_week=Q.week_text(c.week), data_exams=c.exams,
                  data_mean=f"{c.mean_quality:.4f}")
     y = top + cell_h * len(page.planes) + 24
@@ -201,7 +243,8 @@ def quality_svg(page: Q.QualityPage) -> str:
 def deficiencies_svg(page: Q.QualityPage) -> str:
     rows = [{"label": d.name.replace("_", " "),
              "value": d.exams / page.exams if page.exams else 0.0,
-             "note": f"{pct(d.exams / page.exams if page.exams else None)}: {d.exams} exams",
+             "note": f"{pct(d.exams / page.exams if page.exams else None)}: "
+                     f"{plural(d.exams, 'exam')}",
              "data": {"data_name": d.name, "data_exams": d.exams}}
             for d in page.deficiencies]
     top = max((r["value"] for r in rows), default=0.0)
@@ -273,14 +316,16 @@ def biometry_svg(page: Q.BiometryPage) -> str:
         g0, h0 = GA_MIN + gi * GA_BIN, HC_MIN + hi * HC_BIN
         fill = BLUES[min(4, 1 + int(n / top_n * 4))]
         svg.rect(x(g0), y(h0 + HC_BIN), x(g0 + GA_BIN) - x(g0), y(h0) - y(h0 + HC_BIN), fill,
-                 tip=f"{n} exams at {g0:g}-{g0 + GA_BIN:g} weeks, HC {h0:g}-{h0 + HC_BIN:g} mm",
+                 tip=f"{plural(n, 'exam')} at {g0:g}-{g0 + GA_BIN:g} weeks, "
+                     f"HC {h0:g}-{h0 + HC_BIN:g} mm",
                  data_ga=f"{g0:g}", data_hc=f"{h0:g}", data_n=n)
     cells = svg.parts[first:]  # under the reference lines, which must stay visible
     del svg.parts[first:]
     svg.parts[under:under] = cells
     for e in page.outliers:
         svg.circle(x(e.ga_weeks), y(e.hc_mm), 3.2, ORANGE, stroke=INK,
-                   tip=f"{e.clinic_id} {e.device_id} {Q.day_text(e.day)}: HC {e.hc_mm:g} mm at "
+                   tip=f"{clinic_text(e.clinic_id, e.clinic_name)} {e.device_id} "
+                       f"{Q.day_text(e.day)}: HC {e.hc_mm:g} mm at "
                        f"{e.ga_weeks:g} weeks ({e.outside})",
                    data_outlier=e.msg_id)
     lx, ly = left + pw + 14, top + 150
@@ -297,17 +342,17 @@ def biometry_svg(page: Q.BiometryPage) -> str:
 
 def biometry_csv(exams: list[Q.MeasuredExam]) -> str:
     return to_csv(["msg_id", "device_id", "clinic_id", "exam_id", "day", "hc_mm", "ga_weeks",
-                   "ga_source", "intergrowth_z", "outside_3rd_97th"],
+                   "ga_source", "intergrowth_z", "outside_3rd_97th", "clinic_name"],
                   [[e.msg_id, e.device_id, e.clinic_id, e.exam_id, Q.day_text(e.day), e.hc_mm,
                     e.ga_weeks, e.ga_source, None if e.z is None else round(e.z, 3),
-                    e.outside or ""] for e in exams])
+                    e.outside or "", e.clinic_name] for e in exams])
 
 
 # -- devices ---------------------------------------------------------------------------------
 DEVICE_COLUMNS = ["device_id", "clinic_id", "last_seen_utc", "uplink", "uplink_since_utc",
                   "backlog", "behind", "messages_missing", "dead_letters", "disk_free_mb",
                   "temp_c", "models", "bundle", "bundle_state", "bundle_group",
-                  "bundle_rollback", "bundle_error", "needs_a_visit"]
+                  "bundle_rollback", "bundle_error", "needs_a_visit", "clinic_name"]
 
 
 def device_cells(d: Q.DeviceRow) -> list:
@@ -316,16 +361,20 @@ def device_cells(d: Q.DeviceRow) -> list:
     return [d.device_id, d.clinic_id, utc(d.last_seen), d.state or "", utc(d.state_since),
             d.backlog, d.behind, d.missing, d.dead_letters, d.disk_free_mb, d.temp_c, models,
             b.get("bundle"), b.get("state"), b.get("group"), b.get("rollback"), b.get("error"),
-            "; ".join(d.flags)]
+            "; ".join(d.flags), d.clinic_name]
 
 
 def devices_csv(rows: list[Q.DeviceRow]) -> str:
     return to_csv(DEVICE_COLUMNS, [device_cells(d) for d in rows])
 
 
-def devices_table(rows: list[Q.DeviceRow], now: float) -> str:
-    head = ("<tr><th>device</th><th>clinic</th><th>last seen</th><th>uplink</th>"
-            "<th>backlog</th><th>behind</th><th>missing</th><th>dead letters</th>"
+def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None) -> str:
+    """``weeks``: the page's period, which the missing messages and dead letters count."""
+    period = f'<br><span class="small">last {weeks} weeks</span>' if weeks else ""
+    # the clinic is two cells: its id (as the CSV and the registry say it), then its name
+    head = ("<tr><th>device</th><th colspan=\"2\">clinic</th><th>last seen</th><th>uplink</th>"
+            f"<th>backlog</th><th>behind</th><th>messages missing{period}</th>"
+            f"<th>dead letters{period}</th>"
             "<th>disk free</th><th>temp</th><th>models</th><th>bundle</th>"
             "<th>needs a visit</th></tr>")
     body = []
@@ -338,6 +387,7 @@ def devices_table(rows: list[Q.DeviceRow], now: float) -> str:
         body.append(
             f'<tr data-device="{esc(d.device_id)}" class="{"flag" if d.flags else ""}">'
             f"<td>{esc(d.device_id)}</td><td>{esc(d.clinic_id)}</td>"
+            f"<td>{esc(d.clinic_name)}</td>"
             f'<td title="{esc(utc(d.last_seen))} UTC">{esc(ago(d.last_seen, now))}</td>'
             f'<td class="{state}">{state}<br><span class="small">'
             f"{esc(ago(d.state_since, now))}</span></td>"
@@ -349,7 +399,7 @@ def devices_table(rows: list[Q.DeviceRow], now: float) -> str:
             f'<td class="small">{models}</td><td class="small">{bundle}</td>'
             f'<td class="flags">{esc(", ".join(d.flags)) or "-"}</td></tr>')
     if not body:
-        body.append('<tr><td colspan="13" class="muted">no devices in this scope</td></tr>')
+        body.append('<tr><td colspan="14" class="muted">no devices in this scope</td></tr>')
     return f'<table class="devices">{head}{"".join(body)}</table>'
 
 
@@ -377,7 +427,8 @@ def outliers_table(page: Q.BiometryPage) -> str:
     head = ("<tr><th>date</th><th>clinic</th><th>device</th><th>exam</th><th>HC (mm)</th>"
             "<th>GA (weeks)</th><th>z</th><th></th></tr>")
     body = [f'<tr data-outlier="{esc(e.msg_id)}"><td>{esc(Q.day_text(e.day))}</td>'
-            f"<td>{esc(e.clinic_id)}</td><td>{esc(e.device_id)}</td><td>{esc(e.exam_id)}</td>"
+            f"<td>{clinic_html(e.clinic_id, e.clinic_name)}</td><td>{esc(e.device_id)}</td>"
+            f"<td>{esc(e.exam_id)}</td>"
             f'<td class="num">{e.hc_mm:g}</td><td class="num">{e.ga_weeks:g}</td>'
             f'<td class="num">{e.z:+.2f}</td><td>{esc(e.outside)}</td></tr>'
             for e in rows[:C.OUTLIERS_SHOWN]]

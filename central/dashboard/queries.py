@@ -73,6 +73,26 @@ def clinics_in_scope(db: Db, scope: Scope) -> list[str]:
     return sorted(r[0] for r in rows)
 
 
+def clinic_names(db: Db, scope: Scope) -> dict[str, str]:
+    """The names the district map gives the scope's clinics (``districts FILE``), by id; a
+    clinic loaded without a name (stored under its id) or not loaded at all has none here."""
+    w, p = scope.where()
+    return {c: n for c, n in db.query(f"SELECT clinic_id, name FROM dash.clinics WHERE {w}", p)
+            if n and n != c}
+
+
+def first_days(db: Db, scope: Scope) -> dict[str, int]:
+    """Each clinic's first day with a message from any of its boxes (a clinic whose boxes
+    never sent anything has none). One index lookup per clinic, in one query."""
+    w, p = scope.where()
+    rows = db.query(
+        "SELECT c.clinic_id, (SELECT MIN(d.day) FROM dash.day_device d "
+        "WHERE d.clinic_id = c.clinic_id) FROM "
+        f"(SELECT clinic_id FROM dash.device_latest WHERE {w} UNION "
+        f"SELECT clinic_id FROM dash.clinics WHERE {w}) c", p + p)
+    return {c: int(d) for c, d in rows if d is not None}
+
+
 def districts(db: Db) -> list[str]:
     return [r[0] for r in db.query("SELECT DISTINCT district FROM dash.clinics "
                                    "ORDER BY district")]
@@ -149,9 +169,21 @@ class ClinicsPage:
     clinics: list[str]
     cells: dict[tuple[str, int], ClinicDay]
     devices: dict[str, list[str]] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # clinic_names()
+    # Each clinic's first day with a message (first_days()); None: not known, every day of
+    # the period counts. A clinic missing from a known map has never sent anything.
+    first_day: dict[str, int] | None = None
 
     def rows(self) -> list[ClinicDay]:
         return [self.cells[(c, d)] for c in self.clinics for d in self.period.days]
+
+    def before_first(self, clinic: str, day: int) -> bool:
+        """Before the clinic's first message (its box not yet set up): not silent as a
+        working clinic is, so not counted among its silent weekdays."""
+        if self.first_day is None:
+            return False
+        first = self.first_day.get(clinic)
+        return first is None or day < first
 
 
 def clinics_page(db: Db, scope: Scope, per: Period) -> ClinicsPage:
@@ -179,7 +211,8 @@ def clinics_page(db: Db, scope: Scope, per: Period) -> ClinicsPage:
     for dev, clinic in db.query(f"SELECT device_id, clinic_id FROM dash.device_latest "
                                 f"WHERE {w} ORDER BY device_id", p):
         devices[clinic].append(dev)
-    return ClinicsPage(per, clinics, cells, dict(devices))
+    return ClinicsPage(per, clinics, cells, dict(devices), clinic_names(db, scope),
+                       first_days(db, scope))
 
 
 # -- completeness ----------------------------------------------------------------------------
@@ -190,6 +223,7 @@ class ClinicCompleteness:
     with_protocol: int = 0  # exams that name their protocol
     complete: int = 0  # ... and captured every slot of it
     missed: dict[str, int] = field(default_factory=dict)  # "protocol: slot" -> exams
+    name: str = ""  # from the district map; "" when it gives none
 
     @property
     def share(self) -> float | None:
@@ -242,6 +276,9 @@ def completeness_page(db: Db, scope: Scope, per: Period) -> CompletenessPage:
     slots = sorted((SlotMissed(pr, s, n, per_protocol.get(pr, 0))
                     for (pr, s), n in slot_total.items()),
                    key=lambda x: (-x.share, x.protocol, x.slot))
+    names = clinic_names(db, scope)
+    for c in by.values():
+        c.name = names.get(c.clinic_id, "")
     clinics = sorted(by.values(), key=lambda c: (c.share is None, c.share or 0, c.clinic_id))
     return CompletenessPage(per, clinics, slots)
 
@@ -310,6 +347,7 @@ class MeasuredExam:
     ga_weeks: float | None
     ga_source: str | None
     z: float | None  # against INTERGROWTH-21st; None outside 14-40 weeks or without GA
+    clinic_name: str = ""  # from the district map; "" when it gives none
 
     @property
     def outside(self) -> str | None:
@@ -355,19 +393,28 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
                 for m, dev, clinic, exam, day, hc, ga, src, z in db.query(
         "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, ig_z "
         f"{base} AND (ig_z < ? OR ig_z > ?) ORDER BY day DESC, msg_id", (*args, z3, z97))]
+    _name_exams(db, scope, outliers)
     return BiometryPage(per, bins, outliers, int(measured), int(not_comparable), int(dated))
 
 
 def biometry_exams(db: Db, scope: Scope, per: Period) -> list[MeasuredExam]:
     """Every measured exam of the period: the CSV behind the biometry plot."""
     w, p = scope.where()
-    return [MeasuredExam(m, dev, clinic, exam, int(day), float(hc),
-                         None if ga is None else float(ga), src,
-                         None if z is None else float(z))
-            for m, dev, clinic, exam, day, hc, ga, src, z in db.query(
-                "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, "
-                f"ig_z FROM dash.exams WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w} "
-                "ORDER BY day, msg_id", (per.first_day, per.last_day, *p))]
+    out = [MeasuredExam(m, dev, clinic, exam, int(day), float(hc),
+                        None if ga is None else float(ga), src,
+                        None if z is None else float(z))
+           for m, dev, clinic, exam, day, hc, ga, src, z in db.query(
+               "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, "
+               f"ig_z FROM dash.exams WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w} "
+               "ORDER BY day, msg_id", (per.first_day, per.last_day, *p))]
+    return _name_exams(db, scope, out)
+
+
+def _name_exams(db: Db, scope: Scope, exams: list[MeasuredExam]) -> list[MeasuredExam]:
+    names = clinic_names(db, scope) if exams else {}
+    for e in exams:
+        e.clinic_name = names.get(e.clinic_id, "")
+    return exams
 
 
 # -- devices ---------------------------------------------------------------------------------
@@ -389,14 +436,19 @@ class DeviceRow:
     health_ts: float | None
     received: int = 0  # exam and health messages received in the period
     flags: list[str] = field(default_factory=list)
+    clinic_name: str = ""  # from the district map; "" when it gives none
 
 
 def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
                  ) -> list[DeviceRow]:
     now = time.time() if now is None else now
     w, p = scope.where()
+    # Dead letters received in the period, like its missing messages: one bad message long
+    # ago is no reason to visit the box now.
     dead = {dev: int(n) for dev, n in db.query(
-        "SELECT device_id, COUNT(*) FROM dash.dead GROUP BY device_id")}
+        "SELECT device_id, COUNT(*) FROM dash.dead WHERE received_ts >= ? AND received_ts < ? "
+        "GROUP BY device_id", _period_ts(per))}
+    names = clinic_names(db, scope)
     missing: dict[str, int] = defaultdict(int)
     for h in holes(db, scope, per):
         missing[h.device_id] += h.size
@@ -415,6 +467,7 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
                         dead.get(dev, 0), h.get("disk_free_mb"), h.get("temp_c"),
                         h.get("models") or {}, h.get("bundle") or {}, health_ts)
         row.received = received.get(dev, 0)
+        row.clinic_name = names.get(clinic, "")
         row.flags = device_flags(row, now)
         out.append(row)
     return out
@@ -433,9 +486,9 @@ def device_flags(d: DeviceRow, now: float) -> list[str]:
     if d.backlog is not None and d.backlog >= C.BACKLOG_WARN:
         flags.append("backlog")
     if d.dead_letters:
-        flags.append("dead letters")
+        flags.append(f"{d.dead_letters} dead letter{'' if d.dead_letters == 1 else 's'}")
     if d.missing and d.missing > C.MISSING_WARN_SHARE * (d.received + d.missing):
-        flags.append(f"{d.missing} messages lost")
+        flags.append(f"{d.missing} message{'' if d.missing == 1 else 's'} lost")
     if d.bundle.get("rollback"):
         flags.append("bundle rolled back")
     if d.bundle.get("error"):
@@ -443,6 +496,12 @@ def device_flags(d: DeviceRow, now: float) -> list[str]:
     return flags
 
 
-def unattributed_dead_letters(db: Db) -> int:
-    """Dead letters whose topic names no device (an admin's concern only)."""
-    return int(db.query("SELECT COUNT(*) FROM dash.dead WHERE device_id = ''")[0][0])
+def unattributed_dead_letters(db: Db, per: Period) -> int:
+    """Dead letters of the period whose topic names no device (an admin's concern only)."""
+    return int(db.query("SELECT COUNT(*) FROM dash.dead WHERE received_ts >= ? AND "
+                        "received_ts < ? AND device_id = ''", _period_ts(per))[0][0])
+
+
+def _period_ts(per: Period) -> tuple[float, float]:
+    """The period as receive times: a dead letter has no device clock, only its arrival."""
+    return float(per.first_day * C.DAY_S), float((per.last_day + 1) * C.DAY_S)

@@ -350,10 +350,13 @@ class Dashboard:
         silent = sum(1 for c in page.clinics
                      if all(page.cells[(c, d)].silent for d in per.days[-7:]))
         return (f"<h2>Exams per day, last {weeks} weeks</h2>"
-                f'<p class="lead">{len(page.clinics)} clinics; <strong>{silent}</strong> sent '
+                f'<p class="lead">{P.plural(len(page.clinics), "clinic")}; '
+                f"<strong>{silent}</strong> sent "
                 f"nothing in the last 7 days. Grey: no message from any box of the clinic that "
-                f"day. An orange dot: a box's messages of that day are missing (a hole in its "
-                f"sequence: lost on the way or dropped by a full outbox).</p>"
+                f"day; silent weekdays count from the clinic's first message on (a box not yet "
+                f"set up is not a silent clinic). An orange dot: a box's messages of that day "
+                f"are missing (a hole in its sequence: lost on the way or dropped by a full "
+                f"outbox).</p>"
                 f'<div class="plot recent">{P.clinics_svg(page)}</div>'
                 + self._csv_link("clinics", scope, weeks))
 
@@ -362,13 +365,15 @@ class Dashboard:
         total = sum(c.with_protocol for c in page.clinics)
         done = sum(c.complete for c in page.clinics)
         rows = "".join(
-            f"<tr><td>{esc(c.clinic_id)}</td><td class=num>{c.with_protocol}</td>"
+            f"<tr><td>{P.clinic_html(c.clinic_id, c.name)}</td>"
+            f"<td class=num>{c.with_protocol}</td>"
             f"<td class=num>{P.pct(c.share)}</td><td>"
             + esc(", ".join(f"{k.split(': ', 1)[1]} ({n})" for k, n in
                             sorted(c.missed.items(), key=lambda kv: -kv[1])[:3]) or "-")
             + "</td></tr>" for c in page.clinics)
         return (f"<h2>Complete exams, last {weeks} weeks</h2>"
-                f'<p class="lead">{P.pct(done / total if total else None)} of {total} exams '
+                f'<p class="lead">{P.pct(done / total if total else None)} of '
+                f"{P.plural(total, 'exam')} "
                 f"captured every slot of their protocol (each slot's best frame scoring at "
                 f"least {C.MIN_QUALITY}). Orange: under half of a clinic's exams.</p>"
                 f'<div class="plot">{P.completeness_svg(page)}</div>'
@@ -384,7 +389,7 @@ class Dashboard:
         return (f"<h2>Best-frame quality per plane, by week, last {weeks} weeks</h2>"
                 f'<p class="lead">Each cell is the mean, over the week\'s exams that found the '
                 f"plane, of the quality score of its best frame (0-1; the checklist takes a "
-                f"plane from {C.MIN_QUALITY}). {page.exams} exams.</p>"
+                f"plane from {C.MIN_QUALITY}). {P.plural(page.exams, 'exam')}.</p>"
                 f'<div class="plot recent">{P.quality_svg(page)}</div>'
                 + self._csv_link("quality", scope, weeks)
                 + "<h2>Deficiencies seen most often</h2>"
@@ -406,7 +411,8 @@ class Dashboard:
                   "disagree that much. The check becomes meaningful once the exam carries the "
                   f"age by dates ({dated} of {n} here do).</p>")
         return (f"<h2>Head circumference against gestational age, last {weeks} weeks</h2>"
-                f'<p class="lead">{n} measured exams; {len(page.outliers)} outside the '
+                f'<p class="lead">{P.plural(n, "measured exam")}; {len(page.outliers)} '
+                f"outside the "
                 f"3rd-97th centile; {page.not_comparable} without an age inside 14-40 weeks "
                 f"(not compared). Reference: INTERGROWTH-21st fetal growth standard "
                 f"(Papageorghiou et al., Lancet 2014), which publishes the 3rd, 5th, 10th, "
@@ -422,18 +428,21 @@ class Dashboard:
         flagged = sum(1 for d in rows if d.flags)
         extra = ""
         if scope.district is None:
-            n = Q.unattributed_dead_letters(db)
-            extra = (f'<p class="muted">{n} dead letters name no device (malformed topics).'
-                     "</p>" if n else "")
+            n = Q.unattributed_dead_letters(db, per)
+            extra = (f'<p class="muted">Dead letters of the last {weeks} weeks that name no '
+                     f"device (malformed topics): {n}.</p>" if n else "")
         return (f"<h2>Devices</h2>"
-                f'<p class="lead">{len(rows)} boxes; <strong>{flagged}</strong> may need a '
+                f'<p class="lead">{P.plural(len(rows), "box", "boxes")}; '
+                f"<strong>{flagged}</strong> may need a "
                 f"visit (silent over {C.SILENT_AFTER_S / C.DAY_S:.0f} days, disk under "
                 f"{C.LOW_DISK_MB:.0f} MB, {C.HOT_C:.0f} °C or more, a backlog of "
-                f"{C.BACKLOG_WARN}+ messages, dead letters, or over "
-                f"{C.MISSING_WARN_SHARE:.0%} of its messages missing in the last "
-                f"{weeks} weeks). Backlog: queued on the box at its last health; behind: "
-                f"allocated on the box beyond what arrived.</p>"
-                f"{P.devices_table(rows, time.time())}{extra}"
+                f"{C.BACKLOG_WARN}+ messages, or, in the last {weeks} weeks, a dead letter (a "
+                f"message from the box the collector could not read) or over "
+                f"{C.MISSING_WARN_SHARE:.0%} of its messages missing). Missing messages and "
+                f"dead letters are counted over the last {weeks} weeks, so an old one does "
+                f"not keep a box flagged. Backlog: messages queued on the box at its last "
+                f"health; behind: messages allocated on the box beyond what arrived.</p>"
+                f"{P.devices_table(rows, time.time(), weeks)}{extra}"
                 + self._csv_link("devices", scope, weeks))
 
     async def csv(self, request: web.Request):

@@ -76,6 +76,9 @@ _DASH_TABLES = [
         device_id TEXT NOT NULL, clinic_id TEXT NOT NULL, day INTEGER NOT NULL,
         exams INTEGER NOT NULL, health INTEGER NOT NULL, other INTEGER NOT NULL,
         PRIMARY KEY (day, device_id, clinic_id)) WITHOUT ROWID""",
+    # a clinic's first day (the clinics page counts silent weekdays from it on): one index
+    # lookup per clinic rather than a scan of every day of its history
+    "CREATE INDEX IF NOT EXISTS dash.day_device_clinic ON day_device (clinic_id, day)",
     # Exam figures are kept per week (pages show whole weeks): 2 years of a 50-clinic
     # district is then ~5,000 rows per table and protocol, not ~36,000.
     """CREATE TABLE IF NOT EXISTS dash.week_protocol (
@@ -103,6 +106,8 @@ _DASH_TABLES = [
     """CREATE TABLE IF NOT EXISTS dash.dead (
         digest TEXT PRIMARY KEY, device_id TEXT NOT NULL, received_ts DOUBLE PRECISION)""",
     "CREATE INDEX IF NOT EXISTS dash.dead_device ON dead (device_id)",
+    # the devices page counts a period's dead letters: read from this index alone
+    "CREATE INDEX IF NOT EXISTS dash.dead_received ON dead (received_ts, device_id)",
     """CREATE TABLE IF NOT EXISTS dash.clinics (
         clinic_id TEXT PRIMARY KEY, district TEXT NOT NULL, name TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS dash.users (

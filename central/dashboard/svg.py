@@ -54,10 +54,11 @@ class Svg:
         self.parts.append(f"<rect {a}>{inner}</rect>")
 
     def text(self, x, y, s, anchor: str = "start", fill: str = INK, size: int | None = None,
-             weight: str | None = None, **data) -> None:
+             weight: str | None = None, tip: str | None = None, **data) -> None:
         a = attrs(x=_n(x), y=_n(y), text_anchor=anchor, fill=fill, font_size=size,
                   font_weight=weight, **data)
-        self.parts.append(f"<text {a}>{esc(s)}</text>")
+        inner = f"<title>{esc(tip)}</title>" if tip else ""
+        self.parts.append(f"<text {a}>{inner}{esc(s)}</text>")
 
     def line(self, x1, y1, x2, y2, stroke: str = MUTED, width: float = 1,
              dash: str | None = None) -> None:
@@ -113,7 +114,8 @@ def hbars(title: str, chart: str, rows: list[dict], width: int = 760,
           label_w: int = 170, value_max: float = 1.0, percent: bool = True,
           row_h: int = 18) -> str:
     """Horizontal bars. Each row: label, value (0..value_max), note (text after the bar),
-    colour (optional) and data (attributes for the bar)."""
+    colour, title (the label in full, for the hover) and data (attributes for the bar), the
+    last three optional."""
     bar_w = width - label_w - 150
     h = 24 + row_h * max(1, len(rows)) + 20
     svg = Svg(width, h, title, chart)
@@ -127,13 +129,14 @@ def hbars(title: str, chart: str, rows: list[dict], width: int = 760,
         svg.text(x0, 36, "no data in this period", fill=MUTED)
     for i, r in enumerate(rows):
         y = 20 + i * row_h
-        svg.text(label_w - 6, y + row_h * 0.7, r["label"], anchor="end")
+        svg.text(label_w - 6, y + row_h * 0.7, r["label"], anchor="end", tip=r.get("title"))
         value = r["value"]
         if value is None:
             svg.text(x0 + 4, y + row_h * 0.7, "no exams", fill=MUTED, **r.get("data", {}))
             continue
         w = bar_w * max(0.0, min(1.0, value / value_max)) if value_max else 0
         svg.rect(x0, y + 3, max(w, 1), row_h - 6, r.get("colour", BLUES[3]),
-                 tip=f"{r['label']}: {r.get('note', '')}", **r.get("data", {}))
+                 tip=f"{r.get('title', r['label'])}: {r.get('note', '')}",
+                 **r.get("data", {}))
         svg.text(x0 + w + 5, y + row_h * 0.7, r.get("note", ""), fill=MUTED)
     return svg.done()
