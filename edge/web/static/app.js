@@ -294,13 +294,18 @@ function renderTags(h) {
     right.appendChild(span);
   };
   const bio = h.biometry;
-  if (bio && bio.hc_mm != null) {
-    addLine(t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }), "bio");
-    addLine(t("overlay.bpd", { mm: bio.bpd_mm.toFixed(0) }), "bio");
-  } else if (bio && bio.status && h.ellipse) {
+  const measured = bio && bio.hc_mm != null;
+  if (!measured && bio && bio.status && h.ellipse) {
     addLine(t("bio." + bio.status, { _fallback: "" }), "small note"); // why no HC
   }
-  const [ga, range] = gaLine(h);
+  // HC, BPD and GA always come from one source, so they agree: the exam's (the medians of
+  // its best head frames, the figures it records) once it has them, else this frame's
+  const src = examBiometry() || (measured ? bio : null);
+  if (src) {
+    addLine(t("overlay.hc", { mm: src.hc_mm.toFixed(0) }), "bio");
+    addLine(t("overlay.bpd", { mm: src.bpd_mm.toFixed(0) }), "bio");
+  }
+  const [ga, range] = gaLine(src);
   addLine(ga);
   addLine(range, "small");
   const q = h.shown && h.shown.score != null ? h.shown.score : h.quality;
@@ -318,15 +323,16 @@ function weeksDays(w) {
   return t("overlay.wd", { w: Math.floor(days / 7), d: days % 7 });
 }
 
-function gaLine(h) { // [age, its range]: the exam's best head frames, else this frame
+function examBiometry() { // the exam's head figures, or null before a head is measured
   const bio = state && state.exam && state.exam.biometry;
-  if (bio && bio.ga_weeks != null) {
-    const lo = bio.ga_low_weeks, hi = bio.ga_high_weeks;
-    const range = lo != null && hi != null && hi > lo ? `${weeksDays(lo)} – ${weeksDays(hi)}` : "";
-    return [`${t("overlay.ga")} ${weeksDays(bio.ga_weeks)}`, range];
-  }
-  if (h.biometry && h.biometry.ga_weeks != null) return [`${t("overlay.ga")} ${weeksDays(h.biometry.ga_weeks)}`, ""];
-  return ["", ""];
+  return bio && bio.hc_mm != null && bio.bpd_mm != null ? bio : null;
+}
+
+function gaLine(bio) { // [age, its range] of one set of figures (the exam's or a frame's)
+  if (!bio || bio.ga_weeks == null) return ["", ""];
+  const lo = bio.ga_low_weeks, hi = bio.ga_high_weeks;
+  const range = lo != null && hi != null && hi > lo ? `${weeksDays(lo)} – ${weeksDays(hi)}` : "";
+  return [`${t("overlay.ga")} ${weeksDays(bio.ga_weeks)}`, range];
 }
 
 function renderInstruction(h) {
@@ -395,6 +401,7 @@ function renderState(s) {
   renderHeatmapControl(st);
   renderExam(s);
   renderScreening(s.screening);
+  if (shownHeader) renderTags(shownHeader); // the exam's figures may have changed
   if (shownHeader || st.signal !== "ok") renderInstruction(shownHeader);
 }
 
@@ -425,6 +432,12 @@ function renderExam(s) {
   else if (exam.running) text = t("exam.running", { n: exam.frames });
   else text = t("exam.ended_" + (exam.ended_by || "command"), { _fallback: t("exam.ended_command") });
   $("#exam-state").textContent = text;
+  // the exam's result stays readable in the card after the exam (the overlay is greyed)
+  const bio = examBiometry();
+  const [ga, range] = gaLine(bio);
+  $("#exam-bio").textContent = !bio ? "" : [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }),
+    t("overlay.bpd", { mm: bio.bpd_mm.toFixed(0) }), ga + (range ? ` (${range})` : "")]
+    .filter(Boolean).join(" · ");
   const running = !!(exam && exam.running);
   $("#start").disabled = st.phase !== "running";
   $("#stop").disabled = st.phase !== "running" || !running;

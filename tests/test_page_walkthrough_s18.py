@@ -1,0 +1,88 @@
+"""The midwife's page walked through as a midwife would use it (session 18), in headless
+Chromium against `sonoedge run --web` on the harness's clip of real frames (HC18 heads,
+then SonoNet's example screens): the head figures on the image agree with each other and
+with what the exam records, the exam's HC stays readable once the clip has ended, and
+every control is big enough for a thumb.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.web_harness import PIN, chromium, device, make_clip
+
+pytest.importorskip("playwright")
+
+POLL = {"timeout": 90_000, "polling": 200}
+# the overlay's right tag and the exam's own figures, as the page shows and holds them
+READ = """() => {
+  const s = window.sonoedge.lastState, bio = s && s.exam && s.exam.biometry;
+  return {tag: document.querySelector('#ga').innerText,
+          exam_hc: bio && bio.hc_mm != null ? Math.round(bio.hc_mm) : null,
+          card: (document.querySelector('#exam-bio') || {}).textContent || null,
+          signal: s && s.status && s.status.signal};
+}"""
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("walk")
+    clip = make_clip(data_dir, tmp / "clip.avi", black_s=2.0, rounds=2)
+    with chromium(tmp) as context, device(tmp, clip) as (base, _proc):
+        page = context.new_page()
+        page.goto(base + "/")
+        page.wait_for_selector("#login:not([hidden])")
+        page.fill("#pin", PIN)
+        page.click("#unlock")
+        page.wait_for_selector("#app:not([hidden])")
+        yield page
+
+
+def _hc(text: str) -> int | None:
+    m = re.search(r"HC (\d+) mm", text)
+    return None if m is None else int(m.group(1))
+
+
+def test_the_hc_on_the_image_is_the_exam_s_so_it_agrees_with_the_age_beside_it(page):
+    """Before: the tag showed this frame's HC and BPD beside the exam's GA ("HC 211 mm,
+    GA 18w 6d" on a real run), two sources that disagree, and the HC lines came and went
+    frame by frame. Now HC, BPD and GA come from the exam once it has measured a head."""
+    page.wait_for_function("() => { const s = window.sonoedge.lastState;"
+                           " return s && s.exam && s.exam.biometry &&"
+                           " s.exam.biometry.hc_mm != null; }", **POLL)
+    seen, deadline = [], time.monotonic() + 12
+    while time.monotonic() < deadline:
+        r = page.evaluate(READ)
+        if r["signal"] != "ok":
+            break
+        if r["exam_hc"] is not None:
+            seen.append((_hc(r["tag"]), r["exam_hc"], r["tag"]))
+        time.sleep(0.1)
+    assert len(seen) > 20, seen
+    wrong = [s for s in seen if s[0] != s[1]]
+    assert not wrong, (f"{len(wrong)} of {len(seen)} reads: the image's HC is not the "
+                       f"exam's: {wrong[:3]}")
+
+
+def test_after_the_clip_ends_the_exam_s_hc_and_age_stay_in_the_exam_card(page):
+    """Before: once the exam was over the page showed the GA but its HC and BPD nowhere."""
+    page.wait_for_function("() => { const s = window.sonoedge.lastState;"
+                           " return s && s.status.signal === 'ended'; }", **POLL)
+    r = page.evaluate(READ)
+    assert r["exam_hc"] is not None
+    assert r["card"] and f"HC {r['exam_hc']} mm" in r["card"], r
+    assert "BPD" in r["card"] and "GA" in r["card"], r
+    assert page.is_visible("#exam-bio")
+
+
+def test_every_control_is_at_least_48_px_for_a_thumb(page):
+    """Before: Set, Lock, the language list and the date field were 44 px high."""
+    small = page.evaluate("""() => [...document.querySelectorAll(
+        '#app button, #app select, #app input:not([type=checkbox]), #app label.toggle')]
+      .filter((el) => el.offsetParent !== null)
+      .map((el) => [el.id || el.className, el.getBoundingClientRect().height])
+      .filter(([, h]) => h < 48)""")
+    assert not small, small
