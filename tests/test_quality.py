@@ -122,6 +122,21 @@ def test_gain_fails_too_dark_and_too_bright_with_the_right_instruction(scorer, d
     assert criterion(judge(scorer, grey_of(CLEAN_HEAD)), "gain")["pass"]
 
 
+def test_a_dim_head_is_told_to_turn_the_gain_up_not_to_put_gel_on(scorer):
+    """A real head at a fifth of its brightness: its share of echoes falls just short of the
+    content bound, and the first instruction was "No image: put gel on the probe". The image
+    is there, only dim: the gain leads, and nothing it explains says otherwise."""
+    dim = (grey_of("200_HC.png") * 0.18).astype(np.uint8)
+    result = judge(scorer, dim)
+    assert not criterion(result, "content")["pass"]  # the measure itself still says so
+    assert result["quality"]["advice"] == "gain"
+    for name, c in result["quality"]["criteria"].items():
+        assert c["pass"] or "gel" not in c["message"], (name, c)
+    # a screen that is nearly black is still "no image": the probe is in the air
+    darker = (grey_of("200_HC.png") * 0.10).astype(np.uint8)
+    assert judge(scorer, darker)["quality"]["advice"] == "content"
+
+
 def test_contrast_fails_on_a_washed_out_image(scorer):
     grey = grey_of(CLEAN_VIEW)
     roi = find_roi(grey)

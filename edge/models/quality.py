@@ -378,29 +378,46 @@ def audit(rules: Rules, measures: dict[str, float]) -> QualityResult:
         score *= 1.0 - loss
         criteria[rule.name] = Criterion(rule.name, rule.passes(value), float(value),
                                         rule.message(value), loss, rule.priority)
-    _dim_is_not_washed_out(rules, measures, criteria)
+    explained = _explained_by_dim_echoes(rules, measures, criteria)
     failing = [c for c in criteria.values() if not c.passed]
+    gain = {r.name for r in rules.criteria if r.measure == "bright_level"}
+    if any(c.name in gain for c in failing):  # the gain leads what dim echoes explain
+        failing = [c for c in failing if c.name not in explained]
     advice = min(failing, key=lambda c: (c.priority, -c.loss)).name if failing else None
     return QualityResult(max(0.0, min(1.0, score)), criteria, advice)
 
 
-def _dim_is_not_washed_out(rules: Rules, measures: dict[str, float],
-                           criteria: dict[str, Criterion]) -> None:
-    """Echoes too dim for the contrast bound to be reachable at all (their 5th-95th span
-    cannot exceed the bright level above the tissue floor) are dark, not washed out: the fix
-    is more gain, where a washed-out image's instruction says less. Such a frame's contrast
-    criterion says so in the gain rule's own words (a dim frame whose gain passed was told
-    "lower the gain", and lowering it failed the gain)."""
-    span = next((r for r in rules.criteria if r.measure == "dynamic_range"), None)
+def _explained_by_dim_echoes(rules: Rules, measures: dict[str, float],
+                             criteria: dict[str, Criterion]) -> set[str]:
+    """The failing criteria that dim echoes explain, each told in the gain rule's own words
+    ("turn the gain up"); returns their names. Two cases:
+
+    - contrast: echoes too dim for its bound to be reachable at all (their 5th-95th span
+      cannot exceed the bright level above the tissue floor) are dark, not washed out; a dim
+      frame whose gain passed was told "lower the gain", and lowering it failed the gain;
+    - content: with the gain failing low, an image whose share of echoes is short of the
+      bound but within its soft margin is there, only dim (a real head at a fifth of its
+      brightness: 0.22 against 0.25). It was told "No image: put gel on the probe". An
+      empty screen (below the margin) still is.
+
+    When the gain itself fails, it leads the advice over what it explains."""
     gain = next((r for r in rules.criteria if r.measure == "bright_level"), None)
     bright = measures.get("bright_level")
-    if span is None or gain is None or span.min is None or gain.min is None \
-            or bright is None or not math.isfinite(bright):
-        return
-    judged = criteria.get(span.name)
-    if judged is not None and not judged.passed \
-            and bright - (TISSUE_LEVEL + 1) < span.min * 255.0:
-        criteria[span.name] = replace(judged, message=gain.message_low)
+    if gain is None or gain.min is None or bright is None or not math.isfinite(bright):
+        return set()
+    explained = set()
+    for rule in rules.criteria:
+        judged = criteria.get(rule.name)
+        if judged is None or judged.passed or rule.min is None:
+            continue
+        if rule.measure == "dynamic_range" and bright - (TISSUE_LEVEL + 1) < rule.min * 255.0:
+            explained.add(rule.name)
+        elif rule.measure == "tissue_fraction" and bright < gain.min \
+                and judged.value >= rule.min - rule.soft:
+            explained.add(rule.name)
+    for name in explained:
+        criteria[name] = replace(criteria[name], message=gain.message_low)
+    return explained
 
 
 def may_show_head(rules: Rules, head_planes: frozenset[str], plane: str | None,
