@@ -37,8 +37,13 @@ log = logging.getLogger(__name__)
 
 
 def live_settings(settings: Settings) -> LiveSettings:
+    """The long-running loop's live source: a grabber absent at start is waited for, as one
+    unplugged later is. A box often boots before its capture dongle is plugged in; refusing
+    to start kept the midwife's page down (systemd restarting the service every 2 s) where
+    it should say "no signal"."""
     src = settings.source
     return LiveSettings(
+        wait_for_device=True,
         backoff_initial_s=src.backoff_initial_s,
         backoff_max_s=max(src.backoff_max_s, src.backoff_initial_s),
         max_reopen_attempts=None if src.max_reopen_attempts < 0 else src.max_reopen_attempts,

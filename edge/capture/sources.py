@@ -589,6 +589,9 @@ def open_v4l2(spec: str, settings: LiveSettings | None = None) -> LiveSource:
     shown = f"v4l2:{shown_path(dev)}"
     opener = _v4l2_opener(dev, s)
     if s.wait_for_device:
+        if not os.path.exists(dev):
+            log.warning("%s: no such device yet (is the capture dongle plugged in?); waiting "
+                        "for it", shown)
         return LiveSource(name, opener, s)
     if not os.path.exists(dev):
         raise SourceError(f"{shown}: no such device (is the capture dongle plugged in?)")
