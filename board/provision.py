@@ -12,7 +12,8 @@ printed once, for the device's ``--mqtt-url``). The ACL is regenerated from the 
 already lists plus the change: a device may publish only under ``sonoedge/<its id>/`` and
 read nothing but, with ``--group``, its group's model bundles (``sonoedge-fleet/<group>/#``,
 retained offers and chunks, edge/fleet); a central user reads ``sonoedge/#`` (also through
-``$share/``) and publishes bundles under ``sonoedge-fleet/``. The user name
+``$share/``) and publishes bundles under ``sonoedge-fleet/`` (and reads the offer a new
+one replaces, to clear the old chunks). The user name
 of a device is its device id, so the ACL prefix and the topics the device uses agree.
 The broker runs with ``use_username_as_clientid true`` (``mosquitto.conf.example``): a
 client's id is its user name, so no device can take the collector's id (or another
@@ -116,8 +117,9 @@ def read_acl(acl_file: Path) -> tuple[dict[str, str], dict[str, str]]:
               and words[1] == "read" and words[2].startswith(f"{FLEET}/")
               and words[2].endswith("/#") and GROUP_RE.match(words[2][len(FLEET) + 1:-2])):
             groups[user] = words[2][len(FLEET) + 1:-2]
-        elif words[0] == "topic" and user is not None and words[1:] == ["write", f"{FLEET}/#"]:
-            pass  # a central user publishes bundles
+        elif (words[0] == "topic" and user is not None
+              and words[1:] in (["write", f"{FLEET}/#"], ["readwrite", f"{FLEET}/#"])):
+            pass  # a central user publishes bundles (and reads the offer it replaces)
         else:  # a hand-written rule would vanish on rewrite: refuse instead
             raise ProvisionError(f"{acl_file}:{lineno}: not written by provision.py: {line!r}")
     return roles, groups
@@ -127,8 +129,10 @@ def render_acl(roles: dict[str, str], groups: dict[str, str] | None = None) -> s
     groups = groups or {}
     parts = [HEADER]
     for user in sorted(u for u, r in roles.items() if r == "central"):
+        # readwrite: `bundle publish` reads the retained offer it replaces to clear that
+        # offer's chunks; with write alone they stayed retained at the broker for ever.
         parts.append(f"\n# central collector\nuser {user}\ntopic read {PREFIX}/#\n"
-                     f"topic write {FLEET}/#\n")
+                     f"topic readwrite {FLEET}/#\n")
     for user in sorted(u for u, r in roles.items() if r == "device"):
         parts.append(f"\n# device\nuser {user}\ntopic write {PREFIX}/{user}/#\n")
         if user in groups:

@@ -189,8 +189,11 @@ def publish(path: Path, group: str, url: str, password_file: str = "", keys_dir:
         _wait(lambda: info.mid in acked, deadline, "the offer's PUBACK")
         old = state["old"]
         if old is not None and old.bundle_id != offer.bundle_id:
-            for i in range(old.count):
-                client.publish(chunk_topic(group, old.bundle_id, i), b"", qos=1, retain=True)
+            # Wait for the broker to take every clearing message: a disconnect right after
+            # them dropped the tail, and those chunks stayed retained at the broker for ever.
+            cleared = [client.publish(chunk_topic(group, old.bundle_id, i), b"", qos=1,
+                                      retain=True).mid for i in range(old.count)]
+            _wait(lambda: set(cleared) <= acked, deadline, "the old chunks' PUBACKs")
     finally:
         client.disconnect()
         client.loop_stop()
