@@ -28,7 +28,7 @@ from pathlib import Path
 
 from edge.fleet.bundle import DeviceFault
 from edge.fleet.settings import fleet_root, selftest_names
-from edge.fleet.slots import FACTORY, Fleet
+from edge.fleet.slots import FACTORY, Fleet, app_version
 from edge.models.manifest import sha256_of
 from wire.fleet import (
     MAX_OFFER_BYTES,
@@ -123,6 +123,7 @@ class FleetAgent:
         self._thread: threading.Thread | None = None
         self._next_poll = time.monotonic()
         self._keys = None
+        self._said = ""  # the last error line logged
 
     # -- the loop's side ------------------------------------------------------------------
     def start(self, uplink=None) -> None:
@@ -201,25 +202,44 @@ class FleetAgent:
             return None
 
     def _error(self, text: str) -> None:
-        if self.fleet.state.get("last_error") != text[-200:]:
+        """Said once in the log and kept as `last_error` for health. `Fleet.install` may
+        have stored the same text already: it is still said here (it was not, before)."""
+        text = text[-200:]
+        if text != self._said:
             log.error("fleet: %s", text)
-            self.fleet.state["last_error"] = text[-200:]
+            self._said = text
+        if self.fleet.state.get("last_error") != text:
+            self.fleet.state["last_error"] = text
+            self._save()
+
+    def _save(self) -> None:
+        try:
             self.fleet.save()
+        except OSError as exc:  # a full disk: the line was said; saved at the next change
+            log.warning("fleet: state not saved (%s)", exc.strerror or exc)
 
     def _wanted(self, offer: Offer) -> bool:
         """Worth fetching: newer than anything installed, and not refused before. Only a
         shortcut to save the link: the signed manifest decides after the download."""
-        if offer.group != self.cfg.group or offer.bundle_id in self.fleet.state.get(
-                "refused_ids", []):
+        if offer.group != self.cfg.group or offer.bundle_id in self._refused():
             return False
         known = [v for v in (self.fleet.state.get("highest"), self.fleet.status()["bundle"])
                  if isinstance(v, str) and v not in (FACTORY, "none")]
         return all(parse_version(offer.version) > parse_version(v) for v in known)
 
+    def _refused(self) -> list[str]:
+        """The bundles this app refused. An upgraded app looks at them again: one refused
+        because it needed a newer sonoedge would otherwise never be taken."""
+        state = self.fleet.state
+        if state.get("refused_app") != app_version():
+            return []
+        return [x for x in state.get("refused_ids", []) if isinstance(x, str)]
+
     def _refuse(self, bundle_id: str, why: str) -> None:
-        refused = [x for x in self.fleet.state.get("refused_ids", []) if isinstance(x, str)]
-        self.fleet.state["refused_ids"] = (refused + [bundle_id])[-MAX_REFUSED:]
+        self.fleet.state["refused_ids"] = (self._refused() + [bundle_id])[-MAX_REFUSED:]
+        self.fleet.state["refused_app"] = app_version()
         self._error(why)
+        self._save()  # kept across a restart: a refused bundle is never fetched again
 
     def _not_now(self, offer: Offer, why: str) -> None:
         """The device's own trouble (a full disk), not the bundle's: said, and the offer
@@ -239,7 +259,10 @@ class FleetAgent:
             self._not_now(offer, str(exc))
             return
         except BundleError as exc:
-            self._refuse(offer.bundle_id, str(exc))
+            # named by its version, not by the download's path (which filled the line)
+            text = str(exc).removeprefix(f"{path}: ")
+            self._refuse(offer.bundle_id, text if text.startswith("bundle ") else
+                         f"bundle {offer.version} from the district refused: {text}")
             return
         finally:
             self._clear_downloads()
@@ -324,7 +347,16 @@ class FleetAgent:
         index = int(topic[len(prefix):])
         if index >= offer.count or self.download.has(index):
             return
-        if not self.download.accept(index, payload):
+        try:
+            accepted = self.download.accept(index, payload)
+        except OSError as exc:  # the device's full disk, not the bundle: free what the
+            # download holds and take the offer up again later (was a traceback per chunk,
+            # the space kept, and the download stalled until the loop restarted)
+            self._clear_downloads()
+            self._not_now(offer, f"download of {offer.version}: cannot keep chunk {index} "
+                                 f"({exc.strerror or exc})")
+            return
+        if not accepted:
             log.warning("fleet: chunk %d of %s does not match its offer; asked again", index,
                         offer.version)
             return
