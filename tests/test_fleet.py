@@ -285,7 +285,8 @@ def test_a_failed_selftest_never_swaps_and_is_reported(tmp_path, fleet_kit, monk
     fleet.ensure(fleet_kit["models"])
     before = snapshot(fleet)
     out = sonoedge("bundle", "install", str(bad), "--config", str(config))
-    one_line_error(out, "failed its self-test", "plane 'Brain (Tv.)' vs 'Femur'")
+    one_line_error(out, "failed its self-test",
+                   "plane 'Brain (Tv.)' here, the bundle expects 'Femur'")
     assert snapshot(fleet_of(tmp_path)) == before
     status = fleet_of(tmp_path).status()
     assert status["bundle"] == "factory"

@@ -60,15 +60,17 @@ def score_selftest(models_dir: Path, pictures: list[Path], pixel_size_mm: float,
 
 
 def compare(expected: dict, got: dict, tolerance: dict) -> list[str]:
-    """What differs beyond the tolerance, one short phrase each."""
+    """What differs beyond the tolerance, one short phrase each: what this device got,
+    then what the bundle expects (a bare "X vs Y" left the reader to guess which was which)."""
     bad = []
     for key, want in expected.items():
         have = got.get(key)
         if key in tolerance and want is not None and have is not None:
             if abs(float(have) - float(want)) > tolerance[key]:
-                bad.append(f"{key} {have} vs {want} (+-{tolerance[key]:g})")
+                bad.append(f"{key} {have} here, the bundle expects {want} "
+                           f"(+-{tolerance[key]:g})")
         elif have != want:
-            bad.append(f"{key} {have!r} vs {want!r}")
+            bad.append(f"{key} {have!r} here, the bundle expects {want!r}")
     return bad
 
 
