@@ -167,6 +167,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
     cut_after: int | None = None
     bundle_gets: int = 0
+    garble: int = 0  # the next this many bundle answers carry other bytes (a captive portal)
 
     def log_message(self, *args):
         pass
@@ -185,6 +186,9 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         if start >= len(data) > 0:
             return self.send_error(416)  # as nginx answers a range past the end
         body = data[start:]
+        if path.suffix == ".bundle" and type(self).garble > 0:
+            type(self).garble -= 1
+            body = bytes(b ^ 0x5A for b in body)  # the right length, not the bundle
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -217,6 +221,44 @@ def test_a_device_pulls_over_http_and_resumes_a_cut_download(tmp_path, fleet_kit
         assert agent.fleet.status()["bundle"] == "2.0"
         assert agent.restart.is_set()
     finally:
+        server.shutdown()
+
+
+def test_a_garbled_http_download_is_fetched_again_and_refused_only_when_it_keeps_coming(
+        tmp_path, fleet_kit):  # noqa: F811
+    """Bytes that are not the offered bundle (a captive portal, a proxy) are the transfer's
+    fault, not the bundle's: fetched again at the next poll, refused after three in a row.
+    Refused at once, one garbled download kept a good bundle off the box for good."""
+    www = tmp_path / "www"
+    offer = export(fleet_kit["v2"], GROUP, www, str(fleet_kit["trusted"]))
+    handler = functools.partial(_RangeHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = device_config(tmp_path, fleet_kit,
+                               http_url=f"http://127.0.0.1:{server.server_port}")
+        agent = _agent(config, fleet_kit)
+        _RangeHandler.garble = 1
+        agent._poll_http()
+        assert agent.fleet.status()["bundle"] == "factory"
+        assert "download 1 of 3" in agent.fleet.state["last_error"]
+        assert offer.bundle_id not in agent.fleet.state.get("refused_ids", [])
+        agent._poll_http()  # the next poll: the real bytes
+        assert agent.fleet.status()["bundle"] == "2.0"
+
+        (tmp_path / "b").mkdir()
+        other = _agent(device_config(tmp_path / "b", fleet_kit,
+                                     http_url=f"http://127.0.0.1:{server.server_port}"),
+                       fleet_kit)
+        _RangeHandler.garble = 3
+        for _ in range(3):
+            other._poll_http()
+        assert offer.bundle_id in other.fleet.state["refused_ids"]
+        assert "3 downloads in a row" in other.fleet.state["last_error"]
+        assert other.fleet.status()["bundle"] == "factory"
+    finally:
+        _RangeHandler.garble = 0
         server.shutdown()
 
 

@@ -45,6 +45,9 @@ log = logging.getLogger("sonoedge.fleet")
 DOWNLOADS = "download"
 MAX_INBOX = 256  # MQTT messages waiting for the fleet thread; more are dropped (resent later)
 MAX_REFUSED = 16
+# HTTP downloads whose bytes are not the offered bundle (more bytes, another sha256) before
+# the bundle is refused: a captive portal or a proxy garbles one download, not every one.
+GARBLED_TRIES = 3
 RESTART_EXIT = 75  # run() returns this when the loop must start again on new models
 
 
@@ -124,6 +127,7 @@ class FleetAgent:
         self._next_poll = time.monotonic()
         self._keys = None
         self._said = ""  # the last error line logged
+        self._garbled: dict[str, int] = {}  # bundle id -> HTTP downloads that were not it
 
     # -- the loop's side ------------------------------------------------------------------
     def start(self, uplink=None) -> None:
@@ -415,17 +419,31 @@ class FleetAgent:
             self._next_poll = time.monotonic() + min(60.0, self.cfg.poll_min * 60)
             return
         except BundleError as exc:
-            self._refuse(offer.bundle_id, str(exc))
-            self._clear_downloads()
+            self._garbled_download(offer, f"download of {offer.version}: {exc}")
             return
         if have < offer.size:
             return
         if sha256_of(part) != offer.bundle_id:
-            self._refuse(offer.bundle_id, f"download of {offer.version}: sha256 differs from "
+            self._garbled_download(offer, f"download of {offer.version}: sha256 differs from "
                                           "the offer")
-            self._clear_downloads()
             return
         self._install(part, offer)
+
+    def _garbled_download(self, offer: Offer, why: str) -> None:
+        """Bytes that are not the offered bundle say nothing of the bundle (its signature is
+        never reached): the transfer failed, so it is fetched again at the next polls, and
+        refused only after GARBLED_TRIES such downloads. Refused at once, one page from a
+        captive portal kept a good bundle off the box for good."""
+        self._clear_downloads()
+        tries = self._garbled.get(offer.bundle_id, 0) + 1
+        if len(self._garbled) >= MAX_REFUSED and offer.bundle_id not in self._garbled:
+            self._garbled.pop(next(iter(self._garbled)))
+        self._garbled[offer.bundle_id] = tries
+        if tries >= GARBLED_TRIES:
+            self._refuse(offer.bundle_id, f"{why} ({tries} downloads in a row)")
+        else:
+            self._error(f"{why}; download {tries} of {GARBLED_TRIES}, fetched again in "
+                        f"{self.cfg.poll_min:g} min")
 
 
 def start_fleet(settings, state_dir: Path, echo=print):
