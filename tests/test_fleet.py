@@ -568,3 +568,31 @@ def test_a_trusted_key_that_is_a_pipe_is_refused_not_waited_on(tmp_path, fleet_k
     os.mkfifo(keys / "extra.pub", 0o644)
     caught = raised_within(lambda: load_trusted_keys(keys), BundleError)
     assert "extra.pub: not a key file" in str(caught)
+
+
+def test_a_killed_install_s_staging_folder_is_removed_at_the_next_start_unless_held(
+        tmp_path, fleet_kit):
+    """SIGKILL mid-unpack leaves `slots/.staging` holding the card's space; the next start
+    frees it. An install running beside the service (by hand) holds its lock: left alone."""
+    import fcntl
+
+    from edge.config import load_settings
+    from edge.fleet.agent import start_fleet
+
+    config = device_config(tmp_path, fleet_kit)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", KILL_AT, "extracted", "bundle", "install",
+                          str(fleet_kit["v2"]), "--config", str(config)],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert out.returncode == -9, out.stderr[-2000:]
+    fleet = fleet_of(tmp_path)
+    staging = fleet.root / "slots" / ".staging"
+    assert any(staging.rglob("*.tflite")), "the kill left the unpacked models"
+    settings = load_settings(config)
+    with open(fleet.root / "install.lock", "a+") as lock:  # an install is running
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        start_fleet(settings, tmp_path / "state", echo=lambda _: None)
+        assert staging.exists()
+    start_fleet(settings, tmp_path / "state", echo=lambda _: None)
+    assert not staging.exists()
+    assert fleet_of(tmp_path).status()["bundle"] == "factory"

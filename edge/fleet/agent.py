@@ -453,6 +453,8 @@ def start_fleet(settings, state_dir: Path, echo=print):
         return None, settings.models.dir
     fleet = Fleet(fleet_root(settings, state_dir), settings.fleet)
     fleet.ensure(Path(settings.models.dir))
+    if fleet.clear_stale_staging():
+        log.info("fleet: removed the staging folder a killed install left")
     line = fleet.on_start()
     if line:
         echo(line)

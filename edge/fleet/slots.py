@@ -288,6 +288,20 @@ class Fleet:
             raise BundleError(f"bundle {manifest.version} refused: {what} {top} (a replayed "
                               "or downgraded bundle is never installed)")
 
+    def clear_stale_staging(self) -> bool:
+        """At start: a staging folder no install holds is what a killed one left (a power
+        cut mid-unpack); it held the card's space until the next install. True if removed."""
+        staging = self.root / "slots" / STAGING
+        if not staging.exists():
+            return False
+        try:
+            with open(self.root / "install.lock", "a+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on close
+                shutil.rmtree(staging, ignore_errors=True)
+        except (BlockingIOError, OSError):
+            return False  # an install is running (by hand, beside the service): its own
+        return not staging.exists()
+
     def install(self, path: Path, keys: list, names: dict | None = None) -> BundleManifest:
         """Verify, stage, self-test and swap in a bundle; `BundleError` (one line) leaves
         `current` and its models exactly as they were."""
