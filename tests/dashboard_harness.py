@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.parse
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from central.dashboard import config as C
@@ -93,36 +94,77 @@ def messages(db: str) -> list[dict]:
              "received_ts": r, "payload": json.loads(p)} for d, c, k, s, t, r, p in rows]
 
 
+@dataclass
+class DistrictServers:
+    """A broker with a user per box and the central user, the registry of each box's
+    clinic, and the collector's password file and database path."""
+
+    tmp: Path
+    broker: Mosquitto
+    registry: Path
+    password_file: Path
+    db: str
+    collectors: list = field(default_factory=list)
+
+    def collector(self) -> CollectorProc:
+        """A collector subscribed to the broker (stopped with the servers)."""
+        proc = CollectorProc(f"mqtt://central@127.0.0.1:{self.broker.port}", self.db, self.tmp,
+                             "central", extra=("--password-file", str(self.password_file),
+                                               "--registry", str(self.registry)))
+        self.collectors.append(proc)
+        proc.wait_subscribed()
+        return proc
+
+    def publish_raw(self, device: str, kind: str, payload: bytes):
+        """One message as the box's broker user, bypassing the device's own checks; the
+        publish's result (`.is_failure`)."""
+        from tests.test_uplink_scenarios import publish_wait, raw_client
+
+        client = raw_client(self.broker, device)
+        try:
+            return publish_wait(client, f"sonoedge/{device}/{kind}", payload)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+
+
 @contextmanager
-def filled_district(tmp: Path, data_dir: Path):
-    """A broker, a collector with the registry, and the device runs; yields the DB path once
-    every message the devices queued is stored. Everything is stopped afterwards."""
+def district_servers(tmp: Path, boxes: dict[str, str]):
+    """DistrictServers for `boxes` (device id -> clinic id); all stopped afterwards."""
     from board.provision import set_clinic
-    from tests.test_central import message
 
     broker = Mosquitto(tmp / "broker")
-    for dev in DEVICES:
+    for dev in boxes:
         broker.add_user(dev, "device")
     broker.add_user("central", "central")
     broker.start()
-    collector = None
+    servers = None
     try:
         registry = tmp / "devices.csv"
-        for dev, clinic in DEVICES.items():
+        for dev, clinic in boxes.items():
             set_clinic(registry, dev, clinic)
         pw = tmp / "central.password"
         pw.write_text(broker.passwords["central"] + "\n")
         pw.chmod(0o600)
-        db = str(tmp / "central.sqlite3")
-        collector = CollectorProc(f"mqtt://central@127.0.0.1:{broker.port}", db, tmp, "central",
-                                  extra=("--password-file", str(pw), "--registry",
-                                         str(registry)))
-        collector.wait_subscribed()
-        for n, (dev, protocol, screens, heads) in enumerate(RUNS):
-            _device_run(tmp, broker, n, dev, protocol, screens, heads, data_dir)
-        import paho.mqtt.client as mqtt
+        servers = DistrictServers(tmp, broker, registry, pw, str(tmp / "central.sqlite3"))
+        yield servers
+    finally:
+        for proc in servers.collectors if servers is not None else ():
+            proc.stop()
+        broker.stop(signal.SIGKILL)
 
-        from tests.test_uplink_scenarios import publish_wait, raw_client
+
+@contextmanager
+def filled_district(tmp: Path, data_dir: Path):
+    """A broker, a collector with the registry, and the device runs; yields the DB path once
+    every message the devices queued is stored. Everything is stopped afterwards."""
+    from tests.test_central import message
+
+    with district_servers(tmp, DEVICES) as servers:
+        db = servers.db
+        servers.collector()
+        for n, (dev, protocol, screens, heads) in enumerate(RUNS):
+            _device_run(tmp, servers.broker, n, dev, protocol, screens, heads, data_dir)
 
         def last_seq(dev: str) -> int:
             return max((m["seq"] for m in messages(db) if m["device_id"] == dev
@@ -139,32 +181,14 @@ def filled_district(tmp: Path, data_dir: Path):
             return True
 
         wait_for(all_stored, 30, "every message the devices queued, at the collector")
-        north = raw_client(broker, "box-north")
-        try:
-            hole = message("health", device="box-north", seq=last_seq("box-north") + 3)
-            assert not publish_wait(north, "sonoedge/box-north/health",
-                                    json.dumps(hole).encode()).is_failure
-        finally:
-            north.loop_stop()
-            north.disconnect()
-        south = raw_client(broker, "box-south")
-        try:
-            publish_wait(south, "sonoedge/box-south/exam", b'{"not": "an exam"')
-        finally:
-            south.loop_stop()
-            south.disconnect()
-        del mqtt
+        hole = message("health", device="box-north", seq=last_seq("box-north") + 3)
+        assert not servers.publish_raw("box-north", "health",
+                                       json.dumps(hole).encode()).is_failure
+        servers.publish_raw("box-south", "exam", b'{"not": "an exam"')
 
         def settled() -> bool:
-            import sqlite3
-
-            conn = sqlite3.connect(db, timeout=10)
-            try:
-                dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
-            finally:
-                conn.close()
-            return dead >= 1 and any(m["payload"].get("msg_id") == hole["msg_id"]
-                                     for m in messages(db))
+            return dead_letter_count(db) >= 1 and any(
+                m["payload"].get("msg_id") == hole["msg_id"] for m in messages(db))
 
         wait_for(settled, 30, "the hole and the dead letter at the collector")
         districts = tmp / "districts.csv"
@@ -177,10 +201,16 @@ def filled_district(tmp: Path, data_dir: Path):
             out = central(*args, "--db", db, stdin=stdin + "\n")
             assert out.returncode == 0, out.stderr
         yield db
+
+
+def dead_letter_count(db: str) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
     finally:
-        if collector is not None:
-            collector.stop()
-        broker.stop(signal.SIGKILL)
+        conn.close()
 
 
 def central(*args: str, stdin: str = "", timeout_s: float = 120) -> subprocess.CompletedProcess:

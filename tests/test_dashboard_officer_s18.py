@@ -19,7 +19,6 @@ import html as html_text
 import io
 import json
 import re
-import signal
 import sqlite3
 import time
 
@@ -27,18 +26,19 @@ import pytest
 
 from central.dashboard import config as C
 from central.dashboard import pages, queries
-from tests.conftest_mqtt import CollectorProc, outbox_last_seq, wait_for
+from tests.conftest_mqtt import outbox_last_seq, wait_for
 from tests.dashboard_harness import (
     HEADS,
     _device_run,
     central,
     dashboard,
+    dead_letter_count,
+    district_servers,
     login,
     messages,
     request,
     wait_rolled_up,
 )
-from tests.servers import Mosquitto
 
 BOXES = {"box-ambo": "clinic-ambo", "box-bora": "clinic-bora"}
 CANA = "Cana <St Mary's> & \"Co\""  # a name from the district map, shown as text, not markup
@@ -50,31 +50,14 @@ OLD_DEAD_LETTER_DAYS_AGO = 100
 
 @pytest.fixture(scope="module")
 def district(tmp_path_factory, data_dir):
-    from board.provision import set_clinic
     from tests.test_central import message
-    from tests.test_uplink_scenarios import publish_wait, raw_client
 
     tmp = tmp_path_factory.mktemp("officer")
-    broker = Mosquitto(tmp / "broker")
-    for dev in BOXES:
-        broker.add_user(dev, "device")
-    broker.add_user("central", "central")
-    broker.start()
-    collector = None
-    try:
-        registry = tmp / "devices.csv"
-        for dev, clinic in BOXES.items():
-            set_clinic(registry, dev, clinic)
-        pw = tmp / "central.password"
-        pw.write_text(broker.passwords["central"] + "\n")
-        pw.chmod(0o600)
-        db = str(tmp / "central.sqlite3")
-        collector = CollectorProc(f"mqtt://central@127.0.0.1:{broker.port}", db, tmp, "central",
-                                  extra=("--password-file", str(pw), "--registry",
-                                         str(registry)))
-        collector.wait_subscribed()
-        _device_run(tmp, broker, 0, "box-ambo", "biometry", (), HEADS[:2], data_dir)
-        _device_run(tmp, broker, 1, "box-bora", "biometry", (), HEADS[2:4], data_dir)
+    with district_servers(tmp, BOXES) as servers:
+        db = servers.db
+        servers.collector()
+        _device_run(tmp, servers.broker, 0, "box-ambo", "biometry", (), HEADS[:2], data_dir)
+        _device_run(tmp, servers.broker, 1, "box-bora", "biometry", (), HEADS[2:4], data_dir)
 
         def seqs(dev: str) -> set[int]:
             return {m["seq"] for m in messages(db) if m["device_id"] == dev
@@ -87,28 +70,10 @@ def district(tmp_path_factory, data_dir):
         first_ts = time.time() - FIRST_MESSAGE_DAYS_AGO * C.DAY_S
         first = message("health", device="box-ambo", seq=max(seqs("box-ambo")) + 1,
                         ts=round(first_ts, 3))
-        ambo = raw_client(broker, "box-ambo")
-        try:
-            assert not publish_wait(ambo, "sonoedge/box-ambo/health",
-                                    json.dumps(first).encode()).is_failure
-        finally:
-            ambo.loop_stop()
-            ambo.disconnect()
-        bora = raw_client(broker, "box-bora")
-        try:
-            publish_wait(bora, "sonoedge/box-bora/exam", b'{"not": "an exam"')
-        finally:
-            bora.loop_stop()
-            bora.disconnect()
-
-        def dead_letters() -> int:
-            conn = sqlite3.connect(db, timeout=10)
-            try:
-                return conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
-            finally:
-                conn.close()
-
-        wait_for(lambda: dead_letters() == 1 and any(
+        assert not servers.publish_raw("box-ambo", "health",
+                                       json.dumps(first).encode()).is_failure
+        servers.publish_raw("box-bora", "exam", b'{"not": "an exam"')
+        wait_for(lambda: dead_letter_count(db) == 1 and any(
             m["payload"]["msg_id"] == first["msg_id"] for m in messages(db)), 30,
             "box-ambo's first message and box-bora's dead letter at the collector")
         conn = sqlite3.connect(db, timeout=10)
@@ -136,10 +101,6 @@ def district(tmp_path_factory, data_dir):
             wait_rolled_up(base, cookie, sum(1 for m in sent if m["kind"] == "exam"))
             yield {"db": db, "base": base, "cookie": cookie, "sent": sent,
                    "first_day": dt.datetime.fromtimestamp(first["ts"], dt.UTC).date()}
-    finally:
-        if collector is not None:
-            collector.stop()
-        broker.stop(signal.SIGKILL)
 
 
 def _get(district, path: str, cookie: str | None = None) -> str:

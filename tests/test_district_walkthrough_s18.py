@@ -20,18 +20,18 @@ import pytest
 
 from central.dashboard.store import UNNAMED_SLOT
 from tests.conftest import REPO
-from tests.conftest_mqtt import CollectorProc, outbox_last_seq, wait_for
+from tests.conftest_mqtt import outbox_last_seq, wait_for
 from tests.dashboard_harness import (
     HEADS,
     _device_run,
     central,
     dashboard,
+    district_servers,
     login,
     messages,
     request,
     wait_rolled_up,
 )
-from tests.servers import Mosquitto
 
 CLINICS = {"box-a": "clinic-a", "box-b": "clinic-b"}
 ADMIN = ("officer", "admin-password-1")
@@ -39,37 +39,16 @@ ADMIN = ("officer", "admin-password-1")
 
 @pytest.fixture(scope="module")
 def district(tmp_path_factory, data_dir):
-    from board.provision import set_clinic
-
     tmp = tmp_path_factory.mktemp("walk")
-    broker = Mosquitto(tmp / "broker")
-    for dev in CLINICS:
-        broker.add_user(dev, "device")
-    broker.add_user("central", "central")
-    broker.start()
-    collector = None
-    try:
-        registry = tmp / "devices.csv"
-        for dev, clinic in CLINICS.items():
-            set_clinic(registry, dev, clinic)
-        pw = tmp / "central.password"
-        pw.write_text(broker.passwords["central"] + "\n")
-        pw.chmod(0o600)
-        db = str(tmp / "central.sqlite3")
-
-        def start_collector() -> CollectorProc:
-            c = CollectorProc(f"mqtt://central@127.0.0.1:{broker.port}", db, tmp, "central",
-                              extra=("--password-file", str(pw), "--registry", str(registry)))
-            c.wait_subscribed()
-            return c
-
-        start_collector().stop()  # its session stays at the broker, holding what comes
+    with district_servers(tmp, CLINICS) as servers:
+        db, broker = servers.db, servers.broker
+        servers.collector().stop()  # its session stays at the broker, holding what comes
         _device_run(tmp, broker, 0, "box-a", "biometry", (), HEADS[:2], data_dir)
         before = outbox_last_seq(tmp / "state-box-a")
         assert before >= 2
         broker.stop(signal.SIGKILL)  # what it held for the collector is gone
         broker.start()
-        collector = start_collector()
+        servers.collector()
         _device_run(tmp, broker, 1, "box-a", "biometry", (), HEADS[2:5], data_dir)
         _device_run(tmp, broker, 2, "box-b", "second-trimester", ("4CH", "FEMUR", "LIPS"),
                     HEADS[5:8], data_dir)
@@ -97,10 +76,6 @@ def district(tmp_path_factory, data_dir):
             wait_rolled_up(base, cookie, sum(1 for m in sent if m["kind"] == "exam"))
             yield {"db": db, "base": base, "cookie": cookie, "sent": sent, "tmp": tmp,
                    "lost_before_collector": before}
-    finally:
-        if collector is not None:
-            collector.stop()
-        broker.stop(signal.SIGKILL)
 
 
 def _get(district, path: str) -> str:
