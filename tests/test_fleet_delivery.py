@@ -201,88 +201,75 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def test_a_device_pulls_over_http_and_resumes_a_cut_download(tmp_path, fleet_kit):  # noqa: F811
+@pytest.fixture
+def bundle_site(tmp_path, fleet_kit):  # noqa: F811
+    """v2 exported for a web server (`bundle export`) and served on a free loopback port
+    by `_RangeHandler`; yields (offer, the folder served, the device's agent on it)."""
     www = tmp_path / "www"
     offer = export(fleet_kit["v2"], GROUP, www, str(fleet_kit["trusted"]))
     handler = functools.partial(_RangeHandler, directory=str(www))
-    _RangeHandler.cut_after = 500_000
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+
+    def agent(where: Path):
+        where.mkdir(exist_ok=True)
+        return _agent(device_config(where, fleet_kit, http_url=url), fleet_kit)
+
     try:
-        config = device_config(tmp_path, fleet_kit,
-                               http_url=f"http://127.0.0.1:{server.server_port}")
-        agent = _agent(config, fleet_kit)
-        agent._poll_http()  # cut at 500 kB
-        part = agent.fleet.root / "download" / offer.bundle_id / "bundle.http"
-        assert part.stat().st_size == 500_000
-        assert agent.fleet.status()["bundle"] == "factory"
-        agent._poll_http()  # resumes with a Range request
-        assert agent.fleet.status()["bundle"] == "2.0"
-        assert agent.restart.is_set()
+        yield offer, www, agent
     finally:
+        _RangeHandler.cut_after, _RangeHandler.garble, _RangeHandler.bundle_gets = None, 0, 0
         server.shutdown()
+
+
+def test_a_device_pulls_over_http_and_resumes_a_cut_download(tmp_path, bundle_site):
+    offer, _, agent_in = bundle_site
+    _RangeHandler.cut_after = 500_000
+    agent = agent_in(tmp_path)
+    agent._poll_http()  # cut at 500 kB
+    part = agent.fleet.root / "download" / offer.bundle_id / "bundle.http"
+    assert part.stat().st_size == 500_000
+    assert agent.fleet.status()["bundle"] == "factory"
+    agent._poll_http()  # resumes with a Range request
+    assert agent.fleet.status()["bundle"] == "2.0"
+    assert agent.restart.is_set()
 
 
 def test_a_garbled_http_download_is_fetched_again_and_refused_only_when_it_keeps_coming(
-        tmp_path, fleet_kit):  # noqa: F811
+        tmp_path, bundle_site):
     """Bytes that are not the offered bundle (a captive portal, a proxy) are the transfer's
     fault, not the bundle's: fetched again at the next poll, refused after three in a row.
     Refused at once, one garbled download kept a good bundle off the box for good."""
-    www = tmp_path / "www"
-    offer = export(fleet_kit["v2"], GROUP, www, str(fleet_kit["trusted"]))
-    handler = functools.partial(_RangeHandler, directory=str(www))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        config = device_config(tmp_path, fleet_kit,
-                               http_url=f"http://127.0.0.1:{server.server_port}")
-        agent = _agent(config, fleet_kit)
-        _RangeHandler.garble = 1
-        agent._poll_http()
-        assert agent.fleet.status()["bundle"] == "factory"
-        assert "download 1 of 3" in agent.fleet.state["last_error"]
-        assert offer.bundle_id not in agent.fleet.state.get("refused_ids", [])
-        agent._poll_http()  # the next poll: the real bytes
-        assert agent.fleet.status()["bundle"] == "2.0"
+    offer, _, agent_in = bundle_site
+    agent = agent_in(tmp_path)
+    _RangeHandler.garble = 1
+    agent._poll_http()
+    assert agent.fleet.status()["bundle"] == "factory"
+    assert "download 1 of 3" in agent.fleet.state["last_error"]
+    assert offer.bundle_id not in agent.fleet.state.get("refused_ids", [])
+    agent._poll_http()  # the next poll: the real bytes
+    assert agent.fleet.status()["bundle"] == "2.0"
 
-        (tmp_path / "b").mkdir()
-        other = _agent(device_config(tmp_path / "b", fleet_kit,
-                                     http_url=f"http://127.0.0.1:{server.server_port}"),
-                       fleet_kit)
-        _RangeHandler.garble = 3
-        for _ in range(3):
-            other._poll_http()
-        assert offer.bundle_id in other.fleet.state["refused_ids"]
-        assert "3 downloads in a row" in other.fleet.state["last_error"]
-        assert other.fleet.status()["bundle"] == "factory"
-    finally:
-        _RangeHandler.garble = 0
-        server.shutdown()
+    other = agent_in(tmp_path / "b")
+    _RangeHandler.garble = 3
+    for _ in range(3):
+        other._poll_http()
+    assert offer.bundle_id in other.fleet.state["refused_ids"]
+    assert "3 downloads in a row" in other.fleet.state["last_error"]
+    assert other.fleet.status()["bundle"] == "factory"
 
 
 def test_a_whole_download_whose_install_stopped_short_is_installed_without_asking_again(
-        tmp_path, fleet_kit):  # noqa: F811
-    www = tmp_path / "www"
-    offer = export(fleet_kit["v2"], GROUP, www, str(fleet_kit["trusted"]))
-    handler = functools.partial(_RangeHandler, directory=str(www))
-    _RangeHandler.bundle_gets = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        config = device_config(tmp_path, fleet_kit,
-                               http_url=f"http://127.0.0.1:{server.server_port}")
-        agent = _agent(config, fleet_kit)
-        part = agent.fleet.root / "download" / offer.bundle_id / "bundle.http"
-        part.parent.mkdir(parents=True)
-        part.write_bytes((www / GROUP / f"{offer.bundle_id}.bundle").read_bytes())
-        agent._poll_http()
-        assert _RangeHandler.bundle_gets == 0  # never a range past the end (HTTP 416)
-        assert agent.fleet.status()["bundle"] == "2.0"
-    finally:
-        server.shutdown()
+        tmp_path, bundle_site):
+    offer, www, agent_in = bundle_site
+    agent = agent_in(tmp_path)
+    part = agent.fleet.root / "download" / offer.bundle_id / "bundle.http"
+    part.parent.mkdir(parents=True)
+    part.write_bytes((www / GROUP / f"{offer.bundle_id}.bundle").read_bytes())
+    agent._poll_http()
+    assert _RangeHandler.bundle_gets == 0  # never a range past the end (HTTP 416)
+    assert agent.fleet.status()["bundle"] == "2.0"
 
 
 def test_an_offer_during_a_trial_waits_for_the_confirmation(tmp_path, fleet_kit):  # noqa: F811
