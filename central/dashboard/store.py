@@ -366,11 +366,23 @@ def _set_watermark(db: Db, key: str, value: float) -> None:
                "DO UPDATE SET value = excluded.value", (key, repr(float(value))))
 
 
+def _since(db: Db, key: str) -> float:
+    """In a refresh's transaction: one refresher at a time (PostgreSQL; SQLite's write lock
+    does it there), and the watermark `key`, less the overlap that catches late commits."""
+    if db.pg:
+        db.execute("SELECT pg_advisory_xact_lock(727276)")
+    return _watermark(db, key) - C.REFRESH_OVERLAP_S
+
+
+def _advance(db: Db, key: str, since: float, received: list[float]) -> None:
+    """Move the watermark `key` to the newest row read, once that is past the overlap."""
+    if received and max(received) > since + C.REFRESH_OVERLAP_S:
+        _set_watermark(db, key, max(received))
+
+
 def _refresh_batch(db: Db) -> int:
     with db.tx():
-        if db.pg:
-            db.execute("SELECT pg_advisory_xact_lock(727276)")  # one refresher at a time
-        since = _watermark(db, "received_ts") - C.REFRESH_OVERLAP_S
+        since = _since(db, "received_ts")
         rows = db.query(
             "SELECT m.msg_id, m.device_id, m.clinic_id, m.kind, m.seq, m.device_ts, "
             "m.received_ts, m.payload FROM messages m WHERE m.received_ts >= ? AND NOT EXISTS "
@@ -379,9 +391,7 @@ def _refresh_batch(db: Db) -> int:
         if not rows:
             return 0
         _add(db, rows)
-        newest = max(r[6] for r in rows)
-        if newest > since + C.REFRESH_OVERLAP_S:
-            _set_watermark(db, "received_ts", newest)
+        _advance(db, "received_ts", since, [r[6] for r in rows])
     return len(rows)
 
 
@@ -588,9 +598,7 @@ def _refresh_resent(db: Db) -> int:
     if not found:
         return 0  # a collector older than the table
     with db.tx():
-        if db.pg:
-            db.execute("SELECT pg_advisory_xact_lock(727276)")
-        since = _watermark(db, "resent_ts") - C.REFRESH_OVERLAP_S
+        since = _since(db, "resent_ts")
         rows = db.query(
             "SELECT device_id, seq, kind, clinic_id, device_ts, received_ts FROM resent r "
             "WHERE received_ts >= ? AND NOT EXISTS (SELECT 1 FROM dash.msgs d WHERE d.msg_id "
@@ -608,10 +616,7 @@ def _refresh_resent(db: Db) -> int:
         for dev, seq in max_seq.items():
             db.execute("UPDATE dash.device_latest SET max_seq = ? WHERE device_id = ? "
                        "AND max_seq < ?", (seq, dev, seq))
-        if rows:
-            newest = max(r[5] for r in rows)
-            if newest > since + C.REFRESH_OVERLAP_S:
-                _set_watermark(db, "resent_ts", newest)
+        _advance(db, "resent_ts", since, [r[5] for r in rows])
     return len(rows)
 
 
@@ -621,9 +626,7 @@ _TOPIC_DEVICE = re.compile(r"^sonoedge/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/")
 def _refresh_dead(db: Db) -> int:
     """Dead letters per device (the device named in the topic; '' when there is none)."""
     with db.tx():
-        if db.pg:
-            db.execute("SELECT pg_advisory_xact_lock(727276)")
-        since = _watermark(db, "dead_ts") - C.REFRESH_OVERLAP_S
+        since = _since(db, "dead_ts")
         rows = db.query(
             "SELECT digest, topic, received_ts FROM dead_letters l WHERE received_ts >= ? "
             "AND NOT EXISTS (SELECT 1 FROM dash.dead d WHERE d.digest = l.digest) "
@@ -633,10 +636,7 @@ def _refresh_dead(db: Db) -> int:
             m = _TOPIC_DEVICE.match(topic or "")
             out.append((digest, m.group(1) if m else "", received))
         db.many("INSERT INTO dash.dead (digest, device_id, received_ts) VALUES (?, ?, ?)", out)
-        if rows:
-            newest = max(r[2] for r in rows)
-            if newest > since + C.REFRESH_OVERLAP_S:
-                _set_watermark(db, "dead_ts", newest)
+        _advance(db, "dead_ts", since, [r[2] for r in rows])
     return len(rows)
 
 
