@@ -22,6 +22,7 @@ import pytest
 
 from tests.cli_run import one_line_error, sonoedge
 from tests.conftest import REPO
+from tests.servers import free_port
 
 LABELS = {"3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur",
           "Kidneys", "Lips", "LVOT", "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)"}
@@ -304,3 +305,22 @@ def test_models_shows_every_metric_as_a_figure_never_none():
     assert metric_lines and not any(line.endswith(": None") for line in metric_lines)
     calibration = next(line for line in metric_lines if "calibration:" in line)
     assert "temperature=" in calibration and "abstain_below=" in calibration
+
+
+def test_a_device_id_that_is_not_the_broker_user_is_warned_at_start(tmp_path, data_dir):
+    """A box set up with board/provision.py's URL but no device id takes the host's name:
+    the broker then refuses every message, Not authorized, and nothing said why."""
+    config = tmp_path / "device.toml"
+    config.write_text(f'[mqtt]\nurl = "mqtt://clinic7-box1@127.0.0.1:{free_port()}"\n'
+                      "drain_timeout_s = 0.5\n")
+    frame = data_dir / "hc18" / "images" / "010_HC.png"
+    proc = sonoedge("run", "--config", str(config), "--source", str(frame), "--state-dir",
+                    str(tmp_path / "state"), "--once")
+    assert proc.returncode == 0, proc.stderr
+    assert "is not the broker user 'clinic7-box1'" in proc.stderr
+    assert "device_id = 'clinic7-box1'" in proc.stderr
+    config.write_text(f'[mqtt]\nurl = "mqtt://clinic7-box1@127.0.0.1:{free_port()}"\n'
+                      'drain_timeout_s = 0.5\n[device]\ndevice_id = "clinic7-box1"\n')
+    proc = sonoedge("run", "--config", str(config), "--source", str(frame), "--state-dir",
+                    str(tmp_path / "state2"), "--once")
+    assert proc.returncode == 0 and "broker user" not in proc.stderr, proc.stderr
