@@ -132,10 +132,13 @@ class _StopFlag:
     SIGUSR1 is the midwife's "end exam" command (a button on the box, or the web page):
     the exam in progress ends now, and the next ultrasound starts a new one."""
 
-    def __init__(self) -> None:
+    def __init__(self, source=None) -> None:
         self.stopped = False
         self.end_exam = False
         self._previous: dict = {}
+        # a live source waiting for its grabber yields no frame to look at the flag after:
+        # closing it wakes the loop (else SIGTERM went unheard until systemd's SIGKILL)
+        self._source = source if getattr(source, "live", False) else None
 
     def __enter__(self) -> _StopFlag:
         for sig, handler in ((signal.SIGTERM, self._stop), (signal.SIGINT, self._stop),
@@ -148,6 +151,8 @@ class _StopFlag:
 
     def _stop(self, *_args: object) -> None:
         self.stopped = True
+        if self._source is not None:
+            self._source.close()
 
     def _end_exam(self, *_args: object) -> None:
         self.end_exam = True
@@ -304,7 +309,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     next_health = time.monotonic() + mqtt.health_interval_s
     limit = settings.loop.max_frames
     try:
-        with _StopFlag() as stop, source:
+        with _StopFlag(source) as stop, source:
             dog.ready(f"scoring {source.name}")
             for frame, capture_s in dog.watch(timed_frames(source, scorer.prepare_frame),
                                               source):
@@ -338,7 +343,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                 if models_switched.is_set():
                     break
             else:  # the source ended: with the page open, the last exam stays up
-                if web is not None and not once and not models_switched.is_set():
+                if web is not None and not once and not models_switched.is_set() \
+                        and not stop.stopped:
                     tracker.end("source_end")
                     web.source_ended()
                     web.linger(lambda: stop.stopped or models_switched.is_set())
