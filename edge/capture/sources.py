@@ -588,10 +588,11 @@ def open_v4l2(spec: str, settings: LiveSettings | None = None) -> LiveSource:
     name = f"v4l2:{dev}"
     shown = f"v4l2:{shown_path(dev)}"
     opener = _v4l2_opener(dev, s)
-    if s.wait_for_device:
-        if not os.path.exists(dev):
-            log.warning("%s: no such device yet (is the capture dongle plugged in?); waiting "
-                        "for it", shown)
+    if s.wait_for_device and not os.path.exists(dev):
+        # absent only: a device present but not openable (no permission, not a capture
+        # device) is a mistake to say at once, not a dongle still to be plugged in
+        log.warning("%s: no such device yet (is the capture dongle plugged in?); waiting "
+                    "for it", shown)
         return LiveSource(name, opener, s)
     if not os.path.exists(dev):
         raise SourceError(f"{shown}: no such device (is the capture dongle plugged in?)")
