@@ -13,6 +13,7 @@ bundle is verified whole by `Fleet.install`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -414,6 +415,13 @@ class FleetAgent:
                             if self._stop.is_set():
                                 return
         except (OSError, urllib.error.URLError) as exc:
+            if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+                # the device's full card, not the link: free what the download holds (the
+                # loop needs the room) and take the offer up at a later poll, as over MQTT
+                self._clear_downloads()
+                self._not_now(offer, f"download of {offer.version}: cannot keep it "
+                                     f"({exc.strerror or exc})")
+                return
             log.info("fleet: download of %s paused at %d bytes (%s); resumed at the next "
                      "poll", offer.version, have, getattr(exc, "reason", exc))
             self._next_poll = time.monotonic() + min(60.0, self.cfg.poll_min * 60)
