@@ -86,3 +86,16 @@ def test_every_control_is_at_least_48_px_for_a_thumb(page):
       .map((el) => [el.id || el.className, el.getBoundingClientRect().height])
       .filter(([, h]) => h < 48)""")
     assert not small, small
+
+
+def test_a_ga_range_with_a_bound_outside_hadlock_s_span_still_shows_that_bound(page):
+    """An exam whose smallest best head is under Hadlock's 14 weeks sends its range's low
+    bound as null (the command line prints "under 14"); the page dropped the whole range,
+    so the midwife saw a single age where the heads spanned several weeks."""
+    low, high, both = page.evaluate(
+        "() => [gaLine({ga_weeks: 15.2, ga_low_weeks: null, ga_high_weeks: 16.1}),"
+        " gaLine({ga_weeks: 41.5, ga_low_weeks: 40.9, ga_high_weeks: null}),"
+        " gaLine({ga_weeks: 20.0, ga_low_weeks: 19.5, ga_high_weeks: 20.5})]")
+    assert low[1].startswith("< 14w 0d") and "16w 1d" in low[1], low
+    assert high[1].startswith("40w 6d") and high[1].endswith("> 42w 0d"), high
+    assert both[1] == "19w 4d – 20w 4d", both

@@ -328,10 +328,21 @@ function examBiometry() { // the exam's head figures, or null before a head is m
   return bio && bio.hc_mm != null && bio.bpd_mm != null ? bio : null;
 }
 
+// Hadlock's span (edge/models/biometry.py HADLOCK_1984_WEEKS): the device sends a range's
+// bound outside it as null, and the range then says "< 14w 0d" or "> 42w 0d"
+const HADLOCK_WEEKS = [14, 42];
+
 function gaLine(bio) { // [age, its range] of one set of figures (the exam's or a frame's)
   if (!bio || bio.ga_weeks == null) return ["", ""];
   const lo = bio.ga_low_weeks, hi = bio.ga_high_weeks;
-  const range = lo != null && hi != null && hi > lo ? `${weeksDays(lo)} – ${weeksDays(hi)}` : "";
+  let range = "";
+  if (lo != null && hi != null) {
+    if (hi > lo) range = `${weeksDays(lo)} – ${weeksDays(hi)}`;
+  } else if (lo != null || hi != null) { // one best head outside the span: say so
+    const low = lo != null ? weeksDays(lo) : `< ${weeksDays(HADLOCK_WEEKS[0])}`;
+    const high = hi != null ? weeksDays(hi) : `> ${weeksDays(HADLOCK_WEEKS[1])}`;
+    range = `${low} – ${high}`;
+  }
   return [`${t("overlay.ga")} ${weeksDays(bio.ga_weeks)}`, range];
 }
 
