@@ -137,6 +137,22 @@ def test_a_dim_head_is_told_to_turn_the_gain_up_not_to_put_gel_on(scorer):
     assert judge(scorer, darker)["quality"]["advice"] == "content"
 
 
+def test_a_head_at_half_the_gain_is_never_told_to_lower_it_but_a_washed_out_one_is(scorer):
+    """Half the gain leaves 015_HC's brightest echoes at grey 79 and its darkest at the floor:
+    its contrast fails, and contrast's own "Washed-out image: lower the gain" made it darker
+    still. A washed-out image lifts its darkest echoes; this one is dim: turn the gain up."""
+    grey = grey_of("015_HC.png")
+    dim = degrade(grey, find_roi(grey), "gain", 0.5, np.random.default_rng(1), direction=-1)
+    c = criterion(judge(scorer, dim), "contrast")
+    assert not c["pass"] and "gain up" in c["message"], c
+    roi = find_roi(grey)
+    fog = grey.copy()  # too much gain, a fog: the darkest echoes lifted to grey 95
+    region = fog[roi.y:roi.y + roi.h, roi.x:roi.x + roi.w]
+    region[:] = (region.astype(np.float32) * 0.2 + 95).astype(np.uint8)
+    c = criterion(judge(scorer, fog), "contrast")
+    assert not c["pass"] and "lower the gain" in c["message"], c
+
+
 def test_contrast_fails_on_a_washed_out_image(scorer):
     grey = grey_of(CLEAN_VIEW)
     roi = find_roi(grey)
@@ -343,6 +359,12 @@ def test_the_audit_is_pure_arithmetic_on_its_rules():
     ('version = "' + "1" * 10_000 + '"\n[criteria.gain]\nmeasure = "bright_level"\n'
      'min = 1.0\nsoft = 1.0\nweight = 0.5\npriority = 1\nmessage = "x"\nok = "y"\n'
      'source = "z"\n', "version: must be 1-16 characters"),
+    ('version = "1"\n[advice]\nwashed_out_dark_level = 300.0\n[criteria.gain]\n'
+     'measure = "bright_level"\nmin = 1.0\nsoft = 1.0\nweight = 0.5\npriority = 1\n'
+     'message = "x"\nok = "y"\nsource = "z"\n', "advice.washed_out_dark_level must be a grey"),
+    ('version = "1"\n[advice]\ndark = 30.0\n[criteria.gain]\nmeasure = "bright_level"\n'
+     'min = 1.0\nsoft = 1.0\nweight = 0.5\npriority = 1\nmessage = "x"\nok = "y"\n'
+     'source = "z"\n', "advice: only washed_out_dark_level is known"),
     ("[[[", "not valid TOML"),
     ("a = " + "[" * 20000 + "]" * 20000 + "\n", "nested more than 16 deep"),  # tomllib recursed
     (b"\xff\xfe version".decode("latin-1"), "not valid TOML"),

@@ -41,7 +41,7 @@ QUALITY_HEAD_LABELS = ("blur", "gain", "noise", "shadow", "cutoff", "zoom")
 # What a criterion may measure. Image statistics are of the plane model's grey view of the
 # region (uint8, the model's input size); head figures come from `biometry.HeadShape`.
 IMAGE_MEASURES = ("tissue_fraction", "repeated_frames", "bright_level", "dynamic_range",
-                  "edge_energy", "plane_margin")
+                  "dark_level", "edge_energy", "plane_margin")
 HEAD_MEASURES = ("head_regions", "head_overshoot", "head_area_fraction", "head_fit_iou",
                  "head_offset")
 LEARNED_MEASURES = tuple(f"learned:{label}" for label in QUALITY_HEAD_LABELS)
@@ -114,6 +114,10 @@ class Rules:
     feedback: Feedback
     head_gate_probability: float
     path: str
+    # [advice] washed_out_dark_level: a failing contrast is washed out (less gain) only with
+    # the echoes' dark end raised above this grey level; at or below it they are dim (more
+    # gain). None: not judged (a rules file without it).
+    washed_out_dark_level: float | None = None
 
     def needs_learned_head(self) -> bool:
         return any(r.measure.startswith("learned:") for r in self.criteria)
@@ -174,7 +178,7 @@ def load_rules(path: Path | str | None = None) -> Rules:
         raise RulesError(f"{path}: quality rules file not found") from None
     except (OSError, PayloadError) as exc:
         raise RulesError(f"{path}: {exc}") from None
-    known = {"version", "feedback", "head", "criteria"}
+    known = {"version", "feedback", "head", "advice", "criteria"}
     for key in data:
         if key not in known:
             raise RulesError(f"{path}: unknown key {shown(key)}")
@@ -204,6 +208,15 @@ def load_rules(path: Path | str | None = None) -> Rules:
     gate = _typed(head.get("gate_probability", 0.1), float, f"{path}: head.gate_probability")
     if not 0.0 <= gate <= 1.0:
         raise RulesError(f"{path}: head.gate_probability must be between 0 and 1")
+    advice = data.get("advice", {})
+    if not isinstance(advice, dict) or set(advice) - {"washed_out_dark_level"}:
+        raise RulesError(f"{path}: advice: only washed_out_dark_level is known")
+    dark = advice.get("washed_out_dark_level")
+    if dark is not None:
+        dark = _typed(dark, float, f"{path}: advice.washed_out_dark_level")
+        if not 0.0 <= dark <= 255.0:
+            raise RulesError(f"{path}: advice.washed_out_dark_level must be a grey level, "
+                             "0-255")
     table = data.get("criteria")
     if not isinstance(table, dict) or not table:
         raise RulesError(f"{path}: criteria: expected a table of criteria")
@@ -217,7 +230,7 @@ def load_rules(path: Path | str | None = None) -> Rules:
                   for name, value in table.items())
     if not any(rule.weight > 0 for rule in rules):
         raise RulesError(f"{path}: criteria: every weight is 0, so every frame would score 1")
-    return Rules(version, rules, feedback, gate, str(path))
+    return Rules(version, rules, feedback, gate, str(path), dark)
 
 
 # ---------------------------------------------------------------------------- evidence
@@ -249,19 +262,20 @@ def image_measures(grey: np.ndarray | None) -> dict[str, float]:
     """
     if grey is None or grey.size == 0:
         return {"tissue_fraction": 0.0, "bright_level": 0.0, "dynamic_range": 0.0,
-                "edge_energy": 0.0}
+                "dark_level": 0.0, "edge_energy": 0.0}
     hist = cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel()
     total = max(1.0, float(hist.sum()))
     echoes = hist[TISSUE_LEVEL + 1:]
     tissue = float(echoes.sum()) / total
     if echoes.sum() < 1:
         return {"tissue_fraction": 0.0, "bright_level": 0.0, "dynamic_range": 0.0,
-                "edge_energy": 0.0}
+                "dark_level": 0.0, "edge_energy": 0.0}
     cdf = np.cumsum(echoes) / float(echoes.sum())
     p5 = TISSUE_LEVEL + 1 + int(np.searchsorted(cdf, 0.05))
     p95 = TISSUE_LEVEL + 1 + int(np.searchsorted(cdf, 0.95))
     return {"tissue_fraction": tissue, "bright_level": float(p95),
-            "dynamic_range": (p95 - p5) / 255.0, "edge_energy": edge_energy(grey)}
+            "dynamic_range": (p95 - p5) / 255.0, "dark_level": float(p5),
+            "edge_energy": edge_energy(grey)}
 
 
 def edge_energy(grey: np.ndarray) -> float:
@@ -393,8 +407,10 @@ def _explained_by_dim_echoes(rules: Rules, measures: dict[str, float],
     ("turn the gain up"); returns their names. Two cases:
 
     - contrast: echoes too dim for its bound to be reachable at all (their 5th-95th span
-      cannot exceed the bright level above the tissue floor) are dark, not washed out; a dim
-      frame whose gain passed was told "lower the gain", and lowering it failed the gain;
+      cannot exceed the bright level above the tissue floor), or whose dark end is not
+      raised (`washed_out_dark_level`: a washed-out image lifts its darkest echoes, a dim one
+      lowers its brightest), are dark, not washed out; a dim frame whose gain passed was
+      told "lower the gain", and lowering it failed the gain;
     - content: with the gain failing low, an image whose share of echoes is short of the
       bound but within its soft margin is there, only dim (a real head at a fifth of its
       brightness: 0.22 against 0.25). It was told "No image: put gel on the probe". An
@@ -410,7 +426,11 @@ def _explained_by_dim_echoes(rules: Rules, measures: dict[str, float],
         judged = criteria.get(rule.name)
         if judged is None or judged.passed or rule.min is None:
             continue
-        if rule.measure == "dynamic_range" and bright - (TISSUE_LEVEL + 1) < rule.min * 255.0:
+        dark = measures.get("dark_level")
+        if rule.measure == "dynamic_range" and (
+                bright - (TISSUE_LEVEL + 1) < rule.min * 255.0
+                or (rules.washed_out_dark_level is not None and dark is not None
+                    and dark <= rules.washed_out_dark_level)):
             explained.add(rule.name)
         elif rule.measure == "tissue_fraction" and bright < gain.min \
                 and judged.value >= rule.min - rule.soft:
