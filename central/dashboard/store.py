@@ -137,6 +137,7 @@ class Db:
     def __init__(self, url: str):
         self.url = url
         self.pg = is_postgres(url)
+        self._tables: set[str] = set()  # the collector's tables found so far
         try:
             if self.pg:
                 import psycopg
@@ -159,10 +160,7 @@ class Db:
                     self.conn.execute("SELECT floor(1.5)")
                 except sqlite3.OperationalError:  # a build without SQLite's math functions
                     self.conn.create_function("floor", 1, math.floor, deterministic=True)
-            found = self.query("SELECT to_regclass('messages') IS NOT NULL" if self.pg else
-                               "SELECT COUNT(*) FROM main.sqlite_master "
-                               "WHERE name = 'messages'")[0][0]
-            if not found:
+            if not self.has_collector_table("messages"):
                 raise DbError(f"{self.shown()}: not a sonoedge collector database "
                               "(no messages table)")
         except ImportError:
@@ -172,6 +170,17 @@ class Db:
             raise
         except Exception as exc:
             raise DbError(f"{self.shown()}: cannot open database: {_one_line(exc)}") from None
+
+    def has_collector_table(self, name: str) -> bool:
+        """Whether the collector's database has this table (an older collector made no
+        ``resent``). A table found is remembered, since a collector never drops one: the
+        rollup, every few seconds, asks once."""
+        if name not in self._tables and self.query(
+                "SELECT to_regclass(?) IS NOT NULL" if self.pg else
+                "SELECT COUNT(*) FROM main.sqlite_master WHERE type = 'table' AND name = ?",
+                (name,))[0][0]:
+            self._tables.add(name)
+        return name in self._tables
 
     def shown(self) -> str:
         return redact(self.url)
@@ -592,10 +601,7 @@ def _refresh_resent(db: Db) -> int:
     """Roll up the collector's ``resent`` seqs into ``dash.msgs`` (for the holes only: no
     count, since the message itself was stored and counted once) and the device's max seq
     (its status's seq is measured against it)."""
-    found = db.query("SELECT to_regclass('resent') IS NOT NULL" if db.pg else
-                     "SELECT COUNT(*) FROM main.sqlite_master WHERE type = 'table' "
-                     "AND name = 'resent'")[0][0]
-    if not found:
+    if not db.has_collector_table("resent"):
         return 0  # a collector older than the table
     with db.tx():
         since = _since(db, "resent_ts")
