@@ -259,7 +259,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     if settings.device.device_id and not mqtt.device_id:
         mqtt = replace(mqtt, device_id=settings.device.device_id)
     uplink = Uplink(mqtt, state_dir, model_versions=models)
-    broker_user = mqtt.username or (uplink.target.username if uplink.target else "")
+    broker_user = uplink.broker_user
     if broker_user and broker_user != uplink.device_id:
         # board/provision.py makes the broker user the device id and lets it publish only
         # under its own id: every message would be refused, "Not authorized"

@@ -205,6 +205,11 @@ class Uplink:
         self._write_status(force=True)
 
     # -- the loop's surface ---------------------------------------------------------------
+
+    @property
+    def broker_user(self) -> str:
+        """The user name the broker sees: `[mqtt] username`, else the URL's; "" = none."""
+        return self.settings.username or (self.target.username if self.target else "")
     def start(self) -> None:
         """Start the publisher thread; a no-op when no broker is configured."""
         if self.target is None or self._thread is not None:
@@ -433,7 +438,7 @@ class Uplink:
         )
         client.max_inflight_messages_set(max(1, self.settings.max_inflight))
         client.connect_timeout = self.settings.connect_timeout_s
-        user = self.settings.username or self.target.username
+        user = self.broker_user
         password = self.password or self.target.password
         if user:
             client.username_pw_set(user, password or None)
@@ -512,7 +517,7 @@ class Uplink:
             _quiet_close(client)
             return False
         if rc.is_failure:
-            user = self.settings.username or target.username or "(none)"
+            user = self.broker_user or "(none)"
             hint = " (check user name and password)" if rc.value in (134, 135) else ""
             self._error(f"broker {target.host}:{target.port} refused login as {user!r}: "
                         f"{rc}{hint}")
