@@ -295,22 +295,34 @@ class Fleet:
         if not staging.exists():
             return False
         try:
-            with open(self.root / "install.lock", "a+") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on close
-                shutil.rmtree(staging, ignore_errors=True)
-        except (BlockingIOError, OSError):
+            lock = self._install_lock()
+        except OSError:
+            return False
+        if lock is None:
             return False  # an install is running (by hand, beside the service): its own
+        with lock:
+            shutil.rmtree(staging, ignore_errors=True)
         return not staging.exists()
+
+    def _install_lock(self):
+        """The lock that allows one install at a time across processes (the service's, one
+        by hand), held while the returned file is open; None when another holds it."""
+        lock = open(self.root / "install.lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return None
+        return lock
 
     def install(self, path: Path, keys: list, names: dict | None = None) -> BundleManifest:
         """Verify, stage, self-test and swap in a bundle; `BundleError` (one line) leaves
         `current` and its models exactly as they were."""
         (self.root / "slots").mkdir(parents=True, exist_ok=True)
-        with open(self.root / "install.lock", "a+") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise BundleError("another install is running") from None
+        lock = self._install_lock()
+        if lock is None:
+            raise BundleError("another install is running")
+        with lock:
             self._state = None  # re-read: another process may have changed it
             self.reconcile()
             trial = self.state.get("trial")
