@@ -177,24 +177,29 @@ def known_token(stored_pw: str) -> str:
                     hashlib.sha256).hexdigest()
 
 
+def _known_tokens(cookie: str | None) -> list[str]:
+    """The tokens a known-browser cookie holds: bounded, and only what a token looks like."""
+    return [t for t in (cookie or "")[:C.KNOWN_COOKIE_CHARS].split(".")
+            if re.fullmatch(r"[0-9a-f]{64}", t)]
+
+
 def known_browser(db: Db, username: str, cookie: str | None) -> bool:
     """Did this browser log into `username` before (the known-browser cookie names it)?"""
-    given = [t for t in (cookie or "")[:C.KNOWN_COOKIE_CHARS].split(".") if t]
+    given = _known_tokens(cookie)
     if not given or not USER_RE.match(username or ""):
         return False
     rows = db.query("SELECT pw FROM dash.users WHERE username = ?", (username,))
     if not rows:
         return False
     want = known_token(rows[0][0]).encode()
-    return any(hmac.compare_digest(t.encode("ascii", "replace"), want) for t in given)
+    return any(hmac.compare_digest(t.encode(), want) for t in given)
 
 
 def known_cookie_after_login(db: Db, username: str, cookie: str | None) -> str:
     """The cookie with this account's token first: a shared browser remembers a few."""
     rows = db.query("SELECT pw FROM dash.users WHERE username = ?", (username,))
     token = known_token(rows[0][0]) if rows else ""
-    kept = [t for t in (cookie or "")[:C.KNOWN_COOKIE_CHARS].split(".")
-            if re.fullmatch(r"[0-9a-f]{64}", t) and t != token]
+    kept = [t for t in _known_tokens(cookie) if t != token]
     return ".".join([token, *kept][:C.KNOWN_TOKENS])
 
 
