@@ -69,6 +69,9 @@ class Frame:
     # were still in that core's cache (`read_ahead`'s and `LiveSource`'s `prepare`): the
     # models' half-resolution grey (edge.models.preprocess.half_grey), or None.
     half_grey: np.ndarray | None = None
+    # Seconds into a recording (a video file's own timeline), None for live frames and
+    # still images: what an exam's length and gaps are counted in (edge/capture/clock.py).
+    t_media: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -220,11 +223,13 @@ class VideoFileSource(Source):
                         err = (f"{self.name}: decode failed at frame {i} of {self.frame_count}"
                                " (truncated or corrupt video)")
                         log.debug("%s", err)  # carried by the frame, said by its scorer
-                        yield Frame(self.name, i, None, t_mono, t_wall, err)
+                        yield Frame(self.name, i, None, t_mono, t_wall, err,
+                                    t_media=i / self.fps)
                     else:
                         log.info("%s: end of video after %d frames", self.name, i)
                     return
-                yield Frame(self.name, i, img, t_mono, t_wall, read_s=t_mono - t_read)
+                yield Frame(self.name, i, img, t_mono, t_wall, read_s=t_mono - t_read,
+                            t_media=i / self.fps)
                 i += 1
         finally:
             cap.release()

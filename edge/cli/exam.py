@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from edge.capture.clock import ScanClock
 from edge.capture.sources import open_sources
 from edge.config import frame_limits, load_settings
 from edge.exam.protocol import find_protocol
@@ -39,6 +40,9 @@ def main(args) -> int:
                             shown_as=str(Path(args.thumbs)))
     session = ExamSession(protocol, thumbs, settings.exam, measure_kept=scorer.measure_kept)
     failed, ended_by = 0, "source_end"
+    # The exam lasts from its first frame to its last on the scan's clock: a video's own
+    # length, however fast it was read (edge/capture/clock.py), not the models' start-up.
+    scan_clock, first_last = ScanClock(), None
     try:
         # strict: a path that gives no frames at all (missing, an empty folder) is one
         # error line before any work, not an exam of one failed frame
@@ -49,10 +53,14 @@ def main(args) -> int:
                 if result.error:  # one line naming the file; the frame is skipped
                     print(f"sonoedge: {result.error}", file=sys.stderr)
                 roi = Roi(*result.roi) if result.roi else None
-                session.add(result.to_dict(), frame.image, roi)
+                now = scan_clock(frame)
+                if first_last is None:
+                    session.started_ts, session.started_mono = frame.t_wall, now
+                first_last = (frame.t_wall, now)
+                session.add(result.to_dict(), frame.image, roi, now)
     except KeyboardInterrupt:  # Ctrl-C on a long video: the frames scored are the exam
         ended_by = "command"
-    body = session.finish(ended_by, scorer.model_versions())
+    body = session.finish(ended_by, scorer.model_versions(), *(first_last or (None, None)))
     if args.json:
         print(json.dumps({"exam": body, "checklist": session.checklist(),
                           "best_frames": session.best_frames()}, separators=(",", ":")))

@@ -114,6 +114,7 @@ class ExamSession:
     tally: ExamTally = field(default_factory=ExamTally)
     best: dict[str, BestFrame] = field(default_factory=dict)
     last_content: tuple[float, float] | None = None  # (wall, monotonic) of the last content
+    last_frame: tuple[float, float] | None = None  # (wall, monotonic) of the last frame fed
     first_row: int | None = None  # journal rows of its first and last frame, where journaled
     last_row: int | None = None
     # The segmenter's own passes, for the heads the exam reports; None: the live pass is final.
@@ -319,9 +320,10 @@ class ExamTracker:
                                        started_ts=wall_time_of(result), started_mono=now,
                                        first_row=row, **ids)
             log.info("exam %s started (protocol %s)", self.current.exam_id, self.protocol.name)
+        self.current.last_frame = (wall_time_of(result), now)
         if content:
             self._last_content = now
-            self.current.last_content = (wall_time_of(result), now)
+            self.current.last_content = self.current.last_frame
         self.current.add(result, image, roi, now)
         if row is not None:
             self.current.last_row = row
@@ -333,8 +335,10 @@ class ExamTracker:
         if session is None:
             return None
         # An exam that ran out of content ended with its last content frame, not 20 s later;
-        # so, as far as the journal tells, did an exam whose run was killed.
-        last = session.last_content if ended_by in ("gap", "recovered") else None
+        # so, as far as the journal tells, did an exam whose run was killed. Any other ends
+        # with the last frame it saw, on the frames' clock (a recording's own, see
+        # edge/capture/clock.py), not when the box got round to ending it.
+        last = session.last_content if ended_by in ("gap", "recovered") else session.last_frame
         body = session.finish(ended_by, self.model_versions, *(last or (None, None)))
         log.info("exam %s ended (%s): %d frames, %d/%d planes captured", session.exam_id,
                  ended_by, body["frames"], body["protocol"]["captured"],
