@@ -13,7 +13,7 @@ from bench import bench_mqtt
 from bench import dashboard as bench_dashboard
 from bench.agreement import device_path_agreement, example_planes, summarise
 from bench.audit import audit_section, sweeps_section
-from bench.models import format_table, model_table, time_device_path
+from bench.models import format_table, model_table, time_device_path, time_idle
 from bench.web import web_section
 from edge.models.manifest import ModelError, read_manifest, verify
 
@@ -161,6 +161,15 @@ def main() -> int:
                   f"all median {paced['median_ms']:.2f} ms, p90 {paced['p90_ms']:.2f} ms; "
                   f"head-plane frames median {paced['head_frame_median_ms']:.2f} ms, p90 "
                   f"{paced['head_frame_p90_ms']:.2f} ms")
+        names = [m for m in ("plane_student", "quality_head", "head_segmenter")
+                 if (REPO / "models" / f"{m}.json").is_file()]
+        idle = time_idle(REPO / "models", names, 2, frame)
+        print(f"what the host charges for idle cores: the {', '.join(names)} models on one "
+              "head frame, 2 threads, the same code each time: " + "; ".join(
+                  f"{mode} median {t['median_ms']:.2f} ms, p90 {t['p90_ms']:.2f}"
+                  for mode, t in idle.items())
+              + " (15 fps; a paced path slower than back to back by what spinning takes "
+                "back is the cores' wake-up, not the code)")
 
     audit_section(student_int8, BENCH_PIXEL_SIZE_MM)
     sweeps_section()

@@ -60,6 +60,12 @@ def time_device_path(manifest: Path, threads: int, pixel_size_mm: float = 0.0,
                    str(pixel_size_mm), *(["paced"] if paced else []))
 
 
+def time_idle(models_dir: Path, names: list[str], threads: int, frame: Path) -> dict:
+    """The same models on the same frame back to back, paced asleep, paced spinning
+    (bench.worker idle): the host's charge for idle cores, apart from the code's."""
+    return _worker("idle", str(models_dir), str(threads), str(frame), *names)
+
+
 def time_passes(manifest: Path, threads: int, margin: float, max_zoom: float,
                 frames: list[tuple[Path, float]]) -> dict:
     """ms per head frame of each pass option of the head segmenter (bench.worker passes)."""

@@ -11,6 +11,7 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import cv2
 
@@ -158,9 +159,50 @@ def time_passes(manifest_path: str, threads: int, margin: float, max_zoom: float
     return out
 
 
+def time_idle(models_dir: str, names: list[str], threads: int, frame_path: str,
+              fps: float = 15.0, frames: int = 150) -> dict:
+    """What the host charges for idling between frames: the models of a head-plane frame
+    (`names`, one real frame) run back to back, then once per 1/fps with the loop asleep
+    between frames as on a live scanner, then once per 1/fps with the loop spinning instead
+    of sleeping. Code and inputs are the same in all three; only the cores' idling differs."""
+    image = cv2.imread(frame_path)
+    roi = find_roi(image)
+    models = []
+    for name in names:
+        manifest = read_manifest(str(Path(models_dir) / f"{name}.json"))
+        models.append((load_model(manifest, "litert", threads),
+                       prepare(image, roi, manifest.preprocessing)))
+
+    def one_frame() -> float:
+        t0 = time.perf_counter()
+        for model, x in models:
+            model.run(x)
+        return (time.perf_counter() - t0) * 1000
+
+    for _ in range(20):
+        one_frame()
+    gap = 1.0 / fps
+    out = {}
+    for mode in ("back to back", "paced, asleep between frames", "paced, spinning between "
+                                                                 "frames"):
+        times = []
+        for _ in range(frames):
+            times.append(one_frame())
+            if mode.startswith("paced, asleep"):
+                time.sleep(gap)
+            elif mode.startswith("paced, spinning"):
+                until = time.perf_counter() + gap
+                while time.perf_counter() < until:
+                    pass
+        out[mode] = {"median_ms": statistics.median(times), "p90_ms": _p90(times)}
+    return out
+
+
 def main(argv: list[str]) -> int:
     if argv[0] == "model":
         out = time_model(argv[1], int(argv[2]), argv[3], int(argv[4]))
+    elif argv[0] == "idle":
+        out = time_idle(argv[1], argv[4:], int(argv[2]), argv[3])
     elif argv[0] == "passes":
         out = time_passes(argv[1], int(argv[2]), float(argv[3]), float(argv[4]), argv[5:])
     else:
