@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from edge.capture.clock import ScanClock
 from edge.capture.sources import LiveSettings, Source, open_source
 from edge.config import Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
@@ -307,7 +306,6 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     steady = SteadyFeedback(scorer.quality.rules.feedback) if scorer.quality else None
     advice: str | None = None
     stats = RunStats(journal=journal)
-    scan_clock = ScanClock()  # an exam over a recording lasts as long as the recording
     next_health = time.monotonic() + mqtt.health_interval_s
     limit = settings.loop.max_frames
     try:
@@ -321,7 +319,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                 stats.add(record)
                 roi = Roi(*result.roi) if result.roi else None
                 if web is None or web.accepts(record, frame.t_mono, tracker.has_content(record)):
-                    tracker.feed(record, frame.image, roi, scan_clock(frame), row=row,
+                    tracker.feed(record, frame.image, roi, result.mono_s, row=row,
                                  run_id=run_id)
                 if steady is not None:
                     shown = steady.update(record)

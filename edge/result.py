@@ -29,7 +29,9 @@ class FrameResult:
     roi: list[int] | None  # [x, y, w, h] in frame pixels
     model: str  # name@version
     ts: float  # wall clock at capture (advisory: the box may have no RTC)
-    mono_s: float  # monotonic clock at capture
+    # The scan's clock (edge/capture/clock.py): monotonic at capture for a live frame, the
+    # recording's own time for a video's; what exams count their length and gaps in.
+    mono_s: float
     error: str | None = None
     biometry: dict | None = None  # head-plane frames with a known pixel size and a segmenter
     quality: dict | None = None  # the audit: score, advice, criteria (edge.models.quality)

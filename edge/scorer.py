@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.capture.clock import ScanClock
 from edge.capture.sources import Frame, Prepare, Source, read_ahead
 from edge.config import Settings
 from edge.models.biometry import (
@@ -126,6 +127,7 @@ class Scorer:
     last_class_map: np.ndarray | None = field(default=None, repr=False)
     _maps_layout: str | None = None
     _abstain_below: float = 0.0  # the plane model's own, from its manifest
+    _clock: ScanClock = field(default_factory=ScanClock)  # each result's mono_s
 
     def __post_init__(self) -> None:
         self._maps_layout = class_maps_layout(self.manifest)
@@ -206,7 +208,7 @@ class Scorer:
         if not frame.ok:
             return FrameResult(frame.source, frame.index, None, None, _ms(capture_s),
                                _ms(capture_s), 0.0, 0.0, None, ident, frame.t_wall,
-                               frame.t_mono, error=frame.error or "no image")
+                               self._clock(frame), error=frame.error or "no image")
         t0 = time.perf_counter()
         roi, views = self._views(frame)  # greyed once, read by every model
         spec = self.manifest.preprocessing
@@ -264,7 +266,7 @@ class Scorer:
             latency_ms=_ms(capture_s + preprocess_s + infer_s + (t4 - t2)),
             capture_ms=_ms(capture_s), preprocess_ms=_ms(preprocess_s), infer_ms=_ms(infer_s),
             roi=roi.as_list() if roi else None, model=ident, ts=frame.t_wall,
-            mono_s=frame.t_mono, biometry=biometry, quality=quality, head=head,
+            mono_s=self._clock(frame), biometry=biometry, quality=quality, head=head,
             head_ms=round(_ms(t3 - t2), 3) if head is not None else None)
         return result
 

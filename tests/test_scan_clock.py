@@ -94,3 +94,15 @@ def test_run_on_a_recording_ends_the_exam_at_the_recordings_blank_gap(tmp_path, 
     assert [e["ended_by"] for e in exams] == ["gap", "source_end"], exams
     assert [e["frames"] for e in exams] == [8 + 9, 8]  # the first holds 4.5 s of its gap
     assert [e["duration_s"] for e in exams] == pytest.approx([3.5, 3.5], abs=0.01)
+
+
+def test_the_journal_keeps_each_frame_on_the_recordings_clock(tmp_path, data_dir):
+    """A run killed mid-recording rebuilds its exam from the journal's rows: their times
+    must be the recording's too, or the rebuilt exam has the reading's length and gaps."""
+    path = _video(tmp_path / "clip.avi", data_dir, [HEADS[i % 3] for i in range(6)], fps=FPS)
+    state = tmp_path / "state"
+    proc = sonoedge("run", "--source", str(path), "--state-dir", str(state), "--once")
+    assert proc.returncode == 0, proc.stderr
+    with sqlite3.connect(state / "journal.sqlite") as db:
+        times = [m for (m,) in db.execute("SELECT mono_s FROM results ORDER BY id")]
+    assert np.diff(times) == pytest.approx([1 / FPS] * 5, abs=1e-6)

@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-from edge.capture.clock import ScanClock
 from edge.capture.sources import open_sources
 from edge.config import frame_limits, load_settings
 from edge.exam.protocol import find_protocol
@@ -40,9 +39,9 @@ def main(args) -> int:
                             shown_as=str(Path(args.thumbs)))
     session = ExamSession(protocol, thumbs, settings.exam, measure_kept=scorer.measure_kept)
     failed, ended_by = 0, "source_end"
-    # The exam lasts from its first frame to its last on the scan's clock: a video's own
-    # length, however fast it was read (edge/capture/clock.py), not the models' start-up.
-    scan_clock, first_last = ScanClock(), None
+    # The exam lasts from its first frame to its last on the scan's clock (each result's
+    # mono_s): a video's own length, however fast it was read, not the models' start-up.
+    first_last = None
     try:
         # strict: a path that gives no frames at all (missing, an empty folder) is one
         # error line before any work, not an exam of one failed frame
@@ -53,7 +52,7 @@ def main(args) -> int:
                 if result.error:  # one line naming the file; the frame is skipped
                     print(f"sonoedge: {result.error}", file=sys.stderr)
                 roi = Roi(*result.roi) if result.roi else None
-                now = scan_clock(frame)
+                now = result.mono_s
                 if first_last is None:
                     session.started_ts, session.started_mono = frame.t_wall, now
                 first_last = (frame.t_wall, now)
