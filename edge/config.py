@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.capture.images import DEFAULT_LIMITS, FrameLimits
-from edge.exam.session import ExamSettings
+from edge.exam.session import HEAD_PLANES, ExamSettings
 from edge.fleet.settings import FleetSettings, check_fleet_settings
 from edge.models.biometry import BiometrySettings
 from edge.models.roi import RoiSettings
@@ -97,7 +97,7 @@ class BiometryConfig:
 
     pixel_size_mm: float = 0.0  # the live probe's calibration, mm per pixel; 0 = unknown: off
     segmenter: str = "head_segmenter"  # manifest name in models.dir; absent = no biometry
-    head_planes: tuple[str, ...] = ("Brain (Tv.)", "Brain (Cb.)")  # plane labels measured
+    head_planes: tuple[str, ...] = HEAD_PLANES  # plane labels measured
     min_head_area_fraction: float = _MEASURE.min_head_area_fraction
     several_heads_fraction: float = _MEASURE.several_heads_fraction
     cutoff_margin_fraction: float = _MEASURE.cutoff_margin_fraction

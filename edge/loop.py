@@ -20,12 +20,13 @@ from pathlib import Path
 from edge.capture.sources import LiveSettings, Source, open_source
 from edge.config import Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
-from edge.exam.protocol import find_protocol
+from edge.exam.protocol import ProtocolError, check_named, find_protocol
 from edge.exam.session import ExamSession, ExamTracker, MeasureKept, format_exam
 from edge.exam.tally import ExamTally, percentile
 from edge.exam.thumbs import THUMBS_DIR, ThumbStore
 from edge.fleet.agent import RESTART_EXIT, start_fleet
 from edge.fleet.watchdog import Watchdog
+from edge.models.quality import Rules, load_rules
 from edge.models.roi import Roi
 from edge.result import FrameResult
 from edge.scorer import make_scorer, timed_frames
@@ -164,14 +165,18 @@ class _StopFlag:
 
 def make_tracker(settings: Settings, state_dir: Path, models: dict[str, str],
                  on_end: Callable[[ExamSession, dict], None],
-                 measure_kept: MeasureKept | None = None) -> ExamTracker:
+                 measure_kept: MeasureKept | None = None,
+                 rules: Rules | None = None) -> ExamTracker:
     """The exam tracker of the configured protocol, with thumbnails under the state dir;
-    `measure_kept`: the scorer's, for the heads an exam reports (`Scorer.measure_kept`)."""
+    `measure_kept`: the scorer's, for the heads an exam reports (`Scorer.measure_kept`);
+    `rules`: the quality rules the frames are judged by (a best frame's advice follows
+    their priorities and head criteria), with the site's head planes."""
     cfg = settings.exam
     protocol = find_protocol(cfg.protocol, cfg.protocols_file or None)
     thumbs = ThumbStore(state_dir / THUMBS_DIR, int(cfg.thumbs_quota_mb * 1e6)) \
         if cfg.thumbnails else None
-    return ExamTracker(protocol, cfg, thumbs, on_end, models, measure_kept)
+    return ExamTracker(protocol, cfg, thumbs, on_end, models, measure_kept, rules,
+                       tuple(settings.biometry.head_planes))
 
 
 def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
@@ -187,6 +192,7 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
     queued = 0
     cfg = settings.exam
     protocol = find_protocol(cfg.protocol, cfg.protocols_file or None)
+    rules = load_rules(settings.quality.rules or None) if settings.quality.enabled else None
     for run_id, models in journal.open_runs(exclude):
         after, frames, exams = 0, 0, 0
         for summary, last_row in journal.run_exams(run_id):
@@ -200,7 +206,8 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
             exams += 1
             queued += uplink.enqueue_exam(body, key=body["exam_id"]) is not None
 
-        tracker = ExamTracker(protocol, cfg, None, ended, models)
+        tracker = ExamTracker(protocol, cfg, None, ended, models, rules=rules,
+                              head_planes=tuple(settings.biometry.head_planes))
         last_ts = None
         for row, record in journal.replay(run_id, after):
             mono = record.get("mono_s")
@@ -254,6 +261,11 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
 
         web = start_web(settings.web, state_dir, settings.exam.end_gap_s)
     scorer = make_scorer(settings)
+    try:  # said, not refused: the box still names the other planes and measures heads
+        check_named(find_protocol(settings.exam.protocol, settings.exam.protocols_file or None),
+                    scorer.manifest.labels, scorer.manifest.ident)
+    except ProtocolError as exc:
+        log.warning("%s", exc)
     models = scorer.model_versions()
     mqtt = settings.mqtt
     if settings.device.device_id and not mqtt.device_id:
@@ -300,7 +312,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         if web is not None:
             web.exam_ended(session, body)
 
-    tracker = make_tracker(settings, state_dir, models, exam_ended, scorer.measure_kept)
+    tracker = make_tracker(settings, state_dir, models, exam_ended, scorer.measure_kept,
+                           scorer.quality.rules if scorer.quality else None)
     if web is not None:
         web.attach(scorer, uplink, source, tracker)
     steady = SteadyFeedback(scorer.quality.rules.feedback) if scorer.quality else None

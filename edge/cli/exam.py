@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge.capture.sources import open_sources
 from edge.config import frame_limits, load_settings
-from edge.exam.protocol import find_protocol
+from edge.exam.protocol import check_named, find_protocol
 from edge.exam.session import ExamSession, format_exam
 from edge.exam.thumbs import ThumbStore
 from edge.models.roi import Roi
@@ -32,12 +32,16 @@ def main(args) -> int:
     settings = load_settings(args.config, overrides)
     protocol = find_protocol(settings.exam.protocol, settings.exam.protocols_file or None)
     scorer = make_scorer(settings)
+    check_named(protocol, scorer.manifest.labels,
+                f"{scorer.manifest.name}@{scorer.manifest.version}")
     thumbs = None
     if args.thumbs:
         # printed as given, so the path shown is one the user can open from here
         thumbs = ThumbStore(Path(args.thumbs), int(settings.exam.thumbs_quota_mb * 1e6),
                             shown_as=str(Path(args.thumbs)))
-    session = ExamSession(protocol, thumbs, settings.exam, measure_kept=scorer.measure_kept)
+    session = ExamSession(protocol, thumbs, settings.exam, measure_kept=scorer.measure_kept,
+                          rules=scorer.quality.rules if scorer.quality else None,
+                          head_planes=tuple(settings.biometry.head_planes))
     failed, ended_by = 0, "source_end"
     # The exam lasts from its first frame to its last on the scan's clock (each result's
     # mono_s): a video's own length, however fast it was read, not the models' start-up.

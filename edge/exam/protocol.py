@@ -147,6 +147,22 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
     return out
 
 
+def check_named(protocol: Protocol, labels: tuple[str, ...], model: str) -> None:
+    """Every slot of the protocol is one the plane model can fill: at least one of the
+    planes it accepts is among the model's labels. A model without one (a bundle trained on
+    other classes) would leave that slot "not found" in every exam, as if the midwife had
+    missed it; this is one line naming the protocol, the slot and the model instead."""
+    named = set(labels)
+    unfilled = [slot.name for slot in protocol.slots if not named & set(slot.accepts)]
+    if unfilled:
+        some = ", ".join(shown(n) for n in unfilled[:4]) + (", ..." if len(unfilled) > 4 else "")
+        raise ProtocolError(
+            f"protocol {shown(protocol.name)}: the plane model {model} has no label for "
+            + (f"slot {some}, which" if len(unfilled) == 1 else
+               f"{len(unfilled)} of its {len(protocol.slots)} slots ({some}), which")
+            + " could never be captured: choose another protocol or plane model")
+
+
 def find_protocol(name: str, path: Path | str | None = None) -> Protocol:
     protocols = load_protocols(path)
     if name not in protocols:

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -37,12 +38,16 @@ from edge.exam.protocol import Protocol, Slot
 from edge.exam.tally import ExamTally, confidence_of, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
 from edge.models.biometry import HADLOCK_1984_WEEKS, MEASURED
+from edge.models.quality import HEAD_MEASURES, Rules, RulesError, load_rules
 from edge.models.roi import Roi
 from wire.schema import PLANES, UNCERTAIN, finite_number
 
 log = logging.getLogger(__name__)
 
 NOT_A_VIEW = ("Background",)
+# The planes whose head the audit's head criteria judge and biometry measures: the default
+# of [biometry] head_planes (edge/config.py).
+HEAD_PLANES = ("Brain (Tv.)", "Brain (Cb.)")
 # Measures a kept frame with the segmenter's own passes: (image, region, mm per pixel) ->
 # a biometry dict, or None where that adds nothing (`edge.scorer.Scorer.measure_kept`).
 MeasureKept = Callable[[np.ndarray, Roi | None, float], dict | None]
@@ -82,12 +87,19 @@ class BestFrame:
     # a slot whose best frame is not good enough says why, for a blind sweep as live.
     advice: tuple[str, str] | None = None
     key: int | None = None  # the exam's count of frames when it came (`ExamTally.frames`)
+    # Whether it reaches the protocol's min_quality on a confirmed plane (not "uncertain"):
+    # the slot it fills is then captured.
+    captures: bool = False
 
-    def rank(self) -> tuple[float, float, float]:
-        """The discounted quality first (so among frames that pass every rule, the one the
-        learned head finds least faulty), then the plain quality, then the confidence."""
+    def rank(self) -> tuple[bool, float, float, float]:
+        """A frame that captures its plane first: the discount ranks, it never takes a
+        capture away (a cut-off 4CH at 0.40 ranked over a noisy one at 0.50, because the
+        learned head counts the noise again, and a plane with a good-enough frame was told
+        missing). Then the discounted quality (so among frames that pass every rule, the one
+        the learned head finds least faulty), then the plain quality, then the confidence."""
         quality = -1.0 if self.quality is None else self.quality
-        return (quality if self.ranked is None else self.ranked, quality, self.confidence)
+        return (self.captures, quality if self.ranked is None else self.ranked, quality,
+                self.confidence)
 
     def to_dict(self) -> dict:
         out = {"source": self.source, "frame": self.frame,
@@ -119,6 +131,10 @@ class ExamSession:
     last_row: int | None = None
     # The segmenter's own passes, for the heads the exam reports; None: the live pass is final.
     measure_kept: MeasureKept | None = None
+    # The quality rules the frames were judged by (their head criteria and priorities, for
+    # a best frame's advice; None: the shipped rules) and the head planes ([biometry]).
+    rules: Rules | None = None
+    head_planes: tuple[str, ...] = HEAD_PLANES
     _pending: dict[str, np.ndarray] = field(default_factory=dict)
     _written: dict[str, float] = field(default_factory=dict)
     # The frames whose heads the exam reports, until it ends: key -> (image, region, mm/px)
@@ -133,7 +149,8 @@ class ExamSession:
         candidate = self._better_frame(result)
         if candidate is not None:
             current = self.best.get(candidate.plane)
-            candidate.advice = advice_of(result)  # only for the frame kept, not every frame
+            # only for the frame kept, not every frame
+            candidate.advice = advice_of(result, *self._advice_order(candidate.plane))
             candidate.key = self.tally.frames
             if current is not None:
                 candidate.thumbnail = current.thumbnail
@@ -144,6 +161,16 @@ class ExamSession:
                 self._flush(time.monotonic() if now is None else now, force=False)
         if self.measure_kept is not None:
             self._keep_for_measuring(result, image, roi)
+
+    def _advice_order(self, plane: str) -> tuple[frozenset[str], dict[str, int]]:
+        """(criteria not to advise on, the rules' priorities) for a best frame of `plane`.
+        The head criteria judge a head, and SonoNet's profile or lips can show enough of one
+        to be judged: on a frame of a plane other than a head plane, "zoom in: the head
+        fills too little of the screen" is not what would make it good enough."""
+        head, priority = advice_order(self.rules)
+        if plane in self.head_planes or plane == UNCERTAIN:
+            return frozenset(), priority
+        return head, priority
 
     def _keep_for_measuring(self, result: dict, image: np.ndarray | None,
                             roi: Roi | None) -> None:
@@ -198,6 +225,7 @@ class ExamSession:
                               frame if type(frame) is int else -1, quality,
                               confidence_of(result), bio if isinstance(bio, dict) else None,
                               ranked=discounted(quality, result, self.protocol.fault_discount))
+        candidate.captures = self._reaches_bar(candidate)
         current = self.best.get(plane)
         if current is not None and candidate.rank() <= current.rank():
             return None
@@ -215,7 +243,10 @@ class ExamSession:
 
     def captured(self, plane: str) -> bool:
         best = self.best.get(plane)
-        if best is None or plane == UNCERTAIN:  # an unconfirmed plane is never captured
+        return best is not None and self._reaches_bar(best)
+
+    def _reaches_bar(self, best: BestFrame) -> bool:
+        if best.plane == UNCERTAIN:  # an unconfirmed plane is never captured
             return False
         score = best.quality if best.quality is not None else best.confidence
         return score >= self.protocol.min_quality
@@ -281,9 +312,11 @@ class ExamTracker:
     def __init__(self, protocol: Protocol, settings: ExamSettings, thumbs: ThumbStore | None,
                  on_end: Callable[[ExamSession, dict], None],
                  model_versions: dict[str, str] | None = None,
-                 measure_kept: MeasureKept | None = None):
+                 measure_kept: MeasureKept | None = None, rules: Rules | None = None,
+                 head_planes: tuple[str, ...] = HEAD_PLANES):
         self.protocol = protocol
         self.measure_kept = measure_kept  # see ExamSession.measure_kept
+        self.rules, self.head_planes = rules, tuple(head_planes)  # see ExamSession.rules
         self.settings = settings
         self.thumbs = thumbs
         self.on_end = on_end
@@ -316,7 +349,8 @@ class ExamTracker:
                 return None
             ids = {"exam_id": exam_id_for(run_id, row)} if row is not None and run_id else {}
             self.current = ExamSession(self.protocol, self.thumbs, self.settings,
-                                       measure_kept=self.measure_kept,
+                                       measure_kept=self.measure_kept, rules=self.rules,
+                                       head_planes=self.head_planes,
                                        started_ts=wall_time_of(result), started_mono=now,
                                        first_row=row, **ids)
             log.info("exam %s started (protocol %s)", self.current.exam_id, self.protocol.name)
@@ -407,13 +441,36 @@ def passes_all(result: dict, names: tuple[str, ...]) -> bool:
                    for n in names)
 
 
-def advice_of(result: dict) -> tuple[str, str] | None:
-    """(criterion, instruction) of a result's leading failing criterion, or None."""
+@lru_cache(maxsize=8)
+def advice_order(rules: Rules | None) -> tuple[frozenset[str], dict[str, int]]:
+    """(the head criteria, every criterion's priority) of `rules`, or of the shipped rules."""
+    if rules is None:
+        try:
+            rules = load_rules(None)
+        except RulesError:  # checked at start-up wherever frames are judged
+            return frozenset(), {}
+    return (frozenset(r.name for r in rules.criteria if r.measure in HEAD_MEASURES),
+            {r.name: r.priority for r in rules.criteria})
+
+
+def advice_of(result: dict, skip: frozenset[str] = frozenset(),
+              priority: dict[str, int] | None = None) -> tuple[str, str] | None:
+    """(criterion, instruction) of a result's leading failing criterion, or None. A
+    criterion in `skip` is not advised on: the leading failing criterion among the others
+    is, by the rules' `priority` (then their order), or none."""
     quality = result.get("quality")
     if not isinstance(quality, dict) or not isinstance(quality.get("advice"), str):
         return None
     name = quality["advice"]
     criteria = quality.get("criteria")
+    if name in skip and isinstance(criteria, dict):
+        order = priority or {}
+        failing = [(order.get(n, len(order) + 1), i, n) for i, (n, c) in
+                   enumerate(criteria.items()) if isinstance(n, str) and n not in skip
+                   and isinstance(c, dict) and c.get("pass") is False]
+        if not failing:
+            return None
+        name = min(failing)[2]
     entry = criteria.get(name) if isinstance(criteria, dict) else None
     message = entry.get("message") if isinstance(entry, dict) else None
     if not isinstance(message, str):
