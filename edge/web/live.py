@@ -19,9 +19,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from wire.schema import UNCERTAIN
+
 log = logging.getLogger(__name__)
 
 EXAM_SNAPSHOT_S = 1.0  # the checklist and exam biometry are copied for the page this often
+# The named plane's confidence as the page shows it (SteadyConfidence): an average over the
+# frames that name that plane (this weight for the newest), in steps of CONFIDENCE_STEP
+# points, moved only once the average is CONFIDENCE_MARGIN points past the step shown, and
+# never above CONFIDENCE_MAX.
+CONFIDENCE_SMOOTHING = 0.2
+CONFIDENCE_STEP = 5
+CONFIDENCE_MARGIN = 2.0
+CONFIDENCE_MAX = 95
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class Published:
     class_map: np.ndarray | None
     mono: float
     published: float  # wall clock when the loop handed it over (the latency's middle point)
+    confidence: int | None = None  # the shown plane's steady confidence, percent (or None)
 
 
 @dataclass
@@ -59,13 +70,15 @@ class LiveView:
     started_mono: float = field(default_factory=time.monotonic)
     viewers: int = 0
     ga_dates: dict | None = None  # {"exam_id", "lmp", "today", "weeks"} from the page
+    holding: bool = False  # the next exam is held back after the page's "stop" (LoopHook)
     commands: deque = field(default_factory=lambda: deque(maxlen=8))
     notify: Callable[[], None] | None = None  # set by the server: wakes its streamer
     hook_s: float = 0.0  # time the loop spent in the web hook (the page's per-frame cost)
     _seq: int = 0
 
     def publish(self, image: np.ndarray | None, record: dict, shown: object | None,
-                class_map: np.ndarray | None, mono: float) -> None:
+                class_map: np.ndarray | None, mono: float,
+                confidence: int | None = None) -> None:
         """Loop thread, per frame: a few stores and, with a viewer, one wake-up."""
         self._seq += 1
         now = time.monotonic()
@@ -77,7 +90,7 @@ class LiveView:
         self.last_frame_mono = now
         self.frames += 1
         self.latest = Published(self._seq, image, record, shown, class_map, mono,
-                                time.time())
+                                time.time(), confidence)
         notify = self.notify
         if notify is not None and self.viewers:
             notify()
@@ -85,6 +98,56 @@ class LiveView:
     def command(self, name: str) -> None:
         """Server thread: queue a command for the loop."""
         self.commands.append(name)
+
+
+class SteadyConfidence:
+    """The shown plane's confidence, steady enough to read at arm's length.
+
+    Per frame the model's confidence jumps by several points, and the frame often names
+    another plane than the one shown (the shown plane is held by `edge.exam.feedback`'s
+    hysteresis), where the shown plane's own probability is not known. A number taken from
+    each frame therefore came and went and jumped. Here it is an average of the frames that
+    do name the shown plane, held over those that do not (they are at most a few in a row:
+    the plane shown changes after `plane_change_frames` of them), started afresh from the
+    recent frames that named it when the shown plane changes. It is shown in steps of
+    CONFIDENCE_STEP points, rounded down (it never claims more than the model gave), moved
+    only when the average is CONFIDENCE_MARGIN points past the step shown, and at most
+    CONFIDENCE_MAX: a calibrated 0.999 is not certainty. No number for an abstention.
+    """
+
+    RECENT = 8  # frames remembered to start the average when the shown plane changes
+
+    def __init__(self, smoothing: float = CONFIDENCE_SMOOTHING):
+        self.smoothing = smoothing
+        self.plane: str | None = None
+        self.mean: float | None = None
+        self.shown: int | None = None
+        self._recent: deque = deque(maxlen=self.RECENT)
+
+    def update(self, shown_plane: str | None, frame_plane: str | None,
+               confidence: float | None) -> int | None:
+        """Feed one frame; returns the percentage to show beside `shown_plane`, or None."""
+        usable = isinstance(confidence, int | float) and 0.0 <= confidence <= 1.0
+        if frame_plane is not None and usable:
+            self._recent.append((frame_plane, float(confidence)))
+        if shown_plane != self.plane:
+            self.plane, self.shown = shown_plane, None
+            seen = [c for p, c in self._recent if p == shown_plane]
+            self.mean = sum(seen) / len(seen) if seen else None
+        elif frame_plane == shown_plane and usable:
+            a = self.smoothing
+            self.mean = float(confidence) if self.mean is None else \
+                (1 - a) * self.mean + a * float(confidence)
+        if self.mean is None or shown_plane in (None, UNCERTAIN):
+            self.shown = None
+            return None
+        value = 100.0 * self.mean
+        step = min(CONFIDENCE_MAX, CONFIDENCE_STEP * int(value // CONFIDENCE_STEP))
+        if self.shown is None or value < self.shown - CONFIDENCE_MARGIN or \
+                (value >= self.shown + CONFIDENCE_STEP + CONFIDENCE_MARGIN
+                 and step > self.shown):
+            self.shown = step
+        return self.shown
 
 
 def exam_snapshot(session, running: bool, ended_by: str | None = None,
@@ -109,16 +172,28 @@ class LoopHook:
     the hold an exam stopped with the probe still on the belly would restart at once and
     wipe the checklist the midwife just finished. The hold ends on "start", or once the
     probe has been off for the exam's end gap (the next woman).
+
+    "start" never ends an exam: a midwife who taps Start again during an exam (she thought
+    the first tap did not take) keeps her exam. Ending one is "stop"'s, and only its.
     """
 
     def __init__(self, view: LiveView, end_gap_s: float, server=None):
         self.view = view
         self.end_gap_s = end_gap_s
         self.server = server  # edge.web.server.WebServer, stopped by close()
-        self.holding = False
+        self.confidence = SteadyConfidence()
         self._no_content_since: float | None = None
         self._next_snapshot = 0.0
         self.stop_requested = threading.Event()  # ends `linger` (tests; signals do it live)
+
+    @property
+    def holding(self) -> bool:
+        """Whether the next exam is held back; kept in the view, so the page shows it."""
+        return self.view.holding
+
+    @holding.setter
+    def holding(self, value: bool) -> None:
+        self.view.holding = value
 
     def attach(self, scorer, uplink, source, tracker) -> None:
         """The loop's parts are ready (models loaded, source open): the page goes live."""
@@ -156,7 +231,10 @@ class LoopHook:
                 self.holding = True
                 self._no_content_since = None
             elif name == "start":
-                tracker.end("command")
+                if tracker.current is not None:  # a repeated tap: the exam goes on
+                    log.info("web: start ignored: exam %s is running (stop it first)",
+                             getattr(tracker.current, "exam_id", "?"))
+                    continue
                 self.holding = False
             log.info("web: %s exam", name)
 
@@ -170,11 +248,16 @@ class LoopHook:
         self.apply_commands(tracker)
         if record.get("error"):
             class_map = None
-        self.view.publish(image, record, shown, class_map, mono)
+        confidence = self.confidence.update(getattr(shown, "plane", None), record.get("plane"),
+                                            record.get("plane_confidence"))
+        self.view.publish(image, record, shown, class_map, mono, confidence)
         now = time.monotonic()
-        if now >= self._next_snapshot and tracker.current is not None:
+        current = tracker.current
+        # a new exam is on the page at once (its Start and Stop follow it), then every second
+        if current is not None and (now >= self._next_snapshot or (self.view.exam or {}).get(
+                "exam_id") != current.exam_id):
             self._next_snapshot = now + EXAM_SNAPSHOT_S
-            self.view.exam = exam_snapshot(tracker.current, True)
+            self.view.exam = exam_snapshot(current, True)
 
     def exam_ended(self, session, body: dict) -> None:
         self.view.exam = exam_snapshot(session, False, body.get("ended_by"), body)

@@ -12,6 +12,9 @@ Routes (everything under /api/ answers 401 without a session):
   length, a JSON header (the frame's overlay data) and the JPEG of the frame; JSON text
   messages with the state, every second.
 - `POST /api/exam {"action": "start" | "stop"}`: applied by the loop between frames.
+  "stop" ends the exam and holds the next one back; "start" lets the next one begin and
+  never ends one: while an exam runs it is refused (409), and the loop ignores one that
+  slips past (`LoopHook.apply_commands`).
 - `POST /api/lmp {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"}`: dates for the
   HC-for-dates flag (`{"lmp": null}` clears them).
 - `GET /api/thumb/<exam>/<file>.jpg`: a checklist thumbnail (only those the exam lists).
@@ -97,8 +100,11 @@ class _Viewer:
     bytes_sent: int = 0
 
 
-def frame_header(record: dict, shown: object | None, seq: int) -> dict:
-    """The overlay data of one frame: what the page draws over the image."""
+def frame_header(record: dict, shown: object | None, seq: int,
+                 confidence: int | None = None) -> dict:
+    """The overlay data of one frame: what the page draws over the image. `confidence` is
+    the shown plane's steady percentage (`edge.web.live.SteadyConfidence`); the frame's own
+    `confidence` is this frame's top plane's, for the record only."""
     quality = record.get("quality") or {}
     head = record.get("head") or {}
     bio = record.get("biometry") or {}
@@ -117,7 +123,8 @@ def frame_header(record: dict, shown: object | None, seq: int) -> dict:
         out["shown"] = {"plane": getattr(shown, "plane", None),
                         "score": getattr(shown, "score", None),
                         "advice": getattr(shown, "advice", None),
-                        "message": getattr(shown, "message", None)}
+                        "message": getattr(shown, "message", None),
+                        "confidence": confidence}
     return out
 
 
@@ -383,7 +390,8 @@ class WebServer:
         return {**self._status, "phase": view.phase, "signal": signal,
                 "source": view.source_name, "live": view.source_live,
                 "fps": None if fps is None else round(fps, 1), "models": view.models,
-                "viewers": view.viewers, "heatmap_available": view.has_class_maps}
+                "viewers": view.viewers, "heatmap_available": view.has_class_maps,
+                "holding": view.holding}
 
     def _screening(self) -> dict:
         exam = self.view.exam
@@ -400,7 +408,7 @@ class WebServer:
     async def _state_dict(self) -> dict:
         latest = self.view.latest
         frame = None if latest is None else frame_header(latest.record, latest.shown,
-                                                         latest.seq)
+                                                         latest.seq, latest.confidence)
         if frame is not None and latest.shown is not None:
             frame["shown"]["key"] = i18n.message_key(self.rules, frame["shown"]["advice"],
                                                      frame["shown"]["message"])
@@ -431,8 +439,21 @@ class WebServer:
             raise web.HTTPBadRequest(text='action must be "start" or "stop"')
         if self.view.phase != "running":
             raise web.HTTPConflict(text=f"the device is {self.view.phase}")
+        exam = self.view.exam
+        if action == "start" and exam is not None and exam.get("running") \
+                and not self._stop_queued():
+            # a second tap on Start (the first seemed not to take): the exam goes on; only
+            # "stop" ends it. A "stop" still queued (Stop then Start) lets it through.
+            raise web.HTTPConflict(text=f"exam {exam['exam_id']} is running: send "
+                                   f'"stop" to end it first')
         self.view.command(action)
         return web.json_response({"ok": True, "action": action})
+
+    def _stop_queued(self) -> bool:
+        try:  # the loop thread takes commands off this deque as we look
+            return "stop" in self.view.commands
+        except RuntimeError:
+            return True  # it was changing: let the loop decide
 
     async def _lmp(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
@@ -472,7 +493,7 @@ class WebServer:
         """Executor thread: crop the region, scale, JPEG; the header beside it."""
         t0, cpu0 = time.perf_counter(), time.thread_time()
         settings = self.settings
-        header = frame_header(latest.record, latest.shown, latest.seq)
+        header = frame_header(latest.record, latest.shown, latest.seq, latest.confidence)
         if latest.shown is not None:
             header["shown"]["key"] = i18n.message_key(self.rules, header["shown"]["advice"],
                                                       header["shown"]["message"])

@@ -17,6 +17,7 @@ let state = null;
 let lastCaptured = null; // {exam_id, n}
 let heatmapOn = false;
 let audio = null;
+let examCommand = null; // {action, until}: a Start or Stop sent, not yet seen in the state
 
 // ---------------------------------------------------------------- text
 
@@ -282,7 +283,14 @@ function drawOverlay(h) {
 
 function renderTags(h) {
   const plane = h.shown && h.shown.plane ? h.shown.plane : null;
-  const conf = plane && plane === h.plane && h.confidence != null ? ` ${Math.round(h.confidence * 100)}%` : "";
+  // The percentage beside the name is the shown plane's steady confidence, worked out on
+  // the box over every frame (edge/web/live.py, SteadyConfidence): an average of the frames
+  // that name that plane, in steps of 5 that move only once the average is clearly past
+  // them. This frame's own confidence (h.confidence) is not shown: it is the confidence of
+  // whatever plane this frame names, so beside the steadied name it came and went from
+  // frame to frame and jumped by many points, and nobody can read a number that flickers.
+  const pct = h.shown && h.shown.confidence != null ? h.shown.confidence : null;
+  const conf = plane && plane !== "uncertain" && pct != null ? ` ${pct}%` : "";
   $("#plane").textContent = !plane ? "" : plane === "uncertain" ? t("plane.uncertain") : planeName(plane) + conf;
   const right = $("#ga");
   right.textContent = "";
@@ -308,14 +316,35 @@ function renderTags(h) {
   const [ga, range] = gaLine(src);
   addLine(ga);
   addLine(range, "small");
-  const q = h.shown && h.shown.score != null ? h.shown.score : h.quality;
+  const bar = qualityBar(h);
   const line = $("#quality");
-  line.hidden = q == null;
-  if (q != null) {
-    line.className = "qline " + (q >= 0.5 ? "good" : q >= 0.25 ? "fair" : "poor");
-    line.querySelector("i").style.width = `${Math.round(Math.max(0, Math.min(1, q)) * 100)}%`;
+  line.hidden = bar == null;
+  if (bar) {
+    const q = Math.max(0, Math.min(1, bar.q));
+    line.className = "qline " + bar.cls;
+    line.querySelector("i").style.width = `${Math.round(q * 100)}%`;
     line.querySelector("b").textContent = `${t("overlay.quality")} ${Math.round(q * 100)}%`;
   }
+}
+
+// The quality bar and the instruction under the image tell one story. The instruction is
+// the steady verdict (edge/exam/feedback.py): "Good image" holds over worse frames until a
+// fault has led for message_change_frames (about a second), and an instruction holds
+// likewise, while the score is an average that falls and climbs at its own pace. Coloured
+// by its own thresholds, the bar sat low and yellow or red beside the green "Good image"
+// for a second or two. So the bar's colour follows the verdict: green only beside "Good
+// image"; beside an instruction yellow, or red under QUALITY_POOR. Its length and its
+// figure stay the measured score, whatever the colour: a number on the screen is never
+// made up to match the words.
+const QUALITY_GOOD = 0.5, QUALITY_POOR = 0.25;
+
+function qualityBar(h) { // {q, cls} of the bar under the image, or null for none
+  const shown = h && h.shown;
+  const q = shown && shown.score != null ? shown.score : h ? h.quality : null;
+  if (q == null) return null;
+  if (!shown) return { q, cls: q >= QUALITY_GOOD ? "good" : q >= QUALITY_POOR ? "fair" : "poor" };
+  if (!shown.message) return { q, cls: "good" };
+  return { q, cls: q >= QUALITY_POOR ? "fair" : "poor" };
 }
 
 function weeksDays(w) {
@@ -438,20 +467,39 @@ function renderExam(s) {
     progress.className = "badge" + (exam.captured === exam.required ? " done" : "");
   } else { progress.textContent = ""; progress.className = "badge"; }
   const st = s.status || {};
-  let text;
+  const live = st.phase === "running";
+  const running = !!(exam && exam.running);
+  const held = !!st.holding; // Stop has held the next exam back until Start
+  let text, hint = "";
   if (!exam) text = t("exam.waiting");
-  else if (exam.running) text = t("exam.running", { n: exam.frames });
-  else text = t("exam.ended_" + (exam.ended_by || "command"), { _fallback: t("exam.ended_command") });
+  else if (running) {
+    text = t("exam.running", { n: exam.frames });
+    hint = t("exam.hint_running");
+  } else if ((exam.ended_by || "command") === "command" && !held) {
+    text = t("exam.ended_released"); // stopped, and Start pressed (or the probe lifted)
+    if (live) hint = t("exam.hint_next");
+  } else {
+    text = t("exam.ended_" + (exam.ended_by || "command"), { _fallback: t("exam.ended_command") });
+    if (live && !held) hint = t("exam.hint_next");
+  }
   $("#exam-state").textContent = text;
+  const hintEl = $("#exam-hint"); // polite live region: said again only when it changes
+  if (hintEl.textContent !== hint) hintEl.textContent = hint;
   // the exam's result stays readable in the card after the exam (the overlay is greyed)
   const bio = examBiometry();
   const [ga, range] = gaLine(bio);
   $("#exam-bio").textContent = !bio ? "" : [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }),
     t("overlay.bpd", { mm: bio.bpd_mm.toFixed(0) }), ga + (range ? ` (${range})` : "")]
     .filter(Boolean).join(" · ");
-  const running = !!(exam && exam.running);
-  $("#start").disabled = st.phase !== "running";
-  $("#stop").disabled = st.phase !== "running" || !running;
+  // Start has one job: letting the next exam begin once Stop has held it back (exams start
+  // by themselves on the probe's image). During an exam it is off, and says why beneath:
+  // a second tap there (the first seemed not to take) used to end the exam and begin
+  // another. Stop ends an exam. A tap turns both off until the state shows it taken.
+  const sent = examCommand;
+  if (sent && (Date.now() > sent.until || (sent.action === "stop" && !running) ||
+      (sent.action === "start" && !held))) examCommand = null;
+  $("#start").disabled = !live || running || !held || !!examCommand;
+  $("#stop").disabled = !live || !running || !!examCommand;
   $("#start").classList.toggle("later", running); // one strong button: the next step
   $("#stop").classList.toggle("now", running);
 
@@ -574,6 +622,13 @@ function setHeatmap(on) {
   if (shownHeader) drawOverlay(shownHeader);
 }
 
+function examAction(action) {
+  examCommand = { action, until: Date.now() + 3000 };
+  $("#start").disabled = true; // taken: no second tap while the box applies it
+  $("#stop").disabled = true;
+  api("/api/exam", { action }).catch(() => {});
+}
+
 // ---------------------------------------------------------------- wiring
 
 function today() {
@@ -591,8 +646,8 @@ async function boot() {
       loadCatalog(ev.target.value);
     });
   }
-  $("#start").addEventListener("click", () => api("/api/exam", { action: "start" }).catch(() => {}));
-  $("#stop").addEventListener("click", () => api("/api/exam", { action: "stop" }).catch(() => {}));
+  $("#start").addEventListener("click", () => examAction("start"));
+  $("#stop").addEventListener("click", () => examAction("stop"));
   $("#logout").addEventListener("click", async () => {
     await fetch("/api/logout", { method: "POST", credentials: "same-origin" });
     showLogin("");
