@@ -16,6 +16,16 @@ DEVICE_CLOCK_AHEAD_S = DAY_S
 DEVICE_CLOCK_BEHIND_S = 400 * DAY_S
 
 CLINICS_WEEKS = 8  # issue 17: exams per day per clinic over the last 8 weeks
+# Up to this period the clinics plot has a cell per day, each with its hover title and
+# numbers (2,800 cells for 50 clinics, 650 kB, 38 kB gzipped); a longer one has a cell per
+# week, drawn as one path per colour: 104 weeks of days were 36,400 cells, 8.4 MB (478 kB
+# gzipped), more than a phone on a clinic's link could load.
+CLINICS_DAILY_WEEKS = 8
+# A clinic silent this many weekdays in a row is named with the dates in the clinics page's
+# table: past a long weekend (SILENT_AFTER_S), a box off or a link down worth a call;
+# a single quiet day (a holiday) is only counted.
+SILENT_SPELL_WEEKDAYS = 3
+SPELLS_SHOWN = 6  # per clinic, latest first; over 2 years a few a clinic in the simulation
 PERIODS_WEEKS = (8, 26, 52, 104)  # the only periods a page may be asked for
 DEFAULT_WEEKS = {"clinics": 8, "completeness": 8, "quality": 26, "biometry": 26,
                  "devices": 8}
@@ -38,6 +48,14 @@ BACKLOG_WARN = 100  # messages queued on the box: about a clinic day of exams an
 # Messages missing in the period's sequence holes, as a share of what the box sent: a few in
 # a thousand go missing on any rural link; more than 1% is a link or an outbox to look at.
 MISSING_WARN_SHARE = 0.01
+
+# -- devices: their model-update (fleet) errors ----------------------------------------------
+FLEET_ERROR_CHARS = 160  # as the wire's health.fleet.error (and the device's own cut)
+# Distinct errors kept per device and week (store.py; more are counted as one): a box's
+# errors change with each bundle offered and each try (a download's "2 of 3"), about a
+# handful a week; 20 keeps a bad week whole and a hostile box's flood small.
+FLEET_ERRORS_PER_WEEK = 20
+FLEET_ERRORS_SHOWN = 20  # per device on the devices page, latest first; the CSV has all
 
 # -- access ----------------------------------------------------------------------------------
 # scrypt (hashlib, RFC 7914): N=2^15, r=8 needs 32 MiB and ~0.06 s per check on the build

@@ -87,17 +87,18 @@ def to_csv(header: list[str], rows: list[list]) -> str:
 
 
 # -- clinics ---------------------------------------------------------------------------------
+# Exams a week: the day's bins over a five-day week, so a week reads like its typical day.
+WEEK_EXAM_EDGES = [1, 15, 25, 40]
+
+
 def clinics_svg(page: Q.ClinicsPage) -> str:
-    days = page.period.days
-    labels = {c: fit(page.names.get(c) or c, LABEL_CHARS) for c in page.clinics}
-    name_w = max([6.2 * len(x) for x in labels.values()] + [106.0])
-    cell, label_w, top = 15, round(name_w + 12), 34
-    # totals, then the clinic again: a phone opens the plot at its latest end
-    right = round(max(290.0, 184 + name_w))
-    width = label_w + cell * len(days) + right
-    height = top + cell * max(1, len(page.clinics)) + 44
-    svg = Svg(width, height, "Exams per day per clinic, silent days and sequence holes",
-              "clinics")
+    """A cell per clinic and day up to CLINICS_DAILY_WEEKS, each with its hover; beyond,
+    a cell per week (``clinics_weeks_svg``): 104 weeks of days were 36,400 cells, 8.4 MB."""
+    if len(page.period.days) > 7 * C.CLINICS_DAILY_WEEKS:
+        return clinics_weeks_svg(page)
+    days, cell = page.period.days, 15
+    svg, (label_w, top) = _clinics_frame(
+        page, cell, len(days), "Exams per day per clinic, silent days and sequence holes")
     for i, d in enumerate(days):
         x = label_w + i * cell
         if (d + 3) % 7 == 0:  # Monday
@@ -107,24 +108,14 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
     today = page.period.last_day  # still under way: silent so far is not silent
     svg.text(label_w + (len(days) - 1) * cell + cell / 2, top - 20, "today", anchor="middle",
              fill=MUTED, size=10)
-    for dx, dy, head in ((40, 8, "exams"), (100, 20, "silent"), (100, 8, "weekdays"),
-                         (160, 20, "messages"), (160, 8, "missing")):
-        svg.text(label_w + len(days) * cell + 8 + dx, top - dy, head, anchor="end",
-                 fill=MUTED, size=10)
     for r, clinic in enumerate(page.clinics):
         y = top + r * cell
-        name = page.names.get(clinic, "")
-        title = clinic_text(clinic, name)
-        svg.text(label_w - 6, y + cell - 3, labels[clinic], anchor="end", tip=title)
-        exams = silent = missing = 0
+        title = clinic_text(clinic, page.names.get(clinic, ""))
         for i, d in enumerate(days):
             c = page.cells[(clinic, d)]
-            exams += c.exams
             # weekends are expected to be quiet, today may not have begun at the clinic, and
             # before its first message the clinic had no box to hear from
             before = page.before_first(clinic, d)
-            silent += int(c.silent and (d + 3) % 7 < 5 and d != today and not before)
-            missing += c.missing
             fill = ("#fff" if d == today else WEEKEND if (d + 3) % 7 >= 5 or before
                     else GREY) if c.silent else \
                 ("#fff" if c.exams == 0 else bin_colour(c.exams, EXAM_EDGES, BLUES))
@@ -143,12 +134,7 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
             if c.holes:
                 svg.circle(label_w + i * cell + cell / 2, y + cell / 2, 2.6, ORANGE,
                            stroke="#fff")
-        x = label_w + len(days) * cell + 8
-        svg.text(x + 40, y + cell - 3, exams, anchor="end", data_total=clinic)
-        svg.text(x + 100, y + cell - 3, silent or "", anchor="end",
-                 fill=ORANGE if silent >= 3 else MUTED, data_silent_weekdays=clinic)
-        svg.text(x + 160, y + cell - 3, missing or "", anchor="end", fill=ORANGE)
-        svg.text(x + 172, y + cell - 3, labels[clinic], tip=title)
+        _clinic_totals(svg, page, clinic, label_w + len(days) * cell + 8, y + cell - 3)
     y = top + cell * len(page.clinics) + 22
     x = legend(svg, label_w, y, [(GREY, "silent weekday"),
                                  (WEEKEND, "silent weekend, or before the first message"),
@@ -157,6 +143,158 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
     svg.circle(x + 4, y - 4, 3, ORANGE)
     svg.text(x + 12, y, "a hole in the box's message sequence touches this day", fill=MUTED)
     return svg.done()
+
+
+def clinics_weeks_svg(page: Q.ClinicsPage) -> str:
+    """A cell per clinic and week, coloured by its exams, the share of its weekdays that
+    were silent drawn grey from the bottom up (all grey: not a message all week). The cells
+    are one path per colour; each row carries its numbers (``data-week-*``, one per week) and
+    its words (a hover title over the row; the table under the plot lists every clinic's
+    silent spells)."""
+    weeks = list(range(page.period.first_week, page.period.last_week + 1))
+    cell = 15
+    cw = max(6, min(cell, 780 // len(weeks)))
+    svg, (label_w, top) = _clinics_frame(
+        page, cw, len(weeks), "Exams per week per clinic, silent weekdays and sequence holes",
+        extra_h=18, data_first_week=Q.week_text(weeks[0]))
+    step = -(-56 // cw)  # a date label every ~56 px, from the latest week back, which is
+    for i in range(len(weeks) - 1 - step, -1, -step):  # "this week"
+        x = label_w + i * cw
+        svg.line(x, top - 4, x, top + cell * len(page.clinics), stroke="#bbb")
+        svg.text(x + 1, top - 8, time.strftime("%d %b %y", time.gmtime(
+            (weeks[i] * 7 - 3) * C.DAY_S)), fill=MUTED, size=10)
+    svg.text(label_w + (len(weeks) - 1) * cw + cw / 2, top - 20, "this week", anchor="middle",
+             fill=MUTED, size=10)
+    by = Q.clinic_weeks(page)
+    fills: dict[str, list] = {c: [] for c in (WEEKEND, "#fff", *BLUES[1:], GREY)}
+    holes: list[tuple[float, float]] = []
+    rows = []
+    for r, clinic in enumerate(page.clinics):
+        y = top + r * cell + 0.5
+        for i, week in enumerate(weeks):
+            w, x = by[(clinic, week)], label_w + i * cw + 0.5
+            if w.before_first and not w.heard:
+                fills[WEEKEND].append((x, y, cw - 1, cell - 1))
+            elif w.counted and w.silent == w.counted and not w.heard:
+                fills[GREY].append((x, y, cw - 1, cell - 1))
+            else:
+                base = "#fff" if w.exams == 0 else bin_colour(w.exams, WEEK_EXAM_EDGES, BLUES)
+                fills[base].append((x, y, cw - 1, cell - 1))
+                if w.silent:
+                    h = (cell - 1) * w.silent / w.counted
+                    fills[GREY].append((x, y + cell - 1 - h, cw - 1, h))
+            if w.holes:
+                holes.append((x - 0.5 + cw / 2, y - 0.5 + cell / 2))
+        rows.append((clinic, y))
+        _clinic_totals(svg, page, clinic, label_w + len(weeks) * cw + 8, y - 0.5 + cell - 3)
+    for colour, boxes in fills.items():
+        svg.rects(boxes, colour, stroke="#ccc" if colour == "#fff" else None)
+    svg.dots(holes, min(2.6, cw / 2 - 0.5), ORANGE, stroke="#fff" if cw > 8 else None)
+    for clinic, y in rows:  # over the cells: the row's words where the pointer is
+        ws = [by[(clinic, week)] for week in weeks]
+        svg.rect(label_w, y - 0.5, cw * len(weeks), cell, "#fff", tip=_row_words(page, clinic),
+                 fill_opacity=0, data_clinic=clinic,
+                 data_week_exams=",".join(str(w.exams) for w in ws),
+                 data_week_silent=",".join(str(w.silent) for w in ws),
+                 data_week_missing=",".join(str(w.missing) for w in ws))
+    y = top + cell * len(page.clinics) + 22
+    legend(svg, label_w, y, [("#fff", "0 exams a week"), (BLUES[1], "1-14"),
+                             (BLUES[2], "15-24"), (BLUES[3], "25-39"), (BLUES[4], "40+")])
+    x = legend(svg, label_w, y + 18, [(GREY, "share of the weekdays silent"),
+                                      (WEEKEND, "before the first message")])
+    svg.circle(x + 4, y + 14, 3, ORANGE)
+    svg.text(x + 12, y + 18, "a hole in a box's message sequence that week", fill=MUTED)
+    return svg.done()
+
+
+def _clinics_frame(page: Q.ClinicsPage, cell_w: int, columns: int, title: str,
+                   extra_h: int = 0, **data) -> tuple[Svg, tuple[int, int]]:
+    """The clinics plot's canvas and column heads; returns it with (label_w, top)."""
+    labels = [fit(page.names.get(c) or c, LABEL_CHARS) for c in page.clinics]
+    name_w = max([6.2 * len(x) for x in labels] + [106.0])
+    cell, label_w, top = 15, round(name_w + 12), 34
+    # totals, then the clinic again: a phone opens the plot at its latest end
+    right = round(max(290.0, 184 + name_w))
+    svg = Svg(label_w + cell_w * columns + right,
+              top + cell * max(1, len(page.clinics)) + 44 + extra_h, title, "clinics", **data)
+    for dx, dy, head in ((40, 8, "exams"), (100, 20, "silent"), (100, 8, "weekdays"),
+                         (160, 20, "messages"), (160, 8, "missing")):
+        svg.text(label_w + columns * cell_w + 8 + dx, top - dy, head, anchor="end",
+                 fill=MUTED, size=10)
+    for r, clinic in enumerate(page.clinics):
+        svg.text(label_w - 6, top + r * cell + cell - 3, labels[r], anchor="end",
+                 tip=clinic_text(clinic, page.names.get(clinic, "")))
+    return svg, (label_w, top)
+
+
+def _clinic_totals(svg: Svg, page: Q.ClinicsPage, clinic: str, x: float, y: float) -> None:
+    """A row's exams, silent weekdays and messages missing, then the clinic again."""
+    exams, silent, missing = clinic_totals(page, clinic)
+    svg.text(x + 40, y, exams, anchor="end", data_total=clinic)
+    svg.text(x + 100, y, silent or "", anchor="end",
+             fill=ORANGE if silent >= 3 else MUTED, data_silent_weekdays=clinic)
+    svg.text(x + 160, y, missing or "", anchor="end", fill=ORANGE)
+    svg.text(x + 172, y, fit(page.names.get(clinic) or clinic, LABEL_CHARS),
+             tip=clinic_text(clinic, page.names.get(clinic, "")))
+
+
+def clinic_totals(page: Q.ClinicsPage, clinic: str) -> tuple[int, int, int]:
+    """(exams, silent weekdays, messages missing) of a clinic over the period."""
+    cells = [page.cells[(clinic, d)] for d in page.period.days]
+    return (sum(c.exams for c in cells),
+            sum(1 for d in page.period.days if page.silent_weekday(clinic, d)),
+            sum(c.missing for c in cells))
+
+
+def spell_text(s: Q.SilentSpell) -> str:
+    n = plural(s.weekdays, "weekday")
+    if s.ongoing:
+        return f"since {Q.day_text(s.first_day)} ({n}, still silent)"
+    if s.first_day == s.last_day:
+        return f"{Q.day_text(s.first_day)} (1 weekday)"
+    return f"{Q.day_text(s.first_day)} to {Q.day_text(s.last_day)} ({n})"
+
+
+def long_spells(page: Q.ClinicsPage, clinic: str) -> list[Q.SilentSpell]:
+    """The spells worth a line: SILENT_SPELL_WEEKDAYS weekdays or more, latest first."""
+    return [s for s in reversed(page.silent_spells(clinic))
+            if s.weekdays >= C.SILENT_SPELL_WEEKDAYS]
+
+
+def _row_words(page: Q.ClinicsPage, clinic: str) -> str:
+    exams, silent, missing = clinic_totals(page, clinic)
+    spells = long_spells(page, clinic)
+    words = (f"{clinic_text(clinic, page.names.get(clinic, ''))}: {plural(exams, 'exam')}, "
+             f"{plural(silent, 'silent weekday')}")
+    if spells:
+        words += "; silent " + "; ".join(spell_text(s) for s in spells[:3])
+        words += f" and {len(spells) - 3} more" if len(spells) > 3 else ""
+    return words + (f"; {plural(missing, 'message')} missing" if missing else "")
+
+
+def silent_table(page: Q.ClinicsPage) -> str:
+    """Every clinic's totals and its silent spells in words: what the plot shows, for a
+    screen reader, a printout, or a phone that cannot take the plot in at once."""
+    head = ("<tr><th>clinic</th><th>exams</th><th>silent weekdays</th>"
+            f"<th>silent {C.SILENT_SPELL_WEEKDAYS} weekdays or more in a row, latest first"
+            "</th><th>messages missing</th></tr>")
+    body = []
+    for clinic in page.clinics:
+        exams, silent, missing = clinic_totals(page, clinic)
+        spells = long_spells(page, clinic)
+        shown = [f'<span data-spell="{s.first_day},{s.last_day},{s.weekdays}">'
+                 f"{esc(spell_text(s))}</span>" for s in spells[:C.SPELLS_SHOWN]]
+        if len(spells) > C.SPELLS_SHOWN:
+            shown.append(f"and {len(spells) - C.SPELLS_SHOWN} earlier")
+        never = page.first_day is not None and clinic not in page.first_day
+        body.append(f'<tr data-clinic="{esc(clinic)}"><td>'
+                    f"{clinic_html(clinic, page.names.get(clinic, ''))}</td>"
+                    f'<td class="num">{exams}</td><td class="num">{silent}</td>'
+                    f"<td>{'<br>'.join(shown) or ('no message ever' if never else '-')}</td>"
+                    f'<td class="num">{missing}</td></tr>')
+    if not body:
+        body.append('<tr><td colspan="5" class="muted">no clinics in this scope</td></tr>')
+    return f'<table class="silent">{head}{"".join(body)}</table>'
 
 
 # A clinic's name in a CSV is its last column, clinic_name (empty when the district map
@@ -368,8 +506,10 @@ def devices_csv(rows: list[Q.DeviceRow]) -> str:
     return to_csv(DEVICE_COLUMNS, [device_cells(d) for d in rows])
 
 
-def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None) -> str:
-    """``weeks``: the page's period, which the missing messages and dead letters count."""
+def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None,
+                  fleet_errors: dict[str, int] | None = None) -> str:
+    """``weeks``: the page's period, which the missing messages and dead letters count;
+    ``fleet_errors``: distinct model-update errors per device in it (listed under the table)."""
     period = f'<br><span class="small">last {weeks} weeks</span>' if weeks else ""
     # the clinic is two cells: its id (as the CSV and the registry say it), then its name
     head = ("<tr><th>device</th><th colspan=\"2\">clinic</th><th>last seen</th><th>uplink</th>"
@@ -383,6 +523,10 @@ def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None)
         models = "<br>".join(f"{esc(k.replace('_', ' '))} {esc(v)}"
                              for k, v in sorted(d.models.items()))
         bundle = _bundle_cell(d.bundle)
+        n = (fleet_errors or {}).get(d.device_id, 0)
+        if n:
+            bundle += (f'<br><a href="#fleet-errors">{plural(n, "update error")} in the '
+                       "period</a>")
         state = esc(d.state or "-")
         body.append(
             f'<tr data-device="{esc(d.device_id)}" class="{"flag" if d.flags else ""}">'
@@ -401,6 +545,38 @@ def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None)
     if not body:
         body.append('<tr><td colspan="14" class="muted">no devices in this scope</td></tr>')
     return f'<table class="devices">{head}{"".join(body)}</table>'
+
+
+FLEET_ERROR_COLUMNS = ["device_id", "clinic_id", "first_seen_utc", "last_seen_utc",
+                       "health_messages", "bundle_installed", "error", "clinic_name"]
+
+
+def fleet_errors_csv(errors: list[Q.FleetError]) -> str:
+    return to_csv(FLEET_ERROR_COLUMNS,
+                  [[e.device_id, e.clinic_id, utc(e.first_ts), utc(e.last_ts), e.health,
+                    e.bundle, e.error, e.clinic_name] for e in errors])
+
+
+def fleet_errors_table(errors: list[Q.FleetError], more: dict[str, int], now: float) -> str:
+    """Each device's model-update errors over the period, latest first: the history its
+    latest health (the bundle column above) overwrites."""
+    head = ("<tr><th>device</th><th>clinic</th><th>last seen</th><th>first seen</th>"
+            "<th>health messages</th><th>bundle installed</th><th>error</th></tr>")
+    body = []
+    for e in errors:
+        body.append(
+            f'<tr data-device="{esc(e.device_id)}" data-health="{e.health}">'
+            f"<td>{esc(e.device_id)}</td><td>{clinic_html(e.clinic_id, e.clinic_name)}</td>"
+            f'<td title="{esc(utc(e.last_ts))} UTC">{esc(ago(e.last_ts, now))}</td>'
+            f"<td>{esc(utc(e.first_ts))}</td>"
+            f'<td class="num">{e.health}</td><td>{esc(e.bundle or "-")}</td>'
+            f'<td class="warn">{esc(e.error)}</td></tr>')
+    for dev, n in sorted(more.items()):
+        body.append(f'<tr><td>{esc(dev)}</td><td colspan="6" class="muted">'
+                    f"{plural(n, 'older error')} in the CSV</td></tr>")
+    if not body:
+        body.append('<tr><td colspan="7" class="muted">none in this period</td></tr>')
+    return f'<table class="fleet-errors" id="fleet-errors">{head}{"".join(body)}</table>'
 
 
 def _bundle_cell(b: dict) -> str:

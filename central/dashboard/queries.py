@@ -185,6 +185,73 @@ class ClinicsPage:
         first = self.first_day.get(clinic)
         return first is None or day < first
 
+    def counts(self, clinic: str, day: int) -> bool:
+        """A weekday that counts towards silence: weekends are expected to be quiet, today
+        may not have begun at the clinic, and before its first message it had no box."""
+        return ((day + 3) % 7 < 5 and day != self.period.last_day
+                and not self.before_first(clinic, day))
+
+    def silent_weekday(self, clinic: str, day: int) -> bool:
+        return self.cells[(clinic, day)].silent and self.counts(clinic, day)
+
+    def silent_spells(self, clinic: str) -> list[SilentSpell]:
+        """The clinic's runs of silent weekdays, oldest first. A weekend inside a run does
+        not end it; any message, on any day, does (a box was heard from)."""
+        spells: list[SilentSpell] = []
+        run = None
+        for d in self.period.days:
+            if self.silent_weekday(clinic, d):
+                run = run or SilentSpell(d, d, 0)
+                run.last_day, run.weekdays = d, run.weekdays + 1
+            elif not self.cells[(clinic, d)].silent and run is not None:
+                spells.append(run)
+                run = None
+        if run is not None:
+            run.ongoing = True
+            spells.append(run)
+        return spells
+
+
+@dataclass
+class SilentSpell:
+    """Weekdays in a row on which no box of a clinic sent anything."""
+    first_day: int
+    last_day: int
+    weekdays: int
+    ongoing: bool = False  # no message since: still silent today
+
+
+@dataclass
+class ClinicWeek:
+    """A clinic's week, for the plot of a long period (a cell per day would not fit)."""
+    clinic_id: str
+    week: int
+    exams: int = 0
+    silent: int = 0  # weekdays with no message, of those that count (ClinicsPage.counts)
+    counted: int = 0
+    heard: bool = False  # any message that week, weekend included
+    before_first: bool = True  # every day before the clinic's first message
+    holes: bool = False  # a sequence hole touches one of its days
+    missing: int = 0  # messages missing in holes that end that week
+
+
+def clinic_weeks(page: ClinicsPage) -> dict[tuple[str, int], ClinicWeek]:
+    """The page's days summed per clinic and week (Monday to Sunday, as the period)."""
+    out: dict[tuple[str, int], ClinicWeek] = {}
+    for clinic in page.clinics:
+        for d in page.period.days:
+            c = page.cells[(clinic, d)]
+            w = out.setdefault((clinic, week_of(d)), ClinicWeek(clinic, week_of(d)))
+            w.exams += c.exams
+            w.missing += c.missing
+            w.holes = w.holes or c.holes > 0
+            w.heard = w.heard or not c.silent
+            w.before_first = w.before_first and page.before_first(clinic, d)
+            if page.counts(clinic, d):
+                w.counted += 1
+                w.silent += int(c.silent)
+    return out
+
 
 def clinics_page(db: Db, scope: Scope, per: Period) -> ClinicsPage:
     clinics = clinics_in_scope(db, scope)
@@ -494,6 +561,44 @@ def device_flags(d: DeviceRow, now: float) -> list[str]:
     if d.bundle.get("error"):
         flags.append("bundle error")
     return flags
+
+
+@dataclass
+class FleetError:
+    """One distinct model-update error of a device over the period (``dash.fleet_errors``)."""
+    device_id: str
+    clinic_id: str
+    error: str
+    bundle: str  # the bundle installed while it was reported
+    first_ts: float
+    last_ts: float
+    health: int  # health messages that carried it
+    clinic_name: str = ""
+
+
+def fleet_errors(db: Db, scope: Scope, per: Period, shown: int | None = C.FLEET_ERRORS_SHOWN
+                 ) -> tuple[list[FleetError], dict[str, int]]:
+    """The period's fleet errors reported at the scope's clinics, per device latest first,
+    at most ``shown`` a device (None: all, for the CSV); and per device how many more."""
+    w, p = scope.where()
+    rows = [FleetError(dev, clinic, error, bundle, float(first), float(last), int(n))
+            for dev, clinic, error, bundle, first, last, n in db.query(
+                "SELECT device_id, clinic_id, error, bundle, MIN(first_ts), MAX(last_ts), "
+                "SUM(n) FROM dash.fleet_errors WHERE week >= ? AND week <= ? AND "
+                f"{w} GROUP BY device_id, clinic_id, error, bundle",
+                (per.first_week, per.last_week, *p))]
+    rows.sort(key=lambda e: (e.clinic_id, e.device_id, -e.last_ts, e.error, e.bundle))
+    names = clinic_names(db, scope) if rows else {}
+    out, more = [], defaultdict(int)
+    count: dict[str, int] = defaultdict(int)
+    for e in rows:
+        count[e.device_id] += 1
+        if shown is not None and count[e.device_id] > shown:
+            more[e.device_id] += 1
+            continue
+        e.clinic_name = names.get(e.clinic_id, "")
+        out.append(e)
+    return out, dict(more)
 
 
 def unattributed_dead_letters(db: Db, per: Period) -> int:

@@ -257,12 +257,20 @@ def _health(rng: random.Random, env: dict, uptime: float, dev: _Device, interval
                         "health_new": 0, "exam_new": 0},
             "disk_free_mb": round(dev.disk, 1),
             "temp_c": round(dev.temp + rng.uniform(-3, 6), 1), "models": dict(models),
-            "fleet": _fleet(dev, models)}
+            "fleet": _fleet(dev, models, int(env["ts"] // 86400))}
 
 
-def _fleet(dev: _Device, models: dict) -> dict:
+# The week before a box that later rolls back takes the district's bundle, its health says
+# why the bundle was not taken yet (edge/fleet/agent.py's texts): days before, and the error.
+FLEET_ERRORS = ((6, "bundle models-2026.1 from the district refused: manifest signed by an "
+                    "unknown key"),
+                (3, "cannot install (No space left on device); the models in use are "
+                    "unchanged; the bundle is fetched again in 60 min"))
+
+
+def _fleet(dev: _Device, models: dict, day: int) -> dict:
     """The bundle state health reports (edge/fleet): factory models until the box takes the
-    district's bundle; a few boxes rolled a bad one back."""
+    district's bundle; a few boxes rolled a bad one back, and failed to take it first."""
     if models is MODELS_OLD:
         out = {"group": "district", "bundle": "factory", "state": "factory", "slot": "-"}
     else:
@@ -272,6 +280,9 @@ def _fleet(dev: _Device, models: dict) -> dict:
         out["rollback"] = {"from": "models-2026.2", "to": out["bundle"],
                            "reason": "self-test: plane model disagrees on 3 of 13 frames",
                            "ts": None}
+        for days, error in FLEET_ERRORS:  # the latest that began before this day
+            if dev.upgrade_day - days <= day < dev.upgrade_day:
+                out["error"] = error
     return out
 
 

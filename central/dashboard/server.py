@@ -52,7 +52,7 @@ TITLES = {"clinics": "Clinics", "completeness": "Exam completeness", "quality": 
           "biometry": "Biometry", "devices": "Devices"}
 CSVS = {"clinics": "clinics", "completeness": "completeness", "missed": "completeness",
         "quality": "quality", "deficiencies": "quality", "biometry": "biometry",
-        "devices": "devices"}
+        "devices": "devices", "fleet_errors": "devices"}
 SECURITY_HEADERS = {
     # no script at all; the charts are inline SVG with presentation attributes, no style=
     "Content-Security-Policy": ("default-src 'none'; style-src 'self'; img-src 'self'; "
@@ -152,8 +152,10 @@ class Dashboard:
                         self.generation += 1
                         log.info("rolled up %d messages in %.2f s", stats.messages,
                                  stats.seconds)
-                except DbError as exc:
-                    log.warning("dashboard refresh: %s", exc)
+                except Exception as exc:  # DbError, or a message the rollup cannot take:
+                    # one line, and the next pass tries again (the thread must not die)
+                    log.warning("dashboard refresh: %s", exc if isinstance(exc, DbError) else
+                                f"{type(exc).__name__}: {str(exc)[:300]}")
                     if db is not None:
                         db.close()
                     db = None
@@ -349,16 +351,23 @@ class Dashboard:
         page = Q.clinics_page(db, scope, per)
         silent = sum(1 for c in page.clinics
                      if all(page.cells[(c, d)].silent for d in per.days[-7:]))
-        return (f"<h2>Exams per day, last {weeks} weeks</h2>"
+        daily = weeks <= C.CLINICS_DAILY_WEEKS
+        unit = "day" if daily else "week"
+        grey = ("no message from any box of the clinic that day" if daily else
+                "the share of the week's weekdays with no message from any box of the "
+                "clinic (all grey: none all week)")
+        return (f"<h2>Exams per {unit}, last {weeks} weeks</h2>"
                 f'<p class="lead">{P.plural(len(page.clinics), "clinic")}; '
                 f"<strong>{silent}</strong> sent "
-                f"nothing in the last 7 days. Grey: no message from any box of the clinic that "
-                f"day; silent weekdays count from the clinic's first message on (a box not yet "
-                f"set up is not a silent clinic). An orange dot: a box's messages of that day "
-                f"are missing (a hole in its sequence: lost on the way or dropped by a full "
-                f"outbox).</p>"
+                f"nothing in the last 7 days. Grey: {grey}; silent weekdays count from the "
+                f"clinic's first message on (a box not yet set up is not a silent clinic). "
+                f"An orange dot: a box's messages of that {unit} are missing (a hole in its "
+                f"sequence: lost on the way or dropped by a full outbox). "
+                + ("" if daily else "The CSV has every day. ")
+                + "The table under the plot gives each clinic's silent spells.</p>"
                 f'<div class="plot recent">{P.clinics_svg(page)}</div>'
-                + self._csv_link("clinics", scope, weeks))
+                + self._csv_link("clinics", scope, weeks)
+                + f"<h2>Silent spells, last {weeks} weeks</h2>" + P.silent_table(page))
 
     def _body_completeness(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.completeness_page(db, scope, per)
@@ -425,6 +434,12 @@ class Dashboard:
 
     def _body_devices(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         rows = Q.devices_page(db, scope, per)
+        errors, more = Q.fleet_errors(db, scope, per)
+        per_device: dict[str, int] = {}
+        for e in errors:
+            per_device[e.device_id] = per_device.get(e.device_id, 0) + 1
+        for dev, n in more.items():
+            per_device[dev] = per_device.get(dev, 0) + n
         flagged = sum(1 for d in rows if d.flags)
         extra = ""
         if scope.district is None:
@@ -442,8 +457,17 @@ class Dashboard:
                 f"dead letters are counted over the last {weeks} weeks, so an old one does "
                 f"not keep a box flagged. Backlog: messages queued on the box at its last "
                 f"health; behind: messages allocated on the box beyond what arrived.</p>"
-                f"{P.devices_table(rows, time.time(), weeks)}{extra}"
-                + self._csv_link("devices", scope, weeks))
+                f"{P.devices_table(rows, time.time(), weeks, per_device)}{extra}"
+                + self._csv_link("devices", scope, weeks)
+                + f"<h2>Model update errors, last {weeks} weeks</h2>"
+                  '<p class="lead">What each box\'s health messages said when a signed model '
+                  "bundle was refused or failed to install, latest first: the bundle column "
+                  "above shows only the last one. One row per distinct error and bundle "
+                  "installed, with when it was first and last reported and by how many health "
+                  f"messages (a box repeats its error until the next install); at most "
+                  f"{C.FLEET_ERRORS_SHOWN} a box here, all in the CSV.</p>"
+                + P.fleet_errors_table(errors, more, time.time())
+                + self._csv_link("fleet_errors", scope, weeks))
 
     async def csv(self, request: web.Request):
         name = request.match_info["name"]
@@ -469,6 +493,8 @@ class Dashboard:
             return P.quality_csv(page) if name == "quality" else P.deficiencies_csv(page)
         if name == "biometry":
             return P.biometry_csv(Q.biometry_exams(db, scope, per))
+        if name == "fleet_errors":
+            return P.fleet_errors_csv(Q.fleet_errors(db, scope, per, shown=None)[0])
         return P.devices_csv(Q.devices_page(db, scope, per))
 
 

@@ -19,7 +19,9 @@ row per message (``dash.msgs``, for sequence gaps and last seen), a row per exam
 figures the pages plot (``dash.exams``), messages per device and day (``dash.day_device``),
 exam figures per clinic and week (``dash.week_protocol``, ``dash.week_missing``,
 ``dash.week_deficiency``, ``dash.week_plane``),
-the latest health and status of each device (``dash.device_latest``) and dead letters per
+the latest health and status of each device (``dash.device_latest``), the model-update
+errors its health messages carried, per week (``dash.fleet_errors``: a later health message
+overwrites the device's error, so the latest alone loses the history), and dead letters per
 device (``dash.dead``). A message is added only when its ``msg_id`` is new to ``dash.msgs``,
 inside the same transaction as the counts, so the counts never count a message twice, even
 with two dashboards refreshing the same database.
@@ -47,11 +49,11 @@ from central.dashboard import config as C
 from central.dashboard.reference import ig_z
 from central.db import DbError, is_postgres, one_line, redact, sqlite_path
 
-SCHEMA_VERSION = "4"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "5"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
-                 "week_plane", "device_latest", "dead")
+                 "week_plane", "device_latest", "dead", "fleet_errors")
 
 _DASH_TABLES = [
     "CREATE TABLE IF NOT EXISTS dash.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -103,6 +105,14 @@ _DASH_TABLES = [
         health_seq BIGINT, health_ts DOUBLE PRECISION, health TEXT,
         status_received DOUBLE PRECISION, status_state TEXT, status_seq BIGINT,
         status_pending BIGINT)""",
+    # A device's model-update errors (health.fleet.error), one row per week, device, clinic,
+    # error and the bundle installed then: how many health messages carried it, the first
+    # and last. Counts add up, so a rebuild from the messages gives the same rows.
+    """CREATE TABLE IF NOT EXISTS dash.fleet_errors (
+        week INTEGER NOT NULL, device_id TEXT NOT NULL, clinic_id TEXT NOT NULL,
+        error TEXT NOT NULL, bundle TEXT NOT NULL, n INTEGER NOT NULL,
+        first_ts DOUBLE PRECISION NOT NULL, last_ts DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (week, device_id, clinic_id, error, bundle)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS dash.dead (
         digest TEXT PRIMARY KEY, device_id TEXT NOT NULL, received_ts DOUBLE PRECISION)""",
     "CREATE INDEX IF NOT EXISTS dash.dead_device ON dead (device_id)",
@@ -416,6 +426,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
     week_missing: dict[tuple, int] = defaultdict(int)
     week_def: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     week_plane: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0])
+    fleet_errors: dict[tuple, list[float]] = {}
     latest: dict[str, dict] = {}
     for msg_id, dev, clinic, kind, seq, device_ts, received, payload in rows:
         ts, day = day_of(device_ts, received)
@@ -431,6 +442,9 @@ def _add(db: Db, rows: list[tuple]) -> None:
             continue
         if kind in ("exam", "health"):
             lat["max_seq"] = max(lat["max_seq"], int(seq))
+        if kind == "health" and (err := _fleet_error(data)) is not None:
+            e = fleet_errors.setdefault((week_of(day), dev, clinic, *err), [0, ts, ts])
+            e[0], e[1], e[2] = e[0] + 1, min(e[1], ts), max(e[2], ts)
         if kind == "health" and int(seq) >= lat.get("health_seq", -1):
             lat["health_seq"], lat["health_ts"] = int(seq), ts
             lat["health"] = json.dumps(_health_digest(data), separators=(",", ":"))
@@ -448,7 +462,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
             pc = week_protocol[(week, clinic, name)]
             pc[0] += 1
             pc[1] += _complete(protocol)
-            named = [str(slot) for slot in protocol.get("missing") or []]
+            named = [_text(slot, 32) for slot in protocol.get("missing") or []]
             for slot in named:
                 week_missing[(week, clinic, name, slot)] += 1
             if _unnamed(protocol, named):  # one exam, however many names it shed
@@ -498,8 +512,63 @@ def _add(db: Db, rows: list[tuple]) -> None:
             "n = dash.week_plane.n + excluded.n, q_sum = dash.week_plane.q_sum + excluded.q_sum,"
             " q_low = dash.week_plane.q_low + excluded.q_low",
             [(*k, *v) for k, v in week_plane.items()])
+    _add_fleet_errors(db, fleet_errors)
     for dev, lat in latest.items():
         _upsert_latest(db, dev, lat)
+
+
+# Past this many distinct errors a device's week, its further ones are counted under this
+# one: a box sending a new error text in every health message cannot grow the table, or
+# the devices page, beyond it (which errors keep their own row then depends on the order
+# they arrived in; every health message is still counted).
+FLEET_ERRORS_MORE = "(more distinct errors that week: counted here)"
+
+
+def _fleet_error(data: dict) -> tuple[str, str] | None:
+    """(error, bundle installed) of a health message reporting a failed or refused model
+    update (edge/fleet: it stays until the next install), None without one."""
+    fleet = data.get("fleet")
+    if not isinstance(fleet, dict) or not fleet.get("error"):
+        return None
+    return _text(fleet["error"], C.FLEET_ERROR_CHARS), _text(fleet.get("bundle", ""), 40)
+
+
+def _add_fleet_errors(db: Db, rows: dict[tuple, list[float]]) -> None:
+    """Add a batch's fleet errors, holding each device's week to FLEET_ERRORS_PER_WEEK
+    distinct ones (and FLEET_ERRORS_MORE)."""
+    kept: dict[tuple, set] = {}
+    out: dict[tuple, list[float]] = {}
+    for key in sorted(rows, key=lambda k: rows[k][1]):  # the earliest take the free places
+        week, dev, clinic, error, bundle = key
+        have = kept.get((week, dev))
+        if have is None:
+            have = kept[(week, dev)] = {tuple(r) for r in db.query(
+                "SELECT clinic_id, error, bundle FROM dash.fleet_errors WHERE week = ? AND "
+                "device_id = ? AND error <> ?", (week, dev, FLEET_ERRORS_MORE))}
+        if (clinic, error, bundle) not in have:
+            if len(have) >= C.FLEET_ERRORS_PER_WEEK:
+                key = (week, dev, clinic, FLEET_ERRORS_MORE, "")
+            else:
+                have.add((clinic, error, bundle))
+        n, first, last = rows[(week, dev, clinic, error, bundle)]
+        e = out.setdefault(key, [0, first, last])
+        e[0], e[1], e[2] = e[0] + n, min(e[1], first), max(e[2], last)
+    db.many("INSERT INTO dash.fleet_errors (week, device_id, clinic_id, error, bundle, n, "
+            "first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (week, device_id, "
+            "clinic_id, error, bundle) DO UPDATE SET n = dash.fleet_errors.n + excluded.n, "
+            "first_ts = CASE WHEN excluded.first_ts < dash.fleet_errors.first_ts "
+            "THEN excluded.first_ts ELSE dash.fleet_errors.first_ts END, "
+            "last_ts = CASE WHEN excluded.last_ts > dash.fleet_errors.last_ts "
+            "THEN excluded.last_ts ELSE dash.fleet_errors.last_ts END",
+            [(*k, *v) for k, v in out.items()])
+
+
+def _text(value, chars: int) -> str:
+    """A device's string as every database stores it: cut to ``chars``, without NUL (which
+    PostgreSQL refuses) or a lone surrogate (valid in JSON, not in UTF-8: SQLite's driver
+    refuses it), either of which failed the whole rollup batch, again at every refresh."""
+    text = str(value)[:chars].replace("\x00", "")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:chars]
 
 
 # A busy exam sheds the names of its missing slots to fit 1 KB on the wire, keeping their
@@ -544,7 +613,7 @@ def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dic
             max(qualities) if qualities else None, hc, ga,
             _num(bio.get("ga_low_weeks")), _num(bio.get("ga_high_weeks")),
             None if ga is None else ("dates" if ga_dates is not None else "hadlock-hc"),
-            "|".join(str(s) for s in missing) or None, z)
+            "|".join(_text(s, 32) for s in missing) or None, z)
 
 
 def _health_digest(data: dict) -> dict:
@@ -566,7 +635,7 @@ def _health_digest(data: dict) -> dict:
                              f"{rollback.get('reason')}")[:200]
             b["rollback_ts"] = _num(rollback.get("ts"))
         if fleet.get("error"):
-            b["error"] = str(fleet["error"])[:160]
+            b["error"] = _text(fleet["error"], C.FLEET_ERROR_CHARS)
         if fleet.get("download"):
             b["download"] = str(fleet["download"])[:80]
         out["bundle"] = b

@@ -35,13 +35,13 @@ def attrs(**kw) -> str:
 
 
 class Svg:
-    def __init__(self, width: int, height: int, title: str, chart: str):
+    def __init__(self, width: int, height: int, title: str, chart: str, **data):
         self.w, self.h = width, height
         # width/height in px: the plot keeps its size and a phone scrolls it sideways rather
         # than shrink its text below reading size
         self.parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
                       f'width="{width}" height="{height}" '
-                      f'{attrs(role="img", class_="chart", data_chart=chart)} '
+                      f'{attrs(role="img", class_="chart", data_chart=chart, **data)} '
                       f'font-family="system-ui, sans-serif" font-size="{FONT}">',
                       f"<title>{esc(title)}</title>"]
 
@@ -84,8 +84,44 @@ class Svg:
         a = attrs(cx=_n(x), cy=_n(y), r=r, fill=fill, stroke=stroke, **data)
         self.parts.append(f"<circle {a}>{inner}</circle>")
 
+    def rects(self, boxes: list[tuple[float, float, float, float]], fill: str,
+              stroke: str | None = None) -> None:
+        """Many rectangles of one colour as one path, each a relative move and four strokes:
+        about 15 bytes where a ``<rect>`` with its title took 230. For a plot of thousands of
+        cells, whose words are given once per row and in a table beside it."""
+        if boxes:
+            self.parts.append(f"<path {attrs(fill=fill, stroke=stroke)} "
+                              f'd="{_path(boxes, _box)}"/>')
+
+    def dots(self, centres: list[tuple[float, float]], r: float, fill: str,
+             stroke: str | None = None) -> None:
+        """Many circles of one colour as one path (as ``rects``)."""
+        if centres:
+            self.parts.append(f"<path {attrs(fill=fill, stroke=stroke)} d=\""
+                              + _path([(x - r, y, r) for x, y in centres], _dot) + '"/>')
+
     def done(self) -> str:
         return "\n".join(self.parts + ["</svg>"])
+
+
+def _path(shapes: list[tuple], draw) -> str:
+    """Subpaths, each placed by a move relative to the start of the one before (where a
+    closed subpath leaves the pen): short numbers, and the rounding never adds up."""
+    out, px, py = [], 0.0, 0.0
+    for i, (x, y, *size) in enumerate(shapes):
+        x, y = round(x, 1), round(y, 1)
+        out.append(f"M{_n(x)} {_n(y)}" if i == 0 else f"m{_n(x - px)} {_n(y - py)}")
+        out.append(draw(*size))
+        px, py = x, y
+    return "".join(out)
+
+
+def _box(w: float, h: float) -> str:
+    return f"h{_n(w)}v{_n(h)}h{_n(-w)}z"
+
+
+def _dot(r: float) -> str:
+    return f"a{_n(r)} {_n(r)} 0 1 0 {_n(2 * r)} 0a{_n(r)} {_n(r)} 0 1 0 {_n(-2 * r)} 0z"
 
 
 def _n(v) -> str:
