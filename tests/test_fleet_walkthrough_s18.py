@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 
 from central.fleet import make_offer, peek, publish
 from edge.fleet.agent import Download
+from edge.fleet.bundle import BundleError
 from tests.servers import Mosquitto
 from tests.test_fleet import GROUP, device_config, fleet_kit  # noqa: F401  (fixture)
 from tests.test_fleet_delivery import _agent, _secret
@@ -111,6 +112,42 @@ def test_a_bundle_refused_over_mqtt_is_said_by_version_and_not_fetched_after_a_r
     again._received(offer_topic(GROUP), payload)
     again._drain_inbox()
     assert again.download is None and not any("/chunk/" in t for t in again.uplink.topics)
+
+
+def test_chunks_that_do_not_make_the_offered_bundle_are_fetched_again_later_not_refused(
+        tmp_path, fleet_kit, monkeypatch):  # noqa: F811
+    """Chunks that pass their own hashes but do not make up the offered bundle say nothing
+    of the bundle (its signature is never reached). Before: refused at once and for good,
+    so whoever could garble one assembly kept a good bundle off the box. Now it waits
+    poll_min (doubling with each garbled download in a row), lets the broker's retained
+    copy of the offer pass meanwhile, then fetches it again and installs."""
+    config = device_config(tmp_path, fleet_kit, poll_min=0.5)
+    data = fleet_kit["v2"].read_bytes()
+    size = 16 * 1024
+    offer, _ = make_offer(fleet_kit["v2"], peek(fleet_kit["v2"], GROUP), size)
+    payload = json.dumps(offer.to_dict()).encode()
+    agent = _agent(config, fleet_kit)
+    real_assemble = Download.assemble
+
+    def garbled(self):
+        raise BundleError("the chunks do not make up the offered bundle (sha256 differs)")
+
+    monkeypatch.setattr(Download, "assemble", garbled)
+    agent._received(offer_topic(GROUP), payload)
+    agent._drain_inbox()
+    _serve_all(agent, data, size)
+    assert offer.bundle_id not in agent.fleet.state.get("refused_ids", [])
+    assert "1 garbled download in a row, fetched again in 0.5 min" in \
+        agent.fleet.status()["error"]
+    assert agent.download is None
+    agent._received(offer_topic(GROUP), payload)  # a reconnect: the retained offer again
+    agent._drain_inbox()
+    assert agent.download is None  # still waiting
+    monkeypatch.setattr(Download, "assemble", real_assemble)
+    agent.poll_once(31.0)
+    assert agent.download is not None and agent.download.offer.bundle_id == offer.bundle_id
+    _serve_all(agent, data, size)
+    assert agent.fleet.status()["bundle"] == "2.0" and agent.restart.is_set()
 
 
 def test_a_full_disk_while_chunks_arrive_is_one_line_frees_the_space_and_retries_later(

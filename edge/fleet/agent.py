@@ -46,9 +46,11 @@ log = logging.getLogger("sonoedge.fleet")
 DOWNLOADS = "download"
 MAX_INBOX = 256  # MQTT messages waiting for the fleet thread; more are dropped (resent later)
 MAX_REFUSED = 16
-# HTTP downloads whose bytes are not the offered bundle (more bytes, another sha256) before
-# the bundle is refused: a captive portal or a proxy garbles one download, not every one.
-GARBLED_TRIES = 3
+# A download whose bytes are not the offered bundle (more bytes, another sha256) is fetched
+# again after poll_min, then after twice that, and so on, at most this long: a server that
+# keeps sending garbage must not eat the clinic's link, and a day still takes a good bundle
+# the day the transfer mends.
+GARBLED_MAX_WAIT_S = 24 * 3600.0
 RESTART_EXIT = 75  # run() returns this when the loop must start again on new models
 
 
@@ -120,15 +122,17 @@ class FleetAgent:
         self.download: Download | None = None
         self.progress = ""
         self._deferred: bytes | None = None  # an offer that came during a trial
-        # ... or one the device could not take (its own full disk): taken up again once
-        # this many seconds of the thread's time have passed (`poll_min`)
+        # ... or one the device could not take (its own full disk, a garbled download):
+        # taken up again once this many seconds of the thread's time have passed
         self._deferred_in_s = 0.0
+        self._deferred_id: str | None = None  # the deferred offer's bundle id
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_poll = time.monotonic()
         self._keys = None
         self._said = ""  # the last error line logged
-        self._garbled: dict[str, int] = {}  # bundle id -> HTTP downloads that were not it
+        self._garbled: dict[str, int] = {}  # bundle id -> downloads in a row that were not it
+        self._http_wait: dict[str, float] = {}  # bundle id -> monotonic time to fetch it again
 
     # -- the loop's side ------------------------------------------------------------------
     def start(self, uplink=None) -> None:
@@ -251,8 +255,13 @@ class FleetAgent:
         taken up again after `poll_min` (over HTTP the next poll does it), not refused."""
         self._error(f"{why}; the bundle is fetched again in {self.cfg.poll_min:g} min")
         if self.cfg.mqtt:
-            self._deferred = json.dumps(offer.to_dict()).encode()
-            self._deferred_in_s = self.cfg.poll_min * 60
+            self._defer(offer, self.cfg.poll_min * 60)
+
+    def _defer(self, offer: Offer, wait_s: float) -> None:
+        """Take the offer up again after `wait_s` (MQTT). Until then the broker's retained
+        copy of it, sent again on every reconnect, is let pass (`_offered`)."""
+        self._deferred = json.dumps(offer.to_dict()).encode()
+        self._deferred_id, self._deferred_in_s = offer.bundle_id, wait_s
 
     def _install(self, path: Path, offer: Offer) -> None:
         keys = self._keys_or_none()
@@ -304,10 +313,14 @@ class FleetAgent:
             return
         if self.download is not None and self.download.offer.bundle_id == offer.bundle_id:
             return
+        if self._deferred is not None and self._deferred_in_s > 0 \
+                and self._deferred_id == offer.bundle_id:
+            return  # waiting after a garbled download or a full disk (`_defer`)
         if not self._wanted(offer):
             return
         if isinstance(self.fleet.state.get("trial"), dict):
             self._deferred = payload  # the previous set must stay intact until confirmed
+            self._deferred_id = offer.bundle_id
             return
         folder = self.fleet.root / DOWNLOADS / offer.bundle_id
         for old in (self.fleet.root / DOWNLOADS).glob("*"):
@@ -329,9 +342,8 @@ class FleetAgent:
         if not missing:
             try:
                 path = download.assemble()
-            except BundleError as exc:
-                self._refuse(offer.bundle_id, f"download of {offer.version}: {exc}")
-                self._clear_downloads()
+            except BundleError as exc:  # chunks that do not make the offered bundle
+                self._garbled_download(offer, f"download of {offer.version}: {exc}", False)
                 return
             except OSError as exc:  # writing the whole bundle out: the device's disk
                 self._clear_downloads()
@@ -387,6 +399,8 @@ class FleetAgent:
             return
         if not self._wanted(offer) or isinstance(self.fleet.state.get("trial"), dict):
             return
+        if time.monotonic() < self._http_wait.get(offer.bundle_id, 0.0):
+            return  # waiting after a garbled download (`_garbled_download`)
         folder = self.fleet.root / DOWNLOADS / offer.bundle_id
         folder.mkdir(parents=True, exist_ok=True)
         part = folder / "bundle.http"
@@ -427,31 +441,38 @@ class FleetAgent:
             self._next_poll = time.monotonic() + min(60.0, self.cfg.poll_min * 60)
             return
         except BundleError as exc:
-            self._garbled_download(offer, f"download of {offer.version}: {exc}")
+            self._garbled_download(offer, f"download of {offer.version}: {exc}", True)
             return
         if have < offer.size:
             return
         if sha256_of(part) != offer.bundle_id:
             self._garbled_download(offer, f"download of {offer.version}: sha256 differs from "
-                                          "the offer")
+                                          "the offer", True)
             return
         self._install(part, offer)
 
-    def _garbled_download(self, offer: Offer, why: str) -> None:
+    def _garbled_download(self, offer: Offer, why: str, over_http: bool) -> None:
         """Bytes that are not the offered bundle say nothing of the bundle (its signature is
-        never reached): the transfer failed, so it is fetched again at the next polls, and
-        refused only after GARBLED_TRIES such downloads. Refused at once, one page from a
-        captive portal kept a good bundle off the box for good."""
+        never reached): the transfer failed, never the bundle, so it is never refused for
+        it. Refused, one page from a captive portal, or anyone on the path altering a byte
+        three times, kept a good bundle off the box for good. It is fetched again after a
+        wait that doubles with each garbled download in a row (GARBLED_MAX_WAIT_S at most),
+        and the error, which the district sees in health, says how many."""
         self._clear_downloads()
         tries = self._garbled.get(offer.bundle_id, 0) + 1
         if len(self._garbled) >= MAX_REFUSED and offer.bundle_id not in self._garbled:
             self._garbled.pop(next(iter(self._garbled)))
         self._garbled[offer.bundle_id] = tries
-        if tries >= GARBLED_TRIES:
-            self._refuse(offer.bundle_id, f"{why} ({tries} downloads in a row)")
+        wait_s = min(GARBLED_MAX_WAIT_S, self.cfg.poll_min * 60 * 2 ** min(tries - 1, 30))
+        in_words = f"{wait_s / 60:g} min" if wait_s < 3600 else f"{wait_s / 3600:.3g} h"
+        self._error(f"{why}; {tries} garbled download{'s' if tries > 1 else ''} in a row, "
+                    f"fetched again in {in_words}")
+        if not over_http:
+            self._defer(offer, wait_s)
         else:
-            self._error(f"{why}; download {tries} of {GARBLED_TRIES}, fetched again in "
-                        f"{self.cfg.poll_min:g} min")
+            if len(self._http_wait) >= MAX_REFUSED:
+                self._http_wait.pop(next(iter(self._http_wait)))
+            self._http_wait[offer.bundle_id] = time.monotonic() + wait_s
 
 
 def start_fleet(settings, state_dir: Path, echo=print):
