@@ -60,7 +60,9 @@ def _frames(data_dir: Path, dest: Path, screens: tuple[str, ...], heads: tuple[s
 
 
 def _device_run(tmp: Path, broker: Mosquitto, n: int, device: str, protocol: str,
-                screens: tuple[str, ...], heads: tuple[str, ...], data_dir: Path) -> None:
+                screens: tuple[str, ...], heads: tuple[str, ...], data_dir: Path,
+                exam_extra: str = "") -> None:
+    """`sonoedge run --once` as `device` on real frames; `exam_extra`: more [exam] lines."""
     pw = tmp / f"{device}.password"
     if not pw.exists():
         pw.write_text(broker.passwords[device] + "\n")
@@ -71,7 +73,7 @@ def _device_run(tmp: Path, broker: Mosquitto, n: int, device: str, protocol: str
         f'clinic_id = "a-clinic-the-payload-claims"\npassword_file = "{pw}"\n'
         "health_interval_s = 0.5\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5\n"
         "drain_timeout_s = 30.0\n"
-        f'[biometry]\npixel_size_mm = 0.15\n[exam]\nprotocol = "{protocol}"\n')
+        f'[biometry]\npixel_size_mm = 0.15\n[exam]\nprotocol = "{protocol}"\n{exam_extra}')
     frames = _frames(data_dir, tmp / f"frames{n}", screens, heads)
     out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
                           "--source", str(frames), "--state-dir", str(tmp / f"state-{device}"),

@@ -34,6 +34,19 @@ from tests.dashboard_harness import (
 )
 
 CLINICS = {"box-a": "clinic-a", "box-b": "clinic-b"}
+_SLOTS = (("Head, transventricular plane", "Brain (Tv.)"),
+          ("Head, transcerebellar plane", "Brain (Cb.)"),
+          ("Face in profile, sagittal", "Profile"), ("Upper lip and nostrils, coronal", "Lips"),
+          ("Spine, sagittal, skin intact", "Spine (sag.)"),
+          ("Spine, coronal, three centres", "Spine (cor.)"), ("Heart, four-chamber view", "4CH"),
+          ("Heart, left outflow tract", "LVOT"), ("Heart, right outflow tract", "RVOT"),
+          ("Heart, three-vessel view", "3VV"), ("Abdomen, stomach and cord", "Abdominal"),
+          ("Kidneys, both, transverse", "Kidneys"), ("Femur, whole, horizontal", "Femur"))
+LONG_NAMED_SCREEN = (
+    'version = "site-1"\nanatomy_criteria = ["head_found"]\n[protocols.second-trimester]\ntitle = "Second-trimester screen"\n'
+    "planes = [" + ", ".join(f'{{name = "{n}", accepts = ["{p}"]}}' for n, p in _SLOTS)
+    + "]\nmin_quality = 0.5\n[protocols.biometry]\ntitle = \"Head\"\n"
+    'planes = [{name = "Head", accepts = ["Brain (Tv.)", "Brain (Cb.)"]}]\n')
 ADMIN = ("officer", "admin-password-1")
 
 
@@ -50,8 +63,13 @@ def district(tmp_path_factory, data_dir):
         broker.start()
         servers.collector()
         _device_run(tmp, broker, 1, "box-a", "biometry", (), HEADS[2:5], data_dir)
+        # The site names its 13 slots in words (up to 32 characters each, as a protocols
+        # file may): the names of the ten it misses no longer fit 1 KB beside the rest, and
+        # the exam sheds them, keeping their count.
+        protocols = tmp / "protocols.toml"
+        protocols.write_text(LONG_NAMED_SCREEN)
         _device_run(tmp, broker, 2, "box-b", "second-trimester", ("4CH", "FEMUR", "LIPS"),
-                    HEADS[5:8], data_dir)
+                    HEADS[5:8], data_dir, f'protocols_file = "{protocols}"\n')
 
         def all_stored() -> bool:
             seqs: dict[str, set] = {dev: set() for dev in CLINICS}

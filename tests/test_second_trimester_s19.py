@@ -274,3 +274,27 @@ def test_run_says_once_that_its_plane_model_cannot_fill_a_protocol_slot(tmp_path
     assert proc.returncode == 0, proc.stderr
     said = [line for line in proc.stderr.splitlines() if "could never be captured" in line]
     assert len(said) == 1 and "'Lips'" in said[0] and "plane_student@" in said[0], proc.stderr
+
+
+def test_a_screen_that_missed_planes_names_them_to_the_district(scorer, faulty_screens):
+    """Every ordinary second-trimester exam is over 1 KB in full. It used to shed the names
+    of its missed planes and its deficiencies (the district's completeness and quality
+    pages) while it still carried the model list every health message repeats and the
+    quality of its Background frames. Now those go first, and the names and deficiencies
+    reach the district."""
+    session = ExamSession(find_protocol("second-trimester"))
+    for record in faulty_screens:
+        if record["plane"] not in ("Lips", "Femur"):  # two planes she did not find
+            session.add(record)
+    body = session.summary("source_end", scorer.model_versions())
+    env = {"schema": 1, "kind": "exam", "device_id": "clinic-7-box-01",
+           "clinic_id": "clinic-7", "boot_id": "6db5d402-37e2-4157-ad2c-de8eddf6d7b8",
+           "ts": 1796323274.594, "mono_s": 10068.423}
+    full = len(json.dumps({**env, **body}, separators=(",", ":")).encode())
+    assert full > 1024 - 100, full  # it must shed something
+    payload = messages.build_exam(env, body)
+    assert set(payload["protocol"]["missing"]) >= {"Lips", "Femur"}, payload["protocol"]
+    assert payload["protocol"]["missing"] == body["protocol"]["missing"]
+    assert payload.get("deficiencies") == body["deficiencies"]
+    assert all(len(v) == 3 for k, v in payload["planes"].items()
+               if k not in ("Background", "uncertain", "other"))  # every plane's quality

@@ -36,13 +36,29 @@ def _exam_size(payload: dict) -> int:
     return len(json.dumps(payload, separators=(",", ":"))) + 100  # room for msg_id and seq
 
 
+# Plane entries that are not a standard plane: their count says how much of the exam was
+# spent searching, their confidence and quality say nothing the district reads (as
+# central/report.py and the dashboard's NOT_A_VIEW).
+NOT_A_VIEW = ("Background", "other", "uncertain")
+
+
+def _compact(value):
+    """A figure as few characters as JSON allows: 1.0 as 1 (the consumers read numbers)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _shed(body: dict) -> list[dict]:
     """Ever smaller versions of an exam body, least useful detail first, so a busy exam
     still fits in 1 KB instead of being refused: the HC spread, then the reasons head
     frames were declined (kept as one count), then plane confidences and qualities to two
-    digits, then the names of the protocol's missing planes (their count stays), then every
-    model but the plane model, then the deficiencies, then the per-plane qualities, then
-    the age range of the head."""
+    digits (1.0 as 1), then every model but the plane model (every health message names
+    them all), then the quality of entries that are not a standard plane (Background,
+    uncertain), then those entries (`frames_scored` still counts every frame),
+    then the names of the protocol's missing
+    planes (their count stays), then the deficiencies, then the per-plane qualities, then
+    the age range of the head. A second-trimester screen of 13 planes used to shed its
+    missing planes' names and its deficiencies while it still carried a model list health
+    repeats and Background's quality."""
     bio = body.get("biometry")
     steps = []
     if isinstance(bio, dict):
@@ -53,17 +69,15 @@ def _shed(body: dict) -> list[dict]:
         body = {**body, "biometry": bio}
         steps.append(body)
 
-    def planes_as(keep: int, digits: int) -> dict:
-        return {k: [v[0], *(round(x, digits) if isinstance(x, float) else x
-                            for x in v[1:keep])] if isinstance(v, list) and v else v
+    def planes_as(keep: int, digits: int, no_quality: tuple[str, ...] = ()) -> dict:
+        # [count, confidence] is the shortest entry the wire schema takes
+        return {k: [v[0], *(_compact(round(x, digits)) if isinstance(x, float) else x
+                            for x in v[1:2 if k in no_quality else keep])]
+                if isinstance(v, list) and v else v
                 for k, v in body["planes"].items()}
 
     if isinstance(body.get("planes"), dict):
         body = {**body, "planes": planes_as(3, 2)}
-        steps.append(body)
-    protocol = body.get("protocol")
-    if isinstance(protocol, dict) and protocol.get("missing"):
-        body = {**body, "protocol": {**protocol, "missing": []}}
         steps.append(body)
     models = body.get("models")
     if isinstance(models, dict) and len(models) > 1:
@@ -71,11 +85,21 @@ def _shed(body: dict) -> list[dict]:
         first = PLANE_MODEL if PLANE_MODEL in models else sorted(models)[0]
         body = {**body, "models": {first: models[first]}}
         steps.append(body)
+    if isinstance(body.get("planes"), dict):
+        body = {**body, "planes": planes_as(3, 2, NOT_A_VIEW)}
+        steps.append(body)
+        body = {**body, "planes": {k: v for k, v in body["planes"].items()
+                                   if k not in NOT_A_VIEW}}
+        steps.append(body)
+    protocol = body.get("protocol")
+    if isinstance(protocol, dict) and protocol.get("missing"):
+        body = {**body, "protocol": {**protocol, "missing": []}}
+        steps.append(body)
     if "deficiencies" in body:
         body = {k: v for k, v in body.items() if k != "deficiencies"}
         steps.append(body)
     if isinstance(body.get("planes"), dict):
-        body = {**body, "planes": planes_as(2, 2)}
+        body = {**body, "planes": planes_as(2, 2, NOT_A_VIEW)}
         steps.append(body)
     bio = body.get("biometry")
     if isinstance(bio, dict) and ("ga_low_weeks" in bio or "best_frames" in bio):
