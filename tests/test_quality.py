@@ -365,6 +365,12 @@ def test_the_audit_is_pure_arithmetic_on_its_rules():
     ('version = "1"\n[advice]\ndark = 30.0\n[criteria.gain]\nmeasure = "bright_level"\n'
      'min = 1.0\nsoft = 1.0\nweight = 0.5\npriority = 1\nmessage = "x"\nok = "y"\n'
      'source = "z"\n', "advice: only washed_out_dark_level is known"),
+    ('version = "1"\n[head]\njudge_named_planes = 1\n[criteria.gain]\n'
+     'measure = "bright_level"\nmin = 1.0\nsoft = 1.0\nweight = 0.5\npriority = 1\n'
+     'message = "x"\nok = "y"\nsource = "z"\n', "head.judge_named_planes: expected bool"),
+    ('version = "1"\n[head]\njudge = false\n[criteria.gain]\n'
+     'measure = "bright_level"\nmin = 1.0\nsoft = 1.0\nweight = 0.5\npriority = 1\n'
+     'message = "x"\nok = "y"\nsource = "z"\n', "head: only gate_probability and"),
     ("[[[", "not valid TOML"),
     ("a = " + "[" * 20000 + "]" * 20000 + "\n", "nested more than 16 deep"),  # tomllib recursed
     (b"\xff\xfe version".decode("latin-1"), "not valid TOML"),

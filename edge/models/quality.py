@@ -118,6 +118,11 @@ class Rules:
     # the echoes' dark end raised above this grey level; at or below it they are dim (more
     # gain). None: not judged (a rules file without it).
     washed_out_dark_level: float | None = None
+    # [head] judge_named_planes: whether a frame the plane model names another standard
+    # plane (a profile, a heart view; not Background) is still judged by the head criteria
+    # when its head planes reach the gate. False: its anatomy is that plane's. A rules file
+    # without the key keeps the behaviour of the rules before it (True).
+    head_judge_named_planes: bool = True
 
     def needs_learned_head(self) -> bool:
         return any(r.measure.startswith("learned:") for r in self.criteria)
@@ -203,11 +208,14 @@ def load_rules(path: Path | str | None = None) -> Rules:
         raise RulesError(f"{path}: feedback: frame counts must be 1-1000 and score_smoothing "
                          "in (0, 1]")
     head = data.get("head", {})
-    if not isinstance(head, dict) or set(head) - {"gate_probability"}:
-        raise RulesError(f"{path}: head: only gate_probability is known")
+    if not isinstance(head, dict) or set(head) - {"gate_probability", "judge_named_planes"}:
+        raise RulesError(f"{path}: head: only gate_probability and judge_named_planes are "
+                         "known")
     gate = _typed(head.get("gate_probability", 0.1), float, f"{path}: head.gate_probability")
     if not 0.0 <= gate <= 1.0:
         raise RulesError(f"{path}: head.gate_probability must be between 0 and 1")
+    judge_named = _typed(head.get("judge_named_planes", True), bool,
+                         f"{path}: head.judge_named_planes")
     advice = data.get("advice", {})
     if not isinstance(advice, dict) or set(advice) - {"washed_out_dark_level"}:
         raise RulesError(f"{path}: advice: only washed_out_dark_level is known")
@@ -230,7 +238,7 @@ def load_rules(path: Path | str | None = None) -> Rules:
                   for name, value in table.items())
     if not any(rule.weight > 0 for rule in rules):
         raise RulesError(f"{path}: criteria: every weight is 0, so every frame would score 1")
-    return Rules(version, rules, feedback, gate, str(path), dark)
+    return Rules(version, rules, feedback, gate, str(path), dark, judge_named)
 
 
 # ---------------------------------------------------------------------------- evidence
@@ -442,7 +450,10 @@ def _explained_by_dim_echoes(rules: Rules, measures: dict[str, float],
 
 def may_show_head(rules: Rules, head_planes: frozenset[str], plane: str | None,
                   labels: tuple[str, ...], probabilities: tuple[float, ...]) -> bool:
-    """Whether the head criteria apply: a head plane, an abstention, or enough head mass."""
+    """Whether the head criteria apply: a head plane, an abstention, or enough head mass
+    on a frame not named another standard plane (`Rules.head_judge_named_planes`)."""
     if plane in head_planes or plane == "uncertain":
         return True
+    if not rules.head_judge_named_planes and plane not in (None, "Background"):
+        return False
     return group_mass(labels, probabilities, head_planes) >= rules.head_gate_probability
