@@ -52,7 +52,8 @@ LOAD_CLIENTS = 4
 # own process at nice 19: in the field they are the officers' machines, not the server's.
 LOAD_PAUSE_S = 0.4
 ROUNDS = 5  # the shared box's own swings (+-10%) are as large as the effect: many rounds
-PAGES = [("clinics", ""), ("completeness", ""), ("completeness", "weeks=104"),
+PAGES = [("clinics", ""), ("clinics", "weeks=104"), ("completeness", ""),
+         ("completeness", "weeks=104"),
          ("quality", ""), ("quality", "weeks=104"), ("biometry", ""), ("biometry", "weeks=104"),
          ("devices", "")]
 ADMIN = ("bench-admin", "bench-admin-password")
