@@ -43,7 +43,8 @@ _SLOTS = (("Head, transventricular plane", "Brain (Tv.)"),
           ("Heart, three-vessel view", "3VV"), ("Abdomen, stomach and cord", "Abdominal"),
           ("Kidneys, both, transverse", "Kidneys"), ("Femur, whole, horizontal", "Femur"))
 LONG_NAMED_SCREEN = (
-    'version = "site-1"\nanatomy_criteria = ["head_found"]\n[protocols.second-trimester]\ntitle = "Second-trimester screen"\n'
+    'version = "site-1"\nanatomy_criteria = ["head_found"]\n'
+    '[protocols.second-trimester]\ntitle = "Second-trimester screen"\n'
     "planes = [" + ", ".join(f'{{name = "{n}", accepts = ["{p}"]}}' for n, p in _SLOTS)
     + "]\nmin_quality = 0.5\n[protocols.biometry]\ntitle = \"Head\"\n"
     'planes = [{name = "Head", accepts = ["Brain (Tv.)", "Brain (Cb.)"]}]\n')
