@@ -4,8 +4,9 @@ The PIN is stored only as a salted scrypt hash (hashlib.scrypt, RFC 7914) in the
 directory, written whole or not at all, readable by its owner only. A correct PIN opens a
 session: a random token in an HttpOnly, SameSite=Strict cookie, which expires after a
 while without use and after a hard maximum. Wrong PINs are braked per client address and
-for the device as a whole, with a wait that doubles after each further wrong PIN, so a
-four-digit PIN cannot be walked through from the clinic's network.
+for the device as a whole, with waits that double, and each attempt is counted before its
+PIN is verified, so a four-digit PIN cannot be walked through from the clinic's network,
+even by many requests at once.
 """
 
 from __future__ import annotations
@@ -111,56 +112,237 @@ def read_pin(state_dir: Path) -> PinHash:
     return found
 
 
+class Braked(Exception):
+    """A login attempt refused before its PIN is looked at: `reason` is "braked" (wrong PINs
+    from this address, or from everywhere) or "busy" (attempts already in flight)."""
+
+    def __init__(self, reason: str, wait_s: float):
+        super().__init__(f"{reason}: wait {wait_s:.0f} s")
+        self.reason = reason
+        self.wait_s = wait_s
+
+
+@dataclass(eq=False)
+class Attempt:
+    """A login attempt let through by `Brake.begin`: it is already counted as a wrong PIN
+    (so attempts racing it see the count) and holds its key's one in-flight slot until
+    `finish` or `cancel`."""
+
+    key: str
+    known: bool
+    wait_if_wrong: float  # the key's wait should the PIN be wrong (already imposed)
+    before: tuple[int, float]  # the key's (count, until) before this attempt
+
+
+@dataclass
+class _DeviceLimit:
+    """Wrong PINs from all addresses together, as a leaky bucket: each adds one, and a full
+    bucket (`capacity`) drains in `drain_s`. An attempt that finds it full starts a lock of
+    `lock_s`, doubling with each further lock up to `max_lock_s`; after a lock one attempt
+    may go through, and the next that finds the bucket still full starts the next lock. So
+    the waits start short and grow while someone keeps trying, and someone pacing themselves
+    gets no more than the drain. An empty bucket forgets the doubling."""
+
+    capacity: int
+    drain_s: float
+    lock_s: float
+    max_lock_s: float
+    level: float = 0.0
+    at: float = 0.0
+    locked_until: float = 0.0
+    strikes: int = 0
+    locks: int = 0
+    after_lock: bool = False  # a lock has just ended: one attempt may go through
+
+    def _drain(self, now: float) -> None:
+        if now > self.at:
+            self.level = max(0.0, self.level - (now - self.at) * self.capacity / self.drain_s)
+            self.at = now
+        if self.level <= 0.0:
+            self.strikes = 0
+
+    def wait(self, now: float) -> float:
+        """Seconds to wait; starts a lock when the bucket is full."""
+        self._drain(now)
+        if now < self.locked_until:
+            return self.locked_until - now
+        if self.level + 1.0 - self.capacity > 1e-9 and not self.after_lock:
+            lock = min(self.lock_s * 2.0 ** min(self.strikes, 30), self.max_lock_s)
+            self.strikes += 1
+            self.locks += 1
+            self.locked_until = now + lock
+            self.after_lock = True
+            return lock
+        return 0.0
+
+    def charge(self, now: float) -> None:
+        self._drain(now)
+        # Only an attempt that found room is charged (`Brake.begin`), so the level stays
+        # below capacity plus the attempts in flight; bounded all the same.
+        self.level = min(self.level + 1.0, self.capacity + 100_000.0)
+        self.after_lock = False
+
+    def uncharge(self) -> None:
+        self.level = max(0.0, self.level - 1.0)
+
+
 @dataclass
 class Brake:
-    """Wrong-PIN brake. After `free` wrong PINs from one address, each further wrong PIN
-    makes it wait `base_s`, doubling up to `max_s`; a correct PIN clears its count. The
-    device as a whole accepts at most `global_max` wrong PINs per `global_window_s`, so
-    changing address does not help. A browser known to have typed the right PIN before
-    (`known`, its cookie) is not held by that device-wide limit, only by its address's: else
-    anyone trying PINs from a few addresses would keep the midwife out for as long as they
-    kept at it. Counts are in memory: a restart forgets them, which a restart's own time
-    (models load) already brakes."""
+    """Wrong-PIN brake.
+
+    Per key (a client address; a browser known to have typed the right PIN before, by its
+    cookie, has a key of its own per address): after `free` wrong PINs each further one
+    makes that key wait `base_s`, doubling up to `max_s`; a correct PIN clears its count.
+
+    For the device as a whole (all addresses together, so changing address does not help),
+    wrong PINs fill a bucket of `global_max` that drains in `global_window_s` (one wrong
+    PIN forgotten every 12 minutes by default). A full bucket locks out every browser not
+    known for `global_lock_s`; after it one attempt may go through, and the next lock is
+    twice as long, up to `global_max_lock_s`: someone trying PINs as fast as allowed gets
+    30, then one after each lock of 1, 2, 4 ... 60 minutes, and however they pace
+    themselves no more than the drain's 5 an hour in the long run (about 130 a day, from
+    any number of addresses), where a fixed 30 per 10 minutes allowed 4,320.
+    Known browsers are not held by that lock (else anyone trying PINs from a few addresses
+    would keep the midwife out for as long as they kept at it) but have a bucket of their
+    own, `known_global_max`, that strangers cannot touch: a copied cookie cannot be used to
+    walk through the PINs either.
+
+    An attempt is charged as wrong when it begins (`begin`, atomically with the check),
+    before its PIN is read or verified, and the charge is taken back when the PIN proves
+    right (`finish`) or no PIN was sent (`cancel`): concurrent requests cannot all pass the
+    check before any of them is counted. At most one attempt per key is in flight. Once
+    its PIN has arrived an attempt joins the verification queue (`queue`), where at most
+    `max_queued` from unknown browsers wait (`max_queued_known` from known ones: a
+    queue of their own, so a flood of strangers' attempts never delays the midwife's);
+    one that finds it full is refused and not counted.
+
+    Counts are in memory, at most `max_clients` keys: a restart forgets them, which a
+    restart's own time (models load) already brakes."""
 
     free: int = 5
     base_s: float = 30.0
     max_s: float = 900.0
-    global_max: int = 30
-    global_window_s: float = 600.0
+    global_max: int = 30  # wrong PINs from everywhere before a lock: a clinic never gets near
+    global_window_s: float = 6 * 3600.0  # a full bucket drains in this long (5 an hour)
+    global_lock_s: float = 60.0  # the first device-wide lock; it doubles while attacks go on
+    global_max_lock_s: float = 3600.0  # bounded: a new phone waits at most an hour a lock
+    known_global_max: int = 10  # known browsers' own device-wide bucket (same drain time)
+    max_queued: int = 4  # strangers' PINs queued at once: a 4-deep scrypt queue, < 0.5 s
+    max_queued_known: int = 2  # known browsers' PINs queued at once (phone and tablet)
     max_clients: int = 4096
-    _clients: dict[str, tuple[int, float]] = field(default_factory=dict)  # ip -> (wrong, until)
-    _recent: list[float] = field(default_factory=list)
+    _clients: dict[str, tuple[int, float]] = field(default_factory=dict)  # key -> (wrong, until)
+    _in_flight: dict[str, Attempt] = field(default_factory=dict)
+    _queued: set = field(default_factory=set)  # attempts in the verification queue
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self) -> None:
+        self._device = {known: _DeviceLimit(self.known_global_max if known else self.global_max,
+                                            self.global_window_s, self.global_lock_s,
+                                            self.global_max_lock_s)
+                        for known in (False, True)}
+
+    @property
+    def locks(self) -> int:
+        """Device-wide locks of unknown browsers so far (the server logs each new one)."""
+        return self._device[False].locks
+
+    @property
+    def locked_until(self) -> float:
+        return self._device[False].locked_until
+
+    @staticmethod
+    def key(client: str, known: bool = False) -> str:
+        return f"known {client}" if known else client
+
+    # -- under self._lock ------------------------------------------------------------------
+    def _charge(self, key: str, known: bool, now: float) -> float:
+        self._device[known].charge(now)
+        count, _ = self._clients.get(key, (0, 0.0))
+        count += 1
+        wait = 0.0
+        if count >= self.free:
+            wait = min(self.base_s * 2.0 ** min(count - self.free, 30), self.max_s)
+        if len(self._clients) >= self.max_clients and key not in self._clients:
+            oldest = next((k for k in self._clients if k not in self._in_flight), None)
+            if oldest is not None:
+                self._clients.pop(oldest)
+        self._clients[key] = (count, now + wait)
+        return wait
+
+    # -- public ------------------------------------------------------------------------
     def wait_s(self, client: str, now: float | None = None, *, known: bool = False) -> float:
         """Seconds this client must wait before its next attempt (0 = may try now)."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._recent = [t for t in self._recent if now - t < self.global_window_s]
-            wait = 0.0
-            if len(self._recent) >= self.global_max and not known:
-                wait = self._recent[0] + self.global_window_s - now
-            _, until = self._clients.get(client, (0, 0.0))
-            return max(wait, until - now, 0.0)
+            device = self._device[known].wait(now)
+            _, until = self._clients.get(self.key(client, known), (0, 0.0))
+            return max(device, until - now, 0.0)
 
-    def wrong(self, client: str, now: float | None = None) -> float:
-        """Count a wrong PIN; returns the wait now imposed on the client."""
+    def begin(self, client: str, now: float | None = None, *, known: bool = False) -> Attempt:
+        """Let one attempt through, counted as wrong already, or raise `Braked`."""
+        now = time.monotonic() if now is None else now
+        key = self.key(client, known)
+        with self._lock:
+            if key in self._in_flight:
+                raise Braked("busy", 1.0)
+            before = self._clients.get(key, (0, 0.0))
+            wait = max(self._device[known].wait(now), before[1] - now)
+            if wait > 0:
+                raise Braked("braked", wait)
+            attempt = Attempt(key, known, self._charge(key, known, now), before)
+            self._in_flight[key] = attempt
+            return attempt
+
+    def queue(self, attempt: Attempt) -> bool:
+        """Its PIN has arrived: a place in the verification queue, if there is one (else
+        `cancel` it: a request turned away is not a guess)."""
+        with self._lock:
+            limit = self.max_queued_known if attempt.known else self.max_queued
+            if sum(1 for a in self._queued if a.known == attempt.known) >= limit:
+                return False
+            self._queued.add(attempt)
+            return True
+
+    def admitted(self, attempt: Attempt) -> bool:
+        """Whether the attempt still holds its slot (checked again just before the PIN is
+        verified, inside the verification lock)."""
+        with self._lock:
+            return self._in_flight.get(attempt.key) is attempt
+
+    def finish(self, attempt: Attempt, right: bool) -> float:
+        """The PIN was verified: a right one clears the key's count and takes the attempt's
+        charge back; a wrong one stays counted. Returns the key's wait (0 when right)."""
+        with self._lock:
+            if self._in_flight.get(attempt.key) is attempt:
+                del self._in_flight[attempt.key]
+            self._queued.discard(attempt)
+            if not right:
+                return attempt.wait_if_wrong
+            self._clients.pop(attempt.key, None)
+            self._device[attempt.known].uncharge()
+            return 0.0
+
+    def cancel(self, attempt: Attempt) -> None:
+        """No PIN was verified (a bad or missing body): as if the attempt never began."""
+        with self._lock:
+            if self._in_flight.get(attempt.key) is attempt:
+                del self._in_flight[attempt.key]
+            self._queued.discard(attempt)
+            if attempt.before[0]:
+                self._clients[attempt.key] = attempt.before
+            else:
+                self._clients.pop(attempt.key, None)
+            self._device[attempt.known].uncharge()
+
+    def wrong(self, client: str, now: float | None = None, *, known: bool = False) -> float:
+        """Count a wrong PIN outside `begin` (tests); returns the wait now imposed."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._recent.append(now)
-            count, _ = self._clients.get(client, (0, 0.0))
-            count += 1
-            wait = 0.0
-            if count >= self.free:
-                wait = min(self.base_s * 2 ** (count - self.free), self.max_s)
-            if len(self._clients) >= self.max_clients and client not in self._clients:
-                self._clients.pop(next(iter(self._clients)))
-            self._clients[client] = (count, now + wait)
-            return wait
+            return self._charge(self.key(client, known), known, now)
 
-    def right(self, client: str) -> None:
+    def right(self, client: str, *, known: bool = False) -> None:
         with self._lock:
-            self._clients.pop(client, None)
+            self._clients.pop(self.key(client, known), None)
 
 
 @dataclass

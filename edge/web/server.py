@@ -22,20 +22,30 @@ Routes (everything under /api/ answers 401 without a session):
 The stream encodes one JPEG per streamed frame, shared by every viewer, only while a
 viewer is connected and at most `max_fps` times a second; a slow viewer skips frames
 rather than queueing them.
+
+Before any route: a connection beyond the caps (per address, in all) is closed as it is
+accepted, and a request for a host name that is not the box's is answered 421 (DNS
+rebinding). Lines a client can cause (wrong PINs, bad requests, refused connections) are
+rate-limited (wire/http_log.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import resource
 import shutil
+import socket
 import struct
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +58,13 @@ from edge.models.planes import heatmap
 from edge.models.quality import Rules
 from edge.uplink.messages import read_temperature_c
 from edge.web import i18n
-from edge.web.auth import Brake, PinHash, Sessions
+from edge.web.auth import Attempt, Brake, Braked, PinHash, Sessions
 from edge.web.live import LiveView
 from edge.web.screening import ga_from_lmp, screening
 from edge.web.settings import WebError, WebSettings, parse_listen
-from wire.http_log import one_line_bad_requests
+from wire.http_log import LineLimiter, flush_bad_request_lines, one_line_bad_requests
 from wire.schema import PayloadError, loads_bounded
+from wire.shown import shown
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +84,23 @@ BODY_TIMEOUT_S = 10.0  # a body announced but not sent is answered 408, not wait
 MAX_BODY = 4096
 MAX_WS_MESSAGE = 1024
 MAX_VIEWERS = 8  # a clinic has a phone or two; more streams would only cost the loop
+# Viewers of one session (tabs of one browser): one session cannot take every slot and
+# leave the midwife's phone a 503; two tabs and a spare.
+MAX_VIEWERS_PER_SESSION = 3
+# Connections open at once. Each is a file descriptor, and paho-mqtt's select() cannot use
+# one numbered 1024 or above, so the page must never hold anywhere near that many: 4,000
+# idle connections once exhausted the process's descriptors (the loop could not write a
+# thumbnail, MQTT failed). Beyond a cap a connection is closed as it is accepted.
+MAX_CONNECTIONS = 256  # from all addresses: a clinic's phones use a dozen
+MAX_CONNECTIONS_PER_ADDRESS = 32  # a browser: 6 per host, a WebSocket per tab, a spare
+# Above MAX_CONNECTIONS, only for addresses that have opened a session in this run: a
+# flood from many addresses cannot take the slots of the phone the midwife logged in on.
+TRUSTED_RESERVE = 64
+TRUSTED_ADDRESSES = 64  # addresses remembered as logged in (the oldest forgotten first)
+# The soft limit on open files is raised to the hard one at start (systemd's soft 1024 is
+# for select()); at most this, when the hard limit is unlimited.
+NOFILE_MAX = 65536
+HOUSEKEEPING_S = 10.0  # rate-limited log lines' summaries are written this often
 STATUS_EVERY_S = 2.0  # uplink, disk and temperature are read this often
 STATE_EVERY_S = 1.0  # the state message to each viewer
 SECURITY_HEADERS = {
@@ -86,6 +114,150 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (at most NOFILE_MAX); (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = NOFILE_MAX if hard == resource.RLIM_INFINITY else min(hard, NOFILE_MAX)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("web: cannot raise the open-files limit from %d to %d (%s)",
+                        soft, target, exc)
+    return soft, hard
+
+
+def host_name(value: str) -> str | None:
+    """The name in a Host header ("name:port", "[v6]:port"), lower case, with no port and
+    no final dot; None when it is not one."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or value[end + 1:] and not value[end + 1:].startswith(":"):
+            return None
+        return value[1:end]
+    name, _, port = value.partition(":")
+    if port and not port.isdigit():
+        return None
+    return name.rstrip(".") or None
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+class ConnectionGate:
+    """Counts open connections per address (the event loop's thread only) and says which
+    new ones may stay: at most `per_address` from one address and `total` in all, plus
+    `reserve` more for addresses that have logged in (`trust`)."""
+
+    def __init__(self, total: int, per_address: int, reserve: int, trusted_max: int,
+                 lines: LineLimiter):
+        self.total, self.per_address, self.reserve = total, per_address, reserve
+        self.trusted_max = trusted_max
+        self.lines = lines
+        self.open: dict[str, int] = {}
+        self.count = 0
+        self.refused = 0
+        self._trusted: OrderedDict[str, None] = OrderedDict()
+
+    def trust(self, address: str) -> None:
+        self._trusted[address] = None
+        self._trusted.move_to_end(address)
+        while len(self._trusted) > self.trusted_max:
+            self._trusted.popitem(last=False)
+
+    def admit(self, address: str) -> bool:
+        here = self.open.get(address, 0)
+        limit = self.total + (self.reserve if address in self._trusted else 0)
+        if here >= self.per_address or self.count >= limit:
+            self.refused += 1
+            self.lines.log("connections", "connections refused", logging.WARNING,
+                           "web: closed a connection from %s at once: %d open from that "
+                           "address and %d in all (at most %d from one address, %d in all)",
+                           address, here, self.count, self.per_address, limit,
+                           subject=address)
+            return False
+        self.open[address] = here + 1
+        self.count += 1
+        return True
+
+    def release(self, address: str) -> None:
+        here = self.open.get(address, 0) - 1
+        if here > 0:
+            self.open[address] = here
+        else:
+            self.open.pop(address, None)
+        self.count -= 1
+
+
+class _GatedProtocol(asyncio.Protocol):
+    """aiohttp's protocol for one connection, made only if the gate admits the peer; a
+    connection it refuses is closed at once, before a byte is read."""
+
+    def __init__(self, gate: ConnectionGate, make_handler):
+        self._gate = gate
+        self._make = make_handler
+        self._inner = None
+        self._address = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if not self._gate.admit(address):
+            transport.abort()
+            return
+        self._address = address
+        self._inner = self._make()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            self._gate.release(self._address)
+            inner.connection_lost(exc)
+
+
+class _GatedSite(web.BaseSite):
+    """aiohttp's TCP site, with each accepted connection passed through the gate first."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
+                 backlog: int):
+        super().__init__(runner, backlog=backlog)
+        self._host, self._port, self._gate = host, port, gate
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()  # registers the site with the runner
+        handler = self._runner.server
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _GatedProtocol(self._gate, handler), self._host, self._port,
+            backlog=self._backlog)
 
 
 @dataclass(eq=False)
@@ -143,6 +315,10 @@ class WebServer:
                                  max_age_s=settings.session_max_hours * 3600.0)
         self.brake = Brake()
         self.host, self.port = parse_listen(settings.listen)
+        self.lines = LineLimiter(log, prefix="web: ")  # what a client can make us say
+        self.gate = ConnectionGate(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS,
+                                   TRUSTED_RESERVE, TRUSTED_ADDRESSES, self.lines)
+        self.host_names = self._own_names()
         self.bytes_sent = 0
         self.frames_encoded = 0
         self.encode_s = 0.0
@@ -156,17 +332,20 @@ class WebServer:
         self._status: dict = {}
         self._status_at = 0.0
         self._verify_lock: asyncio.Lock | None = None
+        self._verify_known_lock: asyncio.Lock | None = None
         self._packet: tuple[int, bool, bytes] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout_s: float = 15.0) -> None:
         started = threading.Event()
         failure: list[BaseException] = []
+        raise_open_files_limit()
 
         def main() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
+            loop.set_exception_handler(self._loop_error)
             try:
                 loop.run_until_complete(self._start())
             except BaseException as exc:  # reported to the caller as one line
@@ -204,11 +383,13 @@ class WebServer:
     async def _start(self) -> None:
         self._frame_event = asyncio.Event()
         self._verify_lock = asyncio.Lock()
+        self._verify_known_lock = asyncio.Lock()  # the midwife's own queue (Brake)
         loop = asyncio.get_running_loop()
         event = self._frame_event
         self.view.notify = lambda: loop.call_soon_threadsafe(event.set)
         app = web.Application(client_max_size=MAX_BODY,
-                              middlewares=[self._headers, self._auth])
+                              middlewares=[self._headers, self._host_check, self._auth])
+        app.on_response_prepare.append(self._no_server_header)
         app.router.add_get("/", self._index)
         app.router.add_static("/static/", STATIC, follow_symlinks=False)
         app.router.add_get("/i18n/{lang}.json", self._catalog)
@@ -222,18 +403,41 @@ class WebServer:
         app.router.add_get("/api/thumb/{exam}/{name}", self._thumb)
         app.router.add_route("*", "/api/{tail:.*}", self._not_found)
         one_line_bad_requests()
+        flush_bad_request_lines(everything=True)  # a window of this server's own
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=IDLE_TIMEOUT_S)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port, backlog=32).start()
+        await _GatedSite(self._runner, self.host, self.port, self.gate, backlog=32).start()
         self._streamer = asyncio.ensure_future(self._stream())
+        self._housekeeper = asyncio.ensure_future(self._housekeeping())
 
     async def _shutdown(self) -> None:
         self._streamer.cancel()
+        self._housekeeper.cancel()
         for viewer in list(self._viewers):
             await viewer.ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        self.lines.flush(everything=True)
+        flush_bad_request_lines(everything=True)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            self.lines.flush()
+            flush_bad_request_lines()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """asyncio logs a failed accept() (no file descriptor left) with its traceback each
+        time it retries, every second per listening socket: one rate-limited line here."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE,
+                                                      errno.ENOBUFS, errno.ENOMEM):
+            self.lines.log("accept", "failed accepts", logging.ERROR,
+                           "web: cannot accept a connection: %s (%d open to the page)",
+                           exc.strerror or exc, self.gate.count)
+            return
+        loop.default_exception_handler(context)
 
     # -- middleware ------------------------------------------------------------------------
     @web.middleware
@@ -249,6 +453,47 @@ class WebServer:
         if isinstance(response, web.HTTPException):
             raise response
         return response
+
+    @staticmethod
+    async def _no_server_header(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.pop("Server", None)  # no "Python/3.x aiohttp/3.y" for scanners
+
+    def _own_names(self) -> frozenset[str]:
+        """The names the box answers to besides addresses, localhost and dotless names."""
+        names = {n.lower().rstrip(".") for n in self.settings.allowed_hosts}
+        hostname = socket.gethostname().lower().rstrip(".")
+        if hostname:
+            first = hostname.split(".", 1)[0]
+            names |= {hostname, first, f"{first}.local"}
+        if not _is_address(self.host):
+            names.add(self.host.lower().rstrip("."))
+        return frozenset(names)
+
+    def host_allowed(self, value: str | None) -> bool:
+        """Whether a Host header names this box. A DNS rebinding page sends its own name,
+        one its owner's DNS answers for. Never such a name: an IP address; a name with no
+        dot (no public DNS answers for one: ICANN allows no dotless domains, so only the
+        clinic's own DNS or the LAN can); localhost (RFC 6761, never sent to DNS); the
+        box's hostname and `[web] allowed_hosts`. No Host at all is not a browser."""
+        if value is None:
+            return True
+        name = host_name(value)
+        if name is None:
+            return False
+        if _is_address(name) or "." not in name:
+            return True
+        return name.endswith(".localhost") or name in self.host_names
+
+    @web.middleware
+    async def _host_check(self, request: web.Request, handler):
+        host = request.headers.get("Host")
+        if not self.host_allowed(host):
+            self.lines.log("host", "requests for other host names", logging.WARNING,
+                           "web: answered 421 to %s asking for host %s: not a name of this "
+                           "box (add it to [web] allowed_hosts if the page is reached by it)",
+                           request.remote, shown(host), subject=request.remote)
+            raise web.HTTPMisdirectedRequest(text="this box does not answer to that name")
+        return await handler(request)
 
     def _token(self, request: web.Request) -> str | None:
         return request.cookies.get(COOKIE)
@@ -306,24 +551,43 @@ class WebServer:
         given = request.cookies.get(KNOWN_COOKIE, "").encode("utf-8", "replace")
         return hmac.compare_digest(given, self._known_token().encode())
 
+    @staticmethod
+    def _refused(reason: str, wait: float) -> web.Response:
+        return web.json_response({"error": reason, "retry_after_s": max(1, round(wait))},
+                                 status=429, headers={"Retry-After": str(int(wait) + 1)})
+
     async def _login(self, request: web.Request) -> web.Response:
         client = request.remote or "?"
-        wait = self.brake.wait_s(client, known=self._known_browser(request))
-        if wait > 0:
-            return web.json_response({"error": "braked", "retry_after_s": round(wait)},
-                                     status=429, headers={"Retry-After": str(int(wait) + 1)})
-        body = await self._json_body(request)
-        pin = body.get("pin")
-        if not isinstance(pin, str) or len(pin) > 64:
-            raise web.HTTPBadRequest(text="pin must be a string of at most 64 characters")
-        async with self._verify_lock:  # one slow hash at a time: bounded memory
-            ok = await asyncio.get_running_loop().run_in_executor(None, self.pin.matches, pin)
+        known = self._known_browser(request)
+        locks = self.brake.locks
+        try:  # counted as a wrong PIN from here on, before the body is even read
+            attempt = self.brake.begin(client, known=known)
+        except Braked as refused:
+            if self.brake.locks != locks:
+                self._say_locked()
+            return self._refused(refused.reason, refused.wait_s)
+        try:
+            body = await self._json_body(request)
+            pin = body.get("pin")
+            if not isinstance(pin, str) or len(pin) > 64:
+                raise web.HTTPBadRequest(text="pin must be a string of at most 64 characters")
+        except BaseException:
+            self.brake.cancel(attempt)  # no PIN was sent: not a guess
+            raise
+        if not self.brake.queue(attempt):  # the verification queue is full
+            self.brake.cancel(attempt)
+            return self._refused("busy", 1.0)
+        ok = await self._verify(attempt, pin)
+        if ok is None:
+            return self._refused("busy", 1.0)
+        wait = self.brake.finish(attempt, ok)
         if not ok:
-            wait = self.brake.wrong(client)
-            log.warning("web: wrong PIN from %s", client)
+            self.lines.log("wrong_pin", "wrong PINs", logging.WARNING,
+                           "web: wrong PIN from %s%s", client,
+                           " (a browser that knew the PIN)" if known else "", subject=client)
             return web.json_response({"error": "wrong_pin", "retry_after_s": round(wait)},
                                      status=401)
-        self.brake.right(client)
+        self.gate.trust(client)
         token = self.sessions.open()
         response = web.json_response({"ok": True})
         response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",
@@ -331,6 +595,32 @@ class WebServer:
         response.set_cookie(KNOWN_COOKIE, self._known_token(), httponly=True,
                             samesite="Strict", path="/api/login", max_age=KNOWN_MAX_AGE_S)
         return response
+
+    async def _verify(self, attempt: Attempt, pin: str) -> bool | None:
+        """The slow hash, one at a time per queue (known browsers have their own); None if
+        the attempt lost its slot while it waited. An attempt that ends any other way
+        (the client went away) stays counted as wrong."""
+        lock = self._verify_known_lock if attempt.known else self._verify_lock
+        ok = False
+        try:
+            async with lock:  # one slow hash at a time per queue: bounded memory
+                if not self.brake.admitted(attempt):
+                    return None
+                ok = await asyncio.get_running_loop().run_in_executor(None, self.pin.matches,
+                                                                      pin)
+        finally:
+            if not ok:
+                self.brake.finish(attempt, False)
+        return ok
+
+    def _say_locked(self) -> None:
+        brake = self.brake
+        self.lines.log("device_lock", "device-wide locks", logging.WARNING,
+                       "web: too many wrong PINs from all addresses together (%d, one "
+                       "forgotten every %.0f min): browsers that have not logged in here "
+                       "before wait %.0f s (lock %d)", brake.global_max,
+                       brake.global_window_s / brake.global_max / 60,
+                       brake.locked_until - time.monotonic(), brake.locks)
 
     async def _logout(self, request: web.Request) -> web.Response:
         self.sessions.close(self._token(request))
@@ -486,7 +776,8 @@ class WebServer:
         path = (self.state_dir / match).resolve()
         if not path.is_relative_to(self.state_dir.resolve()) or not path.is_file():
             raise web.HTTPNotFound(text="thumbnail not written yet")
-        return web.FileResponse(path, headers={"Cache-Control": "private, max-age=5"})
+        # a patient's image: kept by no cache, the browser's own included
+        return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
     # -- the stream ------------------------------------------------------------------------
     def _encode(self, latest, with_heatmap: bool) -> bytes:
@@ -604,16 +895,21 @@ class WebServer:
                 self.bytes_sent += len(text)
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        token = self._token(request) or ""
         if len(self._viewers) >= MAX_VIEWERS:
             raise web.HTTPServiceUnavailable(text=f"at most {MAX_VIEWERS} viewers at once")
+        if sum(1 for v in self._viewers if v.token == token) >= MAX_VIEWERS_PER_SESSION:
+            raise web.HTTPTooManyRequests(text=f"at most {MAX_VIEWERS_PER_SESSION} viewers "
+                                          f"per session: close another tab")
         ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20.0,
                                    compress=False)
-        await ws.prepare(request)
-        viewer = _Viewer(ws, self._token(request) or "")
-        self._viewers.add(viewer)
+        viewer = _Viewer(ws, token)
+        self._viewers.add(viewer)  # counted before the handshake: no race past the caps
         self.view.viewers = len(self._viewers)
-        sender = asyncio.ensure_future(self._send_loop(viewer))
+        sender = None
         try:
+            await ws.prepare(request)
+            sender = asyncio.ensure_future(self._send_loop(viewer))
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     break
@@ -629,7 +925,8 @@ class WebServer:
                     viewer.video = data["video"]
                 self._frame_event.set()
         finally:
-            sender.cancel()
+            if sender is not None:
+                sender.cancel()
             self._viewers.discard(viewer)
             self.view.viewers = len(self._viewers)
         return ws

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from wire.mqtt import MAX_HOST_CHARS
@@ -22,6 +23,11 @@ class WebSettings:
     session_idle_min: float = 240.0  # a session unused this long ends
     session_max_hours: float = 12.0  # and none lasts longer than this (a clinic day)
     no_signal_s: float = 2.0  # no frame for this long: the page says "no signal"
+    # Host names the page may be asked for besides the box's own (its hostname, with
+    # ".local"), IP addresses and localhost, e.g. ["sonoedge.clinic.lan"] when the clinic's
+    # DNS names the box. Any other name is answered 421: a web page elsewhere that points
+    # its own name at the box (DNS rebinding) gets nothing.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -44,6 +50,19 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def check_host_name(text: str) -> str:
+    """A host name for `allowed_hosts` as it will be compared (lower case, no final dot);
+    ValueError with the reason. Names only: no scheme, port, path or wildcard."""
+    name = text.strip().lower().rstrip(".")
+    if not name or len(name) > 253 or not all(_LABEL.match(p) for p in name.split(".")):
+        raise ValueError(f"allowed_hosts: {shown(text)} is not a host name (give names such "
+                         f"as sonoedge.clinic.lan, without http://, port or path)")
+    return name
+
+
 def check_web_settings(web: WebSettings) -> None:
     """ValueError with one line naming the key."""
     if web.listen:
@@ -58,3 +77,7 @@ def check_web_settings(web: WebSettings) -> None:
         raise ValueError("session_idle_min must be 1-1440 and session_max_hours 0.1-72")
     if not 0.2 <= web.no_signal_s <= 60.0:
         raise ValueError("no_signal_s must be between 0.2 and 60")
+    if len(web.allowed_hosts) > 32:
+        raise ValueError("allowed_hosts: at most 32 names")
+    for name in web.allowed_hosts:
+        check_host_name(name)

@@ -103,7 +103,8 @@ async function login(ev) {
     let body = {};
     try { body = await res.json(); } catch (e) { body = {}; }
     const wait = body.retry_after_s || 0;
-    if (res.status === 429) showLogin(t("login.braked", { s: wait }));
+    if (res.status === 429 && body.error === "busy") showLogin(t("login.busy", { s: wait }));
+    else if (res.status === 429) showLogin(t("login.braked", { s: wait }));
     else if (wait > 0) showLogin(t("login.wrong_wait", { s: wait }));
     else showLogin(t("login.wrong"));
   } catch (e) {
