@@ -213,16 +213,23 @@ def test_a_real_profile_cut_off_under_a_shadow_is_told_to_slide_not_about_the_sk
         assert "head" not in row["best"]["advice"]["message"]
 
 
-def test_a_plane_model_that_cannot_name_a_protocols_plane_is_one_line(tmp_path):
-    """A plane model whose labels lack one of the protocol's planes (here a bundle that
-    calls the lips "Face") can never capture that slot: every exam would tell the midwife
-    "Lips: not found". `sonoedge exam` says so in one line, exit 2; the biometry protocol,
-    whose slot it can fill, runs."""
+def _models_calling_the_lips_face(tmp_path) -> tuple:
+    """A copy of the shipped models whose plane model names the lips "Face": a bundle
+    trained on other classes, which can never fill the protocol's Lips slot."""
     models = tmp_path / "models"
     shutil.copytree(MODELS, models)
     manifest = json.loads((models / "plane_student.json").read_text())
     manifest["labels"] = ["Face" if label == "Lips" else label for label in manifest["labels"]]
     (models / "plane_student.json").write_text(json.dumps(manifest))
+    return models, manifest
+
+
+def test_a_plane_model_that_cannot_name_a_protocols_plane_is_one_line(tmp_path):
+    """A plane model whose labels lack one of the protocol's planes (here a bundle that
+    calls the lips "Face") can never capture that slot: every exam would tell the midwife
+    "Lips: not found". `sonoedge exam` says so in one line, exit 2; the biometry protocol,
+    whose slot it can fill, runs."""
+    models, manifest = _models_calling_the_lips_face(tmp_path)
     frames = tmp_path / "frames"
     frames.mkdir()
     for name in ("LIPS.tiff", "BRAIN-TV.tiff"):
@@ -264,11 +271,7 @@ def test_a_screen_of_all_13_planes_fits_the_wire_and_keeps_its_counts(scorer, fa
 def test_run_says_once_that_its_plane_model_cannot_fill_a_protocol_slot(tmp_path):
     """The long-running loop warns instead of refusing: after a model update the box must
     keep naming the other planes and measuring heads, and say which slot it cannot fill."""
-    models = tmp_path / "models"
-    shutil.copytree(MODELS, models)
-    manifest = json.loads((models / "plane_student.json").read_text())
-    manifest["labels"] = ["Face" if label == "Lips" else label for label in manifest["labels"]]
-    (models / "plane_student.json").write_text(json.dumps(manifest))
+    models, manifest = _models_calling_the_lips_face(tmp_path)
     config = tmp_path / "device.toml"
     config.write_text(f'[exam]\nprotocol = "second-trimester"\n[models]\ndir = "{models}"\n')
     proc = sonoedge("run", "--config", str(config), "--source", str(EXAMPLES / "LIPS.tiff"),
