@@ -93,6 +93,10 @@ class Dashboard:
         self._dbs: list[Db] = []
         self._dbs_lock = threading.Lock()
         self.brake = A.Brake()
+        # Addresses with a login being checked: one at a time each. The brake is charged
+        # only once scrypt has said no, so logins sent together all passed its check and
+        # were all verified (as on the device's page, found by a security review).
+        self._logins_in_flight: set[str] = set()
         self.stop_event = threading.Event()
         self.refresher: threading.Thread | None = None
         self.last_refresh: dict = {}
@@ -250,6 +254,16 @@ class Dashboard:
         wait = self.brake.wait_s(address)
         if wait > 0:
             return await self._braked(request, wait)
+        if address in self._logins_in_flight:
+            return await self._braked(request, 1.0, "A login from this address is being "
+                                                    "checked: try again in a moment.")
+        self._logins_in_flight.add(address)
+        try:
+            return await self._login(request, address)
+        finally:
+            self._logins_in_flight.discard(address)
+
+    async def _login(self, request: web.Request, address: str):
         try:
             async with asyncio.timeout(C.BODY_TIMEOUT_S):
                 form = await request.post()
@@ -279,9 +293,10 @@ class Dashboard:
             max_age=C.KNOWN_COOKIE_MAX_AGE_S)
         return resp
 
-    async def _braked(self, request: web.Request, wait: float) -> web.Response:
-        resp = await self.login_page(request, f"Too many wrong passwords: wait {wait:.0f} s.",
-                                     429)
+    async def _braked(self, request: web.Request, wait: float,
+                      why: str = "") -> web.Response:
+        resp = await self.login_page(
+            request, why or f"Too many wrong passwords: wait {wait:.0f} s.", 429)
         resp.headers["Retry-After"] = str(int(wait) + 1)
         return resp
 
