@@ -20,6 +20,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from central.db import Store
+from wire.schema import NOT_A_VIEW
 
 
 @dataclass
@@ -56,7 +57,6 @@ class ClinicReport:
 
 
 # Planes that count as "seen" in an exam: the standard views, not Background or the rest.
-NOT_A_VIEW = ("Background", "other", "uncertain")
 
 
 def recent_exams(store: Store, limit: int = 20) -> list[dict]:

@@ -261,11 +261,6 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
 
         web = start_web(settings.web, state_dir, settings.exam.end_gap_s)
     scorer = make_scorer(settings)
-    try:  # said, not refused: the box still names the other planes and measures heads
-        check_named(find_protocol(settings.exam.protocol, settings.exam.protocols_file or None),
-                    scorer.manifest.labels, scorer.manifest.ident)
-    except ProtocolError as exc:
-        log.warning("%s", exc)
     models = scorer.model_versions()
     mqtt = settings.mqtt
     if settings.device.device_id and not mqtt.device_id:
@@ -314,6 +309,10 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
 
     tracker = make_tracker(settings, state_dir, models, exam_ended, scorer.measure_kept,
                            scorer.quality.rules if scorer.quality else None)
+    try:  # said, not refused: the box still names the other planes and measures heads
+        check_named(tracker.protocol, scorer.manifest.labels, scorer.manifest.ident)
+    except ProtocolError as exc:
+        log.warning("%s", exc)
     if web is not None:
         web.attach(scorer, uplink, source, tracker)
     steady = SteadyFeedback(scorer.quality.rules.feedback) if scorer.quality else None

@@ -35,6 +35,10 @@ MAX_INT_DIGITS = 20
 # Frames the plane model abstained on are counted as such: a district site must be able to
 # tell "the model was unsure" from "a plane outside the list".
 UNCERTAIN = "uncertain"
+# Plane entries of an exam summary that are not a standard view: their counts say how much
+# of an exam was spent searching; their confidence and quality are nobody's plane quality
+# (the device sheds them first, the report and the dashboard leave them out).
+NOT_A_VIEW = ("Background", "other", UNCERTAIN)
 
 
 @cache

@@ -6,6 +6,8 @@ Nothing here is read from a request: requests only choose among the values liste
 
 from __future__ import annotations
 
+from wire import schema
+
 # -- time ------------------------------------------------------------------------------------
 DAY_S = 86400
 # Days are UTC days. A device's own clock (``ts``) dates a message when it is plausible: not
@@ -38,7 +40,7 @@ SEQ_JUMP = 1000  # a hole longer than this is a broken counter, not loss (report
 # min_quality; both shipped protocols use 0.5 (edge/exam/protocols.toml). Central does not
 # import edge, so the figure is repeated here for the quality page's "below capture" share.
 MIN_QUALITY = 0.5
-NOT_A_VIEW = ("Background", "other", "uncertain")  # as central/report.py
+NOT_A_VIEW = schema.NOT_A_VIEW  # as central/report.py and the device's summary shedding
 
 # -- devices: what makes a box need a visit --------------------------------------------------
 SILENT_AFTER_S = 3 * DAY_S  # a clinic box that scans most weekdays: 3 days is a long weekend

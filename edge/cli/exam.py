@@ -32,8 +32,7 @@ def main(args) -> int:
     settings = load_settings(args.config, overrides)
     protocol = find_protocol(settings.exam.protocol, settings.exam.protocols_file or None)
     scorer = make_scorer(settings)
-    check_named(protocol, scorer.manifest.labels,
-                f"{scorer.manifest.name}@{scorer.manifest.version}")
+    check_named(protocol, scorer.manifest.labels, scorer.manifest.ident)
     thumbs = None
     if args.thumbs:
         # printed as given, so the path shown is one the user can open from here

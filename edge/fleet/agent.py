@@ -459,10 +459,7 @@ class FleetAgent:
         wait that doubles with each garbled download in a row (GARBLED_MAX_WAIT_S at most),
         and the error, which the district sees in health, says how many."""
         self._clear_downloads()
-        tries = self._garbled.get(offer.bundle_id, 0) + 1
-        if len(self._garbled) >= MAX_REFUSED and offer.bundle_id not in self._garbled:
-            self._garbled.pop(next(iter(self._garbled)))
-        self._garbled[offer.bundle_id] = tries
+        tries = _keep(self._garbled, offer.bundle_id, self._garbled.get(offer.bundle_id, 0) + 1)
         wait_s = min(GARBLED_MAX_WAIT_S, self.cfg.poll_min * 60 * 2 ** min(tries - 1, 30))
         in_words = f"{wait_s / 60:g} min" if wait_s < 3600 else f"{wait_s / 3600:.3g} h"
         self._error(f"{why}; {tries} garbled download{'s' if tries > 1 else ''} in a row, "
@@ -470,9 +467,16 @@ class FleetAgent:
         if not over_http:
             self._defer(offer, wait_s)
         else:
-            if len(self._http_wait) >= MAX_REFUSED:
-                self._http_wait.pop(next(iter(self._http_wait)))
-            self._http_wait[offer.bundle_id] = time.monotonic() + wait_s
+            _keep(self._http_wait, offer.bundle_id, time.monotonic() + wait_s)
+
+
+def _keep(table: dict, key: str, value):
+    """table[key] = value, the oldest entry dropped to hold at most MAX_REFUSED bundles: a
+    district offering a new bundle every poll cannot grow the agent's memory."""
+    if len(table) >= MAX_REFUSED and key not in table:
+        table.pop(next(iter(table)))
+    table[key] = value
+    return value
 
 
 def start_fleet(settings, state_dir: Path, echo=print):

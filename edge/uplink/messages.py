@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from wire.schema import EXAM_MAX_BYTES, SCHEMA_VERSION
+from wire.schema import EXAM_MAX_BYTES, NOT_A_VIEW, SCHEMA_VERSION
 
 PLANE_MODEL = "plane_student"  # the model whose version an exam keeps when space is short
 
@@ -36,10 +36,6 @@ def _exam_size(payload: dict) -> int:
     return len(json.dumps(payload, separators=(",", ":"))) + 100  # room for msg_id and seq
 
 
-# Plane entries that are not a standard plane: their count says how much of the exam was
-# spent searching, their confidence and quality say nothing the district reads (as
-# central/report.py and the dashboard's NOT_A_VIEW).
-NOT_A_VIEW = ("Background", "other", "uncertain")
 
 
 def _compact(value):
