@@ -19,7 +19,8 @@ from tests.dashboard_harness import central, dashboard
 from tests.web_harness import CHROMIUM, CHROMIUM_ARGS
 
 OUT = REPO / "build" / "screenshots"
-PAGES = ("clinics", "completeness", "quality", "biometry", "devices")
+# The Clinics page over a year too: past 8 weeks it draws a cell per week.
+PAGES = ("clinics", "clinics?weeks=52", "completeness", "quality", "biometry", "devices")
 ADMIN = ("officer", "admin-password-1")
 VIEWER = ("viewer", "viewer-password-1")
 
@@ -36,7 +37,8 @@ def _shoot(browser, base: str, user: tuple[str, str], viewport: dict, prefix: st
         page.click("button[type=submit]")
     for name in pages:
         page.goto(f"{base}/{name}")
-        page.screenshot(path=str(OUT / f"{prefix}-{name}.png"), full_page=True)
+        shot = name.replace("?weeks=", "-")  # clinics?weeks=52 -> clinics-52.png
+        page.screenshot(path=str(OUT / f"{prefix}-{shot}.png"), full_page=True)
     page.context.close()
 
 
