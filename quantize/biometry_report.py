@@ -107,7 +107,7 @@ def evaluate_all(seed: int, out: Path) -> str:
     truths = truth_masks(val)
     kinds = tuple(finished_kinds(work))
     if not any(k != "teacher" for k in kinds):
-        raise FileNotFoundError(f"{work}: no finished segmenter (run `make models` first)")
+        return shipped_report(val, truths, seed, out, work)
     for kind in kinds:
         convert(work, kind, train)
     rows = evaluate_rows(work, val, truths, kinds=kinds)
@@ -283,6 +283,80 @@ def evaluate_all(seed: int, out: Path) -> str:
         "HC18 patient numbers (the number before the first `_` of the file name): "
         + ", ".join(patients) + ".",
     ]
+    report = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(report)
+    return report
+
+
+def shipped_report(val: dict, truths: list, seed: int, out: Path, work: Path) -> str:
+    """The report for a checkout without a build: the segmenter in models/ alone, so that
+    the figures a release claims can be checked in minutes, not after `make models`."""
+    from edge.models.biometry import passes_for_model
+    from edge.models.manifest import read_manifest
+    from quantize.eval_biometry import (
+        HC_BANDS,
+        band_table,
+        fmt,
+        read_images,
+        score,
+        tflite_logits,
+    )
+
+    shipped = REPO / "models" / "head_segmenter.json"
+    if not shipped.is_file():
+        raise FileNotFoundError(f"{work}: no finished segmenter and no {shipped} "
+                                "(run `make models` first)")
+    manifest = read_manifest(shipped)
+    shape = tuple(manifest.raw["input"]["shape"][-2:])
+    if shape != (seg_data.SPEC.height, seg_data.SPEC.width):
+        raise ValueError(f"{shipped}: input {shape} is not the validation cache's "
+                         f"{(seg_data.SPEC.height, seg_data.SPEC.width)}")
+    ref = val["hc_csv"]
+    one = score(tflite_logits(manifest.model_path, seg_data.device_inputs(val)), val,
+                truths).summary(ref)
+    images = read_images(val, data_dir())
+    options = evaluate_passes(manifest.model_path, images, val, "models/")
+    patients = sorted({str(n).split("_")[0] for n in val["name"]})
+    rows = ["| passes | model runs | HC MAD (mm) | bias (mm) | measured | HC bands under 100 / "
+            "100-200 / 200-300 / over 300 (mm) | ms per frame, median / p90 (2 threads) |",
+            "|---|---|---|---|---|---|---|"]
+    for o in options:
+        bands = {r["band"]: r["mad_mm"] for r in o["bands"] if r["by"] == "HC"}
+        rows.append(f"| {o['option']} | {o['passes'].runs()} | {o['hc_mad_mm']:.3f} | "
+                    f"{o['hc_bias_mm']:+.2f} | {o['measured']}/{len(ref)} | " + " / ".join(
+                        fmt(bands.get(name), 2) for _, _, name in HC_BANDS[:4]) +
+                    f" | {o['ms_median']:.2f} / {o['ms_p90']:.2f} |")
+    lines = [
+        f"# Head biometry on validation patients: models/ {manifest.ident}",
+        "",
+        f"No segmenter has been trained in {work} (`make models` builds and compares them), "
+        "so this report measures only the shipped segmenter. "
+        f"{len(val['name'])} HC18 frames of {len(patients)} validation patients (never trained "
+        f"or calibrated on; `quantize.data.split` seed {seed}, a hash per patient), through "
+        "the device's own path (grey_resized + normalise -> .tflite -> "
+        "edge.models.biometry).",
+        "",
+        f"One pass, int8: mask Dice {one['dice']:.4f} (lowest {one['dice_min']:.3f}), "
+        f"ellipse Dice {fmt(one['ellipse_dice'], 4)} over {one['ellipse_dice_n']} frames, "
+        f"HC MAD {fmt(one['hc_mad_mm'], 3)} mm (bias {fmt(one['hc_bias_mm'], 2)}) over "
+        f"{one['hc_n']} measured, statuses {json.dumps(one['statuses'])}.",
+        "",
+        "## Passes of the device's measurement (edge.models.biometry.Passes)",
+        "",
+        "\n".join(rows),
+        "",
+        f"The manifest's own passes (what an exam's kept heads get): "
+        f"{passes_for_model(manifest)}.",
+        "",
+        "## HC error by HC band and by pixel size",
+        "",
+        band_table([(f"models/ {o['option']}", o["bands"]) for o in options]),
+        "",
+        f"## Validation patients ({len(patients)})",
+        "",
+        "HC18 patient numbers: " + ", ".join(patients) + ".",
+    ]
+    out.mkdir(parents=True, exist_ok=True)
     report = "\n".join(lines) + "\n"
     (out / "report.md").write_text(report)
     return report
