@@ -8,7 +8,9 @@ bench-dashboard`; also the last section of `make bench`).
    period) fetched by an admin (all 50 clinics) and by a viewer (one district), each
    ``REPEATS`` times over a fresh connection, as a browser would (gzip), with the page cache
    off (every view queries the database and draws the plots: the worst case); the median
-   and p90 of the wall time of the whole response, client side.
+   and p90 of the wall time of the whole response, client side. ``--only clinics`` times
+   one page alone (both its periods): ``--no-ingest --only clinics`` is the Clinics page's
+   timings on both databases.
 3. Ingestion with and without the dashboard under load, on the seeded SQLite database: a
    real collector behind a real Mosquitto stores ``N_INGEST`` exam summaries published as
    fast as QoS 1 allows; the rate is measured alone and while ``LOAD_CLIENTS`` clients fetch
@@ -131,9 +133,11 @@ def _login(port: int, user: tuple[str, str]) -> str:
                 if line.startswith(C.COOKIE + "="))
 
 
-def page_times(port: int, cookie: str) -> list[dict]:
+def page_times(port: int, cookie: str, only: str | None = None) -> list[dict]:
     out = []
     for name, query in PAGES:
+        if only is not None and name != only:
+            continue
         path = f"/{name}" + (f"?{query}" if query else "")
         _get(port, path, cookie)  # warm: the first view after start opens the connection
         times, sizes, db_ms = [], [], []
@@ -182,14 +186,14 @@ def seeded(db: str, label: str) -> None:
              "--db", db, stdin=VIEWER[1] + "\n")
 
 
-def measure_pages(db: str, label: str, work: Path) -> dict:
+def measure_pages(db: str, label: str, work: Path, only: str | None = None) -> dict:
     # every view made from the database; at the collector's priority, since on this build
     # box the other load is model training, which a district server does not run
     server = Server(db, work, "--no-cache", "--nice", "0")
     try:
         out = {}
         for who, user in (("admin, all 50 clinics", ADMIN), ("viewer, district-1", VIEWER)):
-            rows = page_times(server.port, _login(server.port, user))
+            rows = page_times(server.port, _login(server.port, user), only)
             _print_times(f"### {label}, {who} ({REPEATS} loads of each page)", rows)
             out[who] = rows
         return out
@@ -347,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ingest", action="store_true")
     ap.add_argument("--no-pages", action="store_true")
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="ingestion rounds")
+    ap.add_argument("--only", choices=sorted({name for name, _ in PAGES}), default=None,
+                    help="time this page alone (each of its periods)")
     ap.add_argument("--load", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--load-pause", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--keep", type=Path, default=None,
@@ -363,14 +369,14 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(db).exists():
             seeded(db, "SQLite")
         if not args.no_pages:
-            measure_pages(db, "SQLite", work)
+            measure_pages(db, "SQLite", work, args.only)
         if not args.no_postgres:
             from tests.servers import Postgres
 
             pg = Postgres().start()
             seeded(pg.url, "PostgreSQL")
             if not args.no_pages:
-                measure_pages(pg.url, "PostgreSQL", work)
+                measure_pages(pg.url, "PostgreSQL", work, args.only)
         if not args.no_ingest:
             measure_ingestion(db, work, max(1, args.rounds))
     finally:

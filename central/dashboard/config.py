@@ -34,6 +34,15 @@ DEFAULT_WEEKS = {"clinics": 8, "completeness": 8, "quality": 26, "biometry": 26,
 
 # -- sequence gaps (as central/report.py) ----------------------------------------------------
 SEQ_JUMP = 1000  # a hole longer than this is a broken counter, not loss (report --seq-jump)
+# A hole in the period whose earlier message is older than this before it is not found
+# (queries.holes looks no further back).
+HOLE_LOOKBACK_DAYS = 30
+# The hole search reads runs of consecutive seqs (store.py, dash.seq_runs), per device and
+# block of 7 days: an honest box's block is one run and one more per hole (a few; 60 at 2%
+# loss of a health message a minute). Past this many, a box's block is read message by
+# message instead (dash.seq_spill), so one sending wild seqs adds at most this many rows a
+# week, whatever it sends.
+SEQ_RUNS_PER_BLOCK = 256
 
 # -- exams -----------------------------------------------------------------------------------
 # A checklist slot is captured when its best frame scores at least the protocol's

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from central.dashboard import config as C
 from central.dashboard import reference as R
-from central.dashboard.store import Db, week_of
+from central.dashboard.store import Db, block_days, seq_block, week_of
 
 
 @dataclass(frozen=True)
@@ -113,38 +113,107 @@ class Hole:
         return self.last_seq - self.first_seq + 1
 
 
-def holes(db: Db, scope: Scope, per: Period, lookback_days: int = 30) -> list[Hole]:
+def holes(db: Db, scope: Scope, per: Period, lookback_days: int = C.HOLE_LOOKBACK_DAYS
+          ) -> list[Hole]:
     """Holes in each device's exam/health sequence whose later message falls in the period
     (holes longer than SEQ_JUMP are broken counters, not loss, as the report says). A seq
     the collector recorded as a re-sent duplicate is a row of ``dash.msgs`` too (store.py),
-    so it fills its hole as in the report. The rows come from a covering index on day; the
-    predecessor is found here, not by a window function, which SQLite would run over the
-    whole table in device order."""
+    so it fills its hole as in the report.
+
+    The definition: the device's messages dated from ``lookback_days`` before the period to
+    its end, in the scope's clinics, in order of (seq, day, clinic); a hole is between two
+    of them next to each other whose seqs are 2 to SEQ_JUMP + 1 apart, the later one dated
+    in the period; and before a device's first message here, when that is in the period and
+    its seq, 2 to SEQ_JUMP + 1, is the device's lowest ever (a box's first messages lost).
+
+    Only the first and last seq of each run of consecutive seqs count for that, so this
+    reads the runs (``dash.seq_runs``: a few per device and week), not every message. A
+    block of 7 days the window takes only in part (the current one; another lookback), if
+    one of its runs has messages on both sides of the edge, and a block spilled by a box's
+    wild seqs are read message by message for that device, as the definition says."""
+    first_day, last_day = per.first_day - lookback_days, per.last_day
+    if last_day < first_day:
+        return []
     w, p = scope.where()
-    rows = db.query(
-        "SELECT device_id, seq, day, clinic_id FROM dash.msgs WHERE day >= ? AND day <= ? "
-        f"AND kind IN ('exam', 'health') AND {w}",
-        (per.first_day - lookback_days, per.last_day, *p))
-    rows.sort()
-    out = []
-    # A box's first messages that never arrived are a hole before its first stored one, as
-    # the report counts them (a seq starts at 1). Only a box whose first row here is in the
-    # period can have one that counts; one point query each, on (device_id, seq).
-    for i, (dev, seq, day, clinic) in enumerate(rows):
-        if (i and rows[i - 1][0] == dev) or day < per.first_day or not 1 < seq <= C.SEQ_JUMP + 1:
-            continue
-        first = db.query("SELECT MIN(seq) FROM dash.msgs WHERE device_id = ? "
-                         "AND kind IN ('exam', 'health')", (dev,))[0][0]
-        if first is not None and int(first) == seq:
-            out.append(Hole(dev, clinic, 1, int(seq) - 1, int(day), int(day)))
-    for prev, row in zip(rows, rows[1:], strict=False):
-        dev, seq, day, clinic = row
-        if prev[0] != dev or day < per.first_day or seq - prev[1] <= 1:
-            continue
-        if seq - prev[1] - 1 > C.SEQ_JUMP:
-            continue
-        out.append(Hole(dev, clinic, int(prev[1]) + 1, int(seq) - 1, int(prev[2]), int(day)))
+    b0, b1 = seq_block(first_day), seq_block(last_day)
+    detail: dict[int, set[str]] = defaultdict(set)  # block -> devices read message by message
+    for block, dev in db.query("SELECT block, device_id FROM dash.seq_spill "
+                               "WHERE block >= ? AND block <= ?", (b0, b1)):
+        detail[int(block)].add(dev)
+    runs = []
+    for block, dev, clinic, lo, hi, lo_day, hi_day, min_day, max_day in db.query(
+            "SELECT block, device_id, clinic_id, lo, hi, lo_day, hi_day, min_day, max_day "
+            f"FROM dash.seq_runs WHERE block >= ? AND block <= ? AND {w}", (b0, b1, *p)):
+        if max_day < first_day or min_day > last_day:
+            continue  # wholly outside the window
+        if min_day < first_day or max_day > last_day:
+            detail[int(block)].add(dev)  # cut by its edge: its messages decide
+        runs.append((int(block), dev, clinic, int(lo), int(hi), int(lo_day), int(hi_day)))
+    # per device: (lo, lo_day, clinic, hi, hi_day) of each run, or of each message as a run
+    spans: dict[str, list[tuple]] = defaultdict(list)
+    for block, dev, clinic, lo, hi, lo_day, hi_day in runs:
+        if dev not in detail.get(block, ()):
+            spans[dev].append((lo, lo_day, clinic, hi, hi_day))
+    for block0, block1 in _ranges(sorted(detail)):
+        d0, d1 = max(first_day, block_days(block0)[0]), min(last_day, block_days(block1)[1])
+        for dev, seq, day, clinic in db.query(
+                "SELECT device_id, seq, day, clinic_id FROM dash.msgs WHERE day >= ? AND "
+                f"day <= ? AND kind IN ('exam', 'health') AND {w}", (d0, d1, *p)):
+            if dev in detail.get(seq_block(day), ()):
+                spans[dev].append((int(seq), int(day), clinic, int(seq), int(day)))
+    first_holes, gaps = [], []
+    for dev in sorted(spans):
+        prev = None
+        for lo, lo_day, clinic, hi, hi_day in _seq_components(spans[dev]):
+            if lo_day >= per.first_day and prev is None:
+                # A box's first messages that never arrived are a hole before its first
+                # stored one, as the report counts them (a seq starts at 1): one point query
+                # on (device_id, seq) for a box whose first message here is in the period.
+                if 1 < lo <= C.SEQ_JUMP + 1 and lo == _lowest_seq(db, dev):
+                    first_holes.append(Hole(dev, clinic, 1, lo - 1, lo_day, lo_day))
+            elif lo_day >= per.first_day and lo - prev[0] - 1 <= C.SEQ_JUMP:
+                gaps.append(Hole(dev, clinic, prev[0] + 1, lo - 1, prev[1], lo_day))
+            prev = (hi, hi_day)
+    return first_holes + gaps
+
+
+def _ranges(blocks: list[int]) -> list[tuple[int, int]]:
+    """Sorted block numbers as runs of consecutive ones: one read of dash.msgs each."""
+    out: list[tuple[int, int]] = []
+    for b in blocks:
+        if out and b == out[-1][1] + 1:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((b, b))
     return out
+
+
+def _seq_components(spans: list[tuple]) -> list[tuple]:
+    """A device's runs (lo, lo_day, clinic, hi, hi_day) merged where they overlap or touch,
+    in seq order: each one's first seq with the day and clinic of its first message in
+    (seq, day, clinic) order, and its last seq with the day of its last message. Seqs
+    inside a run have no hole beside them, so only those ends decide a hole."""
+    out: list[tuple] = []
+    lo = lo_day = clinic = hi = hi_day = None
+    for s_lo, s_lo_day, s_clinic, s_hi, s_hi_day in sorted(spans):
+        if lo is not None and s_lo <= hi + 1:
+            if s_hi > hi:
+                hi, hi_day = s_hi, s_hi_day
+            elif s_hi == hi:
+                hi_day = max(hi_day, s_hi_day)
+            continue
+        if lo is not None:
+            out.append((lo, lo_day, clinic, hi, hi_day))
+        lo, lo_day, clinic, hi, hi_day = s_lo, s_lo_day, s_clinic, s_hi, s_hi_day
+    if lo is not None:
+        out.append((lo, lo_day, clinic, hi, hi_day))
+    return out
+
+
+def _lowest_seq(db: Db, dev: str) -> int | None:
+    first = db.query("SELECT MIN(seq) FROM dash.msgs WHERE device_id = ? "
+                     "AND kind IN ('exam', 'health')", (dev,))[0][0]
+    return None if first is None else int(first)
 
 
 # -- clinics ---------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ Either way the SQL says ``dash.<table>``, and every value is a bound parameter.
 
 Rollups. Parsing every exam's JSON on each page view would cost seconds at 100,000 exams,
 so ``refresh`` reads each message once, after it is stored, and adds it to small tables: a
-row per message (``dash.msgs``, for sequence gaps and last seen), a row per exam with the
+row per message (``dash.msgs``), the runs of consecutive seqs each device's messages make
+(``dash.seq_runs``, for the sequence holes: see ``_add_seq_runs``), a row per exam with the
 figures the pages plot (``dash.exams``), messages per device and day (``dash.day_device``),
 exam figures per clinic and week (``dash.week_protocol``, ``dash.week_missing``,
 ``dash.week_deficiency``, ``dash.week_plane``),
@@ -28,8 +29,9 @@ with two dashboards refreshing the same database.
 
 A seq the collector recorded in ``resent`` (a message it already had, sent again under a new
 seq after the device lost its outbox) is a row of ``dash.msgs`` too, under the synthetic id
-``resent/<device>/<seq>``, so that ``queries.holes`` does not count it lost; it is no new
-message, so no count includes it. A collector database older than ``resent`` has none.
+``resent/<device>/<seq>``, and a seq of ``dash.seq_runs``, so that ``queries.holes`` does not
+count it lost; it is no new message, so no count includes it. A collector database older
+than ``resent`` has none.
 """
 
 from __future__ import annotations
@@ -47,13 +49,14 @@ from pathlib import Path
 
 from central.dashboard import config as C
 from central.dashboard.reference import ig_z
-from central.db import DbError, is_postgres, one_line, redact, sqlite_path
+from central.db import SEQ_KINDS, DbError, is_postgres, one_line, redact, sqlite_path
 
-SCHEMA_VERSION = "5"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "6"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
-                 "week_plane", "device_latest", "dead", "fleet_errors")
+                 "week_plane", "device_latest", "dead", "fleet_errors", "seq_runs",
+                 "seq_spill")
 
 _DASH_TABLES = [
     "CREATE TABLE IF NOT EXISTS dash.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -61,7 +64,8 @@ _DASH_TABLES = [
         msg_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, clinic_id TEXT NOT NULL,
         kind TEXT NOT NULL, seq BIGINT NOT NULL, ts DOUBLE PRECISION NOT NULL,
         day INTEGER NOT NULL, received_ts DOUBLE PRECISION NOT NULL)""",
-    # covering the sequence-hole query: a window of days, read from the index alone
+    # covering the few days the hole search reads message by message (queries.holes: a
+    # block the period cuts, a spilled one), from the index alone
     "CREATE INDEX IF NOT EXISTS dash.msgs_day ON msgs (day, device_id, seq, kind, clinic_id)",
     "CREATE INDEX IF NOT EXISTS dash.msgs_device_seq ON msgs (device_id, seq)",
     """CREATE TABLE IF NOT EXISTS dash.exams (
@@ -113,6 +117,19 @@ _DASH_TABLES = [
         error TEXT NOT NULL, bundle TEXT NOT NULL, n INTEGER NOT NULL,
         first_ts DOUBLE PRECISION NOT NULL, last_ts DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (week, device_id, clinic_id, error, bundle)) WITHOUT ROWID""",
+    # A device's exam and health seqs, as runs of consecutive seqs per block of 7 days
+    # (seq_block), device and clinic: what queries.holes needs of them (_add_seq_runs).
+    # Stored in block order: a period's runs are one contiguous read.
+    """CREATE TABLE IF NOT EXISTS dash.seq_runs (
+        block INTEGER NOT NULL, device_id TEXT NOT NULL, clinic_id TEXT NOT NULL,
+        lo BIGINT NOT NULL, hi BIGINT NOT NULL, lo_day INTEGER NOT NULL,
+        hi_day INTEGER NOT NULL, min_day INTEGER NOT NULL, max_day INTEGER NOT NULL,
+        PRIMARY KEY (block, device_id, clinic_id, lo)) WITHOUT ROWID""",
+    # A device's block that made more than SEQ_RUNS_PER_BLOCK runs: its runs are dropped and
+    # the hole search reads that block's messages from dash.msgs instead.
+    """CREATE TABLE IF NOT EXISTS dash.seq_spill (
+        block INTEGER NOT NULL, device_id TEXT NOT NULL, PRIMARY KEY (block, device_id))
+        WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS dash.dead (
         digest TEXT PRIMARY KEY, device_id TEXT NOT NULL, received_ts DOUBLE PRECISION)""",
     "CREATE INDEX IF NOT EXISTS dash.dead_device ON dead (device_id)",
@@ -342,6 +359,19 @@ def week_of(day: int) -> int:
     return (day + 3) // 7
 
 
+def seq_block(day: int) -> int:
+    """The block of ``dash.seq_runs`` a day is in: 7 days from a Saturday (day 2). A period
+    starts on a Monday and the hole search looks C.HOLE_LOOKBACK_DAYS (30) before it
+    (queries.holes), so its window starts on a Saturday too: whole blocks but for the
+    current one."""
+    return (day - 2) // 7
+
+
+def block_days(block: int) -> tuple[int, int]:
+    """The first and last day of a ``seq_block``."""
+    return block * 7 + 2, block * 7 + 8
+
+
 @dataclass
 class RefreshStats:
     messages: int = 0
@@ -420,7 +450,7 @@ def _num(value) -> float | None:
 
 
 def _add(db: Db, rows: list[tuple]) -> None:
-    msgs, exams = [], []
+    msgs, exams, seqs = [], [], []
     day_device: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
     week_protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     week_missing: dict[tuple, int] = defaultdict(int)
@@ -431,6 +461,8 @@ def _add(db: Db, rows: list[tuple]) -> None:
     for msg_id, dev, clinic, kind, seq, device_ts, received, payload in rows:
         ts, day = day_of(device_ts, received)
         msgs.append((msg_id, dev, clinic, kind, int(seq), ts, day, received))
+        if kind in SEQ_KINDS:
+            seqs.append((dev, clinic, int(seq), day))
         counts = day_device[(day, dev, clinic)]
         counts[0 if kind == "exam" else 1 if kind == "health" else 2] += 1
         lat = latest.setdefault(dev, {"clinic": clinic, "received": received, "max_seq": 0})
@@ -488,6 +520,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
             "ga_source, missing, ig_z) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
             "?)",
             exams)
+    _add_seq_runs(db, seqs)
     db.many("INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, clinic_id) DO UPDATE SET "
             "exams = dash.day_device.exams + excluded.exams, "
@@ -515,6 +548,94 @@ def _add(db: Db, rows: list[tuple]) -> None:
     _add_fleet_errors(db, fleet_errors)
     for dev, lat in latest.items():
         _upsert_latest(db, dev, lat)
+
+
+# -- sequence runs ---------------------------------------------------------------------------
+# A run: consecutive seqs lo..hi that a device's exam and health messages stored at one clinic
+# in one block (seq_block) carry, [lo, hi, lo_day, hi_day, min_day, max_day]: the day of the
+# run's first seq (the earliest, when that seq came more than once) and of its last (the
+# latest), and the first and last day of any of its messages.
+_RUN_COLUMNS = "lo, hi, lo_day, hi_day, min_day, max_day"
+
+
+def merge_runs(runs: list[list[int]]) -> list[list[int]]:
+    """Runs (or single seqs, as runs of one) that overlap or touch, merged into the runs
+    they make together; the days as ``_RUN_COLUMNS`` says. Adding a seq twice changes
+    nothing, so a message read again (the refresh's overlap, a resend) is harmless."""
+    out: list[list[int]] = []
+    for r in sorted(runs):
+        if not out or r[0] > out[-1][1] + 1:
+            out.append(list(r))
+            continue
+        c = out[-1]
+        if r[0] == c[0]:
+            c[2] = min(c[2], r[2])
+        if r[1] > c[1]:
+            c[1], c[3] = r[1], r[3]
+        elif r[1] == c[1]:
+            c[3] = max(c[3], r[3])
+        c[4], c[5] = min(c[4], r[4]), max(c[5], r[5])
+    return out
+
+
+def _add_seq_runs(db: Db, seqs: list[tuple[str, str, int, int]]) -> None:
+    """Add (device, clinic, seq, day) of exam and health messages to ``dash.seq_runs``.
+
+    A seq extends a run, joins two (a late message that fills a hole of one seq), or starts
+    one of its own (a hole before it, or a late message inside a hole: the hole is split).
+    queries.holes finds the holes between runs at read time, so no hole is stored that a
+    later message must find and shrink. A device's block holds at most
+    C.SEQ_RUNS_PER_BLOCK runs: one more (a box sending wild seqs, each a run of its own)
+    drops them for a row in ``dash.seq_spill``, and the search reads that block's messages
+    from ``dash.msgs``, as it read every block before (exact, and that week costs the
+    search what it did then)."""
+    if not seqs:
+        return
+    by_block: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for dev, clinic, seq, day in seqs:
+        by_block[seq_block(day)][dev].append((clinic, [seq, seq, day, day, day, day]))
+    deletes, upserts, spills = [], [], []
+    for block, devs in by_block.items():
+        names = sorted(devs)
+        have: dict[str, dict[tuple[str, int], tuple]] = defaultdict(dict)
+        spilled: set[str] = set()
+        for i in range(0, len(names), 500):
+            part = names[i:i + 500]
+            marks = ", ".join("?" * len(part))
+            spilled.update(r[0] for r in db.query(
+                f"SELECT device_id FROM dash.seq_spill WHERE block = ? AND device_id IN ({marks})",
+                (block, *part)))
+            for dev, clinic, *run in db.query(
+                    f"SELECT device_id, clinic_id, {_RUN_COLUMNS} FROM dash.seq_runs "
+                    f"WHERE block = ? AND device_id IN ({marks})", (block, *part)):
+                have[dev][(clinic, int(run[0]))] = tuple(int(x) for x in run)
+        for dev in names:
+            if dev in spilled:
+                continue
+            old = have.get(dev, {})
+            per_clinic: dict[str, list] = defaultdict(list)
+            for (clinic, _), run in old.items():
+                per_clinic[clinic].append(list(run))
+            for clinic, run in devs[dev]:
+                per_clinic[clinic].append(run)
+            new = {(clinic, run[0]): tuple(run) for clinic, runs in per_clinic.items()
+                   for run in merge_runs(runs)}
+            if len(new) > C.SEQ_RUNS_PER_BLOCK:
+                spills.append((block, dev))
+                deletes.extend((block, dev, clinic, lo) for clinic, lo in old)
+                continue
+            deletes.extend((block, dev, clinic, lo) for clinic, lo in old.keys() - new.keys())
+            upserts.extend((block, dev, clinic, *run) for (clinic, _), run in new.items()
+                           if old.get((clinic, run[0])) != run)
+    db.many("DELETE FROM dash.seq_runs WHERE block = ? AND device_id = ? AND clinic_id = ? "
+            "AND lo = ?", deletes)
+    db.many(f"INSERT INTO dash.seq_runs (block, device_id, clinic_id, {_RUN_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (block, device_id, clinic_id, lo) "
+            "DO UPDATE SET hi = excluded.hi, lo_day = excluded.lo_day, "
+            "hi_day = excluded.hi_day, min_day = excluded.min_day, max_day = excluded.max_day",
+            upserts)
+    db.many("INSERT INTO dash.seq_spill (block, device_id) VALUES (?, ?) "
+            "ON CONFLICT (block, device_id) DO NOTHING", spills)
 
 
 # Past this many distinct errors a device's week, its further ones are counted under this
@@ -679,15 +800,18 @@ def _refresh_resent(db: Db) -> int:
             "WHERE received_ts >= ? AND NOT EXISTS (SELECT 1 FROM dash.msgs d WHERE d.msg_id "
             "= 'resent/' || r.device_id || '/' || CAST(r.seq AS TEXT)) "
             "ORDER BY received_ts LIMIT ?", (since, C.REFRESH_BATCH))
-        msgs, max_seq = [], {}
+        msgs, seqs, max_seq = [], [], {}
         for dev, seq, kind, clinic, device_ts, received in rows:
             ts, day = day_of(device_ts, received)
             msgs.append((f"resent/{dev}/{int(seq)}", dev, clinic, kind, int(seq), ts, day,
                          received))
+            if kind in SEQ_KINDS:
+                seqs.append((dev, clinic, int(seq), day))
             max_seq[dev] = max(max_seq.get(dev, 0), int(seq))
         db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
                 "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (msg_id) DO NOTHING",
                 msgs)
+        _add_seq_runs(db, seqs)  # a seq already there changes no run: adding is idempotent
         for dev, seq in max_seq.items():
             db.execute("UPDATE dash.device_latest SET max_seq = ? WHERE device_id = ? "
                        "AND max_seq < ?", (seq, dev, seq))
