@@ -229,21 +229,13 @@ def _clinics_frame(page: Q.ClinicsPage, cell_w: int, columns: int, title: str,
 
 def _clinic_totals(svg: Svg, page: Q.ClinicsPage, clinic: str, x: float, y: float) -> None:
     """A row's exams, silent weekdays and messages missing, then the clinic again."""
-    exams, silent, missing = clinic_totals(page, clinic)
+    exams, silent, missing = page.totals(clinic)
     svg.text(x + 40, y, exams, anchor="end", data_total=clinic)
     svg.text(x + 100, y, silent or "", anchor="end",
              fill=ORANGE if silent >= 3 else MUTED, data_silent_weekdays=clinic)
     svg.text(x + 160, y, missing or "", anchor="end", fill=ORANGE)
     svg.text(x + 172, y, fit(page.names.get(clinic) or clinic, LABEL_CHARS),
              tip=clinic_text(clinic, page.names.get(clinic, "")))
-
-
-def clinic_totals(page: Q.ClinicsPage, clinic: str) -> tuple[int, int, int]:
-    """(exams, silent weekdays, messages missing) of a clinic over the period."""
-    cells = [page.cells[(clinic, d)] for d in page.period.days]
-    return (sum(c.exams for c in cells),
-            sum(1 for d in page.period.days if page.silent_weekday(clinic, d)),
-            sum(c.missing for c in cells))
 
 
 def spell_text(s: Q.SilentSpell) -> str:
@@ -262,7 +254,7 @@ def long_spells(page: Q.ClinicsPage, clinic: str) -> list[Q.SilentSpell]:
 
 
 def _row_words(page: Q.ClinicsPage, clinic: str) -> str:
-    exams, silent, missing = clinic_totals(page, clinic)
+    exams, silent, missing = page.totals(clinic)
     spells = long_spells(page, clinic)
     words = (f"{clinic_text(clinic, page.names.get(clinic, ''))}: {plural(exams, 'exam')}, "
              f"{plural(silent, 'silent weekday')}")
@@ -280,7 +272,7 @@ def silent_table(page: Q.ClinicsPage) -> str:
             "</th><th>messages missing</th></tr>")
     body = []
     for clinic in page.clinics:
-        exams, silent, missing = clinic_totals(page, clinic)
+        exams, silent, missing = page.totals(clinic)
         spells = long_spells(page, clinic)
         shown = [f'<span data-spell="{s.first_day},{s.last_day},{s.weekdays}">'
                  f"{esc(spell_text(s))}</span>" for s in spells[:C.SPELLS_SHOWN]]

@@ -242,6 +242,12 @@ class ClinicsPage:
     # Each clinic's first day with a message (first_days()); None: not known, every day of
     # the period counts. A clinic missing from a known map has never sent anything.
     first_day: dict[str, int] | None = None
+    # Worked out once a clinic: the plot, its hover words and the table under it all read
+    # them (three times each over 728 days made a tenth of the two-year page's time).
+    _totals: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False,
+                                                     compare=False)
+    _spells: dict[str, list[SilentSpell]] = field(default_factory=dict, repr=False,
+                                                  compare=False)
 
     def rows(self) -> list[ClinicDay]:
         return [self.cells[(c, d)] for c in self.clinics for d in self.period.days]
@@ -263,9 +269,24 @@ class ClinicsPage:
     def silent_weekday(self, clinic: str, day: int) -> bool:
         return self.cells[(clinic, day)].silent and self.counts(clinic, day)
 
+    def totals(self, clinic: str) -> tuple[int, int, int]:
+        """(exams, silent weekdays, messages missing) of a clinic over the period."""
+        if clinic not in self._totals:
+            cells = [self.cells[(clinic, d)] for d in self.period.days]
+            self._totals[clinic] = (
+                sum(c.exams for c in cells),
+                sum(1 for d in self.period.days if self.silent_weekday(clinic, d)),
+                sum(c.missing for c in cells))
+        return self._totals[clinic]
+
     def silent_spells(self, clinic: str) -> list[SilentSpell]:
         """The clinic's runs of silent weekdays, oldest first. A weekend inside a run does
         not end it; any message, on any day, does (a box was heard from)."""
+        if clinic not in self._spells:
+            self._spells[clinic] = self._find_spells(clinic)
+        return self._spells[clinic]
+
+    def _find_spells(self, clinic: str) -> list[SilentSpell]:
         spells: list[SilentSpell] = []
         run = None
         for d in self.period.days:
