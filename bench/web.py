@@ -5,7 +5,8 @@ default 10 fps stream cap: nobody watching; one viewer that only receives the st
 WebSocket client, as a phone would be: its decoding and drawing happen on the phone, not
 on the box), for the CPU, the bandwidth and the per-frame path; and one headless Chromium
 viewer, for the frame-to-overlay latency measured in the browser on loopback (median,
-p90, and where it goes). CPU is the server's own thread clocks (event loop, JPEG encoder,
+p90, and where it goes). The page is served as a box serves it, over TLS (https, wss) with
+the certificate the device made. CPU is the server's own thread clocks (event loop, JPEG encoder,
 status reader) as a share of one core, plus the loop thread's time in the web hook.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from edge.exam.tally import percentile
 from tests.conftest import DATA
-from tests.web_harness import PIN, chromium, device, http, login_cookie, make_clip
+from tests.web_harness import PIN, chromium, client_ssl, device, http, login_cookie, make_clip
 
 SUMMARY_RE = re.compile(r"latency median ([\d.]+) ms, p90 ([\d.]+) ms")
 WINDOW_S = 20.0
@@ -55,8 +56,9 @@ class _Receiver:
         async def go() -> None:
             name, value = self.cookie.split("=", 1)
             async with aiohttp.ClientSession(cookies={name: value}) as session, \
-                    session.ws_connect(self.base.replace("http", "ws") + "/api/ws",
-                                       max_msg_size=8 << 20) as ws:
+                    session.ws_connect(self.base.replace("http", "ws", 1) + "/api/ws",
+                                       max_msg_size=8 << 20,
+                                       ssl=client_ssl(self.base) or True) as ws:
                 await ws.send_json({"heatmap": False, "video": True})
                 while not self._stop.is_set():
                     try:

@@ -223,6 +223,7 @@ PATH_KEYS = {
     "quality": ("rules",), "exam": ("protocols_file",),
     "mqtt": ("tls_ca", "tls_cert", "tls_key", "password_file"),
     "fleet": ("root", "trusted_keys", "http_ca"),
+    "web": ("tls_cert", "tls_key"),
 }
 # `[source] spec` values that name no file: the demo, a device, a camera (v4l2:N, picamera2:N)
 _SPEC_WORDS = ("demo", "picamera2")

@@ -138,7 +138,7 @@ def scripted(tmp_path_factory, data_dir, browser):
         page = browser.new_page()
         page.set_viewport_size({"width": 390, "height": 844})
         # "localhost": cookies are by host, not port, and the device below is on 127.0.0.1
-        page.goto(f"http://localhost:{server.port}/")
+        page.goto(f"https://localhost:{server.port}/")
         page.wait_for_selector("#login:not([hidden])")
         page.fill("#pin", PIN)
         page.click("#unlock")

@@ -1,6 +1,10 @@
 """The midwife's page in headless Chromium, against `sonoedge run --web` on a clip of real
 frames (HC18 heads and SonoNet example screens, paced at 15 fps).
 
+The page is served as a box serves it: over TLS, with the certificate the device made on
+its first start (the requests here trust that certificate alone; Chromium has accepted it,
+as the midwife's tablet would once), the stream over wss://.
+
 One device and one browser serve the whole module; the tests run in file order, as the
 clip plays: the API refuses without a session, a wrong PIN is refused, then the page shows
 the plane, the instruction, the head with HC and BPD, the checklist filling, the heatmap
@@ -107,6 +111,16 @@ def test_the_page_follows_the_clip(page, live):
     print(f"\nframe-to-overlay latency in the browser: median {statistics.median(latencies):.0f}"
           f" ms over {len(latencies)} frames")
     assert statistics.median(latencies) < 1000  # the bench holds it to 150 ms on a quiet box
+
+
+def test_the_page_came_over_tls_with_secure_cookies(page, live):
+    assert live["base"].startswith("https://")
+    assert page.evaluate("location.protocol") == "https:"
+    cookies = {c["name"]: c for c in live["context"].cookies()}
+    for name in ("sonoedge_session", "sonoedge_known"):
+        assert cookies[name]["secure"] and cookies[name]["httpOnly"], cookies[name]
+    # the frames above came over the WebSocket: from an https page, only wss:// can open
+    assert page.evaluate("window.sonoedge.frames") > 10
 
 
 def test_heatmap_toggle(page, live):

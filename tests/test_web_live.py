@@ -93,7 +93,7 @@ no_signal_s = 1.0
         wait_port(port, 60)
         with chromium(tmp_path) as context:
             page = context.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(f"https://127.0.0.1:{port}/")
             page.fill("#pin", PIN)
             page.click("#unlock")
             page.wait_for_function("window.sonoedge.frames > 3", **POLL)

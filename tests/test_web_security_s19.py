@@ -15,6 +15,9 @@ systemd's open-files limits: soft 1024, hard 4096), in file order:
    summary of the rest.
 5. Thumbnails were cacheable, the server named its software, and one session could take
    every viewer slot.
+
+These drive raw HTTP (bytes as they are, thousands of connections), so the page is served
+with `[web] tls = "off"`; the same protections over TLS are in tests/test_web_tls.py.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def box(tmp_path_factory, data_dir):
     done = set_pin(state)
     assert done.returncode == 0, done.stderr
     port = free_port()
-    cfg = write_config(tmp / "device.toml", state, clip, port, free_port())
+    cfg = write_config(tmp / "device.toml", state, clip, port, free_port(), 'tls = "off"')
     log_path = tmp / "device.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log_path, "w") as log:
@@ -347,7 +350,7 @@ def test_allowed_hosts_names_the_box_and_a_bad_one_is_one_line(tmp_path):
     from edge.web.settings import WebSettings
 
     write_pin(tmp_path, PIN)
-    srv = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}",
+    srv = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}", tls="off",
                                 allowed_hosts=("Sonoedge.Clinic.Test",)),
                     LiveView(), tmp_path, read_pin(tmp_path))
     srv.start()

@@ -227,15 +227,16 @@ def test_stop_holds_the_next_exam_until_start_or_the_probe_is_lifted():
 # -- hostile requests, against a running server (the page's server alone, no models) -------
 @pytest.fixture
 def page_server(tmp_path, monkeypatch):
-    """`WebServer` listening on a free loopback port, with short client timeouts."""
+    """`WebServer` listening on a free loopback port, with short client timeouts, in plain
+    HTTP (raw requests; the page over TLS is tests/test_web_tls.py)."""
     monkeypatch.setattr(web_server, "IDLE_TIMEOUT_S", 1.0)
     monkeypatch.setattr(web_server, "BODY_TIMEOUT_S", 1.0)
     write_pin(tmp_path, PIN)
     started = []
 
     def start(brake: Brake | None = None) -> WebServer:
-        srv = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}"), LiveView(), tmp_path,
-                        read_pin(tmp_path))
+        srv = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}", tls="off"), LiveView(),
+                        tmp_path, read_pin(tmp_path))
         srv.brake = brake or srv.brake
         srv.start()
         started.append(srv)

@@ -4,6 +4,10 @@ the device loop with its page, and headless Chromium (Debian's, never a download
 The clip is written with cv2 into a temporary folder: black frames (no signal content:
 the instruction must say so), HC18 heads laid out on a scanner-like screen with small
 probe motion (the head slot fills, with HC and BPD), then SonoNet's example screens.
+
+The page is served as a box serves it, over TLS with the certificate the device made
+(`[web] tls` at its default): `http()` and `client_ssl()` trust that certificate, and only
+it, as a tablet does once the midwife has accepted it; Chromium ignores certificate errors.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,6 +120,34 @@ listen = "127.0.0.1:{port}"
     return path
 
 
+# "host:port" of a page over TLS -> a client context that trusts its certificate alone
+_TRUSTED: dict[str, ssl.SSLContext] = {}
+
+
+def trust(base: str, cert: Path) -> ssl.SSLContext:
+    """Trust `cert` (the page's own, PEM) for requests to `base` ("https://host:port")."""
+    context = ssl.create_default_context(cafile=str(cert))
+    _TRUSTED[urllib.parse.urlsplit(base).netloc] = context
+    return context
+
+
+def client_ssl(url: str) -> ssl.SSLContext | None:
+    """The context for a request to `url`: None for http://, the page's trusted
+    certificate for https:// (a page nobody trusted is an error, not an unverified call)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("http", "ws"):
+        return None
+    try:
+        return _TRUSTED[parts.netloc]
+    except KeyError:
+        raise AssertionError(f"{url}: no certificate trusted for {parts.netloc} "
+                             "(tests.web_harness.trust)") from None
+
+
+def tls_cert(state_dir: Path) -> Path:
+    return state_dir / "web-tls" / "cert.pem"
+
+
 def set_pin(state_dir: Path, pin: str = PIN) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "edge.cli", "pin", "set", "--state-dir",
@@ -122,13 +156,18 @@ def set_pin(state_dir: Path, pin: str = PIN) -> subprocess.CompletedProcess:
 
 
 @contextmanager
-def device(tmp: Path, clip: Path, extra_config: str = "", log_name: str = "device.log"):
+def device(tmp: Path, clip: Path, extra_config: str = "", log_name: str = "device.log",
+           tls: bool = True):
     """`sonoedge run` with the page on a free loopback port; yields (base_url, process).
-    The broker port is free and closed: the uplink stays offline and queues."""
+    The broker port is free and closed: the uplink stays offline and queues. The page is
+    https:// with the certificate the device makes (trusted by `http()`), or with `tls`
+    false plain http:// (`[web] tls = "off"`)."""
     state = tmp / "state"
     done = set_pin(state)
     assert done.returncode == 0, done.stderr
     port = free_port()
+    if not tls:
+        extra_config = 'tls = "off"\n' + extra_config
     cfg = write_config(tmp / "device.toml", state, clip, port, free_port(), extra_config)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = open(tmp / log_name, "w")
@@ -136,7 +175,12 @@ def device(tmp: Path, clip: Path, extra_config: str = "", log_name: str = "devic
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_port(port, 60, proc)
-        yield f"http://127.0.0.1:{port}", proc
+        if not tls:
+            yield f"http://127.0.0.1:{port}", proc
+        else:
+            base = f"https://127.0.0.1:{port}"
+            trust(base, tls_cert(state))
+            yield base, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -157,7 +201,7 @@ def http(url: str, data: dict | None = None, cookie: str | None = None,
     if cookie:
         req.add_header("Cookie", cookie)
     try:
-        with urllib.request.urlopen(req, timeout=30) as res:
+        with urllib.request.urlopen(req, timeout=30, context=client_ssl(url)) as res:
             return res.status, dict(res.headers), res.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
@@ -191,7 +235,8 @@ def chromium(tmp: Path):
         context = pw.chromium.launch_persistent_context(
             str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 390, "height": 844}, device_scale_factor=2,
-            bypass_csp=True)  # the page forbids eval; the test driver needs it
+            bypass_csp=True,  # the page forbids eval; the test driver needs it
+            ignore_https_errors=True)  # the box's own certificate, as if accepted once
         try:
             yield context
         finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edge.config import DeviceSettings, load_settings
 from edge.web.auth import PIN_MAX, PIN_MIN, PinError, check_pin_text, write_pin
+from edge.web.tls import kept_fingerprint
 
 
 def _set(args: argparse.Namespace) -> int:
@@ -25,6 +26,13 @@ def _set(args: argparse.Namespace) -> int:
     path = write_pin(state_dir, check_pin_text(pin))
     print(f"PIN set: a salted scrypt hash in {path}; a running device takes it at its "
           f"next start")
+    # what the browser will show for the page's certificate, to compare before typing the PIN
+    found = kept_fingerprint(settings.web, state_dir)
+    if found is not None:
+        print(f"the page's TLS certificate ({found[1]}): SHA-256 {found[0]}")
+    elif settings.web.tls == "self-signed":
+        print("the page's TLS certificate is made at the first `sonoedge run --web`; its "
+              "SHA-256 fingerprint is in that start-up line")
     return 0
 
 

@@ -11,7 +11,8 @@ from edge.web.settings import WebSettings
 
 def start_web(settings: WebSettings, state_dir: Path, end_gap_s: float) -> LoopHook:
     """Check the PIN, start the server, return the loop's hook. Raises one-line
-    errors (`PinError`, `WebError`) for a missing PIN or an address that cannot be used."""
+    errors (`PinError`, `WebError`) for a missing PIN, an address that cannot be used or
+    a provisioned TLS certificate that cannot be served (`[web] tls = "files"`)."""
     from edge.web.server import WebServer  # aiohttp only when the page is on
 
     pin = read_pin(Path(state_dir))

@@ -25,8 +25,14 @@ rather than queueing them.
 
 Before any route: a connection beyond the caps (per address, in all) is closed as it is
 accepted, and a request for a host name that is not the box's is answered 421 (DNS
-rebinding). Lines a client can cause (wrong PINs, bad requests, refused connections) are
-rate-limited (wire/http_log.py).
+rebinding). Lines a client can cause (wrong PINs, bad requests, refused connections,
+failed TLS handshakes) are rate-limited (wire/http_log.py).
+
+The page is served over TLS unless `[web] tls = "off"` (edge/web/tls.py). The TLS layer is
+started on a connection only once the gate has admitted it, so a client that opens
+connections and never finishes a handshake holds at most its share of them, each for
+`HANDSHAKE_TIMEOUT_S` at most. With TLS the cookies are `Secure`; no HSTS is sent (with a
+self-signed certificate it would leave the browser's warning no way through).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import logging
 import resource
 import shutil
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -62,9 +69,10 @@ from edge.web.auth import Attempt, Brake, Braked, PinHash, Sessions
 from edge.web.live import LiveView
 from edge.web.screening import ga_from_lmp, screening
 from edge.web.settings import WebError, WebSettings, parse_listen
+from edge.web.tls import PageTls
 from wire.http_log import LineLimiter, flush_bad_request_lines, one_line_bad_requests
 from wire.schema import PayloadError, loads_bounded
-from wire.shown import shown
+from wire.shown import shown, shown_path
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,11 @@ KNOWN_MAX_AGE_S = 365 * 86400
 # headers (slow loris) would each hold a socket that long, and a box under systemd has 1024.
 IDLE_TIMEOUT_S = 15.0
 BODY_TIMEOUT_S = 10.0  # a body announced but not sent is answered 408, not waited for
+# A connection whose TLS handshake has not finished this long after it was accepted is
+# closed (it holds its place at the gate until then); so is one whose peer does not answer
+# the TLS close within it.
+HANDSHAKE_TIMEOUT_S = 10.0
+CERT_CHECK_S = 3600.0  # how often a running page looks at its certificate's end date
 MAX_BODY = 4096
 MAX_WS_MESSAGE = 1024
 MAX_VIEWERS = 8  # a clinic has a phone or two; more streams would only cost the loop
@@ -145,6 +158,15 @@ def host_name(value: str) -> str | None:
     return name.rstrip(".") or None
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_address(name: str) -> bool:
     try:
         ipaddress.ip_address(name.split("%", 1)[0])
@@ -200,13 +222,26 @@ class ConnectionGate:
 
 class _GatedProtocol(asyncio.Protocol):
     """aiohttp's protocol for one connection, made only if the gate admits the peer; a
-    connection it refuses is closed at once, before a byte is read."""
+    connection it refuses is closed at once, before a byte is read. With `tls`, the TLS
+    handshake is started on the admitted connection (`loop.start_tls`) and aiohttp's
+    protocol is made once it has finished; a handshake that fails or takes longer than
+    `HANDSHAKE_TIMEOUT_S` closes the connection (`on_tls_error` says why)."""
 
-    def __init__(self, gate: ConnectionGate, make_handler):
+    def __init__(self, gate: ConnectionGate, make_handler, tls: ssl.SSLContext | None = None,
+                 handshakes: set | None = None, on_tls_error=None):
         self._gate = gate
         self._make = make_handler
+        self._tls = tls
+        self._handshakes = handshakes if handshakes is not None else set()
+        self._on_tls_error = on_tls_error
         self._inner = None
         self._address = ""
+        self._admitted = False
+        self._lost = False
+        # bytes (and an end) that the TLS layer passed on after the handshake and before
+        # aiohttp's protocol was made: given to it first
+        self._early: list[bytes] = []
+        self._early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -215,15 +250,58 @@ class _GatedProtocol(asyncio.Protocol):
             transport.abort()
             return
         self._address = address
+        self._admitted = True
+        if self._tls is None:
+            self._open(transport)
+            return
+        transport.pause_reading()  # not a byte read before the TLS layer takes the socket
+        task = asyncio.get_running_loop().create_task(self._handshake(transport))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, transport: asyncio.BaseTransport) -> None:
+        try:
+            secure = await asyncio.get_running_loop().start_tls(
+                transport, self, self._tls, server_side=True,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+                ssl_shutdown_timeout=HANDSHAKE_TIMEOUT_S)  # not asyncio's 30 s per close
+        except asyncio.CancelledError:  # the server is stopping
+            transport.abort()
+            self._release()
+            raise
+        except Exception as exc:  # start_tls has closed the connection
+            self._release()
+            if self._on_tls_error is not None:
+                self._on_tls_error(self._address, exc)
+            return
+        if not self._lost:
+            self._open(secure)
+
+    def _open(self, transport: asyncio.BaseTransport) -> None:
         self._inner = self._make()
         self._inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self._inner.data_received(data)
+        if self._early_eof:
+            self._inner.eof_received()
+
+    def _release(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._gate.release(self._address)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
+        elif self._admitted:
+            self._early.append(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
+        if self._inner is not None:
+            return self._inner.eof_received()
+        self._early_eof = True
+        return None
 
     def pause_writing(self) -> None:
         if self._inner is not None:
@@ -234,30 +312,44 @@ class _GatedProtocol(asyncio.Protocol):
             self._inner.resume_writing()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        self._release()
         inner, self._inner = self._inner, None
         if inner is not None:
-            self._gate.release(self._address)
             inner.connection_lost(exc)
 
 
 class _GatedSite(web.BaseSite):
-    """aiohttp's TCP site, with each accepted connection passed through the gate first."""
+    """aiohttp's TCP site, with each accepted connection passed through the gate first (and
+    then, with `tls`, through the TLS handshake)."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
-                 backlog: int):
+                 backlog: int, tls: ssl.SSLContext | None = None, on_tls_error=None):
         super().__init__(runner, backlog=backlog)
         self._host, self._port, self._gate = host, port, gate
+        self._tls, self._on_tls_error = tls, on_tls_error
+        self._handshakes: set[asyncio.Task] = set()
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return page_url("https" if self._tls else "http", self._host, self._port)
 
     async def start(self) -> None:
         await super().start()  # registers the site with the runner
         handler = self._runner.server
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _GatedProtocol(self._gate, handler), self._host, self._port,
-            backlog=self._backlog)
+            lambda: _GatedProtocol(self._gate, handler, self._tls, self._handshakes,
+                                   self._on_tls_error),
+            self._host, self._port, backlog=self._backlog)
+
+    async def stop(self) -> None:
+        for task in list(self._handshakes):
+            task.cancel()
+        await super().stop()
+
+
+def page_url(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 @dataclass(eq=False)
@@ -319,6 +411,10 @@ class WebServer:
         self.gate = ConnectionGate(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS,
                                    TRUSTED_RESERVE, TRUSTED_ADDRESSES, self.lines)
         self.host_names = self._own_names()
+        # the transport: TLS unless [web] tls = "off" (the certificate is read at start)
+        self.tls = PageTls(settings, self.state_dir, self.host) if settings.tls != "off" \
+            else None
+        self._cert_check_at = 0.0
         self.bytes_sent = 0
         self.frames_encoded = 0
         self.encode_s = 0.0
@@ -340,6 +436,13 @@ class WebServer:
         started = threading.Event()
         failure: list[BaseException] = []
         raise_open_files_limit()
+        if self.tls is not None:
+            self.tls.load()  # WebError: a provisioned certificate that cannot be served
+            self._cert_check_at = time.monotonic() + CERT_CHECK_S
+        elif not _is_loopback(self.host):
+            log.warning("web: [web] tls = \"off\": the PIN and the session cookie cross the "
+                        "network in clear to %s; use it on loopback or behind a proxy that "
+                        "serves TLS", self.settings.listen)
 
         def main() -> None:
             loop = asyncio.new_event_loop()
@@ -369,7 +472,11 @@ class WebServer:
             exc = failure[0]
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise WebError(f"web: cannot listen on {self.settings.listen} ({reason})")
-        log.info("web: the midwife's page is at http://%s:%d/", self.host, self.port)
+        if self.tls is None:
+            log.info("web: the midwife's page is at %s/", page_url("http", self.host, self.port))
+        else:
+            log.info("web: the midwife's page is at %s/ (TLS certificate SHA-256 %s)",
+                     page_url("https", self.host, self.port), self.tls.served.fingerprint)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         loop = self._loop
@@ -407,7 +514,9 @@ class WebServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=IDLE_TIMEOUT_S)
         await self._runner.setup()
-        await _GatedSite(self._runner, self.host, self.port, self.gate, backlog=32).start()
+        await _GatedSite(self._runner, self.host, self.port, self.gate, backlog=32,
+                         tls=None if self.tls is None else self.tls.context,
+                         on_tls_error=self._tls_failed).start()
         self._streamer = asyncio.ensure_future(self._stream())
         self._housekeeper = asyncio.ensure_future(self._housekeeping())
 
@@ -426,6 +535,31 @@ class WebServer:
             await asyncio.sleep(HOUSEKEEPING_S)
             self.lines.flush()
             flush_bad_request_lines()
+            if self.tls is not None and time.monotonic() >= self._cert_check_at:
+                self._cert_check_at = time.monotonic() + CERT_CHECK_S
+                try:
+                    self.tls.renew_if_due()
+                except Exception as exc:  # the page goes on with the certificate it has
+                    log.warning("web: could not renew the TLS certificate (%s)", exc)
+
+    def _tls_failed(self, address: str, exc: Exception) -> None:
+        """A handshake that failed: one rate-limited line, never a traceback. A client that
+        closed before a handshake (a port check, a browser's spare connection) says
+        nothing."""
+        if isinstance(exc, ConnectionResetError | BrokenPipeError) or \
+                isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            return
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        if reason == "HTTP_REQUEST":
+            reason = "a plain http:// request (the page is https://)"
+        elif isinstance(exc, ConnectionAbortedError):  # asyncio's handshake timeout
+            reason = f"no handshake within {HANDSHAKE_TIMEOUT_S:g} s"
+        elif "CERTIFICATE_UNKNOWN" in reason or "UNKNOWN_CA" in reason \
+                or "BAD_CERTIFICATE" in reason:
+            reason = f"the browser does not trust the certificate yet ({reason})"
+        self.lines.log("tls", "failed TLS handshakes", logging.INFO,
+                       "web: TLS handshake with %s failed: %s", address,
+                       shown_path(reason, 160), subject=address)
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """asyncio logs a failed accept() (no file descriptor left) with its traceback each
@@ -436,6 +570,13 @@ class WebServer:
             self.lines.log("accept", "failed accepts", logging.ERROR,
                            "web: cannot accept a connection: %s (%d open to the page)",
                            exc.strerror or exc, self.gate.count)
+            return
+        message = str(context.get("message") or "")
+        if isinstance(exc, ssl.SSLError) or "SSL" in message:
+            # a client's broken TLS: said in a line, a few a minute, with no traceback
+            self.lines.log("tls_loop", "TLS connection errors", logging.INFO,
+                           "web: %s: %s", shown_path(message, 80),
+                           shown_path(exc if exc is not None else "", 160))
             return
         loop.default_exception_handler(context)
 
@@ -498,12 +639,17 @@ class WebServer:
     def _token(self, request: web.Request) -> str | None:
         return request.cookies.get(COOKIE)
 
-    @staticmethod
-    def _same_origin(request: web.Request) -> bool:
+    def _same_origin(self, request: web.Request) -> bool:
+        """Whether a browser's request comes from the page itself. With TLS that is
+        https://host:port only; with it off the scheme is not compared (behind a proxy
+        that serves TLS the browser's origin is https, the request to the box is not)."""
         origin = request.headers.get("Origin")
         if origin is None:
             return True  # not a browser's cross-site request (curl, tests)
-        return origin.split("://", 1)[-1] == request.host
+        scheme, sep, rest = origin.partition("://")
+        if not sep or self.tls is not None and scheme != "https":
+            return False
+        return rest == request.host
 
     @web.middleware
     async def _auth(self, request: web.Request, handler):
@@ -590,10 +736,12 @@ class WebServer:
         self.gate.trust(client)
         token = self.sessions.open()
         response = web.json_response({"ok": True})
+        secure = self.tls is not None  # sent only over TLS, never to an http:// page
         response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",
-                            max_age=int(self.sessions.max_age_s))
+                            max_age=int(self.sessions.max_age_s), secure=secure)
         response.set_cookie(KNOWN_COOKIE, self._known_token(), httponly=True,
-                            samesite="Strict", path="/api/login", max_age=KNOWN_MAX_AGE_S)
+                            samesite="Strict", path="/api/login", max_age=KNOWN_MAX_AGE_S,
+                            secure=secure)
         return response
 
     async def _verify(self, attempt: Attempt, pin: str) -> bool | None:
@@ -625,7 +773,7 @@ class WebServer:
     async def _logout(self, request: web.Request) -> web.Response:
         self.sessions.close(self._token(request))
         response = web.json_response({"ok": True})
-        response.del_cookie(COOKIE, path="/")
+        response.del_cookie(COOKIE, path="/", secure=self.tls is not None)
         return response
 
     async def _not_found(self, request: web.Request) -> web.Response:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from wire.mqtt import MAX_HOST_CHARS
 from wire.shown import shown
 
+TLS_MODES = ("self-signed", "files", "off")
+
 
 class WebError(ValueError):
     """One line: the page cannot be served (the address cannot be used)."""
@@ -28,6 +30,13 @@ class WebSettings:
     # DNS names the box. Any other name is answered 421: a web page elsewhere that points
     # its own name at the box (DNS rebinding) gets nothing.
     allowed_hosts: tuple[str, ...] = ()
+    # The page's transport (edge/web/tls.py): "self-signed" (a certificate the box makes on
+    # its first start and keeps in the state dir, so a tablet accepts it once), "files" (a
+    # certificate provisioned for the box: tls_cert and tls_key, PEM) or "off" (plain HTTP:
+    # loopback only, or behind a proxy that serves TLS).
+    tls: str = "self-signed"
+    tls_cert: str = ""  # tls = "files": the certificate (then any intermediates), PEM
+    tls_key: str = ""  # tls = "files": its private key, PEM, unencrypted (mode 0600)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -81,3 +90,19 @@ def check_web_settings(web: WebSettings) -> None:
         raise ValueError("allowed_hosts: at most 32 names")
     for name in web.allowed_hosts:
         check_host_name(name)
+    check_tls_settings(web)
+
+
+def check_tls_settings(web: WebSettings) -> None:
+    """`tls`, `tls_cert` and `tls_key` (the files themselves are read at start)."""
+    if web.tls not in TLS_MODES:
+        raise ValueError(f'tls must be "self-signed", "files" or "off", got {shown(web.tls)}')
+    for key in ("tls_cert", "tls_key"):
+        value = getattr(web, key)
+        if web.tls == "files" and not value:
+            raise ValueError(f'{key} must name a PEM file when tls = "files"')
+        if web.tls != "files" and value:
+            raise ValueError(f'{key} is set but tls is {shown(web.tls)}: set tls = "files" '
+                             f"to serve that certificate")
+        if len(value) > 4096 or "\x00" in value:
+            raise ValueError(f"{key}: not a file path")
