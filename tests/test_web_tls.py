@@ -375,6 +375,8 @@ def test_a_provisioned_pair_that_cannot_be_served_is_one_line_and_exit_2(tmp_pat
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     cases = [("garbage.pem", "box.key", ("tls_cert", "garbage.pem", "not a PEM certificate")),
+             # one file for both keys: the line still names the key whose part is bad
+             ("garbage.pem", "garbage.pem", ("tls_cert", "garbage.pem", "not a PEM cert")),
              ("good.pem", "other.key", ("tls_key", "other.key", "not the key of")),
              ("huge.pem", "box.key", ("tls_cert", "huge.pem", "too large")),
              ("expired.pem", "box.key", ("tls_cert", "expired.pem", "expired on")),
@@ -568,3 +570,13 @@ def test_pin_set_shows_the_certificate_s_fingerprint(page):
     done = set_pin(page.state, "2468")
     assert done.returncode == 0, done.stderr
     assert f"SHA-256 {fingerprint}" in done.stdout, done.stdout
+
+
+def test_one_pem_holding_the_certificate_and_its_key_serves_for_both_keys(tmp_path):
+    """A combined PEM (certificate, then key) is a common way to provision a pair."""
+    from edge.web.tls import make_self_signed, read_pair
+
+    made = make_self_signed(["sonoedge"], [])
+    both = tmp_path / "box.pem"
+    both.write_bytes(made.cert_pem + made.key_pem)
+    assert read_pair(both, both)[0].fingerprint == made.fingerprint

@@ -71,9 +71,10 @@ class ServedCert:
 class _Bad(Exception):
     """A file of the pair cannot be used: `path` and the reason, for one line."""
 
-    def __init__(self, path: Path, reason: str):
+    def __init__(self, path: Path, reason: str, role: str = "tls_cert"):
         super().__init__(f"{shown_path(path)}: {reason}")
-        self.path, self.reason = path, reason
+        # which key of [web] names the file: the two may name one file (a combined PEM)
+        self.path, self.reason, self.role = path, reason, role
 
 
 class _Missing(_Bad):
@@ -126,15 +127,15 @@ def box_names(web: WebSettings, host: str) -> tuple[list[str], list]:
 
 
 # -- reading ------------------------------------------------------------------------------
-def _read(path: Path) -> tuple[bytes, os.stat_result]:
+def _read(path: Path, role: str = "tls_cert") -> tuple[bytes, os.stat_result]:
     try:
         return read_regular_file(path, MAX_PEM_BYTES)
     except (FileNotFoundError, NotADirectoryError):
-        raise _Missing(path, "no such file") from None
+        raise _Missing(path, "no such file", role) from None
     except PayloadError as exc:
-        raise _Bad(path, f"not a PEM file ({exc})") from None
+        raise _Bad(path, f"not a PEM file ({exc})", role) from None
     except OSError as exc:
-        raise _Bad(path, f"cannot read it ({exc.strerror or exc})") from None
+        raise _Bad(path, f"cannot read it ({exc.strerror or exc})", role) from None
 
 
 def _spki(public_key) -> bytes:
@@ -152,15 +153,15 @@ def read_pair(cert_path: Path, key_path: Path) -> tuple[ServedCert, x509.Certifi
     except ValueError:
         raise _Bad(cert_path, "not a PEM certificate") from None
     leaf = chain[0]
-    key_pem, key_stat = _read(key_path)
+    key_pem, key_stat = _read(key_path, "tls_key")
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:
         raise _Bad(key_path, "an encrypted private key: the box must read it unattended; "
                              "give it unencrypted, readable by the service alone (0600)"
-                   ) from None
+                   "tls_key") from None
     except (ValueError, UnsupportedAlgorithm):
-        raise _Bad(key_path, "not a PEM private key") from None
+        raise _Bad(key_path, "not a PEM private key", "tls_key") from None
     try:
         matches = _spki(key.public_key()) == _spki(leaf.public_key())
         served = ServedCert(cert_pem, key_pem, fingerprint(leaf), leaf.not_valid_after_utc,
@@ -169,7 +170,8 @@ def read_pair(cert_path: Path, key_path: Path) -> tuple[ServedCert, x509.Certifi
         raise _Bad(cert_path, "a certificate that cannot be read (its key or its "
                               "extensions)") from None
     if not matches:
-        raise _Bad(key_path, f"not the key of the certificate {shown_path(cert_path)}")
+        raise _Bad(key_path, f"not the key of the certificate {shown_path(cert_path)}",
+                   "tls_key")
     return served, leaf, key_stat
 
 
@@ -312,8 +314,7 @@ def provisioned(web: WebSettings, now: dt.datetime | None = None) -> ServedCert:
     try:
         served, leaf, key_stat = read_pair(cert_path, key_path)
     except _Bad as bad:
-        key = "tls_key" if bad.path == key_path else "tls_cert"
-        raise WebError(f"web: [web] {key} {bad}") from None
+        raise WebError(f"web: [web] {bad.role} {bad}") from None
     if served.not_after <= now:
         raise WebError(f"web: [web] tls_cert {shown_path(cert_path)}: expired on "
                        f"{served.not_after:%Y-%m-%d} (the box's clock says "
