@@ -3,7 +3,10 @@
 The device loop plays a clip of real frames (tests/web_harness.py); two browser pages watch
 it at once, a phone (390x844, portrait) and a tablet (1280x800, landscape). Each is saved
 while a head is on screen (with the heatmap where the model has one), in French on the
-phone, and after the clip has ended; plus the login screen. Not committed.
+phone, and after the clip has ended; plus the login screen. The first exam is stopped
+after those shots and the next one begins, so the "Earlier exams" panel lists two
+(`*-earlier.png`), and the first exam's printable report is saved at both sizes and as
+printed on A4 (`report.png`, `phone-report.png`, `report-print.png`). Not committed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,49 @@ def _login(page, base: str) -> None:
         page.fill("#pin", PIN)
         page.click("#unlock")
     page.wait_for_selector("#app:not([hidden])")
+
+
+def _next_exam(page) -> None:
+    """Stop the exam on screen and let the next one begin (the next woman)."""
+    page.bring_to_front()
+    page.wait_for_function("window.sonoedge.lastState.exam && "
+                           "window.sonoedge.lastState.exam.running", timeout=60_000, polling=200)
+    first = page.evaluate("window.sonoedge.lastState.exam.exam_id")
+    page.click("#stop")
+    page.wait_for_function("!document.querySelector('#start').disabled", timeout=30_000,
+                           polling=200)
+    page.click("#start")
+    page.wait_for_function(f"window.sonoedge.lastState.exam.exam_id !== '{first}'",
+                           timeout=30_000, polling=200)
+
+
+def _earlier_and_report(context, pages) -> None:
+    """The "Earlier exams" panel at both sizes, and the oldest exam's report."""
+    for name, page in pages.items():
+        page.bring_to_front()
+        page.wait_for_function("document.querySelectorAll('#earlier-list a').length >= 2",
+                               timeout=30_000, polling=200)
+        if name == "phone":  # one column: the panel is below the exam, scrolled to
+            page.eval_on_selector("#earlier", "el => window.scrollTo(0, el.getBoundingClientRect()"
+                                  ".top + scrollY - document.querySelector('#status')"
+                                  ".offsetHeight - 8)")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(OUT / "phone-earlier.png"))
+            page.evaluate("window.scrollTo(0, 0)")
+        else:
+            page.screenshot(path=str(OUT / "tablet-earlier.png"), full_page=True)
+    href = pages["tablet"].get_attribute("#earlier-list li:last-child a", "href")
+    report = context.new_page()
+    for name, size in (("report", SIZES["tablet"]), ("phone-report", SIZES["phone"])):
+        report.set_viewport_size(size)
+        report.goto(pages["tablet"].url.rstrip("/") + href)
+        report.wait_for_function("[...document.images].every(i => i.complete)",
+                                 timeout=30_000, polling=200)
+        report.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
+    report.set_viewport_size({"width": 794, "height": 1123})  # A4 at 96 dpi
+    report.emulate_media(media="print")
+    report.screenshot(path=str(OUT / "report-print.png"), full_page=True)
+    report.close()
 
 
 def main() -> int:
@@ -63,6 +109,7 @@ def main() -> int:
             phone.wait_for_timeout(400)
             phone.screenshot(path=str(OUT / "phone-fr.png"), full_page=True)
             phone.select_option("#controls select.lang", "en")
+            _next_exam(pages["tablet"])
             for name, page in pages.items():
                 page.bring_to_front()
                 page.wait_for_function("window.sonoedge.lastState && "
@@ -70,6 +117,7 @@ def main() -> int:
                                        timeout=90_000, polling=200)
                 page.wait_for_timeout(1200)
                 page.screenshot(path=str(OUT / f"{name}-ended.png"), full_page=True)
+            _earlier_and_report(context, pages)
     for path in sorted(OUT.glob("*.png")):
         print(path.relative_to(REPO))
     return 0

@@ -11,13 +11,23 @@ Routes (everything under /api/ answers 401 without a session):
 - `GET /api/ws`: the live stream. Binary messages, each a little-endian u32 header
   length, a JSON header (the frame's overlay data) and the JPEG of the frame; JSON text
   messages with the state, every second.
+- `GET /api/frame?after=<seq>&heatmap=0|1&stream=<id>`: the same stream for a browser
+  that will not open the WebSocket (iOS Safari refuses wss:// to a self-signed certificate
+  it accepted for the page): a long poll answered with the next streamed frame whose seq is
+  above `after`, as exactly the WebSocket's binary message, or 204 after POLL_WAIT_S. The
+  page polls `/api/state` beside it (the WebSocket's state message is that object).
 - `POST /api/exam {"action": "start" | "stop"}`: applied by the loop between frames.
   "stop" ends the exam and holds the next one back; "start" lets the next one begin and
   never ends one: while an exam runs it is refused (409), and the loop ignores one that
   slips past (`LoopHook.apply_commands`).
 - `POST /api/lmp {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"}`: dates for the
   HC-for-dates flag (`{"lmp": null}` clears them).
-- `GET /api/thumb/<exam>/<file>.jpg`: a checklist thumbnail (only those the exam lists).
+- `GET /api/thumb/<exam>/<file>.jpg`: a checklist thumbnail (only those the exam on screen
+  or the journal lists for that exam; 404 once the quota has removed it).
+- `GET /api/exams?limit=N`: the most recent finished exams from the journal, newest
+  first (edge/web/history.py).
+- `GET /report/<exam>?lang=xx`: a printable report of one kept exam (HTML; without a
+  session, the PIN first).
 
 The stream encodes one JPEG per streamed frame, shared by every viewer, only while a
 viewer is connected and at most `max_fps` times a second; a slow viewer skips frames
@@ -66,6 +76,7 @@ from edge.models.quality import Rules
 from edge.uplink.messages import read_temperature_c
 from edge.web import i18n
 from edge.web.auth import Attempt, Brake, Braked, PinHash, Sessions
+from edge.web.history import BadQuery, ExamHistory, parse_limit, report_lang
 from edge.web.live import LiveView
 from edge.web.screening import ga_from_lmp, screening
 from edge.web.settings import WebError, WebSettings, parse_listen
@@ -116,6 +127,12 @@ NOFILE_MAX = 65536
 HOUSEKEEPING_S = 10.0  # rate-limited log lines' summaries are written this often
 STATUS_EVERY_S = 2.0  # uplink, disk and temperature are read this often
 STATE_EVERY_S = 1.0  # the state message to each viewer
+# The HTTPS fallback (GET /api/frame): a poll waits this long for a frame, then 204; a
+# poller counts as a viewer while a poll of it is in flight and this long after its last.
+POLL_WAIT_S = 2.0
+POLL_LINGER_S = 5.0
+MAX_SEQ = 2**53 - 1  # `after` as the page's numbers hold it exactly
+POLL_STREAM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; "
                                 "img-src 'self' blob: data:; connect-src 'self'; "
@@ -364,6 +381,18 @@ class _Viewer:
     bytes_sent: int = 0
 
 
+@dataclass(eq=False)
+class _Poller:
+    """A page on the HTTPS fallback (`GET /api/frame`): a viewer while it polls."""
+
+    token: str
+    heatmap: bool = False
+    video: bool = True
+    polls: int = 0  # its requests in flight
+    last: float = field(default_factory=time.monotonic)  # when its last poll ended
+    sweep: asyncio.TimerHandle | None = None  # forgets it POLL_LINGER_S after that
+
+
 def frame_header(record: dict, shown: object | None, seq: int,
                  confidence: int | None = None) -> dict:
     """The overlay data of one frame: what the page draws over the image. `confidence` is
@@ -415,11 +444,13 @@ class WebServer:
         self.tls = PageTls(settings, self.state_dir, self.host) if settings.tls != "off" \
             else None
         self._cert_check_at = 0.0
+        self.history = ExamHistory(self.state_dir)  # earlier exams, read-only, off the loop
         self.bytes_sent = 0
         self.frames_encoded = 0
         self.encode_s = 0.0
         self.cpu_s = {"encode": 0.0, "status": 0.0}  # CPU seconds of the helper threads
         self._viewers: set[_Viewer] = set()
+        self._pollers: dict[tuple[str, str], _Poller] = {}  # (session, stream id)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -429,7 +460,10 @@ class WebServer:
         self._status_at = 0.0
         self._verify_lock: asyncio.Lock | None = None
         self._verify_known_lock: asyncio.Lock | None = None
-        self._packet: tuple[int, bool, bytes] | None = None
+        # the last streamed frame (seq, when it was encoded, the message) for the pollers;
+        # the event is set, and replaced, each time there is a new one
+        self._packet: tuple[int, float, bytes] | None = None
+        self._packet_ready = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout_s: float = 15.0) -> None:
@@ -486,6 +520,7 @@ class WebServer:
             self._thread.join(timeout_s)
         self.view.notify = None
         self._pool.shutdown(wait=False)
+        self.history.close()
 
     async def _start(self) -> None:
         self._frame_event = asyncio.Event()
@@ -505,9 +540,12 @@ class WebServer:
         app.router.add_get("/api/state", self._state)
         app.router.add_get("/api/metrics", self._metrics)
         app.router.add_get("/api/ws", self._ws)
+        app.router.add_get("/api/frame", self._frame)
         app.router.add_post("/api/exam", self._exam)
         app.router.add_post("/api/lmp", self._lmp)
         app.router.add_get("/api/thumb/{exam}/{name}", self._thumb)
+        app.router.add_get("/api/exams", self._exams)
+        app.router.add_get("/report/{exam}", self._report)
         app.router.add_route("*", "/api/{tail:.*}", self._not_found)
         one_line_bad_requests()
         flush_bad_request_lines(everything=True)  # a window of this server's own
@@ -911,6 +949,29 @@ class WebServer:
                               "today": today, "weeks": weeks}
         return web.json_response({"ok": True, "ga_dates_weeks": round(weeks, 2)})
 
+    # -- earlier exams (edge/web/history.py) -----------------------------------------------
+    async def _exams(self, request: web.Request) -> web.Response:
+        try:
+            limit = parse_limit(request.rel_url.query.getall("limit", []))
+        except BadQuery as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        exams, readable = await self.history.recent(limit, self.view.protocol)
+        return web.json_response({"exams": exams, "readable": readable})
+
+    async def _report(self, request: web.Request) -> web.Response:
+        """A printable report of one kept exam: the PIN first without a session."""
+        try:
+            lang = report_lang(request.rel_url.query.get("lang"),
+                               request.headers.get("Accept-Language"))
+        except BadQuery as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        uplink = self.uplink
+        box = {"device_id": getattr(uplink, "device_id", ""),
+               "clinic_id": getattr(uplink, "clinic_id", "")}
+        return await self.history.report(request.match_info["exam"], lang, self.rules, box,
+                                         self.sessions.valid(self._token(request)),
+                                         self.view.protocol)
+
     async def _thumb(self, request: web.Request) -> web.StreamResponse:
         exam_id, name = request.match_info["exam"], request.match_info["name"]
         wanted = f"{exam_id}/{name}"
@@ -919,8 +980,14 @@ class WebServer:
                   for row in exam.get("checklist", [])}
         match = next((p for p in listed if p and p.endswith("/" + wanted)
                       and p.count("/") == 2), None)
-        if match is None:
-            raise web.HTTPNotFound(text="no such thumbnail in the exam on screen")
+        if match is None:  # an earlier exam's: the path the journal lists, never the URL's
+            found, path = await self.history.thumbnail(exam_id, name)
+            if found == "gone":
+                raise web.HTTPNotFound(text="image no longer kept (the thumbnails' quota)")
+            if path is None:
+                raise web.HTTPNotFound(text="no such thumbnail in the exam on screen or the "
+                                            "journal")
+            match = str(path)
         path = (self.state_dir / match).resolve()
         if not path.is_relative_to(self.state_dir.resolve()) or not path.is_file():
             raise web.HTTPNotFound(text="thumbnail not written yet")
@@ -979,7 +1046,8 @@ class WebServer:
         while True:
             await self._frame_event.wait()
             self._frame_event.clear()
-            viewers = [v for v in self._viewers if v.video]
+            self._count_viewers()  # pollers that stopped are forgotten: no more frames
+            viewers = [v for v in (*self._viewers, *self._pollers.values()) if v.video]
             if not viewers:
                 continue
             wait = last + interval - time.monotonic()
@@ -1010,6 +1078,9 @@ class WebServer:
                 viewer.packet = packet
                 viewer.seq = latest.seq
                 viewer.wake.set()
+            self._packet = (latest.seq, time.monotonic(), packet)  # the same bytes, polled
+            ready, self._packet_ready = self._packet_ready, asyncio.Event()
+            ready.set()
 
     async def _send_loop(self, viewer: _Viewer) -> None:
         try:
@@ -1044,16 +1115,12 @@ class WebServer:
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         token = self._token(request) or ""
-        if len(self._viewers) >= MAX_VIEWERS:
-            raise web.HTTPServiceUnavailable(text=f"at most {MAX_VIEWERS} viewers at once")
-        if sum(1 for v in self._viewers if v.token == token) >= MAX_VIEWERS_PER_SESSION:
-            raise web.HTTPTooManyRequests(text=f"at most {MAX_VIEWERS_PER_SESSION} viewers "
-                                          f"per session: close another tab")
+        self._admit(token)
         ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20.0,
                                    compress=False)
         viewer = _Viewer(ws, token)
         self._viewers.add(viewer)  # counted before the handshake: no race past the caps
-        self.view.viewers = len(self._viewers)
+        self._count_viewers()
         sender = None
         try:
             await ws.prepare(request)
@@ -1076,5 +1143,95 @@ class WebServer:
             if sender is not None:
                 sender.cancel()
             self._viewers.discard(viewer)
-            self.view.viewers = len(self._viewers)
+            self._count_viewers()
         return ws
+
+    # -- the stream over HTTPS requests (a browser that refuses the WebSocket) -------------
+    def _count_viewers(self) -> int:
+        """Forget the pollers that stopped polling; the viewers now (sockets and pollers),
+        as the status strip shows them and as `LiveView.publish` wakes the encoder for."""
+        now = time.monotonic()
+        for key, poller in list(self._pollers.items()):
+            if not poller.polls and now - poller.last >= POLL_LINGER_S:
+                del self._pollers[key]
+        count = len(self._viewers) + len(self._pollers)
+        self.view.viewers = count
+        return count
+
+    def _admit(self, token: str) -> None:
+        """A new stream (a WebSocket, or a poller's first poll) within the caps."""
+        if self._count_viewers() >= MAX_VIEWERS:
+            raise web.HTTPServiceUnavailable(text=f"at most {MAX_VIEWERS} viewers at once")
+        mine = sum(1 for v in (*self._viewers, *self._pollers.values()) if v.token == token)
+        if mine >= MAX_VIEWERS_PER_SESSION:
+            raise web.HTTPTooManyRequests(text=f"at most {MAX_VIEWERS_PER_SESSION} viewers "
+                                          f"per session: close another tab")
+
+    @staticmethod
+    def _poll_query(request: web.Request) -> tuple[str, int, bool]:
+        """(stream id, after, heatmap) of a poll; anything else is one line of 400."""
+        query = request.rel_url.query
+        for key in query:
+            if key not in ("stream", "after", "heatmap"):
+                raise web.HTTPBadRequest(text="unknown query parameter: give only stream, "
+                                         "after and heatmap")
+            if len(query.getall(key)) > 1:
+                raise web.HTTPBadRequest(text=f"{key} is given more than once")
+        stream = query.get("stream", "")
+        if len(stream) > 32 or not POLL_STREAM_CHARS.issuperset(stream):
+            raise web.HTTPBadRequest(text="stream must be at most 32 letters, digits, - or _")
+        after = query.get("after", "0")
+        if not (0 < len(after) <= 16 and after.isascii() and after.isdigit()) \
+                or int(after) > MAX_SEQ:
+            raise web.HTTPBadRequest(text=f"after must be a whole number from 0 to {MAX_SEQ}")
+        heat = query.get("heatmap", "0")
+        if heat not in ("0", "1"):
+            raise web.HTTPBadRequest(text="heatmap must be 0 or 1")
+        return stream, int(after), heat == "1"
+
+    async def _frame(self, request: web.Request) -> web.Response:
+        """One poll: the next streamed frame with a seq above `after`, as exactly the
+        WebSocket's binary message, or 204 when none comes within POLL_WAIT_S. The
+        frames are the encoder's, shared with the sockets: nothing is encoded per poll."""
+        stream, after, heat = self._poll_query(request)
+        token = self._token(request) or ""
+        poller = self._pollers.get((token, stream))
+        if poller is None:
+            self._admit(token)
+            poller = self._pollers[(token, stream)] = _Poller(token)
+            self._count_viewers()  # from now on each published frame wakes the encoder
+        poller.heatmap = heat
+        poller.polls += 1
+        try:
+            packet = await self._next_packet(after)
+        finally:
+            poller.polls -= 1
+            poller.last = time.monotonic()
+            if poller.sweep is not None:
+                poller.sweep.cancel()
+            poller.sweep = asyncio.get_running_loop().call_later(POLL_LINGER_S + 0.1,
+                                                                 self._count_viewers)
+        if packet is None:
+            return web.Response(status=204, headers={"Cache-Control": "no-store"})
+        self.bytes_sent += len(packet)
+        return web.Response(body=packet, content_type="application/octet-stream",
+                            headers={"Cache-Control": "no-store"})
+
+    async def _next_packet(self, after: int) -> bytes | None:
+        latest = self.view.latest
+        if after > (latest.seq if latest is not None else 0):
+            after = 0  # a seq from before the box restarted: its frames start again at 1
+        fresh_s = 1.0 / self.settings.max_fps + 1.0  # an older one is no live image
+        deadline = time.monotonic() + POLL_WAIT_S
+        while True:
+            ready, got = self._packet_ready, self._packet
+            if got is not None and got[0] > after and time.monotonic() - got[1] <= fresh_s:
+                return got[2]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                async with asyncio.timeout(left):
+                    await ready.wait()
+            except TimeoutError:
+                return None

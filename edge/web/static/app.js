@@ -1,6 +1,7 @@
 // sonoedge: the midwife's screen. No framework, nothing fetched from outside the box.
-// The image and its overlay data arrive together in one WebSocket message per frame; the
-// overlay is drawn here, over the image, never burnt into its pixels.
+// The image and its overlay data arrive together in one WebSocket message per frame (or,
+// in a browser that refuses the WebSocket, one HTTPS answer per frame); the overlay is
+// drawn here, over the image, never burnt into its pixels.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -77,6 +78,7 @@ async function loadCatalog(lang) {
 
 function showLogin(message) {
   if (ws) { try { ws.close(); } catch (e) { /* closing anyway */ } ws = null; }
+  stopFallback();
   $("#app").hidden = true;
   $("#login").hidden = false;
   $("#login-error").textContent = message || "";
@@ -125,15 +127,39 @@ async function api(path, body) {
 
 // ---------------------------------------------------------------- stream
 
+// The stream comes over one WebSocket. A browser that will not open it while the box
+// answers its requests (iOS Safari and other WebKit browsers refuse wss:// to a
+// self-signed certificate the midwife accepted for the page itself) gets the same frames
+// by long polls instead (GET /api/frame: each answer is exactly a WebSocket frame
+// message) and the state from GET /api/state every second; it tries the WebSocket again
+// every stats.wsRetryMs and goes back to it as soon as one opens.
+const STATE_POLL_MS = 1000;
+stats.wsRetryMs = 60000;
+stats.transport = null; // how the frames come: "websocket" or "https" (the fallback)
+let wsOpened = false; // a WebSocket has opened on this page: this browser can
+let wsRefused = 0; // WebSockets in a row that closed unopened while the box answered
+let fallback = null; // the HTTPS fallback while it runs: {id, after, retry}
+
 function connect() {
   clearTimeout(reconnectTimer);
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  ws = new WebSocket(`${proto}//${location.host}/api/ws`);
-  ws.binaryType = "arraybuffer";
-  ws.onopen = () => {
-    ws.send(JSON.stringify({ heatmap: heatmapOn, video: true }));
+  let sock = null;
+  let opened = false;
+  try {
+    sock = new WebSocket(`${proto}//${location.host}/api/ws`);
+  } catch (e) { // a browser that will not even try
+    wsClosedUnopened();
+    return;
+  }
+  ws = sock;
+  sock.binaryType = "arraybuffer";
+  sock.onopen = () => {
+    opened = true; wsOpened = true; wsRefused = 0;
+    stopFallback();
+    stats.transport = "websocket";
+    sock.send(JSON.stringify({ heatmap: heatmapOn, video: true }));
   };
-  ws.onmessage = (ev) => {
+  sock.onmessage = (ev) => {
     if (typeof ev.data === "string") {
       const msg = JSON.parse(ev.data);
       if (msg.type === "state") { stats.states += 1; renderState(msg); }
@@ -141,22 +167,100 @@ function connect() {
     }
     onFrame(ev.data);
   };
-  ws.onclose = (ev) => {
-    ws = null;
+  sock.onclose = (ev) => {
+    if (ws === sock) ws = null;
     if (ev.code === 4401 || ev.code === 1008) { showLogin(t("login.expired")); return; }
     if ($("#app").hidden) return;
+    if (!opened) { wsClosedUnopened(); return; }
     setBanner(t("status.reconnecting"), true);
     reconnectTimer = setTimeout(checkSessionThenConnect, 1500);
   };
 }
 
-async function checkSessionThenConnect() {
+// true: the box answered with the state (rendered); false: it did not answer; null: the
+// session is over (the login is shown)
+async function checkSession() {
   try {
     const res = await fetch("/api/state", { credentials: "same-origin" });
-    if (res.status === 401) { showLogin(t("login.expired")); return; }
-    if (res.ok) renderState(await res.json());
+    if (res.status === 401) { showLogin(t("login.expired")); return null; }
+    if (res.ok) { renderState(await res.json()); return true; }
   } catch (e) { /* the box is restarting: try again */ }
-  connect();
+  return false;
+}
+
+async function checkSessionThenConnect() {
+  if (await checkSession() !== null) connect();
+}
+
+// A WebSocket closed before it opened: the box is away (restarting, out of reach), or this
+// browser refuses the socket while its requests get through. /api/state tells which.
+async function wsClosedUnopened() {
+  if (fallback) { retryLater(fallback); return; } // the fallback's retry: not yet
+  const reachable = await checkSession();
+  if (reachable === null || $("#app").hidden || fallback) return;
+  wsRefused = reachable ? wsRefused + 1 : 0;
+  // at once where no WebSocket has opened; twice in a row where one did (a restart)
+  if (wsRefused >= (wsOpened ? 2 : 1)) { startFallback(); return; }
+  setBanner(t("status.reconnecting"), true);
+  reconnectTimer = setTimeout(connect, 1500);
+}
+
+function startFallback() {
+  if (fallback) return;
+  const bytes = crypto.getRandomValues(new Uint8Array(12)); // this tab's stream, for the caps
+  const run = { id: Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(""),
+    after: 0, retry: null };
+  fallback = run;
+  stats.transport = "https";
+  retryLater(run);
+  pollFrames(run);
+  pollState(run);
+}
+
+function stopFallback() {
+  if (fallback) clearTimeout(fallback.retry);
+  fallback = null;
+}
+
+function retryLater(run) {
+  clearTimeout(run.retry);
+  run.retry = setTimeout(() => { if (fallback === run && !ws) connect(); }, stats.wsRetryMs);
+}
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+async function pollFrames(run) { // the next frame after the last one drawn, and again
+  while (fallback === run) {
+    let ok = false;
+    try {
+      const res = await fetch(`/api/frame?stream=${run.id}&after=${run.after}` +
+        `&heatmap=${heatmapOn ? 1 : 0}`, { credentials: "same-origin", cache: "no-store" });
+      if (fallback !== run) return;
+      if (res.status === 401) { showLogin(t("login.expired")); return; }
+      ok = res.status === 204; // none within the poll's wait: ask again
+      if (res.status === 200) {
+        const buffer = await res.arrayBuffer();
+        if (fallback !== run) return;
+        const header = await onFrame(buffer);
+        if (Number.isSafeInteger(header.seq)) run.after = header.seq;
+        ok = true;
+      }
+    } catch (e) { ok = false; }
+    if (!ok && fallback === run) { // the box away, or its viewers' cap: a moment
+      setBanner(t("status.reconnecting"), true);
+      await sleep(1500);
+    }
+  }
+}
+
+async function pollState(run) { // what the WebSocket's state message carries, every second
+  while (fallback === run) {
+    const answered = await checkSession();
+    if (answered === null) return;
+    if (answered) stats.states += 1;
+    else if (fallback === run) setBanner(t("status.reconnecting"), true);
+    await sleep(STATE_POLL_MS);
+  }
 }
 
 async function onFrame(buffer) {
@@ -172,6 +276,7 @@ async function onFrame(buffer) {
   if (pending && pending.bitmap) pending.bitmap.close();
   pending = { header, bitmap };
   requestAnimationFrame(draw);
+  return header;
 }
 
 function draw() {
@@ -442,6 +547,7 @@ function renderState(s) {
   renderHeatmapControl(st);
   renderExam(s);
   renderScreening(s.screening);
+  renderEarlier(s);
   if (shownHeader) renderTags(shownHeader); // the exam's figures may have changed
   if (shownHeader || st.signal !== "ok") renderInstruction(shownHeader);
 }
@@ -628,6 +734,91 @@ function examAction(action) {
   $("#start").disabled = true; // taken: no second tap while the box applies it
   $("#stop").disabled = true;
   api("/api/exam", { action }).catch(() => {});
+}
+
+// ---------------------------------------------------------------- earlier exams
+
+// The finished exams the box keeps (GET /api/exams, from its journal), so the figures and
+// images of the woman before stay at hand once the next exam has begun. Loaded with the
+// first state, and again whenever an exam starts or ends; a row opens the exam's printable
+// report (GET /report/<id>) in a new tab, so the live page stays as it is.
+const earlier = { exams: null, readable: true, key: undefined, lang: null, busy: false, again: false, loads: 0 };
+stats.earlier = earlier; // the tests see when the list was loaded
+
+function renderEarlier(s) {
+  const exam = s.exam;
+  const key = exam ? `${exam.exam_id}:${exam.running ? "running" : exam.ended_by || "ended"}` : "";
+  if (key !== earlier.key) { earlier.key = key; loadEarlier(); }
+  else if (earlier.exams && earlier.lang !== (catalog._lang || "en")) drawEarlier();
+}
+
+async function loadEarlier() {
+  if (earlier.busy) { earlier.again = true; return; }
+  earlier.busy = true;
+  try {
+    const res = await fetch("/api/exams?limit=20", { credentials: "same-origin" });
+    if (res.status === 401) { earlier.key = undefined; showLogin(t("login.expired")); return; }
+    if (res.ok) {
+      const body = await res.json();
+      earlier.exams = body.exams || [];
+      earlier.readable = body.readable !== false;
+      earlier.loads += 1;
+      drawEarlier();
+    }
+  } catch (e) {
+    earlier.key = undefined; // the box is restarting: the next state asks again
+  } finally {
+    earlier.busy = false;
+    if (earlier.again) { earlier.again = false; loadEarlier(); }
+  }
+}
+
+function examWhen(ts) { // "Today 14:05", or the day and the time
+  if (ts == null) return "";
+  const lang = catalog._lang || "en";
+  const when = new Date(ts * 1000);
+  const time = when.toLocaleTimeString(lang, { hour: "2-digit", minute: "2-digit" });
+  if (when.toDateString() === new Date().toDateString()) return t("history.today", { time });
+  return `${when.toLocaleDateString(lang, { day: "numeric", month: "short" })} ${time}`;
+}
+
+function drawEarlier() {
+  earlier.lang = catalog._lang || "en";
+  const exams = earlier.exams || [];
+  $("#earlier-note").textContent = !earlier.readable ? t("history.unreadable")
+    : exams.length ? "" : t("history.empty");
+  const list = $("#earlier-list");
+  list.textContent = "";
+  const part = (cls, text) => {
+    const el = document.createElement("span");
+    el.className = cls;
+    el.textContent = text;
+    return el;
+  };
+  for (const exam of exams) {
+    const a = document.createElement("a");
+    a.className = "earlier-row";
+    a.href = `/report/${encodeURIComponent(exam.exam_id)}?lang=${encodeURIComponent(earlier.lang)}`;
+    a.target = "_blank";
+    a.rel = "noopener";
+    a.dataset.exam = exam.exam_id;
+    const title = exam.protocol ? t("protocol." + exam.protocol, { _fallback: exam.title || exam.protocol })
+      : exam.title || "";
+    const bio = exam.biometry;
+    let figures = t("history.no_hc");
+    if (bio && bio.hc_mm != null) { // as the exam card gives them
+      const [ga, range] = gaLine(bio);
+      figures = [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }), ga + (range ? ` (${range})` : "")]
+        .filter(Boolean).join(" · ");
+    }
+    a.append(part("when", examWhen(exam.started_ts)), part("what", title),
+      part("badge" + (exam.captured === exam.required ? " done" : ""),
+        t("exam.progress", { n: exam.captured, m: exam.required })),
+      part("fig", figures));
+    const li = document.createElement("li");
+    li.appendChild(a);
+    list.appendChild(li);
+  }
 }
 
 // ---------------------------------------------------------------- wiring

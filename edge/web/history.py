@@ -1,0 +1,596 @@
+"""Earlier exams on the midwife's page, and a printable report of any exam the box keeps.
+
+An exam ends after a gap in the ultrasound and the next begins as soon as the probe shows
+content, so the page's exam card soon shows the next woman. Every finished exam is in the
+journal (`edge/store/journal.py`: table `exams`, its summary and its best frames, with the
+thumbnails' paths), and the thumbnails stay under `<state_dir>/thumbs/` within their quota
+(`edge/exam/thumbs.py`). From there the page lists the recent exams (`GET /api/exams`), shows
+the thumbnails of any of them (`GET /api/thumb/<exam>/<file>.jpg`) and prints a report of
+one (`GET /report/<exam>`).
+
+The web thread never touches the loop's journal connection. It opens its own, read-only
+(`mode=ro`), for each request, on a thread of its own (one: requests queue, never pile up
+connections), with a busy timeout, a bounded number of rows and bounded JSON per row
+(`wire.schema.loads_bounded`): the event loop never waits on the disk, and the loop's
+writes never wait on the page (WAL readers do not block the writer). A journal that is
+missing, locked or corrupt gives an empty list and one log line (once per cause, said
+again only after it was readable in between), never a 500.
+
+An exam is presented as `/api/state` presents the exam on screen (`edge.web.live.
+exam_snapshot`: its checklist of the protocol's slots with each one's best frame, captured
+and required, the biometry), plus what the journal adds: when it ended and how, the
+deficiencies seen most often, the model versions, and the head-shape flag of
+`edge.web.screening` (the cephalic index: it needs only the exam's BPD and OFD). The
+HC-for-dates flag needs the last period, which the page holds in memory only for the exam
+on screen: it is not kept, so neither listed nor printed.
+
+The journal keeps a slot's best frame only where it captured the slot; for a slot it
+missed, the best quality any frame of its planes reached comes from the summary's per-plane
+totals, with no image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import html
+import logging
+import math
+import re
+import sqlite3
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+from aiohttp import web
+
+from edge.exam.protocol import Protocol, ProtocolError, load_protocols
+from edge.exam.thumbs import THUMBS_DIR
+from edge.models.biometry import HADLOCK_1984_WEEKS
+from edge.store.journal import JOURNAL_FILE
+from edge.web import i18n
+from edge.web.screening import cephalic_index
+from wire.schema import PLANES, PayloadError, finite_number, loads_bounded
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 50
+BUSY_TIMEOUT_S = 1.0  # a read waits this long on a locked journal, then the list is empty
+MAX_JSON_BYTES = 64 * 1024  # per summary or best-frames column (a real exam's: about 1 kB)
+MAX_TEXT = 64  # a name, id or version read back from the journal, shown at most this long
+# Exam ids: the loop's are UUIDs (uuid4, or uuid5 from the run and the first frame's row);
+# a 16-hex id is the tally's own. Nothing else is looked up, so no id reaches a path.
+EXAM_ID_RE = re.compile(r"^[0-9a-f](?:[0-9a-f-]{14,34})[0-9a-f]$")
+THUMB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\.jpg$")  # thumbs.plane_slug + .jpg
+ENDED = ("gap", "command", "source_end", "recovered")
+BIOMETRY_KEYS = ("hc_mm", "bpd_mm", "ofd_mm", "ga_weeks", "ga_low_weeks", "ga_high_weeks",
+                 "hc_p10_mm", "hc_p90_mm")
+
+
+class BadQuery(ValueError):
+    """A query value the page never sends: one line, answered 400."""
+
+
+def parse_limit(given: list[str]) -> int:
+    """`?limit=` (every value given): DEFAULT_LIMIT when absent, else once, 1-MAX_LIMIT in
+    plain digits."""
+    if not given:
+        return DEFAULT_LIMIT
+    if len(given) > 1:
+        raise BadQuery("limit is given more than once")
+    raw = given[0]
+    if not (0 < len(raw) <= 3 and raw.isascii() and raw.isdigit()) \
+            or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadQuery(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def report_lang(raw: str | None, accept: str | None) -> str:
+    """`?lang=` (a language code; one the box has no catalog for is shown in English), or
+    the browser's first language when it is one the box has, or English."""
+    if raw is not None:
+        if len(raw) > 12 or not i18n.LANG_RE.match(raw):
+            raise BadQuery("lang must be a language code such as en or fr")
+        return raw if raw in i18n.languages() else i18n.DEFAULT
+    first = (accept or "")[:64].split(",", 1)[0].split(";", 1)[0].strip()[:2].lower()
+    return first if first in i18n.languages() else i18n.DEFAULT
+
+
+def _text(value: object, limit: int = MAX_TEXT) -> str:
+    return value[:limit] if isinstance(value, str) else ""
+
+
+def _number(value: object) -> float | None:
+    return float(value) if finite_number(value) else None
+
+
+def _count(value: object) -> int:
+    return int(value) if finite_number(value) and 0 <= value < 1e9 else 0
+
+
+@lru_cache(maxsize=1)
+def _shipped_protocols() -> dict[str, Protocol]:
+    try:
+        return load_protocols(None)
+    except ProtocolError as exc:  # checked at every start; a broken install lists no slots
+        log.warning("web: earlier exams: %s", exc)
+        return {}
+
+
+def protocol_titles(current: dict | None = None) -> dict[str, str]:
+    """Each protocol's title by name: the shipped file's, and the running protocol's (which
+    a site's own protocols file may have named)."""
+    titles = {name: p.title for name, p in _shipped_protocols().items()}
+    if current and isinstance(current.get("name"), str) and isinstance(current.get("title"),
+                                                                        str):
+        titles[current["name"]] = current["title"]
+    return titles
+
+
+# -- presentation ---------------------------------------------------------------------------
+def _best(plane: str, entry: dict) -> dict:
+    """A best frame as the state's checklist gives it (its source file name left out: a
+    clinic's file names may carry the woman's)."""
+    out: dict = {"plane": plane, "frame": _count(entry.get("frame")),
+                 "quality": _number(entry.get("quality")),
+                 "confidence": _number(entry.get("confidence"))}
+    thumb = entry.get("thumbnail")
+    if isinstance(thumb, str) and len(thumb) <= 200:
+        out["thumbnail"] = thumb
+    if _number(entry.get("hc_mm")) is not None:
+        out["hc_mm"] = float(entry["hc_mm"])
+    return out
+
+
+def _seen_quality(planes: dict, accepts: tuple[str, ...] | list[str]) -> float | None:
+    """The best quality any frame of these planes reached (the summary's per-plane totals:
+    [frames, best confidence, best quality])."""
+    found = [float(row[2]) for p in accepts if isinstance(row := planes.get(p), list)
+             and len(row) > 2 and finite_number(row[2])]
+    return max(found) if found else None
+
+
+def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> list[dict]:
+    """The exam's slots in the protocol's order, each captured or not with its best frame
+    (a captured slot's, from the journal's best frames; a missed slot's best quality only).
+    Without the protocol (or one that does not fit the summary: a site's own protocols
+    file), the captured planes and then the missed slots, by name."""
+    proto = summary.get("protocol") if isinstance(summary.get("protocol"), dict) else {}
+    missing = [m for m in proto.get("missing") or [] if isinstance(m, str)][:len(PLANES)]
+    planes = summary.get("planes") if isinstance(summary.get("planes"), dict) else {}
+    bests = {p: e for p, e in best_frames.items() if p in PLANES and isinstance(e, dict)}
+    rows: list[dict] = []
+    fits = protocol is not None and len(protocol.slots) == _count(proto.get("required")) \
+        and set(missing) <= {s.name for s in protocol.slots}
+    if fits:
+        for slot in protocol.slots:
+            row: dict = {"plane": slot.name, "captured": slot.name not in missing}
+            if len(slot.accepts) > 1:
+                row["accepts"] = list(slot.accepts)
+            found = [(p, bests[p]) for p in slot.accepts if p in bests]
+            if row["captured"] and found:
+                plane, entry = max(found, key=lambda pe: _number(pe[1].get("quality")) or 0.0)
+                row["best"] = _best(plane, entry)
+            elif (q := _seen_quality(planes, slot.accepts)) is not None:
+                row["best"] = {"plane": slot.accepts[0], "quality": q}
+            rows.append(row)
+        return rows
+    for plane in PLANES:
+        if plane in bests:
+            rows.append({"plane": plane, "captured": True, "best": _best(plane, bests[plane])})
+    for name in missing:
+        row = {"plane": name[:MAX_TEXT], "captured": False}
+        if (q := _seen_quality(planes, [name])) is not None:
+            row["best"] = {"plane": name, "quality": q}
+        rows.append(row)
+    return rows
+
+
+def present(summary: dict, best_frames: dict, titles: dict[str, str]) -> dict:
+    """One journaled exam as the page shows an exam (see the module's docstring)."""
+    proto = summary.get("protocol") if isinstance(summary.get("protocol"), dict) else {}
+    name = _text(proto.get("name"))
+    rows = checklist(summary, best_frames, _shipped_protocols().get(name))
+    bio_in = summary.get("biometry") if isinstance(summary.get("biometry"), dict) else None
+    bio = None
+    if bio_in is not None:
+        bio = {k: _number(bio_in.get(k)) for k in BIOMETRY_KEYS}
+        bio["measured"] = _count(bio_in.get("measured"))
+        bio["best_frames"] = _count(bio_in.get("best_frames"))
+        declined = bio_in.get("declined") if isinstance(bio_in.get("declined"), dict) else {}
+        bio["declined"] = {_text(k, 24): _count(v) for k, v in list(declined.items())[:8]}
+    faults = summary.get("deficiencies") if isinstance(summary.get("deficiencies"), dict) \
+        else {}
+    models = summary.get("models") if isinstance(summary.get("models"), dict) else {}
+    ended_by = _text(summary.get("ended_by"))
+    return {
+        "exam_id": _text(summary.get("exam_id")), "running": False,
+        "ended_by": ended_by if ended_by in ENDED else None,
+        "protocol": name, "title": titles.get(name, name),
+        "started_ts": _number(summary.get("started_ts")),
+        "ended_ts": _number(summary.get("ended_ts")),
+        "duration_s": _number(summary.get("duration_s")),
+        "frames": _count(summary.get("frames")),
+        "checklist": rows,
+        "captured": _count(proto.get("captured")),
+        "required": _count(proto.get("required")) or len(rows),
+        "biometry": bio,
+        "screening": {"cephalic_index": cephalic_index((bio or {}).get("bpd_mm"),
+                                                       (bio or {}).get("ofd_mm")),
+                      "hc_dates": None},
+        "deficiencies": {_text(k, 24): _count(v) for k, v in list(faults.items())[:8]},
+        "models": {_text(k, 32): _text(v, 16) for k, v in list(models.items())[:8]},
+    }
+
+
+# -- the journal, read-only ------------------------------------------------------------------
+class ExamHistory:
+    """The finished exams of the journal in `state_dir`, read for the page."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / JOURNAL_FILE
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web-history")
+        self._said: str | None = None  # the cause last said in the log, until readable
+        self.readable = True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def recent(self, limit: int, running: dict | None) -> tuple[list[dict], bool]:
+        """The `limit` most recent finished exams, newest first, and whether the journal
+        could be read ([] and False if not). `running`: the running protocol's name and
+        title (`LiveView.protocol`)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._recent, limit, running)
+
+    async def exam(self, exam_id: str, running: dict | None) -> dict | None:
+        """One exam by id, or None (not a valid id, not in the journal, unreadable)."""
+        if not EXAM_ID_RE.match(exam_id):
+            return None
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._one, exam_id, running)
+
+    async def thumbnail(self, exam_id: str, name: str) -> tuple[str, Path | None]:
+        """("unknown", None): not a thumbnail the journal lists for that exam; ("gone",
+        None): listed, but no longer on disk (the quota removed it); ("ok", path)."""
+        if not EXAM_ID_RE.match(exam_id) or not THUMB_NAME_RE.match(name):
+            return "unknown", None
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._thumbnail, exam_id, name)
+
+    async def report(self, exam_id: str, lang: str, rules, box: dict, session: bool,
+                     running: dict | None) -> web.Response:
+        """The report page of one exam; the login without a session; a 404 page for an id
+        that is malformed or not in the journal."""
+        text = i18n.catalog(lang, rules)
+        if not session:
+            return html_response(render_locked(text), 401)
+        exam = await self.exam(exam_id, running)
+        if exam is None:
+            return html_response(render_missing(text), 404)
+        return html_response(render_report(exam, text, box))
+
+    # executor thread ---------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise FileNotFoundError("no journal yet")
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _query(self, sql: str, args: tuple | dict) -> list[tuple] | None:
+        """Rows, or None with one line in the log when the journal cannot be read."""
+        try:
+            db = self._connect()
+            try:
+                rows = db.execute(sql, args).fetchall()
+            finally:
+                db.close()
+        except FileNotFoundError:  # the page is up before the loop opens the journal
+            self.readable = True  # nothing finished yet: an empty list, no alarm
+            if self._said is None:
+                self._said = ""
+                log.info("web: earlier exams: no journal yet at %s; none listed", self.path)
+            return None
+        except (sqlite3.Error, OSError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            self.readable = False
+            if reason != self._said:
+                self._said = reason
+                log.warning("web: earlier exams: cannot read the journal %s (%s); the page "
+                            "lists none", self.path, reason)
+            return None
+        if self._said:
+            log.info("web: earlier exams: the journal %s can be read again", self.path)
+        self._said = None
+        self.readable = True
+        return rows
+
+    @staticmethod
+    def _parse(raw: object) -> dict | None:
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "replace")
+        if not isinstance(raw, bytes):
+            return None
+        try:
+            value = loads_bounded(raw, MAX_JSON_BYTES)
+        except PayloadError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    _COLUMNS = ("SELECT exam_id, CASE WHEN length(CAST(summary AS BLOB)) <= :max THEN summary "
+                "END, CASE WHEN length(CAST(best_frames AS BLOB)) <= :max THEN best_frames END "
+                "FROM exams ")
+
+    def _exams(self, rows: list[tuple], running: dict | None) -> list[dict]:
+        titles = protocol_titles(running)
+        out = []
+        for exam_id, summary_raw, best_raw in rows:
+            summary = self._parse(summary_raw)
+            best = self._parse(best_raw)
+            if summary is None or not isinstance(exam_id, str) \
+                    or summary.get("exam_id") != exam_id:
+                continue  # damaged or oversized: skipped, the others listed
+            item = present(summary, best or {}, titles)
+            for row in item["checklist"]:
+                best_row = row.get("best") or {}
+                if "thumbnail" in best_row:
+                    best_row["kept"] = self._kept(exam_id, best_row["thumbnail"]) is not None
+            out.append(item)
+        return out
+
+    def _recent(self, limit: int, running: dict | None) -> tuple[list[dict], bool]:
+        rows = self._query(self._COLUMNS + "ORDER BY started_ts DESC, rowid DESC LIMIT :n",
+                           {"max": MAX_JSON_BYTES, "n": max(1, min(MAX_LIMIT, int(limit)))})
+        return ([], self.readable) if rows is None else (self._exams(rows, running), True)
+
+    def _one(self, exam_id: str, running: dict | None) -> dict | None:
+        rows = self._query(self._COLUMNS + "WHERE exam_id = :id LIMIT 1",
+                           {"max": MAX_JSON_BYTES, "id": exam_id})
+        found = self._exams(rows or [], running)
+        return found[0] if found else None
+
+    def _kept(self, exam_id: str, listed: str) -> Path | None:
+        """The file of a thumbnail path the journal lists, if it is one of this exam's
+        under the state dir and still there."""
+        parts = listed.split("/")
+        if len(parts) != 3 or parts[0] != THUMBS_DIR or parts[1] != exam_id \
+                or not THUMB_NAME_RE.match(parts[2]):
+            return None
+        root = self.state_dir.resolve()
+        path = (root / listed).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            return None
+        return path
+
+    def _thumbnail(self, exam_id: str, name: str) -> tuple[str, Path | None]:
+        rows = self._query("SELECT CASE WHEN length(CAST(best_frames AS BLOB)) <= ? THEN "
+                           "best_frames END FROM exams WHERE exam_id = ? LIMIT 1",
+                           (MAX_JSON_BYTES, exam_id))
+        best = self._parse(rows[0][0]) if rows else None
+        wanted = f"{THUMBS_DIR}/{exam_id}/{name}"
+        listed = [e.get("thumbnail") for e in (best or {}).values() if isinstance(e, dict)]
+        if wanted not in listed:  # the path comes from the journal, never from the URL
+            return "unknown", None
+        path = self._kept(exam_id, wanted)
+        return ("ok", path) if path is not None else ("gone", None)
+
+
+# -- the report ------------------------------------------------------------------------------
+def _plural(text: dict[str, str], key: str, n: int) -> str:
+    one = n in (0, 1) if text.get("_lang") == "fr" else n == 1
+    return text.get(f"{key}.one", text.get(key, key)) if one else text.get(key, key)
+
+
+def _t(text: dict[str, str], key: str, fallback: str | None = None, **values) -> str:
+    """The catalog's text for `key` with {names} filled in; `n` picks the plural form."""
+    n = values.get("n")
+    template = _plural(text, key, n) if isinstance(n, int) and f"{key}.one" in text \
+        else text.get(key, key if fallback is None else fallback)
+    return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), template)
+
+
+def weeks_days(text: dict[str, str], weeks: float) -> str:
+    days = math.floor(weeks * 7 + 0.5)  # as the page rounds (JavaScript's Math.round)
+    return _t(text, "overlay.wd", w=days // 7, d=days % 7)
+
+
+def ga_range(text: dict[str, str], bio: dict) -> str:
+    """The age's range as the page gives it: a bound outside Hadlock's span as < or >."""
+    lo, hi = bio.get("ga_low_weeks"), bio.get("ga_high_weeks")
+    if lo is None and hi is None:
+        return ""
+    if lo is not None and hi is not None and hi <= lo:
+        return ""
+    low = weeks_days(text, lo) if lo is not None else f"< {weeks_days(text, HADLOCK_1984_WEEKS[0])}"
+    high = weeks_days(text, hi) if hi is not None else \
+        f"> {weeks_days(text, HADLOCK_1984_WEEKS[1])}"
+    return f"{low} – {high}"
+
+
+def _utc(ts: float | None, part: str) -> str:
+    """A <time> the report's script shows in the viewer's own time zone (UTC until then)."""
+    if ts is None:
+        return "—"
+    when = dt.datetime.fromtimestamp(ts, dt.UTC)
+    shown = when.strftime("%Y-%m-%d" if part == "date" else "%H:%M UTC")
+    return (f'<time datetime="{when.isoformat(timespec="seconds")}" data-part="{part}">'
+            f"{shown}</time>")
+
+
+def _page(text: dict[str, str], title: str, body: str, cls: str = "") -> str:
+    lang = html.escape(text.get("_lang", "en"))
+    return ("<!doctype html>\n"
+            f'<html lang="{lang}">\n<head>\n<meta charset="utf-8">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            '<meta name="color-scheme" content="light">\n'
+            f"<title>{html.escape(title)}</title>\n"
+            '<link rel="icon" href="/static/icon.svg" type="image/svg+xml">\n'
+            '<link rel="stylesheet" href="/static/report.css">\n'
+            '<script src="/static/report.js" defer></script>\n</head>\n'
+            f'<body class="{cls}">\n{body}\n</body>\n</html>\n')
+
+
+def _bar(text: dict[str, str]) -> str:
+    e = html.escape
+    return ('<nav class="bar noprint">'
+            f'<a class="button" href="/">{e(_t(text, "report.back"))}</a>'
+            f'<button id="print" type="button" class="primary">{e(_t(text, "report.print"))}'
+            "</button></nav>")
+
+
+def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
+    """The printable report of one exam (every value escaped; no inline script or style)."""
+    e = html.escape
+    exam_id = exam["exam_id"]
+    out = [_bar(text), "<main>", "<header>",
+           f'<h1>{e(_t(text, "report.title"))}</h1>']
+    ids = [_t(text, key, id=_text(box.get(k))) for k, key in
+           (("device_id", "report.box"), ("clinic_id", "report.clinic")) if box.get(k)]
+    if ids:
+        out.append(f'<p class="ids">{e(" · ".join(ids))}</p>')
+    out.append(f'<p class="aid">{e(_t(text, "screen.aid"))}</p></header>')
+
+    # when, how it ended, the protocol
+    title = _t(text, "protocol." + exam["protocol"], fallback=exam["title"] or exam["protocol"])
+    minutes = max(1, round((exam["duration_s"] or 0) / 60))
+    ended = exam["ended_by"] or "gap"
+    facts = [
+        ("report.date", _utc(exam["started_ts"], "date")),
+        ("report.time", e(_t(text, "report.times", start="\x00", end="\x01", min=minutes))
+         .replace("\x00", _utc(exam["started_ts"], "time"))
+         .replace("\x01", _utc(exam["ended_ts"], "time"))),
+        ("report.ended", e(_t(text, "report.ended_" + ended))),
+        ("report.protocol", e(title)),
+        ("report.planes", e(_t(text, "report.captured_of", n=exam["captured"],
+                               m=exam["required"]))),
+    ]
+    out.append('<section class="facts"><dl>')
+    for key, value in facts:
+        out.append(f"<dt>{e(_t(text, key))}</dt><dd>{value}</dd>")
+    out.append("</dl></section>")
+
+    # the head's figures, and how the age was obtained
+    bio = exam["biometry"] or {}
+    out.append(f'<section class="bio"><h2>{e(_t(text, "report.biometry"))}</h2>')
+    if bio.get("hc_mm") is not None:
+        rows = [(_t(text, "report.hc"), _t(text, "report.mm", mm=f"{bio['hc_mm']:.1f}"))]
+        for key in ("bpd_mm", "ofd_mm"):
+            if bio.get(key) is not None:
+                rows.append((_t(text, "report." + key[:3]),
+                             _t(text, "report.mm", mm=f"{bio[key]:.1f}")))
+        if bio.get("ga_weeks") is not None:
+            age = weeks_days(text, bio["ga_weeks"])
+            span = ga_range(text, bio)
+            rows.append((_t(text, "report.ga"),
+                         age + (" (" + _t(text, "report.range", range=span) + ")"
+                                if span else "")))
+        else:
+            rows.append((_t(text, "report.ga"), _t(text, "report.ga_outside")))
+        out.append('<table class="figures">' + "".join(
+            f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows) + "</table>")
+        how = _t(text, "report.ga_how", n=bio["best_frames"], m=bio["measured"])
+        out.append(f'<p class="how">{e(how)}</p>')
+    else:
+        out.append(f'<p class="figures none">{e(_t(text, "report.not_measured"))}</p>')
+        why = [(_t(text, "bio." + k, fallback=k), n) for k, n in bio.get("declined", {}).items()]
+        if any(label for label, _ in why):
+            out.append("<ul>" + "".join(
+                f"<li>{e(_t(text, 'report.frames', label=label, n=n))}</li>"
+                for label, n in why if label) + "</ul>")
+    out.append("</section>")
+
+    # the head-shape flag the page shows (the dates' flag needs a period not kept)
+    ci = (exam.get("screening") or {}).get("cephalic_index")
+    out.append(f'<section class="screen"><h2>{e(_t(text, "screen.title"))}</h2><ul>')
+    if ci:
+        key = f"screen.ci_{ci['flag']}" if ci.get("flag") else "screen.ci_ok"
+        line = _t(text, key, ci=f"{ci['ci']:.0f}", low=ci["low"], high=ci["high"])
+        flagged = ' class="flag"' if ci.get("flag") else ""
+        out.append(f"<li{flagged}>{e(line)}</li>")
+    else:
+        out.append(f"<li>{e(_t(text, 'screen.no_head'))}</li>")
+    out.append(f"<li>{e(_t(text, 'report.dates_not_kept'))}</li></ul>")
+    out.append(f'<p class="fine">{e(_t(text, "screen.limits"))}</p></section>')
+
+    # the checklist with the thumbnails
+    out.append(f'<section class="planes"><h2>{e(_t(text, "report.checklist"))}</h2>'
+               '<ul class="checklist">')
+    for row in exam["checklist"]:
+        best = row.get("best") or {}
+        name = _t(text, "slot." + row["plane"], fallback=_t(
+            text, "plane." + row["plane"], fallback=row["plane"]))
+        out.append(f'<li class="{"captured" if row["captured"] else "missed"}">')
+        thumb = best.get("thumbnail")
+        if thumb and best.get("kept"):
+            file = thumb.split("/")[2]
+            src = f"/api/thumb/{urllib.parse.quote(exam_id)}/{urllib.parse.quote(file)}"
+            out.append(f'<img class="thumb" src="{e(src)}" alt="{e(name)}" '
+                       f'data-gone="{e(_t(text, "report.gone"))}">')
+        elif thumb:
+            out.append(f'<div class="thumb empty">{e(_t(text, "report.gone"))}</div>')
+        else:
+            out.append(f'<div class="thumb empty">{e(_t(text, "report.no_image"))}</div>')
+        mark = "✓ " if row["captured"] else "✗ "
+        out.append(f'<div class="name">{e(mark + name)}</div>')
+        state = _t(text, "report.captured" if row["captured"] else "report.not_captured")
+        quality = best.get("quality")
+        if quality is not None:
+            state += " · " + _t(text, "report.quality", pct=round(quality * 100))
+        out.append(f'<div class="q">{e(state)}</div></li>')
+    out.append("</ul></section>")
+
+    # faults, models, ids
+    faults = exam.get("deficiencies") or {}
+    if faults:
+        out.append(f'<section class="faults"><h2>{e(_t(text, "report.deficiencies"))}</h2><ul>')
+        for name, n in faults.items():
+            label = _t(text, "deficiency." + name, fallback=name)
+            out.append(f"<li>{e(_t(text, 'report.frames', label=label, n=n))}</li>")
+        out.append("</ul></section>")
+    models = " · ".join(f"{k} {v}" for k, v in exam.get("models", {}).items())
+    out.append('<footer>')
+    if models:
+        out.append(f'<p>{e(_t(text, "report.models"))}: {e(models)}</p>')
+    out.append(f'<p>{e(_t(text, "report.exam_id", id=exam_id))}</p>')
+    out.append(f'<p class="aid">{e(_t(text, "screen.aid"))}</p></footer></main>')
+    return _page(text, f'{_t(text, "report.title")} · {title}', "\n".join(out), "report")
+
+
+def render_locked(text: dict[str, str]) -> str:
+    """The report's login: the PIN, sent by the report's own script, then the report."""
+    e = html.escape
+    messages = {f"data-{k}": _t(text, f"login.{k}") for k in
+                ("wrong", "wrong_wait", "braked", "busy", "unreachable")}
+    data = " ".join(f'{k}="{e(v)}"' for k, v in messages.items())
+    body = ('<form id="report-login" class="card" autocomplete="off">'
+            f'<h1>{e(_t(text, "app.title"))}</h1>'
+            f'<p class="sub">{e(_t(text, "report.locked"))}</p>'
+            f'<label for="pin">{e(_t(text, "login.prompt"))}</label>'
+            '<input id="pin" name="pin" type="password" inputmode="numeric" maxlength="64" '
+            'autocomplete="current-password" required>'
+            f'<button id="unlock" type="submit" class="primary">{e(_t(text, "login.unlock"))}'
+            f'</button><p id="login-error" class="error" role="alert" {data}></p></form>')
+    return _page(text, _t(text, "app.title"), body, "locked")
+
+
+def render_missing(text: dict[str, str]) -> str:
+    e = html.escape
+    body = (f'<main class="missing"><p class="one">{e(_t(text, "report.not_found"))}</p>'
+            f'<p><a class="button" href="/">{e(_t(text, "report.back"))}</a></p></main>')
+    return _page(text, _t(text, "report.not_found"), body, "report")
+
+
+def html_response(body: str, status: int = 200) -> web.Response:
+    # a patient's figures: kept by no cache, the browser's own included
+    return web.Response(text=body, status=status, content_type="text/html",
+                        headers={"Cache-Control": "no-store"})

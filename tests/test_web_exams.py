@@ -1,0 +1,288 @@
+"""Earlier exams on the midwife's page and the printable report of a kept exam, against
+`sonoedge run --web` over TLS on a clip of real frames: HC18 heads, a gap with no image
+longer than `[exam] end_gap_s` (the first exam ends, as when the probe is lifted), other
+HC18 heads (the next woman's exam, ended with the recording).
+
+One device and one browser serve the module, in file order: the routes refuse without a
+session, the page lists each exam as it ends and opens the first one's report (its HC, GA
+and thumbnail), the list is newest first with each exam's biometry as the journal has it,
+hostile ids and limits are 400/404 in one line, a thumbnail the quota removed is said in
+words, and a corrupt journal is an empty list and one log line with the page still up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.web_harness import (
+    HEADS,
+    SCREEN_H,
+    SCREEN_W,
+    _screen,
+    chromium,
+    device,
+    http,
+    login_cookie,
+    wait_for,
+)
+
+pytest.importorskip("playwright")
+
+POLL = {"timeout": 90_000, "polling": 250}
+FPS = 15.0
+PER_HEAD = 12
+GAP_S = 7.0  # without ultrasound, longer than the harness's end_gap_s of 5 s
+TABLET = {"width": 1280, "height": 800}
+LOG_LINE = "earlier exams: cannot read the journal"
+
+
+def two_exam_clip(data_dir: Path, dest: Path) -> Path:
+    """Black, three heads, a gap with no image, three other heads: two exams."""
+    rng = np.random.default_rng(19)
+    black = np.zeros((SCREEN_H, SCREEN_W, 3), np.uint8)
+    frames = [black] * int(FPS)
+    for i, group in enumerate((HEADS[:3], HEADS[3:])):
+        if i:
+            frames += [black] * int(GAP_S * FPS)
+        for name in group:
+            image = cv2.imread(str(data_dir / "hc18" / "images" / name))
+            frames += [_screen(image, rng, k > 0) for k in range(PER_HEAD)]
+    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), FPS,
+                             (SCREEN_W, SCREEN_H))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return dest
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("exams")
+    clip = two_exam_clip(data_dir, tmp / "clip.avi")
+    with device(tmp, clip) as (base, proc):
+        yield {"base": base, "proc": proc, "tmp": tmp, "state": tmp / "state",
+               "log": tmp / "device.log"}
+
+
+@pytest.fixture(scope="module")
+def browser(box):
+    with chromium(box["tmp"]) as context:
+        yield context
+
+
+def journaled(box) -> list[tuple[str, dict, dict]]:
+    """(exam id, summary, best frames) of the journal's exams, oldest first: the truth the
+    page is checked against, read as the page must (read-only, beside the live writer)."""
+    path = box["state"] / "journal.sqlite"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = db.execute("SELECT exam_id, summary, best_frames FROM exams "
+                          "ORDER BY started_ts").fetchall()
+    finally:
+        db.close()
+    return [(i, json.loads(s), json.loads(b)) for i, s, b in rows]
+
+
+@pytest.fixture(scope="module")
+def ended(box):
+    """Both exams finished and journaled (the clip has ended); the session's cookie."""
+    cookie = login_cookie(box["base"])
+
+    def phase():
+        state = json.loads(http(box["base"] + "/api/state", cookie=cookie)[2])
+        return state["status"]["phase"] == "ended" and len(journaled(box)) == 2
+
+    wait_for(phase, 120, "the clip to end with two exams journaled", poll_s=0.5)
+    exams = journaled(box)
+    for _, summary, _ in exams:
+        assert (summary.get("biometry") or {}).get("hc_mm"), summary  # heads were measured
+    return {"cookie": cookie, "exams": exams}
+
+
+def weeks_days(weeks: float) -> str:
+    days = math.floor(weeks * 7 + 0.5)
+    return f"{days // 7}w {days % 7}d"
+
+
+def test_without_a_session_the_list_is_401_and_the_report_asks_for_the_pin(box):
+    base = box["base"]
+    status, _, _ = http(base + "/api/exams")
+    assert status == 401
+    status, _, _ = http(base + "/api/exams", cookie="sonoedge_session=forged")
+    assert status == 401
+    status, headers, body = http(f"{base}/report/{uuid.uuid4()}")
+    page = body.decode()
+    assert status == 401 and 'id="report-login"' in page and 'type="password"' in page
+    assert headers["Cache-Control"] == "no-store"
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert "<script>" not in page and "style=" not in page  # own files only (CSP)
+
+
+def test_the_page_lists_each_exam_as_it_ends_and_opens_its_report(box, browser):
+    page = browser.new_page()
+    page.set_viewport_size(TABLET)
+    # a report's link opened on a tablet that has no session: the PIN, then the page asked
+    page.goto(f"{box['base']}/report/{uuid.uuid4()}")
+    page.fill("#pin", "0000")
+    page.click("#unlock")
+    page.wait_for_function("document.querySelector('#login-error').textContent.length", **POLL)
+    assert "Wrong PIN" in page.text_content("#login-error")
+    page.fill("#pin", "4827")
+    page.click("#unlock")
+    page.wait_for_selector("main.missing")  # that exam is not on this box: one line
+    assert page.text_content("main.missing .one") == "No such exam on this box."
+    page.goto(box["base"] + "/")  # the session is the page's too
+    page.wait_for_selector("#app:not([hidden])")
+    # the first exam ends with the gap: the panel shows it without a reload
+    page.wait_for_function("document.querySelectorAll('#earlier-list a').length >= 1", **POLL)
+    page.wait_for_function("window.sonoedge.lastState.status.phase === 'ended' && "
+                           "document.querySelectorAll('#earlier-list a').length === 2", **POLL)
+    assert page.evaluate("window.sonoedge.earlier.loads") >= 2  # loaded again as each ended
+    (first_id, first, _), (second_id, second, _) = journaled(box)
+    rows = page.query_selector_all("#earlier-list a")
+    assert [r.get_attribute("data-exam") for r in rows] == [second_id, first_id]
+    for row, summary in zip(rows, (second, first), strict=True):
+        text = row.text_content()
+        assert f"HC {summary['biometry']['hc_mm']:.0f} mm" in text, text
+        assert "GA " + weeks_days(summary["biometry"]["ga_weeks"]) in text, text
+        assert "1 of 1" in text and "Fetal biometry" in text
+        assert row.bounding_box()["height"] >= 48  # a row is a thumb's target
+    # the exam card shows the second exam; the first is a tap away
+    with browser.expect_page() as opened:
+        rows[1].click()
+    report = opened.value
+    report.wait_for_load_state()
+    assert report.url.startswith(f"{box['base']}/report/{first_id}")
+    text = report.text_content("main")
+    bio = first["biometry"]
+    assert f"{bio['hc_mm']:.1f} mm" in text and f"{bio['bpd_mm']:.1f} mm" in text, text
+    assert weeks_days(bio["ga_weeks"]) in text
+    assert weeks_days(bio["ga_low_weeks"]) in text and weeks_days(bio["ga_high_weeks"]) in text
+    assert "Hadlock (1984)" in text and "A screening aid, not a diagnosis" in text
+    assert "cephalic index" in text and "1 of 1 captured" in text
+    assert f"{second['biometry']['hc_mm']:.1f} mm" not in text  # the other woman's
+    report.wait_for_function("document.querySelector('img.thumb') && "
+                             "document.querySelector('img.thumb').complete && "
+                             "document.querySelector('img.thumb').naturalWidth > 0", **POLL)
+    assert report.is_visible("#print")
+    report.emulate_media(media="print")
+    assert not report.is_visible("#print") and report.is_visible("img.thumb")
+    report.emulate_media(media="screen")
+    report.close()
+    # in French, from the page's own catalog
+    page.select_option("#controls select.lang", "fr")
+    page.wait_for_function("document.querySelector('#earlier-title').textContent === "
+                           "'Examens précédents'", **POLL)
+    href = page.get_attribute("#earlier-list a", "href")
+    assert href.endswith("?lang=fr")
+    status, _, body = http(box["base"] + href, cookie=login_cookie(box["base"]))
+    assert status == 200 and "Compte rendu d&#x27;examen" in body.decode()
+    page.close()
+
+
+def test_the_list_is_newest_first_with_each_exams_biometry(box, ended):
+    base, cookie = box["base"], ended["cookie"]
+    (first_id, first, _), (second_id, second, _) = ended["exams"]
+    status, headers, body = http(base + "/api/exams", cookie=cookie)
+    assert status == 200 and headers["Cache-Control"] == "no-store"
+    listed = json.loads(body)["exams"]
+    assert [e["exam_id"] for e in listed] == [second_id, first_id]
+    assert listed[0]["started_ts"] > listed[1]["started_ts"]
+    assert [e["ended_by"] for e in listed] == ["source_end", "gap"]
+    for item, summary in zip(listed, (second, first), strict=True):
+        for key in ("hc_mm", "bpd_mm", "ofd_mm", "ga_weeks", "ga_low_weeks", "ga_high_weeks"):
+            assert item["biometry"][key] == summary["biometry"][key], key
+        assert item["screening"]["cephalic_index"]["ci"] > 0
+        assert item["models"] == summary["models"] and item["models"]
+        assert (item["captured"], item["required"]) == (1, 1)
+        assert item["title"] == "Fetal biometry: head"
+        (slot,) = item["checklist"]
+        assert slot["captured"] and slot["best"]["quality"] >= 0.5
+        assert slot["best"]["thumbnail"].startswith(f"thumbs/{item['exam_id']}/")
+        assert "source" not in slot["best"]  # a clinic's file names may carry a name
+    # the exam on screen is the newest; a limit gives the newest only
+    state = json.loads(http(base + "/api/state", cookie=cookie)[2])
+    assert state["exam"]["exam_id"] == second_id
+    one = json.loads(http(base + "/api/exams?limit=1", cookie=cookie)[2])["exams"]
+    assert [e["exam_id"] for e in one] == [second_id]
+
+
+def test_thumbnails_come_from_the_journal_and_hostile_values_are_one_line(box, ended):
+    base, cookie = box["base"], ended["cookie"]
+    (first_id, _, best), _ = ended["exams"]
+    path = next(b["thumbnail"] for b in best.values() if b.get("thumbnail"))
+    name = path.split("/")[2]
+    # the first exam is no longer on screen: its thumbnail comes by the journal
+    status, headers, body = http(f"{base}/api/thumb/{first_id}/{name}", cookie=cookie)
+    assert status == 200 and body[:2] == b"\xff\xd8"
+    assert headers["Cache-Control"] == "no-store"
+    for url in (f"/api/thumb/{uuid.uuid4()}/{name}",  # an exam not in the journal
+                f"/api/thumb/{first_id}/femur.jpg",  # a file it does not list
+                f"/api/thumb/{first_id}/..%2F..%2Fweb-pin.json",
+                f"/api/thumb/..%2F..%2Fweb-tls/{name}",
+                f"/api/thumb/{first_id}%2F..%2F..%2Fweb-tls/cert.pem",
+                f"/api/thumb/{first_id}/%2e%2e"):
+        status, _, body = http(base + url, cookie=cookie)
+        assert status == 404, (url, status, body[:200])
+        assert b"\n" not in body.strip() and len(body) < 200, body[:300]
+    for query in ("limit=", "limit=abc", "limit=-1", "limit=0", "limit=51", "limit=1e3",
+                  "limit=%00", "limit=" + "9" * 4000, "limit=5&limit=6"):
+        status, _, body = http(f"{base}/api/exams?{query}", cookie=cookie)
+        assert status == 400, (query[:40], status, body[:200])
+        assert b"\n" not in body.strip() and len(body) < 200, body[:300]
+    for exam in ("..%2F..%2Fetc%2Fpasswd", "%3Cscript%3E", str(uuid.uuid4()), "x" * 300):
+        status, headers, body = http(f"{base}/report/{exam}", cookie=cookie)
+        assert status == 404 and headers["Cache-Control"] == "no-store", (exam, status)
+        assert re.search(rb'<p class="one">[^<\n]+</p>', body), body[:300]
+    status, _, body = http(f"{base}/report/{first_id}?lang=..%2Fx", cookie=cookie)
+    assert status == 400 and b"\n" not in body.strip()
+
+
+def test_a_thumbnail_the_quota_removed_is_said_in_words(box, ended):
+    base, cookie = box["base"], ended["cookie"]
+    (first_id, _, best), _ = ended["exams"]
+    path = next(b["thumbnail"] for b in best.values() if b.get("thumbnail"))
+    # what ThumbStore._make_room does to the oldest exams' folders
+    for file in (box["state"] / "thumbs" / first_id).iterdir():
+        file.unlink()
+    (box["state"] / "thumbs" / first_id).rmdir()
+    status, _, body = http(f"{base}/api/thumb/{first_id}/{path.split('/')[2]}", cookie=cookie)
+    assert status == 404 and b"no longer kept" in body
+    status, _, body = http(f"{base}/report/{first_id}", cookie=cookie)
+    page = body.decode()
+    assert status == 200 and "Image no longer kept" in page and 'class="thumb"' not in page
+    assert f"{ended['exams'][0][1]['biometry']['hc_mm']:.1f} mm" in page  # figures stay
+
+
+def test_a_corrupt_journal_is_an_empty_list_and_one_log_line(box, ended):
+    base, cookie = box["base"], ended["cookie"]
+    first_id = ended["exams"][0][0]
+    seen = len(box["log"].read_text().splitlines())
+    # the card went bad under the file and its write-ahead log (where the newest pages are)
+    for name in ("journal.sqlite", "journal.sqlite-wal"):
+        path = box["state"] / name
+        size = path.stat().st_size if path.exists() else 4096
+        path.write_bytes((b"not a journal: a damaged card " * (size // 30 + 1))[:size])
+    for _ in range(3):
+        status, _, body = http(base + "/api/exams", cookie=cookie)
+        assert status == 200, body[:300]
+        assert json.loads(body) == {"exams": [], "readable": False}
+    status, _, body = http(f"{base}/report/{first_id}", cookie=cookie)
+    assert status == 404 and b"Traceback" not in body
+    assert http(base + "/api/state", cookie=cookie)[0] == 200  # the page is still up
+    assert box["proc"].poll() is None
+    time.sleep(0.3)
+    said = [line for line in box["log"].read_text().splitlines()[seen:] if LOG_LINE in line]
+    assert len(said) == 1, said
+    assert "Traceback" not in box["log"].read_text()
