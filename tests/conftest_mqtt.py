@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,6 +64,30 @@ def postgres():
     pg = Postgres().start()
     yield pg
     pg.stop()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A database of its own on the test cluster, dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield postgres.url.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path) -> str:
+    """The collector's database on each backend: a SQLite file, or a PostgreSQL database
+    of its own."""
+    if request.param == "sqlite":
+        return str(tmp_path / "central.sqlite3")
+    return request.getfixturevalue("pg_url")
 
 
 class CollectorProc:

@@ -15,10 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import replace
-
-import pytest
 
 from central.dashboard import queries
 from central.dashboard.store import open_db, refresh
@@ -30,28 +27,8 @@ from tests.test_central import message, row
 from tests.test_hardening import device_config, exams_at, report, run_args
 
 postgres, broker, collectors = fx.postgres, fx.broker, fx.collectors  # fixtures
+pg_url, url = fx.pg_url, fx.url  # fixtures
 
-
-@pytest.fixture
-def pg_url(postgres):
-    """A database of its own on the test cluster, dropped afterwards."""
-    import psycopg
-    from psycopg import sql
-
-    name = f"resent_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield postgres.url.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "central.sqlite3")
-    return request.getfixturevalue("pg_url")
 
 
 def at(payload: dict, received: float) -> Row:

@@ -26,31 +26,10 @@ from central.dashboard.store import open_db, refresh
 from central.db import Row, Store
 from tests import conftest_mqtt as fx
 
-postgres = fx.postgres  # fixture
+postgres, pg_url, url = fx.postgres, fx.pg_url, fx.url  # fixtures
 
 DAY = C.DAY_S
 
-
-@pytest.fixture
-def pg_url(postgres):
-    """A database of its own on the test cluster, dropped afterwards."""
-    import psycopg
-    from psycopg import sql
-
-    name = f"holes_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield postgres.url.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "central.sqlite3")
-    return request.getfixturevalue("pg_url")
 
 
 # -- the reference: the search the Clinics page ran before the rollup (schema 5) --------------

@@ -146,9 +146,11 @@ def test_the_page_lists_each_exam_as_it_ends_and_opens_its_report(box, browser):
     page.wait_for_selector("#app:not([hidden])")
     # the first exam ends with the gap: the panel shows it without a reload
     page.wait_for_function("document.querySelectorAll('#earlier-list a').length >= 1", **POLL)
+    seen_first_alone = page.evaluate("document.querySelectorAll('#earlier-list a').length") == 1
     page.wait_for_function("window.sonoedge.lastState.status.phase === 'ended' && "
                            "document.querySelectorAll('#earlier-list a').length === 2", **POLL)
-    assert page.evaluate("window.sonoedge.earlier.loads") >= 2  # loaded again as each ended
+    if seen_first_alone:  # (a slow page may open after both ended: then one load is right)
+        assert page.evaluate("window.sonoedge.earlier.loads") >= 2  # again as each ended
     (first_id, first, _), (second_id, second, _) = journaled(box)
     rows = page.query_selector_all("#earlier-list a")
     assert [r.get_attribute("data-exam") for r in rows] == [second_id, first_id]

@@ -435,6 +435,7 @@ def _page(text: dict[str, str], title: str, body: str, cls: str = "") -> str:
             '<meta name="color-scheme" content="light">\n'
             f"<title>{html.escape(title)}</title>\n"
             '<link rel="icon" href="/static/icon.svg" type="image/svg+xml">\n'
+            '<link rel="stylesheet" href="/static/base.css">\n'
             '<link rel="stylesheet" href="/static/report.css">\n'
             '<script src="/static/report.js" defer></script>\n</head>\n'
             f'<body class="{cls}">\n{body}\n</body>\n</html>\n')
