@@ -259,7 +259,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     if settings.web.listen:  # the page is up while the models load, and says so
         from edge.web import start_web
 
-        web = start_web(settings.web, state_dir, settings.exam.end_gap_s)
+        web = start_web(settings.web, state_dir, settings.exam.end_gap_s,
+                        settings.exam.protocols_file)
     scorer = make_scorer(settings)
     models = scorer.model_versions()
     mqtt = settings.mqtt

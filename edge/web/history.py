@@ -40,7 +40,6 @@ import re
 import sqlite3
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 
 from aiohttp import web
@@ -110,19 +109,20 @@ def _count(value: object) -> int:
     return int(value) if finite_number(value) and 0 <= value < 1e9 else 0
 
 
-@lru_cache(maxsize=1)
-def _shipped_protocols() -> dict[str, Protocol]:
+def read_protocols(protocols_file: str = "") -> dict[str, Protocol]:
+    """The device's protocols (`[exam] protocols_file`, or the shipped file), as the loop
+    reads them; a file that cannot be read (checked at every start) lists no slots."""
     try:
-        return load_protocols(None)
-    except ProtocolError as exc:  # checked at every start; a broken install lists no slots
+        return load_protocols(protocols_file or None)
+    except ProtocolError as exc:
         log.warning("web: earlier exams: %s", exc)
         return {}
 
 
-def protocol_titles(current: dict | None = None) -> dict[str, str]:
-    """Each protocol's title by name: the shipped file's, and the running protocol's (which
-    a site's own protocols file may have named)."""
-    titles = {name: p.title for name, p in _shipped_protocols().items()}
+def protocol_titles(protocols: dict[str, Protocol], current: dict | None = None
+                    ) -> dict[str, str]:
+    """Each protocol's title by name, and the running protocol's."""
+    titles = {name: p.title for name, p in protocols.items()}
     if current and isinstance(current.get("name"), str) and isinstance(current.get("title"),
                                                                         str):
         titles[current["name"]] = current["title"]
@@ -155,8 +155,8 @@ def _seen_quality(planes: dict, accepts: tuple[str, ...] | list[str]) -> float |
 def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> list[dict]:
     """The exam's slots in the protocol's order, each captured or not with its best frame
     (a captured slot's, from the journal's best frames; a missed slot's best quality only).
-    Without the protocol (or one that does not fit the summary: a site's own protocols
-    file), the captured planes and then the missed slots, by name."""
+    Without the protocol (or one that does not fit the summary: an exam journaled under a
+    protocols file since changed), the captured planes and then the missed slots, by name."""
     proto = summary.get("protocol") if isinstance(summary.get("protocol"), dict) else {}
     missing = [m for m in proto.get("missing") or [] if isinstance(m, str)][:len(PLANES)]
     planes = summary.get("planes") if isinstance(summary.get("planes"), dict) else {}
@@ -188,11 +188,12 @@ def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> li
     return rows
 
 
-def present(summary: dict, best_frames: dict, titles: dict[str, str]) -> dict:
+def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
+            titles: dict[str, str]) -> dict:
     """One journaled exam as the page shows an exam (see the module's docstring)."""
     proto = summary.get("protocol") if isinstance(summary.get("protocol"), dict) else {}
     name = _text(proto.get("name"))
-    rows = checklist(summary, best_frames, _shipped_protocols().get(name))
+    rows = checklist(summary, best_frames, protocols.get(name))
     bio_in = summary.get("biometry") if isinstance(summary.get("biometry"), dict) else None
     bio = None
     if bio_in is not None:
@@ -229,8 +230,10 @@ def present(summary: dict, best_frames: dict, titles: dict[str, str]) -> dict:
 class ExamHistory:
     """The finished exams of the journal in `state_dir`, read for the page."""
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, protocols_file: str = ""):
         self.state_dir = Path(state_dir)
+        self.protocols_file = protocols_file
+        self._protocols: dict[str, Protocol] | None = None  # read once, on the history thread
         self.path = self.state_dir / JOURNAL_FILE
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web-history")
         self._said: str | None = None  # the cause last said in the log, until readable
@@ -332,7 +335,9 @@ class ExamHistory:
                 "FROM exams ")
 
     def _exams(self, rows: list[tuple], running: dict | None) -> list[dict]:
-        titles = protocol_titles(running)
+        if self._protocols is None:
+            self._protocols = read_protocols(self.protocols_file)
+        titles = protocol_titles(self._protocols, running)
         out = []
         for exam_id, summary_raw, best_raw in rows:
             summary = self._parse(summary_raw)
@@ -340,7 +345,7 @@ class ExamHistory:
             if summary is None or not isinstance(exam_id, str) \
                     or summary.get("exam_id") != exam_id:
                 continue  # damaged or oversized: skipped, the others listed
-            item = present(summary, best or {}, titles)
+            item = present(summary, best or {}, self._protocols, titles)
             for row in item["checklist"]:
                 best_row = row.get("best") or {}
                 if "thumbnail" in best_row:

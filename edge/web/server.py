@@ -425,7 +425,7 @@ class WebServer:
     """The page's server; `start()` returns once it listens (or raises `WebError`)."""
 
     def __init__(self, settings: WebSettings, view: LiveView, state_dir: Path,
-                 pin: PinHash, rules: Rules | None = None):
+                 pin: PinHash, rules: Rules | None = None, protocols_file: str = ""):
         self.settings = settings
         self.view = view
         self.state_dir = Path(state_dir)
@@ -444,7 +444,8 @@ class WebServer:
         self.tls = PageTls(settings, self.state_dir, self.host) if settings.tls != "off" \
             else None
         self._cert_check_at = 0.0
-        self.history = ExamHistory(self.state_dir)  # earlier exams, read-only, off the loop
+        # earlier exams, read-only, off the loop
+        self.history = ExamHistory(self.state_dir, protocols_file)
         self.bytes_sent = 0
         self.frames_encoded = 0
         self.encode_s = 0.0
