@@ -43,7 +43,7 @@ from edge.web.settings import WebSettings
 from tests.cli_run import one_line_error, sonoedge
 from tests.http_raw import raw_http
 from tests.servers import free_port
-from tests.web_harness import PIN, set_pin
+from tests.web_harness import PIN, chromium, set_pin
 
 UTC = dt.UTC
 
@@ -212,15 +212,61 @@ def test_the_pin_logs_in_over_https_and_the_cookies_are_secure(page, caplog):
     assert _fingerprint(_served(srv.port)) in line
 
 
-def test_plain_http_to_the_tls_port_does_not_get_the_page(page, caplog):
+def test_a_plain_http_address_is_sent_to_https_and_nothing_else_is_served_in_clear(
+        page, caplog):
+    """A bookmark or an address typed without https:// (the same port) gets a redirect to
+    the same path over https://, for a Host that names this box; nothing else is served
+    in clear: no page, no cookie, no login."""
     srv = page()
-    answer = _raw(srv.port, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
-                            f"Connection: close\r\n\r\n".encode())
-    assert b"HTTP/1.1 200" not in answer and b"app.js" not in answer, answer[:200]
+    base = f"127.0.0.1:{srv.port}"
+
+    def plain(data: bytes) -> tuple[bytes, dict, bytes]:
+        answer = _raw(srv.port, data)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status, *fields = head.split(b"\r\n")
+        return status, dict(f.split(b": ", 1) for f in fields), body
+
+    status, headers, body = plain(f"GET /report/12?lang=fr HTTP/1.1\r\nHost: {base}\r\n"
+                                  f"\r\n".encode())
+    assert status == b"HTTP/1.1 302 Found"
+    assert headers[b"Location"] == f"https://{base}/report/12?lang=fr".encode()
+    assert headers[b"Cache-Control"] == b"no-store"  # tls = "off" can serve http:// again
+    assert b"Set-Cookie" not in headers and b"app.js" not in body
+    # a PIN sent in clear opens no session and is not checked
+    status, headers, body = plain(f"POST /api/login HTTP/1.1\r\nHost: {base}\r\n"
+                                  f"Content-Length: 14\r\n\r\n{{\"pin\": \"{PIN}\"}}".encode())
+    assert status == b"HTTP/1.1 302 Found" and b"Set-Cookie" not in headers
+    # a path with characters a Location must not carry goes to the page's root
+    status, headers, body = plain(f"HEAD /<script>\"x\" HTTP/1.1\r\nHost: localhost:"
+                                  f"{srv.port}\r\n\r\n".encode())
+    assert headers[b"Location"] == f"https://localhost:{srv.port}/".encode() and body == b""
+    # hostile heads: another site's name (DNS rebinding), no Host, non-UTF-8, too long
+    for head in (f"GET / HTTP/1.1\r\nHost: rebind.attacker.example:{srv.port}\r\n\r\n",
+                 "GET / HTTP/1.0\r\n\r\n"):
+        status, headers, _ = plain(head.encode())
+        assert status == b"HTTP/1.1 400 Bad Request" and b"Location" not in headers
+    status, headers, _ = plain(b"GET / HTTP/1.1\r\nHost: \xfe\xff\r\n\r\n")
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert _raw(srv.port, b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n") == b""  # not HTTP/1.x
+    t0 = time.monotonic()
+    status, _, _ = plain(b"GET / HTTP/1.1\r\nHost: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert status == b"HTTP/1.1 400 Bad Request" and time.monotonic() - t0 < 2.0
+    assert _settled(srv)
     srv.stop()
-    said = _lines(caplog, "TLS handshake with 127.0.0.1 failed")
-    assert len(said) == 1 and "plain http://" in said[0].getMessage()
+    said = _lines(caplog, "asked for the page over plain http://")
+    assert said and "sent it to 'https://" in said[0].getMessage()
+    assert [r.getMessage() for r in _lines(caplog, "TLS handshake with")] == [
+        "web: TLS handshake with 127.0.0.1 failed: neither TLS nor HTTP/1.x"]
     _no_tracebacks(caplog)
+
+
+def test_a_browser_that_opens_the_http_address_lands_on_the_https_login(page, tmp_path):
+    srv = page()
+    with chromium(tmp_path) as browser:
+        tab = browser.new_page()
+        tab.goto(f"http://127.0.0.1:{srv.port}/")
+        tab.wait_for_selector("#login:not([hidden])")
+        assert tab.url == f"https://127.0.0.1:{srv.port}/"
 
 
 def test_the_certificate_is_made_once_and_kept_across_restarts(page, caplog):
@@ -465,7 +511,11 @@ def test_a_scanner_s_garbage_is_a_few_lines_and_no_traceback(page, caplog):
             b"\x16\x03\x03\xff\xff" + b"A" * 200, b"SSH-2.0-OpenSSH_9.6\r\n",
             b"GET / HTTP/1.0\r\n\r\n", b"\x80\x2e\x01\x00\x02" + os.urandom(43)]  # SSLv2
     for i in range(30):
-        assert b"HTTP/" not in _raw(srv.port, junk[i % len(junk)], f"127.0.6.{1 + i % 5}")
+        answer = _raw(srv.port, junk[i % len(junk)], f"127.0.6.{1 + i % 5}")
+        if junk[i % len(junk)].startswith(b"GET"):  # a plain request with no Host of the box
+            assert answer.startswith(b"HTTP/1.1 400 ") and b"app.js" not in answer
+        else:
+            assert b"HTTP/" not in answer
     client = _trusting(_kept(page.state))
     assert _request(f"https://127.0.0.1:{srv.port}/", client)[0] == 200  # still serving
     assert _settled(srv)

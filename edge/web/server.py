@@ -55,6 +55,8 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
+import re
 import resource
 import shutil
 import socket
@@ -104,6 +106,30 @@ BODY_TIMEOUT_S = 10.0  # a body announced but not sent is answered 408, not wait
 # closed (it holds its place at the gate until then); so is one whose peer does not answer
 # the TLS close within it.
 HANDSHAKE_TIMEOUT_S = 10.0
+# A plain http:// request on the TLS port (a bookmark, an address typed without https://) is
+# answered with a redirect to https://; its head is read up to this size, and the redirect
+# keeps the path only if it is made of these characters (else it goes to the page's root).
+PLAIN_HEAD_MAX = 8192
+PLAIN_PATH = re.compile(rb"/[A-Za-z0-9/._~%&=?+,;:@!-]{0,1024}")
+PLAIN_HOST = re.compile(rb"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?")
+PLAIN_METHOD = re.compile(rb"[A-Z]{1,16} ")
+PLAIN_REQUEST_LINE = re.compile(rb"[A-Z]{1,16} [\x21-\x7e]{1,8000} HTTP/1\.[01]")
+TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every TLS ClientHello (RFC 8446, 5.1)
+
+
+def plain_request_state(head: bytes) -> str:
+    """What to do with the bytes a plain connection has sent so far: "wait" for more,
+    "answer" a whole request head (or one that filled PLAIN_HEAD_MAX), or "close" what is
+    not HTTP/1.x (decided within a line, so a scanner's junk is not waited on)."""
+    if not PLAIN_METHOD.match(head[:17]):
+        letters = len(head) - len(head.lstrip(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+        return "wait" if letters == len(head) and letters <= 16 else "close"
+    line, crlf, _ = head.partition(b"\r\n")
+    if crlf and not PLAIN_REQUEST_LINE.fullmatch(line):
+        return "close"
+    if b"\r\n\r\n" in head or len(head) >= PLAIN_HEAD_MAX:
+        return "answer"
+    return "wait"
 CERT_CHECK_S = 3600.0  # how often a running page looks at its certificate's end date
 MAX_BODY = 4096
 MAX_WS_MESSAGE = 1024
@@ -237,20 +263,56 @@ class ConnectionGate:
         self.count -= 1
 
 
+async def first_byte(transport: asyncio.BaseTransport, timeout_s: float) -> int | None:
+    """The connection's first byte, looked at without taking it off the socket (MSG_PEEK
+    on a duplicate of its descriptor, the transport's reading paused), so that a TLS
+    ClientHello still reaches the TLS layer whole. None when the peer closes first;
+    TimeoutError when it sends nothing within `timeout_s`."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return TLS_HANDSHAKE_RECORD
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+        peek.setblocking(False)
+        for _ in range(64):  # spurious wake-ups are rare; a bound all the same
+            ready = loop.create_future()
+            loop.add_reader(peek.fileno(), lambda f=ready: f.done() or f.set_result(None))
+            try:
+                await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
+            finally:
+                loop.remove_reader(peek.fileno())
+            try:
+                data = peek.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return None
+            return data[0] if data else None
+    return None
+
+
 class _GatedProtocol(asyncio.Protocol):
     """aiohttp's protocol for one connection, made only if the gate admits the peer; a
     connection it refuses is closed at once, before a byte is read. With `tls`, the TLS
     handshake is started on the admitted connection (`loop.start_tls`) and aiohttp's
     protocol is made once it has finished; a handshake that fails or takes longer than
-    `HANDSHAKE_TIMEOUT_S` closes the connection (`on_tls_error` says why)."""
+    `HANDSHAKE_TIMEOUT_S` closes the connection (`on_tls_error` says why). A connection
+    whose first byte is not a TLS record is a plain http:// request: its head (at most
+    `PLAIN_HEAD_MAX` bytes, within the same time) is answered by `plain_answer(address,
+    head)`, a redirect to https://, and the connection closed."""
 
     def __init__(self, gate: ConnectionGate, make_handler, tls: ssl.SSLContext | None = None,
-                 handshakes: set | None = None, on_tls_error=None):
+                 handshakes: set | None = None, on_tls_error=None, plain_answer=None):
         self._gate = gate
         self._make = make_handler
         self._tls = tls
         self._handshakes = handshakes if handshakes is not None else set()
         self._on_tls_error = on_tls_error
+        self._plain_answer = plain_answer
+        self._plain: bytearray | None = None  # the head of a plain request, while read
+        self._plain_transport: asyncio.BaseTransport | None = None
+        self._plain_timer: asyncio.TimerHandle | None = None
         self._inner = None
         self._address = ""
         self._admitted = False
@@ -277,6 +339,26 @@ class _GatedProtocol(asyncio.Protocol):
         task.add_done_callback(self._handshakes.discard)
 
     async def _handshake(self, transport: asyncio.BaseTransport) -> None:
+        if self._plain_answer is not None:
+            try:
+                first = await first_byte(transport, HANDSHAKE_TIMEOUT_S)
+            except asyncio.CancelledError:  # the server is stopping
+                transport.abort()
+                self._release()
+                raise
+            except TimeoutError:
+                transport.abort()
+                self._release()
+                if self._on_tls_error is not None:
+                    self._on_tls_error(self._address, ConnectionAbortedError())
+                return
+            if first is None:  # closed before a byte: a port check, a spare connection
+                transport.abort()
+                self._release()
+                return
+            if first in b"ABCDEFGHIJKLMNOPQRSTUVWXYZ":  # an HTTP method; else TLS says no
+                self._read_plain(transport)
+                return
         try:
             secure = await asyncio.get_running_loop().start_tls(
                 transport, self, self._tls, server_side=True,
@@ -303,7 +385,29 @@ class _GatedProtocol(asyncio.Protocol):
         if self._early_eof:
             self._inner.eof_received()
 
+    def _read_plain(self, transport: asyncio.BaseTransport) -> None:
+        self._plain, self._plain_transport = bytearray(), transport
+        self._plain_timer = asyncio.get_running_loop().call_later(
+            HANDSHAKE_TIMEOUT_S, transport.abort)
+        transport.resume_reading()
+
+    def _answer_plain(self, state: str) -> None:
+        head, transport = bytes(self._plain or b""), self._plain_transport
+        self._plain = None
+        if transport is None or transport.is_closing():
+            return
+        if state != "answer":
+            transport.abort()
+            if self._on_tls_error is not None:
+                self._on_tls_error(self._address, ValueError("neither TLS nor HTTP/1.x"))
+            return
+        transport.write(self._plain_answer(self._address, head))
+        transport.close()
+
     def _release(self) -> None:
+        if self._plain_timer is not None:
+            self._plain_timer.cancel()
+            self._plain_timer = None
         if self._admitted:
             self._admitted = False
             self._gate.release(self._address)
@@ -311,12 +415,22 @@ class _GatedProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
+        elif self._plain is not None:
+            self._plain += data[:PLAIN_HEAD_MAX - len(self._plain)]
+            state = plain_request_state(bytes(self._plain))
+            if state != "wait":
+                self._answer_plain(state)
         elif self._admitted:
             self._early.append(data)
 
     def eof_received(self) -> bool | None:
         if self._inner is not None:
             return self._inner.eof_received()
+        if self._plain is not None:
+            state = plain_request_state(bytes(self._plain))
+            self._answer_plain("answer" if state == "wait" and b"\r\n" in self._plain
+                               else state)
+            return True  # the answer is written; the transport closes after it
         self._early_eof = True
         return None
 
@@ -341,10 +455,12 @@ class _GatedSite(web.BaseSite):
     then, with `tls`, through the TLS handshake)."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
-                 backlog: int, tls: ssl.SSLContext | None = None, on_tls_error=None):
+                 backlog: int, tls: ssl.SSLContext | None = None, on_tls_error=None,
+                 plain_answer=None):
         super().__init__(runner, backlog=backlog)
         self._host, self._port, self._gate = host, port, gate
         self._tls, self._on_tls_error = tls, on_tls_error
+        self._plain_answer = plain_answer
         self._handshakes: set[asyncio.Task] = set()
 
     @property
@@ -356,7 +472,7 @@ class _GatedSite(web.BaseSite):
         handler = self._runner.server
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _GatedProtocol(self._gate, handler, self._tls, self._handshakes,
-                                   self._on_tls_error),
+                                   self._on_tls_error, self._plain_answer),
             self._host, self._port, backlog=self._backlog)
 
     async def stop(self) -> None:
@@ -555,7 +671,8 @@ class WebServer:
         await self._runner.setup()
         await _GatedSite(self._runner, self.host, self.port, self.gate, backlog=32,
                          tls=None if self.tls is None else self.tls.context,
-                         on_tls_error=self._tls_failed).start()
+                         on_tls_error=self._tls_failed,
+                         plain_answer=self._plain_redirect).start()
         self._streamer = asyncio.ensure_future(self._stream())
         self._housekeeper = asyncio.ensure_future(self._housekeeping())
 
@@ -589,9 +706,7 @@ class WebServer:
                 isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
             return
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-        if reason == "HTTP_REQUEST":
-            reason = "a plain http:// request (the page is https://)"
-        elif isinstance(exc, ConnectionAbortedError):  # asyncio's handshake timeout
+        if isinstance(exc, ConnectionAbortedError):  # asyncio's handshake timeout
             reason = f"no handshake within {HANDSHAKE_TIMEOUT_S:g} s"
         elif "CERTIFICATE_UNKNOWN" in reason or "UNKNOWN_CA" in reason \
                 or "BAD_CERTIFICATE" in reason:
@@ -599,6 +714,39 @@ class WebServer:
         self.lines.log("tls", "failed TLS handshakes", logging.INFO,
                        "web: TLS handshake with %s failed: %s", address,
                        shown_path(reason, 160), subject=address)
+
+    def _plain_redirect(self, address: str, head: bytes) -> bytes:
+        """The answer to a plain http:// request on the TLS port (a bookmark or an address
+        typed without https://): a redirect to the same path over https:// for a Host that
+        names this box, else 400. Nothing else crosses the Wi-Fi in clear. 302, not 301: a
+        browser keeps a 301 for ever, and `tls = "off"` must be able to serve http:// again."""
+        line, _, rest = head.partition(b"\r\n")
+        parts = line.split(b" ")
+        method = parts[0] if len(parts) == 3 else b""
+        path = parts[1] if len(parts) == 3 and PLAIN_PATH.fullmatch(parts[1]) else b"/"
+        host = None
+        for field_line in rest.split(b"\r\n")[:100]:
+            name, sep, value = field_line.partition(b":")
+            if sep and name.strip().lower() == b"host":
+                host = value.strip()
+                break
+        if host is None or not PLAIN_HOST.fullmatch(host) \
+                or not self.host_allowed(host.decode("ascii")):
+            self.lines.log("plain", "plain http:// requests", logging.INFO,
+                           "web: %s asked for the page over plain http:// without a Host "
+                           "of this box (%s): answered 400", address,
+                           shown(host.decode("latin-1") if host else None), subject=address)
+            body = b"This page is served over https:// only.\n"
+            return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        location = b"https://" + host + path
+        self.lines.log("plain", "plain http:// requests", logging.INFO,
+                       "web: %s asked for the page over plain http://: sent it to %s",
+                       address, shown(location.decode("ascii")), subject=address)
+        body = b"" if method == b"HEAD" else b"The page is at " + location + b"\n"
+        return (b"HTTP/1.1 302 Found\r\nLocation: " + location +
+                b"\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """asyncio logs a failed accept() (no file descriptor left) with its traceback each
