@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-workers", type=int, choices=(1, 2), default=2,
                         help="processes filling the teacher cache (the second starts from "
                              "the last chunk; they meet in the middle); 1 on a busy box")
+    parser.add_argument("--views-per-frame", type=int, default=None, metavar="N",
+                        help="teacher-labelled views of each training frame in the cache "
+                             "(distil.CacheSettings.views_per_frame; default 8); another N "
+                             "is another cache and other checkpoints")
     parser.add_argument("--cache-reverse", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--synth", action="store_true",
                         help="also synthesise images from the teacher (DeepInversion + ADI "
@@ -104,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
 
     heldout = distil.heldout_set(teacher, held, work / "heldout.npz")
     cache_settings = distil.CacheSettings()
+    if args.views_per_frame is not None:
+        cache_settings = replace(cache_settings, views_per_frame=args.views_per_frame)
     # Two cache workers take a core each; one worker may use every thread it was given.
     fast = distil.FastTeacher(teacher, work / "teacher_maps_fp32.tflite",
                               1 if args.cache_workers > 1 else args.threads)
@@ -312,6 +318,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps {args.steps}: must be at least 1")
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: must be at least 1")
+    if args.views_per_frame is not None and not 1 <= args.views_per_frame <= 64:
+        raise ValueError(f"--views-per-frame {args.views_per_frame}: must be 1 to 64 (each "
+                         "view costs the teacher three runs in the cache)")
     if args.maps_from is not None and (args.maps_from < 1 or args.continue_from is not None):
         raise ValueError(f"--maps-from {args.maps_from}: a finished run of at least 1 step, "
                          "and not together with --continue-from")
@@ -395,6 +404,8 @@ def cache_helper(args: argparse.Namespace, work: Path):
 
     cmd = [sys.executable, "-m", "quantize.build_models", "--until", "cache", "--cache-reverse",
            "--seed", str(args.seed), "--build", str(args.build), "--threads", "1"]
+    if args.views_per_frame is not None:
+        cmd += ["--views-per-frame", str(args.views_per_frame)]
     log = open(work / "cache_worker.log", "w")  # noqa: SIM115 (lives as long as the worker)
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 

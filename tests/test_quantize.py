@@ -437,6 +437,8 @@ def test_export_teacher_fp32_writes_a_verified_manifest(tmp_path, monkeypatch):
     (["--head-weight", "nan"], "--head-weight nan"), (["--head-weight", "1"], "below 1"),
     (["--steps", "0"], "--steps 0"),
     (["--threads", "0"], "--threads 0"),
+    (["--views-per-frame", "0"], "--views-per-frame 0"),
+    (["--views-per-frame", "1000"], "must be 1 to 64"),
     (["--maps-from", "5000", "--continue-from", "4000", "--steps", "400"], "--maps-from 5000"),
     (["--maps-from", "0", "--steps", "400"], "--maps-from 0")])
 def test_a_build_with_senseless_numbers_is_one_line_before_any_work(args, needle, capsys):
