@@ -267,6 +267,74 @@ def test_a_thumbnail_the_quota_removed_is_said_in_words(box, ended):
     assert f"{ended['exams'][0][1]['biometry']['hc_mm']:.1f} mm" in page  # figures stay
 
 
+def journaled_dates(box, exam_id: str) -> str | None:
+    path = box["state"] / "journal.sqlite"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute("SELECT dates FROM exams WHERE exam_id=?", (exam_id,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(box, ended):
+    """The midwife enters the last period for the exam on her card (here the second, ended
+    with the recording): the journal keeps it with that exam, its report prints it with
+    the HC-for-dates flag the page showed, the other exam's report says none was entered,
+    and the summary the district gets never carries it."""
+    base, cookie = box["base"], ended["cookie"]
+    (first_id, _, _), (second_id, second, _) = ended["exams"]
+    ga_hc = second["biometry"]["ga_weeks"]
+    assert ga_hc is not None
+    # by dates five weeks further on than the head says: a head small for its dates
+    today = "2026-12-04"
+    lmp = (np.datetime64(today) - np.timedelta64(round((ga_hc + 5) * 7), "D")).astype(str)
+    status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today}, cookie=cookie)
+    assert status == 200, body
+    wait_for(lambda: journaled_dates(box, second_id), 10, "the dates in the journal")
+    assert json.loads(journaled_dates(box, second_id)) == {"lmp": lmp, "today": today}
+    assert journaled_dates(box, first_id) is None
+
+    status, _, body = http(f"{base}/report/{second_id}", cookie=cookie)
+    page = body.decode()
+    assert status == 200 and "Last period" in page and lmp in page
+    flagged = re.search(r'<li class="flag">By dates ([^<]+)</li>', page)
+    assert flagged and "smaller than the dates" in flagged.group(1), page[-3000:]
+    assert f"measured {second['biometry']['hc_mm']:.0f} mm" in flagged.group(1)
+    status, _, body = http(f"{base}/report/{first_id}", cookie=cookie)
+    assert "No last period was entered for this exam" in body.decode()
+    listed = json.loads(http(base + "/api/exams", cookie=cookie)[2])["exams"]
+    assert listed[0]["dates"]["lmp"] == lmp and listed[1]["dates"] is None
+    assert listed[0]["screening"]["hc_dates"]["flag"] == "small"
+    # the district's summaries and every other file of the box: never the date
+    for path in box["state"].rglob("*"):
+        if path.is_file() and not path.name.startswith("journal.sqlite"):
+            assert lmp.encode() not in path.read_bytes(), path
+
+    # hostile dates (what the page refuses) change nothing that was kept
+    for bad in ({"lmp": "2026-13-45", "today": today}, {"lmp": [lmp], "today": today},
+                {"lmp": lmp, "today": "\udcff" * 3}, {"lmp": "1" * 3000, "today": today},
+                {"lmp": {"a": {"b": {"c": lmp}}}, "today": today}):
+        status, _, body = http(base + "/api/lmp", bad, cookie=cookie)
+        assert status == 400 and b"\n" not in body.strip(), (bad, status, body[:200])
+    time.sleep(0.5)
+    assert json.loads(journaled_dates(box, second_id))["lmp"] == lmp
+    # a journal row damaged under the page: no dates on the report, never a 500
+    path = box["state"] / "journal.sqlite"
+    for damaged in ('{"lmp": "not a date", "today": "2026-12-04"}', "[" * 100,
+                    '{"lmp": "' + "9" * 300 + '"}', "\xff\xfe"):
+        db = sqlite3.connect(path, timeout=5)
+        db.execute("UPDATE exams SET dates=? WHERE exam_id=?", (damaged, first_id))
+        db.commit()
+        db.close()
+        status, _, body = http(f"{base}/report/{first_id}", cookie=cookie)
+        assert status == 200 and "No last period was entered" in body.decode(), damaged
+    # cleared on the page: cleared in the journal
+    assert http(base + "/api/lmp", {"lmp": None}, cookie=cookie)[0] == 200
+    wait_for(lambda: journaled_dates(box, second_id) is None, 10, "the dates cleared")
+    status, _, body = http(f"{base}/report/{second_id}", cookie=cookie)
+    assert "No last period was entered" in body.decode() and "Last period" not in body.decode()
+
+
 def test_a_corrupt_journal_is_an_empty_list_and_one_log_line(box, ended):
     base, cookie = box["base"], ended["cookie"]
     first_id = ended["exams"][0][0]

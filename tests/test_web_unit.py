@@ -224,6 +224,46 @@ def test_stop_holds_the_next_exam_until_start_or_the_probe_is_lifted():
     assert view.latest is not None and view.latest.seq == 1
 
 
+def test_dates_entered_for_the_running_exam_go_into_the_journal_with_it(tmp_path, caplog):
+    """Dates for the exam still running ride on its session and are journaled when it ends;
+    dates for an exam already journaled are written to its row; dates for an exam the
+    journal does not have are one line, and typing them again and again never pushes a
+    queued "stop" out."""
+    from edge.exam.protocol import load_protocols
+    from edge.exam.session import ExamSession
+    from edge.store.journal import Journal
+
+    caplog.set_level(logging.INFO)
+    journal = Journal(tmp_path / "journal.sqlite")
+    protocol = next(iter(load_protocols().values()))
+    view = LiveView()
+    hook = LoopHook(view, end_gap_s=5.0)
+    hook.keep_dates = journal.keep_dates
+    tracker = _Tracker()
+    tracker.current = running = ExamSession(protocol)
+    done = ExamSession(protocol)
+    summary = done.summary("gap")
+    assert journal.add_exam(None, summary, {})
+    dates = {"lmp": "2026-06-01", "today": "2026-12-04"}
+    for _ in range(20):  # a restless finger on Set
+        view.dates_to_keep.append((running.exam_id, dates))
+    view.command("stop")
+    view.dates_to_keep.append((done.exam_id, dates))
+    view.dates_to_keep.append(("no-such-exam", dates))
+    hook.apply_commands(tracker)
+    assert tracker.ended == ["command"]  # the stop was not pushed out
+    assert running.dates == dates and "lmp" not in json.dumps(running.summary("command"))
+    row = journal.db.execute("SELECT dates FROM exams WHERE exam_id=?",
+                             (done.exam_id,)).fetchone()
+    assert json.loads(row[0]) == dates
+    assert [r for r in caplog.records if "dates for exam no-such-exam were not kept" in
+            r.getMessage()]
+    journal.add_exam(None, running.summary("command"), {}, dates=running.dates)
+    row = journal.db.execute("SELECT dates FROM exams WHERE exam_id=?",
+                             (running.exam_id,)).fetchone()
+    assert json.loads(row[0]) == dates
+
+
 # -- hostile requests, against a running server (the page's server alone, no models) -------
 @pytest.fixture
 def page_server(tmp_path, monkeypatch):

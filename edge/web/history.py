@@ -19,10 +19,10 @@ again only after it was readable in between), never a 500.
 An exam is presented as `/api/state` presents the exam on screen (`edge.web.live.
 exam_snapshot`: its checklist of the protocol's slots with each one's best frame, captured
 and required, the biometry), plus what the journal adds: when it ended and how, the
-deficiencies seen most often, the model versions, and the head-shape flag of
-`edge.web.screening` (the cephalic index: it needs only the exam's BPD and OFD). The
-HC-for-dates flag needs the last period, which the page holds in memory only for the exam
-on screen: it is not kept, so neither listed nor printed.
+deficiencies seen most often, the model versions, and the flags of `edge.web.screening`:
+the cephalic index (from the exam's BPD and OFD) and HC against the dates, where the
+midwife entered the last period for that exam on the page (the journal keeps it with the
+exam, `exams.dates`, on the box only: the summary the district gets never has it).
 
 The journal keeps a slot's best frame only where it captured the slot; for a slot it
 missed, the best quality any frame of its planes reached comes from the summary's per-plane
@@ -49,7 +49,7 @@ from edge.exam.thumbs import THUMBS_DIR
 from edge.models.biometry import HADLOCK_1984_WEEKS
 from edge.store.journal import JOURNAL_FILE
 from edge.web import i18n
-from edge.web.screening import cephalic_index
+from edge.web.screening import cephalic_index, ga_from_lmp, hc_against_dates
 from wire.schema import PLANES, PayloadError, finite_number, loads_bounded
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 50
 BUSY_TIMEOUT_S = 1.0  # a read waits this long on a locked journal, then the list is empty
 MAX_JSON_BYTES = 64 * 1024  # per summary or best-frames column (a real exam's: about 1 kB)
+MAX_DATES_BYTES = 256  # the dates column: {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"}
 MAX_TEXT = 64  # a name, id or version read back from the journal, shown at most this long
 # Exam ids: the loop's are UUIDs (uuid4, or uuid5 from the run and the first frame's row);
 # a 16-hex id is the tally's own. Nothing else is looked up, so no id reaches a path.
@@ -188,8 +189,24 @@ def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> li
     return rows
 
 
+def read_dates(dates: dict | None) -> dict | None:
+    """The dates kept with an exam, if they are two ISO dates the page would accept, with
+    the age by dates on the day they were entered; None otherwise."""
+    if not isinstance(dates, dict):
+        return None
+    lmp, today = dates.get("lmp"), dates.get("today")
+    if not isinstance(lmp, str) or not isinstance(today, str) or len(lmp) > 10 \
+            or len(today) > 10:
+        return None
+    try:
+        weeks = ga_from_lmp(lmp, today)
+    except ValueError:
+        return None
+    return {"lmp": lmp, "today": today, "ga_dates_weeks": round(weeks, 2)}
+
+
 def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
-            titles: dict[str, str]) -> dict:
+            titles: dict[str, str], dates: dict | None = None) -> dict:
     """One journaled exam as the page shows an exam (see the module's docstring)."""
     proto = summary.get("protocol") if isinstance(summary.get("protocol"), dict) else {}
     name = _text(proto.get("name"))
@@ -206,6 +223,7 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         else {}
     models = summary.get("models") if isinstance(summary.get("models"), dict) else {}
     ended_by = _text(summary.get("ended_by"))
+    kept_dates = read_dates(dates)
     return {
         "exam_id": _text(summary.get("exam_id")), "running": False,
         "ended_by": ended_by if ended_by in ENDED else None,
@@ -218,9 +236,12 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         "captured": _count(proto.get("captured")),
         "required": _count(proto.get("required")) or len(rows),
         "biometry": bio,
+        "dates": kept_dates,
         "screening": {"cephalic_index": cephalic_index((bio or {}).get("bpd_mm"),
                                                        (bio or {}).get("ofd_mm")),
-                      "hc_dates": None},
+                      "hc_dates": hc_against_dates(
+                          (bio or {}).get("hc_mm"),
+                          kept_dates["ga_dates_weeks"] if kept_dates else None)},
         "deficiencies": {_text(k, 24): _count(v) for k, v in list(faults.items())[:8]},
         "models": {_text(k, 32): _text(v, 16) for k, v in list(models.items())[:8]},
     }
@@ -331,7 +352,8 @@ class ExamHistory:
         return value if isinstance(value, dict) else None
 
     _COLUMNS = ("SELECT exam_id, CASE WHEN length(CAST(summary AS BLOB)) <= :max THEN summary "
-                "END, CASE WHEN length(CAST(best_frames AS BLOB)) <= :max THEN best_frames END "
+                "END, CASE WHEN length(CAST(best_frames AS BLOB)) <= :max THEN best_frames END, "
+                f"CASE WHEN length(CAST(dates AS BLOB)) <= {MAX_DATES_BYTES} THEN dates END "
                 "FROM exams ")
 
     def _exams(self, rows: list[tuple], running: dict | None) -> list[dict]:
@@ -339,13 +361,14 @@ class ExamHistory:
             self._protocols = read_protocols(self.protocols_file)
         titles = protocol_titles(self._protocols, running)
         out = []
-        for exam_id, summary_raw, best_raw in rows:
+        for exam_id, summary_raw, best_raw, dates_raw in rows:
             summary = self._parse(summary_raw)
             best = self._parse(best_raw)
             if summary is None or not isinstance(exam_id, str) \
                     or summary.get("exam_id") != exam_id:
                 continue  # damaged or oversized: skipped, the others listed
-            item = present(summary, best or {}, self._protocols, titles)
+            item = present(summary, best or {}, self._protocols, titles,
+                           self._parse(dates_raw))
             for row in item["checklist"]:
                 best_row = row.get("best") or {}
                 if "thumbnail" in best_row:
@@ -480,6 +503,10 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
         ("report.planes", e(_t(text, "report.captured_of", n=exam["captured"],
                                m=exam["required"]))),
     ]
+    if exam.get("dates"):
+        facts.append(("report.lmp", e(_t(text, "report.lmp_ga", lmp=exam["dates"]["lmp"],
+                                         ga=weeks_days(text,
+                                                       exam["dates"]["ga_dates_weeks"])))))
     out.append('<section class="facts"><dl>')
     for key, value in facts:
         out.append(f"<dt>{e(_t(text, key))}</dt><dd>{value}</dd>")
@@ -515,7 +542,7 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
                 for label, n in why if label) + "</ul>")
     out.append("</section>")
 
-    # the head-shape flag the page shows (the dates' flag needs a period not kept)
+    # the flags the page shows: head shape, and head size against the dates
     ci = (exam.get("screening") or {}).get("cephalic_index")
     out.append(f'<section class="screen"><h2>{e(_t(text, "screen.title"))}</h2><ul>')
     if ci:
@@ -525,7 +552,13 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
         out.append(f"<li{flagged}>{e(line)}</li>")
     else:
         out.append(f"<li>{e(_t(text, 'screen.no_head'))}</li>")
-    out.append(f"<li>{e(_t(text, 'report.dates_not_kept'))}</li></ul>")
+    hd = (exam.get("screening") or {}).get("hc_dates")
+    if hd is None:
+        out.append(f"<li>{e(_t(text, 'report.no_dates'))}</li>")
+    else:
+        flagged = ' class="flag"' if hd.get("flag") else ""
+        out.append(f"<li{flagged}>{e(hc_dates_line(text, hd))}</li>")
+    out.append("</ul>")
     out.append(f'<p class="fine">{e(_t(text, "screen.limits"))}</p></section>')
 
     # the checklist with the thumbnails
@@ -570,6 +603,19 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     out.append(f'<p>{e(_t(text, "report.exam_id", id=exam_id))}</p>')
     out.append(f'<p class="aid">{e(_t(text, "screen.aid"))}</p></footer></main>')
     return _page(text, f'{_t(text, "report.title")} · {title}', "\n".join(out), "report")
+
+
+def hc_dates_line(text: dict[str, str], hd: dict) -> str:
+    """The HC-for-dates flag in the page's own words (app.js renders the same keys)."""
+    ga = weeks_days(text, hd["ga_dates_weeks"])
+    if hd.get("status") == "dates_out_of_range":
+        return _t(text, "screen.dates_out_of_range", ga=ga)
+    expected = f"{hd['hc_expected_mm']:.0f}"
+    if hd.get("status") == "no_hc":
+        return _t(text, "screen.expected_hc", ga=ga, mm=expected)
+    return _t(text, f"screen.hc_{hd['flag']}" if hd.get("flag") else "screen.hc_ok", ga=ga,
+              mm=expected, hc=f"{hd['hc_mm']:.0f}", days=abs(hd.get("difference_days") or 0),
+              tol=hd["tolerance_days"])
 
 
 def render_locked(text: dict[str, str]) -> str:

@@ -72,6 +72,10 @@ class LiveView:
     ga_dates: dict | None = None  # {"exam_id", "lmp", "today", "weeks"} from the page
     holding: bool = False  # the next exam is held back after the page's "stop" (LoopHook)
     commands: deque = field(default_factory=lambda: deque(maxlen=8))
+    # (exam_id, {"lmp", "today"} or None) for the loop to keep with that exam (the
+    # journal's); apart from `commands`, so that dates typed again and again never push
+    # a "stop" out of its queue
+    dates_to_keep: deque = field(default_factory=lambda: deque(maxlen=8))
     notify: Callable[[], None] | None = None  # set by the server: wakes its streamer
     hook_s: float = 0.0  # time the loop spent in the web hook (the page's per-frame cost)
     _seq: int = 0
@@ -179,6 +183,7 @@ class LoopHook:
 
     def __init__(self, view: LiveView, end_gap_s: float, server=None):
         self.view = view
+        self.keep_dates: Callable[[str, dict | None], bool] | None = None  # the journal's
         self.end_gap_s = end_gap_s
         self.server = server  # edge.web.server.WebServer, stopped by close()
         self.confidence = SteadyConfidence()
@@ -195,9 +200,12 @@ class LoopHook:
     def holding(self, value: bool) -> None:
         self.view.holding = value
 
-    def attach(self, scorer, uplink, source, tracker) -> None:
-        """The loop's parts are ready (models loaded, source open): the page goes live."""
+    def attach(self, scorer, uplink, source, tracker,
+               keep_dates: Callable[[str, dict | None], bool] | None = None) -> None:
+        """The loop's parts are ready (models loaded, source open): the page goes live.
+        `keep_dates(exam_id, dates)` keeps the dates of an exam already journaled."""
         view = self.view
+        self.keep_dates = keep_dates
         view.models = dict(scorer.model_versions())
         view.has_class_maps = bool(getattr(scorer, "has_class_maps", False))
         view.source_name = source.name
@@ -222,7 +230,20 @@ class LoopHook:
             self._no_content_since = None
         return not self.holding
 
+    def apply_dates(self, current) -> None:
+        """The dates the page entered, kept with their exam: the running one (`current`)
+        takes them into the journal when it ends; a finished one has them written there."""
+        dates_to_keep = self.view.dates_to_keep
+        while dates_to_keep:
+            exam_id, dates = dates_to_keep.popleft()
+            if current is not None and current.exam_id == exam_id:
+                current.dates = dates
+            elif self.keep_dates is not None and not self.keep_dates(exam_id, dates):
+                log.info("web: the dates for exam %s were not kept (not in the journal)",
+                         exam_id)
+
     def apply_commands(self, tracker) -> None:
+        self.apply_dates(tracker.current)
         commands = self.view.commands
         while commands:
             name = commands.popleft()
@@ -270,6 +291,7 @@ class LoopHook:
         process is told to stop."""
         while not stopped() and not self.stop_requested.wait(poll_s):
             self.view.commands.clear()  # no frames to apply them to
+            self.apply_dates(None)  # every exam has ended: into the journal
 
     def close(self) -> None:
         if self.server is not None:

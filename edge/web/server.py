@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import errno
 import hashlib
 import hmac
@@ -1022,8 +1023,10 @@ class WebServer:
         exam = self.view.exam
         dates = self.view.ga_dates
         if dates is not None and exam is not None and dates.get("exam_id") is None:
-            dates = {**dates, "exam_id": exam["exam_id"]}
+            dates = {**dates, "exam_id": exam["exam_id"]}  # entered before the exam began
             self.view.ga_dates = dates
+            self.view.dates_to_keep.append((exam["exam_id"], {"lmp": dates["lmp"],
+                                                              "today": dates["today"]}))
         if dates is not None and exam is not None and dates["exam_id"] != exam["exam_id"]:
             dates = None  # entered for another woman's exam
         out = screening((exam or {}).get("biometry"), dates["weeks"] if dates else None)
@@ -1083,7 +1086,10 @@ class WebServer:
     async def _lmp(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
         lmp, today = body.get("lmp"), body.get("today")
+        exam = self.view.exam
         if lmp is None:
+            if exam is not None:
+                self.view.dates_to_keep.append((exam["exam_id"], None))
             self.view.ga_dates = None
             return web.json_response({"ok": True, "ga_dates_weeks": None})
         if not isinstance(lmp, str) or not isinstance(today, str) or len(lmp) > 10 \
@@ -1093,9 +1099,12 @@ class WebServer:
             weeks = ga_from_lmp(lmp, today)
         except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
-        exam = self.view.exam
+        lmp, today = dt.date.fromisoformat(lmp).isoformat(), \
+            dt.date.fromisoformat(today).isoformat()  # valid: ga_from_lmp read them
         self.view.ga_dates = {"exam_id": exam["exam_id"] if exam else None, "lmp": lmp,
                               "today": today, "weeks": weeks}
+        if exam is not None:  # kept with the exam for its report (edge/web/history.py)
+            self.view.dates_to_keep.append((exam["exam_id"], {"lmp": lmp, "today": today}))
         return web.json_response({"ok": True, "ga_dates_weeks": round(weeks, 2)})
 
     # -- earlier exams (edge/web/history.py) -----------------------------------------------
