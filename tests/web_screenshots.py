@@ -11,6 +11,7 @@ printed on A4 (`report.png`, `phone-report.png`, `report-print.png`). Not commit
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import tempfile
 from pathlib import Path
@@ -109,7 +110,14 @@ def main() -> int:
             phone.wait_for_timeout(400)
             phone.screenshot(path=str(OUT / "phone-fr.png"), full_page=True)
             phone.select_option("#controls select.lang", "en")
-            _next_exam(pages["tablet"])
+            # the midwife enters the last period for this exam: its report prints it
+            tablet = pages["tablet"]
+            tablet.bring_to_front()
+            tablet.fill("#lmp", (dt.date.today() - dt.timedelta(days=7 * 22)).isoformat())
+            tablet.press("#lmp", "Enter")
+            tablet.wait_for_function("window.sonoedge.lastState.screening.hc_dates",
+                                     timeout=30_000, polling=200)
+            _next_exam(tablet)
             for name, page in pages.items():
                 page.bring_to_front()
                 page.wait_for_function("window.sonoedge.lastState && "
