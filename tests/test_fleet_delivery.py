@@ -76,16 +76,18 @@ def test_a_device_offline_at_publication_gets_the_bundle_when_it_connects(
                    f"{offer.count} still to fetch" in text
             assert "fleet: bundle 2.0 installed from the district" in text
 
-            def report() -> str:
+            def report_row() -> str:
+                """dev-a's row of the district report's bundles, once it shows 2.0 on
+                trial (a health message sent while it was still fetching says so first)."""
                 out = subprocess.run([sys.executable, "-m", "central.cli", "report", "--db",
                                       db], capture_output=True, text=True, env=py_env(),
                                      cwd=REPO, timeout=30)
-                return out.stdout if "2.0" in out.stdout.split("Model bundles")[-1] else ""
+                rows = [ln for ln in out.stdout.split("Model bundles")[-1].splitlines()
+                        if ln.startswith("dev-a")]
+                return rows[0] if rows and "trial" in rows[0] else ""
 
             # the district report shows what the device runs, from its health messages
-            shown = wait_for(report, 30, "the report to show bundle 2.0")
-            row = next(ln for ln in shown.split("Model bundles")[1].splitlines()
-                       if ln.startswith("dev-a"))
+            row = wait_for(report_row, 30, "the report to show bundle 2.0 on trial")
             assert GROUP in row and "2.0" in row and "trial (0)" in row
         finally:
             proc.send_signal(signal.SIGTERM)
