@@ -264,6 +264,40 @@ def test_dates_entered_for_the_running_exam_go_into_the_journal_with_it(tmp_path
     assert json.loads(row[0]) == dates
 
 
+def test_the_earlier_exams_of_a_journal_the_loop_has_not_yet_upgraded(tmp_path, caplog):
+    """The page is up while the models load, before the loop opens (and upgrades) the
+    journal: a journal of the schema before the kept dates lists nothing and says so
+    once, without a warning; once the loop has upgraded it, its exams are listed."""
+    import asyncio
+    import sqlite3
+
+    from edge.exam.protocol import load_protocols
+    from edge.exam.session import ExamSession
+    from edge.store import journal as journal_module
+    from edge.web.history import ExamHistory
+
+    caplog.set_level(logging.INFO)
+    path = tmp_path / journal_module.JOURNAL_FILE
+    db = sqlite3.connect(path)
+    for step in range(1, 5):  # schema 4, as the release before wrote it
+        db.executescript(f"BEGIN; {journal_module._MIGRATIONS[step]} "
+                         f"PRAGMA user_version={step}; COMMIT;")
+    db.close()
+    history = ExamHistory(tmp_path)
+    for _ in range(3):
+        assert asyncio.run(history.recent(5, None)) == ([], True)
+    said = [r for r in caplog.records if "earlier exams" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    assert "older sonoedge" in said[0].getMessage()
+    journal = journal_module.Journal(path)  # the loop opens it
+    exam = ExamSession(next(iter(load_protocols().values())))
+    assert journal.add_exam(None, exam.summary("gap"), {})
+    listed, readable = asyncio.run(history.recent(5, None))
+    assert readable and [e["exam_id"] for e in listed] == [exam.exam_id]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    history.close()
+
+
 # -- hostile requests, against a running server (the page's server alone, no models) -------
 @pytest.fixture
 def page_server(tmp_path, monkeypatch):

@@ -325,19 +325,31 @@ class ExamHistory:
                 self._said = ""
                 log.info("web: earlier exams: no journal yet at %s; none listed", self.path)
             return None
-        except (sqlite3.Error, OSError) as exc:
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-            self.readable = False
-            if reason != self._said:
-                self._said = reason
-                log.warning("web: earlier exams: cannot read the journal %s (%s); the page "
-                            "lists none", self.path, reason)
+        except sqlite3.OperationalError as exc:
+            if "no such column" not in str(exc):
+                return self._unreadable(exc)
+            # an older journal, which the loop upgrades once it has loaded the models
+            self.readable = True
+            if self._said != "older":
+                self._said = "older"
+                log.info("web: earlier exams: the journal %s is from an older sonoedge; "
+                         "listed once the loop has upgraded it", self.path)
             return None
-        if self._said:
+        except (sqlite3.Error, OSError) as exc:
+            return self._unreadable(exc)
+        if self._said and self._said != "older":
             log.info("web: earlier exams: the journal %s can be read again", self.path)
         self._said = None
         self.readable = True
         return rows
+
+    def _unreadable(self, exc: BaseException) -> None:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        self.readable = False
+        if reason != self._said:
+            self._said = reason
+            log.warning("web: earlier exams: cannot read the journal %s (%s); the page "
+                        "lists none", self.path, reason)
 
     @staticmethod
     def _parse(raw: object) -> dict | None:

@@ -116,21 +116,8 @@ PLAIN_HOST = re.compile(rb"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]
 PLAIN_METHOD = re.compile(rb"[A-Z]{1,16} ")
 PLAIN_REQUEST_LINE = re.compile(rb"[A-Z]{1,16} [\x21-\x7e]{1,8000} HTTP/1\.[01]")
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every TLS ClientHello (RFC 8446, 5.1)
+METHOD_LETTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # what an HTTP request starts with
 
-
-def plain_request_state(head: bytes) -> str:
-    """What to do with the bytes a plain connection has sent so far: "wait" for more,
-    "answer" a whole request head (or one that filled PLAIN_HEAD_MAX), or "close" what is
-    not HTTP/1.x (decided within a line, so a scanner's junk is not waited on)."""
-    if not PLAIN_METHOD.match(head[:17]):
-        letters = len(head) - len(head.lstrip(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
-        return "wait" if letters == len(head) and letters <= 16 else "close"
-    line, crlf, _ = head.partition(b"\r\n")
-    if crlf and not PLAIN_REQUEST_LINE.fullmatch(line):
-        return "close"
-    if b"\r\n\r\n" in head or len(head) >= PLAIN_HEAD_MAX:
-        return "answer"
-    return "wait"
 CERT_CHECK_S = 3600.0  # how often a running page looks at its certificate's end date
 MAX_BODY = 4096
 MAX_WS_MESSAGE = 1024
@@ -264,6 +251,21 @@ class ConnectionGate:
         self.count -= 1
 
 
+def plain_request_state(head: bytes) -> str:
+    """What to do with the bytes a plain connection has sent so far: "wait" for more,
+    "answer" a whole request head (or one that filled PLAIN_HEAD_MAX), or "close" what is
+    not HTTP/1.x (decided within a line, so a scanner's junk is not waited on)."""
+    if not PLAIN_METHOD.match(head[:17]):
+        letters = len(head) - len(head.lstrip(METHOD_LETTERS))
+        return "wait" if letters == len(head) and letters <= 16 else "close"
+    line, crlf, _ = head.partition(b"\r\n")
+    if crlf and not PLAIN_REQUEST_LINE.fullmatch(line):
+        return "close"
+    if b"\r\n\r\n" in head or len(head) >= PLAIN_HEAD_MAX:
+        return "answer"
+    return "wait"
+
+
 async def first_byte(transport: asyncio.BaseTransport, timeout_s: float) -> int | None:
     """The connection's first byte, looked at without taking it off the socket (MSG_PEEK
     on a duplicate of its descriptor, the transport's reading paused), so that a TLS
@@ -357,7 +359,7 @@ class _GatedProtocol(asyncio.Protocol):
                 transport.abort()
                 self._release()
                 return
-            if first in b"ABCDEFGHIJKLMNOPQRSTUVWXYZ":  # an HTTP method; else TLS says no
+            if first in METHOD_LETTERS:  # an HTTP method; any other byte: TLS says no
                 self._read_plain(transport)
                 return
         try:
