@@ -65,6 +65,14 @@ SECURITY_HEADERS = {
 }
 
 
+def _secure(resp: web.StreamResponse) -> web.StreamResponse:
+    """Every answer's security headers, and no caching unless the handler said otherwise."""
+    resp.headers.update(SECURITY_HEADERS)
+    if "Cache-Control" not in resp.headers:
+        resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 @dataclass
 class ServeSettings:
     db_url: str
@@ -201,16 +209,14 @@ class Dashboard:
     async def _headers(self, request: web.Request, handler):
         try:
             resp = await handler(request)
-        except web.HTTPException as exc:
-            resp = exc
+        except web.HTTPException as exc:  # raised on, with the same headers (aiohttp 4
+            _secure(exc)                  # refuses a returned HTTPException)
+            raise
         except DbError as exc:
             log.warning("%s %s: %s", request.method, request.path[:100], exc)
             resp = web.Response(status=503, text="The database is not reachable; try again "
                                 "in a minute.\n")
-        resp.headers.update(SECURITY_HEADERS)
-        if "Cache-Control" not in resp.headers:
-            resp.headers["Cache-Control"] = "no-store"
-        return resp
+        return _secure(resp)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler):
@@ -284,14 +290,14 @@ class Dashboard:
             return await self.login_page(request, "Wrong user or password.", 401)
         self.brake.succeeded(address)
         token = await self.run_db(A.open_session, user)
-        resp = web.HTTPSeeOther("/clinics")
+        resp = web.HTTPSeeOther("/clinics")  # raised: aiohttp 4 refuses a returned one
         resp.set_cookie(C.COOKIE, token, httponly=True, samesite="Strict", path="/",
                         secure=self.settings.secure_cookie, max_age=int(C.SESSION_MAX_S))
         resp.set_cookie(C.KNOWN_COOKIE, await self.run_db(
             A.known_cookie_after_login, user.username, known_cookie), httponly=True,
             samesite="Strict", path="/login", secure=self.settings.secure_cookie,
             max_age=C.KNOWN_COOKIE_MAX_AGE_S)
-        return resp
+        raise resp
 
     async def _braked(self, request: web.Request, wait: float,
                       why: str = "") -> web.Response:
@@ -306,7 +312,7 @@ class Dashboard:
             await self.run_db(A.close_session, token)
         resp = web.HTTPSeeOther("/login")
         resp.del_cookie(C.COOKIE, path="/")
-        return resp
+        raise resp
 
     async def me(self, request: web.Request):
         u: A.User = request["user"]
