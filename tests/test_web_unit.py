@@ -224,6 +224,29 @@ def test_stop_holds_the_next_exam_until_start_or_the_probe_is_lifted():
     assert view.latest is not None and view.latest.seq == 1
 
 
+def test_a_stop_counts_as_queued_until_its_exam_has_ended():
+    """Ending an exam takes a moment (its heads measured again, the journal written); a
+    Start tapped in that moment follows the Stop and must not be refused as a repeat
+    (it was, as a 409, while the exam card still said running)."""
+    from types import SimpleNamespace
+
+    view = LiveView()
+    hook = LoopHook(view, end_gap_s=5.0)
+    seen = []
+
+    class Ending(_Tracker):
+        def end(self, why):  # what the server sees while the loop ends the exam
+            seen.append(WebServer._stop_queued(SimpleNamespace(view=view)))
+            super().end(why)
+
+    tracker = Ending()
+    view.command("stop")
+    assert WebServer._stop_queued(SimpleNamespace(view=view))
+    hook.apply_commands(tracker)
+    assert seen == [True] and tracker.ended == ["command"]
+    assert not WebServer._stop_queued(SimpleNamespace(view=view))  # and not after
+
+
 def test_dates_entered_for_the_running_exam_go_into_the_journal_with_it(tmp_path, caplog):
     """Dates for the exam still running ride on its session and are journaled when it ends;
     dates for an exam already journaled are written to its row; dates for an exam the

@@ -71,6 +71,7 @@ class LiveView:
     viewers: int = 0
     ga_dates: dict | None = None  # {"exam_id", "lmp", "today", "weeks"} from the page
     holding: bool = False  # the next exam is held back after the page's "stop" (LoopHook)
+    stopping: bool = False  # the loop is ending an exam on the page's "stop"
     commands: deque = field(default_factory=lambda: deque(maxlen=8))
     # (exam_id, {"lmp", "today"} or None) for the loop to keep with that exam (the
     # journal's); apart from `commands`, so that dates typed again and again never push
@@ -246,9 +247,16 @@ class LoopHook:
         self.apply_dates(tracker.current)
         commands = self.view.commands
         while commands:
+            # A "stop" counts as queued until its exam has ended (measuring its heads and
+            # journaling it take a moment): a "start" tapped right after it is the next
+            # exam's, not a repeat to refuse (WebServer._stop_queued).
+            self.view.stopping = commands[0] == "stop"
             name = commands.popleft()
             if name == "stop":
-                tracker.end("command")
+                try:
+                    tracker.end("command")
+                finally:
+                    self.view.stopping = False
                 self.holding = True
                 self._no_content_since = None
             elif name == "start":

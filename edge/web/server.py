@@ -1081,7 +1081,7 @@ class WebServer:
 
     def _stop_queued(self) -> bool:
         try:  # the loop thread takes commands off this deque as we look
-            return "stop" in self.view.commands
+            return self.view.stopping or "stop" in self.view.commands
         except RuntimeError:
             return True  # it was changing: let the loop decide
 
