@@ -302,7 +302,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     def exam_ended(session: ExamSession, body: dict) -> None:
         # The journal first: a crash before the outbox has it is repaired from there.
         journal.add_exam(run_id, body, session.best_frames(), session.first_row,
-                         session.last_row, session.dates)
+                         session.last_row)
         uplink.enqueue_exam(body, key=body["exam_id"])
         echo(format_exam(session, body))
         if web is not None:

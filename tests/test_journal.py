@@ -121,3 +121,26 @@ def test_a_journal_of_schema_1_gains_the_biometry_columns_and_keeps_its_rows(tmp
         "SELECT biometry_status, hc_mm FROM results ORDER BY id").fetchall()
     assert rows == [(None, None), ("ok", 171.25), (None, None)]
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_dates_kept_in_a_schema_5_journal_move_to_their_own_table(tmp_path):
+    """Schema 5 kept an exam's dates in its row (written when it ended, so a killed run's
+    were lost); schema 6 keeps them under the exam's id at once. An upgraded journal keeps
+    the dates it had."""
+    from edge.store.journal import _MIGRATIONS
+
+    path = tmp_path / "j.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    for step in range(1, 6):
+        db.executescript(f"BEGIN; {_MIGRATIONS[step]} PRAGMA user_version={step}; COMMIT;")
+    for exam_id, dates in (("e1", '{"lmp":"2026-06-01","today":"2026-12-04"}'), ("e2", None)):
+        db.execute("INSERT INTO exams (exam_id, protocol, started_ts, ended_ts, ended_by,"
+                   " summary, best_frames, dates) VALUES (?, 'p', 1, 2, 'gap', '{}', '{}', ?)",
+                   (exam_id, dates))
+    db.close()
+    journal = Journal(path)
+    assert journal.db.execute("SELECT exam_id, dates FROM exam_dates").fetchall() == [
+        ("e1", '{"lmp":"2026-06-01","today":"2026-12-04"}')]
+    assert journal.keep_dates("e3", {"lmp": "2026-07-01", "today": "2026-12-04"})
+    assert journal.keep_dates("e1", None)
+    assert [r[0] for r in journal.db.execute("SELECT exam_id FROM exam_dates")] == ["e3"]

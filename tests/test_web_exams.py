@@ -271,7 +271,8 @@ def journaled_dates(box, exam_id: str) -> str | None:
     path = box["state"] / "journal.sqlite"
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        return db.execute("SELECT dates FROM exams WHERE exam_id=?", (exam_id,)).fetchone()[0]
+        row = db.execute("SELECT dates FROM exam_dates WHERE exam_id=?", (exam_id,)).fetchone()
+        return row[0] if row else None
     finally:
         db.close()
 
@@ -323,7 +324,7 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     for damaged in ('{"lmp": "not a date", "today": "2026-12-04"}', "[" * 100,
                     '{"lmp": "' + "9" * 300 + '"}', "\xff\xfe"):
         db = sqlite3.connect(path, timeout=5)
-        db.execute("UPDATE exams SET dates=? WHERE exam_id=?", (damaged, first_id))
+        db.execute("INSERT OR REPLACE INTO exam_dates VALUES (?,?)", (first_id, damaged))
         db.commit()
         db.close()
         status, _, body = http(f"{base}/report/{first_id}", cookie=cookie)

@@ -247,14 +247,18 @@ def test_a_stop_counts_as_queued_until_its_exam_has_ended():
     assert not WebServer._stop_queued(SimpleNamespace(view=view))  # and not after
 
 
-def test_dates_entered_for_the_running_exam_go_into_the_journal_with_it(tmp_path, caplog):
-    """Dates for the exam still running ride on its session and are journaled when it ends;
-    dates for an exam already journaled are written to its row; dates for an exam the
-    journal does not have are one line, and typing them again and again never pushes a
-    queued "stop" out."""
+def test_dates_entered_for_an_exam_are_journaled_at_once_under_its_id(tmp_path, caplog):
+    """The dates for the running exam are in the journal before it ends (a run killed now
+    has its exams rebuilt under the same ids, so they are not lost); its report has them
+    once it is journaled; dates for an ended exam are written the same way, clearing
+    them removes them, and typing them again and again never pushes a queued "stop"
+    out. The summary the district gets never carries them."""
+    import asyncio
+
     from edge.exam.protocol import load_protocols
     from edge.exam.session import ExamSession
     from edge.store.journal import Journal
+    from edge.web.history import ExamHistory
 
     caplog.set_level(logging.INFO)
     journal = Journal(tmp_path / "journal.sqlite")
@@ -265,26 +269,34 @@ def test_dates_entered_for_the_running_exam_go_into_the_journal_with_it(tmp_path
     tracker = _Tracker()
     tracker.current = running = ExamSession(protocol)
     done = ExamSession(protocol)
-    summary = done.summary("gap")
-    assert journal.add_exam(None, summary, {})
+    assert journal.add_exam(None, done.summary("gap"), {})
     dates = {"lmp": "2026-06-01", "today": "2026-12-04"}
     for _ in range(20):  # a restless finger on Set
         view.dates_to_keep.append((running.exam_id, dates))
     view.command("stop")
-    view.dates_to_keep.append((done.exam_id, dates))
-    view.dates_to_keep.append(("no-such-exam", dates))
+    view.dates_to_keep.append((done.exam_id, {"lmp": "2026-05-01", "today": "2026-12-04"}))
     hook.apply_commands(tracker)
     assert tracker.ended == ["command"]  # the stop was not pushed out
-    assert running.dates == dates and "lmp" not in json.dumps(running.summary("command"))
-    row = journal.db.execute("SELECT dates FROM exams WHERE exam_id=?",
-                             (done.exam_id,)).fetchone()
-    assert json.loads(row[0]) == dates
-    assert [r for r in caplog.records if "dates for exam no-such-exam were not kept" in
-            r.getMessage()]
-    journal.add_exam(None, running.summary("command"), {}, dates=running.dates)
-    row = journal.db.execute("SELECT dates FROM exams WHERE exam_id=?",
-                             (running.exam_id,)).fetchone()
-    assert json.loads(row[0]) == dates
+
+    def kept() -> dict:
+        return {i: json.loads(d) for i, d in journal.db.execute(
+            "SELECT exam_id, dates FROM exam_dates").fetchall()}
+
+    assert kept() == {running.exam_id: dates,
+                      done.exam_id: {"lmp": "2026-05-01", "today": "2026-12-04"}}
+    summary = running.summary("command")
+    assert "2026-06-01" not in json.dumps(summary)
+    assert journal.add_exam(None, summary, {})  # the exam ends (or is rebuilt by replay)
+    history = ExamHistory(tmp_path)
+    listed = {e["exam_id"]: e for e in asyncio.run(history.recent(5, None))[0]}
+    assert listed[running.exam_id]["dates"]["lmp"] == "2026-06-01"
+    assert listed[running.exam_id]["dates"]["ga_dates_weeks"] == 26.57  # 186 days
+    view.dates_to_keep.append((done.exam_id, None))
+    hook.apply_commands(tracker)
+    assert kept() == {running.exam_id: dates}
+    listed = {e["exam_id"]: e for e in asyncio.run(history.recent(5, None))[0]}
+    assert listed[done.exam_id]["dates"] is None
+    history.close()
 
 
 def test_the_earlier_exams_of_a_journal_the_loop_has_not_yet_upgraded(tmp_path, caplog):

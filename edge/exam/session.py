@@ -135,9 +135,6 @@ class ExamSession:
     # a best frame's advice; None: the shipped rules) and the head planes ([biometry]).
     rules: Rules | None = None
     head_planes: tuple[str, ...] = HEAD_PLANES
-    # The dates the midwife entered on the page ({"lmp", "today"}), journaled with the exam
-    # for its report; never in the summary the district gets.
-    dates: dict | None = None
     _pending: dict[str, np.ndarray] = field(default_factory=dict)
     _written: dict[str, float] = field(default_factory=dict)
     # The frames whose heads the exam reports, until it ends: key -> (image, region, mm/px)

@@ -37,7 +37,7 @@ from edge.store.state import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 JOURNAL_FILE = "journal.sqlite"
 SHED_BATCH = 2000  # frame results dropped at a time when the disk is full
 WAL_PAGES = 256  # checkpoint the write-ahead log at this many pages (1 MB of 4 KB pages)
@@ -104,6 +104,14 @@ _MIGRATIONS = {
     # which the district gets (nothing there tells of the woman).
     5: """
     ALTER TABLE exams ADD COLUMN dates TEXT;
+    """,
+    # ... kept in a table of their own from the moment the page sends them, whether the
+    # exam has ended or not: a run killed mid-exam has its exams rebuilt under the same ids
+    # (`replay`), and the dates the page was told were kept are still there. (Schema 5's
+    # column is no longer written.)
+    6: """
+    CREATE TABLE exam_dates (exam_id TEXT PRIMARY KEY, dates TEXT NOT NULL);
+    INSERT INTO exam_dates SELECT exam_id, dates FROM exams WHERE dates IS NOT NULL;
     """,
 }
 
@@ -351,30 +359,30 @@ class Journal:
         return gone
 
     def add_exam(self, run_id: str | None, summary: dict, best_frames: dict,
-                 first_row: int | None = None, last_row: int | None = None,
-                 dates: dict | None = None) -> bool:
-        """Keep one finished exam: its summary body, its best frames, its first and last
-        frames' journal rows and the dates entered for it (`keep_dates`). False when it
-        could not be written (said in the log)."""
+                 first_row: int | None = None, last_row: int | None = None) -> bool:
+        """Keep one finished exam: its summary body, its best frames and its first and last
+        frames' journal rows. False when it could not be written (said in the log)."""
         protocol = summary.get("protocol") or {}
         values = (summary["exam_id"], run_id, str(protocol.get("name", "")),
                   summary["started_ts"], summary["ended_ts"], summary.get("ended_by", ""),
                   json.dumps(summary, separators=(",", ":")),
-                  json.dumps(best_frames, separators=(",", ":")), first_row, last_row,
-                  None if dates is None else json.dumps(dates, separators=(",", ":")))
+                  json.dumps(best_frames, separators=(",", ":")), first_row, last_row)
         return self._write("exam", lambda: self.db.execute(
             "INSERT OR REPLACE INTO exams (exam_id, run_id, protocol, started_ts, ended_ts,"
-            " ended_by, summary, best_frames, first_row, last_row, dates)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?)", values)) is not None
+            " ended_by, summary, best_frames, first_row, last_row)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)", values)) is not None
 
     def keep_dates(self, exam_id: str, dates: dict | None) -> bool:
-        """The dates the midwife entered for a finished exam ({"lmp", "today"}: ISO dates;
-        None clears them), for its report. False when no journaled exam has that id or
-        the write failed."""
-        text = None if dates is None else json.dumps(dates, separators=(",", ":"))
-        cursor = self._write("exam dates", lambda: self.db.execute(
-            "UPDATE exams SET dates=? WHERE exam_id=?", (text, exam_id)))
-        return cursor is not None and cursor.rowcount == 1
+        """The dates the midwife entered for an exam, running or ended ({"lmp", "today"}:
+        ISO dates; None clears them), for its report; committed at once, like a frame.
+        False when the write failed (said in the log)."""
+        if dates is None:
+            return self._write("exam dates", lambda: self.db.execute(
+                "DELETE FROM exam_dates WHERE exam_id=?", (exam_id,))) is not None
+        text = json.dumps(dates, separators=(",", ":"))
+        return self._write("exam dates", lambda: self.db.execute(
+            "INSERT OR REPLACE INTO exam_dates (exam_id, dates) VALUES (?,?)",
+            (exam_id, text))) is not None
 
     # -- crash recovery -------------------------------------------------------------------
     def open_runs(self, exclude: str | None = None) -> list[tuple[str, dict]]:

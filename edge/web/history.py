@@ -21,8 +21,8 @@ exam_snapshot`: its checklist of the protocol's slots with each one's best frame
 and required, the biometry), plus what the journal adds: when it ended and how, the
 deficiencies seen most often, the model versions, and the flags of `edge.web.screening`:
 the cephalic index (from the exam's BPD and OFD) and HC against the dates, where the
-midwife entered the last period for that exam on the page (the journal keeps it with the
-exam, `exams.dates`, on the box only: the summary the district gets never has it).
+midwife entered the last period for that exam on the page (the journal keeps it under the
+exam's id, table `exam_dates`, on the box only: the summary the district gets never has it).
 
 The journal keeps a slot's best frame only where it captured the slot; for a slot it
 missed, the best quality any frame of its planes reached comes from the summary's per-plane
@@ -326,7 +326,7 @@ class ExamHistory:
                 log.info("web: earlier exams: no journal yet at %s; none listed", self.path)
             return None
         except sqlite3.OperationalError as exc:
-            if "no such column" not in str(exc):
+            if "no such column" not in str(exc) and "no such table: exam_dates" not in str(exc):
                 return self._unreadable(exc)
             # an older journal, which the loop upgrades once it has loaded the models
             self.readable = True
@@ -365,8 +365,8 @@ class ExamHistory:
 
     _COLUMNS = ("SELECT exam_id, CASE WHEN length(CAST(summary AS BLOB)) <= :max THEN summary "
                 "END, CASE WHEN length(CAST(best_frames AS BLOB)) <= :max THEN best_frames END, "
-                f"CASE WHEN length(CAST(dates AS BLOB)) <= {MAX_DATES_BYTES} THEN dates END "
-                "FROM exams ")
+                f"(SELECT CASE WHEN length(CAST(d.dates AS BLOB)) <= {MAX_DATES_BYTES} THEN "
+                "d.dates END FROM exam_dates d WHERE d.exam_id = exams.exam_id) FROM exams ")
 
     def _exams(self, rows: list[tuple], running: dict | None) -> list[dict]:
         if self._protocols is None:

@@ -231,20 +231,18 @@ class LoopHook:
             self._no_content_since = None
         return not self.holding
 
-    def apply_dates(self, current) -> None:
-        """The dates the page entered, kept with their exam: the running one (`current`)
-        takes them into the journal when it ends; a finished one has them written there."""
+    def apply_dates(self) -> None:
+        """The dates the page entered, into the journal under their exam's id (running or
+        ended: a killed run's exams are rebuilt under the same ids)."""
         dates_to_keep = self.view.dates_to_keep
         while dates_to_keep:
             exam_id, dates = dates_to_keep.popleft()
-            if current is not None and current.exam_id == exam_id:
-                current.dates = dates
-            elif self.keep_dates is not None and not self.keep_dates(exam_id, dates):
-                log.info("web: the dates for exam %s were not kept (not in the journal)",
-                         exam_id)
+            if self.keep_dates is not None and not self.keep_dates(exam_id, dates):
+                log.warning("web: the dates for exam %s could not be kept (see the "
+                            "journal's line)", exam_id)
 
     def apply_commands(self, tracker) -> None:
-        self.apply_dates(tracker.current)
+        self.apply_dates()
         commands = self.view.commands
         while commands:
             # A "stop" counts as queued until its exam has ended (measuring its heads and
@@ -299,7 +297,7 @@ class LoopHook:
         process is told to stop."""
         while not stopped() and not self.stop_requested.wait(poll_s):
             self.view.commands.clear()  # no frames to apply them to
-            self.apply_dates(None)  # every exam has ended: into the journal
+            self.apply_dates()
 
     def close(self) -> None:
         if self.server is not None:
