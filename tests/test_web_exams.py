@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import sqlite3
 import time
 import uuid
@@ -357,3 +358,44 @@ def test_a_corrupt_journal_is_an_empty_list_and_one_log_line(box, ended):
     said = [line for line in box["log"].read_text().splitlines()[seen:] if LOG_LINE in line]
     assert len(said) == 1, said
     assert "Traceback" not in box["log"].read_text()
+
+
+def test_dates_entered_during_an_exam_survive_a_sigkill_of_the_device(tmp_path, data_dir):
+    """The page said the dates were kept: a power cut of the process (SIGKILL) in the
+    middle of that exam must not lose them. At the next start the killed run's exam is
+    rebuilt from its frames under the same id, and its report has the dates."""
+    clip = two_exam_clip(data_dir, tmp_path / "clip.avi")
+    lmp, today = "2026-06-10", "2026-12-04"
+    with device(tmp_path, clip) as (base, proc):
+        cookie = login_cookie(base)
+
+        def running() -> dict | None:
+            exam = json.loads(http(base + "/api/state", cookie=cookie)[2])["exam"]
+            return exam if exam and exam["running"] else None
+
+        exam_id = wait_for(running, 90, "the first exam to start")["exam_id"]
+        status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today}, cookie=cookie)
+        assert status == 200, body
+        box = {"state": tmp_path / "state"}
+        wait_for(lambda: journaled_dates(box, exam_id), 10, "the dates in the journal")
+        assert (running() or {}).get("exam_id") == exam_id  # killed mid-exam
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    with device(tmp_path, clip, log_name="device2.log") as (base, proc):
+        cookie = login_cookie(base)
+        wait_for(lambda: exam_id in [i for i, _, _ in journaled(box)], 60,
+                 "the killed run's exam rebuilt at start")
+        status, _, body = http(f"{base}/report/{exam_id}", cookie=cookie)
+        page = body.decode()
+        assert status == 200 and "Last period" in page and lmp in page, page[-2000:]
+        assert "recovered" in journaled_ended_by(box, exam_id)
+
+
+def journaled_ended_by(box, exam_id: str) -> str:
+    db = sqlite3.connect(f"file:{box['state'] / 'journal.sqlite'}?mode=ro", uri=True,
+                         timeout=5)
+    try:
+        return db.execute("SELECT ended_by FROM exams WHERE exam_id=?",
+                          (exam_id,)).fetchone()[0]
+    finally:
+        db.close()
