@@ -49,7 +49,7 @@ from edge.exam.thumbs import THUMBS_DIR
 from edge.models.biometry import HADLOCK_1984_WEEKS
 from edge.store.journal import JOURNAL_FILE
 from edge.web import i18n
-from edge.web.screening import cephalic_index, ga_from_lmp, hc_against_dates
+from edge.web.screening import cephalic_index, hc_against_dates, read_lmp
 from wire.schema import PLANES, PayloadError, finite_number, loads_bounded
 
 log = logging.getLogger(__name__)
@@ -194,12 +194,8 @@ def read_dates(dates: dict | None) -> dict | None:
     the age by dates on the day they were entered; None otherwise."""
     if not isinstance(dates, dict):
         return None
-    lmp, today = dates.get("lmp"), dates.get("today")
-    if not isinstance(lmp, str) or not isinstance(today, str) or len(lmp) > 10 \
-            or len(today) > 10:
-        return None
     try:
-        weeks = ga_from_lmp(lmp, today)
+        lmp, today, weeks = read_lmp(dates.get("lmp"), dates.get("today"))
     except ValueError:
         return None
     return {"lmp": lmp, "today": today, "ga_dates_weeks": round(weeks, 2)}
@@ -326,7 +322,7 @@ class ExamHistory:
                 log.info("web: earlier exams: no journal yet at %s; none listed", self.path)
             return None
         except sqlite3.OperationalError as exc:
-            if "no such column" not in str(exc) and "no such table: exam_dates" not in str(exc):
+            if "no such table: exam_dates" not in str(exc):
                 return self._unreadable(exc)
             # an older journal, which the loop upgrades once it has loaded the models
             self.readable = True

@@ -204,7 +204,7 @@ class LoopHook:
     def attach(self, scorer, uplink, source, tracker,
                keep_dates: Callable[[str, dict | None], bool] | None = None) -> None:
         """The loop's parts are ready (models loaded, source open): the page goes live.
-        `keep_dates(exam_id, dates)` keeps the dates of an exam already journaled."""
+        `keep_dates(exam_id, dates)` writes an exam's dates into the journal."""
         view = self.view
         self.keep_dates = keep_dates
         view.models = dict(scorer.model_versions())

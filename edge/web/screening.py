@@ -92,6 +92,18 @@ def ga_from_lmp(lmp: str, today: str) -> float:
     return days / 7.0
 
 
+def read_lmp(lmp: object, today: object) -> tuple[str, str, float]:
+    """The page's two dates, checked (strings of at most 10 characters, ISO dates, a period
+    within MAX_LMP_DAYS before today): (lmp, today) as YYYY-MM-DD and the weeks between.
+    ValueError, with a message for the midwife's page, for anything else."""
+    if not isinstance(lmp, str) or not isinstance(today, str) or len(lmp) > 10 \
+            or len(today) > 10:
+        raise ValueError("lmp and today must be YYYY-MM-DD")
+    weeks = ga_from_lmp(lmp, today)
+    return (dt.date.fromisoformat(lmp).isoformat(), dt.date.fromisoformat(today).isoformat(),
+            weeks)
+
+
 def hc_against_dates(hc_mm: float | None, ga_dates_weeks: float | None) -> dict | None:
     """HC against the age from dates: the expected HC, the age the HC gives, the
     difference in days, ACOG's tolerance at that age, and `small`/`large` when beyond it."""

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import errno
 import hashlib
 import hmac
@@ -81,7 +80,7 @@ from edge.web import i18n
 from edge.web.auth import Attempt, Brake, Braked, PinHash, Sessions
 from edge.web.history import BadQuery, ExamHistory, parse_limit, report_lang
 from edge.web.live import LiveView
-from edge.web.screening import ga_from_lmp, screening
+from edge.web.screening import read_lmp, screening
 from edge.web.settings import WebError, WebSettings, parse_listen
 from edge.web.tls import PageTls
 from wire.http_log import LineLimiter, flush_bad_request_lines, one_line_bad_requests
@@ -1094,15 +1093,10 @@ class WebServer:
                 self.view.dates_to_keep.append((exam["exam_id"], None))
             self.view.ga_dates = None
             return web.json_response({"ok": True, "ga_dates_weeks": None})
-        if not isinstance(lmp, str) or not isinstance(today, str) or len(lmp) > 10 \
-                or len(today) > 10:
-            raise web.HTTPBadRequest(text="lmp and today must be YYYY-MM-DD")
         try:
-            weeks = ga_from_lmp(lmp, today)
+            lmp, today, weeks = read_lmp(lmp, today)
         except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
-        lmp, today = dt.date.fromisoformat(lmp).isoformat(), \
-            dt.date.fromisoformat(today).isoformat()  # valid: ga_from_lmp read them
         self.view.ga_dates = {"exam_id": exam["exam_id"] if exam else None, "lmp": lmp,
                               "today": today, "weeks": weeks}
         if exam is not None:  # kept with the exam for its report (edge/web/history.py)
