@@ -244,7 +244,9 @@ def augment(x2: np.ndarray, y2: np.ndarray, rng: np.random.Generator,
             t2: np.ndarray | None = None, ellipse: np.ndarray | None = None,
             frame_hw: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """One view: (float32 z-scored H x W input, float32 0..1 H x W target), plus the
-    teacher's logit map `t2` (2x size) moved exactly like the mask when it is given.
+    teacher's logit map `t2` (2x size) moved exactly like the mask when it is given. A
+    `t2` of shape (2H, 2W, C) carries the logits in channel 0 and the teacher's attention
+    maps after them (`with_teacher`); its view is then (C, H, W).
 
     The teacher map takes no random draw of its own, so a batch with and without it is the
     same view of the same frames (a plain run and a distilled run see the same data).
@@ -270,9 +272,10 @@ def augment(x2: np.ndarray, y2: np.ndarray, rng: np.random.Generator,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         y2 = cv2.warpAffine(y2, m, (ww, hh), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        if t2 is not None:  # off the frame the teacher would see background
+        if t2 is not None:  # off the frame the teacher would see background, no features
             t2 = cv2.warpAffine(t2.astype(np.float32), m, (ww, hh), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=TEACHER_OFF_FRAME)
+                                borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=(TEACHER_OFF_FRAME, 0.0, 0.0, 0.0))
         if rng.random() < aug.flip:
             x2, y2 = x2[:, ::-1], y2[:, ::-1]
             t2 = None if t2 is None else t2[:, ::-1]
@@ -289,7 +292,7 @@ def augment(x2: np.ndarray, y2: np.ndarray, rng: np.random.Generator,
         return normalise(x, spec), y
     t = cv2.resize(np.ascontiguousarray(t2, dtype=np.float32), (w, h),
                    interpolation=cv2.INTER_AREA)
-    return normalise(x, spec), y, t
+    return normalise(x, spec), y, (t if t.ndim == 2 else np.moveaxis(t, -1, 0))
 
 
 def draw_weights(hc_mm: np.ndarray, big_head_weight: float, start_mm: float = 200.0,
@@ -323,7 +326,8 @@ def batch(cache: dict, rng: np.random.Generator, size: int,
                      t2=None if teacher is None else teacher[i],
                      ellipse=cache["ellipse"][i] if crops else None,
                      frame_hw=cache["frame_hw"][i] if crops else None) for i in idx]
-    return tuple(np.stack([v[k] for v in views])[:, None] for k in range(len(views[0])))
+    stacked = (np.stack([v[k] for v in views]) for k in range(len(views[0])))
+    return tuple(a[:, None] if a.ndim == 3 else a for a in stacked)
 
 
 TEACHER_OFF_FRAME = -12.0  # teacher logit for pixels warped in from outside the frame
@@ -356,15 +360,21 @@ def build_unlabelled_cache(frames: list[Frame], dest: Path, spec: PreprocessSpec
 
 
 def with_teacher(labelled: dict, unlabelled: dict, t2_labelled: np.ndarray,
-                 t2_unlabelled: np.ndarray) -> dict:
+                 t2_unlabelled: np.ndarray,
+                 attention: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """One training pool for distillation: the labelled frames with their annotation masks
     and the unlabelled heads with the teacher's pseudo-mask (its probability, as area
     coverage like the annotation masks), each with the teacher's logit map `t2` at the
-    2x cache size."""
+    2x cache size. With the teacher's `attention` maps (labelled, unlabelled; n x 2H x 2W
+    x taps) `t2` holds the logits in channel 0 and the maps after them, so that one warp
+    moves them all alike."""
     pseudo = 1.0 / (1.0 + np.exp(-t2_unlabelled.astype(np.float32)))
+    t2 = np.concatenate([t2_labelled, t2_unlabelled]).astype(np.float16)
+    if attention is not None:
+        t2 = np.concatenate([t2[..., None], np.concatenate(attention).astype(np.float16)], -1)
     return {"x2": np.concatenate([labelled["x2"], unlabelled["x2"]]),
             "y2": np.concatenate([labelled["y2"], (pseudo * 255 + 0.5).astype(np.uint8)]),
-            "t2": np.concatenate([t2_labelled, t2_unlabelled]).astype(np.float16),
+            "t2": t2,
             "hc_csv": np.concatenate([labelled["hc_csv"],
                                       np.full(len(unlabelled["x2"]), np.nan)])}
 

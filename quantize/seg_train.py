@@ -15,8 +15,13 @@ step (its training step takes twice the student's). Loss per view:
 - a boundary term: the L1 distance between the spatial gradients of the student's and the
   teacher's probability maps, relative to the teacher's own gradient. HC depends only on
   where the 0.5 crossing lies; this term asks for the teacher's crossing and sharpness.
-A feature (attention-transfer) term would need the teacher on every augmented batch; it
-was left out for that cost.
+- with `DistilSettings.attention_beta` > 0, a feature term: attention transfer
+  (Zagoruyko & Komodakis 2017) at the encoder's 1/8 output and the decoder's 1/4 output,
+  beta/2 times the mean squared difference of the L2-normalised maps (the channel mean of
+  the squared activations). The teacher's maps are cached at the 2x size and moved with
+  the augmentation like its logits (`teacher_attention`), so the term costs the student's
+  own forward only; running the teacher on every batch would more than double a step.
+  The build keeps it at 0: docs/measurements.md, "A feature term".
 
 `TrainSettings.big_head_weight` can draw the heads over 300 mm more often than the small
 ones (`seg_data.draw_weights`); it is 1 (every frame alike), because drawing them three
@@ -91,6 +96,9 @@ class DistilSettings:
     boundary_weight: float = 0.5
     unlabelled: str = "hc18_test"  # the teacher's pseudo-masks on these heads join training
     teacher_maps: str = "cached, moved with the augmentation"
+    # > 0: the attention-transfer term at this beta (the paper's 1,000); 0 leaves it out
+    # and keeps the stamp of checkpoints made before the term existed
+    attention_beta: float = 0.0
 
 
 DEFAULT_STEPS = {"teacher": 8000, "unet_small": 1200, "deeplab": 8000, "student": 1200,
@@ -126,13 +134,43 @@ def boundary_loss(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tenso
     return diff / (tx.abs().sum() + ty.abs().sum() + 1e-6)
 
 
-def distil_loss(s_logits, t_logits, target, settings: TrainSettings, distil: DistilSettings):
+def attention_map(features: torch.Tensor) -> torch.Tensor:
+    """Where a layer looks: the channel mean of its squared activations, (N, 1, h, w)."""
+    return features.pow(2).mean(1, keepdim=True)
+
+
+def attention_loss(s_features: list[torch.Tensor], t_attention: torch.Tensor) -> torch.Tensor:
+    """Sum over the taps of the mean squared difference between the student's and the
+    teacher's L2-normalised attention maps; the teacher's (N, taps, H, W), one per tap and
+    at the student's input size, are area-pooled to each tap's grid."""
+    total = t_attention.new_zeros(())
+    for i, feats in enumerate(s_features):
+        a_s = attention_map(feats)
+        a_t = F.adaptive_avg_pool2d(t_attention[:, i:i + 1], a_s.shape[-2:])
+        q_s, q_t = (F.normalize(a.flatten(1), dim=1) for a in (a_s, a_t))
+        total = total + (q_s - q_t).pow(2).mean()
+    return total
+
+
+def distil_loss(s_logits, t_maps, target, settings: TrainSettings, distil: DistilSettings,
+                s_features: list[torch.Tensor] | None = None):
+    """The distilled student's loss. `t_maps` is the teacher's logits (N, 1, H, W), or with
+    the attention term its logits then its attention maps (N, 1 + taps, H, W)."""
     t = settings.temperature
+    t_logits = t_maps[:, :1]
     kd = F.binary_cross_entropy_with_logits(s_logits / t, torch.sigmoid(t_logits / t)) * t * t
     edge = boundary_loss(s_logits, t_logits)
     gt = gt_loss(s_logits, target)
-    return gt + settings.kd_weight * kd + distil.boundary_weight * edge, {
-        "gt": float(gt.detach()), "kd": float(kd.detach()), "boundary": float(edge.detach())}
+    loss = gt + settings.kd_weight * kd + distil.boundary_weight * edge
+    parts = {"gt": float(gt.detach()), "kd": float(kd.detach()), "boundary": float(edge.detach())}
+    if distil.attention_beta > 0:
+        if s_features is None or t_maps.shape[1] != 1 + len(s_features):
+            raise ValueError("the attention term needs the student's features and the "
+                             "teacher's attention maps (training_inputs with attention)")
+        at = attention_loss(s_features, t_maps[:, 1:])
+        loss = loss + distil.attention_beta / 2 * at
+        parts["attention"] = float(at.detach())
+    return loss, parts
 
 
 def kind_spec(kind: str) -> PreprocessSpec:
@@ -156,6 +194,8 @@ def settings_stamp(kind: str, settings: TrainSettings,
         config["input"] = [spec.height, spec.width]
     if kind in DISTILLED:
         config["distil"] = asdict(distil)
+        if distil.attention_beta == 0.0:
+            del config["distil"]["attention_beta"]
     return config
 
 
@@ -244,7 +284,10 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
         x, y = views[0], views[1]
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        if kind in DISTILLED:
+        if kind in DISTILLED and distil.attention_beta > 0:
+            logits, features = net.forward_all(x)
+            loss, parts = distil_loss(logits, views[2], y, settings, distil, features)
+        elif kind in DISTILLED:
             loss, parts = distil_loss(net(x), views[2], y, settings, distil)
         else:
             loss = gt_loss(net(x), y)
@@ -311,17 +354,58 @@ def teacher_maps(work: Path, teacher: torch.nn.Module, labelled: dict,
     return lab, unl
 
 
+def teacher_attention_of(teacher: torch.nn.Module, inputs: np.ndarray,
+                         batch: int = 16) -> np.ndarray:
+    """The teacher's attention maps (n, H2, W2, taps) at the 2x cache size, each frame's
+    scaled to a peak of 1 (the loss normalises them; float16 keeps them)."""
+    h2, w2 = seg_data.SPEC.height * seg_data.CACHE_SCALE, seg_data.SPEC.width * seg_data.CACHE_SCALE
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(inputs), batch), desc="teacher attention", unit="batch"):
+            _, feats = teacher.forward_all(
+                torch.from_numpy(np.ascontiguousarray(inputs[i:i + batch])))
+            maps = torch.cat([F.interpolate(attention_map(f), size=(h2, w2), mode="bilinear",
+                                            align_corners=False) for f in feats], 1)
+            maps = maps / maps.amax((2, 3), keepdim=True).clamp_min(1e-12)
+            out.append(maps.permute(0, 2, 3, 1).numpy().astype(np.float16))
+    return np.concatenate(out)
+
+
+def teacher_attention(work: Path, teacher: torch.nn.Module, labelled: dict,
+                      unlabelled: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's attention maps of the labelled and unlabelled frames, cached in
+    teacher_attention.npz for the same teacher checkpoint and frames."""
+    ckpt = checkpoint_path(work, "teacher")
+    spec = kind_spec("teacher")
+    stamp = (f"{ckpt.stat().st_mtime_ns} {len(labelled['x'])} {len(unlabelled['x'])} "
+             f"{spec.height}x{spec.width}")
+    dest = work / "teacher_attention.npz"
+    if dest.exists():
+        cached = load_npz(dest)
+        if str(cached["stamp"]) == stamp:
+            return cached["labelled"], cached["unlabelled"]
+    teacher.eval()
+    lab = teacher_attention_of(teacher, seg_data.device_inputs(labelled, spec))
+    unl = teacher_attention_of(teacher, seg_data.device_inputs(unlabelled, spec))
+    save_npz(dest, labelled=lab, unlabelled=unl, stamp=np.asarray(stamp))
+    return lab, unl
+
+
 def distillation_pool(work: Path, seed: int, labelled: dict,
-                      teacher: torch.nn.Module) -> dict:
-    """Labelled training frames + the unlabelled HC18 test heads, with the teacher's maps."""
+                      teacher: torch.nn.Module, attention: bool = False) -> dict:
+    """Labelled training frames + the unlabelled HC18 test heads, with the teacher's maps
+    (and its attention maps, for the feature term)."""
     root = data_dir()
     unlabelled = seg_data.build_unlabelled_cache(seg_data.unlabelled_frames(root),
                                                  work / "unlabelled_cache.npz")
     lab, unl = teacher_maps(work, teacher, labelled, unlabelled)
-    return seg_data.with_teacher(labelled, unlabelled, lab, unl)
+    maps = teacher_attention(work, teacher, labelled, unlabelled) if attention else None
+    return seg_data.with_teacher(labelled, unlabelled, lab, unl, maps)
 
 
-def training_inputs(work: Path, kind: str, split_seed: int) -> tuple[dict, DistilSettings | None]:
+def training_inputs(work: Path, kind: str, split_seed: int,
+                    distil: DistilSettings = DistilSettings()
+                    ) -> tuple[dict, DistilSettings | None]:
     """What a net of `kind` trains on in `work`: the training frames of the split, and for a
     distilled kind the pool with the teacher's maps and the distillation settings."""
     cache = prepare_cache(work, split_seed)
@@ -330,7 +414,8 @@ def training_inputs(work: Path, kind: str, split_seed: int) -> tuple[dict, Disti
     teacher = load_trained(work, "teacher")
     if teacher is None:
         raise FileNotFoundError(f"{checkpoint_path(work, 'teacher')}: train the teacher first")
-    return distillation_pool(work, split_seed, cache, teacher), DistilSettings()
+    pool = distillation_pool(work, split_seed, cache, teacher, distil.attention_beta > 0)
+    return pool, distil
 
 
 def main(argv: list[str] | None = None) -> int:

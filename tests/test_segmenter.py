@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from edge.models.biometry import (
     BiometrySettings,
@@ -160,6 +161,65 @@ def test_the_teachers_map_moves_with_the_mask_and_changes_no_view():
     assert np.abs(teacher_prob - y).mean() < 0.01
     # the views really were moved (rotation, scale, flips), so the check above means something
     assert min(np.abs(y[i] - y[j]).mean() for i in range(6) for j in range(i)) > 0.001
+
+
+@needs_data
+def test_the_teachers_attention_maps_move_with_its_logits_and_change_no_view():
+    """The feature term's teacher maps ride in the same cache as its logits, one channel
+    each, and one warp moves them all: the logits' channel is the view a run without the
+    term gets, each attention channel is moved like the mask, and the views are the same."""
+    x2, y2, t2 = real_views()
+    cache = {"x2": np.stack([x2, x2[:, ::-1]]), "y2": np.stack([y2, y2[:, ::-1]]),
+             "t2": np.stack([t2, t2[:, ::-1]])}
+    x, y, t = seg_data.batch(cache, np.random.default_rng(7), 6)
+    # "attention" that is the mask itself (tap 1) and its square (tap 2), at peak 1
+    cover = y2.astype(np.float32) / 255
+    labelled = {"x2": cache["x2"], "y2": cache["y2"], "hc_csv": np.array([180.0, 180.0])}
+    pool = seg_data.with_teacher(
+        {k: v[:1] for k, v in labelled.items()}, {"x2": cache["x2"][1:]},
+        cache["t2"][:1], cache["t2"][1:],
+        (np.stack([cover, cover ** 2], -1)[None], np.stack([cover, cover ** 2], -1)[None, :, ::-1]))
+    assert pool["t2"].shape == (2, *t2.shape, 3)
+    xa, ya, ta = seg_data.batch({**cache, "t2": pool["t2"]}, np.random.default_rng(7), 6)
+    assert ta.shape == (6, 3, 160, 240)
+    assert np.array_equal(x, xa) and np.array_equal(y, ya)
+    assert np.allclose(ta[:, :1], t, atol=1e-2)
+    assert np.abs(ta[:, 1:2] - y).mean() < 0.01
+    assert np.abs(ta[:, 2:3] - y ** 2).mean() < 0.02
+
+
+def test_the_attention_term_asks_the_student_to_look_where_the_teacher_looks():
+    """Attention transfer compares where each layer's activation lies, not its size: the
+    teacher's own maps cost nothing at any scale, a map looking elsewhere costs more the
+    further it looks, and the term is summed over the student's two taps."""
+    from quantize.seg_train import attention_loss, attention_map
+
+    g = torch.Generator().manual_seed(0)
+    deep = torch.rand(2, 64, 20, 30, generator=g)
+    deep[:, :, 5:12, 8:20] += 3.0  # looks at a head
+    decoder = torch.rand(2, 48, 40, 60, generator=g)
+    decoder[:, :, 10:25, 15:40] += 2.0
+    teacher = torch.cat([F.interpolate(attention_map(f), size=(160, 240), mode="nearest")
+                         for f in (deep, decoder)], 1)
+    assert float(attention_loss([deep, decoder], teacher)) < 1e-4
+    assert float(attention_loss([3 * deep, 0.5 * decoder], teacher)) < 1e-4
+    near = attention_loss([torch.roll(deep, 2, -1), torch.roll(decoder, 4, -1)], teacher)
+    far = attention_loss([torch.roll(deep, 8, -1), torch.roll(decoder, 16, -1)], teacher)
+    assert 1e-4 < float(near) < float(far)
+    one_tap = attention_loss([torch.roll(deep, 8, -1)], teacher)
+    assert float(one_tap) < float(far)
+
+
+def test_a_run_without_the_feature_term_keeps_its_stamp_and_one_with_it_is_told_apart():
+    """Checkpoints distilled before the term existed stay resumable (beta 0 is not
+    stamped); a run with the term is never resumed as one without it."""
+    from quantize.seg_train import DistilSettings, settings_for, settings_stamp
+
+    off = settings_stamp("deeplab_student", settings_for("deeplab_student"), DistilSettings())
+    on = settings_stamp("deeplab_student", settings_for("deeplab_student"),
+                        DistilSettings(attention_beta=1000.0))
+    assert "attention_beta" not in off["distil"]
+    assert on["distil"]["attention_beta"] == 1000.0 and on != off
 
 
 def test_big_heads_are_drawn_more_often_and_unlabelled_heads_like_small_ones():
@@ -606,6 +666,10 @@ def test_a_crop_view_is_what_the_devices_crop_pass_shows_and_plain_views_are_unc
     ("quantize.seg_seeds", ["train", "deeplab", "1", "--threads", "0"], "--threads"),
     ("quantize.seg_seeds", ["report", "--seeds", "1", "-2"], "--seeds"),
     ("quantize.seg_seeds", ["long", "--steps", "0"], "--steps"),
+    ("quantize.seg_attention", ["train", "0", "--beta", "-1"], "--beta"),
+    ("quantize.seg_attention", ["train", "0", "--beta", "nan"], "--beta"),
+    ("quantize.seg_attention", ["report", "--beta", "1e400"], "--beta"),
+    ("quantize.seg_attention", ["train", "0", "--steps", "-5"], "--steps"),
     ("bench.paired", ["--runs", "0", ".", "."], "--runs"),
     ("bench.paired", ["--pixel-size", "nan", ".", "."], "--pixel-size"),
     ("bench.paired", ["", "."], "old"),
@@ -679,6 +743,33 @@ def test_segmenter_training_killed_midway_resumes_to_the_very_weights_of_an_unbr
         seg_train.train("deeplab", cache, tmp_path / "b", 0,
                         seg_train.TrainSettings(steps=6, batch=2, warmup=1, save_every=2,
                                                 ema_decay=ema_decay))
+
+
+@needs_data
+def test_a_distilled_run_with_the_feature_term_trains_on_the_teachers_attention(tmp_path):
+    """The feature term trains from the cached maps (its loss is logged beside the others),
+    and a pool without the teacher's attention maps is refused by name, not trained as if
+    the term were there."""
+    from quantize import seg_train
+
+    views = [real_views(name) for name in ("250_HC.png", "100_HC.png")]
+    labelled = {"x2": np.stack([v[0] for v in views]), "y2": np.stack([v[1] for v in views]),
+                "hc_csv": np.array([180.0, 170.0])}
+    t2 = np.stack([v[2] for v in views])
+    cover = np.stack([v[1] for v in views]).astype(np.float32) / 255
+    attention = np.stack([cover, cover], -1)
+    pool = seg_data.with_teacher({k: v[:1] for k, v in labelled.items()},
+                                 {"x2": labelled["x2"][1:]}, t2[:1], t2[1:],
+                                 (attention[:1], attention[1:]))
+    settings = seg_train.TrainSettings(steps=2, batch=2, warmup=1, save_every=1)
+    on = seg_train.DistilSettings(attention_beta=1000.0)
+    seg_train.train("deeplab_student", pool, tmp_path, 0, settings, on)
+    log = torch.load(tmp_path / "deeplab_student.pt", weights_only=False)["log"]
+    assert [e["step"] for e in log] == [1, 2] and all(e["attention"] > 0 for e in log)
+    without = {**pool, "t2": pool["t2"][..., 0]}
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ValueError, match="teacher's attention maps"):
+        seg_train.train("deeplab_student", without, tmp_path / "b", 0, settings, on)
 
 
 @needs_data
