@@ -42,6 +42,10 @@ from central.dashboard.svg import esc
 from central.db import DbError, redact
 from wire.http_log import one_line_bad_requests
 
+# The signed-in user of a request (None on the public pages), attached by `_auth`. A typed
+# key: aiohttp 3.14 warns (NotAppKeyWarning) on a plain string key in a request.
+USER = web.RequestKey("user", object)
+
 log = logging.getLogger("sonoedge.dashboard")
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -225,7 +229,7 @@ class Dashboard:
         public = request.path in ("/login", "/static/dash.css", "/", "/favicon.ico")
         token = request.cookies.get(C.COOKIE)
         user = await self.run_db(A.session_user, token) if token else None
-        request["user"] = user
+        request[USER] = user
         if user is None and not public:
             if request.path.startswith("/api/"):
                 return web.json_response({"error": "login required"}, status=401)
@@ -235,7 +239,7 @@ class Dashboard:
         return await handler(request)
 
     async def home(self, request: web.Request):
-        raise web.HTTPSeeOther("/clinics" if request["user"] else "/login")
+        raise web.HTTPSeeOther("/clinics" if request[USER] else "/login")
 
     async def favicon(self, request: web.Request):
         return web.Response(status=204, headers={"Cache-Control": "public, max-age=86400"})
@@ -315,7 +319,7 @@ class Dashboard:
         raise resp
 
     async def me(self, request: web.Request):
-        u: A.User = request["user"]
+        u: A.User = request[USER]
         return web.json_response({"username": u.username, "role": u.role,
                                   "district": u.district or None})
 
@@ -324,7 +328,7 @@ class Dashboard:
 
     # -- pages and CSV -----------------------------------------------------------------------
     def _params(self, request: web.Request, page: str) -> tuple[Q.Scope, int]:
-        user: A.User = request["user"]
+        user: A.User = request[USER]
         weeks = C.DEFAULT_WEEKS[page]
         raw = request.query.get("weeks", "")
         if raw.isdigit() and int(raw) in C.PERIODS_WEEKS:
@@ -337,7 +341,7 @@ class Dashboard:
     async def page(self, request: web.Request):
         name = request.path.strip("/")
         scope, weeks = self._params(request, name)
-        user: A.User = request["user"]
+        user: A.User = request[USER]
         raw, gz, made_ms = await self.cached(("page", name, scope.district, weeks, user),
                                              self._page_doc, name, scope, weeks, user)
         gzip_ok = "gzip" in request.headers.get("Accept-Encoding", "")
