@@ -47,9 +47,14 @@ def run_dir(work: Path, seed: int, beta: float, steps: int | None = None) -> Pat
     return work / "attention" / name
 
 
+def require_build(work: Path) -> None:
+    for name in ("train_cache.npz", "val_cache.npz"):
+        if not (work / name).is_file():
+            raise FileNotFoundError(f"{work / name}: not a build's segmenter folder")
+
+
 def train(seed: int, beta: float, work: Path, steps: int | None = None) -> None:
-    if not (work / "train_cache.npz").is_file():
-        raise FileNotFoundError(f"{work / 'train_cache.npz'}: not a build's segmenter folder")
+    require_build(work)
     distil = seg_train.DistilSettings(attention_beta=beta)
     pool, distil = seg_train.training_inputs(work, KIND, 0, distil)
     dest = run_dir(work, seed, beta, steps)
@@ -63,6 +68,7 @@ def report(work: Path, seeds: list[int], beta: float, steps: int | None = None) 
     from quantize.seg_input_size import device_measure, scored, to_int8
     from quantize.specs import device_spec
 
+    require_build(work)
     train_cache = load_npz(work / "train_cache.npz")
     val = load_npz(work / "val_cache.npz")
     images = eval_biometry.read_images(val, data_dir())

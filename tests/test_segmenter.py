@@ -688,6 +688,21 @@ def test_an_experiment_tools_bad_number_or_folder_is_one_line_before_any_work(
     assert f"argument {option}:" in err[-1] and "Traceback" not in "\n".join(err)
 
 
+@pytest.mark.parametrize("command", [["train", "0"], ["report", "--seeds", "0"]])
+def test_the_attention_experiment_on_a_folder_that_is_no_build_says_which_file_it_lacks(
+        tmp_path, capsys, command):
+    """The report once ended on a bare errno line; both commands now name the cache they
+    need before they load or train anything."""
+    from quantize import seg_attention
+
+    (tmp_path / "train_cache.npz").write_bytes(b"")
+    assert seg_attention.main([*command, "--work", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"seg_attention: {tmp_path / 'val_cache.npz'}: not a build's segmenter "
+                   "folder"]
+    assert not (tmp_path / "attention").exists()
+
+
 @needs_data
 @pytest.mark.parametrize("ema_decay", [0.0, 0.5])
 def test_segmenter_training_killed_midway_resumes_to_the_very_weights_of_an_unbroken_run(
