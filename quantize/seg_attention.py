@@ -63,10 +63,7 @@ def train(seed: int, beta: float, work: Path, steps: int | None = None) -> None:
 
 
 def report(work: Path, seeds: list[int], beta: float, steps: int | None = None) -> dict:
-    from edge.models.biometry import Passes
-    from quantize.build_segmenter import CROP_MARGIN, CROP_MAX_ZOOM
-    from quantize.seg_input_size import device_measure, scored, to_int8
-    from quantize.specs import device_spec
+    from quantize.seg_input_size import ONE_AND_CROP, one_and_crop, to_int8
 
     require_build(work)
     train_cache = load_npz(work / "train_cache.npz")
@@ -83,21 +80,10 @@ def report(work: Path, seeds: list[int], beta: float, steps: int | None = None) 
                                         "trained yet")
             nets[f"s{seed} b{b:g}"] = to_int8(net, seg_data.SPEC, train_cache,
                                              dest / "tflite" / KIND)
-    options = {"one": Passes(), "crop": Passes(refine_crop_margin=CROP_MARGIN,
-                                               refine_max_zoom=CROP_MAX_ZOOM)}
-    spec = device_spec(seg_train.kind_spec("deeplab"))
-    measured: dict[str, dict] = {}
-    for label, path in nets.items():
-        mask_dice = scored(path, seg_data.SPEC, images, val, truths)["dice"]
-        for option, passes in options.items():
-            model = eval_biometry.device_model(path, 2, passes, spec)
-            m = device_measure(model, passes, images, val, truths)
-            m["mask_dice"] = mask_dice
-            measured[f"{label}, {option}"] = m
-            print(f"{label}, {option}", m["hc_mad_mm"], m["hc_bands_mm"], flush=True)
-    pairs, gains = {}, {option: [] for option in options}
+    measured = one_and_crop(nets, images, val, truths)
+    pairs, gains = {}, {option: [] for option in ONE_AND_CROP}
     for seed in seeds:
-        for option in options:
+        for option in ONE_AND_CROP:
             g, se, n = eval_biometry.paired_gain(
                 measured[f"s{seed} b{beta:g}, {option}"]["hc"],
                 measured[f"s{seed} b0, {option}"]["hc"], val["hc_csv"])
@@ -114,7 +100,7 @@ def report(work: Path, seeds: list[int], beta: float, steps: int | None = None) 
         del m["hc"]
     result = {"work": str(work), "beta": beta, "seeds": seeds, "measured": measured,
               "paired": pairs, "summary": summary}
-    out = work / "attention" / f"results_b{beta:g}.json"
+    out = work / "attention" / f"results_b{beta:g}{'' if steps is None else f'_{steps}steps'}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({"paired": pairs, "summary": summary}, indent=1, ensure_ascii=False))
     return result

@@ -249,6 +249,34 @@ def device_measure(model, passes, images: list, val: dict, truths: list) -> dict
                             for r in bands if r["by"] == "HC"}}
 
 
+ONE_AND_CROP = ("one", "crop")
+
+
+def one_and_crop(nets: dict[str, Path], images: list, val: dict, truths: list) -> dict:
+    """Each int8 net at the student's input, one pass and with the build's crop pass,
+    through the device's measure_frame: `device_measure`'s figures keyed "<label>, one" and
+    "<label>, crop", each with the net's mask Dice as the build scores its nets (whole
+    frame, one pass)."""
+    from edge.models.biometry import Passes
+    from quantize.build_segmenter import CROP_MARGIN, CROP_MAX_ZOOM
+    from quantize.specs import device_spec
+
+    options = dict(zip(ONE_AND_CROP, (Passes(), Passes(refine_crop_margin=CROP_MARGIN,
+                                                       refine_max_zoom=CROP_MAX_ZOOM)),
+                       strict=True))
+    spec = device_spec(seg_train.kind_spec("deeplab"))
+    measured: dict[str, dict] = {}
+    for label, path in nets.items():
+        mask_dice = scored(path, seg_data.SPEC, images, val, truths)["dice"]
+        for option, passes in options.items():
+            model = eval_biometry.device_model(path, 2, passes, spec)
+            m = device_measure(model, passes, images, val, truths)
+            m["mask_dice"] = mask_dice
+            measured[f"{label}, {option}"] = m
+            print(f"{label}, {option}", m["hc_mad_mm"], m["hc_bands_mm"], flush=True)
+    return measured
+
+
 def device_rows(nets: list[tuple[str, Path, PreprocessSpec]], images: list, val: dict,
                 truths: list) -> dict:
     """Each int8 net of `nets` one pass and with the crop pass, and the shipped segmenter

@@ -177,10 +177,7 @@ def build_length_net(work: Path, seed: int, kind: str, train_cache: dict) -> Pat
 
 
 def long_report(work: Path, seeds: list[int], steps: int, shipped: Path) -> dict:
-    from edge.models.biometry import Passes
-    from quantize.build_segmenter import CROP_MARGIN, CROP_MAX_ZOOM
-    from quantize.seg_input_size import device_measure, scored
-    from quantize.specs import device_spec
+    from quantize.seg_input_size import ONE_AND_CROP, one_and_crop
 
     if not shipped.is_file():  # said before minutes of loading, not after
         raise FileNotFoundError(f"{shipped}: no shipped segmenter there (--shipped)")
@@ -196,19 +193,7 @@ def long_report(work: Path, seeds: list[int], steps: int, shipped: Path) -> dict
             short = build_length_net(work, seed, kind, train_cache)
             if short is not None:
                 nets[f"{kind} s{seed}"] = short
-    options = {"one": Passes(), "crop": Passes(refine_crop_margin=CROP_MARGIN,
-                                               refine_max_zoom=CROP_MAX_ZOOM)}
-    spec = device_spec(seg_train.kind_spec("deeplab"))
-    measured: dict[str, dict] = {}
-    for label, path in nets.items():
-        # the mask Dice as the build scores its nets (whole frame, one pass)
-        mask_dice = scored(path, seg_data.SPEC, images, val, truths)["dice"]
-        for option, passes in options.items():
-            model = eval_biometry.device_model(path, 2, passes, spec)
-            m = device_measure(model, passes, images, val, truths)
-            m["mask_dice"] = mask_dice
-            measured[f"{label}, {option}"] = m
-            print(f"{label}, {option}", m["hc_mad_mm"], m["hc_bands_mm"], flush=True)
+    measured = one_and_crop(nets, images, val, truths)
 
     def gain(better: str, worse: str) -> str | None:
         if better not in measured or worse not in measured:
@@ -218,7 +203,7 @@ def long_report(work: Path, seeds: list[int], steps: int, shipped: Path) -> dict
 
     pairs: dict[str, str | None] = {}
     for seed in seeds:
-        for option in options:
+        for option in ONE_AND_CROP:
             long_d, long_p = f"deeplab_student s{seed} {steps}", f"deeplab s{seed} {steps}"
             pairs[f"s{seed} {steps}, {option}: distilled over plain"] = gain(
                 f"{long_d}, {option}", f"{long_p}, {option}")
