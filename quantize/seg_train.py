@@ -334,24 +334,32 @@ def teacher_logits(teacher: torch.nn.Module, inputs: np.ndarray, batch: int = 16
     return np.concatenate(out)
 
 
-def teacher_maps(work: Path, teacher: torch.nn.Module, labelled: dict,
-                 unlabelled: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The teacher's maps of the labelled and unlabelled frames, cached in
-    teacher_maps.npz and reused only for the same teacher checkpoint and frames."""
+def cached_by_teacher(work: Path, name: str, of, teacher: torch.nn.Module, labelled: dict,
+                      unlabelled: dict) -> tuple[np.ndarray, np.ndarray]:
+    """`of(teacher, inputs)` on the labelled and the unlabelled frames at the teacher's
+    input, cached in work/<name>.npz and reused only for the same teacher checkpoint and
+    frames."""
     ckpt = checkpoint_path(work, "teacher")
     spec = kind_spec("teacher")
     stamp = (f"{ckpt.stat().st_mtime_ns} {len(labelled['x'])} {len(unlabelled['x'])} "
              f"{spec.height}x{spec.width}")
-    dest = work / "teacher_maps.npz"
+    dest = work / f"{name}.npz"
     if dest.exists():
         cached = load_npz(dest)
         if str(cached["stamp"]) == stamp:
             return cached["labelled"], cached["unlabelled"]
     teacher.eval()
-    lab = teacher_logits(teacher, seg_data.device_inputs(labelled, spec))
-    unl = teacher_logits(teacher, seg_data.device_inputs(unlabelled, spec))
+    lab = of(teacher, seg_data.device_inputs(labelled, spec))
+    unl = of(teacher, seg_data.device_inputs(unlabelled, spec))
     save_npz(dest, labelled=lab, unlabelled=unl, stamp=np.asarray(stamp))
     return lab, unl
+
+
+def teacher_maps(work: Path, teacher: torch.nn.Module, labelled: dict,
+                 unlabelled: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's logit maps of the labelled and unlabelled frames (teacher_maps.npz)."""
+    return cached_by_teacher(work, "teacher_maps", teacher_logits, teacher, labelled,
+                             unlabelled)
 
 
 def teacher_attention_of(teacher: torch.nn.Module, inputs: np.ndarray,
@@ -373,22 +381,10 @@ def teacher_attention_of(teacher: torch.nn.Module, inputs: np.ndarray,
 
 def teacher_attention(work: Path, teacher: torch.nn.Module, labelled: dict,
                       unlabelled: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The teacher's attention maps of the labelled and unlabelled frames, cached in
-    teacher_attention.npz for the same teacher checkpoint and frames."""
-    ckpt = checkpoint_path(work, "teacher")
-    spec = kind_spec("teacher")
-    stamp = (f"{ckpt.stat().st_mtime_ns} {len(labelled['x'])} {len(unlabelled['x'])} "
-             f"{spec.height}x{spec.width}")
-    dest = work / "teacher_attention.npz"
-    if dest.exists():
-        cached = load_npz(dest)
-        if str(cached["stamp"]) == stamp:
-            return cached["labelled"], cached["unlabelled"]
-    teacher.eval()
-    lab = teacher_attention_of(teacher, seg_data.device_inputs(labelled, spec))
-    unl = teacher_attention_of(teacher, seg_data.device_inputs(unlabelled, spec))
-    save_npz(dest, labelled=lab, unlabelled=unl, stamp=np.asarray(stamp))
-    return lab, unl
+    """The teacher's attention maps of the labelled and unlabelled frames
+    (teacher_attention.npz)."""
+    return cached_by_teacher(work, "teacher_attention", teacher_attention_of, teacher,
+                             labelled, unlabelled)
 
 
 def distillation_pool(work: Path, seed: int, labelled: dict,

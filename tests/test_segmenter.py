@@ -761,6 +761,34 @@ def test_segmenter_training_killed_midway_resumes_to_the_very_weights_of_an_unbr
 
 
 @needs_data
+def test_the_teachers_maps_are_computed_once_per_teacher_checkpoint(tmp_path):
+    """The logits and the attention maps share one cache rule: made once, reused while the
+    teacher's checkpoint and the frames are the same, made again when either changes."""
+    import os
+
+    from quantize import seg_train
+
+    x2, _, _ = real_views()
+    frames = {"x": np.stack([x2[::2, ::2]] * 2), "x2": np.stack([x2] * 2)}
+    calls = []
+
+    def of(teacher, inputs):
+        calls.append(inputs.shape)
+        return np.full((len(inputs), 4, 4), len(calls), np.float16)
+
+    ckpt = seg_train.checkpoint_path(tmp_path, "teacher")
+    ckpt.write_bytes(b"weights")
+    net = torch.nn.Identity()
+    lab, unl = seg_train.cached_by_teacher(tmp_path, "maps", of, net, frames, frames)
+    spec = seg_train.kind_spec("teacher")
+    assert calls == [(2, 1, spec.height, spec.width)] * 2 and lab[0, 0, 0] == 1
+    again = seg_train.cached_by_teacher(tmp_path, "maps", of, net, frames, frames)
+    assert len(calls) == 2 and np.array_equal(again[1], unl)
+    os.utime(ckpt, ns=(1, 1))  # a teacher trained again
+    new = seg_train.cached_by_teacher(tmp_path, "maps", of, net, frames, frames)
+    assert len(calls) == 4 and new[0][0, 0, 0] == 3
+
+
 def test_a_distilled_run_with_the_feature_term_trains_on_the_teachers_attention(tmp_path):
     """The feature term trains from the cached maps (its loss is logged beside the others),
     and a pool without the teacher's attention maps is refused by name, not trained as if
