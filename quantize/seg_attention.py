@@ -42,9 +42,13 @@ def beta_arg(text: str) -> float:
     return beta
 
 
+def steps_suffix(steps: int | None) -> str:
+    """A run or result trained other than the build's length says so in its name."""
+    return "" if steps is None else f"_{steps}steps"
+
+
 def run_dir(work: Path, seed: int, beta: float, steps: int | None = None) -> Path:
-    name = f"s{seed}_b{beta:g}" + ("" if steps is None else f"_{steps}steps")
-    return work / "attention" / name
+    return work / "attention" / f"s{seed}_b{beta:g}{steps_suffix(steps)}"
 
 
 def require_build(work: Path) -> None:
@@ -100,7 +104,7 @@ def report(work: Path, seeds: list[int], beta: float, steps: int | None = None) 
         del m["hc"]
     result = {"work": str(work), "beta": beta, "seeds": seeds, "measured": measured,
               "paired": pairs, "summary": summary}
-    out = work / "attention" / f"results_b{beta:g}{'' if steps is None else f'_{steps}steps'}.json"
+    out = work / "attention" / f"results_b{beta:g}{steps_suffix(steps)}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({"paired": pairs, "summary": summary}, indent=1, ensure_ascii=False))
     return result

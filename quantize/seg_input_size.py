@@ -257,13 +257,12 @@ def one_and_crop(nets: dict[str, Path], images: list, val: dict, truths: list) -
     through the device's measure_frame: `device_measure`'s figures keyed "<label>, one" and
     "<label>, crop", each with the net's mask Dice as the build scores its nets (whole
     frame, one pass)."""
-    from edge.models.biometry import Passes
-    from quantize.build_segmenter import CROP_MARGIN, CROP_MAX_ZOOM
+    from quantize.build_segmenter import pass_options
     from quantize.specs import device_spec
 
-    options = dict(zip(ONE_AND_CROP, (Passes(), Passes(refine_crop_margin=CROP_MARGIN,
-                                                       refine_max_zoom=CROP_MAX_ZOOM)),
-                       strict=True))
+    build = dict(pass_options())  # the build's own pass options, by its names
+    options = {"one": build["one pass"], "crop": build["crop"]}
+    assert tuple(options) == ONE_AND_CROP
     spec = device_spec(seg_train.kind_spec("deeplab"))
     measured: dict[str, dict] = {}
     for label, path in nets.items():
