@@ -285,9 +285,10 @@ def device_rows(nets: list[tuple[str, Path, PreprocessSpec]], images: list, val:
     from edge.models.biometry import Passes
     from edge.models.manifest import read_manifest
     from edge.models.runtime import load_model
+    from quantize.build_segmenter import pass_options
 
     shipped_path = Path(__file__).resolve().parents[1] / "models" / "head_segmenter.json"
-    crop = Passes(refine_crop_margin=0.2, refine_max_zoom=1.2)
+    crop = dict(pass_options())["crop"]  # the build's own crop pass
     runs = [("shipped, its crop pass", load_model(read_manifest(shipped_path), "litert", 2),
              crop)]
     for label, path, spec in nets:
