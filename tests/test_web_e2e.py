@@ -140,6 +140,11 @@ def test_heatmap_toggle(page, live):
 
 
 def test_dates_give_the_hc_flag_a_reference(page):
+    """The dates go to the exam the card names (this one, the ended one, or the next)."""
+    page.wait_for_function("document.querySelector('#lmp-for').textContent.length > 0",
+                           **POLL)
+    assert page.text_content("#lmp-for").startswith(
+        ("For this exam (", "For the ended exam (", "For the next exam."))
     lmp = (datetime.date.today() - datetime.timedelta(weeks=22)).isoformat()
     page.fill("#lmp", lmp)
     page.click("#lmp-form button")
@@ -173,12 +178,21 @@ def test_stop_and_start_the_exam(page, live):
                            "window.sonoedge.lastState.exam.ended_by === 'command'", **POLL)
     assert "Exam stopped" in page.text_content("#exam-state")
     assert page.is_disabled("#stop")
+    # the dates field now speaks of the ended exam, and keeps its dates, if any
+    page.wait_for_function("document.querySelector('#lmp-for').textContent"
+                           ".startsWith('For the ended exam (')", **POLL)
+    page.fill("#lmp", "2026-01-02")  # typed for the next woman, not sent
+    page.eval_on_selector("#lmp", "el => el.blur()")
     time.sleep(1.5)  # frames with content keep coming: the stopped exam is not replaced
     assert page.evaluate("window.sonoedge.lastState.exam.exam_id") == first
     page.click("#start")
     page.wait_for_function(f"window.sonoedge.lastState.exam && "
                            f"window.sonoedge.lastState.exam.exam_id !== '{first}' && "
                            f"window.sonoedge.lastState.exam.running", **POLL)
+    # the next woman's exam: its own (empty) dates, never the ones left in the field
+    page.wait_for_function("document.querySelector('#lmp-for').textContent"
+                           ".startsWith('For this exam (')", **POLL)
+    assert page.input_value("#lmp") == ""
 
 
 def test_another_language_needs_no_code(live):

@@ -290,7 +290,18 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     # by dates five weeks further on than the head says: a head small for its dates
     today = "2026-12-04"
     lmp = (np.datetime64(today) - np.timedelta64(round((ga_hc + 5) * 7), "D")).astype(str)
-    status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today}, cookie=cookie)
+    # a page that still showed the first woman's exam, or that names none, keeps nothing
+    for stale in ({"exam_id": first_id}, {"exam_id": None}, {}):
+        status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today, **stale},
+                               cookie=cookie)
+        assert status == (400 if not stale else 409), (stale, status, body)
+        assert b"\n" not in body.strip()
+    for bad_id in (7, ["x"], "x" * 65, {"a": 1}):
+        status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today,
+                                                   "exam_id": bad_id}, cookie=cookie)
+        assert status == 400 and b"exam_id" in body, (bad_id, status, body)
+    status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today,
+                                               "exam_id": second_id}, cookie=cookie)
     assert status == 200, body
     wait_for(lambda: journaled_dates(box, second_id), 10, "the dates in the journal")
     assert json.loads(journaled_dates(box, second_id)) == {"lmp": lmp, "today": today}
@@ -316,7 +327,8 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     for bad in ({"lmp": "2026-13-45", "today": today}, {"lmp": [lmp], "today": today},
                 {"lmp": lmp, "today": "\udcff" * 3}, {"lmp": "1" * 3000, "today": today},
                 {"lmp": {"a": {"b": {"c": lmp}}}, "today": today}):
-        status, _, body = http(base + "/api/lmp", bad, cookie=cookie)
+        status, _, body = http(base + "/api/lmp", {**bad, "exam_id": second_id},
+                               cookie=cookie)
         assert status == 400 and b"\n" not in body.strip(), (bad, status, body[:200])
     time.sleep(0.5)
     assert json.loads(journaled_dates(box, second_id))["lmp"] == lmp
@@ -331,7 +343,10 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
         status, _, body = http(f"{base}/report/{first_id}", cookie=cookie)
         assert status == 200 and "No last period was entered" in body.decode(), damaged
     # cleared on the page: cleared in the journal
-    assert http(base + "/api/lmp", {"lmp": None}, cookie=cookie)[0] == 200
+    assert http(base + "/api/lmp", {"lmp": None, "exam_id": first_id},
+                cookie=cookie)[0] == 409  # not the exam on the page: nothing cleared
+    assert http(base + "/api/lmp", {"lmp": None, "exam_id": second_id},
+                cookie=cookie)[0] == 200
     wait_for(lambda: journaled_dates(box, second_id) is None, 10, "the dates cleared")
     status, _, body = http(f"{base}/report/{second_id}", cookie=cookie)
     assert "No last period was entered" in body.decode() and "Last period" not in body.decode()
@@ -374,7 +389,8 @@ def test_dates_entered_during_an_exam_survive_a_sigkill_of_the_device(tmp_path, 
             return exam if exam and exam["running"] else None
 
         exam_id = wait_for(running, 90, "the first exam to start")["exam_id"]
-        status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today}, cookie=cookie)
+        status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today,
+                                                   "exam_id": exam_id}, cookie=cookie)
         assert status == 200, body
         box = {"state": tmp_path / "state"}
         wait_for(lambda: journaled_dates(box, exam_id), 10, "the dates in the journal")

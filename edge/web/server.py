@@ -20,8 +20,9 @@ Routes (everything under /api/ answers 401 without a session):
   "stop" ends the exam and holds the next one back; "start" lets the next one begin and
   never ends one: while an exam runs it is refused (409), and the loop ignores one that
   slips past (`LoopHook.apply_commands`).
-- `POST /api/lmp {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"}`: dates for the
-  HC-for-dates flag (`{"lmp": null}` clears them).
+- `POST /api/lmp {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD", "exam_id": "..."}`: dates
+  for the HC-for-dates flag (`"lmp": null` clears them), for the exam the page shows
+  (`exam_id`, null for none yet); 409 when that is no longer the device's exam.
 - `GET /api/thumb/<exam>/<file>.jpg`: a checklist thumbnail (only those the exam on screen
   or the journal lists for that exam; 404 once the quota has removed it).
 - `GET /api/exams?limit=N`: the most recent finished exams from the journal, newest
@@ -1088,6 +1089,15 @@ class WebServer:
         body = await self._json_body(request)
         lmp, today = body.get("lmp"), body.get("today")
         exam = self.view.exam
+        shown = body.get("exam_id", ...)
+        if shown is not None and (not isinstance(shown, str) or len(shown) > 64):
+            raise web.HTTPBadRequest(text="exam_id (the exam the page shows) must be a "
+                                     "string of at most 64 characters, or null for none")
+        if shown != (exam["exam_id"] if exam else None):
+            # Dates belong to one woman's exam: a page that showed another (an older page,
+            # or a new exam that began as the midwife typed) must not put them on this one.
+            raise web.HTTPConflict(text="the dates were not kept: the exam on the page is no "
+                                   "longer the device's; look again and enter them")
         if lmp is None:
             if exam is not None:
                 self.view.dates_to_keep.append((exam["exam_id"], None))

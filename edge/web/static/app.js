@@ -669,7 +669,27 @@ function renderExam(s) {
   }
 }
 
+// Which woman's exam the dates go to, in words: the dates are kept with that exam only
+// (POST /api/lmp names it, and the device refuses them if it is no longer the one shown).
+function lmpTarget() {
+  const exam = state && state.exam;
+  if (!exam) return { examId: null, text: t("screen.lmp_for_next") };
+  const when = examWhen(exam.started_ts);
+  return { examId: exam.exam_id,
+    text: exam.running ? t("screen.lmp_for_running", { when }) : t("screen.lmp_for_ended", { when }) };
+}
+
+let lmpFieldFor; // the exam id the date field's value belongs to (null: the next exam)
+
 function renderScreening(sc) {
+  const target = lmpTarget();
+  if ($("#lmp-for").textContent !== target.text) $("#lmp-for").textContent = target.text;
+  const field = $("#lmp");
+  if (target.examId !== lmpFieldFor && document.activeElement !== field) {
+    // another woman's exam: her dates, or an empty field, never the last woman's
+    field.value = (sc && sc.lmp) || "";
+    lmpFieldFor = target.examId;
+  }
   const list = $("#flags");
   list.textContent = "";
   if (!sc) return;
@@ -685,7 +705,7 @@ function renderScreening(sc) {
     add(t(key, { ci: ci.ci.toFixed(0), low: ci.low, high: ci.high }), !!ci.flag);
   } else add(t("screen.no_head"), false);
   const hd = sc.hc_dates;
-  if (sc.lmp && $("#lmp").value !== sc.lmp && document.activeElement !== $("#lmp")) $("#lmp").value = sc.lmp;
+  if (sc.lmp && field.value !== sc.lmp && document.activeElement !== field) field.value = sc.lmp;
   if (!hd) add(t("screen.enter_lmp"), false);
   else if (hd.status === "dates_out_of_range") add(t("screen.dates_out_of_range", { ga: weeksDays(hd.ga_dates_weeks) }), false);
   else if (hd.status === "no_hc") add(t("screen.expected_hc", { ga: weeksDays(hd.ga_dates_weeks), mm: hd.hc_expected_mm.toFixed(0) }), false);
@@ -854,7 +874,7 @@ async function boot() {
     ev.preventDefault();
     const lmp = $("#lmp").value || null;
     try {
-      const res = await api("/api/lmp", { lmp, today: today() });
+      const res = await api("/api/lmp", { lmp, today: today(), exam_id: lmpTarget().examId });
       if (!res.ok) setFlagsError(await res.text());
     } catch (e) { /* 401 handled */ }
   });
