@@ -183,6 +183,11 @@ def band_stats(hc: list[float | None], ref: np.ndarray, pixel: np.ndarray,
             out.append({"by": kind, "band": name, "n": int(inside.sum()), "measured": int(m.sum()),
                         "mad_mm": float(np.abs(e).mean()) if m.any() else None,
                         "bias_mm": float(e.mean()) if m.any() else None,
+                        # a bias is told from noise by its standard error over the band
+                        "bias_se_mm": float(e.std(ddof=1) / math.sqrt(len(e)))
+                        if len(e) > 1 else None,
+                        "mad_pct_of_hc": float((np.abs(e) / ref[m]).mean() * 100)
+                        if m.any() else None,
                         "max_mm": float(np.abs(e).max()) if m.any() else None,
                         "pixel_mm": float(pixel[inside].mean()) if inside.any() else None,
                         "radius_model_px": float((np.abs(e) / model_px_mm[m]).mean()

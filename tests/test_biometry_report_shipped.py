@@ -39,4 +39,8 @@ def test_an_empty_build_directory_no_longer_stops_the_report(tmp_path: Path, mon
 
     monkeypatch.setattr(report_module, "work_dir", lambda seed: tmp_path / "work")
     monkeypatch.setattr(report_module, "load_caches", few)
-    assert "6 HC18 frames of" in evaluate_all(0, tmp_path / "out")
+    report = evaluate_all(0, tmp_path / "out")
+    assert "6 HC18 frames of" in report
+    # the same net on the heads it was trained on, band by band beside the validation ones
+    assert "on the heads it was trained on" in report and "on the 3 training frames" in report
+    assert "| HC band | training: frames |" in report

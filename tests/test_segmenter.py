@@ -540,6 +540,12 @@ def test_the_band_breakdown_tells_resolution_from_head_size():
     assert stats[("HC", "over 300")]["mad_mm"] > 3 * stats[("HC", "under 100")]["mad_mm"]
     assert stats[("HC", "240 and over")]["n"] == 3
     assert worst_band(list(stats.values()))[0] == "over 300"
+    # the same share of each head: the same percentage; a lone frame has no standard error
+    assert stats[("HC", "under 100")]["bias_se_mm"] is None
+    over = stats[("HC", "over 300")]
+    errors = [hc[3] - ref[3], hc[4] - ref[4]]
+    assert over["bias_se_mm"] == pytest.approx(np.std(errors, ddof=1) / math.sqrt(2))
+    assert over["mad_pct_of_hc"] == pytest.approx(np.mean(np.abs(errors) / ref[3:]) * 100)
 
 
 @needs_model
