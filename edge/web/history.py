@@ -512,9 +512,11 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
                                m=exam["required"]))),
     ]
     if exam.get("dates"):
+        # The age by dates is the one on the day they were entered (the phone's date, the
+        # box may have no clock): said with its day, which the exam's date above may not be.
         facts.append(("report.lmp", e(_t(text, "report.lmp_ga", lmp=exam["dates"]["lmp"],
-                                         ga=weeks_days(text,
-                                                       exam["dates"]["ga_dates_weeks"])))))
+                                         ga=weeks_days(text, exam["dates"]["ga_dates_weeks"]),
+                                         today=exam["dates"]["today"]))))
     out.append('<section class="facts"><dl>')
     for key, value in facts:
         out.append(f"<dt>{e(_t(text, key))}</dt><dd>{value}</dd>")
