@@ -55,9 +55,10 @@ def manifest_macs(manifest: Path) -> int | None:
 
 
 def time_device_path(manifest: Path, threads: int, pixel_size_mm: float = 0.0,
-                     paced: bool = False) -> dict:
+                     paced: bool = False, decoded: bool = False) -> dict:
     return _worker("path", str(manifest.parent), manifest.stem, str(threads),
-                   str(pixel_size_mm), *(["paced"] if paced else []))
+                   str(pixel_size_mm), *(["paced"] if paced else []),
+                   *(["decoded"] if decoded else []))
 
 
 def time_idle(models_dir: Path, names: list[str], threads: int, frame: Path) -> dict:

@@ -60,13 +60,16 @@ def time_model(manifest_path: str, threads: int, frame_path: str, runs: int) -> 
 
 
 def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0.0,
-              audit: bool = True, paced: bool = False) -> dict:
+              audit: bool = True, paced: bool = False, decoded: bool = False) -> dict:
     """The loop's own per-frame path on the demo clip; with a pixel size, head-plane frames
     also run the head segmenter and the measurement, timed apart. With the audit on, the
     quality audit's own time (image statistics, the learned quality head, the criteria) is
     timed apart too, and so is the head segmentation on frames that may show a head.
     `paced`: the clip played at its own frame rate, as a live scanner hands frames over,
-    instead of back to back (the cores then idle between frames)."""
+    instead of back to back (the cores then idle between frames). `decoded`: every frame
+    decoded (and its half-resolution grey made) before the first is scored, then scored
+    back to back: the scoring's own cost, without the next frame's decode on the other
+    core (which a live grabber does only when a frame arrives mid-scoring)."""
     overrides = {"models": {"dir": models_dir, "plane": name, "num_threads": threads},
                  "quality": {"enabled": audit}}
     if pixel_size_mm:
@@ -83,22 +86,27 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
     # with the segmenter's own passes when the exam ends (timed apart, below).
     tracker = ExamTracker(find_protocol(settings.exam.protocol), settings.exam, None,
                           lambda *_: None, measure_kept=scorer.measure_kept)
+
+    def clip():
+        with open_source("demo", pace=paced) as source:
+            yield from timed_frames(source, scorer.prepare_frame)
+
+    frames = list(clip()) if decoded else None
     started = time.perf_counter()
-    with open_source("demo", pace=paced) as source:
-        for frame, capture_s in timed_frames(source, scorer.prepare_frame):
-            result = scorer.score(frame, capture_s)
-            roi = Roi(*result.roi) if result.roi else None
-            tracker.feed(result.to_dict(), frame.image, roi, mono=frame.t_mono)
-            if result.error is None:
-                for key, values in parts.items():
-                    values.append(getattr(result, key))
-                if result.biometry is not None:
-                    head_ms.append(result.biometry["ms"])
-                    head_total.append(result.latency_ms)
-                if result.quality is not None:
-                    quality_ms.append(result.quality["ms"])
-                if result.head_ms is not None:
-                    judged_ms.append(result.head_ms)
+    for frame, capture_s in (frames if decoded else clip()):
+        result = scorer.score(frame, 0.0 if decoded else capture_s)
+        roi = Roi(*result.roi) if result.roi else None
+        tracker.feed(result.to_dict(), frame.image, roi, mono=frame.t_mono)
+        if result.error is None:
+            for key, values in parts.items():
+                values.append(getattr(result, key))
+            if result.biometry is not None:
+                head_ms.append(result.biometry["ms"])
+                head_total.append(result.latency_ms)
+            if result.quality is not None:
+                quality_ms.append(result.quality["ms"])
+            if result.head_ms is not None:
+                judged_ms.append(result.head_ms)
     wall_s = time.perf_counter() - started
     end_started = time.perf_counter()  # the exam's end: its reported heads measured again
     remeasured = tracker.current.measure_kept_heads() if tracker.current is not None else 0
@@ -207,7 +215,8 @@ def main(argv: list[str]) -> int:
         out = time_passes(argv[1], int(argv[2]), float(argv[3]), float(argv[4]), argv[5:])
     else:
         out = time_path(argv[1], argv[2], int(argv[3]), float(argv[4]) if len(argv) > 4 else 0.0,
-                        audit="noaudit" not in argv[5:], paced="paced" in argv[5:])
+                        audit="noaudit" not in argv[5:], paced="paced" in argv[5:],
+                        decoded="decoded" in argv[5:])
     print(json.dumps(out))
     return 0
 
