@@ -146,10 +146,21 @@ def test_dates_give_the_hc_flag_a_reference(page):
     assert page.text_content("#lmp-for").startswith(
         ("For this exam (", "For the ended exam (", "For the next exam."))
     lmp = (datetime.date.today() - datetime.timedelta(weeks=22)).isoformat()
+    # dates the device did not keep (here: it answers that the exam has changed) say so in
+    # the card until they are sent again, through the state that redraws it every second
+    refusal = "the dates were not kept: the exam on the page is no longer the device's"
+    page.route("**/api/lmp", lambda route: route.fulfill(status=409, body=refusal))
     page.fill("#lmp", lmp)
+    page.click("#lmp-form button")
+    page.wait_for_function(f"document.querySelector('#flags').textContent.includes("
+                           f"{json.dumps(refusal)})", **POLL)
+    time.sleep(2.5)
+    assert refusal in page.text_content("#flags")
+    page.unroute("**/api/lmp")
     page.click("#lmp-form button")
     page.wait_for_function("document.querySelector('#flags').textContent.includes("
                            "'By dates 22w 0d')", **POLL)
+    assert refusal not in page.text_content("#flags")
     flags = page.text_content("#flags")
     assert "expected HC about 198 mm" in flags  # Hadlock 1984 at 22 weeks
     assert "cephalic index" in flags

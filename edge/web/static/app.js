@@ -692,13 +692,16 @@ function renderScreening(sc) {
   }
   const list = $("#flags");
   list.textContent = "";
-  if (!sc) return;
   const add = (text, flagged) => {
     const li = document.createElement("li");
     li.textContent = text;
     if (flagged) li.className = "flag";
     list.appendChild(li);
   };
+  // why the last dates were not kept, until she sends them again (the state comes every
+  // second: an error shown once would be gone before she read it)
+  if (flagsError) add(flagsError, true);
+  if (!sc) return;
   const ci = sc.cephalic_index;
   if (ci) {
     const key = ci.flag ? `screen.ci_${ci.flag}` : "screen.ci_ok";
@@ -716,11 +719,11 @@ function renderScreening(sc) {
   }
 }
 
+let flagsError = ""; // the device's answer to dates it did not keep, shown in the card
+
 function setFlagsError(text) {
-  const li = document.createElement("li");
-  li.className = "flag";
-  li.textContent = text;
-  $("#flags").prepend(li);
+  flagsError = text;
+  if (state) renderScreening(state.screening);
 }
 
 function beep() {
@@ -875,7 +878,7 @@ async function boot() {
     const lmp = $("#lmp").value || null;
     try {
       const res = await api("/api/lmp", { lmp, today: today(), exam_id: lmpTarget().examId });
-      if (!res.ok) setFlagsError(await res.text());
+      setFlagsError(res.ok ? "" : await res.text());
     } catch (e) { /* 401 handled */ }
   });
   window.addEventListener("resize", () => { if (shownHeader) drawOverlay(shownHeader); });
