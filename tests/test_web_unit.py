@@ -458,3 +458,36 @@ def test_a_websocket_message_nested_too_deep_closes_the_socket_without_a_traceba
 
     assert asyncio.run(send_deep()) in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[-2000:]
+
+
+def test_dates_entered_before_an_exam_go_to_the_next_exam_and_never_to_another(page_server):
+    """Entered with no exam on the page ("For the next exam"), the dates wait for the next
+    exam and are kept with it once it begins; once it has, a page that still showed no
+    exam, or another exam, is refused and nothing moves."""
+    srv = page_server()
+    out = _login(srv, PIN)
+    session = re.search(rb"sonoedge_session=([^;]+);", out).group(1).decode()
+
+    def call(method: str, path: str, body: dict | None = None) -> tuple[bytes, dict | str]:
+        data = b"" if body is None else json.dumps(body).encode()
+        reply = _raw(srv, f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     f"Cookie: sonoedge_session={session}\r\n".encode()
+                     + (b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+                        % len(data) if body is not None else b"") + b"\r\n" + data)
+        head, _, text = reply.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1]
+        return status, json.loads(text) if status == b"200" else text.decode()
+
+    dates = {"lmp": "2026-06-10", "today": "2026-12-04"}
+    assert call("POST", "/api/lmp", {**dates, "exam_id": None})[0] == b"200"
+    assert not srv.view.dates_to_keep  # no exam yet to keep them with
+    srv.view.exam = {"exam_id": "e-next", "running": True, "biometry": None}
+    status, state = call("GET", "/api/state")
+    assert status == b"200" and state["screening"]["lmp"] == "2026-06-10"
+    assert list(srv.view.dates_to_keep) == [("e-next", dates)]  # kept with the exam begun
+    for shown in (None, "e-before"):  # a page that had not seen it begin
+        status, text = call("POST", "/api/lmp", {"lmp": "2026-01-01", "today": "2026-12-04",
+                                                 "exam_id": shown})
+        assert status == b"409" and "not kept" in text and "\n" not in text.strip()
+    assert list(srv.view.dates_to_keep) == [("e-next", dates)]
+    assert srv.view.ga_dates["lmp"] == "2026-06-10"
