@@ -101,6 +101,12 @@ def _passes_rows(shipped: Path, count: int = 40) -> None:
 BENCH_PIXEL_SIZE_MM = 0.15  # a typical HC18 pixel size; only the timing depends on it
 
 
+def _head_frames(path: dict) -> str:
+    """The head-plane frames' figures of one `time_device_path` run, as every line says them."""
+    return (f"head-plane frames median {path['head_frame_median_ms']:.2f} ms, p90 "
+            f"{path['head_frame_p90_ms']:.2f} ms")
+
+
 def main() -> int:
     from quantize.data import data_dir, list_frames, split
     from quantize.manifest import cpu_description
@@ -157,17 +163,15 @@ def main() -> int:
         decoded = time_device_path(student_int8, 2, BENCH_PIXEL_SIZE_MM, decoded=True)
         if decoded.get("head_frames"):
             print(f"the same, every frame decoded before the first is scored (the scoring "
-                  f"alone, no decode of the next frame on the other core): head-plane frames "
-                  f"median {decoded['head_frame_median_ms']:.2f} ms, p90 "
-                  f"{decoded['head_frame_p90_ms']:.2f} ms; all {decoded['frames']} frames "
+                  f"alone, no decode of the next frame on the other core): "
+                  f"{_head_frames(decoded)}; all {decoded['frames']} frames "
                   f"median {decoded['median_ms']:.2f} ms")
         paced = time_device_path(student_int8, 2, BENCH_PIXEL_SIZE_MM, paced=True)
         if paced.get("head_frames"):
             print(f"the same, the clip paced at its own frame rate as a live scanner's frames "
                   f"come ({paced['frames']} frames scored; the cores idle between frames): "
                   f"all median {paced['median_ms']:.2f} ms, p90 {paced['p90_ms']:.2f} ms; "
-                  f"head-plane frames median {paced['head_frame_median_ms']:.2f} ms, p90 "
-                  f"{paced['head_frame_p90_ms']:.2f} ms")
+                  f"{_head_frames(paced)}")
         names = [m for m in ("plane_student", "quality_head", "head_segmenter")
                  if (REPO / "models" / f"{m}.json").is_file()]
         idle = time_idle(REPO / "models", names, 2, frame)
