@@ -12,7 +12,8 @@ validation frames is the term's effect in that seed.
 
 `--work` is a build's head-segmenter folder (default build/head_segmenter/seed0) with its
 trained teacher and its caches. Runs go to WORK/attention/s<SEED>_b<B>; results to
-WORK/attention/results_b<B>.json. Beta 0 is the build's own recipe.
+WORK/attention/results_s<SEEDS>_b<B>[_<N>steps].json, named by its seeds so that one
+report never overwrites another's. Beta 0 is the build's own recipe.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def steps_suffix(steps: int | None) -> str:
 
 def run_dir(work: Path, seed: int, beta: float, steps: int | None = None) -> Path:
     return work / "attention" / f"s{seed}_b{beta:g}{steps_suffix(steps)}"
+
+
+def results_path(work: Path, seeds: list[int], beta: float, steps: int | None = None) -> Path:
+    """Reports of other seeds, betas or lengths never share a file."""
+    names = "-".join(str(seed) for seed in seeds)
+    return work / "attention" / f"results_s{names}_b{beta:g}{steps_suffix(steps)}.json"
 
 
 def require_build(work: Path) -> None:
@@ -104,7 +111,7 @@ def report(work: Path, seeds: list[int], beta: float, steps: int | None = None) 
         del m["hc"]
     result = {"work": str(work), "beta": beta, "seeds": seeds, "measured": measured,
               "paired": pairs, "summary": summary}
-    out = work / "attention" / f"results_b{beta:g}{steps_suffix(steps)}.json"
+    out = results_path(work, seeds, beta, steps)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({"paired": pairs, "summary": summary}, indent=1, ensure_ascii=False))
     return result

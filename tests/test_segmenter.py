@@ -872,3 +872,17 @@ def test_a_cache_that_would_unpack_too_large_or_holds_no_array_is_refused_by_nam
     monkeypatch.setattr(qdata, "MAX_CACHE_BYTES", 2**30)
     with pytest.raises(DataError, match=r"'note.txt' is not an array"):
         qdata.load_npz(real)
+
+
+def test_attention_reports_of_other_seeds_betas_or_lengths_never_share_a_results_file(
+        tmp_path):
+    """Seed 1's report once overwrote seed 0's, because the file named only beta and
+    length; each report's file now names its seeds too."""
+    from quantize.seg_attention import results_path
+
+    names = {results_path(tmp_path, seeds, beta, steps).name
+             for seeds in ([0], [1], [0, 1]) for beta in (0.0, 1000.0)
+             for steps in (None, 8000)}
+    assert len(names) == 12
+    assert results_path(tmp_path, [0, 1], 1000.0, 8000).name == \
+        "results_s0-1_b1000_8000steps.json"
