@@ -196,6 +196,15 @@ def test_stop_and_start_the_exam(page, live):
     page.eval_on_selector("#lmp", "el => el.blur()")
     time.sleep(1.5)  # frames with content keep coming: the stopped exam is not replaced
     assert page.evaluate("window.sonoedge.lastState.exam.exam_id") == first
+    # dates refused for the ended exam stay beside it, and do not follow the next woman
+    refusal = "the dates were not kept: the exam on the page is no longer the device's"
+    page.route("**/api/lmp", lambda route: route.fulfill(status=409, body=refusal))
+    page.click("#lmp-form button")
+    page.wait_for_function(f"document.querySelector('#flags').textContent.includes("
+                           f"{json.dumps(refusal)})", **POLL)
+    page.unroute("**/api/lmp")
+    time.sleep(1.5)
+    assert refusal in page.text_content("#flags")
     page.click("#start")
     page.wait_for_function(f"window.sonoedge.lastState.exam && "
                            f"window.sonoedge.lastState.exam.exam_id !== '{first}' && "
@@ -204,6 +213,7 @@ def test_stop_and_start_the_exam(page, live):
     page.wait_for_function("document.querySelector('#lmp-for').textContent"
                            ".startsWith('For this exam (')", **POLL)
     assert page.input_value("#lmp") == ""
+    assert refusal not in page.text_content("#flags")
 
 
 def test_another_language_needs_no_code(live):

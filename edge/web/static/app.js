@@ -690,6 +690,8 @@ function renderScreening(sc) {
     field.value = (sc && sc.lmp) || "";
     lmpFieldFor = target.examId;
   }
+  // a refusal speaks of the exam shown beside it: another exam's card does not carry it
+  if (flagsError && target.examId !== flagsErrorFor) flagsError = "";
   const list = $("#flags");
   list.textContent = "";
   const add = (text, flagged) => {
@@ -720,9 +722,20 @@ function renderScreening(sc) {
 }
 
 let flagsError = ""; // the device's answer to dates it did not keep, shown in the card
+let flagsErrorFor; // the exam id shown beside that answer (null: none yet)
 
-function setFlagsError(text) {
+// A refusal often means the page was behind the device (another exam began as she typed):
+// the page looks again first, so the answer stands beside the exam the device has now,
+// and goes once that exam gives way to another.
+async function setFlagsError(text) {
+  if (text) {
+    try {
+      const res = await fetch("/api/state", { credentials: "same-origin" });
+      if (res.ok) renderState(await res.json());
+    } catch (e) { /* the next state over the socket redraws the card */ }
+  }
   flagsError = text;
+  flagsErrorFor = lmpTarget().examId;
   if (state) renderScreening(state.screening);
 }
 
