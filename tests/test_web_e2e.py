@@ -15,6 +15,7 @@ the last exam after the clip ends, and the brake on wrong PINs.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import statistics
 import time
@@ -145,18 +146,34 @@ def test_dates_give_the_hc_flag_a_reference(page):
                            **POLL)
     assert page.text_content("#lmp-for").startswith(
         ("For this exam (", "For the ended exam (", "For the next exam."))
-    lmp = (datetime.date.today() - datetime.timedelta(weeks=22)).isoformat()
-    # dates the device did not keep (here: it answers that the exam has changed) say so in
-    # the card until they are sent again, through the state that redraws it every second
-    refusal = "the dates were not kept: the exam on the page is no longer the device's"
-    page.route("**/api/lmp", lambda route: route.fulfill(status=409, body=refusal))
-    page.fill("#lmp", lmp)
-    page.click("#lmp-form button")
-    page.wait_for_function(f"document.querySelector('#flags').textContent.includes("
-                           f"{json.dumps(refusal)})", **POLL)
+    today = datetime.date.today()
+    lmp = (today - datetime.timedelta(weeks=22)).isoformat()
+    # the date picker offers only what the device accepts: today and the 45 weeks before
+    assert page.get_attribute("#lmp", "max") == today.isoformat()
+    assert page.get_attribute("#lmp", "min") == (today - datetime.timedelta(weeks=45)).isoformat()
+    page.fill("#lmp", (today - datetime.timedelta(weeks=46)).isoformat())
+    assert page.eval_on_selector("#lmp", "el => el.validity.rangeUnderflow")
+    # dates the device did not keep say so in the card, in the page's language, until they
+    # are sent again, through the state that redraws it every second
+    def answer(route, status, body):
+        route.fulfill(status=status, body=body)
+
+    for status, device_says, shown in (
+            (400, "the last menstrual period must be within the last 45 weeks",
+             "The dates were not kept: the first day of the last period must be within the "
+             "last 45 weeks, and not after today."),
+            (409, "the dates were not kept: the exam on the page is no longer the device's",
+             "The dates were not kept: the exam on the page was no longer the device's.")):
+        page.route("**/api/lmp", functools.partial(answer, status=status, body=device_says))
+        page.fill("#lmp", lmp)
+        page.click("#lmp-form button")
+        page.wait_for_function(f"document.querySelector('#flags').textContent.includes("
+                               f"{json.dumps(shown)})", **POLL)
+        page.unroute("**/api/lmp")
+    refusal = shown
     time.sleep(2.5)
     assert refusal in page.text_content("#flags")
-    page.unroute("**/api/lmp")
+    assert "within the last 45 weeks" not in page.text_content("#flags")  # the newer one only
     page.click("#lmp-form button")
     page.wait_for_function("document.querySelector('#flags').textContent.includes("
                            "'By dates 22w 0d')", **POLL)
@@ -192,13 +209,16 @@ def test_stop_and_start_the_exam(page, live):
     # the dates field now speaks of the ended exam, and keeps its dates, if any
     page.wait_for_function("document.querySelector('#lmp-for').textContent"
                            ".startsWith('For the ended exam (')", **POLL)
-    page.fill("#lmp", "2026-01-02")  # typed for the next woman, not sent
+    typed = (datetime.date.today() - datetime.timedelta(weeks=10)).isoformat()
+    page.fill("#lmp", typed)  # typed for the next woman, not sent
     page.eval_on_selector("#lmp", "el => el.blur()")
     time.sleep(1.5)  # frames with content keep coming: the stopped exam is not replaced
     assert page.evaluate("window.sonoedge.lastState.exam.exam_id") == first
     # dates refused for the ended exam stay beside it, and do not follow the next woman
-    refusal = "the dates were not kept: the exam on the page is no longer the device's"
-    page.route("**/api/lmp", lambda route: route.fulfill(status=409, body=refusal))
+    refusal = "The dates were not kept: the exam on the page was no longer the device's."
+    page.route("**/api/lmp", lambda route: route.fulfill(
+        status=409, body="the dates were not kept: the exam on the page is no longer the "
+        "device's; look again and enter them"))
     page.click("#lmp-form button")
     page.wait_for_function(f"document.querySelector('#flags').textContent.includes("
                            f"{json.dumps(refusal)})", **POLL)
@@ -226,6 +246,15 @@ def test_another_language_needs_no_code(live):
     second.wait_for_function("document.querySelector('#start').textContent === "
                              "\"Commencer l'examen\"", **POLL)
     assert second.text_content("#screening h2") == "Taille et forme de la tête"
+    # the device's refusal of dates, said in the page's language, not the device's English
+    second.route("**/api/lmp", lambda route: route.fulfill(
+        status=409, body="the dates were not kept: the exam on the page is no longer the "
+        "device's; look again and enter them"))
+    second.fill("#lmp", (datetime.date.today() - datetime.timedelta(weeks=20)).isoformat())
+    second.click("#lmp-form button")
+    second.wait_for_function("document.querySelector('#flags').textContent.includes("
+                             "\"Les dates n'ont pas été gardées : l'examen de la page\")", **POLL)
+    second.unroute("**/api/lmp")
     # Counts take the language's own plural rule: French counts 0 and 1 as one.
     assert second.evaluate(f"[0, 1, 2].map({running})") == [
         "Examen en cours (0 image)", "Examen en cours (1 image)", "Examen en cours (2 images)"]

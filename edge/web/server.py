@@ -81,7 +81,7 @@ from edge.web import i18n
 from edge.web.auth import Attempt, Brake, Braked, PinHash, Sessions
 from edge.web.history import BadQuery, ExamHistory, parse_limit, report_lang
 from edge.web.live import LiveView
-from edge.web.screening import read_lmp, screening
+from edge.web.screening import MAX_LMP_DAYS, read_lmp, screening
 from edge.web.settings import WebError, WebSettings, parse_listen
 from edge.web.tls import PageTls
 from wire.http_log import LineLimiter, flush_bad_request_lines, one_line_bad_requests
@@ -1033,6 +1033,7 @@ class WebServer:
             dates = None  # entered for another woman's exam
         out = screening((exam or {}).get("biometry"), dates["weeks"] if dates else None)
         out["lmp"] = dates["lmp"] if dates else None
+        out["lmp_max_weeks"] = MAX_LMP_DAYS // 7  # the page's date picker offers no other
         return out
 
     async def _state_dict(self) -> dict:

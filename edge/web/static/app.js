@@ -690,8 +690,11 @@ function renderScreening(sc) {
     field.value = (sc && sc.lmp) || "";
     lmpFieldFor = target.examId;
   }
+  // the date picker offers only the days the device accepts: today and the weeks before
+  const weeks = sc && sc.lmp_max_weeks;
+  if (weeks && field.min !== today(-7 * weeks)) { field.max = today(); field.min = today(-7 * weeks); }
   // a refusal speaks of the exam shown beside it: another exam's card does not carry it
-  if (flagsError && target.examId !== flagsErrorFor) flagsError = "";
+  if (flagsError && target.examId !== flagsErrorFor) flagsError = null;
   const list = $("#flags");
   list.textContent = "";
   const add = (text, flagged) => {
@@ -702,7 +705,7 @@ function renderScreening(sc) {
   };
   // why the last dates were not kept, until she sends them again (the state comes every
   // second: an error shown once would be gone before she read it)
-  if (flagsError) add(flagsError, true);
+  if (flagsError) add(flagsError.key ? t(flagsError.key, flagsError.vars) : flagsError.text, true);
   if (!sc) return;
   const ci = sc.cephalic_index;
   if (ci) {
@@ -721,20 +724,31 @@ function renderScreening(sc) {
   }
 }
 
-let flagsError = ""; // the device's answer to dates it did not keep, shown in the card
+// The device's answer to dates it did not keep, shown in the card: a catalog key where the
+// page knows the refusal, so it is said in the midwife's language, else the device's words.
+let flagsError = null;
 let flagsErrorFor; // the exam id shown beside that answer (null: none yet)
+
+async function lmpRefusal(res) {
+  const text = await res.text();
+  if (res.status === 409) return { key: "screen.lmp_refused_changed" };
+  const weeks = state && state.screening && state.screening.lmp_max_weeks;
+  // the page sends only its date field's YYYY-MM-DD: the device refuses it for its range
+  if (res.status === 400 && weeks) return { key: "screen.lmp_refused_range", vars: { weeks } };
+  return { text };
+}
 
 // A refusal often means the page was behind the device (another exam began as she typed):
 // the page looks again first, so the answer stands beside the exam the device has now,
 // and goes once that exam gives way to another.
-async function setFlagsError(text) {
-  if (text) {
+async function setFlagsError(error) {
+  if (error) {
     try {
       const res = await fetch("/api/state", { credentials: "same-origin" });
       if (res.ok) renderState(await res.json());
     } catch (e) { /* the next state over the socket redraws the card */ }
   }
-  flagsError = text;
+  flagsError = error;
   flagsErrorFor = lmpTarget().examId;
   if (state) renderScreening(state.screening);
 }
@@ -859,8 +873,9 @@ function drawEarlier() {
 
 // ---------------------------------------------------------------- wiring
 
-function today() {
+function today(plusDays = 0) { // the phone's date, as YYYY-MM-DD
   const d = new Date();
+  d.setDate(d.getDate() + plusDays);
   const pad = (n) => String(n).padStart(2, "0");
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
 }
@@ -891,7 +906,7 @@ async function boot() {
     const lmp = $("#lmp").value || null;
     try {
       const res = await api("/api/lmp", { lmp, today: today(), exam_id: lmpTarget().examId });
-      setFlagsError(res.ok ? "" : await res.text());
+      setFlagsError(res.ok ? null : await lmpRefusal(res));
     } catch (e) { /* 401 handled */ }
   });
   window.addEventListener("resize", () => { if (shownHeader) drawOverlay(shownHeader); });
