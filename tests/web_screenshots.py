@@ -3,7 +3,8 @@
 The device loop plays a clip of real frames (tests/web_harness.py); two browser pages watch
 it at once, a phone (390x844, portrait) and a tablet (1280x800, landscape). Each is saved
 while a head is on screen (with the heatmap where the model has one), in French on the
-phone, and after the clip has ended; plus the login screen. The first exam is stopped
+phone (with dates the device refused, `phone-fr-refused.png`), and after the clip has
+ended; plus the login screen. The first exam is stopped
 after those shots and the next one begins, so the "Earlier exams" panel lists two
 (`*-earlier.png`), and the first exam's printable report is saved at both sizes and as
 printed on A4 (`report.png`, `phone-report.png`, `report-print.png`). Not committed.
@@ -109,6 +110,16 @@ def main() -> int:
             phone.select_option("#controls select.lang", "fr")
             phone.wait_for_timeout(400)
             phone.screenshot(path=str(OUT / "phone-fr.png"), full_page=True)
+            # dates the device refused (here: another exam had begun), said in French
+            phone.route("**/api/lmp", lambda route: route.fulfill(
+                status=409, body="the dates were not kept: the exam on the page is no "
+                "longer the device's; look again and enter them"))
+            phone.fill("#lmp", (dt.date.today() - dt.timedelta(days=7 * 20)).isoformat())
+            phone.click("#lmp-form button")
+            phone.wait_for_selector("#flags li.flag", timeout=30_000)
+            phone.locator("#screening").screenshot(path=str(OUT / "phone-fr-refused.png"))
+            phone.unroute("**/api/lmp")
+            phone.fill("#lmp", "")
             phone.select_option("#controls select.lang", "en")
             # the midwife enters the last period for this exam: its report prints it
             tablet = pages["tablet"]
