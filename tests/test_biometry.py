@@ -26,6 +26,7 @@ from edge.models.biometry import (
     SEVERAL_HEADS,
     BiometrySettings,
     hadlock_ga_weeks,
+    hadlock_hc_mm,
     hadlock_hc_range_mm,
     head_shape,
     measure_probability,
@@ -158,6 +159,13 @@ def test_hadlock_ga_from_hc():
     assert hadlock_ga_weeks(low + 0.1) is not None and hadlock_ga_weeks(high - 0.1) is not None
     for hc in (44.3, low - 0.1, high + 0.1, 400.0, 0.0, -5.0, float("nan")):
         assert hadlock_ga_weeks(hc) is None
+
+
+def test_the_hc_for_an_age_is_hadlocks_formula_run_backwards():
+    """One inverse serves the age range and the screening card's expected HC."""
+    for weeks in (14.0, 19.5, 22.0, 30.25, 40.0, 42.0):
+        assert hadlock_ga_weeks(hadlock_hc_mm(weeks)) == pytest.approx(weeks, abs=1e-9)
+    assert hadlock_hc_mm(19.5) == pytest.approx(168.6, abs=0.2)  # Hadlock's table: 17.0 cm
 
 
 def test_a_small_head_gets_hc_but_no_age(data_dir):

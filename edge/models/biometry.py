@@ -196,22 +196,25 @@ def hadlock_ga_weeks(hc_mm: float) -> float | None:
     return weeks if low <= weeks <= high else None
 
 
+def hadlock_hc_mm(weeks: float) -> float:
+    """The HC (mm) at which Hadlock 1984's formula gives `weeks`: its inverse, by bisection
+    (the formula is increasing over 1-1000 mm). The caller keeps `weeks` in the formula's
+    span where that matters (`hadlock_hc_range_mm`)."""
+    lo, hi = 1.0, 1000.0
+    c0, c1, c2, c3 = HADLOCK_1984
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        x = mid / 10.0
+        if c0 + c1 * x + c2 * x * x + c3 * x ** 3 < weeks:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
 def hadlock_hc_range_mm() -> tuple[float, float]:
     """The HC span (mm) over which `hadlock_ga_weeks` answers (the formula is increasing)."""
-
-    def solve(weeks: float) -> float:
-        lo, hi = 1.0, 1000.0
-        c0, c1, c2, c3 = HADLOCK_1984
-        for _ in range(80):
-            mid = (lo + hi) / 2
-            x = mid / 10.0
-            if c0 + c1 * x + c2 * x * x + c3 * x ** 3 < weeks:
-                lo = mid
-            else:
-                hi = mid
-        return (lo + hi) / 2
-
-    return solve(HADLOCK_1984_WEEKS[0]), solve(HADLOCK_1984_WEEKS[1])
+    return hadlock_hc_mm(HADLOCK_1984_WEEKS[0]), hadlock_hc_mm(HADLOCK_1984_WEEKS[1])
 
 
 def _subpixel_boundary(prob: np.ndarray, inside: np.ndarray, threshold: float) -> np.ndarray:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from edge.models.biometry import HADLOCK_1984, HADLOCK_1984_WEEKS, hadlock_ga_weeks
+from edge.models.biometry import HADLOCK_1984_WEEKS, hadlock_ga_weeks, hadlock_hc_mm
 
 CI_MEAN, CI_SD = 78.3, 4.4  # Hadlock et al. 1981; SD from the abstract's 1 SD bounds 74/83
 CI_LOW, CI_HIGH = round(CI_MEAN - 2 * CI_SD), round(CI_MEAN + 2 * CI_SD)  # 70, 87
@@ -60,16 +60,7 @@ def hc_for_weeks(weeks: float) -> float | None:
     lo_w, hi_w = HADLOCK_1984_WEEKS
     if not lo_w <= weeks <= hi_w:
         return None
-    c0, c1, c2, c3 = HADLOCK_1984
-    lo, hi = 1.0, 1000.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        x = mid / 10.0
-        if c0 + c1 * x + c2 * x * x + c3 * x ** 3 < weeks:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    return hadlock_hc_mm(weeks)
 
 
 def redate_days(weeks: float) -> int | None:
