@@ -22,7 +22,6 @@ bench-dashboard`; also the last section of `make bench`).
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
@@ -32,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from central.dashboard import config as C  # noqa: E402
 from central.dashboard.seed import SeedSettings, seed  # noqa: E402
 from central.dashboard.store import open_db, refresh  # noqa: E402
 from edge.exam.tally import percentile  # noqa: E402
+from tests.dashboard_harness import request  # noqa: E402
 
 REPEATS = 15
 N_INGEST = 3000
@@ -104,24 +103,9 @@ class Server:
 
 def _get(port: int, path: str, cookie: str = "", method: str = "GET",
          form: dict | None = None) -> tuple[int, dict, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Accept-Encoding": "gzip"}
-    body = None
-    if form is not None:
-        body = urllib.parse.urlencode(form).encode()
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    if cookie:
-        headers["Cookie"] = cookie
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        res = conn.getresponse()
-        headers = {k.lower(): v for k, v in res.getheaders()}
-        # a login sets two cookies: keep every Set-Cookie, one per line
-        headers["set-cookie"] = "\n".join(v for k, v in res.getheaders()
-                                           if k.lower() == "set-cookie")
-        return res.status, headers, res.read()
-    finally:
-        conn.close()
+    """The tests' own request, gzip accepted as a browser asks (pages are timed with it)."""
+    return request(f"http://127.0.0.1:{port}", path, cookie, method, form,
+                   {"Accept-Encoding": "gzip"}, timeout_s=60)
 
 
 def _login(port: int, user: tuple[str, str]) -> str:

@@ -243,11 +243,11 @@ def dashboard(db: str, tmp: Path, *extra: str):
 
 
 def request(base: str, path: str, cookie: str = "", method: str = "GET",
-            form: dict | None = None, headers: dict | None = None
+            form: dict | None = None, headers: dict | None = None, timeout_s: float = 30
             ) -> tuple[int, dict, bytes]:
     """One request, redirects not followed: (status, headers, body)."""
     u = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout_s)
     body = urllib.parse.urlencode(form).encode() if form is not None else None
     h = dict(headers or {})
     if body is not None:
