@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the real servers the MQTT/central tests need: Mosquitto (+ clients) and PostgreSQL;
-# and Debian's Chromium, which the web tests drive headless (Playwright never downloads one).
+# and Debian's Chromium, which the web tests drive headless (Playwright never downloads one),
+# and WebKitGTK's WebDriver with Xvfb, which drive the page in an iPad's engine.
 # Idempotent: does nothing when the binaries are already there. Needs root (CI runs as root).
 # The Debian mosquitto package may start a system broker on 1883; the tests never use it,
 # they start their own broker on a free loopback port.
@@ -18,13 +19,16 @@ command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 have_pg || missing+=(postgresql)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the TLS test makes its own CA
 [ -x /usr/bin/chromium ] || missing+=(chromium)  # tests/test_web_*.py, make screenshots
+# tests/test_web_webkit.py: the page in WebKit (an iPad's engine) on a virtual screen
+command -v WebKitWebDriver >/dev/null 2>&1 || missing+=(webkit2gtk-driver)
+command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
 fc-list 2>/dev/null | grep -qi dejavu || missing+=(fonts-dejavu-core)  # text in screenshots
 # tests/test_arm64.py: score under an emulated arm64 Debian (scripts/arm64_emulated.sh)
 command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-system-deps: mosquitto, mosquitto-clients, postgresql, openssl, chromium, qemu-user-static, debootstrap already present"
+  echo "install-system-deps: mosquitto, mosquitto-clients, postgresql, openssl, chromium, webkit2gtk-driver, xvfb, qemu-user-static, debootstrap already present"
   exit 0
 fi
 
