@@ -22,7 +22,16 @@ import time
 
 import pytest
 
-from tests.web_harness import PIN, chromium, device, http, login_cookie, make_clip, wait_for
+from tests.web_harness import (
+    DATES_REFUSED,
+    PIN,
+    chromium,
+    device,
+    http,
+    login_cookie,
+    make_clip,
+    wait_for,
+)
 
 pytest.importorskip("playwright")
 
@@ -162,7 +171,7 @@ def test_dates_give_the_hc_flag_a_reference(page):
             (400, "the last menstrual period must be within the last 45 weeks",
              "The dates were not kept: the first day of the last period must be within the "
              "last 45 weeks, and not after today."),
-            (409, "the dates were not kept: the exam on the page is no longer the device's",
+            (409, DATES_REFUSED,
              "The dates were not kept: the exam on the page was no longer the device's.")):
         page.route("**/api/lmp", functools.partial(answer, status=status, body=device_says))
         page.fill("#lmp", lmp)
@@ -217,8 +226,7 @@ def test_stop_and_start_the_exam(page, live):
     # dates refused for the ended exam stay beside it, and do not follow the next woman
     refusal = "The dates were not kept: the exam on the page was no longer the device's."
     page.route("**/api/lmp", lambda route: route.fulfill(
-        status=409, body="the dates were not kept: the exam on the page is no longer the "
-        "device's; look again and enter them"))
+        status=409, body=DATES_REFUSED))
     page.click("#lmp-form button")
     page.wait_for_function(f"document.querySelector('#flags').textContent.includes("
                            f"{json.dumps(refusal)})", **POLL)
@@ -248,8 +256,7 @@ def test_another_language_needs_no_code(live):
     assert second.text_content("#screening h2") == "Taille et forme de la tête"
     # the device's refusal of dates, said in the page's language, not the device's English
     second.route("**/api/lmp", lambda route: route.fulfill(
-        status=409, body="the dates were not kept: the exam on the page is no longer the "
-        "device's; look again and enter them"))
+        status=409, body=DATES_REFUSED))
     second.fill("#lmp", (datetime.date.today() - datetime.timedelta(weeks=20)).isoformat())
     second.click("#lmp-form button")
     second.wait_for_function("document.querySelector('#flags').textContent.includes("

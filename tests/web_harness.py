@@ -38,6 +38,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--autoplay-policy=no-user-gesture-required"]
 SCREEN_W, SCREEN_H = 960, 720
 PIN = "4827"
+# the device's own 409 to dates for an exam it no longer has (edge/web/server.py `_lmp`)
+DATES_REFUSED = ("the dates were not kept: the exam on the page is no longer the device's; "
+                 "look again and enter them")
 PIXEL_SIZE_MM = 0.15  # a typical HC18 pixel size: the head overlay shows HC and BPD
 HEADS = ("106_HC.png", "205_HC.png", "250_HC.png", "310_HC.png", "414_HC.png", "515_HC.png")
 EXAMPLES = ("BRAIN-TV.tiff", "4CH.tiff", "ABDOMINAL.tiff", "FEMUR.tiff")

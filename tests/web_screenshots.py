@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from tests.conftest import DATA, REPO
-from tests.web_harness import PIN, chromium, device, make_clip
+from tests.web_harness import DATES_REFUSED, PIN, chromium, device, make_clip
 
 OUT = REPO / "build" / "screenshots"
 SIZES = {"phone": {"width": 390, "height": 844}, "tablet": {"width": 1280, "height": 800}}
@@ -112,8 +112,7 @@ def main() -> int:
             phone.screenshot(path=str(OUT / "phone-fr.png"), full_page=True)
             # dates the device refused (here: another exam had begun), said in French
             phone.route("**/api/lmp", lambda route: route.fulfill(
-                status=409, body="the dates were not kept: the exam on the page is no "
-                "longer the device's; look again and enter them"))
+                status=409, body=DATES_REFUSED))
             phone.fill("#lmp", (dt.date.today() - dt.timedelta(days=7 * 20)).isoformat())
             phone.click("#lmp-form button")
             phone.wait_for_selector("#flags li.flag", timeout=30_000)

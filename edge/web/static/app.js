@@ -692,7 +692,8 @@ function renderScreening(sc) {
   }
   // the date picker offers only the days the device accepts: today and the weeks before
   const weeks = sc && sc.lmp_max_weeks;
-  if (weeks && field.min !== today(-7 * weeks)) { field.max = today(); field.min = today(-7 * weeks); }
+  const earliest = weeks ? today(-7 * weeks) : null;
+  if (earliest && field.min !== earliest) { field.max = today(); field.min = earliest; }
   // a refusal speaks of the exam shown beside it: another exam's card does not carry it
   if (flagsError && target.examId !== flagsErrorFor) flagsError = null;
   const list = $("#flags");
@@ -900,7 +901,6 @@ async function boot() {
   $("#sound-toggle").addEventListener("change", (ev) => {
     localStorage.setItem("sonoedge.sound", ev.target.checked ? "1" : "0");
   });
-  $("#lmp").max = today();
   $("#lmp-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const lmp = $("#lmp").value || null;
