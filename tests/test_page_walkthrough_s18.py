@@ -1,8 +1,8 @@
 """The midwife's page walked through as a midwife would use it (session 18), in headless
 Chromium against `sonoedge run --web` on the harness's clip of real frames (HC18 heads,
 then SonoNet's example screens): the head figures on the image agree with each other and
-with what the exam records, the exam's HC stays readable once the clip has ended, and
-every control is big enough for a thumb.
+with what the exam records and stand on the image only over a head, the exam's HC stays
+readable once the clip has ended, and every control is big enough for a thumb.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ POLL = {"timeout": 90_000, "polling": 200}
 # the overlay's right tag and the exam's own figures, as the page shows and holds them
 READ = """() => {
   const s = window.sonoedge.lastState, bio = s && s.exam && s.exam.biometry;
+  const h = window.sonoedge.lastHeader, heads = s && s.protocol && s.protocol.head_planes;
+  const plane = h && h.shown ? h.shown.plane : null;
   return {tag: document.querySelector('#ga').innerText,
+          plane: plane, head_planes: heads || null, drawn: !!(h && h.ellipse),
           exam_hc: bio && bio.hc_mm != null ? Math.round(bio.hc_mm) : null,
           card: (document.querySelector('#exam-bio') || {}).textContent || null,
           signal: s && s.status && s.status.signal};
@@ -46,25 +49,32 @@ def _hc(text: str) -> int | None:
     return None if m is None else int(m.group(1))
 
 
-def test_the_hc_on_the_image_is_the_exam_s_so_it_agrees_with_the_age_beside_it(page):
+def test_the_hc_on_the_image_is_the_exam_s_and_only_over_a_head(page):
     """Before: the tag showed this frame's HC and BPD beside the exam's GA ("HC 211 mm,
     GA 18w 6d" on a real run), two sources that disagree, and the HC lines came and went
-    frame by frame. Now HC, BPD and GA come from the exam once it has measured a head."""
+    frame by frame. Now HC, BPD and GA come from the exam once it has measured a head.
+    And they sit on the image only over a head: on the clip's heart, abdomen and femur
+    screens the exam's "HC 154 mm" stood in the corner as if measured on that image."""
     page.wait_for_function("() => { const s = window.sonoedge.lastState;"
                            " return s && s.exam && s.exam.biometry &&"
                            " s.exam.biometry.hc_mm != null; }", **POLL)
-    seen, deadline = [], time.monotonic() + 12
+    over_head, elsewhere, deadline = [], [], time.monotonic() + 25
     while time.monotonic() < deadline:
         r = page.evaluate(READ)
         if r["signal"] != "ok":
             break
-        if r["exam_hc"] is not None:
-            seen.append((_hc(r["tag"]), r["exam_hc"], r["tag"]))
+        if r["exam_hc"] is not None and r["plane"] and r["head_planes"]:
+            shown = (_hc(r["tag"]), r["exam_hc"], r["plane"], r["tag"])
+            head = r["drawn"] or r["plane"] in r["head_planes"]
+            (over_head if head else elsewhere).append(shown)
         time.sleep(0.1)
-    assert len(seen) > 20, seen
-    wrong = [s for s in seen if s[0] != s[1]]
-    assert not wrong, (f"{len(wrong)} of {len(seen)} reads: the image's HC is not the "
-                       f"exam's: {wrong[:3]}")
+    assert len(over_head) > 20 and len(elsewhere) > 10, (over_head, elsewhere)
+    wrong = [s for s in over_head if s[0] != s[1]]
+    assert not wrong, (f"{len(wrong)} of {len(over_head)} reads over a head: the image's "
+                       f"HC is not the exam's: {wrong[:3]}")
+    stray = [s for s in elsewhere if s[0] is not None or "GA" in s[3]]
+    assert not stray, (f"{len(stray)} of {len(elsewhere)} reads over another plane show "
+                       f"the head's figures on the image: {stray[:3]}")
 
 
 def test_after_the_clip_ends_the_exam_s_hc_and_age_stay_in_the_exam_card(page):

@@ -61,7 +61,9 @@ class LiveView:
     source_live: bool = False
     models: dict = field(default_factory=dict)
     has_class_maps: bool = False
-    protocol: dict = field(default_factory=dict)  # {"name", "title"}
+    # {"name", "title", "head_planes"}: the planes the exam measures the head on, over which
+    # alone the page's image shows the head's figures
+    protocol: dict = field(default_factory=dict)
     latest: Published | None = None
     exam: dict | None = None  # the running exam, or the last one (see ExamSnapshot)
     fps: float | None = None
@@ -211,7 +213,8 @@ class LoopHook:
         view.has_class_maps = bool(getattr(scorer, "has_class_maps", False))
         view.source_name = source.name
         view.source_live = bool(source.live)
-        view.protocol = {"name": tracker.protocol.name, "title": tracker.protocol.title}
+        view.protocol = {"name": tracker.protocol.name, "title": tracker.protocol.title,
+                         "head_planes": list(tracker.head_planes)}
         view.started_mono = time.monotonic()
         if self.server is not None:
             self.server.uplink = uplink

@@ -413,8 +413,10 @@ function renderTags(h) {
     addLine(t("bio." + bio.status, { _fallback: "" }), "small note"); // why no HC
   }
   // HC, BPD and GA always come from one source, so they agree: the exam's (the medians of
-  // its best head frames, the figures it records) once it has them, else this frame's
-  const src = examBiometry() || (measured ? bio : null);
+  // its best head frames, the figures it records) once it has them, else this frame's.
+  // They sit on the image only over a head: beside a heart or a kidney the exam's HC read
+  // as if measured on that image. The exam card keeps them whatever the plane.
+  const src = overAHead(plane, h) ? examBiometry() || (measured ? bio : null) : null;
   if (src) {
     addLine(t("overlay.hc", { mm: src.hc_mm.toFixed(0) }), "bio");
     addLine(t("overlay.bpd", { mm: src.bpd_mm.toFixed(0) }), "bio");
@@ -456,6 +458,12 @@ function qualityBar(h) { // {q, cls} of the bar under the image, or null for non
 function weeksDays(w) {
   const days = Math.round(w * 7);
   return t("overlay.wd", { w: Math.floor(days / 7), d: days % 7 });
+}
+
+function overAHead(plane, h) { // the image shows a head: a plane the exam measures, or one drawn
+  if (h.ellipse) return true;
+  const heads = state && state.protocol && state.protocol.head_planes;
+  return !Array.isArray(heads) || (plane != null && heads.includes(plane));
 }
 
 function examBiometry() { // the exam's head figures, or null before a head is measured
