@@ -109,3 +109,13 @@ def test_a_ga_range_with_a_bound_outside_hadlock_s_span_still_shows_that_bound(p
     assert low[1].startswith("< 14w 0d") and "16w 1d" in low[1], low
     assert high[1].startswith("40w 6d") and high[1].endswith("> 42w 0d"), high
     assert both[1] == "19w 4d – 20w 4d", both
+
+
+def test_a_ga_range_whose_bounds_fall_on_one_day_is_not_shown(page):
+    """An exam with one best head, or heads a few hours of growth apart, sent bounds under a
+    day apart: the card said "GA 19w 1d (19w 1d – 19w 1d)"."""
+    one, two = page.evaluate(
+        "() => [gaLine({ga_weeks: 19.15, ga_low_weeks: 19.14, ga_high_weeks: 19.16}),"
+        " gaLine({ga_weeks: 19.15, ga_low_weeks: 19.14, ga_high_weeks: 19.29})]")
+    assert one == ["GA 19w 1d", ""], one
+    assert two[1] == "19w 1d – 19w 2d", two

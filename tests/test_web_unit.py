@@ -491,3 +491,14 @@ def test_dates_entered_before_an_exam_go_to_the_next_exam_and_never_to_another(p
         assert status == b"409" and "not kept" in text and "\n" not in text.strip()
     assert list(srv.view.dates_to_keep) == [("e-next", dates)]
     assert srv.view.ga_dates["lmp"] == "2026-06-10"
+
+
+def test_the_report_gives_no_ga_range_whose_bounds_fall_on_one_day():
+    """As the page: bounds under a day apart printed "19w 1d – 19w 1d" on the report."""
+    from edge.web.history import ga_range
+    text = i18n.catalog("en", None)
+    assert ga_range(text, {"ga_low_weeks": 19.14, "ga_high_weeks": 19.16}) == ""
+    assert ga_range(text, {"ga_low_weeks": 19.14, "ga_high_weeks": 19.29}) == \
+        "19w 1d – 19w 2d"
+    assert ga_range(text, {"ga_low_weeks": None, "ga_high_weeks": 14.1}) == \
+        "< 14w 0d – 14w 1d"

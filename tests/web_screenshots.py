@@ -2,7 +2,8 @@
 
 The device loop plays a clip of real frames (tests/web_harness.py); two browser pages watch
 it at once, a phone (390x844, portrait) and a tablet (1280x800, landscape). Each is saved
-while a head is on screen (with the heatmap where the model has one), in French on the
+while a head is on screen (with the heatmap where the model has one), the tablet also on
+the heart after it (`tablet-heart.png`: the head's figures off the image), in French on the
 phone (with dates the device refused, `phone-fr-refused.png`), and after the clip has
 ended; plus the login screen. The first exam is stopped
 after those shots and the next one begins, so the "Earlier exams" panel lists two
@@ -128,6 +129,14 @@ def main() -> int:
             tablet.wait_for_function("window.sonoedge.lastState.screening.hc_dates",
                                      timeout=30_000, polling=200)
             _next_exam(tablet)
+            # the next exam's head, then the heart: its figures in the card, none on the image
+            tablet.wait_for_function("window.sonoedge.lastHeader && window.sonoedge.lastHeader"
+                                     ".shown && window.sonoedge.lastHeader.shown.plane === "
+                                     "'4CH' && window.sonoedge.lastState.exam.biometry",
+                                     timeout=60_000, polling=100)
+            tablet.evaluate("window.scrollTo(0, 0)")  # see the heatmap switch above
+            tablet.wait_for_timeout(300)
+            tablet.screenshot(path=str(OUT / "tablet-heart.png"), full_page=True)
             for name, page in pages.items():
                 page.bring_to_front()
                 page.wait_for_function("window.sonoedge.lastState && "

@@ -450,7 +450,7 @@ def ga_range(text: dict[str, str], bio: dict) -> str:
     low = weeks_days(text, lo) if lo is not None else f"< {weeks_days(text, HADLOCK_1984_WEEKS[0])}"
     high = weeks_days(text, hi) if hi is not None else \
         f"> {weeks_days(text, HADLOCK_1984_WEEKS[1])}"
-    return f"{low} – {high}"
+    return "" if low == high else f"{low} – {high}"  # within a day: "19w 1d – 19w 1d"
 
 
 def _utc(ts: float | None, part: str) -> str:

@@ -480,7 +480,9 @@ function gaLine(bio) { // [age, its range] of one set of figures (the exam's or 
   const lo = bio.ga_low_weeks, hi = bio.ga_high_weeks;
   let range = "";
   if (lo != null && hi != null) {
-    if (hi > lo) range = `${weeksDays(lo)} – ${weeksDays(hi)}`;
+    // bounds within a day of each other read "19w 1d – 19w 1d": no range worth saying
+    const low = weeksDays(lo), high = weeksDays(hi);
+    if (low !== high) range = `${low} – ${high}`;
   } else if (lo != null || hi != null) { // one best head outside the span: say so
     const low = lo != null ? weeksDays(lo) : `< ${weeksDays(HADLOCK_WEEKS[0])}`;
     const high = hi != null ? weeksDays(hi) : `> ${weeksDays(HADLOCK_WEEKS[1])}`;
