@@ -502,3 +502,14 @@ def test_the_report_gives_no_ga_range_whose_bounds_fall_on_one_day():
         "19w 1d – 19w 2d"
     assert ga_range(text, {"ga_low_weeks": None, "ga_high_weeks": 14.1}) == \
         "< 14w 0d – 14w 1d"
+
+
+def test_the_report_rounds_whole_millimetres_as_the_page_does():
+    """The page writes toFixed(0), half up; the report wrote Python's half to even, so one
+    exam's HC of 200.5 mm read 201 on the screen and 200 in its report."""
+    from edge.web.history import hc_dates_line
+    text = i18n.catalog("en", None)
+    line = hc_dates_line(text, {"ga_dates_weeks": 22.0, "hc_expected_mm": 196.5,
+                                "hc_mm": 200.5, "flag": None, "difference_days": 2,
+                                "tolerance_days": 14, "status": "ok"})
+    assert "expected HC about 197 mm, measured 201 mm" in line, line
