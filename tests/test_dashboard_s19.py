@@ -413,3 +413,42 @@ def test_the_devices_page_lists_each_boxs_errors_to_its_clinics_viewers_only(tmp
         page, rows = devices(TWO)
         assert "box-01a" not in page and REFUSED not in page and "flood 0" in page
         assert {r["device_id"] for r in rows} == {"box-02a"}
+
+
+# -- 3: the pages on a phone and a desktop (stop 26) -------------------------------------------
+def test_no_page_scrolls_sideways_on_a_phone_and_the_clinics_plot_opens_on_its_latest_day(
+        district):
+    """On a phone each table is wider than the screen: the whole page scrolled sideways,
+    headings and all. On a 1,280 px desktop the 8-week clinics plot was wider than the page
+    and opened at its earliest day, the latest days and the clinics named again beside
+    them cut off ("Clinic" for "Clinic 1"): the wide-plot rule held for phones only."""
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    from tests.web_harness import CHROMIUM, CHROMIUM_ARGS
+    name, value = district["cookie"].split("=", 1)
+    host = district["base"].split("//", 1)[1].split(":")[0]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=CHROMIUM_ARGS)
+        try:
+            for width, height in ((390, 844), (1280, 900)):
+                context = browser.new_context(viewport={"width": width, "height": height})
+                context.add_cookies([{"name": name, "value": value, "domain": host,
+                                      "path": "/"}])
+                page = context.new_page()
+                for path in ("/clinics", "/completeness", "/quality", "/biometry",
+                             "/devices"):
+                    page.goto(district["base"] + path + "?weeks=8")
+                    assert page.url.endswith(path + "?weeks=8"), page.url  # not the login
+                    wide = page.evaluate("document.documentElement.scrollWidth")
+                    assert wide <= width, f"{path} at {width} px is {wide} px wide"
+                    if path == "/clinics":
+                        plot, svg = page.evaluate(
+                            "[...['.plot.recent', '.plot.recent svg'].map(s => "
+                            "document.querySelector(s).getBoundingClientRect().right)]")
+                        assert svg <= plot + 1, (f"at {width} px the plot's latest end is "
+                                                 f"{svg - plot:.0f} px out of view")
+                context.close()
+        finally:
+            browser.close()

@@ -286,7 +286,7 @@ def silent_table(page: Q.ClinicsPage) -> str:
                     f'<td class="num">{missing}</td></tr>')
     if not body:
         body.append('<tr><td colspan="5" class="muted">no clinics in this scope</td></tr>')
-    return f'<table class="silent">{head}{"".join(body)}</table>'
+    return f'<div class="wide"><table class="silent">{head}{"".join(body)}</table></div>'
 
 
 # A clinic's name in a CSV is its last column, clinic_name (empty when the district map
@@ -536,7 +536,7 @@ def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None,
             f'<td class="flags">{esc(", ".join(d.flags)) or "-"}</td></tr>')
     if not body:
         body.append('<tr><td colspan="14" class="muted">no devices in this scope</td></tr>')
-    return f'<table class="devices">{head}{"".join(body)}</table>'
+    return f'<div class="wide"><table class="devices">{head}{"".join(body)}</table></div>'
 
 
 FLEET_ERROR_COLUMNS = ["device_id", "clinic_id", "first_seen_utc", "last_seen_utc",
@@ -568,7 +568,8 @@ def fleet_errors_table(errors: list[Q.FleetError], more: dict[str, int], now: fl
                     f"{plural(n, 'older error')} in the CSV</td></tr>")
     if not body:
         body.append('<tr><td colspan="7" class="muted">none in this period</td></tr>')
-    return f'<table class="fleet-errors" id="fleet-errors">{head}{"".join(body)}</table>'
+    return (f'<div class="wide"><table class="fleet-errors" id="fleet-errors">{head}'
+            f'{"".join(body)}</table></div>')
 
 
 def _bundle_cell(b: dict) -> str:
@@ -604,7 +605,7 @@ def outliers_table(page: Q.BiometryPage) -> str:
         body = ['<tr><td colspan="8" class="muted">none in this period</td></tr>']
     more = (f'<p class="muted">{len(rows) - C.OUTLIERS_SHOWN} more in the CSV.</p>'
             if len(rows) > C.OUTLIERS_SHOWN else "")
-    return f'<table class="outliers">{head}{"".join(body)}</table>{more}'
+    return f'<div class="wide"><table class="outliers">{head}{"".join(body)}</table></div>{more}'
 
 
 __all__ = ["MUTED"]

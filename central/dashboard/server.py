@@ -414,9 +414,9 @@ class Dashboard:
                 + self._csv_link("completeness", scope, weeks)
                 + f'<h2>Slots most often missed</h2><div class="plot">{P.missed_svg(page)}</div>'
                 + self._csv_link("missed", scope, weeks)
-                + '<h2>Per clinic: the slots missed most</h2><table class="missed"><tr>'
-                  "<th>clinic</th><th>exams</th><th>complete</th><th>missed most (exams)</th>"
-                  f"</tr>{rows}</table>")
+                + '<h2>Per clinic: the slots missed most</h2><div class="wide">'
+                  '<table class="missed"><tr><th>clinic</th><th>exams</th><th>complete</th>'
+                  f"<th>missed most (exams)</th></tr>{rows}</table></div>")
 
     def _body_quality(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.quality_page(db, scope, per)
