@@ -3,7 +3,7 @@
 The device loop plays a clip of real frames (tests/web_harness.py); two browser pages watch
 it at once, a phone (390x844, portrait) and a tablet (1280x800, landscape). Each is saved
 while a head is on screen (with the heatmap where the model has one), the tablet also on
-the heart after it (`tablet-heart.png`: the head's figures off the image), in French on the
+another plane after it (`tablet-not-head.png`: the head's figures off the image), in French on the
 phone (with dates the device refused, `phone-fr-refused.png`), and after the clip has
 ended; plus the login screen. The first exam is stopped
 after those shots and the next one begins, so the "Earlier exams" panel lists two
@@ -23,6 +23,12 @@ from tests.web_harness import DATES_REFUSED, PIN, chromium, device, make_clip
 
 OUT = REPO / "build" / "screenshots"
 SIZES = {"phone": {"width": 390, "height": 844}, "tablet": {"width": 1280, "height": 800}}
+
+
+# a plane the exam does not measure the head on, shown live after the exam measured one
+NOT_A_HEAD = """() => { const h = window.sonoedge.lastHeader, s = window.sonoedge.lastState;
+  return !!(h && h.shown && h.shown.plane && !h.ellipse && s && s.exam && s.exam.biometry &&
+            s.status.phase === "running" && !s.protocol.head_planes.includes(h.shown.plane)); }"""
 
 
 def _login(page, base: str) -> None:
@@ -129,14 +135,14 @@ def main() -> int:
             tablet.wait_for_function("window.sonoedge.lastState.screening.hc_dates",
                                      timeout=30_000, polling=200)
             _next_exam(tablet)
-            # the next exam's head, then the heart: its figures in the card, none on the image
-            tablet.wait_for_function("window.sonoedge.lastHeader && window.sonoedge.lastHeader"
-                                     ".shown && window.sonoedge.lastHeader.shown.plane === "
-                                     "'4CH' && window.sonoedge.lastState.exam.biometry",
-                                     timeout=60_000, polling=100)
+            # the next exam's head, then another plane (the clip's heart, abdomen or femur):
+            # its figures in the card, none on the image
+            tablet.wait_for_function(NOT_A_HEAD, timeout=60_000, polling=100)
+            tablet.wait_for_function("[...document.images].every(i => i.complete)",
+                                     timeout=10_000)  # the captured head's thumbnail
             tablet.evaluate("window.scrollTo(0, 0)")  # see the heatmap switch above
             tablet.wait_for_timeout(300)
-            tablet.screenshot(path=str(OUT / "tablet-heart.png"), full_page=True)
+            tablet.screenshot(path=str(OUT / "tablet-not-head.png"), full_page=True)
             for name, page in pages.items():
                 page.bring_to_front()
                 page.wait_for_function("window.sonoedge.lastState && "
