@@ -367,10 +367,11 @@ class Dashboard:
         districts = Q.districts(db)
         return getattr(self, f"_body_{name}")(db, scope, per, weeks), districts
 
-    def _csv_link(self, name: str, scope: Q.Scope, weeks: int) -> str:
+    def _csv_link(self, name: str, scope: Q.Scope, weeks: int, under: str = "plot") -> str:
+        """The download under a plot or, with `under="table"`, under a table."""
         q = f"?weeks={weeks}" + (f"&district={scope.district}" if scope.district else "")
         return (f'<p class="csv"><a href="/api/{esc(name)}.csv{esc(q)}" download>'
-                f"The numbers behind this plot (CSV)</a></p>")
+                f"The numbers behind this {under} (CSV)</a></p>")
 
     def _body_clinics(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.clinics_page(db, scope, per)
@@ -483,7 +484,7 @@ class Dashboard:
                 f"not keep a box flagged. Backlog: messages queued on the box at its last "
                 f"health; behind: messages allocated on the box beyond what arrived.</p>"
                 f"{P.devices_table(rows, time.time(), weeks, per_device)}{extra}"
-                + self._csv_link("devices", scope, weeks)
+                + self._csv_link("devices", scope, weeks, "table")
                 + f"<h2>Model update errors, last {weeks} weeks</h2>"
                   '<p class="lead">What each box\'s health messages said when a signed model '
                   "bundle was refused or failed to install, latest first: the bundle column "
@@ -492,7 +493,7 @@ class Dashboard:
                   f"messages (a box repeats its error until the next install); at most "
                   f"{C.FLEET_ERRORS_SHOWN} a box here, all in the CSV.</p>"
                 + P.fleet_errors_table(errors, more, time.time())
-                + self._csv_link("fleet_errors", scope, weeks))
+                + self._csv_link("fleet_errors", scope, weeks, "table"))
 
     async def csv(self, request: web.Request):
         name = request.match_info["name"]
