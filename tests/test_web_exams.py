@@ -13,7 +13,6 @@ words, and a corrupt journal is an empty list and one log line with the page sti
 from __future__ import annotations
 
 import json
-import math
 import re
 import signal
 import sqlite3
@@ -25,6 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.web.history import half_up
 from tests.web_harness import (
     HEADS,
     SCREEN_H,
@@ -112,14 +112,14 @@ def ended(box):
 
 
 def page_mm(mm: float) -> int:
-    """Whole millimetres as the page gives them (JavaScript's toFixed(0): half up), where
-    Python's format rounds half to even: an HC of 200.5 mm is "201" on the page, "200" by
-    f"{200.5:.0f}" (a flaky failure of the list's test)."""
-    return math.floor(mm + 0.5)
+    """Whole millimetres as the page gives them (half up), where Python's format rounds
+    half to even: an HC of 200.5 mm is "201" on the page, "200" by f"{200.5:.0f}" (a flaky
+    failure of the list's test)."""
+    return half_up(mm)
 
 
 def weeks_days(weeks: float) -> str:
-    days = math.floor(weeks * 7 + 0.5)
+    days = half_up(weeks * 7)
     return f"{days // 7}w {days % 7}d"
 
 

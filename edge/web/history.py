@@ -435,15 +435,15 @@ def _t(text: dict[str, str], key: str, fallback: str | None = None, **values) ->
     return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), template)
 
 
-def as_page_rounds(value: float) -> str:
-    """A whole number as the page writes it (JavaScript's toFixed(0): half up). Python's
-    format rounds half to even, so an HC of 200.5 mm read 201 on the screen and 200 in the
-    report."""
-    return str(math.floor(value + 0.5))
+def half_up(value: float) -> int:
+    """The nearest whole number as the page rounds (JavaScript's Math.round and toFixed(0):
+    half up). Python's round and format go half to even, so an HC of 200.5 mm read 201 on
+    the screen and 200 in the report."""
+    return math.floor(value + 0.5)
 
 
 def weeks_days(text: dict[str, str], weeks: float) -> str:
-    days = math.floor(weeks * 7 + 0.5)  # as the page rounds (JavaScript's Math.round)
+    days = half_up(weeks * 7)
     return _t(text, "overlay.wd", w=days // 7, d=days % 7)
 
 
@@ -564,7 +564,7 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     out.append(f'<section class="screen"><h2>{e(_t(text, "screen.title"))}</h2><ul>')
     if ci:
         key = f"screen.ci_{ci['flag']}" if ci.get("flag") else "screen.ci_ok"
-        line = _t(text, key, ci=as_page_rounds(ci["ci"]), low=ci["low"], high=ci["high"])
+        line = _t(text, key, ci=half_up(ci["ci"]), low=ci["low"], high=ci["high"])
         flagged = ' class="flag"' if ci.get("flag") else ""
         out.append(f"<li{flagged}>{e(line)}</li>")
     else:
@@ -627,11 +627,11 @@ def hc_dates_line(text: dict[str, str], hd: dict) -> str:
     ga = weeks_days(text, hd["ga_dates_weeks"])
     if hd.get("status") == "dates_out_of_range":
         return _t(text, "screen.dates_out_of_range", ga=ga)
-    expected = as_page_rounds(hd["hc_expected_mm"])
+    expected = half_up(hd["hc_expected_mm"])
     if hd.get("status") == "no_hc":
         return _t(text, "screen.expected_hc", ga=ga, mm=expected)
     return _t(text, f"screen.hc_{hd['flag']}" if hd.get("flag") else "screen.hc_ok", ga=ga,
-              mm=expected, hc=as_page_rounds(hd["hc_mm"]),
+              mm=expected, hc=half_up(hd["hc_mm"]),
               days=abs(hd.get("difference_days") or 0),
               tol=hd["tolerance_days"])
 

@@ -482,7 +482,7 @@ function gaLine(bio) { // [age, its range] of one set of figures (the exam's or 
   if (lo != null && hi != null) {
     // bounds within a day of each other read "19w 1d – 19w 1d": no range worth saying
     const low = weeksDays(lo), high = weeksDays(hi);
-    if (low !== high) range = `${low} – ${high}`;
+    if (hi > lo && low !== high) range = `${low} – ${high}`;
   } else if (lo != null || hi != null) { // one best head outside the span: say so
     const low = lo != null ? weeksDays(lo) : `< ${weeksDays(HADLOCK_WEEKS[0])}`;
     const high = hi != null ? weeksDays(hi) : `> ${weeksDays(HADLOCK_WEEKS[1])}`;
