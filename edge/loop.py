@@ -20,7 +20,7 @@ from pathlib import Path
 from edge.capture.sources import LiveSettings, Source, open_source
 from edge.config import Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
-from edge.exam.protocol import ProtocolError, check_named, find_protocol
+from edge.exam.protocol import ProtocolError, check_head_planes, check_named, find_protocol
 from edge.exam.session import ExamSession, ExamTracker, MeasureKept, format_exam
 from edge.exam.tally import ExamTally, percentile
 from edge.exam.thumbs import THUMBS_DIR, ThumbStore
@@ -310,10 +310,13 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
 
     tracker = make_tracker(settings, state_dir, models, exam_ended, scorer.measure_kept,
                            scorer.quality.rules if scorer.quality else None)
-    try:  # said, not refused: the box still names the other planes and measures heads
-        check_named(tracker.protocol, scorer.manifest.labels, scorer.manifest.ident)
-    except ProtocolError as exc:
-        log.warning("%s", exc)
+    labels, ident = scorer.manifest.labels, scorer.manifest.ident
+    for check in (lambda: check_named(tracker.protocol, labels, ident),
+                  lambda: check_head_planes(tuple(settings.biometry.head_planes), labels, ident)):
+        try:  # said, not refused: the box still names the planes it knows
+            check()
+        except ProtocolError as exc:
+            log.warning("%s", exc)
     if web is not None:
         web.attach(scorer, uplink, source, tracker, journal.keep_dates)
     steady = SteadyFeedback(scorer.quality.rules.feedback) if scorer.quality else None

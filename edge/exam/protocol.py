@@ -163,6 +163,24 @@ def check_named(protocol: Protocol, labels: tuple[str, ...], model: str) -> None
             + " could never be captured: choose another protocol or plane model")
 
 
+def check_head_planes(head_planes: tuple[str, ...], labels: tuple[str, ...], model: str
+                      ) -> None:
+    """Every plane `[biometry] head_planes` names is one the plane model names. A name it
+    does not know (a typo such as "Brain (TV)", or a bundle trained on other classes) was
+    taken without a word, and the head was never measured or shown on that plane; with
+    none known, no head at all. This is one line naming the field, the names and the model."""
+    unknown = [plane for plane in head_planes if plane not in labels]
+    if not unknown:
+        return
+    names = ", ".join(shown(p) for p in unknown[:4]) + (", ..." if len(unknown) > 4 else "")
+    effect = ("no head is ever measured" if len(unknown) == len(head_planes) else
+              "the head is never measured on " + ("it" if len(unknown) == 1 else "them"))
+    what = "is not a plane" if len(unknown) == 1 else "are not planes"
+    raise ProtocolError(f"biometry.head_planes: {names} {what} of the plane model {model}, "
+                        f"so {effect}; its planes: "
+                        + ", ".join(shown(label) for label in labels[:16]))
+
+
 def find_protocol(name: str, path: Path | str | None = None) -> Protocol:
     protocols = load_protocols(path)
     if name not in protocols:
