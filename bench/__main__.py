@@ -11,11 +11,12 @@ from pathlib import Path
 
 from bench import bench_mqtt
 from bench import dashboard as bench_dashboard
-from bench.agreement import device_path_agreement, example_planes, summarise
+from bench.agreement import example_planes, summarise
 from bench.audit import audit_section, sweeps_section
 from bench.models import format_table, model_table, time_device_path, time_idle
 from bench.web import web_section
 from edge.models.manifest import ModelError, read_manifest, verify
+from quantize.agreement import device_path_agreement
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "bench"

@@ -2,7 +2,7 @@
 
 Issue 13 asks the int8 plane student to agree with the fp32 teacher on 95% of held-out
 HC18 heads. Two references say what that figure can be, through the device's own path
-(`bench.agreement.device_path_agreement`, as `make bench` measures the student):
+(`quantize.agreement.device_path_agreement`, as `make bench` measures the student):
 
 - the teacher itself made int8 by the student's own toolchain (same calibration frames,
   same quantizer): the student's architecture and training are then out of the question,
@@ -28,11 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.agreement import device_path_agreement
 from edge.models.manifest import read_manifest
 from edge.models.planes import classify_plane
 from edge.models.roi import Roi, find_roi
 from edge.models.runtime import load_model
+from quantize.agreement import device_path_agreement
 from quantize.convert import calibration_inputs, quantize_int8
 from quantize.data import list_frames, split
 from quantize.export import export_teacher_fp32

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from bench.agreement import Agreement, summarise
+from bench.agreement import summarise
+from quantize.agreement import Agreement
 
 
 def test_the_agreement_is_also_given_where_the_teacher_names_a_head_plane():
