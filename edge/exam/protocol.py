@@ -147,6 +147,11 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
     return out
 
 
+def _first_four(names: list[str]) -> str:
+    """Names for one line: the first four, quoted, and "..." where there are more."""
+    return ", ".join(shown(n) for n in names[:4]) + (", ..." if len(names) > 4 else "")
+
+
 def check_named(protocol: Protocol, labels: tuple[str, ...], model: str) -> None:
     """Every slot of the protocol is one the plane model can fill: at least one of the
     planes it accepts is among the model's labels. A model without one (a bundle trained on
@@ -155,7 +160,7 @@ def check_named(protocol: Protocol, labels: tuple[str, ...], model: str) -> None
     named = set(labels)
     unfilled = [slot.name for slot in protocol.slots if not named & set(slot.accepts)]
     if unfilled:
-        some = ", ".join(shown(n) for n in unfilled[:4]) + (", ..." if len(unfilled) > 4 else "")
+        some = _first_four(unfilled)
         raise ProtocolError(
             f"protocol {shown(protocol.name)}: the plane model {model} has no label for "
             + (f"slot {some}, which" if len(unfilled) == 1 else
@@ -172,7 +177,7 @@ def check_head_planes(head_planes: tuple[str, ...], labels: tuple[str, ...], mod
     unknown = [plane for plane in head_planes if plane not in labels]
     if not unknown:
         return
-    names = ", ".join(shown(p) for p in unknown[:4]) + (", ..." if len(unknown) > 4 else "")
+    names = _first_four(unknown)
     effect = ("no head is ever measured" if len(unknown) == len(head_planes) else
               "the head is never measured on " + ("it" if len(unknown) == 1 else "them"))
     what = "is not a plane" if len(unknown) == 1 else "are not planes"
