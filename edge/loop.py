@@ -21,6 +21,7 @@ from edge.capture.sources import LiveSettings, Source, open_source
 from edge.config import Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
 from edge.exam.protocol import ProtocolError, check_head_planes, check_named, find_protocol
+from edge.exam.screening import read_dates
 from edge.exam.session import ExamSession, ExamTracker, MeasureKept, format_exam
 from edge.exam.tally import ExamTally, percentile
 from edge.exam.thumbs import THUMBS_DIR, ThumbStore
@@ -179,6 +180,22 @@ def make_tracker(settings: Settings, state_dir: Path, models: dict[str, str],
                        tuple(settings.biometry.head_planes))
 
 
+def with_age_by_dates(body: dict, journal: Journal) -> dict:
+    """The ended exam's summary with the age by dates, where the midwife entered her last
+    period on the page before it ended (`biometry.ga_dates_weeks`).
+
+    Why: the district's HC-for-age plot otherwise has only the device's Hadlock age from
+    the same HC, against which no head can be small or large. The weeks go on the wire;
+    the date itself stays in the journal on the box (`exam_dates`)."""
+    bio = body.get("biometry")
+    if not isinstance(bio, dict) or not isinstance(body.get("exam_id"), str):
+        return body
+    kept = read_dates(journal.exam_dates(body["exam_id"]))
+    if kept is None:
+        return body
+    return {**body, "biometry": {**bio, "ga_dates_weeks": kept["ga_dates_weeks"]}}
+
+
 def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
                  exclude: str | None = None) -> int:
     """Close every run a killed process left open, queueing the exams it never sent.
@@ -201,6 +218,7 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
 
         def ended(session: ExamSession, body: dict, run_id: str = run_id) -> None:
             nonlocal queued, exams
+            body = with_age_by_dates(body, journal)  # dates survive a kill: kept at once
             journal.add_exam(run_id, body, session.best_frames(), session.first_row,
                              session.last_row)
             exams += 1
@@ -300,6 +318,9 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     dog = Watchdog(stall_s=settings.loop.stall_s)  # systemd's WatchdogSec (edge/fleet)
 
     def exam_ended(session: ExamSession, body: dict) -> None:
+        if web is not None:
+            web.apply_dates()  # the page's last dates, entered while the exam ended
+        body = with_age_by_dates(body, journal)
         # The journal first: a crash before the outbox has it is repaired from there.
         journal.add_exam(run_id, body, session.best_frames(), session.first_row,
                          session.last_row)

@@ -144,3 +144,36 @@ def test_dates_kept_in_a_schema_5_journal_move_to_their_own_table(tmp_path):
     assert journal.keep_dates("e3", {"lmp": "2026-07-01", "today": "2026-12-04"})
     assert journal.keep_dates("e1", None)
     assert [r[0] for r in journal.db.execute("SELECT exam_id FROM exam_dates")] == ["e3"]
+
+
+def test_an_exams_dates_are_read_back_and_a_damaged_row_is_none_said_once(tmp_path, caplog):
+    """What the exam's end reads to send the age by dates: the kept dates, or None for
+    none kept and for a row the journal cannot give back as a small JSON object (not
+    JSON, a list, 300 bytes, 1,000 brackets), each said in one line, never raised."""
+    from edge.exam.screening import read_dates
+    from edge.loop import with_age_by_dates
+
+    journal = Journal(tmp_path / "j.sqlite")
+    assert journal.keep_dates("kept", {"lmp": "2026-06-10", "today": "2026-12-04"})
+    assert journal.exam_dates("kept") == {"lmp": "2026-06-10", "today": "2026-12-04"}
+    assert journal.exam_dates("none") is None
+    bad = {"text": "{not json", "list": '["2026-06-10"]', "long": '{"lmp":"' + "x" * 300 + '"}',
+           "deep": "[" * 1000 + "]" * 1000, "bytes": b"\xff\xfe{"}
+    for exam_id, raw in bad.items():
+        journal.db.execute("INSERT INTO exam_dates (exam_id, dates) VALUES (?, ?)",
+                           (exam_id, raw))
+    caplog.clear()
+    for exam_id in bad:
+        assert journal.exam_dates(exam_id) is None, exam_id
+    said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    # a list is no dates, and an oversized row is never read: only unparsable text is said
+    assert len(said) == 2 and "exam text" in said[0] and "exam bytes" in said[1], said
+    assert all("\n" not in line for line in said)
+    # dates the page would refuse (a period in the future) give no age either
+    assert journal.keep_dates("future", {"lmp": "2027-01-01", "today": "2026-12-04"})
+    assert read_dates(journal.exam_dates("future")) is None
+    body = {"exam_id": "kept", "biometry": {"measured": 3, "declined": {}, "hc_mm": 230.0}}
+    assert with_age_by_dates(body, journal)["biometry"]["ga_dates_weeks"] == 25.29
+    assert with_age_by_dates({**body, "exam_id": "future"}, journal) == {
+        **body, "exam_id": "future"}
+    assert with_age_by_dates({"exam_id": "kept"}, journal) == {"exam_id": "kept"}

@@ -168,8 +168,9 @@ def test_schemas_are_valid_draft_2020_12():
 
 
 def test_worst_case_exam_summary_fits_in_1kb_and_names_no_file(tmp_path):
-    """Every plane, abstentions and head biometry with every status still fit in 1 KB,
-    shedding detail (HC spread, declined reasons) rather than refusing the exam."""
+    """Every plane, abstentions and head biometry with every status and the age by dates
+    still fit in 1 KB, shedding detail (HC spread, declined reasons) rather than refusing
+    the exam, and never the age by dates."""
     results = []
     for i, plane in enumerate(wire_schema.PLANES * 10):
         r = frame_result(i) | {"plane": plane, "plane_confidence": 0.123456789,
@@ -192,8 +193,10 @@ def test_worst_case_exam_summary_fits_in_1kb_and_names_no_file(tmp_path):
     box = open_outbox(tmp_path)
     up = Uplink(MqttSettings(device_id="clinic-0042-box-0001", clinic_id="clinic-0042"),
                 tmp_path, models)
-    msg_id = up.enqueue_exam(tally.summarize_exam(results, source, 1.0e9, 1.0e9 + 3600.0,
-                                           model_versions=models))
+    summary = tally.summarize_exam(results, source, 1.0e9, 1.0e9 + 3600.0,
+                                   model_versions=models)
+    summary["biometry"]["ga_dates_weeks"] = 44.86  # the longest the page can give
+    msg_id = up.enqueue_exam(summary)
     assert msg_id is not None
     raw = up.outbox.pending(1)[0].payload
     up.close()
@@ -209,6 +212,7 @@ def test_worst_case_exam_summary_fits_in_1kb_and_names_no_file(tmp_path):
     bio = payload["biometry"]
     assert bio["measured"] == 6 and bio["ga_weeks"] is not None and 171 < bio["hc_mm"] < 195
     assert sum(bio["declined"].values()) == 18
+    assert bio["ga_dates_weeks"] == 44.86  # the district's check of head size for age
     assert wire_schema.validate_payload(payload) == [] and _jsonschema_ok(payload)
 
 

@@ -36,6 +36,7 @@ from tests.web_harness import (
     login_cookie,
     wait_for,
 )
+from wire.schema import validate_payload
 
 pytest.importorskip("playwright")
 
@@ -291,7 +292,8 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     """The midwife enters the last period for the exam on her card (here the second, ended
     with the recording): the journal keeps it with that exam, its report prints it with
     the HC-for-dates flag the page showed, the other exam's report says none was entered,
-    and the summary the district gets never carries it."""
+    and the summary the district gets never carries the date (nor, for an exam that had
+    ended before they were entered, the age by dates: it left with the exam's end)."""
     base, cookie = box["base"], ended["cookie"]
     (first_id, _, _), (second_id, second, _) = ended["exams"]
     ga_hc = second["biometry"]["ga_weeks"]
@@ -315,6 +317,8 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     wait_for(lambda: journaled_dates(box, second_id), 10, "the dates in the journal")
     assert json.loads(journaled_dates(box, second_id)) == {"lmp": lmp, "today": today}
     assert journaled_dates(box, first_id) is None
+    sent = {i: summary for i, summary, _ in journaled(box)}[second_id]
+    assert lmp not in json.dumps(sent) and "ga_dates_weeks" not in sent["biometry"]
 
     status, _, body = http(f"{base}/report/{second_id}", cookie=cookie)
     page = body.decode()
@@ -415,6 +419,57 @@ def test_dates_entered_during_an_exam_survive_a_sigkill_of_the_device(tmp_path, 
         page = body.decode()
         assert status == 200 and "Last period" in page and lmp in page, page[-2000:]
         assert "recovered" in journaled_ended_by(box, exam_id)
+        # the rebuilt exam's summary, journaled and queued for the district, has the age by
+        # dates the page had entered before the kill
+        weeks = round((np.datetime64(today) - np.datetime64(lmp)).astype(int) / 7, 2)
+        assert sent_to_district(box, exam_id)["biometry"]["ga_dates_weeks"] == weeks
+
+
+def sent_to_district(box, exam_id: str) -> dict:
+    """The exam's summary the outbox queued for the district, checked to be valid on the
+    wire, to have the journal's age by dates and to carry no date."""
+    summary = {i: s for i, s, _ in journaled(box)}[exam_id]
+    db = sqlite3.connect(f"file:{box['state'] / 'outbox.sqlite3'}?mode=ro", uri=True,
+                         timeout=5)
+    try:
+        payloads = [json.loads(p) for (p,) in db.execute(
+            "SELECT payload FROM outbox WHERE kind = 'exam'").fetchall()]
+    finally:
+        db.close()
+    queued = [p for p in payloads if p.get("exam_id") == exam_id]
+    assert len(queued) == 1 and validate_payload(queued[0]) == [], queued
+    # the outbox may shed detail (the HC spread) to fit 1 KB, never the age by dates
+    assert queued[0]["biometry"].get("ga_dates_weeks") == summary["biometry"].get(
+        "ga_dates_weeks")
+    assert not re.search(r"\d{4}-\d{2}-\d{2}", json.dumps(queued[0]))  # no date on the wire
+    return queued[0]
+
+
+def test_the_age_by_dates_entered_during_an_exam_goes_to_the_district(tmp_path, data_dir):
+    """Dates entered on the page while the first woman is scanned: when her exam ends, its
+    summary for the district carries the age by dates (weeks, never the date), so the
+    district's HC-for-age plot checks her baby's head against its age. The next woman's
+    exam, for which nobody entered dates, carries none."""
+    clip = two_exam_clip(data_dir, tmp_path / "clip.avi")
+    lmp, today = "2026-06-10", "2026-12-04"
+    box = {"state": tmp_path / "state"}
+    with device(tmp_path, clip) as (base, _proc):
+        cookie = login_cookie(base)
+
+        def running() -> dict | None:
+            exam = json.loads(http(base + "/api/state", cookie=cookie)[2])["exam"]
+            return exam if exam and exam["running"] else None
+
+        first_id = wait_for(running, 90, "the first exam to start")["exam_id"]
+        status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today,
+                                                   "exam_id": first_id}, cookie=cookie)
+        assert status == 200, body
+        wait_for(lambda: len(journaled(box)) == 2, 120, "both exams journaled", poll_s=0.5)
+    (one, first, _), (two, second, _) = journaled(box)
+    assert one == first_id and first["biometry"]["hc_mm"] and second["biometry"]["hc_mm"]
+    weeks = round((np.datetime64(today) - np.datetime64(lmp)).astype(int) / 7, 2)
+    assert sent_to_district(box, one)["biometry"]["ga_dates_weeks"] == weeks == 25.29
+    assert "ga_dates_weeks" not in sent_to_district(box, two)["biometry"]
 
 
 def journaled_ended_by(box, exam_id: str) -> str:

@@ -15,12 +15,7 @@ import pytest
 
 from edge.config import ConfigError, load_settings
 from edge.exam.feedback import Shown
-from edge.models.quality import load_rules
-from edge.web import i18n
-from edge.web import server as web_server
-from edge.web.auth import PIN_FILE, Brake, PinError, Sessions, read_pin, write_pin
-from edge.web.live import LiveView, LoopHook
-from edge.web.screening import (
+from edge.exam.screening import (
     CI_HIGH,
     CI_LOW,
     cephalic_index,
@@ -29,6 +24,11 @@ from edge.web.screening import (
     hc_for_weeks,
     redate_days,
 )
+from edge.models.quality import load_rules
+from edge.web import i18n
+from edge.web import server as web_server
+from edge.web.auth import PIN_FILE, Brake, PinError, Sessions, read_pin, write_pin
+from edge.web.live import LiveView, LoopHook
 from edge.web.server import WebServer
 from edge.web.settings import WebSettings, parse_listen
 from tests.cli_run import one_line_error, sonoedge

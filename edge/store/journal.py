@@ -38,6 +38,7 @@ from edge.store.state import (
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 6
+MAX_DATES_BYTES = 256  # {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"} is 40
 JOURNAL_FILE = "journal.sqlite"
 SHED_BATCH = 2000  # frame results dropped at a time when the disk is full
 WAL_PAGES = 256  # checkpoint the write-ahead log at this many pages (1 MB of 4 KB pages)
@@ -383,6 +384,21 @@ class Journal:
         return self._write("exam dates", lambda: self.db.execute(
             "INSERT OR REPLACE INTO exam_dates (exam_id, dates) VALUES (?,?)",
             (exam_id, text))) is not None
+
+    def exam_dates(self, exam_id: str) -> dict | None:
+        """The dates kept for an exam (`keep_dates`), or None: none kept, or a row that
+        is not a small JSON object (said in the log). The caller checks the dates."""
+        try:
+            row = self.db.execute(
+                "SELECT CASE WHEN length(CAST(dates AS BLOB)) <= ? THEN dates END FROM "
+                "exam_dates WHERE exam_id=?", (MAX_DATES_BYTES, exam_id)).fetchone()
+            dates = None if row is None or row[0] is None else json.loads(row[0])
+        except (sqlite3.Error, ValueError, RecursionError) as exc:
+            log.warning("journal %s: the dates of exam %s cannot be read (%s); the exam is "
+                        "sent without its age by dates", self.path, exam_id,
+                        str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
+            return None
+        return dates if isinstance(dates, dict) else None
 
     # -- crash recovery -------------------------------------------------------------------
     def open_runs(self, exclude: str | None = None) -> list[tuple[str, dict]]:

@@ -19,10 +19,11 @@ again only after it was readable in between), never a 500.
 An exam is presented as `/api/state` presents the exam on screen (`edge.web.live.
 exam_snapshot`: its checklist of the protocol's slots with each one's best frame, captured
 and required, the biometry), plus what the journal adds: when it ended and how, the
-deficiencies seen most often, the model versions, and the flags of `edge.web.screening`:
+deficiencies seen most often, the model versions, and the flags of `edge.exam.screening`:
 the cephalic index (from the exam's BPD and OFD) and HC against the dates, where the
 midwife entered the last period for that exam on the page (the journal keeps it under the
-exam's id, table `exam_dates`, on the box only: the summary the district gets never has it).
+exam's id, table `exam_dates`; the date stays on the box, and the summary the district
+gets has the age by dates in weeks only where they were entered before the exam ended).
 
 The journal keeps a slot's best frame only where it captured the slot; for a slot it
 missed, the best quality any frame of its planes reached comes from the summary's per-plane
@@ -45,11 +46,11 @@ from pathlib import Path
 from aiohttp import web
 
 from edge.exam.protocol import Protocol, ProtocolError, load_protocols
+from edge.exam.screening import cephalic_index, hc_against_dates, read_dates
 from edge.exam.thumbs import THUMBS_DIR
 from edge.models.biometry import HADLOCK_1984_WEEKS
-from edge.store.journal import JOURNAL_FILE
+from edge.store.journal import JOURNAL_FILE, MAX_DATES_BYTES
 from edge.web import i18n
-from edge.web.screening import cephalic_index, hc_against_dates, read_lmp
 from wire.schema import PLANES, PayloadError, finite_number, loads_bounded
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,6 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 50
 BUSY_TIMEOUT_S = 1.0  # a read waits this long on a locked journal, then the list is empty
 MAX_JSON_BYTES = 64 * 1024  # per summary or best-frames column (a real exam's: about 1 kB)
-MAX_DATES_BYTES = 256  # the dates column: {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"}
 MAX_TEXT = 64  # a name, id or version read back from the journal, shown at most this long
 # Exam ids: the loop's are UUIDs (uuid4, or uuid5 from the run and the first frame's row);
 # a 16-hex id is the tally's own. Nothing else is looked up, so no id reaches a path.
@@ -187,18 +187,6 @@ def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> li
             row["best"] = {"plane": name, "quality": q}
         rows.append(row)
     return rows
-
-
-def read_dates(dates: dict | None) -> dict | None:
-    """The dates kept with an exam, if they are two ISO dates the page would accept, with
-    the age by dates on the day they were entered; None otherwise."""
-    if not isinstance(dates, dict):
-        return None
-    try:
-        lmp, today, weeks = read_lmp(dates.get("lmp"), dates.get("today"))
-    except ValueError:
-        return None
-    return {"lmp": lmp, "today": today, "ga_dates_weeks": round(weeks, 2)}
 
 
 def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],

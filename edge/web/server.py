@@ -74,6 +74,7 @@ import cv2
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from edge.exam.screening import MAX_LMP_DAYS, read_lmp, screening
 from edge.models.planes import heatmap
 from edge.models.quality import Rules
 from edge.uplink.messages import read_temperature_c
@@ -81,7 +82,6 @@ from edge.web import i18n
 from edge.web.auth import Attempt, Brake, Braked, PinHash, Sessions
 from edge.web.history import BadQuery, ExamHistory, parse_limit, report_lang
 from edge.web.live import LiveView
-from edge.web.screening import MAX_LMP_DAYS, read_lmp, screening
 from edge.web.settings import WebError, WebSettings, parse_listen
 from edge.web.tls import PageTls
 from wire.http_log import LineLimiter, flush_bad_request_lines, one_line_bad_requests

@@ -95,6 +95,19 @@ def read_lmp(lmp: object, today: object) -> tuple[str, str, float]:
             weeks)
 
 
+def read_dates(dates: dict | None) -> dict | None:
+    """The dates kept with an exam (`{"lmp", "today"}`, from the journal), if they are two
+    ISO dates the page would accept, with the age by dates on the day they were entered;
+    None otherwise."""
+    if not isinstance(dates, dict):
+        return None
+    try:
+        lmp, today, weeks = read_lmp(dates.get("lmp"), dates.get("today"))
+    except ValueError:
+        return None
+    return {"lmp": lmp, "today": today, "ga_dates_weeks": round(weeks, 2)}
+
+
 def hc_against_dates(hc_mm: float | None, ga_dates_weeks: float | None) -> dict | None:
     """HC against the age from dates: the expected HC, the age the HC gives, the
     difference in days, ACOG's tolerance at that age, and `small`/`large` when beyond it."""
