@@ -526,8 +526,11 @@ class BiometryPage:
     bins: list[tuple[int, int, int]]  # (GA bin, HC bin, exams) from GA_MIN/HC_MIN
     outliers: list[MeasuredExam]
     measured: int  # exams with an HC
-    not_comparable: int  # of which without an age inside INTERGROWTH's 14-40 weeks
+    not_comparable: int  # of those drawn, without an age inside INTERGROWTH's 14-40 weeks
     dated: int  # of which with the age by dates (not only the Hadlock age from the same HC)
+    # Once any exam has the age by dates, only those are drawn and can be outliers: the
+    # others' age is Hadlock's from the same HC, on whose curve they lie by construction.
+    only_dated: bool = False
 
 
 # The density grid: half a week by 5 mm, from 12 weeks and 50 mm.
@@ -538,9 +541,13 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
     w, p = scope.where()
     args = (per.first_day, per.last_day, *p)
     base = f"FROM dash.exams WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w}"
-    measured, not_comparable, dated = db.query(
-        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN ig_z IS NULL THEN 1 ELSE 0 END), 0), "
-        f"COALESCE(SUM(CASE WHEN ga_source = 'dates' THEN 1 ELSE 0 END), 0) {base}", args)[0]
+    measured, dated = db.query(
+        f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN ga_source = 'dates' THEN 1 ELSE 0 END), 0) "
+        f"{base}", args)[0]
+    only_dated = int(dated) > 0
+    if only_dated:
+        base += " AND ga_source = 'dates'"
+    not_comparable = db.query(f"SELECT COUNT(*) {base} AND ig_z IS NULL", args)[0][0]
     bins = [(int(g), int(h), int(n)) for g, h, n in db.query(
         "SELECT gb, hb, COUNT(*) FROM (SELECT CAST(FLOOR((ga_weeks - ?) / ?) AS INTEGER) AS gb, "
         f"CAST(FLOOR((hc_mm - ?) / ?) AS INTEGER) AS hb {base} AND ga_weeks IS NOT NULL) t "
@@ -551,7 +558,8 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
         "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, ig_z "
         f"{base} AND (ig_z < ? OR ig_z > ?) ORDER BY day DESC, msg_id", (*args, z3, z97))]
     _name_exams(db, scope, outliers)
-    return BiometryPage(per, bins, outliers, int(measured), int(not_comparable), int(dated))
+    return BiometryPage(per, bins, outliers, int(measured), int(not_comparable), int(dated),
+                        only_dated)
 
 
 def biometry_exams(db: Db, scope: Scope, per: Period) -> list[MeasuredExam]:

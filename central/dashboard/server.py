@@ -436,15 +436,24 @@ class Dashboard:
     def _body_biometry(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.biometry_page(db, scope, per)
         dated, n = page.dated, page.measured
-        caveat = ("" if dated == n and n else
-                  '<p class="caveat"><strong>Read this first.</strong> The age plotted is '
-                  "the device's estimate from the same head circumference (Hadlock 1984), "
-                  "because exam summaries do not yet carry the age by dates. Every point "
-                  "therefore lies on Hadlock's curve, and the chart shows how Hadlock's dating "
-                  "sits against the standard, not whether a head is small or large for its "
-                  "age. A head can fall outside the band only when the two references "
-                  "disagree that much. The check becomes meaningful once the exam carries the "
-                  f"age by dates ({dated} of {n} here do).</p>")
+        if not dated:
+            caveat = ("" if not n else
+                      '<p class="caveat"><strong>Read this first.</strong> No exam here carries '
+                      "the age by dates (the midwife enters the last period on the device's "
+                      "page during the exam), so the age plotted is the device's estimate from "
+                      "the same head circumference (Hadlock 1984). Every point therefore lies "
+                      "on Hadlock's curve, and the chart shows how Hadlock's dating sits "
+                      "against the standard, not whether a head is small or large for its "
+                      "age. A head can fall outside the band only when the two references "
+                      "disagree that much.</p>")
+        elif dated < n:
+            caveat = (f'<p class="caveat">Drawn: the {P.plural(dated, "exam")} with the age '
+                      f"by dates, which the midwife entered during the exam. Not drawn: the "
+                      f"other {n - dated}, whose only age is the device's estimate from the "
+                      "same head circumference (Hadlock 1984), against which no head can be "
+                      "small or large for its age; they are in the CSV.</p>")
+        else:
+            caveat = ""
         return (f"<h2>Head circumference against gestational age, last {weeks} weeks</h2>"
                 f'<p class="lead">{P.plural(n, "measured exam")}; {len(page.outliers)} '
                 f"outside the "

@@ -720,8 +720,9 @@ def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dic
                  if k not in C.NOT_A_VIEW and v and v[0] > 0 and len(v) > 2]
     qualities = [q for q in qualities if q is not None]
     bio = data.get("biometry") or {}
-    # GA by dates would make HC-for-age a real check; the wire carries only the device's
-    # Hadlock GA from the same HC today (see the biometry page), so that is what is plotted.
+    # The age by dates (entered by the midwife during the exam) makes HC-for-age a real
+    # check; without it the device's Hadlock age from the same HC is kept (and not drawn
+    # where the period has dated exams: see queries.biometry_page).
     ga_dates = _num(bio.get("ga_dates_weeks"))
     ga = ga_dates if ga_dates is not None else _num(bio.get("ga_weeks"))
     missing = protocol.get("missing") or []

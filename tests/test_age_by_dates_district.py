@@ -1,0 +1,87 @@
+"""The district's check of head size for age, from the age by dates the exam summary
+carries (`biometry.ga_dates_weeks`, entered by the midwife on the device's page).
+
+Real parts: the collector's own check of each payload (the wire schema), the store, the
+rollup and `sonoedge-central serve` on a free loopback port. Before the exam summary had
+the age by dates, the biometry page could only plot the device's Hadlock age from the same
+HC, against which no head is small or large for its age.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+
+from central import collector
+from central.dashboard import auth
+from central.dashboard.reference import ig_hc_mean_sd
+from central.dashboard.store import open_db, refresh
+from central.db import DeadLetter, Row, Store
+from tests.dashboard_harness import dashboard, login, request
+from tests.test_central import message
+
+ADMIN = ("officer", "admin-password-1")
+REGISTRY = {"dev-a": "clinic-1"}
+UNDATED = object()
+
+
+def _exam(seq: int, hc: float, ga_hc: float, dates: object = UNDATED) -> dict:
+    bio = {"measured": 5, "declined": {}, "hc_mm": hc, "ga_weeks": ga_hc}
+    if dates is not UNDATED:
+        bio["ga_dates_weeks"] = dates
+    return message("exam", device="dev-a", seq=seq, ts=round(time.time() - 3600 + seq, 3),
+                   biometry=bio)
+
+
+def _checked(payload: dict) -> Row | DeadLetter:
+    return collector.check("sonoedge/dev-a/exam", json.dumps(payload).encode(), 4096, "test",
+                           time.time(), REGISTRY)
+
+
+def test_a_head_small_for_its_dates_is_flagged_and_undated_exams_are_not_drawn(tmp_path):
+    mean_25, sd_25 = ig_hc_mean_sd(25.0)
+    mean_22, _ = ig_hc_mean_sd(22.0)
+    small = _exam(1, round(mean_25 - 3 * sd_25, 1), 22.6, 25.0)  # 3 SD small for dates
+    normal = _exam(2, round(mean_22, 1), 22.0, 22.3)
+    undated = _exam(3, round(mean_25 - 3 * sd_25, 1), 22.6)  # the same head, no dates
+    rows = [_checked(p) for p in (small, normal, undated)]
+    assert all(isinstance(r, Row) for r in rows), rows
+    # the collector refuses an age by dates the page could not have given, naming the field
+    for bad in (46, -1, "25", None, [25], 1e308):
+        refused = _checked(_exam(9, 200.0, 21.0, bad))
+        assert isinstance(refused, DeadLetter) and "ga_dates_weeks" in refused.reason, (
+            bad, refused)
+    path = str(tmp_path / "central.sqlite3")
+    store = Store(path)
+    try:
+        assert store.store(rows, []) == (3, 0)
+    finally:
+        store.close()
+    db = open_db(path)
+    try:
+        refresh(db)
+        auth.add_user(db, ADMIN[0], "admin", "", ADMIN[1])
+    finally:
+        db.close()
+
+    with dashboard(path, tmp_path) as base:
+        cookie = login(base, ADMIN)
+        status, _, body = request(base, "/biometry", cookie)
+        page = body.decode()
+        assert status == 200
+        cells = re.findall(r'<rect[^>]*data-n="(\d+)"', page)
+        assert sum(int(n) for n in cells) == 2, cells  # the dated exams only
+        outliers = set(re.findall(r'data-outlier="([^"]+)"', page))
+        assert outliers == {small["msg_id"]}  # small for its dates; the undated twin is not
+        text = re.sub(r"<[^>]+>", "", page)
+        assert "Drawn: the 2 exams with the age by dates" in text, text[-1500:]
+        assert "Not drawn: the other 1" in text and "Read this first" not in text
+        status, _, body = request(base, "/api/biometry.csv", cookie)
+        table = {r["msg_id"]: r for r in csv.DictReader(io.StringIO(body.decode()))}
+        assert {k: table[m["msg_id"]]["ga_source"] for k, m in
+                (("small", small), ("normal", normal), ("undated", undated))} == {
+            "small": "dates", "normal": "dates", "undated": "hadlock-hc"}
+        assert float(table[small["msg_id"]]["ga_weeks"]) == 25.0
