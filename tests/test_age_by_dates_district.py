@@ -28,11 +28,13 @@ REGISTRY = {"dev-a": "clinic-1"}
 UNDATED = object()
 
 
-def _exam(seq: int, hc: float, ga_hc: float, dates: object = UNDATED) -> dict:
+def _exam(seq: int, hc: float, ga_hc: float, dates: object = UNDATED, days_ago: int = 0
+          ) -> dict:
     bio = {"measured": 5, "declined": {}, "hc_mm": hc, "ga_weeks": ga_hc}
     if dates is not UNDATED:
         bio["ga_dates_weeks"] = dates
-    return message("exam", device="dev-a", seq=seq, ts=round(time.time() - 3600 + seq, 3),
+    ts = round(time.time() - 3600 - days_ago * 86400 + seq, 3)
+    return message("exam", device="dev-a", seq=seq, ts=ts,
                    biometry=bio)
 
 
@@ -44,10 +46,12 @@ def _checked(payload: dict) -> Row | DeadLetter:
 def test_a_head_small_for_its_dates_is_flagged_and_undated_exams_are_not_drawn(tmp_path):
     mean_25, sd_25 = ig_hc_mean_sd(25.0)
     mean_22, _ = ig_hc_mean_sd(22.0)
-    small = _exam(1, round(mean_25 - 3 * sd_25, 1), 22.6, 25.0)  # 3 SD small for dates
+    # 3 SD small for its dates, two days before the others: the furthest out comes first
+    small = _exam(1, round(mean_25 - 3 * sd_25, 1), 22.6, 25.0, days_ago=2)
     normal = _exam(2, round(mean_22, 1), 22.0, 22.3)
     undated = _exam(3, round(mean_25 - 3 * sd_25, 1), 22.6)  # the same head, no dates
-    rows = [_checked(p) for p in (small, normal, undated)]
+    large = _exam(4, round(mean_22 + 2.5 * ig_hc_mean_sd(22.0)[1], 1), 23.9, 22.0)
+    rows = [_checked(p) for p in (small, normal, undated, large)]
     assert all(isinstance(r, Row) for r in rows), rows
     # the collector refuses an age by dates the page could not have given, naming the field
     for bad in (46, -1, "25", None, [25], 1e308):
@@ -57,7 +61,7 @@ def test_a_head_small_for_its_dates_is_flagged_and_undated_exams_are_not_drawn(t
     path = str(tmp_path / "central.sqlite3")
     store = Store(path)
     try:
-        assert store.store(rows, []) == (3, 0)
+        assert store.store(rows, []) == (4, 0)
     finally:
         store.close()
     db = open_db(path)
@@ -73,11 +77,13 @@ def test_a_head_small_for_its_dates_is_flagged_and_undated_exams_are_not_drawn(t
         page = body.decode()
         assert status == 200
         cells = re.findall(r'<rect[^>]*data-n="(\d+)"', page)
-        assert sum(int(n) for n in cells) == 2, cells  # the dated exams only
-        outliers = set(re.findall(r'data-outlier="([^"]+)"', page))
-        assert outliers == {small["msg_id"]}  # small for its dates; the undated twin is not
+        assert sum(int(n) for n in cells) == 3, cells  # the dated exams only
+        # small and large for their dates, furthest out first; the undated twin is not
+        outliers = re.findall(r'<tr data-outlier="([^"]+)"', page)
+        assert outliers == [small["msg_id"], large["msg_id"]]
         text = re.sub(r"<[^>]+>", "", page)
-        assert "Drawn: the 2 exams with the age by dates" in text, text[-1500:]
+        assert "Drawn: the 3 exams with the age by dates" in text, text[-1500:]
+        assert "or its dates are wrong" in text
         assert "Not drawn: the other 1" in text and "Read this first" not in text
         status, _, body = request(base, "/api/biometry.csv", cookie)
         table = {r["msg_id"]: r for r in csv.DictReader(io.StringIO(body.decode()))}

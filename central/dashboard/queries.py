@@ -524,7 +524,7 @@ class BiometryPage:
     per half week and 5 mm, made in SQL), and the exams outside the 3rd-97th centile."""
     period: Period
     bins: list[tuple[int, int, int]]  # (GA bin, HC bin, exams) from GA_MIN/HC_MIN
-    outliers: list[MeasuredExam]
+    outliers: list[MeasuredExam]  # furthest from the median first (the page lists 200)
     measured: int  # exams with an HC
     not_comparable: int  # of those drawn, without an age inside INTERGROWTH's 14-40 weeks
     dated: int  # of which with the age by dates (not only the Hadlock age from the same HC)
@@ -556,7 +556,8 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
     outliers = [MeasuredExam(m, dev, clinic, exam, int(day), float(hc), float(ga), src, z)
                 for m, dev, clinic, exam, day, hc, ga, src, z in db.query(
         "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, ig_z "
-        f"{base} AND (ig_z < ? OR ig_z > ?) ORDER BY day DESC, msg_id", (*args, z3, z97))]
+        f"{base} AND (ig_z < ? OR ig_z > ?) ORDER BY ABS(ig_z) DESC, day DESC, msg_id",
+        (*args, z3, z97))]
     _name_exams(db, scope, outliers)
     return BiometryPage(per, bins, outliers, int(measured), int(not_comparable), int(dated),
                         only_dated)

@@ -446,14 +446,19 @@ class Dashboard:
                       "against the standard, not whether a head is small or large for its "
                       "age. A head can fall outside the band only when the two references "
                       "disagree that much.</p>")
-        elif dated < n:
-            caveat = (f'<p class="caveat">Drawn: the {P.plural(dated, "exam")} with the age '
-                      f"by dates, which the midwife entered during the exam. Not drawn: the "
-                      f"other {n - dated}, whose only age is the device's estimate from the "
-                      "same head circumference (Hadlock 1984), against which no head can be "
-                      "small or large for its age; they are in the CSV.</p>")
         else:
-            caveat = ""
+            undated = (f" Not drawn: the other {n - dated}, whose only age is the device's "
+                       "estimate from the same head circumference (Hadlock 1984), against "
+                       "which no head can be small or large for its age; they are in the "
+                       "CSV." if dated < n else "")
+            caveat = (f'<p class="caveat">Drawn: the {P.plural(dated, "exam")} with the age '
+                      f"by dates, which the midwife entered during the exam.{undated} A head "
+                      "outside the band is small or large for its dates, or its dates are "
+                      "wrong: a remembered last period can be a week or more out, and a "
+                      "week moves a head by 1.6 SD of the standard at 20 weeks, 0.9 at 30 "
+                      "(INTERGROWTH-21st's own curves). The table lists the heads "
+                      "furthest out first; the midwife's own flag uses ACOG's redating "
+                      "tolerance (7 to 21 days by age).</p>")
         return (f"<h2>Head circumference against gestational age, last {weeks} weeks</h2>"
                 f'<p class="lead">{P.plural(n, "measured exam")}; {len(page.outliers)} '
                 f"outside the "
@@ -465,7 +470,8 @@ class Dashboard:
                 f"the age's spread, not HC centiles).</p>{caveat}"
                 f'<div class="plot">{P.biometry_svg(page)}</div>'
                 + self._csv_link("biometry", scope, weeks)
-                + "<h2>Exams outside the 3rd-97th centile</h2>" + P.outliers_table(page))
+                + "<h2>Exams outside the 3rd-97th centile, furthest out first</h2>"
+                + P.outliers_table(page))
 
     def _body_devices(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         rows = Q.devices_page(db, scope, per)
