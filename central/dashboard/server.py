@@ -460,9 +460,10 @@ class Dashboard:
                       "furthest out first; the midwife's own flag uses ACOG's redating "
                       "tolerance (7 to 21 days by age).</p>")
         return (f"<h2>Head circumference against gestational age, last {weeks} weeks</h2>"
-                f'<p class="lead">{P.plural(n, "measured exam")}; {len(page.outliers)} '
-                f"outside the "
-                f"3rd-97th centile; {page.not_comparable} without an age inside 14-40 weeks "
+                f'<p class="lead">{P.plural(n, "measured exam")}'
+                f"{f', {dated} of them with the age by dates (drawn)' if 0 < dated < n else ''}"
+                f"; {len(page.outliers)} of those drawn outside the 3rd-97th centile; "
+                f"{page.not_comparable} without an age inside 14-40 weeks "
                 f"(not compared). Reference: INTERGROWTH-21st fetal growth standard "
                 f"(Papageorghiou et al., Lancet 2014), which publishes the 3rd, 5th, 10th, "
                 f"50th, 90th, 95th and 97th centiles for 14-40 weeks; drawn: 3rd, 10th, 50th, "
