@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -396,16 +397,7 @@ def test_dates_entered_during_an_exam_survive_a_sigkill_of_the_device(tmp_path, 
     clip = two_exam_clip(data_dir, tmp_path / "clip.avi")
     lmp, today = "2026-06-10", "2026-12-04"
     with device(tmp_path, clip) as (base, proc):
-        cookie = login_cookie(base)
-
-        def running() -> dict | None:
-            exam = json.loads(http(base + "/api/state", cookie=cookie)[2])["exam"]
-            return exam if exam and exam["running"] else None
-
-        exam_id = wait_for(running, 90, "the first exam to start")["exam_id"]
-        status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today,
-                                                   "exam_id": exam_id}, cookie=cookie)
-        assert status == 200, body
+        exam_id, running = dates_for_the_first_exam(base, lmp, today)
         box = {"state": tmp_path / "state"}
         wait_for(lambda: journaled_dates(box, exam_id), 10, "the dates in the journal")
         assert (running() or {}).get("exam_id") == exam_id  # killed mid-exam
@@ -421,8 +413,28 @@ def test_dates_entered_during_an_exam_survive_a_sigkill_of_the_device(tmp_path, 
         assert "recovered" in journaled_ended_by(box, exam_id)
         # the rebuilt exam's summary, journaled and queued for the district, has the age by
         # dates the page had entered before the kill
-        weeks = round((np.datetime64(today) - np.datetime64(lmp)).astype(int) / 7, 2)
-        assert sent_to_district(box, exam_id)["biometry"]["ga_dates_weeks"] == weeks
+        assert sent_to_district(box, exam_id)["biometry"]["ga_dates_weeks"] == weeks_between(
+            lmp, today)
+
+
+def dates_for_the_first_exam(base: str, lmp: str, today: str) -> tuple[str, Callable]:
+    """As the midwife does on her card, the dates entered for the first exam once it runs:
+    (its id, a function giving the running exam or None)."""
+    cookie = login_cookie(base)
+
+    def running() -> dict | None:
+        exam = json.loads(http(base + "/api/state", cookie=cookie)[2])["exam"]
+        return exam if exam and exam["running"] else None
+
+    exam_id = wait_for(running, 90, "the first exam to start")["exam_id"]
+    status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today,
+                                               "exam_id": exam_id}, cookie=cookie)
+    assert status == 200, body
+    return exam_id, running
+
+
+def weeks_between(lmp: str, today: str) -> float:
+    return round((np.datetime64(today) - np.datetime64(lmp)).astype(int) / 7, 2)
 
 
 def sent_to_district(box, exam_id: str) -> dict:
@@ -454,21 +466,12 @@ def test_the_age_by_dates_entered_during_an_exam_goes_to_the_district(tmp_path, 
     lmp, today = "2026-06-10", "2026-12-04"
     box = {"state": tmp_path / "state"}
     with device(tmp_path, clip) as (base, _proc):
-        cookie = login_cookie(base)
-
-        def running() -> dict | None:
-            exam = json.loads(http(base + "/api/state", cookie=cookie)[2])["exam"]
-            return exam if exam and exam["running"] else None
-
-        first_id = wait_for(running, 90, "the first exam to start")["exam_id"]
-        status, _, body = http(base + "/api/lmp", {"lmp": lmp, "today": today,
-                                                   "exam_id": first_id}, cookie=cookie)
-        assert status == 200, body
+        first_id, _ = dates_for_the_first_exam(base, lmp, today)
         wait_for(lambda: len(journaled(box)) == 2, 120, "both exams journaled", poll_s=0.5)
     (one, first, _), (two, second, _) = journaled(box)
     assert one == first_id and first["biometry"]["hc_mm"] and second["biometry"]["hc_mm"]
-    weeks = round((np.datetime64(today) - np.datetime64(lmp)).astype(int) / 7, 2)
-    assert sent_to_district(box, one)["biometry"]["ga_dates_weeks"] == weeks == 25.29
+    assert sent_to_district(box, one)["biometry"]["ga_dates_weeks"] == weeks_between(
+        lmp, today) == 25.29
     assert "ga_dates_weeks" not in sent_to_district(box, two)["biometry"]
 
 
