@@ -84,6 +84,9 @@ def test_a_head_small_for_its_dates_is_flagged_and_undated_exams_are_not_drawn(t
         text = re.sub(r"<[^>]+>", "", page)
         assert "Drawn: the 3 exams with the age by dates" in text, text[-1500:]
         assert "or its dates are wrong" in text
+        clinic = re.search(r'<tr data-clinic="clinic-1">(.*?)</tr>', page).group(1)
+        assert [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", clinic)][
+            1:] == ["4", "3 (75%)", "1 (33%)", "1 (33%)"]
         assert "4 measured exams, 3 of them with the age by dates (drawn); 2 of those drawn " \
                "outside the 3rd-97th centile" in text
         assert "Not drawn: the other 1" in text and "Read this first" not in text

@@ -608,4 +608,21 @@ def outliers_table(page: Q.BiometryPage) -> str:
     return f'<div class="wide"><table class="outliers">{head}{"".join(body)}</table></div>{more}'
 
 
+def dating_table(page: Q.BiometryPage) -> str:
+    """Per clinic: the measured exams, the share with the age by dates, and of those the
+    heads below the 3rd and above the 97th centile; the clinics dating fewest first."""
+    def share(n: int, of: int) -> str:
+        return f"{n} ({pct(n / of)})" if of else "-"
+
+    body = [f'<tr data-clinic="{esc(c.clinic_id)}"><td>{clinic_html(c.clinic_id, c.name)}</td>'
+            f'<td class="num">{c.measured}</td><td class="num">{share(c.dated, c.measured)}</td>'
+            f'<td class="num">{share(c.below_3rd, c.dated)}</td>'
+            f'<td class="num">{share(c.above_97th, c.dated)}</td></tr>' for c in page.clinics]
+    if not body:
+        body = ['<tr><td colspan="5" class="muted">no measured exam in this period</td></tr>']
+    return ('<div class="wide"><table class="dating"><tr><th>clinic</th><th>measured</th>'
+            "<th>with the age by dates</th><th>of those, below 3rd</th>"
+            f"<th>above 97th</th></tr>{''.join(body)}</table></div>")
+
+
 __all__ = ["MUTED"]

@@ -531,6 +531,24 @@ class BiometryPage:
     # Once any exam has the age by dates, only those are drawn and can be outliers: the
     # others' age is Hadlock's from the same HC, on whose curve they lie by construction.
     only_dated: bool = False
+    clinics: list[ClinicDating] = field(default_factory=list)  # fewest dated first
+
+
+@dataclass
+class ClinicDating:
+    """Per clinic, how often its midwives entered the dates, and how its dated heads sit
+    against the standard: a clinic that dates few exams, or whose dated heads are often
+    small, is one to visit (training in taking the last period, or a real growth problem)."""
+    clinic_id: str
+    name: str
+    measured: int
+    dated: int
+    below_3rd: int  # of the dated
+    above_97th: int
+
+    @property
+    def dated_share(self) -> float | None:
+        return self.dated / self.measured if self.measured else None
 
 
 # The density grid: half a week by 5 mm, from 12 weeks and 50 mm.
@@ -559,8 +577,17 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
         f"{base} AND (ig_z < ? OR ig_z > ?) ORDER BY ABS(ig_z) DESC, day DESC, msg_id",
         (*args, z3, z97))]
     _name_exams(db, scope, outliers)
+    names = clinic_names(db, scope)
+    clinics = [ClinicDating(c, names.get(c, ""), int(n), int(d), int(lo), int(hi))
+               for c, n, d, lo, hi in db.query(
+        "SELECT clinic_id, COUNT(*), SUM(CASE WHEN ga_source = 'dates' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN ga_source = 'dates' AND ig_z < ? THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN ga_source = 'dates' AND ig_z > ? THEN 1 ELSE 0 END) FROM dash.exams "
+        f"WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w} GROUP BY clinic_id",
+        (z3, z97, *args))]
+    clinics.sort(key=lambda c: (c.dated_share or 0.0, c.clinic_id))
     return BiometryPage(per, bins, outliers, int(measured), int(not_comparable), int(dated),
-                        only_dated)
+                        only_dated, clinics)
 
 
 def biometry_exams(db: Db, scope: Scope, per: Period) -> list[MeasuredExam]:

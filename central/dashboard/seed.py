@@ -34,11 +34,17 @@ CRITERIA = ["gain", "sharpness", "zoom", "centred", "content", "plane_confident"
             "head_inside", "shadow", "noise", "contrast", "ellipse_regular", "sector_cut"]
 MODELS_OLD = {"plane_student": "1.0.0", "head_segmenter": "1.1.0", "quality_head": "1.0.0"}
 MODELS_NEW = {"plane_student": "1.1.0", "head_segmenter": "1.2.0", "quality_head": "1.0.0"}
-# The demo district's midwives enter the last period for 60% of the measured exams, and a
-# remembered period misses the true age by about a week (SD): choices for a seeded district
-# that shows both kinds of exam, not figures from a clinic.
-DATED_SHARE = 0.6
+# The demo district's midwives enter the last period for a share of the measured exams
+# that grows with the clinic's skill (from about 30% to 95%), and a remembered period
+# misses the true age by about a week (SD): choices for a seeded district that shows both
+# kinds of exam and clinics that date unevenly, not figures from a clinic.
+DATED_SHARE_AT = (0.45, 0.3, 1.05, 0.95)  # (skill, share) at two skills, linear between
 DATES_SD_WEEKS = 1.0
+
+
+def dated_share(skill: float) -> float:
+    s0, p0, s1, p1 = DATED_SHARE_AT
+    return min(p1, max(p0, p0 + (skill - s0) * (p1 - p0) / (s1 - s0)))
 
 
 @dataclass
@@ -242,7 +248,7 @@ def _exam(rng: random.Random, env: dict, t: float, skill: float, models: dict) -
             "bpd_mm": round(hc / 3.4, 1), "ofd_mm": round(hc / 2.6, 1), "ga_weeks": ga,
             "ga_low_weeks": _ga(hc - spread / 2), "ga_high_weeks": _ga(hc + spread / 2),
             "best_frames": 3}
-        if rng.random() < DATED_SHARE:  # the midwife entered the last period on the page
+        if rng.random() < dated_share(skill):  # she entered the last period on the page
             dates = ga_true + rng.gauss(0, DATES_SD_WEEKS)
             body["biometry"]["ga_dates_weeks"] = round(min(45.0, max(0.0, dates)), 2)
     return body

@@ -471,6 +471,12 @@ class Dashboard:
                 f"the age's spread, not HC centiles).</p>{caveat}"
                 f'<div class="plot">{P.biometry_svg(page)}</div>'
                 + self._csv_link("biometry", scope, weeks)
+                + "<h2>Per clinic: the age by dates</h2>"
+                  '<p class="lead">How often each clinic\'s midwives entered the last period, '
+                  "fewest first, and where its dated heads fall: about 3% of heads fall on "
+                  "each side by the standard itself, so many more on one side is a clinic "
+                  "to visit (the dating, or a real growth problem).</p>"
+                + P.dating_table(page)
                 + "<h2>Exams outside the 3rd-97th centile, furthest out first</h2>"
                 + P.outliers_table(page))
 
