@@ -455,7 +455,7 @@ def biometry_svg(page: Q.BiometryPage) -> str:
     # Marked: the outliers the table lists, the furthest out. Dating errors can make them
     # thousands (a fifth of the seeded district's dated exams), and a dot each made the
     # 2-year page 582 kB gzipped; the density cells above already hold every one.
-    for e in page.outliers[:C.OUTLIERS_SHOWN]:
+    for e in page.outliers:
         svg.circle(x(e.ga_weeks), y(e.hc_mm), 3.2, ORANGE, stroke=INK,
                    tip=f"{clinic_text(e.clinic_id, e.clinic_name)} {e.device_id} "
                        f"{Q.day_text(e.day)}: HC {e.hc_mm:g} mm at "
@@ -470,7 +470,7 @@ def biometry_svg(page: Q.BiometryPage) -> str:
     svg.text(lx + 16, ly + 51, "exams (density)", fill=MUTED)
     svg.circle(lx + 6, ly + 68, 3.2, ORANGE, stroke=INK)
     svg.text(lx + 16, ly + 72, "outside 3rd-97th", fill=MUTED)
-    if len(page.outliers) > C.OUTLIERS_SHOWN:
+    if page.outside > len(page.outliers):
         svg.text(lx + 16, ly + 86, f"(the {C.OUTLIERS_SHOWN} furthest out)", fill=MUTED)
     return svg.done()
 
@@ -605,11 +605,11 @@ def outliers_table(page: Q.BiometryPage) -> str:
             f"<td>{esc(e.exam_id)}</td>"
             f'<td class="num">{e.hc_mm:g}</td><td class="num">{e.ga_weeks:g}</td>'
             f'<td class="num">{e.z:+.2f}</td><td>{esc(e.outside)}</td></tr>'
-            for e in rows[:C.OUTLIERS_SHOWN]]
+            for e in rows]
     if not body:
         body = ['<tr><td colspan="8" class="muted">none in this period</td></tr>']
-    more = (f'<p class="muted">{len(rows) - C.OUTLIERS_SHOWN} more in the CSV.</p>'
-            if len(rows) > C.OUTLIERS_SHOWN else "")
+    more = (f'<p class="muted">{page.outside - len(rows)} more in the CSV.</p>'
+            if page.outside > len(rows) else "")
     return f'<div class="wide"><table class="outliers">{head}{"".join(body)}</table></div>{more}'
 
 

@@ -524,7 +524,7 @@ class BiometryPage:
     per half week and 5 mm, made in SQL), and the exams outside the 3rd-97th centile."""
     period: Period
     bins: list[tuple[int, int, int]]  # (GA bin, HC bin, exams) from GA_MIN/HC_MIN
-    outliers: list[MeasuredExam]  # furthest from the median first (the page lists 200)
+    outliers: list[MeasuredExam]  # the furthest from the median, first; at most 200
     measured: int  # exams with an HC
     not_comparable: int  # of those drawn, without an age inside INTERGROWTH's 14-40 weeks
     dated: int  # of which with the age by dates (not only the Hadlock age from the same HC)
@@ -532,6 +532,7 @@ class BiometryPage:
     # others' age is Hadlock's from the same HC, on whose curve they lie by construction.
     only_dated: bool = False
     clinics: list[ClinicDating] = field(default_factory=list)  # fewest dated first
+    outside: int = 0  # every drawn exam outside the 3rd-97th centile (the CSV has them)
 
 
 @dataclass
@@ -571,11 +572,13 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
         f"CAST(FLOOR((hc_mm - ?) / ?) AS INTEGER) AS hb {base} AND ga_weeks IS NOT NULL) t "
         "GROUP BY gb, hb", (GA_MIN, GA_BIN, HC_MIN, HC_BIN, *args))]
     z3, z97 = R.CENTILE_Z[3], R.CENTILE_Z[97]
+    outside = db.query(f"SELECT COUNT(*) {base} AND (ig_z < ? OR ig_z > ?)",
+                       (*args, z3, z97))[0][0]
     outliers = [MeasuredExam(m, dev, clinic, exam, int(day), float(hc), float(ga), src, z)
                 for m, dev, clinic, exam, day, hc, ga, src, z in db.query(
         "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, ig_z "
-        f"{base} AND (ig_z < ? OR ig_z > ?) ORDER BY ABS(ig_z) DESC, day DESC, msg_id",
-        (*args, z3, z97))]
+        f"{base} AND (ig_z < ? OR ig_z > ?) ORDER BY ABS(ig_z) DESC, day DESC, msg_id "
+        "LIMIT ?", (*args, z3, z97, C.OUTLIERS_SHOWN))]
     _name_exams(db, scope, outliers)
     names = clinic_names(db, scope)
     clinics = [ClinicDating(c, names.get(c, ""), int(n), int(d), int(lo), int(hi))
@@ -587,7 +590,7 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
         (z3, z97, *args))]
     clinics.sort(key=lambda c: (c.dated_share or 0.0, c.clinic_id))
     return BiometryPage(per, bins, outliers, int(measured), int(not_comparable), int(dated),
-                        only_dated, clinics)
+                        only_dated, clinics, int(outside))
 
 
 def biometry_exams(db: Db, scope: Scope, per: Period) -> list[MeasuredExam]:

@@ -462,7 +462,7 @@ class Dashboard:
         return (f"<h2>Head circumference against gestational age, last {weeks} weeks</h2>"
                 f'<p class="lead">{P.plural(n, "measured exam")}'
                 f"{f', {dated} of them with the age by dates (drawn)' if 0 < dated < n else ''}"
-                f"; {len(page.outliers)} of those drawn outside the 3rd-97th centile; "
+                f"; {page.outside} of those drawn outside the 3rd-97th centile; "
                 f"{page.not_comparable} without an age inside 14-40 weeks "
                 f"(not compared). Reference: INTERGROWTH-21st fetal growth standard "
                 f"(Papageorghiou et al., Lancet 2014), which publishes the 3rd, 5th, 10th, "
