@@ -25,13 +25,11 @@ from edge.models.biometry import (
     POOR_FIT,
     SEVERAL_HEADS,
     BiometrySettings,
-    hadlock_ga_weeks,
-    hadlock_hc_mm,
-    hadlock_hc_range_mm,
     head_shape,
     measure_probability,
     ramanujan_perimeter,
 )
+from wire.dating import hadlock_ga_weeks, hadlock_hc_mm, hadlock_hc_range_mm
 
 MODEL_HW = (160, 240)
 

@@ -22,7 +22,6 @@ from edge.exam.screening import (
     ga_from_lmp,
     hc_against_dates,
     hc_for_weeks,
-    redate_days,
 )
 from edge.models.quality import load_rules
 from edge.web import i18n
@@ -35,6 +34,7 @@ from tests.cli_run import one_line_error, sonoedge
 from tests.http_raw import assert_malformed_requests_are_one_log_line_each, raw_http
 from tests.servers import free_port
 from tests.web_harness import PIN, set_pin
+from wire.dating import redate_days
 
 
 def test_the_pin_is_stored_as_a_salted_slow_hash_never_in_clear(tmp_path):

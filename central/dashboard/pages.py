@@ -26,6 +26,7 @@ from central.dashboard.svg import (
     hbars,
     legend,
 )
+from wire.dating import HADLOCK_1984_WEEKS, hadlock_hc_mm
 
 EXAM_EDGES = [1, 3, 5, 8]  # exams a day: 0 | 1-2 | 3-4 | 5-7 | 8+ (clinics do 0-10)
 WEEKEND = "#f0f0f0"  # a clinic closed at the weekend is silent as expected: lighter grey
@@ -434,8 +435,8 @@ def biometry_svg(page: Q.BiometryPage) -> str:
         if cen in (3, 50, 97):  # 10th and 90th are dashed; their labels would overlap
             svg.text(x(R.IG_MAX_WEEKS) + 4, y(R.ig_hc_centile(R.IG_MAX_WEEKS, cen)) + 4,
                      f"{cen}th" if cen != 3 else "3rd", fill="#31a354", size=10)
-    hd = [R.HADLOCK_MIN_WEEKS + 0.5 * i for i in range(57)]
-    svg.polyline([(x(g), y(R.hadlock_hc(g))) for g in hd], INK, width=1.2, dash="6 3",
+    hd = [HADLOCK_1984_WEEKS[0] + 0.5 * i for i in range(57)]
+    svg.polyline([(x(g), y(hadlock_hc_mm(g))) for g in hd], INK, width=1.2, dash="6 3",
                  data_curve="hadlock")
     # the density of every measured exam with an age, then the outliers on top
     shown = [(gi, hi, n) for gi, hi, n in page.bins

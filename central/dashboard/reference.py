@@ -8,10 +8,9 @@ low-resource settings. It publishes HC as a mean and SD that are smooth function
 gestational age, for 14 to 40 weeks, and its tables give the 3rd, 5th, 10th, 50th, 90th,
 95th and 97th centiles (mean + z SD). Outside 14-40 weeks it says nothing, and neither do we.
 
-Hadlock 1984 (Radiology 152:497-501), the device's dating formula, is drawn too: its HC for
-each age is the inverse of GA = 8.96 + 0.540 HC + 0.0003 HC^3 (HC in cm). Hadlock published
-the age's variability (about +/-2 SD in weeks), not HC centiles, so it cannot give a
-3rd-97th band.
+Hadlock 1984, the device's dating formula, is drawn too (`wire.dating`, which the device
+computes with): Hadlock published the age's variability (about +/-2 SD in weeks), not HC
+centiles, so it cannot give a 3rd-97th band.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import math
 
 IG_MIN_WEEKS, IG_MAX_WEEKS = 14.0, 40.0
-HADLOCK_MIN_WEEKS, HADLOCK_MAX_WEEKS = 14.0, 42.0
 # z of the centiles INTERGROWTH-21st tabulates (standard normal quantiles)
 CENTILE_Z = {3: -1.88079, 5: -1.64485, 10: -1.28155, 50: 0.0, 90: 1.28155, 95: 1.64485,
              97: 1.88079}
@@ -47,22 +45,3 @@ def ig_z(hc_mm: float, ga_weeks: float) -> float | None:
         return None
     mean, sd = ig_hc_mean_sd(ga_weeks)
     return (hc_mm - mean) / sd
-
-
-def hadlock_ga(hc_mm: float) -> float:
-    """Hadlock 1984: gestational age in weeks from HC (mm), as the device computes it."""
-    c = hc_mm / 10.0
-    return 8.96 + 0.540 * c + 0.0003 * c ** 3
-
-
-def hadlock_hc(ga_weeks: float) -> float:
-    """The HC (mm) at which Hadlock 1984 gives ``ga_weeks``: bisection on the monotone
-    formula."""
-    lo, hi = 0.0, 600.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if hadlock_ga(mid) < ga_weeks:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2

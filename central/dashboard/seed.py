@@ -23,8 +23,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from central.dashboard.reference import hadlock_ga, ig_hc_mean_sd
+from central.dashboard.reference import ig_hc_mean_sd
 from central.db import _INSERT_MSG, DbError, Store
+from wire.dating import hadlock_ga_weeks
 
 SECOND_TRIMESTER = ["Brain (Tv.)", "Brain (Cb.)", "Profile", "Lips", "Spine (sag.)",
                     "Spine (cor.)", "4CH", "LVOT", "RVOT", "3VV", "Abdominal", "Kidneys",
@@ -255,7 +256,8 @@ def _exam(rng: random.Random, env: dict, t: float, skill: float, models: dict) -
 
 
 def _ga(hc: float) -> float | None:
-    return round(hadlock_ga(hc), 1) if 89.4 <= hc <= 357.7 else None
+    ga = hadlock_ga_weeks(hc)
+    return None if ga is None else round(ga, 1)
 
 
 def _health(rng: random.Random, env: dict, uptime: float, dev: _Device, interval: float,

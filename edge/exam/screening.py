@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from edge.models.biometry import HADLOCK_1984_WEEKS, hadlock_ga_weeks, hadlock_hc_mm
+from wire.dating import HADLOCK_1984_WEEKS, dates_flag, hadlock_ga_weeks, hadlock_hc_mm, redate_days
 
 CI_MEAN, CI_SD = 78.3, 4.4  # Hadlock et al. 1981; SD from the abstract's 1 SD bounds 74/83
 CI_LOW, CI_HIGH = round(CI_MEAN - 2 * CI_SD), round(CI_MEAN + 2 * CI_SD)  # 70, 87
 # Wong et al. 2018: outer-to-inner BPD from outer-to-outer (mm)
 BPD_OI_FROM_OO = (-0.403458, 0.9714153)
-# ACOG CO 700 (2017): redate when the scan differs from dates by more than this (days),
-# by the age from dates (weeks, from): 14-15 6/7, 16-21 6/7, 22-27 6/7, 28 on.
-ACOG_REDATE_DAYS = ((14.0, 7), (16.0, 10), (22.0, 14), (28.0, 21))
 MAX_LMP_DAYS = 45 * 7  # a date further back is a typing slip, not a pregnancy
 
 
@@ -61,15 +58,6 @@ def hc_for_weeks(weeks: float) -> float | None:
     if not lo_w <= weeks <= hi_w:
         return None
     return hadlock_hc_mm(weeks)
-
-
-def redate_days(weeks: float) -> int | None:
-    """ACOG's tolerance (days) at this age from dates; None before 14 weeks."""
-    found = None
-    for start, days in ACOG_REDATE_DAYS:
-        if weeks >= start:
-            found = days
-    return found
 
 
 def ga_from_lmp(lmp: str, today: str) -> float:
@@ -126,14 +114,13 @@ def hc_against_dates(hc_mm: float | None, ga_dates_weeks: float | None) -> dict 
         return out
     ga_hc = hadlock_ga_weeks(hc_mm)
     out["hc_mm"] = round(float(hc_mm), 1)
+    # the flag is the one rule the district lists too (wire.dating.dates_flag)
+    out["flag"] = dates_flag(hc_mm, ga_dates_weeks)
     if ga_hc is None:  # HC outside the formula's 14-42 weeks: far from any expected HC
-        out.update(status="ok", ga_hc_weeks=None,
-                   flag="small" if hc_mm < expected else "large")
+        out.update(status="ok", ga_hc_weeks=None)
         return out
     diff = (ga_hc - ga_dates_weeks) * 7.0
     out.update(status="ok", ga_hc_weeks=round(ga_hc, 1), difference_days=round(diff))
-    if abs(diff) > tolerance:
-        out["flag"] = "small" if diff < 0 else "large"
     return out
 
 

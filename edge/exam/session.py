@@ -37,9 +37,10 @@ import numpy as np
 from edge.exam.protocol import Protocol, Slot
 from edge.exam.tally import ExamTally, confidence_of, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
-from edge.models.biometry import HADLOCK_1984_WEEKS, MEASURED
+from edge.models.biometry import MEASURED
 from edge.models.quality import HEAD_MEASURES, Rules, RulesError, load_rules
 from edge.models.roi import Roi
+from wire.dating import HADLOCK_1984_WEEKS
 from wire.schema import PLANES, UNCERTAIN, finite_number
 
 log = logging.getLogger(__name__)

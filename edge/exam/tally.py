@@ -10,7 +10,8 @@ import hashlib
 import heapq
 from collections import deque
 
-from edge.models.biometry import MEASURED, hadlock_ga_weeks
+from edge.models.biometry import MEASURED
+from wire.dating import hadlock_ga_weeks
 from wire.schema import PLANES, UNCERTAIN, finite_number
 
 # A journal row read back may hold any number; no fetal head measures a metre (Hadlock's

@@ -60,6 +60,7 @@ from edge.models.manifest import Manifest, ModelError
 from edge.models.preprocess import FrameViews, normalise
 from edge.models.roi import Roi
 from edge.models.runtime import Model
+from wire.dating import hadlock_ga_weeks
 
 TASK = "head_segmentation"
 
@@ -76,12 +77,6 @@ MEASURED = (OK, GA_OUT_OF_RANGE)
 STATUSES = (OK, GA_OUT_OF_RANGE, NO_HEAD, SEVERAL_HEADS, HEAD_CUT_OFF, POOR_FIT,
             PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD)
 
-# Hadlock FP, Deter RL, Harrist RB, Park SK. "Estimating fetal age: computer-assisted
-# analysis of multiple fetal growth parameters." Radiology 1984;152(2):497-501. A
-# cross-sectional study of 361 fetuses between 14 and 42 menstrual weeks; HC-only model
-# GA (weeks) = 8.96 + 0.540 HC + 0.0003 HC^3 with HC in cm.
-HADLOCK_1984 = (8.96, 0.540, 0.0, 0.0003)  # c0 + c1 x + c2 x^2 + c3 x^3, x = HC in cm
-HADLOCK_1984_WEEKS = (14.0, 42.0)  # the study's age span: no estimate outside it
 
 
 @dataclass(frozen=True)
@@ -174,47 +169,6 @@ def ramanujan_perimeter(a: float, b: float) -> float:
         return 0.0
     h = ((a - b) / (a + b)) ** 2
     return math.pi * (a + b) * (1.0 + 3.0 * h / (10.0 + math.sqrt(4.0 - 3.0 * h)))
-
-
-def hadlock_ga_weeks(hc_mm: float) -> float | None:
-    """Menstrual age in weeks from HC in mm, Hadlock et al. 1984 (Radiology 152:497-501).
-
-    GA = 8.96 + 0.540 HC + 0.0003 HC^3, HC in cm. Sources checked: the paper's abstract
-    (cross-sectional study of 361 fetuses of 14-42 menstrual weeks; the full text is
-    paywalled and was not read); Hadlock's HC-for-age table as reproduced by
-    medicalalgorithms.com ("from Hadlock (1984)": HC 17.0 cm at 19.5 weeks, 34.6 cm at 40
-    weeks; the formula gives 19.6 and 40.1); and independent implementations quoting the
-    same coefficients. Outside 14-42 weeks (HC about 89-358 mm) the study says nothing, so
-    None is returned rather than an extrapolation.
-    """
-    if hc_mm is None or not math.isfinite(hc_mm) or hc_mm <= 0:
-        return None
-    x = hc_mm / 10.0
-    c0, c1, c2, c3 = HADLOCK_1984
-    weeks = c0 + c1 * x + c2 * x * x + c3 * x ** 3
-    low, high = HADLOCK_1984_WEEKS
-    return weeks if low <= weeks <= high else None
-
-
-def hadlock_hc_mm(weeks: float) -> float:
-    """The HC (mm) at which Hadlock 1984's formula gives `weeks`: its inverse, by bisection
-    (the formula is increasing over 1-1000 mm). The caller keeps `weeks` in the formula's
-    span where that matters (`hadlock_hc_range_mm`)."""
-    lo, hi = 1.0, 1000.0
-    c0, c1, c2, c3 = HADLOCK_1984
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        x = mid / 10.0
-        if c0 + c1 * x + c2 * x * x + c3 * x ** 3 < weeks:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
-def hadlock_hc_range_mm() -> tuple[float, float]:
-    """The HC span (mm) over which `hadlock_ga_weeks` answers (the formula is increasing)."""
-    return hadlock_hc_mm(HADLOCK_1984_WEEKS[0]), hadlock_hc_mm(HADLOCK_1984_WEEKS[1])
 
 
 def _subpixel_boundary(prob: np.ndarray, inside: np.ndarray, threshold: float) -> np.ndarray:

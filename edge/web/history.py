@@ -48,9 +48,9 @@ from aiohttp import web
 from edge.exam.protocol import Protocol, ProtocolError, load_protocols
 from edge.exam.screening import cephalic_index, hc_against_dates, read_dates
 from edge.exam.thumbs import THUMBS_DIR
-from edge.models.biometry import HADLOCK_1984_WEEKS
 from edge.store.journal import JOURNAL_FILE, MAX_DATES_BYTES
 from edge.web import i18n
+from wire.dating import HADLOCK_1984_WEEKS
 from wire.schema import PLANES, PayloadError, finite_number, loads_bounded
 
 log = logging.getLogger(__name__)
