@@ -84,9 +84,16 @@ def test_a_head_small_for_its_dates_is_flagged_and_undated_exams_are_not_drawn(t
         text = re.sub(r"<[^>]+>", "", page)
         assert "Drawn: the 3 exams with the age by dates" in text, text[-1500:]
         assert "or its dates are wrong" in text
+        def cells(row: str) -> list[str]:
+            return [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+
         clinic = re.search(r'<tr data-clinic="clinic-1">(.*?)</tr>', page).group(1)
-        assert [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", clinic)][
-            1:] == ["4", "3 (75%)", "1 (33%)", "1 (33%)"]
+        # the small head was 17 days behind its dates, beyond ACOG's 14 at 25 weeks: her page
+        # said so; the large one, above the 97th centile, was 12 days ahead, within them
+        assert cells(clinic)[1:] == ["4", "3 (75%)", "1 (33%)", "1 (33%)", "1 (33%)", "0 (0%)"]
+        told = {m: cells(row)[-1] for m, row in
+                re.findall(r'<tr data-outlier="([^"]+)">(.*?)</tr>', page)}
+        assert told == {small["msg_id"]: "smaller than the dates", large["msg_id"]: "-"}
         assert "4 measured exams, 3 of them with the age by dates (drawn); 2 of those drawn " \
                "outside the 3rd-97th centile" in text
         assert "Not drawn: the other 1" in text and "Read this first" not in text
@@ -96,6 +103,8 @@ def test_a_head_small_for_its_dates_is_flagged_and_undated_exams_are_not_drawn(t
                 (("small", small), ("normal", normal), ("undated", undated))} == {
             "small": "dates", "normal": "dates", "undated": "hadlock-hc"}
         assert float(table[small["msg_id"]]["ga_weeks"]) == 25.0
+        assert [table[m["msg_id"]]["midwife_told"] for m in (small, normal, undated, large)] \
+            == ["small", "", "", ""]
 
 
 def test_the_two_year_biometry_page_stays_light_however_many_heads_are_out(tmp_path):

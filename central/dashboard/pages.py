@@ -478,10 +478,11 @@ def biometry_svg(page: Q.BiometryPage) -> str:
 
 def biometry_csv(exams: list[Q.MeasuredExam]) -> str:
     return to_csv(["msg_id", "device_id", "clinic_id", "exam_id", "day", "hc_mm", "ga_weeks",
-                   "ga_source", "intergrowth_z", "outside_3rd_97th", "clinic_name"],
+                   "ga_source", "intergrowth_z", "outside_3rd_97th", "clinic_name",
+                   "midwife_told"],
                   [[e.msg_id, e.device_id, e.clinic_id, e.exam_id, Q.day_text(e.day), e.hc_mm,
                     e.ga_weeks, e.ga_source, None if e.z is None else round(e.z, 3),
-                    e.outside or "", e.clinic_name] for e in exams])
+                    e.outside or "", e.clinic_name, e.dates_flag or ""] for e in exams])
 
 
 # -- devices ---------------------------------------------------------------------------------
@@ -600,15 +601,16 @@ def _cell(value, unit: str = "") -> str:
 def outliers_table(page: Q.BiometryPage) -> str:
     rows = page.outliers
     head = ("<tr><th>date</th><th>clinic</th><th>device</th><th>exam</th><th>HC (mm)</th>"
-            "<th>GA (weeks)</th><th>z</th><th></th></tr>")
+            "<th>GA (weeks)</th><th>z</th><th></th><th>the midwife was told</th></tr>")
     body = [f'<tr data-outlier="{esc(e.msg_id)}"><td>{esc(Q.day_text(e.day))}</td>'
             f"<td>{clinic_html(e.clinic_id, e.clinic_name)}</td><td>{esc(e.device_id)}</td>"
             f"<td>{esc(e.exam_id)}</td>"
             f'<td class="num">{e.hc_mm:g}</td><td class="num">{e.ga_weeks:g}</td>'
-            f'<td class="num">{e.z:+.2f}</td><td>{esc(e.outside)}</td></tr>'
+            f'<td class="num">{e.z:+.2f}</td><td>{esc(e.outside)}</td>'
+            f"<td>{esc(DATES_FLAG_WORDS.get(e.dates_flag or '', '-'))}</td></tr>"
             for e in rows]
     if not body:
-        body = ['<tr><td colspan="8" class="muted">none in this period</td></tr>']
+        body = ['<tr><td colspan="9" class="muted">none in this period</td></tr>']
     more = (f'<p class="muted">{page.outside - len(rows)} more in the CSV.</p>'
             if page.outside > len(rows) else "")
     return f'<div class="wide"><table class="outliers">{head}{"".join(body)}</table></div>{more}'
@@ -623,12 +625,18 @@ def dating_table(page: Q.BiometryPage) -> str:
     body = [f'<tr data-clinic="{esc(c.clinic_id)}"><td>{clinic_html(c.clinic_id, c.name)}</td>'
             f'<td class="num">{c.measured}</td><td class="num">{share(c.dated, c.measured)}</td>'
             f'<td class="num">{share(c.below_3rd, c.dated)}</td>'
-            f'<td class="num">{share(c.above_97th, c.dated)}</td></tr>' for c in page.clinics]
+            f'<td class="num">{share(c.above_97th, c.dated)}</td>'
+            f'<td class="num">{share(c.flagged_small, c.dated)}</td>'
+            f'<td class="num">{share(c.flagged_large, c.dated)}</td></tr>' for c in page.clinics]
     if not body:
-        body = ['<tr><td colspan="5" class="muted">no measured exam in this period</td></tr>']
+        body = ['<tr><td colspan="7" class="muted">no measured exam in this period</td></tr>']
     return ('<div class="wide"><table class="dating"><tr><th>clinic</th><th>measured</th>'
-            "<th>with the age by dates</th><th>of those, below 3rd</th>"
-            f"<th>above 97th</th></tr>{''.join(body)}</table></div>")
+            "<th>with the age by dates</th><th>of those, below 3rd</th><th>above 97th</th>"
+            "<th>told smaller than the dates</th><th>told larger</th></tr>"
+            f"{''.join(body)}</table></div>")
+
+
+DATES_FLAG_WORDS = {"small": "smaller than the dates", "large": "larger than the dates"}
 
 
 __all__ = ["MUTED"]

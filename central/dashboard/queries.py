@@ -505,6 +505,9 @@ class MeasuredExam:
     ga_source: str | None
     z: float | None  # against INTERGROWTH-21st; None outside 14-40 weeks or without GA
     clinic_name: str = ""  # from the district map; "" when it gives none
+    # What the midwife's page said of the head against her dates (ACOG's redating tolerance,
+    # wire.dating.dates_flag): "small", "large" or None (within it, or no dates).
+    dates_flag: str | None = None
 
     @property
     def outside(self) -> str | None:
@@ -546,6 +549,8 @@ class ClinicDating:
     dated: int
     below_3rd: int  # of the dated
     above_97th: int
+    flagged_small: int = 0  # of the dated: the midwife's page said smaller than the dates
+    flagged_large: int = 0
 
     @property
     def dated_share(self) -> float | None:
@@ -574,18 +579,22 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
     z3, z97 = R.CENTILE_Z[3], R.CENTILE_Z[97]
     outside = db.query(f"SELECT COUNT(*) {base} AND (ig_z < ? OR ig_z > ?)",
                        (*args, z3, z97))[0][0]
-    outliers = [MeasuredExam(m, dev, clinic, exam, int(day), float(hc), float(ga), src, z)
-                for m, dev, clinic, exam, day, hc, ga, src, z in db.query(
-        "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, ig_z "
-        f"{base} AND (ig_z < ? OR ig_z > ?) ORDER BY ABS(ig_z) DESC, day DESC, msg_id "
+    outliers = [MeasuredExam(m, dev, clinic, exam, int(day), float(hc), float(ga), src, z,
+                             dates_flag=flag)
+                for m, dev, clinic, exam, day, hc, ga, src, z, flag in db.query(
+        "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, ig_z, "
+        f"dates_flag {base} AND (ig_z < ? OR ig_z > ?) ORDER BY ABS(ig_z) DESC, day DESC, msg_id "
         "LIMIT ?", (*args, z3, z97, C.OUTLIERS_SHOWN))]
     _name_exams(db, scope, outliers)
     names = clinic_names(db, scope)
-    clinics = [ClinicDating(c, names.get(c, ""), int(n), int(d), int(lo), int(hi))
-               for c, n, d, lo, hi in db.query(
+    clinics = [ClinicDating(c, names.get(c, ""), int(n), int(d), int(lo), int(hi), int(fs),
+                            int(fl))
+               for c, n, d, lo, hi, fs, fl in db.query(
         "SELECT clinic_id, COUNT(*), SUM(CASE WHEN ga_source = 'dates' THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN ga_source = 'dates' AND ig_z < ? THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN ga_source = 'dates' AND ig_z > ? THEN 1 ELSE 0 END) FROM dash.exams "
+        "SUM(CASE WHEN ga_source = 'dates' AND ig_z > ? THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN dates_flag = 'small' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN dates_flag = 'large' THEN 1 ELSE 0 END) FROM dash.exams "
         f"WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w} GROUP BY clinic_id",
         (z3, z97, *args))]
     clinics.sort(key=lambda c: (c.dated_share or 0.0, c.clinic_id))
@@ -598,10 +607,11 @@ def biometry_exams(db: Db, scope: Scope, per: Period) -> list[MeasuredExam]:
     w, p = scope.where()
     out = [MeasuredExam(m, dev, clinic, exam, int(day), float(hc),
                         None if ga is None else float(ga), src,
-                        None if z is None else float(z))
-           for m, dev, clinic, exam, day, hc, ga, src, z in db.query(
+                        None if z is None else float(z), dates_flag=flag)
+           for m, dev, clinic, exam, day, hc, ga, src, z, flag in db.query(
                "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, "
-               f"ig_z FROM dash.exams WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w} "
+               f"ig_z, dates_flag FROM dash.exams WHERE hc_mm IS NOT NULL AND day >= ? AND "
+               f"day <= ? AND {w} "
                "ORDER BY day, msg_id", (per.first_day, per.last_day, *p))]
     return _name_exams(db, scope, out)
 

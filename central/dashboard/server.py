@@ -475,7 +475,10 @@ class Dashboard:
                   '<p class="lead">How often each clinic\'s midwives entered the last period, '
                   "fewest first, and where its dated heads fall: about 3% of heads fall on "
                   "each side by the standard itself, so many more on one side is a clinic "
-                  "to visit (the dating, or a real growth problem).</p>"
+                  "to visit (the dating, or a real growth problem). \"Told\": the heads her "
+                  "page called smaller or larger than the dates (beyond ACOG's redating "
+                  "tolerance), the women she was asked to check the dates of and refer "
+                  "if sure.</p>"
                 + P.dating_table(page)
                 + "<h2>Exams outside the 3rd-97th centile, furthest out first</h2>"
                 + P.outliers_table(page))

@@ -50,8 +50,9 @@ from pathlib import Path
 from central.dashboard import config as C
 from central.dashboard.reference import ig_z
 from central.db import SEQ_KINDS, DbError, is_postgres, one_line, redact, sqlite_path
+from wire.dating import dates_flag
 
-SCHEMA_VERSION = "6"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "7"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -73,7 +74,8 @@ _DASH_TABLES = [
         exam_id TEXT, day INTEGER NOT NULL, ts DOUBLE PRECISION NOT NULL, protocol TEXT,
         required INTEGER, captured INTEGER, complete INTEGER, best_quality DOUBLE PRECISION,
         hc_mm DOUBLE PRECISION, ga_weeks DOUBLE PRECISION, ga_low DOUBLE PRECISION,
-        ga_high DOUBLE PRECISION, ga_source TEXT, missing TEXT, ig_z DOUBLE PRECISION)""",
+        ga_high DOUBLE PRECISION, ga_source TEXT, missing TEXT, ig_z DOUBLE PRECISION,
+        dates_flag TEXT)""",
     "CREATE INDEX IF NOT EXISTS dash.exams_day ON exams (day)",
     # covering the biometry page: its density and outliers come from the index alone
     "CREATE INDEX IF NOT EXISTS dash.exams_hc_day ON exams (day, ga_weeks, hc_mm, ig_z, "
@@ -517,8 +519,8 @@ def _add(db: Db, rows: list[tuple]) -> None:
             "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", msgs)
     db.many("INSERT INTO dash.exams (msg_id, device_id, clinic_id, exam_id, day, ts, protocol, "
             "required, captured, complete, best_quality, hc_mm, ga_weeks, ga_low, ga_high, "
-            "ga_source, missing, ig_z) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?)",
+            "ga_source, missing, ig_z, dates_flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?, ?, ?, ?, ?)",
             exams)
     _add_seq_runs(db, seqs)
     db.many("INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other) "
@@ -735,7 +737,9 @@ def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dic
             max(qualities) if qualities else None, hc, ga,
             _num(bio.get("ga_low_weeks")), _num(bio.get("ga_high_weeks")),
             None if ga is None else ("dates" if ga_dates is not None else "hadlock-hc"),
-            "|".join(_text(s, 32) for s in missing) or None, z)
+            "|".join(_text(s, 32) for s in missing) or None, z,
+            # what the midwife's page said of this head against her dates (the same rule)
+            None if hc is None or ga_dates is None else dates_flag(hc, ga_dates))
 
 
 def _health_digest(data: dict) -> dict:
