@@ -14,6 +14,8 @@ import io
 import json
 import re
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 from central import collector
 from central.dashboard import auth
@@ -36,6 +38,20 @@ def _exam(seq: int, hc: float, ga_hc: float, dates: object = UNDATED, days_ago: 
     ts = round(time.time() - 3600 - days_ago * 86400 + seq, 3)
     return message("exam", device="dev-a", seq=seq, ts=ts,
                    biometry=bio)
+
+
+@contextmanager
+def served(path: str, tmp: Path):
+    """The collector's database rolled up, an admin added, and the dashboard serving it:
+    (base URL, the admin's session cookie)."""
+    db = open_db(path)
+    try:
+        refresh(db)
+        auth.add_user(db, ADMIN[0], "admin", "", ADMIN[1])
+    finally:
+        db.close()
+    with dashboard(path, tmp) as base:
+        yield base, login(base, ADMIN)
 
 
 def _checked(payload: dict) -> Row | DeadLetter:
@@ -64,15 +80,7 @@ def test_a_head_small_for_its_dates_is_flagged_and_undated_exams_are_not_drawn(t
         assert store.store(rows, []) == (4, 0)
     finally:
         store.close()
-    db = open_db(path)
-    try:
-        refresh(db)
-        auth.add_user(db, ADMIN[0], "admin", "", ADMIN[1])
-    finally:
-        db.close()
-
-    with dashboard(path, tmp_path) as base:
-        cookie = login(base, ADMIN)
+    with served(path, tmp_path) as (base, cookie):
         status, _, body = request(base, "/biometry", cookie)
         page = body.decode()
         assert status == 200
@@ -119,14 +127,7 @@ def test_the_two_year_biometry_page_stays_light_however_many_heads_are_out(tmp_p
 
     path = str(tmp_path / "central.sqlite3")
     seed(path, SeedSettings(health_every_s=4 * 3600, end_ts=time.time()))
-    db = open_db(path)
-    try:
-        refresh(db)
-        auth.add_user(db, ADMIN[0], "admin", "", ADMIN[1])
-    finally:
-        db.close()
-    with dashboard(path, tmp_path) as base:
-        cookie = login(base, ADMIN)
+    with served(path, tmp_path) as (base, cookie):
         status, headers, body = request(base, "/biometry?weeks=104", cookie,
                                         headers={"Accept-Encoding": "gzip"})
         assert status == 200 and headers.get("content-encoding") == "gzip"
