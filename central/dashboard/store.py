@@ -77,9 +77,9 @@ _DASH_TABLES = [
         ga_high DOUBLE PRECISION, ga_source TEXT, missing TEXT, ig_z DOUBLE PRECISION,
         dates_flag TEXT)""",
     "CREATE INDEX IF NOT EXISTS dash.exams_day ON exams (day)",
-    # covering the biometry page: its density and outliers come from the index alone
+    # covering the biometry page: its density, outliers and clinics come from the index alone
     "CREATE INDEX IF NOT EXISTS dash.exams_hc_day ON exams (day, ga_weeks, hc_mm, ig_z, "
-    "clinic_id) WHERE hc_mm IS NOT NULL",
+    "clinic_id, ga_source, dates_flag) WHERE hc_mm IS NOT NULL",
     """CREATE TABLE IF NOT EXISTS dash.day_device (
         device_id TEXT NOT NULL, clinic_id TEXT NOT NULL, day INTEGER NOT NULL,
         exams INTEGER NOT NULL, health INTEGER NOT NULL, other INTEGER NOT NULL,
