@@ -412,7 +412,8 @@ def test_the_schema_bump_rebuilds_the_runs_of_a_version_5_install(url):
         db.close()
     db = open_db(url)
     try:
-        assert db.query("SELECT value FROM dash.meta WHERE key = 'schema'") == [("6",)]
+        assert db.query("SELECT value FROM dash.meta WHERE key = 'schema'") == [
+            (store.SCHEMA_VERSION,)]
         assert db.query("SELECT COUNT(*) FROM dash.msgs") == [(0,)]  # dropped, to rebuild
         assert refresh(db).messages == 4
         assert runs_of(db, "dev-a") == [(1, 2, day, day), (6, 7, day, day)]
