@@ -325,6 +325,8 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     page = body.decode()
     assert status == 200 and "Last period" in page and lmp in page
     assert f"on {today}, the day they were entered" in page  # the age by dates has its day
+    # entered after the exam ended: the report says the district did not get them
+    assert "on this report only" in page and "went to the district" not in page
     flagged = re.search(r'<li class="flag">By dates ([^<]+)</li>', page)
     assert flagged and "smaller than the dates" in flagged.group(1), page[-3000:]
     assert f"measured {page_mm(second['biometry']['hc_mm'])} mm" in flagged.group(1)
@@ -410,6 +412,7 @@ def test_dates_entered_during_an_exam_survive_a_sigkill_of_the_device(tmp_path, 
         status, _, body = http(f"{base}/report/{exam_id}", cookie=cookie)
         page = body.decode()
         assert status == 200 and "Last period" in page and lmp in page, page[-2000:]
+        assert "went to the district with the exam" in page  # entered before its end
         assert "recovered" in journaled_ended_by(box, exam_id)
         # the rebuilt exam's summary, journaled and queued for the district, has the age by
         # dates the page had entered before the kill

@@ -208,6 +208,11 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
     models = summary.get("models") if isinstance(summary.get("models"), dict) else {}
     ended_by = _text(summary.get("ended_by"))
     kept_dates = read_dates(dates)
+    if kept_dates is not None:
+        # whether the summary that left for the district carries these dates' age: dates
+        # entered (or changed) after the exam ended are on the report only
+        sent = _number((bio_in or {}).get("ga_dates_weeks"))
+        kept_dates["sent"] = sent is not None and abs(sent - kept_dates["ga_dates_weeks"]) < 0.01
     return {
         "exam_id": _text(summary.get("exam_id")), "running": False,
         "ended_by": ended_by if ended_by in ENDED else None,
@@ -509,9 +514,12 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     if exam.get("dates"):
         # The age by dates is the one on the day they were entered (the phone's date, the
         # box may have no clock): said with its day, which the exam's date above may not be.
-        facts.append(("report.lmp", e(_t(text, "report.lmp_ga", lmp=exam["dates"]["lmp"],
-                                         ga=weeks_days(text, exam["dates"]["ga_dates_weeks"]),
-                                         today=exam["dates"]["today"]))))
+        said = _t(text, "report.lmp_ga", lmp=exam["dates"]["lmp"],
+                  ga=weeks_days(text, exam["dates"]["ga_dates_weeks"]),
+                  today=exam["dates"]["today"])
+        sent = _t(text, "report.lmp_sent" if exam["dates"].get("sent") else
+                  "report.lmp_report_only")
+        facts.append(("report.lmp", e(f"{said}. {sent}")))
     out.append('<section class="facts"><dl>')
     for key, value in facts:
         out.append(f"<dt>{e(_t(text, key))}</dt><dd>{value}</dd>")
