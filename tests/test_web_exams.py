@@ -444,14 +444,19 @@ def sent_to_district(box, exam_id: str) -> dict:
     """The exam's summary the outbox queued for the district, checked to be valid on the
     wire, to have the journal's age by dates and to carry no date."""
     summary = {i: s for i, s, _ in journaled(box)}[exam_id]
-    db = sqlite3.connect(f"file:{box['state'] / 'outbox.sqlite3'}?mode=ro", uri=True,
-                         timeout=5)
-    try:
-        payloads = [json.loads(p) for (p,) in db.execute(
-            "SELECT payload FROM outbox WHERE kind = 'exam'").fetchall()]
-    finally:
-        db.close()
-    queued = [p for p in payloads if p.get("exam_id") == exam_id]
+
+    def queued_now() -> list[dict]:
+        db = sqlite3.connect(f"file:{box['state'] / 'outbox.sqlite3'}?mode=ro", uri=True,
+                             timeout=5)
+        try:
+            payloads = [json.loads(p) for (p,) in db.execute(
+                "SELECT payload FROM outbox WHERE kind = 'exam'").fetchall()]
+        finally:
+            db.close()
+        return [p for p in payloads if p.get("exam_id") == exam_id]
+
+    # the journal has an exam a moment before the outbox does (journal first, by design)
+    queued = wait_for(queued_now, 10, f"exam {exam_id} in the outbox")
     assert len(queued) == 1 and validate_payload(queued[0]) == [], queued
     # the outbox may shed detail (the HC spread) to fit 1 KB, never the age by dates
     assert queued[0]["biometry"].get("ga_dates_weeks") == summary["biometry"].get(
