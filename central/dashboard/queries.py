@@ -565,38 +565,45 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
     w, p = scope.where()
     args = (per.first_day, per.last_day, *p)
     base = f"FROM dash.exams WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w}"
-    measured, dated = db.query(
-        f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN ga_source = 'dates' THEN 1 ELSE 0 END), 0) "
-        f"{base}", args)[0]
-    only_dated = int(dated) > 0
+    z3, z97 = R.CENTILE_Z[3], R.CENTILE_Z[97]
+    # One pass per clinic gives its table row and, summed, the page's counts: for every
+    # measured exam and for the dated ones, those without a comparable age and those out.
+    dated_sql = "ga_source = 'dates'"
+    out_sql = "(ig_z < ? OR ig_z > ?)"
+    rows = db.query(
+        "SELECT clinic_id, COUNT(*), "
+        f"SUM(CASE WHEN {dated_sql} THEN 1 ELSE 0 END), "
+        f"SUM(CASE WHEN {dated_sql} AND ig_z < ? THEN 1 ELSE 0 END), "
+        f"SUM(CASE WHEN {dated_sql} AND ig_z > ? THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN dates_flag = 'small' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN dates_flag = 'large' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN ig_z IS NULL THEN 1 ELSE 0 END), "
+        f"SUM(CASE WHEN {dated_sql} AND ig_z IS NULL THEN 1 ELSE 0 END), "
+        f"SUM(CASE WHEN {out_sql} THEN 1 ELSE 0 END) {base} GROUP BY clinic_id",
+        (z3, z97, z3, z97, *args))
+    names = clinic_names(db, scope)
+    counts = [(c, [int(v or 0) for v in r]) for c, *r in rows]
+    clinics = [ClinicDating(c, names.get(c, ""), *r[:6]) for c, r in counts]
+    measured = sum(c.measured for c in clinics)
+    dated = sum(c.dated for c in clinics)
+    only_dated = dated > 0
     if only_dated:
-        base += " AND ga_source = 'dates'"
-    not_comparable = db.query(f"SELECT COUNT(*) {base} AND ig_z IS NULL", args)[0][0]
+        base += f" AND {dated_sql}"
+        not_comparable = sum(r[7] for _, r in counts)
+        outside = sum(c.below_3rd + c.above_97th for c in clinics)
+    else:
+        not_comparable = sum(r[6] for _, r in counts)
+        outside = sum(r[8] for _, r in counts)
     bins = [(int(g), int(h), int(n)) for g, h, n in db.query(
         "SELECT gb, hb, COUNT(*) FROM (SELECT CAST(FLOOR((ga_weeks - ?) / ?) AS INTEGER) AS gb, "
         f"CAST(FLOOR((hc_mm - ?) / ?) AS INTEGER) AS hb {base} AND ga_weeks IS NOT NULL) t "
         "GROUP BY gb, hb", (GA_MIN, GA_BIN, HC_MIN, HC_BIN, *args))]
-    z3, z97 = R.CENTILE_Z[3], R.CENTILE_Z[97]
-    outside = db.query(f"SELECT COUNT(*) {base} AND (ig_z < ? OR ig_z > ?)",
-                       (*args, z3, z97))[0][0]
     outliers = [MeasuredExam(m, dev, clinic, exam, int(day), float(hc), float(ga), src, z,
-                             dates_flag=flag)
+                             names.get(clinic, ""), flag)
                 for m, dev, clinic, exam, day, hc, ga, src, z, flag in db.query(
         "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, ig_z, "
-        f"dates_flag {base} AND (ig_z < ? OR ig_z > ?) ORDER BY ABS(ig_z) DESC, day DESC, msg_id "
-        "LIMIT ?", (*args, z3, z97, C.OUTLIERS_SHOWN))]
-    _name_exams(db, scope, outliers)
-    names = clinic_names(db, scope)
-    clinics = [ClinicDating(c, names.get(c, ""), int(n), int(d), int(lo), int(hi), int(fs),
-                            int(fl))
-               for c, n, d, lo, hi, fs, fl in db.query(
-        "SELECT clinic_id, COUNT(*), SUM(CASE WHEN ga_source = 'dates' THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN ga_source = 'dates' AND ig_z < ? THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN ga_source = 'dates' AND ig_z > ? THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN dates_flag = 'small' THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN dates_flag = 'large' THEN 1 ELSE 0 END) FROM dash.exams "
-        f"WHERE hc_mm IS NOT NULL AND day >= ? AND day <= ? AND {w} GROUP BY clinic_id",
-        (z3, z97, *args))]
+        f"dates_flag {base} AND {out_sql} ORDER BY ABS(ig_z) DESC, day DESC, msg_id LIMIT ?",
+        (*args, z3, z97, C.OUTLIERS_SHOWN))]
     clinics.sort(key=lambda c: (c.dated_share or 0.0, c.clinic_id))
     return BiometryPage(per, bins, outliers, int(measured), int(not_comparable), int(dated),
                         only_dated, clinics, int(outside))

@@ -281,7 +281,7 @@ class Journal:
     def _failed(self, what: str, exc: BaseException) -> None:
         if what == "frame":
             self.skipped_frames += 1
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = _reason(exc)
         if is_full(exc):
             self.disk_full = True
         if reason != self._failure:
@@ -395,8 +395,7 @@ class Journal:
             dates = None if row is None or row[0] is None else json.loads(row[0])
         except (sqlite3.Error, ValueError, RecursionError) as exc:
             log.warning("journal %s: the dates of exam %s cannot be read (%s); the exam is "
-                        "sent without its age by dates", self.path, exam_id,
-                        str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
+                        "sent without its age by dates", self.path, exam_id, _reason(exc)[:120])
             return None
         return dates if isinstance(dates, dict) else None
 
@@ -505,3 +504,8 @@ class Journal:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """An error as one line for the log: its message's first line, or its type's name."""
+    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
