@@ -113,7 +113,8 @@ def hc_against_dates(hc_mm: float | None, ga_dates_weeks: float | None) -> dict 
         out["status"] = "no_hc"
         return out
     ga_hc = hadlock_ga_weeks(hc_mm)
-    out["hc_mm"] = round(float(hc_mm), 1)
+    out["hc_mm"] = float(hc_mm)  # rounded once, where it is shown (a 0.1 mm step first
+    # made 200.49 mm read "201" in the flag and "200" beside it)
     # the flag is the one rule the district lists too (wire.dating.dates_flag)
     out["flag"] = dates_flag(hc_mm, ga_dates_weeks)
     if ga_hc is None:  # HC outside the formula's 14-42 weeks: far from any expected HC
