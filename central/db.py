@@ -29,6 +29,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from wire.schema import QUEUED_KINDS
+
 DEFAULT_DB = "sonoedge-central.sqlite3"
 DEAD_PREVIEW_CHARS = 2048
 
@@ -81,8 +83,11 @@ _INSERT_RESENT = (
     "collector) SELECT ?, ?, ?, ?, ?, ?, ?, ? FROM messages "
     "WHERE msg_id = ? AND device_id = ? AND seq <> ? ON CONFLICT (device_id, seq) DO NOTHING"
 )
-# The kinds that take a seq from the device's counter (status repeats the last one).
-SEQ_KINDS = ("exam", "health")
+# The kinds that take a seq from the device's counter (status repeats the last one): the
+# wire's one list, so that a new queued kind is no hole in the report's and the dashboard's
+# sequences. SEQ_KINDS_SQL is the same list for ``kind IN (...)`` (constants, not input).
+SEQ_KINDS = QUEUED_KINDS
+SEQ_KINDS_SQL = "(" + ", ".join(f"'{kind}'" for kind in SEQ_KINDS) + ")"
 _INSERT_DEAD = (
     "INSERT INTO dead_letters (digest, topic, reason, size, preview, received_ts, collector) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"

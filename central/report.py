@@ -2,9 +2,10 @@
 
 Counts come straight from SQL so the report scales with the database, not with memory.
 Sequence numbers are per device and strictly increasing across reboots, so a hole in the
-stored ``exam``/``health`` sequence is a message that never arrived. Holes are split into
-*dropped* (the device reported discarding it to stay within its outbox quota: it says so
-in its latest ``health``) and *lost* (the rest). A hole longer than ``seq_jump`` is no
+stored sequence of the kinds that take a seq (``exam``, ``health`` and ``dates``:
+``SEQ_KINDS``) is a message that never arrived. Holes are split into *dropped* (the device
+reported discarding it to stay within its outbox quota: it says so in its latest
+``health``) and *lost* (the rest). A hole longer than ``seq_jump`` is no
 loss: no device makes that many messages unseen, so it is a broken or hostile counter,
 flagged as a *jump* and kept out of ``missing`` and ``lost``. ``behind`` is how many messages the
 device's latest ``status`` says it has allocated beyond what is stored: still on its way.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from central.db import Store
+from central.db import SEQ_KINDS_SQL, Store
 from wire.schema import NOT_A_VIEW
 
 
@@ -34,7 +35,7 @@ class DeviceReport:
     last_seen_ts: float | None = None
     last_device_ts: float | None = None
     max_seq: int = 0
-    missing: int = 0  # holes in 1..max_seq of exam/health
+    missing: int = 0  # holes in 1..max_seq of the seq-taking kinds (SEQ_KINDS)
     gaps: list[list[int]] = field(default_factory=list)  # first few holes, [from, to]
     seq_jumps: list[list[int]] = field(default_factory=list)  # holes too long to be loss
     dropped_health: int = 0
@@ -112,7 +113,7 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
         "SUM(CASE WHEN kind = 'health' THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN kind = 'status' THEN 1 ELSE 0 END), "
         "MIN(received_ts), MAX(received_ts), MAX(device_ts), "
-        "MAX(CASE WHEN kind <> 'status' THEN seq ELSE 0 END) "
+        f"MAX(CASE WHEN kind IN {SEQ_KINDS_SQL} THEN seq ELSE 0 END) "
         "FROM messages GROUP BY device_id, clinic_id"
     ):
         d = devices.setdefault(dev, DeviceReport(dev, clinic))
@@ -128,9 +129,9 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
     for dev, (_, clinic) in latest_clinic.items():
         devices[dev].clinic_id = clinic
 
-    seqs = "SELECT device_id, seq FROM messages WHERE kind IN ('exam', 'health')"
+    seqs = f"SELECT device_id, seq FROM messages WHERE kind IN {SEQ_KINDS_SQL}"
     if store.has_table("resent"):
-        resent = "SELECT device_id, seq FROM resent WHERE kind IN ('exam', 'health')"
+        resent = f"SELECT device_id, seq FROM resent WHERE kind IN {SEQ_KINDS_SQL}"
         seqs += " UNION ALL " + resent
         for dev, max_seq in store.query(
                 f"SELECT device_id, MAX(seq) FROM ({resent}) r GROUP BY device_id"):

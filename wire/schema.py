@@ -1,7 +1,7 @@
 """The contract between device and collector: message kinds, label vocabulary, JSON Schemas.
 
-The JSON Schemas in ``wire/schemas/`` are the one definition of what an ``exam``, ``health``
-or ``status`` message may hold. The device checks every payload against them before it is
+The JSON Schemas in ``wire/schemas/`` are the one definition of what an ``exam``, ``health``,
+``status`` or ``dates`` message may hold. The device checks every payload against them before it is
 stored, and the collector checks every payload it receives. ``validate()`` is a small draft
 2020-12 subset validator, bounded in depth, so neither side needs ``jsonschema`` at run time
 (the tests cross-check with it). Neither side imports the other: both import this.
@@ -19,7 +19,11 @@ from functools import cache
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-KINDS = ("exam", "health", "status")
+KINDS = ("exam", "health", "status", "dates")
+# The kinds that travel through the device's outbox and take a seq from its one counter:
+# the collector finds lost messages as holes in the seqs of exactly these. ``dates`` carries
+# an age by dates entered after its exam's summary had left (``dates.schema.json``).
+QUEUED_KINDS = ("exam", "health", "dates")
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 EXAM_MAX_BYTES = 1024
 PLANES = (

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from central.dashboard import config as C
 from central.dashboard import reference as R
 from central.dashboard.store import Db, block_days, seq_block, week_of
+from central.db import SEQ_KINDS_SQL
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,11 @@ class Hole:
 
 def holes(db: Db, scope: Scope, per: Period, lookback_days: int = C.HOLE_LOOKBACK_DAYS
           ) -> list[Hole]:
-    """Holes in each device's exam/health sequence whose later message falls in the period
-    (holes longer than SEQ_JUMP are broken counters, not loss, as the report says). A seq
-    the collector recorded as a re-sent duplicate is a row of ``dash.msgs`` too (store.py),
-    so it fills its hole as in the report.
+    """Holes in each device's sequence (its messages of the SEQ_KINDS: exam, health and
+    dates) whose later message falls in the period (holes longer than SEQ_JUMP are broken
+    counters, not loss, as the report says). A seq the collector recorded as a re-sent
+    duplicate is a row of ``dash.msgs`` too (store.py), so it fills its hole as in the
+    report.
 
     The definition: the device's messages dated from ``lookback_days`` before the period to
     its end, in the scope's clinics, in order of (seq, day, clinic); a hole is between two
@@ -158,7 +160,7 @@ def holes(db: Db, scope: Scope, per: Period, lookback_days: int = C.HOLE_LOOKBAC
         d0, d1 = max(first_day, block_days(block0)[0]), min(last_day, block_days(block1)[1])
         for dev, seq, day, clinic in db.query(
                 "SELECT device_id, seq, day, clinic_id FROM dash.msgs WHERE day >= ? AND "
-                f"day <= ? AND kind IN ('exam', 'health') AND {w}", (d0, d1, *p)):
+                f"day <= ? AND kind IN {SEQ_KINDS_SQL} AND {w}", (d0, d1, *p)):
             if dev in detail.get(seq_block(day), ()):
                 spans[dev].append((int(seq), int(day), clinic, int(seq), int(day)))
     first_holes, gaps = [], []
@@ -212,7 +214,7 @@ def _seq_components(spans: list[tuple]) -> list[tuple]:
 
 def _lowest_seq(db: Db, dev: str) -> int | None:
     first = db.query("SELECT MIN(seq) FROM dash.msgs WHERE device_id = ? "
-                     "AND kind IN ('exam', 'health')", (dev,))[0][0]
+                     f"AND kind IN {SEQ_KINDS_SQL}", (dev,))[0][0]
     return None if first is None else int(first)
 
 
@@ -536,6 +538,8 @@ class BiometryPage:
     only_dated: bool = False
     clinics: list[ClinicDating] = field(default_factory=list)  # fewest dated first
     outside: int = 0  # every drawn exam outside the 3rd-97th centile (the CSV has them)
+    # of the dated: those whose dates came after the exam (a ``dates`` correction)
+    dated_later: int = 0
 
 
 @dataclass
@@ -579,7 +583,9 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
         "SUM(CASE WHEN dates_flag = 'large' THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN ig_z IS NULL THEN 1 ELSE 0 END), "
         f"SUM(CASE WHEN {dated_sql} AND ig_z IS NULL THEN 1 ELSE 0 END), "
-        f"SUM(CASE WHEN {out_sql} THEN 1 ELSE 0 END) {base} GROUP BY clinic_id",
+        f"SUM(CASE WHEN {out_sql} THEN 1 ELSE 0 END), "
+        f"SUM(CASE WHEN {dated_sql} AND dates_corrected = 1 THEN 1 ELSE 0 END) "
+        f"{base} GROUP BY clinic_id",
         (z3, z97, z3, z97, *args))
     names = clinic_names(db, scope)
     counts = [(c, [int(v or 0) for v in r]) for c, *r in rows]
@@ -606,7 +612,7 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
         (*args, z3, z97, C.OUTLIERS_SHOWN))]
     clinics.sort(key=lambda c: (c.dated_share or 0.0, c.clinic_id))
     return BiometryPage(per, bins, outliers, int(measured), int(not_comparable), int(dated),
-                        only_dated, clinics, int(outside))
+                        only_dated, clinics, int(outside), sum(r[9] for _, r in counts))
 
 
 def biometry_exams(db: Db, scope: Scope, per: Period) -> list[MeasuredExam]:

@@ -451,10 +451,12 @@ class Dashboard:
                        "estimate from the same head circumference (Hadlock 1984), against "
                        "which no head can be small or large for its age; they are in the "
                        "CSV." if dated < n else "")
+            later = (f" ({page.dated_later} of them after it, sent as a correction)"
+                     if page.dated_later else "")
             caveat = (f'<p class="caveat">Drawn: the {P.plural(dated, "exam")} with the age '
-                      f"by dates, which the midwife entered during the exam.{undated} A head "
-                      "outside the band is small or large for its dates, or its dates are "
-                      "wrong: a remembered last period can be a week or more out, and a "
+                      f"by dates, which the midwife entered during the exam{later}.{undated} "
+                      "A head outside the band is small or large for its dates, or its dates "
+                      "are wrong: a remembered last period can be a week or more out, and a "
                       "week moves a head by 1.6 SD of the standard at 20 weeks, 0.9 at 30 "
                       "(INTERGROWTH-21st's own curves). The table lists the heads "
                       "furthest out first; the midwife's own flag uses ACOG's redating "

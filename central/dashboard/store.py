@@ -19,7 +19,8 @@ row per message (``dash.msgs``), the runs of consecutive seqs each device's mess
 (``dash.seq_runs``, for the sequence holes: see ``_add_seq_runs``), a row per exam with the
 figures the pages plot (``dash.exams``), messages per device and day (``dash.day_device``),
 exam figures per clinic and week (``dash.week_protocol``, ``dash.week_missing``,
-``dash.week_deficiency``, ``dash.week_plane``),
+``dash.week_deficiency``, ``dash.week_plane``), each exam's latest correction of its age by
+dates (``dash.exam_dates``: see ``_add_corrections``),
 the latest health and status of each device (``dash.device_latest``), the model-update
 errors its health messages carried, per week (``dash.fleet_errors``: a later health message
 overwrites the device's error, so the latest alone loses the history), and dead letters per
@@ -46,18 +47,19 @@ import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from central.dashboard import config as C
 from central.dashboard.reference import ig_z
 from central.db import SEQ_KINDS, DbError, is_postgres, one_line, redact, sqlite_path
 from wire.dating import dates_flag
 
-SCHEMA_VERSION = "7"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "8"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
                  "week_plane", "device_latest", "dead", "fleet_errors", "seq_runs",
-                 "seq_spill")
+                 "seq_spill", "exam_dates")
 
 _DASH_TABLES = [
     "CREATE TABLE IF NOT EXISTS dash.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -75,11 +77,22 @@ _DASH_TABLES = [
         required INTEGER, captured INTEGER, complete INTEGER, best_quality DOUBLE PRECISION,
         hc_mm DOUBLE PRECISION, ga_weeks DOUBLE PRECISION, ga_low DOUBLE PRECISION,
         ga_high DOUBLE PRECISION, ga_source TEXT, missing TEXT, ig_z DOUBLE PRECISION,
-        dates_flag TEXT)""",
+        dates_flag TEXT, dates_corrected INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS dash.exams_day ON exams (day)",
     # covering the biometry page: its density, outliers and clinics come from the index alone
     "CREATE INDEX IF NOT EXISTS dash.exams_hc_day ON exams (day, ga_weeks, hc_mm, ig_z, "
-    "clinic_id, ga_source, dates_flag) WHERE hc_mm IS NOT NULL",
+    "clinic_id, ga_source, dates_flag, dates_corrected) WHERE hc_mm IS NOT NULL",
+    # an exam's rows, found by a correction of its age by dates (_add_corrections)
+    "CREATE INDEX IF NOT EXISTS dash.exams_device_exam ON exams (device_id, exam_id)",
+    # Each exam's latest correction of its age by dates (a ``dates`` message; weeks NULL:
+    # the midwife cleared them): the greatest (entered_ts, seq) wins, in whatever order the
+    # corrections and their exam arrive. One waiting for an exam never stored costs a row.
+    """CREATE TABLE IF NOT EXISTS dash.exam_dates (
+        device_id TEXT NOT NULL, exam_id TEXT NOT NULL, ga_dates_weeks DOUBLE PRECISION,
+        entered_ts DOUBLE PRECISION NOT NULL, seq BIGINT NOT NULL, msg_id TEXT NOT NULL,
+        PRIMARY KEY (device_id, exam_id))""",
+    # a batch's exams look up their corrections by id alone (_stored_dates)
+    "CREATE INDEX IF NOT EXISTS dash.exam_dates_exam ON exam_dates (exam_id)",
     """CREATE TABLE IF NOT EXISTS dash.day_device (
         device_id TEXT NOT NULL, clinic_id TEXT NOT NULL, day INTEGER NOT NULL,
         exams INTEGER NOT NULL, health INTEGER NOT NULL, other INTEGER NOT NULL,
@@ -119,7 +132,7 @@ _DASH_TABLES = [
         error TEXT NOT NULL, bundle TEXT NOT NULL, n INTEGER NOT NULL,
         first_ts DOUBLE PRECISION NOT NULL, last_ts DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (week, device_id, clinic_id, error, bundle)) WITHOUT ROWID""",
-    # A device's exam and health seqs, as runs of consecutive seqs per block of 7 days
+    # A device's seqs (its SEQ_KINDS messages), as runs of consecutive seqs per block of 7 days
     # (seq_block), device and clinic: what queries.holes needs of them (_add_seq_runs).
     # Stored in block order: a period's runs are one contiguous read.
     """CREATE TABLE IF NOT EXISTS dash.seq_runs (
@@ -453,6 +466,8 @@ def _num(value) -> float | None:
 
 def _add(db: Db, rows: list[tuple]) -> None:
     msgs, exams, seqs = [], [], []
+    exam_data: list[dict] = []  # each exam row's payload, for a correction that came first
+    corrections: dict[tuple[str, str], Correction] = {}  # (device, exam_id): the latest
     day_device: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
     week_protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     week_missing: dict[tuple, int] = defaultdict(int)
@@ -474,7 +489,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
             data = json.loads(payload)
         except ValueError:  # the collector stored it, so it parsed once; be safe anyway
             continue
-        if kind in ("exam", "health"):
+        if kind in SEQ_KINDS:
             lat["max_seq"] = max(lat["max_seq"], int(seq))
         if kind == "health" and (err := _fleet_error(data)) is not None:
             e = fleet_errors.setdefault((week_of(day), dev, clinic, *err), [0, ts, ts])
@@ -486,9 +501,14 @@ def _add(db: Db, rows: list[tuple]) -> None:
             lat["status_received"], lat["status_state"] = received, str(data.get("state"))
             lat["status_seq"] = int(seq)
             lat["status_pending"] = int(data.get("pending") or 0)
+        if kind == "dates" and (c := _correction(data, int(seq), msg_id, ts)) is not None:
+            before = corrections.get((dev, c.exam_id))
+            if before is None or c.order > before.order:
+                corrections[(dev, c.exam_id)] = c
         if kind != "exam":
             continue
         exams.append(_exam_row(msg_id, dev, clinic, day, ts, data))
+        exam_data.append(data)
         protocol = data.get("protocol") or {}
         name = str(protocol.get("name") or "")
         week = week_of(day)
@@ -517,11 +537,10 @@ def _add(db: Db, rows: list[tuple]) -> None:
             wp[2] += int(q < C.MIN_QUALITY)
     db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
             "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", msgs)
-    db.many("INSERT INTO dash.exams (msg_id, device_id, clinic_id, exam_id, day, ts, protocol, "
-            "required, captured, complete, best_quality, hc_mm, ga_weeks, ga_low, ga_high, "
-            "ga_source, missing, ig_z, dates_flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?, ?, ?, ?)",
-            exams)
+    _date_by_stored_corrections(db, exams, exam_data)
+    db.many(f"INSERT INTO dash.exams ({', '.join(EXAM_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(EXAM_COLUMNS))})", exams)
+    _add_corrections(db, corrections)
     _add_seq_runs(db, seqs)
     db.many("INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, clinic_id) DO UPDATE SET "
@@ -553,7 +572,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
 
 
 # -- sequence runs ---------------------------------------------------------------------------
-# A run: consecutive seqs lo..hi that a device's exam and health messages stored at one clinic
+# A run: consecutive seqs lo..hi that a device's SEQ_KINDS messages stored at one clinic
 # in one block (seq_block) carry, [lo, hi, lo_day, hi_day, min_day, max_day]: the day of the
 # run's first seq (the earliest, when that seq came more than once) and of its last (the
 # latest), and the first and last day of any of its messages.
@@ -581,7 +600,7 @@ def merge_runs(runs: list[list[int]]) -> list[list[int]]:
 
 
 def _add_seq_runs(db: Db, seqs: list[tuple[str, str, int, int]]) -> None:
-    """Add (device, clinic, seq, day) of exam and health messages to ``dash.seq_runs``.
+    """Add (device, clinic, seq, day) of SEQ_KINDS messages to ``dash.seq_runs``.
 
     A seq extends a run, joins two (a late message that fills a hole of one seq), or starts
     one of its own (a hole before it, or a late message inside a hole: the hole is split).
@@ -715,22 +734,46 @@ def _unnamed(protocol: dict, named: list) -> int:
     return 0
 
 
-def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dict) -> tuple:
+# dash.exams' columns, in the order _exam_row gives them.
+EXAM_COLUMNS = ("msg_id", "device_id", "clinic_id", "exam_id", "day", "ts", "protocol",
+                "required", "captured", "complete", "best_quality", "hc_mm", "ga_weeks",
+                "ga_low", "ga_high", "ga_source", "missing", "ig_z", "dates_flag",
+                "dates_corrected")
+EXAM_ID_AT = EXAM_COLUMNS.index("exam_id")
+# What a correction of the age by dates changes in an exam's row.
+DATED_COLUMNS = ("ga_weeks", "ga_source", "ig_z", "dates_flag", "dates_corrected")
+EXAM_ID_CHARS = 40  # the schema allows 36
+# _exam_row's ga_dates when no correction stands: the age by dates the summary carried
+FROM_SUMMARY = object()
+
+
+def _exam_id(value) -> str:
+    """An exam's id as dash.exams and dash.exam_dates both keep it, so that they match."""
+    return _text(value or "", EXAM_ID_CHARS)
+
+
+def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dict,
+              ga_dates: float | None | object = FROM_SUMMARY) -> tuple:
+    """dash.exams' row of an exam (EXAM_COLUMNS). ``ga_dates``: the age by dates of the
+    exam's latest correction (dash.exam_dates; None: the midwife cleared them), which
+    stands in place of the summary's."""
     protocol = data.get("protocol") or {}
     planes = data.get("planes") or {}
     qualities = [_num(v[2]) for k, v in planes.items()
                  if k not in C.NOT_A_VIEW and v and v[0] > 0 and len(v) > 2]
     qualities = [q for q in qualities if q is not None]
     bio = data.get("biometry") or {}
-    # The age by dates (entered by the midwife during the exam) makes HC-for-age a real
-    # check; without it the device's Hadlock age from the same HC is kept (and not drawn
-    # where the period has dated exams: see queries.biometry_page).
-    ga_dates = _num(bio.get("ga_dates_weeks"))
+    # The age by dates (entered by the midwife during the exam, or after it: a correction)
+    # makes HC-for-age a real check; without it the device's Hadlock age from the same HC
+    # is kept (and not drawn where the period has dated exams: see queries.biometry_page).
+    corrected = ga_dates is not FROM_SUMMARY
+    if not corrected:
+        ga_dates = _num(bio.get("ga_dates_weeks"))
     ga = ga_dates if ga_dates is not None else _num(bio.get("ga_weeks"))
     missing = protocol.get("missing") or []
     hc = _num(bio.get("hc_mm"))
     z = None if hc is None or ga is None else ig_z(hc, ga)
-    return (msg_id, dev, clinic, str(data.get("exam_id") or "")[:40], day, ts,
+    return (msg_id, dev, clinic, _exam_id(data.get("exam_id")), day, ts,
             str(protocol.get("name") or "") or None,
             protocol.get("required"), protocol.get("captured"),
             None if not protocol else _complete(protocol),
@@ -739,7 +782,129 @@ def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dic
             None if ga is None else ("dates" if ga_dates is not None else "hadlock-hc"),
             "|".join(_text(s, 32) for s in missing) or None, z,
             # what the midwife's page said of this head against her dates (the same rule)
-            None if hc is None or ga_dates is None else dates_flag(hc, ga_dates))
+            None if hc is None or ga_dates is None else dates_flag(hc, ga_dates),
+            int(corrected and ga_dates is not None))
+
+
+# -- corrections of the age by dates ---------------------------------------------------------
+# The latest correction of an exam wins: the greatest (entered_ts, seq), whichever arrives
+# last (a reorder, two collectors sharing the load).
+_UPSERT_EXAM_DATES = (
+    "INSERT INTO dash.exam_dates (device_id, exam_id, ga_dates_weeks, entered_ts, seq, "
+    "msg_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, exam_id) DO UPDATE SET "
+    "ga_dates_weeks = excluded.ga_dates_weeks, entered_ts = excluded.entered_ts, "
+    "seq = excluded.seq, msg_id = excluded.msg_id "
+    "WHERE excluded.entered_ts > dash.exam_dates.entered_ts OR (excluded.entered_ts = "
+    "dash.exam_dates.entered_ts AND excluded.seq > dash.exam_dates.seq)")
+IN_CHUNK = 500  # values bound in one IN (...): well under either database's limit
+
+
+class Correction(NamedTuple):
+    """A ``dates`` message: an exam's age by dates entered, changed or cleared (weeks
+    None) after its summary left; a row of dash.exam_dates but for the device."""
+    exam_id: str
+    weeks: float | None
+    entered_ts: float
+    seq: int
+    msg_id: str
+
+    @property
+    def order(self) -> tuple[float, int]:
+        """The later correction of an exam has the greater: the device's clock when she
+        entered them, then its seq where two entries tie."""
+        return self.entered_ts, self.seq
+
+
+def _correction(data: dict, seq: int, msg_id: str, ts: float) -> Correction | None:
+    """A ``dates`` message's correction; None when it names no exam. The collector
+    checked it against the schema; the fallbacks (weeks that are no number read as
+    cleared, a missing entered_ts as the message's date) keep a bad row from failing the
+    batch."""
+    exam_id = _exam_id(data.get("exam_id"))
+    if not exam_id:
+        return None
+    entered = _num(data.get("entered_ts"))
+    return Correction(exam_id, _num(data.get("ga_dates_weeks")),
+                      ts if entered is None else entered, seq, msg_id)
+
+
+def _chunks(values: list) -> list[list]:
+    return [values[i:i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
+
+
+def _marks(values: list) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _stored_dates(db: Db, keys: set[tuple[str, str]]) -> dict[tuple[str, str], float | None]:
+    """The stored corrections of these (device, exam_id): -> age by dates. One read per 500
+    exams on dash.exam_dates' exam_id index, matched in Python: its cost follows the
+    batch, not how many corrections the devices have sent over the years."""
+    out: dict[tuple[str, str], float | None] = {}
+    for part in _chunks(sorted({exam_id for _, exam_id in keys})):
+        for dev, exam_id, weeks in db.query(
+                "SELECT device_id, exam_id, ga_dates_weeks FROM dash.exam_dates "
+                f"WHERE exam_id IN ({_marks(part)})", part):
+            if (dev, exam_id) in keys:
+                out[(dev, exam_id)] = None if weeks is None else float(weeks)
+    return out
+
+
+def _date_by_stored_corrections(db: Db, exams: list[tuple], exam_data: list[dict]) -> None:
+    """The batch's exam rows whose correction came first (a reorder, two collectors
+    sharing the load) rolled up dated by it, in place. Nothing to read while no correction
+    was ever stored."""
+    if not exams or not db.query("SELECT 1 FROM dash.exam_dates LIMIT 1"):
+        return
+    at = {c: EXAM_COLUMNS.index(c) for c in ("msg_id", "device_id", "clinic_id", "day", "ts")}
+    stored = _stored_dates(db, {(row[at["device_id"]], row[EXAM_ID_AT]) for row in exams})
+    for i, row in enumerate(exams):
+        key = (row[at["device_id"]], row[EXAM_ID_AT])
+        if key in stored:
+            exams[i] = _exam_row(*(row[at[c]] for c in at), exam_data[i], stored[key])
+
+
+def _add_corrections(db: Db, corrections: dict[tuple[str, str], Correction]) -> None:
+    """Store a batch's corrections, each exam's latest, and apply the one that stands (an
+    earlier batch's may be later still) to the exam wherever dash.exams holds it: rolled up
+    before, or in this batch (after its rows)."""
+    if not corrections:
+        return
+    db.many(_UPSERT_EXAM_DATES, [(dev, *c) for (dev, _), c in corrections.items()])
+    stored = _stored_dates(db, set(corrections))
+    _redate_exams(db, {key: stored[key] for key in corrections})
+
+
+def _redate_exams(db: Db, weeks: dict[tuple[str, str], float | None]) -> None:
+    """Apply corrections (device, exam_id) -> age by dates to the exams dash.exams holds:
+    each row's dated columns recomputed by _exam_row from the exam's payload in
+    ``messages``."""
+    by_device: dict[str, list[str]] = defaultdict(list)
+    for dev, exam_id in weeks:
+        by_device[dev].append(exam_id)
+    found = []
+    for dev, exam_ids in by_device.items():
+        for part in _chunks(sorted(exam_ids)):
+            found += [(m, dev, *rest) for m, *rest in db.query(
+                "SELECT msg_id, clinic_id, day, ts, exam_id FROM dash.exams WHERE device_id = ? "
+                f"AND exam_id IN ({_marks(part)})", (dev, *part))]
+    payloads: dict[str, str] = {}
+    for part in _chunks([f[0] for f in found]):
+        payloads.update(db.query(
+            f"SELECT msg_id, payload FROM messages WHERE msg_id IN ({_marks(part)})", part))
+    updates = []
+    for msg_id, dev, clinic, day, ts, exam_id in found:
+        try:
+            data = json.loads(payloads.get(msg_id, ""))
+        except ValueError:  # the collector stored it, so it parsed once; be safe anyway
+            continue
+        if not isinstance(data, dict):
+            continue
+        row = dict(zip(EXAM_COLUMNS, _exam_row(msg_id, dev, clinic, int(day), float(ts), data,
+                                               weeks[(dev, exam_id)]), strict=True))
+        updates.append((*(row[c] for c in DATED_COLUMNS), msg_id))
+    db.many(f"UPDATE dash.exams SET {', '.join(f'{c} = ?' for c in DATED_COLUMNS)} "
+            "WHERE msg_id = ?", updates)
 
 
 def _health_digest(data: dict) -> dict:
