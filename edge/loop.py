@@ -8,6 +8,7 @@ here waits on the network.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sqlite3
@@ -32,6 +33,7 @@ from edge.models.roi import Roi
 from edge.result import FrameResult
 from edge.scorer import make_scorer, timed_frames
 from edge.store.journal import JOURNAL_FILE, Journal
+from edge.store.outbox import dates_key
 from edge.store.state import StateLock, prepare_state_dir
 from edge.uplink.mqtt import Uplink
 
@@ -262,6 +264,62 @@ def requeue_after_salvage(settings: Settings, journal: Journal, uplink: Uplink) 
     return queued
 
 
+def _weeks(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else None
+
+
+def tell_district_dates(journal: Journal, uplink: Uplink, exam_id: str,
+                        again: bool = False) -> bool:
+    """Queue a correction of an ended exam's age by dates when the district has not been
+    told the one now kept: dates entered, changed or cleared after its summary was queued.
+
+    What the district was told is the last correction's (the journal's `told`), else the
+    summary's own `biometry.ga_dates_weeks`. A running exam owes none: its summary will
+    carry them (`with_age_by_dates`). Each entry's correction is keyed by its time, so this
+    can run again after a crash (`tell_district_dates_since`) and queues it once; `again`
+    queues the last one told once more, for an outbox that lost it (its msg_id is the
+    same, so the district keeps one). True when a correction was queued or found queued."""
+    entered, told = journal.dates_entry(exam_id)
+    if entered is None:
+        return False  # entered before corrections existed, or never
+    summary = journal.ended_summary(exam_id)
+    if summary is None or not isinstance(summary.get("biometry"), dict):
+        return False  # running, or no head measured: no age by dates is wanted
+    kept = read_dates(journal.exam_dates(exam_id))
+    weeks = kept["ga_dates_weeks"] if kept is not None else None
+    if told is not None:
+        try:
+            district = _weeks(json.loads(told))
+        except ValueError:
+            district, told = None, None
+    if told is None:
+        district = _weeks(summary["biometry"].get("ga_dates_weeks"))
+    same = district == weeks if district is None or weeks is None \
+        else abs(district - weeks) < 0.005
+    if same and not (again and told is not None):
+        return False
+    queued = uplink.enqueue_dates(exam_id, weeks, entered) is not None \
+        or uplink.outbox.has_key(dates_key(exam_id, entered))
+    if queued and not same:
+        journal.dates_told(exam_id, json.dumps(weeks))
+    return queued
+
+
+def tell_district_dates_since(settings: Settings, journal: Journal, uplink: Uplink) -> int:
+    """At a start: the corrections a killed process owed (dates kept, correction not yet
+    queued) for the exams dated within `[journal] keep_days`, and after a corrupt outbox
+    those it may have lost. Returns how many were queued or found queued."""
+    since = time.time() - settings.journal.keep_days * 86400.0
+    again = uplink.outbox.moved_aside is not None
+    told = sum(tell_district_dates(journal, uplink, exam_id, again)
+               for exam_id in journal.dated_exams(since))
+    if told:
+        log.info("%d age-by-dates correction(s) owed to the district queued or found queued",
+                 told)
+    return told
+
+
 def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = print) -> int:
     """The long-running loop; returns the process exit code."""
     state_dir = prepare_state_dir(settings.device.state_dir)
@@ -306,6 +364,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                  settings.journal.keep_days)
     recover_runs(settings, journal, uplink)
     requeue_after_salvage(settings, journal, uplink)
+    tell_district_dates_since(settings, journal, uplink)
     # The demo plays at its own frame rate, as a scanner would; files run as fast as they can.
     spec = settings.source.spec
     source = open_source(spec, live=live_settings(settings),
@@ -339,7 +398,15 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         except ProtocolError as exc:
             log.warning("%s", exc)
     if web is not None:
-        web.attach(scorer, uplink, source, tracker, journal.keep_dates)
+        def keep_dates(exam_id: str, dates: dict | None) -> bool:
+            """The page's dates into the journal first, then the district's correction
+            where the exam's summary has already been queued."""
+            if not journal.keep_dates(exam_id, dates):
+                return False
+            tell_district_dates(journal, uplink, exam_id)
+            return True
+
+        web.attach(scorer, uplink, source, tracker, keep_dates)
     steady = SteadyFeedback(scorer.quality.rules.feedback) if scorer.quality else None
     advice: str | None = None
     stats = RunStats(journal=journal)

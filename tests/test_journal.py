@@ -143,7 +143,11 @@ def test_dates_kept_in_a_schema_5_journal_move_to_their_own_table(tmp_path):
         ("e1", '{"lmp":"2026-06-01","today":"2026-12-04"}')]
     assert journal.keep_dates("e3", {"lmp": "2026-07-01", "today": "2026-12-04"})
     assert journal.keep_dates("e1", None)
-    assert [r[0] for r in journal.db.execute("SELECT exam_id FROM exam_dates")] == ["e3"]
+    # cleared dates keep their row as "null", so what a correction told the district stays
+    assert journal.db.execute("SELECT exam_id, dates FROM exam_dates ORDER BY exam_id"
+                              ).fetchall() == [("e1", "null"), ("e3", '{"lmp":"2026-07-01",'
+                                                               '"today":"2026-12-04"}')]
+    assert journal.exam_dates("e1") is None
 
 
 def test_an_exams_dates_are_read_back_and_a_damaged_row_is_none_said_once(tmp_path, caplog):

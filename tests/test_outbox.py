@@ -144,6 +144,37 @@ def test_with_no_health_left_the_oldest_exam_goes(tmp_path):
     assert box.counts()["dropped_exam"] == 1
 
 
+def test_an_age_by_dates_correction_is_kept_like_an_exam_under_the_quota(tmp_path):
+    """A correction (`dates`) outranks every health message, and when the outbox holds only
+    exams and corrections the oldest of them goes first, counted as a dropped exam (the
+    health message's drop counters know two kinds)."""
+    def correction(i: int) -> dict:
+        env = messages.envelope("dates", "dev-a", "c1", "boot")
+        return messages.build_dates(env, f"e{i}", 25.29, 1000.0 + i)
+
+    size_e = len(json.dumps(exam_body())) + 60 + ROW_OVERHEAD_BYTES
+    size_h = len(json.dumps(health_body())) + 60 + ROW_OVERHEAD_BYTES
+    box = Outbox(tmp_path / "o.sqlite3", quota_bytes=2 * size_e + 2 * size_h)
+    first = box.enqueue("dates", correction(0))
+    exam = box.enqueue("exam", exam_body())
+    for i in range(12):
+        assert box.enqueue("health", health_body(i)) is not None
+    assert {m.msg_id for m in box.pending(100) if m.kind != "health"} == {first.msg_id,
+                                                                         exam.msg_id}
+    assert box.counts()["dropped_exam"] == 0
+    box = Outbox(tmp_path / "o2.sqlite3", quota_bytes=3 * size_e)
+    kept = [box.enqueue("dates", correction(0)), box.enqueue("exam", exam_body()),
+            box.enqueue("exam", exam_body())]
+    for i in range(1, 30):  # corrections are small: many fit where one exam went
+        kept.append(box.enqueue("dates", correction(i)))
+        if box.counts()["dropped_exam"]:
+            break
+    assert kept[0].msg_id not in {m.msg_id for m in box.pending(100)}  # the oldest went
+    assert box.counts()["dropped_exam"] == 1 and box.take_drop_report()["exam"] == 1
+    with pytest.raises(OutboxError, match="outbox kind must be one of"):
+        box.enqueue("status", {})
+
+
 def test_drop_counters_persist_and_each_drop_is_reported_as_new_once(tmp_path):
     size_h = len(json.dumps(health_body())) + 60 + ROW_OVERHEAD_BYTES
     box = Outbox(tmp_path / "o.sqlite3", quota_bytes=2 * size_h)

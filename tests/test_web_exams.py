@@ -284,7 +284,7 @@ def journaled_dates(box, exam_id: str) -> str | None:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
         row = db.execute("SELECT dates FROM exam_dates WHERE exam_id=?", (exam_id,)).fetchone()
-        return row[0] if row else None
+        return row[0] if row and row[0] != "null" else None  # cleared dates are "null"
     finally:
         db.close()
 
@@ -293,8 +293,9 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     """The midwife enters the last period for the exam on her card (here the second, ended
     with the recording): the journal keeps it with that exam, its report prints it with
     the HC-for-dates flag the page showed, the other exam's report says none was entered,
-    and the summary the district gets never carries the date (nor, for an exam that had
-    ended before they were entered, the age by dates: it left with the exam's end)."""
+    and nothing the district gets carries the date. The exam had ended before they were
+    entered, so its summary had left without them: its age by dates follows as a
+    correction (weeks only), and clearing the dates sends one more, with none."""
     base, cookie = box["base"], ended["cookie"]
     (first_id, _, _), (second_id, second, _) = ended["exams"]
     ga_hc = second["biometry"]["ga_weeks"]
@@ -321,12 +322,15 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     sent = {i: summary for i, summary, _ in journaled(box)}[second_id]
     assert lmp not in json.dumps(sent) and "ga_dates_weeks" not in sent["biometry"]
 
+    # entered after the exam ended: the district gets them by a correction, which the
+    # report says
+    correction = corrections_to_district(box, second_id, 1)[0]
+    assert correction["ga_dates_weeks"] == weeks_between(lmp, today)
     status, _, body = http(f"{base}/report/{second_id}", cookie=cookie)
     page = body.decode()
     assert status == 200 and "Last period" in page and lmp in page
     assert f"on {today}, the day they were entered" in page  # the age by dates has its day
-    # entered after the exam ended: the report says the district did not get them
-    assert "on this report only" in page and "went to the district" not in page
+    assert "went to the district as a correction" in page and "report only" not in page
     flagged = re.search(r'<li class="flag">By dates ([^<]+)</li>', page)
     assert flagged and "smaller than the dates" in flagged.group(1), page[-3000:]
     assert f"measured {page_mm(second['biometry']['hc_mm'])} mm" in flagged.group(1)
@@ -354,7 +358,8 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     for damaged in ('{"lmp": "not a date", "today": "2026-12-04"}', "[" * 100,
                     '{"lmp": "' + "9" * 300 + '"}', "\xff\xfe"):
         db = sqlite3.connect(path, timeout=5)
-        db.execute("INSERT OR REPLACE INTO exam_dates VALUES (?,?)", (first_id, damaged))
+        db.execute("INSERT OR REPLACE INTO exam_dates (exam_id, dates) VALUES (?,?)",
+                   (first_id, damaged))
         db.commit()
         db.close()
         status, _, body = http(f"{base}/report/{first_id}", cookie=cookie)
@@ -367,6 +372,34 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     wait_for(lambda: journaled_dates(box, second_id) is None, 10, "the dates cleared")
     status, _, body = http(f"{base}/report/{second_id}", cookie=cookie)
     assert "No last period was entered" in body.decode() and "Last period" not in body.decode()
+    cleared = corrections_to_district(box, second_id, 2)[1]
+    assert cleared["ga_dates_weeks"] is None and cleared["seq"] > correction["seq"]
+    assert cleared["entered_ts"] > correction["entered_ts"]
+    # the hostile tries and the damaged rows above sent nothing more
+    assert corrections_to_district(box, first_id, 0) == []
+
+
+def corrections_to_district(box, exam_id: str, count: int) -> list[dict]:
+    """The age-by-dates corrections the outbox queued for an exam, oldest first, once
+    there are `count` of them: each valid on the wire, with no date in it."""
+    def queued_now() -> list[dict]:
+        db = sqlite3.connect(f"file:{box['state'] / 'outbox.sqlite3'}?mode=ro", uri=True,
+                             timeout=5)
+        try:
+            return [p for p in (json.loads(p) for (p,) in db.execute(
+                "SELECT payload FROM outbox WHERE kind = 'dates' ORDER BY seq"))
+                if p["exam_id"] == exam_id]
+        finally:
+            db.close()
+
+    wait_for(lambda: len(queued_now()) >= count, 10, f"{count} correction(s) of {exam_id}")
+    time.sleep(0.3)  # and no more than those
+    queued = queued_now()
+    assert len(queued) == count, queued
+    for payload in queued:
+        assert validate_payload(payload) == [], payload
+        assert not re.search(r"\d{4}-\d{2}-\d{2}", json.dumps(payload))  # no date on the wire
+    return queued
 
 
 def test_a_corrupt_journal_is_an_empty_list_and_one_log_line(box, ended):

@@ -37,7 +37,8 @@ from edge.store.state import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
+MAX_WALL_TS = 4102444800.0  # 2100: the wire's bound on a device's wall clock
 MAX_DATES_BYTES = 256  # {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"} is 40
 JOURNAL_FILE = "journal.sqlite"
 SHED_BATCH = 2000  # frame results dropped at a time when the disk is full
@@ -113,6 +114,16 @@ _MIGRATIONS = {
     6: """
     CREATE TABLE exam_dates (exam_id TEXT PRIMARY KEY, dates TEXT NOT NULL);
     INSERT INTO exam_dates SELECT exam_id, dates FROM exams WHERE dates IS NOT NULL;
+    """,
+    # Dates entered or cleared after an exam's summary had left go to the district as a
+    # correction (`loop.tell_district_dates`): when each entry was made (its once-only key,
+    # so a crash repeats none), and the age by dates the district was last told by a
+    # correction (JSON: a number, or null for none; NULL: only the summary told it).
+    # Clearing keeps the row, with "null" as its dates, so what was told is not forgotten.
+    7: """
+    ALTER TABLE exam_dates ADD COLUMN entered_ts REAL;
+    ALTER TABLE exam_dates ADD COLUMN told TEXT;
+    CREATE INDEX exam_dates_entered ON exam_dates(entered_ts);
     """,
 }
 
@@ -373,21 +384,22 @@ class Journal:
             " ended_by, summary, best_frames, first_row, last_row)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)", values)) is not None
 
-    def keep_dates(self, exam_id: str, dates: dict | None) -> bool:
+    def keep_dates(self, exam_id: str, dates: dict | None,
+                   entered_ts: float | None = None) -> bool:
         """The dates the midwife entered for an exam, running or ended ({"lmp", "today"}:
-        ISO dates; None clears them), for its report; committed at once, like a frame.
-        False when the write failed (said in the log)."""
-        if dates is None:
-            return self._write("exam dates", lambda: self.db.execute(
-                "DELETE FROM exam_dates WHERE exam_id=?", (exam_id,))) is not None
+        ISO dates; None clears them), for its report and the district; committed at once,
+        like a frame. `entered_ts`: when (now by default). False when the write failed
+        (said in the log)."""
         text = json.dumps(dates, separators=(",", ":"))
+        when = time.time() if entered_ts is None else float(entered_ts)
         return self._write("exam dates", lambda: self.db.execute(
-            "INSERT OR REPLACE INTO exam_dates (exam_id, dates) VALUES (?,?)",
-            (exam_id, text))) is not None
+            "INSERT INTO exam_dates (exam_id, dates, entered_ts) VALUES (?,?,?) ON CONFLICT "
+            "(exam_id) DO UPDATE SET dates = excluded.dates, entered_ts = excluded.entered_ts",
+            (exam_id, text, when))) is not None
 
     def exam_dates(self, exam_id: str) -> dict | None:
-        """The dates kept for an exam (`keep_dates`), or None: none kept, or a row that
-        is not a small JSON object (said in the log). The caller checks the dates."""
+        """The dates kept for an exam (`keep_dates`), or None: none kept or cleared, or a
+        row that is not a small JSON object (said in the log). The caller checks the dates."""
         try:
             row = self.db.execute(
                 "SELECT CASE WHEN length(CAST(dates AS BLOB)) <= ? THEN dates END FROM "
@@ -398,6 +410,48 @@ class Journal:
                         "sent without its age by dates", self.path, exam_id, _reason(exc)[:120])
             return None
         return dates if isinstance(dates, dict) else None
+
+    def dates_entry(self, exam_id: str) -> tuple[float | None, str | None]:
+        """When the exam's dates were last entered or cleared (None: never, or before
+        schema 7) and what a correction last told the district (JSON text; None: none did)."""
+        try:
+            row = self.db.execute("SELECT entered_ts, told FROM exam_dates WHERE exam_id=?",
+                                  (exam_id,)).fetchone()
+        except sqlite3.Error as exc:
+            log.warning("journal %s: the dates of exam %s cannot be read (%s)", self.path,
+                        exam_id, _reason(exc)[:120])
+            return None, None
+        if row is None:
+            return None, None
+        # on the wire it is a time within 1970-2100: anything else is damage, no entry
+        entered = row[0] if isinstance(row[0], int | float) and not isinstance(row[0], bool) \
+            and 0.0 <= row[0] <= MAX_WALL_TS else None
+        # a number or null: anything longer is damage, read as no correction told
+        return entered, row[1] if isinstance(row[1], str) and len(row[1]) <= 32 else None
+
+    def dates_told(self, exam_id: str, told: str) -> bool:
+        """Record what a queued correction tells the district of the exam's age by dates."""
+        return self._write("exam dates", lambda: self.db.execute(
+            "UPDATE exam_dates SET told=? WHERE exam_id=?", (told, exam_id))) is not None
+
+    def ended_summary(self, exam_id: str) -> dict | None:
+        """The summary an ended exam left with (None while it runs, or if unreadable)."""
+        try:
+            row = self.db.execute("SELECT summary FROM exams WHERE exam_id=?",
+                                  (exam_id,)).fetchone()
+            summary = None if row is None else json.loads(row[0])
+        except (sqlite3.Error, ValueError, TypeError, RecursionError):
+            return None
+        return summary if isinstance(summary, dict) else None
+
+    def dated_exams(self, since_ts: float, limit: int = 10_000) -> list[str]:
+        """The ended exams whose dates were entered or cleared since `since_ts`, oldest
+        entry first (at most `limit`, the newest): those a correction may be owed."""
+        rows = self.db.execute(
+            "SELECT exam_id FROM (SELECT d.exam_id, d.entered_ts FROM exam_dates d JOIN exams e"
+            " ON e.exam_id = d.exam_id WHERE d.entered_ts >= ? ORDER BY d.entered_ts DESC "
+            "LIMIT ?) ORDER BY entered_ts", (since_ts, int(limit))).fetchall()
+        return [r[0] for r in rows if isinstance(r[0], str)]
 
     # -- crash recovery -------------------------------------------------------------------
     def open_runs(self, exclude: str | None = None) -> list[tuple[str, dict]]:

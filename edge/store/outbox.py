@@ -19,13 +19,15 @@ clock in each payload the collector can order messages even when the wall clock 
 
 Quota: the outbox holds at most ``quota_bytes`` of payload (plus a fixed per-row overhead).
 When a new message does not fit, ``health`` messages are dropped first, oldest first; an
-``exam`` is dropped (oldest first) only when no ``health`` is left. Drops are counted in
+``exam`` or a ``dates`` correction is dropped (oldest first, counted as an exam) only when
+no ``health`` is left. Drops are counted in
 ``meta`` per kind, persistently, and reported in the next ``health`` message. Messages the
 broker refused outright (e.g. not authorised) are kept with state ``rejected``: they are never
 silently deleted, they show in ``sonoedge outbox`` and stop blocking the queue, and
 ``sonoedge outbox --retry-rejected`` queues them again once the cause is fixed.
 
-Exactly once: a message may carry a ``key`` (an exam's id). The keys of everything ever
+Exactly once: a message may carry a ``key`` (an exam's id; for a correction of its age by
+dates, `dates_key`). The keys of everything ever
 enqueued are kept, and a key already there is not enqueued again, in the same transaction
 that would have stored it: crash recovery may rebuild an exam as often as the device is
 killed, and it is still queued once. A keyed message's ``msg_id`` derives from its key, so
@@ -51,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.store.state import Reserve, is_corrupt, is_full, move_aside, open_making_room
+from wire.schema import QUEUED_KINDS
 
 log = logging.getLogger("sonoedge.outbox")
 
@@ -58,7 +61,10 @@ OUTBOX_FILE = "outbox.sqlite3"
 LAYOUT_VERSION = 1
 ROW_OVERHEAD_BYTES = 96  # rough on-disk cost of a row beside its payload (ids, topic, index)
 DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
-KINDS = ("exam", "health")  # kinds that travel through the outbox; status is live-only
+KINDS = QUEUED_KINDS  # the kinds that travel through the outbox; status is live-only
+# Kept alike under the quota: an exam's age-by-dates correction is as much the district's
+# record as the exam itself, and far smaller.
+EXAM_KINDS = ("exam", "dates")
 # A keyed message's msg_id derives from its key (an exam's id): an exam queued again after
 # its outbox was lost (see `loop.requeue_after_salvage`) reaches the collector under the
 # same msg_id as the first time, and is absorbed there as a duplicate.
@@ -322,27 +328,31 @@ class Outbox:
         return Message(msg_id, seq, kind, payload, len(payload), time.time())
 
     def _make_room(self, db: sqlite3.Connection, cost: int, new_kind: str) -> bool:
-        """Drop oldest health, then (only if no health is left) oldest exam, until it fits.
+        """Drop oldest health, then (only if no health is left) the oldest exam or
+        correction, until it fits.
 
         False when the new message is a ``health`` that would need an exam dropped.
         """
-        for kind in ("health", "exam"):
-            if kind == "exam" and new_kind == "health" and self._used + cost > self.quota_bytes:
+        for kinds in (("health",), EXAM_KINDS):
+            if kinds == EXAM_KINDS and new_kind == "health" \
+                    and self._used + cost > self.quota_bytes:
                 return False
+            marks = ",".join("?" * len(kinds))
             while self._used + cost > self.quota_bytes:
                 row = db.execute(
-                    "SELECT id, size FROM outbox WHERE kind = ? ORDER BY id LIMIT 1", (kind,)
-                ).fetchone()
+                    f"SELECT id, size, kind FROM outbox WHERE kind IN ({marks}) ORDER BY id "
+                    "LIMIT 1", kinds).fetchone()
                 if row is None:
                     break
+                counted = "health" if row[2] == "health" else "exam"
                 db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
                 db.execute(
-                    "UPDATE meta SET value = value + 1 WHERE key = ?", (f"dropped_{kind}",)
+                    "UPDATE meta SET value = value + 1 WHERE key = ?", (f"dropped_{counted}",)
                 )
                 self._used -= row[1] + ROW_OVERHEAD_BYTES
-                if kind == "exam":
-                    log.warning("outbox quota %d bytes full: dropped oldest exam summary",
-                                self.quota_bytes)
+                if counted == "exam":
+                    log.warning("outbox quota %d bytes full: dropped the oldest %s message",
+                                self.quota_bytes, row[2])
         return True
 
     def ack(self, msg_ids: Iterable[str]) -> int:
@@ -476,6 +486,12 @@ class Outbox:
                 pass
 
 
+def dates_key(exam_id: str, entered_ts: float) -> str:
+    """The once-only key of an exam's age-by-dates correction: one per entry the midwife
+    made, so a later change is a new message and a crash recovery repeats none."""
+    return f"{exam_id}/dates/{round(float(entered_ts) * 1000)}"
+
+
 def open_outbox(state_dir: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES,
                 seq_floor: int = 0) -> Outbox:
     return Outbox(Path(state_dir) / OUTBOX_FILE, quota_bytes=quota_bytes, seq_floor=seq_floor)
@@ -510,11 +526,14 @@ def _read_what_remains(path: Path) -> tuple[dict, dict, list]:
             keys = []
     finally:
         conn.close()
-    for row in rows.values():  # an exam's key travels in its payload too
+    for row in rows.values():  # an exam's key travels in its payload too, a correction's too
         try:
             body = json.loads(row[3])
             if row[2] == "exam" and isinstance(body.get("exam_id"), str):
                 keys.append((body["exam_id"], int(row[1])))
+            elif row[2] == "dates" and isinstance(body.get("exam_id"), str) \
+                    and isinstance(body.get("entered_ts"), int | float):
+                keys.append((dates_key(body["exam_id"], body["entered_ts"]), int(row[1])))
         except (ValueError, TypeError, AttributeError):
             pass
     return rows, meta, keys

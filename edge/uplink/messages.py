@@ -1,4 +1,4 @@
-"""Payloads for the three MQTT message kinds: ``exam``, ``health`` and ``status``.
+"""Payloads for the MQTT message kinds: ``exam``, ``health``, ``status`` and ``dates``.
 
 Each payload is a flat JSON object with an envelope (``schema``, ``kind``, ``msg_id``,
 ``seq``, ``boot_id``, ``device_id``, ``clinic_id``, wall time ``ts``, monotonic ``mono_s``)
@@ -117,6 +117,15 @@ def build_exam(env: dict, body: dict) -> dict:
     if size > EXAM_MAX_BYTES:
         raise ValueError(f"exam summary would be {size} bytes, over {EXAM_MAX_BYTES}")
     return payload
+
+
+def build_dates(env: dict, exam_id: str, ga_dates_weeks: float | None,
+                entered_ts: float) -> dict:
+    """A correction of an exam's age by dates, for dates entered, changed or cleared (None)
+    after its summary was queued. Weeks only: the date itself never leaves the box."""
+    weeks = None if ga_dates_weeks is None else round(float(ga_dates_weeks), 2)
+    return {**env, "exam_id": exam_id, "ga_dates_weeks": weeks,
+            "entered_ts": round(float(entered_ts), 3)}
 
 
 def read_temperature_c() -> float | None:

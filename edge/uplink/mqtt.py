@@ -43,6 +43,7 @@ from edge.store.outbox import (
     Outbox,
     OutboxError,
     OutboxFull,
+    dates_key,
     open_outbox,
     read_boot_id,
 )
@@ -167,7 +168,8 @@ class Uplink:
         self.outbox: Outbox = open_outbox(self.state_dir, settings.outbox_quota_bytes,
                                           seq_floor=known if isinstance(known, int) else 0)
         self.boot_id = read_boot_id()
-        self._held: list[tuple[dict, str | None]] = []  # exams waiting for disk space
+        # (kind, payload, key) of exams and corrections waiting for disk space
+        self._held: list[tuple[str, dict, str | None]] = []
         self._held_lock = threading.Lock()
         self._full_said = False
         self.client_id = settings.client_id or f"sonoedge-{self.device_id}"
@@ -253,46 +255,69 @@ class Uplink:
         except (ValueError, TypeError) as exc:
             log.error("exam summary not stored: %s", exc)
             return None
+        return self._enqueue_kept("exam", payload, key)
+
+    def enqueue_dates(self, exam_id: str, ga_dates_weeks: float | None,
+                      entered_ts: float) -> str | None:
+        """Store a correction of an exam's age by dates (`wire/schemas/dates.schema.json`),
+        for dates entered or cleared after its summary was queued; returns its msg_id.
+
+        Once only per entry (its key is the exam's id and the entry's time), held like an
+        exam when the disk is full, never raises. None also when it was queued before."""
+        try:
+            payload = messages.build_dates(self._env("dates"), exam_id, ga_dates_weeks,
+                                           entered_ts)
+            self._check("dates", payload)
+        except (ValueError, TypeError) as exc:
+            log.error("age-by-dates correction of exam %s not stored: %s", exam_id, exc)
+            return None
+        return self._enqueue_kept("dates", payload, dates_key(exam_id, entered_ts))
+
+    def _enqueue_kept(self, kind: str, payload: dict, key: str | None) -> str | None:
+        """An exam or a correction into the outbox, in order behind any held for want of
+        disk space, or held itself."""
         self.flush_held()
         with self._held_lock:
-            if self._held:  # keep the order: older exams first
-                self._hold(payload, key)
+            if self._held:  # keep the order: older messages first
+                self._hold(kind, payload, key)
                 return None
         try:
             try:
-                msg = self.outbox.enqueue("exam", payload, key=key)
+                msg = self.outbox.enqueue(kind, payload, key=key)
             except OutboxFull:
                 if not Reserve(self.state_dir).release():
                     raise
-                msg = self.outbox.enqueue("exam", payload, key=key)
+                msg = self.outbox.enqueue(kind, payload, key=key)
         except OutboxFull:
             with self._held_lock:
-                self._hold(payload, key)
+                self._hold(kind, payload, key)
             return None
         except OutboxError as exc:
-            log.error("exam summary not stored: %s", exc)
+            log.error("%s message of exam %s not stored: %s", kind, payload.get("exam_id"), exc)
             return None
         return msg.msg_id if msg else None
 
-    def _hold(self, payload: dict, key: str | None) -> None:
-        self._held.append((payload, key))
+    def _hold(self, kind: str, payload: dict, key: str | None) -> None:
+        self._held.append((kind, payload, key))
         self._set(held=len(self._held))
         if not self._full_said:
-            log.warning("disk full: exam %s held in memory (%d waiting); it is queued as soon "
-                        "as there is room", payload.get("exam_id"), len(self._held))
+            log.warning("disk full: %s message of exam %s held in memory (%d waiting); it is "
+                        "queued as soon as there is room", kind, payload.get("exam_id"),
+                        len(self._held))
             self._full_said = True
 
     def flush_held(self) -> int:
-        """Queue the exams held for want of disk space, oldest first; how many are left."""
+        """Queue the exams and corrections held for want of disk space, oldest first; how
+        many are left."""
         with self._held_lock:
             while self._held:
-                payload, key = self._held[0]
+                kind, payload, key = self._held[0]
                 try:
-                    self.outbox.enqueue("exam", payload, key=key)
+                    self.outbox.enqueue(kind, payload, key=key)
                 except OutboxFull:
                     break
                 except OutboxError as exc:
-                    log.error("held exam summary not stored: %s", exc)
+                    log.error("held %s message not stored: %s", kind, exc)
                 self._held.pop(0)
                 if not self._held:
                     log.warning("disk space back: every held exam summary is queued")

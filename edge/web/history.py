@@ -22,8 +22,9 @@ and required, the biometry), plus what the journal adds: when it ended and how, 
 deficiencies seen most often, the model versions, and the flags of `edge.exam.screening`:
 the cephalic index (from the exam's BPD and OFD) and HC against the dates, where the
 midwife entered the last period for that exam on the page (the journal keeps it under the
-exam's id, table `exam_dates`; the date stays on the box, and the summary the district
-gets has the age by dates in weeks only where they were entered before the exam ended).
+exam's id, table `exam_dates`; the date stays on the box, and the district gets the age
+by dates in weeks only: with the exam's summary where they were entered before it ended,
+else by a correction, `loop.tell_district_dates`).
 
 The journal keeps a slot's best frame only where it captured the slot; for a slot it
 missed, the best quality any frame of its planes reached comes from the summary's per-plane
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import html
+import json
 import logging
 import math
 import re
@@ -190,7 +192,8 @@ def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> li
 
 
 def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
-            titles: dict[str, str], dates: dict | None = None) -> dict:
+            titles: dict[str, str], dates: dict | None = None,
+            told: str | None = None) -> dict:
     """One journaled exam as the page shows an exam (see the module's docstring)."""
     proto = summary.get("protocol") if isinstance(summary.get("protocol"), dict) else {}
     name = _text(proto.get("name"))
@@ -209,10 +212,13 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
     ended_by = _text(summary.get("ended_by"))
     kept_dates = read_dates(dates)
     if kept_dates is not None:
-        # whether the summary that left for the district carries these dates' age: dates
-        # entered (or changed) after the exam ended are on the report only
-        sent = _number((bio_in or {}).get("ga_dates_weeks"))
-        kept_dates["sent"] = sent is not None and abs(sent - kept_dates["ga_dates_weeks"]) < 0.01
+        # how the district got these dates' age: with the exam's summary, or by a
+        # correction for dates entered (or changed) after it had left (`told`, the
+        # journal's record of the last one queued); None: it has not
+        kept_dates["sent"] = "summary" if _same_weeks(
+            (bio_in or {}).get("ga_dates_weeks"), kept_dates["ga_dates_weeks"]) \
+            else "correction" if _same_weeks(_told(told), kept_dates["ga_dates_weeks"]) \
+            else None
     return {
         "exam_id": _text(summary.get("exam_id")), "running": False,
         "ended_by": ended_by if ended_by in ENDED else None,
@@ -234,6 +240,21 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         "deficiencies": {_text(k, 24): _count(v) for k, v in list(faults.items())[:8]},
         "models": {_text(k, 32): _text(v, 16) for k, v in list(models.items())[:8]},
     }
+
+
+def _same_weeks(a: object, b: float) -> bool:
+    a = _number(a)
+    return a is not None and abs(a - b) < 0.01
+
+
+def _told(told: object) -> float | None:
+    """The weeks a correction told the district (journal `exam_dates.told`, JSON)."""
+    if not isinstance(told, str) or len(told) > 32:
+        return None
+    try:
+        return _number(json.loads(told))
+    except ValueError:
+        return None
 
 
 # -- the journal, read-only ------------------------------------------------------------------
@@ -315,7 +336,8 @@ class ExamHistory:
                 log.info("web: earlier exams: no journal yet at %s; none listed", self.path)
             return None
         except sqlite3.OperationalError as exc:
-            if "no such table: exam_dates" not in str(exc):
+            if "no such table: exam_dates" not in str(exc) \
+                    and "no such column: d.told" not in str(exc):
                 return self._unreadable(exc)
             # an older journal, which the loop upgrades once it has loaded the models
             self.readable = True
@@ -355,21 +377,22 @@ class ExamHistory:
     _COLUMNS = ("SELECT exam_id, CASE WHEN length(CAST(summary AS BLOB)) <= :max THEN summary "
                 "END, CASE WHEN length(CAST(best_frames AS BLOB)) <= :max THEN best_frames END, "
                 f"(SELECT CASE WHEN length(CAST(d.dates AS BLOB)) <= {MAX_DATES_BYTES} THEN "
-                "d.dates END FROM exam_dates d WHERE d.exam_id = exams.exam_id) FROM exams ")
+                "d.dates END FROM exam_dates d WHERE d.exam_id = exams.exam_id), (SELECT "
+                "d.told FROM exam_dates d WHERE d.exam_id = exams.exam_id) FROM exams ")
 
     def _exams(self, rows: list[tuple], running: dict | None) -> list[dict]:
         if self._protocols is None:
             self._protocols = read_protocols(self.protocols_file)
         titles = protocol_titles(self._protocols, running)
         out = []
-        for exam_id, summary_raw, best_raw, dates_raw in rows:
+        for exam_id, summary_raw, best_raw, dates_raw, told in rows:
             summary = self._parse(summary_raw)
             best = self._parse(best_raw)
             if summary is None or not isinstance(exam_id, str) \
                     or summary.get("exam_id") != exam_id:
                 continue  # damaged or oversized: skipped, the others listed
             item = present(summary, best or {}, self._protocols, titles,
-                           self._parse(dates_raw))
+                           self._parse(dates_raw), told)
             for row in item["checklist"]:
                 best_row = row.get("best") or {}
                 if "thumbnail" in best_row:
@@ -517,8 +540,8 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
         said = _t(text, "report.lmp_ga", lmp=exam["dates"]["lmp"],
                   ga=weeks_days(text, exam["dates"]["ga_dates_weeks"]),
                   today=exam["dates"]["today"])
-        sent = _t(text, "report.lmp_sent" if exam["dates"].get("sent") else
-                  "report.lmp_report_only")
+        sent = _t(text, {"summary": "report.lmp_sent", "correction": "report.lmp_corrected"}
+                  .get(exam["dates"].get("sent"), "report.lmp_report_only"))
         facts.append(("report.lmp", e(f"{said}. {sent}")))
     out.append('<section class="facts"><dl>')
     for key, value in facts:

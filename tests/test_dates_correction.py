@@ -1,0 +1,159 @@
+"""Dates the midwife enters after an exam's summary has left reach the district as a
+correction (a `dates` message): once per entry, never with the date, after a SIGKILL at
+any point, and again after an outbox lost it. The real journal and the real uplink's
+outbox (no broker: what is queued is what the broker will be sent)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from edge.config import Settings
+from edge.loop import tell_district_dates, tell_district_dates_since
+from edge.store.journal import Journal
+from edge.uplink.mqtt import MqttSettings, Uplink
+from tests.test_outbox import exam_body
+from wire.schema import validate_payload
+
+DATES = {"lmp": "2026-06-10", "today": "2026-12-04"}  # 25.29 weeks
+LATER = {"lmp": "2026-06-03", "today": "2026-12-04"}  # 26.29 weeks
+ENVELOPE = ("schema", "kind", "msg_id", "seq", "boot_id", "device_id", "clinic_id", "ts",
+            "mono_s")
+
+
+def journaled_exam(journal: Journal, exam_id: str, ga_dates_weeks: float | None = None,
+                   head: bool = True) -> dict:
+    """An ended exam as the loop journals it (the summary the outbox was given)."""
+    body = {k: v for k, v in exam_body().items() if k not in ENVELOPE}
+    body["exam_id"] = exam_id
+    if head:
+        body["biometry"] = {"measured": 4, "declined": {}, "hc_mm": 231.4, "ga_weeks": 25.1}
+        if ga_dates_weeks is not None:
+            body["biometry"]["ga_dates_weeks"] = ga_dates_weeks
+    assert journal.add_exam("run", body, {})
+    return body
+
+
+def corrections(uplink: Uplink, exam_id: str | None = None) -> list[dict]:
+    """The corrections queued, oldest first, each checked valid on the wire and dateless."""
+    out = []
+    for message in sorted(uplink.outbox.list(1000), key=lambda m: m.seq):
+        payload = json.loads(message.payload)
+        if message.kind != "dates" or exam_id not in (None, payload["exam_id"]):
+            continue
+        assert validate_payload(payload) == [], payload
+        assert not re.search(r"\d{4}-\d{2}-\d{2}", message.payload.decode()
+                             if isinstance(message.payload, bytes) else message.payload)
+        out.append(payload)
+    return out
+
+
+def device(tmp_path) -> tuple[Journal, Uplink]:
+    return (Journal(tmp_path / "journal.sqlite"),
+            Uplink(MqttSettings(device_id="dev-a", clinic_id="c1"), tmp_path))
+
+
+def test_each_entry_after_the_summary_left_is_one_correction_and_a_repeat_is_none(tmp_path):
+    journal, uplink = device(tmp_path)
+    journaled_exam(journal, "ended")
+    # entered while the exam runs: its summary will carry them, no correction
+    assert journal.keep_dates("running", DATES, entered_ts=900.0)
+    assert not tell_district_dates(journal, uplink, "running")
+
+    assert journal.keep_dates("ended", DATES, entered_ts=1000.0)
+    assert tell_district_dates(journal, uplink, "ended")
+    [first] = corrections(uplink)
+    assert (first["exam_id"], first["ga_dates_weeks"], first["entered_ts"]) == (
+        "ended", 25.29, 1000.0)
+    # the same entry again (a second tap, a restart): the district has it, nothing queued
+    assert not tell_district_dates(journal, uplink, "ended")
+    assert journal.keep_dates("ended", DATES, entered_ts=1100.0)  # the same weeks
+    assert not tell_district_dates(journal, uplink, "ended")
+    # changed: a second correction; cleared: a third, with no age; cleared again: none
+    assert journal.keep_dates("ended", LATER, entered_ts=1200.0)
+    assert tell_district_dates(journal, uplink, "ended")
+    assert journal.keep_dates("ended", None, entered_ts=1300.0)
+    assert tell_district_dates(journal, uplink, "ended")
+    assert journal.keep_dates("ended", None, entered_ts=1400.0)
+    assert not tell_district_dates(journal, uplink, "ended")
+    assert [(c["ga_dates_weeks"], c["entered_ts"]) for c in corrections(uplink)] == [
+        (25.29, 1000.0), (26.29, 1200.0), (None, 1300.0)]
+    # and back to the first dates: told again, since the district's last word was "none"
+    assert journal.keep_dates("ended", DATES, entered_ts=1500.0)
+    assert tell_district_dates(journal, uplink, "ended")
+    assert corrections(uplink)[-1]["ga_dates_weeks"] == 25.29
+    seqs = [c["seq"] for c in corrections(uplink)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+
+
+def test_dates_the_summary_carried_or_an_exam_without_a_head_owe_no_correction(tmp_path):
+    journal, uplink = device(tmp_path)
+    journaled_exam(journal, "carried", ga_dates_weeks=25.29)
+    journaled_exam(journal, "no-head", head=False)
+    for exam_id in ("carried", "no-head"):
+        assert journal.keep_dates(exam_id, DATES, entered_ts=1000.0)
+        assert not tell_district_dates(journal, uplink, exam_id)
+    # a row from before corrections existed (no entry time) is left as it was
+    journaled_exam(journal, "older")
+    journal.db.execute("INSERT INTO exam_dates (exam_id, dates) VALUES ('older', ?)",
+                       (json.dumps(DATES),))
+    assert not tell_district_dates(journal, uplink, "older")
+    assert corrections(uplink) == []
+    # a damaged row (dates and told alike), as the report reads it: no dates entered. The
+    # district, whose summary said 25.29 weeks, is told so once, and nothing is raised
+    for raw in ("{not json", "[" * 1000, '{"lmp": "' + "9" * 300 + '"}'):
+        journal.db.execute("INSERT OR REPLACE INTO exam_dates (exam_id, dates, entered_ts, "
+                           "told) VALUES ('carried', ?, 2000.0, ?)", (raw, raw))
+        assert tell_district_dates(journal, uplink, "carried")  # queued, or found queued
+    assert [(c["exam_id"], c["ga_dates_weeks"]) for c in corrections(uplink)] == [
+        ("carried", None)]
+    # an entry time that is no time on the wire (past 2100, negative, text): no correction
+    for when in (float("inf"), 1e300, -5.0, "yesterday", b"\xff"):
+        journal.db.execute("UPDATE exam_dates SET entered_ts = ?, told = NULL WHERE "
+                           "exam_id = 'no-head'", (when,))
+        journaled_exam(journal, "no-head")  # now with a head: a correction would be owed
+        assert not tell_district_dates(journal, uplink, "no-head"), when
+    assert len(corrections(uplink)) == 1
+
+
+def test_a_correction_a_killed_process_owed_is_queued_at_the_next_start(tmp_path):
+    """Killed after the journal kept the dates but before the outbox had the correction,
+    or after the outbox had it but before the journal noted it: the next start queues
+    each correction owed, once."""
+    journal, uplink = device(tmp_path)
+    settings = Settings()
+    journaled_exam(journal, "a")
+    journaled_exam(journal, "b")
+    assert journal.keep_dates("a", DATES)  # ... and the process died here
+    assert tell_district_dates_since(settings, journal, uplink) == 1
+    assert [c["exam_id"] for c in corrections(uplink)] == ["a"]
+    assert tell_district_dates_since(settings, journal, uplink) == 0  # told already
+
+    assert journal.keep_dates("b", LATER)
+    assert tell_district_dates(journal, uplink, "b")
+    journal.db.execute("UPDATE exam_dates SET told = NULL WHERE exam_id = 'b'")  # died here
+    assert tell_district_dates_since(settings, journal, uplink) == 1  # found queued
+    assert [c["exam_id"] for c in corrections(uplink)] == ["a", "b"]  # not twice
+    assert tell_district_dates_since(settings, journal, uplink) == 0
+    # a process that outlived a week of keep_days does not look back further than that
+    journal.db.execute("UPDATE exam_dates SET entered_ts = 1.0, told = NULL")
+    assert tell_district_dates_since(settings, journal, uplink) == 0
+
+
+def test_a_corrupt_outbox_sends_the_last_correction_again_under_the_same_msg_id(tmp_path):
+    journal, uplink = device(tmp_path)
+    journaled_exam(journal, "a")
+    assert journal.keep_dates("a", DATES)
+    assert tell_district_dates(journal, uplink, "a")
+    [sent] = corrections(uplink)
+    uplink.close()
+    (tmp_path / "outbox.sqlite3").write_bytes(b"not a database" * 200)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"outbox.sqlite3{suffix}").unlink(missing_ok=True)
+    uplink = Uplink(MqttSettings(device_id="dev-a", clinic_id="c1"), tmp_path)
+    assert uplink.outbox.moved_aside is not None and corrections(uplink) == []
+    assert tell_district_dates_since(Settings(), journal, uplink) == 1
+    [again] = corrections(uplink)
+    # the collector keys on msg_id: if the first did arrive, this one is absorbed there
+    assert again["msg_id"] == sent["msg_id"] and again["ga_dates_weeks"] == 25.29
+    uplink.close()
