@@ -156,8 +156,9 @@ def _print_times(title: str, rows: list[dict]) -> None:
 def seeded(db: str, label: str) -> None:
     t = time.perf_counter()
     res = seed(db, SeedSettings())
-    print(f"{label}: seeded {res.exam:,} exams, {res.health:,} health, {res.status:,} status "
-          f"from {res.devices} devices in {time.perf_counter() - t:.0f} s", flush=True)
+    print(f"{label}: seeded {res.exam:,} exams, {res.health:,} health, {res.status:,} status, "
+          f"{res.dates:,} dates corrections from {res.devices} devices in "
+          f"{time.perf_counter() - t:.0f} s", flush=True)
     d = open_db(db)
     try:
         stats = refresh(d)

@@ -270,7 +270,8 @@ def test_dates_entered_after_the_exam_reach_the_district_and_leave_no_hole(tmp_p
         page = body.decode()
         text = re.sub(r"<[^>]+>", "", page)
         assert ("Drawn: the 1 exam with the age by dates, which the midwife entered during "
-                "the exam (1 of them after it, sent as a correction).") in text, text[-1500:]
+                "the exam or, for 1 of them, after it (the box sent them as a correction).")\
+            in text, text[-1500:]
         assert re.findall(r'<tr data-outlier="([^"]+)"', page) == [exam["msg_id"]]
         status, _, body = request(base, "/api/clinics.csv", cookie)
         days = list(csv.DictReader(io.StringIO(body.decode())))

@@ -41,6 +41,12 @@ MODELS_NEW = {"plane_student": "1.1.0", "head_segmenter": "1.2.0", "quality_head
 # kinds of exam and clinics that date unevenly, not figures from a clinic.
 DATED_SHARE_AT = (0.45, 0.3, 1.05, 0.95)  # (skill, share) at two skills, linear between
 DATES_SD_WEEKS = 1.0
+# Of the dated exams, the share whose dates she entered after the exam ended (on the
+# report, once the woman found her card): the summary leaves without them and a ``dates``
+# correction follows a few minutes later, with the box's next seq. Drawn from a random
+# stream of its own, so that the rest of the seeded district is the same with or without.
+LATE_DATES_SHARE = 0.15
+LATE_DATES_AFTER_S = (60.0, 1800.0)
 
 
 def dated_share(skill: float) -> float:
@@ -65,6 +71,7 @@ class SeedResult:
     exam: int = 0
     health: int = 0
     status: int = 0
+    dates: int = 0
     devices: int = 0
     seconds: float = 0.0
 
@@ -107,6 +114,7 @@ def generate(settings: SeedSettings):
     """Yield (device_id, clinic_id, kind, seq, boot_id, ts, mono_s, received_ts, payload)
     in the order the devices make them, day by day."""
     rng = random.Random(settings.seed)
+    late_rng = random.Random(f"{settings.seed}-late-dates")
     end = settings.end_ts or time.time()
     end_day = int(end // 86400)
     start_day = end_day - settings.days + 1
@@ -162,14 +170,27 @@ def generate(settings: SeedSettings):
                 env = {"schema": 1, "kind": kind, "msg_id": _mid(rng), "seq": dev.seq,
                        "boot_id": boot_id, "device_id": dev.id, "clinic_id": c,
                        "ts": round(t, 3), "mono_s": round(t - opens + 20.0, 3)}
+                later = None
                 if kind == "exam":
                     body = _exam(rng, env, t, skill[c] + 0.15 * progress, models)
+                    later = _late_dates(late_rng, body)
                 else:
                     dev.disk = max(5.0, dev.disk - dev.disk_leak / 8) \
                         if dev.disk_leak else dev.disk
                     body = _health(rng, env, t - opens, dev, settings.health_every_s, models)
                 yield (dev.id, c, kind, dev.seq, boot_id, t, env["mono_s"], received,
                        json.dumps(body, separators=(",", ":")))
+                if later is not None:
+                    dev.seq += 1
+                    after = late_rng.uniform(*LATE_DATES_AFTER_S)
+                    env = {**env, "kind": "dates", "msg_id": _mid(late_rng), "seq": dev.seq,
+                           "ts": round(t + after, 3), "mono_s": round(env["mono_s"] + after, 3)}
+                    body = {**env, "exam_id": body["exam_id"], "ga_dates_weeks": later,
+                            "entered_ts": env["ts"]}
+                    received = arrive if arrive else t + after + late_rng.uniform(0.2, 8.0)
+                    if received <= end:  # else still on its way
+                        yield (dev.id, c, "dates", dev.seq, boot_id, t + after,
+                               env["mono_s"], received, json.dumps(body, separators=(",", ":")))
             if rng.random() < 0.7 and closes < end:
                 yield _status(dev, boot_id, closes, "offline", rng, arrive)
 
@@ -253,6 +274,15 @@ def _exam(rng: random.Random, env: dict, t: float, skill: float, models: dict) -
             dates = ga_true + rng.gauss(0, DATES_SD_WEEKS)
             body["biometry"]["ga_dates_weeks"] = round(min(45.0, max(0.0, dates)), 2)
     return body
+
+
+def _late_dates(rng: random.Random, body: dict) -> float | None:
+    """For a share of the dated exams, the age by dates taken off the summary, to follow it
+    as a correction: the weeks it will carry, else None."""
+    bio = body.get("biometry") or {}
+    if "ga_dates_weeks" not in bio or rng.random() >= LATE_DATES_SHARE:
+        return None
+    return bio.pop("ga_dates_weeks")
 
 
 def _ga(hc: float) -> float | None:

@@ -451,8 +451,8 @@ class Dashboard:
                        "estimate from the same head circumference (Hadlock 1984), against "
                        "which no head can be small or large for its age; they are in the "
                        "CSV." if dated < n else "")
-            later = (f" ({page.dated_later} of them after it, sent as a correction)"
-                     if page.dated_later else "")
+            later = (f" or, for {page.dated_later} of them, after it (the box sent them "
+                     "as a correction)" if page.dated_later else "")
             caveat = (f'<p class="caveat">Drawn: the {P.plural(dated, "exam")} with the age '
                       f"by dates, which the midwife entered during the exam{later}.{undated} "
                       "A head outside the band is small or large for its dates, or its dates "
