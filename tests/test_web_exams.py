@@ -32,6 +32,7 @@ from tests.web_harness import (
     SCREEN_W,
     _screen,
     chromium,
+    client_ssl,
     device,
     http,
     login_cookie,
@@ -377,6 +378,82 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     assert cleared["entered_ts"] > correction["entered_ts"]
     # the hostile tries and the damaged rows above sent nothing more
     assert corrections_to_district(box, first_id, 0) == []
+
+
+def test_the_last_period_of_an_earlier_exam_is_entered_on_its_report(box, ended, browser):
+    """The woman finds her card once the next woman's exam has begun, so the card no
+    longer shows hers: on her exam's report the midwife enters the last period. The report
+    then checks the head against them and says the age went to the district as a
+    correction, which the outbox has (weeks only); clearing them there sends one more.
+    Every refusal is one line, and none keeps anything."""
+    import datetime as dt
+    import urllib.request
+
+    base, cookie = box["base"], ended["cookie"]
+    (first_id, first, _), (second_id, _, _) = ended["exams"]
+    today = dt.date.today().isoformat()  # the tablet's date: report.js sends its own
+    lmp = (np.datetime64(today) - np.timedelta64(
+        round((first["biometry"]["ga_weeks"] + 5) * 7), "D")).astype(str)
+    before = len(corrections_to_district(box, first_id, 0))
+    page = browser.new_page()
+    page.set_viewport_size(TABLET)
+    page.goto(f"{base}/report/{first_id}")
+    if page.query_selector("#pin"):
+        page.fill("#pin", "4827")
+        page.click("#unlock")
+    page.wait_for_selector("#report-lmp")
+    assert page.text_content("#report-lmp label").startswith("First day of the last period")
+    page.fill("#report-lmp-date", lmp)
+    page.click("#lmp-keep")
+    page.wait_for_function("document.body.textContent.includes('went to the district as a "
+                           "correction')", **POLL)
+    flags = [li.text_content() for li in page.query_selector_all("li.flag")]
+    assert any(f.startswith("By dates") and "smaller than the dates" in f for f in flags), flags
+    assert page.input_value("#report-lmp-date") == lmp  # drawn again with them
+    correction = corrections_to_district(box, first_id, before + 1)[-1]
+    assert correction["ga_dates_weeks"] == weeks_between(lmp, today)
+    page.emulate_media(media="print")
+    assert not page.is_visible("#report-lmp")  # the form is not printed
+    page.emulate_media(media="screen")
+    page.click("#lmp-clear")
+    page.wait_for_function("document.body.textContent.includes('No last period was "
+                           "entered')", **POLL)
+    assert corrections_to_district(box, first_id, before + 2)[-1]["ga_dates_weeks"] is None
+    assert journaled_dates(box, first_id) is None
+    page.close()
+
+    def post(exam_id: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"{base}/api/exams/{exam_id}/lmp", data=body,
+                                     method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=client_ssl(base)) as res:
+                return res.status, res.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    good = json.dumps({"lmp": lmp, "today": today}).encode()
+    as_json = {"Content-Type": "application/json", "Cookie": cookie}
+    for exam_id, body, headers, status in (
+            (first_id, good, {"Content-Type": "application/json"}, 401),  # no session
+            (first_id, good, {**as_json, "Origin": "https://elsewhere.example"}, 403),
+            ("no-such-exam", good, as_json, 404), ("x" * 3000, good, as_json, 404),
+            ("%2e%2e%2fjournal", good, as_json, 404),
+            (first_id, b"lmp=2026-06-01", {**as_json, "Content-Type": "text/plain"}, 415),
+            (first_id, b"{not json", as_json, 400), (first_id, b"[1]", as_json, 400),
+            (first_id, b"[" * 1000 + b"]" * 1000, as_json, 400),
+            (first_id, b"[" * 5000 + b"]" * 5000, as_json, 413),  # over 4 KB
+            (first_id, b"\xff\xfe", as_json, 400),
+            (first_id, json.dumps({"lmp": "2020-01-01", "today": today}).encode(),
+             as_json, 400),  # more than 45 weeks before
+            (first_id, json.dumps({"lmp": {"a": [lmp]}, "today": today}).encode(),
+             as_json, 400),
+            (first_id, json.dumps({"lmp": lmp, "today": "9" * 3000}).encode(), as_json, 400)):
+        got, answer = post(exam_id, body, headers)
+        assert got == status and b"\n" not in answer.strip(), (exam_id[:40], body[:40], got,
+                                                               answer[:200])
+    time.sleep(0.5)
+    assert journaled_dates(box, first_id) is None  # nothing refused was kept
+    assert len(corrections_to_district(box, first_id, before + 2)) == before + 2
 
 
 def corrections_to_district(box, exam_id: str, count: int) -> list[dict]:

@@ -491,6 +491,10 @@ def test_dates_entered_before_an_exam_go_to_the_next_exam_and_never_to_another(p
         assert status == b"409" and "not kept" in text and "\n" not in text.strip()
     assert list(srv.view.dates_to_keep) == [("e-next", dates)]
     assert srv.view.ga_dates["lmp"] == "2026-06-10"
+    # a report's dates for the exam still running are refused: the live page takes them
+    status, text = call("POST", "/api/exams/e-next/lmp", dates)
+    assert status == b"409" and "still running" in text and "\n" not in text.strip()
+    assert list(srv.view.dates_to_keep) == [("e-next", dates)]
 
 
 def test_the_report_gives_no_ga_range_whose_bounds_fall_on_one_day():

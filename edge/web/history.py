@@ -48,7 +48,7 @@ from pathlib import Path
 from aiohttp import web
 
 from edge.exam.protocol import Protocol, ProtocolError, load_protocols
-from edge.exam.screening import cephalic_index, hc_against_dates, read_dates
+from edge.exam.screening import MAX_LMP_DAYS, cephalic_index, hc_against_dates, read_dates
 from edge.exam.thumbs import THUMBS_DIR
 from edge.store.journal import JOURNAL_FILE, MAX_DATES_BYTES
 from edge.web import i18n
@@ -595,6 +595,8 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
         flagged = ' class="flag"' if hd.get("flag") else ""
         out.append(f"<li{flagged}>{e(hc_dates_line(text, hd))}</li>")
     out.append("</ul>")
+    if (exam.get("biometry") or {}).get("hc_mm") is not None:
+        out.append(_dates_form(text, exam_id, (exam.get("dates") or {}).get("lmp")))
     out.append(f'<p class="fine">{e(_t(text, "screen.limits"))}</p></section>')
 
     # the checklist with the thumbnails
@@ -639,6 +641,25 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     out.append(f'<p>{e(_t(text, "report.exam_id", id=exam_id))}</p>')
     out.append(f'<p class="aid">{e(_t(text, "screen.aid"))}</p></footer></main>')
     return _page(text, f'{_t(text, "report.title")} · {title}', "\n".join(out), "report")
+
+
+def _dates_form(text: dict[str, str], exam_id: str, lmp: str | None) -> str:
+    """The last period for this exam, entered or changed on its report (report.js sends
+    it with the tablet's date to POST /api/exams/<id>/lmp): for the woman who finds her
+    card once the next exam has begun. Not printed."""
+    e = html.escape
+    clear = (f'<button id="lmp-clear" type="button">{e(_t(text, "report.lmp_clear"))}</button>'
+             if lmp else "")
+    return (f'<form id="report-lmp" class="noprint" data-exam="{e(exam_id)}" '
+            f'data-max-weeks="{MAX_LMP_DAYS // 7}" '
+            f'data-refused="{e(_t(text, "screen.lmp_refused_range", weeks=MAX_LMP_DAYS // 7))}" '
+            f'data-failed="{e(_t(text, "report.lmp_failed"))}">'
+            f'<label for="report-lmp-date">{e(_t(text, "screen.lmp"))}</label>'
+            f'<input id="report-lmp-date" type="date" value="{e(lmp or "")}">'
+            f'<button id="lmp-keep" type="submit" class="primary">'
+            f'{e(_t(text, "report.lmp_keep"))}</button>{clear}'
+            f'<p class="fine">{e(_t(text, "report.lmp_form"))}</p>'
+            '<p id="report-lmp-error" class="error" aria-live="polite"></p></form>')
 
 
 def hc_dates_line(text: dict[str, str], hd: dict) -> str:

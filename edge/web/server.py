@@ -23,6 +23,11 @@ Routes (everything under /api/ answers 401 without a session):
 - `POST /api/lmp {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD", "exam_id": "..."}`: dates
   for the HC-for-dates flag (`"lmp": null` clears them), for the exam the page shows
   (`exam_id`, null for none yet); 409 when that is no longer the device's exam.
+- `POST /api/exams/<exam>/lmp {"lmp": "YYYY-MM-DD" | null, "today": "YYYY-MM-DD"}`: dates
+  for an ended exam the journal keeps, from its report (the woman found her card after the
+  next one began): kept, and sent to the district as a correction, by the loop; answered
+  once the journal has them (or after DATES_KEPT_WAIT_S). 404 for an exam the journal does
+  not keep, 409 for the exam still running (the live page takes its dates).
 - `GET /api/thumb/<exam>/<file>.jpg`: a checklist thumbnail (only those the exam on screen
   or the journal lists for that exam; 404 once the quota has removed it).
 - `GET /api/exams?limit=N`: the most recent finished exams from the journal, newest
@@ -145,6 +150,9 @@ STATE_EVERY_S = 1.0  # the state message to each viewer
 # poller counts as a viewer while a poll of it is in flight and this long after its last.
 POLL_WAIT_S = 2.0
 POLL_LINGER_S = 5.0
+# How long a report's dates wait for the loop to journal them before the answer goes
+# without (the report, reloaded, then shows the dates as soon as they are kept).
+DATES_KEPT_WAIT_S = 3.0
 MAX_SEQ = 2**53 - 1  # `after` as the page's numbers hold it exactly
 POLL_STREAM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 SECURITY_HEADERS = {
@@ -665,6 +673,7 @@ class WebServer:
         app.router.add_post("/api/lmp", self._lmp)
         app.router.add_get("/api/thumb/{exam}/{name}", self._thumb)
         app.router.add_get("/api/exams", self._exams)
+        app.router.add_post("/api/exams/{exam}/lmp", self._exam_lmp)
         app.router.add_get("/report/{exam}", self._report)
         app.router.add_route("*", "/api/{tail:.*}", self._not_found)
         one_line_bad_requests()
@@ -1113,6 +1122,49 @@ class WebServer:
         if exam is not None:  # kept with the exam for its report (edge/web/history.py)
             self.view.dates_to_keep.append((exam["exam_id"], {"lmp": lmp, "today": today}))
         return web.json_response({"ok": True, "ga_dates_weeks": round(weeks, 2)})
+
+    async def _exam_lmp(self, request: web.Request) -> web.Response:
+        """Dates for one ended exam, named by its report's URL rather than by what the live
+        page shows: the midwife chose that exam, by its time and figures, on its report."""
+        exam_id = request.match_info["exam"]
+        body = await self._json_body(request)
+        lmp, today = body.get("lmp"), body.get("today")
+        current = self.view.exam or {}
+        if current.get("running") and current.get("exam_id") == exam_id:
+            raise web.HTTPConflict(text="this exam is still running: enter its dates on the "
+                                   "live page")
+        if await self.history.exam(exam_id, None) is None:
+            raise web.HTTPNotFound(text="no such ended exam in the journal")
+        if lmp is None:
+            dates, weeks = None, None
+        else:
+            try:
+                lmp, today, weeks = read_lmp(lmp, today)
+            except ValueError as exc:
+                raise web.HTTPBadRequest(text=str(exc)) from None
+            dates = {"lmp": lmp, "today": today}
+        self.view.dates_to_keep.append((exam_id, dates))
+        if current.get("exam_id") == exam_id:  # the card shows this exam: it agrees
+            self.view.ga_dates = None if dates is None else {
+                "exam_id": exam_id, "lmp": lmp, "today": today, "weeks": weeks}
+        kept = await self._dates_kept(exam_id, dates)
+        return web.json_response({"ok": True, "kept": kept,
+                                  "ga_dates_weeks": None if weeks is None else round(weeks, 2)})
+
+    async def _dates_kept(self, exam_id: str, dates: dict | None) -> bool:
+        """Whether the journal has the exam's dates as sent, looked at until
+        DATES_KEPT_WAIT_S: the loop keeps them between two frames (or while it lingers)."""
+        deadline = time.monotonic() + DATES_KEPT_WAIT_S
+        while True:
+            exam = await self.history.exam(exam_id, None)
+            kept = (exam or {}).get("dates")
+            if (dates is None and kept is None) or (
+                    dates is not None and kept is not None and kept["lmp"] == dates["lmp"]
+                    and kept["today"] == dates["today"]):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
 
     # -- earlier exams (edge/web/history.py) -----------------------------------------------
     async def _exams(self, request: web.Request) -> web.Response:

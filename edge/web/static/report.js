@@ -1,6 +1,7 @@
 // sonoedge: the exam report's own script (the page's Content-Security-Policy allows no
 // inline script). Print; times in the viewer's time zone; a thumbnail removed since the
-// report was made says so; and, without a session, the PIN, then the report.
+// report was made says so; the last period entered or changed for this exam; and, without
+// a session, the PIN, then the report.
 "use strict";
 
 (() => {
@@ -31,6 +32,38 @@
     };
     img.addEventListener("error", gone);
     if (img.complete && img.naturalWidth === 0) gone();
+  }
+
+  // The last period for this exam, from its report: sent with the tablet's own date (the
+  // box may have no clock); the report is drawn again once the box has kept them.
+  const dates = $("#report-lmp");
+  if (dates) {
+    const error = $("#report-lmp-error");
+    const today = () => {
+      const now = new Date();
+      return new Date(now.getTime() - now.getTimezoneOffset() * 60000).toISOString().slice(0, 10);
+    };
+    const field = $("#report-lmp-date");
+    field.max = today();
+    const send = async (lmp) => {
+      for (const b of dates.querySelectorAll("button")) b.disabled = true;
+      error.textContent = "";
+      try {
+        const res = await fetch(`/api/exams/${encodeURIComponent(dates.dataset.exam)}/lmp`, {
+          method: "POST", headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ lmp, today: today() }), credentials: "same-origin",
+        });
+        if (res.ok) { location.reload(); return; }
+        error.textContent = res.status === 400 ? dates.dataset.refused : (await res.text()) || dates.dataset.failed;
+      } catch (e) {
+        error.textContent = dates.dataset.failed;
+      } finally {
+        for (const b of dates.querySelectorAll("button")) b.disabled = false;
+      }
+    };
+    dates.addEventListener("submit", (ev) => { ev.preventDefault(); if (field.value) send(field.value); });
+    const clear = $("#lmp-clear");
+    if (clear) clear.addEventListener("click", () => send(null));
   }
 
   const form = $("#report-login");
