@@ -36,6 +36,7 @@ from edge.store.journal import JOURNAL_FILE, Journal
 from edge.store.outbox import dates_key
 from edge.store.state import StateLock, prepare_state_dir
 from edge.uplink.mqtt import Uplink
+from wire.schema import finite_number
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +266,7 @@ def requeue_after_salvage(settings: Settings, journal: Journal, uplink: Uplink) 
 
 
 def _weeks(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
-        else None
+    return float(value) if finite_number(value) else None
 
 
 def tell_district_dates(journal: Journal, uplink: Uplink, exam_id: str,
@@ -278,8 +278,9 @@ def tell_district_dates(journal: Journal, uplink: Uplink, exam_id: str,
     summary's own `biometry.ga_dates_weeks`. A running exam owes none: its summary will
     carry them (`with_age_by_dates`). Each entry's correction is keyed by its time, so this
     can run again after a crash (`tell_district_dates_since`) and queues it once; `again`
-    queues the last one told once more, for an outbox that lost it (its msg_id is the
-    same, so the district keeps one). True when a correction was queued or found queued."""
+    queues the age last told once more, for an outbox that lost it, under the current
+    entry's key (where that entry's correction had arrived, the collector keeps one; else
+    it holds the same age twice). True when a correction was queued or found queued."""
     entered, told = journal.dates_entry(exam_id)
     if entered is None:
         return False  # entered before corrections existed, or never
