@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import Mosquitto, Postgres
+from wire.schema import QUEUED_KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICES = ("dev-a", "dev-b")
@@ -173,8 +174,9 @@ def produced_ids(state_dir: Path, device: str = "") -> set[str]:
     return {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
 
 
-def stored(db: str, device: str, kinds: tuple[str, ...] = ("exam", "health")) -> list[tuple]:
-    """(msg_id, seq, kind) rows the collector stored for ``device``."""
+def stored(db: str, device: str, kinds: tuple[str, ...] = QUEUED_KINDS) -> list[tuple]:
+    """(msg_id, seq, kind) rows the collector stored for ``device``: by default those of
+    the kinds that take a seq."""
     marks = ", ".join("?" for _ in kinds)
     sql = (f"SELECT msg_id, seq, kind FROM messages WHERE device_id = ? AND kind IN ({marks}) "
            "ORDER BY seq")

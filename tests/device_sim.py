@@ -3,7 +3,8 @@
     python -m tests.device_sim --state-dir D --mqtt-url URL --device-id dev-a --frames 200
 
 It "scores" ``--frames`` synthetic frames, enqueues an exam summary every ``--exam-every``
-frames and a health message every ``--health-every`` frames, then drains the outbox until
+frames (and, with ``--dates-every N``, a ``dates`` correction after every Nth exam) and a
+health message every ``--health-every`` frames, then drains the outbox until
 ``--drain-timeout`` and exits 0 whether or not the outbox is empty (like ``run --once``).
 Each enqueued message is appended to ``--produced`` as "seq msg_id kind" after it is stored.
 """
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--exam-every", type=int, default=50)
     ap.add_argument("--health-every", type=int, default=20)
+    ap.add_argument("--dates-every", type=int, default=0,
+                    help="an age-by-dates correction after every Nth exam (0: none)")
     ap.add_argument("--frame-delay-s", type=float, default=0.0)
     ap.add_argument("--drain-timeout", type=float, default=20.0)
     ap.add_argument("--quota-bytes", type=int, default=64 * 1024 * 1024)
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             produced.flush()
 
     results: list[dict] = []
+    exams = 0
     started, started_mono = time.time(), time.monotonic()
     for i in range(args.frames):
         results.append(frame_result(i))
@@ -81,10 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         if (i + 1) % args.health_every == 0:
             note("health", uplink.enqueue_health({"fps": 30.0, "frames": i + 1}))
         if (i + 1) % args.exam_every == 0 or i + 1 == args.frames:
-            note("exam", uplink.enqueue_exam(tally.summarize_exam(
+            summary = tally.summarize_exam(
                 results, "mother_name_clip.mp4", started, time.time(),
                 started_mono=started_mono, ended_mono=time.monotonic(),
-                model_versions=uplink.model_versions)))
+                model_versions=uplink.model_versions)
+            note("exam", uplink.enqueue_exam(summary))
+            exams += 1
+            if args.dates_every and exams % args.dates_every == 0:
+                # the midwife entered this exam's dates on its report after it ended
+                note("dates", uplink.enqueue_dates(summary["exam_id"], 20.0 + exams % 20,
+                                                   time.time()))
             results, started, started_mono = [], time.time(), time.monotonic()
     drained = uplink.drain(args.drain_timeout)
     if args.final_health:
