@@ -194,6 +194,8 @@ def test_a_head_small_for_its_dates_is_flagged_and_undated_exams_are_not_drawn(t
         assert float(table[small["msg_id"]]["ga_weeks"]) == 25.0
         assert [table[m["msg_id"]]["midwife_told"] for m in (small, normal, undated, large)] \
             == ["small", "", "", ""]
+        assert [table[m["msg_id"]]["dates_entered"] for m in (small, normal, undated, large)] \
+            == ["during_exam", "during_exam", "", "during_exam"]
 
 
 def test_the_two_year_biometry_page_stays_light_however_many_heads_are_out(tmp_path):
@@ -265,7 +267,8 @@ def test_dates_entered_after_the_exam_reach_the_district_and_leave_no_hole(tmp_p
         assert status == 200
         (row,) = csv.DictReader(io.StringIO(body.decode()))
         assert (row["msg_id"], row["ga_source"], float(row["ga_weeks"]),
-                row["midwife_told"]) == (exam["msg_id"], "dates", 25.0, "small")
+                row["midwife_told"], row["dates_entered"]) == (
+            exam["msg_id"], "dates", 25.0, "small", "after_exam")
         status, _, body = request(base, "/biometry", cookie)
         page = body.decode()
         text = re.sub(r"<[^>]+>", "", page)

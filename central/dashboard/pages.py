@@ -479,10 +479,19 @@ def biometry_svg(page: Q.BiometryPage) -> str:
 def biometry_csv(exams: list[Q.MeasuredExam]) -> str:
     return to_csv(["msg_id", "device_id", "clinic_id", "exam_id", "day", "hc_mm", "ga_weeks",
                    "ga_source", "intergrowth_z", "outside_3rd_97th", "clinic_name",
-                   "midwife_told"],
+                   "midwife_told", "dates_entered"],
                   [[e.msg_id, e.device_id, e.clinic_id, e.exam_id, Q.day_text(e.day), e.hc_mm,
                     e.ga_weeks, e.ga_source, None if e.z is None else round(e.z, 3),
-                    e.outside or "", e.clinic_name, e.dates_flag or ""] for e in exams])
+                    e.outside or "", e.clinic_name, e.dates_flag or "", _entered(e)]
+                   for e in exams])
+
+
+def _entered(e: Q.MeasuredExam) -> str:
+    """When the midwife entered an exam's dates: where to teach taking the last period
+    before the scan, so the page's flag can help the woman while she is there."""
+    if e.ga_source != "dates":
+        return ""
+    return "after_exam" if e.dates_after else "during_exam"
 
 
 # -- devices ---------------------------------------------------------------------------------

@@ -510,6 +510,7 @@ class MeasuredExam:
     # What the midwife's page said of the head against her dates (ACOG's redating tolerance,
     # wire.dating.dates_flag): "small", "large" or None (within it, or no dates).
     dates_flag: str | None = None
+    dates_after: bool = False  # its dates came after the exam, by a correction (``dates``)
 
     @property
     def outside(self) -> str | None:
@@ -620,10 +621,12 @@ def biometry_exams(db: Db, scope: Scope, per: Period) -> list[MeasuredExam]:
     w, p = scope.where()
     out = [MeasuredExam(m, dev, clinic, exam, int(day), float(hc),
                         None if ga is None else float(ga), src,
-                        None if z is None else float(z), dates_flag=flag)
-           for m, dev, clinic, exam, day, hc, ga, src, z, flag in db.query(
+                        None if z is None else float(z), dates_flag=flag,
+                        dates_after=bool(after))
+           for m, dev, clinic, exam, day, hc, ga, src, z, flag, after in db.query(
                "SELECT msg_id, device_id, clinic_id, exam_id, day, hc_mm, ga_weeks, ga_source, "
-               f"ig_z, dates_flag FROM dash.exams WHERE hc_mm IS NOT NULL AND day >= ? AND "
+               f"ig_z, dates_flag, dates_corrected FROM dash.exams WHERE hc_mm IS NOT NULL AND "
+               f"day >= ? AND "
                f"day <= ? AND {w} "
                "ORDER BY day, msg_id", (per.first_day, per.last_day, *p))]
     return _name_exams(db, scope, out)
