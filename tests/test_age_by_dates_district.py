@@ -179,7 +179,8 @@ def test_a_head_small_for_its_dates_is_flagged_and_undated_exams_are_not_drawn(t
         clinic = re.search(r'<tr data-clinic="clinic-1">(.*?)</tr>', page).group(1)
         # the small head was 17 days behind its dates, beyond ACOG's 14 at 25 weeks: her page
         # said so; the large one, above the 97th centile, was 12 days ahead, within them
-        assert cells(clinic)[1:] == ["4", "3 (75%)", "1 (33%)", "1 (33%)", "1 (33%)", "0 (0%)"]
+        assert cells(clinic)[1:] == ["4", "3 (75%)", "0 (0%)", "1 (33%)", "1 (33%)",
+                                     "1 (33%)", "0 (0%)"]
         told = {m: cells(row)[-1] for m, row in
                 re.findall(r'<tr data-outlier="([^"]+)">(.*?)</tr>', page)}
         assert told == {small["msg_id"]: "smaller than the dates", large["msg_id"]: "-"}
@@ -276,6 +277,9 @@ def test_dates_entered_after_the_exam_reach_the_district_and_leave_no_hole(tmp_p
                 "the exam or, for 1 of them, after it (the box sent them as a correction).")\
             in text, text[-1500:]
         assert re.findall(r'<tr data-outlier="([^"]+)"', page) == [exam["msg_id"]]
+        clinic = re.search(r'<tr data-clinic="[^"]+">(.*?)</tr>', page).group(1)
+        assert "1 (100%)" == re.sub(r"<[^>]+>", "", re.findall(r"<td[^>]*>(.*?)</td>",
+                                                              clinic)[3])  # after the exam
         status, _, body = request(base, "/api/clinics.csv", cookie)
         days = list(csv.DictReader(io.StringIO(body.decode())))
         assert sum(int(d["exams"]) for d in days) == 1

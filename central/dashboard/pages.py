@@ -627,20 +627,24 @@ def outliers_table(page: Q.BiometryPage) -> str:
 
 def dating_table(page: Q.BiometryPage) -> str:
     """Per clinic: the measured exams, the share with the age by dates, and of those the
-    heads below the 3rd and above the 97th centile; the clinics dating fewest first."""
+    share entered only after the exam (too late for the page to flag the head while the
+    woman was there) and the heads below the 3rd and above the 97th centile; the clinics
+    dating fewest first."""
     def share(n: int, of: int) -> str:
         return f"{n} ({pct(n / of)})" if of else "-"
 
     body = [f'<tr data-clinic="{esc(c.clinic_id)}"><td>{clinic_html(c.clinic_id, c.name)}</td>'
             f'<td class="num">{c.measured}</td><td class="num">{share(c.dated, c.measured)}</td>'
+            f'<td class="num">{share(c.dated_after, c.dated)}</td>'
             f'<td class="num">{share(c.below_3rd, c.dated)}</td>'
             f'<td class="num">{share(c.above_97th, c.dated)}</td>'
             f'<td class="num">{share(c.flagged_small, c.dated)}</td>'
             f'<td class="num">{share(c.flagged_large, c.dated)}</td></tr>' for c in page.clinics]
     if not body:
-        body = ['<tr><td colspan="7" class="muted">no measured exam in this period</td></tr>']
+        body = ['<tr><td colspan="8" class="muted">no measured exam in this period</td></tr>']
     return ('<div class="wide"><table class="dating"><tr><th>clinic</th><th>measured</th>'
-            "<th>with the age by dates</th><th>of those, below 3rd</th><th>above 97th</th>"
+            "<th>with the age by dates</th><th>of those, entered after the exam</th>"
+            "<th>below 3rd</th><th>above 97th</th>"
             "<th>told smaller than the dates</th><th>told larger</th></tr>"
             f"{''.join(body)}</table></div>")
 

@@ -556,6 +556,7 @@ class ClinicDating:
     above_97th: int
     flagged_small: int = 0  # of the dated: the midwife's page said smaller than the dates
     flagged_large: int = 0
+    dated_after: int = 0  # of the dated: entered after the exam (a ``dates`` correction)
 
     @property
     def dated_share(self) -> float | None:
@@ -590,7 +591,7 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
         (z3, z97, z3, z97, *args))
     names = clinic_names(db, scope)
     counts = [(c, [int(v or 0) for v in r]) for c, *r in rows]
-    clinics = [ClinicDating(c, names.get(c, ""), *r[:6]) for c, r in counts]
+    clinics = [ClinicDating(c, names.get(c, ""), *r[:6], dated_after=r[9]) for c, r in counts]
     measured = sum(c.measured for c in clinics)
     dated = sum(c.dated for c in clinics)
     only_dated = dated > 0
@@ -613,7 +614,7 @@ def biometry_page(db: Db, scope: Scope, per: Period) -> BiometryPage:
         (*args, z3, z97, C.OUTLIERS_SHOWN))]
     clinics.sort(key=lambda c: (c.dated_share or 0.0, c.clinic_id))
     return BiometryPage(per, bins, outliers, int(measured), int(not_comparable), int(dated),
-                        only_dated, clinics, int(outside), sum(r[9] for _, r in counts))
+                        only_dated, clinics, int(outside), sum(c.dated_after for c in clinics))
 
 
 def biometry_exams(db: Db, scope: Scope, per: Period) -> list[MeasuredExam]:

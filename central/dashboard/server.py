@@ -477,7 +477,9 @@ class Dashboard:
                   '<p class="lead">How often each clinic\'s midwives entered the last period, '
                   "fewest first, and where its dated heads fall: about 3% of heads fall on "
                   "each side by the standard itself, so many more on one side is a clinic "
-                  "to visit (the dating, or a real growth problem). \"Told\": the heads her "
+                  "to visit (the dating, or a real growth problem). \"Entered after the "
+                  "exam\": dates taken only after the scan, too late for her page to flag "
+                  "the head while the woman was there. \"Told\": the heads her "
                   "page called smaller or larger than the dates (beyond ACOG's redating "
                   "tolerance), the women she was asked to check the dates of and refer "
                   "if sure.</p>"
