@@ -22,7 +22,7 @@ from edge.capture.sources import LiveSettings, Source, open_source
 from edge.config import Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
 from edge.exam.protocol import ProtocolError, check_head_planes, check_named, find_protocol
-from edge.exam.screening import read_dates
+from edge.exam.screening import read_dates, same_weeks
 from edge.exam.session import ExamSession, ExamTracker, MeasureKept, format_exam
 from edge.exam.tally import ExamTally, percentile
 from edge.exam.thumbs import THUMBS_DIR, ThumbStore
@@ -276,14 +276,15 @@ def tell_district_dates(journal: Journal, uplink: Uplink, exam_id: str,
 
     What the district was told is the last correction's (the journal's `told`), else the
     summary's own `biometry.ga_dates_weeks`. A running exam owes none: its summary will
-    carry them (`with_age_by_dates`). Each entry's correction is keyed by its time, so this
-    can run again after a crash (`tell_district_dates_since`) and queues it once; `again`
-    queues the age last told once more, for an outbox that lost it, under the current
-    entry's key (where that entry's correction had arrived, the collector keeps one; else
-    it holds the same age twice). True when a correction was queued or found queued."""
-    entered, told = journal.dates_entry(exam_id)
-    if entered is None:
-        return False  # entered before corrections existed, or never
+    carry them (`with_age_by_dates`). Each entry's correction is keyed by its number, so
+    this can run again after a crash (`tell_district_dates_since`) and queues it once;
+    `again` queues the age last told once more, for an outbox that lost it, under the
+    current entry's key (where that entry's correction had arrived, the collector keeps
+    one; else it holds the same age twice). True when a correction was queued or found
+    queued."""
+    entry, entered, told = journal.dates_entry(exam_id)
+    if not entry or entered is None:
+        return False  # entered before corrections existed, never, or a damaged row
     summary = journal.ended_summary(exam_id)
     if summary is None or not isinstance(summary.get("biometry"), dict):
         return False  # running, or no head measured: no age by dates is wanted
@@ -296,12 +297,11 @@ def tell_district_dates(journal: Journal, uplink: Uplink, exam_id: str,
             district, told = None, None
     if told is None:
         district = _weeks(summary["biometry"].get("ga_dates_weeks"))
-    same = district == weeks if district is None or weeks is None \
-        else abs(district - weeks) < 0.005
+    same = same_weeks(district, weeks)
     if same and not (again and told is not None):
         return False
-    queued = uplink.enqueue_dates(exam_id, weeks, entered) is not None \
-        or uplink.outbox.has_key(dates_key(exam_id, entered))
+    queued = uplink.enqueue_dates(exam_id, weeks, entry, entered) is not None \
+        or uplink.outbox.has_key(dates_key(exam_id, entry))
     if queued and not same:
         journal.dates_told(exam_id, json.dumps(weeks))
     return queued
@@ -458,6 +458,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         if fleet is not None:
             fleet.stop()
         tracker.end("source_end")
+        if web is not None:
+            web.apply_dates()  # dates the page accepted in the last moment: kept, not lost
         journal.end_run(run_id)
         journal.close()
         uplink.enqueue_health(stats.snapshot(source))

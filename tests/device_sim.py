@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.dates_every and exams % args.dates_every == 0:
                 # the midwife entered this exam's dates on its report after it ended
                 note("dates", uplink.enqueue_dates(summary["exam_id"], 20.0 + exams % 20,
-                                                   time.time()))
+                                                   1, time.time()))
             results, started, started_mono = [], time.time(), time.monotonic()
     drained = uplink.drain(args.drain_timeout)
     if args.final_health:

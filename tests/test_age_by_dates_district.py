@@ -316,9 +316,10 @@ def test_a_correction_that_arrives_before_its_exam_gives_the_same_row(url):
 
 
 def test_a_later_clearing_wins_and_an_older_entry_arriving_last_does_not(url):
-    """The latest entry of an exam's dates wins, by the device's clock when she entered
-    them (then by seq), whatever order the messages arrive in. Cleared dates (null) put
-    the exam back on Hadlock's age from its HC, the summary's own dates included."""
+    """The latest entry of an exam's dates wins, by the box's seq (its wall clock may go
+    back: no battery-backed clock), whatever order the messages arrive in. Cleared dates
+    (null) put the exam back on Hadlock's age from its HC, the summary's own dates
+    included."""
     hc = _small_for_25_weeks()
     undated = _exam(1, hc, 22.6, exam_id="exam-u")
     dated = _exam(2, hc, 22.6, 25.0, exam_id="exam-d")  # dates in its summary
@@ -335,15 +336,16 @@ def test_a_later_clearing_wins_and_an_older_entry_arriving_last_does_not(url):
         return {k: _exam_rows(url)[exam_id][k] for k in DATED}
 
     # she cleared both exams' dates: back to the device's Hadlock age from the same HC
-    _stored(url, [_dates(4, "exam-u", None, t + 200), _dates(5, "exam-d", None, t + 200)])
+    _stored(url, [_dates(5, "exam-u", None, t + 200), _dates(6, "exam-d", None, t + 200)])
     hadlock = {"ga_weeks": 22.6, "ga_source": "hadlock-hc",
                "ig_z": pytest.approx(ig_z(hc, 22.6)), "dates_flag": None, "dates_corrected": 0}
     assert dated_columns("exam-u") == hadlock and dated_columns("exam-d") == hadlock
-    # an older entry arriving last (entered at t + 150, before the clearing) does not win
-    _stored(url, [_dates(6, "exam-u", 30.0, t + 150)])
+    # an older entry (seq 4, before the clearing) arriving last does not win, though the
+    # box's clock, stepped back since, stamped the clearing earlier
+    _stored(url, [_dates(4, "exam-u", 30.0, t + 900)])
     assert dated_columns("exam-u") == hadlock
-    # of two entries at the same clock, the later seq does
-    _stored(url, [_dates(7, "exam-u", 24.0, t + 200)])
+    # a newer entry wins though the box's clock went back (a power cut, no RTC)
+    _stored(url, [_dates(7, "exam-u", 24.0, t - 5000)])
     latest = {**hadlock, "ga_weeks": 24.0, "ga_source": "dates",
               "ig_z": pytest.approx(ig_z(hc, 24.0)), "dates_flag": None, "dates_corrected": 1}
     assert dated_columns("exam-u") == latest

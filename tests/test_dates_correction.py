@@ -86,6 +86,41 @@ def test_each_entry_after_the_summary_left_is_one_correction_and_a_repeat_is_non
     assert seqs == sorted(seqs) and len(set(seqs)) == 4
 
 
+def test_two_entries_at_the_same_clock_are_two_corrections(tmp_path):
+    """The box may have no battery-backed clock: after a power cut it can stamp two
+    entries alike, or a later one earlier. Each entry is still its own correction (the
+    journal numbers them), in the order she made them (the outbox's seq)."""
+    journal, uplink = device(tmp_path)
+    journaled_exam(journal, "e")
+    for dates, when in ((DATES, 1000.0), (LATER, 1000.0), (DATES, 400.0)):
+        assert journal.keep_dates("e", dates, entered_ts=when)
+        assert tell_district_dates(journal, uplink, "e")
+    assert [(c["ga_dates_weeks"], c["entered_ts"]) for c in corrections(uplink)] == [
+        (25.29, 1000.0), (26.29, 1000.0), (25.29, 400.0)]
+    assert journal.dates_entry("e")[0] == 3 and journal.dates_entry("e")[2] == "25.29"
+
+
+def test_the_age_by_dates_of_an_entry_made_days_later_is_the_age_at_the_exam():
+    """Entered a week after the scan, the age by dates is the baby's at the scan: the
+    tablet's date goes back by the whole days the box's clock says have passed since the
+    exam ended. A clock that went back (a reboot without one) or jumped beyond 45 weeks
+    moves nothing, and what is not a date is left for read_lmp to refuse."""
+    from edge.exam.screening import day_of_exam, read_lmp
+
+    ended = 1_790_000_000.0
+    assert day_of_exam("2026-12-12", ended, ended + 7 * 86400 + 3600) == "2026-12-05"
+    assert day_of_exam("2026-12-05", ended, ended + 3600) == "2026-12-05"  # the same day
+    lmp, today, weeks = read_lmp("2026-06-10", day_of_exam("2026-12-10", ended,
+                                                           ended + 6.5 * 86400))
+    assert (today, round(weeks, 2)) == ("2026-12-04", 25.29)  # not 26.14 at entry
+    for now in (ended - 86400, ended + 400 * 86400):  # the clock went back / jumped
+        assert day_of_exam("2026-12-12", ended, now) == "2026-12-12"
+    for bad_today in ("12/12/2026", "2026-13-45", "x" * 3000, None, 7, ["2026-12-12"]):
+        assert day_of_exam(bad_today, ended, ended + 3 * 86400) == bad_today
+    for bad_end in (None, "yesterday", float("nan"), float("inf"), True):
+        assert day_of_exam("2026-12-12", bad_end, ended) == "2026-12-12"
+
+
 def test_dates_the_summary_carried_or_an_exam_without_a_head_owe_no_correction(tmp_path):
     journal, uplink = device(tmp_path)
     journaled_exam(journal, "carried", ga_dates_weeks=25.29)
@@ -103,16 +138,19 @@ def test_dates_the_summary_carried_or_an_exam_without_a_head_owe_no_correction(t
     # district, whose summary said 25.29 weeks, is told so once, and nothing is raised
     for raw in ("{not json", "[" * 1000, '{"lmp": "' + "9" * 300 + '"}'):
         journal.db.execute("INSERT OR REPLACE INTO exam_dates (exam_id, dates, entered_ts, "
-                           "told) VALUES ('carried', ?, 2000.0, ?)", (raw, raw))
+                           "entry, told) VALUES ('carried', ?, 2000.0, 7, ?)", (raw, raw))
         assert tell_district_dates(journal, uplink, "carried")  # queued, or found queued
     assert [(c["exam_id"], c["ga_dates_weeks"]) for c in corrections(uplink)] == [
         ("carried", None)]
-    # an entry time that is no time on the wire (past 2100, negative, text): no correction
-    for when in (float("inf"), 1e300, -5.0, "yesterday", b"\xff"):
-        journal.db.execute("UPDATE exam_dates SET entered_ts = ?, told = NULL WHERE "
-                           "exam_id = 'no-head'", (when,))
-        journaled_exam(journal, "no-head")  # now with a head: a correction would be owed
-        assert not tell_district_dates(journal, uplink, "no-head"), when
+    # an entry time that is no time on the wire (past 2100, negative, text), or an entry
+    # number that is none: no correction
+    journaled_exam(journal, "no-head")  # now with a head: a correction would be owed
+    for when, entry in ((float("inf"), 3), (1e300, 3), (-5.0, 3), ("yesterday", 3),
+                        (b"\xff", 3), (1000.0, 0), (1000.0, -1), (1000.0, "two"),
+                        (1000.0, 1 << 40)):
+        journal.db.execute("UPDATE exam_dates SET entered_ts = ?, entry = ?, told = NULL "
+                           "WHERE exam_id = 'no-head'", (when, entry))
+        assert not tell_district_dates(journal, uplink, "no-head"), (when, entry)
     assert len(corrections(uplink)) == 1
 
 

@@ -303,11 +303,18 @@ def test_the_outbox_holds_an_exam_it_has_no_room_for_until_there_is(small_disk):
         if up.held:
             break
     assert up.held == 1 and sent[-1] is None
+    # an age-by-dates correction of the held exam waits behind it, as itself
+    held_exam = f"e{len(sent) - 1}"
+    assert up.enqueue_dates(held_exam, 25.29, 1, time.time()) is None and up.held == 2
     filler.unlink()
     assert up.flush_held() == 0
     assert up.enqueue_exam({**body, "exam_id": "e0"}, key="e0") is None  # once only
-    keys = {json.loads(m.payload)["exam_id"] for m in up.outbox.list(100)}
+    assert up.enqueue_dates(held_exam, 25.29, 1, time.time()) is None  # once only too
+    queued = sorted(up.outbox.list(100), key=lambda m: m.seq)
+    keys = {json.loads(m.payload)["exam_id"] for m in queued if m.kind == "exam"}
     assert keys == {f"e{i}" for i in range(len(sent))}
+    assert [(m.kind, json.loads(m.payload)["exam_id"]) for m in queued[-2:]] == [
+        ("exam", held_exam), ("dates", held_exam)]
     up.close()
 
 

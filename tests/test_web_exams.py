@@ -330,7 +330,7 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     status, _, body = http(f"{base}/report/{second_id}", cookie=cookie)
     page = body.decode()
     assert status == 200 and "Last period" in page and lmp in page
-    assert f"on {today}, the day they were entered" in page  # the age by dates has its day
+    assert f"on {today}, the day of the exam" in page  # the age by dates has its day
     assert "went to the district as a correction" in page and "report only" not in page
     flagged = re.search(r'<li class="flag">By dates ([^<]+)</li>', page)
     assert flagged and "smaller than the dates" in flagged.group(1), page[-3000:]

@@ -26,7 +26,13 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from wire.schema import PayloadError, finite_number, loads_bounded, read_regular_file
+from wire.schema import (
+    MAX_WALL_TS,
+    PayloadError,
+    finite_number,
+    loads_bounded,
+    read_regular_file,
+)
 from wire.shown import shown
 
 BUNDLE_FORMAT = "sonoedge-bundle"
@@ -138,7 +144,7 @@ def parse_manifest(data: bytes, max_member_bytes: int) -> BundleManifest:
     if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
         raise bad("group", f"must be a device group name, got {shown(group)}")
     created = raw.get("created_ts")
-    if not finite_number(created) or not 0 <= created <= 4102444800:
+    if not finite_number(created) or not 0 <= created <= MAX_WALL_TS:
         raise bad("created_ts", "must be seconds since 1970, before 2100")
     note = raw.get("note", "")
     if not isinstance(note, str) or len(note) > 500:

@@ -26,6 +26,8 @@ KINDS = ("exam", "health", "status", "dates")
 QUEUED_KINDS = ("exam", "health", "dates")
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 EXAM_MAX_BYTES = 1024
+# A device's wall clock on the wire (the schemas' ts maximum): seconds since 1970, before 2100.
+MAX_WALL_TS = 4102444800
 PLANES = (
     "3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur", "Kidneys",
     "Lips", "LVOT", "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)",

@@ -54,7 +54,7 @@ from central.dashboard.reference import ig_z
 from central.db import SEQ_KINDS, DbError, is_postgres, one_line, redact, sqlite_path
 from wire.dating import dates_flag
 
-SCHEMA_VERSION = "8"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "9"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -85,8 +85,8 @@ _DASH_TABLES = [
     # an exam's rows, found by a correction of its age by dates (_add_corrections)
     "CREATE INDEX IF NOT EXISTS dash.exams_device_exam ON exams (device_id, exam_id)",
     # Each exam's latest correction of its age by dates (a ``dates`` message; weeks NULL:
-    # the midwife cleared them): the greatest (entered_ts, seq) wins, in whatever order the
-    # corrections and their exam arrive. One waiting for an exam never stored costs a row.
+    # the midwife cleared them): the greatest seq wins, in whatever order the corrections
+    # and their exam arrive. One waiting for an exam never stored costs a row.
     """CREATE TABLE IF NOT EXISTS dash.exam_dates (
         device_id TEXT NOT NULL, exam_id TEXT NOT NULL, ga_dates_weeks DOUBLE PRECISION,
         entered_ts DOUBLE PRECISION NOT NULL, seq BIGINT NOT NULL, msg_id TEXT NOT NULL,
@@ -787,15 +787,16 @@ def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dic
 
 
 # -- corrections of the age by dates ---------------------------------------------------------
-# The latest correction of an exam wins: the greatest (entered_ts, seq), whichever arrives
-# last (a reorder, two collectors sharing the load).
+# The latest correction of an exam wins: the greatest seq, whichever arrives last (a
+# reorder, two collectors sharing the load). A box queues an exam's entries in the order
+# they were made, and its seq never goes back; its wall clock can (no battery-backed clock),
+# so entered_ts is kept for the record, not for the order.
 _UPSERT_EXAM_DATES = (
     "INSERT INTO dash.exam_dates (device_id, exam_id, ga_dates_weeks, entered_ts, seq, "
     "msg_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, exam_id) DO UPDATE SET "
     "ga_dates_weeks = excluded.ga_dates_weeks, entered_ts = excluded.entered_ts, "
     "seq = excluded.seq, msg_id = excluded.msg_id "
-    "WHERE excluded.entered_ts > dash.exam_dates.entered_ts OR (excluded.entered_ts = "
-    "dash.exam_dates.entered_ts AND excluded.seq > dash.exam_dates.seq)")
+    "WHERE excluded.seq > dash.exam_dates.seq")
 IN_CHUNK = 500  # values bound in one IN (...): well under either database's limit
 
 
@@ -809,10 +810,9 @@ class Correction(NamedTuple):
     msg_id: str
 
     @property
-    def order(self) -> tuple[float, int]:
-        """The later correction of an exam has the greater: the device's clock when she
-        entered them, then its seq where two entries tie."""
-        return self.entered_ts, self.seq
+    def order(self) -> int:
+        """The later correction of an exam has the greater: its seq (_UPSERT_EXAM_DATES)."""
+        return self.seq
 
 
 def _correction(data: dict, seq: int, msg_id: str, ts: float) -> Correction | None:

@@ -30,6 +30,7 @@ from labelled cases, and we have none.
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from wire.dating import HADLOCK_1984_WEEKS, dates_flag, hadlock_ga_weeks, hadlock_hc_mm, redate_days
 
@@ -83,9 +84,29 @@ def read_lmp(lmp: object, today: object) -> tuple[str, str, float]:
             weeks)
 
 
+def day_of_exam(today: object, ended_ts: object, now: float) -> object:
+    """The day the age by dates is taken on for an exam that has ended: the tablet's date
+    (`today`, YYYY-MM-DD; the box may have no real-time clock), moved back by the whole
+    days since the exam ended by the box's own clock, which keeps time between the two
+    even when it is wrong. Entered a week late on the report, the age is the baby's at the
+    scan, not a week older. A box clock that puts the exam in the future or more than
+    MAX_LMP_DAYS back (a reboot without a clock) moves nothing; anything but a date is
+    returned as it came, for `read_lmp` to refuse."""
+    if not isinstance(today, str) or len(today) > 10 or not isinstance(ended_ts, int | float) \
+            or isinstance(ended_ts, bool) or not math.isfinite(ended_ts):
+        return today
+    days = math.floor((now - ended_ts) / 86400.0)
+    if not 0 < days <= MAX_LMP_DAYS:
+        return today
+    try:
+        return (dt.date.fromisoformat(today) - dt.timedelta(days=days)).isoformat()
+    except ValueError:
+        return today
+
+
 def read_dates(dates: dict | None) -> dict | None:
     """The dates kept with an exam (`{"lmp", "today"}`, from the journal), if they are two
-    ISO dates the page would accept, with the age by dates on the day they were entered;
+    ISO dates the page would accept, with the age by dates on their `today` (the exam's day);
     None otherwise."""
     if not isinstance(dates, dict):
         return None
@@ -94,6 +115,19 @@ def read_dates(dates: dict | None) -> dict | None:
     except ValueError:
         return None
     return {"lmp": lmp, "today": today, "ga_dates_weeks": round(weeks, 2)}
+
+
+# Two ages by dates are the same age when they round alike: the page, the summary and a
+# correction all give them to 0.01 week (read_dates), so closer than that is one entry.
+SAME_WEEKS = 0.005
+
+
+def same_weeks(a: float | None, b: float | None) -> bool:
+    """Whether two ages by dates (None: none) are the same: what the district was told
+    against what the box now keeps (`loop.tell_district_dates`, the report's line)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) < SAME_WEEKS
 
 
 def hc_against_dates(hc_mm: float | None, ga_dates_weeks: float | None) -> dict | None:

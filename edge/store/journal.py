@@ -34,11 +34,11 @@ from edge.store.state import (
     move_aside,
     open_making_room,
 )
+from wire.schema import MAX_WALL_TS, finite_number
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 7
-MAX_WALL_TS = 4102444800.0  # 2100: the wire's bound on a device's wall clock
 MAX_DATES_BYTES = 256  # {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"} is 40
 JOURNAL_FILE = "journal.sqlite"
 SHED_BATCH = 2000  # frame results dropped at a time when the disk is full
@@ -116,12 +116,15 @@ _MIGRATIONS = {
     INSERT INTO exam_dates SELECT exam_id, dates FROM exams WHERE dates IS NOT NULL;
     """,
     # Dates entered or cleared after an exam's summary had left go to the district as a
-    # correction (`loop.tell_district_dates`): when each entry was made (its once-only key,
-    # so a crash repeats none), and the age by dates the district was last told by a
-    # correction (JSON: a number, or null for none; NULL: only the summary told it).
-    # Clearing keeps the row, with "null" as its dates, so what was told is not forgotten.
+    # correction (`loop.tell_district_dates`): each entry's number for the exam (its
+    # correction's once-only key, so a crash repeats none, whatever the box's clock does),
+    # when it was made (for the record, and how far back a start looks), and the age by
+    # dates the district was last told by a correction (JSON: a number, or null for none;
+    # NULL: only the summary told it). Clearing keeps the row, with "null" as its dates,
+    # so what was told is not forgotten.
     7: """
     ALTER TABLE exam_dates ADD COLUMN entered_ts REAL;
+    ALTER TABLE exam_dates ADD COLUMN entry INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE exam_dates ADD COLUMN told TEXT;
     CREATE INDEX exam_dates_entered ON exam_dates(entered_ts);
     """,
@@ -393,8 +396,9 @@ class Journal:
         text = json.dumps(dates, separators=(",", ":"))
         when = time.time() if entered_ts is None else float(entered_ts)
         return self._write("exam dates", lambda: self.db.execute(
-            "INSERT INTO exam_dates (exam_id, dates, entered_ts) VALUES (?,?,?) ON CONFLICT "
-            "(exam_id) DO UPDATE SET dates = excluded.dates, entered_ts = excluded.entered_ts",
+            "INSERT INTO exam_dates (exam_id, dates, entered_ts, entry) VALUES (?,?,?,1) ON "
+            "CONFLICT (exam_id) DO UPDATE SET dates = excluded.dates, entered_ts = "
+            "excluded.entered_ts, entry = exam_dates.entry + 1",
             (exam_id, text, when))) is not None
 
     def exam_dates(self, exam_id: str) -> dict | None:
@@ -411,23 +415,25 @@ class Journal:
             return None
         return dates if isinstance(dates, dict) else None
 
-    def dates_entry(self, exam_id: str) -> tuple[float | None, str | None]:
-        """When the exam's dates were last entered or cleared (None: never, or before
-        schema 7) and what a correction last told the district (JSON text; None: none did)."""
+    def dates_entry(self, exam_id: str) -> tuple[int, float | None, str | None]:
+        """The exam's dates' last entry: its number (0: none since schema 7, or damage),
+        when it was made (None: not a time the wire takes), and what a correction last
+        told the district (JSON text; None: none did)."""
         try:
-            row = self.db.execute("SELECT entered_ts, told FROM exam_dates WHERE exam_id=?",
-                                  (exam_id,)).fetchone()
+            row = self.db.execute("SELECT entry, entered_ts, told FROM exam_dates WHERE "
+                                  "exam_id=?", (exam_id,)).fetchone()
         except sqlite3.Error as exc:
             log.warning("journal %s: the dates of exam %s cannot be read (%s)", self.path,
                         exam_id, _reason(exc)[:120])
-            return None, None
+            return 0, None, None
         if row is None:
-            return None, None
+            return 0, None, None
+        entry, entered, told = row
+        entry = entry if isinstance(entry, int) and 0 < entry < 1 << 31 else 0
         # on the wire it is a time within 1970-2100: anything else is damage, no entry
-        entered = row[0] if isinstance(row[0], int | float) and not isinstance(row[0], bool) \
-            and 0.0 <= row[0] <= MAX_WALL_TS else None
+        entered = entered if finite_number(entered) and 0 <= entered <= MAX_WALL_TS else None
         # a number or null: anything longer is damage, read as no correction told
-        return entered, row[1] if isinstance(row[1], str) and len(row[1]) <= 32 else None
+        return entry, entered, told if isinstance(told, str) and len(told) <= 32 else None
 
     def dates_told(self, exam_id: str, told: str) -> bool:
         """Record what a queued correction tells the district of the exam's age by dates."""

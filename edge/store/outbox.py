@@ -280,9 +280,17 @@ class Outbox:
                 return False
 
     def has_key(self, key: str) -> bool:
+        """Whether `key` was enqueued; False (said in the log) when the outbox cannot be
+        read, so a caller on the loop's thread never fails on it: queueing again is safe,
+        `enqueue` refuses a known key in its own transaction."""
         with self._lock:
-            return self._db.execute("SELECT 1 FROM keys WHERE key = ?",
-                                    (key,)).fetchone() is not None
+            try:
+                return self._db.execute("SELECT 1 FROM keys WHERE key = ?",
+                                        (key,)).fetchone() is not None
+            except sqlite3.DatabaseError as exc:
+                log.warning("outbox %s: key %s not looked up (%s)", self.path, key[:80],
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                return False
 
     def _enqueue(self, kind: str, body: dict, key: str | None) -> Message | None:
         msg_id = str(uuid.uuid4() if key is None else uuid.uuid5(KEYED_NAMESPACE, key))
@@ -486,10 +494,11 @@ class Outbox:
                 pass
 
 
-def dates_key(exam_id: str, entered_ts: float) -> str:
+def dates_key(exam_id: str, entry: int) -> str:
     """The once-only key of an exam's age-by-dates correction: one per entry the midwife
-    made, so a later change is a new message and a crash recovery repeats none."""
-    return f"{exam_id}/dates/{round(float(entered_ts) * 1000)}"
+    made (the journal numbers them), so a later change is a new message and a crash
+    recovery repeats none."""
+    return f"{exam_id}/dates/{int(entry)}"
 
 
 def open_outbox(state_dir: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES,
@@ -526,14 +535,13 @@ def _read_what_remains(path: Path) -> tuple[dict, dict, list]:
             keys = []
     finally:
         conn.close()
-    for row in rows.values():  # an exam's key travels in its payload too, a correction's too
+    # An exam's key travels in its payload too. (A correction's need not: its msg_id, kept
+    # with it, derives from its key, and `_enqueue` knows a salvaged one by that.)
+    for row in rows.values():
         try:
             body = json.loads(row[3])
             if row[2] == "exam" and isinstance(body.get("exam_id"), str):
                 keys.append((body["exam_id"], int(row[1])))
-            elif row[2] == "dates" and isinstance(body.get("exam_id"), str) \
-                    and isinstance(body.get("entered_ts"), int | float):
-                keys.append((dates_key(body["exam_id"], body["entered_ts"]), int(row[1])))
         except (ValueError, TypeError, AttributeError):
             pass
     return rows, meta, keys

@@ -257,12 +257,12 @@ class Uplink:
             return None
         return self._enqueue_kept("exam", payload, key)
 
-    def enqueue_dates(self, exam_id: str, ga_dates_weeks: float | None,
+    def enqueue_dates(self, exam_id: str, ga_dates_weeks: float | None, entry: int,
                       entered_ts: float) -> str | None:
         """Store a correction of an exam's age by dates (`wire/schemas/dates.schema.json`),
         for dates entered or cleared after its summary was queued; returns its msg_id.
 
-        Once only per entry (its key is the exam's id and the entry's time), held like an
+        Once only per entry (`entry`, the journal's number for it, keys it), held like an
         exam when the disk is full, never raises. None also when it was queued before."""
         try:
             payload = messages.build_dates(self._env("dates"), exam_id, ga_dates_weeks,
@@ -271,7 +271,7 @@ class Uplink:
         except (ValueError, TypeError) as exc:
             log.error("age-by-dates correction of exam %s not stored: %s", exam_id, exc)
             return None
-        return self._enqueue_kept("dates", payload, dates_key(exam_id, entered_ts))
+        return self._enqueue_kept("dates", payload, dates_key(exam_id, entry))
 
     def _enqueue_kept(self, kind: str, payload: dict, key: str | None) -> str | None:
         """An exam or a correction into the outbox, in order behind any held for want of
@@ -320,7 +320,8 @@ class Uplink:
                     log.error("held %s message not stored: %s", kind, exc)
                 self._held.pop(0)
                 if not self._held:
-                    log.warning("disk space back: every held exam summary is queued")
+                    log.warning("disk space back: every held exam summary and correction "
+                                "is queued")
                     self._full_said = False
             self._set(held=len(self._held))
             return len(self._held)

@@ -48,7 +48,13 @@ from pathlib import Path
 from aiohttp import web
 
 from edge.exam.protocol import Protocol, ProtocolError, load_protocols
-from edge.exam.screening import MAX_LMP_DAYS, cephalic_index, hc_against_dates, read_dates
+from edge.exam.screening import (
+    MAX_LMP_DAYS,
+    cephalic_index,
+    hc_against_dates,
+    read_dates,
+    same_weeks,
+)
 from edge.exam.thumbs import THUMBS_DIR
 from edge.store.journal import JOURNAL_FILE, MAX_DATES_BYTES
 from edge.web import i18n
@@ -215,10 +221,10 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         # how the district got these dates' age: with the exam's summary, or by a
         # correction for dates entered (or changed) after it had left (`told`, the
         # journal's record of the last one queued); None: it has not
-        kept_dates["sent"] = "summary" if _same_weeks(
-            (bio_in or {}).get("ga_dates_weeks"), kept_dates["ga_dates_weeks"]) \
-            else "correction" if _same_weeks(_told(told), kept_dates["ga_dates_weeks"]) \
-            else None
+        weeks = kept_dates["ga_dates_weeks"]
+        kept_dates["sent"] = "summary" if same_weeks(
+            _number((bio_in or {}).get("ga_dates_weeks")), weeks) \
+            else "correction" if same_weeks(_told(told), weeks) else None
     return {
         "exam_id": _text(summary.get("exam_id")), "running": False,
         "ended_by": ended_by if ended_by in ENDED else None,
@@ -240,11 +246,6 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         "deficiencies": {_text(k, 24): _count(v) for k, v in list(faults.items())[:8]},
         "models": {_text(k, 32): _text(v, 16) for k, v in list(models.items())[:8]},
     }
-
-
-def _same_weeks(a: object, b: float) -> bool:
-    a = _number(a)
-    return a is not None and abs(a - b) < 0.01
 
 
 def _told(told: object) -> float | None:
@@ -535,8 +536,9 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
                                m=exam["required"]))),
     ]
     if exam.get("dates"):
-        # The age by dates is the one on the day they were entered (the phone's date, the
-        # box may have no clock): said with its day, which the exam's date above may not be.
+        # The age by dates is the one on the day of the exam (the phone's date, moved back
+        # by the days since the exam if entered later; the box may have no clock): said
+        # with its day, which the exam's date above, by the box's clock, may not be.
         said = _t(text, "report.lmp_ga", lmp=exam["dates"]["lmp"],
                   ga=weeks_days(text, exam["dates"]["ga_dates_weeks"]),
                   today=exam["dates"]["today"])
@@ -653,7 +655,8 @@ def _dates_form(text: dict[str, str], exam_id: str, lmp: str | None) -> str:
     return (f'<form id="report-lmp" class="noprint" data-exam="{e(exam_id)}" '
             f'data-max-weeks="{MAX_LMP_DAYS // 7}" '
             f'data-refused="{e(_t(text, "screen.lmp_refused_range", weeks=MAX_LMP_DAYS // 7))}" '
-            f'data-failed="{e(_t(text, "report.lmp_failed"))}">'
+            f'data-failed="{e(_t(text, "report.lmp_failed"))}" '
+            f'data-pending="{e(_t(text, "report.lmp_pending"))}">'
             f'<label for="report-lmp-date">{e(_t(text, "screen.lmp"))}</label>'
             f'<input id="report-lmp-date" type="date" value="{e(lmp or "")}">'
             f'<button id="lmp-keep" type="submit" class="primary">'

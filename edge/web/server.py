@@ -79,7 +79,7 @@ import cv2
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from edge.exam.screening import MAX_LMP_DAYS, read_lmp, screening
+from edge.exam.screening import MAX_LMP_DAYS, day_of_exam, read_lmp, screening
 from edge.models.planes import heatmap
 from edge.models.quality import Rules
 from edge.uplink.messages import read_temperature_c
@@ -1113,6 +1113,8 @@ class WebServer:
                 self.view.dates_to_keep.append((exam["exam_id"], None))
             self.view.ga_dates = None
             return web.json_response({"ok": True, "ga_dates_weeks": None})
+        if exam is not None and not exam.get("running"):  # the age at the scan's day
+            today = day_of_exam(today, exam.get("ended_ts"), time.time())
         try:
             lmp, today, weeks = read_lmp(lmp, today)
         except ValueError as exc:
@@ -1133,18 +1135,20 @@ class WebServer:
         if current.get("running") and current.get("exam_id") == exam_id:
             raise web.HTTPConflict(text="this exam is still running: enter its dates on the "
                                    "live page")
-        if await self.history.exam(exam_id, None) is None:
+        kept = await self.history.exam(exam_id, None)
+        if kept is None:
             raise web.HTTPNotFound(text="no such ended exam in the journal")
         if lmp is None:
             dates, weeks = None, None
         else:
-            try:
-                lmp, today, weeks = read_lmp(lmp, today)
+            try:  # the age at the scan's day, however late she enters them
+                lmp, today, weeks = read_lmp(lmp, day_of_exam(today, kept.get("ended_ts"),
+                                                              time.time()))
             except ValueError as exc:
                 raise web.HTTPBadRequest(text=str(exc)) from None
             dates = {"lmp": lmp, "today": today}
         self.view.dates_to_keep.append((exam_id, dates))
-        if current.get("exam_id") == exam_id:  # the card shows this exam: it agrees
+        if (self.view.exam or {}).get("exam_id") == exam_id:  # on the card too: it agrees
             self.view.ga_dates = None if dates is None else {
                 "exam_id": exam_id, "lmp": lmp, "today": today, "weeks": weeks}
         kept = await self._dates_kept(exam_id, dates)

@@ -53,7 +53,14 @@
           method: "POST", headers: { "Content-Type": "application/json" },
           body: JSON.stringify({ lmp, today: today() }), credentials: "same-origin",
         });
-        if (res.ok) { location.reload(); return; }
+        if (res.ok) {
+          let body = {};
+          try { body = await res.json(); } catch (e) { body = {}; }
+          // the box had not journaled them in time (busy, or stopping): said, not assumed
+          if (body.kept === false) { error.textContent = dates.dataset.pending; return; }
+          location.reload();
+          return;
+        }
         error.textContent = res.status === 400 ? dates.dataset.refused : (await res.text()) || dates.dataset.failed;
       } catch (e) {
         error.textContent = dates.dataset.failed;
