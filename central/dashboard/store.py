@@ -466,7 +466,6 @@ def _num(value) -> float | None:
 
 def _add(db: Db, rows: list[tuple]) -> None:
     msgs, exams, seqs = [], [], []
-    exam_data: list[dict] = []  # each exam row's payload, for a correction that came first
     corrections: dict[tuple[str, str], Correction] = {}  # (device, exam_id): the latest
     day_device: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
     week_protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
@@ -508,7 +507,6 @@ def _add(db: Db, rows: list[tuple]) -> None:
         if kind != "exam":
             continue
         exams.append(_exam_row(msg_id, dev, clinic, day, ts, data))
-        exam_data.append(data)
         protocol = data.get("protocol") or {}
         name = str(protocol.get("name") or "")
         week = week_of(day)
@@ -537,10 +535,9 @@ def _add(db: Db, rows: list[tuple]) -> None:
             wp[2] += int(q < C.MIN_QUALITY)
     db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
             "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", msgs)
-    _date_by_stored_corrections(db, exams, exam_data)
     db.many(f"INSERT INTO dash.exams ({', '.join(EXAM_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(EXAM_COLUMNS))})", exams)
-    _add_corrections(db, corrections)
+    _add_corrections(db, corrections, {(row[EXAM_DEVICE_AT], row[EXAM_ID_AT]) for row in exams})
     _add_seq_runs(db, seqs)
     db.many("INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, clinic_id) DO UPDATE SET "
@@ -740,6 +737,7 @@ EXAM_COLUMNS = ("msg_id", "device_id", "clinic_id", "exam_id", "day", "ts", "pro
                 "ga_low", "ga_high", "ga_source", "missing", "ig_z", "dates_flag",
                 "dates_corrected")
 EXAM_ID_AT = EXAM_COLUMNS.index("exam_id")
+EXAM_DEVICE_AT = EXAM_COLUMNS.index("device_id")
 # What a correction of the age by dates changes in an exam's row.
 DATED_COLUMNS = ("ga_weeks", "ga_source", "ig_z", "dates_flag", "dates_corrected")
 EXAM_ID_CHARS = 40  # the schema allows 36
@@ -850,29 +848,20 @@ def _stored_dates(db: Db, keys: set[tuple[str, str]]) -> dict[tuple[str, str], f
     return out
 
 
-def _date_by_stored_corrections(db: Db, exams: list[tuple], exam_data: list[dict]) -> None:
-    """The batch's exam rows whose correction came first (a reorder, two collectors
-    sharing the load) rolled up dated by it, in place. Nothing to read while no correction
-    was ever stored."""
-    if not exams or not db.query("SELECT 1 FROM dash.exam_dates LIMIT 1"):
-        return
-    at = {c: EXAM_COLUMNS.index(c) for c in ("msg_id", "device_id", "clinic_id", "day", "ts")}
-    stored = _stored_dates(db, {(row[at["device_id"]], row[EXAM_ID_AT]) for row in exams})
-    for i, row in enumerate(exams):
-        key = (row[at["device_id"]], row[EXAM_ID_AT])
-        if key in stored:
-            exams[i] = _exam_row(*(row[at[c]] for c in at), exam_data[i], stored[key])
-
-
-def _add_corrections(db: Db, corrections: dict[tuple[str, str], Correction]) -> None:
+def _add_corrections(db: Db, corrections: dict[tuple[str, str], Correction],
+                     batch_exams: set[tuple[str, str]]) -> None:
     """Store a batch's corrections, each exam's latest, and apply the one that stands (an
     earlier batch's may be later still) to the exam wherever dash.exams holds it: rolled up
-    before, or in this batch (after its rows)."""
-    if not corrections:
-        return
-    db.many(_UPSERT_EXAM_DATES, [(dev, *c) for (dev, _), c in corrections.items()])
-    stored = _stored_dates(db, set(corrections))
-    _redate_exams(db, {key: stored[key] for key in corrections})
+    before, or in this batch. The batch's exams whose correction came first (a reorder,
+    two collectors sharing the load) are dated the same way; nothing is read for them
+    while no correction was ever stored."""
+    if corrections:
+        db.many(_UPSERT_EXAM_DATES, [(dev, *c) for (dev, _), c in corrections.items()])
+    wanted = set(corrections)
+    if batch_exams and (corrections or db.query("SELECT 1 FROM dash.exam_dates LIMIT 1")):
+        wanted |= batch_exams
+    if wanted:
+        _redate_exams(db, _stored_dates(db, wanted))
 
 
 def _redate_exams(db: Db, weeks: dict[tuple[str, str], float | None]) -> None:
