@@ -290,6 +290,14 @@ def test_dates_entered_after_the_exam_reach_the_district_and_leave_no_hole(tmp_p
     rep = _report(path)["dev-a"]
     assert (rep["exams"], rep["health"], rep["max_seq"], rep["missing"], rep["lost"],
             rep["gaps"]) == (1, 1, 3, 0, 0, [])
+    # the devices page weighs a box's lost messages against those received that take a
+    # seq: the correction is one of them
+    db = open_db(path)
+    try:
+        (row,) = queries.devices_page(db, queries.Scope(None), queries.period(4))
+    finally:
+        db.close()
+    assert (row.received, row.missing) == (3, 0)
 
 
 def test_a_correction_that_arrives_before_its_exam_gives_the_same_row(url):

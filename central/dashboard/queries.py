@@ -657,7 +657,7 @@ class DeviceRow:
     models: dict
     bundle: dict
     health_ts: float | None
-    received: int = 0  # exam and health messages received in the period
+    received: int = 0  # messages that take a seq (exam, health, dates) received in the period
     flags: list[str] = field(default_factory=list)
     clinic_name: str = ""  # from the district map; "" when it gives none
 
@@ -676,7 +676,7 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
     for h in holes(db, scope, per):
         missing[h.device_id] += h.size
     received = {dev: int(n) for dev, n in db.query(
-        "SELECT device_id, SUM(exams + health) FROM dash.day_device WHERE day >= ? AND "
+        "SELECT device_id, SUM(exams + health + dates) FROM dash.day_device WHERE day >= ? AND "
         f"day <= ? AND {w} GROUP BY device_id", (per.first_day, per.last_day, *p))}
     out = []
     for (dev, clinic, last, max_seq, _hseq, health_ts, health, st_rec, st_state, st_seq,

@@ -54,7 +54,7 @@ from central.dashboard.reference import ig_z
 from central.db import SEQ_KINDS, DbError, is_postgres, one_line, redact, sqlite_path
 from wire.dating import dates_flag
 
-SCHEMA_VERSION = "9"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "10"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -93,10 +93,12 @@ _DASH_TABLES = [
         PRIMARY KEY (device_id, exam_id))""",
     # a batch's exams look up their corrections by id alone (_stored_dates)
     "CREATE INDEX IF NOT EXISTS dash.exam_dates_exam ON exam_dates (exam_id)",
+    # messages per day and device: exams, health, the others (status and corrections), and
+    # of those others the corrections, which take a seq (the devices page's received share)
     """CREATE TABLE IF NOT EXISTS dash.day_device (
         device_id TEXT NOT NULL, clinic_id TEXT NOT NULL, day INTEGER NOT NULL,
         exams INTEGER NOT NULL, health INTEGER NOT NULL, other INTEGER NOT NULL,
-        PRIMARY KEY (day, device_id, clinic_id)) WITHOUT ROWID""",
+        dates INTEGER NOT NULL, PRIMARY KEY (day, device_id, clinic_id)) WITHOUT ROWID""",
     # a clinic's first day (the clinics page counts silent weekdays from it on): one index
     # lookup per clinic rather than a scan of every day of its history
     "CREATE INDEX IF NOT EXISTS dash.day_device_clinic ON day_device (clinic_id, day)",
@@ -467,7 +469,7 @@ def _num(value) -> float | None:
 def _add(db: Db, rows: list[tuple]) -> None:
     msgs, exams, seqs = [], [], []
     corrections: dict[tuple[str, str], Correction] = {}  # (device, exam_id): the latest
-    day_device: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
+    day_device: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     week_protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     week_missing: dict[tuple, int] = defaultdict(int)
     week_def: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
@@ -481,6 +483,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
             seqs.append((dev, clinic, int(seq), day))
         counts = day_device[(day, dev, clinic)]
         counts[0 if kind == "exam" else 1 if kind == "health" else 2] += 1
+        counts[3] += kind == "dates"
         lat = latest.setdefault(dev, {"clinic": clinic, "received": received, "max_seq": 0})
         if received >= lat["received"]:
             lat["clinic"], lat["received"] = clinic, received
@@ -539,11 +542,12 @@ def _add(db: Db, rows: list[tuple]) -> None:
             f"VALUES ({', '.join('?' * len(EXAM_COLUMNS))})", exams)
     _add_corrections(db, corrections, {(row[EXAM_DEVICE_AT], row[EXAM_ID_AT]) for row in exams})
     _add_seq_runs(db, seqs)
-    db.many("INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, clinic_id) DO UPDATE SET "
-            "exams = dash.day_device.exams + excluded.exams, "
+    db.many("INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other, "
+            "dates) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, clinic_id) DO "
+            "UPDATE SET exams = dash.day_device.exams + excluded.exams, "
             "health = dash.day_device.health + excluded.health, "
-            "other = dash.day_device.other + excluded.other",
+            "other = dash.day_device.other + excluded.other, "
+            "dates = dash.day_device.dates + excluded.dates",
             [(*k, *v) for k, v in day_device.items()])
     db.many("INSERT INTO dash.week_protocol (week, clinic_id, protocol, exams, complete) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, protocol) DO UPDATE SET "
