@@ -143,7 +143,7 @@ def test_the_collector_survives_10000_hostile_payloads_and_stores_every_valid_on
     # A real device session gives the seeds: the uplink's own payloads, as stored.
     state = tmp_path / "dev"
     run_device(state, broker.url("dev-a"), frames=300, exam_every=15, health_every=15,
-               drain_timeout=20)
+               dates_every=4, drain_timeout=20)
     want = fx.produced_ids(state)
     wait_for(lambda: len(fx.stored(db, "dev-a")) >= len(want), 30, "the device session")
     time.sleep(0.5)
@@ -151,7 +151,7 @@ def test_the_collector_survives_10000_hostile_payloads_and_stores_every_valid_on
     seeds = [(f"sonoedge/dev-a/{k}", json.loads(p)) for k, p in conn.execute(
         "SELECT kind, payload FROM messages WHERE device_id = 'dev-a'")]
     conn.close()
-    assert {t.rsplit("/", 1)[1] for t, _ in seeds} == {"exam", "health", "status"}
+    assert {t.rsplit("/", 1)[1] for t, _ in seeds} == {"exam", "health", "status", "dates"}
 
     rng = random.Random(1414)
     fuzz = Fuzzer(seeds, rng)
@@ -193,7 +193,7 @@ def test_the_collector_survives_10000_hostile_payloads_and_stores_every_valid_on
         client.loop_stop()
         client.disconnect()
     sent_s = time.monotonic() - started
-    wait_for(lambda: {r[0] for r in fx.stored(db, "dev-a", ("exam", "health", "status"))}
+    wait_for(lambda: {r[0] for r in fx.stored(db, "dev-a", wire_schema.KINDS)}
              >= set(valid), 60, "every valid message stored")
     time.sleep(2.0)  # whatever is still on its way lands
     total_s = time.monotonic() - started
