@@ -497,6 +497,48 @@ def test_dates_entered_before_an_exam_go_to_the_next_exam_and_never_to_another(p
     assert list(srv.view.dates_to_keep) == [("e-next", dates)]
 
 
+def test_a_reports_dates_are_answered_kept_only_once_the_journal_has_them(page_server,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    """POST /api/exams/<id>/lmp waits for the loop to journal the dates: a loop that does
+    not in time (busy, stopping) is answered "kept": false, never a yes the report would
+    believe; the dates wait in the loop's queue. Entered three days after the exam, they
+    are kept with the exam's day, so the age by dates is the baby's at the scan."""
+    from edge.exam.protocol import load_protocols
+    from edge.exam.session import ExamSession
+    from edge.store.journal import Journal
+
+    monkeypatch.setattr(web_server, "DATES_KEPT_WAIT_S", 0.5)
+    journal = Journal(tmp_path / "journal.sqlite")
+    done = ExamSession(next(iter(load_protocols().values())))
+    summary = {**done.summary("gap"), "ended_ts": time.time() - 3 * 86400 - 60}
+    assert journal.add_exam(None, summary, {})
+    srv = page_server()
+    session = re.search(rb"sonoedge_session=([^;]+);", _login(srv, PIN)).group(1).decode()
+
+    def post(dates: dict) -> tuple[bytes, dict | str]:
+        data = json.dumps(dates).encode()
+        reply = _raw(srv, f"POST /api/exams/{done.exam_id}/lmp HTTP/1.1\r\nHost: x\r\n"
+                     f"Connection: close\r\nCookie: sonoedge_session={session}\r\n"
+                     "Content-Type: application/json\r\n".encode()
+                     + b"Content-Length: %d\r\n\r\n" % len(data) + data)
+        head, _, text = reply.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1]
+        return status, json.loads(text) if status == b"200" else text.decode()
+
+    started = time.monotonic()
+    status, body = post({"lmp": "2026-06-10", "today": "2026-12-07"})  # the tablet's date
+    assert status == b"200" and body["kept"] is False and body["ga_dates_weeks"] == 25.29
+    assert time.monotonic() - started < 5
+    kept_at_exam = {"lmp": "2026-06-10", "today": "2026-12-04"}  # three days back
+    assert list(srv.view.dates_to_keep) == [(done.exam_id, kept_at_exam)]
+    # the loop keeps them (here by hand): the same entry is then answered kept at once
+    assert journal.keep_dates(done.exam_id, kept_at_exam)
+    status, body = post({"lmp": "2026-06-10", "today": "2026-12-07"})
+    assert status == b"200" and body["kept"] is True
+    journal.close()
+
+
 def test_the_report_gives_no_ga_range_whose_bounds_fall_on_one_day():
     """As the page: bounds under a day apart printed "19w 1d – 19w 1d" on the report."""
     from edge.web.history import ga_range
