@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wire.schema import QUEUED_KINDS
+from wire.shown import one_line
 
 DEFAULT_DB = "sonoedge-central.sqlite3"
 DEAD_PREVIEW_CHARS = 2048
@@ -317,7 +318,3 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
-def one_line(exc: BaseException) -> str:
-    """An error's first line, for a one-line message."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -32,11 +32,11 @@ from edge.models.quality import Rules, load_rules
 from edge.models.roi import Roi
 from edge.result import FrameResult
 from edge.scorer import make_scorer, timed_frames
-from edge.store.journal import JOURNAL_FILE, Journal
+from edge.store.journal import JOURNAL_FILE, Journal, told_weeks
 from edge.store.outbox import dates_key
 from edge.store.state import StateLock, prepare_state_dir
 from edge.uplink.mqtt import Uplink
-from wire.schema import finite_number
+from wire.schema import number_or_none
 
 log = logging.getLogger(__name__)
 
@@ -265,10 +265,6 @@ def requeue_after_salvage(settings: Settings, journal: Journal, uplink: Uplink) 
     return queued
 
 
-def _weeks(value: object) -> float | None:
-    return float(value) if finite_number(value) else None
-
-
 def tell_district_dates(journal: Journal, uplink: Uplink, exam_id: str,
                         again: bool = False) -> bool:
     """Queue a correction of an ended exam's age by dates when the district has not been
@@ -290,15 +286,11 @@ def tell_district_dates(journal: Journal, uplink: Uplink, exam_id: str,
         return False  # running, or no head measured: no age by dates is wanted
     kept = read_dates(journal.exam_dates(exam_id))
     weeks = kept["ga_dates_weeks"] if kept is not None else None
-    if told is not None:
-        try:
-            district = _weeks(json.loads(told))
-        except ValueError:
-            district, told = None, None
-    if told is None:
-        district = _weeks(summary["biometry"].get("ga_dates_weeks"))
+    was_told, district = told_weeks(told)
+    if not was_told:
+        district = number_or_none(summary["biometry"].get("ga_dates_weeks"))
     same = same_weeks(district, weeks)
-    if same and not (again and told is not None):
+    if same and not (again and was_told):
         return False
     queued = uplink.enqueue_dates(exam_id, weeks, entry, entered) is not None \
         or uplink.outbox.has_key(dates_key(exam_id, entry))

@@ -136,6 +136,12 @@ def finite_number(value: object) -> bool:
             and math.isfinite(value))
 
 
+def number_or_none(value: object) -> float | None:
+    """A value read back from disk or the wire as a float where it is a real number
+    (`finite_number`), else None."""
+    return float(value) if finite_number(value) else None
+
+
 def _size_text(n: int) -> str:
     return f"{n >> 20} MiB" if n and not n % (1 << 20) else f"{n} bytes"
 

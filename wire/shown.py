@@ -14,6 +14,13 @@ def shown(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as one line for a log or a message: its text's first line, or its type's
+    name when it says nothing."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def shown_path(path: object, limit: int | None = 200) -> str:
     """A path or source spec as one line of at most about `limit` characters: bytes that
     are not UTF-8 and control characters (a newline) as \\xNN, a very long one cut in its

@@ -505,7 +505,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
             lat["status_pending"] = int(data.get("pending") or 0)
         if kind == "dates" and (c := _correction(data, int(seq), msg_id, ts)) is not None:
             before = corrections.get((dev, c.exam_id))
-            if before is None or c.order > before.order:
+            if before is None or c.seq > before.seq:  # the later entry (_UPSERT_EXAM_DATES)
                 corrections[(dev, c.exam_id)] = c
         if kind != "exam":
             continue
@@ -621,9 +621,8 @@ def _add_seq_runs(db: Db, seqs: list[tuple[str, str, int, int]]) -> None:
         names = sorted(devs)
         have: dict[str, dict[tuple[str, int], tuple]] = defaultdict(dict)
         spilled: set[str] = set()
-        for i in range(0, len(names), 500):
-            part = names[i:i + 500]
-            marks = ", ".join("?" * len(part))
+        for part in _chunks(names):
+            marks = _marks(part)
             spilled.update(r[0] for r in db.query(
                 f"SELECT device_id FROM dash.seq_spill WHERE block = ? AND device_id IN ({marks})",
                 (block, *part)))
@@ -810,11 +809,6 @@ class Correction(NamedTuple):
     entered_ts: float
     seq: int
     msg_id: str
-
-    @property
-    def order(self) -> int:
-        """The later correction of an exam has the greater: its seq (_UPSERT_EXAM_DATES)."""
-        return self.seq
 
 
 def _correction(data: dict, seq: int, msg_id: str, ts: float) -> Correction | None:

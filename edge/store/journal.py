@@ -34,7 +34,8 @@ from edge.store.state import (
     move_aside,
     open_making_room,
 )
-from wire.schema import MAX_WALL_TS, finite_number
+from wire.schema import MAX_WALL_TS, finite_number, number_or_none
+from wire.shown import one_line
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,22 @@ _MIGRATIONS = {
     CREATE INDEX exam_dates_entered ON exam_dates(entered_ts);
     """,
 }
+
+
+def told_weeks(told: object) -> tuple[bool, float | None]:
+    """What a correction told the district, from `exam_dates.told` (JSON text: a number,
+    or null for none): (whether one told it, the weeks or None). A value that is no such
+    JSON, or longer than one, is damage: read as none told."""
+    if not isinstance(told, str) or len(told) > 32:
+        return False, None
+    try:
+        value = json.loads(told)
+    except ValueError:
+        return False, None
+    if value is None:
+        return True, None
+    weeks = number_or_none(value)
+    return weeks is not None, weeks
 
 
 class JournalError(StateError):
@@ -295,7 +312,7 @@ class Journal:
     def _failed(self, what: str, exc: BaseException) -> None:
         if what == "frame":
             self.skipped_frames += 1
-        reason = _reason(exc)
+        reason = one_line(exc)
         if is_full(exc):
             self.disk_full = True
         if reason != self._failure:
@@ -411,7 +428,7 @@ class Journal:
             dates = None if row is None or row[0] is None else json.loads(row[0])
         except (sqlite3.Error, ValueError, RecursionError) as exc:
             log.warning("journal %s: the dates of exam %s cannot be read (%s); the exam is "
-                        "sent without its age by dates", self.path, exam_id, _reason(exc)[:120])
+                        "sent without its age by dates", self.path, exam_id, one_line(exc)[:120])
             return None
         return dates if isinstance(dates, dict) else None
 
@@ -424,7 +441,7 @@ class Journal:
                                   "exam_id=?", (exam_id,)).fetchone()
         except sqlite3.Error as exc:
             log.warning("journal %s: the dates of exam %s cannot be read (%s)", self.path,
-                        exam_id, _reason(exc)[:120])
+                        exam_id, one_line(exc)[:120])
             return 0, None, None
         if row is None:
             return 0, None, None
@@ -565,7 +582,3 @@ class Journal:
     def close(self) -> None:
         self.db.close()
 
-
-def _reason(exc: BaseException) -> str:
-    """An error as one line for the log: its message's first line, or its type's name."""
-    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -54,6 +54,7 @@ from pathlib import Path
 
 from edge.store.state import Reserve, is_corrupt, is_full, move_aside, open_making_room
 from wire.schema import QUEUED_KINDS
+from wire.shown import one_line
 
 log = logging.getLogger("sonoedge.outbox")
 
@@ -289,7 +290,7 @@ class Outbox:
                                         (key,)).fetchone() is not None
             except sqlite3.DatabaseError as exc:
                 log.warning("outbox %s: key %s not looked up (%s)", self.path, key[:80],
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                            one_line(exc))
                 return False
 
     def _enqueue(self, kind: str, body: dict, key: str | None) -> Message | None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import html
-import json
 import logging
 import math
 import re
@@ -56,10 +55,11 @@ from edge.exam.screening import (
     same_weeks,
 )
 from edge.exam.thumbs import THUMBS_DIR
-from edge.store.journal import JOURNAL_FILE, MAX_DATES_BYTES
+from edge.store.journal import JOURNAL_FILE, MAX_DATES_BYTES, told_weeks
 from edge.web import i18n
 from wire.dating import HADLOCK_1984_WEEKS
 from wire.schema import PLANES, PayloadError, finite_number, loads_bounded
+from wire.schema import number_or_none as _number
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,6 @@ def report_lang(raw: str | None, accept: str | None) -> str:
 
 def _text(value: object, limit: int = MAX_TEXT) -> str:
     return value[:limit] if isinstance(value, str) else ""
-
-
-def _number(value: object) -> float | None:
-    return float(value) if finite_number(value) else None
 
 
 def _count(value: object) -> int:
@@ -224,7 +220,7 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         weeks = kept_dates["ga_dates_weeks"]
         kept_dates["sent"] = "summary" if same_weeks(
             _number((bio_in or {}).get("ga_dates_weeks")), weeks) \
-            else "correction" if same_weeks(_told(told), weeks) else None
+            else "correction" if same_weeks(told_weeks(told)[1], weeks) else None
     return {
         "exam_id": _text(summary.get("exam_id")), "running": False,
         "ended_by": ended_by if ended_by in ENDED else None,
@@ -246,16 +242,6 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         "deficiencies": {_text(k, 24): _count(v) for k, v in list(faults.items())[:8]},
         "models": {_text(k, 32): _text(v, 16) for k, v in list(models.items())[:8]},
     }
-
-
-def _told(told: object) -> float | None:
-    """The weeks a correction told the district (journal `exam_dates.told`, JSON)."""
-    if not isinstance(told, str) or len(told) > 32:
-        return None
-    try:
-        return _number(json.loads(told))
-    except ValueError:
-        return None
 
 
 # -- the journal, read-only ------------------------------------------------------------------
@@ -287,6 +273,14 @@ class ExamHistory:
             return None
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, self._one, exam_id, running)
+
+    async def dates(self, exam_id: str) -> dict | None:
+        """The dates the journal keeps for one exam (`read_dates`), read alone: what the
+        report's date field waits for, without building the whole exam each time."""
+        if not EXAM_ID_RE.match(exam_id):
+            return None
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._dates, exam_id)
 
     async def thumbnail(self, exam_id: str, name: str) -> tuple[str, Path | None]:
         """("unknown", None): not a thumbnail the journal lists for that exam; ("gone",
@@ -411,6 +405,12 @@ class ExamHistory:
                            {"max": MAX_JSON_BYTES, "id": exam_id})
         found = self._exams(rows or [], running)
         return found[0] if found else None
+
+    def _dates(self, exam_id: str) -> dict | None:
+        rows = self._query("SELECT CASE WHEN length(CAST(dates AS BLOB)) <= :max THEN dates "
+                           "END FROM exam_dates WHERE exam_id = :id",
+                           {"max": MAX_DATES_BYTES, "id": exam_id})
+        return read_dates(self._parse(rows[0][0])) if rows else None
 
     def _kept(self, exam_id: str, listed: str) -> Path | None:
         """The file of a thumbnail path the journal lists, if it is one of this exam's

@@ -1113,17 +1113,23 @@ class WebServer:
                 self.view.dates_to_keep.append((exam["exam_id"], None))
             self.view.ga_dates = None
             return web.json_response({"ok": True, "ga_dates_weeks": None})
-        if exam is not None and not exam.get("running"):  # the age at the scan's day
-            today = day_of_exam(today, exam.get("ended_ts"), time.time())
+        dates, weeks = self._read_dates(lmp, today, (exam or {}).get("ended_ts"))
+        self.view.ga_dates = {"exam_id": exam["exam_id"] if exam else None, **dates,
+                              "weeks": weeks}
+        if exam is not None:  # kept with the exam for its report (edge/web/history.py)
+            self.view.dates_to_keep.append((exam["exam_id"], dates))
+        return web.json_response({"ok": True, "ga_dates_weeks": round(weeks, 2)})
+
+    @staticmethod
+    def _read_dates(lmp: object, today: object, ended_ts: object) -> tuple[dict, float]:
+        """The page's dates, checked (400 with `read_lmp`'s reason), and the age by dates
+        on the scan's day for an exam that has ended (`ended_ts`; None while it runs),
+        however late she enters them."""
         try:
-            lmp, today, weeks = read_lmp(lmp, today)
+            lmp, today, weeks = read_lmp(lmp, day_of_exam(today, ended_ts, time.time()))
         except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
-        self.view.ga_dates = {"exam_id": exam["exam_id"] if exam else None, "lmp": lmp,
-                              "today": today, "weeks": weeks}
-        if exam is not None:  # kept with the exam for its report (edge/web/history.py)
-            self.view.dates_to_keep.append((exam["exam_id"], {"lmp": lmp, "today": today}))
-        return web.json_response({"ok": True, "ga_dates_weeks": round(weeks, 2)})
+        return {"lmp": lmp, "today": today}, weeks
 
     async def _exam_lmp(self, request: web.Request) -> web.Response:
         """Dates for one ended exam, named by its report's URL rather than by what the live
@@ -1138,19 +1144,12 @@ class WebServer:
         kept = await self.history.exam(exam_id, None)
         if kept is None:
             raise web.HTTPNotFound(text="no such ended exam in the journal")
-        if lmp is None:
-            dates, weeks = None, None
-        else:
-            try:  # the age at the scan's day, however late she enters them
-                lmp, today, weeks = read_lmp(lmp, day_of_exam(today, kept.get("ended_ts"),
-                                                              time.time()))
-            except ValueError as exc:
-                raise web.HTTPBadRequest(text=str(exc)) from None
-            dates = {"lmp": lmp, "today": today}
+        dates, weeks = (None, None) if lmp is None \
+            else self._read_dates(lmp, today, kept.get("ended_ts"))
         self.view.dates_to_keep.append((exam_id, dates))
         if (self.view.exam or {}).get("exam_id") == exam_id:  # on the card too: it agrees
             self.view.ga_dates = None if dates is None else {
-                "exam_id": exam_id, "lmp": lmp, "today": today, "weeks": weeks}
+                "exam_id": exam_id, **dates, "weeks": weeks}
         kept = await self._dates_kept(exam_id, dates)
         return web.json_response({"ok": True, "kept": kept,
                                   "ga_dates_weeks": None if weeks is None else round(weeks, 2)})
@@ -1160,8 +1159,7 @@ class WebServer:
         DATES_KEPT_WAIT_S: the loop keeps them between two frames (or while it lingers)."""
         deadline = time.monotonic() + DATES_KEPT_WAIT_S
         while True:
-            exam = await self.history.exam(exam_id, None)
-            kept = (exam or {}).get("dates")
+            kept = await self.history.dates(exam_id)
             if (dates is None and kept is None) or (
                     dates is not None and kept is not None and kept["lmp"] == dates["lmp"]
                     and kept["today"] == dates["today"]):
