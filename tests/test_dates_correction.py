@@ -195,3 +195,53 @@ def test_a_corrupt_outbox_sends_the_last_correction_again_under_the_same_msg_id(
     # the collector keys on msg_id: if the first did arrive, this one is absorbed there
     assert again["msg_id"] == sent["msg_id"] and again["ga_dates_weeks"] == 25.29
     uplink.close()
+
+
+def test_dates_the_page_accepted_as_the_run_stopped_are_kept_and_told(tmp_path, monkeypatch):
+    """The real loop on real heads, with the page up: the midwife's dates for the exam that
+    has just ended arrive after its summary is queued, as the process stops. The stop keeps
+    them in the journal before it closes, and queues the district's correction."""
+    import shutil
+
+    from edge.config import load_settings
+    from edge.loop import run
+    from edge.web.auth import write_pin
+    from edge.web.live import LoopHook
+    from tests.conftest import DATA
+    from tests.servers import free_port
+
+    folder = tmp_path / "heads"
+    folder.mkdir()
+    for i, name in enumerate(("500_HC.png", "010_HC.png", "502_HC.png")):
+        shutil.copy(DATA / "hc18" / "images" / name, folder / f"{i:02d}_{name}")
+    state = tmp_path / "state"
+    write_pin(state, "4827")
+    ended: list[str] = []
+    shown = LoopHook.exam_ended
+
+    def then_dates_arrive(self, session, body):  # the page's POST, just after the summary
+        shown(self, session, body)
+        ended.append(body["exam_id"])
+        self.view.dates_to_keep.append((body["exam_id"], DATES))
+
+    monkeypatch.setattr(LoopHook, "exam_ended", then_dates_arrive)
+    settings = load_settings(overrides={
+        "source": {"spec": str(folder)}, "device": {"state_dir": str(state)},
+        "loop": {"log_every": 0}, "biometry": {"pixel_size_mm": 0.15},
+        "mqtt": {"device_id": "dev-a", "clinic_id": "c1"},
+        "web": {"listen": f"127.0.0.1:{free_port()}"}})
+    assert run(settings, once=True, echo=lambda _: None) == 0
+    [exam_id] = ended
+
+    journal = Journal(state / "journal.sqlite")
+    [(kept,)] = journal.db.execute("SELECT dates FROM exam_dates WHERE exam_id = ?",
+                                   (exam_id,)).fetchall()
+    assert json.loads(kept) == DATES
+    uplink = Uplink(MqttSettings(device_id="dev-a", clinic_id="c1"), state)
+    [told] = corrections(uplink, exam_id)
+    assert told["ga_dates_weeks"] == 25.29
+    summary = next(json.loads(m.payload) for m in uplink.outbox.list(100) if m.kind == "exam")
+    assert summary["exam_id"] == exam_id and summary["biometry"]["hc_mm"] > 0
+    assert summary["biometry"].get("ga_dates_weeks") is None  # it left before the dates
+    uplink.close()
+    journal.close()
