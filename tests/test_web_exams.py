@@ -420,6 +420,22 @@ def test_the_last_period_of_an_earlier_exam_is_entered_on_its_report(box, ended,
                            "entered')", **POLL)
     assert corrections_to_district(box, first_id, before + 2)[-1]["ga_dates_weeks"] is None
     assert journaled_dates(box, first_id) is None
+    # A box too busy to journal them within its wait answers "kept": false
+    # (test_web_unit), and a box that does not answer answers nothing: the report says
+    # which, stays as it was (not drawn again as if they were kept) and can be sent again.
+    page.evaluate("window.notReloaded = true")
+    for answer, said in (
+            (lambda route: route.fulfill(status=200, content_type="application/json",
+                                         body='{"kept": false}'), "Not kept yet"),
+            (lambda route: route.abort(), "The dates were not kept: the box did not answer")):
+        page.route("**/api/exams/*/lmp", answer)
+        page.fill("#report-lmp-date", lmp)
+        page.click("#lmp-keep")
+        page.wait_for_function(f"document.querySelector('#report-lmp-error').textContent"
+                               f".startsWith({json.dumps(said)})", **POLL)
+        assert page.evaluate("window.notReloaded === true")
+        assert not page.is_disabled("#lmp-keep")
+        page.unroute("**/api/exams/*/lmp")
     page.close()
 
     def post(exam_id: str, body: bytes, headers: dict) -> tuple[int, bytes]:
