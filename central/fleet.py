@@ -28,6 +28,7 @@ import tarfile
 import time
 from pathlib import Path
 
+from central.report import printable
 from wire.cli import OneLineParser
 from wire.fleet import (
     MANIFEST_MEMBER,
@@ -231,7 +232,7 @@ def format_fleet(rows: list[dict]) -> str:
             note = f"{note}; fetching {r['download']}" if note else f"fetching {r['download']}"
         lines.append(f"{r['device_id']:<20} {r.get('group', '-'):<14} {r.get('bundle', '-'):<12} "
                      f"{state:<10} {r.get('slot', '-'):<4}  {note or '-'}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def bundle_main(argv: list[str]) -> int:

@@ -11,10 +11,10 @@ from wire import schema
 # -- time ------------------------------------------------------------------------------------
 DAY_S = 86400
 # Days are UTC days. A device's own clock (``ts``) dates a message when it is plausible: not
-# after the collector received it (plus a day of clock skew), and not older than a
-# store-and-forward backlog can be (a box offline for over a year has been replaced). Outside
-# that (a box without RTC booting in 1970) the collector's receive time dates it.
-DEVICE_CLOCK_AHEAD_S = DAY_S
+# older than a store-and-forward backlog can be (a box offline for over a year has been
+# replaced). Outside that (a box without RTC booting in 1970) the collector's receive time
+# dates it, and so it does a message the box's clock puts after its arrival (a clock running
+# ahead): none is dated after it was received, so none falls after the period's last day.
 DEVICE_CLOCK_BEHIND_S = 400 * DAY_S
 
 CLINICS_WEEKS = 8  # issue 17: exams per day per clinic over the last 8 weeks

@@ -76,15 +76,27 @@ def utc(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def to_csv(header: list[str], rows: list[list]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for r in rows:
-        # a cell starting with = + - @ would be a formula in a spreadsheet: quote it away
-        w.writerow(["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else
-                    ("" if v is None else v) for v in r])
+        # a cell starting with = + - @ would be a formula in a spreadsheet, and so would one
+        # after a tab or carriage return, which some strip first (OWASP's list): quote it away
+        w.writerow([_cell_text(v) if isinstance(v, str) else "" if v is None else v
+                    for v in r])
     return buf.getvalue()
+
+
+def _cell_text(text: str) -> str:
+    """A text cell as a spreadsheet reads it: no formula, and a carriage return (which the
+    writer, ending lines with LF, leaves unquoted: a reader starts a row there, so a device's
+    error text could forge one) made a line feed, which it quotes."""
+    text = "'" + text if text[:1] in FORMULA_STARTS else text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 # -- clinics ---------------------------------------------------------------------------------

@@ -331,7 +331,9 @@ class Dashboard:
         user: A.User = request[USER]
         weeks = C.DEFAULT_WEEKS[page]
         raw = request.query.get("weeks", "")
-        if raw.isdigit() and int(raw) in C.PERIODS_WEEKS:
+        # ASCII digits, a few: "²" is a digit to isdigit() but not to int(), and 4,400
+        # digits are past int()'s limit; either was a 500 with a traceback
+        if raw.isascii() and raw.isdigit() and len(raw) <= 3 and int(raw) in C.PERIODS_WEEKS:
             weeks = int(raw)
         if not user.admin:
             return Q.Scope(user.district), weeks
@@ -344,7 +346,7 @@ class Dashboard:
         user: A.User = request[USER]
         raw, gz, made_ms = await self.cached(("page", name, scope.district, weeks, user),
                                              self._page_doc, name, scope, weeks, user)
-        gzip_ok = "gzip" in request.headers.get("Accept-Encoding", "")
+        gzip_ok = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
         resp = web.Response(body=gz if gzip_ok else raw, content_type="text/html",
                             charset="utf-8", headers={"Vary": "Accept-Encoding"})
         if gzip_ok:
@@ -559,6 +561,24 @@ def _same_origin(request: web.Request) -> bool:
     if origin is None:
         return True
     return origin.split("://", 1)[-1] == request.host
+
+
+def _accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding takes gzip (RFC 9110 12.5.3): named (or ``*``) with a
+    weight over 0. A substring test sent gzip to "gzip;q=0", which refuses it."""
+    weights: dict[str, float] = {}
+    for item in header.split(",")[:32]:
+        coding, *params = (x.strip() for x in item.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        weights[coding.lower()] = q
+    return weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0))) > 0
 
 
 def _html(text: str, status: int = 200) -> web.Response:

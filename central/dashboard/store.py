@@ -54,7 +54,7 @@ from central.dashboard.reference import ig_z
 from central.db import SEQ_KINDS, DbError, is_postgres, one_line, redact, sqlite_path
 from wire.dating import dates_flag
 
-SCHEMA_VERSION = "10"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "11"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -362,12 +362,15 @@ def _sqlite_main_index(db: Db) -> None:
 
 # -- refresh ---------------------------------------------------------------------------------
 def day_of(device_ts: float | None, received_ts: float) -> tuple[float, int]:
-    """(ts, UTC day number) dating a message: the device's clock when plausible."""
+    """(ts, UTC day number) dating a message: the device's clock when plausible, and never
+    after the message arrived. A box whose clock runs a few hours ahead had dated an exam
+    sent at 23:00 "tomorrow": counted in its week's rollups but in no day of the period
+    up to today, so a page's exam count left it out while its deficiencies or protocols
+    counted it (a share over 100% failed the quality page)."""
     ts = received_ts
     if device_ts is not None and math.isfinite(device_ts) and (
-            received_ts - C.DEVICE_CLOCK_BEHIND_S <= device_ts
-            <= received_ts + C.DEVICE_CLOCK_AHEAD_S):
-        ts = device_ts
+            received_ts - C.DEVICE_CLOCK_BEHIND_S <= device_ts):
+        ts = min(device_ts, received_ts)
     return ts, int(ts // C.DAY_S)
 
 
