@@ -44,7 +44,10 @@ def _make(args: argparse.Namespace) -> int:
     from edge.fleet.bundle import make_bundle
 
     t0 = time.monotonic()
-    tolerance = json.loads(args.tolerance) if args.tolerance else None
+    try:
+        tolerance = json.loads(args.tolerance) if args.tolerance else None
+    except ValueError as exc:
+        raise BundleError(f"--tolerance must be a JSON object ({exc})") from None
     if tolerance is not None and not isinstance(tolerance, dict):
         raise BundleError("--tolerance must be a JSON object")
     manifest = make_bundle(Path(args.models), Path(args.key), Path(args.out),

@@ -266,6 +266,13 @@ class FleetAgent:
     def _install(self, path: Path, offer: Offer) -> None:
         keys = self._keys_or_none()
         if keys is None:
+            # The device's keys, not the bundle: the download is kept and installed after
+            # poll_min (it sat complete, never tried again until the loop restarted).
+            self.download = None
+            if self.cfg.mqtt:
+                self._defer(offer, self.cfg.poll_min * 60)
+                if self.uplink is not None:
+                    self.uplink.set_subscriptions({offer_topic(self.cfg.group)})
             return
         try:
             manifest = self.fleet.install(path, keys, selftest_names(self.settings))

@@ -17,6 +17,7 @@ import io
 import json
 import lzma
 import os
+import stat
 import tarfile
 import tempfile
 import time
@@ -42,6 +43,7 @@ from wire.fleet import (
     parse_version,
     verify_signature,
 )
+from wire.schema import finite_number
 
 XZ_MEMLIMIT = 128 << 20  # an xz stream asking for a larger dictionary is refused
 XZ_PRESET = 6 | lzma.PRESET_EXTREME  # 8 MiB dictionary: more than a bundle, little RAM
@@ -130,10 +132,16 @@ def read_bundle(path: Path, keys: list, limits: Limits, dest: Path | None = None
     `dest` may then hold part of the files and must be discarded."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        raw = open(path, "rb")
+        # O_NONBLOCK: opening a FIFO does not wait for a writer (no effect on a file)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise DeviceFault(f"{path}: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BundleError(f"{path}: not a regular file (a folder, a pipe or a device)")
+    size = st.st_size
+    raw = os.fdopen(fd, "rb")
     if size > limits.max_bundle_bytes:
         raw.close()
         raise BundleError(f"{path}: {size} bytes, over the {limits.max_bundle_bytes}-byte "
@@ -289,7 +297,8 @@ def make_bundle(models_dir: Path, key_path: Path, out: Path, *, version: str, gr
     check_group(group)
     key = load_private_key(key_path)
     tol = dict(DEFAULT_TOLERANCE, **(tolerance or {}))
-    if set(tol) != set(TOLERANCE_KEYS) or not all(0 <= float(v) <= 1000 for v in tol.values()):
+    if set(tol) != set(TOLERANCE_KEYS) or not all(finite_number(v) and 0 <= v <= 1000
+                                                   for v in tol.values()):
         raise BundleError(f"tolerance keys are {', '.join(TOLERANCE_KEYS)}, each 0-1000")
     models_dir = Path(models_dir)
     with tempfile.TemporaryDirectory(prefix="sonoedge-bundle-") as tmp:
@@ -318,16 +327,21 @@ def make_bundle(models_dir: Path, key_path: Path, out: Path, *, version: str, gr
         out = Path(out)
         tmp_out = out.with_name(out.name + ".tmp")
         mtime = int(manifest["created_ts"])
-        with lzma.open(tmp_out, "wb", format=lzma.FORMAT_XZ, preset=XZ_PRESET) as xz, \
-                tarfile.open(fileobj=xz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name, blob in ((MANIFEST_MEMBER, data), (SIGNATURE_MEMBER, signature)):
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(blob), mtime, 0o644
-                tar.addfile(info, io.BytesIO(blob))
-            for entry, path in zip(files, members, strict=True):
-                info = tarfile.TarInfo(entry["path"])
-                info.size, info.mtime, info.mode = entry["size"], mtime, 0o644
-                with open(path, "rb") as handle:
-                    tar.addfile(info, handle)
-        os.replace(tmp_out, out)
+        try:
+            with lzma.open(tmp_out, "wb", format=lzma.FORMAT_XZ, preset=XZ_PRESET) as xz, \
+                    tarfile.open(fileobj=xz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for name, blob in ((MANIFEST_MEMBER, data), (SIGNATURE_MEMBER, signature)):
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime, info.mode = len(blob), mtime, 0o644
+                    tar.addfile(info, io.BytesIO(blob))
+                for entry, path in zip(files, members, strict=True):
+                    info = tarfile.TarInfo(entry["path"])
+                    info.size, info.mtime, info.mode = entry["size"], mtime, 0o644
+                    with open(path, "rb") as handle:
+                        tar.addfile(info, handle)
+            os.replace(tmp_out, out)
+        except OSError as exc:
+            tmp_out.unlink(missing_ok=True)
+            raise BundleError(f"{out}: cannot write the bundle ({exc.strerror or exc})") \
+                from None
     return manifest

@@ -159,7 +159,16 @@ class Fleet:
     # -- start-up -------------------------------------------------------------------------
     def ensure(self, factory_dir: Path) -> None:
         """Make the layout on first use: the factory set (`[models] dir`) becomes slot a.
-        Also repairs what a cut may have left: an unfinished switch, a missing link."""
+        Also repairs what a cut may have left: an unfinished switch, a missing link.
+        `BundleError` naming the path when the fleet's folder cannot be used (a file in its
+        place, no permission, a full disk)."""
+        try:
+            self._ensure(factory_dir)
+        except OSError as exc:
+            where = exc.filename or self.root
+            raise BundleError(f"fleet {where}: {exc.strerror or exc}") from None
+
+    def _ensure(self, factory_dir: Path) -> None:
         (self.root / "slots").mkdir(parents=True, exist_ok=True)
         if self.current.exists() and not self.current.is_symlink():
             raise BundleError(f"{self.current}: exists and is not the fleet's symlink")
@@ -187,7 +196,10 @@ class Fleet:
         (staging / "models").mkdir(parents=True)
         for item in list_manifests(factory_dir):
             for src in (item.path, item.model_path):
-                shutil.copyfile(src, staging / "models" / src.name)
+                target = staging / "models" / src.name
+                shutil.copyfile(src, target)
+                with open(target, "rb") as handle:  # on the card before `current` moves
+                    os.fsync(handle.fileno())
         write_json(staging / SLOT_FILE, {"version": FACTORY, "installed_ts": time.time(),
                                          "signer": ""})
         fsync_dir(staging / "models")
@@ -320,15 +332,17 @@ class Fleet:
         `current` and its models exactly as they were."""
         (self.root / "slots").mkdir(parents=True, exist_ok=True)
         lock = self._install_lock()
+        # Both refusals below are the device's state, not the bundle's (DeviceFault): the
+        # fleet agent takes a district's bundle up again later instead of refusing it.
         if lock is None:
-            raise BundleError("another install is running")
+            raise DeviceFault("another install is running")
         with lock:
             self._state = None  # re-read: another process may have changed it
             self.reconcile()
             trial = self.state.get("trial")
             if isinstance(trial, dict):
                 left = self.settings.trial_min - float(trial.get("ran_s", 0)) / 60
-                raise BundleError(f"bundle {trial.get('version')} is still on trial "
+                raise DeviceFault(f"bundle {trial.get('version')} is still on trial "
                                   f"({max(0.0, left):.1f} min of running left); install "
                                   "after that")
             before = self.active_slot()
