@@ -235,3 +235,42 @@ def test_a_fleet_root_that_is_not_a_folder_is_one_line_naming_it(tmp_path, fleet
     out = sonoedge("bundle", *args, "--config", str(config))
     assert out.returncode == 2
     one_line_error(out, str(root))
+
+
+@pytest.mark.parametrize("damage", [
+    {"trial": {"crashes": "x"}}, {"trial": {"crashes": None}}, {"trial": {"crashes": 1e400}},
+    {"trial": {"ran_s": "soon"}}, {"trial": {"running": "yes"}}, {"trial": 5},
+    {"highest": "abc"}, {"highest": 7}, {"failed": 3},
+    {"intent": {"op": "rollback"}}, {"intent": {"op": "rollback", "to": "../../etc"}}],
+    ids=lambda d: json.dumps(d)[:40])
+def test_a_damaged_state_file_is_mended_field_by_field_never_a_crash_at_every_start(
+        tmp_path, fleet_kit, damage, caplog):
+    """`state.json` with a field of the wrong type (a hand edit, a flipped bit on the card)
+    raised at every start, so the service would restart for ever. Each field is mended or
+    dropped with one line naming it; a damaged trial stays a trial and counts as one crash,
+    so a bad set can still be rolled back; the anti-replay floor stays the active set."""
+    fleet = fleet_of(tmp_path)
+    fleet.ensure(fleet_kit["models"])
+    keys = load_trusted_keys(fleet_kit["trusted"])
+    assert fleet.install(fleet_kit["v2"], keys).version == "2.0"
+    path = fleet.root / "state.json"
+    state = json.loads(path.read_text())
+    for key, value in damage.items():
+        if isinstance(value, dict) and isinstance(state.get(key), dict):
+            state[key].update(value)
+        else:
+            state[key] = value
+    path.write_text(json.dumps(state))
+
+    again = fleet_of(tmp_path)
+    again.ensure(fleet_kit["models"])  # the loop's start: layout, then the trial's count
+    again.on_start()
+    status = again.status()
+    field = next(iter(damage))
+    assert any(field in r.getMessage() and "mended" in r.getMessage() for r in caplog.records)
+    if "trial" in damage and isinstance(damage["trial"], dict):
+        assert status["state"] == "trial" and status["bundle"] == "2.0"
+        assert status["crashes"] == (0 if set(damage["trial"]) == {"ran_s"} else 1)
+    assert status["bundle"] in ("2.0", "factory")
+    with pytest.raises(BundleError, match="refused|on trial"):  # never a replay of 2.0
+        again.install(fleet_kit["v2"], keys)

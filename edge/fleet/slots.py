@@ -36,6 +36,7 @@ from edge.fleet.bundle import DeviceFault, Limits, fsync_dir, read_bundle
 from edge.fleet.settings import FleetSettings
 from edge.models.manifest import ModelError, list_manifests
 from wire.fleet import BundleError, BundleManifest, parse_version
+from wire.schema import finite_number
 
 log = logging.getLogger("sonoedge.fleet")
 
@@ -80,6 +81,55 @@ def check_set(models_dir: Path) -> str | None:
         return f"{models_dir}: no model manifests"
     bad = next((item for item in found if isinstance(item, ModelError)), None)
     return str(bad) if bad else None
+
+
+def checked_state(raw: object, path: Path) -> dict:
+    """`state.json` as the device reads it back: each field of the wrong type (a hand edit,
+    a flipped bit on the card) mended or dropped with one log line naming it, never a
+    ValueError at every start (the service would restart for ever). A damaged trial stays
+    a trial, counted as crashed once, so a bad set can still be rolled back; a damaged
+    `highest` is forgotten (the active set's version is still the floor)."""
+    if not isinstance(raw, dict):
+        log.warning("fleet: %s is not a JSON object: started afresh", path)
+        return {}
+    state = dict(raw)
+
+    def mended(field: str, value: object) -> None:
+        log.warning("fleet: %s: %s was %s: mended", path, field, str(value)[:40])
+
+    trial = state.get("trial")
+    if trial is not None and not isinstance(trial, dict):
+        mended("trial", trial)
+        state.pop("trial")
+    elif isinstance(trial, dict):
+        trial = state["trial"] = dict(trial)
+        crashes = trial.get("crashes", 0)
+        if not (finite_number(crashes) and 0 <= crashes <= 1000):
+            mended("trial.crashes", crashes)
+            trial["crashes"] = 0
+            trial["running"] = True  # counted as one crash at this start
+        ran = trial.get("ran_s", 0.0)
+        if not (finite_number(ran) and ran >= 0):
+            mended("trial.ran_s", ran)
+            trial["ran_s"] = 0.0
+        if not isinstance(trial.get("running", False), bool):
+            mended("trial.running", trial["running"])
+            trial["running"] = True
+    highest = state.get("highest")
+    if highest is not None:
+        try:
+            parse_version(highest)
+        except BundleError:
+            mended("highest", highest)
+            state.pop("highest")
+    if not isinstance(state.get("failed", []), list):
+        mended("failed", state["failed"])
+        state.pop("failed")
+    intent = state.get("intent")
+    if intent is not None and not (isinstance(intent, dict) and intent.get("to") in SLOTS):
+        mended("intent", intent)
+        state.pop("intent")
+    return state
 
 
 @dataclass
@@ -134,9 +184,10 @@ class Fleet:
     @property
     def state(self) -> dict:
         if self._state is None:
+            path = self.root / STATE_FILE
             try:
-                raw = json.loads((self.root / STATE_FILE).read_text(encoding="utf-8"))
-                self._state = raw if isinstance(raw, dict) else {}
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                self._state = checked_state(raw, path)
             except (OSError, ValueError):
                 self._state = {}
         return self._state
