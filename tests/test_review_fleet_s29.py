@@ -274,3 +274,26 @@ def test_a_damaged_state_file_is_mended_field_by_field_never_a_crash_at_every_st
     assert status["bundle"] in ("2.0", "factory")
     with pytest.raises(BundleError, match="refused|on trial"):  # never a replay of 2.0
         again.install(fleet_kit["v2"], keys)
+
+
+def test_a_full_card_in_the_fleet_thread_is_one_log_line_and_the_next_pass_goes_on(
+        tmp_path, fleet_kit, monkeypatch, caplog):
+    """A full disk while polling the district (its download folder cannot be made) was
+    logged with a traceback at every pass; it is the card's state, said in one line, and
+    the thread's next pass runs as before."""
+    import dataclasses
+    import errno
+
+    agent = _agent(device_config(tmp_path, fleet_kit), fleet_kit)
+    agent.cfg = dataclasses.replace(agent.cfg, http_url="http://127.0.0.1:9/")
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(agent, "_poll_http", full)
+    for _ in range(2):
+        agent._next_poll = 0.0
+        agent.poll_once(1.0)
+    said = [r for r in caplog.records if "No space left on device" in r.getMessage()]
+    assert len(said) == 2 and all(r.exc_info is None for r in said)
+    assert all("\n" not in r.getMessage() for r in said)

@@ -40,6 +40,7 @@ from wire.fleet import (
     parse_offer,
     parse_version,
 )
+from wire.shown import one_line
 
 log = logging.getLogger("sonoedge.fleet")
 
@@ -192,6 +193,8 @@ class FleetAgent:
                 log.info("fleet: models switched to %s; the loop restarts on them",
                          self.fleet.status()["bundle"])
                 self.request_restart()
+        except OSError as exc:  # the card's (full, read-only, gone): one line, tried again
+            log.warning("fleet: %s; tried again at the next pass", one_line(exc))
         except Exception:  # never let the thread die: the loop must go on scoring
             log.exception("fleet: error")
 
