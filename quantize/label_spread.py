@@ -69,25 +69,18 @@ class Spread:
     v_net: float
     v_err: float
 
-    @property
-    def label_mad(self) -> float:
-        """The mean |error| the labels alone would give a perfect net, if normal."""
-        return self.label_sd * MAD_PER_SD
 
-
-def _variance(d: np.ndarray, robust: bool = False) -> float:
-    """Of differences whose mean is taken as zero (pairs have no order; errors were
-    measured to be without bias). `robust`: from the median |d| (1.4826 MAD, squared), so
-    that one frame of another section does not carry the figure."""
-    if robust:
-        return float((1.4826 * np.median(np.abs(d))) ** 2)
+def _variance(d: np.ndarray) -> float:
+    """Of differences whose mean is taken as zero (pairs have no order; the net's errors
+    were measured to be without bias)."""
     return float(np.mean(d ** 2))
 
 
-def decompose(label: np.ndarray, net: np.ndarray, pairs: list[tuple[int, int]],
-              robust: bool = False) -> Spread:
-    """The three standard deviations from per-frame labels and net measurements (None or
-    NaN where the net declined: those frames and their pairs are left out)."""
+def decompose(label: np.ndarray, net: np.ndarray, pairs: list[tuple[int, int]]) -> Spread:
+    """The three standard deviations from per-frame labels and net measurements (NaN where
+    the net declined: those frames and their pairs are left out). All three variances are
+    taken on the frames of the pairs: patients seen on several frames err more than the
+    rest (1.89 against 1.74 mm here), and the solution holds only within one set."""
     label = np.asarray(label, float)
     net = np.asarray(net, float)
     ok = np.isfinite(label) & np.isfinite(net)
@@ -95,15 +88,16 @@ def decompose(label: np.ndarray, net: np.ndarray, pairs: list[tuple[int, int]],
     if not kept or not ok.any():
         raise ValueError("no frame pair that both the labels and the net measure")
     a, b = np.array(kept).T
-    v_label = _variance(label[a] - label[b], robust)
-    v_net = _variance(net[a] - net[b], robust)
-    v_err = _variance((net - label)[ok], robust)
+    frames = np.unique(np.concatenate([a, b]))
+    v_label = _variance(label[a] - label[b])
+    v_net = _variance(net[a] - net[b])
+    v_err = _variance((net - label)[frames])
     label_var = (v_err + (v_label - v_net) / 2) / 2
     net_var = v_err - label_var
     frame_var = v_label / 2 - label_var
     return Spread(label_sd=math.sqrt(max(label_var, 0.0)), net_sd=math.sqrt(max(net_var, 0.0)),
                   frame_sd=math.sqrt(max(frame_var, 0.0)), pairs=len(kept),
-                  frames=int(ok.sum()), v_label=v_label, v_net=v_net, v_err=v_err)
+                  frames=len(frames), v_label=v_label, v_net=v_net, v_err=v_err)
 
 
 def bootstrap(label: np.ndarray, net: np.ndarray, names: list[str], draws: int = 2000,
@@ -178,7 +172,8 @@ def spreads(measured: dict, draws: int = 2000) -> dict:
         for unit, scale in (("mm", np.ones_like(lab)), ("pct", 100 / mean[idx])):
             found = asdict(decompose(lab * scale, n * scale, pairs_within_patients(sub)))
             found["interval"] = bootstrap(lab * scale, n * scale, sub, draws)
-            found["net_vs_label_mad"] = float(np.nanmean(np.abs(n - lab) * scale))
+            in_pairs = sorted({i for pair in pairs_within_patients(sub) for i in pair})
+            found["net_vs_label_mad"] = float(np.nanmean((np.abs(n - lab) * scale)[in_pairs]))
             out[f"{part}/{unit}"] = found
     return out
 
