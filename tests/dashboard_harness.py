@@ -295,3 +295,36 @@ def wait_rolled_up(base: str, cookie: str, exams: int, timeout_s: float = 60) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"the dashboard did not roll up {exams} exams")
         time.sleep(0.2)
+
+
+@contextmanager
+def dashboard_in_thread(dash):
+    """A `Dashboard`'s app on a free loopback port, in this process, on its own thread and
+    event loop (a browser fixture may hold this one's); yields the port, and closes the
+    dashboard after."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    port, ready = free_port(), threading.Event()
+    loop = asyncio.new_event_loop()
+
+    def serve() -> None:
+        runner = web.AppRunner(dash.app())
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        dash.close()

@@ -470,13 +470,8 @@ def test_the_rollup_matches_the_payloads_on_sqlite_and_postgresql(tmp_path, post
 def seeded_dashboard(tmp_path, monkeypatch):
     """The dashboard's app on a free loopback port, over a small simulated district; yields
     its port. Its body timeout is cut to a second."""
-    import asyncio
-    import threading
-
-    from aiohttp import web
-
     from central.dashboard.server import Dashboard, ServeSettings
-    from tests.servers import free_port
+    from tests.dashboard_harness import dashboard_in_thread
 
     monkeypatch.setattr(C, "BODY_TIMEOUT_S", 1.0)
     db_path = str(tmp_path / "c.sqlite3")
@@ -484,28 +479,8 @@ def seeded_dashboard(tmp_path, monkeypatch):
     db = open_db(db_path)
     auth.add_user(db, ADMIN[0], "admin", "", ADMIN[1])
     db.close()
-    dash = Dashboard(ServeSettings(db_url=db_path))
-    port, ready = free_port(), threading.Event()
-    loop = asyncio.new_event_loop()
-
-    def serve() -> None:  # its own thread and loop: a browser fixture may hold this one's
-        runner = web.AppRunner(dash.app())
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
+    with dashboard_in_thread(Dashboard(ServeSettings(db_url=db_path))) as port:
         yield port
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        dash.close()
 
 
 def _raw(port: int, data: bytes) -> bytes:

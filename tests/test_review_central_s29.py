@@ -16,12 +16,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import calendar
 import csv
 import io
 import json
-import threading
 import uuid
 
 import pytest
@@ -77,38 +75,16 @@ def test_the_report_shows_a_devices_text_escaped_on_its_own_line_and_never_fails
 # -- the dashboard, in this process, on a small seeded district ---------------------------------
 @pytest.fixture(scope="module")
 def dash_url(tmp_path_factory):
-    from aiohttp import web
-
     from central.dashboard.server import Dashboard, ServeSettings
-    from tests.servers import free_port
+    from tests.dashboard_harness import dashboard_in_thread
 
     db_path = str(tmp_path_factory.mktemp("s29") / "c.sqlite3")
     seed(db_path, SeedSettings(clinics=2, districts=1, days=10))
     db = open_db(db_path)
     auth.add_user(db, ADMIN[0], "admin", "", ADMIN[1])
     db.close()
-    dash = Dashboard(ServeSettings(db_url=db_path))
-    port, ready = free_port(), threading.Event()
-    loop = asyncio.new_event_loop()
-
-    def serve() -> None:
-        runner = web.AppRunner(dash.app())
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
+    with dashboard_in_thread(Dashboard(ServeSettings(db_url=db_path))) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        dash.close()
 
 
 # -- 2: a weeks that is no plain number is the page's default period ---------------------------

@@ -11,36 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import load_settings
 from edge.fleet.agent import FleetAgent
 from edge.fleet.bundle import Limits, read_bundle
 from edge.fleet.keys import load_trusted_keys
-from edge.fleet.slots import Fleet, check_set
+from edge.fleet.slots import check_set
 from tests.cli_run import one_line_error, sonoedge
 from tests.test_fleet import FRAME, GROUP, device_config, fleet_kit, fleet_of  # noqa: F401
+from tests.test_fleet_delivery import _agent
 from tests.waits import raised_within
 from wire.fleet import BundleError, offer_topic
-
-
-class _Uplink:
-    target = object()
-
-    def __init__(self):
-        self.topics: set[str] = set()
-        self.on_message = None
-        self.fleet_status = None
-
-    def set_subscriptions(self, topics):
-        self.topics = set(topics)
-
-
-def _agent(config: Path, kit) -> FleetAgent:
-    settings = load_settings(config)
-    fleet = Fleet(Path(settings.device.state_dir) / "fleet", settings.fleet)
-    fleet.ensure(kit["models"])
-    agent = FleetAgent(fleet, settings)
-    agent.uplink = _Uplink()
-    return agent
 
 
 def _offer(bundle: Path, size: int = 32 * 1024):
