@@ -31,6 +31,7 @@ import argparse
 import itertools
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,6 +122,8 @@ def bootstrap(label: np.ndarray, net: np.ndarray, names: list[str], draws: int =
         except ValueError:
             continue
         found.append((s.label_sd, s.net_sd, s.frame_sd))
+    if not found:
+        raise ValueError("no draw of patients held a frame pair")
     q = np.percentile(np.array(found), [2.5, 50, 97.5], axis=0)
     return {k: q[:, i].round(3).tolist() for i, k in enumerate(("label_sd", "net_sd",
                                                                  "frame_sd"))}
@@ -133,6 +136,7 @@ def measure_all(model_path: Path, threads: int = 2) -> dict:
     from quantize.eval_biometry import device_model, measure_with_passes
     from quantize.seg_data import hc18_split, read_hc_table
 
+    model = device_model(model_path, threads)  # a bad model is said before any frame is read
     root = data_dir()
     table = read_hc_table(root)
     train, held = hc18_split(root)
@@ -140,8 +144,7 @@ def measure_all(model_path: Path, threads: int = 2) -> dict:
     names = [f.path.name for f, _ in frames]
     pixel = np.array([table[n][0] for n in names])
     images = [read_frame(f.path) for f, _ in frames]
-    hc, status, _ = measure_with_passes(device_model(model_path, threads), images, pixel,
-                                        Passes())
+    hc, status, _ = measure_with_passes(model, images, pixel, Passes())
     return {"name": names, "split": [s for _, s in frames], "pixel_mm": pixel.tolist(),
             "label_mm": [table[n][1] for n in names], "net_mm": hc, "status": status}
 
@@ -170,7 +173,10 @@ def spreads(measured: dict, draws: int = 2000) -> dict:
         # the same scale for both frames of a patient and for the net: 100 / the patient's
         # mean label (a frame's own label would make every label 100)
         for unit, scale in (("mm", np.ones_like(lab)), ("pct", 100 / mean[idx])):
-            found = asdict(decompose(lab * scale, n * scale, pairs_within_patients(sub)))
+            try:
+                found = asdict(decompose(lab * scale, n * scale, pairs_within_patients(sub)))
+            except ValueError:  # no patient of this part seen twice: nothing to tell apart
+                continue
             found["interval"] = bootstrap(lab * scale, n * scale, sub, draws)
             in_pairs = sorted({i for pair in pairs_within_patients(sub) for i in pair})
             found["net_vs_label_mad"] = float(np.nanmean((np.abs(n - lab) * scale)[in_pairs]))
@@ -209,19 +215,27 @@ def report(measured: dict, found: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edge.models.manifest import ModelError
+    from quantize.args import THREADS, bounded_int
+    from quantize.data import DataError
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "models" / "head_segmenter.tflite")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "label_spread")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--draws", type=int, default=2000)
+    parser.add_argument("--threads", type=THREADS, default=2)
+    parser.add_argument("--draws", type=bounded_int(100, 100_000), default=2000)
     args = parser.parse_args(argv)
-    measured = measure_all(args.model, args.threads)
-    found = spreads(measured, args.draws)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"measured": measured, "spreads": found},
-                                                      indent=1))
-    text = report(measured, found)
-    (args.out / "report.md").write_text(text)
+    try:
+        measured = measure_all(args.model, args.threads)
+        found = spreads(measured, args.draws)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps({"measured": measured,
+                                                           "spreads": found}, indent=1))
+        text = report(measured, found)
+        (args.out / "report.md").write_text(text)
+    except (DataError, ModelError, ValueError, OSError) as exc:
+        print(f"label_spread: {exc}", file=sys.stderr)
+        return 2
     print(text)
     return 0
 

@@ -53,3 +53,14 @@ def test_the_interval_over_patients_holds_the_truth_and_narrows_with_more_of_the
         lo, _, hi = found["label_sd"]
         assert lo < 2.0 < hi
     assert np.diff(large["label_sd"][::2]) < np.diff(small["label_sd"][::2])
+
+
+def test_a_model_that_is_no_model_is_one_line_and_nothing_measured(tmp_path, capsys):
+    from quantize.label_spread import main
+
+    bad = tmp_path / "head_segmenter.tflite"
+    bad.write_bytes(b"not a flatbuffer" * 64)
+    assert main(["--model", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"label_spread: {bad}")
+    assert not (tmp_path / "out").exists()
