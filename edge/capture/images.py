@@ -73,6 +73,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
+        if marker == 0xFF:  # a fill byte before a marker, as the decoder skips it
+            i += 1
+            continue
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
             i += 2
             continue
@@ -119,7 +122,12 @@ def decode_image_file(path: Path, limits: FrameLimits = DEFAULT_LIMITS
         return None, f"{name}: cannot read ({e.strerror or e})"
     ext = path.suffix.lower()
     size = header_size(data)
-    if size is not None and (problem := limits.check(name, *size)):
+    if size is None:
+        # No size from the header, no decoding: the decoder would allocate whatever a
+        # header it reads says (a PPM or a JPEG with fill bytes, named .png: gigabytes).
+        return None, (f"{name}: cannot decode image (not a PNG, JPEG, BMP or TIFF whose "
+                      "size can be read)")
+    if problem := limits.check(name, *size):
         return None, problem
     if ext in (".jpg", ".jpeg") and data.rfind(b"\xff\xd9") < 0:
         # Some decoders return a half-grey picture for a cut JPEG; the end marker is proof.

@@ -154,9 +154,16 @@ class Outbox:
             if not is_corrupt(exc):
                 raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from None
             self._salvage(exc, seq_floor)
-        self._used = self._db.execute(
-            "SELECT COALESCE(SUM(size), 0) + COUNT(*) * ? FROM outbox", (ROW_OVERHEAD_BYTES,)
-        ).fetchone()[0]
+        self._recount()
+
+    def _recount(self) -> None:
+        """Bytes used, from the rows: again after a transaction that did not commit."""
+        try:
+            self._used = self._db.execute(
+                "SELECT COALESCE(SUM(size), 0) + COUNT(*) * ? FROM outbox",
+                (ROW_OVERHEAD_BYTES,)).fetchone()[0]
+        except sqlite3.DatabaseError:
+            pass  # unreadable now: the count stays as it was
 
     def _open(self) -> None:
         self._db = sqlite3.connect(
@@ -224,21 +231,33 @@ class Outbox:
 
         def __enter__(self):
             self.box._lock.acquire()
-            self.box._db.execute("BEGIN IMMEDIATE")
+            try:
+                self.box._db.execute("BEGIN IMMEDIATE")
+            except BaseException:  # no __exit__ comes: held, it hung every other thread
+                self.box._lock.release()
+                raise
             return self.box._db
 
         def __exit__(self, exc_type, exc, tb):
             try:
                 if exc_type is None:
-                    self.box._db.execute("COMMIT")
-                else:
                     try:
-                        self.box._db.execute("ROLLBACK")
+                        self.box._db.execute("COMMIT")
+                        return False
                     except sqlite3.Error:
-                        pass  # SQLite rolled it back itself (a full disk, an I/O error)
+                        self._undo()
+                        raise
+                self._undo()
             finally:
                 self.box._lock.release()
             return False
+
+        def _undo(self) -> None:
+            try:
+                self.box._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolled it back itself (a full disk, an I/O error)
+            self.box._recount()  # the rows it dropped or deleted are back: so is their size
 
     def _tx(self) -> Outbox._Tx:
         return Outbox._Tx(self)

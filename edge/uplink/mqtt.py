@@ -47,7 +47,7 @@ from edge.store.outbox import (
     open_outbox,
     read_boot_id,
 )
-from edge.store.state import Reserve
+from edge.store.state import Reserve, is_full
 from edge.uplink import messages
 from wire.mqtt import describe_connect_error, parse_mqtt_url, read_secret_file, topic_for
 from wire.schema import id_pattern, load_schema, validate
@@ -60,6 +60,7 @@ STATUS_FILE = "uplink-status.json"
 # and then broke every message's schema, so its exams were never queued).
 _ID_RE = id_pattern("device_id")
 _CLINIC_RE = id_pattern("clinic_id")
+MIN_OUTBOX_QUOTA_BYTES = 16 * 1024  # an exam is at most 1 KB on the wire
 
 
 @dataclass
@@ -124,6 +125,18 @@ def check_mqtt_settings(s: MqttSettings) -> None:
             raise ValueError(f"mqtt.{key} must not be negative, got {getattr(s, key)!r}")
     if s.reconnect_max_s < s.reconnect_min_s:
         raise ValueError("mqtt.reconnect_max_s must be at least mqtt.reconnect_min_s")
+    # What MQTT's fields hold (keep-alive 2 bytes, session expiry and receive maximum as
+    # v5 has them) and what a wait can be: beyond, every connection attempt failed (a
+    # struct or overflow error, its traceback each time) and nothing was ever sent.
+    # Below MIN_OUTBOX_QUOTA_BYTES every exam was refused as larger than the outbox.
+    most = {"keepalive_s": 65535, "session_expiry_s": 0xFFFFFFFF, "max_inflight": 65535,
+            "connect_timeout_s": 3600, "reconnect_max_s": 86400}
+    for key, top in most.items():
+        if getattr(s, key) > top:
+            raise ValueError(f"mqtt.{key} must be at most {top}, got {getattr(s, key)!r}")
+    if s.outbox_quota_bytes < MIN_OUTBOX_QUOTA_BYTES:
+        raise ValueError(f"mqtt.outbox_quota_bytes must be at least {MIN_OUTBOX_QUOTA_BYTES} "
+                         f"(room for a few exams), got {s.outbox_quota_bytes!r}")
     for key in ("tls_ca", "tls_cert", "tls_key"):
         path = getattr(s, key)
         if path and not Path(path).is_file():
@@ -358,6 +371,9 @@ class Uplink:
             return None
         except (ValueError, TypeError, OutboxError) as exc:
             log.error("health message not stored: %s", exc)
+            return None
+        except sqlite3.DatabaseError as exc:  # its figures unread, its drops not marked
+            (log.debug if is_full(exc) else log.error)("health message not stored: %s", exc)
             return None
 
     @staticmethod
