@@ -243,25 +243,27 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
     return queued
 
 
-def requeue_after_salvage(settings: Settings, journal: Journal, uplink: Uplink) -> int:
-    """Queue again the journaled exams a corrupt outbox lost.
+def requeue_unqueued_exams(settings: Settings, journal: Journal, uplink: Uplink) -> int:
+    """Queue the journaled exams of the last `[journal] keep_days` whose id the outbox has
+    never been given: the journal has every exam, the outbox's `keys` every id it took.
 
-    A corrupt outbox is moved aside and what can be read of it salvaged, but the exams on
-    its unreadable pages, still waiting for the broker, would be gone for the district. The
-    journal has every exam, so after a salvage each one of the last `[journal] keep_days`
-    whose id the new outbox does not know is queued again. An exam the district had already
+    They are those a corrupt outbox lost on its unreadable pages (it is moved aside and
+    salvaged), those still held in memory for a full disk when the process stopped, and
+    those an outbox error refused (locked, an I/O error). An exam the district had already
     received comes under the same msg_id (its key's) and is absorbed there as a duplicate.
     Returns how many were queued."""
-    if uplink.outbox.moved_aside is None:
-        return 0
     since = time.time() - settings.journal.keep_days * 86400.0
     queued = 0
     for summary in journal.exam_summaries(since):
         key = summary.get("exam_id")
         if isinstance(key, str) and not uplink.outbox.has_key(key):
             queued += uplink.enqueue_exam(summary, key=key) is not None
-    log.warning("outbox was corrupt: %d journaled exam(s) it no longer held queued again",
-                queued)
+    if uplink.outbox.moved_aside is not None:
+        log.warning("outbox was corrupt: %d journaled exam(s) it no longer held queued again",
+                    queued)
+    elif queued:
+        log.warning("%d journaled exam(s) the outbox had never been given (held for a full "
+                    "disk at the last stop, or refused by an outbox error) queued now", queued)
     return queued
 
 
@@ -356,7 +358,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         log.info("journal: pruned %d frame results older than %g days", pruned,
                  settings.journal.keep_days)
     recover_runs(settings, journal, uplink)
-    requeue_after_salvage(settings, journal, uplink)
+    requeue_unqueued_exams(settings, journal, uplink)
     tell_district_dates_since(settings, journal, uplink)
     # The demo plays at its own frame rate, as a scanner would; files run as fast as they can.
     spec = settings.source.spec

@@ -642,3 +642,28 @@ def test_frames_outside_the_pixel_budget_or_too_small_are_refused_in_one_line(
     config.write_text("[source]\nmax_frame_pixels = 100000\n")
     proc = sonoedge("score", "--config", str(config), str(frame))
     assert "over the pixel budget" in json.loads(proc.stdout)["error"]
+
+
+def test_a_journaled_exam_the_outbox_never_took_is_queued_at_the_next_start_once(tmp_path):
+    """An exam held in memory for a full disk when the process stopped, or refused by an
+    outbox error (locked, an I/O error), is in the journal only. The next start queues it,
+    under its own key; one the outbox took and the broker acknowledged is not sent again."""
+    from edge.config import Settings
+    from edge.loop import requeue_unqueued_exams
+    from tests.test_dates_correction import ENVELOPE, device
+    from tests.test_outbox import exam_body
+
+    journal, uplink = device(tmp_path)
+    settings = Settings()
+    bodies = {}
+    for exam_id in ("sent", "held"):  # exams of today, within [journal] keep_days
+        body = {k: v for k, v in exam_body().items() if k not in ENVELOPE}
+        body.update(exam_id=exam_id, started_ts=time.time() - 60, ended_ts=time.time())
+        assert journal.add_exam("run", body, {})
+        bodies[exam_id] = body
+    message = uplink.outbox.enqueue("exam", bodies["sent"], key="sent")
+    assert uplink.outbox.ack([message.msg_id]) == 1  # the district has it; "held" was
+    # journaled, and the process stopped before the outbox could take it
+    assert requeue_unqueued_exams(settings, journal, uplink) == 1
+    assert [json.loads(m.payload)["exam_id"] for m in uplink.outbox.list(10)] == ["held"]
+    assert requeue_unqueued_exams(settings, journal, uplink) == 0  # the next start: none

@@ -67,7 +67,7 @@ KINDS = QUEUED_KINDS  # the kinds that travel through the outbox; status is live
 # record as the exam itself, and far smaller.
 EXAM_KINDS = ("exam", "dates")
 # A keyed message's msg_id derives from its key (an exam's id): an exam queued again after
-# its outbox was lost (see `loop.requeue_after_salvage`) reaches the collector under the
+# its outbox was lost (see `loop.requeue_unqueued_exams`) reaches the collector under the
 # same msg_id as the first time, and is absorbed there as a duplicate.
 KEYED_NAMESPACE = uuid.UUID("5b0e6d1c-3f4a-5e8b-9c2d-7a1f0e4b6c3d")
 

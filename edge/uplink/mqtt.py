@@ -401,7 +401,8 @@ class Uplink:
             self._thread.join(timeout=timeout_s)
         if self.flush_held():
             log.error("disk full: %d exam summar%s could not be queued before exit; the next "
-                      "start rebuilds them from the journal", self.held,
+                      "start queues them from the journal (loop.requeue_unqueued_exams)",
+                      self.held,
                       "y" if self.held == 1 else "ies")
         self._set(connected=False)
         self._write_status(force=True)
