@@ -245,4 +245,3 @@ def test_dates_the_page_accepted_as_the_run_stopped_are_kept_and_told(tmp_path, 
     assert summary["biometry"].get("ga_dates_weeks") is None  # it left before the dates
     uplink.close()
     journal.close()
-
