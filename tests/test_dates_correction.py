@@ -115,6 +115,7 @@ def test_the_age_by_dates_of_an_entry_made_days_later_is_the_age_at_the_exam():
     assert (today, round(weeks, 2)) == ("2026-12-04", 25.29)  # not 26.14 at entry
     for now in (ended - 86400, ended + 400 * 86400):  # the clock went back / jumped
         assert day_of_exam("2026-12-12", ended, now) == "2026-12-12"
+    assert day_of_exam("0001-01-02", ended, ended + 3 * 86400) == "0001-01-02"  # not 1 BC
     for bad_today in ("12/12/2026", "2026-13-45", "x" * 3000, None, 7, ["2026-12-12"]):
         assert day_of_exam(bad_today, ended, ended + 3 * 86400) == bad_today
     for bad_end in (None, "yesterday", float("nan"), float("inf"), True):

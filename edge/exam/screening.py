@@ -61,6 +61,11 @@ def hc_for_weeks(weeks: float) -> float | None:
     return hadlock_hc_mm(weeks)
 
 
+# The days a phone's date can be: one whose clock was never set may say 1970,
+# and a day moved back by the days since an exam must stay a date (not before year 1).
+PHONE_DAYS = (dt.date(2000, 1, 1), dt.date(2099, 12, 31))
+
+
 def ga_from_lmp(lmp: str, today: str) -> float:
     """Weeks from the last menstrual period to today (both ISO dates, from the midwife's
     phone: the box may have no real-time clock). ValueError for an impossible pair."""
@@ -79,6 +84,9 @@ def read_lmp(lmp: object, today: object) -> tuple[str, str, float]:
     if not isinstance(lmp, str) or not isinstance(today, str) or len(lmp) > 10 \
             or len(today) > 10:
         raise ValueError("lmp and today must be YYYY-MM-DD")
+    if not PHONE_DAYS[0] <= dt.date.fromisoformat(today) <= PHONE_DAYS[1]:
+        raise ValueError(f"today must be a date from {PHONE_DAYS[0].year} to "
+                         f"{PHONE_DAYS[1].year}: is the phone's date set?")
     weeks = ga_from_lmp(lmp, today)
     return (dt.date.fromisoformat(lmp).isoformat(), dt.date.fromisoformat(today).isoformat(),
             weeks)
@@ -100,7 +108,7 @@ def day_of_exam(today: object, ended_ts: object, now: float) -> object:
         return today
     try:
         return (dt.date.fromisoformat(today) - dt.timedelta(days=days)).isoformat()
-    except ValueError:
+    except (ValueError, OverflowError):  # not a date, or one the days would move before 1 AD
         return today
 
 

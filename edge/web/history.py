@@ -58,8 +58,14 @@ from edge.exam.thumbs import THUMBS_DIR
 from edge.store.journal import JOURNAL_FILE, MAX_DATES_BYTES, told_weeks
 from edge.web import i18n
 from wire.dating import HADLOCK_1984_WEEKS
-from wire.schema import PLANES, PayloadError, finite_number, loads_bounded
-from wire.schema import number_or_none as _number
+from wire.schema import (
+    MAX_WALL_TS,
+    PLANES,
+    PayloadError,
+    finite_number,
+    loads_bounded,
+    number_or_none,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,8 @@ MAX_TEXT = 64  # a name, id or version read back from the journal, shown at most
 EXAM_ID_RE = re.compile(r"^[0-9a-f](?:[0-9a-f-]{14,34})[0-9a-f]$")
 THUMB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\.jpg$")  # thumbs.plane_slug + .jpg
 ENDED = ("gap", "command", "source_end", "recovered")
+# A figure beyond these is no figure (`_number`): a head of 1e5 mm, a quality of 1e-6
+MIN_FIGURE, MAX_FIGURE = 1e-6, 1e5
 BIOMETRY_KEYS = ("hc_mm", "bpd_mm", "ofd_mm", "ga_weeks", "ga_low_weeks", "ga_high_weeks",
                  "hc_p10_mm", "hc_p90_mm")
 
@@ -108,6 +116,22 @@ def report_lang(raw: str | None, accept: str | None) -> str:
 
 def _text(value: object, limit: int = MAX_TEXT) -> str:
     return value[:limit] if isinstance(value, str) else ""
+
+
+def _number(value: object) -> float | None:
+    """A figure read back from the journal (mm, weeks, seconds, a quality), or None. The
+    device writes them in range; a damaged row may hold any finite number, and 1e300 (or
+    an OFD of 1e-300) overflowed the list's and the report's arithmetic."""
+    number = number_or_none(value)
+    if number is None or number != 0.0 and not MIN_FIGURE <= abs(number) <= MAX_FIGURE:
+        return None
+    return number
+
+
+def _ts(value: object) -> float | None:
+    """A wall-clock time read back from the journal (seconds since 1970, before 2100)."""
+    number = number_or_none(value)
+    return number if number is not None and 0 <= number <= MAX_WALL_TS else None
 
 
 def _count(value: object) -> int:
@@ -153,7 +177,7 @@ def _seen_quality(planes: dict, accepts: tuple[str, ...] | list[str]) -> float |
     """The best quality any frame of these planes reached (the summary's per-plane totals:
     [frames, best confidence, best quality])."""
     found = [float(row[2]) for p in accepts if isinstance(row := planes.get(p), list)
-             and len(row) > 2 and finite_number(row[2])]
+             and len(row) > 2 and _number(row[2]) is not None]
     return max(found) if found else None
 
 
@@ -225,8 +249,8 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         "exam_id": _text(summary.get("exam_id")), "running": False,
         "ended_by": ended_by if ended_by in ENDED else None,
         "protocol": name, "title": titles.get(name, name),
-        "started_ts": _number(summary.get("started_ts")),
-        "ended_ts": _number(summary.get("ended_ts")),
+        "started_ts": _ts(summary.get("started_ts")),
+        "ended_ts": _ts(summary.get("ended_ts")),
         "duration_s": _number(summary.get("duration_s")),
         "frames": _count(summary.get("frames")),
         "checklist": rows,

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import errno
 import hashlib
 import hmac
@@ -204,6 +205,15 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+def _is_text(value: str) -> bool:
+    """Whether a str from JSON is Unicode text (no lone surrogate from a "\\ud800")."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_address(name: str) -> bool:
@@ -914,8 +924,9 @@ class WebServer:
         try:
             body = await self._json_body(request)
             pin = body.get("pin")
-            if not isinstance(pin, str) or len(pin) > 64:
-                raise web.HTTPBadRequest(text="pin must be a string of at most 64 characters")
+            # JSON can escape a lone surrogate, which no PIN holds and scrypt cannot encode
+            if not isinstance(pin, str) or len(pin) > 64 or not _is_text(pin):
+                raise web.HTTPBadRequest(text="pin must be text of at most 64 characters")
         except BaseException:
             self.brake.cancel(attempt)  # no PIN was sent: not a guess
             raise
@@ -1033,11 +1044,12 @@ class WebServer:
     def _screening(self) -> dict:
         exam = self.view.exam
         dates = self.view.ga_dates
-        if dates is not None and exam is not None and dates.get("exam_id") is None:
+        queue = self.view.dates_to_keep
+        if dates is not None and exam is not None and dates.get("exam_id") is None \
+                and len(queue) < (queue.maxlen or len(queue) + 1):  # else at the next look
             dates = {**dates, "exam_id": exam["exam_id"]}  # entered before the exam began
             self.view.ga_dates = dates
-            self.view.dates_to_keep.append((exam["exam_id"], {"lmp": dates["lmp"],
-                                                              "today": dates["today"]}))
+            queue.append((exam["exam_id"], {"lmp": dates["lmp"], "today": dates["today"]}))
         if dates is not None and exam is not None and dates["exam_id"] != exam["exam_id"]:
             dates = None  # entered for another woman's exam
         out = screening((exam or {}).get("biometry"), dates["weeks"] if dates else None)
@@ -1095,9 +1107,29 @@ class WebServer:
         except RuntimeError:
             return True  # it was changing: let the loop decide
 
+    @staticmethod
+    def _dates_body(body: dict) -> tuple[object, object]:
+        """(lmp, today) of a dates body: `lmp` must be there, null to clear the dates (a
+        body without it, a misspelt key, must not clear what the midwife entered)."""
+        if "lmp" not in body:
+            raise web.HTTPBadRequest(text='lmp is missing: give "YYYY-MM-DD", or null to '
+                                     "clear the dates")
+        return body["lmp"], body.get("today")
+
+    def _keep_dates(self, exam_id: str, dates: dict | None) -> None:
+        """Queue an exam's dates for the loop to journal; a full queue (the loop takes
+        none while the models load or no frame comes) refuses them: 503, never an entry
+        the box already accepted pushed out by this one."""
+        queue = self.view.dates_to_keep
+        if queue.maxlen is not None and len(queue) >= queue.maxlen:
+            raise web.HTTPServiceUnavailable(text="the dates were not kept: the device has "
+                                             "not yet kept the last ones; enter them again "
+                                             "in a minute")
+        queue.append((exam_id, dates))
+
     async def _lmp(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
-        lmp, today = body.get("lmp"), body.get("today")
+        lmp, today = self._dates_body(body)
         exam = self.view.exam
         shown = body.get("exam_id", ...)
         if shown is not None and (not isinstance(shown, str) or len(shown) > 64):
@@ -1110,14 +1142,14 @@ class WebServer:
                                    "longer the device's; look again and enter them")
         if lmp is None:
             if exam is not None:
-                self.view.dates_to_keep.append((exam["exam_id"], None))
+                self._keep_dates(exam["exam_id"], None)
             self.view.ga_dates = None
             return web.json_response({"ok": True, "ga_dates_weeks": None})
         dates, weeks = self._read_dates(lmp, today, (exam or {}).get("ended_ts"))
+        if exam is not None:  # kept with the exam for its report (edge/web/history.py)
+            self._keep_dates(exam["exam_id"], dates)
         self.view.ga_dates = {"exam_id": exam["exam_id"] if exam else None, **dates,
                               "weeks": weeks}
-        if exam is not None:  # kept with the exam for its report (edge/web/history.py)
-            self.view.dates_to_keep.append((exam["exam_id"], dates))
         return web.json_response({"ok": True, "ga_dates_weeks": round(weeks, 2)})
 
     @staticmethod
@@ -1125,6 +1157,12 @@ class WebServer:
         """The page's dates, checked (400 with `read_lmp`'s reason), and the age by dates
         on the scan's day for an exam that has ended (`ended_ts`; None while it runs),
         however late she enters them."""
+        for name, value in (("lmp", lmp), ("today", today)):  # each named, not Python's words
+            try:
+                dt.date.fromisoformat(value if isinstance(value, str) and len(value) <= 10
+                                      else "")
+            except ValueError:
+                raise web.HTTPBadRequest(text=f"{name} must be a date, YYYY-MM-DD") from None
         try:
             lmp, today, weeks = read_lmp(lmp, day_of_exam(today, ended_ts, time.time()))
         except ValueError as exc:
@@ -1136,7 +1174,7 @@ class WebServer:
         page shows: the midwife chose that exam, by its time and figures, on its report."""
         exam_id = request.match_info["exam"]
         body = await self._json_body(request)
-        lmp, today = body.get("lmp"), body.get("today")
+        lmp, today = self._dates_body(body)
         current = self.view.exam or {}
         if current.get("running") and current.get("exam_id") == exam_id:
             raise web.HTTPConflict(text="this exam is still running: enter its dates on the "
@@ -1146,7 +1184,7 @@ class WebServer:
             raise web.HTTPNotFound(text="no such ended exam in the journal")
         dates, weeks = (None, None) if lmp is None \
             else self._read_dates(lmp, today, kept.get("ended_ts"))
-        self.view.dates_to_keep.append((exam_id, dates))
+        self._keep_dates(exam_id, dates)
         if (self.view.exam or {}).get("exam_id") == exam_id:  # on the card too: it agrees
             self.view.ga_dates = None if dates is None else {
                 "exam_id": exam_id, **dates, "weeks": weeks}
