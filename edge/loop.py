@@ -21,7 +21,13 @@ from pathlib import Path
 from edge.capture.sources import LiveSettings, Source, open_source
 from edge.config import Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
-from edge.exam.protocol import ProtocolError, check_head_planes, check_named, find_protocol
+from edge.exam.protocol import (
+    ProtocolError,
+    check_anatomy,
+    check_head_planes,
+    check_named,
+    find_protocol,
+)
 from edge.exam.screening import read_dates, same_weeks
 from edge.exam.session import ExamSession, ExamTracker, MeasureKept, format_exam
 from edge.exam.tally import ExamTally, percentile
@@ -386,9 +392,12 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     tracker = make_tracker(settings, state_dir, models, exam_ended, scorer.measure_kept,
                            scorer.quality.rules if scorer.quality else None)
     labels, ident = scorer.manifest.labels, scorer.manifest.ident
+    rules = scorer.quality.rules if scorer.quality else None
     for check in (lambda: check_named(tracker.protocol, labels, ident),
-                  lambda: check_head_planes(tuple(settings.biometry.head_planes), labels, ident)):
-        try:  # said, not refused: the box still names the planes it knows
+                  lambda: check_head_planes(tuple(settings.biometry.head_planes), labels, ident),
+                  lambda: rules is None or check_anatomy(
+                      tracker.protocol, tuple(r.name for r in rules.criteria), rules.path)):
+        try:  # said, not refused: the box still names the planes it knows and measures
             check()
         except ProtocolError as exc:
             log.warning("%s", exc)

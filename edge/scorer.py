@@ -32,6 +32,7 @@ from edge.models.biometry import (
 from edge.models.manifest import Manifest, find_manifest
 from edge.models.planes import (
     PlaneResult,
+    check_plane_model,
     class_map,
     class_maps_layout,
     plane_from_output,
@@ -336,6 +337,7 @@ def make_quality_model(settings: Settings) -> QualityModel | None:
 
 def make_scorer(settings: Settings) -> Scorer:
     manifest = find_manifest(Path(settings.models.dir), settings.models.plane)
+    check_plane_model(manifest)
     model = load_model(manifest, settings.models.backend, settings.models.num_threads)
     return Scorer(model, settings.roi, settings.loop.roi_refresh_frames,
                   head=make_head_model(settings), quality=make_quality_model(settings))

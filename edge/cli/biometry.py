@@ -179,7 +179,7 @@ def main(args) -> int:
     from edge.capture.images import decode_image_file
     from edge.config import frame_limits, load_settings
     from edge.models.manifest import find_manifest
-    from edge.models.planes import classify_plane, settle_within_group
+    from edge.models.planes import check_plane_model, classify_plane, settle_within_group
     from edge.models.runtime import load_model
     from edge.scorer import load_segmenter
 
@@ -192,8 +192,9 @@ def main(args) -> int:
     check_out(out, [Path(args.pixel_sizes), *images])
     limits = frame_limits(settings)
     model, measurement = load_segmenter(settings)
-    planes = load_model(find_manifest(Path(settings.models.dir), settings.models.plane),
-                        settings.models.backend, settings.models.num_threads)
+    plane_manifest = find_manifest(Path(settings.models.dir), settings.models.plane)
+    check_plane_model(plane_manifest)
+    planes = load_model(plane_manifest, settings.models.backend, settings.models.num_threads)
     head_planes = frozenset(settings.biometry.head_planes)
 
     def plane_of(image, roi) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge.capture.sources import open_sources
 from edge.config import frame_limits, load_settings
-from edge.exam.protocol import check_head_planes, check_named, find_protocol
+from edge.exam.protocol import check_anatomy, check_head_planes, check_named, find_protocol
 from edge.exam.session import ExamSession, format_exam
 from edge.exam.thumbs import ThumbStore
 from edge.models.roi import Roi
@@ -35,6 +35,9 @@ def main(args) -> int:
     check_named(protocol, scorer.manifest.labels, scorer.manifest.ident)
     check_head_planes(tuple(settings.biometry.head_planes), scorer.manifest.labels,
                       scorer.manifest.ident)
+    if scorer.quality is not None:
+        rules = scorer.quality.rules
+        check_anatomy(protocol, tuple(r.name for r in rules.criteria), rules.path)
     thumbs = None
     if args.thumbs:
         # printed as given, so the path shown is one the user can open from here

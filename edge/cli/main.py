@@ -134,8 +134,22 @@ def _metric_value(metric: object) -> str:
 
 
 def _loads(load_model, manifest: Manifest) -> Manifest | ModelError:
+    from edge.config import Settings
+    from edge.models import biometry, planes, quality
+
+    # What `score` and `run` check of a model in its role (the plane model's task and class
+    # maps, the segmenter's biometry block, the quality head's task and labels): the role
+    # its manifest's name has in the default config, else the one its task names.
+    checks = (planes.check_plane_model, biometry.check_segmenter, quality.check_quality_head)
+    defaults = Settings()
+    names = (defaults.models.plane, defaults.biometry.segmenter, defaults.quality.learned)
+    tasks = (planes.TASK, biometry.TASK, quality.TASK)
+    role = dict(zip(names, checks, strict=True)).get(manifest.path.stem) or dict(
+        zip(tasks, checks, strict=True)).get(manifest.task)
     try:
         load_model(manifest, "litert", 1)
+        if role is not None:
+            role(manifest)
     except ModelError as exc:
         return exc
     return manifest

@@ -186,6 +186,20 @@ def check_head_planes(head_planes: tuple[str, ...], labels: tuple[str, ...], mod
                         + ", ".join(shown(label) for label in labels[:16]))
 
 
+def check_anatomy(protocol: Protocol, criteria: tuple[str, ...], rules_file: str) -> None:
+    """Every `anatomy_criteria` name is a criterion of the quality rules the frames are
+    judged by. One they do not have (a typo such as "head_fond", or a site's rules file
+    without it) is never judged, so never fails: the guard that keeps another anatomy out
+    of a plane's best frame was off without a word. This is one line naming both files'
+    names instead."""
+    unknown = [name for name in protocol.anatomy_criteria if name not in criteria]
+    if unknown:
+        raise ProtocolError(f"protocol {shown(protocol.name)}: anatomy_criteria "
+                            f"{_first_four(unknown)} {'is' if len(unknown) == 1 else 'are'} "
+                            f"not a criterion of the quality rules {rules_file}, so never "
+                            f"judged (its criteria: {_first_four(list(criteria))})")
+
+
 def find_protocol(name: str, path: Path | str | None = None) -> Protocol:
     protocols = load_protocols(path)
     if name not in protocols:

@@ -16,8 +16,10 @@ from edge.models.preprocess import prepare
 from edge.models.roi import Roi
 from edge.models.runtime import Model
 from wire.schema import UNCERTAIN  # the wire's word for an abstention, also on the device
+from wire.shown import shown
 
 CLASS_MAPS = "class_maps"  # the optional second output: SonoNet's per-class maps
+TASK = "plane_classification"
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,15 @@ def plane_from_output(manifest: Manifest, output: np.ndarray) -> PlaneResult:
     abstain_below = manifest.setting("abstain_below", 0.0)
     plane = label if confidence >= abstain_below else UNCERTAIN
     return PlaneResult(plane, confidence, label, tuple(float(p) for p in probs))
+
+
+def check_plane_model(manifest: Manifest) -> None:
+    """The manifest is a plane classifier (its task, its class maps' declaration), or one
+    line naming it: `[models] plane` naming the head segmenter ran its per-pixel map as
+    plane scores and ended every frame in an IndexError."""
+    if manifest.task != TASK:
+        raise ModelError(f"{manifest.path}: task {shown(manifest.task)} is not {TASK!r}")
+    class_maps_layout(manifest)
 
 
 def group_mass(labels: tuple[str, ...], probabilities: tuple[float, ...],
@@ -110,7 +121,7 @@ def class_maps_layout(manifest: Manifest) -> str | None:
     primary = manifest.raw.get("output", {}).get("shape")
     if primary is not None and first.get("shape") != primary:
         raise ModelError(f"{manifest.path}: outputs[0] must be the primary output "
-                         f"{primary} (got {first.get('shape')})")
+                         f"{shown(primary)} (got {shown(first.get('shape'))})")
     layout = str(entry.get("layout", "NCHW"))
     shape = entry.get("shape")
     n = len(manifest.labels)
@@ -120,7 +131,8 @@ def class_maps_layout(manifest: Manifest) -> str | None:
         ok = (shape[1] == n) if layout == "NCHW" else (layout == "NHWC" and shape[3] == n)
     if not ok:
         raise ModelError(f"{manifest.path}: class_maps must be [1, {n}, h, w] (NCHW) or "
-                         f"[1, h, w, {n}] (NHWC), one map per label; got {shape} {layout}")
+                         f"[1, h, w, {n}] (NHWC), one map per label; got {shown(shape)} "
+                         f"{shown(layout)}")
     return layout
 
 

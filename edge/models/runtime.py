@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.models.manifest import Manifest, ModelError, verify
+from wire.shown import shown
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +185,10 @@ def match_outputs(path: Path, declared: list, tensors: list[dict]) -> dict[str, 
         except (TypeError, KeyError, ValueError):
             raise ModelError(f"{path}: each manifest output needs a name and a shape") from None
         if name in matched:
-            raise ModelError(f"{path}: manifest output {name!r} is declared twice")
-        if shape not in by_shape:
-            raise ModelError(f"{path}: manifest output {name!r} {list(shape)} is not an "
-                             f"output of the model ({[list(s) for s in by_shape]})")
+            raise ModelError(f"{path}: manifest output {shown(name)} is declared twice")
+        if shape not in by_shape:  # a hostile shape may be 100,000 numbers: shown cut
+            raise ModelError(f"{path}: manifest output {shown(name)} {shown(list(shape))} is "
+                             f"not an output of the model ({[list(s) for s in by_shape]})")
         matched[name] = by_shape[shape]
     return matched
 
@@ -214,13 +215,13 @@ def load_model(manifest: Manifest, backend: str = "litert", num_threads: int = 2
     verify(manifest)
     model = open_model_file(manifest.model_path, backend, num_threads,
                             manifest.raw.get("outputs"))
-    shape = tuple(model._input["shape"])
+    shape = tuple(int(v) for v in model._input["shape"])  # "(1, 1, 224, 288)", not np.int32
     if shape != manifest.input_shape:
         raise ModelError(f"{manifest.model_path}: input shape {shape} "
                          f"differs from its manifest {manifest.input_shape}")
     if manifest.task.endswith("_segmentation"):
         # A segmenter answers per pixel: its map has the input's height and width.
-        out = tuple(model._output["shape"])
+        out = tuple(int(v) for v in model._output["shape"])
         if out[-2:] != shape[-2:]:
             raise ModelError(f"{manifest.model_path}: output shape {out} does not match "
                              f"its input {shape}")
