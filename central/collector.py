@@ -59,12 +59,19 @@ class CollectorSettings:
     duration_s: float | None = None  # stop after this long (tests, cron-style runs)
 
 
+REGISTRY_MAX_BYTES = 16 << 20  # 100,000 devices of 64-character ids take 13 MB
+
+
 def read_registry(path: str | Path) -> dict[str, str]:
     """The district's record of which device belongs to which clinic: ``device_id,clinic_id``
     per line, ``#`` comments (written by ``board/provision.py --clinic``). ValueError names
     the file and line of a malformed entry."""
     out: dict[str, str] = {}
-    text = Path(path).read_text(encoding="utf-8")
+    try:  # a regular file of bounded size: a FIFO was waited on for ever, /dev/zero read
+        data, _ = wire_schema.read_regular_file(path, REGISTRY_MAX_BYTES)
+    except wire_schema.PayloadError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    text = data.decode("utf-8")
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -77,6 +84,7 @@ def read_registry(path: str | Path) -> dict[str, str]:
 
 
 _CLINIC_RE = wire_schema.id_pattern("clinic_id")
+_SHARE_RE = re.compile(r"[^/+#\x00-\x1f\x7f]{1,100}\Z")  # an MQTT v5 ShareName
 
 
 def check(topic: str, payload: bytes, max_bytes: int, collector: str, now: float,
@@ -134,14 +142,23 @@ def _check(topic: str, payload: bytes, max_bytes: int, collector: str, now: floa
 
 def dead_letter(topic: str, payload: bytes, reason: str, collector: str,
                 now: float) -> DeadLetter:
-    """A dead letter that any database takes: printable text, no NUL, bounded sizes."""
+    """A dead letter that any database takes: printable text, no NUL, bounded sizes. Its
+    topic and reason are one line each (a control character, a newline, as \\xNN): they
+    are logged, and a device chooses its topic's last level and its JSON's keys."""
     topic = str(topic)
     digest = hashlib.sha256(topic.encode("utf-8", "backslashreplace") + b"\0"
                             + payload).hexdigest()
     preview = payload[:DEAD_PREVIEW_CHARS].decode("utf-8", "replace").replace("\x00", "")
-    shown = topic.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "")
-    reason = reason.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "")
-    return DeadLetter(digest, shown[:255], reason[:500], len(payload), preview, now, collector)
+    return DeadLetter(digest, _one_line(topic)[:255], _one_line(reason)[:500], len(payload),
+                      preview, now, collector)
+
+
+def _one_line(text: str) -> str:
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -158,6 +175,11 @@ class Collector:
         if settings.password_file:
             self.target = replace(self.target,
                                   password=read_secret_file(settings.password_file))
+        if settings.share_group and not _SHARE_RE.match(settings.share_group):
+            # paho raised a traceback on "+" or "#"; "a/b" subscribed to b/sonoedge/+/+,
+            # which no device publishes on: a collector that stores nothing, without a word
+            raise ValueError(f"--share-group {settings.share_group[:80]!r}: must be 1-100 "
+                             "characters without /, +, # or control characters")
         self._registry: tuple[float, dict[str, str]] | None = None
         self._unregistered: set[str] = set()
         self.clinics()  # a broken registry is an error at start, naming the file and line

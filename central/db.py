@@ -150,9 +150,10 @@ class Store:
                 import psycopg
 
                 self._errors = (psycopg.Error,)
-                self._row_errors = (psycopg.DataError, psycopg.IntegrityError,
-                                    psycopg.ProgrammingError, OverflowError, ValueError,
-                                    TypeError, UnicodeError)
+                # What a row's values cause. Not ProgrammingError: a table gone or a privilege
+                # revoked refuses every row, and they would be acknowledged as dead letters.
+                self._row_errors = (psycopg.DataError, psycopg.IntegrityError, OverflowError,
+                                    ValueError, TypeError, UnicodeError)
                 self.conn = psycopg.connect(url, autocommit=False, connect_timeout=10)
             else:
                 self._errors = (sqlite3.Error,)
@@ -200,6 +201,7 @@ class Store:
             self.store = store
 
         def __enter__(self):
+            self.store._reopen_if_lost()
             self.cur = self.store.conn.cursor()
             return _Cursor(self.cur, self.store)
 
@@ -212,6 +214,18 @@ class Store:
             finally:
                 self.cur.close()
             return False
+
+    def _reopen_if_lost(self) -> None:
+        """A PostgreSQL connection the server closed (a restart, a failover, an ended
+        backend) stays closed: open a new one, or else nothing is ever stored again."""
+        if not self.pg or not self.conn.closed:
+            return
+        import psycopg
+
+        try:
+            self.conn = psycopg.connect(self.url, autocommit=False, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise DbError(f"{self.shown()}: cannot reconnect: {one_line(exc)}") from None
 
     def tx(self) -> Store._Tx:
         return Store._Tx(self)
