@@ -31,6 +31,7 @@ from pathlib import Path
 
 from central.db import DEAD_PREVIEW_CHARS, DbError, DeadLetter, Row, Store
 from wire import schema as wire_schema
+from wire.shown import printable
 
 log = logging.getLogger("sonoedge.central")
 
@@ -149,16 +150,8 @@ def dead_letter(topic: str, payload: bytes, reason: str, collector: str,
     digest = hashlib.sha256(topic.encode("utf-8", "backslashreplace") + b"\0"
                             + payload).hexdigest()
     preview = payload[:DEAD_PREVIEW_CHARS].decode("utf-8", "replace").replace("\x00", "")
-    return DeadLetter(digest, _one_line(topic)[:255], _one_line(reason)[:500], len(payload),
+    return DeadLetter(digest, printable(topic)[:255], printable(reason)[:500], len(payload),
                       preview, now, collector)
-
-
-def _one_line(text: str) -> str:
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _first_line(exc: BaseException) -> str:

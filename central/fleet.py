@@ -28,7 +28,6 @@ import tarfile
 import time
 from pathlib import Path
 
-from central.report import printable
 from wire.cli import OneLineParser
 from wire.fleet import (
     MANIFEST_MEMBER,
@@ -47,6 +46,7 @@ from wire.fleet import (
     parse_offer,
     verify_signature,
 )
+from wire.shown import printable
 
 log = logging.getLogger("sonoedge.central.fleet")
 

@@ -18,11 +18,11 @@ new seq after the device lost its outbox) did arrive: it fills its hole and coun
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 
 from central.db import SEQ_KINDS_SQL, Store
 from wire.schema import NOT_A_VIEW
+from wire.shown import printable
 
 
 @dataclass
@@ -220,21 +220,6 @@ def _latest_status(store: Store) -> list[tuple]:
         "ON m.device_id = s.device_id AND m.received_ts = s.r AND m.kind = 'status'"
     )
     return [(dev, seq, json.loads(p).get("state")) for dev, seq, p in rows]
-
-
-# What a terminal would act on or cannot print: C0 and C1 controls (a newline that forges a
-# row, the ESC or CSI that starts a terminal command) and lone surrogates (valid in JSON,
-# not in UTF-8: print raised). A device's text (a slot name, a model-update error) may hold
-# any of them.
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def printable(text: str) -> str:
-    """A line of the report as the terminal shows it: every unprintable character as a
-    visible escape (\\x1b, \\ud800), so what a device sent can neither add a line nor drive
-    the officer's terminal."""
-    return _UNPRINTABLE.sub(lambda m: (f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                                       else f"\\u{ord(m.group()):04x}"), text)
 
 
 def _min(a, b):

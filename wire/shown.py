@@ -21,12 +21,25 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+# What a log line or a terminal would act on or cannot print: C0 and C1 controls (a newline
+# that forges a line, the ESC or CSI that starts a terminal command) and lone surrogates
+# (valid in JSON, not in UTF-8: printing one raises).
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """`text` as one printable line: every control character and lone surrogate as a
+    visible escape (\\x1b, \\x0a, \\ud800). What a device or a file sent can then neither
+    add a line to a log or a report nor drive the terminal that shows it."""
+    return _UNPRINTABLE.sub(lambda m: (f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                                       else f"\\u{ord(m.group()):04x}"), text)
+
+
 def shown_path(path: object, limit: int | None = 200) -> str:
     """A path or source spec as one line of at most about `limit` characters: bytes that
     are not UTF-8 and control characters (a newline) as \\xNN, a very long one cut in its
     middle, keeping its start and its end (the file name); `limit` None never cuts."""
-    text = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
-    text = re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+    text = printable(os.fsencode(str(path)).decode("utf-8", "backslashreplace"))
     if limit is not None and len(text) > limit:
         half = limit // 2 - 2
         text = f"{text[:half]}...{text[-half:]}"
