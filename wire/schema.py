@@ -17,6 +17,7 @@ import stat
 import tomllib
 from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 SCHEMA_VERSION = 1
 KINDS = ("exam", "health", "status", "dates")
@@ -146,19 +147,27 @@ def _size_text(n: int) -> str:
     return f"{n >> 20} MiB" if n and not n % (1 << 20) else f"{n} bytes"
 
 
+def open_regular_file(path: Path | str) -> BinaryIO:
+    """A file given by someone else, opened for reading only if it is a regular file: a
+    FIFO is opened without waiting for a writer (O_NONBLOCK, no effect on a file) and
+    refused, as are a folder and a device (/dev/zero passes any size check). The check is
+    on what was opened, so a file swapped in between cannot pass it. FileNotFoundError when
+    it is missing, ``PayloadError`` when it is not a regular file, OSError else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise PayloadError("a folder, not a file" if stat.S_ISDIR(mode)
+                           else "not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def read_regular_file(path: Path | str, max_bytes: int) -> tuple[bytes, os.stat_result]:
     """A file given by someone else (a config, a CSV, a key): its bytes, at most
-    `max_bytes`, and its stat. It must be a regular file, checked before it is opened:
-    opening a FIFO waits for a writer, for ever. FileNotFoundError when it is missing,
-    ``PayloadError`` when it is a folder, not a regular file or too large, OSError else."""
-    if stat.S_ISDIR(os.stat(path).st_mode):
-        raise PayloadError("a folder, not a file")
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise PayloadError("not a regular file")
-    with open(path, "rb") as handle:
-        st = os.fstat(handle.fileno())  # what was opened, should it have been swapped
-        if not stat.S_ISREG(st.st_mode):
-            raise PayloadError("not a regular file")
+    `max_bytes`, and its stat (`open_regular_file`). ``PayloadError`` also when it is too
+    large."""
+    with open_regular_file(path) as handle:
+        st = os.fstat(handle.fileno())
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise PayloadError(f"too large: more than {_size_text(max_bytes)}")

@@ -17,7 +17,6 @@ import io
 import json
 import lzma
 import os
-import stat
 import tarfile
 import tempfile
 import time
@@ -43,7 +42,7 @@ from wire.fleet import (
     parse_version,
     verify_signature,
 )
-from wire.schema import finite_number
+from wire.schema import PayloadError, finite_number, open_regular_file
 
 XZ_MEMLIMIT = 128 << 20  # an xz stream asking for a larger dictionary is refused
 XZ_PRESET = 6 | lzma.PRESET_EXTREME  # 8 MiB dictionary: more than a bundle, little RAM
@@ -132,16 +131,12 @@ def read_bundle(path: Path, keys: list, limits: Limits, dest: Path | None = None
     `dest` may then hold part of the files and must be discarded."""
     path = Path(path)
     try:
-        # O_NONBLOCK: opening a FIFO does not wait for a writer (no effect on a file)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        raw = open_regular_file(path)
+    except PayloadError as exc:
+        raise BundleError(f"{path}: {exc}") from None
     except OSError as exc:
         raise DeviceFault(f"{path}: {exc.strerror or exc}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise BundleError(f"{path}: not a regular file (a folder, a pipe or a device)")
-    size = st.st_size
-    raw = os.fdopen(fd, "rb")
+    size = os.fstat(raw.fileno()).st_size
     if size > limits.max_bundle_bytes:
         raw.close()
         raise BundleError(f"{path}: {size} bytes, over the {limits.max_bundle_bytes}-byte "
