@@ -171,6 +171,9 @@ def test_dates_give_the_hc_flag_a_reference(page):
             (400, "the last menstrual period must be within the last 45 weeks",
              "The dates were not kept: the first day of the last period must be within the "
              "last 45 weeks, and not after today."),
+            (503, "the dates were not kept: the device has not yet kept the last ones",
+             "The dates were not kept: the device has not yet kept the last ones (it is "
+             "starting, or has no image)."),
             (409, DATES_REFUSED,
              "The dates were not kept: the exam on the page was no longer the device's.")):
         page.route("**/api/lmp", functools.partial(answer, status=status, body=device_says))

@@ -421,13 +421,16 @@ def test_the_last_period_of_an_earlier_exam_is_entered_on_its_report(box, ended,
     assert corrections_to_district(box, first_id, before + 2)[-1]["ga_dates_weeks"] is None
     assert journaled_dates(box, first_id) is None
     # A box too busy to journal them within its wait answers "kept": false
-    # (test_web_unit), and a box that does not answer answers nothing: the report says
-    # which, stays as it was (not drawn again as if they were kept) and can be sent again.
+    # (test_web_unit), one whose queue of dates is full answers 503 (test_review_web_s29),
+    # and a box that does not answer answers nothing: the report says which, in the page's
+    # language, stays as it was (not drawn again as if they were kept) and can send again.
     page.evaluate("window.notReloaded = true")
     for answer, said in (
             (lambda route: route.fulfill(status=200, content_type="application/json",
                                          body='{"kept": false}'), "Not kept yet"),
-            (lambda route: route.abort(), "The dates were not kept: the box did not answer")):
+            (lambda route: route.abort(), "The dates were not kept: the box did not answer"),
+            (lambda route: route.fulfill(status=503, body="busy"),  # its queue full
+             "The dates were not kept: the device has not yet kept the last ones")):
         page.route("**/api/exams/*/lmp", answer)
         page.fill("#report-lmp-date", lmp)
         page.click("#lmp-keep")

@@ -680,6 +680,7 @@ def _dates_form(text: dict[str, str], exam_id: str, lmp: str | None) -> str:
             f'data-max-weeks="{MAX_LMP_DAYS // 7}" '
             f'data-refused="{e(_t(text, "screen.lmp_refused_range", weeks=MAX_LMP_DAYS // 7))}" '
             f'data-failed="{e(_t(text, "report.lmp_failed"))}" '
+            f'data-busy="{e(_t(text, "screen.lmp_busy"))}" '
             f'data-pending="{e(_t(text, "report.lmp_pending"))}">'
             f'<label for="report-lmp-date">{e(_t(text, "screen.lmp"))}</label>'
             f'<input id="report-lmp-date" type="date" value="{e(lmp or "")}">'

@@ -743,6 +743,7 @@ let flagsErrorFor; // the exam id shown beside that answer (null: none yet)
 async function lmpRefusal(res) {
   const text = await res.text();
   if (res.status === 409) return { key: "screen.lmp_refused_changed" };
+  if (res.status === 503) return { key: "screen.lmp_busy" };  // kept none: nothing pushed out
   const weeks = state && state.screening && state.screening.lmp_max_weeks;
   // the page sends only its date field's YYYY-MM-DD: the device refuses it for its range
   if (res.status === 400 && weeks) return { key: "screen.lmp_refused_range", vars: { weeks } };

@@ -61,7 +61,8 @@
           location.reload();
           return;
         }
-        error.textContent = res.status === 400 ? dates.dataset.refused : (await res.text()) || dates.dataset.failed;
+        error.textContent = res.status === 400 ? dates.dataset.refused
+          : res.status === 503 ? dates.dataset.busy : (await res.text()) || dates.dataset.failed;
       } catch (e) {
         error.textContent = dates.dataset.failed;
       } finally {
