@@ -254,8 +254,9 @@ def requeue_unqueued_exams(settings: Settings, journal: Journal, uplink: Uplink)
     never been given: the journal has every exam, the outbox's `keys` every id it took.
 
     They are those a corrupt outbox lost on its unreadable pages (it is moved aside and
-    salvaged), those still held in memory for a full disk when the process stopped, and
-    those an outbox error refused (locked, an I/O error). An exam the district had already
+    salvaged), those still held in memory when the process stopped (a full disk, an outbox
+    locked by another process or failing to write), and any an outbox error refused. An
+    exam the district had already
     received comes under the same msg_id (its key's) and is absorbed there as a duplicate.
     Returns how many were queued."""
     since = time.time() - settings.journal.keep_days * 86400.0
@@ -268,8 +269,8 @@ def requeue_unqueued_exams(settings: Settings, journal: Journal, uplink: Uplink)
         log.warning("outbox was corrupt: %d journaled exam(s) it no longer held queued again",
                     queued)
     elif queued:
-        log.warning("%d journaled exam(s) the outbox had never been given (held for a full "
-                    "disk at the last stop, or refused by an outbox error) queued now", queued)
+        log.warning("%d journaled exam(s) the outbox had never been given (held at the "
+                    "last stop, or refused by an outbox error) queued now", queued)
     return queued
 
 

@@ -187,3 +187,35 @@ def test_a_locked_outbox_refuses_one_message_and_hangs_no_other_thread(tmp_path)
     assert not worker.is_alive(), "the outbox stayed locked by the thread that was refused"
     assert done and done[0] is not None
     box.close()
+
+
+def test_an_exam_the_outbox_cannot_take_now_is_held_not_lost(tmp_path, caplog):
+    """Another process holding the outbox's write lock past the busy timeout (or an I/O
+    error) refused the exam, which was logged and dropped: only the next start's requeue
+    from the journal would have sent it. It is held in memory as for a full disk, said
+    once, and queued, in order, as soon as the outbox takes it."""
+    import sqlite3
+
+    from tests.test_dates_correction import ENVELOPE
+    from tests.test_outbox import exam_body
+
+    uplink = Uplink(MqttSettings(device_id="dev-a", clinic_id="c1"), tmp_path)
+    uplink.outbox._db.execute("PRAGMA busy_timeout=200")  # the 10 s of the field, shortened
+    other = sqlite3.connect(str(tmp_path / "outbox.sqlite3"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    bodies = []
+    for exam_id in ("first", "second"):
+        body = {k: v for k, v in exam_body().items() if k not in ENVELOPE}
+        body["exam_id"] = exam_id
+        bodies.append(body)
+        assert uplink.enqueue_exam(body, key=exam_id) is None
+    assert uplink.held == 2
+    said = [r for r in caplog.records if "held in memory" in r.getMessage()]
+    assert len(said) == 1 and "locked" in said[0].getMessage()
+    assert uplink.flush_held() == 2  # still locked: still held, nothing lost
+    other.execute("ROLLBACK")
+    other.close()
+    assert uplink.flush_held() == 0
+    assert [json.loads(m.payload)["exam_id"] for m in uplink.outbox.list(10)] == [
+        "first", "second"]
+    uplink.close()

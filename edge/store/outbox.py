@@ -125,7 +125,12 @@ class OutboxError(Exception):
     """A message that cannot be stored (bad kind, not JSON-serialisable, too large)."""
 
 
-class OutboxFull(OutboxError):
+class OutboxLater(OutboxError):
+    """The message cannot be stored now for a reason that may pass: the database is locked
+    by another process past the busy timeout, or an I/O error. The caller keeps it."""
+
+
+class OutboxFull(OutboxLater):
     """No room on the disk for the message now; it may fit later."""
 
 
@@ -282,6 +287,10 @@ class Outbox:
             try:
                 return self._enqueue(kind, body, key)
             except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError) and not is_full(exc) \
+                        and not is_corrupt(exc):  # locked, busy, an I/O error: it may pass
+                    raise OutboxLater(f"{self.path}: {kind} message not queued yet: {exc}") \
+                        from None
                 if not is_full(exc):
                     raise OutboxError(f"{self.path}: {kind} message not queued: {exc}") \
                         from None

@@ -43,6 +43,7 @@ from edge.store.outbox import (
     Outbox,
     OutboxError,
     OutboxFull,
+    OutboxLater,
     dates_key,
     open_outbox,
     read_boot_id,
@@ -287,8 +288,9 @@ class Uplink:
         return self._enqueue_kept("dates", payload, dates_key(exam_id, entry))
 
     def _enqueue_kept(self, kind: str, payload: dict, key: str | None) -> str | None:
-        """An exam or a correction into the outbox, in order behind any held for want of
-        disk space, or held itself."""
+        """An exam or a correction into the outbox, in order behind any held (for want of
+        disk space, or an outbox locked by another process or failing to write), or held
+        itself."""
         self.flush_held()
         with self._held_lock:
             if self._held:  # keep the order: older messages first
@@ -301,21 +303,23 @@ class Uplink:
                 if not Reserve(self.state_dir).release():
                     raise
                 msg = self.outbox.enqueue(kind, payload, key=key)
-        except OutboxFull:
+        except OutboxLater as exc:
             with self._held_lock:
-                self._hold(kind, payload, key)
+                self._hold(kind, payload, key, exc)
             return None
         except OutboxError as exc:
             log.error("%s message of exam %s not stored: %s", kind, payload.get("exam_id"), exc)
             return None
         return msg.msg_id if msg else None
 
-    def _hold(self, kind: str, payload: dict, key: str | None) -> None:
+    def _hold(self, kind: str, payload: dict, key: str | None,
+              why: OutboxLater | None = None) -> None:
         self._held.append((kind, payload, key))
         self._set(held=len(self._held))
         if not self._full_said:
-            log.warning("disk full: %s message of exam %s held in memory (%d waiting); it is "
-                        "queued as soon as there is room", kind, payload.get("exam_id"),
+            reason = "disk full" if why is None or isinstance(why, OutboxFull) else str(why)
+            log.warning("%s: %s message of exam %s held in memory (%d waiting); it is queued "
+                        "as soon as the outbox takes it", reason, kind, payload.get("exam_id"),
                         len(self._held))
             self._full_said = True
 
@@ -327,14 +331,14 @@ class Uplink:
                 kind, payload, key = self._held[0]
                 try:
                     self.outbox.enqueue(kind, payload, key=key)
-                except OutboxFull:
+                except OutboxLater:
                     break
                 except OutboxError as exc:
                     log.error("held %s message not stored: %s", kind, exc)
                 self._held.pop(0)
                 if not self._held:
-                    log.warning("disk space back: every held exam summary and correction "
-                                "is queued")
+                    log.warning("outbox writable again: every held exam summary and "
+                                "correction is queued")
                     self._full_said = False
             self._set(held=len(self._held))
             return len(self._held)
@@ -366,7 +370,7 @@ class Uplink:
             self.flush_held()
             msg = self.outbox.enqueue("health", payload)
             return msg.msg_id if msg else None
-        except OutboxFull as exc:
+        except OutboxLater as exc:
             log.debug("health message not stored: %s", exc)  # the exams are what matter
             return None
         except (ValueError, TypeError, OutboxError) as exc:
