@@ -4,11 +4,13 @@ The device loop plays a clip of real frames (tests/web_harness.py); two browser 
 it at once, a phone (390x844, portrait) and a tablet (1280x800, landscape). Each is saved
 while a head is on screen (with the heatmap where the model has one), the tablet also on
 another plane after it (`tablet-not-head.png`: the head's figures off the image), in French on the
-phone (with dates the device refused, `phone-fr-refused.png`), and after the clip has
+phone (with dates the device refused, `phone-fr-refused.png`, and dates it could not take
+yet, `phone-fr-busy.png`), and after the clip has
 ended; plus the login screen. The first exam is stopped
 after those shots and the next one begins, so the "Earlier exams" panel lists two
 (`*-earlier.png`), and the first exam's printable report is saved at both sizes and as
-printed on A4 (`report.png`, `phone-report.png`, `report-print.png`). Not committed.
+printed on A4 (`report.png`, `phone-report.png`, `report-print.png`), with its dates form
+refused by a busy device (`report-busy.png`). Not committed.
 """
 
 from __future__ import annotations
@@ -77,6 +79,15 @@ def _earlier_and_report(context, pages) -> None:
         report.wait_for_function("[...document.images].every(i => i.complete)",
                                  timeout=30_000, polling=200)
         report.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
+    # the report's dates refused by a device whose queue of dates is full: 503
+    report.route("**/lmp", lambda route: route.fulfill(status=503, body="busy"))
+    report.fill("#report-lmp-date", (dt.date.today() - dt.timedelta(days=7 * 20)).isoformat())
+    report.click("#lmp-keep")
+    report.wait_for_function("document.querySelector('#report-lmp-error').textContent",
+                             timeout=30_000, polling=200)
+    report.locator("#report-lmp").screenshot(path=str(OUT / "report-busy.png"))
+    report.unroute("**/lmp")
+    report.reload()
     report.set_viewport_size({"width": 794, "height": 1123})  # A4 at 96 dpi
     report.emulate_media(media="print")
     report.screenshot(path=str(OUT / "report-print.png"), full_page=True)
@@ -124,6 +135,13 @@ def main() -> int:
             phone.click("#lmp-form button")
             phone.wait_for_selector("#flags li.flag", timeout=30_000)
             phone.locator("#screening").screenshot(path=str(OUT / "phone-fr-refused.png"))
+            phone.unroute("**/api/lmp")
+            # a device whose queue of dates is full (models loading, no signal): 503
+            phone.route("**/api/lmp", lambda route: route.fulfill(status=503, body="busy"))
+            phone.click("#lmp-form button")
+            phone.wait_for_function("document.querySelector('#flags').textContent"
+                                    ".includes(\"pas encore gard\")", timeout=30_000)
+            phone.locator("#screening").screenshot(path=str(OUT / "phone-fr-busy.png"))
             phone.unroute("**/api/lmp")
             phone.fill("#lmp", "")
             phone.select_option("#controls select.lang", "en")
