@@ -154,7 +154,7 @@ class Store:
                 # revoked refuses every row, and they would be acknowledged as dead letters.
                 self._row_errors = (psycopg.DataError, psycopg.IntegrityError, OverflowError,
                                     ValueError, TypeError, UnicodeError)
-                self.conn = psycopg.connect(url, autocommit=False, connect_timeout=10)
+                self.conn = self._connect_pg()
             else:
                 self._errors = (sqlite3.Error,)
                 self._row_errors = (sqlite3.DataError, sqlite3.IntegrityError,
@@ -223,9 +223,14 @@ class Store:
         import psycopg
 
         try:
-            self.conn = psycopg.connect(self.url, autocommit=False, connect_timeout=10)
+            self.conn = self._connect_pg()
         except psycopg.Error as exc:
             raise DbError(f"{self.shown()}: cannot reconnect: {one_line(exc)}") from None
+
+    def _connect_pg(self):
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=False, connect_timeout=10)
 
     def tx(self) -> Store._Tx:
         return Store._Tx(self)

@@ -49,12 +49,18 @@ def patient_of(name: str) -> str:
     return name.split("_", 1)[0]
 
 
-def pairs_within_patients(names: list[str]) -> list[tuple[int, int]]:
-    """Every pair of frames of one patient, as indices into `names`."""
+def frames_by_patient(names: list[str]) -> dict[str, list[int]]:
+    """Each patient's frames, as indices into `names`, in order."""
     by_patient: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         by_patient.setdefault(patient_of(name), []).append(i)
-    return [pair for idx in by_patient.values() for pair in itertools.combinations(idx, 2)]
+    return by_patient
+
+
+def pairs_within_patients(names: list[str]) -> list[tuple[int, int]]:
+    """Every pair of frames of one patient, as indices into `names`."""
+    return [pair for idx in frames_by_patient(names).values()
+            for pair in itertools.combinations(idx, 2)]
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ def decompose(label: np.ndarray, net: np.ndarray, pairs: list[tuple[int, int]]) 
     net = np.asarray(net, float)
     ok = np.isfinite(label) & np.isfinite(net)
     kept = [(i, j) for i, j in pairs if ok[i] and ok[j]]
-    if not kept or not ok.any():
+    if not kept:
         raise ValueError("no frame pair that both the labels and the net measure")
     a, b = np.array(kept).T
     frames = np.unique(np.concatenate([a, b]))
@@ -105,10 +111,7 @@ def bootstrap(label: np.ndarray, net: np.ndarray, names: list[str], draws: int =
               seed: int = 0) -> dict[str, list[float]]:
     """2.5th, 50th and 97.5th percentiles of each standard deviation over patients drawn
     with replacement (a patient drawn twice is two patients)."""
-    by_patient: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        by_patient.setdefault(patient_of(name), []).append(i)
-    groups = list(by_patient.values())
+    groups = list(frames_by_patient(names).values())
     rng = np.random.default_rng(seed)
     found = []
     for _ in range(draws):
@@ -153,16 +156,14 @@ def spreads(measured: dict, draws: int = 2000) -> dict:
     """The decomposition in mm and in % of HC, over all frames and per split, each with
     its interval over patients."""
     names = measured["name"]
-    label = np.array(measured["label_mm"], float)
-    net = np.array([np.nan if v is None else v for v in measured["net_mm"]], float)
+    label, net = _arrays(measured)
     split = np.array(measured["split"])
     out = {}
-    by_patient: dict[str, list[float]] = {}
-    for name, value in zip(names, label, strict=True):
-        by_patient.setdefault(patient_of(name), []).append(value)
     # a patient's band is that of the mean of its labels: choosing frames by their own
     # label would cut the labels' spread at the band's edges and not the net's
-    mean = np.array([np.mean(by_patient[patient_of(name)]) for name in names])
+    mean = np.empty_like(label)
+    for idx in frames_by_patient(names).values():
+        mean[idx] = label[idx].mean()
     parts = {"all": np.arange(len(names)), "train": np.flatnonzero(split == "train"),
              "validation": np.flatnonzero(split == "validation")}
     for lo, hi in BANDS_MM:
@@ -170,23 +171,29 @@ def spreads(measured: dict, draws: int = 2000) -> dict:
     for part, idx in parts.items():
         sub = [names[i] for i in idx]
         lab, n = label[idx], net[idx]
+        pairs = pairs_within_patients(sub)
+        in_pairs = sorted({i for pair in pairs for i in pair})
         # the same scale for both frames of a patient and for the net: 100 / the patient's
         # mean label (a frame's own label would make every label 100)
         for unit, scale in (("mm", np.ones_like(lab)), ("pct", 100 / mean[idx])):
             try:
-                found = asdict(decompose(lab * scale, n * scale, pairs_within_patients(sub)))
+                found = asdict(decompose(lab * scale, n * scale, pairs))
             except ValueError:  # no patient of this part seen twice: nothing to tell apart
                 continue
             found["interval"] = bootstrap(lab * scale, n * scale, sub, draws)
-            in_pairs = sorted({i for pair in pairs_within_patients(sub) for i in pair})
             found["net_vs_label_mad"] = float(np.nanmean((np.abs(n - lab) * scale)[in_pairs]))
             out[f"{part}/{unit}"] = found
     return out
 
 
+def _arrays(measured: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, the net's HCs with NaN where it declined) of `measure_all`'s frames."""
+    return (np.array(measured["label_mm"], float),
+            np.array([np.nan if v is None else v for v in measured["net_mm"]], float))
+
+
 def report(measured: dict, found: dict) -> str:
-    label = np.array(measured["label_mm"], float)
-    net = np.array([np.nan if v is None else v for v in measured["net_mm"]], float)
+    label, net = _arrays(measured)
     val = np.array(measured["split"]) == "validation"
     ok = np.isfinite(net)
 

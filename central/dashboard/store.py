@@ -51,8 +51,10 @@ from typing import NamedTuple
 
 from central.dashboard import config as C
 from central.dashboard.reference import ig_z
-from central.db import SEQ_KINDS, DbError, is_postgres, one_line, redact, sqlite_path
+from central.db import SEQ_KINDS, DbError, is_postgres, redact, sqlite_path
 from wire.dating import dates_flag
+from wire.schema import number_or_none
+from wire.shown import one_line
 
 SCHEMA_VERSION = "11"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
@@ -464,11 +466,6 @@ def _refresh_batch(db: Db) -> int:
     return len(rows)
 
 
-def _num(value) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
-        and math.isfinite(value) else None
-
-
 def _add(db: Db, rows: list[tuple]) -> None:
     msgs, exams, seqs = [], [], []
     corrections: dict[tuple[str, str], Correction] = {}  # (device, exam_id): the latest
@@ -532,7 +529,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
         for plane, entry in (data.get("planes") or {}).items():
             if plane in C.NOT_A_VIEW or not entry or entry[0] <= 0 or len(entry) < 3:
                 continue
-            q = _num(entry[2])
+            q = number_or_none(entry[2])
             if q is None:
                 continue
             wp = week_plane[(week, clinic, str(plane))]
@@ -763,7 +760,7 @@ def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dic
     stands in place of the summary's."""
     protocol = data.get("protocol") or {}
     planes = data.get("planes") or {}
-    qualities = [_num(v[2]) for k, v in planes.items()
+    qualities = [number_or_none(v[2]) for k, v in planes.items()
                  if k not in C.NOT_A_VIEW and v and v[0] > 0 and len(v) > 2]
     qualities = [q for q in qualities if q is not None]
     bio = data.get("biometry") or {}
@@ -772,17 +769,17 @@ def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dic
     # is kept (and not drawn where the period has dated exams: see queries.biometry_page).
     corrected = ga_dates is not FROM_SUMMARY
     if not corrected:
-        ga_dates = _num(bio.get("ga_dates_weeks"))
-    ga = ga_dates if ga_dates is not None else _num(bio.get("ga_weeks"))
+        ga_dates = number_or_none(bio.get("ga_dates_weeks"))
+    ga = ga_dates if ga_dates is not None else number_or_none(bio.get("ga_weeks"))
     missing = protocol.get("missing") or []
-    hc = _num(bio.get("hc_mm"))
+    hc = number_or_none(bio.get("hc_mm"))
     z = None if hc is None or ga is None else ig_z(hc, ga)
     return (msg_id, dev, clinic, _exam_id(data.get("exam_id")), day, ts,
             str(protocol.get("name") or "") or None,
             protocol.get("required"), protocol.get("captured"),
             None if not protocol else _complete(protocol),
             max(qualities) if qualities else None, hc, ga,
-            _num(bio.get("ga_low_weeks")), _num(bio.get("ga_high_weeks")),
+            number_or_none(bio.get("ga_low_weeks")), number_or_none(bio.get("ga_high_weeks")),
             None if ga is None else ("dates" if ga_dates is not None else "hadlock-hc"),
             "|".join(_text(s, 32) for s in missing) or None, z,
             # what the midwife's page said of this head against her dates (the same rule)
@@ -822,8 +819,8 @@ def _correction(data: dict, seq: int, msg_id: str, ts: float) -> Correction | No
     exam_id = _exam_id(data.get("exam_id"))
     if not exam_id:
         return None
-    entered = _num(data.get("entered_ts"))
-    return Correction(exam_id, _num(data.get("ga_dates_weeks")),
+    entered = number_or_none(data.get("entered_ts"))
+    return Correction(exam_id, number_or_none(data.get("ga_dates_weeks")),
                       ts if entered is None else entered, seq, msg_id)
 
 
@@ -914,7 +911,7 @@ def _health_digest(data: dict) -> dict:
         if isinstance(rollback, dict):
             b["rollback"] = (f"{rollback.get('from')} -> {rollback.get('to')}: "
                              f"{rollback.get('reason')}")[:200]
-            b["rollback_ts"] = _num(rollback.get("ts"))
+            b["rollback_ts"] = number_or_none(rollback.get("ts"))
         if fleet.get("error"):
             b["error"] = _text(fleet["error"], C.FLEET_ERROR_CHARS)
         if fleet.get("download"):
