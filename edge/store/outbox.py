@@ -159,14 +159,16 @@ class Outbox:
             if not is_corrupt(exc):
                 raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from None
             self._salvage(exc, seq_floor)
-        self._recount()
+        self._used = self._count_used()  # an outbox it cannot count is not opened
+
+    def _count_used(self) -> int:
+        return self._db.execute("SELECT COALESCE(SUM(size), 0) + COUNT(*) * ? FROM outbox",
+                                (ROW_OVERHEAD_BYTES,)).fetchone()[0]
 
     def _recount(self) -> None:
-        """Bytes used, from the rows: again after a transaction that did not commit."""
+        """Bytes used, from the rows, again after a transaction that did not commit."""
         try:
-            self._used = self._db.execute(
-                "SELECT COALESCE(SUM(size), 0) + COUNT(*) * ? FROM outbox",
-                (ROW_OVERHEAD_BYTES,)).fetchone()[0]
+            self._used = self._count_used()
         except sqlite3.DatabaseError:
             pass  # unreadable now: the count stays as it was
 
