@@ -33,6 +33,7 @@ import datetime as dt
 import math
 
 from wire.dating import HADLOCK_1984_WEEKS, dates_flag, hadlock_ga_weeks, hadlock_hc_mm, redate_days
+from wire.schema import finite_number
 
 CI_MEAN, CI_SD = 78.3, 4.4  # Hadlock et al. 1981; SD from the abstract's 1 SD bounds 74/83
 CI_LOW, CI_HIGH = round(CI_MEAN - 2 * CI_SD), round(CI_MEAN + 2 * CI_SD)  # 70, 87
@@ -66,30 +67,38 @@ def hc_for_weeks(weeks: float) -> float | None:
 PHONE_DAYS = (dt.date(2000, 1, 1), dt.date(2099, 12, 31))
 
 
-def ga_from_lmp(lmp: str, today: str) -> float:
-    """Weeks from the last menstrual period to today (both ISO dates, from the midwife's
-    phone: the box may have no real-time clock). ValueError for an impossible pair."""
-    first = dt.date.fromisoformat(lmp)
-    now = dt.date.fromisoformat(today)
+def _date(name: str, value: object) -> dt.date:
+    """One of the page's dates, or ValueError naming it (not Python's own words)."""
+    try:
+        return dt.date.fromisoformat(value if isinstance(value, str) and len(value) <= 10
+                                     else "")
+    except ValueError:
+        raise ValueError(f"{name} must be a date, YYYY-MM-DD") from None
+
+
+def _weeks_between(first: dt.date, now: dt.date) -> float:
     days = (now - first).days
     if not 0 <= days <= MAX_LMP_DAYS:
         raise ValueError("the last menstrual period must be within the last 45 weeks")
     return days / 7.0
 
 
+def ga_from_lmp(lmp: str, today: str) -> float:
+    """Weeks from the last menstrual period to today (both ISO dates, from the midwife's
+    phone: the box may have no real-time clock). ValueError for an impossible pair."""
+    return _weeks_between(dt.date.fromisoformat(lmp), dt.date.fromisoformat(today))
+
+
 def read_lmp(lmp: object, today: object) -> tuple[str, str, float]:
-    """The page's two dates, checked (strings of at most 10 characters, ISO dates, a period
-    within MAX_LMP_DAYS before today): (lmp, today) as YYYY-MM-DD and the weeks between.
-    ValueError, with a message for the midwife's page, for anything else."""
-    if not isinstance(lmp, str) or not isinstance(today, str) or len(lmp) > 10 \
-            or len(today) > 10:
-        raise ValueError("lmp and today must be YYYY-MM-DD")
-    if not PHONE_DAYS[0] <= dt.date.fromisoformat(today) <= PHONE_DAYS[1]:
+    """The page's two dates, checked (strings of at most 10 characters, ISO dates, a phone's
+    date within PHONE_DAYS, a period within MAX_LMP_DAYS before it): (lmp, today) as
+    YYYY-MM-DD and the weeks between. ValueError, with a message for the midwife's page
+    that names the field, for anything else."""
+    first, now = _date("lmp", lmp), _date("today", today)
+    if not PHONE_DAYS[0] <= now <= PHONE_DAYS[1]:
         raise ValueError(f"today must be a date from {PHONE_DAYS[0].year} to "
                          f"{PHONE_DAYS[1].year}: is the phone's date set?")
-    weeks = ga_from_lmp(lmp, today)
-    return (dt.date.fromisoformat(lmp).isoformat(), dt.date.fromisoformat(today).isoformat(),
-            weeks)
+    return first.isoformat(), now.isoformat(), _weeks_between(first, now)
 
 
 def day_of_exam(today: object, ended_ts: object, now: float) -> object:
@@ -100,8 +109,7 @@ def day_of_exam(today: object, ended_ts: object, now: float) -> object:
     scan, not a week older. A box clock that puts the exam in the future or more than
     MAX_LMP_DAYS back (a reboot without a clock) moves nothing; anything but a date is
     returned as it came, for `read_lmp` to refuse."""
-    if not isinstance(today, str) or len(today) > 10 or not isinstance(ended_ts, int | float) \
-            or isinstance(ended_ts, bool) or not math.isfinite(ended_ts):
+    if not isinstance(today, str) or len(today) > 10 or not finite_number(ended_ts):
         return today
     days = math.floor((now - ended_ts) / 86400.0)
     if not 0 < days <= MAX_LMP_DAYS:

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import errno
 import hashlib
 import hmac
@@ -1044,12 +1043,12 @@ class WebServer:
     def _screening(self) -> dict:
         exam = self.view.exam
         dates = self.view.ga_dates
-        queue = self.view.dates_to_keep
         if dates is not None and exam is not None and dates.get("exam_id") is None \
-                and len(queue) < (queue.maxlen or len(queue) + 1):  # else at the next look
+                and not self._dates_queue_full():  # else at the next look
             dates = {**dates, "exam_id": exam["exam_id"]}  # entered before the exam began
             self.view.ga_dates = dates
-            queue.append((exam["exam_id"], {"lmp": dates["lmp"], "today": dates["today"]}))
+            self.view.dates_to_keep.append(
+                (exam["exam_id"], {"lmp": dates["lmp"], "today": dates["today"]}))
         if dates is not None and exam is not None and dates["exam_id"] != exam["exam_id"]:
             dates = None  # entered for another woman's exam
         out = screening((exam or {}).get("biometry"), dates["weeks"] if dates else None)
@@ -1120,12 +1119,17 @@ class WebServer:
         """Queue an exam's dates for the loop to journal; a full queue (the loop takes
         none while the models load or no frame comes) refuses them: 503, never an entry
         the box already accepted pushed out by this one."""
-        queue = self.view.dates_to_keep
-        if queue.maxlen is not None and len(queue) >= queue.maxlen:
+        if self._dates_queue_full():
             raise web.HTTPServiceUnavailable(text="the dates were not kept: the device has "
                                              "not yet kept the last ones; enter them again "
                                              "in a minute")
-        queue.append((exam_id, dates))
+        self.view.dates_to_keep.append((exam_id, dates))
+
+    def _dates_queue_full(self) -> bool:
+        """Whether the loop's queue of dates (`LiveView.dates_to_keep`, bounded) takes no
+        more: an entry appended then would push out one the box had accepted."""
+        queue = self.view.dates_to_keep
+        return len(queue) >= queue.maxlen
 
     async def _lmp(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
@@ -1157,12 +1161,6 @@ class WebServer:
         """The page's dates, checked (400 with `read_lmp`'s reason), and the age by dates
         on the scan's day for an exam that has ended (`ended_ts`; None while it runs),
         however late she enters them."""
-        for name, value in (("lmp", lmp), ("today", today)):  # each named, not Python's words
-            try:
-                dt.date.fromisoformat(value if isinstance(value, str) and len(value) <= 10
-                                      else "")
-            except ValueError:
-                raise web.HTTPBadRequest(text=f"{name} must be a date, YYYY-MM-DD") from None
         try:
             lmp, today, weeks = read_lmp(lmp, day_of_exam(today, ended_ts, time.time()))
         except ValueError as exc:
