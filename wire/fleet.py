@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wire.schema import (
-    MAX_WALL_TS,
     PayloadError,
     finite_number,
     loads_bounded,
     read_regular_file,
+    wall_ts_or_none,
 )
 from wire.shown import shown
 
@@ -144,7 +144,7 @@ def parse_manifest(data: bytes, max_member_bytes: int) -> BundleManifest:
     if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
         raise bad("group", f"must be a device group name, got {shown(group)}")
     created = raw.get("created_ts")
-    if not finite_number(created) or not 0 <= created <= MAX_WALL_TS:
+    if wall_ts_or_none(created) is None:
         raise bad("created_ts", "must be seconds since 1970, before 2100")
     note = raw.get("note", "")
     if not isinstance(note, str) or len(note) > 500:

@@ -143,6 +143,13 @@ def number_or_none(value: object) -> float | None:
     return float(value) if finite_number(value) else None
 
 
+def wall_ts_or_none(value: object) -> float | None:
+    """A wall-clock time read back from disk or the wire (seconds since 1970, before 2100,
+    as the schemas bound it) as a float, else None: anything outside is damage."""
+    number = number_or_none(value)
+    return number if number is not None and 0 <= number <= MAX_WALL_TS else None
+
+
 def _size_text(n: int) -> str:
     return f"{n >> 20} MiB" if n and not n % (1 << 20) else f"{n} bytes"
 

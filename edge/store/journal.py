@@ -34,7 +34,7 @@ from edge.store.state import (
     move_aside,
     open_making_room,
 )
-from wire.schema import MAX_WALL_TS, finite_number, number_or_none
+from wire.schema import number_or_none, wall_ts_or_none
 from wire.shown import one_line
 
 log = logging.getLogger(__name__)
@@ -432,7 +432,7 @@ class Journal:
             return None
         return dates if isinstance(dates, dict) else None
 
-    def dates_entry(self, exam_id: str) -> tuple[int, float | None, str | None]:
+    def dates_entry(self, exam_id: str) -> tuple[int, float | None, object]:
         """The exam's dates' last entry: its number (0: none since schema 7, or damage),
         when it was made (None: not a time the wire takes), and what a correction last
         told the district (JSON text; None: none did)."""
@@ -448,14 +448,15 @@ class Journal:
         entry, entered, told = row
         entry = entry if isinstance(entry, int) and 0 < entry < 1 << 31 else 0
         # on the wire it is a time within 1970-2100: anything else is damage, no entry
-        entered = entered if finite_number(entered) and 0 <= entered <= MAX_WALL_TS else None
-        # a number or null: anything longer is damage, read as no correction told
-        return entry, entered, told if isinstance(told, str) and len(told) <= 32 else None
+        entered = wall_ts_or_none(entered)
+        return entry, entered, told  # told_weeks reads it, damage included
 
-    def dates_told(self, exam_id: str, told: str) -> bool:
-        """Record what a queued correction tells the district of the exam's age by dates."""
+    def dates_told(self, exam_id: str, weeks: float | None) -> bool:
+        """Record what a queued correction tells the district of the exam's age by dates
+        (JSON text, as `told_weeks` reads it back)."""
         return self._write("exam dates", lambda: self.db.execute(
-            "UPDATE exam_dates SET told=? WHERE exam_id=?", (told, exam_id))) is not None
+            "UPDATE exam_dates SET told=? WHERE exam_id=?",
+            (json.dumps(weeks), exam_id))) is not None
 
     def ended_summary(self, exam_id: str) -> dict | None:
         """The summary an ended exam left with (None while it runs, or if unreadable)."""

@@ -59,12 +59,12 @@ from edge.store.journal import JOURNAL_FILE, MAX_DATES_BYTES, told_weeks
 from edge.web import i18n
 from wire.dating import HADLOCK_1984_WEEKS
 from wire.schema import (
-    MAX_WALL_TS,
     PLANES,
     PayloadError,
     finite_number,
     loads_bounded,
     number_or_none,
+    wall_ts_or_none,
 )
 
 log = logging.getLogger(__name__)
@@ -126,12 +126,6 @@ def _number(value: object) -> float | None:
     if number is None or number != 0.0 and not MIN_FIGURE <= abs(number) <= MAX_FIGURE:
         return None
     return number
-
-
-def _ts(value: object) -> float | None:
-    """A wall-clock time read back from the journal (seconds since 1970, before 2100)."""
-    number = number_or_none(value)
-    return number if number is not None and 0 <= number <= MAX_WALL_TS else None
 
 
 def _count(value: object) -> int:
@@ -249,8 +243,8 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         "exam_id": _text(summary.get("exam_id")), "running": False,
         "ended_by": ended_by if ended_by in ENDED else None,
         "protocol": name, "title": titles.get(name, name),
-        "started_ts": _ts(summary.get("started_ts")),
-        "ended_ts": _ts(summary.get("ended_ts")),
+        "started_ts": wall_ts_or_none(summary.get("started_ts")),
+        "ended_ts": wall_ts_or_none(summary.get("ended_ts")),
         "duration_s": _number(summary.get("duration_s")),
         "frames": _count(summary.get("frames")),
         "checklist": rows,
@@ -677,7 +671,6 @@ def _dates_form(text: dict[str, str], exam_id: str, lmp: str | None) -> str:
     clear = (f'<button id="lmp-clear" type="button">{e(_t(text, "report.lmp_clear"))}</button>'
              if lmp else "")
     return (f'<form id="report-lmp" class="noprint" data-exam="{e(exam_id)}" '
-            f'data-max-weeks="{MAX_LMP_DAYS // 7}" '
             f'data-refused="{e(_t(text, "screen.lmp_refused_range", weeks=MAX_LMP_DAYS // 7))}" '
             f'data-failed="{e(_t(text, "report.lmp_failed"))}" '
             f'data-busy="{e(_t(text, "screen.lmp_busy"))}" '
