@@ -8,7 +8,6 @@ here waits on the network.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sqlite3
@@ -304,7 +303,7 @@ def tell_district_dates(journal: Journal, uplink: Uplink, exam_id: str,
     queued = uplink.enqueue_dates(exam_id, weeks, entry, entered) is not None \
         or uplink.outbox.has_key(dates_key(exam_id, entry))
     if queued and not same:
-        journal.dates_told(exam_id, json.dumps(weeks))
+        journal.dates_told(exam_id, weeks)
     return queued
 
 
@@ -390,14 +389,13 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         if web is not None:
             web.exam_ended(session, body)
 
-    tracker = make_tracker(settings, state_dir, models, exam_ended, scorer.measure_kept,
-                           scorer.quality.rules if scorer.quality else None)
-    labels, ident = scorer.manifest.labels, scorer.manifest.ident
     rules = scorer.quality.rules if scorer.quality else None
+    tracker = make_tracker(settings, state_dir, models, exam_ended, scorer.measure_kept,
+                           rules)
+    labels, ident = scorer.manifest.labels, scorer.manifest.ident
     for check in (lambda: check_named(tracker.protocol, labels, ident),
                   lambda: check_head_planes(tuple(settings.biometry.head_planes), labels, ident),
-                  lambda: rules is None or check_anatomy(
-                      tracker.protocol, tuple(r.name for r in rules.criteria), rules.path)):
+                  lambda: check_anatomy(tracker.protocol, rules)):
         try:  # said, not refused: the box still names the planes it knows and measures
             check()
         except ProtocolError as exc:
@@ -412,7 +410,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             return True
 
         web.attach(scorer, uplink, source, tracker, keep_dates)
-    steady = SteadyFeedback(scorer.quality.rules.feedback) if scorer.quality else None
+    steady = SteadyFeedback(rules.feedback) if rules is not None else None
     advice: str | None = None
     stats = RunStats(journal=journal)
     next_health = time.monotonic() + mqtt.health_interval_s

@@ -35,9 +35,7 @@ def main(args) -> int:
     check_named(protocol, scorer.manifest.labels, scorer.manifest.ident)
     check_head_planes(tuple(settings.biometry.head_planes), scorer.manifest.labels,
                       scorer.manifest.ident)
-    if scorer.quality is not None:
-        rules = scorer.quality.rules
-        check_anatomy(protocol, tuple(r.name for r in rules.criteria), rules.path)
+    check_anatomy(protocol, scorer.quality.rules if scorer.quality else None)
     thumbs = None
     if args.thumbs:
         # printed as given, so the path shown is one the user can open from here

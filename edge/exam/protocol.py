@@ -6,9 +6,13 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wire.schema import PLANES, PayloadError, read_toml_bounded
 from wire.shown import shown
+
+if TYPE_CHECKING:
+    from edge.models.quality import Rules
 
 PROTOCOLS_FILE = Path(__file__).resolve().parent / "protocols.toml"
 MAX_PROTOCOLS_BYTES = 64 * 1024
@@ -186,18 +190,21 @@ def check_head_planes(head_planes: tuple[str, ...], labels: tuple[str, ...], mod
                         + ", ".join(shown(label) for label in labels[:16]))
 
 
-def check_anatomy(protocol: Protocol, criteria: tuple[str, ...], rules_file: str) -> None:
+def check_anatomy(protocol: Protocol, rules: Rules | None) -> None:
     """Every `anatomy_criteria` name is a criterion of the quality rules the frames are
     judged by. One they do not have (a typo such as "head_fond", or a site's rules file
     without it) is never judged, so never fails: the guard that keeps another anatomy out
     of a plane's best frame was off without a word. This is one line naming both files'
-    names instead."""
+    names instead. Without rules (the audit off) nothing is judged, so nothing to check."""
+    if rules is None:
+        return
+    criteria = [r.name for r in rules.criteria]
     unknown = [name for name in protocol.anatomy_criteria if name not in criteria]
     if unknown:
         raise ProtocolError(f"protocol {shown(protocol.name)}: anatomy_criteria "
                             f"{_first_four(unknown)} {'is' if len(unknown) == 1 else 'are'} "
-                            f"not a criterion of the quality rules {rules_file}, so never "
-                            f"judged (its criteria: {_first_four(list(criteria))})")
+                            f"not a criterion of the quality rules {rules.path}, so never "
+                            f"judged (its criteria: {_first_four(criteria)})")
 
 
 def find_protocol(name: str, path: Path | str | None = None) -> Protocol:

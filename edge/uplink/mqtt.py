@@ -185,7 +185,6 @@ class Uplink:
         # (kind, payload, key) of exams and corrections waiting for disk space
         self._held: list[tuple[str, dict, str | None]] = []
         self._held_lock = threading.Lock()
-        self._full_said = False
         self.client_id = settings.client_id or f"sonoedge-{self.device_id}"
         self._started_mono = time.monotonic()
         self._stop = threading.Event()
@@ -316,12 +315,10 @@ class Uplink:
               why: OutboxLater | None = None) -> None:
         self._held.append((kind, payload, key))
         self._set(held=len(self._held))
-        if not self._full_said:
-            reason = "disk full" if why is None or isinstance(why, OutboxFull) else str(why)
-            log.warning("%s: %s message of exam %s held in memory (%d waiting); it is queued "
-                        "as soon as the outbox takes it", reason, kind, payload.get("exam_id"),
-                        len(self._held))
-            self._full_said = True
+        if len(self._held) == 1:  # said once, when the first is held (`why` then given)
+            reason = "disk full" if isinstance(why, OutboxFull) else str(why)
+            log.warning("%s: %s message of exam %s held in memory; it is queued as soon as "
+                        "the outbox takes it", reason, kind, payload.get("exam_id"))
 
     def flush_held(self) -> int:
         """Queue the exams and corrections held for want of disk space, oldest first; how
@@ -339,7 +336,6 @@ class Uplink:
                 if not self._held:
                     log.warning("outbox writable again: every held exam summary and "
                                 "correction is queued")
-                    self._full_said = False
             self._set(held=len(self._held))
             return len(self._held)
 
