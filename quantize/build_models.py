@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                              "otherwise), --steps more steps with a fresh optimiser and the "
                              "class-map shape term and flat rows (distil.MAP_STAGE; "
                              "make models' last plane stage, which made 1.4.0)")
+    parser.add_argument("--feature-weight", type=float, default=None,
+                        help="weight of the feature term (the teacher's hidden layer, "
+                             "distil.TrainSettings.feature_weight); 0 or absent = off")
     parser.add_argument("--low-res-steps", type=int, default=None,
                         help="of those, how many at half resolution first")
     parser.add_argument("--until", choices=STEPS, default="manifest")
@@ -139,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         settings = replace(settings, low_res_steps=args.low_res_steps)
     if args.head_weight is not None:
         settings = replace(settings, head_weight=args.head_weight)
+    if args.feature_weight:
+        settings = replace(settings, feature_weight=args.feature_weight)
     spec = MobileSpec()
     student = MobileStudent(spec)
     def checkpoint_for(s) -> Path:
@@ -159,11 +164,10 @@ def run(args: argparse.Namespace) -> int:
                                         "start the class-map stage from")
             state = torch.load(base, weights_only=False)
             student.load_state_dict(state["model"])
-            fresh = torch.optim.AdamW(student.parameters(), lr=settings.lr,
-                                      weight_decay=settings.weight_decay)
-            torch.save({"model": state["model"], "opt": fresh.state_dict(), "step": 0,
+            torch.save({"model": state["model"], "opt": None, "step": 0,
                         "log": [], "settings": distil.settings_stamp(settings),
                         "student_spec": state.get("student_spec"),
+                        **({"adapter": state["adapter"]} if "adapter" in state else {}),
                         "continues": base.name}, ckpt)
     else:
         ckpt = checkpoint_for(settings)
@@ -189,9 +193,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"teacher cache: {json.dumps(cache_info)}")
     torch.manual_seed(args.seed)
     flat_targets = distil.flat_frame_targets(teacher)  # trained on, and checked after
+    hidden = None
+    if settings.feature_weight:
+        distil.cache_hidden(teacher, cache_dir)
+        hidden = distil.load_hidden(cache_dir)
     student = distil.train_student(student, cache, ckpt, args.seed, settings, heldout,
                                    head_rows=distil.head_rows_of(cache, train),
-                                   flat_targets=flat_targets if settings.flat_rows else None)
+                                   flat_targets=flat_targets if settings.flat_rows else None,
+                                   hidden=hidden)
     student = student.to(memory_format=torch.contiguous_format)
     del cache
     if args.until == "distil":

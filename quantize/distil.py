@@ -323,6 +323,44 @@ def load_cache(cache_dir: Path) -> dict[str, np.ndarray]:
             for k in ("student", "logits", "logits_view", "maps", "label", "frame")}
 
 
+def _hidden_file(views_file: Path) -> Path:
+    return views_file.with_name(views_file.name.replace("views_", "hidden_", 1))
+
+
+def teacher_hidden(teacher: SonoNet16, views: np.ndarray, batch: int = 32) -> np.ndarray:
+    """The teacher's 64-channel hidden layer on the 14x18 grid (its adaptation's first 1x1
+    conv, after the ReLU; the 14 class maps are one linear layer on it), float16."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(views), batch):
+            x = _norm_batch(views[i : i + batch], TEACHER_SPEC)
+            hidden = teacher.adaptation[0](teacher.features(
+                x.contiguous(memory_format=torch.channels_last)))
+            out.append(hidden.contiguous().numpy().astype(np.float16))
+    return np.concatenate(out)
+
+
+def cache_hidden(teacher: SonoNet16, cache_dir: Path) -> None:
+    """Beside every view chunk, the teacher's hidden layer on its views (for the feature
+    term); a chunk already done is skipped, so an interrupted run resumes."""
+    files = sorted(cache_dir.glob("views_*.npz"))
+    for f in tqdm(files, desc="teacher hidden layer", unit="chunk"):
+        if _hidden_file(f).exists():
+            continue
+        hidden = teacher_hidden(teacher, load_npz(f, ("student",))["student"])
+        save_npz(_hidden_file(f), hidden=hidden)
+
+
+def load_hidden(cache_dir: Path) -> np.ndarray:
+    """The hidden-layer targets, row for row with `load_cache`."""
+    files = sorted(cache_dir.glob("views_*.npz"))
+    missing = [f.name for f in files if not _hidden_file(f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{cache_dir}: no hidden-layer targets for {missing[0]} "
+                                "(run cache_hidden first)")
+    return np.concatenate([load_npz(_hidden_file(f), ("hidden",))["hidden"] for f in files])
+
+
 # ---------------------------------------------------------------- held-out frames
 def roi_fingerprint(boxes: list[Roi | None]) -> str:
     """A short hash of the ROI finder's boxes: changes whenever edge/roi.py answers differ."""
@@ -414,6 +452,16 @@ class TrainSettings:
     # (Background, 0.68). No cached view is flat, so nothing held the student's answer
     # there: the first class-map student named a flat frame Brain (Cb.) at 0.68. 0 = none.
     flat_rows: int = 0
+    # The feature term: the student's head hidden layer (64 channels on the 14x18 grid),
+    # through a 1x1 adapter used only in training, against the teacher's own hidden layer
+    # (`teacher_hidden`), MSE over the teacher's variance (FitNets, Romero et al. ICLR 2015,
+    # at the depth where the class maps are read). Why: the shipped student splits new
+    # patients' heads into transventricular and transcerebellar otherwise than the teacher
+    # does, though it fits its training heads (docs/measurements.md, "How far agreement
+    # with the teacher can go"); matching 64 numbers a cell instead of 14 asks it to see
+    # what the teacher sees there. Rows the maps term leaves out are left out here too.
+    # 0 = off.
+    feature_weight: float = 0.0
 
 
 # The last stage of `make models` (`build_models --maps-from 5000 --steps 400 --head-weight
@@ -438,6 +486,8 @@ def settings_stamp(settings: TrainSettings) -> dict:
         del stamp["map_shape_weight"], stamp["map_shape_temperature"]
     if not settings.flat_rows:
         del stamp["flat_rows"]
+    if not settings.feature_weight:
+        del stamp["feature_weight"]
     return stamp
 
 
@@ -468,12 +518,16 @@ def distil_loss(s_logits: torch.Tensor, s_maps: torch.Tensor, t_logits: torch.Te
                 t_maps: torch.Tensor, settings: TrainSettings, map_scale: float,
                 true: torch.Tensor | None = None,
                 t_view_top1: torch.Tensor | None = None,
-                head_rows: torch.Tensor | None = None) -> torch.Tensor:
+                head_rows: torch.Tensor | None = None,
+                feature: tuple[torch.Tensor, torch.Tensor, float] | None = None
+                ) -> torch.Tensor:
     """KL to the (label-mixed) soft targets at T and at 1, plus the class-map MSE, plus,
     with `map_shape_weight`, the shape term (where the named plane's map peaks). The maps
     term is left out on labelled rows where the teacher's own top-1 is not the true label,
     and on head rows where it is not a head plane (its maps would pull towards the plane the
-    label overrules)."""
+    label overrules). `feature`: (the student's adapted hidden layer, the teacher's, the
+    teacher's variance) for the feature term, on the first rows of the batch (the flat
+    rows that may follow have none), with the same rows left out."""
     temp = settings.temperature
     if true is None:
         true = torch.full((len(s_logits),), -1, dtype=torch.long)
@@ -490,6 +544,12 @@ def distil_loss(s_logits: torch.Tensor, s_maps: torch.Tensor, t_logits: torch.Te
     if t_view_top1 is not None and head_rows is not None and settings.head_weight > 0:
         keep = keep * (~head_rows | torch.isin(t_view_top1, _HEAD_GROUP)).to(per_row.dtype)
     loss = loss + settings.map_weight * (per_row * keep).sum() / keep.sum().clamp_min(1.0)
+    if feature is not None and settings.feature_weight > 0:
+        s_hidden, t_hidden, scale = feature
+        n = len(t_hidden)
+        per_row = ((s_hidden[:n] - t_hidden) ** 2).mean(dim=(1, 2, 3)) / scale
+        loss = loss + settings.feature_weight * (per_row * keep[:n]).sum() / \
+            keep[:n].sum().clamp_min(1.0)
     if settings.map_shape_weight > 0 and t_view_top1 is not None:
         rows = torch.arange(len(s_maps))
         tau = settings.map_shape_temperature
@@ -512,6 +572,7 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
                   extra_share: float = 0.0,
                   head_rows: np.ndarray | None = None,
                   flat_targets: tuple[np.ndarray, np.ndarray] | None = None,
+                  hidden: np.ndarray | None = None,
                   ) -> torch.nn.Module:
     """Train (or resume) and return the student; the checkpoint holds the step reached.
 
@@ -522,10 +583,23 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
     round(extra_share * batch) rows of every batch; the rest come from `cache`.
     `head_rows` (bool per `cache` row, `head_rows_of`) marks the views of frames known to
     be a head plane, for the head-plane term (settings.head_weight).
+    `hidden` (`load_hidden`, row for row with `cache`): the teacher's hidden layer, for the
+    feature term (settings.feature_weight); its 1x1 adapter is kept in the checkpoint and
+    never exported.
     """
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(student.parameters(), lr=settings.lr,
-                            weight_decay=settings.weight_decay)
+    adapter = None
+    params = list(student.parameters())
+    if settings.feature_weight > 0:
+        if hidden is None or extra is not None or settings.low_res_steps:
+            raise ValueError("the feature term needs the teacher's hidden layer (hidden), "
+                             "no extra rows and no half-resolution steps")
+        width = student.adaptation[0][0].out_channels
+        adapter = torch.nn.Conv2d(width, hidden.shape[1], 1)
+        params += list(adapter.parameters())
+        t_hidden_all = torch.from_numpy(hidden)
+        feature_scale = float(t_hidden_all[:: max(1, len(hidden) // 512)].float().var()) + 1e-6
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     step = 0
     log: list[dict] = []
     if ckpt.exists():
@@ -533,7 +607,10 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
         if state.get("settings") != settings_stamp(settings):
             raise ValueError(f"{ckpt}: checkpoint was made with other settings")
         student.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        if adapter is not None:
+            adapter.load_state_dict(state["adapter"])
+        if state.get("opt") is not None:  # None: a stage that starts a fresh optimiser
+            opt.load_state_dict(state["opt"])
         step, log = state["step"], state["log"]
     keys = ("student", "logits", "maps", "label")
     n = len(cache["student"])
@@ -594,9 +671,14 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
         student.train()
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        s_logits, s_maps = student.forward_maps(x)
+        feature = None
+        if adapter is not None:
+            s_logits, s_maps, s_hidden = student.forward_hidden(x)
+            feature = (adapter(s_hidden), t_hidden_all[idx].float(), feature_scale)
+        else:
+            s_logits, s_maps = student.forward_maps(x)
         loss = distil_loss(s_logits, s_maps, b_logits, maps_target, settings, map_scale,
-                           b_true, b_top1, b_heads)
+                           b_true, b_top1, b_heads, feature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -619,7 +701,9 @@ def train_student(student: torch.nn.Module, cache: dict[str, np.ndarray], ckpt: 
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"model": student.state_dict(), "opt": opt.state_dict(), "step": step,
                         "log": log, "settings": settings_stamp(settings),
-                        "student_spec": _student_spec(student)}, tmp)
+                        "student_spec": _student_spec(student),
+                        **({"adapter": adapter.state_dict()} if adapter is not None else {})},
+                       tmp)
             tmp.replace(ckpt)
     bar.close()
     (ckpt.parent / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")

@@ -200,9 +200,17 @@ class MobileStudent(nn.Module):
             _conv_bn(cin, spec.head_width, 1),
             _conv_bn(spec.head_width, NUM_CLASSES, 1, relu=False))
 
+    def forward_hidden(self, x: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, class maps, the head's hidden layer): the last is what the feature
+        term (`distil.TrainSettings.feature_weight`) matches to the teacher's own."""
+        hidden = self.adaptation[0](self.features(F.pixel_unshuffle(x, self.spec.unshuffle)))
+        maps = self.adaptation[1](hidden)
+        return maps.mean(dim=(2, 3)), maps, hidden
+
     def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self.adaptation(self.features(F.pixel_unshuffle(x, self.spec.unshuffle)))
-        return maps.mean(dim=(2, 3)), maps
+        logits, maps, _ = self.forward_hidden(x)
+        return logits, maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_maps(x)[0]

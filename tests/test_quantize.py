@@ -568,3 +568,63 @@ def test_plane_student_training_stopped_midway_resumes_to_the_weights_of_an_unbr
     with pytest.raises(ValueError, match="b.pt: checkpoint was made with other settings"):
         distil.train_student(student(), cache, tmp_path / "b.pt", 0,
                              distil.TrainSettings(steps=6, batch=3, warmup=1, eval_every=2))
+
+
+@needs_data
+def test_the_feature_term_draws_the_students_hidden_layer_to_the_teachers(tmp_path):
+    """The feature term's target is the teacher's own hidden layer, from which its class
+    maps are one layer away; training on it brings the student's (through the adapter)
+    closer to the teacher's on real heads, and a run with it resumes with its adapter."""
+    import cv2
+
+    from quantize import distil
+    from quantize.data import data_dir
+    from quantize.teacher import load_teacher, teacher_targets
+
+    teacher = load_teacher(data_dir() / "sononet" / "SonoNet16.npz")
+    images = sorted((data_dir() / "hc18" / "images").glob("1??_HC.png"))[:6]
+    views = np.stack([cv2.resize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), (288, 224),
+                                 interpolation=cv2.INTER_AREA) for p in images])
+    hidden = distil.teacher_hidden(teacher, views)
+    logits, maps = teacher_targets(teacher, views)
+    assert hidden.shape == (6, 64, 14, 18) and hidden.dtype == np.float16
+    with torch.inference_mode():
+        again = teacher.adaptation[1](torch.from_numpy(hidden.astype(np.float32))).numpy()
+    assert np.abs(again - maps).max() < 0.05 * np.abs(maps).max()
+
+    cache = {"student": views, "logits": logits.astype(np.float16),
+             "maps": maps.astype(np.float16), "label": np.full(6, -1)}
+    settings = distil.TrainSettings(steps=60, batch=6, lr=1e-2, warmup=1, eval_every=30,
+                                    feature_weight=1.0)
+    stamp = distil.settings_stamp(settings)
+    assert stamp["feature_weight"] == 1.0
+    assert "feature_weight" not in distil.settings_stamp(distil.TrainSettings())
+
+    def distance(ckpt: Path, student: MobileStudent) -> float:
+        adapter = torch.nn.Conv2d(64, 64, 1)
+        adapter.load_state_dict(torch.load(ckpt, weights_only=False)["adapter"])
+        with torch.inference_mode():
+            from quantize.specs import STUDENT_SPEC, norm_batch
+            got = adapter(student.eval().forward_hidden(norm_batch(views, STUDENT_SPEC))[2])
+        return float(((got - torch.from_numpy(hidden.astype(np.float32))) ** 2).mean())
+
+    torch.manual_seed(0)
+    short = distil.train_student(MobileStudent(), cache, tmp_path / "short.pt", 0,
+                                 replace_steps(settings, 1), hidden=hidden)
+    torch.manual_seed(0)
+    trained = distil.train_student(MobileStudent(), cache, tmp_path / "long.pt", 0, settings,
+                                   hidden=hidden)
+    assert distance(tmp_path / "long.pt", trained) < 0.5 * distance(tmp_path / "short.pt",
+                                                                    short)
+    torch.manual_seed(0)
+    resumed = distil.train_student(MobileStudent(), cache, tmp_path / "long.pt", 0,
+                                   settings, hidden=hidden)
+    assert torch.equal(resumed.adaptation[1][0].weight, trained.adaptation[1][0].weight)
+    with pytest.raises(ValueError, match="hidden layer"):
+        distil.train_student(MobileStudent(), cache, tmp_path / "none.pt", 0, settings)
+
+
+def replace_steps(settings, steps: int):
+    from dataclasses import replace
+
+    return replace(settings, steps=steps, eval_every=steps)
