@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.models.preprocess import PreprocessSpec
-from wire.schema import PayloadError, finite_number, loads_bounded
+from wire.schema import PayloadError, finite_number, loads_bounded, read_regular_file
 from wire.shown import shown
 
 MANIFEST_VERSION = 1
@@ -171,15 +171,33 @@ def read_manifest(path: Path) -> Manifest:
                     output_kind=output_kind, preprocessing=spec, raw=raw)
 
 
-def verify(manifest: Manifest) -> None:
-    """The model file exists and is byte-for-byte the one the manifest describes."""
-    if not manifest.model_path.is_file():
+# The shipped models are under 1 MB, an Edge TPU build or the fp32 teacher a few tens: a
+# model file is read whole into memory, so a larger one is refused before it is read.
+MAX_MODEL_BYTES = 128 << 20
+
+
+def verified_bytes(manifest: Manifest) -> bytes:
+    """The model file's bytes, byte-for-byte the ones the manifest describes. The runtime
+    loads these very bytes: reopening the file by its path after hashing it would let a
+    file swapped in between (a symlink retargeted, an update landing) run unverified."""
+    try:
+        data, _ = read_regular_file(manifest.model_path, MAX_MODEL_BYTES)
+    except FileNotFoundError:
         raise ModelError(f"{manifest.model_path}: model file missing "
-                         f"(named by {manifest.path.name})")
-    actual = sha256_of(manifest.model_path)
+                         f"(named by {manifest.path.name})") from None
+    except (OSError, PayloadError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ModelError(f"{manifest.model_path}: cannot read model file ({reason})") from None
+    actual = hashlib.sha256(data).hexdigest()
     if actual != manifest.sha256:
         raise ModelError(f"{manifest.model_path}: sha256 {actual[:12]}... does not match "
                          f"its manifest ({manifest.sha256[:12]}...); refusing to load it")
+    return data
+
+
+def verify(manifest: Manifest) -> None:
+    """The model file exists and is byte-for-byte the one the manifest describes."""
+    verified_bytes(manifest)
 
 
 def find_manifest(models_dir: Path, name: str) -> Manifest:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.models.manifest import Manifest, ModelError, verify
+from edge.models.manifest import Manifest, ModelError, verified_bytes
 from wire.shown import shown
 
 log = logging.getLogger(__name__)
@@ -46,25 +46,31 @@ def _tflite_runtime_module():
     return tflite
 
 
-def _cpu(model_path: Path, num_threads: int, module=None):
+def _source(model_path: Path, content: bytes | None) -> dict:
+    """What the interpreter reads: the bytes already verified when there are some."""
+    return {"model_content": content} if content is not None else \
+        {"model_path": str(model_path)}
+
+
+def _cpu(model_path: Path, num_threads: int, content: bytes | None = None, module=None):
     module = module or _litert_module() or _tflite_runtime_module()
     if module is None:
         raise ModelError("no TFLite runtime installed: pip install ai-edge-litert")
-    return module.Interpreter(model_path=str(model_path), num_threads=num_threads)
+    return module.Interpreter(**_source(model_path, content), num_threads=num_threads)
 
 
-def _litert(model_path: Path, num_threads: int):
-    return _cpu(model_path, num_threads, _litert_module())
+def _litert(model_path: Path, num_threads: int, content: bytes | None = None):
+    return _cpu(model_path, num_threads, content, _litert_module())
 
 
-def _tflite_runtime(model_path: Path, num_threads: int):
+def _tflite_runtime(model_path: Path, num_threads: int, content: bytes | None = None):
     module = _tflite_runtime_module()
     if module is None:
         log.warning("tflite-runtime is not installed; using LiteRT instead")
-    return _cpu(model_path, num_threads, module)
+    return _cpu(model_path, num_threads, content, module)
 
 
-def _edgetpu(model_path: Path, num_threads: int):
+def _edgetpu(model_path: Path, num_threads: int, content: bytes | None = None):
     """The Edge TPU delegate where it loads; otherwise the CPU, said once in the log."""
     module = _litert_module() or _tflite_runtime_module()
     if module is None:
@@ -81,23 +87,27 @@ def _edgetpu(model_path: Path, num_threads: int):
         say("Edge TPU delegate unavailable (%s: %s); running %s on the CPU",
             EDGETPU_LIBRARY, reason, "the models" if say is log.warning else model_path.name)
         _said_edgetpu_fallback()
-        return module.Interpreter(model_path=str(model_path), num_threads=num_threads)
-    return module.Interpreter(model_path=str(model_path), num_threads=num_threads,
+        return module.Interpreter(**_source(model_path, content), num_threads=num_threads)
+    return module.Interpreter(**_source(model_path, content), num_threads=num_threads,
                               experimental_delegates=[delegate])
 
 
-BACKENDS: dict[str, Callable[[Path, int], object]] = {
+# A backend: (model path, threads, the model's verified bytes or None) -> an interpreter.
+BACKENDS: dict[str, Callable[[Path, int, bytes | None], object]] = {
     "litert": _litert,
     "edgetpu": _edgetpu,
     "tflite-runtime": _tflite_runtime,
 }
 
 
-def make_interpreter(model_path: Path, backend: str = "litert", num_threads: int = 2):
+def make_interpreter(model_path: Path, backend: str = "litert", num_threads: int = 2,
+                     content: bytes | None = None):
+    """`content`: the model's bytes, already read and verified; `model_path` then only
+    names it in messages."""
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
     try:
-        interpreter = BACKENDS[backend](Path(model_path), num_threads)
+        interpreter = BACKENDS[backend](Path(model_path), num_threads, content)
         interpreter.allocate_tensors()
     except ModelError:
         raise
@@ -194,10 +204,11 @@ def match_outputs(path: Path, declared: list, tensors: list[dict]) -> dict[str, 
 
 
 def open_model_file(path: Path, backend: str = "litert", num_threads: int = 2,
-                    outputs: list | None = None) -> Model:
+                    outputs: list | None = None, content: bytes | None = None) -> Model:
     """A .tflite with one input and one output, without a manifest (toolchain use); or with
-    several outputs when `outputs` declares them (a manifest's `outputs`, first = primary)."""
-    interpreter = make_interpreter(path, backend, num_threads)
+    several outputs when `outputs` declares them (a manifest's `outputs`, first = primary).
+    `content`: its bytes already read (and verified), loaded instead of the path."""
+    interpreter = make_interpreter(path, backend, num_threads, content)
     inputs = interpreter.get_input_details()
     tensors = interpreter.get_output_details()
     if outputs is not None:
@@ -212,9 +223,8 @@ def open_model_file(path: Path, backend: str = "litert", num_threads: int = 2,
 
 def load_model(manifest: Manifest, backend: str = "litert", num_threads: int = 2) -> Model:
     """Verify the file against its manifest, then load it on the chosen backend."""
-    verify(manifest)
     model = open_model_file(manifest.model_path, backend, num_threads,
-                            manifest.raw.get("outputs"))
+                            manifest.raw.get("outputs"), verified_bytes(manifest))
     shape = tuple(int(v) for v in model._input["shape"])  # "(1, 1, 224, 288)", not np.int32
     if shape != manifest.input_shape:
         raise ModelError(f"{manifest.model_path}: input shape {shape} "
