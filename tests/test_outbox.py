@@ -170,7 +170,7 @@ def test_an_age_by_dates_correction_is_kept_like_an_exam_under_the_quota(tmp_pat
         if box.counts()["dropped_exam"]:
             break
     assert kept[0].msg_id not in {m.msg_id for m in box.pending(100)}  # the oldest went
-    assert box.counts()["dropped_exam"] == 1 and box.take_drop_report()["exam"] == 1
+    assert box.counts()["dropped_exam"] == 1 and box.drop_report()["exam"] == 1
     with pytest.raises(OutboxError, match="outbox kind must be one of"):
         box.enqueue("status", {})
 
@@ -182,9 +182,32 @@ def test_drop_counters_persist_and_each_drop_is_reported_as_new_once(tmp_path):
         box.enqueue("health", health_body(i))
     box.close()
     box = Outbox(tmp_path / "o.sqlite3", quota_bytes=2 * size_h)
-    assert box.take_drop_report() == {"health": 3, "exam": 0, "health_new": 3, "exam_new": 0}
-    box.enqueue("health", health_body())
-    assert box.take_drop_report() == {"health": 4, "exam": 0, "health_new": 1, "exam_new": 0}
+    report = box.drop_report()
+    assert report == {"health": 3, "exam": 0, "health_new": 3, "exam_new": 0}
+    box.enqueue("health", health_body(), reports_drops=report)  # drops one more to fit
+    report = box.drop_report()
+    assert report == {"health": 4, "exam": 0, "health_new": 1, "exam_new": 0}
+    box.enqueue("health", health_body(), reports_drops=report)
+    assert box.drop_report()["health_new"] == 1  # the one this message's room cost
+
+
+def test_drops_a_health_message_did_not_carry_away_are_reported_by_the_next(tmp_path):
+    # The baseline moved when the report was read: a health message then dropped on arrival
+    # (the outbox full of exams) or refused took its "new" drops with it, unreported.
+    size_e = len(json.dumps(exam_body())) + 60 + ROW_OVERHEAD_BYTES
+    box = Outbox(tmp_path / "o.sqlite3", quota_bytes=2 * size_e)
+    box.enqueue("exam", exam_body())
+    box.enqueue("exam", exam_body())
+    box.enqueue("exam", exam_body())  # the oldest exam goes: one exam dropped
+    report = box.drop_report()
+    assert report["exam_new"] == 1
+    assert box.enqueue("health", health_body(), reports_drops=report) is None  # no room
+    assert box.drop_report() == {"health": 1, "exam": 1, "health_new": 1, "exam_new": 1}
+    for msg in box.pending(10):
+        box.ack([msg.msg_id])
+    report = box.drop_report()
+    assert box.enqueue("health", health_body(), reports_drops=report) is not None
+    assert box.drop_report()["exam_new"] == 0 and box.drop_report()["health_new"] == 0
 
 
 # -- payloads and schemas ----------------------------------------------------------------------

@@ -274,8 +274,13 @@ class Outbox:
         return int(row[0]) if row else 0
 
     # -- writing ------------------------------------------------------------------------
-    def enqueue(self, kind: str, body: dict, key: str | None = None) -> Message | None:
+    def enqueue(self, kind: str, body: dict, key: str | None = None,
+                reports_drops: dict | None = None) -> Message | None:
         """Store one message durably; fills ``msg_id`` and ``seq`` into ``body``.
+
+        ``reports_drops``: the ``drop_report`` this (health) message carries; the "since"
+        baseline moves to it in the transaction that stores the message, and only if it is
+        stored, so a health message dropped or refused never takes drops with it.
 
         Returns once the row is fsynced. Makes room by the drop policy when the quota is hit.
         Returns None when the message itself was the one dropped: a ``health`` that finds the
@@ -287,7 +292,7 @@ class Outbox:
             raise OutboxError(f"outbox kind must be one of {KINDS}, got {kind!r}")
         for attempt in range(2):
             try:
-                return self._enqueue(kind, body, key)
+                return self._enqueue(kind, body, key, reports_drops)
             except sqlite3.DatabaseError as exc:
                 if isinstance(exc, sqlite3.OperationalError) and not is_full(exc) \
                         and not is_corrupt(exc):  # locked, busy, an I/O error: it may pass
@@ -323,7 +328,8 @@ class Outbox:
                             one_line(exc))
                 return False
 
-    def _enqueue(self, kind: str, body: dict, key: str | None) -> Message | None:
+    def _enqueue(self, kind: str, body: dict, key: str | None,
+                 reports_drops: dict | None = None) -> Message | None:
         msg_id = str(uuid.uuid4() if key is None else uuid.uuid5(KEYED_NAMESPACE, key))
         with self._tx() as db:
             if key is not None and db.execute("SELECT 1 FROM keys WHERE key = ?",
@@ -363,6 +369,10 @@ class Outbox:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (msg_id, seq, kind, payload, len(payload), time.time()),
             )
+            if reports_drops is not None:
+                for counted in ("health", "exam"):
+                    db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = ?",
+                               (int(reports_drops[counted]), f"reported_{counted}"))
             self._used += cost
         return Message(msg_id, seq, kind, payload, len(payload), time.time())
 
@@ -504,17 +514,16 @@ class Outbox:
         with self._lock:
             return self._meta("seq")
 
-    def take_drop_report(self) -> dict:
-        """Cumulative drop counters plus the increase since the previous report.
+    def drop_report(self) -> dict:
+        """Cumulative drop counters plus the increase since the last report stored.
 
-        Called when a ``health`` message is built; the "since" baseline moves forward in the
-        same transaction so each drop is reported as new exactly once.
+        Read when a ``health`` message is built; the baseline moves only when that message
+        is stored (``enqueue(..., reports_drops=...)``), so each drop is reported as new
+        exactly once: never lost with a health message that was not stored.
         """
-        with self._tx() as db:
+        with self._lock:
             dh, de = self._meta("dropped_health"), self._meta("dropped_exam")
             rh, re_ = self._meta("reported_health"), self._meta("reported_exam")
-            db.execute("UPDATE meta SET value = ? WHERE key = 'reported_health'", (dh,))
-            db.execute("UPDATE meta SET value = ? WHERE key = 'reported_exam'", (de,))
         return {"health": dh, "exam": de, "health_new": dh - rh, "exam_new": de - re_}
 
     def close(self) -> None:

@@ -351,11 +351,12 @@ class Uplink:
                 free_mb = shutil.disk_usage(self.state_dir).free / 1e6
             except OSError:
                 free_mb = None
+            dropped = self.outbox.drop_report()
             payload = messages.build_health(
                 self._env("health"),
                 loop_stats=dict(stats or {}),
                 queue=self.outbox.counts(),
-                dropped=self.outbox.take_drop_report(),
+                dropped=dropped,
                 disk_free_mb=free_mb,
                 models=self.model_versions,
                 uptime_s=time.monotonic() - self._started_mono,
@@ -364,7 +365,7 @@ class Uplink:
             )
             self._check("health", payload)
             self.flush_held()
-            msg = self.outbox.enqueue("health", payload)
+            msg = self.outbox.enqueue("health", payload, reports_drops=dropped)
             return msg.msg_id if msg else None
         except OutboxLater as exc:
             log.debug("health message not stored: %s", exc)  # the exams are what matter
