@@ -5,7 +5,7 @@ systemd's open-files limits: soft 1024, hard 4096), in file order:
 1. Wrong PINs could be raced: the brake was checked before the body was read and charged
    only after the slow hash, so a thousand requests whose headers came first were all
    verified (a 4-digit PIN fell in 35.6 s). Now each attempt is charged before its PIN is
-   read, one per address is in flight, a few are queued, the device-wide limit doubles,
+   verified, one per address is in flight, a few are queued, the device-wide limit doubles,
    and a browser that knew the PIN has a queue and an allowance of its own.
 2. Idle connections exhausted the process's file descriptors (the page, the loop's
    thumbnails and MQTT failed; 108,880 lines of tracebacks). Now connections are capped

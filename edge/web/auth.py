@@ -207,11 +207,12 @@ class Brake:
     own, `known_global_max`, that strangers cannot touch: a copied cookie cannot be used to
     walk through the PINs either.
 
-    An attempt is charged as wrong when it begins (`begin`, atomically with the check),
-    before its PIN is read or verified, and the charge is taken back when the PIN proves
-    right (`finish`) or no PIN was sent (`cancel`): concurrent requests cannot all pass the
-    check before any of them is counted. At most one attempt per key is in flight. Once
-    its PIN has arrived an attempt joins the verification queue (`queue`), where at most
+    An attempt begins (`begin`, atomically with the check) once its PIN has arrived
+    (a request that never sends one is not an attempt: it cannot fill the bucket), and is
+    charged as wrong from then, before its PIN is verified; the charge is taken back when
+    the PIN proves right (`finish`) or the attempt is dropped (`cancel`): concurrent
+    requests cannot all pass the check before any of them is counted. At most one attempt
+    per key is in flight. An attempt then joins the verification queue (`queue`), where at most
     `max_queued` from unknown browsers wait (`max_queued_known` from known ones: a
     queue of their own, so a flood of strangers' attempts never delays the midwife's);
     one that finds it full is refused and not counted.

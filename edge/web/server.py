@@ -913,22 +913,22 @@ class WebServer:
     async def _login(self, request: web.Request) -> web.Response:
         client = request.remote or "?"
         known = self._known_browser(request)
+        # The PIN first (bounded in size and time): a login is charged when its PIN has
+        # arrived. Charged before, requests that never send one filled the device-wide
+        # bucket and locked every new browser out without a PIN tried. `begin` still runs
+        # before any await, so attempts racing it see the charge and its address's slot.
+        body = await self._json_body(request)
+        pin = body.get("pin")
+        # JSON can escape a lone surrogate, which no PIN holds and scrypt cannot encode
+        if not isinstance(pin, str) or len(pin) > 64 or not _is_text(pin):
+            raise web.HTTPBadRequest(text="pin must be text of at most 64 characters")
         locks = self.brake.locks
-        try:  # counted as a wrong PIN from here on, before the body is even read
+        try:  # counted as a wrong PIN from here on, until the hash says otherwise
             attempt = self.brake.begin(client, known=known)
         except Braked as refused:
             if self.brake.locks != locks:
                 self._say_locked()
             return self._refused(refused.reason, refused.wait_s)
-        try:
-            body = await self._json_body(request)
-            pin = body.get("pin")
-            # JSON can escape a lone surrogate, which no PIN holds and scrypt cannot encode
-            if not isinstance(pin, str) or len(pin) > 64 or not _is_text(pin):
-                raise web.HTTPBadRequest(text="pin must be text of at most 64 characters")
-        except BaseException:
-            self.brake.cancel(attempt)  # no PIN was sent: not a guess
-            raise
         if not self.brake.queue(attempt):  # the verification queue is full
             self.brake.cancel(attempt)
             return self._refused("busy", 1.0)
