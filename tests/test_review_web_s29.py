@@ -11,13 +11,9 @@ import time
 import pytest
 
 from edge.web import server as web_server
-from edge.web.auth import Brake, read_pin, write_pin
-from edge.web.live import LiveView
-from edge.web.server import WebServer
-from edge.web.settings import WebSettings
+from edge.web.auth import Brake
 from tests.http_raw import raw_http
-from tests.servers import free_port
-from tests.web_harness import PIN
+from tests.web_harness import PIN, page_alone
 
 
 @pytest.fixture
@@ -27,12 +23,8 @@ def page(tmp_path, monkeypatch):
     monkeypatch.setattr(web_server, "IDLE_TIMEOUT_S", 1.0)
     monkeypatch.setattr(web_server, "BODY_TIMEOUT_S", 1.0)
     monkeypatch.setattr(web_server, "DATES_KEPT_WAIT_S", 0.2)
-    write_pin(tmp_path, PIN)
-    srv = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}", tls="off"), LiveView(),
-                    tmp_path, read_pin(tmp_path))
-    srv.start()
-    yield srv
-    srv.stop()
+    with page_alone(tmp_path) as srv:
+        yield srv
 
 
 def _call(srv, method: str, path: str, body: bytes | dict | None = None,

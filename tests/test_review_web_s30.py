@@ -9,24 +9,15 @@ import time
 import pytest
 
 from edge.web import server as web_server
-from edge.web.auth import read_pin, write_pin
-from edge.web.live import LiveView
-from edge.web.server import WebServer
-from edge.web.settings import WebSettings
 from tests.http_raw import raw_http
-from tests.servers import free_port
-from tests.web_harness import PIN
+from tests.web_harness import PIN, page_alone
 
 
 @pytest.fixture
 def page(tmp_path, monkeypatch):
     monkeypatch.setattr(web_server, "BODY_TIMEOUT_S", 3.0)
-    write_pin(tmp_path, PIN)
-    srv = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}", tls="off"), LiveView(),
-                    tmp_path, read_pin(tmp_path))
-    srv.start()
-    yield srv
-    srv.stop()
+    with page_alone(tmp_path) as srv:
+        yield srv
 
 
 def _login(srv, source: str) -> int:

@@ -268,3 +268,23 @@ def maps_models_dir(dest: Path, outputs: list | None = None) -> Path:
     manifest["output"] = {"shape": [1, 14], "dtype": "int8", "kind": "logits"}
     (dest / "plane_student.json").write_text(json.dumps(manifest, indent=1))
     return dest
+
+
+@contextmanager
+def page_alone(state_dir: Path):
+    """The page's real server (`edge.web.server.WebServer`) on a free loopback port, plain
+    HTTP, no loop attached (the view stays "loading"), with the harness's PIN set; for
+    tests of requests that need no models."""
+    from edge.web.auth import read_pin, write_pin
+    from edge.web.live import LiveView
+    from edge.web.server import WebServer
+    from edge.web.settings import WebSettings
+
+    write_pin(state_dir, PIN)
+    srv = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}", tls="off"), LiveView(),
+                    state_dir, read_pin(state_dir))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
