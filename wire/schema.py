@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import tomllib
+import urllib.parse
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO
@@ -179,6 +180,13 @@ def read_regular_file(path: Path | str, max_bytes: int) -> tuple[bytes, os.stat_
     if len(data) > max_bytes:
         raise PayloadError(f"too large: more than {_size_text(max_bytes)}")
     return data, st
+
+
+def sqlite_uri(path: Path | str, mode: str = "ro") -> str:
+    """The URI that opens a SQLite file in `mode` ("ro": read-only; "rwc"), from its path's
+    bytes: a folder name with '?', '#' or '%' in it, or one that is not UTF-8, opens the
+    file it names (pass `uri=True`)."""
+    return "file:" + urllib.parse.quote(os.fsencode(Path(path).resolve())) + f"?mode={mode}"
 
 
 def read_toml_bounded(path: Path, max_bytes: int, max_depth: int = MAX_DEPTH) -> dict:
