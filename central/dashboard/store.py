@@ -43,7 +43,6 @@ import re
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,7 @@ from central.dashboard import config as C
 from central.dashboard.reference import ig_z
 from central.db import SEQ_KINDS, DbError, is_postgres, redact, sqlite_path
 from wire.dating import dates_flag
-from wire.schema import number_or_none
+from wire.schema import number_or_none, sqlite_uri
 from wire.shown import one_line
 
 SCHEMA_VERSION = "11"  # a change drops the rollups and rebuilds them from the messages
@@ -196,10 +195,10 @@ class Db:
                 path = sqlite_path(url)
                 if path == ":memory:" or not Path(path).is_file():
                     raise DbError(f"{path}: no such database (is --db right?)")
-                uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?mode=ro"
+                uri = sqlite_uri(path)
                 self.conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
-                side = "file:" + urllib.parse.quote(sidecar_path(str(Path(path).resolve())))
-                self.conn.execute("ATTACH DATABASE ? AS dash", (side + "?mode=rwc",))
+                self.conn.execute("ATTACH DATABASE ? AS dash",
+                                  (sqlite_uri(sidecar_path(str(Path(path).resolve())), "rwc"),))
                 self.conn.execute("PRAGMA dash.journal_mode=WAL")
                 self.conn.execute("PRAGMA dash.synchronous=NORMAL")
                 try:

@@ -21,6 +21,7 @@ from edge.store.outbox import OUTBOX_FILE
 from edge.store.state import lock_holder
 from edge.uplink.mqtt import STATUS_FILE, read_status
 from wire.cli import OneLineParser
+from wire.schema import sqlite_uri
 
 DEFAULT_STATE_DIR = os.environ.get("SONOEDGE_STATE_DIR", "state")
 
@@ -29,7 +30,7 @@ def _open_ro(state_dir: Path) -> sqlite3.Connection | None:
     path = state_dir / OUTBOX_FILE
     if not path.exists():
         return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    conn = sqlite3.connect(sqlite_uri(path), uri=True, timeout=10)
     return conn
 
 

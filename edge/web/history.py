@@ -64,6 +64,7 @@ from wire.schema import (
     finite_number,
     loads_bounded,
     number_or_none,
+    sqlite_uri,
     wall_ts_or_none,
 )
 
@@ -324,9 +325,8 @@ class ExamHistory:
     def _connect(self) -> sqlite3.Connection:
         if not self.path.is_file():
             raise FileNotFoundError("no journal yet")
-        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
-        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                             check_same_thread=False)
+        db = sqlite3.connect(sqlite_uri(self.path), uri=True, timeout=BUSY_TIMEOUT_S,
+                             isolation_level=None, check_same_thread=False)
         try:
             db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         except BaseException:
