@@ -30,9 +30,16 @@ def check_collector_numbers(args: argparse.Namespace) -> None:
     if args.duration_s is not None and not (math.isfinite(args.duration_s)
                                             and args.duration_s > 0):
         raise ValueError(f"--duration-s {args.duration_s}: must be a number of seconds over 0")
+    if not 0 <= args.dead_letter_quota <= 10 ** 9:
+        raise ValueError(f"--dead-letter-quota {args.dead_letter_quota}: must be 0-{10 ** 9}")
+    if not 1 <= args.dead_letter_window_s <= 366 * 86400:  # also false for NaN
+        raise ValueError(f"--dead-letter-window-s {args.dead_letter_window_s}: must be within "
+                         f"1-{366 * 86400} seconds")
 
 
 def _collector_parser() -> argparse.ArgumentParser:
+    from central.collector import CollectorSettings as defaults  # the numbers live there
+
     ap = OneLineParser(prog="sonoedge-central", description="MQTT collector: "
                                  "stores every device message once, bad ones dead-lettered.")
     ap.add_argument("--mqtt-url", required=True,
@@ -55,6 +62,12 @@ def _collector_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tls-cert", default="")
     ap.add_argument("--tls-key", default="")
     ap.add_argument("--reconnect-max-s", type=float, default=30.0)
+    ap.add_argument("--dead-letter-quota", type=int, default=defaults.dead_letter_quota,
+                    help="dead letters written per device in any --dead-letter-window-s; the "
+                         "rest are counted and logged, not stored (default %(default)s)")
+    ap.add_argument("--dead-letter-window-s", type=float,
+                    default=defaults.dead_letter_window_s,
+                    help="the rolling window of --dead-letter-quota (default %(default)s)")
     ap.add_argument("--duration-s", type=float, default=None,
                     help="stop after this many seconds (default: run until SIGTERM)")
     ap.add_argument("--log-level", default="INFO")
@@ -120,6 +133,8 @@ def collector_main(argv: list[str]) -> int:
         tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         reconnect_max_s=args.reconnect_max_s, duration_s=args.duration_s,
         password_file=args.password_file, registry=args.registry,
+        dead_letter_quota=args.dead_letter_quota,
+        dead_letter_window_s=args.dead_letter_window_s,
     )
     try:
         collector = Collector(settings)

@@ -14,11 +14,24 @@ broker's ACL ties to the user that logged in). Anything that is not a valid mess
 the database refuses, goes to the dead-letter table with the reason; nothing one message
 holds can stop the collector. The clinic of a device comes from the district's registry
 (``--registry``, written by ``board/provision.py``), never from the payload.
+
+Nor can one device fill the district's disk: each device (the device id of the topic;
+topics without one share a bucket) has at most ``dead_letter_quota`` dead letters written
+in any rolling ``dead_letter_window_s``. The rest are acknowledged and counted
+(``stats["dead_over_quota"]``), and summed up in at most one log line per
+``dead_letter_log_s``; a device's valid messages are stored whatever its quota. A message
+whose ``msg_id`` is stored with other content is such a dead letter too, naming the
+``msg_id`` (``stats["conflicts"]``; an identical redelivery is a silent duplicate).
+
+When the database cannot be written (PostgreSQL down or failing over, a disk full), the
+batch is held in memory, unacknowledged, and tried again after waits that double from
+``db_retry_min_s`` to ``db_retry_max_s``, while the MQTT session stays up; the broker sends
+no more than ``receive_maximum`` unacknowledged messages meanwhile. One line says the
+database is down, one that it is back.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -26,12 +39,12 @@ import re
 import socket
 import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from central.db import DEAD_PREVIEW_CHARS, DbError, DeadLetter, Row, Store
+from central.db import DbError, DeadLetter, Row, Store, dead_letter
 from wire import schema as wire_schema
-from wire.shown import printable
 
 log = logging.getLogger("sonoedge.central")
 
@@ -58,9 +71,27 @@ class CollectorSettings:
     password_file: str = ""  # the MQTT password, from a file only its owner can read
     registry: str = ""  # device_id,clinic_id per line (board/provision.py); "" = no clinics
     duration_s: float | None = None  # stop after this long (tests, cron-style runs)
+    # Dead letters written per device (a topic's device id; topics without one share one
+    # bucket) in any rolling window; the rest are only counted. 100 an hour is more than a
+    # healthy device sends in an hour (health every 60 s, a few exams), so a device whose
+    # every message is refused (a bad firmware) still has each one kept; only a flood is
+    # cut. A dead letter takes at most ~3 kB (a 2 kB preview, its topic and reason): one
+    # device then fills at most ~7 MB a day, not as fast as the broker lets it publish.
+    dead_letter_quota: int = 100
+    dead_letter_window_s: float = 3600.0
+    # At most one log line this often sums up the dead letters over quota: a flood of them
+    # must not become a flood of log lines (one a minute, as the collector's stats).
+    dead_letter_log_s: float = 60.0
+    # Waits between attempts to store a batch while the database cannot be written, doubling
+    # from the first to the last: a dropped connection (a restart, a failover) is tried
+    # again at once, an outage of hours costs a try per 30 s, and a database back is
+    # written to within 30 s. The same numbers as the broker's reconnects.
+    db_retry_min_s: float = 0.5
+    db_retry_max_s: float = 30.0
 
 
 REGISTRY_MAX_BYTES = 16 << 20  # 100,000 devices of 64-character ids take 13 MB
+BAD_TOPIC = "(no device in the topic)"  # the quota's one bucket for topics without one
 
 
 def read_registry(path: str | Path) -> dict[str, str]:
@@ -141,17 +172,67 @@ def _check(topic: str, payload: bytes, max_bytes: int, collector: str, now: floa
     )
 
 
-def dead_letter(topic: str, payload: bytes, reason: str, collector: str,
-                now: float) -> DeadLetter:
-    """A dead letter that any database takes: printable text, no NUL, bounded sizes. Its
-    topic and reason are one line each (a control character, a newline, as \\xNN): they
-    are logged, and a device chooses its topic's last level and its JSON's keys."""
-    topic = str(topic)
-    digest = hashlib.sha256(topic.encode("utf-8", "backslashreplace") + b"\0"
-                            + payload).hexdigest()
-    preview = payload[:DEAD_PREVIEW_CHARS].decode("utf-8", "replace").replace("\x00", "")
-    return DeadLetter(digest, printable(topic)[:255], printable(reason)[:500], len(payload),
-                      preview, now, collector)
+def quota_key(topic: str) -> str:
+    """Whose quota a dead letter counts against: the device id of its topic, or one bucket
+    for a topic that has none (the broker's ACL ties a device to its own topics)."""
+    parts = topic.split("/", 2)
+    if len(parts) > 1 and parts[0] == "sonoedge" and _ID_RE.match(parts[1]):
+        return parts[1]
+    return BAD_TOPIC
+
+
+class DeadLetterQuota:
+    """At most ``limit`` dead letters written per key (``quota_key``) in any ``window_s``.
+
+    A batch asks through a ``plan`` and spends the quota only on ``commit``, once stored: a
+    batch the database refused and that is tried again must not use it up."""
+
+    def __init__(self, limit: int, window_s: float):
+        self.limit = limit
+        self.window_s = window_s
+        self._kept: dict[str, deque[float]] = {}  # when each key's letters were written
+        self._swept = 0.0
+
+    def plan(self, now: float) -> QuotaPlan:
+        return QuotaPlan(self, now)
+
+    def room(self, key: str, now: float) -> int:
+        times = self._kept.get(key)
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        return self.limit - len(times or ())
+
+    def spend(self, taken: Counter, now: float) -> None:
+        for key, n in taken.items():
+            self._kept.setdefault(key, deque()).extend([now] * n)
+        if now - self._swept > self.window_s:  # forget the keys quiet for a window
+            self._swept = now
+            for key in [k for k in self._kept if self.room(k, now) == self.limit]:
+                del self._kept[key]
+
+
+class QuotaPlan:
+    """One batch's answers (callable: ``admit(letter)``): the same letter gets the same
+    answer however often it is asked (a batch retried row by row asks again)."""
+
+    def __init__(self, quota: DeadLetterQuota, now: float):
+        self.quota = quota
+        self.now = now
+        self.answers: dict[str, bool] = {}
+        self.taken: Counter = Counter()
+        self.over: Counter = Counter()
+
+    def __call__(self, letter: DeadLetter) -> bool:
+        ok = self.answers.get(letter.digest)
+        if ok is None:
+            key = quota_key(letter.topic)
+            ok = self.quota.room(key, self.now) > self.taken[key]
+            (self.taken if ok else self.over)[key] += 1
+            self.answers[letter.digest] = ok
+        return ok
+
+    def commit(self) -> None:
+        self.quota.spend(self.taken, self.now)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -180,9 +261,16 @@ class Collector:
             r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40]
         self.store = store or Store(settings.db_url)
         self.stop_event = threading.Event()
-        self.stats = {"received": 0, "stored": 0, "duplicates": 0, "dead": 0}
+        self.stats = {"received": 0, "stored": 0, "duplicates": 0, "conflicts": 0, "dead": 0,
+                      "dead_over_quota": 0, "qos0_dropped": 0}
         self._rng = random.Random()
         self._last_error: str | None = None
+        self.quota = DeadLetterQuota(settings.dead_letter_quota, settings.dead_letter_window_s)
+        self._over: Counter = Counter()  # over quota since the last line that said so
+        self._over_said = -float("inf")
+        self._db_down: float | None = None  # since when the database cannot be written
+        self._db_failures = 0
+        self._db_retry_at = 0.0
 
     def clinics(self) -> dict[str, str] | None:
         """The registry, re-read when its file changes (provisioning a device needs no
@@ -219,12 +307,18 @@ class Collector:
             if self.stop_event.is_set() or (deadline and time.monotonic() >= deadline):
                 break
             attempt = 0 if ok else attempt + 1
-            cap = min(self.settings.reconnect_max_s,
-                      self.settings.reconnect_min_s * 2 ** min(attempt, 20))
-            self.stop_event.wait(cap / 2 + self._rng.uniform(0, cap / 2))
+            self.stop_event.wait(self._backoff(self.settings.reconnect_min_s,
+                                               self.settings.reconnect_max_s, attempt))
+        self._say_over_quota(force=True)
         log.info("collector %s stopping: %s", self.client_id, self.stats)
         self.store.close()
         return 0
+
+    def _backoff(self, first: float, last: float, attempt: int) -> float:
+        """The wait before try ``attempt`` + 1: doubling from ``first`` to ``last``, and
+        from half to all of it at random, so that collectors do not come back together."""
+        cap = min(last, first * 2 ** min(attempt, 20))
+        return cap / 2 + self._rng.uniform(0, cap / 2)
 
     def _error(self, text: str) -> None:
         if text != self._last_error:
@@ -301,6 +395,9 @@ class Collector:
         import paho.mqtt.client as mqtt
 
         last_log = time.monotonic()
+        # Received, not stored: the database could not be written. Never acknowledged, so
+        # the broker delivers them again if this session ends first.
+        held: list = []
         while not self.stop_event.is_set() and not state["lost"]:
             if deadline and time.monotonic() >= deadline:
                 break
@@ -311,32 +408,87 @@ class Collector:
             while (inbox and rc == mqtt.MQTT_ERR_SUCCESS and len(inbox) < 500
                    and time.monotonic() < gather_until):
                 rc = client.loop(timeout=0.01)
-            if inbox:
-                batch = inbox[:]
+            if inbox and self._db_down is not None:
+                held = self._hold(held + inbox)
+                inbox.clear()
+            if (held or inbox) and time.monotonic() >= self._db_retry_at:
+                batch, held = held + inbox, []
                 inbox.clear()
                 try:
                     self._store_batch(batch)
-                except DbError as exc:
-                    # Unacknowledged: the broker redelivers them on the next session.
-                    self._error(str(exc))
-                    return False
+                except DbError as exc:  # held, unacknowledged, tried again after a wait
+                    held = self._hold(batch)
+                    self._database_down(str(exc), len(held))
                 except Exception:  # never die: unacknowledged, so nothing is lost
                     log.exception("collector %s: storing a batch failed", self.client_id)
                     return False
-                for msg in batch:
-                    if msg.qos > 0:
-                        client.ack(msg.mid, msg.qos)
+                else:
+                    self._database_up(len(batch))
+                    for msg in batch:
+                        if msg.qos > 0:
+                            client.ack(msg.mid, msg.qos)
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 break
+            self._say_over_quota()
             if time.monotonic() - last_log > 60:
                 log.info("collector %s: %s", self.client_id, self.stats)
                 last_log = time.monotonic()
+        if held:  # said once per session, not per try
+            log.info("collector %s: %d message(s) not stored are left unacknowledged to the "
+                     "broker, which delivers them again", self.client_id, len(held))
         # Ack what was stored before leaving; nothing unstored is acknowledged.
         try:
             client.loop(timeout=0.05)
         except (OSError, ValueError):
             pass
         return True
+
+    def _hold(self, held: list) -> list:
+        """What is held while the database is down, bounded: the broker sends at most
+        ``receive_maximum`` QoS 1 messages unacknowledged, but QoS 0 ones without limit (no
+        device sends them; one that does may lose them, as QoS 0 allows)."""
+        qos0 = [m for m in held if m.qos == 0]
+        if len(qos0) <= self.settings.receive_maximum:
+            return held
+        extra = {id(m) for m in qos0[self.settings.receive_maximum:]}
+        self.stats["qos0_dropped"] += len(extra)
+        return [m for m in held if id(m) not in extra]
+
+    def _database_down(self, text: str, held: int) -> None:
+        """A failed try: the next after a doubling wait; one line when the database goes."""
+        now = time.monotonic()
+        if self._db_down is None:
+            self._db_down, self._db_failures = now, 0
+            log.warning("central: database down, %d message(s) held unacknowledged and "
+                        "tried again after waits doubling from %g s to %g s: %s", held,
+                        self.settings.db_retry_min_s, self.settings.db_retry_max_s, text)
+        self._db_retry_at = now + self._backoff(self.settings.db_retry_min_s,
+                                                self.settings.db_retry_max_s,
+                                                self._db_failures)
+        self._db_failures += 1
+
+    def _database_up(self, stored: int) -> None:
+        if self._db_down is not None:
+            log.warning("central: database back after %.1f s and %d failed tries; %d held "
+                        "message(s) stored", time.monotonic() - self._db_down,
+                        self._db_failures, stored)
+        self._db_down, self._db_failures, self._db_retry_at = None, 0, 0.0
+
+    def _say_over_quota(self, force: bool = False) -> None:
+        """The dead letters not written for their device's quota since it was last said:
+        one line at most per ``dead_letter_log_s`` (and one at the stop)."""
+        now = time.monotonic()
+        if not self._over or (not force and
+                              now - self._over_said < self.settings.dead_letter_log_s):
+            return
+        top = self._over.most_common(5)
+        more = len(self._over) - len(top)
+        log.warning("central: %d dead letter(s) over quota (%d per device per %g s) counted, "
+                    "not stored: %s%s", sum(self._over.values()), self.quota.limit,
+                    self.quota.window_s, ", ".join(f"{k} {n}" for k, n in top),
+                    f" and {more} more" if more > 0 else "")
+        self._over.clear()
+        self._over_said = now
 
     def _store_batch(self, batch: list) -> None:
         now = time.time()
@@ -353,14 +505,20 @@ class Collector:
                 self._unregistered.add(item.device_id)
                 log.warning("device %s is not in the registry %s: its messages are stored "
                             "without a clinic", item.device_id, self.settings.registry)
-        new_rows, new_dead, refused = self.store.store_checked(rows, dead)
-        for d in dead + refused:
-            log.warning("dead letter on %s: %s", d.topic, d.reason)
-        dead = dead + refused
+        plan = self.quota.plan(time.monotonic())
+        done = self.store.store_batch(rows, dead, admit=plan)
+        plan.commit()  # stored: the quota is spent
+        for d in dead + done.refused + done.conflicts:
+            if plan.answers.get(d.digest):
+                log.warning("dead letter on %s: %s", d.topic, d.reason)
         self.stats["received"] += len(batch)
-        self.stats["stored"] += new_rows
-        self.stats["duplicates"] += len(rows) - len(refused) - new_rows
-        self.stats["dead"] += new_dead
+        self.stats["stored"] += done.rows
+        self.stats["duplicates"] += (len(rows) - len(done.refused) - done.rows
+                                     - len(done.conflicts))
+        self.stats["conflicts"] += len(done.conflicts)
+        self.stats["dead"] += done.dead
+        self.stats["dead_over_quota"] += sum(plan.over.values())
+        self._over.update(plan.over)
 
 
 def _topic_of(msg) -> str:

@@ -21,16 +21,26 @@ A row the database refuses (a value out of its range, a character it cannot hold
 that row alone: the batch is retried row by row and the refused row becomes a dead letter
 with the database's reason. Only an unusable database (gone, full, locked) is a ``DbError``,
 and then nothing of the batch is acknowledged.
+
+First wins, but a conflict is seen: a message whose ``msg_id`` is stored already is kept
+out, and when its content differs from the stored message's (``same_content``: parsed
+JSON, so neither key order nor white space counts, and without the envelope fields a
+re-send gives anew, ``RESENT_FIELDS``) the collector's ``store_batch`` records it as a dead
+letter whose reason names the ``msg_id``, in the same transaction. An identical redelivery
+stays a silent duplicate. ``store`` and ``store_checked`` write only what they are given.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wire.schema import QUEUED_KINDS
-from wire.shown import one_line
+from wire.shown import one_line, printable
 
 DEFAULT_DB = "sonoedge-central.sqlite3"
 DEAD_PREVIEW_CHARS = 2048
@@ -93,6 +103,12 @@ _INSERT_DEAD = (
     "INSERT INTO dead_letters (digest, topic, reason, size, preview, received_ts, collector) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
 )
+# Run when a row's insert conflicted: the message kept under its msg_id, to compare with.
+_SELECT_STORED = "SELECT device_id, seq, payload FROM messages WHERE msg_id = ?"
+# What a device gives anew when it queues a message again under its old msg_id (its outbox
+# lost, the exam re-queued from the journal: ``resent``): a new seq, and the envelope of the
+# boot that queued it. Not the message's content: a difference there is no conflict.
+RESENT_FIELDS = ("seq", "boot_id", "ts", "mono_s")
 
 
 @dataclass(frozen=True)
@@ -121,8 +137,74 @@ class DeadLetter:
     collector: str
 
 
+@dataclass
+class Stored:
+    """What ``Store.store_batch`` did with a batch."""
+
+    rows: int = 0  # new messages
+    dead: int = 0  # new dead letters
+    refused: list[DeadLetter] = field(default_factory=list)  # rows the database refused
+    # valid messages whose msg_id was stored with other content (the first is kept)
+    conflicts: list[DeadLetter] = field(default_factory=list)
+
+
 class DbError(Exception):
     """The database cannot be opened or written; the message names the URL."""
+
+
+def dead_letter(topic: str, payload: bytes, reason: str, collector: str,
+                now: float) -> DeadLetter:
+    """A dead letter that any database takes: printable text, no NUL, bounded sizes. Its
+    topic and reason are one line each (a control character, a newline, as \\xNN): they
+    are logged, and a device chooses its topic's last level and its JSON's keys. Keyed by a
+    digest of topic and payload, so that the same bad message is kept once."""
+    topic = str(topic)
+    digest = hashlib.sha256(topic.encode("utf-8", "backslashreplace") + b"\0"
+                            + payload).hexdigest()
+    preview = payload[:DEAD_PREVIEW_CHARS].decode("utf-8", "replace").replace("\x00", "")
+    return DeadLetter(digest, printable(topic)[:255], printable(reason)[:500], len(payload),
+                      preview, now, collector)
+
+
+def same_content(stored: str, payload: str) -> bool:
+    """Whether two payloads under one msg_id are the same message: the same JSON value
+    (key order and white space do not count, nor 1 against 1.0), ``RESENT_FIELDS`` apart.
+    Both were checked as messages when they arrived; text that does not parse is compared
+    as it is."""
+    if stored == payload:
+        return True
+    try:
+        return _canonical(stored) == _canonical(payload)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _canonical(text: str) -> str:
+    data = json.loads(text)
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in RESENT_FIELDS}
+    # dumped again, not compared as Python values: True == 1 there
+    return json.dumps(_whole_floats(data), sort_keys=True, separators=(",", ":"))
+
+
+def _whole_floats(value):
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_floats(v) for v in value]
+    return value
+
+
+def conflict_letter(row: Row, stored: tuple) -> DeadLetter:
+    """The dead letter of a valid message whose msg_id is stored with other content;
+    ``stored`` is the kept message's (device_id, seq, payload)."""
+    device, seq, _ = stored
+    return dead_letter(f"sonoedge/{row.device_id}/{row.kind}", row.payload.encode("utf-8"),
+                       f"conflict: msg_id {row.msg_id} is stored with other content (from "
+                       f"{device}, seq {seq}); the first is kept", row.collector,
+                       row.received_ts)
 
 
 def is_postgres(url: str) -> bool:
@@ -246,17 +328,34 @@ class Store:
 
         Returns (new messages, new dead letters, the rows refused as dead letters). Raises
         ``DbError`` only when the database itself cannot be written."""
+        done = self.store_batch(rows, dead, find_conflicts=False)
+        return done.rows, done.dead, done.refused
+
+    def store_batch(self, rows: list[Row], dead: list[DeadLetter],
+                    admit: Callable[[DeadLetter], bool] | None = None,
+                    find_conflicts: bool = True) -> Stored:
+        """Insert a batch as ``store_checked`` does; with ``find_conflicts``, a row whose msg_id
+        is stored with other content is a dead letter too (``Stored.conflicts``).
+
+        Each dead letter (given, refused row, conflict) is written only when ``admit``
+        takes it (the collector's quota; asked again about a letter when the batch is
+        retried row by row, it must answer the same). Raises ``DbError`` only when the
+        database itself cannot be written."""
+        admit = admit or (lambda _letter: True)
         try:
-            return (*self._insert(rows, dead), [])
+            return self._insert(rows, dead, admit, find_conflicts)
         except self._row_errors:
             pass  # one of the rows: find it, one row per transaction
         except self._errors as exc:
             raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
-        new_rows = new_dead = 0
-        refused: list[DeadLetter] = []
+        done = Stored()
+        refused = done.refused
         for r in rows:
             try:
-                new_rows += self._insert([r], [])[0]
+                one = self._insert([r], [], admit, find_conflicts)
+                done.rows += one.rows
+                done.dead += one.dead
+                done.conflicts += one.conflicts
             except self._row_errors as exc:
                 refused.append(DeadLetter(
                     digest=r.msg_id, topic=f"sonoedge/{r.device_id}/{r.kind}"[:255],
@@ -267,29 +366,37 @@ class Store:
                 raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
         for d in dead + refused:
             try:
-                new_dead += self._insert([], [d])[1]
+                done.dead += self._insert([], [d], admit, find_conflicts).dead
             except self._errors as exc:
                 raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
-        return new_rows, new_dead, refused
+        return done
 
-    def _insert(self, rows: list[Row], dead: list[DeadLetter]) -> tuple[int, int]:
-        new_rows = new_dead = 0
+    def _insert(self, rows: list[Row], dead: list[DeadLetter],
+                admit: Callable[[DeadLetter], bool], find_conflicts: bool) -> Stored:
+        done = Stored()
         with self.tx() as cur:
             for r in rows:
                 cur.execute(_INSERT_MSG, (r.msg_id, r.device_id, r.clinic_id, r.kind, r.seq,
                                           r.boot_id, r.device_ts, r.mono_s, r.received_ts,
                                           r.collector, r.payload))
                 if cur.rowcount > 0:
-                    new_rows += 1
-                elif r.kind in SEQ_KINDS:
+                    done.rows += 1
+                    continue
+                if r.kind in SEQ_KINDS:
                     cur.execute(_INSERT_RESENT, (
                         r.device_id, r.seq, r.msg_id, r.kind, r.clinic_id, r.device_ts,
                         r.received_ts, r.collector, r.msg_id, r.device_id, r.seq))
-            for d in dead:
-                cur.execute(_INSERT_DEAD, (d.digest, d.topic, d.reason, d.size, d.preview,
-                                           d.received_ts, d.collector))
-                new_dead += max(0, cur.rowcount)
-        return new_rows, new_dead
+                if find_conflicts:
+                    cur.execute(_SELECT_STORED, (r.msg_id,))
+                    stored = cur.fetchall()
+                    if stored and not same_content(stored[0][2], r.payload):
+                        done.conflicts.append(conflict_letter(r, stored[0]))
+            for d in dead + done.conflicts:
+                if admit(d):
+                    cur.execute(_INSERT_DEAD, (d.digest, d.topic, d.reason, d.size,
+                                               d.preview, d.received_ts, d.collector))
+                    done.dead += max(0, cur.rowcount)
+        return done
 
     def has_table(self, name: str) -> bool:
         """Whether the collector's database has this table (an older collector made no

@@ -138,7 +138,10 @@ class Fuzzer:
 def test_the_collector_survives_10000_hostile_payloads_and_stores_every_valid_one_once(
         broker, collectors, tmp_path):
     db = str(tmp_path / "central.sqlite3")
-    c = collectors(broker.url("central"), db, tmp_path, "central-1")
+    # Every hostile payload is to be kept as a dead letter here, so no per-device quota
+    # (tests/test_collector_leftovers.py specifies the quota).
+    c = collectors(broker.url("central"), db, tmp_path, "central-1",
+                   extra=("--dead-letter-quota", str(10 ** 9)))
     c.wait_subscribed()
     # A real device session gives the seeds: the uplink's own payloads, as stored.
     state = tmp_path / "dev"
