@@ -48,3 +48,42 @@ def test_logins_whose_pin_never_arrives_do_not_lock_the_device_out(page):
         for conn in held:
             conn.close()
     assert page.brake.locks == 0
+
+
+class _Session:
+    """What the page's snapshot reads of an exam."""
+
+    def __init__(self, exam_id: str):
+        from types import SimpleNamespace
+
+        self.exam_id = exam_id
+        self.protocol = SimpleNamespace(name="basic", title="Basic")
+        self.started_ts = time.time()
+        self.tally = SimpleNamespace(frames=1, biometry=lambda: None)
+
+    def checklist(self) -> list:
+        return []
+
+
+def test_dates_entered_before_any_exam_go_to_the_exam_that_begins_even_unseen():
+    """Dates typed before the first exam were attached to an exam only when a page next
+    looked: a phone asleep through that exam put them on the one after, another woman's.
+    The loop attaches them as the exam begins."""
+    from types import SimpleNamespace
+
+    from edge.web.live import LiveView, LoopHook
+
+    view = LiveView()
+    hook = LoopHook(view, end_gap_s=5.0)
+    dates = {"lmp": "2026-06-10", "today": "2026-12-05"}
+    view.ga_dates = {"exam_id": None, **dates, "weeks": 25.0}  # as the page sets them
+    tracker = SimpleNamespace(current=None)
+    kept = []
+    hook.keep_dates = lambda exam_id, d: kept.append((exam_id, d)) or True
+    for exam_id in ("first-woman", "second-woman"):  # no page looks meanwhile
+        tracker.current = _Session(exam_id)
+        for _ in range(3):
+            hook.after_frame(None, {"plane": "Brain (Tv.)"}, None, None, time.monotonic(),
+                             tracker)
+    assert kept == [("first-woman", dates)]
+    assert view.ga_dates["exam_id"] == "first-woman"

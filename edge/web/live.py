@@ -80,6 +80,8 @@ class LiveView:
     # a "stop" out of its queue
     dates_to_keep: deque = field(default_factory=lambda: deque(maxlen=8))
     notify: Callable[[], None] | None = None  # set by the server: wakes its streamer
+    # `ga_dates` is set on the server's thread and attached to an exam on the loop's
+    _dates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     hook_s: float = 0.0  # time the loop spent in the web hook (the page's per-frame cost)
     _seq: int = 0
 
@@ -105,6 +107,28 @@ class LiveView:
     def command(self, name: str) -> None:
         """Server thread: queue a command for the loop."""
         self.commands.append(name)
+
+    def set_dates(self, dates: dict | None) -> None:
+        """Server thread: the dates the page entered (`ga_dates`), or None."""
+        with self._dates_lock:
+            self.ga_dates = dates
+
+    def attach_waiting_dates(self, exam_id: str) -> None:
+        """Dates entered before any exam began are that woman's, so they belong to the
+        first exam that begins: attached to it and queued for the journal. The loop does
+        it as the exam begins; when the page did it at its next look, a phone asleep
+        through the exam put them on the one after. If the queue is full, at the next
+        frame or look."""
+        dates = self.ga_dates
+        if dates is None or dates.get("exam_id") is not None:
+            return  # the per-frame path: nothing waits
+        with self._dates_lock:
+            dates = self.ga_dates
+            queue = self.dates_to_keep
+            if dates is None or dates.get("exam_id") is not None or len(queue) >= queue.maxlen:
+                return
+            self.ga_dates = {**dates, "exam_id": exam_id}
+            queue.append((exam_id, {"lmp": dates["lmp"], "today": dates["today"]}))
 
 
 class SteadyConfidence:
@@ -284,6 +308,8 @@ class LoopHook:
         self.view.publish(image, record, shown, class_map, mono, confidence)
         now = time.monotonic()
         current = tracker.current
+        if current is not None:
+            self.view.attach_waiting_dates(current.exam_id)
         # a new exam is on the page at once (its Start and Stop follow it), then every second
         if current is not None and (now >= self._next_snapshot or (self.view.exam or {}).get(
                 "exam_id") != current.exam_id):

@@ -1042,13 +1042,9 @@ class WebServer:
 
     def _screening(self) -> dict:
         exam = self.view.exam
+        if exam is not None:  # entered before the exam began (the loop attaches them too)
+            self.view.attach_waiting_dates(exam["exam_id"])
         dates = self.view.ga_dates
-        if dates is not None and exam is not None and dates.get("exam_id") is None \
-                and not self._dates_queue_full():  # else at the next look
-            dates = {**dates, "exam_id": exam["exam_id"]}  # entered before the exam began
-            self.view.ga_dates = dates
-            self.view.dates_to_keep.append(
-                (exam["exam_id"], {"lmp": dates["lmp"], "today": dates["today"]}))
         if dates is not None and exam is not None and dates["exam_id"] != exam["exam_id"]:
             dates = None  # entered for another woman's exam
         out = screening((exam or {}).get("biometry"), dates["weeks"] if dates else None)
@@ -1147,13 +1143,13 @@ class WebServer:
         if lmp is None:
             if exam is not None:
                 self._keep_dates(exam["exam_id"], None)
-            self.view.ga_dates = None
+            self.view.set_dates(None)
             return web.json_response({"ok": True, "ga_dates_weeks": None})
         dates, weeks = self._read_dates(lmp, today, (exam or {}).get("ended_ts"))
         if exam is not None:  # kept with the exam for its report (edge/web/history.py)
             self._keep_dates(exam["exam_id"], dates)
-        self.view.ga_dates = {"exam_id": exam["exam_id"] if exam else None, **dates,
-                              "weeks": weeks}
+        self.view.set_dates({"exam_id": exam["exam_id"] if exam else None, **dates,
+                             "weeks": weeks})
         return web.json_response({"ok": True, "ga_dates_weeks": round(weeks, 2)})
 
     @staticmethod
@@ -1184,8 +1180,8 @@ class WebServer:
             else self._read_dates(lmp, today, kept.get("ended_ts"))
         self._keep_dates(exam_id, dates)
         if (self.view.exam or {}).get("exam_id") == exam_id:  # on the card too: it agrees
-            self.view.ga_dates = None if dates is None else {
-                "exam_id": exam_id, **dates, "weeks": weeks}
+            self.view.set_dates(None if dates is None else {
+                "exam_id": exam_id, **dates, "weeks": weeks})
         kept = await self._dates_kept(exam_id, dates)
         return web.json_response({"ok": True, "kept": kept,
                                   "ga_dates_weeks": None if weeks is None else round(weeks, 2)})
