@@ -36,19 +36,21 @@ lint: dev-env
 test: dev-env system-deps lint
 	$(BIN)/python -m pytest -q
 
-# The plane student 1.3.0 was trained 1,600 steps, then resumed on 2,400- and 4,000-step
-# cosine schedules (1.2.0), then on a 5,000-step one with the head-plane term (every HC18
-# frame is a head plane); only the last stage converts, checks and ships. Training uses both
-# cores (measured: 1.7-1.9x the steps per second of one thread).
+# The plane student is trained 1,600 steps, then resumed on 2,400- and 4,000-step cosine
+# schedules, then on a 5,000-step one with the head-plane term (every HC18 frame is a head
+# plane), then 400 steps of the class-map stage, which alone converts, checks and ships.
+# Every stage has the feature term (the teacher's hidden layer, weight 4: 1.5.0). Training
+# uses both cores (measured: 1.7-1.9x the steps per second of one thread).
 # Each step's wall time is appended to build/logs/models_stages.tsv (scripts/stage_time.sh).
 MODEL_THREADS ?= 2
 STAGE := sh scripts/stage_time.sh build/logs/models_stages.tsv
+PLANE := $(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --feature-weight 4
 models: dev-env
-	$(STAGE) plane-1 $(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --until distil
-	$(STAGE) plane-2 $(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --steps 2400 --continue-from 1600 --until distil
-	$(STAGE) plane-3 $(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --steps 4000 --continue-from 2400 --until distil
-	$(STAGE) plane-4 $(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --steps 5000 --continue-from 4000 --head-weight 0.7 --until distil
-	$(STAGE) plane-maps $(BIN)/python -m quantize.build_models --threads $(MODEL_THREADS) --low-res-steps 0 --maps-from 5000 --steps 400 --head-weight 0.7
+	$(STAGE) plane-1 $(PLANE) --until distil
+	$(STAGE) plane-2 $(PLANE) --steps 2400 --continue-from 1600 --until distil
+	$(STAGE) plane-3 $(PLANE) --steps 4000 --continue-from 2400 --until distil
+	$(STAGE) plane-4 $(PLANE) --steps 5000 --continue-from 4000 --head-weight 0.7 --until distil
+	$(STAGE) plane-maps $(PLANE) --maps-from 5000 --steps 400 --head-weight 0.7
 	$(STAGE) segmenter $(BIN)/python -m quantize.build_segmenter --threads $(MODEL_THREADS)
 	$(STAGE) quality-head $(BIN)/python -m quantize.build_quality_head --threads $(MODEL_THREADS)
 

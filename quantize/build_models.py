@@ -39,7 +39,7 @@ from quantize.data import HEAD_PLANE_IDS, LABELS, DataError, data_dir, list_fram
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("cache", "distil", "synth", "finetune", "convert", "gate", "calibrate", "manifest")
-VERSION = "1.4.0"
+VERSION = "1.5.0"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="from the weights of the finished STEPS-step run (same settings "
                              "otherwise), --steps more steps with a fresh optimiser and the "
                              "class-map shape term and flat rows (distil.MAP_STAGE; "
-                             "make models' last plane stage, which made 1.4.0)")
+                             "make models' last plane stage, which made 1.4.0 and 1.5.0)")
     parser.add_argument("--feature-weight", type=float, default=None,
                         help="weight of the feature term (the teacher's hidden layer, "
                              "distil.TrainSettings.feature_weight); 0 or absent = off")

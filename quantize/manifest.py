@@ -367,6 +367,15 @@ def _add_extras(man: dict, extras: dict) -> None:
             f"test, and the FETAL_PLANES_DB brain frames) the target is {head_weight} x the "
             f"teacher's own split between the two head planes + {1 - head_weight:.1f} x its "
             "answer (the head-plane term, in the last stage only)")
+    feature_weight = ((extras.get("train") or {}).get("settings") or {}).get(
+        "feature_weight") or 0
+    if feature_weight:
+        man["distillation"]["targets"] += (
+            f"; + {feature_weight} x MSE (over the teacher's variance) between the student's "
+            "64-channel head hidden layer, through a 1x1 adapter used only in training, and "
+            "the teacher's own (its adaptation layer's first 1x1 conv after the ReLU, the "
+            "layer its class maps are read from) on the 14x18 grid (the feature term, in "
+            "every stage)")
     named = extras.get("heads_named_head_plane")
     if named is not None:
         man["metrics"]["heldout_hc18_named_a_head_plane_int8"] = {
