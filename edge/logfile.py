@@ -20,7 +20,8 @@ def log_to_file(cfg: LogSettings) -> logging.Handler:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=int(cfg.max_mb * 1e6), backupCount=cfg.backups, encoding="utf-8")
+            path, maxBytes=int(cfg.max_mb * 1e6), backupCount=cfg.backups, encoding="utf-8",
+            errors="backslashreplace")  # a path that is not UTF-8 in a line: never lost
     except OSError as exc:
         raise ConfigError(f"logging.file {path}: cannot write it ({exc.strerror or exc})") \
             from None

@@ -197,7 +197,8 @@ def test_a_journal_whose_header_is_destroyed_is_one_line_and_an_empty_journal(tm
     assert line.endswith("nothing in it could be read (file is not a database): a new, "
                          "empty journal is started"), line
     run = journal.start_run("clinic-a", MODELS)
-    assert journal.append(run, frame(0)) == 1
+    # the old journal's last id is unknown: ids go on far above anything it may have given
+    assert journal.append(run, frame(0)) == journal_module.SALVAGE_ID_GAP + 1
     body = summary(time.time())
     assert journal.add_exam(run, body, {})
     assert journal.exam_summaries(0) == [body]
@@ -286,3 +287,29 @@ def test_a_huge_corrupt_journal_is_salvaged_within_its_bound_exams_first(tmp_pat
     assert line.endswith("stopped in frame results after 0.2 s (SALVAGE_SECONDS): the rest "
                          "is only in the moved-aside file"), line
     assert journal.moved_aside.stat().st_size > 60_000 * 300  # all of it still there
+
+
+def test_result_ids_lost_with_a_damaged_page_are_never_handed_out_again(tmp_path):
+    """The salvage copied rows under their ids but not the counter that hands out the next:
+    with the last page of frame results lost, the running run's next frames took the lost
+    ids again, so its next exam got the id of one already journaled (an exam's id derives
+    from its run and first frame's row) and replaced it, and the outbox refused it as
+    queued. Ids go on above the old journal's counter, or, where even that cannot be read,
+    far above what was copied."""
+    for also_the_counter in (False, True):
+        path = tmp_path / str(also_the_counter) / JOURNAL_FILE
+        journal = Journal(path)
+        run = journal.start_run("clinic-a", MODELS)
+        for i in range(1200):
+            journal.append(run, frame(i))
+        top = journal.db.execute("SELECT MAX(id) FROM results").fetchone()[0]
+        journal.close()
+        pages = [leaves(path, "results")[-1][0]]
+        if also_the_counter:
+            pages += [page for page, _ in leaves(path, "sqlite_sequence")]
+        damage(path, pages)
+        journal = Journal(path)
+        assert journal.moved_aside is not None and journal.salvaged["results"][1] > 0
+        again = journal.append(journal.start_run("clinic-a", MODELS), frame(0))
+        assert again is not None and again > top, (also_the_counter, again, top)
+        journal.close()

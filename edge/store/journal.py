@@ -68,6 +68,10 @@ SALVAGE_CHUNK = 500  # rows read by one query and written in one transaction
 SALVAGE_CHUNK_BYTES = 4 << 20  # ... or fewer: at most this much text held at once
 SALVAGE_ROW_BYTES = 1 << 20  # a longer row (a real one is ~1 kB) is damage: SQLite refuses it
 SALVAGE_PROBES = 128  # reads spent finding where one damaged range ends (2 x 64: any rowid)
+# Where the old journal's last result id cannot be read, the new one's ids start this far
+# above the last it could copy: ids are never handed out twice (an exam's id derives from
+# its run and its first frame's row), and 64-bit ids have room for any number of gaps.
+SALVAGE_ID_GAP = 1_000_000
 
 _MIGRATIONS = {
     1: """
@@ -193,11 +197,11 @@ def _entry_number(entry: object) -> int:
     return entry if isinstance(entry, int) and 0 < entry < 1 << 31 else 0
 
 
-def _int_or_none(value: object) -> bool:
+def _is_int_or_none(value: object) -> bool:
     return value is None or (isinstance(value, int) and not isinstance(value, bool))
 
 
-def _time_or_none(value: object) -> bool:
+def _is_time_or_none(value: object) -> bool:
     return value is None or number_or_none(value) is not None
 
 
@@ -211,7 +215,8 @@ def _sound_exam(row: dict) -> bool:
             and summary.get("exam_id") == row["exam_id"]  # as the history page reads it
             and _json_dict(row.get("best_frames")) is not None
             and number_or_none(row.get("started_ts")) is not None
-            and _int_or_none(row.get("first_row")) and _int_or_none(row.get("last_row")))
+            and _is_int_or_none(row.get("first_row"))
+            and _is_int_or_none(row.get("last_row")))
 
 
 def _sound_dates(row: dict) -> bool:
@@ -220,7 +225,7 @@ def _sound_dates(row: dict) -> bool:
             or len(raw.encode("utf-8", "surrogatepass")) > MAX_DATES_BYTES:
         return False  # `exam_dates` never reads a longer one
     try:
-        _dates_json(raw)
+        json.loads(raw)
     except (ValueError, RecursionError):
         return False
     entry, entered, told = row.get("entry", 0), row.get("entered_ts"), row.get("told")
@@ -233,7 +238,7 @@ def _sound_run(row: dict) -> bool:
     return (isinstance(row.get("run_id"), str) and isinstance(row.get("source"), str)
             and _json_dict(row.get("models")) is not None
             and number_or_none(row.get("started_ts")) is not None
-            and _time_or_none(row.get("ended_ts")))
+            and _is_time_or_none(row.get("ended_ts")))
 
 
 def _sound_result(row: dict) -> bool:
@@ -377,6 +382,7 @@ def _salvage(aside: Path, db: sqlite3.Connection) -> tuple[dict[str, tuple[int, 
     stopped = ""
 
     def unreadable(exc: BaseException) -> tuple[dict, str]:
+        _carry_results_sequence(None, db)
         return counts, f"nothing in it could be read ({one_line(exc)}): a new, empty " \
                        "journal is started"
 
@@ -412,11 +418,38 @@ def _salvage(aside: Path, db: sqlite3.Connection) -> tuple[dict[str, tuple[int, 
             if stopped:
                 stopped = f"; {stopped}: the rest is only in the moved-aside file"
                 break
+        _carry_results_sequence(old, db)
     finally:
         old.close()
     said = ", ".join(f"{label} {counts[t][0]}/{counts[t][1]}" for t, label, _ in _SALVAGED
                      if t in counts)
     return counts, f"salvaged into a new journal (rows recovered/not readable): {said}{stopped}"
+
+
+def _carry_results_sequence(old: sqlite3.Connection | None, db: sqlite3.Connection) -> None:
+    """Result ids in the new journal go on above every id the old one handed out, copied or
+    not: a frame of the running run given an id again would give its exam the id of an
+    exam already journaled and queued (`exam_id_for`), and the outbox would refuse it."""
+    known = []
+    for sql in ("SELECT seq FROM sqlite_sequence WHERE name = 'results'",
+                "SELECT MAX(rowid) FROM results"):
+        try:
+            value = old.execute(sql).fetchone()[0] if old is not None else None
+        except (sqlite3.Error, TypeError):
+            value = None
+        if isinstance(value, int):
+            known.append(value)
+    copied = db.execute("SELECT MAX(id) FROM results").fetchone()[0] or 0
+    top = max([copied, *known]) if known else copied + SALVAGE_ID_GAP
+    try:
+        with db:
+            if not db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = "
+                              "'results'", (top,)).rowcount:
+                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('results', ?)",
+                           (top,))
+    except sqlite3.Error as exc:  # a full disk: said; the ids of a new run cannot collide
+        log.warning("journal: the next result id could not be carried over (%s)",
+                    one_line(exc))
 
 
 def _copy(scan: _Scan, db: sqlite3.Connection, table: str, label: str, names: list[str],
@@ -535,13 +568,14 @@ class Journal:
         try:
             self.moved_aside = move_aside(self.path)
         except OSError as err:
-            raise JournalError(f"{self.path}: journal is corrupt ({exc}) and cannot be moved "
-                               f"aside ({err.strerror or err})") from None
+            raise JournalError(f"{self.path}: journal is corrupt ({one_line(exc)}) and cannot "
+                               f"be moved aside ({err.strerror or one_line(err)})") from None
         try:
             self._open()
         except sqlite3.DatabaseError as err:
             raise JournalError(f"{self.path}: journal is corrupt (moved to {self.moved_aside})"
-                               f" and a new journal cannot be started ({err})") from None
+                               f" and a new journal cannot be started ({one_line(err)})") \
+                from None
         self.salvaged, said = _salvage(self.moved_aside, self.db)
         log.warning("journal %s is corrupt (%s): moved to %s; %s", self.path, one_line(exc),
                     self.moved_aside, said)
@@ -817,7 +851,9 @@ class Journal:
                 last_row = self.db.execute(
                     "SELECT MAX(id) FROM results WHERE run_id=? AND ts <= ?",
                     (run_id, ended_ts)).fetchone()[0]
-            out.append((json.loads(summary), last_row))
+            parsed = _json_dict(summary)
+            if parsed is not None:  # damage: skipped, as the other readers skip it
+                out.append((parsed, last_row))
         return out
 
     def exam_summaries(self, since_ts: float, limit: int = 100_000) -> list[dict]:
@@ -844,7 +880,8 @@ class Journal:
 
     def exams(self) -> list[dict]:
         rows = self.db.execute("SELECT summary, best_frames FROM exams ORDER BY started_ts")
-        return [{**json.loads(s), "best_frames": json.loads(b)} for s, b in rows]
+        return [{**summary, "best_frames": _json_dict(b) or {}} for s, b in rows
+                if (summary := _json_dict(s)) is not None]
 
     def end_run(self, run_id: str, ended_ts: float | None = None) -> bool:
         """Close a run; False when that could not be written (it stays open, and the next
@@ -878,7 +915,8 @@ class Journal:
         if run_id is not None:
             query += " WHERE run_id=?"
             args = (run_id,)
-        return [json.loads(row[0]) for row in self.db.execute(query + " ORDER BY id", args)]
+        return [record for (raw,) in self.db.execute(query + " ORDER BY id", args)
+                if (record := _json_dict(raw)) is not None]
 
     def runs(self) -> list[dict]:
         cursor = self.db.execute("SELECT * FROM runs ORDER BY started_ts")
