@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.store.state import Reserve, is_corrupt, is_full, move_aside, open_making_room
-from wire.schema import QUEUED_KINDS
+from wire.schema import QUEUED_KINDS, sqlite_uri
 from wire.shown import one_line
 
 log = logging.getLogger("sonoedge.outbox")
@@ -220,7 +220,7 @@ class Outbox:
             raise OutboxError(f"{self.path}: a new outbox cannot be started ({err})") from None
         self.moved_aside, self.salvaged = moved, len(rows)
         log.warning("outbox %s is corrupt (%s): moved to %s; %d message(s) salvaged into a "
-                    "new outbox", self.path, str(exc).splitlines()[0], moved, len(rows))
+                    "new outbox", self.path, one_line(exc), moved, len(rows))
 
     def _init_meta(self) -> None:
         with self._tx():
@@ -554,7 +554,8 @@ def _read_what_remains(path: Path) -> tuple[dict, dict, list]:
     meta: dict[str, int] = {}
     keys: list[tuple[str, int]] = []
     try:
-        conn = sqlite3.connect(str(path), timeout=2.0)
+        # read only: the moved-aside file (and its -wal) stays the evidence it was
+        conn = sqlite3.connect(sqlite_uri(path), uri=True, timeout=2.0)
     except sqlite3.Error:
         return rows, meta, keys
     try:
