@@ -481,6 +481,8 @@ def test_dates_entered_before_an_exam_go_to_the_next_exam_and_never_to_another(p
     dates = {"lmp": "2026-06-10", "today": "2026-12-04"}
     assert call("POST", "/api/lmp", {**dates, "exam_id": None})[0] == b"200"
     assert not srv.view.dates_to_keep  # no exam yet to keep them with
+    # the exam begins: the loop attaches the waiting dates (LoopHook), then shows it
+    srv.view.attach_waiting_dates("e-next")
     srv.view.exam = {"exam_id": "e-next", "running": True, "biometry": None}
     status, state = call("GET", "/api/state")
     assert status == b"200" and state["screening"]["lmp"] == "2026-06-10"

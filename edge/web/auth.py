@@ -324,7 +324,8 @@ class Brake:
             return 0.0
 
     def cancel(self, attempt: Attempt) -> None:
-        """No PIN was verified (a bad or missing body): as if the attempt never began."""
+        """Turned away before its PIN was verified (the verification queue was full): as
+        if the attempt never began."""
         with self._lock:
             if self._in_flight.get(attempt.key) is attempt:
                 del self._in_flight[attempt.key]

@@ -113,22 +113,31 @@ class LiveView:
         with self._dates_lock:
             self.ga_dates = dates
 
+    def queue_dates(self, exam_id: str, dates: dict | None) -> bool:
+        """Either thread: queue an exam's dates for the loop to journal. False when the
+        queue (bounded) is full: appending would push out an entry the box had accepted."""
+        with self._dates_lock:
+            return self._queue_dates(exam_id, dates)
+
+    def _queue_dates(self, exam_id: str, dates: dict | None) -> bool:
+        queue = self.dates_to_keep
+        if len(queue) >= queue.maxlen:
+            return False
+        queue.append((exam_id, dates))
+        return True
+
     def attach_waiting_dates(self, exam_id: str) -> None:
-        """Dates entered before any exam began are that woman's, so they belong to the
-        first exam that begins: attached to it and queued for the journal. The loop does
-        it as the exam begins; when the page did it at its next look, a phone asleep
-        through the exam put them on the one after. If the queue is full, at the next
-        frame or look."""
-        dates = self.ga_dates
-        if dates is None or dates.get("exam_id") is not None:
-            return  # the per-frame path: nothing waits
+        """Loop thread, each frame of an exam: dates entered before any exam began are
+        that woman's, so they belong to the first exam that begins, attached to it and
+        queued for the journal as it begins. When the page did it at its next look, a
+        phone asleep through the exam put them on the one after. If the queue is full,
+        at the next frame."""
         with self._dates_lock:
             dates = self.ga_dates
-            queue = self.dates_to_keep
-            if dates is None or dates.get("exam_id") is not None or len(queue) >= queue.maxlen:
+            if dates is None or dates.get("exam_id") is not None:
                 return
-            self.ga_dates = {**dates, "exam_id": exam_id}
-            queue.append((exam_id, {"lmp": dates["lmp"], "today": dates["today"]}))
+            if self._queue_dates(exam_id, {"lmp": dates["lmp"], "today": dates["today"]}):
+                self.ga_dates = {**dates, "exam_id": exam_id}
 
 
 class SteadyConfidence:

@@ -1042,8 +1042,6 @@ class WebServer:
 
     def _screening(self) -> dict:
         exam = self.view.exam
-        if exam is not None:  # entered before the exam began (the loop attaches them too)
-            self.view.attach_waiting_dates(exam["exam_id"])
         dates = self.view.ga_dates
         if dates is not None and exam is not None and dates["exam_id"] != exam["exam_id"]:
             dates = None  # entered for another woman's exam
@@ -1115,17 +1113,10 @@ class WebServer:
         """Queue an exam's dates for the loop to journal; a full queue (the loop takes
         none while the models load or no frame comes) refuses them: 503, never an entry
         the box already accepted pushed out by this one."""
-        if self._dates_queue_full():
+        if not self.view.queue_dates(exam_id, dates):
             raise web.HTTPServiceUnavailable(text="the dates were not kept: the device has "
                                              "not yet kept the last ones; enter them again "
                                              "in a minute")
-        self.view.dates_to_keep.append((exam_id, dates))
-
-    def _dates_queue_full(self) -> bool:
-        """Whether the loop's queue of dates (`LiveView.dates_to_keep`, bounded) takes no
-        more: an entry appended then would push out one the box had accepted."""
-        queue = self.view.dates_to_keep
-        return len(queue) >= queue.maxlen
 
     async def _lmp(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
