@@ -188,16 +188,24 @@ def verified_bytes(manifest: Manifest) -> bytes:
     except (OSError, PayloadError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ModelError(f"{manifest.model_path}: cannot read model file ({reason})") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != manifest.sha256:
-        raise ModelError(f"{manifest.model_path}: sha256 {actual[:12]}... does not match "
-                         f"its manifest ({manifest.sha256[:12]}...); refusing to load it")
+    _same_digest(manifest, hashlib.sha256(data).hexdigest())
     return data
 
 
+def _same_digest(manifest: Manifest, actual: str) -> None:
+    if actual != manifest.sha256:
+        raise ModelError(f"{manifest.model_path}: sha256 {actual[:12]}... does not match "
+                         f"its manifest ({manifest.sha256[:12]}...); refusing to load it")
+
+
 def verify(manifest: Manifest) -> None:
-    """The model file exists and is byte-for-byte the one the manifest describes."""
-    verified_bytes(manifest)
+    """The model file exists and is byte-for-byte the one the manifest describes (hashed
+    as it streams by: a listing need not hold every model in memory; `load_model` loads
+    `verified_bytes` instead)."""
+    if not manifest.model_path.is_file():
+        raise ModelError(f"{manifest.model_path}: model file missing "
+                         f"(named by {manifest.path.name})")
+    _same_digest(manifest, sha256_of(manifest.model_path))
 
 
 def find_manifest(models_dir: Path, name: str) -> Manifest:
