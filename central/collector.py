@@ -11,15 +11,18 @@ Every message is treated as hostile. Its size and nesting depth are checked on t
 bytes before it is parsed (``wire.schema.loads_bounded``), numbers must be finite and in the
 schema's ranges, and the device named in the payload must be the one in the topic (which the
 broker's ACL ties to the user that logged in). Anything that is not a valid message, or that
-the database refuses, goes to the dead-letter table with the reason; nothing one message
-holds can stop the collector. The clinic of a device comes from the district's registry
-(``--registry``, written by ``board/provision.py``), never from the payload.
+the database refuses, goes to the dead-letter table with the reason (or, over its device's
+quota, is only counted); nothing one message holds can stop the collector. The clinic of a
+device comes from the district's registry (``--registry``, written by
+``board/provision.py``), never from the payload.
 
 Nor can one device fill the district's disk: each device (the device id of the topic;
 topics without one share a bucket) has at most ``dead_letter_quota`` dead letters written
 in any rolling ``dead_letter_window_s``. The rest are acknowledged and counted
 (``stats["dead_over_quota"]``), and summed up in at most one log line per
-``dead_letter_log_s``; a device's valid messages are stored whatever its quota. A message
+``dead_letter_log_s``; a device's valid messages are stored whatever its quota. QoS 0
+messages (no device sends them) beyond ``receive_maximum`` held while the database is down
+are dropped and counted (``stats["qos0_dropped"]``). A message
 whose ``msg_id`` is stored with other content is such a dead letter too, naming the
 ``msg_id`` (``stats["conflicts"]``; an identical redelivery is a silent duplicate).
 
@@ -45,6 +48,7 @@ from pathlib import Path
 
 from central.db import DbError, DeadLetter, Row, Store, dead_letter
 from wire import schema as wire_schema
+from wire.mqtt import backoff_delay
 
 log = logging.getLogger("sonoedge.central")
 
@@ -82,10 +86,11 @@ class CollectorSettings:
     # At most one log line this often sums up the dead letters over quota: a flood of them
     # must not become a flood of log lines (one a minute, as the collector's stats).
     dead_letter_log_s: float = 60.0
-    # Waits between attempts to store a batch while the database cannot be written, doubling
-    # from the first to the last: a dropped connection (a restart, a failover) is tried
-    # again at once, an outage of hours costs a try per 30 s, and a database back is
-    # written to within 30 s. The same numbers as the broker's reconnects.
+    # Waits between attempts to store a batch while the database cannot be written: half
+    # to all of a cap doubling from the first to the last (`wire.mqtt.backoff_delay`). A
+    # dropped connection (a restart, a failover) is tried again within half a second, an
+    # outage of hours costs a try per 15-30 s, and a database back is written to within
+    # 30 s. The same numbers as the broker's reconnects.
     db_retry_min_s: float = 0.5
     db_retry_max_s: float = 30.0
 
@@ -307,18 +312,12 @@ class Collector:
             if self.stop_event.is_set() or (deadline and time.monotonic() >= deadline):
                 break
             attempt = 0 if ok else attempt + 1
-            self.stop_event.wait(self._backoff(self.settings.reconnect_min_s,
-                                               self.settings.reconnect_max_s, attempt))
+            self.stop_event.wait(backoff_delay(attempt, self.settings.reconnect_min_s,
+                                               self.settings.reconnect_max_s, self._rng))
         self._say_over_quota(force=True)
         log.info("collector %s stopping: %s", self.client_id, self.stats)
         self.store.close()
         return 0
-
-    def _backoff(self, first: float, last: float, attempt: int) -> float:
-        """The wait before try ``attempt`` + 1: doubling from ``first`` to ``last``, and
-        from half to all of it at random, so that collectors do not come back together."""
-        cap = min(last, first * 2 ** min(attempt, 20))
-        return cap / 2 + self._rng.uniform(0, cap / 2)
 
     def _error(self, text: str) -> None:
         if text != self._last_error:
@@ -462,9 +461,9 @@ class Collector:
             log.warning("central: database down, %d message(s) held unacknowledged and "
                         "tried again after waits doubling from %g s to %g s: %s", held,
                         self.settings.db_retry_min_s, self.settings.db_retry_max_s, text)
-        self._db_retry_at = now + self._backoff(self.settings.db_retry_min_s,
-                                                self.settings.db_retry_max_s,
-                                                self._db_failures)
+        self._db_retry_at = now + backoff_delay(
+            self._db_failures, self.settings.db_retry_min_s, self.settings.db_retry_max_s,
+            self._rng)
         self._db_failures += 1
 
     def _database_up(self, stored: int) -> None:

@@ -25,7 +25,7 @@ and then nothing of the batch is acknowledged.
 First wins, but a conflict is seen: a message whose ``msg_id`` is stored already is kept
 out, and when its content differs from the stored message's (``same_content``: parsed
 JSON, so neither key order nor white space counts, and without the envelope fields a
-re-send gives anew, ``RESENT_FIELDS``) the collector's ``store_batch`` records it as a dead
+re-send gives anew, ``RESENT_FIELDS``) ``Store.store_batch`` records it as a dead
 letter whose reason names the ``msg_id``, in the same transaction. An identical redelivery
 stays a silent duplicate. ``store`` and ``store_checked`` write only what they are given.
 """
@@ -108,7 +108,9 @@ _SELECT_STORED = "SELECT device_id, seq, payload FROM messages WHERE msg_id = ?"
 # What a device gives anew when it queues a message again under its old msg_id (its outbox
 # lost, the exam re-queued from the journal: ``resent``): a new seq, and the envelope of the
 # boot that queued it. Not the message's content: a difference there is no conflict.
-RESENT_FIELDS = ("seq", "boot_id", "ts", "mono_s")
+# The payload's clinic and schema too: the collector reads the clinic from its registry,
+# and a device re-provisioned or updated before the re-send gives them anew.
+RESENT_FIELDS = ("seq", "boot_id", "ts", "mono_s", "clinic_id", "schema")
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ import pytest
 from edge.exam import tally
 from edge.store.outbox import ROW_OVERHEAD_BYTES, Outbox, OutboxError, open_outbox, read_boot_id
 from edge.uplink import messages
-from edge.uplink.mqtt import MqttSettings, Uplink, backoff_delay
+from edge.uplink.mqtt import MqttSettings, Uplink
 from tests.conftest_mqtt import REPO, py_env
 from tests.device_sim import frame_result
 from wire import schema as wire_schema
-from wire.mqtt import parse_mqtt_url, redact_url
+from wire.mqtt import backoff_delay, parse_mqtt_url, redact_url
 
 
 def health_body(n: int = 0) -> dict:

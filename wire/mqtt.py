@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 import ssl
@@ -13,6 +14,13 @@ from urllib.parse import unquote, urlsplit
 from wire.shown import shown as shown_value
 
 TOPIC_PREFIX = "sonoedge"
+
+
+def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped at ``hi``,
+    so that many clients (devices, collectors) do not come back together."""
+    cap = min(hi, lo * (2 ** min(attempt, 20)))
+    return cap / 2 + rng.uniform(0, cap / 2)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,13 @@ from edge.store.outbox import (
 )
 from edge.store.state import Reserve, is_full
 from edge.uplink import messages
-from wire.mqtt import describe_connect_error, parse_mqtt_url, read_secret_file, topic_for
+from wire.mqtt import (
+    backoff_delay,
+    describe_connect_error,
+    parse_mqtt_url,
+    read_secret_file,
+    topic_for,
+)
 from wire.schema import id_pattern, load_schema, validate
 from wire.shown import shown
 
@@ -144,12 +150,6 @@ def check_mqtt_settings(s: MqttSettings) -> None:
             raise ValueError(f"mqtt.{key}: {path}: no such file")
     if s.password_file:
         read_secret_file(s.password_file)
-
-
-def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
-    """Exponential backoff with "equal jitter": half fixed, half random, capped at ``hi``."""
-    cap = min(hi, lo * (2 ** min(attempt, 20)))
-    return cap / 2 + rng.uniform(0, cap / 2)
 
 
 def read_status(state_dir: Path | str) -> dict | None:
