@@ -334,6 +334,13 @@ def check_args(args: argparse.Namespace) -> None:
     if args.maps_from is not None and (args.maps_from < 1 or args.continue_from is not None):
         raise ValueError(f"--maps-from {args.maps_from}: a finished run of at least 1 step, "
                          "and not together with --continue-from")
+    if args.feature_weight is not None and not (math.isfinite(args.feature_weight)
+                                                and 0.0 <= args.feature_weight <= 100.0):
+        raise ValueError(f"--feature-weight {args.feature_weight}: must be 0 to 100 (the "
+                         "feature term's weight beside the KL terms; 1.5.0: 4)")
+    if args.feature_weight and args.low_res_steps:
+        raise ValueError("--feature-weight: not with --low-res-steps (the teacher's hidden "
+                         "layer is kept at full resolution only)")
     if args.head_weight is not None and not (math.isfinite(args.head_weight)
                                              and 0.0 <= args.head_weight < 1.0):
         raise ValueError(f"--head-weight {args.head_weight}: must be at least 0 and below 1 "

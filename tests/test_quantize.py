@@ -461,7 +461,10 @@ def test_export_teacher_fp32_writes_a_verified_manifest(tmp_path, monkeypatch):
     (["--views-per-frame", "0"], "--views-per-frame 0"),
     (["--views-per-frame", "1000"], "must be 1 to 64"),
     (["--maps-from", "5000", "--continue-from", "4000", "--steps", "400"], "--maps-from 5000"),
-    (["--maps-from", "0", "--steps", "400"], "--maps-from 0")])
+    (["--maps-from", "0", "--steps", "400"], "--maps-from 0"),
+    (["--feature-weight", "-1"], "--feature-weight -1.0"),
+    (["--feature-weight", "inf"], "--feature-weight inf"),
+    (["--feature-weight", "4", "--low-res-steps", "200"], "not with --low-res-steps")])
 def test_a_build_with_senseless_numbers_is_one_line_before_any_work(args, needle, capsys):
     from quantize.build_models import main
 
@@ -616,10 +619,34 @@ def test_the_feature_term_draws_the_students_hidden_layer_to_the_teachers(tmp_pa
                                    hidden=hidden)
     assert distance(tmp_path / "long.pt", trained) < 0.5 * distance(tmp_path / "short.pt",
                                                                     short)
+    # stopped after its first checkpoint and started again: bit for bit the unbroken run,
+    # its adapter included
+    calls, real_norm = [], distil._norm_batch
+
+    def dies_after_the_checkpoint(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 31:
+            raise KeyboardInterrupt("the power went")
+        return real_norm(*args, **kwargs)
+
+    distil._norm_batch = dies_after_the_checkpoint
+    try:
+        torch.manual_seed(0)
+        with pytest.raises(KeyboardInterrupt):
+            distil.train_student(MobileStudent(), cache, tmp_path / "cut.pt", 0, settings,
+                                 hidden=hidden)
+    finally:
+        distil._norm_batch = real_norm
+    assert torch.load(tmp_path / "cut.pt", weights_only=False)["step"] == 30
     torch.manual_seed(0)
-    resumed = distil.train_student(MobileStudent(), cache, tmp_path / "long.pt", 0,
+    resumed = distil.train_student(MobileStudent(), cache, tmp_path / "cut.pt", 0,
                                    settings, hidden=hidden)
-    assert torch.equal(resumed.adaptation[1][0].weight, trained.adaptation[1][0].weight)
+    for (name, a), (_, b) in zip(trained.state_dict().items(), resumed.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    adapters = [torch.load(tmp_path / f, weights_only=False)["adapter"]
+                for f in ("long.pt", "cut.pt")]
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
     with pytest.raises(ValueError, match="hidden layer"):
         distil.train_student(MobileStudent(), cache, tmp_path / "none.pt", 0, settings)
 
