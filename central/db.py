@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wire.mqtt import topic_for
 from wire.schema import QUEUED_KINDS
 from wire.shown import one_line, printable
 
@@ -89,10 +90,11 @@ _INSERT_MSG = (
 )
 # Run when a row's insert conflicted: records its seq only when the message stored under its
 # msg_id is the same device's under another seq (a re-sent duplicate, not a redelivery).
+# Run when a queued kind's msg_id is stored already from the same device under another
+# seq (`_SELECT_STORED` read it): a re-send after a lost outbox, whose seq is no hole.
 _INSERT_RESENT = (
     "INSERT INTO resent (device_id, seq, msg_id, kind, clinic_id, device_ts, received_ts, "
-    "collector) SELECT ?, ?, ?, ?, ?, ?, ?, ? FROM messages "
-    "WHERE msg_id = ? AND device_id = ? AND seq <> ? ON CONFLICT (device_id, seq) DO NOTHING"
+    "collector) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING"
 )
 # The kinds that take a seq from the device's counter (status repeats the last one): the
 # wire's one list, so that a new queued kind is no hole in the report's and the dashboard's
@@ -203,7 +205,7 @@ def conflict_letter(row: Row, stored: tuple) -> DeadLetter:
     """The dead letter of a valid message whose msg_id is stored with other content;
     ``stored`` is the kept message's (device_id, seq, payload)."""
     device, seq, _ = stored
-    return dead_letter(f"sonoedge/{row.device_id}/{row.kind}", row.payload.encode("utf-8"),
+    return dead_letter(topic_for(row.device_id, row.kind), row.payload.encode("utf-8"),
                        f"conflict: msg_id {row.msg_id} is stored with other content (from "
                        f"{device}, seq {seq}); the first is kept", row.collector,
                        row.received_ts)
@@ -360,7 +362,7 @@ class Store:
                 done.conflicts += one.conflicts
             except self._row_errors as exc:
                 refused.append(DeadLetter(
-                    digest=r.msg_id, topic=f"sonoedge/{r.device_id}/{r.kind}"[:255],
+                    digest=r.msg_id, topic=topic_for(r.device_id, r.kind)[:255],
                     reason=f"database refused it: {one_line(exc)}"[:500],
                     size=len(r.payload), preview=r.payload[:DEAD_PREVIEW_CHARS],
                     received_ts=r.received_ts, collector=r.collector))
@@ -384,15 +386,19 @@ class Store:
                 if cur.rowcount > 0:
                     done.rows += 1
                     continue
-                if r.kind in SEQ_KINDS:
+                if r.kind not in SEQ_KINDS and not find_conflicts:
+                    continue
+                cur.execute(_SELECT_STORED, (r.msg_id,))  # the kept message, read once
+                stored = cur.fetchall()
+                if not stored:
+                    continue
+                device, seq, payload = stored[0]
+                if r.kind in SEQ_KINDS and device == r.device_id and seq != r.seq:
                     cur.execute(_INSERT_RESENT, (
                         r.device_id, r.seq, r.msg_id, r.kind, r.clinic_id, r.device_ts,
-                        r.received_ts, r.collector, r.msg_id, r.device_id, r.seq))
-                if find_conflicts:
-                    cur.execute(_SELECT_STORED, (r.msg_id,))
-                    stored = cur.fetchall()
-                    if stored and not same_content(stored[0][2], r.payload):
-                        done.conflicts.append(conflict_letter(r, stored[0]))
+                        r.received_ts, r.collector))
+                if find_conflicts and not same_content(payload, r.payload):
+                    done.conflicts.append(conflict_letter(r, stored[0]))
             for d in dead + done.conflicts:
                 if admit(d):
                     cur.execute(_INSERT_DEAD, (d.digest, d.topic, d.reason, d.size,
