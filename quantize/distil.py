@@ -50,7 +50,7 @@ from quantize.data import (
 )
 from quantize.specs import STUDENT_SPEC, TEACHER_SPEC
 from quantize.specs import norm_batch as _norm_batch
-from quantize.teacher import SonoNet16, teacher_targets
+from quantize.teacher import SonoNet16, teacher_batches, teacher_targets
 
 STUDENT_STEM_STRIDE = 2
 
@@ -330,14 +330,10 @@ def _hidden_file(views_file: Path) -> Path:
 def teacher_hidden(teacher: SonoNet16, views: np.ndarray, batch: int = 32) -> np.ndarray:
     """The teacher's 64-channel hidden layer on the 14x18 grid (its adaptation's first 1x1
     conv, after the ReLU; the 14 class maps are one linear layer on it), float16."""
-    out = []
     with torch.inference_mode():
-        for i in range(0, len(views), batch):
-            x = _norm_batch(views[i : i + batch], TEACHER_SPEC)
-            hidden = teacher.adaptation[0](teacher.features(
-                x.contiguous(memory_format=torch.channels_last)))
-            out.append(hidden.contiguous().numpy().astype(np.float16))
-    return np.concatenate(out)
+        return np.concatenate([teacher.adaptation[0](teacher.features(x)).contiguous()
+                               .numpy().astype(np.float16)
+                               for x in teacher_batches(views, batch)])
 
 
 def cache_hidden(teacher: SonoNet16, cache_dir: Path) -> None:

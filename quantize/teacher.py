@@ -91,17 +91,25 @@ def load_teacher(npz_path: Path) -> SonoNet16:
     return model.eval()
 
 
+def teacher_batches(views: np.ndarray, batch: int = 32):
+    """uint8 teacher-res views as the teacher reads them, `batch` at a time (normalised,
+    channels-last): the one loop every teacher pass goes through (under the caller's
+    `torch.inference_mode()`)."""
+    from quantize.specs import TEACHER_SPEC, norm_batch
+
+    for i in range(0, len(views), batch):
+        x = norm_batch(views[i : i + batch], TEACHER_SPEC)
+        yield x.contiguous(memory_format=torch.channels_last)
+
+
 def teacher_targets(teacher, views: np.ndarray,
                     batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Teacher logits (n, 14) and class maps (n, 14, h, w) for uint8 teacher-res views.
     `teacher` is a SonoNet16 or a FastTeacher (anything with `forward_maps`)."""
-    from quantize.specs import TEACHER_SPEC, norm_batch
-
     logits, maps = [], []
     with torch.inference_mode():
-        for i in range(0, len(views), batch):
-            x = norm_batch(views[i : i + batch], TEACHER_SPEC)
-            lg, mp = teacher.forward_maps(x.contiguous(memory_format=torch.channels_last))
+        for x in teacher_batches(views, batch):
+            lg, mp = teacher.forward_maps(x)
             logits.append(lg.numpy())
             maps.append(mp.contiguous().numpy())
     return np.concatenate(logits), np.concatenate(maps)
