@@ -132,7 +132,10 @@ class LiveView:
         queued for the journal as it begins. When the page did it at its next look, a
         phone asleep through the exam put them on the one after. If the queue is full,
         at the next frame."""
-        with self._dates_lock:
+        waiting = self.ga_dates  # read without the lock: each frame, nothing waits
+        if waiting is None or waiting.get("exam_id") is not None:
+            return
+        with self._dates_lock:  # read again: the page may have changed them meanwhile
             dates = self.ga_dates
             if dates is None or dates.get("exam_id") is not None:
                 return
