@@ -48,3 +48,18 @@ def test_a_model_file_that_is_a_fifo_or_too_large_is_one_line(models_copy, monke
     with pytest.raises(ModelError, match="plane_student.tflite: cannot read model file "
                                          r"\(too large"):
         load_model(manifest, "litert", 1)
+
+
+def test_an_empty_model_file_its_manifest_vouches_for_is_one_line_that_says_so(models_copy):
+    # LiteRT took the empty bytes for none given: "`model_path` or `model_content` must be
+    # specified", a line that names no fault of the file.
+    import hashlib
+    import json
+
+    path = models_copy / "plane_student.json"
+    raw = json.loads(path.read_text())
+    raw["sha256"] = hashlib.sha256(b"").hexdigest()
+    path.write_text(json.dumps(raw))
+    (models_copy / "plane_student.tflite").write_bytes(b"")
+    with pytest.raises(ModelError, match=r"plane_student.tflite: model file is empty$"):
+        load_model(read_manifest(path), "litert", 1)

@@ -189,6 +189,8 @@ def verified_bytes(manifest: Manifest) -> bytes:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ModelError(f"{manifest.model_path}: cannot read model file ({reason})") from None
     _same_digest(manifest, hashlib.sha256(data).hexdigest())
+    if not data:  # LiteRT reads no bytes as "no model given" and says so
+        raise ModelError(f"{manifest.model_path}: model file is empty")
     return data
 
 
