@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edge.result import FrameResult
+from edge.store.scan import DamagedTableScan
 from edge.store.state import (
     Reserve,
     StateError,
@@ -64,10 +65,9 @@ QUOTA_CHECK_EVERY = 200  # frames between two looks at the journal's size agains
 # Measured: ~270,000 frame results (~250 MB of journal) in 10 s on a busy 2-core x86 box;
 # memory stays within a few MB (a chunk at a time).
 SALVAGE_SECONDS = 10.0
-SALVAGE_CHUNK = 500  # rows read by one query and written in one transaction
+SALVAGE_CHUNK = 500  # rows written in one transaction
 SALVAGE_CHUNK_BYTES = 4 << 20  # ... or fewer: at most this much text held at once
 SALVAGE_ROW_BYTES = 1 << 20  # a longer row (a real one is ~1 kB) is damage: SQLite refuses it
-SALVAGE_PROBES = 128  # reads spent finding where one damaged range ends (2 x 64: any rowid)
 # Where the old journal's last result id cannot be read, the new one's ids start this far
 # above the last it could copy: ids are never handed out twice (an exam's id derives from
 # its run and its first frame's row), and 64-bit ids have room for any number of gaps.
@@ -250,128 +250,6 @@ def _sound_result(row: dict) -> bool:
 # of exams an outbox lost), their dates, then the runs and frame results a start replays.
 _SALVAGED = (("exams", "exams", _sound_exam), ("exam_dates", "exam dates", _sound_dates),
              ("runs", "runs", _sound_run), ("results", "frame results", _sound_result))
-_TOP = (1 << 63) - 1  # the largest rowid
-
-
-class _Scan:
-    """The rows of one table of a corrupt journal, newest first, read around its damage.
-
-    A damaged page fails any read that reaches it, and everything the same query would
-    have read after it. So rows are read in chunks downward from the last (`rowid <= pos
-    ORDER BY rowid DESC LIMIT n`); where a chunk fails, single-row reads find the highest
-    rowid below the damage from which reading works again, galloping down and then
-    halving the gap, at most SALVAGE_PROBES reads, and the chunks go on from there. The
-    first single read is at the failure itself: Python's cursor steps one row ahead, so
-    the row just before a damaged page was read but never handed over.
-
-    `lost` counts the rowids the unreadable ranges span, within the table's first and last
-    rowid where those can be read: the rows lost there, or more where rows had been deleted
-    (the oldest frames shed). A range reaching an end that cannot be read counts one."""
-
-    def __init__(self, db: sqlite3.Connection, table: str, columns: list[str],
-                 deadline: float):
-        self.db, self.deadline = db, deadline
-        names = ", ".join(f'"{c}"' for c in columns)
-        self._sql = (f'SELECT rowid, {names} FROM "{table}" WHERE rowid <= ? '
-                     "ORDER BY rowid DESC LIMIT ?")
-        self.lo = self._bound(f'SELECT MIN(rowid) FROM "{table}"')
-        self.hi = self._bound(f'SELECT MAX(rowid) FROM "{table}"')
-        if self.hi is None and table == "results":  # AUTOINCREMENT: none above its sequence
-            self.hi = self._bound("SELECT seq FROM sqlite_sequence WHERE name = 'results'")
-        self.lost = 0
-        self.timed_out = False
-
-    def _bound(self, sql: str) -> int | None:
-        try:
-            value = self.db.execute(sql).fetchone()[0]
-        except sqlite3.Error:
-            return None
-        return value if isinstance(value, int) else None
-
-    def rows(self) -> Iterator[tuple]:
-        pos = _TOP if self.hi is None else self.hi
-        while pos >= 0:
-            if time.monotonic() > self.deadline:
-                self.timed_out = True
-                return
-            read = 0
-            try:
-                for row in self.db.execute(self._sql, (pos, SALVAGE_CHUNK)):
-                    if not isinstance(row[0], int) or row[0] > pos:
-                        raise sqlite3.DatabaseError("rows out of order")
-                    pos, read = row[0] - 1, read + 1
-                    yield row
-            except sqlite3.Error:
-                found = self._past_damage(pos)
-                if self.timed_out:
-                    return
-                below, row = found if found is not None else (None, None)
-                self.lost += self._span(below, pos, row is None)
-                if row is None:
-                    return  # nothing readable below the damage
-                pos = row[0] - 1
-                yield row
-                continue
-            if read < SALVAGE_CHUNK:
-                return  # the table's first row
-
-    def _read_one(self, at: int) -> tuple[bool, tuple | None]:
-        """(whether a read at `at` works, the row at or below it: None for none)."""
-        if time.monotonic() > self.deadline:
-            self.timed_out = True
-            return False, None
-        try:
-            rows = self.db.execute(self._sql, (at, 1)).fetchall()
-        except sqlite3.Error:
-            return False, None
-        if rows and (not isinstance(rows[0][0], int) or rows[0][0] > at):
-            return False, None
-        return True, rows[0] if rows else None
-
-    def _past_damage(self, bad: int) -> tuple[int, tuple | None] | None:
-        """Below a read that failed at `bad`: the highest rowid it finds from which a read
-        works, with the row read there; None if none does within SALVAGE_PROBES reads."""
-        ok, row = self._read_one(bad)
-        if ok:
-            return bad, row
-        step, good = 1, None
-        for _ in range(SALVAGE_PROBES // 2):
-            at = max(bad - step, 0)
-            ok, row = self._read_one(at)
-            if ok:
-                good = at
-                break
-            if at == 0 or self.timed_out:
-                return None
-            bad, step = at, step * 2
-        if good is None:
-            return None
-        for _ in range(SALVAGE_PROBES // 2):
-            if bad - good <= 1 or self.timed_out:
-                break
-            mid = (good + bad) // 2
-            ok, found = self._read_one(mid)
-            if ok:
-                good, row = mid, found
-            else:
-                bad = mid
-        return good, row
-
-    def _span(self, below: int | None, top: int, to_bottom: bool) -> int:
-        """Rowids in (below, top] that may have held rows: the unreadable range."""
-        if top == _TOP and self.hi is None:
-            return 1  # the table's last page: where it ended is not known
-        if self.hi is not None:
-            top = min(top, self.hi)
-        if to_bottom or below is None:
-            if self.lo is None:
-                return 1  # the table's first page: where it began is not known
-            below = self.lo - 1 if below is None else below
-        if self.lo is not None:
-            below = max(below, self.lo - 1)
-        return max(0, top - below)
-
-
 def _salvage(aside: Path, db: sqlite3.Connection) -> tuple[dict[str, tuple[int, int]], str]:
     """Copy into `db`, a new journal, every sound row still readable in the corrupt journal
     `aside` (left as it was: read only, its write-ahead log included), table by table in
@@ -409,7 +287,7 @@ def _salvage(aside: Path, db: sqlite3.Connection) -> tuple[dict[str, tuple[int, 
             alias = {r[1] for r in new if r[5] == 1 and r[2].upper() == "INTEGER"}
             # an older journal's table has fewer columns: the others stay as migrations left
             columns = [r[1] for r in new if r[1] in layouts[table] and r[1] not in alias]
-            scan = _Scan(old, table, columns, deadline)
+            scan = DamagedTableScan(old, table, columns, deadline)
             copied, refused, stopped = _copy(scan, db, table, label, ["rowid", *columns],
                                              sound)
             counts[table] = (copied, scan.lost + refused)
@@ -452,7 +330,7 @@ def _carry_results_sequence(old: sqlite3.Connection | None, db: sqlite3.Connecti
                     one_line(exc))
 
 
-def _copy(scan: _Scan, db: sqlite3.Connection, table: str, label: str, names: list[str],
+def _copy(scan: DamagedTableScan, db: sqlite3.Connection, table: str, label: str, names: list[str],
           sound: Callable[[dict], bool]) -> tuple[int, int, str]:
     """Insert the sound rows of `scan` into `db`'s `table`, a transaction per chunk:
     (rows inserted, rows refused, why it stopped early: "" for not)."""

@@ -36,8 +36,10 @@ exam the outbox no longer knows) is the same message to the collector.
 
 Faults: a full disk is ``OutboxFull`` (the uplink holds the message in memory and queues it
 as soon as there is room). A corrupt outbox is moved aside with one log line saying where,
-and every message that can still be read from it is salvaged into a new one with its
-``msg_id`` and ``seq``; the sequence goes on from the highest seq known.
+and every message that can still be read from it, around its damaged pages
+(`DamagedTableScan`) and within SALVAGE_SECONDS, is salvaged into a new one with its
+``msg_id`` and ``seq``, in the order it was first queued; the sequence goes on from the
+highest seq known.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.store.scan import DamagedTableScan
 from edge.store.state import Reserve, is_corrupt, is_full, move_aside, open_making_room
 from wire.schema import QUEUED_KINDS, sqlite_uri
 from wire.shown import one_line
@@ -62,6 +65,9 @@ OUTBOX_FILE = "outbox.sqlite3"
 LAYOUT_VERSION = 1
 ROW_OVERHEAD_BYTES = 96  # rough on-disk cost of a row beside its payload (ids, topic, index)
 DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
+# The salvage of a corrupt outbox (`_read_what_remains`) holds up the start: it stops after
+# this long (what it has not reached stays in the moved-aside file only).
+SALVAGE_SECONDS = 10.0
 KINDS = QUEUED_KINDS  # the kinds that travel through the outbox; status is live-only
 # Kept alike under the quota: an exam's age-by-dates correction is as much the district's
 # record as the exam itself, and far smaller.
@@ -198,18 +204,18 @@ class Outbox:
         except OSError as err:
             raise OutboxError(f"{self.path}: outbox is corrupt ({exc}) and cannot be moved "
                               f"aside ({err.strerror or err})") from None
-        rows, meta, keys = _read_what_remains(moved)
+        rows, meta, keys, unread = _read_what_remains(moved, self.quota_bytes)
         try:
             self._open()
             with self._tx() as db:
-                for row in rows.values():
+                for row in rows:
                     db.execute(f"INSERT OR IGNORE INTO outbox({_COLUMNS}) VALUES "
                                "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
                 for key, seq in keys:
                     db.execute("INSERT OR IGNORE INTO keys(key, seq, ts) VALUES (?, ?, ?)",
                                (key, seq, time.time()))
                 top = max([int(seq_floor), int(meta.get("seq", 0))]
-                          + [int(r[1]) for r in rows.values()])
+                          + [int(r[1]) for r in rows])
                 db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (top,))
                 for name in ("dropped_health", "dropped_exam", "reported_health",
                              "reported_exam"):
@@ -220,7 +226,7 @@ class Outbox:
             raise OutboxError(f"{self.path}: a new outbox cannot be started ({err})") from None
         self.moved_aside, self.salvaged = moved, len(rows)
         log.warning("outbox %s is corrupt (%s): moved to %s; %d message(s) salvaged into a "
-                    "new outbox", self.path, one_line(exc), moved, len(rows))
+                    "new outbox%s", self.path, one_line(exc), moved, len(rows), unread)
 
     def _init_meta(self) -> None:
         with self._tx():
@@ -546,46 +552,58 @@ def open_outbox(state_dir: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES,
     return Outbox(Path(state_dir) / OUTBOX_FILE, quota_bytes=quota_bytes, seq_floor=seq_floor)
 
 
-def _read_what_remains(path: Path) -> tuple[dict, dict, list]:
-    """Messages, counters and keys still readable in a corrupt outbox: the rows before the
-    damage (read forwards) and after it (read backwards); a row whose payload is not the
-    message it claims to be is left behind."""
-    rows: dict[str, tuple] = {}
+def _read_what_remains(path: Path, quota_bytes: int) -> tuple[list[tuple], dict, list, str]:
+    """Messages (in the order they were queued), counters and keys still readable in a
+    corrupt outbox, read around its damaged pages (`DamagedTableScan`) within
+    SALVAGE_SECONDS; a row longer than the quota admits, or whose payload is not the
+    message it claims to be, is left behind. The last item says what could not be read."""
+    found: dict[str, tuple[int, tuple]] = {}  # msg_id -> (its old id, its row)
     meta: dict[str, int] = {}
     keys: list[tuple[str, int]] = []
+    deadline = time.monotonic() + SALVAGE_SECONDS
     try:
         # read only: the moved-aside file (and its -wal) stays the evidence it was
         conn = sqlite3.connect(sqlite_uri(path), uri=True, timeout=2.0)
-    except sqlite3.Error:
-        return rows, meta, keys
+    except sqlite3.Error as exc:
+        return [], meta, keys, f"; nothing in it could be read ({one_line(exc)})"
     try:
-        for order in ("ASC", "DESC"):
-            try:
-                for row in conn.execute(f"SELECT {_COLUMNS} FROM outbox ORDER BY id {order}"):
-                    if _sound(row):
-                        rows.setdefault(row[0], row)
-            except sqlite3.Error:
-                pass
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, min(quota_bytes + 4096, 1 << 30))
+        # a single query that runs past the deadline (a long run of damage) is interrupted
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        scan = DamagedTableScan(conn, "outbox", _COLUMNS.split(", "), deadline)
+        refused = 0
+        for row in scan.rows():
+            if _sound(row[1:]):
+                found.setdefault(row[1], (row[0], row[1:]))
+            else:
+                refused += 1
         try:
             meta = {str(k): int(v) for k, v in conn.execute("SELECT key, value FROM meta")}
         except (sqlite3.Error, TypeError, ValueError):
             meta = {}
-        try:
-            keys = [(str(k), int(q)) for k, q in conn.execute("SELECT key, seq FROM keys")]
-        except (sqlite3.Error, TypeError, ValueError):
-            keys = []
+        known = DamagedTableScan(conn, "keys", ["key", "seq"], deadline)
+        for _, key, seq in known.rows():
+            if isinstance(key, str) and isinstance(seq, int):
+                keys.append((key, seq))
     finally:
         conn.close()
+    # a damaged range's span counts the ids of messages sent (and deleted) there too
+    said = f"; damaged ranges span {scan.lost} message id(s)" if scan.lost else ""
+    said += f"; {refused} row(s) not the message they claim left behind" if refused else ""
+    if scan.timed_out or known.timed_out:
+        said += (f"; stopped after {SALVAGE_SECONDS:g} s (SALVAGE_SECONDS): the rest is only "
+                 "in the moved-aside file")
+    rows = [row for _, row in sorted(found.values(), key=lambda item: item[0])]
     # An exam's key travels in its payload too. (A correction's need not: its msg_id, kept
     # with it, derives from its key, and `_enqueue` knows a salvaged one by that.)
-    for row in rows.values():
+    for row in rows:
         try:
             body = json.loads(row[3])
             if row[2] == "exam" and isinstance(body.get("exam_id"), str):
                 keys.append((body["exam_id"], int(row[1])))
         except (ValueError, TypeError, AttributeError):
             pass
-    return rows, meta, keys
+    return rows, meta, keys, said
 
 
 def _sound(row: tuple) -> bool:
