@@ -134,12 +134,9 @@ def test_a_journal_found_corrupt_at_start_keeps_its_exams_runs_and_frames(tmp_pa
     assert len(journal.exam_summaries(0)) == 6
 
 
-def test_a_write_that_finds_the_journal_corrupt_salvages_it_and_goes_on(tmp_path, caplog):
-    """A page the start never reads (the exams' key index) went bad before this run. The
-    run's first exam end reaches it: the journal is moved aside there, in the loop, and
-    the earlier exams and this run's frames, journaled since the start, are all in the
-    new one, beside the exam whose write found the damage."""
-    path = tmp_path / JOURNAL_FILE
+def earlier_exams_with_a_bad_index(path: Path) -> list[dict]:
+    """A journal of one ended run with four exams whose key index then went bad: a page
+    nothing reads until an exam is written."""
     journal = Journal(path)
     earlier = journal.start_run("clinic-a", MODELS)
     for i in range(300):
@@ -151,6 +148,64 @@ def test_a_write_that_finds_the_journal_corrupt_salvages_it_and_goes_on(tmp_path
     assert journal.end_run(earlier)
     journal.close()
     damage(path, [page for page, _ in leaves(path, "sqlite_autoindex_exams_1")])
+    return exams
+
+
+def test_the_start_finds_a_bad_page_no_read_reaches_before_the_first_exam(tmp_path, caplog):
+    """The exams' key index went bad while the box was off. Nothing the start reads touches
+    it, so before, the first exam's end found it, mid-exam, in the loop. The start's quick
+    check finds it: the journal is salvaged before the first frame, every exam kept."""
+    path = tmp_path / JOURNAL_FILE
+    exams = earlier_exams_with_a_bad_index(path)
+    caplog.set_level(logging.WARNING)
+    journal = Journal(path)
+    assert journal.moved_aside is not None and journal.moved_aside.exists()
+    assert journal.salvaged == {"exams": (4, 0), "exam_dates": (1, 0), "runs": (1, 0),
+                                "results": (300, 0)}
+    [line] = said(caplog)
+    assert f"journal {path} is corrupt" in line, line
+    run = journal.start_run("clinic-a", MODELS)
+    rows = [journal.append(run, frame(i)) for i in range(10)]
+    now = summary(time.time())
+    assert journal.add_exam(run, now, {}, rows[0], rows[-1])
+    assert journal.exam_summaries(0) == [*exams, now]
+    assert journal.exam_dates(exams[1]["exam_id"]) == DATES
+    assert len(said(caplog)) == 1  # nothing more to find
+
+
+def test_the_start_check_is_bounded_in_time(tmp_path, caplog, monkeypatch):
+    """A journal of up to 2 GB on a slow card takes far longer to check than a start may
+    wait: the check stops at START_CHECK_SECONDS (here 0.01 s against 60,000 frames) and
+    says so, and the start goes on."""
+    monkeypatch.setattr(journal_module, "START_CHECK_SECONDS", 0.01)
+    path = tmp_path / JOURNAL_FILE
+    journal = Journal(path)
+    run = journal.start_run("clinic-a", MODELS)
+    journal.db.execute("BEGIN")
+    for i in range(60_000):
+        journal.append(run, frame(i))
+    journal.db.execute("COMMIT")
+    journal.close()
+    caplog.set_level(logging.INFO)
+    began = time.monotonic()
+    journal = Journal(path)
+    took = time.monotonic() - began
+    assert took < 0.01 + 2.0, took
+    assert journal.moved_aside is None
+    assert any("the start's check stopped after 0.01 s" in line for line in said(caplog))
+    journal.close()
+
+
+def test_a_write_that_finds_the_journal_corrupt_salvages_it_and_goes_on(tmp_path, caplog,
+                                                                        monkeypatch):
+    """A page the start's check did not reach (a journal too large to check within
+    START_CHECK_SECONDS, here no check at all) went bad before this run. The run's first
+    exam end reaches it: the journal is moved aside there, in the loop, and the earlier
+    exams and this run's frames, journaled since the start, are all in the new one,
+    beside the exam whose write found the damage."""
+    monkeypatch.setattr(journal_module, "START_CHECK_SECONDS", 0)
+    path = tmp_path / JOURNAL_FILE
+    exams = earlier_exams_with_a_bad_index(path)
 
     caplog.set_level(logging.WARNING)
     journal = Journal(path)
