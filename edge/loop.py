@@ -257,13 +257,16 @@ def requeue_unqueued_exams(settings: Settings, journal: Journal, uplink: Uplink)
     locked by another process or failing to write), and any an outbox error refused. An
     exam the district had already
     received comes under the same msg_id (its key's) and is absorbed there as a duplicate.
-    Returns how many were queued."""
+    Returns how many were queued. Only the summaries to queue are read (an exam whose
+    summary is damaged, or names another id, is skipped, as the history page skips it)."""
     since = time.time() - settings.journal.keep_days * 86400.0
     queued = 0
-    for summary in journal.exam_summaries(since):
-        key = summary.get("exam_id")
-        if isinstance(key, str) and not uplink.outbox.has_key(key):
-            queued += uplink.enqueue_exam(summary, key=key) is not None
+    for exam_id in journal.exam_ids(since):
+        if uplink.outbox.has_key(exam_id):
+            continue
+        summary = journal.ended_summary(exam_id)
+        if summary is not None and summary.get("exam_id") == exam_id:
+            queued += uplink.enqueue_exam(summary, key=exam_id) is not None
     if uplink.outbox.moved_aside is not None:
         log.warning("outbox was corrupt: %d journaled exam(s) it no longer held queued again",
                     queued)
@@ -286,13 +289,13 @@ def tell_district_dates(journal: Journal, uplink: Uplink, exam_id: str,
     current entry's key (where that entry's correction had arrived, the collector keeps
     one; else it holds the same age twice). True when a correction was queued or found
     queued."""
-    entry, entered, told = journal.dates_entry(exam_id)
+    entry, entered, told, dates = journal.dates_entry(exam_id)
     if not entry or entered is None:
         return False  # entered before corrections existed, never, or a damaged row
     summary = journal.ended_summary(exam_id)
     if summary is None or not isinstance(summary.get("biometry"), dict):
         return False  # running, or no head measured: no age by dates is wanted
-    kept = read_dates(journal.exam_dates(exam_id))
+    kept = read_dates(dates)
     weeks = kept["ga_dates_weeks"] if kept is not None else None
     was_told, district = told_weeks(told)
     if not was_told:

@@ -42,6 +42,11 @@ def summary(started_ts: float) -> dict:
     return body
 
 
+def summaries(journal: Journal) -> list[dict]:
+    """Every exam's summary in the journal, oldest first, as the re-queue reads them."""
+    return [journal.ended_summary(exam_id) for exam_id in journal.exam_ids(0)]
+
+
 def leaves(path: Path, name: str) -> list[tuple[int, int]]:
     """(page number, rows on it) of the leaf pages of a table or index, in rowid order."""
     db = sqlite3.connect(path)
@@ -98,7 +103,7 @@ def test_a_journal_found_corrupt_at_start_keeps_its_exams_runs_and_frames(tmp_pa
     journal = Journal(path)
     assert journal.moved_aside is not None
     assert journal.moved_aside.read_bytes() == damaged  # the evidence, as it was found
-    assert journal.exam_summaries(0) == exams
+    assert summaries(journal) == exams
     assert journal.exam_dates(exams[3]["exam_id"]) == DATES
     assert journal.dates_entry(exams[3]["exam_id"])[:2] == (1, 1_700_000_100.0)
     assert journal.open_runs() == [(killed, MODELS)]
@@ -131,7 +136,7 @@ def test_a_journal_found_corrupt_at_start_keeps_its_exams_runs_and_frames(tmp_pa
     run = journal.start_run("clinic-a", MODELS)  # and the new journal goes on
     assert journal.append(run, frame(0)) is not None
     assert journal.add_exam(run, summary(time.time()), {})
-    assert len(journal.exam_summaries(0)) == 6
+    assert len(summaries(journal)) == 6
 
 
 def earlier_exams_with_a_bad_index(path: Path) -> list[dict]:
@@ -168,7 +173,7 @@ def test_the_start_finds_a_bad_page_no_read_reaches_before_the_first_exam(tmp_pa
     rows = [journal.append(run, frame(i)) for i in range(10)]
     now = summary(time.time())
     assert journal.add_exam(run, now, {}, rows[0], rows[-1])
-    assert journal.exam_summaries(0) == [*exams, now]
+    assert summaries(journal) == [*exams, now]
     assert journal.exam_dates(exams[1]["exam_id"]) == DATES
     assert len(said(caplog)) == 1  # nothing more to find
 
@@ -215,7 +220,7 @@ def test_a_write_that_finds_the_journal_corrupt_salvages_it_and_goes_on(tmp_path
     now = summary(time.time())
     assert journal.add_exam(run, now, {}, rows[0], rows[-1])  # found it, and written anew
     assert journal.moved_aside is not None and journal.moved_aside.exists()
-    assert journal.exam_summaries(0) == [*exams, now]
+    assert summaries(journal) == [*exams, now]
     assert journal.exam_dates(exams[1]["exam_id"]) == DATES
     assert [r["frame"] for r in journal.results(run)] == list(range(80))
     assert journal.salvaged == {"exams": (4, 0), "exam_dates": (1, 0), "runs": (2, 0),
@@ -256,7 +261,7 @@ def test_a_journal_whose_header_is_destroyed_is_one_line_and_an_empty_journal(tm
     assert journal.append(run, frame(0)) == journal_module.SALVAGE_ID_GAP + 1
     body = summary(time.time())
     assert journal.add_exam(run, body, {})
-    assert journal.exam_summaries(0) == [body]
+    assert summaries(journal) == [body]
 
 
 def test_rows_that_do_not_read_back_as_written_are_left_behind_and_counted(tmp_path, caplog):
@@ -297,7 +302,7 @@ def test_rows_that_do_not_read_back_as_written_are_left_behind_and_counted(tmp_p
 
     caplog.set_level(logging.WARNING)
     journal = Journal(path)
-    assert journal.exam_summaries(0) == exams
+    assert summaries(journal) == exams
     assert [r[0] for r in journal.db.execute("SELECT run_id FROM runs")] == [run]
     assert journal.salvaged == {"exams": (3, 2), "exam_dates": (1, 1), "runs": (1, 1),
                                 "results": (800 - tail, tail + 2)}
@@ -332,7 +337,7 @@ def test_a_huge_corrupt_journal_is_salvaged_within_its_bound_exams_first(tmp_pat
     journal = Journal(path)
     took = time.monotonic() - began
     assert took < 0.2 + 2.0, took  # the bound, and a margin for a busy box
-    assert journal.exam_summaries(0) == exams
+    assert summaries(journal) == exams
     assert journal.salvaged["exams"] == (3, 0) and journal.salvaged["runs"] == (1, 0)
     copied, _ = journal.salvaged["results"]
     assert 0 < copied < 60_000 - rows

@@ -687,35 +687,35 @@ class Journal:
     def exam_dates(self, exam_id: str) -> dict | None:
         """The dates kept for an exam (`keep_dates`), or None: none kept or cleared, or a
         row that is not a small JSON object (said in the log). The caller checks the dates."""
+        return self.dates_entry(exam_id)[3]
+
+    def dates_entry(self, exam_id: str) -> tuple[int, float | None, object, dict | None]:
+        """The exam's dates row, read once: its last entry's number (0: none since schema
+        7, or damage), when it was made (None: not a time the wire takes), what a
+        correction last told the district (JSON text; None: none did), and the dates kept
+        (as `exam_dates` gives them)."""
         try:
             row = self.db.execute(
-                "SELECT CASE WHEN length(CAST(dates AS BLOB)) <= ? THEN dates END FROM "
-                "exam_dates WHERE exam_id=?", (MAX_DATES_BYTES, exam_id)).fetchone()
-            dates = None if row is None else _dates_json(row[0])
-        except (sqlite3.Error, ValueError, RecursionError) as exc:
-            log.warning("journal %s: the dates of exam %s cannot be read (%s); the exam is "
-                        "sent without its age by dates", self.path, exam_id, one_line(exc)[:120])
-            return None
-        return dates
-
-    def dates_entry(self, exam_id: str) -> tuple[int, float | None, object]:
-        """The exam's dates' last entry: its number (0: none since schema 7, or damage),
-        when it was made (None: not a time the wire takes), and what a correction last
-        told the district (JSON text; None: none did)."""
-        try:
-            row = self.db.execute("SELECT entry, entered_ts, told FROM exam_dates WHERE "
-                                  "exam_id=?", (exam_id,)).fetchone()
+                "SELECT entry, entered_ts, told, CASE WHEN length(CAST(dates AS BLOB)) <= ? "
+                "THEN dates END FROM exam_dates WHERE exam_id=?",
+                (MAX_DATES_BYTES, exam_id)).fetchone()
         except sqlite3.Error as exc:
             log.warning("journal %s: the dates of exam %s cannot be read (%s)", self.path,
                         exam_id, one_line(exc)[:120])
-            return 0, None, None
+            return 0, None, None, None
         if row is None:
-            return 0, None, None
-        entry, entered, told = row
+            return 0, None, None, None
+        entry, entered, told, raw = row
+        try:
+            dates = _dates_json(raw)
+        except (ValueError, RecursionError) as exc:
+            log.warning("journal %s: the dates of exam %s cannot be read (%s); the exam is "
+                        "sent without its age by dates", self.path, exam_id, one_line(exc)[:120])
+            dates = None
         entry = _entry_number(entry)
         # on the wire it is a time within 1970-2100: anything else is damage, no entry
         entered = wall_ts_or_none(entered)
-        return entry, entered, told  # told_weeks reads it, damage included
+        return entry, entered, told, dates  # told_weeks reads told, damage included
 
     def dates_told(self, exam_id: str, weeks: float | None) -> bool:
         """Record what a queued correction tells the district of the exam's age by dates
@@ -763,14 +763,6 @@ class Journal:
             if parsed is not None:  # damage: skipped, as the other readers skip it
                 out.append((parsed, last_row))
         return out
-
-    def exam_summaries(self, since_ts: float, limit: int = 100_000) -> list[dict]:
-        """The summaries of the exams started since `since_ts`, oldest first, at most
-        `limit` (the newest of them): what an outbox lost can be queued again from here."""
-        rows = self.db.execute("SELECT summary FROM (SELECT summary, started_ts FROM exams "
-                               "WHERE started_ts >= ? ORDER BY started_ts DESC LIMIT ?) "
-                               "ORDER BY started_ts", (since_ts, int(limit))).fetchall()
-        return [parsed for (summary,) in rows if (parsed := _json_dict(summary)) is not None]
 
     def replay(self, run_id: str, after_row: int = 0) -> Iterator[tuple[int, dict]]:
         """A run's journaled results after `after_row`, in order, as (row id, record)."""
@@ -835,8 +827,9 @@ class Journal:
         self.db.close()
 
     def exam_ids(self, since_ts: float, limit: int = 100_000) -> list[str]:
-        """The ids of the exams `exam_summaries` gives (started since `since_ts`, oldest
-        first, at most `limit`, the newest), without reading their summaries."""
+        """The ids of the exams started since `since_ts`, oldest first, at most `limit` (the
+        newest of them): what an outbox lost can be queued again from here, reading only
+        the summaries it lost (`ended_summary`)."""
         rows = self.db.execute("SELECT exam_id FROM (SELECT exam_id, started_ts FROM exams "
                                "WHERE started_ts >= ? ORDER BY started_ts DESC LIMIT ?) "
                                "ORDER BY started_ts", (since_ts, int(limit))).fetchall()

@@ -387,11 +387,12 @@ class ExamHistory:
             return None
         return value if isinstance(value, dict) else None
 
-    _COLUMNS = ("SELECT exam_id, CASE WHEN length(CAST(summary AS BLOB)) <= :max THEN summary "
-                "END, CASE WHEN length(CAST(best_frames AS BLOB)) <= :max THEN best_frames END, "
-                f"(SELECT CASE WHEN length(CAST(d.dates AS BLOB)) <= {MAX_DATES_BYTES} THEN "
-                "d.dates END FROM exam_dates d WHERE d.exam_id = exams.exam_id), (SELECT "
-                "d.told FROM exam_dates d WHERE d.exam_id = exams.exam_id) FROM exams ")
+    # an exam's dates row, if any, by its primary key (at most one: exam_id is its key)
+    _COLUMNS = ("SELECT exams.exam_id, CASE WHEN length(CAST(summary AS BLOB)) <= :max THEN "
+                "summary END, CASE WHEN length(CAST(best_frames AS BLOB)) <= :max THEN "
+                f"best_frames END, CASE WHEN length(CAST(d.dates AS BLOB)) <= {MAX_DATES_BYTES} "
+                "THEN d.dates END, d.told FROM exams LEFT JOIN exam_dates d ON d.exam_id = "
+                "exams.exam_id ")
 
     def _exams(self, rows: list[tuple], running: dict | None) -> list[dict]:
         if self._protocols is None:
@@ -414,12 +415,12 @@ class ExamHistory:
         return out
 
     def _recent(self, limit: int, running: dict | None) -> tuple[list[dict], bool]:
-        rows = self._query(self._COLUMNS + "ORDER BY started_ts DESC, rowid DESC LIMIT :n",
+        rows = self._query(self._COLUMNS + "ORDER BY started_ts DESC, exams.rowid DESC LIMIT :n",
                            {"max": MAX_JSON_BYTES, "n": max(1, min(MAX_LIMIT, int(limit)))})
         return ([], self.readable) if rows is None else (self._exams(rows, running), True)
 
     def _one(self, exam_id: str, running: dict | None) -> dict | None:
-        rows = self._query(self._COLUMNS + "WHERE exam_id = :id LIMIT 1",
+        rows = self._query(self._COLUMNS + "WHERE exams.exam_id = :id LIMIT 1",
                            {"max": MAX_JSON_BYTES, "id": exam_id})
         found = self._exams(rows or [], running)
         return found[0] if found else None
