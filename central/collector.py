@@ -18,8 +18,10 @@ device comes from the district's registry (``--registry``, written by
 
 Nor can one device fill the district's disk: each device (the device id of the topic;
 topics without one share a bucket) has at most ``dead_letter_quota`` dead letters written
-in any rolling ``dead_letter_window_s``. The rest are acknowledged and counted
-(``stats["dead_over_quota"]``), and summed up in at most one log line per
+per window of ``dead_letter_window_s``, a fixed window that its first letter opens (so at
+most twice that in a rolling window across two: ``DeadLetterQuota``); a letter the
+database holds already, delivered again, spends nothing. The rest are acknowledged and
+counted (``stats["dead_over_quota"]``), and summed up in at most one log line per
 ``dead_letter_log_s``; a device's valid messages are stored whatever its quota. QoS 0
 messages (no device sends them) beyond ``receive_maximum`` held while the database is down
 are dropped and counted (``stats["qos0_dropped"]``). A message
@@ -42,7 +44,7 @@ import re
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -76,11 +78,12 @@ class CollectorSettings:
     registry: str = ""  # device_id,clinic_id per line (board/provision.py); "" = no clinics
     duration_s: float | None = None  # stop after this long (tests, cron-style runs)
     # Dead letters written per device (a topic's device id; topics without one share one
-    # bucket) in any rolling window; the rest are only counted. 100 an hour is more than a
-    # healthy device sends in an hour (health every 60 s, a few exams), so a device whose
-    # every message is refused (a bad firmware) still has each one kept; only a flood is
-    # cut. A dead letter takes at most ~3 kB (a 2 kB preview, its topic and reason): one
-    # device then fills at most ~7 MB a day, not as fast as the broker lets it publish.
+    # bucket) per window (`DeadLetterQuota`); the rest are only counted. 100 an hour is more
+    # than a healthy device sends in an hour (health every 60 s, a few exams), so a device
+    # whose every message is refused (a bad firmware) still has each one kept; only a flood
+    # is cut. A dead letter takes at most ~3 kB (a 2 kB preview, its topic and reason): one
+    # device then fills at most ~7.5 MB a day (2,500 letters), not as fast as the broker
+    # lets it publish.
     dead_letter_quota: int = 100
     dead_letter_window_s: float = 3600.0
     # At most one log line this often sums up the dead letters over quota: a flood of them
@@ -187,7 +190,18 @@ def quota_key(topic: str) -> str:
 
 
 class DeadLetterQuota:
-    """At most ``limit`` dead letters written per key (``quota_key``) in any ``window_s``.
+    """At most ``limit`` dead letters written per key (``quota_key``) in each of the key's
+    windows: a window opens at the first letter written after the key's last one closed
+    and lasts ``window_s``, its count starting from 0. Two numbers per key (when its window
+    opened, how many it wrote), whatever ``limit``; a key whose window has closed is
+    forgotten (swept at most once per ``window_s``).
+
+    The window is fixed, not rolling: ``limit`` letters at the end of one window and
+    ``limit`` more at the start of the next are all written, so a key writes at most
+    2 x ``limit`` in any rolling ``window_s``, and (ceil(T / ``window_s``) + 1) x ``limit``
+    in any time T (100 an hour: 200 in an hour, 2,500 in a day). Letters that come at most
+    ``limit`` in every rolling ``window_s`` are all written, as before; a key's whole quota
+    is back ``window_s`` after its window's first letter.
 
     A batch asks through a ``plan`` and spends the quota only on ``commit``, once stored: a
     batch the database refused and that is tried again must not use it up."""
@@ -195,49 +209,56 @@ class DeadLetterQuota:
     def __init__(self, limit: int, window_s: float):
         self.limit = limit
         self.window_s = window_s
-        self._kept: dict[str, deque[float]] = {}  # when each key's letters were written
+        self._windows: dict[str, tuple[float, int]] = {}  # key: (opened, letters written)
         self._swept = 0.0
 
     def plan(self, now: float) -> QuotaPlan:
         return QuotaPlan(self, now)
 
     def room(self, key: str, now: float) -> int:
-        times = self._kept.get(key)
-        while times and times[0] <= now - self.window_s:
-            times.popleft()
-        return self.limit - len(times or ())
+        opened, written = self._windows.get(key, (-float("inf"), 0))
+        return self.limit - written if now < opened + self.window_s else self.limit
 
-    def spend(self, taken: Counter, now: float) -> None:
-        for key, n in taken.items():
-            self._kept.setdefault(key, deque()).extend([now] * n)
-        if now - self._swept > self.window_s:  # forget the keys quiet for a window
+    def spend(self, written: Counter, now: float) -> None:
+        for key, n in written.items():
+            opened, count = self._windows.get(key, (-float("inf"), 0))
+            if now >= opened + self.window_s:  # closed: this letter opens the next window
+                opened, count = now, 0
+            self._windows[key] = (opened, count + n)
+        if now - self._swept > self.window_s:  # forget the keys whose window has closed
             self._swept = now
-            for key in [k for k in self._kept if self.room(k, now) == self.limit]:
-                del self._kept[key]
+            self._windows = {k: w for k, w in self._windows.items()
+                             if now < w[0] + self.window_s}
 
 
 class QuotaPlan:
     """One batch's answers (callable: ``admit(letter)``): the same letter gets the same
-    answer however often it is asked (a batch retried row by row asks again)."""
+    answer however often it is asked (a batch retried row by row asks again). Its key is
+    found once, when first asked."""
 
     def __init__(self, quota: DeadLetterQuota, now: float):
         self.quota = quota
         self.now = now
         self.answers: dict[str, bool] = {}
+        self.keys: dict[str, str] = {}  # digest: quota_key
         self.taken: Counter = Counter()
         self.over: Counter = Counter()
 
     def __call__(self, letter: DeadLetter) -> bool:
         ok = self.answers.get(letter.digest)
         if ok is None:
-            key = quota_key(letter.topic)
+            key = self.keys[letter.digest] = quota_key(letter.topic)
             ok = self.quota.room(key, self.now) > self.taken[key]
             (self.taken if ok else self.over)[key] += 1
             self.answers[letter.digest] = ok
         return ok
 
-    def commit(self) -> None:
-        self.quota.spend(self.taken, self.now)
+    def commit(self, written: list[DeadLetter] | None = None) -> None:
+        """Spend the quota of the letters written (``Stored.written``; None: all those
+        admitted). An admitted letter the database held already stored nothing and
+        spends nothing."""
+        self.quota.spend(self.taken if written is None else
+                         Counter(self.keys[d.digest] for d in written), self.now)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -446,12 +467,13 @@ class Collector:
         """What is held while the database is down, bounded: the broker sends at most
         ``receive_maximum`` QoS 1 messages unacknowledged, but QoS 0 ones without limit (no
         device sends them; one that does may lose them, as QoS 0 allows)."""
-        qos0 = [m for m in held if m.qos == 0]
-        if len(qos0) <= self.settings.receive_maximum:
-            return held
-        extra = {id(m) for m in qos0[self.settings.receive_maximum:]}
-        self.stats["qos0_dropped"] += len(extra)
-        return [m for m in held if id(m) not in extra]
+        kept, qos0 = [], 0
+        for m in held:
+            qos0 += m.qos == 0
+            if m.qos > 0 or qos0 <= self.settings.receive_maximum:
+                kept.append(m)
+        self.stats["qos0_dropped"] += len(held) - len(kept)
+        return kept
 
     def _database_down(self, text: str, held: int) -> None:
         """A failed try: the next after a doubling wait; one line when the database goes."""
@@ -506,10 +528,9 @@ class Collector:
                             "without a clinic", item.device_id, self.settings.registry)
         plan = self.quota.plan(time.monotonic())
         done = self.store.store_batch(rows, dead, admit=plan)
-        plan.commit()  # stored: the quota is spent
-        for d in dead + done.refused + done.conflicts:
-            if plan.answers.get(d.digest):
-                log.warning("dead letter on %s: %s", d.topic, d.reason)
+        plan.commit(done.written)  # stored: the quota is spent
+        for d in done.written:
+            log.warning("dead letter on %s: %s", d.topic, d.reason)
         self.stats["received"] += len(batch)
         self.stats["stored"] += done.rows
         self.stats["duplicates"] += (len(rows) - len(done.refused) - done.rows

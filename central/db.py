@@ -146,10 +146,16 @@ class Stored:
     """What ``Store.store_batch`` did with a batch."""
 
     rows: int = 0  # new messages
-    dead: int = 0  # new dead letters
+    # new dead letters; not one the database held already (a redelivery stores nothing)
+    written: list[DeadLetter] = field(default_factory=list)
     refused: list[DeadLetter] = field(default_factory=list)  # rows the database refused
     # valid messages whose msg_id was stored with other content (the first is kept)
     conflicts: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def dead(self) -> int:
+        """How many new dead letters."""
+        return len(self.written)
 
 
 class DbError(Exception):
@@ -343,7 +349,8 @@ class Store:
 
         Each dead letter (given, refused row, conflict) is written only when ``admit``
         takes it (the collector's quota; asked again about a letter when the batch is
-        retried row by row, it must answer the same). Raises ``DbError`` only when the
+        retried row by row, it must answer the same); ``Stored.written`` lists those the
+        database did not hold already. Raises ``DbError`` only when the
         database itself cannot be written."""
         admit = admit or (lambda _letter: True)
         try:
@@ -358,7 +365,7 @@ class Store:
             try:
                 one = self._insert([r], [], admit, find_conflicts)
                 done.rows += one.rows
-                done.dead += one.dead
+                done.written += one.written
                 done.conflicts += one.conflicts
             except self._row_errors as exc:
                 refused.append(DeadLetter(
@@ -370,7 +377,7 @@ class Store:
                 raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
         for d in dead + refused:
             try:
-                done.dead += self._insert([], [d], admit, find_conflicts).dead
+                done.written += self._insert([], [d], admit, find_conflicts).written
             except self._errors as exc:
                 raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
         return done
@@ -403,7 +410,8 @@ class Store:
                 if admit(d):
                     cur.execute(_INSERT_DEAD, (d.digest, d.topic, d.reason, d.size,
                                                d.preview, d.received_ts, d.collector))
-                    done.dead += max(0, cur.rowcount)
+                    if cur.rowcount > 0:
+                        done.written.append(d)
         return done
 
     def has_table(self, name: str) -> bool:
