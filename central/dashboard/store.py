@@ -467,6 +467,7 @@ def _refresh_batch(db: Db) -> int:
 
 def _add(db: Db, rows: list[tuple]) -> None:
     msgs, exams, seqs = [], [], []
+    batch_exams: list[tuple] = []  # (msg_id, dev, clinic, day, ts, data): rows made below
     corrections: dict[tuple[str, str], Correction] = {}  # (device, exam_id): the latest
     day_device: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     week_protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
@@ -508,7 +509,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
                 corrections[(dev, c.exam_id)] = c
         if kind != "exam":
             continue
-        exams.append(_exam_row(msg_id, dev, clinic, day, ts, data))
+        batch_exams.append((msg_id, dev, clinic, day, ts, data))
         protocol = data.get("protocol") or {}
         name = str(protocol.get("name") or "")
         week = week_of(day)
@@ -537,9 +538,12 @@ def _add(db: Db, rows: list[tuple]) -> None:
             wp[2] += int(q < C.MIN_QUALITY)
     db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
             "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", msgs)
+    dated = _add_corrections(db, corrections, batch_exams)
+    for msg_id, dev, clinic, day, ts, data in batch_exams:
+        exams.append(_exam_row(msg_id, dev, clinic, day, ts, data, dated.get(
+            (dev, _exam_id(data.get("exam_id"))), FROM_SUMMARY)))
     db.many(f"INSERT INTO dash.exams ({', '.join(EXAM_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(EXAM_COLUMNS))})", exams)
-    _add_corrections(db, corrections, {(row[EXAM_DEVICE_AT], row[EXAM_ID_AT]) for row in exams})
     _add_seq_runs(db, seqs)
     db.many("INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other, "
             "dates) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, clinic_id) DO "
@@ -846,19 +850,28 @@ def _stored_dates(db: Db, keys: set[tuple[str, str]]) -> dict[tuple[str, str], f
 
 
 def _add_corrections(db: Db, corrections: dict[tuple[str, str], Correction],
-                     batch_exams: set[tuple[str, str]]) -> None:
+                     batch_exams: list[tuple]) -> dict[tuple[str, str], float | None]:
     """Store a batch's corrections, each exam's latest, and apply the one that stands (an
-    earlier batch's may be later still) to the exam wherever dash.exams holds it: rolled up
-    before, or in this batch. The batch's exams whose correction came first (a reorder,
-    two collectors sharing the load) are dated the same way; nothing is read for them
-    while no correction was ever stored."""
+    earlier batch's may be later still) to the exams dash.exams holds from earlier
+    batches. Returns the corrections that stand for this batch's exams (device, exam_id)
+    -> age by dates, which their rows are made with (`_exam_row`), parsed once: those
+    whose correction came in this batch, or first (a reorder, two collectors sharing the
+    load). Nothing is read for them while no correction was ever stored."""
     if corrections:
         db.many(_UPSERT_EXAM_DATES, [(dev, *c) for (dev, _), c in corrections.items()])
+    in_batch = {(dev, _exam_id(data.get("exam_id"))) for _, dev, _, _, _, data in batch_exams}
     wanted = set(corrections)
-    if batch_exams and (corrections or db.query("SELECT 1 FROM dash.exam_dates LIMIT 1")):
-        wanted |= batch_exams
-    if wanted:
-        _redate_exams(db, _stored_dates(db, wanted))
+    if in_batch and (corrections or db.query("SELECT 1 FROM dash.exam_dates LIMIT 1")):
+        wanted |= in_batch
+    if not wanted:
+        return {}
+    stored = _stored_dates(db, wanted)
+    # the rows earlier batches made of the exams this batch's corrections name (this
+    # batch's own rows are not inserted yet: they are made dated)
+    earlier = {key: weeks for key, weeks in stored.items() if key in corrections}
+    if earlier:
+        _redate_exams(db, earlier)
+    return {key: weeks for key, weeks in stored.items() if key in in_batch}
 
 
 def _redate_exams(db: Db, weeks: dict[tuple[str, str], float | None]) -> None:
