@@ -180,9 +180,9 @@ def test_the_start_finds_a_bad_page_no_read_reaches_before_the_first_exam(tmp_pa
 
 def test_the_start_check_is_bounded_in_time(tmp_path, caplog, monkeypatch):
     """A journal of up to 2 GB on a slow card takes far longer to check than a start may
-    wait: the check stops at START_CHECK_SECONDS (here 0.01 s against 60,000 frames) and
+    wait: the check stops at START_CHECK_SECONDS (here 0.1 ms against 60,000 frames) and
     says so, and the start goes on."""
-    monkeypatch.setattr(journal_module, "START_CHECK_SECONDS", 0.01)
+    monkeypatch.setattr(journal_module, "START_CHECK_SECONDS", 0.0001)
     path = tmp_path / JOURNAL_FILE
     journal = Journal(path)
     run = journal.start_run("clinic-a", MODELS)
@@ -195,9 +195,9 @@ def test_the_start_check_is_bounded_in_time(tmp_path, caplog, monkeypatch):
     began = time.monotonic()
     journal = Journal(path)
     took = time.monotonic() - began
-    assert took < 0.01 + 2.0, took
+    assert took < 2.0, took
     assert journal.moved_aside is None
-    assert any("the start's check stopped after 0.01 s" in line for line in said(caplog))
+    assert any("the start's check stopped after 0.0001 s" in line for line in said(caplog))
     journal.close()
 
 
