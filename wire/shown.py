@@ -44,3 +44,17 @@ def shown_path(path: object, limit: int | None = 200) -> str:
         half = limit // 2 - 2
         text = f"{text[:half]}...{text[-half:]}"
     return text
+
+
+def read_failure(exc: BaseException) -> str:
+    """Why a file could not be read, as one printable line; the caller names the file
+    (an OSError's own text repeats the path, unescaped)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return printable(one_line(exc))
+
+
+def is_one_line(text: str, limit: int) -> bool:
+    """A text a file may give the screen or a summary: one printable line of 1-`limit`
+    characters, not all blank."""
+    return 0 < len(text) <= limit and text.isprintable() and bool(text.strip())

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wire.schema import PLANES, PayloadError, read_toml_bounded
-from wire.shown import shown
+from wire.schema import PLANES, read_toml_bounded
+from wire.shown import is_one_line, read_failure, shown, shown_path
 
 if TYPE_CHECKING:
     from edge.models.quality import Rules
@@ -19,6 +19,7 @@ MAX_PROTOCOLS_BYTES = 64 * 1024
 MAX_ANATOMY_CRITERIA = 16
 MAX_TITLE_CHARS = 100  # one line of the checklist's header
 MAX_VERSION_CHARS = 16
+MAX_SLOT_NAME_CHARS = 32  # one line of the checklist
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
@@ -75,8 +76,9 @@ def _slot(entry: object, where: str) -> Slot:
         unsure = entry.get("unsure_head", False)
         if not isinstance(unsure, bool):
             raise ProtocolError(f"{where}: slot {shown(name)}: unsure_head must be true or false")
-        if not isinstance(name, str) or not 0 < len(name) <= 32 or not name.isprintable():
-            raise ProtocolError(f"{where}: a slot's name is 1-32 characters on one line")
+        if not isinstance(name, str) or not is_one_line(name, MAX_SLOT_NAME_CHARS):
+            raise ProtocolError(f"{where}: a slot's name is 1-{MAX_SLOT_NAME_CHARS} characters "
+                                "on one line, not blank")
         if not isinstance(accepts, list) or not accepts or not all(
                 isinstance(p, str) for p in accepts):
             raise ProtocolError(f"{where}: slot {shown(name)} needs accepts = [plane names]")
@@ -88,22 +90,24 @@ def _slot(entry: object, where: str) -> Slot:
     return Slot(name, tuple(accepts), unsure)
 
 
+
+
 def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
     path = Path(path) if path else PROTOCOLS_FILE
     try:
         data = read_toml_bounded(path, MAX_PROTOCOLS_BYTES)
     except FileNotFoundError:
-        raise ProtocolError(f"{path}: protocols file not found") from None
-    except (OSError, PayloadError) as exc:
-        raise ProtocolError(f"{path}: {exc}") from None
+        raise ProtocolError(f"{shown_path(path, None)}: protocols file not found") from None
+    except (OSError, ValueError) as exc:  # PayloadError, a NUL in the path, tomllib's own
+        raise ProtocolError(f"{shown_path(path, None)}: {read_failure(exc)}") from None
+    path = shown_path(path, None)  # each line below names it, escaped
     unknown = sorted(set(data) - {"version", "fault_discount", "anatomy_criteria", "protocols"})
     if unknown:
         raise ProtocolError(f"{path}: unknown key {shown(unknown[0])}")
     version = data.get("version")
-    if (not isinstance(version, str) or not 0 < len(version) <= MAX_VERSION_CHARS
-            or not version.isprintable()):
+    if not isinstance(version, str) or not is_one_line(version, MAX_VERSION_CHARS):
         raise ProtocolError(f"{path}: version must be a string of 1-{MAX_VERSION_CHARS} "
-                            "characters")
+                            "characters, not blank")
     discount = data.get("fault_discount", 1.0)
     if (isinstance(discount, bool) or not isinstance(discount, int | float)
             or not math.isfinite(discount) or not 0.0 <= discount <= 1.0):
@@ -128,10 +132,9 @@ def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
             raise ProtocolError(f"{where}: unknown key {shown(extra[0])}")
         title, planes = entry.get("title"), entry.get("planes")
         quality = entry.get("min_quality", 0.5)
-        if (not isinstance(title, str) or not 0 < len(title) <= MAX_TITLE_CHARS
-                or not title.isprintable()):
+        if not isinstance(title, str) or not is_one_line(title, MAX_TITLE_CHARS):
             raise ProtocolError(f"{where}.title: must be one line of 1-{MAX_TITLE_CHARS} "
-                                "characters")
+                                "characters, not blank")
         if not isinstance(planes, list) or not 0 < len(planes) <= len(PLANES):
             raise ProtocolError(f"{where}.planes: expected a list of planes or slots")
         slots = tuple(_slot(entry, f"{where}.planes") for entry in planes)
@@ -203,8 +206,9 @@ def check_anatomy(protocol: Protocol, rules: Rules | None) -> None:
     if unknown:
         raise ProtocolError(f"protocol {shown(protocol.name)}: anatomy_criteria "
                             f"{_first_four(unknown)} {'is' if len(unknown) == 1 else 'are'} "
-                            f"not a criterion of the quality rules {rules.path}, so never "
-                            f"judged (its criteria: {_first_four(criteria)})")
+                            "not a criterion of the quality rules "
+                            f"{shown_path(rules.path, None)}, so never judged (its criteria: "
+                            f"{_first_four(criteria)})")
 
 
 def find_protocol(name: str, path: Path | str | None = None) -> Protocol:

@@ -12,8 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.models.preprocess import PreprocessSpec
-from wire.schema import PayloadError, finite_number, loads_bounded, read_regular_file
-from wire.shown import shown
+from wire.schema import (
+    PayloadError,
+    finite_number,
+    loads_bounded,
+    open_regular_file,
+    read_regular_file,
+)
+from wire.shown import read_failure, shown, shown_path
 
 MANIFEST_VERSION = 1
 REQUIRED = ("name", "version", "task", "file", "sha256", "labels", "input", "output",
@@ -58,6 +64,14 @@ MAX_INPUT_SIDE = 4096
 # what a hostile manifest can make the device print or carry.
 MAX_LABELS = 1000
 MAX_TEXT = 128
+# `preprocessing.scale` multiplies the model's input: a z-score (|z| is at most
+# sqrt(H*W - 1), under 4096 for the largest input allowed) or a grey level / 255 (0-1).
+# 255 is the largest any of our models takes (SonoNet's teacher, fp32: z-score x 255, the
+# 8-bit range) and 1/255 its reciprocal; within them a float32 input stays finite (at most
+# about 1e6) and every grey step a normal float32 (no underflow to a flat zero input),
+# and an int8 or uint8 input is the tflite's own quantization of exactly these floats. A
+# scale of 1e308 was taken, and every input was infinite; 1e-300, and every input was 0.
+SCALE_RANGE = (1.0 / 255.0, 255.0)
 
 
 def _check_fields(path: Path, raw: dict) -> None:
@@ -131,22 +145,27 @@ def read_manifest(path: Path) -> Manifest:
     read bounded in size and depth (`wire.schema.loads_bounded`): a corrupt or hostile file
     is one `ModelError`, never a recursion."""
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
+    try:  # not a plain open(): a FIFO would be waited on for ever
+        with open_regular_file(path) as handle:
             data = handle.read(MAX_MANIFEST_BYTES + 1)
-        raw = loads_bounded(data, MAX_MANIFEST_BYTES, MAX_MANIFEST_DEPTH)
     except FileNotFoundError:
-        raise ModelError(f"{path}: model manifest not found") from None
-    except (OSError, PayloadError) as exc:
+        raise ModelError(f"{shown_path(path, None)}: model manifest not found") from None
+    except (OSError, ValueError) as exc:  # a folder, a FIFO, a NUL in the path
+        raise ModelError(f"{shown_path(path, None)}: cannot read manifest "
+                         f"({read_failure(exc)})") from None
+    try:
+        raw = loads_bounded(data, MAX_MANIFEST_BYTES, MAX_MANIFEST_DEPTH)
+    except ValueError as exc:  # PayloadError, with the reason
         raise ModelError(f"{path}: manifest is not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ModelError(f"{path}: manifest must be a JSON object")
     missing = [key for key in REQUIRED if key not in raw]
     if missing:
         raise ModelError(f"{path}: manifest lacks {shown(missing[0])}")
-    if raw.get("manifest_version", MANIFEST_VERSION) != MANIFEST_VERSION:
-        raise ModelError(f"{path}: manifest_version {shown(raw['manifest_version'])} is not "
-                         "supported")
+    version = raw.get("manifest_version", MANIFEST_VERSION)
+    if type(version) is not int or version != MANIFEST_VERSION:  # true == 1 to Python
+        raise ModelError(f"{path}: manifest_version {shown(version)} is not supported (it "
+                         f"is the whole number {MANIFEST_VERSION})")
     _check_fields(path, raw)
     try:
         spec = PreprocessSpec.from_dict(raw["preprocessing"], f"{path}: preprocessing")
@@ -160,6 +179,10 @@ def read_manifest(path: Path) -> Manifest:
         raise ModelError(text if len(text) <= 300 else text[:300] + "...") from None
     except (TypeError, KeyError, AttributeError) as exc:
         raise ModelError(f"{path}: malformed input/output/labels ({exc})") from None
+    low, high = SCALE_RANGE
+    if not low <= spec.scale <= high:
+        raise ModelError(f"{path}: preprocessing.scale {shown(spec.scale)} is outside "
+                         f"{low:.6g}-{high:g} (1/255 to 255)")
     if output_kind not in ("logits", "probabilities"):
         raise ModelError(f"{path}: output.kind {shown(output_kind)} is not logits or probabilities")
     if shape[-2:] != (spec.height, spec.width):

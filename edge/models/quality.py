@@ -31,8 +31,8 @@ from edge.models.planes import group_mass
 from edge.models.preprocess import FrameViews
 from edge.models.roi import Roi
 from edge.models.runtime import Model
-from wire.schema import PayloadError, read_toml_bounded
-from wire.shown import shown
+from wire.schema import read_toml_bounded
+from wire.shown import is_one_line, read_failure, shown, shown_path
 
 RULES_FILE = Path(__file__).resolve().parent / "quality_rules.toml"
 TASK = "quality_regression"
@@ -46,6 +46,34 @@ HEAD_MEASURES = ("head_regions", "head_overshoot", "head_area_fraction", "head_f
                  "head_offset")
 LEARNED_MEASURES = tuple(f"learned:{label}" for label in QUALITY_HEAD_LABELS)
 MEASURES = IMAGE_MEASURES + HEAD_MEASURES + LEARNED_MEASURES
+# What each measure can be: a rule's min and max must lie within its span and its soft ramp
+# be no wider than it (`load_rules`). Where a measure is open-ended, the top is where a
+# bound stops meaning anything, with the reason.
+MAX_REPEATED_FRAMES = 14_400  # one minute at 240 fps, the fastest source the device takes
+MEASURE_RANGES: dict[str, tuple[float, float]] = {
+    "tissue_fraction": (0.0, 1.0),  # a share of the region's pixels
+    # a count of frames: a frozen image not called within a minute is not being called
+    "repeated_frames": (0.0, float(MAX_REPEATED_FRAMES)),
+    "bright_level": (0.0, 255.0),  # a grey level of the uint8 view (0: no echoes)
+    "dynamic_range": (0.0, 1.0),  # a span of grey levels / 255
+    "dark_level": (0.0, 255.0),  # a grey level of the uint8 view (0: no echoes)
+    # the variance of the Laplacian over the image's: the 4-neighbour Laplacian's gain is at
+    # most 8 (a one-pixel checkerboard), so its variance is at most 64 times the image's
+    "edge_energy": (0.0, 64.0),
+    # the named plane's calibrated probability (0-1) minus the abstain threshold (0-1)
+    "plane_margin": (-1.0, 1.0),
+    "head_regions": (0.0, 2.0),  # 0 none, 1 one skull, 2 several (`head_measures`)
+    # past the region's edge / the semi-major axis: at 2 the whole ellipse lies beyond it
+    "head_overshoot": (0.0, 2.0),
+    # the head's ellipse / the image's area: 1 fills the image (more is a head cut off by
+    # its edge, which head_overshoot judges)
+    "head_area_fraction": (0.0, 1.0),
+    "head_fit_iou": (0.0, 1.0),  # an overlap (intersection over union)
+    # the head's centre from the region's / its half-size: 1 is the region's edge (beyond
+    # it the centre is off the image, which no bound can call centred)
+    "head_offset": (0.0, 1.0),
+    **{measure: (0.0, 1.0) for measure in LEARNED_MEASURES},  # severity: 0 clean .. 1 severe
+}
 
 TISSUE_LEVEL = 12  # grey level above which a pixel holds echoes (fluid and air are below)
 SAME_FRAME_DIFF = 0.5  # mean absolute difference (grey levels) below which a frame repeats
@@ -54,7 +82,13 @@ MAX_RULES_BYTES = 256 * 1024
 # and the journal: the shipped file has 14, each message under 100 characters.
 MAX_CRITERIA = 32
 MAX_MESSAGE_CHARS = 200
+# A citation and what was measured on it; only the rules file and its readers see it (the
+# shipped file's longest, head_found's, is 848 characters).
+MAX_SOURCE_CHARS = 2000
 MAX_VERSION_CHARS = 16  # an exam summary carries it (edge/exam/tally.py keeps 16)
+# `priority` is a rank, 1 = told first, ties allowed: among at most MAX_CRITERIA criteria a
+# larger one ranks nothing more.
+MAX_PRIORITY = MAX_CRITERIA
 _CRITERION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # as a protocol names one
 _CRITERION_KEYS = {"measure": str, "min": float, "max": float, "soft": float, "weight": float,
                    "priority": int, "message": str, "message_low": str, "message_high": str,
@@ -152,26 +186,41 @@ def _rule(name: str, table: object, where: str) -> Rule:
     if values["measure"] not in MEASURES:
         raise RulesError(f"{where}.measure: {shown(values['measure'])} is not one of "
                          f"{', '.join(MEASURES)}")
+    measure = values["measure"]
+    floor, top = MEASURE_RANGES[measure]
     low, high = values.get("min"), values.get("max")
     if low is None and high is None:
         raise RulesError(f"{where}: needs min, max or both")
+    for key, bound in (("min", low), ("max", high)):
+        if bound is not None and not floor <= bound <= top:
+            raise RulesError(f"{where}.{key}: {bound:g} is outside what {measure} can be "
+                             f"({floor:g} to {top:g})")
     if low is not None and high is not None and low > high:
-        raise RulesError(f"{where}: min is above max")
-    if not values["soft"] > 0:
-        raise RulesError(f"{where}.soft: must be positive")
+        raise RulesError(f"{where}.min: {low:g} is above max {high:g}")
+    if not 0 < values["soft"] <= top - floor:
+        raise RulesError(f"{where}.soft: must be above 0 and at most {top - floor:g}, the "
+                         f"span of {measure}")
     if not 0.0 <= values["weight"] <= 1.0:
         raise RulesError(f"{where}.weight: must be between 0 and 1")
-    message = values.get("message", "")
-    low_msg, high_msg = values.get("message_low", message), values.get("message_high", message)
-    if (low is not None and not low_msg) or (high is not None and not high_msg):
-        raise RulesError(f"{where}: needs a message for each bound it has")
+    if not 1 <= values["priority"] <= MAX_PRIORITY:
+        raise RulesError(f"{where}.priority: must be a rank of 1-{MAX_PRIORITY} (1 = told "
+                         "first)")
     for key in ("message", "message_low", "message_high", "ok"):
-        text = values.get(key, "")
-        if len(text) > MAX_MESSAGE_CHARS or not text.isprintable():
+        text = values.get(key)
+        if text is not None and not is_one_line(text, MAX_MESSAGE_CHARS):
             raise RulesError(f"{where}.{key}: must be one line of at most {MAX_MESSAGE_CHARS} "
-                             "characters")
-    return Rule(name, values["measure"], low, high, values["soft"], values["weight"],
-                values["priority"], low_msg, high_msg, values["ok"], values["source"])
+                             "characters, not blank")
+    if not is_one_line(values["source"], MAX_SOURCE_CHARS):
+        raise RulesError(f"{where}.source: must be one line of printable text, 1-"
+                         f"{MAX_SOURCE_CHARS} characters, not blank")
+    message = values.get("message")
+    low_msg, high_msg = values.get("message_low", message), values.get("message_high", message)
+    if (low is not None and low_msg is None) or (high is not None and high_msg is None):
+        raise RulesError(f"{where}: needs a message for each bound it has")
+    return Rule(name, measure, low, high, values["soft"], values["weight"],
+                values["priority"], low_msg or "", high_msg or "", values["ok"],
+                values["source"])
+
 
 
 def load_rules(path: Path | str | None = None) -> Rules:
@@ -180,16 +229,18 @@ def load_rules(path: Path | str | None = None) -> Rules:
     try:
         data = read_toml_bounded(path, MAX_RULES_BYTES)
     except FileNotFoundError:
-        raise RulesError(f"{path}: quality rules file not found") from None
-    except (OSError, PayloadError) as exc:
-        raise RulesError(f"{path}: {exc}") from None
+        raise RulesError(f"{shown_path(path, None)}: quality rules file not found") from None
+    except (OSError, ValueError) as exc:  # PayloadError, a NUL in the path, tomllib's own
+        raise RulesError(f"{shown_path(path, None)}: {read_failure(exc)}") from None
+    real, path = str(path), shown_path(path, None)  # each line below names it, escaped
     known = {"version", "feedback", "head", "advice", "criteria"}
     for key in data:
         if key not in known:
             raise RulesError(f"{path}: unknown key {shown(key)}")
     version = _typed(data.get("version"), str, f"{path}: version")
-    if not 0 < len(version) <= MAX_VERSION_CHARS or not version.isprintable():
-        raise RulesError(f"{path}: version: must be 1-{MAX_VERSION_CHARS} characters")
+    if not is_one_line(version, MAX_VERSION_CHARS):
+        raise RulesError(f"{path}: version: must be 1-{MAX_VERSION_CHARS} characters, not "
+                         "blank")
     feedback_table = data.get("feedback", {})
     if not isinstance(feedback_table, dict):
         raise RulesError(f"{path}: feedback: expected a table")
@@ -238,7 +289,8 @@ def load_rules(path: Path | str | None = None) -> Rules:
                   for name, value in table.items())
     if not any(rule.weight > 0 for rule in rules):
         raise RulesError(f"{path}: criteria: every weight is 0, so every frame would score 1")
-    return Rules(version, rules, feedback, gate, str(path), dark, judge_named)
+    return Rules(version, rules, feedback, gate, real, dark, judge_named)
+
 
 
 # ---------------------------------------------------------------------------- evidence
