@@ -19,9 +19,10 @@ from pathlib import Path
 
 from edge.store.outbox import OUTBOX_FILE
 from edge.store.state import lock_holder
-from edge.uplink.mqtt import STATUS_FILE, read_status
+from edge.uplink.mqtt import STATUS_FILE, load_status
 from wire.cli import OneLineParser
-from wire.schema import sqlite_uri
+from wire.schema import number_or_none, sqlite_uri
+from wire.shown import printable
 
 DEFAULT_STATE_DIR = os.environ.get("SONOEDGE_STATE_DIR", "state")
 
@@ -34,16 +35,26 @@ def _open_ro(state_dir: Path) -> sqlite3.Connection | None:
     return conn
 
 
-def _age(ts: float | None) -> str:
+def _age(ts: object) -> str:
+    """How long ago a wall-clock time was; "-" for none, or for anything not a number (a
+    damaged file or row: a text or a list here raised a TypeError)."""
+    ts = number_or_none(ts)
     if not ts:
         return "-"
     s = max(0.0, time.time() - ts)
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
 
 
-def _ago(ts: float | None) -> str:
+def _ago(ts: object) -> str:
     """'12s ago', or 'never' (never '- ago')."""
-    return f"{_age(ts)} ago" if ts else "never"
+    return "never" if _age(ts) == "-" else f"{_age(ts)} ago"
+
+
+def _text(value: object, limit: int = 200) -> str:
+    """A text from the status file as one printable line (no control character reaches
+    the terminal), cut to `limit`."""
+    text = printable(str(value))
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -131,42 +142,58 @@ def _retry_rejected(state_dir: Path) -> int:
 
 
 def status_main(argv: list[str]) -> int:
+    """What the uplink's status file says (read as hostile input, `load_status`): what can
+    be read is shown, and what is damaged is said in one line on stderr, never a
+    traceback; the running uplink rewrites the file at its next change."""
     args = _parser("sonoedge status").parse_args(argv)
-    status = read_status(args.state_dir)
+    status, problem = load_status(args.state_dir)
     holder = lock_holder(args.state_dir)
+    if problem:
+        print(f"sonoedge status: {problem}", file=sys.stderr)
     if status is not None:
         status["running"] = holder is not None
         if holder is None:
             status["connected"] = False  # whatever the file says: nobody holds a link
+    if args.json:
+        print(json.dumps({"uplink": status, **({"damaged": problem} if problem else {})},
+                         indent=1))
+        return 0
+    running = ("a run holds this state dir" if holder is not None
+               else "no run holds this state dir")
+    if status is None and problem:
+        print(f"mqtt: unknown (its status file is damaged); {running}")
+        return 0
     if status is None:
         print(f"sonoedge status: no {STATUS_FILE} in {args.state_dir}: the uplink has not run "
               "there yet")
-        return 0 if not args.json else (print(json.dumps({"uplink": None})) or 0)
-    if args.json:
-        print(json.dumps({"uplink": status}, indent=1))
         return 0
     box = status.get("outbox") or {}
+    pid = status.get("pid", "?")
+    broker = _text(status.get("broker", "?"))
     if holder is None:
-        state = (f"not running: the run that wrote this (pid {status.get('pid')}) has ended; "
+        state = (f"not running: the run that wrote this (pid {pid}) has ended; "
                  f"its last state is {_age(status.get('updated_ts'))} old"
                  + ("" if status.get("enabled") else "; it had no broker (no --mqtt-url)"))
     elif not status.get("enabled"):
         state = "disabled (no --mqtt-url): recording to the outbox only"
     elif status.get("connected"):
-        state = f"connected to {status.get('broker')}"
+        state = f"connected to {broker}"
     else:
-        state = f"NOT connected to {status.get('broker')}"
-    print(f"device {status.get('device_id')}  clinic {status.get('clinic_id') or '-'}")
+        state = f"NOT connected to {broker}"
+    print(f"device {_text(status.get('device_id', '?'), 64)}  "
+          f"clinic {_text(status.get('clinic_id') or '-', 64)}")
     print(f"mqtt: {state}")
     if status.get("last_error"):
-        print(f"last error ({_age(status.get('last_error_ts'))} ago): {status['last_error']}")
+        print(f"last error ({_age(status.get('last_error_ts'))} ago): "
+              f"{_text(status['last_error'], 500)}")
     print(f"last connect: {_ago(status.get('last_connect_ts'))}; "
           f"last ack: {_ago(status.get('last_ack_ts'))}; "
           f"acked {status.get('acked', 0)}, refused {status.get('refused', 0)} "
-          f"({'this' if holder is not None else 'that'} run, pid {status.get('pid')})")
-    if status.get("held"):
-        print(f"disk full: {status['held']} exam summar"
-              f"{'y' if status['held'] == 1 else 'ies'} held in memory until there is room")
+          f"({'this' if holder is not None else 'that'} run, pid {pid})")
+    held = status.get("held", 0)
+    if held:
+        print(f"disk full: {held} exam summar{'y' if held == 1 else 'ies'} held in memory "
+              "until there is room")
     print(f"outbox: {box.get('pending', '?')} pending ({box.get('pending_exam', '?')} exam), "
           f"{box.get('rejected', 0)} rejected, quota used {box.get('used_bytes', '?')}/"
           f"{box.get('quota_bytes', '?')} bytes; dropped {box.get('dropped_health', 0)} "

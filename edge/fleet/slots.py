@@ -36,7 +36,14 @@ from edge.fleet.bundle import DeviceFault, Limits, fsync_dir, read_bundle
 from edge.fleet.settings import FleetSettings
 from edge.models.manifest import ModelError, list_manifests
 from wire.fleet import BundleError, BundleManifest, parse_version
-from wire.schema import finite_number
+from wire.schema import (
+    PayloadError,
+    finite_number,
+    json_depth,
+    read_regular_file,
+    wall_ts_or_none,
+)
+from wire.shown import one_line, shown, shown_path
 
 log = logging.getLogger("sonoedge.fleet")
 
@@ -47,6 +54,11 @@ SLOT_FILE = "slot.json"
 STAGING = ".staging"
 FACTORY = "factory"
 SAVE_EVERY_S = 30.0  # the trial's running time is written this often
+# `state.json` and `slot.json` as the device writes them are under 4 kB (a few versions and
+# reasons, at most MAX_REFUSED bundle ids) and nest 3 deep: read back, one larger or deeper
+# is damage, not parsed (20,000 brackets were a RecursionError at every start).
+STATE_MAX_BYTES = 256 * 1024
+STATE_MAX_DEPTH = 8
 
 
 def _step(name: str) -> None:
@@ -81,6 +93,38 @@ def check_set(models_dir: Path) -> str | None:
         return f"{models_dir}: no model manifests"
     bad = next((item for item in found if isinstance(item, ModelError)), None)
     return str(bad) if bad else None
+
+
+def is_version(value: object) -> bool:
+    """A bundle version (`parse_version`): what a version read back from `state.json` or a
+    `slot.json` must be before it is compared or remembered."""
+    try:
+        parse_version(value)
+    except BundleError:
+        return False
+    return True
+
+
+def read_state_file(path: Path) -> object:
+    """A fleet file the device wrote (`state.json`, a `slot.json`) read back as hostile
+    input, within STATE_MAX_BYTES and STATE_MAX_DEPTH (checked on the bytes, before any
+    recursion): FileNotFoundError when missing, ``PayloadError`` (the reason) when it
+    cannot be read or parsed. A value JSON holds but the device never writes (Infinity, a
+    key twice) is left to `checked_state` and `slot_info` to mend field by field: refusing
+    the whole file for it would forget a trial, and with it the rollback."""
+    try:
+        data, _ = read_regular_file(path, STATE_MAX_BYTES)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise PayloadError(exc.strerror or one_line(exc)) from None
+    depth = json_depth(data)
+    if depth > STATE_MAX_DEPTH:
+        raise PayloadError(f"nested {depth} deep, more than {STATE_MAX_DEPTH}")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PayloadError(f"not JSON: {one_line(exc)[:120]}") from None
 
 
 def checked_state(raw: object, path: Path) -> dict:
@@ -129,6 +173,17 @@ def checked_state(raw: object, path: Path) -> dict:
     if intent is not None and not (isinstance(intent, dict) and intent.get("to") in SLOTS):
         mended("intent", intent)
         state.pop("intent")
+    # The versions a trial or an intent carries are compared and remembered (`highest`,
+    # `failed`): one that is not a version ("2025.*.1", none at all) raised a BundleError at
+    # every start. Dropped here; the slot's own slot.json says it again (`_slot_version`).
+    # (A trial whose version was not known when it began has none: nothing to mend.)
+    for name in ("trial", "intent"):
+        table = state.get(name)
+        if isinstance(table, dict) and ("version" in table or name == "intent") \
+                and not is_version(table.get("version")):
+            mended(f"{name}.version", table.get("version"))
+            table = state[name] = dict(table)
+            table.pop("version", None)
     return state
 
 
@@ -148,6 +203,7 @@ class Fleet:
         self.settings = settings
         self._since_save = 0.0
         self._state: dict | None = None
+        self._said: dict[str, str] = {}  # the damage last said per slot.json, said once
 
     # -- layout -------------------------------------------------------------------------
     @property
@@ -171,14 +227,34 @@ class Fleet:
         return "b" if self.active_slot() == "a" else "a"
 
     def slot_info(self, slot: str | None) -> SlotInfo | None:
-        if slot is None:
+        """What a slot holds, from its slot.json; None when it is not known: no slot, no
+        file, or a damaged one (said once per slot in the log; health asks every minute).
+        A damaged slot.json makes its slot unknown ("none"): its version is no floor
+        against a replay and is never remembered."""
+        if slot not in SLOTS:
             return None
+        path = self.slot_dir(slot) / SLOT_FILE
         try:
-            raw = json.loads((self.slot_dir(slot) / SLOT_FILE).read_text(encoding="utf-8"))
-            return SlotInfo(slot, str(raw["version"]), raw.get("installed_ts"),
-                            str(raw.get("signer", "")))
-        except (OSError, ValueError, KeyError, TypeError):
+            raw = read_state_file(path)
+            if not isinstance(raw, dict):
+                raise PayloadError("not a JSON object")
+            version, signer = raw.get("version"), raw.get("signer", "")
+            if version != FACTORY and not is_version(version):
+                raise PayloadError(f"version {shown(version)} is not a version")
+            if not isinstance(signer, str):
+                raise PayloadError(f"signer {shown(signer)} is not a text")
+        except FileNotFoundError:
             return None
+        except PayloadError as exc:
+            problem = one_line(exc)
+            if self._said.get(slot) != problem:
+                self._said[slot] = problem
+                log.warning("fleet: %s: damaged (%s): slot %s is unknown", shown_path(path),
+                            problem, slot)
+            return None
+        self._said.pop(slot, None)
+        return SlotInfo(slot, version, wall_ts_or_none(raw.get("installed_ts")),
+                        signer[:120])
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -186,9 +262,14 @@ class Fleet:
         if self._state is None:
             path = self.root / STATE_FILE
             try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-                self._state = checked_state(raw, path)
-            except (OSError, ValueError):
+                self._state = checked_state(read_state_file(path), path)
+            except FileNotFoundError:
+                self._state = {}
+            except PayloadError as exc:
+                # as for a state that is not an object (`checked_state`): the symlink is
+                # the truth, and the active set's version stays the floor against a replay
+                log.warning("fleet: %s: damaged (%s): started afresh", shown_path(path),
+                            one_line(exc))
                 self._state = {}
         return self._state
 
@@ -483,15 +564,27 @@ class Fleet:
                  spare, signer, verify_s, selftest_s, swap_s, s.trial_min)
         return manifest
 
+    def _slot_version(self, intent: dict, key: str, slot_key: str) -> str | None:
+        """The version an intent names under `key`, or (dropped as damaged by
+        `checked_state`) the one its slot's slot.json says; None when neither is one."""
+        version = intent.get(key)
+        if is_version(version):
+            return version
+        info = self.slot_info(intent.get(slot_key))
+        return info.version if info is not None and is_version(info.version) else None
+
     def _begin_trial(self, intent: dict) -> None:
-        version = str(intent.get("version"))
-        self.state["trial"] = {"slot": intent.get("to"), "previous": intent.get("from"),
-                               "version": version,
-                               "previous_version": intent.get("previous_version"),
-                               "crashes": 0, "ran_s": 0.0, "running": False,
-                               "swapped_ts": round(time.time(), 1)}
+        version = self._slot_version(intent, "version", "to")
+        trial = {"slot": intent.get("to"), "previous": intent.get("from"),
+                 "version": version, "previous_version": intent.get("previous_version"),
+                 "crashes": 0, "ran_s": 0.0, "running": False,
+                 "swapped_ts": round(time.time(), 1)}
+        if version is None:
+            trial.pop("version")  # not known: never compared nor remembered
+        self.state["trial"] = trial
         highest = self.state.get("highest")
-        if not isinstance(highest, str) or parse_version(version) > parse_version(highest):
+        if version is not None and (not is_version(highest)
+                                    or parse_version(version) > parse_version(highest)):
             self.state["highest"] = version
         self.state.pop("intent", None)
         self.state.pop("last_error", None)
@@ -499,10 +592,12 @@ class Fleet:
         _step("trial")
 
     def _remember_failed(self, version: str) -> None:
+        if not is_version(version):  # only a version is compared later (`policy`)
+            return
         failed = [v for v in self.state.get("failed", []) if isinstance(v, str)]
         self.state["failed"] = (failed + [version])[-8:]
         highest = self.state.get("highest")
-        if not isinstance(highest, str) or parse_version(version) > parse_version(highest):
+        if not is_version(highest) or parse_version(version) > parse_version(highest):
             self.state["highest"] = version  # the same bundle is never tried again
 
     # -- rollback --------------------------------------------------------------------------
@@ -525,17 +620,21 @@ class Fleet:
         return self._finish_rollback(intent)
 
     def _finish_rollback(self, intent: dict) -> str:
+        # the set rolled back from is still in its slot: its slot.json names it when the
+        # intent's version was damaged (`checked_state`), so it is still never taken again
+        version = self._slot_version(intent, "version", "from")
         self.state.pop("trial", None)
         self.state.pop("intent", None)
-        self.state["rollback"] = {"from": intent.get("version"),
-                                  "to": intent.get("previous_version"),
+        self.state["rollback"] = {"from": version or "unknown",
+                                  "to": str(intent.get("previous_version"))[:40],
                                   "reason": str(intent.get("reason", ""))[:160],
                                   "ts": round(time.time(), 1)}
-        if isinstance(intent.get("version"), str):
-            self._remember_failed(intent["version"])
+        if version is not None:
+            self._remember_failed(version)
         self.save()
-        line = (f"fleet: rolled back from {intent.get('version')} to "
-                f"{intent.get('previous_version')}: {intent.get('reason')}")
+        line = (f"fleet: rolled back from {version or 'unknown'} to "
+                f"{str(intent.get('previous_version'))[:40]}: "
+                f"{str(intent.get('reason'))[:160]}")
         log.error("%s", line)
         return line
 

@@ -56,8 +56,8 @@ from pathlib import Path
 
 from edge.store.scan import DamagedTableScan
 from edge.store.state import Reserve, is_corrupt, is_full, move_aside, open_making_room
-from wire.schema import QUEUED_KINDS, sqlite_uri
-from wire.shown import one_line
+from wire.schema import QUEUED_KINDS, load_schema, sqlite_uri
+from wire.shown import one_line, shown
 
 log = logging.getLogger("sonoedge.outbox")
 
@@ -69,6 +69,16 @@ DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
 # this long (what it has not reached stays in the moved-aside file only).
 SALVAGE_SECONDS = 10.0
 KINDS = QUEUED_KINDS  # the kinds that travel through the outbox; status is live-only
+# Seqs. The wire's schemas bound every message's seq (2^53 - 1: the largest integer a reader
+# that keeps numbers as doubles holds exactly); a seq above it broke the schema at the
+# collector, and above 2^63 - 1 SQLite could not even store it (OverflowError).
+SEQ_MAX = min(load_schema(kind)["properties"]["seq"]["maximum"] for kind in KINDS)
+# The most a seq read back from disk may be: the uplink's status file (the floor given to
+# an outbox rebuilt after corruption), the outbox's own `meta` row and its rows. Half the
+# wire's range: 2^52 seqs stay free above it, more than a device sends in any lifetime
+# (140,000 years at 1,000 a second), so a value above it is damage, never history, and
+# counting on from it can never pass SEQ_MAX.
+SEQ_FLOOR_MAX = 1 << 52
 # Kept alike under the quota: an exam's age-by-dates correction is as much the district's
 # record as the exam itself, and far smaller.
 EXAM_KINDS = ("exam", "dates")
@@ -146,8 +156,13 @@ class Outbox:
     def __init__(self, path: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES,
                  seq_floor: int = 0):
         """``seq_floor``: the highest seq known from elsewhere (the uplink's status file), so
-        an outbox rebuilt after corruption never hands out a seq twice."""
+        an outbox rebuilt after corruption never hands out a seq twice. One that is not an
+        integer from 0 to SEQ_FLOOR_MAX is damage: ignored, with one log line."""
         self.path = Path(path)
+        if not seq_ok(seq_floor):
+            log.warning("outbox %s: seq floor %s is not an integer from 0 to %d: ignored",
+                        self.path, shown(seq_floor), SEQ_FLOOR_MAX)
+            seq_floor = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -214,8 +229,10 @@ class Outbox:
                 for key, seq in keys:
                     db.execute("INSERT OR IGNORE INTO keys(key, seq, ts) VALUES (?, ?, ?)",
                                (key, seq, time.time()))
-                top = max([int(seq_floor), int(meta.get("seq", 0))]
-                          + [int(r[1]) for r in rows])
+                # the floor is checked (`__init__`); a seq read from the damaged file is
+                # taken only within SEQ_FLOOR_MAX (a salvaged row above it keeps its own)
+                top = max(v for v in [seq_floor, meta.get("seq", 0)] + [r[1] for r in rows]
+                          if seq_ok(v))
                 db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (top,))
                 for name in ("dropped_health", "dropped_exam", "reported_health",
                              "reported_exam"):
@@ -236,6 +253,32 @@ class Outbox:
             for key in ("seq", "dropped_health", "dropped_exam", "reported_health",
                         "reported_exam"):
                 self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, 0)", (key,))
+            self._last_seq(self._db, at_open=True)
+
+    def _last_seq(self, db: sqlite3.Connection, at_open: bool = False) -> int:
+        """The last seq handed out, from `meta`, in the caller's transaction. A value that
+        is not an integer from 0 to SEQ_FLOOR_MAX (a flipped bit, a hand edit: counting on
+        from 2^63 - 1 overflowed at the next message, from a text it raised) is mended, with
+        one log line, to the highest seq the outbox's messages and keys hold, so no seq is
+        handed out twice. At open it is also raised to that when it is below (a lost row:
+        the next message would have taken a seq in use and failed its insert)."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        value = row[0] if row is not None else None
+        if seq_ok(value) and not at_open:
+            return value
+        used = 0
+        for table in ("outbox", "keys"):
+            top = db.execute(f"SELECT MAX(seq) FROM {table} WHERE typeof(seq) = 'integer' "
+                             "AND seq BETWEEN 0 AND ?", (SEQ_FLOOR_MAX,)).fetchone()[0]
+            used = max(used, top or 0)
+        if seq_ok(value) and value >= used:
+            return value
+        log.warning("outbox %s: its last seq %s is %s: mended to %d, the highest seq its "
+                    "messages and keys hold", self.path, shown(value),
+                    "below a seq in use" if seq_ok(value) else
+                    f"not an integer from 0 to {SEQ_FLOOR_MAX}", used)
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('seq', ?)", (used,))
+        return used
 
     # -- transactions -------------------------------------------------------------------
     class _Tx:
@@ -347,7 +390,7 @@ class Outbox:
                 db.execute("INSERT OR IGNORE INTO keys(key, seq, ts) VALUES (?, 0, ?)",
                            (key, time.time()))
                 return None
-            seq = self._meta("seq") + 1
+            seq = self._last_seq(db) + 1  # at most SEQ_FLOOR_MAX + 1, within SEQ_MAX
             body = dict(body)
             body["msg_id"] = msg_id
             body["seq"] = seq
@@ -538,6 +581,12 @@ class Outbox:
                 self._db.close()
             except sqlite3.Error:
                 pass
+
+
+def seq_ok(value: object) -> bool:
+    """A seq read back from disk that may be counted on from: an integer (not a bool, not
+    a float) from 0 to SEQ_FLOOR_MAX."""
+    return type(value) is int and 0 <= value <= SEQ_FLOOR_MAX
 
 
 def dates_key(exam_id: str, entry: int) -> str:

@@ -47,6 +47,7 @@ from edge.store.outbox import (
     dates_key,
     open_outbox,
     read_boot_id,
+    seq_ok,
 )
 from edge.store.state import Reserve, is_full
 from edge.uplink import messages
@@ -57,12 +58,26 @@ from wire.mqtt import (
     read_secret_file,
     topic_for,
 )
-from wire.schema import id_pattern, load_schema, validate
-from wire.shown import shown
+from wire.schema import (
+    PayloadError,
+    finite_number,
+    id_pattern,
+    json_depth,
+    load_schema,
+    read_regular_file,
+    validate,
+    wall_ts_or_none,
+)
+from wire.shown import one_line, shown, shown_path
 
 log = logging.getLogger("sonoedge.uplink")
 
 STATUS_FILE = "uplink-status.json"
+# The status file as written is under 2 kB (its texts are cut, `STATUS_TEXT_MAX`): one
+# larger, or nested deeper than its outbox table, is damage and is not parsed.
+STATUS_MAX_BYTES = 64 * 1024
+STATUS_MAX_DEPTH = 4
+STATUS_TEXT_MAX = 500
 # The schema's own rules ("$" as JSON Schema means it: "dev-a\n" passed a Python "$" here
 # and then broke every message's schema, so its exams were never queued).
 _ID_RE = id_pattern("device_id")
@@ -152,11 +167,90 @@ def check_mqtt_settings(s: MqttSettings) -> None:
         read_secret_file(s.password_file)
 
 
-def read_status(state_dir: Path | str) -> dict | None:
+def _count(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _text_or_none(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _ts(value: object) -> bool:
+    return value is None or wall_ts_or_none(value) is not None
+
+
+# What each field the uplink writes must be, read back: a field of another type is left out
+# (and named), never passed on to the start (`Uplink.__init__`) or `sonoedge status`.
+_STATUS_FIELDS = {
+    "device_id": lambda v: isinstance(v, str), "clinic_id": lambda v: isinstance(v, str),
+    "broker": lambda v: isinstance(v, str), "boot_id": lambda v: isinstance(v, str),
+    "enabled": lambda v: isinstance(v, bool), "connected": lambda v: isinstance(v, bool),
+    "last_error": _text_or_none, "session_lost_reason": _text_or_none,
+    "last_error_ts": _ts, "last_connect_ts": _ts, "last_ack_ts": _ts, "updated_ts": _ts,
+    "connects": _count, "acked": _count, "refused": _count, "held": _count,
+    "pid": lambda v: type(v) is int and 0 < v < 1 << 31,
+    "next_attempt_in_s": lambda v: finite_number(v) and v >= 0,
+}
+# its `outbox` table (`Outbox.counts`); `last_seq` is the floor a rebuilt outbox counts on
+# from, so it must be one an outbox may take (`seq_ok`: an integer up to SEQ_FLOOR_MAX)
+_OUTBOX_FIELDS = {**{name: _count for name in (
+    "pending", "pending_exam", "pending_health", "rejected", "used_bytes", "quota_bytes",
+    "dropped_health", "dropped_exam")}, "last_seq": seq_ok}
+
+
+def load_status(state_dir: Path | str) -> tuple[dict | None, str | None]:
+    """The status file the uplink writes, read back as hostile input (a crash mid-write, a
+    bad card, a hand edit): `(status, problem)`. `status` holds only the known fields that
+    have their type (None when the file is missing, or damaged as a whole: not a bounded
+    JSON object); `problem` is one line naming the file and what is damaged, else None."""
+    path = Path(state_dir) / STATUS_FILE
     try:
-        return json.loads((Path(state_dir) / STATUS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        data, _ = read_regular_file(path, STATUS_MAX_BYTES)
+        depth = json_depth(data)  # on the bytes, before json.loads could recurse
+        if depth > STATUS_MAX_DEPTH:
+            raise PayloadError(f"nested {depth} deep, more than {STATUS_MAX_DEPTH}")
+        # Infinity or a key twice is left to the fields' checks: one bad value costs its
+        # field, not the whole file
+        raw = json.loads(data.decode("utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, PayloadError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+        return None, f"{shown_path(path)}: damaged ({reason[:120]}): ignored"
+    if not isinstance(raw, dict):
+        return None, f"{shown_path(path)}: damaged (not a JSON object): ignored"
+    bad: list[str] = []
+
+    def kept(table: dict, fields: dict, prefix: str = "") -> dict:
+        out = {}
+        for name, ok in fields.items():
+            if name not in table:
+                continue
+            if ok(table[name]):
+                out[name] = table[name]
+            else:
+                bad.append(prefix + name)
+        return out
+
+    status = kept(raw, _STATUS_FIELDS)
+    if isinstance(raw.get("outbox"), dict):
+        status["outbox"] = kept(raw["outbox"], _OUTBOX_FIELDS, "outbox.")
+    elif "outbox" in raw:
+        bad.append("outbox")
+    if not bad:
+        return status, None
+    names = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+    return status, f"{shown_path(path)}: damaged field{'s' if len(bad) > 1 else ''} {names}: " \
+                   "left out"
+
+
+def read_status(state_dir: Path | str) -> dict | None:
+    """`load_status`'s status; what is damaged is said in one log line (at the uplink's
+    start, the one place the device reads it: the file is rewritten right after)."""
+    status, problem = load_status(state_dir)
+    if problem:
+        log.warning("uplink: %s", problem)
+    return status
 
 
 class Uplink:
@@ -178,9 +272,11 @@ class Uplink:
         self.model_versions = dict(model_versions or {})
         self.password = (read_secret_file(settings.password_file) if settings.password_file
                          else settings.password)
-        known = ((read_status(self.state_dir) or {}).get("outbox") or {}).get("last_seq", 0)
+        # the floor for an outbox rebuilt after corruption: checked by read_status (an
+        # integer up to SEQ_FLOOR_MAX), else left out with one line and 0 used
+        known = (read_status(self.state_dir) or {}).get("outbox", {}).get("last_seq", 0)
         self.outbox: Outbox = open_outbox(self.state_dir, settings.outbox_quota_bytes,
-                                          seq_floor=known if isinstance(known, int) else 0)
+                                          seq_floor=known)
         self.boot_id = read_boot_id()
         # (kind, payload, key) of exams and corrections waiting for disk space
         self._held: list[tuple[str, dict, str | None]] = []
@@ -419,7 +515,9 @@ class Uplink:
             self._status.update(kw)
 
     def _error(self, text: str, connected: bool = False) -> None:
-        self._set(connected=connected, last_error=text, last_error_ts=time.time())
+        # cut as stored (the status file is read back within STATUS_MAX_BYTES); logged whole
+        self._set(connected=connected, last_error=text[:STATUS_TEXT_MAX],
+                  last_error_ts=time.time())
         now = time.monotonic()
         pending = self.outbox.pending_count()
         last = self._last_logged_error

@@ -22,6 +22,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wire.schema import PayloadError, loads_bounded, read_regular_file
+from wire.shown import one_line
+
 PIN_FILE = "web-pin.json"
 PIN_MIN, PIN_MAX = 4, 64
 # scrypt cost: N=2^15, r=8 takes ~32 MiB and ~0.1 s on a Pi 5 core per attempt (measured
@@ -29,6 +32,8 @@ PIN_MIN, PIN_MAX = 4, 64
 # quick enough that the midwife does not wait.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1
 SCRYPT_MAXMEM = 64 * 1024 * 1024
+# The PIN file as written is under 200 bytes: read back, one larger is damage, not parsed.
+PIN_FILE_MAX_BYTES = 4096
 
 
 class PinError(ValueError):
@@ -47,6 +52,28 @@ def check_pin_text(pin: str) -> str:
 def _scrypt(pin: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(pin.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM,
                           dklen=32)
+
+
+def scrypt_memory(n: int, r: int, p: int) -> int:
+    """The bytes scrypt asks for with these costs, as OpenSSL counts them against `maxmem`
+    (its V array of 128 r (n + 2) bytes and its B of 128 r p): above SCRYPT_MAXMEM every
+    verification fails ("memory limit exceeded")."""
+    return 128 * r * (n + 2) + 128 * r * p
+
+
+def scrypt_costs_problem(n: object, r: object, p: object) -> str | None:
+    """Why hashlib.scrypt would refuse these costs, else None: integers
+    (a bool, a float or Infinity is damage), n a power of 2 from 2^10 to 2^20 and below
+    2^(16 r) (RFC 7914, which OpenSSL enforces), r 1 to 32, p 1 to 4, and the memory
+    within SCRYPT_MAXMEM."""
+    if not all(type(v) is int for v in (n, r, p)):
+        return "cost parameters n, r, p must be integers"
+    if not (1 << 10 <= n <= 1 << 20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 4
+            and n < 1 << (16 * r)):
+        return "cost parameters out of range"
+    if scrypt_memory(n, r, p) > SCRYPT_MAXMEM:
+        return f"cost parameters n={n} r={r} p={p} need more than {SCRYPT_MAXMEM >> 20} MiB"
+    return None
 
 
 def hash_pin(pin: str) -> dict:
@@ -88,26 +115,38 @@ class PinHash:
 
 
 def read_pin(state_dir: Path) -> PinHash:
-    """The stored hash; `PinError` (one line naming the file) when missing or damaged."""
+    """The stored hash; `PinError` (one line naming the file) when missing or damaged.
+
+    The file is read as hostile input (a bad card, a hand edit): bounded in size and depth,
+    its costs integers (not a bool, a float or Infinity) within the ranges below, and none
+    whose memory exceeds SCRYPT_MAXMEM: such a file was accepted, and then every login
+    failed in the hash (a 500 answer, counted as a wrong PIN until the page locked)."""
     path = Path(state_dir) / PIN_FILE
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        data, _ = read_regular_file(path, PIN_FILE_MAX_BYTES)
+        raw = loads_bounded(data, PIN_FILE_MAX_BYTES, max_depth=2)
     except FileNotFoundError:
         raise PinError(f"{path}: no device PIN is set; run `sonoedge pin set --state-dir "
                        f"{Path(state_dir)}` and type the PIN") from None
-    except (OSError, ValueError) as exc:
-        raise PinError(f"{path}: unreadable PIN file ({exc}); set the PIN again") from None
+    except (OSError, PayloadError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+        raise PinError(f"{path}: unreadable PIN file ({reason}); set the PIN again") from None
     try:
-        if raw.get("scheme") != "scrypt":
+        if not isinstance(raw, dict) or raw.get("scheme") != "scrypt":
             raise ValueError("unknown scheme")
-        n, r, p = int(raw["n"]), int(raw["r"]), int(raw["p"])
-        if not (1 << 10 <= n <= 1 << 20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 4):
-            raise ValueError("cost parameters out of range")
-        found = PinHash(base64.b64decode(raw["salt"], validate=True),
-                        base64.b64decode(raw["hash"], validate=True), n, r, p)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise PinError(f"{path}: damaged PIN file ({exc}); set the PIN again") from None
-    if len(found.salt) < 8 or len(found.digest) != 32:
+        n, r, p = (raw.get(name) for name in ("n", "r", "p"))
+        problem = scrypt_costs_problem(n, r, p)
+        if problem:
+            raise ValueError(problem)
+        salt, digest = raw.get("salt"), raw.get("hash")
+        if not (isinstance(salt, str) and isinstance(digest, str)):
+            raise ValueError("salt or hash missing")
+        found = PinHash(base64.b64decode(salt, validate=True),
+                        base64.b64decode(digest, validate=True), n, r, p)
+    except ValueError as exc:  # binascii.Error is one
+        raise PinError(f"{path}: damaged PIN file ({one_line(exc)}); set the PIN again") \
+            from None
+    if not 8 <= len(found.salt) <= 64 or len(found.digest) != 32:
         raise PinError(f"{path}: damaged PIN file (salt or hash length); set the PIN again")
     return found
 
