@@ -133,3 +133,32 @@ def test_a_huge_damaged_outbox_is_salvaged_within_its_bound(tmp_path, caplog, mo
     [line] = said(caplog)
     assert line.endswith("stopped after 0.05 s (SALVAGE_SECONDS): the rest is only in the "
                          "moved-aside file"), line
+
+
+def test_damaged_counters_cost_only_themselves_in_a_salvage_and_in_the_drop_report(
+        tmp_path, caplog):
+    """The counters of drops a health message reports live in the outbox's `meta`. One
+    damaged counter (1e300, a text) made the salvage of a corrupt outbox raise
+    OverflowError, or lose every counter, and made the drop report of a sound one raise
+    ValueError at every health message. Now it reads as 0, and the others are kept."""
+    box = open_outbox(tmp_path)
+    for _ in range(40):
+        box.enqueue("exam", exam_body())
+    with box._tx() as db:
+        db.execute("UPDATE meta SET value = 7 WHERE key = 'dropped_health'")
+        db.execute("UPDATE meta SET value = 3 WHERE key = 'reported_health'")
+        db.execute("UPDATE meta SET value = 'abc' WHERE key = 'dropped_exam'")
+        db.execute("UPDATE meta SET value = 1e300 WHERE key = 'reported_exam'")
+    assert box.drop_report() == {"health": 7, "exam": 0, "health_new": 4, "exam_new": 0}
+    box.close()
+    path = tmp_path / OUTBOX_FILE
+    damage(path, [leaves(path, "outbox")[1][0]])
+
+    caplog.set_level(logging.WARNING)
+    box = open_outbox(tmp_path)
+    try:
+        assert box.moved_aside is not None and 0 < box.salvaged < 40
+        assert box.drop_report() == {"health": 7, "exam": 0, "health_new": 4, "exam_new": 0}
+        assert box.enqueue("health", {"kind": "health"}).seq == 41
+    finally:
+        box.close()

@@ -238,7 +238,7 @@ class Outbox:
                              "reported_exam"):
                     if name in meta:
                         db.execute("UPDATE meta SET value = ? WHERE key = ?",
-                                   (int(meta[name]), name))
+                                   (meta[name], name))
         except sqlite3.DatabaseError as err:
             raise OutboxError(f"{self.path}: a new outbox cannot be started ({err})") from None
         self.moved_aside, self.salvaged = moved, len(rows)
@@ -319,8 +319,10 @@ class Outbox:
         return Outbox._Tx(self)
 
     def _meta(self, key: str) -> int:
+        """A counter of `meta`; 0 for a value that is no integer within SEQ_FLOOR_MAX
+        (damage: a text made the health message's drop report raise)."""
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return int(row[0]) if row else 0
+        return row[0] if row is not None and seq_ok(row[0]) else 0
 
     # -- writing ------------------------------------------------------------------------
     def enqueue(self, kind: str, body: dict, key: str | None = None,
@@ -573,7 +575,8 @@ class Outbox:
         with self._lock:
             dh, de = self._meta("dropped_health"), self._meta("dropped_exam")
             rh, re_ = self._meta("reported_health"), self._meta("reported_exam")
-        return {"health": dh, "exam": de, "health_new": dh - rh, "exam_new": de - re_}
+        return {"health": dh, "exam": de, "health_new": max(0, dh - rh),
+                "exam_new": max(0, de - re_)}
 
     def close(self) -> None:
         with self._lock:
@@ -626,9 +629,10 @@ def _read_what_remains(path: Path, quota_bytes: int) -> tuple[list[tuple], dict,
                 found.setdefault(row[1], (row[0], row[1:]))
             else:
                 refused += 1
-        try:
-            meta = {str(k): int(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-        except (sqlite3.Error, TypeError, ValueError):
+        try:  # each counter on its own: one damaged value (1e300, a text) costs only it
+            meta = {k: v for k, v in conn.execute("SELECT key, value FROM meta")
+                    if isinstance(k, str) and seq_ok(v)}
+        except sqlite3.Error:
             meta = {}
         known = DamagedTableScan(conn, "keys", ["key", "seq"], deadline)
         for _, key, seq in known.rows():
