@@ -289,7 +289,9 @@ def test_the_threshold_is_the_segmenter_manifests_own(tmp_path):
                "file": "head_segmenter.tflite", "sha256": "0" * 64, "labels": ["head"],
                "input": {"shape": [1, 1, 160, 240], "dtype": "int8"},
                "output": {"shape": [1, 1, 160, 240], "kind": "logits"},
-               "preprocessing": {"height": 160, "width": 240, "roi": "full"},
+               "preprocessing": {"height": 160, "width": 240, "roi": "full",
+                                 "color": "grey_mean", "resize": "area",
+                                 "normalise": "per_image_zscore", "scale": 1.0},
                "biometry": {"probability_threshold": 0.4}, **changes}
         path = tmp_path / "head_segmenter.json"
         path.write_text(json.dumps(raw))
@@ -324,7 +326,9 @@ def test_the_passes_are_the_segmenter_manifests_own(tmp_path):
                "file": "head_segmenter.tflite", "sha256": "0" * 64, "labels": ["head"],
                "input": {"shape": [1, 1, 160, 240], "dtype": "int8"},
                "output": {"shape": [1, 1, 160, 240], "kind": "logits"},
-               "preprocessing": {"height": 160, "width": 240, "roi": "full"},
+               "preprocessing": {"height": 160, "width": 240, "roi": "full",
+                                 "color": "grey_mean", "resize": "area",
+                                 "normalise": "per_image_zscore", "scale": 1.0},
                "biometry": block}
         path = tmp_path / "head_segmenter.json"
         path.write_text(json.dumps(raw))

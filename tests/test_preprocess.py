@@ -41,11 +41,18 @@ def test_a_flat_frame_gives_zeros_not_nan():
     assert np.isfinite(x).all() and not x.any()
 
 
+FULL_BLOCK = {"height": 224, "width": 288, "roi": "auto", "color": "grey_mean",
+              "resize": "area", "normalise": "per_image_zscore", "scale": 1.0}
+
+
 @pytest.mark.parametrize(("block", "expected"), [
-    ({"height": 224}, "width"),
-    ({"height": 224, "width": 288, "resize": "nearest"}, "resize"),
-    ({"height": 224, "width": 288, "normalise": "imagenet"}, "normalise"),
-    ({"height": 224, "width": 288, "mean": 0.45}, "unknown key 'mean'"),
+    ({"height": 224}, "lacks 'width'"),
+    ({**FULL_BLOCK, "resize": "nearest"}, "resize"),
+    ({**FULL_BLOCK, "normalise": "imagenet"}, "normalise"),
+    ({**FULL_BLOCK, "mean": 0.45}, "unknown key 'mean'"),
+    # what the net was trained on is never assumed: a quality head fed z-scores for greys
+    ({k: v for k, v in FULL_BLOCK.items() if k != "normalise"}, "lacks 'normalise'"),
+    ({k: v for k, v in FULL_BLOCK.items() if k != "roi"}, "lacks 'roi'"),
 ])
 def test_a_bad_preprocessing_block_is_refused_by_name(block, expected):
     with pytest.raises(ValueError, match=expected):
@@ -243,19 +250,19 @@ def test_the_half_resolution_grey_is_made_once_per_frame_for_every_model(data_di
 @pytest.mark.parametrize("value", [0.5, -1, 17, float("nan"), float("inf"), "1", True, None])
 def test_a_bad_half_res_from_is_refused_by_name(value):
     with pytest.raises(ValueError, match="half_res_from"):
-        PreprocessSpec.from_dict({"height": 224, "width": 288, "half_res_from": value},
+        PreprocessSpec.from_dict({**FULL_BLOCK, "half_res_from": value},
                                  "plane_student.json: preprocessing")
 
 
 @pytest.mark.parametrize(("block", "expected"), [
-    ({"height": "224", "width": 288}, "height"),
-    ({"height": 224, "width": 288.5}, "width"),
-    ({"height": 224, "width": True}, "width"),
-    ({"height": 224, "width": 288, "scale": float("nan")}, "scale"),
-    ({"height": 224, "width": 288, "scale": "255"}, "scale"),
-    ({"height": 224, "width": 288, "scale": 0}, "scale"),
-    ({"height": 224, "width": 288, "resize": {"a": 1}}, "resize"),
-    ({"height": 224, "width": 288, "normalise": ["z"]}, "normalise"),
+    ({**FULL_BLOCK, "height": "224"}, "height"),
+    ({**FULL_BLOCK, "width": 288.5}, "width"),
+    ({**FULL_BLOCK, "width": True}, "width"),
+    ({**FULL_BLOCK, "scale": float("nan")}, "scale"),
+    ({**FULL_BLOCK, "scale": "255"}, "scale"),
+    ({**FULL_BLOCK, "scale": 0}, "scale"),
+    ({**FULL_BLOCK, "resize": {"a": 1}}, "resize"),
+    ({**FULL_BLOCK, "normalise": ["z"]}, "normalise"),
 ])
 def test_a_wrongly_typed_size_or_scale_is_refused_by_name_not_a_traceback(block, expected):
     with pytest.raises(ValueError, match=expected):
@@ -325,6 +332,6 @@ def test_the_capture_thread_makes_the_half_grey_only_for_models_that_read_it(tmp
 
 def test_a_huge_bad_value_is_named_in_one_short_line():
     with pytest.raises(ValueError, match="half_res_from") as raised:
-        PreprocessSpec.from_dict({"height": 224, "width": 288, "half_res_from": "x" * 200_000},
+        PreprocessSpec.from_dict({**FULL_BLOCK, "half_res_from": "x" * 200_000},
                                  "plane_student.json: preprocessing")
     assert len(str(raised.value)) < 200

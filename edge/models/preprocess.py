@@ -23,6 +23,10 @@ NORMALISE_MODES = ("per_image_zscore", "unit")
 MAX_HALF_RES_FROM = 16.0
 
 
+# The keys a manifest's `preprocessing` block must give (`PreprocessSpec.from_dict`).
+REQUIRED_KEYS = ("height", "width", "roi", "color", "resize", "normalise", "scale")
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """The manifest's `preprocessing` block.
@@ -54,7 +58,14 @@ class PreprocessSpec:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown key {unknown[0]!r}")
+            raise ValueError(f"{where}: unknown key {shown(unknown[0])}")
+        # What the net was trained on must be said, not defaulted: a quality head's manifest
+        # without `normalise` would silently feed it z-scores instead of its 0-1 greys.
+        # (`half_res_from` alone may be left out: manifests before it read at full size.)
+        missing = [key for key in REQUIRED_KEYS if key not in data]
+        if missing:
+            raise ValueError(f"{where}: lacks {missing[0]!r} (what the model was trained on "
+                             "is never assumed)")
         try:
             spec = cls(**data)
         except TypeError as exc:
