@@ -348,3 +348,29 @@ def test_the_teachers_scale_of_255_is_within_the_range(tmp_path):
     # like this"): the fp32 teacher's manifest carries it.
     path = _manifest(tmp_path, preprocessing__scale=255.0, input__dtype="float32")
     assert read_manifest(path).preprocessing.scale == 255.0
+
+
+@pytest.mark.parametrize(("side", "key", "value", "needle"), [
+    ("input", "dtype", "uint8", "input dtype int8 differs from its manifest 'uint8'"),
+    ("output", "dtype", "float32", "output dtype int8 differs from its manifest 'float32'"),
+    ("output", "dtype", "banana", "output.dtype must be int8, uint8 or float32"),
+    ("input", "layout", "x", "input.layout must be NCHW or NHWC"),
+])
+def test_a_manifest_that_misstates_its_models_types_is_refused(tmp_path, side, key, value,
+                                                               needle):
+    """The manifest's input and output types were read and never held against the file:
+    a bundle whose manifest said uint8 for an int8 model loaded, and `sonoedge models` and
+    the district were told a type the model does not have."""
+    import shutil
+
+    from edge.models.runtime import load_model
+
+    for name in ("plane_student.json", "plane_student.tflite"):
+        shutil.copyfile(MODELS / name, tmp_path / name)
+    path = tmp_path / "plane_student.json"
+    raw = json.loads(path.read_text())
+    raw[side][key] = value
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ModelError) as refused:
+        load_model(read_manifest(path))
+    assert needle in str(refused.value) and "\n" not in str(refused.value), refused.value

@@ -107,8 +107,13 @@ def _check_fields(path: Path, raw: dict) -> None:
         raise bad("input.shape", f"must be 2-4 integers in 1-{MAX_INPUT_SIDE}, got {shown(shape)}")
     if "dtype" in inp and inp["dtype"] not in ("int8", "uint8", "float32"):
         raise bad("input.dtype", f"must be int8, uint8 or float32, got {shown(inp['dtype'])}")
+    if "layout" in inp and inp["layout"] not in ("NCHW", "NHWC"):
+        raise bad("input.layout", f"must be NCHW or NHWC, got {shown(inp['layout'])}")
     if not isinstance(raw["output"], dict):
         raise bad("output", f"must be an object, got {shown(raw['output'])}")
+    dtype = raw["output"].get("dtype", "int8")
+    if dtype not in ("int8", "uint8", "float32"):
+        raise bad("output.dtype", f"must be int8, uint8 or float32, got {shown(dtype)}")
     if not isinstance(raw["preprocessing"], dict):
         raise bad("preprocessing", f"must be an object, got {shown(raw['preprocessing'])}")
     # Read by `sonoedge models`, so checked here too, however informative they are.

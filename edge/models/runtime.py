@@ -229,6 +229,14 @@ def load_model(manifest: Manifest, backend: str = "litert", num_threads: int = 2
     if shape != manifest.input_shape:
         raise ModelError(f"{manifest.model_path}: input shape {shape} "
                          f"differs from its manifest {manifest.input_shape}")
+    # What the manifest says of the file must be true of it: `sonoedge models` and the
+    # district show it, and a bundle that lies about its model is a bundle built wrong.
+    for side, detail in (("input", model._input), ("output", model._output)):
+        declared = (manifest.raw.get(side) or {}).get("dtype")
+        actual = np.dtype(detail["dtype"]).name
+        if declared is not None and declared != actual:
+            raise ModelError(f"{manifest.model_path}: {side} dtype {actual} differs from its "
+                             f"manifest {shown(declared)}")
     if manifest.task.endswith("_segmentation"):
         # A segmenter answers per pixel: its map has the input's height and width.
         out = tuple(int(v) for v in model._output["shape"])
