@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,11 +24,55 @@ from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
 from edge.web.settings import WebSettings, check_web_settings
 from wire.mqtt import url_has_password
 from wire.schema import PayloadError, read_toml_bounded
-from wire.shown import shown
+from wire.shown import one_line, printable, shown, shown_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shipped config is about 4 KB; a file 64 times that is no device config.
 MAX_CONFIG_BYTES = 256 * 1024
+# Every string of the config (a path, a name, an id, a URL): Linux's PATH_MAX is 4096
+# bytes, and no name, id or URL the device uses comes near it.
+MAX_STRING_CHARS = 4096
+# NUL: no string of the config may hold it (open() refuses it with "embedded null byte",
+# a C library ends the string there). Control characters (C0, DEL, C1: a newline that
+# forges a log line, ESC that drives a terminal): no name, id, URL or word may hold one;
+# a path (PATH_KEYS) may, as Linux allows ("clinic\nroom 2" is a folder a run reads, shown
+# as \x0a), and so may the MQTT password (opaque bytes to the broker, never shown).
+_CONTROL = re.compile(r"[\x01-\x1f\x7f-\x9f]")
+_OPAQUE = {("mqtt", "password")}
+
+# Upper bounds of the counts, sizes and waits below (each is a typo or worse beyond).
+# A capture size each way: 16K is twice 8K UHD, more than any grabber delivers.
+MAX_CAPTURE_SIDE = 16384
+# A frame's pixel budget at most the largest frame those sides allow (16384^2, 268 MP;
+# decoded as RGB that is 800 MB, more than the box's memory).
+MAX_FRAME_PIXELS = MAX_CAPTURE_SIDE ** 2
+# Reopens of a lost grabber: at the 30 s default backoff 100,000 is about a month; "for
+# ever" is said with -1.
+MAX_REOPEN_ATTEMPTS = 100_000
+# loop.max_frames: a billion frames is a year at 30 fps; "until the source ends" is 0.
+MAX_LOOP_FRAMES = 1_000_000_000
+# loop.roi_refresh_frames: 100,000 frames is about an hour at 30 fps; a changed screen
+# layout (the sonographer zoomed out) waits no longer than that to be found again.
+MAX_ROI_REFRESH_FRAMES = 100_000
+# loop.log_every: a million frames is 9 hours at 30 fps; a quiet log is log_every = 0.
+MAX_LOG_EVERY = 1_000_000
+# journal.keep_days: ten years is longer than the box lives; beyond is a typo.
+MAX_KEEP_DAYS = 3650.0
+# mqtt.health_interval_s: at most a day (a box silent for longer cannot be told from a
+# dead one; 1e308 broke the health schema's interval_s maximum of 1e8, so every health
+# message was refused, wire/schemas/health.schema.json). 0 is no "off": it queues a health
+# message after every scored frame (edge/loop.py), which the uplink tests use to keep
+# publishing busy all through a run; no device wants it.
+MIN_HEALTH_INTERVAL_S, MAX_HEALTH_INTERVAL_S = 0.0, 86400.0
+# mqtt.outbox_quota_bytes: 1 GiB holds a million 1 KB exams, years of a clinic's; the
+# outbox is read whole at every start (edge/store/outbox.py).
+MAX_OUTBOX_QUOTA_BYTES = 1 << 30
+# mqtt.drain_timeout_s: `run --once` waits at most an hour for the broker (a cron job or a
+# unit's stop must end), as mqtt.connect_timeout_s.
+MAX_DRAIN_TIMEOUT_S = 3600.0
+# biometry.pixel_size_max_mm: at 2 mm a pixel a term head's BPD (~95 mm) spans under 50
+# pixels: no measurement to the millimetre (HC18's probes span 0.049-0.393).
+MAX_PIXEL_SIZE_MM = 2.0
 
 
 @dataclass(frozen=True)
@@ -188,13 +233,17 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict] | None = 
     data: dict = {}
     label = "command line"
     if path is not None:
-        label = str(path)
+        label = shown_path(path)
         try:
             data = read_toml_bounded(Path(path), MAX_CONFIG_BYTES)
         except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, PayloadError) as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise ConfigError(f"{label}: config file not found") from None
+        except PayloadError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        # ValueError: a NUL in the config's own path; str(OSError) repeats the whole path
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else None
+            raise ConfigError(f"{label}: {reason or one_line(exc)}") from None
     if path is not None:
         _check_secrets(Path(path), data)
         _paths_beside(Path(path), data)
@@ -262,26 +311,42 @@ def _check_secrets(path: Path, data: dict) -> None:
     except OSError:
         return
     if mode & 0o077:
-        raise ConfigError(f"{path}: holds the MQTT password but other users can read it "
-                          f"(mode {mode & 0o777:04o}); chmod 600 it, or use [mqtt] "
+        raise ConfigError(f"{shown_path(path)}: holds the MQTT password but other users can "
+                          f"read it (mode {mode & 0o777:04o}); chmod 600 it, or use [mqtt] "
                           "password_file")
 
 
 def _validate(settings: Settings, label: str) -> None:
+    _check_strings(settings, label)  # first: the checks below open files by these names
     if settings.models.backend not in ("litert", "edgetpu", "tflite-runtime"):
         raise ConfigError(f"{label}: models.backend must be litert, edgetpu or tflite-runtime")
     if not 1 <= settings.models.num_threads <= 64:
         raise ConfigError(f"{label}: models.num_threads must be between 1 and 64")
-    if settings.loop.roi_refresh_frames < 1 or settings.loop.log_every < 0:
-        raise ConfigError(f"{label}: loop.roi_refresh_frames must be >= 1, log_every >= 0")
+    lp = settings.loop
+    _each_in_range("loop", lp, label, (
+        ("roi_refresh_frames", 1 <= lp.roi_refresh_frames <= MAX_ROI_REFRESH_FRAMES,
+         f"1-{MAX_ROI_REFRESH_FRAMES} frames"),
+        ("log_every", 0 <= lp.log_every <= MAX_LOG_EVERY,
+         f"0-{MAX_LOG_EVERY} frames (0: no per-frame line)"),
+        # its lower bound (0) is `sonoedge run`'s, which names --max-frames (edge/cli)
+        ("max_frames", lp.max_frames <= MAX_LOOP_FRAMES,
+         f"at most {MAX_LOOP_FRAMES} (0: until the source ends)")))
     if not 0.1 <= settings.loop.stall_s <= 3600:
         raise ConfigError(f"{label}: loop.stall_s must be 0.1-3600 seconds")
-    try:
-        check_mqtt_settings(settings.mqtt)
-    except ValueError as exc:
-        raise ConfigError(f"{label}: mqtt: {exc}") from None
-    if settings.journal.keep_days <= 0:
-        raise ConfigError(f"{label}: journal.keep_days must be positive")
+    mq = settings.mqtt
+    _each_in_range("mqtt", mq, label, (
+        ("health_interval_s",
+         MIN_HEALTH_INTERVAL_S <= mq.health_interval_s <= MAX_HEALTH_INTERVAL_S,
+         f"{MIN_HEALTH_INTERVAL_S:g}-{MAX_HEALTH_INTERVAL_S:g} seconds (0: after every "
+         "frame)"),
+        ("outbox_quota_bytes", mq.outbox_quota_bytes <= MAX_OUTBOX_QUOTA_BYTES,
+         f"at most {MAX_OUTBOX_QUOTA_BYTES} (1 GiB)"),
+        ("drain_timeout_s", 0.0 <= mq.drain_timeout_s <= MAX_DRAIN_TIMEOUT_S,
+         f"0-{MAX_DRAIN_TIMEOUT_S:g} seconds")))
+    _check_mqtt(mq, label)
+    _each_in_range("journal", settings.journal, label, (
+        ("keep_days", 0.0 < settings.journal.keep_days <= MAX_KEEP_DAYS,
+         f"in (0, {MAX_KEEP_DAYS:g}] days"),))
     if not 1.0 <= settings.journal.quota_mb <= 1e7:
         raise ConfigError(f"{label}: journal.quota_mb must be at least 1")
     if not 0.1 <= settings.logging.max_mb <= 1e4 or not 0 <= settings.logging.backups <= 100:
@@ -290,14 +355,19 @@ def _validate(settings: Settings, label: str) -> None:
         check_fleet_settings(settings.fleet)
     except ValueError as exc:
         raise ConfigError(f"{label}: fleet: {exc}") from None
-    if not (settings.source.max_frame_pixels >= 1024 and settings.source.min_frame_side >= 1
-            and settings.source.min_frame_side ** 2 <= settings.source.max_frame_pixels):
-        raise ConfigError(f"{label}: source.max_frame_pixels must be at least 1024 and "
-                          "source.min_frame_side at least 1 (and fit within the budget)")
     src = settings.source
     _each_in_range("source", src, label, (
-        ("width", 0 <= src.width <= 16384, "0-16384 pixels (0: the device's own)"),
-        ("height", 0 <= src.height <= 16384, "0-16384 pixels (0: the device's own)"),
+        ("max_frame_pixels", 1024 <= src.max_frame_pixels <= MAX_FRAME_PIXELS,
+         f"1024-{MAX_FRAME_PIXELS} pixels"),))
+    if not (src.min_frame_side >= 1 and src.min_frame_side ** 2 <= src.max_frame_pixels):
+        raise ConfigError(f"{label}: source.max_frame_pixels must be at least 1024 and "
+                          "source.min_frame_side at least 1 (and fit within the budget)")
+    side = f"0-{MAX_CAPTURE_SIDE} pixels (0: the device's own)"
+    _each_in_range("source", src, label, (
+        ("width", 0 <= src.width <= MAX_CAPTURE_SIDE, side),
+        ("height", 0 <= src.height <= MAX_CAPTURE_SIDE, side),
+        ("max_reopen_attempts", -1 <= src.max_reopen_attempts <= MAX_REOPEN_ATTEMPTS,
+         f"-1 (for ever) or 0-{MAX_REOPEN_ATTEMPTS}"),
         ("fps", 0.0 <= src.fps <= 240.0, "0-240 (0: the device's own)"),
         ("backoff_initial_s", 0.0 < src.backoff_initial_s <= 3600.0, "in (0, 3600] seconds"),
         ("backoff_max_s", 0.0 < src.backoff_max_s <= 3600.0, "in (0, 3600] seconds")))
@@ -331,8 +401,61 @@ def _each_in_range(section: str, values: object, label: str,
     named on its own, with its value, so the line says which one is wrong."""
     for name, ok, allowed in checks:
         if not ok:
-            raise ConfigError(f"{label}: {section}.{name} must be {allowed}, got "
-                              f"{getattr(values, name):g}")
+            value = getattr(values, name)
+            text = f"{value:g}" if isinstance(value, float) else shown(value)
+            raise ConfigError(f"{label}: {section}.{name} must be {allowed}, got {text}")
+
+
+def _check_strings(settings: Settings, label: str) -> None:
+    """One rule for every string of every section (paths, names, ids, URLs, the lists'
+    items): at most MAX_STRING_CHARS long, no NUL, and no other control character but in
+    a path or the password (`_CONTROL`). A NUL was accepted here and ended the loop later
+    in open() ("embedded null byte"). The line names the key and the character, never the
+    value (it may be the password)."""
+    free = _OPAQUE | {(section, key) for section, keys in PATH_KEYS.items() for key in keys}
+    for section in dataclasses.fields(settings):
+        values = getattr(settings, section.name)
+        for item in dataclasses.fields(values):
+            value = getattr(values, item.name)
+            texts = value if isinstance(value, tuple) else (value,)
+            for text in (t for t in texts if isinstance(t, str)):
+                where = f"{label}: {section.name}.{item.name}"
+                if len(text) > MAX_STRING_CHARS:
+                    raise ConfigError(f"{where} is longer than {MAX_STRING_CHARS} characters")
+                if "\x00" in text:
+                    raise ConfigError(f"{where} contains a NUL character")
+                bad = _CONTROL.search(text)
+                if bad and (section.name, item.name) not in free:
+                    raise ConfigError(f"{where} contains a control character "
+                                      f"(\\x{ord(bad.group()):02x})")
+
+
+# The [mqtt] keys that name a file check_mqtt_settings opens or stats.
+_MQTT_FILES = ("tls_ca", "tls_cert", "tls_key", "password_file")
+
+
+def _check_mqtt(mq: MqttSettings, label: str) -> None:
+    """check_mqtt_settings, whose ValueError names the key; an OSError of its file checks
+    (a name too long for the file system: ENAMETOOLONG; a folder that may not be searched)
+    is named here by the key whose path it is, with the system's reason."""
+    try:
+        check_mqtt_settings(mq)
+    except ValueError as exc:
+        text = one_line(exc)
+        # its lines quote a file's path as it was (wire.mqtt.read_secret_file): each shown
+        # here as every path is, cut and escaped, so a 4 KB path is not a 4 KB line
+        for path in sorted({getattr(mq, k) for k in _MQTT_FILES} - {""}, key=len,
+                           reverse=True):
+            text = text.replace(path, shown_path(path))
+        raise ConfigError(f"{label}: mqtt: {printable(text)}") from None
+    except OSError as exc:
+        failed = exc.filename
+        key = next((k for k in _MQTT_FILES if failed is not None and getattr(mq, k)
+                    and str(failed) == getattr(mq, k)), None)
+        name = f"mqtt.{key}" if key else "mqtt"
+        shown_failed = f" {shown_path(failed)}:" if failed is not None else ""
+        raise ConfigError(f"{label}: {name}:{shown_failed} "
+                          f"{exc.strerror or one_line(exc)}") from None
 
 
 def _validate_exam(ex: ExamSettings, label: str) -> None:
@@ -372,6 +495,9 @@ def _validate_biometry(bio: BiometryConfig, label: str) -> None:
     if not 0.0 < bio.pixel_size_min_mm < bio.pixel_size_max_mm:
         raise ConfigError(f"{label}: biometry.pixel_size_min_mm must be positive and below "
                           f"pixel_size_max_mm")
+    _each_in_range("biometry", bio, label, (
+        ("pixel_size_max_mm", bio.pixel_size_max_mm <= MAX_PIXEL_SIZE_MM,
+         f"at most {MAX_PIXEL_SIZE_MM:g} mm per pixel"),))
     if bio.pixel_size_mm != 0.0 and not (
             bio.pixel_size_min_mm <= bio.pixel_size_mm <= bio.pixel_size_max_mm):
         raise ConfigError(f"{label}: biometry.pixel_size_mm {bio.pixel_size_mm:g} is outside "

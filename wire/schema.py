@@ -14,11 +14,14 @@ import math
 import os
 import re
 import stat
+import sys
 import tomllib
 import urllib.parse
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO
+
+from wire.shown import printable
 
 SCHEMA_VERSION = 1
 KINDS = ("exam", "health", "status", "dates")
@@ -189,35 +192,84 @@ def sqlite_uri(path: Path | str, mode: str = "ro") -> str:
     return "file:" + urllib.parse.quote(os.fsencode(Path(path).resolve())) + f"?mode={mode}"
 
 
+# TOML's integers are 64-bit signed (the spec: one that is not must be an error). Python
+# reads any size: a hex literal of 200,000 digits is a 800,000-bit int, and a decimal one
+# over sys.get_int_max_str_digits() (4,300) digits is a plain ValueError out of tomllib.
+TOML_INT_MIN, TOML_INT_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
 def read_toml_bounded(path: Path, max_bytes: int, max_depth: int = MAX_DEPTH) -> dict:
     """A TOML file that may be broken or hostile (a device config, the exam protocols, the
     quality rules): FileNotFoundError when it is missing, else ``PayloadError`` with the
     reason when it is not a regular file (a FIFO would be waited on for ever), larger than
-    ``max_bytes`` (only that much is read), not UTF-8, not
-    TOML, or nested deeper than ``max_depth``. tomllib recurses on nested arrays and inline
-    tables, so 20,000 brackets are a RecursionError unless caught here."""
+    ``max_bytes`` (only that much is read), not UTF-8, not TOML, nested deeper than
+    ``max_depth``, or holding an integer outside TOML's 64 bits. tomllib recurses on
+    nested arrays and inline tables, so 20,000 brackets are a RecursionError unless caught
+    here, and converts a 5,000-digit integer with int(), whose ValueError is no
+    TOMLDecodeError."""
     data, _ = read_regular_file(path, max_bytes)
     try:
-        value = tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        value = tomllib.loads(text)
     except RecursionError:
         raise PayloadError(f"not valid TOML (nested more than {max_depth} deep)") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise PayloadError(f"not valid TOML ({exc})") from None
-    if _depth(value) > max_depth:
-        raise PayloadError(f"not valid TOML (nested more than {max_depth} deep)")
+        raise PayloadError(f"not valid TOML ({_first_line(exc)})") from None
+    except ValueError as exc:  # int()'s digit limit: tomllib lets it through as it is
+        raise PayloadError(f"not valid TOML ({_long_integer(text) or _first_line(exc)})") \
+            from None
+    _check_toml_value(value, max_depth)
     return value
 
 
-def _depth(value) -> int:
-    """Nesting depth of parsed dicts and lists, without recursion."""
-    deepest, stack = 0, [(value, 1)]
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _long_integer(text: str) -> str | None:
+    """Where the integer too long for int() is, as the reason of a refusal."""
+    found = re.search(rf"[0-9_]{{{_int_digit_limit() + 1},}}", text)
+    if found is None:
+        return None
+    line = text.count("\n", 0, found.start()) + 1
+    return (f"integer too long: more than {_int_digit_limit()} digits, at line {line}; "
+            "TOML integers are 64-bit")
+
+
+def _int_digit_limit() -> int:
+    return sys.get_int_max_str_digits() or 4300  # 0: no limit (then int() never refuses)
+
+
+def _check_toml_value(value, max_depth: int) -> None:
+    """Nesting depth and integer range of parsed TOML, walked without recursion:
+    ``PayloadError`` names the first key whose integer is out of TOML's 64 bits. Each item
+    keeps only its parent and key (its name is made on a refusal alone): a 100 kB key over
+    a list of 50,000 items must not be 50,000 copies of it."""
+    stack: list[tuple[object, int, tuple | None]] = [(value, 1, None)]
     while stack:
-        item, depth = stack.pop()
+        item, depth, node = stack.pop()
         if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict)
-                                                 else item))
-    return deepest
+            if depth > max_depth:
+                raise PayloadError(f"not valid TOML (nested more than {max_depth} deep)")
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            stack.extend((v, depth + 1, (node, k)) for k, v in pairs)
+        elif isinstance(item, int) and not isinstance(item, bool) \
+                and not TOML_INT_MIN <= item <= TOML_INT_MAX:
+            raise PayloadError(f"not valid TOML (integer too large at {_key_text(node)}: "
+                               "TOML integers are 64-bit)")
+
+
+def _key_text(node: tuple | None) -> str:
+    """The dotted key of a (parent, key) chain as one short printable piece of a line (a
+    key may be 100 kB)."""
+    parts: list[str] = []
+    while node is not None:
+        node, key = node
+        parts.append(f"[{key}]" if isinstance(key, int) else
+                     "." + (key if len(key) <= 40 else key[:37] + "..."))
+    where = "".join(reversed(parts)).lstrip(".")
+    return printable(where if len(where) <= 120 else where[:117] + "...")
 
 
 _TYPES = {

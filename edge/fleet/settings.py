@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wire.fleet import GROUP_RE
+from wire.shown import shown
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ class FleetSettings:
 
 
 def check_fleet_settings(f: FleetSettings) -> None:
-    """ValueError with one line naming the key."""
+    """ValueError with one line naming the key; a value is shown cut (`wire.shown`): it
+    may be 200 kB."""
     if f.enabled and not GROUP_RE.match(f.group or ""):
-        raise ValueError(f"group {f.group!r} must name the device group (letters, digits, "
+        raise ValueError(f"group {shown(f.group)} must name the device group (letters, digits, "
                          "'.', '_', '-'; max 64) when the fleet is enabled")
     if not 0.1 <= f.max_bundle_mb <= 4096 or not 0.1 <= f.max_unpacked_mb <= 16384:
         raise ValueError("max_bundle_mb must be 0.1-4096 and max_unpacked_mb 0.1-16384")
@@ -58,7 +60,7 @@ def check_fleet_settings(f: FleetSettings) -> None:
     if not 0.1 <= f.poll_min <= 10080 or not 1 <= f.http_timeout_s <= 600:
         raise ValueError("poll_min must be 0.1-10080 and http_timeout_s 1-600")
     if f.http_url and not f.http_url.startswith(("https://", "http://")):
-        raise ValueError(f"http_url {f.http_url!r} must start with https:// (or http://)")
+        raise ValueError(f"http_url {shown(f.http_url)} must start with https:// (or http://)")
 
 
 def fleet_root(settings, state_dir: Path | str | None = None) -> Path:

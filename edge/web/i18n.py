@@ -13,13 +13,14 @@ the rules is shown (and the log says so once).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from functools import lru_cache
 from pathlib import Path
 
 from edge.models.quality import Rules
+from wire.schema import PayloadError, loads_bounded, read_regular_file
+from wire.shown import one_line, printable, shown_path
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +79,47 @@ def exam_with_advice_keys(rules: Rules | None, exam: dict | None) -> dict | None
 
 @lru_cache(maxsize=16)
 def _read(path: Path) -> dict[str, str]:
+    """A catalog, read as any file given by someone else: a regular file of at most
+    MAX_CATALOG_BYTES, JSON bounded in depth and numbers (`wire.schema.loads_bounded`: a
+    1,000-deep catalog was a RecursionError, a 5,000-digit number a ValueError). Else
+    CatalogError, one line naming the file."""
     try:
-        raw = path.read_bytes()
-        if len(raw) > MAX_CATALOG_BYTES:
-            raise CatalogError(f"{path}: catalog larger than {MAX_CATALOG_BYTES} bytes")
-        data = json.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CatalogError(f"{path}: not a readable JSON catalog ({exc})") from None
+        raw, _ = read_regular_file(path, MAX_CATALOG_BYTES)
+        data = loads_bounded(raw, MAX_CATALOG_BYTES)
+    except OSError as exc:
+        raise CatalogError(f"{shown_path(path)}: not a readable JSON catalog "
+                           f"({exc.strerror or one_line(exc)})") from None
+    except PayloadError as exc:
+        raise CatalogError(f"{shown_path(path)}: not a readable JSON catalog "
+                           f"({printable(one_line(exc))})") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                              for k, v in data.items()):
-        raise CatalogError(f"{path}: a catalog is one JSON object of strings")
+        raise CatalogError(f"{shown_path(path)}: a catalog is one JSON object of strings")
     return data
 
 
+_SAID_BAD: set[Path] = set()
+
+
+def _readable(path: Path) -> dict[str, str] | None:
+    """A catalog, or None when it cannot be read: said once in the log, one line naming the
+    file. The page then goes on in English (`languages` leaves the language out)."""
+    try:
+        return _read(path)
+    except CatalogError as exc:
+        if path not in _SAID_BAD:
+            _SAID_BAD.add(path)
+            log.warning("web: %s; the page leaves this language out", exc)
+        return None
+
+
 def languages(catalog_dir: Path = CATALOG_DIR) -> dict[str, str]:
-    """Available languages: code -> its own name (the catalog's `_language_name`)."""
+    """Available languages: code -> its own name (the catalog's `_language_name`). A
+    catalog that cannot be read is no language the box has: asked for, it is English."""
     out = {}
     for path in sorted(catalog_dir.glob("*.json")):
-        if LANG_RE.match(path.stem):
-            out[path.stem] = _read(path).get("_language_name", path.stem)
+        if LANG_RE.match(path.stem) and (own := _readable(path)) is not None:
+            out[path.stem] = own.get("_language_name", path.stem)
     return out
 
 
@@ -107,10 +130,12 @@ def catalog(lang: str, rules: Rules | None, catalog_dir: Path = CATALOG_DIR) -> 
     """The full catalog of one language: English underneath, the language on top."""
     if lang not in languages(catalog_dir):
         lang = DEFAULT
-    merged = dict(_read(catalog_dir / f"{DEFAULT}.json"))
+    # English is the shipped one; were it damaged, the quality instructions (from the
+    # rules) are still shown, the page's own words as their keys, and the log says so
+    merged = dict(_readable(catalog_dir / f"{DEFAULT}.json") or {})
     merged.update(quality_keys(rules))
     if lang != DEFAULT:
-        own = _read(catalog_dir / f"{lang}.json")
+        own = _readable(catalog_dir / f"{lang}.json") or {}
         fresh = rules is None or own.get("_quality_rules_version") == rules.version
         if not fresh and lang not in _SAID_STALE:
             _SAID_STALE.add(lang)
