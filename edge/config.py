@@ -430,32 +430,13 @@ def _check_strings(settings: Settings, label: str) -> None:
                                       f"(\\x{ord(bad.group()):02x})")
 
 
-# The [mqtt] keys that name a file check_mqtt_settings opens or stats.
-_MQTT_FILES = ("tls_ca", "tls_cert", "tls_key", "password_file")
-
-
 def _check_mqtt(mq: MqttSettings, label: str) -> None:
-    """check_mqtt_settings, whose ValueError names the key; an OSError of its file checks
-    (a name too long for the file system: ENAMETOOLONG; a folder that may not be searched)
-    is named here by the key whose path it is, with the system's reason."""
+    """check_mqtt_settings, whose one line names the key, and a file's path cut and
+    escaped (a name too long for the file system, a FIFO, a NUL: each a ValueError)."""
     try:
         check_mqtt_settings(mq)
     except ValueError as exc:
-        text = one_line(exc)
-        # its lines quote a file's path as it was (wire.mqtt.read_secret_file): each shown
-        # here as every path is, cut and escaped, so a 4 KB path is not a 4 KB line
-        for path in sorted({getattr(mq, k) for k in _MQTT_FILES} - {""}, key=len,
-                           reverse=True):
-            text = text.replace(path, shown_path(path))
-        raise ConfigError(f"{label}: mqtt: {printable(text)}") from None
-    except OSError as exc:
-        failed = exc.filename
-        key = next((k for k in _MQTT_FILES if failed is not None and getattr(mq, k)
-                    and str(failed) == getattr(mq, k)), None)
-        name = f"mqtt.{key}" if key else "mqtt"
-        shown_failed = f" {shown_path(failed)}:" if failed is not None else ""
-        raise ConfigError(f"{label}: {name}:{shown_failed} "
-                          f"{exc.strerror or one_line(exc)}") from None
+        raise ConfigError(f"{label}: mqtt: {printable(one_line(exc))}") from None
 
 
 def _validate_exam(ex: ExamSettings, label: str) -> None:

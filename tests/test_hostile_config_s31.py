@@ -328,3 +328,20 @@ def test_the_catalogs_shipped_are_read_by_the_bounded_reader():
     for lang in ("en", "fr"):
         assert json.loads((i18n.CATALOG_DIR / f"{lang}.json").read_text()) \
             == i18n._read(i18n.CATALOG_DIR / f"{lang}.json")
+
+
+def test_a_password_file_that_is_a_pipe_is_one_line_not_a_wait(tmp_path):
+    """`read_secret_file` opened the password file with open(), which waits for ever for a
+    writer when the path is a FIFO: the device, or the district's collector, hung at start
+    without a word. It is refused, as every other file the device is given."""
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "pw")
+    out: list[str] = []
+    worker = threading.Thread(target=lambda: out.append(
+        refused(tmp_path, f'[mqtt]\npassword_file = "{tmp_path / "pw"}"\n')), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert out, "still waiting for a writer"
+    assert "mqtt: password file" in out[0] and "not a regular file" in out[0], out[0]

@@ -11,6 +11,8 @@ import stat
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from wire.schema import PayloadError, read_regular_file
+from wire.shown import read_failure, shown_path
 from wire.shown import shown as shown_value
 
 TOPIC_PREFIX = "sonoedge"
@@ -89,23 +91,26 @@ def url_has_password(url: str) -> bool:
 
 def read_secret_file(path: str | os.PathLike) -> str:
     """A password from a file that only its owner may read (mode 0600 or 0400): the first
-    line, without its line end. ValueError names the file and what is wrong with it."""
+    line, without its line end. ValueError names the file (cut and escaped: the path is the
+    config's, as hostile as the rest of it) and what is wrong with it; a FIFO is refused,
+    not waited on."""
+    where = f"password file {shown_path(path)}"
     try:
-        with open(path, encoding="utf-8") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            text = handle.read(4096)
-    except OSError as exc:
-        raise ValueError(f"password file {path}: {exc.strerror or exc}") from None
+        data, st = read_regular_file(path, 4096)
+    except PayloadError as exc:  # a folder, a FIFO, a device; more than a password
+        raise ValueError(f"{where}: {exc}") from None
+    except (OSError, ValueError) as exc:  # missing, not readable, a NUL in the name
+        raise ValueError(f"{where}: {read_failure(exc)}") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"password file {path}: not UTF-8 text") from None
-    if not stat.S_ISREG(mode):
-        raise ValueError(f"password file {path}: not a regular file")
-    if mode & 0o077:
-        raise ValueError(f"password file {path}: readable by other users (mode "
-                         f"{stat.S_IMODE(mode):04o}); chmod 600 it")
+        raise ValueError(f"{where}: not UTF-8 text") from None
+    if st.st_mode & 0o077:
+        raise ValueError(f"{where}: readable by other users (mode "
+                         f"{stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
     password = text.splitlines()[0] if text.splitlines() else ""
     if not password:
-        raise ValueError(f"password file {path}: empty")
+        raise ValueError(f"{where}: empty")
     return password
 
 

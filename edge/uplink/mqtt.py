@@ -68,7 +68,7 @@ from wire.schema import (
     validate,
     wall_ts_or_none,
 )
-from wire.shown import one_line, shown, shown_path
+from wire.shown import one_line, read_failure, shown, shown_path
 
 log = logging.getLogger("sonoedge.uplink")
 
@@ -161,8 +161,12 @@ def check_mqtt_settings(s: MqttSettings) -> None:
                          f"(room for a few exams), got {s.outbox_quota_bytes!r}")
     for key in ("tls_ca", "tls_cert", "tls_key"):
         path = getattr(s, key)
-        if path and not Path(path).is_file():
-            raise ValueError(f"mqtt.{key}: {path}: no such file")
+        try:
+            found = not path or Path(path).is_file()
+        except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL
+            raise ValueError(f"mqtt.{key}: {shown_path(path)}: {read_failure(exc)}") from None
+        if not found:
+            raise ValueError(f"mqtt.{key}: {shown_path(path)}: no such file")
     if s.password_file:
         read_secret_file(s.password_file)
 
