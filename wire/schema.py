@@ -185,6 +185,35 @@ def read_regular_file(path: Path | str, max_bytes: int) -> tuple[bytes, os.stat_
     return data, st
 
 
+def read_state_json(path: Path | str, max_bytes: int, max_depth: int) -> object:
+    """A JSON file the device wrote itself (a status, the fleet's state), read back as
+    hostile input: a regular file of at most `max_bytes`, nested at most `max_depth`
+    (checked on the bytes, before any recursion). FileNotFoundError when it is missing,
+    ``PayloadError`` (the reason, one line) when it cannot be read or is no JSON. Unlike
+    `loads_bounded`, a value JSON holds but the device never writes (Infinity, a key
+    twice) is kept for the caller to mend field by field: one flipped value must not cost
+    the whole file (a fleet trial, and with it its rollback)."""
+    try:
+        data, _ = read_regular_file(path, max_bytes)
+    except (FileNotFoundError, PayloadError):
+        raise
+    except (OSError, ValueError) as exc:  # not readable; a NUL in the name
+        raise PayloadError(exc.strerror if isinstance(exc, OSError) and exc.strerror
+                           else _first_line(exc)) from None
+    depth = json_depth(data)
+    if depth > max_depth:
+        raise PayloadError(f"nested {depth} deep, more than {max_depth}")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PayloadError(f"not JSON: {_first_line(exc)[:120]}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def sqlite_uri(path: Path | str, mode: str = "ro") -> str:
     """The URI that opens a SQLite file in `mode` ("ro": read-only; "rwc"), from its path's
     bytes: a folder name with '?', '#' or '%' in it, or one that is not UTF-8, opens the

@@ -39,8 +39,7 @@ from wire.fleet import BundleError, BundleManifest, parse_version
 from wire.schema import (
     PayloadError,
     finite_number,
-    json_depth,
-    read_regular_file,
+    read_state_json,
     wall_ts_or_none,
 )
 from wire.shown import one_line, shown, shown_path
@@ -107,24 +106,9 @@ def is_version(value: object) -> bool:
 
 def read_state_file(path: Path) -> object:
     """A fleet file the device wrote (`state.json`, a `slot.json`) read back as hostile
-    input, within STATE_MAX_BYTES and STATE_MAX_DEPTH (checked on the bytes, before any
-    recursion): FileNotFoundError when missing, ``PayloadError`` (the reason) when it
-    cannot be read or parsed. A value JSON holds but the device never writes (Infinity, a
-    key twice) is left to `checked_state` and `slot_info` to mend field by field: refusing
-    the whole file for it would forget a trial, and with it the rollback."""
-    try:
-        data, _ = read_regular_file(path, STATE_MAX_BYTES)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise PayloadError(exc.strerror or one_line(exc)) from None
-    depth = json_depth(data)
-    if depth > STATE_MAX_DEPTH:
-        raise PayloadError(f"nested {depth} deep, more than {STATE_MAX_DEPTH}")
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise PayloadError(f"not JSON: {one_line(exc)[:120]}") from None
+    input (`wire.schema.read_state_json`): a value it never writes (Infinity, a key twice)
+    is left to `checked_state` and `slot_info` to mend field by field."""
+    return read_state_json(path, STATE_MAX_BYTES, STATE_MAX_DEPTH)
 
 
 def checked_state(raw: object, path: Path) -> dict:

@@ -62,13 +62,12 @@ from wire.schema import (
     PayloadError,
     finite_number,
     id_pattern,
-    json_depth,
     load_schema,
-    read_regular_file,
+    read_state_json,
     validate,
     wall_ts_or_none,
 )
-from wire.shown import one_line, read_failure, shown, shown_path
+from wire.shown import read_failure, shown, shown_path
 
 log = logging.getLogger("sonoedge.uplink")
 
@@ -208,19 +207,12 @@ def load_status(state_dir: Path | str) -> tuple[dict | None, str | None]:
     have their type (None when the file is missing, or damaged as a whole: not a bounded
     JSON object); `problem` is one line naming the file and what is damaged, else None."""
     path = Path(state_dir) / STATUS_FILE
-    try:
-        data, _ = read_regular_file(path, STATUS_MAX_BYTES)
-        depth = json_depth(data)  # on the bytes, before json.loads could recurse
-        if depth > STATUS_MAX_DEPTH:
-            raise PayloadError(f"nested {depth} deep, more than {STATUS_MAX_DEPTH}")
-        # Infinity or a key twice is left to the fields' checks: one bad value costs its
-        # field, not the whole file
-        raw = json.loads(data.decode("utf-8"))
+    try:  # Infinity or a key twice is left to the fields' checks: it costs its field
+        raw = read_state_json(path, STATUS_MAX_BYTES, STATUS_MAX_DEPTH)
     except FileNotFoundError:
         return None, None
-    except (OSError, PayloadError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
-        return None, f"{shown_path(path)}: damaged ({reason[:120]}): ignored"
+    except PayloadError as exc:
+        return None, f"{shown_path(path)}: damaged ({str(exc)[:120]}): ignored"
     if not isinstance(raw, dict):
         return None, f"{shown_path(path)}: damaged (not a JSON object): ignored"
     bad: list[str] = []
