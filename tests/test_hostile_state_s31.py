@@ -178,7 +178,7 @@ def test_the_seq_bounds_leave_room_within_the_wire_s_schemas():
     assert SEQ_FLOOR_MAX + 1 < top < 2**63 - 1
 
 
-@pytest.mark.parametrize("value", [2**63 - 1, SEQ_FLOOR_MAX + 1, -5, "abc", 1e300, b"\x00",
+@pytest.mark.parametrize("value", [2**63 - 1, outbox_module.SEQ_MAX + 1, -5, "abc", 1e300, b"\x00",
                                    None], ids=repr)
 def test_a_damaged_seq_in_the_outbox_is_mended_from_its_messages_and_keys(tmp_path, caplog,
                                                                            value):

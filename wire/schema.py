@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 
-from wire.shown import printable
+from wire.shown import printable, read_failure
 
 SCHEMA_VERSION = 1
 KINDS = ("exam", "health", "status", "dates")
@@ -135,10 +135,15 @@ def id_pattern(field: str) -> re.Pattern:
 
 
 def finite_number(value: object) -> bool:
-    """A real number: not a bool (True is 1 to Python), not NaN nor an infinity. What a
-    device reads back from disk or a hostile file may be any of those."""
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
+    """A real number: not a bool (True is 1 to Python), not NaN nor an infinity, nor an
+    integer too large for a float. What a device reads back from disk or a hostile file
+    may be any of those."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond a float (10**400): no number a field holds
+        return False
 
 
 def number_or_none(value: object) -> float | None:
@@ -198,8 +203,7 @@ def read_state_json(path: Path | str, max_bytes: int, max_depth: int) -> object:
     except (FileNotFoundError, PayloadError):
         raise
     except (OSError, ValueError) as exc:  # not readable; a NUL in the name
-        raise PayloadError(exc.strerror if isinstance(exc, OSError) and exc.strerror
-                           else _first_line(exc)) from None
+        raise PayloadError(read_failure(exc)) from None
     depth = json_depth(data)
     if depth > max_depth:
         raise PayloadError(f"nested {depth} deep, more than {max_depth}")
@@ -207,11 +211,6 @@ def read_state_json(path: Path | str, max_bytes: int, max_depth: int) -> object:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PayloadError(f"not JSON: {_first_line(exc)[:120]}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def sqlite_uri(path: Path | str, mode: str = "ro") -> str:

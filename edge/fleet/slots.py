@@ -641,8 +641,9 @@ class Fleet:
             out["rollback"] = {"from": str(rollback.get("from"))[:40],
                                "to": str(rollback.get("to"))[:40],
                                "reason": str(rollback.get("reason"))[:160],
-                               "ts": rollback.get("ts") if isinstance(
-                                   rollback.get("ts"), int | float) else None}
+                               # a time the wire takes, or none (Infinity broke the
+                               # health schema, so every health message was refused)
+                               "ts": wall_ts_or_none(rollback.get("ts"))}
         if self.state.get("last_error"):
             out["error"] = str(self.state["last_error"])[-160:]
         return out

@@ -239,6 +239,9 @@ class Outbox:
                     if name in meta:
                         db.execute("UPDATE meta SET value = ? WHERE key = ?",
                                    (meta[name], name))
+                # and above every seq its salvaged keys hold: messages sent and acknowledged
+                # whose seqs the district has, when the old meta was lost
+                self._last_seq(db, at_open=True)
         except sqlite3.DatabaseError as err:
             raise OutboxError(f"{self.path}: a new outbox cannot be started ({err})") from None
         self.moved_aside, self.salvaged = moved, len(rows)
@@ -253,30 +256,37 @@ class Outbox:
             for key in ("seq", "dropped_health", "dropped_exam", "reported_health",
                         "reported_exam"):
                 self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, 0)", (key,))
+            for key, value in self._db.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('dropped_health', "
+                    "'dropped_exam', 'reported_health', 'reported_exam')").fetchall():
+                if not count_ok(value):  # else `value + 1` never moves it again (1e300)
+                    log.warning("outbox %s: drop counter %s was %s: reset to 0", self.path,
+                                key, shown(value))
+                    self._db.execute("UPDATE meta SET value = 0 WHERE key = ?", (key,))
             self._last_seq(self._db, at_open=True)
 
     def _last_seq(self, db: sqlite3.Connection, at_open: bool = False) -> int:
         """The last seq handed out, from `meta`, in the caller's transaction. A value that
-        is not an integer from 0 to SEQ_FLOOR_MAX (a flipped bit, a hand edit: counting on
+        is not an integer from 0 to SEQ_MAX (a flipped bit, a hand edit: counting on
         from 2^63 - 1 overflowed at the next message, from a text it raised) is mended, with
         one log line, to the highest seq the outbox's messages and keys hold, so no seq is
         handed out twice. At open it is also raised to that when it is below (a lost row:
         the next message would have taken a seq in use and failed its insert)."""
         row = db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
         value = row[0] if row is not None else None
-        if seq_ok(value) and not at_open:
+        if count_ok(value) and value < SEQ_MAX and not at_open:
             return value
         used = 0
         for table in ("outbox", "keys"):
             top = db.execute(f"SELECT MAX(seq) FROM {table} WHERE typeof(seq) = 'integer' "
-                             "AND seq BETWEEN 0 AND ?", (SEQ_FLOOR_MAX,)).fetchone()[0]
+                             "AND seq BETWEEN 0 AND ?", (SEQ_MAX,)).fetchone()[0]
             used = max(used, top or 0)
-        if seq_ok(value) and value >= used:
+        if count_ok(value) and value >= used:
             return value
         log.warning("outbox %s: its last seq %s is %s: mended to %d, the highest seq its "
                     "messages and keys hold", self.path, shown(value),
-                    "below a seq in use" if seq_ok(value) else
-                    f"not an integer from 0 to {SEQ_FLOOR_MAX}", used)
+                    "below a seq in use" if count_ok(value) else
+                    f"not an integer from 0 to {SEQ_MAX}", used)
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('seq', ?)", (used,))
         return used
 
@@ -319,10 +329,10 @@ class Outbox:
         return Outbox._Tx(self)
 
     def _meta(self, key: str) -> int:
-        """A counter of `meta`; 0 for a value that is no integer within SEQ_FLOOR_MAX
-        (damage: a text made the health message's drop report raise)."""
+        """A counter of `meta`; 0 for a value that is no integer within SEQ_MAX (damage: a
+        text made the health message's drop report raise). `_init_meta` resets those."""
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row is not None and seq_ok(row[0]) else 0
+        return row[0] if row is not None and count_ok(row[0]) else 0
 
     # -- writing ------------------------------------------------------------------------
     def enqueue(self, kind: str, body: dict, key: str | None = None,
@@ -392,7 +402,7 @@ class Outbox:
                 db.execute("INSERT OR IGNORE INTO keys(key, seq, ts) VALUES (?, 0, ?)",
                            (key, time.time()))
                 return None
-            seq = self._last_seq(db) + 1  # at most SEQ_FLOOR_MAX + 1, within SEQ_MAX
+            seq = self._last_seq(db) + 1  # within SEQ_MAX (2^53 - 1: never reached)
             body = dict(body)
             body["msg_id"] = msg_id
             body["seq"] = seq
@@ -534,7 +544,7 @@ class Outbox:
             rows = self._db.execute(
                 "SELECT kind, state, COUNT(*) FROM outbox GROUP BY kind, state"
             ).fetchall()
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            meta = {key: self._meta(key) for key in ("seq", "dropped_health", "dropped_exam")}
         per: dict[str, int] = {}
         pending = rejected = 0
         for kind, state, n in rows:
@@ -550,9 +560,9 @@ class Outbox:
             "rejected": rejected,
             "used_bytes": self._used,
             "quota_bytes": self.quota_bytes,
-            "last_seq": int(meta.get("seq", 0)),
-            "dropped_health": int(meta.get("dropped_health", 0)),
-            "dropped_exam": int(meta.get("dropped_exam", 0)),
+            "last_seq": meta["seq"],
+            "dropped_health": meta["dropped_health"],
+            "dropped_exam": meta["dropped_exam"],
         }
 
     def pending_count(self) -> int:
@@ -587,9 +597,16 @@ class Outbox:
 
 
 def seq_ok(value: object) -> bool:
-    """A seq read back from disk that may be counted on from: an integer (not a bool, not
-    a float) from 0 to SEQ_FLOOR_MAX."""
+    """A seq from outside the outbox (the status file's floor, a damaged outbox's rows)
+    that may be counted on from: an integer (not a bool, not a float) from 0 to
+    SEQ_FLOOR_MAX."""
     return type(value) is int and 0 <= value <= SEQ_FLOOR_MAX
+
+
+def count_ok(value: object) -> bool:
+    """A counter of the outbox's own `meta` (its last seq, the drops): an integer from 0 to
+    SEQ_MAX. Its own seq may pass SEQ_FLOOR_MAX by counting; a floor from outside may not."""
+    return type(value) is int and 0 <= value <= SEQ_MAX
 
 
 def dates_key(exam_id: str, entry: int) -> str:
@@ -622,6 +639,12 @@ def _read_what_remains(path: Path, quota_bytes: int) -> tuple[list[tuple], dict,
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, min(quota_bytes + 4096, 1 << 30))
         # a single query that runs past the deadline (a long run of damage) is interrupted
         conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        # first: it is small, and the messages may use up the deadline
+        try:  # each counter on its own: one damaged value (1e300, a text) costs only it
+            meta = {k: v for k, v in conn.execute("SELECT key, value FROM meta")
+                    if isinstance(k, str) and seq_ok(v)}
+        except sqlite3.Error:
+            meta = {}
         scan = DamagedTableScan(conn, "outbox", _COLUMNS.split(", "), deadline)
         refused = 0
         for row in scan.rows():
@@ -629,11 +652,6 @@ def _read_what_remains(path: Path, quota_bytes: int) -> tuple[list[tuple], dict,
                 found.setdefault(row[1], (row[0], row[1:]))
             else:
                 refused += 1
-        try:  # each counter on its own: one damaged value (1e300, a text) costs only it
-            meta = {k: v for k, v in conn.execute("SELECT key, value FROM meta")
-                    if isinstance(k, str) and seq_ok(v)}
-        except sqlite3.Error:
-            meta = {}
         known = DamagedTableScan(conn, "keys", ["key", "seq"], deadline)
         for _, key, seq in known.rows():
             if isinstance(key, str) and isinstance(seq, int):
