@@ -63,11 +63,13 @@ def _collector_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tls-key", default="")
     ap.add_argument("--reconnect-max-s", type=float, default=30.0)
     ap.add_argument("--dead-letter-quota", type=int, default=defaults.dead_letter_quota,
-                    help="dead letters written per device in any --dead-letter-window-s; the "
+                    help="dead letters written per device per --dead-letter-window-s; the "
                          "rest are counted and logged, not stored (default %(default)s)")
     ap.add_argument("--dead-letter-window-s", type=float,
                     default=defaults.dead_letter_window_s,
-                    help="the rolling window of --dead-letter-quota (default %(default)s)")
+                    help="the window of --dead-letter-quota, a fixed one its first letter "
+                         "opens: at most twice the quota in any rolling window (default "
+                         "%(default)s)")
     ap.add_argument("--duration-s", type=float, default=None,
                     help="stop after this many seconds (default: run until SIGTERM)")
     ap.add_argument("--log-level", default="INFO")
