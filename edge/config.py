@@ -58,18 +58,6 @@ MAX_ROI_REFRESH_FRAMES = 100_000
 MAX_LOG_EVERY = 1_000_000
 # journal.keep_days: ten years is longer than the box lives; beyond is a typo.
 MAX_KEEP_DAYS = 3650.0
-# mqtt.health_interval_s: at most a day (a box silent for longer cannot be told from a
-# dead one; 1e308 broke the health schema's interval_s maximum of 1e8, so every health
-# message was refused, wire/schemas/health.schema.json). 0 is no "off": it queues a health
-# message after every scored frame (edge/loop.py), which the uplink tests use to keep
-# publishing busy all through a run; no device wants it.
-MIN_HEALTH_INTERVAL_S, MAX_HEALTH_INTERVAL_S = 0.0, 86400.0
-# mqtt.outbox_quota_bytes: 1 GiB holds a million 1 KB exams, years of a clinic's; the
-# outbox is read whole at every start (edge/store/outbox.py).
-MAX_OUTBOX_QUOTA_BYTES = 1 << 30
-# mqtt.drain_timeout_s: `run --once` waits at most an hour for the broker (a cron job or a
-# unit's stop must end), as mqtt.connect_timeout_s.
-MAX_DRAIN_TIMEOUT_S = 3600.0
 # biometry.pixel_size_max_mm: at 2 mm a pixel a term head's BPD (~95 mm) spans under 50
 # pixels: no measurement to the millimetre (HC18's probes span 0.049-0.393).
 MAX_PIXEL_SIZE_MM = 2.0
@@ -327,22 +315,11 @@ def _validate(settings: Settings, label: str) -> None:
         ("roi_refresh_frames", 1 <= lp.roi_refresh_frames <= MAX_ROI_REFRESH_FRAMES,
          f"1-{MAX_ROI_REFRESH_FRAMES} frames"),
         ("log_every", 0 <= lp.log_every <= MAX_LOG_EVERY,
-         f"0-{MAX_LOG_EVERY} frames (0: no per-frame line)"),
-        # its lower bound (0) is `sonoedge run`'s, which names --max-frames (edge/cli)
-        ("max_frames", lp.max_frames <= MAX_LOOP_FRAMES,
-         f"at most {MAX_LOOP_FRAMES} (0: until the source ends)")))
+         f"0-{MAX_LOG_EVERY} frames (0: no per-frame line)")))
+    # loop.max_frames is checked by `sonoedge run`, which knows whether --max-frames gave it
     if not 0.1 <= settings.loop.stall_s <= 3600:
         raise ConfigError(f"{label}: loop.stall_s must be 0.1-3600 seconds")
     mq = settings.mqtt
-    _each_in_range("mqtt", mq, label, (
-        ("health_interval_s",
-         MIN_HEALTH_INTERVAL_S <= mq.health_interval_s <= MAX_HEALTH_INTERVAL_S,
-         f"{MIN_HEALTH_INTERVAL_S:g}-{MAX_HEALTH_INTERVAL_S:g} seconds (0: after every "
-         "frame)"),
-        ("outbox_quota_bytes", mq.outbox_quota_bytes <= MAX_OUTBOX_QUOTA_BYTES,
-         f"at most {MAX_OUTBOX_QUOTA_BYTES} (1 GiB)"),
-        ("drain_timeout_s", 0.0 <= mq.drain_timeout_s <= MAX_DRAIN_TIMEOUT_S,
-         f"0-{MAX_DRAIN_TIMEOUT_S:g} seconds")))
     _check_mqtt(mq, label)
     _each_in_range("journal", settings.journal, label, (
         ("keep_days", 0.0 < settings.journal.keep_days <= MAX_KEEP_DAYS,

@@ -14,7 +14,7 @@ from edge.cli import biometry as biometry_cli
 from edge.cli import exam as exam_cli
 from edge.cli import fleet as fleet_cli
 from edge.cli import pin as pin_cli
-from edge.config import ConfigError, ModelSettings, load_settings
+from edge.config import MAX_LOOP_FRAMES, ConfigError, ModelSettings, load_settings
 from edge.exam.protocol import ProtocolError
 from edge.models.manifest import Manifest, ModelError, list_manifests
 from edge.models.quality import RulesError
@@ -25,7 +25,7 @@ from edge.web.settings import WebError
 from wire.cli import OneLineParser
 from wire.fleet import BundleError
 from wire.mqtt import URL_PASSWORD_WARNING, url_has_password
-from wire.shown import shown_path
+from wire.shown import shown, shown_path
 
 EXPECTED_ERRORS = (ConfigError, ModelError, SourceError, biometry_cli.InputError,
                    ProtocolError, RulesError, PinError, WebError)
@@ -68,11 +68,12 @@ def _run(args: argparse.Namespace) -> int:
         "web": {"listen": args.web},
     }
     settings = load_settings(args.config, overrides)
-    if settings.loop.max_frames < 0:  # -1 was taken as "stop after the first frame"
-        where = "--max-frames" if args.max_frames is not None else f"{args.config}: " \
-            "loop.max_frames"
-        raise ConfigError(f"{where} must be 0 (until the source ends) or more, got "
-                          f"{settings.loop.max_frames}")
+    # -1 was taken as "stop after the first frame"; a billion frames is a year at 30 fps
+    if not 0 <= settings.loop.max_frames <= MAX_LOOP_FRAMES:
+        where = "--max-frames" if args.max_frames is not None else \
+            f"{shown_path(args.config)}: loop.max_frames"
+        raise ConfigError(f"{where} must be 0 (until the source ends) to {MAX_LOOP_FRAMES}, "
+                          f"got {shown(settings.loop.max_frames)}")
     if args.mqtt_url and url_has_password(args.mqtt_url):
         print(f"sonoedge: warning: {URL_PASSWORD_WARNING} ([mqtt] password_file)",
               file=sys.stderr)

@@ -124,6 +124,19 @@ def resolve_device_id(device_id: str) -> str:
     return host if _ID_RE.match(host) else "device"
 
 
+# The most each [mqtt] number may be. What MQTT's fields hold (keep-alive 2 bytes, session
+# expiry and receive maximum as v5 has them) and what a wait can be: beyond, every
+# connection attempt failed (a struct or overflow error, its traceback each time) and
+# nothing was ever sent. health_interval_s: a box silent for over a day cannot be told from
+# a dead one, and 1e308 broke the health schema's interval_s (at most 1e8), so every health
+# message was refused (0 is no "off": a health message after every frame). drain_timeout_s:
+# `run --once` must end, as a connect does. The outbox: 1 GiB holds a million 1 kB exams,
+# years of a clinic's, and each start checks it whole.
+MOST = {"keepalive_s": 65535, "session_expiry_s": 0xFFFFFFFF, "max_inflight": 65535,
+        "connect_timeout_s": 3600, "reconnect_max_s": 86400, "health_interval_s": 86400,
+        "drain_timeout_s": 3600, "outbox_quota_bytes": 1 << 30}
+
+
 def check_mqtt_settings(s: MqttSettings) -> None:
     """Refuse settings that would make every message fail later; ValueError names the key.
 
@@ -143,18 +156,14 @@ def check_mqtt_settings(s: MqttSettings) -> None:
             raise ValueError(f"mqtt.{key} must be positive, got {value!r}")
     for key in ("health_interval_s", "drain_timeout_s", "session_expiry_s"):
         if getattr(s, key) < 0:
-            raise ValueError(f"mqtt.{key} must not be negative, got {getattr(s, key)!r}")
+            raise ValueError(f"mqtt.{key} must be at least 0, got {shown(getattr(s, key))}")
     if s.reconnect_max_s < s.reconnect_min_s:
         raise ValueError("mqtt.reconnect_max_s must be at least mqtt.reconnect_min_s")
-    # What MQTT's fields hold (keep-alive 2 bytes, session expiry and receive maximum as
-    # v5 has them) and what a wait can be: beyond, every connection attempt failed (a
-    # struct or overflow error, its traceback each time) and nothing was ever sent.
     # Below MIN_OUTBOX_QUOTA_BYTES every exam was refused as larger than the outbox.
-    most = {"keepalive_s": 65535, "session_expiry_s": 0xFFFFFFFF, "max_inflight": 65535,
-            "connect_timeout_s": 3600, "reconnect_max_s": 86400}
-    for key, top in most.items():
+    for key, top in MOST.items():
         if getattr(s, key) > top:
-            raise ValueError(f"mqtt.{key} must be at most {top}, got {getattr(s, key)!r}")
+            raise ValueError(f"mqtt.{key} must be at most {top}, got "
+                             f"{shown(getattr(s, key))}")
     if s.outbox_quota_bytes < MIN_OUTBOX_QUOTA_BYTES:
         raise ValueError(f"mqtt.outbox_quota_bytes must be at least {MIN_OUTBOX_QUOTA_BYTES} "
                          f"(room for a few exams), got {s.outbox_quota_bytes!r}")
