@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 # Client-caused lines of one kind said one by one per window; the rest are only counted.
 # A few, not one: the first handful of wrong PINs or bad requests each say who and what.
@@ -122,16 +123,19 @@ class OneLineBadRequests(logging.Filter):
         if getattr(record, SUMMARY, False):
             return True
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError | ConnectionError):
-            bad = isinstance(exc, HttpProcessingError)
+        # RequestPayloadError: a body aiohttp could not decode (a false Content-Encoding, a
+        # broken chunk), met while it drains the body after the answer
+        if isinstance(exc, HttpProcessingError | RequestPayloadError | ConnectionError):
+            bad = isinstance(exc, HttpProcessingError | RequestPayloadError)
             subject = record.args[0] if isinstance(record.args, tuple) and record.args \
                 and isinstance(record.args[0], str) else None
             if not self.lines.allow("malformed" if bad else "connection",
                                     "malformed requests" if bad else "broken connections",
                                     subject):
                 return False
-            what = str(getattr(exc, "message", "") or exc).strip().splitlines() or [""]
-            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {what[0][:100]}"
+            # one line: aiohttp's texts run over two ("400, message:\n  Can not decode ...")
+            what = " ".join(str(getattr(exc, "message", "") or exc).split())
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {what[:100]}"
             record.args, record.exc_info, record.exc_text = None, None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

@@ -792,9 +792,21 @@ class WebServer:
     @web.middleware
     async def _headers(self, request: web.Request, handler):
         try:
+            if request.headers.get("Content-Encoding", "identity").strip().lower() not in (
+                    "", "identity"):
+                # No page sends a compressed body, and aiohttp fails decoding a false one
+                # (a 500, and a traceback while it drains the body after the answer).
+                refused = web.HTTPUnsupportedMediaType(text="send the body without "
+                                                            "Content-Encoding")
+                refused.force_close()  # its body is never read, so never drained
+                raise refused
             response = await handler(request)
         except web.HTTPException as exc:
             response = exc
+        except OSError:  # a /static/ name too long for the file system (aiohttp's stat)
+            if not request.path.startswith("/static/"):
+                raise
+            response = web.HTTPNotFound(text="not found")
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
         if request.path.startswith("/api/") or request.path == "/":
