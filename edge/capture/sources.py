@@ -700,6 +700,8 @@ def list_folder_images(folder: Path) -> list[Path]:
 
 def _open_file_spec(spec: str, *, pace: bool = False,
                     limits: FrameLimits = DEFAULT_LIMITS) -> Source:
+    if not str(spec).strip():  # Path("") is the current folder: `score ""` scored it
+        raise SourceError(f"{shown_path(spec)!r}: an empty path names no file or folder")
     path = Path(spec)
     shown = shown_path(spec)
     try:
