@@ -24,7 +24,7 @@ from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
 from edge.web.settings import WebSettings, check_web_settings
 from wire.mqtt import url_has_password
 from wire.schema import PayloadError, read_toml_bounded
-from wire.shown import one_line, printable, shown, shown_path
+from wire.shown import one_line, printable, read_failure, shown, shown_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shipped config is about 4 KB; a file 64 times that is no device config.
@@ -230,8 +230,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict] | None = 
             raise ConfigError(f"{label}: {exc}") from None
         # ValueError: a NUL in the config's own path; str(OSError) repeats the whole path
         except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else None
-            raise ConfigError(f"{label}: {reason or one_line(exc)}") from None
+            raise ConfigError(f"{label}: {read_failure(exc)}") from None
     if path is not None:
         _check_secrets(Path(path), data)
         _paths_beside(Path(path), data)

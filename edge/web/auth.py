@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wire.schema import PayloadError, loads_bounded, read_regular_file
-from wire.shown import one_line
+from wire.shown import one_line, read_failure, shown_path
 
 PIN_FILE = "web-pin.json"
 PIN_MIN, PIN_MAX = 4, 64
@@ -121,16 +121,17 @@ def read_pin(state_dir: Path) -> PinHash:
     its costs integers (not a bool, a float or Infinity) within the ranges below, and none
     whose memory exceeds SCRYPT_MAXMEM: such a file was accepted, and then every login
     failed in the hash (a 500 answer, counted as a wrong PIN until the page locked)."""
-    path = Path(state_dir) / PIN_FILE
+    real = Path(state_dir) / PIN_FILE
+    path = shown_path(real)  # each line names it, escaped (a folder may be "clinic\nroom 2")
     try:
-        data, _ = read_regular_file(path, PIN_FILE_MAX_BYTES)
+        data, _ = read_regular_file(real, PIN_FILE_MAX_BYTES)
         raw = loads_bounded(data, PIN_FILE_MAX_BYTES, max_depth=2)
     except FileNotFoundError:
         raise PinError(f"{path}: no device PIN is set; run `sonoedge pin set --state-dir "
-                       f"{Path(state_dir)}` and type the PIN") from None
+                       f"{shown_path(state_dir)}` and type the PIN") from None
     except (OSError, PayloadError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
-        raise PinError(f"{path}: unreadable PIN file ({reason}); set the PIN again") from None
+        raise PinError(f"{path}: unreadable PIN file ({read_failure(exc)}); set the PIN "
+                       "again") from None
     try:
         if not isinstance(raw, dict) or raw.get("scheme") != "scrypt":
             raise ValueError("unknown scheme")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edge.models.quality import Rules
 from wire.schema import PayloadError, loads_bounded, read_regular_file
-from wire.shown import one_line, printable, shown_path
+from wire.shown import one_line, printable, read_failure, shown_path
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _read(path: Path) -> dict[str, str]:
         data = loads_bounded(raw, MAX_CATALOG_BYTES)
     except OSError as exc:
         raise CatalogError(f"{shown_path(path)}: not a readable JSON catalog "
-                           f"({exc.strerror or one_line(exc)})") from None
+                           f"({read_failure(exc)})") from None
     except PayloadError as exc:
         raise CatalogError(f"{shown_path(path)}: not a readable JSON catalog "
                            f"({printable(one_line(exc))})") from None
@@ -103,7 +103,11 @@ _SAID_BAD: set[Path] = set()
 
 def _readable(path: Path) -> dict[str, str] | None:
     """A catalog, or None when it cannot be read: said once in the log, one line naming the
-    file. The page then goes on in English (`languages` leaves the language out)."""
+    file. The page then goes on in English (`languages` leaves the language out). A bad
+    one is not read again (a good one is cached by `_read`): else every request read and
+    parsed it anew, three or four times."""
+    if path in _SAID_BAD:
+        return None
     try:
         return _read(path)
     except CatalogError as exc:
