@@ -44,3 +44,21 @@ def test_a_body_with_a_false_content_encoding_is_415_and_one_line(tmp_path, capl
     assert b"without Content-Encoding" in out
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+def test_the_dashboard_refuses_a_false_content_encoding_on_its_login(tmp_path, caplog):
+    """The same fault on the district's dashboard: a login form whose body claims gzip and
+    is not was a 500 and a traceback, for anyone."""
+    from central.dashboard.seed import SeedSettings, seed
+    from central.dashboard.server import Dashboard, ServeSettings
+    from tests.dashboard_harness import dashboard_in_thread
+
+    db_path = str(tmp_path / "c.sqlite3")
+    seed(db_path, SeedSettings(clinics=1, districts=1, days=2))
+    caplog.set_level(logging.INFO)
+    with dashboard_in_thread(Dashboard(ServeSettings(db_url=db_path))) as port:
+        out = raw_http(port, b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                       b"Content-Type: application/x-www-form-urlencoded\r\nContent-Encoding: "
+                       b"gzip\r\nContent-Length: 8\r\n\r\nnot gzip")
+    assert out.startswith(b"HTTP/1.1 415"), out[:100]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"

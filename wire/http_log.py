@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -158,3 +159,16 @@ def flush_bad_request_lines(everything: bool = False) -> None:
     found = _filter()
     if found is not None:
         found.lines.flush(everything)
+
+
+def refuse_coded_body(request: web.Request) -> None:
+    """415 for a request whose body claims a Content-Encoding: no page of the box or the
+    dashboard sends one, and aiohttp fails decoding a false one (a 500 on a login, and a
+    traceback while it drains the body after any answer). The connection is closed, so
+    the body is never read, nor drained."""
+    if request.headers.get("Content-Encoding", "identity").strip().lower() in ("",
+                                                                                 "identity"):
+        return
+    refused = web.HTTPUnsupportedMediaType(text="send the body without Content-Encoding")
+    refused.force_close()
+    raise refused

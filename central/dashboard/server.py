@@ -40,7 +40,7 @@ from central.dashboard import queries as Q
 from central.dashboard.store import Db, open_db, refresh
 from central.dashboard.svg import esc
 from central.db import DbError, redact
-from wire.http_log import one_line_bad_requests
+from wire.http_log import one_line_bad_requests, refuse_coded_body
 
 # The signed-in user of a request (None on the public pages), attached by `_auth`. A typed
 # key: aiohttp 3.14 warns (NotAppKeyWarning) on a plain string key in a request.
@@ -212,6 +212,7 @@ class Dashboard:
     @web.middleware
     async def _headers(self, request: web.Request, handler):
         try:
+            refuse_coded_body(request)
             resp = await handler(request)
         except web.HTTPException as exc:  # raised on, with the same headers (aiohttp 4
             _secure(exc)                  # refuses a returned HTTPException)

@@ -89,7 +89,12 @@ from edge.web.history import BadQuery, ExamHistory, parse_limit, report_lang
 from edge.web.live import LiveView
 from edge.web.settings import WebError, WebSettings, parse_listen
 from edge.web.tls import PageTls
-from wire.http_log import LineLimiter, flush_bad_request_lines, one_line_bad_requests
+from wire.http_log import (
+    LineLimiter,
+    flush_bad_request_lines,
+    one_line_bad_requests,
+    refuse_coded_body,
+)
 from wire.schema import PayloadError, loads_bounded
 from wire.shown import shown, shown_path
 
@@ -792,14 +797,7 @@ class WebServer:
     @web.middleware
     async def _headers(self, request: web.Request, handler):
         try:
-            if request.headers.get("Content-Encoding", "identity").strip().lower() not in (
-                    "", "identity"):
-                # No page sends a compressed body, and aiohttp fails decoding a false one
-                # (a 500, and a traceback while it drains the body after the answer).
-                refused = web.HTTPUnsupportedMediaType(text="send the body without "
-                                                            "Content-Encoding")
-                refused.force_close()  # its body is never read, so never drained
-                raise refused
+            refuse_coded_body(request)
             response = await handler(request)
         except web.HTTPException as exc:
             response = exc
