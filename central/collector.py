@@ -268,10 +268,14 @@ def _first_line(exc: BaseException) -> str:
 
 class Collector:
     def __init__(self, settings: CollectorSettings, store: Store | None = None):
-        from wire.mqtt import parse_mqtt_url, read_secret_file
+        from wire.mqtt import check_tls_file, parse_mqtt_url, read_secret_file
 
         self.settings = settings
         self.target = parse_mqtt_url(settings.mqtt_url)
+        for flag, path in (("--tls-ca", settings.tls_ca), ("--tls-cert", settings.tls_cert),
+                           ("--tls-key", settings.tls_key)):
+            if path:
+                check_tls_file(path, flag)
         if settings.password_file:
             self.target = replace(self.target,
                                   password=read_secret_file(settings.password_file))

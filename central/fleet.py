@@ -46,6 +46,7 @@ from wire.fleet import (
     parse_offer,
     verify_signature,
 )
+from wire.mqtt import check_tls_file
 from wire.shown import printable
 
 log = logging.getLogger("sonoedge.central.fleet")
@@ -122,6 +123,8 @@ def _client(url: str, password_file: str, tls_ca: str):
     from wire.mqtt import parse_mqtt_url, read_secret_file
 
     target = parse_mqtt_url(url)
+    if tls_ca:
+        check_tls_file(tls_ca, "--tls-ca")
     client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                          client_id=f"{target.username or 'sonoedge'}-publisher",
                          protocol=mqtt.MQTTv5)
@@ -257,6 +260,8 @@ def bundle_main(argv: list[str]) -> int:
         if args.verb == "publish":
             if not 1 <= args.chunk_kb <= 4096:
                 raise BundleError("--chunk-kb must be 1-4096")
+            if args.tls_ca:  # before the bundle is read: a flag's fault is said first
+                check_tls_file(args.tls_ca, "--tls-ca")
             t0 = time.monotonic()
             offer = publish(args.file, args.group, args.mqtt_url, args.password_file,
                             args.keys, args.chunk_kb * 1024, args.tls_ca)

@@ -17,12 +17,15 @@ new seq after the device lost its outbox) did arrive: it fills its hole and coun
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
 from central.db import SEQ_KINDS_SQL, Store
-from wire.schema import NOT_A_VIEW
+from wire.schema import NOT_A_VIEW, loads_bounded
 from wire.shown import printable
+
+# A stored payload read back: the collector stores at most --max-bytes (4 kB by default); a
+# row of more than this did not come from it.
+MAX_STORED_BYTES = 1 << 20
 
 
 @dataclass
@@ -71,31 +74,48 @@ def recent_exams(store: Store, limit: int = 20) -> list[dict]:
         "SELECT device_id, clinic_id, payload FROM messages WHERE kind = 'exam' "
         f"ORDER BY received_ts DESC, seq DESC LIMIT {int(limit)}"
     ):
-        exam = json.loads(payload)
-        planes = exam.get("planes") or {}
-        scored = int(exam.get("frames_scored") or 0)
-        bio = exam.get("biometry") or {}
-        protocol = exam.get("protocol") or {}
-        views = {k: v for k, v in planes.items() if k not in NOT_A_VIEW and v[0] > 0}
-        qualities = [v[2] for v in views.values() if len(v) > 2]
-        out.append({
-            "device_id": dev, "clinic_id": clinic, "exam_id": exam.get("exam_id"),
-            "ended_ts": exam.get("ended_ts"), "frames": exam.get("frames"),
-            "ended_by": exam.get("ended_by"), "protocol": protocol.get("name"),
-            "captured": protocol.get("captured"), "required": protocol.get("required"),
-            "missing": protocol.get("missing") or [],
-            # a busy exam sheds its missing slots' names to fit 1 KB, keeping the counts
-            "missing_not_named": _not_named(protocol),
-            "views": sorted(views),
-            "best_quality": max(qualities) if qualities else None,
-            "deficiencies": list((exam.get("deficiencies") or {}).keys()),
-            "uncertain_fraction": round(planes.get("uncertain", [0])[0] / scored, 3)
-            if scored else None,
-            "heads_measured": bio.get("measured"), "hc_mm": bio.get("hc_mm"),
-            "ga_weeks": bio.get("ga_weeks"), "ga_low_weeks": bio.get("ga_low_weeks"),
-            "ga_high_weeks": bio.get("ga_high_weeks"),
-        })
+        try:
+            out.append(_exam_line(dev, clinic, stored_payload(payload)))
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+            continue  # not as the collector writes an exam (a damaged database): left out
     return out
+
+
+def stored_payload(payload: object) -> dict:
+    """A stored message's payload as an object. The collector checked it before storing
+    it; a row it did not write (another writer, a damaged database) may be anything, and
+    is TypeError or ValueError here, never a RecursionError or a crash of the report."""
+    data = loads_bounded(payload.encode("utf-8") if isinstance(payload, str) else payload,
+                         MAX_STORED_BYTES)
+    if not isinstance(data, dict):
+        raise TypeError("a stored payload is not a JSON object")
+    return data
+
+
+def _exam_line(dev: str, clinic: str, exam: dict) -> dict:
+    planes = exam.get("planes") or {}
+    scored = int(exam.get("frames_scored") or 0)
+    bio = exam.get("biometry") or {}
+    protocol = exam.get("protocol") or {}
+    views = {k: v for k, v in planes.items() if k not in NOT_A_VIEW and v[0] > 0}
+    qualities = [v[2] for v in views.values() if len(v) > 2]
+    return {
+        "device_id": dev, "clinic_id": clinic, "exam_id": exam.get("exam_id"),
+        "ended_ts": exam.get("ended_ts"), "frames": exam.get("frames"),
+        "ended_by": exam.get("ended_by"), "protocol": protocol.get("name"),
+        "captured": protocol.get("captured"), "required": protocol.get("required"),
+        "missing": protocol.get("missing") or [],
+        # a busy exam sheds its missing slots' names to fit 1 KB, keeping the counts
+        "missing_not_named": _not_named(protocol),
+        "views": sorted(views),
+        "best_quality": max(qualities) if qualities else None,
+        "deficiencies": list((exam.get("deficiencies") or {}).keys()),
+        "uncertain_fraction": round(planes.get("uncertain", [0])[0] / scored, 3)
+        if scored else None,
+        "heads_measured": bio.get("measured"), "hc_mm": bio.get("hc_mm"),
+        "ga_weeks": bio.get("ga_weeks"), "ga_low_weeks": bio.get("ga_low_weeks"),
+        "ga_high_weeks": bio.get("ga_high_weeks"),
+    }
 
 
 def _not_named(protocol: dict) -> int:
@@ -199,11 +219,11 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
 def latest_health(store: Store) -> list[tuple[str, dict]]:
     """(device, payload) of each device's latest health message, by device: read once for
     the delivery figures and the model bundles."""
-    return [(dev, json.loads(payload)) for dev, payload in store.query(
+    return [(dev, health) for dev, payload in store.query(
         "SELECT m.device_id, m.payload FROM messages m JOIN (SELECT device_id, MAX(seq) AS s "
         "FROM messages WHERE kind = 'health' GROUP BY device_id) h "
         "ON m.device_id = h.device_id AND m.seq = h.s AND m.kind = 'health' "
-        "ORDER BY m.device_id")]
+        "ORDER BY m.device_id") if (health := _or_none(payload)) is not None]
 
 
 def bundle_rows(latest: list[tuple[str, dict]]) -> list[dict]:
@@ -219,7 +239,16 @@ def _latest_status(store: Store) -> list[tuple]:
         "MAX(received_ts) AS r FROM messages WHERE kind = 'status' GROUP BY device_id) s "
         "ON m.device_id = s.device_id AND m.received_ts = s.r AND m.kind = 'status'"
     )
-    return [(dev, seq, json.loads(p).get("state")) for dev, seq, p in rows]
+    return [(dev, seq, status.get("state")) for dev, seq, p in rows
+            if (status := _or_none(p)) is not None]
+
+
+def _or_none(payload: object) -> dict | None:
+    """`stored_payload`, or None for a row the collector did not write (left out)."""
+    try:
+        return stored_payload(payload)
+    except (TypeError, ValueError):
+        return None
 
 
 def _min(a, b):

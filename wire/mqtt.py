@@ -11,7 +11,7 @@ import stat
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from wire.schema import PayloadError, read_regular_file
+from wire.schema import PayloadError, open_regular_file, read_regular_file
 from wire.shown import read_failure, shown_path
 from wire.shown import shown as shown_value
 
@@ -52,6 +52,8 @@ def parse_mqtt_url(url: str) -> MqttTarget:
     quoted = shown_value(redact_url(url), 200)
     if any(ord(c) < 0x20 or c == "\x7f" for c in url):  # urlsplit drops them without a word
         raise ValueError(f"bad MQTT URL {quoted}: it holds a control character (a newline?)")
+    if any("\ud800" <= c <= "\udfff" for c in url):  # bytes of an argument that is not UTF-8
+        raise ValueError(f"bad MQTT URL {quoted}: it is not UTF-8 text")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -69,13 +71,14 @@ def parse_mqtt_url(url: str) -> MqttTarget:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"bad MQTT URL {quoted}: unexpected path or query")
     tls = parts.scheme == "mqtts"
-    return MqttTarget(
-        host=parts.hostname,
-        port=port or (8883 if tls else 1883),
-        tls=tls,
-        username=unquote(parts.username or ""),
-        password=unquote(parts.password or ""),
-    )
+    try:  # %-escapes may decode to bytes that are not UTF-8: paho cannot send those
+        username = unquote(parts.username or "", errors="strict")
+        password = unquote(parts.password or "", errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError(f"bad MQTT URL {quoted}: its user or password is not UTF-8 "
+                         "text") from None
+    return MqttTarget(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
+                      username=username, password=password)
 
 
 URL_PASSWORD_WARNING = ("the MQTT password in the URL is visible to every user of this "
@@ -112,6 +115,18 @@ def read_secret_file(path: str | os.PathLike) -> str:
     if not password:
         raise ValueError(f"{where}: empty")
     return password
+
+
+def check_tls_file(path: str | os.PathLike, name: str) -> None:
+    """A TLS certificate, key or CA file given by `name` (a flag or a config key) is a
+    regular file that can be read: a FIFO made paho's tls_set wait for ever at start, and
+    a folder or a missing file failed every connection with a reason naming no file.
+    ValueError: one line naming `name` and the path."""
+    try:
+        open_regular_file(path).close()
+    except (OSError, ValueError) as exc:  # PayloadError is one: a folder, a FIFO
+        reason = "no such file" if isinstance(exc, FileNotFoundError) else read_failure(exc)
+        raise ValueError(f"{name}: {shown_path(path)}: {reason}") from None
 
 
 def topic_for(device_id: str, kind: str) -> str:

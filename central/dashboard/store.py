@@ -38,6 +38,7 @@ than ``resent`` has none.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sqlite3
@@ -54,6 +55,8 @@ from central.db import SEQ_KINDS, DbError, is_postgres, redact, sqlite_path
 from wire.dating import dates_flag
 from wire.schema import number_or_none, sqlite_uri
 from wire.shown import one_line
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "11"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
@@ -476,72 +479,88 @@ def _add(db: Db, rows: list[tuple]) -> None:
     week_plane: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0])
     fleet_errors: dict[tuple, list[float]] = {}
     latest: dict[str, dict] = {}
+    skipped = 0
     for msg_id, dev, clinic, kind, seq, device_ts, received, payload in rows:
-        ts, day = day_of(device_ts, received)
-        msgs.append((msg_id, dev, clinic, kind, int(seq), ts, day, received))
-        if kind in SEQ_KINDS:
-            seqs.append((dev, clinic, int(seq), day))
-        counts = day_device[(day, dev, clinic)]
-        counts[0 if kind == "exam" else 1 if kind == "health" else 2] += 1
-        counts[3] += kind == "dates"
-        lat = latest.setdefault(dev, {"clinic": clinic, "received": received, "max_seq": 0})
-        if received >= lat["received"]:
-            lat["clinic"], lat["received"] = clinic, received
         try:
-            data = json.loads(payload)
-        except ValueError:  # the collector stored it, so it parsed once; be safe anyway
-            continue
-        if kind in SEQ_KINDS:
-            lat["max_seq"] = max(lat["max_seq"], int(seq))
-        if kind == "health" and (err := _fleet_error(data)) is not None:
-            e = fleet_errors.setdefault((week_of(day), dev, clinic, *err), [0, ts, ts])
-            e[0], e[1], e[2] = e[0] + 1, min(e[1], ts), max(e[2], ts)
-        if kind == "health" and int(seq) >= lat.get("health_seq", -1):
-            lat["health_seq"], lat["health_ts"] = int(seq), ts
-            lat["health"] = json.dumps(_health_digest(data), separators=(",", ":"))
-        elif kind == "status" and received >= lat.get("status_received", -1.0):
-            lat["status_received"], lat["status_state"] = received, str(data.get("state"))
-            lat["status_seq"] = int(seq)
-            lat["status_pending"] = int(data.get("pending") or 0)
-        if kind == "dates" and (c := _correction(data, int(seq), msg_id, ts)) is not None:
-            before = corrections.get((dev, c.exam_id))
-            if before is None or c.seq > before.seq:  # the later entry (_UPSERT_EXAM_DATES)
-                corrections[(dev, c.exam_id)] = c
-        if kind != "exam":
-            continue
-        batch_exams.append((msg_id, dev, clinic, day, ts, data))
-        protocol = data.get("protocol") or {}
-        name = str(protocol.get("name") or "")
-        week = week_of(day)
-        if name:
-            pc = week_protocol[(week, clinic, name)]
-            pc[0] += 1
-            pc[1] += _complete(protocol)
-            named = [_text(slot, 32) for slot in protocol.get("missing") or []]
-            for slot in named:
-                week_missing[(week, clinic, name, slot)] += 1
-            if _unnamed(protocol, named):  # one exam, however many names it shed
-                week_missing[(week, clinic, name, UNNAMED_SLOT)] += 1
-        for crit, frames in (data.get("deficiencies") or {}).items():
-            d = week_def[(week, clinic, str(crit))]
-            d[0] += 1
-            d[1] += int(frames)
-        for plane, entry in (data.get("planes") or {}).items():
-            if plane in C.NOT_A_VIEW or not entry or entry[0] <= 0 or len(entry) < 3:
+            ts, day = day_of(device_ts, received)
+            msgs.append((msg_id, dev, clinic, kind, int(seq), ts, day, received))
+            if kind in SEQ_KINDS:
+                seqs.append((dev, clinic, int(seq), day))
+            counts = day_device[(day, dev, clinic)]
+            counts[0 if kind == "exam" else 1 if kind == "health" else 2] += 1
+            counts[3] += kind == "dates"
+            lat = latest.setdefault(dev, {"clinic": clinic, "received": received, "max_seq": 0})
+            if received >= lat["received"]:
+                lat["clinic"], lat["received"] = clinic, received
+            try:
+                data = json.loads(payload)
+            except ValueError:  # the collector stored it, so it parsed once; be safe anyway
                 continue
-            q = number_or_none(entry[2])
-            if q is None:
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
+            if kind in SEQ_KINDS:
+                lat["max_seq"] = max(lat["max_seq"], int(seq))
+            if kind == "health" and (err := _fleet_error(data)) is not None:
+                e = fleet_errors.setdefault((week_of(day), dev, clinic, *err), [0, ts, ts])
+                e[0], e[1], e[2] = e[0] + 1, min(e[1], ts), max(e[2], ts)
+            if kind == "health" and int(seq) >= lat.get("health_seq", -1):
+                lat["health_seq"], lat["health_ts"] = int(seq), ts
+                lat["health"] = json.dumps(_health_digest(data), separators=(",", ":"))
+            elif kind == "status" and received >= lat.get("status_received", -1.0):
+                lat["status_received"], lat["status_state"] = received, str(data.get("state"))
+                lat["status_seq"] = int(seq)
+                lat["status_pending"] = int(data.get("pending") or 0)
+            if kind == "dates" and (c := _correction(data, int(seq), msg_id, ts)) is not None:
+                before = corrections.get((dev, c.exam_id))
+                if before is None or c.seq > before.seq:  # the later entry (_UPSERT_EXAM_DATES)
+                    corrections[(dev, c.exam_id)] = c
+            if kind != "exam":
                 continue
-            wp = week_plane[(week, clinic, str(plane))]
-            wp[0] += 1
-            wp[1] += q
-            wp[2] += int(q < C.MIN_QUALITY)
+            batch_exams.append((msg_id, dev, clinic, day, ts, data))
+            protocol = data.get("protocol") or {}
+            name = str(protocol.get("name") or "")
+            week = week_of(day)
+            if name:
+                pc = week_protocol[(week, clinic, name)]
+                pc[0] += 1
+                pc[1] += _complete(protocol)
+                named = [_text(slot, 32) for slot in protocol.get("missing") or []]
+                for slot in named:
+                    week_missing[(week, clinic, name, slot)] += 1
+                if _unnamed(protocol, named):  # one exam, however many names it shed
+                    week_missing[(week, clinic, name, UNNAMED_SLOT)] += 1
+            for crit, frames in (data.get("deficiencies") or {}).items():
+                d = week_def[(week, clinic, str(crit))]
+                d[0] += 1
+                d[1] += int(frames)
+            for plane, entry in (data.get("planes") or {}).items():
+                if plane in C.NOT_A_VIEW or not entry or entry[0] <= 0 or len(entry) < 3:
+                    continue
+                q = number_or_none(entry[2])
+                if q is None:
+                    continue
+                wp = week_plane[(week, clinic, str(plane))]
+                wp[0] += 1
+                wp[1] += q
+                wp[2] += int(q < C.MIN_QUALITY)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError,
+                RecursionError, OverflowError):
+            # not as the collector writes a message (another writer, a damaged
+            # database): skipped, so one such row cannot stop every rollup
+            skipped += 1
     db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
             "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", msgs)
     dated = _add_corrections(db, corrections, batch_exams)
     for msg_id, dev, clinic, day, ts, data in batch_exams:
-        exams.append(_exam_row(msg_id, dev, clinic, day, ts, data, dated.get(
-            (dev, _exam_id(data.get("exam_id"))), FROM_SUMMARY)))
+        try:
+            exams.append(_exam_row(msg_id, dev, clinic, day, ts, data, dated.get(
+                (dev, _exam_id(data.get("exam_id"))), FROM_SUMMARY)))
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError,
+                OverflowError):  # as above: a row the collector did not write
+            skipped += 1
+    if skipped:
+        log.warning("dashboard: %d stored message(s) not as the collector writes them "
+                    "skipped in this rollup", skipped)
     db.many(f"INSERT INTO dash.exams ({', '.join(EXAM_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(EXAM_COLUMNS))})", exams)
     _add_seq_runs(db, seqs)
@@ -895,7 +914,7 @@ def _redate_exams(db: Db, weeks: dict[tuple[str, str], float | None]) -> None:
     for msg_id, dev, clinic, day, ts, exam_id in found:
         try:
             data = json.loads(payloads.get(msg_id, ""))
-        except ValueError:  # the collector stored it, so it parsed once; be safe anyway
+        except (ValueError, RecursionError):  # the collector parsed it once; be safe anyway
             continue
         if not isinstance(data, dict):
             continue

@@ -53,6 +53,7 @@ from edge.store.state import Reserve, is_full
 from edge.uplink import messages
 from wire.mqtt import (
     backoff_delay,
+    check_tls_file,
     describe_connect_error,
     parse_mqtt_url,
     read_secret_file,
@@ -67,7 +68,7 @@ from wire.schema import (
     validate,
     wall_ts_or_none,
 )
-from wire.shown import read_failure, shown, shown_path
+from wire.shown import shown, shown_path
 
 log = logging.getLogger("sonoedge.uplink")
 
@@ -168,13 +169,8 @@ def check_mqtt_settings(s: MqttSettings) -> None:
         raise ValueError(f"mqtt.outbox_quota_bytes must be at least {MIN_OUTBOX_QUOTA_BYTES} "
                          f"(room for a few exams), got {s.outbox_quota_bytes!r}")
     for key in ("tls_ca", "tls_cert", "tls_key"):
-        path = getattr(s, key)
-        try:
-            found = not path or Path(path).is_file()
-        except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL
-            raise ValueError(f"mqtt.{key}: {shown_path(path)}: {read_failure(exc)}") from None
-        if not found:
-            raise ValueError(f"mqtt.{key}: {shown_path(path)}: no such file")
+        if getattr(s, key):
+            check_tls_file(getattr(s, key), f"mqtt.{key}")
     if s.password_file:
         read_secret_file(s.password_file)
 

@@ -1,0 +1,85 @@
+"""What a fuzzing pass of the district side found: inputs that hung the collector or the
+publisher, a traceback, and stored rows that stopped the report and every rollup."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+
+import pytest
+
+from central.collector import check
+from central.dashboard.store import open_db, refresh
+from central.db import Store
+from central.report import build_report, format_report
+from tests.dashboard_harness import central
+from tests.test_central import message, row
+
+
+@pytest.mark.parametrize("command", [
+    ["--mqtt-url", "mqtts://central@127.0.0.1:1", "--db", "DB", "--duration-s", "1"],
+    ["bundle", "publish", "nothing.bundle", "--group", "district-a", "--mqtt-url",
+     "mqtts://publisher@127.0.0.1:1"]])
+def test_a_tls_ca_that_is_a_pipe_is_one_line_not_a_wait_for_ever(tmp_path, command):
+    """paho's tls_set opened the CA file with open(): a FIFO there hung the collector, and
+    the publisher, for ever without a word (--duration-s did not end it). A folder or a
+    missing file failed each connection with a reason that named no file."""
+    os.mkfifo(tmp_path / "ca.fifo")
+    args = [str(tmp_path / "c.sqlite3") if a == "DB" else a for a in command]
+    for ca, reason in ((tmp_path / "ca.fifo", "not a regular file"),
+                       (tmp_path, "a folder, not a file"),
+                       (tmp_path / "none.pem", "no such file")):
+        run = central(*args, "--tls-ca", str(ca), timeout_s=60)
+        assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+        [line] = [x for x in run.stderr.splitlines() if x.startswith("sonoedge-central")]
+        assert f"--tls-ca: {ca}: {reason}" in line, line
+
+
+def test_a_user_in_the_url_that_is_no_utf8_is_one_line(tmp_path):
+    """paho encodes the user name as UTF-8: bytes of another encoding in --mqtt-url (or a
+    %-escape decoding to them) were a traceback."""
+    for url in ("mqtt://%ff@127.0.0.1:1", os.fsdecode(b"mqtt://\xff@127.0.0.1:1")):
+        run = central("--mqtt-url", url, "--db", str(tmp_path / "c.sqlite3"),
+                      "--duration-s", "0.3")
+        assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+        assert "not UTF-8 text" in run.stderr, run.stderr
+
+
+DAMAGE = [("exam", "payload = 'not json'"), ("exam", "payload = '" + "[" * 100_000 + "'"),
+          ("status", "payload = '[1, 2]'"), ("health", "payload = 'not json'"),
+          ("exam", """payload = json_set(payload, '$.planes', json('{"4CH": "x"}'))""")]
+
+
+@pytest.mark.parametrize(("kind", "edit"), DAMAGE, ids=[d[1][:30] for d in DAMAGE])
+def test_a_stored_row_the_collector_did_not_write_costs_itself_not_the_report(
+        tmp_path, kind, edit, caplog):
+    """Another writer, or a damaged database, can leave a row the collector's checks
+    would have refused. The report raised on it (JSONDecodeError, RecursionError,
+    AttributeError, TypeError), and the dashboard's rollup raised on every pass and rolled
+    up nothing after it. Now the row is left out and the rest is reported and rolled up."""
+    path = str(tmp_path / "c.sqlite3")
+    store = Store(path)
+    rows = [row(message("exam", seq=s)) for s in (1, 2, 3)]
+    rows += [row(message("health", seq=4)), row(message("status", seq=5, state="online"))]
+    store.store(rows, [check("sonoedge/dev-a/exam", b"{", 4096, "c1", 1.0)])
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute(f"UPDATE messages SET {edit} WHERE kind = ? AND seq = (SELECT MAX(seq) FROM "
+               "messages WHERE kind = ?)", (kind, kind))
+    db.commit()
+    db.close()
+    store = Store(path)
+    rep = build_report(store)
+    assert rep["devices"][0]["exams"] == 3
+    assert len(rep["recent_exams"]) == (2 if kind == "exam" else 3)
+    assert "dev-a" in format_report(rep)
+    store.close()
+    caplog.set_level(logging.WARNING)
+    dash = open_db(path)
+    try:
+        refresh(dash)
+        rolled = dash.query("SELECT COUNT(*) FROM dash.exams")[0][0]
+        assert rolled == (2 if kind == "exam" else 3)
+    finally:
+        dash.close()
