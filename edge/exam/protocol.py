@@ -90,8 +90,6 @@ def _slot(entry: object, where: str) -> Slot:
     return Slot(name, tuple(accepts), unsure)
 
 
-
-
 def load_protocols(path: Path | str | None = None) -> dict[str, Protocol]:
     path = Path(path) if path else PROTOCOLS_FILE
     try:

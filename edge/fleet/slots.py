@@ -118,12 +118,12 @@ def checked_state(raw: object, path: Path) -> dict:
     a trial, counted as crashed once, so a bad set can still be rolled back; a damaged
     `highest` is forgotten (the active set's version is still the floor)."""
     if not isinstance(raw, dict):
-        log.warning("fleet: %s is not a JSON object: started afresh", path)
+        log.warning("fleet: %s is not a JSON object: started afresh", shown_path(path))
         return {}
     state = dict(raw)
 
     def mended(field: str, value: object) -> None:
-        log.warning("fleet: %s: %s was %s: mended", path, field, str(value)[:40])
+        log.warning("fleet: %s: %s was %s: mended", shown_path(path), field, shown(value, 40))
 
     trial = state.get("trial")
     if trial is not None and not isinstance(trial, dict):

@@ -222,7 +222,6 @@ def _rule(name: str, table: object, where: str) -> Rule:
                 values["source"])
 
 
-
 def load_rules(path: Path | str | None = None) -> Rules:
     """The quality rules from `path` (default: the shipped file), every key checked."""
     path = Path(path) if path else RULES_FILE
@@ -290,7 +289,6 @@ def load_rules(path: Path | str | None = None) -> Rules:
     if not any(rule.weight > 0 for rule in rules):
         raise RulesError(f"{path}: criteria: every weight is 0, so every frame would score 1")
     return Rules(version, rules, feedback, gate, real, dark, judge_named)
-
 
 
 # ---------------------------------------------------------------------------- evidence

@@ -779,6 +779,15 @@ class Journal:
                 out.append((parsed, last_row))
         return out
 
+    def exam_ids(self, since_ts: float, limit: int = 100_000) -> list[str]:
+        """The ids of the exams started since `since_ts`, oldest first, at most `limit` (the
+        newest of them): what an outbox lost can be queued again from here, reading only
+        the summaries it lost (`ended_summary`)."""
+        rows = self.db.execute("SELECT exam_id FROM (SELECT exam_id, started_ts FROM exams "
+                               "WHERE started_ts >= ? ORDER BY started_ts DESC LIMIT ?) "
+                               "ORDER BY started_ts", (since_ts, int(limit))).fetchall()
+        return [r[0] for r in rows if isinstance(r[0], str)]
+
     def replay(self, run_id: str, after_row: int = 0) -> Iterator[tuple[int, dict]]:
         """A run's journaled results after `after_row`, in order, as (row id, record)."""
         last = int(after_row or 0)
@@ -840,13 +849,3 @@ class Journal:
 
     def close(self) -> None:
         self.db.close()
-
-    def exam_ids(self, since_ts: float, limit: int = 100_000) -> list[str]:
-        """The ids of the exams started since `since_ts`, oldest first, at most `limit` (the
-        newest of them): what an outbox lost can be queued again from here, reading only
-        the summaries it lost (`ended_summary`)."""
-        rows = self.db.execute("SELECT exam_id FROM (SELECT exam_id, started_ts FROM exams "
-                               "WHERE started_ts >= ? ORDER BY started_ts DESC LIMIT ?) "
-                               "ORDER BY started_ts", (since_ts, int(limit))).fetchall()
-        return [r[0] for r in rows if isinstance(r[0], str)]
-
