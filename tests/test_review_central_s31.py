@@ -83,3 +83,37 @@ def test_a_stored_row_the_collector_did_not_write_costs_itself_not_the_report(
         assert rolled == (2 if kind == "exam" else 3)
     finally:
         dash.close()
+
+
+def test_a_known_browser_logs_in_from_an_address_someone_else_guesses_from(tmp_path,
+                                                                           monkeypatch):
+    """Behind one address (an office's NAT, a proxy) one guesser braked every officer:
+    their browsers that had logged in before (the known-browser cookie) were 429 too. A
+    known browser now passes the address's brake; a forged cookie or a new browser does
+    not, and the guesser stays braked."""
+    from central.dashboard import auth
+    from central.dashboard import config as C
+    from central.dashboard.seed import SeedSettings, seed
+    from central.dashboard.server import Dashboard, ServeSettings
+    from tests.dashboard_harness import cookie_named, dashboard_in_thread
+    from tests.test_dashboard import ADMIN, _login_from
+
+    monkeypatch.setattr(C, "LOGIN_BRAKE_S", 60.0)
+    db_path = str(tmp_path / "c.sqlite3")
+    seed(db_path, SeedSettings(clinics=1, districts=1, days=2))
+    db = open_db(db_path)
+    auth.add_user(db, ADMIN[0], "admin", "", ADMIN[1])
+    db.close()
+    office = "127.0.4.10"
+    with dashboard_in_thread(Dashboard(ServeSettings(db_url=db_path))) as port:
+        status, headers = _login_from(port, office, *ADMIN)
+        assert status == 303
+        known = cookie_named(headers, C.KNOWN_COOKIE)
+        for i in range(C.LOGIN_FREE_FAILURES + 2):  # names that do not exist
+            assert _login_from(port, office, f"nobody{i}", "guess")[0] in (401, 429)
+        assert _login_from(port, office, "nobody", "guess")[0] == 429
+        assert _login_from(port, office, *ADMIN)[0] == 429  # a new browser waits
+        forged = f"{C.KNOWN_COOKIE}={'0' * 64}"
+        assert _login_from(port, office, *ADMIN, cookie=forged)[0] == 429
+        assert _login_from(port, office, *ADMIN, cookie=known)[0] == 303
+        assert _login_from(port, office, "nobody", "guess")[0] == 429  # still braked

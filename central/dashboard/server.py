@@ -263,7 +263,10 @@ class Dashboard:
     async def login(self, request: web.Request):
         address = request.remote or "?"
         wait = self.brake.wait_s(address)
-        if wait > 0:
+        # A braked address is refused before its form is read, unless the browser shows a
+        # known-browser cookie: an office behind one address (a NAT, a proxy) is not kept
+        # out by one guesser among them. Whether it is known is checked below, with the name.
+        if wait > 0 and not request.cookies.get(C.KNOWN_COOKIE):
             return await self._braked(request, wait)
         if address in self._logins_in_flight:
             return await self._braked(request, 1.0, "A login from this address is being "
@@ -286,14 +289,16 @@ class Dashboard:
         password = str(form.get("password", ""))[:C.PASSWORD_MAX + 1]
         known_cookie = request.cookies.get(C.KNOWN_COOKIE)
         known = await self.run_db(A.known_browser, username, known_cookie)
-        wait = self.brake.account_wait_s(username, known)
+        wait = max(self.brake.account_wait_s(username, known),
+                   0.0 if known else self.brake.wait_s(address))
         if wait > 0:
             return await self._braked(request, wait)
         user = await self.run_db(A.check_login, username, password)
         if user is None:
             self.brake.failed(address, username, known)
             return await self.login_page(request, "Wrong user or password.", 401)
-        self.brake.succeeded(address)
+        if not known:  # a known browser behind the address says nothing of its guesser
+            self.brake.succeeded(address)
         token = await self.run_db(A.open_session, user)
         resp = web.HTTPSeeOther("/clinics")  # raised: aiohttp 4 refuses a returned one
         resp.set_cookie(C.COOKIE, token, httponly=True, samesite="Strict", path="/",
