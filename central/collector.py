@@ -51,6 +51,7 @@ from pathlib import Path
 from central.db import DbError, DeadLetter, Row, Store, dead_letter
 from wire import schema as wire_schema
 from wire.mqtt import backoff_delay
+from wire.shown import shown_path
 
 log = logging.getLogger("sonoedge.central")
 
@@ -107,18 +108,26 @@ def read_registry(path: str | Path) -> dict[str, str]:
     per line, ``#`` comments (written by ``board/provision.py --clinic``). ValueError names
     the file and line of a malformed entry."""
     out: dict[str, str] = {}
+    shown = shown_path(path)
     try:  # a regular file of bounded size: a FIFO was waited on for ever, /dev/zero read
         data, _ = wire_schema.read_regular_file(path, REGISTRY_MAX_BYTES)
     except wire_schema.PayloadError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    text = data.decode("utf-8")
+        raise ValueError(f"{shown}: {exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # the line named no file
+        raise ValueError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         device, sep, clinic = (x.strip() for x in line.partition(","))
         if not sep or not _ID_RE.match(device) or not _CLINIC_RE.match(clinic):
-            raise ValueError(f"{path}:{lineno}: expected device_id,clinic_id, got {line[:80]!r}")
+            raise ValueError(f"{shown}:{lineno}: expected device_id,clinic_id, got "
+                             f"{line[:80]!r}")
+        if out.get(device, clinic) != clinic:  # the last silently won
+            raise ValueError(f"{shown}:{lineno}: device {device} is already in clinic "
+                             f"{out[device]}")
         out[device] = clinic
     return out
 

@@ -117,3 +117,23 @@ def test_a_known_browser_logs_in_from_an_address_someone_else_guesses_from(tmp_p
         assert _login_from(port, office, *ADMIN, cookie=forged)[0] == 429
         assert _login_from(port, office, *ADMIN, cookie=known)[0] == 303
         assert _login_from(port, office, "nobody", "guess")[0] == 429  # still braked
+
+
+def test_a_registry_not_in_utf8_or_naming_a_device_twice_is_one_line_naming_the_file(
+        tmp_path):
+    """A registry in another encoding was refused in a line that named no file; and a
+    device listed for two clinics silently took the last (the districts file refuses the
+    same)."""
+    from central.collector import read_registry
+
+    path = tmp_path / "registry.csv"
+    path.write_bytes("dev-a,clinic-1\ndev-b,clinique-\xe9t\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError) as refused:
+        read_registry(path)
+    assert str(refused.value) == f"{path}: not UTF-8 text (byte 30)", refused.value
+    path.write_text("dev-a,clinic-1\n# moved?\ndev-a,clinic-2\n")
+    with pytest.raises(ValueError) as refused:
+        read_registry(path)
+    assert str(refused.value) == f"{path}:3: device dev-a is already in clinic clinic-1"
+    path.write_text("dev-a,clinic-1\ndev-a,clinic-1\n")  # the same line twice is no conflict
+    assert read_registry(path) == {"dev-a": "clinic-1"}
