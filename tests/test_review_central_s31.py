@@ -117,6 +117,13 @@ def test_a_known_browser_logs_in_from_an_address_someone_else_guesses_from(tmp_p
         assert _login_from(port, office, *ADMIN, cookie=forged)[0] == 429
         assert _login_from(port, office, *ADMIN, cookie=known)[0] == 303
         assert _login_from(port, office, "nobody", "guess")[0] == 429  # still braked
+        # and a stolen known cookie gives no unbraked guessing: its own wrong passwords
+        # brake it, from any address
+        for i in range(C.LOGIN_FREE_FAILURES + 1):  # the first few are free, as anyone's
+            assert _login_from(port, f"127.0.5.{i + 1}", ADMIN[0], f"guess-{i}",
+                               cookie=known)[0] == 401
+        assert _login_from(port, "127.0.5.99", ADMIN[0], "guess-x", cookie=known)[0] == 429
+        assert _login_from(port, "127.0.5.99", *ADMIN, cookie=known)[0] == 429
 
 
 def test_a_registry_not_in_utf8_or_naming_a_device_twice_is_one_line_naming_the_file(

@@ -216,6 +216,10 @@ class Brake:
         self._by: dict[str, tuple[int, float]] = {}  # address -> (failures, blocked until)
         self._accounts: dict[str, tuple[int, float, float]] = {}  # name -> (n, until, last)
         self._recent: deque[float] = deque()  # the server's failures from unknown browsers
+        # Known browsers pass every other brake (their address's too: an office behind one
+        # NAT is not kept out by one guesser), so their own wrong passwords are braked per
+        # account: a stolen known-browser cookie gives no unbraked guessing.
+        self._known: dict[str, tuple[int, float]] = {}  # account -> (failures, blocked until)
 
     def wait_s(self, address: str, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
@@ -236,6 +240,13 @@ class Brake:
             _, until, _ = self._accounts.get(username, (0, 0.0, 0.0))
             return max(0.0, wait, until - now)
 
+    def known_wait_s(self, username: str, now: float | None = None) -> float:
+        """The wait of a known browser of this account, after its own wrong passwords."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            _, until = self._known.get(username, (0, 0.0))
+            return max(0.0, until - now)
+
     def failed(self, address: str, username: str = "", known: bool = False,
                now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -244,6 +255,9 @@ class Brake:
             self._by[address] = (n + 1, now + _doubling(n + 1, C.LOGIN_FREE_FAILURES))
             _bounded(self._by)
             if known:
+                n, _ = self._known.get(username, (0, 0.0))
+                self._known[username] = (n + 1, now + _doubling(n + 1, C.LOGIN_FREE_FAILURES))
+                _bounded(self._known)
                 return
             self._forget(now)
             self._recent.append(now)
@@ -252,10 +266,14 @@ class Brake:
                 n + 1, now + _doubling(n + 1, C.LOGIN_ACCOUNT_FREE_FAILURES), now)
             _bounded(self._accounts)
 
-    def succeeded(self, address: str) -> None:
-        """Clears the address only: an account's count ends when the guessing does."""
+    def succeeded(self, address: str, username: str = "", known: bool = False) -> None:
+        """Clears the address (or, for a known browser, its own count) only: an account's
+        count ends when the guessing does."""
         with self._lock:
-            self._by.pop(address, None)
+            if known:
+                self._known.pop(username, None)
+            else:
+                self._by.pop(address, None)
 
     def _forget(self, now: float) -> None:
         while self._recent and now - self._recent[0] >= C.LOGIN_SERVER_WINDOW_S:

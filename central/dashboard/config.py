@@ -81,7 +81,8 @@ LOGIN_FREE_FAILURES = 5  # then each further wrong password from one address wai
 LOGIN_BRAKE_S, LOGIN_BRAKE_MAX_S = 2.0, 900.0  # doubling from 2 s up to 15 min
 # One account name, from every address together: then the same doubling. A name's count
 # is forgotten an hour after its last wrong password. Browsers that logged into it before
-# (the known-browser cookie) are held by neither this nor the server's limit.
+# (the known-browser cookie) are held by neither this nor the server's limit, nor their
+# address's: their own wrong passwords are counted per account as an address's are.
 LOGIN_ACCOUNT_FREE_FAILURES = 10
 LOGIN_ACCOUNT_FORGET_S = 3600.0
 LOGIN_SERVER_MAX, LOGIN_SERVER_WINDOW_S = 100, 600.0  # wrong passwords, whole server

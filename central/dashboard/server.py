@@ -290,15 +290,15 @@ class Dashboard:
         known_cookie = request.cookies.get(C.KNOWN_COOKIE)
         known = await self.run_db(A.known_browser, username, known_cookie)
         wait = max(self.brake.account_wait_s(username, known),
-                   0.0 if known else self.brake.wait_s(address))
+                   self.brake.known_wait_s(username) if known else self.brake.wait_s(address))
         if wait > 0:
             return await self._braked(request, wait)
         user = await self.run_db(A.check_login, username, password)
         if user is None:
             self.brake.failed(address, username, known)
             return await self.login_page(request, "Wrong user or password.", 401)
-        if not known:  # a known browser behind the address says nothing of its guesser
-            self.brake.succeeded(address)
+        # a known browser behind the address says nothing of its guesser
+        self.brake.succeeded(address, username, known)
         token = await self.run_db(A.open_session, user)
         resp = web.HTTPSeeOther("/clinics")  # raised: aiohttp 4 refuses a returned one
         resp.set_cookie(C.COOKIE, token, httponly=True, samesite="Strict", path="/",
