@@ -47,6 +47,16 @@ def summaries(journal: Journal) -> list[dict]:
     return [journal.ended_summary(exam_id) for exam_id in journal.exam_ids(0)]
 
 
+def many_frames(journal: Journal, n: int) -> str:
+    """A run of `n` frame results, written fast (one transaction); its id."""
+    run = journal.start_run("clinic-a", MODELS)
+    journal.db.execute("BEGIN")
+    for i in range(n):
+        journal.append(run, frame(i))
+    journal.db.execute("COMMIT")
+    return run
+
+
 def leaves(path: Path, name: str) -> list[tuple[int, int]]:
     """(page number, rows on it) of the leaf pages of a table or index, in rowid order."""
     db = sqlite3.connect(path)
@@ -187,11 +197,7 @@ def test_the_start_check_of_a_large_journal_leaves_its_frame_results_to_the_writ
     monkeypatch.setattr(journal_module, "START_CHECK_BYTES", 1 << 20)
     path = tmp_path / JOURNAL_FILE
     journal = Journal(path)
-    run = journal.start_run("clinic-a", MODELS)
-    journal.db.execute("BEGIN")
-    for i in range(6000):
-        journal.append(run, frame(i))
-    journal.db.execute("COMMIT")
+    run = many_frames(journal, 6000)
     assert journal.add_exam(run, summary(time.time()), {})
     journal.close()
     assert path.stat().st_size > 1 << 20
@@ -214,11 +220,7 @@ def test_the_start_check_stops_where_sqlite_can_stop_it(tmp_path, caplog, monkey
     monkeypatch.setattr(journal_module, "START_CHECK_SECONDS", 0.0001)
     path = tmp_path / JOURNAL_FILE
     journal = Journal(path)
-    run = journal.start_run("clinic-a", MODELS)
-    journal.db.execute("BEGIN")
-    for i in range(60_000):
-        journal.append(run, frame(i))
-    journal.db.execute("COMMIT")
+    many_frames(journal, 60_000)
     journal.close()
     caplog.set_level(logging.INFO)
     began = time.monotonic()
@@ -349,11 +351,7 @@ def test_a_huge_corrupt_journal_is_salvaged_within_its_bound_exams_first(tmp_pat
     monkeypatch.setattr(journal_module, "SALVAGE_SECONDS", 0.2)
     path = tmp_path / JOURNAL_FILE
     journal = Journal(path)
-    run = journal.start_run("clinic-a", MODELS)
-    journal.db.execute("BEGIN")  # written fast: one transaction
-    for i in range(60_000):
-        journal.append(run, frame(i))
-    journal.db.execute("COMMIT")
+    run = many_frames(journal, 60_000)
     exams = [summary(time.time() - 600 + k) for k in range(3)]
     for body in exams:
         assert journal.add_exam(run, body, {})

@@ -328,11 +328,14 @@ class Outbox:
     def _tx(self) -> Outbox._Tx:
         return Outbox._Tx(self)
 
-    def _meta(self, key: str) -> int:
-        """A counter of `meta`; 0 for a value that is no integer within SEQ_MAX (damage: a
-        text made the health message's drop report raise). `_init_meta` resets those."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row is not None and count_ok(row[0]) else 0
+    def _meta(self, *keys: str) -> list[int]:
+        """Counters of `meta`, read in one query; 0 for a value that is no integer within
+        SEQ_MAX (damage: a text made the health message's drop report raise). `_init_meta`
+        resets those."""
+        marks = ", ".join("?" * len(keys))
+        found = dict(self._db.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})",
+                                      keys).fetchall())
+        return [found[k] if count_ok(found.get(k)) else 0 for k in keys]
 
     # -- writing ------------------------------------------------------------------------
     def enqueue(self, kind: str, body: dict, key: str | None = None,
@@ -544,7 +547,8 @@ class Outbox:
             rows = self._db.execute(
                 "SELECT kind, state, COUNT(*) FROM outbox GROUP BY kind, state"
             ).fetchall()
-            meta = {key: self._meta(key) for key in ("seq", "dropped_health", "dropped_exam")}
+            meta = dict(zip(("seq", "dropped_health", "dropped_exam"),
+                            self._meta("seq", "dropped_health", "dropped_exam"), strict=True))
         per: dict[str, int] = {}
         pending = rejected = 0
         for kind, state, n in rows:
@@ -573,7 +577,7 @@ class Outbox:
 
     def last_seq(self) -> int:
         with self._lock:
-            return self._meta("seq")
+            return self._meta("seq")[0]
 
     def drop_report(self) -> dict:
         """Cumulative drop counters plus the increase since the last report stored.
@@ -583,8 +587,8 @@ class Outbox:
         exactly once: never lost with a health message that was not stored.
         """
         with self._lock:
-            dh, de = self._meta("dropped_health"), self._meta("dropped_exam")
-            rh, re_ = self._meta("reported_health"), self._meta("reported_exam")
+            dh, de, rh, re_ = self._meta("dropped_health", "dropped_exam", "reported_health",
+                                         "reported_exam")
         return {"health": dh, "exam": de, "health_new": max(0, dh - rh),
                 "exam_new": max(0, de - re_)}
 
