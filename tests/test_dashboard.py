@@ -508,6 +508,27 @@ def test_a_login_form_in_an_unknown_charset_or_never_sent_is_one_clear_answer(
         b"HTTP/1.1 303 ")
 
 
+def test_a_login_whose_form_never_arrives_does_not_hold_its_address(seeded_dashboard):
+    """One browser behind an office's address announces a form and never sends it; the
+    others behind the same address still log in while it waits out its timeout."""
+    import socket
+
+    port = seeded_dashboard
+    slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        slow.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+                     b"username=")
+        time.sleep(0.2)  # its handler is reading the form now
+        t0 = time.monotonic()
+        status, _ = _login_from(port, "127.0.0.1", *ADMIN)
+        assert status == 303, status  # not 429 "a login from this address is being checked"
+        assert time.monotonic() - t0 < C.BODY_TIMEOUT_S  # answered before the slow one ends
+        assert slow.recv(200).startswith(b"HTTP/1.1 408 ")
+    finally:
+        slow.close()
+
+
 def _login_from(port: int, source: str, user: str, password: str, cookie: str = ""
                 ) -> tuple[int, dict]:
     """A login from one loopback address (127.0.0.0/8 is all ours): (status, headers)."""

@@ -268,16 +268,9 @@ class Dashboard:
         # out by one guesser among them. Whether it is known is checked below, with the name.
         if wait > 0 and not request.cookies.get(C.KNOWN_COOKIE):
             return await self._braked(request, wait)
-        if address in self._logins_in_flight:
-            return await self._braked(request, 1.0, "A login from this address is being "
-                                                    "checked: try again in a moment.")
-        self._logins_in_flight.add(address)
-        try:
-            return await self._login(request, address)
-        finally:
-            self._logins_in_flight.discard(address)
-
-    async def _login(self, request: web.Request, address: str):
+        # The form is read before the address's slot is taken: a login that announces a body
+        # and never sends it held the slot, so every login from that address (an office's
+        # NAT) was told to wait until its 10 s ran out.
         try:
             async with asyncio.timeout(C.BODY_TIMEOUT_S):
                 form = await request.post()
@@ -285,6 +278,16 @@ class Dashboard:
             return await self.login_page(request, "The form did not arrive in time.", 408)
         except (ValueError, LookupError, web.HTTPRequestEntityTooLarge):  # LookupError:
             return await self.login_page(request, "Bad request.", 400)  # unknown charset
+        if address in self._logins_in_flight:
+            return await self._braked(request, 1.0, "A login from this address is being "
+                                                    "checked: try again in a moment.")
+        self._logins_in_flight.add(address)
+        try:
+            return await self._login(request, address, form)
+        finally:
+            self._logins_in_flight.discard(address)
+
+    async def _login(self, request: web.Request, address: str, form):
         username = str(form.get("username", ""))[:64]
         password = str(form.get("password", ""))[:C.PASSWORD_MAX + 1]
         known_cookie = request.cookies.get(C.KNOWN_COOKIE)
