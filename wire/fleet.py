@@ -20,6 +20,7 @@ HTTP(S) the same offer is `<base>/<group>/offer.json` and the bundle `<base>/<gr
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
@@ -287,8 +288,14 @@ def load_trusted_keys(folder: Path | str, what: str = "trusted keys") -> list:
     if _writable_by_others(st):
         raise BundleError(f"{what} {folder}: other users can write it (mode "
                           f"{stat.S_IMODE(st.st_mode):04o}); chmod 755 it")
+    # More keys than we trust at once is refused, not cut short: a 17th key added for a
+    # rotation was silently never trusted. islice bounds the listing of a huge folder.
+    found = list(itertools.islice(folder.glob("*.pub"), MAX_TRUSTED_KEYS + 1))
+    if len(found) > MAX_TRUSTED_KEYS:
+        raise BundleError(f"{what} {folder}: more than {MAX_TRUSTED_KEYS} *.pub keys; keep "
+                          "only the keys in use")
     keys = []
-    for path in sorted(folder.glob("*.pub"))[:MAX_TRUSTED_KEYS]:
+    for path in sorted(found):
         _, key_st = read_key_file(path)
         if key_st.st_mode & 0o022:
             raise BundleError(f"trusted key {path}: other users can write it (mode "

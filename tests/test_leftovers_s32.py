@@ -1,0 +1,38 @@
+"""Leftovers of the fuzzing pass (fifth session of 5 December), each failing on the code
+before its mend."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from edge.fleet.keys import load_trusted_keys, new_keypair
+from wire.fleet import MAX_TRUSTED_KEYS, BundleError
+
+
+def _keys_folder(tmp_path, count: int):
+    folder = tmp_path / "trusted"
+    for k in range(count):
+        new_keypair(tmp_path / "made", f"k{k:02d}")
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    for pub in sorted((tmp_path / "made").glob("*.pub")):
+        (folder / pub.name).write_bytes(pub.read_bytes())
+        os.chmod(folder / pub.name, 0o644)
+    return folder
+
+
+def test_as_many_trusted_keys_as_allowed_all_load(tmp_path):
+    keys = load_trusted_keys(_keys_folder(tmp_path, MAX_TRUSTED_KEYS))
+    assert [name for name, _ in keys] == [f"k{k:02d}" for k in range(MAX_TRUSTED_KEYS)]
+
+
+def test_one_trusted_key_too_many_is_refused_naming_the_folder_not_dropped(tmp_path):
+    """A 17th key, added for a rotation, was silently never trusted: a bundle signed with it
+    was then refused as signed by an unknown key."""
+    folder = _keys_folder(tmp_path, MAX_TRUSTED_KEYS + 1)
+    with pytest.raises(BundleError) as refused:
+        load_trusted_keys(folder, "--keys")
+    line = str(refused.value)
+    assert "\n" not in line and str(folder) in line and f"{MAX_TRUSTED_KEYS}" in line
