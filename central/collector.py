@@ -51,7 +51,7 @@ from pathlib import Path
 from central.db import DbError, DeadLetter, Row, Store, dead_letter
 from wire import schema as wire_schema
 from wire.mqtt import backoff_delay
-from wire.shown import shown_path
+from wire.shown import read_failure, shown_path
 
 log = logging.getLogger("sonoedge.central")
 
@@ -321,12 +321,13 @@ class Collector:
             mtime = os.stat(path).st_mtime
             if self._registry is None or self._registry[0] != mtime:
                 self._registry = (mtime, read_registry(path))
-                log.info("registry %s: %d devices", path, len(self._registry[1]))
+                log.info("registry %s: %d devices", shown_path(path), len(self._registry[1]))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
+            why = (f"registry {shown_path(path)}: {read_failure(exc)}"
+                   if isinstance(exc, OSError) else str(exc))
             if self._registry is None:
-                raise ValueError(f"registry {exc}" if isinstance(exc, OSError) else str(exc)) \
-                    from None
-            self._error(f"registry {path} unreadable, using the last good copy: {exc}")
+                raise ValueError(why) from None
+            self._error(f"{why}; using the last good copy")
         return self._registry[1]
 
     @property

@@ -39,9 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wire.mqtt import topic_for
+from wire.mqtt import redact_url, topic_for
 from wire.schema import QUEUED_KINDS
-from wire.shown import one_line, printable
+from wire.shown import one_line, printable, read_failure, shown_path
 
 DEFAULT_DB = "sonoedge-central.sqlite3"
 DEAD_PREVIEW_CHARS = 2048
@@ -280,7 +280,8 @@ class Store:
         except DbError:
             raise
         except Exception as exc:
-            raise DbError(f"{self.shown()}: cannot open database: {one_line(exc)}") from None
+            raise DbError(f"{self.shown()}: cannot open database: {read_failure(exc)[:300]}") \
+                from None
 
     def shown(self) -> str:
         return redact(self.url)
@@ -454,9 +455,8 @@ class _Cursor:
 
 
 def redact(url: str) -> str:
-    """The database URL with its password hidden, for messages and logs."""
-    import re
-
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """The database URL with its password hidden, as one line of at most about 200
+    characters (a 5,000-character path was echoed whole, twice), for messages and logs."""
+    return shown_path(redact_url(url))
 
 

@@ -47,7 +47,7 @@ from wire.fleet import (
     verify_signature,
 )
 from wire.mqtt import check_tls_file
-from wire.shown import printable
+from wire.shown import printable, read_failure, shown_path
 
 log = logging.getLogger("sonoedge.central.fleet")
 
@@ -63,14 +63,15 @@ def peek(path: Path, group: str, keys_dir: str = "",
     must be `group`. A bundle is a regular file a device could fetch: at most `max_bytes`
     (MAX_CHUNKS chunks; it is read whole to be chunked), never a FIFO."""
     check_group(group)
+    name = shown_path(path)  # one line, cut in the middle: a path may be 5,000 characters
     try:
         st = Path(path).stat()
     except OSError as exc:
-        raise BundleError(f"{path}: not a readable bundle ({exc.strerror or exc})") from None
+        raise BundleError(f"{name}: not a readable bundle ({read_failure(exc)})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise BundleError(f"{path}: not a readable bundle (not a regular file)")
+        raise BundleError(f"{name}: not a readable bundle (not a regular file)")
     if st.st_size > max_bytes:
-        raise BundleError(f"{path}: {st.st_size} bytes, over the {max_bytes} an offer can "
+        raise BundleError(f"{name}: {st.st_size} bytes, over the {max_bytes} an offer can "
                           f"hold ({MAX_CHUNKS} chunks)")
     try:
         with tarfile.open(path, "r:xz") as tar:
@@ -78,16 +79,16 @@ def peek(path: Path, group: str, keys_dir: str = "",
             if (first is None or first.name != MANIFEST_MEMBER or not first.isreg()
                     or first.size > MAX_MANIFEST_BYTES or second is None
                     or second.name != SIGNATURE_MEMBER or second.size != SIGNATURE_BYTES):
-                raise BundleError(f"{path}: not a sonoedge bundle")
+                raise BundleError(f"{name}: not a sonoedge bundle")
             data = tar.extractfile(first).read(MAX_MANIFEST_BYTES)
             signature = tar.extractfile(second).read(SIGNATURE_BYTES)
     except (OSError, tarfile.TarError, EOFError) as exc:
-        raise BundleError(f"{path}: not a readable bundle ({exc})") from None
+        raise BundleError(f"{name}: not a readable bundle ({read_failure(exc)})") from None
     if keys_dir:
         verify_signature(data, signature, load_keys(keys_dir))
     manifest = parse_manifest(data, 1 << 40)
     if manifest.group != group:
-        raise BundleError(f"{path}: bundle {manifest.version} is for group "
+        raise BundleError(f"{name}: bundle {manifest.version} is for group "
                           f"{manifest.group!r}, not {group!r}")
     return manifest
 

@@ -36,3 +36,25 @@ def test_one_trusted_key_too_many_is_refused_naming_the_folder_not_dropped(tmp_p
         load_trusted_keys(folder, "--keys")
     line = str(refused.value)
     assert "\n" not in line and str(folder) in line and f"{MAX_TRUSTED_KEYS}" in line
+
+
+LONG_PATH = "/tmp/" + "b" * 5000 + "/end.sqlite3"
+
+
+@pytest.mark.parametrize("args", [
+    ("report", "--db", LONG_PATH),
+    ("serve", "--db", LONG_PATH),
+    ("--mqtt-url", "mqtt://u@127.0.0.1:1", "--registry", LONG_PATH, "--duration-s", "1"),
+    ("bundle", "export", LONG_PATH, "--group", "g", "--out", "/tmp/nowhere"),
+], ids=["report-db", "serve-db", "collector-registry", "bundle-export"])
+def test_a_5000_character_path_is_one_short_line_that_keeps_its_ends(args):
+    """The district's commands echoed such a path whole, twice (10 kB lines)."""
+    from tests.dashboard_harness import central
+
+    proc = central(*args, timeout_s=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[:2000]
+    assert len(lines[0]) < 400, lines[0][:400]
+    assert "/tmp/bbb" in lines[0] and ("end.sqlite3" in lines[0] or "bbb..." in lines[0])

@@ -54,7 +54,7 @@ from central.dashboard.reference import ig_z
 from central.db import SEQ_KINDS, DbError, is_postgres, redact, sqlite_path
 from wire.dating import dates_flag
 from wire.schema import number_or_none, sqlite_uri
-from wire.shown import one_line
+from wire.shown import one_line, read_failure
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,8 @@ class Db:
         except DbError:
             raise
         except Exception as exc:
-            raise DbError(f"{self.shown()}: cannot open database: {_one_line(exc)}") from None
+            raise DbError(f"{self.shown()}: cannot open database: {read_failure(exc)[:300]}") \
+                from None
 
     def has_collector_table(self, name: str) -> bool:
         """Whether the collector's database has this table (an older collector made no
