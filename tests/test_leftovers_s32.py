@@ -58,3 +58,24 @@ def test_a_5000_character_path_is_one_short_line_that_keeps_its_ends(args):
     assert len(lines) == 1, proc.stderr[:2000]
     assert len(lines[0]) < 400, lines[0][:400]
     assert "/tmp/bbb" in lines[0] and ("end.sqlite3" in lines[0] or "bbb..." in lines[0])
+
+
+def test_an_os2_bitmap_is_sized_from_its_own_header_and_scored(tmp_path):
+    """An OS/2 1.x BMP keeps its size in 16-bit fields; read as Windows ones they gave a
+    3145792x1572865 image, refused as over the pixel budget."""
+    import struct
+
+    import numpy as np
+
+    from edge.capture.images import decode_image_file
+
+    w, h = 64, 48
+    img = (np.arange(w * h * 3) % 251).astype(np.uint8).reshape(h, w, 3)
+    row = (w * 3 + 3) // 4 * 4
+    pixels = b"".join(img[h - 1 - y].tobytes() + b"\0" * (row - w * 3) for y in range(h))
+    path = tmp_path / "os2.bmp"
+    path.write_bytes(b"BM" + struct.pack("<IHHI", 26 + len(pixels), 0, 0, 26)
+                     + struct.pack("<IHHHH", 12, w, h, 1, 24) + pixels)
+    decoded, problem = decode_image_file(path)
+    assert problem is None
+    assert decoded.shape[:2] == (h, w)

@@ -56,6 +56,8 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
             return struct.unpack(">II", data[16:24])
         if data[:2] == b"BM" and len(data) >= 26:
+            if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 1.x: 16-bit sizes
+                return struct.unpack("<HH", data[18:22])
             width, height = struct.unpack("<ii", data[18:26])
             return abs(width), abs(height)
         if data[:2] == b"\xff\xd8":
