@@ -79,3 +79,21 @@ def test_an_os2_bitmap_is_sized_from_its_own_header_and_scored(tmp_path):
     decoded, problem = decode_image_file(path)
     assert problem is None
     assert decoded.shape[:2] == (h, w)
+
+
+@pytest.mark.parametrize("top", [255, 1023, 4095, 65535])
+def test_a_16_bit_png_keeps_its_picture_whatever_depth_its_values_use(tmp_path, top):
+    """An 8-bit frame stored in a 16-bit PNG decoded black (only its top byte was kept);
+    10- and 12-bit data came out at a sixty-fourth or a sixteenth of its brightness."""
+    import cv2
+    import numpy as np
+
+    from edge.capture.images import decode_image_file
+
+    ramp = np.tile(np.linspace(0, top, 256), (64, 1)).round().astype(np.uint16)
+    path = tmp_path / "wide.png"
+    cv2.imwrite(str(path), ramp)
+    decoded, problem = decode_image_file(path)
+    assert problem is None and decoded.dtype == np.uint8
+    assert decoded.max() == 255 and decoded.min() == 0
+    assert abs(float(decoded.mean()) - 127.5) < 1.0  # a ramp, not a black frame

@@ -103,6 +103,16 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     return (found[256], found[257]) if len(found) == 2 else None
 
 
+def to_8bit(img: np.ndarray) -> np.ndarray:
+    """A 16-bit image as 8 bits, scaled by the depth its values use: 8, 10, 12 or 16 bits
+    (the smallest that holds its brightest pixel). Exporters store 8-bit frames and 10- or
+    12-bit detector data in 16-bit PNGs without saying so; a frame's brightest pixel is
+    never within a factor of 2 of black, so the depth it needs is the depth it has."""
+    top = int(img.max()) if img.size else 0
+    bits = next(b for b in (8, 10, 12, 16) if top < 1 << b)
+    return cv2.convertScaleAbs(img, alpha=255.0 / ((1 << bits) - 1))  # no wide copy made
+
+
 def decode_image_file(path: Path, limits: FrameLimits = DEFAULT_LIMITS
                       ) -> tuple[np.ndarray | None, str | None]:
     """Decode from bytes so a truncated/corrupt file gives a reason, never None or a raise.
@@ -134,8 +144,12 @@ def decode_image_file(path: Path, limits: FrameLimits = DEFAULT_LIMITS
     if ext in (".jpg", ".jpeg") and data.rfind(b"\xff\xd9") < 0:
         # Some decoders return a half-grey picture for a cut JPEG; the end marker is proof.
         return None, f"{name}: truncated JPEG (no end-of-image marker)"
+    # A 16-bit PNG is read at its depth and scaled by the bits it uses (`to_8bit`): read as
+    # 8 bits its top byte alone is kept, and an 8-bit frame stored in 16 bits came out black.
+    wide_png = data[:8] == b"\x89PNG\r\n\x1a\n" and data[24:25] == b"\x10"
+    flags = cv2.IMREAD_ANYCOLOR | (cv2.IMREAD_ANYDEPTH if wide_png else 0)
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else "decoder error"
         return None, f"{name}: cannot decode image ({first})"
@@ -143,7 +157,9 @@ def decode_image_file(path: Path, limits: FrameLimits = DEFAULT_LIMITS
         return None, f"{name}: cannot decode image (corrupt or truncated {ext or 'file'})"
     if problem := limits.check(name, img.shape[1], img.shape[0]):
         return None, problem
-    if img.dtype != np.uint8:
+    if img.dtype == np.uint16:
+        img = to_8bit(img)
+    elif img.dtype != np.uint8:
         img = cv2.convertScaleAbs(img)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
