@@ -9,7 +9,7 @@ segmenter found on a frame that may show one, even without a pixel size).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 RESULT_SCHEMA = 1
 ROUNDED = {"plane_confidence": 4, "latency_ms": 3, "capture_ms": 3, "preprocess_ms": 3,
@@ -40,8 +40,24 @@ class FrameResult:
     schema: int = RESULT_SCHEMA
 
     def to_dict(self) -> dict:
-        """The record, a deep copy: whoever keeps or changes it cannot touch the result."""
-        return _rounded(asdict(self))
+        """The record, a deep copy: whoever keeps or changes it cannot touch the result.
+        Copied as the JSON tree it is: `dataclasses.asdict`'s generic walk took 0.09 ms a
+        frame on a Zen 5 core, six times this, and the loop asks twice a frame."""
+        return _rounded({name: _tree_copy(getattr(self, name)) for name in _FIELD_NAMES})
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(FrameResult))
+
+
+def _tree_copy(value):
+    """A deep copy of JSON-like data (dicts, lists, tuples, scalars). The nested dicts are
+    the scorer's own audit and biometry, a few levels deep, never outside input."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _tree_copy(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return kind(_tree_copy(v) for v in value)
+    return value
 
 
 def _rounded(data: dict) -> dict:

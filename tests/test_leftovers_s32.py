@@ -97,3 +97,32 @@ def test_a_16_bit_png_keeps_its_picture_whatever_depth_its_values_use(tmp_path, 
     assert problem is None and decoded.dtype == np.uint8
     assert decoded.max() == 255 and decoded.min() == 0
     assert abs(float(decoded.mean()) - 127.5) < 1.0  # a ramp, not a black frame
+
+
+def test_a_frames_record_is_a_deep_copy_equal_to_the_result_on_real_frames():
+    """The record the journal, the exam and the page keep is the result as a JSON tree,
+    rounded, and changing it (or anything nested in it) never touches the result."""
+    import json
+    from dataclasses import asdict
+
+    from edge.capture.sources import open_source
+    from edge.config import load_settings
+    from edge.result import _rounded
+    from edge.scorer import make_scorer, timed_frames
+
+    scorer = make_scorer(load_settings(None, {"biometry": {"pixel_size_mm": 0.15}}))
+    with open_source("demo") as source:
+        results = [scorer.score(frame, capture_s)
+                   for frame, capture_s in timed_frames(source, scorer.prepare_frame)]
+    assert sum(r.biometry is not None for r in results) > 10
+    assert sum(r.quality is not None for r in results) > 10
+    for result in results:
+        record = result.to_dict()
+        assert record == _rounded(asdict(result))
+        before = json.dumps(result.to_dict(), sort_keys=True)
+        for key in ("quality", "biometry", "head"):
+            if isinstance(record.get(key), dict):
+                record[key].clear()
+        if record["roi"] is not None:
+            record["roi"].append(-1)
+        assert json.dumps(result.to_dict(), sort_keys=True) == before
