@@ -236,6 +236,8 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
                               head_planes=tuple(settings.biometry.head_planes))
         last_ts = None
         for row, record in journal.replay(run_id, after):
+            if record.get("held") is True:  # held after a "stop": no exam saw it live
+                continue
             mono = record.get("mono_s")
             tracker.feed(record, mono=float(mono) if isinstance(mono, int | float) else None,
                          row=row, run_id=run_id)
@@ -424,11 +426,15 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             for frame, capture_s in dog.watch(timed_frames(source, scorer.prepare_frame),
                                               source):
                 result = scorer.score(frame, capture_s)
-                row = journal.append(run_id, result)
                 record = result.to_dict()
+                # Held after the page's "stop": journaled as held, so that a recovery after a
+                # kill replays what the exams saw, not an exam the midwife had stopped.
+                fed = web is None or web.accepts(record, result.mono_s,
+                                                 tracker.has_content(record))
+                row = journal.append(run_id, result, held=not fed)
                 stats.add(record)
                 roi = Roi(*result.roi) if result.roi else None
-                if web is None or web.accepts(record, frame.t_mono, tracker.has_content(record)):
+                if fed:
                     tracker.feed(record, frame.image, roi, result.mono_s, row=row,
                                  run_id=run_id)
                 if steady is not None:

@@ -342,7 +342,10 @@ class ExamTracker:
         `exam_id_for(run_id, row)` (a random one when the frame was not journaled)."""
         now = time.monotonic() if mono is None else mono
         content = self.has_content(result)
-        if self.current is not None and not content and self._last_content is not None \
+        # The gap is measured on every frame, the first with ultrasound again included: a
+        # grabber unplugged or a scanner switched off sends no frames at all, and the next
+        # woman's first frames would otherwise have joined the last woman's exam.
+        if self.current is not None and self._last_content is not None \
                 and now - self._last_content >= self.settings.end_gap_s:
             self.end("gap")
         if self.current is None:

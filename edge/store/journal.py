@@ -622,9 +622,12 @@ class Journal:
             (run_id, *row)))
         return run_id
 
-    def append(self, run_id: str, result: FrameResult) -> int | None:
-        """Journal one frame result; its row id, or None when it could not be journaled."""
+    def append(self, run_id: str, result: FrameResult, held: bool = False) -> int | None:
+        """Journal one frame result; its row id, or None when it could not be journaled.
+        `held`: the page held it back from the exams (after "stop"); its record says so."""
         record = result.to_dict()
+        if held:
+            record["held"] = True
         biometry = result.biometry or {}
         quality = result.quality or {}
         values = (run_id, _text(result.source), result.frame, result.plane,

@@ -228,6 +228,7 @@ class LoopHook:
         self.server = server  # edge.web.server.WebServer, stopped by close()
         self.confidence = SteadyConfidence()
         self._no_content_since: float | None = None
+        self._last_frame: float | None = None  # the scan's clock at the last frame seen
         self._next_snapshot = 0.0
         self.stop_requested = threading.Event()  # ends `linger` (tests; signals do it live)
 
@@ -259,8 +260,17 @@ class LoopHook:
         view.phase = "running"
 
     def accepts(self, record: dict, mono: float, has_content: bool) -> bool:
-        """Whether this frame goes to the exam tracker (False while held after "stop")."""
+        """Whether this frame goes to the exam tracker (False while held after "stop").
+        `mono` is the scan's clock, the one the tracker counts its gaps on (a recording
+        read faster than it was made passes 30 s of its blank screen in 3 s of the box's)."""
+        last, self._last_frame = self._last_frame, mono
         if not self.holding:
+            return True
+        if last is not None and mono - last >= self.end_gap_s:
+            # No frame at all for a whole gap (the grabber unplugged, the scanner off) is
+            # a gap too: the woman who comes next is not held back.
+            self.holding = False
+            self._no_content_since = None
             return True
         if has_content:
             self._no_content_since = None
