@@ -159,3 +159,26 @@ def test_a_recovery_after_a_kill_rebuilds_no_exam_the_midwife_had_stopped(tmp_pa
         assert [e["ended_by"] for e in journal.exams()] == ["command"]
     finally:
         journal.close()
+
+
+def test_a_best_frames_thumbnail_is_written_soon_even_if_no_other_plane_improves(tmp_path):
+    """A better frame 0.1 s after its plane's last thumbnail waits out the thumbnails'
+    interval; it then shows, though no better frame follows. It waited, with the worse
+    frame's picture beside its figures, until the exam ended."""
+    from edge.exam.session import ExamSession
+    from edge.exam.thumbs import ThumbStore
+
+    session = ExamSession(find_protocol("biometry"), ThumbStore(tmp_path, 10**8,
+                                                                shown_as=str(tmp_path)),
+                          ExamSettings())
+    worse, better = (np.full((240, 320, 3), grey, np.uint8) for grey in (40, 220))
+    record = _record(0)
+    session.add(record, worse, None, now=0.0)
+    session.add({**_record(1), "quality": {**record["quality"], "score": 0.95}}, better,
+                None, now=0.1)
+    for i in range(2, 40):  # four seconds of worse frames
+        session.add({**_record(i), "quality": {**record["quality"], "score": 0.5}}, worse,
+                    None, now=0.1 + i * 0.1)
+    best = session.checklist()[0]["best"]
+    assert best["frame"] == 1
+    assert cv2.imread(best["thumbnail"]).mean() > 200  # its own picture, not frame 0's

@@ -159,7 +159,11 @@ class ExamSession:
             if self.thumbs is not None and self.settings.thumbnails and image is not None:
                 self._pending[candidate.plane] = make_thumbnail(image, roi,
                                                                 self.settings.thumb_width)
-                self._flush(time.monotonic() if now is None else now, force=False)
+        if self._pending:
+            # On every frame, not only when a plane improves: a best frame that came within
+            # `thumb_interval_s` of its plane's last write waited, showing the frame before
+            # it, until another plane improved or the exam ended.
+            self._flush(time.monotonic() if now is None else now, force=False)
         if self.measure_kept is not None:
             self._keep_for_measuring(result, image, roi)
 
