@@ -182,3 +182,30 @@ def test_a_best_frames_thumbnail_is_written_soon_even_if_no_other_plane_improves
     best = session.checklist()[0]["best"]
     assert best["frame"] == 1
     assert cv2.imread(best["thumbnail"]).mean() > 200  # its own picture, not frame 0's
+
+
+def test_an_ended_exams_page_shows_the_best_frame_the_exam_chose_live():
+    """Live, a slot's best frame ranks by its quality less the learned head's faults; the
+    page of the ended exam, rebuilt from the journal, ranked by the plain quality and so
+    showed another frame, another HC and another picture than the exam had chosen."""
+    from edge.exam.session import ExamSession
+    from edge.web.history import checklist as journaled_checklist
+
+    protocol = find_protocol("biometry")
+    session = ExamSession(protocol, None)
+
+    def head(i: int, plane: str, score: float, hc: float, noise: float) -> dict:
+        record = _record(i)
+        return {**record, "plane": plane,
+                "quality": {**record["quality"], "score": score, "learned": {"noise": noise}},
+                "biometry": {"status": "ok", "hc_mm": hc, "bpd_mm": 50.0, "ofd_mm": 60.0,
+                             "pixel_size_mm": 0.1}}
+
+    session.add(head(0, "Brain (Tv.)", 0.95, 180.0, 0.6))  # every rule passes; noisy
+    session.add(head(1, "Brain (Cb.)", 0.90, 172.0, 0.0))  # a little lower, clean
+    body = session.finish("source_end")
+    live = session.checklist()[0]["best"]
+    assert (live["frame"], live["hc_mm"]) == (1, 172.0)
+    journaled = journaled_checklist(body, session.best_frames(), protocol)[0]["best"]
+    assert (journaled["frame"], journaled["plane"], journaled["hc_mm"]) == \
+        (live["frame"], live["plane"], live["hc_mm"])

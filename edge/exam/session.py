@@ -106,6 +106,10 @@ class BestFrame:
         out = {"source": self.source, "frame": self.frame,
                "quality": None if self.quality is None else round(self.quality, 4),
                "confidence": round(self.confidence, 4)}
+        if self.ranked is not None and self.ranked != self.quality:
+            # What `rank` ranked it by, so a page rebuilt from the journal picks the same
+            # best frame of a slot as the live exam did.
+            out["ranked"] = round(self.ranked, 4)
         if self.thumbnail:
             out["thumbnail"] = self.thumbnail
         if self.biometry and finite_number(self.biometry.get("hc_mm")):

@@ -168,6 +168,17 @@ def _best(plane: str, entry: dict) -> dict:
     return out
 
 
+def _live_rank(entry: dict) -> tuple[float, float, float]:
+    """A journaled best frame's place as the live exam ranked it (`BestFrame.rank`: the
+    quality the learned head's faults discount, then the plain quality, the confidence);
+    an exam journaled before the discount was kept ranks by its plain quality."""
+    quality = _number(entry.get("quality"))
+    quality = -1.0 if quality is None else quality
+    ranked = _number(entry.get("ranked"))
+    return (quality if ranked is None else ranked, quality,
+            _number(entry.get("confidence")) or 0.0)
+
+
 def _seen_quality(planes: dict, accepts: tuple[str, ...] | list[str]) -> float | None:
     """The best quality any frame of these planes reached (the summary's per-plane totals:
     [frames, best confidence, best quality])."""
@@ -195,7 +206,7 @@ def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> li
                 row["accepts"] = list(slot.accepts)
             found = [(p, bests[p]) for p in slot.accepts if p in bests]
             if row["captured"] and found:
-                plane, entry = max(found, key=lambda pe: _number(pe[1].get("quality")) or 0.0)
+                plane, entry = max(found, key=lambda pe: _live_rank(pe[1]))
                 row["best"] = _best(plane, entry)
             elif (q := _seen_quality(planes, slot.accepts)) is not None:
                 row["best"] = {"plane": slot.accepts[0], "quality": q}
