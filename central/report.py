@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from central.dashboard.config import UNREGISTERED
 from central.db import SEQ_KINDS_SQL, Store
 from wire.schema import NOT_A_VIEW, loads_bounded
 from wire.shown import printable
@@ -126,17 +127,41 @@ def _not_named(protocol: dict) -> int:
 
 
 def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict:
+    """Per device (under the clinic it last sent from) and per clinic. A clinic's devices,
+    exams, health and last seen are the messages stored from it (a box moved between clinics
+    counts in each, with the exams it sent from each, as the dashboard counts them); the
+    delivery figures (missing, dropped, lost: of a device's one sequence) go to the clinic
+    its device last sent from, where it is now."""
     devices: dict[str, DeviceReport] = {}
+    clinics: dict[str, ClinicReport] = {}
     latest_clinic: dict[str, tuple[float, str]] = {}
-    for dev, clinic, exams, health, status, first, last, last_dev, max_seq in store.query(
+    rows = store.query(
         "SELECT device_id, clinic_id, "
         "SUM(CASE WHEN kind = 'exam' THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN kind = 'health' THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN kind = 'status' THEN 1 ELSE 0 END), "
         "MIN(received_ts), MAX(received_ts), MAX(device_ts), "
         f"MAX(CASE WHEN kind IN {SEQ_KINDS_SQL} THEN seq ELSE 0 END) "
-        "FROM messages GROUP BY device_id, clinic_id"
-    ):
+        "FROM messages GROUP BY device_id, clinic_id")
+    # A message stored without a clinic (its box not yet in the collector's registry) counts
+    # under the clinic the box is known by now, its latest message that had one, as the
+    # dashboard counts it; a box never listed stays under "" ("(unregistered)" when shown).
+    named: dict[str, tuple[float, str]] = {}
+    for dev, clinic, *_, last, _, _ in rows:
+        if clinic and last is not None and (dev not in named or last > named[dev][0]):
+            named[dev] = (last, clinic)
+    merged: dict[tuple[str, str], list] = {}
+    for dev, clinic, *figures in rows:
+        key = (dev, clinic or named.get(dev, (0.0, ""))[1])
+        if key not in merged:
+            merged[key] = list(figures)
+            continue
+        m = merged[key]  # the box's nameless messages and those it sent from that clinic
+        m[0], m[1], m[2] = m[0] + figures[0], m[1] + figures[1], m[2] + figures[2]
+        m[3], m[4] = _min(m[3], figures[3]), _max(m[4], figures[4])
+        m[5], m[6] = _max(m[5], figures[5]), max(int(m[6] or 0), int(figures[6] or 0))
+    for (dev, clinic), (exams, health, status, first, last, last_dev, max_seq) in \
+            merged.items():
         d = devices.setdefault(dev, DeviceReport(dev, clinic))
         d.exams += int(exams)
         d.health += int(health)
@@ -147,6 +172,12 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
         d.max_seq = max(d.max_seq, int(max_seq or 0))
         if last is not None and (dev not in latest_clinic or last > latest_clinic[dev][0]):
             latest_clinic[dev] = (last, clinic)
+        # one row per (device, clinic): the device counts once in each clinic it sent from
+        c = clinics.setdefault(clinic, ClinicReport(clinic))
+        c.devices += 1
+        c.exams += int(exams)
+        c.health += int(health)
+        c.last_seen_ts = _max(c.last_seen_ts, last)
     for dev, (_, clinic) in latest_clinic.items():
         devices[dev].clinic_id = clinic
 
@@ -191,13 +222,9 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
     for d in devices.values():
         d.lost = max(0, d.missing - d.dropped_health - d.dropped_exam)
 
-    clinics: dict[str, ClinicReport] = {}
     for d in devices.values():
+        # the latest clinic (the per-device table's) only for what is the device's as a whole
         c = clinics.setdefault(d.clinic_id, ClinicReport(d.clinic_id))
-        c.devices += 1
-        c.exams += d.exams
-        c.health += d.health
-        c.last_seen_ts = _max(c.last_seen_ts, d.last_seen_ts)
         c.missing += d.missing
         c.dropped += d.dropped_health + d.dropped_exam
         c.lost += d.lost
@@ -279,7 +306,7 @@ def format_report(rep: dict) -> str:
     lines += [head, "-" * len(head)]
     for d in rep["devices"]:
         lines.append(
-            f"{d['device_id']:<20} {d['clinic_id'] or '-':<12} {d['exams']:>6} "
+            f"{d['device_id']:<20} {d['clinic_id'] or UNREGISTERED:<12} {d['exams']:>6} "
             f"{d['health']:>6} {d['max_seq']:>8} {d['missing']:>7} "
             f"{d['dropped_health'] + d['dropped_exam']:>7} {d['lost']:>5} {d['behind']:>6}  "
             f"{_ts(d['last_seen_ts']):<19}  {d['last_state'] or '-'}"
@@ -297,8 +324,9 @@ def format_report(rep: dict) -> str:
     lines += [head, "-" * len(head)]
     for c in rep["clinics"]:
         lines.append(
-            f"{c['clinic_id'] or '-':<12} {c['devices']:>7} {c['exams']:>6} {c['health']:>6} "
-            f"{c['missing']:>7} {c['dropped']:>7} {c['lost']:>5}  {_ts(c['last_seen_ts'])}"
+            f"{c['clinic_id'] or UNREGISTERED:<12} {c['devices']:>7} {c['exams']:>6} "
+            f"{c['health']:>6} {c['missing']:>7} {c['dropped']:>7} {c['lost']:>5}  "
+            f"{_ts(c['last_seen_ts'])}"
         )
     exams = rep.get("recent_exams") or []
     if exams:

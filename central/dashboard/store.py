@@ -28,6 +28,12 @@ device (``dash.dead``). A message is added only when its ``msg_id`` is new to ``
 inside the same transaction as the counts, so the counts never count a message twice, even
 with two dashboards refreshing the same database.
 
+A message is dated by its box's clock when plausible (``day_of``), an exam's figures (its row,
+its count per day, its weeks) by when the exam ended (``exam_day_of``), not when it was
+queued. A message stored without a clinic (its box not yet in the collector's registry)
+counts under the clinic its box is known by now, or C.UNREGISTERED until the box is listed,
+when what the rollups hold of it moves to its clinic (``_move_unregistered``).
+
 A seq the collector recorded in ``resent`` (a message it already had, sent again under a new
 seq after the device lost its outbox) is a row of ``dash.msgs`` too, under the synthetic id
 ``resent/<device>/<seq>``, and a seq of ``dash.seq_runs``, so that ``queries.holes`` does not
@@ -53,12 +59,12 @@ from central.dashboard import config as C
 from central.dashboard.reference import ig_z
 from central.db import SEQ_KINDS, DbError, is_postgres, redact, sqlite_path
 from wire.dating import dates_flag
-from wire.schema import number_or_none, sqlite_uri
+from wire.schema import number_or_none, sqlite_uri, wall_ts_or_none
 from wire.shown import one_line, read_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "11"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "12"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -379,6 +385,20 @@ def day_of(device_ts: float | None, received_ts: float) -> tuple[float, int]:
     return ts, int(ts // C.DAY_S)
 
 
+def exam_day_of(ended_ts: object, device_ts: float | None, received_ts: float
+                ) -> tuple[float, int]:
+    """(ts, UTC day number) dating an exam: when it ended by the box's clock (the summary's
+    ``ended_ts``, which the exam schema requires), not when it was queued (the envelope's
+    ``ts``): a run a power cut killed is rebuilt and queued at the next start, and the
+    journal's exams the outbox lost are queued again then, days later. Under ``day_of``'s
+    rules (never after the exam arrived); the envelope's ``ts`` when ``ended_ts`` is none or
+    older than a backlog can be."""
+    ended = wall_ts_or_none(ended_ts)
+    if ended is not None and received_ts - C.DEVICE_CLOCK_BEHIND_S <= ended:
+        return day_of(ended, received_ts)
+    return day_of(device_ts, received_ts)
+
+
 def week_of(day: int) -> int:
     """Monday-based week number (day 0, 1970-01-01, was a Thursday)."""
     return (day + 3) // 7
@@ -474,28 +494,33 @@ def _add(db: Db, rows: list[tuple]) -> None:
     batch_exams: list[tuple] = []  # (msg_id, dev, clinic, day, ts, data): rows made below
     corrections: dict[tuple[str, str], Correction] = {}  # (device, exam_id): the latest
     day_device: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    week_protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
-    week_missing: dict[tuple, int] = defaultdict(int)
-    week_def: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
-    week_plane: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0])
+    weeks = _Weeks()
     fleet_errors: dict[tuple, list[float]] = {}
     latest: dict[str, dict] = {}
     skipped = 0
+    known = _known_clinics(db, rows)
     for msg_id, dev, clinic, kind, seq, device_ts, received, payload in rows:
         try:
+            clinic = clinic or known[dev]
             ts, day = day_of(device_ts, received)
+            # the message (its seq, the holes) is dated when it was queued; an exam's
+            # figures by when the exam ended (exam_day_of)
             msgs.append((msg_id, dev, clinic, kind, int(seq), ts, day, received))
             if kind in SEQ_KINDS:
                 seqs.append((dev, clinic, int(seq), day))
-            counts = day_device[(day, dev, clinic)]
-            counts[0 if kind == "exam" else 1 if kind == "health" else 2] += 1
-            counts[3] += kind == "dates"
             lat = latest.setdefault(dev, {"clinic": clinic, "received": received, "max_seq": 0})
             if received >= lat["received"]:
                 lat["clinic"], lat["received"] = clinic, received
             try:
                 data = json.loads(payload)
             except ValueError:  # the collector stored it, so it parsed once; be safe anyway
+                data = None
+            if kind == "exam" and isinstance(data, dict):
+                ts, day = exam_day_of(data.get("ended_ts"), device_ts, received)
+            counts = day_device[(day, dev, clinic)]
+            counts[0 if kind == "exam" else 1 if kind == "health" else 2] += 1
+            counts[3] += kind == "dates"
+            if data is None:
                 continue
             if not isinstance(data, dict):
                 raise TypeError("not a JSON object")
@@ -518,37 +543,14 @@ def _add(db: Db, rows: list[tuple]) -> None:
             if kind != "exam":
                 continue
             batch_exams.append((msg_id, dev, clinic, day, ts, data))
-            protocol = data.get("protocol") or {}
-            name = str(protocol.get("name") or "")
-            week = week_of(day)
-            if name:
-                pc = week_protocol[(week, clinic, name)]
-                pc[0] += 1
-                pc[1] += _complete(protocol)
-                named = [_text(slot, 32) for slot in protocol.get("missing") or []]
-                for slot in named:
-                    week_missing[(week, clinic, name, slot)] += 1
-                if _unnamed(protocol, named):  # one exam, however many names it shed
-                    week_missing[(week, clinic, name, UNNAMED_SLOT)] += 1
-            for crit, frames in (data.get("deficiencies") or {}).items():
-                d = week_def[(week, clinic, str(crit))]
-                d[0] += 1
-                d[1] += int(frames)
-            for plane, entry in (data.get("planes") or {}).items():
-                if plane in C.NOT_A_VIEW or not entry or entry[0] <= 0 or len(entry) < 3:
-                    continue
-                q = number_or_none(entry[2])
-                if q is None:
-                    continue
-                wp = week_plane[(week, clinic, str(plane))]
-                wp[0] += 1
-                wp[1] += q
-                wp[2] += int(q < C.MIN_QUALITY)
+            weeks.add(week_of(day), clinic, data)
         except (TypeError, ValueError, AttributeError, KeyError, IndexError,
                 RecursionError, OverflowError):
             # not as the collector writes a message (another writer, a damaged
             # database): skipped, so one such row cannot stop every rollup
             skipped += 1
+    for dev, clinic in known.moves.items():
+        _move_unregistered(db, dev, clinic)
     db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
             "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", msgs)
     dated = _add_corrections(db, corrections, batch_exams)
@@ -565,34 +567,166 @@ def _add(db: Db, rows: list[tuple]) -> None:
     db.many(f"INSERT INTO dash.exams ({', '.join(EXAM_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(EXAM_COLUMNS))})", exams)
     _add_seq_runs(db, seqs)
-    db.many("INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other, "
-            "dates) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, clinic_id) DO "
-            "UPDATE SET exams = dash.day_device.exams + excluded.exams, "
-            "health = dash.day_device.health + excluded.health, "
-            "other = dash.day_device.other + excluded.other, "
-            "dates = dash.day_device.dates + excluded.dates",
-            [(*k, *v) for k, v in day_device.items()])
-    db.many("INSERT INTO dash.week_protocol (week, clinic_id, protocol, exams, complete) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, protocol) DO UPDATE SET "
-            "exams = dash.week_protocol.exams + excluded.exams, "
-            "complete = dash.week_protocol.complete + excluded.complete",
-            [(*k, *v) for k, v in week_protocol.items()])
-    db.many("INSERT INTO dash.week_missing (week, clinic_id, protocol, slot, n) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, protocol, slot) DO UPDATE SET "
-            "n = dash.week_missing.n + excluded.n", [(*k, v) for k, v in week_missing.items()])
-    db.many("INSERT INTO dash.week_deficiency (week, clinic_id, name, exams, frames) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, name) DO UPDATE SET "
-            "exams = dash.week_deficiency.exams + excluded.exams, "
-            "frames = dash.week_deficiency.frames + excluded.frames",
-            [(*k, *v) for k, v in week_def.items()])
-    db.many("INSERT INTO dash.week_plane (week, clinic_id, plane, n, q_sum, q_low) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, plane) DO UPDATE SET "
-            "n = dash.week_plane.n + excluded.n, q_sum = dash.week_plane.q_sum + excluded.q_sum,"
-            " q_low = dash.week_plane.q_low + excluded.q_low",
-            [(*k, *v) for k, v in week_plane.items()])
+    db.many(_UPSERT_DAY_DEVICE, [(*k, *v) for k, v in day_device.items()])
+    weeks.write(db)
     _add_fleet_errors(db, fleet_errors)
     for dev, lat in latest.items():
         _upsert_latest(db, dev, lat)
+
+
+_UPSERT_DAY_DEVICE = (
+    "INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other, "
+    "dates) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, clinic_id) DO "
+    "UPDATE SET exams = dash.day_device.exams + excluded.exams, "
+    "health = dash.day_device.health + excluded.health, "
+    "other = dash.day_device.other + excluded.other, "
+    "dates = dash.day_device.dates + excluded.dates")
+
+
+class _Weeks:
+    """Exam figures per week and clinic (``dash.week_protocol``, ``week_missing``,
+    ``week_deficiency``, ``week_plane``), summed in memory over a batch, then added."""
+
+    def __init__(self) -> None:
+        self.protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+        self.missing: dict[tuple, int] = defaultdict(int)
+        self.deficiency: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+        self.plane: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0])
+
+    def add(self, week: int, clinic: str, data: dict, sign: int = 1) -> None:
+        """One exam's figures (``sign`` -1: taken off, as when its clinic changes)."""
+        protocol = data.get("protocol") or {}
+        name = str(protocol.get("name") or "")
+        if name:
+            pc = self.protocol[(week, clinic, name)]
+            pc[0] += sign
+            pc[1] += sign * _complete(protocol)
+            named = [_text(slot, 32) for slot in protocol.get("missing") or []]
+            for slot in named:
+                self.missing[(week, clinic, name, slot)] += sign
+            if _unnamed(protocol, named):  # one exam, however many names it shed
+                self.missing[(week, clinic, name, UNNAMED_SLOT)] += sign
+        for crit, frames in (data.get("deficiencies") or {}).items():
+            d = self.deficiency[(week, clinic, str(crit))]
+            d[0] += sign
+            d[1] += sign * int(frames)
+        for plane, entry in (data.get("planes") or {}).items():
+            if plane in C.NOT_A_VIEW or not entry or entry[0] <= 0 or len(entry) < 3:
+                continue
+            q = number_or_none(entry[2])
+            if q is None:
+                continue
+            wp = self.plane[(week, clinic, str(plane))]
+            wp[0] += sign
+            wp[1] += sign * q
+            wp[2] += sign * int(q < C.MIN_QUALITY)
+
+    def write(self, db: Db) -> None:
+        db.many("INSERT INTO dash.week_protocol (week, clinic_id, protocol, exams, complete) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, protocol) DO UPDATE SET "
+                "exams = dash.week_protocol.exams + excluded.exams, "
+                "complete = dash.week_protocol.complete + excluded.complete",
+                [(*k, *v) for k, v in self.protocol.items()])
+        db.many("INSERT INTO dash.week_missing (week, clinic_id, protocol, slot, n) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, protocol, slot) DO UPDATE "
+                "SET n = dash.week_missing.n + excluded.n",
+                [(*k, v) for k, v in self.missing.items()])
+        db.many("INSERT INTO dash.week_deficiency (week, clinic_id, name, exams, frames) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, name) DO UPDATE SET "
+                "exams = dash.week_deficiency.exams + excluded.exams, "
+                "frames = dash.week_deficiency.frames + excluded.frames",
+                [(*k, *v) for k, v in self.deficiency.items()])
+        db.many("INSERT INTO dash.week_plane (week, clinic_id, plane, n, q_sum, q_low) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, plane) DO UPDATE SET "
+                "n = dash.week_plane.n + excluded.n, "
+                "q_sum = dash.week_plane.q_sum + excluded.q_sum, "
+                "q_low = dash.week_plane.q_low + excluded.q_low",
+                [(*k, *v) for k, v in self.plane.items()])
+
+
+# -- messages stored without a clinic --------------------------------------------------------
+class _Known(dict):
+    """Device -> the clinic its messages stored without one (clinic "": the collector's
+    registry did not list it yet) count under: the clinic it is known by now, its latest
+    message that had one (this batch's, else ``dash.device_latest``), else C.UNREGISTERED.
+    ``moves``: devices counted under C.UNREGISTERED so far that this batch names a clinic
+    for: what the rollups hold of them moves there (``_move_unregistered``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moves: dict[str, str] = {}
+
+
+def _known_clinics(db: Db, rows: list[tuple]) -> _Known:
+    out = _Known()
+    named: dict[str, tuple[float, str]] = {}  # this batch's latest clinic of each device
+    for _, dev, clinic, _, _, _, received, _ in rows:
+        if clinic and (dev not in named or received >= named[dev][0]):
+            named[dev] = (received, clinic)
+    unregistered = {r[0] for r in db.query(
+        "SELECT device_id FROM dash.device_latest WHERE clinic_id = ?", (C.UNREGISTERED,))}
+    out.moves = {dev: named[dev][1] for dev in unregistered if dev in named}
+    nameless = sorted({r[1] for r in rows if not r[2]})
+    stored: dict[str, tuple[float, str]] = {}
+    for part in _chunks(nameless):
+        for dev, clinic, received in db.query(
+                "SELECT device_id, clinic_id, last_received FROM dash.device_latest "
+                f"WHERE device_id IN ({_marks(part)})", part):
+            if clinic != C.UNREGISTERED:
+                stored[dev] = (float(received or 0.0), clinic)
+    for dev in nameless:
+        have = [x for x in (named.get(dev), stored.get(dev)) if x is not None]
+        out[dev] = max(have)[1] if have else C.UNREGISTERED
+    return out
+
+
+def _move_unregistered(db: Db, dev: str, clinic: str) -> None:
+    """A device counted under C.UNREGISTERED is now known by ``clinic`` (the registry lists
+    it): what the rollups hold of it moves there, so that every page counts its earlier
+    exams where it counts its later ones, as the report does. Once per device; it costs what
+    the device sent before it was listed. The weekly exam tables have no device column:
+    its exams' figures are made again from their payloads, taken off one clinic and added
+    to the other."""
+    old = C.UNREGISTERED
+    found = db.query("SELECT msg_id, day FROM dash.exams WHERE device_id = ? AND clinic_id = ?",
+                     (dev, old))
+    payloads: dict[str, str] = {}
+    for part in _chunks([m for m, _ in found]):
+        payloads.update(db.query(
+            f"SELECT msg_id, payload FROM messages WHERE msg_id IN ({_marks(part)})", part))
+    weeks = _Weeks()
+    for msg_id, day in found:
+        try:
+            data = json.loads(payloads.get(msg_id, ""))
+            if isinstance(data, dict):
+                for c, sign in ((old, -1), (clinic, 1)):  # as _add did: the same either way
+                    weeks.add(week_of(int(day)), c, data, sign)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError,
+                RecursionError, OverflowError):
+            continue
+    weeks.write(db)
+    for table, count in (("week_protocol", "exams"), ("week_missing", "n"),
+                         ("week_deficiency", "exams"), ("week_plane", "n")):
+        db.execute(f"DELETE FROM dash.{table} WHERE clinic_id = ? AND {count} <= 0", (old,))
+    seqs = [(dev, clinic, int(seq), int(day)) for seq, day, kind in db.query(
+        "SELECT seq, day, kind FROM dash.msgs WHERE device_id = ? AND clinic_id = ?",
+        (dev, old)) if kind in SEQ_KINDS]
+    for table in ("msgs", "exams"):
+        db.execute(f"UPDATE dash.{table} SET clinic_id = ? WHERE device_id = ? AND "
+                   "clinic_id = ?", (clinic, dev, old))
+    # its runs of seqs: made again under the clinic, with the runs already there
+    db.execute("DELETE FROM dash.seq_runs WHERE device_id = ? AND clinic_id = ?", (dev, old))
+    _add_seq_runs(db, seqs)
+    db.many(_UPSERT_DAY_DEVICE, [(day, dev, clinic, *counts) for day, *counts in db.query(
+        "SELECT day, exams, health, other, dates FROM dash.day_device "
+        "WHERE device_id = ? AND clinic_id = ?", (dev, old))])
+    db.execute("DELETE FROM dash.day_device WHERE device_id = ? AND clinic_id = ?", (dev, old))
+    db.many(_UPSERT_FLEET_ERRORS, [(week, dev, clinic, *rest) for week, *rest in db.query(
+        "SELECT week, error, bundle, n, first_ts, last_ts FROM dash.fleet_errors "
+        "WHERE device_id = ? AND clinic_id = ?", (dev, old))])
+    db.execute("DELETE FROM dash.fleet_errors WHERE device_id = ? AND clinic_id = ?",
+               (dev, old))
+    db.execute("UPDATE dash.device_latest SET clinic_id = ? WHERE device_id = ?", (clinic, dev))
 
 
 # -- sequence runs ---------------------------------------------------------------------------
@@ -718,14 +852,17 @@ def _add_fleet_errors(db: Db, rows: dict[tuple, list[float]]) -> None:
         n, first, last = rows[(week, dev, clinic, error, bundle)]
         e = out.setdefault(key, [0, first, last])
         e[0], e[1], e[2] = e[0] + n, min(e[1], first), max(e[2], last)
-    db.many("INSERT INTO dash.fleet_errors (week, device_id, clinic_id, error, bundle, n, "
-            "first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (week, device_id, "
-            "clinic_id, error, bundle) DO UPDATE SET n = dash.fleet_errors.n + excluded.n, "
-            "first_ts = CASE WHEN excluded.first_ts < dash.fleet_errors.first_ts "
-            "THEN excluded.first_ts ELSE dash.fleet_errors.first_ts END, "
-            "last_ts = CASE WHEN excluded.last_ts > dash.fleet_errors.last_ts "
-            "THEN excluded.last_ts ELSE dash.fleet_errors.last_ts END",
-            [(*k, *v) for k, v in out.items()])
+    db.many(_UPSERT_FLEET_ERRORS, [(*k, *v) for k, v in out.items()])
+
+
+_UPSERT_FLEET_ERRORS = (
+    "INSERT INTO dash.fleet_errors (week, device_id, clinic_id, error, bundle, n, "
+    "first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (week, device_id, "
+    "clinic_id, error, bundle) DO UPDATE SET n = dash.fleet_errors.n + excluded.n, "
+    "first_ts = CASE WHEN excluded.first_ts < dash.fleet_errors.first_ts "
+    "THEN excluded.first_ts ELSE dash.fleet_errors.first_ts END, "
+    "last_ts = CASE WHEN excluded.last_ts > dash.fleet_errors.last_ts "
+    "THEN excluded.last_ts ELSE dash.fleet_errors.last_ts END")
 
 
 def _text(value, chars: int) -> str:
@@ -990,7 +1127,13 @@ def _refresh_resent(db: Db) -> int:
             "= 'resent/' || r.device_id || '/' || CAST(r.seq AS TEXT)) "
             "ORDER BY received_ts LIMIT ?", (since, C.REFRESH_BATCH))
         msgs, seqs, max_seq = [], [], {}
+        nameless = sorted({r[0] for r in rows if not r[3]})
+        known = {}  # as _add counts a message stored without a clinic (_known_clinics)
+        for part in _chunks(nameless):
+            known.update(db.query("SELECT device_id, clinic_id FROM dash.device_latest "
+                                  f"WHERE device_id IN ({_marks(part)})", part))
         for dev, seq, kind, clinic, device_ts, received in rows:
+            clinic = clinic or known.get(dev, C.UNREGISTERED)
             ts, day = day_of(device_ts, received)
             msgs.append((f"resent/{dev}/{int(seq)}", dev, clinic, kind, int(seq), ts, day,
                          received))
