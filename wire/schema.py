@@ -17,6 +17,7 @@ import stat
 import sys
 import tomllib
 import urllib.parse
+from decimal import ROUND_FLOOR, Decimal
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO
@@ -144,6 +145,17 @@ def finite_number(value: object) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an integer beyond a float (10**400): no number a field holds
         return False
+
+
+def floor_digits(value: float, digits: int) -> float:
+    """`value` cut (not rounded) to `digits` decimals. A quality or confidence is held
+    against thresholds at the district (the capture bar of 0.5 on the quality page):
+    rounded, a best frame of 0.4996 the device did not capture (it judges the score
+    unrounded) would arrive as 0.5, at the bar; cut, a score under a threshold stays under
+    it. Cut from its shortest decimal text, so 0.29 stays 0.29 (0.29 * 100 is 28.99...)."""
+    if not math.isfinite(value):
+        return value  # the schema check refuses it
+    return float(Decimal(repr(float(value))).quantize(Decimal(1).scaleb(-digits), ROUND_FLOOR))
 
 
 def number_or_none(value: object) -> float | None:

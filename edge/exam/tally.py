@@ -15,7 +15,7 @@ from itertools import accumulate
 
 from edge.models.biometry import MEASURED
 from wire.dating import hadlock_ga_weeks
-from wire.schema import PLANES, UNCERTAIN, finite_number
+from wire.schema import PLANES, UNCERTAIN, finite_number, floor_digits
 
 # A journal row read back may hold any number; no fetal head measures a metre (Hadlock's
 # formula overflows on 1e308).
@@ -220,7 +220,7 @@ class ExamTally:
             "frames": self.frames,
             "frames_scored": self.frames - self.failed,
             "frames_failed": self.failed,
-            "planes": {k: [v[0], round(v[1], 3), *[round(q, 3) for q in v[2:]]]
+            "planes": {k: [v[0], round(v[1], 3), *[floor_digits(q, 3) for q in v[2:]]]
                        for k, v in sorted(self.planes.items())},
             "latency_ms": {"p50": percentile(latencies, 0.5), "p90": percentile(latencies, 0.9)},
             "models": _model_versions([{"model": t} for t in self.model_tags],

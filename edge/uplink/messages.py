@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from wire.schema import EXAM_MAX_BYTES, NOT_A_VIEW, SCHEMA_VERSION
+from wire.schema import EXAM_MAX_BYTES, NOT_A_VIEW, SCHEMA_VERSION, floor_digits
 
 PLANE_MODEL = "plane_student"  # the model whose version an exam keeps when space is short
 
@@ -32,10 +32,27 @@ def envelope(kind: str, device_id: str, clinic_id: str, boot_id: str) -> dict:
     }
 
 
-def _exam_size(payload: dict) -> int:
-    return len(json.dumps(payload, separators=(",", ":"))) + 100  # room for msg_id and seq
+# What an exam queued again gets anew (its outbox lost, re-queued from the journal at a
+# start): a new boot id, seq, wall time and uptime, under the same msg_id. How much of a body
+# is shed is decided with these at the most characters each can take, never at their values
+# in hand, so the same exam always carries the same body; else the collector stores a
+# conflict dead letter (central/db.py, same_content). msg_id: a UUID; seq: up to the
+# schema's 2**53 - 1; boot_id: the kernel's UUID, or "proc-" and 32 hex digits
+# (edge/store/outbox.py, read_boot_id); ts and mono_s: the schema's maxima at the 3
+# decimals envelope() keeps. The box's own fields (device, clinic) are counted as they are.
+RESENT_FIELD_CHARS = {"msg_id": 36 + 2, "seq": 16, "boot_id": 37 + 2,
+                      "ts": len("4102444800.000"), "mono_s": len("10000000000.000")}
+RESENT_ALLOWANCE = sum(len(json.dumps(k)) + 1 + n + 1 for k, n in RESENT_FIELD_CHARS.items())
 
 
+def _exam_size(env: dict, body: dict) -> int:
+    """The most bytes `body` can take on the wire in any envelope this box gives it."""
+    kept = {k: v for k, v in env.items() if k not in RESENT_FIELD_CHARS}
+    boot_id = env.get("boot_id")
+    longer_boot = max(0, len(json.dumps(boot_id)) - RESENT_FIELD_CHARS["boot_id"]) \
+        if isinstance(boot_id, str) else 0  # a boot id of another making: as it is
+    return (len(json.dumps({**kept, **body}, separators=(",", ":"))) + RESENT_ALLOWANCE
+            + longer_boot)
 
 
 def _compact(value):
@@ -46,8 +63,8 @@ def _compact(value):
 def _shed(body: dict) -> list[dict]:
     """Ever smaller versions of an exam body, least useful detail first, so a busy exam
     still fits in 1 KB instead of being refused: the HC spread, then the reasons head
-    frames were declined (kept as one count), then plane confidences and qualities to two
-    digits (1.0 as 1), then every model but the plane model (every health message names
+    frames were declined (kept as one count), then plane confidences and qualities cut to
+    two digits (1.0 as 1), then every model but the plane model (every health message names
     them all), then the quality of entries that are not a standard plane (Background,
     uncertain), then those entries (`frames_scored` still counts every frame),
     then the names of the protocol's missing
@@ -67,7 +84,7 @@ def _shed(body: dict) -> list[dict]:
 
     def planes_as(keep: int, digits: int, no_quality: tuple[str, ...] = ()) -> dict:
         # [count, confidence] is the shortest entry the wire schema takes
-        return {k: [v[0], *(_compact(round(x, digits)) if isinstance(x, float) else x
+        return {k: [v[0], *(_compact(floor_digits(x, digits)) if isinstance(x, float) else x
                             for x in v[1:2 if k in no_quality else keep])]
                 if isinstance(v, list) and v else v
                 for k, v in body["planes"].items()}
@@ -106,17 +123,17 @@ def _shed(body: dict) -> list[dict]:
 
 def build_exam(env: dict, body: dict) -> dict:
     """Envelope plus exam body in at most 1 KB once sent, shedding detail if it must;
-    refuses (ValueError) only a body that cannot be made to fit."""
-    payload = {**env, **body}
-    size = _exam_size(payload)
+    refuses (ValueError) only a body that cannot be made to fit. What is shed depends on
+    the body and the box (`RESENT_ALLOWANCE`), so the same exam queued again under a new
+    envelope carries the same body."""
+    size = _exam_size(env, body)
     for smaller in _shed(body):
         if size <= EXAM_MAX_BYTES:
             break
-        payload = {**env, **smaller}
-        size = _exam_size(payload)
+        body, size = smaller, _exam_size(env, smaller)
     if size > EXAM_MAX_BYTES:
-        raise ValueError(f"exam summary would be {size} bytes, over {EXAM_MAX_BYTES}")
-    return payload
+        raise ValueError(f"exam summary would be up to {size} bytes, over {EXAM_MAX_BYTES}")
+    return {**env, **body}
 
 
 def build_dates(env: dict, exam_id: str, ga_dates_weeks: float | None,
