@@ -144,12 +144,13 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
         f"MAX(CASE WHEN kind IN {SEQ_KINDS_SQL} THEN seq ELSE 0 END) "
         "FROM messages GROUP BY device_id, clinic_id")
     # A message stored without a clinic (its box not yet in the collector's registry) counts
-    # under the clinic the box is known by now, its latest message that had one, as the
-    # dashboard counts it; a box never listed stays under "" ("(unregistered)" when shown).
+    # under the first clinic the registry listed the box at, its earliest message that had
+    # one, as the dashboard counts it; a box never listed stays under "" ("(unregistered)"
+    # when shown).
     named: dict[str, tuple[float, str]] = {}
-    for dev, clinic, *_, last, _, _ in rows:
-        if clinic and last is not None and (dev not in named or last > named[dev][0]):
-            named[dev] = (last, clinic)
+    for dev, clinic, _, _, _, first, *_ in rows:
+        if clinic and first is not None and (dev not in named or first < named[dev][0]):
+            named[dev] = (first, clinic)
     merged: dict[tuple[str, str], list] = {}
     for dev, clinic, *figures in rows:
         key = (dev, clinic or named.get(dev, (0.0, ""))[1])

@@ -273,3 +273,25 @@ def test_a_rebuild_counts_what_the_rollup_counted_as_it_came(url, batch):
     assert {c for c, in db.query("SELECT DISTINCT clinic_id FROM dash.week_protocol")} == {
         "clinic-1"}
     assert exam_days(db)["e2"] == "2026-12-01"  # ended the day before it was queued
+
+
+@pytest.mark.parametrize("batch", ["one batch", "one at a time"])
+def test_a_box_listed_then_moved_keeps_its_earlier_exams_at_its_first_clinic(url, batch):
+    """Two exams before the registry listed the box, one at clinic A where it was first
+    listed, one after it moved to B: the first three count at A, on the dashboard however
+    its rows were batched (as they came, or all at once in a rebuild), and in the report."""
+    now = calendar.timegm((2026, 12, 4, 12, 0, 0))
+    central = Store(url)
+    box = Box(central)
+    db = open_db(url)
+    plan = [({}, "e0"), ({}, "e1"), ({"box-1": "clinic-A"}, "e2"), ({"box-1": "clinic-B"}, "e3")]
+    for i, (registry, exam_id) in enumerate(plan):
+        ts = now - (4 - i) * DAY
+        box.exam(exam_id, ended=ts, queued=ts, received=ts + 5, registry=registry)
+        if batch == "one at a time":
+            refresh(db)
+    refresh(db)
+    assert dict(db.query("SELECT exam_id, clinic_id FROM dash.exams")) == {
+        "e0": "clinic-A", "e1": "clinic-A", "e2": "clinic-A", "e3": "clinic-B"}
+    assert [(c["clinic_id"], c["exams"]) for c in build_report(central)["clinics"]] == [
+        ("clinic-A", 3), ("clinic-B", 1)]

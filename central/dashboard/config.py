@@ -15,16 +15,16 @@ DAY_S = 86400
 # replaced). Outside that (a box without RTC booting in 1970) the collector's receive time
 # dates it, and so it does a message the box's clock puts after its arrival (a clock running
 # ahead): none is dated after it was received, so none falls after the period's last day.
-DEVICE_CLOCK_BEHIND_S = 400 * DAY_S
 # An exam is dated by when it ended on the box (its summary's ``ended_ts``), under the same
 # rules, not by when it was queued: a run a power cut killed on Friday is rebuilt and queued
 # at Monday's start (store.exam_day_of).
+DEVICE_CLOCK_BEHIND_S = 400 * DAY_S
 
 # -- clinics ---------------------------------------------------------------------------------
 # A message the collector stored without a clinic (its box not yet in the registry) counts
-# under the clinic its box is known by now (its latest message that had one), in every view;
-# a box never registered counts under this name, which no clinic id can be (the wire's ids
-# are letters, digits, '.', '_' and '-').
+# under the first clinic the registry listed its box at (its earliest message that had one),
+# in every view; a box never registered counts under this name, which no clinic id can be
+# (the wire's ids are letters, digits, '.', '_' and '-').
 UNREGISTERED = "(unregistered)"
 
 CLINICS_WEEKS = 8  # issue 17: exams per day per clinic over the last 8 weeks

@@ -31,7 +31,7 @@ with two dashboards refreshing the same database.
 A message is dated by its box's clock when plausible (``day_of``), an exam's figures (its row,
 its count per day, its weeks) by when the exam ended (``exam_day_of``), not when it was
 queued. A message stored without a clinic (its box not yet in the collector's registry)
-counts under the clinic its box is known by now, or C.UNREGISTERED until the box is listed,
+counts under the first clinic the registry listed its box at, or C.UNREGISTERED until it is,
 when what the rollups hold of it moves to its clinic (``_move_unregistered``).
 
 A seq the collector recorded in ``resent`` (a message it already had, sent again under a new
@@ -647,36 +647,47 @@ class _Weeks:
 # -- messages stored without a clinic --------------------------------------------------------
 class _Known(dict):
     """Device -> the clinic its messages stored without one (clinic "": the collector's
-    registry did not list it yet) count under: the clinic it is known by now, its latest
-    message that had one (this batch's, else ``dash.device_latest``), else C.UNREGISTERED.
-    ``moves``: devices counted under C.UNREGISTERED so far that this batch names a clinic
-    for: what the rollups hold of them moves there (``_move_unregistered``)."""
+    registry did not list it yet) count under: the first clinic the registry listed it at
+    (`_first_clinics`), else C.UNREGISTERED. ``moves``: devices counted under
+    C.UNREGISTERED so far that this batch names a clinic for: what the rollups hold of them
+    moves to the first clinic it names (``_move_unregistered``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.moves: dict[str, str] = {}
 
 
+def _first_clinics(db: Db, devices: list[str], batch: dict[str, tuple[float, str]]
+                   ) -> dict[str, str]:
+    """Each device's first clinic the registry listed it at: its earliest message the
+    rollup holds under a clinic, else `batch`'s earliest ((received, clinic) per device).
+    The first, not the latest: a box's messages from before it was listed were sent where
+    it was first put, and where they count then depends neither on how the rows were
+    batched (a rebuild takes them in one) nor on a later move; the report counts alike."""
+    out: dict[str, str] = {}
+    for dev in devices:
+        found = db.query("SELECT clinic_id FROM dash.msgs WHERE device_id = ? AND clinic_id "
+                         "NOT IN ('', ?) ORDER BY received_ts LIMIT 1", (dev, C.UNREGISTERED))
+        if found:
+            out[dev] = found[0][0]
+        elif dev in batch:
+            out[dev] = batch[dev][1]
+    return out
+
+
 def _known_clinics(db: Db, rows: list[tuple]) -> _Known:
     out = _Known()
-    named: dict[str, tuple[float, str]] = {}  # this batch's latest clinic of each device
+    earliest: dict[str, tuple[float, str]] = {}  # this batch's first clinic of each device
     for _, dev, clinic, _, _, _, received, _ in rows:
-        if clinic and (dev not in named or received >= named[dev][0]):
-            named[dev] = (received, clinic)
+        if clinic and (dev not in earliest or received < earliest[dev][0]):
+            earliest[dev] = (received, clinic)
     unregistered = {r[0] for r in db.query(
         "SELECT device_id FROM dash.device_latest WHERE clinic_id = ?", (C.UNREGISTERED,))}
-    out.moves = {dev: named[dev][1] for dev in unregistered if dev in named}
+    out.moves = {dev: earliest[dev][1] for dev in unregistered if dev in earliest}
     nameless = sorted({r[1] for r in rows if not r[2]})
-    stored: dict[str, tuple[float, str]] = {}
-    for part in _chunks(nameless):
-        for dev, clinic, received in db.query(
-                "SELECT device_id, clinic_id, last_received FROM dash.device_latest "
-                f"WHERE device_id IN ({_marks(part)})", part):
-            if clinic != C.UNREGISTERED:
-                stored[dev] = (float(received or 0.0), clinic)
+    first = _first_clinics(db, nameless, earliest)
     for dev in nameless:
-        have = [x for x in (named.get(dev), stored.get(dev)) if x is not None]
-        out[dev] = max(have)[1] if have else C.UNREGISTERED
+        out[dev] = first.get(dev, C.UNREGISTERED)
     return out
 
 
@@ -1127,11 +1138,8 @@ def _refresh_resent(db: Db) -> int:
             "= 'resent/' || r.device_id || '/' || CAST(r.seq AS TEXT)) "
             "ORDER BY received_ts LIMIT ?", (since, C.REFRESH_BATCH))
         msgs, seqs, max_seq = [], [], {}
-        nameless = sorted({r[0] for r in rows if not r[3]})
-        known = {}  # as _add counts a message stored without a clinic (_known_clinics)
-        for part in _chunks(nameless):
-            known.update(db.query("SELECT device_id, clinic_id FROM dash.device_latest "
-                                  f"WHERE device_id IN ({_marks(part)})", part))
+        # as _add counts a message stored without a clinic (_known_clinics)
+        known = _first_clinics(db, sorted({r[0] for r in rows if not r[3]}), {})
         for dev, seq, kind, clinic, device_ts, received in rows:
             clinic = clinic or known.get(dev, C.UNREGISTERED)
             ts, day = day_of(device_ts, received)
