@@ -126,3 +126,28 @@ def test_a_frames_record_is_a_deep_copy_equal_to_the_result_on_real_frames():
         if record["roi"] is not None:
             record["roi"].append(-1)
         assert json.dumps(result.to_dict(), sort_keys=True) == before
+
+
+def test_a_16_bit_png_that_says_its_depth_is_scaled_by_it(tmp_path):
+    """A 10-bit recording's frames, each with an sBIT chunk of 10: a dim frame keeps its
+    dimness (scaled as 10-bit data), however bright its brightest pixel happens to be."""
+    import zlib
+
+    import numpy as np
+
+    from edge.capture.images import decode_image_file
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (len(body).to_bytes(4, "big") + kind + body
+                + zlib.crc32(kind + body).to_bytes(4, "big"))
+
+    dim = np.full((64, 64), 200, np.uint16)  # 200 of 1023: a fifth of full scale
+    raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in dim)
+    header = (64).to_bytes(4, "big") * 2 + bytes([16, 0, 0, 0, 0])  # 16-bit grey
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"sBIT", bytes([10]))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path = tmp_path / "ten_bit.png"
+    path.write_bytes(png)
+    decoded, problem = decode_image_file(path)
+    assert problem is None
+    assert abs(int(decoded.mean()) - round(200 * 255 / 1023)) <= 1  # 50, not 200

@@ -103,13 +103,34 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     return (found[256], found[257]) if len(found) == 2 else None
 
 
-def to_8bit(img: np.ndarray) -> np.ndarray:
-    """A 16-bit image as 8 bits, scaled by the depth its values use: 8, 10, 12 or 16 bits
-    (the smallest that holds its brightest pixel). Exporters store 8-bit frames and 10- or
-    12-bit detector data in 16-bit PNGs without saying so; a frame's brightest pixel is
-    never within a factor of 2 of black, so the depth it needs is the depth it has."""
-    top = int(img.max()) if img.size else 0
-    bits = next(b for b in (8, 10, 12, 16) if top < 1 << b)
+def png_significant_bits(data: bytes) -> int | None:
+    """The bits a PNG says its samples use (its `sBIT` chunk, colour channels), or None
+    where it does not say. Read from the chunks before the image data, at most 64 of them."""
+    at = 8
+    for _ in range(64):
+        if at + 8 > len(data):
+            return None
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        if kind == b"IDAT":
+            return None
+        if kind == b"sBIT" and 1 <= length <= 4 and at + 8 + length <= len(data):
+            channels = data[at + 8:at + 8 + length]
+            colour = channels[:3] if length >= 3 else channels[:1]  # alpha left out
+            bits = max(colour)
+            return bits if 1 <= bits <= 16 else None
+        at += 12 + length
+    return None
+
+
+def to_8bit(img: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """A 16-bit image as 8 bits, scaled by the depth its values use: `bits` where the file
+    says it (`png_significant_bits`), else 8, 10, 12 or 16, the smallest that holds its
+    brightest pixel. Exporters store 8-bit frames and 10- or 12-bit detector data in 16-bit
+    PNGs, most without saying so; read as 16 bits, an 8-bit frame was black. (A 16-bit
+    frame whose every pixel is darker than 1/256 of full scale is taken as 8-bit data.)"""
+    if bits is None:
+        top = int(img.max()) if img.size else 0
+        bits = next(b for b in (8, 10, 12, 16) if top < 1 << b)
     return cv2.convertScaleAbs(img, alpha=255.0 / ((1 << bits) - 1))  # no wide copy made
 
 
@@ -158,7 +179,7 @@ def decode_image_file(path: Path, limits: FrameLimits = DEFAULT_LIMITS
     if problem := limits.check(name, img.shape[1], img.shape[0]):
         return None, problem
     if img.dtype == np.uint16:
-        img = to_8bit(img)
+        img = to_8bit(img, png_significant_bits(data) if wide_png else None)
     elif img.dtype != np.uint8:
         img = cv2.convertScaleAbs(img)
     if img.ndim == 3 and img.shape[2] == 1:
