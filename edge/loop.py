@@ -236,13 +236,13 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
                               head_planes=tuple(settings.biometry.head_planes))
         last_ts = None
         for row, record in journal.replay(run_id, after):
+            last_ts = record.get("ts") if isinstance(record.get("ts"), int | float) else last_ts
             if record.get("held") is True:  # held after a "stop": no exam saw it live
                 continue
             mono = record.get("mono_s")
             tracker.feed(record, mono=float(mono) if isinstance(mono, int | float) else None,
                          row=row, run_id=run_id)
             frames += 1
-            last_ts = record.get("ts") if isinstance(record.get("ts"), int | float) else last_ts
         tracker.end("recovered")
         journal.end_run(run_id, ended_ts=last_ts)
         log.warning("recovered run %s left open by a killed process: %d frames replayed, "
@@ -431,7 +431,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                 # kill replays what the exams saw, not an exam the midwife had stopped.
                 fed = web is None or web.accepts(record, result.mono_s,
                                                  tracker.has_content(record))
-                row = journal.append(run_id, result, held=not fed)
+                row = journal.append(run_id, result, held=not fed, record=record)
                 stats.add(record)
                 roi = Roi(*result.roi) if result.roi else None
                 if fed:

@@ -209,3 +209,40 @@ def test_an_ended_exams_page_shows_the_best_frame_the_exam_chose_live():
     journaled = journaled_checklist(body, session.best_frames(), protocol)[0]["best"]
     assert (journaled["frame"], journaled["plane"], journaled["hc_mm"]) == \
         (live["frame"], live["plane"], live["hc_mm"])
+
+
+def test_the_pages_hold_ends_as_an_exam_does_whatever_mix_of_silence_and_blank_frames():
+    """A pause with no frames then blank frames add up, as they do for the tracker: 25 s
+    without ultrasound end the hold after "stop" (counted from the first blank frame, the
+    next woman was held back)."""
+    hook = LoopHook(LiveView(), end_gap_s=20.0)
+    assert hook.accepts(_record(0), 0.0, True)
+    hook.holding = True
+    for t in (15.0, 18.0):  # no frames for 15 s, then blank ones
+        assert not hook.accepts(_record(1, False), t, False)
+    assert hook.accepts(_record(2), 25.0, True)  # the next woman
+    assert not hook.holding
+
+
+def test_a_damaged_quality_read_back_from_the_journal_is_refused_not_a_crash(tmp_path):
+    """A summary read back at a start with a plane quality of 1e30 (a damaged row) is
+    refused in one line, as before; cutting its digits raised InvalidOperation, which
+    stopped every start."""
+    from edge.uplink import messages
+
+    body = {"exam_id": "e-1", "source_id": "0123456789ab", "started_ts": 1.7e9,
+            "ended_ts": 1.7e9 + 60, "duration_s": 60.0, "frames": 10, "frames_scored": 10,
+            "frames_failed": 0, "planes": {"Brain (Tv.)": [10, 0.9, 1e30]},
+            "latency_ms": {"p50": 5.0, "p90": 6.0}, "models": {"plane_student": "1.5.0"},
+            "protocol": {"name": "biometry", "required": 1, "captured": 1, "missing": []},
+            "ended_by": "gap"}
+    env = messages.envelope("exam", "box-1", "clinic-1", "0d6c2f7e-1b7a-4f0e-9c7c-0a1b2c3d")
+    payload = messages.build_exam(env, body)  # the schema check downstream refuses it
+    assert payload["planes"]["Brain (Tv.)"][2] == 1e30
+    from edge.uplink.mqtt import MqttSettings, Uplink
+
+    uplink = Uplink(MqttSettings(device_id="box-1", clinic_id="clinic-1"), tmp_path / "box")
+    try:
+        assert uplink.enqueue_exam(body, key="e-1") is None
+    finally:
+        uplink.close()

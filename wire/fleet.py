@@ -289,7 +289,7 @@ def load_trusted_keys(folder: Path | str, what: str = "trusted keys") -> list:
         raise BundleError(f"{what} {folder}: other users can write it (mode "
                           f"{stat.S_IMODE(st.st_mode):04o}); chmod 755 it")
     # More keys than we trust at once is refused, not cut short: a 17th key added for a
-    # rotation was silently never trusted. islice bounds the listing of a huge folder.
+    # rotation was silently never trusted. islice bounds the matches kept and sorted.
     found = list(itertools.islice(folder.glob("*.pub"), MAX_TRUSTED_KEYS + 1))
     if len(found) > MAX_TRUSTED_KEYS:
         raise BundleError(f"{what} {folder}: more than {MAX_TRUSTED_KEYS} *.pub keys; keep "

@@ -153,8 +153,10 @@ def floor_digits(value: float, digits: int) -> float:
     rounded, a best frame of 0.4996 the device did not capture (it judges the score
     unrounded) would arrive as 0.5, at the bar; cut, a score under a threshold stays under
     it. Cut from its shortest decimal text, so 0.29 stays 0.29 (0.29 * 100 is 28.99...)."""
-    if not math.isfinite(value):
-        return value  # the schema check refuses it
+    if not math.isfinite(value) or abs(value) >= 1e15:
+        # The schema check refuses it (a damaged journal row read back); Decimal's 28 digits
+        # could not cut it (InvalidOperation, which no caller expects).
+        return value
     return float(Decimal(repr(float(value))).quantize(Decimal(1).scaleb(-digits), ROUND_FLOOR))
 
 

@@ -41,7 +41,7 @@ from edge.models.biometry import MEASURED
 from edge.models.quality import HEAD_MEASURES, Rules, RulesError, load_rules
 from edge.models.roi import Roi
 from wire.dating import HADLOCK_1984_WEEKS
-from wire.schema import PLANES, UNCERTAIN, finite_number
+from wire.schema import PLANES, UNCERTAIN, finite_number, floor_digits
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ class BestFrame:
 
     def to_dict(self) -> dict:
         out = {"source": self.source, "frame": self.frame,
-               "quality": None if self.quality is None else round(self.quality, 4),
+               # cut, not rounded: a frame under the capture bar never shows at it
+               "quality": None if self.quality is None else floor_digits(self.quality, 4),
                "confidence": round(self.confidence, 4)}
         if self.ranked is not None and self.ranked != self.quality:
             # What `rank` ranked it by, so a page rebuilt from the journal picks the same

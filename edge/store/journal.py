@@ -622,12 +622,14 @@ class Journal:
             (run_id, *row)))
         return run_id
 
-    def append(self, run_id: str, result: FrameResult, held: bool = False) -> int | None:
+    def append(self, run_id: str, result: FrameResult, held: bool = False,
+               record: dict | None = None) -> int | None:
         """Journal one frame result; its row id, or None when it could not be journaled.
-        `held`: the page held it back from the exams (after "stop"); its record says so."""
-        record = result.to_dict()
+        `held`: the page held it back from the exams (after "stop"); its record says so.
+        `record`: the result's `to_dict()` where the caller made it already (not changed)."""
+        record = result.to_dict() if record is None else record
         if held:
-            record["held"] = True
+            record = {**record, "held": True}
         biometry = result.biometry or {}
         quality = result.quality or {}
         values = (run_id, _text(result.source), result.frame, result.plane,

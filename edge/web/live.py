@@ -227,8 +227,7 @@ class LoopHook:
         self.end_gap_s = end_gap_s
         self.server = server  # edge.web.server.WebServer, stopped by close()
         self.confidence = SteadyConfidence()
-        self._no_content_since: float | None = None
-        self._last_frame: float | None = None  # the scan's clock at the last frame seen
+        self._last_content: float | None = None  # the scan's clock at the last ultrasound
         self._next_snapshot = 0.0
         self.stop_requested = threading.Event()  # ends `linger` (tests; signals do it live)
 
@@ -261,24 +260,16 @@ class LoopHook:
 
     def accepts(self, record: dict, mono: float, has_content: bool) -> bool:
         """Whether this frame goes to the exam tracker (False while held after "stop").
-        `mono` is the scan's clock, the one the tracker counts its gaps on (a recording
-        read faster than it was made passes 30 s of its blank screen in 3 s of the box's)."""
-        last, self._last_frame = self._last_frame, mono
-        if not self.holding:
-            return True
-        if last is not None and mono - last >= self.end_gap_s:
-            # No frame at all for a whole gap (the grabber unplugged, the scanner off) is
-            # a gap too: the woman who comes next is not held back.
+        The hold ends by the tracker's own rule for the end of an exam: `end_gap_s` since
+        the last frame with ultrasound, on any frame (blank frames, or none at all while a
+        grabber is unplugged or the scanner off). `mono` is the scan's clock, the one the
+        tracker counts on (a recording read faster than it was made passes 30 s of its
+        blank screen in 3 s of the box's)."""
+        last = self._last_content
+        if self.holding and last is not None and mono - last >= self.end_gap_s:
             self.holding = False
-            self._no_content_since = None
-            return True
-        if has_content:
-            self._no_content_since = None
-        elif self._no_content_since is None:
-            self._no_content_since = mono
-        elif mono - self._no_content_since >= self.end_gap_s:
-            self.holding = False
-            self._no_content_since = None
+        if has_content or last is None:
+            self._last_content = mono
         return not self.holding
 
     def apply_dates(self) -> None:
@@ -306,7 +297,6 @@ class LoopHook:
                 finally:
                     self.view.stopping = False
                 self.holding = True
-                self._no_content_since = None
             elif name == "start":
                 if tracker.current is not None:  # a repeated tap: the exam goes on
                     log.info("web: start ignored: exam %s is running (stop it first)",
