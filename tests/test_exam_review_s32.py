@@ -246,3 +246,26 @@ def test_a_damaged_quality_read_back_from_the_journal_is_refused_not_a_crash(tmp
         assert uplink.enqueue_exam(body, key="e-1") is None
     finally:
         uplink.close()
+
+
+def test_an_exams_faults_leave_out_the_probe_in_the_air_after_its_last_ultrasound():
+    """An exam ended by a gap ends with the probe lifted: those blank frames' faults ("no
+    image", washed out) were the exam's most frequent ones, sent to the district. Blank
+    frames between two stretches of scanning still count."""
+    from edge.exam.tally import ExamTally
+
+    def frame(i: int, content: bool, failing: tuple[str, ...]) -> dict:
+        record = _record(i, content)
+        criteria = {name: {"pass": False, "value": 0.0} for name in failing}
+        criteria["content"] = {"pass": content, "value": 0.8 if content else 0.0}
+        return {**record, "quality": {**record["quality"], "criteria": criteria}}
+
+    tally = ExamTally()
+    for i in range(75):
+        tally.add(frame(i, True, ("zoom",) if i % 5 == 0 else ()))
+    for i in range(75, 80):  # lifted for a moment, then scanning again
+        tally.add(frame(i, False, ("gain",)))
+    tally.add(frame(80, True, ()))
+    for i in range(81, 155):  # lifted for good: the gap that ends the exam
+        tally.add(frame(i, False, ("gain", "washed_out")))
+    assert tally.top_deficiencies() == {"zoom": 15, "content": 5, "gain": 5}

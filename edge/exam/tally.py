@@ -85,7 +85,8 @@ class ExamTally:
     per plane instead of every frame. Latency percentiles use the most recent frames.
 
     Per plane: frames, best confidence and, where the audit ran, best quality score. The
-    criteria frames failed are counted (the exam's most frequent deficiencies). Head
+    criteria frames failed are counted (the exam's most frequent deficiencies; a blank
+    frame's only once scanning goes on after it). Head
     biometry counts every measured frame, keeps its HC in a fixed-size histogram (the
     spread; `HcHistogram`) and keeps the `BEST_HEADS` best-quality measured frames, from
     which the exam's age is given.
@@ -107,6 +108,11 @@ class ExamTally:
         self.best_heads: list[tuple[float, int, float, float, float]] = []
         self.head_declined: dict[str, int] = {}
         self.deficiencies: dict[str, int] = {}
+        # Faults of frames without ultrasound since the last frame with it: counted when
+        # scanning goes on, left out if it does not. An exam ended by a gap ends with
+        # `end_gap_s` of the probe in the air, whose "no image" and "washed out" frames
+        # were its most frequent faults, to the district, though no one was scanning.
+        self._blank_faults: dict[str, int] = {}
 
     def add(self, r: dict) -> None:
         self.frames += 1
@@ -137,11 +143,24 @@ class ExamTally:
     def _add_deficiencies(self, criteria) -> None:
         if not isinstance(criteria, dict):
             return
+        content = criteria.get("content")
+        blank = isinstance(content, dict) and content.get("pass") is False
+        if not blank:
+            for key, n in self._blank_faults.items():
+                self._count_fault(key, n)
+            self._blank_faults.clear()
         for name, c in criteria.items():
             if isinstance(c, dict) and c.get("pass") is False and isinstance(name, str):
-                if name in self.deficiencies or len(self.deficiencies) < self.MAX_CRITERIA:
+                if blank:
                     key = name[:24]
-                    self.deficiencies[key] = self.deficiencies.get(key, 0) + 1
+                    if key in self._blank_faults or len(self._blank_faults) < self.MAX_CRITERIA:
+                        self._blank_faults[key] = self._blank_faults.get(key, 0) + 1
+                else:
+                    self._count_fault(name[:24], 1)
+
+    def _count_fault(self, key: str, n: int) -> None:
+        if key in self.deficiencies or len(self.deficiencies) < self.MAX_CRITERIA:
+            self.deficiencies[key] = self.deficiencies.get(key, 0) + n
 
     def best_head_keys(self) -> set[int]:
         """The best heads' frame keys: the count of frames added when each was added."""
