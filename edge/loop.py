@@ -204,6 +204,13 @@ def with_age_by_dates(body: dict, journal: Journal) -> dict:
     return {**body, "biometry": {**bio, "ga_dates_weeks": kept["ga_dates_weeks"]}}
 
 
+def restart_due(tracker: ExamTracker, since: float, wait_min: float) -> bool:
+    """Whether the loop restarts on new models now: once no exam is open, or when the
+    exam in progress has held them back `wait_min` minutes. A restart ends the exam, and
+    the woman's one scan reached the district as two exams."""
+    return tracker.current is None or time.monotonic() - since >= wait_min * 60.0
+
+
 def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
                  exclude: str | None = None) -> int:
     """Close every run a killed process left open, queueing the exams it never sent.
@@ -418,6 +425,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     steady = SteadyFeedback(rules.feedback) if rules is not None else None
     advice: str | None = None
     stats = RunStats(journal=journal)
+    switch_seen: float | None = None  # when the loop first saw new models installed
     next_health = time.monotonic() + mqtt.health_interval_s
     limit = settings.loop.max_frames
     try:
@@ -456,7 +464,9 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                     tracker.end("command")
                 if stop.stopped or (limit and stats.frames >= limit):
                     break
-                if models_switched.is_set():
+                if models_switched.is_set() and restart_due(
+                        tracker, switch_seen := switch_seen or time.monotonic(),
+                        settings.fleet.restart_wait_min):
                     break
             else:  # the source ended: with the page open, the last exam stays up
                 if web is not None and not once and not models_switched.is_set() \

@@ -119,6 +119,7 @@ class FleetAgent:
         self.loaded_slot = fleet.active_slot()
         self.restart = threading.Event()
         self.source = None  # closed when a restart is wanted, so a waiting loop wakes up
+        self._grabbed_seen: int | None = None  # the live source's frame count, last pass
         self.inbox: queue.Queue = queue.Queue(MAX_INBOX)
         self.download: Download | None = None
         self.progress = ""
@@ -134,6 +135,7 @@ class FleetAgent:
         self._said = ""  # the last error line logged
         self._garbled: dict[str, int] = {}  # bundle id -> downloads in a row that were not it
         self._http_wait: dict[str, float] = {}  # bundle id -> monotonic time to fetch it again
+        self._ignored: dict[str, bool] = {}  # bundle ids offered below the floor, said once
 
     # -- the loop's side ------------------------------------------------------------------
     def start(self, uplink=None) -> None:
@@ -190,19 +192,33 @@ class FleetAgent:
                 self._next_poll = time.monotonic() + self.cfg.poll_min * 60
                 self._poll_http()
             if self.fleet.active_slot() != self.loaded_slot and not self.restart.is_set():
-                log.info("fleet: models switched to %s; the loop restarts on them",
-                         self.fleet.status()["bundle"])
+                log.info("fleet: models switched to %s; the loop restarts on them once no "
+                         "exam is open", self.fleet.status()["bundle"])
                 self.request_restart()
+            elif self.restart.is_set():
+                self._wake_idle_loop()
         except OSError as exc:  # the card's (full, read-only, gone): one line, tried again
             log.warning("fleet: %s; tried again at the next pass", one_line(exc))
         except Exception:  # never let the thread die: the loop must go on scoring
             log.exception("fleet: error")
 
     def request_restart(self) -> None:
+        """New models are in place: the loop restarts on them once the exam in progress
+        has ended (`edge.loop.restart_due`). A live source is closed only while it hands
+        the loop no frames (a grabber unplugged: the loop waits on it and would not see the
+        request); closed while frames came, it ended the midwife's exam mid-scan."""
         self.restart.set()
+        self._wake_idle_loop()
+
+    def _wake_idle_loop(self) -> None:
         source = self.source
-        if source is not None and getattr(source, "live", False):
-            source.close()  # a loop waiting for a grabber wakes up
+        if source is None or not getattr(source, "live", False):
+            return
+        grabbed = getattr(source, "frames_grabbed", None)
+        if isinstance(grabbed, int) and grabbed != self._grabbed_seen:
+            self._grabbed_seen = grabbed  # frames come: the loop sees the request itself
+            return
+        source.close()  # none since the last pass (a second): the loop waits; wake it
 
     def _keys_or_none(self):
         from edge.fleet.keys import load_trusted_keys
@@ -232,12 +248,30 @@ class FleetAgent:
 
     def _wanted(self, offer: Offer) -> bool:
         """Worth fetching: newer than anything installed, and not refused before. Only a
-        shortcut to save the link: the signed manifest decides after the download."""
+        shortcut to save the link: the signed manifest decides after the download.
+
+        An offer at or below that floor (a district rolling a group back by publishing an
+        older bundle) is never fetched, and said once per bundle id, in the log and in
+        health, as the USB install refuses it; the version already running is let pass
+        without a word (the retained offer of the bundle this box took)."""
         if offer.group != self.cfg.group or offer.bundle_id in self._refused():
             return False
-        known = [v for v in (self.fleet.state.get("highest"), self.fleet.status()["bundle"])
+        running = self.fleet.status()["bundle"]
+        known = [v for v in (self.fleet.state.get("highest"), running)
                  if isinstance(v, str) and v not in (FACTORY, "none")]
-        return all(parse_version(offer.version) > parse_version(v) for v in known)
+        key = parse_version(offer.version)
+        if all(key > parse_version(v) for v in known):
+            return True
+        if running in known and key == parse_version(running):
+            return False
+        if offer.bundle_id not in self._ignored:
+            _keep(self._ignored, offer.bundle_id, True)
+            top = max(known, key=parse_version)
+            what = "older than" if key < parse_version(top) else "not newer than"
+            failed = " (it failed here)" if self.fleet._failed(top) else ""
+            self._error(f"offer {offer.version[:40]} ignored: {what} {top}{failed}; re-sign "
+                        "it as a newer version")
+        return False
 
     def _refused(self) -> list[str]:
         """The bundles this app refused. An upgraded app looks at them again: one refused

@@ -32,6 +32,10 @@ class FleetSettings:
     # after a swap put the previous set back. After that it is confirmed.
     crash_limit: int = 3
     trial_min: float = 10.0
+    # New models wait for the exam in progress to end before the loop restarts on them (a
+    # restart ended it, and the woman's scan went to the district as two exams); at most
+    # this long, so a box scanning all day still takes them up.
+    restart_wait_min: float = 30.0
     # Delivery. MQTT: the uplink's own connection subscribes to the group's offer.
     mqtt: bool = True
     chunk_window: int = 8  # chunks asked for at once over MQTT
@@ -57,6 +61,8 @@ def check_fleet_settings(f: FleetSettings) -> None:
         raise ValueError("selftest_timeout_s must be 1-3600 and selftest_threads 1-64")
     if not 1 <= f.crash_limit <= 100 or not 0.1 <= f.trial_min <= 10080:
         raise ValueError("crash_limit must be 1-100 and trial_min 0.1-10080")
+    if not 0 <= f.restart_wait_min <= 1440:
+        raise ValueError("restart_wait_min must be 0-1440")
     if not 0.1 <= f.poll_min <= 10080 or not 1 <= f.http_timeout_s <= 600:
         raise ValueError("poll_min must be 0.1-10080 and http_timeout_s 1-600")
     if f.http_url and not f.http_url.startswith(("https://", "http://")):

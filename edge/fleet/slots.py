@@ -4,6 +4,7 @@
     <root>/slots/b/models/...               selftest/ and slot.json saying what it is)
     <root>/current -> slots/a/models        what the loop loads ([models] dir)
     <root>/state.json                       trial, intent, highest version, last rollback
+                                            (until a newer bundle is confirmed), history
 
 Why it survives a power cut at any moment: the running set is never written to. A bundle is
 unpacked into `slots/.staging`, checked (signature, every hash, the self-test), renamed to
@@ -18,6 +19,11 @@ during the trial that finds the previous start did not end cleanly counts a cras
 during the trial (no other bundle is installed meanwhile), and the version is remembered
 so the same bundle is never taken again. A version at or below the highest one ever
 installed is refused: an old signed bundle replayed cannot downgrade a device.
+
+`state["rollback"]` (reported in health, flagged by the district's dashboard) is the last
+rollback of a set that ran and crashed, until a newer bundle is confirmed: then it moves to
+`state["history"]` (the last HISTORY_MAX events, never reported). A bundle that fails its
+self-test never ran: it is a refusal (`last_error`, and a history entry), not a rollback.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ SAVE_EVERY_S = 30.0  # the trial's running time is written this often
 # is damage, not parsed (20,000 brackets were a RecursionError at every start).
 STATE_MAX_BYTES = 256 * 1024
 STATE_MAX_DEPTH = 8
+HISTORY_MAX = 4  # past rollbacks and self-test refusals kept in state.json (not reported)
+SELFTEST_REASON = "self-test failed: "  # how a refusal read as a rollback before (legacy)
 
 
 def _step(name: str) -> None:
@@ -153,6 +161,9 @@ def checked_state(raw: object, path: Path) -> dict:
     if not isinstance(state.get("failed", []), list):
         mended("failed", state["failed"])
         state.pop("failed")
+    if not isinstance(state.get("history", []), list):
+        mended("history", state["history"])
+        state.pop("history")
     intent = state.get("intent")
     if intent is not None and not (isinstance(intent, dict) and intent.get("to") in SLOTS):
         mended("intent", intent)
@@ -289,19 +300,55 @@ class Fleet:
         if self.current.exists() and not self.current.is_symlink():
             raise BundleError(f"{self.current}: exists and is not the fleet's symlink")
         self.reconcile()
+        self._retire_stale_rollback()
         active = self.active_slot()
-        if active is not None and check_set(self.current) is None:
+        problem = check_set(self.current) if active is not None else "no link to a slot"
+        if problem is None:
             return
-        for slot in SLOTS:  # the link is gone or its set broken: any complete slot will do
-            if slot != active and check_set(self.slot_dir(slot) / "models") is None:
-                log.error("fleet: %s is not a complete set (%s); switching to slot %s",
-                          self.current, check_set(self.current) if active else "no link",
-                          slot)
-                self._point_at(slot)
-                self.state.pop("trial", None)
-                self.save()
-                return
-        self._seed(Path(factory_dir))
+        problem = one_line(problem.replace(f"{self.current}/", ""))
+        broken = f"slot {active}" if active is not None else "fleet/current"
+
+        def said(action: str) -> str:
+            """The line for the log and health (160 characters there): the problem cut."""
+            room = 160 - len(f"{broken} damaged (); {action}")
+            cut = problem if len(problem) <= room else problem[:max(0, room - 3)] + "..."
+            return f"{broken} damaged ({cut}); {action}"
+
+        had_slots = any(self.slot_dir(slot).exists() for slot in SLOTS)
+        for slot in SLOTS:  # the link is gone or its set broken: another complete slot...
+            if slot == active or check_set(self.slot_dir(slot) / "models") is not None:
+                continue
+            version = self._version(slot)
+            if self._failed(version):
+                # ...but never the one a rollback left there: it crashed the loop (and as
+                # "confirmed", with no trial, a crash loop on it could not roll back again)
+                log.error("fleet: %s is not a complete set (%s); slot %s holds %s, which was "
+                          "rolled back: not switching to it", self.current, problem, slot,
+                          version)
+                continue
+            line = said(f"switched to slot {slot} ({version[:40]})")
+            log.error("fleet: %s", line)
+            self._point_at(slot)
+            self.state.pop("trial", None)
+            self.state["last_error"] = line
+            self.save()
+            return
+        self._seed(Path(factory_dir))  # ...else the factory set of [models] dir, again
+        if active is not None or had_slots:  # not the first start: health says it
+            line = said("slot a seeded again from the factory [models] dir")
+            log.error("fleet: %s", line)
+            self.state.pop("trial", None)
+            self.state.pop("intent", None)
+            self.state["last_error"] = line
+            self.save()
+
+    def _failed(self, version: str) -> bool:
+        """The version was rolled back or failed its self-test here (`state["failed"]`)."""
+        if not is_version(version):
+            return False
+        key = parse_version(version)
+        return any(is_version(v) and parse_version(v) == key
+                   for v in self.state.get("failed", []))
 
     def _seed(self, factory_dir: Path) -> None:
         problem = check_set(factory_dir)
@@ -383,6 +430,7 @@ class Fleet:
         self._since_save += seconds
         if trial["ran_s"] >= self.settings.trial_min * 60:
             self.state.pop("trial")
+            self._to_history("rollback")  # a newer bundle runs: the old rollback is history
             self.save()
             log.info("fleet: bundle %s confirmed after %.0f min without %d crashes",
                      trial.get("version"), trial["ran_s"] / 60, self.settings.crash_limit)
@@ -511,11 +559,13 @@ class Fleet:
         failures = run_selftest(staging, s.selftest_timeout_s, s.selftest_threads, names)
         selftest_s = time.monotonic() - t0
         if failures:
+            # Never swapped, never ran: a refusal (`install` keeps the line below as
+            # `last_error`, which health reports), not a rollback; kept in the history.
             shutil.rmtree(staging, ignore_errors=True)
             active = self._version(self.active_slot())
-            self.state["rollback"] = {"from": manifest.version, "to": active,
-                                      "reason": f"self-test failed: {failures[0]}"[:160],
-                                      "ts": round(time.time(), 1)}
+            self._add_history({"what": "refused", "from": manifest.version, "to": active,
+                               "reason": f"{SELFTEST_REASON}{failures[0]}"[:160],
+                               "ts": round(time.time(), 1)})
             self._remember_failed(manifest.version)
             self.save()
             raise BundleError(f"bundle {manifest.version} failed its self-test, {active} "
@@ -609,6 +659,7 @@ class Fleet:
         version = self._slot_version(intent, "version", "from")
         self.state.pop("trial", None)
         self.state.pop("intent", None)
+        self._to_history("rollback")
         self.state["rollback"] = {"from": version or "unknown",
                                   "to": str(intent.get("previous_version"))[:40],
                                   "reason": str(intent.get("reason", ""))[:160],
@@ -622,9 +673,39 @@ class Fleet:
         log.error("%s", line)
         return line
 
+    # -- history ----------------------------------------------------------------------------
+    def _add_history(self, event: dict) -> None:
+        past = [e for e in self.state.get("history", []) if isinstance(e, dict)]
+        self.state["history"] = (past + [event])[-HISTORY_MAX:]
+
+    def _to_history(self, key: str) -> None:
+        """Move `state[key]` (the last rollback) out of what health reports."""
+        event = self.state.pop(key, None)
+        if isinstance(event, dict):
+            self._add_history({"what": key, **{k: event.get(k) for k in
+                                               ("from", "to", "reason", "ts")}})
+
+    def _retire_stale_rollback(self) -> None:
+        """At start, for a state.json written before a confirmation retired the rollback: one
+        from a version older than the confirmed set running now, or one that was really a
+        self-test refusal (the bundle never ran; its line is `last_error`), is history."""
+        rollback = self.state.get("rollback")
+        if not isinstance(rollback, dict) or isinstance(self.state.get("trial"), dict):
+            return
+        running, old = self._version(self.active_slot()), rollback.get("from")
+        newer = is_version(running) and is_version(old) and \
+            parse_version(running) > parse_version(old)
+        refusal = str(rollback.get("reason", "")).startswith(SELFTEST_REASON)
+        if newer or refusal:
+            self._to_history("rollback")
+            if refusal:
+                self.state["history"][-1]["what"] = "refused"
+            self.save()
+
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> dict:
-        """What `health` reports: the installed bundle, its state, the last rollback."""
+        """What `health` reports: the installed bundle, its state, the last rollback (until
+        a newer bundle is confirmed), the last error."""
         active = self.active_slot()
         version = self._version(active)
         trial = self.state.get("trial")
