@@ -615,7 +615,7 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     out.append(f'<section class="screen"><h2>{e(_t(text, "screen.title"))}</h2><ul>')
     if ci:
         key = f"screen.ci_{ci['flag']}" if ci.get("flag") else "screen.ci_ok"
-        line = _t(text, key, ci=half_up(ci["ci"]), low=ci["low"], high=ci["high"])
+        line = _t(text, key, ci=ci_shown(ci), low=ci["low"], high=ci["high"])
         flagged = ' class="flag"' if ci.get("flag") else ""
         out.append(f"<li{flagged}>{e(line)}</li>")
     else:
@@ -684,6 +684,7 @@ def _dates_form(text: dict[str, str], exam_id: str, lmp: str | None) -> str:
              if lmp else "")
     return (f'<form id="report-lmp" class="noprint" data-exam="{e(exam_id)}" '
             f'data-refused="{e(_t(text, "screen.lmp_refused_range", weeks=MAX_LMP_DAYS // 7))}" '
+            f'data-phone-date="{e(_t(text, "screen.lmp_refused_phone_date"))}" '
             f'data-failed="{e(_t(text, "report.lmp_failed"))}" '
             f'data-busy="{e(_t(text, "screen.lmp_busy"))}" '
             f'data-pending="{e(_t(text, "report.lmp_pending"))}">'
@@ -695,6 +696,18 @@ def _dates_form(text: dict[str, str], exam_id: str, lmp: str | None) -> str:
             '<p id="report-lmp-error" class="error" aria-live="polite"></p></form>')
 
 
+def ci_shown(ci: dict) -> str:
+    """The cephalic index to one decimal, on the side of its bound the flag says (app.js
+    `ciShown`): the flag is decided on the unrounded index, so 69.96 is "low" and must not
+    read "70.0, below the usual 70-87" (to the nearest whole it read "70, below 70")."""
+    value = math.floor(float(ci["ci"]) * 10 + 0.5) / 10  # half up, as the page rounds
+    if ci.get("flag") == "low" and value >= ci["low"]:
+        value = ci["low"] - 0.1
+    if ci.get("flag") == "high" and value <= ci["high"]:
+        value = ci["high"] + 0.1
+    return f"{value:.1f}"
+
+
 def hc_dates_line(text: dict[str, str], hd: dict) -> str:
     """The HC-for-dates flag in the page's own words (app.js renders the same keys)."""
     ga = weeks_days(text, hd["ga_dates_weeks"])
@@ -703,8 +716,12 @@ def hc_dates_line(text: dict[str, str], hd: dict) -> str:
     expected = half_up(hd["hc_expected_mm"])
     if hd.get("status") == "no_hc":
         return _t(text, "screen.expected_hc", ga=ga, mm=expected)
-    return _t(text, f"screen.hc_{hd['flag']}" if hd.get("flag") else "screen.hc_ok", ga=ga,
-              mm=expected, hc=half_up(hd["hc_mm"]),
+    key = f"screen.hc_{hd['flag']}" if hd.get("flag") in ("small", "large") else "screen.hc_ok"
+    if key != "screen.hc_ok" and hd.get("difference_days") is None:
+        # an HC outside Hadlock's 14-42 weeks has no age, so no difference in days: it is
+        # smaller (larger) than the formula gives at any age it covers
+        key += "_beyond"
+    return _t(text, key, ga=ga, mm=expected, hc=half_up(hd["hc_mm"]),
               days=abs(hd.get("difference_days") or 0),
               tol=hd["tolerance_days"])
 

@@ -412,17 +412,21 @@ function renderTags(h) {
   if (!measured && bio && bio.status && h.ellipse) {
     addLine(t("bio." + bio.status, { _fallback: "" }), "small note"); // why no HC
   }
-  // HC, BPD and GA always come from one source, so they agree: the exam's (the medians of
-  // its best head frames, the figures it records) once it has them, else this frame's.
-  // They sit on the image only over a head: beside a heart or a kidney the exam's HC read
-  // as if measured on that image. The exam card keeps them whatever the plane.
-  const src = overAHead(plane, h) ? examBiometry() || (measured ? bio : null) : null;
+  // HC, BPD and GA always come from one source, so they agree: the running exam's (the
+  // medians of its best head frames, the figures it records) once it has them, else this
+  // frame's. An exam that has ended (Stop's hold, the gap before the next one) measured
+  // the woman before: over the head now on the image its figures would read as hers, so
+  // the image then shows the frame's own. They sit on the image only over a head: beside
+  // a heart or a kidney the exam's HC read as if measured on that image. The exam card
+  // keeps them whatever the plane, and after the exam.
+  const running = !!(state && state.exam && state.exam.running);
+  const src = overAHead(plane, h) ? (running && examBiometry()) || (measured ? bio : null) : null;
   if (src) {
     addLine(t("overlay.hc", { mm: src.hc_mm.toFixed(0) }), "bio");
     addLine(t("overlay.bpd", { mm: src.bpd_mm.toFixed(0) }), "bio");
   }
   const [ga, range] = gaLine(src);
-  addLine(ga);
+  addLine(ga, src && src.ga_weeks == null ? "small note" : ""); // an HC with no age: why
   addLine(range, "small");
   const bar = qualityBar(h);
   const line = $("#quality");
@@ -476,7 +480,10 @@ function examBiometry() { // the exam's head figures, or null before a head is m
 const HADLOCK_WEEKS = [14, 42];
 
 function gaLine(bio) { // [age, its range] of one set of figures (the exam's or a frame's)
-  if (!bio || bio.ga_weeks == null) return ["", ""];
+  if (!bio || bio.hc_mm == null) return ["", ""];
+  // an HC the formula does not cover (outside 14-42 weeks) has no age: said, as the report
+  // says it, rather than an HC with nothing beside it
+  if (bio.ga_weeks == null) return [t("report.ga_outside"), ""];
   const lo = bio.ga_low_weeks, hi = bio.ga_high_weeks;
   let range = "";
   if (lo != null && hi != null) {
@@ -679,6 +686,16 @@ function renderExam(s) {
   }
 }
 
+// The cephalic index to one decimal, on the side of its bound the flag says: the device
+// decides the flag on the unrounded index, so 69.96 is "low" and must not read "70.0,
+// below the usual 70-87" (to the nearest whole it read "70, below 70").
+function ciShown(ci) {
+  let v = Math.round(ci.ci * 10) / 10;
+  if (ci.flag === "low" && v >= ci.low) v = ci.low - 0.1;
+  if (ci.flag === "high" && v <= ci.high) v = ci.high + 0.1;
+  return v.toFixed(1);
+}
+
 // Which woman's exam the dates go to, in words: the dates are kept with that exam only
 // (POST /api/lmp names it, and the device refuses them if it is no longer the one shown).
 function lmpTarget() {
@@ -690,15 +707,25 @@ function lmpTarget() {
 }
 
 let lmpFieldFor; // the exam id the date field's value belongs to (null: the next exam)
+let lmpEdited = false; // she has changed the field since it last showed the device's dates
+let lmpDroppedAt = -1e9; // when dates she had typed were dropped: their exam left the card
 
 function renderScreening(sc) {
   const target = lmpTarget();
   if ($("#lmp-for").textContent !== target.text) $("#lmp-for").textContent = target.text;
   const field = $("#lmp");
-  if (target.examId !== lmpFieldFor && document.activeElement !== field) {
-    // another woman's exam: her dates, or an empty field, never the last woman's
-    field.value = (sc && sc.lmp) || "";
+  if (document.activeElement !== field && (!lmpEdited || lmpFieldFor !== target.examId)) {
+    // the dates the device keeps for the exam on the card, an empty field for none (dates
+    // cleared here or on another tablet): never the last woman's, never ones since
+    // cleared. A field she is typing in stays hers, with the exam she began typing for
+    // (Set sends that exam: the device refuses the dates if it has another now); so do
+    // dates she typed and has not sent, or the device refused (to put right), while their
+    // exam is on the card. Once another exam is, they are dropped: not the next woman's.
+    if (lmpEdited) lmpDroppedAt = performance.now();
+    const value = (sc && sc.lmp) || "";
+    if (field.value !== value) field.value = value;
     lmpFieldFor = target.examId;
+    lmpEdited = false;
   }
   // the date picker offers only the days the device accepts: today and the weeks before
   const weeks = sc && sc.lmp_max_weeks;
@@ -721,17 +748,21 @@ function renderScreening(sc) {
   const ci = sc.cephalic_index;
   if (ci) {
     const key = ci.flag ? `screen.ci_${ci.flag}` : "screen.ci_ok";
-    add(t(key, { ci: ci.ci.toFixed(0), low: ci.low, high: ci.high }), !!ci.flag);
+    add(t(key, { ci: ciShown(ci), low: ci.low, high: ci.high }), !!ci.flag);
   } else add(t("screen.no_head"), false);
   const hd = sc.hc_dates;
-  if (sc.lmp && field.value !== sc.lmp && document.activeElement !== field) field.value = sc.lmp;
   if (!hd) add(t("screen.enter_lmp"), false);
   else if (hd.status === "dates_out_of_range") add(t("screen.dates_out_of_range", { ga: weeksDays(hd.ga_dates_weeks) }), false);
   else if (hd.status === "no_hc") add(t("screen.expected_hc", { ga: weeksDays(hd.ga_dates_weeks), mm: hd.hc_expected_mm.toFixed(0) }), false);
   else {
     const vars = { ga: weeksDays(hd.ga_dates_weeks), mm: hd.hc_expected_mm.toFixed(0), hc: hd.hc_mm.toFixed(0),
       days: Math.abs(hd.difference_days ?? 0), tol: hd.tolerance_days };
-    add(t(hd.flag ? `screen.hc_${hd.flag}` : "screen.hc_ok", vars), !!hd.flag);
+    // an HC outside Hadlock's 14-42 weeks has no age, so no difference in days to give:
+    // it is smaller (or larger) than the formula covers at any age
+    const beyond = hd.difference_days == null;
+    const key = hd.flag === "small" ? (beyond ? "screen.hc_small_beyond" : "screen.hc_small")
+      : hd.flag === "large" ? (beyond ? "screen.hc_large_beyond" : "screen.hc_large") : "screen.hc_ok";
+    add(t(key, vars), !!hd.flag);
   }
 }
 
@@ -740,10 +771,15 @@ function renderScreening(sc) {
 let flagsError = null;
 let flagsErrorFor; // the exam id shown beside that answer (null: none yet)
 
-async function lmpRefusal(res) {
+async function lmpRefusal(res, sent) {
   const text = await res.text();
   if (res.status === 409) return { key: "screen.lmp_refused_changed" };
   if (res.status === 503) return { key: "screen.lmp_busy" };  // kept none: nothing pushed out
+  // the tablet's own date out of the years a phone's can be (edge/exam/screening.py
+  // read_lmp): a clock never set (1970), not the period she typed
+  if (res.status === 400 && /^today must be a date from/.test(text)) {
+    return { key: "screen.lmp_refused_phone_date", vars: { today: sent.today } };
+  }
   const weeks = state && state.screening && state.screening.lmp_max_weeks;
   // the page sends only its date field's YYYY-MM-DD: the device refuses it for its range
   if (res.status === 400 && weeks) return { key: "screen.lmp_refused_range", vars: { weeks } };
@@ -754,12 +790,12 @@ async function lmpRefusal(res) {
 // the page looks again first, so the answer stands beside the exam the device has now,
 // and goes once that exam gives way to another.
 async function setFlagsError(error) {
-  if (error) {
-    try {
-      const res = await fetch("/api/state", { credentials: "same-origin" });
-      if (res.ok) renderState(await res.json());
-    } catch (e) { /* the next state over the socket redraws the card */ }
-  }
+  // the card is drawn again from what the device keeps now (dates kept, cleared or
+  // refused), never from the state before she tapped Set
+  try {
+    const res = await fetch("/api/state", { credentials: "same-origin" });
+    if (res.ok) renderState(await res.json());
+  } catch (e) { /* the next state over the socket redraws the card */ }
   flagsError = error;
   flagsErrorFor = lmpTarget().examId;
   if (state) renderScreening(state.screening);
@@ -912,12 +948,30 @@ async function boot() {
   $("#sound-toggle").addEventListener("change", (ev) => {
     localStorage.setItem("sonoedge.sound", ev.target.checked ? "1" : "0");
   });
+  // she starts typing for the exam on the card then: that exam is the one her dates go to
+  const typed = () => { if (!lmpEdited) { lmpEdited = true; lmpFieldFor = lmpTarget().examId; } };
+  $("#lmp").addEventListener("input", typed);
+  $("#lmp").addEventListener("change", typed);
   $("#lmp-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    if (!lmpEdited && performance.now() - lmpDroppedAt < 2000) {
+      // what she typed was dropped as she tapped Set (another exam came on the card):
+      // the field now holds that exam's dates, which she did not mean to send
+      setFlagsError({ key: "screen.lmp_refused_changed" });
+      return;
+    }
     const lmp = $("#lmp").value || null;
+    // the exam she typed them for, not the one on the card now: where another exam began
+    // as she typed, the device answers 409 and keeps nothing (never the last woman's
+    // dates on the next woman's exam)
+    const examId = lmpFieldFor !== undefined ? lmpFieldFor : lmpTarget().examId;
+    const body = { lmp, today: today(), exam_id: examId };
     try {
-      const res = await api("/api/lmp", { lmp, today: today(), exam_id: lmpTarget().examId });
-      setFlagsError(res.ok ? null : await lmpRefusal(res));
+      const res = await api("/api/lmp", body);
+      // kept: the field shows the device's dates again; refused: hers stay to put right,
+      // while their exam is on the card
+      if (res.ok) lmpEdited = false;
+      setFlagsError(res.ok ? null : await lmpRefusal(res, body));
     } catch (e) { /* 401 handled */ }
   });
   window.addEventListener("resize", () => { if (shownHeader) drawOverlay(shownHeader); });

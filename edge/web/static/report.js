@@ -61,8 +61,12 @@
           location.reload();
           return;
         }
-        error.textContent = res.status === 400 ? dates.dataset.refused
-          : res.status === 503 ? dates.dataset.busy : (await res.text()) || dates.dataset.failed;
+        const said = await res.text();
+        // a 400 for the tablet's own date (a clock never set: 1970) is not the period's range
+        error.textContent = res.status === 400 && /^today must be a date from/.test(said)
+          ? (dates.dataset.phoneDate || "").replace("{today}", today())
+          : res.status === 400 ? dates.dataset.refused
+            : res.status === 503 ? dates.dataset.busy : said || dates.dataset.failed;
       } catch (e) {
         error.textContent = dates.dataset.failed;
       } finally {
