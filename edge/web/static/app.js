@@ -480,10 +480,10 @@ function examBiometry() { // the exam's head figures, or null before a head is m
 const HADLOCK_WEEKS = [14, 42];
 
 function gaLine(bio) { // [age, its range] of one set of figures (the exam's or a frame's)
-  if (!bio || bio.hc_mm == null) return ["", ""];
+  if (!bio) return ["", ""];
   // an HC the formula does not cover (outside 14-42 weeks) has no age: said, as the report
   // says it, rather than an HC with nothing beside it
-  if (bio.ga_weeks == null) return [t("report.ga_outside"), ""];
+  if (bio.ga_weeks == null) return bio.hc_mm == null ? ["", ""] : [t("report.ga_outside"), ""];
   const lo = bio.ga_low_weeks, hi = bio.ga_high_weeks;
   let range = "";
   if (lo != null && hi != null) {
