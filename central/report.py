@@ -151,18 +151,9 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
     for dev, clinic, _, _, _, first, *_ in rows:
         if clinic and first is not None and (dev not in named or first < named[dev][0]):
             named[dev] = (first, clinic)
-    merged: dict[tuple[str, str], list] = {}
-    for dev, clinic, *figures in rows:
-        key = (dev, clinic or named.get(dev, (0.0, ""))[1])
-        if key not in merged:
-            merged[key] = list(figures)
-            continue
-        m = merged[key]  # the box's nameless messages and those it sent from that clinic
-        m[0], m[1], m[2] = m[0] + figures[0], m[1] + figures[1], m[2] + figures[2]
-        m[3], m[4] = _min(m[3], figures[3]), _max(m[4], figures[4])
-        m[5], m[6] = _max(m[5], figures[5]), max(int(m[6] or 0), int(figures[6] or 0))
-    for (dev, clinic), (exams, health, status, first, last, last_dev, max_seq) in \
-            merged.items():
+    counted: set[tuple[str, str]] = set()  # (device, clinic) pairs a clinic counts
+    for dev, clinic, exams, health, status, first, last, last_dev, max_seq in rows:
+        clinic = clinic or named.get(dev, (0.0, ""))[1]
         d = devices.setdefault(dev, DeviceReport(dev, clinic))
         d.exams += int(exams)
         d.health += int(health)
@@ -173,9 +164,10 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
         d.max_seq = max(d.max_seq, int(max_seq or 0))
         if last is not None and (dev not in latest_clinic or last > latest_clinic[dev][0]):
             latest_clinic[dev] = (last, clinic)
-        # one row per (device, clinic): the device counts once in each clinic it sent from
+        # the device counts once in each clinic it sent from (its nameless messages too)
         c = clinics.setdefault(clinic, ClinicReport(clinic))
-        c.devices += 1
+        c.devices += (dev, clinic) not in counted
+        counted.add((dev, clinic))
         c.exams += int(exams)
         c.health += int(health)
         c.last_seen_ts = _max(c.last_seen_ts, last)

@@ -16,6 +16,7 @@ import numpy as np
 from wire.shown import shown_path
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_IMAGE_BYTES = 256 * 1024 * 1024  # a screen grab is a few MB; refuse to slurp a disk image
 
 
@@ -53,7 +54,7 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG, JPEG, BMP or TIFF header without decoding the pixels;
     None when the header is not one of those or cannot be read."""
     try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
             return struct.unpack(">II", data[16:24])
         if data[:2] == b"BM" and len(data) >= 26:
             if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 1.x: 16-bit sizes
@@ -167,7 +168,7 @@ def decode_image_file(path: Path, limits: FrameLimits = DEFAULT_LIMITS
         return None, f"{name}: truncated JPEG (no end-of-image marker)"
     # A 16-bit PNG is read at its depth and scaled by the bits it uses (`to_8bit`): read as
     # 8 bits its top byte alone is kept, and an 8-bit frame stored in 16 bits came out black.
-    wide_png = data[:8] == b"\x89PNG\r\n\x1a\n" and data[24:25] == b"\x10"
+    wide_png = data[:8] == PNG_SIGNATURE and data[24:25] == b"\x10"
     flags = cv2.IMREAD_ANYCOLOR | (cv2.IMREAD_ANYDEPTH if wide_png else 0)
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)

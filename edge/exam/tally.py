@@ -147,20 +147,16 @@ class ExamTally:
         blank = isinstance(content, dict) and content.get("pass") is False
         if not blank:
             for key, n in self._blank_faults.items():
-                self._count_fault(key, n)
+                self._count_fault(self.deficiencies, key, n)
             self._blank_faults.clear()
+        table = self._blank_faults if blank else self.deficiencies
         for name, c in criteria.items():
             if isinstance(c, dict) and c.get("pass") is False and isinstance(name, str):
-                if blank:
-                    key = name[:24]
-                    if key in self._blank_faults or len(self._blank_faults) < self.MAX_CRITERIA:
-                        self._blank_faults[key] = self._blank_faults.get(key, 0) + 1
-                else:
-                    self._count_fault(name[:24], 1)
+                self._count_fault(table, name[:24], 1)
 
-    def _count_fault(self, key: str, n: int) -> None:
-        if key in self.deficiencies or len(self.deficiencies) < self.MAX_CRITERIA:
-            self.deficiencies[key] = self.deficiencies.get(key, 0) + n
+    def _count_fault(self, table: dict[str, int], key: str, n: int) -> None:
+        if key in table or len(table) < self.MAX_CRITERIA:
+            table[key] = table.get(key, 0) + n
 
     def best_head_keys(self) -> set[int]:
         """The best heads' frame keys: the count of frames added when each was added."""

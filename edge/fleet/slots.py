@@ -430,7 +430,7 @@ class Fleet:
         self._since_save += seconds
         if trial["ran_s"] >= self.settings.trial_min * 60:
             self.state.pop("trial")
-            self._to_history("rollback")  # a newer bundle runs: the old rollback is history
+            self._to_history()  # a newer bundle runs: the old rollback is history
             self.save()
             log.info("fleet: bundle %s confirmed after %.0f min without %d crashes",
                      trial.get("version"), trial["ran_s"] / 60, self.settings.crash_limit)
@@ -659,7 +659,7 @@ class Fleet:
         version = self._slot_version(intent, "version", "from")
         self.state.pop("trial", None)
         self.state.pop("intent", None)
-        self._to_history("rollback")
+        self._to_history()
         self.state["rollback"] = {"from": version or "unknown",
                                   "to": str(intent.get("previous_version"))[:40],
                                   "reason": str(intent.get("reason", ""))[:160],
@@ -678,12 +678,13 @@ class Fleet:
         past = [e for e in self.state.get("history", []) if isinstance(e, dict)]
         self.state["history"] = (past + [event])[-HISTORY_MAX:]
 
-    def _to_history(self, key: str) -> None:
-        """Move `state[key]` (the last rollback) out of what health reports."""
-        event = self.state.pop(key, None)
+    def _to_history(self, what: str = "rollback") -> None:
+        """Move the last rollback out of what health reports, into the history as `what`
+        ("refused": a self-test refusal an older state.json recorded as a rollback)."""
+        event = self.state.pop("rollback", None)
         if isinstance(event, dict):
-            self._add_history({"what": key, **{k: event.get(k) for k in
-                                               ("from", "to", "reason", "ts")}})
+            self._add_history({"what": what, **{k: event.get(k) for k in
+                                                ("from", "to", "reason", "ts")}})
 
     def _retire_stale_rollback(self) -> None:
         """At start, for a state.json written before a confirmation retired the rollback: one
@@ -697,9 +698,7 @@ class Fleet:
             parse_version(running) > parse_version(old)
         refusal = str(rollback.get("reason", "")).startswith(SELFTEST_REASON)
         if newer or refusal:
-            self._to_history("rollback")
-            if refusal:
-                self.state["history"][-1]["what"] = "refused"
+            self._to_history("refused" if refusal else "rollback")
             self.save()
 
     # -- reporting --------------------------------------------------------------------------

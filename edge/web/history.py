@@ -700,7 +700,7 @@ def ci_shown(ci: dict) -> str:
     """The cephalic index to one decimal, on the side of its bound the flag says (app.js
     `ciShown`): the flag is decided on the unrounded index, so 69.96 is "low" and must not
     read "70.0, below the usual 70-87" (to the nearest whole it read "70, below 70")."""
-    value = math.floor(float(ci["ci"]) * 10 + 0.5) / 10  # half up, as the page rounds
+    value = half_up(float(ci["ci"]) * 10) / 10  # half up, as the page rounds
     if ci.get("flag") == "low" and value >= ci["low"]:
         value = ci["low"] - 0.1
     if ci.get("flag") == "high" and value <= ci["high"]:
