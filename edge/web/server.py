@@ -121,6 +121,12 @@ HANDSHAKE_TIMEOUT_S = 10.0
 # answered with a redirect to https://; its head is read up to this size, and the redirect
 # keeps the path only if it is made of these characters (else it goes to the page's root).
 PLAIN_HEAD_MAX = 8192
+# After its answer, a plain request's connection is half-closed and what the client still
+# sends is read and dropped, for this long and up to this much (a lingering close, as
+# nginx's): closed at once with unread bytes, the kernel would send a reset, and a client
+# still sending an over-long head would lose the answer it was sent.
+PLAIN_LINGER_S = 2.0
+PLAIN_LINGER_MAX = 1 << 20
 PLAIN_PATH = re.compile(rb"/[A-Za-z0-9/._~%&=?+,;:@!-]{0,1024}")
 PLAIN_HOST = re.compile(rb"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?")
 PLAIN_METHOD = re.compile(rb"[A-Z]{1,16} ")
@@ -338,6 +344,7 @@ class _GatedProtocol(asyncio.Protocol):
         self._plain: bytearray | None = None  # the head of a plain request, while read
         self._plain_transport: asyncio.BaseTransport | None = None
         self._plain_timer: asyncio.TimerHandle | None = None
+        self._linger_left = 0  # bytes still dropped after a plain answer (lingering close)
         self._inner = None
         self._address = ""
         self._admitted = False
@@ -427,7 +434,15 @@ class _GatedProtocol(asyncio.Protocol):
                 self._on_tls_error(self._address, ValueError("neither TLS nor HTTP/1.x"))
             return
         transport.write(self._plain_answer(self._address, head))
-        transport.close()
+        if not (isinstance(transport, asyncio.WriteTransport) and transport.can_write_eof()):
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger_left = PLAIN_LINGER_MAX
+        if self._plain_timer is not None:
+            self._plain_timer.cancel()
+        self._plain_timer = asyncio.get_running_loop().call_later(PLAIN_LINGER_S,
+                                                                  transport.close)
 
     def _release(self) -> None:
         if self._plain_timer is not None:
@@ -445,6 +460,10 @@ class _GatedProtocol(asyncio.Protocol):
             state = plain_request_state(bytes(self._plain))
             if state != "wait":
                 self._answer_plain(state)
+        elif self._linger_left > 0:
+            self._linger_left -= len(data)
+            if self._linger_left <= 0 and self._plain_transport is not None:
+                self._plain_transport.close()
         elif self._admitted:
             self._early.append(data)
 
@@ -456,6 +475,8 @@ class _GatedProtocol(asyncio.Protocol):
             self._answer_plain("answer" if state == "wait" and b"\r\n" in self._plain
                                else state)
             return True  # the answer is written; the transport closes after it
+        if self._linger_left > 0:
+            return False  # the client has read the answer and closed: so do we
         self._early_eof = True
         return None
 
