@@ -108,6 +108,46 @@ def _head_frames(path: dict) -> str:
             f"{path['head_frame_p90_ms']:.2f} ms")
 
 
+def _avx2_section(teacher: Path, student_int8: Path, frame: Path,
+                  full: dict[str, dict]) -> None:
+    """Issue 13's second kind of CPU, an AVX2 EPYC without VNNI, as this CPU with AVX-512
+    and VNNI hidden (bench/isa.py): the same models and head-plane path in the same run.
+    `full`: this run's head-plane path figures with every instruction, for the ratios."""
+    from bench.isa import hidden_isa_env
+
+    env, why = hidden_isa_env(BUILD)
+    print("\n## The same on AVX2 alone (issue 13's AMD EPYC without VNNI)\n")
+    if env is None:
+        print(f"left out: {why}")
+        return
+    print(f"{why}. This core's clock and caches with AVX2's kernels, not that CPU: the "
+          "ratios travel, the milliseconds only roughly.\n")
+    models = [("teacher SonoNet-16 fp32", teacher), ("student int8 (shipped)", student_int8)]
+    segmenter = REPO / "models" / "head_segmenter.json"
+    if segmenter.is_file():
+        models.append(("head segmenter int8 (shipped)", segmenter))
+    rows = model_table(models, frame, env=env)
+    print(format_table(rows))
+    by = {(r.label, r.threads): r.median_ms for r in rows}
+    for threads in (1, 2):
+        t, s8 = by[("teacher SonoNet-16 fp32", threads)], by[("student int8 (shipped)", threads)]
+        print(f"\nratio at {threads} thread(s), AVX2 alone: student int8 / teacher fp32 = "
+              f"{s8 / t:.3f} ({s8:.2f} / {t:.2f} ms)")
+    if not segmenter.is_file():
+        return
+    for name, decoded in (("back to back", False), ("decoded beforehand", True)):
+        path = time_device_path(student_int8, 2, BENCH_PIXEL_SIZE_MM, decoded=decoded,
+                                env=env)
+        if not path.get("head_frames"):
+            continue
+        line = f"head-plane frames with biometry, {name}, AVX2 alone: {_head_frames(path)}"
+        if full.get(name, {}).get("head_frames"):
+            base = full[name]["head_frame_median_ms"]
+            line += (f"; {path['head_frame_median_ms'] / base:.2f}x the median with every "
+                     f"instruction ({base:.2f} ms)")
+        print(line)
+
+
 def main() -> int:
     from quantize.data import data_dir, list_frames, split
     from quantize.manifest import cpu_description
@@ -173,6 +213,8 @@ def main() -> int:
                   f"come ({paced['frames']} frames scored; the cores idle between frames): "
                   f"all median {paced['median_ms']:.2f} ms, p90 {paced['p90_ms']:.2f} ms; "
                   f"{_head_frames(paced)}")
+        _avx2_section(teacher, student_int8, frame,
+                      {"back to back": bio, "decoded beforehand": decoded})
         names = [m for m in ("plane_student", "quality_head", "head_segmenter")
                  if (REPO / "models" / f"{m}.json").is_file()]
         idle = time_idle(REPO / "models", names, 2, frame)

@@ -29,17 +29,19 @@ class Timing:
         return 1000.0 / self.median_ms
 
 
-def _worker(*args: str) -> dict:
+def _worker(*args: str, env: dict[str, str] | None = None) -> dict:
+    """`env`: the worker's environment, e.g. bench.isa's with AVX-512 and VNNI hidden."""
     proc = subprocess.run([sys.executable, "-m", "bench.worker", *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=600)
+                          text=True, cwd=REPO, timeout=600, env=env)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"bench worker failed: {tail[0]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def time_model(label: str, manifest: Path, threads: int, frame: Path, runs: int) -> Timing:
-    data = _worker("model", str(manifest), str(threads), str(frame), str(runs))
+def time_model(label: str, manifest: Path, threads: int, frame: Path, runs: int,
+               env: dict[str, str] | None = None) -> Timing:
+    data = _worker("model", str(manifest), str(threads), str(frame), str(runs), env=env)
     return Timing(label, threads, data["median_ms"], data["p90_ms"], data["rss_mb"],
                   manifest_macs(manifest))
 
@@ -55,10 +57,11 @@ def manifest_macs(manifest: Path) -> int | None:
 
 
 def time_device_path(manifest: Path, threads: int, pixel_size_mm: float = 0.0,
-                     paced: bool = False, decoded: bool = False) -> dict:
+                     paced: bool = False, decoded: bool = False,
+                     env: dict[str, str] | None = None) -> dict:
     return _worker("path", str(manifest.parent), manifest.stem, str(threads),
                    str(pixel_size_mm), *(["paced"] if paced else []),
-                   *(["decoded"] if decoded else []))
+                   *(["decoded"] if decoded else []), env=env)
 
 
 def time_idle(models_dir: Path, names: list[str], threads: int, frame: Path) -> dict:
@@ -74,8 +77,9 @@ def time_passes(manifest: Path, threads: int, margin: float, max_zoom: float,
                    *(f"{path}={pixel}" for path, pixel in frames))
 
 
-def model_table(models: list[tuple[str, Path]], frame: Path, runs: int = 200) -> list[Timing]:
-    return [time_model(label, path, threads, frame, runs)
+def model_table(models: list[tuple[str, Path]], frame: Path, runs: int = 200,
+                env: dict[str, str] | None = None) -> list[Timing]:
+    return [time_model(label, path, threads, frame, runs, env)
             for threads in (1, 2) for label, path in models]
 
 

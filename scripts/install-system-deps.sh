@@ -26,9 +26,11 @@ fc-list 2>/dev/null | grep -qi dejavu || missing+=(fonts-dejavu-core)  # text in
 # tests/test_arm64.py: score under an emulated arm64 Debian (scripts/arm64_emulated.sh)
 command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+# bench/isa_mask.c (make bench, tests/test_avx2_path.py): the models on AVX2 alone
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-system-deps: mosquitto, mosquitto-clients, postgresql, openssl, chromium, webkit2gtk-driver, xvfb, qemu-user-static, debootstrap already present"
+  echo "install-system-deps: mosquitto, mosquitto-clients, postgresql, openssl, chromium, webkit2gtk-driver, xvfb, qemu-user-static, debootstrap, cc already present"
   exit 0
 fi
 
