@@ -431,31 +431,37 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     try:
         with _StopFlag(source) as stop, source:
             dog.ready(f"scoring {source.name}")
-            for frame, capture_s in dog.watch(timed_frames(source, scorer.prepare_frame),
-                                              source):
-                result = scorer.score(frame, capture_s)
-                record = result.to_dict()
-                # Held after the page's "stop": journaled as held, so that a recovery after a
-                # kill replays what the exams saw, not an exam the midwife had stopped.
-                fed = web is None or web.accepts(record, result.mono_s,
-                                                 tracker.has_content(record))
-                row = journal.append(run_id, result, held=not fed, record=record)
-                stats.add(record)
-                roi = Roi(*result.roi) if result.roi else None
-                if fed:
-                    tracker.feed(record, frame.image, roi, result.mono_s, row=row,
-                                 run_id=run_id)
-                if steady is not None:
-                    shown = steady.update(record)
-                    if shown.message != advice:  # said when it changes, never per frame
-                        advice = shown.message
-                        echo(f"advice: {advice or 'the image is good'}")
-                if web is not None:
-                    web.after_frame(frame.image, record, shown if steady is not None else None,
-                                    scorer.last_class_map, frame.t_mono, tracker)
-                every = settings.loop.log_every
-                if result.error or (every and stats.frames % every == 0):
-                    echo(format_line(result))
+            # A live grabber that hands no frame for a second gives None instead: the
+            # exam's gap and the health messages run on the clock, not on the next frame.
+            for frame, capture_s in dog.watch(
+                    timed_frames(source, scorer.prepare_frame, idle=True), source,
+                    is_idle=lambda item: item[0] is None):
+                if frame is None:
+                    tracker.idle(time.monotonic())
+                else:
+                    result = scorer.score(frame, capture_s)
+                    record = result.to_dict()
+                    # Held after the page's "stop": journaled as held, so that a recovery after a
+                    # kill replays what the exams saw, not an exam the midwife had stopped.
+                    fed = web is None or web.accepts(record, result.mono_s,
+                                                     tracker.has_content(record))
+                    row = journal.append(run_id, result, held=not fed, record=record)
+                    stats.add(record)
+                    roi = Roi(*result.roi) if result.roi else None
+                    if fed:
+                        tracker.feed(record, frame.image, roi, result.mono_s, row=row,
+                                     run_id=run_id)
+                    if steady is not None:
+                        shown = steady.update(record)
+                        if shown.message != advice:  # said when it changes, never per frame
+                            advice = shown.message
+                            echo(f"advice: {advice or 'the image is good'}")
+                    if web is not None:
+                        web.after_frame(frame.image, record, shown if steady is not None else None,
+                                        scorer.last_class_map, frame.t_mono, tracker)
+                    every = settings.loop.log_every
+                    if result.error or (every and stats.frames % every == 0):
+                        echo(format_line(result))
                 if time.monotonic() >= next_health:
                     uplink.enqueue_health(stats.snapshot(source))
                     next_health = time.monotonic() + mqtt.health_interval_s

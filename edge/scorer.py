@@ -343,7 +343,7 @@ def make_scorer(settings: Settings) -> Scorer:
                   head=make_head_model(settings), quality=make_quality_model(settings))
 
 
-def timed_frames(source: Source, prepare: Prepare | None = None,
+def timed_frames(source: Source, prepare: Prepare | None = None, idle: bool = False,
                  ) -> Iterator[tuple[Frame, float]]:
     """Each frame with its capture cost on the loop's path.
 
@@ -352,14 +352,19 @@ def timed_frames(source: Source, prepare: Prepare | None = None,
     rate. A live grabber decodes on its own thread, and so do files and the demo clip
     (`read_ahead`): their cost is the part of the decode the loop was not ahead of.
     `prepare` (a scorer's `prepare_frame`) runs on that thread, right after the decode.
+    With `idle`, a live grabber that hands no frame for a while gives `(None, 0.0)`
+    instead (`read_ahead`), so the caller's clock-driven work goes on.
     """
-    iterator = read_ahead(source, prepare=prepare)
+    iterator = read_ahead(source, prepare=prepare, idle=idle)
     while True:
         t0 = time.perf_counter()
         try:
             frame = next(iterator)
         except StopIteration:
             return
+        if frame is None:
+            yield None, 0.0  # type: ignore[misc]  (only with idle)
+            continue
         waited = time.perf_counter() - t0
         if frame.read_s is not None:
             yield frame, frame.read_s

@@ -181,3 +181,27 @@ def test_pings_go_on_only_while_frames_flow_or_a_live_grabber_really_waits(monke
     assert not dog.healthy()
     monkeypatch.setenv("WATCHDOG_PID", "1")  # the watchdog is some other process's
     assert Notifier().watchdog_s == 0.0
+
+
+def test_an_idle_tick_is_no_progress_so_a_grabber_hung_in_its_read_still_stops_the_pings(
+        monkeypatch):
+    """The loop is handed None each second a live grabber brings no frame (its exam's gap
+    and health run on the clock); those ticks must not count as frames, or a grabber
+    thread stuck inside a driver's read would never have the service restarted."""
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    monkeypatch.setenv("NOTIFY_SOCKET", "@sonoedge-test-none")
+    dog = Watchdog(Notifier(), stall_s=2.0)
+    grabber = _Grabber()
+    ticks = dog.watch(iter([(None, 0.0)] * 1000), grabber, is_idle=lambda item: item[0] is None)
+    dog.progress()
+    next(ticks)
+    assert dog.healthy() and dog._waiting_on is grabber  # still waiting on the grabber
+    deadline = time.monotonic() + 1.8
+    while time.monotonic() < deadline:  # ticks, but the grabber's counters stand still
+        next(ticks)
+        dog.healthy()  # the pinging thread's look, each period
+        time.sleep(0.05)
+    assert not dog.healthy()
+    frames = dog.watch(iter([("a frame", 0.0)]), grabber, is_idle=lambda item: item[0] is None)
+    next(frames)
+    assert dog.healthy()  # a real frame is progress

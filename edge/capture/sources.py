@@ -92,6 +92,10 @@ class LiveSettings:
     wait_for_device: bool = False  # absent device at start: SourceError (False) or wait
     copy_frames: bool = True  # own each image: a backend may reuse its buffer (~1 ms/720p)
     poll_s: float = 0.1  # how often the consumer re-checks for close/end while waiting
+    # With `frames(idle=True)`, the consumer is handed None after this long without a frame
+    # (and again each time as long): the loop's own clock keeps running while the grabber
+    # is unplugged or the scanner off, so an exam ends and health is sent without a frame.
+    idle_tick_s: float = 1.0
     limits: FrameLimits = DEFAULT_LIMITS  # files opened by `open_source`: the pixel budget
 
     def __post_init__(self) -> None:
@@ -101,6 +105,8 @@ class LiveSettings:
             raise ValueError("LiveSettings: max_reopen_attempts must be >= 0 or None")
         if self.poll_s <= 0:
             raise ValueError("LiveSettings: poll_s must be > 0")
+        if self.idle_tick_s <= 0:
+            raise ValueError("LiveSettings: idle_tick_s must be > 0")
 
 
 class CaptureLike(Protocol):
@@ -332,7 +338,7 @@ Prepare = Callable[[np.ndarray], "np.ndarray | None"]
 
 
 def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES,
-               prepare: Prepare | None = None) -> Iterator[Frame]:
+               prepare: Prepare | None = None, idle: bool = False) -> Iterator[Frame | None]:
     """A file source's frames decoded on a thread of their own, up to `depth` ahead.
 
     A live grabber already decodes on its own thread. A video file, a folder or the demo
@@ -346,12 +352,16 @@ def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES,
     next (`dropped`), so a slow loop never sees a queue of old frames. An error raised
     by the source is raised here, in the loop. `prepare` runs on each decoded image on the
     decoding thread (its result in `Frame.half_grey`), and counts as part of the decode.
-    A live source runs it on its own grabber thread.
+    A live source runs it on its own grabber thread. With `idle`, a live grabber's
+    `frames(idle=True)`: None each `idle_tick_s` without a frame (files never wait so).
     """
     if source.live:
-        if prepare is not None and isinstance(source, LiveSource):
-            source.prepare = prepare
-        yield from source
+        if isinstance(source, LiveSource):
+            if prepare is not None:
+                source.prepare = prepare
+            yield from source.frames(idle)
+        else:
+            yield from source
         return
     paced = bool(getattr(source, "pace", False))  # played at its own rate, as live
     handoff: queue.Queue = queue.Queue(maxsize=1 if paced else max(1, depth))
@@ -532,14 +542,26 @@ class LiveSource(Source):
 
     # -- consumer
     def __iter__(self) -> Iterator[Frame]:
+        return self.frames()  # type: ignore[return-value]  (never None without idle)
+
+    def frames(self, idle: bool = False) -> Iterator[Frame | None]:
+        """The newest frame each time; with `idle`, None after each `idle_tick_s` that
+        brought none."""
+        tick = self.settings.idle_tick_s if idle else None
         while True:
+            since = time.monotonic()
             with self._cond:
                 while self._slot is None and not self._done and not self.closed:
+                    if tick is not None and time.monotonic() - since >= tick:
+                        break
                     self._cond.wait(self.settings.poll_s)
-                if self._slot is None or self.closed:
+                if self.closed or (self._slot is None and self._done):
                     return
-                seq, img, t_mono, t_wall, half = self._slot
-                self._slot = None
+                taken, self._slot = self._slot, None
+            if taken is None:
+                yield None
+                continue
+            seq, img, t_mono, t_wall, half = taken
             yield Frame(self.name, seq, img, t_mono, t_wall, half_grey=half)
 
     def close(self, timeout_s: float = 2.0) -> None:

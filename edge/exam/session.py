@@ -354,9 +354,7 @@ class ExamTracker:
         # The gap is measured on every frame, the first with ultrasound again included: a
         # grabber unplugged or a scanner switched off sends no frames at all, and the next
         # woman's first frames would otherwise have joined the last woman's exam.
-        if self.current is not None and self._last_content is not None \
-                and now - self._last_content >= self.settings.end_gap_s:
-            self.end("gap")
+        self.idle(now)
         if self.current is None:
             if not content:
                 return None
@@ -375,6 +373,16 @@ class ExamTracker:
         if row is not None:
             self.current.last_row = row
         return self.current
+
+    def idle(self, now: float) -> dict | None:
+        """The scan's clock at `now` with or without a frame: an exam whose last ultrasound
+        is `end_gap_s` old ends ("gap"), dated by that ultrasound. The loop calls it while
+        a live grabber hands no frames (unplugged, scanner off), so the exam's summary
+        goes to the journal and the district then, not when the next woman is scanned."""
+        if self.current is not None and self._last_content is not None \
+                and now - self._last_content >= self.settings.end_gap_s:
+            return self.end("gap")
+        return None
 
     def end(self, ended_by: str) -> dict | None:
         """End the current exam, if any; returns its summary body."""

@@ -85,17 +85,26 @@ class Watchdog:
     def progress(self) -> None:
         self.last_progress = time.monotonic()
 
-    def watch(self, frames: Iterator, source) -> Iterator:
-        """The loop's frame iterator; while it waits for a live source, that counts."""
+    def watch(self, frames: Iterator, source, is_idle=None) -> Iterator:
+        """The loop's frame iterator; while it waits for a live source, that counts. An
+        item `is_idle` says is no frame (the source's idle tick) is passed on but is not
+        progress: the loop is still waiting on its grabber, which must show life."""
         iterator = iter(frames)
+        waiting = source if getattr(source, "live", False) else None
         while True:
-            self._waiting_on = source if getattr(source, "live", False) else None
+            self._waiting_on = waiting
             try:
                 item = next(iterator)
             except StopIteration:
-                return
-            finally:
                 self._waiting_on = None
+                return
+            except BaseException:
+                self._waiting_on = None
+                raise
+            if is_idle is not None and is_idle(item):
+                yield item
+                continue
+            self._waiting_on = None
             self.progress()
             yield item
 

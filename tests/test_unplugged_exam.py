@@ -1,0 +1,136 @@
+"""An exam ends on the clock, not on the next frame: a grabber unplugged (or a scanner
+switched off) hands the loop no frames at all, and until it did the exam stayed open,
+its summary unsent and the district blind, until the next woman's first frame came.
+
+The real device loop (`edge.loop.run`, in a thread) reads a `LiveSource` whose capture
+device plays real HC18 heads until the test unplugs it (reads fail, reopens find nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+import cv2
+import numpy as np
+
+import edge.loop
+from edge.capture.sources import LiveSettings, LiveSource
+from edge.config import load_settings
+from edge.exam.protocol import find_protocol
+from edge.exam.session import ExamSettings, ExamTracker
+from edge.loop import run
+from tests.test_web_live import _Grabber
+from tests.web_harness import HEADS, _screen, wait_for
+
+END_GAP_S = 2.0
+
+
+def _outbox_kinds(state) -> list[tuple[str, dict]]:
+    path = state / "outbox.sqlite3"
+    if not path.is_file():
+        return []
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+        rows = db.execute("SELECT kind, payload FROM outbox ORDER BY id").fetchall()
+    return [(kind, json.loads(payload)) for kind, payload in rows]
+
+
+def test_an_unplugged_grabbers_exam_ends_after_the_gap_and_its_summary_is_queued(
+        tmp_path, data_dir, monkeypatch):
+    rng = np.random.default_rng(5)
+    frames = [_screen(cv2.imread(str(data_dir / "hc18" / "images" / name)), rng, True)
+              for name in HEADS for _ in range(3)]
+    plugged = threading.Event()
+    plugged.set()
+    grabbers: list[_Grabber] = []
+    sources: list[LiveSource] = []
+
+    def opener():
+        if not plugged.is_set():
+            return None
+        grabbers.append(_Grabber(frames, plugged))
+        return grabbers[-1]
+
+    def open_live(spec, live=None, pace=False):
+        sources.append(LiveSource(spec, opener, live))
+        return sources[-1]
+
+    monkeypatch.setattr(edge.loop, "open_source", open_live)
+    state = tmp_path / "state"
+    cfg = tmp_path / "live.toml"
+    cfg.write_text(f"""
+[source]
+spec = "v4l2:/dev/video9"
+backoff_initial_s = 0.5
+backoff_max_s = 1.0
+[device]
+state_dir = "{state}"
+[loop]
+log_every = 0
+[exam]
+end_gap_s = {END_GAP_S}
+[mqtt]
+health_interval_s = 1.0
+""")
+    said: list[tuple[float, str]] = []
+    loop = threading.Thread(target=run, args=(load_settings(cfg),),
+                            kwargs={"echo": lambda line: said.append((time.monotonic(), line))},
+                            daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: grabbers and grabbers[0].i >= 30, 90, "two seconds of heads")
+        plugged.clear()
+        unplugged = time.monotonic()
+        # no frame comes again in this test: the exam must end on the clock alone
+        ended = wait_for(lambda: [(t, line) for t, line in said if "ended by gap" in line],
+                         END_GAP_S + 10, "the exam to end while the grabber is out")
+        assert ended[0][0] - unplugged < END_GAP_S + 3
+        exams = wait_for(lambda: [body for kind, body in _outbox_kinds(state)
+                                  if kind == "exam"], 10, "the exam's summary in the outbox")
+        assert len(exams) == 1 and exams[0]["ended_by"] == "gap" and exams[0]["frames"] >= 30
+        # health goes on being sent while nothing comes, not only after the next frame
+        healths = len([k for k, _ in _outbox_kinds(state) if k == "health"])
+        wait_for(lambda: len([k for k, _ in _outbox_kinds(state) if k == "health"])
+                 >= healths + 2, 10, "health messages while the grabber is out")
+        assert not plugged.is_set()
+    finally:
+        plugged.clear()
+        for source in sources:
+            source.close()
+        loop.join(60)
+    assert not loop.is_alive()
+
+
+def test_the_trackers_clock_ends_an_exam_only_once_its_gap_has_passed():
+    ended: list[dict] = []
+    tracker = ExamTracker(find_protocol("biometry"), ExamSettings(end_gap_s=20.0), None,
+                          lambda _session, body: ended.append(body))
+    frame = {"source": "live", "frame": 0, "plane": "Brain (Tv.)", "error": None,
+             "roi": [0, 0, 10, 10], "ts": 1.7e9,
+             "quality": {"score": 0.8, "criteria": {"content": {"pass": True}}}}
+    assert tracker.idle(100.0) is None  # no exam: nothing to end
+    tracker.feed(frame, mono=100.0)
+    assert tracker.idle(119.9) is None and tracker.current is not None
+    body = tracker.idle(120.0)
+    assert body is not None and body["ended_by"] == "gap" and tracker.current is None
+    assert ended == [body]
+    assert tracker.idle(500.0) is None  # ended once
+
+
+def test_a_live_grabber_with_idle_ticks_hands_none_each_tick_without_a_frame():
+    settings = LiveSettings(backoff_initial_s=0.05, backoff_max_s=0.1, poll_s=0.01,
+                            idle_tick_s=0.2)
+    source = LiveSource("test:silent", lambda: None, settings)
+    try:
+        items, t0 = [], time.monotonic()
+        for item in source.frames(idle=True):
+            items.append(item)
+            if len(items) == 3:
+                break
+        took = time.monotonic() - t0
+        assert items == [None, None, None] and 0.5 <= took < 3.0
+    finally:
+        source.close()
+    assert list(source) == []  # closed: the plain iterator ends, it never hands None
