@@ -324,7 +324,9 @@ def _fleet(dev: _Device, models: dict, day: int) -> dict:
                "slot": "b"}
     if dev.rolled_back:
         out["rollback"] = {"from": "models-2026.2", "to": out["bundle"],
-                           "reason": "self-test: plane model disagrees on 3 of 13 frames",
+                           # what edge/fleet/slots.py says of a rollback: a failed
+                           # self-test is a refusal and never installs, so never rolls back
+                           "reason": "the loop crashed 3 times within 10 min of the swap",
                            "ts": None}
         for days, error in FLEET_ERRORS:  # the latest that began before this day
             if dev.upgrade_day - days <= day < dev.upgrade_day:
