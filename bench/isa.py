@@ -75,8 +75,10 @@ def hidden_isa_env(out_dir: Path) -> tuple[dict[str, str] | None, str]:
     try:
         library = build_mask(out_dir)
         env = dict(os.environ, LD_PRELOAD=str(library))
-        # faulthandler would take SIGSEGV from the mask and turn each CPUID into a crash
+        # faulthandler (or the dev mode, which enables it) would take SIGSEGV from the
+        # mask and turn the first CPUID into a crash
         env.pop("PYTHONFAULTHANDLER", None)
+        env.pop("PYTHONDEVMODE", None)
         seen = seen_under(env, library)
     except (RuntimeError, OSError, subprocess.TimeoutExpired, ValueError) as exc:
         return None, str(exc)

@@ -437,6 +437,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                     timed_frames(source, scorer.prepare_frame, idle=True), source,
                     is_idle=lambda item: item[0] is None):
                 if frame is None:
+                    if web is not None:  # a Stop or dates tapped while nothing comes
+                        web.apply_commands(tracker)
                     tracker.idle(time.monotonic())
                 else:
                     result = scorer.score(frame, capture_s)

@@ -186,16 +186,16 @@ def test_pings_go_on_only_while_frames_flow_or_a_live_grabber_really_waits(monke
 def test_an_idle_tick_is_no_progress_so_a_grabber_hung_in_its_read_still_stops_the_pings(
         monkeypatch):
     """The loop is handed None each second a live grabber brings no frame (its exam's gap
-    and health run on the clock); those ticks must not count as frames, or a grabber
-    thread stuck inside a driver's read would never have the service restarted."""
+    and health run on the clock); those ticks count only while the grabber shows life, or
+    a grabber thread stuck inside a driver's read would never have the service restarted;
+    and a loop that hangs while handling a tick is hung like any other."""
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
     monkeypatch.setenv("NOTIFY_SOCKET", "@sonoedge-test-none")
     dog = Watchdog(Notifier(), stall_s=2.0)
     grabber = _Grabber()
     ticks = dog.watch(iter([(None, 0.0)] * 1000), grabber, is_idle=lambda item: item[0] is None)
-    dog.progress()
     next(ticks)
-    assert dog.healthy() and dog._waiting_on is grabber  # still waiting on the grabber
+    assert dog.healthy()
     deadline = time.monotonic() + 1.8
     while time.monotonic() < deadline:  # ticks, but the grabber's counters stand still
         next(ticks)
@@ -205,3 +205,10 @@ def test_an_idle_tick_is_no_progress_so_a_grabber_hung_in_its_read_still_stops_t
     frames = dog.watch(iter([("a frame", 0.0)]), grabber, is_idle=lambda item: item[0] is None)
     next(frames)
     assert dog.healthy()  # a real frame is progress
+    # the grabber reopening (alive), the loop stuck on a tick for longer than stall_s
+    grabber.open_attempts += 1
+    next(ticks)
+    assert dog.healthy()
+    time.sleep(0.3)
+    grabber.open_attempts += 1
+    assert not dog.healthy()

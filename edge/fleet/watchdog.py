@@ -87,8 +87,9 @@ class Watchdog:
 
     def watch(self, frames: Iterator, source, is_idle=None) -> Iterator:
         """The loop's frame iterator; while it waits for a live source, that counts. An
-        item `is_idle` says is no frame (the source's idle tick) is passed on but is not
-        progress: the loop is still waiting on its grabber, which must show life."""
+        item `is_idle` says is no frame (the source's idle tick) is progress only while
+        the grabber shows life: ticks from a grabber hung in its read stop the pings, and
+        so does a loop that hangs while it handles a tick."""
         iterator = iter(frames)
         waiting = source if getattr(source, "live", False) else None
         while True:
@@ -101,10 +102,12 @@ class Watchdog:
             except BaseException:
                 self._waiting_on = None
                 raise
+            self._waiting_on = None  # the loop works on the item: stuck there, it is hung
             if is_idle is not None and is_idle(item):
+                if waiting is not None and self._grabber_alive(waiting, time.monotonic()):
+                    self.progress()
                 yield item
                 continue
-            self._waiting_on = None
             self.progress()
             yield item
 

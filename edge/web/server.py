@@ -331,7 +331,8 @@ class _GatedProtocol(asyncio.Protocol):
     `HANDSHAKE_TIMEOUT_S` closes the connection (`on_tls_error` says why). A connection
     whose first byte is not a TLS record is a plain http:// request: its head (at most
     `PLAIN_HEAD_MAX` bytes, within the same time) is answered by `plain_answer(address,
-    head)`, a redirect to https://, and the connection closed."""
+    head)`, a redirect to https://, and the connection closed after a lingering close
+    (`PLAIN_LINGER_S`)."""
 
     def __init__(self, gate: ConnectionGate, make_handler, tls: ssl.SSLContext | None = None,
                  handshakes: set | None = None, on_tls_error=None, plain_answer=None):
@@ -474,6 +475,9 @@ class _GatedProtocol(asyncio.Protocol):
             state = plain_request_state(bytes(self._plain))
             self._answer_plain("answer" if state == "wait" and b"\r\n" in self._plain
                                else state)
+            if self._linger_left > 0 and self._plain_transport is not None:
+                self._linger_left = 0  # the client has sent all it will: nothing to drain
+                self._plain_transport.close()
             return True  # the answer is written; the transport closes after it
         if self._linger_left > 0:
             return False  # the client has read the answer and closed: so do we
