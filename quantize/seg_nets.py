@@ -31,6 +31,21 @@ def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1)
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def sep_conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1,
+                dilation: int = 1) -> nn.Sequential:
+    """A k x k conv as depthwise k x k then pointwise 1x1 (MobileNet's split), each with
+    BN and ReLU: about k*k times fewer multiply-adds where cin is wide. int8 on a CPU
+    without VNNI pays per multiply-add (issue 13), so fewer of them is what carries there."""
+    if k == 1 or cin == 1:
+        return conv_bn(cin, cout, k, stride, dilation)
+    pad = dilation * (k // 2)
+    return nn.Sequential(nn.Conv2d(cin, cin, k, stride, pad, dilation=dilation, groups=cin,
+                                   bias=False),
+                         nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
 def double_conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(conv_bn(cin, cout), conv_bn(cout, cout))
 
@@ -81,9 +96,10 @@ class DeepLabLite(nn.Module):
     reduced low-level 1/4 features, then bilinear x4 to the input. From scratch."""
 
     def __init__(self, widths: tuple[int, int, int, int] = (16, 24, 48, 64), aspp: int = 48,
-                 rates: tuple[int, ...] = (2, 4, 6), low: int = 16):
+                 rates: tuple[int, ...] = (2, 4, 6), low: int = 16, separable: bool = False):
         super().__init__()
         w1, w2, w3, w4 = widths
+        conv_bn = sep_conv_bn if separable else globals()["conv_bn"]
         self.stem = nn.Sequential(conv_bn(1, w1, stride=2), conv_bn(w1, w1))          # 1/2
         self.enc2 = nn.Sequential(conv_bn(w1, w2, stride=2), conv_bn(w2, w2))         # 1/4
         self.enc3 = nn.Sequential(conv_bn(w2, w3, stride=2), conv_bn(w3, w3))         # 1/8
@@ -117,6 +133,10 @@ def make_net(kind: str) -> nn.Module:
         return UNet(STUDENT_WIDTHS)
     if kind in ("deeplab", "deeplab_student"):
         return DeepLabLite()
+    if kind == "deeplab_separable":  # tried for the AVX2 CPU (notebook, 5 December)
+        return DeepLabLite(separable=True)
+    if kind == "deeplab_separable_wide":
+        return DeepLabLite((24, 32, 64, 96), aspp=64, low=24, separable=True)
     raise ValueError(f"unknown segmenter {kind!r}")
 
 
