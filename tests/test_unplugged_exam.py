@@ -41,9 +41,10 @@ def _outbox_kinds(state) -> list[tuple[str, dict]]:
     return [(kind, json.loads(payload)) for kind, payload in rows]
 
 
-def test_an_unplugged_grabbers_exam_ends_after_the_gap_and_its_summary_is_queued(
-        tmp_path, data_dir, monkeypatch):
-    rng = np.random.default_rng(5)
+def _unpluggable_grabber(data_dir, seed: int, monkeypatch):
+    """The loop's source, a `LiveSource` whose device plays real HC18 heads at 15 fps while
+    `plugged` is set; cleared, its reads fail and its reopens find nothing."""
+    rng = np.random.default_rng(seed)
     frames = [_screen(cv2.imread(str(data_dir / "hc18" / "images" / name)), rng, True)
               for name in HEADS for _ in range(3)]
     plugged = threading.Event()
@@ -62,6 +63,12 @@ def test_an_unplugged_grabbers_exam_ends_after_the_gap_and_its_summary_is_queued
         return sources[-1]
 
     monkeypatch.setattr(edge.loop, "open_source", open_live)
+    return plugged, grabbers, sources
+
+
+def test_an_unplugged_grabbers_exam_ends_after_the_gap_and_its_summary_is_queued(
+        tmp_path, data_dir, monkeypatch):
+    plugged, grabbers, sources = _unpluggable_grabber(data_dir, 5, monkeypatch)
     state = tmp_path / "state"
     cfg = tmp_path / "live.toml"
     cfg.write_text(f"""
@@ -113,32 +120,14 @@ def test_the_pages_stop_tapped_while_nothing_comes_ends_that_exam_not_the_next_w
     """A Stop tapped on the page while the grabber is out was applied only with the next
     frame: the next woman's exam then ended after its first frame, the rest of her scan
     held back. It is applied on the loop's idle tick, to the exam it was tapped for."""
-    rng = np.random.default_rng(6)
-    frames = [_screen(cv2.imread(str(data_dir / "hc18" / "images" / name)), rng, True)
-              for name in HEADS for _ in range(3)]
-    plugged = threading.Event()
-    plugged.set()
-    grabbers: list[_Grabber] = []
-    sources: list[LiveSource] = []
+    plugged, grabbers, sources = _unpluggable_grabber(data_dir, 6, monkeypatch)
     hooks: list[LoopHook] = []
-
-    def opener():
-        if not plugged.is_set():
-            return None
-        grabbers.append(_Grabber(frames, plugged))
-        return grabbers[-1]
-
-    def open_live(spec, live=None, pace=False):
-        sources.append(LiveSource(spec, opener, live))
-        return sources[-1]
-
     real_start_web = edge.web.start_web
 
     def start_web(*args, **kwargs):
         hooks.append(real_start_web(*args, **kwargs))
         return hooks[-1]
 
-    monkeypatch.setattr(edge.loop, "open_source", open_live)
     monkeypatch.setattr(edge.web, "start_web", start_web)
     monkeypatch.setattr(LoopHook, "linger", lambda self, stopped, poll_s=0.2: None)
     state = tmp_path / "state"
