@@ -47,8 +47,8 @@ class HcHistogram:
     """Every measured frame's HC as counts in fixed 0.1 mm bins (`HC_BINS_PER_MM`), so the
     exam's HC spread spans every frame of a scan of any length in a fixed size: a window
     of the last frames forgot the first ones (a 15-minute head scan at 15 fps has 13,500).
-    `percentile` is `percentile` of the binned values (linear between the two nearest
-    ranks), so it is within half a bin (0.05 mm) of that of the values themselves."""
+    `percentiles` are `percentile`'s of the binned values (linear between the two nearest
+    ranks), so each is within half a bin (0.05 mm) of that of the values themselves."""
 
     def __init__(self) -> None:
         self.counts = array("Q", bytes(8 * (round(MAX_HEAD_MM * HC_BINS_PER_MM) + 1)))
@@ -56,16 +56,20 @@ class HcHistogram:
     def add(self, hc: float) -> None:
         self.counts[min(len(self.counts) - 1, max(0, round(hc * HC_BINS_PER_MM)))] += 1
 
-    def percentile(self, q: float) -> float | None:
+    def percentiles(self, *qs: float) -> list[float | None]:
+        """Each q's percentile, the running counts made once for all of them."""
         cumulative = list(accumulate(self.counts))
         if not cumulative[-1]:
-            return None
-        pos = min(1.0, max(0.0, q)) * (cumulative[-1] - 1)
-        lo = int(pos)
-        hi = min(lo + 1, cumulative[-1] - 1)
-        # the value of 0-based rank k: the first bin whose cumulative count exceeds k
-        v_lo, v_hi = (bisect_right(cumulative, k) / HC_BINS_PER_MM for k in (lo, hi))
-        return round(v_lo + (v_hi - v_lo) * (pos - lo), 2)
+            return [None] * len(qs)
+        out: list[float | None] = []
+        for q in qs:
+            pos = min(1.0, max(0.0, q)) * (cumulative[-1] - 1)
+            lo = int(pos)
+            hi = min(lo + 1, cumulative[-1] - 1)
+            # the value of 0-based rank k: the first bin whose cumulative count exceeds k
+            v_lo, v_hi = (bisect_right(cumulative, k) / HC_BINS_PER_MM for k in (lo, hi))
+            out.append(round(v_lo + (v_hi - v_lo) * (pos - lo), 2))
+        return out
 
 
 def _model_versions(results: list[dict], extra: dict[str, str] | None) -> dict[str, str]:
@@ -201,8 +205,8 @@ class ExamTally:
                                                        strict=True))
             median_hc = percentile(hc, 0.5)
             ga, low, high = (hadlock_ga_weeks(v) for v in (median_hc, hc[0], hc[-1]))
-            out.update({"hc_mm": median_hc, "hc_p10_mm": self.hc_spread.percentile(0.1),
-                        "hc_p90_mm": self.hc_spread.percentile(0.9),
+            p10, p90 = self.hc_spread.percentiles(0.1, 0.9)
+            out.update({"hc_mm": median_hc, "hc_p10_mm": p10, "hc_p90_mm": p90,
                         "bpd_mm": percentile(bpd, 0.5),
                         "ofd_mm": percentile(ofd, 0.5), "best_frames": len(hc),
                         "ga_weeks": None if ga is None else round(ga, 1),
