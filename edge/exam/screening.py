@@ -89,6 +89,11 @@ def ga_from_lmp(lmp: str, today: str) -> float:
     return _weeks_between(dt.date.fromisoformat(lmp), dt.date.fromisoformat(today))
 
 
+class PhoneDateError(ValueError):
+    """The tablet's own date is not one a phone's can be (a clock never set: 1970): the
+    page says so in the midwife's language, not that the period she typed is wrong."""
+
+
 def read_lmp(lmp: object, today: object) -> tuple[str, str, float]:
     """The page's two dates, checked (strings of at most 10 characters, ISO dates, a phone's
     date within PHONE_DAYS, a period within MAX_LMP_DAYS before it): (lmp, today) as
@@ -96,8 +101,8 @@ def read_lmp(lmp: object, today: object) -> tuple[str, str, float]:
     that names the field, for anything else."""
     first, now = _date("lmp", lmp), _date("today", today)
     if not PHONE_DAYS[0] <= now <= PHONE_DAYS[1]:
-        raise ValueError(f"today must be a date from {PHONE_DAYS[0].year} to "
-                         f"{PHONE_DAYS[1].year}: is the phone's date set?")
+        raise PhoneDateError(f"today must be a date from {PHONE_DAYS[0].year} to "
+                             f"{PHONE_DAYS[1].year}: is the phone's date set?")
     return first.isoformat(), now.isoformat(), _weeks_between(first, now)
 
 

@@ -79,7 +79,7 @@ import cv2
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from edge.exam.screening import MAX_LMP_DAYS, day_of_exam, read_lmp, screening
+from edge.exam.screening import MAX_LMP_DAYS, PhoneDateError, day_of_exam, read_lmp, screening
 from edge.models.planes import heatmap
 from edge.models.quality import Rules
 from edge.uplink.messages import read_temperature_c
@@ -134,6 +134,9 @@ PLAIN_REQUEST_LINE = re.compile(rb"[A-Z]{1,16} [\x21-\x7e]{1,8000} HTTP/1\.[01]"
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every TLS ClientHello (RFC 8446, 5.1)
 METHOD_LETTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # what an HTTP request starts with
 
+# Which refusal a 4xx to the dates is, for the pages to say in the midwife's language
+# (app.js, report.js): the body is the device's English words, for anything else.
+REFUSED = "X-Sonoedge-Refused"
 CERT_CHECK_S = 3600.0  # how often a running page looks at its certificate's end date
 MAX_BODY = 4096
 MAX_WS_MESSAGE = 1024
@@ -1185,6 +1188,8 @@ class WebServer:
         however late she enters them."""
         try:
             lmp, today, weeks = read_lmp(lmp, day_of_exam(today, ended_ts, time.time()))
+        except PhoneDateError as exc:  # the pages say it in their language: named apart
+            raise web.HTTPBadRequest(text=str(exc), headers={REFUSED: "phone-date"}) from None
         except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         return {"lmp": lmp, "today": today}, weeks

@@ -776,8 +776,8 @@ async function lmpRefusal(res, sent) {
   if (res.status === 409) return { key: "screen.lmp_refused_changed" };
   if (res.status === 503) return { key: "screen.lmp_busy" };  // kept none: nothing pushed out
   // the tablet's own date out of the years a phone's can be (edge/exam/screening.py
-  // read_lmp): a clock never set (1970), not the period she typed
-  if (res.status === 400 && /^today must be a date from/.test(text)) {
+  // PhoneDateError): a clock never set (1970), not the period she typed
+  if (res.status === 400 && res.headers.get("X-Sonoedge-Refused") === "phone-date") {
     return { key: "screen.lmp_refused_phone_date", vars: { today: sent.today } };
   }
   const weeks = state && state.screening && state.screening.lmp_max_weeks;

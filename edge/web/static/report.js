@@ -62,11 +62,15 @@
           return;
         }
         const said = await res.text();
+        // each refusal the device names, in the report's language; its own words otherwise
+        const byStatus = { 400: dates.dataset.refused, 401: dates.dataset.session,
+                           404: dates.dataset.gone, 409: dates.dataset.running,
+                           503: dates.dataset.busy };
         // a 400 for the tablet's own date (a clock never set: 1970) is not the period's range
-        error.textContent = res.status === 400 && /^today must be a date from/.test(said)
+        error.textContent = res.status === 400
+            && res.headers.get("X-Sonoedge-Refused") === "phone-date"
           ? (dates.dataset.phoneDate || "").replace("{today}", today())
-          : res.status === 400 ? dates.dataset.refused
-            : res.status === 503 ? dates.dataset.busy : said || dates.dataset.failed;
+          : byStatus[res.status] || said || dates.dataset.failed;
       } catch (e) {
         error.textContent = dates.dataset.failed;
       } finally {
