@@ -158,6 +158,10 @@ def describe(kind: str) -> str:
         return (f"small U-Net, double conv3x3-BN-ReLU per level, widths "
                 f"{list(STUDENT_WIDTHS)}, max-pool down, bilinear up + concat skips, 1x1 "
                 "head to 1 logit map")
+    if kind.startswith("deeplab_separable"):
+        return ("DeepLabv3+-lite with each 3x3 conv but the stem's first split into a "
+                "depthwise 3x3 and a pointwise 1x1" + (", widths 24-32-64-96, ASPP 64, skip 24"
+                                                       if kind.endswith("_wide") else ""))
     return ("DeepLabv3+-lite: strided conv encoder 16-24-48 to 1/8, dilated (2) 64-ch block, "
             "ASPP 1x1 + 3x3 rates 2/4/6 (48 ch, no image pooling), 1x1 low-level skip from "
             "1/4, two 3x3 decoder convs, bilinear x4")

@@ -65,3 +65,11 @@ def test_a_tablets_unset_clock_is_a_named_refusal_not_english_words(box):  # noq
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, context=context, timeout=10)
     assert refused.value.code == 400 and refused.value.headers[REFUSED] == "phone-date"
+
+
+def test_the_report_refusals_are_in_every_catalog():
+    catalogs = Path(__file__).resolve().parents[1] / "edge" / "web" / "i18n"
+    for path in sorted(catalogs.glob("*.json")):
+        text = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("report.lmp_running", "report.lmp_gone", "report.lmp_session"):
+            assert text.get(key, "").strip(), (path.name, key)

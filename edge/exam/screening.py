@@ -98,7 +98,8 @@ def read_lmp(lmp: object, today: object) -> tuple[str, str, float]:
     """The page's two dates, checked (strings of at most 10 characters, ISO dates, a phone's
     date within PHONE_DAYS, a period within MAX_LMP_DAYS before it): (lmp, today) as
     YYYY-MM-DD and the weeks between. ValueError, with a message for the midwife's page
-    that names the field, for anything else."""
+    that names the field, for anything else; PhoneDateError, a ValueError, for the phone's
+    own date (the page names it apart: edge/web/server.py's REFUSED header)."""
     first, now = _date("lmp", lmp), _date("today", today)
     if not PHONE_DAYS[0] <= now <= PHONE_DAYS[1]:
         raise PhoneDateError(f"today must be a date from {PHONE_DAYS[0].year} to "
