@@ -11,12 +11,13 @@ and the rest are counted and said in one summary line when the window ends.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -147,10 +148,43 @@ def _filter() -> OneLineBadRequests | None:
     return next((f for f in logger.filters if isinstance(f, OneLineBadRequests)), None)
 
 
+MAX_ERROR_BODY = 120  # characters of the one line a malformed request is answered with
+ECHOED = re.compile(r":\s*(?:b'|b\"|bytearray\()")  # where aiohttp's text quotes the bytes
+
+
+def one_line_error_body(message: str) -> str:
+    """aiohttp's parser text for a malformed request runs over three lines, echoing the
+    client's bytes with a caret under the fault ("Invalid char in url path:\n\n  b'GET
+    /\\xff HTTP/1.1'\n         ^"): its first line, without the colon, says the same."""
+    first = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    first = ECHOED.split(first, 1)[0].rstrip(" :.")  # "...: bytearray(b'/aaaa...')."
+    return first[:MAX_ERROR_BODY] or "Bad Request"
+
+
+def _one_line_error_bodies() -> None:
+    """aiohttp answers a request it cannot parse (a 4xx) with that text as the body, from
+    `RequestHandler.handle_error`, which neither server can choose (web.run_app makes its
+    handlers itself): the method is wrapped once so that body is one line."""
+    handler = web_protocol.RequestHandler
+    if getattr(handler.handle_error, "one_line", False):
+        return
+    original = handler.handle_error
+
+    def handle_error(self, request, status=500, exc=None, message=None):
+        if message and 400 <= status < 500:
+            message = one_line_error_body(message)
+        return original(self, request, status, exc, message)
+
+    handle_error.one_line = True  # type: ignore[attr-defined]
+    handler.handle_error = handle_error  # type: ignore[method-assign]
+
+
 def one_line_bad_requests() -> None:
-    """Put the filter on aiohttp's server logger, once however many servers start."""
+    """Put the filter on aiohttp's server logger, once however many servers start; and
+    answer a malformed request with one line (`one_line_error_body`)."""
     if _filter() is None:
         logging.getLogger("aiohttp.server").addFilter(OneLineBadRequests())
+    _one_line_error_bodies()
 
 
 def flush_bad_request_lines(everything: bool = False) -> None:
