@@ -111,7 +111,8 @@ def _head_frames(path: dict) -> str:
 def _avx2_section(teacher: Path, student_int8: Path, frame: Path,
                   full: dict[str, dict]) -> None:
     """Issue 13's second kind of CPU, an AVX2 EPYC without VNNI, as this CPU with AVX-512
-    and VNNI hidden (bench/isa.py): the same models and head-plane path in the same run.
+    and VNNI hidden (bench/isa.py): the same models and head-plane path in the same run
+    (called only with a shipped head segmenter).
     `full`: this run's head-plane path figures with every instruction, for the ratios."""
     from bench.isa import hidden_isa_env
 
@@ -122,10 +123,8 @@ def _avx2_section(teacher: Path, student_int8: Path, frame: Path,
         return
     print(f"{why}. This core's clock and caches with AVX2's kernels, not that CPU: the "
           "ratios travel, the milliseconds only roughly.\n")
-    models = [("teacher SonoNet-16 fp32", teacher), ("student int8 (shipped)", student_int8)]
-    segmenter = REPO / "models" / "head_segmenter.json"
-    if segmenter.is_file():
-        models.append(("head segmenter int8 (shipped)", segmenter))
+    models = [("teacher SonoNet-16 fp32", teacher), ("student int8 (shipped)", student_int8),
+              ("head segmenter int8 (shipped)", REPO / "models" / "head_segmenter.json")]
     rows = model_table(models, frame, env=env)
     print(format_table(rows))
     by = {(r.label, r.threads): r.median_ms for r in rows}
@@ -133,8 +132,6 @@ def _avx2_section(teacher: Path, student_int8: Path, frame: Path,
         t, s8 = by[("teacher SonoNet-16 fp32", threads)], by[("student int8 (shipped)", threads)]
         print(f"\nratio at {threads} thread(s), AVX2 alone: student int8 / teacher fp32 = "
               f"{s8 / t:.3f} ({s8:.2f} / {t:.2f} ms)")
-    if not segmenter.is_file():
-        return
     for name, decoded in (("back to back", False), ("decoded beforehand", True)):
         path = time_device_path(student_int8, 2, BENCH_PIXEL_SIZE_MM, decoded=decoded,
                                 env=env)

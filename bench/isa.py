@@ -15,21 +15,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+from quantize.manifest import read_cpuinfo
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "bench" / "isa_mask.c"
 AVX512F, AVX512_VNNI, AVX_VNNI, AVX2, MASK_ON = 1, 2, 4, 8, 256
 
 
 def cpu_flags(cpuinfo: str) -> set[str]:
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+    """The flags of /proc/cpuinfo's text (quantize.manifest.read_cpuinfo)."""
+    return read_cpuinfo(cpuinfo.splitlines())[1]
 
 
 def _read_flags() -> set[str]:
     try:
-        return cpu_flags(Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace"))
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            return read_cpuinfo(info)[1]
     except OSError:
         return set()
 

@@ -427,7 +427,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     stats = RunStats(journal=journal)
     switch_seen: float | None = None  # when the loop first saw new models installed
     next_health = time.monotonic() + mqtt.health_interval_s
-    limit = settings.loop.max_frames
+    limit, every = settings.loop.max_frames, settings.loop.log_every
     try:
         with _StopFlag(source) as stop, source:
             dog.ready(f"scoring {source.name}")
@@ -461,7 +461,6 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                     if web is not None:
                         web.after_frame(frame.image, record, shown if steady is not None else None,
                                         scorer.last_class_map, frame.t_mono, tracker)
-                    every = settings.loop.log_every
                     if result.error or (every and stats.frames % every == 0):
                         echo(format_line(result))
                 if time.monotonic() >= next_health:

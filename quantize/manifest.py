@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from pathlib import Path
 
 from edge.models.manifest import sha256_of as sha256_file
@@ -62,22 +63,31 @@ def latency_how(threads: int, source: str) -> str:
             f"num_threads={threads}, {build_box()}, shared with other jobs; {source}")
 
 
+def read_cpuinfo(lines: Iterable[str]) -> tuple[str | None, set[str]]:
+    """(the first CPU's model name, its flags) from /proc/cpuinfo's lines (x86 says
+    `flags`, arm64 `Features`), at most 100,000 lines read."""
+    name, flags = None, set()
+    for line in itertools.islice(lines, 100_000):
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model") and name is None:
+            name = value.strip()
+        elif key.strip() in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return name, flags
+
+
 def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """This machine's CPU name and the instructions int8 speed hangs on, for any latency
     figure to carry (`make bench` prints it first)."""
     import platform
 
-    name, flags = platform.machine(), set()
+    name, flags = None, set()
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as info:
-            for line in itertools.islice(info, 100_000):
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model") and name == platform.machine():
-                    name = value.strip()
-                elif key.strip() in ("flags", "Features") and not flags:
-                    flags = set(value.split())  # x86 says flags, arm64 Features
+            name, flags = read_cpuinfo(info)
     except OSError:
         pass
+    name = name or platform.machine()
     if "asimd" in flags:  # arm64 (a Pi 5's Cortex-A76 has dot products, no i8mm)
         return f"{name}, " + ", ".join(
             [label for flag, label in (("asimddp", "dot product"), ("i8mm", "i8mm"))

@@ -99,16 +99,16 @@ class DeepLabLite(nn.Module):
                  rates: tuple[int, ...] = (2, 4, 6), low: int = 16, separable: bool = False):
         super().__init__()
         w1, w2, w3, w4 = widths
-        conv_bn = sep_conv_bn if separable else globals()["conv_bn"]
-        self.stem = nn.Sequential(conv_bn(1, w1, stride=2), conv_bn(w1, w1))          # 1/2
-        self.enc2 = nn.Sequential(conv_bn(w1, w2, stride=2), conv_bn(w2, w2))         # 1/4
-        self.enc3 = nn.Sequential(conv_bn(w2, w3, stride=2), conv_bn(w3, w3))         # 1/8
-        self.enc4 = nn.Sequential(conv_bn(w3, w4, dilation=2), conv_bn(w4, w4, dilation=2))
-        self.aspp = nn.ModuleList([conv_bn(w4, aspp, k=1)] +
-                                  [conv_bn(w4, aspp, dilation=r) for r in rates])
-        self.project = conv_bn(aspp * (len(rates) + 1), aspp, k=1)
-        self.low = conv_bn(w2, low, k=1)
-        self.decode = nn.Sequential(conv_bn(aspp + low, aspp), conv_bn(aspp, aspp))
+        block = sep_conv_bn if separable else conv_bn
+        self.stem = nn.Sequential(block(1, w1, stride=2), block(w1, w1))          # 1/2
+        self.enc2 = nn.Sequential(block(w1, w2, stride=2), block(w2, w2))         # 1/4
+        self.enc3 = nn.Sequential(block(w2, w3, stride=2), block(w3, w3))         # 1/8
+        self.enc4 = nn.Sequential(block(w3, w4, dilation=2), block(w4, w4, dilation=2))
+        self.aspp = nn.ModuleList([block(w4, aspp, k=1)] +
+                                  [block(w4, aspp, dilation=r) for r in rates])
+        self.project = block(aspp * (len(rates) + 1), aspp, k=1)
+        self.low = block(w2, low, k=1)
+        self.decode = nn.Sequential(block(aspp + low, aspp), block(aspp, aspp))
         self.head = nn.Conv2d(aspp, 1, 1)
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -10,6 +10,7 @@ and the rest are counted and said in one summary line when the window ends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -163,13 +164,15 @@ def one_line_error_body(message: str) -> str:
 
 def _one_line_error_bodies() -> None:
     """aiohttp answers a request it cannot parse (a 4xx) with that text as the body, from
-    `RequestHandler.handle_error`, which neither server can choose (web.run_app makes its
-    handlers itself): the method is wrapped once so that body is one line."""
+    `RequestHandler.handle_error`. The dashboard's `web.run_app` makes its handlers itself
+    (a subclass would need aiohttp's private `Server._kwargs`), so the method is wrapped
+    once, for both servers alike, so that body is one line."""
     handler = web_protocol.RequestHandler
     if getattr(handler.handle_error, "one_line", False):
         return
     original = handler.handle_error
 
+    @functools.wraps(original)
     def handle_error(self, request, status=500, exc=None, message=None):
         if message and 400 <= status < 500:
             message = one_line_error_body(message)

@@ -549,10 +549,10 @@ class LiveSource(Source):
         brought none."""
         tick = self.settings.idle_tick_s if idle else None
         while True:
-            since = time.monotonic()
+            until = None if tick is None else time.monotonic() + tick
             with self._cond:
                 while self._slot is None and not self._done and not self.closed:
-                    if tick is not None and time.monotonic() - since >= tick:
+                    if until is not None and time.monotonic() >= until:
                         break
                     self._cond.wait(self.settings.poll_s)
                 if self.closed or (self._slot is None and self._done):

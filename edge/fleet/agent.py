@@ -256,17 +256,15 @@ class FleetAgent:
         without a word (the retained offer of the bundle this box took)."""
         if offer.group != self.cfg.group or offer.bundle_id in self._refused():
             return False
-        running = self.fleet.status()["bundle"]
-        known = [v for v in (self.fleet.state.get("highest"), running)
-                 if isinstance(v, str) and v not in (FACTORY, "none")]
+        top = self.fleet.floor()
         key = parse_version(offer.version)
-        if all(key > parse_version(v) for v in known):
+        if top is None or key > parse_version(top):
             return True
-        if running in known and key == parse_version(running):
+        running = self.fleet.status()["bundle"]
+        if running not in (FACTORY, "none") and key == parse_version(running):
             return False
         if offer.bundle_id not in self._ignored:
             _keep(self._ignored, offer.bundle_id, True)
-            top = max(known, key=parse_version)
             what = "older than" if key < parse_version(top) else "not newer than"
             failed = " (it failed here)" if self.fleet._failed(top) else ""
             self._error(f"offer {offer.version[:40]} ignored: {what} {top}{failed}; re-sign "

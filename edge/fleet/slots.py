@@ -444,6 +444,13 @@ class Fleet:
         info = self.slot_info(slot)
         return info.version if info else "none"
 
+    def floor(self) -> str | None:
+        """The version a new bundle must be newer than: the highest this device has
+        installed, or the one it runs (never the factory set); None before any."""
+        known = [v for v in (self.state.get("highest"), self._version(self.active_slot()))
+                 if isinstance(v, str) and v not in (FACTORY, "none")]
+        return max(known, key=parse_version, default=None)
+
     def policy(self, manifest: BundleManifest, app: str) -> None:
         """Refuse a bundle for another group, one that needs a newer app, or one not newer
         than every version this device has installed (a replay or a downgrade)."""
@@ -455,9 +462,7 @@ class Fleet:
             raise BundleError(f"bundle {manifest.version} needs sonoedge "
                               f"{manifest.min_app_version} or newer; this is {app}")
         active = self._version(self.active_slot())
-        floor = [v for v in (self.state.get("highest"), active)
-                 if isinstance(v, str) and v not in (FACTORY, "none")]
-        top = max(floor, key=parse_version, default=None)
+        top = self.floor()
         if top is not None and manifest.version_key <= parse_version(top):
             what = "already installed" if manifest.version == active else \
                 "not newer than" if manifest.version == top else "older than"

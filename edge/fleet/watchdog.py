@@ -97,18 +97,12 @@ class Watchdog:
             try:
                 item = next(iterator)
             except StopIteration:
-                self._waiting_on = None
                 return
-            except BaseException:
-                self._waiting_on = None
-                raise
-            self._waiting_on = None  # the loop works on the item: stuck there, it is hung
-            if is_idle is not None and is_idle(item):
-                if waiting is not None and self._grabber_alive(waiting, time.monotonic()):
-                    self.progress()
-                yield item
-                continue
-            self.progress()
+            finally:
+                self._waiting_on = None  # the loop works on the item: stuck there, it is hung
+            if is_idle is None or not is_idle(item) or (
+                    waiting is not None and self._grabber_alive(waiting, time.monotonic())):
+                self.progress()
             yield item
 
     def _grabber_alive(self, source, now: float) -> bool:
