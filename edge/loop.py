@@ -385,8 +385,6 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     if source.demo is not None and source.demo.kind == "phantom":
         echo(f"demo source is a generated phantom: {source.demo.description}")
     run_id = journal.start_run(source.name, models)
-    if fleet is not None:
-        fleet.source = source
     dog = Watchdog(stall_s=settings.loop.stall_s)  # systemd's WatchdogSec (edge/fleet)
 
     def exam_ended(session: ExamSession, body: dict) -> None:

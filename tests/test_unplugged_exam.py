@@ -22,10 +22,11 @@ from edge.capture.sources import LiveSettings, LiveSource
 from edge.config import load_settings
 from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamSettings, ExamTracker
-from edge.loop import run
+from edge.loop import RESTART_EXIT, run
 from edge.web.auth import write_pin
 from edge.web.live import LoopHook
 from tests.servers import free_port
+from tests.test_fleet import device_config, fleet_kit  # noqa: F401
 from tests.test_web_live import _Grabber
 from tests.web_harness import HEADS, PIN, _screen, wait_for
 
@@ -205,3 +206,53 @@ def test_a_live_grabber_with_idle_ticks_hands_none_each_tick_without_a_frame():
     finally:
         source.close()
     assert list(source) == []  # closed: the plain iterator ends, it never hands None
+
+
+def test_new_models_wait_for_an_unplugged_exams_gap_then_the_loop_restarts(
+        tmp_path, data_dir, monkeypatch, fleet_kit):  # noqa: F811
+    """New models installed mid-exam, then the grabber unplugged: the fleet thread closed
+    the silent grabber to wake the loop, which ended her exam at once as "source_end". The
+    loop's idle ticks see the restart themselves: the exam ends by its gap, then the loop
+    restarts on the new models."""
+    plugged, grabbers, sources = _unpluggable_grabber(data_dir, 7, monkeypatch)
+    agents = []
+    real_start_fleet = edge.loop.start_fleet
+
+    def start_fleet(*args, **kwargs):
+        agent, models_dir = real_start_fleet(*args, **kwargs)
+        agents.append(agent)
+        return agent, models_dir
+
+    monkeypatch.setattr(edge.loop, "start_fleet", start_fleet)
+    cfg = device_config(tmp_path, fleet_kit)
+    cfg.write_text(cfg.read_text() + f"""
+[source]
+spec = "v4l2:/dev/video9"
+backoff_initial_s = 0.3
+backoff_max_s = 0.5
+[exam]
+end_gap_s = {END_GAP_S}
+""")
+    said: list[tuple[float, str]] = []
+    exit_code: list[int] = []
+    loop = threading.Thread(
+        target=lambda: exit_code.append(run(load_settings(cfg), echo=lambda line: said.append(
+            (time.monotonic(), line)))), daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: grabbers and grabbers[0].i >= 20, 90, "the woman's heads")
+        agents[0].request_restart()  # what a bundle installed now does
+        time.sleep(1.5)  # frames still come: her exam goes on
+        assert loop.is_alive() and not [line for _, line in said if " ended " in line]
+        plugged.clear()
+        unplugged = time.monotonic()
+        wait_for(lambda: exit_code, END_GAP_S + 15, "the loop to restart")
+    finally:
+        plugged.clear()
+        for source in sources:
+            source.close()
+        loop.join(60)
+    ended = [(t, line) for t, line in said if ", ended by " in line]
+    assert len(ended) == 1 and "ended by gap" in ended[0][1], ended
+    assert ended[0][0] - unplugged >= END_GAP_S - 0.5  # not cut before its gap
+    assert exit_code == [RESTART_EXIT]

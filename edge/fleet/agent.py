@@ -118,8 +118,6 @@ class FleetAgent:
         self.uplink = None
         self.loaded_slot = fleet.active_slot()
         self.restart = threading.Event()
-        self.source = None  # closed when a restart is wanted, so a waiting loop wakes up
-        self._grabbed_seen: int | None = None  # the live source's frame count, last pass
         self.inbox: queue.Queue = queue.Queue(MAX_INBOX)
         self.download: Download | None = None
         self.progress = ""
@@ -195,8 +193,6 @@ class FleetAgent:
                 log.info("fleet: models switched to %s; the loop restarts on them once no "
                          "exam is open", self.fleet.status()["bundle"])
                 self.request_restart()
-            elif self.restart.is_set():
-                self._wake_idle_loop()
         except OSError as exc:  # the card's (full, read-only, gone): one line, tried again
             log.warning("fleet: %s; tried again at the next pass", one_line(exc))
         except Exception:  # never let the thread die: the loop must go on scoring
@@ -204,21 +200,10 @@ class FleetAgent:
 
     def request_restart(self) -> None:
         """New models are in place: the loop restarts on them once the exam in progress
-        has ended (`edge.loop.restart_due`). A live source is closed only while it hands
-        the loop no frames (a grabber unplugged: the loop waits on it and would not see the
-        request); closed while frames came, it ended the midwife's exam mid-scan."""
+        has ended (`edge.loop.restart_due`). Nothing here touches the source: a grabber
+        that hands no frames still gives the loop its idle ticks, where it checks, and
+        closing it would end the midwife's exam as "source_end" before its gap."""
         self.restart.set()
-        self._wake_idle_loop()
-
-    def _wake_idle_loop(self) -> None:
-        source = self.source
-        if source is None or not getattr(source, "live", False):
-            return
-        grabbed = getattr(source, "frames_grabbed", None)
-        if isinstance(grabbed, int) and grabbed != self._grabbed_seen:
-            self._grabbed_seen = grabbed  # frames come: the loop sees the request itself
-            return
-        source.close()  # none since the last pass (a second): the loop waits; wake it
 
     def _keys_or_none(self):
         from edge.fleet.keys import load_trusted_keys
