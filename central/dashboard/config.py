@@ -69,6 +69,12 @@ BACKLOG_WARN = 100  # messages queued on the box: about a clinic day of exams an
 # Messages missing in the period's sequence holes, as a share of what the box sent: a few in
 # a thousand go missing on any rural link; more than 1% is a link or an outbox to look at.
 MISSING_WARN_SHARE = 0.01
+# A box's clock this far off the collector's (queries.clock_offset): a Pi without its RTC
+# battery and no network time boots at the time it was switched off, and its exams are
+# then dated days or weeks early (the clinic looks silent while it works). Both signals
+# arrive within seconds on a live link, so an hour is far above their noise (a health
+# message waits for its next interval at most once the link is back).
+CLOCK_OFF_FLAG_S = 3600.0
 
 # -- devices: their model-update (fleet) errors ----------------------------------------------
 FLEET_ERROR_CHARS = 160  # as the wire's health.fleet.error (and the device's own cut)

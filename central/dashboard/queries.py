@@ -658,6 +658,7 @@ class DeviceRow:
     bundle: dict
     health_ts: float | None
     received: int = 0  # messages that take a seq (exam, health, dates) received in the period
+    clock_behind_s: float | None = None  # clock_offset: negative when the box's is ahead
     flags: list[str] = field(default_factory=list)
     clinic_name: str = ""  # from the district map; "" when it gives none
 
@@ -680,9 +681,10 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
         f"day <= ? AND {w} GROUP BY device_id", (per.first_day, per.last_day, *p))}
     out = []
     for (dev, clinic, last, max_seq, _hseq, health_ts, health, st_rec, st_state, st_seq,
-         _pending) in db.query(
+         _pending, health_lag, online_lag) in db.query(
             "SELECT device_id, clinic_id, last_received, max_seq, health_seq, health_ts, "
-            "health, status_received, status_state, status_seq, status_pending "
+            "health, status_received, status_state, status_seq, status_pending, "
+            "health_lag_s, online_lag_s "
             f"FROM dash.device_latest WHERE {w} ORDER BY clinic_id, device_id", p):
         h = json.loads(health) if health else {}
         row = DeviceRow(dev, clinic, last, st_state, st_rec, h.get("pending"),
@@ -690,10 +692,29 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
                         dead.get(dev, 0), h.get("disk_free_mb"), h.get("temp_c"),
                         h.get("models") or {}, h.get("bundle") or {}, health_ts)
         row.received = received.get(dev, 0)
+        row.clock_behind_s = clock_offset(health_lag, online_lag)
         row.clinic_name = names.get(clinic, "")
         row.flags = device_flags(row, now)
         out.append(row)
     return out
+
+
+def clock_offset(health_lag_s: float | None, online_lag_s: float | None) -> float | None:
+    """How far the box's clock is behind the collector's (negative: ahead), from two lags
+    (received minus the box's time): of its latest health message, and of its latest
+    "online" status, sent at a connect and never queued. A backlog delays the first, a
+    collector down at that connect (the retained status read later) the second: a clock
+    behind delays both, so the smaller is the clock's, and both under 0 put it ahead.
+    None while either is unknown."""
+    if health_lag_s is None or online_lag_s is None:
+        return None
+    low, high = sorted((float(health_lag_s), float(online_lag_s)))
+    return low if low > 0 else high if high < 0 else 0.0
+
+
+def _span(seconds: float) -> str:
+    days = seconds / C.DAY_S
+    return f"{days:.0f} days" if days >= 2 else f"{seconds / 3600:.0f} h"
 
 
 def device_flags(d: DeviceRow, now: float) -> list[str]:
@@ -712,6 +733,9 @@ def device_flags(d: DeviceRow, now: float) -> list[str]:
         flags.append(f"{d.dead_letters} dead letter{'' if d.dead_letters == 1 else 's'}")
     if d.missing and d.missing > C.MISSING_WARN_SHARE * (d.received + d.missing):
         flags.append(f"{d.missing} message{'' if d.missing == 1 else 's'} lost")
+    if d.clock_behind_s is not None and abs(d.clock_behind_s) >= C.CLOCK_OFF_FLAG_S:
+        way = "behind: its exams are dated early" if d.clock_behind_s > 0 else "ahead"
+        flags.append(f"clock {_span(abs(d.clock_behind_s))} {way}")
     if d.bundle.get("rollback"):
         flags.append("bundle rolled back")
     if d.bundle.get("error"):

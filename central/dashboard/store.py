@@ -64,7 +64,7 @@ from wire.shown import one_line, read_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "12"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "13"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -135,7 +135,8 @@ _DASH_TABLES = [
         last_received DOUBLE PRECISION, max_seq BIGINT NOT NULL,
         health_seq BIGINT, health_ts DOUBLE PRECISION, health TEXT,
         status_received DOUBLE PRECISION, status_state TEXT, status_seq BIGINT,
-        status_pending BIGINT)""",
+        status_pending BIGINT, health_lag_s DOUBLE PRECISION,
+        online_received DOUBLE PRECISION, online_lag_s DOUBLE PRECISION)""",
     # A device's model-update errors (health.fleet.error), one row per week, device, clinic,
     # error and the bundle installed then: how many health messages carried it, the first
     # and last. Counts add up, so a rebuild from the messages gives the same rows.
@@ -385,6 +386,14 @@ def day_of(device_ts: float | None, received_ts: float) -> tuple[float, int]:
     return ts, int(ts // C.DAY_S)
 
 
+def _lag(device_ts: float | None, received_ts: float) -> float | None:
+    """How long after the box's clock the collector received a message: its queueing
+    and the link, plus how far the box's clock is behind (queries.clock_offset)."""
+    if device_ts is None or not math.isfinite(device_ts):
+        return None
+    return round(received_ts - device_ts, 3)
+
+
 def exam_day_of(ended_ts: object, device_ts: float | None, received_ts: float
                 ) -> tuple[float, int]:
     """(ts, UTC day number) dating an exam: when it ended by the box's clock (the summary's
@@ -531,11 +540,17 @@ def _add(db: Db, rows: list[tuple]) -> None:
                 e[0], e[1], e[2] = e[0] + 1, min(e[1], ts), max(e[2], ts)
             if kind == "health" and int(seq) >= lat.get("health_seq", -1):
                 lat["health_seq"], lat["health_ts"] = int(seq), ts
+                lat["health_lag_s"] = _lag(device_ts, received)
                 lat["health"] = json.dumps(_health_digest(data), separators=(",", ":"))
             elif kind == "status" and received >= lat.get("status_received", -1.0):
                 lat["status_received"], lat["status_state"] = received, str(data.get("state"))
                 lat["status_seq"] = int(seq)
                 lat["status_pending"] = int(data.get("pending") or 0)
+            if (kind == "status" and data.get("state") == "online"
+                    and received >= lat.get("online_received", -1.0)):
+                # sent at the connect it announces, never queued: its lag is the clock's
+                lat["online_received"] = received
+                lat["online_lag_s"] = _lag(device_ts, received)
             if kind == "dates" and (c := _correction(data, int(seq), msg_id, ts)) is not None:
                 before = corrections.get((dev, c.exam_id))
                 if before is None or c.seq > before.seq:  # the later entry (_UPSERT_EXAM_DATES)
@@ -1110,15 +1125,20 @@ def _upsert_latest(db: Db, dev: str, lat: dict) -> None:
     db.execute("UPDATE dash.device_latest SET max_seq = ? WHERE device_id = ? AND max_seq < ?",
                (lat["max_seq"], dev, lat["max_seq"]))
     if "health_seq" in lat:
-        db.execute("UPDATE dash.device_latest SET health_seq = ?, health_ts = ?, health = ? "
-                   "WHERE device_id = ? AND (health_seq IS NULL OR health_seq <= ?)",
-                   (lat["health_seq"], lat["health_ts"], lat["health"], dev, lat["health_seq"]))
+        db.execute("UPDATE dash.device_latest SET health_seq = ?, health_ts = ?, health = ?, "
+                   "health_lag_s = ? WHERE device_id = ? AND (health_seq IS NULL OR "
+                   "health_seq <= ?)", (lat["health_seq"], lat["health_ts"], lat["health"],
+                                        lat["health_lag_s"], dev, lat["health_seq"]))
     if "status_received" in lat:
         db.execute("UPDATE dash.device_latest SET status_received = ?, status_state = ?, "
                    "status_seq = ?, status_pending = ? WHERE device_id = ? AND "
                    "(status_received IS NULL OR status_received <= ?)",
                    (lat["status_received"], lat["status_state"], lat["status_seq"],
                     lat["status_pending"], dev, lat["status_received"]))
+    if "online_received" in lat:
+        db.execute("UPDATE dash.device_latest SET online_received = ?, online_lag_s = ? "
+                   "WHERE device_id = ? AND (online_received IS NULL OR online_received <= ?)",
+                   (lat["online_received"], lat["online_lag_s"], dev, lat["online_received"]))
 
 
 RESENT_MAX_BATCHES = 100  # per refresh; the next refresh goes on from the watermark

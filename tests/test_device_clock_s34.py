@@ -1,0 +1,109 @@
+"""A box whose clock runs behind is named on the devices page (left since the sixth
+session of 5 December). A Raspberry Pi without its RTC battery and no network time boots at
+the time it was switched off: its exams are dated weeks early and its clinic looks silent
+while it works, and nothing told the district why."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+
+import pytest
+
+from central import collector
+from central.dashboard import pages, queries
+from central.dashboard import config as C
+from central.dashboard.store import open_db, refresh
+from central.db import Store
+from tests import conftest_mqtt as fx
+from tests.test_central import message
+
+postgres = fx.postgres  # fixture
+REGISTRY = {"box-late": "clinic-1", "box-backlog": "clinic-1", "box-retained": "clinic-1",
+            "box-ahead": "clinic-1", "box-right": "clinic-1"}
+HOUR = 3600.0
+
+
+def _row(kind: str, device: str, seq: int, device_ts: float, received: float,
+         **extra) -> collector.Row:
+    payload = message(kind, device=device, seq=seq, ts=round(device_ts, 3), **extra)
+    row = collector.check(f"sonoedge/{device}/{kind}", json.dumps(payload).encode(), 4096,
+                          "test", received, REGISTRY)
+    assert isinstance(row, collector.Row), row
+    return row
+
+
+def _district(url: str, now: float) -> None:
+    late = 60 * C.DAY_S
+    rows = [
+        # 60 days behind: every message arrives 60 days "after" it was made
+        _row("status", "box-late", 10, now - late - 2 * HOUR - 1, now - 2 * HOUR,
+             state="online"),
+        _row("health", "box-late", 11, now - late - 2 * HOUR + 60, now - 2 * HOUR + 61),
+        # a right clock, five days offline: the backlog's latest health arrives late, its
+        # connect's status at once; its last will, made at that connect, arrives later
+        _row("status", "box-backlog", 20, now - HOUR, now - HOUR + 0.5, state="online"),
+        _row("health", "box-backlog", 21, now - 5 * C.DAY_S, now - HOUR + 3),
+        _row("status", "box-backlog", 21, now - HOUR, now - 60, state="offline"),
+        # a right clock whose connect the collector missed: the retained status read 3 days on
+        _row("status", "box-retained", 30, now - 3 * C.DAY_S, now, state="online"),
+        _row("health", "box-retained", 31, now - 30, now - 28),
+        # three hours ahead
+        _row("status", "box-ahead", 40, now + 3 * HOUR, now, state="online"),
+        _row("health", "box-ahead", 41, now + 3 * HOUR - 60, now - 59),
+        # no connect seen yet: unknown, not flagged
+        _row("health", "box-right", 50, now - 5 * C.DAY_S, now),
+    ]
+    store = Store(url)
+    try:
+        assert store.store(rows, []) == (len(rows), 0)
+    finally:
+        store.close()
+
+
+def _devices(url: str, now: float) -> dict[str, queries.DeviceRow]:
+    db = open_db(url)
+    try:
+        refresh(db)
+        return {d.device_id: d for d in queries.devices_page(
+            db, queries.Scope(None), queries.period(8), now=now)}
+    finally:
+        db.close()
+
+
+def _clock_flags(d: queries.DeviceRow) -> list[str]:
+    return [f for f in d.flags if f.startswith("clock ")]
+
+
+def _check(url: str) -> None:
+    now = time.time()
+    _district(url, now)
+    devices = _devices(url, now)
+    late = devices["box-late"]
+    assert _clock_flags(late) == ["clock 60 days behind: its exams are dated early"]
+    assert late.clock_behind_s == pytest.approx(60 * C.DAY_S + 1, abs=1)
+    assert _clock_flags(devices["box-ahead"]) == ["clock 3 h ahead"]
+    for right in ("box-backlog", "box-retained"):  # late for another reason: not the clock
+        assert _clock_flags(devices[right]) == [], devices[right].flags
+        assert abs(devices[right].clock_behind_s) < 5
+    assert devices["box-right"].clock_behind_s is None and not _clock_flags(devices["box-right"])
+    table = {r["device_id"]: r for r in csv.DictReader(io.StringIO(
+        pages.devices_csv(list(devices.values()))))}
+    assert float(table["box-late"]["clock_behind_s"]) == pytest.approx(late.clock_behind_s)
+    assert "clock 60 days behind" in table["box-late"]["needs_a_visit"]
+    assert table["box-right"]["clock_behind_s"] == ""
+
+
+def test_a_clock_behind_or_ahead_is_flagged_and_a_backlog_or_a_late_status_is_not(tmp_path):
+    _check(str(tmp_path / "c.sqlite3"))
+
+
+def test_the_clock_is_read_alike_on_postgresql(postgres):
+    import psycopg
+
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS dash CASCADE")
+        conn.execute("DROP TABLE IF EXISTS messages, dead_letters, resent")
+    _check(postgres.url)
