@@ -13,8 +13,8 @@ import time
 import pytest
 
 from central import collector
-from central.dashboard import pages, queries
 from central.dashboard import config as C
+from central.dashboard import pages, queries
 from central.dashboard.store import open_db, refresh
 from central.db import Store
 from tests import conftest_mqtt as fx
