@@ -85,6 +85,7 @@ from edge.models.quality import Rules
 from edge.uplink.messages import read_temperature_c
 from edge.web import i18n
 from edge.web.auth import Attempt, Brake, Braked, PinHash, Sessions
+from edge.web.clock import ClockRefused, can_set_clock, read_phone_s, set_from_phone
 from edge.web.history import BadQuery, ExamHistory, parse_limit, report_lang
 from edge.web.live import LiveView
 from edge.web.settings import WebError, WebSettings, parse_listen
@@ -604,6 +605,7 @@ class WebServer:
         self.sessions = Sessions(idle_s=settings.session_idle_min * 60.0,
                                  max_age_s=settings.session_max_hours * 3600.0)
         self.brake = Brake()
+        self.clock_settable = can_set_clock()  # the page offers to set the clock only then
         self.host, self.port = parse_listen(settings.listen)
         self.lines = LineLimiter(log, prefix="web: ")  # what a client can make us say
         self.gate = ConnectionGate(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS,
@@ -713,6 +715,7 @@ class WebServer:
         app.router.add_get("/api/frame", self._frame)
         app.router.add_post("/api/exam", self._exam)
         app.router.add_post("/api/lmp", self._lmp)
+        app.router.add_post("/api/clock", self._clock)
         app.router.add_get("/api/thumb/{exam}/{name}", self._thumb)
         app.router.add_get("/api/exams", self._exams)
         app.router.add_post("/api/exams/{exam}/lmp", self._exam_lmp)
@@ -1076,7 +1079,10 @@ class WebServer:
                 "source": view.source_name, "live": view.source_live,
                 "fps": None if fps is None else round(fps, 1), "models": view.models,
                 "viewers": view.viewers, "heatmap_available": view.has_class_maps,
-                "holding": view.holding}
+                "holding": view.holding,
+                "clock": {"box_ms": round(time.time() * 1000),
+                          "off_s": self.settings.clock_off_s,
+                          "settable": self.clock_settable}}
 
     def _screening(self) -> dict:
         exam = self.view.exam
@@ -1193,6 +1199,21 @@ class WebServer:
         except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         return {"lmp": lmp, "today": today}, weeks
+
+    async def _clock(self, request: web.Request) -> web.Response:
+        """The box's clock set to the phone's (edge/web/clock.py), when it is off by
+        `[web] clock_off_s` or more."""
+        body = await self._json_body(request)
+        try:
+            phone_s = read_phone_s(body.get("phone_ms"))
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        try:
+            moved = set_from_phone(phone_s, self.settings.clock_off_s, self.clock_settable)
+        except ClockRefused as exc:
+            refusal = web.HTTPConflict if exc.status == 409 else web.HTTPForbidden
+            raise refusal(text=str(exc)) from None
+        return web.json_response({"ok": True, "moved_s": round(moved, 3)})
 
     async def _exam_lmp(self, request: web.Request) -> web.Response:
         """Dates for one ended exam, named by its report's URL rather than by what the live

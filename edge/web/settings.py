@@ -25,6 +25,10 @@ class WebSettings:
     session_idle_min: float = 240.0  # a session unused this long ends
     session_max_hours: float = 12.0  # and none lasts longer than this (a clinic day)
     no_signal_s: float = 2.0  # no frame for this long: the page says "no signal"
+    # The box's clock this far off the phone's: the page says so, and offers to set it from
+    # the phone (edge/web/clock.py). A phone's network time is seconds off; an hour moves
+    # an exam near midnight to the wrong day.
+    clock_off_s: float = 3600.0
     # Host names the page may be asked for besides the box's own (its hostname, with
     # ".local"), IP addresses and localhost, e.g. ["sonoedge.clinic.lan"] when the clinic's
     # DNS names the box. Any other name is answered 421: a web page elsewhere that points
@@ -86,6 +90,8 @@ def check_web_settings(web: WebSettings) -> None:
         raise ValueError("session_idle_min must be 1-1440 and session_max_hours 0.1-72")
     if not 0.2 <= web.no_signal_s <= 60.0:
         raise ValueError("no_signal_s must be between 0.2 and 60")
+    if not 60.0 <= web.clock_off_s <= 86400.0:
+        raise ValueError("clock_off_s must be between 60 and 86400")
     if len(web.allowed_hosts) > 32:
         raise ValueError("allowed_hosts: at most 32 names")
     for name in web.allowed_hosts:

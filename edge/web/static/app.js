@@ -562,11 +562,53 @@ function renderState(s) {
   // an image that is not live any more is greyed, so nobody reads it as the scan now
   $("#stage").classList.toggle("stale", st.signal !== "ok");
   renderHeatmapControl(st);
+  renderClock(st.clock);
   renderExam(s);
   renderScreening(s.screening);
   renderEarlier(s);
   if (shownHeader) renderTags(shownHeader); // the exam's figures may have changed
   if (shownHeader || st.signal !== "ok") renderInstruction(shownHeader);
+}
+
+// The box's clock against this phone's (network time): a box offline for weeks without its
+// RTC battery dates every exam weeks early. Said at once, and set from here where it may.
+let clockNote = null; // {text, until}: the answer to the last tap on Set, for a while
+
+function clockSpan(ms) {
+  const hours = Math.abs(ms) / 3600e3;
+  return hours >= 48 ? t("clock.days", { n: Math.round(hours / 24) })
+    : t("clock.hours", { n: Math.max(1, Math.round(hours)) });
+}
+
+function renderClock(c) {
+  const card = $("#clock");
+  const off = c && typeof c.box_ms === "number" ? Date.now() - c.box_ms : 0;
+  // a phone before 2025 is the one whose clock is wrong (edge/web/clock.py EARLIEST_S)
+  const wrong = Boolean(c) && Date.now() >= Date.UTC(2025, 0, 1)
+    && Math.abs(off) >= c.off_s * 1000;
+  if (clockNote && performance.now() > clockNote.until) clockNote = null;
+  card.hidden = !wrong && !clockNote;
+  if (card.hidden) return;
+  $("#clock-text").textContent = wrong
+    ? t(off > 0 ? "clock.behind" : "clock.ahead", { span: clockSpan(off) }) : "";
+  $("#clock-text").hidden = !wrong;
+  $("#clock-set").hidden = !wrong || !c.settable;
+  $("#clock-note").textContent = clockNote ? clockNote.text
+    : c.settable ? "" : t("clock.ask_district");
+}
+
+async function setClock() {
+  $("#clock-set").disabled = true;
+  try {
+    const res = await api("/api/clock", { phone_ms: Date.now() });
+    const key = res.ok ? "clock.set_done" : res.status === 409 ? "clock.already_right"
+      : res.status === 403 ? "clock.not_allowed" : null;
+    clockNote = { text: key ? t(key) : await res.text(), until: performance.now() + 10000 };
+    const st = await fetch("/api/state", { credentials: "same-origin" });
+    if (st.ok) renderState(await st.json());
+  } catch (e) { /* 401 handled */ } finally {
+    $("#clock-set").disabled = false;
+  }
 }
 
 function renderHeatmapControl(st) {
@@ -944,6 +986,7 @@ async function boot() {
     showLogin("");
   });
   $("#heatmap-toggle").addEventListener("change", (ev) => setHeatmap(ev.target.checked));
+  $("#clock-set").addEventListener("click", setClock);
   $("#sound-toggle").checked = localStorage.getItem("sonoedge.sound") !== "0";
   $("#sound-toggle").addEventListener("change", (ev) => {
     localStorage.setItem("sonoedge.sound", ev.target.checked ? "1" : "0");

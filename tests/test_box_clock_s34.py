@@ -1,0 +1,142 @@
+"""A box whose clock is off says so on the midwife's page, and her phone's time sets it.
+
+A Raspberry Pi without its RTC battery and without network time boots at the time it was
+switched off: offline for weeks, it dated every exam weeks early, on its reports and at the
+district, and nobody at the clinic could know. Driven on the real page in headless Chromium
+against the real server; the system call that sets the clock is the one thing replaced (a
+test may not move the machine's clock, and as root it would)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from edge.web import clock
+from tests.test_page_review_s32 import WAIT, box, open_page, say, view  # noqa: F401
+
+pytest.importorskip("playwright.sync_api")
+DAY_S = 86400.0
+
+
+@pytest.fixture
+def settime(monkeypatch):
+    """The clock_settime calls the server makes, recorded instead of made."""
+    calls: list[tuple[int, float]] = []
+
+    def record(which: int, value: float) -> None:
+        calls.append((which, value))
+
+    monkeypatch.setattr(time, "clock_settime", record)
+    return calls
+
+
+def _phone(days_ahead: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(time.time() + days_ahead * DAY_S, dt.UTC)
+
+
+def _post(rig, body: object, cookie: str | None, origin: str | None = None,
+          raw: bytes | None = None) -> tuple[int, str]:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    headers = {"Content-Type": "application/json", "Origin": origin or rig["base"]}
+    if cookie:
+        headers["Cookie"] = cookie
+    request = urllib.request.Request(f"{rig['base']}/api/clock", method="POST",
+                                     data=raw if raw is not None else json.dumps(body).encode(),
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as res:
+            return res.status, res.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _cookie(page) -> str:
+    return "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())
+
+
+def test_a_box_60_days_behind_the_phone_says_so_and_is_set_to_the_phones_time(
+        box, view, settime, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(box["server"], "clock_settable", True)
+    phone = _phone(60)
+    page, errors = open_page(box, clock=phone)
+    page.wait_for_selector("#clock:not([hidden])", timeout=10_000)
+    assert page.text_content("#clock-text") == say(page, "clock.behind",
+                                                   span=say(page, "clock.days", n=60))
+    assert "60 days behind" in page.text_content("#clock-text")
+    page.click("#clock-set")
+    page.wait_for_function(
+        f"document.querySelector('#clock-note').textContent === "
+        f"{json.dumps(say(page, 'clock.set_done'))}", **WAIT)
+    assert len(settime) == 1 and settime[0][0] == time.CLOCK_REALTIME
+    assert settime[0][1] == pytest.approx(phone.timestamp(), abs=1)
+    assert errors == []
+
+
+def test_a_box_that_may_not_set_its_clock_says_whom_to_tell_and_offers_no_button(
+        box, view, settime, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(box["server"], "clock_settable", False)  # a service without the grant
+    page, _ = open_page(box, clock=_phone(-0.25))  # the box 6 hours ahead of the phone
+    page.wait_for_selector("#clock:not([hidden])", timeout=10_000)
+    assert "6 hours ahead" in page.text_content("#clock-text")
+    assert page.is_hidden("#clock-set")
+    assert page.text_content("#clock-note") == say(page, "clock.ask_district")
+    status, text = _post(box, {"phone_ms": (time.time() - 6 * 3600) * 1000}, _cookie(page))
+    assert status == 403 and "CAP_SYS_TIME" in text and "\n" not in text.strip()
+    assert settime == []
+
+
+def test_a_right_clock_shows_nothing_and_is_never_moved(  # noqa: F811
+        box, view, settime, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(box["server"], "clock_settable", True)
+    page, _ = open_page(box, clock=_phone(20 / 1440))  # a phone 20 min off: not the box
+    time.sleep(1.5)  # a state message or two
+    assert page.is_hidden("#clock")
+    status, text = _post(box, {"phone_ms": (time.time() + 1200) * 1000}, _cookie(page))
+    assert status == 409 and "left as it is" in text
+    assert settime == []
+
+
+def test_a_phone_whose_own_clock_was_never_set_does_not_offer_its_time(box, view):  # noqa: F811
+    page, _ = open_page(box, clock=dt.datetime(1970, 1, 2, tzinfo=dt.UTC))
+    time.sleep(1.5)
+    assert page.is_hidden("#clock")
+
+
+def test_the_clock_is_set_only_by_a_logged_in_page_with_a_real_time(  # noqa: F811
+        box, view, settime, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(box["server"], "clock_settable", True)
+    page, _ = open_page(box)
+    cookie = _cookie(page)
+    later = (time.time() + 30 * DAY_S) * 1000
+    assert _post(box, {"phone_ms": later}, None)[0] == 401
+    assert _post(box, {"phone_ms": later}, cookie, origin="https://elsewhere.example")[0] \
+        == 403
+    for bad in ({}, {"phone_ms": None}, {"phone_ms": "1790000000000"}, {"phone_ms": True},
+                {"phone_ms": 0}, {"phone_ms": -5}, {"phone_ms": 1e300},
+                {"phone_ms": 4_200_000_000_000}, {"phone_ms": [later]}):
+        status, text = _post(box, bad, cookie)
+        assert status == 400 and text.startswith("phone_ms must be"), (bad, status, text)
+    for raw in (b"NaN", b'{"phone_ms": NaN}', b'{"phone_ms": Infinity}', b"[" * 5000):
+        status, text = _post(box, None, cookie, raw=raw)
+        assert status in (400, 413) and "\n" not in text.strip(), (raw[:20], status, text)
+    assert settime == []
+    assert _post(box, {"phone_ms": later}, cookie)[0] == 200 and len(settime) == 1
+
+
+def test_the_capability_is_read_from_the_process_status(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nCapEff:\t0000000002000000\n")
+    assert clock.can_set_clock(status)
+    status.write_text("Name:\tpython\nCapEff:\t0000000000000000\n")
+    assert not clock.can_set_clock(status)
+    for junk in ("CapEff:\n", "CapEff:\tzz\n", "", "\x00" * 100):
+        status.write_text(junk)
+        assert not clock.can_set_clock(status)
+    assert not clock.can_set_clock(tmp_path / "missing")
