@@ -82,13 +82,28 @@ def test_a_box_60_days_behind_the_phone_says_so_and_is_set_to_the_phones_time(
 def test_a_box_that_may_not_set_its_clock_says_whom_to_tell_and_offers_no_button(
         box, view, settime, monkeypatch):  # noqa: F811
     monkeypatch.setattr(box["server"], "clock_settable", False)  # a service without the grant
-    page, _ = open_page(box, clock=_phone(-0.25))  # the box 6 hours ahead of the phone
+    page, _ = open_page(box, clock=_phone(0.25))  # the box 6 hours behind the phone
     page.wait_for_selector("#clock:not([hidden])", timeout=10_000)
-    assert "6 hours ahead" in page.text_content("#clock-text")
+    assert "6 hours behind" in page.text_content("#clock-text")
     assert page.is_hidden("#clock-set")
     assert page.text_content("#clock-note") == say(page, "clock.ask_district")
-    status, text = _post(box, {"phone_ms": (time.time() - 6 * 3600) * 1000}, _cookie(page))
+    status, text = _post(box, {"phone_ms": (time.time() + 6 * 3600) * 1000}, _cookie(page))
     assert status == 403 and "CAP_SYS_TIME" in text and "\n" not in text.strip()
+    assert settime == []
+
+
+def test_a_box_ahead_of_the_phone_is_never_set_back(box, view, settime,  # noqa: F811
+                                                    monkeypatch):
+    """Set back, the page's certificate would not be valid yet and the journal's times
+    would run backwards: the card says to tell the district, and the box refuses."""
+    monkeypatch.setattr(box["server"], "clock_settable", True)
+    page, _ = open_page(box, clock=_phone(-3))
+    page.wait_for_selector("#clock:not([hidden])", timeout=10_000)
+    assert "3 days ahead" in page.text_content("#clock-text")
+    assert page.is_hidden("#clock-set")
+    assert page.text_content("#clock-note") == say(page, "clock.ask_district")
+    status, text = _post(box, {"phone_ms": (time.time() - 3 * DAY_S) * 1000}, _cookie(page))
+    assert status == 409 and "never set back" in text
     assert settime == []
 
 

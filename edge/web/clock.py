@@ -50,14 +50,20 @@ def read_phone_s(value: object) -> float:
 
 
 def set_from_phone(phone_s: float, off_min_s: float, settable: bool) -> float:
-    """Sets the box's clock to the phone's when they differ by `off_min_s` or more (a
-    phone's network time is seconds off at most; a nearer clock is left alone, so a tap
-    cannot move a right clock by a phone's own error). Returns how far it moved, seconds;
+    """Moves the box's clock forward to the phone's when it is `off_min_s` or more behind
+    (a phone's network time is seconds off at most; a nearer clock is left alone, so a tap
+    cannot move a right clock by a phone's own error). Never back: a box without its RTC
+    battery boots behind, and a clock set back would leave the page's certificate not yet
+    valid and the journal's times out of order. Returns how far it moved, seconds;
     ClockRefused otherwise."""
     moved = phone_s - time.time()
     if abs(moved) < off_min_s:
         raise ClockRefused(409, f"the box's clock is within {off_min_s / 60:.0f} min of the "
                                 "phone's: left as it is")
+    if moved < 0:
+        raise ClockRefused(409, "the box's clock is ahead of the phone's: it is never set "
+                                "back (its certificate would not be valid yet, its journal "
+                                "out of order): tell the district")
     if not settable:
         raise ClockRefused(403, "this box may not set its clock (its service lacks "
                                 "CAP_SYS_TIME): ask the district to set it")

@@ -592,9 +592,11 @@ function renderClock(c) {
   $("#clock-text").textContent = wrong
     ? t(off > 0 ? "clock.behind" : "clock.ahead", { span: clockSpan(off) }) : "";
   $("#clock-text").hidden = !wrong;
-  $("#clock-set").hidden = !wrong || !c.settable;
+  // set forward only (edge/web/clock.py): a box ahead is told to the district
+  const settable = wrong && c.settable && off > 0;
+  $("#clock-set").hidden = !settable;
   $("#clock-note").textContent = clockNote ? clockNote.text
-    : c.settable ? "" : t("clock.ask_district");
+    : settable ? "" : t("clock.ask_district");
 }
 
 async function setClock() {
