@@ -247,6 +247,14 @@ class Brake:
             _, until = self._known.get(username, (0, 0.0))
             return max(0.0, until - now)
 
+    def login_wait_s(self, address: str, username: str, known: bool,
+                     now: float | None = None) -> float:
+        """How long this login must wait: a known browser of the account only for its own
+        wrong passwords; any other for the account, the server and its address."""
+        now = time.monotonic() if now is None else now
+        own = self.known_wait_s(username, now) if known else self.wait_s(address, now)
+        return max(self.account_wait_s(username, known, now), own)
+
     def failed(self, address: str, username: str = "", known: bool = False,
                now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

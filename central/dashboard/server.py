@@ -292,8 +292,7 @@ class Dashboard:
         password = str(form.get("password", ""))[:C.PASSWORD_MAX + 1]
         known_cookie = request.cookies.get(C.KNOWN_COOKIE)
         known = await self.run_db(A.known_browser, username, known_cookie)
-        wait = max(self.brake.account_wait_s(username, known),
-                   self.brake.known_wait_s(username) if known else self.brake.wait_s(address))
+        wait = self.brake.login_wait_s(address, username, known)
         if wait > 0:
             return await self._braked(request, wait)
         user = await self.run_db(A.check_login, username, password)

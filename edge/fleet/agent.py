@@ -251,7 +251,7 @@ class FleetAgent:
         if offer.bundle_id not in self._ignored:
             _keep(self._ignored, offer.bundle_id, True)
             what = "older than" if key < parse_version(top) else "not newer than"
-            failed = " (it failed here)" if self.fleet._failed(top) else ""
+            failed = " (it failed here)" if self.fleet.failed_here(top) else ""
             self._error(f"offer {offer.version[:40]} ignored: {what} {top}{failed}; re-sign "
                         "it as a newer version")
         return False

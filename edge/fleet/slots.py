@@ -319,7 +319,7 @@ class Fleet:
             if slot == active or check_set(self.slot_dir(slot) / "models") is not None:
                 continue
             version = self._version(slot)
-            if self._failed(version):
+            if self.failed_here(version):
                 # ...but never the one a rollback left there: it crashed the loop (and as
                 # "confirmed", with no trial, a crash loop on it could not roll back again)
                 log.error("fleet: %s is not a complete set (%s); slot %s holds %s, which was "
@@ -342,7 +342,7 @@ class Fleet:
             self.state["last_error"] = line
             self.save()
 
-    def _failed(self, version: str) -> bool:
+    def failed_here(self, version: str) -> bool:
         """The version was rolled back or failed its self-test here (`state["failed"]`)."""
         if not is_version(version):
             return False
