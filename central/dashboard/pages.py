@@ -67,9 +67,7 @@ def ago(ts: float | None, now: float) -> str:
     s = max(0.0, now - ts)
     if s < 3600:
         return f"{s / 60:.0f} min ago"
-    if s < 2 * C.DAY_S:
-        return f"{s / 3600:.0f} h ago"
-    return f"{s / C.DAY_S:.0f} days ago"
+    return f"{Q.span(s)} ago"
 
 
 def utc(ts: float | None) -> str:

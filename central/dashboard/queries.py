@@ -702,17 +702,18 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
 def clock_offset(health_lag_s: float | None, online_lag_s: float | None) -> float | None:
     """How far the box's clock is behind the collector's (negative: ahead), from two lags
     (received minus the box's time): of its latest health message, and of its latest
-    "online" status, sent at a connect and never queued. A backlog delays the first, a
-    collector down at that connect (the retained status read later) the second: a clock
-    behind delays both, so the smaller is the clock's, and both under 0 put it ahead.
-    None while either is unknown."""
+    "online" status, sent at a connect and never queued. Each lag is a delay (never
+    negative) plus the clock's error, so the smaller is the nearer to the error, ahead as
+    well as behind: a backlog delays only the first, the retained status a collector reads
+    after an outage only the second (its health queued at the broker meanwhile delays the
+    first too, until the box's next live health). None while either is unknown."""
     if health_lag_s is None or online_lag_s is None:
         return None
-    low, high = sorted((float(health_lag_s), float(online_lag_s)))
-    return low if low > 0 else high if high < 0 else 0.0
+    return min(float(health_lag_s), float(online_lag_s))
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
+    """A duration as the pages say it: hours under two days, days from there."""
     days = seconds / C.DAY_S
     return f"{days:.0f} days" if days >= 2 else f"{seconds / 3600:.0f} h"
 
@@ -735,7 +736,7 @@ def device_flags(d: DeviceRow, now: float) -> list[str]:
         flags.append(f"{d.missing} message{'' if d.missing == 1 else 's'} lost")
     if d.clock_behind_s is not None and abs(d.clock_behind_s) >= C.CLOCK_OFF_FLAG_S:
         way = "behind: its exams are dated early" if d.clock_behind_s > 0 else "ahead"
-        flags.append(f"clock {_span(abs(d.clock_behind_s))} {way}")
+        flags.append(f"clock {span(abs(d.clock_behind_s))} {way}")
     if d.bundle.get("rollback"):
         flags.append("bundle rolled back")
     if d.bundle.get("error"):

@@ -156,7 +156,11 @@ def generate(settings: SeedSettings):
             arrive = closes + rng.uniform(86400, 3 * 86400) if late else None
             models = MODELS_NEW if day >= dev.upgrade_day else MODELS_OLD
             progress = (day - start_day) / max(1, settings.days)
-            yield _status(dev, boot_id, opens, "online", rng, arrive)
+            # sent at the connect it announces (edge/uplink/mqtt.py): a day without a link
+            # says "online" when the link comes back (not yet, past the seed's end), not
+            # when the clinic opened
+            if (arrive or opens) <= end:
+                yield _status(dev, boot_id, arrive or opens, "online", rng, arrive)
             for t, kind in events:
                 dev.seq += 1
                 received = (arrive if arrive else t + rng.uniform(0.2, 8.0))
