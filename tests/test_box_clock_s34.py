@@ -18,21 +18,27 @@ import urllib.request
 import pytest
 
 from edge.web import clock
+from edge.web import server as server_module
 from tests.test_page_review_s32 import WAIT, box, open_page, say, view  # noqa: F401
 
 pytest.importorskip("playwright.sync_api")
 DAY_S = 86400.0
 
 
+class SetTimeCalls(list):
+    """The clock_settime calls made, and whether network time keeps the box's clock."""
+    synced = False
+
+
 @pytest.fixture
 def settime(monkeypatch):
-    """The clock_settime calls the server makes, recorded instead of made."""
-    calls: list[tuple[int, float]] = []
-
-    def record(which: int, value: float) -> None:
-        calls.append((which, value))
-
-    monkeypatch.setattr(time, "clock_settime", record)
+    """The clock_settime calls the server makes, recorded instead of made; and a box whose
+    clock no network time keeps unless a test says so (the kernel's answer differs from
+    machine to machine)."""
+    calls = SetTimeCalls()
+    monkeypatch.setattr(time, "clock_settime", lambda which, value: calls.append((which, value)))
+    monkeypatch.setattr(clock, "clock_synchronised", lambda: calls.synced)
+    monkeypatch.setattr(server_module, "clock_synchronised", lambda: calls.synced)
     return calls
 
 
@@ -70,6 +76,7 @@ def test_a_box_60_days_behind_the_phone_says_so_and_is_set_to_the_phones_time(
     assert page.text_content("#clock-text") == say(page, "clock.behind",
                                                    span=say(page, "clock.days", n=60))
     assert "60 days behind" in page.text_content("#clock-text")
+    assert str(phone.year) in page.text_content("#clock-set")  # the time it will set
     page.click("#clock-set")
     page.wait_for_function(
         f"document.querySelector('#clock-note').textContent === "
@@ -104,6 +111,36 @@ def test_a_box_ahead_of_the_phone_is_never_set_back(box, view, settime,  # noqa:
     assert page.text_content("#clock-note") == say(page, "clock.ask_district")
     status, text = _post(box, {"phone_ms": (time.time() - 3 * DAY_S) * 1000}, _cookie(page))
     assert status == 409 and "never set back" in text
+    assert settime == []
+
+
+def test_a_box_kept_by_network_time_is_right_whatever_the_phone_says(  # noqa: F811
+        box, view, settime, monkeypatch):  # noqa: F811
+    """A phone whose time zone was set by hand is whole hours off: a box whose clock
+    network time keeps is never moved by it, nor told it is wrong."""
+    monkeypatch.setattr(box["server"], "clock_settable", True)
+    settime.synced = True
+    page, _ = open_page(box, clock=_phone(3 / 24))
+    time.sleep(1.5)
+    assert page.is_hidden("#clock")
+    status, text = _post(box, {"phone_ms": (time.time() + 3 * 3600) * 1000}, _cookie(page))
+    assert status == 409 and "network time" in text
+    assert settime == []
+
+
+def test_a_phone_years_ahead_is_not_offered_and_cannot_move_the_clock(  # noqa: F811
+        box, view, settime, monkeypatch):  # noqa: F811
+    """A tap moves the clock at most [web] clock_max_move_days (730) forward: a phone set
+    to 2099 by mistake would have put the box past its certificates, for good (it is never
+    set back)."""
+    monkeypatch.setattr(box["server"], "clock_settable", True)
+    page, _ = open_page(box, clock=_phone(3 * 365))
+    page.wait_for_selector("#clock:not([hidden])", timeout=10_000)
+    assert page.is_hidden("#clock-set")
+    assert page.text_content("#clock-note") == say(page, "clock.too_far")
+    status, text = _post(box, {"phone_ms": (time.time() + 3 * 365 * DAY_S) * 1000},
+                         _cookie(page))
+    assert status == 409 and "more than a tap may move it" in text
     assert settime == []
 
 
@@ -155,3 +192,29 @@ def test_the_capability_is_read_from_the_process_status(tmp_path):
         status.write_text(junk)
         assert not clock.can_set_clock(status)
     assert not clock.can_set_clock(tmp_path / "missing")
+
+
+def test_a_refusal_the_page_did_not_expect_is_said_in_its_own_words(  # noqa: F811
+        box, view, settime, monkeypatch):  # noqa: F811
+    """Network time came back between the card and the tap: the box refuses, by name."""
+    monkeypatch.setattr(box["server"], "clock_settable", True)
+    page, _ = open_page(box, clock=_phone(60))
+    page.wait_for_selector("#clock-set:not([hidden])", timeout=10_000)
+    settime.synced = True
+    page.click("#clock-set")
+    page.wait_for_function(
+        f"document.querySelector('#clock-note').textContent === "
+        f"{json.dumps(say(page, 'clock.synced'))}", **WAIT)
+    assert settime == []
+
+
+def test_a_move_past_the_provisioned_certificate_is_refused(settime):
+    """With [web] tls = "files" the page would not start again with its certificate
+    expired, and the clock is never set back."""
+    now = time.time()
+    rules = clock.ClockRules(3600.0, 730 * DAY_S, True, not_after=now + 30 * DAY_S)
+    with pytest.raises(clock.ClockRefused) as refused:
+        clock.set_from_phone(now + 60 * DAY_S, rules)
+    assert refused.value.name == "clock-far" and settime == []
+    assert clock.set_from_phone(now + 20 * DAY_S, rules) == pytest.approx(20 * DAY_S, abs=5)
+    assert len(settime) == 1

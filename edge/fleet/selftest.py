@@ -10,6 +10,7 @@ runtime fails the test, never the loop that is still scoring with the current se
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -17,6 +18,9 @@ import sys
 from pathlib import Path
 
 from wire.fleet import BundleManifest
+
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4  # linux/prctl.h
+LINUX_CAPABILITY_VERSION_3 = 0x20080522  # linux/capability.h: two 32-bit words per set
 
 
 def _outputs(record: dict) -> dict:
@@ -114,6 +118,26 @@ def run_selftest(slot: Path, timeout_s: float, num_threads: int = 1,
         return ["self-test process gave no verdict"]
 
 
+def drop_capabilities() -> None:
+    """Leaves this process no capability. The service holds CAP_SYS_TIME, ambient, so the
+    page can set the box's clock (edge/web/clock.py), and a child inherits it: a bundle's
+    models under test need none of it. Best effort: where the calls are missing there was
+    none to drop."""
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        libc.capset(ctypes.byref(Header(LINUX_CAPABILITY_VERSION_3, 0)), (Data * 2)())
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from wire.fleet import MANIFEST_MEMBER, parse_manifest
 
@@ -122,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--names", default="{}")
     args = ap.parse_args(argv)
+    drop_capabilities()
     try:
         os.nice(10)  # the loop scoring the clinic's frames comes first
     except OSError:

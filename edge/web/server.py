@@ -85,7 +85,16 @@ from edge.models.quality import Rules
 from edge.uplink.messages import read_temperature_c
 from edge.web import i18n
 from edge.web.auth import Attempt, Brake, Braked, PinHash, Sessions
-from edge.web.clock import ClockRefused, can_set_clock, read_phone_s, set_from_phone
+from edge.web.clock import (
+    EARLIEST_S,
+    LATEST_S,
+    ClockRefused,
+    ClockRules,
+    can_set_clock,
+    clock_synchronised,
+    read_phone_s,
+    set_from_phone,
+)
 from edge.web.history import BadQuery, ExamHistory, parse_limit, report_lang
 from edge.web.live import LiveView
 from edge.web.settings import WebError, WebSettings, parse_listen
@@ -1080,9 +1089,7 @@ class WebServer:
                 "fps": None if fps is None else round(fps, 1), "models": view.models,
                 "viewers": view.viewers, "heatmap_available": view.has_class_maps,
                 "holding": view.holding,
-                "clock": {"box_ms": round(time.time() * 1000),
-                          "off_s": self.settings.clock_off_s,
-                          "settable": self.clock_settable}}
+                "clock": self._clock_status()}
 
     def _screening(self) -> dict:
         exam = self.view.exam
@@ -1200,19 +1207,34 @@ class WebServer:
             raise web.HTTPBadRequest(text=str(exc)) from None
         return {"lmp": lmp, "today": today}, weeks
 
+    def _clock_rules(self) -> ClockRules:
+        served = getattr(self.tls, "served", None) if self.settings.tls == "files" else None
+        return ClockRules(self.settings.clock_off_s, self.settings.clock_max_move_days * 86400,
+                          self.clock_settable,
+                          served.not_after.timestamp() if served is not None else None)
+
+    def _clock_status(self) -> dict:
+        """What the page needs to say whether the box's clock is off its phone's, and to
+        offer only the move the box would make (edge/web/clock.py)."""
+        rules = self._clock_rules()
+        return {"box_ms": round(time.time() * 1000), "off_s": rules.off_min_s,
+                "max_move_s": rules.max_move_s, "settable": rules.settable,
+                "synced": clock_synchronised(),
+                "phone_ms": [EARLIEST_S * 1000, LATEST_S * 1000]}
+
     async def _clock(self, request: web.Request) -> web.Response:
-        """The box's clock set to the phone's (edge/web/clock.py), when it is off by
-        `[web] clock_off_s` or more."""
+        """The box's clock moved forward to the phone's (edge/web/clock.py); a refusal is
+        named in REFUSED for the page's words."""
         body = await self._json_body(request)
         try:
             phone_s = read_phone_s(body.get("phone_ms"))
         except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         try:
-            moved = set_from_phone(phone_s, self.settings.clock_off_s, self.clock_settable)
+            moved = set_from_phone(phone_s, self._clock_rules())
         except ClockRefused as exc:
             refusal = web.HTTPConflict if exc.status == 409 else web.HTTPForbidden
-            raise refusal(text=str(exc)) from None
+            raise refusal(text=str(exc), headers={REFUSED: exc.name}) from None
         return web.json_response({"ok": True, "moved_s": round(moved, 3)})
 
     async def _exam_lmp(self, request: web.Request) -> web.Response:

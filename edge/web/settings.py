@@ -29,6 +29,9 @@ class WebSettings:
     # the phone (edge/web/clock.py). A phone's network time is seconds off; an hour moves
     # an exam near midnight to the wrong day.
     clock_off_s: float = 3600.0
+    # A tap moves the clock forward at most this far: a box that boots behind is weeks or
+    # months behind, a phone years ahead is the one that is wrong.
+    clock_max_move_days: float = 730.0
     # Host names the page may be asked for besides the box's own (its hostname, with
     # ".local"), IP addresses and localhost, e.g. ["sonoedge.clinic.lan"] when the clinic's
     # DNS names the box. Any other name is answered 421: a web page elsewhere that points
@@ -92,6 +95,8 @@ def check_web_settings(web: WebSettings) -> None:
         raise ValueError("no_signal_s must be between 0.2 and 60")
     if not 60.0 <= web.clock_off_s <= 86400.0:
         raise ValueError("clock_off_s must be between 60 and 86400")
+    if not 1.0 <= web.clock_max_move_days <= 3650.0:
+        raise ValueError("clock_max_move_days must be between 1 and 3650")
     if len(web.allowed_hosts) > 32:
         raise ValueError("allowed_hosts: at most 32 names")
     for name in web.allowed_hosts:

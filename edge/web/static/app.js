@@ -582,9 +582,11 @@ function clockSpan(ms) {
 
 function renderClock(c) {
   const card = $("#clock");
-  const off = c && typeof c.box_ms === "number" ? Date.now() - c.box_ms : 0;
-  // a phone before 2025 is the one whose clock is wrong (edge/web/clock.py EARLIEST_S)
-  const wrong = Boolean(c) && Date.now() >= Date.UTC(2025, 0, 1)
+  const now = Date.now();
+  const off = c && typeof c.box_ms === "number" ? now - c.box_ms : 0;
+  // a box kept by network time is right; a phone out of the years a clock can be
+  // (edge/web/clock.py) is the one that is wrong: neither is said
+  const wrong = Boolean(c) && !c.synced && now >= c.phone_ms[0] && now < c.phone_ms[1]
     && Math.abs(off) >= c.off_s * 1000;
   if (clockNote && performance.now() > clockNote.until) clockNote = null;
   card.hidden = !wrong && !clockNote;
@@ -592,25 +594,43 @@ function renderClock(c) {
   $("#clock-text").textContent = wrong
     ? t(off > 0 ? "clock.behind" : "clock.ahead", { span: clockSpan(off) }) : "";
   $("#clock-text").hidden = !wrong;
-  // set forward only (edge/web/clock.py): a box ahead is told to the district
-  const settable = wrong && c.settable && off > 0;
+  // forward only, and no further than a tap may move it: the move the box would make
+  const far = Boolean(c) && off > c.max_move_s * 1000;
+  const settable = wrong && c.settable && off > 0 && !far;
   $("#clock-set").hidden = !settable;
+  if (settable) {
+    $("#clock-set").textContent = t("clock.set", {
+      when: new Date(now).toLocaleString(catalog._lang || undefined,
+        { dateStyle: "medium", timeStyle: "short" }),
+    });
+  }
   $("#clock-note").textContent = clockNote ? clockNote.text
-    : settable ? "" : t("clock.ask_district");
+    : settable ? "" : t(far ? "clock.too_far" : "clock.ask_district");
 }
+
+const CLOCK_REFUSALS = {
+  "clock-near": "clock.already_right", "clock-ahead": "clock.not_back",
+  "clock-far": "clock.too_far", "clock-synced": "clock.synced", "clock-denied": "clock.not_allowed",
+};
 
 async function setClock() {
   $("#clock-set").disabled = true;
+  let key = "clock.failed";
+  let text = null;
   try {
     const res = await api("/api/clock", { phone_ms: Date.now() });
-    const key = res.ok ? "clock.set_done" : res.status === 409 ? "clock.already_right"
-      : res.status === 403 ? "clock.not_allowed" : null;
-    clockNote = { text: key ? t(key) : await res.text(), until: performance.now() + 10000 };
-    const st = await fetch("/api/state", { credentials: "same-origin" });
-    if (st.ok) renderState(await st.json());
-  } catch (e) { /* 401 handled */ } finally {
+    key = res.ok ? "clock.set_done" : CLOCK_REFUSALS[res.headers.get("X-Sonoedge-Refused")];
+    if (!key) text = await res.text(); // not a refusal the page knows: the box's words
+  } catch (e) {
+    if (e.message === "401") return; // the login screen says it
+  } finally {
     $("#clock-set").disabled = false;
   }
+  clockNote = { text: text || t(key), until: performance.now() + 10000 };
+  try {
+    const st = await fetch("/api/state", { credentials: "same-origin" });
+    if (st.ok) renderState(await st.json());
+  } catch (e) { /* the next state over the socket redraws the card */ }
 }
 
 function renderHeatmapControl(st) {
