@@ -191,11 +191,16 @@ class Scorer:
         self._since_roi += 1
         return self._roi, FrameViews(frame.image, self._roi, half=frame.half_grey)
 
+    def _pixel_size(self, frame: Frame) -> float:
+        """The frame's own mm per pixel where its source knows it (the demo clip's heads),
+        else the probe's calibration ([biometry] pixel_size_mm; 0: unknown, no biometry)."""
+        return frame.pixel_size_mm or self.head.pixel_size_mm
+
     def _judge_head(self, frame: Frame, roi: Roi | None, plane: PlaneResult) -> bool:
         if self.head is None:
             return False
         if self.quality is None:  # no audit: the segmenter runs for biometry alone
-            return bool(self.head.pixel_size_mm) and plane.plane in self.head.head_planes
+            return bool(self._pixel_size(frame)) and plane.plane in self.head.head_planes
         return may_show_head(self.quality.rules, self.head.head_planes, plane.plane,
                              self.manifest.labels, plane.probabilities)
 
@@ -238,8 +243,8 @@ class Scorer:
                     [round(v, 2) for v in shape.ellipse]}
             named = plane.plane in self.head.head_planes
             measures.update(head_measures(shape, roi, named_head=named) or {})
-            if self.head.pixel_size_mm and named:
-                biometry = biometry_of(shape, self.head.pixel_size_mm).to_dict()
+            if (pixel_size := self._pixel_size(frame)) and named:
+                biometry = biometry_of(shape, pixel_size).to_dict()
         t3 = time.perf_counter()
         if biometry is not None:
             biometry["ms"] = round(_ms(t3 - t2), 3)

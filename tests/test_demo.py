@@ -165,3 +165,60 @@ def test_default_cache_is_git_ignored(monkeypatch):
     r = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=REPO_ROOT,
                        timeout=10, check=False)
     assert r.returncode == 0, f"{probe} would be committable"
+
+
+@needs_data
+def test_the_demos_heads_are_measured_at_their_own_scale(tmp_path, monkeypatch):
+    """`make run` showed no HC at all: the probe's calibration ([biometry] pixel_size_mm)
+    is unknown on a fresh box, and the demo's HC18 heads each have their own. The clip
+    knows each head's mm per screen pixel (HC18's pixel size, as scaled and zoomed onto its
+    screen): its heads are measured with it, near what HC18's sonographers measured, and
+    nothing else in the clip claims one."""
+    import csv
+
+    from edge.config import load_settings
+    from edge.scorer import make_scorer
+
+    monkeypatch.setenv("SONOEDGE_DATA", str(DATA))
+    monkeypatch.setenv("SONOEDGE_DEMO_CACHE", str(tmp_path / "cache"))
+    with (DATA / "hc18" / "training_set_pixel_size_and_HC.csv").open() as f:
+        truth = {row["filename"]: float(row["head circumference (mm)"])
+                 for row in csv.DictReader(f)}
+    scorer = make_scorer(load_settings())
+    assert not scorer.head.pixel_size_mm  # a fresh box: the probe's calibration unknown
+    errors, with_size = [], 0
+    with open_source("demo") as src:
+        for frame in src:
+            label = src.demo.frame_sources[frame.index]
+            assert (frame.pixel_size_mm is not None) == label.startswith("hc18:"), label
+            with_size += frame.pixel_size_mm is not None
+            bio = scorer.score(frame).to_dict().get("biometry")
+            if bio and bio.get("hc_mm") and label.startswith("hc18:"):
+                hc = truth[label.split(":", 1)[1]]
+                errors.append(abs(bio["hc_mm"] - hc) / hc)
+    assert with_size >= 60 and len(errors) >= 20
+    assert float(np.median(errors)) < 0.03, sorted(errors)
+
+
+@needs_data
+def test_a_cached_clips_damaged_pixel_sizes_are_rebuilt_or_left_unknown(tmp_path):
+    import json
+
+    data = _small_data(tmp_path / "data")
+    csv_name = "training_set_pixel_size_and_HC.csv"
+    shutil.copy(DATA / "hc18" / csv_name, data / "hc18" / csv_name)
+    cache = tmp_path / "cache"
+    clip = build_demo_clip(cache, data)
+    meta = next(cache.glob("demo-*.json"))
+    body = json.loads(meta.read_text())
+    sizes = body["pixel_sizes"]
+    heads = [i for i, v in enumerate(sizes) if v is not None]
+    assert heads and clip.pixel_sizes == tuple(sizes)
+    for junk in ("0.1", -1, 1e300, True, None, 5):
+        sizes[heads[0]] = junk
+        meta.write_text(json.dumps({**body, "pixel_sizes": sizes}))
+        again = build_demo_clip(cache, data)
+        assert again.reused and again.pixel_sizes[heads[0]] is None, junk
+    meta.write_text(json.dumps({**body, "pixel_sizes": sizes[:-1]}))  # not one per frame
+    again = build_demo_clip(cache, data)
+    assert not again.reused and again.pixel_sizes == clip.pixel_sizes

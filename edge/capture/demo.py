@@ -26,10 +26,11 @@ import cv2
 import numpy as np
 
 from edge.capture.images import IMAGE_EXTS, decode_image_file
+from wire.schema import finite_number
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 1  # bump when the rendering changes: invalidates cached clips
+DEMO_VERSION = 2  # bump when the rendering or its metadata change: rebuilds cached clips
 SCREEN_W, SCREEN_H = 1024, 768  # XGA: a common portable-scanner video-out mode
 FPS = 15.0
 SEED = 20240607
@@ -37,6 +38,7 @@ HC18_FRAMES = 20  # head frames picked evenly across the (HC-sorted) file list
 FRAMES_PER_SCREEN = 5
 FRAMES_PER_HEAD = 4
 JPEG_QUALITY = 90
+PIXEL_SIZES_CSV = "training_set_pixel_size_and_HC.csv"  # HC18's: each head's mm per pixel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,6 +58,9 @@ class DemoClip:
     content_hash: str
     frame_sources: tuple[str, ...] = field(default=(), repr=False)  # per frame: origin
     reused: bool = False
+    # per frame: a head's mm per screen pixel (its HC18 pixel size, scaled and zoomed as
+    # laid out), None for every other frame: `make run` measures the demo's heads with it
+    pixel_sizes: tuple[float | None, ...] = field(default=(), repr=False)
 
 
 def default_data_dir() -> Path:
@@ -84,7 +89,7 @@ def _real_inputs(data_dir: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _pixel_sizes(data_dir: Path) -> dict[str, float]:
-    p = data_dir / "hc18" / "training_set_pixel_size_and_HC.csv"
+    p = data_dir / "hc18" / PIXEL_SIZES_CSV
     out: dict[str, float] = {}
     try:
         with p.open(newline="") as f:
@@ -116,16 +121,19 @@ def _text(img: np.ndarray, s: str, x: int, y: int, scale: float = 0.45,
     cv2.putText(img, s, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
 
 
-def _jitter(img: np.ndarray, rng: np.random.Generator, k: int, border: int) -> np.ndarray:
-    """Small probe motion: a shift of a few px and a rotation under 2 degrees."""
+def _jitter(img: np.ndarray, rng: np.random.Generator, k: int, border: int
+            ) -> tuple[np.ndarray, float]:
+    """Small probe motion: a shift of a few px, a rotation under 2 degrees and a zoom of
+    1.5% at most; the image and its zoom."""
     if k == 0:
-        return img
+        return img, 1.0
     h, w = img.shape[:2]
     ang = float(rng.uniform(-1.8, 1.8))
     dx, dy = (float(v) for v in rng.uniform(-6, 6, size=2))
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), ang, float(rng.uniform(0.985, 1.015)))
+    zoom = float(rng.uniform(0.985, 1.015))
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), ang, zoom)
     m[:, 2] += (dx, dy)
-    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=border)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=border), zoom
 
 
 def _grey_bar(screen: np.ndarray, x: int, y: int, h: int = 200) -> None:
@@ -151,7 +159,7 @@ def _screen_for_sononet(img: np.ndarray, name: str, k: int, rng: np.random.Gener
     img = img.copy()
     ys, xs = SONONET_BMODE
     if img.shape[0] >= ys.stop and img.shape[1] >= xs.stop:
-        img[ys, xs] = _jitter(img[ys, xs], rng, k, cv2.BORDER_REFLECT_101)
+        img[ys, xs] = _jitter(img[ys, xs], rng, k, cv2.BORDER_REFLECT_101)[0]
     screen = np.zeros((SCREEN_H, SCREEN_W, 3), np.uint8)
     h, w = min(img.shape[0], SCREEN_H), min(img.shape[1], SCREEN_W)
     oy, ox = (SCREEN_H - h) // 2, (SCREEN_W - w) // 2
@@ -162,15 +170,17 @@ def _screen_for_sononet(img: np.ndarray, name: str, k: int, rng: np.random.Gener
 
 
 def _screen_for_head(img: np.ndarray, name: str, mm_per_px: float | None, k: int,
-                     rng: np.random.Generator, frame_no: int) -> np.ndarray:
-    """HC18 frames are bare B-mode: lay them out on a scanner-like screen."""
+                     rng: np.random.Generator, frame_no: int
+                     ) -> tuple[np.ndarray, float | None]:
+    """HC18 frames are bare B-mode: lay them out on a scanner-like screen. The screen, and
+    its mm per pixel where the head's pixel size is known."""
     box_w, box_h, ox, oy = 800, 560, 112, 104
     s = min(box_w / img.shape[1], box_h / img.shape[0], 1.0)
     if s < 1.0:
         img = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    img = _jitter(img, rng, k, cv2.BORDER_REFLECT_101)
+    img, zoom = _jitter(img, rng, k, cv2.BORDER_REFLECT_101)
     h, w = img.shape[:2]
     screen = np.zeros((SCREEN_H, SCREEN_W, 3), np.uint8)
     screen[oy:oy + h, ox:ox + w] = img
@@ -185,7 +195,7 @@ def _screen_for_head(img: np.ndarray, name: str, mm_per_px: float | None, k: int
     _depth_scale(screen, ox + w + 14, oy, oy + h, px_per_cm)
     _text(screen, "Not for diagnosis: public research images", 12, SCREEN_H - 14, 0.4,
           (150, 150, 150))
-    return screen
+    return screen, (mm_per_px / (s * zoom) if mm_per_px else None)
 
 
 def _blend(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -194,8 +204,8 @@ def _blend(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(mix, (0, 0), 3.0)
 
 
-def _real_frames(tiffs: list[Path], hcs: list[Path],
-                 data_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
+def _real_frames(tiffs: list[Path], hcs: list[Path], data_dir: Path
+                 ) -> Iterator[tuple[str, np.ndarray, float | None]]:
     rng = np.random.default_rng(SEED)
     px = _pixel_sizes(data_dir)
     by_name = {p.stem.upper(): p for p in tiffs}
@@ -216,19 +226,20 @@ def _real_frames(tiffs: list[Path], hcs: list[Path],
         n = FRAMES_PER_SCREEN if kind == "sononet" else FRAMES_PER_HEAD
         label = f"sononet:{p.stem.upper()}" if kind == "sononet" else f"hc18:{p.name}"
         for k in range(n):
+            mm = None
             if kind == "sononet":
                 fr = _screen_for_sononet(img, p.stem.upper(), k, rng, frame_no)
             else:
-                fr = _screen_for_head(img, p.name, px.get(p.name), k, rng, frame_no)
+                fr, mm = _screen_for_head(img, p.name, px.get(p.name), k, rng, frame_no)
             if k == 0 and prev is not None:
-                yield "transition", _blend(prev, fr)
+                yield "transition", _blend(prev, fr), None
                 frame_no += 1
-            yield label, fr
+            yield label, fr, mm
             frame_no += 1
             prev = fr
 
 
-def _phantom_frames(n: int = 120) -> Iterator[tuple[str, np.ndarray]]:
+def _phantom_frames(n: int = 120) -> Iterator[tuple[str, np.ndarray, None]]:
     """A speckled head in a fan sector; not anatomy, just enough to exercise the loop."""
     rng = np.random.default_rng(SEED)
     h, w = SCREEN_H, SCREEN_W
@@ -274,7 +285,7 @@ def _phantom_frames(n: int = 120) -> Iterator[tuple[str, np.ndarray]]:
         _grey_bar(fr, 40, 300)
         _depth_scale(fr, apex[0] + int(radius * math.sin(math.radians(half_angle))) + 20,
                      apex[1], apex[1] + radius - 40, 40.0)
-        yield ("phantom:head" if has_head else "phantom:background"), fr
+        yield ("phantom:head" if has_head else "phantom:background"), fr, None
 
 
 # --------------------------------------------------------------------------- writing
@@ -294,28 +305,33 @@ def mjpg_writable(tmp_dir: Path) -> bool:
         p.unlink(missing_ok=True)
 
 
-def _write(frames: Iterator[tuple[str, np.ndarray]], tmp: Path, fmt: str) -> list[str]:
+def _write(frames: Iterator[tuple[str, np.ndarray, float | None]], tmp: Path, fmt: str
+           ) -> tuple[list[str], list[float | None]]:
+    """The frames written; each one's label and mm per pixel (None where not known)."""
     labels: list[str] = []
+    sizes: list[float | None] = []
     if fmt == "avi":
         wr = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), FPS,
                              (SCREEN_W, SCREEN_H))
         if not wr.isOpened():
             raise OSError(f"cannot write MJPG video {tmp}")
         try:
-            for label, fr in frames:
+            for label, fr, mm in frames:
                 wr.write(fr)
                 labels.append(label)
+                sizes.append(None if mm is None else round(mm, 6))
         finally:
             wr.release()
     else:
         tmp.mkdir(parents=True)
-        for label, fr in frames:
+        for label, fr, mm in frames:
             ok = cv2.imwrite(str(tmp / f"frame_{len(labels):04d}.jpg"), fr,
                              [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             if not ok:
                 raise OSError(f"cannot write JPEG frames into {tmp}")
             labels.append(label)
-    return labels
+            sizes.append(None if mm is None else round(mm, 6))
+    return labels, sizes
 
 
 def _remove(p: Path) -> None:
@@ -341,7 +357,9 @@ def build_demo_clip(dest_dir: Path, data_dir: Path | None = None, *,
         raise ValueError(f"fmt must be 'avi' or 'folder', not {fmt!r}")
     tiffs, hcs = _real_inputs(data_dir)
     kind = "real" if (tiffs or hcs) else "phantom"
-    digest = _content_hash(kind, tiffs + hcs, fmt)
+    sizes_csv = data_dir / "hc18" / PIXEL_SIZES_CSV
+    digest = _content_hash(kind, tiffs + hcs + ([sizes_csv] if hcs and sizes_csv.is_file()
+                                                 else []), fmt)
     stem = f"demo-{kind}-{digest}"
     final = dest_dir / (stem + (".avi" if fmt == "avi" else ""))
     meta_p = dest_dir / f"{stem}.json"
@@ -351,7 +369,7 @@ def build_demo_clip(dest_dir: Path, data_dir: Path | None = None, *,
             if meta.get("content_hash") == digest:
                 return DemoClip(final, kind, meta["description"], int(meta["frames"]),
                                 float(meta["fps"]), digest, tuple(meta["frame_sources"]),
-                                reused=True)
+                                reused=True, pixel_sizes=_pixel_sizes_of(meta))
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("demo: rebuilding, cache metadata unreadable (%s)", e)
 
@@ -362,7 +380,7 @@ def build_demo_clip(dest_dir: Path, data_dir: Path | None = None, *,
     tmp = dest_dir / f".tmp-{stem}-{os.getpid()}{'.avi' if fmt == 'avi' else ''}"
     _remove(tmp)
     try:
-        labels = _write(frames, tmp, fmt)
+        labels, sizes = _write(frames, tmp, fmt)
         if not labels:
             raise OSError("no demo frames rendered")
         _remove(final)
@@ -384,7 +402,7 @@ def build_demo_clip(dest_dir: Path, data_dir: Path | None = None, *,
                 f"{data_dir}; {len(labels)} frames, {FPS:.0f} fps)")
     meta = {"version": DEMO_VERSION, "kind": kind, "description": desc,
             "frames": len(labels), "fps": FPS, "content_hash": digest,
-            "frame_sources": labels, "format": fmt}
+            "frame_sources": labels, "pixel_sizes": sizes, "format": fmt}
     tmp_meta = meta_p.with_name(f".tmp-{meta_p.name}-{os.getpid()}")
     tmp_meta.write_text(json.dumps(meta, indent=1))
     os.replace(tmp_meta, meta_p)
@@ -392,4 +410,14 @@ def build_demo_clip(dest_dir: Path, data_dir: Path | None = None, *,
         if old.name not in (final.name, meta_p.name):
             _remove(old)
     log.info("demo: built %s", final)
-    return DemoClip(final, kind, desc, len(labels), FPS, digest, tuple(labels))
+    return DemoClip(final, kind, desc, len(labels), FPS, digest, tuple(labels),
+                    pixel_sizes=tuple(sizes))
+
+
+def _pixel_sizes_of(meta: dict) -> tuple[float | None, ...]:
+    """The cached clip's per-frame mm per pixel, each a plausible one or None (the cache
+    is a file on the box: read as any input is)."""
+    sizes = meta.get("pixel_sizes")
+    if not isinstance(sizes, list) or len(sizes) != int(meta["frames"]):
+        raise ValueError("pixel_sizes missing or not one per frame")
+    return tuple(float(v) if finite_number(v) and 0.01 <= v <= 1.0 else None for v in sizes)

@@ -72,6 +72,10 @@ class Frame:
     # Seconds into a recording (a video file's own timeline), None for live frames and
     # still images: what an exam's length and gaps are counted in (edge/capture/clock.py).
     t_media: float | None = None
+    # The source's own calibration, mm per pixel, where it knows it: the demo clip knows
+    # each head's (HC18's pixel sizes, as laid out on its screen). None: the probe's, from
+    # [biometry] pixel_size_mm.
+    pixel_size_mm: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -137,7 +141,12 @@ class Source:
         self.dropped = 0  # stale frames skipped (live) or late frames skipped (paced file)
         self.reopens = 0  # live: successful reopens after a loss
         self.demo: Any = None  # DemoClip when this is the demo source
+        self.pixel_sizes: Sequence[float | None] = ()  # per frame index, where known
         self._closed = threading.Event()
+
+    def pixel_size(self, index: int) -> float | None:
+        """The known mm per pixel of this source's frame `index` (Frame.pixel_size_mm)."""
+        return self.pixel_sizes[index] if 0 <= index < len(self.pixel_sizes) else None
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -175,7 +184,8 @@ class ImageListSource(Source):
             read_s = time.monotonic() - t_mono
             if err:  # the frame carries it; whoever scores the frame says it, once
                 log.debug("%s", err)
-            yield Frame(display_name(p.name), i, img, t_mono, t_wall, err, read_s)
+            yield Frame(display_name(p.name), i, img, t_mono, t_wall, err, read_s,
+                        pixel_size_mm=self.pixel_size(i))
 
 
 class VideoFileSource(Source):
@@ -235,7 +245,7 @@ class VideoFileSource(Source):
                         log.info("%s: end of video after %d frames", self.name, i)
                     return
                 yield Frame(self.name, i, img, t_mono, t_wall, read_s=t_mono - t_read,
-                            t_media=i / self.fps)
+                            t_media=i / self.fps, pixel_size_mm=self.pixel_size(i))
                 i += 1
         finally:
             cap.release()
@@ -788,6 +798,7 @@ def open_source(spec: str | Path, *, live: LiveSettings | None = None,
                               limits=(live or LiveSettings()).limits)
         src.name = f"demo:{clip.kind}"
         src.demo = clip
+        src.pixel_sizes = clip.pixel_sizes  # its heads are measured at their own scale
         return src
     if s == "picamera2" or s.startswith("picamera2:"):
         return open_picamera2(s, live)
