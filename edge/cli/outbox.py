@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.store.outbox import OUTBOX_FILE
+from edge.store.outbox import OUTBOX_FILE, counts_read_only
 from edge.store.state import lock_holder
 from edge.uplink.mqtt import STATUS_FILE, load_status
 from wire.cli import OneLineParser
@@ -59,11 +59,45 @@ def _text(value: object, limit: int = 200) -> str:
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     ap = OneLineParser(prog=prog)
-    ap.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE_DIR),
-                    help=f"device state directory (default {DEFAULT_STATE_DIR}, "
-                         "or $SONOEDGE_STATE_DIR)")
+    ap.add_argument("--config", type=Path,
+                    help="the device's config, as given to `sonoedge run`: its [device] "
+                         "state_dir is read")
+    ap.add_argument("--state-dir", type=Path,
+                    help=f"device state directory (default: the config's, else "
+                         f"{DEFAULT_STATE_DIR}, or $SONOEDGE_STATE_DIR)")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     return ap
+
+
+def _state_dir(args: argparse.Namespace, prog: str) -> Path | None:
+    """--state-dir, else the config's [device] state_dir, else the default; None when the
+    config cannot be read (said in one line)."""
+    if args.state_dir is not None:
+        return args.state_dir
+    if args.config is None:
+        return Path(DEFAULT_STATE_DIR)
+    from edge.config import ConfigError, load_settings
+
+    try:
+        return Path(load_settings(args.config).device.state_dir)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+
+
+def _live_counts(state_dir: Path) -> tuple[dict | None, str | None]:
+    """The outbox's counts from its database (None, and why, when it cannot be read)."""
+    try:
+        conn = _open_ro(state_dir)
+        if conn is None:
+            return None, None
+        try:
+            with conn:
+                return counts_read_only(conn), None
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return None, f"{state_dir / OUTBOX_FILE}: {exc}"
 
 
 def outbox_main(argv: list[str]) -> int:
@@ -73,32 +107,35 @@ def outbox_main(argv: list[str]) -> int:
                     help="queue the messages the broker refused again (after fixing the "
                          "device id, its credentials or the ACL)")
     args = ap.parse_args(argv)
+    state_dir = _state_dir(args, "sonoedge outbox")
+    if state_dir is None:
+        return 2
     if args.retry_rejected:
-        return _retry_rejected(args.state_dir)
+        return _retry_rejected(state_dir)
     try:
-        conn = _open_ro(args.state_dir)
+        conn = _open_ro(state_dir)
         if conn is None:
-            print(f"sonoedge outbox: no outbox in {args.state_dir} (nothing recorded yet)")
+            print(f"sonoedge outbox: no outbox in {state_dir} (nothing recorded yet)")
             return 0
         with conn:
             rows = conn.execute(
                 "SELECT seq, kind, msg_id, size, created_ts, attempts, state, reason "
                 "FROM outbox ORDER BY id LIMIT ?", (args.limit,)).fetchall()
-            total = conn.execute("SELECT state, kind, COUNT(*), COALESCE(SUM(size), 0) "
-                                 "FROM outbox GROUP BY state, kind").fetchall()
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            total = conn.execute("SELECT state, kind, COUNT(*) FROM outbox "
+                                 "GROUP BY state, kind").fetchall()
+            counts = counts_read_only(conn)
         conn.close()
     except sqlite3.Error as exc:
-        print(f"sonoedge outbox: {args.state_dir / OUTBOX_FILE}: {exc}", file=sys.stderr)
+        print(f"sonoedge outbox: {state_dir / OUTBOX_FILE}: {exc}", file=sys.stderr)
         return 2
     summary = {
-        "pending": sum(n for st, _, n, _ in total if st == "pending"),
-        "rejected": sum(n for st, _, n, _ in total if st == "rejected"),
-        "bytes": sum(b for _, _, _, b in total),
-        "by_kind": {f"{st}/{k}": n for st, k, n, _ in total},
-        "last_seq": meta.get("seq", 0),
-        "dropped": {"health": meta.get("dropped_health", 0),
-                    "exam": meta.get("dropped_exam", 0)},
+        "pending": counts["pending"],
+        "rejected": counts["rejected"],
+        "bytes": counts["payload_bytes"],
+        "quota_used_bytes": counts["used_bytes"],
+        "by_kind": {f"{st}/{k}": n for st, k, n in total},
+        "last_seq": counts["last_seq"],
+        "dropped": {"health": counts["dropped_health"], "exam": counts["dropped_exam"]},
     }
     if args.json:
         items = [dict(zip(("seq", "kind", "msg_id", "size", "created_ts", "attempts", "state",
@@ -106,7 +143,8 @@ def outbox_main(argv: list[str]) -> int:
         print(json.dumps({**summary, "messages": items}, indent=1))
         return 0
     print(f"{summary['pending']} pending, {summary['rejected']} rejected, "
-          f"{summary['bytes']} bytes; last seq {summary['last_seq']}; dropped by quota: "
+          f"{summary['bytes']} bytes of payload (quota used {summary['quota_used_bytes']}); "
+          f"last seq {summary['last_seq']}; dropped by quota: "
           f"{summary['dropped']['health']} health, {summary['dropped']['exam']} exam")
     if rows:
         print(f"{'seq':>7} {'kind':<7} {'msg_id':<36} {'bytes':>6} {'age':>6} {'tries':>5} state")
@@ -146,10 +184,19 @@ def status_main(argv: list[str]) -> int:
     be read is shown, and what is damaged is said in one line on stderr, never a
     traceback; the running uplink rewrites the file at its next change."""
     args = _parser("sonoedge status").parse_args(argv)
-    status, problem = load_status(args.state_dir)
-    holder = lock_holder(args.state_dir)
+    state_dir = _state_dir(args, "sonoedge status")
+    if state_dir is None:
+        return 2
+    status, problem = load_status(state_dir)
+    holder = lock_holder(state_dir)
     if problem:
         print(f"sonoedge status: {problem}", file=sys.stderr)
+    live, unread = _live_counts(state_dir)
+    if unread:
+        print(f"sonoedge status: {unread}; the outbox counts are the status file's",
+              file=sys.stderr)
+    if status is not None and live is not None:  # the database's, not the file's snapshot
+        status["outbox"] = {**(status.get("outbox") or {}), **live}
     if status is not None:
         status["running"] = holder is not None
         if holder is None:
@@ -164,7 +211,7 @@ def status_main(argv: list[str]) -> int:
         print(f"mqtt: unknown (its status file is damaged); {running}")
         return 0
     if status is None:
-        print(f"sonoedge status: no {STATUS_FILE} in {args.state_dir}: the uplink has not run "
+        print(f"sonoedge status: no {STATUS_FILE} in {state_dir}: the uplink has not run "
               "there yet")
         return 0
     box = status.get("outbox") or {}

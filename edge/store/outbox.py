@@ -620,6 +620,32 @@ def dates_key(exam_id: str, entry: int) -> str:
     return f"{exam_id}/dates/{int(entry)}"
 
 
+def counts_read_only(conn: sqlite3.Connection) -> dict:
+    """What `Outbox.counts` says, read beside a running box (`sonoedge status`, `outbox`)
+    from the database itself: the status file the uplink writes is rewritten on its own
+    changes, so with no broker it kept the count from before the last exam was queued.
+    Bytes are the quota's (payload and row overhead); the quota is the running box's."""
+    per: dict[tuple[str, str], tuple[int, int]] = {
+        (str(kind), str(state)): (int(n), int(size or 0)) for kind, state, n, size in
+        conn.execute("SELECT kind, state, COUNT(*), SUM(size) FROM outbox "
+                     "GROUP BY kind, state").fetchall()}
+    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
+                             "('seq', 'dropped_health', 'dropped_exam')").fetchall())
+
+    def pending(kind: str | None = None) -> int:
+        return sum(n for (k, st), (n, _) in per.items()
+                   if st == "pending" and kind in (None, k))
+
+    return {"pending": pending(), "pending_exam": pending("exam"),
+            "pending_health": pending("health"),
+            "rejected": sum(n for (_, st), (n, _) in per.items() if st != "pending"),
+            "used_bytes": sum(size + n * ROW_OVERHEAD_BYTES for n, size in per.values()),
+            "payload_bytes": sum(size for _, size in per.values()),
+            **{k: meta.get(k) if count_ok(meta.get(k)) else 0
+               for k in ("dropped_health", "dropped_exam")},
+            "last_seq": meta.get("seq") if count_ok(meta.get("seq")) else 0}
+
+
 def open_outbox(state_dir: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES,
                 seq_floor: int = 0) -> Outbox:
     return Outbox(Path(state_dir) / OUTBOX_FILE, quota_bytes=quota_bytes, seq_floor=seq_floor)

@@ -1,0 +1,46 @@
+"""`sonoedge status` and `sonoedge outbox` as a new user ran them (found on a fresh-clone
+walk, eighth session of 5 December): they could not read the device's config, and with no
+broker `status` showed the outbox count from the uplink's last status file, one exam
+behind what `outbox` and the page said."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from edge.store.outbox import open_outbox
+from tests.cli_run import sonoedge
+from tests.test_walkthrough_s18 import _heads
+
+
+def _pending(text: str) -> int:
+    return int(re.search(r"outbox: (\d+) pending", text).group(1))
+
+
+def test_status_and_outbox_read_the_devices_config_and_the_live_queue(data_dir, tmp_path):
+    frames = _heads(data_dir, tmp_path / "frames")
+    state = tmp_path / "state"
+    config = tmp_path / "device.toml"
+    config.write_text(f'[device]\nstate_dir = "{state}"\n')
+    ran = sonoedge("run", "--config", str(config), "--source", str(frames), "--once")
+    assert ran.returncode == 0, ran.stderr
+    before = sonoedge("status", "--config", str(config))
+    assert before.returncode == 0 and "no broker" in before.stdout, before.stderr
+    box = open_outbox(state)  # a message queued after the status file was last written
+    try:
+        box.enqueue("health", {"kind": "health", "note": "after the file"})
+    finally:
+        box.close()
+    after = sonoedge("status", "--config", str(config))
+    assert _pending(after.stdout) == _pending(before.stdout) + 1, after.stdout
+    listed = sonoedge("outbox", "--config", str(config), "--json")
+    assert json.loads(listed.stdout)["pending"] == _pending(after.stdout)
+    # --state-dir still wins over the config, and a config that cannot be read is one line
+    other = sonoedge("status", "--config", str(config), "--state-dir", str(tmp_path / "none"))
+    assert "has not run there yet" in other.stdout
+    config.write_text("[device]\nstate_dri = 1\n")
+    for verb in ("status", "outbox"):
+        bad = sonoedge(verb, "--config", str(config))
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1 and "state_dri" in bad.stderr, \
+            bad.stderr
