@@ -126,6 +126,10 @@ OUTLIERS_SHOWN = 200  # the page lists at most this many; the CSV has them all
 # -- rollup ----------------------------------------------------------------------------------
 REFRESH_EVERY_S = 5.0  # new messages reach the pages within this (plus a batch)
 REFRESH_BATCH = 2000  # messages per rollup transaction: a short write, a short read
+# Batches per pass of the rollup thread before the pages learn what it has so far: a new
+# dashboard on a year of messages rolls up for tens of seconds (392,000 seeded: 20 s), and
+# its pages said "0 exams" meanwhile; 25 batches is about a second.
+REFRESH_STEP_BATCHES = 25
 # Messages received up to this long before the newest one rolled up are looked at again:
 # a second collector's clock may lag, and a batch is stamped before it commits.
 REFRESH_OVERLAP_S = 300.0

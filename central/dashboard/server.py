@@ -161,13 +161,19 @@ class Dashboard:
             while not self.stop_event.is_set():
                 try:
                     db = db or Db(self.settings.db_url)
-                    stats = refresh(db)
+                    stats = refresh(db, max_batches=C.REFRESH_STEP_BATCHES)
+                    # a full step: more are waiting; the pages say so meanwhile
+                    behind = stats.messages >= C.REFRESH_STEP_BATCHES * C.REFRESH_BATCH
+                    rolled = self.last_refresh.get("rolled", 0) + stats.messages
                     self.last_refresh = {"at": time.time(), "messages": stats.messages,
-                                         "seconds": round(stats.seconds, 3)}
+                                         "seconds": round(stats.seconds, 3),
+                                         "behind": behind, "rolled": rolled}
                     if stats.messages or stats.dead:
                         self.generation += 1
-                        log.info("rolled up %d messages in %.2f s", stats.messages,
-                                 stats.seconds)
+                        log.info("rolled up %d messages in %.2f s%s", stats.messages,
+                                 stats.seconds, "; more wait" if behind else "")
+                    if behind:
+                        continue  # the next step at once
                 except Exception as exc:  # DbError, or a message the rollup cannot take:
                     # one line, and the next pass tries again (the thread must not die)
                     log.warning("dashboard refresh: %s", exc if isinstance(exc, DbError) else
@@ -368,7 +374,8 @@ class Dashboard:
         a DB thread: the event loop only sends bytes)."""
         t0 = time.perf_counter()
         body, districts = self._page_body(db, name, scope, weeks)
-        raw = _document(TITLES[name], _nav(user, name, scope, weeks, districts) + body
+        raw = _document(TITLES[name], _nav(user, name, scope, weeks, districts)
+                        + _rolling(self.last_refresh) + body
                         + _footer(self.last_refresh)).encode("utf-8")
         return raw, gzip.compress(raw, 6), (time.perf_counter() - t0) * 1000
 
@@ -624,6 +631,16 @@ def _nav(user: A.User, current: str, scope: Q.Scope, weeks: int, districts: list
     return (f'<header><div class="brand">sonoedge district</div><nav>{links}</nav>{who}'
             f'</header><div class="filters"><span class="where">{where}</span>'
             f'<span class="periods">{periods}</span></div><main>')
+
+
+def _rolling(last: dict) -> str:
+    """Said above every page while the rollup has not caught up with the collector (a
+    dashboard just started on months of messages): its figures are not all there yet."""
+    if last and not last.get("behind"):
+        return ""
+    so_far = f" ({last['rolled']:,} so far)" if last.get("rolled") else ""
+    return (f'<p class="warn rolling">Still rolling up the collector\'s messages{so_far}: '
+            "the figures below are not complete yet. This note goes once they are.</p>")
 
 
 def _footer(last: dict) -> str:
