@@ -156,6 +156,10 @@ def test_the_clinics_page_at_104_weeks_is_small_and_names_every_clinic_and_its_s
                        and d >= first[c] and d != per.last_day)
         assert cells == [str(exams), str(weekdays),
                          str(sum(int(days[d]["messages_missing"]) for d in per.days))], c
+        # the CSV adds up to the page: its silent weekdays, and the days before the box
+        assert sum(int(days[d]["silent_weekday"]) for d in per.days) == weekdays, c
+        assert [d for d in per.days if days[d]["before_first_message"] == "1"] == \
+            [d for d in per.days if d < first[c]], c
     assert spells_seen >= 50, "the seeded boxes are switched off for days, now and then"
     # the plot: a cell per week, its numbers on each row, the row's words in its title
     svg = re.search(r'<svg [^>]*data-chart="clinics".*?</svg>', page, re.S).group(0)

@@ -303,10 +303,16 @@ def silent_table(page: Q.ClinicsPage) -> str:
 # A clinic's name in a CSV is its last column, clinic_name (empty when the district map
 # gives none), so that a script reading the columns by position reads what it read before.
 def clinics_csv(page: Q.ClinicsPage) -> str:
+    """A row per clinic and day. `silent`: no message that day; `silent_weekday`: a silent
+    day the page counts (a weekday, not today, not before the clinic's first message:
+    ClinicsPage.counts), so that the CSV adds up to the page's silent weekdays."""
     return to_csv(["clinic_id", "day", "exams", "health", "silent", "sequence_holes",
-                   "messages_missing", "clinic_name"],
+                   "messages_missing", "clinic_name", "silent_weekday",
+                   "before_first_message"],
                   [[c.clinic_id, Q.day_text(c.day), c.exams, c.health, int(c.silent), c.holes,
-                    c.missing, page.names.get(c.clinic_id, "")] for c in page.rows()])
+                    c.missing, page.names.get(c.clinic_id, ""),
+                    int(page.silent_weekday(c.clinic_id, c.day)),
+                    int(page.before_first(c.clinic_id, c.day))] for c in page.rows()])
 
 
 # -- completeness ----------------------------------------------------------------------------
