@@ -72,6 +72,10 @@ class RunStats:
     started_mono: float = field(default_factory=time.monotonic)
     tally: ExamTally = field(default_factory=ExamTally)
     journal: Journal | None = None  # its shedding on a full disk is reported too
+    # the first and the latest frame taken: the rate is over the frames' own span, not the
+    # run's (a file's last exam lingering on the page, a grabber unplugged for an hour)
+    first_mono: float | None = None
+    last_mono: float | None = None
 
     @property
     def frames(self) -> int:
@@ -83,14 +87,24 @@ class RunStats:
 
     def add(self, record: dict) -> None:
         self.tally.add(record)
+        self.last_mono = time.monotonic()
+        if self.first_mono is None:
+            self.first_mono = self.last_mono
+
+    def fps(self) -> float:
+        """Frames a second while they came: over the first to the latest frame (one frame:
+        since the run began)."""
+        if self.frames >= 2 and self.first_mono is not None and self.last_mono is not None \
+                and self.last_mono > self.first_mono:
+            return (self.frames - 1) / (self.last_mono - self.first_mono)
+        return self.frames / max(1e-9, time.monotonic() - self.started_mono)
 
     def snapshot(self, source: Source | None = None) -> dict:
-        elapsed = max(1e-9, time.monotonic() - self.started_mono)
         lat = sorted(list(self.tally.latencies)[-1000:])
         return {
             "frames": self.frames,
             "failed": self.failed,
-            "fps": self.frames / elapsed,
+            "fps": self.fps(),
             # as the exam summary computes them: linear between the nearest ranks (the
             # lower rank alone made p90 of two frames the faster one, under the median)
             "latency_p50_ms": percentile(lat, 0.5),
