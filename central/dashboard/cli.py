@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from central.db import DEFAULT_DB, DbError
+from central.db import DEFAULT_DB, DbError, redact
 from wire.cli import OneLineParser
 from wire.schema import PayloadError, read_regular_file
 from wire.shown import shown
@@ -107,8 +107,12 @@ def users_main(argv: list[str]) -> int:
                     raise auth.AuthError(f"no user {shown(args.username)}")
                 print(f"user {args.username} removed")
             else:
-                for u in auth.list_users(db):
+                users = auth.list_users(db)
+                for u in users:
                     print(f"{u.username}\t{u.role}\t{u.district or '-'}")
+                if not users:
+                    print("no users yet: `sonoedge-central users add NAME --role admin "
+                          f"--db {redact(args.db)}` makes the first", file=sys.stderr)
         finally:
             db.close()
     except (auth.AuthError, DbError) as exc:

@@ -663,9 +663,12 @@ def serve(settings: ServeSettings) -> int:
         await asyncio.get_running_loop().run_in_executor(None, dash.close)
 
     app.on_cleanup.append(on_cleanup)
-    print(f"sonoedge-central serve: http://{settings.host}:{settings.port}/ "
-          f"on {redact(settings.db_url)}", flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None,
+    listening = (f"sonoedge-central serve: http://{settings.host}:{settings.port}/ "
+                 f"on {redact(settings.db_url)}")
+    # said once the port is bound (aiohttp's own banner replaced): before, it was said
+    # and then the bind failed, "address already in use"
+    web.run_app(app, host=settings.host, port=settings.port,
+                print=lambda _banner: print(listening, flush=True),
                 access_log=None, handle_signals=True)
     return 0
 
