@@ -89,6 +89,9 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
 
     def clip():
         with open_source("demo", pace=paced) as source:
+            # the clip's own head scales left out: biometry runs only at `pixel_size_mm`,
+            # as on a scanner whose calibration is set, and not at all without one
+            source.pixel_sizes = ()
             yield from timed_frames(source, scorer.prepare_frame)
 
     frames = list(clip()) if decoded else None
