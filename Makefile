@@ -7,7 +7,8 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 .PHONY: run test lint models bench eval-biometry device-env dev-env system-deps clean screenshots \
 	check-arm64 check-arm64-emulated bench-dashboard
 
-# The device needs only the runtime, numpy, OpenCV and paho-mqtt.
+# The device needs only the runtime, numpy, OpenCV, paho-mqtt, aiohttp (the midwife's page)
+# and cryptography (its TLS, the model bundles' signatures): pyproject.toml's dependencies.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip

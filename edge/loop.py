@@ -76,6 +76,7 @@ class RunStats:
     # run's (a file's last exam lingering on the page, a grabber unplugged for an hour)
     first_mono: float | None = None
     last_mono: float | None = None
+    _mark: tuple[float, int] | None = None  # (when, frames) at the last health message
 
     @property
     def frames(self) -> int:
@@ -91,20 +92,30 @@ class RunStats:
         if self.first_mono is None:
             self.first_mono = self.last_mono
 
+    def recent_fps(self) -> float:
+        """Frames a second since the last health message (the run's start for the first):
+        a live box's rate now, 0 while its grabber is out."""
+        now = time.monotonic()
+        then, frames = self._mark or (self.started_mono, 0)
+        self._mark = (now, self.frames)
+        return (self.frames - frames) / max(1e-9, now - then)
+
     def fps(self) -> float:
-        """Frames a second while they came: over the first to the latest frame (one frame:
-        since the run began)."""
+        """Frames a second over the first to the latest frame, for the run's summary (one
+        frame: since the run began); what came after them (a file's last exam lingering
+        on the page) does not dilute it."""
         if self.frames >= 2 and self.first_mono is not None and self.last_mono is not None \
                 and self.last_mono > self.first_mono:
             return (self.frames - 1) / (self.last_mono - self.first_mono)
         return self.frames / max(1e-9, time.monotonic() - self.started_mono)
 
-    def snapshot(self, source: Source | None = None) -> dict:
+    def snapshot(self, source: Source | None = None, recent: bool = False) -> dict:
+        """The figures; `recent` (health messages): the rate since the last one."""
         lat = sorted(list(self.tally.latencies)[-1000:])
         return {
             "frames": self.frames,
             "failed": self.failed,
-            "fps": self.fps(),
+            "fps": self.recent_fps() if recent else self.fps(),
             # as the exam summary computes them: linear between the nearest ranks (the
             # lower rank alone made p90 of two frames the faster one, under the median)
             "latency_p50_ms": percentile(lat, 0.5),
@@ -476,7 +487,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                     if result.error or (every and stats.frames % every == 0):
                         echo(format_line(result))
                 if time.monotonic() >= next_health:
-                    uplink.enqueue_health(stats.snapshot(source))
+                    uplink.enqueue_health(stats.snapshot(source, recent=True))
                     next_health = time.monotonic() + mqtt.health_interval_s
                 if stop.end_exam:
                     stop.end_exam = False
@@ -502,7 +513,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             web.apply_dates()  # dates the page accepted in the last moment: kept, not lost
         journal.end_run(run_id)
         journal.close()
-        uplink.enqueue_health(stats.snapshot(source))
+        uplink.enqueue_health(stats.snapshot(source, recent=True))
         echo(format_summary(stats, source))
         if once and uplink.target is not None:
             if not uplink.drain():

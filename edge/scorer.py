@@ -192,9 +192,13 @@ class Scorer:
         return self._roi, FrameViews(frame.image, self._roi, half=frame.half_grey)
 
     def _pixel_size(self, frame: Frame) -> float:
-        """The frame's own mm per pixel where its source knows it (the demo clip's heads),
-        else the probe's calibration ([biometry] pixel_size_mm; 0: unknown, no biometry)."""
-        return frame.pixel_size_mm or self.head.pixel_size_mm
+        """The frame's own mm per pixel where its source knows its frames' scales (the demo
+        clip: 0 for a frame of none), else the probe's calibration ([biometry]
+        pixel_size_mm); 0, no biometry, for none or one outside the plausible range."""
+        own = frame.pixel_size_mm
+        if own is None:
+            return self.head.pixel_size_mm
+        return own if pixel_size_status(own, self.head.settings) is None else 0.0
 
     def _judge_head(self, frame: Frame, roi: Roi | None, plane: PlaneResult) -> bool:
         if self.head is None:

@@ -190,14 +190,38 @@ def test_the_demos_heads_are_measured_at_their_own_scale(tmp_path, monkeypatch):
     with open_source("demo") as src:
         for frame in src:
             label = src.demo.frame_sources[frame.index]
-            assert (frame.pixel_size_mm is not None) == label.startswith("hc18:"), label
-            with_size += frame.pixel_size_mm is not None
+            assert bool(frame.pixel_size_mm) == label.startswith("hc18:"), label
+            with_size += bool(frame.pixel_size_mm)
             bio = scorer.score(frame).to_dict().get("biometry")
             if bio and bio.get("hc_mm") and label.startswith("hc18:"):
                 hc = truth[label.split(":", 1)[1]]
                 errors.append(abs(bio["hc_mm"] - hc) / hc)
     assert with_size >= 60 and len(errors) >= 20
     assert float(np.median(errors)) < 0.03, sorted(errors)
+    # a probe's calibration set in the config measures none of the clip's other screens
+    # (SonoNet's brain planes are of another scale): the clip knows its frames' scales
+    probe = make_scorer(load_settings(None, {"biometry": {"pixel_size_mm": 0.15}}))
+    with open_source("demo") as src:
+        for frame in src:
+            bio = probe.score(frame).to_dict().get("biometry")
+            if not src.demo.frame_sources[frame.index].startswith("hc18:"):
+                assert frame.pixel_size_mm == 0.0 and not (bio or {}).get("hc_mm")
+
+
+@needs_data
+def test_a_frames_own_scale_out_of_the_plausible_range_measures_nothing(data_dir):
+    from dataclasses import replace
+
+    from edge.config import load_settings
+    from edge.scorer import make_scorer
+
+    scorer = make_scorer(load_settings())
+    with open_source(data_dir / "hc18" / "images" / "200_HC.png") as src:
+        frame = next(iter(src))
+    assert scorer.score(replace(frame, pixel_size_mm=0.13)).to_dict()["biometry"]["hc_mm"]
+    for bad in (5.0, float("nan"), float("inf"), -0.1, 0.0):
+        got = scorer.score(replace(frame, pixel_size_mm=bad)).to_dict().get("biometry")
+        assert not (got or {}).get("hc_mm"), bad
 
 
 @needs_data
@@ -214,7 +238,7 @@ def test_a_cached_clips_damaged_pixel_sizes_are_rebuilt_or_left_unknown(tmp_path
     sizes = body["pixel_sizes"]
     heads = [i for i, v in enumerate(sizes) if v is not None]
     assert heads and clip.pixel_sizes == tuple(sizes)
-    for junk in ("0.1", -1, 1e300, True, None, 5):
+    for junk in ("0.1", -1, 0, True, None, [0.1]):  # numbers out of range: the scorer's
         sizes[heads[0]] = junk
         meta.write_text(json.dumps({**body, "pixel_sizes": sizes}))
         again = build_demo_clip(cache, data)

@@ -44,3 +44,26 @@ def test_status_and_outbox_read_the_devices_config_and_the_live_queue(data_dir, 
         assert bad.returncode == 2 and "Traceback" not in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1 and "state_dri" in bad.stderr, \
             bad.stderr
+
+
+def test_a_damaged_outbox_is_counted_as_far_as_it_can_be_never_a_traceback(data_dir,
+                                                                            tmp_path):
+    """Sizes of 1e308 summed to an infinity that no int holds: a traceback from both
+    commands (found by the review of the change above)."""
+    import sqlite3
+
+    state = tmp_path / "state"
+    box = open_outbox(state)
+    try:
+        for i in range(3):
+            box.enqueue("health", {"kind": "health", "n": i})
+    finally:
+        box.close()
+    with sqlite3.connect(state / "outbox.sqlite3") as db:
+        db.execute("UPDATE outbox SET size = CASE id % 3 WHEN 0 THEN 1e308 WHEN 1 THEN 1e308 "
+                   "ELSE -5 END")
+    for verb in ("status", "outbox"):
+        done = sonoedge(verb, "--state-dir", str(state), "--json")
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    listed = json.loads(sonoedge("outbox", "--state-dir", str(state), "--json").stdout)
+    assert listed["pending"] == 3 and listed["bytes"] == 0

@@ -300,8 +300,9 @@ def silent_table(page: Q.ClinicsPage) -> str:
     return f'<div class="wide"><table class="silent">{head}{"".join(body)}</table></div>'
 
 
-# A clinic's name in a CSV is its last column, clinic_name (empty when the district map
-# gives none), so that a script reading the columns by position reads what it read before.
+# A clinic's name in a CSV comes after the columns it had, clinic_name (empty when the
+# district map gives none), and columns added since after it, so that a script reading the
+# columns by position reads what it read before.
 def clinics_csv(page: Q.ClinicsPage) -> str:
     """A row per clinic and day. `silent`: no message that day; `silent_weekday`: a silent
     day the page counts (a weekday, not today, not before the clinic's first message:

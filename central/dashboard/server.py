@@ -164,12 +164,16 @@ class Dashboard:
                     stats = refresh(db, max_batches=C.REFRESH_STEP_BATCHES)
                     # a full step: more are waiting; the pages say so meanwhile
                     behind = stats.messages >= C.REFRESH_STEP_BATCHES * C.REFRESH_BATCH
-                    rolled = self.last_refresh.get("rolled", 0) + stats.messages
+                    before = self.last_refresh
                     self.last_refresh = {"at": time.time(), "messages": stats.messages,
                                          "seconds": round(stats.seconds, 3),
-                                         "behind": behind, "rolled": rolled}
-                    if stats.messages or stats.dead:
+                                         "behind": behind,
+                                         "rolled": before.get("rolled", 0) + stats.messages}
+                    # pages are cached per generation: one made while the note was up must
+                    # not outlive it (the first pass, or a catch-up that found nothing more)
+                    if stats.messages or stats.dead or behind != before.get("behind", True):
                         self.generation += 1
+                    if stats.messages or stats.dead:
                         log.info("rolled up %d messages in %.2f s%s", stats.messages,
                                  stats.seconds, "; more wait" if behind else "")
                     if behind:

@@ -96,9 +96,11 @@ def _pixel_sizes(data_dir: Path) -> dict[str, float]:
             for row in csv.reader(f):
                 if len(row) >= 2:
                     try:
-                        out[row[0]] = float(row[1])
+                        size = float(row[1])
                     except ValueError:
                         continue  # header
+                    if math.isfinite(size) and size > 0:  # else: no scale known
+                        out[row[0]] = size
     except OSError:
         pass
     return out
@@ -319,7 +321,7 @@ def _write(frames: Iterator[tuple[str, np.ndarray, float | None]], tmp: Path, fm
             for label, fr, mm in frames:
                 wr.write(fr)
                 labels.append(label)
-                sizes.append(None if mm is None else round(mm, 6))
+                sizes.append(mm)
         finally:
             wr.release()
     else:
@@ -330,8 +332,8 @@ def _write(frames: Iterator[tuple[str, np.ndarray, float | None]], tmp: Path, fm
             if not ok:
                 raise OSError(f"cannot write JPEG frames into {tmp}")
             labels.append(label)
-            sizes.append(None if mm is None else round(mm, 6))
-    return labels, sizes
+            sizes.append(mm)
+    return labels, [None if mm is None else round(mm, 6) for mm in sizes]
 
 
 def _remove(p: Path) -> None:
@@ -415,9 +417,9 @@ def build_demo_clip(dest_dir: Path, data_dir: Path | None = None, *,
 
 
 def _pixel_sizes_of(meta: dict) -> tuple[float | None, ...]:
-    """The cached clip's per-frame mm per pixel, each a plausible one or None (the cache
-    is a file on the box: read as any input is)."""
+    """The cached clip's per-frame mm per pixel, each a positive number or None (the cache
+    is a file on the box: read as any input is; the scorer checks each is plausible)."""
     sizes = meta.get("pixel_sizes")
     if not isinstance(sizes, list) or len(sizes) != int(meta["frames"]):
         raise ValueError("pixel_sizes missing or not one per frame")
-    return tuple(float(v) if finite_number(v) and 0.01 <= v <= 1.0 else None for v in sizes)
+    return tuple(float(v) if finite_number(v) and v > 0 else None for v in sizes)

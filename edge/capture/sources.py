@@ -73,8 +73,8 @@ class Frame:
     # still images: what an exam's length and gaps are counted in (edge/capture/clock.py).
     t_media: float | None = None
     # The source's own calibration, mm per pixel, where it knows it: the demo clip knows
-    # each head's (HC18's pixel sizes, as laid out on its screen). None: the probe's, from
-    # [biometry] pixel_size_mm.
+    # each head's (HC18's pixel sizes, as laid out on its screen), and 0.0 for its frames
+    # of no known scale. None: the probe's, from [biometry] pixel_size_mm.
     pixel_size_mm: float | None = None
 
     @property
@@ -145,8 +145,13 @@ class Source:
         self._closed = threading.Event()
 
     def pixel_size(self, index: int) -> float | None:
-        """The known mm per pixel of this source's frame `index` (Frame.pixel_size_mm)."""
-        return self.pixel_sizes[index] if 0 <= index < len(self.pixel_sizes) else None
+        """Frame `index`'s mm per pixel (Frame.pixel_size_mm) where this source knows its
+        frames' scales (the demo clip): 0.0 for a frame it knows has none (a screen of
+        another scale, a blend), never the probe's calibration. None where it knows none."""
+        if not self.pixel_sizes:
+            return None
+        known = self.pixel_sizes[index] if 0 <= index < len(self.pixel_sizes) else None
+        return known or 0.0
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError

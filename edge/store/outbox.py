@@ -626,8 +626,8 @@ def counts_read_only(conn: sqlite3.Connection) -> dict:
     changes, so with no broker it kept the count from before the last exam was queued.
     Bytes are the quota's (payload and row overhead); the quota is the running box's."""
     per: dict[tuple[str, str], tuple[int, int]] = {
-        (str(kind), str(state)): (int(n), int(size or 0)) for kind, state, n, size in
-        conn.execute("SELECT kind, state, COUNT(*), SUM(size) FROM outbox "
+        (str(kind), str(state)): (int(n), _bytes(size)) for kind, state, n, size in
+        conn.execute("SELECT kind, state, COUNT(*), TOTAL(size) FROM outbox "
                      "GROUP BY kind, state").fetchall()}
     meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
                              "('seq', 'dropped_health', 'dropped_exam')").fetchall())
@@ -644,6 +644,12 @@ def counts_read_only(conn: sqlite3.Connection) -> dict:
             **{k: meta.get(k) if count_ok(meta.get(k)) else 0
                for k in ("dropped_health", "dropped_exam")},
             "last_seq": meta.get("seq") if count_ok(meta.get("seq")) else 0}
+
+
+def _bytes(total: object) -> int:
+    """A byte total read from a database that may be damaged: TOTAL() of sizes stored as
+    1e308 is an infinity, of negative ones below 0; either counts as none."""
+    return int(total) if isinstance(total, int | float) and 0 <= total < 2 ** 53 else 0
 
 
 def open_outbox(state_dir: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES,
