@@ -144,3 +144,36 @@ def test_a_registry_not_in_utf8_or_naming_a_device_twice_is_one_line_naming_the_
     assert str(refused.value) == f"{path}:3: device dev-a is already in clinic clinic-1"
     path.write_text("dev-a,clinic-1\ndev-a,clinic-1\n")  # the same line twice is no conflict
     assert read_registry(path) == {"dev-a": "clinic-1"}
+
+
+def test_a_batch_of_rows_no_rollup_can_read_does_not_stop_the_rollup_for_ever(tmp_path):
+    """More unreadable rows than a rollup batch within the watermark's overlap were read
+    again by every batch: refresh never ended, and nothing after them was rolled up (found
+    by the review of the eighth session of 5 December)."""
+    import json
+
+    from central.dashboard import config as C
+
+    def arrived(payload: dict, at: float):  # all within a minute: inside the overlap
+        return check(f"sonoedge/dev-a/{payload['kind']}", json.dumps(payload).encode(), 4096,
+                     "c1", at, {"dev-a": "clinic-1"})
+
+    path = str(tmp_path / "c.sqlite3")
+    store = Store(path)
+    n = C.REFRESH_BATCH + 50
+    store.store([arrived(message("health", seq=s), 1000.0 + s * 0.02) for s in range(1, n + 1)],
+                [])
+    store.store([arrived(message("exam", seq=n + 1), 1060.0)], [])  # a good one after
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE messages SET seq = 'not a number' WHERE kind = 'health'")
+    db.commit()
+    db.close()
+    dash = open_db(path)
+    try:
+        stats = refresh(dash, max_batches=10)  # it used to loop for ever without the limit
+        assert stats.messages == n + 1
+        assert refresh(dash, max_batches=10).messages == 0  # each one seen once
+        assert dash.query("SELECT COUNT(*) FROM dash.exams")[0][0] == 1
+    finally:
+        dash.close()

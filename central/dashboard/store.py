@@ -507,6 +507,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
     fleet_errors: dict[tuple, list[float]] = {}
     latest: dict[str, dict] = {}
     skipped = 0
+    unreadable: list[tuple] = []  # _skipped_row: rows no rollup can read, seen once
     known = _known_clinics(db, rows)
     for msg_id, dev, clinic, kind, seq, device_ts, received, payload in rows:
         try:
@@ -562,8 +563,17 @@ def _add(db: Db, rows: list[tuple]) -> None:
         except (TypeError, ValueError, AttributeError, KeyError, IndexError,
                 RecursionError, OverflowError):
             # not as the collector writes a message (another writer, a damaged
-            # database): skipped, so one such row cannot stop every rollup
+            # database): skipped, so one such row cannot stop every rollup; and marked
+            # seen if it never reached dash.msgs, else a batch of such rows within the
+            # watermark's overlap was read again by every batch, for ever, and nothing
+            # after them was ever rolled up
             skipped += 1
+            if not msgs or msgs[-1][0] != msg_id:
+                unreadable.append(_skipped_row(msg_id, dev, received))
+    if unreadable:
+        db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
+                "received_ts) VALUES (?, ?, '', ?, -1, ?, ?, ?) ON CONFLICT (msg_id) "
+                "DO NOTHING", unreadable)
     for dev, clinic in known.moves.items():
         _move_unregistered(db, dev, clinic)
     db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
@@ -587,6 +597,17 @@ def _add(db: Db, rows: list[tuple]) -> None:
     _add_fleet_errors(db, fleet_errors)
     for dev, lat in latest.items():
         _upsert_latest(db, dev, lat)
+
+
+SKIPPED_KIND = "(skipped)"  # a dash.msgs row of a message no rollup can read: no counts
+
+
+def _skipped_row(msg_id: object, dev: object, received: object) -> tuple:
+    """dash.msgs' row for a message `_add` could not read: in no count (its kind is none
+    of the collector's, its clinic none, its seq -1), only seen."""
+    when = float(received) if isinstance(received, int | float) and math.isfinite(
+        received) else 0.0
+    return (str(msg_id), str(dev)[:64], SKIPPED_KIND, when, int(when // C.DAY_S), when)
 
 
 _UPSERT_DAY_DEVICE = (
