@@ -18,6 +18,15 @@ from wire.cli import OneLineParser
 
 USAGE = ("sonoedge-central [run] --mqtt-url URL [--db URL] ... | sonoedge-central report ... "
          "| sonoedge-central serve|users|districts|seed ... (the dashboard)")
+VERBS_HELP = """sonoedge-central COMMAND ... (each COMMAND --help says more):
+  run        the MQTT collector (the default; its flags below)
+  report     per-device and per-clinic counts from the collector's database
+  serve      the district dashboard (web)
+  users      the dashboard's users: add, list, remove
+  districts  the map of clinics to districts and names, from a CSV
+  seed       a simulated district, for scale tests and a first look
+  bundle     publish or export a signed model bundle
+"""
 
 
 def check_collector_numbers(args: argparse.Namespace) -> None:
@@ -170,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "run":
         argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help") and len(argv) == 1:
+        print(VERBS_HELP)  # first: the collector's flags alone hid the other commands
         _collector_parser().print_help()
         print(f"\nusage: {USAGE}")
         return 0 if argv else 2
