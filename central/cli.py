@@ -16,8 +16,8 @@ import sys
 from central.db import DEFAULT_DB, DbError, Store
 from wire.cli import OneLineParser
 
-USAGE = ("sonoedge-central [run] --mqtt-url URL [--db URL] ... | sonoedge-central report ... "
-         "| sonoedge-central serve|users|districts|seed ... (the dashboard)")
+USAGE = ("sonoedge-central [run] --mqtt-url URL [--db URL] ... | sonoedge-central "
+         "report|serve|users|districts|seed|bundle ... (COMMAND --help)")
 VERBS_HELP = """sonoedge-central COMMAND ... (each COMMAND --help says more):
   run        the MQTT collector (the default; its flags below)
   report     per-device and per-clinic counts from the collector's database

@@ -722,8 +722,7 @@ def device_flags(d: DeviceRow, now: float) -> list[str]:
     """Why this box may need a visit (thresholds in config.py)."""
     flags = []
     if d.last_seen is None or now - d.last_seen > C.SILENT_AFTER_S:
-        days = "never" if d.last_seen is None else f"{(now - d.last_seen) / C.DAY_S:.0f} days"
-        flags.append(f"silent {days}")
+        flags.append(f"silent {'never' if d.last_seen is None else span(now - d.last_seen)}")
     if d.disk_free_mb is not None and d.disk_free_mb < C.LOW_DISK_MB:
         flags.append("disk low")
     if d.temp_c is not None and d.temp_c >= C.HOT_C:

@@ -162,8 +162,7 @@ class Dashboard:
                 try:
                     db = db or Db(self.settings.db_url)
                     stats = refresh(db, max_batches=C.REFRESH_STEP_BATCHES)
-                    # a full step: more are waiting; the pages say so meanwhile
-                    behind = stats.messages >= C.REFRESH_STEP_BATCHES * C.REFRESH_BATCH
+                    behind = stats.more  # more wait: the pages say so meanwhile
                     before = self.last_refresh
                     self.last_refresh = {"at": time.time(), "messages": stats.messages,
                                          "seconds": round(stats.seconds, 3),

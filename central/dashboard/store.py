@@ -43,6 +43,7 @@ than ``resent`` has none.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -432,31 +433,40 @@ class RefreshStats:
     dead: int = 0
     seconds: float = 0.0
     resent: int = 0
+    more: bool = False  # it stopped at its batch limit: more messages wait
 
 
 _refresh_lock = threading.Lock()
 
 
 def refresh(db: Db, max_batches: int | None = None) -> RefreshStats:
-    """Roll up every stored message not yet rolled up; returns what was added."""
+    """Roll up the stored messages not yet rolled up, all of them or at most `max_batches`
+    batches (the dashboard's steps: its pages say while more wait, `RefreshStats.more`);
+    returns what was added."""
     t0 = time.perf_counter()
     stats = RefreshStats()
     with _refresh_lock:
-        batches = 0
-        while max_batches is None or batches < max_batches:
-            batches += 1
+        stats.more = max_batches is not None
+        for _ in range(max_batches) if max_batches is not None else itertools.count():
             n = _refresh_batch(db)
             stats.messages += n
             if n < C.REFRESH_BATCH:
+                stats.more = False
                 break
-        for _ in range(RESENT_MAX_BATCHES if max_batches is None else max_batches):
-            n = _refresh_resent(db)
-            stats.resent += n
-            if n < C.REFRESH_BATCH:
-                break
+        stats.more = _refresh_all_resent(db, stats) or stats.more
         stats.dead = _refresh_dead(db)
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _refresh_all_resent(db: Db, stats: RefreshStats) -> bool:
+    """The resent seqs, at most RESENT_MAX_BATCHES batches a refresh; True if more wait."""
+    for _ in range(RESENT_MAX_BATCHES):
+        n = _refresh_resent(db)
+        stats.resent += n
+        if n < C.REFRESH_BATCH:
+            return False
+    return True
 
 
 def _watermark(db: Db, key: str) -> float:
@@ -507,7 +517,6 @@ def _add(db: Db, rows: list[tuple]) -> None:
     fleet_errors: dict[tuple, list[float]] = {}
     latest: dict[str, dict] = {}
     skipped = 0
-    unreadable: list[tuple] = []  # _skipped_row: rows no rollup can read, seen once
     known = _known_clinics(db, rows)
     for msg_id, dev, clinic, kind, seq, device_ts, received, payload in rows:
         try:
@@ -569,11 +578,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
             # after them was ever rolled up
             skipped += 1
             if not msgs or msgs[-1][0] != msg_id:
-                unreadable.append(_skipped_row(msg_id, dev, received))
-    if unreadable:
-        db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
-                "received_ts) VALUES (?, ?, '', ?, -1, ?, ?, ?) ON CONFLICT (msg_id) "
-                "DO NOTHING", unreadable)
+                msgs.append(_skipped_row(msg_id, dev, received))
     for dev, clinic in known.moves.items():
         _move_unregistered(db, dev, clinic)
     db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
@@ -607,7 +612,7 @@ def _skipped_row(msg_id: object, dev: object, received: object) -> tuple:
     of the collector's, its clinic none, its seq -1), only seen."""
     when = float(received) if isinstance(received, int | float) and math.isfinite(
         received) else 0.0
-    return (str(msg_id), str(dev)[:64], SKIPPED_KIND, when, int(when // C.DAY_S), when)
+    return (str(msg_id), str(dev)[:64], "", SKIPPED_KIND, -1, when, int(when // C.DAY_S), when)
 
 
 _UPSERT_DAY_DEVICE = (
@@ -701,13 +706,18 @@ def _first_clinics(db: Db, devices: list[str], batch: dict[str, tuple[float, str
     it was first put, and where they count then depends neither on how the rows were
     batched (a rebuild takes them in one) nor on a later move; the report counts alike."""
     out: dict[str, str] = {}
+    # Only a box the rollup counts under a clinic now has messages under one: a box never
+    # listed (under C.UNREGISTERED, or new) skips reading all its messages at every
+    # refresh (10 ms a refresh for a box of 100,000 messages, and growing).
+    counted: set[str] = set()
+    for i in range(0, len(devices), 500):
+        part = devices[i:i + 500]
+        counted |= {dev for dev, in db.query(
+            f"SELECT device_id FROM dash.device_latest WHERE device_id IN "
+            f"({', '.join('?' * len(part))}) AND clinic_id NOT IN ('', ?)",
+            (*part, C.UNREGISTERED))}
     for dev in devices:
-        # Only a box the rollup counts under a clinic now has messages under one: a box
-        # never listed (under C.UNREGISTERED, or new) skips reading all its messages at
-        # every refresh (10 ms a refresh for a box of 100,000 messages, and growing).
-        latest = db.query("SELECT clinic_id FROM dash.device_latest WHERE device_id = ?",
-                          (dev,))
-        found = latest and latest[0][0] not in ("", C.UNREGISTERED) and db.query(
+        found = dev in counted and db.query(
             "SELECT clinic_id FROM dash.msgs WHERE device_id = ? AND clinic_id NOT IN "
             "('', ?) ORDER BY received_ts LIMIT 1", (dev, C.UNREGISTERED))
         if found:

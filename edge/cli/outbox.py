@@ -1,7 +1,8 @@
 """``sonoedge outbox`` (what waits to be sent) and ``sonoedge status`` (is the uplink well).
 
-Both read: the outbox database (WAL lets them read while ``sonoedge run`` writes) and the
-status file the uplink rewrites on every change. ``sonoedge outbox --retry-rejected`` is the
+Both read the outbox database (WAL lets them read while ``sonoedge run`` writes): what
+waits is counted there. ``status`` reads the uplink's state from the status file the uplink
+rewrites on its changes, at most once a second. ``sonoedge outbox --retry-rejected`` is the
 one write: it puts the messages the broker refused back in the queue, once the cause is
 fixed. ``status`` asks the kernel whether a run holds the state dir (its lock), so the last
 state of a process that was killed is shown as such, never as "connected".
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.store.outbox import OUTBOX_FILE, counts_read_only
+from edge.store.outbox import OUTBOX_FILE, counts_of
 from edge.store.state import lock_holder
 from edge.uplink.mqtt import STATUS_FILE, load_status
 from wire.cli import OneLineParser
@@ -72,14 +73,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 def _state_dir(args: argparse.Namespace, prog: str) -> Path | None:
     """--state-dir, else the config's [device] state_dir, else the default; None when the
     config cannot be read (said in one line)."""
-    if args.state_dir is not None:
-        return args.state_dir
     if args.config is None:
-        return Path(DEFAULT_STATE_DIR)
+        return args.state_dir or Path(DEFAULT_STATE_DIR)
     from edge.config import ConfigError, load_settings
 
-    try:
-        return Path(load_settings(args.config).device.state_dir)
+    try:  # as `sonoedge pin` reads them: the flag over the config's key
+        given = None if args.state_dir is None else str(args.state_dir)
+        return Path(load_settings(args.config, {"device": {"state_dir": given}})
+                    .device.state_dir)
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
@@ -93,7 +94,7 @@ def _live_counts(state_dir: Path) -> tuple[dict | None, str | None]:
             return None, None
         try:
             with conn:
-                return counts_read_only(conn), None
+                return counts_of(conn), None
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -121,9 +122,7 @@ def outbox_main(argv: list[str]) -> int:
             rows = conn.execute(
                 "SELECT seq, kind, msg_id, size, created_ts, attempts, state, reason "
                 "FROM outbox ORDER BY id LIMIT ?", (args.limit,)).fetchall()
-            total = conn.execute("SELECT state, kind, COUNT(*) FROM outbox "
-                                 "GROUP BY state, kind").fetchall()
-            counts = counts_read_only(conn)
+            counts = counts_of(conn)
         conn.close()
     except sqlite3.Error as exc:
         print(f"sonoedge outbox: {state_dir / OUTBOX_FILE}: {exc}", file=sys.stderr)
@@ -133,7 +132,7 @@ def outbox_main(argv: list[str]) -> int:
         "rejected": counts["rejected"],
         "bytes": counts["payload_bytes"],
         "quota_used_bytes": counts["used_bytes"],
-        "by_kind": {f"{st}/{k}": n for st, k, n in total},
+        "by_kind": counts["by_kind"],
         "last_seq": counts["last_seq"],
         "dropped": {"health": counts["dropped_health"], "exam": counts["dropped_exam"]},
     }
@@ -180,9 +179,10 @@ def _retry_rejected(state_dir: Path) -> int:
 
 
 def status_main(argv: list[str]) -> int:
-    """What the uplink's status file says (read as hostile input, `load_status`): what can
-    be read is shown, and what is damaged is said in one line on stderr, never a
-    traceback; the running uplink rewrites the file at its next change."""
+    """What the uplink's status file says (read as hostile input, `load_status`), with
+    the outbox's counts from its database (`counts_of`): what can be read is shown, and
+    what is damaged is said in one line on stderr, never a traceback; the running uplink
+    rewrites the file at its next change."""
     args = _parser("sonoedge status").parse_args(argv)
     state_dir = _state_dir(args, "sonoedge status")
     if state_dir is None:

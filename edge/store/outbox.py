@@ -544,30 +544,9 @@ class Outbox:
     def counts(self) -> dict:
         """Queue depth per kind and state, bytes used and the persisted counters."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT kind, state, COUNT(*) FROM outbox GROUP BY kind, state"
-            ).fetchall()
-            meta = dict(zip(("seq", "dropped_health", "dropped_exam"),
-                            self._meta("seq", "dropped_health", "dropped_exam"), strict=True))
-        per: dict[str, int] = {}
-        pending = rejected = 0
-        for kind, state, n in rows:
-            if state == "pending":
-                pending += n
-                per[kind] = per.get(kind, 0) + n
-            else:
-                rejected += n
-        return {
-            "pending": pending,
-            "pending_exam": per.get("exam", 0),
-            "pending_health": per.get("health", 0),
-            "rejected": rejected,
-            "used_bytes": self._used,
-            "quota_bytes": self.quota_bytes,
-            "last_seq": meta["seq"],
-            "dropped_health": meta["dropped_health"],
-            "dropped_exam": meta["dropped_exam"],
-        }
+            out = counts_of(self._db)
+        out["used_bytes"], out["quota_bytes"] = self._used, self.quota_bytes
+        return out
 
     def pending_count(self) -> int:
         with self._lock:
@@ -620,11 +599,13 @@ def dates_key(exam_id: str, entry: int) -> str:
     return f"{exam_id}/dates/{int(entry)}"
 
 
-def counts_read_only(conn: sqlite3.Connection) -> dict:
-    """What `Outbox.counts` says, read beside a running box (`sonoedge status`, `outbox`)
-    from the database itself: the status file the uplink writes is rewritten on its own
-    changes, so with no broker it kept the count from before the last exam was queued.
-    Bytes are the quota's (payload and row overhead); the quota is the running box's."""
+def counts_of(conn: sqlite3.Connection) -> dict:
+    """The outbox's counts from its database: `Outbox.counts` (which gives its own running
+    `used_bytes` and its quota), and `sonoedge status` and `outbox` beside a running box,
+    read only (the uplink's status file is rewritten at most once a second, so it could
+    hold a count from before the last exam was queued). The database may be damaged: a
+    text counter is 0, a size of 1e308 counts as none. `used_bytes`: payload and row
+    overhead, as the quota counts them; `by_kind`: "state/kind" -> messages."""
     per: dict[tuple[str, str], tuple[int, int]] = {
         (str(kind), str(state)): (int(n), _bytes(size)) for kind, state, n, size in
         conn.execute("SELECT kind, state, COUNT(*), TOTAL(size) FROM outbox "
@@ -636,14 +617,17 @@ def counts_read_only(conn: sqlite3.Connection) -> dict:
         return sum(n for (k, st), (n, _) in per.items()
                    if st == "pending" and kind in (None, k))
 
+    def counter(key: str) -> int:
+        return meta[key] if count_ok(meta.get(key)) else 0
+
     return {"pending": pending(), "pending_exam": pending("exam"),
             "pending_health": pending("health"),
             "rejected": sum(n for (_, st), (n, _) in per.items() if st != "pending"),
             "used_bytes": sum(size + n * ROW_OVERHEAD_BYTES for n, size in per.values()),
             "payload_bytes": sum(size for _, size in per.values()),
-            **{k: meta.get(k) if count_ok(meta.get(k)) else 0
-               for k in ("dropped_health", "dropped_exam")},
-            "last_seq": meta.get("seq") if count_ok(meta.get("seq")) else 0}
+            "by_kind": {f"{st}/{k}": n for (k, st), (n, _) in sorted(per.items())},
+            "last_seq": counter("seq"), "dropped_health": counter("dropped_health"),
+            "dropped_exam": counter("dropped_exam")}
 
 
 def _bytes(total: object) -> int:

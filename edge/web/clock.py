@@ -10,20 +10,23 @@ board/sonoedge.service) and the kernel's clock is not kept by network time alrea
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wire.schema import finite_number
+from wire.schema import MAX_WALL_TS, finite_number
 
 log = logging.getLogger(__name__)
 
 CAP_SYS_TIME = 25  # linux/capability.h
 TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised (no network time disciplines it)
-# A phone's time before this software's first release, or past 2100, is not a clock.
+# A phone's time before this software's first release is not a clock that may set the
+# box's (stricter than the date form's PHONE_DAYS, edge/exam/screening.py: a period's date
+# typed on a phone of 2024 is still a date); past the wire's last time (2100), neither.
 EARLIEST_S = 1_735_689_600.0  # 2025-01-01 UTC
-LATEST_S = 4_102_444_800.0  # 2100-01-01 UTC
+LATEST_S = float(MAX_WALL_TS)
 
 
 class ClockRefused(Exception):
@@ -61,10 +64,15 @@ def clock_synchronised() -> bool:
     it is right, and a phone that disagrees is the one that is wrong (a time zone set by
     hand moves its clock by whole hours). Reading needs no privilege."""
     try:
-        state = ctypes.CDLL(None, use_errno=True).adjtimex(ctypes.create_string_buffer(512))
+        state = _libc().adjtimex(ctypes.create_string_buffer(512))
     except (OSError, AttributeError):
         return False
     return 0 <= state < TIME_ERROR
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def read_phone_s(value: object) -> float:

@@ -1048,7 +1048,8 @@ class WebServer:
             self.cpu_s["status"] += time.thread_time() - cpu0
 
     def _read_status(self) -> dict:
-        out: dict = {"temperature_c": read_temperature_c()}
+        out: dict = {"temperature_c": read_temperature_c(),
+                     "clock_synced": clock_synchronised()}  # for _clock_status
         try:
             out["disk_free_mb"] = round(shutil.disk_usage(self.state_dir).free / 1e6)
         except OSError:
@@ -1219,7 +1220,8 @@ class WebServer:
         rules = self._clock_rules()
         return {"box_ms": round(time.time() * 1000), "off_s": rules.off_min_s,
                 "max_move_s": rules.max_move_s, "settable": rules.settable,
-                "synced": clock_synchronised(),
+                "not_after_ms": None if rules.not_after is None else rules.not_after * 1000,
+                "synced": bool(self._status.get("clock_synced")),
                 "phone_ms": [EARLIEST_S * 1000, LATEST_S * 1000]}
 
     async def _clock(self, request: web.Request) -> web.Response:

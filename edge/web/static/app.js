@@ -595,7 +595,8 @@ function renderClock(c) {
     ? t(off > 0 ? "clock.behind" : "clock.ahead", { span: clockSpan(off) }) : "";
   $("#clock-text").hidden = !wrong;
   // forward only, and no further than a tap may move it: the move the box would make
-  const far = Boolean(c) && off > c.max_move_s * 1000;
+  const far = Boolean(c) && (off > c.max_move_s * 1000
+    || (c.not_after_ms != null && now >= c.not_after_ms));
   const settable = wrong && c.settable && off > 0 && !far;
   $("#clock-set").hidden = !settable;
   if (settable) {
