@@ -41,6 +41,7 @@ from edge.store.journal import JOURNAL_FILE, Journal, told_weeks
 from edge.store.outbox import dates_key
 from edge.store.state import StateLock, prepare_state_dir
 from edge.uplink.mqtt import Uplink
+from edge.web.clock import last_set
 from wire.schema import number_or_none
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,12 @@ class RunStats:
             "source_reopens": getattr(source, "reopens", 0),
             **(self.journal.stats() if self.journal is not None else {}),
         }
+
+
+def health_figures(stats: RunStats, source: Source, state_dir: Path) -> dict:
+    """A health message's loop figures: the rate since the last one, and when the page
+    last set the box's clock (its exams before were dated early: the district says so)."""
+    return {**stats.snapshot(source, recent=True), **last_set(state_dir)}
 
 
 def format_line(result: FrameResult) -> str:
@@ -487,7 +494,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                     if result.error or (every and stats.frames % every == 0):
                         echo(format_line(result))
                 if time.monotonic() >= next_health:
-                    uplink.enqueue_health(stats.snapshot(source, recent=True))
+                    uplink.enqueue_health(health_figures(stats, source, state_dir))
                     next_health = time.monotonic() + mqtt.health_interval_s
                 if stop.end_exam:
                     stop.end_exam = False
@@ -513,7 +520,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             web.apply_dates()  # dates the page accepted in the last moment: kept, not lost
         journal.end_run(run_id)
         journal.close()
-        uplink.enqueue_health(stats.snapshot(source, recent=True))
+        uplink.enqueue_health(health_figures(stats, source, state_dir))
         echo(format_summary(stats, source))
         if once and uplink.target is not None:
             if not uplink.drain():

@@ -85,6 +85,10 @@ def test_a_box_60_days_behind_the_phone_says_so_and_is_set_to_the_phones_time(
     assert len(settime) == 1 and settime[0][0] == time.CLOCK_REALTIME
     assert settime[0][1] == pytest.approx(phone.timestamp(), abs=1)
     assert errors == []
+    # every health message says it from now on, so the district knows the exams before
+    kept = clock.last_set(box["server"].state_dir)
+    assert kept["clock_moved_s"] == pytest.approx(60 * DAY_S, abs=5)
+    (box["server"].state_dir / clock.CLOCK_SET_FILE).unlink()
 
 
 def test_a_box_that_may_not_set_its_clock_says_whom_to_tell_and_offers_no_button(
@@ -219,3 +223,20 @@ def test_a_move_past_the_provisioned_certificate_is_refused(settime):
     assert refused.value.name == "clock-far" and settime == []
     assert clock.set_from_phone(now + 20 * DAY_S, rules) == pytest.approx(20 * DAY_S, abs=5)
     assert len(settime) == 1
+
+
+def test_the_note_of_the_last_set_is_read_as_hostile_input(tmp_path):
+    from edge.loop import RunStats, health_figures
+
+    clock.record_set(tmp_path, 3 * DAY_S)
+    assert health_figures(RunStats(), None, tmp_path)["clock_moved_s"] == 3 * DAY_S
+    note = tmp_path / clock.CLOCK_SET_FILE
+    for junk in (b"", b"[]", b"{", b"\xff\xfe", b'{"ts": 1e999, "moved_s": 5}',
+                 b'{"ts": 1, "moved_s": 5}', b'{"ts": 1800000000, "moved_s": -5}',
+                 b'{"ts": 1800000000, "moved_s": true}', b"[" * 5000, b" " * 2000 + b"{}"):
+        note.write_bytes(junk)
+        assert clock.last_set(tmp_path) == {}, junk
+        assert "clock_moved_s" not in health_figures(RunStats(), None, tmp_path)
+    note.unlink()
+    note.mkdir()  # not a file at all
+    assert clock.last_set(tmp_path) == {}

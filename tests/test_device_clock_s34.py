@@ -21,8 +21,8 @@ from tests import conftest_mqtt as fx
 from tests.test_central import message
 
 postgres = fx.postgres  # fixture
-REGISTRY = {"box-late": "clinic-1", "box-backlog": "clinic-1", "box-retained": "clinic-1",
-            "box-ahead": "clinic-1", "box-right": "clinic-1", "box-ahead-backlog": "clinic-1"}
+REGISTRY = dict.fromkeys(("box-late", "box-backlog", "box-retained", "box-ahead", "box-right",
+                          "box-ahead-backlog", "box-set"), "clinic-1")
 HOUR = 3600.0
 
 
@@ -57,6 +57,11 @@ def _district(url: str, now: float) -> None:
         # is late, the connect's status is not
         _row("status", "box-ahead-backlog", 60, now + 3 * HOUR, now, state="online"),
         _row("health", "box-ahead-backlog", 61, now + 3 * HOUR - 5 * C.DAY_S, now),
+        # set forward 60 days from the midwife's page yesterday: right now, and said
+        _row("status", "box-set", 70, now - 60, now - 59, state="online"),
+        _row("health", "box-set", 71, now - 30, now - 29,
+             loop={"fps": 15.0, "clock_set_ts": now - C.DAY_S,
+                   "clock_moved_s": 60 * C.DAY_S}),
         # no connect seen yet: unknown, not flagged
         _row("health", "box-right", 50, now - 5 * C.DAY_S, now),
     ]
@@ -95,11 +100,16 @@ def _check(url: str) -> None:
         assert _clock_flags(devices[right]) == [], devices[right].flags
         assert abs(devices[right].clock_behind_s) < 5
     assert devices["box-right"].clock_behind_s is None and not _clock_flags(devices["box-right"])
+    yesterday = queries.day_text(int((now - C.DAY_S) // C.DAY_S))
+    assert _clock_flags(devices["box-set"]) == [
+        f"clock set 60 days forward on {yesterday}: its exams before were dated early"]
     table = {r["device_id"]: r for r in csv.DictReader(io.StringIO(
         pages.devices_csv(list(devices.values()))))}
     assert float(table["box-late"]["clock_behind_s"]) == pytest.approx(late.clock_behind_s)
     assert "clock 60 days behind" in table["box-late"]["needs_a_visit"]
     assert table["box-right"]["clock_behind_s"] == ""
+    assert float(table["box-set"]["clock_set_moved_s"]) == 60 * C.DAY_S
+    assert table["box-set"]["clock_set_utc"].startswith(yesterday)
 
 
 def test_a_clock_behind_or_ahead_is_flagged_and_a_backlog_or_a_late_status_is_not(tmp_path):

@@ -75,6 +75,11 @@ MISSING_WARN_SHARE = 0.01
 # arrive within seconds on a live link, so an hour is far above their noise (a health
 # message waits for its next interval at most once the link is back).
 CLOCK_OFF_FLAG_S = 3600.0
+# A box's clock set forward from the midwife's page (edge/web/clock.py) is said on the
+# devices page this long after: its exams before were dated early, a month of them at most
+# in a period the officer looks at.
+CLOCK_SET_SHOWN_S = 30 * DAY_S
+CLOCK_SET_MAX_S = 3650 * DAY_S  # a box moves it at most this far (edge/web/settings.py)
 
 # -- devices: their model-update (fleet) errors ----------------------------------------------
 FLEET_ERROR_CHARS = 160  # as the wire's health.fleet.error (and the device's own cut)

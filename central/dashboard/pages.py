@@ -516,7 +516,7 @@ DEVICE_COLUMNS = ["device_id", "clinic_id", "last_seen_utc", "uplink", "uplink_s
                   "backlog", "behind", "messages_missing", "dead_letters", "disk_free_mb",
                   "temp_c", "models", "bundle", "bundle_state", "bundle_group",
                   "bundle_rollback", "bundle_error", "needs_a_visit", "clinic_name",
-                  "clock_behind_s"]
+                  "clock_behind_s", "clock_set_utc", "clock_set_moved_s"]
 
 
 def device_cells(d: Q.DeviceRow) -> list:
@@ -525,7 +525,8 @@ def device_cells(d: Q.DeviceRow) -> list:
     return [d.device_id, d.clinic_id, utc(d.last_seen), d.state or "", utc(d.state_since),
             d.backlog, d.behind, d.missing, d.dead_letters, d.disk_free_mb, d.temp_c, models,
             b.get("bundle"), b.get("state"), b.get("group"), b.get("rollback"), b.get("error"),
-            "; ".join(d.flags), d.clinic_name, d.clock_behind_s]
+            "; ".join(d.flags), d.clinic_name, d.clock_behind_s,
+            utc(d.clock_set[0]) if d.clock_set else "", d.clock_set[1] if d.clock_set else ""]
 
 
 def devices_csv(rows: list[Q.DeviceRow]) -> str:

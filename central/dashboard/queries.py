@@ -659,6 +659,7 @@ class DeviceRow:
     health_ts: float | None
     received: int = 0  # messages that take a seq (exam, health, dates) received in the period
     clock_behind_s: float | None = None  # clock_offset: negative when the box's is ahead
+    clock_set: list | None = None  # [when, seconds moved]: the page set the box's clock
     flags: list[str] = field(default_factory=list)
     clinic_name: str = ""  # from the district map; "" when it gives none
 
@@ -693,6 +694,7 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
                         h.get("models") or {}, h.get("bundle") or {}, health_ts)
         row.received = received.get(dev, 0)
         row.clock_behind_s = clock_offset(health_lag, online_lag)
+        row.clock_set = h.get("clock_set")
         row.clinic_name = names.get(clinic, "")
         row.flags = device_flags(row, now)
         out.append(row)
@@ -736,6 +738,10 @@ def device_flags(d: DeviceRow, now: float) -> list[str]:
     if d.clock_behind_s is not None and abs(d.clock_behind_s) >= C.CLOCK_OFF_FLAG_S:
         way = "behind: its exams are dated early" if d.clock_behind_s > 0 else "ahead"
         flags.append(f"clock {span(abs(d.clock_behind_s))} {way}")
+    if d.clock_set and now - d.clock_set[0] <= C.CLOCK_SET_SHOWN_S:
+        flags.append(f"clock set {span(d.clock_set[1])} forward on "
+                     f"{day_text(int(d.clock_set[0] // C.DAY_S))}: its exams before were "
+                     "dated early")
     if d.bundle.get("rollback"):
         flags.append("bundle rolled back")
     if d.bundle.get("error"):

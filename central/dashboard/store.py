@@ -60,7 +60,7 @@ from central.dashboard import config as C
 from central.dashboard.reference import ig_z
 from central.db import SEQ_KINDS, DbError, is_postgres, redact, sqlite_path
 from wire.dating import dates_flag
-from wire.schema import number_or_none, sqlite_uri, wall_ts_or_none
+from wire.schema import finite_number, number_or_none, sqlite_uri, wall_ts_or_none
 from wire.shown import one_line, read_failure
 
 log = logging.getLogger(__name__)
@@ -1135,6 +1135,10 @@ def _health_digest(data: dict) -> dict:
            "disk_free_mb": data.get("disk_free_mb"), "temp_c": data.get("temp_c"),
            "models": data.get("models") or {}, "uptime_s": data.get("uptime_s"),
            "fps": (data.get("loop") or {}).get("fps")}
+    loop = data.get("loop") if isinstance(data.get("loop"), dict) else {}
+    set_ts, moved = wall_ts_or_none(loop.get("clock_set_ts")), loop.get("clock_moved_s")
+    if set_ts is not None and finite_number(moved) and 0 < moved <= C.CLOCK_SET_MAX_S:
+        out["clock_set"] = [set_ts, float(moved)]  # the page set the box's clock (edge/web)
     fleet = data.get("fleet")  # the signed model bundle (edge/fleet, issue 16)
     if isinstance(fleet, dict):
         b = {"bundle": str(fleet.get("bundle", ""))[:40], "state": str(fleet.get("state", "")),

@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.web.settings import CLOCK_MOVE_DAYS_MAX
 from wire.schema import MAX_WALL_TS, finite_number
 
 log = logging.getLogger(__name__)
 
 CAP_SYS_TIME = 25  # linux/capability.h
+# The last time the page set the clock, in the state dir: every health message says it
+# (edge/loop.py), so the district knows the box's exams before it were dated early.
+CLOCK_SET_FILE = "clock-set.json"
 TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised (no network time disciplines it)
 # A phone's time before this software's first release is not a clock that may set the
 # box's (stricter than the date form's PHONE_DAYS, edge/exam/screening.py: a period's date
@@ -121,3 +127,33 @@ def set_from_phone(phone_s: float, rules: ClockRules) -> float:
     log.warning("web: the box's clock was set forward %.0f s (%.1f days) to the page's phone's",
                 moved, moved / 86400)
     return moved
+
+
+def record_set(state_dir: Path, moved_s: float) -> None:
+    """Keeps when the clock was set (by the clock now right) and by how much. A full or
+    read-only disk loses only this note: the clock is set."""
+    path = Path(state_dir) / CLOCK_SET_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps({"ts": round(time.time(), 3), "moved_s": round(moved_s, 3)}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("web: the clock was set, but %s was not written (%s)", path,
+                    exc.strerror or exc)
+
+
+def last_set(state_dir: Path) -> dict:
+    """`{"clock_set_ts", "clock_moved_s"}` of the last set for a health message's figures,
+    or {} (none, or a file that is not one `record_set` wrote: read as hostile input)."""
+    try:
+        with open(Path(state_dir) / CLOCK_SET_FILE, "rb") as f:
+            data = json.loads(f.read(1024))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    ts, moved = data.get("ts"), data.get("moved_s")
+    if not (finite_number(ts) and EARLIEST_S <= ts < LATEST_S and finite_number(moved)
+            and 0 < moved <= CLOCK_MOVE_DAYS_MAX * 86400):
+        return {}
+    return {"clock_set_ts": float(ts), "clock_moved_s": float(moved)}

@@ -93,6 +93,7 @@ from edge.web.clock import (
     can_set_clock,
     clock_synchronised,
     read_phone_s,
+    record_set,
     set_from_phone,
 )
 from edge.web.history import BadQuery, ExamHistory, parse_limit, report_lang
@@ -1237,6 +1238,7 @@ class WebServer:
         except ClockRefused as exc:
             refusal = web.HTTPConflict if exc.status == 409 else web.HTTPForbidden
             raise refusal(text=str(exc), headers={REFUSED: exc.name}) from None
+        record_set(self.state_dir, moved)  # every health message says it from now on
         return web.json_response({"ok": True, "moved_s": round(moved, 3)})
 
     async def _exam_lmp(self, request: web.Request) -> web.Response:

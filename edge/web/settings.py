@@ -16,6 +16,9 @@ class WebError(ValueError):
     """One line: the page cannot be served (the address cannot be used)."""
 
 
+CLOCK_MOVE_DAYS_MAX = 3650.0  # the furthest [web] clock_max_move_days may let a tap go
+
+
 @dataclass(frozen=True)
 class WebSettings:
     listen: str = ""  # "HOST:PORT" (IPv6 as [::1]:8080); "" = no web page
@@ -95,8 +98,8 @@ def check_web_settings(web: WebSettings) -> None:
         raise ValueError("no_signal_s must be between 0.2 and 60")
     if not 60.0 <= web.clock_off_s <= 86400.0:
         raise ValueError("clock_off_s must be between 60 and 86400")
-    if not 1.0 <= web.clock_max_move_days <= 3650.0:
-        raise ValueError("clock_max_move_days must be between 1 and 3650")
+    if not 1.0 <= web.clock_max_move_days <= CLOCK_MOVE_DAYS_MAX:
+        raise ValueError(f"clock_max_move_days must be between 1 and {CLOCK_MOVE_DAYS_MAX:g}")
     if len(web.allowed_hosts) > 32:
         raise ValueError("allowed_hosts: at most 32 names")
     for name in web.allowed_hosts:
