@@ -240,3 +240,56 @@ def test_the_note_of_the_last_set_is_read_as_hostile_input(tmp_path):
     note.unlink()
     note.mkdir()  # not a file at all
     assert clock.last_set(tmp_path) == {}
+
+
+def _queued_by_a_clock_behind(state_dir, behind_s: float, monkeypatch):
+    """A real uplink's outbox (never connected) with two exams and a health message queued
+    while the box's clock was `behind_s` behind, the second exam tried once."""
+    import edge.store.outbox as outbox_module
+    from edge.exam import tally
+    from edge.uplink.mqtt import MqttSettings, Uplink
+    from tests.device_sim import frame_result
+
+    real_time = time.time
+    monkeypatch.setattr(outbox_module.time, "time", lambda: real_time() - behind_s)
+    up = Uplink(MqttSettings(device_id="dev-a", clinic_id="clinic-1"), state_dir)
+    old = real_time() - behind_s
+    for n in (1, 2):
+        summary = tally.summarize_exam([frame_result(i) for i in range(5)], "live", old - 600,
+                                       old - 60)
+        up.enqueue_exam(summary, key=f"exam-{n}")
+    up.enqueue_health({"fps": 15.0})
+    monkeypatch.setattr(outbox_module.time, "time", real_time)
+    with up.outbox._tx() as db:  # the second exam's publish was tried: it may have arrived
+        db.execute("UPDATE outbox SET attempts = 1 WHERE seq = 2")
+    return up
+
+
+def test_messages_queued_while_behind_are_dated_again_when_the_clock_is_set(
+        box, view, settime, monkeypatch):  # noqa: F811
+    """Offline for weeks with its clock behind, the box's queue held weeks of exams dated
+    early: setting the clock dated only what came after. What it has not tried to send is
+    dated again by the clock now right; a message tried once is left as it went."""
+    from wire import schema as wire_schema
+
+    behind = 60 * DAY_S
+    up = _queued_by_a_clock_behind(box["server"].state_dir / "uplink", behind, monkeypatch)
+    before = {m.seq: json.loads(m.payload) for m in up.outbox.pending(10)}
+    monkeypatch.setattr(box["server"], "uplink", up)
+    monkeypatch.setattr(box["server"], "clock_settable", True)
+    try:
+        page, _ = open_page(box)
+        status, text = _post(box, {"phone_ms": (time.time() + behind) * 1000}, _cookie(page))
+        assert status == 200 and json.loads(text)["messages_redated"] == 2, text
+        after = {m.seq: json.loads(m.payload) for m in up.outbox.pending(10)}
+        for seq in (1, 3):  # the first exam, the health message
+            for key in ("ts", "started_ts", "ended_ts"):
+                if key in before[seq]:
+                    assert after[seq][key] == pytest.approx(before[seq][key] + behind, abs=1)
+            assert wire_schema.validate_payload(after[seq]) == []
+        assert after[2] == before[2]  # tried once: as it went
+        counts = up.outbox.counts()
+        assert counts["used_bytes"] == up.outbox._count_used()
+    finally:
+        up.close()
+        (box["server"].state_dir / clock.CLOCK_SET_FILE).unlink(missing_ok=True)

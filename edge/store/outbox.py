@@ -56,13 +56,16 @@ from pathlib import Path
 
 from edge.store.scan import DamagedTableScan
 from edge.store.state import Reserve, is_corrupt, is_full, move_aside, open_making_room
-from wire.schema import QUEUED_KINDS, load_schema, sqlite_uri
+from wire.schema import QUEUED_KINDS, finite_number, load_schema, sqlite_uri
 from wire.shown import one_line, shown
 
 log = logging.getLogger("sonoedge.outbox")
 
 OUTBOX_FILE = "outbox.sqlite3"
 LAYOUT_VERSION = 1
+# A message's wall-clock times, as the wire's schemas name them (exam, dates, health):
+# moved when the box's clock is set forward (`Outbox.shift_unsent_times`).
+TIME_FIELDS = ("ts", "started_ts", "ended_ts", "entered_ts")
 ROW_OVERHEAD_BYTES = 96  # rough on-disk cost of a row beside its payload (ids, topic, index)
 DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
 # The salvage of a corrupt outbox (`_read_what_remains`) holds up the start: it stops after
@@ -557,6 +560,35 @@ class Outbox:
     def last_seq(self) -> int:
         with self._lock:
             return self._meta("seq")[0]
+
+    def shift_unsent_times(self, moved_s: float, before_ts: float) -> int:
+        """The box's clock was set forward `moved_s` (edge/web/clock.py): the messages it
+        has not tried to send yet, queued before `before_ts` by the clock now right, get
+        their times moved by as much (TIME_FIELDS), so the district dates them right. A
+        message tried once may have reached the collector as it was: left, or the same
+        msg_id would arrive with other content. Returns how many were moved."""
+        moved = 0
+        with self._tx() as db:
+            rows = db.execute("SELECT id, payload FROM outbox WHERE attempts = 0 AND "
+                              "created_ts < ?", (before_ts,)).fetchall()
+            for row_id, payload in rows:
+                try:
+                    body = json.loads(payload)
+                except (ValueError, RecursionError):
+                    continue  # not one this outbox wrote: sent as it is
+                if not isinstance(body, dict):
+                    continue
+                shifted = {k: round(v + moved_s, 3) for k in TIME_FIELDS
+                           if finite_number(v := body.get(k))}
+                if not shifted:
+                    continue
+                new = json.dumps({**body, **shifted}, separators=(",", ":"),
+                                 allow_nan=False).encode()
+                db.execute("UPDATE outbox SET payload = ?, size = ? WHERE id = ?",
+                           (new, len(new), row_id))
+                self._used += len(new) - len(payload)
+                moved += 1
+        return moved
 
     def drop_report(self) -> dict:
         """Cumulative drop counters plus the increase since the last report stored.

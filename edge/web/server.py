@@ -66,6 +66,7 @@ import re
 import resource
 import shutil
 import socket
+import sqlite3
 import ssl
 import struct
 import threading
@@ -82,6 +83,7 @@ from aiohttp import WSMsgType, web
 from edge.exam.screening import MAX_LMP_DAYS, PhoneDateError, day_of_exam, read_lmp, screening
 from edge.models.planes import heatmap
 from edge.models.quality import Rules
+from edge.store.outbox import OutboxError
 from edge.uplink.messages import read_temperature_c
 from edge.web import i18n
 from edge.web.auth import Attempt, Brake, Braked, PinHash, Sessions
@@ -107,7 +109,7 @@ from wire.http_log import (
     refuse_coded_body,
 )
 from wire.schema import PayloadError, loads_bounded
-from wire.shown import shown, shown_path
+from wire.shown import one_line, shown, shown_path
 
 log = logging.getLogger(__name__)
 
@@ -1239,7 +1241,26 @@ class WebServer:
             refusal = web.HTTPConflict if exc.status == 409 else web.HTTPForbidden
             raise refusal(text=str(exc), headers={REFUSED: exc.name}) from None
         record_set(self.state_dir, moved)  # every health message says it from now on
-        return web.json_response({"ok": True, "moved_s": round(moved, 3)})
+        shifted = await asyncio.get_running_loop().run_in_executor(
+            None, self._shift_unsent, moved)
+        return web.json_response({"ok": True, "moved_s": round(moved, 3),
+                                  "messages_redated": shifted})
+
+    def _shift_unsent(self, moved: float) -> int:
+        """The outbox's messages not yet sent, queued by the clock that was behind, dated
+        again by the clock now right (the district then counts them on their own days); a
+        failure leaves them as they were, said once."""
+        outbox = getattr(self.uplink, "outbox", None)
+        if outbox is None:
+            return 0
+        try:
+            shifted = outbox.shift_unsent_times(moved, time.time() - moved / 2)
+        except (OutboxError, sqlite3.Error) as exc:
+            log.warning("web: the clock was set; the queued messages keep their old times "
+                        "(%s)", one_line(exc))
+            return 0
+        log.info("web: %d queued message(s) dated again by the clock now right", shifted)
+        return shifted
 
     async def _exam_lmp(self, request: web.Request) -> web.Response:
         """Dates for one ended exam, named by its report's URL rather than by what the live
