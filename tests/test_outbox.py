@@ -414,3 +414,21 @@ def test_outbox_cli_names_a_corrupt_outbox_in_one_line(tmp_path):
     assert box.enqueue("health", health_body()).seq == 1
     box.close()
     assert sqlite3  # the module is used by the CLI under test
+
+
+def test_a_message_taken_for_sending_is_never_dated_again_by_a_clock_set(tmp_path):
+    """The publisher reads a batch and counts it as tried in one hold of the outbox's
+    lock: a clock set from the page (edge/web/clock.py) between the two re-dated a message
+    that may have gone as it was, and the collector got one msg_id with two contents."""
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    try:
+        for n in range(3):
+            box.enqueue("health", {"kind": "health", "ts": 1_700_000_000.0 + n})
+        taken = box.take_for_sending(2)
+        assert [m.seq for m in taken] == [1, 2]
+        assert [m.attempts for m in box.list()] == [1, 1, 0]
+        assert box.shift_unsent_times(3600.0, float("inf")) == 1  # every one queued before
+        after = {m.seq: json.loads(m.payload)["ts"] for m in box.list()}
+        assert after == {1: 1_700_000_000.0, 2: 1_700_000_001.0, 3: 1_700_003_602.0}
+    finally:
+        box.close()

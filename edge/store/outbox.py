@@ -535,6 +535,15 @@ class Outbox:
                     break
         return out
 
+    def take_for_sending(self, limit: int, exclude: Iterable[str] = ()) -> list[Message]:
+        """`pending`, counted as tried in the same hold of the lock: a message read to be
+        published is never dated again by `shift_unsent_times` once it may have gone as
+        it was (the collector would get one msg_id with two contents)."""
+        with self._lock:
+            batch = self.pending(limit, exclude)
+            self.mark_attempt(m.msg_id for m in batch)
+        return batch
+
     def list(self, limit: int = 100) -> list[Message]:
         with self._lock:
             rows = self._db.execute(

@@ -698,15 +698,13 @@ class Uplink:
             self._resubscribe(client, state)
             free = limit - len(inflight)
             if free > 0 and time.monotonic() >= self._hold_until:
-                batch = self.outbox.pending(free, exclude=inflight.values())
+                batch = self.outbox.take_for_sending(free, exclude=inflight.values())
                 for m in batch:
                     info = client.publish(topic_for(self.device_id, m.kind), m.payload, qos=1)
                     if info.rc != mqtt.MQTT_ERR_SUCCESS:
                         state["lost"] = True
                         break
                     inflight[info.mid] = m.msg_id
-                if batch:
-                    self.outbox.mark_attempt(m.msg_id for m in batch)
             rc = client.loop(timeout=0.02 if inflight else 0.2)
             self._settle(acks, inflight)
             if rc != mqtt.MQTT_ERR_SUCCESS:
