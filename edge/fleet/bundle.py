@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 
 from edge.models.manifest import ModelError, list_manifests, sha256_of
+from edge.store.state import fsync_dir
 from wire.fleet import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -110,14 +111,6 @@ def _next(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
         raise BundleError(f"archive member {member.name[:80]!r} is not a regular file "
                           "(links, folders and devices are refused)")
     return member
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_bundle(path: Path, keys: list, limits: Limits, dest: Path | None = None,

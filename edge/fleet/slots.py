@@ -29,7 +29,6 @@ self-test never ran: it is a refusal (`last_error`, and a history entry), not a 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -38,9 +37,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from edge.fleet.bundle import DeviceFault, Limits, fsync_dir, read_bundle
+from edge.fleet.bundle import DeviceFault, Limits, read_bundle
 from edge.fleet.settings import FleetSettings
 from edge.models.manifest import ModelError, list_manifests
+from edge.store.state import fsync_dir, write_json
 from wire.fleet import BundleError, BundleManifest, parse_version
 from wire.schema import (
     PayloadError,
@@ -77,17 +77,6 @@ def app_version() -> str:
         return metadata.version("sonoedge")
     except metadata.PackageNotFoundError:
         return "0.0.0"
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Replace a small JSON file whole: write, fsync, rename, fsync the folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def check_set(models_dir: Path) -> str | None:

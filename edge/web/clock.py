@@ -13,11 +13,11 @@ import ctypes
 import functools
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.store.state import write_json
 from edge.web.settings import CLOCK_MOVE_DAYS_MAX
 from wire.schema import MAX_WALL_TS, finite_number
 
@@ -133,10 +133,8 @@ def record_set(state_dir: Path, moved_s: float) -> None:
     """Keeps when the clock was set (by the clock now right) and by how much. A full or
     read-only disk loses only this note: the clock is set."""
     path = Path(state_dir) / CLOCK_SET_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps({"ts": round(time.time(), 3), "moved_s": round(moved_s, 3)}))
-        os.replace(tmp, path)
+        write_json(path, {"ts": round(time.time(), 3), "moved_s": round(moved_s, 3)})
     except OSError as exc:
         log.warning("web: the clock was set, but %s was not written (%s)", path,
                     exc.strerror or exc)
