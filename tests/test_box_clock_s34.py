@@ -180,7 +180,8 @@ def test_the_clock_is_set_only_by_a_logged_in_page_with_a_real_time(  # noqa: F8
                 {"phone_ms": 4_200_000_000_000}, {"phone_ms": [later]}):
         status, text = _post(box, bad, cookie)
         assert status == 400 and text.startswith("phone_ms must be"), (bad, status, text)
-    for raw in (b"NaN", b'{"phone_ms": NaN}', b'{"phone_ms": Infinity}', b"[" * 5000):
+    for raw in (b"NaN", b'{"phone_ms": NaN}', b'{"phone_ms": Infinity}', b"[" * 5000, b"",
+                b'{"phone_ms": "\xff\xfe"}', b"\xff\xfe\x00{", b"{" + b" " * 100_000 + b"}"):
         status, text = _post(box, None, cookie, raw=raw)
         assert status in (400, 413) and "\n" not in text.strip(), (raw[:20], status, text)
     assert settime == []
