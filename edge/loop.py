@@ -289,6 +289,21 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
     return queued
 
 
+def clock_set_of(state_dir: Path) -> tuple[float, float] | None:
+    """(when, seconds moved) of the page's last set of the box's clock, or None."""
+    note = last_set(state_dir)
+    return (note["clock_set_ts"], note["clock_moved_s"]) if note else None
+
+
+def journal_since(settings: Settings) -> float:
+    """The start of the `[journal] keep_days` the start's checks look back over, by the
+    clock now. Where the page set the clock forward, the journal's rows from before were
+    dated by the clock that was behind: the window reaches back as much further."""
+    clock_set = clock_set_of(settings.device.state_dir)
+    moved = clock_set[1] if clock_set else 0.0
+    return time.time() - settings.journal.keep_days * 86400.0 - moved
+
+
 def requeue_unqueued_exams(settings: Settings, journal: Journal, uplink: Uplink) -> int:
     """Queue the journaled exams of the last `[journal] keep_days` whose id the outbox has
     never been given: the journal has every exam, the outbox's `keys` every id it took.
@@ -300,7 +315,7 @@ def requeue_unqueued_exams(settings: Settings, journal: Journal, uplink: Uplink)
     received comes under the same msg_id (its key's) and is absorbed there as a duplicate.
     Returns how many were queued. Only the summaries to queue are read (an exam whose
     summary is damaged, or names another id, is skipped, as the history page skips it)."""
-    since = time.time() - settings.journal.keep_days * 86400.0
+    since = journal_since(settings)
     queued = 0
     for exam_id in journal.exam_ids(since):
         if uplink.outbox.has_key(exam_id):
@@ -355,7 +370,7 @@ def tell_district_dates_since(settings: Settings, journal: Journal, uplink: Upli
     """At a start: the corrections a killed process owed (dates kept, correction not yet
     queued) for the exams dated within `[journal] keep_days`, and after a corrupt outbox
     those it may have lost. Returns how many were queued or found queued."""
-    since = time.time() - settings.journal.keep_days * 86400.0
+    since = journal_since(settings)
     again = uplink.outbox.moved_aside is not None
     told = sum(tell_district_dates(journal, uplink, exam_id, again)
                for exam_id in journal.dated_exams(since))
@@ -400,7 +415,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         fleet.start(uplink)
     journal = Journal(state_dir / JOURNAL_FILE, quota_bytes=int(settings.journal.quota_mb * 1e6))
     try:
-        pruned = journal.prune(settings.journal.keep_days)
+        pruned = journal.prune(settings.journal.keep_days, clock_set_of(state_dir))
     except sqlite3.DatabaseError as exc:  # a full disk: pruning can wait for the next start
         log.warning("journal: not pruned (%s)", exc)
         pruned = 0
@@ -451,7 +466,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             tell_district_dates(journal, uplink, exam_id)
             return True
 
-        web.attach(scorer, uplink, source, tracker, keep_dates)
+        web.attach(scorer, uplink, source, tracker, keep_dates, journal.redate_exams)
     steady = SteadyFeedback(rules.feedback) if rules is not None else None
     advice: str | None = None
     stats = RunStats(journal=journal)
@@ -515,6 +530,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         dog.stopping(restarting=models_switched.is_set())
         if fleet is not None:
             fleet.stop()
+        if web is not None:  # a clock set in the last moment: the exam ends dated by it
+            web.apply_clock_sets(tracker)
         tracker.end("source_end")
         if web is not None:
             web.apply_dates()  # dates the page accepted in the last moment: kept, not lost

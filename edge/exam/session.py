@@ -374,6 +374,24 @@ class ExamTracker:
             self.current.last_row = row
         return self.current
 
+    def clock_set(self, moved_s: float, before_ts: float) -> None:
+        """The box's clock was set forward `moved_s` (the midwife's page, edge/web/clock.py)
+        while this exam ran: its wall times read before `before_ts` (by the clock now right)
+        came from the clock that was behind, so they move with it. Else its summary said it
+        began weeks before it ended. Its length and gaps run on the scan's own clock."""
+        session = self.current
+        if session is None:
+            return
+
+        def moved(ts: float) -> float:
+            return ts + moved_s if ts < before_ts else ts
+
+        session.started_ts = moved(session.started_ts)
+        for name in ("last_content", "last_frame"):
+            pair = getattr(session, name)
+            if pair is not None:
+                setattr(session, name, (moved(pair[0]), pair[1]))
+
     def idle(self, now: float) -> dict | None:
         """The scan's clock at `now` with or without a frame: an exam whose last ultrasound
         is `end_gap_s` old ends ("gap"), dated by that ultrasound. The loop calls it while

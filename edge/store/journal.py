@@ -37,7 +37,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from edge.result import FrameResult
@@ -50,7 +50,7 @@ from edge.store.state import (
     move_aside,
     open_making_room,
 )
-from wire.schema import number_or_none, sqlite_uri, wall_ts_or_none
+from wire.schema import finite_number, number_or_none, sqlite_uri, wall_ts_or_none
 from wire.shown import one_line
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 7
 MAX_DATES_BYTES = 256  # {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"} is 40
 JOURNAL_FILE = "journal.sqlite"
+REDATE_BATCH = 500  # exams read at a time when a clock set dates them again
 SHED_BATCH = 2000  # frame results dropped at a time when the disk is full
 WAL_PAGES = 256  # checkpoint the write-ahead log at this many pages (1 MB of 4 KB pages)
 MIN_FREE_PAGES = 64  # on a full disk, shed again before the file's free pages run out
@@ -822,19 +823,66 @@ class Journal:
             " WHERE run_id=?", (time.time() if ended_ts is None else ended_ts, run_id, run_id,
                                 run_id))) is not None
 
-    def prune(self, keep_days: float) -> int:
+    def redate_exams(self, exam_ids: Iterable[str], moved_s: float) -> int:
+        """The box's clock was set forward `moved_s` and the outbox dated these exams'
+        summaries again (`Outbox.shift_unsent_times`): their copies here move as much, so
+        the page's list and reports date each exam as the district does. Returns how many
+        moved; 0 when that could not be written (said in the log)."""
+        ids = list(dict.fromkeys(exam_ids))
+        changed = 0
+
+        def redate() -> int:
+            nonlocal changed
+            changed = 0
+            self.db.execute("BEGIN")
+            try:
+                for start in range(0, len(ids), REDATE_BATCH):
+                    batch = ids[start:start + REDATE_BATCH]
+                    marks = ",".join("?" * len(batch))
+                    for exam_id, raw in self.db.execute(
+                            f"SELECT exam_id, summary FROM exams WHERE exam_id IN ({marks})",
+                            batch).fetchall():
+                        summary = _json_dict(raw)
+                        if summary is None:
+                            continue  # unreadable: the report says so as it is
+                        for key in ("started_ts", "ended_ts"):
+                            if finite_number(summary.get(key)):
+                                summary[key] = round(summary[key] + moved_s, 3)
+                        self.db.execute(
+                            "UPDATE exams SET started_ts = started_ts + ?, ended_ts = "
+                            "ended_ts + ?, summary = ? WHERE exam_id = ?",
+                            (moved_s, moved_s, json.dumps(summary, separators=(",", ":")),
+                             exam_id))
+                        changed += 1
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            return changed
+
+        return self._write("exams dated again", redate) or 0
+
+    def prune(self, keep_days: float, clock_set: tuple[float, float] | None = None) -> int:
         """Forget runs that ended more than `keep_days` ago; returns how many frames went.
 
         The box has a small disk and the district keeps the summaries; frame-level
-        history is for local review and debugging, so it ages out.
+        history is for local review and debugging, so it ages out. `clock_set`: (when, by
+        how much) the page last set the box's clock forward (edge/web/clock.py). A run that
+        ended before it was dated by the clock that was behind, so its age counts from its
+        end moved as much: a clock set 60 days forward must not make a week's frames look
+        two months old and take them all.
         """
         cutoff = time.time() - keep_days * 86400.0
-        old = "SELECT run_id FROM runs WHERE ended_ts IS NOT NULL AND ended_ts < ?"
+        set_ts, moved = clock_set if clock_set is not None else (0.0, 0.0)
+        # `set_ts - moved`: the old clock's reading when it was set
+        aged = ("CASE WHEN ended_ts < :old THEN ended_ts + :moved ELSE ended_ts END")
+        old = f"SELECT run_id FROM runs WHERE ended_ts IS NOT NULL AND {aged} < :cutoff"
+        args = {"old": set_ts - moved, "moved": moved, "cutoff": cutoff}
         self.db.execute("BEGIN")
-        gone = self.db.execute(f"DELETE FROM results WHERE run_id IN ({old})",
-                               (cutoff,)).rowcount
-        self.db.execute("DELETE FROM runs WHERE ended_ts IS NOT NULL AND ended_ts < ?",
-                        (cutoff,))
+        gone = self.db.execute(f"DELETE FROM results WHERE run_id IN ({old})", args).rowcount
+        self.db.execute(f"DELETE FROM runs WHERE ended_ts IS NOT NULL AND {aged} < :cutoff",
+                        args)
         self.db.execute("COMMIT")
         return gone
 

@@ -140,6 +140,13 @@ class Message:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class Redated:
+    """What a clock set dated again (`Outbox.shift_unsent_times`)."""
+    messages: int
+    exam_ids: tuple[str, ...]  # the exam summaries among them
+
+
 class OutboxError(Exception):
     """A message that cannot be stored (bad kind, not JSON-serialisable, too large)."""
 
@@ -570,17 +577,18 @@ class Outbox:
         with self._lock:
             return self._meta("seq")[0]
 
-    def shift_unsent_times(self, moved_s: float, before_ts: float) -> int:
+    def shift_unsent_times(self, moved_s: float, before_ts: float) -> Redated:
         """The box's clock was set forward `moved_s` (edge/web/clock.py): the messages it
         has not tried to send yet, queued before `before_ts` by the clock now right, get
         their times moved by as much (TIME_FIELDS), so the district dates them right. A
         message tried once may have reached the collector as it was: left, or the same
-        msg_id would arrive with other content. Returns how many were moved."""
-        moved = 0
+        msg_id would arrive with other content. Returns how many were moved, and the ids of
+        the exams among them (the journal dates its copies the same: edge/loop.py)."""
+        moved, exam_ids = 0, []
         with self._tx() as db:
-            rows = db.execute("SELECT id, payload FROM outbox WHERE attempts = 0 AND "
+            rows = db.execute("SELECT id, kind, payload FROM outbox WHERE attempts = 0 AND "
                               "created_ts < ?", (before_ts,)).fetchall()
-            for row_id, payload in rows:
+            for row_id, kind, payload in rows:
                 try:
                     body = json.loads(payload)
                 except (ValueError, RecursionError):
@@ -597,7 +605,10 @@ class Outbox:
                            (new, len(new), row_id))
                 self._used += len(new) - len(payload)
                 moved += 1
-        return moved
+                exam_id = body.get("exam_id")
+                if kind == "exam" and isinstance(exam_id, str) and len(exam_id) <= 64:
+                    exam_ids.append(exam_id)
+        return Redated(moved, tuple(exam_ids))
 
     def drop_report(self) -> dict:
         """Cumulative drop counters plus the increase since the last report stored.

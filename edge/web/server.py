@@ -83,7 +83,7 @@ from aiohttp import WSMsgType, web
 from edge.exam.screening import MAX_LMP_DAYS, PhoneDateError, day_of_exam, read_lmp, screening
 from edge.models.planes import heatmap
 from edge.models.quality import Rules
-from edge.store.outbox import OutboxError
+from edge.store.outbox import OutboxError, Redated
 from edge.uplink.messages import read_temperature_c
 from edge.web import i18n
 from edge.web.auth import Attempt, Brake, Braked, PinHash, Sessions
@@ -1241,26 +1241,31 @@ class WebServer:
             refusal = web.HTTPConflict if exc.status == 409 else web.HTTPForbidden
             raise refusal(text=str(exc), headers={REFUSED: exc.name}) from None
         record_set(self.state_dir, moved)  # every health message says it from now on
-        shifted = await asyncio.get_running_loop().run_in_executor(
-            None, self._shift_unsent, moved)
+        # What was stamped before this by the clock that was behind; what comes after has
+        # the clock now right (half the move between the two: no time is near either).
+        before_ts = time.time() - moved / 2
+        redated = await asyncio.get_running_loop().run_in_executor(
+            None, self._shift_unsent, moved, before_ts)
+        self.view.clock_was_set(moved, before_ts, redated.exam_ids)
         return web.json_response({"ok": True, "moved_s": round(moved, 3),
-                                  "messages_redated": shifted})
+                                  "messages_redated": redated.messages})
 
-    def _shift_unsent(self, moved: float) -> int:
+    def _shift_unsent(self, moved: float, before_ts: float) -> Redated:
         """The outbox's messages not yet sent, queued by the clock that was behind, dated
         again by the clock now right (the district then counts them on their own days); a
         failure leaves them as they were, said once."""
         outbox = getattr(self.uplink, "outbox", None)
         if outbox is None:
-            return 0
+            return Redated(0, ())
         try:
-            shifted = outbox.shift_unsent_times(moved, time.time() - moved / 2)
+            redated = outbox.shift_unsent_times(moved, before_ts)
         except (OutboxError, sqlite3.Error) as exc:
             log.warning("web: the clock was set; the queued messages keep their old times "
                         "(%s)", one_line(exc))
-            return 0
-        log.info("web: %d queued message(s) dated again by the clock now right", shifted)
-        return shifted
+            return Redated(0, ())
+        log.info("web: %d queued message(s) dated again by the clock now right",
+                 redated.messages)
+        return redated
 
     async def _exam_lmp(self, request: web.Request) -> web.Response:
         """Dates for one ended exam, named by its report's URL rather than by what the live

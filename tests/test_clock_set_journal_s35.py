@@ -1,0 +1,254 @@
+"""When the midwife's page sets a box's clock forward, everything the box dated by the clock
+that was behind agrees with the district afterwards.
+
+The last session's tap re-dated only the outbox's queued messages. The exam running at the
+tap still said it began weeks before it ended; the page's list and reports kept the early
+dates the district no longer had; and the next start's journal prune took a week of frames
+written by the old clock for two months old and deleted them.
+
+The first test drives the real device loop (`edge.loop.run`, in a thread) with its real
+page, a live grabber playing HC18 heads and a clock 60 days behind. The system call that
+sets the clock is the one thing replaced: it moves the process's `time.time` instead of
+the machine's (a test may not move the machine's clock, and as root it would).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import edge.web.server as server_module
+from edge.config import load_settings
+from edge.exam.protocol import find_protocol
+from edge.exam.session import ExamSettings, ExamTracker
+from edge.loop import run
+from edge.store.journal import Journal
+from edge.web import clock
+from edge.web.auth import write_pin
+from edge.web.history import ExamHistory
+from edge.web.live import LoopHook
+from tests.servers import free_port
+from tests.test_unplugged_exam import _outbox_kinds, _unpluggable_grabber
+from tests.web_harness import PIN, wait_for
+
+DAY_S = 86400.0
+BEHIND_S = 60 * DAY_S
+END_GAP_S = 2.0
+
+
+class BoxClock:
+    """The process's wall clock, `behind_s` behind the real one until `clock_settime`."""
+
+    def __init__(self, monkeypatch, behind_s: float):
+        self.real = time.time
+        self.behind_s = behind_s
+        self.sets: list[float] = []
+        monkeypatch.setattr(time, "time", lambda: self.real() - self.behind_s)
+        monkeypatch.setattr(time, "clock_settime", self.settime)
+        monkeypatch.setattr(clock, "clock_synchronised", lambda: False)
+        monkeypatch.setattr(server_module, "clock_synchronised", lambda: False)
+        monkeypatch.setattr(server_module, "can_set_clock", lambda: True)
+
+    def settime(self, which: int, value: float) -> None:
+        self.sets.append(value)
+        self.behind_s = self.real() - value
+
+
+def _request(base: str, path: str, body: dict | None = None, cookie: str = "") -> tuple[int, dict]:
+    headers = {"Origin": base}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    if cookie:
+        headers["Cookie"] = cookie
+    request = urllib.request.Request(base + path, headers=headers,
+                                     data=None if body is None else json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as res:
+            return res.status, {**json.loads(res.read() or b"{}"),
+                                "_cookie": res.headers.get("Set-Cookie", "")}
+    except urllib.error.HTTPError as exc:
+        return exc.code, {"_text": exc.read().decode(errors="replace")}
+
+
+def _journal_exams(state) -> dict[str, tuple[float, float, dict]]:
+    with sqlite3.connect(f"file:{state / 'journal.sqlite'}?mode=ro", uri=True, timeout=5) as db:
+        rows = db.execute("SELECT exam_id, started_ts, ended_ts, summary FROM exams").fetchall()
+    def read(text: str) -> dict | None:
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None  # damaged, as a test left it
+
+    return {exam_id: (started, ended, read(summary)) for exam_id, started, ended, summary in rows}
+
+
+def test_a_clock_set_mid_exam_dates_that_exam_the_queued_one_and_the_journals_copies_alike(
+        tmp_path, data_dir, monkeypatch):
+    box_clock = BoxClock(monkeypatch, BEHIND_S)
+    plugged, grabbers, sources = _unpluggable_grabber(data_dir, 7, monkeypatch)
+    monkeypatch.setattr(LoopHook, "linger", lambda self, stopped, poll_s=0.2: None)
+    state = tmp_path / "state"
+    write_pin(state, PIN)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cfg = tmp_path / "live.toml"
+    cfg.write_text(f"""
+[source]
+spec = "v4l2:/dev/video9"
+backoff_initial_s = 0.3
+backoff_max_s = 0.5
+[device]
+state_dir = "{state}"
+[loop]
+log_every = 0
+[exam]
+end_gap_s = {END_GAP_S}
+[web]
+listen = "127.0.0.1:{port}"
+tls = "off"
+""")
+    said: list[str] = []
+    loop = threading.Thread(target=run, args=(load_settings(cfg),),
+                            kwargs={"echo": said.append}, daemon=True)
+    loop.start()
+    exams = lambda: [b for kind, b in _outbox_kinds(state) if kind == "exam"]  # noqa: E731
+    try:
+        # the first woman, scanned and gone while the clock was 60 days behind: queued
+        # (no broker is configured, so nothing is ever tried) and journaled
+        wait_for(lambda: grabbers and grabbers[0].i >= 20, 90, "the first woman's heads")
+        plugged.clear()
+        first = wait_for(exams, END_GAP_S + 10, "her exam in the outbox")[0]
+        assert first["started_ts"] < box_clock.real() - BEHIND_S + 60
+        # the second woman's scan is running when the midwife taps the clock card
+        plugged.set()
+        wait_for(lambda: len(grabbers) > 1 and grabbers[-1].i >= 10, 30, "her heads")
+        status, answer = _request(base, "/api/login", {"pin": PIN})
+        assert status == 200, answer
+        cookie = answer["_cookie"].split(";", 1)[0]
+        status, answer = _request(base, "/api/clock", {"phone_ms": box_clock.real() * 1000},
+                                  cookie)
+        assert status == 200, answer
+        assert answer["moved_s"] == pytest.approx(BEHIND_S, abs=5)
+        assert answer["messages_redated"] >= 1  # her exam at least; health messages too
+        assert box_clock.behind_s == pytest.approx(0, abs=5)
+        wait_for(lambda: grabbers[-1].i >= 25, 30, "more of her heads after the tap")
+        plugged.clear()
+        second = wait_for(lambda: exams()[1:], END_GAP_S + 10, "her exam in the outbox")[0]
+        now = box_clock.real()
+        # both exams by the right clock now: the district counts them today
+        for exam in (first, second):
+            queued = next(b for b in exams() if b["exam_id"] == exam["exam_id"])
+            assert now - 120 < queued["started_ts"] <= queued["ended_ts"] < now + 1, queued
+        # the running exam began when it began, not 60 days before it ended
+        assert second["ended_ts"] - second["started_ts"] == pytest.approx(
+            second["duration_s"], abs=3)
+        # the journal's copies (the page's list and reports) date them as the district does
+        journaled = wait_for(lambda: (j := _journal_exams(state)) and len(j) == 2 and j,
+                             10, "both exams in the journal")
+        for exam in exams():
+            started, ended, summary = journaled[exam["exam_id"]]
+            assert started == pytest.approx(exam["started_ts"], abs=0.01)
+            assert ended == pytest.approx(exam["ended_ts"], abs=0.01)
+            assert summary["started_ts"] == pytest.approx(exam["started_ts"], abs=0.01)
+        status, listed = _request(base, "/api/exams?limit=5", cookie=cookie)
+        assert status == 200 and len(listed["exams"]) == 2, listed
+        for row in listed["exams"]:
+            assert now - 120 < row["started_ts"] < now + 1, row
+    finally:
+        plugged.clear()
+        for source in sources:
+            source.close()
+        loop.join(60)
+    assert not loop.is_alive()
+
+
+def test_a_clock_set_moves_only_the_times_the_clock_that_was_behind_gave():
+    """The tap reaches the loop between frames: a frame already stamped by the clock now
+    right (after the tap, before the loop saw it) is not moved a second time."""
+    ended: list[dict] = []
+    tracker = ExamTracker(find_protocol("biometry"), ExamSettings(end_gap_s=20.0), None,
+                          lambda session, body: ended.append(body))
+    behind = time.time() - BEHIND_S
+    record = {"plane": "Trans-thalamic", "plane_confidence": 0.9, "roi": [0, 0, 10, 10]}
+    for n in range(3):
+        tracker.feed({**record, "ts": behind + n}, mono=100.0 + n)
+    before_ts = time.time() - BEHIND_S / 2
+    tracker.feed({**record, "ts": time.time()}, mono=103.0)  # stamped after the tap
+    tracker.clock_set(BEHIND_S, before_ts)
+    tracker.feed({**record, "ts": time.time() + 1}, mono=104.0)
+    body = tracker.end("command")
+    assert body["started_ts"] == pytest.approx(behind + BEHIND_S, abs=0.01)
+    assert body["ended_ts"] == pytest.approx(time.time() + 1, abs=1)
+    assert body["duration_s"] == pytest.approx(4.0)
+    tracker.clock_set(BEHIND_S, before_ts)  # no exam running: nothing to move
+    assert tracker.current is None
+
+
+def _exam(journal: Journal, exam_id: str, started: float) -> None:
+    from edge.exam.session import ExamSession
+    session = ExamSession(find_protocol("biometry"), exam_id=exam_id, started_ts=started)
+    assert journal.add_exam(None, session.summary("gap", ended_ts=started + 600,
+                                                  ended_mono=session.started_mono + 600), {})
+
+
+def test_the_journal_dates_again_only_the_exams_the_outbox_did(tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite")
+    behind = time.time() - BEHIND_S
+    _exam(journal, "queued-0001", behind - 3600)
+    _exam(journal, "sent-0002", behind - 7200)  # it had gone: the district has it early
+    _exam(journal, "broken-0003", behind - 1800)
+    with journal.db:
+        journal.db.execute("UPDATE exams SET summary = '[1, 2' WHERE exam_id = 'broken-0003'")
+    assert journal.redate_exams(("queued-0001", "unknown-9", "queued-0001", "broken-0003"),
+                                BEHIND_S) == 1
+    assert journal.redate_exams((), BEHIND_S) == 0
+    journal.close()
+    rows = _journal_exams(tmp_path)
+    assert rows["queued-0001"][0] == pytest.approx(behind - 3600 + BEHIND_S)
+    assert rows["queued-0001"][1] == pytest.approx(behind - 3000 + BEHIND_S)
+    assert rows["queued-0001"][2]["started_ts"] == pytest.approx(behind - 3600 + BEHIND_S)
+    assert rows["queued-0001"][2]["ended_ts"] == pytest.approx(behind - 3000 + BEHIND_S)
+    assert rows["sent-0002"][0] == pytest.approx(behind - 7200)  # not listed: left
+    # a damaged summary is left as it is (its report says it cannot be read)
+    assert rows["broken-0003"][0] == pytest.approx(behind - 1800)
+    assert rows["broken-0003"][2] is None
+    # the page reads the journal: its list shows the moved exam by the clock now right
+    import asyncio
+    history = ExamHistory(tmp_path)
+    try:
+        listed, readable = asyncio.run(history.recent(10, None))
+    finally:
+        history.close()
+    assert readable
+    shown = {row["exam_id"]: row for row in listed}
+    assert shown["queued-0001"]["started_ts"] == pytest.approx(behind - 3600 + BEHIND_S,
+                                                               abs=0.01)
+
+
+def test_a_prune_after_a_clock_set_counts_a_runs_age_by_the_clock_now_right(tmp_path):
+    """Set 60 days forward, a run that ended a week before by the old clock looked 67
+    days old; with `keep_days` 30 its frames went at the next start."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    now = time.time()
+    set_ts = now - DAY_S  # the page set the clock yesterday
+    old_clock_then = set_ts - BEHIND_S
+    runs = {"last-week": old_clock_then - 7 * DAY_S,  # by the clock that was behind
+            "long-ago": old_clock_then - 40 * DAY_S,
+            "today": now - 3600}  # by the clock now right
+    for name, ended in runs.items():
+        journal.db.execute("INSERT INTO runs (run_id, source, started_ts, ended_ts, models) "
+                           "VALUES (?,?,?,?,?)", (name, "live", ended - 600, ended, "{}"))
+        journal.db.execute("INSERT INTO results (run_id, source, frame, ts, mono_s, record) "
+                           "VALUES (?,?,?,?,?,?)", (name, "live", 1, ended, 1.0, "{}"))
+    assert journal.prune(30, (set_ts, BEHIND_S)) == 1
+    assert sorted(r["run_id"] for r in journal.runs()) == ["last-week", "today"]
+    # without the note of the set, the week's frames would have gone with it
+    assert journal.prune(30) == 1
+    assert [r["run_id"] for r in journal.runs()] == ["today"]
+    journal.close()
