@@ -432,3 +432,32 @@ def test_a_message_taken_for_sending_is_never_dated_again_by_a_clock_set(tmp_pat
         assert after == {1: 1_700_000_000.0, 2: 1_700_000_001.0, 3: 1_700_003_602.0}
     finally:
         box.close()
+
+
+def test_a_batch_whose_try_a_full_disk_left_uncounted_is_never_dated_again(
+        tmp_path, monkeypatch):
+    """On a full disk the try's count is not written (it is advisory), so a clock set
+    from the page re-dated a message that may have gone as it was: the collector kept the
+    first copy and dead-lettered the second as a conflict. Now the outbox remembers the
+    newest seq it took uncounted, and nothing at or before it is dated again."""
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    try:
+        for n in range(4):
+            box.enqueue("health", {"kind": "health", "ts": 1_700_000_000.0 + n})
+        real_tx = box._tx
+
+        def full_disk():
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(box, "_tx", full_disk)
+        assert not box.mark_attempt(["anything"])
+        taken = box.take_for_sending(2)
+        monkeypatch.setattr(box, "_tx", real_tx)
+        assert [m.seq for m in taken] == [1, 2]
+        assert [m.attempts for m in box.list()] == [0, 0, 0, 0]  # the count was lost
+        assert box.shift_unsent_times(3600.0, float("inf")).messages == 2
+        after = {m.seq: json.loads(m.payload)["ts"] for m in box.list()}
+        assert after == {1: 1_700_000_000.0, 2: 1_700_000_001.0,  # as they may have gone
+                         3: 1_700_003_602.0, 4: 1_700_003_603.0}
+    finally:
+        box.close()

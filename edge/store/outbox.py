@@ -182,6 +182,10 @@ class Outbox:
             raise OutboxError(f"outbox quota must be positive, got {quota_bytes}")
         self.quota_bytes = int(quota_bytes)
         self._lock = threading.RLock()
+        # The highest seq taken for sending whose try could not be counted (a full disk):
+        # it and every older message may have gone as they were, so no clock set dates them
+        # again. Batches are taken oldest first, so one number says it.
+        self._uncounted_seq = 0
         self.moved_aside: Path | None = None
         self.salvaged = 0
         try:
@@ -512,8 +516,9 @@ class Outbox:
                 "UPDATE outbox SET state = 'pending', reason = NULL WHERE state = 'rejected'"
             ).rowcount
 
-    def mark_attempt(self, msg_ids: Iterable[str]) -> None:
-        """Count a send attempt (advisory: on a full disk the count is simply not kept)."""
+    def mark_attempt(self, msg_ids: Iterable[str]) -> bool:
+        """Count a send attempt (advisory: on a full disk the count is simply not kept, and
+        False says so)."""
         ids = [(m,) for m in msg_ids]
         if ids:
             try:
@@ -522,6 +527,8 @@ class Outbox:
                                    "WHERE msg_id = ?", ids)
             except sqlite3.DatabaseError as exc:
                 log.debug("outbox: attempts not counted: %s", exc)
+                return False
+        return True
 
     # -- reading ------------------------------------------------------------------------
     def pending(self, limit: int, exclude: Iterable[str] = ()) -> list[Message]:
@@ -548,7 +555,8 @@ class Outbox:
         it was (the collector would get one msg_id with two contents)."""
         with self._lock:
             batch = self.pending(limit, exclude)
-            self.mark_attempt(m.msg_id for m in batch)
+            if not self.mark_attempt(m.msg_id for m in batch):
+                self._uncounted_seq = max([self._uncounted_seq, *(m.seq for m in batch)])
         return batch
 
     def list(self, limit: int = 100) -> list[Message]:
@@ -581,13 +589,15 @@ class Outbox:
         """The box's clock was set forward `moved_s` (edge/web/clock.py): the messages it
         has not tried to send yet, queued before `before_ts` by the clock now right, get
         their times moved by as much (TIME_FIELDS), so the district dates them right. A
-        message tried once may have reached the collector as it was: left, or the same
-        msg_id would arrive with other content. Returns how many were moved, and the ids of
+        message tried once (or taken for sending when its try could not be counted) may
+        have reached the collector as it was: left, or the same msg_id would arrive with
+        other content. Returns how many were moved, and the ids of
         the exams among them (the journal dates its copies the same: edge/loop.py)."""
         moved, exam_ids = 0, []
         with self._tx() as db:
             rows = db.execute("SELECT id, kind, payload FROM outbox WHERE attempts = 0 AND "
-                              "created_ts < ?", (before_ts,)).fetchall()
+                              "created_ts < ? AND seq > ?",
+                              (before_ts, self._uncounted_seq)).fetchall()
             for row_id, kind, payload in rows:
                 try:
                     body = json.loads(payload)
