@@ -129,7 +129,8 @@ class RunStats:
 
 def health_figures(stats: RunStats, source: Source, state_dir: Path) -> dict:
     """A health message's loop figures: the rate since the last one, and when the page
-    last set the box's clock (its exams before were dated early: the district says so)."""
+    last set the box's clock (its exams before were dated by a clock behind: the district
+    says so)."""
     return {**stats.snapshot(source, recent=True), **last_set(state_dir)}
 
 

@@ -28,6 +28,9 @@ HOUR = 3600.0
 
 def _row(kind: str, device: str, seq: int, device_ts: float, received: float,
          **extra) -> collector.Row:
+    if kind == "exam":  # an exam that ended a minute before it was queued, by the box
+        extra = {"started_ts": round(device_ts - 600, 3), "ended_ts": round(device_ts - 60, 3),
+                 "exam_id": f"{device}-{seq}", **extra}
     payload = message(kind, device=device, seq=seq, ts=round(device_ts, 3), **extra)
     row = collector.check(f"sonoedge/{device}/{kind}", json.dumps(payload).encode(), 4096,
                           "test", received, REGISTRY)
@@ -38,14 +41,18 @@ def _row(kind: str, device: str, seq: int, device_ts: float, received: float,
 def _district(url: str, now: float) -> None:
     late = 60 * C.DAY_S
     rows = [
-        # 60 days behind: every message arrives 60 days "after" it was made
+        # 60 days behind: every message arrives 60 days "after" it was made; an exam it
+        # sent before the collector had any of its clock's signals is dated as it says
+        _row("exam", "box-late", 9, now - late - 3 * HOUR, now - 3 * HOUR + 1),
         _row("status", "box-late", 10, now - late - 2 * HOUR - 1, now - 2 * HOUR,
              state="online"),
         _row("health", "box-late", 11, now - late - 2 * HOUR + 60, now - 2 * HOUR + 61),
+        _row("exam", "box-late", 12, now - late - 2 * HOUR + 100, now - 2 * HOUR + 101),
         # a right clock, five days offline: the backlog's latest health arrives late, its
         # connect's status at once; its last will, made at that connect, arrives later
         _row("status", "box-backlog", 20, now - HOUR, now - HOUR + 0.5, state="online"),
         _row("health", "box-backlog", 21, now - 5 * C.DAY_S, now - HOUR + 3),
+        _row("exam", "box-backlog", 22, now - 5 * C.DAY_S + 60, now - HOUR + 4),
         _row("status", "box-backlog", 21, now - HOUR, now - 60, state="offline"),
         # a right clock whose connect the collector missed: the retained status read 3 days on
         _row("status", "box-retained", 30, now - 3 * C.DAY_S, now, state="online"),
@@ -53,6 +60,7 @@ def _district(url: str, now: float) -> None:
         # three hours ahead
         _row("status", "box-ahead", 40, now + 3 * HOUR, now, state="online"),
         _row("health", "box-ahead", 41, now + 3 * HOUR - 60, now - 59),
+        _row("exam", "box-ahead", 42, now + 3 * HOUR - 30, now - 29),
         # three hours ahead, back after five days offline: its backlog's latest health
         # is late, the connect's status is not
         _row("status", "box-ahead-backlog", 60, now + 3 * HOUR, now, state="online"),
@@ -62,6 +70,7 @@ def _district(url: str, now: float) -> None:
         _row("health", "box-set", 71, now - 30, now - 29,
              loop={"fps": 15.0, "clock_set_ts": now - C.DAY_S,
                    "clock_moved_s": 60 * C.DAY_S}),
+        _row("exam", "box-set", 72, now - 20, now - 19),
         # no connect seen yet: unknown, not flagged
         _row("health", "box-right", 50, now - 5 * C.DAY_S, now),
     ]
@@ -72,11 +81,15 @@ def _district(url: str, now: float) -> None:
         store.close()
 
 
-def _devices(url: str, now: float) -> dict[str, queries.DeviceRow]:
+def _devices(url: str, now: float, exams: dict | None = None
+             ) -> dict[str, queries.DeviceRow]:
     db = open_db(url)
     try:
         while refresh(db).messages:  # every batch
             pass
+        if exams is not None:  # exam id -> (ts, day) as the rollup dated it
+            exams.update({exam_id: (ts, day) for exam_id, ts, day in db.query(
+                "SELECT exam_id, ts, day FROM dash.exams")})
         return {d.device_id: d for d in queries.devices_page(
             db, queries.Scope(None), queries.period(8), now=now)}
     finally:
@@ -90,9 +103,11 @@ def _clock_flags(d: queries.DeviceRow) -> list[str]:
 def _check(url: str) -> None:
     now = time.time()
     _district(url, now)
-    devices = _devices(url, now)
+    exams: dict[str, tuple[float, int]] = {}
+    devices = _devices(url, now, exams)
     late = devices["box-late"]
-    assert _clock_flags(late) == ["clock 60 days behind: its exams are dated early"]
+    assert _clock_flags(late) == [
+        "clock 60 days behind (its exams re-dated by that lag): set it on the clinic's page"]
     assert late.clock_behind_s == pytest.approx(60 * C.DAY_S + 1, abs=1)
     assert _clock_flags(devices["box-ahead"]) == ["clock 3 h ahead"]
     assert _clock_flags(devices["box-ahead-backlog"]) == ["clock 3 h ahead"]
@@ -102,7 +117,21 @@ def _check(url: str) -> None:
     assert devices["box-right"].clock_behind_s is None and not _clock_flags(devices["box-right"])
     yesterday = queries.day_text(int((now - C.DAY_S) // C.DAY_S))
     assert _clock_flags(devices["box-set"]) == [
-        f"clock set 60 days forward on {yesterday}: its exams before were dated early"]
+        f"clock set 60 days forward from the clinic's page on {yesterday}"]
+    # Each exam counted on the day it was done: a box online with its clock 60 days
+    # behind had its exams dated 60 days early, and its clinic looked silent while it
+    # worked. Its lag (the smaller of its live signals') is added to its exams' ends.
+    day = lambda ts: int(ts // C.DAY_S)  # noqa: E731
+    done = now - 2 * HOUR + 40  # the box's exam ended a minute before it was queued
+    assert exams["box-late-12"] == (pytest.approx(done, abs=3), day(done))
+    # an exam that came before any of the box's clock signals is dated as the box said
+    assert exams["box-late-9"][0] == pytest.approx(now - 60 * C.DAY_S - 3 * HOUR - 60, abs=1)
+    # a right clock's backlog keeps its own days: five days back, not when it arrived
+    assert exams["box-backlog-22"][0] == pytest.approx(now - 5 * C.DAY_S, abs=1)
+    # a clock ahead is held to the exam's arrival, never moved into the past
+    assert exams["box-ahead-42"][0] == pytest.approx(now - 29, abs=1)
+    # a clock set right from the page: its new exams as they say (its lag is small now)
+    assert exams["box-set-72"][0] == pytest.approx(now - 80, abs=1)
     table = {r["device_id"]: r for r in csv.DictReader(io.StringIO(
         pages.devices_csv(list(devices.values()))))}
     assert float(table["box-late"]["clock_behind_s"]) == pytest.approx(late.clock_behind_s)

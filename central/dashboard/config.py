@@ -69,15 +69,16 @@ BACKLOG_WARN = 100  # messages queued on the box: about a clinic day of exams an
 # Messages missing in the period's sequence holes, as a share of what the box sent: a few in
 # a thousand go missing on any rural link; more than 1% is a link or an outbox to look at.
 MISSING_WARN_SHARE = 0.01
-# A box's clock this far off the collector's (queries.clock_offset): a Pi without its RTC
+# A box's clock this far off the collector's (store.clock_offset): a Pi without its RTC
 # battery and no network time boots at the time it was switched off, and its exams are
 # then dated days or weeks early (the clinic looks silent while it works). Both signals
 # arrive within seconds on a live link, so an hour is far above their noise (a health
 # message waits for its next interval at most once the link is back).
 CLOCK_OFF_FLAG_S = 3600.0
 # A box's clock set forward from the midwife's page (edge/web/clock.py) is said on the
-# devices page this long after: its exams before were dated early, a month of them at most
-# in a period the officer looks at.
+# devices page this long after: the exams it had sent before were dated by a clock behind (the
+# rollup counted those that came with its clock's signals by its lag), a month of them at
+# most in a period the officer looks at.
 CLOCK_SET_SHOWN_S = 30 * DAY_S
 CLOCK_SET_MAX_S = 3650 * DAY_S  # a box moves it at most this far (edge/web/settings.py)
 

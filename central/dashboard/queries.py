@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from central.dashboard import config as C
 from central.dashboard import reference as R
-from central.dashboard.store import Db, block_days, seq_block, week_of
+from central.dashboard.store import Db, block_days, clock_offset, seq_block, week_of
 from central.db import SEQ_KINDS_SQL
 
 
@@ -701,19 +701,6 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
     return out
 
 
-def clock_offset(health_lag_s: float | None, online_lag_s: float | None) -> float | None:
-    """How far the box's clock is behind the collector's (negative: ahead), from two lags
-    (received minus the box's time): of its latest health message, and of its latest
-    "online" status, sent at a connect and never queued. Each lag is a delay (never
-    negative) plus the clock's error, so the smaller is the nearer to the error, ahead as
-    well as behind: a backlog delays only the first, the retained status a collector reads
-    after an outage only the second (its health queued at the broker meanwhile delays the
-    first too, until the box's next live health). None while either is unknown."""
-    if health_lag_s is None or online_lag_s is None:
-        return None
-    return min(float(health_lag_s), float(online_lag_s))
-
-
 def span(seconds: float) -> str:
     """A duration as the pages say it: hours under two days, days from there."""
     days = seconds / C.DAY_S
@@ -736,12 +723,12 @@ def device_flags(d: DeviceRow, now: float) -> list[str]:
     if d.missing and d.missing > C.MISSING_WARN_SHARE * (d.received + d.missing):
         flags.append(f"{d.missing} message{'' if d.missing == 1 else 's'} lost")
     if d.clock_behind_s is not None and abs(d.clock_behind_s) >= C.CLOCK_OFF_FLAG_S:
-        way = "behind: its exams are dated early" if d.clock_behind_s > 0 else "ahead"
+        way = ("behind (its exams re-dated by that lag): set it on the clinic's page"
+               if d.clock_behind_s > 0 else "ahead")
         flags.append(f"clock {span(abs(d.clock_behind_s))} {way}")
     if d.clock_set and now - d.clock_set[0] <= C.CLOCK_SET_SHOWN_S:
-        flags.append(f"clock set {span(d.clock_set[1])} forward on "
-                     f"{day_text(int(d.clock_set[0] // C.DAY_S))}: its exams before were "
-                     "dated early")
+        flags.append(f"clock set {span(d.clock_set[1])} forward from the clinic's page on "
+                     f"{day_text(int(d.clock_set[0] // C.DAY_S))}")
     if d.bundle.get("rollback"):
         flags.append("bundle rolled back")
     if d.bundle.get("error"):

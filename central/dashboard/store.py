@@ -65,7 +65,7 @@ from wire.shown import one_line, read_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "13"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "14"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -389,24 +389,76 @@ def day_of(device_ts: float | None, received_ts: float) -> tuple[float, int]:
 
 def _lag(device_ts: float | None, received_ts: float) -> float | None:
     """How long after the box's clock the collector received a message: its queueing
-    and the link, plus how far the box's clock is behind (queries.clock_offset)."""
+    and the link, plus how far the box's clock is behind (clock_offset)."""
     if device_ts is None or not math.isfinite(device_ts):
         return None
     return round(received_ts - device_ts, 3)
 
 
-def exam_day_of(ended_ts: object, device_ts: float | None, received_ts: float
-                ) -> tuple[float, int]:
+def clock_offset(health_lag_s: float | None, online_lag_s: float | None) -> float | None:
+    """How far the box's clock is behind the collector's (negative: ahead), from two lags
+    (received minus the box's time): of its latest health message, and of its latest
+    "online" status, sent at a connect and never queued. Each lag is a delay (never
+    negative) plus the clock's error, so the smaller is the nearer to the error, ahead as
+    well as behind: a backlog delays only the first, the retained status a collector reads
+    after an outage only the second (its health queued at the broker meanwhile delays the
+    first too, until the box's next live health). None while either is unknown."""
+    if health_lag_s is None or online_lag_s is None:
+        return None
+    return min(float(health_lag_s), float(online_lag_s))
+
+
+def exam_day_of(ended_ts: object, device_ts: float | None, received_ts: float,
+                behind_s: float = 0.0) -> tuple[float, int]:
     """(ts, UTC day number) dating an exam: when it ended by the box's clock (the summary's
     ``ended_ts``, which the exam schema requires), not when it was queued (the envelope's
     ``ts``): a run a power cut killed is rebuilt and queued at the next start, and the
     journal's exams the outbox lost are queued again then, days later. Under ``day_of``'s
     rules (never after the exam arrived); the envelope's ``ts`` when ``ended_ts`` is none or
-    older than a backlog can be."""
+    older than a backlog can be. ``behind_s``: how far the box's clock was behind when the
+    exam arrived (``_ClockLags``), added: its exam is counted on the day it was done."""
     ended = wall_ts_or_none(ended_ts)
     if ended is not None and received_ts - C.DEVICE_CLOCK_BEHIND_S <= ended:
-        return day_of(ended, received_ts)
-    return day_of(device_ts, received_ts)
+        return day_of(ended + behind_s, received_ts)
+    return day_of(None if device_ts is None else device_ts + behind_s, received_ts)
+
+
+class _ClockLags:
+    """Each box's two clock lags (``clock_offset``) as of the message the rollup is at: the
+    stored ``dash.device_latest`` ones, then each of the batch's health and online messages
+    in turn, by the rules ``_upsert_latest`` keeps them by. A box online with its clock
+    behind (no RTC battery, no network time on its link: a district's own broker) sent its
+    exams dated weeks early, and the clinic looked silent while it worked: each is counted
+    where it was done. Only behind: a clock ahead is already held to the exam's arrival
+    (``day_of``), and an "ahead" read from one stale lag would move exams into the past."""
+
+    def __init__(self, db: Db, devices: list[str]):
+        # device -> [health seq, its lag, online status received, its lag]
+        self.lags: dict[str, list] = {}
+        for part in _chunks(devices):
+            for dev, *row in db.query(
+                    "SELECT device_id, health_seq, health_lag_s, online_received, online_lag_s "
+                    f"FROM dash.device_latest WHERE device_id IN ({_marks(part)})", part):
+                self.lags[dev] = list(row)
+
+    def _of(self, dev: str) -> list:
+        return self.lags.setdefault(dev, [None, None, None, None])
+
+    def health(self, dev: str, seq: int, lag: float | None) -> None:
+        row = self._of(dev)
+        if row[0] is None or row[0] <= seq:
+            row[0], row[1] = seq, lag
+
+    def online(self, dev: str, received: float, lag: float | None) -> None:
+        row = self._of(dev)
+        if row[2] is None or row[2] <= received:
+            row[2], row[3] = received, lag
+
+    def behind_s(self, dev: str) -> float:
+        row = self.lags.get(dev)
+        offset = None if row is None else clock_offset(number_or_none(row[1]),
+                                                       number_or_none(row[3]))
+        return offset if offset is not None and offset >= C.CLOCK_OFF_FLAG_S else 0.0
 
 
 def week_of(day: int) -> int:
@@ -518,6 +570,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
     latest: dict[str, dict] = {}
     skipped = 0
     known = _known_clinics(db, rows)
+    clocks = _ClockLags(db, sorted({r[1] for r in rows}))
     for msg_id, dev, clinic, kind, seq, device_ts, received, payload in rows:
         try:
             clinic = clinic or known[dev]
@@ -535,7 +588,8 @@ def _add(db: Db, rows: list[tuple]) -> None:
             except ValueError:  # the collector stored it, so it parsed once; be safe anyway
                 data = None
             if kind == "exam" and isinstance(data, dict):
-                ts, day = exam_day_of(data.get("ended_ts"), device_ts, received)
+                ts, day = exam_day_of(data.get("ended_ts"), device_ts, received,
+                                      clocks.behind_s(dev))
             counts = day_device[(day, dev, clinic)]
             counts[0 if kind == "exam" else 1 if kind == "health" else 2] += 1
             counts[3] += kind == "dates"
@@ -548,6 +602,8 @@ def _add(db: Db, rows: list[tuple]) -> None:
             if kind == "health" and (err := _fleet_error(data)) is not None:
                 e = fleet_errors.setdefault((week_of(day), dev, clinic, *err), [0, ts, ts])
                 e[0], e[1], e[2] = e[0] + 1, min(e[1], ts), max(e[2], ts)
+            if kind == "health":
+                clocks.health(dev, int(seq), _lag(device_ts, received))
             if kind == "health" and int(seq) >= lat.get("health_seq", -1):
                 lat["health_seq"], lat["health_ts"] = int(seq), ts
                 lat["health_lag_s"] = _lag(device_ts, received)
@@ -561,6 +617,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
                 # sent at the connect it announces, never queued: its lag is the clock's
                 lat["online_received"] = received
                 lat["online_lag_s"] = _lag(device_ts, received)
+                clocks.online(dev, received, lat["online_lag_s"])
             if kind == "dates" and (c := _correction(data, int(seq), msg_id, ts)) is not None:
                 before = corrections.get((dev, c.exam_id))
                 if before is None or c.seq > before.seq:  # the later entry (_UPSERT_EXAM_DATES)

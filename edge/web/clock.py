@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 CAP_SYS_TIME = 25  # linux/capability.h
 # The last time the page set the clock, in the state dir: every health message says it
-# (edge/loop.py), so the district knows the box's exams before it were dated early.
+# (edge/loop.py), so the district knows the box's exams before it were dated by a clock behind.
 CLOCK_SET_FILE = "clock-set.json"
 TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised (no network time disciplines it)
 # A phone's time before this software's first release is not a clock that may set the
