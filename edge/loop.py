@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from edge.capture.clock import WallSteps, booted_ts
 from edge.capture.sources import LiveSettings, Source, open_source
 from edge.config import Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
@@ -38,11 +39,12 @@ from edge.models.roi import Roi
 from edge.result import FrameResult
 from edge.scorer import make_scorer, timed_frames
 from edge.store.journal import JOURNAL_FILE, Journal, told_weeks
-from edge.store.outbox import dates_key
+from edge.store.outbox import OutboxError, Redated, dates_key
 from edge.store.state import StateLock, prepare_state_dir
 from edge.uplink.mqtt import Uplink
 from edge.web.clock import last_set
 from wire.schema import number_or_none
+from wire.shown import one_line
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +239,37 @@ def with_age_by_dates(body: dict, journal: Journal) -> dict:
     return {**body, "biometry": {**bio, "ga_dates_weeks": kept["ga_dates_weeks"]}}
 
 
+def follow_clock_steps(steps: WallSteps, tracker: ExamTracker, uplink: Uplink,
+                       journal: Journal, web=None) -> float:
+    """A step of the wall clock since the last look: the page's set (edge/web/clock.py), or
+    network time reaching a box that booted behind. What the clock before it stamped moves
+    with it: the running exam's times (either way), and for a step forward (a box behind
+    was put right) the messages queued and never tried, the journal's rows of this boot and
+    its copies of the exams those messages hold, and the last exam's card. Looked at before
+    each frame is fed, so an exam that ends on it is dated by the clock now right. Returns
+    the step, seconds (0.0 for none)."""
+    step = steps()
+    if not step:
+        return 0.0
+    before_ts = time.time() - step / 2  # stamps by the clock before are on the far side
+    log.warning("the box's clock stepped %+.0f s (%.1f days)", step, step / 86400)
+    tracker.clock_set(step, before_ts)
+    if step < 0:  # a clock ahead pulled back: its stamps cannot be told from the new ones
+        return step
+    if web is not None:
+        web.clock_stepped(step, before_ts)
+    try:
+        redated = uplink.outbox.shift_unsent_times(step, before_ts)
+    except (OutboxError, sqlite3.Error) as exc:
+        log.warning("the clock stepped; the queued messages keep their old times (%s)",
+                    one_line(exc))
+        redated = Redated(0, ())
+    moved = journal.redate(step, booted_ts() - step, before_ts, redated.exam_ids)
+    log.info("clock step: %d queued message(s) and %s journaled exam(s) dated again",
+             redated.messages, "no" if moved is None else moved)
+    return step
+
+
 def restart_due(tracker: ExamTracker, since: float, wait_min: float) -> bool:
     """Whether the loop restarts on new models now: once no exam is open, or when the
     exam in progress has held them back `wait_min` minutes. A restart ends the exam, and
@@ -290,18 +323,12 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
     return queued
 
 
-def clock_set_of(state_dir: Path) -> tuple[float, float] | None:
-    """(when, seconds moved) of the page's last set of the box's clock, or None."""
-    note = last_set(state_dir)
-    return (note["clock_set_ts"], note["clock_moved_s"]) if note else None
-
-
 def journal_since(settings: Settings) -> float:
     """The start of the `[journal] keep_days` the start's checks look back over, by the
-    clock now. Where the page set the clock forward, the journal's rows from before were
-    dated by the clock that was behind: the window reaches back as much further."""
-    clock_set = clock_set_of(settings.device.state_dir)
-    moved = clock_set[1] if clock_set else 0.0
+    clock now. Where the page set the clock forward, the journal's rows of earlier boots
+    were dated by a clock behind (follow_clock_steps moves only this boot's): the window
+    reaches back as much further."""
+    moved = last_set(settings.device.state_dir).get("clock_moved_s", 0.0)
     return time.time() - settings.journal.keep_days * 86400.0 - moved
 
 
@@ -416,7 +443,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         fleet.start(uplink)
     journal = Journal(state_dir / JOURNAL_FILE, quota_bytes=int(settings.journal.quota_mb * 1e6))
     try:
-        pruned = journal.prune(settings.journal.keep_days, clock_set_of(state_dir))
+        pruned = journal.prune(settings.journal.keep_days)
     except sqlite3.DatabaseError as exc:  # a full disk: pruning can wait for the next start
         log.warning("journal: not pruned (%s)", exc)
         pruned = 0
@@ -458,6 +485,9 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             check()
         except ProtocolError as exc:
             log.warning("%s", exc)
+    # Where the wall clock stands before the page may set it (it refuses while loading)
+    clock_steps = WallSteps()
+    clock_steps()
     if web is not None:
         def keep_dates(exam_id: str, dates: dict | None) -> bool:
             """The page's dates into the journal first, then the district's correction
@@ -467,7 +497,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             tell_district_dates(journal, uplink, exam_id)
             return True
 
-        web.attach(scorer, uplink, source, tracker, keep_dates, journal.redate_exams)
+        web.attach(scorer, uplink, source, tracker, keep_dates)
     steady = SteadyFeedback(rules.feedback) if rules is not None else None
     advice: str | None = None
     stats = RunStats(journal=journal)
@@ -482,6 +512,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             for frame, capture_s in dog.watch(
                     timed_frames(source, scorer.prepare_frame, idle=True), source,
                     is_idle=lambda item: item[0] is None):
+                follow_clock_steps(clock_steps, tracker, uplink, journal, web)
                 if frame is None:
                     if web is not None:  # a Stop or dates tapped while nothing comes
                         web.apply_commands(tracker)
@@ -526,13 +557,17 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                         and not stop.stopped:
                     tracker.end("source_end")
                     web.source_ended()
-                    web.linger(lambda: stop.stopped or models_switched.is_set())
+
+                    def lingered() -> bool:  # the page stays up: a set from it still counts
+                        follow_clock_steps(clock_steps, tracker, uplink, journal, web)
+                        return stop.stopped or models_switched.is_set()
+
+                    web.linger(lingered)
     finally:
         dog.stopping(restarting=models_switched.is_set())
         if fleet is not None:
             fleet.stop()
-        if web is not None:  # a clock set in the last moment: the exam ends dated by it
-            web.apply_clock_sets(tracker)
+        follow_clock_steps(clock_steps, tracker, uplink, journal, web)  # the last moment's
         tracker.end("source_end")
         if web is not None:
             web.apply_dates()  # dates the page accepted in the last moment: kept, not lost

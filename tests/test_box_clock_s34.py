@@ -266,22 +266,25 @@ def _queued_by_a_clock_behind(state_dir, behind_s: float, monkeypatch):
     return up
 
 
-def test_messages_queued_while_behind_are_dated_again_when_the_clock_is_set(
-        box, view, settime, monkeypatch):  # noqa: F811
+def test_messages_queued_while_behind_are_dated_again_when_the_clock_steps(
+        tmp_path, monkeypatch):
     """Offline for weeks with its clock behind, the box's queue held weeks of exams dated
     early: setting the clock dated only what came after. What it has not tried to send is
-    dated again by the clock now right; a message tried once is left as it went."""
+    dated again by the clock now right, when the loop sees the step (edge/loop.py
+    follow_clock_steps); a message tried once is left as it went."""
+    from edge.exam.protocol import find_protocol
+    from edge.exam.session import ExamSettings, ExamTracker
+    from edge.loop import follow_clock_steps
+    from edge.store.journal import Journal
     from wire import schema as wire_schema
 
     behind = 60 * DAY_S
-    up = _queued_by_a_clock_behind(box["server"].state_dir / "uplink", behind, monkeypatch)
+    up = _queued_by_a_clock_behind(tmp_path / "uplink", behind, monkeypatch)
+    journal = Journal(tmp_path / "journal.sqlite")
+    tracker = ExamTracker(find_protocol("biometry"), ExamSettings(), None, lambda *a: None)
     before = {m.seq: json.loads(m.payload) for m in up.outbox.pending(10)}
-    monkeypatch.setattr(box["server"], "uplink", up)
-    monkeypatch.setattr(box["server"], "clock_settable", True)
     try:
-        page, _ = open_page(box)
-        status, text = _post(box, {"phone_ms": (time.time() + behind) * 1000}, _cookie(page))
-        assert status == 200 and json.loads(text)["messages_redated"] == 2, text
+        assert follow_clock_steps(lambda: behind, tracker, up, journal) == behind
         after = {m.seq: json.loads(m.payload) for m in up.outbox.pending(10)}
         for seq in (1, 3):  # the first exam, the health message
             for key in ("ts", "started_ts", "ended_ts"):
@@ -291,6 +294,27 @@ def test_messages_queued_while_behind_are_dated_again_when_the_clock_is_set(
         assert after[2] == before[2]  # tried once: as it went
         counts = up.outbox.counts()
         assert counts["used_bytes"] == up.outbox._count_used()
+        # a step back (a clock ahead pulled back by network time) re-dates nothing queued
+        assert follow_clock_steps(lambda: -3600.0, tracker, up, journal) == -3600.0
+        assert {m.seq: json.loads(m.payload) for m in up.outbox.pending(10)} == after
     finally:
         up.close()
-        (box["server"].state_dir / clock.CLOCK_SET_FILE).unlink(missing_ok=True)
+        journal.close()
+
+
+def test_the_clock_is_not_set_while_the_box_is_starting(box, view, settime,  # noqa: F811
+                                                       monkeypatch):
+    """While the models load the loop does not run, so it would not see the step: the
+    exams its start recovers and queues would keep their early dates. The page asks to
+    wait, in its own words."""
+    monkeypatch.setattr(box["server"], "clock_settable", True)
+    page, errors = open_page(box, clock=_phone(60))
+    page.wait_for_selector("#clock:not([hidden])", timeout=10_000)
+    monkeypatch.setattr(view, "phase", "loading")
+    status, text = _post(box, {"phone_ms": (time.time() + 60 * DAY_S) * 1000}, _cookie(page))
+    assert status == 409 and "starting" in text and not settime  # not set
+    page.click("#clock-set")
+    page.wait_for_function(
+        f"document.querySelector('#clock-note').textContent === "
+        f"{json.dumps(say(page, 'clock.starting'))}", **WAIT)
+    assert not settime and errors == []

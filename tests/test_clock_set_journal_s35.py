@@ -135,7 +135,6 @@ tls = "off"
                                   cookie)
         assert status == 200, answer
         assert answer["moved_s"] == pytest.approx(BEHIND_S, abs=5)
-        assert answer["messages_redated"] >= 1  # her exam at least; health messages too
         assert box_clock.behind_s == pytest.approx(0, abs=5)
         wait_for(lambda: grabbers[-1].i >= 25, 30, "more of her heads after the tap")
         plugged.clear()
@@ -197,27 +196,57 @@ def _exam(journal: Journal, exam_id: str, started: float) -> None:
                                                   ended_mono=session.started_mono + 600), {})
 
 
-def test_the_journal_dates_again_only_the_exams_the_outbox_did(tmp_path):
+def _run(journal: Journal, run_id: str, started: float, ended: float | None) -> None:
+    journal.db.execute("INSERT INTO runs (run_id, source, started_ts, ended_ts, models) "
+                       "VALUES (?,?,?,?,?)", (run_id, "live", started, ended, "{}"))
+    journal.db.execute("INSERT INTO results (run_id, source, frame, ts, mono_s, record) "
+                       "VALUES (?,?,?,?,?,?)", (run_id, "live", 1, started + 1, 1.0,
+                                                json.dumps({"ts": started + 1})))
+
+
+def test_a_step_forward_dates_again_this_boots_rows_and_the_exams_the_outbox_did(tmp_path):
+    """The box booted three days ago (by the clock behind) and its clock was set 60 days
+    forward now: what it stamped since the boot is off by exactly the step; of earlier
+    boots, only the exams whose queued summaries the outbox dated again move, so the page
+    and the district agree; the rest, already at the district, stay as they are."""
     journal = Journal(tmp_path / "journal.sqlite")
-    behind = time.time() - BEHIND_S
-    _exam(journal, "queued-0001", behind - 3600)
-    _exam(journal, "sent-0002", behind - 7200)  # it had gone: the district has it early
-    _exam(journal, "broken-0003", behind - 1800)
+    now = time.time()
+    old_now = now - BEHIND_S  # the clock behind's reading at the step
+    boot = old_now - 3 * DAY_S
+    before = now - BEHIND_S / 2
+    _exam(journal, "this-boot-0001", old_now - 3600)
+    _exam(journal, "earlier-queued-0002", boot - 10 * DAY_S)
+    _exam(journal, "earlier-sent-0003", boot - 20 * DAY_S)
+    _exam(journal, "broken-0004", old_now - 1800)
     with journal.db:
-        journal.db.execute("UPDATE exams SET summary = '[1, 2' WHERE exam_id = 'broken-0003'")
-    assert journal.redate_exams(("queued-0001", "unknown-9", "queued-0001", "broken-0003"),
-                                BEHIND_S) == 1
-    assert journal.redate_exams((), BEHIND_S) == 0
-    journal.close()
+        journal.db.execute("UPDATE exams SET summary = '[1, 2' WHERE exam_id = 'broken-0004'")
+    _run(journal, "this-boot-run", old_now - 7200, old_now - 60)
+    _run(journal, "this-run", old_now - 30, None)  # the run going on
+    _run(journal, "earlier-run", boot - 40 * DAY_S, boot - 40 * DAY_S + 600)
+    assert journal.keep_dates("this-boot-0001", {"lmp": "2026-07-01", "today": "2026-10-07"},
+                              entered_ts=old_now - 600)
+    assert journal.redate(BEHIND_S, boot, before, ["earlier-queued-0002", "unknown-9"]) == 2
+    assert journal.redate(BEHIND_S, boot, before, []) == 0  # nothing left stamped behind
     rows = _journal_exams(tmp_path)
-    assert rows["queued-0001"][0] == pytest.approx(behind - 3600 + BEHIND_S)
-    assert rows["queued-0001"][1] == pytest.approx(behind - 3000 + BEHIND_S)
-    assert rows["queued-0001"][2]["started_ts"] == pytest.approx(behind - 3600 + BEHIND_S)
-    assert rows["queued-0001"][2]["ended_ts"] == pytest.approx(behind - 3000 + BEHIND_S)
-    assert rows["sent-0002"][0] == pytest.approx(behind - 7200)  # not listed: left
-    # a damaged summary is left as it is (its report says it cannot be read)
-    assert rows["broken-0003"][0] == pytest.approx(behind - 1800)
-    assert rows["broken-0003"][2] is None
+    assert rows["this-boot-0001"][:2] == (pytest.approx(now - 3600), pytest.approx(now - 3000))
+    assert rows["this-boot-0001"][2]["started_ts"] == pytest.approx(now - 3600, abs=0.01)
+    assert rows["earlier-queued-0002"][0] == pytest.approx(boot - 10 * DAY_S + BEHIND_S)
+    assert rows["earlier-sent-0003"][0] == pytest.approx(boot - 20 * DAY_S)
+    assert rows["broken-0004"][0] == pytest.approx(old_now - 1800)  # damaged: as it is
+    assert rows["broken-0004"][2] is None
+    runs = {r["run_id"]: r for r in journal.runs()}
+    assert runs["this-boot-run"]["ended_ts"] == pytest.approx(now - 60)
+    assert runs["this-run"]["started_ts"] == pytest.approx(now - 30)
+    assert runs["this-run"]["ended_ts"] is None
+    assert runs["earlier-run"]["started_ts"] == pytest.approx(boot - 40 * DAY_S)
+    # an exam a kill cut off is rebuilt from its frames: they read by the clock now right
+    assert [r["ts"] for _, r in journal.replay("this-boot-run")] == [
+        pytest.approx(now - 7199)]
+    assert journal.dates_entry("this-boot-0001")[1] == pytest.approx(now - 600)
+    # and the next start's prune counts a week's frames a week old, not two months
+    assert journal.prune(30) == 1
+    assert sorted(r["run_id"] for r in journal.runs()) == ["this-boot-run", "this-run"]
+    journal.close()
     # the page reads the journal: its list shows the moved exam by the clock now right
     import asyncio
     history = ExamHistory(tmp_path)
@@ -225,30 +254,93 @@ def test_the_journal_dates_again_only_the_exams_the_outbox_did(tmp_path):
         listed, readable = asyncio.run(history.recent(10, None))
     finally:
         history.close()
-    assert readable
     shown = {row["exam_id"]: row for row in listed}
-    assert shown["queued-0001"]["started_ts"] == pytest.approx(behind - 3600 + BEHIND_S,
-                                                               abs=0.01)
+    assert readable and shown["this-boot-0001"]["started_ts"] == pytest.approx(now - 3600,
+                                                                               abs=0.01)
 
 
-def test_a_prune_after_a_clock_set_counts_a_runs_age_by_the_clock_now_right(tmp_path):
-    """Set 60 days forward, a run that ended a week before by the old clock looked 67
-    days old; with `keep_days` 30 its frames went at the next start."""
+def test_a_prune_that_fails_leaves_no_transaction_open(tmp_path):
+    """A prune that raised (a damaged file) left its transaction open: every later write
+    of the run went into it, uncommitted."""
     journal = Journal(tmp_path / "journal.sqlite")
-    now = time.time()
-    set_ts = now - DAY_S  # the page set the clock yesterday
-    old_clock_then = set_ts - BEHIND_S
-    runs = {"last-week": old_clock_then - 7 * DAY_S,  # by the clock that was behind
-            "long-ago": old_clock_then - 40 * DAY_S,
-            "today": now - 3600}  # by the clock now right
-    for name, ended in runs.items():
-        journal.db.execute("INSERT INTO runs (run_id, source, started_ts, ended_ts, models) "
-                           "VALUES (?,?,?,?,?)", (name, "live", ended - 600, ended, "{}"))
-        journal.db.execute("INSERT INTO results (run_id, source, frame, ts, mono_s, record) "
-                           "VALUES (?,?,?,?,?,?)", (name, "live", 1, ended, 1.0, "{}"))
-    assert journal.prune(30, (set_ts, BEHIND_S)) == 1
-    assert sorted(r["run_id"] for r in journal.runs()) == ["last-week", "today"]
-    # without the note of the set, the week's frames would have gone with it
-    assert journal.prune(30) == 1
-    assert [r["run_id"] for r in journal.runs()] == ["today"]
+    _run(journal, "old", time.time() - 100 * DAY_S, time.time() - 99 * DAY_S)
+    journal.db.execute("CREATE TRIGGER damaged BEFORE DELETE ON runs "
+                       "BEGIN SELECT RAISE(ABORT, 'database disk image is malformed'); END")
+    with pytest.raises(sqlite3.DatabaseError):
+        journal.prune(30)
+    assert not journal.db.in_transaction
     journal.close()
+
+
+def test_network_time_stepping_the_clock_mid_exam_moves_that_exams_start(
+        tmp_path, data_dir, monkeypatch):
+    """The commonest step: a Pi booted at the time it was switched off, scanning begins,
+    and the link comes up mid-exam, network time stepping the clock weeks forward. The
+    exam's start came from the clock before and its end from the one after: its report
+    was dated weeks before the scan. No page is open here; the loop sees the step."""
+    box_clock = BoxClock(monkeypatch, BEHIND_S)
+    plugged, grabbers, sources = _unpluggable_grabber(data_dir, 8, monkeypatch)
+    state = tmp_path / "state"
+    cfg = tmp_path / "live.toml"
+    cfg.write_text(f"""
+[source]
+spec = "v4l2:/dev/video9"
+backoff_initial_s = 0.3
+backoff_max_s = 0.5
+[device]
+state_dir = "{state}"
+[loop]
+log_every = 0
+[exam]
+end_gap_s = {END_GAP_S}
+""")
+    loop = threading.Thread(target=run, args=(load_settings(cfg),),
+                            kwargs={"echo": lambda line: None}, daemon=True)
+    loop.start()
+    exams = lambda: [b for kind, b in _outbox_kinds(state) if kind == "exam"]  # noqa: E731
+    try:
+        wait_for(lambda: grabbers and grabbers[0].i >= 15, 90, "the woman's heads")
+        box_clock.behind_s = 0.0  # timesyncd steps the clock: no page, no tap
+        wait_for(lambda: grabbers[0].i >= 30, 30, "more of her heads after the step")
+        plugged.clear()
+        exam = wait_for(exams, END_GAP_S + 10, "her exam in the outbox")[0]
+        now = box_clock.real()
+        assert now - 120 < exam["started_ts"] <= exam["ended_ts"] < now + 1, exam
+        assert exam["ended_ts"] - exam["started_ts"] == pytest.approx(exam["duration_s"], abs=3)
+        assert not box_clock.sets  # nobody set it from the page
+    finally:
+        plugged.clear()
+        for source in sources:
+            source.close()
+        loop.join(60)
+    assert not loop.is_alive()
+
+
+def test_a_step_is_a_change_of_the_wall_clock_against_the_boot_clock(monkeypatch):
+    from edge.capture.clock import CLOCK_STEP_S, WallSteps
+
+    shift = [0.0]
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + shift[0])
+    steps = WallSteps()
+    assert steps() == 0.0  # the first look only notes where the clock stands
+    shift[0] = CLOCK_STEP_S / 2  # network time slewing, or a small set: not a step
+    assert steps() == 0.0
+    shift[0] += BEHIND_S  # set 60 days forward
+    assert steps() == pytest.approx(BEHIND_S, abs=1)
+    assert steps() == 0.0  # seen once
+    shift[0] -= 3 * 3600  # a clock that ran ahead, pulled back by network time
+    assert steps() == pytest.approx(-3 * 3600, abs=1)
+
+
+def test_a_step_back_moves_only_the_times_the_clock_ahead_gave():
+    tracker = ExamTracker(find_protocol("biometry"), ExamSettings(end_gap_s=20.0), None,
+                          lambda session, body: None)
+    ahead = time.time() + 3 * 3600
+    record = {"plane": "Trans-thalamic", "plane_confidence": 0.9, "roi": [0, 0, 10, 10]}
+    tracker.feed({**record, "ts": ahead}, mono=100.0)
+    tracker.feed({**record, "ts": time.time()}, mono=101.0)  # after the step
+    tracker.clock_set(-3 * 3600, time.time() + 3 * 3600 / 2)
+    body = tracker.end("command")
+    assert body["started_ts"] == pytest.approx(time.time(), abs=2)
+    assert body["ended_ts"] == pytest.approx(time.time(), abs=2)

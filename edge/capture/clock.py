@@ -1,7 +1,9 @@
-"""The scan's own time of each frame, which exams measure their length and gaps in."""
+"""The scan's own time of each frame, which exams measure their length and gaps in; and the
+steps of the wall clock, which dates them."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from edge.capture.sources import Frame
@@ -38,3 +40,39 @@ class ScanClock:
             value = max(value, self._last)
         self._last = value
         return value
+
+
+# A change of the wall clock against the boot clock this large is a step: the midwife's
+# page setting it (edge/web/clock.py), or network time reaching a box that booted at the
+# time it was switched off. Network time slews smaller errors, at most 0.5 ms a second.
+CLOCK_STEP_S = 60.0
+
+
+def _boot_clock() -> float:
+    """Seconds since boot, suspend included (the wall clock runs on through a suspend)."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # not Linux
+        return time.monotonic()
+
+
+def booted_ts() -> float:
+    """When the box booted, by the wall clock now."""
+    return time.time() - _boot_clock()
+
+
+@dataclass
+class WallSteps:
+    """Each call: how far the wall clock stepped since the last call (0.0 for none), seen
+    as a change of its distance from the boot clock. The exam running across a step began
+    by the clock before it and ended by the one after: its report's date and its start
+    were weeks off (`ExamTracker.clock_set`)."""
+
+    _offset: float | None = None
+
+    def __call__(self) -> float:
+        offset = booted_ts()
+        last, self._offset = self._offset, offset
+        if last is None or abs(offset - last) < CLOCK_STEP_S:
+            return 0.0
+        return offset - last

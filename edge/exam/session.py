@@ -375,16 +375,19 @@ class ExamTracker:
         return self.current
 
     def clock_set(self, moved_s: float, before_ts: float) -> None:
-        """The box's clock was set forward `moved_s` (the midwife's page, edge/web/clock.py)
-        while this exam ran: its wall times read before `before_ts` (by the clock now right)
-        came from the clock that was behind, so they move with it. Else its summary said it
-        began weeks before it ended. Its length and gaps run on the scan's own clock."""
+        """The box's clock stepped `moved_s` (the midwife's page, or network time reaching
+        a box that booted behind: edge/capture/clock.py `WallSteps`) while this exam ran:
+        its wall times stamped by the clock before (before `before_ts` by the clock now,
+        for a step forward; after it, for one back) move with it. Else its summary and
+        report said it began weeks before it ended. Its length and gaps run on the scan's
+        own clock."""
         session = self.current
-        if session is None:
+        if session is None or not moved_s:
             return
 
         def moved(ts: float) -> float:
-            return ts + moved_s if ts < before_ts else ts
+            stamped_before = ts < before_ts if moved_s > 0 else ts > before_ts
+            return ts + moved_s if stamped_before else ts
 
         session.started_ts = moved(session.started_ts)
         for name in ("last_content", "last_frame"):

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 7
 MAX_DATES_BYTES = 256  # {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"} is 40
 JOURNAL_FILE = "journal.sqlite"
-REDATE_BATCH = 500  # exams read at a time when a clock set dates them again
+REDATE_BATCH = 500  # ids in one statement when a clock step dates rows again
 SHED_BATCH = 2000  # frame results dropped at a time when the disk is full
 WAL_PAGES = 256  # checkpoint the write-ahead log at this many pages (1 MB of 4 KB pages)
 MIN_FREE_PAGES = 64  # on a full disk, shed again before the file's free pages run out
@@ -183,6 +183,10 @@ def told_weeks(told: object) -> tuple[bool, float | None]:
         return True, None
     weeks = number_or_none(value)
     return weeks is not None, weeks
+
+
+def _marks(values: list) -> str:
+    return ",".join("?" * len(values))
 
 
 def _json_dict(raw: object) -> dict | None:
@@ -795,17 +799,20 @@ class Journal:
         return [r[0] for r in rows if isinstance(r[0], str)]
 
     def replay(self, run_id: str, after_row: int = 0) -> Iterator[tuple[int, dict]]:
-        """A run's journaled results after `after_row`, in order, as (row id, record)."""
+        """A run's journaled results after `after_row`, in order, as (row id, record). The
+        record's time is its row's `ts`, which a step of the clock moves (`redate`)."""
         last = int(after_row or 0)
         while True:
-            rows = self.db.execute("SELECT id, record FROM results WHERE run_id=? AND id > ? "
-                                   "ORDER BY id LIMIT 500", (run_id, last)).fetchall()
+            rows = self.db.execute("SELECT id, record, ts FROM results WHERE run_id=? AND "
+                                   "id > ? ORDER BY id LIMIT 500", (run_id, last)).fetchall()
             if not rows:
                 return
-            for row_id, record in rows:
+            for row_id, record, ts in rows:
                 last = row_id
                 parsed = _json_dict(record)
                 if parsed is not None:
+                    if finite_number(ts):
+                        parsed["ts"] = ts
                     yield row_id, parsed
 
     def exams(self) -> list[dict]:
@@ -823,28 +830,47 @@ class Journal:
             " WHERE run_id=?", (time.time() if ended_ts is None else ended_ts, run_id, run_id,
                                 run_id))) is not None
 
-    def redate_exams(self, exam_ids: Iterable[str], moved_s: float) -> int:
-        """The box's clock was set forward `moved_s` and the outbox dated these exams'
-        summaries again (`Outbox.shift_unsent_times`): their copies here move as much, so
-        the page's list and reports date each exam as the district does. Returns how many
-        moved; 0 when that could not be written (said in the log)."""
+    def redate(self, moved_s: float, boot_ts: float, before_ts: float,
+               exam_ids: Iterable[str] = ()) -> int | None:
+        """The box's clock stepped forward `moved_s` (edge/loop.py follow_clock_steps): what
+        it stamped in this boot before the step (from `boot_ts` to `before_ts`, by the
+        clock that was behind) moves as much, exactly, since the clock ran on unbroken:
+        runs (so a prune does not take a week's frames for two months old), exams (the
+        page's list and reports), frames (an exam a kill cut off is rebuilt from them) and
+        when dates were entered. So do the exams `exam_ids` whose queued summaries the
+        outbox dated again, from earlier boots too, so the district and the page agree.
+        Returns how many exams moved; None when that could not be written (said in the
+        log). A damaged summary is left as it is (its report says it cannot be read)."""
         ids = list(dict.fromkeys(exam_ids))
-        changed = 0
+        span = (boot_ts, before_ts)
 
         def redate() -> int:
-            nonlocal changed
             changed = 0
             self.db.execute("BEGIN")
             try:
-                for start in range(0, len(ids), REDATE_BATCH):
-                    batch = ids[start:start + REDATE_BATCH]
-                    marks = ",".join("?" * len(batch))
+                runs = [r for r, in self.db.execute(
+                    "SELECT run_id FROM runs WHERE started_ts >= ? AND started_ts < ?", span)]
+                for start in range(0, len(runs), REDATE_BATCH):
+                    part = runs[start:start + REDATE_BATCH]
+                    self.db.execute(f"UPDATE results SET ts = ts + ? WHERE run_id IN "
+                                    f"({_marks(part)}) AND ts < ?", (moved_s, *part, before_ts))
+                self.db.execute("UPDATE runs SET started_ts = started_ts + ?, ended_ts = "
+                                "CASE WHEN ended_ts < ? THEN ended_ts + ? ELSE ended_ts END "
+                                "WHERE started_ts >= ? AND started_ts < ?",
+                                (moved_s, before_ts, moved_s, *span))
+                self.db.execute("UPDATE exam_dates SET entered_ts = entered_ts + ? "
+                                "WHERE entered_ts >= ? AND entered_ts < ?", (moved_s, *span))
+                found = [r for r, in self.db.execute(
+                    "SELECT exam_id FROM exams WHERE started_ts >= ? AND started_ts < ?", span)]
+                chosen = list(dict.fromkeys([*found, *ids]))
+                for start in range(0, len(chosen), REDATE_BATCH):
+                    part = chosen[start:start + REDATE_BATCH]
                     for exam_id, raw in self.db.execute(
-                            f"SELECT exam_id, summary FROM exams WHERE exam_id IN ({marks})",
-                            batch).fetchall():
+                            f"SELECT exam_id, summary FROM exams WHERE exam_id IN "
+                            f"({_marks(part)})", part).fetchall():
                         summary = _json_dict(raw)
                         if summary is None:
-                            continue  # unreadable: the report says so as it is
+                            continue
                         for key in ("started_ts", "ended_ts"):
                             if finite_number(summary.get(key)):
                                 summary[key] = round(summary[key] + moved_s, 3)
@@ -861,29 +887,27 @@ class Journal:
                 raise
             return changed
 
-        return self._write("exams dated again", redate) or 0
+        return self._write("times dated again after a clock step", redate)
 
-    def prune(self, keep_days: float, clock_set: tuple[float, float] | None = None) -> int:
+    def prune(self, keep_days: float) -> int:
         """Forget runs that ended more than `keep_days` ago; returns how many frames went.
 
         The box has a small disk and the district keeps the summaries; frame-level
-        history is for local review and debugging, so it ages out. `clock_set`: (when, by
-        how much) the page last set the box's clock forward (edge/web/clock.py). A run that
-        ended before it was dated by the clock that was behind, so its age counts from its
-        end moved as much: a clock set 60 days forward must not make a week's frames look
-        two months old and take them all.
+        history is for local review and debugging, so it ages out.
         """
         cutoff = time.time() - keep_days * 86400.0
-        set_ts, moved = clock_set if clock_set is not None else (0.0, 0.0)
-        # `set_ts - moved`: the old clock's reading when it was set
-        aged = ("CASE WHEN ended_ts < :old THEN ended_ts + :moved ELSE ended_ts END")
-        old = f"SELECT run_id FROM runs WHERE ended_ts IS NOT NULL AND {aged} < :cutoff"
-        args = {"old": set_ts - moved, "moved": moved, "cutoff": cutoff}
+        old = "SELECT run_id FROM runs WHERE ended_ts IS NOT NULL AND ended_ts < ?"
         self.db.execute("BEGIN")
-        gone = self.db.execute(f"DELETE FROM results WHERE run_id IN ({old})", args).rowcount
-        self.db.execute(f"DELETE FROM runs WHERE ended_ts IS NOT NULL AND {aged} < :cutoff",
-                        args)
-        self.db.execute("COMMIT")
+        try:
+            gone = self.db.execute(f"DELETE FROM results WHERE run_id IN ({old})",
+                                   (cutoff,)).rowcount
+            self.db.execute("DELETE FROM runs WHERE ended_ts IS NOT NULL AND ended_ts < ?",
+                            (cutoff,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:  # a later write must not run inside it
+                self.db.execute("ROLLBACK")
+            raise
         return gone
 
     def results(self, run_id: str | None = None) -> list[dict]:

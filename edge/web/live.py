@@ -79,9 +79,6 @@ class LiveView:
     # journal's); apart from `commands`, so that dates typed again and again never push
     # a "stop" out of its queue
     dates_to_keep: deque = field(default_factory=lambda: deque(maxlen=8))
-    # (moved_s, before_ts, exam ids the outbox dated again) of each clock set on the page
-    # (edge/web/clock.py), for the loop to date its running exam and the journal's copies
-    clock_sets: deque = field(default_factory=lambda: deque(maxlen=8))
     notify: Callable[[], None] | None = None  # set by the server: wakes its streamer
     # `ga_dates` is set on the server's thread and attached to an exam on the loop's
     _dates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -110,11 +107,6 @@ class LiveView:
     def command(self, name: str) -> None:
         """Server thread: queue a command for the loop."""
         self.commands.append(name)
-
-    def clock_was_set(self, moved_s: float, before_ts: float, exam_ids: tuple[str, ...]) -> None:
-        """Server thread: the page set the box's clock forward (edge/web/clock.py). A tap
-        needs the clock behind by `clock_off_s`, so a full queue is not reached in use."""
-        self.clock_sets.append((moved_s, before_ts, exam_ids))
 
     def set_dates(self, dates: dict | None) -> None:
         """Server thread: the dates the page entered (`ga_dates`), or None."""
@@ -232,7 +224,6 @@ class LoopHook:
     def __init__(self, view: LiveView, end_gap_s: float, server=None):
         self.view = view
         self.keep_dates: Callable[[str, dict | None], bool] | None = None  # the journal's
-        self.redate_exams: Callable[[tuple[str, ...], float], int] | None = None  # the same
         self.end_gap_s = end_gap_s
         self.server = server  # edge.web.server.WebServer, stopped by close()
         self.confidence = SteadyConfidence()
@@ -250,13 +241,11 @@ class LoopHook:
         self.view.holding = value
 
     def attach(self, scorer, uplink, source, tracker,
-               keep_dates: Callable[[str, dict | None], bool] | None = None,
-               redate_exams: Callable[[tuple[str, ...], float], int] | None = None) -> None:
+               keep_dates: Callable[[str, dict | None], bool] | None = None) -> None:
         """The loop's parts are ready (models loaded, source open): the page goes live.
-        `keep_dates(exam_id, dates)` writes an exam's dates into the journal;
-        `redate_exams(exam_ids, moved_s)` dates its copies of those exams again."""
+        `keep_dates(exam_id, dates)` writes an exam's dates into the journal."""
         view = self.view
-        self.keep_dates, self.redate_exams = keep_dates, redate_exams
+        self.keep_dates = keep_dates
         view.models = dict(scorer.model_versions())
         view.has_class_maps = bool(getattr(scorer, "has_class_maps", False))
         view.source_name = source.name
@@ -293,27 +282,18 @@ class LoopHook:
                 log.warning("web: the dates for exam %s could not be kept (see the "
                             "journal's line)", exam_id)
 
-    def apply_clock_sets(self, tracker) -> None:
-        """The page set the box's clock: the running exam's start and the journal's copies
-        of the exams the outbox dated again move with it, so the midwife's list, her
-        reports and the district all date an exam alike."""
-        sets = self.view.clock_sets
-        while sets:
-            moved_s, before_ts, exam_ids = sets.popleft()
-            tracker.clock_set(moved_s, before_ts)
-            shown = self.view.exam
-            if shown is not None and shown.get("exam_id") in exam_ids:  # the last one ended
-                self.view.exam = {**shown, **{k: shown[k] + moved_s for k in
-                                              ("started_ts", "ended_ts")
-                                              if finite_number(shown.get(k))}}
-            if exam_ids and self.redate_exams is not None:
-                done = self.redate_exams(exam_ids, moved_s)
-                log.info("web: the clock was set; %d of %d exam(s) dated again in the "
-                         "journal", done, len(exam_ids))
+    def clock_stepped(self, moved_s: float, before_ts: float) -> None:
+        """Loop thread: the box's clock stepped forward `moved_s` (edge/loop.py
+        follow_clock_steps). The last exam's card, ended before the step, moves with the
+        journal's copy; a running exam's is drawn again from the exam itself."""
+        shown = self.view.exam
+        if shown is None or shown.get("running"):
+            return
+        self.view.exam = {**shown, **{k: shown[k] + moved_s for k in ("started_ts", "ended_ts")
+                                      if finite_number(shown.get(k)) and shown[k] < before_ts}}
 
     def apply_commands(self, tracker) -> None:
         self.apply_dates()
-        self.apply_clock_sets(tracker)
         commands = self.view.commands
         while commands:
             # A "stop" counts as queued until its exam has ended (measuring its heads and

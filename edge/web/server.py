@@ -66,7 +66,6 @@ import re
 import resource
 import shutil
 import socket
-import sqlite3
 import ssl
 import struct
 import threading
@@ -83,7 +82,6 @@ from aiohttp import WSMsgType, web
 from edge.exam.screening import MAX_LMP_DAYS, PhoneDateError, day_of_exam, read_lmp, screening
 from edge.models.planes import heatmap
 from edge.models.quality import Rules
-from edge.store.outbox import OutboxError, Redated
 from edge.uplink.messages import read_temperature_c
 from edge.web import i18n
 from edge.web.auth import Attempt, Brake, Braked, PinHash, Sessions
@@ -109,7 +107,7 @@ from wire.http_log import (
     refuse_coded_body,
 )
 from wire.schema import PayloadError, loads_bounded
-from wire.shown import one_line, shown, shown_path
+from wire.shown import shown, shown_path
 
 log = logging.getLogger(__name__)
 
@@ -1137,7 +1135,7 @@ class WebServer:
         action = body.get("action")
         if action not in ("start", "stop"):
             raise web.HTTPBadRequest(text='action must be "start" or "stop"')
-        if self.view.phase != "running":
+        if self.view.phase == "loading":
             raise web.HTTPConflict(text=f"the device is {self.view.phase}")
         exam = self.view.exam
         if action == "start" and exam is not None and exam.get("running") \
@@ -1235,37 +1233,21 @@ class WebServer:
             phone_s = read_phone_s(body.get("phone_ms"))
         except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
+        if self.view.phase != "running":
+            # the loop dates again what the clock behind stamped once it runs; while the
+            # models load it would not see the step, and the exams its start recovers and
+            # queues would keep their early dates
+            raise web.HTTPConflict(text="the box is starting: set its clock once the page "
+                                   "shows the image", headers={REFUSED: "clock-starting"})
         try:
             moved = set_from_phone(phone_s, self._clock_rules())
         except ClockRefused as exc:
             refusal = web.HTTPConflict if exc.status == 409 else web.HTTPForbidden
             raise refusal(text=str(exc), headers={REFUSED: exc.name}) from None
         record_set(self.state_dir, moved)  # every health message says it from now on
-        # What was stamped before this by the clock that was behind; what comes after has
-        # the clock now right (half the move between the two: no time is near either).
-        before_ts = time.time() - moved / 2
-        redated = await asyncio.get_running_loop().run_in_executor(
-            None, self._shift_unsent, moved, before_ts)
-        self.view.clock_was_set(moved, before_ts, redated.exam_ids)
-        return web.json_response({"ok": True, "moved_s": round(moved, 3),
-                                  "messages_redated": redated.messages})
-
-    def _shift_unsent(self, moved: float, before_ts: float) -> Redated:
-        """The outbox's messages not yet sent, queued by the clock that was behind, dated
-        again by the clock now right (the district then counts them on their own days); a
-        failure leaves them as they were, said once."""
-        outbox = getattr(self.uplink, "outbox", None)
-        if outbox is None:
-            return Redated(0, ())
-        try:
-            redated = outbox.shift_unsent_times(moved, before_ts)
-        except (OutboxError, sqlite3.Error) as exc:
-            log.warning("web: the clock was set; the queued messages keep their old times "
-                        "(%s)", one_line(exc))
-            return Redated(0, ())
-        log.info("web: %d queued message(s) dated again by the clock now right",
-                 redated.messages)
-        return redated
+        # The loop sees the step and dates again what the clock behind stamped (its
+        # running exam, the queued messages, the journal: edge/loop.py follow_clock_steps).
+        return web.json_response({"ok": True, "moved_s": round(moved, 3)})
 
     async def _exam_lmp(self, request: web.Request) -> web.Response:
         """Dates for one ended exam, named by its report's URL rather than by what the live

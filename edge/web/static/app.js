@@ -612,6 +612,7 @@ function renderClock(c) {
 const CLOCK_REFUSALS = {
   "clock-near": "clock.already_right", "clock-ahead": "clock.not_back",
   "clock-far": "clock.too_far", "clock-synced": "clock.synced", "clock-denied": "clock.not_allowed",
+  "clock-starting": "clock.starting",
 };
 
 async function setClock() {
