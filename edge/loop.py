@@ -244,10 +244,11 @@ def follow_clock_steps(steps: WallSteps, tracker: ExamTracker, uplink: Uplink,
     """A step of the wall clock since the last look: the page's set (edge/web/clock.py), or
     network time reaching a box that booted behind. What the clock before it stamped moves
     with it: the running exam's times (either way), and for a step forward (a box behind
-    was put right) the messages queued and never tried, the journal's rows of this boot and
-    its copies of the exams those messages hold, and the last exam's card. Looked at before
-    each frame is fed, so an exam that ends on it is dated by the clock now right. Returns
-    the step, seconds (0.0 for none)."""
+    was put right) the messages queued and never tried (or held in memory for want of
+    disk space), the journal's rows of this boot and its copies of the exams those
+    messages hold, and the last exam's card. Looked at before each frame is fed, so an
+    exam that ends on it is dated by the clock now right. Returns the step, seconds (0.0
+    for none)."""
     step = steps()
     if not step:
         return 0.0
@@ -258,6 +259,7 @@ def follow_clock_steps(steps: WallSteps, tracker: ExamTracker, uplink: Uplink,
         return step
     if web is not None:
         web.clock_stepped(step, before_ts)
+    held = uplink.shift_held_times(step, before_ts)
     try:
         redated = uplink.outbox.shift_unsent_times(step, before_ts)
     except (OutboxError, sqlite3.Error) as exc:
@@ -265,8 +267,8 @@ def follow_clock_steps(steps: WallSteps, tracker: ExamTracker, uplink: Uplink,
                     one_line(exc))
         redated = Redated(0, ())
     moved = journal.redate(step, booted_ts() - step, before_ts, redated.exam_ids)
-    log.info("clock step: %d queued message(s) and %s journaled exam(s) dated again",
-             redated.messages, "no" if moved is None else moved)
+    log.info("clock step: %d queued and %d held message(s) and %s journaled exam(s) dated "
+             "again", redated.messages, held, "no" if moved is None else moved)
     return step
 
 

@@ -283,9 +283,28 @@ def test_messages_queued_while_behind_are_dated_again_when_the_clock_steps(
     journal = Journal(tmp_path / "journal.sqlite")
     tracker = ExamTracker(find_protocol("biometry"), ExamSettings(), None, lambda *a: None)
     before = {m.seq: json.loads(m.payload) for m in up.outbox.pending(10)}
+    # and one exam held in memory: the outbox could not take it (a full disk)
+    from edge.exam import tally
+    from edge.store.outbox import OutboxLater
+    from tests.device_sim import frame_result
+
+    old = time.time() - behind
+    held = tally.summarize_exam([frame_result(i) for i in range(5)], "live", old - 300,
+                                old - 30)
+
+    def refuse(*args, **kwargs):
+        raise OutboxLater("database or disk is full")
+
+    with monkeypatch.context() as full:
+        full.setattr(up.outbox, "enqueue", refuse)
+        assert up.enqueue_exam(held, key="exam-held") is None and up.held == 1
     try:
         assert follow_clock_steps(lambda: behind, tracker, up, journal) == behind
-        after = {m.seq: json.loads(m.payload) for m in up.outbox.pending(10)}
+        assert up.flush_held() == 0  # the disk has room again
+        queued = [json.loads(m.payload) for m in up.outbox.pending(10)
+                  if json.loads(m.payload).get("exam_id") == held["exam_id"]]
+        assert queued[0]["started_ts"] == pytest.approx(old - 300 + behind, abs=1)
+        after = {m.seq: json.loads(m.payload) for m in up.outbox.pending(10) if m.seq in before}
         for seq in (1, 3):  # the first exam, the health message
             for key in ("ts", "started_ts", "ended_ts"):
                 if key in before[seq]:
@@ -296,7 +315,8 @@ def test_messages_queued_while_behind_are_dated_again_when_the_clock_steps(
         assert counts["used_bytes"] == up.outbox._count_used()
         # a step back (a clock ahead pulled back by network time) re-dates nothing queued
         assert follow_clock_steps(lambda: -3600.0, tracker, up, journal) == -3600.0
-        assert {m.seq: json.loads(m.payload) for m in up.outbox.pending(10)} == after
+        assert {m.seq: json.loads(m.payload) for m in up.outbox.pending(10)
+                if m.seq in before} == after
     finally:
         up.close()
         journal.close()

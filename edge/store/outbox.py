@@ -605,8 +605,7 @@ class Outbox:
                     continue  # not one this outbox wrote: sent as it is
                 if not isinstance(body, dict):
                     continue
-                shifted = {k: round(v + moved_s, 3) for k in TIME_FIELDS
-                           if finite_number(v := body.get(k))}
+                shifted = shifted_times(body, moved_s, before_ts)
                 if not shifted:
                     continue
                 new = json.dumps({**body, **shifted}, separators=(",", ":"),
@@ -639,6 +638,13 @@ class Outbox:
                 self._db.close()
             except sqlite3.Error:
                 pass
+
+
+def shifted_times(body: dict, moved_s: float, before_ts: float) -> dict:
+    """A message's times (TIME_FIELDS) stamped before `before_ts` by a clock that was
+    `moved_s` behind, moved by as much: the fields to update."""
+    return {k: round(v + moved_s, 3) for k in TIME_FIELDS
+            if finite_number(v := body.get(k)) and v < before_ts}
 
 
 def seq_ok(value: object) -> bool:

@@ -48,6 +48,7 @@ from edge.store.outbox import (
     open_outbox,
     read_boot_id,
     seq_ok,
+    shifted_times,
 )
 from edge.store.state import Reserve, is_full
 from edge.uplink import messages
@@ -435,6 +436,19 @@ class Uplink:
                                 "correction is queued")
             self._set(held=len(self._held))
             return len(self._held)
+
+    def shift_held_times(self, moved_s: float, before_ts: float) -> int:
+        """The box's clock stepped forward `moved_s` (edge/loop.py follow_clock_steps): the
+        messages held in memory for want of disk space were stamped by the clock behind,
+        and are queued later, so the outbox's own re-dating does not reach them. Returns
+        how many moved."""
+        moved = 0
+        with self._held_lock:
+            for n, (kind, payload, key) in enumerate(self._held):
+                if shifted := shifted_times(payload, moved_s, before_ts):
+                    self._held[n] = (kind, {**payload, **shifted}, key)
+                    moved += 1
+        return moved
 
     @property
     def held(self) -> int:
