@@ -60,6 +60,27 @@ class BoxClock:
         self.behind_s = self.real() - value
 
 
+def _start_loop(tmp_path, state, extra: str = "") -> threading.Thread:
+    """The real device loop in a thread, on the test's live grabber, no broker."""
+    cfg = tmp_path / "live.toml"
+    cfg.write_text(f"""
+[source]
+spec = "v4l2:/dev/video9"
+backoff_initial_s = 0.3
+backoff_max_s = 0.5
+[device]
+state_dir = "{state}"
+[loop]
+log_every = 0
+[exam]
+end_gap_s = {END_GAP_S}
+{extra}""")
+    loop = threading.Thread(target=run, args=(load_settings(cfg),),
+                            kwargs={"echo": lambda line: None}, daemon=True)
+    loop.start()
+    return loop
+
+
 def _request(base: str, path: str, body: dict | None = None, cookie: str = "") -> tuple[int, dict]:
     headers = {"Origin": base}
     if body is not None:
@@ -97,26 +118,7 @@ def test_a_clock_set_mid_exam_dates_that_exam_the_queued_one_and_the_journals_co
     write_pin(state, PIN)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cfg = tmp_path / "live.toml"
-    cfg.write_text(f"""
-[source]
-spec = "v4l2:/dev/video9"
-backoff_initial_s = 0.3
-backoff_max_s = 0.5
-[device]
-state_dir = "{state}"
-[loop]
-log_every = 0
-[exam]
-end_gap_s = {END_GAP_S}
-[web]
-listen = "127.0.0.1:{port}"
-tls = "off"
-""")
-    said: list[str] = []
-    loop = threading.Thread(target=run, args=(load_settings(cfg),),
-                            kwargs={"echo": said.append}, daemon=True)
-    loop.start()
+    loop = _start_loop(tmp_path, state, f'[web]\nlisten = "127.0.0.1:{port}"\ntls = "off"\n')
     exams = lambda: [b for kind, b in _outbox_kinds(state) if kind == "exam"]  # noqa: E731
     try:
         # the first woman, scanned and gone while the clock was 60 days behind: queued
@@ -281,22 +283,7 @@ def test_network_time_stepping_the_clock_mid_exam_moves_that_exams_start(
     box_clock = BoxClock(monkeypatch, BEHIND_S)
     plugged, grabbers, sources = _unpluggable_grabber(data_dir, 8, monkeypatch)
     state = tmp_path / "state"
-    cfg = tmp_path / "live.toml"
-    cfg.write_text(f"""
-[source]
-spec = "v4l2:/dev/video9"
-backoff_initial_s = 0.3
-backoff_max_s = 0.5
-[device]
-state_dir = "{state}"
-[loop]
-log_every = 0
-[exam]
-end_gap_s = {END_GAP_S}
-""")
-    loop = threading.Thread(target=run, args=(load_settings(cfg),),
-                            kwargs={"echo": lambda line: None}, daemon=True)
-    loop.start()
+    loop = _start_loop(tmp_path, state)
     exams = lambda: [b for kind, b in _outbox_kinds(state) if kind == "exam"]  # noqa: E731
     try:
         wait_for(lambda: grabbers and grabbers[0].i >= 15, 90, "the woman's heads")
