@@ -220,14 +220,19 @@ def test_a_step_forward_dates_again_this_boots_rows_and_the_exams_the_outbox_did
     _exam(journal, "earlier-queued-0002", boot - 10 * DAY_S)
     _exam(journal, "earlier-sent-0003", boot - 20 * DAY_S)
     _exam(journal, "broken-0004", old_now - 1800)
+    _exam(journal, "texty-0005", boot - 5 * DAY_S)
     with journal.db:
         journal.db.execute("UPDATE exams SET summary = '[1, 2' WHERE exam_id = 'broken-0004'")
+        # hostile: a text where a time goes, in the column and in the summary
+        journal.db.execute("UPDATE exams SET started_ts = 'not a time', summary = "
+                           "json_set(summary, '$.started_ts', 'x') WHERE exam_id = 'texty-0005'")
     _run(journal, "this-boot-run", old_now - 7200, old_now - 60)
     _run(journal, "this-run", old_now - 30, None)  # the run going on
     _run(journal, "earlier-run", boot - 40 * DAY_S, boot - 40 * DAY_S + 600)
     assert journal.keep_dates("this-boot-0001", {"lmp": "2026-07-01", "today": "2026-10-07"},
                               entered_ts=old_now - 600)
-    assert journal.redate(BEHIND_S, boot, before, ["earlier-queued-0002", "unknown-9"]) == 2
+    assert journal.redate(BEHIND_S, boot, before,
+                          ["earlier-queued-0002", "unknown-9", "texty-0005"]) == 3
     assert journal.redate(BEHIND_S, boot, before, []) == 0  # nothing left stamped behind
     rows = _journal_exams(tmp_path)
     assert rows["this-boot-0001"][:2] == (pytest.approx(now - 3600), pytest.approx(now - 3000))
@@ -236,6 +241,9 @@ def test_a_step_forward_dates_again_this_boots_rows_and_the_exams_the_outbox_did
     assert rows["earlier-sent-0003"][0] == pytest.approx(boot - 20 * DAY_S)
     assert rows["broken-0004"][0] == pytest.approx(old_now - 1800)  # damaged: as it is
     assert rows["broken-0004"][2] is None
+    assert rows["texty-0005"][0] == "not a time"  # left, never made a number
+    assert rows["texty-0005"][2]["started_ts"] == "x"
+    assert rows["texty-0005"][1] == pytest.approx(boot - 5 * DAY_S + 600 + BEHIND_S)
     runs = {r["run_id"]: r for r in journal.runs()}
     assert runs["this-boot-run"]["ended_ts"] == pytest.approx(now - 60)
     assert runs["this-run"]["started_ts"] == pytest.approx(now - 30)

@@ -874,11 +874,14 @@ class Journal:
                         for key in ("started_ts", "ended_ts"):
                             if finite_number(summary.get(key)):
                                 summary[key] = round(summary[key] + moved_s, 3)
+                        # the columns follow the summary (what the page reads), never
+                        # arithmetic on a damaged column's text
                         self.db.execute(
-                            "UPDATE exams SET started_ts = started_ts + ?, ended_ts = "
-                            "ended_ts + ?, summary = ? WHERE exam_id = ?",
-                            (moved_s, moved_s, json.dumps(summary, separators=(",", ":")),
-                             exam_id))
+                            "UPDATE exams SET started_ts = COALESCE(?, started_ts), ended_ts "
+                            "= COALESCE(?, ended_ts), summary = ? WHERE exam_id = ?",
+                            (wall_ts_or_none(summary.get("started_ts")),
+                             wall_ts_or_none(summary.get("ended_ts")),
+                             json.dumps(summary, separators=(",", ":")), exam_id))
                         changed += 1
                 self.db.execute("COMMIT")
             except BaseException:
