@@ -648,8 +648,9 @@ def _rolling(last: dict) -> str:
 
 def _footer(last: dict) -> str:
     when = P.utc(last.get("at")) if last else "starting"
-    return (f'</main><footer>Dates are UTC days of the device clock when plausible, else of '
-            f"arrival. Data rolled up at {esc(when)} UTC.</footer>")
+    return (f'</main><footer>Dates are UTC days of the device clock when plausible (an '
+            "exam's moved by its box's clock lag where that clock is an hour or more behind), "
+            f"else of arrival. Data rolled up at {esc(when)} UTC.</footer>")
 
 
 def serve(settings: ServeSettings) -> int:
