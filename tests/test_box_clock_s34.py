@@ -48,13 +48,13 @@ def _phone(days_ahead: float) -> dt.datetime:
 
 
 def _post(rig, body: object, cookie: str | None, origin: str | None = None,
-          raw: bytes | None = None) -> tuple[int, str]:
+          raw: bytes | None = None, path: str = "/api/clock") -> tuple[int, str]:
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     headers = {"Content-Type": "application/json", "Origin": origin or rig["base"]}
     if cookie:
         headers["Cookie"] = cookie
-    request = urllib.request.Request(f"{rig['base']}/api/clock", method="POST",
+    request = urllib.request.Request(f"{rig['base']}{path}", method="POST",
                                      data=raw if raw is not None else json.dumps(body).encode(),
                                      headers=headers)
     try:
@@ -338,3 +338,11 @@ def test_the_clock_is_not_set_while_the_box_is_starting(box, view, settime,  # n
         f"document.querySelector('#clock-note').textContent === "
         f"{json.dumps(say(page, 'clock.starting'))}", **WAIT)
     assert not settime and errors == []
+    # once a file source has ended the page stays up and the loop still follows the
+    # clock (edge/loop.py lingered): a set counts; an exam can no longer be started
+    monkeypatch.setattr(view, "phase", "ended")
+    status, text = _post(box, {"phone_ms": (time.time() + 60 * DAY_S) * 1000}, _cookie(page))
+    assert status == 200 and len(settime) == 1, text
+    (box["server"].state_dir / clock.CLOCK_SET_FILE).unlink()
+    status, text = _post(box, {"action": "start"}, _cookie(page), path="/api/exam")
+    assert status == 409 and "ended" in text

@@ -1135,7 +1135,7 @@ class WebServer:
         action = body.get("action")
         if action not in ("start", "stop"):
             raise web.HTTPBadRequest(text='action must be "start" or "stop"')
-        if self.view.phase == "loading":
+        if self.view.phase != "running":
             raise web.HTTPConflict(text=f"the device is {self.view.phase}")
         exam = self.view.exam
         if action == "start" and exam is not None and exam.get("running") \
@@ -1233,7 +1233,7 @@ class WebServer:
             phone_s = read_phone_s(body.get("phone_ms"))
         except ValueError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
-        if self.view.phase != "running":
+        if self.view.phase == "loading":
             # the loop dates again what the clock behind stamped once it runs; while the
             # models load it would not see the step, and the exams its start recovers and
             # queues would keep their early dates
