@@ -39,12 +39,11 @@ from edge.models.roi import Roi
 from edge.result import FrameResult
 from edge.scorer import make_scorer, timed_frames
 from edge.store.journal import JOURNAL_FILE, Journal, told_weeks
-from edge.store.outbox import OutboxError, Redated, dates_key
+from edge.store.outbox import dates_key
 from edge.store.state import StateLock, prepare_state_dir
 from edge.uplink.mqtt import Uplink
 from edge.web.clock import last_set
 from wire.schema import number_or_none
-from wire.shown import one_line
 
 log = logging.getLogger(__name__)
 
@@ -259,16 +258,11 @@ def follow_clock_steps(steps: WallSteps, tracker: ExamTracker, uplink: Uplink,
         return step
     if web is not None:
         web.clock_stepped(step, before_ts)
-    held = uplink.shift_held_times(step, before_ts)
-    try:
-        redated = uplink.outbox.shift_unsent_times(step, before_ts)
-    except (OutboxError, sqlite3.Error) as exc:
-        log.warning("the clock stepped; the queued messages keep their old times (%s)",
-                    one_line(exc))
-        redated = Redated(0, ())
+    redated = uplink.clock_stepped(step, before_ts)
     moved = journal.redate(step, booted_ts() - step, before_ts, redated.exam_ids)
-    log.info("clock step: %d queued and %d held message(s) and %s journaled exam(s) dated "
-             "again", redated.messages, held, "no" if moved is None else moved)
+    log.info("clock step: %d queued message(s) dated again; the journal's rows %s",
+             redated.messages, "not (see its line)" if moved is None
+             else f"of this boot and {moved} exam(s)")
     return step
 
 

@@ -44,6 +44,7 @@ from edge.store.outbox import (
     OutboxError,
     OutboxFull,
     OutboxLater,
+    Redated,
     dates_key,
     open_outbox,
     read_boot_id,
@@ -69,7 +70,7 @@ from wire.schema import (
     validate,
     wall_ts_or_none,
 )
-from wire.shown import shown, shown_path
+from wire.shown import one_line, shown, shown_path
 
 log = logging.getLogger("sonoedge.uplink")
 
@@ -283,6 +284,9 @@ class Uplink:
         # (kind, payload, key) of exams and corrections waiting for disk space
         self._held: list[tuple[str, dict, str | None]] = []
         self._held_lock = threading.Lock()
+        # Set when the box's clock stepped: the pump says "online" again, so the district
+        # reads the clock's new lag from it (central/dashboard/store.py _ClockLags)
+        self._announce = threading.Event()
         self.client_id = settings.client_id or f"sonoedge-{self.device_id}"
         self._started_mono = time.monotonic()
         self._stop = threading.Event()
@@ -437,18 +441,26 @@ class Uplink:
             self._set(held=len(self._held))
             return len(self._held)
 
-    def shift_held_times(self, moved_s: float, before_ts: float) -> int:
-        """The box's clock stepped forward `moved_s` (edge/loop.py follow_clock_steps): the
-        messages held in memory for want of disk space were stamped by the clock behind,
-        and are queued later, so the outbox's own re-dating does not reach them. Returns
-        how many moved."""
-        moved = 0
+    def clock_stepped(self, moved_s: float, before_ts: float) -> Redated:
+        """The box's clock stepped forward `moved_s` (edge/loop.py follow_clock_steps):
+        what waits to go was stamped before `before_ts` by the clock behind and is dated
+        again: the messages held in memory for want of disk space (queued later, so the
+        outbox's own re-dating would not reach them) and the outbox's never-tried ones. The
+        link then says "online" again, so the district reads the clock's new lag and does
+        not move by the old one what the box has already put right. Returns what the outbox
+        moved (a failure leaves its messages as they were, said once)."""
         with self._held_lock:
             for n, (kind, payload, key) in enumerate(self._held):
                 if shifted := shifted_times(payload, moved_s, before_ts):
                     self._held[n] = (kind, {**payload, **shifted}, key)
-                    moved += 1
-        return moved
+        try:
+            redated = self.outbox.shift_unsent_times(moved_s, before_ts)
+        except (OutboxError, sqlite3.Error) as exc:
+            log.warning("the clock stepped; the queued messages keep their old times (%s)",
+                        one_line(exc))
+            redated = Redated(0, ())
+        self._announce.set()
+        return redated
 
     @property
     def held(self) -> int:
@@ -709,6 +721,10 @@ class Uplink:
         while not self._stop.is_set() and not state["lost"]:
             if self._held:
                 self.flush_held()
+            if self._announce.is_set():  # before the messages the step dated again
+                self._announce.clear()
+                client.publish(topic_for(self.device_id, "status"),
+                               self._status_payload("online"), qos=1, retain=True)
             self._resubscribe(client, state)
             free = limit - len(inflight)
             if free > 0 and time.monotonic() >= self._hold_until:
