@@ -406,6 +406,10 @@ def tell_district_dates_since(settings: Settings, journal: Journal, uplink: Upli
 
 def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = print) -> int:
     """The long-running loop; returns the process exit code."""
+    # Where the wall clock stands at the start: a step while the models load (network
+    # time coming up at boot) is followed at the first frame
+    clock_steps = WallSteps()
+    clock_steps()
     state_dir = prepare_state_dir(settings.device.state_dir)
     # Held until the process ends, however it ends: one run per state dir.
     lock = StateLock(state_dir).acquire()
@@ -481,9 +485,6 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             check()
         except ProtocolError as exc:
             log.warning("%s", exc)
-    # Where the wall clock stands before the page may set it (it refuses while loading)
-    clock_steps = WallSteps()
-    clock_steps()
     if web is not None:
         def keep_dates(exam_id: str, dates: dict | None) -> bool:
             """The page's dates into the journal first, then the district's correction

@@ -271,7 +271,8 @@ def test_messages_queued_while_behind_are_dated_again_when_the_clock_steps(
     """Offline for weeks with its clock behind, the box's queue held weeks of exams dated
     early: setting the clock dated only what came after. What it has not tried to send is
     dated again by the clock now right, when the loop sees the step (edge/loop.py
-    follow_clock_steps); a message tried once is left as it went."""
+    follow_clock_steps), and so is an exam held in memory for want of disk space; a
+    message tried once is left as it went."""
     from edge.exam.protocol import find_protocol
     from edge.exam.session import ExamSettings, ExamTracker
     from edge.loop import follow_clock_steps

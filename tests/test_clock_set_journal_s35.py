@@ -1,15 +1,20 @@
-"""When the midwife's page sets a box's clock forward, everything the box dated by the clock
-that was behind agrees with the district afterwards.
+"""When the box's clock steps (the midwife's page sets it forward, or network time comes
+up), what the clock before the step stamped is dated again, and the box, its page and the
+district agree.
 
 The last session's tap re-dated only the outbox's queued messages. The exam running at the
 tap still said it began weeks before it ended; the page's list and reports kept the early
-dates the district no longer had; and the next start's journal prune took a week of frames
-written by the old clock for two months old and deleted them.
+dates the district no longer had; the next start's journal prune took a week of frames
+written by the old clock for two months old and deleted them; and a step by network time
+was not seen at all.
 
-The first test drives the real device loop (`edge.loop.run`, in a thread) with its real
-page, a live grabber playing HC18 heads and a clock 60 days behind. The system call that
-sets the clock is the one thing replaced: it moves the process's `time.time` instead of
-the machine's (a test may not move the machine's clock, and as root it would).
+The loop tests drive the real device loop (`edge.loop.run`, in a thread) with a live
+grabber playing HC18 heads and a clock 60 days behind, one of them with its real page.
+`BoxClock` stands in for the machine's clock: the process's `time.time` runs behind, the
+system call that sets the clock moves it instead of the machine's (a test may not move the
+machine's clock, and as root it would), and the server is told it may set it and that no
+network time keeps it. The others pin the parts: `WallSteps`, the tracker's rule,
+`Journal.redate` and a failed prune.
 """
 
 from __future__ import annotations
@@ -339,3 +344,25 @@ def test_a_step_back_moves_only_the_times_the_clock_ahead_gave():
     body = tracker.end("command")
     assert body["started_ts"] == pytest.approx(time.time(), abs=2)
     assert body["ended_ts"] == pytest.approx(time.time(), abs=2)
+
+
+def test_a_frame_captured_as_the_clock_stepped_and_fed_after_it_moves_too():
+    """Frames are stamped as they are read (on the read-ahead thread): one captured before
+    the step and fed after it kept the clock behind's time, and an exam ending on it said
+    it ended 60 days before it began (the review's case)."""
+    tracker = ExamTracker(find_protocol("biometry"), ExamSettings(end_gap_s=20.0), None,
+                          lambda session, body: None)
+    behind = time.time() - BEHIND_S
+    record = {"plane": "Trans-thalamic", "plane_confidence": 0.9, "roi": [0, 0, 10, 10]}
+    for n in range(3):
+        tracker.feed({**record, "ts": behind + n}, mono=100.0 + n)
+    tracker.clock_set(BEHIND_S, time.time() - BEHIND_S / 2)
+    tracker.feed({**record, "ts": behind + 3}, mono=103.0)  # in flight at the step
+    body = tracker.end("gap")
+    assert body["started_ts"] == pytest.approx(behind + BEHIND_S, abs=0.01)
+    assert body["ended_ts"] == pytest.approx(behind + 3 + BEHIND_S, abs=0.01)
+    # a later step back ends the rule: after it the clock may read before the first
+    # step's `before_ts` again, and its times are its own
+    tracker.clock_set(-BEHIND_S, time.time() + BEHIND_S / 2)
+    tracker.feed({**record, "ts": behind + 10}, mono=200.0)
+    assert tracker.end("command")["started_ts"] == pytest.approx(behind + 10, abs=0.01)

@@ -418,7 +418,7 @@ def test_outbox_cli_names_a_corrupt_outbox_in_one_line(tmp_path):
 
 def test_a_message_taken_for_sending_is_never_dated_again_by_a_clock_set(tmp_path):
     """The publisher reads a batch and counts it as tried in one hold of the outbox's
-    lock: a clock set from the page (edge/web/clock.py) between the two re-dated a message
+    lock: a step of the clock (edge/loop.py follow_clock_steps) between the two re-dated a message
     that may have gone as it was, and the collector got one msg_id with two contents."""
     box = Outbox(tmp_path / "outbox.sqlite3")
     try:
@@ -436,8 +436,8 @@ def test_a_message_taken_for_sending_is_never_dated_again_by_a_clock_set(tmp_pat
 
 def test_a_batch_whose_try_a_full_disk_left_uncounted_is_never_dated_again(
         tmp_path, monkeypatch):
-    """On a full disk the try's count is not written (it is advisory), so a clock set
-    from the page re-dated a message that may have gone as it was: the collector kept the
+    """On a full disk the try's count is not written (it is advisory), so a step of the
+    clock re-dated a message that may have gone as it was: the collector kept the
     first copy and dead-lettered the second as a conflict. Now the outbox remembers the
     newest seq it took uncounted, and nothing at or before it is dated again."""
     box = Outbox(tmp_path / "outbox.sqlite3")

@@ -74,6 +74,8 @@ MISSING_WARN_SHARE = 0.01
 # then dated days or weeks early (the clinic looks silent while it works). Both signals
 # arrive within seconds on a live link, so an hour is far above their noise (a health
 # message waits for its next interval at most once the link is back).
+# The rollup moves a box's exams by its lag from the same threshold (store._ClockLags):
+# under it the lag is the link's delay, not the clock's error.
 CLOCK_OFF_FLAG_S = 3600.0
 # A box's clock set forward from the midwife's page (edge/web/clock.py) is said on the
 # devices page this long after: the exams it had sent before were dated by a clock behind (the

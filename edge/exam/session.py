@@ -333,6 +333,9 @@ class ExamTracker:
         self.model_versions = model_versions
         self.current: ExamSession | None = None
         self._last_content: float | None = None
+        # The last step of the wall clock (moved_s, before_ts; `clock_set`): a frame stamped
+        # before it but fed after (captured as the clock stepped) is moved as it comes.
+        self._step: tuple[float, float] | None = None
 
     @staticmethod
     def has_content(result: dict) -> bool:
@@ -355,6 +358,7 @@ class ExamTracker:
         # grabber unplugged or a scanner switched off sends no frames at all, and the next
         # woman's first frames would otherwise have joined the last woman's exam.
         self.idle(now)
+        wall = self._after_step(wall_time_of(result))
         if self.current is None:
             if not content:
                 return None
@@ -362,10 +366,10 @@ class ExamTracker:
             self.current = ExamSession(self.protocol, self.thumbs, self.settings,
                                        measure_kept=self.measure_kept, rules=self.rules,
                                        head_planes=self.head_planes,
-                                       started_ts=wall_time_of(result), started_mono=now,
+                                       started_ts=wall, started_mono=now,
                                        first_row=row, **ids)
             log.info("exam %s started (protocol %s)", self.current.exam_id, self.protocol.name)
-        self.current.last_frame = (wall_time_of(result), now)
+        self.current.last_frame = (wall, now)
         if content:
             self._last_content = now
             self.current.last_content = self.current.last_frame
@@ -381,19 +385,28 @@ class ExamTracker:
         for a step forward; after it, for one back) move with it. Else its summary and
         report said it began weeks before it ended. Its length and gaps run on the scan's
         own clock."""
-        session = self.current
-        if session is None or not moved_s:
+        if not moved_s:
             return
+        session = self.current
+        if session is not None:
+            session.started_ts = self._moved(session.started_ts, moved_s, before_ts)
+            for name in ("last_content", "last_frame"):
+                pair = getattr(session, name)
+                if pair is not None:
+                    setattr(session, name, (self._moved(pair[0], moved_s, before_ts), pair[1]))
+        # Forward only: the clock now never reads before `before_ts` again, so the rule
+        # holds for good; after a step back its new times pass `before_ts` within minutes.
+        self._step = (moved_s, before_ts) if moved_s > 0 else None
 
-        def moved(ts: float) -> float:
-            stamped_before = ts < before_ts if moved_s > 0 else ts > before_ts
-            return ts + moved_s if stamped_before else ts
+    @staticmethod
+    def _moved(ts: float, moved_s: float, before_ts: float) -> float:
+        stamped_before = ts < before_ts if moved_s > 0 else ts > before_ts
+        return ts + moved_s if stamped_before else ts
 
-        session.started_ts = moved(session.started_ts)
-        for name in ("last_content", "last_frame"):
-            pair = getattr(session, name)
-            if pair is not None:
-                setattr(session, name, (moved(pair[0]), pair[1]))
+    def _after_step(self, ts: float) -> float:
+        """A frame's wall time by the clock now: stamped before the last step forward (it
+        was captured as the clock stepped, and fed after), it moves with it."""
+        return ts if self._step is None else self._moved(ts, *self._step)
 
     def idle(self, now: float) -> dict | None:
         """The scan's clock at `now` with or without a frame: an exam whose last ultrasound

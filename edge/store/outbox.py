@@ -64,7 +64,7 @@ log = logging.getLogger("sonoedge.outbox")
 OUTBOX_FILE = "outbox.sqlite3"
 LAYOUT_VERSION = 1
 # A message's wall-clock times, as the wire's schemas name them (exam, dates, health):
-# moved when the box's clock is set forward (`Outbox.shift_unsent_times`).
+# moved when the box's clock steps forward (`Outbox.shift_unsent_times`).
 TIME_FIELDS = ("ts", "started_ts", "ended_ts", "entered_ts")
 ROW_OVERHEAD_BYTES = 96  # rough on-disk cost of a row beside its payload (ids, topic, index)
 DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
@@ -142,7 +142,7 @@ class Message:
 
 @dataclass(frozen=True)
 class Redated:
-    """What a clock set dated again (`Outbox.shift_unsent_times`)."""
+    """What a step of the clock dated again (`Outbox.shift_unsent_times`)."""
     messages: int
     exam_ids: tuple[str, ...]  # the exam summaries among them
 
@@ -183,7 +183,7 @@ class Outbox:
         self.quota_bytes = int(quota_bytes)
         self._lock = threading.RLock()
         # The highest seq taken for sending whose try could not be counted (a full disk):
-        # it and every older message may have gone as they were, so no clock set dates them
+        # it and every older message may have gone as they were, so no clock step dates them
         # again. Batches are taken oldest first, so one number says it.
         self._uncounted_seq = 0
         self.moved_aside: Path | None = None
@@ -586,18 +586,17 @@ class Outbox:
             return self._meta("seq")[0]
 
     def shift_unsent_times(self, moved_s: float, before_ts: float) -> Redated:
-        """The box's clock was set forward `moved_s` (edge/web/clock.py): the messages it
-        has not tried to send yet, queued before `before_ts` by the clock now right, get
-        their times moved by as much (TIME_FIELDS), so the district dates them right. A
-        message tried once (or taken for sending when its try could not be counted) may
-        have reached the collector as it was: left, or the same msg_id would arrive with
-        other content. Returns how many were moved, and the ids of
-        the exams among them (the journal dates its copies the same: edge/loop.py)."""
+        """The box's clock stepped forward `moved_s` (edge/loop.py follow_clock_steps): the
+        times of the messages it has not tried to send yet that the clock behind stamped
+        (before `before_ts`, by the clock now: `shifted_times`) move by as much, so the
+        district dates them right. A message tried once (or taken for sending when its try
+        could not be counted) may have reached the collector as it was: left, or the same
+        msg_id would arrive with other content. Returns how many were moved, and the ids
+        of the exams among them (the journal dates its copies the same)."""
         moved, exam_ids = 0, []
         with self._tx() as db:
             rows = db.execute("SELECT id, kind, payload FROM outbox WHERE attempts = 0 AND "
-                              "created_ts < ? AND seq > ?",
-                              (before_ts, self._uncounted_seq)).fetchall()
+                              "seq > ?", (self._uncounted_seq,)).fetchall()
             for row_id, kind, payload in rows:
                 try:
                     body = json.loads(payload)

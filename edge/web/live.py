@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wire.schema import UNCERTAIN, finite_number
+from edge.store.outbox import shifted_times
+from wire.schema import UNCERTAIN
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +290,7 @@ class LoopHook:
         shown = self.view.exam
         if shown is None or shown.get("running"):
             return
-        self.view.exam = {**shown, **{k: shown[k] + moved_s for k in ("started_ts", "ended_ts")
-                                      if finite_number(shown.get(k)) and shown[k] < before_ts}}
+        self.view.exam = {**shown, **shifted_times(shown, moved_s, before_ts)}
 
     def apply_commands(self, tracker) -> None:
         self.apply_dates()
