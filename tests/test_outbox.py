@@ -459,5 +459,16 @@ def test_a_batch_whose_try_a_full_disk_left_uncounted_is_never_dated_again(
         after = {m.seq: json.loads(m.payload)["ts"] for m in box.list()}
         assert after == {1: 1_700_000_000.0, 2: 1_700_000_001.0,  # as they may have gone
                          3: 1_700_003_602.0, 4: 1_700_003_603.0}
+        # the disk takes writes again: the next batch's try is counted, and the limit is
+        # kept, so a restart (new models, a watchdog) does not forget it
+        in_flight = [m.msg_id for m in taken]
+        assert [m.seq for m in box.take_for_sending(1, exclude=in_flight)] == [3]
+    finally:
+        box.close()
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    try:
+        # seq 3 was tried (counted), 1 and 2 taken uncounted: seq 4 alone moves
+        assert box.shift_unsent_times(3600.0, float("inf")).messages == 1
+        assert json.loads(box.list()[1].payload)["ts"] == 1_700_000_001.0
     finally:
         box.close()

@@ -184,8 +184,9 @@ class Outbox:
         self._lock = threading.RLock()
         # The highest seq taken for sending whose try could not be counted (a full disk):
         # it and every older message may have gone as they were, so no clock step dates them
-        # again. Batches are taken oldest first, so one number says it.
-        self._uncounted_seq = 0
+        # again. Batches are taken oldest first, so one number says it; it is kept in
+        # `meta` once the disk takes writes again (`take_for_sending`).
+        self._uncounted_seq = self._uncounted_saved = 0
         self.moved_aside: Path | None = None
         self.salvaged = 0
         try:
@@ -195,6 +196,8 @@ class Outbox:
                 raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from None
             self._salvage(exc, seq_floor)
         self._used = self._count_used()  # an outbox it cannot count is not opened
+        with self._lock:
+            self._uncounted_seq = self._uncounted_saved = self._meta("uncounted_seq")[0]
 
     def _count_used(self) -> int:
         return self._db.execute("SELECT COALESCE(SUM(size), 0) + COUNT(*) * ? FROM outbox",
@@ -557,6 +560,14 @@ class Outbox:
             batch = self.pending(limit, exclude)
             if not self.mark_attempt(m.msg_id for m in batch):
                 self._uncounted_seq = max([self._uncounted_seq, *(m.seq for m in batch)])
+            elif self._uncounted_seq > self._uncounted_saved:  # writes work again: kept
+                try:
+                    with self._tx() as db:
+                        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES "
+                                   "('uncounted_seq', ?)", (self._uncounted_seq,))
+                    self._uncounted_saved = self._uncounted_seq
+                except sqlite3.DatabaseError as exc:
+                    log.debug("outbox: uncounted seq not kept yet: %s", exc)
         return batch
 
     def list(self, limit: int = 100) -> list[Message]:
