@@ -472,3 +472,25 @@ def test_a_batch_whose_try_a_full_disk_left_uncounted_is_never_dated_again(
         assert json.loads(box.list()[1].payload)["ts"] == 1_700_000_001.0
     finally:
         box.close()
+
+
+def test_after_a_step_the_next_batch_is_taken_after_the_publisher_says_online_again(
+        tmp_path):
+    """The district reads a box's clock lag from its "online" status (sent at a connect):
+    a step that re-dated the queue is followed, in the same hold of the lock as the next
+    batch, by a fresh status; a batch taken before the step went with the old lag."""
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    said: list[str] = []
+    try:
+        box.enqueue("health", {"kind": "health", "ts": 1_700_000_000.0})
+        box.enqueue("health", {"kind": "health", "ts": 1_700_000_001.0})
+        first = box.take_for_sending(1, stepped=lambda: said.append("online"))
+        assert [m.seq for m in first] == [1] and said == []  # no step yet
+        box.shift_unsent_times(3600.0, float("inf"))
+        assert [m.seq for m in box.take_for_sending(
+            1, exclude=[first[0].msg_id], stepped=lambda: said.append("online"))] == [2]
+        assert said == ["online"]
+        box.take_for_sending(5, stepped=lambda: said.append("online"))
+        assert said == ["online"]  # once per step
+    finally:
+        box.close()

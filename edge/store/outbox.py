@@ -50,7 +50,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +187,9 @@ class Outbox:
         # again. Batches are taken oldest first, so one number says it; it is kept in
         # `meta` once the disk takes writes again (`take_for_sending`).
         self._uncounted_seq = self._uncounted_saved = 0
+        # Set by a step of the clock that re-dated the queue: the next batch taken for
+        # sending goes after the link says "online" again (`take_for_sending`'s `stepped`)
+        self._stepped = False
         self.moved_aside: Path | None = None
         self.salvaged = 0
         try:
@@ -552,11 +555,19 @@ class Outbox:
                     break
         return out
 
-    def take_for_sending(self, limit: int, exclude: Iterable[str] = ()) -> list[Message]:
+    def take_for_sending(self, limit: int, exclude: Iterable[str] = (),
+                         stepped: Callable[[], object] | None = None) -> list[Message]:
         """`pending`, counted as tried in the same hold of the lock: a message read to be
         published is never dated again by `shift_unsent_times` once it may have gone as
-        it was (the collector would get one msg_id with two contents)."""
+        it was (the collector would get one msg_id with two contents). `stepped()` is
+        called first, in the same hold, when the clock's step has re-dated the queue since
+        the last batch: the publisher says "online" again then, so the district reads the
+        clock's new lag before any message the step moved, and the old lag before any it
+        did not."""
         with self._lock:
+            if self._stepped and stepped is not None:
+                self._stepped = False
+                stepped()
             batch = self.pending(limit, exclude)
             if not self.mark_attempt(m.msg_id for m in batch):
                 self._uncounted_seq = max([self._uncounted_seq, *(m.seq for m in batch)])
@@ -627,6 +638,7 @@ class Outbox:
                 exam_id = body.get("exam_id")
                 if kind == "exam" and isinstance(exam_id, str) and len(exam_id) <= 64:
                     exam_ids.append(exam_id)
+            self._stepped = True
         return Redated(moved, tuple(exam_ids))
 
     def drop_report(self) -> dict:

@@ -284,9 +284,6 @@ class Uplink:
         # (kind, payload, key) of exams and corrections waiting for disk space
         self._held: list[tuple[str, dict, str | None]] = []
         self._held_lock = threading.Lock()
-        # Set when the box's clock stepped: the pump says "online" again, so the district
-        # reads the clock's new lag from it (central/dashboard/store.py _ClockLags)
-        self._announce = threading.Event()
         self.client_id = settings.client_id or f"sonoedge-{self.device_id}"
         self._started_mono = time.monotonic()
         self._stop = threading.Event()
@@ -446,9 +443,10 @@ class Uplink:
         what waits to go was stamped before `before_ts` by the clock behind and is dated
         again: the messages held in memory for want of disk space (queued later, so the
         outbox's own re-dating would not reach them) and the outbox's never-tried ones. The
-        link then says "online" again, so the district reads the clock's new lag and does
-        not move by the old one what the box has already put right. Returns what the outbox
-        moved (a failure leaves its messages as they were, said once)."""
+        link then says "online" again before the next batch (`Outbox.take_for_sending`),
+        so the district reads the clock's new lag and does not move by the old one what the
+        box has already put right. Returns what the outbox moved (a failure leaves its
+        messages as they were, said once)."""
         with self._held_lock:
             for n, (kind, payload, key) in enumerate(self._held):
                 if shifted := shifted_times(payload, moved_s, before_ts):
@@ -459,7 +457,6 @@ class Uplink:
             log.warning("the clock stepped; the queued messages keep their old times (%s)",
                         one_line(exc))
             redated = Redated(0, ())
-        self._announce.set()
         return redated
 
     @property
@@ -721,14 +718,13 @@ class Uplink:
         while not self._stop.is_set() and not state["lost"]:
             if self._held:
                 self.flush_held()
-            if self._announce.is_set():  # before the messages the step dated again
-                self._announce.clear()
-                client.publish(topic_for(self.device_id, "status"),
-                               self._status_payload("online"), qos=1, retain=True)
             self._resubscribe(client, state)
             free = limit - len(inflight)
             if free > 0 and time.monotonic() >= self._hold_until:
-                batch = self.outbox.take_for_sending(free, exclude=inflight.values())
+                batch = self.outbox.take_for_sending(
+                    free, exclude=inflight.values(), stepped=lambda: client.publish(
+                        topic_for(self.device_id, "status"), self._status_payload("online"),
+                        qos=1, retain=True))
                 for m in batch:
                     info = client.publish(topic_for(self.device_id, m.kind), m.payload, qos=1)
                     if info.rc != mqtt.MQTT_ERR_SUCCESS:
