@@ -409,7 +409,6 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     # Where the wall clock stands at the start: a step while the models load (network
     # time coming up at boot) is followed at the first frame
     clock_steps = WallSteps()
-    clock_steps()
     state_dir = prepare_state_dir(settings.device.state_dir)
     # Held until the process ends, however it ends: one run per state dir.
     lock = StateLock(state_dir).acquire()

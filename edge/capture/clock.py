@@ -4,7 +4,7 @@ steps of the wall clock, which dates them."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edge.capture.sources import Frame
 
@@ -68,11 +68,16 @@ class WallSteps:
     by the clock before it and ended by the one after: its report's date and its start
     were weeks off (`ExamTracker.clock_set`)."""
 
-    _offset: float | None = None
+    _offset: float = field(default_factory=booted_ts)  # where it stands at the first look
 
     def __call__(self) -> float:
         offset = booted_ts()
         last, self._offset = self._offset, offset
-        if last is None or abs(offset - last) < CLOCK_STEP_S:
-            return 0.0
-        return offset - last
+        return offset - last if abs(offset - last) >= CLOCK_STEP_S else 0.0
+
+
+def stamped_before_step(ts: float, moved_s: float, before_ts: float) -> bool:
+    """Whether a wall time came from the clock before a step of `moved_s`: before
+    `before_ts` (the clock now, less half the step) for a step forward, after it for one
+    back."""
+    return ts < before_ts if moved_s > 0 else ts > before_ts

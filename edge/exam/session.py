@@ -34,6 +34,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from edge.capture.clock import stamped_before_step
 from edge.exam.protocol import Protocol, Slot
 from edge.exam.tally import ExamTally, confidence_of, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
@@ -400,8 +401,7 @@ class ExamTracker:
 
     @staticmethod
     def _moved(ts: float, moved_s: float, before_ts: float) -> float:
-        stamped_before = ts < before_ts if moved_s > 0 else ts > before_ts
-        return ts + moved_s if stamped_before else ts
+        return ts + moved_s if stamped_before_step(ts, moved_s, before_ts) else ts
 
     def _after_step(self, ts: float) -> float:
         """A frame's wall time by the clock now: stamped before the last step forward (it

@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.capture.clock import stamped_before_step
 from edge.store.scan import DamagedTableScan
 from edge.store.state import Reserve, is_corrupt, is_full, move_aside, open_making_room
 from wire.schema import QUEUED_KINDS, finite_number, load_schema, sqlite_uri
@@ -666,7 +667,7 @@ def shifted_times(body: dict, moved_s: float, before_ts: float) -> dict:
     """A message's times (TIME_FIELDS) stamped before `before_ts` by a clock that was
     `moved_s` behind, moved by as much: the fields to update."""
     return {k: round(v + moved_s, 3) for k in TIME_FIELDS
-            if finite_number(v := body.get(k)) and v < before_ts}
+            if finite_number(v := body.get(k)) and stamped_before_step(v, moved_s, before_ts)}
 
 
 def seq_ok(value: object) -> bool:
