@@ -614,7 +614,7 @@ class WebServer:
         self.uplink = None  # set by the loop once the uplink exists
         self.sessions = Sessions(idle_s=settings.session_idle_min * 60.0,
                                  max_age_s=settings.session_max_hours * 3600.0)
-        self.brake = Brake()
+        self.brake = Brake(global_lock_s=settings.pin_lock_s)
         self.clock_settable = can_set_clock()  # the page offers to set the clock only then
         self.host, self.port = parse_listen(settings.listen)
         self.lines = LineLimiter(log, prefix="web: ")  # what a client can make us say

@@ -35,6 +35,10 @@ class WebSettings:
     # A tap moves the clock forward at most this far: a box that boots behind is weeks or
     # months behind, a phone years ahead is the one that is wrong.
     clock_max_move_days: float = 730.0
+    # The first device-wide lock on browsers the box does not know, once 30 wrong PINs have
+    # come from anywhere (edge/web/auth.py `Brake`); it doubles while the attempts go on, up
+    # to an hour. A minute keeps a clinic's new tablet waiting little after an attack.
+    pin_lock_s: float = 60.0
     # Host names the page may be asked for besides the box's own (its hostname, with
     # ".local"), IP addresses and localhost, e.g. ["sonoedge.clinic.lan"] when the clinic's
     # DNS names the box. Any other name is answered 421: a web page elsewhere that points
@@ -100,6 +104,8 @@ def check_web_settings(web: WebSettings) -> None:
         raise ValueError("clock_off_s must be between 60 and 86400")
     if not 1.0 <= web.clock_max_move_days <= CLOCK_MOVE_DAYS_MAX:
         raise ValueError(f"clock_max_move_days must be between 1 and {CLOCK_MOVE_DAYS_MAX:g}")
+    if not 10.0 <= web.pin_lock_s <= 3600.0:
+        raise ValueError("pin_lock_s must be between 10 and 3600")
     if len(web.allowed_hosts) > 32:
         raise ValueError("allowed_hosts: at most 32 names")
     for name in web.allowed_hosts:
