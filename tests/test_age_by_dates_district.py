@@ -199,7 +199,8 @@ def test_a_head_small_for_its_dates_is_flagged_and_undated_exams_are_not_drawn(t
             == ["during_exam", "during_exam", "", "during_exam"]
 
 
-def test_the_two_year_biometry_page_stays_light_however_many_heads_are_out(tmp_path):
+def test_the_two_year_biometry_page_stays_light_however_many_heads_are_out(
+        tmp_path, two_year_district):
     """The seeded 50-clinic district dates 30-95% of its exams with a remembered period a
     week out, so about a fifth of its dated heads fall outside the 3rd-97th centile:
     thousands over two years. A dot for each made `/biometry?weeks=104` 582 kB gzipped (73 s
@@ -207,11 +208,7 @@ def test_the_two_year_biometry_page_stays_light_however_many_heads_are_out(tmp_p
     head stays in the density cells and the CSV."""
     import gzip
 
-    from central.dashboard.seed import SeedSettings, seed
-
-    path = str(tmp_path / "central.sqlite3")
-    seed(path, SeedSettings(health_every_s=4 * 3600, end_ts=time.time()))
-    with served(path, tmp_path) as (base, cookie):
+    with served(str(two_year_district), tmp_path) as (base, cookie):
         status, headers, body = request(base, "/biometry?weeks=104", cookie,
                                         headers={"Accept-Encoding": "gzip"})
         assert status == 200 and headers.get("content-encoding") == "gzip"

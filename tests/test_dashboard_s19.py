@@ -19,6 +19,7 @@ import html
 import io
 import json
 import re
+import shutil
 import sqlite3
 import time
 from collections import defaultdict
@@ -53,12 +54,12 @@ PAGE_GZIP_MAX = 40_000
 
 # -- 1: the Clinics page at every period -------------------------------------------------------
 @pytest.fixture(scope="module")
-def district(tmp_path_factory):
-    """The seeded district (50 clinics in 5 districts, 2 years; health every 4 h instead of
-    every hour, which only the rollup's work depends on), rolled up, and served."""
+def district(tmp_path_factory, _two_year_district):
+    """The seeded two-year district (tests/conftest.py), a clinic renamed, and served."""
     tmp = tmp_path_factory.mktemp("s19")
+    for part in _two_year_district.iterdir():
+        shutil.copyfile(part, tmp / part.name)
     path = str(tmp / "central.sqlite3")
-    seed(path, SeedSettings(health_every_s=4 * 3600, end_ts=time.time()))
     db = open_db(path)
     try:
         db.execute("UPDATE dash.clinics SET name = ? WHERE clinic_id = 'clinic-07'",
