@@ -158,7 +158,7 @@ def test_clinics_are_shown_by_their_district_map_name_with_the_id_beside_it(dist
     assert "<St Mary's>" not in completeness
     devices = _get(district, "/devices")
     row = re.search(r'<tr data-device="box-ambo"[^>]*>(.*?)</tr>', devices).group(1)
-    assert "<td>clinic-ambo</td><td>Ambo clinic</td>" in row
+    assert '<td>clinic-ambo</td><td class="name">Ambo clinic</td>' in row
     # every CSV that names a clinic keeps its id and gives its name in clinic_name
     for name, key in (("clinics", "clinic_id"), ("completeness", "clinic_id"),
                       ("devices", "clinic_id"), ("biometry", "clinic_id")):

@@ -538,16 +538,18 @@ def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None,
     """``weeks``: the page's period, which the missing messages and dead letters count;
     ``fleet_errors``: distinct model-update errors per device in it (listed under the table)."""
     period = f'<br><span class="small">last {weeks} weeks</span>' if weeks else ""
-    # the clinic is two cells: its id (as the CSV and the registry say it), then its name
-    head = ("<tr><th>device</th><th colspan=\"2\">clinic</th><th>last seen</th><th>uplink</th>"
+    # the clinic is two cells: its id (as the CSV and the registry say it), then its name;
+    # why a box needs a visit comes next, what the officer reads first (as the last column
+    # it was past the right edge of a 1,280 px window)
+    head = ("<tr><th>device</th><th colspan=\"2\">clinic</th><th>needs a visit</th>"
+            "<th>last seen</th><th>uplink</th>"
             f"<th>backlog</th><th>behind</th><th>messages missing{period}</th>"
             f"<th>dead letters{period}</th>"
-            "<th>disk free</th><th>temp</th><th>models</th><th>bundle</th>"
-            "<th>needs a visit</th></tr>")
+            "<th>disk free</th><th>temp</th><th>models</th><th>bundle</th></tr>")
     body = []
     for d in sorted(rows, key=lambda r: (not r.flags, r.clinic_id, r.device_id)):
         # the manifest's name in words: "quality head" and "quality rules" are two things
-        models = "<br>".join(f"{esc(k.replace('_', ' '))} {esc(v)}"
+        models = "<br>".join(f"<span class=\"nobr\">{esc(k.replace('_', ' '))} {esc(v)}</span>"
                              for k, v in sorted(d.models.items()))
         bundle = _bundle_cell(d.bundle)
         n = (fleet_errors or {}).get(d.device_id, 0)
@@ -558,7 +560,8 @@ def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None,
         body.append(
             f'<tr data-device="{esc(d.device_id)}" class="{"flag" if d.flags else ""}">'
             f"<td>{esc(d.device_id)}</td><td>{esc(d.clinic_id)}</td>"
-            f"<td>{esc(d.clinic_name)}</td>"
+            f'<td class="name">{esc(d.clinic_name)}</td>'
+            f'<td class="flags">{esc(", ".join(d.flags)) or "-"}</td>'
             f'<td title="{esc(utc(d.last_seen))} UTC">{esc(ago(d.last_seen, now))}</td>'
             f'<td class="{state}">{state}<br><span class="small">'
             f"{esc(ago(d.state_since, now))}</span></td>"
@@ -567,8 +570,7 @@ def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None,
             f'<td class="num">{_cell(d.dead_letters)}</td>'
             f'<td class="num">{_cell(d.disk_free_mb, " MB")}</td>'
             f'<td class="num">{_cell(d.temp_c, " °C")}</td>'
-            f'<td class="small">{models}</td><td class="small">{bundle}</td>'
-            f'<td class="flags">{esc(", ".join(d.flags)) or "-"}</td></tr>')
+            f'<td class="small">{models}</td><td class="small">{bundle}</td></tr>')
     if not body:
         body.append('<tr><td colspan="14" class="muted">no devices in this scope</td></tr>')
     return f'<div class="wide"><table class="devices">{head}{"".join(body)}</table></div>'
