@@ -139,7 +139,8 @@ def test_an_exam_whose_smallest_best_head_is_under_hadlock_s_span_prints_no_none
     assert done.returncode == 0, done.stderr
     head = next(line for line in done.stdout.splitlines() if "head:" in line)
     assert "None" not in head, head
-    assert re.search(r"GA \d+\.\d weeks \(under 14-\d+\.\d\)", head), head
+    # and "(under 14-19.3)" then read as a span from 14 to 19.3
+    assert re.search(r"GA \d+\.\d weeks \(range under 14 to \d+\.\d\)", head), head
     body = json.loads(sonoedge("exam", str(frames), "--pixel-size", "0.132",
                                "--json").stdout)["exam"]["biometry"]
     assert body["ga_low_weeks"] is None and body["ga_high_weeks"] is not None, body

@@ -562,7 +562,7 @@ def format_exam(session: ExamSession, body: dict) -> str:
         low, high = bio.get("ga_low_weeks"), bio.get("ga_high_weeks")
         low = f"under {HADLOCK_1984_WEEKS[0]:g}" if low is None else f"{low}"
         high = f"over {HADLOCK_1984_WEEKS[1]:g}" if high is None else f"{high}"
-        age = (f"GA {ga:.1f} weeks ({low}-{high})"
+        age = (f"GA {ga:.1f} weeks (range {low} to {high})"
                if ga is not None else "GA outside Hadlock's 14-42 weeks")
         lines.append(f"  head: HC {bio['hc_mm']:.1f} mm, BPD {bio['bpd_mm']:.1f} mm, "
                      f"OFD {bio['ofd_mm']:.1f} mm from the {bio.get('best_frames')} best of "
