@@ -349,3 +349,50 @@ def test_the_new_words_are_in_every_catalog():
         for key in ("screen.hc_small_beyond", "screen.hc_large_beyond"):
             assert all(v in text[key] for v in ("{ga}", "{mm}", "{hc}")), (path.name, key)
         assert "{today}" in text["screen.lmp_refused_phone_date"], path.name
+        assert "{status}" in text["screen.lmp_failed_status"], path.name
+        assert text["screen.lmp_refused_origin"], path.name
+
+
+def test_dates_the_box_refuses_as_cross_origin_or_never_gets_are_said_in_the_page_s_words(
+        box, view):
+    """A page opened through another address than the box's (a proxy that rewrites the
+    name) is refused 403 by the real server: the page showed its English line, "cross-origin
+    request refused". A box out of reach as she taps Set: the page said nothing at all."""
+    view.exam = exam("exam-o", bio=BIO_20W)
+    # today's date: the context keeps the clock the test before gave it (1970)
+    page, errors = open_page(box, clock=dt.datetime.now())
+    shows_exam(page, "exam-o")
+
+    def elsewhere(route):  # the request as a proxy would pass it on, another origin, sent
+        # to the real server (Chromium keeps its own Origin on a continued request)
+        answer = route.fetch(headers={**route.request.headers,
+                                      "origin": "https://clinic.example"})
+        assert answer.status == 403, answer.status
+        route.fulfill(response=answer)
+
+    def said(expected: str) -> None:
+        page.wait_for_function(f"[...document.querySelectorAll('#flags li')]"
+                               f".some(li => li.textContent === {expected!r})", **WAIT)
+
+    page.route("**/api/lmp", elsewhere)
+    page.fill("#lmp", day(-100))
+    page.click("#lmp-form button")
+    origin = say(page, "screen.lmp_refused_origin")
+    assert origin != "screen.lmp_refused_origin"
+    said(origin)
+    assert view.ga_dates is None
+    page.unroute("**/api/lmp")
+    page.route("**/api/lmp", lambda route: route.abort("connectionrefused"))
+    page.fill("#lmp", day(-101))
+    page.click("#lmp-form button")
+    said(say(page, "report.lmp_failed"))
+    page.unroute("**/api/lmp")
+    # the report's date field says the same of a page opened elsewhere
+    page.route("**/api/exams/*/lmp", elsewhere)
+    page.goto(f"{box['base']}/report/{box['journaled']}?lang=en")
+    page.fill("#report-lmp-date", day(-100))
+    page.click("#lmp-keep")
+    page.wait_for_function("document.querySelector('#report-lmp-error').textContent !== ''",
+                           **WAIT)
+    assert page.text_content("#report-lmp-error") == origin
+    assert not errors

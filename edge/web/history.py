@@ -687,6 +687,8 @@ def _dates_form(text: dict[str, str], exam_id: str, lmp: str | None) -> str:
             f'data-phone-date="{e(_t(text, "screen.lmp_refused_phone_date"))}" '
             f'data-failed="{e(_t(text, "report.lmp_failed"))}" '
             f'data-busy="{e(_t(text, "screen.lmp_busy"))}" '
+            f'data-origin="{e(_t(text, "screen.lmp_refused_origin"))}" '
+            f'data-failed-status="{e(_t(text, "screen.lmp_failed_status"))}" '
             f'data-running="{e(_t(text, "report.lmp_running"))}" '
             f'data-gone="{e(_t(text, "report.lmp_gone"))}" '
             f'data-session="{e(_t(text, "report.lmp_session"))}" '

@@ -849,7 +849,13 @@ async function lmpRefusal(res, sent) {
   const weeks = state && state.screening && state.screening.lmp_max_weeks;
   // the page sends only its date field's YYYY-MM-DD: the device refuses it for its range
   if (res.status === 400 && weeks) return { key: "screen.lmp_refused_range", vars: { weeks } };
-  return { text };
+  // opened at another address than the box's own (a proxy, a rewritten name): the
+  // device refuses any change from a page whose origin is not its own
+  if (res.status === 403) return { key: "screen.lmp_refused_origin" };
+  // the device's own line where it gives one; never a proxy's error page
+  const plain = (res.headers.get("Content-Type") || "").startsWith("text/plain");
+  if (res.status === 400 && plain && text.length <= 300) return { text };
+  return { key: "screen.lmp_failed_status", vars: { status: res.status } };
 }
 
 // A refusal often means the page was behind the device (another exam began as she typed):
@@ -1039,7 +1045,11 @@ async function boot() {
       // while their exam is on the card
       if (res.ok) lmpEdited = false;
       setFlagsError(res.ok ? null : await lmpRefusal(res, body));
-    } catch (e) { /* 401 handled */ }
+    } catch (e) {
+      // 401: the login screen says it; else the box did not answer (out of reach, or
+      // restarting): said, never a silent tap
+      if (e.message !== "401") setFlagsError({ key: "report.lmp_failed" });
+    }
   });
   window.addEventListener("resize", () => { if (shownHeader) drawOverlay(shownHeader); });
   const res = await fetch("/api/state", { credentials: "same-origin" });

@@ -61,16 +61,17 @@
           location.reload();
           return;
         }
-        const said = await res.text();
-        // each refusal the device names, in the report's language; its own words otherwise
+        // each refusal the device names, in the report's language; the status otherwise
+        // (never a proxy's error page, nor the device's English line)
         const byStatus = { 400: dates.dataset.refused, 401: dates.dataset.session,
-                           404: dates.dataset.gone, 409: dates.dataset.running,
-                           503: dates.dataset.busy };
+                           403: dates.dataset.origin, 404: dates.dataset.gone,
+                           409: dates.dataset.running, 503: dates.dataset.busy };
         // a 400 for the tablet's own date (a clock never set: 1970) is not the period's range
         error.textContent = res.status === 400
             && res.headers.get("X-Sonoedge-Refused") === "phone-date"
           ? (dates.dataset.phoneDate || "").replace("{today}", today())
-          : byStatus[res.status] || said || dates.dataset.failed;
+          : byStatus[res.status]
+            || (dates.dataset.failedStatus || "").replace("{status}", res.status);
       } catch (e) {
         error.textContent = dates.dataset.failed;
       } finally {
