@@ -564,7 +564,9 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         if fleet is not None:
             fleet.stop()
         follow_clock_steps(clock_steps, tracker, uplink, journal, web)  # the last moment's
-        tracker.end("source_end")
+        # an exam still running here was cut by the box's stop (a service stop, a shutdown,
+        # a model update's restart), not by the end of its source: its report says so
+        tracker.end("stopped" if stop.stopped or models_switched.is_set() else "source_end")
         if web is not None:
             web.apply_dates()  # dates the page accepted in the last moment: kept, not lost
         journal.end_run(run_id)

@@ -53,7 +53,7 @@ HEAD_PLANES = ("Brain (Tv.)", "Brain (Cb.)")
 # Measures a kept frame with the segmenter's own passes: (image, region, mm per pixel) ->
 # a biometry dict, or None where that adds nothing (`edge.scorer.Scorer.measure_kept`).
 MeasureKept = Callable[[np.ndarray, Roi | None, float], dict | None]
-ENDED_BY = ("gap", "command", "source_end", "recovered")
+ENDED_BY = ("gap", "command", "source_end", "recovered", "stopped")
 _EXAM_NAMESPACE = uuid.UUID("5d0b7c1e-6f1a-4c55-9a0e-7d3c8e2b1f40")
 
 

@@ -79,7 +79,7 @@ MAX_TEXT = 64  # a name, id or version read back from the journal, shown at most
 # a 16-hex id is the tally's own. Nothing else is looked up, so no id reaches a path.
 EXAM_ID_RE = re.compile(r"^[0-9a-f](?:[0-9a-f-]{14,34})[0-9a-f]$")
 THUMB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\.jpg$")  # thumbs.plane_slug + .jpg
-ENDED = ("gap", "command", "source_end", "recovered")
+ENDED = ("gap", "command", "source_end", "recovered", "stopped")
 # A figure beyond these is no figure (`_number`): a head of 1e5 mm, a quality of 1e-6
 MIN_FIGURE, MAX_FIGURE = 1e-6, 1e5
 BIOMETRY_KEYS = ("hc_mm", "bpd_mm", "ofd_mm", "ga_weeks", "ga_low_weeks", "ga_high_weeks",
