@@ -8,7 +8,8 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 	check-arm64 check-arm64-emulated bench-dashboard
 
 # The device needs only the runtime, numpy, OpenCV, paho-mqtt, aiohttp (the midwife's page)
-# and cryptography (its TLS, the model bundles' signatures): pyproject.toml's dependencies.
+# cryptography (its TLS, the model bundles' signatures) and simplejpeg (a corrupt JPEG
+# refused): pyproject.toml's dependencies.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip

@@ -116,6 +116,42 @@ def test_truncated_tiff_and_garbage_bytes_give_a_reason_not_an_exception(tmp_pat
 
 
 @needs_data
+def test_a_cut_jpeg_with_its_end_marker_glued_back_is_refused_not_scored_half_grey(tmp_path):
+    """OpenCV decoded it without a word, the lost half grey, and the frame was scored; the
+    end marker, which the first check looks for, is there."""
+    data = _real_jpg().read_bytes()
+    (tmp_path / "half.jpg").write_bytes(data[:len(data) // 2] + b"\xff\xd9")
+    img, err = decode_image_file(tmp_path / "half.jpg")
+    assert img is None and err.startswith("half.jpg: cannot decode image (corrupt JPEG")
+    assert "\n" not in err
+    # named .png, it is still read as the JPEG it is
+    (tmp_path / "half.png").write_bytes(data[:len(data) // 2] + b"\xff\xd9")
+    assert decode_image_file(tmp_path / "half.png")[0] is None
+    with open_source(str(tmp_path / "half.jpg")) as src:
+        frame, = list(src)
+    assert not frame.ok and "corrupt JPEG" in frame.error
+
+
+@needs_data
+def test_whole_jpegs_decode_to_opencv_s_own_pixels_in_colour_and_grey(tmp_path):
+    for path in sorted(PLANES.glob("*.jpg"))[:3]:
+        img, err = decode_image_file(path)
+        assert err is None
+        assert np.array_equal(img, cv2.imread(str(path), cv2.IMREAD_ANYCOLOR)), path.name
+    grey = cv2.imread(str(HC_PNG), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(tmp_path / "grey.jpg"), grey)
+    img, err = decode_image_file(tmp_path / "grey.jpg")
+    assert err is None and img.shape == grey.shape and img.dtype == np.uint8
+    assert np.array_equal(img, cv2.imread(str(tmp_path / "grey.jpg"), cv2.IMREAD_ANYCOLOR))
+    # a CMYK JPEG (a print workflow's export) is left to OpenCV, which reads it
+    pil = pytest.importorskip("PIL.Image")
+    pil.fromarray(cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)).convert("CMYK").save(
+        tmp_path / "cmyk.jpg")
+    img, err = decode_image_file(tmp_path / "cmyk.jpg")
+    assert err is None and img.shape == grey.shape + (3,)
+
+
+@needs_data
 def test_single_image_file_is_one_frame_named_by_basename(tmp_path):
     p = tmp_path / "head.png"
     shutil.copy(HC_PNG, p)
