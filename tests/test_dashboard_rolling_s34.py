@@ -48,8 +48,10 @@ def test_pages_say_the_rollup_is_catching_up_until_it_has(tmp_path, monkeypatch)
         status, _, body = request(base, "/quality?weeks=8", cookie)
         assert status == 200 and NOTE in body.decode(), body.decode()[:2000]
         deadline = time.monotonic() + 120
+        reached = []  # how far the note says the rollup has come, each time it says it
         while NOTE in body.decode():
             assert time.monotonic() < deadline, "the rollup never caught up"
+            reached += _rolled_to(body.decode())
             time.sleep(0.3)
             body = request(base, "/quality?weeks=8", cookie)[2]
         page = body.decode()
@@ -59,7 +61,53 @@ def test_pages_say_the_rollup_is_catching_up_until_it_has(tmp_path, monkeypatch)
         finally:
             db.close()
     assert dash.last_refresh["rolled"] > 20 * C.REFRESH_BATCH
+    assert len(set(reached)) >= 2 and reached == sorted(reached), reached  # it moves on
     assert _exams(page) == whole.exams > 0  # once the note goes, every exam is counted
+
+
+def _rolled_to(page: str) -> list[str]:
+    return re.findall(r"those received up to (\d{4}-\d\d-\d\d \d\d:\d\d) UTC so far", page)
+
+
+def test_a_dashboard_restarted_while_catching_up_says_how_far_the_rollup_has_come(
+        tmp_path, monkeypatch):
+    """The note counted the messages this process had rolled up ("(1,250 so far)"): a
+    restart mid-way started it again from 0, though the rollup kept its place. It now says
+    how far the rollup has come, from the database: the same after a restart."""
+    from central.dashboard.store import refresh
+
+    db_path = str(tmp_path / "c.sqlite3")
+    seed(db_path, SeedSettings(clinics=4, days=60))
+    db = open_db(db_path)
+    auth.add_user(db, ADMIN[0], "admin", "", ADMIN[1])
+    monkeypatch.setattr(C, "REFRESH_BATCH", 50)
+    refresh(db, max_batches=10)  # the dashboard before the restart got this far
+    from central.dashboard.store import rolled_up_to
+    before = time.strftime("%Y-%m-%d %H:%M", time.gmtime(rolled_up_to(db)))
+    db.close()
+    monkeypatch.setattr(C, "REFRESH_STEP_BATCHES", 1)
+    real_refresh = dash_server.refresh
+
+    def slow_refresh(*args, **kwargs):  # the page is read between two steps
+        time.sleep(1.0)
+        return real_refresh(*args, **kwargs)
+
+    monkeypatch.setattr(dash_server, "refresh", slow_refresh)
+    dash = Dashboard(ServeSettings(db_url=db_path, refresh_every_s=30))
+    with dashboard_in_thread(dash) as port:
+        dash.start_refresher()
+        base = f"http://127.0.0.1:{port}"
+        cookie = login(base, ADMIN)
+        deadline = time.monotonic() + 30
+        while not dash.last_refresh:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        page = request(base, "/clinics", cookie)[2].decode()
+        dash.stop_event.set()
+    said = _rolled_to(page)
+    assert NOTE in page and len(said) == 1, page[:2000]
+    assert said[0] >= before, (said, before)  # not back at the start
+    assert "so far)" not in page.replace(f"{said[0]} UTC so far)", "")
 
 
 def test_a_restart_with_nothing_new_drops_the_note_at_its_first_pass(tmp_path):

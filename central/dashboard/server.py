@@ -37,7 +37,7 @@ from central.dashboard import auth as A
 from central.dashboard import config as C
 from central.dashboard import pages as P
 from central.dashboard import queries as Q
-from central.dashboard.store import Db, open_db, refresh
+from central.dashboard.store import Db, open_db, refresh, rolled_up_to
 from central.dashboard.svg import esc
 from central.db import DbError, redact
 from wire.http_log import one_line_bad_requests, refuse_coded_body
@@ -167,7 +167,8 @@ class Dashboard:
                     self.last_refresh = {"at": time.time(), "messages": stats.messages,
                                          "seconds": round(stats.seconds, 3),
                                          "behind": behind,
-                                         "rolled": before.get("rolled", 0) + stats.messages}
+                                         "rolled": before.get("rolled", 0) + stats.messages,
+                                         "rolled_to": rolled_up_to(db) if behind else None}
                     # pages are cached per generation: one made while the note was up must
                     # not outlive it (the first pass, or a catch-up that found nothing more)
                     if stats.messages or stats.dead or behind != before.get("behind", True):
@@ -641,7 +642,10 @@ def _rolling(last: dict) -> str:
     dashboard just started on months of messages): its figures are not all there yet."""
     if last and not last.get("behind"):
         return ""
-    so_far = f" ({last['rolled']:,} so far)" if last.get("rolled") else ""
+    # how far it has come, from the database: a count of this process's own (it said
+    # "(N so far)") started again from 0 at each restart of the dashboard
+    so_far = (f" (those received up to {P.utc(last['rolled_to'])} UTC so far)"
+              if last.get("rolled_to") else "")
     return (f'<p class="warn rolling">Still rolling up the collector\'s messages{so_far}: '
             "the figures below are not complete yet. This note goes once they are.</p>")
 

@@ -521,6 +521,13 @@ def _refresh_all_resent(db: Db, stats: RefreshStats) -> bool:
     return True
 
 
+def rolled_up_to(db: Db) -> float | None:
+    """When the newest message the rollup has taken in was received (its watermark, kept in
+    the database): how far a catching-up rollup has come, across restarts."""
+    ts = _watermark(db, "received_ts")
+    return ts if ts > 0 else None
+
+
 def _watermark(db: Db, key: str) -> float:
     rows = db.query("SELECT value FROM dash.meta WHERE key = ?", (key,))
     return float(rows[0][0]) if rows else 0.0
