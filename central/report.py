@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from central.dashboard.config import UNREGISTERED
+from central.dashboard.config import CLOCK_OFF_FLAG_S, UNREGISTERED
+from central.dashboard.queries import span
+from central.dashboard.store import clock_offset
 from central.db import SEQ_KINDS_SQL, Store
-from wire.schema import NOT_A_VIEW, loads_bounded
+from wire.schema import NOT_A_VIEW, loads_bounded, number_or_none
 from wire.shown import printable
 
 # A stored payload read back: the collector stores at most --max-bytes (4 kB by default); a
@@ -48,6 +50,9 @@ class DeviceReport:
     lost: int = 0
     behind: int = 0
     last_state: str | None = None
+    # how far the box's clock is behind the collector's (negative: ahead), as the devices
+    # page reads it; the exams' "ended" times below are the box's clock
+    clock_behind_s: float | None = None
 
 
 @dataclass
@@ -211,6 +216,10 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
         d = devices[dev]
         d.last_state = state
         d.behind = max(0, int(seq) - d.max_seq)
+    online_lags = _online_lags(store)
+    for dev, lag in _health_lags(store):
+        if dev in devices:
+            devices[dev].clock_behind_s = clock_offset(lag, online_lags.get(dev))
 
     for d in devices.values():
         d.lost = max(0, d.missing - d.dropped_health - d.dropped_exam)
@@ -263,6 +272,34 @@ def _latest_status(store: Store) -> list[tuple]:
             if (status := _or_none(p)) is not None]
 
 
+def _online_lags(store: Store) -> dict[str, float]:
+    """Each device's received minus its box's time of its most recently received "online"
+    status (sent at a connect, never queued), as the dashboard keeps it: newest first, each
+    device's read until its first "online"."""
+    out: dict[str, float] = {}
+    done: set[str] = set()
+    for dev, payload, raw in store.query(
+            "SELECT device_id, payload, received_ts - device_ts FROM messages "
+            "WHERE kind = 'status' ORDER BY device_id, received_ts DESC"):
+        if dev in done:
+            continue
+        status = _or_none(payload)
+        if status is not None and status.get("state") == "online":
+            done.add(dev)
+            if (lag := number_or_none(raw)) is not None:
+                out[dev] = lag
+    return out
+
+
+def _health_lags(store: Store) -> list[tuple[str, float]]:
+    """(device, received minus the box's time) of each device's latest health message."""
+    rows = store.query(
+        "SELECT m.device_id, m.received_ts - m.device_ts FROM messages m JOIN (SELECT "
+        "device_id, MAX(seq) AS s FROM messages WHERE kind = 'health' GROUP BY device_id) h "
+        "ON m.device_id = h.device_id AND m.seq = h.s AND m.kind = 'health'")
+    return [(dev, lag) for dev, raw in rows if (lag := number_or_none(raw)) is not None]
+
+
 def _or_none(payload: object) -> dict | None:
     """`stored_payload`, or None for a row the collector did not write (left out)."""
     try:
@@ -304,6 +341,11 @@ def format_report(rep: dict) -> str:
             f"{d['dropped_health'] + d['dropped_exam']:>7} {d['lost']:>5} {d['behind']:>6}  "
             f"{_ts(d['last_seen_ts']):<19}  {d['last_state'] or '-'}"
         )
+        behind_s = d.get("clock_behind_s")
+        if behind_s is not None and abs(behind_s) >= CLOCK_OFF_FLAG_S:
+            lines.append(f"{'':<20} clock {span(abs(behind_s))} "
+                         f"{'behind' if behind_s > 0 else 'ahead of'} the collector's: its "
+                         "exams' ended times below are its clock's")
         if d["gaps"]:
             shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in d["gaps"])
             lines.append(f"{'':<20} gaps in seq: {shown}")

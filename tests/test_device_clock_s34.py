@@ -17,6 +17,7 @@ from central.dashboard import config as C
 from central.dashboard import pages, queries
 from central.dashboard.store import open_db, refresh
 from central.db import Store
+from central.report import build_report, format_report
 from tests import conftest_mqtt as fx
 from tests.test_central import message
 
@@ -139,6 +140,31 @@ def _check(url: str) -> None:
     assert table["box-right"]["clock_behind_s"] == ""
     assert float(table["box-set"]["clock_set_moved_s"]) == 60 * C.DAY_S
     assert table["box-set"]["clock_set_utc"].startswith(yesterday)
+    # `sonoedge-central report` reads each box's clock as the devices page does, and says
+    # under a box off by an hour or more that its exams' times are its clock's: it listed
+    # them as the box stamped them, 60 days early, without a word
+    store = Store(url)
+    try:
+        report = build_report(store)
+    finally:
+        store.close()
+    by = {d["device_id"]: d for d in report["devices"]}
+    for dev, row in devices.items():
+        assert by[dev]["clock_behind_s"] == (None if row.clock_behind_s is None else
+                                             pytest.approx(row.clock_behind_s, abs=0.01)), dev
+    text = format_report(report)
+    said = {line.split()[0]: line for line in text.splitlines() if line[:1].strip()}
+    lines = text.splitlines()
+    under = {lines[i - 1].split()[0]: line.strip() for i, line in enumerate(lines)
+             if line.strip().startswith("clock ")}  # the line under the box's own
+    assert under == {
+        "box-late": "clock 60 days behind the collector's: its exams' ended times below "
+                    "are its clock's",
+        "box-ahead": "clock 3 h ahead of the collector's: its exams' ended times below are "
+                     "its clock's",
+        "box-ahead-backlog": "clock 3 h ahead of the collector's: its exams' ended times "
+                             "below are its clock's"}, under
+    assert "box-backlog" in said and "box-set" in said
 
 
 def test_a_clock_behind_or_ahead_is_flagged_and_a_backlog_or_a_late_status_is_not(tmp_path):
