@@ -20,6 +20,18 @@ ADMIN = ("ada", "a long enough password 1")
 NOTE = "Still rolling up the collector's messages"
 
 
+def _slow_steps(monkeypatch, seconds: float) -> None:
+    """The dashboard's rollup in steps of one batch, each `seconds` slower."""
+    monkeypatch.setattr(C, "REFRESH_STEP_BATCHES", 1)
+    real_refresh = dash_server.refresh
+
+    def slow_refresh(*args, **kwargs):
+        time.sleep(seconds)
+        return real_refresh(*args, **kwargs)
+
+    monkeypatch.setattr(dash_server, "refresh", slow_refresh)
+
+
 def _exams(page: str) -> int:
     return int(re.search(r"([\d,]+) exams?\b", page).group(1).replace(",", ""))
 
@@ -32,14 +44,7 @@ def test_pages_say_the_rollup_is_catching_up_until_it_has(tmp_path, monkeypatch)
     db.close()
     # small steps, each a little slow: the catching up is long enough to be seen
     monkeypatch.setattr(C, "REFRESH_BATCH", 50)
-    monkeypatch.setattr(C, "REFRESH_STEP_BATCHES", 1)
-    real_refresh = dash_server.refresh
-
-    def slow_refresh(*args, **kwargs):
-        time.sleep(0.05)
-        return real_refresh(*args, **kwargs)
-
-    monkeypatch.setattr(dash_server, "refresh", slow_refresh)
+    _slow_steps(monkeypatch, 0.05)
     dash = Dashboard(ServeSettings(db_url=db_path, refresh_every_s=0.2))
     with dashboard_in_thread(dash) as port:
         dash.start_refresher()
@@ -85,14 +90,7 @@ def test_a_dashboard_restarted_while_catching_up_says_how_far_the_rollup_has_com
     from central.dashboard.store import rolled_up_to
     before = time.strftime("%Y-%m-%d %H:%M", time.gmtime(rolled_up_to(db)))
     db.close()
-    monkeypatch.setattr(C, "REFRESH_STEP_BATCHES", 1)
-    real_refresh = dash_server.refresh
-
-    def slow_refresh(*args, **kwargs):  # the page is read between two steps
-        time.sleep(1.0)
-        return real_refresh(*args, **kwargs)
-
-    monkeypatch.setattr(dash_server, "refresh", slow_refresh)
+    _slow_steps(monkeypatch, 1.0)  # the page is read between two steps
     dash = Dashboard(ServeSettings(db_url=db_path, refresh_every_s=30))
     with dashboard_in_thread(dash) as port:
         dash.start_refresher()
