@@ -500,8 +500,10 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     switch_seen: float | None = None  # when the loop first saw new models installed
     next_health = time.monotonic() + mqtt.health_interval_s
     limit, every = settings.loop.max_frames, settings.loop.log_every
+    cut_short = False  # the loop broke off for a restart to new models, not the source
+    stop = _StopFlag(source)
     try:
-        with _StopFlag(source) as stop, source:
+        with stop, source:
             dog.ready(f"scoring {source.name}")
             # A live grabber that hands no frame for a second gives None instead: the
             # exam's gap and the health messages run on the clock, not on the next frame.
@@ -547,6 +549,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                 if models_switched.is_set() and restart_due(
                         tracker, switch_seen := switch_seen or time.monotonic(),
                         settings.fleet.restart_wait_min):
+                    cut_short = True
                     break
             else:  # the source ended: with the page open, the last exam stays up
                 if web is not None and not once and not models_switched.is_set() \
@@ -564,9 +567,11 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         if fleet is not None:
             fleet.stop()
         follow_clock_steps(clock_steps, tracker, uplink, journal, web)  # the last moment's
-        # an exam still running here was cut by the box's stop (a service stop, a shutdown,
-        # a model update's restart), not by the end of its source: its report says so
-        tracker.end("stopped" if stop.stopped or models_switched.is_set() else "source_end")
+        # an exam still running here was cut by the box's stop (a service stop, a shutdown:
+        # SIGTERM, which also closes a live source) or a model update's restart, not by the
+        # end of its source: its report says so. A source that ended (while new models wait
+        # its exam is not ended before) or failed ends it as before.
+        tracker.end("stopped" if cut_short or stop.stopped else "source_end")
         if web is not None:
             web.apply_dates()  # dates the page accepted in the last moment: kept, not lost
         journal.end_run(run_id)

@@ -26,7 +26,7 @@ def test_the_device_install_resolves_on_aarch64_from_wheels_only():
     assert "no source build" in summary
     names = out.stdout.lower()
     for package in ("ai-edge-litert", "numpy", "opencv-python-headless", "paho-mqtt",
-                    "cryptography", "aiohttp"):
+                    "cryptography", "aiohttp", "simplejpeg"):
         assert package in names, package
 
 

@@ -214,6 +214,38 @@ def test_a_refusal_the_page_did_not_expect_is_said_in_its_own_words(  # noqa: F8
     assert settime == []
 
 
+def test_a_set_refused_as_cross_origin_or_failing_is_said_in_the_page_s_words(  # noqa: F811
+        box, view, settime, monkeypatch):  # noqa: F811
+    """A page opened through another address than the box's (a proxy that rewrites the
+    name): the real server refuses the set, 403, without a name the page knows, and the
+    card showed its English line, "cross-origin request refused"; a proxy's error page
+    would have been shown whole."""
+    monkeypatch.setattr(box["server"], "clock_settable", True)
+    page, errors = open_page(box, clock=_phone(60))
+    page.wait_for_selector("#clock-set:not([hidden])", timeout=10_000)
+
+    def elsewhere(route):  # as a proxy passes it on, another origin, to the real server
+        answer = route.fetch(headers={**route.request.headers,
+                                      "origin": "https://clinic.example"})
+        assert answer.status == 403, answer.status
+        route.fulfill(response=answer)
+
+    page.route("**/api/clock", elsewhere)
+    page.click("#clock-set")
+    said = say(page, "clock.refused_origin")
+    assert said != "clock.refused_origin"
+    page.wait_for_function(f"document.querySelector('#clock-note').textContent === "
+                           f"{json.dumps(said)}", **WAIT)
+    page.unroute("**/api/clock")
+    page.route("**/api/clock", lambda route: route.fulfill(
+        status=502, content_type="text/html", body="<html><h1>502 Bad Gateway</h1></html>"))
+    page.click("#clock-set")
+    said = say(page, "clock.failed_status", status=502)
+    page.wait_for_function(f"document.querySelector('#clock-note').textContent === "
+                           f"{json.dumps(said)}", **WAIT)
+    assert settime == [] and errors == []
+
+
 def test_a_move_past_the_provisioned_certificate_is_refused(settime):
     """With [web] tls = "files" the page would not start again with its certificate
     expired, and the clock is never set back."""

@@ -257,7 +257,8 @@ def _exam(rng: random.Random, env: dict, t: float, skill: float, models: dict) -
             "latency_ms": {"p50": round(rng.uniform(20, 60), 1),
                            "p90": round(rng.uniform(60, 120), 1)},
             "models": dict(models), "protocol": protocol,
-            "ended_by": rng.choice(["gap", "gap", "gap", "command", "source_end", "recovered"]),
+            "ended_by": rng.choice(["gap", "gap", "gap", "command", "source_end", "recovered",
+                                    "stopped"]),
             "deficiencies": {c: rng.randint(5, 200) for c in
                              rng.sample(CRITERIA, rng.randint(0, 3))}}
     head_q = [planes[p][2] for p in ("Brain (Tv.)", "Brain (Cb.)") if p in planes]

@@ -136,27 +136,30 @@ def to_8bit(img: np.ndarray, bits: int | None = None) -> np.ndarray:
     return cv2.convertScaleAbs(img, alpha=255.0 / ((1 << bits) - 1))  # no wide copy made
 
 
-def _decode_jpeg_strictly(data: bytes, name: str) -> tuple[np.ndarray | None, str | None]:
-    """A JPEG decoded by libjpeg-turbo, refused where its data is corrupt (simplejpeg's
-    strict mode turns the decoder's warnings into errors): OpenCV decodes a cut or damaged
-    JPEG without a word, the missing part grey, and it was scored and measured like any
-    frame. (None, None) for a file that is not a JPEG, or one in CMYK or YCCK, which is left
-    to OpenCV. The same pixels as OpenCV's (both are libjpeg-turbo, accurate DCT and
-    upsampling)."""
+def _cut_jpeg(data: bytes, name: str) -> str | None:
+    """Why a JPEG is cut or damaged, or None. libjpeg-turbo in strict mode (simplejpeg)
+    turns the decoder's warnings into errors: OpenCV decodes a cut JPEG without a word, the
+    lost part grey (a half file with its end marker glued back passes the marker check), and
+    it was scored and measured like any frame. The check decodes to grey, the cheapest way
+    through every coefficient; OpenCV then decodes the pixels, as before (its EXIF rotation
+    and CMYK included). A format libjpeg-turbo does not take (12-bit samples) is left to
+    OpenCV. Not seen: a flipped bit that still decodes, and a cut arithmetic-coded JPEG
+    (that decoder does not warn)."""
     if data[:2] != b"\xff\xd8":
-        return None, None
+        return None
     try:
         colours = simplejpeg.decode_jpeg_header(data)[2].lower()
+        target = {"gray": "GRAY", "ycbcr": "GRAY", "rgb": "BGR"}.get(colours, "CMYK")
+        simplejpeg.decode_jpeg(data, colorspace=target, fastdct=True, fastupsample=True,
+                               strict=True)
     except ValueError as e:
-        return None, f"{name}: cannot decode image (corrupt JPEG: {_first_line(e)})"
-    if colours not in ("gray", "ycbcr", "rgb"):
-        return None, None
-    try:
-        img = simplejpeg.decode_jpeg(data, colorspace="GRAY" if colours == "gray" else "BGR",
-                                     fastdct=False, fastupsample=False, strict=True)
-    except ValueError as e:
-        return None, f"{name}: cannot decode image (corrupt JPEG: {_first_line(e)})"
-    return (img[:, :, 0] if img.ndim == 3 and img.shape[2] == 1 else img), None
+        said = _first_line(e)
+        if said.lower().startswith("unsupported"):
+            return None
+        for prefix in ("Corrupt JPEG data: ", "Corrupt JPEG data"):
+            said = said.removeprefix(prefix)
+        return f"{name}: cannot decode image (corrupt JPEG: {said or 'damaged data'})"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -195,16 +198,14 @@ def decode_image_file(path: Path, limits: FrameLimits = DEFAULT_LIMITS
     if ext in (".jpg", ".jpeg") and data.rfind(b"\xff\xd9") < 0:
         # Some decoders return a half-grey picture for a cut JPEG; the end marker is proof.
         return None, f"{name}: truncated JPEG (no end-of-image marker)"
-    img, problem = _decode_jpeg_strictly(data, name)
-    if problem:
+    if problem := _cut_jpeg(data, name):
         return None, problem
     # A 16-bit PNG is read at its depth and scaled by the bits it uses (`to_8bit`): read as
     # 8 bits its top byte alone is kept, and an 8-bit frame stored in 16 bits came out black.
     wide_png = data[:8] == PNG_SIGNATURE and data[24:25] == b"\x10"
     flags = cv2.IMREAD_ANYCOLOR | (cv2.IMREAD_ANYDEPTH if wide_png else 0)
     try:
-        if img is None:
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else "decoder error"
         return None, f"{name}: cannot decode image ({first})"

@@ -622,7 +622,10 @@ async function setClock() {
   try {
     const res = await api("/api/clock", { phone_ms: Date.now() });
     key = res.ok ? "clock.set_done" : CLOCK_REFUSALS[res.headers.get("X-Sonoedge-Refused")];
-    if (!key) text = await res.text(); // not a refusal the page knows: the box's words
+    if (!key) {
+      const said = unnamedRefusal(res, "clock.refused_origin", "clock.failed_status");
+      text = t(said.key, said.vars);
+    }
   } catch (e) {
     if (e.message === "401") return; // the login screen says it
   } finally {
@@ -849,13 +852,21 @@ async function lmpRefusal(res, sent) {
   const weeks = state && state.screening && state.screening.lmp_max_weeks;
   // the page sends only its date field's YYYY-MM-DD: the device refuses it for its range
   if (res.status === 400 && weeks) return { key: "screen.lmp_refused_range", vars: { weeks } };
-  // opened at another address than the box's own (a proxy, a rewritten name): the
-  // device refuses any change from a page whose origin is not its own
-  if (res.status === 403) return { key: "screen.lmp_refused_origin" };
-  // the device's own line where it gives one; never a proxy's error page
-  const plain = (res.headers.get("Content-Type") || "").startsWith("text/plain");
-  if (res.status === 400 && plain && text.length <= 300) return { text };
-  return { key: "screen.lmp_failed_status", vars: { status: res.status } };
+  if (res.status === 400 && isDevicesLine(res, text)) return { text };
+  return unnamedRefusal(res, "screen.lmp_refused_origin", "screen.lmp_failed_status");
+}
+
+// The device's own line (plain text, short), never a proxy's error page.
+function isDevicesLine(res, text) {
+  return (res.headers.get("Content-Type") || "").startsWith("text/plain") && text.length <= 300;
+}
+
+// A refusal the page has no words of its own for, in the page's language: a page opened at
+// another address than the box's own (a proxy, a rewritten name), whose changes the device
+// refuses (403), or any other error, by its status.
+function unnamedRefusal(res, originKey, statusKey) {
+  if (res.status === 403) return { key: originKey };
+  return { key: statusKey, vars: { status: res.status } };
 }
 
 // A refusal often means the page was behind the device (another exam began as she typed):
