@@ -23,7 +23,7 @@ from central.dashboard.config import CLOCK_OFF_FLAG_S, UNREGISTERED
 from central.dashboard.queries import span
 from central.dashboard.store import clock_offset
 from central.db import SEQ_KINDS_SQL, Store
-from wire.schema import NOT_A_VIEW, loads_bounded, number_or_none
+from wire.schema import NOT_A_VIEW, loads_bounded, wall_ts_or_none
 from wire.shown import printable
 
 # A stored payload read back: the collector stores at most --max-bytes (4 kB by default); a
@@ -278,26 +278,34 @@ def _online_lags(store: Store) -> dict[str, float]:
     device's read until its first "online"."""
     out: dict[str, float] = {}
     done: set[str] = set()
-    for dev, payload, raw in store.query(
-            "SELECT device_id, payload, received_ts - device_ts FROM messages "
+    for dev, payload, received, device_ts in store.query(
+            "SELECT device_id, payload, received_ts, device_ts FROM messages "
             "WHERE kind = 'status' ORDER BY device_id, received_ts DESC"):
         if dev in done:
             continue
         status = _or_none(payload)
         if status is not None and status.get("state") == "online":
             done.add(dev)
-            if (lag := number_or_none(raw)) is not None:
+            if (lag := _lag(received, device_ts)) is not None:
                 out[dev] = lag
     return out
+
+
+def _lag(received: object, device_ts: object) -> float | None:
+    """Received minus the box's time, where both are times (a row the collector did not
+    write may hold anything: a text there made SQLite's difference the arrival itself)."""
+    a, b = wall_ts_or_none(received), wall_ts_or_none(device_ts)
+    return None if a is None or b is None else a - b
 
 
 def _health_lags(store: Store) -> list[tuple[str, float]]:
     """(device, received minus the box's time) of each device's latest health message."""
     rows = store.query(
-        "SELECT m.device_id, m.received_ts - m.device_ts FROM messages m JOIN (SELECT "
+        "SELECT m.device_id, m.received_ts, m.device_ts FROM messages m JOIN (SELECT "
         "device_id, MAX(seq) AS s FROM messages WHERE kind = 'health' GROUP BY device_id) h "
         "ON m.device_id = h.device_id AND m.seq = h.s AND m.kind = 'health'")
-    return [(dev, lag) for dev, raw in rows if (lag := number_or_none(raw)) is not None]
+    return [(dev, lag) for dev, received, device_ts in rows
+            if (lag := _lag(received, device_ts)) is not None]
 
 
 def _or_none(payload: object) -> dict | None:

@@ -101,6 +101,13 @@ def _clock_flags(d: queries.DeviceRow) -> list[str]:
     return [f for f in d.flags if f.startswith("clock ")]
 
 
+def _clock_lines(report_text: str) -> dict[str, str]:
+    """Device -> the clock line the report prints under the device's own line."""
+    lines = report_text.splitlines()
+    return {lines[i - 1].split()[0]: line.strip() for i, line in enumerate(lines)
+            if line.strip().startswith("clock ")}
+
+
 def _check(url: str) -> None:
     now = time.time()
     _district(url, now)
@@ -154,9 +161,7 @@ def _check(url: str) -> None:
                                              pytest.approx(row.clock_behind_s, abs=0.01)), dev
     text = format_report(report)
     said = {line.split()[0]: line for line in text.splitlines() if line[:1].strip()}
-    lines = text.splitlines()
-    under = {lines[i - 1].split()[0]: line.strip() for i, line in enumerate(lines)
-             if line.strip().startswith("clock ")}  # the line under the box's own
+    under = _clock_lines(text)
     assert under == {
         "box-late": "clock 60 days behind the collector's: its exams' ended times below "
                     "are its clock's",
@@ -169,6 +174,27 @@ def _check(url: str) -> None:
 
 def test_a_clock_behind_or_ahead_is_flagged_and_a_backlog_or_a_late_status_is_not(tmp_path):
     _check(str(tmp_path / "c.sqlite3"))
+
+
+def test_the_report_reads_a_damaged_time_as_no_clock(tmp_path):
+    """A row the collector did not write (another writer, a damaged file) with a text
+    where the box's time goes: SQLite's difference was the arrival itself, a clock
+    20,000 days behind. It is no clock at all."""
+    import sqlite3
+
+    url = str(tmp_path / "c.sqlite3")
+    _district(url, time.time())
+    with sqlite3.connect(url) as conn:
+        conn.execute("UPDATE messages SET device_ts = 'not a time' "
+                     "WHERE device_id = 'box-late' AND kind = 'health'")
+    store = Store(url)
+    try:
+        report = build_report(store)
+    finally:
+        store.close()
+    late = next(d for d in report["devices"] if d["device_id"] == "box-late")
+    assert late["clock_behind_s"] is None
+    assert "box-late" not in _clock_lines(format_report(report))
 
 
 def test_the_clock_is_read_alike_on_postgresql(postgres):
