@@ -63,6 +63,15 @@ KINDS = ("teacher", "deeplab", "deeplab_student", "unet_small", "student")
 # Distilled from the teacher; each is the same net as a baseline trained without it. The
 # U-Nets lost to DeepLab-lite by 0.6 mm in 1.1.0 and are no longer built by `make models`.
 DISTILLED = {"deeplab_student": "deeplab", "student": "unet_small"}
+# Trained by hand for experiments, never by `make models`: distilled as deeplab_student is,
+# against the plain deeplab (the separable nets for the CPU without VNNI; notebook,
+# "Separable convolutions", 5 December).
+EXPERIMENTS = {"deeplab_separable": "deeplab", "deeplab_separable_wide": "deeplab"}
+
+
+def is_distilled(kind: str) -> bool:
+    """Trained on the teacher's maps: the build's distilled kinds and the experiments."""
+    return kind in DISTILLED or kind in EXPERIMENTS
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,8 @@ class DistilSettings:
 
 
 DEFAULT_STEPS = {"teacher": 8000, "unet_small": 1200, "deeplab": 8000, "student": 1200,
-                 "deeplab_student": 8000}
+                 "deeplab_student": 8000, "deeplab_separable": 8000,
+                 "deeplab_separable_wide": 8000}
 
 
 def settings_for(kind: str, steps: int | None = None) -> TrainSettings:
@@ -192,7 +202,7 @@ def settings_stamp(kind: str, settings: TrainSettings,
     spec = kind_spec(kind)
     if spec != seg_data.SPEC:
         config["input"] = [spec.height, spec.width]
-    if kind in DISTILLED:
+    if is_distilled(kind):
         config["distil"] = asdict(distil)
         if distil.attention_beta == 0.0:
             del config["distil"]["attention_beta"]
@@ -232,7 +242,7 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
 
     A distilled kind needs `distil` and a pool from `distillation_pool` (with the teacher's
     maps, `t2`) as its cache."""
-    if kind in DISTILLED and (distil is None or "t2" not in cache):
+    if is_distilled(kind) and (distil is None or "t2" not in cache):
         raise ValueError(f"{kind} needs the teacher's maps (distillation_pool) and settings")
     path = checkpoint_path(work, kind)
     torch.manual_seed(seed)
@@ -284,10 +294,10 @@ def train(kind: str, cache: dict, work: Path, seed: int, settings: TrainSettings
         x, y = views[0], views[1]
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        if kind in DISTILLED and distil.attention_beta > 0:
+        if is_distilled(kind) and distil.attention_beta > 0:
             logits, features = net.forward_all(x)
             loss, parts = distil_loss(logits, views[2], y, settings, distil, features)
-        elif kind in DISTILLED:
+        elif is_distilled(kind):
             loss, parts = distil_loss(net(x), views[2], y, settings, distil)
         else:
             loss = gt_loss(net(x), y)
@@ -405,7 +415,7 @@ def training_inputs(work: Path, kind: str, split_seed: int,
     """What a net of `kind` trains on in `work`: the training frames of the split, and for a
     distilled kind the pool with the teacher's maps and the distillation settings."""
     cache = prepare_cache(work, split_seed)
-    if kind not in DISTILLED:
+    if not is_distilled(kind):
         return cache, None
     teacher = load_trained(work, "teacher")
     if teacher is None:
@@ -416,7 +426,7 @@ def training_inputs(work: Path, kind: str, split_seed: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quantize.seg_train")
-    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("kind", choices=KINDS + tuple(EXPERIMENTS))
     parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--steps", type=STEPS, default=None)
     parser.add_argument("--threads", type=THREADS, default=1)

@@ -113,6 +113,25 @@ def test_forward_shapes(kind):
     assert all(f.shape[0] == 2 for f in feats)
 
 
+def test_the_separable_experiments_train_as_distilled_nets_and_the_build_never_makes_them():
+    from quantize.seg_train import (
+        DISTILLED,
+        EXPERIMENTS,
+        KINDS,
+        DistilSettings,
+        settings_for,
+        settings_stamp,
+        train,
+    )
+
+    for kind in EXPERIMENTS:
+        assert kind not in KINDS and kind not in DISTILLED  # `make models` builds KINDS
+        assert "distil" in settings_stamp(kind, settings_for(kind), DistilSettings())
+        with pytest.raises(ValueError, match="teacher's maps"):
+            train(kind, {"x2": np.zeros((1, 1, 4, 4))}, Path("/nonexistent"), 0,
+                  settings_for(kind, 2))
+
+
 def test_the_teacher_reads_more_of_the_frame_than_its_student():
     """A teacher at the student's input knew nothing the student lacked (1.2.0-1.3.0); the
     teacher reads 1.5x the input, so it pays more than twice the multiply-adds."""
@@ -669,6 +688,9 @@ def test_a_crop_view_is_what_the_devices_crop_pass_shows_and_plain_views_are_unc
     ("quantize.seg_input_size", ["--steps", "9" * 30], "--steps"),
     ("quantize.seg_train", ["deeplab", "--threads", "0"], "--threads"),
     ("quantize.seg_train", ["deeplab", "--steps", "-5"], "--steps"),
+    # the separable experiments are kinds it takes (it refused them, so the notebook's
+    # runs needed a script of their own)
+    ("quantize.seg_train", ["deeplab_separable_wide", "--threads", "0"], "--threads"),
     ("quantize.seg_seeds", ["train", "deeplab", "1", "--threads", "0"], "--threads"),
     ("quantize.seg_seeds", ["report", "--seeds", "1", "-2"], "--seeds"),
     ("quantize.seg_seeds", ["long", "--steps", "0"], "--steps"),
