@@ -281,6 +281,33 @@ def test_an_image_over_the_pixel_budget_is_unreadable_and_never_decoded(tmp_path
     assert {row["status"] for row in _read(out)} == {"unreadable_image"}
 
 
+def test_a_pipe_a_broken_link_and_a_cut_jpeg_each_get_a_row_and_a_line_saying_why(
+        tmp_path, heads, hc18_csv):
+    """A pipe named like an image was left out without a word (the count one short, while
+    `score` named it), and an unreadable image's reason was lost: its row says only
+    `unreadable_image`. Each now has its row and one line naming it and why."""
+    os.mkfifo(heads / "pipe.png")
+    (heads / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    data = (heads / "200_HC.png").read_bytes()
+    import cv2
+    import numpy as np
+    jpeg = cv2.imencode(".jpg", cv2.imdecode(np.frombuffer(data, np.uint8), 0))[1].tobytes()
+    (heads / "cut.jpg").write_bytes(jpeg[:len(jpeg) // 2] + b"\xff\xd9")
+    (heads / "folder.png").mkdir()  # a folder named like an image is no image
+    out = tmp_path / "out.csv"
+    proc = sonoedge("biometry", str(heads), "--pixel-sizes", str(hc18_csv), "--out", str(out))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    rows = {row["filename"]: row["status"] for row in _read(out)}
+    assert len(rows) == len(HELD_OUT) + 3 and "folder.png" not in rows
+    assert {rows[n] for n in ("pipe.png", "gone.png", "cut.jpg")} == {"unreadable_image"}
+    said = proc.stderr.strip().splitlines()
+    assert "sonoedge: pipe.png: not a regular file" in said, said
+    assert "sonoedge: cut.jpg: cannot decode image (corrupt JPEG: premature end of data " \
+           "segment)" in said, said
+    assert any(line.startswith("sonoedge: gone.png: ") for line in said), said
+    assert f"{len(HELD_OUT) + 3} images" in proc.stdout
+
+
 def test_an_image_whose_name_is_not_utf8_gets_its_row(tmp_path, heads, hc18_csv):
     shutil.copy(heads / "200_HC.png", os.fsdecode(bytes(heads) + b"/\xff_HC.png"))
     out = tmp_path / "out.csv"

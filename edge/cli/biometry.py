@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -131,8 +132,11 @@ def list_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder of images")
+    # Every entry named like an image but a folder, as `score` lists a folder: a pipe, a
+    # broken link or a device gets its row, `unreadable_image` and its reason (it was left
+    # out without a word, the count one short)
     images = sorted((p for p in folder.iterdir()
-                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                     if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()),
                     key=lambda p: p.name)
     if not images:
         raise InputError(f"{folder}: no .png or .jpg images")
@@ -217,7 +221,9 @@ def main(args) -> int:
             for path in images:
                 # Decoded as `score` decodes: a 424 kB PNG of 20000x20000 is refused from its
                 # header (cv2.imread took 2.4 GB for it).
-                image, _ = decode_image_file(path, limits)
+                image, unreadable = decode_image_file(path, limits)
+                if unreadable:  # its reason, as `score` says it (the row says only its status)
+                    print(f"sonoedge: {unreadable}", file=sys.stderr, flush=True)
                 pixel = sizes.get(path.name)
                 scale_problem = PIXEL_SIZE_MISSING if pixel is None else pixel_size_status(
                     pixel, measurement)
