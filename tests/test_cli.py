@@ -78,6 +78,17 @@ def test_score_reads_video_files_frame_by_frame(tmp_path, data_dir):
     assert all(line["plane"] in PLANES for line in lines)
 
 
+def test_a_corrupt_video_is_our_one_line_not_ffmpeg_s_as_well(tmp_path):
+    """FFmpeg spoke for itself first: "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x...] moov atom not
+    found", then our line."""
+    (tmp_path / "bad.mp4").write_bytes(b"x")
+    proc = sonoedge("score", str(tmp_path / "bad.mp4"))
+    assert proc.returncode == 1  # the input failed
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("INFO: ")]
+    assert len(lines) == 1 and "bad.mp4" in lines[0] and "cannot open video" in lines[0], \
+        proc.stderr
+
+
 def test_a_corrupt_image_is_reported_and_the_rest_still_scored(frames_dir):
     good = (frames_dir / "200_HC.png").read_bytes()
     (frames_dir / "300_cut.png").write_bytes(good[: len(good) // 3])

@@ -42,6 +42,12 @@ from wire.shown import shown_path
 
 log = logging.getLogger(__name__)
 
+# FFmpeg, under OpenCV, writes its own lines to stderr ("moov atom not found" before our
+# one line for a corrupt video; a line per damaged frame of a live stream): quiet (-8), read
+# when OpenCV first opens a video. Set OPENCV_FFMPEG_LOGLEVEL (e.g. 24 for warnings) to see
+# them while looking into a capture.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg"})
 MAX_VIDEO_FRAMES = 10_000_000  # hard bound on any file-read loop
 
