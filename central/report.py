@@ -50,6 +50,7 @@ class DeviceReport:
     lost: int = 0
     behind: int = 0
     last_state: str | None = None
+    last_state_ts: float | None = None  # when that status arrived: "online" 17 days ago is stale
     # how far the box's clock is behind the collector's (negative: ahead), as the devices
     # page reads it; the exams' "ended" times below are the box's clock
     clock_behind_s: float | None = None
@@ -212,9 +213,9 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
         devices[dev].dropped_health = int(dropped.get("health", 0))
         devices[dev].dropped_exam = int(dropped.get("exam", 0))
 
-    for dev, seq, state in _latest_status(store):
+    for dev, seq, state, received in _latest_status(store):
         d = devices[dev]
-        d.last_state = state
+        d.last_state, d.last_state_ts = state, wall_ts_or_none(received)
         d.behind = max(0, int(seq) - d.max_seq)
     online_lags = _online_lags(store)
     for dev, lag in _health_lags(store):
@@ -262,13 +263,13 @@ def bundle_rows(latest: list[tuple[str, dict]]) -> list[dict]:
 
 
 def _latest_status(store: Store) -> list[tuple]:
-    """(device, seq, state) of each device's most recently received status message."""
+    """(device, seq, state, received) of each device's most recently received status."""
     rows = store.query(
-        "SELECT m.device_id, m.seq, m.payload FROM messages m JOIN (SELECT device_id, "
-        "MAX(received_ts) AS r FROM messages WHERE kind = 'status' GROUP BY device_id) s "
-        "ON m.device_id = s.device_id AND m.received_ts = s.r AND m.kind = 'status'"
+        "SELECT m.device_id, m.seq, m.payload, m.received_ts FROM messages m JOIN (SELECT "
+        "device_id, MAX(received_ts) AS r FROM messages WHERE kind = 'status' GROUP BY "
+        "device_id) s ON m.device_id = s.device_id AND m.received_ts = s.r AND m.kind = 'status'"
     )
-    return [(dev, seq, status.get("state")) for dev, seq, p in rows
+    return [(dev, seq, status.get("state"), received) for dev, seq, p, received in rows
             if (status := _or_none(p)) is not None]
 
 
@@ -328,6 +329,15 @@ def _num(value) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+def _state(d: dict) -> str:
+    """The box's last status and since when: the broker's retained "online" of a box that
+    went silent without its will reaching the broker stays "online" for weeks."""
+    if not d["last_state"]:
+        return "-"
+    since = d.get("last_state_ts")
+    return d["last_state"] + ("" if since is None else f" since {_ts(since)}")
+
+
 def _ts(value: float | None) -> str:
     if value is None:
         return "-"
@@ -347,7 +357,7 @@ def format_report(rep: dict) -> str:
             f"{d['device_id']:<20} {d['clinic_id'] or UNREGISTERED:<12} {d['exams']:>6} "
             f"{d['health']:>6} {d['max_seq']:>8} {d['missing']:>7} "
             f"{d['dropped_health'] + d['dropped_exam']:>7} {d['lost']:>5} {d['behind']:>6}  "
-            f"{_ts(d['last_seen_ts']):<19}  {d['last_state'] or '-'}"
+            f"{_ts(d['last_seen_ts']):<19}  {_state(d)}"
         )
         behind_s = d.get("clock_behind_s")
         if behind_s is not None and abs(behind_s) >= CLOCK_OFF_FLAG_S:

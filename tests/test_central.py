@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -190,6 +191,13 @@ def test_report_counts_exams_and_splits_gaps_into_dropped_and_lost(tmp_path):
     assert rep["dead_letters"] == {"total": 1, "by_reason": {"bad JSON": 1}}
     text = format_report(rep)
     assert "gaps in seq: 3-4, 6-8" in text and "Dead letters: 1" in text
+    # the box's last status says since when: a retained "online" can be weeks old
+    status_row = next(r for r in rows if r.kind == "status")
+    assert a["last_state_ts"] == status_row.received_ts
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(status_row.received_ts))
+    assert f"online since {since}" in next(line for line in text.splitlines()
+                                            if line.startswith("dev-a "))
+    assert next(line for line in text.splitlines() if line.startswith("dev-b ")).endswith("-")
     store.close()
 
 
