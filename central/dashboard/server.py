@@ -161,6 +161,8 @@ class Dashboard:
             while not self.stop_event.is_set():
                 try:
                     db = db or Db(self.settings.db_url)
+                    if not self.last_refresh:  # a restart: say where the rollup stands at once
+                        self.last_refresh = {"behind": True, "rolled_to": rolled_up_to(db)}
                     stats = refresh(db, max_batches=C.REFRESH_STEP_BATCHES)
                     behind = stats.more  # more wait: the pages say so meanwhile
                     before = self.last_refresh
@@ -651,7 +653,7 @@ def _rolling(last: dict) -> str:
 
 
 def _footer(last: dict) -> str:
-    when = P.utc(last.get("at")) if last else "starting"
+    when = P.utc(last["at"]) if last.get("at") else "starting"
     return (f'</main><footer>Dates are UTC days of the device clock when plausible (an '
             "exam's moved by its box's clock lag where that clock is an hour or more behind), "
             f"else of arrival. Data rolled up at {esc(when)} UTC.</footer>")
