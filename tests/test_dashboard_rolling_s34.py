@@ -90,12 +90,12 @@ def test_a_dashboard_restarted_while_catching_up_says_how_far_the_rollup_has_com
     from central.dashboard.store import rolled_up_to
     before = time.strftime("%Y-%m-%d %H:%M", time.gmtime(rolled_up_to(db)))
     db.close()
-    _slow_steps(monkeypatch, 1.0)  # the page is read between two steps
+    _slow_steps(monkeypatch, 3.0)  # the page is read before the first step ends
     dash = Dashboard(ServeSettings(db_url=db_path, refresh_every_s=30))
     with dashboard_in_thread(dash) as port:
-        dash.start_refresher()
         base = f"http://127.0.0.1:{port}"
         cookie = login(base, ADMIN)
+        dash.start_refresher()
         deadline = time.monotonic() + 30
         while not dash.last_refresh:
             assert time.monotonic() < deadline
@@ -104,7 +104,7 @@ def test_a_dashboard_restarted_while_catching_up_says_how_far_the_rollup_has_com
         dash.stop_event.set()
     said = _rolled_to(page)
     assert NOTE in page and len(said) == 1, page[:2000]
-    # read before the restarted dashboard's first step (a second) ends: the database's mark,
+    # read before the restarted dashboard's first step (3 s here) ends: the database's mark,
     # not back at the start, nor no position at all
     assert said[0] == before, (said, before)
     assert "so far)" not in page.replace(f"{said[0]} UTC so far)", "")
