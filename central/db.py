@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wire.mqtt import redact_url, topic_for
-from wire.schema import QUEUED_KINDS
+from wire.schema import CLOCK_STEP_S, QUEUED_KINDS, TIME_FIELDS
 from wire.shown import one_line, printable, read_failure, shown_path
 
 DEFAULT_DB = "sonoedge-central.sqlite3"
@@ -178,21 +178,46 @@ def dead_letter(topic: str, payload: bytes, reason: str, collector: str,
 
 def same_content(stored: str, payload: str) -> bool:
     """Whether two payloads under one msg_id are the same message: the same JSON value
-    (key order and white space do not count, nor 1 against 1.0), ``RESENT_FIELDS`` apart.
+    (key order and white space do not count, nor 1 against 1.0), ``RESENT_FIELDS`` apart,
+    or the same message re-dated by its box after a step of its clock (``redated``).
     Both were checked as messages when they arrived; text that does not parse is compared
     as it is."""
     if stored == payload:
         return True
     try:
-        return _canonical(stored) == _canonical(payload)
+        return _canonical(stored) == _canonical(payload) or redated(stored, payload)
     except (ValueError, RecursionError):
         return False
 
 
-def _canonical(text: str) -> str:
+def redated(stored: str, payload: str) -> bool:
+    """Whether `payload` is `stored` with its wall-clock times (``TIME_FIELDS``) moved
+    forward together by one step of the box's clock (``CLOCK_STEP_S`` or more) and nothing
+    else changed: a box whose clock was behind re-dates the messages still in its outbox
+    when the clock is set, a copy of which may have arrived already (sent, its ack lost).
+    The first copy is kept, as for any redelivery: the dashboard dated it by the box's lag
+    when it arrived."""
+    old, new = json.loads(stored), json.loads(payload)
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return False
+    shifts = []
+    for key in TIME_FIELDS:
+        if key in RESENT_FIELDS or old.get(key) == new.get(key):
+            continue
+        a, b = old.get(key), new.get(key)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)):
+            return False
+        shifts.append(b - a)
+    # one move for all (each moved time is rounded to the millisecond), and a step's
+    if not shifts or max(shifts) - min(shifts) > 0.01 or min(shifts) < CLOCK_STEP_S:
+        return False
+    return _canonical(stored, TIME_FIELDS) == _canonical(payload, TIME_FIELDS)
+
+
+def _canonical(text: str, also_apart: tuple[str, ...] = ()) -> str:
     data = json.loads(text)
     if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k not in RESENT_FIELDS}
+        data = {k: v for k, v in data.items() if k not in RESENT_FIELDS + also_apart}
     # dumped again, not compared as Python values: True == 1 there
     return json.dumps(_whole_floats(data), sort_keys=True, separators=(",", ":"))
 

@@ -226,9 +226,11 @@ def test_a_msg_id_stored_with_other_content_is_a_conflict_dead_letter_and_redeli
         broker, collectors, tmp_path, url):
     """First wins. The same message again, byte for byte or with its keys in another order
     and other white space, is a silent duplicate; so is the same exam queued again under a
-    new seq (a device that lost its outbox: ``resent``). Other content under the stored
+    new seq (a device that lost its outbox: ``resent``), and the same message re-dated by
+    its box when its clock was set (every time moved forward by one step; its first copy,
+    sent before the set, had arrived but its ack had not). Other content under the stored
     msg_id, from the device itself or from another one, is a dead letter naming the msg_id,
-    counted as a conflict."""
+    counted as a conflict: times moved by different amounts, or by less than a step, too."""
     c = collectors(broker.url("central"), url, tmp_path, "central")
     c.wait_subscribed()
     a, b = raw_client(broker, "dev-a"), raw_client(broker, "dev-b")
@@ -237,23 +239,33 @@ def test_a_msg_id_stored_with_other_content_is_a_conflict_dead_letter_and_redeli
     try:
         publish_wait(a, "sonoedge/dev-a/exam", encode(first))
         wait_for(lambda: messages_count(url) == 1, 20, "the first message")
+        step = 60 * 86400.0  # the box's clock was set 60 days forward
+        moved = {k: round(first[k] + step, 3) for k in ("ts", "started_ts", "ended_ts")}
         same = [encode(first),
                 json.dumps(dict(reversed(list(first.items()))), indent=3).encode(),
                 encode({**first, "seq": 2, "boot_id": "boot-2", "ts": first["ts"] + 600,
-                        "mono_s": 3.5})]
+                        "mono_s": 3.5}),
+                encode({**first, **moved})]
         for payload in same:
             publish_wait(a, "sonoedge/dev-a/exam", payload)
         changed = {**first, "planes": {**first["planes"], "Femur": [2, 0.53]}}
-        publish_wait(a, "sonoedge/dev-a/exam", encode(changed))
+        uneven = {**first, "started_ts": first["started_ts"] + step,
+                  "ended_ts": first["ended_ts"] + step + 3600}
+        slight = {**first, "started_ts": first["started_ts"] + 30,
+                  "ended_ts": first["ended_ts"] + 30}
+        for other in (changed, uneven, slight, {**changed, **moved}):
+            publish_wait(a, "sonoedge/dev-a/exam", encode(other))
         publish_wait(b, "sonoedge/dev-b/exam", encode({**first, "device_id": "dev-b"}))
-        wait_for(lambda: query(url, "SELECT COUNT(*) FROM dead_letters")[0][0] >= 2, 20,
-                 "two conflicts")
+        wait_for(lambda: query(url, "SELECT COUNT(*) FROM dead_letters")[0][0] >= 5, 20,
+                 "five conflicts")
         time.sleep(1.0)  # whatever else was on its way has landed
         dead = query(url, "SELECT topic, reason, preview FROM dead_letters ORDER BY topic")
-        assert [d[0] for d in dead] == ["sonoedge/dev-a/exam", "sonoedge/dev-b/exam"]
+        assert [d[0] for d in dead] == ["sonoedge/dev-a/exam"] * 4 + ["sonoedge/dev-b/exam"]
         for _, reason, _ in dead:
             assert reason.startswith(f"conflict: msg_id {mid} ") and "dev-a, seq 1" in reason
-        assert json.loads(dead[0][2]) == changed  # what the district must look at
+        previews = [json.loads(d[2]) for d in dead[:4]]
+        for other in (changed, uneven, slight):  # what the district must look at
+            assert other in previews
         (stored,) = query(url, "SELECT payload FROM messages WHERE msg_id = ?", (mid,))
         assert stored[0] == encode(first).decode()  # the first is kept
         assert query(url, "SELECT seq FROM resent") == [(2,)]
@@ -263,8 +275,8 @@ def test_a_msg_id_stored_with_other_content_is_a_conflict_dead_letter_and_redeli
             client.disconnect()
     c.stop()
     stats = final_stats(c.log_text())
-    assert (stats["stored"], stats["duplicates"], stats["conflicts"]) == (1, 3, 2), stats
-    assert stats["dead"] == 2, stats
+    assert (stats["stored"], stats["duplicates"], stats["conflicts"]) == (1, 4, 5), stats
+    assert stats["dead"] == 5, stats
 
 
 # -- the database is down ------------------------------------------------------------------------

@@ -416,60 +416,40 @@ def test_outbox_cli_names_a_corrupt_outbox_in_one_line(tmp_path):
     assert sqlite3  # the module is used by the CLI under test
 
 
-def test_a_message_taken_for_sending_is_never_dated_again_by_a_clock_set(tmp_path):
-    """The publisher reads a batch and counts it as tried in one hold of the outbox's
-    lock: a step of the clock (edge/loop.py follow_clock_steps) between the two re-dated a message
-    that may have gone as it was, and the collector got one msg_id with two contents."""
-    box = Outbox(tmp_path / "outbox.sqlite3")
-    try:
-        for n in range(3):
-            box.enqueue("health", {"kind": "health", "ts": 1_700_000_000.0 + n})
-        taken = box.take_for_sending(2)
-        assert [m.seq for m in taken] == [1, 2]
-        assert [m.attempts for m in box.list()] == [1, 1, 0]
-        assert box.shift_unsent_times(3600.0, float("inf")).messages == 1  # all queued before
-        after = {m.seq: json.loads(m.payload)["ts"] for m in box.list()}
-        assert after == {1: 1_700_000_000.0, 2: 1_700_000_001.0, 3: 1_700_003_602.0}
-    finally:
-        box.close()
-
-
-def test_a_batch_whose_try_a_full_disk_left_uncounted_is_never_dated_again(
+def test_a_message_tried_or_taken_uncounted_is_dated_again_and_the_collector_takes_it(
         tmp_path, monkeypatch):
-    """On a full disk the try's count is not written (it is advisory), so a step of the
-    clock re-dated a message that may have gone as it was: the collector kept the
-    first copy and dead-lettered the second as a conflict. Now the outbox remembers the
-    newest seq it took uncounted, and nothing at or before it is dated again."""
+    """A message tried before a step of the clock and sent again after it (its first try
+    lost: no ack) kept the early times the clock behind gave it, and the district counted
+    its exam that much early (the last notes' "exam tried before the step but delivered
+    after"). Every queued message is now dated again, tried or not, and one taken for
+    sending while a full disk lost its try's count; the collector takes a re-dated copy of
+    a message it holds as the same message, and keeps the first."""
+    from central.db import same_content
+
     box = Outbox(tmp_path / "outbox.sqlite3")
     try:
         for n in range(4):
-            box.enqueue("health", {"kind": "health", "ts": 1_700_000_000.0 + n})
+            box.enqueue("exam", {"kind": "exam", "ts": 1_700_000_000.0 + n,
+                                 "started_ts": 1_699_999_000.0 + n,
+                                 "ended_ts": 1_699_999_900.0 + n, "exam_id": f"e{n}"})
+        before = {m.seq: m.payload for m in box.list()}
+        assert [m.seq for m in box.take_for_sending(1)] == [1]  # tried, counted
         real_tx = box._tx
 
         def full_disk():
             raise sqlite3.OperationalError("database or disk is full")
 
         monkeypatch.setattr(box, "_tx", full_disk)
-        assert not box.mark_attempt(["anything"])
-        taken = box.take_for_sending(2)
+        assert [m.seq for m in box.take_for_sending(1, exclude=[box.list()[0].msg_id])] == [2]
         monkeypatch.setattr(box, "_tx", real_tx)
-        assert [m.seq for m in taken] == [1, 2]
-        assert [m.attempts for m in box.list()] == [0, 0, 0, 0]  # the count was lost
-        assert box.shift_unsent_times(3600.0, float("inf")).messages == 2
-        after = {m.seq: json.loads(m.payload)["ts"] for m in box.list()}
-        assert after == {1: 1_700_000_000.0, 2: 1_700_000_001.0,  # as they may have gone
-                         3: 1_700_003_602.0, 4: 1_700_003_603.0}
-        # the disk takes writes again: the next batch's try is counted, and the limit is
-        # kept, so a restart (new models, a watchdog) does not forget it
-        in_flight = [m.msg_id for m in taken]
-        assert [m.seq for m in box.take_for_sending(1, exclude=in_flight)] == [3]
-    finally:
-        box.close()
-    box = Outbox(tmp_path / "outbox.sqlite3")
-    try:
-        # seq 3 was tried (counted), 1 and 2 taken uncounted: seq 4 alone moves
-        assert box.shift_unsent_times(3600.0, float("inf")).messages == 1
-        assert json.loads(box.list()[1].payload)["ts"] == 1_700_000_001.0
+        assert [m.attempts for m in box.list()] == [1, 0, 0, 0]  # the second count was lost
+        moved = box.shift_unsent_times(3600.0, float("inf"))
+        assert moved.messages == 4 and moved.exam_ids == ("e0", "e1", "e2", "e3")
+        for m in box.list():
+            body, old = json.loads(m.payload), json.loads(before[m.seq])
+            for key in ("ts", "started_ts", "ended_ts"):
+                assert body[key] == old[key] + 3600.0, (m.seq, key)
+            assert same_content(before[m.seq].decode(), m.payload.decode()), m.seq
     finally:
         box.close()
 

@@ -30,6 +30,15 @@ KINDS = ("exam", "health", "status", "dates")
 # the collector finds lost messages as holes in the seqs of exactly these. ``dates`` carries
 # an age by dates entered after its exam's summary had left (``dates.schema.json``).
 QUEUED_KINDS = ("exam", "health", "dates")
+# A message's wall-clock times, as the schemas name them (exam, dates, health): a box whose
+# clock steps forward moves those it stamped before the step (`Outbox.shift_unsent_times`),
+# and the collector takes such a re-dated copy of a message it holds as the same message
+# (central/db.py `same_content`).
+TIME_FIELDS = ("ts", "started_ts", "ended_ts", "entered_ts")
+# A change of the wall clock against the boot clock this large is a step: the midwife's
+# page setting it (edge/web/clock.py), or network time reaching a box that booted at the
+# time it was switched off. Network time slews smaller errors, at most 0.5 ms a second.
+CLOCK_STEP_S = 60.0
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 EXAM_MAX_BYTES = 1024
 # A device's wall clock on the wire (the schemas' ts maximum): seconds since 1970, before 2100.

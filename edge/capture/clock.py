@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from edge.capture.sources import Frame
+from wire import schema as wire_schema
 
 
 @dataclass
@@ -42,10 +43,7 @@ class ScanClock:
         return value
 
 
-# A change of the wall clock against the boot clock this large is a step: the midwife's
-# page setting it (edge/web/clock.py), or network time reaching a box that booted at the
-# time it was switched off. Network time slews smaller errors, at most 0.5 ms a second.
-CLOCK_STEP_S = 60.0
+CLOCK_STEP_S = wire_schema.CLOCK_STEP_S  # a change of the wall clock this large is a step
 
 
 def _boot_clock() -> float:

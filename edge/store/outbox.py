@@ -57,16 +57,13 @@ from pathlib import Path
 from edge.capture.clock import stamped_before_step
 from edge.store.scan import DamagedTableScan
 from edge.store.state import Reserve, is_corrupt, is_full, move_aside, open_making_room
-from wire.schema import QUEUED_KINDS, finite_number, load_schema, sqlite_uri
+from wire.schema import QUEUED_KINDS, TIME_FIELDS, finite_number, load_schema, sqlite_uri
 from wire.shown import one_line, shown
 
 log = logging.getLogger("sonoedge.outbox")
 
 OUTBOX_FILE = "outbox.sqlite3"
 LAYOUT_VERSION = 1
-# A message's wall-clock times, as the wire's schemas name them (exam, dates, health):
-# moved when the box's clock steps forward (`Outbox.shift_unsent_times`).
-TIME_FIELDS = ("ts", "started_ts", "ended_ts", "entered_ts")
 ROW_OVERHEAD_BYTES = 96  # rough on-disk cost of a row beside its payload (ids, topic, index)
 DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
 # The salvage of a corrupt outbox (`_read_what_remains`) holds up the start: it stops after
@@ -183,11 +180,6 @@ class Outbox:
             raise OutboxError(f"outbox quota must be positive, got {quota_bytes}")
         self.quota_bytes = int(quota_bytes)
         self._lock = threading.RLock()
-        # The highest seq taken for sending whose try could not be counted (a full disk):
-        # it and every older message may have gone as they were, so no clock step dates them
-        # again. Batches are taken oldest first, so one number says it; it is kept in
-        # `meta` once the disk takes writes again (`take_for_sending`).
-        self._uncounted_seq = self._uncounted_saved = 0
         # Set by a step of the clock that re-dated the queue: the next batch taken for
         # sending goes after the link says "online" again (`take_for_sending`'s `stepped`)
         self._stepped = False
@@ -200,8 +192,6 @@ class Outbox:
                 raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from None
             self._salvage(exc, seq_floor)
         self._used = self._count_used()  # an outbox it cannot count is not opened
-        with self._lock:
-            self._uncounted_seq = self._uncounted_saved = self._meta("uncounted_seq")[0]
 
     def _count_used(self) -> int:
         return self._db.execute("SELECT COALESCE(SUM(size), 0) + COUNT(*) * ? FROM outbox",
@@ -558,28 +548,17 @@ class Outbox:
 
     def take_for_sending(self, limit: int, exclude: Iterable[str] = (),
                          stepped: Callable[[], object] | None = None) -> list[Message]:
-        """`pending`, counted as tried in the same hold of the lock: a message read to be
-        published is never dated again by `shift_unsent_times` once it may have gone as
-        it was (the collector would get one msg_id with two contents). `stepped()` is
-        called first, in the same hold, when the clock's step has re-dated the queue since
-        the last batch: the publisher says "online" again then, so the district reads the
-        clock's new lag before any message the step moved, and the old lag before any it
-        did not."""
+        """`pending`, counted as tried in the same hold of the lock. `stepped()` is called
+        first, in the same hold, when the clock's step has re-dated the queue since the last
+        batch: the publisher says "online" again then, so the district reads the clock's new
+        lag before any message the step moved, and the old lag before a copy that went as it
+        was (a batch taken before the step)."""
         with self._lock:
             if self._stepped and stepped is not None:
                 self._stepped = False
                 stepped()
             batch = self.pending(limit, exclude)
-            if not self.mark_attempt(m.msg_id for m in batch):
-                self._uncounted_seq = max([self._uncounted_seq, *(m.seq for m in batch)])
-            elif self._uncounted_seq > self._uncounted_saved:  # writes work again: kept
-                try:
-                    with self._tx() as db:
-                        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES "
-                                   "('uncounted_seq', ?)", (self._uncounted_seq,))
-                    self._uncounted_saved = self._uncounted_seq
-                except sqlite3.DatabaseError as exc:
-                    log.debug("outbox: uncounted seq not kept yet: %s", exc)
+            self.mark_attempt(m.msg_id for m in batch)  # advisory: a full disk loses it
         return batch
 
     def list(self, limit: int = 100) -> list[Message]:
@@ -610,16 +589,17 @@ class Outbox:
 
     def shift_unsent_times(self, moved_s: float, before_ts: float) -> Redated:
         """The box's clock stepped forward `moved_s` (edge/loop.py follow_clock_steps): the
-        times of the messages it has not tried to send yet that the clock behind stamped
-        (before `before_ts`, by the clock now: `shifted_times`) move by as much, so the
-        district dates them right. A message tried once (or taken for sending when its try
-        could not be counted) may have reached the collector as it was: left, or the same
-        msg_id would arrive with other content. Returns how many were moved, and the ids
-        of the exams among them (the journal dates its copies the same)."""
+        times of the messages still queued that the clock behind stamped (before
+        `before_ts`, by the clock now: `shifted_times`) move by as much, so the district
+        dates them right. Tried ones too: one that reached the collector as it was (its ack
+        lost) arrives again re-dated, and the collector takes that copy as the same message
+        (central/db.py `redated`); it had dated the first by the box's lag then. Returns how
+        many were moved, and the ids of the exams among them (the journal dates its copies
+        the same)."""
         moved, exam_ids = 0, []
         with self._tx() as db:
-            rows = db.execute("SELECT id, kind, payload FROM outbox WHERE attempts = 0 AND "
-                              "seq > ?", (self._uncounted_seq,)).fetchall()
+            rows = db.execute("SELECT id, kind, payload FROM outbox WHERE state = 'pending'"
+                              ).fetchall()
             for row_id, kind, payload in rows:
                 try:
                     body = json.loads(payload)
