@@ -25,9 +25,10 @@ and then nothing of the batch is acknowledged.
 First wins, but a conflict is seen: a message whose ``msg_id`` is stored already is kept
 out, and when its content differs from the stored message's (``same_content``: parsed
 JSON, so neither key order nor white space counts, and without the envelope fields a
-re-send gives anew, ``RESENT_FIELDS``) ``Store.store_batch`` records it as a dead
-letter whose reason names the ``msg_id``, in the same transaction. An identical redelivery
-stays a silent duplicate. ``store`` and ``store_checked`` write only what they are given.
+re-send gives anew, ``RESENT_FIELDS``; nor a copy its box re-dated after a step of its
+clock, ``redated``) ``Store.store_batch`` records it as a dead letter whose reason names
+the ``msg_id``, in the same transaction. An identical redelivery stays a silent
+duplicate. ``store`` and ``store_checked`` write only what they are given.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wire.mqtt import redact_url, topic_for
-from wire.schema import CLOCK_STEP_S, QUEUED_KINDS, TIME_FIELDS
+from wire.schema import CLOCK_STEP_S, QUEUED_KINDS, TIME_FIELDS, finite_number
 from wire.shown import one_line, printable, read_failure, shown_path
 
 DEFAULT_DB = "sonoedge-central.sqlite3"
@@ -186,32 +187,39 @@ def same_content(stored: str, payload: str) -> bool:
         return True
     try:
         return _canonical(stored) == _canonical(payload) or redated(stored, payload)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError, OverflowError):
         return False
 
 
 def redated(stored: str, payload: str) -> bool:
-    """Whether `payload` is `stored` with its wall-clock times (``TIME_FIELDS``) moved
-    forward together by one step of the box's clock (``CLOCK_STEP_S`` or more) and nothing
-    else changed: a box whose clock was behind re-dates the messages still in its outbox
-    when the clock is set, a copy of which may have arrived already (sent, its ack lost).
-    The first copy is kept, as for any redelivery: the dashboard dated it by the box's lag
+    """Whether one copy is the other with some of its wall-clock times (``TIME_FIELDS``)
+    moved by one step of the box's clock (``CLOCK_STEP_S`` or more), every moved time by
+    the same amount, and nothing else changed: a box whose clock was behind re-dates the
+    messages still in its outbox (those it stamped before the step) when the clock is set,
+    and a copy may have arrived already (sent, its ack lost). Either order: with several
+    collectors sharing the subscription, the re-dated copy may be stored first. The first
+    copy stored is kept, as for any redelivery; the dashboard dated it by the box's lag
     when it arrived."""
     old, new = json.loads(stored), json.loads(payload)
     if not isinstance(old, dict) or not isinstance(new, dict):
         return False
     shifts = []
     for key in TIME_FIELDS:
-        if key in RESENT_FIELDS or old.get(key) == new.get(key):
+        if key in RESENT_FIELDS or (key not in old and key not in new):
             continue
-        a, b = old.get(key), new.get(key)
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)):
+        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if not finite_number(a) or not finite_number(b):
             return False
-        shifts.append(b - a)
+        if a != b:
+            shifts.append(float(b) - float(a))
     # one move for all (each moved time is rounded to the millisecond), and a step's
-    if not shifts or max(shifts) - min(shifts) > 0.01 or min(shifts) < CLOCK_STEP_S:
+    if not shifts or max(shifts) - min(shifts) > 0.01 or min(abs(d) for d in shifts) \
+            < CLOCK_STEP_S or (min(shifts) < 0 < max(shifts)):
         return False
     return _canonical(stored, TIME_FIELDS) == _canonical(payload, TIME_FIELDS)
+
+
+_MISSING = object()
 
 
 def _canonical(text: str, also_apart: tuple[str, ...] = ()) -> str:

@@ -243,8 +243,8 @@ def follow_clock_steps(steps: WallSteps, tracker: ExamTracker, uplink: Uplink,
     """A step of the wall clock since the last look: the page's set (edge/web/clock.py), or
     network time reaching a box that booted behind. What the clock before it stamped moves
     with it: the running exam's times (either way), and for a step forward (a box behind
-    was put right) the messages queued and never tried (or held in memory for want of
-    disk space), the journal's rows of this boot and its copies of the exams those
+    was put right) the messages queued, tried or not (or held in memory for want of disk
+    space), the journal's rows of this boot and its copies of the exams those
     messages hold, and the last exam's card. Looked at before each frame is fed, so an
     exam that ends on it is dated by the clock now right. Returns the step, seconds (0.0
     for none)."""

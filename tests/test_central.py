@@ -171,6 +171,42 @@ def test_an_unreachable_database_is_a_one_line_error_naming_it(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_a_copy_its_box_re_dated_is_the_same_message_and_nothing_else_is():
+    """central/db.py `redated`: the times that moved, all by one step of the box's clock,
+    either way (several collectors may store the re-dated copy first), and nothing else
+    changed. Hostile copies (each refused by the collector's check before they get here)
+    are no match, and none raises."""
+    from central.db import same_content
+
+    first = message("exam", seq=1)
+    step = 60 * 86400.0
+
+    def text(**changes) -> str:
+        return json.dumps({**first, **changes})
+
+    moved = {k: round(first[k] + step, 3) for k in ("ts", "started_ts", "ended_ts")}
+    original = json.dumps(first)
+    assert same_content(original, text(**moved))
+    assert same_content(text(**moved), original)  # the re-dated copy stored first
+    # a step the box saw after the exam had begun: only its end was stamped before it
+    assert same_content(original, text(ended_ts=round(first["ended_ts"] + step, 3)))
+    no_match = [
+        text(**moved, frames=first["frames"] + 1),  # something else changed
+        text(started_ts=first["started_ts"] + step, ended_ts=first["ended_ts"] + 2 * step),
+        text(started_ts=first["started_ts"] + 30, ended_ts=first["ended_ts"] + 30),  # no step
+        text(started_ts=first["started_ts"] + step, ended_ts=first["ended_ts"] - step),
+        text(ended_ts=True), text(ended_ts="later"), text(ended_ts=None),
+        text(ended_ts={"ts": 1}), text(entered_ts=first["ended_ts"] + step),
+        original.replace(f'"ended_ts": {first["ended_ts"]}', '"ended_ts": NaN'),
+        original.replace(f'"ended_ts": {first["ended_ts"]}', '"ended_ts": Infinity'),
+        original.replace(f'"ended_ts": {first["ended_ts"]}', '"ended_ts": ' + "9" * 400),
+        json.dumps([first]), "[" * 5000 + "]" * 5000, "{broken",
+    ]
+    for copy in no_match:
+        assert not same_content(original, copy), copy[:200]
+        assert not same_content(copy, original), copy[:200]
+
+
 # -- report ------------------------------------------------------------------------------------
 def test_report_counts_exams_and_splits_gaps_into_dropped_and_lost(tmp_path):
     store = Store(str(tmp_path / "c.sqlite3"))

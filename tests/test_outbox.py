@@ -443,6 +443,8 @@ def test_a_message_tried_or_taken_uncounted_is_dated_again_and_the_collector_tak
         assert [m.seq for m in box.take_for_sending(1, exclude=[box.list()[0].msg_id])] == [2]
         monkeypatch.setattr(box, "_tx", real_tx)
         assert [m.attempts for m in box.list()] == [1, 0, 0, 0]  # the second count was lost
+        box.reject(box.list()[3].msg_id, "not authorised")  # the broker refused it: it never
+        # arrived, and goes again once the district mends its ACL (`retry_rejected`)
         moved = box.shift_unsent_times(3600.0, float("inf"))
         assert moved.messages == 4 and moved.exam_ids == ("e0", "e1", "e2", "e3")
         for m in box.list():

@@ -589,7 +589,8 @@ class Outbox:
 
     def shift_unsent_times(self, moved_s: float, before_ts: float) -> Redated:
         """The box's clock stepped forward `moved_s` (edge/loop.py follow_clock_steps): the
-        times of the messages still queued that the clock behind stamped (before
+        times of the messages still queued (or refused by the broker) that the clock behind
+        stamped (before
         `before_ts`, by the clock now: `shifted_times`) move by as much, so the district
         dates them right. Tried ones too: one that reached the collector as it was (its ack
         lost) arrives again re-dated, and the collector takes that copy as the same message
@@ -598,8 +599,9 @@ class Outbox:
         the same)."""
         moved, exam_ids = 0, []
         with self._tx() as db:
-            rows = db.execute("SELECT id, kind, payload FROM outbox WHERE state = 'pending'"
-                              ).fetchall()
+            # refused by the broker too: never arrived, and sent again by `retry_rejected`
+            rows = db.execute("SELECT id, kind, payload FROM outbox WHERE state IN "
+                              "('pending', 'rejected')").fetchall()
             for row_id, kind, payload in rows:
                 try:
                     body = json.loads(payload)

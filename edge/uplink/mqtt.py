@@ -442,7 +442,7 @@ class Uplink:
         """The box's clock stepped forward `moved_s` (edge/loop.py follow_clock_steps):
         what waits to go was stamped before `before_ts` by the clock behind and is dated
         again: the messages held in memory for want of disk space (queued later, so the
-        outbox's own re-dating would not reach them) and the outbox's never-tried ones. The
+        outbox's own re-dating would not reach them) and the outbox's, tried or not. The
         link then says "online" again before the next batch (`Outbox.take_for_sending`),
         so the district reads the clock's new lag and does not move by the old one what the
         box has already put right. Returns what the outbox moved (a failure leaves its
