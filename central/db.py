@@ -191,6 +191,9 @@ def same_content(stored: str, payload: str) -> bool:
         return False
 
 
+_MISSING = object()  # a time one copy has and the other lacks: no match
+
+
 def redated(stored: str, payload: str) -> bool:
     """Whether one copy is the other with some of its wall-clock times (``TIME_FIELDS``)
     moved by one step of the box's clock (``CLOCK_STEP_S`` or more), every moved time by
@@ -217,9 +220,6 @@ def redated(stored: str, payload: str) -> bool:
             < CLOCK_STEP_S or (min(shifts) < 0 < max(shifts)):
         return False
     return _canonical(stored, TIME_FIELDS) == _canonical(payload, TIME_FIELDS)
-
-
-_MISSING = object()
 
 
 def _canonical(text: str, also_apart: tuple[str, ...] = ()) -> str:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from edge.capture.sources import Frame
-from wire import schema as wire_schema
+from wire.schema import CLOCK_STEP_S  # a change of the wall clock this large is a step
 
 
 @dataclass
@@ -41,9 +41,6 @@ class ScanClock:
             value = max(value, self._last)
         self._last = value
         return value
-
-
-CLOCK_STEP_S = wire_schema.CLOCK_STEP_S  # a change of the wall clock this large is a step
 
 
 def _boot_clock() -> float:

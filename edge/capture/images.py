@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from wire.shown import shown_path
+from wire.shown import one_line, shown_path
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -153,18 +153,12 @@ def _cut_jpeg(data: bytes, name: str) -> str | None:
         simplejpeg.decode_jpeg(data, colorspace=target, fastdct=True, fastupsample=True,
                                strict=True)
     except ValueError as e:
-        said = _first_line(e)
+        said = one_line(e)[:120]
         if said.lower().startswith("unsupported"):
             return None
-        for prefix in ("Corrupt JPEG data: ", "Corrupt JPEG data"):
-            said = said.removeprefix(prefix)
+        said = said.removeprefix("Corrupt JPEG data").lstrip(": ")
         return f"{name}: cannot decode image (corrupt JPEG: {said or 'damaged data'})"
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:120] if text else type(exc).__name__
 
 
 def decode_image_file(path: Path, limits: FrameLimits = DEFAULT_LIMITS

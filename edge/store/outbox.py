@@ -590,13 +590,12 @@ class Outbox:
     def shift_unsent_times(self, moved_s: float, before_ts: float) -> Redated:
         """The box's clock stepped forward `moved_s` (edge/loop.py follow_clock_steps): the
         times of the messages still queued (or refused by the broker) that the clock behind
-        stamped (before
-        `before_ts`, by the clock now: `shifted_times`) move by as much, so the district
-        dates them right. Tried ones too: one that reached the collector as it was (its ack
-        lost) arrives again re-dated, and the collector takes that copy as the same message
-        (central/db.py `redated`); it had dated the first by the box's lag then. Returns how
-        many were moved, and the ids of the exams among them (the journal dates its copies
-        the same)."""
+        stamped (before `before_ts`, by the clock now: `shifted_times`) move by as much, so
+        the district dates them right. Tried ones too: one that reached the collector as
+        it was (its ack lost) arrives again re-dated, and the collector takes that copy as
+        the same message (central/db.py `redated`); it had dated the first by the box's lag
+        then. Returns how many were moved, and the ids of the exams among them (the journal
+        dates its copies the same)."""
         moved, exam_ids = 0, []
         with self._tx() as db:
             # refused by the broker too: never arrived, and sent again by `retry_rejected`
