@@ -183,18 +183,19 @@ def test_a_clinic_quiet_so_far_today_is_not_counted_silent(tmp_path):
 
 
 def test_the_completeness_plots_match_the_protocols_of_the_exams(site, browser):
+    """A chart per protocol: each clinic's bar counts that protocol's exams alone."""
     page = logged_in(browser, site["base"], ADMIN)
     page.goto(site["base"] + "/completeness")
-    bars = {c: (int(done), int(n)) for c, done, n in
+    bars = {(c, pr): (int(done), int(n)) for c, pr, done, n in
             data(page, "svg[data-chart=completeness] rect[data-clinic]",
-                 ("clinic", "complete", "exams"))}
-    want: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+                 ("clinic", "protocol", "complete", "exams"))}
+    want: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     missed: Counter = Counter()
     per_protocol: Counter = Counter()
     for m in exams(site):
         p = m["payload"]["protocol"]
-        want[m["clinic_id"]][0] += int(p["captured"] >= p["required"])
-        want[m["clinic_id"]][1] += 1
+        want[(m["clinic_id"], p["name"])][0] += int(p["captured"] >= p["required"])
+        want[(m["clinic_id"], p["name"])][1] += 1
         per_protocol[p["name"]] += 1
         missed.update((p["name"], s) for s in p["missing"])
         # a busy exam sheds the names of its missing slots to fit 1 KB, keeping the count

@@ -130,6 +130,14 @@ CACHE_ENTRIES = 256
 # (nice 10), so a busy dashboard slows itself, not ingestion (measured in bench/dashboard.py).
 SERVE_NICE = 10
 OUTLIERS_SHOWN = 200  # the page lists at most this many; the CSV has them all
+# The completeness page's words for the protocols the boxes ship (edge/exam/protocols.toml;
+# the district never imports the device's code, and a test holds the two together). A
+# protocol not named here is shown by its own name.
+PROTOCOL_TITLES = {"biometry": "head measurement",
+                   "second-trimester": "second-trimester screen (13 planes)"}
+# Protocols with a chart of their own on the completeness page, most exams first; a box
+# names its protocol, so their number has no bound but this. The CSV has them all.
+PROTOCOLS_SHOWN = 6
 
 # -- rollup ----------------------------------------------------------------------------------
 REFRESH_EVERY_S = 5.0  # new messages reach the pages within this (plus a batch)

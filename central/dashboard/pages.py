@@ -317,18 +317,27 @@ def clinics_csv(page: Q.ClinicsPage) -> str:
 
 
 # -- completeness ----------------------------------------------------------------------------
-def completeness_svg(page: Q.CompletenessPage) -> str:
+def protocol_title(protocol: str) -> str:
+    """The district's words for a protocol's name, as it was sent where it has none."""
+    return C.PROTOCOL_TITLES.get(protocol, protocol)
+
+
+def completeness_svg(page: Q.CompletenessPage, protocol: str) -> str:
+    """One protocol's share of complete exams per clinic, least complete first: a head
+    measurement of one slot and a screen of 13 are complete at rates too far apart to
+    share a bar."""
     rows = []
-    for c in page.clinics:
-        note = (f"{pct(c.share)} of {plural(c.with_protocol, 'exam')}" if c.with_protocol
-                else "")
+    for c in page.clinics_of(protocol):
+        exams, complete = c.protocols[protocol]
+        share = c.protocol_share(protocol)
         rows.append({"label": fit(c.name or c.clinic_id, 26),
-                     "title": clinic_text(c.clinic_id, c.name), "value": c.share, "note": note,
-                     "colour": ORANGE if c.share is not None and c.share < 0.5 else BLUES[3],
-                     "data": {"data_clinic": c.clinic_id, "data_complete": c.complete,
-                              "data_exams": c.with_protocol}})
-    return hbars("Share of exams that captured every slot of their protocol, per clinic",
-                 "completeness", rows)
+                     "title": clinic_text(c.clinic_id, c.name), "value": share,
+                     "note": f"{pct(share)} of {plural(exams, 'exam')}",
+                     "colour": ORANGE if share is not None and share < 0.5 else BLUES[3],
+                     "data": {"data_clinic": c.clinic_id, "data_protocol": protocol,
+                              "data_complete": complete, "data_exams": exams}})
+    return hbars(f"Share of {protocol_title(protocol)} exams that captured every slot, "
+                 "per clinic", "completeness", rows)
 
 
 def missed_svg(page: Q.CompletenessPage) -> str:
@@ -347,6 +356,15 @@ def completeness_csv(page: Q.CompletenessPage) -> str:
                   [[c.clinic_id, c.exams, c.with_protocol, c.complete,
                     "" if c.share is None else round(c.share, 4), c.name]
                    for c in page.clinics])
+
+
+def completeness_protocols_csv(page: Q.CompletenessPage) -> str:
+    """A row per clinic and protocol: the page's charts, every protocol."""
+    return to_csv(["clinic_id", "protocol", "exams", "complete", "share_complete",
+                   "clinic_name"],
+                  [[c.clinic_id, protocol, exams, complete, round(complete / exams, 4), c.name]
+                   for c in sorted(page.clinics, key=lambda c: c.clinic_id)
+                   for protocol, (exams, complete) in sorted(c.protocols.items()) if exams])
 
 
 def missed_csv(page: Q.CompletenessPage) -> str:

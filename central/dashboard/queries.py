@@ -383,10 +383,29 @@ class ClinicCompleteness:
     complete: int = 0  # ... and captured every slot of it
     missed: dict[str, int] = field(default_factory=dict)  # "protocol: slot" -> exams
     name: str = ""  # from the district map; "" when it gives none
+    # protocol -> [exams, complete]: a one-slot head measurement and a 13-plane screen are
+    # complete at very different rates, and one share over both hides the screen's
+    protocols: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def share(self) -> float | None:
         return self.complete / self.with_protocol if self.with_protocol else None
+
+    def protocol_share(self, protocol: str) -> float | None:
+        exams, complete = self.protocols.get(protocol, (0, 0))
+        return complete / exams if exams else None
+
+
+@dataclass
+class ProtocolCompleteness:
+    """One protocol's exams over the page's clinics."""
+    protocol: str
+    exams: int
+    complete: int
+
+    @property
+    def share(self) -> float | None:
+        return self.complete / self.exams if self.exams else None
 
 
 @dataclass
@@ -406,6 +425,12 @@ class CompletenessPage:
     period: Period
     clinics: list[ClinicCompleteness]
     slots: list[SlotMissed]
+    protocols: list[ProtocolCompleteness] = field(default_factory=list)  # most exams first
+
+    def clinics_of(self, protocol: str) -> list[ClinicCompleteness]:
+        """The clinics with exams of `protocol`, least complete first."""
+        return sorted((c for c in self.clinics if c.protocols.get(protocol, (0,))[0]),
+                      key=lambda c: (c.protocol_share(protocol), c.clinic_id))
 
 
 def completeness_page(db: Db, scope: Scope, per: Period) -> CompletenessPage:
@@ -419,13 +444,16 @@ def completeness_page(db: Db, scope: Scope, per: Period) -> CompletenessPage:
             f"WHERE day >= ? AND day <= ? AND {w} GROUP BY clinic_id", args):
         by.setdefault(clinic, ClinicCompleteness(clinic)).exams = int(exams)
     per_protocol: dict[str, int] = defaultdict(int)
+    per_protocol_complete: dict[str, int] = defaultdict(int)
     for clinic, protocol, exams, complete in db.query(
             "SELECT clinic_id, protocol, SUM(exams), SUM(complete) FROM dash.week_protocol "
             f"WHERE week >= ? AND week <= ? AND {w} GROUP BY clinic_id, protocol", wargs):
         c = by.setdefault(clinic, ClinicCompleteness(clinic))
         c.with_protocol += int(exams)
         c.complete += int(complete)
+        c.protocols[protocol] = [int(exams), int(complete)]
         per_protocol[protocol] += int(exams)
+        per_protocol_complete[protocol] += int(complete)
     slot_total: dict[tuple[str, str], int] = defaultdict(int)
     for clinic, protocol, slot, n in db.query(
             "SELECT clinic_id, protocol, slot, SUM(n) FROM dash.week_missing "
@@ -439,7 +467,9 @@ def completeness_page(db: Db, scope: Scope, per: Period) -> CompletenessPage:
     for c in by.values():
         c.name = names.get(c.clinic_id, "")
     clinics = sorted(by.values(), key=lambda c: (c.share is None, c.share or 0, c.clinic_id))
-    return CompletenessPage(per, clinics, slots)
+    protocols = sorted((ProtocolCompleteness(pr, n, per_protocol_complete[pr])
+                        for pr, n in per_protocol.items()), key=lambda x: (-x.exams, x.protocol))
+    return CompletenessPage(per, clinics, slots, protocols)
 
 
 # -- quality ---------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ CSS_VERSION = hashlib.sha256(CSS).hexdigest()[:12]
 PAGES = ("clinics", "completeness", "quality", "biometry", "devices")
 TITLES = {"clinics": "Clinics", "completeness": "Exam completeness", "quality": "Quality",
           "biometry": "Biometry", "devices": "Devices"}
-CSVS = {"clinics": "clinics", "completeness": "completeness", "missed": "completeness",
+CSVS = {"clinics": "clinics", "completeness": "completeness",
+        "completeness_protocols": "completeness", "missed": "completeness",
         "quality": "quality", "deficiencies": "quality", "biometry": "biometry",
         "devices": "devices", "fleet_errors": "devices"}
 SECURITY_HEADERS = {
@@ -390,11 +391,13 @@ class Dashboard:
         districts = Q.districts(db)
         return getattr(self, f"_body_{name}")(db, scope, per, weeks), districts
 
-    def _csv_link(self, name: str, scope: Q.Scope, weeks: int, under: str = "plot") -> str:
-        """The download under a plot or, with `under="table"`, under a table."""
+    def _csv_link(self, name: str, scope: Q.Scope, weeks: int, under: str = "plot",
+                  text: str = "") -> str:
+        """The download under a plot or, with `under="table"`, under a table; `text`, the
+        link's own words instead."""
         q = f"?weeks={weeks}" + (f"&district={scope.district}" if scope.district else "")
         return (f'<p class="csv"><a href="/api/{esc(name)}.csv{esc(q)}" download>'
-                f"The numbers behind this {under} (CSV)</a></p>")
+                f"{esc(text or f'The numbers behind this {under}')} (CSV)</a></p>")
 
     def _body_clinics(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.clinics_page(db, scope, per)
@@ -420,27 +423,51 @@ class Dashboard:
 
     def _body_completeness(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.completeness_page(db, scope, per)
-        total = sum(c.with_protocol for c in page.clinics)
-        done = sum(c.complete for c in page.clinics)
+        shown = page.protocols[:C.PROTOCOLS_SHOWN]
+        more = page.protocols[C.PROTOCOLS_SHOWN:]
+        each = "".join(
+            f"<li><strong>{esc(P.protocol_title(p.protocol))}</strong>: {P.pct(p.share)} of "
+            f"{P.plural(p.exams, 'exam')} complete</li>" for p in shown)
+        if more:
+            each += (f"<li>{P.plural(len(more), 'other protocol')}, "
+                     f"{P.plural(sum(p.exams for p in more), 'exam')}: in the CSV by "
+                     "protocol</li>")
+        charts = "".join(
+            f"<h3>{esc(P.protocol_title(p.protocol))}</h3>"
+            f'<div class="plot">{P.completeness_svg(page, p.protocol)}</div>' for p in shown)
+        head = "".join(f"<th>{esc(P.protocol_title(p.protocol))}</th>" for p in shown)
         rows = "".join(
             f"<tr><td>{P.clinic_html(c.clinic_id, c.name)}</td>"
-            f"<td class=num>{c.with_protocol}</td>"
-            f"<td class=num>{P.pct(c.share)}</td><td>"
+            + "".join(self._protocol_cell(c, p.protocol) for p in shown) + "<td>"
             + esc(", ".join(f"{k.split(': ', 1)[1]} ({n})" for k, n in
                             sorted(c.missed.items(), key=lambda kv: -kv[1])[:3]) or "-")
             + "</td></tr>" for c in page.clinics)
         return (f"<h2>Complete exams, last {weeks} weeks</h2>"
-                f'<p class="lead">{P.pct(done / total if total else None)} of '
-                f"{P.plural(total, 'exam')} "
-                f"captured every slot of their protocol (each slot's best frame scoring at "
-                f"least {C.MIN_QUALITY}). Orange: under half of a clinic's exams.</p>"
-                f'<div class="plot">{P.completeness_svg(page)}</div>'
-                + self._csv_link("completeness", scope, weeks)
+                f'<p class="lead">The share of exams that captured every slot of their '
+                f"protocol (each slot's best frame scoring at least {C.MIN_QUALITY}), "
+                f"per protocol: a head measurement has one slot, a screen many.</p>"
+                + (f'<ul class="lead">{each}</ul>' if each else
+                   '<p class="lead">No exam named its protocol in this period.</p>')
+                + '<p class="lead">Orange: under half of a clinic\'s exams of that '
+                  "protocol.</p>" + charts
+                + self._csv_link("completeness_protocols", scope, weeks,
+                                 text="The numbers behind these plots, a row per clinic and "
+                                      "protocol")
+                + self._csv_link("completeness", scope, weeks,
+                                 text="A row per clinic, every protocol together")
                 + f'<h2>Slots most often missed</h2><div class="plot">{P.missed_svg(page)}</div>'
                 + self._csv_link("missed", scope, weeks)
-                + '<h2>Per clinic: the slots missed most</h2><div class="wide">'
-                  '<table class="missed"><tr><th>clinic</th><th>exams</th><th>complete</th>'
-                  f"<th>missed most (exams)</th></tr>{rows}</table></div>")
+                + '<h2>Per clinic: complete exams, and the slots missed most</h2>'
+                  '<div class="wide"><table class="missed"><tr><th>clinic</th>'
+                  f"{head}<th>missed most (exams)</th></tr>{rows}</table></div>")
+
+    @staticmethod
+    def _protocol_cell(c: Q.ClinicCompleteness, protocol: str) -> str:
+        exams, _ = c.protocols.get(protocol, (0, 0))
+        if not exams:
+            return "<td class=num>-</td>"
+        return (f"<td class=num>{P.pct(c.protocol_share(protocol))} of "
+                f"{P.plural(exams, 'exam')}</td>")
 
     def _body_quality(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.quality_page(db, scope, per)
@@ -563,9 +590,10 @@ class Dashboard:
         per = Q.period(weeks)
         if name == "clinics":
             return P.clinics_csv(Q.clinics_page(db, scope, per))
-        if name in ("completeness", "missed"):
+        if CSVS[name] == "completeness":
             page = Q.completeness_page(db, scope, per)
-            return P.completeness_csv(page) if name == "completeness" else P.missed_csv(page)
+            return {"completeness": P.completeness_csv, "missed": P.missed_csv,
+                    "completeness_protocols": P.completeness_protocols_csv}[name](page)
         if name in ("quality", "deficiencies"):
             page = Q.quality_page(db, scope, per)
             return P.quality_csv(page) if name == "quality" else P.deficiencies_csv(page)
