@@ -44,6 +44,8 @@ def check_collector_numbers(args: argparse.Namespace) -> None:
     if not 1 <= args.dead_letter_window_s <= 366 * 86400:  # also false for NaN
         raise ValueError(f"--dead-letter-window-s {args.dead_letter_window_s}: must be within "
                          f"1-{366 * 86400} seconds")
+    if not 1 <= args.alive_every_s <= 300:  # also false for NaN; the dashboard waits 900 s
+        raise ValueError(f"--alive-every-s {args.alive_every_s}: must be within 1-300 seconds")
 
 
 def _collector_parser() -> argparse.ArgumentParser:
@@ -81,6 +83,10 @@ def _collector_parser() -> argparse.ArgumentParser:
                          "%(default)s)")
     ap.add_argument("--duration-s", type=float, default=None,
                     help="stop after this many seconds (default: run until SIGTERM)")
+    ap.add_argument("--alive-every-s", type=float, default=defaults.alive_every_s,
+                    help="how often this collector marks itself alive in the database; the "
+                         "dashboard says no collector runs after 15 minutes without a mark "
+                         "(default %(default)s)")
     ap.add_argument("--log-level", default="INFO")
     return ap
 
@@ -145,7 +151,7 @@ def collector_main(argv: list[str]) -> int:
         reconnect_max_s=args.reconnect_max_s, duration_s=args.duration_s,
         password_file=args.password_file, registry=args.registry,
         dead_letter_quota=args.dead_letter_quota,
-        dead_letter_window_s=args.dead_letter_window_s,
+        dead_letter_window_s=args.dead_letter_window_s, alive_every_s=args.alive_every_s,
     )
     try:
         collector = Collector(settings)

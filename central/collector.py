@@ -97,6 +97,9 @@ class CollectorSettings:
     # 30 s. The same numbers as the broker's reconnects.
     db_retry_min_s: float = 0.5
     db_retry_max_s: float = 30.0
+    # How often a subscribed collector marks itself alive in the database (`collectors`):
+    # the dashboard says the collector stopped when none has for 15 minutes.
+    alive_every_s: float = 60.0
 
 
 REGISTRY_MAX_BYTES = 16 << 20  # 100,000 devices of 64-character ids take 13 MB
@@ -429,6 +432,7 @@ class Collector:
         import paho.mqtt.client as mqtt
 
         last_log = time.monotonic()
+        subscribed_ts, alive_at = time.time(), -float("inf")  # marked at once, then every
         # Received, not stored: the database could not be written. Never acknowledged, so
         # the broker delivers them again if this session ends first.
         held: list = []
@@ -464,6 +468,13 @@ class Collector:
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 break
             self._say_over_quota()
+            if self._db_down is None and time.monotonic() - alive_at >= (
+                    self.settings.alive_every_s):
+                alive_at = time.monotonic()
+                try:
+                    self.store.mark_alive(self.client_id, subscribed_ts, time.time())
+                except DbError as exc:  # the next batch finds the database down and says so
+                    self._error(f"could not mark this collector alive: {exc}")
             if time.monotonic() - last_log > 60:
                 log.info("collector %s: %s", self.client_id, self.stats)
                 last_log = time.monotonic()

@@ -82,6 +82,14 @@ _TABLES = [
         received_ts DOUBLE PRECISION NOT NULL,
         collector TEXT NOT NULL
     )""",
+    # Each collector's last sign of life while subscribed to the broker and able to write
+    # here (every `alive_every_s`): the dashboard tells a collector that stopped from boxes
+    # that went silent, which look the same in the messages alone.
+    """CREATE TABLE IF NOT EXISTS collectors (
+        client_id TEXT PRIMARY KEY,
+        subscribed_ts DOUBLE PRECISION NOT NULL,
+        alive_ts DOUBLE PRECISION NOT NULL
+    )""",
 ]
 
 _INSERT_MSG = (
@@ -447,6 +455,18 @@ class Store:
                     if cur.rowcount > 0:
                         done.written.append(d)
         return done
+
+    def mark_alive(self, client_id: str, subscribed_ts: float, now: float) -> None:
+        """This collector is subscribed (since `subscribed_ts`) and writes here at `now`.
+        Raises ``DbError`` when the database cannot be written."""
+        try:
+            with self.tx() as cur:
+                cur.execute("INSERT INTO collectors (client_id, subscribed_ts, alive_ts) "
+                            "VALUES (?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET "
+                            "subscribed_ts = excluded.subscribed_ts, "
+                            "alive_ts = excluded.alive_ts", (client_id, subscribed_ts, now))
+        except self._errors as exc:
+            raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
 
     def has_table(self, name: str) -> bool:
         """Whether the collector's database has this table (an older collector made no

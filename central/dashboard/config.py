@@ -61,6 +61,13 @@ SEQ_RUNS_PER_BLOCK = 256
 MIN_QUALITY = 0.5
 NOT_A_VIEW = schema.NOT_A_VIEW  # as central/report.py and the device's summary shedding
 
+# -- the collectors ---------------------------------------------------------------------------
+# A subscribed collector marks itself alive every minute (central/collector.py
+# `alive_every_s`). With none for this long the pages say the district hears nothing, and a
+# box silent since then is not counted silent: a stopped collector looked like every clinic
+# failing at once, and sent the officer's staff to all of them.
+COLLECTOR_QUIET_S = 15 * 60.0
+
 # -- devices: what makes a box need a visit --------------------------------------------------
 SILENT_AFTER_S = 3 * DAY_S  # a clinic box that scans most weekdays: 3 days is a long weekend
 LOW_DISK_MB = 500.0  # the journal sheds frames near full; 500 MB is about a week of frames

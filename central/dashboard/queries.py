@@ -17,6 +17,7 @@ from central.dashboard import config as C
 from central.dashboard import reference as R
 from central.dashboard.store import Db, block_days, clock_offset, seq_block, week_of
 from central.db import SEQ_KINDS_SQL
+from wire.schema import wall_ts_or_none
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,25 @@ def _lowest_seq(db: Db, dev: str) -> int | None:
     return None if first is None else int(first)
 
 
+# -- the collectors ---------------------------------------------------------------------------
+def collector_alive(db: Db) -> float | None:
+    """When a collector last marked itself subscribed to the broker and writing here
+    (central/db.py `collectors`); None where none ever has (a collector older than the
+    table, or a database no collector wrote)."""
+    if not db.has_collector_table("collectors"):
+        return None
+    return wall_ts_or_none(db.query("SELECT MAX(alive_ts) FROM collectors")[0][0])
+
+
+def collectors_quiet_since(db: Db, now: float | None = None) -> float | None:
+    """When the last collector was alive, where none has been for `COLLECTOR_QUIET_S`:
+    nothing a box sent since could have arrived, and a box silent since then may be
+    working. None while one runs (or none ever marked itself)."""
+    alive = collector_alive(db)
+    now = time.time() if now is None else now
+    return alive if alive is not None and now - alive > C.COLLECTOR_QUIET_S else None
+
+
 # -- clinics ---------------------------------------------------------------------------------
 @dataclass
 class ClinicDay:
@@ -244,6 +264,9 @@ class ClinicsPage:
     # Each clinic's first day with a message (first_days()); None: not known, every day of
     # the period counts. A clinic missing from a known map has never sent anything.
     first_day: dict[str, int] | None = None
+    # The day the collectors went quiet (`collectors_quiet_since`), or None: from that day
+    # on the district could not have heard a box, so no day counts as silent.
+    quiet_day: int | None = None
     # Worked out once a clinic: the plot, its hover words and the table under it all read
     # them (three times each over 728 days made a tenth of the two-year page's time).
     _totals: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False,
@@ -266,7 +289,8 @@ class ClinicsPage:
         """A weekday that counts towards silence: weekends are expected to be quiet, today
         may not have begun at the clinic, and before its first message it had no box."""
         return ((day + 3) % 7 < 5 and day != self.period.last_day
-                and not self.before_first(clinic, day))
+                and not self.before_first(clinic, day)
+                and (self.quiet_day is None or day < self.quiet_day))
 
     def silent_weekday(self, clinic: str, day: int) -> bool:
         return self.cells[(clinic, day)].silent and self.counts(clinic, day)
@@ -370,8 +394,10 @@ def clinics_page(db: Db, scope: Scope, per: Period) -> ClinicsPage:
     for dev, clinic in db.query(f"SELECT device_id, clinic_id FROM dash.device_latest "
                                 f"WHERE {w} ORDER BY device_id", p):
         devices[clinic].append(dev)
+    quiet = collectors_quiet_since(db)
     return ClinicsPage(per, clinics, cells, dict(devices), clinic_names(db, scope),
-                       first_days(db, scope))
+                       first_days(db, scope),
+                       None if quiet is None else int(quiet // C.DAY_S))
 
 
 # -- completeness ----------------------------------------------------------------------------
@@ -707,6 +733,8 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
     missing: dict[str, int] = defaultdict(int)
     for h in holes(db, scope, per):
         missing[h.device_id] += h.size
+    quiet = collectors_quiet_since(db, now)
+    heard = now if quiet is None else quiet  # a box's silence as far as it could be heard
     received = {dev: int(n) for dev, n in db.query(
         "SELECT device_id, SUM(exams + health + dates) FROM dash.day_device WHERE day >= ? AND "
         f"day <= ? AND {w} GROUP BY device_id", (per.first_day, per.last_day, *p))}
@@ -726,7 +754,7 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
         row.clock_behind_s = clock_offset(health_lag, online_lag)
         row.clock_set = h.get("clock_set")
         row.clinic_name = names.get(clinic, "")
-        row.flags = device_flags(row, now)
+        row.flags = device_flags(row, now, heard)
         out.append(row)
     return out
 
@@ -737,11 +765,16 @@ def span(seconds: float) -> str:
     return f"{days:.0f} days" if days >= 2 else f"{seconds / 3600:.0f} h"
 
 
-def device_flags(d: DeviceRow, now: float) -> list[str]:
-    """Why this box may need a visit (thresholds in config.py)."""
+def device_flags(d: DeviceRow, now: float, heard: float | None = None) -> list[str]:
+    """Why this box may need a visit (thresholds in config.py). `heard`: the last moment a
+    box could have been heard (when the collectors went quiet; default now): a box silent
+    only since then is no reason to visit it."""
     flags = []
-    if d.last_seen is None or now - d.last_seen > C.SILENT_AFTER_S:
-        flags.append(f"silent {'never' if d.last_seen is None else span(now - d.last_seen)}")
+    heard = now if heard is None else heard
+    if d.last_seen is None or heard - d.last_seen > C.SILENT_AFTER_S:
+        flags.append(f"silent {'never' if d.last_seen is None else span(heard - d.last_seen)}"
+                     + ("" if heard == now or d.last_seen is None else
+                        " before the collector stopped"))
     if d.disk_free_mb is not None and d.disk_free_mb < C.LOW_DISK_MB:
         flags.append("disk low")
     if d.temp_c is not None and d.temp_c >= C.HOT_C:

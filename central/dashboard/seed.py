@@ -368,6 +368,10 @@ def seed(db_url: str, settings: SeedSettings | None = None, batch: int = 5000) -
                 flush()
         flush()
         out.devices = len(seen_devices)
+        # its collector ran until the seed's end, as a live district's does (the pages say
+        # no collector runs when none has marked itself alive for a quarter of an hour)
+        end = time.time() if settings.end_ts is None else settings.end_ts
+        store.mark_alive(settings.collector, end - settings.days * 86400.0, end)
     finally:
         store.close()
     from central.dashboard.store import open_db

@@ -382,7 +382,8 @@ class Dashboard:
         t0 = time.perf_counter()
         body, districts = self._page_body(db, name, scope, weeks)
         raw = _document(TITLES[name], _nav(user, name, scope, weeks, districts)
-                        + _rolling(self.last_refresh) + body
+                        + _quiet(Q.collectors_quiet_since(db)) + _rolling(self.last_refresh)
+                        + body
                         + _footer(self.last_refresh)).encode("utf-8")
         return raw, gzip.compress(raw, 6), (time.perf_counter() - t0) * 1000
 
@@ -678,6 +679,19 @@ def _rolling(last: dict) -> str:
               if last.get("rolled_to") else "")
     return (f'<p class="warn rolling">Still rolling up the collector\'s messages{so_far}: '
             "the figures below are not complete yet. This note goes once they are.</p>")
+
+
+def _quiet(since: float | None) -> str:
+    """Said above every page while no collector runs: the boxes' silence since then is the
+    district's, not theirs."""
+    if since is None:
+        return ""
+    return (f'<p class="warn quiet"><strong>No collector has received anything since '
+            f"{esc(P.utc(since))} UTC ({esc(Q.span(time.time() - since))} ago).</strong> "
+            "What the boxes sent since then waits on them and on the broker, and arrives once "
+            "a collector runs again (<code>sonoedge-central run</code>). Until then no box "
+            "or clinic is counted silent after that time: start the collector before sending "
+            "anyone to a clinic.</p>")
 
 
 def _footer(last: dict) -> str:

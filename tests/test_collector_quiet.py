@@ -1,0 +1,167 @@
+"""The district tells a stopped collector from silent boxes.
+
+In the messages alone the two look the same: a collector stopped for three and a half days
+made the devices page flag 9 of 11 boxes "silent 4 days ... may need a visit" and the
+clinics page count the outage as silent weekdays, with nothing on any page to say the
+collector itself had gone quiet (an officer's walk, 6 December). A subscribed collector
+now marks itself alive in its database every `alive_every_s`; with no mark for
+`COLLECTOR_QUIET_S` every page says so, and no box or clinic is counted silent after the
+last mark. Real parts: Mosquitto, the collector as a process on SQLite and PostgreSQL, the
+seeded district, the rollup and `sonoedge-central serve` on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import calendar
+import csv
+import io
+import re
+import time
+
+import pytest
+
+from central.dashboard import config as C
+from central.dashboard import queries as Q
+from central.dashboard.seed import SeedSettings, seed
+from central.dashboard.store import open_db, refresh
+from central.db import Store
+from tests import conftest_mqtt as fx
+from tests.conftest_mqtt import wait_for
+from tests.dashboard_harness import request
+from tests.test_age_by_dates_district import served
+
+postgres, pg_url, url, broker, collectors = (fx.postgres, fx.pg_url, fx.url, fx.broker,
+                                             fx.collectors)  # fixtures
+DAY = 86400.0
+
+
+def _marks(db_url: str) -> dict[str, tuple[float, float]]:
+    store = Store(db_url, create=False)
+    try:
+        return {c: (float(s), float(a)) for c, s, a in store.query(
+            "SELECT client_id, subscribed_ts, alive_ts FROM collectors")}
+    finally:
+        store.close()
+
+
+def test_a_subscribed_collector_marks_itself_alive_until_it_stops(broker, collectors,
+                                                                  tmp_path, url):
+    started = time.time()
+    c = collectors(broker.url("central"), url, tmp_path, "central",
+                   extra=("--alive-every-s", "1"))
+    c.wait_subscribed()
+    first = wait_for(lambda: _marks(url).get("central"), 15, "the first mark")
+    assert started <= first[0] <= first[1] <= time.time()
+    later = wait_for(lambda: (m := _marks(url)["central"])[1] >= first[1] + 1 and m, 15,
+                     "a later mark")
+    assert later[0] == first[0]  # the same subscription
+    c.stop()
+    stopped = _marks(url)["central"][1]
+    time.sleep(2.5)
+    assert _marks(url)["central"][1] == stopped
+
+
+def test_the_collectors_mark_is_bounded_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.conftest_mqtt import py_env
+
+    for bad in ("0", "nan", "301", "-5"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "central.cli", "--mqtt-url", "mqtt://127.0.0.1:1",
+             "--db", str(tmp_path / "c.sqlite3"), "--alive-every-s", bad],
+            capture_output=True, text=True, env=py_env(), cwd=str(REPO), timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"sonoedge-central: --alive-every-s {float(bad)}: must be within 1-300 seconds"], \
+            proc.stderr
+
+
+@pytest.fixture()
+def stopped_district(tmp_path):
+    """Four clinics seeded for 60 days up to 3.4 days ago, when its collector stopped."""
+    db = str(tmp_path / "central.sqlite3")
+    stopped = time.time() - 3.4 * DAY
+    seed(db, SeedSettings(clinics=4, districts=1, days=60, end_ts=stopped))
+    return db, stopped
+
+
+def test_a_stopped_collector_is_said_on_every_page_and_no_box_is_silent_after_it(
+        stopped_district, tmp_path):
+    db, stopped = stopped_district
+    with served(db, tmp_path) as (base, cookie):
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(stopped))
+        for name in ("clinics", "completeness", "quality", "biometry", "devices"):
+            page = request(base, f"/{name}?weeks=8", cookie)[2].decode()
+            banner = re.search(r'<p class="warn quiet">(.*?)</p>', page)
+            assert banner, (name, page[:1500])
+            text = re.sub(r"<[^>]+>", "", banner.group(1))
+            assert text.startswith(f"No collector has received anything since {stamp} UTC "
+                                   "(3 days ago).")
+            assert "start the collector before sending anyone to a clinic" in text
+
+        devices = list(csv.DictReader(io.StringIO(
+            request(base, "/api/devices.csv?weeks=8", cookie)[2].decode())))
+        assert devices
+        silent = {}
+        for d in devices:
+            last = calendar.timegm(time.strptime(d["last_seen_utc"], "%Y-%m-%d %H:%M"))
+            flag = [f for f in d["needs_a_visit"].split("; ") if f.startswith("silent")]
+            silent[d["device_id"]] = (stopped - last > C.SILENT_AFTER_S + 60, flag)
+        # a box is silent for what it had not sent by the time the collector stopped
+        assert [dev for dev, (was, _) in silent.items() if not was] != []
+        for dev, (was, flag) in silent.items():
+            assert bool(flag) == was, (dev, flag)
+            assert all(f.endswith(" before the collector stopped") for f in flag)
+
+        days = list(csv.DictReader(io.StringIO(
+            request(base, "/api/clinics.csv?weeks=8", cookie)[2].decode())))
+        quiet_day = time.strftime("%Y-%m-%d", time.gmtime(stopped))
+        after = [d for d in days if d["day"] >= quiet_day]
+        assert after and all(d["silent"] == "1" for d in after if d["day"] > quiet_day)
+        assert not [d for d in after if d["silent_weekday"] == "1"]
+
+
+def test_once_a_collector_marks_itself_again_the_silence_counts_to_now(stopped_district):
+    db, stopped = stopped_district
+    store = Store(db)
+    try:  # a collector back (the first test shows a real one marks itself so)
+        store.mark_alive("central", time.time(), time.time())
+    finally:
+        store.close()
+    dash = open_db(db)
+    try:
+        refresh(dash)
+        assert Q.collectors_quiet_since(dash) is None
+        flags = [f for d in Q.devices_page(dash, Q.Scope(None), Q.period(8)) for f in d.flags]
+        assert any(re.fullmatch(r"silent [34] days", f) for f in flags), flags
+    finally:
+        dash.close()
+
+
+def test_a_district_no_collector_ever_marked_says_nothing_of_its_collector(tmp_path):
+    """A collector older than its mark: the pages cannot tell, and do not guess."""
+    db = str(tmp_path / "central.sqlite3")
+    seed(db, SeedSettings(clinics=2, districts=1, days=10, end_ts=time.time() - 5 * DAY))
+    store = Store(db)
+    try:
+        store.conn.execute("DELETE FROM collectors")
+        store.conn.commit()
+    finally:
+        store.close()
+    dash = open_db(db)
+    try:
+        refresh(dash)
+        assert Q.collector_alive(dash) is None and Q.collectors_quiet_since(dash) is None
+        flags = [f for d in Q.devices_page(dash, Q.Scope(None), Q.period(8)) for f in d.flags]
+        assert any(re.fullmatch(r"silent [4-6] days", f) for f in flags), flags
+    finally:
+        dash.close()
+
+
+def test_the_quiet_threshold_is_many_marks_long():
+    from central.collector import CollectorSettings
+
+    assert C.COLLECTOR_QUIET_S >= 10 * CollectorSettings.alive_every_s
