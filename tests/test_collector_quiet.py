@@ -95,7 +95,7 @@ def test_a_stopped_collector_is_said_on_every_page_and_no_box_is_silent_after_it
         stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(stopped))
         for name in ("clinics", "completeness", "quality", "biometry", "devices"):
             page = request(base, f"/{name}?weeks=8", cookie)[2].decode()
-            banner = re.search(r'<p class="warn quiet">(.*?)</p>', page)
+            banner = re.search(r'<p class="caveat quiet">(.*?)</p>', page)
             assert banner, (name, page[:1500])
             text = re.sub(r"<[^>]+>", "", banner.group(1))
             assert text.startswith(f"No collector has received anything since {stamp} UTC "

@@ -25,6 +25,7 @@ from central.dashboard.svg import (
     esc,
     hbars,
     legend,
+    legend_width,
 )
 from wire.dating import HADLOCK_1984_WEEKS, hadlock_hc_mm
 
@@ -374,15 +375,24 @@ def missed_csv(page: Q.CompletenessPage) -> str:
 
 
 # -- quality ---------------------------------------------------------------------------------
+WEEK_LABEL_W = 64  # px a week's date ("2026-10-12") takes at the 10 px font, and a gap
+
+
 def quality_svg(page: Q.QualityPage) -> str:
-    cell_w = max(6, min(22, 720 // max(1, len(page.weeks))))
+    # Eight weeks (the menu's period) had 22 px cells under 55 px dates, which ran into
+    # one smear, and a 296 px drawing that cut its own legend off.
+    cell_w = max(6, min(68, 720 // max(1, len(page.weeks))))
     cell_h, label_w, top = 18, 100, 30
-    width = label_w + cell_w * len(page.weeks) + 20
+    keys = [(ORANGE, f"under {C.MIN_QUALITY} (not captured)"), (BLUES[1], "0.5-0.6"),
+            (BLUES[2], "0.6-0.7"), (BLUES[3], "0.7-0.8"), (BLUES[4], "0.8+")]
+    step = -(-WEEK_LABEL_W // cell_w)  # a date every so many cells, never overlapping
+    last_date = label_w + (max(0, len(page.weeks) - 1) // step * step) * cell_w
+    width = max(label_w + cell_w * len(page.weeks) + 20, last_date + WEEK_LABEL_W,
+                label_w + round(legend_width(keys)) + 10)
     height = top + cell_h * max(1, len(page.planes)) + 44
     svg = Svg(width, height, "Mean best-frame quality per plane and week", "quality")
     col = {w: i for i, w in enumerate(page.weeks)}
     row = {p: i for i, p in enumerate(page.planes)}
-    step = max(1, len(page.weeks) // 8)
     for w in page.weeks[::step]:
         svg.text(label_w + col[w] * cell_w, top - 8, Q.week_text(w), fill=MUTED, size=10)
     for p in page.planes:
@@ -400,9 +410,7 @@ def quality_svg(page: Q.QualityPage) -> str:
                  data_plane=c.plane, data_week=Q.week_text(c.week), data_exams=c.exams,
                  data_mean=f"{c.mean_quality:.4f}")
     y = top + cell_h * len(page.planes) + 24
-    legend(svg, label_w, y, [(ORANGE, f"under {C.MIN_QUALITY} (not captured)"),
-                             (BLUES[1], "0.5-0.6"), (BLUES[2], "0.6-0.7"),
-                             (BLUES[3], "0.7-0.8"), (BLUES[4], "0.8+")])
+    legend(svg, label_w, y, keys)
     return svg.done()
 
 

@@ -686,7 +686,7 @@ def _quiet(since: float | None) -> str:
     district's, not theirs."""
     if since is None:
         return ""
-    return (f'<p class="warn quiet"><strong>No collector has received anything since '
+    return (f'<p class="caveat quiet"><strong>No collector has received anything since '
             f"{esc(P.utc(since))} UTC ({esc(Q.span(time.time() - since))} ago).</strong> "
             "What the boxes sent since then waits on them and on the broker, and arrives once "
             "a collector runs again (<code>sonoedge-central run</code>). Until then no box "

@@ -142,8 +142,17 @@ def legend(svg: Svg, x: float, y: float, items: list[tuple[str, str]], box: int 
     for colour, label in items:
         svg.rect(x, y - box + 1, box, box, colour, stroke=INK if colour == "#fff" else None)
         svg.text(x + box + 4, y, label, fill=MUTED)
-        x += box + 10 + 6.2 * len(label)
+        x += _legend_item_w(label, box)
     return x
+
+
+def legend_width(items: list[tuple[str, str]], box: int = 10) -> float:
+    """The width `legend` takes for these items: a drawing must be at least that wide."""
+    return sum(_legend_item_w(label, box) for _, label in items)
+
+
+def _legend_item_w(label: str, box: int) -> float:
+    return box + 10 + 6.2 * len(label)
 
 
 def hbars(title: str, chart: str, rows: list[dict], width: int = 760,
