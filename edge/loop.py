@@ -469,7 +469,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         journal.add_exam(run_id, body, session.best_frames(), session.first_row,
                          session.last_row)
         uplink.enqueue_exam(body, key=body["exam_id"])
-        echo(format_exam(session, body))
+        echo(format_exam(session, body, " ([biometry] pixel_size_mm)"))
         if web is not None:
             web.exam_ended(session, body)
 
@@ -484,6 +484,11 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             check()
         except ProtocolError as exc:
             log.warning("%s", exc)
+    if scorer.head is not None and not settings.biometry.pixel_size_mm:
+        # a source that knows its frames' scales (the demo clip's heads) measures those
+        log.warning("no [biometry] pixel_size_mm (the scanner's mm per pixel at this depth): "
+                    "head-plane frames are found but not measured (no HC, BPD or age) until "
+                    "it is set")
     if web is not None:
         def keep_dates(exam_id: str, dates: dict | None) -> bool:
             """The page's dates into the journal first, then the district's correction

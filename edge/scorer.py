@@ -21,6 +21,8 @@ from edge.capture.clock import ScanClock
 from edge.capture.sources import Frame, Prepare, Source, read_ahead
 from edge.config import Settings
 from edge.models.biometry import (
+    PIXEL_SIZE_MISSING,
+    Biometry,
     BiometrySettings,
     Passes,
     biometry_of,
@@ -200,6 +202,13 @@ class Scorer:
             return self.head.pixel_size_mm
         return own if pixel_size_status(own, self.head.settings) is None else 0.0
 
+    def _scale_problem(self, frame: Frame) -> str:
+        """Why the frame has no usable pixel size (`pixel_size_status`): unknown (a box
+        whose calibration is not set) or implausible."""
+        own = frame.pixel_size_mm
+        return pixel_size_status(self.head.pixel_size_mm if own is None else own,
+                                 self.head.settings) or PIXEL_SIZE_MISSING
+
     def _judge_head(self, frame: Frame, roi: Roi | None, plane: PlaneResult) -> bool:
         if self.head is None:
             return False
@@ -247,8 +256,10 @@ class Scorer:
                     [round(v, 2) for v in shape.ellipse]}
             named = plane.plane in self.head.head_planes
             measures.update(head_measures(shape, roi, named_head=named) or {})
-            if (pixel_size := self._pixel_size(frame)) and named:
+            if named and (pixel_size := self._pixel_size(frame)):
                 biometry = biometry_of(shape, pixel_size).to_dict()
+            elif named:  # said, not left out: a fresh box ticked its heads and never said
+                biometry = Biometry(self._scale_problem(frame), ellipse=shape.ellipse).to_dict()
         t3 = time.perf_counter()
         if biometry is not None:
             biometry["ms"] = round(_ms(t3 - t2), 3)

@@ -390,7 +390,8 @@ def test_score_adds_biometry_to_head_plane_frames_when_the_pixel_size_is_known(
     assert lines[-1]["plane"] == "Femur" and lines[-1]["biometry"] is None
     assert any(line["biometry"] and line["biometry"]["hc_mm"] for line in lines)
     plain = sonoedge("score", str(heads / "200_HC.png"))
-    assert json.loads(plain.stdout)["biometry"] is None  # no pixel size: no biometry
+    unmeasured = json.loads(plain.stdout)["biometry"]  # no pixel size: why, and no figures
+    assert unmeasured["status"] == "pixel_size_missing" and unmeasured["hc_mm"] is None
 
 
 def test_run_journals_biometry_from_the_configured_pixel_size(tmp_path, heads):

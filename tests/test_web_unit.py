@@ -149,6 +149,45 @@ def test_hc_against_dates_uses_hadlock_s_curve_and_acog_s_redating_limits():
         ga_from_lmp("2027-01-01", "2026-11-02")
 
 
+def test_dates_outside_hadlock_s_span_still_flag_a_head_far_past_its_near_end():
+    """A last period 10 weeks ago and a head of 19 weeks read "outside 14-42 weeks, no
+    reference" and flagged nothing (a midwife's walk). There is no expected HC at such
+    dates, but a head older than 14 weeks by more than ACOG's tolerance there (7 days)
+    disagrees with them; one within it, or one young enough for the dates, does not."""
+    from wire.dating import dates_flag, hadlock_hc_mm
+
+    far = hc_against_dates(168.3, 10.0)  # the walk's head: 19w 3d by the sonographer
+    assert far["status"] == "dates_out_of_range" and far["flag"] == "large"
+    assert far["ga_hc_weeks"] == 19.5 and far["hc_mm"] == 168.3
+    assert hc_against_dates(hadlock_hc_mm(14.9), 13.0)["flag"] is None  # 6 days past 14
+    assert hc_against_dates(hadlock_hc_mm(15.2), 13.0)["flag"] == "large"
+    assert hc_against_dates(80.0, 12.0)["flag"] is None  # a head young enough for them
+    assert hc_against_dates(400.0, 10.0)["flag"] == "large"  # beyond the span: no age
+    assert hc_against_dates(400.0, 10.0)["ga_hc_weeks"] is None
+    assert hc_against_dates(hadlock_hc_mm(30.0), 45.0)["flag"] == "small"  # a period long ago
+    assert hc_against_dates(hadlock_hc_mm(40.0), 45.0)["flag"] is None
+    assert hc_against_dates(None, 10.0) == {"ga_dates_weeks": 10.0, "flag": None,
+                                            "hc_expected_mm": None, "tolerance_days": None,
+                                            "status": "dates_out_of_range"}
+    for bad in (float("nan"), float("inf"), 0.0, None):  # no flag from what is not an HC
+        assert dates_flag(bad, 10.0) is None
+    assert dates_flag(168.3, float("nan")) is None
+
+
+def test_the_report_says_the_out_of_range_dates_flag_as_the_page_does():
+    from edge.web.history import hc_dates_line
+
+    text = i18n.catalog("en", load_rules(None))
+    line = hc_dates_line(text, hc_against_dates(168.3, 10.0))
+    assert line == ("By dates 10w 0d: outside 14–42 weeks, but the HC measured, 168 mm, is "
+                    "that of 19w 4d: much larger than these dates. Check the date of the last "
+                    "period; if it is sure, refer.")
+    assert hc_dates_line(text, hc_against_dates(80.0, 12.0)) == (
+        "By dates 12w 0d: outside 14–42 weeks, no reference.")
+    assert "larger than Hadlock's formula gives at any age" in hc_dates_line(
+        text, hc_against_dates(400.0, 10.0))
+
+
 def test_another_language_is_one_file_and_covers_every_instruction():
     rules = load_rules(None)
     english = i18n.catalog("en", rules)

@@ -73,16 +73,39 @@ def redate_days(weeks: float) -> int | None:
 
 def dates_flag(hc_mm: float | None, ga_dates_weeks: float | None) -> str | None:
     """"small" or "large" where the head's age differs from the dates by more than ACOG's
-    tolerance, None where it does not or cannot be said (no HC, dates outside 14-42 weeks).
-    A head beyond Hadlock's span is flagged by which side of the expected HC it lies."""
-    if not hc_mm or ga_dates_weeks is None or not math.isfinite(hc_mm):
+    tolerance, None where it does not or cannot be said (no HC). A head beyond Hadlock's
+    span is flagged by which side of the expected HC it lies.
+
+    Dates outside 14-42 weeks have no expected HC, but a head whose own age is past the
+    span's near end by more than the tolerance there still disagrees with them: a last
+    period 10 weeks ago and a head of 19 weeks said "no reference" and flagged nothing (a
+    midwife's walk). A head within the tolerance of the span's end, or beyond it on the
+    dates' side, cannot be told apart from them, and is not flagged."""
+    if (not hc_mm or ga_dates_weeks is None or not math.isfinite(hc_mm)
+            or not math.isfinite(ga_dates_weeks)):
         return None
     low, high = HADLOCK_1984_WEEKS
+    if not low <= ga_dates_weeks <= high:
+        return _flag_beyond_span(hc_mm, ga_dates_weeks)
     tolerance = redate_days(ga_dates_weeks)
-    if tolerance is None or not low <= ga_dates_weeks <= high:
+    if tolerance is None:
         return None
     ga_hc = hadlock_ga_weeks(hc_mm)
     if ga_hc is None:
         return "small" if hc_mm < hadlock_hc_mm(ga_dates_weeks) else "large"
     diff = (ga_hc - ga_dates_weeks) * 7.0
     return None if abs(diff) <= tolerance else "small" if diff < 0 else "large"
+
+
+def _flag_beyond_span(hc_mm: float, ga_dates_weeks: float) -> str | None:
+    """`dates_flag` for dates outside Hadlock's 14-42 weeks: measured from the span's end
+    nearest the dates, with ACOG's tolerance there."""
+    low, high = HADLOCK_1984_WEEKS
+    ga_hc = hadlock_ga_weeks(hc_mm)
+    if ga_dates_weeks < low:  # the head can only be too large for such dates
+        if ga_hc is None:
+            return "large" if hc_mm > hadlock_hc_mm(high) else None
+        return "large" if (ga_hc - low) * 7.0 > redate_days(low) else None
+    if ga_hc is None:
+        return "small" if hc_mm < hadlock_hc_mm(low) else None
+    return "small" if (high - ga_hc) * 7.0 > redate_days(high) else None

@@ -65,7 +65,7 @@ from wire.shown import one_line, read_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "14"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "15"  # a change drops the rollups and rebuilds them from the messages
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",

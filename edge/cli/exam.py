@@ -70,13 +70,8 @@ def main(args) -> int:
         print(json.dumps({"exam": body, "checklist": session.checklist(),
                           "best_frames": session.best_frames()}, separators=(",", ":")))
     else:
-        print(format_exam(session, body))
-        heads = sum((body.get("planes") or {}).get(p, [0])[0]
-                    for p in settings.biometry.head_planes)
-        if heads and not settings.biometry.pixel_size_mm:
-            print(f"  head: not measured on its {heads} head-plane frame{'s' if heads > 1 else ''}"
-                  ": the pixel size is unknown (--pixel-size MM, the scanner's mm per pixel at "
-                  "this depth, or [biometry] pixel_size_mm)")
+        print(format_exam(session, body, " (--pixel-size MM, the scanner's mm per pixel at "
+                                         "this depth, or [biometry] pixel_size_mm)"))
     if ended_by == "command":
         return 130
     return 1 if failed and failed == body["frames"] else 0

@@ -164,6 +164,11 @@ def hc_against_dates(hc_mm: float | None, ga_dates_weeks: float | None) -> dict 
     out["tolerance_days"] = tolerance
     if tolerance is None or expected is None:
         out["status"] = "dates_out_of_range"  # Hadlock 1984 covers 14-42 weeks
+        if hc_mm:  # no expected HC, but a head far past the span's end still disagrees
+            out["hc_mm"] = float(hc_mm)
+            out["flag"] = dates_flag(hc_mm, ga_dates_weeks)
+            ga_hc = hadlock_ga_weeks(hc_mm)
+            out["ga_hc_weeks"] = None if ga_hc is None else round(ga_hc, 1)
         return out
     if not hc_mm:
         out["status"] = "no_hc"

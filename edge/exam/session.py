@@ -38,7 +38,7 @@ from edge.capture.clock import stamped_before_step
 from edge.exam.protocol import Protocol, Slot
 from edge.exam.tally import ExamTally, confidence_of, quality_score
 from edge.exam.thumbs import ThumbStore, make_thumbnail
-from edge.models.biometry import MEASURED
+from edge.models.biometry import MEASURED, PIXEL_SIZE_MISSING
 from edge.models.quality import HEAD_MEASURES, Rules, RulesError, load_rules
 from edge.models.roi import Roi
 from wire.dating import HADLOCK_1984_WEEKS
@@ -533,8 +533,9 @@ def advice_of(result: dict, skip: frozenset[str] = frozenset(),
     return name[:40], message[:MAX_ADVICE_CHARS]
 
 
-def format_exam(session: ExamSession, body: dict) -> str:
-    """The checklist and the summary as a few lines for a terminal or a log."""
+def format_exam(session: ExamSession, body: dict, set_scale: str = "") -> str:
+    """The checklist and the summary as a few lines for a terminal or a log. `set_scale`:
+    how to give the pixel size, said after "the pixel size is unknown"."""
     protocol = body.get("protocol") or {}
     frames = body["frames"]
     lines = [f"exam {session.exam_id} ({session.protocol.title}): {frames} "
@@ -568,8 +569,15 @@ def format_exam(session: ExamSession, body: dict) -> str:
                      f"OFD {bio['ofd_mm']:.1f} mm from the {bio.get('best_frames')} best of "
                      f"{bio['measured']} measured frames; {age}")
     elif bio:
-        declined = ", ".join(f"{k} {v}" for k, v in bio.get("declined", {}).items())
-        lines.append(f"  head: not measured ({declined or 'no head frames'})")
+        declined = bio.get("declined", {})
+        if set(declined) == {PIXEL_SIZE_MISSING}:  # a box whose calibration is not set
+            n = declined[PIXEL_SIZE_MISSING]
+            lines.append(f"  head: not measured on its {n} head-plane frame"
+                         f"{'' if n == 1 else 's'}: the pixel size is unknown{set_scale}")
+        else:
+            lines.append("  head: not measured ("
+                         + (", ".join(f"{k} {v}" for k, v in declined.items())
+                            or "no head frames") + ")")
     if body.get("deficiencies"):
         lines.append("  most frequent deficiencies: " + ", ".join(
             f"{name} ({n} frame{'' if n == 1 else 's'})"

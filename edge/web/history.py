@@ -717,7 +717,12 @@ def hc_dates_line(text: dict[str, str], hd: dict) -> str:
     """The HC-for-dates flag in the page's own words (app.js renders the same keys)."""
     ga = weeks_days(text, hd["ga_dates_weeks"])
     if hd.get("status") == "dates_out_of_range":
-        return _t(text, "screen.dates_out_of_range", ga=ga)
+        if hd.get("flag") not in ("small", "large"):
+            return _t(text, "screen.dates_out_of_range", ga=ga)
+        ga_hc = hd.get("ga_hc_weeks")  # as the page: a head that disagrees with such dates
+        key = f"screen.dates_out_of_range_{hd['flag']}" + ("_beyond" if ga_hc is None else "")
+        return _t(text, key, ga=ga, hc=half_up(hd["hc_mm"]),
+                  ga_hc="" if ga_hc is None else weeks_days(text, ga_hc))
     expected = half_up(hd["hc_expected_mm"])
     if hd.get("status") == "no_hc":
         return _t(text, "screen.expected_hc", ga=ga, mm=expected)

@@ -172,7 +172,7 @@ function connect() {
     if (ev.code === 4401 || ev.code === 1008) { showLogin(t("login.expired")); return; }
     if ($("#app").hidden) return;
     if (!opened) { wsClosedUnopened(); return; }
-    setBanner(t("status.reconnecting"), true);
+    boxAway();
     reconnectTimer = setTimeout(checkSessionThenConnect, 1500);
   };
 }
@@ -188,6 +188,20 @@ async function checkSession() {
   return false;
 }
 
+// The box out of reach (restarting, the Wi-Fi gone): nothing on the screen may go on
+// reading as live. Its last state kept "Live 15.1 fps" and a green "Good image: hold
+// still" under "Reconnecting to the box…" (a midwife's walk). The next state puts all back.
+function boxAway() {
+  setBanner(t("status.reconnecting"), true);
+  chip("#signal", t("status.away"), "bad");
+  chip("#fps", "");
+  $("#stage").classList.add("stale");
+  const el = $("#instruction");
+  el.className = "instruction idle";
+  el.textContent = "";
+  $("#quality").hidden = true;
+}
+
 async function checkSessionThenConnect() {
   if (await checkSession() !== null) connect();
 }
@@ -201,7 +215,7 @@ async function wsClosedUnopened() {
   wsRefused = reachable ? wsRefused + 1 : 0;
   // at once where no WebSocket has opened; twice in a row where one did (a restart)
   if (wsRefused >= (wsOpened ? 2 : 1)) { startFallback(); return; }
-  setBanner(t("status.reconnecting"), true);
+  boxAway();
   reconnectTimer = setTimeout(connect, 1500);
 }
 
@@ -247,7 +261,7 @@ async function pollFrames(run) { // the next frame after the last one drawn, and
       }
     } catch (e) { ok = false; }
     if (!ok && fallback === run) { // the box away, or its viewers' cap: a moment
-      setBanner(t("status.reconnecting"), true);
+      boxAway();
       await sleep(1500);
     }
   }
@@ -258,7 +272,7 @@ async function pollState(run) { // what the WebSocket's state message carries, e
     const answered = await checkSession();
     if (answered === null) return;
     if (answered) stats.states += 1;
-    else if (fallback === run) setBanner(t("status.reconnecting"), true);
+    else if (fallback === run) boxAway();
     await sleep(STATE_POLL_MS);
   }
 }
@@ -427,7 +441,7 @@ function renderTags(h) {
   }
   const [ga, range] = gaLine(src);
   addLine(ga, src && src.ga_weeks == null ? "small note" : ""); // an HC with no age: why
-  addLine(range, "small");
+  addLine(rangeOf(range), "small");
   const bar = qualityBar(h);
   const line = $("#quality");
   line.hidden = bar == null;
@@ -464,10 +478,24 @@ function weeksDays(w) {
   return t("overlay.wd", { w: Math.floor(days / 7), d: days % 7 });
 }
 
-function overAHead(plane, h) { // the image shows a head: a plane the exam measures, or one drawn
-  if (h.ellipse) return true;
+// The image shows a head: one measured on this frame, or a plane the exam measures. An
+// outline alone is not one: on a face (Lips) the segmenter's yellow outline had the exam's
+// HC, BPD and age beside it, as if measured there.
+function overAHead(plane, h) {
+  if (h.biometry && h.biometry.hc_mm != null) return true;
   const heads = state && state.protocol && state.protocol.head_planes;
-  return !Array.isArray(heads) || (plane != null && heads.includes(plane));
+  return Array.isArray(heads) ? plane != null && heads.includes(plane) : !!h.ellipse;
+}
+
+// Why the exam's heads have no figures, where that is the box's calibration: a fresh box
+// ticked the head slot and showed no HC without a word, and she took the exam as measured.
+const SCALE_PROBLEMS = ["pixel_size_missing", "pixel_size_absurd"];
+
+function unmeasuredWhy() {
+  const bio = state && state.exam && state.exam.biometry;
+  if (!bio || bio.measured || !bio.declined) return "";
+  const status = SCALE_PROBLEMS.find((s) => bio.declined[s]);
+  return status ? t("exam.not_measured_" + status) : "";
 }
 
 function examBiometry() { // the exam's head figures, or null before a head is measured
@@ -496,6 +524,12 @@ function gaLine(bio) { // [age, its range] of one set of figures (the exam's or 
     range = `${low} – ${high}`;
   }
   return [`${t("overlay.ga")} ${weeksDays(bio.ga_weeks)}`, range];
+}
+
+// The range says what it is: the ages of the smallest and the largest of the best head
+// frames, their spread. Unlabelled, "19w 1d – 19w 2d" read as the dating's precision.
+function rangeOf(range) {
+  return range ? t("overlay.ga_range", { range }) : "";
 }
 
 function renderInstruction(h) {
@@ -681,9 +715,12 @@ function renderExam(s) {
   // the exam's result stays readable in the card after the exam (the overlay is greyed)
   const bio = examBiometry();
   const [ga, range] = gaLine(bio);
-  $("#exam-bio").textContent = !bio ? "" : [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }),
-    t("overlay.bpd", { mm: bio.bpd_mm.toFixed(0) }), ga + (range ? ` (${range})` : "")]
+  const why = bio ? "" : unmeasuredWhy();
+  const fig = $("#exam-bio");
+  fig.textContent = !bio ? why : [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }),
+    t("overlay.bpd", { mm: bio.bpd_mm.toFixed(0) }), ga + (range ? ` (${rangeOf(range)})` : "")]
     .filter(Boolean).join(" · ");
+  fig.classList.toggle("flag", !!why);
   // Start has one job: letting the next exam begin once Stop has held it back (exams start
   // by themselves on the probe's image). During an exam it is off, and says why beneath:
   // a second tap there (the first seemed not to take) used to end the exam and begin
@@ -821,7 +858,15 @@ function renderScreening(sc) {
   } else add(t("screen.no_head"), false);
   const hd = sc.hc_dates;
   if (!hd) add(t("screen.enter_lmp"), false);
-  else if (hd.status === "dates_out_of_range") add(t("screen.dates_out_of_range", { ga: weeksDays(hd.ga_dates_weeks) }), false);
+  else if (hd.status === "dates_out_of_range") {
+    // no expected HC at such dates, but a head far older (or younger) than them says the
+    // dates are wrong: a 10-week period and a 19-week head read "no reference" and no more
+    const vars = { ga: weeksDays(hd.ga_dates_weeks), hc: hd.hc_mm != null ? hd.hc_mm.toFixed(0) : "",
+      ga_hc: hd.ga_hc_weeks != null ? weeksDays(hd.ga_hc_weeks) : "" };
+    const key = !hd.flag ? "screen.dates_out_of_range"
+      : `screen.dates_out_of_range_${hd.flag}${hd.ga_hc_weeks == null ? "_beyond" : ""}`;
+    add(t(key, vars), !!hd.flag);
+  }
   else if (hd.status === "no_hc") add(t("screen.expected_hc", { ga: weeksDays(hd.ga_dates_weeks), mm: hd.hc_expected_mm.toFixed(0) }), false);
   else {
     const vars = { ga: weeksDays(hd.ga_dates_weeks), mm: hd.hc_expected_mm.toFixed(0), hc: hd.hc_mm.toFixed(0),
@@ -989,7 +1034,7 @@ function drawEarlier() {
     let figures = t("history.no_hc");
     if (bio && bio.hc_mm != null) { // as the exam card gives them
       const [ga, range] = gaLine(bio);
-      figures = [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }), ga + (range ? ` (${range})` : "")]
+      figures = [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }), ga + (range ? ` (${rangeOf(range)})` : "")]
         .filter(Boolean).join(" · ");
     }
     a.append(part("when", examWhen(exam.started_ts)), part("what", title),
