@@ -59,6 +59,10 @@ SEQ_RUNS_PER_BLOCK = 256
 # min_quality; both shipped protocols use 0.5 (edge/exam/protocols.toml). Central does not
 # import edge, so the figure is repeated here for the quality page's "below capture" share.
 MIN_QUALITY = 0.5
+# A clinic whose best frames fall under MIN_QUALITY this often is flagged on the quality
+# page's table: one plane in five found and not captured (our judgement of where a visit to
+# train pays, not a published figure; the seeded district's worst clinic is at 18%).
+QUALITY_CLINIC_FLAG = 0.2
 NOT_A_VIEW = schema.NOT_A_VIEW  # as central/report.py and the device's summary shedding
 
 # -- the collectors ---------------------------------------------------------------------------

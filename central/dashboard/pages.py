@@ -434,6 +434,34 @@ def quality_csv(page: Q.QualityPage) -> str:
                     c.below_capture] for c in page.cells])
 
 
+def quality_clinics_csv(page: Q.QualityPage) -> str:
+    """A row per clinic: its best frames over the period, every plane."""
+    return to_csv(["clinic_id", "best_frames", "mean_best_quality",
+                   f"best_frames_below_{C.MIN_QUALITY}", "worst_plane",
+                   f"worst_plane_below_{C.MIN_QUALITY}", "worst_plane_best_frames",
+                   "clinic_name"],
+                  [[c.clinic_id, c.best_frames, round(c.mean_quality, 4), c.below_capture,
+                    c.worst_plane, c.worst_below, c.worst_frames, c.name]
+                   for c in page.clinics])
+
+
+def quality_clinics_table(page: Q.QualityPage) -> str:
+    """The clinics whose best frames fall short most first."""
+    if not page.clinics:
+        return '<p class="lead">No best frames in this period.</p>'
+    rows = "".join(
+        f"<tr{' class=flag' if c.below_share >= C.QUALITY_CLINIC_FLAG else ''}>"
+        f"<td>{clinic_html(c.clinic_id, c.name)}</td><td class=num>{c.best_frames}</td>"
+        f"<td class=num>{c.mean_quality:.2f}</td>"
+        f"<td class=num>{pct(c.below_share)} ({c.below_capture})</td>"
+        f"<td>{esc(c.worst_plane)}: {c.worst_below} of {c.worst_frames}</td></tr>"
+        for c in page.clinics)
+    return ('<div class="wide"><table class="quality-clinics"><tr><th>clinic</th>'
+            "<th>best frames</th><th>mean quality</th>"
+            f"<th>under {C.MIN_QUALITY} (not captured)</th>"
+            f"<th>plane most often under {C.MIN_QUALITY}</th></tr>{rows}</table></div>")
+
+
 def deficiencies_csv(page: Q.QualityPage) -> str:
     return to_csv(["criterion", "exams_listing_it", "frames_failing", "exams_in_period"],
                   [[d.name, d.exams, d.frames, page.exams] for d in page.deficiencies])

@@ -516,6 +516,24 @@ class Deficiency:
 
 
 @dataclass
+class ClinicQuality:
+    """A clinic's best frames over the period, every plane: the district's weekly means
+    look alike, and which clinic's scans fall short is what the officer acts on."""
+    clinic_id: str
+    best_frames: int  # exams x planes found: each exam's best frame of each plane it found
+    mean_quality: float
+    below_capture: int  # of them under MIN_QUALITY: found, but not captured
+    worst_plane: str  # the plane with the largest share under MIN_QUALITY
+    worst_below: int
+    worst_frames: int
+    name: str = ""
+
+    @property
+    def below_share(self) -> float:
+        return self.below_capture / self.best_frames if self.best_frames else 0.0
+
+
+@dataclass
 class QualityPage:
     period: Period
     weeks: list[int]
@@ -523,6 +541,7 @@ class QualityPage:
     cells: list[PlaneWeek]
     deficiencies: list[Deficiency]
     exams: int
+    clinics: list[ClinicQuality] = field(default_factory=list)  # most under 0.5 first
 
 
 def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
@@ -543,7 +562,28 @@ def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
     exams = db.query("SELECT COALESCE(SUM(exams), 0) FROM dash.day_device "
                      f"WHERE day >= ? AND day <= ? AND {w}", args)[0][0]
     cells.sort(key=lambda c: (order.get(c.plane, 99), c.plane, c.week))
-    return QualityPage(per, list(range(w0, w1 + 1)), planes, cells, defs, int(exams))
+    return QualityPage(per, list(range(w0, w1 + 1)), planes, cells, defs, int(exams),
+                       _clinic_quality(db, scope, w0, w1))
+
+
+def _clinic_quality(db: Db, scope: Scope, w0: int, w1: int) -> list[ClinicQuality]:
+    w, p = scope.where()
+    per_plane: dict[str, list[tuple[str, int, float, int]]] = defaultdict(list)
+    for clinic, plane, n, q_sum, q_low in db.query(
+            "SELECT clinic_id, plane, SUM(n), SUM(q_sum), SUM(q_low) FROM dash.week_plane "
+            f"WHERE week >= ? AND week <= ? AND {w} GROUP BY clinic_id, plane", (w0, w1, *p)):
+        if int(n):
+            per_plane[clinic].append((plane, int(n), float(q_sum), int(q_low)))
+    names = clinic_names(db, scope) if per_plane else {}
+    out = []
+    for clinic, rows in per_plane.items():
+        n = sum(r[1] for r in rows)
+        worst = max(rows, key=lambda r: (r[3] / r[1], r[3], r[0]))
+        out.append(ClinicQuality(clinic, n, sum(r[2] for r in rows) / n,
+                                 sum(r[3] for r in rows), worst[0], worst[3], worst[1],
+                                 names.get(clinic, "")))
+    out.sort(key=lambda c: (-c.below_share, c.mean_quality, c.clinic_id))
+    return out
 
 
 PLANE_ORDER = ["Brain (Tv.)", "Brain (Cb.)", "Profile", "Lips", "Spine (sag.)", "Spine (cor.)",

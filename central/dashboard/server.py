@@ -56,7 +56,8 @@ TITLES = {"clinics": "Clinics", "completeness": "Exam completeness", "quality": 
           "biometry": "Biometry", "devices": "Devices"}
 CSVS = {"clinics": "clinics", "completeness": "completeness",
         "completeness_protocols": "completeness", "missed": "completeness",
-        "quality": "quality", "deficiencies": "quality", "biometry": "biometry",
+        "quality": "quality", "quality_clinics": "quality", "deficiencies": "quality",
+        "biometry": "biometry",
         "devices": "devices", "fleet_errors": "devices"}
 SECURITY_HEADERS = {
     # no script at all; the charts are inline SVG with presentation attributes, no style=
@@ -478,6 +479,13 @@ class Dashboard:
                 f"plane from {C.MIN_QUALITY}). {P.plural(page.exams, 'exam')}.</p>"
                 f'<div class="plot recent">{P.quality_svg(page)}</div>'
                 + self._csv_link("quality", scope, weeks)
+                + "<h2>Per clinic: best frames under "
+                  f"{C.MIN_QUALITY}, last {weeks} weeks</h2>"
+                  '<p class="lead">Each exam\'s best frame of each plane it found, every plane '
+                  f"together; a plane found but under {C.MIN_QUALITY} is not captured. "
+                  f"Orange: {P.pct(C.QUALITY_CLINIC_FLAG)} or more under it.</p>"
+                + P.quality_clinics_table(page)
+                + self._csv_link("quality_clinics", scope, weeks, "table")
                 + "<h2>Deficiencies seen most often</h2>"
                   '<p class="lead">Each exam names the quality criteria its frames failed most '
                   "(up to four); the bar is the share of exams naming each.</p>"
@@ -595,9 +603,10 @@ class Dashboard:
             page = Q.completeness_page(db, scope, per)
             return {"completeness": P.completeness_csv, "missed": P.missed_csv,
                     "completeness_protocols": P.completeness_protocols_csv}[name](page)
-        if name in ("quality", "deficiencies"):
+        if CSVS[name] == "quality":
             page = Q.quality_page(db, scope, per)
-            return P.quality_csv(page) if name == "quality" else P.deficiencies_csv(page)
+            return {"quality": P.quality_csv, "quality_clinics": P.quality_clinics_csv,
+                    "deficiencies": P.deficiencies_csv}[name](page)
         if name == "biometry":
             return P.biometry_csv(Q.biometry_exams(db, scope, per))
         if name == "fleet_errors":

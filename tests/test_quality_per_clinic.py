@@ -1,0 +1,70 @@
+"""The quality page says which clinic's scans fall short.
+
+It gave the district's weekly mean per plane only: every cell the same blue, and no way
+to tell the clinic whose heads were found and not captured one time in three from the
+others (an officer's walk, 6 December). Now a table and a CSV give each clinic's best
+frames, their mean quality, how many fell under 0.5 and the plane that did most often.
+Real parts: the collector's own check of each payload, the store, the rollup and
+`sonoedge-central serve` on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+from central import collector
+from central.dashboard import config as C
+from central.db import Row, Store
+from tests.dashboard_harness import request
+from tests.test_age_by_dates_district import served
+from tests.test_central import encode, message
+
+REGISTRY = {"dev-a": "clinic-good", "dev-b": "clinic-short"}
+
+
+def _exam(device: str, seq: int, tv: float, heart: float) -> Row:
+    payload = message("exam", device=device, seq=seq,
+                      planes={"Brain (Tv.)": [10, 0.9, tv], "4CH": [6, 0.8, heart],
+                              "Background": [50, 0.9, 0.0]})
+    row = collector.check(f"sonoedge/{device}/exam", encode(payload), 4096, "c1",
+                          payload["ts"], REGISTRY)
+    assert isinstance(row, Row), row
+    return row
+
+
+def test_each_clinics_best_frames_under_capture_are_counted_and_the_worst_plane_named(
+        tmp_path):
+    db = str(tmp_path / "central.sqlite3")
+    rows = [_exam("dev-a", i + 1, 0.8, 0.7) for i in range(6)]
+    # clinic-short: its hearts are found but under 0.5 in 4 exams of 6, its heads in 1
+    rows += [_exam("dev-b", i + 1, 0.45 if i == 0 else 0.75, 0.3 if i < 4 else 0.6)
+             for i in range(6)]
+    store = Store(db)
+    try:
+        assert store.store(rows, []) == (12, 0)
+    finally:
+        store.close()
+    with served(db, tmp_path) as (base, cookie):
+        page = request(base, "/quality?weeks=8", cookie)[2].decode()
+        table = page[page.index('<table class="quality-clinics">'):]
+        table = table[:table.index("</table>")]
+        cells = [re.findall(r"<td[^>]*>(.*?)</td>", r)
+                 for r in re.findall(r"<tr[^>]*>(.*?)</tr>", table)[1:]]
+        assert [c[0] for c in cells] == ["clinic-short", "clinic-good"]  # worst first
+        short, good = cells
+        assert short[1:] == ["12", "0.55", "42% (5)", "4CH: 4 of 6"]
+        assert good[1:] == ["12", "0.75", "0% (0)", "Brain (Tv.): 0 of 6"]
+        assert re.search(r"<tr class=flag><td>clinic-short", table)  # over the flag's share
+        assert 5 / 12 >= C.QUALITY_CLINIC_FLAG > 0
+        assert "<tr class=flag><td>clinic-good" not in table
+
+        body = request(base, "/api/quality_clinics.csv?weeks=8", cookie)[2].decode()
+        got = list(csv.DictReader(io.StringIO(body)))
+        assert [(r["clinic_id"], r["best_frames"], r["best_frames_below_0.5"],
+                 r["worst_plane"], r["worst_plane_below_0.5"]) for r in got] == [
+            ("clinic-short", "12", "5", "4CH", "4"), ("clinic-good", "12", "0", "Brain (Tv.)",
+                                                       "0")]
+        assert float(got[0]["mean_best_quality"]) == round((0.45 + 5 * 0.75 + 4 * 0.3
+                                                            + 2 * 0.6) / 12, 4)
