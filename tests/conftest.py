@@ -30,25 +30,57 @@ def models_copy(tmp_path: Path) -> Path:
     return dest
 
 
+# The two-year district, seeded by a process of its own beside the first tests once
+# collection shows one needs it (tests/seed_two_year.py): {"folder", "proc", "log"}.
+_SEEDING: dict = {}
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    if _SEEDING or not any("_two_year_district" in item.fixturenames for item in items):
+        return
+    import subprocess
+    import sys
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="sonoedge-two-year-"))
+    log = open(folder / "seed.log", "wb")
+    _SEEDING.update(folder=folder, log=log, proc=subprocess.Popen(
+        [sys.executable, "-m", "tests.seed_two_year", str(folder)], cwd=REPO, stdout=log,
+        stderr=subprocess.STDOUT))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if not _SEEDING:
+        return
+    proc = _SEEDING["proc"]
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    _SEEDING["log"].close()
+    shutil.rmtree(_SEEDING["folder"], ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def _two_year_district(tmp_path_factory) -> Path:
-    """The seeded district once per run (50 clinics in 5 districts, 2 years; health every 4 h
-    instead of every hour, which only the rollup's work depends on), rolled up: seeding
-    and rolling it up take 40 s on a slow CPU, and two test modules read it."""
-    import time
+    """The seeded district (tests/seed_two_year.py), rolled up, once per run: its folder.
+    Two test modules read it."""
+    from tests.seed_two_year import DB_NAME, make
 
-    from central.dashboard.seed import SeedSettings, seed
-    from central.dashboard.store import open_db, refresh
-
-    folder = tmp_path_factory.mktemp("two_year_district")
-    path = folder / "central.sqlite3"
-    seed(str(path), SeedSettings(health_every_s=4 * 3600, end_ts=time.time()))
-    db = open_db(str(path))
+    if not _SEEDING:  # collected without it (a plugin's selection): seeded here
+        folder = tmp_path_factory.mktemp("two_year_district")
+        make(folder)
+        return folder
+    proc, folder = _SEEDING["proc"], _SEEDING["folder"]
     try:
-        refresh(db)
-    finally:
-        db.close()
-    return folder
+        proc.wait(timeout=900)
+    except Exception:
+        proc.kill()
+        raise
+    if proc.returncode != 0:
+        pytest.fail("seeding the two-year district failed: "
+                    + (folder / "seed.log").read_text(errors="replace")[-2000:])
+    assert (folder / DB_NAME).is_file()
+    return folder  # read only: each test copies it (removed when the session ends)
 
 
 @pytest.fixture()

@@ -1,0 +1,37 @@
+"""`python -m tests.seed_two_year FOLDER`: the seeded two-year district the dashboard's
+scale tests read (50 clinics in 5 districts, 2 years; health every 4 h instead of every
+hour, which only the rollup's work depends on), rolled up, into FOLDER/central.sqlite3.
+
+Run by tests/conftest.py beside the first tests, on the second core, once collection shows
+a test needs it: seeding and rolling it up take 40-50 s, which the suite waited for."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from central.dashboard.seed import SeedSettings, seed
+from central.dashboard.store import open_db, refresh
+
+DB_NAME = "central.sqlite3"
+
+
+def make(folder: Path) -> Path:
+    path = folder / DB_NAME
+    seed(str(path), SeedSettings(health_every_s=4 * 3600, end_ts=time.time()))
+    db = open_db(str(path))
+    try:
+        refresh(db)
+    finally:
+        db.close()
+    return path
+
+
+if __name__ == "__main__":
+    try:
+        os.nice(5)  # the tests in the foreground first
+    except OSError:
+        pass
+    make(Path(sys.argv[1]))
