@@ -101,3 +101,27 @@ def test_protocols_beyond_those_charted_are_counted_and_kept_in_the_csv(tmp_path
 def test_every_protocol_a_box_ships_has_the_districts_words():
     shipped = tomllib.loads((REPO / "edge" / "exam" / "protocols.toml").read_text())
     assert set(shipped["protocols"]) == set(C.PROTOCOL_TITLES)
+
+
+def test_on_a_phone_each_clinics_share_is_in_view_beside_its_name(tmp_path):
+    """A phone shows a plot's left end: the share after each bar was off the screen, and
+    every clinic's bar looked the same (an officer's walk). Each bar's share is said beside
+    its label too, inside the first 390 px."""
+    from tests.web_harness import chromium
+
+    db = str(tmp_path / "central.sqlite3")
+    _stored(db, _screens_and_heads(heads=3, screens=4)[:5])  # heads 3 of 3, screens 0 of 2
+    with served(db, tmp_path) as (base, _cookie), chromium(tmp_path) as context:
+        page = context.new_page()
+        page.goto(base + "/login")
+        page.fill("input[name=username]", "officer")
+        page.fill("input[name=password]", "admin-password-1")
+        with page.expect_navigation():
+            page.click("button[type=submit]")
+        page.goto(base + "/completeness?weeks=8")
+        shown = page.evaluate("""() => [...document.querySelectorAll(
+            'svg[data-chart=completeness] text[data-value-shown]')].map((t) => {
+              const r = t.getBoundingClientRect();
+              return [t.textContent, r.left >= 0 && r.right <= window.innerWidth];
+            })""")
+        assert shown == [["100%", True], ["0%", True]], shown

@@ -160,11 +160,14 @@ def hbars(title: str, chart: str, rows: list[dict], width: int = 760,
           row_h: int = 18) -> str:
     """Horizontal bars. Each row: label, value (0..value_max), note (text after the bar),
     colour, title (the label in full, for the hover) and data (attributes for the bar), the
-    last three optional."""
-    bar_w = width - label_w - 150
+    last three optional. The value is said again beside the label, before its bar: a phone
+    shows the plot's left end, where every bar ran off the screen with its note (a full
+    bar looked like any other; an officer's walk)."""
+    value_w = 44
+    bar_w = width - label_w - value_w - 150
     h = 24 + row_h * max(1, len(rows)) + 20
     svg = Svg(width, h, title, chart)
-    x0 = label_w
+    x0 = label_w + value_w
     for frac in (0, 0.25, 0.5, 0.75, 1.0):
         x = x0 + bar_w * frac
         svg.line(x, 16, x, h - 20, stroke="#eee")
@@ -176,6 +179,9 @@ def hbars(title: str, chart: str, rows: list[dict], width: int = 760,
         y = 20 + i * row_h
         svg.text(label_w - 6, y + row_h * 0.7, r["label"], anchor="end", tip=r.get("title"))
         value = r["value"]
+        if value is not None:
+            svg.text(x0 - 6, y + row_h * 0.7, f"{value:.0%}" if percent else f"{value:g}",
+                     anchor="end", data_value_shown="")
         if value is None:
             svg.text(x0 + 4, y + row_h * 0.7, "no exams", fill=MUTED, **r.get("data", {}))
             continue
