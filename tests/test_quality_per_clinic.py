@@ -68,3 +68,38 @@ def test_each_clinics_best_frames_under_capture_are_counted_and_the_worst_plane_
                                                        "0")]
         assert float(got[0]["mean_best_quality"]) == round((0.45 + 5 * 0.75 + 4 * 0.3
                                                             + 2 * 0.6) / 12, 4)
+
+
+def test_the_criteria_are_named_in_the_midwifes_words_the_device_ships():
+    """ "sector cut" or "ellipse regular" needed an engineer (an officer's walk): the
+    district names each criterion as the midwife's page does."""
+    import json
+
+    from tests.conftest import REPO
+
+    english = json.loads((REPO / "edge" / "web" / "i18n" / "en.json").read_text())
+    shipped = {k.removeprefix("deficiency."): v for k, v in english.items()
+               if k.startswith("deficiency.")}
+    assert C.DEFICIENCY_WORDS == shipped
+
+
+def test_the_deficiencies_chart_says_the_words_and_keeps_the_criterion(tmp_path):
+    db = str(tmp_path / "central.sqlite3")
+    payload = message("exam", device="dev-a", seq=1,
+                      deficiencies={"sector_cut": 12, "ellipse_regular": 3})
+    row = collector.check("sonoedge/dev-a/exam", encode(payload), 4096, "c1", payload["ts"],
+                          REGISTRY)
+    store = Store(db)
+    try:
+        assert store.store([row], []) == (1, 0)
+    finally:
+        store.close()
+    with served(db, tmp_path) as (base, cookie):
+        page = request(base, "/quality?weeks=8", cookie)[2].decode()
+        chart = page[page.index('data-chart="deficiencies"'):]
+        assert ">Anatomy off the edge<" in chart and ">Skull outline not a clean oval<" in chart
+        assert ">sector cut<" not in chart
+        body = request(base, "/api/deficiencies.csv?weeks=8", cookie)[2].decode()
+        got = {r["criterion"]: r["words"] for r in csv.DictReader(io.StringIO(body))}
+        assert got == {"sector_cut": "Anatomy off the edge",
+                       "ellipse_regular": "Skull outline not a clean oval"}

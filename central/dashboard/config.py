@@ -146,6 +146,18 @@ OUTLIERS_SHOWN = 200  # the page lists at most this many; the CSV has them all
 # protocol not named here is shown by its own name.
 PROTOCOL_TITLES = {"biometry": "head measurement",
                    "second-trimester": "second-trimester screen (13 planes)"}
+# The quality criteria in the midwife's own words, as her page says them when an exam names
+# them among its deficiencies (edge/web/i18n/en.json "deficiency.*"; a test holds the two
+# together): "sector cut" or "ellipse regular" needed an engineer (an officer's walk). A
+# criterion not named here is shown by its own name.
+DEFICIENCY_WORDS = {
+    "content": "No ultrasound image", "frozen": "Image frozen",
+    "gain": "Gain too low or too high", "contrast": "Washed-out image",
+    "sharpness": "Blurred", "noise": "Grainy image", "shadow": "Shadow over the image",
+    "sector_cut": "Anatomy off the edge", "plane_confident": "No standard plane",
+    "head_found": "No single skull outline", "head_inside": "Part of the head off the screen",
+    "zoom": "Head too small on the screen", "ellipse_regular": "Skull outline not a clean oval",
+    "centred": "Head not centred"}
 # Protocols with a chart of their own on the completeness page, most exams first; a box
 # names its protocol, so their number has no bound but this. The CSV has them all.
 PROTOCOLS_SHOWN = 6

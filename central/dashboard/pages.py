@@ -415,7 +415,8 @@ def quality_svg(page: Q.QualityPage) -> str:
 
 
 def deficiencies_svg(page: Q.QualityPage) -> str:
-    rows = [{"label": d.name.replace("_", " "),
+    rows = [{"label": C.DEFICIENCY_WORDS.get(d.name, d.name.replace("_", " ")),
+             "title": f"{C.DEFICIENCY_WORDS.get(d.name, d.name)} (criterion {d.name})",
              "value": d.exams / page.exams if page.exams else 0.0,
              "note": f"{pct(d.exams / page.exams if page.exams else None)}: "
                      f"{plural(d.exams, 'exam')}",
@@ -424,7 +425,7 @@ def deficiencies_svg(page: Q.QualityPage) -> str:
     top = max((r["value"] for r in rows), default=0.0)
     scale = next(s for s in (0.2, 0.4, 0.6, 0.8, 1.0) if top <= s)  # ticks at round numbers
     return hbars("Quality criteria failed most often (share of exams listing them)",
-                 "deficiencies", rows, value_max=scale)
+                 "deficiencies", rows, value_max=scale, label_w=220)
 
 
 def quality_csv(page: Q.QualityPage) -> str:
@@ -463,8 +464,10 @@ def quality_clinics_table(page: Q.QualityPage) -> str:
 
 
 def deficiencies_csv(page: Q.QualityPage) -> str:
-    return to_csv(["criterion", "exams_listing_it", "frames_failing", "exams_in_period"],
-                  [[d.name, d.exams, d.frames, page.exams] for d in page.deficiencies])
+    return to_csv(["criterion", "exams_listing_it", "frames_failing", "exams_in_period",
+                   "words"],
+                  [[d.name, d.exams, d.frames, page.exams, C.DEFICIENCY_WORDS.get(d.name, "")]
+                   for d in page.deficiencies])
 
 
 # -- biometry --------------------------------------------------------------------------------
