@@ -174,6 +174,27 @@ def test_dates_outside_hadlock_s_span_still_flag_a_head_far_past_its_near_end():
     assert dates_flag(168.3, float("nan")) is None
 
 
+def test_head_frames_that_disagree_by_more_than_a_tenth_are_flagged():
+    """A change of the scanner's depth after calibration rescaled the HC from 165 to
+    236 mm between neighbouring frames, and the exam's median mixed both without a word
+    (a midwife's walk). Its frames' 10th-90th percentile now spans 43% of the median."""
+    from edge.exam.screening import HC_FRAMES_SPREAD, hc_frames
+
+    mixed = hc_frames({"hc_mm": 166.0, "hc_p10_mm": 165.2, "hc_p90_mm": 236.4})
+    assert mixed == {"p10_mm": 165.2, "p90_mm": 236.4, "spread": 0.429, "flag": True}
+    still = hc_frames({"hc_mm": 165.5, "hc_p10_mm": 164.1, "hc_p90_mm": 167.0})
+    assert still["flag"] is False and still["spread"] < HC_FRAMES_SPREAD
+    edge = 170.0 * HC_FRAMES_SPREAD
+    assert hc_frames({"hc_mm": 170.0, "hc_p10_mm": 160.0, "hc_p90_mm": 160.0 + edge})[
+        "flag"] is False  # at the bound: not beyond it
+    for bad in ({}, {"hc_mm": 170.0}, {"hc_mm": 0.0, "hc_p10_mm": 1.0, "hc_p90_mm": 2.0},
+                {"hc_mm": float("nan"), "hc_p10_mm": 1.0, "hc_p90_mm": 2.0},
+                {"hc_mm": 170.0, "hc_p10_mm": None, "hc_p90_mm": 180.0},
+                {"hc_mm": "170", "hc_p10_mm": 160.0, "hc_p90_mm": 180.0},
+                {"hc_mm": True, "hc_p10_mm": 160.0, "hc_p90_mm": 180.0}):
+        assert hc_frames(bad) is None, bad
+
+
 def test_the_report_says_the_out_of_range_dates_flag_as_the_page_does():
     from edge.web.history import hc_dates_line
 

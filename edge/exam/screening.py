@@ -40,6 +40,12 @@ CI_LOW, CI_HIGH = round(CI_MEAN - 2 * CI_SD), round(CI_MEAN + 2 * CI_SD)  # 70, 
 # Wong et al. 2018: outer-to-inner BPD from outer-to-outer (mm)
 BPD_OI_FROM_OO = (-0.403458, 0.9714153)
 MAX_LMP_DAYS = 45 * 7  # a date further back is a typing slip, not a pregnancy
+# The exam's measured head frames disagree when their HC's 10th-90th percentile spans more
+# than this share of its median. Ours, a judgement: one head's frames measured by the box
+# agree to a few percent (the walk's still head: 165.4-165.5 mm), while a change of the
+# scanner's depth after calibration rescales every HC by the depth ratio (the walk's
+# 1/0.7 moved 165 mm to 236 mm, +43%), and so does a second head (another woman).
+HC_FRAMES_SPREAD = 0.10
 
 
 def cephalic_index(bpd_mm: float | None, ofd_mm: float | None) -> dict | None:
@@ -186,8 +192,24 @@ def hc_against_dates(hc_mm: float | None, ga_dates_weeks: float | None) -> dict 
     return out
 
 
+def hc_frames(bio: dict) -> dict | None:
+    """Whether the exam's measured head frames agree (`HC_FRAMES_SPREAD`): their HC's
+    10th-90th percentile and its share of the median. A box's calibration holds for one
+    depth of the scanner: after a change of depth its HC jumped from 165 to 236 mm between
+    neighbouring frames without a word, and the exam's median mixed both (a midwife's
+    walk)."""
+    hc, p10, p90 = (bio.get(k) for k in ("hc_mm", "hc_p10_mm", "hc_p90_mm"))
+    if not all(finite_number(v) and v > 0 for v in (hc, p10, p90)):
+        return None
+    spread = (p90 - p10) / hc
+    return {"p10_mm": round(p10, 1), "p90_mm": round(p90, 1), "spread": round(spread, 3),
+            "flag": spread > HC_FRAMES_SPREAD}
+
+
 def screening(biometry: dict | None, ga_dates_weeks: float | None) -> dict:
-    """Both flags from an exam's biometry (medians of its best head frames)."""
+    """The flags from an exam's biometry (medians of its best head frames): head shape,
+    head size against the dates, and whether its head frames agree."""
     bio = biometry or {}
     return {"cephalic_index": cephalic_index(bio.get("bpd_mm"), bio.get("ofd_mm")),
-            "hc_dates": hc_against_dates(bio.get("hc_mm"), ga_dates_weeks)}
+            "hc_dates": hc_against_dates(bio.get("hc_mm"), ga_dates_weeks),
+            "hc_frames": hc_frames(bio)}

@@ -51,6 +51,7 @@ from edge.exam.screening import (
     MAX_LMP_DAYS,
     cephalic_index,
     hc_against_dates,
+    hc_frames,
     read_dates,
     same_weeks,
 )
@@ -268,7 +269,8 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
                                                        (bio or {}).get("ofd_mm")),
                       "hc_dates": hc_against_dates(
                           (bio or {}).get("hc_mm"),
-                          kept_dates["ga_dates_weeks"] if kept_dates else None)},
+                          kept_dates["ga_dates_weeks"] if kept_dates else None),
+                      "hc_frames": hc_frames(bio or {})},
         "deficiencies": {_text(k, 24): _count(v) for k, v in list(faults.items())[:8]},
         "models": {_text(k, 32): _text(v, 16) for k, v in list(models.items())[:8]},
     }
@@ -620,6 +622,11 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
         out.append(f"<li{flagged}>{e(line)}</li>")
     else:
         out.append(f"<li>{e(_t(text, 'screen.no_head'))}</li>")
+    hf = (exam.get("screening") or {}).get("hc_frames")
+    if hf and hf.get("flag"):  # as the page: a depth changed, or another head
+        out.append('<li class="flag">' + e(_t(text, "screen.hc_frames_disagree",
+                                                low=half_up(hf["p10_mm"]),
+                                                high=half_up(hf["p90_mm"]))) + "</li>")
     hd = (exam.get("screening") or {}).get("hc_dates")
     if hd is None:
         out.append(f"<li>{e(_t(text, 'report.no_dates'))}</li>")

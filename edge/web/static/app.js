@@ -856,6 +856,8 @@ function renderScreening(sc) {
     const key = ci.flag ? `screen.ci_${ci.flag}` : "screen.ci_ok";
     add(t(key, { ci: ciShown(ci), low: ci.low, high: ci.high }), !!ci.flag);
   } else add(t("screen.no_head"), false);
+  const hf = sc.hc_frames; // the head frames disagree: a depth changed, or another head
+  if (hf && hf.flag) add(t("screen.hc_frames_disagree", { low: hf.p10_mm.toFixed(0), high: hf.p90_mm.toFixed(0) }), true);
   const hd = sc.hc_dates;
   if (!hd) add(t("screen.enter_lmp"), false);
   else if (hd.status === "dates_out_of_range") {
