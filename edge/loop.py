@@ -31,7 +31,7 @@ from edge.exam.protocol import (
 from edge.exam.screening import read_dates, same_weeks
 from edge.exam.session import ExamSession, ExamTracker, MeasureKept, format_exam
 from edge.exam.tally import ExamTally, percentile
-from edge.exam.thumbs import THUMBS_DIR, ThumbStore
+from edge.exam.thumbs import THUMBS_DIR, ThumbStore, thumbnails_on_disk
 from edge.fleet.agent import RESTART_EXIT, start_fleet
 from edge.fleet.watchdog import Watchdog
 from edge.models.quality import Rules, load_rules
@@ -287,6 +287,7 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
     cfg = settings.exam
     protocol = find_protocol(cfg.protocol, cfg.protocols_file or None)
     rules = load_rules(settings.quality.rules or None) if settings.quality.enabled else None
+    thumbs_root = Path(settings.device.state_dir) / THUMBS_DIR
     for run_id, models in journal.open_runs(exclude):
         after, frames, exams = 0, 0, 0
         for summary, last_row in journal.run_exams(run_id):
@@ -296,8 +297,8 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
         def ended(session: ExamSession, body: dict, run_id: str = run_id) -> None:
             nonlocal queued, exams
             body = with_age_by_dates(body, journal)  # dates survive a kill: kept at once
-            journal.add_exam(run_id, body, session.best_frames(), session.first_row,
-                             session.last_row)
+            best = thumbnails_on_disk(session.best_frames(), thumbs_root, body["exam_id"])
+            journal.add_exam(run_id, body, best, session.first_row, session.last_row)
             exams += 1
             queued += uplink.enqueue_exam(body, key=body["exam_id"]) is not None
 

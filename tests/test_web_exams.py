@@ -543,6 +543,15 @@ def test_dates_entered_during_an_exam_survive_a_sigkill_of_the_device(tmp_path, 
         assert status == 200 and "Last period" in page and lmp in page, page[-2000:]
         assert "went to the district with the exam" in page  # entered before its end
         assert "recovered" in journaled_ended_by(box, exam_id)
+        # the thumbnails the killed run wrote are the rebuilt report's pictures: it said
+        # "No image" beside them (a midwife's walk)
+        written = sorted(p.name for p in (box["state"] / "thumbs" / exam_id).glob("*.jpg"))
+        shown = sorted(re.findall(rf'<img class="thumb" src="/api/thumb/{exam_id}/([^"]+)"',
+                                  page))
+        assert written and shown == written, (written, shown)
+        for name in shown:
+            status, _, jpeg = http(f"{base}/api/thumb/{exam_id}/{name}", cookie=cookie)
+            assert status == 200 and jpeg[:2] == b"\xff\xd8"
         # the rebuilt exam's summary, journaled and queued for the district, has the age by
         # dates the page had entered before the kill
         assert sent_to_district(box, exam_id)["biometry"]["ga_dates_weeks"] == weeks_between(

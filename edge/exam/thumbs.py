@@ -44,6 +44,22 @@ def plane_slug(plane: str) -> str:
     return _SAFE.sub("-", plane.lower()).strip("-") or "plane"
 
 
+def thumbnails_on_disk(best: dict[str, dict], root: Path, exam_id: str,
+                       shown_as: str = THUMBS_DIR) -> dict[str, dict]:
+    """The best frames of an exam rebuilt from the journal after a kill (the replay keeps
+    no thumbnails), each given the thumbnail its live run wrote for that plane where one is
+    on disk: the rebuilt exam's report said "No image" beside the picture the card had
+    shown (a midwife's walk). The live run's best frame of a plane is the replay's, the
+    same journaled frames in the same order, but for its last half second at most."""
+    if not is_exam_folder(exam_id):
+        return best
+    for plane, entry in best.items():
+        name = f"{plane_slug(plane)}.jpg"
+        if "thumbnail" not in entry and (root / exam_id / name).is_file():
+            entry["thumbnail"] = f"{shown_as}/{exam_id}/{name}"
+    return best
+
+
 def make_thumbnail(image: np.ndarray, roi: Roi | None, width: int) -> np.ndarray:
     """The ultrasound region (not the scanner's text), at most `width` pixels wide."""
     region = roi.crop(image) if roi is not None else image
