@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,57 +34,85 @@ def models_copy(tmp_path: Path) -> Path:
     return dest
 
 
-# The two-year district, seeded by a process of its own beside the first tests once
-# collection shows one needs it (tests/seed_two_year.py): {"folder", "proc", "log"}.
-_SEEDING: dict = {}
+# Long, single-threaded work some tests wait for, started as processes of their own beside
+# the first tests (the second core is mostly idle) once collection shows a test needs it:
+# the two-year district's seed (40-50 s) and the emulated arm64 run (about 60 s), which the
+# suite waited for in turn. Each job: the fixture that waits for it, its command.
+BACKGROUND = {
+    "_two_year_district": [sys.executable, "-m", "tests.seed_two_year", "{folder}"],
+    "arm64_emulated_run": ["bash", "scripts/arm64_emulated.sh"],
+}
+_JOBS: dict[str, dict] = {}  # fixture -> {"folder", "proc", "log"}
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
-    if _SEEDING or not any("_two_year_district" in item.fixturenames for item in items):
-        return
-    import subprocess
-    import sys
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="sonoedge-two-year-"))
-    log = open(folder / "seed.log", "wb")
-    _SEEDING.update(folder=folder, log=log, proc=subprocess.Popen(
-        [sys.executable, "-m", "tests.seed_two_year", str(folder)], cwd=REPO, stdout=log,
-        stderr=subprocess.STDOUT))
+    needed = {name for item in items for name in item.fixturenames if name in BACKGROUND}
+    for name in sorted(needed - set(_JOBS)):
+        if name == "arm64_emulated_run" and os.geteuid() != 0:
+            continue  # its test is skipped: debootstrap and unshare -m need root
+        folder = Path(tempfile.mkdtemp(prefix=f"sonoedge-{name.strip('_')}-"))
+        log = open(folder / "job.log", "wb")
+        argv = [a.replace("{folder}", str(folder)) for a in BACKGROUND[name]]
+        env = {**os.environ, "PYTHON": sys.executable, "SONOEDGE_DATA": str(DATA)}
+        _JOBS[name] = {"folder": folder, "log": log, "proc": subprocess.Popen(
+            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=lambda: os.nice(5))}  # the tests in the foreground first
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    if not _SEEDING:
-        return
-    proc = _SEEDING["proc"]
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
-    _SEEDING["log"].close()
-    shutil.rmtree(_SEEDING["folder"], ignore_errors=True)
+    for job in _JOBS.values():
+        if job["proc"].poll() is None:
+            job["proc"].kill()
+            job["proc"].wait(10)
+        job["log"].close()
+        shutil.rmtree(job["folder"], ignore_errors=True)
+
+
+def background_job(name: str, timeout_s: float = 1800) -> tuple[int, str, Path] | None:
+    """Wait for a background job: (exit code, the tail of its output, its folder), or None
+    where none was started (its test collected some other way)."""
+    job = _JOBS.get(name)
+    if job is None:
+        return None
+    try:
+        job["proc"].wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        job["proc"].kill()
+        raise
+    job["log"].flush()
+    tail = (job["folder"] / "job.log").read_text(errors="replace")[-4000:]
+    return job["proc"].returncode, tail, job["folder"]
 
 
 @pytest.fixture(scope="session")
 def _two_year_district(tmp_path_factory) -> Path:
-    """The seeded district (tests/seed_two_year.py), rolled up, once per run: its folder.
-    Two test modules read it."""
+    """The seeded district (tests/seed_two_year.py), rolled up, once per run: its folder,
+    read only (each test copies it). Two test modules read it."""
     from tests.seed_two_year import DB_NAME, make
 
-    if not _SEEDING:  # collected without it (a plugin's selection): seeded here
+    done = background_job("_two_year_district", 900)
+    if done is None:
         folder = tmp_path_factory.mktemp("two_year_district")
         make(folder)
         return folder
-    proc, folder = _SEEDING["proc"], _SEEDING["folder"]
-    try:
-        proc.wait(timeout=900)
-    except Exception:
-        proc.kill()
-        raise
-    if proc.returncode != 0:
-        pytest.fail("seeding the two-year district failed: "
-                    + (folder / "seed.log").read_text(errors="replace")[-2000:])
+    code, tail, folder = done
+    if code != 0:
+        pytest.fail(f"seeding the two-year district failed: {tail[-2000:]}")
     assert (folder / DB_NAME).is_file()
-    return folder  # read only: each test copies it (removed when the session ends)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def arm64_emulated_run() -> tuple[int, str]:
+    """scripts/arm64_emulated.sh's exit code and output (tests/test_arm64.py)."""
+    done = background_job("arm64_emulated_run")
+    if done is None:
+        out = subprocess.run(BACKGROUND["arm64_emulated_run"], capture_output=True, text=True,
+                             cwd=REPO, timeout=1800,
+                             env={**os.environ, "PYTHON": sys.executable,
+                                  "SONOEDGE_DATA": str(DATA)})
+        return out.returncode, out.stdout + out.stderr
+    return done[0], done[1]
 
 
 @pytest.fixture()

@@ -2,12 +2,12 @@
 scale tests read (50 clinics in 5 districts, 2 years; health every 4 h instead of every
 hour, which only the rollup's work depends on), rolled up, into FOLDER/central.sqlite3.
 
-Run by tests/conftest.py beside the first tests, on the second core, once collection shows
-a test needs it: seeding and rolling it up take 40-50 s, which the suite waited for."""
+Run by tests/conftest.py (`BACKGROUND`) beside the first tests, on the second core, once
+collection shows a test needs it: seeding and rolling it up take 40-50 s, which the suite
+waited for."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,8 +30,4 @@ def make(folder: Path) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        os.nice(5)  # the tests in the foreground first
-    except OSError:
-        pass
     make(Path(sys.argv[1]))

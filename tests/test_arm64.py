@@ -31,12 +31,11 @@ def test_the_device_install_resolves_on_aarch64_from_wheels_only():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap and unshare -m need root")
-def test_score_gives_the_same_planes_on_emulated_arm64(data_dir):
-    out = subprocess.run(["bash", "scripts/arm64_emulated.sh"], capture_output=True,
-                         text=True, cwd=REPO, timeout=1800,
-                         env={**os.environ, "PYTHON": sys.executable,
-                              "SONOEDGE_DATA": str(data_dir)})
-    summary = (out.stdout.strip().splitlines() or [""])[-1]
+def test_score_gives_the_same_planes_on_emulated_arm64(arm64_emulated_run):
+    """scripts/arm64_emulated.sh, run beside the first tests (tests/conftest.py)."""
+    code, output = arm64_emulated_run
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    summary = lines[-1] if lines else ""
     print("\n" + summary)
-    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    assert code == 0, output[-3000:]
     assert "13/13 frames give the same plane as x86" in summary
