@@ -22,6 +22,7 @@ import pytest
 
 from central.dashboard import config as C
 from central.dashboard import queries as Q
+from central.dashboard.pages import devices_table
 from central.dashboard.seed import SeedSettings, seed
 from central.dashboard.store import open_db, refresh
 from central.db import Store
@@ -165,3 +166,31 @@ def test_the_quiet_threshold_is_many_marks_long():
     from central.collector import CollectorSettings
 
     assert C.COLLECTOR_QUIET_S >= 10 * CollectorSettings.alive_every_s
+
+
+def test_a_box_online_but_silent_for_hours_is_flagged_not_green(tmp_path):
+    """Its uplink last said "online" (a box that goes away says "offline", or the broker
+    says it for it) and it sent nothing for 39 h: connected with its program stuck. The
+    devices page showed a green "online" beside "last seen 39 h ago" (an officer's walk)."""
+    from tests.test_age_by_dates_district import _stored
+    from tests.test_central import message
+
+    db = str(tmp_path / "central.sqlite3")
+    health = message("health", seq=1)
+    assert health["interval_s"] > 0
+    _stored(db, [message("status", seq=1, state="online"), health])
+    dash = open_db(db)
+    try:
+        def flags(hours: float) -> list[str]:
+            (row,) = Q.devices_page(dash, Q.Scope(None), Q.period(8),
+                                    now=time.time() + hours * 3600)
+            return [f for f in row.flags if f.startswith("online")]
+
+        assert flags(1.5) == []  # within the 2 h: a health message may be on its way
+        assert flags(39) == ["online but silent 39 h: restart it"]
+        later = time.time() + 39 * 3600
+        table = devices_table(Q.devices_page(dash, Q.Scope(None), Q.period(8), now=later),
+                              later)
+        assert '<td class="stuck">online<br>' in table and 'class="online"' not in table
+    finally:
+        dash.close()

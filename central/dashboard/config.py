@@ -74,6 +74,12 @@ COLLECTOR_QUIET_S = 15 * 60.0
 
 # -- devices: what makes a box need a visit --------------------------------------------------
 SILENT_AFTER_S = 3 * DAY_S  # a clinic box that scans most weekdays: 3 days is a long weekend
+# A box whose uplink last said "online" (its retained status: a box that goes away says
+# "offline", or the broker says it for it within a keepalive) but that has sent nothing for
+# this many of its health intervals, and at least ONLINE_SILENT_MIN_S: connected with its
+# program stuck (a green "online" stood beside "last seen 39 h ago"; an officer's walk).
+ONLINE_SILENT_INTERVALS = 3
+ONLINE_SILENT_MIN_S = 2 * 3600.0
 LOW_DISK_MB = 500.0  # the journal sheds frames near full; 500 MB is about a week of frames
 HOT_C = 80.0  # Raspberry Pi 5 starts throttling at 80-85 C (Raspberry Pi documentation)
 BACKLOG_WARN = 100  # messages queued on the box: about a clinic day of exams and health

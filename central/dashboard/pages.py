@@ -613,14 +613,16 @@ def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None,
         if n:
             bundle += (f'<br><a href="#fleet-errors">{plural(n, "update error")} in the '
                        "period</a>")
-        state = esc(d.state or "-")
+        state = cls = esc(d.state or "-")
+        if any(f.startswith("online but silent") for f in d.flags):
+            cls = "stuck"  # not green beside "last seen 39 h ago"
         body.append(
             f'<tr data-device="{esc(d.device_id)}" class="{"flag" if d.flags else ""}">'
             f"<td>{esc(d.device_id)}</td><td>{esc(d.clinic_id)}</td>"
             f'<td class="name">{esc(d.clinic_name)}</td>'
             f'<td class="flags">{esc(", ".join(d.flags)) or "-"}</td>'
             f'<td title="{esc(utc(d.last_seen))} UTC">{esc(ago(d.last_seen, now))}</td>'
-            f'<td class="{state}">{state}<br><span class="small">'
+            f'<td class="{cls}">{state}<br><span class="small">'
             f"{esc(ago(d.state_since, now))}</span></td>"
             f'<td class="num">{_cell(d.backlog)}</td><td class="num">{_cell(d.behind)}</td>'
             f'<td class="num">{_cell(d.missing)}</td>'

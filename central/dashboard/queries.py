@@ -17,7 +17,7 @@ from central.dashboard import config as C
 from central.dashboard import reference as R
 from central.dashboard.store import Db, block_days, clock_offset, seq_block, week_of
 from central.db import SEQ_KINDS_SQL
-from wire.schema import wall_ts_or_none
+from wire.schema import number_or_none, wall_ts_or_none
 
 
 @dataclass(frozen=True)
@@ -756,6 +756,7 @@ class DeviceRow:
     received: int = 0  # messages that take a seq (exam, health, dates) received in the period
     clock_behind_s: float | None = None  # clock_offset: negative when the box's is ahead
     clock_set: list | None = None  # [when, seconds moved]: the page set the box's clock
+    health_interval_s: float | None = None  # its latest health's interval_s
     flags: list[str] = field(default_factory=list)
     clinic_name: str = ""  # from the district map; "" when it gives none
 
@@ -793,6 +794,7 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
         row.received = received.get(dev, 0)
         row.clock_behind_s = clock_offset(health_lag, online_lag)
         row.clock_set = h.get("clock_set")
+        row.health_interval_s = number_or_none(h.get("interval_s"))
         row.clinic_name = names.get(clinic, "")
         row.flags = device_flags(row, now, heard)
         out.append(row)
@@ -805,6 +807,16 @@ def span(seconds: float) -> str:
     return f"{days:.0f} days" if days >= 2 else f"{seconds / 3600:.0f} h"
 
 
+def online_but_silent(d: DeviceRow, heard: float) -> bool:
+    """The box's uplink last said "online" and it has sent nothing for longer than a few
+    of its health intervals (config.py ONLINE_SILENT_*): a connection without a program."""
+    if d.state != "online" or d.last_seen is None:
+        return False
+    interval = d.health_interval_s if d.health_interval_s and d.health_interval_s > 0 else 0.0
+    return heard - d.last_seen > max(C.ONLINE_SILENT_MIN_S,
+                                     C.ONLINE_SILENT_INTERVALS * interval)
+
+
 def device_flags(d: DeviceRow, now: float, heard: float | None = None) -> list[str]:
     """Why this box may need a visit (thresholds in config.py). `heard`: the last moment a
     box could have been heard (when the collectors went quiet; default now): a box silent
@@ -815,6 +827,8 @@ def device_flags(d: DeviceRow, now: float, heard: float | None = None) -> list[s
         flags.append(f"silent {'never' if d.last_seen is None else span(heard - d.last_seen)}"
                      + ("" if heard == now or d.last_seen is None else
                         " before the collector stopped"))
+    if online_but_silent(d, heard):
+        flags.append(f"online but silent {span(heard - d.last_seen)}: restart it")
     if d.disk_free_mb is not None and d.disk_free_mb < C.LOW_DISK_MB:
         flags.append("disk low")
     if d.temp_c is not None and d.temp_c >= C.HOT_C:
