@@ -260,6 +260,11 @@ class Scorer:
                 biometry = biometry_of(shape, pixel_size).to_dict()
             elif named:  # said, not left out: a fresh box ticked its heads and never said
                 biometry = Biometry(self._scale_problem(frame), ellipse=shape.ellipse).to_dict()
+        elif (self.head is not None and self.quality is None
+              and plane.plane in self.head.head_planes):
+            # without the audit the segmenter runs for biometry alone, so not without a
+            # pixel size: the frame still says why its head is not measured
+            biometry = Biometry(self._scale_problem(frame)).to_dict()
         t3 = time.perf_counter()
         if biometry is not None:
             biometry["ms"] = round(_ms(t3 - t2), 3)

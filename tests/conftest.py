@@ -45,6 +45,7 @@ BACKGROUND = {
 _JOBS: dict[str, dict] = {}  # fixture -> {"folder", "proc", "log"}
 
 
+@pytest.hookimpl(trylast=True)  # after -k, -m and --deselect have chosen the items
 def pytest_collection_modifyitems(session, config, items) -> None:
     needed = {name for item in items for name in item.fixturenames if name in BACKGROUND}
     for name in sorted(needed - set(_JOBS)):

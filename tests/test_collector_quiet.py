@@ -117,6 +117,17 @@ def test_a_stopped_collector_is_said_on_every_page_and_no_box_is_silent_after_it
             assert bool(flag) == was, (dev, flag)
             assert all(f.endswith(" before the collector stopped") for f in flag)
 
+        page = request(base, "/clinics?weeks=8", cookie)[2].decode()
+        assert re.search(r"<strong>\d+</strong> sent nothing in the last 7 days before the "
+                         r"collector stopped\.", page), page[:3000]
+        stop_day = time.strftime("%Y-%m-%d", time.gmtime(stopped))
+        after_stop = re.findall(r'<rect [^>]*fill="([^"]+)"[^>]*><title>[^<]* (\d{4}-\d\d-\d\d): '
+                                r'([^<]*)</title>', page)
+        # the days after the stop's: white, "not heard", never a silent day's grey
+        unheard = [(fill, tip) for fill, day, tip in after_stop if day > stop_day]
+        assert unheard and all(fill == "#fff" for fill, _ in unheard), unheard[:5]
+        assert {tip for _, tip in unheard} <= {"not heard: the collector had stopped",
+                                                "today so far: no message yet"}
         days = list(csv.DictReader(io.StringIO(
             request(base, "/api/clinics.csv?weeks=8", cookie)[2].decode())))
         quiet_day = time.strftime("%Y-%m-%d", time.gmtime(stopped))
@@ -194,3 +205,11 @@ def test_a_box_online_but_silent_for_hours_is_flagged_not_green(tmp_path):
         assert '<td class="stuck">online<br>' in table and 'class="online"' not in table
     finally:
         dash.close()
+
+
+def test_a_collector_stopped_under_an_hour_ago_is_said_in_minutes():
+    from central.dashboard.server import _quiet
+
+    assert "(20 min ago)" in _quiet(time.time() - 1200)  # it said "(0 h ago)"
+    assert "(2 h ago)" in _quiet(time.time() - 2 * 3600)
+    assert _quiet(None) == ""

@@ -65,4 +65,5 @@ def test_head_frames_at_two_scales_are_flagged_on_the_card(depth_changed):
         .map((li) => li.textContent).find((t) => t.startsWith('The head frames disagree'))""")
     assert line == (f"The head frames disagree: HC from {hf['p10_mm']:.0f} to "
                     f"{hf['p90_mm']:.0f} mm. The box's calibration holds for one depth of the "
-                    "scanner: if the depth changed, set it back and measure again."), line
+                    "scanner: if the depth changed, set it back and measure again. Two women "
+                    "in one exam show so too: stop the exam between them."), line

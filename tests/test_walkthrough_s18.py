@@ -110,6 +110,20 @@ def test_an_exam_of_heads_without_a_pixel_size_says_why_there_is_no_hc(data_dir,
     assert "not measured" not in measured.stdout and "HC " in measured.stdout
 
 
+def test_without_the_audit_an_exam_of_heads_still_says_why_there_is_no_hc(data_dir,
+                                                                           tmp_path):
+    # `[quality] enabled = false`: the segmenter runs for biometry alone, so not without a
+    # pixel size, and the frames said nothing of their heads at all (a review)
+    frames = _heads(data_dir, tmp_path / "frames")
+    config = tmp_path / "device.toml"
+    config.write_text("[quality]\nenabled = false\n")
+    done = sonoedge("exam", "--config", str(config), str(frames))
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "head:" in line]
+    assert len(lines) == 1 and "not measured" in lines[0] and "--pixel-size" in lines[0], \
+        done.stdout
+
+
 def test_status_after_a_run_without_a_broker_says_never_and_why(data_dir, tmp_path):
     # `sonoedge run --source FOLDER --state-dir DIR --once` with no --mqtt-url, then
     # `sonoedge status`: the old lines read "last connect: - ago; last ack: - ago" and did

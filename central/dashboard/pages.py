@@ -128,10 +128,12 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
             # weekends are expected to be quiet, today may not have begun at the clinic, and
             # before its first message the clinic had no box to hear from
             before = page.before_first(clinic, d)
-            fill = ("#fff" if d == today else WEEKEND if (d + 3) % 7 >= 5 or before
+            unheard = page.quiet_day is not None and d >= page.quiet_day
+            fill = ("#fff" if d == today or unheard else WEEKEND if (d + 3) % 7 >= 5 or before
                     else GREY) if c.silent else \
                 ("#fff" if c.exams == 0 else bin_colour(c.exams, EXAM_EDGES, BLUES))
             quiet = ("today so far: no message yet" if d == today else
+                     "not heard: the collector had stopped" if unheard else
                      "before the clinic's first message" if before else "silent, no message")
             tip = (f"{title} {Q.day_text(d)}: " +
                    (quiet if c.silent else
@@ -442,7 +444,8 @@ def quality_clinics_csv(page: Q.QualityPage) -> str:
                    f"worst_plane_below_{C.MIN_QUALITY}", "worst_plane_best_frames",
                    "clinic_name"],
                   [[c.clinic_id, c.best_frames, round(c.mean_quality, 4), c.below_capture,
-                    c.worst_plane, c.worst_below, c.worst_frames, c.name]
+                    c.worst_plane if c.worst_below else "", c.worst_below,
+                    c.worst_frames if c.worst_below else "", c.name]
                    for c in page.clinics])
 
 
@@ -455,7 +458,8 @@ def quality_clinics_table(page: Q.QualityPage) -> str:
         f"<td>{clinic_html(c.clinic_id, c.name)}</td><td class=num>{c.best_frames}</td>"
         f"<td class=num>{c.mean_quality:.2f}</td>"
         f"<td class=num>{pct(c.below_share)} ({c.below_capture})</td>"
-        f"<td>{esc(c.worst_plane)}: {c.worst_below} of {c.worst_frames}</td></tr>"
+        + (f"<td>{esc(c.worst_plane)}: {c.worst_below} of {c.worst_frames}</td></tr>"
+           if c.worst_below else "<td>-</td></tr>")
         for c in page.clinics)
     return ('<div class="wide"><table class="quality-clinics"><tr><th>clinic</th>'
             "<th>best frames</th><th>mean quality</th>"

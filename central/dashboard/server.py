@@ -403,8 +403,10 @@ class Dashboard:
 
     def _body_clinics(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.clinics_page(db, scope, per)
+        # the last 7 days the district could hear: up to a stopped collector's day
+        heard = [d for d in per.days if page.quiet_day is None or d < page.quiet_day][-7:]
         silent = sum(1 for c in page.clinics
-                     if all(page.cells[(c, d)].silent for d in per.days[-7:]))
+                     if heard and all(page.cells[(c, d)].silent for d in heard))
         daily = weeks <= C.CLINICS_DAILY_WEEKS
         unit = "day" if daily else "week"
         grey = ("no message from any box of the clinic that day" if daily else
@@ -412,8 +414,9 @@ class Dashboard:
                 "clinic (all grey: none all week)")
         return (f"<h2>Exams per {unit}, last {weeks} weeks</h2>"
                 f'<p class="lead">{P.plural(len(page.clinics), "clinic")}; '
-                f"<strong>{silent}</strong> sent "
-                f"nothing in the last 7 days. Grey: {grey}; silent weekdays count from the "
+                f"<strong>{silent}</strong> sent nothing in the last 7 days"
+                + ("" if page.quiet_day is None else " before the collector stopped")
+                + f". Grey: {grey}; silent weekdays count from the "
                 f"clinic's first message on (a box not yet set up is not a silent clinic). "
                 f"An orange dot: a box's messages of that {unit} are missing (a hole in its "
                 f"sequence: lost on the way or dropped by a full outbox). "
@@ -695,8 +698,10 @@ def _quiet(since: float | None) -> str:
     district's, not theirs."""
     if since is None:
         return ""
+    gone = time.time() - since
+    ago = f"{gone / 60:.0f} min" if gone < 3600 else Q.span(gone)  # "0 h" for half an hour
     return (f'<p class="caveat quiet"><strong>No collector has received anything since '
-            f"{esc(P.utc(since))} UTC ({esc(Q.span(time.time() - since))} ago).</strong> "
+            f"{esc(P.utc(since))} UTC ({esc(ago)} ago).</strong> "
             "What the boxes sent since then waits on them and on the broker, and arrives once "
             "a collector runs again (<code>sonoedge-central run</code>). Until then no box "
             "or clinic is counted silent after that time: start the collector before sending "
