@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.web_harness import PIN, SCREEN_H, SCREEN_W, _screen, chromium, device
+from tests.web_harness import SCREEN_H, SCREEN_W, _screen, chromium, device, unlocked_page
 
 pytest.importorskip("playwright")
 
@@ -44,12 +44,7 @@ def depth_changed(tmp_path_factory, data_dir):
         writer.write(frame)
     writer.release()
     with chromium(tmp) as context, device(tmp, clip, pixel_size_mm=PIXEL_MM) as (base, _p):
-        page = context.new_page()
-        page.goto(base + "/")
-        page.wait_for_selector("#login:not([hidden])")
-        page.fill("#pin", PIN)
-        page.click("#unlock")
-        page.wait_for_selector("#app:not([hidden])")
+        page = unlocked_page(context, base)
         yield page
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.web_harness import PIN, chromium, device, make_clip
+from tests.web_harness import chromium, device, make_clip, unlocked_page
 
 pytest.importorskip("playwright")
 
@@ -28,12 +28,7 @@ def fresh_box(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("fresh")
     clip = make_clip(data_dir, tmp / "clip.avi", black_s=2.0, rounds=1)
     with chromium(tmp) as context, device(tmp, clip, pixel_size_mm=0) as (base, proc):
-        page = context.new_page()
-        page.goto(base + "/")
-        page.wait_for_selector("#login:not([hidden])")
-        page.fill("#pin", PIN)
-        page.click("#unlock")
-        page.wait_for_selector("#app:not([hidden])")
+        page = unlocked_page(context, base)
         page.proc = proc  # the last test takes the box away
         yield page, tmp
 

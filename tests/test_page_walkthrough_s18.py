@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.web_harness import PIN, chromium, device, make_clip
+from tests.web_harness import chromium, device, make_clip, unlocked_page
 
 pytest.importorskip("playwright")
 
@@ -36,12 +36,7 @@ def page(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("walk")
     clip = make_clip(data_dir, tmp / "clip.avi", black_s=2.0, rounds=2)
     with chromium(tmp) as context, device(tmp, clip) as (base, _proc):
-        page = context.new_page()
-        page.goto(base + "/")
-        page.wait_for_selector("#login:not([hidden])")
-        page.fill("#pin", PIN)
-        page.click("#unlock")
-        page.wait_for_selector("#app:not([hidden])")
+        page = unlocked_page(context, base)
         yield page
 
 

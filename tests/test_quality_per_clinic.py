@@ -21,13 +21,14 @@ from tests.dashboard_harness import request
 from tests.test_age_by_dates_district import served
 from tests.test_central import encode, message
 
-REGISTRY = {"dev-a": "clinic-good", "dev-b": "clinic-short"}
+REGISTRY = {"dev-a": "clinic-good", "dev-b": "clinic-short", "dev-c": "clinic-few"}
 
 
-def _exam(device: str, seq: int, tv: float, heart: float) -> Row:
-    payload = message("exam", device=device, seq=seq,
-                      planes={"Brain (Tv.)": [10, 0.9, tv], "4CH": [6, 0.8, heart],
-                              "Background": [50, 0.9, 0.0]})
+def _exam(device: str, seq: int, tv: float, heart: float | None) -> Row:
+    planes = {"Brain (Tv.)": [10, 0.9, tv], "Background": [50, 0.9, 0.0]}
+    if heart is not None:
+        planes["4CH"] = [6, 0.8, heart]
+    payload = message("exam", device=device, seq=seq, planes=planes)
     row = collector.check(f"sonoedge/{device}/exam", encode(payload), 4096, "c1",
                           payload["ts"], REGISTRY)
     assert isinstance(row, Row), row
@@ -67,6 +68,33 @@ def test_each_clinics_best_frames_under_capture_are_counted_and_the_worst_plane_
             ("clinic-short", "12", "5", "4CH", "4"), ("clinic-good", "12", "0", "", "0")]
         assert float(got[0]["mean_best_quality"]) == round((0.45 + 5 * 0.75 + 4 * 0.3
                                                             + 2 * 0.6) / 12, 4)
+
+
+def test_the_plane_named_is_by_share_among_planes_found_often_enough(tmp_path):
+    """By share, among the planes found QUALITY_PLANE_MIN_FRAMES times or more: 2 of 2 is
+    no pattern, and by count the most scanned plane came first everywhere."""
+    db = str(tmp_path / "central.sqlite3")
+    rows = []
+    for i in range(24):  # profiles: 5 of 24 under (21%); heads: 3 of 12 (25%); hearts: 2 of 2
+        planes = {"Profile": [8, 0.9, 0.4 if i < 5 else 0.8], "Background": [50, 0.9, 0.0]}
+        if i < 12:
+            planes["Brain (Tv.)"] = [10, 0.9, 0.45 if i < 3 else 0.8]
+        if i < 2:
+            planes["4CH"] = [6, 0.8, 0.3]
+        payload = message("exam", device="dev-c", seq=i + 1, planes=planes)
+        rows.append(collector.check("sonoedge/dev-c/exam", encode(payload), 4096, "c1",
+                                    payload["ts"], REGISTRY))
+    assert C.QUALITY_PLANE_MIN_FRAMES <= 12
+    store = Store(db)
+    try:
+        assert store.store(rows, []) == (24, 0)
+    finally:
+        store.close()
+    with served(db, tmp_path) as (base, cookie):
+        body = request(base, "/api/quality_clinics.csv?weeks=8", cookie)[2].decode()
+        (row,) = csv.DictReader(io.StringIO(body))
+        assert (row["worst_plane"], row["worst_plane_below_0.5"],
+                row["worst_plane_best_frames"]) == ("Brain (Tv.)", "3", "12")
 
 
 def test_the_criteria_are_named_in_the_midwifes_words_the_device_ships():

@@ -227,6 +227,17 @@ def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.2):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def unlocked_page(context, base: str):
+    """A new tab on the box's page, its PIN entered as the midwife does: the page."""
+    page = context.new_page()
+    page.goto(base + "/")
+    page.wait_for_selector("#login:not([hidden])")
+    page.fill("#pin", PIN)
+    page.click("#unlock")
+    page.wait_for_selector("#app:not([hidden])")
+    return page
+
+
 @contextmanager
 def chromium(tmp: Path):
     """Playwright driving Debian's Chromium with a fresh profile."""

@@ -63,6 +63,10 @@ MIN_QUALITY = 0.5
 # page's table: one plane in five found and not captured (our judgement of where a visit to
 # train pays, not a published figure; the seeded district's worst clinic is at 18%).
 QUALITY_CLINIC_FLAG = 0.2
+# The plane a clinic's best frames fall under MIN_QUALITY most often: by share, among the
+# planes it found this often (2 of 2 is no pattern); by count, the most scanned plane came
+# first everywhere.
+QUALITY_PLANE_MIN_FRAMES = 10
 NOT_A_VIEW = schema.NOT_A_VIEW  # as central/report.py and the device's summary shedding
 
 # -- the collectors ---------------------------------------------------------------------------

@@ -464,7 +464,9 @@ def quality_clinics_table(page: Q.QualityPage) -> str:
     return ('<div class="wide"><table class="quality-clinics"><tr><th>clinic</th>'
             "<th>best frames</th><th>mean quality</th>"
             f"<th>under {C.MIN_QUALITY} (not captured)</th>"
-            f"<th>plane most often under {C.MIN_QUALITY}</th></tr>{rows}</table></div>")
+            f"<th>plane most often under {C.MIN_QUALITY} (share of its best frames; "
+            f"planes found {C.QUALITY_PLANE_MIN_FRAMES} times or more first)</th></tr>"
+            f"{rows}</table></div>")
 
 
 def deficiencies_csv(page: Q.QualityPage) -> str:

@@ -578,7 +578,8 @@ def _clinic_quality(db: Db, scope: Scope, w0: int, w1: int) -> list[ClinicQualit
     out = []
     for clinic, rows in per_plane.items():
         n = sum(r[1] for r in rows)
-        worst = max(rows, key=lambda r: (r[3], r[3] / r[1], r[0]))  # most often under it
+        worst = max(rows, key=lambda r: (r[1] >= C.QUALITY_PLANE_MIN_FRAMES, r[3] / r[1],
+                                         r[3], r[0]))
         out.append(ClinicQuality(clinic, n, sum(r[2] for r in rows) / n,
                                  sum(r[3] for r in rows), worst[0], worst[3], worst[1],
                                  names.get(clinic, "")))
