@@ -76,7 +76,7 @@ bench-dashboard: dev-env system-deps
 # arm64 (issue 16): the device install resolves on linux/aarch64 from wheels alone (about 5 s);
 # and `sonoedge score` on the 13 example screens under an emulated arm64 Debian gives the
 # same planes as here (about 75 s from scratch, root; the rootfs is cached in build/).
-# `make test` runs both (tests/test_arm64.py).
+# `make test` runs both (tests/test_arm64.py, tests/test_score_on_emulated_arm64.py).
 check-arm64: device-env
 	$(BIN)/python scripts/check_arm64.py
 

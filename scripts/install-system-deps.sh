@@ -23,7 +23,7 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the TLS test makes i
 command -v WebKitWebDriver >/dev/null 2>&1 || missing+=(webkit2gtk-driver)
 command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
 fc-list 2>/dev/null | grep -qi dejavu || missing+=(fonts-dejavu-core)  # text in screenshots
-# tests/test_arm64.py: score under an emulated arm64 Debian (scripts/arm64_emulated.sh)
+# tests/test_score_on_emulated_arm64.py: score under an emulated arm64 Debian (scripts/arm64_emulated.sh)
 command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 # bench/isa_mask.c (make bench, tests/test_avx2_path.py): the models on AVX2 alone

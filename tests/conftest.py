@@ -105,7 +105,7 @@ def _two_year_district(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def arm64_emulated_run() -> tuple[int, str]:
-    """scripts/arm64_emulated.sh's exit code and output (tests/test_arm64.py)."""
+    """scripts/arm64_emulated.sh's exit code and output (tests/test_score_on_emulated_arm64.py)."""
     done = background_job("arm64_emulated_run")
     if done is None:
         out = subprocess.run(BACKGROUND["arm64_emulated_run"], capture_output=True, text=True,
