@@ -54,10 +54,14 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         folder = Path(tempfile.mkdtemp(prefix=f"sonoedge-{name.strip('_')}-"))
         log = open(folder / "job.log", "wb")
         argv = [a.replace("{folder}", str(folder)) for a in BACKGROUND[name]]
-        env = {**os.environ, "PYTHON": sys.executable, "SONOEDGE_DATA": str(DATA)}
         _JOBS[name] = {"folder": folder, "log": log, "proc": subprocess.Popen(
-            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=_job_env(),
             preexec_fn=lambda: os.nice(5))}  # the tests in the foreground first
+
+
+def _job_env() -> dict[str, str]:
+    """A background job's environment: this Python and the real data, for the scripts."""
+    return {**os.environ, "PYTHON": sys.executable, "SONOEDGE_DATA": str(DATA)}
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
@@ -109,9 +113,7 @@ def arm64_emulated_run() -> tuple[int, str]:
     done = background_job("arm64_emulated_run")
     if done is None:
         out = subprocess.run(BACKGROUND["arm64_emulated_run"], capture_output=True, text=True,
-                             cwd=REPO, timeout=1800,
-                             env={**os.environ, "PYTHON": sys.executable,
-                                  "SONOEDGE_DATA": str(DATA)})
+                             cwd=REPO, timeout=1800, env=_job_env())
         return out.returncode, out.stdout + out.stderr
     return done[0], done[1]
 

@@ -698,10 +698,8 @@ def _quiet(since: float | None) -> str:
     district's, not theirs."""
     if since is None:
         return ""
-    gone = time.time() - since
-    ago = f"{gone / 60:.0f} min" if gone < 3600 else Q.span(gone)  # "0 h" for half an hour
     return (f'<p class="caveat quiet"><strong>No collector has received anything since '
-            f"{esc(P.utc(since))} UTC ({esc(ago)} ago).</strong> "
+            f"{esc(P.utc(since))} UTC ({esc(P.ago(since, time.time()))}).</strong> "
             "What the boxes sent since then waits on them and on the broker, and arrives once "
             "a collector runs again (<code>sonoedge-central run</code>). Until then no box "
             "or clinic is counted silent after that time: start the collector before sending "
