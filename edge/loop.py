@@ -520,7 +520,10 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                 if frame is None:
                     if web is not None:  # a Stop or dates tapped while nothing comes
                         web.apply_commands(tracker)
-                    tracker.idle(time.monotonic())
+                    now = time.monotonic()
+                    tracker.idle(now)
+                    if web is not None:
+                        web.view.exam_kept_until = tracker.signal_hold_ends(now)
                 else:
                     result = scorer.score(frame, capture_s)
                     record = result.to_dict()

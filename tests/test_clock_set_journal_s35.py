@@ -79,6 +79,7 @@ state_dir = "{state}"
 log_every = 0
 [exam]
 end_gap_s = {END_GAP_S}
+signal_hold_s = 0  # the cable out is the woman gone here (tests/test_signal_hold.py holds)
 {extra}""")
     loop = threading.Thread(target=run, args=(load_settings(cfg),),
                             kwargs={"echo": lambda line: None}, daemon=True)

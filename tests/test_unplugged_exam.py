@@ -83,6 +83,7 @@ state_dir = "{state}"
 log_every = 0
 [exam]
 end_gap_s = {END_GAP_S}
+signal_hold_s = 0  # the cable out is the woman gone here (tests/test_signal_hold.py holds)
 [mqtt]
 health_interval_s = 1.0
 """)
@@ -145,6 +146,7 @@ state_dir = "{state}"
 log_every = 0
 [exam]
 end_gap_s = {END_GAP_S}
+signal_hold_s = 0  # the cable out is the woman gone here (tests/test_signal_hold.py holds)
 [web]
 listen = "127.0.0.1:{free_port()}"
 """)
@@ -177,7 +179,8 @@ listen = "127.0.0.1:{free_port()}"
 
 def test_the_trackers_clock_ends_an_exam_only_once_its_gap_has_passed():
     ended: list[dict] = []
-    tracker = ExamTracker(find_protocol("biometry"), ExamSettings(end_gap_s=20.0), None,
+    tracker = ExamTracker(find_protocol("biometry"),
+                          ExamSettings(end_gap_s=20.0, signal_hold_s=0.0), None,
                           lambda _session, body: ended.append(body))
     frame = {"source": "live", "frame": 0, "plane": "Brain (Tv.)", "error": None,
              "roi": [0, 0, 10, 10], "ts": 1.7e9,
@@ -232,6 +235,7 @@ backoff_initial_s = 0.3
 backoff_max_s = 0.5
 [exam]
 end_gap_s = {END_GAP_S}
+signal_hold_s = 0  # the cable out is the woman gone here (tests/test_signal_hold.py holds)
 """)
     said: list[tuple[float, str]] = []
     exit_code: list[int] = []

@@ -69,6 +69,16 @@ class ExamSettings:
     protocol: str = "biometry"
     protocols_file: str = ""  # "" = the shipped edge/exam/protocols.toml
     end_gap_s: float = 20.0  # an exam ends after this long without ultrasound content
+    # No frame at all for longer than `signal_lost_s` (as the page's [web] no_signal_s) is
+    # a lost signal: a cable pulled, a grabber or scanner restarted. Such a spell, beyond
+    # its first `signal_lost_s`, does not count toward `end_gap_s` while it is shorter than
+    # `signal_hold_s`: the same woman's exam goes on when the picture comes back (a
+    # midwife's walk: plugging the cable back in started a second exam, her checklist
+    # split in two). Longer, the exam ends as by a gap. A box cannot tell the same woman
+    # from the next: the hold is short next to a change of women, the page says the exam
+    # is kept and its Stop ends it. 0 turns the hold off (every spell counts as a gap).
+    signal_lost_s: float = 2.0
+    signal_hold_s: float = 90.0
     thumbnails: bool = True
     thumb_width: int = 320  # pixels; the region is scaled down to this width
     thumb_interval_s: float = 0.5  # a plane's thumbnail is rewritten at most this often
@@ -334,6 +344,10 @@ class ExamTracker:
         self.model_versions = model_versions
         self.current: ExamSession | None = None
         self._last_content: float | None = None
+        # the scan's clock at the last frame fed, and the time without any frame since the
+        # current exam's last ultrasound (lost-signal spells, see ExamSettings.signal_hold_s)
+        self._last_frame: float | None = None
+        self._dark_s = 0.0
         # The last step of the wall clock (moved_s, before_ts; `clock_set`): a frame stamped
         # before it but fed after (captured as the clock stepped) is moved as it comes.
         self._step: tuple[float, float] | None = None
@@ -359,8 +373,11 @@ class ExamTracker:
         # grabber unplugged or a scanner switched off sends no frames at all, and the next
         # woman's first frames would otherwise have joined the last woman's exam.
         self.idle(now)
+        self._dark_s += self._spell(now)  # an exam held through a lost signal goes on
+        self._last_frame = now
         wall = self._after_step(wall_time_of(result))
         if self.current is None:
+            self._dark_s = 0.0
             if not content:
                 return None
             ids = {"exam_id": exam_id_for(run_id, row)} if row is not None and run_id else {}
@@ -372,7 +389,7 @@ class ExamTracker:
             log.info("exam %s started (protocol %s)", self.current.exam_id, self.protocol.name)
         self.current.last_frame = (wall, now)
         if content:
-            self._last_content = now
+            self._last_content, self._dark_s = now, 0.0
             self.current.last_content = self.current.last_frame
         self.current.add(result, image, roi, now)
         if row is not None:
@@ -410,17 +427,42 @@ class ExamTracker:
 
     def idle(self, now: float) -> dict | None:
         """The scan's clock at `now` with or without a frame: an exam whose last ultrasound
-        is `end_gap_s` old ends ("gap"), dated by that ultrasound. The loop calls it while
-        a live grabber hands no frames (unplugged, scanner off), so the exam's summary
-        goes to the journal and the district then, not when the next woman is scanned."""
-        if self.current is not None and self._last_content is not None \
-                and now - self._last_content >= self.settings.end_gap_s:
+        is `end_gap_s` old ends ("gap"), dated by that ultrasound, not counting lost-signal
+        spells it was held through (`signal_hold_s`), and so does one whose signal has
+        been lost for `signal_hold_s`. The loop calls it while a live grabber hands no
+        frames (unplugged, scanner off), so the exam's summary goes to the journal and the
+        district then, not when the next woman is scanned."""
+        if self.current is None or self._last_content is None:
+            return None
+        spell = self._spell(now)
+        held = self.settings.signal_hold_s
+        if spell >= held > 0 or \
+                now - self._last_content - self._dark_s - spell >= self.settings.end_gap_s:
             return self.end("gap")
         return None
+
+    def _spell(self, now: float) -> float:
+        """How long the signal has been lost by `now`: the time without any frame beyond
+        the first `signal_lost_s` (a box scoring slowly hands frames seconds apart, and
+        their gap must still count), 0 where the exam is not held through such spells."""
+        last, cfg = self._last_frame, self.settings
+        if last is None or cfg.signal_hold_s <= 0:
+            return 0.0
+        return max(0.0, now - last - cfg.signal_lost_s)
+
+    def signal_hold_ends(self, now: float) -> float | None:
+        """While the running exam is held through a lost signal, when (on the scan's
+        clock) the hold runs out and the exam ends: the page says it is kept, and for how
+        long. None when no exam is held so."""
+        spell = self._spell(now)
+        if self.current is None or spell <= 0:
+            return None
+        return now - spell + self.settings.signal_hold_s
 
     def end(self, ended_by: str) -> dict | None:
         """End the current exam, if any; returns its summary body."""
         session, self.current, self._last_content = self.current, None, None
+        self._dark_s = 0.0
         if session is None:
             return None
         # An exam that ran out of content ended with its last content frame, not 20 s later;

@@ -74,6 +74,9 @@ class LiveView:
     viewers: int = 0
     ga_dates: dict | None = None  # {"exam_id", "lmp", "today", "weeks"} from the page
     holding: bool = False  # the next exam is held back after the page's "stop" (LoopHook)
+    # the monotonic time a running exam's hold through a lost signal runs out (the loop's
+    # idle tick, ExamTracker.signal_hold_ends), None when none is held; a frame clears it
+    exam_kept_until: float | None = None
     stopping: bool = False  # the loop is ending an exam on the page's "stop"
     commands: deque = field(default_factory=lambda: deque(maxlen=8))
     # (exam_id, {"lmp", "today"} or None) for the loop to keep with that exam (the
@@ -322,6 +325,7 @@ class LoopHook:
         self.view.hook_s += time.perf_counter() - t0
 
     def _after_frame(self, image, record, shown, class_map, mono, tracker) -> None:
+        self.view.exam_kept_until = None  # the signal is back
         self.apply_commands(tracker)
         if record.get("error"):
             class_map = None

@@ -1086,11 +1086,14 @@ class WebServer:
         else:
             signal = "ok"
         fps = view.fps if signal == "ok" else 0.0
+        kept_until = view.exam_kept_until
+        kept_s = None if signal != "no_signal" or kept_until is None \
+            else max(0, round(kept_until - now))
         return {**self._status, "phase": view.phase, "signal": signal,
                 "source": view.source_name, "live": view.source_live,
                 "fps": None if fps is None else round(fps, 1), "models": view.models,
                 "viewers": view.viewers, "heatmap_available": view.has_class_maps,
-                "holding": view.holding,
+                "holding": view.holding, "exam_kept_s": kept_s,
                 "clock": self._clock_status()}
 
     def _screening(self) -> dict:

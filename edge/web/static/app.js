@@ -589,7 +589,11 @@ function renderState(s) {
     st.temperature_c >= 80 ? "bad" : "");
   const models = Object.entries(st.models || {}).map(([k, v]) => `${k} ${v}`).join(" · ");
   chip("#models", models, "quiet");
-  if (st.signal === "no_signal") setBanner(t("status.no_signal_banner"), true);
+  // an exam held through a lost signal says so, and for how long (edge/exam/session.py
+  // ExamSettings.signal_hold_s): the cable plugged back in, her exam goes on
+  if (st.signal === "no_signal" && st.exam_kept_s != null) {
+    setBanner(t("status.no_signal_kept", { s: st.exam_kept_s }), true);
+  } else if (st.signal === "no_signal") setBanner(t("status.no_signal_banner"), true);
   else if (st.signal === "loading") setBanner(t("status.loading_banner"), false);
   else if (st.signal === "ended") setBanner(t("status.ended_banner"), false, "quiet");
   else setBanner("", false);
