@@ -235,3 +235,28 @@ def test_the_page_says_how_long_the_exam_is_kept_in_each_language():
     for lang in ("en", "fr"):
         text = catalog(lang, None)["status.no_signal_kept"]
         assert "{s}" in text, lang
+
+
+def test_the_pages_banner_counts_down_the_kept_exam_and_plain_no_signal_without_one(
+        tmp_path):
+    """Debian's Chromium on the page's real server: with a running exam held through a lost
+    signal the banner says how long it is kept and what to do; with none held, the plain
+    "check the video cable"."""
+    from tests.web_harness import chromium, page_alone, unlocked_page  # noqa: PLC0415
+
+    with page_alone(tmp_path / "state") as srv, chromium(tmp_path) as context:
+        view = srv.view
+        view.phase, view.last_frame_mono = "running", time.monotonic() - 30.0
+        view.exam_kept_until = time.monotonic() + 42.0
+        page = unlocked_page(context, f"http://127.0.0.1:{srv.port}")
+        banner = page.locator("#banner")
+        page.wait_for_function("document.querySelector('#banner').textContent"
+                               ".includes('Her exam is kept')", timeout=10_000)
+        text = banner.text_content()
+        seconds = int(text.split("is kept ")[1].split(" s")[0])
+        assert 35 <= seconds <= 42 and "plug the cable back in" in text, text
+        page.screenshot(path=str(tmp_path / "kept.png"))
+        view.exam_kept_until = None  # the hold ran out: the exam ended
+        page.wait_for_function("document.querySelector('#banner').textContent"
+                               ".includes('Check the video cable')", timeout=10_000)
+        assert "kept" not in banner.text_content()
