@@ -64,9 +64,15 @@ def _collector_parser() -> argparse.ArgumentParser:
                     help=f"SQLite path or postgresql://... (default {DEFAULT_DB})")
     ap.add_argument("--client-id", default="",
                     help="MQTT client id; keep it stable, the broker keeps its session")
-    ap.add_argument("--share-group", default="sonoedge",
-                    help="shared-subscription group to split the load between collectors")
-    ap.add_argument("--no-share", action="store_true", help="plain subscription, no $share")
+    ap.add_argument("--share-group", default="",
+                    help="shared-subscription group to split the load between collectors: "
+                         "a secret of 16+ random characters, the same for each (default: "
+                         "none, a plain subscription)")
+    ap.add_argument("--share-group-file", default="",
+                    help="the group's name read from this file (mode 0600), off the "
+                         "command line that ps shows")
+    ap.add_argument("--no-share", action="store_true",
+                    help="plain subscription, no $share (the default now; kept for scripts)")
     ap.add_argument("--max-bytes", type=int, default=4096,
                     help="larger messages are dead-lettered (default 4096)")
     ap.add_argument("--tls-ca", default="")
@@ -144,9 +150,18 @@ def collector_main(argv: list[str]) -> int:
     if url_has_password(args.mqtt_url):
         print(f"sonoedge-central: warning: {URL_PASSWORD_WARNING} (--password-file)",
               file=sys.stderr)
+    share_group = args.share_group
+    if args.share_group_file:
+        from wire.mqtt import read_secret_file
+
+        try:
+            share_group = read_secret_file(args.share_group_file)
+        except ValueError as exc:  # names the file and what is wrong with it, one line
+            print(f"sonoedge-central: --share-group-file: {exc}", file=sys.stderr)
+            return 2
     settings = CollectorSettings(
         mqtt_url=args.mqtt_url, db_url=args.db, client_id=args.client_id,
-        share_group="" if args.no_share else args.share_group, max_bytes=args.max_bytes,
+        share_group="" if args.no_share else share_group, max_bytes=args.max_bytes,
         tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         reconnect_max_s=args.reconnect_max_s, duration_s=args.duration_s,
         password_file=args.password_file, registry=args.registry,

@@ -4,8 +4,12 @@ MQTT v5 with a persistent session (``clean_start=False`` and a session expiry), 
 devices publish while the collector is away waits at the broker. Messages are acknowledged
 by hand (``manual_ack``) and only after the batch holding them is committed: a collector
 killed between receiving and storing gets the same messages again, and the ``msg_id``
-constraint keeps them single. Several collectors split the load through a shared
-subscription ``$share/<group>/sonoedge/+/+``; they can share one PostgreSQL database.
+constraint keeps them single. One collector subscribes plainly; several may split the load
+through a shared subscription ``$share/<group>/sonoedge/+/+`` whose group name is a secret
+(``MIN_SHARE_GROUP_CHARS``): Mosquitto grants any user's subscription and checks its ACL
+only when it delivers, so a device that names the group joins it and is dealt a share of
+the district's messages, which the broker then drops, already acknowledged to their boxes.
+They can share one PostgreSQL database.
 
 Every message is treated as hostile. Its size and nesting depth are checked on the raw
 bytes before it is parsed (``wire.schema.loads_bounded``), numbers must be finite and in the
@@ -64,7 +68,7 @@ class CollectorSettings:
     mqtt_url: str
     db_url: str
     client_id: str = ""  # "" means sonoedge-central-<host name>
-    share_group: str = "sonoedge"  # "" subscribes without $share
+    share_group: str = ""  # "" subscribes without $share; else a secret (module docstring)
     max_bytes: int = 4096
     session_expiry_s: int = 7 * 24 * 3600
     receive_maximum: int = 200
@@ -137,6 +141,9 @@ def read_registry(path: str | Path) -> dict[str, str]:
 
 _CLINIC_RE = wire_schema.id_pattern("clinic_id")
 _SHARE_RE = re.compile(r"[^/+#\x00-\x1f\x7f]{1,100}\Z")  # an MQTT v5 ShareName
+# A share group's name is all that keeps a device out of the collectors' group (module
+# docstring): 16 characters of secrets.token_urlsafe are 96 bits, past any guessing.
+MIN_SHARE_GROUP_CHARS = 16
 
 
 def check(topic: str, payload: bytes, max_bytes: int, collector: str, now: float,
@@ -296,6 +303,13 @@ class Collector:
             # which no device publishes on: a collector that stores nothing, without a word
             raise ValueError(f"--share-group {settings.share_group[:80]!r}: must be 1-100 "
                              "characters without /, +, # or control characters")
+        if settings.share_group and len(settings.share_group) < MIN_SHARE_GROUP_CHARS:
+            raise ValueError(
+                f"--share-group: a name of {len(settings.share_group)} characters can be "
+                "guessed, and any broker user (a device too) naming the group takes a share "
+                "of the district's messages, which the broker then drops: use at least "
+                f"{MIN_SHARE_GROUP_CHARS} random characters (python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(16))'), or one collector without --share-group")
         self._registry: tuple[float, dict[str, str]] | None = None
         self._unregistered: set[str] = set()
         self.clinics()  # a broken registry is an error at start, naming the file and line

@@ -91,18 +91,21 @@ def url(request, tmp_path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+SHARE_GROUP = "test-group-5Fq2xZ8rT1"  # as `secrets.token_urlsafe(16)` makes one
+
+
 class CollectorProc:
     """``python -m central.cli`` as a real process, its log in a file."""
 
-    def __init__(self, url: str, db: str, workdir: Path, client_id: str, share: bool = True,
+    def __init__(self, url: str, db: str, workdir: Path, client_id: str, share: bool = False,
                  extra: tuple[str, ...] = ()):
         self.log = workdir / f"{client_id}.log"
         self.db = db
         args = [sys.executable, "-m", "central.cli", "--mqtt-url", url, "--db", db,
                 "--client-id", client_id, "--reconnect-max-s", "0.5", "--duration-s", "120",
                 *extra]
-        if not share:
-            args.append("--no-share")
+        if share:  # the collectors' secret group (central/collector.py)
+            args += ["--share-group", SHARE_GROUP]
         self._logfile = open(self.log, "ab")
         self.proc = subprocess.Popen(args, stdout=self._logfile, stderr=subprocess.STDOUT,
                                      env=py_env(), cwd=str(REPO))

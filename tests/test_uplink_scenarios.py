@@ -286,8 +286,8 @@ def test_two_collectors_on_a_shared_subscription_store_each_message_once_in_post
     db = postgres.url
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS messages, dead_letters")
-    c1 = collectors(broker.url("central"), db, tmp_path, "central-1")
-    c2 = collectors(broker.url("central-2"), db, tmp_path, "central-2")
+    c1 = collectors(broker.url("central"), db, tmp_path, "central-1", share=True)
+    c2 = collectors(broker.url("central-2"), db, tmp_path, "central-2", share=True)
     c1.wait_subscribed()
     c2.wait_subscribed()
     procs = [subprocess.Popen(device_args(tmp_path / dev, broker.url(dev), dev, frames=600,
