@@ -21,10 +21,12 @@ import time
 import pytest
 
 from central.dashboard import config as C
+from central.dashboard import pages as P
 from central.dashboard import queries as Q
-from central.dashboard.pages import devices_table
+from central.dashboard.pages import WEEKEND, devices_table
 from central.dashboard.seed import SeedSettings, seed
 from central.dashboard.store import open_db, refresh
+from central.dashboard.svg import BLUES, GREY
 from central.db import Store
 from tests import conftest_mqtt as fx
 from tests.conftest_mqtt import wait_for
@@ -123,17 +125,70 @@ def test_a_stopped_collector_is_said_on_every_page_and_no_box_is_silent_after_it
         stop_day = time.strftime("%Y-%m-%d", time.gmtime(stopped))
         after_stop = re.findall(r'<rect [^>]*fill="([^"]+)"[^>]*><title>[^<]* (\d{4}-\d\d-\d\d): '
                                 r'([^<]*)</title>', page)
-        # the days after the stop's: white, "not heard", never a silent day's grey
+        # the days after the stop's: hatched, "not heard", never a silent day's grey
         unheard = [(fill, tip) for fill, day, tip in after_stop if day > stop_day]
-        assert unheard and all(fill == "#fff" for fill, _ in unheard), unheard[:5]
-        assert {tip for _, tip in unheard} <= {"not heard: the collector had stopped",
-                                                "today so far: no message yet"}
+        assert unheard and all(fill == "url(#not-heard)" for fill, _ in unheard), unheard[:5]
+        assert {tip for _, tip in unheard} == {"not heard: the collector had stopped"}
         days = list(csv.DictReader(io.StringIO(
             request(base, "/api/clinics.csv?weeks=8", cookie)[2].decode())))
         quiet_day = time.strftime("%Y-%m-%d", time.gmtime(stopped))
         after = [d for d in days if d["day"] >= quiet_day]
         assert after and all(d["silent"] == "1" for d in after if d["day"] > quiet_day)
         assert not [d for d in after if d["silent_weekday"] == "1"]
+
+
+def _legend(svg: str) -> dict[str, str]:
+    """The plot's legend: each key's words and its swatch's fill."""
+    return {label: fill for fill, label in re.findall(
+        r'<rect [^>]*width="10" height="10" fill="([^"]+)"[^>]*></rect>\n'
+        r'<text [^>]*>([^<]+)</text>', svg)}
+
+
+def _day_fills(svg: str) -> dict[str, set[str]]:
+    """The fills of the daily cells, by what their hover says of the day."""
+    out: dict[str, set[str]] = {}
+    for fill, tip in re.findall(r'<rect [^>]*fill="([^"]+)"[^>]*data-day="[^"]+"[^>]*>'
+                                r'<title>[^<]* \d{4}-\d\d-\d\d: ([^<;,]*)', svg):
+        out.setdefault(tip, set()).add(fill)
+    return out
+
+
+def test_days_not_heard_look_unlike_a_day_without_exams_and_the_legend_names_them(
+        stopped_district):
+    """After the collector stopped, the days the district could not hear were drawn white
+    with a 0-exam day's outline, and the legend had no key for them: they read as days
+    every clinic scanned no one (a district health officer's report). They are hatched, a
+    texture rather than a colour (it prints, and needs no colour vision), and the legend
+    names them, on a plot that has them only."""
+    db, _ = stopped_district
+    dash = open_db(db)
+    try:
+        refresh(dash)
+        stopped_svg = P.clinics_svg(Q.clinics_page(dash, Q.Scope(None), Q.period(8)))
+        store = Store(db)
+        try:  # a collector back: every day was heard
+            store.mark_alive("central", time.time(), time.time())
+        finally:
+            store.close()
+        heard_svg = P.clinics_svg(Q.clinics_page(dash, Q.Scope(None), Q.period(8)))
+    finally:
+        dash.close()
+
+    fills, legend = _day_fills(stopped_svg), _legend(stopped_svg)
+    (not_heard,) = fills["not heard: the collector had stopped"]
+    assert legend["0 exams"] == "#fff" and not_heard != "#fff"
+    assert not_heard not in fills.get("0 exams", set()) | {GREY, WEEKEND, *BLUES}
+    keys = [k for k in legend if k.startswith("not heard")]
+    assert keys == ["not heard: the collector had stopped"] and legend[keys[0]] == not_heard
+    # the fill is a pattern of lines drawn in the plot itself
+    pattern = re.fullmatch(r"url\(#([\w-]+)\)", not_heard)
+    assert pattern, not_heard
+    defs = re.search(rf'<pattern [^>]*id="{pattern.group(1)}"[^>]*>(.*?)</pattern>',
+                     stopped_svg, re.S)
+    assert defs and "<line " in defs.group(1), stopped_svg[:2000]
+
+    assert "not heard" not in heard_svg and "<pattern" not in heard_svg
+    assert not any(k.startswith("not heard") for k in _legend(heard_svg))
 
 
 def test_once_a_collector_marks_itself_again_the_silence_counts_to_now(stopped_district):

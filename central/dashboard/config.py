@@ -38,6 +38,33 @@ CLINICS_DAILY_WEEKS = 8
 # a single quiet day (a holiday) is only counted.
 SILENT_SPELL_WEEKDAYS = 3
 SPELLS_SHOWN = 6  # per clinic, latest first; over 2 years a few a clinic in the simulation
+# A day of the daily plot is this wide (its rows are 15 px high): its 56 days, their totals
+# and the clinic's name on each side fit a laptop's plot box (PLOT_BOX_W) with 118 px for
+# each name (pages.CLINIC_NAME_W, about 18 characters), where 15 px would leave 90. At 15 px,
+# with 106 px or more for each name, the plot was wider than the box and opened scrolled to
+# its latest end, the names' start out of view (a district health officer's report).
+CLINICS_DAY_W = 14
+# The days the district could not hear (a stopped collector) are hatched, not white like a
+# day without exams: diagonal lines this far apart, a texture that prints and needs no
+# colour vision; 4 px draws three lines across a cell.
+NOT_HEARD_HATCH = 4
+
+# -- plots at a laptop's width ----------------------------------------------------------------
+# An officer's laptop window, and what its page leaves a plot inside the plot's box: less a
+# classic scrollbar (17 px, as on Windows; an overlay one takes none), main's padding and the
+# box's border and padding on each side (static/dash.css; a test reads them there).
+LAPTOP_W = 1280
+PLOT_BOX_W = LAPTOP_W - 17 - 2 * 16 - 2 * (1 + 6)
+# Text is not measured in the page (no script runs there): a label's width is estimated
+# from these widths in ems, each the widest of its characters in DejaVu Sans (what Debian's
+# browsers draw system-ui in; Segoe UI, SF and Roboto draw narrower as a rule), so a label
+# never outgrows its column. 6.2 px a character (0.56 em) held mixed case, not capitals:
+# "KIBAHA DISTRICT HOSPITAL..." ran out of the plot's left edge. A letter with an
+# accent counts as its letter; any other character (another script, "…") as 1 em.
+TEXT_EM = {" .,:;'|/\\iIjlJ": 0.34, "frt()[]-!": 0.42, "\"*_?`": 0.54,
+           "abcdeghknopqsuvxyz0123456789${}": 0.64, "ABCEFKLPRSTVXYZ": 0.7,
+           "DGHNOQU&": 0.79, "Mw#+<=>^~": 0.87}
+TEXT_EM_OTHER = 1.0
 PERIODS_WEEKS = (8, 26, 52, 104)  # the only periods a page may be asked for
 DEFAULT_WEEKS = {"clinics": 8, "completeness": 8, "quality": 26, "biometry": 26,
                  "devices": 8}

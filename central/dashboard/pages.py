@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 
 from central.dashboard import config as C
@@ -23,16 +24,17 @@ from central.dashboard.svg import (
     Svg,
     bin_colour,
     esc,
+    fit_width,
     hbars,
     legend,
     legend_width,
+    text_width,
 )
 from wire.dating import HADLOCK_1984_WEEKS, hadlock_hc_mm
 
 EXAM_EDGES = [1, 3, 5, 8]  # exams a day: 0 | 1-2 | 3-4 | 5-7 | 8+ (clinics do 0-10)
 WEEKEND = "#f0f0f0"  # a clinic closed at the weekend is silent as expected: lighter grey
 QUALITY_EDGES = [C.MIN_QUALITY, 0.6, 0.7, 0.8]  # below capture | ... | 0.8+
-LABEL_CHARS = 32  # a clinic's name in a plot's label column (a name has up to 100)
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:
@@ -60,6 +62,15 @@ def fit(text: str, chars: int) -> str:
 
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0%}"
+
+
+NO_EXAMS = "no exams in this period"
+
+
+def share_of(share: float | None, exams: int) -> str:
+    """ "40% of 10 exams"; with no exams, that in words: a share of none read "- of 0
+    exams"."""
+    return f"{pct(share)} of {plural(exams, 'exam')}" if exams else NO_EXAMS
 
 
 def ago(ts: float | None, now: float) -> str:
@@ -101,6 +112,18 @@ def _cell_text(text: str) -> str:
 # -- clinics ---------------------------------------------------------------------------------
 # Exams a week: the day's bins over a five-day week, so a week reads like its typical day.
 WEEK_EXAM_EDGES = [1, 15, 25, 40]
+ROW_H = 15  # a clinic's row in the clinics plots
+# Beside the cells, in px: the clinic's name, right-aligned, a gap on each side; after the
+# cells a gap, the totals (exams, silent weekdays, messages missing: their right edges) and
+# the name again, a margin after it (a phone opens the plot at its latest end).
+NAME_GAP, TOTALS_GAP, TOTALS_RIGHT, TOTALS_NAME_X, NAME_END = 6, 8, (40, 100, 160), 172, 4
+# The width a clinic's name may take in each of its two columns: what the 8-week daily plot
+# leaves of a laptop's plot box beside its days and totals (118 px: about 18 characters,
+# C.CLINICS_DAY_W); a longer name ends in "…" and its hover title gives it whole.
+CLINIC_NAME_W = (C.PLOT_BOX_W - 7 * C.CLINICS_DAILY_WEEKS * C.CLINICS_DAY_W
+                 - 2 * NAME_GAP - TOTALS_GAP - TOTALS_NAME_X - NAME_END) // 2
+NOT_HEARD = "not heard: the collector had stopped"
+HOLE_KEY_W = 12  # the legend's orange dot and its gap, before its words
 
 
 def clinics_svg(page: Q.ClinicsPage) -> str:
@@ -108,54 +131,68 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
     a cell per week (``clinics_weeks_svg``): 104 weeks of days were 36,400 cells, 8.4 MB."""
     if len(page.period.days) > 7 * C.CLINICS_DAILY_WEEKS:
         return clinics_weeks_svg(page)
-    days, cell = page.period.days, 15
+    days, cw = page.period.days, C.CLINICS_DAY_W
+    # after a stopped collector's day the district heard nothing: hatched, and a legend key
+    unheard_from = page.quiet_day if page.quiet_day is not None else days[-1] + 1
+    not_heard_shown = any(page.cells[(c, d)].silent for c in page.clinics
+                          for d in days if d >= unheard_from)
+    keys = [(GREY, "silent weekday"), (WEEKEND, "silent weekend, or before the first message"),
+            ("#fff", "0 exams"), (BLUES[1], "1-2"), (BLUES[2], "3-4"), (BLUES[3], "5-7"),
+            (BLUES[4], "8+")]
+    hole_words = "a hole in the box's message sequence touches this day"
     svg, (label_w, top) = _clinics_frame(
-        page, cell, len(days), "Exams per day per clinic, silent days and sequence holes")
+        page, cw, len(days), "Exams per day per clinic, silent days and sequence holes",
+        legend_width(keys) + HOLE_KEY_W + text_width(hole_words),
+        extra_h=18 if not_heard_shown else 0)
+    not_heard = svg.hatch("not-heard", C.NOT_HEARD_HATCH) if not_heard_shown else None
     for i, d in enumerate(days):
-        x = label_w + i * cell
+        x = label_w + i * cw
         if (d + 3) % 7 == 0:  # Monday
-            svg.line(x, top - 4, x, top + cell * len(page.clinics), stroke="#bbb")
+            svg.line(x, top - 4, x, top + ROW_H * len(page.clinics), stroke="#bbb")
             svg.text(x + 1, top - 8, time.strftime("%d %b", time.gmtime(d * C.DAY_S)),
                      fill=MUTED, size=10)
     today = page.period.last_day  # still under way: silent so far is not silent
-    svg.text(label_w + (len(days) - 1) * cell + cell / 2, top - 20, "today", anchor="middle",
+    svg.text(label_w + (len(days) - 1) * cw + cw / 2, top - 20, "today", anchor="middle",
              fill=MUTED, size=10)
     for r, clinic in enumerate(page.clinics):
-        y = top + r * cell
+        y = top + r * ROW_H
         title = clinic_text(clinic, page.names.get(clinic, ""))
         for i, d in enumerate(days):
             c = page.cells[(clinic, d)]
             # weekends are expected to be quiet, today may not have begun at the clinic, and
-            # before its first message the clinic had no box to hear from
+            # before its first message the clinic had no box to hear from; after a stopped
+            # collector's day nothing could be heard, today included
             before = page.before_first(clinic, d)
-            unheard = page.quiet_day is not None and d >= page.quiet_day
-            fill = ("#fff" if d == today or unheard else WEEKEND if (d + 3) % 7 >= 5 or before
-                    else GREY) if c.silent else \
+            unheard = c.silent and d >= unheard_from
+            fill = (not_heard if unheard else "#fff" if d == today else
+                    WEEKEND if (d + 3) % 7 >= 5 or before else GREY) if c.silent else \
                 ("#fff" if c.exams == 0 else bin_colour(c.exams, EXAM_EDGES, BLUES))
-            quiet = ("today so far: no message yet" if d == today else
-                     "not heard: the collector had stopped" if unheard else
-                     "before the clinic's first message" if before else "silent, no message")
+            quiet = (NOT_HEARD if unheard else "today so far: no message yet" if d == today
+                     else "before the clinic's first message" if before else
+                     "silent, no message")
             tip = (f"{title} {Q.day_text(d)}: " +
                    (quiet if c.silent else
                     f"{plural(c.exams, 'exam')}, {plural(c.health, 'health message')}") +
                    (f"; {plural(c.holes, 'sequence hole')}" if c.holes else "") +
                    (f", {plural(c.missing, 'message')} missing" if c.missing else ""))
-            svg.rect(label_w + i * cell + 0.5, y + 0.5, cell - 1, cell - 1, fill, tip=tip,
-                     stroke="#ccc" if fill == "#fff" else None,
-                     stroke_dasharray="2 2" if c.silent and d == today else None,
+            svg.rect(label_w + i * cw + 0.5, y + 0.5, cw - 1, ROW_H - 1, fill, tip=tip,
+                     stroke="#ccc" if fill == "#fff" or unheard else None,
+                     stroke_dasharray="2 2" if c.silent and d == today and not unheard
+                     else None,
                      data_clinic=clinic, data_day=Q.day_text(d), data_exams=c.exams,
-                     data_silent=int(c.silent), data_holes=c.holes)
+                     data_silent=int(c.silent), data_holes=c.holes,
+                     data_not_heard=1 if unheard else None)
             if c.holes:
-                svg.circle(label_w + i * cell + cell / 2, y + cell / 2, 2.6, ORANGE,
+                svg.circle(label_w + i * cw + cw / 2, y + ROW_H / 2, 2.6, ORANGE,
                            stroke="#fff")
-        _clinic_totals(svg, page, clinic, label_w + len(days) * cell + 8, y + cell - 3)
-    y = top + cell * len(page.clinics) + 22
-    x = legend(svg, label_w, y, [(GREY, "silent weekday"),
-                                 (WEEKEND, "silent weekend, or before the first message"),
-                                 ("#fff", "0 exams"), (BLUES[1], "1-2"), (BLUES[2], "3-4"),
-                                 (BLUES[3], "5-7"), (BLUES[4], "8+")])
+        _clinic_totals(svg, page, clinic, label_w + len(days) * cw + TOTALS_GAP,
+                       y + ROW_H - 3)
+    y = top + ROW_H * len(page.clinics) + 22
+    x = legend(svg, label_w, y, keys)
     svg.circle(x + 4, y - 4, 3, ORANGE)
-    svg.text(x + 12, y, "a hole in the box's message sequence touches this day", fill=MUTED)
+    svg.text(x + HOLE_KEY_W, y, hole_words, fill=MUTED)
+    if not_heard:
+        legend(svg, label_w, y + 18, [(not_heard, NOT_HEARD)])
     return svg.done()
 
 
@@ -166,15 +203,19 @@ def clinics_weeks_svg(page: Q.ClinicsPage) -> str:
     its words (a hover title over the row; the table under the plot lists every clinic's
     silent spells)."""
     weeks = list(range(page.period.first_week, page.period.last_week + 1))
-    cell = 15
-    cw = max(6, min(cell, 780 // len(weeks)))
+    cw = max(6, min(ROW_H, 780 // len(weeks)))
+    keys = [("#fff", "0 exams a week"), (BLUES[1], "1-14"), (BLUES[2], "15-24"),
+            (BLUES[3], "25-39"), (BLUES[4], "40+")]
+    keys2 = [(GREY, "share of the weekdays silent"), (WEEKEND, "before the first message")]
+    hole_words = "a hole in a box's message sequence that week"
     svg, (label_w, top) = _clinics_frame(
         page, cw, len(weeks), "Exams per week per clinic, silent weekdays and sequence holes",
+        max(legend_width(keys), legend_width(keys2) + HOLE_KEY_W + text_width(hole_words)),
         extra_h=18, data_first_week=Q.week_text(weeks[0]))
     step = -(-56 // cw)  # a date label every ~56 px, from the latest week back, which is
     for i in range(len(weeks) - 1 - step, -1, -step):  # "this week"
         x = label_w + i * cw
-        svg.line(x, top - 4, x, top + cell * len(page.clinics), stroke="#bbb")
+        svg.line(x, top - 4, x, top + ROW_H * len(page.clinics), stroke="#bbb")
         svg.text(x + 1, top - 8, time.strftime("%d %b %y", time.gmtime(
             (weeks[i] * 7 - 3) * C.DAY_S)), fill=MUTED, size=10)
     svg.text(label_w + (len(weeks) - 1) * cw + cw / 2, top - 20, "this week", anchor="middle",
@@ -184,71 +225,76 @@ def clinics_weeks_svg(page: Q.ClinicsPage) -> str:
     holes: list[tuple[float, float]] = []
     rows = []
     for r, clinic in enumerate(page.clinics):
-        y = top + r * cell + 0.5
+        y = top + r * ROW_H + 0.5
         for i, week in enumerate(weeks):
             w, x = by[(clinic, week)], label_w + i * cw + 0.5
             if w.before_first and not w.heard:
-                fills[WEEKEND].append((x, y, cw - 1, cell - 1))
+                fills[WEEKEND].append((x, y, cw - 1, ROW_H - 1))
             elif w.counted and w.silent == w.counted and not w.heard:
-                fills[GREY].append((x, y, cw - 1, cell - 1))
+                fills[GREY].append((x, y, cw - 1, ROW_H - 1))
             else:
                 base = "#fff" if w.exams == 0 else bin_colour(w.exams, WEEK_EXAM_EDGES, BLUES)
-                fills[base].append((x, y, cw - 1, cell - 1))
+                fills[base].append((x, y, cw - 1, ROW_H - 1))
                 if w.silent:
-                    h = (cell - 1) * w.silent / w.counted
-                    fills[GREY].append((x, y + cell - 1 - h, cw - 1, h))
+                    h = (ROW_H - 1) * w.silent / w.counted
+                    fills[GREY].append((x, y + ROW_H - 1 - h, cw - 1, h))
             if w.holes:
-                holes.append((x - 0.5 + cw / 2, y - 0.5 + cell / 2))
+                holes.append((x - 0.5 + cw / 2, y - 0.5 + ROW_H / 2))
         rows.append((clinic, y))
-        _clinic_totals(svg, page, clinic, label_w + len(weeks) * cw + 8, y - 0.5 + cell - 3)
+        _clinic_totals(svg, page, clinic, label_w + len(weeks) * cw + TOTALS_GAP,
+                       y - 0.5 + ROW_H - 3)
     for colour, boxes in fills.items():
         svg.rects(boxes, colour, stroke="#ccc" if colour == "#fff" else None)
     svg.dots(holes, min(2.6, cw / 2 - 0.5), ORANGE, stroke="#fff" if cw > 8 else None)
     for clinic, y in rows:  # over the cells: the row's words where the pointer is
         ws = [by[(clinic, week)] for week in weeks]
-        svg.rect(label_w, y - 0.5, cw * len(weeks), cell, "#fff", tip=_row_words(page, clinic),
-                 fill_opacity=0, data_clinic=clinic,
+        svg.rect(label_w, y - 0.5, cw * len(weeks), ROW_H, "#fff",
+                 tip=_row_words(page, clinic), fill_opacity=0, data_clinic=clinic,
                  data_week_exams=",".join(str(w.exams) for w in ws),
                  data_week_silent=",".join(str(w.silent) for w in ws),
                  data_week_missing=",".join(str(w.missing) for w in ws))
-    y = top + cell * len(page.clinics) + 22
-    legend(svg, label_w, y, [("#fff", "0 exams a week"), (BLUES[1], "1-14"),
-                             (BLUES[2], "15-24"), (BLUES[3], "25-39"), (BLUES[4], "40+")])
-    x = legend(svg, label_w, y + 18, [(GREY, "share of the weekdays silent"),
-                                      (WEEKEND, "before the first message")])
+    y = top + ROW_H * len(page.clinics) + 22
+    legend(svg, label_w, y, keys)
+    x = legend(svg, label_w, y + 18, keys2)
     svg.circle(x + 4, y + 14, 3, ORANGE)
-    svg.text(x + 12, y + 18, "a hole in a box's message sequence that week", fill=MUTED)
+    svg.text(x + HOLE_KEY_W, y + 18, hole_words, fill=MUTED)
     return svg.done()
 
 
+def _clinic_label(page: Q.ClinicsPage, clinic: str) -> str:
+    """A clinic's name as the clinics plots draw it, cut to CLINIC_NAME_W."""
+    return fit_width(page.names.get(clinic) or clinic, CLINIC_NAME_W)
+
+
 def _clinics_frame(page: Q.ClinicsPage, cell_w: int, columns: int, title: str,
-                   extra_h: int = 0, **data) -> tuple[Svg, tuple[int, int]]:
-    """The clinics plot's canvas and column heads; returns it with (label_w, top)."""
-    labels = [fit(page.names.get(c) or c, LABEL_CHARS) for c in page.clinics]
-    name_w = max([6.2 * len(x) for x in labels] + [106.0])
-    cell, label_w, top = 15, round(name_w + 12), 34
+                   legend_w: float, extra_h: int = 0, **data) -> tuple[Svg, tuple[int, int]]:
+    """The clinics plot's canvas and column heads; returns it with (label_w, top). The
+    canvas is as wide as its columns and its legend (`legend_w`, drawn from label_w)."""
+    name_w = math.ceil(max([text_width(_clinic_label(page, c)) for c in page.clinics] + [0]))
+    label_w, top = name_w + 2 * NAME_GAP, 34
     # totals, then the clinic again: a phone opens the plot at its latest end
-    right = round(max(290.0, 184 + name_w))
-    svg = Svg(label_w + cell_w * columns + right,
-              top + cell * max(1, len(page.clinics)) + 44 + extra_h, title, "clinics", **data)
-    for dx, dy, head in ((40, 8, "exams"), (100, 20, "silent"), (100, 8, "weekdays"),
-                         (160, 20, "messages"), (160, 8, "missing")):
-        svg.text(label_w + columns * cell_w + 8 + dx, top - dy, head, anchor="end",
-                 fill=MUTED, size=10)
+    right = TOTALS_GAP + TOTALS_NAME_X + name_w + NAME_END
+    svg = Svg(max(label_w + cell_w * columns + right, label_w + math.ceil(legend_w)),
+              top + ROW_H * max(1, len(page.clinics)) + 44 + extra_h, title, "clinics", **data)
+    x = label_w + columns * cell_w + TOTALS_GAP
+    for dx, dy, head in ((TOTALS_RIGHT[0], 8, "exams"), (TOTALS_RIGHT[1], 20, "silent"),
+                         (TOTALS_RIGHT[1], 8, "weekdays"), (TOTALS_RIGHT[2], 20, "messages"),
+                         (TOTALS_RIGHT[2], 8, "missing")):
+        svg.text(x + dx, top - dy, head, anchor="end", fill=MUTED, size=10)
     for r, clinic in enumerate(page.clinics):
-        svg.text(label_w - 6, top + r * cell + cell - 3, labels[r], anchor="end",
-                 tip=clinic_text(clinic, page.names.get(clinic, "")))
+        svg.text(label_w - NAME_GAP, top + r * ROW_H + ROW_H - 3, _clinic_label(page, clinic),
+                 anchor="end", tip=clinic_text(clinic, page.names.get(clinic, "")))
     return svg, (label_w, top)
 
 
 def _clinic_totals(svg: Svg, page: Q.ClinicsPage, clinic: str, x: float, y: float) -> None:
     """A row's exams, silent weekdays and messages missing, then the clinic again."""
     exams, silent, missing = page.totals(clinic)
-    svg.text(x + 40, y, exams, anchor="end", data_total=clinic)
-    svg.text(x + 100, y, silent or "", anchor="end",
+    svg.text(x + TOTALS_RIGHT[0], y, exams, anchor="end", data_total=clinic)
+    svg.text(x + TOTALS_RIGHT[1], y, silent or "", anchor="end",
              fill=ORANGE if silent >= 3 else MUTED, data_silent_weekdays=clinic)
-    svg.text(x + 160, y, missing or "", anchor="end", fill=ORANGE)
-    svg.text(x + 172, y, fit(page.names.get(clinic) or clinic, LABEL_CHARS),
+    svg.text(x + TOTALS_RIGHT[2], y, missing or "", anchor="end", fill=ORANGE)
+    svg.text(x + TOTALS_NAME_X, y, _clinic_label(page, clinic),
              tip=clinic_text(clinic, page.names.get(clinic, "")))
 
 
@@ -335,7 +381,7 @@ def completeness_svg(page: Q.CompletenessPage, protocol: str) -> str:
         share = c.protocol_share(protocol)
         rows.append({"label": fit(c.name or c.clinic_id, 26),
                      "title": clinic_text(c.clinic_id, c.name), "value": share,
-                     "note": f"{pct(share)} of {plural(exams, 'exam')}",
+                     "note": share_of(share, exams),
                      "colour": ORANGE if share is not None and share < 0.5 else BLUES[3],
                      "data": {"data_clinic": c.clinic_id, "data_protocol": protocol,
                               "data_complete": complete, "data_exams": exams}})

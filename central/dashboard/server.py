@@ -431,8 +431,9 @@ class Dashboard:
         shown = page.protocols[:C.PROTOCOLS_SHOWN]
         more = page.protocols[C.PROTOCOLS_SHOWN:]
         each = "".join(
-            f"<li><strong>{esc(P.protocol_title(p.protocol))}</strong>: {P.pct(p.share)} of "
-            f"{P.plural(p.exams, 'exam')} complete</li>" for p in shown)
+            f"<li><strong>{esc(P.protocol_title(p.protocol))}</strong>: "
+            f"{P.share_of(p.share, p.exams)}{' complete' if p.exams else ''}</li>"
+            for p in shown)
         if more:
             each += (f"<li>{P.plural(len(more), 'other protocol')}, "
                      f"{P.plural(sum(p.exams for p in more), 'exam')}: in the CSV by "
@@ -452,7 +453,9 @@ class Dashboard:
                 f"protocol (each slot's best frame scoring at least {C.MIN_QUALITY}), "
                 f"per protocol: a head measurement has one slot, a screen many.</p>"
                 + (f'<ul class="lead">{each}</ul>' if each else
-                   '<p class="lead">No exam named its protocol in this period.</p>')
+                   '<p class="lead">No exam named its protocol in this period.</p>'
+                   if any(c.exams for c in page.clinics) else
+                   f'<p class="lead">{P.NO_EXAMS.capitalize()}.</p>')
                 + '<p class="lead">Orange: under half of a clinic\'s exams of that '
                   "protocol.</p>" + charts
                 + self._csv_link("completeness_protocols", scope, weeks,
@@ -471,15 +474,15 @@ class Dashboard:
         exams, _ = c.protocols.get(protocol, (0, 0))
         if not exams:
             return "<td class=num>-</td>"
-        return (f"<td class=num>{P.pct(c.protocol_share(protocol))} of "
-                f"{P.plural(exams, 'exam')}</td>")
+        return f"<td class=num>{P.share_of(c.protocol_share(protocol), exams)}</td>"
 
     def _body_quality(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.quality_page(db, scope, per)
         return (f"<h2>Best-frame quality per plane, by week, last {weeks} weeks</h2>"
                 f'<p class="lead">Each cell is the mean, over the week\'s exams that found the '
                 f"plane, of the quality score of its best frame (0-1; the checklist takes a "
-                f"plane from {C.MIN_QUALITY}). {P.plural(page.exams, 'exam')}.</p>"
+                f"plane from {C.MIN_QUALITY}). "
+                f"{P.plural(page.exams, 'exam') if page.exams else P.NO_EXAMS.capitalize()}.</p>"
                 f'<div class="plot recent">{P.quality_svg(page)}</div>'
                 + self._csv_link("quality", scope, weeks)
                 + "<h2>Per clinic: best frames under "
@@ -523,12 +526,14 @@ class Dashboard:
                       "(INTERGROWTH-21st's own curves). The table lists the heads "
                       "furthest out first; the midwife's own flag uses ACOG's redating "
                       "tolerance (7 to 21 days by age).</p>")
+        # with no head measured, that in words: "0 measured exams; 0 of those drawn ..."
+        counts = ("No head measured in this period." if not n else
+                  f"{P.plural(n, 'measured exam')}"
+                  f"{f', {dated} of them with the age by dates (drawn)' if 0 < dated < n else ''}"
+                  f"; {page.outside} of those drawn outside the 3rd-97th centile; "
+                  f"{page.not_comparable} without an age inside 14-40 weeks (not compared).")
         return (f"<h2>Head circumference against gestational age, last {weeks} weeks</h2>"
-                f'<p class="lead">{P.plural(n, "measured exam")}'
-                f"{f', {dated} of them with the age by dates (drawn)' if 0 < dated < n else ''}"
-                f"; {page.outside} of those drawn outside the 3rd-97th centile; "
-                f"{page.not_comparable} without an age inside 14-40 weeks "
-                f"(not compared). Reference: INTERGROWTH-21st fetal growth standard "
+                f'<p class="lead">{counts} Reference: INTERGROWTH-21st fetal growth standard '
                 f"(Papageorghiou et al., Lancet 2014), which publishes the 3rd, 5th, 10th, "
                 f"50th, 90th, 95th and 97th centiles for 14-40 weeks; drawn: 3rd, 10th, 50th, "
                 f"90th, 97th. Dashed black: Hadlock 1984's HC for each age (its paper gives "

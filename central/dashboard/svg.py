@@ -9,12 +9,16 @@ plotting library's interactivity buys little; a ``<title>`` on every mark gives 
 on hover.
 
 Colours: a sequential blue for counts and quality (Okabe-Ito-safe: it does not rely on
-red/green), orange for "below what the protocol accepts", grey for "no data".
+red/green), orange for "below what the protocol accepts", grey for "no data"; hatching, a
+texture, for "not heard" (it prints, and needs no colour vision).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from html import escape
+
+from central.dashboard import config as C
 
 FONT = 11
 BLUES = ["#deebf7", "#9ecae1", "#6baed6", "#3182bd", "#08519c"]
@@ -47,6 +51,17 @@ class Svg:
 
     def add(self, text: str) -> None:
         self.parts.append(text)
+
+    def hatch(self, pattern_id: str, gap: float, ink: str = MUTED) -> str:
+        """White hatched with diagonal lines `gap` apart, defined in this drawing; returns
+        its fill. The id must be unique in the page (an inline SVG's ids are the page's)."""
+        self.parts.append(
+            f'<defs><pattern {attrs(id=pattern_id, width=_n(gap), height=_n(gap))} '
+            f'patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
+            f'<rect {attrs(width=_n(gap), height=_n(gap), fill="#fff")}/>'
+            f'<line {attrs(x1=_n(gap / 2), y1=0, x2=_n(gap / 2), y2=_n(gap), stroke=ink)}/>'
+            "</pattern></defs>")
+        return f"url(#{pattern_id})"
 
     def rect(self, x, y, w, h, fill, tip: str | None = None, **data) -> None:
         inner = f"<title>{esc(tip)}</title>" if tip else ""
@@ -138,9 +153,11 @@ def bin_colour(value: float, edges: list[float], colours: list[str] = BLUES) -> 
 
 
 def legend(svg: Svg, x: float, y: float, items: list[tuple[str, str]], box: int = 10) -> float:
-    """Colour swatches with labels in one row; returns the x after the last."""
+    """Colour swatches with labels in one row; returns the x after the last. A white or
+    patterned swatch is outlined, as its cells are."""
     for colour, label in items:
-        svg.rect(x, y - box + 1, box, box, colour, stroke=INK if colour == "#fff" else None)
+        outlined = colour == "#fff" or colour.startswith("url(")
+        svg.rect(x, y - box + 1, box, box, colour, stroke=INK if outlined else None)
         svg.text(x + box + 4, y, label, fill=MUTED)
         x += _legend_item_w(label, box)
     return x
@@ -153,6 +170,30 @@ def legend_width(items: list[tuple[str, str]], box: int = 10) -> float:
 
 def _legend_item_w(label: str, box: int) -> float:
     return box + 10 + 6.2 * len(label)
+
+
+_EM = {ch: em for chars, em in C.TEXT_EM.items() for ch in chars}
+
+
+def text_width(text: str, size: float = FONT) -> float:
+    """The width `text` takes at `size` px, estimated (C.TEXT_EM) at least as wide as the
+    widest common system font draws it: a column sized by it holds the text."""
+    return size * sum(_EM.get(unicodedata.normalize("NFD", ch)[:1], C.TEXT_EM_OTHER)
+                      for ch in text)
+
+
+def fit_width(text: str, width: float, size: float = FONT) -> str:
+    """`text`, or as much of it as fits `width` px with an ellipsis after it (the mark's
+    title gives it whole)."""
+    if text_width(text, size) <= width:
+        return text
+    room, used, cut = width - text_width("\u2026", size), 0.0, 0
+    for ch in text:
+        used += text_width(ch, size)
+        if used > room:
+            break
+        cut += 1
+    return text[:cut].rstrip() + "\u2026"
 
 
 def hbars(title: str, chart: str, rows: list[dict], width: int = 760,
