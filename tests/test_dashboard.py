@@ -583,6 +583,32 @@ def test_wrong_passwords_sent_together_from_one_address_are_not_all_checked(
     assert statuses.count(429) >= 20 - C.LOGIN_FREE_FAILURES - 1, statuses
 
 
+def test_wrong_passwords_sent_together_from_many_addresses_are_braked_on_the_account(
+        seeded_dashboard, monkeypatch):
+    """A red-team burst: 150 wrong passwords for one account, sent at once, each from its
+    own address, had 145 checked (401) against the account's brake after 10, as each was
+    counted only after its scrypt failed. Now each is counted before it is checked: no
+    more than the account's free failures are tried, the rest wait (429); the officer's
+    own browser still logs in, and a right password takes its charge back."""
+    import concurrent.futures
+
+    port = seeded_dashboard
+    monkeypatch.setattr(C, "LOGIN_BRAKE_S", 60.0)  # the first wait outlasts the test
+    status, headers = _login_from(port, "127.0.0.1", *ADMIN)
+    assert status == 303
+    known = cookie_named(headers, C.KNOWN_COOKIE)
+    for _ in range(3):  # right passwords cost the account nothing
+        assert _login_from(port, "127.0.0.2", *ADMIN)[0] == 303
+    with concurrent.futures.ThreadPoolExecutor(60) as pool:
+        statuses = list(pool.map(
+            lambda i: _login_from(port, f"127.0.{4 + i // 200}.{10 + i % 200}", ADMIN[0],
+                                  f"guess-{i}")[0], range(150)))
+    # the free failures and the one that starts the wait, as one at a time (above)
+    assert statuses.count(401) <= C.LOGIN_ACCOUNT_FREE_FAILURES + 1, sorted(statuses)
+    assert statuses.count(401) + statuses.count(429) == 150, sorted(statuses)
+    assert _login_from(port, "127.0.9.9", *ADMIN, cookie=known)[0] == 303
+
+
 def test_guessing_many_accounts_from_many_addresses_hits_the_servers_limit(seeded_dashboard,
                                                                           monkeypatch):
     port = seeded_dashboard

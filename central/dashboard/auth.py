@@ -203,6 +203,31 @@ def known_cookie_after_login(db: Db, username: str, cookie: str | None) -> str:
     return ".".join([token, *kept][:C.KNOWN_TOKENS])
 
 
+@dataclass(frozen=True)
+class LoginCharge:
+    """A login counted as a wrong password before its check (`Brake.begin`), and what its
+    account's count was before, to take it back when the password is right."""
+    address: str
+    username: str
+    known: bool
+    at: float
+    address_before: tuple | None
+    account_before: tuple | None
+    address_set: tuple | None
+    account_set: tuple | None
+
+
+def _restore(counts: dict, key: str, before: tuple | None, charged: tuple | None) -> None:
+    """`counts[key]` back to `before` where it still holds the charge (no other wrong
+    password came since: that one stays counted)."""
+    if charged is None or counts.get(key) != charged:
+        return
+    if before is None:
+        del counts[key]
+    else:
+        counts[key] = before
+
+
 class Brake:
     """Wrong passwords. From one address: the first few are free, then each waits twice as
     long as the one before (2 s up to 15 min). On one account name, and on the server as a
@@ -233,46 +258,74 @@ class Brake:
             return 0.0
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._forget(now)
-            wait = 0.0
-            if len(self._recent) >= C.LOGIN_SERVER_MAX:
-                wait = self._recent[0] + C.LOGIN_SERVER_WINDOW_S - now
-            _, until, _ = self._accounts.get(username, (0, 0.0, 0.0))
-            return max(0.0, wait, until - now)
+            return self._account_wait_locked(username, now)
 
-    def known_wait_s(self, username: str, now: float | None = None) -> float:
-        """The wait of a known browser of this account, after its own wrong passwords."""
+    def begin(self, address: str, username: str, known: bool,
+              now: float | None = None) -> tuple[float, LoginCharge | None]:
+        """The wait for this login (a known browser of the account only for its own wrong
+        passwords; any other for the account, the server and its address) or, with none,
+        its charge as a wrong password already, in one step under the lock: a password is
+        then checked only once counted. Checked first and charged after its scrypt failed, 150 wrong
+        passwords sent at once from 150 addresses all passed the check before any was
+        counted: 145 were tried on one account (a red-team burst). `refund` the charge
+        when the password is right."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            _, until = self._known.get(username, (0, 0.0))
-            return max(0.0, until - now)
+            account = (0.0 if known else self._account_wait_locked(username, now))
+            own = self._known.get(username, (0, 0.0))[1] if known \
+                else self._by.get(address, (0, 0.0))[1]
+            wait = max(account, own - now, 0.0)
+            if wait > 0:
+                return wait, None
+            before = (self._by.get(address), self._accounts.get(username))
+            self._failed_locked(address, username, known, now)
+            return 0.0, LoginCharge(address, username, known, now, *before,
+                                    self._by.get(address), self._accounts.get(username))
 
-    def login_wait_s(self, address: str, username: str, known: bool,
-                     now: float | None = None) -> float:
-        """How long this login must wait: a known browser of the account only for its own
-        wrong passwords; any other for the account, the server and its address."""
-        now = time.monotonic() if now is None else now
-        own = self.known_wait_s(username, now) if known else self.wait_s(address, now)
-        return max(self.account_wait_s(username, known, now), own)
+    def refund(self, charge: LoginCharge) -> None:
+        """The password was right: the charge `begin` made is taken back (the account's
+        and the server's counts as they were, unless other wrong passwords came since),
+        and the address, or the known browser's own count, is cleared (`succeeded`)."""
+        with self._lock:
+            _restore(self._by, charge.address, charge.address_before, charge.address_set)
+            if not charge.known:
+                try:
+                    self._recent.remove(charge.at)
+                except ValueError:  # forgotten already (its window passed)
+                    pass
+                _restore(self._accounts, charge.username, charge.account_before,
+                         charge.account_set)
+        self.succeeded(charge.address, charge.username, charge.known)
 
     def failed(self, address: str, username: str = "", known: bool = False,
                now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
-            n, _ = self._by.get(address, (0, 0.0))
-            self._by[address] = (n + 1, now + _doubling(n + 1, C.LOGIN_FREE_FAILURES))
-            _bounded(self._by)
-            if known:
-                n, _ = self._known.get(username, (0, 0.0))
-                self._known[username] = (n + 1, now + _doubling(n + 1, C.LOGIN_FREE_FAILURES))
-                _bounded(self._known)
-                return
-            self._forget(now)
-            self._recent.append(now)
-            n, _, _ = self._accounts.pop(username, (0, 0.0, 0.0))
-            self._accounts[username] = (
-                n + 1, now + _doubling(n + 1, C.LOGIN_ACCOUNT_FREE_FAILURES), now)
-            _bounded(self._accounts)
+            self._failed_locked(address, username, known, now)
+
+    def _account_wait_locked(self, username: str, now: float) -> float:
+        self._forget(now)
+        wait = 0.0
+        if len(self._recent) >= C.LOGIN_SERVER_MAX:
+            wait = self._recent[0] + C.LOGIN_SERVER_WINDOW_S - now
+        _, until, _ = self._accounts.get(username, (0, 0.0, 0.0))
+        return max(0.0, wait, until - now)
+
+    def _failed_locked(self, address: str, username: str, known: bool, now: float) -> None:
+        n, _ = self._by.get(address, (0, 0.0))
+        self._by[address] = (n + 1, now + _doubling(n + 1, C.LOGIN_FREE_FAILURES))
+        _bounded(self._by)
+        if known:
+            n, _ = self._known.get(username, (0, 0.0))
+            self._known[username] = (n + 1, now + _doubling(n + 1, C.LOGIN_FREE_FAILURES))
+            _bounded(self._known)
+            return
+        self._forget(now)
+        self._recent.append(now)
+        n, _, _ = self._accounts.pop(username, (0, 0.0, 0.0))
+        self._accounts[username] = (
+            n + 1, now + _doubling(n + 1, C.LOGIN_ACCOUNT_FREE_FAILURES), now)
+        _bounded(self._accounts)
 
     def succeeded(self, address: str, username: str = "", known: bool = False) -> None:
         """Clears the address (or, for a known browser, its own count) only: an account's

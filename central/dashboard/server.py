@@ -306,15 +306,15 @@ class Dashboard:
         password = str(form.get("password", ""))[:C.PASSWORD_MAX + 1]
         known_cookie = request.cookies.get(C.KNOWN_COOKIE)
         known = await self.run_db(A.known_browser, username, known_cookie)
-        wait = self.brake.login_wait_s(address, username, known)
-        if wait > 0:
+        # counted as wrong before it is checked (Brake.begin), taken back if right
+        wait, charge = self.brake.begin(address, username, known)
+        if charge is None:
             return await self._braked(request, wait)
         user = await self.run_db(A.check_login, username, password)
         if user is None:
-            self.brake.failed(address, username, known)
             return await self.login_page(request, "Wrong user or password.", 401)
         # a known browser behind the address says nothing of its guesser
-        self.brake.succeeded(address, username, known)
+        self.brake.refund(charge)
         token = await self.run_db(A.open_session, user)
         resp = web.HTTPSeeOther("/clinics")  # raised: aiohttp 4 refuses a returned one
         resp.set_cookie(C.COOKIE, token, httponly=True, samesite="Strict", path="/",
