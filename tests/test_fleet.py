@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -359,15 +360,33 @@ INSTALL_STEPS = ["cleared-staging", "extracting", "extracted", "selftested", "sp
                  "staged", "intent", "swapped", "trial"]
 
 
+def side_by_side(work, items: list) -> list:
+    """`work` on each item in threads, two or more at a time (each a real process of its own
+    and its own folder: no state shared), the results in the items' order."""
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
+        return list(pool.map(work, items))
+
+
 def test_sigkill_at_every_step_of_an_install_leaves_a_complete_set(tmp_path, fleet_kit):
+    """Every step, each in an install process (and a device folder) of its own, killed
+    there by a real SIGKILL. The nine share nothing but what they read (the bundle, the
+    trusted keys, the factory set), so they run side by side (the second core); then each
+    is checked in turn, and each install killed before its swap is done again, those
+    again side by side."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for i, step in enumerate(INSTALL_STEPS):
+
+    def killed_at(i: int) -> tuple[Path, Path, subprocess.CompletedProcess]:
         where = tmp_path / f"k{i}"
         where.mkdir()
         config = device_config(where, fleet_kit)
-        out = subprocess.run([sys.executable, "-c", KILL_AT, step, "bundle", "install",
-                              str(fleet_kit["v2"]), "--config", str(config)],
-                             capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+        return where, config, subprocess.run(
+            [sys.executable, "-c", KILL_AT, INSTALL_STEPS[i], "bundle", "install",
+             str(fleet_kit["v2"]), "--config", str(config)],
+            capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+
+    again = {}
+    killed = side_by_side(killed_at, list(range(len(INSTALL_STEPS))))
+    for step, (where, config, out) in zip(INSTALL_STEPS, killed, strict=True):
         assert out.returncode == -9, (step, out.stderr[-2000:])
         fleet = fleet_of(where)
         fleet.ensure(fleet_kit["models"])  # what the loop's start does
@@ -377,9 +396,13 @@ def test_sigkill_at_every_step_of_an_install_leaves_a_complete_set(tmp_path, fle
         assert status["bundle"] == ("2.0" if swapped else "factory"), (step, status)
         assert status["state"] == ("trial" if swapped else "factory"), (step, status)
         if not swapped:  # the install can simply be done again
-            again = sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
-                             str(config))
-            assert again.returncode == 0, (step, again.stderr)
+            again[step] = config
+    assert len(again) == INSTALL_STEPS.index("swapped")
+    redone = side_by_side(lambda config: sonoedge("bundle", "install", str(fleet_kit["v2"]),
+                                                  "--config", str(config)),
+                          list(again.values()))
+    for step, out in zip(again, redone, strict=True):
+        assert out.returncode == 0, (step, out.stderr)
 
 
 @pytest.mark.parametrize("step", ["rollback-intent", "rollback-swapped"])
