@@ -96,7 +96,9 @@ def test_a_weeks_that_is_no_plain_short_number_is_the_default_period_not_a_500(d
     assert status == 200, body[:300]
     status, headers, body = request(dash_url, f"/api/clinics.csv?weeks={weeks}", cookie)
     assert status == 200, body[:300]
-    assert headers["content-disposition"].endswith('"clinics-8w.csv"')
+    per = Q.period(8)  # the default period's dates (tests/test_monthly_return.py)
+    assert headers["content-disposition"].endswith(
+        f'"clinics-all-{Q.day_text(per.first_day)}-to-{Q.day_text(per.last_day)}.csv"')
 
 
 # -- 3: gzip only to a client that takes it ----------------------------------------------------

@@ -66,6 +66,13 @@ TEXT_EM = {" .,:;'|/\\iIjlJ": 0.34, "frt()[]-!": 0.42, "\"*_?`": 0.54,
            "DGHNOQU&": 0.79, "Mw#+<=>^~": 0.87}
 TEXT_EM_OTHER = 1.0
 PERIODS_WEEKS = (8, 26, 52, 104)  # the only periods a page may be asked for
+# The monthly return: each clinic's exams over a calendar month (a district reports upward
+# each month; the weeks above cut across months). The clinics page links this month so
+# far and the three before it; any month back to MONTHLY_FIRST_YEAR may be asked for by
+# its URL (an earlier one is refused: no box sent then, and an empty return reads as zero
+# exams done).
+MONTHLY_SHOWN = 4
+MONTHLY_FIRST_YEAR = 2020
 DEFAULT_WEEKS = {"clinics": 8, "completeness": 8, "quality": 26, "biometry": 26,
                  "devices": 8}
 

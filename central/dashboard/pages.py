@@ -365,6 +365,38 @@ def clinics_csv(page: Q.ClinicsPage) -> str:
                     int(page.before_first(c.clinic_id, c.day))] for c in page.rows()])
 
 
+# -- the monthly return ----------------------------------------------------------------------
+def monthly_csv(rows: list[Q.MonthlyRow], month: Q.Month, last_counted: int) -> str:
+    """A row per clinic and protocol over one calendar month, every clinic of the scope
+    (one with no exam has a row of zeros and no protocol). `days_counted`: the month's days
+    up to today (fewer than its days while it runs; `complete_month` 0 then)."""
+    days = last_counted - month.first_day + 1
+    whole = int(last_counted >= month.last_day)
+    return to_csv(["month", "clinic_id", "clinic_name", "protocol", "protocol_title",
+                   "exams", "complete", "complete_share", "hc_measured", "dates_small",
+                   "dates_large", "exam_days", "heard_days", "days_counted",
+                   "complete_month"],
+                  [[month.text, r.clinic_id, r.clinic_name, r.protocol,
+                    protocol_title(r.protocol) if r.protocol else "", r.exams, r.complete,
+                    round(r.complete / r.exams, 4) if r.exams else None, r.hc_measured,
+                    r.dates_small, r.dates_large, r.exam_days, r.heard_days, days, whole]
+                   for r in rows])
+
+
+def monthly_links(months: list[Q.Month], district: str | None) -> str:
+    """The monthly returns the clinics page offers, this month so far first."""
+    where = f"&district={district}" if district else ""
+    links = " · ".join(
+        f'<a href="/api/monthly.csv?month={m.text}{esc(where)}" download>'
+        f"{esc(m.title)}{' (so far)' if i == 0 else ''}</a>" for i, m in enumerate(months))
+    return (f'<p class="lead">Each clinic\'s exams per protocol over a calendar month '
+            "(UTC days), with how many were complete, had the head measured, or a head "
+            "small or large for the age by dates, and on how many days its boxes were "
+            "heard: the figures of a monthly report. Every clinic has a row, one without "
+            "exams a row of zeros. Older months: <code>?month=YYYY-MM</code>.</p>"
+            f'<p class="csv">Monthly return (CSV): {links}</p>')
+
+
 # -- completeness ----------------------------------------------------------------------------
 def protocol_title(protocol: str) -> str:
     """The district's words for a protocol's name, as it was sent where it has none."""

@@ -8,6 +8,7 @@ clinics)`` as a bound parameter. An admin's scope is every clinic, or one distri
 
 from __future__ import annotations
 
+import calendar
 import json
 import time
 from collections import defaultdict
@@ -901,3 +902,109 @@ def unattributed_dead_letters(db: Db, per: Period) -> int:
 def _period_ts(per: Period) -> tuple[float, float]:
     """The period as receive times: a dead letter has no device clock, only its arrival."""
     return float(per.first_day * C.DAY_S), float((per.last_day + 1) * C.DAY_S)
+
+
+# -- the monthly return ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Month:
+    """A calendar month of UTC days: what a district reports upward each month (an HMIS
+    return), which the weekly periods cut across."""
+    year: int
+    month: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+    @property
+    def title(self) -> str:
+        return f"{calendar.month_name[self.month]} {self.year}"
+
+    @property
+    def first_day(self) -> int:
+        return calendar.timegm((self.year, self.month, 1, 0, 0, 0)) // C.DAY_S
+
+    @property
+    def last_day(self) -> int:
+        return self.first_day + calendar.monthrange(self.year, self.month)[1] - 1
+
+    def before(self) -> Month:
+        return Month(self.year - (self.month == 1), 12 if self.month == 1 else self.month - 1)
+
+
+def this_month(now: float | None = None) -> Month:
+    t = time.gmtime(now if now is not None else time.time())
+    return Month(t.tm_year, t.tm_mon)
+
+
+def month_of(text: str, now: float | None = None) -> Month | None:
+    """The month a request names ("2026-11"), or None: not that form, before
+    MONTHLY_FIRST_YEAR, or after this month (a return of days to come is empty, not 0)."""
+    if len(text) != 7 or not text.isascii() or text[4] != "-" \
+            or not (text[:4] + text[5:]).isdigit():
+        return None
+    year, month = int(text[:4]), int(text[5:])
+    latest = this_month(now)
+    if not 1 <= month <= 12 or year < C.MONTHLY_FIRST_YEAR \
+            or (year, month) > (latest.year, latest.month):
+        return None
+    return Month(year, month)
+
+
+def recent_months(now: float | None = None) -> list[Month]:
+    """This month (so far) and the MONTHLY_SHOWN - 1 before it, latest first."""
+    months = [this_month(now)]
+    while len(months) < C.MONTHLY_SHOWN:
+        months.append(months[-1].before())
+    return months
+
+
+@dataclass
+class MonthlyRow:
+    """One clinic's exams of one protocol in a month; a clinic with none has one row, its
+    protocol "" and its counts 0 (a return lists every clinic, the silent ones most)."""
+    clinic_id: str
+    protocol: str
+    exams: int = 0
+    complete: int = 0
+    hc_measured: int = 0
+    dates_small: int = 0  # the head small for the age by dates (wire.dating.dates_flag)
+    dates_large: int = 0
+    exam_days: int = 0  # days with at least one exam of this protocol
+    heard_days: int = 0  # days the clinic's boxes sent anything (exams, health, status)
+    clinic_name: str = ""
+
+
+def monthly_return(db: Db, scope: Scope, month: Month, now: float | None = None
+                   ) -> tuple[list[MonthlyRow], int]:
+    """Every clinic of the scope over `month`: its exams per protocol, from each exam's own
+    row (an exam is dated by when it ended on the box, as everywhere), and the days its
+    boxes were heard. Returns the rows, clinic then protocol, and the month's last day
+    counted (today, for this month)."""
+    today = int((now if now is not None else time.time()) // C.DAY_S)
+    first, last = month.first_day, min(month.last_day, today)
+    w, p = scope.where()
+    rows: dict[tuple[str, str], MonthlyRow] = {}
+    for clinic, protocol, exams, complete, hc, small, large, days in db.query(
+            "SELECT clinic_id, COALESCE(protocol, ''), COUNT(*), SUM(COALESCE(complete, 0)), "
+            "SUM(CASE WHEN hc_mm IS NOT NULL THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN dates_flag = 'small' THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN dates_flag = 'large' THEN 1 ELSE 0 END), COUNT(DISTINCT day) "
+            f"FROM dash.exams WHERE day >= ? AND day <= ? AND {w} "
+            "GROUP BY clinic_id, COALESCE(protocol, '')", (first, last, *p)):
+        rows[(clinic, protocol)] = MonthlyRow(clinic, protocol, int(exams), int(complete or 0),
+                                              int(hc or 0), int(small or 0), int(large or 0),
+                                              int(days))
+    heard = dict(db.query(
+        "SELECT clinic_id, COUNT(DISTINCT day) FROM dash.day_device WHERE day >= ? AND "
+        f"day <= ? AND {w} GROUP BY clinic_id", (first, last, *p)))
+    seen = {clinic for clinic, _ in rows}
+    for clinic in clinics_in_scope(db, scope):
+        if clinic not in seen:
+            rows[(clinic, "")] = MonthlyRow(clinic, "")
+    names = clinic_names(db, scope)
+    out = [rows[key] for key in sorted(rows)]
+    for row in out:
+        row.heard_days = int(heard.get(row.clinic_id, 0))
+        row.clinic_name = names.get(row.clinic_id, "")
+    return out, last

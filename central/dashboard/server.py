@@ -424,7 +424,9 @@ class Dashboard:
                 + "The table under the plot gives each clinic's silent spells.</p>"
                 f'<div class="plot recent">{P.clinics_svg(page)}</div>'
                 + self._csv_link("clinics", scope, weeks)
-                + f"<h2>Silent spells, last {weeks} weeks</h2>" + P.silent_table(page))
+                + f"<h2>Silent spells, last {weeks} weeks</h2>" + P.silent_table(page)
+                + "<h2>Monthly return</h2>"
+                + P.monthly_links(Q.recent_months(), scope.district))
 
     def _body_completeness(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.completeness_page(db, scope, per)
@@ -593,15 +595,30 @@ class Dashboard:
 
     async def csv(self, request: web.Request):
         name = request.match_info["name"]
+        if name == "monthly":
+            return await self._monthly_csv(request)
         if name not in CSVS:
             return web.json_response({"error": "no such CSV"}, status=404)
         scope, weeks = self._params(request, CSVS[name])
         text = await self.cached(("csv", name, scope.district, weeks), self._csv_text, name,
                                  scope, weeks)
-        resp = web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
-            "Content-Disposition": f'attachment; filename="{name}-{weeks}w.csv"'})
-        resp.enable_compression()
-        return resp
+        per = Q.period(weeks)
+        # the period's dates in the name: a folder of downloads tells them apart
+        return _csv_response(text, f"{name}-{_scope_word(scope)}-{Q.day_text(per.first_day)}"
+                                   f"-to-{Q.day_text(per.last_day)}.csv")
+
+    async def _monthly_csv(self, request: web.Request):
+        scope, _ = self._params(request, "clinics")
+        raw = request.query.get("month", "")[:C.MAX_PARAM_CHARS]
+        month = Q.month_of(raw)
+        if month is None:
+            return web.json_response(
+                {"error": f"month: {raw[:20]!r} is not a month from "
+                          f"{C.MONTHLY_FIRST_YEAR}-01 to this one, as YYYY-MM"}, status=400)
+        rows, last = await self.cached(("monthly", scope.district, month.text),
+                                       Q.monthly_return, scope, month)
+        text = P.monthly_csv(rows, month, last)
+        return _csv_response(text, f"monthly-{_scope_word(scope)}-{month.text}.csv")
 
     def _csv_text(self, db: Db, name: str, scope: Q.Scope, weeks: int) -> str:
         per = Q.period(weeks)
@@ -620,6 +637,18 @@ class Dashboard:
         if name == "fleet_errors":
             return P.fleet_errors_csv(Q.fleet_errors(db, scope, per, shown=None)[0])
         return P.devices_csv(Q.devices_page(db, scope, per))
+
+
+def _csv_response(text: str, filename: str) -> web.Response:
+    resp = web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
+        "Content-Disposition": f'attachment; filename="{filename}"'})
+    resp.enable_compression()
+    return resp
+
+
+def _scope_word(scope: Q.Scope) -> str:
+    """The scope in a file name: its district (A.DISTRICT_RE: safe in a name), or "all"."""
+    return scope.district or "all"
 
 
 def _same_origin(request: web.Request) -> bool:
