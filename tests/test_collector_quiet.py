@@ -268,3 +268,27 @@ def test_a_collector_stopped_under_an_hour_ago_is_said_in_minutes():
     assert "(20 min ago)" in _quiet(time.time() - 1200)  # it said "(0 h ago)"
     assert "(2 h ago)" in _quiet(time.time() - 2 * 3600)
     assert _quiet(None) == ""
+
+
+def test_weeks_after_the_collector_stopped_are_hatched_on_the_weekly_plot(tmp_path):
+    """The 26-week plot drew a week after the stop white, a week of 0 exams (as the daily
+    plot did); the weeks that began after it are hatched, and the legend names them."""
+    db = str(tmp_path / "central.sqlite3")
+    stopped = time.time() - 16 * DAY  # at least one whole week since
+    seed(db, SeedSettings(clinics=3, districts=1, days=80, end_ts=stopped))
+    dash = open_db(db)
+    try:
+        refresh(dash)
+        page = Q.clinics_page(dash, Q.Scope(None), Q.period(26))
+        svg = P.clinics_svg(page)
+    finally:
+        dash.close()
+    legend = _legend(svg)
+    hatch = legend.get("not heard: the collector had stopped")
+    assert hatch and hatch.startswith("url(#"), legend
+    (path,) = re.findall(rf'<path fill="{re.escape(hatch)}"[^>]* d="([^"]+)"', svg)
+    weeks_after = sum(1 for w in range(page.period.first_week, page.period.last_week + 1)
+                      if w * 7 - 3 >= page.quiet_day)
+    assert weeks_after >= 1
+    assert path.count("z") == 3 * weeks_after  # a box per clinic and week after the stop
+    assert legend["0 exams a week"] == "#fff"

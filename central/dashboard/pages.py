@@ -208,10 +208,16 @@ def clinics_weeks_svg(page: Q.ClinicsPage) -> str:
             (BLUES[3], "25-39"), (BLUES[4], "40+")]
     keys2 = [(GREY, "share of the weekdays silent"), (WEEKEND, "before the first message")]
     hole_words = "a hole in a box's message sequence that week"
+    by = Q.clinic_weeks(page)
+    # a week that began after a stopped collector's day: nothing could be heard in it
+    unheard = {(c, w) for c in page.clinics for w in weeks
+               if page.quiet_day is not None and w * 7 - 3 >= page.quiet_day
+               and not by[(c, w)].heard}
     svg, (label_w, top) = _clinics_frame(
         page, cw, len(weeks), "Exams per week per clinic, silent weekdays and sequence holes",
         max(legend_width(keys), legend_width(keys2) + HOLE_KEY_W + text_width(hole_words)),
-        extra_h=18, data_first_week=Q.week_text(weeks[0]))
+        extra_h=36 if unheard else 18, data_first_week=Q.week_text(weeks[0]))
+    not_heard = svg.hatch("not-heard", C.NOT_HEARD_HATCH) if unheard else None
     step = -(-56 // cw)  # a date label every ~56 px, from the latest week back, which is
     for i in range(len(weeks) - 1 - step, -1, -step):  # "this week"
         x = label_w + i * cw
@@ -220,15 +226,18 @@ def clinics_weeks_svg(page: Q.ClinicsPage) -> str:
             (weeks[i] * 7 - 3) * C.DAY_S)), fill=MUTED, size=10)
     svg.text(label_w + (len(weeks) - 1) * cw + cw / 2, top - 20, "this week", anchor="middle",
              fill=MUTED, size=10)
-    by = Q.clinic_weeks(page)
     fills: dict[str, list] = {c: [] for c in (WEEKEND, "#fff", *BLUES[1:], GREY)}
+    if not_heard:
+        fills[not_heard] = []
     holes: list[tuple[float, float]] = []
     rows = []
     for r, clinic in enumerate(page.clinics):
         y = top + r * ROW_H + 0.5
         for i, week in enumerate(weeks):
             w, x = by[(clinic, week)], label_w + i * cw + 0.5
-            if w.before_first and not w.heard:
+            if (clinic, week) in unheard:
+                fills[not_heard].append((x, y, cw - 1, ROW_H - 1))
+            elif w.before_first and not w.heard:
                 fills[WEEKEND].append((x, y, cw - 1, ROW_H - 1))
             elif w.counted and w.silent == w.counted and not w.heard:
                 fills[GREY].append((x, y, cw - 1, ROW_H - 1))
@@ -244,7 +253,7 @@ def clinics_weeks_svg(page: Q.ClinicsPage) -> str:
         _clinic_totals(svg, page, clinic, label_w + len(weeks) * cw + TOTALS_GAP,
                        y - 0.5 + ROW_H - 3)
     for colour, boxes in fills.items():
-        svg.rects(boxes, colour, stroke="#ccc" if colour == "#fff" else None)
+        svg.rects(boxes, colour, stroke="#ccc" if colour in ("#fff", not_heard) else None)
     svg.dots(holes, min(2.6, cw / 2 - 0.5), ORANGE, stroke="#fff" if cw > 8 else None)
     for clinic, y in rows:  # over the cells: the row's words where the pointer is
         ws = [by[(clinic, week)] for week in weeks]
@@ -258,6 +267,8 @@ def clinics_weeks_svg(page: Q.ClinicsPage) -> str:
     x = legend(svg, label_w, y + 18, keys2)
     svg.circle(x + 4, y + 14, 3, ORANGE)
     svg.text(x + HOLE_KEY_W, y + 18, hole_words, fill=MUTED)
+    if not_heard:
+        legend(svg, label_w, y + 36, [(not_heard, NOT_HEARD)])
     return svg.done()
 
 
