@@ -19,29 +19,17 @@ import time
 
 import pytest
 
-import edge.web
 from edge.config import ConfigError, load_settings
 from edge.exam.protocol import find_protocol
 from edge.exam.session import ExamSettings, ExamTracker
 from edge.loop import run
 from edge.web.auth import write_pin
-from edge.web.live import LoopHook
 from tests.servers import free_port
-from tests.test_unplugged_exam import _outbox_kinds, _unpluggable_grabber
+from tests.test_exam_review_s32 import _record
+from tests.test_unplugged_exam import _outbox_kinds, _unpluggable_grabber, _web_hooks
 from tests.web_harness import PIN, http, login_cookie, wait_for
 
 FPS = 10.0
-
-
-def _record(i: int, content: bool = True) -> dict:
-    """A frame's record as the scorer makes it, with or without ultrasound on it."""
-    quality = {"score": 0.8 if content else 0.0, "advice": None,
-               "criteria": {"content": {"pass": content, "value": 0.8 if content else 0.0,
-                                        "message": ""}}}
-    return {"source": "live", "frame": i, "plane": "Brain (Tv.)" if content else "Background",
-            "plane_confidence": 0.9, "error": None, "ts": 1.7e9 + i,
-            "roi": [0, 0, 10, 10] if content else None, "quality": quality,
-            "biometry": None, "latency_ms": 5.0, "model": "plane@1"}
 
 
 class _Scan:
@@ -156,15 +144,7 @@ def test_the_real_loop_keeps_her_exam_through_a_pulled_cable_and_the_page_says_s
     back in, the same exam goes on; out for longer than the hold, it ends as by a gap."""
     gap_s, hold_s = 1.5, 6.0
     plugged, grabbers, sources = _unpluggable_grabber(data_dir, 9, monkeypatch)
-    hooks: list[LoopHook] = []
-    real_start_web = edge.web.start_web
-
-    def start_web(*args, **kwargs):
-        hooks.append(real_start_web(*args, **kwargs))
-        return hooks[-1]
-
-    monkeypatch.setattr(edge.web, "start_web", start_web)
-    monkeypatch.setattr(LoopHook, "linger", lambda self, stopped, poll_s=0.2: None)
+    _web_hooks(monkeypatch)
     state = tmp_path / "state"
     write_pin(state, PIN)
     port = free_port()

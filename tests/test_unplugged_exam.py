@@ -67,6 +67,21 @@ def _unpluggable_grabber(data_dir, seed: int, monkeypatch):
     return plugged, grabbers, sources
 
 
+def _web_hooks(monkeypatch) -> list[LoopHook]:
+    """The loop's page hooks as `run` makes them (the real page), and no lingering on the
+    last exam once the source ends."""
+    hooks: list[LoopHook] = []
+    real_start_web = edge.web.start_web
+
+    def start_web(*args, **kwargs):
+        hooks.append(real_start_web(*args, **kwargs))
+        return hooks[-1]
+
+    monkeypatch.setattr(edge.web, "start_web", start_web)
+    monkeypatch.setattr(LoopHook, "linger", lambda self, stopped, poll_s=0.2: None)
+    return hooks
+
+
 def test_an_unplugged_grabbers_exam_ends_after_the_gap_and_its_summary_is_queued(
         tmp_path, data_dir, monkeypatch):
     plugged, grabbers, sources = _unpluggable_grabber(data_dir, 5, monkeypatch)
@@ -123,15 +138,7 @@ def test_the_pages_stop_tapped_while_nothing_comes_ends_that_exam_not_the_next_w
     frame: the next woman's exam then ended after its first frame, the rest of her scan
     held back. It is applied on the loop's idle tick, to the exam it was tapped for."""
     plugged, grabbers, sources = _unpluggable_grabber(data_dir, 6, monkeypatch)
-    hooks: list[LoopHook] = []
-    real_start_web = edge.web.start_web
-
-    def start_web(*args, **kwargs):
-        hooks.append(real_start_web(*args, **kwargs))
-        return hooks[-1]
-
-    monkeypatch.setattr(edge.web, "start_web", start_web)
-    monkeypatch.setattr(LoopHook, "linger", lambda self, stopped, poll_s=0.2: None)
+    hooks = _web_hooks(monkeypatch)
     state = tmp_path / "state"
     write_pin(state, PIN)
     cfg = tmp_path / "live.toml"
