@@ -62,7 +62,7 @@ def test_a_months_return_counts_its_exams_by_the_day_each_ended_and_lists_silent
         page = request(base, "/clinics?weeks=8", cookie)[2].decode()
         links = re.findall(r'href="/api/monthly\.csv\?month=(\d{4}-\d\d)"', page)
         assert links[:2] == [this.text, last.text] and len(links) == C.MONTHLY_SHOWN
-        assert f"{calendar.month_name[this.month]} {this.year} (so far)" in page
+        assert f"{calendar.month_name[this.month]} {this.year} (to date)" in page
 
         status, headers, body = request(base, f"/api/monthly.csv?month={last.text}", cookie)
         assert status == 200

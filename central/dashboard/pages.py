@@ -399,7 +399,7 @@ def monthly_links(months: list[Q.Month], district: str | None) -> str:
     where = f"&district={district}" if district else ""
     links = " · ".join(
         f'<a href="/api/monthly.csv?month={m.text}{esc(where)}" download>'
-        f"{esc(m.title)}{' (so far)' if i == 0 else ''}</a>" for i, m in enumerate(months))
+        f"{esc(m.title)}{' (to date)' if i == 0 else ''}</a>" for i, m in enumerate(months))
     return (f'<p class="lead">Each clinic\'s exams per protocol over a calendar month '
             "(UTC days), with how many were complete, had the head measured, or a head "
             "small or large for the age by dates, and on how many days its boxes were "
