@@ -105,7 +105,9 @@ def _cell_text(text: str) -> str:
     """A text cell as a spreadsheet reads it: no formula, and a carriage return (which the
     writer, ending lines with LF, leaves unquoted: a reader starts a row there, so a device's
     error text could forge one) made a line feed, which it quotes."""
-    text = "'" + text if text[:1] in FORMULA_STARTS else text
+    # a lone "-" (the pages' "no value", as `utc` gives it) is no formula to any spreadsheet:
+    # quoted, an empty time read "'-"
+    text = "'" + text if text[:1] in FORMULA_STARTS and text != "-" else text
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -505,14 +507,25 @@ def quality_svg(page: Q.QualityPage) -> str:
     return svg.done()
 
 
+def deficiency_words(name: str) -> str:
+    """A criterion in the midwife's words, "" for a name she has none for; the rollup's one
+    row for the names the dashboard does not know (C.DEFICIENCY_OTHER) says what it is."""
+    if name == C.DEFICIENCY_OTHER:
+        return C.DEFICIENCY_OTHER_WORDS
+    return C.DEFICIENCY_WORDS.get(name, "")
+
+
 def deficiencies_svg(page: Q.QualityPage) -> str:
-    rows = [{"label": C.DEFICIENCY_WORDS.get(d.name, d.name.replace("_", " ")),
-             "title": f"{C.DEFICIENCY_WORDS.get(d.name, d.name)} (criterion {d.name})",
-             "value": d.exams / page.exams if page.exams else 0.0,
-             "note": f"{pct(d.exams / page.exams if page.exams else None)}: "
-                     f"{plural(d.exams, 'exam')}",
-             "data": {"data_name": d.name, "data_exams": d.exams}}
-            for d in page.deficiencies]
+    rows = []
+    for d in page.deficiencies:
+        share = d.exams / page.exams if page.exams else None
+        other = d.name == C.DEFICIENCY_OTHER
+        words = deficiency_words(d.name)
+        rows.append({
+            "label": C.DEFICIENCY_OTHER_LABEL if other else words or d.name.replace("_", " "),
+            "title": words if other else f"{words or d.name} (criterion {d.name})",
+            "value": share or 0.0, "note": f"{pct(share)}: {plural(d.exams, 'exam')}",
+            "data": {"data_name": d.name, "data_exams": d.exams}})
     top = max((r["value"] for r in rows), default=0.0)
     scale = next(s for s in (0.2, 0.4, 0.6, 0.8, 1.0) if top <= s)  # ticks at round numbers
     return hbars("Quality criteria failed most often (share of exams listing them)",
@@ -561,7 +574,7 @@ def quality_clinics_table(page: Q.QualityPage) -> str:
 def deficiencies_csv(page: Q.QualityPage) -> str:
     return to_csv(["criterion", "exams_listing_it", "frames_failing", "exams_in_period",
                    "words"],
-                  [[d.name, d.exams, d.frames, page.exams, C.DEFICIENCY_WORDS.get(d.name, "")]
+                  [[d.name, d.exams, d.frames, page.exams, deficiency_words(d.name)]
                    for d in page.deficiencies])
 
 

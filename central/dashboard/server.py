@@ -79,6 +79,14 @@ def _secure(resp: web.StreamResponse) -> web.StreamResponse:
     return resp
 
 
+async def _no_server_header(_request: web.Request, resp: web.StreamResponse) -> None:
+    """No "Server: Python/3.11 aiohttp/3.14" for scanners, as on the device's page. aiohttp
+    sets it as it sends the head, after every middleware: this hook runs after it. A request
+    aiohttp cannot parse (a line too long, a Host twice) is answered 400 before the app sees
+    it, without this hook, and still names it (only aiohttp's internals could change that)."""
+    resp.headers.pop("Server", None)
+
+
 @dataclass
 class ServeSettings:
     db_url: str
@@ -210,6 +218,7 @@ class Dashboard:
         one_line_bad_requests()
         app = web.Application(client_max_size=C.MAX_BODY,
                               middlewares=[self._headers, self._auth])
+        app.on_response_prepare.append(_no_server_header)
         app.router.add_get("/", self.home)
         app.router.add_get("/login", self.login_page)
         app.router.add_post("/login", self.login)

@@ -65,7 +65,9 @@ from wire.shown import one_line, read_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "15"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "16"  # a change drops the rollups and rebuilds them from the messages
+# (16: deficiency names the dashboard does not know counted as one, C.DEFICIENCY_OTHER;
+# the health digest keeps the box's health interval)
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -711,10 +713,18 @@ class _Weeks:
                 self.missing[(week, clinic, name, slot)] += sign
             if _unnamed(protocol, named):  # one exam, however many names it shed
                 self.missing[(week, clinic, name, UNNAMED_SLOT)] += sign
+        other = None  # frames under criteria the dashboard does not know (C.DEFICIENCY_OTHER)
         for crit, frames in (data.get("deficiencies") or {}).items():
+            if str(crit) not in C.DEFICIENCY_WORDS:
+                other = (other or 0) + int(frames)
+                continue
             d = self.deficiency[(week, clinic, str(crit))]
             d[0] += sign
             d[1] += sign * int(frames)
+        if other is not None:  # one exam, however many such names it gave
+            d = self.deficiency[(week, clinic, C.DEFICIENCY_OTHER)]
+            d[0] += sign
+            d[1] += sign * other
         for plane, entry in (data.get("planes") or {}).items():
             if plane in C.NOT_A_VIEW or not entry or entry[0] <= 0 or len(entry) < 3:
                 continue
@@ -1198,7 +1208,10 @@ def _health_digest(data: dict) -> dict:
            "dropped": int(dropped.get("health", 0) or 0) + int(dropped.get("exam", 0) or 0),
            "disk_free_mb": data.get("disk_free_mb"), "temp_c": data.get("temp_c"),
            "models": data.get("models") or {}, "uptime_s": data.get("uptime_s"),
-           "fps": (data.get("loop") or {}).get("fps")}
+           "fps": (data.get("loop") or {}).get("fps"),
+           # how often the box sends health: "online but silent" waits a few of them
+           # (queries.online_but_silent); the schema requires it, 0-1e8 s
+           "interval_s": number_or_none(data.get("interval_s"))}
     loop = data.get("loop") if isinstance(data.get("loop"), dict) else {}
     set_ts, moved = wall_ts_or_none(loop.get("clock_set_ts")), loop.get("clock_moved_s")
     if set_ts is not None and finite_number(moved) and 0 < moved <= C.CLOCK_SET_MAX_S:
