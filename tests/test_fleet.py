@@ -333,7 +333,7 @@ def test_a_crash_loop_after_a_swap_rolls_back_to_the_previous_set(tmp_path, flee
     status = fleet.status()
     assert status["bundle"] == "factory" and status["rollback"]["from"] == "2.0"
     one_line_error(sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
-                            str(config)), "not newer than 2.0")
+                            str(config)), "2.0 was rolled back on this box: the loop crashed 3")
 
 
 def test_a_clean_run_counts_no_crash_and_the_trial_ends_in_a_confirmation(tmp_path, fleet_kit):

@@ -286,6 +286,7 @@ def test_an_offer_during_a_trial_waits_for_the_confirmation(tmp_path, fleet_kit)
     from edge.fleet.keys import load_trusted_keys
 
     agent.fleet.install(fleet_kit["v1"], load_trusted_keys(fleet_kit["trusted"]))
+    agent = _agent(config, fleet_kit)  # the loop started again, on 1.0: its trial runs
     offer, _ = make_offer(fleet_kit["v2"], peek(fleet_kit["v2"], GROUP), 32 * 1024)
     agent._received(offer_topic(GROUP), json.dumps(offer.to_dict()).encode())
     agent._drain_inbox()

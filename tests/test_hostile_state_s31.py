@@ -332,7 +332,7 @@ def test_a_rollback_with_a_damaged_version_still_ends_on_the_previous_set(
     assert status["bundle"] == "factory" and status["rollback"]["from"] == "2.0"
     assert again.state["failed"][-1] == "2.0" and again.state["highest"] == "2.0"
     assert len(lines_naming(caplog, ".version", "mended")) == 1
-    with pytest.raises(BundleError, match="not newer than 2.0"):
+    with pytest.raises(BundleError, match="2.0 was rolled back on this box"):
         again.install(fleet_kit["v2"], keys)
 
 

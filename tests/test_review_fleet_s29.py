@@ -117,6 +117,8 @@ def test_a_district_bundle_met_by_a_hand_install_s_trial_is_not_refused_for_good
     _serve_all(agent, data, 32 * 1024)
     assert offer.bundle_id not in agent.fleet.state.get("refused_ids", [])
     assert agent.fleet.status()["bundle"] == "2.0"
+    agent = _agent(config, fleet_kit)  # the loop started again, on 2.0
+    agent._received(offer_topic(GROUP), payload)  # the broker's retained offer, again
     agent.poll_once(7.0)  # 2.0's trial is over, then the offer is taken up again
     agent.poll_once(7.0)
     _serve_all(agent, data, 32 * 1024)

@@ -2,7 +2,8 @@
 signal to reload when `current` changes.
 
 One thread, started by `start_fleet` when `[fleet] enabled`. Every second it adds the
-running time to the trial (which confirms the new set after `trial_min`), hands the MQTT
+running time to the trial (which confirms the new set after `trial_min`) while the loop runs
+the trial's models, hands the MQTT
 messages the uplink received to the download, polls the district's HTTP(S) server every
 `poll_min`, and installs a finished download. When `current` points elsewhere than when the
 loop loaded its models (an install here, or `sonoedge bundle install` from a USB stick) it
@@ -29,8 +30,9 @@ from pathlib import Path
 
 from edge.fleet.bundle import DeviceFault
 from edge.fleet.settings import fleet_root, selftest_names
-from edge.fleet.slots import FACTORY, Fleet, app_version
+from edge.fleet.slots import FACTORY, Fleet, app_version, short_error
 from edge.models.manifest import sha256_of
+from edge.store.state import Reserve
 from wire.fleet import (
     MAX_OFFER_BYTES,
     BundleError,
@@ -179,7 +181,12 @@ class FleetAgent:
         """One pass of the thread: trial time, a deferred offer, MQTT messages, the HTTP
         poll when due, and a restart when `current` moved."""
         try:
-            self.fleet.tick(elapsed_s)
+            self.fleet.refresh()  # a USB install beside the service: its trial, its floor
+            trial = self.fleet.state.get("trial")
+            if isinstance(trial, dict) and trial.get("slot") == self.loaded_slot:
+                # trial time is time on the trial's models: not while the loop still runs
+                # the set it loaded, waiting for an exam to end (`restart_wait_min`)
+                self.fleet.tick(elapsed_s)
             self._deferred_in_s = max(0.0, self._deferred_in_s - elapsed_s)
             if (self._deferred is not None and self._deferred_in_s <= 0
                     and not isinstance(self.fleet.state.get("trial"), dict)):
@@ -217,7 +224,7 @@ class FleetAgent:
     def _error(self, text: str) -> None:
         """Said once in the log and kept as `last_error` for health. `Fleet.install` may
         have stored the same text already: it is still said here (it was not, before)."""
-        text = text[-200:]
+        text = short_error(text)  # its head: the version and what failed
         if text != self._said:
             log.error("fleet: %s", text)
             self._said = text
@@ -511,7 +518,10 @@ def start_fleet(settings, state_dir: Path, echo=print):
     Returns (agent, models dir to load), or (None, [models] dir) with the fleet off."""
     if not settings.fleet.enabled:
         return None, settings.models.dir
-    fleet = Fleet(fleet_root(settings, state_dir), settings.fleet)
+    # on a full card the state dir's reserve is given back to record a trial's start, as
+    # the journal does to shed old frames (`edge.store.state.Reserve`)
+    fleet = Fleet(fleet_root(settings, state_dir), settings.fleet,
+                  make_room=Reserve(state_dir).release)
     fleet.ensure(Path(settings.models.dir))
     if fleet.clear_stale_staging():
         log.info("fleet: removed the staging folder a killed install left")

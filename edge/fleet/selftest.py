@@ -13,13 +13,20 @@ import argparse
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from edge.fleet.bundle import DeviceFault
 from wire.fleet import BundleManifest
 
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4  # linux/prctl.h
+# A child ended by one of these was stopped from outside (`systemctl stop` sends SIGTERM to
+# the whole cgroup, the OOM killer SIGKILL, a closed terminal SIGHUP): the device's doing,
+# not the bundle's, so the bundle is tried again later. A model that crashes the runtime
+# ends it itself (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT): that fails the test.
+OUTSIDE_SIGNALS = (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP)
 LINUX_CAPABILITY_VERSION_3 = 0x20080522  # linux/capability.h: two 32-bit words per set
 
 
@@ -97,7 +104,8 @@ def check_slot(slot: Path, manifest: BundleManifest, num_threads: int = 1,
 
 def run_selftest(slot: Path, timeout_s: float, num_threads: int = 1,
                  names: dict | None = None) -> list[str]:
-    """`check_slot` in a child process with a time limit; the failures, [] when it passed."""
+    """`check_slot` in a child process with a time limit; the failures, [] when it passed.
+    `DeviceFault` when a signal from outside ended the child (`OUTSIDE_SIGNALS`)."""
     cmd = [sys.executable, "-m", "edge.fleet.selftest", str(slot), "--threads",
            str(num_threads), "--names", json.dumps(names or {})]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -108,6 +116,9 @@ def run_selftest(slot: Path, timeout_s: float, num_threads: int = 1,
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return [f"self-test did not finish within {timeout_s:g} s"]
+    if -done.returncode in OUTSIDE_SIGNALS:
+        raise DeviceFault(f"self-test stopped by {signal.Signals(-done.returncode).name} "
+                          "from outside (not the bundle's fault)")
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode not in (0, 1) or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]

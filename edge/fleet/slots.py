@@ -10,11 +10,14 @@ Why it survives a power cut at any moment: the running set is never written to. 
 unpacked into `slots/.staging`, checked (signature, every hash, the self-test), renamed to
 the spare slot and only then does `current` switch, by renaming a new symlink over it
 (rename(2) is atomic), with the folders fsynced in between. `state.json` is replaced whole
-(write, fsync, rename) and records an *intent* before every switch, so a start after a cut
+(write, fsync, rename; read again under a lock first, this process's changes put over what
+another wrote meanwhile) and records an *intent* before every switch, so a start after a cut
 finishes or forgets a half-done switch: the symlink is the truth.
 
-A new set is on *trial* until the loop has run `trial_min` minutes with it. Every start
-during the trial that finds the previous start did not end cleanly counts a crash; at
+A new set is on *trial* until the loop has run `trial_min` minutes with it (not the time it
+still runs the old set, waiting for an exam to end). Every start during the trial that
+finds the previous start, in this same boot, did not end cleanly counts a crash (one after
+a power cut or a reboot, a new kernel boot id, does not); at
 `crash_limit` crashes `current` goes back to the previous slot, which is kept untouched
 during the trial (no other bundle is installed meanwhile), and the version is remembered
 so the same bundle is never taken again. A version at or below the highest one ever
@@ -28,11 +31,16 @@ self-test never ran: it is a refusal (`last_error`, and a history entry), not a 
 
 from __future__ import annotations
 
+import copy
+import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -40,6 +48,7 @@ from pathlib import Path
 from edge.fleet.bundle import DeviceFault, Limits, read_bundle
 from edge.fleet.settings import FleetSettings
 from edge.models.manifest import ModelError, list_manifests
+from edge.store.outbox import read_boot_id
 from edge.store.state import fsync_dir, write_json
 from wire.fleet import BundleError, BundleManifest, parse_version
 from wire.schema import (
@@ -66,6 +75,22 @@ STATE_MAX_BYTES = 256 * 1024
 STATE_MAX_DEPTH = 8
 HISTORY_MAX = 4  # past rollbacks and self-test refusals kept in state.json (not reported)
 SELFTEST_REASON = "self-test failed: "  # how a refusal read as a rollback before (legacy)
+# The fleet error as state.json keeps it (one line, as before), and as health reports it
+# (the wire's health.fleet.error holds 160): its end is cut, so the version and what
+# failed, at its head, reach the district.
+ERROR_KEPT_CHARS = 200
+ERROR_SHOWN_CHARS = 160
+# An absolute path in an error line: its folders say nothing to the district and took the
+# room of what failed ("p/hC/w/mq/box1-state/.../plane_student.tflite: sha256 ...").
+_PATH = re.compile(r"""(?<![^\s'"(=])/(?:[^\s/:;,'"()]+/)+([^\s/:;,'"()]+)""")
+
+
+def short_error(text: object, limit: int = ERROR_KEPT_CHARS) -> str:
+    """A fleet error as the device keeps and reports it: one line, each absolute path its
+    file name, its head kept (the version, what failed), cut to `limit` characters."""
+    lines = str(text).strip().splitlines()
+    line = _PATH.sub(r"\1", lines[0] if lines else "")
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _step(name: str) -> None:
@@ -108,19 +133,21 @@ def read_state_file(path: Path) -> object:
     return read_state_json(path, STATE_MAX_BYTES, STATE_MAX_DEPTH)
 
 
-def checked_state(raw: object, path: Path) -> dict:
+def checked_state(raw: object, path: Path, say: bool = True) -> dict:
     """`state.json` as the device reads it back: each field of the wrong type (a hand edit,
-    a flipped bit on the card) mended or dropped with one log line naming it, never a
-    ValueError at every start (the service would restart for ever). A damaged trial stays
-    a trial, counted as crashed once, so a bad set can still be rolled back; a damaged
-    `highest` is forgotten (the active set's version is still the floor)."""
+    a flipped bit on the card) mended or dropped with one log line naming it (none when
+    not `say`: read again to save, it was said), never a ValueError at every start (the
+    service would restart for ever). A damaged trial stays a trial, counted as crashed
+    once, so a bad set can still be rolled back; a damaged `highest` is forgotten (the
+    active set's version is still the floor)."""
+    warn = log.warning if say else (lambda *_: None)
     if not isinstance(raw, dict):
-        log.warning("fleet: %s is not a JSON object: started afresh", shown_path(path))
+        warn("fleet: %s is not a JSON object: started afresh", shown_path(path))
         return {}
     state = dict(raw)
 
     def mended(field: str, value: object) -> None:
-        log.warning("fleet: %s: %s was %s: mended", shown_path(path), field, shown(value, 40))
+        warn("fleet: %s: %s was %s: mended", shown_path(path), field, shown(value, 40))
 
     trial = state.get("trial")
     if trial is not None and not isinstance(trial, dict):
@@ -171,6 +198,20 @@ def checked_state(raw: object, path: Path) -> dict:
     return state
 
 
+def _another_boot(recorded: object, now: str) -> bool:
+    """The start recorded `recorded` was in an earlier boot than this one. Only the kernel's
+    ids are compared: `read_boot_id`'s stand-in where /proc has none is one per process,
+    and would make every crash look like a reboot."""
+    return isinstance(recorded, str) and not recorded.startswith("proc-") \
+        and not now.startswith("proc-") and recorded != now
+
+
+def _identity(path: Path) -> tuple:
+    """What changes when state.json is written again (it is replaced whole, by a rename)."""
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 @dataclass
 class SlotInfo:
     slot: str
@@ -180,13 +221,20 @@ class SlotInfo:
 
 
 class Fleet:
-    """The slots under one root; every method keeps `current` pointing at a complete set."""
+    """The slots under one root; every method keeps `current` pointing at a complete set.
 
-    def __init__(self, root: Path | str, settings: FleetSettings):
+    `make_room()` gives back room on a full card (the state dir's reserve, `start_fleet`)
+    and says whether it did: `save` then tries once more."""
+
+    def __init__(self, root: Path | str, settings: FleetSettings,
+                 make_room: Callable[[], bool] = lambda: False):
         self.root = Path(root)
         self.settings = settings
+        self.make_room = make_room
         self._since_save = 0.0
         self._state: dict | None = None
+        self._base: dict = {}  # state.json as this object last read or wrote it
+        self._seen: tuple | None = None  # and that file's identity then (`refresh`)
         self._said: dict[str, str] = {}  # the damage last said per slot.json, said once
 
     # -- layout -------------------------------------------------------------------------
@@ -244,22 +292,86 @@ class Fleet:
     @property
     def state(self) -> dict:
         if self._state is None:
-            path = self.root / STATE_FILE
-            try:
-                self._state = checked_state(read_state_file(path), path)
-            except FileNotFoundError:
-                self._state = {}
-            except PayloadError as exc:
-                # as for a state that is not an object (`checked_state`): the symlink is
-                # the truth, and the active set's version stays the floor against a replay
-                log.warning("fleet: %s: damaged (%s): started afresh", shown_path(path),
-                            one_line(exc))
-                self._state = {}
+            self._seen, disk = self._read_state()
+            self._state, self._base = disk, copy.deepcopy(disk)
         return self._state
 
+    def _read_state(self, say: bool = True) -> tuple[tuple | None, dict]:
+        """(the file's identity, state.json as `checked_state` leaves it)."""
+        path = self.root / STATE_FILE
+        try:
+            seen = _identity(path)
+            return seen, checked_state(read_state_file(path), path, say)
+        except FileNotFoundError:
+            return None, {}
+        except PayloadError as exc:
+            # as for a state that is not an object (`checked_state`): the symlink is
+            # the truth, and the active set's version stays the floor against a replay
+            if say:
+                log.warning("fleet: %s: damaged (%s): started afresh", shown_path(path),
+                            one_line(exc))
+            return seen, {}
+
+    def _merged(self, disk: dict) -> dict:
+        """`disk` (state.json as another process may have left it: a USB install beside
+        the service) with the fields this object changed since it read it, each one set or
+        removed as here; every other field as the file has it."""
+        out, mine, gone = dict(disk), self.state, object()
+        for key in set(self._base) | set(mine):
+            if mine.get(key, gone) == self._base.get(key, gone):
+                continue
+            if key in mine:
+                out[key] = mine[key]
+            else:
+                out.pop(key, None)
+        return out
+
+    @contextmanager
+    def _state_lock(self):
+        """One writer of state.json at a time across processes, for the few milliseconds
+        of a read and a write (a lock on the fleet's folder: no file to create on a full
+        card, and apart from the install lock, which an install holds for minutes)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def save(self) -> None:
-        write_json(self.root / STATE_FILE, self.state)
+        """Write state.json: read again under the lock, with this object's changes put
+        over it (`_merged`), so no writer puts back a stale state over a newer one. On a
+        full card `make_room()` is asked once for room and the write tried again."""
+        try:
+            self._write_merged()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.make_room():
+                raise
+            self._write_merged()
         self._since_save = 0.0
+
+    def _write_merged(self) -> None:
+        path = self.root / STATE_FILE
+        with self._state_lock():
+            merged = self._merged(self._read_state(say=False)[1])
+            write_json(path, merged)
+            seen = _identity(path)
+        self._state, self._base, self._seen = merged, copy.deepcopy(merged), seen
+
+    def refresh(self) -> None:
+        """Take up what another process wrote to state.json since this object read or
+        wrote it, keeping this object's changes not saved yet (the trial's running time)."""
+        if self._state is None:
+            return
+        try:
+            if _identity(self.root / STATE_FILE) == self._seen:
+                return
+        except FileNotFoundError:
+            if self._seen is None:
+                return
+        seen, disk = self._read_state()
+        self._state = self._merged(disk)
+        self._base, self._seen = copy.deepcopy(disk), seen
 
     def _point_at(self, slot: str) -> None:
         """Switch `current` to the slot's models in one rename."""
@@ -389,11 +501,29 @@ class Fleet:
 
     def on_start(self) -> str | None:
         """Called once when the loop starts: counts an unclean end during a trial and rolls
-        back at the limit. Returns a line to print when it rolled back."""
+        back at the limit. Returns a line to print when it rolled back.
+
+        An unclean end in an earlier boot than this one (the kernel's boot id differs from
+        the one recorded at that start) was a power cut or a reboot, not the models: not
+        counted. A card that cannot take state.json (full) is one line naming it, and the
+        loop starts on the set `current` holds."""
         trial = self.state.get("trial")
         if not isinstance(trial, dict):
             return None
-        if trial.get("running"):
+        try:
+            return self._count_start(trial)
+        except OSError as exc:
+            log.error("fleet: %s: this start of %s's trial not recorded (%s); starting on "
+                      "the current set", shown_path(self.root / STATE_FILE),
+                      trial.get("version"), exc.strerror or exc)
+            return None
+
+    def _count_start(self, trial: dict) -> str | None:
+        boot = read_boot_id()
+        if trial.get("running") and _another_boot(trial.get("boot_id"), boot):
+            log.warning("fleet: %s on trial: the box restarted (a power cut or a reboot): "
+                        "not counted as a crash", trial.get("version"))
+        elif trial.get("running"):
             trial["crashes"] = int(trial.get("crashes", 0)) + 1
             log.warning("fleet: %s on trial: the loop did not end cleanly (%d of %d)",
                         trial.get("version"), trial["crashes"], self.settings.crash_limit)
@@ -401,6 +531,7 @@ class Fleet:
             return self.rollback(f"the loop crashed {trial['crashes']} times within "
                                  f"{self.settings.trial_min:g} min of the swap")
         trial["running"] = True
+        trial["boot_id"] = boot
         self.save()
         return None
 
@@ -408,7 +539,12 @@ class Fleet:
         trial = self.state.get("trial")
         if isinstance(trial, dict):
             trial["running"] = False
-            self.save()
+            try:
+                self.save()
+            except OSError as exc:
+                log.error("fleet: %s: the clean end of %s's trial not recorded (%s): the "
+                          "next start counts a crash", shown_path(self.root / STATE_FILE),
+                          trial.get("version"), exc.strerror or exc)
 
     def tick(self, seconds: float) -> bool:
         """The loop ran `seconds` more; True when that ended the trial (confirmed)."""
@@ -425,6 +561,7 @@ class Fleet:
                      trial.get("version"), trial["ran_s"] / 60, self.settings.crash_limit)
             return True
         if self._since_save >= SAVE_EVERY_S:
+            self._since_save = 0.0  # a card that cannot take it is tried again in as long
             self.save()
         return False
 
@@ -453,10 +590,27 @@ class Fleet:
         active = self._version(self.active_slot())
         top = self.floor()
         if top is not None and manifest.version_key <= parse_version(top):
+            why = self._rolled_back(manifest.version)
+            if why is not None:
+                raise BundleError(f"bundle {manifest.version} refused: {manifest.version} "
+                                  f"was rolled back on this box: {why} (re-sign it as a "
+                                  "newer version)")
             what = "already installed" if manifest.version == active else \
                 "not newer than" if manifest.version == top else "older than"
             raise BundleError(f"bundle {manifest.version} refused: {what} {top} (a replayed "
                               "or downgraded bundle is never installed)")
+
+    def _rolled_back(self, version: str) -> str | None:
+        """Why `version` was rolled back here (the last rollback, or one in the history),
+        None when it was not (or the record is gone: "not newer than" says the rest)."""
+        if not self.failed_here(version):
+            return None
+        events = [self.state.get("rollback")] + list(reversed(self.state.get("history", [])))
+        for event in events:
+            if isinstance(event, dict) and event.get("what", "rollback") == "rollback" \
+                    and event.get("from") == version:
+                return str(event.get("reason", ""))[:160]
+        return None
 
     def clear_stale_staging(self) -> bool:
         """At start: a staging folder no install holds is what a killed one left (a power
@@ -516,7 +670,7 @@ class Fleet:
                     f"{path}: cannot install ({exc.strerror or exc}); " + (
                         "the models in use are unchanged" if self.active_slot() == before
                         else "switched, the next start finishes recording it"))
-            self.state["last_error"] = str(error)[-200:]
+            self.state["last_error"] = short_error(error)
             try:
                 self.save()
             except OSError:
@@ -550,7 +704,12 @@ class Fleet:
         verify_s = time.monotonic() - t0
         _step("extracted")
         t0 = time.monotonic()
-        failures = run_selftest(staging, s.selftest_timeout_s, s.selftest_threads, names)
+        try:
+            failures = run_selftest(staging, s.selftest_timeout_s, s.selftest_threads, names)
+        except DeviceFault as exc:  # its child was stopped from outside: tried again later
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DeviceFault(f"bundle {manifest.version}: {exc}; "
+                              f"{self._version(self.active_slot())} stays") from None
         selftest_s = time.monotonic() - t0
         if failures:
             # Never swapped, never ran: a refusal (`install` keeps the line below as
@@ -719,5 +878,5 @@ class Fleet:
                                # health schema, so every health message was refused)
                                "ts": wall_ts_or_none(rollback.get("ts"))}
         if self.state.get("last_error"):
-            out["error"] = str(self.state["last_error"])[-160:]
+            out["error"] = short_error(self.state["last_error"], ERROR_SHOWN_CHARS)
         return out
