@@ -18,7 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge.fleet.bundle import DeviceFault
 from wire.fleet import BundleManifest
 
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4  # linux/prctl.h
@@ -102,10 +101,15 @@ def check_slot(slot: Path, manifest: BundleManifest, num_threads: int = 1,
     return failures
 
 
+class StoppedFromOutside(Exception):
+    """The self-test's child was ended by a signal from outside (`OUTSIDE_SIGNALS`): the
+    device's doing, not the bundle's (slots.py makes it a DeviceFault)."""
+
+
 def run_selftest(slot: Path, timeout_s: float, num_threads: int = 1,
                  names: dict | None = None) -> list[str]:
     """`check_slot` in a child process with a time limit; the failures, [] when it passed.
-    `DeviceFault` when a signal from outside ended the child (`OUTSIDE_SIGNALS`)."""
+    `StoppedFromOutside` when a signal from outside ended the child."""
     cmd = [sys.executable, "-m", "edge.fleet.selftest", str(slot), "--threads",
            str(num_threads), "--names", json.dumps(names or {})]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -117,7 +121,7 @@ def run_selftest(slot: Path, timeout_s: float, num_threads: int = 1,
     except subprocess.TimeoutExpired:
         return [f"self-test did not finish within {timeout_s:g} s"]
     if -done.returncode in OUTSIDE_SIGNALS:
-        raise DeviceFault(f"self-test stopped by {signal.Signals(-done.returncode).name} "
+        raise StoppedFromOutside(f"self-test stopped by {signal.Signals(-done.returncode).name} "
                           "from outside (not the bundle's fault)")
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode not in (0, 1) or not lines:

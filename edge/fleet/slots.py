@@ -678,7 +678,7 @@ class Fleet:
             raise error from None
 
     def _install(self, path: Path, keys: list, names: dict | None) -> BundleManifest:
-        from edge.fleet.selftest import run_selftest
+        from edge.fleet.selftest import StoppedFromOutside, run_selftest
 
         s = self.settings
         limits = Limits(int(s.max_bundle_mb * 1e6), int(s.max_unpacked_mb * 1e6))
@@ -706,7 +706,7 @@ class Fleet:
         t0 = time.monotonic()
         try:
             failures = run_selftest(staging, s.selftest_timeout_s, s.selftest_threads, names)
-        except DeviceFault as exc:  # its child was stopped from outside: tried again later
+        except StoppedFromOutside as exc:  # not the bundle's doing: tried again later
             shutil.rmtree(staging, ignore_errors=True)
             raise DeviceFault(f"bundle {manifest.version}: {exc}; "
                               f"{self._version(self.active_slot())} stays") from None
