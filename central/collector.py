@@ -32,6 +32,16 @@ are dropped and counted (``stats["qos0_dropped"]``). A message
 whose ``msg_id`` is stored with other content is such a dead letter too, naming the
 ``msg_id`` (``stats["conflicts"]``; an identical redelivery is a silent duplicate).
 
+Receipts (wire/receipt.py): the broker may drop a message it acknowledged to its box
+(Mosquitto drops what overflows this collector's session queue while it is away), so after
+committing a batch the collector publishes to each device whose exam or dates messages the
+batch settled (stored, stored already, or a dead letter: never to be stored either) a
+receipt listing their msg_ids on ``sonoedge-receipt/<device_id>`` (QoS 1, in chunks of at
+most ``RECEIPT_MAX_IDS``). The box keeps them until then and sends again what gets none. A
+receipt lost (this collector stopped before the broker took it) only means one more copy,
+stored once. A broker whose ACL does not yet let central users write receipts refuses them:
+one line says so, and the boxes then delete on PUBACK as before.
+
 When the database cannot be written (PostgreSQL down or failing over, a disk full), the
 batch is held in memory, unacknowledged, and tried again after waits that double from
 ``db_retry_min_s`` to ``db_retry_max_s``, while the MQTT session stays up; the broker sends
@@ -54,7 +64,14 @@ from pathlib import Path
 
 from central.db import DbError, DeadLetter, Row, Store, dead_letter
 from wire import schema as wire_schema
-from wire.mqtt import backoff_delay
+from wire.mqtt import TOPIC_PREFIX, backoff_delay
+from wire.receipt import (
+    MSG_ID_RE,
+    RECEIPT_PREFIX,
+    RECEIPTED_KINDS,
+    build_receipts,
+    receipt_topic,
+)
 from wire.shown import read_failure, shown_path
 
 log = logging.getLogger("sonoedge.central")
@@ -199,6 +216,26 @@ def _check(topic: str, payload: bytes, max_bytes: int, collector: str, now: floa
     )
 
 
+def receipt_for(topic: str, payload: bytes, item: Row | DeadLetter, max_bytes: int
+                ) -> tuple[str, str] | None:
+    """(device, msg_id) to receipt for a message a committed batch settled: an exam or a
+    dates correction under its device's topic, stored (or stored already) or a dead letter
+    whose payload names a msg_id (never stored either: the box need not keep it). None for
+    other kinds, or a payload that names no msg_id."""
+    parts = topic.split("/")
+    if (len(parts) != 3 or parts[0] != TOPIC_PREFIX or parts[2] not in RECEIPTED_KINDS
+            or not _ID_RE.match(parts[1])):
+        return None
+    if isinstance(item, Row):
+        return item.device_id, item.msg_id
+    try:
+        data = wire_schema.loads_bounded(payload, max_bytes)
+    except wire_schema.PayloadError:
+        return None
+    msg_id = data.get("msg_id") if isinstance(data, dict) else None
+    return (parts[1], msg_id) if isinstance(msg_id, str) and MSG_ID_RE.match(msg_id) else None
+
+
 def quota_key(topic: str) -> str:
     """Whose quota a dead letter counts against: the device id of its topic, or one bucket
     for a topic that has none (the broker's ACL ties a device to its own topics)."""
@@ -318,7 +355,7 @@ class Collector:
         self.store = store or Store(settings.db_url)
         self.stop_event = threading.Event()
         self.stats = {"received": 0, "stored": 0, "duplicates": 0, "conflicts": 0, "dead": 0,
-                      "dead_over_quota": 0, "qos0_dropped": 0}
+                      "dead_over_quota": 0, "qos0_dropped": 0, "receipts": 0}
         self._rng = random.Random()
         self._last_error: str | None = None
         self.quota = DeadLetterQuota(settings.dead_letter_quota, settings.dead_letter_window_s)
@@ -402,6 +439,7 @@ class Collector:
         client.on_disconnect = lambda c, u, f, rc, p: state.__setitem__("lost", True)
         client.on_subscribe = lambda c, u, mid, rcs, p: state.__setitem__("suback", rcs)
         client.on_message = lambda c, u, msg: inbox.append(msg)
+        client.on_publish = self._receipt_answered
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = int(s.session_expiry_s)
         props.ReceiveMaximum = max(1, int(s.receive_maximum))
@@ -467,7 +505,7 @@ class Collector:
                 batch, held = held + inbox, []
                 inbox.clear()
                 try:
-                    self._store_batch(batch)
+                    receipts = self._store_batch(batch)
                 except DbError as exc:  # held, unacknowledged, tried again after a wait
                     held = self._hold(batch)
                     self._database_down(str(exc), len(held))
@@ -476,6 +514,7 @@ class Collector:
                     return False
                 else:
                     self._database_up(len(batch))
+                    self._send_receipts(client, receipts)
                     for msg in batch:
                         if msg.qos > 0:
                             client.ack(msg.mid, msg.qos)
@@ -501,6 +540,22 @@ class Collector:
         except (OSError, ValueError):
             pass
         return True
+
+    def _send_receipts(self, client, receipts: dict[str, set[str]]) -> None:
+        """Tell each device which of its exam and dates messages a committed batch settled
+        (wire/receipt.py); the broker keeps them in the session of a device that is away."""
+        for device, ids in receipts.items():
+            for payload in build_receipts(device, ids):
+                client.publish(receipt_topic(device), payload, qos=1)
+                self.stats["receipts"] += 1
+
+    def _receipt_answered(self, _client, _userdata, _mid, reason_code, _props) -> None:
+        """The broker's PUBACK to a receipt (the collector publishes nothing else): a
+        refusal is said once (`_error`); its boxes keep deleting on PUBACK as before."""
+        if getattr(reason_code, "is_failure", False):
+            self._error(f"the broker refused a receipt to a device ({reason_code}): let "
+                        f"central users write {RECEIPT_PREFIX}/# (regenerate the ACL with "
+                        "board/provision.py and reload the broker)")
 
     def _hold(self, held: list) -> list:
         """What is held while the database is down, bounded: the broker sends at most
@@ -550,15 +605,20 @@ class Collector:
         self._over.clear()
         self._over_said = now
 
-    def _store_batch(self, batch: list) -> None:
+    def _store_batch(self, batch: list) -> dict[str, set[str]]:
+        """Store a batch in one transaction; the receipts it owes (device: msg_ids,
+        `receipt_for`), to send once it is committed."""
         now = time.time()
         rows, dead = [], []
+        receipts: dict[str, set[str]] = {}
         clinics = self.clinics()
         for msg in batch:
             topic = _topic_of(msg)
-            item = check(topic, bytes(msg.payload), self.settings.max_bytes,
-                         self.client_id, now, clinics)
+            payload = bytes(msg.payload)
+            item = check(topic, payload, self.settings.max_bytes, self.client_id, now, clinics)
             (dead if isinstance(item, DeadLetter) else rows).append(item)
+            if owed := receipt_for(topic, payload, item, self.settings.max_bytes):
+                receipts.setdefault(owed[0], set()).add(owed[1])
             if (clinics is not None and isinstance(item, Row)
                     and item.device_id not in clinics and item.device_id not in
                     self._unregistered):
@@ -578,6 +638,7 @@ class Collector:
         self.stats["dead"] += done.dead
         self.stats["dead_over_quota"] += sum(plan.over.values())
         self._over.update(plan.over)
+        return receipts
 
 
 def _topic_of(msg) -> str:

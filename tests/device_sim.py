@@ -5,7 +5,9 @@
 It "scores" ``--frames`` synthetic frames, enqueues an exam summary every ``--exam-every``
 frames (and, with ``--dates-every N``, a ``dates`` correction after every Nth exam) and a
 health message every ``--health-every`` frames, then drains the outbox until
-``--drain-timeout`` and exits 0 whether or not the outbox is empty (like ``run --once``).
+``--drain-timeout`` and exits 0 whether or not the outbox is empty (like ``run --once``);
+with ``--wait-receipts S`` it then waits up to S seconds until a receipt has come from the
+district and no exam waits for one.
 Each enqueued message is appended to ``--produced`` as "seq msg_id kind" after it is stored.
 """
 
@@ -58,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-key", default="")
     ap.add_argument("--final-health", action="store_true",
                     help="after draining, send one more health (it reports the drops)")
+    ap.add_argument("--resend-after-s", type=float, default=None,
+                    help="[mqtt] resend_after_s (default: the uplink's)")
+    ap.add_argument("--wait-receipts", type=float, default=0.0,
+                    help="after draining, wait this long at most until a receipt has come "
+                         "and nothing sent waits for one")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = MqttSettings(
@@ -65,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         outbox_quota_bytes=args.quota_bytes, max_inflight=args.max_inflight,
         reconnect_min_s=0.1, reconnect_max_s=args.reconnect_max_s, connect_timeout_s=3,
         tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        **({} if args.resend_after_s is None else {"resend_after_s": args.resend_after_s}),
     )
     uplink = Uplink(settings, args.state_dir, {"plane_student": "1.0.0"})
     uplink.start()
@@ -100,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.final_health:
         note("health", uplink.enqueue_health({"fps": 30.0, "frames": args.frames}))
         drained = uplink.drain(args.drain_timeout)
+    deadline = time.monotonic() + args.wait_receipts
+    while drained and time.monotonic() < deadline and (
+            uplink.outbox.pending_count() or uplink.outbox.awaiting_receipt_count()
+            or not uplink.outbox.receipts_seen()):
+        time.sleep(0.05)  # sent again after resend_after_s while it waits: pending again
     counts = uplink.outbox.counts()
     uplink.close()
     print(json.dumps({"drained": drained, **counts}))

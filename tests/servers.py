@@ -81,11 +81,12 @@ class Mosquitto:
     """A private broker: password file + ACL from board.provision, persistence on disk.
 
     With ``pki`` (from ``make_pki``) the listener speaks TLS only and requires a client
-    certificate signed by the same CA.
+    certificate signed by the same CA. ``max_queued``: the messages kept for a client that
+    is away (board/mosquitto.conf.example's 100,000); what overflows it the broker drops.
     """
 
     def __init__(self, workdir: Path, port: int | None = None, persistence: bool = True,
-                 pki: dict[str, Path] | None = None):
+                 pki: dict[str, Path] | None = None, max_queued: int = 100000):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -95,6 +96,7 @@ class Mosquitto:
         self.log = self.dir / "mosquitto.log"
         self.persistence = persistence
         self.pki = pki
+        self.max_queued = max_queued
         self.proc: subprocess.Popen | None = None
         self.passwords: dict[str, str] = {}
         self._finalizer = weakref.finalize(self, _stop_proc, [None])
@@ -122,7 +124,7 @@ class Mosquitto:
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.dir}/",
             "persistent_client_expiration 1d",
-            "max_queued_messages 100000",
+            f"max_queued_messages {self.max_queued}",
             f"log_dest file {self.log}",
             "log_type error",
             "log_type warning",

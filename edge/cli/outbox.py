@@ -129,6 +129,8 @@ def outbox_main(argv: list[str]) -> int:
         return 2
     summary = {
         "pending": counts["pending"],
+        # sent: the broker took them, kept until the district's receipt (wire/receipt.py)
+        "awaiting_receipt": counts["awaiting_receipt"],
         "rejected": counts["rejected"],
         "bytes": counts["payload_bytes"],
         "quota_used_bytes": counts["used_bytes"],
@@ -142,6 +144,7 @@ def outbox_main(argv: list[str]) -> int:
         print(json.dumps({**summary, "messages": items}, indent=1))
         return 0
     print(f"{summary['pending']} pending, {summary['rejected']} rejected, "
+          f"{summary['awaiting_receipt']} sent awaiting the district's receipt, "
           f"{summary['bytes']} bytes of payload (quota used {summary['quota_used_bytes']}); "
           f"last seq {summary['last_seq']}; dropped by quota: "
           f"{summary['dropped']['health']} health, {summary['dropped']['exam']} exam")
@@ -151,8 +154,9 @@ def outbox_main(argv: list[str]) -> int:
         extra = f" ({reason})" if reason else ""
         print(f"{seq:>7} {kind:<7} {msg_id:<36} {size:>6} {_age(created):>6} {attempts:>5} "
               f"{state}{extra}")
-    if summary["pending"] + summary["rejected"] > len(rows):
-        print(f"... {summary['pending'] + summary['rejected'] - len(rows)} more")
+    total = summary["pending"] + summary["awaiting_receipt"] + summary["rejected"]
+    if total > len(rows):
+        print(f"... {total - len(rows)} more")
     return 0
 
 
@@ -242,7 +246,8 @@ def status_main(argv: list[str]) -> int:
         print(f"disk full: {held} exam summar{'y' if held == 1 else 'ies'} held in memory "
               "until there is room")
     print(f"outbox: {box.get('pending', '?')} pending ({box.get('pending_exam', '?')} exam), "
-          f"{box.get('rejected', 0)} rejected, quota used {box.get('used_bytes', '?')}/"
+          f"{box.get('rejected', 0)} rejected, {box.get('awaiting_receipt', 0)} sent awaiting "
+          f"the district's receipt, quota used {box.get('used_bytes', '?')}/"
           f"{box.get('quota_bytes', '?')} bytes; dropped {box.get('dropped_health', 0)} "
           f"health, {box.get('dropped_exam', 0)} exam")
     print(f"status written {_age(status.get('updated_ts'))} ago")

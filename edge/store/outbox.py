@@ -5,6 +5,15 @@ broker's PUBACK (QoS 1). A process crash, a power cut or days offline lose nothi
 enqueued: the uplink resends whatever is still here, and the collector deduplicates by
 ``msg_id``.
 
+Receipts (wire/receipt.py): a broker may drop a message it acknowledged (Mosquitto drops
+what overflows an absent collector's queue), so an exam summary or a dates correction is
+not deleted on its PUBACK but kept as ``sent`` (with ``sent_ts``) until the collector's
+receipt for it (`receipt`), and a sent one without a receipt after ``resend_after_s`` goes
+back to ``pending`` and is sent again (`resend_unreceipted`). Only an outbox that has seen
+a receipt from its district (``meta`` ``receipts``) keeps them: a box whose collector sends
+none deletes on PUBACK, as before receipts. Health is always deleted on its PUBACK. Sent
+messages count toward the quota like pending ones.
+
 Durability policy: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode FULL fsyncs the
 WAL on every commit, so an ``enqueue()`` that returned survives a power cut (NORMAL would be
 crash-safe for the process but could lose the last commits on power loss, which is exactly
@@ -57,13 +66,23 @@ from pathlib import Path
 from edge.capture.clock import stamped_before_step
 from edge.store.scan import DamagedTableScan
 from edge.store.state import Reserve, is_corrupt, is_full, move_aside, open_making_room
-from wire.schema import QUEUED_KINDS, TIME_FIELDS, finite_number, load_schema, sqlite_uri
+from wire.receipt import RECEIPTED_KINDS
+from wire.schema import (
+    CLOCK_STEP_S,
+    QUEUED_KINDS,
+    TIME_FIELDS,
+    finite_number,
+    load_schema,
+    sqlite_uri,
+)
 from wire.shown import one_line, shown
 
 log = logging.getLogger("sonoedge.outbox")
 
 OUTBOX_FILE = "outbox.sqlite3"
-LAYOUT_VERSION = 1
+# 2: the state 'sent' and its `sent_ts` (receipts); a layout-1 outbox gains the column at
+# open (`_migrate`), and its rows stay as they were.
+LAYOUT_VERSION = 2
 ROW_OVERHEAD_BYTES = 96  # rough on-disk cost of a row beside its payload (ids, topic, index)
 DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
 # The salvage of a corrupt outbox (`_read_what_remains`) holds up the start: it stops after
@@ -82,7 +101,10 @@ SEQ_MAX = min(load_schema(kind)["properties"]["seq"]["maximum"] for kind in KIND
 SEQ_FLOOR_MAX = 1 << 52
 # Kept alike under the quota: an exam's age-by-dates correction is as much the district's
 # record as the exam itself, and far smaller.
-EXAM_KINDS = ("exam", "dates")
+EXAM_KINDS = RECEIPTED_KINDS  # ("exam", "dates"): also the kinds kept until their receipt
+# A sent message's time ahead of the clock by more than this means the clock stepped back
+# since: waiting out resend_after_s from it could take months, so it is sent again now.
+SENT_TS_AHEAD_S = CLOCK_STEP_S
 # A keyed message's msg_id derives from its key (an exam's id): an exam queued again after
 # its outbox was lost (see `loop.requeue_unqueued_exams`) reaches the collector under the
 # same msg_id as the first time, and is absorbed there as a duplicate.
@@ -100,7 +122,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_ts REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL DEFAULT 'pending',
-    reason TEXT
+    reason TEXT,
+    sent_ts REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_kind ON outbox(kind, id);
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, id);
@@ -213,6 +236,7 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
             # The outbox is small (its quota): a full check at start is cheap, and a damaged
             # page must be found now, not when the message on it is due.
             problems = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
@@ -222,6 +246,13 @@ class Outbox:
         except BaseException:
             self._db.close()
             raise
+
+    def _migrate(self) -> None:
+        """A layout-1 outbox (before receipts) gains `sent_ts`; ALTER TABLE is one atomic
+        change, so a power cut leaves the file as it was or migrated."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "sent_ts" not in columns:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN sent_ts REAL")
 
     def _salvage(self, exc: BaseException, seq_floor: int) -> None:
         """Move the corrupt file aside and rebuild the outbox from what can still be read."""
@@ -234,7 +265,8 @@ class Outbox:
         try:
             self._open()
             with self._tx() as db:
-                for row in rows:
+                for row in rows:  # a sent one without its time is sent again
+                    row = (*row[:7], "pending", *row[8:]) if row[7] == "sent" else row
                     db.execute(f"INSERT OR IGNORE INTO outbox({_COLUMNS}) VALUES "
                                "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
                 for key, seq in keys:
@@ -246,7 +278,7 @@ class Outbox:
                           if seq_ok(v))
                 db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (top,))
                 for name in ("dropped_health", "dropped_exam", "reported_health",
-                             "reported_exam"):
+                             "reported_exam", "receipts"):
                     if name in meta:
                         db.execute("UPDATE meta SET value = ? WHERE key = ?",
                                    (meta[name], name))
@@ -264,8 +296,11 @@ class Outbox:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('layout', ?)", (LAYOUT_VERSION,)
             )
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'layout' AND value < ?",
+                             (LAYOUT_VERSION, LAYOUT_VERSION))
+            # receipts: 1 once a receipt came from the district (`receipt`)
             for key in ("seq", "dropped_health", "dropped_exam", "reported_health",
-                        "reported_exam"):
+                        "reported_exam", "receipts"):
                 self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, 0)", (key,))
             for key, value in self._db.execute(
                     "SELECT key, value FROM meta WHERE key IN ('dropped_health', "
@@ -463,9 +498,10 @@ class Outbox:
                 return False
             marks = ",".join("?" * len(kinds))
             while self._used + cost > self.quota_bytes:
+                # of exams, a sent one first: it has most likely reached the district
                 row = db.execute(
-                    f"SELECT id, size, kind FROM outbox WHERE kind IN ({marks}) ORDER BY id "
-                    "LIMIT 1", kinds).fetchone()
+                    f"SELECT id, size, kind FROM outbox WHERE kind IN ({marks}) "
+                    "ORDER BY state = 'sent' DESC, id LIMIT 1", kinds).fetchone()
                 if row is None:
                     break
                 counted = "health" if row[2] == "health" else "exam"
@@ -480,23 +516,79 @@ class Outbox:
         return True
 
     def ack(self, msg_ids: Iterable[str]) -> int:
-        """Delete messages the broker acknowledged; one transaction for the whole batch."""
+        """Messages the broker acknowledged, in one transaction: deleted, but an exam or a
+        dates correction is kept as sent (its `sent_ts` now) until its receipt once this
+        outbox has seen one (`receipts_seen`). How many were deleted."""
         ids = list(msg_ids)
         if not ids:
             return 0
         removed = 0
         with self._tx() as db:
+            keep = self._meta("receipts")[0] == 1
             for msg_id in ids:
-                row = db.execute("SELECT size FROM outbox WHERE msg_id = ?", (msg_id,)).fetchone()
+                row = db.execute("SELECT size, kind FROM outbox WHERE msg_id = ?",
+                                 (msg_id,)).fetchone()
+                if row is None:
+                    continue
+                if keep and row[1] in EXAM_KINDS:
+                    db.execute("UPDATE outbox SET state = 'sent', sent_ts = ? "
+                               "WHERE msg_id = ?", (time.time(), msg_id))
+                    continue
+                db.execute("DELETE FROM outbox WHERE msg_id = ?", (msg_id,))
+                self._used -= row[0] + ROW_OVERHEAD_BYTES
+                removed += 1
+        self._vacuum_if_empty(removed)
+        return removed
+
+    def receipt(self, msg_ids: Iterable[str]) -> int:
+        """The district holds these (a receipt, wire/receipt.py): the exams and dates
+        corrections among them are deleted, whatever their state (one sent again may be
+        queued or in flight: its PUBACK then finds no row); ids this outbox does not hold
+        are ignored. From now on PUBACKed exams are kept until their receipt. How many were
+        deleted."""
+        ids = list(msg_ids)
+        removed = 0
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('receipts', 1)")
+            marks = ",".join("?" * len(EXAM_KINDS))
+            for msg_id in ids:
+                row = db.execute(f"SELECT size FROM outbox WHERE msg_id = ? AND kind IN "
+                                 f"({marks})", (msg_id, *EXAM_KINDS)).fetchone()
                 if row is None:
                     continue
                 db.execute("DELETE FROM outbox WHERE msg_id = ?", (msg_id,))
                 self._used -= row[0] + ROW_OVERHEAD_BYTES
                 removed += 1
+        self._vacuum_if_empty(removed)
+        return removed
+
+    def receipts_seen(self) -> bool:
+        """Whether a receipt ever came: PUBACKed exams are then kept until theirs."""
+        with self._lock:
+            return self._meta("receipts")[0] == 1
+
+    def resend_unreceipted(self, after_s: float, now: float | None = None) -> int:
+        """Sent messages without a receipt `after_s` after their PUBACK (or sent at a time
+        the clock has since stepped back from, SENT_TS_AHEAD_S) go back to pending: the
+        broker may have dropped them. How many."""
+        now = time.time() if now is None else now
+        with self._lock:  # read first: a write transaction (an fsync) only when due
+            due = self._db.execute(
+                "SELECT 1 FROM outbox WHERE state = 'sent' AND (sent_ts IS NULL OR "
+                "sent_ts <= ? OR sent_ts > ?) LIMIT 1",
+                (now - after_s, now + SENT_TS_AHEAD_S)).fetchone()
+        if due is None:
+            return 0
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE outbox SET state = 'pending', sent_ts = NULL WHERE state = 'sent' "
+                "AND (sent_ts IS NULL OR sent_ts <= ? OR sent_ts > ?)",
+                (now - after_s, now + SENT_TS_AHEAD_S)).rowcount
+
+    def _vacuum_if_empty(self, removed: int) -> None:
         if removed and self._used == 0:
             with self._lock:
                 self._db.execute("PRAGMA incremental_vacuum")
-        return removed
 
     def reject(self, msg_id: str, reason: str) -> None:
         """Park a message the broker refused; it stays on disk and out of the send queue."""
@@ -578,10 +670,18 @@ class Outbox:
         return out
 
     def pending_count(self) -> int:
+        """Messages waiting to go to the broker (not those sent and waiting for a receipt:
+        `awaiting_receipt_count`)."""
         with self._lock:
             return self._db.execute(
                 "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"
             ).fetchone()[0]
+
+    def awaiting_receipt_count(self) -> int:
+        """Messages the broker acknowledged, kept until the district's receipt."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'sent'").fetchone()[0]
 
     def last_seq(self) -> int:
         with self._lock:
@@ -594,13 +694,14 @@ class Outbox:
         the district dates them right. Tried ones too: one that reached the collector as
         it was (its ack lost) arrives again re-dated, and the collector takes that copy as
         the same message (central/db.py `redated`); it had dated the first by the box's lag
-        then. Returns how many were moved, and the ids of the exams among them (the journal
-        dates its copies the same)."""
+        then. Sent ones waiting for their receipt too: the same, should the broker have
+        dropped them and they go again. Returns how many were moved, and the ids of the
+        exams among them (the journal dates its copies the same)."""
         moved, exam_ids = 0, []
         with self._tx() as db:
             # refused by the broker too: never arrived, and sent again by `retry_rejected`
             rows = db.execute("SELECT id, kind, payload FROM outbox WHERE state IN "
-                              "('pending', 'rejected')").fetchall()
+                              "('pending', 'rejected', 'sent')").fetchall()
             for row_id, kind, payload in rows:
                 try:
                     body = json.loads(payload)
@@ -677,7 +778,8 @@ def counts_of(conn: sqlite3.Connection) -> dict:
     read only (the uplink's status file is rewritten at most once a second, so it could
     hold a count from before the last exam was queued). The database may be damaged: a
     text counter is 0, a size of 1e308 counts as none. `used_bytes`: payload and row
-    overhead, as the quota counts them; `by_kind`: "state/kind" -> messages."""
+    overhead, as the quota counts them; `by_kind`: "state/kind" -> messages;
+    `awaiting_receipt`: sent, kept until the district's receipt (`Outbox.receipt`)."""
     per: dict[tuple[str, str], tuple[int, int]] = {
         (str(kind), str(state)): (int(n), _bytes(size)) for kind, state, n, size in
         conn.execute("SELECT kind, state, COUNT(*), TOTAL(size) FROM outbox "
@@ -694,7 +796,9 @@ def counts_of(conn: sqlite3.Connection) -> dict:
 
     return {"pending": pending(), "pending_exam": pending("exam"),
             "pending_health": pending("health"),
-            "rejected": sum(n for (_, st), (n, _) in per.items() if st != "pending"),
+            "awaiting_receipt": sum(n for (_, st), (n, _) in per.items() if st == "sent"),
+            "rejected": sum(n for (_, st), (n, _) in per.items()
+                            if st not in ("pending", "sent")),
             "used_bytes": sum(size + n * ROW_OVERHEAD_BYTES for n, size in per.values()),
             "payload_bytes": sum(size for _, size in per.values()),
             "by_kind": {f"{st}/{k}": n for (k, st), (n, _) in sorted(per.items())},

@@ -1,12 +1,15 @@
 """MQTT uplink: a background thread that drains the durable outbox to the broker.
 
 paho-mqtt keeps its queue in memory only, so this module never relies on it: every message
-lives in the SQLite outbox until the broker's PUBACK comes back, and a new paho client is
-made for every connection attempt. Whatever was in flight when a connection died is simply
-published again from the outbox on the next connection (the collector deduplicates by
-``msg_id``). MQTT v5, QoS 1, ``clean_start=False`` with a session expiry, a bounded number
-of messages in flight, exponential backoff with jitter between attempts, TLS and
-username/password, a retained ``status`` topic with an ``offline`` last will.
+lives in the SQLite outbox until the broker's PUBACK comes back (an exam summary or a dates
+correction until the district's receipt, wire/receipt.py: the uplink reads its receipt
+topic on the same connection, and sends again what has none after ``resend_after_s``), and
+a new paho client is made for every connection attempt. Whatever was in flight when a
+connection died is simply published again from the outbox on the next connection (the
+collector deduplicates by ``msg_id``). MQTT v5, QoS 1, ``clean_start=False`` with a session
+expiry, a bounded number of messages in flight, exponential backoff with jitter between
+attempts, TLS and username/password, a retained ``status`` topic with an ``offline`` last
+will.
 
 The device keeps working whatever the broker does: the uplink never raises into the loop,
 it records what went wrong in ``<state_dir>/uplink-status.json`` (read by ``sonoedge
@@ -61,6 +64,13 @@ from wire.mqtt import (
     read_secret_file,
     topic_for,
 )
+from wire.receipt import (
+    DEFAULT_RESEND_AFTER_S,
+    MAX_RESEND_AFTER_S,
+    MIN_RESEND_AFTER_S,
+    parse_receipt,
+    receipt_topic,
+)
 from wire.schema import (
     PayloadError,
     finite_number,
@@ -85,6 +95,11 @@ STATUS_TEXT_MAX = 500
 _ID_RE = id_pattern("device_id")
 _CLINIC_RE = id_pattern("clinic_id")
 MIN_OUTBOX_QUOTA_BYTES = 16 * 1024  # an exam is at most 1 KB on the wire
+# How often, at most, the publisher looks for sent messages whose receipt is overdue
+# (`Outbox.resend_unreceipted`; more often when resend_after_s is shorter): a read of the
+# outbox's state index, nothing written unless one is due. The first look waits as long
+# after a connect, so receipts kept by the broker while the box was away come in first.
+RESEND_CHECK_S = 60.0
 
 
 @dataclass
@@ -113,6 +128,9 @@ class MqttSettings:
     # A PUBACK "No matching subscribers" means no collector session holds the message (e.g.
     # the broker restarted and lost a shared subscription): keep it and retry later.
     require_subscriber: bool = True
+    # An exam or a dates correction the broker acknowledged is kept until the district's
+    # receipt (wire/receipt.py), and sent again when none came this long after its PUBACK.
+    resend_after_s: float = DEFAULT_RESEND_AFTER_S
 
 
 def resolve_device_id(device_id: str) -> str:
@@ -167,6 +185,9 @@ def check_mqtt_settings(s: MqttSettings) -> None:
         if getattr(s, key) > top:
             raise ValueError(f"mqtt.{key} must be at most {top}, got "
                              f"{shown(getattr(s, key))}")
+    if not MIN_RESEND_AFTER_S <= s.resend_after_s <= MAX_RESEND_AFTER_S:
+        raise ValueError(f"mqtt.resend_after_s must be from {MIN_RESEND_AFTER_S:.0f} to "
+                         f"{MAX_RESEND_AFTER_S:.0f} seconds, got {shown(s.resend_after_s)}")
     if s.outbox_quota_bytes < MIN_OUTBOX_QUOTA_BYTES:
         raise ValueError(f"mqtt.outbox_quota_bytes must be at least {MIN_OUTBOX_QUOTA_BYTES} "
                          f"(room for a few exams), got {s.outbox_quota_bytes!r}")
@@ -205,7 +226,7 @@ _STATUS_FIELDS = {
 # from, so it must be one an outbox may take (`seq_ok`: an integer up to SEQ_FLOOR_MAX)
 _OUTBOX_FIELDS = {**{name: _count for name in (
     "pending", "pending_exam", "pending_health", "rejected", "used_bytes", "quota_bytes",
-    "dropped_health", "dropped_exam")}, "last_seq": seq_ok}
+    "dropped_health", "dropped_exam", "awaiting_receipt")}, "last_seq": seq_ok}
 
 
 def load_status(state_dir: Path | str) -> tuple[dict | None, str | None]:
@@ -285,6 +306,7 @@ class Uplink:
         self._held: list[tuple[str, dict, str | None]] = []
         self._held_lock = threading.Lock()
         self.client_id = settings.client_id or f"sonoedge-{self.device_id}"
+        self.receipt_topic = receipt_topic(self.device_id)  # read on every connection
         self._started_mono = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -343,7 +365,7 @@ class Uplink:
 
     def _resubscribe(self, client, state: dict) -> None:
         with self._status_lock:
-            wanted, version = set(self._wanted), self._wanted_version
+            wanted, version = set(self._wanted) | {self.receipt_topic}, self._wanted_version
         if state.get("sub_version") == version:
             return
         have = state.setdefault("subscribed", set())
@@ -644,6 +666,12 @@ class Uplink:
             acks.append((mid, reason_code))
 
         def on_message(_c, _u, msg):
+            if msg.topic == self.receipt_topic:
+                try:
+                    self._take_receipt(bytes(msg.payload))
+                except Exception:  # a bug must not take the uplink down: sent again later
+                    log.exception("mqtt: receipt on %s not handled", self.receipt_topic)
+                return
             handler = self.on_message
             if handler is not None:
                 try:
@@ -715,10 +743,15 @@ class Uplink:
         limit = max(1, self.settings.max_inflight)
         self._hold_until = 0.0
         self._hold_attempt = 0
+        every = min(RESEND_CHECK_S, self.settings.resend_after_s)
+        resend_at = time.monotonic() + every
         while not self._stop.is_set() and not state["lost"]:
             if self._held:
                 self.flush_held()
             self._resubscribe(client, state)
+            if time.monotonic() >= resend_at:
+                resend_at = time.monotonic() + every
+                self._resend_unreceipted()
             free = limit - len(inflight)
             if free > 0 and time.monotonic() >= self._hold_until:
                 batch = self.outbox.take_for_sending(
@@ -787,6 +820,34 @@ class Uplink:
                   refused=self._status["refused"] + len(refused),
                   last_ack_ts=time.time() if done else self._status["last_ack_ts"])
         self._write_status()
+
+    def _take_receipt(self, payload: bytes) -> None:
+        """The district's receipt (wire/receipt.py), read as hostile input: one bad in size,
+        depth, types or device is one log line and changes nothing; ids the outbox does
+        not hold (another box's, ones deleted already) are ignored."""
+        try:
+            ids = parse_receipt(payload, self.device_id)
+        except ValueError as exc:
+            log.warning("mqtt: receipt on %s ignored: %s", self.receipt_topic, exc)
+            return
+        try:
+            self.outbox.receipt(ids)
+        except sqlite3.DatabaseError as exc:  # kept as sent: sent again, stored once
+            log.warning("outbox: a receipt for %d message(s) not applied (%s); they are "
+                        "sent again after %g s", len(ids), one_line(exc),
+                        self.settings.resend_after_s)
+            return
+        self._write_status()
+
+    def _resend_unreceipted(self) -> None:
+        try:
+            again = self.outbox.resend_unreceipted(self.settings.resend_after_s)
+        except sqlite3.DatabaseError as exc:  # tried at the next look
+            log.debug("outbox: sent messages not looked at: %s", exc)
+            return
+        if again:
+            log.warning("mqtt: %d exam message(s) had no receipt from the district %g s after "
+                        "the broker took them: sent again", again, self.settings.resend_after_s)
 
     def _say_goodbye(self, client, acks: list) -> None:
         """Clean shutdown: retained ``offline`` (the will is not sent on a clean disconnect)."""

@@ -1060,13 +1060,15 @@ class WebServer:
             out["uplink"] = None
         else:
             status = uplink.status()
-            try:
+            try:  # to go, and gone but kept until the district's receipt (wire/receipt.py)
                 pending = uplink.outbox.pending_count()
+                awaiting = uplink.outbox.awaiting_receipt_count()
             except Exception:  # a closed outbox at shutdown
-                pending = None
+                pending = awaiting = None
             out["uplink"] = {"enabled": bool(status.get("enabled")),
                              "connected": bool(status.get("connected")),
-                             "pending": pending, "broker": status.get("broker") or ""}
+                             "pending": pending, "awaiting_receipt": awaiting,
+                             "broker": status.get("broker") or ""}
         return out
 
     async def _status_now(self) -> dict:
