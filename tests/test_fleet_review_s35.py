@@ -22,7 +22,7 @@ import pytest
 
 from central.dashboard.store import _fleet_error
 from edge.fleet.keys import load_trusted_keys
-from edge.fleet.slots import STATE_FILE
+from edge.fleet.slots import REBOOTS_PER_CRASH, STATE_FILE
 from tests.cli_run import one_line_error, sonoedge
 from tests.test_fleet import (  # noqa: F401  (fleet_kit: a fixture)
     FRAME,
@@ -183,10 +183,10 @@ def _signal_the_self_test(root: Path, sig: int):
         watcher.join(5)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_self_test_child_killed_from_outside_is_not_held_against_the_bundle(
         tmp_path, fleet_kit, sig):
-    """`systemctl stop` during an install (SIGTERM to the cgroup) or the OOM killer: was
+    """`systemctl stop` during an install (SIGTERM to the cgroup) or a closed terminal: was
     "self-test process ended with code -15", the good bundle refused for good and its
     version made the floor. The device's doing: refused for nothing, taken up again after
     poll_min."""
@@ -211,16 +211,19 @@ def test_a_self_test_child_killed_from_outside_is_not_held_against_the_bundle(
     assert agent.status()["bundle"] == "2.0" and agent.status()["state"] == "trial"
 
 
-def test_a_self_test_child_that_crashes_on_its_own_still_fails_the_bundle(tmp_path,
-                                                                          fleet_kit):
+@pytest.mark.parametrize("sig, code", [(signal.SIGSEGV, -11), (signal.SIGKILL, -9)],
+                         ids=["SIGSEGV", "SIGKILL"])
+def test_a_self_test_child_that_crashes_or_runs_out_of_memory_still_fails_the_bundle(
+        tmp_path, fleet_kit, sig, code):
     """What the self-test is for: a model that crashes the runtime (SIGSEGV) fails it, and
-    the bundle is never taken again."""
+    so does one the OOM killer ends (SIGKILL: too big for the box; tried again, it would be
+    fetched and run every poll for ever beside the midwife's scan). Never taken again."""
     fleet = fleet_of(tmp_path)
     fleet.ensure(fleet_kit["models"])
-    with _signal_the_self_test(fleet.root, signal.SIGSEGV) as signalled:
+    with _signal_the_self_test(fleet.root, sig) as signalled:
         with pytest.raises(Exception, match="failed its self-test") as caught:
             fleet.install(fleet_kit["v2"], _keys(fleet_kit))
-    assert signalled and "code -11" in str(caught.value)
+    assert signalled and f"code {code}" in str(caught.value)
     assert "2.0" in _state_on_disk(tmp_path)["failed"]
 
 
@@ -236,12 +239,13 @@ def _boot_again(tmp_path: Path) -> None:
     path.write_text(json.dumps(state))
 
 
-def test_a_power_cut_during_a_trial_is_not_a_crash_and_a_rolled_back_bundle_says_so(
+def test_a_power_cut_during_a_trial_is_not_a_crash_but_a_box_restarted_again_and_again_is(
         tmp_path, fleet_kit):
     """Was: three power cuts (kill -9 of the run, then a new boot) rolled a good bundle back
-    for good, and installing it again said only "not newer than 2.0". A start after a new
-    boot is not counted; a run killed without a reboot (a crashing model) still is, and a
-    refused reinstall says the version was rolled back here, and why."""
+    for good. A start after a new boot is not counted as a crash; but a set that hangs the
+    box, switched off and on by the midwife, rolls back at REBOOTS_PER_CRASH x the crash
+    limit (the review). A run killed without a reboot (a crashing model) is a crash, and a
+    refused reinstall says the version was rolled back here, and why (below)."""
     config = device_config(tmp_path, fleet_kit, crash_limit=1)
     assert sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
                     str(config)).returncode == 0
@@ -255,6 +259,26 @@ def test_a_power_cut_during_a_trial_is_not_a_crash_and_a_rolled_back_bundle_says
     assert status["bundle"] == "2.0" and status["state"] == "trial", status
     assert status["crashes"] == 0
 
+    # a set that hangs the whole box, switched off and on again and again: each a new
+    # boot, counted against REBOOTS_PER_CRASH x the crash limit (the cut above was one)
+    assert _state_on_disk(tmp_path)["trial"]["reboots"] == 1
+    for restart in range(2, REBOOTS_PER_CRASH + 1):
+        fleet = fleet_of(tmp_path, crash_limit=1)
+        fleet.state["trial"]["running"] = True
+        fleet.state["trial"]["boot_id"] = str(uuid.uuid4())
+        fleet.save()
+        line = fleet_of(tmp_path, crash_limit=1).on_start()
+        if restart < REBOOTS_PER_CRASH:
+            assert line is None and fleet_of(tmp_path).status()["state"] == "trial"
+    assert line and f"restarted {REBOOTS_PER_CRASH} times during its trial" in line, line
+    assert fleet_of(tmp_path).status()["bundle"] == "factory"
+
+
+def test_a_run_killed_without_a_reboot_is_a_crash_and_a_rolled_back_bundle_says_so(
+        tmp_path, fleet_kit):
+    config = device_config(tmp_path, fleet_kit, crash_limit=1)
+    assert sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
+                    str(config)).returncode == 0
     crashed = _run_loop(config, crash=True, source=FRAME)  # killed, no reboot: a crash
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     line = fleet_of(tmp_path, crash_limit=1).on_start()  # the next start, this same boot

@@ -78,6 +78,10 @@ SELFTEST_REASON = "self-test failed: "  # how a refusal read as a rollback befor
 # The fleet error as state.json keeps it (one line, as before), and as health reports it
 # (the wire's health.fleet.error holds 160): its end is cut, so the version and what
 # failed, at its head, reach the district.
+# Unclean ends in another boot (a power cut, or the midwife switching off a box a set has
+# hung) roll back at this many times `crash_limit`: power cuts are common in a clinic, a
+# hung box restarted again and again is not.
+REBOOTS_PER_CRASH = 2
 ERROR_KEPT_CHARS = 200
 ERROR_SHOWN_CHARS = 160
 # An absolute path in an error line: its folders say nothing to the district and took the
@@ -160,6 +164,10 @@ def checked_state(raw: object, path: Path, say: bool = True) -> dict:
             mended("trial.crashes", crashes)
             trial["crashes"] = 0
             trial["running"] = True  # counted as one crash at this start
+        reboots = trial.get("reboots", 0)
+        if not (finite_number(reboots) and 0 <= reboots <= 1000):
+            mended("trial.reboots", reboots)
+            trial["reboots"] = 0
         ran = trial.get("ran_s", 0.0)
         if not (finite_number(ran) and ran >= 0):
             mended("trial.ran_s", ran)
@@ -521,8 +529,16 @@ class Fleet:
     def _count_start(self, trial: dict) -> str | None:
         boot = read_boot_id()
         if trial.get("running") and _another_boot(trial.get("boot_id"), boot):
+            # A power cut is no crash; but a set that hangs the whole box is switched off
+            # and on by the midwife, each a new boot: those count against a higher limit.
+            trial["reboots"] = int(trial.get("reboots", 0)) + 1
+            limit = REBOOTS_PER_CRASH * self.settings.crash_limit
             log.warning("fleet: %s on trial: the box restarted (a power cut or a reboot): "
-                        "not counted as a crash", trial.get("version"))
+                        "not counted as a crash (%d of %d such restarts)",
+                        trial.get("version"), trial["reboots"], limit)
+            if trial["reboots"] >= limit:
+                return self.rollback(f"the box was restarted {trial['reboots']} times "
+                                     f"during its trial of {self.settings.trial_min:g} min")
         elif trial.get("running"):
             trial["crashes"] = int(trial.get("crashes", 0)) + 1
             log.warning("fleet: %s on trial: the loop did not end cleanly (%d of %d)",
