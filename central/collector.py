@@ -161,6 +161,8 @@ _SHARE_RE = re.compile(r"[^/+#\x00-\x1f\x7f]{1,100}\Z")  # an MQTT v5 ShareName
 # A share group's name is all that keeps a device out of the collectors' group (module
 # docstring): 16 characters of secrets.token_urlsafe are 96 bits, past any guessing.
 MIN_SHARE_GROUP_CHARS = 16
+# the collectors' shared subscription before it had to be a secret: dropped at connect
+LEGACY_SHARE_FILTER = "$share/sonoedge/sonoedge/+/+"
 
 
 def check(topic: str, payload: bytes, max_bytes: int, collector: str, now: float,
@@ -341,12 +343,18 @@ class Collector:
             raise ValueError(f"--share-group {settings.share_group[:80]!r}: must be 1-100 "
                              "characters without /, +, # or control characters")
         if settings.share_group and len(settings.share_group) < MIN_SHARE_GROUP_CHARS:
-            raise ValueError(
-                f"--share-group: a name of {len(settings.share_group)} characters can be "
-                "guessed, and any broker user (a device too) naming the group takes a share "
-                "of the district's messages, which the broker then drops: use at least "
-                f"{MIN_SHARE_GROUP_CHARS} random characters (python3 -c 'import secrets; "
-                "print(secrets.token_urlsafe(16))'), or one collector without --share-group")
+            # Not refused: a unit file of the old default (--share-group sonoedge) would
+            # leave the district without a collector after an upgrade. Subscribed plainly,
+            # several collectors each get every message and store it once (its msg_id).
+            log.warning(
+                "--share-group: a name of %d characters can be guessed, and any broker user "
+                "(a device too) naming the group takes a share of the district's messages, "
+                "which the broker then drops: subscribing plainly instead; for a shared "
+                "subscription use at least %d random characters (python3 -c 'import "
+                "secrets; print(secrets.token_urlsafe(16))')", len(settings.share_group),
+                MIN_SHARE_GROUP_CHARS)
+            settings = replace(settings, share_group="")
+            self.settings = settings
         self._registry: tuple[float, dict[str, str]] | None = None
         self._unregistered: set[str] = set()
         self.clinics()  # a broken registry is an error at start, naming the file and line
@@ -470,6 +478,11 @@ class Collector:
             self._error(f"subscription to {self.topic} refused: {granted or 'no SUBACK'}")
             _close(client)
             return False
+        if self.topic != LEGACY_SHARE_FILTER:
+            # a session kept from the old default would go on getting every message twice,
+            # and a device could still join that group (its share then dropped, harmless
+            # beside the plain subscription, but each message delivered twice for ever)
+            client.unsubscribe(LEGACY_SHARE_FILTER)
         log.info("collector %s subscribed to %s on %s", self.client_id, self.topic,
                  self.target.redacted())
         self._last_error = None
