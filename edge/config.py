@@ -420,6 +420,10 @@ def _validate_exam(ex: ExamSettings, label: str) -> None:
         ("end_gap_s", 0.0 < ex.end_gap_s <= 86400.0, "in (0, 86400] seconds"),
         ("signal_lost_s", 0.2 <= ex.signal_lost_s <= 60.0, "0.2-60 seconds"),
         ("signal_hold_s", 0.0 <= ex.signal_hold_s <= 3600.0, "0-3600 seconds"),
+        # a signal counted lost only after the gap has ended the exam holds nothing: the
+        # hold would be off without a word (the review)
+        ("signal_lost_s", ex.signal_hold_s == 0 or ex.signal_lost_s < ex.end_gap_s,
+         f"under exam.end_gap_s ({ex.end_gap_s:g}) while exam.signal_hold_s is set"),
         ("thumb_width", 16 <= ex.thumb_width <= 4096, "16-4096 pixels"),
         ("thumb_interval_s", 0.0 <= ex.thumb_interval_s <= 3600.0, "0-3600 seconds"),
         ("thumbs_quota_mb", 0.0 < ex.thumbs_quota_mb <= 1e6, "in (0, 1000000] MB")))

@@ -127,8 +127,11 @@ def test_a_box_scoring_slowly_still_ends_an_exam_whose_probe_is_in_the_air():
 
 
 @pytest.mark.parametrize("key, value", [("signal_hold_s", -1), ("signal_hold_s", 1e9),
-                                        ("signal_lost_s", 0), ("signal_hold_s", "'long'")])
+                                        ("signal_lost_s", 0), ("signal_hold_s", "'long'"),
+                                        ("signal_lost_s", 25)])
 def test_a_hold_out_of_range_is_refused_in_one_line_naming_the_key(tmp_path, key, value):
+    """25 s: a signal counted lost only after the 20 s gap ended the exam would hold
+    nothing, the hold off without a word (the review)."""
     cfg = tmp_path / "box.toml"
     cfg.write_text(f"[exam]\n{key} = {value}\n")
     with pytest.raises(ConfigError) as err:

@@ -264,11 +264,12 @@ class LoopHook:
 
     def accepts(self, record: dict, mono: float, has_content: bool) -> bool:
         """Whether this frame goes to the exam tracker (False while held after "stop").
-        The hold ends by the tracker's own rule for the end of an exam: `end_gap_s` since
-        the last frame with ultrasound, on any frame (blank frames, or none at all while a
-        grabber is unplugged or the scanner off). `mono` is the scan's clock, the one the
-        tracker counts on (a recording read faster than it was made passes 30 s of its
-        blank screen in 3 s of the box's)."""
+        The hold ends `end_gap_s` after the last frame with ultrasound, on any frame (blank
+        frames, or none at all while a grabber is unplugged or the scanner off): unlike
+        the tracker's end of an exam, a lost signal counts here, since after Stop the
+        woman is done and the next frames are the next woman's. `mono` is the scan's
+        clock, the one the tracker counts on (a recording read faster than it was made
+        passes 30 s of its blank screen in 3 s of the box's)."""
         last = self._last_content
         if self.holding and last is not None and mono - last >= self.end_gap_s:
             self.holding = False
