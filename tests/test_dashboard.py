@@ -715,3 +715,23 @@ def test_user_names_and_passwords_that_could_be_misread_are_one_short_line(small
         assert auth.list_users(db) == []
     finally:
         db.close()
+
+
+def test_a_right_password_during_a_guessing_burst_takes_back_its_own_charge_only():
+    """The review: the refund restored the account's count only where nothing came since,
+    so under an attack the officer's right password stayed counted against her account.
+    It is one less now, whatever came between."""
+    brake = auth.Brake()
+    t0 = 1000.0
+    _, mine = brake.begin("10.0.0.1", "alice", known=False, now=t0)
+    for i in range(4):  # guesses while her password is being checked
+        wait, charge = brake.begin(f"10.0.1.{i}", "alice", known=False, now=t0 + 0.1 * i)
+        assert charge is not None and wait == 0
+    brake.refund(mine)
+    assert brake._accounts["alice"][0] == 4  # the four guesses, not her login
+    free = C.LOGIN_ACCOUNT_FREE_FAILURES
+    for i in range(free - 4):
+        brake.begin(f"10.0.2.{i}", "alice", known=False, now=t0 + 1)
+    assert brake.account_wait_s("alice", known=False, now=t0 + 1) == 0  # still the free ones
+    brake.begin("10.0.3.1", "alice", known=False, now=t0 + 1)
+    assert brake.account_wait_s("alice", known=False, now=t0 + 1) > 0

@@ -283,8 +283,9 @@ class Brake:
                                     self._by.get(address), self._accounts.get(username))
 
     def refund(self, charge: LoginCharge) -> None:
-        """The password was right: the charge `begin` made is taken back (the account's
-        and the server's counts as they were, unless other wrong passwords came since),
+        """The password was right (or could not be checked): the charge `begin` made is
+        taken back (the account's count as it was, or one less where other wrong passwords
+        came since; the server's without it),
         and the address, or the known browser's own count, is cleared (`succeeded`)."""
         with self._lock:
             _restore(self._by, charge.address, charge.address_before, charge.address_set)
@@ -293,8 +294,17 @@ class Brake:
                     self._recent.remove(charge.at)
                 except ValueError:  # forgotten already (its window passed)
                     pass
-                _restore(self._accounts, charge.username, charge.account_before,
-                         charge.account_set)
+                if self._accounts.get(charge.username) == charge.account_set:
+                    _restore(self._accounts, charge.username, charge.account_before,
+                             charge.account_set)
+                elif charge.username in self._accounts:  # others came since: one less
+                    n, _, last = self._accounts[charge.username]
+                    if n <= 1:
+                        del self._accounts[charge.username]
+                    else:
+                        self._accounts[charge.username] = (
+                            n - 1, last + _doubling(n - 1, C.LOGIN_ACCOUNT_FREE_FAILURES),
+                            last)
         self.succeeded(charge.address, charge.username, charge.known)
 
     def failed(self, address: str, username: str = "", known: bool = False,

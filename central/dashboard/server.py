@@ -319,7 +319,11 @@ class Dashboard:
         wait, charge = self.brake.begin(address, username, known)
         if charge is None:
             return await self._braked(request, wait)
-        user = await self.run_db(A.check_login, username, password)
+        try:
+            user = await self.run_db(A.check_login, username, password)
+        except BaseException:  # not checked (the database): no wrong password either
+            self.brake.refund(charge)
+            raise
         if user is None:
             return await self.login_page(request, "Wrong user or password.", 401)
         # a known browser behind the address says nothing of its guesser
