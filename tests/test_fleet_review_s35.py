@@ -331,3 +331,18 @@ def test_a_fleet_error_reaches_the_district_by_its_head_with_file_names_not_path
     assert str(tmp_path) not in error and len(error) <= 160, error
     _valid_health(status)
     assert _fleet_error({"fleet": status})[0] == error  # as the district's store keeps it
+
+
+@pytest.mark.parametrize("reboots", ["abc", -1, 1e9, float("nan"), None, [2]])
+def test_a_damaged_count_of_reboots_is_mended_in_one_line(tmp_path, reboots, caplog):
+    """state.json is hostile input (a hand edit, a flipped bit): the trial's new count of
+    restarts in a new boot, damaged, is mended to 0 with one line naming it, never a
+    ValueError at every start."""
+    from edge.fleet.slots import checked_state
+
+    with caplog.at_level("WARNING"):
+        state = checked_state({"trial": {"version": "2.0", "reboots": reboots}},
+                              tmp_path / STATE_FILE)
+    assert state["trial"]["reboots"] == 0
+    (line,) = [r.getMessage() for r in caplog.records if "trial.reboots" in r.getMessage()]
+    assert "mended" in line and "\n" not in line
