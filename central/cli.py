@@ -15,6 +15,7 @@ import sys
 
 from central.db import DEFAULT_DB, DbError, Store
 from wire.cli import OneLineParser
+from wire.shown import one_line
 
 USAGE = ("sonoedge-central [run] --mqtt-url URL [--db URL] ... | sonoedge-central "
          "report|serve|users|districts|seed|bundle ... (COMMAND --help)")
@@ -102,6 +103,9 @@ def _report_parser() -> argparse.ArgumentParser:
                                  description="Per-device and per-clinic counts.")
     ap.add_argument("--db", default=DEFAULT_DB, help="SQLite path or postgresql://...")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--registry", default="",
+                    help="device_id,clinic_id per line (board/provision.py --registry): "
+                         "also list the boxes provisioned and never heard from")
     ap.add_argument("--seq-jump", type=int, default=1000,
                     help="a hole in a device's seq longer than this is a jump (a broken or "
                          "hostile counter), flagged and not counted as lost (default 1000)")
@@ -117,10 +121,19 @@ def report_main(argv: list[str]) -> int:
         print(f"sonoedge-central report: --seq-jump {args.seq_jump}: must be 1 or more",
               file=sys.stderr)
         return 2
+    registry = None
+    if args.registry:
+        from central.collector import read_registry
+
+        try:
+            registry = read_registry(args.registry)
+        except (OSError, ValueError) as exc:  # names the file (and line)
+            print(f"sonoedge-central report: --registry: {one_line(exc)}", file=sys.stderr)
+            return 2
     try:
         store = Store(args.db, create=False)
         try:
-            rep = build_report(store, seq_jump=args.seq_jump)
+            rep = build_report(store, seq_jump=args.seq_jump, registry=registry)
         finally:
             store.close()
     except DbError as exc:

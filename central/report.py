@@ -54,6 +54,9 @@ class DeviceReport:
     # how far the box's clock is behind the collector's (negative: ahead), as the devices
     # page reads it; the exams' "ended" times below are the box's clock
     clock_behind_s: float | None = None
+    # in the district's registry (`report --registry`) and never heard from: provisioned,
+    # then a wrong password, a wrong broker or a box never switched on
+    never_heard: bool = False
 
 
 @dataclass
@@ -132,8 +135,11 @@ def _not_named(protocol: dict) -> int:
     return max(0, req - cap - len(named if isinstance(named, list) else []))
 
 
-def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict:
-    """Per device (under the clinic it last sent from) and per clinic. A clinic's devices,
+def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000,
+                 registry: dict[str, str] | None = None) -> dict:
+    """Per device (under the clinic it last sent from) and per clinic; with the district's
+    `registry` (device: clinic), also each registered box never heard from, under its
+    clinic, which counts it among its devices. A clinic's devices,
     exams, health and last seen are the messages stored from it (a box moved between clinics
     counts in each, with the exams it sent from each, as the dashboard counts them); the
     delivery figures (missing, dropped, lost: of a device's one sequence) go to the clinic
@@ -224,6 +230,10 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000) -> dict
 
     for d in devices.values():
         d.lost = max(0, d.missing - d.dropped_health - d.dropped_exam)
+    for dev, clinic in sorted((registry or {}).items()):
+        if dev not in devices:  # provisioned, and not one message stored since
+            devices[dev] = DeviceReport(dev, clinic, never_heard=True)
+            clinics.setdefault(clinic, ClinicReport(clinic)).devices += 1
 
     for d in devices.values():
         # the latest clinic (the per-device table's) only for what is the device's as a whole
@@ -332,6 +342,8 @@ def _num(value) -> str:
 def _state(d: dict) -> str:
     """The box's last status and since when: the broker's retained "online" of a box that
     went silent without its will reaching the broker stays "online" for weeks."""
+    if d.get("never_heard"):
+        return "never heard from (in the registry): check its broker password and URL"
     if not d["last_state"]:
         return "-"
     since = d.get("last_state_ts")
