@@ -162,7 +162,7 @@ _SHARE_RE = re.compile(r"[^/+#\x00-\x1f\x7f]{1,100}\Z")  # an MQTT v5 ShareName
 # docstring): 16 characters of secrets.token_urlsafe are 96 bits, past any guessing.
 MIN_SHARE_GROUP_CHARS = 16
 # the collectors' shared subscription before it had to be a secret: dropped at connect
-LEGACY_SHARE_FILTER = "$share/sonoedge/sonoedge/+/+"
+LEGACY_SHARE_FILTER = f"$share/sonoedge/{TOPIC_FILTER}"
 
 
 def check(topic: str, payload: bytes, max_bytes: int, collector: str, now: float,

@@ -38,6 +38,7 @@ from tests.conftest_mqtt import DEVICES, produced_file, produced_ids, run_device
 from tests.conftest_mqtt import wait_for as wait
 from tests.device_sim import frame_result
 from tests.servers import Mosquitto
+from tests.test_uplink_scenarios import publish_wait
 
 broker, collectors = fx.broker, fx.collectors  # fixtures
 
@@ -69,15 +70,6 @@ def _client(broker, user: str, subscribe: str | None = None, keep_session: bool 
 def _close(client: mqtt.Client) -> None:
     client.disconnect()
     client.loop_stop()
-
-
-def _publish(client: mqtt.Client, topic: str, payload: bytes) -> object:
-    """Publish QoS 1; the PUBACK's reason code."""
-    acks: dict = {}
-    client.on_publish = lambda _c, _u, mid, rc, _p: acks.__setitem__(mid, rc)
-    info = client.publish(topic, payload, qos=1)
-    wait(lambda: info.mid in acks, 5, f"the PUBACK for {topic}")
-    return acks[info.mid]
 
 
 def _receipt(device: str, ids: list[str]) -> bytes:
@@ -160,7 +152,7 @@ def test_a_box_whose_collector_sends_no_receipts_empties_its_outbox_on_puback_as
                       if not t.endswith("/status")} >= produced_ids(state), 10,
              "every message at the old collector")
         # The district's collector is upgraded: a receipt comes (for nothing the box holds).
-        _publish(old, f"{RECEIPTS}/dev-a", _receipt("dev-a", [str(uuid.uuid4())]))
+        publish_wait(old, f"{RECEIPTS}/dev-a", _receipt("dev-a", [str(uuid.uuid4())]))
         before = set(produced_ids(state))
         second = run_device(state, broker.url("dev-a"), frames=100, exam_every=10,
                             drain_timeout=20)
@@ -216,7 +208,7 @@ def test_a_hostile_receipt_is_one_log_line_and_changes_nothing(broker, tmp_path,
     uplink.start()
     try:
         # a first receipt (for nothing it holds): the box now keeps exams until theirs
-        wait(lambda: _publish(collector, f"{RECEIPTS}/dev-a",
+        wait(lambda: publish_wait(collector, f"{RECEIPTS}/dev-a",
                               _receipt("dev-a", [str(uuid.uuid4())]))
              and uplink.outbox.receipts_seen(), 10, "the district's first receipt",
              interval_s=0.3)  # sent again until the box has subscribed
@@ -226,10 +218,10 @@ def test_a_hostile_receipt_is_one_log_line_and_changes_nothing(broker, tmp_path,
         hostile = {**HOSTILE,
                    "another box's, naming this box's exams": _receipt("dev-b", ids)}
         for payload in hostile.values():
-            _publish(collector, f"{RECEIPTS}/dev-a", payload)
+            publish_wait(collector, f"{RECEIPTS}/dev-a", payload)
         wait(lambda: len([r for r in caplog.records if "receipt" in r.getMessage()])
              >= len(hostile), 10, "a line for each hostile receipt")
-        _publish(collector, f"{RECEIPTS}/dev-a",
+        publish_wait(collector, f"{RECEIPTS}/dev-a",
                  _receipt("dev-a", [str(uuid.uuid4()) for _ in range(100)]))
         time.sleep(0.5)
         lines = [r for r in caplog.records if "receipt" in r.getMessage()]
@@ -239,7 +231,7 @@ def test_a_hostile_receipt_is_one_log_line_and_changes_nothing(broker, tmp_path,
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert uplink.outbox.awaiting_receipt_count() == 3  # nothing deleted
         # the district's own receipt still works: the uplink is alive and well
-        _publish(collector, f"{RECEIPTS}/dev-a", _receipt("dev-a", ids))
+        publish_wait(collector, f"{RECEIPTS}/dev-a", _receipt("dev-a", ids))
         wait(lambda: uplink.outbox.counts()["used_bytes"] == 0, 10, "the exams receipted")
     finally:
         uplink.close()
@@ -256,10 +248,10 @@ def test_another_box_can_neither_read_nor_write_a_boxs_receipts(broker):
     try:
         spy.subscribe(f"{RECEIPTS}/dev-a", qos=1)
         time.sleep(0.3)
-        forged = _publish(spy, f"{RECEIPTS}/dev-a", _receipt("dev-a", [str(uuid.uuid4())]))
-        own = _publish(box, f"{RECEIPTS}/dev-a", _receipt("dev-a", [str(uuid.uuid4())]))
+        forged = publish_wait(spy, f"{RECEIPTS}/dev-a", _receipt("dev-a", [str(uuid.uuid4())]))
+        own = publish_wait(box, f"{RECEIPTS}/dev-a", _receipt("dev-a", [str(uuid.uuid4())]))
         real = _receipt("dev-a", [str(uuid.uuid4())])
-        assert not _publish(central, f"{RECEIPTS}/dev-a", real).is_failure
+        assert not publish_wait(central, f"{RECEIPTS}/dev-a", real).is_failure
         wait(lambda: mine, 5, "the box's own receipt")
         time.sleep(0.5)
     finally:

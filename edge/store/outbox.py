@@ -534,11 +534,15 @@ class Outbox:
                     db.execute("UPDATE outbox SET state = 'sent', sent_ts = ? "
                                "WHERE msg_id = ?", (time.time(), msg_id))
                     continue
-                db.execute("DELETE FROM outbox WHERE msg_id = ?", (msg_id,))
-                self._used -= row[0] + ROW_OVERHEAD_BYTES
+                self._delete(db, msg_id, row[0])
                 removed += 1
         self._vacuum_if_empty(removed)
         return removed
+
+    def _delete(self, db: sqlite3.Connection, msg_id: str, size: int) -> None:
+        """One message out of the queue, and its bytes out of the quota's count."""
+        db.execute("DELETE FROM outbox WHERE msg_id = ?", (msg_id,))
+        self._used -= size + ROW_OVERHEAD_BYTES
 
     def receipt(self, msg_ids: Iterable[str]) -> int:
         """The district holds these (a receipt, wire/receipt.py): the exams and dates
@@ -556,8 +560,7 @@ class Outbox:
                                  f"({marks})", (msg_id, *EXAM_KINDS)).fetchone()
                 if row is None:
                     continue
-                db.execute("DELETE FROM outbox WHERE msg_id = ?", (msg_id,))
-                self._used -= row[0] + ROW_OVERHEAD_BYTES
+                self._delete(db, msg_id, row[0])
                 removed += 1
         self._vacuum_if_empty(removed)
         return removed
