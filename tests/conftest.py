@@ -47,6 +47,11 @@ _JOBS: dict[str, dict] = {}  # fixture -> {"folder", "proc", "log"}
 
 @pytest.hookimpl(trylast=True)  # after -k, -m and --deselect have chosen the items
 def pytest_collection_modifyitems(session, config, items) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Under xdist (`make test`) every worker collects every test but runs only some
+        # files: each would start its own copy of every job. The other worker is the
+        # overlap, so a job runs in the foreground of the worker whose test needs it.
+        return
     needed = {name for item in items for name in item.fixturenames if name in BACKGROUND}
     for name in sorted(needed - set(_JOBS)):
         if name == "arm64_emulated_run" and os.geteuid() != 0:
@@ -57,6 +62,17 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         _JOBS[name] = {"folder": folder, "log": log, "proc": subprocess.Popen(
             argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=_job_env(),
             preexec_fn=lambda: os.nice(5))}  # the tests in the foreground first
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test's captured output as text xdist can send: a path with a byte that is not UTF-8
+    (the hostile-file tests) is logged with a lone surrogate, which a worker cannot encode
+    and died of, losing the report of every test after it."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for title, text in report.sections]
 
 
 def _job_env() -> dict[str, str]:
