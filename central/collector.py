@@ -356,6 +356,7 @@ class Collector:
             settings = replace(settings, share_group="")
             self.settings = settings
         self._registry: tuple[float, dict[str, str]] | None = None
+        self._registry_written: float | None = None  # the mtime of the copy in the database
         self._unregistered: set[str] = set()
         self.clinics()  # a broken registry is an error at start, naming the file and line
         self.client_id = settings.client_id or "sonoedge-central-" + re.sub(
@@ -391,6 +392,21 @@ class Collector:
                 raise ValueError(why) from None
             self._error(f"{why}; using the last good copy")
         return self._registry[1]
+
+    def _write_registry(self) -> None:
+        """The registry into the database when it was read anew (checked at every sign of
+        life, so a box provisioned while none sends appears on the dashboard too)."""
+        if self.clinics() is None or self._registry is None:
+            return
+        mtime, devices = self._registry
+        if mtime == self._registry_written:
+            return
+        try:
+            self.store.set_registry(devices, time.time())
+        except DbError as exc:
+            self._error(f"could not write the registry to the database: {exc}")
+            return
+        self._registry_written = mtime
 
     @property
     def topic(self) -> str:
@@ -541,6 +557,8 @@ class Collector:
                     self.store.mark_alive(self.client_id, subscribed_ts, time.time())
                 except DbError as exc:  # the next batch finds the database down and says so
                     self._error(f"could not mark this collector alive: {exc}")
+                else:
+                    self._write_registry()
             if time.monotonic() - last_log > 60:
                 log.info("collector %s: %s", self.client_id, self.stats)
                 last_log = time.monotonic()

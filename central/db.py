@@ -90,6 +90,14 @@ _TABLES = [
         subscribed_ts DOUBLE PRECISION NOT NULL,
         alive_ts DOUBLE PRECISION NOT NULL
     )""",
+    # The district's registry (``--registry``) as a collector last read it, and since when
+    # each box has been listed: the dashboard lists a box provisioned and never heard from
+    # (a wrong password, a wrong broker, never switched on), which no message can show.
+    """CREATE TABLE IF NOT EXISTS registry (
+        device_id TEXT PRIMARY KEY,
+        clinic_id TEXT NOT NULL,
+        listed_ts DOUBLE PRECISION NOT NULL
+    )""",
 ]
 
 _INSERT_MSG = (
@@ -468,6 +476,26 @@ class Store:
         except self._errors as exc:
             raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
 
+    def set_registry(self, devices: dict[str, str], now: float) -> None:
+        """The registry's devices (device: clinic) in place of those written before, in one
+        transaction; a box listed before keeps its `listed_ts` (moved to another clinic too).
+        Raises ``DbError`` when the database cannot be written."""
+        try:
+            with self.tx() as cur:
+                cur.execute("SELECT device_id, clinic_id FROM registry")
+                had = dict(cur.fetchall())
+                # many at once: a registry of 100,000 boxes is one round trip, not 100,000
+                cur.executemany("DELETE FROM registry WHERE device_id = ?",
+                                [(d,) for d in had.keys() - devices.keys()])
+                cur.executemany("INSERT INTO registry (device_id, clinic_id, listed_ts) "
+                                "VALUES (?, ?, ?)",
+                                [(d, c, now) for d, c in devices.items() if d not in had])
+                cur.executemany("UPDATE registry SET clinic_id = ? WHERE device_id = ?",
+                                [(c, d) for d, c in devices.items()
+                                 if d in had and had[d] != c])
+        except self._errors as exc:
+            raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
+
     def has_table(self, name: str) -> bool:
         """Whether the collector's database has this table (an older collector made no
         ``resent``)."""
@@ -498,6 +526,10 @@ class _Cursor:
 
     def execute(self, sql: str, params: tuple = ()):
         return self._cur.execute(self._store._sql(sql), params)
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        if rows:
+            self._cur.executemany(self._store._sql(sql), rows)
 
     @property
     def rowcount(self) -> int:

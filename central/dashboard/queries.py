@@ -761,6 +761,7 @@ class DeviceRow:
     health_interval_s: float | None = None  # its latest health's interval_s
     flags: list[str] = field(default_factory=list)
     clinic_name: str = ""  # from the district map; "" when it gives none
+    listed_ts: float | None = None  # never heard from: in the district's registry since
 
 
 def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
@@ -799,6 +800,31 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
         row.health_interval_s = number_or_none(h.get("interval_s"))
         row.clinic_name = names.get(clinic, "")
         row.flags = device_flags(row, now, heard)
+        out.append(row)
+    return out + never_heard(db, scope, names, now)
+
+
+def never_heard(db: Db, scope: Scope, names: dict[str, str], now: float) -> list[DeviceRow]:
+    """The scope's boxes in the district's registry (the collector's copy, central/db.py
+    `registry`) that nothing was ever received from, wherever: provisioned, then a wrong
+    broker password or address, or never switched on. No message can show them."""
+    if not db.has_collector_table("registry"):  # an older collector, or none with --registry
+        return []
+    w, p = scope.where()
+    heard = {dev for (dev,) in db.query("SELECT device_id FROM dash.device_latest")}
+    out = []
+    for dev, clinic, listed in db.query("SELECT device_id, clinic_id, listed_ts FROM registry "
+                                        f"WHERE {w} ORDER BY clinic_id, device_id", p):
+        if dev in heard:
+            continue
+        row = DeviceRow(dev, clinic, None, None, None, None, 0, 0, 0, None, None, {}, {}, None)
+        row.listed_ts = wall_ts_or_none(listed)
+        row.clinic_name = names.get(clinic, "")
+        age = None if row.listed_ts is None else max(0.0, now - row.listed_ts)
+        since = ("" if age is None else
+                 f", listed {age / 60:.0f} min ago" if age < 3600 else f", listed {span(age)} ago")
+        row.flags = [f"never heard from (in the registry{since}): check its broker password "
+                     "and URL"]
         out.append(row)
     return out
 

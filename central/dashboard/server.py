@@ -586,7 +586,8 @@ class Dashboard:
         return (f"<h2>Devices</h2>"
                 f'<p class="lead">{P.plural(len(rows), "box", "boxes")}; '
                 f"<strong>{flagged}</strong> may need a "
-                f"visit (silent over {C.SILENT_AFTER_S / C.DAY_S:.0f} days, disk under "
+                f"visit (listed in the district's registry and never heard from, silent "
+                f"over {C.SILENT_AFTER_S / C.DAY_S:.0f} days, disk under "
                 f"{C.LOW_DISK_MB:.0f} MB, {C.HOT_C:.0f} °C or more, a backlog of "
                 f"{C.BACKLOG_WARN}+ messages, or, in the last {weeks} weeks, a dead letter (a "
                 f"message from the box the collector could not read) or over "
