@@ -486,10 +486,14 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         except ProtocolError as exc:
             log.warning("%s", exc)
     if scorer.head is not None and not settings.biometry.pixel_size_mm:
-        # a source that knows its frames' scales (the demo clip's heads) measures those
-        log.warning("no [biometry] pixel_size_mm (the scanner's mm per pixel at this depth): "
-                    "head-plane frames are found but not measured (no HC, BPD or age) until "
-                    "it is set")
+        if any(source.pixel_sizes):  # the demo clip knows its heads' scales, and measures
+            # them: `make run` warned "not measured until it is set", then gave an HC
+            log.info("no [biometry] pixel_size_mm: this source's heads are measured at "
+                     "their own scales; a scanner's are not measured until it is set")
+        else:
+            log.warning("no [biometry] pixel_size_mm (the scanner's mm per pixel at this "
+                        "depth): head-plane frames are found but not measured (no HC, BPD "
+                        "or age) until it is set")
     if web is not None:
         def keep_dates(exam_id: str, dates: dict | None) -> bool:
             """The page's dates into the journal first, then the district's correction

@@ -245,6 +245,9 @@ def test_run_with_no_source_plays_the_demo_at_scanner_speed(tmp_path):
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("demo:real #") for line in lines) == 20
     assert lines[-1].startswith("summary: demo:real: 20 frames, 0 failed")
+    # the clip's heads are measured at their own scales: no warning that they are not
+    assert "found but not measured" not in proc.stderr, proc.stderr
+    assert "this source's heads are measured at their own scales" in proc.stderr
     records = [json.loads(row[0]) for row in sqlite3.connect(state / "journal.sqlite").execute(
         "SELECT record FROM results ORDER BY id")]
     mono = [r["mono_s"] for r in records]
@@ -272,6 +275,9 @@ def test_a_newline_in_a_folder_or_file_name_stays_on_its_line(tmp_path, data_dir
     summary = [x for x in run.stdout.splitlines() if x.startswith("summary:")]
     assert len(summary) == 1 and "clinic\\x0aroom 2" in summary[0], run.stdout
     assert not [x for x in run.stdout.splitlines() if x.startswith("room 2")]
+    # a folder of frames knows no scale: with no calibration set, its heads are not measured
+    (warned,) = [x for x in run.stderr.splitlines() if "pixel_size_mm" in x]
+    assert "WARNING" in warned and "found but not measured" in warned, warned
 
 
 def test_the_run_summarys_p90_is_never_under_its_median():
