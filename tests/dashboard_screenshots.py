@@ -42,6 +42,24 @@ def _shoot(browser, base: str, user: tuple[str, str], viewport: dict, prefix: st
     page.context.close()
 
 
+def _registry_with_two_never_heard(db: str) -> None:
+    """The district's registry as its collector keeps it: every seeded box, and two more
+    provisioned nine days ago and never heard from (the devices page lists them)."""
+    import time
+
+    from central.db import Store
+
+    store = Store(db)
+    try:
+        boxes = dict(store.query("SELECT device_id, MIN(clinic_id) FROM messages "
+                                 "GROUP BY device_id"))
+        clinics = sorted(set(boxes.values()))
+        store.set_registry({**boxes, "box-new-1": clinics[0], "box-new-2": clinics[-1]},
+                           time.time() - 9 * 86400)
+    finally:
+        store.close()
+
+
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
@@ -50,6 +68,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         db = str(tmp / "district.sqlite3")
         seed(db, SeedSettings(clinics=20, districts=4, days=365))
+        _registry_with_two_never_heard(db)
         d = open_db(db)
         refresh(d)
         d.close()

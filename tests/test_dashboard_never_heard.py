@@ -76,6 +76,8 @@ def test_a_registered_box_never_heard_from_is_flagged_on_the_devices_page(
         assert set(rows) == {"dev-a", "dev-z", "dev-s"}
         for dev, clinic in (("dev-z", "clinic-1"), ("dev-s", "clinic-2")):
             assert rows[dev]["clinic_id"] == clinic and rows[dev]["last_seen_utc"] == "-"
+            # nothing is known of it: no figure says 0 messages missing or 0 dead letters
+            assert rows[dev]["messages_missing"] == rows[dev]["dead_letters"] == "", rows[dev]
             assert rows[dev]["needs_a_visit"] == (
                 NEVER + "0 min ago): check its broker password and URL"), rows[dev]
         assert "never heard" not in rows["dev-a"]["needs_a_visit"]

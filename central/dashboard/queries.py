@@ -747,9 +747,9 @@ class DeviceRow:
     state: str | None  # the latest status: online / offline
     state_since: float | None
     backlog: int | None  # queued on the box, from its latest health
-    behind: int  # allocated on the box (latest status) beyond what is stored
-    missing: int  # messages missing in this period's sequence holes
-    dead_letters: int
+    behind: int | None  # allocated on the box (latest status) beyond what is stored
+    missing: int | None  # messages missing in this period's sequence holes
+    dead_letters: int | None  # None (as the two above): a box never heard from
     disk_free_mb: float | None
     temp_c: float | None
     models: dict
@@ -817,7 +817,8 @@ def never_heard(db: Db, scope: Scope, names: dict[str, str], now: float) -> list
                                         f"WHERE {w} ORDER BY clinic_id, device_id", p):
         if dev in heard:
             continue
-        row = DeviceRow(dev, clinic, None, None, None, None, 0, 0, 0, None, None, {}, {}, None)
+        row = DeviceRow(dev, clinic, None, None, None, None, None, None, None, None, None, {},
+                        {}, None)
         row.listed_ts = wall_ts_or_none(listed)
         row.clinic_name = names.get(clinic, "")
         age = None if row.listed_ts is None else max(0.0, now - row.listed_ts)
