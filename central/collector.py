@@ -397,8 +397,11 @@ class Collector:
         """The registry into the database when it was read anew (checked at every sign of
         life, so a box provisioned while none sends appears on the dashboard too)."""
         if self.clinics() is None or self._registry is None:
-            return
-        mtime, devices = self._registry
+            # run without one: a registry an earlier run left would list its boxes as never
+            # heard from for ever
+            mtime, devices = -1.0, {}
+        else:
+            mtime, devices = self._registry
         if mtime == self._registry_written:
             return
         try:

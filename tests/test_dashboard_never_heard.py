@@ -99,3 +99,11 @@ def test_a_registered_box_never_heard_from_is_flagged_on_the_devices_page(
     now = wait_for(lambda: r if len(r := _registry(url)) == 2 else None, 20,
                    "the edited registry in the database")
     assert now == {"dev-a": listed["dev-a"], "dev-s": ("clinic-1", listed["dev-s"][1])}
+
+    # run again without a registry, the collector empties its copy: else the boxes of an
+    # old registry would be listed as never heard from for ever
+    c.stop()
+    c = collectors(broker.url("central"), url, tmp_path, "central2",
+                   extra=("--alive-every-s", "1"))
+    c.wait_subscribed()
+    wait_for(lambda: _registry(url) == {}, 20, "the registry emptied")
