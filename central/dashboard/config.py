@@ -121,6 +121,11 @@ ONLINE_SILENT_MIN_S = 2 * 3600.0
 LOW_DISK_MB = 500.0  # the journal sheds frames near full; 500 MB is about a week of frames
 HOT_C = 80.0  # Raspberry Pi 5 starts throttling at 80-85 C (Raspberry Pi documentation)
 BACKLOG_WARN = 100  # messages queued on the box: about a clinic day of exams and health
+# Exams one box ended on one day (by the exam's own date, so a backlog sent late is no
+# burst): a busy clinic scans tens of women a day, each an exam or two. Far more is a box
+# that splits one scan into many (a flickering image, a loose cable) or sends exams that are
+# not its clinic's, and its clinic's figures on every page count them all.
+EXAMS_PER_DAY_WARN = 300
 # Messages missing in the period's sequence holes, as a share of what the box sent: a few in
 # a thousand go missing on any rural link; more than 1% is a link or an outbox to look at.
 MISSING_WARN_SHARE = 0.01

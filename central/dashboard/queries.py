@@ -762,6 +762,7 @@ class DeviceRow:
     flags: list[str] = field(default_factory=list)
     clinic_name: str = ""  # from the district map; "" when it gives none
     listed_ts: float | None = None  # never heard from: in the district's registry since
+    busiest_day: tuple[int, int] | None = None  # (day, exams) of its most exams in the period
 
 
 def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
@@ -782,6 +783,13 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
     received = {dev: int(n) for dev, n in db.query(
         "SELECT device_id, SUM(exams + health + dates) FROM dash.day_device WHERE day >= ? AND "
         f"day <= ? AND {w} GROUP BY device_id", (per.first_day, per.last_day, *p))}
+    busiest: dict[str, tuple[int, int]] = {}
+    for dev, day, exams in db.query(
+            "SELECT device_id, day, SUM(exams) FROM dash.day_device WHERE day >= ? AND "
+            f"day <= ? AND {w} GROUP BY device_id, day HAVING SUM(exams) >= ?",
+            (per.first_day, per.last_day, *p, C.EXAMS_PER_DAY_WARN)):
+        if int(exams) > busiest.get(dev, (0, 0))[1]:
+            busiest[dev] = (int(day), int(exams))
     out = []
     for (dev, clinic, last, max_seq, _hseq, health_ts, health, st_rec, st_state, st_seq,
          _pending, health_lag, online_lag) in db.query(
@@ -795,6 +803,7 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
                         dead.get(dev, 0), h.get("disk_free_mb"), h.get("temp_c"),
                         h.get("models") or {}, h.get("bundle") or {}, health_ts)
         row.received = received.get(dev, 0)
+        row.busiest_day = busiest.get(dev)
         row.clock_behind_s = clock_offset(health_lag, online_lag)
         row.clock_set = h.get("clock_set")
         row.health_interval_s = number_or_none(h.get("interval_s"))
@@ -875,6 +884,10 @@ def device_flags(d: DeviceRow, now: float, heard: float | None = None) -> list[s
     if d.clock_set and now - d.clock_set[0] <= C.CLOCK_SET_SHOWN_S:
         flags.append(f"clock set {span(d.clock_set[1])} forward from the clinic's page on "
                      f"{day_text(int(d.clock_set[0] // C.DAY_S))}")
+    if d.busiest_day and d.busiest_day[1] >= C.EXAMS_PER_DAY_WARN:
+        flags.append(f"{d.busiest_day[1]} exams on {day_text(d.busiest_day[0])}, more than a "
+                     "clinic scans: check the box (one scan split into many, or not its "
+                     "clinic's exams)")
     if d.bundle.get("rollback"):
         flags.append("bundle rolled back")
     if d.bundle.get("error"):
