@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: run test lint models bench eval-biometry device-env dev-env system-deps clean screenshots \
-	check-arm64 check-arm64-emulated bench-dashboard
+	check-arm64 check-arm64-emulated bench-dashboard montage
 
 # The device needs only the runtime, numpy, OpenCV, paho-mqtt, aiohttp (the midwife's page)
 # cryptography (its TLS, the model bundles' signatures) and simplejpeg (a corrupt JPEG

@@ -179,4 +179,9 @@ def web_section() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # --help says what it measures, rather than starting three runs and a browser
+    argparse.ArgumentParser(prog="python -m bench.web",
+                            description=__doc__.split("\n")[0]).parse_args()
     web_section()

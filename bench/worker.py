@@ -209,7 +209,22 @@ def time_idle(models_dir: str, names: list[str], threads: int, frame_path: str,
     return out
 
 
+USAGE = ("usage: python -m bench.worker model MANIFEST THREADS FRAME RUNS\n"
+         "       python -m bench.worker idle MODELS_DIR THREADS FRAME NAME...\n"
+         "       python -m bench.worker passes MANIFEST THREADS MARGIN MAX_ZOOM FRAME...\n"
+         "       python -m bench.worker path MODELS_DIR PLANE_MODEL THREADS [PIXEL_SIZE_MM] "
+         "[noaudit] [paced] [decoded]\n"
+         "One measurement in this process, one JSON line (run by `make bench`).")
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    least = {"model": 5, "idle": 5, "passes": 6, "path": 4}  # the words each needs
+    if not argv or len(argv) < least.get(argv[0], 99):
+        print(USAGE, file=sys.stderr)
+        return 2
     if argv[0] == "model":
         out = time_model(argv[1], int(argv[2]), argv[3], int(argv[4]))
     elif argv[0] == "idle":
