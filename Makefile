@@ -38,6 +38,8 @@ lint: dev-env
 # Two workers (pytest-xdist), a test file each at a time: many tests wait on servers,
 # browsers and child processes, so two cut the suite's wall time on two cores (measured on a
 # fresh clone, 2-core Xeon: 18 min 49 s in one process, 13 min 37 s and 13 min 33 s on two).
+# A file's tests stay on one worker, in order, with their module's fixtures: split by test
+# (`--dist load`), the PIN-lock tests met two devices and the second lock did not double.
 # TEST_WORKERS=0 runs them in this one process.
 TEST_WORKERS ?= 2
 test: dev-env system-deps lint

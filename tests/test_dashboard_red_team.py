@@ -185,8 +185,8 @@ def test_the_formula_guard_still_quotes_every_cell_that_starts_a_formula():
 # -- 4. the server's software ---------------------------------------------------------------------
 def test_no_answer_names_the_servers_software(tmp_path):
     """As on the device's page (tests/test_web_security_s19.py). aiohttp's own 400 to a
-    request it cannot parse is made before the app sees it and still names it (see
-    server._no_server_header)."""
+    request it cannot parse is made before the app sees it: tests.http_raw checks it names
+    no version either."""
     path = str(tmp_path / "central.sqlite3")
     _stored(path, [message("health", device="dev-a", seq=1)])
     with served(path, tmp_path) as (base, cookie):

@@ -164,9 +164,10 @@ def one_line_error_body(message: str) -> str:
 
 def _one_line_error_bodies() -> None:
     """aiohttp answers a request it cannot parse (a 4xx) with that text as the body, from
-    `RequestHandler.handle_error`. The dashboard's `web.run_app` makes its handlers itself
-    (a subclass would need aiohttp's private `Server._kwargs`), so the method is wrapped
-    once, for both servers alike, so that body is one line."""
+    `RequestHandler.handle_error`, and names its version in the answer's head. The
+    dashboard's `web.run_app` makes its handlers itself (a subclass would need aiohttp's
+    private `Server._kwargs`), so the method is wrapped once, for both servers alike, so
+    that body is one line and the head names no version."""
     handler = web_protocol.RequestHandler
     if getattr(handler.handle_error, "one_line", False):
         return
@@ -176,7 +177,12 @@ def _one_line_error_bodies() -> None:
     def handle_error(self, request, status=500, exc=None, message=None):
         if message and 400 <= status < 500:
             message = one_line_error_body(message)
-        return original(self, request, status, exc, message)
+        resp = original(self, request, status, exc, message)
+        # aiohttp fills in "Server: Python/3.11 aiohttp/3.14.5" where none is set (its
+        # `setdefault`), after the apps' hooks, which never see a request it cannot parse:
+        # a scanner's malformed probe read the versions. A name alone gives nothing away.
+        resp.headers["Server"] = "sonoedge"
+        return resp
 
     handle_error.one_line = True  # type: ignore[attr-defined]
     handler.handle_error = handle_error  # type: ignore[method-assign]

@@ -83,7 +83,7 @@ async def _no_server_header(_request: web.Request, resp: web.StreamResponse) -> 
     """No "Server: Python/3.11 aiohttp/3.14" for scanners, as on the device's page. aiohttp
     sets it as it sends the head, after every middleware: this hook runs after it. A request
     aiohttp cannot parse (a line too long, a Host twice) is answered 400 before the app sees
-    it, without this hook, and still names it (only aiohttp's internals could change that)."""
+    it, without this hook: wire/http_log.py names it "sonoedge" there."""
     resp.headers.pop("Server", None)
 
 
