@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import weakref
@@ -240,6 +241,8 @@ class Postgres:
         self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
                    str(self.root / "pg.log"), "-o", opts, "-w", "-t", str(int(timeout_s)),
                    "start"], timeout_s + 5)
+        _stop_when_gone(os.getpid(), self.root, _pg_stop_command(self.bindir, self.data,
+                                                                 self.as_root))
         wait_port(self.port, 10)
         return self
 
@@ -251,11 +254,36 @@ class Postgres:
         self._finalizer()
 
 
+# `pg_ctl start` leaves the server to init, not to the test: a test run SIGKILLed or timed
+# out (no finalizer runs) left every cluster it had started running. A watcher, in a
+# session of its own, stops it once the run is gone and removes its folder; it leaves as
+# soon as the folder is gone (the run stopped the cluster itself).
+_WATCH = """import os, shutil, subprocess, sys, time
+pid, root, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+while os.path.isdir(root):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        subprocess.run(cmd, capture_output=True, timeout=60, cwd="/")
+        shutil.rmtree(root, ignore_errors=True)
+        break
+    time.sleep(1.0)
+"""
+
+
+def _stop_when_gone(pid: int, root: Path, cmd: list[str]) -> None:
+    subprocess.Popen([sys.executable, "-c", _WATCH, str(pid), str(root), *cmd],
+                     start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+
+
+def _pg_stop_command(bindir: Path, data: Path, as_root: bool) -> list[str]:
+    cmd = [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "-t", "20", "stop"]
+    return ["runuser", "-u", PG_USER, "--", *cmd] if as_root else cmd
+
+
 def _pg_cleanup(bindir: Path, data: Path, root: Path, as_root: bool) -> None:
     if (data / "postmaster.pid").exists():
-        cmd = [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "-t", "20",
-               "stop"]
-        if as_root:
-            cmd = ["runuser", "-u", PG_USER, "--", *cmd]
-        subprocess.run(cmd, capture_output=True, timeout=30, cwd="/")
+        subprocess.run(_pg_stop_command(bindir, data, as_root), capture_output=True,
+                       timeout=30, cwd="/")
     shutil.rmtree(root, ignore_errors=True)
