@@ -13,6 +13,7 @@ import json
 import lzma
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -432,14 +433,21 @@ def test_a_plain_models_folder_still_works_with_the_fleet_off(tmp_path, fleet_ki
     assert not (tmp_path / "s" / "fleet").exists()
 
 
-def test_the_loop_restarts_on_a_bundle_installed_while_it_runs(tmp_path, fleet_kit):
+def test_the_loop_restarts_on_a_bundle_installed_while_it_runs(tmp_path, fleet_kit, data_dir):
     """`sonoedge bundle install` from a USB stick while the loop runs: the loop notices the
-    switch and starts again on the new set, without a process restart."""
+    switch and starts again on the new set, without a process restart. The switch waits for
+    the exam's end (test_fleet_restart_s32.py), which Stop (SIGUSR1) gives at once. A clip
+    of about 40 s played at scanner speed: on the 12 s demo clip the install, with its
+    self-test, lost the race to the clip's end on a loaded host (two test workers)."""
+    from tests.web_harness import make_clip
+
+    clip = make_clip(data_dir, tmp_path / "clip.avi", black_s=0.5, per_head=20, rounds=4)
     config = device_config(tmp_path, fleet_kit)
+    config.write_text(config.read_text() + "[source]\npace = true\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "run.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config),
-                             "--source", "demo"], stdout=log, stderr=subprocess.STDOUT,
+                             "--source", str(clip)], stdout=log, stderr=subprocess.STDOUT,
                             env=env, cwd=REPO)
     try:
         deadline = time.monotonic() + 120
@@ -449,6 +457,12 @@ def test_the_loop_restarts_on_a_bundle_installed_while_it_runs(tmp_path, fleet_k
             time.sleep(0.2)
         out = sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config", str(config))
         assert out.returncode == 0, out.stderr
+        while b"the loop restarts on them once no exam is open" not in (
+                tmp_path / "run.log").read_bytes():  # the loop has seen the switch
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "run.log").read_text()[-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGUSR1)  # the midwife's Stop: her exam ends now
         def again() -> bool:  # switched, and scoring the demo once more (an exam started)
             text = (tmp_path / "run.log").read_text()
             return "starting again" in text and "started (protocol" in text.split(
