@@ -396,12 +396,9 @@ class Collector:
     def _write_registry(self) -> None:
         """The registry into the database when it was read anew (checked at every sign of
         life, so a box provisioned while none sends appears on the dashboard too)."""
-        if self.clinics() is None or self._registry is None:
-            # run without one: a registry an earlier run left would list its boxes as never
-            # heard from for ever
-            mtime, devices = -1.0, {}
-        else:
-            mtime, devices = self._registry
+        # run without one: a registry an earlier run left would list its boxes as never
+        # heard from for ever
+        mtime, devices = (-1.0, {}) if self.clinics() is None else self._registry
         if mtime == self._registry_written:
             return
         try:

@@ -74,12 +74,7 @@ def share_of(share: float | None, exams: int) -> str:
 
 
 def ago(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "never"
-    s = max(0.0, now - ts)
-    if s < 3600:
-        return f"{s / 60:.0f} min ago"
-    return f"{Q.span(s)} ago"
+    return "never" if ts is None else f"{Q.age_text(max(0.0, now - ts))} ago"
 
 
 def utc(ts: float | None) -> str:

@@ -830,9 +830,8 @@ def never_heard(db: Db, scope: Scope, names: dict[str, str], now: float) -> list
                         {}, None)
         row.listed_ts = wall_ts_or_none(listed)
         row.clinic_name = names.get(clinic, "")
-        age = None if row.listed_ts is None else max(0.0, now - row.listed_ts)
-        since = ("" if age is None else
-                 f", listed {age / 60:.0f} min ago" if age < 3600 else f", listed {span(age)} ago")
+        since = ("" if row.listed_ts is None else
+                 f", listed {age_text(max(0.0, now - row.listed_ts))} ago")
         row.flags = [f"never heard from (in the registry{since}): check its broker password "
                      "and URL"]
         out.append(row)
@@ -843,6 +842,11 @@ def span(seconds: float) -> str:
     """A duration as the pages say it: hours under two days, days from there."""
     days = seconds / C.DAY_S
     return f"{days:.0f} days" if days >= 2 else f"{seconds / 3600:.0f} h"
+
+
+def age_text(seconds: float) -> str:
+    """How long ago, as the pages say it: minutes under an hour, then `span`."""
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else span(seconds)
 
 
 def online_but_silent(d: DeviceRow, heard: float) -> bool:
