@@ -398,6 +398,20 @@ def test_the_seeded_district_follows_the_wire_schemas():
     assert count["exam"] > 50 and count["health"] > 100 and count["status"] > 10
 
 
+def test_the_seeded_district_holds_nothing_received_after_its_end():
+    """A seeded district stops at its end as a live one stops at now: no message, not even
+    a link-down day's "offline" status, is received later (the devices page counts a box's
+    silence from its last message; one from the future made a box five days silent read
+    "silent 3 days" in CI, on a day whose link was down)."""
+    day = 86400.0
+    for k in range(40):
+        end = 1_790_000_000.0 + k * 0.37 * day
+        settings = SeedSettings(clinics=3, days=12, seed=k, end_ts=end)
+        late = [(kind, received - end) for _d, _c, kind, *_r, received, _p in
+                generate(settings) if received > end]
+        assert late == [], (k, late[:3])
+
+
 def test_intergrowth_references():
     mean, sd = reference.ig_hc_mean_sd(20.0)
     assert mean == pytest.approx(172.5, abs=0.5) and sd == pytest.approx(7.4, abs=0.2)

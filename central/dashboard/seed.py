@@ -196,7 +196,9 @@ def generate(settings: SeedSettings):
                         yield (dev.id, c, "dates", dev.seq, boot_id, t + after,
                                env["mono_s"], received, json.dumps(body, separators=(",", ":")))
             if rng.random() < 0.7 and closes < end:
-                yield _status(dev, boot_id, closes, "offline", rng, arrive)
+                offline = _status(dev, boot_id, closes, "offline", rng, arrive)
+                if offline[7] <= end:  # else still on its way, as the day's messages are
+                    yield offline
 
 
 def _status(dev: _Device, boot_id: str, t: float, state: str, rng: random.Random,
