@@ -137,3 +137,37 @@ def test_sonoedge_models_names_a_hostile_manifest_field_in_one_short_line(models
     assert len(lines) == 1, out.stderr[-2000:]
     assert lines[0].startswith(f"sonoedge: {path}: ") and expected in lines[0], lines[0][:400]
     assert len(lines[0]) < 400, len(lines[0])
+
+
+def test_the_runtime_s_banner_is_not_the_first_thing_a_midwife_s_terminal_shows(data_dir):
+    """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on the
+    process's stderr (C++, no Python logging, no switch to turn it off) before any line of
+    ours: `make run` opened on it. Our log keeps it at debug level."""
+    import subprocess
+    import sys
+
+    frame = data_dir / "hc18" / "images" / "250_HC.png"
+    quiet = subprocess.run([sys.executable, "-m", "edge.cli", "score", str(frame)],
+                           capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "XNNPACK" not in quiet.stderr and "Traceback" not in quiet.stderr
+    loud = subprocess.run([sys.executable, "-m", "edge.cli", "-v", "score", str(frame)],
+                          capture_output=True, text=True, timeout=120)
+    assert loud.returncode == 0 and "Created TensorFlow Lite XNNPACK delegate" in loud.stderr
+
+
+def test_whatever_else_the_runtime_says_while_a_model_loads_still_reaches_stderr(capfd):
+    """Only the runtime's known banner lines are taken from stderr; a warning from the
+    runtime or another thread's output while a model loads passes through unchanged."""
+    import os
+
+    from edge.models.runtime import runtime_banner_to_log
+
+    with runtime_banner_to_log():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"WARNING: a delegate could not be applied\n")
+        os.write(2, b"half a line without its end")
+    err = capfd.readouterr().err
+    assert "XNNPACK" not in err
+    assert "WARNING: a delegate could not be applied\n" in err
+    assert "half a line without its end" in err

@@ -8,9 +8,14 @@ float in, float out, int8 scales and zero points handled here once.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
-from collections.abc import Callable
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +28,11 @@ log = logging.getLogger(__name__)
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 _EDGETPU_FALLBACK_SAID = False
+# What LiteRT's C++ logger prints on stderr when it loads a model, with no switch to turn it
+# off: a banner, not news. Only these lines go to our log (debug); any other is passed on.
+RUNTIME_BANNER = re.compile(rb"INFO: (Created TensorFlow Lite XNNPACK delegate for CPU|"
+                            rb"Initialized TensorFlow Lite runtime|Replacing \d+ node)")
+_BANNER_LOCK = threading.Lock()
 
 
 def _said_edgetpu_fallback() -> None:
@@ -92,6 +102,36 @@ def _edgetpu(model_path: Path, num_threads: int, content: bytes | None = None):
                               experimental_delegates=[delegate])
 
 
+@contextlib.contextmanager
+def runtime_banner_to_log() -> Iterator[None]:
+    """Holds the process's stderr (fd 2) in a file while a model loads, then writes back
+    every line but the runtime's banner (RUNTIME_BANNER), which goes to the log at debug.
+
+    The banner was the first line `make run` showed. A file, not a pipe: nothing blocks
+    however much is written; what another thread writes meanwhile comes out after."""
+    with _BANNER_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to hold
+            yield
+            return
+        try:
+            with tempfile.TemporaryFile() as held:
+                os.dup2(held.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 2)
+                    held.seek(0)
+                    for line in held:  # our own file: its size is what was written
+                        if RUNTIME_BANNER.match(line):
+                            log.debug("runtime: %s", line.decode("utf-8", "replace").strip())
+                        else:
+                            os.write(2, line)
+        finally:
+            os.close(saved)
+
+
 # A backend: (model path, threads, the model's verified bytes or None) -> an interpreter.
 BACKENDS: dict[str, Callable[[Path, int, bytes | None], object]] = {
     "litert": _litert,
@@ -107,8 +147,9 @@ def make_interpreter(model_path: Path, backend: str = "litert", num_threads: int
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
     try:
-        interpreter = BACKENDS[backend](Path(model_path), num_threads, content)
-        interpreter.allocate_tensors()
+        with runtime_banner_to_log():
+            interpreter = BACKENDS[backend](Path(model_path), num_threads, content)
+            interpreter.allocate_tensors()
     except ModelError:
         raise
     except (ValueError, RuntimeError, OSError) as exc:
