@@ -554,7 +554,8 @@ class Collector:
                     self.settings.alive_every_s):
                 alive_at = time.monotonic()
                 try:
-                    self.store.mark_alive(self.client_id, subscribed_ts, time.time())
+                    self.store.mark_alive(self.client_id, subscribed_ts, time.time(),
+                                          its_clock=True)
                 except DbError as exc:  # the next batch finds the database down and says so
                     self._error(f"could not mark this collector alive: {exc}")
                 else:

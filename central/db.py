@@ -90,6 +90,15 @@ _TABLES = [
         subscribed_ts DOUBLE PRECISION NOT NULL,
         alive_ts DOUBLE PRECISION NOT NULL
     )""",
+    # How far each collector's clock is ahead of the database server's (seconds, negative
+    # behind), kept at each of its marks: the dashboard, maybe on another host, measures its
+    # own clock against the same one and counts time by the collector's, which stamped every
+    # arrival (a dashboard 30 min ahead called a running collector stopped).
+    """CREATE TABLE IF NOT EXISTS collector_clocks (
+        client_id TEXT PRIMARY KEY,
+        ahead_s DOUBLE PRECISION NOT NULL,
+        alive_ts DOUBLE PRECISION NOT NULL
+    )""",
     # The district's registry (``--registry``) as a collector last read it, and since when
     # each box has been listed: the dashboard lists a box provisioned and never heard from
     # (a wrong password, a wrong broker, never switched on), which no message can show.
@@ -118,6 +127,13 @@ _INSERT_RESENT = (
 # sequences. SEQ_KINDS_SQL is the same list for ``kind IN (...)`` (constants, not input).
 SEQ_KINDS = QUEUED_KINDS
 SEQ_KINDS_SQL = "(" + ", ".join(f"'{kind}'" for kind in SEQ_KINDS) + ")"
+def db_clock_sql(pg: bool) -> str:
+    """The database server's clock now, in seconds since the epoch, as SQL: PostgreSQL's
+    own host's; SQLite's is the host of the process that opened the file."""
+    return ("EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION" if pg else
+            "((julianday('now') - 2440587.5) * 86400.0)")
+
+
 _INSERT_DEAD = (
     "INSERT INTO dead_letters (digest, topic, reason, size, preview, received_ts, collector) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
@@ -464,8 +480,11 @@ class Store:
                         done.written.append(d)
         return done
 
-    def mark_alive(self, client_id: str, subscribed_ts: float, now: float) -> None:
+    def mark_alive(self, client_id: str, subscribed_ts: float, now: float, *,
+                   its_clock: bool = False) -> None:
         """This collector is subscribed (since `subscribed_ts`) and writes here at `now`.
+        `its_clock`: `now` is the collector's own clock, so its distance from the database
+        server's is kept too (`collector_clocks`); a seed's made-up time is not.
         Raises ``DbError`` when the database cannot be written."""
         try:
             with self.tx() as cur:
@@ -473,6 +492,12 @@ class Store:
                             "VALUES (?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET "
                             "subscribed_ts = excluded.subscribed_ts, "
                             "alive_ts = excluded.alive_ts", (client_id, subscribed_ts, now))
+                if its_clock:
+                    cur.execute(f"INSERT INTO collector_clocks (client_id, ahead_s, alive_ts) "
+                                f"VALUES (?, ? - {db_clock_sql(self.pg)}, ?) "
+                                "ON CONFLICT (client_id) DO UPDATE SET "
+                                "ahead_s = excluded.ahead_s, alive_ts = excluded.alive_ts",
+                                (client_id, now, now))
         except self._errors as exc:
             raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
 

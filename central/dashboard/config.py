@@ -109,6 +109,11 @@ NOT_A_VIEW = schema.NOT_A_VIEW  # as central/report.py and the device's summary 
 # box silent since then is not counted silent: a stopped collector looked like every clinic
 # failing at once, and sent the officer's staff to all of them.
 COLLECTOR_QUIET_S = 15 * 60.0
+# Every arrival is stamped by the collector's clock. Where this server's clock differs from
+# it by more than this (each measured against the database server's clock), the pages count
+# time by the collector's and say so: a dashboard host 30 min ahead took a running collector
+# for stopped. Under it: the two reads' own latency and ordinary NTP error.
+COLLECTOR_CLOCK_SKEW_S = 60.0
 
 # -- devices: what makes a box need a visit --------------------------------------------------
 SILENT_AFTER_S = 3 * DAY_S  # a clinic box that scans most weekdays: 3 days is a long weekend

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from central.dashboard import config as C
 from central.dashboard import reference as R
 from central.dashboard.store import Db, block_days, clock_offset, seq_block, week_of
-from central.db import SEQ_KINDS_SQL
+from central.db import SEQ_KINDS_SQL, db_clock_sql
 from wire.schema import number_or_none, wall_ts_or_none
 
 
@@ -52,8 +52,46 @@ class Period:
         return week_of(self.last_day)
 
 
+# How far this server's clock is ahead of the collector's (seconds; `set_collector_clock`,
+# measured by the server at each rollup): 0 until measured, or within COLLECTOR_CLOCK_SKEW_S.
+_COLLECTOR_BEHIND_S = 0.0
+
+
+def set_collector_clock(behind_s: float | None) -> None:
+    """The pages count time by the collector's clock from now on where this server's is more
+    than COLLECTOR_CLOCK_SKEW_S away from it; None (not known) or less: by their own."""
+    global _COLLECTOR_BEHIND_S
+    _COLLECTOR_BEHIND_S = behind_s if behind_s is not None and abs(behind_s) > \
+        C.COLLECTOR_CLOCK_SKEW_S else 0.0
+
+
+def district_now() -> float:
+    """Now by the clock that stamped every arrival: the collector's (see
+    `set_collector_clock`), so that "silent 3 days" and "no collector since" compare like
+    with like."""
+    return time.time() - _COLLECTOR_BEHIND_S
+
+
+def collector_clock_behind_s(db: Db) -> float | None:
+    """How far the collector's clock (the one last alive) is behind this server's, each
+    measured against the database server's clock; None where no collector kept its clock (a
+    seed, or a collector older than the table)."""
+    if not db.has_collector_table("collector_clocks"):
+        return None
+    rows = db.query(f"SELECT ahead_s, {db_clock_sql(db.pg)} FROM collector_clocks "
+                    "ORDER BY alive_ts DESC LIMIT 1")
+    if not rows:
+        return None
+    ahead, db_now = number_or_none(rows[0][0]), number_or_none(rows[0][1])
+    if ahead is None or db_now is None:
+        return None
+    behind = (time.time() - db_now) - ahead
+    # a row no clock could make (its collector's time before 1970 or after 2100) is damage
+    return behind if wall_ts_or_none(time.time() - behind) is not None else None
+
+
 def period(weeks: int, now: float | None = None) -> Period:
-    today = int((now if now is not None else time.time()) // C.DAY_S)
+    today = int((now if now is not None else district_now()) // C.DAY_S)
     first_week = week_of(today) - weeks + 1
     return Period(first_week * 7 - 3, today)  # week_of(7w - 3) == w: its Monday
 
@@ -235,7 +273,7 @@ def collectors_quiet_since(db: Db, now: float | None = None) -> float | None:
     nothing a box sent since could have arrived, and a box silent since then may be
     working. None while one runs (or none ever marked itself)."""
     alive = collector_alive(db)
-    now = time.time() if now is None else now
+    now = district_now() if now is None else now
     return alive if alive is not None and now - alive > C.COLLECTOR_QUIET_S else None
 
 
@@ -767,7 +805,7 @@ class DeviceRow:
 
 def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
                  ) -> list[DeviceRow]:
-    now = time.time() if now is None else now
+    now = district_now() if now is None else now
     w, p = scope.where()
     # Dead letters received in the period, like its missing messages: one bad message long
     # ago is no reason to visit the box now.
@@ -977,7 +1015,7 @@ class Month:
 
 
 def this_month(now: float | None = None) -> Month:
-    t = time.gmtime(now if now is not None else time.time())
+    t = time.gmtime(now if now is not None else district_now())
     return Month(t.tm_year, t.tm_mon)
 
 
@@ -1025,7 +1063,7 @@ def monthly_return(db: Db, scope: Scope, month: Month, now: float | None = None
     row (an exam is dated by when it ended on the box, as everywhere), and the days its
     boxes were heard. Returns the rows, clinic then protocol, and the month's last day
     counted (today, for this month)."""
-    today = int((now if now is not None else time.time()) // C.DAY_S)
+    today = int((now if now is not None else district_now()) // C.DAY_S)
     first, last = month.first_day, min(month.last_day, today)
     w, p = scope.where()
     rows: dict[tuple[str, str], MonthlyRow] = {}

@@ -123,6 +123,7 @@ class Dashboard:
         self.refresher: threading.Thread | None = None
         self.last_refresh: dict = {}
         self.generation = 0  # rollup passes that added something: the cache's clock
+        self.clock_said = ""  # the banner while its clock and the collector's differ (_clock)
         self._cache: OrderedDict = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -165,7 +166,26 @@ class Dashboard:
 
         return await loop.run_in_executor(self._pool, call)
 
+    def _read_clock(self, db: Db) -> None:
+        """This server's clock against the collector's (`Q.set_collector_clock`), and the
+        pages' banner for it; a page made before a change must not outlive it."""
+        clock = Q.collector_clock_behind_s(db)
+        Q.set_collector_clock(clock)
+        said = _clock(clock)
+        if said != self.clock_said:
+            self.clock_said = said
+            self.generation += 1
+
     def start_refresher(self) -> None:
+        try:  # before the first page: a rollup's catch-up may take a while
+            first = Db(self.settings.db_url)
+            try:
+                self._read_clock(first)
+            finally:
+                first.close()
+        except DbError as exc:
+            log.warning("dashboard clock: %s", exc)
+
         def loop():
             db = None
             while not self.stop_event.is_set():
@@ -175,6 +195,7 @@ class Dashboard:
                         self.last_refresh = {"behind": True, "rolled_to": rolled_up_to(db)}
                     stats = refresh(db, max_batches=C.REFRESH_STEP_BATCHES)
                     behind = stats.more  # more wait: the pages say so meanwhile
+                    self._read_clock(db)
                     before = self.last_refresh
                     self.last_refresh = {"at": time.time(), "messages": stats.messages,
                                          "seconds": round(stats.seconds, 3),
@@ -396,7 +417,8 @@ class Dashboard:
         t0 = time.perf_counter()
         body, districts = self._page_body(db, name, scope, weeks)
         raw = _document(TITLES[name], _nav(user, name, scope, weeks, districts)
-                        + _quiet(Q.collectors_quiet_since(db)) + _rolling(self.last_refresh)
+                        + self.clock_said + _quiet(Q.collectors_quiet_since(db))
+                        + _rolling(self.last_refresh)
                         + body
                         + _footer(self.last_refresh)).encode("utf-8")
         return raw, gzip.compress(raw, 6), (time.perf_counter() - t0) * 1000
@@ -596,7 +618,7 @@ class Dashboard:
                 f"dead letters are counted over the last {weeks} weeks, so an old one does "
                 f"not keep a box flagged. Backlog: messages queued on the box at its last "
                 f"health; behind: messages allocated on the box beyond what arrived.</p>"
-                f"{P.devices_table(rows, time.time(), weeks, per_device)}{extra}"
+                f"{P.devices_table(rows, Q.district_now(), weeks, per_device)}{extra}"
                 + self._csv_link("devices", scope, weeks, "table")
                 + f"<h2>Model update errors, last {weeks} weeks</h2>"
                   '<p class="lead">What each box\'s health messages said when a signed model '
@@ -605,7 +627,7 @@ class Dashboard:
                   "installed, with when it was first and last reported and by how many health "
                   f"messages (a box repeats its error until the next install); at most "
                   f"{C.FLEET_ERRORS_SHOWN} a box here, all in the CSV.</p>"
-                + P.fleet_errors_table(errors, more, time.time())
+                + P.fleet_errors_table(errors, more, Q.district_now())
                 + self._csv_link("fleet_errors", scope, weeks, "table"))
 
     async def csv(self, request: web.Request):
@@ -748,11 +770,23 @@ def _quiet(since: float | None) -> str:
     if since is None:
         return ""
     return (f'<p class="caveat quiet"><strong>No collector has received anything since '
-            f"{esc(P.utc(since))} UTC ({esc(P.ago(since, time.time()))}).</strong> "
+            f"{esc(P.utc(since))} UTC ({esc(P.ago(since, Q.district_now()))}).</strong> "
             "What the boxes sent since then waits on them and on the broker, and arrives once "
             "a collector runs again (<code>sonoedge-central run</code>). Until then no box "
             "or clinic is counted silent after that time: start the collector before sending "
             "anyone to a clinic.</p>")
+
+
+def _clock(behind_s: float | None) -> str:
+    """Said above every page while this server's clock and the collector's differ by more
+    than COLLECTOR_CLOCK_SKEW_S: the pages then count by the collector's."""
+    if behind_s is None or abs(behind_s) <= C.COLLECTOR_CLOCK_SKEW_S:
+        return ""
+    return (f'<p class="caveat clock"><strong>This server\'s clock is '
+            f"{esc(Q.age_text(abs(behind_s)))} {'ahead of' if behind_s > 0 else 'behind'} the "
+            "collector's</strong> (each read against the database's clock). These pages count "
+            "time by the collector's clock, which stamped every message's arrival. Set both "
+            "hosts' clocks by NTP.</p>")
 
 
 def _footer(last: dict) -> str:
