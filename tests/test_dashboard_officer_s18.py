@@ -231,7 +231,8 @@ def test_a_count_of_one_reads_in_the_singular():
     assert pages.plural(2, "box", "boxes") == "2 boxes"
     row = queries.DeviceRow("box-1", "clinic-1", time.time(), "online", None, 0, 0, 1, 1,
                             None, None, {}, {}, None, received=10)
-    assert queries.device_flags(row, time.time()) == ["1 dead letter", "1 message lost"]
+    # most urgent first (queries.ranked_flags): a message lost, then a dead letter
+    assert queries.device_flags(row, time.time()) == ["1 message lost", "1 dead letter"]
 
 
 def test_the_devices_page_says_which_period_its_counts_cover(district):

@@ -87,18 +87,19 @@ def dash_url(tmp_path_factory):
         yield f"http://127.0.0.1:{port}"
 
 
-# -- 2: a weeks that is no plain number is the page's default period ---------------------------
+# -- 2: a weeks that is no plain number is one line naming it, not a 500 -----------------------
+# (it was the default period, silently, until an officer's walk of 6 December: a script that
+# asked for 12 weeks got 8; tests/test_dashboard_officer_s40.py)
 @pytest.mark.parametrize("weeks", ["%C2%B2", "%E2%91%A0", "1" * 4400])
-def test_a_weeks_that_is_no_plain_short_number_is_the_default_period_not_a_500(dash_url,
-                                                                              weeks):
+def test_a_weeks_that_is_no_plain_short_number_is_one_line_not_a_500(dash_url, weeks):
     cookie = login(dash_url, ADMIN)
     status, _, body = request(dash_url, f"/clinics?weeks={weeks}", cookie)
-    assert status == 200, body[:300]
+    assert status == 400 and b"weeks: " in body and b"Traceback" not in body, body[:300]
     status, headers, body = request(dash_url, f"/api/clinics.csv?weeks={weeks}", cookie)
-    assert status == 200, body[:300]
-    per = Q.period(8)  # the default period's dates (tests/test_monthly_return.py)
-    assert headers["content-disposition"].endswith(
-        f'"clinics-all-{Q.day_text(per.first_day)}-to-{Q.day_text(per.last_day)}.csv"')
+    assert status == 400, body[:300]
+    error = json.loads(body)["error"]
+    assert error.startswith("weeks: ") and error.endswith("is not offered; choose 8, 26, 52, "
+                                                          "104") and len(error) < 80, error
 
 
 # -- 3: gzip only to a client that takes it ----------------------------------------------------

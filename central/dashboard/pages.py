@@ -221,7 +221,7 @@ def clinics_weeks_svg(page: Q.ClinicsPage) -> str:
         svg.line(x, top - 4, x, top + ROW_H * len(page.clinics), stroke="#bbb")
         svg.text(x + 1, top - 8, time.strftime("%d %b %y", time.gmtime(
             (weeks[i] * 7 - 3) * C.DAY_S)), fill=MUTED, size=10)
-    svg.text(label_w + (len(weeks) - 1) * cw + cw / 2, top - 20, "this week", anchor="middle",
+    svg.text(label_w + len(weeks) * cw, top - 20, "this week so far", anchor="end",
              fill=MUTED, size=10)
     fills: dict[str, list] = {c: [] for c in (WEEKEND, "#fff", *BLUES[1:], GREY)}
     if not_heard:
@@ -308,6 +308,10 @@ def _clinic_totals(svg: Svg, page: Q.ClinicsPage, clinic: str, x: float, y: floa
 
 def spell_text(s: Q.SilentSpell) -> str:
     n = plural(s.weekdays, "weekday")
+    if s.since_day is not None:  # begun before the period: its start, the period's count
+        return (f"since {Q.day_text(s.since_day)} ({n} in this period, still silent)"
+                if s.ongoing else
+                f"{Q.day_text(s.since_day)} to {Q.day_text(s.last_day)} ({n} in this period)")
     if s.ongoing:
         return f"since {Q.day_text(s.first_day)} ({n}, still silent)"
     if s.first_day == s.last_day:
@@ -693,6 +697,14 @@ def devices_csv(rows: list[Q.DeviceRow]) -> str:
     return to_csv(DEVICE_COLUMNS, [device_cells(d) for d in rows])
 
 
+def _urgency_class(d: Q.DeviceRow) -> str:
+    """The row's look by its most urgent flag: a box not heard from stands out (red edge);
+    a flag only for the record (a rollback, a clock set) is grey."""
+    if not d.flags:
+        return ""
+    return {Q.VISIT: "flag visit", Q.NOTE: "flag note"}.get(d.urgency, "flag")
+
+
 def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None,
                   fleet_errors: dict[str, int] | None = None) -> str:
     """``weeks``: the page's period, which the missing messages and dead letters count;
@@ -707,7 +719,7 @@ def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None,
             f"<th>dead letters{period}</th>"
             "<th>disk free</th><th>temp</th><th>models</th><th>bundle</th></tr>")
     body = []
-    for d in sorted(rows, key=lambda r: (not r.flags, r.clinic_id, r.device_id)):
+    for d in Q.by_urgency(rows, now):
         # the manifest's name in words: "quality head" and "quality rules" are two things
         models = "<br>".join(f"<span class=\"nobr\">{esc(k.replace('_', ' '))} {esc(v)}</span>"
                              for k, v in sorted(d.models.items()))
@@ -717,13 +729,14 @@ def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None,
             bundle += (f'<br><a href="#fleet-errors">{plural(n, "update error")} in the '
                        "period</a>")
         state = cls = esc(d.state or "-")
-        if any(f.startswith("online but silent") for f in d.flags):
+        if any(f.startswith("online but silent") or "link still says online" in f
+               for f in d.flags):
             cls = "stuck"  # not green beside "last seen 39 h ago"
         body.append(
-            f'<tr data-device="{esc(d.device_id)}" class="{"flag" if d.flags else ""}">'
+            f'<tr data-device="{esc(d.device_id)}" class="{_urgency_class(d)}">'
             f"<td>{esc(d.device_id)}</td><td>{esc(d.clinic_id)}</td>"
             f'<td class="name">{esc(d.clinic_name)}</td>'
-            f'<td class="flags">{esc(", ".join(d.flags)) or "-"}</td>'
+            f'<td class="flags">{esc("; ".join(d.flags)) or "-"}</td>'
             f'<td title="{esc(utc(d.last_seen))} UTC">{esc(ago(d.last_seen, now))}</td>'
             f'<td class="{cls}">{state}<br><span class="small">'
             f"{esc(ago(d.state_since, now))}</span></td>"

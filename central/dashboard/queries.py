@@ -306,6 +306,9 @@ class ClinicsPage:
     # The day the collectors went quiet (`collectors_quiet_since`), or None: from that day
     # on the district could not have heard a box, so no day counts as silent.
     quiet_day: int | None = None
+    # Each clinic's last day with a message before the period: a silent spell at the
+    # period's start began the day after it, not on the period's first day
+    last_before: dict[str, int] = field(default_factory=dict)
     # Worked out once a clinic: the plot, its hover words and the table under it all read
     # them (three times each over 728 days made a tenth of the two-year page's time).
     _totals: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False,
@@ -354,13 +357,19 @@ class ClinicsPage:
     def _find_spells(self, clinic: str) -> list[SilentSpell]:
         spells: list[SilentSpell] = []
         run = None
+        heard = False  # a message in the period before this day
         for d in self.period.days:
             if self.silent_weekday(clinic, d):
-                run = run or SilentSpell(d, d, 0)
+                if run is None:
+                    run = SilentSpell(d, d, 0)
+                    if not heard and clinic in self.last_before:
+                        run.since_day = self.last_before[clinic] + 1
                 run.last_day, run.weekdays = d, run.weekdays + 1
-            elif not self.cells[(clinic, d)].silent and run is not None:
-                spells.append(run)
-                run = None
+            elif not self.cells[(clinic, d)].silent:
+                heard = True
+                if run is not None:
+                    spells.append(run)
+                    run = None
         if run is not None:
             run.ongoing = True
             spells.append(run)
@@ -374,6 +383,9 @@ class SilentSpell:
     last_day: int
     weekdays: int
     ongoing: bool = False  # no message since: still silent today
+    # where it began before the period: the day after the clinic's last message before it
+    # (its weekdays count only the period's)
+    since_day: int | None = None
 
 
 @dataclass
@@ -434,9 +446,12 @@ def clinics_page(db: Db, scope: Scope, per: Period) -> ClinicsPage:
                                 f"WHERE {w} ORDER BY device_id", p):
         devices[clinic].append(dev)
     quiet = collectors_quiet_since(db)
+    last_before = {clinic: int(day) for clinic, day in db.query(
+        f"SELECT clinic_id, MAX(day) FROM dash.day_device WHERE day < ? AND {w} "
+        "GROUP BY clinic_id", (per.first_day, *p)) if day is not None}
     return ClinicsPage(per, clinics, cells, dict(devices), clinic_names(db, scope),
                        first_days(db, scope),
-                       None if quiet is None else int(quiet // C.DAY_S))
+                       None if quiet is None else int(quiet // C.DAY_S), last_before)
 
 
 # -- completeness ----------------------------------------------------------------------------
@@ -801,6 +816,7 @@ class DeviceRow:
     clinic_name: str = ""  # from the district map; "" when it gives none
     listed_ts: float | None = None  # never heard from: in the district's registry since
     busiest_day: tuple[int, int] | None = None  # (day, exams) of its most exams in the period
+    urgency: int = 9  # its most urgent flag's rank (ranked_flags; NO_FLAG: none)
 
 
 def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
@@ -846,7 +862,9 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
         row.clock_set = h.get("clock_set")
         row.health_interval_s = number_or_none(h.get("interval_s"))
         row.clinic_name = names.get(clinic, "")
-        row.flags = device_flags(row, now, heard)
+        ranked = ranked_flags(row, now, heard)
+        row.flags = [text for _, text in ranked]
+        row.urgency = ranked[0][0] if ranked else NO_FLAG
         out.append(row)
     return out + never_heard(db, scope, names, now)
 
@@ -872,6 +890,7 @@ def never_heard(db: Db, scope: Scope, names: dict[str, str], now: float) -> list
                  f", listed {age_text(max(0.0, now - row.listed_ts))} ago")
         row.flags = [f"never heard from (in the registry{since}): check its broker password "
                      "and URL"]
+        row.urgency = VISIT
         out.append(row)
     return out
 
@@ -897,44 +916,73 @@ def online_but_silent(d: DeviceRow, heard: float) -> bool:
                                      C.ONLINE_SILENT_INTERVALS * interval)
 
 
-def device_flags(d: DeviceRow, now: float, heard: float | None = None) -> list[str]:
-    """Why this box may need a visit (thresholds in config.py). `heard`: the last moment a
-    box could have been heard (when the collectors went quiet; default now): a box silent
-    only since then is no reason to visit it."""
-    flags = []
+# How soon a flag needs someone (lower first): the devices page lists the boxes by their most
+# urgent flag, then the longest silent, and each box's flags in this order. An officer's walk
+# found the box of a clinic silent for 18 weekdays listed last, after "disk low", and every
+# flag alike.
+VISIT, SOON, CHECK, NOTE = 0, 1, 2, 3  # not heard / may lose data / wrong data / for the record
+NO_FLAG = 9
+
+
+def ranked_flags(d: DeviceRow, now: float, heard: float | None = None
+                 ) -> list[tuple[int, str]]:
+    """Why this box may need a visit, each with how soon (VISIT..NOTE; thresholds in
+    config.py). `heard`: the last moment a box could have been heard (when the collectors
+    went quiet; default now): a box silent only since then is no reason to visit it."""
+    flags: list[tuple[int, str]] = []
     heard = now if heard is None else heard
+    stuck = online_but_silent(d, heard)
     if d.last_seen is None or heard - d.last_seen > C.SILENT_AFTER_S:
-        flags.append(f"silent {'never' if d.last_seen is None else span(heard - d.last_seen)}"
-                     + ("" if heard == now or d.last_seen is None else
-                        " before the collector stopped"))
-    if online_but_silent(d, heard):
-        flags.append(f"online but silent {span(heard - d.last_seen)}: restart it")
+        silence = "never" if d.last_seen is None else span(heard - d.last_seen)
+        flags.append((VISIT, f"silent {silence}"
+                      + ("" if heard == now or d.last_seen is None else
+                         " before the collector stopped")
+                      # one flag, not two: "silent 26 days, online but silent 26 days"
+                      + (" (its link still says online: restart it)" if stuck else "")))
+    elif stuck:
+        flags.append((SOON, f"online but silent {span(heard - d.last_seen)}: restart it"))
     if d.disk_free_mb is not None and d.disk_free_mb < C.LOW_DISK_MB:
-        flags.append("disk low")
+        flags.append((SOON, f"disk low ({d.disk_free_mb:.0f} MB free): free space or replace "
+                            "its card"))
     if d.temp_c is not None and d.temp_c >= C.HOT_C:
-        flags.append("hot")
-    if d.backlog is not None and d.backlog >= C.BACKLOG_WARN:
-        flags.append("backlog")
-    if d.dead_letters:
-        flags.append(f"{d.dead_letters} dead letter{'' if d.dead_letters == 1 else 's'}")
+        flags.append((SOON, f"hot ({d.temp_c:.0f} °C): shade and air around the box"))
     if d.missing and d.missing > C.MISSING_WARN_SHARE * (d.received + d.missing):
-        flags.append(f"{d.missing} message{'' if d.missing == 1 else 's'} lost")
+        flags.append((SOON, f"{d.missing} message{'' if d.missing == 1 else 's'} lost"))
+    if d.backlog is not None and d.backlog >= C.BACKLOG_WARN:
+        flags.append((CHECK, "backlog"))
+    if d.dead_letters:
+        flags.append((CHECK, f"{d.dead_letters} dead letter{'' if d.dead_letters == 1 else 's'}"))
+    if d.busiest_day and d.busiest_day[1] >= C.EXAMS_PER_DAY_WARN:
+        flags.append((CHECK, f"{d.busiest_day[1]} exams on {day_text(d.busiest_day[0])}, more "
+                             "than a clinic scans: check the box (one scan split into many, or "
+                             "not its clinic's exams)"))
     if d.clock_behind_s is not None and abs(d.clock_behind_s) >= C.CLOCK_OFF_FLAG_S:
         way = ("behind (its exams re-dated by that lag): set it on the clinic's page"
                if d.clock_behind_s > 0 else "ahead")
-        flags.append(f"clock {span(abs(d.clock_behind_s))} {way}")
-    if d.clock_set and now - d.clock_set[0] <= C.CLOCK_SET_SHOWN_S:
-        flags.append(f"clock set {span(d.clock_set[1])} forward from the clinic's page on "
-                     f"{day_text(int(d.clock_set[0] // C.DAY_S))}")
-    if d.busiest_day and d.busiest_day[1] >= C.EXAMS_PER_DAY_WARN:
-        flags.append(f"{d.busiest_day[1]} exams on {day_text(d.busiest_day[0])}, more than a "
-                     "clinic scans: check the box (one scan split into many, or not its "
-                     "clinic's exams)")
-    if d.bundle.get("rollback"):
-        flags.append("bundle rolled back")
+        flags.append((CHECK, f"clock {span(abs(d.clock_behind_s))} {way}"))
     if d.bundle.get("error"):
-        flags.append("bundle error")
-    return flags
+        flags.append((CHECK, "bundle error"))
+    if d.bundle.get("rollback"):
+        flags.append((NOTE, "bundle rolled back"))
+    if d.clock_set and now - d.clock_set[0] <= C.CLOCK_SET_SHOWN_S:
+        flags.append((NOTE, f"clock set {span(d.clock_set[1])} forward from the clinic's page "
+                            f"on {day_text(int(d.clock_set[0] // C.DAY_S))}"))
+    return sorted(flags, key=lambda f: f[0])
+
+
+def device_flags(d: DeviceRow, now: float, heard: float | None = None) -> list[str]:
+    """`ranked_flags`' words, most urgent first."""
+    return [text for _, text in ranked_flags(d, now, heard)]
+
+
+def by_urgency(rows: list[DeviceRow], now: float) -> list[DeviceRow]:
+    """Boxes with flags first, the most urgent first, then the longest silent (a box never
+    heard from: since it was listed), then by clinic and box."""
+    def since(r: DeviceRow) -> float:
+        last = r.last_seen if r.last_seen is not None else r.listed_ts
+        return now - last if last is not None else float("inf")
+
+    return sorted(rows, key=lambda r: (r.urgency, -since(r), r.clinic_id, r.device_id))
 
 
 @dataclass

@@ -396,8 +396,35 @@ class Dashboard:
         district = request.query.get("district", "")[:C.MAX_PARAM_CHARS]
         return Q.Scope(district if A.DISTRICT_RE.match(district) else None), weeks
 
+    async def _bad_param(self, request: web.Request) -> str | None:
+        """What is wrong with a `weeks` or `district` asked for, in one line naming it; None
+        when nothing is (an empty one means the default). Both were replaced silently: a
+        script asking for 12 weeks got 8, an admin's unknown district an empty page."""
+        raw = request.query.get("weeks", "")
+        offered = ", ".join(str(w) for w in C.PERIODS_WEEKS)
+        if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= 3
+                        and int(raw) in C.PERIODS_WEEKS):
+            return f"weeks: {raw[:20]!r} is not offered; choose {offered}"
+        district = request.query.get("district", "")
+        user: A.User = request[USER]
+        if not district or not user.admin:  # a viewer sees her own district whatever asked
+            return None
+        if len(district) > C.MAX_PARAM_CHARS or not A.DISTRICT_RE.match(district):
+            return f"district: {district[:20]!r} is not a district name"
+        known = await self.cached(("districts",), Q.districts)
+        if district not in known:
+            return (f"district: {district[:40]!r} is not in the districts map "
+                    "(sonoedge-central districts)")
+        return None
+
     async def page(self, request: web.Request):
         name = request.path.strip("/")
+        bad = await self._bad_param(request)
+        if bad is not None:
+            return web.Response(
+                status=400, content_type="text/html", charset="utf-8",
+                text=_document(TITLES[name], f'<main><p class="warn">{esc(bad)}.</p><p><a '
+                               f'href="/{name}">{esc(TITLES[name])}, as usual</a></p></main>'))
         scope, weeks = self._params(request, name)
         user: A.User = request[USER]
         raw, gz, made_ms = await self.cached(("page", name, scope.district, weeks, user),
@@ -426,7 +453,8 @@ class Dashboard:
     def _page_body(self, db: Db, name: str, scope: Q.Scope, weeks: int) -> tuple[str, list]:
         per = Q.period(C.CLINICS_WEEKS if name == "clinics" and weeks == 8 else weeks)
         districts = Q.districts(db)
-        return getattr(self, f"_body_{name}")(db, scope, per, weeks), districts
+        return _period_line(per, weeks) + getattr(self, f"_body_{name}")(db, scope, per,
+                                                                           weeks), districts
 
     def _csv_link(self, name: str, scope: Q.Scope, weeks: int, under: str = "plot",
                   text: str = "") -> str:
@@ -636,6 +664,9 @@ class Dashboard:
             return await self._monthly_csv(request)
         if name not in CSVS:
             return web.json_response({"error": "no such CSV"}, status=404)
+        bad = await self._bad_param(request)
+        if bad is not None:
+            return web.json_response({"error": bad}, status=400)
         scope, weeks = self._params(request, CSVS[name])
         text = await self.cached(("csv", name, scope.district, weeks), self._csv_text, name,
                                  scope, weeks)
@@ -749,6 +780,20 @@ def _nav(user: A.User, current: str, scope: Q.Scope, weeks: int, districts: list
     return (f'<header><div class="brand">sonoedge district</div><nav>{links}</nav>{who}'
             f'</header><div class="filters"><span class="where">{where}</span>'
             f'<span class="periods">{periods}</span></div><main>')
+
+
+def _period_line(per: Q.Period, weeks: int) -> str:
+    """The days "last N weeks" covers: whole weeks from a Monday, the last one still under
+    way, so on a Monday "8 weeks" is 50 days (an officer's walk: only the CSV's file name
+    said which days)."""
+    def day(d: int, year: bool = True) -> str:
+        return time.strftime("%a %d %b %Y" if year else "%a %d %b", time.gmtime(d * C.DAY_S))
+
+    first, last = per.first_day, per.last_day
+    same_year = day(first)[-4:] == day(last)[-4:]
+    return (f'<p class="period">Last {weeks} weeks: <strong>{esc(day(first, not same_year))} '
+            f"to today, {esc(day(last))}</strong> (UTC days; {len(per.days)} days: whole weeks "
+            "from a Monday, this week to date).</p>")
 
 
 def _rolling(last: dict) -> str:
