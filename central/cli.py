@@ -24,7 +24,7 @@ VERBS_HELP = """sonoedge-central COMMAND ... (each COMMAND --help says more):
   report     per-device and per-clinic counts from the collector's database
   serve      the district dashboard (web)
   users      the dashboard's users: add, list, remove
-  districts  the map of clinics to districts and names, from a CSV
+  districts  the map of clinics to districts and names: a CSV replaces it
   seed       a simulated district, for scale tests and a first look
   bundle     publish or export a signed model bundle
 """

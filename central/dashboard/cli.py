@@ -3,7 +3,8 @@
     sonoedge-central serve --db URL --listen HOST:PORT
     sonoedge-central users add NAME --role viewer --district D --db URL   (password on stdin)
     sonoedge-central users list|remove NAME --db URL
-    sonoedge-central districts FILE --db URL     (clinic_id,district[,name] per line)
+    sonoedge-central districts FILE --db URL [--replace]   (clinic_id,district[,name] per
+                                                 line: the whole map, replaced)
     sonoedge-central seed --db URL [--clinics 50 --days 730]   (a simulated district)
 
 A bad --db, a missing database, a malformed districts file or a bad user is one line on
@@ -16,17 +17,20 @@ import getpass
 import logging
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from central.db import DEFAULT_DB, DbError, redact
 from wire.cli import OneLineParser
 from wire.schema import PayloadError, read_regular_file
-from wire.shown import shown
+from wire.shown import printable, shown
 
 CLINIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 # A country's clinics fit in well under 1 MiB (64 + 64 + 100 characters a line); a larger
 # file was read whole (53 MB: 760 MB of memory), and a FIFO was waited on for ever.
 MAX_DISTRICTS_BYTES = 4 * 1024 * 1024
+# clinics a districts summary names of each change before "and N more"
+NAMED_IN_SUMMARY = 5
 
 
 def serve_main(argv: list[str]) -> int:
@@ -154,20 +158,32 @@ def _read_bounded(path: str | Path) -> bytes:
         raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def read_districts(path: str | Path) -> list[tuple[str, str, str]]:
+def _is_header(parts: list[str]) -> bool:
+    """A spreadsheet's header line: its first two fields are ``clinic_id`` and ``district``."""
+    return len(parts) >= 2 and parts[0].lower() == "clinic_id" \
+        and parts[1].lower() == "district"
+
+
+def read_districts(path: str | Path) -> tuple[list[tuple[str, str, str]], int | None]:
     """``clinic_id,district[,name]`` per line, ``#`` comments; ValueError names the line.
+    Also the number of the header line skipped (``clinic_id,district[,...]`` as the first
+    line that is not a comment), or None: loaded as a clinic, a header put a clinic called
+    ``clinic_id`` in a district called ``district`` for ever.
 
     A clinic named twice is refused: which district it is in would depend on the order."""
     from central.dashboard.auth import DISTRICT_RE
 
     data = _read_bounded(path)
     try:
-        text = data.decode("utf-8")
+        # a spreadsheet's "CSV UTF-8" starts with a byte order mark
+        text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         lineno = data[:exc.start].count(b"\n") + 1
         raise ValueError(f"{path}:{lineno}: not UTF-8 text") from None
     out = []
     where: dict[str, int] = {}
+    header = None
+    first = True
     # split("\n"), not splitlines(): a CR or U+0085 inside a name is an error on its own
     # line number, not a line of its own.
     for lineno, raw in enumerate(text.split("\n"), 1):
@@ -175,6 +191,14 @@ def read_districts(path: str | Path) -> list[tuple[str, str, str]]:
         if not line or line.startswith("#"):
             continue
         parts = [x.strip() for x in line.split(",")]
+        if _is_header(parts):
+            if not first:  # two files run together: which lines are whose is a guess
+                raise ValueError(f"{path}:{lineno}: a header line (clinic_id,district) "
+                                 "after the first line; only the first may be one")
+            header = lineno
+            first = False
+            continue
+        first = False
         if len(parts) not in (2, 3) or not CLINIC_RE.match(parts[0]) \
                 or not DISTRICT_RE.match(parts[1]) or len(parts[-1]) > 100 \
                 or not parts[-1].isprintable():
@@ -185,33 +209,140 @@ def read_districts(path: str | Path) -> list[tuple[str, str, str]]:
                              f"{where[parts[0]]}")
         where[parts[0]] = lineno
         out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else parts[0]))
-    return out
+    return out, header
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _some(items: list[str]) -> str:
+    """The first few of `items`, then how many more: a line, however long the map."""
+    more = len(items) - NAMED_IN_SUMMARY
+    return ", ".join(items[:NAMED_IN_SUMMARY]) + (f" and {more} more" if more > 0 else "")
+
+
+@dataclass
+class MapChange:
+    """What loading a districts file does to the map (``dash.clinics``)."""
+    old: dict[str, tuple[str, str]]  # clinic -> (district, name), before
+    new: dict[str, tuple[str, str]]  # after: the file
+    viewed: set[str] = field(default_factory=set)  # the districts of viewers (dash.users)
+
+    @property
+    def added(self) -> list[str]:
+        return sorted(set(self.new) - set(self.old))
+
+    @property
+    def removed(self) -> list[str]:
+        return sorted(set(self.old) - set(self.new))
+
+    @property
+    def moved(self) -> list[str]:
+        return sorted(c for c in set(self.old) & set(self.new)
+                      if self.old[c][0] != self.new[c][0])
+
+    @property
+    def renamed(self) -> list[str]:
+        return sorted(c for c in set(self.old) & set(self.new)
+                      if self.old[c][1] != self.new[c][1])
+
+    def emptied(self) -> list[str]:
+        """The viewers' districts every clinic of which the file removes (not moves
+        elsewhere): their viewers would see empty pages."""
+        gone = set(self.removed)
+        return sorted(({d for c, (d, _) in self.old.items() if c in gone}
+                       - {d for c, (d, _) in self.old.items() if c not in gone})
+                      & self.viewed)
+
+    def too_much(self) -> str:
+        """Why the change looks like a partial file loaded by mistake, or "": half the map
+        or more removed, or every clinic of a district a viewer sees (loaded one district's
+        file at a time, as before the file replaced the map, the last would drop the
+        others)."""
+        removed, emptied = self.removed, self.emptied()
+        if not removed or (2 * len(removed) < len(self.old) and not emptied):
+            return ""
+        why = (f"would remove {len(removed)} of the {len(self.old)} clinics on the map "
+               f"({_some([printable(c) for c in removed])})")
+        if emptied:
+            why += (f", every clinic of {_some([printable(d) for d in emptied])}, whose "
+                    "viewers would see nothing")
+        return why
+
+    def summary(self) -> str:
+        districts = {d for d, _ in self.new.values()}
+        parts = []
+        if self.added:
+            parts.append(f"{len(self.added)} added: {_some(self.added)}")
+        if self.removed:
+            parts.append(f"{len(self.removed)} removed: "
+                         f"{_some([printable(c) for c in self.removed])}")
+        if self.moved:
+            parts.append(f"{len(self.moved)} moved: " + _some(
+                [f"{c} {printable(self.old[c][0])} -> {self.new[c][0]}" for c in self.moved]))
+        if self.renamed:
+            parts.append(f"{len(self.renamed)} renamed: {_some(self.renamed)}")
+        return (f"{_plural(len(self.new), 'clinic')} in "
+                f"{_plural(len(districts), 'district')} ({'; '.join(parts) or 'no change'})")
+
+
+def replace_map(db, entries: list[tuple[str, str, str]], replace: bool = False,
+                source: str = "the file") -> MapChange:
+    """The districts file as the whole map, in one transaction: its clinics inserted or
+    updated, every other clinic's map row deleted (its messages and rollups stay: only which
+    district it is in goes). ValueError, and nothing changed, where the change looks like a
+    partial file (`MapChange.too_much`) and `replace` is not given."""
+    with db.tx():
+        if db.pg:  # two loads at once: each reads the map the other is about to change
+            db.execute("LOCK TABLE dash.clinics IN EXCLUSIVE MODE")
+        change = MapChange({c: (d, n) for c, d, n in db.query(
+                                "SELECT clinic_id, district, name FROM dash.clinics")},
+                           {c: (d, n) for c, d, n in entries},
+                           {r[0] for r in db.query("SELECT DISTINCT district FROM dash.users "
+                                                   "WHERE role = 'viewer'")})
+        why = change.too_much()
+        if why and not replace:
+            raise ValueError(f"{source} {why}: the file replaces the whole map; nothing "
+                             "changed (run again with --replace if that is meant)")
+        for clinic in change.removed:
+            db.execute("DELETE FROM dash.clinics WHERE clinic_id = ?", (clinic,))
+        for clinic, district, name in entries:
+            if change.old.get(clinic) != (district, name):
+                db.execute("INSERT INTO dash.clinics (clinic_id, district, name) VALUES "
+                           "(?, ?, ?) ON CONFLICT (clinic_id) DO UPDATE SET district = "
+                           "excluded.district, name = excluded.name",
+                           (clinic, district, name))
+    return change
 
 
 def districts_main(argv: list[str]) -> int:
     from central.dashboard.store import open_db
 
     ap = OneLineParser(prog="sonoedge-central districts",
-                                 description="Load which district each clinic belongs to.")
-    ap.add_argument("file", help="clinic_id,district[,name] per line")
+                                 description="Load which district each clinic belongs to: "
+                                             "the file replaces the whole map.")
+    ap.add_argument("file", help="clinic_id,district[,name] per line (a first line "
+                                 "clinic_id,district,name is skipped)")
+    ap.add_argument("--replace", action="store_true",
+                    help="let the file remove half the map or more, or every clinic of a "
+                         "viewer's district (refused without it: a partial file loaded by "
+                         "mistake)")
     ap.add_argument("--db", default=DEFAULT_DB)
     args = ap.parse_args(argv)
     try:
-        entries = read_districts(args.file)
+        entries, header = read_districts(args.file)
         db = open_db(args.db)
         try:
-            with db.tx():
-                for clinic, district, name in entries:
-                    db.execute("INSERT INTO dash.clinics (clinic_id, district, name) VALUES "
-                               "(?, ?, ?) ON CONFLICT (clinic_id) DO UPDATE SET district = "
-                               "excluded.district, name = excluded.name",
-                               (clinic, district, name))
+            change = replace_map(db, entries, args.replace, str(args.file))
         finally:
             db.close()
     except (ValueError, DbError) as exc:
         print(f"sonoedge-central districts: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(entries)} clinics in {len({d for _, d, _ in entries})} districts")
+    if header is not None:
+        print(f"{args.file}:{header}: a header line, skipped")
+    print(change.summary())
     return 0
 
 

@@ -26,6 +26,8 @@ DEVICE_CLOCK_BEHIND_S = 400 * DAY_S
 # in every view; a box never registered counts under this name, which no clinic id can be
 # (the wire's ids are letters, digits, '.', '_' and '-').
 UNREGISTERED = "(unregistered)"
+# the clinics heard from but on no district's map that the clinics page names, then "and N more"
+NO_DISTRICT_NAMED = 5
 
 CLINICS_WEEKS = 8  # issue 17: exams per day per clinic over the last 8 weeks
 # Up to this period the clinics plot has a cell per day, each with its hover title and

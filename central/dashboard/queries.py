@@ -134,6 +134,16 @@ def first_days(db: Db, scope: Scope) -> dict[str, int]:
     return {c: int(d) for c, d in rows if d is not None}
 
 
+def clinics_in_no_district(db: Db) -> list[str]:
+    """The clinics heard from (a box of theirs is in the rollup) that the district map does
+    not list: only a page of every district shows them, with no district, and no viewer
+    sees them. Not C.UNREGISTERED: the boxes the registry does not list, not a clinic."""
+    return [r[0] for r in db.query(
+        "SELECT DISTINCT clinic_id FROM dash.device_latest WHERE clinic_id <> ? AND "
+        "clinic_id NOT IN (SELECT clinic_id FROM dash.clinics) ORDER BY clinic_id",
+        (C.UNREGISTERED,))]
+
+
 def districts(db: Db) -> list[str]:
     return [r[0] for r in db.query("SELECT DISTINCT district FROM dash.clinics "
                                    "ORDER BY district")]

@@ -475,7 +475,8 @@ class Dashboard:
         grey = ("no message from any box of the clinic that day" if daily else
                 "the share of the week's weekdays with no message from any box of the "
                 "clinic (all grey: none all week)")
-        return (f"<h2>Exams per {unit}, last {weeks} weeks</h2>"
+        return (_no_district(Q.clinics_in_no_district(db) if scope.district is None else [])
+                + f"<h2>Exams per {unit}, last {weeks} weeks</h2>"
                 f'<p class="lead">{P.plural(len(page.clinics), "clinic")}; '
                 f"<strong>{silent}</strong> sent nothing in the last 7 days"
                 + ("" if page.quiet_day is None else " before the collector stopped")
@@ -807,6 +808,22 @@ def _rolling(last: dict) -> str:
               if last.get("rolled_to") else "")
     return (f'<p class="warn rolling">Still rolling up the collector\'s messages{so_far}: '
             "the figures below are not complete yet. This note goes once they are.</p>")
+
+
+def _no_district(clinics: list[str]) -> str:
+    """Said atop the clinics page of every district (an admin's) while a clinic heard from
+    is on no district's map: only the pages of every district show it, with no district,
+    and nothing else said so."""
+    if not clinics:
+        return ""
+    named = ", ".join(clinics[:C.NO_DISTRICT_NAMED])
+    if len(clinics) > C.NO_DISTRICT_NAMED:
+        named += f" and {len(clinics) - C.NO_DISTRICT_NAMED} more"
+    one = len(clinics) == 1
+    return (f'<p class="caveat no-district"><strong>{P.plural(len(clinics), "clinic")} '
+            f"{'is' if one else 'are'} in no district</strong> ({esc(named)}): add "
+            f"{'it' if one else 'them'} to the districts file (sonoedge-central districts), or "
+            f"no district's viewer sees {'it' if one else 'them'}.</p>")
 
 
 def _quiet(since: float | None) -> str:
