@@ -19,6 +19,8 @@ import time
 from central.dashboard import config as C
 from central.dashboard import queries as Q
 from central.dashboard.cli import districts_main
+from central.dashboard.seed import SeedSettings, seed
+from central.dashboard.store import open_db
 from tests.dashboard_harness import request
 from tests.test_age_by_dates_district import _stored, served
 from tests.test_central import message
@@ -61,7 +63,8 @@ def test_a_months_return_counts_its_exams_by_the_day_each_ended_and_lists_silent
     with served(db, tmp_path) as (base, cookie):
         page = request(base, "/clinics?weeks=8", cookie)[2].decode()
         links = re.findall(r'href="/api/monthly\.csv\?month=(\d{4}-\d\d)"', page)
-        assert links[:2] == [this.text, last.text] and len(links) == C.MONTHLY_SHOWN
+        # down to the month of the district's first message (exam 5's), none before it
+        assert links == [m.text for m in Q.recent_months(now)][:3]
         assert f"{calendar.month_name[this.month]} {this.year} (to date)" in page
 
         status, headers, body = request(base, f"/api/monthly.csv?month={last.text}", cookie)
@@ -74,15 +77,18 @@ def test_a_months_return_counts_its_exams_by_the_day_each_ended_and_lists_silent
                        ("clinic-1", "Mwembe", "second-trimester", "1", "0", "0.0", "1"),
                        ("clinic-9", "Kibaha Ward", "", "0", "0", "", "0")]
         days = last.last_day - last.first_day + 1
-        assert {(r["month"], r["days_counted"], r["complete_month"]) for r in rows} == {
-            (last.text, str(days), "1")}
+        before = Q.day_text(int((first_s - 1.0) // C.DAY_S))  # exam 5's day
+        # clinic-9's box never spoke: no day of it counted, and not a complete month
+        assert [(r["month"], r["days_counted"], r["complete_month"], r["first_heard_day"])
+                for r in rows] == [(last.text, str(days), "1", before)] * 2 + [
+                    (last.text, "0", "0", "")]
         assert rows[0]["heard_days"] != "" and rows[2]["heard_days"] == "0"
 
         # this month so far: counted up to today, and said to be unfinished
         rows = _rows(request(base, f"/api/monthly.csv?month={this.text}", cookie)[2])
         today = int(now // C.DAY_S)
-        assert {(r["days_counted"], r["complete_month"]) for r in rows} == {
-            (str(today - this.first_day + 1), "0")}
+        assert {(r["clinic_id"], r["days_counted"], r["complete_month"]) for r in rows} == {
+            ("clinic-1", str(today - this.first_day + 1), "0"), ("clinic-9", "0", "0")}
 
         # a district's officer: only her clinics, and her district in the file's name
         status, headers, _ = request(base, f"/api/monthly.csv?month={last.text}"
@@ -114,8 +120,7 @@ def test_a_month_that_is_not_one_is_refused_in_one_line(tmp_path):
             assert status == 400, (month, status)
             text = body.decode()
             assert text.count("\n") == 0 and "month" in text and len(text) < 200, text
-        status, _, _ = request(base, f"/api/monthly.csv?month={C.MONTHLY_FIRST_YEAR}-01",
-                               cookie)
+        status, _, _ = request(base, f"/api/monthly.csv?month={this.text}", cookie)
         assert status == 200
 
 
@@ -127,3 +132,117 @@ def test_months_are_calendar_months_of_utc_days():
     assert Q.day_text(Q.Month(2026, 12).last_day) == "2026-12-31"
     assert [m.text for m in Q.recent_months(Q.Month(2026, 2).first_day * C.DAY_S)] == [
         "2026-02", "2026-01", "2025-12", "2025-11"][:C.MONTHLY_SHOWN]
+
+
+# -- a clinic's days count from its first message (an officer's walk: a seed begun on 8 June
+# returned every clinic with 0 exams and complete_month 1 for May, and for January 2020) --
+JUNE_8 = calendar.timegm((2026, 6, 8, 0, 0, 0)) // 86400
+SEED_END = calendar.timegm((2026, 7, 15, 12, 0, 0))  # fixed: the months below are its
+SEEDED = SeedSettings(clinics=3, districts=1, days=38, end_ts=SEED_END)  # from 8 June
+COLUMNS = ["month", "clinic_id", "clinic_name", "protocol", "protocol_title", "exams",
+           "complete", "complete_share", "hc_measured", "dates_small", "dates_large",
+           "exam_days", "heard_days", "days_counted", "complete_month"]
+
+
+def _seeded(tmp_path) -> str:
+    """Three clinics seeded from Monday 8 June 2026, and clinic-1, whose box's first message
+    is an exam on 9 July (set up then)."""
+    db = str(tmp_path / "central.sqlite3")
+    seed(db, SEEDED)
+    _stored(db, [_exam(1, calendar.timegm((2026, 7, 9, 10, 0, 0)), "biometry", True)])
+    return db
+
+
+def _returned(db: str, month: Q.Month, now: float) -> dict[str, tuple]:
+    """Per clinic: (days_counted, complete_month, first_heard_day, exams, heard_days)."""
+    store = open_db(db)
+    try:
+        rows, _ = Q.monthly_return(store, Q.Scope(None), month, now)
+    finally:
+        store.close()
+    out: dict[str, tuple] = {}
+    for r in rows:
+        first = None if r.first_heard_day is None else Q.day_text(r.first_heard_day)
+        got = (r.days_counted, r.complete_month, first, r.heard_days)
+        assert out.setdefault(r.clinic_id, got) == got  # the clinic's, on each protocol's row
+    return out
+
+
+def test_a_clinics_days_count_from_its_first_message_and_a_month_it_began_in_is_not_whole(
+        tmp_path):
+    db = _seeded(tmp_path)
+    august = calendar.timegm((2026, 8, 3, 12, 0, 0))  # June and July are over
+    seeded = ("clinic-01", "clinic-02", "clinic-03")
+    june = _returned(db, Q.Month(2026, 6), august)
+    assert {c: june[c][2] for c in seeded} == dict.fromkeys(seeded, "2026-06-08")
+    # 8 to 30 June: the 7 days before the boxes were set up are no days of zero exams
+    assert {c: june[c][:2] for c in seeded} == dict.fromkeys(seeded, (23, False))
+    assert june["clinic-1"] == (0, False, "2026-07-09", 0)  # no box yet in June
+
+    july = _returned(db, Q.Month(2026, 7), august)
+    assert {c: july[c][:3] for c in seeded} == dict.fromkeys(seeded, (31, True, "2026-06-08"))
+    assert july["clinic-1"] == (23, False, "2026-07-09", 1)  # 9 to 31 July
+
+    # July to date on 20 July: counted to that day, whole for none
+    to_date = _returned(db, Q.Month(2026, 7), calendar.timegm((2026, 7, 20, 12, 0, 0)))
+    assert {c: to_date[c][:2] for c in seeded} == dict.fromkeys(seeded, (20, False))
+    assert to_date["clinic-1"][:2] == (12, False)
+
+    # wholly before every clinic: no day counted, none whole, each saying when it began
+    for month in (Q.Month(2026, 5), Q.Month(C.MONTHLY_FIRST_YEAR, 1)):
+        before = _returned(db, month, august)
+        assert {c: before[c][:3] for c in seeded} == dict.fromkeys(
+            seeded, (0, False, "2026-06-08"))
+        assert before["clinic-1"][:3] == (0, False, "2026-07-09")
+
+
+def test_the_served_return_refuses_a_month_before_the_districts_first_message(tmp_path):
+    db = _seeded(tmp_path)
+    assert int(time.time() // 86400) > JUNE_8 + 60  # June and July are over when served
+    with served(db, tmp_path) as (base, cookie):
+        for month, where in (("2026-05", ""), (f"{C.MONTHLY_FIRST_YEAR}-01", ""),
+                             ("2026-05", "&district=district-1")):
+            status, _, body = request(base, f"/api/monthly.csv?month={month}{where}", cookie)
+            assert status == 400, (month, where, status)
+            text = body.decode()
+            assert text.count("\n") == 0 and len(text) < 200, text
+            assert f"month: {month} is before the first message from " in text
+            assert "(2026-06-08): its first return is 2026-06" in text
+
+        status, _, body = request(base, "/api/monthly.csv?month=2026-06", cookie)
+        assert status == 200
+        header = body.decode().splitlines()[0].split(",")
+        assert header == COLUMNS + ["first_heard_day"]  # added last: positions unchanged
+        got = {(r["clinic_id"], r["days_counted"], r["complete_month"], r["first_heard_day"])
+               for r in _rows(body)}
+        assert got == {(c, "23", "0", "2026-06-08")
+                       for c in ("clinic-01", "clinic-02", "clinic-03")} | {
+            ("clinic-1", "0", "0", "2026-07-09")}
+
+        # the district's officer: her three clinics, the same days
+        status, _, body = request(base, "/api/monthly.csv?month=2026-07&district=district-1",
+                                  cookie)
+        assert status == 200
+        assert {(r["clinic_id"], r["days_counted"], r["complete_month"], r["first_heard_day"])
+                for r in _rows(body)} == {(c, "31", "1", "2026-06-08")
+                                          for c in ("clinic-01", "clinic-02", "clinic-03")}
+
+
+def test_a_district_never_heard_has_no_return_and_the_page_offers_none(tmp_path):
+    db = str(tmp_path / "central.sqlite3")
+    _stored(db, [_exam(1, time.time() - HOUR, "biometry", True)])
+    districts = tmp_path / "districts.csv"
+    districts.write_text("clinic-1,north,Mwembe\nclinic-7,south,Chalinze\n")
+    assert districts_main([str(districts), "--db", db]) == 0
+    this = Q.this_month()
+    with served(db, tmp_path) as (base, cookie):
+        status, _, body = request(base, f"/api/monthly.csv?month={this.text}&district=south",
+                                  cookie)
+        assert status == 400
+        assert body.decode().count("\n") == 0 and \
+            "no box of district south has sent anything yet" in body.decode()
+        page = request(base, "/clinics?weeks=8&district=south", cookie)[2].decode()
+        assert "/api/monthly.csv" not in page
+        assert "Monthly return (CSV): none yet: no box here has sent anything" in page
+        assert request(base, f"/api/monthly.csv?month={this.text}&district=north",
+                       cookie)[0] == 200

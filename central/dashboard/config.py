@@ -72,7 +72,8 @@ PERIODS_WEEKS = (8, 26, 52, 104)  # the only periods a page may be asked for
 # each month; the weeks above cut across months). The clinics page links this month so
 # far and the three before it; any month back to MONTHLY_FIRST_YEAR may be asked for by
 # its URL (an earlier one is refused: no box sent then, and an empty return reads as zero
-# exams done).
+# exams done). So is a month wholly before the district's first message, and the page
+# links none: a clinic's days count from its own first message on.
 MONTHLY_SHOWN = 4
 MONTHLY_FIRST_YEAR = 2020
 DEFAULT_WEEKS = {"clinics": 8, "completeness": 8, "quality": 26, "biometry": 26,

@@ -378,35 +378,43 @@ def clinics_csv(page: Q.ClinicsPage) -> str:
 
 
 # -- the monthly return ----------------------------------------------------------------------
-def monthly_csv(rows: list[Q.MonthlyRow], month: Q.Month, last_counted: int) -> str:
+def monthly_csv(rows: list[Q.MonthlyRow], month: Q.Month) -> str:
     """A row per clinic and protocol over one calendar month, every clinic of the scope
-    (one with no exam has a row of zeros and no protocol). `days_counted`: the month's days
-    up to today (fewer than its days while it runs; `complete_month` 0 then)."""
-    days = last_counted - month.first_day + 1
-    whole = int(last_counted >= month.last_day)
+    (one with no exam has a row of zeros and no protocol). `days_counted`: the clinic's
+    days of the month up to today, from its first message on (before it its box was not
+    set up: no days of zero exams); `complete_month` 1 only when that is every day of the
+    month. `first_heard_day` (last, so that scripts reading the columns by position read
+    them as before): the clinic's first message, "" if it never sent one."""
     return to_csv(["month", "clinic_id", "clinic_name", "protocol", "protocol_title",
                    "exams", "complete", "complete_share", "hc_measured", "dates_small",
                    "dates_large", "exam_days", "heard_days", "days_counted",
-                   "complete_month"],
+                   "complete_month", "first_heard_day"],
                   [[month.text, r.clinic_id, r.clinic_name, r.protocol,
                     protocol_title(r.protocol) if r.protocol else "", r.exams, r.complete,
                     round(r.complete / r.exams, 4) if r.exams else None, r.hc_measured,
-                    r.dates_small, r.dates_large, r.exam_days, r.heard_days, days, whole]
+                    r.dates_small, r.dates_large, r.exam_days, r.heard_days, r.days_counted,
+                    int(r.complete_month),
+                    None if r.first_heard_day is None else Q.day_text(r.first_heard_day)]
                    for r in rows])
 
 
 def monthly_links(months: list[Q.Month], district: str | None) -> str:
-    """The monthly returns the clinics page offers, this month so far first."""
+    """The monthly returns the clinics page offers, this month so far first: those not
+    wholly before the scope's first message (`Q.months_returned`), none if it has none."""
     where = f"&district={district}" if district else ""
     links = " · ".join(
         f'<a href="/api/monthly.csv?month={m.text}{esc(where)}" download>'
-        f"{esc(m.title)}{' (to date)' if i == 0 else ''}</a>" for i, m in enumerate(months))
+        f"{esc(m.title)}{' (to date)' if m == Q.this_month() else ''}</a>" for m in months)
     return (f'<p class="lead">Each clinic\'s exams per protocol over a calendar month '
             "(UTC days), with how many were complete, had the head measured, or a head "
             "small or large for the age by dates, and on how many days its boxes were "
             "heard: the figures of a monthly report. Every clinic has a row, one without "
-            "exams a row of zeros. Older months: <code>?month=YYYY-MM</code>.</p>"
-            f'<p class="csv">Monthly return (CSV): {links}</p>')
+            "exams a row of zeros; its days count from its first message on (a box not "
+            "yet set up had no days of zero exams), and a month it was set up in is not "
+            "a complete month. Older months: <code>?month=YYYY-MM</code>, back to the "
+            "first message.</p>"
+            f'<p class="csv">Monthly return (CSV): '
+            f"{links or 'none yet: no box here has sent anything'}</p>")
 
 
 # -- completeness ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import calendar
 import json
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from central.dashboard import config as C
@@ -1113,14 +1114,23 @@ class MonthlyRow:
     exam_days: int = 0  # days with at least one exam of this protocol
     heard_days: int = 0  # days the clinic's boxes sent anything (exams, health, status)
     clinic_name: str = ""
+    # The clinic's first day with a message (first_days()), None if it never sent one: the
+    # days before it (its box not yet set up) are no days of silence or of zero exams.
+    first_heard_day: int | None = None
+    days_counted: int = 0  # the month's days up to today, from the clinic's first message
+    # every day of the month counted: the month is over and the clinic's box was heard on
+    # or before its first day (a clinic set up mid-month has a part month, 0)
+    complete_month: bool = False
 
 
 def monthly_return(db: Db, scope: Scope, month: Month, now: float | None = None
                    ) -> tuple[list[MonthlyRow], int]:
     """Every clinic of the scope over `month`: its exams per protocol, from each exam's own
     row (an exam is dated by when it ended on the box, as everywhere), and the days its
-    boxes were heard. Returns the rows, clinic then protocol, and the month's last day
-    counted (today, for this month)."""
+    boxes were heard. Each clinic's days count from its first message on (as the clinics
+    page's silent weekdays do): a month wholly before it counts no day, and one begun
+    before it is not a complete month. Returns the rows, clinic then protocol, and the
+    month's last day counted (today, for this month)."""
     today = int((now if now is not None else district_now()) // C.DAY_S)
     first, last = month.first_day, min(month.last_day, today)
     w, p = scope.where()
@@ -1143,8 +1153,25 @@ def monthly_return(db: Db, scope: Scope, month: Month, now: float | None = None
         if clinic not in seen:
             rows[(clinic, "")] = MonthlyRow(clinic, "")
     names = clinic_names(db, scope)
+    firsts = first_days(db, scope)
     out = [rows[key] for key in sorted(rows)]
     for row in out:
         row.heard_days = int(heard.get(row.clinic_id, 0))
         row.clinic_name = names.get(row.clinic_id, "")
+        row.first_heard_day = firsts.get(row.clinic_id)
+        if row.first_heard_day is not None:
+            row.days_counted = max(0, last - max(first, row.first_heard_day) + 1)
+            row.complete_month = row.first_heard_day <= first and last >= month.last_day
     return out, last
+
+
+def first_heard(days: Iterable[int | None]) -> int | None:
+    """The first of the clinics' first days heard (a return's rows' `first_heard_day`, the
+    clinics page's `first_day`), None if none was ever heard: a month wholly before it has
+    no return, as no box of the scope was set up to make one."""
+    return min((d for d in days if d is not None), default=None)
+
+
+def months_returned(months: list[Month], first_day: int | None) -> list[Month]:
+    """Those of `months` not wholly before the scope's first message (`first_heard`)."""
+    return [m for m in months if first_day is not None and m.last_day >= first_day]

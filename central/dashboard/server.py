@@ -490,7 +490,8 @@ class Dashboard:
                 + self._csv_link("clinics", scope, weeks)
                 + f"<h2>Silent spells, last {weeks} weeks</h2>" + P.silent_table(page)
                 + "<h2>Monthly return</h2>"
-                + P.monthly_links(Q.recent_months(), scope.district))
+                + P.monthly_links(Q.months_returned(Q.recent_months(), Q.first_heard(
+                    (page.first_day or {}).values())), scope.district))
 
     def _body_completeness(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.completeness_page(db, scope, per)
@@ -684,9 +685,25 @@ class Dashboard:
             return web.json_response(
                 {"error": f"month: {raw[:20]!r} is not a month from "
                           f"{C.MONTHLY_FIRST_YEAR}-01 to this one, as YYYY-MM"}, status=400)
-        rows, last = await self.cached(("monthly", scope.district, month.text),
-                                       Q.monthly_return, scope, month)
-        text = P.monthly_csv(rows, month, last)
+        rows, _ = await self.cached(("monthly", scope.district, month.text),
+                                    Q.monthly_return, scope, month)
+        # a month wholly before any box of the scope was heard has no return: refused as a
+        # month before MONTHLY_FIRST_YEAR is (a file of zeros would be filed as no exams
+        # done where no box existed yet); a month it began in is served, each clinic's row
+        # saying from which day it counts (first_heard_day, days_counted)
+        first = Q.first_heard(r.first_heard_day for r in rows)
+        where = f"district {scope.district}" if scope.district else "any clinic"
+        if first is None:
+            return web.json_response(
+                {"error": f"month: no box of {where} has sent anything yet, so no month "
+                          "has a return"}, status=400)
+        if month.last_day < first:
+            return web.json_response(
+                {"error": f"month: {month.text} is before the first message from {where} "
+                          f"({Q.day_text(first)}): its first return is "
+                          f"{Q.this_month(first * C.DAY_S).text}"},
+                status=400)
+        text = P.monthly_csv(rows, month)
         return _csv_response(text, f"monthly-{_scope_word(scope)}-{month.text}.csv")
 
     def _csv_text(self, db: Db, name: str, scope: Q.Scope, weeks: int) -> str:
