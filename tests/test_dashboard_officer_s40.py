@@ -210,3 +210,31 @@ def _days(db) -> dict[tuple[str, int], int]:
     return {(c, int(d)): int(n) for c, d, n in db.query(
         "SELECT clinic_id, day, SUM(exams + health + other) FROM dash.day_device "
         "GROUP BY clinic_id, day")}
+
+
+# -- 5. the district of each row in the downloads -----------------------------------------------
+def test_every_download_with_a_clinic_names_its_district_last(site):
+    import csv
+    import io
+
+    from central.dashboard.server import CSVS
+
+    clinics_page = request(site["base"], "/clinics?weeks=8", site["admin"])[2].decode()
+    assert "district-1" in clinics_page
+    names = sorted(CSVS) + ["monthly"]
+    for name in names:
+        query = f"month={Q.this_month().text}" if name == "monthly" else "weeks=8"
+        status, _, body = request(site["base"], f"/api/{name}.csv?{query}", site["admin"])
+        assert status == 200, (name, body[:200])
+        rows = list(csv.reader(io.StringIO(body.decode())))
+        if "clinic_id" not in rows[0]:
+            continue
+        assert rows[0][-1] == "district", (name, rows[0])
+        at = rows[0].index("clinic_id")
+        got = {r[at]: r[-1] for r in rows[1:]}
+        assert got or name == "fleet_errors", name  # the seed makes no update errors
+        assert all(re.fullmatch(r"district-[12]", d) for d in got.values()), (name, got)
+        # a viewer's download names her district on every row
+        status, _, body = request(site["base"], f"/api/{name}.csv?{query}", site["viewer"])
+        rows = list(csv.reader(io.StringIO(body.decode())))
+        assert {r[-1] for r in rows[1:]} <= {"district-1"}, name

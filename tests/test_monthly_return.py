@@ -212,7 +212,8 @@ def test_the_served_return_refuses_a_month_before_the_districts_first_message(tm
         status, _, body = request(base, "/api/monthly.csv?month=2026-06", cookie)
         assert status == 200
         header = body.decode().splitlines()[0].split(",")
-        assert header == COLUMNS + ["first_heard_day"]  # added last: positions unchanged
+        # added last: positions unchanged
+        assert header == COLUMNS + ["first_heard_day", "district"]
         got = {(r["clinic_id"], r["days_counted"], r["complete_month"], r["first_heard_day"])
                for r in _rows(body)}
         assert got == {(c, "23", "0", "2026-06-08")

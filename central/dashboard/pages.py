@@ -96,6 +96,24 @@ def to_csv(header: list[str], rows: list[list]) -> str:
     return buf.getvalue()
 
 
+def with_district(text: str, districts: dict[str, str]) -> str:
+    """A CSV with a `clinic_id` column gains the clinic's district (the map's; "" for a
+    clinic in none) as its last column: the admin's all-district downloads had no district,
+    so a table per district needed the districts file beside them. Last, so that a script
+    reading the columns by position reads what it read before."""
+    rows = csv.reader(io.StringIO(text))
+    header = next(rows, None)
+    if not header or "clinic_id" not in header:
+        return text
+    at = header.index("clinic_id")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*header, "district"])
+    for r in rows:
+        w.writerow([*r, _cell_text(districts.get(r[at], "")) if at < len(r) else ""])
+    return buf.getvalue()
+
+
 def _cell_text(text: str) -> str:
     """A text cell as a spreadsheet reads it: no formula, and a carriage return (which the
     writer, ending lines with LF, leaves unquoted: a reader starts a row there, so a device's

@@ -123,6 +123,11 @@ def clinic_names(db: Db, scope: Scope) -> dict[str, str]:
             if n and n != c}
 
 
+def clinic_districts(db: Db) -> dict[str, str]:
+    """Every clinic's district on the map (``districts FILE``), by id."""
+    return dict(db.query("SELECT clinic_id, district FROM dash.clinics"))
+
+
 def first_days(db: Db, scope: Scope) -> dict[str, int]:
     """Each clinic's first day with a message from any of its boxes (a clinic whose boxes
     never sent anything has none). One index lookup per clinic, in one query."""

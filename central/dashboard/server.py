@@ -703,10 +703,14 @@ class Dashboard:
                           f"({Q.day_text(first)}): its first return is "
                           f"{Q.this_month(first * C.DAY_S).text}"},
                 status=400)
-        text = P.monthly_csv(rows, month)
+        text = P.with_district(P.monthly_csv(rows, month),
+                               await self.cached(("districts-map",), Q.clinic_districts))
         return _csv_response(text, f"monthly-{_scope_word(scope)}-{month.text}.csv")
 
     def _csv_text(self, db: Db, name: str, scope: Q.Scope, weeks: int) -> str:
+        return P.with_district(self._csv_body(db, name, scope, weeks), Q.clinic_districts(db))
+
+    def _csv_body(self, db: Db, name: str, scope: Q.Scope, weeks: int) -> str:
         per = Q.period(weeks)
         if name == "clinics":
             return P.clinics_csv(Q.clinics_page(db, scope, per))
