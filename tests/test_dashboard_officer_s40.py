@@ -131,6 +131,7 @@ def test_the_devices_page_lists_the_most_urgent_box_first_and_says_what_to_do():
         _box("box-04a", "clinic-04", now - 26 * 24 * h, state="online", health_interval_s=60.0),
         _box("box-05a", "clinic-05", now - 2 * h, temp=C.HOT_C + 3),
         _box("box-06a", "clinic-06", now - 4 * 24 * h),
+        _box("box-00a", "clinic-00", now - 0.1 * h),
     ]
     for b in boxes:
         ranked = Q.ranked_flags(b, now)
@@ -146,7 +147,7 @@ def test_the_devices_page_lists_the_most_urgent_box_first_and_says_what_to_do():
     # not heard from, longest first; then what may lose data; a note; then the well
     assert order[:2] == ["box-04a", "box-06a"]
     assert set(order[2:4]) == {"box-02a", "box-05a"}
-    assert order[4:] == ["box-01a", "box-03a"]
+    assert order[4:] == ["box-01a", "box-00a", "box-03a"]  # the well: by clinic
     table = P.devices_table(boxes, now)
     rows = re.findall(r'<tr data-device="([^"]+)" class="([^"]*)">', table)
     assert [d for d, _ in rows] == order

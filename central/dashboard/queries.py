@@ -993,8 +993,11 @@ def device_flags(d: DeviceRow, now: float, heard: float | None = None) -> list[s
 
 def by_urgency(rows: list[DeviceRow], now: float) -> list[DeviceRow]:
     """Boxes with flags first, the most urgent first, then the longest silent (a box never
-    heard from: since it was listed), then by clinic and box."""
+    heard from: since it was listed), then by clinic and box; those without a flag by clinic
+    and box."""
     def since(r: DeviceRow) -> float:
+        if r.urgency == NO_FLAG:
+            return 0.0
         last = r.last_seen if r.last_seen is not None else r.listed_ts
         return now - last if last is not None else float("inf")
 
