@@ -111,16 +111,20 @@ def _spells(days: list[int], silent: dict[int, bool], first: int, today: int
 
 def test_the_clinics_page_at_104_weeks_is_small_and_names_every_clinic_and_its_silences(
         district):
-    raw = _get(district, "/clinics?weeks=104")
-    gz = _get(district, "/clinics?weeks=104", gzip_ok=True)
+    for _ in range(2):  # the page, its CSV and the test on one UTC day: again past midnight
+        per = queries.period(104)
+        raw = _get(district, "/clinics?weeks=104")
+        gz = _get(district, "/clinics?weeks=104", gzip_ok=True)
+        # the numbers behind it, complete: every clinic's every day of the period
+        rows = list(csv.DictReader(io.StringIO(_get(district, "/api/clinics.csv?weeks=104")
+                                               .decode())))
+        if queries.period(104) == per:
+            break
+    assert queries.period(104) == per
     assert gzip.decompress(gz) == raw
     assert len(raw) < PAGE_BYTES_MAX, f"{len(raw):,} bytes"
     assert len(gz) < PAGE_GZIP_MAX, f"{len(gz):,} bytes gzipped"
     page = raw.decode()
-    # the numbers behind it, complete: every clinic's every day of the period
-    rows = list(csv.DictReader(io.StringIO(_get(district, "/api/clinics.csv?weeks=104")
-                                           .decode())))
-    per = queries.period(104)
     by_clinic: dict[str, dict[int, dict]] = defaultdict(dict)
     for r in rows:
         day = calendar.timegm(time.strptime(r["day"], "%Y-%m-%d")) // C.DAY_S
@@ -189,9 +193,11 @@ def test_the_clinics_page_is_small_at_every_long_period(district, weeks):
 
 
 def test_the_8_week_page_keeps_a_cell_per_day_with_its_hover(district):
+    days = {len(queries.period(8).days)}
     page = _get(district, "/clinics").decode()
+    days.add(len(queries.period(8).days))  # a UTC midnight may fall between the two
     cells = re.findall(r'<rect [^>]*data-clinic="[^"]+" data-day="[^"]+"[^>]*><title>', page)
-    assert len(cells) == 50 * len(queries.period(8).days)
+    assert len(cells) in {50 * n for n in days}, (len(cells), days)
     assert len(re.findall(r'<tr data-clinic="', page)) == 50  # and the table too
 
 

@@ -102,6 +102,44 @@ def test_a_weeks_that_is_no_plain_short_number_is_one_line_not_a_500(dash_url, w
                                                           "104") and len(error) < 80, error
 
 
+def test_a_page_or_csv_made_before_midnight_is_made_again_after_it(tmp_path, monkeypatch):
+    """Pages and CSVs are cached per rollup generation for up to CACHE_MAX_S, and their
+    period ends today: one made at 23:59:55 UTC was served with yesterday's days after
+    midnight (a CSV under a name with today's), until the minute ran out."""
+    import asyncio
+    import time
+
+    from central.dashboard import config as C
+    from central.dashboard.server import Dashboard, ServeSettings
+
+    db_path = str(tmp_path / "c.sqlite3")
+    seed(db_path, SeedSettings(clinics=1, districts=1, days=2, end_ts=1_790_000_000.0))
+    dash = Dashboard(ServeSettings(db_url=db_path))
+    midnight = 20_000 * C.DAY_S
+    clock = [midnight - 5.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    made: list[Q.Period] = []
+
+    def last_day(db) -> int:
+        made.append(Q.period(8))
+        return made[-1].last_day
+
+    async def served_at(*instants: float) -> list[int]:
+        out = []
+        for t in instants:
+            clock[0] = t
+            out.append(await dash.cached(("page", "clinics"), last_day))
+        return out
+
+    try:
+        days = asyncio.run(served_at(midnight - 5.0, midnight - 1.0, midnight + 5.0,
+                                     midnight + 30.0))
+    finally:
+        dash.close()
+    assert days == [19_999, 19_999, 20_000, 20_000]
+    assert len(made) == 2  # cached within each day, made again at the first after midnight
+
+
 # -- 3: gzip only to a client that takes it ----------------------------------------------------
 @pytest.mark.parametrize("accept, gzipped", [
     ("gzip;q=0", False), ("identity, nogzip", False), ("GZIP; q=0.0, identity", False),

@@ -138,17 +138,20 @@ class Dashboard:
         return db
 
     async def cached(self, key: tuple, fn, *args):
-        """``run_db(fn, *args)``, made once per rollup generation (and per CACHE_MAX_S)."""
-        now = time.monotonic()
+        """``run_db(fn, *args)``, made once per rollup generation (and per CACHE_MAX_S) and
+        UTC day: a page's period ends today, and one made before midnight kept yesterday's
+        days (and a CSV's the name of today's) for up to CACHE_MAX_S after it."""
+        now, day = time.monotonic(), int(Q.district_now() // C.DAY_S)  # before fn reads it
         with self._cache_lock:
             hit = self._cache.get(key) if self.settings.cache else None
-            if hit and hit[0] == self.generation and now - hit[1] < C.CACHE_MAX_S:
+            if (hit and hit[0] == self.generation and now - hit[1] < C.CACHE_MAX_S
+                    and hit[3] == day):
                 self._cache.move_to_end(key)
                 return hit[2]
         generation = self.generation
         value = await self.run_db(fn, *args)
         with self._cache_lock:
-            self._cache[key] = (generation, now, value)
+            self._cache[key] = (generation, now, value, day)
             self._cache.move_to_end(key)
             while len(self._cache) > C.CACHE_ENTRIES:
                 self._cache.popitem(last=False)
@@ -670,9 +673,9 @@ class Dashboard:
         if bad is not None:
             return web.json_response({"error": bad}, status=400)
         scope, weeks = self._params(request, CSVS[name])
-        text = await self.cached(("csv", name, scope.district, weeks), self._csv_text, name,
-                                 scope, weeks)
-        per = Q.period(weeks)
+        per = Q.period(weeks)  # one period for the rows and the name, even at midnight
+        text = await self.cached(("csv", name, scope.district, per), self._csv_text, name,
+                                 scope, per)
         # the period's dates in the name: a folder of downloads tells them apart
         return _csv_response(text, f"{name}-{_scope_word(scope)}-{Q.day_text(per.first_day)}"
                                    f"-to-{Q.day_text(per.last_day)}.csv")
@@ -707,11 +710,10 @@ class Dashboard:
                                await self.cached(("districts-map",), Q.clinic_districts))
         return _csv_response(text, f"monthly-{_scope_word(scope)}-{month.text}.csv")
 
-    def _csv_text(self, db: Db, name: str, scope: Q.Scope, weeks: int) -> str:
-        return P.with_district(self._csv_body(db, name, scope, weeks), Q.clinic_districts(db))
+    def _csv_text(self, db: Db, name: str, scope: Q.Scope, per: Q.Period) -> str:
+        return P.with_district(self._csv_body(db, name, scope, per), Q.clinic_districts(db))
 
-    def _csv_body(self, db: Db, name: str, scope: Q.Scope, weeks: int) -> str:
-        per = Q.period(weeks)
+    def _csv_body(self, db: Db, name: str, scope: Q.Scope, per: Q.Period) -> str:
         if name == "clinics":
             return P.clinics_csv(Q.clinics_page(db, scope, per))
         if CSVS[name] == "completeness":
