@@ -134,11 +134,15 @@ def test_an_exam_whose_missing_slots_were_not_named_counts_once_in_slots_most_mi
     assert unnamed == {"second-trimester": len(shed)}
     assert max(int(x) for x in re.findall(r"(\d+)%", html)) <= 100  # no "900%: 9 of 1"
     csv = _get(district, "/api/missed.csv?weeks=8").splitlines()
-    assert csv[0] == "clinic_id,protocol,slot,exams_missing_it,district"
-    assert any(line.startswith(f"clinic-b,second-trimester,{UNNAMED_SLOT},{len(shed)},")
-               for line in csv), csv
-    # the per-clinic table says "(exams)" too
-    assert f"{UNNAMED_SLOT} ({len(shed)})" in html
+    # its columns as before, in their order; then the protocol's exams and the share of
+    # them; the district last
+    assert csv[0] == ("clinic_id,protocol,slot,exams_missing_it,protocol_exams,"
+                      "share_missing_it,district")
+    (line,) = [x for x in csv if x.startswith(f"clinic-b,second-trimester,{UNNAMED_SLOT},")]
+    screens = int(line.split(",")[4])
+    assert line.split(",")[3] == str(len(shed)) and screens >= len(shed)
+    # the per-clinic table says how many exams of how many of the protocol's
+    assert f"{UNNAMED_SLOT} {len(shed) / screens:.0%} ({len(shed)} of {screens})" in html
 
 
 def test_the_report_says_how_many_missing_slots_an_exam_did_not_name(district):

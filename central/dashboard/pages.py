@@ -100,7 +100,8 @@ def with_district(text: str, districts: dict[str, str]) -> str:
     """A CSV with a `clinic_id` column gains the clinic's district (the map's; "" for a
     clinic in none) as its last column: the admin's all-district downloads had no district,
     so a table per district needed the districts file beside them. Last, so that a script
-    reading the columns by position reads what it read before."""
+    reading the columns by position reads what it read before (a column a CSV gains later
+    comes before it: the district is always the last)."""
     rows = csv.reader(io.StringIO(text))
     header = next(rows, None)
     if not header or "clinic_id" not in header:
@@ -469,12 +470,51 @@ def missed_svg(page: Q.CompletenessPage) -> str:
                  "missed", rows, label_w=230)
 
 
+def slot_missed_text(s: Q.SlotMissed) -> str:
+    """ "3VV 35% (19 of 55)": a slot, and the share of the clinic's exams of its protocol
+    that missed it (each of them required it)."""
+    return f"{s.slot} {pct(s.share)} ({s.missed} of {s.exams})"
+
+
+def protocol_cell(c: Q.ClinicCompleteness, protocol: str) -> str:
+    exams, _ = c.protocols.get(protocol, (0, 0))
+    if not exams:
+        return "<td class=num>-</td>"
+    return f"<td class=num>{share_of(c.protocol_share(protocol), exams)}</td>"
+
+
+def completeness_table(page: Q.CompletenessPage, missed_shown: int = 3) -> str:
+    """A row per clinic in the page's order (its lowest share in any column first), a
+    column per protocol charted, and the `missed_shown` slots it missed most, by their share
+    of its exams of their protocol (a raw count ranked a head measurement's one slot, which
+    every head exam requires, over a screen's planes)."""
+    shown = [p.protocol for p in page.shown]
+    head = "".join(f"<th>{esc(protocol_title(p))}</th>" for p in shown)
+    rows = "".join(
+        f"<tr><td>{clinic_html(c.clinic_id, c.name)}</td>"
+        + "".join(protocol_cell(c, p) for p in shown) + "<td>"
+        + (", ".join(f'<span title="{esc(protocol_title(s.protocol))}">'
+                     f"{esc(slot_missed_text(s))}</span>"
+                     for s in c.slots_missed()[:missed_shown]) or "-")
+        + "</td></tr>" for c in page.clinics)
+    return ('<div class="wide"><table class="missed"><tr><th>clinic</th>'
+            f"{head}<th>missed most (share of the protocol's exams)</th></tr>{rows}"
+            "</table></div>")
+
+
 def completeness_csv(page: Q.CompletenessPage) -> str:
+    """A row per clinic, every protocol together (as before), in the page's order; the
+    last columns say what ranks it: its least complete protocol charted and that share."""
+    shown = [p.protocol for p in page.shown]
+    rows = []
+    for c in page.clinics:
+        least = c.least_complete(shown)
+        worst = least[0][2] if least else ""
+        rows.append([c.clinic_id, c.exams, c.with_protocol, c.complete,
+                     "" if c.share is None else round(c.share, 4), c.name, worst,
+                     round(c.protocol_share(worst) or 0.0, 4) if worst else ""])
     return to_csv(["clinic_id", "exams", "exams_with_protocol", "complete", "share_complete",
-                   "clinic_name"],
-                  [[c.clinic_id, c.exams, c.with_protocol, c.complete,
-                    "" if c.share is None else round(c.share, 4), c.name]
-                   for c in page.clinics])
+                   "clinic_name", "least_complete_protocol", "least_complete_share"], rows)
 
 
 def completeness_protocols_csv(page: Q.CompletenessPage) -> str:
@@ -487,9 +527,14 @@ def completeness_protocols_csv(page: Q.CompletenessPage) -> str:
 
 
 def missed_csv(page: Q.CompletenessPage) -> str:
-    rows = [[c.clinic_id, *key.split(": ", 1), n] for c in page.clinics
-            for key, n in sorted(c.missed.items())]
-    return to_csv(["clinic_id", "protocol", "slot", "exams_missing_it"], rows)
+    """A row per clinic and slot missed, the clinics in the table's order, each one's slots
+    by protocol and name; the last two columns, the clinic's exams of that protocol (each
+    required the slot) and the share of them that missed it (what ranks it in the table)."""
+    rows = [[c.clinic_id, s.protocol, s.slot, s.missed, s.exams, round(s.share, 4)]
+            for c in page.clinics
+            for s in sorted(c.slots_missed(), key=lambda s: (s.protocol, s.slot))]
+    return to_csv(["clinic_id", "protocol", "slot", "exams_missing_it", "protocol_exams",
+                   "share_missing_it"], rows)
 
 
 # -- quality ---------------------------------------------------------------------------------

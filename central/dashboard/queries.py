@@ -491,6 +491,25 @@ class ClinicCompleteness:
         exams, complete = self.protocols.get(protocol, (0, 0))
         return complete / exams if exams else None
 
+    def least_complete(self, protocols: Iterable[str]) -> list[tuple[int, int, str]]:
+        """(whole percent complete, as the page shows it; -exams; protocol) of each of
+        `protocols` it did, least complete first (a tie: more exams first). The page's order
+        of clinics compares these, as the table's columns show them: a protocol it did not
+        do is not among them, so a clinic of head measurements only is ranked by its heads
+        alone; and no share over every protocol together, which moves with how many screens
+        a clinic does, ranks anything."""
+        return sorted((percent(complete / exams), -exams, pr) for pr in protocols
+                      for exams, complete in [self.protocols.get(pr, (0, 0))] if exams)
+
+    def slots_missed(self) -> list[SlotMissed]:
+        """Its missed slots, by their share of its exams of that slot's protocol, largest
+        first: 19 of 55 screens missing the 3VV ranks before 24 of 114 heads unmeasured."""
+        out = []
+        for key, n in self.missed.items():
+            protocol, slot = key.split(": ", 1)
+            out.append(SlotMissed(protocol, slot, n, self.protocols.get(protocol, (0, 0))[0]))
+        return sorted(out, key=lambda s: (-s.share, -s.missed, s.protocol, s.slot))
+
 
 @dataclass
 class ProtocolCompleteness:
@@ -519,9 +538,14 @@ class SlotMissed:
 @dataclass
 class CompletenessPage:
     period: Period
-    clinics: list[ClinicCompleteness]
+    clinics: list[ClinicCompleteness]  # by_least_complete(shown)
     slots: list[SlotMissed]
     protocols: list[ProtocolCompleteness] = field(default_factory=list)  # most exams first
+
+    @property
+    def shown(self) -> list[ProtocolCompleteness]:
+        """The protocols with a chart and a column of their own: the most exams first."""
+        return self.protocols[:C.PROTOCOLS_SHOWN]
 
     def clinics_of(self, protocol: str) -> list[ClinicCompleteness]:
         """The clinics with exams of `protocol`, least complete first."""
@@ -562,10 +586,28 @@ def completeness_page(db: Db, scope: Scope, per: Period) -> CompletenessPage:
     names = clinic_names(db, scope)
     for c in by.values():
         c.name = names.get(c.clinic_id, "")
-    clinics = sorted(by.values(), key=lambda c: (c.share is None, c.share or 0, c.clinic_id))
     protocols = sorted((ProtocolCompleteness(pr, n, per_protocol_complete[pr])
                         for pr, n in per_protocol.items()), key=lambda x: (-x.exams, x.protocol))
-    return CompletenessPage(per, clinics, slots, protocols)
+    page = CompletenessPage(per, [], slots, protocols)
+    page.clinics = by_least_complete(by.values(), [p.protocol for p in page.shown])
+    return page
+
+
+def by_least_complete(clinics: Iterable[ClinicCompleteness], protocols: list[str]
+                      ) -> list[ClinicCompleteness]:
+    """The completeness table's order: by each clinic's lowest percent complete among
+    `protocols` (the table's columns, in whole percent as they show it), least first; the
+    same, by its next lowest, and so on; then the more exams of its least complete protocol
+    first. A clinic that did none of them comes last. Its id decides the rest."""
+    def key(c: ClinicCompleteness) -> tuple:
+        least = c.least_complete(protocols)
+        return (not least, [x[0] for x in least], [x[1] for x in least], c.clinic_id)
+    return sorted(clinics, key=key)
+
+
+def percent(share: float) -> int:
+    """A share in whole percent, rounded as the pages print it ("35%")."""
+    return int(f"{share:.0%}"[:-1])
 
 
 # -- quality ---------------------------------------------------------------------------------

@@ -498,8 +498,8 @@ class Dashboard:
 
     def _body_completeness(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.completeness_page(db, scope, per)
-        shown = page.protocols[:C.PROTOCOLS_SHOWN]
-        more = page.protocols[C.PROTOCOLS_SHOWN:]
+        shown = page.shown
+        more = page.protocols[len(shown):]
         each = "".join(
             f"<li><strong>{esc(P.protocol_title(p.protocol))}</strong>: "
             f"{P.share_of(p.share, p.exams)}{' complete' if p.exams else ''}</li>"
@@ -511,13 +511,6 @@ class Dashboard:
         charts = "".join(
             f"<h3>{esc(P.protocol_title(p.protocol))}</h3>"
             f'<div class="plot">{P.completeness_svg(page, p.protocol)}</div>' for p in shown)
-        head = "".join(f"<th>{esc(P.protocol_title(p.protocol))}</th>" for p in shown)
-        rows = "".join(
-            f"<tr><td>{P.clinic_html(c.clinic_id, c.name)}</td>"
-            + "".join(self._protocol_cell(c, p.protocol) for p in shown) + "<td>"
-            + esc(", ".join(f"{k.split(': ', 1)[1]} ({n})" for k, n in
-                            sorted(c.missed.items(), key=lambda kv: -kv[1])[:3]) or "-")
-            + "</td></tr>" for c in page.clinics)
         return (f"<h2>Complete exams, last {weeks} weeks</h2>"
                 f'<p class="lead">The share of exams that captured every slot of their '
                 f"protocol (each slot's best frame scoring at least {C.MIN_QUALITY}), "
@@ -536,15 +529,13 @@ class Dashboard:
                 + f'<h2>Slots most often missed</h2><div class="plot">{P.missed_svg(page)}</div>'
                 + self._csv_link("missed", scope, weeks)
                 + '<h2>Per clinic: complete exams, and the slots missed most</h2>'
-                  '<div class="wide"><table class="missed"><tr><th>clinic</th>'
-                  f"{head}<th>missed most (exams)</th></tr>{rows}</table></div>")
-
-    @staticmethod
-    def _protocol_cell(c: Q.ClinicCompleteness, protocol: str) -> str:
-        exams, _ = c.protocols.get(protocol, (0, 0))
-        if not exams:
-            return "<td class=num>-</td>"
-        return f"<td class=num>{P.share_of(c.protocol_share(protocol), exams)}</td>"
+                  '<p class="lead">Least complete first: by the lowest share in the '
+                  "clinic's row, in whole percent as shown (a tie: its next lowest, then "
+                  "the more exams of its lowest first), so a clinic is ranked by the "
+                  "protocols it does, however many of each. A clinic's slots missed most "
+                  "are by their share of its exams of that slot's protocol (each of them "
+                  "required it).</p>"
+                + P.completeness_table(page))
 
     def _body_quality(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.quality_page(db, scope, per)
