@@ -1,8 +1,9 @@
 """The quality plot is readable at every period: its week dates never run into each
 other, and the drawing is as wide as its legend. At 8 weeks (the period the menu's links
 carry) the cells were 22 px under 55 px dates, which ran into one smear, and the 296 px
-drawing cut its own legend off at "0.5" (an officer's walk, 6 December). Real parts: the
-seeded district and its rollup."""
+drawing cut its own legend off at "0.5" (an officer's walk, 6 December). Its legend, the
+failure-rate scale and the "too few to judge" key, fits too. Real parts: the seeded
+district and its rollup."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from central.dashboard import pages as P
 from central.dashboard import queries as Q
 from central.dashboard.seed import SeedSettings, seed
 from central.dashboard.store import open_db, refresh
-from central.dashboard.svg import legend_width
+from central.dashboard.svg import legend_width, text_width
 
 DATE_PX = 6.2 * len("2026-10-12") * 10 / 11  # the pages' width per character, at 10 px
 
@@ -42,10 +43,10 @@ def test_the_week_dates_never_overlap_and_the_legend_fits(district, weeks):
     if weeks == 8:
         assert len(dates) == 8  # the menu's period: every week named
     assert dates[-1] + DATE_PX <= width
-    keys = re.findall(r'<text x="([\d.]+)" y="\d+"[^>]*>(under 0.5 \(not captured\)|0.8\+)'
-                      r'</text>', svg)
-    assert [k for _, k in keys] == ["under 0.5 (not captured)", "0.8+"]
-    last_x = float(keys[-1][0])
-    assert last_x + 6.2 * len("0.8+") <= width
-    assert width >= 100 + legend_width([("", "under 0.5 (not captured)"), ("", "0.5-0.6"),
-                                        ("", "0.6-0.7"), ("", "0.7-0.8"), ("", "0.8+")])
+    labels = P.failed_keys() + [P.TOO_FEW, P.NOT_FOUND]
+    keys = re.findall(r'<text x="([\d.]+)" y="\d+"[^>]*>([^<]*)</text>', svg)
+    shown = [(float(x), k) for x, k in keys if k in labels]
+    assert [k for _, k in shown] == labels
+    for x, k in shown:  # every key's words inside the drawing
+        assert x + text_width(k) <= width, k
+    assert width >= 100 + legend_width([("", k) for k in P.failed_keys()], measured=True)

@@ -104,6 +104,13 @@ QUALITY_CLINIC_FLAG = 0.2
 # planes it found this often (2 of 2 is no pattern); by count, the most scanned plane came
 # first everywhere.
 QUALITY_PLANE_MIN_FRAMES = 10
+# A cell of the quality heatmap (a plane, a week) is coloured by the share of its exams
+# whose best frame of that plane fell under MIN_QUALITY only when this many exams or more
+# found the plane: under 10, one exam moves the share by more than 10 points, the width of
+# the scale's classes, so a cell would change colour with one scan. Fewer is drawn "too
+# few to judge" (hatched), never in an alarm colour: a viewer's only alarm on 26 weeks
+# was a week so far of 4 exams (an officer's walk).
+QUALITY_CELL_MIN_EXAMS = 10
 NOT_A_VIEW = schema.NOT_A_VIEW  # as central/report.py and the device's summary shedding
 
 # -- the collectors ---------------------------------------------------------------------------

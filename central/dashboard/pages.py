@@ -21,6 +21,7 @@ from central.dashboard.svg import (
     INK,
     MUTED,
     ORANGE,
+    ORANGES,
     Svg,
     bin_colour,
     esc,
@@ -34,7 +35,6 @@ from wire.dating import HADLOCK_1984_WEEKS, hadlock_hc_mm
 
 EXAM_EDGES = [1, 3, 5, 8]  # exams a day: 0 | 1-2 | 3-4 | 5-7 | 8+ (clinics do 0-10)
 WEEKEND = "#f0f0f0"  # a clinic closed at the weekend is silent as expected: lighter grey
-QUALITY_EDGES = [C.MIN_QUALITY, 0.6, 0.7, 0.8]  # below capture | ... | 0.8+
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:
@@ -541,19 +541,68 @@ def missed_csv(page: Q.CompletenessPage) -> str:
 WEEK_LABEL_W = 64  # px a week's date ("2026-10-12") takes at the 10 px font, and a gap
 
 
+# The heatmap's scale: the share of a cell's exams whose best frame of the plane scored under
+# C.MIN_QUALITY (found, not captured). A mean of best frames hid them: over 8 weeks the
+# seeded district's 104 cells took two blues while 5-15% of each clinic's best frames were
+# not captured. The classes are 5 points wide where the district's cells lie (most 5-20%),
+# and the alarm orange starts at the clinics' table flag, so the two say the same.
+FAILED_EDGES = [0.05, 0.1, 0.15, C.QUALITY_CLINIC_FLAG, 0.3]
+FAILED_COLOURS = ORANGES  # one colour per class: under the first edge ... from the last
+ALARM_COLOURS = ORANGES[FAILED_EDGES.index(C.QUALITY_CLINIC_FLAG) + 1:]
+TOO_FEW = f"fewer than {C.QUALITY_CELL_MIN_EXAMS} exams: too few to judge"
+NOT_FOUND = "blank: no exam found the plane"
+TOO_FEW_INK = "#bdbdbd"  # a light hatch: it recedes behind the cells that can be judged
+
+
+def failed_keys() -> list[str]:
+    """The scale's classes in words: "under 5%", "5-10%", ..., "30% or more"."""
+    e = FAILED_EDGES
+    return ([f"under {pct(e[0])}"]
+            + [f"{a * 100:.0f}-{pct(b)}" for a, b in zip(e, e[1:], strict=False)]
+            + [f"{pct(e[-1])} or more"])
+
+
+def failed_percent(c: Q.PlaneWeek) -> int:
+    """The cell's share in whole percent, as it is written: its colour is chosen from this,
+    so a cell that says "20%" is never in the class under 20%."""
+    return round(c.below_share * 100)
+
+
+def failed_colour(c: Q.PlaneWeek) -> str:
+    return bin_colour(failed_percent(c) / 100, FAILED_EDGES, FAILED_COLOURS)
+
+
+def quality_cell_tip(c: Q.PlaneWeek) -> str:
+    where = f"{c.plane}, week of {Q.week_text(c.week)}"
+    counts = (f"{c.below_capture} of {plural(c.exams, 'exam')} ({failed_percent(c)}%) under "
+              f"{C.MIN_QUALITY}, not captured; mean best-frame quality {c.mean_quality:.2f}")
+    if c.too_few:
+        return (f"{where}: too few to judge (under {C.QUALITY_CELL_MIN_EXAMS} exams); "
+                f"{counts}")
+    return f"{where}: {counts}"
+
+
 def quality_svg(page: Q.QualityPage) -> str:
+    """Per plane and week, the share of exams whose best frame of the plane was not
+    captured, on a sequential orange; a cell with too few exams hatched, never orange."""
     # Eight weeks (the menu's period) had 22 px cells under 55 px dates, which ran into
     # one smear, and a 296 px drawing that cut its own legend off.
     cell_w = max(6, min(68, 720 // max(1, len(page.weeks))))
     cell_h, label_w, top = 18, 100, 30
-    keys = [(ORANGE, f"under {C.MIN_QUALITY} (not captured)"), (BLUES[1], "0.5-0.6"),
-            (BLUES[2], "0.6-0.7"), (BLUES[3], "0.7-0.8"), (BLUES[4], "0.8+")]
+    heading = (f"Share of exams with the plane's best frame under {C.MIN_QUALITY} "
+               "(not captured):")
+    keys = list(zip(FAILED_COLOURS, failed_keys(), strict=True))
     step = -(-WEEK_LABEL_W // cell_w)  # a date every so many cells, never overlapping
     last_date = label_w + (max(0, len(page.weeks) - 1) // step * step) * cell_w
     width = max(label_w + cell_w * len(page.weeks) + 20, last_date + WEEK_LABEL_W,
-                label_w + round(legend_width(keys)) + 10)
-    height = top + cell_h * max(1, len(page.planes)) + 44
-    svg = Svg(width, height, "Mean best-frame quality per plane and week", "quality")
+                label_w + round(legend_width(keys, measured=True)) + 10,
+                label_w + round(text_width(heading)) + 10,
+                label_w + round(legend_width([("", TOO_FEW), ("", NOT_FOUND)],
+                                             measured=True)) + 10)
+    height = top + cell_h * max(1, len(page.planes)) + 80
+    svg = Svg(width, height, f"Share of exams with the best frame under {C.MIN_QUALITY}, "
+              "per plane and week", "quality")
+    too_few = svg.hatch("too-few", C.NOT_HEARD_HATCH, TOO_FEW_INK)
     col = {w: i for i, w in enumerate(page.weeks)}
     row = {p: i for i, p in enumerate(page.planes)}
     for w in page.weeks[::step]:
@@ -562,18 +611,23 @@ def quality_svg(page: Q.QualityPage) -> str:
         svg.text(label_w - 6, top + row[p] * cell_h + cell_h - 5, p, anchor="end")
     if not page.planes:
         svg.text(label_w, top + 14, "no exams in this period", fill=MUTED)
+    # the share written in each cell where it fits (8 weeks): a print or a phone has no hover
+    written = cell_w - 4 >= text_width("100%", 10)
     for c in page.cells:
-        fill = ORANGE if c.mean_quality < C.MIN_QUALITY else \
-            bin_colour(c.mean_quality, QUALITY_EDGES[1:], BLUES[1:])
-        svg.rect(label_w + col[c.week] * cell_w + 0.5, top + row[c.plane] * cell_h + 0.5,
-                 cell_w - 1, cell_h - 1, fill,
-                 tip=(f"{c.plane}, week of {Q.week_text(c.week)}: mean {c.mean_quality:.2f} "
-                      f"over {plural(c.exams, 'exam')}, {c.below_capture} below "
-                      f"{C.MIN_QUALITY}"),
+        fill = too_few if c.too_few else failed_colour(c)
+        x, y = label_w + col[c.week] * cell_w, top + row[c.plane] * cell_h
+        svg.rect(x + 0.5, y + 0.5, cell_w - 1, cell_h - 1, fill, tip=quality_cell_tip(c),
                  data_plane=c.plane, data_week=Q.week_text(c.week), data_exams=c.exams,
-                 data_mean=f"{c.mean_quality:.4f}")
+                 data_mean=f"{c.mean_quality:.4f}", data_below=c.below_capture,
+                 data_share=f"{c.below_share:.4f}", data_too_few="" if c.too_few else None)
+        if written and not c.too_few:
+            svg.text(x + cell_w / 2, y + cell_h - 5, f"{failed_percent(c)}%", anchor="middle",
+                     size=10, fill="#fff" if fill in ALARM_COLOURS else INK,
+                     pointer_events="none")
     y = top + cell_h * len(page.planes) + 24
-    legend(svg, label_w, y, keys)
+    svg.text(label_w, y, heading, fill=MUTED)
+    legend(svg, label_w, y + 18, keys, measured=True)
+    legend(svg, label_w, y + 36, [(too_few, TOO_FEW), ("#fff", NOT_FOUND)], measured=True)
     return svg.done()
 
 
@@ -603,10 +657,15 @@ def deficiencies_svg(page: Q.QualityPage) -> str:
 
 
 def quality_csv(page: Q.QualityPage) -> str:
+    """The heatmap's cells. Scripts read the first five columns by position: new ones go
+    after them, the share the colour is drawn from and whether it was judged (1: fewer than
+    C.QUALITY_CELL_MIN_EXAMS exams, drawn "too few to judge")."""
     return to_csv(["plane", "week_starting", "exams", "mean_best_quality",
-                   f"exams_below_{C.MIN_QUALITY}"],
+                   f"exams_below_{C.MIN_QUALITY}", f"share_below_{C.MIN_QUALITY}",
+                   "too_few_to_judge"],
                   [[c.plane, Q.week_text(c.week), c.exams, round(c.mean_quality, 4),
-                    c.below_capture] for c in page.cells])
+                    c.below_capture, round(c.below_share, 4), int(c.too_few)]
+                   for c in page.cells])
 
 
 def quality_clinics_csv(page: Q.QualityPage) -> str:

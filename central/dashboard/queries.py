@@ -619,6 +619,17 @@ class PlaneWeek:
     mean_quality: float
     below_capture: int  # exams whose best frame of this plane scored under MIN_QUALITY
 
+    @property
+    def below_share(self) -> float:
+        """The share of the exams that found the plane whose best frame of it was not
+        captured: what the heatmap colours (a mean of best frames hid them)."""
+        return self.below_capture / self.exams if self.exams else 0.0
+
+    @property
+    def too_few(self) -> bool:
+        """Too few exams found the plane that week for its share to mean anything."""
+        return self.exams < C.QUALITY_CELL_MIN_EXAMS
+
 
 @dataclass
 class Deficiency:

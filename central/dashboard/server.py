@@ -539,10 +539,14 @@ class Dashboard:
 
     def _body_quality(self, db: Db, scope: Q.Scope, per: Q.Period, weeks: int) -> str:
         page = Q.quality_page(db, scope, per)
-        return (f"<h2>Best-frame quality per plane, by week, last {weeks} weeks</h2>"
-                f'<p class="lead">Each cell is the mean, over the week\'s exams that found the '
-                f"plane, of the quality score of its best frame (0-1; the checklist takes a "
-                f"plane from {C.MIN_QUALITY}). "
+        return (f"<h2>Best frames not captured, per plane, by week, last {weeks} weeks</h2>"
+                f'<p class="lead">Each cell is the share of the week\'s exams that found the '
+                f"plane whose best frame of it scored under {C.MIN_QUALITY}, the quality the "
+                "checklist takes a plane from: found, but not captured. The darker, the more "
+                f"often; orange from {P.pct(C.QUALITY_CLINIC_FLAG)}, as the clinics' table "
+                "below. Hatched: too few to judge, where fewer than "
+                f"{C.QUALITY_CELL_MIN_EXAMS} of the week's exams found the plane. A cell's "
+                "title (and the CSV) gives its counts and the mean best-frame quality. "
                 f"{P.plural(page.exams, 'exam') if page.exams else P.NO_EXAMS.capitalize()}.</p>"
                 f'<div class="plot recent">{P.quality_svg(page)}</div>'
                 + self._csv_link("quality", scope, weeks)

@@ -9,8 +9,10 @@ plotting library's interactivity buys little; a ``<title>`` on every mark gives 
 on hover.
 
 Colours: a sequential blue for counts and quality (Okabe-Ito-safe: it does not rely on
-red/green), orange for "below what the protocol accepts", grey for "no data"; hatching, a
-texture, for "not heard" (it prints, and needs no colour vision).
+red/green), orange for "below what the protocol accepts", and a sequential orange for how
+often it was (the quality page's share of best frames not captured: light for rare, the
+alarm orange and darker from the clinics' flag), grey for "no data"; hatching, a texture,
+for "not heard" and "too few to judge" (it prints, and needs no colour vision).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from central.dashboard import config as C
 FONT = 11
 BLUES = ["#deebf7", "#9ecae1", "#6baed6", "#3182bd", "#08519c"]
 ORANGE = "#e6550d"
+# ColorBrewer's 6-class Oranges (Brewer, colorbrewer2.org): one hue, light to dark, so the
+# order reads without colour vision and in greyscale print; its fifth is ORANGE.
+ORANGES = ["#feedde", "#fdd0a2", "#fdae6b", "#fd8d3c", ORANGE, "#a63603"]
 GREY = "#d9d9d9"
 INK = "#222"
 MUTED = "#666"
@@ -152,24 +157,29 @@ def bin_colour(value: float, edges: list[float], colours: list[str] = BLUES) -> 
     return colours[len(edges)] if len(edges) < len(colours) else colours[-1]
 
 
-def legend(svg: Svg, x: float, y: float, items: list[tuple[str, str]], box: int = 10) -> float:
+def legend(svg: Svg, x: float, y: float, items: list[tuple[str, str]], box: int = 10,
+           measured: bool = False) -> float:
     """Colour swatches with labels in one row; returns the x after the last. A white or
-    patterned swatch is outlined, as its cells are."""
+    patterned swatch is outlined, as its cells are. `measured`: each label spaced by its
+    estimated width (`text_width`), not 6.2 px a character, which ran labels of digits and
+    "%" ("15-20%") into the next swatch."""
     for colour, label in items:
         outlined = colour == "#fff" or colour.startswith("url(")
         svg.rect(x, y - box + 1, box, box, colour, stroke=INK if outlined else None)
         svg.text(x + box + 4, y, label, fill=MUTED)
-        x += _legend_item_w(label, box)
+        x += _legend_item_w(label, box, measured)
     return x
 
 
-def legend_width(items: list[tuple[str, str]], box: int = 10) -> float:
+def legend_width(items: list[tuple[str, str]], box: int = 10, measured: bool = False
+                 ) -> float:
     """The width `legend` takes for these items: a drawing must be at least that wide."""
-    return sum(_legend_item_w(label, box) for _, label in items)
+    return sum(_legend_item_w(label, box, measured) for _, label in items)
 
 
-def _legend_item_w(label: str, box: int) -> float:
-    return box + 10 + 6.2 * len(label)
+def _legend_item_w(label: str, box: int, measured: bool = False) -> float:
+    return box + 10 + (max(6.2 * len(label), text_width(label)) if measured
+                       else 6.2 * len(label))
 
 
 _EM = {ch: em for chars, em in C.TEXT_EM.items() for ch in chars}
