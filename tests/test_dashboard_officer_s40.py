@@ -239,3 +239,14 @@ def test_every_download_with_a_clinic_names_its_district_last(site):
         status, _, body = request(site["base"], f"/api/{name}.csv?{query}", site["viewer"])
         rows = list(csv.reader(io.StringIO(body.decode())))
         assert {r[-1] for r in rows[1:]} <= {"district-1"}, name
+
+
+def test_the_quality_heatmaps_last_week_says_it_is_not_over():
+    per = Q.period(8)
+    now_week, earlier = per.last_week, per.last_week - 1
+    cells = [Q.PlaneWeek("LVOT", w, 12, 0.7, 3) for w in (earlier, now_week)]
+    page = Q.QualityPage(per, [earlier, now_week], ["LVOT"], cells, [], 24)
+    tips = re.findall(r"<title>([^<]*)</title>", P.quality_svg(page))
+    assert any(t.startswith(f"LVOT, week of {Q.week_text(now_week)} (this week so far):")
+               for t in tips), tips
+    assert not any("so far" in t for t in tips if Q.week_text(earlier) in t), tips

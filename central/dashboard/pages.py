@@ -572,8 +572,9 @@ def failed_colour(c: Q.PlaneWeek) -> str:
     return bin_colour(failed_percent(c) / 100, FAILED_EDGES, FAILED_COLOURS)
 
 
-def quality_cell_tip(c: Q.PlaneWeek) -> str:
-    where = f"{c.plane}, week of {Q.week_text(c.week)}"
+def quality_cell_tip(c: Q.PlaneWeek, this_week: int | None = None) -> str:
+    where = (f"{c.plane}, week of {Q.week_text(c.week)}"
+             + (" (this week so far)" if c.week == this_week else ""))
     counts = (f"{c.below_capture} of {plural(c.exams, 'exam')} ({failed_percent(c)}%) under "
               f"{C.MIN_QUALITY}, not captured; mean best-frame quality {c.mean_quality:.2f}")
     if c.too_few:
@@ -616,7 +617,8 @@ def quality_svg(page: Q.QualityPage) -> str:
     for c in page.cells:
         fill = too_few if c.too_few else failed_colour(c)
         x, y = label_w + col[c.week] * cell_w, top + row[c.plane] * cell_h
-        svg.rect(x + 0.5, y + 0.5, cell_w - 1, cell_h - 1, fill, tip=quality_cell_tip(c),
+        svg.rect(x + 0.5, y + 0.5, cell_w - 1, cell_h - 1, fill,
+                 tip=quality_cell_tip(c, page.period.last_week),
                  data_plane=c.plane, data_week=Q.week_text(c.week), data_exams=c.exams,
                  data_mean=f"{c.mean_quality:.4f}", data_below=c.below_capture,
                  data_share=f"{c.below_share:.4f}", data_too_few="" if c.too_few else None)

@@ -545,8 +545,9 @@ class Dashboard:
                 "checklist takes a plane from: found, but not captured. The darker, the more "
                 f"often; orange from {P.pct(C.QUALITY_CLINIC_FLAG)}, as the clinics' table "
                 "below. Hatched: too few to judge, where fewer than "
-                f"{C.QUALITY_CELL_MIN_EXAMS} of the week's exams found the plane. A cell's "
-                "title (and the CSV) gives its counts and the mean best-frame quality. "
+                f"{C.QUALITY_CELL_MIN_EXAMS} of the week's exams found the plane (the last "
+                "column is this week so far). A cell's title (and the CSV) gives its counts "
+                "and the mean best-frame quality. "
                 f"{P.plural(page.exams, 'exam') if page.exams else P.NO_EXAMS.capitalize()}.</p>"
                 f'<div class="plot recent">{P.quality_svg(page)}</div>'
                 + self._csv_link("quality", scope, weeks)
