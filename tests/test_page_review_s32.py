@@ -403,3 +403,44 @@ def test_dates_the_box_refuses_as_cross_origin_or_never_gets_are_said_in_the_pag
                            **WAIT)
     assert page.text_content("#report-lmp-error") == origin
     assert not errors
+
+
+# -- a midwife's walk, 6 December: after Stop, the page said "Good image: hold still" -----------
+def test_after_stop_the_instruction_says_nothing_is_kept_until_start(box, view):
+    """After Stop the next exam waits for Start (the hold), and nothing she scans is kept;
+    a good live image said "Good image: hold still" in green, as while recording, and she
+    scanned on. While held, the instruction says so; once an exam runs, the image's own
+    advice again."""
+    from edge.exam.feedback import Shown
+
+    good = Shown(TV, 0.9, None, None)
+    frame = {"plane": TV, "plane_confidence": 0.9, "roi": None, "quality": {"score": 0.9}}
+    view.exam = exam("exam-h", running=False, bio=BIO_20W, ended_by="command")
+    view.holding = True
+    page, errors = open_page(box)
+    shows_exam(page, "exam-h")
+    held, good_words = say(page, "instruction.held"), say(page, "instruction.good")
+    assert held and held != "instruction.held"
+
+    def instruction_becomes(words: str) -> str:
+        end = time.monotonic() + 8
+        while time.monotonic() < end:
+            publish(view, frame, good)
+            time.sleep(0.15)
+            if page.text_content("#instruction") == words:
+                break
+        return page.text_content("#instruction")
+
+    assert instruction_becomes(held) == held
+    seen = set()
+    for _ in range(15):
+        publish(view, frame, good)
+        time.sleep(0.2)
+        seen.add(page.text_content("#instruction"))
+    assert seen == {held}, seen
+    assert "good" not in page.get_attribute("#instruction", "class")
+    view.holding = False  # Start pressed: a new exam runs
+    view.exam = exam("exam-i", bio=BIO_20W)
+    shows_exam(page, "exam-i")
+    assert instruction_becomes(good_words) == good_words
+    assert not errors

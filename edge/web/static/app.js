@@ -540,6 +540,13 @@ function renderInstruction(h) {
     el.textContent = t("status.instruction_" + st.signal, { _fallback: "" });
     return;
   }
+  // After Stop the next exam waits for Start: nothing scanned now is kept. A green "Good
+  // image: hold still" under a live image read as recording (a midwife's walk).
+  if (st && st.holding && !(state.exam && state.exam.running)) {
+    el.className = "instruction idle";
+    el.textContent = t("instruction.held");
+    return;
+  }
   const shown = h && h.shown;
   if (!shown) { el.className = "instruction idle"; el.textContent = ""; return; }
   if (shown.message) {
