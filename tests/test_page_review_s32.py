@@ -444,3 +444,18 @@ def test_after_stop_the_instruction_says_nothing_is_kept_until_start(box, view):
     shows_exam(page, "exam-i")
     assert instruction_becomes(good_words) == good_words
     assert not errors
+
+
+def test_a_running_exam_with_every_slot_captured_says_she_may_stop(box, view):
+    """Nothing told her the checklist was done: the hint said only that Start is off while
+    an exam runs (a midwife's walk). With every slot captured it says the next step."""
+    view.exam = exam("exam-j", bio=None)  # running, its head not captured yet
+    page, errors = open_page(box)
+    shows_exam(page, "exam-j")
+    page.wait_for_function("document.querySelector('#exam-hint').textContent === "
+                           f"{say(page, 'exam.hint_running')!r}", **WAIT)
+    view.exam = exam("exam-j", bio=BIO_20W)  # the head captured: 1 of 1
+    page.wait_for_function("document.querySelector('#exam-hint').textContent === "
+                           f"{say(page, 'exam.hint_complete')!r}", **WAIT)
+    assert say(page, "exam.hint_complete") != "exam.hint_complete"
+    assert not errors

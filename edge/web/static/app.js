@@ -712,7 +712,9 @@ function renderExam(s) {
   if (!exam) text = t("exam.waiting");
   else if (running) {
     text = t("exam.running", { n: exam.frames });
-    hint = t("exam.hint_running");
+    // every slot captured: say the next step, or she scans on not knowing she may stop
+    hint = exam.required > 0 && exam.captured >= exam.required ? t("exam.hint_complete")
+      : t("exam.hint_running");
   } else if ((exam.ended_by || "command") === "command" && !held) {
     text = t("exam.ended_released"); // stopped, and Start pressed (or the probe lifted)
     if (live) hint = t("exam.hint_next");
