@@ -459,3 +459,47 @@ def test_a_running_exam_with_every_slot_captured_says_she_may_stop(box, view):
                            f"{say(page, 'exam.hint_complete')!r}", **WAIT)
     assert say(page, "exam.hint_complete") != "exam.hint_complete"
     assert not errors
+
+
+def test_a_stop_the_box_did_not_take_is_said_not_dropped(box, view):
+    """The page sent Stop and dropped any failure (`.catch(() => {})`): a Stop lost on the
+    way left her scanning, the exam still running, with nothing said (a midwife's walk)."""
+    view.exam = exam("exam-k", bio=None)
+    view.holding = False
+    page, errors = open_page(box)
+    shows_exam(page, "exam-k")
+    page.wait_for_function("!document.querySelector('#stop').disabled", **WAIT)
+    page.route("**/api/exam", lambda route: route.abort())  # the network lost it
+    page.click("#stop")
+    failed = say(page, "exam.command_failed")
+    assert failed != "exam.command_failed"
+    page.wait_for_function(f"document.querySelector('#exam-hint').textContent === {failed!r}",
+                           **WAIT)
+    # and Stop is back on for the second try
+    page.wait_for_function("!document.querySelector('#stop').disabled", **WAIT)
+    page.unroute("**/api/exam")
+    assert not errors
+
+
+def test_the_page_and_the_report_say_what_the_box_does_not_check(box, view):
+    """Its only stated limit was four brain anomalies: with twins both heads were mixed
+    into one result, and nothing said the heartbeat, the number of babies, the position,
+    the placenta or the fluid were hers to check. And the printout had no line for the
+    woman's name, so two sheets printed the same afternoon could go into the wrong card
+    (a midwife's walk)."""
+    page, errors = open_page(box)
+    words = say(page, "screen.not_checked")
+    assert "number of babies" in words and page.is_visible("[data-i18n='screen.not_checked']")
+    assert page.text_content("[data-i18n='screen.not_checked']") == words
+    for lang in ("en", "fr"):
+        page.goto(f"{box['base']}/report/{box['journaled']}?lang={lang}")
+        fine = page.eval_on_selector_all("p.fine", "els => els.map(e => e.textContent)")
+        assert any(("number of babies" if lang == "en" else "nombre de bébés") in f
+                   for f in fine), fine
+        write_in = page.text_content("p.write-in")
+        assert write_in.strip() == ("Woman's name or record number:" if lang == "en" else
+                                    "Nom de la femme ou numéro de dossier :"), write_in
+        line = page.eval_on_selector("p.write-in .blank",
+                                     "e => getComputedStyle(e).borderBottomStyle")
+        assert line == "solid"  # a line to write on
+    assert not errors

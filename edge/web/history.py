@@ -551,7 +551,11 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
            (("device_id", "report.box"), ("clinic_id", "report.clinic")) if box.get(k)]
     if ids:
         out.append(f'<p class="ids">{e(" · ".join(ids))}</p>')
-    out.append(f'<p class="aid">{e(_t(text, "screen.aid"))}</p></header>')
+    out.append(f'<p class="aid">{e(_t(text, "screen.aid"))}</p>')
+    # the box keeps nothing that names the woman: a line to write it on the printout, or
+    # two sheets printed the same afternoon go into the wrong card (a midwife's walk)
+    out.append(f'<p class="write-in">{e(_t(text, "report.write_in"))} '
+               '<span class="blank"></span></p></header>')
 
     # when, how it ended, the protocol
     title = _t(text, "protocol." + exam["protocol"], fallback=exam["title"] or exam["protocol"])
@@ -636,7 +640,8 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     out.append("</ul>")
     if (exam.get("biometry") or {}).get("hc_mm") is not None:
         out.append(_dates_form(text, exam_id, (exam.get("dates") or {}).get("lmp")))
-    out.append(f'<p class="fine">{e(_t(text, "screen.limits"))}</p></section>')
+    out.append(f'<p class="fine">{e(_t(text, "screen.limits"))}</p>'
+               f'<p class="fine">{e(_t(text, "screen.not_checked"))}</p></section>')
 
     # the checklist with the thumbnails
     out.append(f'<section class="planes"><h2>{e(_t(text, "report.checklist"))}</h2>'

@@ -19,6 +19,7 @@ let lastCaptured = null; // {exam_id, n}
 let heatmapOn = false;
 let audio = null;
 let examCommand = null; // {action, until}: a Start or Stop sent, not yet seen in the state
+let examFailedUntil = 0; // a Start or Stop the box did not take: said until then (ms)
 
 // ---------------------------------------------------------------- text
 
@@ -722,6 +723,7 @@ function renderExam(s) {
     text = t("exam.ended_" + (exam.ended_by || "command"), { _fallback: t("exam.ended_command") });
     if (live && !held) hint = t("exam.hint_next");
   }
+  if (Date.now() < examFailedUntil) hint = t("exam.command_failed");
   $("#exam-state").textContent = text;
   const hintEl = $("#exam-hint"); // polite live region: said again only when it changes
   if (hintEl.textContent !== hint) hintEl.textContent = hint;
@@ -974,7 +976,16 @@ function examAction(action) {
   examCommand = { action, until: Date.now() + 3000 };
   $("#start").disabled = true; // taken: no second tap while the box applies it
   $("#stop").disabled = true;
-  api("/api/exam", { action }).catch(() => {});
+  // a tap the box did not take is said, not dropped: a Stop lost on the way left her
+  // scanning with the exam still running (a midwife's walk)
+  const failed = () => {
+    examCommand = null;
+    examFailedUntil = Date.now() + 10000;
+    if (state) renderExam(state);
+  };
+  api("/api/exam", { action })
+    .then((res) => { if (!res.ok) failed(); })
+    .catch((e) => { if (e.message !== "401") failed(); });
 }
 
 // ---------------------------------------------------------------- earlier exams
