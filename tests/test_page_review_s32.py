@@ -503,3 +503,32 @@ def test_the_page_and_the_report_say_what_the_box_does_not_check(box, view):
                                      "e => getComputedStyle(e).borderBottomStyle")
         assert line == "solid"  # a line to write on
     assert not errors
+
+
+def test_the_best_frames_range_on_the_image_wraps_in_french_on_a_phone(box, view):
+    """On a 390 px phone in French, "meilleures images 24 S 2 j – 24 S 3 j" ran past the
+    figures' box and was cut ("meilleures images 24 S…", a midwife's walk)."""
+    view.exam = exam("exam-l", bio={**BIO_20W, "ga_low_weeks": 24.29, "ga_high_weeks": 24.43,
+                                    "ga_weeks": 24.43, "hc_mm": 223.3})
+    page, errors = open_page(box)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.select_option("select.lang >> nth=-1", "fr")
+    page.wait_for_function("window.sonoedge.t('overlay.ga_range', {range: 'x'}) !== "
+                           "'best frames x'", **WAIT)
+    shows_exam(page, "exam-l")
+    frame = {"plane": TV, "plane_confidence": 0.9, "roi": None, "quality": {"score": 0.8},
+             "head": {"status": "ok", "ellipse": [150, 100, 60, 45, 0]},
+             "biometry": {"status": "ok", "hc_mm": 223.3, "bpd_mm": 58.0, "ofd_mm": 80.0,
+                          "ga_weeks": 24.43}}
+    end = time.monotonic() + 8
+    while time.monotonic() < end:
+        publish(view, frame)
+        time.sleep(0.15)
+        if page.query_selector("#ga .line.small"):
+            break
+    cut = page.eval_on_selector_all(
+        "#ga .line", "els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
+                     ".map(e => e.textContent)")
+    assert page.query_selector("#ga .line.small"), page.inner_html("#ga")
+    assert cut == [], cut
+    assert not errors
