@@ -21,6 +21,7 @@ page in headless Chromium against the real server (`edge.web.server.WebServer` a
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from pathlib import Path
 
@@ -317,7 +318,7 @@ def test_the_report_says_the_same_of_a_head_outside_hadlocks_span(box, view):
     assert page.is_visible("section.screen li.flag")
     page.goto(f"{box['base']}/report/{box['journaled']}?lang=fr")
     lines = page.eval_on_selector_all("section.screen li", FLAGS)
-    assert "indice céphalique 69.9" in lines[0] and "0 jours" not in lines[1] \
+    assert "indice céphalique 69,9" in lines[0] and "0 jours" not in lines[1] \
         and "Hadlock" in lines[1], lines
     assert not errors
 
@@ -531,4 +532,19 @@ def test_the_best_frames_range_on_the_image_wraps_in_french_on_a_phone(box, view
                      ".map(e => e.textContent)")
     assert page.query_selector("#ga .line.small"), page.inner_html("#ga")
     assert cut == [], cut
+    assert not errors
+
+
+def test_the_report_gives_whole_millimetres_and_a_french_decimal_comma(box, view):
+    """The report gave "HC 80.0 mm" where the page gives 80, and "indice céphalique 73.3"
+    in French, where a decimal point is not how she writes a number (a midwife's walk)."""
+    page, errors = open_page(box)
+    for lang, word in (("en", "cephalic index"), ("fr", "indice céphalique")):
+        page.goto(f"{box['base']}/report/{box['journaled']}?lang={lang}")
+        bio = page.text_content("section.bio")
+        assert "80 mm" in bio and "80.0" not in bio and "80,0" not in bio, bio
+        body = page.text_content("main")
+        ci = re.search(word + r" (\d+[.,]\d)", body)
+        assert ci, body
+        assert ci.group(1)[-2] == ("." if lang == "en" else ","), ci.group(0)
     assert not errors

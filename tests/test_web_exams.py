@@ -179,14 +179,16 @@ def test_the_page_lists_each_exam_as_it_ends_and_opens_its_report(box, browser):
     assert report.url.startswith(f"{box['base']}/report/{first_id}")
     text = report.text_content("main")
     bio = first["biometry"]
-    assert f"{bio['hc_mm']:.1f} mm" in text and f"{bio['bpd_mm']:.1f} mm" in text, text
+    # whole millimetres, as the page gives them
+    assert f"{half_up(bio['hc_mm'])} mm" in text and f"{half_up(bio['bpd_mm'])} mm" in text, \
+        text
     assert weeks_days(bio["ga_weeks"]) in text
     low, high = weeks_days(bio["ga_low_weeks"]), weeks_days(bio["ga_high_weeks"])
     # bounds on one day make no range (an exam with one best head: test_web_unit)
     assert (f"{low} – {high}" in text) == (low != high), text
     assert "Hadlock (1984)" in text and "A screening aid, not a diagnosis" in text
     assert "cephalic index" in text and "1 of 1 captured" in text
-    assert f"{second['biometry']['hc_mm']:.1f} mm" not in text  # the other woman's
+    assert f"{half_up(second['biometry']['hc_mm'])} mm" not in text  # the other woman's
     report.wait_for_function("document.querySelector('img.thumb') && "
                              "document.querySelector('img.thumb').complete && "
                              "document.querySelector('img.thumb').naturalWidth > 0", **POLL)
@@ -277,7 +279,7 @@ def test_a_thumbnail_the_quota_removed_is_said_in_words(box, ended):
     status, _, body = http(f"{base}/report/{first_id}", cookie=cookie)
     page = body.decode()
     assert status == 200 and "Image no longer kept" in page and 'class="thumb"' not in page
-    assert f"{ended['exams'][0][1]['biometry']['hc_mm']:.1f} mm" in page  # figures stay
+    assert f"{half_up(ended['exams'][0][1]['biometry']['hc_mm'])} mm" in page  # figures stay
 
 
 def journaled_dates(box, exam_id: str) -> str | None:

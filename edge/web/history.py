@@ -590,11 +590,13 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     bio = exam["biometry"] or {}
     out.append(f'<section class="bio"><h2>{e(_t(text, "report.biometry"))}</h2>')
     if bio.get("hc_mm") is not None:
-        rows = [(_t(text, "report.hc"), _t(text, "report.mm", mm=f"{bio['hc_mm']:.1f}"))]
+        # whole millimetres, as the page shows them: "223.3 mm" here beside "223 mm" there,
+        # a tenth the segmenter cannot measure (a midwife's walk)
+        rows = [(_t(text, "report.hc"), _t(text, "report.mm", mm=half_up(bio["hc_mm"])))]
         for key in ("bpd_mm", "ofd_mm"):
             if bio.get(key) is not None:
                 rows.append((_t(text, "report." + key[:3]),
-                             _t(text, "report.mm", mm=f"{bio[key]:.1f}")))
+                             _t(text, "report.mm", mm=half_up(bio[key]))))
         if bio.get("ga_weeks") is not None:
             age = weeks_days(text, bio["ga_weeks"])
             span = ga_range(text, bio)
@@ -621,7 +623,8 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     out.append(f'<section class="screen"><h2>{e(_t(text, "screen.title"))}</h2><ul>')
     if ci:
         key = f"screen.ci_{ci['flag']}" if ci.get("flag") else "screen.ci_ok"
-        line = _t(text, key, ci=ci_shown(ci), low=ci["low"], high=ci["high"])
+        line = _t(text, key, ci=ci_shown(ci).replace(".", _t(text, "_decimal_mark", ".")),
+                  low=ci["low"], high=ci["high"])
         flagged = ' class="flag"' if ci.get("flag") else ""
         out.append(f"<li{flagged}>{e(line)}</li>")
     else:

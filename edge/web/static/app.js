@@ -814,7 +814,7 @@ function ciShown(ci) {
   let v = Math.round(ci.ci * 10) / 10;
   if (ci.flag === "low" && v >= ci.low) v = ci.low - 0.1;
   if (ci.flag === "high" && v <= ci.high) v = ci.high + 0.1;
-  return v.toFixed(1);
+  return v.toFixed(1).replace(".", t("_decimal_mark", { _fallback: "." })); // 67,8 in French
 }
 
 // Which woman's exam the dates go to, in words: the dates are kept with that exam only
