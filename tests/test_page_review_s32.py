@@ -512,6 +512,14 @@ def test_the_best_frames_range_on_the_image_wraps_in_french_on_a_phone(box, view
     view.exam = exam("exam-l", bio={**BIO_20W, "ga_low_weeks": 24.29, "ga_high_weeks": 24.43,
                                     "ga_weeks": 24.43, "hc_mm": 223.3})
     page, errors = open_page(box)
+    try:
+        _best_frames_range_in_french(page, view)
+    finally:  # the language is kept in the browser: the next test's page is in English
+        page.evaluate("localStorage.removeItem('sonoedge.lang')")
+    assert not errors
+
+
+def _best_frames_range_in_french(page, view) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     page.select_option("select.lang >> nth=-1", "fr")
     page.wait_for_function("window.sonoedge.t('overlay.ga_range', {range: 'x'}) !== "
@@ -532,7 +540,6 @@ def test_the_best_frames_range_on_the_image_wraps_in_french_on_a_phone(box, view
                      ".map(e => e.textContent)")
     assert page.query_selector("#ga .line.small"), page.inner_html("#ga")
     assert cut == [], cut
-    assert not errors
 
 
 def test_the_report_gives_whole_millimetres_and_a_french_decimal_comma(box, view):
@@ -547,4 +554,19 @@ def test_the_report_gives_whole_millimetres_and_a_french_decimal_comma(box, view
         ci = re.search(word + r" (\d+[.,]\d)", body)
         assert ci, body
         assert ci.group(1)[-2] == ("." if lang == "en" else ","), ci.group(0)
+    assert not errors
+
+
+def test_the_bpd_she_copies_says_it_is_outer_to_outer(box, view):
+    """The card gave "BPD 47 mm" in large type, and only the report's fine print said it is
+    measured outer to outer: on an outer-to-inner BPD chart (Hadlock's) it reads a few
+    days old (a midwife's walk)."""
+    view.exam = exam("exam-m", bio=BIO_20W)
+    page, errors = open_page(box)
+    shows_exam(page, "exam-m")
+    page.wait_for_function("document.querySelector('#exam-bio').textContent.includes('BPD')",
+                           **WAIT)
+    assert "BPD 47 mm (outer to outer)" in page.text_content("#exam-bio")
+    page.goto(f"{box['base']}/report/{box['journaled']}?lang=en")
+    assert "Biparietal diameter (BPD), outer to outer" in page.text_content("section.bio")
     assert not errors

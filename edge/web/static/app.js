@@ -732,8 +732,10 @@ function renderExam(s) {
   const [ga, range] = gaLine(bio);
   const why = bio ? "" : unmeasuredWhy();
   const fig = $("#exam-bio");
+  // the BPD she copies says how it was measured: outer to outer, not the outer-to-inner of
+  // Hadlock's BPD charts, on which it reads a few days old (a midwife's walk)
   fig.textContent = !bio ? why : [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }),
-    t("overlay.bpd", { mm: bio.bpd_mm.toFixed(0) }), ga + (range ? ` (${rangeOf(range)})` : "")]
+    t("exam.bpd", { mm: bio.bpd_mm.toFixed(0) }), ga + (range ? ` (${rangeOf(range)})` : "")]
     .filter(Boolean).join(" · ");
   fig.classList.toggle("flag", !!why);
   // Start has one job: letting the next exam begin once Stop has held it back (exams start
