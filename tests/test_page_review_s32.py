@@ -570,3 +570,23 @@ def test_the_bpd_she_copies_says_it_is_outer_to_outer(box, view):
     page.goto(f"{box['base']}/report/{box['journaled']}?lang=en")
     assert "Biparietal diameter (BPD), outer to outer" in page.text_content("section.bio")
     assert not errors
+
+
+def test_the_last_period_kept_is_said_in_words_beside_the_field(box, view):
+    """The date field shows the phone's own order: 07/05/2026 is 5 July on one tablet and
+    7 May to a midwife who reads it the other way, and nothing repeated the date kept
+    (a midwife's walk). Once kept, it is said with the month's name."""
+    view.exam = exam("exam-n")
+    page, errors = open_page(box)
+    shows_exam(page, "exam-n")
+    assert page.is_hidden("#lmp-words")
+    lmp = dt.date.today() - dt.timedelta(days=100)
+    page.fill("#lmp", lmp.isoformat())
+    page.click("#lmp-form button")
+    page.wait_for_function(f"window.sonoedge.lastState.screening.lmp === '{lmp.isoformat()}'",
+                           **WAIT)
+    want = say(page, "screen.lmp_words", date=f"{lmp.day} {lmp.strftime('%B')} {lmp.year}")
+    page.wait_for_function(f"document.querySelector('#lmp-words').textContent === {want!r}",
+                           **WAIT)
+    assert page.is_visible("#lmp-words")
+    assert not errors

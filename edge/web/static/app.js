@@ -833,6 +833,14 @@ let lmpFieldFor; // the exam id the date field's value belongs to (null: the nex
 let lmpEdited = false; // she has changed the field since it last showed the device's dates
 let lmpDroppedAt = -1e9; // when dates she had typed were dropped: their exam left the card
 
+function dateInWords(iso) { // "2026-07-05" -> "5 July 2026" in the page's language
+  try {
+    return new Intl.DateTimeFormat(catalog._lang === "fr" ? "fr-FR" : "en-GB",
+      { day: "numeric", month: "long", year: "numeric", timeZone: "UTC" })
+      .format(new Date(iso + "T00:00:00Z"));
+  } catch (e) { return iso; }
+}
+
 function renderScreening(sc) {
   const target = lmpTarget();
   if ($("#lmp-for").textContent !== target.text) $("#lmp-for").textContent = target.text;
@@ -867,6 +875,12 @@ function renderScreening(sc) {
   // why the last dates were not kept, until she sends them again (the state comes every
   // second: an error shown once would be gone before she read it)
   if (flagsError) add(flagsError.key ? t(flagsError.key, flagsError.vars) : flagsError.text, true);
+  // the last period kept, in words: the date field shows the phone's order (07/05/2026 is
+  // 5 July on one tablet and 7 May read the other way), and nothing repeated it
+  const words = $("#lmp-words");
+  const said = sc && sc.lmp ? t("screen.lmp_words", { date: dateInWords(sc.lmp) }) : "";
+  if (words.textContent !== said) words.textContent = said;
+  words.hidden = !said;
   if (!sc) return;
   const ci = sc.cephalic_index;
   if (ci) {
