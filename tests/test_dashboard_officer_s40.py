@@ -139,9 +139,7 @@ def test_the_devices_page_lists_the_most_urgent_box_first_and_says_what_to_do():
         _box("box-00a", "clinic-00", now - 0.1 * h),
     ]
     for b in boxes:
-        ranked = Q.ranked_flags(b, now)
-        b.flags = [t for _, t in ranked]
-        b.urgency = ranked[0][0] if ranked else Q.NO_FLAG
+        Q.flag_row(b, now)
     flags = {b.device_id: b.flags for b in boxes}
     # one fault, one flag, and what to do about it
     assert flags["box-04a"] == ["silent 26 days (its link still says online: restart it)"]
@@ -170,8 +168,7 @@ def test_a_box_never_heard_from_is_among_those_to_visit_and_a_note_never_outrank
     noted = _box("box-01a", "clinic-01", now - 60, bundle={"rollback": {"from": "2.0"}})
     lost = _box("box-02a", "clinic-02", now - 60, missing=40)
     for b in (noted, lost):
-        ranked = Q.ranked_flags(b, now)
-        b.flags, b.urgency = [t for _, t in ranked], ranked[0][0]
+        Q.flag_row(b, now)
     assert [b.device_id for b in Q.by_urgency([noted, lost, never], now)] == \
         ["box-09a", "box-02a", "box-01a"]
 

@@ -421,9 +421,10 @@ def monthly_links(months: list[Q.Month], district: str | None) -> str:
     """The monthly returns the clinics page offers, this month so far first: those not
     wholly before the scope's first message (`Q.months_returned`), none if it has none."""
     where = f"&district={district}" if district else ""
+    this = Q.this_month()
     links = " · ".join(
         f'<a href="/api/monthly.csv?month={m.text}{esc(where)}" download>'
-        f"{esc(m.title)}{' (to date)' if m == Q.this_month() else ''}</a>" for m in months)
+        f"{esc(m.title)}{' (to date)' if m == this else ''}</a>" for m in months)
     return (f'<p class="lead">Each clinic\'s exams per protocol over a calendar month '
             "(UTC days), with how many were complete, had the head measured, or a head "
             "small or large for the age by dates, and on how many days its boxes were "

@@ -931,9 +931,7 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
         row.clock_set = h.get("clock_set")
         row.health_interval_s = number_or_none(h.get("interval_s"))
         row.clinic_name = names.get(clinic, "")
-        ranked = ranked_flags(row, now, heard)
-        row.flags = [text for _, text in ranked]
-        row.urgency = ranked[0][0] if ranked else NO_FLAG
+        flag_row(row, now, heard)
         out.append(row)
     return out + never_heard(db, scope, names, now)
 
@@ -1042,6 +1040,13 @@ def ranked_flags(d: DeviceRow, now: float, heard: float | None = None
 def device_flags(d: DeviceRow, now: float, heard: float | None = None) -> list[str]:
     """`ranked_flags`' words, most urgent first."""
     return [text for _, text in ranked_flags(d, now, heard)]
+
+
+def flag_row(d: DeviceRow, now: float, heard: float | None = None) -> None:
+    """Set the row's flags (most urgent first) and its urgency (`by_urgency` sorts by it)."""
+    ranked = ranked_flags(d, now, heard)
+    d.flags = [text for _, text in ranked]
+    d.urgency = ranked[0][0] if ranked else NO_FLAG
 
 
 def by_urgency(rows: list[DeviceRow], now: float) -> list[DeviceRow]:

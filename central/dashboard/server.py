@@ -388,12 +388,7 @@ class Dashboard:
     # -- pages and CSV -----------------------------------------------------------------------
     def _params(self, request: web.Request, page: str) -> tuple[Q.Scope, int]:
         user: A.User = request[USER]
-        weeks = C.DEFAULT_WEEKS[page]
-        raw = request.query.get("weeks", "")
-        # ASCII digits, a few: "²" is a digit to isdigit() but not to int(), and 4,400
-        # digits are past int()'s limit; either was a 500 with a traceback
-        if raw.isascii() and raw.isdigit() and len(raw) <= 3 and int(raw) in C.PERIODS_WEEKS:
-            weeks = int(raw)
+        weeks = _weeks_offered(request.query.get("weeks", "")) or C.DEFAULT_WEEKS[page]
         if not user.admin:
             return Q.Scope(user.district), weeks
         district = request.query.get("district", "")[:C.MAX_PARAM_CHARS]
@@ -404,9 +399,8 @@ class Dashboard:
         when nothing is (an empty one means the default). Both were replaced silently: a
         script asking for 12 weeks got 8, an admin's unknown district an empty page."""
         raw = request.query.get("weeks", "")
-        offered = ", ".join(str(w) for w in C.PERIODS_WEEKS)
-        if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= 3
-                        and int(raw) in C.PERIODS_WEEKS):
+        if raw and _weeks_offered(raw) is None:
+            offered = ", ".join(str(w) for w in C.PERIODS_WEEKS)
             return f"weeks: {raw[:20]!r} is not offered; choose {offered}"
         district = request.query.get("district", "")
         user: A.User = request[USER]
@@ -800,6 +794,15 @@ def _nav(user: A.User, current: str, scope: Q.Scope, weeks: int, districts: list
     return (f'<header><div class="brand">sonoedge district</div><nav>{links}</nav>{who}'
             f'</header><div class="filters"><span class="where">{where}</span>'
             f'<span class="periods">{periods}</span></div><main>')
+
+
+def _weeks_offered(raw: str) -> int | None:
+    """A `weeks` the pages offer (C.PERIODS_WEEKS), or None. ASCII digits, a few: "²" is a
+    digit to isdigit() but not to int(), and 4,400 digits are past int()'s limit; either
+    was a 500 with a traceback."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= 3 and int(raw) in C.PERIODS_WEEKS:
+        return int(raw)
+    return None
 
 
 def _period_line(per: Q.Period, weeks: int) -> str:
