@@ -61,6 +61,9 @@ MAX_KEEP_DAYS = 3650.0
 # biometry.pixel_size_max_mm: at 2 mm a pixel a term head's BPD (~95 mm) spans under 50
 # pixels: no measurement to the millimetre (HC18's probes span 0.049-0.393).
 MAX_PIXEL_SIZE_MM = 2.0
+# biometry.ruler_tick_mm: depth rulers tick every 1 mm to 5 cm; a value outside is a typo
+# (a tick spacing in cm written as mm, or the depth itself).
+MIN_RULER_TICK_MM, MAX_RULER_TICK_MM = 1.0, 50.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,10 @@ class BiometryConfig:
     """
 
     pixel_size_mm: float = 0.0  # the live probe's calibration, mm per pixel; 0 = unknown: off
+    # The scanner's depth-ruler tick spacing in mm (5 on a GE Voluson E8): each measured
+    # frame's scale is read from the ruler on the screen (edge/models/ruler.py), so a new
+    # depth or zoom is measured right; pixel_size_mm is then not used. 0 = off.
+    ruler_tick_mm: float = 0.0
     segmenter: str = "head_segmenter"  # manifest name in models.dir; absent = no biometry
     head_planes: tuple[str, ...] = HEAD_PLANES  # plane labels measured
     min_head_area_fraction: float = _MEASURE.min_head_area_fraction
@@ -466,5 +473,9 @@ def _validate_biometry(bio: BiometryConfig, label: str) -> None:
         raise ConfigError(f"{label}: biometry.pixel_size_mm {bio.pixel_size_mm:g} is outside "
                           f"the plausible {bio.pixel_size_min_mm:g}-{bio.pixel_size_max_mm:g} "
                           f"mm per pixel (0 = unknown)")
+    _each_in_range("biometry", bio, label, (
+        ("ruler_tick_mm", bio.ruler_tick_mm == 0.0
+         or MIN_RULER_TICK_MM <= bio.ruler_tick_mm <= MAX_RULER_TICK_MM,
+         f"0 (no ruler read) or {MIN_RULER_TICK_MM:g}-{MAX_RULER_TICK_MM:g} mm"),))
     if not bio.segmenter:
         raise ConfigError(f"{label}: biometry.segmenter must name a model manifest")

@@ -485,7 +485,17 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             check()
         except ProtocolError as exc:
             log.warning("%s", exc)
-    if scorer.head is not None and not settings.biometry.pixel_size_mm:
+    if scorer.head is not None and settings.biometry.ruler_tick_mm:
+        log.info("head scale: read on each measured frame from the scanner's depth ruler "
+                 "(a tick every %g mm)", settings.biometry.ruler_tick_mm)
+    elif scorer.head is not None and settings.biometry.pixel_size_mm:
+        # said at start: the advice "Zoom in" asks for exactly the change that breaks it
+        log.warning("head scale: [biometry] pixel_size_mm %g holds for one depth and zoom "
+                    "of the scanner; after a change every HC is wrong by the ratio. Set "
+                    "[biometry] ruler_tick_mm to read the scanner's depth ruler instead",
+                    settings.biometry.pixel_size_mm)
+    if (scorer.head is not None and not settings.biometry.pixel_size_mm
+            and not settings.biometry.ruler_tick_mm):
         if any(source.pixel_sizes):  # the demo clip knows its heads' scales, and measures
             # them: `make run` warned "not measured until it is set", then gave an HC
             log.info("no [biometry] pixel_size_mm: this source's heads are measured at "

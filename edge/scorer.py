@@ -21,7 +21,7 @@ from edge.capture.clock import ScanClock
 from edge.capture.sources import Frame, Prepare, Source, read_ahead
 from edge.config import Settings
 from edge.models.biometry import (
-    PIXEL_SIZE_MISSING,
+    RULER_UNREAD,
     Biometry,
     BiometrySettings,
     Passes,
@@ -53,6 +53,7 @@ from edge.models.quality import (
     may_show_head,
 )
 from edge.models.roi import Roi, RoiSettings, find_roi, to_grey
+from edge.models.ruler import RulerReader
 from edge.models.runtime import Model, load_model
 from edge.result import FrameResult
 
@@ -93,6 +94,9 @@ class HeadModel:
     # The model's own passes (its manifest): what a frame an exam keeps is measured with
     # when the exam ends (`Scorer.measure_kept`). Every frame is judged live on one pass.
     passes: Passes = field(default_factory=Passes)
+    # The scanner's depth ruler, read on each measured frame where the box knows its tick
+    # spacing (`[biometry] ruler_tick_mm`); None: the calibration above is the scale.
+    ruler: RulerReader | None = None
 
 
 @dataclass
@@ -193,27 +197,29 @@ class Scorer:
         self._since_roi += 1
         return self._roi, FrameViews(frame.image, self._roi, half=frame.half_grey)
 
-    def _pixel_size(self, frame: Frame) -> float:
-        """The frame's own mm per pixel where its source knows its frames' scales (the demo
-        clip: 0 for a frame of none), else the probe's calibration ([biometry]
-        pixel_size_mm); 0, no biometry, for none or one outside the plausible range."""
-        own = frame.pixel_size_mm
-        if own is None:
-            return self.head.pixel_size_mm
-        return own if pixel_size_status(own, self.head.settings) is None else 0.0
+    def _scale(self, frame: Frame) -> tuple[float, str, str]:
+        """(mm per pixel, "", where it came from) for a frame whose head can be measured,
+        else (0, why not, where it would have come from). The frame's own where its source
+        knows its frames' scales (the demo clip, a CSV of pixel sizes); else the scanner's
+        depth ruler read on this very frame, where the box is told its tick spacing
+        (`[biometry] ruler_tick_mm`: a new depth or zoom is then measured right); else the
+        probe's calibration (`[biometry] pixel_size_mm`), which holds for one depth."""
+        own, source = frame.pixel_size_mm, "frame"
+        if own is None and self.head.ruler is not None:
+            ruler = self.head.ruler.read(frame.image)
+            if ruler is None:
+                return 0.0, RULER_UNREAD, "ruler"
+            own, source = ruler.mm_per_px(self.head.ruler.tick_mm), "ruler"
+        elif own is None:
+            own, source = self.head.pixel_size_mm, "calibration"
+        problem = pixel_size_status(own, self.head.settings)
+        return (0.0, problem, source) if problem else (own, "", source)
 
-    def _scale_problem(self, frame: Frame) -> str:
-        """Why the frame has no usable pixel size (`pixel_size_status`): unknown (a box
-        whose calibration is not set) or implausible."""
-        own = frame.pixel_size_mm
-        return pixel_size_status(self.head.pixel_size_mm if own is None else own,
-                                 self.head.settings) or PIXEL_SIZE_MISSING
-
-    def _judge_head(self, frame: Frame, roi: Roi | None, plane: PlaneResult) -> bool:
+    def _judge_head(self, plane: PlaneResult, scale: tuple[float, str, str] | None) -> bool:
         if self.head is None:
             return False
         if self.quality is None:  # no audit: the segmenter runs for biometry alone
-            return bool(self._pixel_size(frame)) and plane.plane in self.head.head_planes
+            return scale is not None and bool(scale[0])
         return may_show_head(self.quality.rules, self.head.head_planes, plane.plane,
                              self.manifest.labels, plane.probabilities)
 
@@ -248,26 +254,27 @@ class Scorer:
         t2 = time.perf_counter()
         head = biometry = None
         measures: dict[str, float] = {}
-        if self._judge_head(frame, roi, plane):  # the live pass: one plain run
+        named = self.head is not None and plane.plane in self.head.head_planes
+        scale = self._scale(frame) if named else None  # read once: the ruler costs
+        if self._judge_head(plane, scale):  # the live pass: one plain run
             shape = locate_head(self.head.model, frame.image, roi, self.head.settings,
                                 Passes(), views)
             head = {"status": shape.status,
                     "ellipse": None if shape.ellipse is None else
                     [round(v, 2) for v in shape.ellipse]}
-            named = plane.plane in self.head.head_planes
             measures.update(head_measures(shape, roi, named_head=named) or {})
-            if named and (pixel_size := self._pixel_size(frame)):
-                biometry = biometry_of(shape, pixel_size).to_dict()
+            if named and scale[0]:
+                biometry = biometry_of(shape, scale[0]).to_dict()
             elif named:  # said, not left out: a fresh box ticked its heads and never said
-                biometry = Biometry(self._scale_problem(frame), ellipse=shape.ellipse).to_dict()
-        elif (self.head is not None and self.quality is None
-              and plane.plane in self.head.head_planes):
+                biometry = Biometry(scale[1], ellipse=shape.ellipse).to_dict()
+        elif named and self.quality is None:
             # without the audit the segmenter runs for biometry alone, so not without a
             # pixel size: the frame still says why its head is not measured
-            biometry = Biometry(self._scale_problem(frame)).to_dict()
+            biometry = Biometry(scale[1]).to_dict()
         t3 = time.perf_counter()
         if biometry is not None:
             biometry["ms"] = round(_ms(t3 - t2), 3)
+            biometry["scale"] = scale[2]
         quality = None
         if self.quality is not None:
             measures.update(image_measures(grey))
@@ -328,7 +335,8 @@ def make_head_model(settings: Settings) -> HeadModel | None:
         return None
     model, measurement = load_segmenter(settings)
     return HeadModel(model, measurement, bio.pixel_size_mm, frozenset(bio.head_planes),
-                     passes_for_model(model.manifest))
+                     passes_for_model(model.manifest),
+                     RulerReader(bio.ruler_tick_mm) if bio.ruler_tick_mm else None)
 
 
 def load_segmenter(settings: Settings) -> tuple[Model, BiometrySettings]:

@@ -93,7 +93,8 @@ def make_clip(data_dir: Path, dest: Path, fps: float = 15.0, black_s: float = 6.
 
 
 def write_config(path: Path, state_dir: Path, clip: Path, port: int, mqtt_port: int,
-                 extra: str = "", pixel_size_mm: float = PIXEL_SIZE_MM) -> Path:
+                 extra: str = "", pixel_size_mm: float = PIXEL_SIZE_MM,
+                 ruler_tick_mm: float = 0.0) -> Path:
     path.write_text(f"""
 [source]
 spec = "{clip}"
@@ -105,6 +106,7 @@ device_id = "web-test"
 
 [biometry]
 pixel_size_mm = {pixel_size_mm}
+ruler_tick_mm = {ruler_tick_mm}
 
 [loop]
 log_every = 0
@@ -160,7 +162,7 @@ def set_pin(state_dir: Path, pin: str = PIN) -> subprocess.CompletedProcess:
 
 @contextmanager
 def device(tmp: Path, clip: Path, extra_config: str = "", log_name: str = "device.log",
-           tls: bool = True, pixel_size_mm: float = PIXEL_SIZE_MM):
+           tls: bool = True, pixel_size_mm: float = PIXEL_SIZE_MM, ruler_tick_mm: float = 0.0):
     """`sonoedge run` with the page on a free loopback port; yields (base_url, process).
     The broker port is free and closed: the uplink stays offline and queues. The page is
     https:// with the certificate the device makes (trusted by `http()`), or with `tls`
@@ -172,7 +174,7 @@ def device(tmp: Path, clip: Path, extra_config: str = "", log_name: str = "devic
     if not tls:
         extra_config = 'tls = "off"\n' + extra_config
     cfg = write_config(tmp / "device.toml", state, clip, port, free_port(), extra_config,
-                       pixel_size_mm)
+                       pixel_size_mm, ruler_tick_mm)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = open(tmp / log_name, "w")
     proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(cfg)],

@@ -30,7 +30,10 @@ from wire.schema import finite_number
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 2  # bump when the rendering or its metadata change: rebuilds cached clips
+DEMO_VERSION = 3  # bump when the rendering or its metadata change: rebuilds cached clips
+# The demo's depth ruler ticks every 5 mm, as the GE Voluson E8 screens of the SonoNet
+# examples do (the demo shows those too): one `[biometry] ruler_tick_mm` reads both.
+DEMO_RULER_TICK_MM = 5.0
 SCREEN_W, SCREEN_H = 1024, 768  # XGA: a common portable-scanner video-out mode
 FPS = 15.0
 SEED = 20240607
@@ -143,14 +146,17 @@ def _grey_bar(screen: np.ndarray, x: int, y: int, h: int = 200) -> None:
     screen[y:y + h, x:x + 10] = np.repeat(ramp, 10, axis=1)[:, :, None]
 
 
-def _depth_scale(screen: np.ndarray, x: int, y0: int, y1: int, px_per_cm: float) -> None:
+def _depth_scale(screen: np.ndarray, x: int, y0: int, y1: int, px_per_tick: float) -> None:
+    """A depth ruler as the GE Voluson draws it: a tick every DEMO_RULER_TICK_MM, a longer
+    one every centimetre, the depth in cm every 5 cm; read by `[biometry] ruler_tick_mm`."""
     cv2.line(screen, (x, y0), (x, y1), (200, 200, 200), 1)
-    n = int((y1 - y0) / px_per_cm)
+    per_cm = int(round(10 / DEMO_RULER_TICK_MM))
+    n = int((y1 - y0) / px_per_tick)
     for i in range(n + 1):
-        y = int(round(y0 + i * px_per_cm))
-        cv2.line(screen, (x, y), (x + (8 if i % 5 == 0 else 4), y), (200, 200, 200), 1)
-        if i % 5 == 0:
-            _text(screen, str(i), x + 12, y + 4, 0.4)
+        y = int(round(y0 + i * px_per_tick))
+        cv2.line(screen, (x, y), (x + (8 if i % per_cm == 0 else 4), y), (200, 200, 200), 1)
+        if i % (5 * per_cm) == 0:
+            _text(screen, str(i // per_cm), x + 12, y + 4, 0.4)
 
 
 def _screen_for_sononet(img: np.ndarray, name: str, k: int, rng: np.random.Generator,
@@ -192,9 +198,9 @@ def _screen_for_head(img: np.ndarray, name: str, mm_per_px: float | None, k: int
     _text(screen, f"FR {frame_no:04d}   {FPS:.0f} Hz", SCREEN_W - 200, 26)
     _text(screen, "Gn 52  DR 66  FA 4", SCREEN_W - 200, 50)
     _grey_bar(screen, 40, 300)
-    px_per_cm = 10.0 / (mm_per_px / s) if mm_per_px else 40.0
-    px_per_cm = float(np.clip(px_per_cm, 15.0, 400.0))
-    _depth_scale(screen, ox + w + 14, oy, oy + h, px_per_cm)
+    # the ruler at the scale the head is drawn at, zoom and all, so it reads true
+    px_per_tick = DEMO_RULER_TICK_MM * s * zoom / mm_per_px if mm_per_px else 20.0
+    _depth_scale(screen, ox + w + 14, oy, oy + h, float(np.clip(px_per_tick, 8.0, 400.0)))
     _text(screen, "Not for diagnosis: public research images", 12, SCREEN_H - 14, 0.4,
           (150, 150, 150))
     return screen, (mm_per_px / (s * zoom) if mm_per_px else None)

@@ -42,7 +42,10 @@ def _score(args: argparse.Namespace) -> int:
 
     overrides = {"models": {"dir": args.models_dir, "backend": args.backend,
                             "num_threads": args.threads},
-                 "biometry": {"pixel_size_mm": args.pixel_size}}
+                 "biometry": {"pixel_size_mm": args.pixel_size,
+                              # a pixel size given here is these frames' scale: no ruler
+                              "ruler_tick_mm": args.ruler_tick if args.ruler_tick is not None
+                              else 0.0 if args.pixel_size is not None else None}}
     settings = load_settings(args.config, overrides)
     scorer = make_scorer(settings)
     failed = 0
@@ -170,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--pixel-size", type=float, metavar="MM",
                        help="mm per pixel of these frames: head-plane frames get head biometry "
                             "(default: the config's [biometry] pixel_size_mm; 0 = off)")
+    score.add_argument("--ruler-tick", type=float, metavar="MM",
+                       help="read each frame's scale from the scanner's depth ruler, a tick "
+                            "every MM mm (default: the config's [biometry] ruler_tick_mm; "
+                            "0 = off)")
     score.set_defaults(func=_score)
 
     run = verbs.add_parser("run", help="the on-device loop: capture, score, journal, publish")

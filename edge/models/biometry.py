@@ -72,10 +72,13 @@ HEAD_CUT_OFF = "head_cut_off"
 POOR_FIT = "poor_fit"  # the head region is not ellipse-shaped: the segmentation is not trusted
 PIXEL_SIZE_MISSING = "pixel_size_missing"
 PIXEL_SIZE_ABSURD = "pixel_size_absurd"
+# The box reads each frame's scale from the scanner's depth ruler (`[biometry]
+# ruler_tick_mm`) and found none to trust on this frame: measured on no guess.
+RULER_UNREAD = "ruler_unread"
 # Statuses with the numbers filled in.
 MEASURED = (OK, GA_OUT_OF_RANGE)
 STATUSES = (OK, GA_OUT_OF_RANGE, NO_HEAD, SEVERAL_HEADS, HEAD_CUT_OFF, POOR_FIT,
-            PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD)
+            PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD, RULER_UNREAD)
 
 
 
