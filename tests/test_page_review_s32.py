@@ -326,14 +326,15 @@ def test_the_report_says_the_same_of_a_head_outside_hadlocks_span(box, view):
 # -- 7 -----------------------------------------------------------------------------------------
 def test_a_tablet_whose_clock_is_not_set_is_told_so(box, view):
     """A tablet at 1970: the device refuses its date (not the period), and the page and
-    the report say that, not that the period is out of range."""
+    the report say that, not that the period is out of range; its date in words, as every
+    date they show (1970-01-02 was a third form beside 02/01/1970 and 2 January 1970)."""
     view.exam = exam("exam-h", bio=BIO_20W)
     page, errors = open_page(box, clock=dt.datetime(1970, 1, 2, 12, 0))
     shows_exam(page, "exam-h")
     page.fill("#lmp", "1969-10-01")
     page.click("#lmp-form button")
-    expected = say(page, "screen.lmp_refused_phone_date", today="1970-01-02")
-    assert expected != "screen.lmp_refused_phone_date" and "1970-01-02" in expected
+    expected = say(page, "screen.lmp_refused_phone_date", today="2 January 1970")
+    assert expected != "screen.lmp_refused_phone_date" and "(2 January 1970)" in expected
     page.wait_for_function(f"[...document.querySelectorAll('#flags li')]"
                            f".some(li => li.textContent === {expected!r})", **WAIT)
     assert view.ga_dates is None

@@ -41,6 +41,8 @@ from tests.web_harness import (
 from wire.schema import validate_payload
 
 pytest.importorskip("playwright")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December")
 
 POLL = {"timeout": 90_000, "polling": 250}
 FPS = 15.0
@@ -331,8 +333,11 @@ def test_the_last_period_entered_for_an_exam_is_kept_with_it_and_on_its_report(b
     assert correction["ga_dates_weeks"] == weeks_between(lmp, today)
     status, _, body = http(f"{base}/report/{second_id}", cookie=cookie)
     page = body.decode()
-    assert status == 200 and "Last period" in page and lmp in page
-    assert f"on {today}, the day of the exam" in page  # the age by dates has its day
+    # both dates in words, as the page says the last period kept (never 2026-12-04 beside
+    # the tablet's 04/12/2026)
+    lmp_words = f"{int(lmp[8:])} {MONTHS[int(lmp[5:7]) - 1]} {lmp[:4]}"
+    assert status == 200 and "Last period" in page and f"<dd>{lmp_words} (" in page
+    assert "on 4 December 2026, the day of the exam" in page  # the age by dates has its day
     assert "went to the district as a correction" in page and "report only" not in page
     flagged = re.search(r'<li class="flag">By dates ([^<]+)</li>', page)
     assert flagged and "smaller than the dates" in flagged.group(1), page[-3000:]

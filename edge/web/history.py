@@ -509,12 +509,37 @@ def ga_range(text: dict[str, str], bio: dict) -> str:
     return "" if low == high else f"{low} – {high}"  # within a day: "19w 1d – 19w 1d"
 
 
-def _utc(ts: float | None, part: str) -> str:
-    """A <time> the report's script shows in the viewer's own time zone (UTC until then)."""
+# The months as the midwife's page names them (app.js dateInWords: Intl's fr-FR for
+# French, en-GB for any other language); test_report_dates_and_strip holds both to it.
+MONTHS = {
+    "en": ("January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December"),
+    "fr": ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août",
+           "septembre", "octobre", "novembre", "décembre"),
+}
+
+
+def date_in_words(text: dict[str, str], day: dt.date | str) -> str:
+    """A date as the page says the last period kept: "5 July 2026", "5 juillet 2026". The
+    report's one form of a date: 07/05/2026 is 5 July to one midwife and 7 May to another,
+    and 2026-07-05 beside them is a third form (a midwife's walk). A string that is no
+    date is given back as it is."""
+    if isinstance(day, str):
+        try:
+            day = dt.date.fromisoformat(day)
+        except ValueError:
+            return day
+    months = MONTHS.get(text.get("_lang", "en"), MONTHS["en"])
+    return f"{day.day} {months[day.month - 1]} {day.year}"
+
+
+def _utc(text: dict[str, str], ts: float | None, part: str) -> str:
+    """A <time> the report's script shows in the viewer's own time zone (UTC until then):
+    the date in words, the time of day as hours and minutes."""
     if ts is None:
         return "—"
     when = dt.datetime.fromtimestamp(ts, dt.UTC)
-    shown = when.strftime("%Y-%m-%d" if part == "date" else "%H:%M UTC")
+    shown = date_in_words(text, when.date()) if part == "date" else when.strftime("%H:%M UTC")
     return (f'<time datetime="{when.isoformat(timespec="seconds")}" data-part="{part}">'
             f"{shown}</time>")
 
@@ -529,6 +554,7 @@ def _page(text: dict[str, str], title: str, body: str, cls: str = "") -> str:
             '<link rel="icon" href="/static/icon.svg" type="image/svg+xml">\n'
             '<link rel="stylesheet" href="/static/base.css">\n'
             '<link rel="stylesheet" href="/static/report.css">\n'
+            '<script src="/static/in_sight.js" defer></script>\n'
             '<script src="/static/report.js" defer></script>\n</head>\n'
             f'<body class="{cls}">\n{body}\n</body>\n</html>\n')
 
@@ -562,10 +588,10 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     minutes = max(1, round((exam["duration_s"] or 0) / 60))
     ended = exam["ended_by"] or "gap"
     facts = [
-        ("report.date", _utc(exam["started_ts"], "date")),
+        ("report.date", _utc(text, exam["started_ts"], "date")),
         ("report.time", e(_t(text, "report.times", start="\x00", end="\x01", min=minutes))
-         .replace("\x00", _utc(exam["started_ts"], "time"))
-         .replace("\x01", _utc(exam["ended_ts"], "time"))),
+         .replace("\x00", _utc(text, exam["started_ts"], "time"))
+         .replace("\x01", _utc(text, exam["ended_ts"], "time"))),
         ("report.ended", e(_t(text, "report.ended_" + ended))),
         ("report.protocol", e(title)),
         ("report.planes", e(_t(text, "report.captured_of", n=exam["captured"],
@@ -574,10 +600,11 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     if exam.get("dates"):
         # The age by dates is the one on the day of the exam (the phone's date, moved back
         # by the days since the exam if entered later; the box may have no clock): said
-        # with its day, which the exam's date above, by the box's clock, may not be.
-        said = _t(text, "report.lmp_ga", lmp=exam["dates"]["lmp"],
+        # with its day, which the exam's date above, by the box's clock, may not be. Both
+        # dates in words, as the exam's.
+        said = _t(text, "report.lmp_ga", lmp=date_in_words(text, exam["dates"]["lmp"]),
                   ga=weeks_days(text, exam["dates"]["ga_dates_weeks"]),
-                  today=exam["dates"]["today"])
+                  today=date_in_words(text, exam["dates"]["today"]))
         sent = _t(text, {"summary": "report.lmp_sent", "correction": "report.lmp_corrected"}
                   .get(exam["dates"].get("sent"), "report.lmp_report_only"))
         facts.append(("report.lmp", e(f"{said}. {sent}")))

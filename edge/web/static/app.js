@@ -925,7 +925,7 @@ async function lmpRefusal(res, sent) {
   // the tablet's own date out of the years a phone's can be (edge/exam/screening.py
   // PhoneDateError): a clock never set (1970), not the period she typed
   if (res.status === 400 && res.headers.get("X-Sonoedge-Refused") === "phone-date") {
-    return { key: "screen.lmp_refused_phone_date", vars: { today: sent.today } };
+    return { key: "screen.lmp_refused_phone_date", vars: { today: dateInWords(sent.today) } };
   }
   const weeks = state && state.screening && state.screening.lmp_max_weeks;
   // the page sends only its date field's YYYY-MM-DD: the device refuses it for its range
@@ -1150,6 +1150,7 @@ async function boot() {
     }
   });
   window.addEventListener("resize", () => { if (shownHeader) drawOverlay(shownHeader); });
+  keepFieldsInSight($("#status"), "#app input, #app select"); // in_sight.js
   const res = await fetch("/api/state", { credentials: "same-origin" });
   if (res.ok) { renderState(await res.json()); showApp(); } else showLogin("");
 }

@@ -1,5 +1,6 @@
 // sonoedge: the exam report's own script (the page's Content-Security-Policy allows no
-// inline script). Print; times in the viewer's time zone; a thumbnail removed since the
+// inline script). Print; the exam's date (in words) and times in the viewer's time zone;
+// the date field and its label clear of the bar on a phone; a thumbnail removed since the
 // report was made says so; the last period entered or changed for this exam; and, without
 // a session, the PIN, then the report.
 "use strict";
@@ -11,16 +12,26 @@
   const print = $("#print");
   if (print) print.addEventListener("click", () => window.print());
 
+  // A date in words, as the midwife's page says the last period kept (app.js dateInWords)
+  // and the box writes every other date here: "5 July 2026", "5 juillet 2026". Never the
+  // tablet's own order: 07/05/2026 is 5 July to one midwife and 7 May to another.
+  const inWords = (when, timeZone) => new Intl.DateTimeFormat(lang === "fr" ? "fr-FR" : "en-GB",
+    { day: "numeric", month: "long", year: "numeric", timeZone }).format(when);
+
   // The box writes UTC; the midwife reads her own clock's time (the tablet's zone).
   for (const el of document.querySelectorAll("time[datetime]")) {
     const when = new Date(el.getAttribute("datetime"));
     if (Number.isNaN(when.getTime())) continue;
     try {
       el.textContent = el.dataset.part === "date"
-        ? when.toLocaleDateString(lang, { weekday: "long", year: "numeric", month: "long", day: "numeric" })
+        ? inWords(when, undefined)
         : when.toLocaleTimeString(lang, { hour: "2-digit", minute: "2-digit" });
     } catch (e) { /* an old browser: the UTC text stays */ }
   }
+
+  // The bar (Back, Print) stays at the top: a field with focus is kept clear of it and of
+  // a phone's keyboard, as on the midwife's page (in_sight.js).
+  keepFieldsInSight($("nav.bar"), "main input");
 
   // A thumbnail the quota removed after the report was made: a 404, said in words.
   for (const img of document.querySelectorAll("img.thumb")) {
@@ -42,6 +53,9 @@
     const today = () => {
       const now = new Date();
       return new Date(now.getTime() - now.getTimezoneOffset() * 60000).toISOString().slice(0, 10);
+    };
+    const dayInWords = (iso) => { // "2026-07-05", a day without a time zone
+      try { return inWords(new Date(`${iso}T00:00:00Z`), "UTC"); } catch (e) { return iso; }
     };
     const field = $("#report-lmp-date");
     field.max = today();
@@ -69,7 +83,7 @@
         // a 400 for the tablet's own date (a clock never set: 1970) is not the period's range
         error.textContent = res.status === 400
             && res.headers.get("X-Sonoedge-Refused") === "phone-date"
-          ? (dates.dataset.phoneDate || "").replace("{today}", today())
+          ? (dates.dataset.phoneDate || "").replace("{today}", dayInWords(today()))
           : byStatus[res.status]
             || (dates.dataset.failedStatus || "").replace("{status}", res.status);
       } catch (e) {
