@@ -215,6 +215,12 @@ class Scorer:
         problem = pixel_size_status(own, self.head.settings)
         return (0.0, problem, source) if problem else (own, "", source)
 
+    def _scale_fixed(self, frame: Frame) -> bool:
+        """A head here would be measured at the calibration set for one depth (no ruler,
+        no scale of the frame's own): advice that changes the depth is not given."""
+        return (self.head is not None and self.head.ruler is None
+                and frame.pixel_size_mm is None and bool(self.head.pixel_size_mm))
+
     def _judge_head(self, plane: PlaneResult, scale: tuple[float, str, str] | None) -> bool:
         if self.head is None:
             return False
@@ -287,7 +293,7 @@ class Scorer:
             if self.quality.learned is not None:
                 learned = learned_severities(self.quality.learned, frame.image, roi, views)
                 measures.update({f"learned:{k}": v for k, v in learned.items()})
-            quality = audit(self.quality.rules, measures).to_dict()
+            quality = audit(self.quality.rules, measures, self._scale_fixed(frame)).to_dict()
             if learned:  # every branch, also those no rule reads: they rank equal-score frames
                 quality["learned"] = {k: round(v, 3) for k, v in learned.items()}
             quality["ms"] = round(_ms(time.perf_counter() - t3), 3)

@@ -209,3 +209,33 @@ def test_a_tick_spacing_out_of_range_is_one_line_naming_the_key(tmp_path):
             load_settings(config)
     config.write_text("[biometry]\nruler_tick_mm = 5\n")
     assert load_settings(config).biometry.ruler_tick_mm == 5.0
+
+
+@needs_data
+def test_zoom_in_is_not_said_where_the_scale_is_a_calibration_fixed_for_one_depth():
+    """BRAIN-TV's head fills 0.2 of its image, under the zoom criterion's 0.3. Where the
+    box reads the ruler (or has no scale, so no HC to spoil) the midwife is told "Zoom in";
+    where the head is measured at a calibration set for one depth, obeying would make every
+    HC after it wrong, so the criterion still scores the frame the same but is not said."""
+    screen = _screen("BRAIN-TV")
+    said = {}
+    for name, biometry in (("ruler", {"ruler_tick_mm": VOLUSON_TICK_MM}),
+                           ("fixed", {"pixel_size_mm": 0.14}), ("none", {})):
+        scorer = make_scorer(load_settings(overrides={"biometry": biometry}))
+        frame = Frame("screen", 0, screen, time.monotonic(), time.time())
+        said[name] = scorer.score(frame).to_dict()["quality"]
+    assert said["ruler"]["advice"] == said["none"]["advice"] == "zoom"
+    assert said["fixed"]["advice"] is None
+    assert said["fixed"]["criteria"]["zoom"]["pass"] is False
+    assert said["fixed"]["score"] == said["ruler"]["score"]
+
+
+def test_a_rule_that_changes_the_scale_says_so_with_a_true_or_false(tmp_path):
+    from edge.models.quality import RULES_FILE, RulesError, load_rules
+
+    text = RULES_FILE.read_text()
+    assert "changes_scale = true" in text
+    bad = tmp_path / "rules.toml"
+    bad.write_text(text.replace("changes_scale = true", "changes_scale = 1"))
+    with pytest.raises(RulesError, match=r"criteria\.zoom\.changes_scale: expected bool"):
+        load_rules(bad)

@@ -92,7 +92,7 @@ MAX_PRIORITY = MAX_CRITERIA
 _CRITERION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # as a protocol names one
 _CRITERION_KEYS = {"measure": str, "min": float, "max": float, "soft": float, "weight": float,
                    "priority": int, "message": str, "message_low": str, "message_high": str,
-                   "ok": str, "source": str}
+                   "ok": str, "source": str, "changes_scale": bool}
 
 
 class RulesError(ValueError):
@@ -112,6 +112,9 @@ class Rule:
     message_high: str
     ok: str
     source: str
+    # Its instruction changes the scanner's depth or zoom, so the image's scale: never
+    # given where the box's scale is a calibration fixed for one depth (`audit`).
+    changes_scale: bool = False
 
     def goodness(self, value: float) -> float:
         """1 inside the bounds, falling linearly to 0 at `soft` beyond them."""
@@ -219,7 +222,7 @@ def _rule(name: str, table: object, where: str) -> Rule:
         raise RulesError(f"{where}: needs a message for each bound it has")
     return Rule(name, measure, low, high, values["soft"], values["weight"],
                 values["priority"], low_msg or "", high_msg or "", values["ok"],
-                values["source"])
+                values["source"], values.get("changes_scale", False))
 
 
 def load_rules(path: Path | str | None = None) -> Rules:
@@ -437,8 +440,11 @@ class QualityResult:
         return [name for name, c in self.criteria.items() if not c.passed]
 
 
-def audit(rules: Rules, measures: dict[str, float]) -> QualityResult:
-    """Judge every criterion whose measure is present in `measures`."""
+def audit(rules: Rules, measures: dict[str, float], scale_fixed: bool = False) -> QualityResult:
+    """Judge every criterion whose measure is present in `measures`. With `scale_fixed` (a
+    head measured at a calibration set for one depth: `[biometry] pixel_size_mm` without
+    the depth ruler), a criterion whose instruction changes the scale still scores but is
+    never the advice: obeying "Zoom in" made every HC after it wrong by the ratio."""
     criteria: dict[str, Criterion] = {}
     score = 1.0
     for rule in rules.criteria:
@@ -455,6 +461,9 @@ def audit(rules: Rules, measures: dict[str, float]) -> QualityResult:
     gain = {r.name for r in rules.criteria if r.measure == "bright_level"}
     if any(c.name in gain for c in failing):  # the gain leads what dim echoes explain
         failing = [c for c in failing if c.name not in explained]
+    if scale_fixed:
+        rescaling = {r.name for r in rules.criteria if r.changes_scale}
+        failing = [c for c in failing if c.name not in rescaling]
     advice = min(failing, key=lambda c: (c.priority, -c.loss)).name if failing else None
     return QualityResult(max(0.0, min(1.0, score)), criteria, advice)
 
