@@ -70,6 +70,10 @@ def test_the_hc_on_the_image_is_the_exam_s_and_only_over_a_head(page):
     wrong = [s for s in over_head if s[0] != s[1]]
     assert not wrong, (f"{len(wrong)} of {len(over_head)} reads over a head: the image's "
                        f"HC is not the exam's: {wrong[:3]}")
+    # and they say whose they are: the exam's medians, not this frame's measurement
+    unlabelled = [s for s in over_head if s[0] is not None
+                  and "Exam, best heads:" not in s[3]]
+    assert not unlabelled, unlabelled[:3]
     stray = [s for s in elsewhere if s[0] is not None or "GA" in s[3]]
     assert not stray, (f"{len(stray)} of {len(elsewhere)} reads over another plane show "
                        f"the head's figures on the image: {stray[:3]}")

@@ -435,8 +435,12 @@ function renderTags(h) {
   // a heart or a kidney the exam's HC read as if measured on that image. The exam card
   // keeps them whatever the plane, and after the exam.
   const running = !!(state && state.exam && state.exam.running);
-  const src = overAHead(plane, h) ? (running && examBiometry()) || (measured ? bio : null) : null;
+  const exams = overAHead(plane, h) && running ? examBiometry() : null;
+  const src = overAHead(plane, h) ? exams || (measured ? bio : null) : null;
   if (src) {
+    // whose figures: the exam's medians stand still while the probe moves, and read as
+    // this frame's measurement unless they say so (a midwife's walk)
+    addLine(t(exams ? "overlay.of_exam" : "overlay.of_frame"), "small");
     addLine(t("overlay.hc", { mm: src.hc_mm.toFixed(0) }), "bio");
     addLine(t("overlay.bpd", { mm: src.bpd_mm.toFixed(0) }), "bio");
   }
