@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.web_harness import chromium, device, make_clip, unlocked_page
+from wire.dating import redate_days
 
 pytest.importorskip("playwright")
 
@@ -88,6 +89,9 @@ def test_after_the_clip_ends_the_exam_s_hc_and_age_stay_in_the_exam_card(page):
     assert r["card"] and f"HC {r['exam_hc']} mm" in r["card"], r
     assert "BPD" in r["card"] and "GA" in r["card"], r
     assert page.is_visible("#exam-bio")
+    # the age give or take what a scan at that age can tell (ACOG's redating threshold)
+    ga = page.evaluate("() => window.sonoedge.lastState.exam.biometry.ga_weeks")
+    assert ga is not None and f"± {redate_days(ga)} days" in r["card"], (ga, r["card"])
 
 
 def test_every_control_is_at_least_48_px_for_a_thumb(page):

@@ -33,7 +33,7 @@ import datetime as dt
 import math
 
 from wire.dating import HADLOCK_1984_WEEKS, dates_flag, hadlock_ga_weeks, hadlock_hc_mm, redate_days
-from wire.schema import finite_number
+from wire.schema import finite_number, number_or_none
 
 CI_MEAN, CI_SD = 78.3, 4.4  # Hadlock et al. 1981; SD from the abstract's 1 SD bounds 74/83
 CI_LOW, CI_HIGH = round(CI_MEAN - 2 * CI_SD), round(CI_MEAN + 2 * CI_SD)  # 70, 87
@@ -206,10 +206,21 @@ def hc_frames(bio: dict) -> dict | None:
             "flag": spread > HC_FRAMES_SPREAD}
 
 
+def dating_tolerance_days(ga_weeks: object) -> int | None:
+    """How many days either way a scan at this age dates a pregnancy to, or None where no
+    age was given: ACOG Committee Opinion 700's redating thresholds (`wire.dating`), the
+    discrepancy within which the scan is not trusted over the dates. "GA 19w 4d" alone
+    read as exact to the day; it is 19w 4d give or take 10 days."""
+    weeks = number_or_none(ga_weeks)
+    return None if weeks is None else redate_days(weeks)
+
+
 def screening(biometry: dict | None, ga_dates_weeks: float | None) -> dict:
     """The flags from an exam's biometry (medians of its best head frames): head shape,
-    head size against the dates, and whether its head frames agree."""
+    head size against the dates, and whether its head frames agree; and how far its age
+    by HC may be from the true one."""
     bio = biometry or {}
     return {"cephalic_index": cephalic_index(bio.get("bpd_mm"), bio.get("ofd_mm")),
             "hc_dates": hc_against_dates(bio.get("hc_mm"), ga_dates_weeks),
-            "hc_frames": hc_frames(bio)}
+            "hc_frames": hc_frames(bio),
+            "ga_tolerance_days": dating_tolerance_days(bio.get("ga_weeks"))}

@@ -50,6 +50,7 @@ from edge.exam.protocol import Protocol, ProtocolError, load_protocols
 from edge.exam.screening import (
     MAX_LMP_DAYS,
     cephalic_index,
+    dating_tolerance_days,
     hc_against_dates,
     hc_frames,
     read_dates,
@@ -624,8 +625,11 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
             if bio.get(key) is not None:
                 rows.append((_t(text, "report." + key[:3]),
                              _t(text, "report.mm", mm=half_up(bio[key]))))
+        tolerance = dating_tolerance_days(bio.get("ga_weeks"))
         if bio.get("ga_weeks") is not None:
             age = weeks_days(text, bio["ga_weeks"])
+            if tolerance:  # give or take what a scan at this age can tell
+                age += " " + _t(text, "exam.ga_tolerance", days=tolerance)
             span = ga_range(text, bio)
             rows.append((_t(text, "report.ga"),
                          age + (" (" + _t(text, "report.range", range=span) + ")"
@@ -635,6 +639,8 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
         out.append('<table class="figures">' + "".join(
             f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows) + "</table>")
         how = _t(text, "report.ga_how", n=bio["best_frames"], m=bio["measured"])
+        if tolerance:
+            how += " " + _t(text, "report.ga_tolerance", days=tolerance)
         out.append(f'<p class="how">{e(how)}</p>')
     else:
         out.append(f'<p class="figures none">{e(_t(text, "report.not_measured"))}</p>')

@@ -738,8 +738,13 @@ function renderExam(s) {
   const fig = $("#exam-bio");
   // the BPD she copies says how it was measured: outer to outer, not the outer-to-inner of
   // Hadlock's BPD charts, on which it reads a few days old (a midwife's walk)
+  // the age give or take what a scan at that age can tell (ACOG's redating threshold,
+  // edge/exam/screening.py): "GA 19w 4d" alone read as exact to the day
+  const tol = state && state.screening && state.screening.ga_tolerance_days;
+  const plusMinus = ga && tol ? ` ${t("exam.ga_tolerance", { days: tol })}` : "";
   fig.textContent = !bio ? why : [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }),
-    t("exam.bpd", { mm: bio.bpd_mm.toFixed(0) }), ga + (range ? ` (${rangeOf(range)})` : "")]
+    t("exam.bpd", { mm: bio.bpd_mm.toFixed(0) }),
+    ga + plusMinus + (range ? ` (${rangeOf(range)})` : "")]
     .filter(Boolean).join(" · ");
   fig.classList.toggle("flag", !!why);
   // Start has one job: letting the next exam begin once Stop has held it back (exams start
