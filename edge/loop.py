@@ -297,7 +297,7 @@ def recover_runs(settings: Settings, journal: Journal, uplink: Uplink,
         def ended(session: ExamSession, body: dict, run_id: str = run_id) -> None:
             nonlocal queued, exams
             body = with_age_by_dates(body, journal)  # dates survive a kill: kept at once
-            best = thumbnails_on_disk(session.best_frames(), thumbs_root, body["exam_id"])
+            best = thumbnails_on_disk(session.kept_frames(), thumbs_root, body["exam_id"])
             journal.add_exam(run_id, body, best, session.first_row, session.last_row)
             exams += 1
             queued += uplink.enqueue_exam(body, key=body["exam_id"]) is not None
@@ -467,7 +467,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             web.apply_dates()  # the page's last dates, entered while the exam ended
         body = with_age_by_dates(body, journal)
         # The journal first: a crash before the outbox has it is repaired from there.
-        journal.add_exam(run_id, body, session.best_frames(), session.first_row,
+        journal.add_exam(run_id, body, session.kept_frames(), session.first_row,
                          session.last_row)
         uplink.enqueue_exam(body, key=body["exam_id"])
         echo(format_exam(session, body, " ([biometry] pixel_size_mm)"))

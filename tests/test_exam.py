@@ -486,8 +486,13 @@ def test_sonoedge_exam_json_gives_best_frames_checklist_and_summary(sweep, tmp_p
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("11_broken.png") == 1  # the bad frame is one line, and skipped
     out = json.loads(proc.stdout)
-    assert set(out) == {"exam", "checklist", "best_frames"}
+    assert set(out) == {"exam", "checklist", "best_frames", "head_measured"}
     assert out["best_frames"]["Femur"]["source"] == "10_femur.tiff"
+    # where the head was measured: the frame the HC is from, its ellipse drawn
+    head = out["head_measured"]
+    assert isinstance(head["frame"], int) and head["hc_mm"] == out["exam"]["biometry"]["hc_mm"]
+    assert head["thumbnail"].endswith("/head-measured.jpg")
+    assert (tmp_path / head["thumbnail"]).is_file()
     for best in out["best_frames"].values():
         assert set(best) >= {"source", "frame", "quality"} and 0.5 <= best["quality"] <= 1
         assert isinstance(best["frame"], int) and (tmp_path / best["thumbnail"]).is_file()

@@ -237,6 +237,66 @@ def test_the_list_is_newest_first_with_each_exams_biometry(box, ended):
     assert [e["exam_id"] for e in one] == [second_id]
 
 
+def journaled_frame(box, exam_id: str, frame: int) -> dict:
+    """The journal's record of one frame of an exam (its result as the loop scored it)."""
+    path = box["state"] / "journal.sqlite"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        first, last = db.execute("SELECT first_row, last_row FROM exams WHERE exam_id = ?",
+                                 (exam_id,)).fetchone()
+        (record,), = db.execute("SELECT record FROM results WHERE id BETWEEN ? AND ? AND "
+                                "frame = ?", (first, last, frame)).fetchall()
+    finally:
+        db.close()
+    return json.loads(record)
+
+
+def test_the_report_shows_the_frame_its_hc_was_measured_on_with_its_ellipse(box, ended):
+    """The report's one head picture was the head plane's best frame by quality, with no
+    ellipse on it and often another head than the one the HC came from: a doctor given the
+    referral could not see where the head was measured (a midwife's walk). Read as she
+    reads it, each report now shows a picture captioned with the HC measured on it and the
+    frame it is; that frame, as the loop journaled it, has the exam's HC (the median of its
+    5 best heads), and the ellipse the segmenter fitted on it is drawn where it lay."""
+    base, cookie = box["base"], ended["cookie"]
+    for exam_id, summary, _ in ended["exams"]:
+        status, _, body = http(f"{base}/report/{exam_id}", cookie=cookie)
+        page = body.decode()
+        assert status == 200
+        shown = re.search(r'<figure class="measured"><img class="thumb" src="/api/thumb/'
+                          rf'{exam_id}/([a-z0-9-]+\.jpg)".*?HC measured here: (\d+) mm · '
+                          r"BPD (\d+) mm.*?Frame (\d+) \(", page)
+        assert shown, "no picture of where the head was measured on the report"
+        name, hc, bpd, frame = shown.group(1), *(int(g) for g in shown.groups()[1:])
+        record = journaled_frame(box, exam_id, frame)
+        assert hc == half_up(record["biometry"]["hc_mm"]) == half_up(
+            summary["biometry"]["hc_mm"])  # the median frame's, whose HC is the exam's
+        assert bpd == half_up(record["biometry"]["bpd_mm"])
+        assert "the 5 best head frames" in page
+        status, headers, jpeg = http(f"{base}/api/thumb/{exam_id}/{name}", cookie=cookie)
+        assert status == 200 and headers["Cache-Control"] == "no-store"
+        picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        # the ellipse of that frame's journaled result, its region scaled to the picture
+        cx, cy, a, b, angle = record["biometry"]["ellipse"]
+        x0, y0, w0, h0 = record["roi"]
+        t = np.linspace(0, 2 * np.pi, 180, endpoint=False)
+        c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        expected = np.stack([(cx + a * np.cos(t) * c - b * np.sin(t) * s - x0)
+                             * picture.shape[1] / w0,
+                             (cy + a * np.cos(t) * s + b * np.sin(t) * c - y0)
+                             * picture.shape[0] / h0], 1)
+        blue, green, red = (picture[..., i].astype(int) for i in range(3))
+        ys, xs = np.nonzero((red > 140) & (green > 140) & (blue < np.minimum(red, green) - 70))
+        drawn = np.stack([xs, ys], 1).astype(float)
+        assert len(drawn) > 200, len(drawn)  # an ultrasound frame is grey: this is drawn
+        gap = np.sqrt(((drawn[:, None] - expected[None]) ** 2).sum(-1))
+        assert (gap.min(1) <= 3).mean() > 0.95 and (gap.min(0) <= 3).mean() > 0.95
+    # in French too
+    exam_id = ended["exams"][0][0]
+    status, _, body = http(f"{base}/report/{exam_id}?lang=fr", cookie=cookie)
+    assert status == 200 and "PC mesuré ici :" in body.decode()
+
+
 def test_thumbnails_come_from_the_journal_and_hostile_values_are_one_line(box, ended):
     base, cookie = box["base"], ended["cookie"]
     (first_id, _, best), _ = ended["exams"]

@@ -4,7 +4,9 @@ Every frame is scored and audited; the best frame of each plane is kept (and, wi
 `--thumbs DIR`, written as a thumbnail). Prints the protocol's checklist and the exam
 summary, or with `--json` one JSON object: the summary (`exam`), the `checklist`, and
 `best_frames` ({plane: {"source", "frame", "quality", ...}} for every plane whose best frame
-reaches the protocol's minimum quality; a plane without one is absent). This is also the
+reaches the protocol's minimum quality; a plane without one is absent) and, where a head was
+measured, `head_measured` (the frame its HC is from, with `--thumbs` its thumbnail with the
+fitted ellipse drawn, `head-measured.jpg`). This is also the
 blind-sweep mode: a novice's sweep in, the best frame per plane (or none) out. Stopped with
 Ctrl-C, it still prints the exam of the frames scored so far (ended by "command"), exit 130.
 """
@@ -67,8 +69,10 @@ def main(args) -> int:
         ended_by = "command"
     body = session.finish(ended_by, scorer.model_versions(), *(first_last or (None, None)))
     if args.json:
+        shown = {"head_measured": session.measured_head} if session.measured_head else {}
         print(json.dumps({"exam": body, "checklist": session.checklist(),
-                          "best_frames": session.best_frames()}, separators=(",", ":")))
+                          "best_frames": session.best_frames(), **shown},
+                         separators=(",", ":")))
     else:
         print(format_exam(session, body, " (--pixel-size MM, the scanner's mm per pixel at "
                                          "this depth, or [biometry] pixel_size_mm)"))

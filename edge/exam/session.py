@@ -12,7 +12,11 @@ frame. A plane is captured when its best frame reaches the protocol's `min_quali
 The heads the exam reports (its best heads and its planes' best frames) are measured live
 on the segmenter's one plain pass like every frame; the exam holds a copy of just those
 frames and, when it ends, measures them again with the segmenter's own passes
-(`measure_kept`), so no live frame waits for the slower passes.
+(`measure_kept`), so no live frame waits for the slower passes. When it ends it also keeps
+the frame its HC comes from (`measured_head`: the best head whose HC is the median of the
+best heads, or the nearest), with the fitted ellipse and the calipers drawn on its
+thumbnail (`thumbs.measured_head_thumbnail`): the report shows where the head was measured,
+where the head plane's best frame, ranked by quality, may be another frame, another HC.
 
 `ExamTracker` runs exams in a live stream: an exam starts on the first frame with
 ultrasound content, and ends after `end_gap_s` without content, on command (`stop`), or
@@ -31,13 +35,19 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
 from edge.capture.clock import stamped_before_step
 from edge.exam.protocol import Protocol, Slot
 from edge.exam.tally import ExamTally, confidence_of, quality_score
-from edge.exam.thumbs import ThumbStore, make_thumbnail
+from edge.exam.thumbs import (
+    HEAD_MEASURED,
+    ThumbStore,
+    make_thumbnail,
+    measured_head_thumbnail,
+)
 from edge.models.biometry import MEASURED, PIXEL_SIZE_MISSING
 from edge.models.quality import HEAD_MEASURES, Rules, RulesError, load_rules
 from edge.models.roi import Roi
@@ -83,6 +93,14 @@ class ExamSettings:
     thumb_width: int = 320  # pixels; the region is scaled down to this width
     thumb_interval_s: float = 0.5  # a plane's thumbnail is rewritten at most this often
     thumbs_quota_mb: float = 200.0  # oldest exams' thumbnails go first
+
+
+class Kept(NamedTuple):
+    """A frame the exam holds until it ends (`ExamSession._kept`)."""
+
+    image: np.ndarray
+    roi: Roi | None
+    pixel_size_mm: float
 
 
 @dataclass
@@ -155,7 +173,11 @@ class ExamSession:
     _pending: dict[str, np.ndarray] = field(default_factory=dict)
     _written: dict[str, float] = field(default_factory=dict)
     # The frames whose heads the exam reports, until it ends: key -> (image, region, mm/px)
-    _kept: dict[int, tuple[np.ndarray, Roi | None, float]] = field(default_factory=dict)
+    _kept: dict[int, Kept] = field(default_factory=dict)
+    # The best heads' plane, frame number and fitted ellipse (frame pixels): key -> those
+    _heads: dict[int, tuple[str, int | None, object]] = field(default_factory=dict)
+    # Where the exam's HC was measured, once it has ended (`finish`); None: no head measured
+    measured_head: dict | None = None
 
     def add(self, result: dict, image: np.ndarray | None = None, roi: Roi | None = None,
             now: float | None = None) -> None:
@@ -180,8 +202,27 @@ class ExamSession:
             # `thumb_interval_s` of its plane's last write waited, showing the frame before
             # it, until another plane improved or the exam ended.
             self._flush(time.monotonic() if now is None else now, force=False)
-        if self.measure_kept is not None:
+        self._note_head(result)
+        if self.measure_kept is not None or self._draws_head():
             self._keep_for_measuring(result, image, roi)
+
+    def _draws_head(self) -> bool:
+        """Whether the exam ends by drawing where its head was measured (`measured_head`)."""
+        return self.thumbs is not None and self.settings.thumbnails
+
+    def _note_head(self, result: dict) -> None:
+        """Remember the plane, frame number and ellipse of a frame that entered the best
+        heads (a few numbers, for at most `ExamTally.BEST_HEADS` frames)."""
+        best = self.tally.best_head_keys()
+        key = self.tally.frames
+        if key in best:
+            bio = result.get("biometry")
+            plane, frame = result.get("plane"), result.get("frame")
+            self._heads[key] = (plane[:32] if isinstance(plane, str) else "",
+                                frame if type(frame) is int else None,
+                                bio.get("ellipse") if isinstance(bio, dict) else None)
+            for old in [k for k in self._heads if k not in best]:
+                del self._heads[old]
 
     def _advice_order(self, plane: str) -> tuple[frozenset[str], dict[str, int]]:
         """(criteria not to advise on, the rules' priorities) for a best frame of `plane`.
@@ -199,7 +240,9 @@ class ExamSession:
         or a plane's best frame), and let go of frames that no longer are: at most
         `ExamTally.BEST_HEADS` plus one per plane, whatever the exam's length."""
         key = self.tally.frames
-        reported = self.tally.best_head_keys() | {b.key for b in self.best.values()}
+        reported = self.tally.best_head_keys()
+        if self.measure_kept is not None:  # else only the best heads, for `measured_head`
+            reported |= {b.key for b in self.best.values()}
         if key not in reported:  # nothing entered, so nothing left the reported heads
             return
         bio = result.get("biometry")
@@ -207,26 +250,55 @@ class ExamSession:
                 and bio.get("status") in MEASURED and isinstance(bio.get("pixel_size_mm"),
                                                                  int | float)):
             # A copy: a live grabber may hand over its buffer, refilled on the next frame.
-            self._kept[key] = (np.array(image, copy=True), roi, float(bio["pixel_size_mm"]))
+            self._kept[key] = Kept(np.array(image, copy=True), roi, float(bio["pixel_size_mm"]))
         for old in [k for k in self._kept if k not in reported]:
             del self._kept[old]
 
     def measure_kept_heads(self) -> int:
         """Measure the heads the exam reports again with the segmenter's own passes (its
         best heads, its planes' best frames), in place of their live measurement; returns
-        how many. Called when the exam ends, so no live frame waits for the slower passes."""
+        how many. Called when the exam ends, so no live frame waits for the slower passes.
+        The copies stay until `finish` has drawn where the exam's head was measured."""
         done = 0
+        if self.measure_kept is None:
+            return done
         for key, (image, roi, pixel_size_mm) in list(self._kept.items()):
-            bio = self.measure_kept(image, roi, pixel_size_mm)  # set: it filled _kept
+            bio = self.measure_kept(image, roi, pixel_size_mm)
             if bio is None or bio.get("status") not in MEASURED:
                 continue  # the live measurement stands
             self.tally.remeasure_head(key, bio["hc_mm"], bio["bpd_mm"], bio["ofd_mm"])
+            if key in self._heads:  # the ellipse drawn is the one measured
+                self._heads[key] = (*self._heads[key][:2], bio.get("ellipse"))
             for best in self.best.values():
                 if best.key == key:
                     best.biometry = bio
             done += 1
-        self._kept.clear()
         return done
+
+    def _measure_head_shown(self) -> dict | None:
+        """Where the exam's HC was measured (`ExamTally.median_head`): that frame's plane,
+        number and HC, BPD and OFD, how many best heads it is the median of, and, where
+        thumbnails are written, its thumbnail with the fitted ellipse and the calipers
+        drawn on it (`thumbnail`, and `ellipse` in the thumbnail's pixels). Written by the
+        same store as the planes' thumbnails, within their quota; a thumbnail that cannot
+        be drawn or written leaves the figures alone. None without a measured head."""
+        found = self.tally.median_head()
+        if found is None or found[0] not in self._heads:
+            return None
+        key, hc, bpd, ofd = found
+        plane, frame, ellipse = self._heads[key]
+        entry: dict = {"plane": plane, "frame": frame, "hc_mm": round(hc, 2),
+                       "bpd_mm": round(bpd, 2), "ofd_mm": round(ofd, 2),
+                       "of": len(self.tally.best_heads)}
+        kept = self._kept.get(key)
+        if self._draws_head() and kept is not None:
+            drawn = measured_head_thumbnail(kept.image, kept.roi, self.settings.thumb_width,
+                                            ellipse)
+            path = None if drawn is None else self.thumbs.save(self.exam_id, HEAD_MEASURED,
+                                                               drawn[0])
+            if path:
+                entry.update(thumbnail=path, ellipse=drawn[1])
+        return entry
 
     def _better_frame(self, result: dict) -> BestFrame | None:
         """The frame as its plane's new best, or None where it is not better (or no view)."""
@@ -298,13 +370,25 @@ class ExamSession:
         return {plane: best.to_dict() for plane, best in sorted(self.best.items())
                 if self.captured(plane)}
 
+    def kept_frames(self) -> dict[str, dict]:
+        """What the journal keeps of the exam's frames: `best_frames`, and under
+        `HEAD_MEASURED` (no plane's name, so never taken for one) where its head was
+        measured (`measured_head`), once it has ended."""
+        kept = self.best_frames()
+        if self.measured_head is not None:
+            kept[HEAD_MEASURED] = dict(self.measured_head)
+        return kept
+
     def finish(self, ended_by: str, model_versions: dict[str, str] | None = None,
                ended_ts: float | None = None, ended_mono: float | None = None) -> dict:
         """Measure its reported heads with the segmenter's own passes, write the last
-        thumbnails; return the exam summary body (see `summary`)."""
+        thumbnails, then where its HC was measured (the planes' first, where the quota is
+        short); return the exam summary body (see `summary`)."""
         self.measure_kept_heads()
         if self.thumbs is not None and self._pending:
             self._flush(time.monotonic(), force=True)
+        self.measured_head = self._measure_head_shown()
+        self._kept.clear()
         return self.summary(ended_by, model_versions, ended_ts, ended_mono)
 
     def summary(self, ended_by: str, model_versions: dict[str, str] | None = None,
@@ -607,9 +691,13 @@ def format_exam(session: ExamSession, body: dict, set_scale: str = "") -> str:
         high = f"over {HADLOCK_1984_WEEKS[1]:g}" if high is None else f"{high}"
         age = (f"GA {ga:.1f} weeks (range {low} to {high})"
                if ga is not None else "GA outside Hadlock's 14-42 weeks")
+        shown = session.measured_head or {}
+        where = "" if shown.get("frame") is None else \
+            f", nearest their median: frame {shown['frame']}" + (
+                f" (thumbnail {shown['thumbnail']})" if shown.get("thumbnail") else "")
         lines.append(f"  head: HC {bio['hc_mm']:.1f} mm, BPD {bio['bpd_mm']:.1f} mm, "
                      f"OFD {bio['ofd_mm']:.1f} mm from the {bio.get('best_frames')} best of "
-                     f"{bio['measured']} measured frames; {age}")
+                     f"{bio['measured']} measured frames{where}; {age}")
     elif bio:
         declined = bio.get("declined", {})
         if set(declined) == {PIXEL_SIZE_MISSING}:  # a box whose calibration is not set

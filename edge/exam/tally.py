@@ -166,6 +166,19 @@ class ExamTally:
         """The best heads' frame keys: the count of frames added when each was added."""
         return {-item[1] for item in self.best_heads}
 
+    def median_head(self) -> tuple[int, float, float, float] | None:
+        """(key, HC, BPD, OFD) of the best head whose HC is the exam's (the median of the
+        best heads, `biometry`), or the nearest to it where the median falls between two
+        (an even number of best heads); of two as near, the better ranked, then the
+        earlier. None without a measured head. The report shows this frame: its HC is
+        the one reported, where the best frame of the head plane may show another head."""
+        if not self.best_heads:
+            return None
+        median = percentile([item[2] for item in self.best_heads], 0.5)
+        _rank, minus_key, hc, bpd, ofd = min(
+            self.best_heads, key=lambda item: (abs(item[2] - median), -item[0], -item[1]))
+        return -minus_key, hc, bpd, ofd
+
     def remeasure_head(self, key: int, hc: float, bpd: float, ofd: float) -> None:
         """Put a best head's measurement taken again (the segmenter's own passes) in place
         of its live one; its rank, hence the heap's order, stays."""

@@ -6,11 +6,17 @@ file, then a rename). Before a write the folder is brought under its quota by re
 oldest other exams' folders. A full disk, a read-only or unwritable folder, or a quota too
 small for one thumbnail costs the thumbnail, never the exam: one log line says why, once
 per exam and cause.
+
+One more picture per exam, where its head was measured (`measured_head_thumbnail`): the
+frame whose HC is the exam's, with the fitted ellipse and its two calipers drawn on it,
+written as `<exam_id>/head-measured.jpg` by the same `save`, within the same quota (about
+the size of a plane's).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -26,6 +32,13 @@ from edge.models.roi import Roi
 log = logging.getLogger(__name__)
 
 THUMBS_DIR = "thumbs"
+# Where an exam's head was measured: its entry among the journal's best frames (no plane's
+# name) and its thumbnail's, head-measured.jpg (`plane_slug`)
+HEAD_MEASURED = "head_measured"
+# Drawn on the measured head, in BGR: the ellipse yellow on a black rim, so it shows on the
+# white skull, on the dark brain and on a black-and-white printout; the calipers cyan.
+ELLIPSE_RIM, ELLIPSE_INK, CALIPER_INK = (0, 0, 0), (0, 255, 255), (255, 255, 0)
+_SHIFT = 4  # cv2's fixed point: the drawing keeps a sixteenth of a pixel
 _SAFE = re.compile(r"[^A-Za-z0-9]+")
 MAX_EXAM_FOLDERS = 100_000  # bounds the quota scan on a box that was never cleaned
 
@@ -50,10 +63,14 @@ def thumbnails_on_disk(best: dict[str, dict], root: Path, exam_id: str,
     no thumbnails), each given the thumbnail its live run wrote for that plane where one is
     on disk: the rebuilt exam's report said "No image" beside the picture the card had
     shown (a midwife's walk). The live run's best frame of a plane is the replay's, the
-    same journaled frames in the same order, but for its last half second at most."""
+    same journaled frames in the same order, but for its last half second at most. Not
+    where the head was measured: the live run drew it on the heads its segmenter's own
+    passes measured again, which a replay does not, so its frame may be another."""
     if not is_exam_folder(exam_id):
         return best
     for plane, entry in best.items():
+        if plane == HEAD_MEASURED:
+            continue
         name = f"{plane_slug(plane)}.jpg"
         if "thumbnail" not in entry and (root / exam_id / name).is_file():
             entry["thumbnail"] = f"{shown_as}/{exam_id}/{name}"
@@ -68,6 +85,66 @@ def make_thumbnail(image: np.ndarray, roi: Roi | None, width: int) -> np.ndarray
         region = cv2.resize(region, (width, max(1, round(h * width / w))),
                             interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(region)
+
+
+def _ellipse(value: object) -> tuple[float, float, float, float, float] | None:
+    """(cx, cy, semi-major, semi-minor, angle) as `Biometry.ellipse` gives it, or None for
+    anything else (missing, not five finite numbers, no area)."""
+    if not isinstance(value, list | tuple) or len(value) != 5:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+               for v in value):
+        return None
+    cx, cy, a, b, angle = (float(v) for v in value)
+    return (cx, cy, a, b, angle) if a > 0 and b > 0 else None
+
+
+def measured_head_thumbnail(image: np.ndarray, roi: Roi | None, width: int,
+                            ellipse: object) -> tuple[np.ndarray, list[float]] | None:
+    """The frame's thumbnail (`make_thumbnail`) with the head's fitted ellipse drawn on
+    it, and its calipers: OFD along the major axis, BPD along the minor (both outer to
+    outer, as measured); and that ellipse in the thumbnail's pixels. `ellipse` is in the
+    frame's pixels (`Biometry.ellipse`, pixel centres at integers). None where there is
+    nothing to show: no ellipse, a damaged one, or one whose centre is off the region or
+    that is larger than the frame many times over (a picture that shows no ellipse where
+    the report says the head was measured would mislead)."""
+    found = _ellipse(ellipse)
+    if found is None or not isinstance(image, np.ndarray) or image.dtype != np.uint8 \
+            or image.ndim not in (2, 3) or image.size == 0:
+        return None
+    region = roi.crop(image) if roi is not None else image
+    h0, w0 = region.shape[:2]
+    if not h0 or not w0:
+        return None
+    thumb = make_thumbnail(image, roi, width)
+    if thumb.ndim == 2 or thumb.shape[2] == 1:
+        thumb = cv2.cvtColor(thumb, cv2.COLOR_GRAY2BGR)
+    elif thumb.shape[2] == 4:
+        thumb = cv2.cvtColor(thumb, cv2.COLOR_BGRA2BGR)
+    elif thumb.shape[2] != 3:
+        return None
+    thumb = np.ascontiguousarray(thumb)
+    h1, w1 = thumb.shape[:2]
+    sx, sy = w1 / w0, h1 / h0
+    ox, oy = (roi.x, roi.y) if roi is not None else (0, 0)
+    cx, cy, a, b, angle = found
+    # pixel centres at integers on both sides: the region's pixel edges scale, not its centres
+    cx, cy = (cx - ox + 0.5) * sx - 0.5, (cy - oy + 0.5) * sy - 0.5
+    a, b = a * (sx + sy) / 2, b * (sx + sy) / 2
+    if not (0 <= cx < w1 and 0 <= cy < h1) or max(a, b) > 4 * max(w1, h1) or min(a, b) < 0.5:
+        return None
+    k = 1 << _SHIFT
+    centre, axes = (round(cx * k), round(cy * k)), (round(a * k), round(b * k))
+    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    # OFD along the major axis, BPD along the minor, each from one side of the ellipse to
+    # the other
+    for dx, dy in ((a * cos, a * sin), (-b * sin, b * cos)):
+        cv2.line(thumb, (round((cx - dx) * k), round((cy - dy) * k)),
+                 (round((cx + dx) * k), round((cy + dy) * k)), CALIPER_INK, 1, cv2.LINE_AA,
+                 _SHIFT)
+    cv2.ellipse(thumb, centre, axes, angle % 360.0, 0, 360, ELLIPSE_RIM, 3, cv2.LINE_AA, _SHIFT)
+    cv2.ellipse(thumb, centre, axes, angle % 360.0, 0, 360, ELLIPSE_INK, 1, cv2.LINE_AA, _SHIFT)
+    return thumb, [round(v, 2) for v in (cx, cy, a, b, angle % 180.0)]
 
 
 @dataclass

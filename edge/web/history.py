@@ -29,6 +29,11 @@ else by a correction, `loop.tell_district_dates`).
 The journal keeps a slot's best frame only where it captured the slot; for a slot it
 missed, the best quality any frame of its planes reached comes from the summary's per-plane
 totals, with no image.
+
+Beside the best frames the journal keeps where the exam's head was measured (`measured_head`,
+`ExamSession.measured_head`): the frame whose HC is the exam's, its figures, and its
+thumbnail with the fitted ellipse drawn on it, which the report shows beside the figures.
+An exam journaled before has none, and the report says nothing more.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from edge.exam.screening import (
     read_dates,
     same_weeks,
 )
-from edge.exam.thumbs import THUMBS_DIR
+from edge.exam.thumbs import HEAD_MEASURED, THUMBS_DIR
 from edge.store.journal import JOURNAL_FILE, MAX_DATES_BYTES, told_weeks
 from edge.web import i18n
 from wire.dating import HADLOCK_1984_WEEKS
@@ -170,6 +175,29 @@ def _best(plane: str, entry: dict) -> dict:
     return out
 
 
+def _measured_head(entry: object) -> dict | None:
+    """Where the exam's head was measured, as the journal keeps it beside the best frames
+    (`ExamSession.measured_head`): its plane, frame number, HC, BPD and OFD, of how many
+    best heads it is the median, its thumbnail's path. None for an exam journaled without
+    it, or an entry with no HC to show (a damaged row)."""
+    if not isinstance(entry, dict):
+        return None
+    hc = _number(entry.get("hc_mm"))
+    if hc is None or hc <= 0:
+        return None
+    frame = entry.get("frame")
+    out: dict = {"plane": _text(entry.get("plane"), 32),
+                 "frame": frame if type(frame) is int and 0 <= frame < 10**9 else None,
+                 "hc_mm": hc, "of": _count(entry.get("of"))}
+    for key in ("bpd_mm", "ofd_mm"):
+        value = _number(entry.get(key))
+        out[key] = value if value is not None and value > 0 else None
+    thumb = entry.get("thumbnail")
+    if isinstance(thumb, str) and len(thumb) <= 200:
+        out["thumbnail"] = thumb
+    return out
+
+
 def _live_rank(entry: dict) -> tuple[float, float, float]:
     """A journaled best frame's place as the live exam ranked it (`BestFrame.rank`: the
     quality the learned head's faults discount, then the plain quality, the confidence);
@@ -265,6 +293,7 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         "captured": _count(proto.get("captured")),
         "required": _count(proto.get("required")) or len(rows),
         "biometry": bio,
+        "measured_head": _measured_head(best_frames.get(HEAD_MEASURED)),
         "dates": kept_dates,
         "screening": {"cephalic_index": cephalic_index((bio or {}).get("bpd_mm"),
                                                        (bio or {}).get("ofd_mm")),
@@ -425,6 +454,9 @@ class ExamHistory:
                 best_row = row.get("best") or {}
                 if "thumbnail" in best_row:
                     best_row["kept"] = self._kept(exam_id, best_row["thumbnail"]) is not None
+            head = item["measured_head"]
+            if head is not None and "thumbnail" in head:
+                head["kept"] = self._kept(exam_id, head["thumbnail"]) is not None
             out.append(item)
         return out
 
@@ -642,6 +674,7 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
         if tolerance:
             how += " " + _t(text, "report.ga_tolerance", days=tolerance)
         out.append(f'<p class="how">{e(how)}</p>')
+        out.append(_measured_figure(text, exam_id, exam.get("measured_head")))
     else:
         out.append(f'<p class="figures none">{e(_t(text, "report.not_measured"))}</p>')
         why = [(_t(text, "bio." + k, fallback=k), n) for k, n in bio.get("declined", {}).items()]
@@ -721,6 +754,44 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     out.append(f'<p>{e(_t(text, "report.exam_id", id=exam_id))}</p>')
     out.append(f'<p class="aid">{e(_t(text, "screen.aid"))}</p></footer></main>')
     return _page(text, f'{_t(text, "report.title")} · {title}', "\n".join(out), "report")
+
+
+def _measured_figure(text: dict[str, str], exam_id: str, head: dict | None) -> str:
+    """Where the head was measured (`_measured_head`): the frame whose HC is the exam's,
+    with the fitted ellipse and the calipers drawn on it (or its place, said in words,
+    where the quota has removed it since), and a caption: its own HC, BPD and OFD, which
+    frame it is and why it is the one. Without a picture (thumbnails off, not written),
+    which frame, in words. Nothing for an exam journaled without it."""
+    if not head:
+        return ""
+    e = html.escape
+    frame, thumb, n = head.get("frame"), head.get("thumbnail"), head.get("of") or 0
+    plane = _t(text, "plane." + head["plane"], fallback=head["plane"]) if head.get("plane") \
+        else "—"
+    if not thumb and frame is None:
+        return ""  # no picture, no frame: nothing the figures above do not say
+    mm = half_up(head["hc_mm"])
+    lead = _t(text, "report.measured_here", mm=mm) if thumb else \
+        _t(text, "report.measured_on", mm=mm, frame=frame, plane=plane)
+    lead = " · ".join([lead] + [_t(text, "report.measured_" + key[:3], mm=half_up(head[key]))
+                                for key in ("bpd_mm", "ofd_mm") if head.get(key) is not None])
+    lines = [f'<p class="here">{e(lead)}</p>']
+    if n > 0:
+        key = "report.measured_why" if thumb and frame is not None else \
+            "report.measured_why_alone"
+        lines.append(f"<p>{e(_t(text, key, n=n, frame=frame, plane=plane))}</p>")
+    if not thumb:
+        return '<div class="measured">' + "".join(lines) + "</div>"
+    if head.get("kept"):
+        src = (f"/api/thumb/{urllib.parse.quote(exam_id)}/"
+               f"{urllib.parse.quote(thumb.split('/')[2])}")
+        picture = (f'<img class="thumb" src="{e(src)}" alt="{e(lead)}" '
+                   f'data-gone="{e(_t(text, "report.gone"))}">')
+        lines.append(f'<p class="fine">{e(_t(text, "report.measured_drawn"))}</p>')
+    else:
+        picture = f'<div class="thumb empty">{e(_t(text, "report.gone"))}</div>'
+    return (f'<figure class="measured">{picture}<figcaption>{"".join(lines)}</figcaption>'
+            "</figure>")
 
 
 def _dates_form(text: dict[str, str], exam_id: str, lmp: str | None) -> str:

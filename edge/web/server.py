@@ -28,8 +28,9 @@ Routes (everything under /api/ answers 401 without a session):
   next one began): kept, and sent to the district as a correction, by the loop; answered
   once the journal has them (or after DATES_KEPT_WAIT_S). 404 for an exam the journal does
   not keep, 409 for the exam still running (the live page takes its dates).
-- `GET /api/thumb/<exam>/<file>.jpg`: a checklist thumbnail (only those the exam on screen
-  or the journal lists for that exam; 404 once the quota has removed it).
+- `GET /api/thumb/<exam>/<file>.jpg`: a checklist thumbnail, or the report's picture of
+  where the head was measured (only those the exam on screen or the journal lists for that
+  exam; 404 once the quota has removed it).
 - `GET /api/exams?limit=N`: the most recent finished exams from the journal, newest
   first (edge/web/history.py).
 - `GET /report/<exam>?lang=xx`: a printable report of one kept exam (HTML; without a
