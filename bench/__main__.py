@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from bench import bench_mqtt
@@ -147,6 +148,42 @@ def _avx2_section(teacher: Path, student_int8: Path, frame: Path,
         print(line)
 
 
+def _ruler_rows(repeats: int = 20) -> None:
+    """The depth ruler read on each head frame where `[biometry] ruler_tick_mm` is set
+    (edge/models/ruler.py): the whole search, and the reader's usual case, the last
+    column read again. On the 13 real Voluson E8 screens, 975x735."""
+    import cv2
+    import numpy as np
+
+    from edge.models.ruler import RulerReader, read_ruler
+    from quantize.data import data_dir
+
+    screens = [cv2.imread(str(p)) for p in
+               sorted((data_dir() / "sononet" / "examples").glob("*.tiff"))]
+    screens = [s for s in screens if s is not None]
+    if not screens:
+        print("\nnote: no SonoNet example screens; the ruler rows are left out")
+        return
+    cold, warm, read = [], [], 0
+    for screen in screens:
+        reader = RulerReader(5.0)
+        read += reader.read(screen) is not None
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            read_ruler(screen)
+            t1 = time.perf_counter()
+            reader.read(screen)
+            t2 = time.perf_counter()
+            cold.append((t1 - t0) * 1000)
+            warm.append((t2 - t1) * 1000)
+    q = lambda v, p: float(np.percentile(v, p))  # noqa: E731
+    print(f"\n## Depth ruler, read per measured head frame ({len(screens)} Voluson E8 screens "
+          f"975x735, {repeats} each; {read}/{len(screens)} read)\n")
+    print(f"whole search: median {q(cold, 50):.2f} ms, p90 {q(cold, 90):.2f} ms; the last "
+          f"column read again (the reader's usual frame): median {q(warm, 50):.2f} ms, p90 "
+          f"{q(warm, 90):.2f} ms; ratio {q(warm, 50) / q(cold, 50):.3f}")
+
+
 def main() -> int:
     from quantize.data import data_dir, list_frames, split
     from quantize.manifest import cpu_description
@@ -224,6 +261,7 @@ def main() -> int:
               + " (15 fps; a paced path slower than back to back by what spinning takes "
                 "back is the cores' wake-up, not the code)")
 
+    _ruler_rows()
     audit_section(student_int8, BENCH_PIXEL_SIZE_MM)
     sweeps_section()
 
