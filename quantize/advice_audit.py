@@ -95,8 +95,10 @@ def score(scorer, grey: np.ndarray, name: str, pixel_mm: float) -> dict:
     screen region)."""
     scorer.quality.repeats.last = None
     scorer._roi_key = None
-    scorer.head.pixel_size_mm = pixel_mm
-    return scorer.score(CapturedFrame(name, 0, grey, time.monotonic(), time.time())).to_dict()
+    # the frame's own scale, as a source that knows it gives it: not a calibration fixed
+    # for one depth, on which "Zoom in" is not said (quality rules 1.3.8, changes_scale)
+    return scorer.score(CapturedFrame(name, 0, grey, time.monotonic(), time.time(),
+                                      pixel_size_mm=pixel_mm)).to_dict()
 
 
 def said(rules, quality: dict) -> str:

@@ -174,10 +174,12 @@ def run(limit: int | None, seed: int, models_dir: Path | None = None,
         session = ExamSession(protocol, None, measure_kept=scorer.measure_kept)
         kinds = {}
         for index, (name, grey, kind) in enumerate(sweep.items):
-            # HC18 gives each frame its own pixel size; other anatomy has none that matters.
-            scorer.head.pixel_size_mm = sweep.pixel_mm.get(name, 0.1)
+            # HC18 gives each frame its own pixel size (the frame's own scale, as a source
+            # that knows it gives it: not a calibration fixed for one depth, so the advice
+            # is the scanner's); other anatomy has none that matters.
             scorer._roi_key = None
-            result = scorer.score(Frame(name, index, grey, time.monotonic(), time.time()))
+            result = scorer.score(Frame(name, index, grey, time.monotonic(), time.time(),
+                                        pixel_size_mm=sweep.pixel_mm.get(name, 0.1)))
             record = result.to_dict()
             session.add(record, grey, Roi(*result.roi) if result.roi else None)
             kinds[name] = kind

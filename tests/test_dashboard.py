@@ -330,12 +330,16 @@ def test_wrong_passwords_are_refused_then_braked(site):
         status, _, body = request(base, "/login", method="POST",
                                   form={"username": ADMIN[0], "password": "wrong-password"})
         assert status == 401 and b"Wrong user or password" in body
+    sent = time.monotonic()  # the brake runs LOGIN_BRAKE_S from the server's answer, later
     status, _, _ = request(base, "/login", method="POST",
                            form={"username": "nobody", "password": "wrong-password"})
     assert status == 401
     status, headers, _ = request(base, "/login", method="POST",
                                  form={"username": ADMIN[0], "password": ADMIN[1]})
-    assert status == 429 and int(headers["retry-after"]) >= 1
+    if time.monotonic() - sent < C.LOGIN_BRAKE_S:  # answered within the brake: refused
+        assert status == 429 and int(headers["retry-after"]) >= 1
+    else:  # a host so loaded the brake may have run out first: refused, or let in
+        assert status in (429, 303), status
     status, _, _ = request(base, "/login", method="POST", form={"username": "x" * 5000})
     assert status in (400, 413, 429)
 
