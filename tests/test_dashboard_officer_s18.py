@@ -157,11 +157,13 @@ def test_clinics_are_shown_by_their_district_map_name_with_the_id_beside_it(dist
     completeness = _get(district, "/completeness")
     assert 'Ambo clinic <span class="small">(clinic-ambo)</span>' in completeness
     assert f'{escaped} <span class="small">(clinic-cana)</span>' in completeness
-    assert "<td>clinic-bora</td>" in completeness
+    # each a link to the clinic's page, for the period shown
+    assert '<td><a href="/clinic/clinic-bora?weeks=8">clinic-bora</a></td>' in completeness
     assert "<St Mary's>" not in completeness
     devices = _get(district, "/devices")
     row = re.search(r'<tr data-device="box-ambo"[^>]*>(.*?)</tr>', devices).group(1)
-    assert '<td>clinic-ambo</td><td class="name">Ambo clinic</td>' in row
+    assert ('<td><a href="/clinic/clinic-ambo?weeks=8">clinic-ambo</a></td>'
+            '<td class="name">Ambo clinic</td>') in row
     # every CSV that names a clinic keeps its id and gives its name in clinic_name
     for name, key in (("clinics", "clinic_id"), ("completeness", "clinic_id"),
                       ("devices", "clinic_id"), ("biometry", "clinic_id")):

@@ -138,7 +138,8 @@ def test_the_clinics_page_at_104_weeks_is_small_and_names_every_clinic_and_its_s
     assert sorted(named) == clinics
     for i, c in enumerate(clinics, 1):
         name = ODD_NAME if c == "clinic-07" else f"Clinic {i}"
-        assert named[c] == f'{html.escape(name)} <span class="small">({c})</span>'
+        assert named[c] == (f'<a href="/clinic/{c}?weeks=104">{html.escape(name)} '
+                            f'<span class="small">({c})</span></a>')
     assert ODD_NAME not in page and "<b>" not in page  # text, never markup
     first = _first_days(district["db"])
     spells_seen = 0
@@ -451,7 +452,7 @@ def test_no_page_scrolls_sideways_on_a_phone_and_the_clinics_plot_opens_on_its_l
                                       "path": "/"}])
                 page = context.new_page()
                 for path in ("/clinics", "/completeness", "/quality", "/biometry",
-                             "/devices"):
+                             "/devices", "/clinic/clinic-07"):  # markup in its name
                     page.goto(district["base"] + path + "?weeks=8")
                     assert page.url.endswith(path + "?weeks=8"), page.url  # not the login
                     wide = page.evaluate("document.documentElement.scrollWidth")

@@ -29,6 +29,9 @@ ROLES = ("admin", "viewer")
 # \Z, not $: `$` also matches before a final newline, and took "bob\n" as a user name.
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 DISTRICT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+# A clinic id as the districts file and the registry take it (board/provision.py): what a
+# clinic's page may be asked for, its URL being no more to be trusted than a form.
+CLINIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 
 
 class AuthError(ValueError):

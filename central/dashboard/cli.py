@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from wire.cli import OneLineParser
 from wire.schema import PayloadError, read_regular_file
 from wire.shown import printable, shown
 
-CLINIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 # A country's clinics fit in well under 1 MiB (64 + 64 + 100 characters a line); a larger
 # file was read whole (53 MB: 760 MB of memory), and a FIFO was waited on for ever.
 MAX_DISTRICTS_BYTES = 4 * 1024 * 1024
@@ -171,7 +169,7 @@ def read_districts(path: str | Path) -> tuple[list[tuple[str, str, str]], int | 
     ``clinic_id`` in a district called ``district`` for ever.
 
     A clinic named twice is refused: which district it is in would depend on the order."""
-    from central.dashboard.auth import DISTRICT_RE
+    from central.dashboard.auth import CLINIC_RE, DISTRICT_RE
 
     data = _read_bounded(path)
     try:

@@ -77,7 +77,7 @@ PERIODS_WEEKS = (8, 26, 52, 104)  # the only periods a page may be asked for
 MONTHLY_SHOWN = 4
 MONTHLY_FIRST_YEAR = 2020
 DEFAULT_WEEKS = {"clinics": 8, "completeness": 8, "quality": 26, "biometry": 26,
-                 "devices": 8}
+                 "devices": 8, "clinic": 8}
 
 # -- sequence gaps (as central/report.py) ----------------------------------------------------
 SEQ_JUMP = 1000  # a hole longer than this is a broken counter, not loss (report --seq-jump)

@@ -15,6 +15,7 @@ import time
 from central.dashboard import config as C
 from central.dashboard import queries as Q
 from central.dashboard import reference as R
+from central.dashboard.auth import CLINIC_RE
 from central.dashboard.svg import (
     BLUES,
     GREY,
@@ -47,12 +48,22 @@ def clinic_text(clinic_id: str, name: str = "") -> str:
     return f"{name} ({clinic_id})" if name else clinic_id
 
 
-def clinic_html(clinic_id: str, name: str = "") -> str:
+def clinic_html(clinic_id: str, name: str = "", weeks: int | None = None) -> str:
     """A clinic in a table cell: its name, the id beside it in small type (what IT and the
-    registry call it); a clinic the district map gives no name is its id, as before."""
-    if not name:
-        return esc(clinic_id)
-    return f'{esc(name)} <span class="small">({esc(clinic_id)})</span>'
+    registry call it); a clinic the district map gives no name is its id, as before. With
+    `weeks` (the period shown), a link to the clinic's page for that period."""
+    text = (f'{esc(name)} <span class="small">({esc(clinic_id)})</span>' if name
+            else esc(clinic_id))
+    href = None if weeks is None else clinic_href(clinic_id, weeks)
+    return text if href is None else f'<a href="{esc(href)}">{text}</a>'
+
+
+def clinic_href(clinic_id: str, weeks: int | None = None) -> str | None:
+    """The clinic's page for the period shown; None for an id no page can have: the boxes
+    no registry lists (C.UNREGISTERED), or "." and "..", a path's own steps to a browser."""
+    if not CLINIC_RE.match(clinic_id) or not clinic_id.strip("."):
+        return None
+    return f"/clinic/{clinic_id}" + (f"?weeks={weeks}" if weeks else "")
 
 
 def fit(text: str, chars: int) -> str:
@@ -310,7 +321,8 @@ def _clinics_frame(page: Q.ClinicsPage, cell_w: int, columns: int, title: str,
         svg.text(x + dx, top - dy, head, anchor="end", fill=MUTED, size=10)
     for r, clinic in enumerate(page.clinics):
         svg.text(label_w - NAME_GAP, top + r * ROW_H + ROW_H - 3, _clinic_label(page, clinic),
-                 anchor="end", tip=clinic_text(clinic, page.names.get(clinic, "")))
+                 anchor="end", tip=clinic_text(clinic, page.names.get(clinic, "")),
+                 href=clinic_href(clinic, page.period.weeks))
     return svg, (label_w, top)
 
 
@@ -322,7 +334,8 @@ def _clinic_totals(svg: Svg, page: Q.ClinicsPage, clinic: str, x: float, y: floa
              fill=ORANGE if silent >= 3 else MUTED, data_silent_weekdays=clinic)
     svg.text(x + TOTALS_RIGHT[2], y, missing or "", anchor="end", fill=ORANGE)
     svg.text(x + TOTALS_NAME_X, y, _clinic_label(page, clinic),
-             tip=clinic_text(clinic, page.names.get(clinic, "")))
+             tip=clinic_text(clinic, page.names.get(clinic, "")),
+             href=clinic_href(clinic, page.period.weeks))
 
 
 def spell_text(s: Q.SilentSpell) -> str:
@@ -371,7 +384,7 @@ def silent_table(page: Q.ClinicsPage) -> str:
             shown.append(f"and {len(spells) - C.SPELLS_SHOWN} earlier")
         never = page.first_day is not None and clinic not in page.first_day
         body.append(f'<tr data-clinic="{esc(clinic)}"><td>'
-                    f"{clinic_html(clinic, page.names.get(clinic, ''))}</td>"
+                    f"{clinic_html(clinic, page.names.get(clinic, ''), page.period.weeks)}</td>"
                     f'<td class="num">{exams}</td><td class="num">{silent}</td>'
                     f"<td>{'<br>'.join(shown) or ('no message ever' if never else '-')}</td>"
                     f'<td class="num">{missing}</td></tr>')
@@ -453,6 +466,7 @@ def completeness_svg(page: Q.CompletenessPage, protocol: str) -> str:
         share = c.protocol_share(protocol)
         rows.append({"label": fit(c.name or c.clinic_id, 26),
                      "title": clinic_text(c.clinic_id, c.name), "value": share,
+                     "href": clinic_href(c.clinic_id, page.period.weeks),
                      "note": share_of(share, exams),
                      "colour": ORANGE if share is not None and share < 0.5 else BLUES[3],
                      "data": {"data_clinic": c.clinic_id, "data_protocol": protocol,
@@ -492,7 +506,7 @@ def completeness_table(page: Q.CompletenessPage, missed_shown: int = 3) -> str:
     shown = [p.protocol for p in page.shown]
     head = "".join(f"<th>{esc(protocol_title(p))}</th>" for p in shown)
     rows = "".join(
-        f"<tr><td>{clinic_html(c.clinic_id, c.name)}</td>"
+        f"<tr><td>{clinic_html(c.clinic_id, c.name, page.period.weeks)}</td>"
         + "".join(protocol_cell(c, p) for p in shown) + "<td>"
         + (", ".join(f'<span title="{esc(protocol_title(s.protocol))}">'
                      f"{esc(slot_missed_text(s))}</span>"
@@ -689,7 +703,8 @@ def quality_clinics_table(page: Q.QualityPage) -> str:
         return '<p class="lead">No best frames in this period.</p>'
     rows = "".join(
         f"<tr{' class=flag' if c.below_share >= C.QUALITY_CLINIC_FLAG else ''}>"
-        f"<td>{clinic_html(c.clinic_id, c.name)}</td><td class=num>{c.best_frames}</td>"
+        f"<td>{clinic_html(c.clinic_id, c.name, page.period.weeks)}</td>"
+        f"<td class=num>{c.best_frames}</td>"
         f"<td class=num>{c.mean_quality:.2f}</td>"
         f"<td class=num>{pct(c.below_share)} ({c.below_capture})</td>"
         + (f"<td>{esc(c.worst_plane)}: {c.worst_below} of {c.worst_frames}</td></tr>"
@@ -867,7 +882,7 @@ def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None,
             cls = "stuck"  # not green beside "last seen 39 h ago"
         body.append(
             f'<tr data-device="{esc(d.device_id)}" class="{_urgency_class(d)}">'
-            f"<td>{esc(d.device_id)}</td><td>{esc(d.clinic_id)}</td>"
+            f"<td>{esc(d.device_id)}</td><td>{clinic_html(d.clinic_id, weeks=weeks)}</td>"
             f'<td class="name">{esc(d.clinic_name)}</td>'
             f'<td class="flags">{esc("; ".join(d.flags)) or "-"}</td>'
             f'<td title="{esc(utc(d.last_seen))} UTC">{esc(ago(d.last_seen, now))}</td>'
@@ -894,16 +909,17 @@ def fleet_errors_csv(errors: list[Q.FleetError]) -> str:
                     e.bundle, e.error, e.clinic_name] for e in errors])
 
 
-def fleet_errors_table(errors: list[Q.FleetError], more: dict[str, int], now: float) -> str:
-    """Each device's model-update errors over the period, latest first: the history its
-    latest health (the bundle column above) overwrites."""
+def fleet_errors_table(errors: list[Q.FleetError], more: dict[str, int], now: float,
+                       weeks: int | None = None) -> str:
+    """Each device's model-update errors over the period (`weeks`), latest first: the
+    history its latest health (the bundle column above) overwrites."""
     head = ("<tr><th>device</th><th>clinic</th><th>last seen</th><th>first seen</th>"
             "<th>health messages</th><th>bundle installed</th><th>error</th></tr>")
     body = []
     for e in errors:
         body.append(
             f'<tr data-device="{esc(e.device_id)}" data-health="{e.health}">'
-            f"<td>{esc(e.device_id)}</td><td>{clinic_html(e.clinic_id, e.clinic_name)}</td>"
+            f"<td>{esc(e.device_id)}</td><td>{clinic_html(e.clinic_id, e.clinic_name, weeks)}</td>"
             f'<td title="{esc(utc(e.last_ts))} UTC">{esc(ago(e.last_ts, now))}</td>'
             f"<td>{esc(utc(e.first_ts))}</td>"
             f'<td class="num">{e.health}</td><td>{esc(e.bundle or "-")}</td>'
@@ -941,7 +957,8 @@ def outliers_table(page: Q.BiometryPage) -> str:
     head = ("<tr><th>date</th><th>clinic</th><th>device</th><th>exam</th><th>HC (mm)</th>"
             "<th>GA (weeks)</th><th>z</th><th></th><th>the midwife was told</th></tr>")
     body = [f'<tr data-outlier="{esc(e.msg_id)}"><td>{esc(Q.day_text(e.day))}</td>'
-            f"<td>{clinic_html(e.clinic_id, e.clinic_name)}</td><td>{esc(e.device_id)}</td>"
+            f"<td>{clinic_html(e.clinic_id, e.clinic_name, page.period.weeks)}</td>"
+            f"<td>{esc(e.device_id)}</td>"
             f"<td>{esc(e.exam_id)}</td>"
             f'<td class="num">{e.hc_mm:g}</td><td class="num">{e.ga_weeks:g}</td>'
             f'<td class="num">{e.z:+.2f}</td><td>{esc(e.outside)}</td>'
@@ -962,7 +979,8 @@ def dating_table(page: Q.BiometryPage) -> str:
     def share(n: int, of: int) -> str:
         return f"{n} ({pct(n / of)})" if of else "-"
 
-    body = [f'<tr data-clinic="{esc(c.clinic_id)}"><td>{clinic_html(c.clinic_id, c.name)}</td>'
+    body = [f'<tr data-clinic="{esc(c.clinic_id)}">'
+            f"<td>{clinic_html(c.clinic_id, c.name, page.period.weeks)}</td>"
             f'<td class="num">{c.measured}</td><td class="num">{share(c.dated, c.measured)}</td>'
             f'<td class="num">{share(c.dated_after, c.dated)}</td>'
             f'<td class="num">{share(c.below_3rd, c.dated)}</td>'
@@ -979,6 +997,135 @@ def dating_table(page: Q.BiometryPage) -> str:
 
 
 DATES_FLAG_WORDS = {"small": "smaller than the dates", "large": "larger than the dates"}
+
+
+# -- one clinic ------------------------------------------------------------------------------
+def clinic_weeks_svg(page: Q.ClinicPage) -> str:
+    """The clinic's exams, a bar a week, and the same week of the previous period as a dark
+    tick across it (`Period.previous`). Each week's column carries its numbers
+    (``data-*``) and its words (a hover title); its CSV is the same rows."""
+    rows, weeks = page.weeks(), page.period.weeks
+    bar_w = max(6, min(40, 780 // len(rows)))
+    left, top, plot_h = 44, 30, 150
+    most = max([r.exams for r in rows] + [r.previous_exams for r in rows] + [1])
+    step = next(s for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 10 ** 9)
+                if most / s <= 5)
+    y_max = -(-most // step) * step
+
+    def y(v: float) -> float:
+        return top + plot_h - v / y_max * plot_h
+
+    key, line_key = (BLUES[3], "exams that week"), "the same week of the previous period"
+    width = left + max(bar_w * len(rows), math.ceil(legend_width([key]) + 18
+                                                     + text_width(line_key))) + 12
+    who = clinic_text(page.clinic_id, page.name)
+    svg = Svg(width, top + plot_h + 54, f"Exams per week at {who}, and the same week of "
+              "the previous period", "clinic-weeks")
+    right = left + bar_w * len(rows)
+    for v in range(0, y_max + 1, step):
+        svg.line(left, y(v), right, y(v), stroke="#eee")
+        svg.text(left - 6, y(v) + 4, v, anchor="end", fill=MUTED)
+    every = -(-48 // bar_w)  # a date every ~48 px, back from this week ("so far", above)
+    for i in range(len(rows) - 1 - every, -1, -every):
+        svg.text(left + i * bar_w, top + plot_h + 14, time.strftime(
+            "%d %b %y", time.gmtime((rows[i].week * 7 - 3) * C.DAY_S)), fill=MUTED, size=10)
+    svg.text(right, top - 10, "this week so far", anchor="end", fill=MUTED, size=10)
+    for i, r in enumerate(rows):
+        x = left + i * bar_w
+        svg.rect(x + 1, y(r.exams), bar_w - 2, plot_h * r.exams / y_max, BLUES[3])
+        svg.line(x + 0.5, y(r.previous_exams), x + bar_w - 0.5, y(r.previous_exams),
+                 stroke=INK, width=2)
+    last = page.period.last_week
+    for i, r in enumerate(rows):  # over the bars: the week's words where the pointer is
+        tip = (f"Week of {Q.week_text(r.week)}{' (this week so far)' if r.week == last else ''}"
+               f": {plural(r.exams, 'exam')}; the same week of the previous period (week of "
+               f"{Q.week_text(r.week - weeks)}): {plural(r.previous_exams, 'exam')}"
+               + (f"; {plural(r.silent, 'silent weekday')}" if r.silent else "")
+               + (f"; {plural(r.missing, 'message')} missing" if r.missing else ""))
+        svg.rect(left + i * bar_w, top, bar_w, plot_h, "#fff", tip=tip, fill_opacity=0,
+                 data_week=Q.week_text(r.week), data_exams=r.exams,
+                 data_previous=r.previous_exams,
+                 data_previous_week=Q.week_text(r.week - weeks), data_days=r.days,
+                 data_silent_weekdays=r.silent)
+    ly = top + plot_h + 40
+    x = legend(svg, left, ly, [key])
+    svg.line(x, ly - 4, x + 14, ly - 4, stroke=INK, width=2)
+    svg.text(x + 18, ly, line_key, fill=MUTED)
+    return svg.done()
+
+
+def clinic_csv(page: Q.ClinicPage) -> str:
+    """A row per week of the clinic's chart: its exams, silent weekdays (of those counted:
+    ClinicsPage.counts), messages missing, best frames and those not captured, and the
+    same week of the previous period with its exams."""
+    weeks = page.period.weeks
+    return to_csv(["clinic_id", "week_starting", "days_in_period", "exams", "silent_weekdays",
+                   "weekdays_counted", "messages_missing", "best_frames",
+                   f"best_frames_below_{C.MIN_QUALITY}", "previous_week_starting",
+                   "previous_period_exams", "clinic_name"],
+                  [[page.clinic_id, Q.week_text(r.week), r.days, r.exams, r.silent, r.counted,
+                    r.missing, r.best_frames, r.below_capture, Q.week_text(r.week - weeks),
+                    r.previous_exams, page.name] for r in page.weeks()])
+
+
+FIGURE_WORDS = {
+    "exams": "Exams", "days_heard": "Days a box of the clinic was heard",
+    "silent_weekdays": "Silent weekdays", "messages_missing": "Messages missing",
+    "not_captured": f"Best frames under {C.MIN_QUALITY} (found, not captured)",
+    "measured": "Heads measured", "dated": "of those, with the age by dates",
+    "below_3rd": "Dated heads below the 3rd centile",
+    "above_97th": "Dated heads above the 97th centile",
+    "told_small": "Dated heads the midwife was told are " + DATES_FLAG_WORDS["small"],
+    "told_large": "Dated heads the midwife was told are " + DATES_FLAG_WORDS["large"]}
+
+
+def figure_words(key: str) -> str:
+    protocol = key.removeprefix("complete:")
+    if protocol == key:
+        return FIGURE_WORDS[key]
+    title = protocol_title(protocol)
+    return f"{title[:1].upper()}{title[1:]} exams complete"
+
+
+def clinic_compare_table(page: Q.ClinicPage) -> str:
+    """This period's figures beside the previous period's (`Period.previous`), and the
+    change: a count by its difference, a share by its whole percentage points."""
+    now, was = page.now.figures(), page.before.figures()
+    order = list(FIGURE_WORDS)  # the counts of days first, then completeness per protocol
+    keys = order[:4] + sorted(k for k in now.keys() | was.keys()
+                              if k.startswith("complete:")) + order[4:]
+
+    def cell(n: int, of: int | None) -> tuple[str, str]:
+        """(the words, the data-* value): a count, or a share of `of` ("" for none)."""
+        if of is None:
+            return str(n), str(n)
+        return (f"{pct(n / of)} ({n} of {of})", f"{n / of:.6f}") if of else ("-", "")
+
+    body = []
+    for key in keys:  # a protocol done in one period only: none of none in the other
+        (n, of), (m, of_was) = now.get(key, (0, 0)), was.get(key, (0, 0))
+        said, said_was = cell(n, of), cell(m, of_was)
+        if of is None:
+            change = f"{n - m:+d}" if n != m else "no change"
+        elif of and of_was:
+            points = Q.percent(n / of) - Q.percent(m / of_was)
+            unit = "point" if abs(points) == 1 else "points"
+            change = f"{points:+d} {unit}" if points else "no change"
+        else:
+            change = "-"
+        body.append(f'<tr data-figure="{esc(key)}" data-now="{said[1]}" '
+                    f'data-before="{said_was[1]}"><td>{esc(figure_words(key))}</td>'
+                    f"<td class=num>{said[0]}</td><td class=num>{said_was[0]}</td>"
+                    f"<td class=num>{change}</td></tr>")
+    per, before = page.period, page.before.days.period
+    return (f'<div class="wide"><table class="compare" '
+            f'data-previous-first="{Q.day_text(before.first_day)}" '
+            f'data-previous-last="{Q.day_text(before.last_day)}"><tr><th></th>'
+            f"<th>this period<br><span class=small>{Q.day_text(per.first_day)} to "
+            f"{Q.day_text(per.last_day)}</span></th><th>the period before<br>"
+            f"<span class=small>{Q.day_text(before.first_day)} to "
+            f"{Q.day_text(before.last_day)}</span></th><th>change</th></tr>"
+            f"{''.join(body)}</table></div>")
 
 
 __all__ = ["MUTED"]

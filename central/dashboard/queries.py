@@ -24,14 +24,20 @@ from wire.schema import number_or_none, wall_ts_or_none
 
 @dataclass(frozen=True)
 class Scope:
-    """Whose data: ``district`` None means every clinic (an admin not filtering)."""
+    """Whose data: ``district`` None means every clinic (an admin not filtering);
+    ``clinic``, one clinic of it (its page), so that each page's query serves it alone."""
     district: str | None
+    clinic: str | None = None
 
     def where(self, column: str = "clinic_id") -> tuple[str, tuple]:
-        if self.district is None:
-            return "1 = 1", ()
-        return (f"{column} IN (SELECT clinic_id FROM dash.clinics WHERE district = ?)",
-                (self.district,))
+        terms, params = [], []
+        if self.district is not None:
+            terms.append(f"{column} IN (SELECT clinic_id FROM dash.clinics WHERE district = ?)")
+            params.append(self.district)
+        if self.clinic is not None:
+            terms.append(f"{column} = ?")
+            params.append(self.clinic)
+        return " AND ".join(terms) or "1 = 1", tuple(params)
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,16 @@ class Period:
     @property
     def last_week(self) -> int:
         return week_of(self.last_day)
+
+    @property
+    def weeks(self) -> int:
+        return self.last_week - self.first_week + 1
+
+    def previous(self) -> Period:
+        """The period of the same length just before: its days as many weeks earlier, so
+        this week so far is set against the same weekdays of that week."""
+        shift = 7 * self.weeks
+        return Period(self.first_day - shift, self.last_day - shift)
 
 
 # How far this server's clock is ahead of the collector's (seconds; `set_collector_clock`,
@@ -1241,3 +1257,114 @@ def first_heard(days: Iterable[int | None]) -> int | None:
 def months_returned(months: list[Month], first_day: int | None) -> list[Month]:
     """Those of `months` not wholly before the scope's first message (`first_heard`)."""
     return [m for m in months if first_day is not None and m.last_day >= first_day]
+
+
+# -- one clinic ------------------------------------------------------------------------------
+def clinics_known(db: Db, scope: Scope) -> set[str]:
+    """The clinics whose page the scope can show: those the pages list (`clinics_in_scope`)
+    and those whose only box is in the registry, never heard from (the devices page lists
+    it under its clinic)."""
+    return set(clinics_in_scope(db, scope)) | {
+        r.clinic_id for r in never_heard(db, scope, {}, district_now())}
+
+
+@dataclass
+class ClinicFigures:
+    """One clinic's figures over one period: the district pages' own, their scope narrowed
+    to the clinic (`Scope.clinic`), so that its page and theirs cannot disagree."""
+    clinic_id: str
+    days: ClinicsPage
+    completeness: CompletenessPage
+    quality: QualityPage
+    biometry: BiometryPage
+
+    def figures(self) -> dict[str, tuple[int, int | None]]:
+        """What its page sets against the previous period, each as (count, of what): a
+        share's denominator, or None for a count. Completeness per protocol (its key
+        `complete:<protocol>`), best frames not captured, and the heads as the biometry
+        page's table counts them (below the 3rd centile etc. of the dated ones)."""
+        c = self.clinic_id
+        exams, silent, missing = self.days.totals(c)
+        heard = sum(1 for d in self.days.period.days if not self.days.cells[(c, d)].silent)
+        out: dict[str, tuple[int, int | None]] = {
+            "exams": (exams, None), "days_heard": (heard, None),
+            "silent_weekdays": (silent, None), "messages_missing": (missing, None)}
+        for row in self.completeness.clinics:
+            for protocol, (n, complete) in sorted(row.protocols.items()):
+                out[f"complete:{protocol}"] = (complete, n)
+        q = next(iter(self.quality.clinics), None)
+        out["not_captured"] = (q.below_capture, q.best_frames) if q else (0, 0)
+        h = next(iter(self.biometry.clinics), None) or ClinicDating(c, "", 0, 0, 0, 0)
+        out.update({"measured": (h.measured, None), "dated": (h.dated, h.measured),
+                    "below_3rd": (h.below_3rd, h.dated), "above_97th": (h.above_97th, h.dated),
+                    "told_small": (h.flagged_small, h.dated),
+                    "told_large": (h.flagged_large, h.dated)})
+        return out
+
+
+def clinic_figures(db: Db, scope: Scope, per: Period) -> ClinicFigures:
+    """`scope.clinic`'s figures over `per`, by the pages' queries."""
+    days = clinics_page(db, scope, per)
+    if scope.clinic not in days.clinics:  # its one box is in the registry, never heard
+        days = ClinicsPage(per, [scope.clinic], {(scope.clinic, d): ClinicDay(scope.clinic, d)
+                                                 for d in per.days}, first_day={})
+    return ClinicFigures(scope.clinic, days, completeness_page(db, scope, per),
+                         quality_page(db, scope, per), biometry_page(db, scope, per))
+
+
+@dataclass
+class ClinicWeekRow:
+    """A week of one clinic's page: its chart's bar and a row of its CSV."""
+    week: int
+    days: int  # the period's days in it (this week: up to today)
+    exams: int
+    silent: int  # weekdays with no message, of those that count (ClinicsPage.counts)
+    counted: int
+    missing: int  # messages missing in holes that end that week
+    best_frames: int  # each exam's best frame of each plane it found (the quality page's)
+    below_capture: int  # of those, under MIN_QUALITY: found, not captured
+    previous_exams: int  # the same week of the previous period (Period.previous)
+
+
+@dataclass
+class ClinicPage:
+    clinic_id: str
+    name: str  # from the district map; "" when it gives none
+    district: str | None  # on the district map; None for a clinic in none
+    now: ClinicFigures
+    before: ClinicFigures  # the previous period of the same length
+    devices: list[DeviceRow]
+
+    @property
+    def period(self) -> Period:
+        return self.now.days.period
+
+    def weeks(self) -> list[ClinicWeekRow]:
+        per, c = self.period, self.clinic_id
+        now, was = clinic_weeks(self.now.days), clinic_weeks(self.before.days)
+        frames: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        for cell in self.now.quality.cells:
+            frames[cell.week][0] += cell.exams
+            frames[cell.week][1] += cell.below_capture
+        out = []
+        for week in range(per.first_week, per.last_week + 1):
+            w = now[(c, week)]
+            out.append(ClinicWeekRow(week, sum(1 for d in per.days if week_of(d) == week),
+                                     w.exams, w.silent, w.counted, w.missing, *frames[week],
+                                     was[(c, week - per.weeks)].exams))
+        return out
+
+    @property
+    def last_message(self) -> DeviceRow | None:
+        """The clinic's box heard from last (None: none ever was)."""
+        heard = [d for d in self.devices if d.last_seen is not None]
+        return max(heard, key=lambda d: d.last_seen) if heard else None
+
+
+def clinic_page(db: Db, scope: Scope, per: Period) -> ClinicPage:
+    """One clinic (`scope.clinic`, which the caller has found in `clinics_known`) over
+    `per` and the period before it, and its boxes as the devices page flags them."""
+    clinic = scope.clinic
+    return ClinicPage(clinic, clinic_names(db, scope).get(clinic, ""),
+                      clinic_districts(db).get(clinic), clinic_figures(db, scope, per),
+                      clinic_figures(db, scope, per.previous()), devices_page(db, scope, per))

@@ -6,8 +6,11 @@ login form):
 - ``GET /login``, ``POST /login`` (form: username, password), ``POST /logout``
 - ``GET /clinics``, ``/completeness``, ``/quality``, ``/biometry``, ``/devices``: the pages,
   each with ``?weeks=8|26|52|104`` and, for an admin, ``?district=NAME``
+- ``GET /clinic/<clinic_id>``: one clinic's page, with the same parameters; a clinic the
+  user's scope does not hold is not found (404), as one that does not exist
 - ``GET /api/<plot>.csv`` with the same parameters: the numbers behind each plot
-  (clinics, completeness, missed, quality, deficiencies, biometry, devices)
+  (clinics, completeness, missed, quality, deficiencies, biometry, devices; and
+  ``clinic.csv?clinic=<clinic_id>``, a clinic's weeks)
 - ``GET /api/me``: who is logged in
 - ``GET /static/dash.css``: the one asset; the pages use the system's fonts and no script
 
@@ -251,6 +254,9 @@ class Dashboard:
         app.router.add_get("/favicon.ico", self.favicon)
         for name in PAGES:
             app.router.add_get(f"/{name}", self.page)
+        # any path under /clinic/ (a line break included: "." stops at one): an id with a
+        # "/", or none, is told apart in one line as any other
+        app.router.add_get(r"/clinic/{clinic_id:[\s\S]*}", self.clinic)
         app.router.add_get("/api/me", self.me)
         app.router.add_get("/api/{name}.csv", self.csv)
         app.router.add_route("*", "/api/{tail:.*}", self.api_not_found)
@@ -418,21 +424,95 @@ class Dashboard:
         name = request.path.strip("/")
         bad = await self._bad_param(request)
         if bad is not None:
-            return web.Response(
-                status=400, content_type="text/html", charset="utf-8",
-                text=_document(TITLES[name], f'<main><p class="warn">{esc(bad)}.</p><p><a '
-                               f'href="/{name}">{esc(TITLES[name])}, as usual</a></p></main>'))
+            return _refused(400, TITLES[name], bad, name)
         scope, weeks = self._params(request, name)
         user: A.User = request[USER]
-        raw, gz, made_ms = await self.cached(("page", name, scope.district, weeks, user),
-                                             self._page_doc, name, scope, weeks, user)
-        gzip_ok = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
-        resp = web.Response(body=gz if gzip_ok else raw, content_type="text/html",
-                            charset="utf-8", headers={"Vary": "Accept-Encoding"})
-        if gzip_ok:
-            resp.headers["Content-Encoding"] = "gzip"
-        resp.headers["Server-Timing"] = f"db;dur={made_ms:.1f}"  # when the page was made
-        return resp
+        return _sent(request, *await self.cached(("page", name, scope.district, weeks, user),
+                                                 self._page_doc, name, scope, weeks, user))
+
+    async def clinic(self, request: web.Request):
+        """One clinic's page: what the district pages say of it, beside the period before."""
+        bad = await self._bad_param(request)
+        if bad is not None:
+            return _refused(400, "Clinic", bad, "clinics")
+        scope, weeks = self._params(request, "clinic")
+        one, missing = await self._clinic_scope(request.match_info["clinic_id"], scope)
+        if one is None:
+            return _refused(404, "Clinic", missing, "clinics")
+        user: A.User = request[USER]
+        return _sent(request, *await self.cached(
+            ("clinic", one.clinic, scope.district, weeks, user), self._clinic_doc, one, weeks,
+            user))
+
+    async def _clinic_scope(self, clinic: str, scope: Q.Scope) -> tuple[Q.Scope | None, str]:
+        """The scope of the one clinic a request names, or None and why not, in a line. The
+        name is hostile input (any length and characters). A clinic the scope does not hold
+        is not found in the same words as one that does not exist: a viewer learns nothing
+        of another district's clinics (a 403 would say it exists)."""
+        if not A.CLINIC_RE.match(clinic):
+            return None, (f"clinic: {clinic[:20]!r} is not a clinic id (1 to 64 letters, "
+                          "digits, '.', '_' or '-')")
+        known = await self.cached(("clinics-known", scope.district), Q.clinics_known, scope)
+        if clinic not in known:
+            where = (f"of district {scope.district}" if scope.district else
+                     "heard from or on the districts map")
+            return None, f"clinic: {clinic!r} is not among the clinics {where}"
+        return Q.Scope(scope.district, clinic), ""
+
+    def _clinic_doc(self, db: Db, scope: Q.Scope, weeks: int, user: A.User
+                    ) -> tuple[bytes, bytes, float]:
+        t0 = time.perf_counter()
+        per = Q.period(weeks)
+        page = Q.clinic_page(db, scope, per)
+        who = P.clinic_text(page.clinic_id, page.name)
+        # the menu's pages keep the period and the district asked for; its periods are this
+        # clinic's, and where it is, its district (a district's menu would leave it)
+        where = f"<span>{esc(page.district or 'in no district')}</span>"
+        nav = _nav(user, f"clinic/{page.clinic_id}", scope, weeks, [], where)
+        raw, gz = self._doc(db, who, nav, _period_line(per, weeks)
+                            + self._body_clinic(page, scope, weeks))
+        return raw, gz, (time.perf_counter() - t0) * 1000
+
+    def _body_clinic(self, page: Q.ClinicPage, scope: Q.Scope, weeks: int) -> str:
+        now, one = Q.district_now(), Q.Scope(scope.district)
+        last = page.last_message
+        heard = ("No box of the clinic has sent anything yet." if last is None else
+                 f"Last message: <strong>{esc(P.ago(last.last_seen, now))}</strong> "
+                 f"({esc(P.utc(last.last_seen))} UTC, from {esc(last.device_id)}).")
+        before, fig = page.before.days.period, page.now
+        district = page.district or "none (not on the districts map)"
+        return (f'<h2 class="clinic">{P.clinic_html(page.clinic_id, page.name)}</h2>'
+                f'<p class="lead">District {esc(district)}; '
+                f"{P.plural(len(page.devices), 'box', 'boxes')}. {heard}</p>"
+                + "<h2>This period against the one before</h2>"
+                  f'<p class="lead">The period before: the same {len(before.days)} days '
+                  f"{weeks} weeks earlier. Each figure is the district pages' own for this "
+                  "clinic: completeness and quality count by whole weeks (the period "
+                  "before takes its last week whole), the rest by day.</p>"
+                + P.clinic_compare_table(page)
+                + "<h2>Boxes</h2>"
+                  '<p class="lead">As the devices page lists them: the most urgent first, '
+                  "with why each may need a visit.</p>"
+                + P.devices_table(page.devices, now, weeks)
+                + f"<h2>Exams per week, last {weeks} weeks</h2>"
+                  '<p class="lead">A bar a week; the dark tick across it, the same week of '
+                  "the period before.</p>"
+                  f'<div class="plot recent">{P.clinic_weeks_svg(page)}</div>'
+                + self._csv_link("clinic", one, weeks, clinic=page.clinic_id)
+                + f"<h2>Days heard and silent spells, last {weeks} weeks</h2>"
+                  f'<div class="plot recent">{P.clinics_svg(fig.days)}</div>'
+                + P.silent_table(fig.days)
+                + "<h2>Complete exams, and the slots missed most</h2>"
+                + P.completeness_table(fig.completeness, missed_shown=5)
+                + f'<div class="plot">{P.missed_svg(fig.completeness)}</div>'
+                # not the plane-by-week heatmap: a clinic's cells have too few exams
+                + f"<h2>Best frames under {C.MIN_QUALITY} (not captured), and the "
+                  "deficiencies seen most</h2>"
+                + P.quality_clinics_table(fig.quality)
+                + f'<div class="plot">{P.deficiencies_svg(fig.quality)}</div>'
+                + "<h2>Heads: the age by dates</h2>" + P.dating_table(fig.biometry)
+                + "<h2>Heads outside the 3rd-97th centile, furthest out first</h2>"
+                + P.outliers_table(fig.biometry))
 
     def _page_doc(self, db: Db, name: str, scope: Q.Scope, weeks: int, user: A.User
                   ) -> tuple[bytes, bytes, float]:
@@ -440,12 +520,15 @@ class Dashboard:
         a DB thread: the event loop only sends bytes)."""
         t0 = time.perf_counter()
         body, districts = self._page_body(db, name, scope, weeks)
-        raw = _document(TITLES[name], _nav(user, name, scope, weeks, districts)
-                        + self.clock_said + _quiet(Q.collectors_quiet_since(db))
-                        + _rolling(self.last_refresh)
-                        + body
+        raw, gz = self._doc(db, TITLES[name], _nav(user, name, scope, weeks, districts), body)
+        return raw, gz, (time.perf_counter() - t0) * 1000
+
+    def _doc(self, db: Db, title: str, nav: str, body: str) -> tuple[bytes, bytes]:
+        """A page under its menu and the notes every page says, plain and gzipped."""
+        raw = _document(title, nav + self.clock_said + _quiet(Q.collectors_quiet_since(db))
+                        + _rolling(self.last_refresh) + body
                         + _footer(self.last_refresh)).encode("utf-8")
-        return raw, gzip.compress(raw, 6), (time.perf_counter() - t0) * 1000
+        return raw, gzip.compress(raw, 6)
 
     def _page_body(self, db: Db, name: str, scope: Q.Scope, weeks: int) -> tuple[str, list]:
         per = Q.period(C.CLINICS_WEEKS if name == "clinics" and weeks == 8 else weeks)
@@ -454,10 +537,11 @@ class Dashboard:
                                                                            weeks), districts
 
     def _csv_link(self, name: str, scope: Q.Scope, weeks: int, under: str = "plot",
-                  text: str = "") -> str:
+                  text: str = "", clinic: str = "") -> str:
         """The download under a plot or, with `under="table"`, under a table; `text`, the
-        link's own words instead."""
-        q = f"?weeks={weeks}" + (f"&district={scope.district}" if scope.district else "")
+        link's own words instead; `clinic`, the one clinic of `clinic.csv`."""
+        q = (f"?clinic={clinic}&" if clinic else "?") + f"weeks={weeks}" + (
+            f"&district={scope.district}" if scope.district else "")
         return (f'<p class="csv"><a href="/api/{esc(name)}.csv{esc(q)}" download>'
                 f"{esc(text or f'The numbers behind this {under}')} (CSV)</a></p>")
 
@@ -650,13 +734,15 @@ class Dashboard:
                   "installed, with when it was first and last reported and by how many health "
                   f"messages (a box repeats its error until the next install); at most "
                   f"{C.FLEET_ERRORS_SHOWN} a box here, all in the CSV.</p>"
-                + P.fleet_errors_table(errors, more, Q.district_now())
+                + P.fleet_errors_table(errors, more, Q.district_now(), weeks)
                 + self._csv_link("fleet_errors", scope, weeks, "table"))
 
     async def csv(self, request: web.Request):
         name = request.match_info["name"]
         if name == "monthly":
             return await self._monthly_csv(request)
+        if name == "clinic":
+            return await self._clinic_csv(request)
         if name not in CSVS:
             return web.json_response({"error": "no such CSV"}, status=404)
         bad = await self._bad_param(request)
@@ -669,6 +755,26 @@ class Dashboard:
         # the period's dates in the name: a folder of downloads tells them apart
         return _csv_response(text, f"{name}-{_scope_word(scope)}-{Q.day_text(per.first_day)}"
                                    f"-to-{Q.day_text(per.last_day)}.csv")
+
+    async def _clinic_csv(self, request: web.Request):
+        """A clinic's weeks, the rows of its page's chart (`?clinic=ID`, and the pages'
+        parameters): refused as its page is."""
+        bad = await self._bad_param(request)
+        if bad is not None:
+            return web.json_response({"error": bad}, status=400)
+        scope, weeks = self._params(request, "clinic")
+        one, missing = await self._clinic_scope(request.query.get("clinic", ""), scope)
+        if one is None:
+            return web.json_response({"error": missing}, status=404)
+        per = Q.period(weeks)
+        text = await self.cached(("csv", "clinic", one.clinic, scope.district, per),
+                                 self._clinic_csv_text, one, per)
+        return _csv_response(text, f"clinic-{one.clinic}-{Q.day_text(per.first_day)}-to-"
+                                   f"{Q.day_text(per.last_day)}.csv")
+
+    def _clinic_csv_text(self, db: Db, scope: Q.Scope, per: Q.Period) -> str:
+        return P.with_district(P.clinic_csv(Q.clinic_page(db, scope, per)),
+                               Q.clinic_districts(db))
 
     async def _monthly_csv(self, request: web.Request):
         scope, _ = self._params(request, "clinics")
@@ -721,6 +827,26 @@ class Dashboard:
         return P.devices_csv(Q.devices_page(db, scope, per))
 
 
+def _sent(request: web.Request, raw: bytes, gz: bytes, made_ms: float) -> web.Response:
+    """A page made (`Dashboard.cached`), gzipped where the browser takes it."""
+    gzip_ok = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    resp = web.Response(body=gz if gzip_ok else raw, content_type="text/html",
+                        charset="utf-8", headers={"Vary": "Accept-Encoding"})
+    if gzip_ok:
+        resp.headers["Content-Encoding"] = "gzip"
+    resp.headers["Server-Timing"] = f"db;dur={made_ms:.1f}"  # when the page was made
+    return resp
+
+
+def _refused(status: int, title: str, line: str, back: str) -> web.Response:
+    """A request the pages cannot answer, in one line, and a link to a page that can."""
+    return web.Response(
+        status=status, content_type="text/html", charset="utf-8",
+        text=_document(title, f'<main><p class="warn">{esc(line)}.</p><p><a href="/{back}">'
+                              f"{esc(TITLES[back])}{', as usual' if status == 400 else ''}"
+                              "</a></p></main>"))
+
+
 def _csv_response(text: str, filename: str) -> web.Response:
     resp = web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
         "Content-Disposition": f'attachment; filename="{filename}"'})
@@ -771,7 +897,10 @@ def _document(title: str, body: str) -> str:
             f"<body>{body}</body></html>")
 
 
-def _nav(user: A.User, current: str, scope: Q.Scope, weeks: int, districts: list) -> str:
+def _nav(user: A.User, current: str, scope: Q.Scope, weeks: int, districts: list,
+         where: str | None = None) -> str:
+    """The menu: the pages, the periods of `current` (a path) and, for an admin, its
+    districts; `where`, what to show instead of those (a clinic's page: its district)."""
     def q(**kw) -> str:
         params = {"weeks": weeks, "district": scope.district, **kw}
         return "?" + "&".join(f"{k}={v}" for k, v in params.items() if v)
@@ -781,13 +910,13 @@ def _nav(user: A.User, current: str, scope: Q.Scope, weeks: int, districts: list
     periods = "".join(f'<a href="/{current}{esc(q(weeks=w))}"'
                       f'{" class=on" if w == weeks else ""}>{w} weeks</a>'
                       for w in C.PERIODS_WEEKS)
-    if user.admin:
+    if where is None and user.admin:
         opts = [f'<a href="/{current}{esc(q(district=""))}"'
                 f'{" class=on" if scope.district is None else ""}>all districts</a>']
         opts += [f'<a href="/{current}{esc(q(district=d))}"'
                  f'{" class=on" if d == scope.district else ""}>{esc(d)}</a>' for d in districts]
         where = "".join(opts)
-    else:
+    elif where is None:
         where = f"<span>{esc(user.district)}</span>"
     who = (f'<form method="post" action="/logout" class="who">{esc(user.username)} '
            f"({esc(user.role)}) <button>Log out</button></form>")

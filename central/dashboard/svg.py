@@ -74,11 +74,14 @@ class Svg:
         self.parts.append(f"<rect {a}>{inner}</rect>")
 
     def text(self, x, y, s, anchor: str = "start", fill: str = INK, size: int | None = None,
-             weight: str | None = None, tip: str | None = None, **data) -> None:
+             weight: str | None = None, tip: str | None = None, href: str | None = None,
+             **data) -> None:
+        """`href`: the text is a link (a clinic's name to its page; no script needed)."""
         a = attrs(x=_n(x), y=_n(y), text_anchor=anchor, fill=fill, font_size=size,
                   font_weight=weight, **data)
         inner = f"<title>{esc(tip)}</title>" if tip else ""
-        self.parts.append(f"<text {a}>{inner}{esc(s)}</text>")
+        text = f"<text {a}>{inner}{esc(s)}</text>"
+        self.parts.append(f'<a href="{esc(href)}">{text}</a>' if href else text)
 
     def line(self, x1, y1, x2, y2, stroke: str = MUTED, width: float = 1,
              dash: str | None = None) -> None:
@@ -210,10 +213,10 @@ def hbars(title: str, chart: str, rows: list[dict], width: int = 760,
           label_w: int = 170, value_max: float = 1.0, percent: bool = True,
           row_h: int = 18) -> str:
     """Horizontal bars. Each row: label, value (0..value_max), note (text after the bar),
-    colour, title (the label in full, for the hover) and data (attributes for the bar), the
-    last three optional. The value is said again beside the label, before its bar: a phone
-    shows the plot's left end, where every bar ran off the screen with its note (a full
-    bar looked like any other; an officer's walk)."""
+    colour, title (the label in full, for the hover), href (the label a link) and data
+    (attributes for the bar), the last four optional. The value is said again beside the
+    label, before its bar: a phone shows the plot's left end, where every bar ran off the
+    screen with its note (a full bar looked like any other; an officer's walk)."""
     value_w = 44
     bar_w = width - label_w - value_w - 150
     h = 24 + row_h * max(1, len(rows)) + 20
@@ -228,7 +231,8 @@ def hbars(title: str, chart: str, rows: list[dict], width: int = 760,
         svg.text(x0, 36, "no data in this period", fill=MUTED)
     for i, r in enumerate(rows):
         y = 20 + i * row_h
-        svg.text(label_w - 6, y + row_h * 0.7, r["label"], anchor="end", tip=r.get("title"))
+        svg.text(label_w - 6, y + row_h * 0.7, r["label"], anchor="end", tip=r.get("title"),
+                 href=r.get("href"))
         value = r["value"]
         if value is not None:
             svg.text(x0 - 6, y + row_h * 0.7, f"{value:.0%}" if percent else f"{value:g}",
