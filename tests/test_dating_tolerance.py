@@ -55,3 +55,18 @@ def test_a_head_with_no_age_has_no_tolerance_on_the_report():
            "best_frames": 3}
     text = re.sub(r"<[^>]+>", " ", _report(bio, "en"))
     assert "±" not in text and "ACOG Committee Opinion 700 (2017) moves" not in text
+
+
+def test_the_tolerance_is_that_of_the_age_as_it_is_said_to_the_day():
+    """An age within half a day below a band's start is said as the band's first day
+    ("22w 0d"): its tolerance is that band's, as ACOG gives it for 22w 0d, not the band
+    before (the card and the report said "GA 22w 0d ± 10 days")."""
+    for weeks, said, days in ((15.95, "16w 0d", 10), (21.95, "22w 0d", 14),
+                              (27.95, "28w 0d", 21), (21.92, "21w 6d", 10)):
+        bio = {"measured": 5, "declined": {}, "hc_mm": 200.0, "bpd_mm": 50.0, "ofd_mm": 64.0,
+               "best_frames": 3, "ga_weeks": weeks}
+        assert screening(bio, None)["ga_tolerance_days"] == days, weeks
+        for lang, unit in (("en", "days"), ("fr", "jours")):
+            text = re.sub(r"<[^>]+>", " ", _report(bio, lang))
+            wd = said if lang == "en" else said.replace("w ", " SA ").replace("d", " j")
+            assert f"{wd} ± {days} {unit}" in text, (weeks, lang)

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.exam.screening import dating_tolerance_days
 from edge.web.history import half_up
 from tests.web_harness import (
     HEADS,
@@ -171,6 +172,9 @@ def test_the_page_lists_each_exam_as_it_ends_and_opens_its_report(box, browser):
         text = row.text_content()
         assert f"HC {page_mm(summary['biometry']['hc_mm'])} mm" in text, text
         assert "GA " + weeks_days(summary["biometry"]["ga_weeks"]) in text, text
+        # give or take, as the exam card and the report say the same woman's age
+        days = dating_tolerance_days(summary["biometry"]["ga_weeks"])
+        assert f"{weeks_days(summary['biometry']['ga_weeks'])} ± {days} days" in text, text
         assert "1 of 1" in text and "Fetal biometry" in text
         assert row.bounding_box()["height"] >= 48  # a row is a thumb's target
     # the exam card shows the second exam; the first is a tap away

@@ -29,7 +29,11 @@ from edge.scorer import make_scorer, timed_frames
 def main(args) -> int:
     overrides = {"models": {"dir": args.models_dir, "backend": args.backend,
                             "num_threads": args.threads},
-                 "biometry": {"pixel_size_mm": args.pixel_size},
+                 "biometry": {"pixel_size_mm": args.pixel_size,
+                              # as `score`: a pixel size given here is these frames' scale,
+                              # not a config's ruler, which measured none of them
+                              "ruler_tick_mm": args.ruler_tick if args.ruler_tick is not None
+                              else 0.0 if args.pixel_size is not None else None},
                  "exam": {"protocol": args.protocol}}
     settings = load_settings(args.config, overrides)
     protocol = find_protocol(settings.exam.protocol, settings.exam.protocols_file or None)
@@ -90,6 +94,10 @@ def add_parser(verbs) -> None:
                                            "config's [exam] protocol)")
     parser.add_argument("--pixel-size", type=float, metavar="MM",
                         help="mm per pixel: head-plane frames get head biometry")
+    parser.add_argument("--ruler-tick", type=float, metavar="MM",
+                        help="read each frame's scale from the scanner's depth ruler, a tick "
+                             "every MM mm (default: the config's [biometry] ruler_tick_mm; "
+                             "0 = off; a --pixel-size given turns it off)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     parser.add_argument("--thumbs", metavar="DIR", help="write the best frames here as JPEGs")
     parser.add_argument("--config", type=Path)

@@ -212,7 +212,12 @@ def dating_tolerance_days(ga_weeks: object) -> int | None:
     discrepancy within which the scan is not trusted over the dates. "GA 19w 4d" alone
     read as exact to the day; it is 19w 4d give or take 10 days."""
     weeks = number_or_none(ga_weeks)
-    return None if weeks is None else redate_days(weeks)
+    if weeks is None:
+        return None
+    # the band of the age as it is said, to the day (half up, as the card and the report
+    # round it): 21.95 weeks is said "22w 0d", and ACOG's band from 22w 0d is 14 days, not
+    # the 10 of 21.95 weeks ("22w 0d ± 10 days" read against the rule it cites)
+    return redate_days(math.floor(weeks * 7 + 0.5) / 7)
 
 
 def screening(biometry: dict | None, ga_dates_weeks: float | None) -> dict:

@@ -17,7 +17,9 @@ only the long ones, so the spacing read is that of the finest ticks, which is wh
 `ruler_tick_mm` names. The spacing is the least-squares slope of tick position on tick
 number, so twenty ticks give it to a few hundredths of a pixel. A chain that is too short,
 spans too little of the screen, or bends (a tick more than `max_residual_px` off the line)
-is no ruler: the frame's head is then not measured, rather than measured on a guess.
+is no ruler: the frame's head is then not measured, rather than measured on a guess. So is
+a chain with faint marks half-way between its ticks: a capture scaled down fades the finest
+ticks, and the chain left is every other tick, half the scale (`_finer_ticks_between`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,20 @@ class RulerSettings:
     max_runs_per_column: int = 400  # a column with more bright runs is noise: skipped
     keep_share: float = 0.8  # the last column is read again while it scores this share
     max_columns: int = 12  # the columns most like a ruler searched tick by tick
+    # Finer ticks between the chain's: a screen captured smaller than the scanner drew it
+    # (a capture card scaling 1024x768 to 640x480) fades the 1-pixel 5 mm ticks below a
+    # tick's brightness while the wide centimetre ticks stay, and the chain read is then
+    # every other tick: half the scale, every HC halved. Where a faint thin mark (top-hat
+    # at least `finer_min_contrast`, within `finer_search_px` columns of the chain) lies
+    # half-way between at least `finer_share` of the chain's neighbouring ticks, and
+    # `finer_margin_share` of them more often than a quarter of the way, the ruler is not
+    # trusted. Read off the 13 SonoNet screens resized 0.3-2.0x (area, bilinear, bicubic,
+    # nearest; lossless and JPEG 75 and 50) and the 19 E10 cord frames read, resized
+    # 0.5-1.5x: of some 4,800 right readings, none is refused.
+    finer_min_contrast: int = 15
+    finer_search_px: int = 3
+    finer_share: float = 0.6
+    finer_margin_share: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -189,6 +205,55 @@ def _column_ruler(column: np.ndarray, x: int, height: int, settings: RulerSettin
     return Ruler(x, first, spacing, len(chain), hidden, residual)
 
 
+def _finer_ticks_between(image: np.ndarray, ruler: Ruler, settings: RulerSettings) -> bool:
+    """Whether faint thin marks lie half-way between the ruler's ticks (and not a quarter
+    of the way): the ticks read are then every other one of the ruler's finest, which a
+    downscaled capture faded (`RulerSettings.finer_min_contrast`)."""
+    height, width = image.shape[:2]
+    x0 = max(0, ruler.x - settings.finer_search_px)
+    x1 = min(width, ruler.x + settings.finer_search_px + 1)
+    strip = np.ascontiguousarray(image[:, x0:x1])
+    grey = strip if strip.ndim == 2 else cv2.cvtColor(strip, cv2.COLOR_BGR2GRAY)
+    kernel = np.ones((2 * settings.max_tick_px + 1, 1), np.uint8)
+    contrast = cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, kernel).max(axis=1)
+    # the brightest mark within 1.5 rows either side of each row (5 rows from lo = y - 1.5)
+    window = np.lib.stride_tricks.sliding_window_view(contrast, min(5, height)).max(axis=1)
+    steps = np.arange(ruler.ticks + ruler.hidden - 1)
+
+    def marked(fraction: float) -> tuple[int, int]:
+        lo = np.floor(ruler.first_y + (steps + fraction) * ruler.spacing_px - 1.5)
+        lo = lo[(lo >= 0) & (lo < len(window))].astype(int)
+        return int(np.count_nonzero(window[lo] >= settings.finer_min_contrast)), len(lo)
+
+    halfway, looked = marked(0.5)
+    if not looked:
+        return False
+    quarter = max(marked(0.25)[0], marked(0.75)[0])
+    return (halfway >= settings.finer_share * looked
+            and halfway - quarter >= settings.finer_margin_share * looked)
+
+
+def _search_bands(image: np.ndarray, settings: RulerSettings) -> list[tuple[int, int]]:
+    """(first column, width) of each band searched: `search_band_share` of the frame at
+    either side, and of the screen within it where the scanner's screen does not fill the
+    frame (a 4:3 or 5:4 screen in a 1920x1080 capture, black at its sides: the ruler lies
+    within the screen's own band, past the frame's). The screen's sides are its first and
+    last columns holding a pixel as bright as a tick."""
+    width = image.shape[1]
+    band = max(1, min(width, int(round(width * settings.search_band_share))))
+    bands = {(0, band), (width - band, band)}
+    column_max = image.max(axis=0)
+    if column_max.ndim == 2:
+        column_max = column_max.max(axis=1)
+    lit = np.flatnonzero(column_max >= settings.tick_min_grey)
+    # black bars wider than half a band: the screen's own bands lie past the frame's
+    if len(lit) and (lit[0] > band // 2 or width - 1 - lit[-1] > band // 2):
+        left, right = int(lit[0]), int(lit[-1]) + 1
+        inner = max(1, int(round((right - left) * settings.search_band_share)))
+        bands.update({(left, inner), (right - inner, inner)})
+    return sorted(bands)
+
+
 def read_ruler(image: np.ndarray, settings: RulerSettings = RulerSettings()) -> Ruler | None:
     """The depth ruler on a screen (H, W grey or H, W, 3 BGR uint8), or None where there is
     none to trust. Only the bands at either side are read, so the cost does not grow with
@@ -196,9 +261,8 @@ def read_ruler(image: np.ndarray, settings: RulerSettings = RulerSettings()) -> 
     if image.ndim not in (2, 3) or image.shape[0] < settings.min_ticks or image.shape[1] < 1:
         return None
     height, width = image.shape[:2]
-    band = max(1, min(width, int(round(width * settings.search_band_share))))
     best: Ruler | None = None
-    for x0 in sorted({0, width - band}):
+    for x0, band in _search_bands(image, settings):
         peaks = _tick_peaks(np.ascontiguousarray(image[:, x0:x0 + band]), settings)
         for x in _candidate_columns(peaks, settings):
             if best is not None and np.count_nonzero(peaks[:, x]) <= best.score:
@@ -207,6 +271,8 @@ def read_ruler(image: np.ndarray, settings: RulerSettings = RulerSettings()) -> 
             if found is not None and (best is None or (found.score, -found.residual_px)
                                       > (best.score, -best.residual_px)):
                 best = found
+    if best is not None and _finer_ticks_between(image, best, settings):
+        return None  # every other tick: half the scale, not a guess to measure on
     return best
 
 
@@ -227,7 +293,8 @@ class RulerReader:
             peaks = _tick_peaks(np.ascontiguousarray(image[:, last.x:last.x + 1]),
                                 self.settings)
             again = _column_ruler(peaks[:, 0], last.x, image.shape[0], self.settings)
-            if again is not None and again.score >= self.settings.keep_share * last.score:
+            if (again is not None and again.score >= self.settings.keep_share * last.score
+                    and not _finer_ticks_between(image, again, self.settings)):
                 self.last = again
                 return again
         self.last = read_ruler(image, self.settings)

@@ -300,7 +300,9 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
                       "hc_dates": hc_against_dates(
                           (bio or {}).get("hc_mm"),
                           kept_dates["ga_dates_weeks"] if kept_dates else None),
-                      "hc_frames": hc_frames(bio or {})},
+                      "hc_frames": hc_frames(bio or {}),
+                      # the age give or take, as the exam card and the report say it
+                      "ga_tolerance_days": dating_tolerance_days((bio or {}).get("ga_weeks"))},
         "deficiencies": {_text(k, 24): _count(v) for k, v in list(faults.items())[:8]},
         "models": {_text(k, 32): _text(v, 16) for k, v in list(models.items())[:8]},
     }

@@ -1085,7 +1085,11 @@ function drawEarlier() {
     let figures = t("history.no_hc");
     if (bio && bio.hc_mm != null) { // as the exam card gives them
       const [ga, range] = gaLine(bio);
-      figures = [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }), ga + (range ? ` (${rangeOf(range)})` : "")]
+      // give or take what a scan at that age can tell, as the card and the report say it
+      const tol = bio.ga_weeks != null && exam.screening && exam.screening.ga_tolerance_days;
+      const plusMinus = ga && tol ? ` ${t("exam.ga_tolerance", { days: tol })}` : "";
+      figures = [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }),
+        ga + plusMinus + (range ? ` (${rangeOf(range)})` : "")]
         .filter(Boolean).join(" · ");
     }
     a.append(part("when", examWhen(exam.started_ts)), part("what", title),
