@@ -128,6 +128,7 @@ class Scorer:
     _roi_key: tuple | None = None
     _since_roi: int = 0
     _roi_pending: Future | None = None  # the region being found beside the loop
+    _ruler_said: float = 0.0  # the ruler spacing last logged (`_say_ruler`); 0: none
     # The named plane's class map of the last scored frame, (h, w) over the region, when the
     # plane model has a class_maps output (edge/models/planes.py); None otherwise. Kept
     # beside the result, not in it: the web view shows it, the journal does not keep it.
@@ -207,6 +208,7 @@ class Scorer:
         own, source = frame.pixel_size_mm, "frame"
         if own is None and self.head.ruler is not None:
             ruler = self.head.ruler.read(frame.image)
+            self._say_ruler(ruler, frame.image.shape[0])
             if ruler is None:
                 return 0.0, RULER_UNREAD, "ruler"
             own, source = ruler.mm_per_px(self.head.ruler.tick_mm), "ruler"
@@ -214,6 +216,27 @@ class Scorer:
             own, source = self.head.pixel_size_mm, "calibration"
         problem = pixel_size_status(own, self.head.settings)
         return (0.0, problem, source) if problem else (own, "", source)
+
+    def _say_ruler(self, ruler, height: int) -> None:
+        """The ruler read, logged when first read and whenever its spacing changes by more
+        than a percent (a new depth), or when it is lost: what an installer compares with
+        the depth the scanner prints, where a wrong `ruler_tick_mm` (the centimetre ticks
+        taken for the finest) would otherwise measure every head wrong with status ok."""
+        said = self._ruler_said
+        if ruler is None:
+            if said:
+                log.info("depth ruler: not read on this frame; heads are not measured "
+                         "until it is")
+            self._ruler_said = 0.0
+            return
+        if said and abs(ruler.spacing_px / said - 1.0) <= 0.01:
+            return
+        self._ruler_said = ruler.spacing_px
+        mm = ruler.mm_per_px(self.head.ruler.tick_mm)
+        log.info("depth ruler: %d ticks %.2f px apart in column %d, a tick every %g mm: "
+                 "%.4f mm per pixel; the frame's height spans %.1f cm (compare the depth "
+                 "the scanner prints)", ruler.ticks, ruler.spacing_px, ruler.x,
+                 self.head.ruler.tick_mm, mm, height * mm / 10.0)
 
     def _scale_fixed(self, frame: Frame) -> bool:
         """A head here would be measured at the calibration set for one depth (no ruler,

@@ -239,3 +239,24 @@ def test_a_rule_that_changes_the_scale_says_so_with_a_true_or_false(tmp_path):
     bad.write_text(text.replace("changes_scale = true", "changes_scale = 1"))
     with pytest.raises(RulesError, match=r"criteria\.zoom\.changes_scale: expected bool"):
         load_rules(bad)
+
+
+@needs_data
+def test_the_ruler_read_is_logged_once_and_again_at_a_new_depth(caplog):
+    """What an installer checks against the depth the scanner prints: BRAIN-TV's 16 ticks
+    34.87 px apart are 0.1434 mm a pixel, its 735 rows 10.5 cm, where the screen says
+    "10.4cm". Said once, again when the depth changes, and when the ruler is lost."""
+    scorer = make_scorer(load_settings(overrides={"biometry": {
+        "ruler_tick_mm": VOLUSON_TICK_MM}}))
+    screen = _screen("BRAIN-TV")
+    covered = screen.copy()
+    covered[:, :60] = 0  # the margin with the ruler, blacked out
+    with caplog.at_level("INFO", logger="edge.scorer"):
+        for index, image in enumerate((screen, screen, _deeper(screen, 0.8), covered)):
+            _head(scorer, image, index)
+    said = [r.getMessage() for r in caplog.records if "depth ruler" in r.getMessage()]
+    assert len(said) == 3, said
+    assert "16 ticks 34.87 px apart in column 28" in said[0]
+    assert "0.1434 mm per pixel; the frame's height spans 10.5 cm" in said[0]
+    assert "27.89 px apart" in said[1], said[1]
+    assert "not read" in said[2]

@@ -666,7 +666,9 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
                 age += " " + _t(text, "exam.ga_tolerance", days=tolerance)
             span = ga_range(text, bio)
             rows.append((_t(text, "report.ga"),
-                         age + (" (" + _t(text, "report.range", range=span) + ")"
+                         # "best frames ...", as the card says it: "± 10 days (range
+                         # 21w 1d – 21w 2d)" read as if the ten days were that one-day range
+                         age + (" (" + _t(text, "overlay.ga_range", range=span) + ")"
                                 if span else "")))
         else:
             rows.append((_t(text, "report.ga"), _t(text, "report.ga_outside")))
