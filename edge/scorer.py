@@ -129,6 +129,7 @@ class Scorer:
     _since_roi: int = 0
     _roi_pending: Future | None = None  # the region being found beside the loop
     _ruler_said: float = 0.0  # the ruler spacing last logged (`_say_ruler`); 0: none
+    _ruler_lost_said: float = -1e9  # when its loss was last logged (monotonic s)
     # The named plane's class map of the last scored frame, (h, w) over the region, when the
     # plane model has a class_maps output (edge/models/planes.py); None otherwise. Kept
     # beside the result, not in it: the web view shows it, the journal does not keep it.
@@ -223,11 +224,12 @@ class Scorer:
         the depth the scanner prints, where a wrong `ruler_tick_mm` (the centimetre ticks
         taken for the finest) would otherwise measure every head wrong with status ok."""
         said = self._ruler_said
-        if ruler is None:
-            if said:
+        if ruler is None:  # once a minute at most: a ruler that comes and goes floods not
+            now = time.monotonic()
+            if said and now - self._ruler_lost_said >= 60.0:
+                self._ruler_lost_said = now
                 log.info("depth ruler: not read on this frame; heads are not measured "
                          "until it is")
-            self._ruler_said = 0.0
             return
         if said and abs(ruler.spacing_px / said - 1.0) <= 0.01:
             return

@@ -252,8 +252,9 @@ def test_the_ruler_read_is_logged_once_and_again_at_a_new_depth(caplog):
     covered = screen.copy()
     covered[:, :60] = 0  # the margin with the ruler, blacked out
     with caplog.at_level("INFO", logger="edge.scorer"):
-        for index, image in enumerate((screen, screen, _deeper(screen, 0.8), covered)):
-            _head(scorer, image, index)
+        for index, image in enumerate((screen, screen, _deeper(screen, 0.8), covered,
+                                       _deeper(screen, 0.8), covered)):
+            _head(scorer, image, index)  # lost, found, lost again: its loss said once
     said = [r.getMessage() for r in caplog.records if "depth ruler" in r.getMessage()]
     assert len(said) == 3, said
     assert "16 ticks 34.87 px apart in column 28" in said[0]
