@@ -99,7 +99,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sonoedge-shots-") as tmp_name:
         tmp = Path(tmp_name)
         # a midwife holds the probe on a view for a while: 2 s per head
-        clip = make_clip(DATA, tmp / "clip.avi", per_head=30, per_example=15, rounds=1)
+        # two rounds: the exam begun by Start after the dates still meets a head, then another
+        # plane, however long the steps before it took (one round ran out on a slow hour)
+        clip = make_clip(DATA, tmp / "clip.avi", per_head=30, per_example=15, rounds=2)
         with device(tmp, clip) as (base, _proc), chromium(tmp) as context:
             pages = {}
             for name, size in SIZES.items():
@@ -115,7 +117,7 @@ def main() -> int:
                     page.check("#heatmap-toggle")
                     # checking it scrolled the page down to the switch; a full-page shot
                     # of a scrolled page draws the sticky status bar mid-page
-                    page.evaluate("window.scrollTo(0, 0)")
+                    page.evaluate("document.activeElement.blur(); window.scrollTo(0, 0)")
             head = "window.sonoedge.lastHeader && window.sonoedge.lastHeader.ellipse " \
                    "&& window.sonoedge.lastHeader.biometry"
             for name, page in pages.items():

@@ -1163,7 +1163,7 @@ async function boot() {
     }
   });
   window.addEventListener("resize", () => { if (shownHeader) drawOverlay(shownHeader); });
-  keepFieldsInSight($("#status"), "#app input, #app select"); // in_sight.js
+  keepFieldsInSight($("#status"), "#app input:not([type=checkbox]):not([type=radio])"); // in_sight.js: fields a keyboard opens for
   const res = await fetch("/api/state", { credentials: "same-origin" });
   if (res.ok) { renderState(await res.json()); showApp(); } else showLogin("");
 }
