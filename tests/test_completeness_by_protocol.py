@@ -61,7 +61,7 @@ def test_a_clinic_whose_screens_all_missed_a_plane_is_not_shown_mostly_complete(
         head = re.search(r'<rect [^>]*fill="([^"]+)"[^>]*data-protocol="biometry"', page)
         assert screen and head and screen.group(1) != head.group(1)
         # the table under them: a column per protocol
-        row = re.search(r"<tr><td>clinic-1</td>(.*?)</tr>", page)
+        row = re.search(r"<tr><td><a [^>]*>clinic-1</a></td>(.*?)</tr>", page)  # its page
         cells = re.sub(r"</?span[^>]*>", "", row.group(1)) if row else ""  # a slot's hover
         assert re.sub(r"<[^>]+>", "|", cells).split("|")[1:-1:2] == [
             "100% of 10 exams", "0% of 4 exams", "Lips 100% (4 of 4)"]

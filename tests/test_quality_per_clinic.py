@@ -53,13 +53,17 @@ def test_each_clinics_best_frames_under_capture_are_counted_and_the_worst_plane_
         table = table[:table.index("</table>")]
         cells = [re.findall(r"<td[^>]*>(.*?)</td>", r)
                  for r in re.findall(r"<tr[^>]*>(.*?)</tr>", table)[1:]]
-        assert [c[0] for c in cells] == ["clinic-short", "clinic-good"]  # worst first
+        # worst first; each clinic's name links to its page
+        assert [c[0] for c in cells] == [f'<a href="/clinic/{c}?weeks=8">{c}</a>'
+                                         for c in ("clinic-short", "clinic-good")]
         short, good = cells
         assert short[1:] == ["12", "0.55", "42% (5)", "4CH: 4 of 6"]
         assert good[1:] == ["12", "0.75", "0% (0)", "-"]  # no plane under it: none named
-        assert re.search(r"<tr class=flag><td>clinic-short", table)  # over the flag's share
+        # over the flag's share
+        assert re.search(r"<tr class=flag><td><a [^>]*>clinic-short", table)
         assert 5 / 12 >= C.QUALITY_CLINIC_FLAG > 0
-        assert "<tr class=flag><td>clinic-good" not in table
+        assert not re.search(r"<tr class=flag><td><a [^>]*>clinic-good", table)
+        assert re.search(r"<tr><td><a [^>]*>clinic-good", table)
 
         body = request(base, "/api/quality_clinics.csv?weeks=8", cookie)[2].decode()
         got = list(csv.DictReader(io.StringIO(body)))
