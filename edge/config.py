@@ -385,7 +385,8 @@ def _each_in_range(section: str, values: object, label: str,
     for name, ok, allowed in checks:
         if not ok:
             value = getattr(values, name)
-            text = f"{value:g}" if isinstance(value, float) else shown(value)
+            # to 12 digits: 50.0000001 was said "got 50", the bound itself
+            text = f"{value:.12g}" if isinstance(value, float) else shown(value)
             raise ConfigError(f"{label}: {section}.{name} must be {allowed}, got {text}")
 
 

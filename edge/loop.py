@@ -487,7 +487,9 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             log.warning("%s", exc)
     if scorer.head is not None and settings.biometry.ruler_tick_mm:
         log.info("head scale: read on each measured frame from the scanner's depth ruler "
-                 "(a tick every %g mm)", settings.biometry.ruler_tick_mm)
+                 "(a tick every %g mm)%s", settings.biometry.ruler_tick_mm,
+                 "; this source's heads that know their own scale (the demo clip's) are "
+                 "measured at it" if any(source.pixel_sizes) else "")
     elif scorer.head is not None and settings.biometry.pixel_size_mm:
         # said at start: the advice "Zoom in" asks for exactly the change that breaks it
         log.warning("head scale: [biometry] pixel_size_mm %g holds for one depth and zoom "

@@ -261,3 +261,11 @@ def test_the_ruler_read_is_logged_once_and_again_at_a_new_depth(caplog):
     assert "0.1434 mm per pixel; the frame's height spans 10.5 cm" in said[0]
     assert "27.89 px apart" in said[1], said[1]
     assert "not read" in said[2]
+
+
+def test_a_value_just_past_a_bound_is_shown_as_given_not_rounded_onto_it(tmp_path):
+    """50.0000001 was refused "must be 1-50 mm, got 50": the bound itself, read as allowed."""
+    config = tmp_path / "edge.toml"
+    config.write_text("[biometry]\nruler_tick_mm = 50.0000001\n")
+    with pytest.raises(ConfigError, match=r"got 50\.0000001$"):
+        load_settings(config)
