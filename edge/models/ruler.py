@@ -177,11 +177,18 @@ def _candidate_columns(peaks: np.ndarray, settings: RulerSettings) -> np.ndarray
     return columns[ranked[:settings.max_columns]]
 
 
-def _tick_peaks(band: np.ndarray, settings: RulerSettings) -> np.ndarray:
-    """Pixels bright, and thin in y: what a tick is made of, on the margin or over tissue."""
+def _thin_contrast(band: np.ndarray, settings: RulerSettings
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(grey, how much brighter each pixel is than the rows a tick's width away): a
+    vertical top-hat, what makes a tick stand out on the margin or over tissue."""
     grey = band if band.ndim == 2 else cv2.cvtColor(band, cv2.COLOR_BGR2GRAY)
     kernel = np.ones((2 * settings.max_tick_px + 1, 1), np.uint8)
-    contrast = cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, kernel)
+    return grey, cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, kernel)
+
+
+def _tick_peaks(band: np.ndarray, settings: RulerSettings) -> np.ndarray:
+    """Pixels bright, and thin in y: what a tick is made of, on the margin or over tissue."""
+    grey, contrast = _thin_contrast(band, settings)
     return (contrast >= settings.tick_min_contrast) & (grey >= settings.tick_min_grey)
 
 
@@ -212,10 +219,7 @@ def _finer_ticks_between(image: np.ndarray, ruler: Ruler, settings: RulerSetting
     height, width = image.shape[:2]
     x0 = max(0, ruler.x - settings.finer_search_px)
     x1 = min(width, ruler.x + settings.finer_search_px + 1)
-    strip = np.ascontiguousarray(image[:, x0:x1])
-    grey = strip if strip.ndim == 2 else cv2.cvtColor(strip, cv2.COLOR_BGR2GRAY)
-    kernel = np.ones((2 * settings.max_tick_px + 1, 1), np.uint8)
-    contrast = cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, kernel).max(axis=1)
+    contrast = _thin_contrast(np.ascontiguousarray(image[:, x0:x1]), settings)[1].max(axis=1)
     # the brightest mark within 1.5 rows either side of each row (5 rows from lo = y - 1.5)
     window = np.lib.stride_tricks.sliding_window_view(contrast, min(5, height)).max(axis=1)
     steps = np.arange(ruler.ticks + ruler.hidden - 1)

@@ -531,6 +531,12 @@ function gaLine(bio) { // [age, its range] of one set of figures (the exam's or 
   return [`${t("overlay.ga")} ${weeksDays(bio.ga_weeks)}`, range];
 }
 
+// " ± 10 days" after an age, from its exam's screening (edge/exam/screening.py), or "".
+function withTolerance(ga, screening) {
+  const days = screening && screening.ga_tolerance_days;
+  return ga && days ? ` ${t("exam.ga_tolerance", { days })}` : "";
+}
+
 // The range says what it is: the ages of the smallest and the largest of the best head
 // frames, their spread. Unlabelled, "19w 1d – 19w 2d" read as the dating's precision.
 function rangeOf(range) {
@@ -740,8 +746,7 @@ function renderExam(s) {
   // Hadlock's BPD charts, on which it reads a few days old (a midwife's walk)
   // the age give or take what a scan at that age can tell (ACOG's redating threshold,
   // edge/exam/screening.py): "GA 19w 4d" alone read as exact to the day
-  const tol = state && state.screening && state.screening.ga_tolerance_days;
-  const plusMinus = ga && tol ? ` ${t("exam.ga_tolerance", { days: tol })}` : "";
+  const plusMinus = withTolerance(ga, state && state.screening);
   fig.textContent = !bio ? why : [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }),
     t("exam.bpd", { mm: bio.bpd_mm.toFixed(0) }),
     ga + plusMinus + (range ? ` (${rangeOf(range)})` : "")]
@@ -1086,8 +1091,7 @@ function drawEarlier() {
     if (bio && bio.hc_mm != null) { // as the exam card gives them
       const [ga, range] = gaLine(bio);
       // give or take what a scan at that age can tell, as the card and the report say it
-      const tol = bio.ga_weeks != null && exam.screening && exam.screening.ga_tolerance_days;
-      const plusMinus = ga && tol ? ` ${t("exam.ga_tolerance", { days: tol })}` : "";
+      const plusMinus = withTolerance(bio.ga_weeks != null && ga, exam.screening);
       figures = [t("overlay.hc", { mm: bio.hc_mm.toFixed(0) }),
         ga + plusMinus + (range ? ` (${rangeOf(range)})` : "")]
         .filter(Boolean).join(" · ");
