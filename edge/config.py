@@ -19,6 +19,7 @@ from edge.capture.images import DEFAULT_LIMITS, FrameLimits
 from edge.exam.session import HEAD_PLANES, ExamSettings
 from edge.fleet.settings import FleetSettings, check_fleet_settings
 from edge.models.biometry import BiometrySettings
+from edge.models.fan import FanSettings
 from edge.models.roi import RoiSettings
 from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
 from edge.web.settings import WebSettings, check_web_settings
@@ -64,6 +65,9 @@ MAX_PIXEL_SIZE_MM = 2.0
 # biometry.ruler_tick_mm: depth rulers tick every 1 mm to 5 cm; a value outside is a typo
 # (a tick spacing in cm written as mm, or the depth itself).
 MIN_RULER_TICK_MM, MAX_RULER_TICK_MM = 1.0, 50.0
+# biometry.stretch_tolerance: below 1% a fan's own reading errs (0.3% on real screens); a
+# 4:3 screen filling 16:9 is 33% off, so beyond 30% the check would pass it.
+MIN_STRETCH_TOLERANCE, MAX_STRETCH_TOLERANCE = 0.01, 0.3
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class LogSettings:
 
 
 _MEASURE = BiometrySettings()  # the measurement's defaults, stated once in edge/biometry.py
+_FAN = FanSettings()  # the stretch check's, stated once in edge/models/fan.py
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,10 @@ class BiometryConfig:
     # frame's scale is read from the ruler on the screen (edge/models/ruler.py), so a new
     # depth or zoom is measured right; pixel_size_mm is then not used. 0 = off.
     ruler_tick_mm: float = 0.0
+    # How far the probe's fan may be from round before the picture is called stretched
+    # sideways and heads are not measured (edge/models/fan.py): 0.04 lets pass what no
+    # capture does, and catches a 5:4 screen in a 4:3 frame (1.067). 0 = not checked.
+    stretch_tolerance: float = _FAN.tolerance
     segmenter: str = "head_segmenter"  # manifest name in models.dir; absent = no biometry
     head_planes: tuple[str, ...] = HEAD_PLANES  # plane labels measured
     min_head_area_fraction: float = _MEASURE.min_head_area_fraction
@@ -477,6 +486,9 @@ def _validate_biometry(bio: BiometryConfig, label: str) -> None:
     _each_in_range("biometry", bio, label, (
         ("ruler_tick_mm", bio.ruler_tick_mm == 0.0
          or MIN_RULER_TICK_MM <= bio.ruler_tick_mm <= MAX_RULER_TICK_MM,
-         f"0 (no ruler read) or {MIN_RULER_TICK_MM:g}-{MAX_RULER_TICK_MM:g} mm"),))
+         f"0 (no ruler read) or {MIN_RULER_TICK_MM:g}-{MAX_RULER_TICK_MM:g} mm"),
+        ("stretch_tolerance", bio.stretch_tolerance == 0.0
+         or MIN_STRETCH_TOLERANCE <= bio.stretch_tolerance <= MAX_STRETCH_TOLERANCE,
+         f"0 (not checked) or {MIN_STRETCH_TOLERANCE:g}-{MAX_STRETCH_TOLERANCE:g}"),))
     if not bio.segmenter:
         raise ConfigError(f"{label}: biometry.segmenter must name a model manifest")

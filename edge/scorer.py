@@ -7,6 +7,7 @@ models' own files, read once at start-up.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from edge.capture.sources import Frame, Prepare, Source, read_ahead
 from edge.config import Settings
 from edge.models.biometry import (
     RULER_UNREAD,
+    SCREEN_STRETCHED,
     Biometry,
     BiometrySettings,
     Passes,
@@ -31,6 +33,7 @@ from edge.models.biometry import (
     pixel_size_status,
     settings_for_model,
 )
+from edge.models.fan import FanSettings, StretchWatch, read_fan
 from edge.models.manifest import Manifest, find_manifest
 from edge.models.planes import (
     PlaneResult,
@@ -60,22 +63,33 @@ from edge.result import FrameResult
 log = logging.getLogger(__name__)
 
 
-def find_roi_aside(image: np.ndarray, settings: RoiSettings) -> Future:
-    """`find_roi` of a frame on a thread of its own, its region (or error) in the future.
+def aside(job, *args, name: str = "sonoedge-roi") -> Future:
+    """`job(*args)` on a thread of its own, its result (or error) in the future.
 
     Finding the region costs a whole frame's greying and more, 3-5 ms: on the frames it was
     found on, it was most of the head-plane p90. Beside the loop it runs on the core the
-    models leave idle between their invokes (OpenCV lets the GIL go)."""
+    models leave idle between their invokes (OpenCV lets the GIL go); so does the reading
+    of the fan's shape (`edge.models.fan`), 9 ms on a real screen."""
     future: Future = Future()
 
-    def find() -> None:
+    def run() -> None:
         try:
-            future.set_result(find_roi(image, settings))
+            future.set_result(job(*args))
         except BaseException as exc:  # raised in the loop, at the next frame
             future.set_exception(exc)
 
-    threading.Thread(target=find, name="sonoedge-roi", daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+def find_roi_aside(image: np.ndarray, settings: RoiSettings) -> Future:
+    """`find_roi` of a frame beside the loop (`aside`)."""
+    return aside(find_roi, image, settings)
+
+
+def read_fan_aside(image: np.ndarray, settings: FanSettings) -> Future:
+    """`read_fan` of a frame's grey beside the loop (`aside`)."""
+    return aside(lambda: read_fan(to_grey(image), settings), name="sonoedge-fan")
 
 
 def _ms(seconds: float) -> float:
@@ -97,6 +111,9 @@ class HeadModel:
     # The scanner's depth ruler, read on each measured frame where the box knows its tick
     # spacing (`[biometry] ruler_tick_mm`); None: the calibration above is the scale.
     ruler: RulerReader | None = None
+    # The check that the picture is not stretched sideways (`edge.models.fan`): its
+    # settings, with `[biometry] stretch_tolerance`; None: not checked.
+    fan: FanSettings | None = field(default_factory=FanSettings)
 
 
 @dataclass
@@ -130,6 +147,10 @@ class Scorer:
     _roi_pending: Future | None = None  # the region being found beside the loop
     _ruler_said: float = 0.0  # the ruler spacing last logged (`_say_ruler`); 0: none
     _ruler_lost_said: float = -1e9  # when its loss was last logged (monotonic s)
+    _stretch: StretchWatch | None = None  # the fans read on this source (`_watch_fan`)
+    _fan_pending: Future | None = None
+    _refreshes: int = 0
+    _stretch_said: bool | None = None  # the verdict last logged; None: none yet
     # The named plane's class map of the last scored frame, (h, w) over the region, when the
     # plane model has a class_maps output (edge/models/planes.py); None otherwise. Kept
     # beside the result, not in it: the web view shows it, the journal does not keep it.
@@ -184,6 +205,7 @@ class Scorer:
         key = (frame.source, frame.image.shape)
         if key != self._roi_key:
             self._roi_pending = None
+            self._new_screen()
             grey = to_grey(frame.image)
             self._roi = find_roi(grey, self.roi_settings)
             self._roi_key = key
@@ -196,8 +218,53 @@ class Scorer:
         if self._since_roi >= self.roi_refresh_frames:
             self._roi_pending = find_roi_aside(frame.image, self.roi_settings)
             self._since_roi = 0
+            self._watch_fan(frame)
         self._since_roi += 1
         return self._roi, FrameViews(frame.image, self._roi, half=frame.half_grey)
+
+    def _new_screen(self) -> None:
+        """A new source or frame size: its fans are read afresh, its verdict forgotten."""
+        self._fan_pending = None
+        self._refreshes = 0
+        if self.head is not None and self.head.fan is not None:
+            if self._stretch is None:
+                self._stretch = StretchWatch(self.head.fan)
+            self._stretch.clear()
+
+    def _watch_fan(self, frame: Frame) -> None:
+        """Take the fan read beside the loop, if done, and start the next: at every region
+        refresh until a verdict, then every `every_refreshes`. A frame that cannot show its
+        fan adds nothing."""
+        if self._stretch is None:
+            return
+        if self._fan_pending is not None and self._fan_pending.done():
+            pending, self._fan_pending = self._fan_pending, None
+            self._stretch.add(pending.result())
+            self._say_stretch()
+        self._refreshes += 1
+        due = (self._stretch.stretch is None  # no verdict yet: at every refresh
+               or self._refreshes >= self._stretch.settings.every_refreshes)
+        if self._fan_pending is None and due:
+            self._refreshes = 0
+            self._fan_pending = read_fan_aside(frame.image, self._stretch.settings)
+
+    def _say_stretch(self) -> None:
+        """The verdict, logged when it is first reached and whenever it turns."""
+        stretch = self._stretch.stretch
+        if stretch is None or self._stretch.stretched == self._stretch_said:
+            return
+        self._stretch_said = self._stretch.stretched
+        if self._stretch_said:
+            log.warning("screen shape: the probe's fan is %.2f times as wide as its true "
+                        "shape (median of the last %d frames that showed it): the picture "
+                        "is %s sideways, so heads are not measured. Set the grabber to "
+                        "keep the scanner's own shape (a 4:3 screen filling a 16:9 frame "
+                        "reads 1.33)", stretch, self._stretch.count,
+                        "stretched" if stretch > 1.0 else "squeezed")
+        else:
+            log.info("screen shape: the probe's fan keeps its shape (%.3f, median of the "
+                     "last %d frames that showed it): the picture is not stretched", stretch,
+                     self._stretch.count)
 
     def _scale(self, frame: Frame) -> tuple[float, str, str]:
         """(mm per pixel, "", where it came from) for a frame whose head can be measured,
@@ -207,6 +274,10 @@ class Scorer:
         (`[biometry] ruler_tick_mm`: a new depth or zoom is then measured right); else the
         probe's calibration (`[biometry] pixel_size_mm`), which holds for one depth."""
         own, source = frame.pixel_size_mm, "frame"
+        if self._stretch is not None and self._stretch.stretched:
+            where = source if own is not None else (
+                "ruler" if self.head.ruler is not None else "calibration")
+            return 0.0, SCREEN_STRETCHED, where
         if own is None and self.head.ruler is not None:
             ruler = self.head.ruler.read(frame.image)
             self._say_ruler(ruler, frame.image.shape[0])
@@ -365,9 +436,11 @@ def make_head_model(settings: Settings) -> HeadModel | None:
                     "head quality criteria", path)
         return None
     model, measurement = load_segmenter(settings)
+    fan = (dataclasses.replace(FanSettings(), tolerance=bio.stretch_tolerance)
+           if bio.stretch_tolerance else None)
     return HeadModel(model, measurement, bio.pixel_size_mm, frozenset(bio.head_planes),
                      passes_for_model(model.manifest),
-                     RulerReader(bio.ruler_tick_mm) if bio.ruler_tick_mm else None)
+                     RulerReader(bio.ruler_tick_mm) if bio.ruler_tick_mm else None, fan)
 
 
 def load_segmenter(settings: Settings) -> tuple[Model, BiometrySettings]:

@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections import deque
 from itertools import accumulate
 
-from edge.models.biometry import MEASURED
+from edge.models.biometry import MEASURED, SCREEN_STRETCHED
 from wire.dating import hadlock_ga_weeks
 from wire.schema import PLANES, UNCERTAIN, finite_number, floor_digits
 
@@ -202,6 +202,17 @@ class ExamTally:
         elif len(self.head_declined) < 8 or bio["status"] in self.head_declined:
             status = bio["status"][:24]
             self.head_declined[status] = self.head_declined.get(status, 0) + 1
+            if status == SCREEN_STRETCHED and self.measured:
+                self._void_heads(status)
+
+    def _void_heads(self, status: str) -> None:
+        """The heads measured so far come through the same grabber as the frame found
+        stretched: the fan is seen only on some frames, after some heads were measured,
+        and those are as wrong. They are counted as declined, and their figures dropped."""
+        self.head_declined[status] += self.measured
+        self.measured = 0
+        self.best_heads.clear()
+        self.hc_spread = HcHistogram()
 
     def biometry(self) -> dict | None:
         """The exam's head biometry. HC, BPD, OFD and the age are the medians of the best

@@ -75,10 +75,13 @@ PIXEL_SIZE_ABSURD = "pixel_size_absurd"
 # The box reads each frame's scale from the scanner's depth ruler (`[biometry]
 # ruler_tick_mm`) and found none to trust on this frame: measured on no guess.
 RULER_UNREAD = "ruler_unread"
+# The probe's fan on this screen is wider than it is tall (`edge.models.fan`): the picture
+# is stretched sideways, so a head would measure too wide whatever the scale.
+SCREEN_STRETCHED = "screen_stretched"
 # Statuses with the numbers filled in.
 MEASURED = (OK, GA_OUT_OF_RANGE)
 STATUSES = (OK, GA_OUT_OF_RANGE, NO_HEAD, SEVERAL_HEADS, HEAD_CUT_OFF, POOR_FIT,
-            PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD, RULER_UNREAD)
+            PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD, RULER_UNREAD, SCREEN_STRETCHED)
 
 
 

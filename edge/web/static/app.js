@@ -494,7 +494,8 @@ function overAHead(plane, h) {
 
 // Why the exam's heads have no figures, where that is the box's calibration: a fresh box
 // ticked the head slot and showed no HC without a word, and she took the exam as measured.
-const SCALE_PROBLEMS = ["pixel_size_missing", "pixel_size_absurd", "ruler_unread"];
+const SCALE_PROBLEMS = ["pixel_size_missing", "pixel_size_absurd", "ruler_unread",
+  "screen_stretched"];
 
 function unmeasuredWhy() {
   const bio = state && state.exam && state.exam.biometry;

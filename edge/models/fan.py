@@ -1,0 +1,233 @@
+"""Is the picture stretched sideways? Read from the shape of the probe's own fan.
+
+A grabber that fills a 16:9 frame with a scanner's 4:3 screen widens everything on it by a
+third. Nothing else on the box can see that: the depth ruler gives the vertical scale only,
+and a calibration is one number, so a head measures a third too wide with status ok (HC 227
+mm for 189). The image of a curved-array probe, the obstetric probe, is a fan: two straight
+sides that meet at an apex above the image, and a far edge that is an arc of a circle about
+that apex. Stretched sideways by s, the sides stay straight and still meet at the apex, but
+the far edge becomes an ellipse s times as wide as it is tall. With the apex from the
+sides, the far edge's points (dx, dy) fit dy^2 = r^2 - dx^2 / s^2, a straight line in
+dx^2, so s comes out of one least-squares fit. On the real screens here the fit gives 1.00
+within 0.3% on the frames that show the whole fan, and 1.33 on the same frames stretched
+4:3 to 16:9.
+
+Only a frame that shows both sides and the far edge can tell (a zoomed-in image, a linear
+probe's rectangle, a screen without black around the image cannot); such a frame gives no
+reading, and `StretchWatch` decides from the frames that could.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FanSettings:
+    """Every number of the reading and of the verdict, kept in one place."""
+
+    level: int = 6  # grey above this, after a 5x5 blur, is image; the screen around is black
+    thin_fraction: float = 0.03  # text and marks thinner than this share of the short side go
+    edge_tolerance_px: float = 1.5  # a point this close to a side line or the arc lies on it
+    tries: int = 200  # random pairs drawn per robust fit (seeded: the same frame, same reading)
+    seed: int = 0
+    min_side_fraction: float = 0.15  # each straight side runs at least this share of the height
+    min_slope: float = 0.1  # sides lean out at least this much (px across per px down)
+    min_arc_fraction: float = 0.1  # the far edge's points: at least this share of the width
+    min_arc_share: float = 0.35  # ...and at least this share of the bottom's points on the arc
+    # The far edge is where the image stops: 5 px past it the screen is black (90th
+    # percentile at most this). Where deep tissue only fades, speckle shows past the line.
+    outside_level: int = 2
+    outside_px: int = 5
+    # The arc's points spread across at least this share of its radius, on both sides of
+    # the apex: a short or one-sided piece fits any ellipse.
+    min_arc_span: float = 0.3
+    min_side_share: float = 0.2
+    stretch_range: tuple[float, float] = (0.5, 2.0)  # outside: no fan, whatever fitted
+    # The verdict: the median of the last `readings` frames that gave one, at least
+    # `min_readings` of them; stretched beyond `tolerance` either way. A 5:4 screen in a
+    # 4:3 frame is 1.067, 4:3 in 16:10 1.2, 4:3 in 16:9 1.333.
+    readings: int = 9
+    min_readings: int = 5
+    tolerance: float = 0.04
+    # Read at every region refresh (15 frames) until the verdict can be reached, then at
+    # every 4th: a reading costs about 9 ms beside the loop.
+    every_refreshes: int = 4
+
+
+@dataclass(frozen=True)
+class FanReading:
+    """One frame's fan: how much wider than tall its far edge is, and where it was seen."""
+
+    stretch: float  # horizontal over vertical scale; 1.0: square pixels
+    apex: tuple[float, float]  # (x, y) in frame pixels; y above the image (negative often)
+    radius_px: float  # the far edge's vertical radius from the apex
+    points: int  # far-edge points on the fitted arc
+
+
+def image_mask(grey: np.ndarray, settings: FanSettings) -> np.ndarray | None:
+    """The largest bright connected area, thin things (text, ticks, lines) opened away."""
+    mask = (cv2.GaussianBlur(grey, (5, 5), 0) > settings.level).astype(np.uint8)
+    side = max(3, int(round(min(grey.shape) * settings.thin_fraction)) | 1)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN,
+                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 1:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return (labels == largest).astype(np.uint8)
+
+
+def _side_line(ys: np.ndarray, xs: np.ndarray, settings: FanSettings,
+               rng: np.random.Generator) -> tuple[float, float, int] | None:
+    """x = p*y + q through the most points within the tolerance (a fan's side is straight
+    from the top down to where the far edge begins; below, the boundary follows the arc)."""
+    n = len(ys)
+    best = None
+    pairs = rng.integers(0, n, (settings.tries, 2))
+    for i, j in pairs:
+        if abs(ys[i] - ys[j]) < 10:
+            continue
+        p = (xs[j] - xs[i]) / (ys[j] - ys[i])
+        inliers = np.abs(xs - (xs[i] + p * (ys - ys[i]))) <= settings.edge_tolerance_px
+        if best is None or inliers.sum() > best.sum():
+            best = inliers
+    if best is None or best.sum() < 2:
+        return None
+    p, q = np.polyfit(ys[best], xs[best], 1)
+    return float(p), float(q), int(best.sum())
+
+
+def _far_arc(dx: np.ndarray, dy2: np.ndarray, settings: FanSettings,
+             rng: np.random.Generator) -> tuple[float, float, np.ndarray] | None:
+    """(1/s^2, r^2, inliers) of dy^2 = r^2 - dx^2/s^2 through the most points."""
+    dx2 = dx * dx
+    best = None
+    pairs = rng.integers(0, len(dx2), (settings.tries, 2))
+    for i, j in pairs:
+        if abs(dx2[i] - dx2[j]) < 1.0:
+            continue
+        a = -(dy2[j] - dy2[i]) / (dx2[j] - dx2[i])
+        r2 = dy2[i] + a * dx2[i]
+        if a <= 0 or r2 <= 0:
+            continue
+        inliers = np.abs(np.sqrt(a * dx2 + dy2) - math.sqrt(r2)) <= settings.edge_tolerance_px
+        if best is None or inliers.sum() > best.sum():
+            best = inliers
+    if best is None or best.sum() < 2:
+        return None
+    design = np.stack([dx2[best], np.ones(int(best.sum()))], axis=1)
+    (slope, r2), *_ = np.linalg.lstsq(design, dy2[best], rcond=None)
+    if slope >= 0 or r2 <= 0:
+        return None
+    return float(-slope), float(r2), best
+
+
+def _black_beyond(grey: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+                  settings: FanSettings) -> bool:
+    """The screen is black just past the far edge's points (where the frame goes on)."""
+    beyond = ys + settings.outside_px
+    inside = beyond < grey.shape[0]
+    if inside.sum() < 0.5 * len(ys):
+        return False
+    return float(np.percentile(grey[beyond[inside], xs[inside]], 90)) <= settings.outside_level
+
+
+def read_fan(grey: np.ndarray, settings: FanSettings = FanSettings()) -> FanReading | None:
+    """The fan's stretch on this frame, or None where the frame cannot show it."""
+    if grey.ndim != 2 or min(grey.shape) < 32:
+        return None
+    mask = image_mask(grey, settings)
+    if mask is None:
+        return None
+    height, width = mask.shape
+    rows = np.flatnonzero(mask.any(axis=1))
+    rng = np.random.default_rng(settings.seed)
+    sides = []
+    for xs in (np.argmax(mask[rows], axis=1),
+               width - 1 - np.argmax(mask[rows, ::-1], axis=1)):
+        inside = (xs > 2) & (xs < width - 3)  # a boundary at the frame's edge is no side
+        if inside.sum() < settings.min_side_fraction * height:
+            return None
+        line = _side_line(rows[inside].astype(float), xs[inside].astype(float), settings, rng)
+        if line is None or line[2] < settings.min_side_fraction * height:
+            return None
+        sides.append(line)
+    (p_left, q_left, _), (p_right, q_right, _) = sides
+    if not (p_left < -settings.min_slope and p_right > settings.min_slope):
+        return None  # not a fan opening downwards: a rectangle, a sector upside down
+    apex_y = (q_right - q_left) / (p_left - p_right)
+    apex_x = p_left * apex_y + q_left
+    if apex_y > rows[0]:
+        return None
+    # The far edge: the lowest image point of each column, off the frame's edge and clear
+    # of both side lines (where the arc meets a side, the corner belongs to neither).
+    columns = np.arange(width)
+    bottom = height - 1 - np.argmax(mask[::-1], axis=0)
+    keep = mask.any(axis=0) & (bottom > 2) & (bottom < height - 3)
+    keep &= columns > p_left * bottom + q_left + 2 * settings.edge_tolerance_px + 1
+    keep &= columns < p_right * bottom + q_right - 2 * settings.edge_tolerance_px - 1
+    if keep.sum() < settings.min_arc_fraction * width:
+        return None
+    dx = columns[keep] - apex_x
+    dy2 = (bottom[keep] - apex_y) ** 2.0
+    arc = _far_arc(dx, dy2, settings, rng)
+    if arc is None:
+        return None
+    a, r2, on_arc = arc
+    if (on_arc.sum() < settings.min_arc_fraction * width
+            or on_arc.mean() < settings.min_arc_share
+            or not _black_beyond(grey, columns[keep][on_arc], bottom[keep][on_arc], settings)):
+        return None
+    stretch = 1.0 / math.sqrt(a)
+    low, high = settings.stretch_range
+    if not low <= stretch <= high:
+        return None
+    # Spread and balance, in the arc's own (unstretched) units: a short or one-sided piece
+    # of curve fits an ellipse of any shape.
+    across = dx[on_arc] / stretch
+    radius = math.sqrt(r2)
+    if (across.max() - across.min()) < settings.min_arc_span * radius:
+        return None
+    share_left = float((across < 0).mean())
+    if min(share_left, 1.0 - share_left) < settings.min_side_share:
+        return None
+    return FanReading(round(stretch, 4), (round(apex_x, 1), round(apex_y, 1)),
+                      round(radius, 1), int(on_arc.sum()))
+
+
+class StretchWatch:
+    """The verdict from the frames that showed their fan: the median of the last few."""
+
+    def __init__(self, settings: FanSettings = FanSettings()) -> None:
+        self.settings = settings
+        self._readings: deque[float] = deque(maxlen=settings.readings)
+
+    def add(self, reading: FanReading | None) -> None:
+        if reading is not None:
+            self._readings.append(reading.stretch)
+
+    def clear(self) -> None:
+        self._readings.clear()
+
+    @property
+    def count(self) -> int:
+        return len(self._readings)
+
+    @property
+    def stretch(self) -> float | None:
+        """The median stretch, once enough frames have shown their fan; else None."""
+        if len(self._readings) < self.settings.min_readings:
+            return None
+        return float(np.median(self._readings))
+
+    @property
+    def stretched(self) -> bool:
+        """True only on evidence: a screen that never shows its fan is not called stretched."""
+        stretch = self.stretch
+        return stretch is not None and abs(stretch - 1.0) > self.settings.tolerance

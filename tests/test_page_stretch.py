@@ -1,0 +1,60 @@
+"""What the midwife's page says when the box's grabber stretches the scanner's picture:
+real HC18 heads that show their probe's fan, on a 4:3 screen filled into a 16:9 frame
+(960x720 to 1280x720), through `sonoedge run --web` and headless Chromium. The heads are
+found, not measured, and the exam card says why, where before every HC was a third too
+wide with status ok; the log tells the installer what to set."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.web_harness import _screen, chromium, device, unlocked_page
+
+pytest.importorskip("playwright")
+
+POLL = {"timeout": 90_000, "polling": 200}
+# HC18 heads whose fan (sides and far edge) is on the image, read within 1% of round
+FAN_HEADS = ("200_HC.png", "250_HC.png", "299_HC.png", "359_HC.png", "438_HC.png",
+             "519_HC.png")
+
+
+def _stretched_clip(data_dir, dest, rounds: int = 4, per_head: int = 10):
+    rng = np.random.default_rng(7)
+    frames = [np.zeros((720, 1280, 3), np.uint8)] * 15
+    for _ in range(rounds):
+        for name in FAN_HEADS:
+            image = cv2.imread(str(data_dir / "hc18" / "images" / name))
+            frames += [cv2.resize(_screen(image, rng, k > 0), (1280, 720),
+                                  interpolation=cv2.INTER_LINEAR) for k in range(per_head)]
+    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (1280, 720))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return dest
+
+
+def test_heads_on_a_stretched_picture_are_not_measured_and_the_card_says_why(
+        tmp_path, data_dir):
+    clip = _stretched_clip(data_dir, tmp_path / "stretched.avi")
+    with chromium(tmp_path) as context, device(tmp_path, clip, pixel_size_mm=0.15) as (
+            base, _):
+        page = unlocked_page(context, base)
+        page.wait_for_function(
+            "() => { const s = window.sonoedge.lastState, b = s && s.exam && s.exam.biometry;"
+            " return b && b.declined && b.declined.screen_stretched > 0 && !b.measured; }",
+            **POLL)
+        exam = page.evaluate("() => window.sonoedge.lastState.exam")
+        assert exam["biometry"].get("hc_mm") is None
+        page.wait_for_function(
+            "() => document.querySelector('#exam-bio').textContent.includes('stretched')",
+            **POLL)
+        assert page.locator("#exam-bio").text_content() == (
+            "Head not measured: the picture is stretched or squeezed sideways (the probe's "
+            "fan is not the shape it has on the scanner), so every head would measure "
+            "wrong. Ask for the box's video grabber to be set to keep the scanner's picture "
+            "shape (for example 4:3, not 16:9).")
+    log = (tmp_path / "device.log").read_text()
+    assert "the picture is stretched sideways, so heads are not measured" in log
