@@ -496,6 +496,15 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                     "of the scanner; after a change every HC is wrong by the ratio. Set "
                     "[biometry] ruler_tick_mm to read the scanner's depth ruler instead",
                     settings.biometry.pixel_size_mm)
+    if scorer.head is not None and scorer.head.fan is not None:
+        fan = scorer.head.fan
+        log.info("screen shape: checked on the probe's fan every %d frames; heads are not "
+                 "measured on a picture stretched or squeezed sideways by more than %g%% "
+                 "([biometry] stretch_tolerance)",
+                 fan.every_refreshes * settings.loop.roi_refresh_frames, fan.tolerance * 100)
+    elif scorer.head is not None:
+        log.warning("screen shape: not checked ([biometry] stretch_tolerance = 0): a "
+                    "grabber that stretches the scanner's picture makes every head wrong")
     if (scorer.head is not None and not settings.biometry.pixel_size_mm
             and not settings.biometry.ruler_tick_mm):
         if any(source.pixel_sizes):  # the demo clip knows its heads' scales, and measures

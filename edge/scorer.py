@@ -232,9 +232,8 @@ class Scorer:
             self._stretch.clear()
 
     def _watch_fan(self, frame: Frame) -> None:
-        """Take the fan read beside the loop, if done, and start the next: at every region
-        refresh until a verdict, then every `every_refreshes`. A frame that cannot show its
-        fan adds nothing."""
+        """Take the fan read beside the loop, if done, and start the next every
+        `every_refreshes` region refreshes. A frame that cannot show its fan adds nothing."""
         if self._stretch is None:
             return
         if self._fan_pending is not None and self._fan_pending.done():
@@ -242,9 +241,7 @@ class Scorer:
             self._stretch.add(pending.result())
             self._say_stretch()
         self._refreshes += 1
-        due = (self._stretch.stretch is None  # no verdict yet: at every refresh
-               or self._refreshes >= self._stretch.settings.every_refreshes)
-        if self._fan_pending is None and due:
+        if self._fan_pending is None and self._refreshes >= self._stretch.settings.every_refreshes:
             self._refreshes = 0
             self._fan_pending = read_fan_aside(frame.image, self._stretch.settings)
 

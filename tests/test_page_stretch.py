@@ -57,4 +57,5 @@ def test_heads_on_a_stretched_picture_are_not_measured_and_the_card_says_why(
             "wrong. Ask for the box's video grabber to be set to keep the scanner's picture "
             "shape (for example 4:3, not 16:9).")
     log = (tmp_path / "device.log").read_text()
+    assert "screen shape: checked on the probe's fan every 30 frames" in log
     assert "the picture is stretched sideways, so heads are not measured" in log
