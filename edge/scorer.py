@@ -23,6 +23,9 @@ from edge.capture.sources import Frame, Prepare, Source, read_ahead
 from edge.config import Settings
 from edge.models.biometry import (
     RULER_UNREAD,
+    SCALE_CALIBRATION,
+    SCALE_FRAME,
+    SCALE_RULER,
     SCREEN_STRETCHED,
     Biometry,
     BiometrySettings,
@@ -270,19 +273,19 @@ class Scorer:
         depth ruler read on this very frame, where the box is told its tick spacing
         (`[biometry] ruler_tick_mm`: a new depth or zoom is then measured right); else the
         probe's calibration (`[biometry] pixel_size_mm`), which holds for one depth."""
-        own, source = frame.pixel_size_mm, "frame"
+        own, source = frame.pixel_size_mm, SCALE_FRAME
         if self._stretch is not None and self._stretch.stretched:
             where = source if own is not None else (
-                "ruler" if self.head.ruler is not None else "calibration")
+                SCALE_RULER if self.head.ruler is not None else SCALE_CALIBRATION)
             return 0.0, SCREEN_STRETCHED, where
         if own is None and self.head.ruler is not None:
             ruler = self.head.ruler.read(frame.image)
             self._say_ruler(ruler, frame.image.shape[0])
             if ruler is None:
-                return 0.0, RULER_UNREAD, "ruler"
-            own, source = ruler.mm_per_px(self.head.ruler.tick_mm), "ruler"
+                return 0.0, RULER_UNREAD, SCALE_RULER
+            own, source = ruler.mm_per_px(self.head.ruler.tick_mm), SCALE_RULER
         elif own is None:
-            own, source = self.head.pixel_size_mm, "calibration"
+            own, source = self.head.pixel_size_mm, SCALE_CALIBRATION
         problem = pixel_size_status(own, self.head.settings)
         return (0.0, problem, source) if problem else (own, "", source)
 

@@ -2,8 +2,9 @@
 
 A simulated district (20 clinics in 4 districts, one year; central/dashboard/seed.py) is
 served by `sonoedge-central serve`; Debian's headless Chromium saves every page as an admin
-on a desktop (1280 px) and the clinics and devices pages as a district viewer on a phone
-(390 px). Not committed.
+on a desktop (1280 px) and the clinics, devices, biometry and one clinic's pages as a
+district viewer on a phone (390 px); the clinic's page is the first clinic of the viewer's
+district, on both. Not committed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from central.dashboard.seed import SeedSettings, seed
+from central.dashboard.seed import SeedSettings, clinic_ids, district_of, seed
 from central.dashboard.store import open_db, refresh
 from tests.conftest import REPO
 from tests.dashboard_harness import central, dashboard
@@ -23,6 +24,17 @@ OUT = REPO / "build" / "screenshots"
 PAGES = ("clinics", "clinics?weeks=52", "completeness", "quality", "biometry", "devices")
 ADMIN = ("officer", "admin-password-1")
 VIEWER = ("viewer", "viewer-password-1")
+VIEWER_DISTRICT = "district-2"
+SEEDED = SeedSettings(clinics=20, districts=4, days=365)
+
+
+def _clinic_page() -> str:
+    """One clinic's page (`/clinic/<id>`): the first clinic of the viewer's district, so the
+    viewer may see it too."""
+    ids = clinic_ids(SEEDED.clinics)
+    first = next(c for i, c in enumerate(ids)
+                 if district_of(i, SEEDED.clinics, SEEDED.districts) == VIEWER_DISTRICT)
+    return f"clinic/{first}"
 
 
 def _shoot(browser, base: str, user: tuple[str, str], viewport: dict, prefix: str,
@@ -37,7 +49,8 @@ def _shoot(browser, base: str, user: tuple[str, str], viewport: dict, prefix: st
         page.click("button[type=submit]")
     for name in pages:
         page.goto(f"{base}/{name}")
-        shot = name.replace("?weeks=", "-")  # clinics?weeks=52 -> clinics-52.png
+        # clinics?weeks=52 -> clinics-52.png; clinic/clinic-06 -> clinic.png
+        shot = name.split("/")[0].replace("?weeks=", "-")
         page.screenshot(path=str(OUT / f"{prefix}-{shot}.png"), full_page=True)
     page.context.close()
 
@@ -67,14 +80,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sonoedge-dash-shots-") as tmp_name:
         tmp = Path(tmp_name)
         db = str(tmp / "district.sqlite3")
-        seed(db, SeedSettings(clinics=20, districts=4, days=365))
+        seed(db, SEEDED)
         _registry_with_two_never_heard(db)
         d = open_db(db)
         refresh(d)
         d.close()
         for args, stdin in ((["users", "add", ADMIN[0], "--role", "admin"], ADMIN[1]),
                             (["users", "add", VIEWER[0], "--role", "viewer", "--district",
-                              "district-2"], VIEWER[1])):
+                              VIEWER_DISTRICT], VIEWER[1])):
             out = central(*args, "--db", db, stdin=stdin + "\n")
             if out.returncode != 0:
                 raise RuntimeError(out.stderr)
@@ -83,9 +96,9 @@ def main() -> int:
                                          args=CHROMIUM_ARGS)
             try:
                 _shoot(browser, base, ADMIN, {"width": 1280, "height": 900},
-                       "dashboard-desktop", PAGES)
+                       "dashboard-desktop", (*PAGES, _clinic_page()))
                 _shoot(browser, base, VIEWER, {"width": 390, "height": 844},
-                       "dashboard-phone", ("clinics", "devices", "biometry"))
+                       "dashboard-phone", ("clinics", "devices", "biometry", _clinic_page()))
             finally:
                 browser.close()
     for path in sorted(OUT.glob("dashboard-*.png")):

@@ -543,6 +543,46 @@ def _best_frames_range_in_french(page, view) -> None:
     assert cut == [], cut
 
 
+def test_whose_figures_they_are_fits_one_line_over_the_image_on_a_phone(box, view):
+    """Over a head during an exam, the figures are the exam's (its best heads), said by a
+    label above them: on a 390 px phone in French it wrapped to "Examen, meilleures /
+    têtes :", two lines of the figures' box over the image. One line in every language
+    ("Meilleures têtes :": the best heads are the exam's, against "Cette image :")."""
+    view.exam = exam("exam-o", bio=BIO_20W)
+    page, errors = open_page(box)
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        for lang in ("en", "fr"):
+            page.select_option("select.lang >> nth=-1", lang)
+            page.wait_for_function("lang => document.documentElement.lang === lang", arg=lang,
+                                   **WAIT)
+            label = say(page, "overlay.of_exam")
+            shows_exam(page, "exam-o")
+            lines = _label_lines(page, view, label)
+            assert lines == 1, (lang, label, lines)
+    finally:  # the language is kept in the browser: the next test's page is in English
+        page.evaluate("localStorage.removeItem('sonoedge.lang')")
+    assert not errors
+
+
+def _label_lines(page, view, label: str) -> int:
+    """How many lines `label` takes over the image, once a head frame shows the figures."""
+    frame = {"plane": TV, "plane_confidence": 0.9, "roi": None, "quality": {"score": 0.8},
+             "head": {"status": "ok", "ellipse": [150, 100, 60, 45, 0]},
+             "biometry": {"status": "ok", "hc_mm": 175.0, "bpd_mm": 47.0, "ofd_mm": 60.0,
+                          "ga_weeks": 20.0}}
+    find = ("l => [...document.querySelectorAll('#ga .line')]"
+            ".find(e => e.textContent === l)")
+    end = time.monotonic() + 8
+    while time.monotonic() < end and not page.evaluate(f"l => !!({find})(l)", label):
+        publish(view, frame)
+        time.sleep(0.15)
+    return page.evaluate(f"""l => {{ const e = ({find})(l); if (!e) return 0;
+        const r = document.createRange(); r.selectNodeContents(e);
+        return new Set([...r.getClientRects()].map(b => Math.round(b.top))).size; }}""",
+                         label)
+
+
 def test_the_report_gives_whole_millimetres_and_a_french_decimal_comma(box, view):
     """The report gave "HC 80.0 mm" where the page gives 80, and "indice céphalique 73.3"
     in French, where a decimal point is not how she writes a number (a midwife's walk)."""

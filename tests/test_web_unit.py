@@ -181,7 +181,11 @@ def test_head_frames_that_disagree_by_more_than_a_tenth_are_flagged():
     from edge.exam.screening import HC_FRAMES_SPREAD, hc_frames
 
     mixed = hc_frames({"hc_mm": 166.0, "hc_p10_mm": 165.2, "hc_p90_mm": 236.4})
-    assert mixed == {"p10_mm": 165.2, "p90_mm": 236.4, "spread": 0.429, "flag": True}
+    assert mixed == {"p10_mm": 165.2, "p90_mm": 236.4, "spread": 0.429, "flag": True,
+                     "depth_read": False}  # no scale said: a calibrated box's, as before
+    for scale, read in (("ruler", True), ("frame", True), ("calibration", False)):
+        assert hc_frames({"hc_mm": 166.0, "hc_p10_mm": 165.2, "hc_p90_mm": 236.4,
+                          "scale": scale})["depth_read"] is read, scale
     still = hc_frames({"hc_mm": 165.5, "hc_p10_mm": 164.1, "hc_p90_mm": 167.0})
     assert still["flag"] is False and still["spread"] < HC_FRAMES_SPREAD
     edge = 170.0 * HC_FRAMES_SPREAD

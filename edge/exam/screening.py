@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 
+from edge.models.biometry import SCALE_FRAME, SCALE_RULER
 from wire.dating import HADLOCK_1984_WEEKS, dates_flag, hadlock_ga_weeks, hadlock_hc_mm, redate_days
 from wire.schema import finite_number, number_or_none
 
@@ -197,13 +198,17 @@ def hc_frames(bio: dict) -> dict | None:
     10th-90th percentile and its share of the median. A box's calibration holds for one
     depth of the scanner: after a change of depth its HC jumped from 165 to 236 mm between
     neighbouring frames without a word, and the exam's median mixed both (a midwife's
-    walk)."""
+    walk). `depth_read`: each head's scale was read on its own frame (the scanner's depth
+    ruler, or a recording's own scale), so a change of depth does not explain a spread and
+    the flag must not tell her to set the depth back; False for a fixed calibration, and for
+    an exam journaled before its summary said its scale (every box had a calibration)."""
     hc, p10, p90 = (bio.get(k) for k in ("hc_mm", "hc_p10_mm", "hc_p90_mm"))
     if not all(finite_number(v) and v > 0 for v in (hc, p10, p90)):
         return None
     spread = (p90 - p10) / hc
     return {"p10_mm": round(p10, 1), "p90_mm": round(p90, 1), "spread": round(spread, 3),
-            "flag": spread > HC_FRAMES_SPREAD}
+            "flag": spread > HC_FRAMES_SPREAD,
+            "depth_read": bio.get("scale") in (SCALE_RULER, SCALE_FRAME)}
 
 
 def dating_tolerance_days(ga_weeks: object) -> int | None:

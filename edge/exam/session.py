@@ -709,7 +709,12 @@ def format_exam(session: ExamSession, body: dict, set_scale: str = "") -> str:
                          + (", ".join(f"{k} {v}" for k, v in declined.items())
                             or "no head frames") + ")")
     if body.get("deficiencies"):
-        lines.append("  most frequent deficiencies: " + ", ".join(
-            f"{name} ({n} frame{'' if n == 1 else 's'})"
-            for name, n in body["deficiencies"].items()))
+        lines.append("  most frequent deficiencies: " + _frames_list(body["deficiencies"]))
+    if body.get("deficiencies_not_counted"):
+        lines.append("  not counted, never advised at a calibration fixed for one depth: "
+                     + _frames_list(body["deficiencies_not_counted"]))
     return "\n".join(lines)
+
+
+def _frames_list(faults: dict[str, int]) -> str:
+    return ", ".join(f"{name} ({n} frame{'' if n == 1 else 's'})" for name, n in faults.items())

@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections import deque
 from itertools import accumulate
 
-from edge.models.biometry import MEASURED, SCREEN_STRETCHED
+from edge.models.biometry import HEAD_SCALES, MEASURED, SCREEN_STRETCHED
 from wire.dating import hadlock_ga_weeks
 from wire.schema import PLANES, UNCERTAIN, finite_number, floor_digits
 
@@ -90,7 +90,9 @@ class ExamTally:
 
     Per plane: frames, best confidence and, where the audit ran, best quality score. The
     criteria frames failed are counted (the exam's most frequent deficiencies; a blank
-    frame's only once scanning goes on after it). Head
+    frame's only once scanning goes on after it), but not those the audit withheld from
+    its advice (`not_counted`: "Zoom in" on a box whose scale is a calibration fixed for
+    one depth, where an officer coaching it would break every HC after it). Head
     biometry counts every measured frame, keeps its HC in a fixed-size histogram (the
     spread; `HcHistogram`) and keeps the `BEST_HEADS` best-quality measured frames, from
     which the exam's age is given.
@@ -112,6 +114,10 @@ class ExamTally:
         self.best_heads: list[tuple[float, int, float, float, float]] = []
         self.head_declined: dict[str, int] = {}
         self.deficiencies: dict[str, int] = {}
+        # Faults the audit withheld from its advice (`withheld`): seen, not to be coached.
+        self.not_counted: dict[str, int] = {}
+        # The scales the measured heads were measured at (biometry `scale`): frames by kind
+        self.head_scales: dict[str, int] = {}
         # Faults of frames without ultrasound since the last frame with it: counted when
         # scanning goes on, left out if it does not. An exam ended by a gap ends with
         # `end_gap_s` of the probe in the air, whose "no image" and "washed out" frames
@@ -141,12 +147,15 @@ class ExamTally:
             if len(entry) == 2:
                 entry.append(score)
             entry[2] = max(entry[2], score)
-            self._add_deficiencies(r["quality"].get("criteria"))
+            self._add_deficiencies(r["quality"].get("criteria"), r["quality"].get("withheld"))
         self._add_biometry(r.get("biometry"), head_rank(r))
 
-    def _add_deficiencies(self, criteria) -> None:
+    def _add_deficiencies(self, criteria, withheld) -> None:
         if not isinstance(criteria, dict):
             return
+        # a replayed journal row may hold anything
+        withheld = {w for w in withheld if isinstance(w, str)} \
+            if isinstance(withheld, list) else set()
         content = criteria.get("content")
         blank = isinstance(content, dict) and content.get("pass") is False
         if not blank:
@@ -156,7 +165,8 @@ class ExamTally:
         table = self._blank_faults if blank else self.deficiencies
         for name, c in criteria.items():
             if isinstance(c, dict) and c.get("pass") is False and isinstance(name, str):
-                self._count_fault(table, name[:24], 1)
+                self._count_fault(self.not_counted if name in withheld else table,
+                                  name[:24], 1)
 
     def _count_fault(self, table: dict[str, int], key: str, n: int) -> None:
         if key in table or len(table) < self.MAX_CRITERIA:
@@ -193,6 +203,9 @@ class ExamTally:
         if bio["status"] in MEASURED and all(finite_number(v) and 0 < v < MAX_HEAD_MM for v in mm):
             hc, bpd, ofd = (float(v) for v in mm)
             self.measured += 1
+            scale = bio.get("scale")
+            if scale in HEAD_SCALES:
+                self.head_scales[scale] = self.head_scales.get(scale, 0) + 1
             self.hc_spread.add(hc)
             item = (rank, -self.frames, hc, bpd, ofd)  # equal rank: the earlier frame stays
             if len(self.best_heads) < self.BEST_HEADS:
@@ -213,6 +226,7 @@ class ExamTally:
         self.measured = 0
         self.best_heads.clear()
         self.hc_spread = HcHistogram()
+        self.head_scales.clear()
 
     def biometry(self) -> dict | None:
         """The exam's head biometry. HC, BPD, OFD and the age are the medians of the best
@@ -230,6 +244,8 @@ class ExamTally:
             median_hc = percentile(hc, 0.5)
             ga, low, high = (hadlock_ga_weeks(v) for v in (median_hc, hc[0], hc[-1]))
             p10, p90 = self.hc_spread.percentiles(0.1, 0.9)
+            if self.head_scales:  # the kind of most frames (a box uses one kind)
+                out["scale"] = min(self.head_scales.items(), key=lambda kv: (-kv[1], kv[0]))[0]
             out.update({"hc_mm": median_hc, "hc_p10_mm": p10, "hc_p90_mm": p90,
                         "bpd_mm": percentile(bpd, 0.5),
                         "ofd_mm": percentile(ofd, 0.5), "best_frames": len(hc),
@@ -238,9 +254,11 @@ class ExamTally:
                         "ga_high_weeks": None if high is None else round(high, 1)})
         return out
 
-    def top_deficiencies(self, n: int = 3) -> dict[str, int]:
-        ranked = sorted(self.deficiencies.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-        return dict(ranked)
+    def top_deficiencies(self, n: int = 3, table: dict[str, int] | None = None
+                         ) -> dict[str, int]:
+        """The `n` faults of most frames (of `table`, the deficiencies by default)."""
+        counts = self.deficiencies if table is None else table
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
 
     def body(self, source: str, started_ts: float, ended_ts: float,
              started_mono: float | None = None, ended_mono: float | None = None,
@@ -253,6 +271,7 @@ class ExamTally:
         latencies = list(self.latencies)
         head = self.biometry()
         deficiencies = self.top_deficiencies()
+        not_counted = self.top_deficiencies(table=self.not_counted)
         return {
             "exam_id": exam_id or hashlib.sha256(
                 f"{source}|{started_ts}|{started_mono}".encode()).hexdigest()[:16],
@@ -269,6 +288,7 @@ class ExamTally:
             "models": _model_versions([{"model": t} for t in self.model_tags],
                                       model_versions),
             **({"deficiencies": deficiencies} if deficiencies else {}),
+            **({"deficiencies_not_counted": not_counted} if not_counted else {}),
             **({"biometry": head} if head is not None else {}),
         }
 

@@ -430,10 +430,17 @@ class QualityResult:
     score: float
     criteria: dict[str, Criterion] = field(default_factory=dict)
     advice: str | None = None  # the failing criterion that matters most, or None
+    # Criteria judged but never the advice on this frame: their instruction changes the
+    # scale, and the head is measured at a calibration fixed for one depth (`audit`). The
+    # exam's tally does not count them as faults to coach either (edge/exam/tally.py).
+    withheld: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"score": round(self.score, 4), "advice": self.advice,
-                "criteria": {name: c.to_dict() for name, c in self.criteria.items()}}
+        out = {"score": round(self.score, 4), "advice": self.advice,
+               "criteria": {name: c.to_dict() for name, c in self.criteria.items()}}
+        if self.withheld:
+            out["withheld"] = list(self.withheld)
+        return out
 
     @property
     def failing(self) -> list[str]:
@@ -444,7 +451,8 @@ def audit(rules: Rules, measures: dict[str, float], scale_fixed: bool = False) -
     """Judge every criterion whose measure is present in `measures`. With `scale_fixed` (a
     head measured at a calibration set for one depth: `[biometry] pixel_size_mm` without
     the depth ruler), a criterion whose instruction changes the scale still scores but is
-    never the advice: obeying "Zoom in" made every HC after it wrong by the ratio."""
+    never the advice: obeying "Zoom in" made every HC after it wrong by the ratio. Such
+    criteria judged on the frame are listed as `withheld`."""
     criteria: dict[str, Criterion] = {}
     score = 1.0
     for rule in rules.criteria:
@@ -461,11 +469,13 @@ def audit(rules: Rules, measures: dict[str, float], scale_fixed: bool = False) -
     gain = {r.name for r in rules.criteria if r.measure == "bright_level"}
     if any(c.name in gain for c in failing):  # the gain leads what dim echoes explain
         failing = [c for c in failing if c.name not in explained]
+    withheld: tuple[str, ...] = ()
     if scale_fixed:
-        rescaling = {r.name for r in rules.criteria if r.changes_scale}
-        failing = [c for c in failing if c.name not in rescaling]
+        withheld = tuple(r.name for r in rules.criteria
+                         if r.changes_scale and r.name in criteria)
+        failing = [c for c in failing if c.name not in withheld]
     advice = min(failing, key=lambda c: (c.priority, -c.loss)).name if failing else None
-    return QualityResult(max(0.0, min(1.0, score)), criteria, advice)
+    return QualityResult(max(0.0, min(1.0, score)), criteria, advice, withheld)
 
 
 def _explained_by_dim_echoes(rules: Rules, measures: dict[str, float],

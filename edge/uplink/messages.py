@@ -62,7 +62,8 @@ def _compact(value):
 
 def _shed(body: dict) -> list[dict]:
     """Ever smaller versions of an exam body, least useful detail first, so a busy exam
-    still fits in 1 KB instead of being refused: the HC spread, then the reasons head
+    still fits in 1 KB instead of being refused: the faults not counted as deficiencies
+    (the district tallies none of them), then the HC spread, then the reasons head
     frames were declined (kept as one count), then plane confidences and qualities cut to
     two digits (1.0 as 1), then every model but the plane model (every health message names
     them all), then the quality of entries that are not a standard plane (Background,
@@ -72,8 +73,11 @@ def _shed(body: dict) -> list[dict]:
     the age range of the head. A second-trimester screen of 13 planes used to shed its
     missing planes' names and its deficiencies while it still carried a model list health
     repeats and Background's quality."""
-    bio = body.get("biometry")
     steps = []
+    if "deficiencies_not_counted" in body:
+        body = {k: v for k, v in body.items() if k != "deficiencies_not_counted"}
+        steps.append(body)
+    bio = body.get("biometry")
     if isinstance(bio, dict):
         bio = {k: v for k, v in bio.items() if k not in ("hc_p10_mm", "hc_p90_mm")}
         steps.append({**body, "biometry": bio})

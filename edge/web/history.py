@@ -62,6 +62,7 @@ from edge.exam.screening import (
     same_weeks,
 )
 from edge.exam.thumbs import HEAD_MEASURED, THUMBS_DIR
+from edge.models.biometry import HEAD_SCALES
 from edge.store.journal import JOURNAL_FILE, MAX_DATES_BYTES, told_weeks
 from edge.web import i18n
 from wire.dating import HADLOCK_1984_WEEKS
@@ -268,8 +269,8 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         bio["best_frames"] = _count(bio_in.get("best_frames"))
         declined = bio_in.get("declined") if isinstance(bio_in.get("declined"), dict) else {}
         bio["declined"] = {_text(k, 24): _count(v) for k, v in list(declined.items())[:8]}
-    faults = summary.get("deficiencies") if isinstance(summary.get("deficiencies"), dict) \
-        else {}
+        if bio_in.get("scale") in HEAD_SCALES:
+            bio["scale"] = bio_in["scale"]
     models = summary.get("models") if isinstance(summary.get("models"), dict) else {}
     ended_by = _text(summary.get("ended_by"))
     kept_dates = read_dates(dates)
@@ -303,9 +304,17 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
                       "hc_frames": hc_frames(bio or {}),
                       # the age give or take, as the exam card and the report say it
                       "ga_tolerance_days": dating_tolerance_days((bio or {}).get("ga_weeks"))},
-        "deficiencies": {_text(k, 24): _count(v) for k, v in list(faults.items())[:8]},
+        "deficiencies": _faults(summary.get("deficiencies")),
+        "deficiencies_not_counted": _faults(summary.get("deficiencies_not_counted")),
         "models": {_text(k, 32): _text(v, 16) for k, v in list(models.items())[:8]},
     }
+
+
+def _faults(table: object) -> dict[str, int]:
+    """A summary's faults by frames (criterion -> frames), as read back from the journal."""
+    if not isinstance(table, dict):
+        return {}
+    return {_text(k, 24): _count(v) for k, v in list(table.items())[:8]}
 
 
 # -- the journal, read-only ------------------------------------------------------------------
@@ -701,7 +710,7 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
         out.append(f"<li>{e(_t(text, 'screen.no_head'))}</li>")
     hf = (exam.get("screening") or {}).get("hc_frames")
     if hf and hf.get("flag"):  # as the page: a depth changed, or another head
-        out.append('<li class="flag">' + e(_t(text, "screen.hc_frames_disagree",
+        out.append('<li class="flag">' + e(_t(text, hc_frames_key(hf),
                                                 low=half_up(hf["p10_mm"]),
                                                 high=half_up(hf["p90_mm"]))) + "</li>")
     hd = (exam.get("screening") or {}).get("hc_dates")
@@ -745,12 +754,17 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
 
     # faults, models, ids
     faults = exam.get("deficiencies") or {}
-    if faults:
+    not_counted = exam.get("deficiencies_not_counted") or {}
+    if faults or not_counted:
         out.append(f'<section class="faults"><h2>{e(_t(text, "report.deficiencies"))}</h2><ul>')
         for name, n in faults.items():
-            label = _t(text, "deficiency." + name, fallback=name)
-            out.append(f"<li>{e(_t(text, 'report.frames', label=label, n=n))}</li>")
-        out.append("</ul></section>")
+            out.append(f"<li>{e(_fault_line(text, name, n))}</li>")
+        out.append("</ul>")
+        if not_counted:  # seen, but not a fault to coach on this box (the scale's sake)
+            listed = ", ".join(_fault_line(text, name, n) for name, n in not_counted.items())
+            out.append(f'<p class="how not-counted">'
+                       f'{e(_t(text, "report.not_counted", faults=listed))}</p>')
+        out.append("</section>")
     models = " · ".join(f"{k} {v}" for k, v in exam.get("models", {}).items())
     out.append('<footer>')
     if models:
@@ -758,6 +772,11 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     out.append(f'<p>{e(_t(text, "report.exam_id", id=exam_id))}</p>')
     out.append(f'<p class="aid">{e(_t(text, "screen.aid"))}</p></footer></main>')
     return _page(text, f'{_t(text, "report.title")} · {title}', "\n".join(out), "report")
+
+
+def _fault_line(text: dict[str, str], name: str, n: int) -> str:
+    """A criterion in the midwife's words and its frames: "Blurred (12 frames)"."""
+    return _t(text, "report.frames", label=_t(text, "deficiency." + name, fallback=name), n=n)
 
 
 def _measured_figure(text: dict[str, str], exam_id: str, head: dict | None) -> str:
@@ -822,6 +841,13 @@ def _dates_form(text: dict[str, str], exam_id: str, lmp: str | None) -> str:
             f'{e(_t(text, "report.lmp_keep"))}</button>{clear}'
             f'<p class="fine">{e(_t(text, "report.lmp_form"))}</p>'
             '<p id="report-lmp-error" class="error" aria-live="polite"></p></form>')
+
+
+def hc_frames_key(hf: dict) -> str:
+    """The catalog's words for head frames that disagree (`screening.hc_frames`), as the
+    page picks them: a box that reads each frame's depth is never told to set it back."""
+    return "screen.hc_frames_disagree_ruler" if hf.get("depth_read") \
+        else "screen.hc_frames_disagree"
 
 
 def ci_shown(ci: dict) -> str:

@@ -902,8 +902,12 @@ function renderScreening(sc) {
     const key = ci.flag ? `screen.ci_${ci.flag}` : "screen.ci_ok";
     add(t(key, { ci: ciShown(ci), low: ci.low, high: ci.high }), !!ci.flag);
   } else add(t("screen.no_head"), false);
-  const hf = sc.hc_frames; // the head frames disagree: a depth changed, or another head
-  if (hf && hf.flag) add(t("screen.hc_frames_disagree", { low: hf.p10_mm.toFixed(0), high: hf.p90_mm.toFixed(0) }), true);
+  // the head frames disagree: a depth changed (a box whose calibration holds for one
+  // depth; one that reads the depth on every frame is never told to set it back), or
+  // another head
+  const hf = sc.hc_frames;
+  const hfKey = hf && hf.depth_read ? "screen.hc_frames_disagree_ruler" : "screen.hc_frames_disagree";
+  if (hf && hf.flag) add(t(hfKey, { low: hf.p10_mm.toFixed(0), high: hf.p90_mm.toFixed(0) }), true);
   const hd = sc.hc_dates;
   if (!hd) add(t("screen.enter_lmp"), false);
   else if (hd.status === "dates_out_of_range") {
