@@ -184,6 +184,47 @@ def _ruler_rows(repeats: int = 20) -> None:
           f"{q(warm, 90):.2f} ms; ratio {q(warm, 50) / q(cold, 50):.3f}")
 
 
+def _fan_rows(repeats: int = 5) -> None:
+    """The probe's fan read for the screen-shape check (edge/models/fan.py), beside the loop
+    every 2nd region refresh: on the 66 real screens here (SonoNet, FETAL_PLANES_DB, cord
+    JPEGs) as captured, the ones that show their whole fan and the rest apart, and at
+    1280x720 (a 4:3 screen stretched into 16:9)."""
+    import cv2
+    import numpy as np
+
+    from edge.models.fan import FanSettings, read_fan
+    from edge.models.roi import to_grey
+    from quantize.data import data_dir
+
+    paths = sorted((data_dir() / "sononet" / "examples").glob("*.tiff"))
+    paths += sorted((data_dir() / "planes" / "images").glob("*.*"))
+    greys = [to_grey(img) for img in (cv2.imread(str(p)) for p in paths) if img is not None]
+    if not greys:
+        print("\nnote: no real screens; the screen-shape rows are left out")
+        return
+    shown, hidden, wide, read = [], [], [], 0
+    for grey in greys:
+        stretched = cv2.resize(grey, (1280, 720), interpolation=cv2.INTER_LINEAR)
+        whole = read_fan(grey) is not None
+        read += whole
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            read_fan(grey)
+            t1 = time.perf_counter()
+            read_fan(stretched)
+            t2 = time.perf_counter()
+            (shown if whole else hidden).append((t1 - t0) * 1000)
+            wide.append((t2 - t1) * 1000)
+    q = lambda v, p: float(np.percentile(v, p)) if v else float("nan")  # noqa: E731
+    every = FanSettings().every_refreshes * 15
+    print(f"\n## Screen shape, the probe's fan read beside the loop every {every} frames "
+          f"({len(greys)} real screens, {repeats} each; {read} show their whole fan)\n")
+    print(f"as captured, whole fan shown: median {q(shown, 50):.2f} ms, p90 {q(shown, 90):.2f} "
+          f"ms; no whole fan: median {q(hidden, 50):.2f} ms, p90 {q(hidden, 90):.2f} ms; at "
+          f"1280x720: median {q(wide, 50):.2f} ms, p90 {q(wide, 90):.2f} ms; spread over "
+          f"{every} frames, {q(wide, 50) / every:.3f} ms a frame")
+
+
 def main() -> int:
     from quantize.data import data_dir, list_frames, split
     from quantize.manifest import cpu_description
@@ -262,6 +303,7 @@ def main() -> int:
                 "back is the cores' wake-up, not the code)")
 
     _ruler_rows()
+    _fan_rows()
     audit_section(student_int8, BENCH_PIXEL_SIZE_MM)
     sweeps_section()
 
