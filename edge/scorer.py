@@ -241,7 +241,13 @@ class Scorer:
             return
         if self._fan_pending is not None and self._fan_pending.done():
             pending, self._fan_pending = self._fan_pending, None
-            self._stretch.add(pending.result())
+            try:
+                reading = pending.result()
+            except Exception as exc:  # a check beside the scan: never the reason it stops
+                log.warning("screen shape: a frame's fan could not be read (%s: %s)",
+                            type(exc).__name__, exc)
+                reading = None
+            self._stretch.add(reading)
             self._say_stretch()
         self._refreshes += 1
         if self._fan_pending is None and self._refreshes >= self._stretch.settings.every_refreshes:

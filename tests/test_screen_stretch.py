@@ -226,3 +226,18 @@ def test_an_exam_found_stretched_drops_the_heads_it_measured_before():
     assert tally.median_head() is None
     tally.add(head)
     assert tally.biometry()["measured"] == 1
+
+
+@needs_data
+def test_a_fan_reading_that_fails_is_one_line_and_the_scan_goes_on(monkeypatch, caplog):
+    """The check runs beside the scan: a fault in it (here forced) is said, and every frame
+    is still scored and measured."""
+    def broken(grey, settings):
+        raise ValueError("forced")
+    monkeypatch.setattr("edge.scorer.read_fan", broken)
+    caplog.set_level("INFO", logger="edge.scorer")
+    results = _through_scorer(1.0, frames=12)
+    assert all(r.get("error") is None for r in results)
+    assert results[-1]["biometry"]["status"] != SCREEN_STRETCHED
+    assert any("screen shape: a frame's fan could not be read (ValueError: forced)"
+               in r.getMessage() for r in caplog.records)
