@@ -34,8 +34,8 @@ whose ``msg_id`` is stored with other content is such a dead letter too, naming 
 
 Receipts (wire/receipt.py): the broker may drop a message it acknowledged to its box
 (Mosquitto drops what overflows this collector's session queue while it is away), so after
-committing a batch the collector publishes to each device whose exam or dates messages the
-batch settled (stored, stored already, or a dead letter: never to be stored either) a
+committing a batch the collector publishes to each device whose exam, dates or withdrawal
+messages the batch settled (stored, stored already, or a dead letter: never to be stored either) a
 receipt listing their msg_ids on ``sonoedge-receipt/<device_id>`` (QoS 1, in chunks of at
 most ``RECEIPT_MAX_IDS``). The box keeps them until then and sends again what gets none. A
 receipt lost (this collector stopped before the broker took it) only means one more copy,
@@ -220,10 +220,10 @@ def _check(topic: str, payload: bytes, max_bytes: int, collector: str, now: floa
 
 def receipt_for(topic: str, payload: bytes, item: Row | DeadLetter, max_bytes: int
                 ) -> tuple[str, str] | None:
-    """(device, msg_id) to receipt for a message a committed batch settled: an exam or a
-    dates correction under its device's topic, stored (or stored already) or a dead letter
-    whose payload names a msg_id (never stored either: the box need not keep it). None for
-    other kinds, or a payload that names no msg_id."""
+    """(device, msg_id) to receipt for a message a committed batch settled: an exam, a
+    dates correction or a withdrawal (RECEIPTED_KINDS) under its device's topic, stored (or
+    stored already) or a dead letter whose payload names a msg_id (never stored either: the
+    box need not keep it). None for other kinds, or a payload that names no msg_id."""
     parts = topic.split("/")
     if (len(parts) != 3 or parts[0] != TOPIC_PREFIX or parts[2] not in RECEIPTED_KINDS
             or not _ID_RE.match(parts[1])):
@@ -574,7 +574,7 @@ class Collector:
         return True
 
     def _send_receipts(self, client, receipts: dict[str, set[str]]) -> None:
-        """Tell each device which of its exam and dates messages a committed batch settled
+        """Tell each device which of its receipted messages a committed batch settled
         (wire/receipt.py); the broker keeps them in the session of a device that is away."""
         for device, ids in receipts.items():
             for payload in build_receipts(device, ids):

@@ -39,7 +39,7 @@ from edge.models.roi import Roi
 from edge.result import FrameResult
 from edge.scorer import make_scorer, timed_frames
 from edge.store.journal import JOURNAL_FILE, Journal, told_weeks
-from edge.store.outbox import dates_key
+from edge.store.outbox import dates_key, withdrawal_key
 from edge.store.state import StateLock, prepare_state_dir
 from edge.uplink.mqtt import Uplink
 from edge.web.clock import last_set
@@ -365,7 +365,7 @@ def tell_district_dates(journal: Journal, uplink: Uplink, exam_id: str,
     What the district was told is the last correction's (the journal's `told`), else the
     summary's own `biometry.ga_dates_weeks`. A running exam owes none: its summary will
     carry them (`with_age_by_dates`). Each entry's correction is keyed by its number, so
-    this can run again after a crash (`tell_district_dates_since`) and queues it once;
+    this can run again after a crash (`tell_district_since`) and queues it once;
     `again` queues the age last told once more, for an outbox that lost it, under the
     current entry's key (where that entry's correction had arrived, the collector keeps
     one; else it holds the same age twice). True when a correction was queued or found
@@ -391,17 +391,39 @@ def tell_district_dates(journal: Journal, uplink: Uplink, exam_id: str,
     return queued
 
 
-def tell_district_dates_since(settings: Settings, journal: Journal, uplink: Uplink) -> int:
-    """At a start: the corrections a killed process owed (dates kept, correction not yet
-    queued) for the exams dated within `[journal] keep_days`, and after a corrupt outbox
-    those it may have lost. Returns how many were queued or found queued."""
+def tell_district_withdrawal(journal: Journal, uplink: Uplink, exam_id: str,
+                             again: bool = False) -> bool:
+    """Queue the exam's latest withdrawal entry (withdrawn, or restored) for the district
+    unless it was queued already: keyed by its number, as a dates correction, so this can
+    run again after a crash (`tell_district_since`) and queues it once; `again` queues it
+    once more for an outbox that lost it (the same key: the same msg_id). True when it was
+    queued or found queued."""
+    kept = journal.withdrawal(exam_id)
+    if kept is None or (kept.told >= kept.entry and not again):
+        return False
+    queued = uplink.enqueue_withdrawal(exam_id, kept.withdrawn, kept.reason, kept.entry,
+                                       kept.entered_ts) is not None \
+        or uplink.outbox.has_key(withdrawal_key(exam_id, kept.entry))
+    if queued and kept.told < kept.entry:
+        journal.withdrawal_told(exam_id, kept.entry)
+    return queued
+
+
+def tell_district_since(settings: Settings, journal: Journal, uplink: Uplink) -> int:
+    """At a start: the corrections and withdrawals a killed process owed (kept in the
+    journal, message not yet queued) for the exams entered within `[journal] keep_days`,
+    and after a corrupt outbox those it may have lost. Returns how many were queued or
+    found queued."""
     since = journal_since(settings)
     again = uplink.outbox.moved_aside is not None
-    told = sum(tell_district_dates(journal, uplink, exam_id, again)
-               for exam_id in journal.dated_exams(since))
-    if told:
-        log.info("%d age-by-dates correction(s) owed to the district queued or found queued",
-                 told)
+    told = 0
+    for what, exam_ids, tell in (
+            ("age-by-dates correction(s)", journal.dated_exams, tell_district_dates),
+            ("withdrawal(s)", journal.withdrawn_exams, tell_district_withdrawal)):
+        count = sum(tell(journal, uplink, exam_id, again) for exam_id in exam_ids(since))
+        if count:
+            log.info("%d %s owed to the district queued or found queued", count, what)
+        told += count
     return told
 
 
@@ -452,7 +474,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                  settings.journal.keep_days)
     recover_runs(settings, journal, uplink)
     requeue_unqueued_exams(settings, journal, uplink)
-    tell_district_dates_since(settings, journal, uplink)
+    tell_district_since(settings, journal, uplink)
     # The demo plays at its own frame rate, as a scanner would; files run as fast as they can.
     spec = settings.source.spec
     source = open_source(spec, live=live_settings(settings),
@@ -464,7 +486,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
 
     def exam_ended(session: ExamSession, body: dict) -> None:
         if web is not None:
-            web.apply_dates()  # the page's last dates, entered while the exam ended
+            web.apply_entries()  # the page's last dates, entered while the exam ended
         body = with_age_by_dates(body, journal)
         # The journal first: a crash before the outbox has it is repaired from there.
         journal.add_exam(run_id, body, session.kept_frames(), session.first_row,
@@ -524,7 +546,15 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             tell_district_dates(journal, uplink, exam_id)
             return True
 
-        web.attach(scorer, uplink, source, tracker, keep_dates)
+        def keep_withdrawal(exam_id: str, withdrawn: bool, reason: str) -> bool:
+            """The page's withdrawal (or restore) into the journal first, then the
+            district's message."""
+            if not journal.keep_withdrawal(exam_id, withdrawn, reason):
+                return False
+            tell_district_withdrawal(journal, uplink, exam_id)
+            return True
+
+        web.attach(scorer, uplink, source, tracker, keep_dates, keep_withdrawal)
     steady = SteadyFeedback(rules.feedback) if rules is not None else None
     advice: str | None = None
     stats = RunStats(journal=journal)
@@ -607,7 +637,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         # its exam is not ended before) or failed ends it as before.
         tracker.end("stopped" if cut_short or stop.stopped else "source_end")
         if web is not None:
-            web.apply_dates()  # dates the page accepted in the last moment: kept, not lost
+            web.apply_entries()  # dates the page accepted in the last moment: kept, not lost
         journal.end_run(run_id)
         journal.close()
         uplink.enqueue_health(health_figures(stats, source, state_dir))

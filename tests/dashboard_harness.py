@@ -96,6 +96,18 @@ def messages(db: str) -> list[dict]:
              "received_ts": r, "payload": json.loads(p)} for d, c, k, s, t, r, p in rows]
 
 
+def standing_exams(payloads: list[dict]) -> list[dict]:
+    """The exam payloads among `payloads` the dashboard counts: all but those whose latest
+    `withdrawal` entry (by seq, per device and exam) withdrew them."""
+    latest: dict[tuple[str, str], dict] = {}
+    for p in payloads:
+        key = (p.get("device_id"), p.get("exam_id"))
+        if p.get("kind") == "withdrawal" and p["seq"] > latest.get(key, {"seq": -1})["seq"]:
+            latest[key] = p
+    return [p for p in payloads if p.get("kind") == "exam"
+            and not latest.get((p["device_id"], p["exam_id"]), {}).get("withdrawn")]
+
+
 @dataclass
 class DistrictServers:
     """A broker with a user per box and the central user, the registry of each box's

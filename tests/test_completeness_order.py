@@ -30,7 +30,7 @@ from central.dashboard import queries as Q
 from central.dashboard.seed import SeedSettings, seed
 from central.dashboard.store import open_db, refresh
 from central.db import Row, Store
-from tests.dashboard_harness import request
+from tests.dashboard_harness import request, standing_exams
 from tests.test_age_by_dates_district import served
 from tests.test_central import message
 
@@ -47,8 +47,10 @@ def district(tmp_path_factory):
     seed(path, SeedSettings(clinics=12, districts=3, days=182, end_ts=END))
     st = Store(path)
     try:
-        payloads = [(clinic, json.loads(p)) for clinic, p in st.query(
-            "SELECT clinic_id, payload FROM messages WHERE kind = 'exam'")]
+        stored = [(clinic, json.loads(p)) for clinic, p in st.query(
+            "SELECT clinic_id, payload FROM messages WHERE kind IN ('exam', 'withdrawal')")]
+        standing = {id(p) for p in standing_exams([p for _, p in stored])}
+        payloads = [(clinic, p) for clinic, p in stored if id(p) in standing]
     finally:
         st.close()
     exams: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))

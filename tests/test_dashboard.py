@@ -35,6 +35,7 @@ from tests.dashboard_harness import (
     login,
     messages,
     request,
+    standing_exams,
     wait_rolled_up,
 )
 from tests.http_raw import assert_malformed_requests_are_one_log_line_each, raw_http
@@ -472,7 +473,9 @@ def test_the_rollup_matches_the_payloads_on_sqlite_and_postgresql(tmp_path, post
     assert lite == pg
     # against the payloads themselves
     sent = [json.loads(p) for *_, p in generate(settings)]
-    ex = [m for m in sent if m["kind"] == "exam"]
+    # an exam its midwife withdrew (the demo district withdraws a few) is in no figure
+    ex = standing_exams(sent)
+    assert len(ex) < sum(m["kind"] == "exam" for m in sent)
     assert lite["exams"] == len(ex)
     assert lite["biometry"] == sum(1 for m in ex if "biometry" in m)
     want = defaultdict(lambda: [0, 0])

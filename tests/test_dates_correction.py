@@ -9,7 +9,7 @@ import json
 import re
 
 from edge.config import Settings
-from edge.loop import tell_district_dates, tell_district_dates_since
+from edge.loop import tell_district_dates, tell_district_since
 from edge.store.journal import Journal
 from edge.uplink.mqtt import MqttSettings, Uplink
 from tests.test_outbox import exam_body
@@ -164,19 +164,19 @@ def test_a_correction_a_killed_process_owed_is_queued_at_the_next_start(tmp_path
     journaled_exam(journal, "a")
     journaled_exam(journal, "b")
     assert journal.keep_dates("a", DATES)  # ... and the process died here
-    assert tell_district_dates_since(settings, journal, uplink) == 1
+    assert tell_district_since(settings, journal, uplink) == 1
     assert [c["exam_id"] for c in corrections(uplink)] == ["a"]
-    assert tell_district_dates_since(settings, journal, uplink) == 0  # told already
+    assert tell_district_since(settings, journal, uplink) == 0  # told already
 
     assert journal.keep_dates("b", LATER)
     assert tell_district_dates(journal, uplink, "b")
     journal.db.execute("UPDATE exam_dates SET told = NULL WHERE exam_id = 'b'")  # died here
-    assert tell_district_dates_since(settings, journal, uplink) == 1  # found queued
+    assert tell_district_since(settings, journal, uplink) == 1  # found queued
     assert [c["exam_id"] for c in corrections(uplink)] == ["a", "b"]  # not twice
-    assert tell_district_dates_since(settings, journal, uplink) == 0
+    assert tell_district_since(settings, journal, uplink) == 0
     # a process that outlived a week of keep_days does not look back further than that
     journal.db.execute("UPDATE exam_dates SET entered_ts = 1.0, told = NULL")
-    assert tell_district_dates_since(settings, journal, uplink) == 0
+    assert tell_district_since(settings, journal, uplink) == 0
 
 
 def test_a_corrupt_outbox_sends_the_last_correction_again_under_the_same_msg_id(tmp_path):
@@ -191,7 +191,7 @@ def test_a_corrupt_outbox_sends_the_last_correction_again_under_the_same_msg_id(
         (tmp_path / f"outbox.sqlite3{suffix}").unlink(missing_ok=True)
     uplink = Uplink(MqttSettings(device_id="dev-a", clinic_id="c1"), tmp_path)
     assert uplink.outbox.moved_aside is not None and corrections(uplink) == []
-    assert tell_district_dates_since(Settings(), journal, uplink) == 1
+    assert tell_district_since(Settings(), journal, uplink) == 1
     [again] = corrections(uplink)
     # the collector keys on msg_id: if the first did arrive, this one is absorbed there
     assert again["msg_id"] == sent["msg_id"] and again["ga_dates_weeks"] == 25.29

@@ -118,11 +118,12 @@ def test_a_journal_found_corrupt_at_start_keeps_its_exams_runs_and_frames(tmp_pa
     assert journal.dates_entry(exams[3]["exam_id"])[:2] == (1, 1_700_000_100.0)
     assert journal.open_runs() == [(killed, MODELS)]
     assert journal.salvaged == {"exams": (5, 0), "exam_dates": (2, 0), "runs": (2, 0),
+                                "exam_withdrawals": (0, 0),
                                 "results": (2700 - lost, lost)}
     [line] = said(caplog)
     assert f"journal {path} is corrupt" in line and f"moved to {journal.moved_aside}" in line
-    assert (f"(rows recovered/not readable): exams 5/0, exam dates 2/0, runs 2/0, frame "
-            f"results {2700 - lost}/{lost}") in line, line
+    assert (f"(rows recovered/not readable): exams 5/0, exam dates 2/0, exam withdrawals "
+            f"0/0, runs 2/0, frame results {2700 - lost}/{lost}") in line, line
 
     replayed = [row for row, _ in journal.replay(killed)]
     kept = {r[0] for r in journal.db.execute("SELECT id FROM results WHERE run_id=?",
@@ -176,6 +177,7 @@ def test_the_start_finds_a_bad_page_no_read_reaches_before_the_first_exam(tmp_pa
     journal = Journal(path)
     assert journal.moved_aside is not None and journal.moved_aside.exists()
     assert journal.salvaged == {"exams": (4, 0), "exam_dates": (1, 0), "runs": (1, 0),
+                                "exam_withdrawals": (0, 0),
                                 "results": (300, 0)}
     [line] = said(caplog)
     assert f"journal {path} is corrupt" in line, line
@@ -255,10 +257,11 @@ def test_a_write_that_finds_the_journal_corrupt_salvages_it_and_goes_on(tmp_path
     assert journal.exam_dates(exams[1]["exam_id"]) == DATES
     assert [r["frame"] for r in journal.results(run)] == list(range(80))
     assert journal.salvaged == {"exams": (4, 0), "exam_dates": (1, 0), "runs": (2, 0),
+                                "exam_withdrawals": (0, 0),
                                 "results": (380, 0)}
     [line] = said(caplog)
-    assert "is corrupt" in line and "exams 4/0, exam dates 1/0, runs 2/0, frame results 380/0" \
-        in line, line
+    assert "is corrupt" in line and ("exams 4/0, exam dates 1/0, exam withdrawals 0/0, "
+                                     "runs 2/0, frame results 380/0") in line, line
     assert journal.append(run, frame(80)) == rows[-1] + 1
     assert journal.end_run(run)
     assert [r["frames"] for r in journal.runs()] == [300, 81]
@@ -336,8 +339,9 @@ def test_rows_that_do_not_read_back_as_written_are_left_behind_and_counted(tmp_p
     assert summaries(journal) == exams
     assert [r[0] for r in journal.db.execute("SELECT run_id FROM runs")] == [run]
     assert journal.salvaged == {"exams": (3, 2), "exam_dates": (1, 1), "runs": (1, 1),
+                                "exam_withdrawals": (0, 0),
                                 "results": (800 - tail, tail + 2)}
-    assert "exams 3/2, exam dates 1/1, runs 1/1" in said(caplog)[0]
+    assert "exams 3/2, exam dates 1/1, exam withdrawals 0/0, runs 1/1" in said(caplog)[0]
     assert all(isinstance(r, dict) and r["frame"] == i for i, r in enumerate(
         journal.results(run)))
 

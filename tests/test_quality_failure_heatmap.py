@@ -32,7 +32,7 @@ from central.dashboard import queries as Q
 from central.dashboard.seed import SeedSettings, clinic_ids, district_of, seed
 from central.dashboard.store import exam_day_of, open_db, refresh, week_of
 from central.db import Row, Store
-from tests.dashboard_harness import messages, request
+from tests.dashboard_harness import messages, request, standing_exams
 from tests.test_age_by_dates_district import served
 from tests.test_central import encode, message
 
@@ -86,8 +86,9 @@ def expected(sent: list[dict], district: str | None, per: Q.Period) -> dict:
                if district is None or district_of(i, CLINICS, DISTRICTS) == district}
     n: Counter = Counter()
     low: Counter = Counter()
+    standing = {id(p) for p in standing_exams([m["payload"] for m in sent])}
     for m in sent:
-        if m["kind"] != "exam" or m["clinic_id"] not in clinics:
+        if id(m["payload"]) not in standing or m["clinic_id"] not in clinics:
             continue
         p = m["payload"]
         week = week_of(exam_day_of(p.get("ended_ts"), m["device_ts"], m["received_ts"])[1])

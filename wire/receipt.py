@@ -4,7 +4,7 @@ The broker's PUBACK says only that the broker took a message, and a broker may s
 one it took: Mosquitto drops what overflows an absent collector's session queue
 (``max_queued_messages``), and the box, its outbox emptied on PUBACK, had nothing left to
 send again. So, after committing a batch, the collector tells each device which of its
-exam and dates messages that batch settled: stored, found stored already, or refused for
+exam, dates and withdrawal messages that batch settled: stored, found stored already, or refused for
 good (a dead letter: it will never be stored either). The device keeps those messages in
 its outbox, as sent, until their receipt, and sends one that has none after its
 ``[mqtt] resend_after_s`` again (the collector stores it once: its msg_id).
@@ -26,7 +26,7 @@ from wire.shown import one_line, printable
 RECEIPT_PREFIX = "sonoedge-receipt"
 # What a receipt is for: the district's record. Health and status are delete-on-PUBACK as
 # before: one lost costs a minute of a figure the next one repeats.
-RECEIPTED_KINDS = ("exam", "dates")
+RECEIPTED_KINDS = ("exam", "dates", "withdrawal")
 # Ids in one receipt (the schema's maxItems): 100 ids are ~4 kB, far under any broker's
 # message limit (ours: 64 kB), and a collector's batch of 500 is at most 5 receipts.
 RECEIPT_MAX_IDS = load_schema("receipt")["properties"]["msg_ids"]["maxItems"]

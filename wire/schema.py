@@ -1,10 +1,11 @@
 """The contract between device and collector: message kinds, label vocabulary, JSON Schemas.
 
 The JSON Schemas in ``wire/schemas/`` are the one definition of what an ``exam``, ``health``,
-``status`` or ``dates`` message may hold. The device checks every payload against them before it is
-stored, and the collector checks every payload it receives. ``validate()`` is a small draft
-2020-12 subset validator, bounded in depth, so neither side needs ``jsonschema`` at run time
-(the tests cross-check with it). Neither side imports the other: both import this.
+``status``, ``dates`` or ``withdrawal`` message may hold. The device checks every payload
+against them before it is stored, and the collector checks every payload it receives.
+``validate()`` is a small draft 2020-12 subset validator, bounded in depth, so neither side
+needs ``jsonschema`` at run time (the tests cross-check with it). Neither side imports the
+other: both import this.
 """
 
 from __future__ import annotations
@@ -25,15 +26,20 @@ from typing import BinaryIO
 from wire.shown import printable, read_failure
 
 SCHEMA_VERSION = 1
-KINDS = ("exam", "health", "status", "dates")
+KINDS = ("exam", "health", "status", "dates", "withdrawal")
 # The kinds that travel through the device's outbox and take a seq from its one counter:
 # the collector finds lost messages as holes in the seqs of exactly these. ``dates`` carries
-# an age by dates entered after its exam's summary had left (``dates.schema.json``).
-QUEUED_KINDS = ("exam", "health", "dates")
-# A message's wall-clock times, as the schemas name them (exam, dates, health): a box whose
-# clock steps forward moves those it stamped before the step (`Outbox.shift_unsent_times`),
-# and the collector takes such a re-dated copy of a message it holds as the same message
-# (central/db.py `same_content`).
+# an age by dates entered after its exam's summary had left (``dates.schema.json``);
+# ``withdrawal`` an exam the midwife withdrew, or restored, after it ended
+# (``withdrawal.schema.json``).
+QUEUED_KINDS = ("exam", "health", "dates", "withdrawal")
+# The kinds that are a later word about an ended exam (its ``exam_id``), not an exam: the
+# latest of an exam's entries of one kind wins, by seq, at the device and the district.
+CORRECTION_KINDS = ("dates", "withdrawal")
+# A message's wall-clock times, as the schemas name them (exam, dates, withdrawal, health):
+# a box whose clock steps forward moves those it stamped before the step
+# (`Outbox.shift_unsent_times`), and the collector takes such a re-dated copy of a message
+# it holds as the same message (central/db.py `same_content`).
 TIME_FIELDS = ("ts", "started_ts", "ended_ts", "entered_ts")
 # A change of the wall clock against the boot clock this large is a step: the midwife's
 # page setting it (edge/web/clock.py), or network time reaching a box that booted at the
@@ -65,6 +71,10 @@ NOT_A_VIEW = ("Background", "other", UNCERTAIN)
 @cache
 def load_schema(kind: str) -> dict:
     return json.loads((SCHEMA_DIR / f"{kind}.schema.json").read_text(encoding="utf-8"))
+
+
+# Why a midwife withdraws an exam: the page's fixed list, defined once (the schema's enum).
+WITHDRAWAL_REASONS = tuple(load_schema("withdrawal")["properties"]["reason"]["enum"])
 
 
 class PayloadError(ValueError):

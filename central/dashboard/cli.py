@@ -368,7 +368,8 @@ def seed_main(argv: list[str]) -> int:
         print(f"sonoedge-central seed: {exc}", file=sys.stderr)
         return 2
     print(f"{res.exam} exams, {res.health} health, {res.status} status, {res.dates} "
-          f"age-by-dates corrections from {res.devices} devices in {res.seconds:.0f} s")
+          f"age-by-dates corrections, {res.withdrawal} withdrawals from {res.devices} "
+          f"devices in {res.seconds:.0f} s")
     return 0
 
 

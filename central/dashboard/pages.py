@@ -1076,10 +1076,17 @@ FIGURE_WORDS = {
     "below_3rd": "Dated heads below the 3rd centile",
     "above_97th": "Dated heads above the 97th centile",
     "told_small": "Dated heads the midwife was told are " + DATES_FLAG_WORDS["small"],
-    "told_large": "Dated heads the midwife was told are " + DATES_FLAG_WORDS["large"]}
+    "told_large": "Dated heads the midwife was told are " + DATES_FLAG_WORDS["large"],
+    "withdrawn": "Exams withdrawn by the midwife (in no figure above)"}
+# Why a midwife withdrew an exam (wire/schemas/withdrawal.schema.json's reasons)
+WITHDRAWAL_WORDS = {"mistake": "started by mistake", "test_scan": "a test scan",
+                    "wrong_woman": "the wrong woman", "two_women": "two women in one exam"}
 
 
 def figure_words(key: str) -> str:
+    reason = key.removeprefix("withdrawn:")
+    if reason != key:
+        return f"of those, {WITHDRAWAL_WORDS.get(reason, reason)}"
     protocol = key.removeprefix("complete:")
     if protocol == key:
         return FIGURE_WORDS[key]
@@ -1093,7 +1100,8 @@ def clinic_compare_table(page: Q.ClinicPage) -> str:
     now, was = page.now.figures(), page.before.figures()
     order = list(FIGURE_WORDS)  # the counts of days first, then completeness per protocol
     keys = order[:4] + sorted(k for k in now.keys() | was.keys()
-                              if k.startswith("complete:")) + order[4:]
+                              if k.startswith("complete:")) + order[4:] + sorted(
+        k for k in now.keys() | was.keys() if k.startswith("withdrawn:"))
 
     def cell(n: int, of: int | None) -> tuple[str, str]:
         """(the words, the data-* value): a count, or a share of `of` ("" for none)."""

@@ -920,7 +920,8 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
     quiet = collectors_quiet_since(db, now)
     heard = now if quiet is None else quiet  # a box's silence as far as it could be heard
     received = {dev: int(n) for dev, n in db.query(
-        "SELECT device_id, SUM(exams + health + dates) FROM dash.day_device WHERE day >= ? AND "
+        "SELECT device_id, SUM(exams + withdrawn + health + corrections) FROM dash.day_device "
+        "WHERE day >= ? AND "
         f"day <= ? AND {w} GROUP BY device_id", (per.first_day, per.last_day, *p))}
     busiest: dict[str, tuple[int, int]] = {}
     for dev, day, exams in db.query(
@@ -1277,6 +1278,7 @@ class ClinicFigures:
     completeness: CompletenessPage
     quality: QualityPage
     biometry: BiometryPage
+    withdrawn: dict[str, int] = field(default_factory=dict)  # reason -> exams withdrawn
 
     def figures(self) -> dict[str, tuple[int, int | None]]:
         """What its page sets against the previous period, each as (count, of what): a
@@ -1298,7 +1300,9 @@ class ClinicFigures:
         out.update({"measured": (h.measured, None), "dated": (h.dated, h.measured),
                     "below_3rd": (h.below_3rd, h.dated), "above_97th": (h.above_97th, h.dated),
                     "told_small": (h.flagged_small, h.dated),
-                    "told_large": (h.flagged_large, h.dated)})
+                    "told_large": (h.flagged_large, h.dated),
+                    "withdrawn": (sum(self.withdrawn.values()), None)})
+        out.update({f"withdrawn:{reason}": (n, None) for reason, n in self.withdrawn.items()})
         return out
 
 
@@ -1309,7 +1313,21 @@ def clinic_figures(db: Db, scope: Scope, per: Period) -> ClinicFigures:
         days = ClinicsPage(per, [scope.clinic], {(scope.clinic, d): ClinicDay(scope.clinic, d)
                                                  for d in per.days}, first_day={})
     return ClinicFigures(scope.clinic, days, completeness_page(db, scope, per),
-                         quality_page(db, scope, per), biometry_page(db, scope, per))
+                         quality_page(db, scope, per), biometry_page(db, scope, per),
+                         withdrawn_exams(db, scope, per).get(scope.clinic, {}))
+
+
+def withdrawn_exams(db: Db, scope: Scope, per: Period) -> dict[str, dict[str, int]]:
+    """Per clinic, the exams ended in `per` that the midwives withdrew, by reason
+    (dash.withdrawn_exams; every other figure leaves them out): a clinic withdrawing many
+    is itself a signal, of a box or of training."""
+    w, p = scope.where()
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for clinic, reason, n in db.query(
+            "SELECT clinic_id, reason, COUNT(*) FROM dash.withdrawn_exams WHERE day >= ? AND "
+            f"day <= ? AND {w} GROUP BY clinic_id, reason", (per.first_day, per.last_day, *p)):
+        out[clinic][reason] = int(n)
+    return dict(out)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from central.dashboard.reference import ig_hc_mean_sd
 from central.db import _INSERT_MSG, DbError, Store
 from wire.dating import hadlock_ga_weeks
+from wire.schema import WITHDRAWAL_REASONS
 
 SECOND_TRIMESTER = ["Brain (Tv.)", "Brain (Cb.)", "Profile", "Lips", "Spine (sag.)",
                     "Spine (cor.)", "4CH", "LVOT", "RVOT", "3VV", "Abdominal", "Kidneys",
@@ -47,6 +48,9 @@ DATES_SD_WEEKS = 1.0
 # stream of its own, so that the rest of the seeded district is the same with or without.
 LATE_DATES_SHARE = 0.15
 LATE_DATES_AFTER_S = (60.0, 1800.0)
+# Exams a midwife withdraws (a test scan, the wrong woman ...), a while after they ended,
+# for one of the page's reasons: counted in no figure, only as withdrawn.
+WITHDRAWN_SHARE = 0.01
 
 
 def dated_share(skill: float) -> float:
@@ -72,6 +76,7 @@ class SeedResult:
     health: int = 0
     status: int = 0
     dates: int = 0
+    withdrawal: int = 0
     devices: int = 0
     seconds: float = 0.0
 
@@ -115,6 +120,7 @@ def generate(settings: SeedSettings):
     in the order the devices make them, day by day."""
     rng = random.Random(settings.seed)
     late_rng = random.Random(f"{settings.seed}-late-dates")
+    withdraw_rng = random.Random(f"{settings.seed}-withdrawn")
     end = settings.end_ts or time.time()
     end_day = int(end // 86400)
     start_day = end_day - settings.days + 1
@@ -174,27 +180,32 @@ def generate(settings: SeedSettings):
                 env = {"schema": 1, "kind": kind, "msg_id": _mid(rng), "seq": dev.seq,
                        "boot_id": boot_id, "device_id": dev.id, "clinic_id": c,
                        "ts": round(t, 3), "mono_s": round(t - opens + 20.0, 3)}
-                later = None
+                follow: list[tuple[str, random.Random, dict]] = []  # later words about it
                 if kind == "exam":
                     body = _exam(rng, env, t, skill[c] + 0.15 * progress, models)
-                    later = _late_dates(late_rng, body)
+                    if (later := _late_dates(late_rng, body)) is not None:
+                        follow.append(("dates", late_rng, {"ga_dates_weeks": later}))
+                    if withdraw_rng.random() < WITHDRAWN_SHARE:
+                        follow.append(("withdrawal", withdraw_rng, {
+                            "withdrawn": True,
+                            "reason": withdraw_rng.choice(WITHDRAWAL_REASONS)}))
                 else:
                     dev.disk = max(5.0, dev.disk - dev.disk_leak / 8) \
                         if dev.disk_leak else dev.disk
                     body = _health(rng, env, t - opens, dev, settings.health_every_s, models)
                 yield (dev.id, c, kind, dev.seq, boot_id, t, env["mono_s"], received,
                        json.dumps(body, separators=(",", ":")))
-                if later is not None:
+                for later_kind, later_rng, fields in follow:
                     dev.seq += 1
-                    after = late_rng.uniform(*LATE_DATES_AFTER_S)
-                    env = {**env, "kind": "dates", "msg_id": _mid(late_rng), "seq": dev.seq,
-                           "ts": round(t + after, 3), "mono_s": round(env["mono_s"] + after, 3)}
-                    body = {**env, "exam_id": body["exam_id"], "ga_dates_weeks": later,
-                            "entered_ts": env["ts"]}
-                    received = arrive if arrive else t + after + late_rng.uniform(0.2, 8.0)
+                    after = later_rng.uniform(*LATE_DATES_AFTER_S)
+                    env = {**env, "kind": later_kind, "msg_id": _mid(later_rng),
+                           "seq": dev.seq, "ts": round(t + after, 3),
+                           "mono_s": round(env["mono_s"] + after, 3)}
+                    word = {**env, "exam_id": body["exam_id"], **fields, "entered_ts": env["ts"]}
+                    received = arrive if arrive else t + after + later_rng.uniform(0.2, 8.0)
                     if received <= end:  # else still on its way
-                        yield (dev.id, c, "dates", dev.seq, boot_id, t + after,
-                               env["mono_s"], received, json.dumps(body, separators=(",", ":")))
+                        yield (dev.id, c, later_kind, dev.seq, boot_id, t + after,
+                               env["mono_s"], received, json.dumps(word, separators=(",", ":")))
             if rng.random() < 0.7 and closes < end:
                 offline = _status(dev, boot_id, closes, "offline", rng, arrive)
                 if offline[7] <= end:  # else still on its way, as the day's messages are

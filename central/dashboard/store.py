@@ -60,19 +60,26 @@ from central.dashboard import config as C
 from central.dashboard.reference import ig_z
 from central.db import SEQ_KINDS, DbError, is_postgres, redact, sqlite_path
 from wire.dating import dates_flag
-from wire.schema import finite_number, number_or_none, sqlite_uri, wall_ts_or_none
+from wire.schema import (
+    CORRECTION_KINDS,
+    finite_number,
+    number_or_none,
+    sqlite_uri,
+    wall_ts_or_none,
+)
 from wire.shown import one_line, read_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "16"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "17"  # a change drops the rollups and rebuilds them from the messages
 # (16: deficiency names the dashboard does not know counted as one, C.DEFICIENCY_OTHER;
-# the health digest keeps the box's health interval)
+# the health digest keeps the box's health interval; 17: withdrawn exams, counted in no
+# exam figure, and day_device's corrections of either kind)
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
                  "week_plane", "device_latest", "dead", "fleet_errors", "seq_runs",
-                 "seq_spill", "exam_dates")
+                 "seq_spill", "exam_dates", "exam_withdrawals", "withdrawn_exams")
 
 _DASH_TABLES = [
     "CREATE TABLE IF NOT EXISTS dash.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -104,14 +111,33 @@ _DASH_TABLES = [
         device_id TEXT NOT NULL, exam_id TEXT NOT NULL, ga_dates_weeks DOUBLE PRECISION,
         entered_ts DOUBLE PRECISION NOT NULL, seq BIGINT NOT NULL, msg_id TEXT NOT NULL,
         PRIMARY KEY (device_id, exam_id))""",
-    # a batch's exams look up their corrections by id alone (_stored_dates)
+    # a batch's exams look up their corrections by id alone (_stored_by_exam)
     "CREATE INDEX IF NOT EXISTS dash.exam_dates_exam ON exam_dates (exam_id)",
-    # messages per day and device: exams, health, the others (status and corrections), and
-    # of those others the corrections, which take a seq (the devices page's received share)
+    # Each exam's latest withdrawal entry (a ``withdrawal`` message: withdrawn, or restored),
+    # the greatest seq winning as for the dates, in whatever order it and its exam arrive.
+    """CREATE TABLE IF NOT EXISTS dash.exam_withdrawals (
+        device_id TEXT NOT NULL, exam_id TEXT NOT NULL, withdrawn INTEGER NOT NULL,
+        reason TEXT NOT NULL, entered_ts DOUBLE PRECISION NOT NULL, seq BIGINT NOT NULL,
+        msg_id TEXT NOT NULL, PRIMARY KEY (device_id, exam_id))""",
+    "CREATE INDEX IF NOT EXISTS dash.exam_withdrawals_exam ON exam_withdrawals (exam_id)",
+    # The exams that stand withdrawn, out of dash.exams and every count (_withdraw_exams):
+    # what the district sees of them is how many, where, when, and why.
+    """CREATE TABLE IF NOT EXISTS dash.withdrawn_exams (
+        msg_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, clinic_id TEXT NOT NULL,
+        exam_id TEXT NOT NULL, day INTEGER NOT NULL, ts DOUBLE PRECISION NOT NULL,
+        reason TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS dash.withdrawn_exams_day ON withdrawn_exams (day, clinic_id)",
+    "CREATE INDEX IF NOT EXISTS dash.withdrawn_exams_device_exam ON withdrawn_exams "
+    "(device_id, exam_id)",
+    # messages per day and device: exams that stand, health, the others (status and the
+    # later words about an exam), of those others the corrections (dates, withdrawals),
+    # which take a seq, and the exams withdrawn (received, counted in no exam figure): the
+    # devices page's received share counts every message that takes a seq
     """CREATE TABLE IF NOT EXISTS dash.day_device (
         device_id TEXT NOT NULL, clinic_id TEXT NOT NULL, day INTEGER NOT NULL,
         exams INTEGER NOT NULL, health INTEGER NOT NULL, other INTEGER NOT NULL,
-        dates INTEGER NOT NULL, PRIMARY KEY (day, device_id, clinic_id)) WITHOUT ROWID""",
+        corrections INTEGER NOT NULL, withdrawn INTEGER NOT NULL,
+        PRIMARY KEY (day, device_id, clinic_id)) WITHOUT ROWID""",
     # a clinic's first day (the clinics page counts silent weekdays from it on): one index
     # lookup per clinic rather than a scan of every day of its history
     "CREATE INDEX IF NOT EXISTS dash.day_device_clinic ON day_device (clinic_id, day)",
@@ -571,9 +597,11 @@ def _refresh_batch(db: Db) -> int:
 
 def _add(db: Db, rows: list[tuple]) -> None:
     msgs, exams, seqs = [], [], []
+    gone: list[tuple] = []  # rows of dash.withdrawn_exams: this batch's exams withdrawn
     batch_exams: list[tuple] = []  # (msg_id, dev, clinic, day, ts, data): rows made below
     corrections: dict[tuple[str, str], Correction] = {}  # (device, exam_id): the latest
-    day_device: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    withdrawals: dict[tuple[str, str], Withdrawal] = {}  # (device, exam_id): the latest
+    day_device: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     weeks = _Weeks()
     fleet_errors: dict[tuple, list[float]] = {}
     latest: dict[str, dict] = {}
@@ -601,7 +629,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
                                       clocks.behind_s(dev))
             counts = day_device[(day, dev, clinic)]
             counts[0 if kind == "exam" else 1 if kind == "health" else 2] += 1
-            counts[3] += kind == "dates"
+            counts[3] += kind in CORRECTION_KINDS
             if data is None:
                 continue
             if not isinstance(data, dict):
@@ -628,9 +656,10 @@ def _add(db: Db, rows: list[tuple]) -> None:
                 lat["online_lag_s"] = _lag(device_ts, received)
                 clocks.online(dev, received, lat["online_lag_s"])
             if kind == "dates" and (c := _correction(data, int(seq), msg_id, ts)) is not None:
-                before = corrections.get((dev, c.exam_id))
-                if before is None or c.seq > before.seq:  # the later entry (_UPSERT_EXAM_DATES)
-                    corrections[(dev, c.exam_id)] = c
+                _keep_latest(corrections, (dev, c.exam_id), c)
+            if kind == "withdrawal" and (
+                    w := _withdrawal(data, int(seq), msg_id, ts)) is not None:
+                _keep_latest(withdrawals, (dev, w.exam_id), w)
             if kind != "exam":
                 continue
             batch_exams.append((msg_id, dev, clinic, day, ts, data))
@@ -650,10 +679,16 @@ def _add(db: Db, rows: list[tuple]) -> None:
     db.many("INSERT INTO dash.msgs (msg_id, device_id, clinic_id, kind, seq, ts, day, "
             "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", msgs)
     dated = _add_corrections(db, corrections, batch_exams)
+    withdrawn = _add_withdrawals(db, withdrawals, batch_exams, weeks, day_device)
     for msg_id, dev, clinic, day, ts, data in batch_exams:
+        key = (dev, _exam_id(data.get("exam_id")))
         try:
-            exams.append(_exam_row(msg_id, dev, clinic, day, ts, data, dated.get(
-                (dev, _exam_id(data.get("exam_id"))), FROM_SUMMARY)))
+            if key in withdrawn:  # withdrawn before it arrived: out of every count
+                _count_exam(weeks, day_device, dev, clinic, day, data, -1)
+                gone.append((msg_id, dev, clinic, key[1], day, ts, withdrawn[key]))
+                continue
+            exams.append(_exam_row(msg_id, dev, clinic, day, ts, data,
+                                   dated.get(key, FROM_SUMMARY)))
         except (TypeError, ValueError, AttributeError, KeyError, IndexError,
                 OverflowError):  # as above: a row the collector did not write
             skipped += 1
@@ -662,9 +697,11 @@ def _add(db: Db, rows: list[tuple]) -> None:
                     "skipped in this rollup", skipped)
     db.many(f"INSERT INTO dash.exams ({', '.join(EXAM_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(EXAM_COLUMNS))})", exams)
+    db.many(_INSERT_WITHDRAWN, gone)
     _add_seq_runs(db, seqs)
     db.many(_UPSERT_DAY_DEVICE, [(*k, *v) for k, v in day_device.items()])
     weeks.write(db)
+    _drop_empty_weeks(db, sorted(weeks.taken_off))
     _add_fleet_errors(db, fleet_errors)
     for dev, lat in latest.items():
         _upsert_latest(db, dev, lat)
@@ -683,11 +720,12 @@ def _skipped_row(msg_id: object, dev: object, received: object) -> tuple:
 
 _UPSERT_DAY_DEVICE = (
     "INSERT INTO dash.day_device (day, device_id, clinic_id, exams, health, other, "
-    "dates) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, clinic_id) DO "
-    "UPDATE SET exams = dash.day_device.exams + excluded.exams, "
+    "corrections, withdrawn) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, device_id, "
+    "clinic_id) DO UPDATE SET exams = dash.day_device.exams + excluded.exams, "
     "health = dash.day_device.health + excluded.health, "
     "other = dash.day_device.other + excluded.other, "
-    "dates = dash.day_device.dates + excluded.dates")
+    "corrections = dash.day_device.corrections + excluded.corrections, "
+    "withdrawn = dash.day_device.withdrawn + excluded.withdrawn")
 
 
 class _Weeks:
@@ -699,9 +737,13 @@ class _Weeks:
         self.missing: dict[tuple, int] = defaultdict(int)
         self.deficiency: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
         self.plane: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0])
+        self.taken_off: set[str] = set()  # clinics an exam was taken off (`_drop_empty_weeks`)
 
     def add(self, week: int, clinic: str, data: dict, sign: int = 1) -> None:
-        """One exam's figures (``sign`` -1: taken off, as when its clinic changes)."""
+        """One exam's figures (``sign`` -1: taken off, as when its clinic changes or it is
+        withdrawn)."""
+        if sign < 0:
+            self.taken_off.add(clinic)
         protocol = data.get("protocol") or {}
         name = str(protocol.get("name") or "")
         if name:
@@ -842,20 +884,18 @@ def _move_unregistered(db: Db, dev: str, clinic: str) -> None:
                 RecursionError, OverflowError):
             continue
     weeks.write(db)
-    for table, count in (("week_protocol", "exams"), ("week_missing", "n"),
-                         ("week_deficiency", "exams"), ("week_plane", "n")):
-        db.execute(f"DELETE FROM dash.{table} WHERE clinic_id = ? AND {count} <= 0", (old,))
+    _drop_empty_weeks(db, sorted(weeks.taken_off))
     seqs = [(dev, clinic, int(seq), int(day)) for seq, day, kind in db.query(
         "SELECT seq, day, kind FROM dash.msgs WHERE device_id = ? AND clinic_id = ?",
         (dev, old)) if kind in SEQ_KINDS]
-    for table in ("msgs", "exams"):
+    for table in ("msgs", "exams", "withdrawn_exams"):
         db.execute(f"UPDATE dash.{table} SET clinic_id = ? WHERE device_id = ? AND "
                    "clinic_id = ?", (clinic, dev, old))
     # its runs of seqs: made again under the clinic, with the runs already there
     db.execute("DELETE FROM dash.seq_runs WHERE device_id = ? AND clinic_id = ?", (dev, old))
     _add_seq_runs(db, seqs)
     db.many(_UPSERT_DAY_DEVICE, [(day, dev, clinic, *counts) for day, *counts in db.query(
-        "SELECT day, exams, health, other, dates FROM dash.day_device "
+        "SELECT day, exams, health, other, corrections, withdrawn FROM dash.day_device "
         "WHERE device_id = ? AND clinic_id = ?", (dev, old))])
     db.execute("DELETE FROM dash.day_device WHERE device_id = ? AND clinic_id = ?", (dev, old))
     db.many(_UPSERT_FLEET_ERRORS, [(week, dev, clinic, *rest) for week, *rest in db.query(
@@ -864,6 +904,16 @@ def _move_unregistered(db: Db, dev: str, clinic: str) -> None:
     db.execute("DELETE FROM dash.fleet_errors WHERE device_id = ? AND clinic_id = ?",
                (dev, old))
     db.execute("UPDATE dash.device_latest SET clinic_id = ? WHERE device_id = ?", (clinic, dev))
+
+
+def _drop_empty_weeks(db: Db, clinics: list[str]) -> None:
+    """The weekly figures of `clinics` that taking exams off (a move, a withdrawal) emptied:
+    deleted, as a figure never counted has no row (no protocol of 0 exams on a page)."""
+    for part in _chunks(clinics):
+        for table, count in (("week_protocol", "exams"), ("week_missing", "n"),
+                             ("week_deficiency", "exams"), ("week_plane", "n")):
+            db.execute(f"DELETE FROM dash.{table} WHERE clinic_id IN ({_marks(part)}) AND "
+                       f"{count} <= 0", part)
 
 
 # -- sequence runs ---------------------------------------------------------------------------
@@ -1129,18 +1179,26 @@ def _marks(values: list) -> str:
     return ", ".join("?" * len(values))
 
 
-def _stored_dates(db: Db, keys: set[tuple[str, str]]) -> dict[tuple[str, str], float | None]:
-    """The stored corrections of these (device, exam_id): -> age by dates. One read per 500
-    exams on dash.exam_dates' exam_id index, matched in Python: its cost follows the
-    batch, not how many corrections the devices have sent over the years."""
-    out: dict[tuple[str, str], float | None] = {}
+def _stored_by_exam(db: Db, table: str, columns: str, keys: set[tuple[str, str]]
+                    ) -> dict[tuple[str, str], tuple]:
+    """The rows of `table` (dash.exam_dates, dash.exam_withdrawals: keyed by device and
+    exam_id, indexed on exam_id) of these (device, exam_id): -> its `columns`. One read per
+    500 exams on the exam_id index, matched in Python: its cost follows the batch, not how
+    many corrections the devices have sent over the years."""
+    out: dict[tuple[str, str], tuple] = {}
     for part in _chunks(sorted({exam_id for _, exam_id in keys})):
-        for dev, exam_id, weeks in db.query(
-                "SELECT device_id, exam_id, ga_dates_weeks FROM dash.exam_dates "
+        for dev, exam_id, *rest in db.query(
+                f"SELECT device_id, exam_id, {columns} FROM dash.{table} "
                 f"WHERE exam_id IN ({_marks(part)})", part):
             if (dev, exam_id) in keys:
-                out[(dev, exam_id)] = None if weeks is None else float(weeks)
+                out[(dev, exam_id)] = tuple(rest)
     return out
+
+
+def _stored_dates(db: Db, keys: set[tuple[str, str]]) -> dict[tuple[str, str], float | None]:
+    """The stored corrections of these (device, exam_id): -> age by dates."""
+    return {key: None if weeks is None else float(weeks) for key, (weeks,) in
+            _stored_by_exam(db, "exam_dates", "ga_dates_weeks", keys).items()}
 
 
 def _add_corrections(db: Db, corrections: dict[tuple[str, str], Correction],
@@ -1198,6 +1256,141 @@ def _redate_exams(db: Db, weeks: dict[tuple[str, str], float | None]) -> None:
         updates.append((*(row[c] for c in DATED_COLUMNS), msg_id))
     db.many(f"UPDATE dash.exams SET {', '.join(f'{c} = ?' for c in DATED_COLUMNS)} "
             "WHERE msg_id = ?", updates)
+
+
+# -- withdrawn exams --------------------------------------------------------------------------
+# An exam the midwife withdrew (started by mistake, a test scan, the wrong woman, two women
+# in one exam) is no exam done: it leaves dash.exams for dash.withdrawn_exams and every
+# count (the day's exams, the weekly figures), and a restore puts it back. So the pages'
+# queries count what stands and need no filter of their own. Its latest entry wins by
+# seq, as a correction of the dates, whichever of it and its exam arrives first.
+_UPSERT_EXAM_WITHDRAWALS = (
+    "INSERT INTO dash.exam_withdrawals (device_id, exam_id, withdrawn, reason, entered_ts, "
+    "seq, msg_id) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, exam_id) DO UPDATE SET "
+    "withdrawn = excluded.withdrawn, reason = excluded.reason, entered_ts = "
+    "excluded.entered_ts, seq = excluded.seq, msg_id = excluded.msg_id "
+    "WHERE excluded.seq > dash.exam_withdrawals.seq")
+_INSERT_WITHDRAWN = (
+    "INSERT INTO dash.withdrawn_exams (msg_id, device_id, clinic_id, exam_id, day, ts, "
+    "reason) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (msg_id) DO UPDATE SET "
+    "reason = excluded.reason")
+WITHDRAWAL_REASON_CHARS = 16  # the schema's enum's longest is 11
+
+
+class Withdrawal(NamedTuple):
+    """A ``withdrawal`` message: an exam withdrawn (or restored) after it ended; a row of
+    dash.exam_withdrawals but for the device."""
+    exam_id: str
+    withdrawn: bool
+    reason: str
+    entered_ts: float
+    seq: int
+    msg_id: str
+
+
+def _withdrawal(data: dict, seq: int, msg_id: str, ts: float) -> Withdrawal | None:
+    """A ``withdrawal`` message's entry; None when it names no exam or says neither
+    withdrawn nor restored (the collector checked the schema: a bad row must not fail the
+    batch)."""
+    exam_id = _exam_id(data.get("exam_id"))
+    withdrawn = data.get("withdrawn")
+    if not exam_id or not isinstance(withdrawn, bool):
+        return None
+    entered = number_or_none(data.get("entered_ts"))
+    return Withdrawal(exam_id, withdrawn, _text(data.get("reason") or "",
+                                                WITHDRAWAL_REASON_CHARS),
+                      ts if entered is None else entered, seq, msg_id)
+
+
+def _keep_latest(latest: dict, key: tuple[str, str], entry: Correction | Withdrawal) -> None:
+    """A batch's entries of one kind per exam: the later (greater seq) stays."""
+    before = latest.get(key)
+    if before is None or entry.seq > before.seq:
+        latest[key] = entry
+
+
+def _count_exam(weeks: _Weeks, day_device: dict, dev: str, clinic: str, day: int,
+                data: dict, sign: int) -> None:
+    """One exam into (sign 1) or out of (-1) the counts, as withdrawn (out) or restored:
+    its weekly figures, and the day's exams against the day's withdrawn."""
+    weeks.add(week_of(day), clinic, data, sign)
+    counts = day_device[(day, dev, clinic)]
+    counts[0] += sign
+    counts[4] -= sign
+
+
+def _add_withdrawals(db: Db, withdrawals: dict[tuple[str, str], Withdrawal],
+                     batch_exams: list[tuple], weeks: _Weeks, day_device: dict
+                     ) -> dict[tuple[str, str], str]:
+    """Store a batch's withdrawal entries, each exam's latest, and apply the one that stands
+    (an earlier batch's may be later still) to the exams earlier batches rolled up: out of
+    the counts, or back in. Returns this batch's exams that stand withdrawn (device,
+    exam_id) -> reason, which `_add` keeps out. Nothing is read while none was ever
+    stored."""
+    if withdrawals:
+        db.many(_UPSERT_EXAM_WITHDRAWALS, [
+            (dev, w.exam_id, int(w.withdrawn), w.reason, w.entered_ts, w.seq, w.msg_id)
+            for (dev, _), w in withdrawals.items()])
+    in_batch = {(dev, _exam_id(data.get("exam_id"))) for _, dev, _, _, _, data in batch_exams}
+    wanted = set(withdrawals)
+    if in_batch and (withdrawals or db.query("SELECT 1 FROM dash.exam_withdrawals LIMIT 1")):
+        wanted |= in_batch
+    if not wanted:
+        return {}
+    standing = {key: reason for key, (flag, reason) in _stored_by_exam(
+        db, "exam_withdrawals", "withdrawn, reason", wanted).items() if flag}
+    if withdrawals:
+        _withdraw_exams(db, set(withdrawals), standing, weeks, day_device)
+    return {key: standing[key] for key in in_batch if key in standing}
+
+
+def _withdraw_exams(db: Db, keys: set[tuple[str, str]], standing: dict[tuple[str, str], str],
+                    weeks: _Weeks, day_device: dict) -> None:
+    """Earlier batches' exams of `keys` moved to where their standing entry puts them: out
+    of dash.exams and the counts when withdrawn (`standing`: -> reason), back when
+    restored (their row made again from the payload, dated by the correction that stands)."""
+    by_device: dict[str, list[str]] = defaultdict(list)
+    for dev, exam_id in keys:
+        by_device[dev].append(exam_id)
+    moving: list[tuple] = []  # (msg_id, dev, clinic, day, ts, exam_id, reason or None)
+    for dev, exam_ids in by_device.items():
+        for part in _chunks(sorted(exam_ids)):
+            for table, reason in (("exams", "NULL"), ("withdrawn_exams", "reason")):
+                for msg_id, clinic, day, ts, exam_id, was in db.query(
+                        f"SELECT msg_id, clinic_id, day, ts, exam_id, {reason} FROM "
+                        f"dash.{table} WHERE device_id = ? AND exam_id IN ({_marks(part)})",
+                        (dev, *part)):
+                    now = standing.get((dev, exam_id))
+                    if (was is None) != (now is None):
+                        moving.append((msg_id, dev, clinic, int(day), float(ts), exam_id, now))
+                    elif now is not None and now != was:  # withdrawn still, for another reason
+                        db.execute("UPDATE dash.withdrawn_exams SET reason = ? WHERE msg_id = ?",
+                                   (now, msg_id))
+    if not moving:
+        return
+    payloads: dict[str, str] = {}
+    for part in _chunks([m[0] for m in moving]):
+        payloads.update(db.query(
+            f"SELECT msg_id, payload FROM messages WHERE msg_id IN ({_marks(part)})", part))
+    dated = _stored_dates(db, {(m[1], m[5]) for m in moving if m[6] is None})
+    for msg_id, dev, clinic, day, ts, exam_id, reason in moving:
+        try:
+            data = json.loads(payloads.get(msg_id, ""))
+        except (ValueError, RecursionError):  # the collector parsed it once; be safe anyway
+            continue
+        if not isinstance(data, dict):
+            continue
+        if reason is not None:
+            db.execute("DELETE FROM dash.exams WHERE msg_id = ?", (msg_id,))
+            db.execute(_INSERT_WITHDRAWN, (msg_id, dev, clinic, exam_id, day, ts, reason))
+            _count_exam(weeks, day_device, dev, clinic, day, data, -1)
+        else:
+            row = _exam_row(msg_id, dev, clinic, day, ts, data,
+                            dated.get((dev, exam_id), FROM_SUMMARY))
+            db.execute("DELETE FROM dash.withdrawn_exams WHERE msg_id = ?", (msg_id,))
+            db.execute(f"INSERT INTO dash.exams ({', '.join(EXAM_COLUMNS)}) "
+                       f"VALUES ({', '.join('?' * len(EXAM_COLUMNS))})", row)
+            _count_exam(weeks, day_device, dev, clinic, day, data, 1)
 
 
 def _health_digest(data: dict) -> dict:

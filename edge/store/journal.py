@@ -38,6 +38,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge.result import FrameResult
@@ -50,12 +51,18 @@ from edge.store.state import (
     move_aside,
     open_making_room,
 )
-from wire.schema import finite_number, number_or_none, sqlite_uri, wall_ts_or_none
-from wire.shown import one_line
+from wire.schema import (
+    WITHDRAWAL_REASONS,
+    finite_number,
+    number_or_none,
+    sqlite_uri,
+    wall_ts_or_none,
+)
+from wire.shown import one_line, printable
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 MAX_DATES_BYTES = 256  # {"lmp": "YYYY-MM-DD", "today": "YYYY-MM-DD"} is 40
 JOURNAL_FILE = "journal.sqlite"
 REDATE_BATCH = 500  # ids in one statement when a clock step dates rows again
@@ -166,7 +173,43 @@ _MIGRATIONS = {
     ALTER TABLE exam_dates ADD COLUMN told TEXT;
     CREATE INDEX exam_dates_entered ON exam_dates(entered_ts);
     """,
+    # An ended exam the midwife withdrew (started by mistake, a test scan, the wrong woman,
+    # two women in one exam), or restored: the latest entry stands, numbered like the dates'
+    # (its message's once-only key), and `told` is the last entry queued for the district
+    # (`loop.tell_district_withdrawal`). The exam itself is kept, as it was.
+    8: """
+    CREATE TABLE exam_withdrawals (exam_id TEXT PRIMARY KEY, withdrawn INTEGER NOT NULL,
+        reason TEXT NOT NULL, entered_ts REAL NOT NULL, entry INTEGER NOT NULL,
+        told INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX exam_withdrawals_entered ON exam_withdrawals(entered_ts);
+    """,
 }
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """An exam's latest withdrawal entry, as the journal reads it back (`withdrawal`)."""
+    withdrawn: bool
+    reason: str
+    entered_ts: float
+    entry: int  # its number among the exam's entries: its message's once-only key
+    told: int  # the last entry queued for the district (0: none)
+
+
+def read_withdrawal(row: object) -> Withdrawal | None:
+    """A row (withdrawn, reason, entered_ts, entry, told) of `exam_withdrawals`, or None
+    where it is not as the journal writes one: damage, which every reader takes as no
+    withdrawal (the exam stands)."""
+    if not isinstance(row, tuple | list) or len(row) != 5:
+        return None
+    withdrawn, reason, entered, entry, told = row
+    entered = wall_ts_or_none(entered)
+    if withdrawn not in (0, 1) or isinstance(withdrawn, float) \
+            or reason not in WITHDRAWAL_REASONS or entered is None \
+            or _entry_number(entry) != entry or entry == 0 \
+            or not (told == 0 or _entry_number(told) == told):
+        return None
+    return Withdrawal(bool(withdrawn), reason, entered, entry, told)
 
 
 def told_weeks(told: object) -> tuple[bool, float | None]:
@@ -249,6 +292,11 @@ def _sound_dates(row: dict) -> bool:
             and (told is None or told_weeks(told)[0]))
 
 
+def _sound_withdrawal(row: dict) -> bool:
+    return isinstance(row.get("exam_id"), str) and read_withdrawal(tuple(
+        row.get(k) for k in ("withdrawn", "reason", "entered_ts", "entry", "told"))) is not None
+
+
 def _sound_run(row: dict) -> bool:
     return (isinstance(row.get("run_id"), str) and isinstance(row.get("source"), str)
             and _json_dict(row.get("models")) is not None
@@ -264,6 +312,7 @@ def _sound_result(row: dict) -> bool:
 # Most valuable first: the exams (what the district gets, the history page, the re-queue
 # of exams an outbox lost), their dates, then the runs and frame results a start replays.
 _SALVAGED = (("exams", "exams", _sound_exam), ("exam_dates", "exam dates", _sound_dates),
+             ("exam_withdrawals", "exam withdrawals", _sound_withdrawal),
              ("runs", "runs", _sound_run), ("results", "frame results", _sound_result))
 def _salvage(aside: Path, db: sqlite3.Connection) -> tuple[dict[str, tuple[int, int]], str]:
     """Copy into `db`, a new journal, every sound row still readable in the corrupt journal
@@ -471,7 +520,8 @@ class Journal:
         deadline = time.monotonic() + START_CHECK_SECONDS
         self.db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
         try:
-            for table in ("exams", "exam_dates", "runs", *((None,) if whole else ())):
+            for table in ("exams", "exam_dates", "exam_withdrawals", "runs",
+                          *((None,) if whole else ())):
                 sql = f"PRAGMA quick_check({table})" if table else "PRAGMA quick_check(5)"
                 problems = [row[0] for row in self.db.execute(sql)]
                 if problems != ["ok"]:
@@ -749,6 +799,61 @@ class Journal:
             "UPDATE exam_dates SET told=? WHERE exam_id=?",
             (json.dumps(weeks), exam_id))) is not None
 
+    def keep_withdrawal(self, exam_id: str, withdrawn: bool, reason: str,
+                        entered_ts: float | None = None) -> bool:
+        """The midwife withdrew an ended exam (`withdrawn`, with one of WITHDRAWAL_REASONS)
+        or restored it; committed at once, like her dates, each entry numbered. Refused
+        (False, one line in the log) for an exam the journal does not hold as ended, or a
+        reason not on the list; False also when the write failed (said in the log)."""
+        if reason not in WITHDRAWAL_REASONS:
+            log.warning("journal %s: withdrawal of exam %s refused: reason %s is not one of "
+                        "%s", self.path, exam_id, printable(repr(reason))[:40],
+                        ", ".join(WITHDRAWAL_REASONS))
+            return False
+        when = time.time() if entered_ts is None else float(entered_ts)
+        cursor = self._write("exam withdrawal", lambda: self.db.execute(
+            "INSERT INTO exam_withdrawals (exam_id, withdrawn, reason, entered_ts, entry) "
+            "SELECT ?, ?, ?, ?, 1 WHERE EXISTS (SELECT 1 FROM exams WHERE exam_id = ?) "
+            "ON CONFLICT (exam_id) DO UPDATE SET withdrawn = excluded.withdrawn, reason = "
+            "excluded.reason, entered_ts = excluded.entered_ts, entry = "
+            "exam_withdrawals.entry + 1",
+            (exam_id, int(bool(withdrawn)), reason, when, exam_id)))
+        if cursor is None:
+            return False
+        if cursor.rowcount != 1:
+            log.warning("journal %s: withdrawal of exam %s refused: no such ended exam in "
+                        "the journal", self.path, printable(exam_id)[:64])
+            return False
+        return True
+
+    def withdrawal(self, exam_id: str) -> Withdrawal | None:
+        """The exam's latest withdrawal entry (`read_withdrawal`), or None: never withdrawn,
+        or a row that cannot be read (said in the log)."""
+        try:
+            row = self.db.execute(
+                "SELECT withdrawn, reason, entered_ts, entry, told FROM exam_withdrawals "
+                "WHERE exam_id = ?", (exam_id,)).fetchone()
+        except sqlite3.Error as exc:
+            log.warning("journal %s: the withdrawal of exam %s cannot be read (%s)",
+                        self.path, exam_id, one_line(exc)[:120])
+            return None
+        return None if row is None else read_withdrawal(row)
+
+    def withdrawal_told(self, exam_id: str, entry: int) -> bool:
+        """Record that the exam's withdrawal entry `entry` is queued for the district."""
+        return self._write("exam withdrawal", lambda: self.db.execute(
+            "UPDATE exam_withdrawals SET told = MAX(told, ?) WHERE exam_id = ?",
+            (int(entry), exam_id))) is not None
+
+    def withdrawn_exams(self, since_ts: float, limit: int = 10_000) -> list[str]:
+        """The ended exams withdrawn or restored since `since_ts`, oldest entry first (at
+        most `limit`, the newest): those whose message may be owed to the district."""
+        rows = self.db.execute(
+            "SELECT exam_id FROM (SELECT w.exam_id, w.entered_ts FROM exam_withdrawals w "
+            "JOIN exams e ON e.exam_id = w.exam_id WHERE w.entered_ts >= ? ORDER BY "
+            "w.entered_ts DESC LIMIT ?) ORDER BY entered_ts", (since_ts, int(limit))).fetchall()
+        return [r[0] for r in rows if isinstance(r[0], str)]
+
     def ended_summary(self, exam_id: str) -> dict | None:
         """The summary an ended exam left with (None while it runs, or if unreadable)."""
         try:
@@ -858,8 +963,10 @@ class Journal:
                                 "CASE WHEN ended_ts < ? THEN ended_ts + ? ELSE ended_ts END "
                                 "WHERE started_ts >= ? AND started_ts < ?",
                                 (moved_s, before_ts, moved_s, *span))
-                self.db.execute("UPDATE exam_dates SET entered_ts = entered_ts + ? "
-                                "WHERE entered_ts >= ? AND entered_ts < ?", (moved_s, *span))
+                for table in ("exam_dates", "exam_withdrawals"):
+                    self.db.execute(f"UPDATE {table} SET entered_ts = entered_ts + ? "
+                                    "WHERE entered_ts >= ? AND entered_ts < ?",
+                                    (moved_s, *span))
                 found = [r for r, in self.db.execute(
                     "SELECT exam_id FROM exams WHERE started_ts >= ? AND started_ts < ?", span)]
                 chosen = list(dict.fromkeys([*found, *ids]))

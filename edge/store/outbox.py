@@ -99,9 +99,9 @@ SEQ_MAX = min(load_schema(kind)["properties"]["seq"]["maximum"] for kind in KIND
 # (140,000 years at 1,000 a second), so a value above it is damage, never history, and
 # counting on from it can never pass SEQ_MAX.
 SEQ_FLOOR_MAX = 1 << 52
-# Kept alike under the quota: an exam's age-by-dates correction is as much the district's
-# record as the exam itself, and far smaller.
-EXAM_KINDS = RECEIPTED_KINDS  # ("exam", "dates"): also the kinds kept until their receipt
+# Kept alike under the quota: an exam's age-by-dates correction, or its withdrawal, is as
+# much the district's record as the exam itself, and far smaller.
+EXAM_KINDS = RECEIPTED_KINDS  # exam, dates, withdrawal: also the kinds kept until their receipt
 # A sent message's time ahead of the clock by more than this means the clock stepped back
 # since: waiting out resend_after_s from it could take months, so it is sent again now.
 SENT_TS_AHEAD_S = CLOCK_STEP_S
@@ -768,11 +768,21 @@ def count_ok(value: object) -> bool:
     return type(value) is int and 0 <= value <= SEQ_MAX
 
 
+def entry_key(kind: str, exam_id: str, entry: int) -> str:
+    """The once-only key of a later word about an ended exam (`CORRECTION_KINDS`: its age
+    by dates, its withdrawal): one per entry the midwife made (the journal numbers them),
+    so a later change is a new message and a crash recovery repeats none."""
+    return f"{exam_id}/{kind}/{int(entry)}"
+
+
 def dates_key(exam_id: str, entry: int) -> str:
-    """The once-only key of an exam's age-by-dates correction: one per entry the midwife
-    made (the journal numbers them), so a later change is a new message and a crash
-    recovery repeats none."""
-    return f"{exam_id}/dates/{int(entry)}"
+    """The once-only key of an exam's age-by-dates correction (`entry_key`)."""
+    return entry_key("dates", exam_id, entry)
+
+
+def withdrawal_key(exam_id: str, entry: int) -> str:
+    """The once-only key of an exam's withdrawal or restore (`entry_key`)."""
+    return entry_key("withdrawal", exam_id, entry)
 
 
 def counts_of(conn: sqlite3.Connection) -> dict:

@@ -1,4 +1,5 @@
-"""Payloads for the MQTT message kinds: ``exam``, ``health``, ``status`` and ``dates``.
+"""Payloads for the MQTT message kinds: ``exam``, ``health``, ``status``, ``dates`` and
+``withdrawal``.
 
 Each payload is a flat JSON object with an envelope (``schema``, ``kind``, ``msg_id``,
 ``seq``, ``boot_id``, ``device_id``, ``clinic_id``, wall time ``ts``, monotonic ``mono_s``)
@@ -146,6 +147,14 @@ def build_dates(env: dict, exam_id: str, ga_dates_weeks: float | None,
     after its summary was queued. Weeks only: the date itself never leaves the box."""
     weeks = None if ga_dates_weeks is None else round(float(ga_dates_weeks), 2)
     return {**env, "exam_id": exam_id, "ga_dates_weeks": weeks,
+            "entered_ts": round(float(entered_ts), 3)}
+
+
+def build_withdrawal(env: dict, exam_id: str, withdrawn: bool, reason: str,
+                     entered_ts: float) -> dict:
+    """An ended exam withdrawn by the midwife (or restored: `withdrawn` False), with the
+    reason from the page's fixed list. Nothing of the woman: the exam's id and the reason."""
+    return {**env, "exam_id": exam_id, "withdrawn": bool(withdrawn), "reason": reason,
             "entered_ts": round(float(entered_ts), 3)}
 
 

@@ -53,6 +53,7 @@ from edge.store.outbox import (
     read_boot_id,
     seq_ok,
     shifted_times,
+    withdrawal_key,
 )
 from edge.store.state import Reserve, is_full
 from edge.uplink import messages
@@ -406,6 +407,20 @@ class Uplink:
             log.error("age-by-dates correction of exam %s not stored: %s", exam_id, exc)
             return None
         return self._enqueue_kept("dates", payload, dates_key(exam_id, entry))
+
+    def enqueue_withdrawal(self, exam_id: str, withdrawn: bool, reason: str, entry: int,
+                           entered_ts: float) -> str | None:
+        """Store an exam's withdrawal or restore (`wire/schemas/withdrawal.schema.json`);
+        returns its msg_id. Once only per entry, held when the disk is full, never raises,
+        as `enqueue_dates`. None also when it was queued before."""
+        try:
+            payload = messages.build_withdrawal(self._env("withdrawal"), exam_id, withdrawn,
+                                                reason, entered_ts)
+            self._check("withdrawal", payload)
+        except (ValueError, TypeError) as exc:
+            log.error("withdrawal of exam %s not stored: %s", exam_id, exc)
+            return None
+        return self._enqueue_kept("withdrawal", payload, withdrawal_key(exam_id, entry))
 
     def _enqueue_kept(self, kind: str, payload: dict, key: str | None) -> str | None:
         """An exam or a correction into the outbox, in order behind any held (for want of

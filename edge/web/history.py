@@ -24,7 +24,9 @@ the cephalic index (from the exam's BPD and OFD) and HC against the dates, where
 midwife entered the last period for that exam on the page (the journal keeps it under the
 exam's id, table `exam_dates`; the date stays on the box, and the district gets the age
 by dates in weeks only: with the exam's summary where they were entered before it ended,
-else by a correction, `loop.tell_district_dates`).
+else by a correction, `loop.tell_district_dates`). An exam the midwife withdrew (table
+`exam_withdrawals`: started by mistake, a test scan, ...) stays listed, marked so with its
+reason, and its report says so at the top; the district counts it in no figure.
 
 The journal keeps a slot's best frame only where it captured the slot; for a slot it
 missed, the best quality any frame of its planes reached comes from the summary's per-plane
@@ -41,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import html
+import json
 import logging
 import math
 import re
@@ -63,7 +66,13 @@ from edge.exam.screening import (
 )
 from edge.exam.thumbs import HEAD_MEASURED, THUMBS_DIR
 from edge.models.biometry import HEAD_SCALES
-from edge.store.journal import JOURNAL_FILE, MAX_DATES_BYTES, told_weeks
+from edge.store.journal import (
+    JOURNAL_FILE,
+    MAX_DATES_BYTES,
+    Withdrawal,
+    read_withdrawal,
+    told_weeks,
+)
 from edge.web import i18n
 from wire.dating import HADLOCK_1984_WEEKS
 from wire.schema import (
@@ -92,6 +101,10 @@ ENDED = ("gap", "command", "source_end", "recovered", "stopped")
 MIN_FIGURE, MAX_FIGURE = 1e-6, 1e5
 BIOMETRY_KEYS = ("hc_mm", "bpd_mm", "ofd_mm", "ga_weeks", "ga_low_weeks", "ga_high_weeks",
                  "hc_p10_mm", "hc_p90_mm")
+
+
+# an exam's withdrawal row as `read_withdrawal` reads it (all NULL: never withdrawn)
+_WITHDRAWAL_COLUMNS = "w.withdrawn, w.reason, w.entered_ts, w.entry, w.told"
 
 
 class BadQuery(ValueError):
@@ -256,7 +269,7 @@ def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> li
 
 def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
             titles: dict[str, str], dates: dict | None = None,
-            told: str | None = None) -> dict:
+            told: str | None = None, withdrawal: Withdrawal | None = None) -> dict:
     """One journaled exam as the page shows an exam (see the module's docstring)."""
     proto = summary.get("protocol") if isinstance(summary.get("protocol"), dict) else {}
     name = _text(proto.get("name"))
@@ -296,6 +309,9 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         "biometry": bio,
         "measured_head": _measured_head(best_frames.get(HEAD_MEASURED)),
         "dates": kept_dates,
+        "withdrawal": None if withdrawal is None else {
+            "withdrawn": withdrawal.withdrawn, "reason": withdrawal.reason,
+            "entered_ts": withdrawal.entered_ts},
         "screening": {"cephalic_index": cephalic_index((bio or {}).get("bpd_mm"),
                                                        (bio or {}).get("ofd_mm")),
                       "hc_dates": hc_against_dates(
@@ -355,6 +371,14 @@ class ExamHistory:
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, self._dates, exam_id)
 
+    async def withdrawal(self, exam_id: str) -> dict | None:
+        """The exam's withdrawal as `present` gives it, read alone: what the page's
+        withdrawal waits for."""
+        if not EXAM_ID_RE.match(exam_id):
+            return None
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._withdrawal, exam_id)
+
     async def thumbnail(self, exam_id: str, name: str) -> tuple[str, Path | None]:
         """("unknown", None): not a thumbnail the journal lists for that exam; ("gone",
         None): listed, but no longer on disk (the quota removed it); ("ok", path)."""
@@ -403,8 +427,9 @@ class ExamHistory:
                 log.info("web: earlier exams: no journal yet at %s; none listed", self.path)
             return None
         except sqlite3.OperationalError as exc:
-            if "no such table: exam_dates" not in str(exc) \
-                    and "no such column: d.told" not in str(exc):
+            if not any(older in str(exc) for older in (
+                    "no such table: exam_dates", "no such column: d.told",
+                    "no such table: exam_withdrawals")):
                 return self._unreadable(exc)
             # an older journal, which the loop upgrades once it has loaded the models
             self.readable = True
@@ -445,22 +470,23 @@ class ExamHistory:
     _COLUMNS = ("SELECT exams.exam_id, CASE WHEN length(CAST(summary AS BLOB)) <= :max THEN "
                 "summary END, CASE WHEN length(CAST(best_frames AS BLOB)) <= :max THEN "
                 f"best_frames END, CASE WHEN length(CAST(d.dates AS BLOB)) <= {MAX_DATES_BYTES} "
-                "THEN d.dates END, d.told FROM exams LEFT JOIN exam_dates d ON d.exam_id = "
-                "exams.exam_id ")
+                f"THEN d.dates END, d.told, {_WITHDRAWAL_COLUMNS} FROM exams LEFT JOIN "
+                "exam_dates d ON d.exam_id = exams.exam_id LEFT JOIN exam_withdrawals w ON "
+                "w.exam_id = exams.exam_id ")
 
     def _exams(self, rows: list[tuple], running: dict | None) -> list[dict]:
         if self._protocols is None:
             self._protocols = read_protocols(self.protocols_file)
         titles = protocol_titles(self._protocols, running)
         out = []
-        for exam_id, summary_raw, best_raw, dates_raw, told in rows:
+        for exam_id, summary_raw, best_raw, dates_raw, told, *withdrawal in rows:
             summary = self._parse(summary_raw)
             best = self._parse(best_raw)
             if summary is None or not isinstance(exam_id, str) \
                     or summary.get("exam_id") != exam_id:
                 continue  # damaged or oversized: skipped, the others listed
             item = present(summary, best or {}, self._protocols, titles,
-                           self._parse(dates_raw), told)
+                           self._parse(dates_raw), told, read_withdrawal(tuple(withdrawal)))
             for row in item["checklist"]:
                 best_row = row.get("best") or {}
                 if "thumbnail" in best_row:
@@ -487,6 +513,12 @@ class ExamHistory:
                            "END FROM exam_dates WHERE exam_id = :id",
                            {"max": MAX_DATES_BYTES, "id": exam_id})
         return read_dates(self._parse(rows[0][0])) if rows else None
+
+    def _withdrawal(self, exam_id: str) -> dict | None:
+        rows = self._query(f"SELECT {_WITHDRAWAL_COLUMNS} FROM exam_withdrawals w WHERE "
+                           "w.exam_id = :id", {"id": exam_id})
+        kept = read_withdrawal(rows[0]) if rows else None
+        return None if kept is None else {"withdrawn": kept.withdrawn, "reason": kept.reason}
 
     def _kept(self, exam_id: str, listed: str) -> Path | None:
         """The file of a thumbnail path the journal lists, if it is one of this exam's
@@ -599,6 +631,7 @@ def _page(text: dict[str, str], title: str, body: str, cls: str = "") -> str:
             '<link rel="stylesheet" href="/static/base.css">\n'
             '<link rel="stylesheet" href="/static/report.css">\n'
             '<script src="/static/in_sight.js" defer></script>\n'
+            '<script src="/static/withdraw.js" defer></script>\n'
             '<script src="/static/report.js" defer></script>\n</head>\n'
             f'<body class="{cls}">\n{body}\n</body>\n</html>\n')
 
@@ -615,8 +648,13 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     """The printable report of one exam (every value escaped; no inline script or style)."""
     e = html.escape
     exam_id = exam["exam_id"]
-    out = [_bar(text), "<main>", "<header>",
-           f'<h1>{e(_t(text, "report.title"))}</h1>']
+    out = [_bar(text), "<main>", "<header>"]
+    withdrawal = exam.get("withdrawal") or {}
+    if withdrawal.get("withdrawn"):  # first of all: this printout is no exam done
+        out.append('<p id="withdrawn" class="withdrawn" role="note">' + e(_t(
+            text, "withdraw.report", reason=_t(text, "withdraw.reason_" + withdrawal["reason"])))
+            + "</p>")
+    out.append(f'<h1>{e(_t(text, "report.title"))}</h1>')
     ids = [_t(text, key, id=_text(box.get(k))) for k, key in
            (("device_id", "report.box"), ("clinic_id", "report.clinic")) if box.get(k)]
     if ids:
@@ -626,6 +664,7 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     # two sheets printed the same afternoon go into the wrong card (a midwife's walk)
     out.append(f'<p class="write-in">{e(_t(text, "report.write_in"))} '
                '<span class="blank"></span></p></header>')
+    out.append(_withdraw_place(text, exam))
 
     # when, how it ended, the protocol
     title = _t(text, "protocol." + exam["protocol"], fallback=exam["title"] or exam["protocol"])
@@ -815,6 +854,16 @@ def _measured_figure(text: dict[str, str], exam_id: str, head: dict | None) -> s
         picture = f'<div class="thumb empty">{e(_t(text, "report.gone"))}</div>'
     return (f'<figure class="measured">{picture}<figcaption>{"".join(lines)}</figcaption>'
             "</figure>")
+
+
+def _withdraw_place(text: dict[str, str], exam: dict) -> str:
+    """Where report.js puts the exam's withdraw (or undo) controls (withdraw.js, as on the
+    earlier exams' list), with the words they need. Not printed."""
+    e = html.escape
+    words = {k: v for k, v in text.items() if k.startswith("withdraw.")}
+    return (f'<div id="report-withdraw" class="noprint" data-exam="{e(exam["exam_id"])}" '
+            f'data-withdrawal="{e(json.dumps(exam.get("withdrawal")))}" '
+            f'data-words="{e(json.dumps(words, ensure_ascii=False))}"></div>')
 
 
 def _dates_form(text: dict[str, str], exam_id: str, lmp: str | None) -> str:

@@ -83,6 +83,9 @@ class LiveView:
     # journal's); apart from `commands`, so that dates typed again and again never push
     # a "stop" out of its queue
     dates_to_keep: deque = field(default_factory=lambda: deque(maxlen=8))
+    # (exam_id, withdrawn, reason) of an ended exam the page withdrew or restored, for the
+    # loop to keep (the journal's), beside the dates and bounded alike
+    withdrawals_to_keep: deque = field(default_factory=lambda: deque(maxlen=8))
     notify: Callable[[], None] | None = None  # set by the server: wakes its streamer
     # `ga_dates` is set on the server's thread and attached to an exam on the loop's
     _dates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -124,11 +127,13 @@ class LiveView:
             return self._queue_dates(exam_id, dates)
 
     def _queue_dates(self, exam_id: str, dates: dict | None) -> bool:
-        queue = self.dates_to_keep
-        if len(queue) >= queue.maxlen:
-            return False
-        queue.append((exam_id, dates))
-        return True
+        return _append_bounded(self.dates_to_keep, (exam_id, dates))
+
+    def queue_withdrawal(self, exam_id: str, withdrawn: bool, reason: str) -> bool:
+        """Server thread: queue an ended exam's withdrawal (or restore) for the loop to
+        journal; False when the queue is full, as `queue_dates`."""
+        with self._dates_lock:
+            return _append_bounded(self.withdrawals_to_keep, (exam_id, withdrawn, reason))
 
     def attach_waiting_dates(self, exam_id: str) -> None:
         """Loop thread, each frame of an exam: dates entered before any exam began are
@@ -145,6 +150,15 @@ class LiveView:
                 return
             if self._queue_dates(exam_id, {"lmp": dates["lmp"], "today": dates["today"]}):
                 self.ga_dates = {**dates, "exam_id": exam_id}
+
+
+def _append_bounded(queue: deque, item: tuple) -> bool:
+    """Append to a bounded queue only where there is room: a full one would push out an
+    entry the box had already accepted."""
+    if len(queue) >= queue.maxlen:
+        return False
+    queue.append(item)
+    return True
 
 
 class SteadyConfidence:
@@ -228,6 +242,7 @@ class LoopHook:
     def __init__(self, view: LiveView, end_gap_s: float, server=None):
         self.view = view
         self.keep_dates: Callable[[str, dict | None], bool] | None = None  # the journal's
+        self.keep_withdrawal: Callable[[str, bool, str], bool] | None = None  # the journal's
         self.end_gap_s = end_gap_s
         self.server = server  # edge.web.server.WebServer, stopped by close()
         self.confidence = SteadyConfidence()
@@ -245,11 +260,14 @@ class LoopHook:
         self.view.holding = value
 
     def attach(self, scorer, uplink, source, tracker,
-               keep_dates: Callable[[str, dict | None], bool] | None = None) -> None:
+               keep_dates: Callable[[str, dict | None], bool] | None = None,
+               keep_withdrawal: Callable[[str, bool, str], bool] | None = None) -> None:
         """The loop's parts are ready (models loaded, source open): the page goes live.
-        `keep_dates(exam_id, dates)` writes an exam's dates into the journal."""
+        `keep_dates(exam_id, dates)` writes an exam's dates into the journal, and
+        `keep_withdrawal(exam_id, withdrawn, reason)` an exam's withdrawal."""
         view = self.view
         self.keep_dates = keep_dates
+        self.keep_withdrawal = keep_withdrawal
         view.models = dict(scorer.model_versions())
         view.has_class_maps = bool(getattr(scorer, "has_class_maps", False))
         view.source_name = source.name
@@ -277,15 +295,18 @@ class LoopHook:
             self._last_content = mono
         return not self.holding
 
-    def apply_dates(self) -> None:
+    def apply_entries(self) -> None:
         """The dates the page entered, into the journal under their exam's id (running or
-        ended: a killed run's exams are rebuilt under the same ids)."""
-        dates_to_keep = self.view.dates_to_keep
-        while dates_to_keep:
-            exam_id, dates = dates_to_keep.popleft()
-            if self.keep_dates is not None and not self.keep_dates(exam_id, dates):
-                log.warning("web: the dates for exam %s could not be kept (see the "
-                            "journal's line)", exam_id)
+        ended: a killed run's exams are rebuilt under the same ids), and the withdrawals
+        of ended exams."""
+        for queue, keep, what in ((self.view.dates_to_keep, self.keep_dates, "dates"),
+                                  (self.view.withdrawals_to_keep, self.keep_withdrawal,
+                                   "withdrawal")):
+            while queue:
+                exam_id, *entry = queue.popleft()
+                if keep is not None and not keep(exam_id, *entry):
+                    log.warning("web: the %s for exam %s could not be kept (see the "
+                                "journal's line)", what, exam_id)
 
     def clock_stepped(self, moved_s: float, before_ts: float) -> None:
         """Loop thread: the box's clock stepped forward `moved_s` (edge/loop.py
@@ -297,7 +318,7 @@ class LoopHook:
         self.view.exam = {**shown, **shifted_times(shown, moved_s, before_ts)}
 
     def apply_commands(self, tracker) -> None:
-        self.apply_dates()
+        self.apply_entries()
         commands = self.view.commands
         while commands:
             # A "stop" counts as queued until its exam has ended (measuring its heads and
@@ -354,7 +375,7 @@ class LoopHook:
         process is told to stop."""
         while not stopped() and not self.stop_requested.wait(poll_s):
             self.view.commands.clear()  # no frames to apply them to
-            self.apply_dates()
+            self.apply_entries()
 
     def close(self) -> None:
         if self.server is not None:

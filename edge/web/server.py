@@ -28,6 +28,12 @@ Routes (everything under /api/ answers 401 without a session):
   next one began): kept, and sent to the district as a correction, by the loop; answered
   once the journal has them (or after DATES_KEPT_WAIT_S). 404 for an exam the journal does
   not keep, 409 for the exam still running (the live page takes its dates).
+- `POST /api/exams/<exam>/withdrawal {"withdrawn": true, "reason": "mistake" | "test_scan" |
+  "wrong_woman" | "two_women"}` withdraws an ended exam (`{"withdrawn": false}` undoes it):
+  kept in the journal and sent to the district, which then counts it in no figure, by the
+  loop; answered once the journal has it (or after DATES_KEPT_WAIT_S). 404 for an exam the
+  journal does not keep, 409 for the exam still running, or an undo of an exam that is not
+  withdrawn.
 - `GET /api/thumb/<exam>/<file>.jpg`: a checklist thumbnail, or the report's picture of
   where the head was measured (only those the exam on screen or the journal lists for that
   exam; 404 once the quota has removed it).
@@ -107,7 +113,7 @@ from wire.http_log import (
     one_line_bad_requests,
     refuse_coded_body,
 )
-from wire.schema import PayloadError, loads_bounded
+from wire.schema import WITHDRAWAL_REASONS, PayloadError, loads_bounded
 from wire.shown import shown, shown_path
 
 log = logging.getLogger(__name__)
@@ -730,6 +736,7 @@ class WebServer:
         app.router.add_get("/api/thumb/{exam}/{name}", self._thumb)
         app.router.add_get("/api/exams", self._exams)
         app.router.add_post("/api/exams/{exam}/lmp", self._exam_lmp)
+        app.router.add_post("/api/exams/{exam}/withdrawal", self._exam_withdrawal)
         app.router.add_get("/report/{exam}", self._report)
         app.router.add_route("*", "/api/{tail:.*}", self._not_found)
         one_line_bad_requests()
@@ -1279,18 +1286,70 @@ class WebServer:
                                   "ga_dates_weeks": None if weeks is None else round(weeks, 2)})
 
     async def _dates_kept(self, exam_id: str, dates: dict | None) -> bool:
-        """Whether the journal has the exam's dates as sent, looked at until
-        DATES_KEPT_WAIT_S: the loop keeps them between two frames (or while it lingers)."""
+        """Whether the journal has the exam's dates as sent (`_journal_has`)."""
+        return await self._journal_has(lambda: self.history.dates(exam_id), lambda kept: (
+            dates is None and kept is None) or (
+            dates is not None and kept is not None and kept["lmp"] == dates["lmp"]
+            and kept["today"] == dates["today"]))
+
+    @staticmethod
+    async def _journal_has(read, kept) -> bool:
+        """Whether `kept(await read())` holds, looked at until DATES_KEPT_WAIT_S: the loop
+        keeps what the page sent between two frames (or while it lingers)."""
         deadline = time.monotonic() + DATES_KEPT_WAIT_S
         while True:
-            kept = await self.history.dates(exam_id)
-            if (dates is None and kept is None) or (
-                    dates is not None and kept is not None and kept["lmp"] == dates["lmp"]
-                    and kept["today"] == dates["today"]):
+            if kept(await read()):
                 return True
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.1)
+
+    @staticmethod
+    def _withdrawal_body(body: dict) -> tuple[bool, str | None]:
+        """(withdrawn, reason) of a withdrawal body: `withdrawn` true with a reason from the
+        page's list, or false to undo one. Anything else is refused, naming the field."""
+        extra = sorted(set(body) - {"withdrawn", "reason"})
+        if extra:
+            raise web.HTTPBadRequest(text=f"unexpected field {shown(extra[0])[:40]}: send "
+                                     "withdrawn and reason only")
+        withdrawn = body.get("withdrawn")
+        if not isinstance(withdrawn, bool):
+            raise web.HTTPBadRequest(text="withdrawn must be true (withdraw the exam) or "
+                                     "false (undo its withdrawal)")
+        reason = body.get("reason")
+        if withdrawn and reason not in WITHDRAWAL_REASONS:
+            raise web.HTTPBadRequest(text="reason must be one of "
+                                     + ", ".join(WITHDRAWAL_REASONS))
+        return withdrawn, reason if withdrawn else None
+
+    async def _exam_withdrawal(self, request: web.Request) -> web.Response:
+        """An ended exam withdrawn (started by mistake, a test scan, the wrong woman, two
+        women in one exam) or restored, from the earlier exams' list: queued for the loop
+        to journal and tell the district, as dates are. Withdrawing it again for the same
+        reason changes nothing (a second tap)."""
+        exam_id = request.match_info["exam"]
+        body = await self._json_body(request)
+        withdrawn, reason = self._withdrawal_body(body)
+        current = self.view.exam or {}
+        if current.get("running") and current.get("exam_id") == exam_id:
+            raise web.HTTPConflict(text="this exam is still running: stop it, then withdraw "
+                                   "it from the earlier exams")
+        kept = await self.history.exam(exam_id, None)
+        if kept is None:
+            raise web.HTTPNotFound(text="no such ended exam in the journal")
+        standing = kept.get("withdrawal") or {"withdrawn": False, "reason": None}
+        if not withdrawn and not standing["withdrawn"]:
+            raise web.HTTPConflict(text="this exam is not withdrawn: there is nothing to undo")
+        reason = reason or standing["reason"]
+        if (standing["withdrawn"], standing["reason"]) != (withdrawn, reason) \
+                and not self.view.queue_withdrawal(exam_id, withdrawn, reason):
+            raise web.HTTPServiceUnavailable(text="the withdrawal was not kept: the device "
+                                             "has not yet kept the last entries; try again "
+                                             "in a minute")
+        done = await self._journal_has(lambda: self.history.withdrawal(exam_id), lambda w: (
+            w is not None and (w["withdrawn"], w["reason"]) == (withdrawn, reason)))
+        return web.json_response({"ok": True, "kept": done, "withdrawn": withdrawn,
+                                  "reason": reason})
 
     # -- earlier exams (edge/web/history.py) -----------------------------------------------
     async def _exams(self, request: web.Request) -> web.Response:

@@ -1106,7 +1106,13 @@ function drawEarlier() {
         t("exam.progress", { n: exam.captured, m: exam.required })),
       part("fig", figures));
     const li = document.createElement("li");
-    li.appendChild(a);
+    const withdrawn = exam.withdrawal && exam.withdrawal.withdrawn;
+    if (withdrawn) { // still listed, plainly marked: the district counts it in no figure
+      li.className = "withdrawn";
+      a.append(part("withdrawn-mark", t("withdraw.marked",
+        { reason: t("withdraw.reason_" + exam.withdrawal.reason) })));
+    }
+    li.append(a, withdrawControls(exam, (key) => t(key), loadEarlier));
     list.appendChild(li);
   }
 }

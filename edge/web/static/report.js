@@ -1,8 +1,8 @@
 // sonoedge: the exam report's own script (the page's Content-Security-Policy allows no
 // inline script). Print; the exam's date (in words) and times in the viewer's time zone;
 // the date field and its label clear of the bar on a phone; a thumbnail removed since the
-// report was made says so; the last period entered or changed for this exam; and, without
-// a session, the PIN, then the report.
+// report was made says so; the last period entered or changed for this exam; withdrawing
+// the exam, or undoing that (withdraw.js); and, without a session, the PIN, then the report.
 "use strict";
 
 (() => {
@@ -95,6 +95,18 @@
     dates.addEventListener("submit", (ev) => { ev.preventDefault(); if (field.value) send(field.value); });
     const clear = $("#lmp-clear");
     if (clear) clear.addEventListener("click", () => send(null));
+  }
+
+  // Withdraw this exam (a test scan, the wrong woman ...), or undo that: withdraw.js, as
+  // on the earlier exams' list; the report is drawn again once the box has kept it.
+  const place = $("#report-withdraw");
+  if (place && typeof withdrawControls === "function") {
+    let words = {};
+    let withdrawal = null;
+    try { words = JSON.parse(place.dataset.words || "{}"); } catch (e) { words = {}; }
+    try { withdrawal = JSON.parse(place.dataset.withdrawal || "null"); } catch (e) { withdrawal = null; }
+    place.append(withdrawControls({ exam_id: place.dataset.exam, withdrawal },
+      (key) => words[key] || key, () => location.reload()));
   }
 
   const form = $("#report-login");

@@ -1,0 +1,264 @@
+"""A withdrawn exam at the district: the collector stores the `withdrawal` message (once,
+by msg_id; receipted), and the dashboard leaves the exam out of every count, rate, figure
+and CSV (exams per day and week, completeness, quality, dating, the monthly return, the
+clinic page) while the clinic's "withdrawn" figure, by reason, rises. The latest entry wins
+by seq, whichever arrives first: a withdrawal stored before its exam keeps the exam out
+from the start, a later restore puts it back, an older entry arriving last changes nothing.
+
+Real parts: the collector's own check of each payload, the store and the rollup on SQLite
+and a real PostgreSQL, `sonoedge-central serve` on a loopback port, and end to end a real
+box's outbox through Mosquitto to a collector process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+import uuid
+
+from central.dashboard import queries
+from central.dashboard.store import open_db
+from central.db import DeadLetter
+from edge.loop import tell_district_withdrawal
+from edge.store.journal import Journal
+from edge.uplink import messages
+from edge.uplink.mqtt import MqttSettings, Uplink
+from tests import conftest_mqtt as fx
+from tests.dashboard_harness import request
+from tests.test_age_by_dates_district import (
+    _checked,
+    _dates,
+    _exam,
+    _holes,
+    _rebuilt,
+    _small_for_25_weeks,
+    _stored,
+    served,
+)
+from tests.test_collector_fuzz import reference_valid
+from tests.test_dates_correction import journaled_exam
+
+postgres, pg_url, url = fx.postgres, fx.pg_url, fx.url  # fixtures
+broker, collectors = fx.broker, fx.collectors
+
+
+def _withdrawal(seq: int, exam_id: str, withdrawn: bool = True, reason: str = "test_scan",
+                device: str = "dev-a") -> dict:
+    """A `withdrawal` message as the schema has it, with the device's next seq."""
+    env = messages.envelope("withdrawal", device, "clinic-1", "boot-1")
+    return {**env, "msg_id": str(uuid.uuid4()), "seq": seq, "exam_id": exam_id,
+            "withdrawn": withdrawn, "reason": reason, "entered_ts": round(time.time(), 3)}
+
+
+def _screen(seq: int, exam_id: str, missing: int = 0) -> dict:
+    """An exam of a two-slot protocol, its planes' best quality and its faults: what the
+    completeness and quality pages count, besides the head the biometry page draws."""
+    exam = _exam(seq, _small_for_25_weeks(), 22.6, 25.0, exam_id=exam_id)
+    return {**exam, "protocol": {"name": "fetal-biometry", "required": 2,
+                                 "captured": 2 - missing, "missing": ["Femur"] * missing},
+            "planes": {"Brain (Tv.)": [5, 0.9, 0.72], "Femur": [4, 0.8, 0.31]},
+            "deficiencies": {"blur": 3}}
+
+
+def figures(db_url: str) -> dict[str, object]:
+    """Every figure the pages count exams in, for clinic-1 over the last 4 weeks."""
+    db = open_db(db_url)
+    try:
+        scope, per = queries.Scope(None), queries.period(4)
+        days = queries.clinics_page(db, scope, per)
+        done = queries.completeness_page(db, scope, per)
+        quality = queries.quality_page(db, scope, per)
+        [clinic] = [c for c in done.clinics if c.clinic_id == "clinic-1"]
+        month, _ = queries.monthly_return(db, scope, queries.this_month())
+        page = queries.clinic_page(db, queries.Scope(None, clinic="clinic-1"), per)
+        [device] = queries.devices_page(db, scope, per)
+        return {
+            "exams_per_day": sum(c.exams for c in days.cells.values()),
+            "completeness": (clinic.exams, clinic.with_protocol, clinic.complete),
+            "quality_exams": quality.exams,
+            "best_frames": sum(c.exams for c in quality.cells),
+            "below_capture": sum(c.below_capture for c in quality.cells),
+            "faults": {d.name: (d.exams, d.frames) for d in quality.deficiencies},
+            "missed": dict(clinic.missed),
+            "measured": len(queries.biometry_exams(db, scope, per)),
+            "monthly": sum(r.exams for r in month),
+            "clinic_page_exams": page.now.figures()["exams"][0],
+            "withdrawn": {k: v for k, v in page.now.figures().items()
+                          if k.startswith("withdrawn")},
+            "received": device.received,
+            "holes": _holes(db_url),
+        }
+    finally:
+        db.close()
+
+
+def one_fewer(before: dict, after: dict, exam: dict) -> None:
+    """`after` counts one exam (`exam`) fewer than `before` in every figure."""
+    complete = int(exam["protocol"]["captured"] >= exam["protocol"]["required"])
+    assert after["exams_per_day"] == before["exams_per_day"] - 1
+    assert after["completeness"] == (before["completeness"][0] - 1,
+                                     before["completeness"][1] - 1,
+                                     before["completeness"][2] - complete)
+    assert after["quality_exams"] == before["quality_exams"] - 1
+    assert after["best_frames"] == before["best_frames"] - len(exam["planes"])
+    assert after["below_capture"] == before["below_capture"] - 1  # its Femur's 0.31
+    assert after["faults"] == {k: (n - 1, f - 3) for k, (n, f) in before["faults"].items()
+                               if n > 1}
+    assert after["measured"] == before["measured"] - 1
+    assert after["monthly"] == before["monthly"] - 1
+    assert after["clinic_page_exams"] == before["clinic_page_exams"] - 1
+
+
+def test_a_withdrawn_exam_leaves_every_count_and_a_restore_puts_it_back(url):
+    kept, test = _screen(1, "exam-kept"), _screen(2, "exam-test", missing=1)
+    _stored(url, [kept, test])
+    both = figures(url)
+    assert both["missed"] == {"fetal-biometry: Femur": 1}
+    assert (both["exams_per_day"], both["measured"], both["monthly"]) == (2, 2, 2)
+    assert both["withdrawn"] == {"withdrawn": (0, None)}
+    # the midwife withdraws the test scan: out of every figure, into "withdrawn"
+    _stored(url, [_withdrawal(3, "exam-test")])
+    one = figures(url)
+    one_fewer(both, one, test)
+    assert one["missed"] == {}  # the slot only the withdrawn exam missed
+    assert one["withdrawn"] == {"withdrawn": (1, None), "withdrawn:test_scan": (1, None)}
+    assert one["received"] == 3 and one["holes"] == []  # the message took a seq: no hole
+    # the same message again (a redelivery, a resend): stored once, nothing moves
+    again = _withdrawal(3, "exam-test")
+    _stored(url, [again])
+    assert figures(url)["exams_per_day"] == 1
+    # she undoes it: back in every figure, as before
+    _stored(url, [_withdrawal(4, "exam-test", withdrawn=False)])
+    restored = figures(url)
+    assert {k: v for k, v in restored.items() if k not in ("received", "withdrawn")} == {
+        k: v for k, v in both.items() if k not in ("received", "withdrawn")}
+    assert restored["withdrawn"] == {"withdrawn": (0, None)}
+    # an older entry arriving last (seq 3's twin, reordered) does not win
+    _stored(url, [{**_withdrawal(3, "exam-test", reason="mistake")}])
+    assert figures(url)["exams_per_day"] == 2
+    # a rebuild of the rollups from every message, in one batch: the same figures
+    _rebuilt(url)
+    assert {k: v for k, v in figures(url).items() if k != "received"} == {
+        k: v for k, v in restored.items() if k != "received"}
+
+
+def test_a_withdrawal_that_arrives_before_its_exam_keeps_it_out_from_the_start(url):
+    """Two collectors sharing the load, or a reorder, store the withdrawal first: it waits,
+    and the exam, when it comes, is counted only as withdrawn. Its age by dates, corrected
+    while it was withdrawn, stands once a restore puts it back."""
+    hc = _small_for_25_weeks()
+    kept = _exam(1, hc, 22.6, exam_id="exam-kept")
+    late = _exam(2, hc, 22.6, exam_id="exam-late")
+    _stored(url, [kept])
+    base = figures(url)
+    _stored(url, [_withdrawal(3, "exam-late", reason="wrong_woman")])
+    assert figures(url)["withdrawn"] == {"withdrawn": (0, None)}  # no exam yet to count
+    _stored(url, [late, _dates(4, "exam-late", 25.0, late["ts"] + 600)])
+    waited = figures(url)
+    assert {k: waited[k] for k in ("exams_per_day", "completeness", "measured", "monthly",
+                                   "clinic_page_exams", "quality_exams")} == {
+        k: base[k] for k in ("exams_per_day", "completeness", "measured", "monthly",
+                             "clinic_page_exams", "quality_exams")}
+    assert waited["withdrawn"] == {"withdrawn": (1, None), "withdrawn:wrong_woman": (1, None)}
+    assert waited["holes"] == []
+    _rebuilt(url)  # all in one batch: the same
+    assert figures(url)["withdrawn"] == waited["withdrawn"]
+    _stored(url, [_withdrawal(5, "exam-late", withdrawn=False, reason="wrong_woman")])
+    back = figures(url)
+    assert back["exams_per_day"] == 2 and back["measured"] == 2
+    db = open_db(url)
+    try:
+        [(ga, source)] = db.query("SELECT ga_weeks, ga_source FROM dash.exams WHERE "
+                                  "exam_id = 'exam-late'")
+    finally:
+        db.close()
+    assert (ga, source) == (25.0, "dates")  # the correction that stands
+
+
+def test_the_pages_and_csvs_count_it_out_and_the_clinic_page_says_withdrawn(tmp_path):
+    hc = _small_for_25_weeks()
+    exams = [_exam(i, hc, 22.6, 25.0, exam_id=f"exam-{i}") for i in (1, 2, 3)]
+    path = str(tmp_path / "central.sqlite3")
+    _stored(path, [*exams, _withdrawal(4, "exam-2", reason="two_women")], refreshed=False)
+    with served(path, tmp_path) as (base, cookie):
+        for route, column in (("/api/clinics.csv", "exams"), ("/api/biometry.csv", None)):
+            status, _, body = request(base, route, cookie)
+            assert status == 200
+            rows = list(csv.DictReader(io.StringIO(body.decode())))
+            got = sum(int(r[column]) for r in rows) if column else len(rows)
+            assert got == 2, (route, rows[:3])
+            assert exams[1]["msg_id"] not in body.decode()
+        status, _, body = request(base, "/clinic/clinic-1", cookie)
+        page = body.decode()
+        assert status == 200
+        row = re.search(r'<tr data-figure="withdrawn" data-now="1"[^>]*><td>'
+                        r"Exams withdrawn by the midwife \(in no figure above\)</td>", page)
+        assert row, page[-3000:]
+        assert re.search(r'<tr data-figure="withdrawn:two_women" data-now="1"[^>]*><td>'
+                         r"of those, two women in one exam</td>", page)
+        assert re.search(r'<tr data-figure="exams" data-now="2"', page)
+
+
+def test_hostile_withdrawal_messages_are_dead_letters_naming_the_field(url):
+    exam = _exam(1, _small_for_25_weeks(), 22.6, exam_id="exam-1")
+    good = _withdrawal(2, "exam-1")
+    hostile = [
+        (json.dumps({**good, "reason": "bored"}).encode(), "$.reason: 'bored' not one of"),
+        (json.dumps({**good, "withdrawn": "yes"}).encode(),
+         "$.withdrawn: expected boolean, got str"),
+        (json.dumps({k: v for k, v in good.items() if k != "reason"}).encode(),
+         "missing reason"),
+        (json.dumps({**good, "woman": "Amina"}).encode(), "unexpected property woman"),
+        (json.dumps({**good, "exam_id": "x" * 10_240}).encode(), "oversize: "),
+        (json.dumps({**good, "reason": "@@"}).encode().replace(
+            b'"@@"', b"[" * 1000 + b"]" * 1000), "bad JSON: nested 1001 deep"),
+    ]
+    dead = []
+    for body, reason in hostile:
+        assert not reference_valid("sonoedge/dev-a/withdrawal", body), body[:200]
+        letter = _checked(body, "withdrawal")
+        assert isinstance(letter, DeadLetter), (body[:200], letter)
+        assert reason in letter.reason and "\n" not in letter.reason, letter.reason
+        dead.append(letter)
+    from central.db import Store
+
+    st = Store(url)
+    try:
+        assert st.store([_checked(p) for p in (exam, good)], dead) == (2, len(hostile))
+    finally:
+        st.close()
+    from tests.test_age_by_dates_district import _refresh
+
+    _refresh(url)
+    assert figures(url)["exams_per_day"] == 0 and figures(url)["holes"] == []
+
+
+def test_a_boxs_withdrawal_travels_through_mosquitto_to_the_collector_and_is_receipted(
+        broker, collectors, url, tmp_path):
+    """A real box's journal and outbox, a real broker and a collector process: the
+    withdrawal is stored once (on SQLite and PostgreSQL), receipted, and the box's outbox
+    keeps nothing of it."""
+    state = tmp_path / "box"
+    journal = Journal(state / "journal.sqlite")
+    settings = MqttSettings(url=broker.url("dev-a"), device_id="dev-a", clinic_id="clinic-1",
+                            reconnect_min_s=0.1, reconnect_max_s=0.5, connect_timeout_s=3)
+    c = collectors(broker.url("central"), url, tmp_path, "central")
+    c.wait_subscribed()
+    uplink = Uplink(settings, state, {"plane_student": "1.0.0"})
+    uplink.start()
+    try:
+        body = journaled_exam(journal, "5f0c1d2e-0000-4000-8000-00000000e1e1")
+        uplink.enqueue_exam(body, key=body["exam_id"])
+        assert journal.keep_withdrawal(body["exam_id"], True, "mistake")
+        assert tell_district_withdrawal(journal, uplink, body["exam_id"])
+        fx.wait_for(lambda: len(fx.stored(url, "dev-a", ("withdrawal",))) == 1, 20,
+                    "the withdrawal stored")
+        fx.wait_for(lambda: uplink.outbox.counts()["awaiting_receipt"] == 0
+                    and uplink.outbox.pending_count() == 0, 20, "its receipt")
+        assert [r[2] for r in fx.stored(url, "dev-a")] == ["exam", "withdrawal"]
+    finally:
+        uplink.close()
+        journal.close()
