@@ -583,6 +583,46 @@ def _label_lines(page, view, label: str) -> int:
                          label)
 
 
+# every state of the uplink chip, with counts longer than a clinic's outbox holds
+UPLINK_STATES = [dict(enabled=False, connected=False, pending=9999),
+                 dict(enabled=True, connected=False, pending=9999),
+                 dict(enabled=True, connected=True, pending=9999),
+                 dict(enabled=True, connected=True, pending=0, receipts_seen=False),
+                 dict(enabled=True, connected=True, pending=0, awaiting_receipt=9999,
+                      receipts_seen=True),
+                 dict(enabled=True, connected=True, pending=0, awaiting_receipt=0,
+                      receipts_seen=True)]
+
+
+def test_every_uplink_chip_fits_the_strip_of_a_phone_in_every_language(box, view):
+    """The uplink chip says whether her exams are at the district ("En ligne · 9999 non
+    confirmés par le district", the longest): on a 390 px phone each of its texts, drawn
+    as the page draws it, ends inside the strip, never cut at its edge."""
+    page, errors = open_page(box)
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        for lang in ("en", "fr"):
+            page.select_option("select.lang >> nth=-1", lang)
+            page.wait_for_function("lang => document.documentElement.lang === lang", arg=lang,
+                                   **WAIT)
+            drawn = page.evaluate("""states => states.map(up => {
+                const el = document.querySelector('#uplink');
+                const [text, cls] = window.sonoedge.uplinkChip(up);
+                el.textContent = text; el.className = 'chip' + (cls ? ' ' + cls : '');
+                const strip = document.querySelector('#status');
+                const pad = parseFloat(getComputedStyle(strip).paddingRight);
+                const fits = el.getBoundingClientRect().right
+                    <= strip.getBoundingClientRect().right - pad + 0.5;
+                el.textContent = '';
+                return [text, fits]; })""", UPLINK_STATES)
+            assert len({text for text, _ in drawn}) == len(UPLINK_STATES), drawn
+            assert not [text for text, _ in drawn if text.startswith("status.")], drawn
+            assert [text for text, fits in drawn if not fits] == [], (lang, drawn)
+    finally:  # the language is kept in the browser: the next test's page is in English
+        page.evaluate("localStorage.removeItem('sonoedge.lang')")
+    assert not errors
+
+
 def test_the_report_gives_whole_millimetres_and_a_french_decimal_comma(box, view):
     """The report gave "HC 80.0 mm" where the page gives 80, and "indice céphalique 73.3"
     in French, where a decimal point is not how she writes a number (a midwife's walk)."""

@@ -94,7 +94,11 @@ def make_clip(data_dir: Path, dest: Path, fps: float = 15.0, black_s: float = 6.
 
 def write_config(path: Path, state_dir: Path, clip: Path, port: int, mqtt_port: int,
                  extra: str = "", pixel_size_mm: float = PIXEL_SIZE_MM,
-                 ruler_tick_mm: float = 0.0) -> Path:
+                 ruler_tick_mm: float = 0.0, mqtt_url: str = "",
+                 device_id: str = "web-test") -> Path:
+    """The device's config; its uplink to `mqtt_url` (a broker's, with the device's
+    credentials), else to nothing listening on `mqtt_port`."""
+    mqtt_url = mqtt_url or f"mqtt://127.0.0.1:{mqtt_port}"
     path.write_text(f"""
 [source]
 spec = "{clip}"
@@ -102,7 +106,7 @@ pace = true
 
 [device]
 state_dir = "{state_dir}"
-device_id = "web-test"
+device_id = "{device_id}"
 
 [biometry]
 pixel_size_mm = {pixel_size_mm}
@@ -112,7 +116,7 @@ ruler_tick_mm = {ruler_tick_mm}
 log_every = 0
 
 [mqtt]
-url = "mqtt://127.0.0.1:{mqtt_port}"
+url = "{mqtt_url}"
 clinic_id = "clinic-test"
 
 [exam]
@@ -122,6 +126,7 @@ end_gap_s = 5.0
 listen = "127.0.0.1:{port}"
 {extra}
 """)
+    path.chmod(0o600)  # the box refuses a config that others can read its password in
     return path
 
 
@@ -162,9 +167,11 @@ def set_pin(state_dir: Path, pin: str = PIN) -> subprocess.CompletedProcess:
 
 @contextmanager
 def device(tmp: Path, clip: Path, extra_config: str = "", log_name: str = "device.log",
-           tls: bool = True, pixel_size_mm: float = PIXEL_SIZE_MM, ruler_tick_mm: float = 0.0):
+           tls: bool = True, pixel_size_mm: float = PIXEL_SIZE_MM, ruler_tick_mm: float = 0.0,
+           mqtt_url: str = "", device_id: str = "web-test"):
     """`sonoedge run` with the page on a free loopback port; yields (base_url, process).
-    The broker port is free and closed: the uplink stays offline and queues. The page is
+    The broker port is free and closed (the uplink stays offline and queues), unless
+    `mqtt_url` names a broker: the device then sends as `device_id`. The page is
     https:// with the certificate the device makes (trusted by `http()`), or with `tls`
     false plain http:// (`[web] tls = "off"`)."""
     state = tmp / "state"
@@ -174,7 +181,7 @@ def device(tmp: Path, clip: Path, extra_config: str = "", log_name: str = "devic
     if not tls:
         extra_config = 'tls = "off"\n' + extra_config
     cfg = write_config(tmp / "device.toml", state, clip, port, free_port(), extra_config,
-                       pixel_size_mm, ruler_tick_mm)
+                       pixel_size_mm, ruler_tick_mm, mqtt_url, device_id)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = open(tmp / log_name, "w")
     proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(cfg)],

@@ -1068,14 +1068,17 @@ class WebServer:
             out["uplink"] = None
         else:
             status = uplink.status()
-            try:  # to go, and gone but kept until the district's receipt (wire/receipt.py)
+            try:  # to go, and gone but kept until the district's receipt (wire/receipt.py);
+                # whether one ever came: only then can the page say "confirmed"
                 pending = uplink.outbox.pending_count()
                 awaiting = uplink.outbox.awaiting_receipt_count()
+                receipts = uplink.outbox.receipts_seen()
             except Exception:  # a closed outbox at shutdown
-                pending = awaiting = None
+                pending = awaiting = receipts = None
             out["uplink"] = {"enabled": bool(status.get("enabled")),
                              "connected": bool(status.get("connected")),
                              "pending": pending, "awaiting_receipt": awaiting,
+                             "receipts_seen": receipts,
                              "broker": status.get("broker") or ""}
         return out
 

@@ -579,11 +579,31 @@ function setBanner(text, bad, extra) {
   b.className = (bad ? "bad" : "") + (extra ? " " + extra : "");
 }
 
-function chip(id, text, cls) {
+function chip(id, text, cls, title) {
   const el = $(id);
   el.textContent = text || "";
   el.className = "chip" + (cls ? " " + cls : "");
+  el.title = title || "";
 }
+
+// The uplink chip: [text, class, title]. Connected is not delivered: an exam the broker
+// took may still be lost before the district stores it, so once the district has sent a
+// receipt (wire/receipt.py) the chip says whether every exam is confirmed there. A
+// district on an older collector sends none: then "connected" is all the box knows.
+// The title gives a supervisor the exact counts.
+function uplinkChip(up) {
+  if (!up) return [""];
+  const queued = up.pending ?? 0, waiting = up.awaiting_receipt ?? 0;
+  const title = up.receipts_seen ? t("status.uplink_counts", { q: queued, w: waiting })
+    : t("status.uplink_counts_no_receipts", { q: queued });
+  if (!up.enabled) return [t("status.uplink_off", { n: queued }), "", title];
+  if (!up.connected) return [t("status.offline", { n: queued }), "warn", title];
+  if (queued > 0) return [t("status.uplink_sending", { n: queued }), "", title];
+  if (!up.receipts_seen) return [t("status.uplink_ok"), "ok", title];
+  if (waiting > 0) return [t("status.uplink_awaiting", { n: waiting }), "", title];
+  return [t("status.uplink_confirmed"), "ok", title];
+}
+stats.uplinkChip = uplinkChip; // the tests fit its longest words on a phone's strip
 
 function renderState(s) {
   state = s;
@@ -595,11 +615,7 @@ function renderState(s) {
   }[st.signal] || "";
   chip("#signal", signalText, st.signal === "ok" ? "ok" : st.signal === "no_signal" ? "bad" : "warn");
   chip("#fps", st.fps != null && st.signal === "ok" ? t("status.fps", { fps: st.fps.toFixed(1) }) : "");
-  const up = st.uplink;
-  if (!up) chip("#uplink", "");
-  else if (up.connected) chip("#uplink", t("status.uplink_ok", { n: up.pending ?? 0 }), "ok");
-  else if (!up.enabled) chip("#uplink", t("status.uplink_off", { n: up.pending ?? 0 }));
-  else chip("#uplink", t("status.offline", { n: up.pending ?? 0 }), "warn");
+  chip("#uplink", ...uplinkChip(st.uplink));
   if (st.disk_free_mb != null) {
     const gb = st.disk_free_mb / 1000;
     chip("#disk", t("status.disk", { gb: gb >= 10 ? gb.toFixed(0) : gb.toFixed(1) }), gb < 1 ? "bad" : "");
