@@ -261,7 +261,7 @@ class Scorer:
             return
         self._stretch_said = self._stretch.stretched
         if self._stretch_said:
-            log.warning("screen shape: the probe's fan is %.2f times as wide as its true "
+            log.warning("screen shape: the probe's fan is %.3f times as wide as its true "
                         "shape (median of the last %d frames that showed it): the picture "
                         "is %s sideways, so heads are not measured. Set the grabber to "
                         "keep the scanner's own shape (a 4:3 screen filling a 16:9 frame "

@@ -137,8 +137,9 @@ def _black_beyond(grey: np.ndarray, xs: np.ndarray, ys: np.ndarray,
 
 
 def read_fan(grey: np.ndarray, settings: FanSettings = FanSettings()) -> FanReading | None:
-    """The fan's stretch on this frame, or None where the frame cannot show it."""
-    if grey.ndim != 2 or min(grey.shape) < 32:
+    """The fan's stretch on this frame, or None where the frame cannot show it. The grey
+    is 8-bit, as every frame the box reads (its levels are 8-bit grey levels)."""
+    if grey.ndim != 2 or min(grey.shape) < 32 or grey.dtype != np.uint8:
         return None
     mask = image_mask(grey, settings)
     if mask is None:

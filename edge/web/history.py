@@ -65,7 +65,13 @@ from edge.exam.screening import (
     same_weeks,
 )
 from edge.exam.thumbs import HEAD_MEASURED, THUMBS_DIR
-from edge.models.biometry import HEAD_SCALES
+from edge.models.biometry import (
+    HEAD_SCALES,
+    PIXEL_SIZE_ABSURD,
+    PIXEL_SIZE_MISSING,
+    RULER_UNREAD,
+    SCREEN_STRETCHED,
+)
 from edge.store.journal import (
     JOURNAL_FILE,
     MAX_DATES_BYTES,
@@ -547,6 +553,11 @@ class ExamHistory:
 
 
 # -- the report ------------------------------------------------------------------------------
+# Why an exam's heads had no figures where that is the box's set-up, not the scan: the
+# report says what to do as the exam card did (app.js SCALE_PROBLEMS, in the same order).
+SET_UP_PROBLEMS = (PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD, RULER_UNREAD, SCREEN_STRETCHED)
+
+
 def _plural(text: dict[str, str], key: str, n: int) -> str:
     one = n in (0, 1) if text.get("_lang") == "fr" else n == 1
     return text.get(f"{key}.one", text.get(key, key)) if one else text.get(key, key)
@@ -734,6 +745,9 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
             out.append("<ul>" + "".join(
                 f"<li>{e(_t(text, 'report.frames', label=label, n=n))}</li>"
                 for label, n in why if label) + "</ul>")
+        set_up = next((k for k in SET_UP_PROBLEMS if bio.get("declined", {}).get(k)), None)
+        if set_up:
+            out.append(f'<p class="why">{e(_t(text, "exam.not_measured_" + set_up))}</p>')
     out.append("</section>")
 
     # the flags the page shows: head shape, and head size against the dates
@@ -746,7 +760,7 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
         flagged = ' class="flag"' if ci.get("flag") else ""
         out.append(f"<li{flagged}>{e(line)}</li>")
     else:
-        out.append(f"<li>{e(_t(text, 'screen.no_head'))}</li>")
+        out.append(f"<li>{e(_t(text, 'report.no_head'))}</li>")  # ended: not 'yet'
     hf = (exam.get("screening") or {}).get("hc_frames")
     if hf and hf.get("flag"):  # as the page: a depth changed, or another head
         out.append('<li class="flag">' + e(_t(text, hc_frames_key(hf),

@@ -1,0 +1,54 @@
+"""An exam whose heads were all declined for the box's own set-up (no calibration, a bad
+one, the depth scale not read, the picture stretched by the grabber) said on its printed
+report only "Not measured: picture out of shape (291 frames)": the live card's sentence,
+which says what is wrong and whom to ask, was on the page alone, gone once the exam ended
+(a walk of a stretched box). The report now says it too, in both languages."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from edge.exam.protocol import load_protocols
+from edge.exam.session import ExamSession
+from edge.models.quality import load_rules
+from edge.web.history import present, protocol_titles, read_protocols, render_report
+from edge.web.i18n import catalog
+
+
+def _report(bio: dict, lang: str) -> str:
+    session = ExamSession(load_protocols()["biometry"])
+    summary = {**session.summary("gap", ended_ts=time.time() - 600), "biometry": bio}
+    protocols = read_protocols()
+    exam = present(summary, {}, protocols, protocol_titles(protocols))
+    html = render_report(exam, catalog(lang, load_rules(None)),
+                         {"device_id": "box-1", "clinic_id": "clinic-1"})
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).replace("&#x27;", "'")
+
+
+@pytest.mark.parametrize("status", ["screen_stretched", "ruler_unread", "pixel_size_missing",
+                                    "pixel_size_absurd"])
+@pytest.mark.parametrize("lang", ["en", "fr"])
+def test_a_report_with_no_head_for_the_box_s_set_up_says_what_to_do(status, lang):
+    text = catalog(lang, load_rules(None))
+    why = re.sub(r"\s+", " ", text["exam.not_measured_" + status])
+    report = _report({"measured": 0, "declined": {"no_head": 4, status: 291}}, lang)
+    assert why in report, (why, report)
+    assert report.count(why) == 1
+
+
+def test_a_report_whose_heads_were_not_found_says_no_set_up_sentence():
+    report = _report({"measured": 0, "declined": {"no_head": 40}}, "en")
+    assert "Ask for" not in report
+
+
+@pytest.mark.parametrize("lang, live", [("en", "no head measured yet"),
+                                        ("fr", "aucune tête mesurée pour l'instant")])
+def test_a_finished_report_does_not_say_no_head_measured_yet(lang, live):
+    """The page's "no head measured yet" is for a scan going on; a report is of an exam
+    that ended."""
+    report = _report({"measured": 0, "declined": {"no_head": 40}}, lang)
+    assert live not in report
+    assert catalog(lang, load_rules(None))["report.no_head"] in report
