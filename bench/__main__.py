@@ -185,10 +185,10 @@ def _ruler_rows(repeats: int = 20) -> None:
 
 
 def _fan_rows(repeats: int = 5) -> None:
-    """The probe's fan read for the screen-shape check (edge/models/fan.py), beside the loop
-    every 2nd region refresh: on the 66 real screens here (SonoNet, FETAL_PLANES_DB, cord
-    JPEGs) as captured, the ones that show their whole fan and the rest apart, and at
-    1280x720 (a 4:3 screen stretched into 16:9)."""
+    """The probe's fan read for the screen-shape check (edge/models/fan.py), beside the
+    loop: on the 66 real screens here (SonoNet, FETAL_PLANES_DB, cord JPEGs) as captured,
+    the ones that show their whole fan and the rest apart, at 1280x720 (a 4:3 screen
+    stretched into 16:9) and at 1920x1080 (read on a copy 1280 wide)."""
     import cv2
     import numpy as np
 
@@ -202,9 +202,10 @@ def _fan_rows(repeats: int = 5) -> None:
     if not greys:
         print("\nnote: no real screens; the screen-shape rows are left out")
         return
-    shown, hidden, wide, read = [], [], [], 0
+    shown, hidden, wide, full_hd, read = [], [], [], [], 0
     for grey in greys:
         stretched = cv2.resize(grey, (1280, 720), interpolation=cv2.INTER_LINEAR)
+        large = cv2.resize(grey, (1920, 1080), interpolation=cv2.INTER_LINEAR)
         whole = read_fan(grey) is not None
         read += whole
         for _ in range(repeats):
@@ -213,16 +214,22 @@ def _fan_rows(repeats: int = 5) -> None:
             t1 = time.perf_counter()
             read_fan(stretched)
             t2 = time.perf_counter()
+            read_fan(large)
+            t3 = time.perf_counter()
             (shown if whole else hidden).append((t1 - t0) * 1000)
             wide.append((t2 - t1) * 1000)
+            full_hd.append((t3 - t2) * 1000)
     q = lambda v, p: float(np.percentile(v, p)) if v else float("nan")  # noqa: E731
-    every = FanSettings().every_refreshes * 15
-    print(f"\n## Screen shape, the probe's fan read beside the loop every {every} frames "
+    every = FanSettings().every_frames
+    print(f"\n## Screen shape, the probe's fan read beside the loop every {every} frames, "
+          f"every {FanSettings().fast_every_frames} for a new screen's first "
+          f"{FanSettings().fast_for_frames} "
           f"({len(greys)} real screens, {repeats} each; {read} show their whole fan)\n")
     print(f"as captured, whole fan shown: median {q(shown, 50):.2f} ms, p90 {q(shown, 90):.2f} "
           f"ms; no whole fan: median {q(hidden, 50):.2f} ms, p90 {q(hidden, 90):.2f} ms; at "
-          f"1280x720: median {q(wide, 50):.2f} ms, p90 {q(wide, 90):.2f} ms; spread over "
-          f"{every} frames, {q(wide, 50) / every:.3f} ms a frame")
+          f"1280x720: median {q(wide, 50):.2f} ms, p90 {q(wide, 90):.2f} ms; at 1920x1080: "
+          f"median {q(full_hd, 50):.2f} ms, p90 {q(full_hd, 90):.2f} ms; at 1280x720 "
+          f"spread over {every} frames, {q(wide, 50) / every:.3f} ms a frame")
 
 
 def main() -> int:

@@ -65,8 +65,8 @@ MAX_PIXEL_SIZE_MM = 2.0
 # biometry.ruler_tick_mm: depth rulers tick every 1 mm to 5 cm; a value outside is a typo
 # (a tick spacing in cm written as mm, or the depth itself).
 MIN_RULER_TICK_MM, MAX_RULER_TICK_MM = 1.0, 50.0
-# biometry.stretch_tolerance: below 1% a fan's own reading errs (0.3% on real screens); a
-# 4:3 screen filling 16:9 is 33% off, so beyond 30% the check would pass it.
+# biometry.stretch_tolerance: below 1% every screen would be refused (one read 3.6% off as
+# captured); a 4:3 screen filling 16:9 is 33% off, so beyond 30% the check would pass it.
 MIN_STRETCH_TOLERANCE, MAX_STRETCH_TOLERANCE = 0.01, 0.3
 
 
@@ -141,9 +141,9 @@ class BiometryConfig:
     # frame's scale is read from the ruler on the screen (edge/models/ruler.py), so a new
     # depth or zoom is measured right; pixel_size_mm is then not used. 0 = off.
     ruler_tick_mm: float = 0.0
-    # How far the probe's fan may be from round before the picture is called stretched
-    # sideways and heads are not measured (edge/models/fan.py): 0.04 lets pass what no
-    # capture does, and catches a 5:4 screen in a 4:3 frame (1.067). 0 = not checked.
+    # How far the probe's fan may be from its true shape before the picture is called
+    # stretched sideways and heads are not measured (edge/models/fan.py, where the 8% is
+    # argued: real screens read up to 3.6% off). 0 = not checked.
     stretch_tolerance: float = _FAN.tolerance
     segmenter: str = "head_segmenter"  # manifest name in models.dir; absent = no biometry
     head_planes: tuple[str, ...] = HEAD_PLANES  # plane labels measured

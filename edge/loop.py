@@ -38,6 +38,7 @@ from edge.models.quality import Rules, load_rules
 from edge.models.roi import Roi
 from edge.result import FrameResult
 from edge.scorer import make_scorer, timed_frames
+from edge.store import screen_shape
 from edge.store.journal import JOURNAL_FILE, Journal, told_weeks
 from edge.store.outbox import dates_key, withdrawal_key
 from edge.store.state import StateLock, prepare_state_dir
@@ -448,6 +449,9 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         web = start_web(settings.web, state_dir, settings.exam.end_gap_s,
                         settings.exam.protocols_file)
     scorer = make_scorer(settings)
+    # a screen found stretched stays so across a restart, until it gives readings of its own
+    scorer.recall_shape = lambda key: screen_shape.remembered(state_dir, key)
+    scorer.keep_shape = lambda key, stretch: screen_shape.remember(state_dir, key, stretch)
     models = scorer.model_versions()
     mqtt = settings.mqtt
     if settings.device.device_id and not mqtt.device_id:
@@ -520,10 +524,11 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
                     settings.biometry.pixel_size_mm)
     if scorer.head is not None and scorer.head.fan is not None:
         fan = scorer.head.fan
-        log.info("screen shape: checked on the probe's fan every %d frames; heads are not "
-                 "measured on a picture stretched or squeezed sideways by more than %g%% "
-                 "([biometry] stretch_tolerance)",
-                 fan.every_refreshes * settings.loop.roi_refresh_frames, fan.tolerance * 100)
+        log.info("screen shape: checked on the probe's fan every %d frames (every %d for a "
+                 "new screen's first %d); heads are not measured on a picture stretched or "
+                 "squeezed sideways by more than %g%% ([biometry] stretch_tolerance)",
+                 fan.every_frames, fan.fast_every_frames, fan.fast_for_frames,
+                 fan.tolerance * 100)
     elif scorer.head is not None:
         log.warning("screen shape: not checked ([biometry] stretch_tolerance = 0): a "
                     "grabber that stretches the scanner's picture makes every head wrong")

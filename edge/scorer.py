@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,7 @@ from edge.models.biometry import (
     pixel_size_status,
     settings_for_model,
 )
-from edge.models.fan import FanSettings, StretchWatch, read_fan
+from edge.models.fan import FanSettings, StretchWatch, read_fan, screen_key
 from edge.models.manifest import Manifest, find_manifest
 from edge.models.planes import (
     PlaneResult,
@@ -152,8 +152,14 @@ class Scorer:
     _ruler_lost_said: float = -1e9  # when its loss was last logged (monotonic s)
     _stretch: StretchWatch | None = None  # the fans read on this source (`_watch_fan`)
     _fan_pending: Future | None = None
-    _refreshes: int = 0
+    _screen_frames: int = 0  # frames of this source and size so far
+    _screen: str = ""  # its name for the verdict's memory (`screen_key`)
     _stretch_said: bool | None = None  # the verdict last logged; None: none yet
+    # Where a screen's verdict is kept across runs (`sonoedge run`: the state folder,
+    # edge/store/screen_shape.py): (key -> the stretch remembered) and (key, stretch) to
+    # keep a new one. None: nothing remembered (`score`, `exam`, tests).
+    recall_shape: Callable[[str], float | None] | None = field(default=None, repr=False)
+    keep_shape: Callable[[str, float], None] | None = field(default=None, repr=False)
     # The named plane's class map of the last scored frame, (h, w) over the region, when the
     # plane model has a class_maps output (edge/models/planes.py); None otherwise. Kept
     # beside the result, not in it: the web view shows it, the journal does not keep it.
@@ -208,7 +214,7 @@ class Scorer:
         key = (frame.source, frame.image.shape)
         if key != self._roi_key:
             self._roi_pending = None
-            self._new_screen()
+            self._new_screen(screen_key(frame.source, frame.image.shape))
             grey = to_grey(frame.image)
             self._roi = find_roi(grey, self.roi_settings)
             self._roi_key = key
@@ -221,22 +227,30 @@ class Scorer:
         if self._since_roi >= self.roi_refresh_frames:
             self._roi_pending = find_roi_aside(frame.image, self.roi_settings)
             self._since_roi = 0
-            self._watch_fan(frame)
         self._since_roi += 1
+        self._watch_fan(frame)
         return self._roi, FrameViews(frame.image, self._roi, half=frame.half_grey)
 
-    def _new_screen(self) -> None:
-        """A new source or frame size: its fans are read afresh, its verdict forgotten."""
+    def _new_screen(self, key: str) -> None:
+        """A new source or frame size: its fans are read afresh, starting from the verdict
+        remembered for it, if any."""
         self._fan_pending = None
-        self._refreshes = 0
-        if self.head is not None and self.head.fan is not None:
-            if self._stretch is None:
-                self._stretch = StretchWatch(self.head.fan)
-            self._stretch.clear()
+        self._screen_frames = 0
+        self._screen = key
+        if self.head is None or self.head.fan is None:
+            return
+        remembered = self.recall_shape(key) if self.recall_shape is not None else None
+        if self._stretch is None:
+            self._stretch = StretchWatch(self.head.fan)
+        self._stretch.clear(remembered)
+        if remembered is not None:
+            self._stretch_said = None
+            self._say_stretch(" (remembered from the last run)")
 
     def _watch_fan(self, frame: Frame) -> None:
-        """Take the fan read beside the loop, if done, and start the next every
-        `every_refreshes` region refreshes. A frame that cannot show its fan adds nothing."""
+        """Take the fan read beside the loop, if done, and start the next: every
+        `fast_every_frames` for the first `fast_for_frames` of a screen, then every
+        `every_frames`. A frame that cannot show its fan adds nothing."""
         if self._stretch is None:
             return
         if self._fan_pending is not None and self._fan_pending.done():
@@ -247,30 +261,36 @@ class Scorer:
                 log.warning("screen shape: a frame's fan could not be read (%s: %s)",
                             type(exc).__name__, exc)
                 reading = None
+            said = self._stretch_said
             self._stretch.add(reading)
             self._say_stretch()
-        self._refreshes += 1
-        if self._fan_pending is None and self._refreshes >= self._stretch.settings.every_refreshes:
-            self._refreshes = 0
-            self._fan_pending = read_fan_aside(frame.image, self._stretch.settings)
+            if self._stretch.fresh and self._stretch_said != said \
+                    and self.keep_shape is not None:
+                self.keep_shape(self._screen, self._stretch.stretch)
+        settings = self._stretch.settings
+        every = (settings.fast_every_frames if self._screen_frames < settings.fast_for_frames
+                 else settings.every_frames)
+        self._screen_frames += 1
+        if self._fan_pending is None and self._screen_frames % every == 0:
+            self._fan_pending = read_fan_aside(frame.image, settings)
 
-    def _say_stretch(self) -> None:
+    def _say_stretch(self, where: str = "") -> None:
         """The verdict, logged when it is first reached and whenever it turns."""
         stretch = self._stretch.stretch
         if stretch is None or self._stretch.stretched == self._stretch_said:
             return
         self._stretch_said = self._stretch.stretched
+        seen = where or (f" (median of the last {self._stretch.count} frames that showed "
+                         "it)")
         if self._stretch_said:
             log.warning("screen shape: the probe's fan is %.3f times as wide as its true "
-                        "shape (median of the last %d frames that showed it): the picture "
-                        "is %s sideways, so heads are not measured. Set the grabber to "
-                        "keep the scanner's own shape (a 4:3 screen filling a 16:9 frame "
-                        "reads 1.33)", stretch, self._stretch.count,
+                        "shape%s: the picture is %s sideways, so heads are not measured. "
+                        "Set the grabber to keep the scanner's own shape (a 4:3 screen "
+                        "filling a 16:9 frame reads 1.33)", stretch, seen,
                         "stretched" if stretch > 1.0 else "squeezed")
         else:
-            log.info("screen shape: the probe's fan keeps its shape (%.3f, median of the "
-                     "last %d frames that showed it): the picture is not stretched", stretch,
-                     self._stretch.count)
+            log.info("screen shape: the probe's fan keeps its shape, %.3f%s: the picture "
+                     "is not stretched", stretch, seen)
 
     def _scale(self, frame: Frame) -> tuple[float, str, str]:
         """(mm per pixel, "", where it came from) for a frame whose head can be measured,
@@ -442,7 +462,11 @@ def make_head_model(settings: Settings) -> HeadModel | None:
                     "head quality criteria", path)
         return None
     model, measurement = load_segmenter(settings)
-    fan = (dataclasses.replace(FanSettings(), tolerance=bio.stretch_tolerance)
+    # the fan's image and black levels follow the screen's, as the region's do (`[roi]`: a
+    # capture whose black sits at grey 16 sets black_level 24 and outline_level 16)
+    fan = (dataclasses.replace(FanSettings(), tolerance=bio.stretch_tolerance,
+                               level=max(1, settings.roi.black_level - 2),
+                               outside_level=settings.roi.outline_level + 4)
            if bio.stretch_tolerance else None)
     return HeadModel(model, measurement, bio.pixel_size_mm, frozenset(bio.head_planes),
                      passes_for_model(model.manifest),

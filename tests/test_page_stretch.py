@@ -6,6 +6,8 @@ wide with status ok; the log tells the installer what to set."""
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -57,5 +59,11 @@ def test_heads_on_a_stretched_picture_are_not_measured_and_the_card_says_why(
             "wrong. Ask for the box's video grabber to be set to keep the scanner's picture "
             "shape (for example 4:3, not 16:9).")
     log = (tmp_path / "device.log").read_text()
-    assert "screen shape: checked on the probe's fan every 30 frames" in log
+    assert ("screen shape: checked on the probe's fan every 30 frames (every 5 for a new "
+            "screen's first 450)") in log
     assert "the picture is stretched sideways, so heads are not measured" in log
+    # kept for the next start, so its first exam is protected before the fan shows again
+    kept = json.loads((tmp_path / "state" / "screen_shape.json").read_text())
+    [entry] = kept["screens"]
+    assert entry["screen"] == "stretched.avi|1280x720", entry
+    assert entry["stretch"] == pytest.approx(4 / 3, abs=0.03)

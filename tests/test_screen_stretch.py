@@ -43,9 +43,12 @@ WHOLE_FANS = (EXAMPLES / "SPINE-CORONAL.tiff", EXAMPLES / "SPINE-SAGITTAL.tiff",
               PLANES / "Patient01690_Plane4_1_of_1.png",
               PLANES / "Patient01715_Plane6_1_of_1.png")
 TOLERANCE = FanSettings().tolerance
-# How grabbers get a screen wrong: 4:3 filling 16:9, 4:3 in 16:10, 5:4 in 4:3, and a 16:9
-# scanner squeezed into a 4:3 frame.
-STRETCHES = (4 / 3, 1.2, 16 / 15, 0.75)
+# How grabbers get a screen wrong, each caught: 4:3 filling 16:9, 4:3 in 16:10, 4:3 in
+# NTSC 720x480, and a 16:9 scanner squeezed into a 4:3 frame.
+STRETCHES = (4 / 3, 1.2, 1.125, 0.75)
+# Read, and within the tolerance (a real screen read 1.036 as captured): a 5:4 screen in
+# 4:3, a 4:3 screen in PAL 720x576.
+SLIGHT = (16 / 15, 0.9375)
 
 
 def _grey(path):
@@ -63,18 +66,19 @@ def _stretched(image: np.ndarray, stretch: float) -> np.ndarray:
 @needs_data
 @pytest.mark.parametrize("path", WHOLE_FANS, ids=lambda p: p.stem[:24])
 def test_a_whole_fan_reads_true_as_captured_and_its_stretch_when_stretched(path):
-    """As the scanner drew it the fan reads within the tolerance of round; stretched as a
-    grabber stretches it, the reading moves by the stretch (within 3%), past the tolerance
-    every time, so each of the four is seen."""
+    """As the scanner drew it the fan reads within half the tolerance of its true shape;
+    stretched as a grabber stretches it, the reading moves by the stretch (within 3%), past
+    the tolerance for each of the four usual faults, so each is seen."""
     grey = _grey(path)
     own = read_fan(grey)
     assert own is not None, "a whole fan gives a reading"
-    assert abs(own.stretch - 1.0) <= TOLERANCE, own
-    for stretch in STRETCHES:
+    assert abs(own.stretch - 1.0) <= TOLERANCE / 2, own
+    for stretch in STRETCHES + SLIGHT:
         reading = read_fan(_stretched(grey, stretch))
         assert reading is not None, stretch
         assert reading.stretch / own.stretch == pytest.approx(stretch, rel=0.03), stretch
-        assert abs(reading.stretch - 1.0) > TOLERANCE, (stretch, reading)
+        if stretch in STRETCHES:
+            assert abs(reading.stretch - 1.0) > TOLERANCE, (stretch, reading)
 
 
 def test_a_drawn_fan_gives_its_stretch_to_a_few_thousandths():
@@ -177,7 +181,7 @@ def _through_scorer(stretch: float, frames: int = 40) -> list[dict]:
     scorer = make_scorer(load_settings(overrides={
         "biometry": {"pixel_size_mm": 0.15}, "loop": {"roi_refresh_frames": 1}}))
     scorer.head = dataclasses.replace(
-        scorer.head, fan=dataclasses.replace(scorer.head.fan, every_refreshes=1))
+        scorer.head, fan=dataclasses.replace(scorer.head.fan, fast_every_frames=1))
     fan = _stretched(cv2.imread(str(PLANES / "Patient01630_Plane1_1_of_3.png")), stretch)
     head = _stretched(cv2.imread(str(PLANES / "Patient01715_Plane3_2_of_3.png")), stretch)
     results = []
@@ -208,7 +212,7 @@ def test_the_same_head_as_the_scanner_drew_it_is_measured(caplog):
     head = _through_scorer(1.0)[-1]
     assert head["plane"] in ("Brain (Tv.)", "Brain (Cb.)"), head["plane"]
     assert head["biometry"]["status"] != SCREEN_STRETCHED
-    assert any("screen shape: the probe's fan keeps its shape" in r.getMessage()
+    assert any("screen shape: the probe's fan keeps its shape, 1.00" in r.getMessage()
                for r in caplog.records)
 
 
@@ -250,15 +254,116 @@ def test_a_fan_reading_that_fails_is_one_line_and_the_scan_goes_on(monkeypatch, 
 
 def test_a_verdict_just_past_the_tolerance_is_logged_past_it(caplog):
     """A fan 1.042 times as wide was logged as "1.04 times as wide" beside a tolerance of
-    4%: the installer read a verdict against its own numbers (a walk of a Voluson E10
-    screen, whose fan reads 1.03-1.05). The stretch is said to three decimals, as the log
-    of a true shape already was."""
+    4% (a walk of a Voluson E10 screen, whose fan reads 1.03-1.05): the installer read a
+    verdict against its own numbers. The stretch is said to three decimals, here just past
+    today's 8%."""
     from edge.models.fan import FanReading
     caplog.set_level("INFO", logger="edge.scorer")
     scorer = make_scorer(load_settings(overrides={"biometry": {"pixel_size_mm": 0.15}}))
-    scorer._new_screen()
+    scorer._new_screen("grabber|1280x720")
     for _ in range(5):
-        scorer._stretch.add(FanReading(1.042, (0.0, -100.0), 500.0, 100))
+        scorer._stretch.add(FanReading(1.085, (0.0, -100.0), 500.0, 100))
     scorer._say_stretch()
-    assert any("the probe's fan is 1.042 times as wide" in r.getMessage()
+    assert any("the probe's fan is 1.085 times as wide" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_a_verdict_turns_back_only_well_within_the_tolerance():
+    """A screen read near the limit (a Voluson E10 screen read 1.028-1.051 frame to frame)
+    must not flip its heads in and out: stretched past 8%, true again only within 5%."""
+    watch = StretchWatch(FanSettings(readings=3, min_readings=3))
+    for stretch in (1.09, 1.09, 1.09):
+        watch.add(read_fan_stub(stretch))
+    assert watch.stretched
+    for stretch in (1.06, 1.06, 1.06):
+        watch.add(read_fan_stub(stretch))
+    assert watch.stretched, "6% is not yet back"
+    for stretch in (1.04, 1.04, 1.04):
+        watch.add(read_fan_stub(stretch))
+    assert not watch.stretched
+    for stretch in (1.07, 1.07, 1.07):
+        watch.add(read_fan_stub(stretch))
+    assert not watch.stretched, "7% is not yet stretched"
+
+
+@needs_data
+def test_a_fan_shown_on_one_frame_in_three_gives_a_verdict_within_seconds():
+    """A walk's realistic exam: the whole fan on a third of the frames. Read every 30
+    frames, five readings took 32 s, and the exam's heads went out measured. Read every 5
+    frames on a new screen, three readings: the heads are refused within 6 s at 15 fps."""
+    scorer = make_scorer(load_settings(overrides={"biometry": {"pixel_size_mm": 0.15}}))
+    fan = _stretched(cv2.imread(str(PLANES / "Patient01630_Plane1_1_of_3.png")), 4 / 3)
+    head = _stretched(cv2.imread(str(PLANES / "Patient01715_Plane3_2_of_3.png")), 4 / 3)
+    refused_at = None
+    for index in range(120):
+        image = fan if index % 3 == 0 else head
+        result = scorer.score(Frame("grabber", index, image, time.monotonic(),
+                                    time.time())).to_dict()
+        if (result["biometry"] or {}).get("status") == SCREEN_STRETCHED:
+            refused_at = index
+            break
+        time.sleep(0.02)  # a live grabber's pace leaves the reading time beside the loop
+    assert refused_at is not None and refused_at <= 90, refused_at
+
+
+def test_a_verdict_is_remembered_across_runs_and_a_damaged_memory_is_none(tmp_path,
+                                                                           caplog):
+    from edge.store import screen_shape
+    key = "v4l2:0|1280x720"
+    assert screen_shape.remembered(tmp_path, key) is None
+    screen_shape.remember(tmp_path, key, 1.3331)
+    screen_shape.remember(tmp_path, "v4l2:0|1024x768", 1.001)
+    assert screen_shape.remembered(tmp_path, key) == pytest.approx(1.3331)
+    for i in range(40):  # bounded: the oldest screens go first
+        screen_shape.remember(tmp_path, f"file{i}.avi|640x480", 1.0)
+    assert screen_shape.remembered(tmp_path, key) is None
+    assert (tmp_path / screen_shape.SCREEN_SHAPE_FILE).stat().st_size < 16_384
+    path = tmp_path / screen_shape.SCREEN_SHAPE_FILE
+    for damaged in (b"", b"\xff\xfe", b"[" * 100 + b"]" * 100, b"{" + b" " * 20000 + b"}",
+                    b'{"screens": {}}', b'{"screens": [1.33]}',
+                    b'[{"screen": "v4l2:0|1280x720", "stretch": 1.33}]',
+                    b'{"screens": [{"screen": "v4l2:0|1280x720", "stretch": "1.3"}]}',
+                    b'{"screens": [{"screen": "v4l2:0|1280x720", "stretch": true}]}',
+                    b'{"screens": [{"screen": "v4l2:0|1280x720", "stretch": 1e308}]}',
+                    b'{"screens": [{"screen": "v4l2:0|1280x720", "stretch": NaN}]}',
+                    b'{"screens": [{"screen": "v4l2:0|1280x720", "stretch": 0.01}]}',
+                    b'{"screens": [{"screen": ["v4l2:0|1280x720"], "stretch": 1.33}]}',
+                    b"null"):
+        path.write_bytes(damaged)
+        assert screen_shape.remembered(tmp_path, key) is None, damaged
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+@needs_data
+def test_a_screen_remembered_stretched_refuses_its_first_head(caplog):
+    """After a restart the first exam's heads are refused at once, before the screen has
+    shown its fan again; the log says the verdict was remembered."""
+    caplog.set_level("INFO", logger="edge.scorer")
+    scorer = make_scorer(load_settings(overrides={"biometry": {"pixel_size_mm": 0.15}}))
+    scorer.recall_shape = lambda key: 1.333 if key == "grabber|853x392" else None
+    head = _stretched(cv2.imread(str(PLANES / "Patient01715_Plane3_2_of_3.png")), 4 / 3)
+    first = scorer.score(Frame("grabber", 0, head, time.monotonic(), time.time())).to_dict()
+    assert first["biometry"]["status"] == SCREEN_STRETCHED
+    assert any("(remembered from the last run)" in r.getMessage() for r in caplog.records)
+
+
+def test_the_fan_reads_the_screen_s_black_as_the_region_does():
+    """A capture whose black sits at grey 16 sets [roi] black_level 24 and outline_level 16
+    (README): the fan's levels follow, where they were fixed at 6 and 2 and no fan was ever
+    read there."""
+    scorer = make_scorer(load_settings(overrides={"roi": {"black_level": 24,
+                                                          "outline_level": 16}}))
+    assert (scorer.head.fan.level, scorer.head.fan.outside_level) == (22, 20)
+
+
+@needs_data
+def test_a_whole_fan_on_a_lifted_black_is_read_with_the_screen_s_levels():
+    settings = dataclasses.replace(FanSettings(), level=22, outside_level=20)
+    rng = np.random.default_rng(1)
+    for path in WHOLE_FANS[3:]:
+        grey = _grey(path)
+        lifted = np.clip(grey.astype(np.int16) + 16 + rng.normal(0, 1.5, grey.shape),
+                         0, 255).astype(np.uint8)
+        own, reading = read_fan(grey), read_fan(lifted, settings)
+        assert reading is not None, path.name
+        assert reading.stretch == pytest.approx(own.stretch, abs=0.01), path.name

@@ -42,7 +42,7 @@ class FanSettings:
     min_arc_share: float = 0.35  # ...and at least this share of the bottom's points on the arc
     # The far edge is where the image stops: 5 px past it the screen is black (90th
     # percentile at most this). Where deep tissue only fades, speckle shows past the line.
-    outside_level: int = 2
+    outside_level: int = 4
     outside_px: int = 5
     # The arc's points spread across at least this share of its radius, on both sides of
     # the apex: a short or one-sided piece fits any ellipse.
@@ -50,12 +50,26 @@ class FanSettings:
     min_side_share: float = 0.2
     stretch_range: tuple[float, float] = (0.5, 2.0)  # outside: no fan, whatever fitted
     # The verdict: the median of the last `readings` frames that gave one, at least
-    # `min_readings` of them; stretched beyond `tolerance` either way. A 5:4 screen in a
-    # 4:3 frame is 1.067, 4:3 in 16:10 1.2, 4:3 in 16:9 1.333.
+    # `min_readings` of them; stretched beyond `tolerance` either way, and true again only
+    # within `back_fraction` of it (a screen read near the limit must not flip its heads
+    # in and out: a Voluson E10 screen read 1.028-1.051 frame to frame).
+    # 8%: real screens as captured read up to 3.6% off (a Voluson E10 cord JPEG) and a
+    # capture scaled to half size moved one by 3.5%; every grabber's usual fault lies
+    # beyond: 4:3 in 16:9 (1.333), in 16:10 (1.2), in NTSC 720x480 (1.125), 16:9 squeezed
+    # into 4:3 (0.75). Not caught: a 5:4 screen in 4:3 (1.067), 4:3 in PAL 720x576 (0.94).
     readings: int = 9
-    min_readings: int = 5
-    tolerance: float = 0.04
-    every_refreshes: int = 2  # read at every 2nd region refresh: 2 s at 15 fps
+    min_readings: int = 3
+    tolerance: float = 0.08
+    back_fraction: float = 0.625  # 5% at 8%
+    # When a frame is read (beside the loop): every `fast_every_frames` for the first
+    # `fast_for_frames` of a new screen (a verdict within seconds where the fan shows),
+    # then every `every_frames`. One reading is 6-30 ms on one core.
+    fast_every_frames: int = 5
+    fast_for_frames: int = 450
+    every_frames: int = 30
+    # Frames wider than this are read on a copy this wide (area-averaged, both ways alike,
+    # so the stretch is kept): a 1920x1080 frame took 113 ms, a 4K one a second.
+    max_width: int = 1280
 
 
 @dataclass(frozen=True)
@@ -141,6 +155,9 @@ def read_fan(grey: np.ndarray, settings: FanSettings = FanSettings()) -> FanRead
     is 8-bit, as every frame the box reads (its levels are 8-bit grey levels)."""
     if grey.ndim != 2 or min(grey.shape) < 32 or grey.dtype != np.uint8:
         return None
+    if grey.shape[1] > settings.max_width:
+        height = max(32, round(grey.shape[0] * settings.max_width / grey.shape[1]))
+        grey = cv2.resize(grey, (settings.max_width, height), interpolation=cv2.INTER_AREA)
     mask = image_mask(grey, settings)
     if mask is None:
         return None
@@ -200,33 +217,60 @@ def read_fan(grey: np.ndarray, settings: FanSettings = FanSettings()) -> FanRead
                       round(radius, 1), int(on_arc.sum()))
 
 
-class StretchWatch:
-    """The verdict from the frames that showed their fan: the median of the last few."""
+def screen_key(source: str, shape: tuple[int, ...]) -> str:
+    """A screen as the box sees it, whose verdict holds while it lasts: the source's name
+    and the frame's size (a grabber set anew comes back at another size, or another name)."""
+    height, width = shape[:2]
+    return f"{str(source)[:280]}|{width}x{height}"
 
-    def __init__(self, settings: FanSettings = FanSettings()) -> None:
+
+class StretchWatch:
+    """The verdict from the frames that showed their fan: the median of the last few, with
+    a margin to turn back (`back_fraction`), and, until this screen has given its own, the
+    verdict remembered from the box's last run (`remembered`)."""
+
+    def __init__(self, settings: FanSettings = FanSettings(),
+                 remembered: float | None = None) -> None:
         self.settings = settings
+        self.remembered = remembered
         self._readings: deque[float] = deque(maxlen=settings.readings)
+        self._stretched = remembered is not None and self._beyond(remembered, False)
+
+    def _beyond(self, stretch: float, stretched_now: bool) -> bool:
+        limit = self.settings.tolerance * (self.settings.back_fraction if stretched_now else 1)
+        return abs(stretch - 1.0) > limit
 
     def add(self, reading: FanReading | None) -> None:
-        if reading is not None:
-            self._readings.append(reading.stretch)
+        if reading is None:
+            return
+        self._readings.append(reading.stretch)
+        stretch = self.stretch
+        if stretch is not None:
+            self._stretched = self._beyond(stretch, self._stretched)
 
-    def clear(self) -> None:
+    def clear(self, remembered: float | None = None) -> None:
         self._readings.clear()
+        self.remembered = remembered
+        self._stretched = remembered is not None and self._beyond(remembered, False)
 
     @property
     def count(self) -> int:
         return len(self._readings)
 
     @property
+    def fresh(self) -> bool:
+        """Whether this screen has given enough readings of its own for a verdict."""
+        return len(self._readings) >= self.settings.min_readings
+
+    @property
     def stretch(self) -> float | None:
-        """The median stretch, once enough frames have shown their fan; else None."""
-        if len(self._readings) < self.settings.min_readings:
-            return None
+        """The median stretch of this screen's readings once there are enough, else the one
+        remembered; None where neither is known."""
+        if not self.fresh:
+            return self.remembered
         return float(np.median(self._readings))
 
     @property
     def stretched(self) -> bool:
         """True only on evidence: a screen that never shows its fan is not called stretched."""
-        stretch = self.stretch
-        return stretch is not None and abs(stretch - 1.0) > self.settings.tolerance
+        return self._stretched

@@ -1,0 +1,82 @@
+"""The screen-shape verdict kept across runs (`edge.models.fan`).
+
+A verdict needs a few frames that show the probe's whole fan, and after a restart the
+first exams' heads would be measured before it, through a grabber already found to
+stretch the picture. The box keeps each screen's last verdict (its source and frame size)
+in the state folder, `screen_shape.json`, and starts from it until that screen has given
+enough readings of its own. A damaged or foreign file is one log line and no memory:
+nothing here is worth refusing a start for.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from edge.store.state import write_json
+from wire.schema import PayloadError, loads_bounded
+from wire.shown import shown, shown_path
+
+log = logging.getLogger(__name__)
+
+SCREEN_SHAPE_FILE = "screen_shape.json"
+MAX_FILE_BYTES = 16_384
+MAX_SCREENS = 16  # sources and frame sizes remembered; the oldest go first
+MAX_KEY_CHARS = 300
+
+
+def _plausible(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and 0.25 <= value <= 4.0)
+
+
+def _read(path: Path) -> dict[str, dict]:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.warning("screen shape: %s not read (%s); no verdict remembered", shown_path(path),
+                    exc.strerror or exc)
+        return {}
+    try:
+        if len(raw) > MAX_FILE_BYTES:
+            raise PayloadError(f"larger than {MAX_FILE_BYTES} bytes")
+        data = loads_bounded(raw, MAX_FILE_BYTES, max_depth=4)
+    except (PayloadError, ValueError) as exc:
+        log.warning("screen shape: %s is not a verdict file (%s); no verdict remembered",
+                    shown_path(path), shown(str(exc))[:120])
+        return {}
+    screens = data.get("screens") if isinstance(data, dict) else None
+    if not isinstance(screens, list):  # oldest first: a list keeps its order in the file
+        return {}
+    kept: dict[str, dict] = {}
+    for entry in screens[-MAX_SCREENS:]:
+        if (isinstance(entry, dict) and isinstance(entry.get("screen"), str)
+                and len(entry["screen"]) <= MAX_KEY_CHARS and _plausible(entry.get("stretch"))):
+            kept[entry["screen"]] = entry
+    return kept
+
+
+def remembered(state_dir: Path, key: str) -> float | None:
+    """This screen's last verdict (its median stretch), or None."""
+    entry = _read(Path(state_dir) / SCREEN_SHAPE_FILE).get(key)
+    return None if entry is None else float(entry["stretch"])
+
+
+def remember(state_dir: Path, key: str, stretch: float) -> None:
+    """Keep this screen's verdict (written whole and durably); a failure is one line."""
+    path = Path(state_dir) / SCREEN_SHAPE_FILE
+    screens = _read(path)
+    screens.pop(key, None)
+    screens[key] = {"screen": key[:MAX_KEY_CHARS], "stretch": round(float(stretch), 4),
+                    "at": round(time.time())}
+    try:
+        write_json(path, {"version": 1, "screens": list(screens.values())[-MAX_SCREENS:]})
+    except OSError as exc:
+        log.warning("screen shape: the verdict was not kept in %s (%s)", shown_path(path),
+                    exc.strerror or exc)
+
