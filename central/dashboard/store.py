@@ -1195,6 +1195,18 @@ def _stored_by_exam(db: Db, table: str, columns: str, keys: set[tuple[str, str]]
     return out
 
 
+def _entries_to_read(db: Db, table: str, entries: dict, batch_exams: list[tuple]
+                     ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(this batch's exams, the (device, exam_id) whose stored entries of `table` matter):
+    those the batch's entries name, and the batch's exams too once any entry was ever
+    stored (an entry may come before its exam). Nothing is read while none was."""
+    in_batch = {(dev, _exam_id(data.get("exam_id"))) for _, dev, _, _, _, data in batch_exams}
+    wanted = set(entries)
+    if in_batch and (entries or db.query(f"SELECT 1 FROM dash.{table} LIMIT 1")):
+        wanted |= in_batch
+    return in_batch, wanted
+
+
 def _stored_dates(db: Db, keys: set[tuple[str, str]]) -> dict[tuple[str, str], float | None]:
     """The stored corrections of these (device, exam_id): -> age by dates."""
     return {key: None if weeks is None else float(weeks) for key, (weeks,) in
@@ -1211,10 +1223,7 @@ def _add_corrections(db: Db, corrections: dict[tuple[str, str], Correction],
     load). Nothing is read for them while no correction was ever stored."""
     if corrections:
         db.many(_UPSERT_EXAM_DATES, [(dev, *c) for (dev, _), c in corrections.items()])
-    in_batch = {(dev, _exam_id(data.get("exam_id"))) for _, dev, _, _, _, data in batch_exams}
-    wanted = set(corrections)
-    if in_batch and (corrections or db.query("SELECT 1 FROM dash.exam_dates LIMIT 1")):
-        wanted |= in_batch
+    in_batch, wanted = _entries_to_read(db, "exam_dates", corrections, batch_exams)
     if not wanted:
         return {}
     stored = _stored_dates(db, wanted)
@@ -1331,10 +1340,7 @@ def _add_withdrawals(db: Db, withdrawals: dict[tuple[str, str], Withdrawal],
         db.many(_UPSERT_EXAM_WITHDRAWALS, [
             (dev, w.exam_id, int(w.withdrawn), w.reason, w.entered_ts, w.seq, w.msg_id)
             for (dev, _), w in withdrawals.items()])
-    in_batch = {(dev, _exam_id(data.get("exam_id"))) for _, dev, _, _, _, data in batch_exams}
-    wanted = set(withdrawals)
-    if in_batch and (withdrawals or db.query("SELECT 1 FROM dash.exam_withdrawals LIMIT 1")):
-        wanted |= in_batch
+    in_batch, wanted = _entries_to_read(db, "exam_withdrawals", withdrawals, batch_exams)
     if not wanted:
         return {}
     standing = {key: reason for key, (flag, reason) in _stored_by_exam(
