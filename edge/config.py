@@ -68,6 +68,9 @@ MIN_RULER_TICK_MM, MAX_RULER_TICK_MM = 1.0, 50.0
 # biometry.stretch_tolerance: below 1% every screen would be refused (one read 3.6% off as
 # captured); a 4:3 screen filling 16:9 is 33% off, so beyond 30% the check would pass it.
 MIN_STRETCH_TOLERANCE, MAX_STRETCH_TOLERANCE = 0.01, 0.3
+# source.stretch: 16:9 squeezed into 4:3 is 0.75, 4:3 filling 16:9 1.333; past half or
+# twice no grabber draws a screen.
+MIN_SOURCE_STRETCH, MAX_SOURCE_STRETCH = 0.5, 2.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,11 @@ class SourceSettings:
     backoff_max_s: float = 30.0
     max_reopen_attempts: int = -1  # -1: keep trying forever (a grabber may be replugged)
     pace: bool = False  # play a video file at its own frame rate, as a scanner would
+    # How much wider the grabber draws the scanner's picture than it is: each frame is
+    # narrowed by it before anything reads it (edge/capture/sources.py `narrowing`). For a
+    # grabber that cannot be set: 1.125 for a 4:3 screen in NTSC 720x480, 1.333 for 4:3
+    # filling 16:9. The screen-shape check (edge/models/fan.py) then reads the result.
+    stretch: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -362,7 +370,10 @@ def _validate(settings: Settings, label: str) -> None:
          f"-1 (for ever) or 0-{MAX_REOPEN_ATTEMPTS}"),
         ("fps", 0.0 <= src.fps <= 240.0, "0-240 (0: the device's own)"),
         ("backoff_initial_s", 0.0 < src.backoff_initial_s <= 3600.0, "in (0, 3600] seconds"),
-        ("backoff_max_s", 0.0 < src.backoff_max_s <= 3600.0, "in (0, 3600] seconds")))
+        ("backoff_max_s", 0.0 < src.backoff_max_s <= 3600.0, "in (0, 3600] seconds"),
+        ("stretch", MIN_SOURCE_STRETCH <= src.stretch <= MAX_SOURCE_STRETCH,
+         f"{MIN_SOURCE_STRETCH:g}-{MAX_SOURCE_STRETCH:g} (1: the grabber keeps the "
+         "scanner's shape)")))
     _validate_biometry(settings.biometry, label)
     _validate_roi(settings.roi, label)
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edge.capture.clock import WallSteps, booted_ts
-from edge.capture.sources import LiveSettings, Source, open_source
+from edge.capture.sources import LiveSettings, Source, narrowing, open_source
 from edge.config import Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
 from edge.exam.protocol import (
@@ -532,6 +532,9 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     elif scorer.head is not None:
         log.warning("screen shape: not checked ([biometry] stretch_tolerance = 0): a "
                     "grabber that stretches the scanner's picture makes every head wrong")
+    if settings.source.stretch != 1.0:
+        log.info("screen shape: each frame is narrowed by %g ([source] stretch) before it "
+                 "is read, undoing the grabber's stretch", settings.source.stretch)
     if (scorer.head is not None and not settings.biometry.pixel_size_mm
             and not settings.biometry.ruler_tick_mm):
         if any(source.pixel_sizes):  # the demo clip knows its heads' scales, and measures
@@ -574,7 +577,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
             # A live grabber that hands no frame for a second gives None instead: the
             # exam's gap and the health messages run on the clock, not on the next frame.
             for frame, capture_s in dog.watch(
-                    timed_frames(source, scorer.prepare_frame, idle=True), source,
+                    timed_frames(source, scorer.prepare_frame, idle=True,
+                                 reshape=narrowing(settings.source.stretch)), source,
                     is_idle=lambda item: item[0] is None):
                 follow_clock_steps(clock_steps, tracker, uplink, journal, web)
                 if frame is None:

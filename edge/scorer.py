@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.capture.clock import ScanClock
-from edge.capture.sources import Frame, Prepare, Source, read_ahead
+from edge.capture.sources import Frame, Prepare, Reshape, Source, read_ahead
 from edge.config import Settings
 from edge.models.biometry import (
     RULER_UNREAD,
@@ -66,7 +66,7 @@ from edge.result import FrameResult
 log = logging.getLogger(__name__)
 
 
-def aside(job, *args, name: str = "sonoedge-roi") -> Future:
+def aside(job, *args, name: str = "sonoedge-roi", daemon: bool = True) -> Future:
     """`job(*args)` on a thread of its own, its result (or error) in the future.
 
     Finding the region costs a whole frame's greying and more, 3-5 ms: on the frames it was
@@ -81,7 +81,7 @@ def aside(job, *args, name: str = "sonoedge-roi") -> Future:
         except BaseException as exc:  # raised in the loop, at the next frame
             future.set_exception(exc)
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=daemon).start()
     return future
 
 
@@ -91,8 +91,11 @@ def find_roi_aside(image: np.ndarray, settings: RoiSettings) -> Future:
 
 
 def read_fan_aside(image: np.ndarray, settings: FanSettings) -> Future:
-    """`read_fan` of a frame's grey beside the loop (`aside`)."""
-    return aside(lambda: read_fan(to_grey(image), settings), name="sonoedge-fan")
+    """`read_fan` of a frame's grey beside the loop (`aside`). Not a daemon: the loop does
+    not wait for the last reading, and a process that ended inside OpenCV on a daemon
+    thread aborted ("terminate called without an active exception", `sonoedge exam`)."""
+    return aside(lambda: read_fan(to_grey(image), settings), name="sonoedge-fan",
+                 daemon=False)
 
 
 def _ms(seconds: float) -> float:
@@ -286,8 +289,9 @@ class Scorer:
             log.warning("screen shape: the probe's fan is %.3f times as wide as its true "
                         "shape%s: the picture is %s sideways, so heads are not measured. "
                         "Set the grabber to keep the scanner's own shape (a 4:3 screen "
-                        "filling a 16:9 frame reads 1.33)", stretch, seen,
-                        "stretched" if stretch > 1.0 else "squeezed")
+                        "filling a 16:9 frame reads 1.33), or, where it cannot be set, "
+                        "[source] stretch to undo it (the setting times %.3f)", stretch, seen,
+                        "stretched" if stretch > 1.0 else "squeezed", stretch)
         else:
             log.info("screen shape: the probe's fan keeps its shape, %.3f%s: the picture "
                      "is not stretched", stretch, seen)
@@ -511,7 +515,7 @@ def make_scorer(settings: Settings) -> Scorer:
 
 
 def timed_frames(source: Source, prepare: Prepare | None = None, idle: bool = False,
-                 ) -> Iterator[tuple[Frame, float]]:
+                 reshape: Reshape | None = None) -> Iterator[tuple[Frame, float]]:
     """Each frame with its capture cost on the loop's path.
 
     That is the read and decode time the loop waited for. It is not the time spent waiting
@@ -522,7 +526,7 @@ def timed_frames(source: Source, prepare: Prepare | None = None, idle: bool = Fa
     With `idle`, a live grabber that hands no frame for a while gives `(None, 0.0)`
     instead (`read_ahead`), so the caller's clock-driven work goes on.
     """
-    iterator = read_ahead(source, prepare=prepare, idle=idle)
+    iterator = read_ahead(source, prepare=prepare, idle=idle, reshape=reshape)
     while True:
         t0 = time.perf_counter()
         try:

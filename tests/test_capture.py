@@ -591,3 +591,33 @@ def test_a_network_stream_is_named_as_such_not_as_a_missing_file(spec):
     with pytest.raises(SourceError) as caught:
         open_source(spec)
     assert "network streams are not a source here" in _one_line(caught.value)
+
+
+def test_a_grabber_s_stretch_is_undone_before_anything_reads_the_frame(tmp_path):
+    """`[source] stretch` (`narrowing`): a live grabber's frames, and a file's, come out
+    narrowed by it, on the grabber's or the decoder's thread, before `prepare` sees them."""
+    from edge.capture.sources import narrowing
+
+    p = _write_video(tmp_path / "dongle.avi", 20)
+    width = cv2.VideoCapture(str(p)).get(cv2.CAP_PROP_FRAME_WIDTH)
+    s = LiveSettings(backoff_initial_s=0.01, backoff_max_s=0.02, max_reopen_attempts=0,
+                     poll_s=0.01)
+    seen = []
+
+    def slow_opener():  # gives the loop time to hand over the hooks before the first frame
+        time.sleep(0.2)
+        return cv2.VideoCapture(str(p))
+
+    def prepare(image):
+        seen.append(image.shape[1])
+        return None
+
+    src = LiveSource("test:stretched", slow_opener, s)
+    live = list(read_ahead(src, prepare=prepare, reshape=narrowing(4 / 3)))
+    src.close()
+    assert live and {f.image.shape[1] for f in live} == {round(width * 3 / 4)}
+    assert set(seen) == {round(width * 3 / 4)}
+    with open_source(p) as source:
+        files = list(read_ahead(source, reshape=narrowing(4 / 3)))
+    assert files and {f.image.shape[1] for f in files} == {round(width * 3 / 4)}
+    assert narrowing(1.0) is None

@@ -367,3 +367,64 @@ def test_a_whole_fan_on_a_lifted_black_is_read_with_the_screen_s_levels():
         own, reading = read_fan(grey), read_fan(lifted, settings)
         assert reading is not None, path.name
         assert reading.stretch == pytest.approx(own.stretch, abs=0.01), path.name
+
+
+@pytest.mark.parametrize("value", ["0.4", "2.5", "0", "-1.333", "nan", "inf", '"4:3"', "[1.3]"])
+def test_a_source_stretch_out_of_range_is_one_line_naming_it(tmp_path, value):
+    config = tmp_path / "device.toml"
+    config.write_text(f"[source]\nstretch = {value}\n")
+    with pytest.raises(ConfigError, match=r"source\.stretch") as raised:
+        load_settings(config)
+    assert "\n" not in str(raised.value)
+
+
+def _fan_head_clip(data_dir, dest, width: int) -> None:
+    """Real HC18 heads whose fan shows, on a 960x720 screen (tests/web_harness.py), drawn
+    `width` wide by the grabber: 960 keeps the shape, 1280 fills 16:9."""
+    from tests.web_harness import _screen
+    rng = np.random.default_rng(3)
+    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (width, 720))
+    assert writer.isOpened()
+    for name in ("200_HC.png", "250_HC.png", "299_HC.png"):
+        image = cv2.imread(str(data_dir / "hc18" / "images" / name))
+        for k in range(30):
+            writer.write(cv2.resize(_screen(image, rng, k > 0), (width, 720),
+                                    interpolation=cv2.INTER_LINEAR))
+    writer.release()
+
+
+def _exam_cli(tmp_path, clip, config_text: str = "") -> str:
+    import subprocess
+    import sys
+    config = tmp_path / f"{clip.stem}.toml"
+    config.write_text(config_text)
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "exam", "--config", str(config),
+                           "--pixel-size", "0.15", str(clip)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout + done.stderr
+
+
+@needs_data
+def test_a_grabber_that_cannot_be_set_is_undone_by_source_stretch(tmp_path, data_dir):
+    """An SD or fixed grabber keeps stretching: with `[source] stretch` set to its factor,
+    each frame is narrowed back before anything reads it, the fan reads true, and the heads
+    measure as on the scanner's own shape (within 1%), where without it every head was
+    refused."""
+    import re
+    native, wide = tmp_path / "native.avi", tmp_path / "wide.avi"
+    _fan_head_clip(data_dir, native, 960)
+    _fan_head_clip(data_dir, wide, 1280)
+
+    def hc(text):
+        found = re.search(r"head: HC ([0-9.]+) mm", text)
+        return float(found.group(1)) if found else None
+
+    own = hc(_exam_cli(tmp_path, native))
+    refused = _exam_cli(tmp_path, wide)
+    undone = _exam_cli(tmp_path, wide, "[source]\nstretch = 1.3333\n")
+    assert own is not None
+    assert hc(refused) is None and "screen_stretched" in refused
+    assert "[source] stretch to undo it (the setting times 1.3" in refused
+    assert "keeps its shape" in undone, undone[-1500:]
+    assert hc(undone) == pytest.approx(own, rel=0.01), undone[-1500:]

@@ -356,10 +356,27 @@ def _newest_wins(handoff: queue.Queue, frame: object, stop: threading.Event,
 
 
 Prepare = Callable[[np.ndarray], "np.ndarray | None"]
+Reshape = Callable[[np.ndarray], np.ndarray]
+
+
+def narrowing(stretch: float) -> Reshape | None:
+    """Each frame narrowed by `stretch` (`[source] stretch`: how much wider the grabber
+    draws the scanner's picture than it is), so everything after sees the scanner's own
+    shape; None for 1. A grabber that cannot be set (an SD one: 4:3 in 720x480 is 1.125)
+    otherwise has every head refused as stretched (edge/models/fan.py), or measured wide."""
+    if stretch == 1.0:
+        return None
+
+    def narrow(image: np.ndarray) -> np.ndarray:
+        height, width = image.shape[:2]
+        return cv2.resize(image, (max(1, round(width / stretch)), height),
+                          interpolation=cv2.INTER_AREA if stretch > 1 else cv2.INTER_LINEAR)
+    return narrow
 
 
 def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES,
-               prepare: Prepare | None = None, idle: bool = False) -> Iterator[Frame | None]:
+               prepare: Prepare | None = None, idle: bool = False,
+               reshape: Reshape | None = None) -> Iterator[Frame | None]:
     """A file source's frames decoded on a thread of their own, up to `depth` ahead.
 
     A live grabber already decodes on its own thread. A video file, a folder or the demo
@@ -375,14 +392,18 @@ def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES,
     decoding thread (its result in `Frame.half_grey`), and counts as part of the decode.
     A live source runs it on its own grabber thread. With `idle`, a live grabber's
     `frames(idle=True)`: None each `idle_tick_s` without a frame (files never wait so).
+    `reshape` (`narrowing`) runs on each decoded image before `prepare`, on the same thread.
     """
     if source.live:
         if isinstance(source, LiveSource):
             if prepare is not None:
                 source.prepare = prepare
+            source.reshape = reshape
             yield from source.frames(idle)
         else:
-            yield from source
+            for frame in source:
+                yield (replace(frame, image=reshape(frame.image))
+                       if reshape is not None and frame is not None and frame.ok else frame)
         return
     paced = bool(getattr(source, "pace", False))  # played at its own rate, as live
     handoff: queue.Queue = queue.Queue(maxsize=1 if paced else max(1, depth))
@@ -391,7 +412,7 @@ def read_ahead(source: Source, depth: int = READ_AHEAD_FRAMES,
     def produce() -> None:
         try:
             for frame in source:
-                item = _ready(frame, prepare)
+                item = _ready(frame, prepare, reshape)
                 if paced and frame.ok:
                     if not _newest_wins(handoff, item, stop, source):
                         return
@@ -439,10 +460,12 @@ class _Ready:
     done: float
 
 
-def _ready(frame: Frame, prepare: Prepare | None) -> _Ready:
-    if prepare is None or not frame.ok:
+def _ready(frame: Frame, prepare: Prepare | None, reshape: Reshape | None = None) -> _Ready:
+    if (prepare is None and reshape is None) or not frame.ok:
         return _Ready(frame, frame.t_mono)
-    made = prepare(frame.image)
+    if reshape is not None:
+        frame = replace(frame, image=reshape(frame.image))
+    made = prepare(frame.image) if prepare is not None else None
     return _Ready(replace(frame, half_grey=made), time.monotonic())
 
 
@@ -472,6 +495,7 @@ class LiveSource(Source):
         self._slot: tuple[int, np.ndarray, float, float, np.ndarray | None] | None = None
         # Run on each grabbed image on the grabber's thread (`read_ahead`'s `prepare`).
         self.prepare: Prepare | None = None
+        self.reshape: Reshape | None = None  # before `prepare`, on the same thread
         self._done = False
         self.end_reason: str | None = None
         self.frames_grabbed = 0
@@ -533,6 +557,8 @@ class LiveSource(Source):
                 t_mono, t_wall = time.monotonic(), time.time()
                 if s.copy_frames:
                     img = np.array(img, copy=True)
+                if self.reshape is not None:
+                    img = self.reshape(img)
                 prepare = self.prepare
                 half = prepare(img) if prepare is not None else None
                 had_frames = True

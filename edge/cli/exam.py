@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge.capture.sources import open_sources
+from edge.capture.sources import narrowing, open_sources
 from edge.config import frame_limits, load_settings
 from edge.exam.protocol import check_anatomy, check_head_planes, check_named, find_protocol
 from edge.exam.session import ExamSession, format_exam
@@ -58,7 +58,9 @@ def main(args) -> int:
         # strict: a path that gives no frames at all (missing, an empty folder) is one
         # error line before any work, not an exam of one failed frame
         with open_sources(args.paths, strict=True, limits=frame_limits(settings)) as source:
-            for frame, capture_s in timed_frames(source, scorer.prepare_frame):
+            for frame, capture_s in timed_frames(
+                    source, scorer.prepare_frame,
+                    reshape=narrowing(settings.source.stretch)):
                 result = scorer.score(frame, capture_s)
                 failed += result.error is not None
                 if result.error:  # one line naming the file; the frame is skipped

@@ -36,7 +36,7 @@ EXPECTED_ERRORS += (BundleError,)  # model bundles, keys and slots (edge/fleet)
 
 
 def _score(args: argparse.Namespace) -> int:
-    from edge.capture.sources import open_sources
+    from edge.capture.sources import narrowing, open_sources
     from edge.config import frame_limits
     from edge.scorer import make_scorer, timed_frames
 
@@ -50,7 +50,8 @@ def _score(args: argparse.Namespace) -> int:
     scorer = make_scorer(settings)
     failed = 0
     with open_sources(args.paths, limits=frame_limits(settings)) as source:
-        for frame, capture_s in timed_frames(source, scorer.prepare_frame):
+        for frame, capture_s in timed_frames(source, scorer.prepare_frame,
+                                             reshape=narrowing(settings.source.stretch)):
             result = scorer.score(frame, capture_s)
             failed += result.error is not None
             if result.error:
