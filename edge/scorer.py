@@ -66,7 +66,7 @@ from edge.result import FrameResult
 log = logging.getLogger(__name__)
 
 
-def aside(job, *args, name: str = "sonoedge-roi", daemon: bool = True) -> Future:
+def aside(job, *args, name: str = "sonoedge-roi") -> Future:
     """`job(*args)` on a thread of its own, its result (or error) in the future.
 
     Finding the region costs a whole frame's greying and more, 3-5 ms: on the frames it was
@@ -81,7 +81,10 @@ def aside(job, *args, name: str = "sonoedge-roi", daemon: bool = True) -> Future
         except BaseException as exc:  # raised in the loop, at the next frame
             future.set_exception(exc)
 
-    threading.Thread(target=run, name=name, daemon=daemon).start()
+    # Not a daemon: the loop may end with a job still running (the source's last frame
+    # started one), and a process that exits inside OpenCV on a daemon thread aborts
+    # ("terminate called without an active exception", rc -6: `sonoedge exam`, 6 Dec).
+    threading.Thread(target=run, name=name, daemon=False).start()
     return future
 
 
@@ -91,11 +94,8 @@ def find_roi_aside(image: np.ndarray, settings: RoiSettings) -> Future:
 
 
 def read_fan_aside(image: np.ndarray, settings: FanSettings) -> Future:
-    """`read_fan` of a frame's grey beside the loop (`aside`). Not a daemon: the loop does
-    not wait for the last reading, and a process that ended inside OpenCV on a daemon
-    thread aborted ("terminate called without an active exception", `sonoedge exam`)."""
-    return aside(lambda: read_fan(to_grey(image), settings), name="sonoedge-fan",
-                 daemon=False)
+    """`read_fan` of a frame's grey beside the loop (`aside`)."""
+    return aside(lambda: read_fan(to_grey(image), settings), name="sonoedge-fan")
 
 
 def _ms(seconds: float) -> float:
