@@ -477,7 +477,9 @@ def test_the_rollup_matches_the_payloads_on_sqlite_and_postgresql(tmp_path, post
     ex = standing_exams(sent)
     assert len(ex) < sum(m["kind"] == "exam" for m in sent)
     assert lite["exams"] == len(ex)
-    assert lite["biometry"] == sum(1 for m in ex if "biometry" in m)
+    # the exams with a head measured (the seed's box-03a refuses every head of its last
+    # weeks: its summaries carry biometry, with none measured)
+    assert lite["biometry"] == sum(1 for m in ex if (m.get("biometry") or {}).get("measured"))
     want = defaultdict(lambda: [0, 0])
     for m in ex:
         clinic = "clinic-" + m["device_id"][4:6]

@@ -159,6 +159,23 @@ CLOCK_OFF_FLAG_S = 3600.0
 CLOCK_SET_SHOWN_S = 30 * DAY_S
 CLOCK_SET_MAX_S = 3650 * DAY_S  # a box moves it at most this far (edge/web/settings.py)
 
+# -- devices and clinics: heads the box's set-up refused ------------------------------------
+# The head statuses that refuse every head whatever the midwife scans (edge/models/
+# biometry.py; central does not import edge, and a test holds the two together): the box's
+# set-up, for a technician, not her scanning, for coaching. An exam that measured no head
+# and declined some for one of these counts under the one of most frames
+# (store.setup_refusal). The words finish "heads not measured in N of M exams: ...", as the
+# midwife's exam card says each (edge/web/i18n/en.json "exam.not_measured_*").
+SETUP_REFUSALS = {
+    "pixel_size_missing": "the box has no calibration for the scanner (its pixel size)",
+    "pixel_size_absurd": "the box's calibration for the scanner (its pixel size) is impossible",
+    "ruler_unread": "the scanner's depth scale could not be read on the screen",
+    "screen_stretched": "the picture is stretched by the video grabber"}
+# A box or clinic is flagged once this many exams of the period had their heads refused for
+# one set-up reason: one exam alone can be one odd scan (a zoom that hid the depth scale);
+# two say the box does it.
+SETUP_FAULT_MIN_EXAMS = 2
+
 # -- devices: their model-update (fleet) errors ----------------------------------------------
 FLEET_ERROR_CHARS = 160  # as the wire's health.fleet.error (and the device's own cut)
 # Distinct errors kept per device and week (store.py; more are counted as one): a box's

@@ -373,7 +373,7 @@ def silent_table(page: Q.ClinicsPage) -> str:
     screen reader, a printout, or a phone that cannot take the plot in at once."""
     head = ("<tr><th>clinic</th><th>exams</th><th>silent weekdays</th>"
             f"<th>silent {C.SILENT_SPELL_WEEKDAYS} weekdays or more in a row, latest first"
-            "</th><th>messages missing</th></tr>")
+            "</th><th>messages missing</th><th>heads refused by the box's set-up</th></tr>")
     body = []
     for clinic in page.clinics:
         exams, silent, missing = page.totals(clinic)
@@ -387,10 +387,17 @@ def silent_table(page: Q.ClinicsPage) -> str:
                     f"{clinic_html(clinic, page.names.get(clinic, ''), page.period.weeks)}</td>"
                     f'<td class="num">{exams}</td><td class="num">{silent}</td>'
                     f"<td>{'<br>'.join(shown) or ('no message ever' if never else '-')}</td>"
-                    f'<td class="num">{missing}</td></tr>')
+                    f'<td class="num">{missing}</td>'
+                    f'<td class="setup">{setup_fault_html(page.setup_faults(clinic))}</td></tr>')
     if not body:
-        body.append('<tr><td colspan="5" class="muted">no clinics in this scope</td></tr>')
+        body.append('<tr><td colspan="6" class="muted">no clinics in this scope</td></tr>')
     return f'<div class="wide"><table class="silent">{head}{"".join(body)}</table></div>'
+
+
+def setup_fault_html(texts: list[str]) -> str:
+    """`Q.setup_fault_texts` as a table cell says them, a line each ("-": none)."""
+    return "<br>".join(f'<span class="setup-fault">{esc(t[:1].upper() + t[1:])}.</span>'
+                       for t in texts) or "-"
 
 
 # A clinic's name in a CSV comes after the columns it had, clinic_name (empty when the
@@ -402,11 +409,12 @@ def clinics_csv(page: Q.ClinicsPage) -> str:
     ClinicsPage.counts), so that the CSV adds up to the page's silent weekdays."""
     return to_csv(["clinic_id", "day", "exams", "health", "silent", "sequence_holes",
                    "messages_missing", "clinic_name", "silent_weekday",
-                   "before_first_message"],
+                   "before_first_message", "exams_heads_refused_setup"],
                   [[c.clinic_id, Q.day_text(c.day), c.exams, c.health, int(c.silent), c.holes,
                     c.missing, page.names.get(c.clinic_id, ""),
                     int(page.silent_weekday(c.clinic_id, c.day)),
-                    int(page.before_first(c.clinic_id, c.day))] for c in page.rows()])
+                    int(page.before_first(c.clinic_id, c.day)), c.setup_refused]
+                   for c in page.rows()])
 
 
 # -- the monthly return ----------------------------------------------------------------------
@@ -828,7 +836,10 @@ DEVICE_COLUMNS = ["device_id", "clinic_id", "last_seen_utc", "uplink", "uplink_s
                   "backlog", "behind", "messages_missing", "dead_letters", "disk_free_mb",
                   "temp_c", "models", "bundle", "bundle_state", "bundle_group",
                   "bundle_rollback", "bundle_error", "needs_a_visit", "clinic_name",
-                  "clock_behind_s", "clock_set_utc", "clock_set_moved_s"]
+                  "clock_behind_s", "clock_set_utc", "clock_set_moved_s",
+                  # the period's exams, and of them those whose heads the box's set-up
+                  # refused, with the reasons ("screen_stretched:12|ruler_unread:1")
+                  "exams", "exams_heads_refused_setup", "heads_refused_setup_reasons"]
 
 
 def device_cells(d: Q.DeviceRow) -> list:
@@ -838,7 +849,10 @@ def device_cells(d: Q.DeviceRow) -> list:
             d.backlog, d.behind, d.missing, d.dead_letters, d.disk_free_mb, d.temp_c, models,
             b.get("bundle"), b.get("state"), b.get("group"), b.get("rollback"), b.get("error"),
             "; ".join(d.flags), d.clinic_name, d.clock_behind_s,
-            utc(d.clock_set[0]) if d.clock_set else "", d.clock_set[1] if d.clock_set else ""]
+            utc(d.clock_set[0]) if d.clock_set else "", d.clock_set[1] if d.clock_set else "",
+            d.exams, sum(d.setup_refused.values()),
+            "|".join(f"{k}:{n}" for k, n in sorted(d.setup_refused.items(),
+                                                    key=lambda kv: (-kv[1], kv[0])))]
 
 
 def devices_csv(rows: list[Q.DeviceRow]) -> str:
@@ -1062,10 +1076,10 @@ def clinic_csv(page: Q.ClinicPage) -> str:
     return to_csv(["clinic_id", "week_starting", "days_in_period", "exams", "silent_weekdays",
                    "weekdays_counted", "messages_missing", "best_frames",
                    f"best_frames_below_{C.MIN_QUALITY}", "previous_week_starting",
-                   "previous_period_exams", "clinic_name"],
+                   "previous_period_exams", "clinic_name", "exams_heads_refused_setup"],
                   [[page.clinic_id, Q.week_text(r.week), r.days, r.exams, r.silent, r.counted,
                     r.missing, r.best_frames, r.below_capture, Q.week_text(r.week - weeks),
-                    r.previous_exams, page.name] for r in page.weeks()])
+                    r.previous_exams, page.name, r.setup_refused] for r in page.weeks()])
 
 
 FIGURE_WORDS = {
@@ -1077,6 +1091,8 @@ FIGURE_WORDS = {
     "above_97th": "Dated heads above the 97th centile",
     "told_small": "Dated heads the midwife was told are " + DATES_FLAG_WORDS["small"],
     "told_large": "Dated heads the midwife was told are " + DATES_FLAG_WORDS["large"],
+    "setup_refused": "Exams whose heads the box's set-up refused (no head measured: "
+                     "calibration, depth scale or picture shape)",
     "withdrawn": "Exams withdrawn by the midwife (in no figure above)"}
 # Why a midwife withdrew an exam (wire/schemas/withdrawal.schema.json's reasons)
 WITHDRAWAL_WORDS = {"mistake": "started by mistake", "test_scan": "a test scan",

@@ -319,6 +319,7 @@ class ClinicDay:
     other: int = 0
     holes: int = 0  # sequence holes whose span touches this day
     missing: int = 0  # messages missing in holes that end this day
+    setup_refused: int = 0  # exams ended this day whose heads the box's set-up refused
 
     @property
     def silent(self) -> bool:
@@ -341,6 +342,9 @@ class ClinicsPage:
     # Each clinic's last day with a message before the period: a silent spell at the
     # period's start began the day after it, not on the period's first day
     last_before: dict[str, int] = field(default_factory=dict)
+    # Per clinic, the period's exams whose heads its boxes' set-up refused, by reason
+    # (setup_refused)
+    setup_refused: dict[str, dict[str, int]] = field(default_factory=dict)
     # Worked out once a clinic: the plot, its hover words and the table under it all read
     # them (three times each over 728 days made a tenth of the two-year page's time).
     _totals: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False,
@@ -378,6 +382,10 @@ class ClinicsPage:
                 sum(1 for d in self.period.days if self.silent_weekday(clinic, d)),
                 sum(c.missing for c in cells))
         return self._totals[clinic]
+
+    def setup_faults(self, clinic: str) -> list[str]:
+        """`setup_fault_texts` of the clinic's boxes together, over the period."""
+        return setup_fault_texts(self.setup_refused.get(clinic, {}), self.totals(clinic)[0])
 
     def silent_spells(self, clinic: str) -> list[SilentSpell]:
         """The clinic's runs of silent weekdays, oldest first. A weekend inside a run does
@@ -432,6 +440,7 @@ class ClinicWeek:
     before_first: bool = True  # every day before the clinic's first message
     holes: bool = False  # a sequence hole touches one of its days
     missing: int = 0  # messages missing in holes that end that week
+    setup_refused: int = 0  # exams whose heads the box's set-up refused (ClinicDay's)
 
 
 def clinic_weeks(page: ClinicsPage) -> dict[tuple[str, int], ClinicWeek]:
@@ -443,6 +452,7 @@ def clinic_weeks(page: ClinicsPage) -> dict[tuple[str, int], ClinicWeek]:
             w = out.setdefault((clinic, week_of(d)), ClinicWeek(clinic, week_of(d)))
             w.exams += c.exams
             w.missing += c.missing
+            w.setup_refused += c.setup_refused
             w.holes = w.holes or c.holes > 0
             w.heard = w.heard or not c.silent
             w.before_first = w.before_first and page.before_first(clinic, d)
@@ -477,13 +487,39 @@ def clinics_page(db: Db, scope: Scope, per: Period) -> ClinicsPage:
     for dev, clinic in db.query(f"SELECT device_id, clinic_id FROM dash.device_latest "
                                 f"WHERE {w} ORDER BY device_id", p):
         devices[clinic].append(dev)
+    refused: dict[str, dict[str, int]] = defaultdict(dict)
+    for clinic, day, reason, n in setup_refused(db, scope, per, "clinic_id"):
+        if (clinic, day) in cells:
+            cells[(clinic, day)].setup_refused += n
+            refused[clinic][reason] = refused[clinic].get(reason, 0) + n
     quiet = collectors_quiet_since(db)
     last_before = {clinic: int(day) for clinic, day in db.query(
         f"SELECT clinic_id, MAX(day) FROM dash.day_device WHERE day < ? AND {w} "
         "GROUP BY clinic_id", (per.first_day, *p)) if day is not None}
     return ClinicsPage(per, clinics, cells, dict(devices), clinic_names(db, scope),
                        first_days(db, scope),
-                       None if quiet is None else int(quiet // C.DAY_S), last_before)
+                       None if quiet is None else int(quiet // C.DAY_S), last_before,
+                       dict(refused))
+
+
+def setup_refused(db: Db, scope: Scope, per: Period, by: str) -> list[tuple[str, int, str, int]]:
+    """(`by`: a device or clinic id, day, set-up reason, exams) of the exams ended in `per`
+    whose heads the box's set-up refused (dash.exams.setup_refused, store.setup_refusal)."""
+    w, p = scope.where()
+    return [(key, int(day), reason, int(n)) for key, day, reason, n in db.query(
+        f"SELECT {by}, day, setup_refused, COUNT(*) FROM dash.exams WHERE day >= ? AND "
+        f"day <= ? AND setup_refused IS NOT NULL AND {w} GROUP BY {by}, day, setup_refused",
+        (per.first_day, per.last_day, *p))]
+
+
+def setup_fault_texts(refused: dict[str, int], exams: int) -> list[str]:
+    """A sentence per set-up reason that refused the heads of SETUP_FAULT_MIN_EXAMS exams
+    or more of `exams` (`refused`: reason -> exams), most first: for a technician, where
+    heads declined for the scanning (no head, cut off) are the midwife's, for coaching."""
+    return [f"heads not measured in {n} of {max(n, exams)} exams: "
+            f"{C.SETUP_REFUSALS.get(reason, reason)}, a set-up fault: send a technician"
+            for reason, n in sorted(refused.items(), key=lambda kv: (-kv[1], kv[0]))
+            if n >= C.SETUP_FAULT_MIN_EXAMS]
 
 
 # -- completeness ----------------------------------------------------------------------------
@@ -902,6 +938,9 @@ class DeviceRow:
     listed_ts: float | None = None  # never heard from: in the district's registry since
     busiest_day: tuple[int, int] | None = None  # (day, exams) of its most exams in the period
     urgency: int = 9  # its most urgent flag's rank (ranked_flags; NO_FLAG: none)
+    exams: int = 0  # ended in the period (and standing: not withdrawn)
+    # of those, the exams whose heads its set-up refused, by reason (setup_refused)
+    setup_refused: dict[str, int] = field(default_factory=dict)
 
 
 def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
@@ -919,10 +958,15 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
         missing[h.device_id] += h.size
     quiet = collectors_quiet_since(db, now)
     heard = now if quiet is None else quiet  # a box's silence as far as it could be heard
-    received = {dev: int(n) for dev, n in db.query(
-        "SELECT device_id, SUM(exams + withdrawn + health + corrections) FROM dash.day_device "
-        "WHERE day >= ? AND "
-        f"day <= ? AND {w} GROUP BY device_id", (per.first_day, per.last_day, *p))}
+    received, ended = {}, {}
+    for dev, n, standing in db.query(
+            "SELECT device_id, SUM(exams + withdrawn + health + corrections), SUM(exams) "
+            f"FROM dash.day_device WHERE day >= ? AND day <= ? AND {w} GROUP BY device_id",
+            (per.first_day, per.last_day, *p)):
+        received[dev], ended[dev] = int(n), int(standing)
+    refused: dict[str, dict[str, int]] = defaultdict(dict)
+    for dev, _day, reason, n in setup_refused(db, scope, per, "device_id"):
+        refused[dev][reason] = refused[dev].get(reason, 0) + n
     busiest: dict[str, tuple[int, int]] = {}
     for dev, day, exams in db.query(
             "SELECT device_id, day, SUM(exams) FROM dash.day_device WHERE day >= ? AND "
@@ -943,6 +987,7 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
                         dead.get(dev, 0), h.get("disk_free_mb"), h.get("temp_c"),
                         h.get("models") or {}, h.get("bundle") or {}, health_ts)
         row.received = received.get(dev, 0)
+        row.exams, row.setup_refused = ended.get(dev, 0), refused.get(dev, {})
         row.busiest_day = busiest.get(dev)
         row.clock_behind_s = clock_offset(health_lag, online_lag)
         row.clock_set = h.get("clock_set")
@@ -1032,6 +1077,9 @@ def ranked_flags(d: DeviceRow, now: float, heard: float | None = None
         flags.append((SOON, f"hot ({d.temp_c:.0f} °C): shade and air around the box"))
     if d.missing and d.missing > C.MISSING_WARN_SHARE * (d.received + d.missing):
         flags.append((SOON, f"{d.missing} message{'' if d.missing == 1 else 's'} lost"))
+    # every head lost while the women are scanned, until someone fixes the box: soon, after
+    # a box not heard from at all
+    flags.extend((SOON, text) for text in setup_fault_texts(d.setup_refused, d.exams))
     if d.backlog is not None and d.backlog >= C.BACKLOG_WARN:
         flags.append((CHECK, "backlog"))
     if d.dead_letters:
@@ -1301,7 +1349,8 @@ class ClinicFigures:
                     "below_3rd": (h.below_3rd, h.dated), "above_97th": (h.above_97th, h.dated),
                     "told_small": (h.flagged_small, h.dated),
                     "told_large": (h.flagged_large, h.dated),
-                    "withdrawn": (sum(self.withdrawn.values()), None)})
+                    "withdrawn": (sum(self.withdrawn.values()), None),
+                    "setup_refused": (sum(self.days.setup_refused.get(c, {}).values()), exams)})
         out.update({f"withdrawn:{reason}": (n, None) for reason, n in self.withdrawn.items()})
         return out
 
@@ -1342,6 +1391,7 @@ class ClinicWeekRow:
     best_frames: int  # each exam's best frame of each plane it found (the quality page's)
     below_capture: int  # of those, under MIN_QUALITY: found, not captured
     previous_exams: int  # the same week of the previous period (Period.previous)
+    setup_refused: int = 0  # exams whose heads the box's set-up refused
 
 
 @dataclass
@@ -1369,7 +1419,7 @@ class ClinicPage:
             w = now[(c, week)]
             out.append(ClinicWeekRow(week, sum(1 for d in per.days if week_of(d) == week),
                                      w.exams, w.silent, w.counted, w.missing, *frames[week],
-                                     was[(c, week - per.weeks)].exams))
+                                     was[(c, week - per.weeks)].exams, w.setup_refused))
         return out
 
     @property

@@ -51,6 +51,12 @@ LATE_DATES_AFTER_S = (60.0, 1800.0)
 # Exams a midwife withdraws (a test scan, the wrong woman ...), a while after they ended,
 # for one of the page's reasons: counted in no figure, only as withdrawn.
 WITHDRAWN_SHARE = 0.01
+# One box whose video grabber was swapped for one that stretches the picture, these last
+# days: the box refuses every head it finds (`screen_stretched`), and the devices and
+# clinics pages flag a set-up fault. Its exams are otherwise as they were (no random draw
+# added), so the rest of the seeded district is the same with or without.
+SETUP_FAULT_DEVICE = "box-03a"
+SETUP_FAULT_DAYS = 21
 
 
 def dated_share(skill: float) -> float:
@@ -185,6 +191,8 @@ def generate(settings: SeedSettings):
                     body = _exam(rng, env, t, skill[c] + 0.15 * progress, models)
                     if (later := _late_dates(late_rng, body)) is not None:
                         follow.append(("dates", late_rng, {"ga_dates_weeks": later}))
+                    if dev.id == SETUP_FAULT_DEVICE and day > end_day - SETUP_FAULT_DAYS:
+                        _heads_refused(body, "screen_stretched")
                     if withdraw_rng.random() < WITHDRAWN_SHARE:
                         follow.append(("withdrawal", withdraw_rng, {
                             "withdrawn": True,
@@ -292,6 +300,15 @@ def _exam(rng: random.Random, env: dict, t: float, skill: float, models: dict) -
             dates = ga_true + rng.gauss(0, DATES_SD_WEEKS)
             body["biometry"]["ga_dates_weeks"] = round(min(45.0, max(0.0, dates)), 2)
     return body
+
+
+def _heads_refused(body: dict, status: str) -> None:
+    """The exam as a box whose set-up refuses every head sends it: the frames it had
+    measured and declined, all declined for `status`, and no head figure."""
+    bio = body.get("biometry")
+    if bio:
+        body["biometry"] = {"measured": 0,
+                            "declined": {status: bio["measured"] + sum(bio["declined"].values())}}
 
 
 def _late_dates(rng: random.Random, body: dict) -> float | None:

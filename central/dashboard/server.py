@@ -566,7 +566,10 @@ class Dashboard:
                 f"An orange dot: a box's messages of that {unit} are missing (a hole in its "
                 f"sequence: lost on the way or dropped by a full outbox). "
                 + ("" if daily else "The CSV has every day. ")
-                + "The table under the plot gives each clinic's silent spells.</p>"
+                + "The table under the plot gives each clinic's silent spells, and where "
+                  f"the box's set-up refused the heads of {C.SETUP_FAULT_MIN_EXAMS} exams or "
+                  "more (no calibration, depth scale not read, picture stretched): a fault "
+                  "for a technician, not the midwife's scanning.</p>"
                 f'<div class="plot recent">{P.clinics_svg(page)}</div>'
                 + self._csv_link("clinics", scope, weeks)
                 + f"<h2>Silent spells, last {weeks} weeks</h2>" + P.silent_table(page)
@@ -721,7 +724,11 @@ class Dashboard:
                 f"{C.BACKLOG_WARN}+ messages, or, in the last {weeks} weeks, a dead letter (a "
                 f"message from the box the collector could not read), over "
                 f"{C.MISSING_WARN_SHARE:.0%} of its messages missing or "
-                f"{C.EXAMS_PER_DAY_WARN}+ exams ended on one day). Missing messages and "
+                f"{C.EXAMS_PER_DAY_WARN}+ exams ended on one day, or the heads of "
+                f"{C.SETUP_FAULT_MIN_EXAMS}+ exams refused by the box's set-up: no calibration "
+                f"or an impossible one, the depth scale not read, the picture stretched by "
+                f"the video grabber; a technician's work, not the midwife's scanning). "
+                f"Missing messages and "
                 f"dead letters are counted over the last {weeks} weeks, so an old one does "
                 f"not keep a box flagged. Backlog: messages queued on the box at its last "
                 f"health; behind: messages allocated on the box beyond what arrived.</p>"

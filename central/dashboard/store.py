@@ -71,10 +71,11 @@ from wire.shown import one_line, read_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "17"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "18"  # a change drops the rollups and rebuilds them from the messages
 # (16: deficiency names the dashboard does not know counted as one, C.DEFICIENCY_OTHER;
 # the health digest keeps the box's health interval; 17: withdrawn exams, counted in no
-# exam figure, and day_device's corrections of either kind)
+# exam figure, and day_device's corrections of either kind; 18: each exam's set-up reason
+# that refused its heads, dash.exams.setup_refused)
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -97,8 +98,12 @@ _DASH_TABLES = [
         required INTEGER, captured INTEGER, complete INTEGER, best_quality DOUBLE PRECISION,
         hc_mm DOUBLE PRECISION, ga_weeks DOUBLE PRECISION, ga_low DOUBLE PRECISION,
         ga_high DOUBLE PRECISION, ga_source TEXT, missing TEXT, ig_z DOUBLE PRECISION,
-        dates_flag TEXT, dates_corrected INTEGER NOT NULL)""",
+        dates_flag TEXT, dates_corrected INTEGER NOT NULL, setup_refused TEXT)""",
     "CREATE INDEX IF NOT EXISTS dash.exams_day ON exams (day)",
+    # the few exams whose heads the box's set-up refused, per box and clinic (the devices
+    # and clinics pages' flags), from the index alone
+    "CREATE INDEX IF NOT EXISTS dash.exams_setup_refused ON exams (day, device_id, "
+    "clinic_id, setup_refused) WHERE setup_refused IS NOT NULL",
     # covering the biometry page: its density, outliers and clinics come from the index alone
     "CREATE INDEX IF NOT EXISTS dash.exams_hc_day ON exams (day, ga_weeks, hc_mm, ig_z, "
     "clinic_id, ga_source, dates_flag, dates_corrected) WHERE hc_mm IS NOT NULL",
@@ -1085,7 +1090,7 @@ def _unnamed(protocol: dict, named: list) -> int:
 EXAM_COLUMNS = ("msg_id", "device_id", "clinic_id", "exam_id", "day", "ts", "protocol",
                 "required", "captured", "complete", "best_quality", "hc_mm", "ga_weeks",
                 "ga_low", "ga_high", "ga_source", "missing", "ig_z", "dates_flag",
-                "dates_corrected")
+                "dates_corrected", "setup_refused")
 EXAM_ID_AT = EXAM_COLUMNS.index("exam_id")
 EXAM_DEVICE_AT = EXAM_COLUMNS.index("device_id")
 # What a correction of the age by dates changes in an exam's row.
@@ -1131,7 +1136,25 @@ def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dic
             "|".join(_text(s, 32) for s in missing) or None, z,
             # what the midwife's page said of this head against her dates (the same rule)
             None if hc is None or ga_dates is None else dates_flag(hc, ga_dates),
-            int(corrected and ga_dates is not None))
+            int(corrected and ga_dates is not None), setup_refusal(bio))
+
+
+def setup_refusal(bio: object) -> str | None:
+    """The set-up reason (C.SETUP_REFUSALS) that refused an exam's heads: none measured,
+    and of the statuses its declined frames name, the set-up one of most frames (a tie: by
+    name); None for any other exam. Any other shape (a summary from before `declined`, a row
+    the collector did not write: a count not an integer, a list, a nested object) is None,
+    never an error: a row `_exam_row` cannot make fails its exam, and a restore
+    (`_withdraw_exams`) has no such guard."""
+    if not isinstance(bio, dict):
+        return None
+    measured, declined = bio.get("measured"), bio.get("declined")
+    # type(...) is int: a JSON false, or 0.0, is not "no head measured"
+    if type(measured) is not int or measured != 0 or not isinstance(declined, dict):
+        return None
+    found = [(n, reason) for reason, n in declined.items()
+             if reason in C.SETUP_REFUSALS and type(n) is int and n > 0]
+    return min(found, key=lambda f: (-f[0], f[1]))[1] if found else None
 
 
 # -- corrections of the age by dates ---------------------------------------------------------
@@ -1391,8 +1414,15 @@ def _withdraw_exams(db: Db, keys: set[tuple[str, str]], standing: dict[tuple[str
             db.execute(_INSERT_WITHDRAWN, (msg_id, dev, clinic, exam_id, day, ts, reason))
             _count_exam(weeks, day_device, dev, clinic, day, data, -1)
         else:
-            row = _exam_row(msg_id, dev, clinic, day, ts, data,
-                            dated.get((dev, exam_id), FROM_SUMMARY))
+            try:
+                row = _exam_row(msg_id, dev, clinic, day, ts, data,
+                                dated.get((dev, exam_id), FROM_SUMMARY))
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError,
+                    OverflowError):  # as in `_add`: a row the collector did not write must
+                # not fail every refresh; it stays withdrawn
+                log.warning("dashboard: exam %s could not be restored from its payload; it "
+                            "stays out of the figures", one_line(str(msg_id))[:40])
+                continue
             db.execute("DELETE FROM dash.withdrawn_exams WHERE msg_id = ?", (msg_id,))
             db.execute(f"INSERT INTO dash.exams ({', '.join(EXAM_COLUMNS)}) "
                        f"VALUES ({', '.join('?' * len(EXAM_COLUMNS))})", row)
