@@ -588,8 +588,8 @@ def test_ctrl_c_during_an_exam_still_prints_the_frames_scored_so_far(sweep, monk
 
     real = exam_cli.timed_frames
 
-    def interrupted(source, prepare):
-        for n, item in enumerate(real(source, prepare)):
+    def interrupted(source, prepare, **kwargs):
+        for n, item in enumerate(real(source, prepare, **kwargs)):
             if n == 3:
                 raise KeyboardInterrupt
             yield item
