@@ -303,19 +303,19 @@ class Scorer:
         depth ruler read on this very frame, where the box is told its tick spacing
         (`[biometry] ruler_tick_mm`: a new depth or zoom is then measured right); else the
         probe's calibration (`[biometry] pixel_size_mm`), which holds for one depth."""
-        own, source = frame.pixel_size_mm, SCALE_FRAME
+        own = frame.pixel_size_mm
+        source = (SCALE_FRAME if own is not None else
+                  SCALE_RULER if self.head.ruler is not None else SCALE_CALIBRATION)
         if self._stretch is not None and self._stretch.stretched:
-            where = source if own is not None else (
-                SCALE_RULER if self.head.ruler is not None else SCALE_CALIBRATION)
-            return 0.0, SCREEN_STRETCHED, where
-        if own is None and self.head.ruler is not None:
+            return 0.0, SCREEN_STRETCHED, source
+        if source == SCALE_RULER:
             ruler = self.head.ruler.read(frame.image)
             self._say_ruler(ruler, frame.image.shape[0])
             if ruler is None:
-                return 0.0, RULER_UNREAD, SCALE_RULER
-            own, source = ruler.mm_per_px(self.head.ruler.tick_mm), SCALE_RULER
-        elif own is None:
-            own, source = self.head.pixel_size_mm, SCALE_CALIBRATION
+                return 0.0, RULER_UNREAD, source
+            own = ruler.mm_per_px(self.head.ruler.tick_mm)
+        elif source == SCALE_CALIBRATION:
+            own = self.head.pixel_size_mm
         problem = pixel_size_status(own, self.head.settings)
         return (0.0, problem, source) if problem else (own, "", source)
 

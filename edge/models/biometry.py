@@ -82,6 +82,10 @@ SCREEN_STRETCHED = "screen_stretched"
 MEASURED = (OK, GA_OUT_OF_RANGE)
 STATUSES = (OK, GA_OUT_OF_RANGE, NO_HEAD, SEVERAL_HEADS, HEAD_CUT_OFF, POOR_FIT,
             PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD, RULER_UNREAD, SCREEN_STRETCHED)
+# The statuses that refuse every head for the box's set-up, not the scan: what the exam card
+# and the report tell the midwife to have fixed (the district's words for them are its own,
+# central/dashboard/config.py SETUP_REFUSALS, checked against these by a test).
+SET_UP_STATUSES = (PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD, RULER_UNREAD, SCREEN_STRETCHED)
 # Where a head's scale came from (its biometry's `scale`, an exam's `biometry.scale`): the
 # frame's own (the demo clip, a CSV of pixel sizes), the scanner's depth ruler read on the
 # frame, or the calibration `[biometry] pixel_size_mm`, which holds for one depth alone.

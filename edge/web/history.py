@@ -65,13 +65,7 @@ from edge.exam.screening import (
     same_weeks,
 )
 from edge.exam.thumbs import HEAD_MEASURED, THUMBS_DIR
-from edge.models.biometry import (
-    HEAD_SCALES,
-    PIXEL_SIZE_ABSURD,
-    PIXEL_SIZE_MISSING,
-    RULER_UNREAD,
-    SCREEN_STRETCHED,
-)
+from edge.models.biometry import HEAD_SCALES, SET_UP_STATUSES
 from edge.store.journal import (
     JOURNAL_FILE,
     MAX_DATES_BYTES,
@@ -555,7 +549,6 @@ class ExamHistory:
 # -- the report ------------------------------------------------------------------------------
 # Why an exam's heads had no figures where that is the box's set-up, not the scan: the
 # report says what to do as the exam card did (app.js SCALE_PROBLEMS, in the same order).
-SET_UP_PROBLEMS = (PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD, RULER_UNREAD, SCREEN_STRETCHED)
 
 
 def _plural(text: dict[str, str], key: str, n: int) -> str:
@@ -745,7 +738,7 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
             out.append("<ul>" + "".join(
                 f"<li>{e(_t(text, 'report.frames', label=label, n=n))}</li>"
                 for label, n in why if label) + "</ul>")
-        set_up = next((k for k in SET_UP_PROBLEMS if bio.get("declined", {}).get(k)), None)
+        set_up = next((k for k in SET_UP_STATUSES if bio.get("declined", {}).get(k)), None)
         if set_up:
             out.append(f'<p class="why">{e(_t(text, "exam.not_measured_" + set_up))}</p>')
     out.append("</section>")
