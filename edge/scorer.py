@@ -27,6 +27,8 @@ from edge.models.biometry import (
     SCALE_FRAME,
     SCALE_RULER,
     SCREEN_STRETCHED,
+    SHAPE_CHECKED,
+    SHAPE_UNCHECKED,
     Biometry,
     BiometrySettings,
     Passes,
@@ -274,6 +276,11 @@ class Scorer:
         every = (settings.fast_every_frames if self._screen_frames < settings.fast_for_frames
                  else settings.every_frames)
         self._screen_frames += 1
+        if self._screen_frames == settings.fast_for_frames and self._stretch.stretch is None:
+            log.warning("screen shape: not checked: none of this screen's first %d frames "
+                        "showed the probe's whole fan. Heads are measured, and their exams "
+                        "say the shape was not checked; zoom out once so the whole fan "
+                        "shows, with black below it", settings.fast_for_frames)
         if self._fan_pending is None and self._screen_frames % every == 0:
             self._fan_pending = read_fan_aside(frame.image, settings)
 
@@ -295,6 +302,14 @@ class Scorer:
         else:
             log.info("screen shape: the probe's fan keeps its shape, %.3f%s: the picture "
                      "is not stretched", stretch, seen)
+
+    def _shape_checked(self, source: str) -> str | None:
+        """Whether this screen's shape is known (a verdict of its own or remembered) for a
+        head measured through the grabber; None where the check is off, or the scale is
+        the frame's own (a recording that knows its pixels was never through a grabber)."""
+        if self._stretch is None or source == SCALE_FRAME:
+            return None
+        return SHAPE_CHECKED if self._stretch.stretch is not None else SHAPE_UNCHECKED
 
     def _scale(self, frame: Frame) -> tuple[float, str, str]:
         """(mm per pixel, "", where it came from) for a frame whose head can be measured,
@@ -407,6 +422,9 @@ class Scorer:
         if biometry is not None:
             biometry["ms"] = round(_ms(t3 - t2), 3)
             biometry["scale"] = scale[2]
+            shape = self._shape_checked(scale[2])
+            if shape is not None:
+                biometry["shape"] = shape
         quality = None
         if self.quality is not None:
             measures.update(image_measures(grey))

@@ -67,3 +67,42 @@ def test_heads_on_a_stretched_picture_are_not_measured_and_the_card_says_why(
     [entry] = kept["screens"]
     assert entry["screen"] == "stretched.avi|1280x720", entry
     assert entry["stretch"] == pytest.approx(4 / 3, abs=0.03)
+
+
+def _zoomed_in_clip(data_dir, dest, frames: int = 90):
+    """A Voluson transthalamic head whose fan is cut by the image (the scanner zoomed in):
+    no frame can show the box the fan's shape."""
+    rng = np.random.default_rng(11)
+    image = cv2.imread(str(data_dir / "planes" / "images" / "Patient01715_Plane3_2_of_3.png"))
+    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (960, 720))
+    assert writer.isOpened()
+    for frame in [np.zeros((720, 960, 3), np.uint8)] * 15 + [
+            _screen(image, rng, k > 0) for k in range(frames)]:
+        writer.write(frame)
+    writer.release()
+    return dest
+
+
+def test_heads_measured_before_the_shape_could_be_checked_say_so_on_the_card_and_report(
+        tmp_path, data_dir):
+    """A scanner kept zoomed in never shows its whole fan, so the box cannot see a stretch:
+    the heads are measured, and the card and the report say the shape was not checked and
+    how to let the box check it, where before the figures looked checked."""
+    clip = _zoomed_in_clip(data_dir, tmp_path / "zoomed.avi")
+    with chromium(tmp_path) as context, device(tmp_path, clip, pixel_size_mm=0.15) as (
+            base, _):
+        page = unlocked_page(context, base)
+        page.wait_for_function(
+            "() => { const s = window.sonoedge.lastState, b = s && s.exam && s.exam.biometry;"
+            " return b && b.measured > 0 && b.shape === 'unchecked'; }", **POLL)
+        page.wait_for_function("() => !document.querySelector('#exam-shape').hidden", **POLL)
+        assert page.locator("#exam-shape").text_content() == (
+            "Picture shape not checked: show the probe's whole fan once, without zoom (the "
+            "box then checks it and remembers).")
+        assert page.locator("#exam-bio").text_content().startswith("HC ")
+        page.wait_for_function(
+            "() => { const s = window.sonoedge.lastState;"
+            " return s && s.exam && !s.exam.running && s.exam.exam_id; }", **POLL)
+        exam_id = page.evaluate("() => window.sonoedge.lastState.exam.exam_id")
+        page.goto(f"{base}/report/{exam_id}")
+        assert "The picture's shape was not checked for these heads" in page.content()

@@ -13,7 +13,14 @@ from bisect import bisect_right
 from collections import deque
 from itertools import accumulate
 
-from edge.models.biometry import HEAD_SCALES, MEASURED, SCREEN_STRETCHED
+from edge.models.biometry import (
+    HEAD_SCALES,
+    HEAD_SHAPES,
+    MEASURED,
+    SCREEN_STRETCHED,
+    SHAPE_CHECKED,
+    SHAPE_UNCHECKED,
+)
 from wire.dating import hadlock_ga_weeks
 from wire.schema import PLANES, UNCERTAIN, finite_number, floor_digits
 
@@ -118,6 +125,9 @@ class ExamTally:
         self.not_counted: dict[str, int] = {}
         # The scales the measured heads were measured at (biometry `scale`): frames by kind
         self.head_scales: dict[str, int] = {}
+        # Whether the screen's shape was known when the heads were measured (biometry
+        # `shape`): frames by answer
+        self.head_shapes: dict[str, int] = {}
         # Faults of frames without ultrasound since the last frame with it: counted when
         # scanning goes on, left out if it does not. An exam ended by a gap ends with
         # `end_gap_s` of the probe in the air, whose "no image" and "washed out" frames
@@ -206,6 +216,9 @@ class ExamTally:
             scale = bio.get("scale")
             if scale in HEAD_SCALES:
                 self.head_scales[scale] = self.head_scales.get(scale, 0) + 1
+            shape = bio.get("shape")
+            if shape in HEAD_SHAPES:
+                self.head_shapes[shape] = self.head_shapes.get(shape, 0) + 1
             self.hc_spread.add(hc)
             item = (rank, -self.frames, hc, bpd, ofd)  # equal rank: the earlier frame stays
             if len(self.best_heads) < self.BEST_HEADS:
@@ -227,6 +240,7 @@ class ExamTally:
         self.best_heads.clear()
         self.hc_spread = HcHistogram()
         self.head_scales.clear()
+        self.head_shapes.clear()
 
     def biometry(self) -> dict | None:
         """The exam's head biometry. HC, BPD, OFD and the age are the medians of the best
@@ -246,6 +260,11 @@ class ExamTally:
             p10, p90 = self.hc_spread.percentiles(0.1, 0.9)
             if self.head_scales:  # the kind of most frames (a box uses one kind)
                 out["scale"] = min(self.head_scales.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+            if self.head_shapes:
+                # checked once is checked for the screen's every head: its shape is that of
+                # the heads before the verdict too (a stretched one voids them instead)
+                out["shape"] = (SHAPE_CHECKED if self.head_shapes.get(SHAPE_CHECKED)
+                                else SHAPE_UNCHECKED)
             out.update({"hc_mm": median_hc, "hc_p10_mm": p10, "hc_p90_mm": p90,
                         "bpd_mm": percentile(bpd, 0.5),
                         "ofd_mm": percentile(ofd, 0.5), "best_frames": len(hc),

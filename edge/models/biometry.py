@@ -91,6 +91,13 @@ SET_UP_STATUSES = (PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD, RULER_UNREAD, SCREEN_S
 # frame, or the calibration `[biometry] pixel_size_mm`, which holds for one depth alone.
 SCALE_FRAME, SCALE_RULER, SCALE_CALIBRATION = "frame", "ruler", "calibration"
 HEAD_SCALES = (SCALE_FRAME, SCALE_RULER, SCALE_CALIBRATION)
+# Whether the picture's shape had been checked from the probe's fan (`edge.models.fan`)
+# when a head was measured through the video grabber (its biometry's `shape`, an exam's
+# `biometry.shape`): only a frame that shows the whole fan can check it, and a scanner
+# kept zoomed in may never show one, so a head measured before any verdict is said to be
+# measured unchecked rather than passed as checked.
+SHAPE_CHECKED, SHAPE_UNCHECKED = "checked", "unchecked"
+HEAD_SHAPES = (SHAPE_CHECKED, SHAPE_UNCHECKED)
 
 
 

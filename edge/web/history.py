@@ -65,7 +65,7 @@ from edge.exam.screening import (
     same_weeks,
 )
 from edge.exam.thumbs import HEAD_MEASURED, THUMBS_DIR
-from edge.models.biometry import HEAD_SCALES, SET_UP_STATUSES
+from edge.models.biometry import HEAD_SCALES, HEAD_SHAPES, SET_UP_STATUSES, SHAPE_UNCHECKED
 from edge.store.journal import (
     JOURNAL_FILE,
     MAX_DATES_BYTES,
@@ -284,6 +284,8 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
         bio["declined"] = {_text(k, 24): _count(v) for k, v in list(declined.items())[:8]}
         if bio_in.get("scale") in HEAD_SCALES:
             bio["scale"] = bio_in["scale"]
+        if bio_in.get("shape") in HEAD_SHAPES:
+            bio["shape"] = bio_in["shape"]
     models = summary.get("models") if isinstance(summary.get("models"), dict) else {}
     ended_by = _text(summary.get("ended_by"))
     kept_dates = read_dates(dates)
@@ -730,6 +732,8 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
         if tolerance:
             how += " " + _t(text, "report.ga_tolerance", days=tolerance)
         out.append(f'<p class="how">{e(how)}</p>')
+        if bio.get("shape") == SHAPE_UNCHECKED:  # measured, but a stretch would not show
+            out.append(f'<p class="why">{e(_t(text, "report.shape_unchecked"))}</p>')
         out.append(_measured_figure(text, exam_id, exam.get("measured_head")))
     else:
         out.append(f'<p class="figures none">{e(_t(text, "report.not_measured"))}</p>')

@@ -769,6 +769,12 @@ function renderExam(s) {
     ga + plusMinus + (range ? ` (${rangeOf(range)})` : "")]
     .filter(Boolean).join(" · ");
   fig.classList.toggle("flag", !!why);
+  // heads measured before any frame showed the whole fan: a stretched picture would not
+  // have been seen (edge/models/fan.py), and the exam says so rather than pass as checked
+  const shape = $("#exam-shape");
+  const unchecked = !!bio && bio.shape === "unchecked";
+  shape.hidden = !unchecked;
+  shape.textContent = unchecked ? t("exam.shape_unchecked") : "";
   // Start has one job: letting the next exam begin once Stop has held it back (exams start
   // by themselves on the probe's image). During an exam it is off, and says why beneath:
   // a second tap there (the first seemed not to take) used to end the exam and begin
