@@ -214,3 +214,37 @@ def test_a_clinic_heard_from_in_no_district_is_named_to_the_admin_and_not_a_view
     assert out.returncode == 0 and "1 added: clinic-04" in out.stdout, out.stdout
     with _pages(db_url, tmp_path, ADMIN) as (base, (admin,)):
         assert "in no district" not in _clinics_page(base, admin)
+
+
+def test_a_dry_run_says_every_change_and_changes_nothing(tmp_path, url):
+    """An admin checking a country's new map before loading it: every clinic it would add,
+    remove, move or rename, one a line (the load's own summary names five of each), and
+    whether the load would be refused; the map and its pages stay as they were."""
+    db_url = _seeded(url, viewer_district="district-2")
+    new = {**{c: v for c, v in SEEDED.items() if c != "clinic-04"},
+           "clinic-02": ("district-2", "Clinic 2"), "clinic-03": ("district-2", "Clinic Three"),
+           **{f"clinic-{i:02d}": ("district-3", f"Clinic {i}") for i in range(10, 17)}}
+    _, out = _load(tmp_path, db_url, _lines(new), "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "dry run, nothing changed: 10 clinics in 3 districts (7 added: clinic-10, "
+        "clinic-11, clinic-12, clinic-13, clinic-14 and 2 more; 1 removed: clinic-04; "
+        "1 moved: clinic-02 district-1 -> district-2; 1 renamed: clinic-03)",
+        *[f"  add clinic-{i:02d}: district-3, Clinic {i}" for i in range(10, 17)],
+        "  remove clinic-04: from district-2",
+        "  move clinic-02: district-1 -> district-2",
+        "  rename clinic-03: Clinic 3 -> Clinic Three"]
+    assert _map(db_url) == SEEDED
+
+    # a file that would be refused: said, not refused, and still nothing changed
+    path, out = _load(tmp_path, db_url, _lines({c: v for c, v in SEEDED.items()
+                                                if v[0] == "district-1"}), "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1].startswith(
+        "it would be refused: it would remove 2 of the 4 clinics on the map (clinic-03, "
+        "clinic-04), every clinic of district-2"), out.stdout
+    assert _map(db_url) == SEEDED
+    # the same file loaded for real is refused as before
+    _, out = _load(tmp_path, db_url, _lines({c: v for c, v in SEEDED.items()
+                                             if v[0] == "district-1"}))
+    assert out.returncode == 2 and _map(db_url) == SEEDED

@@ -3,8 +3,8 @@
     sonoedge-central serve --db URL --listen HOST:PORT
     sonoedge-central users add NAME --role viewer --district D --db URL   (password on stdin)
     sonoedge-central users list|remove NAME --db URL
-    sonoedge-central districts FILE --db URL [--replace]   (clinic_id,district[,name] per
-                                                 line: the whole map, replaced)
+    sonoedge-central districts FILE --db URL [--replace] [--dry-run]   (clinic_id,district
+                                                 [,name] per line: the whole map, replaced)
     sonoedge-central seed --db URL [--clinics 50 --days 730]   (a simulated district)
 
 A bad --db, a missing database, a malformed districts file or a bad user is one line on
@@ -284,9 +284,21 @@ class MapChange:
         return (f"{_plural(len(self.new), 'clinic')} in "
                 f"{_plural(len(districts), 'district')} ({'; '.join(parts) or 'no change'})")
 
+    def every_change(self) -> list[str]:
+        """Each clinic the file would change, a line each, for a dry run: the summary names
+        five of each kind, and an admin checking a country's new map before loading it
+        needs to see every move (the file is bounded: MAX_DISTRICTS_BYTES)."""
+        out = [f"add {c}: {self.new[c][0]}" + (f", {self.new[c][1]}" if self.new[c][1] else "")
+               for c in self.added]
+        out += [f"remove {printable(c)}: from {printable(self.old[c][0])}" for c in self.removed]
+        out += [f"move {c}: {printable(self.old[c][0])} -> {self.new[c][0]}" for c in self.moved]
+        out += [f"rename {c}: {printable(self.old[c][1]) or '(no name)'} -> "
+                f"{self.new[c][1] or '(no name)'}" for c in self.renamed]
+        return out
+
 
 def replace_map(db, entries: list[tuple[str, str, str]], replace: bool = False,
-                source: str = "the file") -> MapChange:
+                source: str = "the file", dry_run: bool = False) -> MapChange:
     """The districts file as the whole map, in one transaction: its clinics inserted or
     updated, every other clinic's map row deleted (its messages and rollups stay: only which
     district it is in goes). ValueError, and nothing changed, where the change looks like a
@@ -299,6 +311,8 @@ def replace_map(db, entries: list[tuple[str, str, str]], replace: bool = False,
                            {c: (d, n) for c, d, n in entries},
                            {r[0] for r in db.query("SELECT DISTINCT district FROM dash.users "
                                                    "WHERE role = 'viewer'")})
+        if dry_run:  # read, never written: the refusal below is the caller's to say
+            return change
         why = change.too_much()
         if why and not replace:
             raise ValueError(f"{source} {why}: the file replaces the whole map; nothing "
@@ -326,13 +340,15 @@ def districts_main(argv: list[str]) -> int:
                     help="let the file remove half the map or more, or every clinic of a "
                          "viewer's district (refused without it: a partial file loaded by "
                          "mistake)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="say every change the file would make, and change nothing")
     ap.add_argument("--db", default=DEFAULT_DB)
     args = ap.parse_args(argv)
     try:
         entries, header = read_districts(args.file)
         db = open_db(args.db)
         try:
-            change = replace_map(db, entries, args.replace, str(args.file))
+            change = replace_map(db, entries, args.replace, str(args.file), args.dry_run)
         finally:
             db.close()
     except (ValueError, DbError) as exc:
@@ -340,6 +356,15 @@ def districts_main(argv: list[str]) -> int:
         return 2
     if header is not None:
         print(f"{args.file}:{header}: a header line, skipped")
+    if args.dry_run:
+        print(f"dry run, nothing changed: {change.summary()}")
+        for line in change.every_change():
+            print(f"  {line}")
+        why = change.too_much()
+        if why and not args.replace:
+            print(f"it would be refused: it {why} (the file replaces the whole map; "
+                  "--replace if that is meant)")
+        return 0
     print(change.summary())
     return 0
 
