@@ -565,6 +565,39 @@ def test_whose_figures_they_are_fits_one_line_over_the_image_on_a_phone(box, vie
     assert not errors
 
 
+def test_the_exam_s_age_over_the_image_is_said_give_or_take_and_never_cut(box, view):
+    """The exam's age over the image said "GA 20w 0d" where its card said "GA 20w 0d ± 10
+    days" (ACOG's redating threshold): the image now says "± 10 d" too, on the small line
+    under the age, which wraps: on a 390 px phone "AG 24 SA 3 j ± 14 j" on the age's own
+    line was cut at the image's edge."""
+    view.exam = exam("exam-t", bio=BIO_20W)
+    page, errors = open_page(box)
+    page.set_viewport_size({"width": 390, "height": 844})
+    frame = {"plane": TV, "plane_confidence": 0.9, "roi": None, "quality": {"score": 0.8},
+             "head": {"status": "ok", "ellipse": [150, 100, 60, 45, 0]},
+             "biometry": {"status": "ok", "hc_mm": 175.0, "bpd_mm": 47.0, "ofd_mm": 60.0,
+                          "ga_weeks": 20.0}}
+    try:
+        for lang in ("en", "fr"):
+            page.select_option("select.lang >> nth=-1", lang)
+            page.wait_for_function("lang => document.documentElement.lang === lang", arg=lang,
+                                   **WAIT)
+            shows_exam(page, "exam-t")
+            give_or_take = say(page, "overlay.ga_tolerance", days=10)
+            end = time.monotonic() + 8
+            while time.monotonic() < end and give_or_take not in page.inner_text("#ga"):
+                publish(view, frame)
+                time.sleep(0.15)
+            assert give_or_take in page.inner_text("#ga"), (lang, page.inner_html("#ga"))
+            cut = page.eval_on_selector_all(
+                "#ga .line", "els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
+                             ".map(e => e.textContent)")
+            assert cut == [], (lang, cut)
+    finally:  # the language is kept in the browser: the next test's page is in English
+        page.evaluate("localStorage.removeItem('sonoedge.lang')")
+    assert not errors
+
+
 def _label_lines(page, view, label: str) -> int:
     """How many lines `label` takes over the image, once a head frame shows the figures."""
     frame = {"plane": TV, "plane_confidence": 0.9, "roi": None, "quality": {"score": 0.8},

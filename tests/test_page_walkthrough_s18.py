@@ -27,6 +27,7 @@ READ = """() => {
           plane: plane, head_planes: heads || null,
           measured: !!(h && h.biometry && h.biometry.hc_mm != null),
           exam_hc: bio && bio.hc_mm != null ? Math.round(bio.hc_mm) : null,
+          tolerance: s && s.screening ? s.screening.ga_tolerance_days : null,
           card: (document.querySelector('#exam-bio') || {}).textContent || null,
           signal: s && s.status && s.status.signal};
 }"""
@@ -61,7 +62,7 @@ def test_the_hc_on_the_image_is_the_exam_s_and_only_over_a_head(page):
         if r["signal"] != "ok":
             break
         if r["exam_hc"] is not None and r["plane"] and r["head_planes"]:
-            shown = (_hc(r["tag"]), r["exam_hc"], r["plane"], r["tag"])
+            shown = (_hc(r["tag"]), r["exam_hc"], r["plane"], r["tag"], r["tolerance"])
             # a head measured on this frame, or a plane the exam measures: an outline
             # alone is not one (test_page_fresh_box.py)
             head = r["measured"] or r["plane"] in r["head_planes"]
@@ -75,6 +76,11 @@ def test_the_hc_on_the_image_is_the_exam_s_and_only_over_a_head(page):
     unlabelled = [s for s in over_head if s[0] is not None
                   and "Exam, best heads:" not in s[3]]
     assert not unlabelled, unlabelled[:3]
+    # the exam's age on the image is said give or take, as the card says it (it was
+    # "GA 19w 4d" there beside "GA 19w 4d ± 10 days" in the card)
+    bare = [s for s in over_head if s[0] is not None and s[4]
+            and re.search(r"GA \d+w \d+d", s[3]) and f"± {s[4]} d" not in s[3]]
+    assert not bare, bare[:3]
     stray = [s for s in elsewhere if s[0] is not None or "GA" in s[3]]
     assert not stray, (f"{len(stray)} of {len(elsewhere)} reads over another plane show "
                        f"the head's figures on the image: {stray[:3]}")

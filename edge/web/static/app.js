@@ -446,7 +446,13 @@ function renderTags(h) {
   }
   const [ga, range] = gaLine(src);
   addLine(ga, src && src.ga_weeks == null ? "small note" : ""); // an HC with no age: why
-  addLine(rangeOf(range), "small");
+  // the exam's age give or take what a scan at that age can tell, as the card says it, on
+  // the small line that wraps ("AG 24 SA 3 j ± 14 j" was cut over the image on a phone); a
+  // frame's own age has no exam screening to give it one
+  const days = exams && src === exams && state && state.screening
+    && state.screening.ga_tolerance_days;
+  const plusMinus = ga && days ? t("overlay.ga_tolerance", { days }) : "";
+  addLine([plusMinus, rangeOf(range)].filter(Boolean).join(" · "), "small");
   const bar = qualityBar(h);
   const line = $("#quality");
   line.hidden = bar == null;
