@@ -850,6 +850,7 @@ function renderExam(s) {
     if (prev && prev.exam_id === exam.exam_id && exam.captured > prev.n) beep();
     lastCaptured = { exam_id: exam.exam_id, n: exam.captured };
   }
+  drawCardWithdrawal(); // none once the next exam runs on the card
 }
 
 // The cephalic index to one decimal, on the side of its bound the flag says: the device
@@ -1143,6 +1144,34 @@ function drawEarlier() {
     li.append(a, withdrawControls(exam, (key) => t(key), loadEarlier));
     list.appendChild(li);
   }
+  drawCardWithdrawal();
+}
+
+// The just-ended exam's card offers the withdrawal its row below offers (withdraw.js): a
+// midwife who sees at the end that it was a test scan, or the wrong woman, looks at that
+// card first. What the card says is the list's (the journal's, GET /api/exams), so the
+// card, the list and the report say one thing, and a change on either is drawn on both
+// (done: the list is loaded again). Nothing before the list has the exam (the loop
+// journals it before the state says it ended), nor while it runs (the box refuses).
+// Drawn again only when what it shows changes: the state comes every second, and a
+// redraw would close the reasons she has open.
+let cardWithdrawal = null; // what the card's controls show: "exam:withdrawn:reason:lang"
+
+function drawCardWithdrawal() {
+  const exam = state && state.exam;
+  const kept = exam && !exam.running && earlier.exams
+    ? earlier.exams.find((e) => e.exam_id === exam.exam_id) || null : null;
+  const w = (kept && kept.withdrawal) || {};
+  const withdrawn = w.withdrawn === true;
+  const key = kept ? [kept.exam_id, withdrawn, w.reason, catalog._lang].join(":") : "";
+  if (key === cardWithdrawal) return;
+  cardWithdrawal = key;
+  const mark = $("#exam-withdrawn");
+  mark.textContent = withdrawn ? t("withdraw.marked", { reason: t("withdraw.reason_" + w.reason) }) : "";
+  mark.hidden = !withdrawn;
+  const place = $("#exam-withdraw");
+  place.textContent = "";
+  if (kept) place.append(withdrawControls(kept, (k) => t(k), loadEarlier));
 }
 
 // ---------------------------------------------------------------- wiring

@@ -1,11 +1,13 @@
-// sonoedge: withdrawing an ended exam, or undoing that, shared by the earlier exams' list
-// (app.js) and the exam's report (report.js). An exam started by mistake (a test scan, the
-// wrong woman, two women in one exam) is no exam done, and the district must not count
-// it. A reason from the fixed list is required, and a second tap confirms it: a slip of
-// the finger must not withdraw a woman's exam. Undo is one tap: it only restores.
+// sonoedge: withdrawing an ended exam, or undoing that, shared by the just-ended exam's card
+// and the earlier exams' list (app.js) and the exam's report (report.js). An exam started
+// by mistake (a test scan, the wrong woman, two women in one exam) is no exam done, and the
+// district must not count it. A reason from the fixed list is required, and a second tap
+// confirms it: a slip of the finger must not withdraw a woman's exam. Undo is one tap: it
+// only restores.
 "use strict";
 
 const WITHDRAW_REASONS = ["mistake", "test_scan", "wrong_woman", "two_women"];
+let withdrawForms = 0; // each form's own radio group: the card's and the list's of one exam
 
 // The controls of one exam ({exam_id, withdrawal}), in the words say(key) gives; done()
 // once the box has kept the change (the caller draws the exam again).
@@ -57,6 +59,7 @@ function withdrawControls(exam, say, done) {
   }
   const open = button("open", "withdraw.action");
   const form = document.createElement("fieldset");
+  withdrawForms += 1;
   form.className = "confirm";
   form.hidden = true;
   const legend = document.createElement("legend");
@@ -66,7 +69,7 @@ function withdrawControls(exam, say, done) {
     const label = document.createElement("label");
     const input = document.createElement("input");
     input.type = "radio";
-    input.name = `withdraw-${exam.exam_id}`;
+    input.name = `withdraw-${withdrawForms}`; // never another form's: a choice is its own
     input.value = reason;
     label.append(input, ` ${say("withdraw.reason_" + reason)}`);
     form.append(label);
