@@ -616,13 +616,16 @@ def _label_lines(page, view, label: str) -> int:
                          label)
 
 
-# every state of the uplink chip, with counts longer than a clinic's outbox holds
+# every state of the uplink chip, with counts longer than a clinic's outbox holds (and
+# than the exams a box sends in years, gone without a receipt: `unconfirmed`)
 UPLINK_STATES = [dict(enabled=False, connected=False, pending=9999),
                  dict(enabled=True, connected=False, pending=9999),
                  dict(enabled=True, connected=True, pending=9999),
                  dict(enabled=True, connected=True, pending=0, receipts_seen=False),
                  dict(enabled=True, connected=True, pending=0, awaiting_receipt=9999,
                       receipts_seen=True),
+                 dict(enabled=True, connected=True, pending=0, awaiting_receipt=9999,
+                      unconfirmed=90000, receipts_seen=True),
                  dict(enabled=True, connected=True, pending=0, awaiting_receipt=0,
                       receipts_seen=True)]
 

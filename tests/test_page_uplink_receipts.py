@@ -109,23 +109,27 @@ def exam_ended(box) -> str:
 
 def test_the_chip_says_whether_her_exams_are_confirmed_by_the_district(box):
     """No receipt ever: an exam sent reads "Uplink connected", as before receipts. One
-    receipt from the district (its collector upgraded): every exam is at the district.
-    Her next exam, taken by the broker but not yet stored there: "Online · 1 not yet
-    confirmed by district" (in French too, whole on the phone's strip), with the
-    exact counts in the title. Its receipt: all at the district again."""
+    receipt from the district (its collector upgraded), not for that exam: it stays not
+    confirmed (tests/test_page_uplink_exam_counts.py) until its own receipt, and then
+    every exam is at the district. Her next exam, taken by the broker but not yet stored
+    there: "Online · 1 not yet confirmed by district" (in French too, whole on the
+    phone's strip), with the exact counts in the title. Its receipt: all at the district
+    again."""
     page = box["page"]
-    exam_ended(box)
+    first = exam_ended(box)
     chip_reads(page, "status.uplink_ok")
     assert page.evaluate("window.sonoedge.lastState.status.uplink.receipts_seen") is False
     assert title(page) == say(page, "status.uplink_counts_no_receipts", q=0)
 
     publish_wait(box["central"], f"{RECEIPTS}/{DEVICE}", _receipt(DEVICE, [str(uuid.uuid4())]))
+    chip_reads(page, "status.uplink_awaiting", n=1)
+    publish_wait(box["central"], f"{RECEIPTS}/{DEVICE}", _receipt(DEVICE, [first]))
     chip_reads(page, "status.uplink_confirmed")
 
     msg_id = exam_ended(box)
     chip_reads(page, "status.uplink_awaiting", n=1)
     assert page.get_attribute("#uplink", "class") == "chip"  # not green: not there yet
-    assert title(page) == say(page, "status.uplink_counts", q=0, w=1)
+    assert title(page) == say(page, "status.uplink_counts", q=0, w=1, u=0)
     try:
         page.select_option("select.lang >> nth=-1", "fr")
         page.wait_for_function("document.documentElement.lang === 'fr'", **POLL)
@@ -138,7 +142,7 @@ def test_the_chip_says_whether_her_exams_are_confirmed_by_the_district(box):
     publish_wait(box["central"], f"{RECEIPTS}/{DEVICE}", _receipt(DEVICE, [msg_id]))
     chip_reads(page, "status.uplink_confirmed")
     assert page.get_attribute("#uplink", "class") == "chip ok"
-    assert title(page) == say(page, "status.uplink_counts", q=0, w=0)
+    assert title(page) == say(page, "status.uplink_counts", q=0, w=0, u=0)
 
 
 def test_offline_still_reads_offline_with_what_is_queued(box):
@@ -152,6 +156,7 @@ def test_offline_still_reads_offline_with_what_is_queued(box):
     chip_reads(page, "status.offline", n=queued)
     assert page.get_attribute("#uplink", "class") == "chip warn"
     up = page.evaluate("window.sonoedge.lastState.status.uplink")
-    assert title(page) == (say(page, "status.uplink_counts", q=queued, w=up["awaiting_receipt"])
+    assert title(page) == (say(page, "status.uplink_counts", q=queued, w=up["awaiting_receipt"],
+                               u=up["unconfirmed"])
                            if up.get("receipts_seen") else
                            say(page, "status.uplink_counts_no_receipts", q=queued))

@@ -286,23 +286,26 @@ def test_an_acl_written_before_receipts_gives_its_users_theirs_when_rewritten(tm
 
 # the outbox and the setting, without a broker -------------------------------------------------
 def test_an_outbox_from_before_receipts_opens_migrated_with_its_messages_still_queued(tmp_path):
-    """A layout-1 outbox (no `sent_ts`, no receipts flag) gains both at open; what it held
-    is still queued, and it deletes on PUBACK until a receipt comes."""
+    """A layout-1 outbox (no `sent_ts`, no receipts flag, no `unconfirmed`) gains them at
+    open; what it held is still queued, and it deletes on PUBACK until a receipt comes
+    (keeping the id of the exam so deleted, unconfirmed)."""
     path = tmp_path / "outbox.sqlite3"
     old = Outbox(path)
     queued = [old.enqueue("exam", {"n": n}).msg_id for n in range(2)]
     old.close()
     conn = sqlite3.connect(path)  # as layout 1 left it
     conn.execute("ALTER TABLE outbox DROP COLUMN sent_ts")
-    conn.execute("DELETE FROM meta WHERE key = 'receipts'")
+    conn.execute("DELETE FROM meta WHERE key IN ('receipts', 'unconfirmed_forgotten')")
+    conn.execute("DROP TABLE unconfirmed")
     conn.execute("UPDATE meta SET value = 1 WHERE key = 'layout'")
     conn.commit()
     conn.close()
     box = Outbox(path)
     assert [m.msg_id for m in box.pending(10)] == queued and not box.receipts_seen()
-    assert box._db.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone() == (2,)
+    assert box._db.execute("SELECT value FROM meta WHERE key = 'layout'").fetchone() == (3,)
     box.ack(queued[:1])
     assert box.counts()["by_kind"] == {"pending/exam": 1}  # deleted: no receipt seen yet
+    assert box.exam_counts()["unconfirmed"] == 1
     box.receipt([])
     box.ack(queued[1:])
     assert box.counts()["by_kind"] == {"sent/exam": 1} and box.awaiting_receipt_count() == 1

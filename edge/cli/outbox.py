@@ -131,6 +131,9 @@ def outbox_main(argv: list[str]) -> int:
         "pending": counts["pending"],
         # sent: the broker took them, kept until the district's receipt (wire/receipt.py)
         "awaiting_receipt": counts["awaiting_receipt"],
+        # exams and corrections gone without their receipt (deleted on PUBACK before
+        # receipts began, or dropped by the quota): never confirmed by the district
+        "unconfirmed": counts["unconfirmed"],
         "rejected": counts["rejected"],
         "bytes": counts["payload_bytes"],
         "quota_used_bytes": counts["used_bytes"],
@@ -145,6 +148,7 @@ def outbox_main(argv: list[str]) -> int:
         return 0
     print(f"{summary['pending']} pending, {summary['rejected']} rejected, "
           f"{summary['awaiting_receipt']} sent awaiting the district's receipt, "
+          f"{summary['unconfirmed']} gone without one, "
           f"{summary['bytes']} bytes of payload (quota used {summary['quota_used_bytes']}); "
           f"last seq {summary['last_seq']}; dropped by quota: "
           f"{summary['dropped']['health']} health, {summary['dropped']['exam']} exam")
@@ -247,7 +251,8 @@ def status_main(argv: list[str]) -> int:
               "until there is room")
     print(f"outbox: {box.get('pending', '?')} pending ({box.get('pending_exam', '?')} exam), "
           f"{box.get('rejected', 0)} rejected, {box.get('awaiting_receipt', 0)} sent awaiting "
-          f"the district's receipt, quota used {box.get('used_bytes', '?')}/"
+          f"the district's receipt, {box.get('unconfirmed', 0)} gone without one, "
+          f"quota used {box.get('used_bytes', '?')}/"
           f"{box.get('quota_bytes', '?')} bytes; dropped {box.get('dropped_health', 0)} "
           f"health, {box.get('dropped_exam', 0)} exam")
     print(f"status written {_age(status.get('updated_ts'))} ago")

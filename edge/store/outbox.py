@@ -14,6 +14,14 @@ a receipt from its district (``meta`` ``receipts``) keeps them: a box whose coll
 none deletes on PUBACK, as before receipts. Health is always deleted on its PUBACK. Sent
 messages count toward the quota like pending ones.
 
+Unconfirmed: an exam or a correction that leaves the outbox without its receipt (deleted on
+its PUBACK before any receipt came, or dropped by the quota) is one nothing proves the
+district stored, so its ``msg_id`` is kept in ``unconfirmed`` until its receipt names it
+(a collector working off a backlog still sends one). The midwife's uplink chip counts them
+as not confirmed (`exam_counts`), never as at the district. At most UNCONFIRMED_MAX ids are
+kept; an older one is forgotten into ``meta`` ``unconfirmed_forgotten``, still counted: its
+receipt can no longer be matched, so it is never counted as confirmed.
+
 Durability policy: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode FULL fsyncs the
 WAL on every commit, so an ``enqueue()`` that returned survives a power cut (NORMAL would be
 crash-safe for the process but could lose the last commits on power loss, which is exactly
@@ -81,8 +89,9 @@ log = logging.getLogger("sonoedge.outbox")
 
 OUTBOX_FILE = "outbox.sqlite3"
 # 2: the state 'sent' and its `sent_ts` (receipts); a layout-1 outbox gains the column at
-# open (`_migrate`), and its rows stay as they were.
-LAYOUT_VERSION = 2
+# open (`_migrate`), and its rows stay as they were. 3: the table `unconfirmed` (made at open
+# where it is missing).
+LAYOUT_VERSION = 3
 ROW_OVERHEAD_BYTES = 96  # rough on-disk cost of a row beside its payload (ids, topic, index)
 DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
 # The salvage of a corrupt outbox (`_read_what_remains`) holds up the start: it stops after
@@ -102,6 +111,10 @@ SEQ_FLOOR_MAX = 1 << 52
 # Kept alike under the quota: an exam's age-by-dates correction, or its withdrawal, is as
 # much the district's record as the exam itself, and far smaller.
 EXAM_KINDS = RECEIPTED_KINDS  # exam, dates, withdrawal: also the kinds kept until their receipt
+# The ids of exams and corrections gone without their receipt (`unconfirmed`) kept to match a
+# late receipt: a clinic's exams of a year and more (~100 bytes each, 1 MB in all); beyond,
+# the oldest is only counted (`unconfirmed_forgotten`).
+UNCONFIRMED_MAX = 10_000
 # A sent message's time ahead of the clock by more than this means the clock stepped back
 # since: waiting out resend_after_s from it could take months, so it is sent again now.
 SENT_TS_AHEAD_S = CLOCK_STEP_S
@@ -128,6 +141,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_kind ON outbox(kind, id);
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, id);
 CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS unconfirmed (msg_id TEXT PRIMARY KEY, kind TEXT NOT NULL,
+                                        ts REAL NOT NULL);
 """
 _COLUMNS = "msg_id, seq, kind, payload, size, created_ts, attempts, state, reason"
 
@@ -253,6 +268,24 @@ class Outbox:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if "sent_ts" not in columns:
             self._db.execute("ALTER TABLE outbox ADD COLUMN sent_ts REAL")
+        # `unconfirmed` of another shape (a hand edit) would fail every PUBACK's delete:
+        # made again, its ids lost (counted as forgotten, so none reads as confirmed)
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(unconfirmed)")]
+        if columns != ["msg_id", "kind", "ts"]:
+            with self._tx() as db:
+                lost = db.execute("SELECT COUNT(*) FROM unconfirmed").fetchone()[0]
+                log.warning("outbox %s: its table of unconfirmed exams has columns %s: made "
+                            "again (%d id(s) counted as unconfirmed, no longer matched)",
+                            self.path, shown(columns), lost)
+                kind = db.execute("SELECT type FROM sqlite_master WHERE name = "
+                                  "'unconfirmed'").fetchone()
+                db.execute(f"DROP {'VIEW' if kind == ('view',) else 'TABLE'} unconfirmed")
+                db.execute("CREATE TABLE unconfirmed (msg_id TEXT PRIMARY KEY, "
+                           "kind TEXT NOT NULL, ts REAL NOT NULL)")
+                db.execute("INSERT OR IGNORE INTO meta(key, value) "
+                           "VALUES ('unconfirmed_forgotten', 0)")
+                db.execute("UPDATE meta SET value = value + ? WHERE key = "
+                           "'unconfirmed_forgotten' AND typeof(value) = 'integer'", (lost,))
 
     def _salvage(self, exc: BaseException, seq_floor: int) -> None:
         """Move the corrupt file aside and rebuild the outbox from what can still be read."""
@@ -261,7 +294,7 @@ class Outbox:
         except OSError as err:
             raise OutboxError(f"{self.path}: outbox is corrupt ({exc}) and cannot be moved "
                               f"aside ({err.strerror or err})") from None
-        rows, meta, keys, unread = _read_what_remains(moved, self.quota_bytes)
+        rows, meta, keys, gone, unread = _read_what_remains(moved, self.quota_bytes)
         try:
             self._open()
             with self._tx() as db:
@@ -272,13 +305,16 @@ class Outbox:
                 for key, seq in keys:
                     db.execute("INSERT OR IGNORE INTO keys(key, seq, ts) VALUES (?, ?, ?)",
                                (key, seq, time.time()))
+                for msg_id, kind in reversed(gone[:UNCONFIRMED_MAX]):  # oldest first
+                    db.execute("INSERT OR IGNORE INTO unconfirmed(msg_id, kind, ts) "
+                               "VALUES (?, ?, ?)", (msg_id, kind, time.time()))
                 # the floor is checked (`__init__`); a seq read from the damaged file is
                 # taken only within SEQ_FLOOR_MAX (a salvaged row above it keeps its own)
                 top = max(v for v in [seq_floor, meta.get("seq", 0)] + [r[1] for r in rows]
                           if seq_ok(v))
                 db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (top,))
                 for name in ("dropped_health", "dropped_exam", "reported_health",
-                             "reported_exam", "receipts"):
+                             "reported_exam", "receipts", "unconfirmed_forgotten"):
                     if name in meta:
                         db.execute("UPDATE meta SET value = ? WHERE key = ?",
                                    (meta[name], name))
@@ -298,15 +334,17 @@ class Outbox:
             )
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'layout' AND value < ?",
                              (LAYOUT_VERSION, LAYOUT_VERSION))
-            # receipts: 1 once a receipt came from the district (`receipt`)
+            # receipts: 1 once a receipt came from the district (`receipt`);
+            # unconfirmed_forgotten: ids gone from `unconfirmed` past UNCONFIRMED_MAX
             for key in ("seq", "dropped_health", "dropped_exam", "reported_health",
-                        "reported_exam", "receipts"):
+                        "reported_exam", "receipts", "unconfirmed_forgotten"):
                 self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, 0)", (key,))
             for key, value in self._db.execute(
                     "SELECT key, value FROM meta WHERE key IN ('dropped_health', "
-                    "'dropped_exam', 'reported_health', 'reported_exam')").fetchall():
+                    "'dropped_exam', 'reported_health', 'reported_exam', "
+                    "'unconfirmed_forgotten')").fetchall():
                 if not count_ok(value):  # else `value + 1` never moves it again (1e300)
-                    log.warning("outbox %s: drop counter %s was %s: reset to 0", self.path,
+                    log.warning("outbox %s: counter %s was %s: reset to 0", self.path,
                                 key, shown(value))
                     self._db.execute("UPDATE meta SET value = 0 WHERE key = ?", (key,))
             self._last_seq(self._db, at_open=True)
@@ -500,12 +538,13 @@ class Outbox:
             while self._used + cost > self.quota_bytes:
                 # of exams, a sent one first: it has most likely reached the district
                 row = db.execute(
-                    f"SELECT id, size, kind FROM outbox WHERE kind IN ({marks}) "
+                    f"SELECT id, size, kind, msg_id FROM outbox WHERE kind IN ({marks}) "
                     "ORDER BY state = 'sent' DESC, id LIMIT 1", kinds).fetchone()
                 if row is None:
                     break
                 counted = "health" if row[2] == "health" else "exam"
                 db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
+                self._unconfirmed(db, row[3], row[2])
                 db.execute(
                     "UPDATE meta SET value = value + 1 WHERE key = ?", (f"dropped_{counted}",)
                 )
@@ -518,7 +557,8 @@ class Outbox:
     def ack(self, msg_ids: Iterable[str]) -> int:
         """Messages the broker acknowledged, in one transaction: deleted, but an exam or a
         dates correction is kept as sent (its `sent_ts` now) until its receipt once this
-        outbox has seen one (`receipts_seen`). How many were deleted."""
+        outbox has seen one (`receipts_seen`); before, one deleted is kept in `unconfirmed`
+        (nothing proves the district stored it). How many were deleted."""
         ids = list(msg_ids)
         if not ids:
             return 0
@@ -535,9 +575,25 @@ class Outbox:
                                "WHERE msg_id = ?", (time.time(), msg_id))
                     continue
                 self._delete(db, msg_id, row[0])
+                self._unconfirmed(db, msg_id, row[1])
                 removed += 1
         self._vacuum_if_empty(removed)
         return removed
+
+    def _unconfirmed(self, db: sqlite3.Connection, msg_id: str, kind: str) -> None:
+        """An exam or a correction gone from the outbox without its receipt: its id kept
+        until its receipt, the oldest past UNCONFIRMED_MAX only counted (module docstring).
+        Health is nobody's record: not kept."""
+        if kind not in EXAM_KINDS:
+            return
+        db.execute("INSERT OR REPLACE INTO unconfirmed(msg_id, kind, ts) VALUES (?, ?, ?)",
+                   (msg_id, kind, time.time()))
+        over = db.execute("SELECT COUNT(*) FROM unconfirmed").fetchone()[0] - UNCONFIRMED_MAX
+        if over > 0:
+            db.execute("DELETE FROM unconfirmed WHERE rowid IN (SELECT rowid FROM unconfirmed "
+                       "ORDER BY rowid LIMIT ?)", (over,))
+            db.execute("UPDATE meta SET value = value + ? WHERE key = 'unconfirmed_forgotten' "
+                       "AND typeof(value) = 'integer' AND value < ?", (over, SEQ_MAX))
 
     def _delete(self, db: sqlite3.Connection, msg_id: str, size: int) -> None:
         """One message out of the queue, and its bytes out of the quota's count."""
@@ -547,15 +603,16 @@ class Outbox:
     def receipt(self, msg_ids: Iterable[str]) -> int:
         """The district holds these (a receipt, wire/receipt.py): the exams and dates
         corrections among them are deleted, whatever their state (one sent again may be
-        queued or in flight: its PUBACK then finds no row); ids this outbox does not hold
-        are ignored. From now on PUBACKed exams are kept until their receipt. How many were
-        deleted."""
+        queued or in flight: its PUBACK then finds no row), and those gone without a receipt
+        are confirmed (out of `unconfirmed`); ids this outbox does not hold are ignored.
+        From now on PUBACKed exams are kept until their receipt. How many were deleted."""
         ids = list(msg_ids)
         removed = 0
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('receipts', 1)")
             marks = ",".join("?" * len(EXAM_KINDS))
             for msg_id in ids:
+                db.execute("DELETE FROM unconfirmed WHERE msg_id = ?", (msg_id,))
                 row = db.execute(f"SELECT size FROM outbox WHERE msg_id = ? AND kind IN "
                                  f"({marks})", (msg_id, *EXAM_KINDS)).fetchone()
                 if row is None:
@@ -680,6 +737,21 @@ class Outbox:
                 "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"
             ).fetchone()[0]
 
+    def exam_counts(self) -> dict:
+        """What the midwife's uplink chip counts: her exams and their corrections (dates,
+        withdrawals), never health. `pending`: to go to the broker; `awaiting_receipt`: sent,
+        kept until the district's receipt; `unconfirmed`: gone without one (`_unconfirmed`);
+        `receipts_seen`: whether the district ever sent a receipt. One read."""
+        marks = ",".join("?" * len(EXAM_KINDS))
+        with self._lock:
+            per = dict(self._db.execute(
+                f"SELECT state, COUNT(*) FROM outbox WHERE kind IN ({marks}) GROUP BY state",
+                EXAM_KINDS).fetchall())
+            gone = self._db.execute("SELECT COUNT(*) FROM unconfirmed").fetchone()[0]
+            forgotten, receipts = self._meta("unconfirmed_forgotten", "receipts")
+        return {"pending": per.get("pending", 0), "awaiting_receipt": per.get("sent", 0),
+                "unconfirmed": gone + forgotten, "receipts_seen": receipts == 1}
+
     def awaiting_receipt_count(self) -> int:
         """Messages the broker acknowledged, kept until the district's receipt."""
         with self._lock:
@@ -792,13 +864,19 @@ def counts_of(conn: sqlite3.Connection) -> dict:
     hold a count from before the last exam was queued). The database may be damaged: a
     text counter is 0, a size of 1e308 counts as none. `used_bytes`: payload and row
     overhead, as the quota counts them; `by_kind`: "state/kind" -> messages;
-    `awaiting_receipt`: sent, kept until the district's receipt (`Outbox.receipt`)."""
+    `awaiting_receipt`: sent, kept until the district's receipt (`Outbox.receipt`);
+    `unconfirmed`: exams and corrections gone without one (`Outbox.exam_counts`)."""
     per: dict[tuple[str, str], tuple[int, int]] = {
         (str(kind), str(state)): (int(n), _bytes(size)) for kind, state, n, size in
         conn.execute("SELECT kind, state, COUNT(*), TOTAL(size) FROM outbox "
                      "GROUP BY kind, state").fetchall()}
     meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
-                             "('seq', 'dropped_health', 'dropped_exam')").fetchall())
+                             "('seq', 'dropped_health', 'dropped_exam', "
+                             "'unconfirmed_forgotten')").fetchall())
+    try:  # an outbox of layout 2 read before the box opened it: none kept yet
+        gone = conn.execute("SELECT COUNT(*) FROM unconfirmed").fetchone()[0]
+    except sqlite3.OperationalError:
+        gone = 0
 
     def pending(kind: str | None = None) -> int:
         return sum(n for (k, st), (n, _) in per.items()
@@ -810,6 +888,7 @@ def counts_of(conn: sqlite3.Connection) -> dict:
     return {"pending": pending(), "pending_exam": pending("exam"),
             "pending_health": pending("health"),
             "awaiting_receipt": sum(n for (_, st), (n, _) in per.items() if st == "sent"),
+            "unconfirmed": gone + counter("unconfirmed_forgotten"),
             "rejected": sum(n for (_, st), (n, _) in per.items()
                             if st not in ("pending", "sent")),
             "used_bytes": sum(size + n * ROW_OVERHEAD_BYTES for n, size in per.values()),
@@ -830,20 +909,24 @@ def open_outbox(state_dir: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES,
     return Outbox(Path(state_dir) / OUTBOX_FILE, quota_bytes=quota_bytes, seq_floor=seq_floor)
 
 
-def _read_what_remains(path: Path, quota_bytes: int) -> tuple[list[tuple], dict, list, str]:
-    """Messages (in the order they were queued), counters and keys still readable in a
-    corrupt outbox, read around its damaged pages (`DamagedTableScan`) within
-    SALVAGE_SECONDS; a row longer than the quota admits, or whose payload is not the
-    message it claims to be, is left behind. The last item says what could not be read."""
+def _read_what_remains(path: Path, quota_bytes: int
+                       ) -> tuple[list[tuple], dict, list, list, str]:
+    """Messages (in the order they were queued), counters, keys and the ids gone without
+    a receipt (`unconfirmed`, newest first) still readable in a corrupt outbox, read around
+    its damaged pages (`DamagedTableScan`) within SALVAGE_SECONDS; a row longer than the
+    quota admits, or whose payload is not the message it claims to be, is left behind. The
+    last item says what could not be read. The span of `unconfirmed`'s damaged ranges is
+    added to ``unconfirmed_forgotten``: still counted as unconfirmed."""
     found: dict[str, tuple[int, tuple]] = {}  # msg_id -> (its old id, its row)
     meta: dict[str, int] = {}
     keys: list[tuple[str, int]] = []
+    gone: list[tuple[str, str]] = []
     deadline = time.monotonic() + SALVAGE_SECONDS
     try:
         # read only: the moved-aside file (and its -wal) stays the evidence it was
         conn = sqlite3.connect(sqlite_uri(path), uri=True, timeout=2.0)
     except sqlite3.Error as exc:
-        return [], meta, keys, f"; nothing in it could be read ({one_line(exc)})"
+        return [], meta, keys, gone, f"; nothing in it could be read ({one_line(exc)})"
     try:
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, min(quota_bytes + 4096, 1 << 30))
         # a single query that runs past the deadline (a long run of damage) is interrupted
@@ -865,12 +948,18 @@ def _read_what_remains(path: Path, quota_bytes: int) -> tuple[list[tuple], dict,
         for _, key, seq in known.rows():
             if isinstance(key, str) and isinstance(seq, int):
                 keys.append((key, seq))
+        unsure = DamagedTableScan(conn, "unconfirmed", ["msg_id", "kind"], deadline)
+        for _, msg_id, kind in unsure.rows():
+            if isinstance(msg_id, str) and len(msg_id) <= 64 and kind in EXAM_KINDS:
+                gone.append((msg_id, kind))
+        if unsure.lost:
+            meta["unconfirmed_forgotten"] = meta.get("unconfirmed_forgotten", 0) + unsure.lost
     finally:
         conn.close()
     # a damaged range's span counts the ids of messages sent (and deleted) there too
     said = f"; damaged ranges span {scan.lost} message id(s)" if scan.lost else ""
     said += f"; {refused} row(s) not the message they claim left behind" if refused else ""
-    if scan.timed_out or known.timed_out:
+    if scan.timed_out or known.timed_out or unsure.timed_out:
         said += (f"; stopped after {SALVAGE_SECONDS:g} s (SALVAGE_SECONDS): the rest is only "
                  "in the moved-aside file")
     rows = [row for _, row in sorted(found.values(), key=lambda item: item[0])]
@@ -883,7 +972,7 @@ def _read_what_remains(path: Path, quota_bytes: int) -> tuple[list[tuple], dict,
                 keys.append((body["exam_id"], int(row[1])))
         except (ValueError, TypeError, AttributeError):
             pass
-    return rows, meta, keys, said
+    return rows, meta, keys, gone, said
 
 
 def _sound(row: tuple) -> bool:

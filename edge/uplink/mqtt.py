@@ -227,7 +227,8 @@ _STATUS_FIELDS = {
 # from, so it must be one an outbox may take (`seq_ok`: an integer up to SEQ_FLOOR_MAX)
 _OUTBOX_FIELDS = {**{name: _count for name in (
     "pending", "pending_exam", "pending_health", "rejected", "used_bytes", "quota_bytes",
-    "dropped_health", "dropped_exam", "awaiting_receipt")}, "last_seq": seq_ok}
+    "dropped_health", "dropped_exam", "awaiting_receipt", "unconfirmed")},
+    "last_seq": seq_ok}
 
 
 def load_status(state_dir: Path | str) -> tuple[dict | None, str | None]:

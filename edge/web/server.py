@@ -1068,17 +1068,15 @@ class WebServer:
             out["uplink"] = None
         else:
             status = uplink.status()
-            try:  # to go, and gone but kept until the district's receipt (wire/receipt.py);
-                # whether one ever came: only then can the page say "confirmed"
-                pending = uplink.outbox.pending_count()
-                awaiting = uplink.outbox.awaiting_receipt_count()
-                receipts = uplink.outbox.receipts_seen()
+            try:  # her exams and corrections (never health): to go, sent and kept until
+                # the district's receipt (wire/receipt.py), gone without one; whether one
+                # ever came: only then can the page say "confirmed"
+                counts = uplink.outbox.exam_counts()
             except Exception:  # a closed outbox at shutdown
-                pending = awaiting = receipts = None
+                counts = dict.fromkeys(("pending", "awaiting_receipt", "unconfirmed",
+                                        "receipts_seen"))
             out["uplink"] = {"enabled": bool(status.get("enabled")),
-                             "connected": bool(status.get("connected")),
-                             "pending": pending, "awaiting_receipt": awaiting,
-                             "receipts_seen": receipts,
+                             "connected": bool(status.get("connected")), **counts,
                              "broker": status.get("broker") or ""}
         return out
 

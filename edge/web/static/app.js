@@ -596,11 +596,14 @@ function chip(id, text, cls, title) {
 // took may still be lost before the district stores it, so once the district has sent a
 // receipt (wire/receipt.py) the chip says whether every exam is confirmed there. A
 // district on an older collector sends none: then "connected" is all the box knows.
-// The title gives a supervisor the exact counts.
+// Its counts are her exams and their corrections, never the box's health messages; one
+// gone from the box without its receipt (sent before the district's receipts began) stays
+// not confirmed until its receipt comes. The title gives a supervisor the exact counts.
 function uplinkChip(up) {
   if (!up) return [""];
-  const queued = up.pending ?? 0, waiting = up.awaiting_receipt ?? 0;
-  const title = up.receipts_seen ? t("status.uplink_counts", { q: queued, w: waiting })
+  const queued = up.pending ?? 0, sent = up.awaiting_receipt ?? 0,
+    gone = up.unconfirmed ?? 0, waiting = sent + gone;
+  const title = up.receipts_seen ? t("status.uplink_counts", { q: queued, w: sent, u: gone })
     : t("status.uplink_counts_no_receipts", { q: queued });
   if (!up.enabled) return [t("status.uplink_off", { n: queued }), "", title];
   if (!up.connected) return [t("status.offline", { n: queued }), "warn", title];
