@@ -10,6 +10,12 @@ scored under 0.5, on a sequential orange with a legend in words; a cell with few
 C.QUALITY_CELL_MIN_EXAMS exams is hatched "too few to judge", never orange; the mean and
 the counts stay in the title and the CSV, whose first five columns are as before.
 
+And a cell takes its orange only when its share is clearly above the district's own, as a
+funnel plot decides (Spiegelhalter 2005): at 20 exams a true 12% reaches 20% by chance in
+about a cell in five, and a fixed orange from 20% sent the officer to coach those. A cell
+whose 95% Wilson interval holds the district's share is muted grey, whatever its share;
+its title gives its exams and interval. The clinics' table is flagged by the same rule.
+
 Real parts: the seeded district on SQLite and its rollup (the expected counts come from the
 stored messages, not from the rollup), and `sonoedge-central serve` with exams checked by
 the collector for the officer's own cases.
@@ -19,8 +25,12 @@ from __future__ import annotations
 
 import calendar
 import csv
+import html
 import io
+import json
+import math
 import re
+import time
 from collections import Counter
 
 import pytest
@@ -32,9 +42,12 @@ from central.dashboard import queries as Q
 from central.dashboard.seed import SeedSettings, clinic_ids, district_of, seed
 from central.dashboard.store import exam_day_of, open_db, refresh, week_of
 from central.db import Row, Store
+from tests import conftest_mqtt as fx
 from tests.dashboard_harness import messages, request, standing_exams
 from tests.test_age_by_dates_district import served
 from tests.test_central import encode, message
+
+postgres, pg_url, url = fx.postgres, fx.pg_url, fx.url  # fixtures
 
 # Wednesday 1 July 2026, 00:00 UTC: the seed's last instant and the pages' "now", so the
 # weeks and their cells do not move with the day the test runs
@@ -46,6 +59,9 @@ EDGES_PCT = (5, 10, 15, 20, 30)
 ORANGES = ["#feedde", "#fdd0a2", "#fdae6b", "#fd8d3c", "#e6550d", "#a63603"]
 ALARM = ORANGES[4:]  # from 20%, the clinics' table flag
 MIN_EXAMS = 10  # a cell with fewer is too few to judge (C.QUALITY_CELL_MIN_EXAMS)
+WITHIN = "#ebebeb"  # muted: a share chance explains at the district's rate
+Z95 = 1.959963984540054  # the normal's 97.5th centile: a two-sided 95% interval
+FUNNEL = ["interval_low", "interval_high", "district_share", "above_district"]
 OLD_COLUMNS = ["plane", "week_starting", "exams", "mean_best_quality", "exams_below_0.5"]
 RECT = re.compile(r"<rect ([^>]*data-plane=[^>]*)>(?:<title>([^<]*)</title>)?</rect>")
 
@@ -107,6 +123,23 @@ def colour_of(exams: int, below: int) -> str:
     return ORANGES[sum(percent >= e for e in EDGES_PCT)]
 
 
+def wilson(below: int, exams: int) -> tuple[float, float]:
+    """The 95% Wilson score interval: the shares p with |below/exams - p| <= z sqrt(p (1 -
+    p) / exams), the roots of that quadratic in p."""
+    n, z2 = exams, Z95 ** 2
+    a, b, c = 1 + z2 / n, -(2 * below / n + z2 / n), (below / n) ** 2
+    root = math.sqrt(b * b - 4 * a * c)
+    return max(0.0, (-b - root) / (2 * a)), min(1.0, (-b + root) / (2 * a))
+
+
+def beyond_funnel(exams: int, below: int, rate: float) -> bool:
+    """Above the upper 95% control limit of a funnel plot around `rate` at `exams`
+    (Spiegelhalter 2005's normal limits, rate + z sqrt(rate (1 - rate) / n)): the same
+    judgement as a Wilson interval wholly above `rate`, worked out the other way round."""
+    return (exams >= MIN_EXAMS
+            and below / exams > rate + Z95 * math.sqrt(rate * (1 - rate) / exams))
+
+
 def luminance(colour: str) -> float:
     r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
@@ -120,24 +153,35 @@ def test_each_cell_is_coloured_by_its_share_of_best_frames_not_captured(district
     cells = cells_drawn(P.quality_svg(Q.quality_page(db, Q.Scope(district_id), per)))
     want = expected(sent, district_id, per)
     assert len(cells) == len(want) > 8 * 12
-    colours = Counter()
+    # the district's own share, every plane and week of the period: what chance is judged by
+    rate = sum(b for _, b in want.values()) / sum(n for n, _ in want.values())
+    above = old_alarm = 0
     for c in cells:
         exams, below = want[(c["data-plane"], week_of_text(c["data-week"]))]
         assert int(c["data-exams"]) == exams
+        flagged = beyond_funnel(exams, below, rate)
         if exams >= MIN_EXAMS:
-            assert c["fill"] == colour_of(exams, below), c
-            assert (c["fill"] in ALARM) == (round(100 * below / exams) >= 20)
+            assert c["fill"] == (colour_of(exams, below) if flagged else WITHIN), c
+            assert ("data-above" in c) == flagged
+            above += flagged
+            old_alarm += round(100 * below / exams) >= 20
         assert int(c["data-below"]) == below
         assert float(c["data-share"]) == pytest.approx(below / exams, abs=1e-4)
         if exams < MIN_EXAMS:
             continue
-        assert f"{below} of {exams} exams ({round(100 * below / exams)}%) under 0.5" \
+        low, high = wilson(below, exams)
+        assert (float(c["data-low"]), float(c["data-high"])) == (
+            pytest.approx(low, abs=1e-4), pytest.approx(high, abs=1e-4))
+        assert low <= below / exams <= high and (low > rate) == flagged
+        assert (f"{below} of {exams} exams ({round(100 * below / exams)}%) under 0.5, not "
+                f"captured (95% interval {low:.0%}"[:-1] + f"-{high:.0%})") \
             in c["title"], c["title"]
+        assert (f"clearly above the district's {round(100 * rate)}%" if flagged else
+                f"within chance of the district's {round(100 * rate)}%") in c["title"]
         assert "mean best-frame quality" in c["title"]  # the mean stays, in words
-        colours[c["fill"]] += 1
-    # the officer's district over 8 weeks took two colours by its mean; by its failures
-    # it spreads over the scale
-    assert len(colours) >= 4, colours
+    # the seeded clinics differ (some fail more), so some cells are clearly above; far
+    # fewer than a fixed orange from 20% drew, most of which chance explained
+    assert 0 < above < old_alarm, (above, old_alarm)
     # a sequential scale: each class darker than the one before
     assert [luminance(x) for x in ORANGES] == sorted((luminance(x) for x in ORANGES),
                                                     reverse=True)
@@ -166,10 +210,13 @@ def test_a_cell_with_too_few_exams_is_hatched_never_orange_and_says_so(district)
 def test_the_legend_names_the_scale_in_words(district):
     db, _ = district
     svg = P.quality_svg(Q.quality_page(db, Q.Scope(None), Q.period(8, END)))
-    texts = re.findall(r"<text [^>]*>([^<]*)</text>", svg)
+    texts = [html.unescape(t) for t in re.findall(r"<text [^>]*>([^<]*)</text>", svg)]
     assert "Share of exams with the plane's best frame under 0.5 (not captured):" in [
         t.replace("&#x27;", "'") for t in texts]
-    words = ["under 5%", "5-10%", "10-15%", "15-20%", "20-30%", "30% or more",
+    page = Q.quality_page(db, Q.Scope(None), Q.period(8, END))
+    within = (f"any share within chance of the district's {round(100 * page.district_share)}% "
+              "(95%)")
+    words = ["under 5%", "5-10%", "10-15%", "15-20%", "20-30%", "30% or more", within,
              f"fewer than {MIN_EXAMS} exams: too few to judge"]
     assert [t for t in texts if t in words] == words
     # each key's swatch is its class's colour, just before its words
@@ -177,10 +224,10 @@ def test_the_legend_names_the_scale_in_words(district):
                 (_attrs(r) for r in re.findall(r'<rect ([^>]*width="10" height="10"[^>]*)>',
                                                svg))}
     keys = {t: (float(x), float(y)) for x, y, t in
-            re.findall(r'<text x="([\d.]+)" y="([\d.]+)"[^>]*>([^<]*)</text>', svg)
-            if t in words}
+            re.findall(r'<text x="([\d.]+)" y="([\d.]+)"[^>]*>([^<]*)</text>',
+                       html.unescape(svg)) if t in words}
     assert [swatches[(keys[w][0] - 14, keys[w][1] - 9)] for w in words] == [
-        *ORANGES, "url(#too-few)"]
+        *ORANGES, WITHIN, "url(#too-few)"]
     assert "<title>Share of exams with the best frame under 0.5, per plane and week" in svg
 
 
@@ -190,14 +237,17 @@ def test_the_csv_keeps_its_columns_first_and_adds_the_share_after(district):
     body = P.quality_csv(Q.quality_page(db, Q.Scope("district-1"), per))
     rows = list(csv.reader(io.StringIO(body)))
     assert rows[0][:5] == OLD_COLUMNS  # scripts read them by position
-    assert rows[0][5:] == ["share_below_0.5", "too_few_to_judge"]
+    assert rows[0][5:] == ["share_below_0.5", "too_few_to_judge", *FUNNEL]
     want = expected(sent, "district-1", per)
     assert len(rows) - 1 == len(want)
-    for plane, week, exams, mean, below, share, few in rows[1:]:
+    rate = sum(b for _, b in want.values()) / sum(n for n, _ in want.values())
+    for plane, week, exams, mean, below, share, few, low, high, district, above in rows[1:]:
         assert (int(exams), int(below)) == want[(plane, week_of_text(week))]
         assert 0 < float(mean) <= 1
         assert float(share) == round(int(below) / int(exams), 4)
         assert few == str(int(int(exams) < MIN_EXAMS))
+        assert float(low) <= float(share) <= float(high) and float(district) == round(rate, 4)
+        assert above == str(int(beyond_funnel(int(exams), int(below), rate)))
 
 
 # -- the officer's own cases, through the collector and the served page ----------------------
@@ -214,19 +264,20 @@ def _exam(seq: int, planes: dict) -> Row:
 
 
 def test_the_served_page_alarms_on_failures_a_mean_hid_and_not_on_four_exams(tmp_path):
-    """This week: heads found 20 times, 6 under 0.5 and the rest near perfect (mean 0.81, the
-    old page's best blue); hearts 20 times, all at 0.55 (mean 0.55, none failed); LVOT 4
-    times, 3 under 0.5 (mean 0.48: the old page's only orange)."""
+    """This week: heads found 60 times, 18 under 0.5 and the rest near perfect (mean 0.81,
+    the old page's best blue); hearts 60 times, all at 0.55 (mean 0.55, none failed); LVOT 4
+    times, 3 under 0.5 (mean 0.48: the old page's only orange). The district's share is 21
+    of 124 (17%), and the heads' 30% of 60 is clearly above it."""
     db = str(tmp_path / "central.sqlite3")
     rows = []
-    for i in range(20):
-        planes = {"Brain (Tv.)": [10, 0.9, 0.45 if i < 6 else 0.97], "4CH": [6, 0.8, 0.55]}
+    for i in range(60):
+        planes = {"Brain (Tv.)": [10, 0.9, 0.45 if i < 18 else 0.97], "4CH": [6, 0.8, 0.55]}
         if i < 4:
             planes["LVOT"] = [5, 0.8, 0.4 if i < 3 else 0.72]
         rows.append(_exam(i + 1, planes))
     store = Store(db)
     try:
-        assert store.store(rows, []) == (20, 0)
+        assert store.store(rows, []) == (60, 0)
     finally:
         store.close()
     with served(db, tmp_path) as (base, cookie):
@@ -237,9 +288,10 @@ def test_the_served_page_alarms_on_failures_a_mean_hid_and_not_on_four_exams(tmp
         assert set(cells) == {"Brain (Tv.)", "4CH", "LVOT"}
         heads, hearts, lvot = cells["Brain (Tv.)"], cells["4CH"], cells["LVOT"]
         assert heads["fill"] == ORANGES[-1]  # 30%: the darkest
-        assert "6 of 20 exams (30%) under 0.5" in heads["title"]
+        assert "clearly above the district's 17%" in heads["title"]
+        assert "18 of 60 exams (30%) under 0.5" in heads["title"]
         assert "mean best-frame quality 0.81" in heads["title"]
-        assert hearts["fill"] == ORANGES[0]  # none failed, however low the mean
+        assert hearts["fill"] == WITHIN  # none failed, however low the mean: no alarm
         assert lvot["fill"] == "url(#too-few)"
         assert lvot["fill"] not in ORANGES
         # the current week's cells say "so far" (these exams are an hour old: this week's
@@ -255,8 +307,129 @@ def test_the_served_page_alarms_on_failures_a_mean_hid_and_not_on_four_exams(tmp
 
         body = request(base, "/api/quality.csv?weeks=8", cookie)[2].decode()
         got = list(csv.reader(io.StringIO(body)))
-        assert got[0] == [*OLD_COLUMNS, "share_below_0.5", "too_few_to_judge"]
-        by_plane = {r[0]: r[2:] for r in got[1:]}
-        assert by_plane["Brain (Tv.)"] == ["20", "0.814", "6", "0.3", "0"]
-        assert by_plane["4CH"] == ["20", "0.55", "0", "0.0", "0"]
-        assert by_plane["LVOT"] == ["4", "0.48", "3", "0.75", "1"]
+        assert got[0] == [*OLD_COLUMNS, "share_below_0.5", "too_few_to_judge", *FUNNEL]
+        by_plane = {r[0]: r[2:7] + r[-2:] for r in got[1:]}
+        assert by_plane["Brain (Tv.)"] == ["60", "0.814", "18", "0.3", "0", "0.1694", "1"]
+        assert by_plane["4CH"] == ["60", "0.55", "0", "0.0", "0", "0.1694", "0"]
+        assert by_plane["LVOT"] == ["4", "0.48", "3", "0.75", "1", "0.1694", "0"]
+
+
+# -- chance: a funnel plot's limits, on SQLite and PostgreSQL --------------------------------
+# Five clinics, each box scanning one plane, every exam on last week's Thursday. The district
+# fails 60 of 500 (12%): clinic-chance 4 of 20 (20%, what 20 exams at 12% show by chance),
+# clinic-poor 18 of 60 (30%, clearly more), and three clinics 38 of 420 between them.
+FUNNEL_DISTRICT = {  # device: (clinic, plane, exams, under 0.5)
+    "dev-chance": ("clinic-chance", "LVOT", 20, 4),
+    "dev-poor": ("clinic-poor", "4CH", 60, 18),
+    "dev-b1": ("clinic-b1", "Brain (Tv.)", 140, 13),
+    "dev-b2": ("clinic-b2", "Brain (Tv.)", 140, 13),
+    "dev-b3": ("clinic-b3", "Brain (Tv.)", 140, 12),
+}
+
+
+def _funnel_district(db_url: str) -> None:
+    """FUNNEL_DISTRICT's exams, each checked by the collector as it arrives, stored and
+    rolled up."""
+    from central.dashboard.store import open_db as open_dash
+
+    day = int(time.time() // C.DAY_S)
+    thursday = (day - (day + 3) % 7 - 4) * C.DAY_S + 12 * 3600.0  # last week's
+    registry = {dev: clinic for dev, (clinic, *_) in FUNNEL_DISTRICT.items()}
+    rows = []
+    for dev, (_, plane, exams, failed) in FUNNEL_DISTRICT.items():
+        for i in range(exams):
+            ts = thursday + i
+            payload = message("exam", device=dev, seq=i + 1, ts=ts, ended_ts=ts,
+                              planes={plane: [8, 0.9, 0.4 if i < failed else 0.8],
+                                      "Background": [50, 0.9, 0.0]})
+            row = collector.check(f"sonoedge/{dev}/exam", encode(payload), 4096, "c1",
+                                  time.time(), registry)
+            assert isinstance(row, Row), row
+            rows.append(row)
+    store = Store(db_url)
+    try:
+        assert store.store(rows, []) == (500, 0)
+    finally:
+        store.close()
+    db = open_dash(db_url)
+    try:
+        refresh(db)
+    finally:
+        db.close()
+
+
+def test_chance_is_not_flagged_and_a_clinic_clearly_worse_is(url, tmp_path):
+    """20 exams at 20% is what a district failing 12% shows by chance: not flagged, in the
+    table or the heatmap, where a fixed 20% flagged it; 60 at 30% is clearly worse: flagged,
+    and first. Each says its interval; the page says the rule in one line."""
+    _funnel_district(url)
+    with served(url, tmp_path) as (base, cookie):
+        status, _, body = request(base, "/quality?weeks=8", cookie)
+        assert status == 200
+        page = html.unescape(body.decode())
+        # the clinics' table: only the clinic clearly above the district's 12% is flagged
+        table = page[page.index('<table class="quality-clinics">'):]
+        table = table[:table.index("</table>")]
+        rows = re.findall(r'<tr( class=flag)?><td><a href="/clinic/([^?"]+)[^>]*>.*?</tr>',
+                          table)
+        assert rows[0] == (" class=flag", "clinic-poor")
+        assert [c for flag, c in rows if flag] == ["clinic-poor"]
+        assert {c for _, c in rows} == {x[0] for x in FUNNEL_DISTRICT.values()}
+        assert re.search(r'<tr><td><a href="/clinic/clinic-chance[^>]*>.*?title="95% interval '
+                         r"8-42%: within chance of the district's 12%\">20% \(4\)</td>", table)
+        assert re.search(r'<tr class=flag><td><a href="/clinic/clinic-poor[^>]*>.*?title="95% '
+                         r"interval 20-43%: clearly above the district's 12%\">30% \(18\)</td>",
+                         table)
+        # the heatmap: a plane per clinic here, so the same judgement cell by cell
+        svg = page[page.index('data-chart="quality"'):]
+        cells = {c["data-plane"]: c for c in cells_drawn(svg[:svg.index("</svg>")])}
+        lvot, hearts, heads = cells["LVOT"], cells["4CH"], cells["Brain (Tv.)"]
+        assert lvot["fill"] == WITHIN and "data-above" not in lvot  # 20%: was ALARM
+        assert lvot["title"].startswith("LVOT, week of ") and (
+            "within chance of the district's 12%; 4 of 20 exams (20%) under 0.5, not captured "
+            "(95% interval 8-42%)") in lvot["title"], lvot["title"]
+        assert hearts["fill"] == ALARM[1] and hearts["data-above"] == "1"  # 30%
+        assert "clearly above the district's 12%; 18 of 60 exams (30%)" in hearts["title"]
+        assert heads["fill"] == WITHIN  # 9%: under the district's
+        assert "Orange only where a share is clearly above the district's own 12% (its 95% " \
+            "Wilson interval wholly above it, the limits of a funnel plot)" in page
+        # the CSVs say the same, after the columns they had
+        body = request(base, "/api/quality_clinics.csv?weeks=8", cookie)[2].decode()
+        got = {r["clinic_id"]: r for r in csv.DictReader(io.StringIO(body))}
+        assert list(got["clinic-poor"])[-5:] == [*FUNNEL, "district"]
+        assert {c: r["above_district"] for c, r in got.items()} == {
+            "clinic-poor": "1", "clinic-chance": "0", "clinic-b1": "0", "clinic-b2": "0",
+            "clinic-b3": "0"}
+        assert got["clinic-chance"]["district_share"] == "0.12"
+        # a clinic's own page judges it against its district, not against itself
+        for clinic, flagged in (("clinic-poor", True), ("clinic-chance", False)):
+            own = request(base, f"/clinic/{clinic}?weeks=8", cookie)[2].decode()
+            own = own[own.index('<table class="quality-clinics">'):]
+            assert own.startswith('<table class="quality-clinics"><tr><th>')
+            assert ("<tr class=flag>" in own[:own.index("</table>")]) == flagged, clinic
+        # hostile parameters on the page and its CSVs: one line naming the field, still
+        for path in ("/quality?weeks=abc", "/quality?district=%3Cscript%3E",
+                     "/quality?weeks=8&district=" + "d" * 500,
+                     "/api/quality.csv?weeks=-1", "/api/quality_clinics.csv?weeks=1e9",
+                     "/clinic/clinic-poor?weeks=%00"):
+            status, _, body = request(base, path, cookie)
+            assert status == 400, (path, body[:200])
+            text = body.decode()
+            said = (re.findall(r'<p class="warn">(.*?)</p>', text) if path[1] != "a"
+                    else [json.loads(text)["error"]])
+            assert len(said) == 1 and re.match(r"(weeks|district): ", said[0]), said
+            assert "<script>" not in text and "Traceback" not in text and "\n" not in said[0]
+    assert C.QUALITY_FUNNEL_CONFIDENCE == 0.95  # named, with its source, in config.py
+
+
+def test_the_wilson_interval_is_the_textbook_one():
+    """Against the worked values (Newcombe, Stat Med 1998;17:857-872, table I: 81 of 263,
+    0.2553-0.3662; 15 of 148, 0.0624-0.1605; 0 of 20, 0-0.1611) and this file's own roots."""
+    for k, n, low, high in ((81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605),
+                            (0, 20, 0.0, 0.1611)):
+        assert Q.wilson_interval(k, n) == (pytest.approx(low, abs=1e-4),
+                                           pytest.approx(high, abs=1e-4))
+    for k, n in ((4, 20), (18, 60), (1, 10), (10, 10), (0, 1000)):
+        assert Q.wilson_interval(k, n) == pytest.approx(wilson(k, n), abs=1e-9)
+    assert not Q.above_chance(9, 9, 0.12)  # under C.QUALITY_CELL_MIN_EXAMS: never judged
+    assert Q.wilson_interval(0, 0) == (0.0, 1.0)

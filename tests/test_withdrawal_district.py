@@ -19,9 +19,10 @@ import re
 import time
 import uuid
 
+from central import collector
 from central.dashboard import queries
 from central.dashboard.store import open_db
-from central.db import DeadLetter
+from central.db import DeadLetter, Row, Store
 from edge.loop import tell_district_withdrawal
 from edge.store.journal import Journal
 from edge.uplink import messages
@@ -200,6 +201,76 @@ def test_the_pages_and_csvs_count_it_out_and_the_clinic_page_says_withdrawn(tmp_
         assert re.search(r'<tr data-figure="withdrawn:two_women" data-now="1"[^>]*><td>'
                          r"of those, two women in one exam</td>", page)
         assert re.search(r'<tr data-figure="exams" data-now="2"', page)
+
+
+def test_the_clinics_table_and_csv_say_how_many_each_clinic_withdrew(url, tmp_path):
+    """The district's overview (the clinics page) counted only the exams that stand, so an
+    officer comparing clinics could not see one withdrawing a third of its exams. Its table
+    gives each clinic's withdrawn exams beside its exams, in the clinic page's words, and
+    the CSV a column per day, after every column it had: clinic-1 ends 6 exams and withdraws
+    2 (a third; a third withdrawal undone), clinic-2 ends 3 and withdraws 1."""
+    registry = {"dev-a": "clinic-1", "dev-c": "clinic-2"}
+    hc = _small_for_25_weeks()
+    payloads = [_exam(i, hc, 22.6, exam_id=f"a-{i}") for i in range(1, 7)]
+    payloads += [_withdrawal(7, "a-2"), _withdrawal(8, "a-5", reason="mistake"),
+                 _withdrawal(9, "a-6", reason="wrong_woman"),
+                 _withdrawal(10, "a-6", withdrawn=False, reason="wrong_woman")]
+    payloads += [_exam(i, hc, 22.6, device="dev-c", exam_id=f"c-{i}") for i in (1, 2, 3)]
+    payloads += [_withdrawal(4, "c-3", reason="wrong_woman", device="dev-c")]
+    rows = [collector.check(f"sonoedge/{p['device_id']}/{p['kind']}", json.dumps(p).encode(),
+                            4096, "c1", time.time(), registry) for p in payloads]
+    assert all(isinstance(r, Row) for r in rows), rows
+    st = Store(url)
+    try:
+        assert st.store(rows, []) == (len(rows), 0)
+    finally:
+        st.close()
+    with served(url, tmp_path) as (base, cookie):
+        status, _, body = request(base, "/clinics?weeks=8", cookie)
+        assert status == 200
+        page = body.decode()
+        table = re.search(r'<table class="silent">(.*?)</table>', page, re.S).group(1)
+        head = re.findall(r"<th>(.*?)</th>", table)
+        assert head[:3] == ["clinic", "exams",
+                            "Exams withdrawn by the midwife (in no other figure)"]
+        got = {}
+        for clinic in ("clinic-1", "clinic-2"):
+            row = re.search(rf'<tr data-clinic="{clinic}">(.*?)</tr>', table).group(1)
+            got[clinic] = re.findall(r'<td class="num">(\d+)</td><td class="num withdrawn" '
+                                     r'data-withdrawn="(\d+)">([^<]*)</td>', row)[0]
+        assert got == {"clinic-1": ("4", "2", "2 (33% of 6)"),
+                       "clinic-2": ("2", "1", "1 (33% of 3)")}
+        # the plot's words for a clinic's day or week say it too
+        svg = re.search(r'<svg [^>]*data-chart="clinics".*?</svg>', page, re.S).group(0)
+        tips = re.findall(r'data-clinic="clinic-1"[^>]*><title>([^<]*)</title>', svg)
+        said = [re.search(r"; (\d+) exams? withdrawn by the midwife", t) for t in tips]
+        assert sum(int(m.group(1)) for m in said if m) == 2, tips  # its day (or two)
+        # the CSV: every column where it was, the new one last but the district
+        status, _, body = request(base, "/api/clinics.csv?weeks=8", cookie)
+        assert status == 200
+        csv_rows = list(csv.reader(io.StringIO(body.decode())))
+        assert csv_rows[0] == ["clinic_id", "day", "exams", "health", "silent",
+                               "sequence_holes", "messages_missing", "clinic_name",
+                               "silent_weekday", "before_first_message",
+                               "exams_heads_refused_setup", "exams_withdrawn", "district"]
+        by = {c: (sum(int(r[2]) for r in csv_rows[1:] if r[0] == c),
+                  sum(int(r[11]) for r in csv_rows[1:] if r[0] == c))
+              for c in ("clinic-1", "clinic-2")}
+        assert by == {"clinic-1": (4, 2), "clinic-2": (2, 1)}
+        # the clinic's own page: the same count, in the same words
+        own = request(base, "/clinic/clinic-1?weeks=8", cookie)[2].decode()
+        assert re.search(r'<tr data-figure="withdrawn" data-now="2"[^>]*><td>Exams withdrawn '
+                         r"by the midwife \(in no figure above\)</td>", own)
+        # hostile parameters: one line naming the field, on the page and its CSV
+        for path in ("/clinics?weeks=abc", "/clinics?district=%3Cscript%3E",
+                     "/api/clinics.csv?weeks=%00", "/api/clinics.csv?district=" + "d" * 500):
+            status, _, body = request(base, path, cookie)
+            assert status == 400, (path, body[:200])
+            text = body.decode()
+            said = ([json.loads(text)["error"]] if path.startswith("/api/") else
+                    re.findall(r'<p class="warn">(.*?)</p>', text))
+            assert len(said) == 1 and re.match(r"(weeks|district): ", said[0]), said
+            assert "<script>" not in text and "Traceback" not in text and "\n" not in said[0]
 
 
 def test_hostile_withdrawal_messages_are_dead_letters_naming_the_field(url):

@@ -96,20 +96,26 @@ SEQ_RUNS_PER_BLOCK = 256
 # min_quality; both shipped protocols use 0.5 (edge/exam/protocols.toml). Central does not
 # import edge, so the figure is repeated here for the quality page's "below capture" share.
 MIN_QUALITY = 0.5
-# A clinic whose best frames fall under MIN_QUALITY this often is flagged on the quality
-# page's table: one plane in five found and not captured (our judgement of where a visit to
-# train pays, not a published figure; the seeded district's worst clinic is at 18%).
-QUALITY_CLINIC_FLAG = 0.2
+# A clinic (the quality page's table) or a cell of its heatmap (a plane, a week) is flagged
+# only when its share of best frames under MIN_QUALITY is clearly above the district's own
+# share over the period: the Wilson score interval of its share at this confidence lies
+# wholly above the district's, the control limits of a funnel plot (Spiegelhalter,
+# "Funnel plots for comparing institutional performance", Stat Med 2005;24:1185-1202; the
+# Wilson interval: Wilson, JASA 1927;22:209-212). A fixed 20% flagged chance: at 20 exams
+# and a true 12%, about one cell in five reaches 20% by luck, so the officer coached
+# clinics that were no worse than the rest. 95% as a funnel plot's inner limits: of the
+# cells no worse than the district, about one in forty is still flagged.
+QUALITY_FUNNEL_CONFIDENCE = 0.95
 # The plane a clinic's best frames fall under MIN_QUALITY most often: by share, among the
 # planes it found this often (2 of 2 is no pattern); by count, the most scanned plane came
 # first everywhere.
 QUALITY_PLANE_MIN_FRAMES = 10
-# A cell of the quality heatmap (a plane, a week) is coloured by the share of its exams
-# whose best frame of that plane fell under MIN_QUALITY only when this many exams or more
-# found the plane: under 10, one exam moves the share by more than 10 points, the width of
-# the scale's classes, so a cell would change colour with one scan. Fewer is drawn "too
-# few to judge" (hatched), never in an alarm colour: a viewer's only alarm on 26 weeks
-# was a week so far of 4 exams (an officer's walk).
+# The minimum n of the funnel rule above. A cell of the quality heatmap (a plane, a week)
+# is judged, and a clinic of its table can be flagged, only when this many exams or more
+# found the plane (best frames, for a clinic): under 10, one exam moves the share by more
+# than 10 points, the width of the scale's classes, so a cell would change colour with one
+# scan. Fewer is drawn "too few to judge" (hatched), never in an alarm colour: a viewer's
+# only alarm on 26 weeks was a week so far of 4 exams (an officer's walk).
 QUALITY_CELL_MIN_EXAMS = 10
 NOT_A_VIEW = schema.NOT_A_VIEW  # as central/report.py and the device's summary shedding
 

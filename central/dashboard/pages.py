@@ -150,6 +150,8 @@ NAME_GAP, TOTALS_GAP, TOTALS_RIGHT, TOTALS_NAME_X, NAME_END = 6, 8, (40, 100, 16
 CLINIC_NAME_W = (C.PLOT_BOX_W - 7 * C.CLINICS_DAILY_WEEKS * C.CLINICS_DAY_W
                  - 2 * NAME_GAP - TOTALS_GAP - TOTALS_NAME_X - NAME_END) // 2
 NOT_HEARD = "not heard: the collector had stopped"
+# A clinic's exams the midwife withdrew, as its page and the clinics' table say them
+WITHDRAWN_WORDS = "exams withdrawn by the midwife"
 HOLE_KEY_W = 12  # the legend's orange dot and its gap, before its words
 
 
@@ -200,6 +202,8 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
             tip = (f"{title} {Q.day_text(d)}: " +
                    (quiet if c.silent else
                     f"{plural(c.exams, 'exam')}, {plural(c.health, 'health message')}") +
+                   (f"; {plural(c.withdrawn, 'exam')} withdrawn by the midwife"
+                    if c.withdrawn else "") +
                    (f"; {plural(c.holes, 'sequence hole')}" if c.holes else "") +
                    (f", {plural(c.missing, 'message')} missing" if c.missing else ""))
             svg.rect(label_w + i * cw + 0.5, y + 0.5, cw - 1, ROW_H - 1, fill, tip=tip,
@@ -360,23 +364,37 @@ def long_spells(page: Q.ClinicsPage, clinic: str) -> list[Q.SilentSpell]:
 def _row_words(page: Q.ClinicsPage, clinic: str) -> str:
     exams, silent, missing = page.totals(clinic)
     spells = long_spells(page, clinic)
-    words = (f"{clinic_text(clinic, page.names.get(clinic, ''))}: {plural(exams, 'exam')}, "
-             f"{plural(silent, 'silent weekday')}")
+    withdrawn = page.withdrawn(clinic)
+    words = (f"{clinic_text(clinic, page.names.get(clinic, ''))}: {plural(exams, 'exam')}"
+             + (f" (and {plural(withdrawn, 'exam')} withdrawn by the midwife)"
+                if withdrawn else "")
+             + f", {plural(silent, 'silent weekday')}")
     if spells:
         words += "; silent " + "; ".join(spell_text(s) for s in spells[:3])
         words += f" and {len(spells) - 3} more" if len(spells) > 3 else ""
     return words + (f"; {plural(missing, 'message')} missing" if missing else "")
 
 
+def withdrawn_cell(withdrawn: int, exams: int) -> str:
+    """A clinic's withdrawn exams and their share of all it ended, withdrawn or not ("12
+    (25% of 48)"): a clinic withdrawing a third of its exams stands out beside the rest."""
+    if not withdrawn:
+        return "0"
+    return f"{withdrawn} ({pct(withdrawn / (exams + withdrawn))} of {exams + withdrawn})"
+
+
 def silent_table(page: Q.ClinicsPage) -> str:
     """Every clinic's totals and its silent spells in words: what the plot shows, for a
     screen reader, a printout, or a phone that cannot take the plot in at once."""
-    head = ("<tr><th>clinic</th><th>exams</th><th>silent weekdays</th>"
+    head = ("<tr><th>clinic</th><th>exams</th>"
+            f"<th>{WITHDRAWN_WORDS[:1].upper()}{WITHDRAWN_WORDS[1:]} (in no other figure)</th>"
+            "<th>silent weekdays</th>"
             f"<th>silent {C.SILENT_SPELL_WEEKDAYS} weekdays or more in a row, latest first"
             "</th><th>messages missing</th><th>heads refused by the box's set-up</th></tr>")
     body = []
     for clinic in page.clinics:
         exams, silent, missing = page.totals(clinic)
+        withdrawn = page.withdrawn(clinic)
         spells = long_spells(page, clinic)
         shown = [f'<span data-spell="{s.first_day},{s.last_day},{s.weekdays}">'
                  f"{esc(spell_text(s))}</span>" for s in spells[:C.SPELLS_SHOWN]]
@@ -385,12 +403,15 @@ def silent_table(page: Q.ClinicsPage) -> str:
         never = page.first_day is not None and clinic not in page.first_day
         body.append(f'<tr data-clinic="{esc(clinic)}"><td>'
                     f"{clinic_html(clinic, page.names.get(clinic, ''), page.period.weeks)}</td>"
-                    f'<td class="num">{exams}</td><td class="num">{silent}</td>'
+                    f'<td class="num">{exams}</td>'
+                    f'<td class="num withdrawn" data-withdrawn="{withdrawn}">'
+                    f"{withdrawn_cell(withdrawn, exams)}</td>"
+                    f'<td class="num">{silent}</td>'
                     f"<td>{'<br>'.join(shown) or ('no message ever' if never else '-')}</td>"
                     f'<td class="num">{missing}</td>'
                     f'<td class="setup">{setup_fault_html(page.setup_faults(clinic))}</td></tr>')
     if not body:
-        body.append('<tr><td colspan="6" class="muted">no clinics in this scope</td></tr>')
+        body.append('<tr><td colspan="7" class="muted">no clinics in this scope</td></tr>')
     return f'<div class="wide"><table class="silent">{head}{"".join(body)}</table></div>'
 
 
@@ -406,14 +427,16 @@ def setup_fault_html(texts: list[str]) -> str:
 def clinics_csv(page: Q.ClinicsPage) -> str:
     """A row per clinic and day. `silent`: no message that day; `silent_weekday`: a silent
     day the page counts (a weekday, not today, not before the clinic's first message:
-    ClinicsPage.counts), so that the CSV adds up to the page's silent weekdays."""
+    ClinicsPage.counts), so that the CSV adds up to the page's silent weekdays.
+    `exams_withdrawn`: the day's exams the midwife withdrew, in no other column (the last
+    but the district, as every column added)."""
     return to_csv(["clinic_id", "day", "exams", "health", "silent", "sequence_holes",
                    "messages_missing", "clinic_name", "silent_weekday",
-                   "before_first_message", "exams_heads_refused_setup"],
+                   "before_first_message", "exams_heads_refused_setup", "exams_withdrawn"],
                   [[c.clinic_id, Q.day_text(c.day), c.exams, c.health, int(c.silent), c.holes,
                     c.missing, page.names.get(c.clinic_id, ""),
                     int(page.silent_weekday(c.clinic_id, c.day)),
-                    int(page.before_first(c.clinic_id, c.day)), c.setup_refused]
+                    int(page.before_first(c.clinic_id, c.day)), c.setup_refused, c.withdrawn]
                    for c in page.rows()])
 
 
@@ -567,14 +590,44 @@ WEEK_LABEL_W = 64  # px a week's date ("2026-10-12") takes at the 10 px font, an
 # The heatmap's scale: the share of a cell's exams whose best frame of the plane scored under
 # C.MIN_QUALITY (found, not captured). A mean of best frames hid them: over 8 weeks the
 # seeded district's 104 cells took two blues while 5-15% of each clinic's best frames were
-# not captured. The classes are 5 points wide where the district's cells lie (most 5-20%),
-# and the alarm orange starts at the clinics' table flag, so the two say the same.
-FAILED_EDGES = [0.05, 0.1, 0.15, C.QUALITY_CLINIC_FLAG, 0.3]
+# not captured. The classes are 5 points wide where the district's cells lie (most 5-20%).
+# Only a cell clearly above the district's share (Q.above_chance, a funnel plot's limits)
+# takes its orange; the rest, whatever their share, one muted grey: at 20 exams a true 12%
+# reaches 20% by chance in a cell in five, and an orange scale sent the officer to them.
+FAILED_EDGES = [0.05, 0.1, 0.15, 0.2, 0.3]
 FAILED_COLOURS = ORANGES  # one colour per class: under the first edge ... from the last
-ALARM_COLOURS = ORANGES[FAILED_EDGES.index(C.QUALITY_CLINIC_FLAG) + 1:]
+WHITE_ON = ORANGES[4:]  # the two darkest: a cell's share is written on them in white
+WITHIN_CHANCE = "#ebebeb"  # muted: a share chance at the district's own rate explains
 TOO_FEW = f"fewer than {C.QUALITY_CELL_MIN_EXAMS} exams: too few to judge"
 NOT_FOUND = "blank: no exam found the plane"
 TOO_FEW_INK = "#bdbdbd"  # a light hatch: it recedes behind the cells that can be judged
+
+
+def confidence_text() -> str:
+    """C.QUALITY_FUNNEL_CONFIDENCE as the pages say it: "95%"."""
+    return f"{C.QUALITY_FUNNEL_CONFIDENCE * 100:g}%"
+
+
+def interval_text(low_high: tuple[float, float]) -> str:
+    """A share's interval as the titles give it: "95% interval 8-42%"."""
+    low, high = low_high
+    return f"{confidence_text()} interval {pct(low)[:-1]}-{pct(high)}"
+
+
+def chance_words(above: bool, n: int, district_share: float) -> str:
+    """Whether a share of `n` is beyond chance, against the district's, in words."""
+    if n < C.QUALITY_CELL_MIN_EXAMS:
+        return f"too few to judge (under {C.QUALITY_CELL_MIN_EXAMS})"
+    return (f"clearly above the district's {pct(district_share)}" if above else
+            f"within chance of the district's {pct(district_share)}")
+
+
+def funnel_rule(page: Q.QualityPage) -> str:
+    """The rule in one line, as the quality page says it above its heatmap."""
+    return (f"Orange only where a share is clearly above the district's own "
+            f"{pct(page.district_share)} (its {confidence_text()} Wilson interval wholly "
+            f"above it, the limits of a funnel plot): a higher share that its number of exams "
+            f"could show by chance is grey.")
 
 
 def failed_keys() -> list[str]:
@@ -592,6 +645,9 @@ def failed_percent(c: Q.PlaneWeek) -> int:
 
 
 def failed_colour(c: Q.PlaneWeek) -> str:
+    """Its class's orange where clearly above the district's share; else muted."""
+    if not c.above:
+        return WITHIN_CHANCE
     return bin_colour(failed_percent(c) / 100, FAILED_EDGES, FAILED_COLOURS)
 
 
@@ -599,11 +655,12 @@ def quality_cell_tip(c: Q.PlaneWeek, this_week: int | None = None) -> str:
     where = (f"{c.plane}, week of {Q.week_text(c.week)}"
              + (" (this week so far)" if c.week == this_week else ""))
     counts = (f"{c.below_capture} of {plural(c.exams, 'exam')} ({failed_percent(c)}%) under "
-              f"{C.MIN_QUALITY}, not captured; mean best-frame quality {c.mean_quality:.2f}")
+              f"{C.MIN_QUALITY}, not captured ({interval_text(c.interval)}); mean best-frame "
+              f"quality {c.mean_quality:.2f}")
     if c.too_few:
         return (f"{where}: too few to judge (under {C.QUALITY_CELL_MIN_EXAMS} exams); "
                 f"{counts}")
-    return f"{where}: {counts}"
+    return f"{where}: {chance_words(c.above, c.exams, c.district_share)}; {counts}"
 
 
 def quality_svg(page: Q.QualityPage) -> str:
@@ -616,12 +673,14 @@ def quality_svg(page: Q.QualityPage) -> str:
     heading = (f"Share of exams with the plane's best frame under {C.MIN_QUALITY} "
                "(not captured):")
     keys = list(zip(FAILED_COLOURS, failed_keys(), strict=True))
+    within = (f"any share within chance of the district's {pct(page.district_share)} "
+              f"({confidence_text()})")
     step = -(-WEEK_LABEL_W // cell_w)  # a date every so many cells, never overlapping
     last_date = label_w + (max(0, len(page.weeks) - 1) // step * step) * cell_w
     width = max(label_w + cell_w * len(page.weeks) + 20, last_date + WEEK_LABEL_W,
                 label_w + round(legend_width(keys, measured=True)) + 10,
                 label_w + round(text_width(heading)) + 10,
-                label_w + round(legend_width([("", TOO_FEW), ("", NOT_FOUND)],
+                label_w + round(legend_width([("", within), ("", TOO_FEW), ("", NOT_FOUND)],
                                              measured=True)) + 10)
     height = top + cell_h * max(1, len(page.planes)) + 80
     svg = Svg(width, height, f"Share of exams with the best frame under {C.MIN_QUALITY}, "
@@ -644,15 +703,18 @@ def quality_svg(page: Q.QualityPage) -> str:
                  tip=quality_cell_tip(c, page.period.last_week),
                  data_plane=c.plane, data_week=Q.week_text(c.week), data_exams=c.exams,
                  data_mean=f"{c.mean_quality:.4f}", data_below=c.below_capture,
-                 data_share=f"{c.below_share:.4f}", data_too_few="" if c.too_few else None)
+                 data_share=f"{c.below_share:.4f}", data_too_few="" if c.too_few else None,
+                 data_low=f"{c.interval[0]:.4f}", data_high=f"{c.interval[1]:.4f}",
+                 data_above=1 if c.above else None)
         if written and not c.too_few:
             svg.text(x + cell_w / 2, y + cell_h - 5, f"{failed_percent(c)}%", anchor="middle",
-                     size=10, fill="#fff" if fill in ALARM_COLOURS else INK,
+                     size=10, fill="#fff" if fill in WHITE_ON else INK if c.above else MUTED,
                      pointer_events="none")
     y = top + cell_h * len(page.planes) + 24
     svg.text(label_w, y, heading, fill=MUTED)
     legend(svg, label_w, y + 18, keys, measured=True)
-    legend(svg, label_w, y + 36, [(too_few, TOO_FEW), ("#fff", NOT_FOUND)], measured=True)
+    legend(svg, label_w, y + 36, [(WITHIN_CHANCE, within), (too_few, TOO_FEW),
+                                  ("#fff", NOT_FOUND)], measured=True)
     return svg.done()
 
 
@@ -681,40 +743,56 @@ def deficiencies_svg(page: Q.QualityPage) -> str:
                  "deficiencies", rows, value_max=scale, label_w=220)
 
 
+# The columns the funnel rule adds to a quality CSV, after those it had: the share's
+# interval at C.QUALITY_FUNNEL_CONFIDENCE, the district's share it is judged against, and
+# whether it is clearly above it (1: drawn orange, flagged)
+FUNNEL_COLUMNS = ["interval_low", "interval_high", "district_share", "above_district"]
+
+
+def _funnel_cells(x: Q.PlaneWeek | Q.ClinicQuality) -> list:
+    low, high = x.interval
+    return [round(low, 4), round(high, 4), round(x.district_share, 4), int(x.above)]
+
+
 def quality_csv(page: Q.QualityPage) -> str:
     """The heatmap's cells. Scripts read the first five columns by position: new ones go
     after them, the share the colour is drawn from and whether it was judged (1: fewer than
-    C.QUALITY_CELL_MIN_EXAMS exams, drawn "too few to judge")."""
+    C.QUALITY_CELL_MIN_EXAMS exams, drawn "too few to judge"), then FUNNEL_COLUMNS."""
     return to_csv(["plane", "week_starting", "exams", "mean_best_quality",
                    f"exams_below_{C.MIN_QUALITY}", f"share_below_{C.MIN_QUALITY}",
-                   "too_few_to_judge"],
+                   "too_few_to_judge", *FUNNEL_COLUMNS],
                   [[c.plane, Q.week_text(c.week), c.exams, round(c.mean_quality, 4),
-                    c.below_capture, round(c.below_share, 4), int(c.too_few)]
+                    c.below_capture, round(c.below_share, 4), int(c.too_few),
+                    *_funnel_cells(c)]
                    for c in page.cells])
 
 
 def quality_clinics_csv(page: Q.QualityPage) -> str:
-    """A row per clinic: its best frames over the period, every plane."""
+    """A row per clinic: its best frames over the period, every plane; FUNNEL_COLUMNS after
+    its name."""
     return to_csv(["clinic_id", "best_frames", "mean_best_quality",
                    f"best_frames_below_{C.MIN_QUALITY}", "worst_plane",
                    f"worst_plane_below_{C.MIN_QUALITY}", "worst_plane_best_frames",
-                   "clinic_name"],
+                   "clinic_name", *FUNNEL_COLUMNS],
                   [[c.clinic_id, c.best_frames, round(c.mean_quality, 4), c.below_capture,
                     c.worst_plane if c.worst_below else "", c.worst_below,
-                    c.worst_frames if c.worst_below else "", c.name]
+                    c.worst_frames if c.worst_below else "", c.name, *_funnel_cells(c)]
                    for c in page.clinics])
 
 
 def quality_clinics_table(page: Q.QualityPage) -> str:
-    """The clinics whose best frames fall short most first."""
+    """The clinics clearly above the district's share first, then the others, each by
+    share, worst first; a share's interval and judgement in its cell's title."""
     if not page.clinics:
         return '<p class="lead">No best frames in this period.</p>'
     rows = "".join(
-        f"<tr{' class=flag' if c.below_share >= C.QUALITY_CLINIC_FLAG else ''}>"
+        f"<tr{' class=flag' if c.above else ''}>"
         f"<td>{clinic_html(c.clinic_id, c.name, page.period.weeks)}</td>"
         f"<td class=num>{c.best_frames}</td>"
         f"<td class=num>{c.mean_quality:.2f}</td>"
-        f"<td class=num>{pct(c.below_share)} ({c.below_capture})</td>"
+        f'<td class=num title="{esc(interval_text(c.interval))}: '
+        f'{esc(chance_words(c.above, c.best_frames, c.district_share))}">'
+        f"{pct(c.below_share)} ({c.below_capture})</td>"
         + (f"<td>{esc(c.worst_plane)}: {c.worst_below} of {c.worst_frames}</td></tr>"
            if c.worst_below else "<td>-</td></tr>")
         for c in page.clinics)
@@ -1093,7 +1171,7 @@ FIGURE_WORDS = {
     "told_large": "Dated heads the midwife was told are " + DATES_FLAG_WORDS["large"],
     "setup_refused": "Exams whose heads the box's set-up refused (no head measured: "
                      "calibration, depth scale or picture shape)",
-    "withdrawn": "Exams withdrawn by the midwife (in no figure above)"}
+    "withdrawn": f"{WITHDRAWN_WORDS[:1].upper()}{WITHDRAWN_WORDS[1:]} (in no figure above)"}
 # Why a midwife withdrew an exam (wire/schemas/withdrawal.schema.json's reasons)
 WITHDRAWAL_WORDS = {"mistake": "started by mistake", "test_scan": "a test scan",
                     "wrong_woman": "the wrong woman", "two_women": "two women in one exam"}

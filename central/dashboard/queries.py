@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import calendar
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 from central.dashboard import config as C
 from central.dashboard import reference as R
@@ -320,10 +322,12 @@ class ClinicDay:
     holes: int = 0  # sequence holes whose span touches this day
     missing: int = 0  # messages missing in holes that end this day
     setup_refused: int = 0  # exams ended this day whose heads the box's set-up refused
+    withdrawn: int = 0  # exams ended this day the midwife withdrew (in none of the above)
 
     @property
     def silent(self) -> bool:
-        return self.exams + self.health + self.other == 0
+        """No message: a withdrawn exam is one (its box was heard), though in no count."""
+        return self.exams + self.health + self.other + self.withdrawn == 0
 
 
 @dataclass
@@ -382,6 +386,12 @@ class ClinicsPage:
                 sum(1 for d in self.period.days if self.silent_weekday(clinic, d)),
                 sum(c.missing for c in cells))
         return self._totals[clinic]
+
+    def withdrawn(self, clinic: str) -> int:
+        """The period's exams of the clinic its midwives withdrew: in no count of the page
+        (a withdrawn exam leaves them all), beside them so that a clinic withdrawing many,
+        a coaching or misuse signal, shows (dash.withdrawn_exams, as its own page counts)."""
+        return sum(self.cells[(clinic, d)].withdrawn for d in self.period.days)
 
     def setup_faults(self, clinic: str) -> list[str]:
         """`setup_fault_texts` of the clinic's boxes together, over the period."""
@@ -473,6 +483,11 @@ def clinics_page(db: Db, scope: Scope, per: Period) -> ClinicsPage:
         cell = cells.get((clinic, day))
         if cell is not None:
             cell.exams, cell.health, cell.other = int(exams), int(health), int(other)
+    for clinic, day, n in db.query(
+            "SELECT clinic_id, day, COUNT(*) FROM dash.withdrawn_exams WHERE day >= ? AND "
+            f"day <= ? AND {w} GROUP BY clinic_id, day", (per.first_day, per.last_day, *p)):
+        if (clinic, day) in cells:
+            cells[(clinic, day)].withdrawn = int(n)
     for h in holes(db, scope, per):
         # the missing messages were made between the messages either side of the hole, on a
         # day the clinic was working: mark those days, not the weekend between them
@@ -663,6 +678,27 @@ def percent(share: float) -> int:
 
 
 # -- quality ---------------------------------------------------------------------------------
+def wilson_interval(k: int, n: int) -> tuple[float, float]:
+    """The Wilson score interval of `k` in `n` at C.QUALITY_FUNNEL_CONFIDENCE: the shares
+    that k of n does not rule out. Its low end is above a rate p exactly when k/n is beyond
+    the upper control limit of a funnel plot around p at n (Spiegelhalter 2005), so one
+    interval says both what the cell's share may be and whether chance explains it."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + C.QUALITY_FUNNEL_CONFIDENCE / 2)
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def above_chance(k: int, n: int, rate: float) -> bool:
+    """`k` failures in `n` are clearly more than the district's `rate`: enough of them to
+    judge (C.QUALITY_CELL_MIN_EXAMS) and their whole interval above it. A share its few
+    exams could show by chance at the district's rate is not flagged, however high."""
+    return n >= C.QUALITY_CELL_MIN_EXAMS and wilson_interval(k, n)[0] > rate
+
+
 @dataclass
 class PlaneWeek:
     plane: str
@@ -670,6 +706,7 @@ class PlaneWeek:
     exams: int
     mean_quality: float
     below_capture: int  # exams whose best frame of this plane scored under MIN_QUALITY
+    district_share: float = 0.0  # QualityPage.district_share: what "above" is judged by
 
     @property
     def below_share(self) -> float:
@@ -681,6 +718,15 @@ class PlaneWeek:
     def too_few(self) -> bool:
         """Too few exams found the plane that week for its share to mean anything."""
         return self.exams < C.QUALITY_CELL_MIN_EXAMS
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.below_capture, self.exams)
+
+    @property
+    def above(self) -> bool:
+        """Clearly above the district's share (`above_chance`): the heatmap's orange."""
+        return above_chance(self.below_capture, self.exams, self.district_share)
 
 
 @dataclass
@@ -702,10 +748,20 @@ class ClinicQuality:
     worst_below: int
     worst_frames: int
     name: str = ""
+    district_share: float = 0.0  # QualityPage.district_share: what "above" is judged by
 
     @property
     def below_share(self) -> float:
         return self.below_capture / self.best_frames if self.best_frames else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.below_capture, self.best_frames)
+
+    @property
+    def above(self) -> bool:
+        """Clearly above the district's share (`above_chance`): flagged in the table."""
+        return above_chance(self.below_capture, self.best_frames, self.district_share)
 
 
 @dataclass
@@ -717,6 +773,15 @@ class QualityPage:
     deficiencies: list[Deficiency]
     exams: int
     clinics: list[ClinicQuality] = field(default_factory=list)  # most under 0.5 first
+    # The district's best frames over the period, every plane and clinic of the scope (a
+    # clinic's page: its district's), and of them under MIN_QUALITY: the rate a cell or a
+    # clinic is judged against
+    district_frames: int = 0
+    district_below: int = 0
+
+    @property
+    def district_share(self) -> float:
+        return self.district_below / self.district_frames if self.district_frames else 0.0
 
 
 def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
@@ -727,6 +792,15 @@ def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
             "SELECT plane, week, SUM(n), SUM(q_sum), SUM(q_low) FROM dash.week_plane "
             f"WHERE week >= ? AND week <= ? AND {w} GROUP BY plane, week", (w0, w1, *p)):
         cells.append(PlaneWeek(plane, int(week), int(n), float(q_sum) / int(n), int(q_low)))
+    frames, below = sum(c.exams for c in cells), sum(c.below_capture for c in cells)
+    if scope.clinic is not None:  # a clinic is judged against its district, not itself
+        dw, dp = Scope(scope.district).where()
+        frames, below = (int(x) for x in db.query(
+            "SELECT COALESCE(SUM(n), 0), COALESCE(SUM(q_low), 0) FROM dash.week_plane "
+            f"WHERE week >= ? AND week <= ? AND {dw}", (w0, w1, *dp))[0])
+    rate = below / frames if frames else 0.0
+    for c in cells:
+        c.district_share = rate
     order = {name: i for i, name in enumerate(PLANE_ORDER)}
     planes = sorted({c.plane for c in cells}, key=lambda x: (order.get(x, 99), x))
     args = (per.first_day, per.last_day, *p)
@@ -738,10 +812,12 @@ def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
                      f"WHERE day >= ? AND day <= ? AND {w}", args)[0][0]
     cells.sort(key=lambda c: (order.get(c.plane, 99), c.plane, c.week))
     return QualityPage(per, list(range(w0, w1 + 1)), planes, cells, defs, int(exams),
-                       _clinic_quality(db, scope, w0, w1))
+                       _clinic_quality(db, scope, w0, w1, rate), frames, below)
 
 
-def _clinic_quality(db: Db, scope: Scope, w0: int, w1: int) -> list[ClinicQuality]:
+def _clinic_quality(db: Db, scope: Scope, w0: int, w1: int, rate: float
+                    ) -> list[ClinicQuality]:
+    """Flagged first (clearly above the district's `rate`), then by share, worst first."""
     w, p = scope.where()
     per_plane: dict[str, list[tuple[str, int, float, int]]] = defaultdict(list)
     for clinic, plane, n, q_sum, q_low in db.query(
@@ -757,8 +833,8 @@ def _clinic_quality(db: Db, scope: Scope, w0: int, w1: int) -> list[ClinicQualit
                                          r[3], r[0]))
         out.append(ClinicQuality(clinic, n, sum(r[2] for r in rows) / n,
                                  sum(r[3] for r in rows), worst[0], worst[3], worst[1],
-                                 names.get(clinic, "")))
-    out.sort(key=lambda c: (-c.below_share, c.mean_quality, c.clinic_id))
+                                 names.get(clinic, ""), rate))
+    out.sort(key=lambda c: (not c.above, -c.below_share, c.mean_quality, c.clinic_id))
     return out
 
 

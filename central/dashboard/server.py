@@ -566,7 +566,9 @@ class Dashboard:
                 f"An orange dot: a box's messages of that {unit} are missing (a hole in its "
                 f"sequence: lost on the way or dropped by a full outbox). "
                 + ("" if daily else "The CSV has every day. ")
-                + "The table under the plot gives each clinic's silent spells, and where "
+                + "The table under the plot gives each clinic's silent spells, its exams "
+                  "withdrawn by the midwife (in no other figure; many is a sign to coach, "
+                  "or of a box misused), and where "
                   f"the box's set-up refused the heads of {C.SETUP_FAULT_MIN_EXAMS} exams or "
                   "more (no calibration, depth scale not read, picture stretched): a fault "
                   "for a technician, not the midwife's scanning.</p>"
@@ -624,11 +626,11 @@ class Dashboard:
                 f'<p class="lead">Each cell is the share of the week\'s exams that found the '
                 f"plane whose best frame of it scored under {C.MIN_QUALITY}, the quality the "
                 "checklist takes a plane from: found, but not captured. The darker, the more "
-                f"often; orange from {P.pct(C.QUALITY_CLINIC_FLAG)}, as the clinics' table "
-                "below. Hatched: too few to judge, where fewer than "
+                f"often. {P.funnel_rule(page)} The clinics' table below is flagged by the "
+                "same rule. Hatched: too few to judge, where fewer than "
                 f"{C.QUALITY_CELL_MIN_EXAMS} of the week's exams found the plane (the last "
-                "column is this week so far). A cell's title (and the CSV) gives its counts "
-                "and the mean best-frame quality. "
+                "column is this week so far). A cell's title (and the CSV) gives its counts, "
+                "its interval and the mean best-frame quality. "
                 f"{P.plural(page.exams, 'exam') if page.exams else P.NO_EXAMS.capitalize()}.</p>"
                 f'<div class="plot recent">{P.quality_svg(page)}</div>'
                 + self._csv_link("quality", scope, weeks)
@@ -636,7 +638,9 @@ class Dashboard:
                   f"{C.MIN_QUALITY}, last {weeks} weeks</h2>"
                   '<p class="lead">Each exam\'s best frame of each plane it found, every plane '
                   f"together; a plane found but under {C.MIN_QUALITY} is not captured. "
-                  f"Orange: {P.pct(C.QUALITY_CLINIC_FLAG)} or more under it.</p>"
+                  "Orange: a share clearly above the district's "
+                  f"{P.pct(page.district_share)}, by the rule above (a share's interval in "
+                  "its title); flagged clinics first.</p>"
                 + P.quality_clinics_table(page)
                 + self._csv_link("quality_clinics", scope, weeks, "table")
                 + "<h2>Deficiencies seen most often</h2>"

@@ -10,9 +10,10 @@ on hover.
 
 Colours: a sequential blue for counts and quality (Okabe-Ito-safe: it does not rely on
 red/green), orange for "below what the protocol accepts", and a sequential orange for how
-often it was (the quality page's share of best frames not captured: light for rare, the
-alarm orange and darker from the clinics' flag), grey for "no data"; hatching, a texture,
-for "not heard" and "too few to judge" (it prints, and needs no colour vision).
+often it was (the quality page's share of best frames not captured: light for rare, dark
+for often, and only where clearly above the district's share; chance is a muted grey), grey
+for "no data"; hatching, a texture, for "not heard" and "too few to judge" (it prints, and
+needs no colour vision).
 """
 
 from __future__ import annotations
