@@ -15,7 +15,6 @@ FETAL_PLANES_DB screens, and the report as the box renders it.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 import uuid
 
@@ -24,17 +23,15 @@ import pytest
 
 from edge.capture.sources import Frame
 from edge.config import load_settings
-from edge.exam.protocol import load_protocols
-from edge.exam.session import ExamSession
 from edge.exam.tally import ExamTally
 from edge.models.fan import read_fan
 from edge.models.quality import load_rules
 from edge.models.roi import to_grey
 from edge.scorer import make_scorer
 from edge.uplink.messages import build_exam, envelope
-from edge.web.history import present, protocol_titles, read_protocols, render_report
 from edge.web.i18n import catalog
 from tests.conftest import DATA
+from tests.test_report_says_what_to_do import _report  # the report as text, as rendered
 from wire.schema import validate_payload
 
 PLANES = DATA / "planes" / "images"
@@ -159,16 +156,6 @@ def test_heads_of_no_shape_or_of_a_shape_the_box_never_writes_give_the_exam_none
             bio["shape"] = shape
         tally.add({"plane": "Brain (Tv.)", "latency_ms": 9.0, "biometry": bio})
     assert "shape" not in tally.biometry()
-
-
-def _report(bio: dict, lang: str) -> str:
-    session = ExamSession(load_protocols()["biometry"])
-    summary = {**session.summary("gap", ended_ts=time.time() - 600), "biometry": bio}
-    protocols = read_protocols()
-    exam = present(summary, {}, protocols, protocol_titles(protocols))
-    html = render_report(exam, catalog(lang, load_rules(None)),
-                         {"device_id": "box-1", "clinic_id": "clinic-1"})
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).replace("&#x27;", "'")
 
 
 MEASURED = {"measured": 5, "declined": {}, "hc_mm": 240.0, "bpd_mm": 66.0, "ofd_mm": 86.0,
