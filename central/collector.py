@@ -11,14 +11,15 @@ only when it delivers, so a device that names the group joins it and is dealt a 
 the district's messages, which the broker then drops, already acknowledged to their boxes.
 They can share one PostgreSQL database.
 
-Every message is treated as hostile. Its size and nesting depth are checked on the raw
-bytes before it is parsed (``wire.schema.loads_bounded``), numbers must be finite and in the
-schema's ranges, and the device named in the payload must be the one in the topic (which the
-broker's ACL ties to the user that logged in). Anything that is not a valid message, or that
-the database refuses, goes to the dead-letter table with the reason (or, over its device's
-quota, is only counted); nothing one message holds can stop the collector. The clinic of a
-device comes from the district's registry (``--registry``, written by
-``board/provision.py``), never from the payload.
+Every message is treated as hostile. Its size and nesting depth are checked on the raw bytes
+before it is parsed (``wire.schema.loads_bounded``), numbers must be finite and in the
+schema's ranges, the rules a schema cannot say must hold (``wire.schema.rule_errors``: an
+exam's slots found but not good enough are among its missing ones), and the device named in
+the payload must be the one in the topic (which the broker's ACL ties to the user that
+logged in). Anything that is not a valid message, or that the database refuses, goes to the
+dead-letter table with the reason (or, over its device's quota, is only counted); nothing
+one message holds can stop the collector. The clinic of a device comes from the district's
+registry (``--registry``, written by ``board/provision.py``), never from the payload.
 
 Nor can one device fill the district's disk: each device (the device id of the topic;
 topics without one share a bucket) has at most ``dead_letter_quota`` dead letters written
@@ -202,7 +203,8 @@ def _check(topic: str, payload: bytes, max_bytes: int, collector: str, now: floa
             got = repr(data["kind"])[:40] if "kind" in data else "missing"
             reason = f"kind {got} in payload, {parts[2]!r} in topic"
         if reason is None:
-            errors = wire_schema.validate(data, wire_schema.load_schema(parts[2]))
+            errors = (wire_schema.validate(data, wire_schema.load_schema(parts[2]))
+                      or wire_schema.rule_errors(parts[2], data))
             if errors:
                 reason = "schema: " + "; ".join(errors[:3])
         if reason is None and data["device_id"] != parts[1]:

@@ -42,7 +42,7 @@ UNNAMED = "(not named: shed to fit 1 KB)"
 def district(tmp_path_factory):
     """The officer's district, rolled up, and its exams counted from the messages
     themselves: (db, clinic -> protocol -> [exams, complete], (clinic, protocol, slot) ->
-    exams that missed it)."""
+    exams that missed it, and -> [of them never found, found not clear enough])."""
     path = str(tmp_path_factory.mktemp("order") / "c.sqlite3")
     seed(path, SeedSettings(clinics=12, districts=3, days=182, end_ts=END))
     st = Store(path)
@@ -55,18 +55,21 @@ def district(tmp_path_factory):
         st.close()
     exams: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     missed: dict[tuple[str, str, str], int] = defaultdict(int)
+    kinds: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for clinic, p in payloads:
         pr = p["protocol"]
         exams[clinic][pr["name"]][0] += 1
         exams[clinic][pr["name"]][1] += int(pr["captured"] >= pr["required"])
         for slot in pr["missing"]:
             missed[(clinic, pr["name"], slot)] += 1
+            if "missing_seen" in pr:
+                kinds[(clinic, pr["name"], slot)][int(slot in pr["missing_seen"])] += 1
         if pr["required"] - pr["captured"] > len(pr["missing"]):
             missed[(clinic, pr["name"], UNNAMED)] += 1
     db = open_db(path)
     try:
         refresh(db)
-        yield db, exams, missed
+        yield db, exams, missed, kinds
     finally:
         db.close()
 
@@ -87,7 +90,7 @@ def _table(html: str) -> list[list[str]]:
 
 
 def test_the_table_ranks_clinics_by_the_lowest_share_it_shows(district):
-    db, exams, _ = district
+    db, exams, _, _ = district
     page = _page(db)
     assert {c.clinic_id: {pr: list(v) for pr, v in c.protocols.items()}
             for c in page.clinics} == {c: dict(v) for c, v in exams.items()}
@@ -128,7 +131,7 @@ def test_the_table_ranks_clinics_by_the_lowest_share_it_shows(district):
 
 def test_each_clinics_missed_slots_are_ranked_by_their_share_of_the_protocols_exams(
         district):
-    db, exams, missed = district
+    db, exams, missed, kinds = district
     page = _page(db)
     rows = {re.search(r"\((clinic-\d+)\)", r[0]).group(1): r[-1]
             for r in _table(P.completeness_table(page))}
@@ -143,13 +146,18 @@ def test_each_clinics_missed_slots_are_ranked_by_their_share_of_the_protocols_ex
         top = by_share[:3]
         mixed += any(x[2] > top[-1][2] and x[0] != top[-1][0] for x in by_share[3:])
     assert mixed, "the seed gives no clinic whose raw counts would mix protocols"
-    # the CSV of missed slots: its columns as before, then the protocol's exams and share
+    # the CSV of missed slots: its columns as before, then the protocol's exams and share,
+    # then how the misses split: never found, found but not clear enough, not said
     body = list(csv.reader(io.StringIO(P.missed_csv(page))))
     assert body[0] == ["clinic_id", "protocol", "slot", "exams_missing_it",
-                       "protocol_exams", "share_missing_it"]
-    assert {(r[0], r[1], r[2]): (int(r[3]), int(r[4]), float(r[5])) for r in body[1:]} == {
-        (c, pr, s): (n, exams[c][pr][0], round(n / exams[c][pr][0], 4))
+                       "protocol_exams", "share_missing_it", "missed_not_found",
+                       "missed_not_clear_enough", "missed_not_said"]
+    assert {(r[0], r[1], r[2]): (int(r[3]), int(r[4]), float(r[5]), *map(int, r[6:]))
+            for r in body[1:]} == {
+        (c, pr, s): (n, exams[c][pr][0], round(n / exams[c][pr][0], 4),
+                     *kinds[(c, pr, s)], n - sum(kinds[(c, pr, s)]))
         for (c, pr, s), n in missed.items()}
+    assert sum(n for n, _ in kinds.values()) and sum(n for _, n in kinds.values())
     # the district's chart was already by share of the protocol's exams: the head slot,
     # missed by the most exams of any slot, is not first
     bars = re.findall(r'data-protocol="([^"]+)" data-slot="([^"]+)" data-missed="(\d+)" '
@@ -235,4 +243,5 @@ def test_a_clinics_slot_missed_by_fewer_exams_but_a_larger_share_comes_first(tmp
         html = request(base, "/completeness?weeks=8", cookie)[2].decode()
         (row,) = _table(html[html.index('<table class="missed">'):])
         assert row[-1] == "3VV 35% (19 of 55), Head (HC, BPD) 21% (24 of 114)"
-        assert '<span title="second-trimester screen (13 planes)">3VV 35%' in html
+        assert ('<span title="second-trimester screen (13 planes): 0 not found, 0 found but '
+                'not clear enough, 19 not said (older boxes)">3VV 35%') in html

@@ -349,7 +349,8 @@ _TYPES = {
 def validate(instance, schema: dict, path: str = "$") -> list[str]:
     """Errors of ``instance`` against a draft 2020-12 subset: type, const, enum, required,
     properties, additionalProperties, patternProperties, propertyNames, maxProperties,
-    min/maxLength, pattern, minimum/maximum, prefixItems, items, min/maxItems, $defs/$ref.
+    min/maxLength, pattern, minimum/maximum, prefixItems, items, min/maxItems, uniqueItems,
+    $defs/$ref.
 
     Bounded: an instance nested deeper than ``MAX_DEPTH`` or with more than ``MAX_NODES``
     values is refused with one error, never walked, and non-finite numbers are no number."""
@@ -398,6 +399,9 @@ def _validate(v, s: dict, path: str, root: dict, depth: int = 0,
             errs.append(f"{path}: more than {s['maxItems']} items")
         if len(v) < s.get("minItems", 0):
             errs.append(f"{path}: fewer than {s['minItems']} items")
+        twice = _twice(v) if s.get("uniqueItems") is True else None
+        if twice is not None:
+            errs.append(f"{path}: {str(twice)[:40]!r} is listed twice")
         prefix = s.get("prefixItems", [])
         for i, item in enumerate(v):
             sub = prefix[i] if i < len(prefix) else s.get("items", True)
@@ -435,6 +439,16 @@ def _validate(v, s: dict, path: str, root: dict, depth: int = 0,
     return errs
 
 
+def _twice(items: list):
+    """The first item equal (`_equal`) to one before it, or None. Pairwise, as JSON compares
+    (1 and 1.0 alike, true and 1 not): the lists that ask (a checklist's slots) are at most
+    a few dozen long (maxItems)."""
+    for i, item in enumerate(items):
+        if any(_equal(item, before) for before in items[:i]):
+            return item
+    return None
+
+
 @cache
 def _pattern(text: str) -> re.Pattern:
     """A schema pattern as JSON Schema (ECMA-262) means it: ``$`` is the end of the string.
@@ -457,9 +471,25 @@ def _equal(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
+def rule_errors(kind: str, payload: dict) -> list[str]:
+    """What a schema cannot say of a message that passed it: an exam's
+    `protocol.missing_seen` (the slots found but never good enough) must be slots of its
+    `missing`, else the district would count a captured slot as missed. Call only on a
+    payload its schema took (the types are then as the schema says)."""
+    protocol = payload.get("protocol") if kind == "exam" else None
+    if not isinstance(protocol, dict) or "missing_seen" not in protocol:
+        return []
+    missing = protocol.get("missing") or []
+    stray = next((slot for slot in protocol["missing_seen"] if slot not in missing), None)
+    if stray is None:
+        return []
+    return [f"$.protocol.missing_seen: {stray[:40]!r} is not in $.protocol.missing"]
+
+
 def validate_payload(payload: dict) -> list[str]:
-    """Validate a decoded message against the schema of its own ``kind``."""
+    """Validate a decoded message against the schema of its own ``kind``, then its rules
+    (`rule_errors`)."""
     kind = payload.get("kind") if isinstance(payload, dict) else None
     if kind not in KINDS:
         return [f"$.kind: unknown kind {kind!r}"]
-    return validate(payload, load_schema(kind))
+    return validate(payload, load_schema(kind)) or rule_errors(kind, payload)

@@ -522,6 +522,32 @@ def slot_missed_text(s: Q.SlotMissed) -> str:
     return f"{s.slot} {pct(s.share)} ({s.missed} of {s.exams})"
 
 
+def slot_missed_kinds(s: Q.SlotMissed) -> str:
+    """ "12 not found, 7 found but not clear enough": how a slot's misses split, what to
+    coach (where to look, or the image: gain, depth, zoom, steadiness); the misses of
+    exams that do not say (boxes before they did) last, as "not said"."""
+    parts = [f"{s.not_found} not found", f"{s.poor} found but not clear enough"]
+    if s.unknown:
+        parts.append(f"{s.unknown} not said (older boxes)")
+    return ", ".join(parts)
+
+
+def missed_kinds_table(page: Q.CompletenessPage) -> str:
+    """A row per slot missed (the district's order, `page.slots`): its misses, of them
+    never found, found but never good enough, and those that do not say."""
+    if not page.slots:
+        return '<p class="lead">No slot missed in this period.</p>'
+    rows = "".join(
+        f"<tr><td>{esc(s.slot)} ({esc(protocol_title(s.protocol))})</td>"
+        f"<td class=num>{pct(s.share)} ({s.missed} of {s.exams})</td>"
+        f"<td class=num>{s.not_found}</td><td class=num>{s.poor}</td>"
+        f"<td class=num>{s.unknown or '-'}</td></tr>" for s in page.slots)
+    return ('<div class="wide"><table class="missed-kinds"><tr><th>slot</th>'
+            "<th>missed (share of the protocol's exams)</th><th>not found</th>"
+            "<th>found, not clear enough</th><th>not said (older boxes)</th></tr>"
+            f"{rows}</table></div>")
+
+
 def protocol_cell(c: Q.ClinicCompleteness, protocol: str) -> str:
     exams, _ = c.protocols.get(protocol, (0, 0))
     if not exams:
@@ -539,8 +565,8 @@ def completeness_table(page: Q.CompletenessPage, missed_shown: int = 3) -> str:
     rows = "".join(
         f"<tr><td>{clinic_html(c.clinic_id, c.name, page.period.weeks)}</td>"
         + "".join(protocol_cell(c, p) for p in shown) + "<td>"
-        + (", ".join(f'<span title="{esc(protocol_title(s.protocol))}">'
-                     f"{esc(slot_missed_text(s))}</span>"
+        + (", ".join(f'<span title="{esc(protocol_title(s.protocol))}: '
+                     f'{esc(slot_missed_kinds(s))}">{esc(slot_missed_text(s))}</span>'
                      for s in c.slots_missed()[:missed_shown]) or "-")
         + "</td></tr>" for c in page.clinics)
     return ('<div class="wide"><table class="missed"><tr><th>clinic</th>'
@@ -575,12 +601,16 @@ def completeness_protocols_csv(page: Q.CompletenessPage) -> str:
 def missed_csv(page: Q.CompletenessPage) -> str:
     """A row per clinic and slot missed, the clinics in the table's order, each one's slots
     by protocol and name; the last two columns, the clinic's exams of that protocol (each
-    required the slot) and the share of them that missed it (what ranks it in the table)."""
-    rows = [[c.clinic_id, s.protocol, s.slot, s.missed, s.exams, round(s.share, 4)]
+    required the slot) and the share of them that missed it (what ranks it in the table);
+    then how many of the misses never found the slot, found it but never good enough, and
+    do not say (older boxes: `Q.SlotMissed.unknown`)."""
+    rows = [[c.clinic_id, s.protocol, s.slot, s.missed, s.exams, round(s.share, 4),
+             s.not_found, s.poor, s.unknown]
             for c in page.clinics
             for s in sorted(c.slots_missed(), key=lambda s: (s.protocol, s.slot))]
     return to_csv(["clinic_id", "protocol", "slot", "exams_missing_it", "protocol_exams",
-                   "share_missing_it"], rows)
+                   "share_missing_it", "missed_not_found", "missed_not_clear_enough",
+                   "missed_not_said"], rows)
 
 
 # -- quality ---------------------------------------------------------------------------------

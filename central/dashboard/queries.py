@@ -545,6 +545,8 @@ class ClinicCompleteness:
     with_protocol: int = 0  # exams that name their protocol
     complete: int = 0  # ... and captured every slot of it
     missed: dict[str, int] = field(default_factory=dict)  # "protocol: slot" -> exams
+    # "protocol: slot" -> (exams that never found it, exams that found it, never good enough)
+    missed_kinds: dict[str, tuple[int, int]] = field(default_factory=dict)
     name: str = ""  # from the district map; "" when it gives none
     # protocol -> [exams, complete]: a one-slot head measurement and a 13-plane screen are
     # complete at very different rates, and one share over both hides the screen's
@@ -574,7 +576,8 @@ class ClinicCompleteness:
         out = []
         for key, n in self.missed.items():
             protocol, slot = key.split(": ", 1)
-            out.append(SlotMissed(protocol, slot, n, self.protocols.get(protocol, (0, 0))[0]))
+            out.append(SlotMissed(protocol, slot, n, self.protocols.get(protocol, (0, 0))[0],
+                                  *self.missed_kinds.get(key, (0, 0))))
         return sorted(out, key=lambda s: (-s.share, -s.missed, s.protocol, s.slot))
 
 
@@ -596,10 +599,20 @@ class SlotMissed:
     slot: str
     missed: int
     exams: int  # exams of that protocol: each required the slot
+    # Of `missed`: never found (coach where to look), and found but never good enough
+    # (coach the image: gain, depth, zoom, steadiness); the rest do not say (`unknown`).
+    not_found: int = 0
+    poor: int = 0
 
     @property
     def share(self) -> float:
         return self.missed / self.exams if self.exams else 0.0
+
+    @property
+    def unknown(self) -> int:
+        """Missed by exams that do not say how: from boxes before they said, or whose
+        summary shed it (or the slots' names) to fit 1 KB."""
+        return max(0, self.missed - self.not_found - self.poor)
 
 
 @dataclass
@@ -641,14 +654,18 @@ def completeness_page(db: Db, scope: Scope, per: Period) -> CompletenessPage:
         c.protocols[protocol] = [int(exams), int(complete)]
         per_protocol[protocol] += int(exams)
         per_protocol_complete[protocol] += int(complete)
-    slot_total: dict[tuple[str, str], int] = defaultdict(int)
-    for clinic, protocol, slot, n in db.query(
-            "SELECT clinic_id, protocol, slot, SUM(n) FROM dash.week_missing "
-            f"WHERE week >= ? AND week <= ? AND {w} GROUP BY clinic_id, protocol, slot", wargs):
-        by.setdefault(clinic, ClinicCompleteness(clinic)).missed[f"{protocol}: {slot}"] = int(n)
-        slot_total[(protocol, slot)] += int(n)
-    slots = sorted((SlotMissed(pr, s, n, per_protocol.get(pr, 0))
-                    for (pr, s), n in slot_total.items()),
+    slot_total: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for clinic, protocol, slot, n, not_found, poor in db.query(
+            "SELECT clinic_id, protocol, slot, SUM(n), SUM(not_found), SUM(poor) FROM "
+            f"dash.week_missing WHERE week >= ? AND week <= ? AND {w} "
+            "GROUP BY clinic_id, protocol, slot", wargs):
+        c = by.setdefault(clinic, ClinicCompleteness(clinic))
+        c.missed[f"{protocol}: {slot}"] = int(n)
+        c.missed_kinds[f"{protocol}: {slot}"] = (int(not_found), int(poor))
+        for i, v in enumerate((n, not_found, poor)):
+            slot_total[(protocol, slot)][i] += int(v)
+    slots = sorted((SlotMissed(pr, s, n, per_protocol.get(pr, 0), not_found, poor)
+                    for (pr, s), (n, not_found, poor) in slot_total.items()),
                    key=lambda x: (-x.share, x.protocol, x.slot))
     names = clinic_names(db, scope)
     for c in by.values():

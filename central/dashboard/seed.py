@@ -265,11 +265,15 @@ def _exam(rng: random.Random, env: dict, t: float, skill: float, models: dict) -
         missing = [p for p in SECOND_TRIMESTER if p not in planes or planes[p][2] < 0.5]
         protocol = {"name": "second-trimester", "required": 13, "captured": 13 - len(missing),
                     "missing": missing}
+        if missing:  # found but under 0.5, as a box says it (edge/exam/session.py)
+            protocol["missing_seen"] = [p for p in missing if p in planes]
     else:
         heads = [planes[p][2] for p in ("Brain (Tv.)", "Brain (Cb.)") if p in planes]
         ok = bool(heads) and max(heads) >= 0.5
         protocol = {"name": "biometry", "required": 1, "captured": int(ok),
                     "missing": [] if ok else [HEAD_SLOT]}
+        if not ok:
+            protocol["missing_seen"] = [HEAD_SLOT] if heads else []
     scored = sum(v[0] for v in planes.values())
     body = {**env, "exam_id": f"e{env['seq']}-{env['boot_id'][-6:]}".replace(".", "_")[:36],
             "source_id": f"{rng.getrandbits(48):012x}", "started_ts": round(t - duration, 3),

@@ -505,6 +505,12 @@ class Dashboard:
                 + "<h2>Complete exams, and the slots missed most</h2>"
                 + P.completeness_table(fig.completeness, missed_shown=5)
                 + f'<div class="plot">{P.missed_svg(fig.completeness)}</div>'
+                + "<h2>Slots missed: never found, or found but not clear enough</h2>"
+                  '<p class="lead">Not found: no frame of the slot\'s planes was seen, so '
+                  "coach where to look. Found, not clear enough: the slot was seen, never at "
+                  "the quality the checklist takes, so coach the image (gain, depth, zoom, "
+                  "a steady hand). Not said: exams from boxes that did not yet tell.</p>"
+                + P.missed_kinds_table(fig.completeness)
                 # not the plane-by-week heatmap: a clinic's cells have too few exams
                 + f"<h2>Best frames under {C.MIN_QUALITY} (not captured), and the "
                   "deficiencies seen most</h2>"

@@ -71,11 +71,12 @@ from wire.shown import one_line, read_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "18"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "19"  # a change drops the rollups and rebuilds them from the messages
 # (16: deficiency names the dashboard does not know counted as one, C.DEFICIENCY_OTHER;
 # the health digest keeps the box's health interval; 17: withdrawn exams, counted in no
 # exam figure, and day_device's corrections of either kind; 18: each exam's set-up reason
-# that refused its heads, dash.exams.setup_refused)
+# that refused its heads, dash.exams.setup_refused; 19: a missed slot never found or found
+# but not good enough, dash.week_missing.not_found and .poor)
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -152,9 +153,13 @@ _DASH_TABLES = [
         clinic_id TEXT NOT NULL, week INTEGER NOT NULL, protocol TEXT NOT NULL,
         exams INTEGER NOT NULL, complete INTEGER NOT NULL,
         PRIMARY KEY (week, clinic_id, protocol)) WITHOUT ROWID""",
+    # n exams missed the slot: not_found of them never found it, poor found it but never
+    # good enough (the summary's missing_seen); the rest do not say (older boxes, or the
+    # names shed to fit 1 KB)
     """CREATE TABLE IF NOT EXISTS dash.week_missing (
         clinic_id TEXT NOT NULL, week INTEGER NOT NULL, protocol TEXT NOT NULL,
-        slot TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (week, clinic_id, protocol, slot))
+        slot TEXT NOT NULL, n INTEGER NOT NULL, not_found INTEGER NOT NULL,
+        poor INTEGER NOT NULL, PRIMARY KEY (week, clinic_id, protocol, slot))
         WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS dash.week_deficiency (
         clinic_id TEXT NOT NULL, week INTEGER NOT NULL, name TEXT NOT NULL,
@@ -739,7 +744,7 @@ class _Weeks:
 
     def __init__(self) -> None:
         self.protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
-        self.missing: dict[tuple, int] = defaultdict(int)
+        self.missing: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])  # n, ..
         self.deficiency: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
         self.plane: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0])
         self.taken_off: set[str] = set()  # clinics an exam was taken off (`_drop_empty_weeks`)
@@ -756,10 +761,14 @@ class _Weeks:
             pc[0] += sign
             pc[1] += sign * _complete(protocol)
             named = [_text(slot, 32) for slot in protocol.get("missing") or []]
+            seen = _missing_seen(protocol)
             for slot in named:
-                self.missing[(week, clinic, name, slot)] += sign
+                m = self.missing[(week, clinic, name, slot)]
+                m[0] += sign
+                if seen is not None:  # else of unknown kind
+                    m[2 if slot in seen else 1] += sign
             if _unnamed(protocol, named):  # one exam, however many names it shed
-                self.missing[(week, clinic, name, UNNAMED_SLOT)] += sign
+                self.missing[(week, clinic, name, UNNAMED_SLOT)][0] += sign
         other = None  # frames under criteria the dashboard does not know (C.DEFICIENCY_OTHER)
         for crit, frames in (data.get("deficiencies") or {}).items():
             if str(crit) not in C.DEFICIENCY_WORDS:
@@ -789,10 +798,12 @@ class _Weeks:
                 "exams = dash.week_protocol.exams + excluded.exams, "
                 "complete = dash.week_protocol.complete + excluded.complete",
                 [(*k, *v) for k, v in self.protocol.items()])
-        db.many("INSERT INTO dash.week_missing (week, clinic_id, protocol, slot, n) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, protocol, slot) DO UPDATE "
-                "SET n = dash.week_missing.n + excluded.n",
-                [(*k, v) for k, v in self.missing.items()])
+        db.many("INSERT INTO dash.week_missing (week, clinic_id, protocol, slot, n, "
+                "not_found, poor) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, "
+                "protocol, slot) DO UPDATE SET n = dash.week_missing.n + excluded.n, "
+                "not_found = dash.week_missing.not_found + excluded.not_found, "
+                "poor = dash.week_missing.poor + excluded.poor",
+                [(*k, *v) for k, v in self.missing.items()])
         db.many("INSERT INTO dash.week_deficiency (week, clinic_id, name, exams, frames) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (week, clinic_id, name) DO UPDATE SET "
                 "exams = dash.week_deficiency.exams + excluded.exams, "
@@ -1077,6 +1088,16 @@ def _complete(protocol: dict) -> int:
     if isinstance(req, int) and isinstance(cap, int):
         return int(cap >= req)
     return int(not protocol.get("missing"))
+
+
+def _missing_seen(protocol: dict) -> set[str] | None:
+    """The missed slots an exam found but never good enough (`missing_seen`, as stored,
+    cut as `missing` is), or None where the summary does not say: a box before it, or a
+    summary that shed it to fit 1 KB. Its missed slots are then of unknown kind."""
+    seen = protocol.get("missing_seen")
+    if not isinstance(seen, list):
+        return None
+    return {_text(slot, 32) for slot in seen}
 
 
 def _unnamed(protocol: dict, named: list) -> int:

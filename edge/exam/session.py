@@ -44,6 +44,7 @@ from edge.exam.protocol import Protocol, Slot
 from edge.exam.tally import ExamTally, confidence_of, quality_score
 from edge.exam.thumbs import (
     HEAD_MEASURED,
+    MISSED_ADVICE,
     ThumbStore,
     make_thumbnail,
     measured_head_thumbnail,
@@ -350,13 +351,24 @@ class ExamSession:
             found.append(self.best[UNCERTAIN])
         return max(found, key=BestFrame.rank) if found else None
 
+    def slot_seen(self, slot: Slot) -> bool:
+        """Whether a frame of one of the slot's planes was seen: named so by the plane model
+        (not an abstention), with ultrasound and the plane's anatomy (`_better_frame`). A
+        slot seen but not captured was found and never good enough (coach the image: gain,
+        depth, zoom, steadiness); one not seen was never found (coach where to look). An
+        unsure head alone is not seen: its plane is not confirmed."""
+        return any(plane in self.best for plane in slot.accepts)
+
     def checklist(self) -> list[dict]:
-        """The protocol's slots in order: captured or not, and the best frame found."""
+        """The protocol's slots in order: captured or not, the best frame found, and for a
+        slot not captured whether it was seen (`slot_seen`)."""
         rows = []
         for slot in self.protocol.slots:
             best = self.slot_best(slot)
             row = {"plane": slot.name, "captured": best is not None
                    and self.captured(best.plane)}
+            if not row["captured"]:
+                row["seen"] = self.slot_seen(slot)
             if len(slot.accepts) > 1:
                 row["accepts"] = list(slot.accepts)
             if best is not None:
@@ -373,10 +385,16 @@ class ExamSession:
     def kept_frames(self) -> dict[str, dict]:
         """What the journal keeps of the exam's frames: `best_frames`, and under
         `HEAD_MEASURED` (no plane's name, so never taken for one) where its head was
-        measured (`measured_head`), once it has ended."""
+        measured (`measured_head`), once it has ended, and under `MISSED_ADVICE` what the
+        checklist advised on each slot found but never good enough."""
         kept = self.best_frames()
         if self.measured_head is not None:
             kept[HEAD_MEASURED] = dict(self.measured_head)
+        # the advice the card gave each slot found but never good enough: the report says it
+        advice = {row["plane"]: row["best"]["advice"] for row in self.checklist()
+                  if row.get("seen") and (row.get("best") or {}).get("advice")}
+        if advice:
+            kept[MISSED_ADVICE] = advice
         return kept
 
     def finish(self, ended_by: str, model_versions: dict[str, str] | None = None,
@@ -401,11 +419,18 @@ class ExamSession:
                                self.started_mono,
                                time.monotonic() if ended_mono is None else ended_mono,
                                model_versions, self.exam_id)
-        missing = [row["plane"] for row in self.checklist() if not row["captured"]]
+        rows = [row for row in self.checklist() if not row["captured"]]
+        missing = [row["plane"] for row in rows]
         body["protocol"] = {"name": self.protocol.name,
                             "required": len(self.protocol.slots),
                             "captured": len(self.protocol.slots) - len(missing),
                             "missing": missing}
+        if missing:
+            # [] too: the district counts a missing slot not in it as never found, and one
+            # of a summary without it (an older box, or shed to fit 1 KB) as not said. A
+            # complete exam has nothing to say: its 18 bytes cost a busy screen its
+            # per-plane qualities on the wire.
+            body["protocol"]["missing_seen"] = [row["plane"] for row in rows if row["seen"]]
         body["ended_by"] = ended_by
         return body
 
@@ -676,7 +701,11 @@ def format_exam(session: ExamSession, body: dict, set_scale: str = "") -> str:
             continue
         q = best["quality"]
         which = f"{best['plane']}, " if row.get("accepts") else ""
-        lines.append(f"  {mark} {row['plane']}: best quality "
+        # a missed slot: found but not good enough, or not found (only a head the plane
+        # model is unsure of: shown, with its advice, but its plane is not confirmed)
+        kind = "" if row["captured"] else \
+            "found, not clear enough: " if row.get("seen") else "not found (plane unsure): "
+        lines.append(f"  {mark} {row['plane']}: {kind}best quality "
                      f"{'-' if q is None else f'{q:.2f}'} ({which}{best['source']}, "
                      f"frame {best['frame']})"
                      + (f", thumbnail {best['thumbnail']}" if best.get("thumbnail") else "")

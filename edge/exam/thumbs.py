@@ -35,6 +35,9 @@ THUMBS_DIR = "thumbs"
 # Where an exam's head was measured: its entry among the journal's best frames (no plane's
 # name) and its thumbnail's, head-measured.jpg (`plane_slug`)
 HEAD_MEASURED = "head_measured"
+# What the checklist advised on each slot found but never good enough, by slot: its entry
+# among the journal's best frames (no plane's name, no thumbnail), for the exam's report
+MISSED_ADVICE = "missed_advice"
 # Drawn on the measured head, in BGR: the ellipse yellow on a black rim, so it shows on the
 # white skull, on the dark brain and on a black-and-white printout; the calipers cyan.
 ELLIPSE_RIM, ELLIPSE_INK, CALIPER_INK = (0, 0, 0), (0, 255, 255), (255, 255, 0)
@@ -69,7 +72,7 @@ def thumbnails_on_disk(best: dict[str, dict], root: Path, exam_id: str,
     if not is_exam_folder(exam_id):
         return best
     for plane, entry in best.items():
-        if plane == HEAD_MEASURED:
+        if plane in (HEAD_MEASURED, MISSED_ADVICE):
             continue
         name = f"{plane_slug(plane)}.jpg"
         if "thumbnail" not in entry and (root / exam_id / name).is_file():

@@ -62,14 +62,14 @@ def _compact(value):
 
 
 def _shed(body: dict) -> list[dict]:
-    """Ever smaller versions of an exam body, least useful detail first, so a busy exam
-    still fits in 1 KB instead of being refused: the faults not counted as deficiencies
-    (the district tallies none of them), then the HC spread, then the reasons head
-    frames were declined (kept as one count), then plane confidences and qualities cut to
-    two digits (1.0 as 1), then every model but the plane model (every health message names
-    them all), then the quality of entries that are not a standard plane (Background,
-    uncertain), then those entries (`frames_scored` still counts every frame),
-    then the names of the protocol's missing
+    """Ever smaller versions of an exam body, least useful detail first, so a busy exam still
+    fits in 1 KB instead of being refused: the faults not counted as deficiencies (the
+    district tallies none of them), then the HC spread, then the reasons head frames were
+    declined (kept as one count), then plane confidences and qualities cut to two digits
+    (1.0 as 1), then every model but the plane model (every health message names them all),
+    then the quality of entries that are not a standard plane (Background, uncertain), then
+    those entries (`frames_scored` still counts every frame), then which missing slots were
+    found but not good enough (`missing_seen`), then the names of the protocol's missing
     planes (their count stays), then the deficiencies, then the per-plane qualities, then
     the age range of the head. A second-trimester screen of 13 planes used to shed its
     missing planes' names and its deficiencies while it still carried a model list health
@@ -110,6 +110,11 @@ def _shed(body: dict) -> list[dict]:
                                    if k not in NOT_A_VIEW}}
         steps.append(body)
     protocol = body.get("protocol")
+    if isinstance(protocol, dict) and "missing_seen" in protocol:
+        # the district then counts the missing slots as of unknown kind, never wrongly
+        protocol = {k: v for k, v in protocol.items() if k != "missing_seen"}
+        body = {**body, "protocol": protocol}
+        steps.append(body)
     if isinstance(protocol, dict) and protocol.get("missing"):
         body = {**body, "protocol": {**protocol, "missing": []}}
         steps.append(body)

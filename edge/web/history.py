@@ -30,7 +30,9 @@ reason, and its report says so at the top; the district counts it in no figure.
 
 The journal keeps a slot's best frame only where it captured the slot; for a slot it
 missed, the best quality any frame of its planes reached comes from the summary's per-plane
-totals, with no image.
+totals, with no image; whether it was found but never good enough or never found from the
+summary's `protocol.missing_seen` (an exam journaled before it says neither), and the
+advice the card gave a slot found from the journal's `MISSED_ADVICE` entry.
 
 Beside the best frames the journal keeps where the exam's head was measured (`measured_head`,
 `ExamSession.measured_head`): the frame whose HC is the exam's, its figures, and its
@@ -64,7 +66,7 @@ from edge.exam.screening import (
     read_dates,
     same_weeks,
 )
-from edge.exam.thumbs import HEAD_MEASURED, THUMBS_DIR
+from edge.exam.thumbs import HEAD_MEASURED, MISSED_ADVICE, THUMBS_DIR
 from edge.models.biometry import HEAD_SCALES, HEAD_SHAPES, SET_UP_STATUSES, SHAPE_UNCHECKED
 from edge.store.journal import (
     JOURNAL_FILE,
@@ -238,6 +240,10 @@ def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> li
     protocols file since changed), the captured planes and then the missed slots, by name."""
     proto = summary.get("protocol") if isinstance(summary.get("protocol"), dict) else {}
     missing = [m for m in proto.get("missing") or [] if isinstance(m, str)][:len(PLANES)]
+    # the missed slots found but never good enough; None: the summary does not say (an
+    # exam journaled before it), and its missed rows say neither
+    seen = proto.get("missing_seen")
+    seen = {m for m in seen if isinstance(m, str)} if isinstance(seen, list) else None
     planes = summary.get("planes") if isinstance(summary.get("planes"), dict) else {}
     bests = {p: e for p, e in best_frames.items() if p in PLANES and isinstance(e, dict)}
     rows: list[dict] = []
@@ -246,6 +252,8 @@ def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> li
     if fits:
         for slot in protocol.slots:
             row: dict = {"plane": slot.name, "captured": slot.name not in missing}
+            if not row["captured"] and seen is not None:
+                row["seen"] = slot.name in seen
             if len(slot.accepts) > 1:
                 row["accepts"] = list(slot.accepts)
             found = [(p, bests[p]) for p in slot.accepts if p in bests]
@@ -254,6 +262,9 @@ def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> li
                 row["best"] = _best(plane, entry)
             elif (q := _seen_quality(planes, slot.accepts)) is not None:
                 row["best"] = {"plane": slot.accepts[0], "quality": q}
+            if row.get("seen") and (said := _advice(best_frames, slot.name)) is not None:
+                row["best"] = {"plane": slot.accepts[0], "quality": None,
+                               **row.get("best", {}), "advice": said}
             rows.append(row)
         return rows
     for plane in PLANES:
@@ -261,10 +272,23 @@ def checklist(summary: dict, best_frames: dict, protocol: Protocol | None) -> li
             rows.append({"plane": plane, "captured": True, "best": _best(plane, bests[plane])})
     for name in missing:
         row = {"plane": name[:MAX_TEXT], "captured": False}
+        if seen is not None:
+            row["seen"] = name in seen
         if (q := _seen_quality(planes, [name])) is not None:
             row["best"] = {"plane": name, "quality": q}
         rows.append(row)
     return rows
+
+
+def _advice(best_frames: dict, slot: str) -> dict | None:
+    """What the card advised on a slot found but never good enough, as the journal keeps
+    it (`ExamSession.kept_frames`, `MISSED_ADVICE`): {criterion, message}, or None."""
+    kept = best_frames.get(MISSED_ADVICE)
+    said = kept.get(slot) if isinstance(kept, dict) else None
+    if not isinstance(said, dict) or not all(isinstance(said.get(k), str)
+                                             for k in ("criterion", "message")):
+        return None
+    return {"criterion": said["criterion"][:40], "message": said["message"][:200]}
 
 
 def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
@@ -399,7 +423,8 @@ class ExamHistory:
         exam = await self.exam(exam_id, running)
         if exam is None:
             return html_response(render_missing(text), 404)
-        return html_response(render_report(exam, text, box))
+        # a missed slot's advice in the report's language, as the card says it
+        return html_response(render_report(i18n.exam_with_advice_keys(rules, exam), text, box))
 
     # executor thread ---------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -795,11 +820,21 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
             out.append(f'<div class="thumb empty">{e(_t(text, "report.no_image"))}</div>')
         mark = "✓ " if row["captured"] else "✗ "
         out.append(f'<div class="name">{e(mark + name)}</div>')
-        state = _t(text, "report.captured" if row["captured"] else "report.not_captured")
+        # a missed slot: found but never clear enough (the image to improve), or not
+        # found (where to look); an exam journaled before the summary said is "not captured"
+        state = _t(text, "report.captured" if row["captured"] else
+                   {True: "report.missed_seen", False: "report.missed_not_found"}.get(
+                       row.get("seen"), "report.not_captured"))
         quality = best.get("quality")
         if quality is not None:
             state += " · " + _t(text, "report.quality", pct=round(quality * 100))
-        out.append(f'<div class="q">{e(state)}</div></li>')
+        out.append(f'<div class="q">{e(state)}</div>')
+        advice = best.get("advice") if not row["captured"] else None
+        if advice:  # what would have made it good enough, as the card said it
+            said = _t(text, advice["key"], fallback=advice["message"]) if advice.get("key") \
+                else advice["message"]
+            out.append(f'<div class="advice">{e(said)}</div>')
+        out.append("</li>")
     out.append("</ul></section>")
 
     # faults, models, ids

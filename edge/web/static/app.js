@@ -837,6 +837,15 @@ function renderExam(s) {
       q.textContent = best ? "" : "—";
     }
     li.appendChild(q);
+    if (!row.captured && !running && typeof row.seen === "boolean") {
+      // the exam has ended: never found (where to look) or found, never clear enough
+      // (the image: the advice beneath says what to change)
+      const miss = document.createElement("div");
+      miss.className = "miss";
+      miss.textContent = t(row.seen ? "exam.missed_seen" : "exam.missed_not_found",
+        { slot: t("slot." + row.plane, { _fallback: planeName(row.plane) }) });
+      li.appendChild(miss);
+    }
     if (!row.captured && best && best.advice) {
       // what would make this slot's best frame good enough, in the page's language
       const advice = document.createElement("div");
