@@ -181,6 +181,12 @@ SETUP_REFUSALS = {
 # one set-up reason: one exam alone can be one odd scan (a zoom that hid the depth scale);
 # two say the box does it.
 SETUP_FAULT_MIN_EXAMS = 2
+# A box whose heads were measured before it could check the picture's shape (the exam
+# summary's biometry.shape, from the probe's fan: edge/models/fan.py) in SETUP_FAULT_MIN_EXAMS or
+# more is flagged on the devices page, as something to check: its figures may be right, but
+# a grabber stretching the picture would have made every head wrong, unseen.
+SHAPE_UNCHECKED_ADVICE = ("at the next visit show the probe's whole fan once, without zoom "
+                          "(the box then checks the picture's shape and remembers it)")
 
 # -- devices: their model-update (fleet) errors ----------------------------------------------
 FLEET_ERROR_CHARS = 160  # as the wire's health.fleet.error (and the device's own cut)

@@ -537,6 +537,13 @@ def setup_fault_texts(refused: dict[str, int], exams: int) -> list[str]:
             if n >= C.SETUP_FAULT_MIN_EXAMS]
 
 
+def shape_unchecked_text(n: int, exams: int) -> str:
+    """The devices page's flag for a box that measured heads without ever checking the
+    picture's shape (a scanner kept zoomed in, or a box that never saw the whole fan)."""
+    return (f"picture shape never checked in {n} of {max(n, exams)} exams with heads "
+            f"measured: {C.SHAPE_UNCHECKED_ADVICE}")
+
+
 # -- completeness ----------------------------------------------------------------------------
 @dataclass
 class ClinicCompleteness:
@@ -1034,6 +1041,8 @@ class DeviceRow:
     exams: int = 0  # ended in the period (and standing: not withdrawn)
     # of those, the exams whose heads its set-up refused, by reason (setup_refused)
     setup_refused: dict[str, int] = field(default_factory=dict)
+    # of those, the exams whose heads were measured with the picture's shape unchecked
+    shape_unchecked: int = 0
 
 
 def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
@@ -1060,6 +1069,10 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
     refused: dict[str, dict[str, int]] = defaultdict(dict)
     for dev, _day, reason, n in setup_refused(db, scope, per, "device_id"):
         refused[dev][reason] = refused[dev].get(reason, 0) + n
+    unchecked = {dev: int(n) for dev, n in db.query(
+        "SELECT device_id, COUNT(*) FROM dash.exams WHERE day >= ? AND day <= ? AND "
+        f"shape_unchecked IS NOT NULL AND {w} GROUP BY device_id",
+        (per.first_day, per.last_day, *p))}
     busiest: dict[str, tuple[int, int]] = {}
     for dev, day, exams in db.query(
             "SELECT device_id, day, SUM(exams) FROM dash.day_device WHERE day >= ? AND "
@@ -1081,6 +1094,7 @@ def devices_page(db: Db, scope: Scope, per: Period, now: float | None = None
                         h.get("models") or {}, h.get("bundle") or {}, health_ts)
         row.received = received.get(dev, 0)
         row.exams, row.setup_refused = ended.get(dev, 0), refused.get(dev, {})
+        row.shape_unchecked = unchecked.get(dev, 0)
         row.busiest_day = busiest.get(dev)
         row.clock_behind_s = clock_offset(health_lag, online_lag)
         row.clock_set = h.get("clock_set")
@@ -1173,6 +1187,9 @@ def ranked_flags(d: DeviceRow, now: float, heard: float | None = None
     # every head lost while the women are scanned, until someone fixes the box: soon, after
     # a box not heard from at all
     flags.extend((SOON, text) for text in setup_fault_texts(d.setup_refused, d.exams))
+    if d.shape_unchecked >= C.SETUP_FAULT_MIN_EXAMS:
+        # measured, so not lost: but a stretched picture would have made each head wrong
+        flags.append((CHECK, shape_unchecked_text(d.shape_unchecked, d.exams)))
     if d.backlog is not None and d.backlog >= C.BACKLOG_WARN:
         flags.append((CHECK, "backlog"))
     if d.dead_letters:

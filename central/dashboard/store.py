@@ -71,12 +71,13 @@ from wire.shown import one_line, read_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "19"  # a change drops the rollups and rebuilds them from the messages
+SCHEMA_VERSION = "20"  # a change drops the rollups and rebuilds them from the messages
 # (16: deficiency names the dashboard does not know counted as one, C.DEFICIENCY_OTHER;
 # the health digest keeps the box's health interval; 17: withdrawn exams, counted in no
 # exam figure, and day_device's corrections of either kind; 18: each exam's set-up reason
 # that refused its heads, dash.exams.setup_refused; 19: a missed slot never found or found
-# but not good enough, dash.week_missing.not_found and .poor)
+# but not good enough, dash.week_missing.not_found and .poor; 20: an exam whose heads were
+# measured before the box could check the picture's shape, dash.exams.shape_unchecked)
 # The tables the rollup fills (users, sessions and the district map are kept on a rebuild).
 ROLLUP_TABLES = ("msgs", "exams", "day_device", "day_protocol", "day_missing",
                  "day_deficiency", "week_protocol", "week_missing", "week_deficiency",
@@ -99,12 +100,16 @@ _DASH_TABLES = [
         required INTEGER, captured INTEGER, complete INTEGER, best_quality DOUBLE PRECISION,
         hc_mm DOUBLE PRECISION, ga_weeks DOUBLE PRECISION, ga_low DOUBLE PRECISION,
         ga_high DOUBLE PRECISION, ga_source TEXT, missing TEXT, ig_z DOUBLE PRECISION,
-        dates_flag TEXT, dates_corrected INTEGER NOT NULL, setup_refused TEXT)""",
+        dates_flag TEXT, dates_corrected INTEGER NOT NULL, setup_refused TEXT,
+        shape_unchecked INTEGER)""",
     "CREATE INDEX IF NOT EXISTS dash.exams_day ON exams (day)",
     # the few exams whose heads the box's set-up refused, per box and clinic (the devices
     # and clinics pages' flags), from the index alone
     "CREATE INDEX IF NOT EXISTS dash.exams_setup_refused ON exams (day, device_id, "
     "clinic_id, setup_refused) WHERE setup_refused IS NOT NULL",
+    # likewise the few whose heads were measured with the picture's shape unchecked
+    "CREATE INDEX IF NOT EXISTS dash.exams_shape_unchecked ON exams (day, device_id, "
+    "clinic_id) WHERE shape_unchecked IS NOT NULL",
     # covering the biometry page: its density, outliers and clinics come from the index alone
     "CREATE INDEX IF NOT EXISTS dash.exams_hc_day ON exams (day, ga_weeks, hc_mm, ig_z, "
     "clinic_id, ga_source, dates_flag, dates_corrected) WHERE hc_mm IS NOT NULL",
@@ -1111,7 +1116,7 @@ def _unnamed(protocol: dict, named: list) -> int:
 EXAM_COLUMNS = ("msg_id", "device_id", "clinic_id", "exam_id", "day", "ts", "protocol",
                 "required", "captured", "complete", "best_quality", "hc_mm", "ga_weeks",
                 "ga_low", "ga_high", "ga_source", "missing", "ig_z", "dates_flag",
-                "dates_corrected", "setup_refused")
+                "dates_corrected", "setup_refused", "shape_unchecked")
 EXAM_ID_AT = EXAM_COLUMNS.index("exam_id")
 EXAM_DEVICE_AT = EXAM_COLUMNS.index("device_id")
 # What a correction of the age by dates changes in an exam's row.
@@ -1157,7 +1162,20 @@ def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dic
             "|".join(_text(s, 32) for s in missing) or None, z,
             # what the midwife's page said of this head against her dates (the same rule)
             None if hc is None or ga_dates is None else dates_flag(hc, ga_dates),
-            int(corrected and ga_dates is not None), setup_refusal(bio))
+            int(corrected and ga_dates is not None), setup_refusal(bio),
+            shape_unchecked(bio))
+
+
+def shape_unchecked(bio: object) -> int | None:
+    """1 for an exam whose heads were measured before its box could check the picture's
+    shape (the summary's `biometry.shape`, edge/models/fan.py): a grabber that stretches
+    the picture would have made every head wrong unseen. None for any other exam, and for
+    any other shape of summary (a box before it, a check turned off)."""
+    if not isinstance(bio, dict):
+        return None
+    measured = bio.get("measured")
+    return 1 if type(measured) is int and measured > 0 and bio.get("shape") == "unchecked" \
+        else None
 
 
 def setup_refusal(bio: object) -> str | None:
