@@ -276,11 +276,20 @@ class Scorer:
         every = (settings.fast_every_frames if self._screen_frames < settings.fast_for_frames
                  else settings.every_frames)
         self._screen_frames += 1
-        if self._screen_frames == settings.fast_for_frames and self._stretch.stretch is None:
+        # said only where it is true: a recording that knows its own scale never came
+        # through a grabber (its heads carry no shape), and a box with no scale yet
+        # measures no head to say unchecked
+        if self._screen_frames == settings.fast_for_frames and self._stretch.stretch is None \
+                and frame.pixel_size_mm is None:
+            measures = self.head.ruler is not None or not pixel_size_status(
+                self.head.pixel_size_mm, self.head.settings)
             log.warning("screen shape: not checked: none of this screen's first %d frames "
-                        "showed the probe's whole fan. Heads are measured, and their exams "
-                        "say the shape was not checked; zoom out once so the whole fan "
-                        "shows, with black below it", settings.fast_for_frames)
+                        "showed the probe's whole fan. %s: zoom out once so the whole fan "
+                        "shows, with black below it", settings.fast_for_frames,
+                        "Heads are measured, and their exams say the shape was not checked"
+                        if measures else "No head is measured yet (no pixel size or depth "
+                        "scale); once heads are, they are said unchecked until a frame shows "
+                        "the whole fan")
         if self._fan_pending is None and self._screen_frames % every == 0:
             self._fan_pending = read_fan_aside(frame.image, settings)
 

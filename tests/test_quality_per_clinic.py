@@ -59,11 +59,12 @@ def test_each_clinics_best_frames_under_capture_are_counted_and_the_worst_plane_
         short, good = cells
         assert short[1:] == ["12", "0.55", "42% (5)", "4CH: 4 of 6"]
         assert good[1:] == ["12", "0.75", "0% (0)", "-"]  # no plane under it: none named
-        # 5 of 12 against the district's 5 of 24 (21%): a share 12 best frames can show by
-        # chance (its 95% interval 19-68% holds 21%), so neither is flagged; the title says so
+        # 5 of 12 against every clinic's 5 of 24 (21%; the admin's page, unfiltered): a share
+        # 12 best frames can show by chance (its 95% interval 19-68% holds 21%), so neither is
+        # flagged; the title says so
         assert "class=flag" not in table
         assert re.search(r"<tr><td><a [^>]*>clinic-good", table)
-        assert ('title="95% interval 19-68%: within chance of the district&#x27;s 21%">42% (5)'
+        assert ('title="95% interval 19-68%: within chance of all clinics&#x27; 21%">42% (5)'
                 in table), table
 
         body = request(base, "/api/quality_clinics.csv?weeks=8", cookie)[2].decode()

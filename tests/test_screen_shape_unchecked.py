@@ -122,9 +122,37 @@ def test_a_screen_that_shows_no_fan_for_its_first_frames_is_said_unchecked_once(
     said = [r.getMessage() for r in caplog.records if "not checked" in r.getMessage()]
     assert said == ["screen shape: not checked: none of this screen's first 6 frames showed "
                     "the probe's whole fan. Heads are measured, and their exams say the "
-                    "shape was not checked; zoom out once so the whole fan shows, with black "
+                    "shape was not checked: zoom out once so the whole fan shows, with black "
                     "below it"], said
 
+
+
+@needs_data
+@pytest.mark.parametrize("where", ["no pixel size", "own scale"])
+def test_the_unchecked_warning_claims_no_head_the_box_does_not_mark(caplog, where):
+    """An installer's walk: a fresh box with no pixel size yet (`[biometry] pixel_size_mm =
+    0`, no depth scale) logged "Heads are measured, and their exams say the shape was not
+    checked" though it measured none; and a recording that knows its own scale (never
+    through a grabber: its heads carry no shape) logged it too. The first is told the shape
+    still needs the whole fan once; the second is told nothing."""
+    caplog.set_level("INFO", logger="edge.scorer")
+    scorer = _scorer(fast_for_frames=6)
+    if where == "no pixel size":
+        scorer.head = dataclasses.replace(scorer.head, pixel_size_mm=0.0)
+    head = cv2.imread(str(HEAD))
+    own = {"pixel_size_mm": 0.15} if where == "own scale" else {}
+    results = [_score(scorer, head, i, **own) for i in range(12)]
+    said = [r.getMessage() for r in caplog.records if "not checked" in r.getMessage()]
+    if where == "own scale":
+        assert _measured(results) and all("shape" not in b for b in _measured(results))
+        assert said == [], said
+    else:
+        assert not _measured(results)
+        assert said == ["screen shape: not checked: none of this screen's first 6 frames "
+                        "showed the probe's whole fan. No head is measured yet (no pixel "
+                        "size or depth scale); once heads are, they are said unchecked until "
+                        "a frame shows the whole fan: zoom out once so the whole fan shows, "
+                        "with black below it"], said
 
 def test_the_exam_summary_carries_the_shape_and_the_wire_refuses_a_wrong_one():
     tally = ExamTally()

@@ -644,17 +644,19 @@ def interval_text(low_high: tuple[float, float]) -> str:
     return f"{confidence_text()} interval {pct(low)[:-1]}-{pct(high)}"
 
 
-def chance_words(above: bool, n: int, district_share: float) -> str:
-    """Whether a share of `n` is beyond chance, against the district's, in words."""
+def chance_words(above: bool, n: int, district_share: float,
+                 against: str = "the district's") -> str:
+    """Whether a share of `n` is beyond chance, against the district's (QualityPage.against),
+    in words."""
     if n < C.QUALITY_CELL_MIN_EXAMS:
         return f"too few to judge (under {C.QUALITY_CELL_MIN_EXAMS})"
-    return (f"clearly above the district's {pct(district_share)}" if above else
-            f"within chance of the district's {pct(district_share)}")
+    return (f"clearly above {against} {pct(district_share)}" if above else
+            f"within chance of {against} {pct(district_share)}")
 
 
 def funnel_rule(page: Q.QualityPage) -> str:
     """The rule in one line, as the quality page says it above its heatmap."""
-    return (f"Orange only where a share is clearly above the district's own "
+    return (f"Orange only where a share is clearly above {page.against} own "
             f"{pct(page.district_share)} (its {confidence_text()} Wilson interval wholly "
             f"above it, the limits of a funnel plot): a higher share that its number of exams "
             f"could show by chance is grey.")
@@ -681,7 +683,8 @@ def failed_colour(c: Q.PlaneWeek) -> str:
     return bin_colour(failed_percent(c) / 100, FAILED_EDGES, FAILED_COLOURS)
 
 
-def quality_cell_tip(c: Q.PlaneWeek, this_week: int | None = None) -> str:
+def quality_cell_tip(c: Q.PlaneWeek, this_week: int | None = None,
+                     against: str = "the district's") -> str:
     where = (f"{c.plane}, week of {Q.week_text(c.week)}"
              + (" (this week so far)" if c.week == this_week else ""))
     counts = (f"{c.below_capture} of {plural(c.exams, 'exam')} ({failed_percent(c)}%) under "
@@ -690,7 +693,7 @@ def quality_cell_tip(c: Q.PlaneWeek, this_week: int | None = None) -> str:
     if c.too_few:
         return (f"{where}: too few to judge (under {C.QUALITY_CELL_MIN_EXAMS} exams); "
                 f"{counts}")
-    return f"{where}: {chance_words(c.above, c.exams, c.district_share)}; {counts}"
+    return f"{where}: {chance_words(c.above, c.exams, c.district_share, against)}; {counts}"
 
 
 def quality_svg(page: Q.QualityPage) -> str:
@@ -703,7 +706,7 @@ def quality_svg(page: Q.QualityPage) -> str:
     heading = (f"Share of exams with the plane's best frame under {C.MIN_QUALITY} "
                "(not captured):")
     keys = list(zip(FAILED_COLOURS, failed_keys(), strict=True))
-    within = (f"any share within chance of the district's {pct(page.district_share)} "
+    within = (f"any share within chance of {page.against} {pct(page.district_share)} "
               f"({confidence_text()})")
     step = -(-WEEK_LABEL_W // cell_w)  # a date every so many cells, never overlapping
     last_date = label_w + (max(0, len(page.weeks) - 1) // step * step) * cell_w
@@ -730,7 +733,7 @@ def quality_svg(page: Q.QualityPage) -> str:
         fill = too_few if c.too_few else failed_colour(c)
         x, y = label_w + col[c.week] * cell_w, top + row[c.plane] * cell_h
         svg.rect(x + 0.5, y + 0.5, cell_w - 1, cell_h - 1, fill,
-                 tip=quality_cell_tip(c, page.period.last_week),
+                 tip=quality_cell_tip(c, page.period.last_week, page.against),
                  data_plane=c.plane, data_week=Q.week_text(c.week), data_exams=c.exams,
                  data_mean=f"{c.mean_quality:.4f}", data_below=c.below_capture,
                  data_share=f"{c.below_share:.4f}", data_too_few="" if c.too_few else None,
@@ -821,7 +824,7 @@ def quality_clinics_table(page: Q.QualityPage) -> str:
         f"<td class=num>{c.best_frames}</td>"
         f"<td class=num>{c.mean_quality:.2f}</td>"
         f'<td class=num title="{esc(interval_text(c.interval))}: '
-        f'{esc(chance_words(c.above, c.best_frames, c.district_share))}">'
+        f'{esc(chance_words(c.above, c.best_frames, c.district_share, page.against))}">'
         f"{pct(c.below_share)} ({c.below_capture})</td>"
         + (f"<td>{esc(c.worst_plane)}: {c.worst_below} of {c.worst_frames}</td></tr>"
            if c.worst_below else "<td>-</td></tr>")

@@ -798,10 +798,13 @@ class QualityPage:
     exams: int
     clinics: list[ClinicQuality] = field(default_factory=list)  # most under 0.5 first
     # The district's best frames over the period, every plane and clinic of the scope (a
-    # clinic's page: its district's), and of them under MIN_QUALITY: the rate a cell or a
-    # clinic is judged against
+    # clinic's page: its own district's, whoever looks), and of them under MIN_QUALITY: the
+    # rate a cell or a clinic is judged against
     district_frames: int = 0
     district_below: int = 0
+    # whose share that is, as the page says it: "all clinics'" where it is every clinic's
+    # (an admin not filtering, or a clinic on no district's map), not "the district's"
+    against: str = "the district's"
 
     @property
     def district_share(self) -> float:
@@ -817,8 +820,13 @@ def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
             f"WHERE week >= ? AND week <= ? AND {w} GROUP BY plane, week", (w0, w1, *p)):
         cells.append(PlaneWeek(plane, int(week), int(n), float(q_sum) / int(n), int(q_low)))
     frames, below = sum(c.exams for c in cells), sum(c.below_capture for c in cells)
-    if scope.clinic is not None:  # a clinic is judged against its district, not itself
-        dw, dp = Scope(scope.district).where()
+    district = scope.district
+    if scope.clinic is not None:
+        # a clinic is judged against its own district, not itself, nor what its viewer sees:
+        # an admin's every district flagged a clinic its district's viewer saw within chance
+        row = db.query("SELECT district FROM dash.clinics WHERE clinic_id = ?", (scope.clinic,))
+        district = row[0][0] if row else None
+        dw, dp = Scope(district).where()
         frames, below = (int(x) for x in db.query(
             "SELECT COALESCE(SUM(n), 0), COALESCE(SUM(q_low), 0) FROM dash.week_plane "
             f"WHERE week >= ? AND week <= ? AND {dw}", (w0, w1, *dp))[0])
@@ -836,7 +844,8 @@ def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
                      f"WHERE day >= ? AND day <= ? AND {w}", args)[0][0]
     cells.sort(key=lambda c: (order.get(c.plane, 99), c.plane, c.week))
     return QualityPage(per, list(range(w0, w1 + 1)), planes, cells, defs, int(exams),
-                       _clinic_quality(db, scope, w0, w1, rate), frames, below)
+                       _clinic_quality(db, scope, w0, w1, rate), frames, below,
+                       "the district's" if district is not None else "all clinics'")
 
 
 def _clinic_quality(db: Db, scope: Scope, w0: int, w1: int, rate: float

@@ -644,7 +644,7 @@ class Dashboard:
                   f"{C.MIN_QUALITY}, last {weeks} weeks</h2>"
                   '<p class="lead">Each exam\'s best frame of each plane it found, every plane '
                   f"together; a plane found but under {C.MIN_QUALITY} is not captured. "
-                  "Orange: a share clearly above the district's "
+                  f"Orange: a share clearly above {page.against} "
                   f"{P.pct(page.district_share)}, by the rule above (a share's interval in "
                   "its title); flagged clinics first.</p>"
                 + P.quality_clinics_table(page)
