@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 
 import pytest
 
@@ -25,6 +26,12 @@ from tests.test_outbox import exam_body
 
 def said(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == outbox_module.log.name]
+
+
+def not_confirmed(box) -> int:
+    """Exams gone without a receipt, waited for or no longer: never counted confirmed."""
+    counts = box.exam_counts()
+    return counts["unconfirmed"] + counts["unconfirmed_old"]
 
 
 def sent_before_receipts(box, n: int) -> list[str]:
@@ -46,7 +53,7 @@ def test_exams_gone_on_puback_before_any_receipt_wait_for_their_own_receipt(tmp_
     assert box.pending_count() == 0 and box.awaiting_receipt_count() == 0
     box.receipt(["not-one-of-ours"])
     assert box.exam_counts() == {"pending": 0, "awaiting_receipt": 0, "unconfirmed": 2,
-                                 "receipts_seen": True}
+                                 "unconfirmed_old": 0, "receipts_seen": True}
     box.close()
     box = open_outbox(tmp_path)
     box.receipt([second])
@@ -65,8 +72,8 @@ def test_the_ids_kept_are_bounded_and_those_past_the_bound_still_count(tmp_path,
     box = open_outbox(tmp_path)
     ids = sent_before_receipts(box, 5)
     assert box._db.execute("SELECT COUNT(*) FROM unconfirmed").fetchone()[0] == 3
-    box.receipt(ids)  # the two oldest are no longer matched
-    assert box.exam_counts()["unconfirmed"] == 2
+    box.receipt(ids)  # the two oldest are no longer matched: counted, not waited for
+    assert (box.exam_counts()["unconfirmed"], box.exam_counts()["unconfirmed_old"]) == (0, 2)
 
     probe = open_outbox(tmp_path / "probe").enqueue("exam", exam_body())
     room = 2 * (probe.size + ROW_OVERHEAD_BYTES) + probe.size // 2  # two exams, not three
@@ -75,7 +82,25 @@ def test_the_ids_kept_are_bounded_and_those_past_the_bound_still_count(tmp_path,
         small.enqueue("exam", exam_body())
     assert small.drop_report()["exam"] == 1
     assert small.exam_counts() == {"pending": 2, "awaiting_receipt": 0, "unconfirmed": 1,
-                                   "receipts_seen": False}
+                                   "unconfirmed_old": 0, "receipts_seen": False}
+
+
+def test_an_exam_gone_without_a_receipt_is_waited_for_a_week_then_counted_apart(tmp_path):
+    """A box that sent to a collector from before receipts, then saw its district upgraded:
+    its 300 exams gone on PUBACK were "not yet confirmed" on the chip for ever, with nothing
+    for the midwife to do (a walk). A receipt is waited for UNCONFIRMED_WAIT_S; after it
+    the exam is counted apart (never as confirmed), and a late receipt still clears it."""
+    box = open_outbox(tmp_path)
+    ids = sent_before_receipts(box, 3)
+    box.receipt(["not-one-of-ours"])
+    week = outbox_module.UNCONFIRMED_WAIT_S
+    assert box.exam_counts()["unconfirmed"] == 3
+    later = box.exam_counts(now=time.time() + week + 60)
+    assert (later["unconfirmed"], later["unconfirmed_old"]) == (0, 3)
+    box.receipt(ids[:1])  # a collector's backlog, very late
+    later = box.exam_counts(now=time.time() + week + 60)
+    assert (later["unconfirmed"], later["unconfirmed_old"]) == (0, 2)
+    assert counts_of(box._db)["unconfirmed"] == 2  # `sonoedge status` counts every one
 
 
 def _text_counter(db: sqlite3.Connection) -> None:
@@ -115,11 +140,11 @@ def test_a_damaged_record_of_unconfirmed_exams_is_one_line_and_no_raise(tmp_path
     caplog.set_level(logging.WARNING)
     box = open_outbox(tmp_path)
     assert len(said(caplog)) == 1, said(caplog)
-    assert box.exam_counts()["unconfirmed"] == left
+    assert not_confirmed(box) == left
     nxt = sent_before_receipts(box, 1)
-    assert box.exam_counts()["unconfirmed"] == left + 1
+    assert not_confirmed(box) == left + 1
     box.receipt(nxt)
-    assert box.exam_counts()["unconfirmed"] == left
+    assert not_confirmed(box) == left
 
 
 def test_a_corrupt_outbox_salvages_the_ids_of_unconfirmed_exams(tmp_path, caplog):

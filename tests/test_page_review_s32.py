@@ -627,7 +627,11 @@ UPLINK_STATES = [dict(enabled=False, connected=False, pending=9999),
                  dict(enabled=True, connected=True, pending=0, awaiting_receipt=9999,
                       unconfirmed=90000, receipts_seen=True),
                  dict(enabled=True, connected=True, pending=0, awaiting_receipt=0,
-                      receipts_seen=True)]
+                      receipts_seen=True),
+                 # only exams gone over a week ago without a receipt (before the district
+                 # sent any): not waited for, not claimed as all at the district
+                 dict(enabled=True, connected=True, pending=0, awaiting_receipt=0,
+                      unconfirmed=0, unconfirmed_old=99999, receipts_seen=True)]
 
 
 def test_every_uplink_chip_fits_the_strip_of_a_phone_in_every_language(box, view):
@@ -654,6 +658,9 @@ def test_every_uplink_chip_fits_the_strip_of_a_phone_in_every_language(box, view
             assert len({text for text, _ in drawn}) == len(UPLINK_STATES), drawn
             assert not [text for text, _ in drawn if text.startswith("status.")], drawn
             assert [text for text, fits in drawn if not fits] == [], (lang, drawn)
+            assert drawn[-1][0] == say(page, "status.uplink_confirmed_recent"), drawn[-1]
+            title = page.evaluate("up => window.sonoedge.uplinkChip(up)[2]", UPLINK_STATES[-1])
+            assert say(page, "status.uplink_counts_old", o=99999) in title, title
     finally:  # the language is kept in the browser: the next test's page is in English
         page.evaluate("localStorage.removeItem('sonoedge.lang')")
     assert not errors

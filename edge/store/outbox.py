@@ -115,6 +115,12 @@ EXAM_KINDS = RECEIPTED_KINDS  # exam, dates, withdrawal: also the kinds kept unt
 # late receipt: a clinic's exams of a year and more (~100 bytes each, 1 MB in all); beyond,
 # the oldest is only counted (`unconfirmed_forgotten`).
 UNCONFIRMED_MAX = 10_000
+# A receipt is waited for this long after its exam left (a collector down for a week
+# still sends one from its backlog); an id older than this is counted apart
+# (`exam_counts` unconfirmed_old), not on the midwife's chip as "not yet confirmed": a box
+# that sent to a collector older than receipts, then saw its district upgraded, showed
+# "300 not yet confirmed" for ever, with nothing for her to do (a walk).
+UNCONFIRMED_WAIT_S = 7 * 24 * 3600.0
 # A sent message's time ahead of the clock by more than this means the clock stepped back
 # since: waiting out resend_after_s from it could take months, so it is sent again now.
 SENT_TS_AHEAD_S = CLOCK_STEP_S
@@ -737,20 +743,26 @@ class Outbox:
                 "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"
             ).fetchone()[0]
 
-    def exam_counts(self) -> dict:
+    def exam_counts(self, now: float | None = None) -> dict:
         """What the midwife's uplink chip counts: her exams and their corrections (dates,
         withdrawals), never health. `pending`: to go to the broker; `awaiting_receipt`: sent,
-        kept until the district's receipt; `unconfirmed`: gone without one (`_unconfirmed`);
-        `receipts_seen`: whether the district ever sent a receipt. One read."""
+        kept until the district's receipt; `unconfirmed`: gone without one
+        (`_unconfirmed`) within UNCONFIRMED_WAIT_S; `unconfirmed_old`: gone without one
+        longer ago, or forgotten past UNCONFIRMED_MAX (never counted as confirmed, no longer
+        waited for); `receipts_seen`: whether the district ever sent a receipt. One read."""
         marks = ",".join("?" * len(EXAM_KINDS))
+        cutoff = (time.time() if now is None else now) - UNCONFIRMED_WAIT_S
         with self._lock:
             per = dict(self._db.execute(
                 f"SELECT state, COUNT(*) FROM outbox WHERE kind IN ({marks}) GROUP BY state",
                 EXAM_KINDS).fetchall())
-            gone = self._db.execute("SELECT COUNT(*) FROM unconfirmed").fetchone()[0]
+            recent, every = self._db.execute(
+                "SELECT COALESCE(SUM(ts >= ?), 0), COUNT(*) FROM unconfirmed",
+                (cutoff,)).fetchone()
             forgotten, receipts = self._meta("unconfirmed_forgotten", "receipts")
         return {"pending": per.get("pending", 0), "awaiting_receipt": per.get("sent", 0),
-                "unconfirmed": gone + forgotten, "receipts_seen": receipts == 1}
+                "unconfirmed": recent, "unconfirmed_old": every - recent + forgotten,
+                "receipts_seen": receipts == 1}
 
     def awaiting_receipt_count(self) -> int:
         """Messages the broker acknowledged, kept until the district's receipt."""

@@ -1074,7 +1074,7 @@ class WebServer:
                 counts = uplink.outbox.exam_counts()
             except Exception:  # a closed outbox at shutdown
                 counts = dict.fromkeys(("pending", "awaiting_receipt", "unconfirmed",
-                                        "receipts_seen"))
+                                        "unconfirmed_old", "receipts_seen"))
             out["uplink"] = {"enabled": bool(status.get("enabled")),
                              "connected": bool(status.get("connected")), **counts,
                              "broker": status.get("broker") or ""}

@@ -602,14 +602,19 @@ function chip(id, text, cls, title) {
 function uplinkChip(up) {
   if (!up) return [""];
   const queued = up.pending ?? 0, sent = up.awaiting_receipt ?? 0,
-    gone = up.unconfirmed ?? 0, waiting = sent + gone;
-  const title = up.receipts_seen ? t("status.uplink_counts", { q: queued, w: sent, u: gone })
+    gone = up.unconfirmed ?? 0, old = up.unconfirmed_old ?? 0, waiting = sent + gone;
+  const title = up.receipts_seen
+    ? t("status.uplink_counts", { q: queued, w: sent, u: gone }) +
+      (old ? ` · ${t("status.uplink_counts_old", { o: old })}` : "")
     : t("status.uplink_counts_no_receipts", { q: queued });
   if (!up.enabled) return [t("status.uplink_off", { n: queued }), "", title];
   if (!up.connected) return [t("status.offline", { n: queued }), "warn", title];
   if (queued > 0) return [t("status.uplink_sending", { n: queued }), "", title];
   if (!up.receipts_seen) return [t("status.uplink_ok"), "ok", title];
   if (waiting > 0) return [t("status.uplink_awaiting", { n: waiting }), "", title];
+  // exams sent over a week ago with no receipt (most likely to a collector from before
+  // receipts): no longer waited for, and not claimed as at the district either
+  if (old > 0) return [t("status.uplink_confirmed_recent"), "ok", title];
   return [t("status.uplink_confirmed"), "ok", title];
 }
 stats.uplinkChip = uplinkChip; // the tests fit its longest words on a phone's strip
