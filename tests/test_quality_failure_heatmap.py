@@ -61,7 +61,7 @@ ALARM = ORANGES[4:]  # from 20%, the clinics' table flag
 MIN_EXAMS = 10  # a cell with fewer is too few to judge (C.QUALITY_CELL_MIN_EXAMS)
 WITHIN = "#ebebeb"  # muted: a share chance explains at the district's rate
 Z95 = 1.959963984540054  # the normal's 97.5th centile: a two-sided 95% interval
-FUNNEL = ["interval_low", "interval_high", "district_share", "above_district"]
+FUNNEL = ["interval_low", "interval_high", "compared_with", "compared_share", "above_compared"]
 OLD_COLUMNS = ["plane", "week_starting", "exams", "mean_best_quality", "exams_below_0.5"]
 RECT = re.compile(r"<rect ([^>]*data-plane=[^>]*)>(?:<title>([^<]*)</title>)?</rect>")
 
@@ -242,7 +242,9 @@ def test_the_csv_keeps_its_columns_first_and_adds_the_share_after(district):
     want = expected(sent, "district-1", per)
     assert len(rows) - 1 == len(want)
     rate = sum(b for _, b in want.values()) / sum(n for n, _ in want.values())
-    for plane, week, exams, mean, below, share, few, low, high, district, above in rows[1:]:
+    for plane, week, exams, mean, below, share, few, low, high, whose, district, above \
+            in rows[1:]:
+        assert whose == "district"  # a district's own page: its own share
         assert (int(exams), int(below)) == want[(plane, week_of_text(week))]
         assert 0 < float(mean) <= 1
         assert float(share) == round(int(below) / int(exams), 4)
@@ -397,11 +399,14 @@ def test_chance_is_not_flagged_and_a_clinic_clearly_worse_is(url, tmp_path):
         # the CSVs say the same, after the columns they had
         body = request(base, "/api/quality_clinics.csv?weeks=8", cookie)[2].decode()
         got = {r["clinic_id"]: r for r in csv.DictReader(io.StringIO(body))}
-        assert list(got["clinic-poor"])[-5:] == [*FUNNEL, "district"]
-        assert {c: r["above_district"] for c, r in got.items()} == {
+        assert list(got["clinic-poor"])[-6:] == [*FUNNEL, "district"]
+        assert {c: r["above_compared"] for c, r in got.items()} == {
             "clinic-poor": "1", "clinic-chance": "0", "clinic-b1": "0", "clinic-b2": "0",
             "clinic-b3": "0"}
-        assert got["clinic-chance"]["district_share"] == "0.12"
+        # served to an admin not filtering: every clinic's share, and said so beside the
+        # row's own `district` column (a walk read it as that district's)
+        assert {r["compared_with"] for r in got.values()} == {"all clinics"}
+        assert got["clinic-chance"]["compared_share"] == "0.12"
         # a clinic's own page judges it against its district, not against itself
         for clinic, flagged in (("clinic-poor", True), ("clinic-chance", False)):
             own = request(base, f"/clinic/{clinic}?weeks=8", cookie)[2].decode()

@@ -777,14 +777,19 @@ def deficiencies_svg(page: Q.QualityPage) -> str:
 
 
 # The columns the funnel rule adds to a quality CSV, after those it had: the share's
-# interval at C.QUALITY_FUNNEL_CONFIDENCE, the district's share it is judged against, and
-# whether it is clearly above it (1: drawn orange, flagged)
-FUNNEL_COLUMNS = ["interval_low", "interval_high", "district_share", "above_district"]
+# interval at C.QUALITY_FUNNEL_CONFIDENCE, whose share it is judged against ("district",
+# or "all clinics" for an admin not filtering: beside a row's `district` column a
+# "district_share" read as that district's, a walk), that share, and whether it is clearly
+# above it (1: drawn orange, flagged)
+FUNNEL_COLUMNS = ["interval_low", "interval_high", "compared_with", "compared_share",
+                  "above_compared"]
 
 
-def _funnel_cells(x: Q.PlaneWeek | Q.ClinicQuality) -> list:
+def _funnel_cells(x: Q.PlaneWeek | Q.ClinicQuality, page: Q.QualityPage) -> list:
     low, high = x.interval
-    return [round(low, 4), round(high, 4), round(x.district_share, 4), int(x.above)]
+    return [round(low, 4), round(high, 4),
+            "all clinics" if page.against == "all clinics'" else "district",
+            round(x.district_share, 4), int(x.above)]
 
 
 def quality_csv(page: Q.QualityPage) -> str:
@@ -796,7 +801,7 @@ def quality_csv(page: Q.QualityPage) -> str:
                    "too_few_to_judge", *FUNNEL_COLUMNS],
                   [[c.plane, Q.week_text(c.week), c.exams, round(c.mean_quality, 4),
                     c.below_capture, round(c.below_share, 4), int(c.too_few),
-                    *_funnel_cells(c)]
+                    *_funnel_cells(c, page)]
                    for c in page.cells])
 
 
@@ -809,7 +814,7 @@ def quality_clinics_csv(page: Q.QualityPage) -> str:
                    "clinic_name", *FUNNEL_COLUMNS],
                   [[c.clinic_id, c.best_frames, round(c.mean_quality, 4), c.below_capture,
                     c.worst_plane if c.worst_below else "", c.worst_below,
-                    c.worst_frames if c.worst_below else "", c.name, *_funnel_cells(c)]
+                    c.worst_frames if c.worst_below else "", c.name, *_funnel_cells(c, page)]
                    for c in page.clinics])
 
 
