@@ -236,10 +236,11 @@ def test_a_dry_run_says_every_change_and_changes_nothing(tmp_path, url):
         "  rename clinic-03: Clinic 3 -> Clinic Three"]
     assert _map(db_url) == SEEDED
 
-    # a file that would be refused: said, not refused, and still nothing changed
+    # a file that would be refused: said, exit status 1 (a script can tell it from a map
+    # that would load), and still nothing changed
     path, out = _load(tmp_path, db_url, _lines({c: v for c, v in SEEDED.items()
                                                 if v[0] == "district-1"}), "--dry-run")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr
     assert out.stdout.splitlines()[-1].startswith(
         "it would be refused: it would remove 2 of the 4 clinics on the map (clinic-03, "
         "clinic-04), every clinic of district-2"), out.stdout

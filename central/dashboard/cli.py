@@ -361,9 +361,10 @@ def districts_main(argv: list[str]) -> int:
         for line in change.every_change():
             print(f"  {line}")
         why = change.too_much()
-        if why and not args.replace:
+        if why and not args.replace:  # 1: a script can tell it from a map that would load
             print(f"it would be refused: it {why} (the file replaces the whole map; "
                   "--replace if that is meant)")
+            return 1
         return 0
     print(change.summary())
     return 0

@@ -387,7 +387,10 @@ def silent_table(page: Q.ClinicsPage) -> str:
     """Every clinic's totals and its silent spells in words: what the plot shows, for a
     screen reader, a printout, or a phone that cannot take the plot in at once."""
     head = ("<tr><th>clinic</th><th>exams</th>"
-            f"<th>{WITHDRAWN_WORDS[:1].upper()}{WITHDRAWN_WORDS[1:]} (in no other figure)</th>"
+            # a word as the other heads, the whole in its title: on a phone the sentence
+            # wrapped to six lines (a walk)
+            f'<th title="{WITHDRAWN_WORDS[:1].upper()}{WITHDRAWN_WORDS[1:]} (in no other '
+            'figure)">withdrawn</th>'
             "<th>silent weekdays</th>"
             f"<th>silent {C.SILENT_SPELL_WEEKDAYS} weekdays or more in a row, latest first"
             "</th><th>messages missing</th><th>heads refused by the box's set-up</th></tr>")
