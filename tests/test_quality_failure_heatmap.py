@@ -188,6 +188,19 @@ def test_each_cell_is_coloured_by_its_share_of_best_frames_not_captured(district
                                                     reverse=True)
 
 
+def test_the_lead_says_what_the_colour_means_as_drawn(district):
+    """"The darker, the more often" sat above a viewer's heatmap all grey (a walk): with no
+    cell beyond chance the lead says so."""
+    db, _ = district
+    page = Q.quality_page(db, Q.Scope("district-1"), Q.period(26, END))
+    assert any(c.above for c in page.cells)
+    assert P.shading_words(page) == "The darker orange, the more often. "
+    for c in page.cells:  # the same cells against a district failing every frame
+        c.district_share = 1.0
+    assert not any(c.above for c in page.cells)
+    assert P.shading_words(page) == "No cell is clearly above: all are grey. "
+
+
 def test_a_cell_with_too_few_exams_is_hatched_never_orange_and_says_so(district):
     db, _ = district
     # a viewer's 26 weeks: the seed's first week has few exams in her four clinics
@@ -394,6 +407,8 @@ def test_chance_is_not_flagged_and_a_clinic_clearly_worse_is(url, tmp_path):
         assert hearts["fill"] == ALARM[1] and hearts["data-above"] == "1"  # 30%
         assert "clearly above all clinics' 12%; 18 of 60 exams (30%)" in hearts["title"]
         assert heads["fill"] == WITHIN  # 9%: under the district's
+        assert "The darker orange, the more often." in page  # one cell is orange
+        assert "all are grey" not in page
         assert "Orange only where a share is clearly above all clinics' own 12% (its 95% " \
             "Wilson interval wholly above it, the limits of a funnel plot)" in page
         # the CSVs say the same, after the columns they had

@@ -788,6 +788,14 @@ FUNNEL_COLUMNS = ["interval_low", "interval_high", "compared_with", "compared_sh
                   "above_compared"]
 
 
+def shading_words(page: Q.QualityPage) -> str:
+    """What the heatmap's colour means, as drawn: "the darker, the more often" sat above a
+    heatmap all grey, where no cell was beyond chance (a walk)."""
+    if any(c.above for c in page.cells):
+        return "The darker orange, the more often. "
+    return "No cell is clearly above: all are grey. "
+
+
 def _funnel_cells(x: Q.PlaneWeek | Q.ClinicQuality, page: Q.QualityPage) -> list:
     low, high = x.interval
     return [round(low, 4), round(high, 4),

@@ -631,8 +631,9 @@ class Dashboard:
         return (f"<h2>Best frames not captured, per plane, by week, last {weeks} weeks</h2>"
                 f'<p class="lead">Each cell is the share of the week\'s exams that found the '
                 f"plane whose best frame of it scored under {C.MIN_QUALITY}, the quality the "
-                "checklist takes a plane from: found, but not captured. The darker, the more "
-                f"often. {P.funnel_rule(page)} The clinics' table below is flagged by the "
+                "checklist takes a plane from: found, but not captured. "
+                + P.shading_words(page)
+                + f"{P.funnel_rule(page)} The clinics' table below is flagged by the "
                 "same rule. Hatched: too few to judge, where fewer than "
                 f"{C.QUALITY_CELL_MIN_EXAMS} of the week's exams found the plane (the last "
                 "column is this week so far). A cell's title (and the CSV) gives its counts, "
