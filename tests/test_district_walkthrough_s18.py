@@ -135,10 +135,14 @@ def test_an_exam_whose_missing_slots_were_not_named_counts_once_in_slots_most_mi
     assert max(int(x) for x in re.findall(r"(\d+)%", html)) <= 100  # no "900%: 9 of 1"
     csv = _get(district, "/api/missed.csv?weeks=8").splitlines()
     # its columns as before, in their order; then the protocol's exams and the share of
-    # them; the district last
+    # them; then how the misses were said (not found, found not clear enough, not said);
+    # the district last
     assert csv[0] == ("clinic_id,protocol,slot,exams_missing_it,protocol_exams,"
-                      "share_missing_it,district")
+                      "share_missing_it,missed_not_found,missed_not_clear_enough,"
+                      "missed_not_said,district")
     (line,) = [x for x in csv if x.startswith(f"clinic-b,second-trimester,{UNNAMED_SLOT},")]
+    # a slot whose name was shed cannot say whether it was found: not said, every one
+    assert line.split(",")[6:9] == ["0", "0", str(len(shed))], line
     screens = int(line.split(",")[4])
     assert line.split(",")[3] == str(len(shed)) and screens >= len(shed)
     # the per-clinic table says how many exams of how many of the protocol's
