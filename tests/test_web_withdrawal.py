@@ -19,7 +19,15 @@ import urllib.request
 import pytest
 
 from tests.test_web_exams import two_exam_clip
-from tests.web_harness import chromium, client_ssl, device, http, login_cookie, wait_for
+from tests.web_harness import (
+    chromium,
+    client_ssl,
+    device,
+    http,
+    login_cookie,
+    unlock_if_asked,
+    wait_for,
+)
 from wire.schema import validate_payload
 
 pytest.importorskip("playwright")
@@ -100,9 +108,7 @@ def test_the_midwife_withdraws_an_exam_with_a_reason_and_a_confirm_then_undoes_i
     page = box["browser"].new_page()
     page.set_viewport_size(TABLET)
     page.goto(base + "/")
-    if page.query_selector("#pin:visible"):
-        page.fill("#pin", "4827")
-        page.click("#unlock")
+    unlock_if_asked(page)
     page.wait_for_function("document.querySelectorAll('#earlier-list a').length === 2", **POLL)
     row = row_of(page, first_id)
     # one tap opens the reasons; the confirm waits for one, and Keep closes it unchanged

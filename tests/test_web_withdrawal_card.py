@@ -25,6 +25,7 @@ from tests.test_web_withdrawal import (  # noqa: F401  (box: a device of this mo
     queued,
     row_of,
 )
+from tests.web_harness import unlock_if_asked
 
 pytest.importorskip("playwright")
 PHONE = {"width": 390, "height": 844}
@@ -38,9 +39,7 @@ def open_page(box, size: dict, lang: str = "en"):  # noqa: F811
     page = box["browser"].new_page()
     page.set_viewport_size(size)
     page.goto(box["base"] + "/")
-    if page.query_selector("#pin:visible"):
-        page.fill("#pin", "4827")
-        page.click("#unlock")
+    unlock_if_asked(page)
     page.wait_for_selector("#app:not([hidden])")
     page.select_option("#controls select.lang", lang)
     page.wait_for_function(

@@ -250,6 +250,18 @@ def unlocked_page(context, base: str):
     return page
 
 
+def unlock_if_asked(page) -> None:
+    """The PIN entered if the page asks for it (a context already unlocked does not), then
+    the app shown. The page decides after a request of its own: looking for the PIN field
+    at once found it not yet shown on a loaded host, and the app stayed locked (a CI
+    rehearsal)."""
+    page.wait_for_selector("#login:not([hidden]), #app:not([hidden])")
+    if page.is_visible("#login"):
+        page.fill("#pin", PIN)
+        page.click("#unlock")
+    page.wait_for_selector("#app:not([hidden])")
+
+
 @contextmanager
 def chromium(tmp: Path):
     """Playwright driving Debian's Chromium with a fresh profile."""
