@@ -799,7 +799,7 @@ def shading_words(page: Q.QualityPage) -> str:
 def _funnel_cells(x: Q.PlaneWeek | Q.ClinicQuality, page: Q.QualityPage) -> list:
     low, high = x.interval
     return [round(low, 4), round(high, 4),
-            "all clinics" if page.against == "all clinics'" else "district",
+            "district" if page.of_district else "all clinics",
             round(x.district_share, 4), int(x.above)]
 
 

@@ -802,13 +802,19 @@ class QualityPage:
     # rate a cell or a clinic is judged against
     district_frames: int = 0
     district_below: int = 0
-    # whose share that is, as the page says it: "all clinics'" where it is every clinic's
-    # (an admin not filtering, or a clinic on no district's map), not "the district's"
-    against: str = "the district's"
+    # whose share that is: a district's, or every clinic's (False: an admin not filtering,
+    # or a clinic on no district's map)
+    of_district: bool = True
 
     @property
     def district_share(self) -> float:
         return self.district_below / self.district_frames if self.district_frames else 0.0
+
+    @property
+    def against(self) -> str:
+        """Whose share it is, as the page says it: not "the district's" where it is every
+        clinic's."""
+        return "the district's" if self.of_district else "all clinics'"
 
 
 def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
@@ -845,7 +851,7 @@ def quality_page(db: Db, scope: Scope, per: Period) -> QualityPage:
     cells.sort(key=lambda c: (order.get(c.plane, 99), c.plane, c.week))
     return QualityPage(per, list(range(w0, w1 + 1)), planes, cells, defs, int(exams),
                        _clinic_quality(db, scope, w0, w1, rate), frames, below,
-                       "the district's" if district is not None else "all clinics'")
+                       district is not None)
 
 
 def _clinic_quality(db: Db, scope: Scope, w0: int, w1: int, rate: float

@@ -749,7 +749,8 @@ class _Weeks:
 
     def __init__(self) -> None:
         self.protocol: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
-        self.missing: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])  # n, ..
+        # exams that missed the slot: [n, of them never found it, found it not good enough]
+        self.missing: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
         self.deficiency: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
         self.plane: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0])
         self.taken_off: set[str] = set()  # clinics an exam was taken off (`_drop_empty_weeks`)

@@ -126,8 +126,8 @@ class ExamTally:
         # The scales the measured heads were measured at (biometry `scale`): frames by kind
         self.head_scales: dict[str, int] = {}
         # Whether the screen's shape was known when the heads were measured (biometry
-        # `shape`): frames by answer
-        self.head_shapes: dict[str, int] = {}
+        # `shape`): the answers seen
+        self.head_shapes: set[str] = set()
         # Faults of frames without ultrasound since the last frame with it: counted when
         # scanning goes on, left out if it does not. An exam ended by a gap ends with
         # `end_gap_s` of the probe in the air, whose "no image" and "washed out" frames
@@ -218,7 +218,7 @@ class ExamTally:
                 self.head_scales[scale] = self.head_scales.get(scale, 0) + 1
             shape = bio.get("shape")
             if shape in HEAD_SHAPES:
-                self.head_shapes[shape] = self.head_shapes.get(shape, 0) + 1
+                self.head_shapes.add(shape)
             self.hc_spread.add(hc)
             item = (rank, -self.frames, hc, bpd, ofd)  # equal rank: the earlier frame stays
             if len(self.best_heads) < self.BEST_HEADS:
@@ -263,7 +263,7 @@ class ExamTally:
             if self.head_shapes:
                 # checked once is checked for the screen's every head: its shape is that of
                 # the heads before the verdict too (a stretched one voids them instead)
-                out["shape"] = (SHAPE_CHECKED if self.head_shapes.get(SHAPE_CHECKED)
+                out["shape"] = (SHAPE_CHECKED if SHAPE_CHECKED in self.head_shapes
                                 else SHAPE_UNCHECKED)
             out.update({"hc_mm": median_hc, "hc_p10_mm": p10, "hc_p90_mm": p90,
                         "bpd_mm": percentile(bpd, 0.5),

@@ -574,8 +574,6 @@ class ExamHistory:
 
 
 # -- the report ------------------------------------------------------------------------------
-# Why an exam's heads had no figures where that is the box's set-up, not the scan: the
-# report says what to do as the exam card did (app.js SCALE_PROBLEMS, in the same order).
 
 
 def _plural(text: dict[str, str], key: str, n: int) -> str:
