@@ -60,9 +60,10 @@ def test_a_bundle_installed_mid_exam_is_taken_up_when_the_exam_ends(tmp_path, fl
     before_restart = log_path.read_text().split("starting again")[0]
     ended = [line for line in before_restart.splitlines() if " ended (" in line]
     # the demo clip is one woman's scan: one exam, to the clip's end, not cut at the install
-    # (its 177 frames, but for one the paced loop may skip as stale on a loaded host: the
-    # line said 176 once in a CI rehearsal with two workers)
+    # 2 s (30 frames) in. Of its 177 frames the paced loop skips as stale those a loaded
+    # host scores too late (176 once in a CI rehearsal with two workers, 162 beside three
+    # other jobs), so the count shows only that the exam outlived the install by far.
     assert len(ended) == 1, ended
     counted = re.search(r"ended \(source_end\): (\d+) frames", ended[0])
-    assert counted and 170 <= int(counted.group(1)) <= 177, ended
+    assert counted and 120 <= int(counted.group(1)) <= 177, ended
 
