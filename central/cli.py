@@ -45,6 +45,13 @@ def check_collector_numbers(args: argparse.Namespace) -> None:
     if not 1 <= args.dead_letter_window_s <= 366 * 86400:  # also false for NaN
         raise ValueError(f"--dead-letter-window-s {args.dead_letter_window_s}: must be within "
                          f"1-{366 * 86400} seconds")
+    for flag, value in (("--exam-quota", args.exam_quota),
+                        ("--health-quota", args.health_quota)):
+        if not 1 <= value <= 10 ** 9:  # 0: no exam ever receipted, and a new box's lost
+            raise ValueError(f"{flag} {value}: must be 1-{10 ** 9}")
+    if not 1 <= args.message_window_s <= 366 * 86400:  # also false for NaN
+        raise ValueError(f"--message-window-s {args.message_window_s}: must be within "
+                         f"1-{366 * 86400} seconds")
     if not 1 <= args.alive_every_s <= 300:  # also false for NaN; the dashboard waits 900 s
         raise ValueError(f"--alive-every-s {args.alive_every_s}: must be within 1-300 seconds")
 
@@ -88,6 +95,17 @@ def _collector_parser() -> argparse.ArgumentParser:
                     help="the window of --dead-letter-quota, a fixed one its first letter "
                          "opens: at most twice the quota in any rolling window (default "
                          "%(default)s)")
+    ap.add_argument("--exam-quota", type=int, default=defaults.exam_quota,
+                    help="exams, and dates and withdrawals, each, stored per device per "
+                         "--message-window-s; the rest get no receipt and their boxes send "
+                         "them again later (default %(default)s)")
+    ap.add_argument("--health-quota", type=int, default=defaults.health_quota,
+                    help="health and status messages, each, stored per device per "
+                         "--message-window-s; the rest are counted and dropped (default "
+                         "%(default)s)")
+    ap.add_argument("--message-window-s", type=float, default=defaults.message_window_s,
+                    help="the window of --exam-quota and --health-quota, a fixed one its "
+                         "first message opens (default %(default)s)")
     ap.add_argument("--duration-s", type=float, default=None,
                     help="stop after this many seconds (default: run until SIGTERM)")
     ap.add_argument("--alive-every-s", type=float, default=defaults.alive_every_s,
@@ -179,7 +197,9 @@ def collector_main(argv: list[str]) -> int:
         reconnect_max_s=args.reconnect_max_s, duration_s=args.duration_s,
         password_file=args.password_file, registry=args.registry,
         dead_letter_quota=args.dead_letter_quota,
-        dead_letter_window_s=args.dead_letter_window_s, alive_every_s=args.alive_every_s,
+        dead_letter_window_s=args.dead_letter_window_s, exam_quota=args.exam_quota,
+        health_quota=args.health_quota, message_window_s=args.message_window_s,
+        alive_every_s=args.alive_every_s,
     )
     try:
         collector = Collector(settings)

@@ -27,18 +27,36 @@ per window of ``dead_letter_window_s``, a fixed window that its first letter ope
 most twice that in a rolling window across two: ``DeadLetterQuota``); a letter the
 database holds already, delivered again, spends nothing. The rest are acknowledged and
 counted (``stats["dead_over_quota"]``), and summed up in at most one log line per
-``dead_letter_log_s``; a device's valid messages are stored whatever its quota. QoS 0
-messages (no device sends them) beyond ``receive_maximum`` held while the database is down
-are dropped and counted (``stats["qos0_dropped"]``). A message
-whose ``msg_id`` is stored with other content is such a dead letter too, naming the
-``msg_id`` (``stats["conflicts"]``; an identical redelivery is a silent duplicate).
+``over_quota_log_s``. A message whose ``msg_id`` is stored with other content is such a
+dead letter too, naming the ``msg_id`` (``stats["conflicts"]``; an identical redelivery is
+a silent duplicate). QoS 0 messages (no device sends them) beyond ``receive_maximum`` held
+while the database is down are dropped and counted (``stats["qos0_dropped"]``).
+
+Nor with valid messages (a firmware bug in a loop, a stolen box's password: valid, distinct
+messages as fast as the broker takes them): each device writes at most ``exam_quota`` of
+each kind with a receipt (exam, dates, withdrawal) and ``health_quota`` of each other kind
+(health, status) per window of ``message_window_s`` (a day; fixed windows, as the dead
+letters': ``MessageQuota``), far above any real clinic's. A write is a message stored, or a
+re-send's new seq kept in ``resent``; a redelivery (its msg_id stored under its seq)
+writes nothing, spends nothing, and is receipted whatever the quota. What is over is
+acknowledged to the broker (the session moves on), counted, summed up in at most one log
+line per ``over_quota_log_s``, and written nowhere, without losing what a box accepted: an exam,
+dates or withdrawal over quota gets no receipt (``stats["withheld_over_quota"]``), so its
+box keeps it and sends it again after its ``resend_after_s`` (6 h: the box's own wait,
+never sooner for being over) until a window with room stores it; a health or status
+message is dropped (``stats["dropped_over_quota"]``): the next one repeats its figures, and
+the dashboard shows the box's latest and a hole in its sequence for those dropped. A box
+that has never had a receipt deletes on PUBACK, so the quota is larger than any backlog a
+real box sends before its first one. The quotas live in each collector's memory: several
+collectors sharing the load, or one restarted, allow that much each.
 
 Receipts (wire/receipt.py): the broker may drop a message it acknowledged to its box
 (Mosquitto drops what overflows this collector's session queue while it is away), so after
 committing a batch the collector publishes to each device whose exam, dates or withdrawal
-messages the batch settled (stored, stored already, or a dead letter: never to be stored either) a
-receipt listing their msg_ids on ``sonoedge-receipt/<device_id>`` (QoS 1, in chunks of at
-most ``RECEIPT_MAX_IDS``). The box keeps them until then and sends again what gets none. A
+messages the batch settled (stored, stored already, or a dead letter: never to be stored
+either; not one kept out by its device's quota) a receipt listing their msg_ids on
+``sonoedge-receipt/<device_id>`` (QoS 1, in chunks of at most ``RECEIPT_MAX_IDS``). The
+box keeps them until then and sends again what gets none. A
 receipt lost (this collector stopped before the broker took it) only means one more copy,
 stored once. A broker whose ACL does not yet let central users write receipts refuses them:
 one line says so, and the boxes then delete on PUBACK as before.
@@ -109,9 +127,26 @@ class CollectorSettings:
     # lets it publish.
     dead_letter_quota: int = 100
     dead_letter_window_s: float = 3600.0
-    # At most one log line this often sums up the dead letters over quota: a flood of them
-    # must not become a flood of log lines (one a minute, as the collector's stats).
-    dead_letter_log_s: float = 60.0
+    # Valid messages written per device and kind per window (`MessageQuota`: a fixed
+    # window, so at most twice that in a rolling one; module docstring), far above any real
+    # clinic's, so that a box with valid credentials (a firmware looping, a stolen box's
+    # password) cannot fill the district's disk. exam_quota, each kind with a receipt (over
+    # it: no receipt, the box sends it again later): a busy clinic does a few dozen exams a
+    # day, a correction or withdrawal for some, so 5,000 is 100 days of 50 exams and a box
+    # back from months offline still sends its whole backlog the same day. It must be that
+    # large: a box that has never had a receipt deletes on PUBACK, so what it sends over
+    # quota before its first receipt is lost. health_quota, health and status each (over
+    # it: dropped): health every 60 s is 1,440 a day, status one or two a connection, and
+    # 5,000 lets a box send health every 18 s. A message takes at most max_bytes and ~200
+    # bytes of row: a box at every quota writes ~110 MB a window at most (a flood wrote
+    # gigabytes an hour), and says so in a line a minute.
+    exam_quota: int = 5000
+    health_quota: int = 5000
+    message_window_s: float = 86400.0
+    # At most one log line this often sums up the dead letters over quota, and one the
+    # messages: a flood of them must not become a flood of log lines (one a minute, as the
+    # collector's stats).
+    over_quota_log_s: float = 60.0
     # Waits between attempts to store a batch while the database cannot be written: half
     # to all of a cap doubling from the first to the last (`wire.mqtt.backoff_delay`). A
     # dropped connection (a restart, a failover) is tried again within half a second, an
@@ -268,15 +303,19 @@ class DeadLetterQuota:
     def __init__(self, limit: int, window_s: float):
         self.limit = limit
         self.window_s = window_s
-        self._windows: dict[str, tuple[float, int]] = {}  # key: (opened, letters written)
+        self._windows: dict = {}  # key: (opened, letters written)
         self._swept = 0.0
 
     def plan(self, now: float) -> QuotaPlan:
         return QuotaPlan(self, now)
 
-    def room(self, key: str, now: float) -> int:
+    def limit_of(self, key) -> int:
+        return self.limit
+
+    def room(self, key, now: float) -> int:
         opened, written = self._windows.get(key, (-float("inf"), 0))
-        return self.limit - written if now < opened + self.window_s else self.limit
+        limit = self.limit_of(key)
+        return limit - written if now < opened + self.window_s else limit
 
     def spend(self, written: Counter, now: float) -> None:
         for key, n in written.items():
@@ -318,6 +357,50 @@ class QuotaPlan:
         spends nothing."""
         self.quota.spend(self.taken if written is None else
                          Counter(self.keys[d.digest] for d in written), self.now)
+
+
+class MessageQuota(DeadLetterQuota):
+    """At most ``limit`` valid messages written per device and kind (the key
+    (device_id, kind)) for each kind with a receipt (RECEIPTED_KINDS), ``unreceipted`` for
+    each other kind, in each of the key's windows: the fixed windows of ``DeadLetterQuota``,
+    so at most twice that in any rolling ``window_s``. A write is a message stored, or a
+    re-send's new seq kept in ``resent``; a message the database holds already writes
+    nothing and spends nothing. A batch asks through a ``plan`` (``central.db.RowRoom``)
+    and spends the quota only on ``commit``."""
+
+    def __init__(self, limit: int, unreceipted: int, window_s: float):
+        super().__init__(limit, window_s)
+        self.unreceipted = unreceipted
+
+    def limit_of(self, key: tuple[str, str]) -> int:
+        return self.limit if key[1] in RECEIPTED_KINDS else self.unreceipted
+
+    def plan(self, now: float) -> MessagePlan:
+        return MessagePlan(self, now)
+
+
+class MessagePlan:
+    """One batch's room for each device's messages (``central.db.RowRoom``): a write fits
+    while its key has room beyond the writes the batch took, and a write taken fits
+    however often it is asked (a batch retried row by row asks again). A write is known by
+    its msg_id and seq: a redelivery is the same write, a re-send under a new seq another."""
+
+    def __init__(self, quota: MessageQuota, now: float):
+        self.quota = quota
+        self.now = now
+        self.taken: dict[tuple[str, str], set[tuple[str, int]]] = {}
+
+    def fits(self, row: Row) -> bool:
+        key = (row.device_id, row.kind)
+        taken = self.taken.get(key, set())
+        return (row.msg_id, row.seq) in taken or self.quota.room(key, self.now) > len(taken)
+
+    def took(self, row: Row) -> None:
+        self.taken.setdefault((row.device_id, row.kind), set()).add((row.msg_id, row.seq))
+
+    def commit(self) -> None:
+        """Spend the quota of the writes taken, once their batch is committed."""
+        self.quota.spend(Counter({key: len(w) for key, w in self.taken.items()}), self.now)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -365,11 +448,15 @@ class Collector:
         self.store = store or Store(settings.db_url)
         self.stop_event = threading.Event()
         self.stats = {"received": 0, "stored": 0, "duplicates": 0, "conflicts": 0, "dead": 0,
-                      "dead_over_quota": 0, "qos0_dropped": 0, "receipts": 0}
+                      "dead_over_quota": 0, "withheld_over_quota": 0,
+                      "dropped_over_quota": 0, "qos0_dropped": 0, "receipts": 0}
         self._rng = random.Random()
         self._last_error: str | None = None
         self.quota = DeadLetterQuota(settings.dead_letter_quota, settings.dead_letter_window_s)
         self._over: Counter = Counter()  # over quota since the last line that said so
+        self.message_quota = MessageQuota(settings.exam_quota, settings.health_quota,
+                                          settings.message_window_s)
+        self._over_messages: Counter = Counter()  # (device, kind): the same, of messages
         self._over_said = -float("inf")
         self._db_down: float | None = None  # since when the database cannot be written
         self._db_failures = 0
@@ -623,35 +710,43 @@ class Collector:
         self._db_down, self._db_failures, self._db_retry_at = None, 0, 0.0
 
     def _say_over_quota(self, force: bool = False) -> None:
-        """The dead letters not written for their device's quota since it was last said:
-        one line at most per ``dead_letter_log_s`` (and one at the stop)."""
+        """The dead letters not written for their device's quota since it was last said,
+        and the messages: one line each at most per ``over_quota_log_s`` (and one at the
+        stop)."""
         now = time.monotonic()
-        if not self._over or (not force and
-                              now - self._over_said < self.settings.dead_letter_log_s):
+        if not (self._over or self._over_messages) or (
+                not force and now - self._over_said < self.settings.over_quota_log_s):
             return
-        top = self._over.most_common(5)
-        more = len(self._over) - len(top)
-        log.warning("central: %d dead letter(s) over quota (%d per device per %g s) counted, "
-                    "not stored: %s%s", sum(self._over.values()), self.quota.limit,
-                    self.quota.window_s, ", ".join(f"{k} {n}" for k, n in top),
-                    f" and {more} more" if more > 0 else "")
+        if self._over:
+            log.warning("central: %d dead letter(s) over quota (%d per device per %g s) "
+                        "counted, not stored: %s", sum(self._over.values()), self.quota.limit,
+                        self.quota.window_s, _most(self._over))
+        if self._over_messages:
+            q = self.message_quota
+            log.warning("central: %d valid message(s) over quota (per device per %g s: %d "
+                        "of each kind with a receipt, %d of each other) counted, not stored: "
+                        "%s; exams, dates and withdrawals get no receipt and their boxes send "
+                        "them again, health and status are dropped",
+                        sum(self._over_messages.values()), q.window_s, q.limit, q.unreceipted,
+                        _most(Counter({f"{d} {k}": n for (d, k), n in
+                                       self._over_messages.items()})))
         self._over.clear()
+        self._over_messages.clear()
         self._over_said = now
 
     def _store_batch(self, batch: list) -> dict[str, set[str]]:
         """Store a batch in one transaction; the receipts it owes (device: msg_ids,
-        `receipt_for`), to send once it is committed."""
+        `receipt_for`), to send once it is committed: none for a message kept out by its
+        device's quota, which its box sends again."""
         now = time.time()
-        rows, dead = [], []
-        receipts: dict[str, set[str]] = {}
+        rows, dead, checked = [], [], []
         clinics = self.clinics()
         for msg in batch:
             topic = _topic_of(msg)
             payload = bytes(msg.payload)
             item = check(topic, payload, self.settings.max_bytes, self.client_id, now, clinics)
             (dead if isinstance(item, DeadLetter) else rows).append(item)
-            if owed := receipt_for(topic, payload, item, self.settings.max_bytes):
-                receipts.setdefault(owed[0], set()).add(owed[1])
+            checked.append((topic, payload, item))
             if (clinics is not None and isinstance(item, Row)
                     and item.device_id not in clinics and item.device_id not in
                     self._unregistered):
@@ -659,19 +754,38 @@ class Collector:
                 log.warning("device %s is not in the registry %s: its messages are stored "
                             "without a clinic", item.device_id, self.settings.registry)
         plan = self.quota.plan(time.monotonic())
-        done = self.store.store_batch(rows, dead, admit=plan)
+        room = self.message_quota.plan(time.monotonic())
+        done = self.store.store_batch(rows, dead, admit=plan, room=room)
         plan.commit(done.written)  # stored: the quota is spent
+        room.commit()
+        withheld = {(r.device_id, r.msg_id) for r in done.withheld}
+        receipts: dict[str, set[str]] = {}
+        for topic, payload, item in checked:
+            owed = receipt_for(topic, payload, item, self.settings.max_bytes)
+            if owed and owed not in withheld:
+                receipts.setdefault(owed[0], set()).add(owed[1])
         for d in done.written:
             log.warning("dead letter on %s: %s", d.topic, d.reason)
+        kept_by_box = sum(r.kind in RECEIPTED_KINDS for r in done.withheld)
         self.stats["received"] += len(batch)
         self.stats["stored"] += done.rows
         self.stats["duplicates"] += (len(rows) - len(done.refused) - done.rows
-                                     - len(done.conflicts))
+                                     - len(done.conflicts) - len(done.withheld))
         self.stats["conflicts"] += len(done.conflicts)
         self.stats["dead"] += done.dead
         self.stats["dead_over_quota"] += sum(plan.over.values())
+        self.stats["withheld_over_quota"] += kept_by_box
+        self.stats["dropped_over_quota"] += len(done.withheld) - kept_by_box
         self._over.update(plan.over)
+        self._over_messages.update((r.device_id, r.kind) for r in done.withheld)
         return receipts
+
+
+def _most(counts: Counter) -> str:
+    """The five largest counts of a log line, and how many more."""
+    top = counts.most_common(5)
+    more = len(counts) - len(top)
+    return ", ".join(f"{k} {n}" for k, n in top) + (f" and {more} more" if more > 0 else "")
 
 
 def _topic_of(msg) -> str:

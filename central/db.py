@@ -29,6 +29,10 @@ re-send gives anew, ``RESENT_FIELDS``; nor a copy its box re-dated after a step 
 clock, ``redated``) ``Store.store_batch`` records it as a dead letter whose reason names
 the ``msg_id``, in the same transaction. An identical redelivery stays a silent
 duplicate. ``store`` and ``store_checked`` write only what they are given.
+
+The collector bounds what each device may write (``RowRoom``): a valid message that does not
+fit is kept out, written nowhere (``Stored.withheld``), unless the database holds it
+already. Only a write is asked about, so a redelivery costs nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from wire.mqtt import redact_url, topic_for
 from wire.schema import CLOCK_STEP_S, QUEUED_KINDS, TIME_FIELDS, finite_number
@@ -184,11 +189,37 @@ class Stored:
     refused: list[DeadLetter] = field(default_factory=list)  # rows the database refused
     # valid messages whose msg_id was stored with other content (the first is kept)
     conflicts: list[DeadLetter] = field(default_factory=list)
+    # valid messages kept out by the ``RowRoom``: new, or a re-send under a new seq, and
+    # nothing of them written
+    withheld: list[Row] = field(default_factory=list)
 
     @property
     def dead(self) -> int:
         """How many new dead letters."""
         return len(self.written)
+
+
+class RowRoom(Protocol):
+    """What ``Store.store_batch`` asks before it writes a valid message: the collector's
+    quota on each device's messages (central/collector.py ``MessageQuota``)."""
+
+    def fits(self, row: Row) -> bool:
+        """Whether ``row`` may be written (stored, or its seq kept in ``resent``). Asked
+        again about a row when its batch is retried row by row, a row it ``took`` must
+        fit again."""
+
+    def took(self, row: Row) -> None:
+        """``row`` was written (in the transaction under way)."""
+
+
+class _NoBound:
+    """Every message fits (``store`` and ``store_checked``, reports, seeds)."""
+
+    def fits(self, row: Row) -> bool:
+        return True
+
+    def took(self, row: Row) -> None:
+        pass
 
 
 class DbError(Exception):
@@ -409,18 +440,21 @@ class Store:
 
     def store_batch(self, rows: list[Row], dead: list[DeadLetter],
                     admit: Callable[[DeadLetter], bool] | None = None,
-                    find_conflicts: bool = True) -> Stored:
+                    find_conflicts: bool = True, room: RowRoom | None = None) -> Stored:
         """Insert a batch as ``store_checked`` does; with ``find_conflicts``, a row whose msg_id
         is stored with other content is a dead letter too (``Stored.conflicts``).
 
         Each dead letter (given, refused row, conflict) is written only when ``admit``
         takes it (the collector's quota; asked again about a letter when the batch is
         retried row by row, it must answer the same); ``Stored.written`` lists those the
-        database did not hold already. Raises ``DbError`` only when the
-        database itself cannot be written."""
+        database did not hold already. A row that would be written (new, or a re-send
+        under a new seq) and that does not fit ``room`` is kept out (``Stored.withheld``);
+        one the database holds already is a duplicate (or a conflict) as ever. Raises
+        ``DbError`` only when the database itself cannot be written."""
         admit = admit or (lambda _letter: True)
+        room = room or _NoBound()
         try:
-            return self._insert(rows, dead, admit, find_conflicts)
+            return self._insert(rows, dead, admit, find_conflicts, room)
         except self._row_errors:
             pass  # one of the rows: find it, one row per transaction
         except self._errors as exc:
@@ -429,10 +463,11 @@ class Store:
         refused = done.refused
         for r in rows:
             try:
-                one = self._insert([r], [], admit, find_conflicts)
+                one = self._insert([r], [], admit, find_conflicts, room)
                 done.rows += one.rows
                 done.written += one.written
                 done.conflicts += one.conflicts
+                done.withheld += one.withheld
             except self._row_errors as exc:
                 refused.append(DeadLetter(
                     digest=r.msg_id, topic=topic_for(r.device_id, r.kind)[:255],
@@ -443,33 +478,45 @@ class Store:
                 raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
         for d in dead + refused:
             try:
-                done.written += self._insert([], [d], admit, find_conflicts).written
+                done.written += self._insert([], [d], admit, find_conflicts, room).written
             except self._errors as exc:
                 raise DbError(f"{self.shown()}: write failed: {one_line(exc)}") from None
         return done
 
     def _insert(self, rows: list[Row], dead: list[DeadLetter],
-                admit: Callable[[DeadLetter], bool], find_conflicts: bool) -> Stored:
+                admit: Callable[[DeadLetter], bool], find_conflicts: bool,
+                room: RowRoom) -> Stored:
         done = Stored()
         with self.tx() as cur:
             for r in rows:
-                cur.execute(_INSERT_MSG, (r.msg_id, r.device_id, r.clinic_id, r.kind, r.seq,
-                                          r.boot_id, r.device_ts, r.mono_s, r.received_ts,
-                                          r.collector, r.payload))
-                if cur.rowcount > 0:
-                    done.rows += 1
-                    continue
-                if r.kind not in SEQ_KINDS and not find_conflicts:
-                    continue
-                cur.execute(_SELECT_STORED, (r.msg_id,))  # the kept message, read once
+                fits = room.fits(r)
+                if fits:
+                    cur.execute(_INSERT_MSG, (r.msg_id, r.device_id, r.clinic_id, r.kind,
+                                              r.seq, r.boot_id, r.device_ts, r.mono_s,
+                                              r.received_ts, r.collector, r.payload))
+                    if cur.rowcount > 0:
+                        done.rows += 1
+                        room.took(r)
+                        continue
+                    if r.kind not in SEQ_KINDS and not find_conflicts:
+                        continue
+                # the kept message, read once (over quota: whether there is one)
+                cur.execute(_SELECT_STORED, (r.msg_id,))
                 stored = cur.fetchall()
                 if not stored:
+                    if not fits:  # new: not written
+                        done.withheld.append(r)
                     continue
                 device, seq, payload = stored[0]
                 if r.kind in SEQ_KINDS and device == r.device_id and seq != r.seq:
+                    if not fits:  # its seq would be written in `resent`: not now
+                        done.withheld.append(r)
+                        continue
                     cur.execute(_INSERT_RESENT, (
                         r.device_id, r.seq, r.msg_id, r.kind, r.clinic_id, r.device_ts,
                         r.received_ts, r.collector))
+                    if cur.rowcount > 0:
+                        room.took(r)
                 if find_conflicts and not same_content(payload, r.payload):
                     done.conflicts.append(conflict_letter(r, stored[0]))
             for d in dead + done.conflicts:

@@ -4,9 +4,10 @@ The broker's PUBACK says only that the broker took a message, and a broker may s
 one it took: Mosquitto drops what overflows an absent collector's session queue
 (``max_queued_messages``), and the box, its outbox emptied on PUBACK, had nothing left to
 send again. So, after committing a batch, the collector tells each device which of its
-exam, dates and withdrawal messages that batch settled: stored, found stored already, or refused for
-good (a dead letter: it will never be stored either). The device keeps those messages in
-its outbox, as sent, until their receipt, and sends one that has none after its
+exam, dates and withdrawal messages that batch settled: stored, found stored already, or
+refused for good (a dead letter: it will never be stored either); one over its device's
+quota there gets none yet (central/collector.py). The device keeps those messages in its
+outbox, as sent, until their receipt, and sends one that has none after its
 ``[mqtt] resend_after_s`` again (the collector stores it once: its msg_id).
 
 Topic ``sonoedge-receipt/<device_id>``, QoS 1, not retained: only central users may write
