@@ -117,6 +117,7 @@ def _exam_line(dev: str, clinic: str, exam: dict) -> dict:
         "missing": protocol.get("missing") or [],
         # a busy exam sheds its missing slots' names to fit 1 KB, keeping the counts
         "missing_not_named": _not_named(protocol),
+        **_missed_kinds(protocol),
         "views": sorted(views),
         "best_quality": max(qualities) if qualities else None,
         "deficiencies": list((exam.get("deficiencies") or {}).keys()),
@@ -126,6 +127,38 @@ def _exam_line(dev: str, clinic: str, exam: dict) -> dict:
         "ga_weeks": bio.get("ga_weeks"), "ga_low_weeks": bio.get("ga_low_weeks"),
         "ga_high_weeks": bio.get("ga_high_weeks"),
     }
+
+
+def _missed_kinds(protocol: dict) -> dict:
+    """Its named missing slots never found (coach where to look) and found but never clear
+    enough (coach the image), from the summary's `missing_seen`; both None where it does
+    not say (a box before it, or a summary that shed it to fit 1 KB): not guessed."""
+    seen = protocol.get("missing_seen")
+    missing = protocol.get("missing")
+    if not isinstance(seen, list) or not isinstance(missing, list):
+        return {"missing_not_found": None, "missing_not_clear_enough": None}
+    named = [slot for slot in missing if isinstance(slot, str)]
+    return {"missing_not_found": [slot for slot in named if slot not in seen],
+            "missing_not_clear_enough": [slot for slot in named if slot in seen]}
+
+
+def _missed_words(e: dict) -> str:
+    """The exam's missed slots as the clinic page says them: "not found: 3VV; found, not
+    clear enough: Lips", or "missed, not said whether found (older box): 3VV" where the
+    summary does not say, then the slots whose names it shed."""
+    parts = []
+    if e.get("missing_not_found") is None:
+        if e.get("missing"):
+            parts.append("missed, not said whether found (older box): "
+                         + ", ".join(map(str, e["missing"])))
+    else:
+        for words, key in (("not found", "missing_not_found"),
+                           ("found, not clear enough", "missing_not_clear_enough")):
+            if e.get(key):
+                parts.append(f"{words}: " + ", ".join(map(str, e[key])))
+    if e.get("missing_not_named"):
+        parts.append(f"{e['missing_not_named']} slots not named")
+    return "; ".join(parts)
 
 
 def _not_named(protocol: dict) -> int:
@@ -405,10 +438,7 @@ def format_report(rep: dict) -> str:
             done = (f"{e['captured']}/{e['required']}" if e.get("required") is not None
                     else "-")
             quality = "-" if e.get("best_quality") is None else f"{e['best_quality']:.2f}"
-            missing = list(e.get("missing") or [])
-            if e.get("missing_not_named"):
-                missing.append(f"{e['missing_not_named']} slots not named")
-            notes = "; ".join(x for x in (", ".join(missing),
+            notes = "; ".join(x for x in (_missed_words(e),
                                           ", ".join(e.get("deficiencies") or [])) if x)
             lines.append(
                 f"{_ts(e['ended_ts']):<25} {e['device_id']:<20} {e.get('protocol') or '-':<16} "

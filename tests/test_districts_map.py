@@ -249,3 +249,54 @@ def test_a_dry_run_says_every_change_and_changes_nothing(tmp_path, url):
     _, out = _load(tmp_path, db_url, _lines({c: v for c, v in SEEDED.items()
                                              if v[0] == "district-1"}))
     assert out.returncode == 2 and _map(db_url) == SEEDED
+
+
+def test_a_file_without_names_keeps_the_names_the_map_has(tmp_path, url):
+    """A two-column file (`clinic_id,district`, as a district's IT keeps it) renamed every
+    clinic of the map to its id: the clinics table read "clinic-01 (clinic-01)" where it had
+    read "Clinic 1". A clinic the file gives no name (two fields, or an empty third) keeps
+    the name the map has; only a clinic with none yet, new or nameless, is named by its id.
+    The dry run says exactly that, and nothing of the names kept."""
+    db_url = _seeded(url)
+    db = open_db(db_url)
+    try:
+        with db.tx():  # on the map without a name (a row another tool wrote)
+            db.execute("UPDATE dash.clinics SET name = '' WHERE clinic_id = 'clinic-04'")
+    finally:
+        db.close()
+    before = {**SEEDED, "clinic-04": ("district-2", "")}
+    text = ("clinic_id,district\nclinic-01,district-1\nclinic-02,district-2,\n"
+            "clinic-03,district-2,  \nclinic-04,district-2\nclinic-05,district-1\n")
+    path, out = _load(tmp_path, db_url, text, "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        f"{path}:1: a header line, skipped",
+        "dry run, nothing changed: 5 clinics in 2 districts (1 added: clinic-05; 1 moved: "
+        "clinic-02 district-1 -> district-2; 1 renamed: clinic-04)",
+        "  add clinic-05: district-1, clinic-05",
+        "  move clinic-02: district-1 -> district-2",
+        "  rename clinic-04: (no name) -> clinic-04"]
+    assert _map(db_url) == before
+
+    _, out = _load(tmp_path, db_url, text)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == (
+        "5 clinics in 2 districts (1 added: clinic-05; 1 moved: clinic-02 district-1 -> "
+        "district-2; 1 renamed: clinic-04)")
+    after = {**SEEDED, "clinic-02": ("district-2", "Clinic 2"),
+             "clinic-04": ("district-2", "clinic-04"), "clinic-05": ("district-1", "clinic-05")}
+    assert _map(db_url) == after
+    # loaded again: no change at all, said so
+    _, out = _load(tmp_path, db_url, text)
+    assert out.stdout.splitlines()[-1] == "5 clinics in 2 districts (no change)"
+    assert _map(db_url) == after
+
+    # a name the file gives still renames, beside lines that give none
+    _, out = _load(tmp_path, db_url, "clinic-01,district-1,Mwembe\nclinic-02,district-2\n"
+                                     "clinic-03,district-2\nclinic-04,district-2\n"
+                                     "clinic-05,district-1,Kibaha Ward\n", "--dry-run")
+    assert out.stdout.splitlines()[1:] == ["  rename clinic-01: Clinic 1 -> Mwembe",
+                                           "  rename clinic-05: clinic-05 -> Kibaha Ward"]
+    with _pages(db_url, tmp_path, ADMIN) as (base, (admin,)):
+        page = _clinics_page(base, admin)
+        assert "Clinic 3 <span" in page and "clinic-03 <span" not in page

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
+import html
 import io
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -35,7 +38,8 @@ import pytest
 
 from central.dashboard import queries
 from central.dashboard.store import open_db
-from central.db import DeadLetter, Row
+from central.db import DeadLetter, Row, Store
+from central.report import build_report, format_report
 from edge.capture.sources import Frame
 from edge.config import load_settings
 from edge.exam.protocol import find_protocol
@@ -51,7 +55,7 @@ from quantize.degrade import degrade
 from tests import conftest_mqtt as fx
 from tests.cli_run import sonoedge
 from tests.conftest import DATA
-from tests.dashboard_harness import request
+from tests.dashboard_harness import central, request
 from tests.test_age_by_dates_district import _checked, _rebuilt, _stored, served
 from tests.test_central import message
 from tests.test_collector_fuzz import reference_valid
@@ -302,6 +306,126 @@ def test_the_clinic_page_and_the_missed_csv_show_the_split(tmp_path):
         assert "<td class=num>0</td><td class=num>1</td><td class=num>-</td>" in lips
         assert ('title="head measurement: 2 not found, 1 found but not clear enough, '
                 '1 not said (older boxes)"') in html
+
+
+# the collector's report: each exam's missed slots, as the clinic page words them
+SAID = {"exam-1": "found, not clear enough: Head (HC, BPD)",
+        "exam-2": "not found: Head (HC, BPD)", "exam-3": "not found: Head (HC, BPD)",
+        "exam-4": "missed, not said whether found (older box): Head (HC, BPD)",
+        "exam-6": "not found: 3VV; found, not clear enough: Lips",
+        "exam-7": "missed, not said whether found (older box): 3VV"}
+
+
+def test_the_collectors_report_says_each_missed_slot_never_found_or_not_clear_enough(url):
+    """`sonoedge-central report` listed "Head (HC, BPD)" missing, whether the midwife never
+    found the head or found it too dark; an exam from a box before `missing_seen` says it
+    does not say, never counted as either."""
+    _stored(url, EXAMS)
+    out = central("report", "--db", url, "--json")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    exams = {e["exam_id"]: e for e in json.loads(out.stdout)["recent_exams"]}
+    kinds = {k: (e["missing_not_found"], e["missing_not_clear_enough"])
+             for k, e in exams.items()}
+    assert kinds == {"exam-1": ([], [HEAD_SLOT]), "exam-2": ([HEAD_SLOT], []),
+                     "exam-3": ([HEAD_SLOT], []), "exam-4": (None, None),
+                     "exam-5": ([], []), "exam-6": (["3VV"], ["Lips"]),
+                     "exam-7": (None, None)}
+    out = central("report", "--db", url)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.split("\nRecent exams\n", 1)[1].split("\nDead letters", 1)[0]
+    lines = [x for x in text.splitlines() if " dev-a " in x]  # an exam's, by its box
+    # newest first: exam-7 ... exam-1, each line ending with its missed slots said
+    for line, exam_id in zip(lines, [f"exam-{i}" for i in range(7, 0, -1)], strict=True):
+        said = SAID.get(exam_id)
+        notes = line.split("  ")[-1]
+        if said is None:
+            assert "found" not in notes and "said" not in notes, line
+        else:
+            assert notes.startswith(said), (exam_id, line)
+
+
+def test_a_stored_exam_whose_missing_seen_is_not_a_list_is_counted_not_said(tmp_path):
+    """A row the collector did not write (another writer, a damaged database): a
+    `missing_seen` that is text, or names a slot not missed, is no guess either way."""
+    path = str(tmp_path / "central.sqlite3")
+    rows = [_checked(_exam(1, [HEAD_SLOT], [HEAD_SLOT])),
+            _checked(_exam(2, ["3VV", "Lips"], ["Lips"], "second-trimester", 13))]
+    hostile = []
+    for item, seen in zip(rows, (HEAD_SLOT, ["Lips", "Femur", 7, None]), strict=True):
+        payload = json.loads(item.payload)
+        payload["protocol"]["missing_seen"] = seen
+        hostile.append(dataclasses.replace(item, payload=json.dumps(payload)))
+    st = Store(path)
+    try:
+        st.store(hostile, [])
+        exams = {e["exam_id"]: e for e in build_report(st)["recent_exams"]}
+        text = format_report(build_report(st))
+    finally:
+        st.close()
+    assert (exams["exam-1"]["missing_not_found"], exams["exam-1"]["missing_not_clear_enough"]
+            ) == (None, None)
+    assert (exams["exam-2"]["missing_not_found"], exams["exam-2"]["missing_not_clear_enough"]
+            ) == (["3VV"], ["Lips"])
+    assert "missed, not said whether found (older box): Head (HC, BPD)" in text
+    assert "not found: 3VV; found, not clear enough: Lips" in text and "Femur" not in text
+
+
+def test_the_districts_slots_missed_most_split_never_found_or_not_clear_enough(tmp_path):
+    """The completeness page's "Slots most often missed" bars gave each slot's share of its
+    protocol's exams, not what to coach: each bar is now split, never found, found but not
+    clear enough, and the rest not said (older boxes: grey, never guessed into either),
+    with the split in words under it (a print or a phone has no hover) and a legend."""
+    path = str(tmp_path / "central.sqlite3")
+    _stored(path, EXAMS)
+    with served(path, tmp_path) as (base, cookie):
+        for where in ("/completeness?weeks=8", "/clinic/clinic-1?weeks=8"):
+            status, _, page = request(base, where, cookie)
+            assert status == 200
+            svg = html.unescape(page.decode().split('data-chart="missed"', 1)[1]
+                                .split("</svg>", 1)[0])
+            bars = {(a["data-protocol"], a["data-slot"]): a for a in
+                    (dict(re.findall(r'([a-z-]+)="([^"]*)"', r)) for r in
+                     re.findall(r"<rect ([^>]*data-slot=[^>]*)>", svg))}
+            assert {k: (int(a["data-missed"]), int(a["data-not-found"]),
+                        int(a["data-not-clear-enough"]), int(a["data-not-said"]))
+                    for k, a in bars.items()} == COUNTS, where
+            assert bars[("biometry", HEAD_SLOT)]["fill"] == "#d9d9d9"  # not said: grey
+            parts = re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="([\d.]+)" height="\d+" '
+                               r'fill="(#[0-9a-f]+)" data-kind="([a-z_]+)" data-n="(\d+)">'
+                               r"<title>([^<]*)</title>", svg)
+            head = [p for p in parts if p[4].startswith("Head (HC, BPD) (head measurement)")]
+            assert [(kind, int(n)) for _, _, kind, n, _ in head] == [
+                ("not_found", 2), ("not_clear_enough", 1)]
+            assert head[0][4].endswith("2 of 4 misses not found: coach where to look")
+            assert "1 of 4 misses found, not clear enough: coach the image" in head[1][4]
+            width = float(bars[("biometry", HEAD_SLOT)]["width"])
+            assert float(head[0][0]) == pytest.approx(width / 2, abs=0.2)
+            assert float(head[1][0]) == pytest.approx(width / 4, abs=0.2)
+            texts = re.findall(r"<text [^>]*>([^<]*)</text>", svg)
+            assert "2 not found, 1 found but not clear enough, 1 not said (older boxes)" \
+                in texts
+            assert "0 not found, 1 found but not clear enough" in texts  # Lips
+            # 3VV: one not found, one from a box before it
+            assert "1 not found, 0 found but not clear enough, 1 not said (older boxes)" \
+                in texts
+            assert ["not found", "found, not clear enough", "not said (older boxes)"] == [
+                t for t in texts if t in ("not found", "found, not clear enough",
+                                          "not said (older boxes)")]
+
+
+def test_a_slot_no_summary_said_is_not_said_never_zero_not_found(tmp_path):
+    """Misses only from boxes before `missing_seen`: "2 not said (older boxes)", where
+    "0 not found, 0 found but not clear enough" read as a count of none."""
+    path = str(tmp_path / "central.sqlite3")
+    _stored(path, [_exam(1, [HEAD_SLOT]), _exam(2, [HEAD_SLOT])])
+    with served(path, tmp_path) as (base, cookie):
+        status, _, page = request(base, "/completeness?weeks=8", cookie)
+        assert status == 200
+        body = html.unescape(page.decode())
+        assert 'title="head measurement: 2 not said (older boxes)"' in body
+        svg = body.split('data-chart="missed"', 1)[1].split("</svg>", 1)[0]
+        assert ">2 not said (older boxes)</text>" in svg and "0 not found" not in svg
+        assert "data-kind" not in svg  # nothing drawn as either kind
 
 
 # -- the midwife's page -------------------------------------------------------------------

@@ -41,6 +41,7 @@ from central.dashboard import pages as P
 from central.dashboard import queries as Q
 from central.dashboard.seed import SeedSettings, clinic_ids, district_of, seed
 from central.dashboard.store import exam_day_of, open_db, refresh, week_of
+from central.dashboard.svg import legend_width
 from central.db import Row, Store
 from tests import conftest_mqtt as fx
 from tests.dashboard_harness import messages, request, standing_exams
@@ -230,7 +231,10 @@ def test_the_legend_names_the_scale_in_words(district):
     page = Q.quality_page(db, Q.Scope(None), Q.period(8, END))
     within = (f"any share within chance of all clinics' {round(100 * page.district_share)}% "
               "(95%)")  # an admin's every district: whose share it is
-    words = ["under 5%", "5-10%", "10-15%", "15-20%", "20-30%", "30% or more", within,
+    # all clinics' 11%: the classes under 10% can take no orange (the next test), so the
+    # legend starts at 10-15%
+    assert 0.1 < page.district_share < 0.15
+    words = ["10-15%", "15-20%", "20-30%", "30% or more", within,
              f"fewer than {MIN_EXAMS} exams: too few to judge"]
     assert [t for t in texts if t in words] == words
     # each key's swatch is its class's colour, just before its words
@@ -241,8 +245,60 @@ def test_the_legend_names_the_scale_in_words(district):
             re.findall(r'<text x="([\d.]+)" y="([\d.]+)"[^>]*>([^<]*)</text>',
                        html.unescape(svg)) if t in words}
     assert [swatches[(keys[w][0] - 14, keys[w][1] - 9)] for w in words] == [
-        *ORANGES, WITHIN, "url(#too-few)"]
+        *ORANGES[2:], WITHIN, "url(#too-few)"]
+    assert not {"under 5%", "5-10%"} & set(texts)
     assert "<title>Share of exams with the best frame under 0.5, per plane and week" in svg
+
+
+def legend_oranges(svg: str) -> list[str]:
+    """The orange classes the legend lists: its swatches' fills, in order."""
+    return [f for f in re.findall(r'<rect [^>]*width="10" height="10" fill="([^"]+)"', svg)
+            if f in ORANGES]
+
+
+def could_take(rate: float) -> list[str]:
+    """The oranges a cell could take at the district's share `rate`, by brute force over
+    the exams a cell may have (every count to 200, then up to a million, where a share
+    just above the rate is beyond the funnel): the class of each share, of so many
+    failing of them, that is clearly above the rate (`beyond_funnel`)."""
+    out = set()
+    for n in [*range(MIN_EXAMS, 201), 10 ** 3, 10 ** 4, 10 ** 5, 10 ** 6]:
+        k = max(0, math.floor(rate * n))
+        while k <= n and not beyond_funnel(n, k, rate):
+            k += 1
+        if k > n:
+            continue
+        if n <= 200:
+            out.update(colour_of(n, below) for below in range(k, n + 1))
+        else:  # every whole percent from the least above: a step of 0.1% or less
+            out.update(colour_of(100, p) for p in range(round(100 * k / n), 101))
+    return [c for c in ORANGES if c in out]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.03, 0.0942, 0.095, 0.114, 0.149, 0.1657, 0.22,
+                                  0.35, 0.995, 1.0])
+def test_the_legend_lists_only_the_classes_a_cell_can_take(district, rate):
+    """Orange needs a cell's interval wholly above the district's share, so its share above
+    it: beside a district's 11% the legend listed "under 5%" and "5-10%", oranges no cell
+    could ever take. Now it lists exactly the classes some cell could take at that share
+    (9.5%: a share above it is written 10% or more, so not 5-10%; 100%: none), and every
+    orange drawn is one of them. The seeded admin's page, its district's share set to each."""
+    db, _ = district
+    page = Q.quality_page(db, Q.Scope(None), Q.period(8, END))
+    page.district_frames, page.district_below = 10 ** 6, round(rate * 10 ** 6)
+    for c in page.cells:
+        c.district_share = page.district_share
+    svg = P.quality_svg(page)
+    listed = legend_oranges(svg)
+    assert listed == could_take(rate), (rate, listed)
+    assert {c["fill"] for c in cells_drawn(svg)} & set(ORANGES) <= set(listed)
+    texts = set(re.findall(r"<text [^>]*>([^<]*)</text>", svg))
+    keys = dict(zip(ORANGES, ["under 5%", "5-10%", "10-15%", "15-20%", "20-30%",
+                              "30% or more"], strict=True))
+    assert {w for c, w in keys.items() if c in listed} <= texts
+    assert not {w for c, w in keys.items() if c not in listed} & texts
+    width = float(re.search(r'<svg [^>]*width="(\d+)"', svg).group(1))
+    assert width >= 100 + legend_width([("", keys[c]) for c in listed], measured=True)
 
 
 def test_the_csv_keeps_its_columns_first_and_adds_the_share_after(district):

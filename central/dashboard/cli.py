@@ -162,11 +162,13 @@ def _is_header(parts: list[str]) -> bool:
         and parts[1].lower() == "district"
 
 
-def read_districts(path: str | Path) -> tuple[list[tuple[str, str, str]], int | None]:
+def read_districts(path: str | Path) -> tuple[list[tuple[str, str, str | None]], int | None]:
     """``clinic_id,district[,name]`` per line, ``#`` comments; ValueError names the line.
-    Also the number of the header line skipped (``clinic_id,district[,...]`` as the first
-    line that is not a comment), or None: loaded as a clinic, a header put a clinic called
-    ``clinic_id`` in a district called ``district`` for ever.
+    A line that gives no name (two fields, or an empty third) has None for it: what name
+    the clinic keeps is the map's to say (`replace_map`). Also the number of the header line
+    skipped (``clinic_id,district[,...]`` as the first line that is not a comment), or None:
+    loaded as a clinic, a header put a clinic called ``clinic_id`` in a district called
+    ``district`` for ever.
 
     A clinic named twice is refused: which district it is in would depend on the order."""
     from central.dashboard.auth import CLINIC_RE, DISTRICT_RE
@@ -206,7 +208,7 @@ def read_districts(path: str | Path) -> tuple[list[tuple[str, str, str]], int | 
             raise ValueError(f"{path}:{lineno}: clinic {parts[0]} is already on line "
                              f"{where[parts[0]]}")
         where[parts[0]] = lineno
-        out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else parts[0]))
+        out.append((parts[0], parts[1], parts[2] if len(parts) == 3 and parts[2] else None))
     return out, header
 
 
@@ -297,18 +299,26 @@ class MapChange:
         return out
 
 
-def replace_map(db, entries: list[tuple[str, str, str]], replace: bool = False,
+def name_kept(clinic: str, name: str | None, old: dict[str, tuple[str, str]]) -> str:
+    """The name a clinic has after a load: the file's; where the file gives none, the one
+    the map already has, and only a clinic with none yet its id (a two-column file renamed
+    every clinic of the map to its id)."""
+    return name or old.get(clinic, ("", ""))[1] or clinic
+
+
+def replace_map(db, entries: list[tuple[str, str, str | None]], replace: bool = False,
                 source: str = "the file", dry_run: bool = False) -> MapChange:
     """The districts file as the whole map, in one transaction: its clinics inserted or
-    updated, every other clinic's map row deleted (its messages and rollups stay: only which
-    district it is in goes). ValueError, and nothing changed, where the change looks like a
-    partial file (`MapChange.too_much`) and `replace` is not given."""
+    updated (a name the file does not give kept: `name_kept`), every other clinic's map row
+    deleted (its messages and rollups stay: only which district it is in goes). ValueError,
+    and nothing changed, where the change looks like a partial file (`MapChange.too_much`)
+    and `replace` is not given."""
     with db.tx():
         if db.pg:  # two loads at once: each reads the map the other is about to change
             db.execute("LOCK TABLE dash.clinics IN EXCLUSIVE MODE")
-        change = MapChange({c: (d, n) for c, d, n in db.query(
-                                "SELECT clinic_id, district, name FROM dash.clinics")},
-                           {c: (d, n) for c, d, n in entries},
+        old = {c: (d, n) for c, d, n in db.query(
+            "SELECT clinic_id, district, name FROM dash.clinics")}
+        change = MapChange(old, {c: (d, name_kept(c, n, old)) for c, d, n in entries},
                            {r[0] for r in db.query("SELECT DISTINCT district FROM dash.users "
                                                    "WHERE role = 'viewer'")})
         if dry_run:  # read, never written: the refusal below is the caller's to say
@@ -319,7 +329,7 @@ def replace_map(db, entries: list[tuple[str, str, str]], replace: bool = False,
                              "changed (run again with --replace if that is meant)")
         for clinic in change.removed:
             db.execute("DELETE FROM dash.clinics WHERE clinic_id = ?", (clinic,))
-        for clinic, district, name in entries:
+        for clinic, (district, name) in change.new.items():
             if change.old.get(clinic) != (district, name):
                 db.execute("INSERT INTO dash.clinics (clinic_id, district, name) VALUES "
                            "(?, ?, ?) ON CONFLICT (clinic_id) DO UPDATE SET district = "
@@ -335,7 +345,8 @@ def districts_main(argv: list[str]) -> int:
                                  description="Load which district each clinic belongs to: "
                                              "the file replaces the whole map.")
     ap.add_argument("file", help="clinic_id,district[,name] per line (a first line "
-                                 "clinic_id,district,name is skipped)")
+                                 "clinic_id,district,name is skipped; without a name, a "
+                                 "clinic keeps the one it has, a new one takes its id)")
     ap.add_argument("--replace", action="store_true",
                     help="let the file remove half the map or more, or every clinic of a "
                          "viewer's district (refused without it: a partial file loaded by "

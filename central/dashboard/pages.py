@@ -509,14 +509,44 @@ def completeness_svg(page: Q.CompletenessPage, protocol: str) -> str:
                  "per clinic", "completeness", rows)
 
 
+# How a slot's misses split, as the clinic page says it: (kind, colour, the legend's words,
+# what to coach). What no summary said (older boxes, or shed to fit 1 KB) is the bar's own
+# grey, never guessed into either.
+MISSED_KINDS = [("not_found", BLUES[4], "not found", "coach where to look"),
+                ("not_clear_enough", BLUES[2], "found, not clear enough",
+                 "coach the image: gain, depth, zoom, a steady hand")]
+MISSED_NOT_SAID = "not said (older boxes)"
+# The words above each: what the two kinds mean and what to coach for each
+MISSED_KINDS_LEAD = (
+    "Not found: no frame of the slot's planes was seen, so coach where to look. Found, not "
+    "clear enough: the slot was seen, never at the quality the checklist takes, so coach "
+    "the image (gain, depth, zoom, a steady hand). Not said: exams from boxes that did not "
+    "yet tell.")
+
+
 def missed_svg(page: Q.CompletenessPage) -> str:
-    rows = [{"label": f"{s.slot} ({s.protocol})", "value": s.share,
-             "note": f"{pct(s.share)}: {s.missed} of {plural(s.exams, 'exam')}",
-             "data": {"data_protocol": s.protocol, "data_slot": s.slot,
-                      "data_missed": s.missed, "data_exams": s.exams}}
-            for s in page.slots[:20]]
-    return hbars("Checklist slots most often missed (share of the protocol's exams)",
-                 "missed", rows, label_w=230)
+    """The slots most often missed, a bar each by its share of the protocol's exams, split
+    into the misses never found, found but not clear enough, and not said, with the split
+    in words under it: what to coach, where to look or the image."""
+    rows = []
+    for s in page.slots[:20]:
+        where = f"{s.slot} ({protocol_title(s.protocol)})"
+        parts = [(n / s.missed if s.missed else 0.0, colour,
+                  f"{where}: {n} of {plural(s.missed, 'miss', 'misses')} {words}: {coach}",
+                  {"data_kind": kind, "data_n": n})
+                 for n, (kind, colour, words, coach) in zip((s.not_found, s.poor),
+                                                            MISSED_KINDS, strict=True)]
+        rows.append({"label": f"{s.slot} ({s.protocol})", "value": s.share, "colour": GREY,
+                     "note": f"{pct(s.share)}: {s.missed} of {plural(s.exams, 'exam')}",
+                     "title": where, "parts": parts, "sub": slot_missed_kinds(s),
+                     "data": {"data_protocol": s.protocol, "data_slot": s.slot,
+                              "data_missed": s.missed, "data_exams": s.exams,
+                              "data_not_found": s.not_found, "data_not_clear_enough": s.poor,
+                              "data_not_said": s.unknown}})
+    keys = [(colour, words) for _, colour, words, _ in MISSED_KINDS]
+    return hbars("Checklist slots most often missed (share of the protocol's exams), "
+                 "never found, found but not clear enough, or not said", "missed", rows,
+                 label_w=230, keys=[*keys, (GREY, MISSED_NOT_SAID)] if rows else None)
 
 
 def slot_missed_text(s: Q.SlotMissed) -> str:
@@ -528,7 +558,10 @@ def slot_missed_text(s: Q.SlotMissed) -> str:
 def slot_missed_kinds(s: Q.SlotMissed) -> str:
     """ "12 not found, 7 found but not clear enough": how a slot's misses split, what to
     coach (where to look, or the image: gain, depth, zoom, steadiness); the misses of
-    exams that do not say (boxes before they did) last, as "not said"."""
+    exams that do not say (boxes before they did) last, as "not said"; where none said,
+    that alone (never "0 not found", a guess that all were found)."""
+    if s.unknown >= s.missed:
+        return f"{s.unknown} not said (older boxes)"
     parts = [f"{s.not_found} not found", f"{s.poor} found but not clear enough"]
     if s.unknown:
         parts.append(f"{s.unknown} not said (older boxes)")
@@ -673,6 +706,22 @@ def failed_keys() -> list[str]:
             + [f"{pct(e[-1])} or more"])
 
 
+def failed_keys_drawn(page: Q.QualityPage) -> list[tuple[str, str]]:
+    """The scale's classes (colour, words) a cell of this page can take: orange needs the
+    cell's whole interval above the district's share (Q.above_chance), so its share above
+    it, and its class is that of its share as written (`failed_percent`): the classes whose
+    every share lies at or under the district's can never be drawn, and a legend listing
+    them ("under 5%" beside a district's 12%) promised an orange no cell could take. None
+    where the district's share is 100%."""
+    share = page.district_share
+    if share >= 1.0:
+        return []
+    # the least a share above the district's is written as, rounded as a cell's is
+    least = round(math.nextafter(share, 2.0) * 100)
+    lowest = FAILED_COLOURS.index(bin_colour(least / 100, FAILED_EDGES, FAILED_COLOURS))
+    return list(zip(FAILED_COLOURS, failed_keys(), strict=True))[lowest:]
+
+
 def failed_percent(c: Q.PlaneWeek) -> int:
     """The cell's share in whole percent, as it is written: its colour is chosen from this,
     so a cell that says "20%" is never in the class under 20%."""
@@ -708,7 +757,7 @@ def quality_svg(page: Q.QualityPage) -> str:
     cell_h, label_w, top = 18, 100, 30
     heading = (f"Share of exams with the plane's best frame under {C.MIN_QUALITY} "
                "(not captured):")
-    keys = list(zip(FAILED_COLOURS, failed_keys(), strict=True))
+    keys = failed_keys_drawn(page)
     within = (f"any share within chance of {page.against} {pct(page.district_share)} "
               f"({confidence_text()})")
     step = -(-WEEK_LABEL_W // cell_w)  # a date every so many cells, never overlapping

@@ -506,10 +506,7 @@ class Dashboard:
                 + P.completeness_table(fig.completeness, missed_shown=5)
                 + f'<div class="plot">{P.missed_svg(fig.completeness)}</div>'
                 + "<h2>Slots missed: never found, or found but not clear enough</h2>"
-                  '<p class="lead">Not found: no frame of the slot\'s planes was seen, so '
-                  "coach where to look. Found, not clear enough: the slot was seen, never at "
-                  "the quality the checklist takes, so coach the image (gain, depth, zoom, "
-                  "a steady hand). Not said: exams from boxes that did not yet tell.</p>"
+                + f'<p class="lead">{P.MISSED_KINDS_LEAD}</p>'
                 + P.missed_kinds_table(fig.completeness)
                 # not the plane-by-week heatmap: a clinic's cells have too few exams
                 + f"<h2>Best frames under {C.MIN_QUALITY} (not captured), and the "
@@ -615,7 +612,9 @@ class Dashboard:
                                       "protocol")
                 + self._csv_link("completeness", scope, weeks,
                                  text="A row per clinic, every protocol together")
-                + f'<h2>Slots most often missed</h2><div class="plot">{P.missed_svg(page)}</div>'
+                + "<h2>Slots most often missed</h2>"
+                  f'<p class="lead">{P.MISSED_KINDS_LEAD}</p>'
+                  f'<div class="plot">{P.missed_svg(page)}</div>'
                 + self._csv_link("missed", scope, weeks)
                 + '<h2>Per clinic: complete exams, and the slots missed most</h2>'
                   '<p class="lead">Least complete first: by the lowest share in the '

@@ -212,26 +212,34 @@ def fit_width(text: str, width: float, size: float = FONT) -> str:
 
 def hbars(title: str, chart: str, rows: list[dict], width: int = 760,
           label_w: int = 170, value_max: float = 1.0, percent: bool = True,
-          row_h: int = 18) -> str:
+          row_h: int = 18, keys: list[tuple[str, str]] | None = None) -> str:
     """Horizontal bars. Each row: label, value (0..value_max), note (text after the bar),
     colour, title (the label in full, for the hover), href (the label a link) and data
     (attributes for the bar), the last four optional. The value is said again beside the
     label, before its bar: a phone shows the plot's left end, where every bar ran off the
-    screen with its note (a full bar looked like any other; an officer's walk)."""
+    screen with its note (a full bar looked like any other; an officer's walk).
+
+    A row may also split its bar (`parts`: each a share of the bar, its colour, its title
+    and data, drawn over it from the left; the rest keeps the bar's colour) and say the
+    split in words on a line under it (`sub`: a print or a phone has no hover); `keys`, a
+    legend of the parts' colours under the plot."""
     value_w = 44
     bar_w = width - label_w - value_w - 150
-    h = 24 + row_h * max(1, len(rows)) + 20
+    sub_h = 13 if any(r.get("sub") for r in rows) else 0
+    line_h = row_h + sub_h
+    h = 24 + line_h * max(1, len(rows)) + 20 + (14 if keys else 0)
     svg = Svg(width, h, title, chart)
     x0 = label_w + value_w
+    axis_end = 20 + line_h * max(1, len(rows)) + 4
     for frac in (0, 0.25, 0.5, 0.75, 1.0):
         x = x0 + bar_w * frac
-        svg.line(x, 16, x, h - 20, stroke="#eee")
+        svg.line(x, 16, x, axis_end, stroke="#eee")
         svg.text(x, 12, f"{frac * value_max:.0%}" if percent else f"{frac * value_max:g}",
                  anchor="middle", fill=MUTED)
     if not rows:
         svg.text(x0, 36, "no data in this period", fill=MUTED)
     for i, r in enumerate(rows):
-        y = 20 + i * row_h
+        y = 20 + i * line_h
         svg.text(label_w - 6, y + row_h * 0.7, r["label"], anchor="end", tip=r.get("title"),
                  href=r.get("href"))
         value = r["value"]
@@ -245,5 +253,15 @@ def hbars(title: str, chart: str, rows: list[dict], width: int = 760,
         svg.rect(x0, y + 3, max(w, 1), row_h - 6, r.get("colour", BLUES[3]),
                  tip=f"{r.get('title', r['label'])}: {r.get('note', '')}",
                  **r.get("data", {}))
+        x = x0
+        for share, colour, tip, data in r.get("parts", ()):
+            part = max(0.0, min(w * share, x0 + w - x))  # never past the bar's end
+            if part > 0:
+                svg.rect(x, y + 3, part, row_h - 6, colour, tip=tip, **data)
+            x += part
         svg.text(x0 + w + 5, y + row_h * 0.7, r.get("note", ""), fill=MUTED)
+        if r.get("sub"):
+            svg.text(x0, y + row_h + 8, r["sub"], fill=MUTED, size=10)
+    if keys:
+        legend(svg, x0, h - 16, keys)
     return svg.done()
