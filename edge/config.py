@@ -21,7 +21,7 @@ from edge.fleet.settings import FleetSettings, check_fleet_settings
 from edge.models.biometry import BiometrySettings
 from edge.models.fan import FanSettings
 from edge.models.roi import RoiSettings
-from edge.uplink.mqtt import MqttSettings, check_mqtt_settings
+from edge.uplink.mqtt import MqttSettings, check_mqtt_settings, resolve_device_id
 from edge.web.settings import WebSettings, check_web_settings
 from wire.mqtt import url_has_password
 from wire.schema import PayloadError, read_toml_bounded
@@ -344,6 +344,12 @@ def _validate(settings: Settings, label: str) -> None:
         raise ConfigError(f"{label}: loop.stall_s must be 0.1-3600 seconds")
     mq = settings.mqtt
     _check_mqtt(mq, label)
+    if settings.device.device_id:  # the uplink's id where [mqtt] gives none (edge/loop.py)
+        try:
+            resolve_device_id(settings.device.device_id)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: device.device_id: {printable(one_line(exc))}") \
+                from None
     _each_in_range("journal", settings.journal, label, (
         ("keep_days", 0.0 < settings.journal.keep_days <= MAX_KEEP_DAYS,
          f"in (0, {MAX_KEEP_DAYS:g}] days"),))

@@ -341,3 +341,35 @@ def test_a_device_id_that_is_not_the_broker_user_is_warned_at_start(tmp_path, da
     proc = sonoedge("run", "--config", str(config), "--source", str(frame), "--state-dir",
                     str(tmp_path / "state2"), "--once")
     assert proc.returncode == 0 and "broker user" not in proc.stderr, proc.stderr
+
+
+def test_models_with_the_devices_config_lists_the_models_its_loop_loads(tmp_path):
+    """`sonoedge models` listed the shipped models/ whatever the box ran: an installer
+    whose config names another `[models] dir`, or whose box runs a fleet bundle, checked
+    models the loop never loads (a user's walk, 7 December). With --config it lists the
+    config's folder, or with the fleet on the set `current` names."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for suffix in (".json", ".tflite"):
+        shutil.copy(REPO / "models" / f"plane_student{suffix}", mine)
+    config = tmp_path / "device.toml"
+    config.write_text('[models]\ndir = "mine"\n[device]\nstate_dir = "state"\n')
+
+    def listed() -> list[str]:
+        proc = sonoedge("models", "--config", str(config), "--json")
+        assert proc.returncode == 0, proc.stderr
+        return sorted(json.loads(line)["name"] for line in proc.stdout.splitlines())
+
+    assert listed() == ["plane_student"]  # beside the config, as `run` reads it
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    for suffix in (".json", ".tflite"):
+        shutil.copy(REPO / "models" / f"quality_head{suffix}", slot)
+    (tmp_path / "state" / "fleet").mkdir(parents=True)
+    (tmp_path / "state" / "fleet" / "current").symlink_to(slot)
+    config.write_text('[models]\ndir = "mine"\n[device]\nstate_dir = "state"\n'
+                      '[fleet]\nenabled = true\ngroup = "district-a"\n')
+    assert listed() == ["quality_head"]  # the slot the loop runs
+    bad = sonoedge("models", "--config", str(tmp_path / "none.toml"))
+    one_line_error(bad, "none.toml", "not found")
+    assert bad.returncode == 2

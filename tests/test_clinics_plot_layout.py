@@ -103,3 +103,35 @@ def test_a_name_too_long_for_the_label_column_ends_in_an_ellipsis_and_its_title_
             else:
                 assert label.endswith("\u2026") and len(label) > 8, label
                 assert name.startswith(label[:-1].rstrip()), label
+
+
+def heads(svg: str) -> list[tuple[float, float, float, str]]:
+    """The words drawn above the cells (the dates, "today", the totals' heads): (baseline
+    y, left, right, words) in DejaVu Sans."""
+    out = []
+    for attrs, text in re.findall(r"<text ([^>]*)>([^<]*)</text>", svg):
+        y = float(re.search(r'\by="([-\d.]+)"', attrs).group(1))
+        size = re.search(r'font-size="([\d.]+)"', attrs)
+        if y >= 34 or not size:  # the cells' top (pages._clinics_frame); heads are 10 px
+            continue
+        x, w = float(re.search(r'\bx="([-\d.]+)"', attrs).group(1)), dejavu_px(text, 10)
+        anchor = re.search(r'text-anchor="(\w+)"', attrs).group(1)
+        left = {"start": x, "middle": x - w / 2, "end": x - w}[anchor]
+        out.append((y, left, left + w, html.unescape(text)))
+    return out
+
+
+@pytest.mark.parametrize("weekday", range(7))
+def test_no_two_words_over_the_plot_overlap_whatever_the_day_today(weekday):
+    """On a Monday the week's date, drawn from the last column on, ran into the "exams"
+    head beside the cells: "07 Decexams" (a user's walk, Monday 7 December)."""
+    monday = 1796601600.0  # Monday 7 December 2026, 00:00 UTC
+    per = Q.period(8, now=monday + weekday * 86400 + 3600)
+    cells = {(c, d): Q.ClinicDay(c, d, exams=2, health=8) for c in NAMES for d in per.days}
+    drawn = heads(P.clinics_svg(Q.ClinicsPage(per, list(NAMES), cells, names=dict(NAMES))))
+    assert any(text == "today" for *_, text in drawn), drawn
+    for i, (y, left, right, text) in enumerate(drawn):
+        for y2, left2, right2, text2 in drawn[i + 1:]:
+            assert y != y2 or right <= left2 or right2 <= left, (
+                f"{text!r} ({left:.0f}-{right:.0f} px) and {text2!r} ({left2:.0f}-"
+                f"{right2:.0f} px) overlap")

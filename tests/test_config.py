@@ -47,6 +47,9 @@ def test_a_file_and_overrides_are_layered(tmp_path):
     ("[roi]\nrow_fraction = 0\n", "roi.row_fraction must be above 0"),
     ("[biometry]\nframe_image_below = nan\n", "frame_image_below must be between 0 and 1"),
     ("[biometry]\nframe_image_below = \"all\"\n", "frame_image_below"),
+    # checked only where the uplink took it over: `run` ended in a ValueError's traceback
+    ("[device]\ndevice_id = \"a+b\"\n", "device.device_id: bad device_id 'a+b'"),
+    ("[device]\ndevice_id = \"clinic 7\"\n", "device.device_id: bad device_id"),
 ])
 def test_a_bad_key_is_one_line_naming_the_file_and_key(tmp_path, text, expected):
     path = tmp_path / "device.toml"
@@ -175,3 +178,16 @@ def test_a_relative_path_in_the_file_means_beside_it_and_one_on_the_command_line
         path.write_text(f'[source]\nspec = "{spec}"\n')
         assert load_settings(path).source.spec == spec
     assert load_settings(path, {"device": {"state_dir": "here"}}).device.state_dir == "here"
+
+
+def test_a_bad_device_id_in_the_config_stops_run_with_one_line_not_a_traceback(tmp_path):
+    """`[device] device_id` is the uplink's id unless `[mqtt] device_id` gives one; only
+    the latter was checked with the config, and `sonoedge run` ended in a traceback."""
+    from tests.cli_run import one_line_error, sonoedge
+
+    config = tmp_path / "device.toml"
+    config.write_text('[device]\ndevice_id = "box/7"\n')
+    proc = sonoedge("run", "--once", "--config", str(config), "--source",
+                    str(tmp_path / "none"), "--state-dir", str(tmp_path / "state"))
+    one_line_error(proc, str(config), "device.device_id", "'box/7'")
+    assert proc.returncode == 2

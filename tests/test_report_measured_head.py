@@ -254,11 +254,11 @@ def test_the_report_shows_the_measured_head_with_its_caption_and_serves_it(heads
         hc = half_up(session.measured_head["hc_mm"])
         bpd = half_up(session.measured_head["bpd_mm"])
         assert f"HC measured here: {hc} mm" in page and f"BPD {bpd} mm" in page
-        assert "Frame 3 (Head (ventricles))" in page
+        assert "Frame 3, Head (ventricles): of the 5" in page  # no "(Head (...))"
         assert "the 5 best head frames" in page
         french = report(history, session.exam_id, "fr")
         assert f"PC mesuré ici : {hc} mm" in french and f"BIP {bpd} mm" in french
-        assert "Image 3 (" in french
+        assert "Image 3, Tête (ventricules) :" in french
         # the page's server serves it: the journal lists it for that exam
         found, path = asyncio.run(history.thumbnail(session.exam_id, MEASURED_NAME))
         assert found == "ok" and path == (state / session.measured_head["thumbnail"]).resolve()
@@ -296,7 +296,7 @@ def test_an_exam_journaled_before_renders_as_it_did(heads, tmp_path):
     history = journaled(tmp_path / "plain", plain, plain_body)
     try:
         page = report(history, plain.exam_id)
-        assert "HC measured on frame 3 (Head (ventricles)):" in page
+        assert "HC measured on frame 3, Head (ventricles):" in page
         assert MEASURED_NAME not in page and "No image" in page  # the checklist's, as before
     finally:
         history.close()

@@ -37,7 +37,7 @@ def test_status_and_outbox_read_the_devices_config_and_the_live_queue(data_dir, 
     assert json.loads(listed.stdout)["pending"] == _pending(after.stdout)
     # --state-dir still wins over the config, and a config that cannot be read is one line
     other = sonoedge("status", "--config", str(config), "--state-dir", str(tmp_path / "none"))
-    assert "has not run there yet" in other.stdout
+    assert other.returncode == 2 and "none: no such folder (--state-dir)" in other.stderr
     config.write_text("[device]\nstate_dri = 1\n")
     for verb in ("status", "outbox"):
         bad = sonoedge(verb, "--config", str(config))
@@ -67,3 +67,34 @@ def test_a_damaged_outbox_is_counted_as_far_as_it_can_be_never_a_traceback(data_
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     listed = json.loads(sonoedge("outbox", "--state-dir", str(state), "--json").stdout)
     assert listed["pending"] == 3 and listed["bytes"] == 0
+
+
+def test_a_state_dir_that_is_not_there_is_one_line_saying_where_it_came_from(tmp_path):
+    """An installer typed `sonoedge status` on a box whose service keeps its state where
+    its config says: the command looked in ./state and said "the uplink has not run there
+    yet", exit 0, of a box whose uplink ran fine (a user's walk, 7 December). A folder
+    that is not there is now said so, with where its name came from; one that is there
+    but never held a run still says the uplink has not run there."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SONOEDGE_STATE_DIR", None)
+    config = tmp_path / "device.toml"
+    config.write_text(f'[device]\nstate_dir = "{tmp_path / "gone"}"\n')
+    default = ("state: no such folder (the default state dir; the box's is in its config: "
+               "give --config FILE or --state-dir DIR)")
+    configured = f"{tmp_path / 'gone'}: no such folder ({config}: [device] state_dir)"
+    for args, said in (((), default), (("--config", str(config)), configured)):
+        for verb in ("status", "outbox"):
+            proc = subprocess.run([sys.executable, "-m", "edge.cli", verb, *args],
+                                  capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                                  env=env)
+            assert proc.returncode == 2 and proc.stdout == "", (proc.stdout, proc.stderr)
+            assert proc.stderr.strip().splitlines() == [f"sonoedge {verb}: {said}"]
+    (tmp_path / "gone").mkdir()
+    never = sonoedge("status", "--config", str(config))
+    assert never.returncode == 0 and "has not run there yet" in never.stdout, never.stderr

@@ -174,12 +174,17 @@ def clinics_svg(page: Q.ClinicsPage) -> str:
         legend_width(keys) + HOLE_KEY_W + text_width(hole_words),
         extra_h=18 if not_heard_shown else 0)
     not_heard = svg.hatch("not-heard", C.NOT_HEARD_HATCH) if not_heard_shown else None
+    cells_end = label_w + len(days) * cw
     for i, d in enumerate(days):
         x = label_w + i * cw
         if (d + 3) % 7 == 0:  # Monday
             svg.line(x, top - 4, x, top + ROW_H * len(page.clinics), stroke="#bbb")
-            svg.text(x + 1, top - 8, time.strftime("%d %b", time.gmtime(d * C.DAY_S)),
-                     fill=MUTED, size=10)
+            date = time.strftime("%d %b", time.gmtime(d * C.DAY_S))
+            # a Monday too near the end (today) ends its date at the last column: from
+            # the column on, it ran into the "exams" head beside the cells
+            past = x + 1 + text_width(date, 10) > cells_end
+            svg.text(cells_end if past else x + 1, top - 8, date, fill=MUTED, size=10,
+                     anchor="end" if past else "start")
     today = page.period.last_day  # still under way: silent so far is not silent
     svg.text(label_w + (len(days) - 1) * cw + cw / 2, top - 20, "today", anchor="middle",
              fill=MUTED, size=10)

@@ -99,9 +99,28 @@ def _describe(manifest: Manifest) -> dict:
             "metrics": raw.get("metrics"), "licences": raw.get("licences")}
 
 
+def _models_dir(args: argparse.Namespace) -> str:
+    """--models-dir, else the models the config's loop loads: with the fleet on, the slot
+    `current` names once the loop has seeded it, else `[models] dir`. Without --config, the
+    shipped models/ alone were listed, whatever the box ran (a user's walk)."""
+    if args.models_dir:
+        return args.models_dir
+    if args.config is None:
+        return ModelSettings().dir
+    from edge.fleet.settings import fleet_root
+    from edge.fleet.slots import CURRENT
+
+    settings = load_settings(args.config)
+    current = fleet_root(settings) / CURRENT
+    if settings.fleet.enabled and current.exists():
+        return str(current)
+    return settings.models.dir
+
+
 def _models(args: argparse.Namespace) -> int:
     from edge.models.runtime import load_model
 
+    args.models_dir = _models_dir(args)
     # The same checks `run` and `score` make before they use a model: manifest fields,
     # sha256, and the model's own tensors against the manifest (input shape, label count).
     found = [item if isinstance(item, ModelError) else _loads(load_model, item)
@@ -199,7 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_cli.add_parser(verbs)
 
     models = verbs.add_parser("models", help="installed models with their manifests")
-    models.add_argument("--models-dir", default=ModelSettings().dir)
+    models.add_argument("--models-dir", help="a models folder (default: the config's, else "
+                                             "the shipped models/)")
+    models.add_argument("--config", help="the device's config: its [models] dir, or with "
+                                         "[fleet] on the set its loop runs")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_models)
 

@@ -23,7 +23,7 @@ from edge.store.state import lock_holder
 from edge.uplink.mqtt import STATUS_FILE, load_status
 from wire.cli import OneLineParser
 from wire.schema import number_or_none, sqlite_uri
-from wire.shown import printable
+from wire.shown import printable, shown_path
 
 DEFAULT_STATE_DIR = os.environ.get("SONOEDGE_STATE_DIR", "state")
 
@@ -72,18 +72,30 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 def _state_dir(args: argparse.Namespace, prog: str) -> Path | None:
     """--state-dir, else the config's [device] state_dir, else the default; None when the
-    config cannot be read (said in one line)."""
+    config cannot be read or the folder is not there (said in one line). A folder that is
+    not there was said as "the uplink has not run there yet": an installer who typed
+    `sonoedge status` without the box's config read that of the default, ./state."""
     if args.config is None:
-        return args.state_dir or Path(DEFAULT_STATE_DIR)
-    from edge.config import ConfigError, load_settings
+        path = args.state_dir or Path(DEFAULT_STATE_DIR)
+    else:
+        from edge.config import ConfigError, load_settings
 
-    try:  # as `sonoedge pin` reads them: the flag over the config's key
-        given = None if args.state_dir is None else str(args.state_dir)
-        return Path(load_settings(args.config, {"device": {"state_dir": given}})
-                    .device.state_dir)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        try:  # as `sonoedge pin` reads them: the flag over the config's key
+            given = None if args.state_dir is None else str(args.state_dir)
+            path = Path(load_settings(args.config, {"device": {"state_dir": given}})
+                        .device.state_dir)
+        except ConfigError as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return None
+    if not path.is_dir():
+        where = ("--state-dir" if args.state_dir is not None else
+                 f"{shown_path(args.config)}: [device] state_dir" if args.config is not None
+                 else "the default state dir; the box's is in its config: give --config "
+                      "FILE or --state-dir DIR")
+        what = "not a folder" if path.exists() else "no such folder"
+        print(f"{prog}: {shown_path(path)}: {what} ({where})", file=sys.stderr)
         return None
+    return path
 
 
 def _live_counts(state_dir: Path) -> tuple[dict | None, str | None]:

@@ -470,9 +470,9 @@ function renderTags(h) {
 // likewise, while the score is an average that falls and climbs at its own pace. Coloured
 // by its own thresholds, the bar sat low and yellow or red beside the green "Good image"
 // for a second or two. So the bar's colour follows the verdict: green only beside "Good
-// image"; beside an instruction yellow, or red under QUALITY_POOR. Its length and its
-// figure stay the measured score, whatever the colour: a number on the screen is never
-// made up to match the words.
+// image"; beside an instruction (a plane off the exam's list too) yellow, or red under
+// QUALITY_POOR. Its length and its figure stay the measured score, whatever the colour: a
+// number on the screen is never made up to match the words.
 const QUALITY_GOOD = 0.5, QUALITY_POOR = 0.25;
 
 function qualityBar(h) { // {q, cls} of the bar under the image, or null for none
@@ -480,7 +480,7 @@ function qualityBar(h) { // {q, cls} of the bar under the image, or null for non
   const q = shown && shown.score != null ? shown.score : h ? h.quality : null;
   if (q == null) return null;
   if (!shown) return { q, cls: q >= QUALITY_GOOD ? "good" : q >= QUALITY_POOR ? "fair" : "poor" };
-  if (!shown.message) return { q, cls: "good" };
+  if (!shown.message && !slotsStillWanted(shown.plane).length) return { q, cls: "good" };
   return { q, cls: q >= QUALITY_POOR ? "fair" : "poor" };
 }
 
@@ -567,13 +567,30 @@ function renderInstruction(h) {
   }
   const shown = h && h.shown;
   if (!shown) { el.className = "instruction idle"; el.textContent = ""; return; }
+  const wanted = shown.message ? [] : slotsStillWanted(shown.plane);
   if (shown.message) {
     el.className = "instruction fix";
     el.textContent = shown.key ? t(shown.key, { _fallback: shown.message }) : shown.message;
+  } else if (wanted.length) {
+    el.className = "instruction fix";
+    el.textContent = t("instruction.off_list", { plane: planeName(shown.plane),
+                                                 slots: wanted.join(", ") });
   } else {
     el.className = "instruction good";
     el.textContent = t("instruction.good");
   }
+}
+
+// The running exam's slots still to capture, by name, when the plane shown is on none of
+// its slots: then a good image of it is not what the exam needs. "Good image: hold still"
+// over an abdomen in a head exam kept her still on the wrong view (a user's walk).
+function slotsStillWanted(plane) {
+  const exam = state && state.exam;
+  if (!plane || plane === "uncertain" || !exam || !exam.running) return [];
+  const rows = exam.checklist || [];
+  if (rows.some(row => (row.accepts || [row.plane]).includes(plane))) return [];
+  return rows.filter(row => !row.captured)
+    .map(row => t("slot." + row.plane, { _fallback: planeName(row.plane) }));
 }
 
 // ---------------------------------------------------------------- state
@@ -638,6 +655,7 @@ function renderState(s) {
     st.temperature_c >= 80 ? "bad" : "");
   const models = Object.entries(st.models || {}).map(([k, v]) => `${k} ${v}`).join(" · ");
   chip("#models", models, "quiet");
+  $("#models-foot").textContent = models; // a phone's: not in its sticky strip (app.css)
   // an exam held through a lost signal says so, and for how long (edge/exam/session.py
   // ExamSettings.signal_hold_s): the cable plugged back in, her exam goes on
   if (st.signal === "no_signal" && st.exam_kept_s != null) {
