@@ -269,7 +269,7 @@ def test_the_report_shows_the_frame_its_hc_was_measured_on_with_its_ellipse(box,
         assert status == 200
         shown = re.search(r'<figure class="measured"><img class="thumb" src="/api/thumb/'
                           rf'{exam_id}/([a-z0-9-]+\.jpg)".*?HC measured here: (\d+) mm · '
-                          r"BPD (\d+) mm.*?Frame (\d+) \(", page)
+                          r"BPD (\d+) mm.*?Frame (\d+), ", page)
         assert shown, "no picture of where the head was measured on the report"
         name, hc, bpd, frame = shown.group(1), *(int(g) for g in shown.groups()[1:])
         record = journaled_frame(box, exam_id, frame)
