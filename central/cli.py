@@ -15,7 +15,7 @@ import sys
 
 from central.db import DEFAULT_DB, DbError, Store
 from wire.cli import OneLineParser
-from wire.shown import one_line
+from wire.shown import one_line, shown
 
 USAGE = ("sonoedge-central [run] --mqtt-url URL [--db URL] ... | sonoedge-central "
          "report|serve|users|districts|seed|bundle ... (COMMAND --help)")
@@ -218,8 +218,18 @@ def collector_main(argv: list[str]) -> int:
     return collector.run()
 
 
+# The first words `main` takes; the collector (`run`) is also started with its flags alone.
+COMMANDS = ("run", "report", "serve", "users", "districts", "seed", "bundle")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv  # the console script passes nothing
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        # a mistyped command was taken as the collector's and refused as "--mqtt-url is
+        # required" (a user's walk): said as what it is, with the commands there are
+        print(f"sonoedge-central: error: unknown command {shown(argv[0])}: choose one "
+              f"of {', '.join(COMMANDS)} (see sonoedge-central --help)", file=sys.stderr)
+        return 2
     if argv and argv[0] == "report":
         return report_main(argv[1:])
     if argv and argv[0] == "bundle":  # publish or export a signed model bundle

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.capture.images import DEFAULT_LIMITS, FrameLimits
+from edge.exam.protocol import ProtocolError, load_protocols
 from edge.exam.session import HEAD_PLANES, ExamSettings
 from edge.fleet.settings import FleetSettings, check_fleet_settings
 from edge.models.biometry import BiometrySettings
@@ -461,6 +462,16 @@ def _validate_exam(ex: ExamSettings, label: str) -> None:
         ("thumb_width", 16 <= ex.thumb_width <= 4096, "16-4096 pixels"),
         ("thumb_interval_s", 0.0 <= ex.thumb_interval_s <= 3600.0, "0-3600 seconds"),
         ("thumbs_quota_mb", 0.0 < ex.thumbs_quota_mb <= 1e6, "in (0, 1000000] MB")))
+    # The protocol by name, at load: a typo ("nope") was said only when `run` or `exam`
+    # looked it up, without the file or the key, and `score`, `status` and the rest took
+    # the config as good.
+    try:
+        protocols = load_protocols(ex.protocols_file or None)
+    except ProtocolError as exc:  # its line names the protocols file and its key
+        raise ConfigError(f"{label}: exam.protocols_file: {exc}") from None
+    if ex.protocol not in protocols:
+        raise ConfigError(f"{label}: exam.protocol: unknown protocol {shown(ex.protocol)}: "
+                          f"choose one of {', '.join(sorted(protocols))}")
 
 
 def _validate_roi(roi: RoiSettings, label: str) -> None:

@@ -25,3 +25,21 @@ def test_the_help_names_every_command_and_each_has_its_own_help():
     for verb in VERBS[1:]:
         own = _central(verb, "--help")
         assert own.returncode == 0 and "usage" in own.stdout.lower(), (verb, own.stderr)
+
+
+def test_an_unknown_command_is_one_line_naming_it_and_the_commands(tmp_path):
+    """`sonoedge-central frob` was taken as the collector's and answered "--mqtt-url is
+    required" (a user's walk, 7 December): a first word that is no command is said as
+    such, with the commands there are. The collector still starts from its flags alone,
+    as the README runs it, and after `run`."""
+    for word in ("frob", "reports", "Run", "", "a\nb\x1b[2J", "x" * 5000):
+        proc = _central(word, "--db", str(tmp_path / "c.sqlite3"))
+        assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith(f"sonoedge-central: error: unknown command {word[:20]!r}"[:-1])
+        assert f"choose one of {', '.join(VERBS)}" in line and len(line) < 240, line
+    for start in ((), ("run",)):
+        proc = _central(*start, "--mqtt-url", "mqtt://127.0.0.1:1", "--db",
+                        str(tmp_path / "c.sqlite3"), "--max-bytes", "-1")
+        assert proc.returncode == 2 and proc.stderr.splitlines() == [
+            "sonoedge-central: --max-bytes -1: must be 1-1048576"], proc.stderr

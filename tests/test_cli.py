@@ -350,17 +350,18 @@ def test_models_with_the_devices_config_lists_the_models_its_loop_loads(tmp_path
     config's folder, or with the fleet on the set `current` names."""
     mine = tmp_path / "mine"
     mine.mkdir()
-    for suffix in (".json", ".tflite"):
-        shutil.copy(REPO / "models" / f"plane_student{suffix}", mine)
+    for name in ("plane_student", "quality_head"):
+        for suffix in (".json", ".tflite"):
+            shutil.copy(REPO / "models" / f"{name}{suffix}", mine)
     config = tmp_path / "device.toml"
     config.write_text('[models]\ndir = "mine"\n[device]\nstate_dir = "state"\n')
 
-    def listed() -> list[str]:
+    def listed(code: int = 0) -> list[str]:
         proc = sonoedge("models", "--config", str(config), "--json")
-        assert proc.returncode == 0, proc.stderr
+        assert proc.returncode == code, proc.stderr
         return sorted(json.loads(line)["name"] for line in proc.stdout.splitlines())
 
-    assert listed() == ["plane_student"]  # beside the config, as `run` reads it
+    assert listed() == ["plane_student", "quality_head"]  # beside the config, as `run` reads it
     slot = tmp_path / "slot"
     slot.mkdir()
     for suffix in (".json", ".tflite"):
@@ -369,7 +370,57 @@ def test_models_with_the_devices_config_lists_the_models_its_loop_loads(tmp_path
     (tmp_path / "state" / "fleet" / "current").symlink_to(slot)
     config.write_text('[models]\ndir = "mine"\n[device]\nstate_dir = "state"\n'
                       '[fleet]\nenabled = true\ngroup = "district-a"\n')
-    assert listed() == ["quality_head"]  # the slot the loop runs
+    assert listed(1) == ["quality_head"]  # the slot the loop runs (without its plane model)
     bad = sonoedge("models", "--config", str(tmp_path / "none.toml"))
     one_line_error(bad, "none.toml", "not found")
     assert bad.returncode == 2
+
+
+def test_models_with_the_devices_config_names_each_model_its_loop_needs_and_lacks(tmp_path):
+    """An installer's check of a box: `models --config` listed what the folder held and
+    said nothing of what the loop needs and it lacks (a user's walk, 7 December). A folder
+    without the plane model, or without the head segmenter while `[biometry]` gives a
+    scale, or without the quality head the rules measure with, is one line per model
+    naming the folder and the model, beside the listing of what is there, and exit 1."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for suffix in (".json", ".tflite"):
+        shutil.copy(REPO / "models" / f"quality_head{suffix}", mine)
+    config = tmp_path / "device.toml"
+
+    def check(text: str, *lacking: str) -> subprocess.CompletedProcess:
+        config.write_text('[models]\ndir = "mine"\n' + text)
+        proc = sonoedge("models", "--config", str(config))
+        assert "Traceback" not in proc.stderr and "\nquality_head@" in f"\n{proc.stdout}", \
+            (proc.stdout, proc.stderr)  # what is there is still listed
+        said = [line for line in proc.stderr.splitlines() if "is missing" in line]
+        assert [line.split(": ", 2)[2].split()[0] for line in said] == list(lacking), \
+            proc.stderr
+        for line in said:
+            assert line.startswith(f"sonoedge: {mine}: ") and len(line) < len(str(mine)) + 150, line
+        assert proc.returncode == (1 if lacking else 0), proc.stderr
+        return proc
+
+    proc = check("", "plane_student")
+    assert "`run` and `score` do not start without it" in proc.stderr
+    for suffix in (".json", ".tflite"):
+        shutil.copy(REPO / "models" / f"plane_student{suffix}", mine)
+    check("")  # no scale: a box without biometry needs no segmenter
+    proc = check("[biometry]\nruler_tick_mm = 5.0\n", "head_segmenter")
+    assert "ruler_tick_mm is set, but no head is measured without it" in proc.stderr
+    check("[biometry]\npixel_size_mm = 0.1\n", "head_segmenter")
+    (mine / "quality_head.json").unlink()
+    (mine / "quality_head.tflite").unlink()
+    config.write_text('[models]\ndir = "mine"\n')
+    proc = sonoedge("models", "--config", str(config))
+    assert proc.returncode == 1 and f"{mine}: quality_head is missing" in proc.stderr
+    config.write_text('[models]\ndir = "mine"\n[quality]\nlearned = ""\n')  # none, said
+    assert sonoedge("models", "--config", str(config)).returncode == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config.write_text('[models]\ndir = "empty"\n[quality]\nenabled = false\n')
+    proc = sonoedge("models", "--config", str(config))
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [
+        f"sonoedge: {empty}: no model manifests",
+        f"sonoedge: {empty}: plane_student is missing ([models] plane: `run` and `score` do "
+        "not start without it)"], proc.stderr

@@ -50,6 +50,9 @@ def test_a_file_and_overrides_are_layered(tmp_path):
     # checked only where the uplink took it over: `run` ended in a ValueError's traceback
     ("[device]\ndevice_id = \"a+b\"\n", "device.device_id: bad device_id 'a+b'"),
     ("[device]\ndevice_id = \"clinic 7\"\n", "device.device_id: bad device_id"),
+    # said only once `run` or `exam` looked it up, naming neither the file nor the key
+    ("[exam]\nprotocol = \"nope\"\n",
+     "exam.protocol: unknown protocol 'nope': choose one of biometry, second-trimester"),
 ])
 def test_a_bad_key_is_one_line_naming_the_file_and_key(tmp_path, text, expected):
     path = tmp_path / "device.toml"
@@ -191,3 +194,28 @@ def test_a_bad_device_id_in_the_config_stops_run_with_one_line_not_a_traceback(t
                     str(tmp_path / "none"), "--state-dir", str(tmp_path / "state"))
     one_line_error(proc, str(config), "device.device_id", "'box/7'")
     assert proc.returncode == 2
+
+
+def test_an_unknown_protocol_stops_every_verb_with_one_line_naming_the_file_and_key(
+        tmp_path):
+    """`[exam] protocol = "nope"`: `run` said "unknown protocol 'nope'" without the file or
+    the key, and `score`, `models` and `status` took the config as good. Each now refuses
+    it when it reads the config, with the same line."""
+    from tests.cli_run import sonoedge
+
+    config = tmp_path / "device.toml"
+    config.write_text(f'[exam]\nprotocol = "nope"\n[device]\nstate_dir = "{tmp_path}"\n')
+    frame = tmp_path / "none.png"
+    for verb in (("run", "--once", "--source", str(frame)), ("score", str(frame)),
+                 ("exam", str(frame)), ("models",), ("status",)):
+        proc = sonoedge(*verb, "--config", str(config), timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (verb, proc.stderr)
+        (line,) = proc.stderr.splitlines()
+        assert line.endswith(f"{config}: exam.protocol: unknown protocol 'nope': choose one "
+                             "of biometry, second-trimester"), (verb, line)
+    # the protocol cannot be looked up in a protocols file that cannot be read: said too
+    config.write_text('[exam]\nprotocols_file = "none.toml"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert str(caught.value) == (f"{config}: exam.protocols_file: {tmp_path / 'none.toml'}: "
+                                 "protocols file not found")

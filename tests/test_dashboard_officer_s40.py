@@ -252,3 +252,37 @@ def test_the_quality_heatmaps_last_week_says_it_is_not_over():
     assert any(t.startswith(f"LVOT, week of {Q.week_text(now_week)} (this week so far):")
                for t in tips), tips
     assert not any("so far" in t for t in tips if Q.week_text(earlier) in t), tips
+
+
+def test_the_last_seen_age_never_contradicts_the_silent_flag():
+    """A box flagged "silent" (not heard for over SILENT_AFTER_S, 3 days) and one not
+    flagged both read "3 days ago" on the devices page (an officer's walk, 7 December): the
+    age was rounded to whole days, the flag was not. A row that says "3 days" or less is
+    never flagged; one flagged says more than 3 days, in the flag and in the last-seen cell
+    alike; the clinic page's last message is said the same way."""
+    now = time.time()
+    day = C.DAY_S
+    ages = (2.4, 2.6, 2.9, 3.0, 3.001, 3.2, 3.49, 3.5, 4.4, 26.0)
+    boxes = [_box(f"box-{i:02d}a", f"clinic-{i:02d}", now - a * day)
+             for i, a in enumerate(ages)]
+    for b in boxes:
+        Q.flag_row(b, now)
+    table = P.devices_table(boxes, now)
+    for age, b in zip(ages, boxes, strict=True):
+        flagged = [f for f in b.flags if f.startswith("silent")]
+        cell = re.search(rf'data-device="{b.device_id}".*?<td title="[^"]*">([^<]*)</td>',
+                         table, re.S).group(1)
+        said = re.fullmatch(r"(over )?(\d+) days ago", cell)
+        assert said, (age, cell)
+        over, figure = bool(said.group(1)), int(said.group(2))
+        limit = C.SILENT_AFTER_S / day
+        assert bool(flagged) == (age > limit), (age, b.flags)
+        if flagged:  # the flag and the cell say the same, and it is over the line
+            assert flagged[0] == f"silent {cell.removesuffix(' ago')}", (flagged, cell)
+            assert over or figure > limit, (age, cell)
+        else:
+            assert not over and figure <= limit, (age, cell)
+        assert abs(figure - age) <= 0.5, (age, cell)  # still the nearest whole day
+    assert P.seen_ago(now - 3.2 * day, now) == "over 3 days ago"
+    assert P.seen_ago(now - 3 * day, now) == "3 days ago"
+    assert P.seen_ago(now - 5 * 60, now) == "5 min ago" and P.seen_ago(None, now) == "never"

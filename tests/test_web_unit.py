@@ -606,6 +606,56 @@ def test_a_reports_dates_are_answered_kept_only_once_the_journal_has_them(page_s
     journal.close()
 
 
+def test_a_dates_body_with_a_field_the_route_does_not_read_is_refused_naming_it(
+        page_server, tmp_path, monkeypatch):
+    """POST /api/exams/<id>/lmp took any other field without a word (the woman's name sent
+    with her dates was answered "kept"), where the withdrawal refuses one: refused the same
+    way, 400 naming the field, and nothing queued; so is the live page's POST /api/lmp.
+    The pages' own bodies (report.js: lmp, today; app.js: and exam_id) are still taken."""
+    from edge.exam.protocol import load_protocols
+    from edge.exam.session import ExamSession
+    from edge.store.journal import Journal
+
+    monkeypatch.setattr(web_server, "DATES_KEPT_WAIT_S", 0.2)
+    journal = Journal(tmp_path / "journal.sqlite")
+    done = ExamSession(next(iter(load_protocols().values())))
+    assert journal.add_exam(None, {**done.summary("gap"), "ended_ts": time.time() - 60}, {})
+    journal.close()
+    srv = page_server()
+    session = re.search(rb"sonoedge_session=([^;]+);", _login(srv, PIN)).group(1).decode()
+
+    def post(path: str, body: dict) -> tuple[bytes, str]:
+        data = json.dumps(body).encode()
+        reply = _raw(srv, f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     f"Cookie: sonoedge_session={session}\r\n"
+                     "Content-Type: application/json\r\n".encode()
+                     + b"Content-Length: %d\r\n\r\n" % len(data) + data)
+        head, _, text = reply.partition(b"\r\n\r\n")
+        return head.split(b" ", 2)[1], text.decode()
+
+    dates = {"lmp": "2026-06-10", "today": "2026-12-04"}
+    report, live = f"/api/exams/{done.exam_id}/lmp", "/api/lmp"
+    for path, body, said in (
+            (report, {**dates, "name": "Amina"}, "unexpected field 'name': send lmp and "
+                                                 "today only"),
+            (report, {**dates, "exam_id": done.exam_id}, "unexpected field 'exam_id'"),
+            (report, {"lmp": None, "LMP": "2026-06-10"}, "unexpected field 'LMP'"),
+            (report, {**dates, "a\nb\x1b[2J": 1}, "unexpected field 'a\\nb\\x1b[2J'"),
+            (report, {**dates, "\ud800" + "x" * 3000: 1}, "unexpected field '\\ud800xxx"),
+            ("/api/exams/nosuch/lmp", {**dates, "name": "Amina"}, "unexpected field 'name'"),
+            (live, {**dates, "exam_id": None, "name": "Amina"},
+             "unexpected field 'name': send lmp, today and exam_id only")):
+        status, text = post(path, body)
+        assert status == b"400" and said in text and "\n" not in text.strip(), \
+            (path, body.keys(), status, text[:200])
+        assert len(text) < 200, text
+    assert not srv.view.dates_to_keep and srv.view.ga_dates is None  # nothing kept
+    status, text = post(report, dates)  # the report's own body
+    assert status == b"200" and json.loads(text)["ok"], text
+    status, text = post(live, {**dates, "exam_id": None})  # the live page's own body
+    assert status == b"200" and json.loads(text)["ok"], text
+
+
 def test_the_report_gives_no_ga_range_whose_bounds_fall_on_one_day():
     """As the page: bounds under a day apart printed "19w 1d – 19w 1d" on the report."""
     from edge.web.history import ga_range

@@ -88,6 +88,11 @@ def ago(ts: float | None, now: float) -> str:
     return "never" if ts is None else f"{Q.age_text(max(0.0, now - ts))} ago"
 
 
+def seen_ago(ts: float | None, now: float) -> str:
+    """When a box was last heard, said as its silent flag counts (`Q.silence_text`)."""
+    return "never" if ts is None else f"{Q.silence_text(max(0.0, now - ts))} ago"
+
+
 def utc(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
 
@@ -1080,7 +1085,7 @@ def devices_table(rows: list[Q.DeviceRow], now: float, weeks: int | None = None,
             f"<td>{esc(d.device_id)}</td><td>{clinic_html(d.clinic_id, weeks=weeks)}</td>"
             f'<td class="name">{esc(d.clinic_name)}</td>'
             f'<td class="flags">{esc("; ".join(d.flags)) or "-"}</td>'
-            f'<td title="{esc(utc(d.last_seen))} UTC">{esc(ago(d.last_seen, now))}</td>'
+            f'<td title="{esc(utc(d.last_seen))} UTC">{esc(seen_ago(d.last_seen, now))}</td>'
             f'<td class="{cls}">{state}<br><span class="small">'
             f"{esc(ago(d.state_since, now))}</span></td>"
             f'<td class="num">{_cell(d.backlog)}</td><td class="num">{_cell(d.behind)}</td>'

@@ -1157,6 +1157,25 @@ def age_text(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 3600 else span(seconds)
 
 
+def _said_s(seconds: float) -> float:
+    """The duration `age_text` says for `seconds`, in seconds: its figure once rounded."""
+    unit = 60.0 if seconds < 3600 else C.DAY_S if seconds >= 2 * C.DAY_S else 3600.0
+    return round(seconds / unit) * unit
+
+
+def silence_text(seconds: float) -> str:
+    """How long a box has not been heard, never across the line that flags it silent.
+    Rounded to whole days, 3.2 days said "3 days" on a row flagged "silent" (over
+    SILENT_AFTER_S) and 2.8 days said "3 days" on one not flagged: the officer could not
+    tell why one box needed a visit and the other not. Over the line, a figure that rounds
+    back to it or under says "over 3 days" instead (rounding up would add most of a day to
+    a box just past it; a decimal, "3.0 days", still rounds back); at or under the line,
+    the rounded figure never goes over it, as round(x) <= 3 for x <= 3."""
+    if seconds > C.SILENT_AFTER_S >= _said_s(seconds):
+        return f"over {span(C.SILENT_AFTER_S)}"
+    return age_text(seconds)
+
+
 def online_but_silent(d: DeviceRow, heard: float) -> bool:
     """The box's uplink last said "online" and it has sent nothing for longer than a few
     of its health intervals (config.py ONLINE_SILENT_*): a connection without a program."""
@@ -1184,7 +1203,7 @@ def ranked_flags(d: DeviceRow, now: float, heard: float | None = None
     heard = now if heard is None else heard
     stuck = online_but_silent(d, heard)
     if d.last_seen is None or heard - d.last_seen > C.SILENT_AFTER_S:
-        silence = "never" if d.last_seen is None else span(heard - d.last_seen)
+        silence = "never" if d.last_seen is None else silence_text(heard - d.last_seen)
         flags.append((VISIT, f"silent {silence}"
                       + ("" if heard == now or d.last_seen is None else
                          " before the collector stopped")

@@ -477,7 +477,7 @@ class Dashboard:
         now, one = Q.district_now(), Q.Scope(scope.district)
         last = page.last_message
         heard = ("No box of the clinic has sent anything yet." if last is None else
-                 f"Last message: <strong>{esc(P.ago(last.last_seen, now))}</strong> "
+                 f"Last message: <strong>{esc(P.seen_ago(last.last_seen, now))}</strong> "
                  f"({esc(P.utc(last.last_seen))} UTC, from {esc(last.device_id)}).")
         before, fig = page.before.days.period, page.now
         district = page.district or "none (not on the districts map)"

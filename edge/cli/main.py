@@ -14,7 +14,7 @@ from edge.cli import biometry as biometry_cli
 from edge.cli import exam as exam_cli
 from edge.cli import fleet as fleet_cli
 from edge.cli import pin as pin_cli
-from edge.config import MAX_LOOP_FRAMES, ConfigError, ModelSettings, load_settings
+from edge.config import MAX_LOOP_FRAMES, ConfigError, ModelSettings, Settings, load_settings
 from edge.exam.protocol import ProtocolError
 from edge.models.manifest import Manifest, ModelError, list_manifests
 from edge.models.quality import RulesError
@@ -99,36 +99,68 @@ def _describe(manifest: Manifest) -> dict:
             "metrics": raw.get("metrics"), "licences": raw.get("licences")}
 
 
-def _models_dir(args: argparse.Namespace) -> str:
+def _models_dir(args: argparse.Namespace, settings: Settings | None) -> str:
     """--models-dir, else the models the config's loop loads: with the fleet on, the slot
     `current` names once the loop has seeded it, else `[models] dir`. Without --config, the
     shipped models/ alone were listed, whatever the box ran (a user's walk)."""
     if args.models_dir:
         return args.models_dir
-    if args.config is None:
+    if settings is None:
         return ModelSettings().dir
     from edge.fleet.settings import fleet_root
     from edge.fleet.slots import CURRENT
 
-    settings = load_settings(args.config)
     current = fleet_root(settings) / CURRENT
     if settings.fleet.enabled and current.exists():
         return str(current)
     return settings.models.dir
 
 
+def _needed_models(settings: Settings) -> list[tuple[str, str]]:
+    """(manifest name, what its absence does) of each model the config's loop loads: the
+    plane model always; the head segmenter where `[biometry]` gives a scale to measure at
+    (without one a box may go without it: absent is how a site says no biometry); the
+    learned quality head where the audit is on, names one and has criteria it measures.
+    Listing only what was there, `models --config` let an installer believe a box
+    complete that would start without biometry, or not at all (a user's walk)."""
+    from edge.models.quality import load_rules
+
+    needed = [(settings.models.plane,
+               "[models] plane: `run` and `score` do not start without it")]
+    bio = settings.biometry
+    scale = "ruler_tick_mm" if bio.ruler_tick_mm else "pixel_size_mm" if bio.pixel_size_mm \
+        else None
+    if scale:
+        needed.append((bio.segmenter, f"[biometry] segmenter: [biometry] {scale} is set, "
+                                      "but no head is measured without it"))
+    cfg = settings.quality
+    if cfg.enabled and cfg.learned and load_rules(cfg.rules or None).needs_learned_head():
+        needed.append((cfg.learned, "[quality] learned: the quality criteria it measures "
+                                    "are left out without it"))
+    return needed
+
+
 def _models(args: argparse.Namespace) -> int:
     from edge.models.runtime import load_model
 
-    args.models_dir = _models_dir(args)
+    settings = None if args.config is None else load_settings(args.config)
+    args.models_dir = _models_dir(args, settings)
+    folder = Path(args.models_dir)
+    # What the loop needs and the folder lacks, each one line naming the folder and the
+    # model (said beside the listing of what is there), as `run` would find it missing.
+    missing = [f"sonoedge: {shown_path(folder)}: {shown_path(name, 80)} is missing ({why})"
+               for name, why in (_needed_models(settings) if settings else [])
+               if not (folder / f"{name}.json").is_file()]
     # The same checks `run` and `score` make before they use a model: manifest fields,
     # sha256, and the model's own tensors against the manifest (input shape, label count).
     found = [item if isinstance(item, ModelError) else _loads(load_model, item)
-             for item in list_manifests(Path(args.models_dir))]
+             for item in list_manifests(folder)]
     if not found:
-        print(f"sonoedge: {args.models_dir}: no model manifests", file=sys.stderr)
+        print(f"sonoedge: {shown_path(folder)}: no model manifests", file=sys.stderr)
+        for line in missing:
+            print(line, file=sys.stderr)
         return 1
-    bad = 0
+    bad = len(missing)
     for item in found:
         if isinstance(item, ModelError):
             bad += 1
@@ -143,6 +175,8 @@ def _models(args: argparse.Namespace) -> int:
                   f"input {shape} {raw['input'].get('dtype', '?')}  sha256 {item.sha256[:12]} ok")
             for name, metric in sorted((raw.get("metrics") or {}).items()):
                 print(f"    {name}: {_metric_value(metric)}")
+    for line in missing:
+        print(line, file=sys.stderr)
     return 1 if bad else 0
 
 
@@ -158,7 +192,6 @@ def _metric_value(metric: object) -> str:
 
 
 def _loads(load_model, manifest: Manifest) -> Manifest | ModelError:
-    from edge.config import Settings
     from edge.models import biometry, planes, quality
 
     # What `score` and `run` check of a model in its role (the plane model's task and class

@@ -27,7 +27,8 @@ Routes (everything under /api/ answers 401 without a session):
   for an ended exam the journal keeps, from its report (the woman found her card after the
   next one began): kept, and sent to the district as a correction, by the loop; answered
   once the journal has them (or after DATES_KEPT_WAIT_S). 404 for an exam the journal does
-  not keep, 409 for the exam still running (the live page takes its dates).
+  not keep, 409 for the exam still running (the live page takes its dates). On both, a
+  field other than those is a 400 naming it, as on the withdrawal.
 - `POST /api/exams/<exam>/withdrawal {"withdrawn": true, "reason": "mistake" | "test_scan" |
   "wrong_woman" | "two_women"}` withdraws an ended exam (`{"withdrawn": false}` undoes it):
   kept in the journal and sent to the district, which then counts it in no figure, by the
@@ -1168,9 +1169,17 @@ class WebServer:
             return True  # it was changing: let the loop decide
 
     @staticmethod
-    def _dates_body(body: dict) -> tuple[object, object]:
+    def _dates_body(body: dict, fields: tuple[str, ...] = ("lmp", "today")
+                    ) -> tuple[object, object]:
         """(lmp, today) of a dates body: `lmp` must be there, null to clear the dates (a
-        body without it, a misspelt key, must not clear what the midwife entered)."""
+        body without it, a misspelt key, must not clear what the midwife entered). A field
+        the route does not read (`fields`) is refused naming it, as a withdrawal's is: it
+        was taken without a word, and dropped (a client sending the woman's name with her
+        dates had it "kept")."""
+        extra = sorted(set(body) - set(fields))
+        if extra:
+            raise web.HTTPBadRequest(text=f"unexpected field {shown(extra[0])[:40]}: send "
+                                     f"{', '.join(fields[:-1])} and {fields[-1]} only")
         if "lmp" not in body:
             raise web.HTTPBadRequest(text='lmp is missing: give "YYYY-MM-DD", or null to '
                                      "clear the dates")
@@ -1187,7 +1196,7 @@ class WebServer:
 
     async def _lmp(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
-        lmp, today = self._dates_body(body)
+        lmp, today = self._dates_body(body, ("lmp", "today", "exam_id"))
         exam = self.view.exam
         shown = body.get("exam_id", ...)
         if shown is not None and (not isinstance(shown, str) or len(shown) > 64):
