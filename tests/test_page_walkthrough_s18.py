@@ -22,7 +22,9 @@ POLL = {"timeout": 90_000, "polling": 200}
 READ = """() => {
   const s = window.sonoedge.lastState, bio = s && s.exam && s.exam.biometry;
   const h = window.sonoedge.lastHeader, heads = s && s.protocol && s.protocol.head_planes;
-  const plane = h && h.shown ? h.shown.plane : null;
+  // the plane the image shows: the one named, or this frame's while the name is held
+  // against the frames (trailing a change of view, session 41)
+  const plane = h && h.shown ? (h.shown.held ? h.plane : h.shown.plane) : null;
   return {tag: document.querySelector('#ga').innerText,
           plane: plane, head_planes: heads || null,
           measured: !!(h && h.biometry && h.biometry.hc_mm != null),

@@ -118,8 +118,12 @@ def main() -> int:
                     # checking it scrolled the page down to the switch; a full-page shot
                     # of a scrolled page draws the sticky status bar mid-page
                     page.evaluate("document.activeElement.blur(); window.scrollTo(0, 0)")
+            # a head the name has settled on: the first frames of a head after another
+            # view still bear the name the hold keeps (held, dimmed, from the second)
             head = "window.sonoedge.lastHeader && window.sonoedge.lastHeader.ellipse " \
-                   "&& window.sonoedge.lastHeader.biometry"
+                   "&& window.sonoedge.lastHeader.biometry && window.sonoedge.lastHeader" \
+                   ".shown && window.sonoedge.lastHeader.shown.plane === " \
+                   "window.sonoedge.lastHeader.plane"
             for name, page in pages.items():
                 page.bring_to_front()  # a page in the background draws nothing (no rAF)
                 page.wait_for_function(head, timeout=60_000, polling=200)

@@ -33,6 +33,12 @@ CONFIDENCE_SMOOTHING = 0.2
 CONFIDENCE_STEP = 5
 CONFIDENCE_MARGIN = 2.0
 CONFIDENCE_MAX = 95
+# The shown plane is held against the frames (the hysteresis keeps its name a few frames
+# after the probe has left it) once this many frames in a row have named another plane: one
+# odd frame changes nothing, two are a change of view. Held, its name stays, marked as such
+# on the page, and its percentage is not shown (it is the average of frames of the view the
+# probe has left: "Femur 95%" stood over a skull, with the head's HC beside it).
+PLANE_HELD_FRAMES = 2
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Published:
     mono: float
     published: float  # wall clock when the loop handed it over (the latency's middle point)
     confidence: int | None = None  # the shown plane's steady confidence, percent (or None)
+    held: bool = False  # the shown plane is held against the frames (SteadyConfidence)
 
 
 @dataclass
@@ -94,7 +101,7 @@ class LiveView:
 
     def publish(self, image: np.ndarray | None, record: dict, shown: object | None,
                 class_map: np.ndarray | None, mono: float,
-                confidence: int | None = None) -> None:
+                confidence: int | None = None, held: bool = False) -> None:
         """Loop thread, per frame: a few stores and, with a viewer, one wake-up."""
         self._seq += 1
         now = time.monotonic()
@@ -106,7 +113,7 @@ class LiveView:
         self.last_frame_mono = now
         self.frames += 1
         self.latest = Published(self._seq, image, record, shown, class_map, mono,
-                                time.time(), confidence)
+                                time.time(), confidence, held)
         notify = self.notify
         if notify is not None and self.viewers:
             notify()
@@ -174,6 +181,11 @@ class SteadyConfidence:
     CONFIDENCE_STEP points, rounded down (it never claims more than the model gave), moved
     only when the average is CONFIDENCE_MARGIN points past the step shown, and at most
     CONFIDENCE_MAX: a calibrated 0.999 is not certainty. No number for an abstention.
+
+    Nor while the shown plane is held against the frames (`held`: the last
+    PLANE_HELD_FRAMES frames all named another plane): its name then trails a change of
+    view by the hold, and its average, of the view the probe has left, would read as
+    certain of the one it is on. The average is kept, and shown again if the plane is.
     """
 
     RECENT = 8  # frames remembered to start the average when the shown plane changes
@@ -183,6 +195,8 @@ class SteadyConfidence:
         self.plane: str | None = None
         self.mean: float | None = None
         self.shown: int | None = None
+        self.held = False  # the shown plane held against the last PLANE_HELD_FRAMES frames
+        self._against = 0  # frames in a row that named another plane than the shown one
         self._recent: deque = deque(maxlen=self.RECENT)
 
     def update(self, shown_plane: str | None, frame_plane: str | None,
@@ -192,15 +206,20 @@ class SteadyConfidence:
         if frame_plane is not None and usable:
             self._recent.append((frame_plane, float(confidence)))
         if shown_plane != self.plane:
-            self.plane, self.shown = shown_plane, None
+            self.plane, self.shown, self._against = shown_plane, None, 0
             seen = [c for p, c in self._recent if p == shown_plane]
             self.mean = sum(seen) / len(seen) if seen else None
         elif frame_plane == shown_plane and usable:
             a = self.smoothing
             self.mean = float(confidence) if self.mean is None else \
                 (1 - a) * self.mean + a * float(confidence)
+        if frame_plane is not None:  # a frame that could not be scored says nothing
+            self._against = 0 if frame_plane == shown_plane else self._against + 1
+        self.held = shown_plane is not None and self._against >= PLANE_HELD_FRAMES
         if self.mean is None or shown_plane in (None, UNCERTAIN):
             self.shown = None
+            return None
+        if self.held:  # the step shown is kept for when the plane is named again
             return None
         value = 100.0 * self.mean
         step = min(CONFIDENCE_MAX, CONFIDENCE_STEP * int(value // CONFIDENCE_STEP))
@@ -353,7 +372,8 @@ class LoopHook:
             class_map = None
         confidence = self.confidence.update(getattr(shown, "plane", None), record.get("plane"),
                                             record.get("plane_confidence"))
-        self.view.publish(image, record, shown, class_map, mono, confidence)
+        self.view.publish(image, record, shown, class_map, mono, confidence,
+                          self.confidence.held)
         now = time.monotonic()
         current = tracker.current
         if current is not None:

@@ -582,10 +582,12 @@ class _Poller:
 
 
 def frame_header(record: dict, shown: object | None, seq: int,
-                 confidence: int | None = None) -> dict:
+                 confidence: int | None = None, held: bool = False) -> dict:
     """The overlay data of one frame: what the page draws over the image. `confidence` is
-    the shown plane's steady percentage (`edge.web.live.SteadyConfidence`); the frame's own
-    `confidence` is this frame's top plane's, for the record only."""
+    the shown plane's steady percentage (`edge.web.live.SteadyConfidence`), and `held`
+    whether that plane is held against the frames (its name trailing a change of view,
+    without a percentage); the frame's own `confidence` is this frame's top plane's, for
+    the record only."""
     quality = record.get("quality") or {}
     head = record.get("head") or {}
     bio = record.get("biometry") or {}
@@ -605,7 +607,7 @@ def frame_header(record: dict, shown: object | None, seq: int,
                         "score": getattr(shown, "score", None),
                         "advice": getattr(shown, "advice", None),
                         "message": getattr(shown, "message", None),
-                        "confidence": confidence}
+                        "confidence": confidence, "held": bool(held)}
     return out
 
 
@@ -1121,7 +1123,8 @@ class WebServer:
     async def _state_dict(self) -> dict:
         latest = self.view.latest
         frame = None if latest is None else frame_header(latest.record, latest.shown,
-                                                         latest.seq, latest.confidence)
+                                                         latest.seq, latest.confidence,
+                                                         latest.held)
         if frame is not None and latest.shown is not None:
             frame["shown"]["key"] = i18n.message_key(self.rules, frame["shown"]["advice"],
                                                      frame["shown"]["message"])
@@ -1411,7 +1414,8 @@ class WebServer:
         """Executor thread: crop the region, scale, JPEG; the header beside it."""
         t0, cpu0 = time.perf_counter(), time.thread_time()
         settings = self.settings
-        header = frame_header(latest.record, latest.shown, latest.seq, latest.confidence)
+        header = frame_header(latest.record, latest.shown, latest.seq, latest.confidence,
+                              latest.held)
         if latest.shown is not None:
             header["shown"]["key"] = i18n.message_key(self.rules, header["shown"]["advice"],
                                                       header["shown"]["message"])

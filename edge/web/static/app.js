@@ -410,9 +410,15 @@ function renderTags(h) {
   // them. This frame's own confidence (h.confidence) is not shown: it is the confidence of
   // whatever plane this frame names, so beside the steadied name it came and went from
   // frame to frame and jumped by many points, and nobody can read a number that flickers.
-  const pct = h.shown && h.shown.confidence != null ? h.shown.confidence : null;
+  // A name held against the frames (the box's SteadyConfidence: the probe has left that
+  // view, the hold keeps its name a few frames) comes without its number, and dimmed: its
+  // percentage, of the view left, read "Femur 95%" over a skull (a midwife's walk).
+  const held = !!(h.shown && h.shown.held);
+  const pct = h.shown && h.shown.confidence != null && !held ? h.shown.confidence : null;
   const conf = plane && plane !== "uncertain" && pct != null ? ` ${pct}%` : "";
-  $("#plane").textContent = !plane ? "" : plane === "uncertain" ? t("plane.uncertain") : planeName(plane) + conf;
+  const label = $("#plane");
+  label.textContent = !plane ? "" : plane === "uncertain" ? t("plane.uncertain") : planeName(plane) + conf;
+  label.classList.toggle("held", held && !!plane);
   const right = $("#ga");
   right.textContent = "";
   const addLine = (text, cls) => {
@@ -434,9 +440,11 @@ function renderTags(h) {
   // the image then shows the frame's own. They sit on the image only over a head: beside
   // a heart or a kidney the exam's HC read as if measured on that image. The exam card
   // keeps them whatever the plane, and after the exam.
+  // while the name is held, the figures follow what this frame shows, not the name
   const running = !!(state && state.exam && state.exam.running);
-  const exams = overAHead(plane, h) && running ? examBiometry() : null;
-  const src = overAHead(plane, h) ? exams || (measured ? bio : null) : null;
+  const head = overAHead(held ? h.plane : plane, h);
+  const exams = head && running ? examBiometry() : null;
+  const src = head ? exams || (measured ? bio : null) : null;
   if (src) {
     // whose figures: the exam's medians stand still while the probe moves, and read as
     // this frame's measurement unless they say so (a midwife's walk)
@@ -816,7 +824,10 @@ function renderExam(s) {
       (sent.action === "start" && !held))) examCommand = null;
   $("#start").disabled = !live || running || !held || !!examCommand;
   $("#stop").disabled = !live || !running || !!examCommand;
-  $("#start").classList.toggle("later", running); // one strong button: the next step
+  // one strong button, the next step; Start drawn as one only when it can be tapped: after
+  // a recording ended (or between exams that start by themselves) a filled Start that did
+  // nothing looked like the next step
+  $("#start").classList.toggle("later", $("#start").disabled);
   $("#stop").classList.toggle("now", running);
 
   const list = $("#checklist");
