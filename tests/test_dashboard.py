@@ -763,3 +763,20 @@ def test_a_right_password_during_a_guessing_burst_takes_back_its_own_charge_only
     assert brake.account_wait_s("alice", known=False, now=t0 + 1) == 0  # still the free ones
     brake.begin("10.0.3.1", "alice", known=False, now=t0 + 1)
     assert brake.account_wait_s("alice", known=False, now=t0 + 1) > 0
+
+
+def test_users_add_on_a_taken_name_says_whose_account_it_changed(tmp_path):
+    """`users add` is add or change: given a colleague's name, it made her an admin with a
+    new password and said only "user amina: admin", as for a new user."""
+    db_path = str(tmp_path / "c.sqlite3")
+    seed(db_path, SeedSettings(clinics=2, days=2))
+    out = central("users", "add", "amina", "--role", "viewer", "--district", "district-1",
+                  "--db", db_path, stdin="viewer-password-1\n")
+    assert out.returncode == 0 and out.stdout.strip() == "user amina: viewer of district-1"
+    out = central("users", "add", "amina", "--role", "admin", "--db", db_path,
+                  stdin="admin-password-1\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("user amina: admin (an existing user, was viewer of "
+                                  "district-1: changed, with the new password; signed out)")
+    assert central("users", "list", "--db", db_path).stdout.splitlines() == [
+        "amina\tadmin\t-"]

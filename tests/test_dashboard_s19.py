@@ -473,6 +473,14 @@ def test_no_page_scrolls_sideways_on_a_phone_and_the_clinics_plot_opens_on_its_l
                             "document.querySelector(s).getBoundingClientRect().right)]")
                         assert svg <= plot + 1, (f"at {width} px the plot's latest end is "
                                                  f"{svg - plot:.0f} px out of view")
+                    if path.startswith("/clinic/"):
+                        # the weekly chart whole, its count axis too: wider than its box on
+                        # a phone, it opened on its right end with the axis scrolled away,
+                        # and a phone has no hover title to give a week's exams
+                        box = page.eval_on_selector(
+                            '.plot.recent:has(svg[data-chart="clinic-weeks"])',
+                            "d => [d.scrollWidth, d.clientWidth]")
+                        assert box[0] <= box[1], f"at {width} px the weekly chart scrolls: {box}"
                 context.close()
         finally:
             browser.close()

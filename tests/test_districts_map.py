@@ -300,3 +300,28 @@ def test_a_file_without_names_keeps_the_names_the_map_has(tmp_path, url):
     with _pages(db_url, tmp_path, ADMIN) as (base, (admin,)):
         page = _clinics_page(base, admin)
         assert "Clinic 3 <span" in page and "clinic-03 <span" not in page
+
+
+def test_a_spreadsheets_quoted_name_with_a_comma_loads_and_a_bad_field_is_named(tmp_path):
+    """A spreadsheet saves "Kibaha, Ward 3" quoted; split on every comma it was refused as
+    `expected clinic_id,district[,name]`, the words a district with a space got too, neither
+    saying which field was wrong."""
+    db_url = _seeded(f"sqlite:///{tmp_path / 'central.sqlite3'}")
+    quoted = {**SEEDED, "clinic-02": ("district-1", "Kibaha, Ward 3")}
+    text = "".join(f'{c},{d},"{n}"\n' for c, (d, n) in quoted.items())
+    path, out = _load(tmp_path, db_url, text)
+    assert out.returncode == 0, out.stderr
+    assert _map(db_url) == quoted
+    for line, said in (("clinic-01,district 1,A", "district 'district 1' is not a district "
+                                                   "name: a letter or digit, then"),
+                       ("clinic-01,district-1,Kibaha, Ward 3", "4 fields (a name holding a "
+                                                               "comma is quoted"),
+                       ('clinic-01,district-1,"Kibaha, Ward 3', "a quote left open"),
+                       ("clinic 1,district-1,A", "clinic_id 'clinic 1' is not a clinic id"),
+                       ("clinic-01,district-1,A\tB", "the name holds a control character")):
+        path, out = _load(tmp_path, db_url, _lines(SEEDED) + line + "\n", name="bad.csv")
+        assert out.returncode == 2, (line, out.stderr)
+        (err,) = out.stderr.strip().splitlines()
+        assert f"{path}:5: expected clinic_id,district[,name], got " in err, err
+        assert said in err, err
+    assert _map(db_url) == quoted

@@ -252,3 +252,28 @@ def test_a_district_never_heard_has_no_return_and_the_page_offers_none(tmp_path)
         assert "Monthly return (CSV): none yet: no box here has sent anything" in page
         assert request(base, f"/api/monthly.csv?month={this.text}&district=north",
                        cookie)[0] == 200
+
+
+def test_an_admins_district_the_map_does_not_hold_is_refused_naming_it_not_served_as_all(
+        tmp_path):
+    """As on every other CSV: a garbled district had been served as every district's return
+    (the admin filing it as one district's), and a misspelt one was said to have sent
+    nothing yet."""
+    db = str(tmp_path / "central.sqlite3")
+    _stored(db, [_exam(1, time.time() - HOUR, "biometry", True)])
+    districts = tmp_path / "districts.csv"
+    districts.write_text("clinic-1,north,Mwembe\nclinic-7,south,Chalinze\n")
+    assert districts_main([str(districts), "--db", db]) == 0
+    this = Q.this_month()
+    with served(db, tmp_path) as (base, cookie):
+        for district, said in (("nrth", "district: 'nrth' is not in the districts map"),
+                               ("%ff%fe", "district: '\\ufffd\\ufffd' is not a district "
+                                          "name"),
+                               ("n" * 500, "is not a district name")):
+            status, _, body = request(
+                base, f"/api/monthly.csv?month={this.text}&district={district}", cookie)
+            text = body.decode()
+            assert status == 400, (district, status, text[:200])
+            assert text.count("\n") == 0 and said in text, text
+        assert request(base, f"/api/monthly.csv?month={this.text}&district=north",
+                       cookie)[0] == 200

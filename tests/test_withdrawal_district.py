@@ -334,3 +334,60 @@ def test_a_boxs_withdrawal_travels_through_mosquitto_to_the_collector_and_is_rec
     finally:
         uplink.close()
         journal.close()
+
+
+def test_a_few_withdrawn_among_many_read_under_1_percent_never_0_percent():
+    """The seeded clinic-03 withdrew 1 of 225 exams: its cell read "1 (0% of 225)", a share
+    saying none beside a count saying one."""
+    from central.dashboard.pages import withdrawn_cell
+    assert withdrawn_cell(1, 224) == "1 (under 1% of 225)"
+    assert withdrawn_cell(1, 99) == "1 (1% of 100)"
+    assert withdrawn_cell(2, 4) == "2 (33% of 6)"
+    assert withdrawn_cell(0, 224) == "0"
+
+
+def test_the_report_counts_a_withdrawn_exam_out_as_the_dashboard_does(url):
+    """`sonoedge-central report` counted every exam message, withdrawn or not: the seeded
+    box-03a had 308 exams there and 304 on the dashboard. Each exam's latest entry (by the
+    box's seq) decides, as on the pages."""
+    from central.report import build_report
+
+    def exams() -> tuple[int, int, int]:
+        st = Store(url)
+        try:
+            rep = build_report(st)
+        finally:
+            st.close()
+        [device] = rep["devices"]
+        [clinic] = rep["clinics"]
+        return device["exams"], clinic["exams"], figures(url)["exams_per_day"]
+
+    _stored(url, [_screen(1, "exam-kept"), _screen(2, "exam-test", missing=1)])
+    assert exams() == (2, 2, 2)
+    _stored(url, [_withdrawal(3, "exam-test")])
+    assert exams() == (1, 1, 1)
+    _stored(url, [_withdrawal(4, "exam-test", withdrawn=False)])  # restored
+    assert exams() == (2, 2, 2)
+    _stored(url, [_withdrawal(5, "exam-kept"), _withdrawal(6, "no-such-exam")])
+    assert exams() == (1, 1, 1)
+
+
+def test_a_reason_withdrawn_in_one_period_only_changes_by_its_count_on_the_clinic_page(
+        tmp_path):
+    """The seeded Clinic 6's page said "of those, the wrong woman: -, 1, -": a reason in
+    the period before only read as a share of none, with no change, where the same table
+    said "+2" for a reason in this period only."""
+    hc = _small_for_25_weeks()
+    exams = [_exam(1, hc, 22.6, 25.0, exam_id="exam-now"),
+             _exam(2, hc, 22.6, 25.0, days_ago=60, exam_id="exam-before")]
+    path = str(tmp_path / "central.sqlite3")
+    _stored(path, [*exams, _withdrawal(3, "exam-now", reason="mistake"),
+                   _withdrawal(4, "exam-before", reason="wrong_woman")], refreshed=False)
+    with served(path, tmp_path) as (base, cookie):
+        page = request(base, "/clinic/clinic-1?weeks=8", cookie)[2].decode()
+    rows = {key: cells for key, cells in re.findall(
+        r'<tr data-figure="(withdrawn[^"]*)"[^>]*><td>[^<]*</td>(.*?)</tr>', page)}
+    cells = {k: re.findall(r"<td class=num>([^<]*)</td>", v) for k, v in rows.items()}
+    assert cells == {"withdrawn": ["1", "1", "no change"],
+                     "withdrawn:mistake": ["1", "0", "+1"],
+                     "withdrawn:wrong_woman": ["0", "1", "-1"]}, cells

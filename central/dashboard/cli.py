@@ -13,6 +13,7 @@ standard error and exit status 2.
 
 from __future__ import annotations
 
+import csv
 import getpass
 import logging
 import sys
@@ -94,9 +95,16 @@ def users_main(argv: list[str]) -> int:
         db = open_db(args.db)
         try:
             if args.action == "add":
+                # `add` on a name taken changes that user: said, since a new colleague given
+                # a taken name had silently taken over the account (role, district, password)
+                was = {u.username: u for u in auth.list_users(db)}.get(args.username)
                 user = auth.add_user(db, args.username, args.role, args.district, password)
                 where = f" of {user.district}" if user.district else ""
-                print(f"user {user.username}: {user.role}{where}")
+                print(f"user {user.username}: {user.role}{where}" + (
+                    "" if was is None else
+                    f" (an existing user, was {was.role}"
+                    f"{f' of {was.district}' if was.district else ''}: changed, with the new "
+                    "password; signed out)"))
                 if user.district and not db.query(
                         "SELECT 1 FROM dash.clinics WHERE district = ? LIMIT 1",
                         (user.district,)):
@@ -162,6 +170,38 @@ def _is_header(parts: list[str]) -> bool:
         and parts[1].lower() == "district"
 
 
+def _fields(line: str) -> list[str] | None:
+    """A line's fields as a spreadsheet saves them: a name holding a comma comes quoted
+    (`clinic-03,north,"Kibaha, Ward 3"`), which split on every comma had been refused. None
+    for a line no CSV reader takes (a quote left open, a line break in a field)."""
+    try:
+        return [x.strip() for x in next(csv.reader([line], strict=True))]
+    except csv.Error:
+        return None
+
+
+def _why_not(line: str, parts: list[str] | None, clinic_re, district_re) -> str:
+    """What is wrong with a line's fields, in words naming the field ("" for nothing): the
+    line alone had said "expected clinic_id,district[,name]" of a district with a space."""
+    if parts is None:
+        return ("a control character (a tab, a line break)" if not line.isprintable()
+                else "a quote left open")
+    if len(parts) not in (2, 3):
+        return (f"{len(parts)} field{'' if len(parts) == 1 else 's'} (a name holding a "
+                'comma is quoted: "Kibaha, Ward 3")')
+    if not clinic_re.match(parts[0]):
+        return (f"clinic_id {shown(parts[0], 30)} is not a clinic id: 1 to 64 letters, "
+                "digits, '.', '_' or '-'")
+    if not district_re.match(parts[1]):
+        return (f"district {shown(parts[1], 30)} is not a district name: a letter or "
+                "digit, then up to 63 letters, digits, '.', '_' or '-' (no spaces)")
+    if len(parts[-1]) > 100:
+        return "the name is over 100 characters"
+    if not parts[-1].isprintable():
+        return "the name holds a control character (a tab, a line break)"
+    return ""
+
+
 def read_districts(path: str | Path) -> tuple[list[tuple[str, str, str | None]], int | None]:
     """``clinic_id,district[,name]`` per line, ``#`` comments; ValueError names the line.
     A line that gives no name (two fields, or an empty third) has None for it: what name
@@ -190,8 +230,8 @@ def read_districts(path: str | Path) -> tuple[list[tuple[str, str, str | None]],
         line = raw.removesuffix("\r").strip()
         if not line or line.startswith("#"):
             continue
-        parts = [x.strip() for x in line.split(",")]
-        if _is_header(parts):
+        parts = _fields(line)
+        if parts is not None and _is_header(parts):
             if not first:  # two files run together: which lines are whose is a guess
                 raise ValueError(f"{path}:{lineno}: a header line (clinic_id,district) "
                                  "after the first line; only the first may be one")
@@ -199,11 +239,10 @@ def read_districts(path: str | Path) -> tuple[list[tuple[str, str, str | None]],
             first = False
             continue
         first = False
-        if len(parts) not in (2, 3) or not CLINIC_RE.match(parts[0]) \
-                or not DISTRICT_RE.match(parts[1]) or len(parts[-1]) > 100 \
-                or not parts[-1].isprintable():
+        why = _why_not(line, parts, CLINIC_RE, DISTRICT_RE)
+        if why:
             raise ValueError(f"{path}:{lineno}: expected clinic_id,district[,name], got "
-                             f"{shown(line, 80)}")
+                             f"{shown(line, 80)}: {why}")
         if parts[0] in where:
             raise ValueError(f"{path}:{lineno}: clinic {parts[0]} is already on line "
                              f"{where[parts[0]]}")

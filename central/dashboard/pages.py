@@ -387,10 +387,12 @@ def _row_words(page: Q.ClinicsPage, clinic: str) -> str:
 
 def withdrawn_cell(withdrawn: int, exams: int) -> str:
     """A clinic's withdrawn exams and their share of all it ended, withdrawn or not ("12
-    (25% of 48)"): a clinic withdrawing a third of its exams stands out beside the rest."""
+    (25% of 48)"): a clinic withdrawing a third of its exams stands out beside the rest.
+    A share that rounds to 0% is "under 1%": "1 (0% of 225)" read as none withdrawn."""
     if not withdrawn:
         return "0"
-    return f"{withdrawn} ({pct(withdrawn / (exams + withdrawn))} of {exams + withdrawn})"
+    shown = pct(withdrawn / (exams + withdrawn))
+    return f"{withdrawn} ({'under 1%' if shown == '0%' else shown} of {exams + withdrawn})"
 
 
 def silent_table(page: Q.ClinicsPage) -> str:
@@ -1205,7 +1207,9 @@ def clinic_weeks_svg(page: Q.ClinicPage) -> str:
     tick across it (`Period.previous`). Each week's column carries its numbers
     (``data-*``) and its words (a hover title); its CSV is the same rows."""
     rows, weeks = page.weeks(), page.period.weeks
-    bar_w = max(6, min(40, 780 // len(rows)))
+    # 8 weeks in 360 px, a 390 px phone's plot: wider, the plot opened on its right end
+    # (`.plot.recent`) with the count axis scrolled away, and a phone has no hover title
+    bar_w = max(6, min(38, 780 // len(rows)))
     left, top, plot_h = 44, 30, 150
     most = max([r.exams for r in rows] + [r.previous_exams for r in rows] + [1])
     step = next(s for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 10 ** 9)
@@ -1216,11 +1220,13 @@ def clinic_weeks_svg(page: Q.ClinicPage) -> str:
         return top + plot_h - v / y_max * plot_h
 
     key, line_key = (BLUES[3], "exams that week"), "the same week of the previous period"
-    width = left + max(bar_w * len(rows), math.ceil(legend_width([key]) + 18
-                                                     + text_width(line_key))) + 12
+    one_row = legend_width([key]) + 18 + text_width(line_key)
+    two_rows = one_row > bar_w * len(rows)  # the key's second item under the first
+    keys_w = max(legend_width([key]), 18 + text_width(line_key)) if two_rows else one_row
+    width = left + max(bar_w * len(rows), math.ceil(keys_w)) + 12
     who = clinic_text(page.clinic_id, page.name)
-    svg = Svg(width, top + plot_h + 54, f"Exams per week at {who}, and the same week of "
-              "the previous period", "clinic-weeks")
+    svg = Svg(width, top + plot_h + 54 + 16 * two_rows, f"Exams per week at {who}, and "
+              "the same week of the previous period", "clinic-weeks")
     right = left + bar_w * len(rows)
     for v in range(0, y_max + 1, step):
         svg.line(left, y(v), right, y(v), stroke="#eee")
@@ -1249,6 +1255,8 @@ def clinic_weeks_svg(page: Q.ClinicPage) -> str:
                  data_silent_weekdays=r.silent)
     ly = top + plot_h + 40
     x = legend(svg, left, ly, [key])
+    if two_rows:
+        x, ly = left, ly + 16
     svg.line(x, ly - 4, x + 14, ly - 4, stroke=INK, width=2)
     svg.text(x + 18, ly, line_key, fill=MUTED)
     return svg.done()
@@ -1312,8 +1320,12 @@ def clinic_compare_table(page: Q.ClinicPage) -> str:
         return (f"{pct(n / of)} ({n} of {of})", f"{n / of:.6f}") if of else ("-", "")
 
     body = []
-    for key in keys:  # a protocol done in one period only: none of none in the other
-        (n, of), (m, of_was) = now.get(key, (0, 0)), was.get(key, (0, 0))
+    for key in keys:
+        # a protocol done in one period only: none of none in the other; a count (an exam
+        # withdrawn for a reason) in one only: 0 in the other, so "1 before, none now" is a
+        # change of -1, not "-"
+        none = (0, None) if (now.get(key) or was.get(key))[1] is None else (0, 0)
+        (n, of), (m, of_was) = now.get(key, none), was.get(key, none)
         said, said_was = cell(n, of), cell(m, of_was)
         if of is None:
             change = f"{n - m:+d}" if n != m else "no change"

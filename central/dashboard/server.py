@@ -408,6 +408,13 @@ class Dashboard:
         if raw and _weeks_offered(raw) is None:
             offered = ", ".join(str(w) for w in C.PERIODS_WEEKS)
             return f"weeks: {raw[:20]!r} is not offered; choose {offered}"
+        return await self._bad_district(request)
+
+    async def _bad_district(self, request: web.Request) -> str | None:
+        """What is wrong with an admin's `district`, in one line naming it; None when
+        nothing is. The monthly return, which takes no `weeks`, checks only this: it had
+        served a garbled district as every district's return, and said of a misspelt one
+        that no box of it had sent anything."""
         district = request.query.get("district", "")
         user: A.User = request[USER]
         if not district or not user.admin:  # a viewer sees her own district whatever asked
@@ -796,6 +803,9 @@ class Dashboard:
                                Q.clinic_districts(db))
 
     async def _monthly_csv(self, request: web.Request):
+        bad = await self._bad_district(request)
+        if bad is not None:
+            return web.json_response({"error": bad}, status=400)
         scope, _ = self._params(request, "clinics")
         raw = request.query.get("month", "")[:C.MAX_PARAM_CHARS]
         month = Q.month_of(raw)
