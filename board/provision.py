@@ -33,6 +33,7 @@ Reload the broker afterwards (``systemctl reload mosquitto`` or SIGHUP).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import secrets
@@ -95,6 +96,16 @@ def delete_password(passwd_file: Path, user: str) -> None:
                    capture_output=True, text=True, timeout=30)
 
 
+def read_text(path: Path) -> str:
+    """A file this tool wrote, as text: bytes that are not UTF-8 (a damaged or foreign
+    file) are one line naming it, never a traceback."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProvisionError(f"{path}: not UTF-8 text (byte {exc.start}): not a file "
+                             "provision.py wrote; move it aside") from None
+
+
 def read_roles(acl_file: Path) -> dict[str, str]:
     """Users and roles from an ACL this tool wrote: {'dev-1': 'device', 'c1': 'central'}."""
     return read_acl(acl_file)[0]
@@ -107,7 +118,7 @@ def read_acl(acl_file: Path) -> tuple[dict[str, str], dict[str, str]]:
     if not acl_file.exists():
         return roles, groups
     user = None
-    for lineno, raw in enumerate(acl_file.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, raw in enumerate(read_text(acl_file).splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -182,14 +193,20 @@ def provision(passwd_file: Path, acl_file: Path, user: str, role: str,
 
 
 def remove(passwd_file: Path, acl_file: Path, user: str, registry: Path | None = None
-           ) -> None:
+           ) -> bool:
+    """Delete a user everywhere; False when none of the files knew it (a typo'd name)."""
     roles, groups = read_acl(acl_file)
+    known = user in roles or (passwd_file.is_file() and any(
+        line.split(":", 1)[0] == user for line in read_text(passwd_file).splitlines()))
+    if registry is not None:
+        known = known or user in read_registry(registry)
     roles.pop(user, None)
     groups.pop(user, None)
     delete_password(passwd_file, user)
     write_acl(acl_file, roles, groups)
     if registry is not None:
         set_clinic(registry, user, None)
+    return known
 
 
 REGISTRY_HEADER = ("# sonoedge device registry, written by board/provision.py: "
@@ -201,7 +218,7 @@ def read_registry(registry: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     if not registry.exists():
         return out
-    for lineno, raw in enumerate(registry.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, raw in enumerate(read_text(registry).splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -229,6 +246,26 @@ def set_clinic(registry: Path, device: str, clinic: str | None) -> None:
     os.replace(tmp, registry)
 
 
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}")
+    return port
+
+
+def open_password_file(path: Path):
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ProvisionError(f"--password-file {path}: cannot write it "
+                             f"({exc.strerror}); nothing was changed") from None
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m board.provision", description=__doc__.split(
         "\n\n")[0])
@@ -250,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--registry", type=Path,
                     help="the district's device,clinic registry the collector reads")
     ap.add_argument("--host", default="BROKER", help="broker host for the printed URL")
-    ap.add_argument("--port", type=int, default=8883)
+    ap.add_argument("--port", type=port_number, default=8883,
+                    help="broker port for the printed URL (8883: mqtts, else mqtt)")
     args = ap.parse_args(argv)
     try:
         if args.rewrite_acl:
@@ -258,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.acl} rewritten; reload the broker")
             return 0
         if args.remove:
-            remove(args.passwd, args.acl, check_id(args.remove), args.registry)
+            if not remove(args.passwd, args.acl, check_id(args.remove), args.registry):
+                raise ProvisionError(f"{args.remove}: no such user in {args.acl} or "
+                                     f"{args.passwd}; nothing was removed (a typo?)")
             print(f"removed {args.remove}; reload the broker")
             return 0
         user = args.device or args.central
@@ -269,13 +309,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ProvisionError("--registry needs --clinic for a device")
         if args.group and not args.device:
             raise ProvisionError("--group is for a device")
-        password = provision(args.passwd, args.acl, user, role, group=args.group)
-        if args.device and args.registry:
-            set_clinic(args.registry, user, args.clinic)
-        if args.password_file:
-            fd = os.open(args.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        # opened before any change: a password file that cannot be written must not leave
+        # a broker user whose password nobody was given
+        handle = open_password_file(args.password_file) if args.password_file else None
+        with handle or contextlib.nullcontext():
+            password = provision(args.passwd, args.acl, user, role, group=args.group)
+            if args.device and args.registry:
+                set_clinic(args.registry, user, args.clinic)
+            if handle is not None:
+                handle.truncate(0)  # kept whole until now: a refusal above leaves it as it was
                 handle.write(password + "\n")
     except (ProvisionError, OSError, subprocess.SubprocessError) as exc:
         print(f"provision: {exc}", file=sys.stderr)

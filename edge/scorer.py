@@ -350,11 +350,13 @@ class Scorer:
         taken for the finest) would otherwise measure every head wrong with status ok."""
         said = self._ruler_said
         if ruler is None:  # once a minute at most: a ruler that comes and goes floods not
-            now = time.monotonic()
-            if said and now - self._ruler_lost_said >= 60.0:
+            now = time.monotonic()  # never read yet (a calibration screen without one) too
+            if now - self._ruler_lost_said >= 60.0:
                 self._ruler_lost_said = now
                 log.info("depth ruler: not read on this frame; heads are not measured "
-                         "until it is")
+                         "until it is" if said else "depth ruler: none found on this "
+                         "frame; heads are not measured until one is (the scanner's "
+                         "depth ruler must show beside the image)")
             return
         if said and abs(ruler.spacing_px / said - 1.0) <= 0.01:
             return

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from board.provision import ProvisionError, provision, read_roles, remove
+from board.provision import main as provision_main
 from central.collector import check
 from central.db import DbError, DeadLetter, Row, Store
 from central.report import build_report, format_report
@@ -337,6 +338,69 @@ def test_provisioning_refuses_an_acl_it_did_not_write(tmp_path):
 def test_provisioning_refuses_ids_that_would_break_topics(tmp_path, bad):
     with pytest.raises(ProvisionError, match="bad id"):
         provision(tmp_path / "p", tmp_path / "a", bad, "device")
+
+
+def test_provisioning_with_a_password_file_it_cannot_write_changes_nothing(tmp_path, capsys):
+    """`--password-file` in a folder that is not there: the broker user was made, then the
+    write failed, and the only copy of its password was lost behind an `[Errno 2]`. It is
+    opened first now: one line naming it, and no user, ACL or registry line is written."""
+    pw, acl, registry = tmp_path / "passwd", tmp_path / "acl", tmp_path / "devices.csv"
+    old = tmp_path / "box1.password"
+    old.write_text("the old one\n")
+    argv = ["--passwd", str(pw), "--acl", str(acl), "--device", "box1", "--clinic", "c-1",
+            "--registry", str(registry)]
+    assert provision_main([*argv, "--password-file", str(tmp_path / "no" / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"provision: --password-file {tmp_path / 'no' / 'x'}: cannot write it "
+                   "(No such file or directory); nothing was changed\n")
+    assert not pw.exists() and not acl.exists() and not registry.exists()
+    acl.write_bytes(b"\xff\xfeuser x\n")  # a refusal after the file is open keeps it whole
+    assert provision_main([*argv, "--password-file", str(old)]) == 2
+    assert old.read_text() == "the old one\n" and not pw.exists()
+    acl.unlink()
+    assert provision_main([*argv, "--password-file", str(old)]) == 0
+    secret = old.read_text()
+    assert secret.endswith("\n") and secret.count("\n") == 1 and len(secret) > 20
+    assert oct(old.stat().st_mode & 0o777) == "0o600"
+
+
+def test_provisioning_files_that_are_not_utf8_are_one_line(tmp_path, capsys):
+    pw, acl, registry = tmp_path / "passwd", tmp_path / "acl", tmp_path / "devices.csv"
+    acl.write_bytes(b"\xff\xfe# acl\n")
+    assert provision_main(["--passwd", str(pw), "--acl", str(acl), "--device", "b1"]) == 2
+    assert capsys.readouterr().err == (f"provision: {acl}: not UTF-8 text (byte 0): not a "
+                                       "file provision.py wrote; move it aside\n")
+    acl.unlink()
+    registry.write_bytes(b"b0,c-0\n\xe9\n")
+    assert provision_main(["--passwd", str(pw), "--acl", str(acl), "--device", "b1",
+                           "--clinic", "c-1", "--registry", str(registry)]) == 2
+    assert capsys.readouterr().err == (f"provision: {registry}: not UTF-8 text (byte 7): "
+                                       "not a file provision.py wrote; move it aside\n")
+
+
+def test_provisioning_says_when_the_user_to_remove_is_not_there(tmp_path, capsys):
+    """`--remove clinc7-box1` (a typo) said "removed clinc7-box1; reload the broker": the
+    real box kept its credentials while the district believed it gone."""
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    provision(pw, acl, "clinic7-box1", "device")
+    argv = ["--passwd", str(pw), "--acl", str(acl), "--remove"]
+    assert provision_main([*argv, "clinc7-box1"]) == 2
+    assert capsys.readouterr().err == (f"provision: clinc7-box1: no such user in {acl} or "
+                                       f"{pw}; nothing was removed (a typo?)\n")
+    assert read_roles(acl) == {"clinic7-box1": "device"}
+    assert provision_main([*argv, "clinic7-box1"]) == 0
+    assert capsys.readouterr().out == "removed clinic7-box1; reload the broker\n"
+    assert read_roles(acl) == {} and "clinic7-box1" not in pw.read_text()
+
+
+@pytest.mark.parametrize("port", ["0", "99999", "x"])
+def test_provisioning_refuses_a_port_no_broker_can_have(tmp_path, capsys, port):
+    with pytest.raises(SystemExit) as stop:
+        provision_main(["--passwd", str(tmp_path / "p"), "--acl", str(tmp_path / "a"),
+                        "--device", "b1", "--port", port])
+    assert stop.value.code == 2 and not (tmp_path / "p").exists()
+    assert f"argument --port: must be a port number 1-65535, got '{port}'" in (
+        capsys.readouterr().err)
 
 
 # -- issue 14: rows the database refuses ---------------------------------------------------------

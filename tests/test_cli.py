@@ -109,6 +109,32 @@ def test_a_corrupt_image_is_reported_and_the_rest_still_scored(frames_dir):
     assert not [line for line in proc.stderr.splitlines() if "grfmt" in line], proc.stderr
 
 
+def _options_without_help(parser, where: str = "sonoedge") -> list[str]:
+    import argparse
+
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                missing += _options_without_help(sub, f"{where} {name}")
+        elif not isinstance(action, argparse._HelpAction) and not action.help:
+            missing.append(f"{where} {'/'.join(action.option_strings) or action.dest}")
+    return missing
+
+
+def test_every_option_of_every_verb_says_what_it_does_in_help():
+    """An installer reads `--help`, not the source: `sonoedge run --help` listed
+    `--device-id` and `--state-dir` with no word, `bundle install --help` a bare `file` and
+    `--config`, and `--mqtt-url` asked for `user:pass`, the password on a command line `ps`
+    shows to everyone, which the board's README forbids."""
+    from edge.cli.main import build_parser
+
+    assert _options_without_help(build_parser()) == []
+    run = sonoedge("run", "--help")
+    assert run.returncode == 0 and "user:pass" not in run.stdout
+    assert "password_file" in run.stdout
+
+
 def test_an_empty_folder_is_one_line_naming_it(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = sonoedge("score", str(tmp_path / "empty"))

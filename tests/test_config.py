@@ -91,6 +91,24 @@ def test_the_shipped_board_config_example_is_valid():
     assert settings.source.spec == "v4l2:0" and settings.device.state_dir == "/var/lib/sonoedge"
 
 
+def test_the_board_install_puts_the_models_where_the_example_config_loads_them():
+    """board/README's install is `pip install /path/to/sonoedge`, whose wheel has the code
+    and no models: the example config's default `[models] dir` (models/ beside the code, in
+    site-packages) was empty, and the box's first start was "plane_student.json: model
+    manifest not found". The install copies them, and the example loads them from there."""
+    import tomllib
+
+    from tests.conftest import REPO
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["package-data"]
+    assert not any("tflite" in glob for globs in shipped.values() for glob in globs)
+    models = load_settings(REPO / "board" / "device.toml.example").models.dir
+    assert models == "/opt/sonoedge/models"
+    install = (REPO / "board" / "README.md").read_text()
+    assert f"sudo cp -r /path/to/sonoedge/models {models}" in install
+
+
 def test_the_biometry_section_feeds_the_measurement(tmp_path):
     path = tmp_path / "device.toml"
     path.write_text('[biometry]\npixel_size_mm = 0.12\nhead_planes = ["Brain (Tv.)"]\n'

@@ -263,6 +263,23 @@ def test_the_ruler_read_is_logged_once_and_again_at_a_new_depth(caplog):
     assert "not read" in said[2]
 
 
+@needs_data
+def test_a_calibration_screen_without_a_ruler_says_none_was_found(caplog):
+    """The installer's one calibration screen (README "The scale, once per scanner model")
+    with no ruler in sight: one line says none was found, where nothing was said at all and
+    the head went unmeasured without a word."""
+    scorer = make_scorer(load_settings(overrides={"biometry": {
+        "ruler_tick_mm": VOLUSON_TICK_MM}}))
+    covered = _screen("BRAIN-TV").copy()
+    covered[:, :60] = 0  # the margin with the ruler, blacked out
+    with caplog.at_level("INFO", logger="edge.scorer"):
+        for index in range(3):
+            assert _head(scorer, covered, index)["status"] == RULER_UNREAD
+    said = [r.getMessage() for r in caplog.records if "depth ruler" in r.getMessage()]
+    assert said == ["depth ruler: none found on this frame; heads are not measured until "
+                    "one is (the scanner's depth ruler must show beside the image)"], said
+
+
 def test_a_value_just_past_a_bound_is_shown_as_given_not_rounded_onto_it(tmp_path):
     """50.0000001 was refused "must be 1-50 mm, got 50": the bound itself, read as allowed."""
     config = tmp_path / "edge.toml"

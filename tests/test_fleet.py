@@ -101,6 +101,40 @@ def test_keys_new_keeps_the_private_key_to_its_owner_and_never_overwrites(tmp_pa
         load_private_key(tmp_path / "d.key")
 
 
+def test_signing_with_the_public_key_says_so_not_chmod_it(tmp_path):
+    """`bundle make --key d.pub` (the .pub beside the .key) said "private key readable by
+    other users (mode 0644); chmod 600 it": the district would restrict a public key, then
+    read a PEM parser's complaint. One line says which file to give instead."""
+    assert sonoedge("keys", "new", "--out", str(tmp_path), "--name", "d").returncode == 0
+    for mode in (0o644, 0o600):
+        os.chmod(tmp_path / "d.pub", mode)
+        with pytest.raises(BundleError) as refused:
+            load_private_key(tmp_path / "d.pub")
+        assert str(refused.value) == (f"{tmp_path / 'd.pub'}: a public key; sign with the "
+                                      "private one (NAME.key from `sonoedge keys new`, not "
+                                      "NAME.pub)")
+
+
+def test_bundle_status_never_makes_the_fleet_it_looks_at(tmp_path, fleet_kit):
+    """`bundle status --state-dir` mistyped made that folder whole, seeded it with the
+    factory models and showed a healthy "factory" box; run before the first start (as root)
+    it left root's files in the service's state dir. Now a look makes nothing and says so,
+    and `bundle status` or `install` without `--config` asks for the device's config."""
+    config = device_config(tmp_path, fleet_kit)
+    typo = tmp_path / "stat"
+    out = sonoedge("bundle", "status", "--config", str(config), "--state-dir", str(typo))
+    assert out.returncode == 2 and not typo.exists()
+    one_line_error(out, f"{typo / 'fleet'}: no fleet here yet (the loop or `bundle install` "
+                        "makes it on its first start); is this the device's state dir?")
+    assert not (tmp_path / "state").exists()
+    for verb in (["status"], ["install", str(fleet_kit["v2"])]):
+        one_line_error(sonoedge("bundle", *verb), "no --config: give the device's")
+    out = sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    out = sonoedge("bundle", "status", "--config", str(config))
+    assert out.returncode == 0 and json.loads(out.stdout)["bundle"] == "2.0", out.stderr
+
+
 def test_a_trusted_keys_folder_others_could_write_is_refused(tmp_path, fleet_kit):
     folder = tmp_path / "keys"
     folder.mkdir()

@@ -183,6 +183,21 @@ def test_pings_go_on_only_while_frames_flow_or_a_live_grabber_really_waits(monke
     assert Notifier().watchdog_s == 0.0
 
 
+def test_a_notify_socket_that_cannot_be_reached_is_said_once(caplog):
+    """READY=1 to a NOTIFY_SOCKET that is not there was logged at debug only: under
+    `Type=notify` systemd then stops the service at its start timeout, and the journal said
+    nothing of why. The first failure is one warning naming the socket; the rest are quiet."""
+    notifier = Notifier({"NOTIFY_SOCKET": "/nonexistent/sonoedge-notify"})
+    with caplog.at_level("DEBUG", logger="sonoedge.watchdog"):
+        assert notifier.send("READY=1") is False
+        assert notifier.send("WATCHDOG=1") is False
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("sd_notify to NOTIFY_SOCKET /nonexistent/sonoedge-notify "
+                                "failed (No such file or directory): systemd hears no")
+    notifier.close()
+
+
 def test_an_idle_tick_is_no_progress_so_a_grabber_hung_in_its_read_still_stops_the_pings(
         monkeypatch):
     """The loop is handed None each second a live grabber brings no frame (its exam's gap

@@ -10,6 +10,7 @@ import re
 import socket
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,22 @@ def test_pin_set_reads_standard_input_and_refuses_a_short_pin(tmp_path):
     assert short.returncode == 2
     one_line_error(short, "4 to 64 characters")
     assert read_pin(tmp_path).matches("2468")  # unchanged
+
+
+def test_pin_set_where_the_pin_cannot_be_stored_is_one_line(tmp_path):
+    """A state dir that is a file, under a file, or on a path that cannot be made: `pin
+    set` ended in a FileExistsError or NotADirectoryError traceback, though the README
+    promises one line for "a state dir that is a file or cannot be written"."""
+    afile = tmp_path / "state"
+    afile.write_text("not a folder\n")
+    for where, says in ((afile, "not a folder (the state dir)"),
+                        (afile / "sub", "cannot store the PIN there (Not a directory)"),
+                        (Path("/proc/sonoedge-none/state"),  # never made, even by root
+                         "cannot store the PIN there (No such file or directory)")):
+        done = set_pin(where, "2468")
+        assert done.returncode == 2, (where, done.stderr)
+        one_line_error(done, str(where), says, "nothing was changed")
+    assert afile.read_text() == "not a folder\n"
 
 
 def test_a_missing_or_damaged_pin_file_is_one_line(tmp_path):

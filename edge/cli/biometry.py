@@ -30,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 
 from edge.capture.images import display_name
+from edge.cli import BACKEND_HELP, CONFIG_HELP, MODELS_DIR_HELP, THREADS_HELP
 from edge.models.biometry import PIXEL_SIZE_MISSING, Biometry, measure_frame, pixel_size_status
 from edge.models.roi import find_roi
 from wire.schema import UNCERTAIN, PayloadError, read_regular_file
@@ -259,9 +260,10 @@ def add_parser(verbs) -> None:
     parser.add_argument("--pixel-sizes", required=True,
                         help="CSV with 'filename,pixel size(mm)' (HC18's format)")
     parser.add_argument("--out", required=True, help="the CSV to write")
-    parser.add_argument("--models", "--models-dir", dest="models_dir")
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--backend", choices=["litert", "edgetpu", "tflite-runtime"])
-    parser.add_argument("--threads", type=int)
+    parser.add_argument("--models", "--models-dir", dest="models_dir", help=MODELS_DIR_HELP)
+    parser.add_argument("--config", type=Path, help=CONFIG_HELP)
+    parser.add_argument("--backend", choices=["litert", "edgetpu", "tflite-runtime"],
+                        help=BACKEND_HELP)
+    parser.add_argument("--threads", type=int, help=THREADS_HELP)
     parser.set_defaults(func=main)
 

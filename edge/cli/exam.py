@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from edge.capture.sources import narrowing, open_sources
+from edge.cli import BACKEND_HELP, CONFIG_HELP, MODELS_DIR_HELP, THREADS_HELP
 from edge.config import frame_limits, load_settings
 from edge.exam.protocol import check_anatomy, check_head_planes, check_named, find_protocol
 from edge.exam.session import ExamSession, format_exam
@@ -102,8 +103,9 @@ def add_parser(verbs) -> None:
                              "0 = off; a --pixel-size given turns it off)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     parser.add_argument("--thumbs", metavar="DIR", help="write the best frames here as JPEGs")
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--models-dir")
-    parser.add_argument("--backend", choices=["litert", "edgetpu", "tflite-runtime"])
-    parser.add_argument("--threads", type=int)
+    parser.add_argument("--config", type=Path, help=CONFIG_HELP)
+    parser.add_argument("--models-dir", help=MODELS_DIR_HELP)
+    parser.add_argument("--backend", choices=["litert", "edgetpu", "tflite-runtime"],
+                        help=BACKEND_HELP)
+    parser.add_argument("--threads", type=int, help=THREADS_HELP)
     parser.set_defaults(func=main)

@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
+from edge.cli import STATE_DIR_HELP
 from edge.fleet.settings import fleet_root, selftest_names
 from wire.fleet import BundleError
 
 
-def open_fleet(settings):
+def open_fleet(settings, config: Path | None = None):
     """The device's slots, made on first use from `[models] dir`; BundleError when off."""
     from edge.fleet.slots import Fleet
 
+    if not settings.fleet.enabled and config is None:
+        raise BundleError("no --config: give the device's, as `sonoedge run` is given it "
+                          "(--config /etc/sonoedge/device.toml), with [fleet] on")
     if not settings.fleet.enabled:
         raise BundleError("the fleet is off in this config: set [fleet] enabled = true and "
                           "group")
@@ -80,7 +85,7 @@ def _install(args: argparse.Namespace) -> int:
     from edge.fleet.keys import load_trusted_keys
 
     settings = load_settings(args.config, {"device": {"state_dir": args.state_dir}})
-    fleet = open_fleet(settings)
+    fleet = open_fleet(settings, args.config)
     keys = load_trusted_keys(Path(settings.fleet.trusted_keys))
     before = fleet.status()["bundle"]
     manifest = fleet.install(Path(args.file), keys, selftest_names(settings))
@@ -96,7 +101,14 @@ def _status(args: argparse.Namespace) -> int:
     from edge.config import load_settings
 
     settings = load_settings(args.config, {"device": {"state_dir": args.state_dir}})
-    print(json.dumps(open_fleet(settings).status(), indent=1))
+    root = fleet_root(settings)
+    if settings.fleet.enabled and not os.path.lexists(root):
+        # a look must not make what it looks at: a mistyped --state-dir was made whole,
+        # seeded with the factory models and shown as a healthy "factory" box (and a
+        # `sudo` look before the first start left the service root's files)
+        raise BundleError(f"{root}: no fleet here yet (the loop or `bundle install` makes it "
+                          "on its first start); is this the device's state dir?")
+    print(json.dumps(open_fleet(settings, args.config).status(), indent=1))
     return 0
 
 
@@ -105,7 +117,8 @@ def add_parser(verbs) -> None:
     keys_verbs = keys.add_subparsers(dest="keys_verb", required=True)
     new = keys_verbs.add_parser("new", help="make a key pair (NAME.key 0600, NAME.pub)")
     new.add_argument("--out", default=".", help="folder (default: here)")
-    new.add_argument("--name", default="sonoedge-bundles")
+    new.add_argument("--name", default="sonoedge-bundles",
+                     help="the key's name: NAME.key and NAME.pub (default: sonoedge-bundles)")
     new.set_defaults(func=_keys_new)
 
     bundle = verbs.add_parser("bundle", help="signed model bundles: make, install, verify")
@@ -113,7 +126,7 @@ def add_parser(verbs) -> None:
     make = sub.add_parser("make", help="pack and sign a models folder")
     make.add_argument("--models", required=True, help="folder of manifests and .tflite files")
     make.add_argument("--key", required=True, help="the Ed25519 private key (keys new)")
-    make.add_argument("--out", required=True)
+    make.add_argument("--out", required=True, help="the bundle file to write")
     make.add_argument("--version", required=True, help="dotted numbers, e.g. 2025.6.1; "
                       "devices refuse a version not above every one they installed")
     make.add_argument("--group", required=True, help="the device group it is for")
@@ -125,21 +138,23 @@ def add_parser(verbs) -> None:
     make.add_argument("--tolerance", default="",
                       help='JSON, e.g. {"plane_confidence": 0.05, "quality_score": 0.05, '
                            '"hc_mm": 1.0} (the defaults)')
-    make.add_argument("--note", default="")
+    make.add_argument("--note", default="", help="a free note kept in the signed manifest")
     make.set_defaults(func=_make)
 
     install = sub.add_parser("install", help="install a bundle by hand (e.g. from a USB stick)")
-    install.add_argument("file")
-    install.add_argument("--config", type=Path)
-    install.add_argument("--state-dir")
+    install.add_argument("file", help="the .bundle file")
+    install.add_argument("--config", type=Path, help="the device's config, as given to "
+                         "`sonoedge run` (its [fleet] section must be on)")
+    install.add_argument("--state-dir", help=STATE_DIR_HELP)
     install.set_defaults(func=_install)
 
     verify = sub.add_parser("verify", help="check a bundle's signature and every file")
-    verify.add_argument("file")
+    verify.add_argument("file", help="the .bundle file")
     verify.add_argument("--keys", required=True, help="folder of trusted *.pub")
     verify.set_defaults(func=_verify)
 
     status = sub.add_parser("status", help="the installed bundle, its trial, the last rollback")
-    status.add_argument("--config", type=Path)
-    status.add_argument("--state-dir")
+    status.add_argument("--config", type=Path, help="the device's config, as given to "
+                        "`sonoedge run`")
+    status.add_argument("--state-dir", help=STATE_DIR_HELP)
     status.set_defaults(func=_status)

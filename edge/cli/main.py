@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from edge.capture.sources import SourceError
+from edge.cli import BACKEND_HELP, CONFIG_HELP, MODELS_DIR_HELP, STATE_DIR_HELP, THREADS_HELP
 from edge.cli import biometry as biometry_cli
 from edge.cli import exam as exam_cli
 from edge.cli import fleet as fleet_cli
@@ -218,11 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     score = verbs.add_parser("score", help="score images, folders or videos; JSON per frame")
-    score.add_argument("paths", nargs="+")
-    score.add_argument("--config", type=Path)
-    score.add_argument("--models-dir")
-    score.add_argument("--backend", choices=["litert", "edgetpu", "tflite-runtime"])
-    score.add_argument("--threads", type=int)
+    score.add_argument("paths", nargs="+", help="image files, folders (sorted) or video files")
+    score.add_argument("--config", type=Path, help=CONFIG_HELP)
+    score.add_argument("--models-dir", help=MODELS_DIR_HELP)
+    score.add_argument("--backend", choices=["litert", "edgetpu", "tflite-runtime"],
+                       help=BACKEND_HELP)
+    score.add_argument("--threads", type=int, help=THREADS_HELP)
     score.add_argument("--pixel-size", type=float, metavar="MM",
                        help="mm per pixel of these frames: head-plane frames get head biometry "
                             "(default: the config's [biometry] pixel_size_mm; 0 = off)")
@@ -233,12 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(func=_score)
 
     run = verbs.add_parser("run", help="the on-device loop: capture, score, journal, publish")
-    run.add_argument("--config", type=Path)
+    run.add_argument("--config", type=Path, help=CONFIG_HELP)
     run.add_argument("--source", help="demo | file | folder | v4l2:N | /dev/videoN | picamera2")
-    run.add_argument("--mqtt-url", help="mqtt[s]://user:pass@host:port")
-    run.add_argument("--device-id")
-    run.add_argument("--state-dir")
-    run.add_argument("--max-frames", type=int)
+    run.add_argument("--mqtt-url", help="mqtt[s]://user@host:port (the password: the "
+                     "config's [mqtt] password_file, never a command line others can read)")
+    run.add_argument("--device-id", help="this box's id, its broker user name (default: the "
+                     "config's [device] device_id, else one derived from the machine)")
+    run.add_argument("--state-dir", help=STATE_DIR_HELP)
+    run.add_argument("--max-frames", type=int, help="stop after this many frames (default: "
+                     "the config's [loop] max_frames; 0 = until the source ends)")
     run.add_argument("--web", metavar="HOST:PORT",
                      help="serve the midwife's page here (needs `sonoedge pin set` first)")
     run.add_argument("--once", action="store_true",
@@ -255,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "the shipped models/)")
     models.add_argument("--config", help="the device's config: its [models] dir, or with "
                                          "[fleet] on the set its loop runs")
-    models.add_argument("--json", action="store_true")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(func=_models)
 
     for name, text in DELEGATED.items():

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge.cli import CONFIG_HELP
 from edge.config import DeviceSettings, load_settings
 from edge.web.auth import PIN_MAX, PIN_MIN, PinError, check_pin_text, write_pin
 from edge.web.tls import kept_fingerprint
@@ -42,5 +43,5 @@ def add_parser(verbs) -> None:
     setter = actions.add_parser("set", help="set the PIN, read from standard input")
     setter.add_argument("--state-dir", help=f"default: the config's [device] state_dir "
                                             f"({DeviceSettings().state_dir})")
-    setter.add_argument("--config", type=Path)
+    setter.add_argument("--config", type=Path, help=CONFIG_HELP)
     setter.set_defaults(func=_set)

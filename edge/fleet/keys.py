@@ -46,6 +46,10 @@ def new_keypair(out_dir: Path, name: str) -> tuple[Path, Path]:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     data, st = read_key_file(Path(path))
+    if data.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----"):  # NAME.pub for NAME.key:
+        # said before the mode, or the line would have the district chmod a public key
+        raise BundleError(f"{path}: a public key; sign with the private one "
+                          "(NAME.key from `sonoedge keys new`, not NAME.pub)")
     if st.st_mode & 0o077:
         raise BundleError(f"{path}: private key readable by other users (mode "
                           f"{stat.S_IMODE(st.st_mode):04o}); chmod 600 it")

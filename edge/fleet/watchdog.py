@@ -33,6 +33,7 @@ class Notifier:
         self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and mine \
             else 0.0
         self._sock: socket.socket | None = None
+        self._failed_said = False  # a failed send is said once (a warning), then at debug
 
     @property
     def enabled(self) -> bool:
@@ -48,7 +49,14 @@ class Notifier:
             self._sock.sendto(text.encode(), target)
             return True
         except OSError as exc:
-            log.debug("sd_notify %r failed: %s", text, exc)
+            if self._failed_said:
+                log.debug("sd_notify %r failed: %s", text, exc)
+            else:  # under Type=notify, systemd then kills the service with no reason given
+                self._failed_said = True
+                log.warning("sd_notify to NOTIFY_SOCKET %s failed (%s): systemd hears no "
+                            "READY=1 or watchdog ping and will stop and restart this "
+                            "service; check the unit (Type=notify, NotifyAccess=main)",
+                            self.address, exc.strerror or exc)
             return False
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ even by many requests at once.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -84,18 +85,27 @@ def hash_pin(pin: str) -> dict:
 
 
 def write_pin(state_dir: Path, pin: str) -> Path:
-    """Hash the PIN and store it in the state dir, atomically, mode 0600."""
+    """Hash the PIN and store it in the state dir, atomically, mode 0600. A state dir that
+    is a file, cannot be made or written, or a full card is a PinError naming it."""
     state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
     record = hash_pin(pin)
     path = state_dir / PIN_FILE
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(record, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    if state_dir.exists() and not state_dir.is_dir():
+        raise PinError(f"{state_dir}: not a folder (the state dir); nothing was changed")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise PinError(f"{state_dir}: cannot store the PIN there "
+                       f"({exc.strerror or exc}); nothing was changed") from None
     return path
 
 
