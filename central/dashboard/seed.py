@@ -48,6 +48,10 @@ DATES_SD_WEEKS = 1.0
 # stream of its own, so that the rest of the seeded district is the same with or without.
 LATE_DATES_SHARE = 0.15
 LATE_DATES_AFTER_S = (60.0, 1800.0)
+# A box that went without a clean shutdown is said "offline" by the broker, its will, within
+# a keepalive and a half (edge/uplink/mqtt.py keepalive_s 30 s): a little after the clinic
+# closed.
+WILL_AFTER_S = 45.0
 # Exams a midwife withdraws (a test scan, the wrong woman ...), a while after they ended,
 # for one of the page's reasons: counted in no figure, only as withdrawn.
 WITHDRAWN_SHARE = 0.01
@@ -127,6 +131,7 @@ def generate(settings: SeedSettings):
     rng = random.Random(settings.seed)
     late_rng = random.Random(f"{settings.seed}-late-dates")
     withdraw_rng = random.Random(f"{settings.seed}-withdrawn")
+    will_rng = random.Random(f"{settings.seed}-will")  # apart: the other draws stay as they were
     end = settings.end_ts or time.time()
     end_day = int(end // 86400)
     start_day = end_day - settings.days + 1
@@ -214,8 +219,23 @@ def generate(settings: SeedSettings):
                     if received <= end:  # else still on its way
                         yield (dev.id, c, later_kind, dev.seq, boot_id, t + after,
                                env["mono_s"], received, json.dumps(word, separators=(",", ":")))
-            if rng.random() < 0.7 and closes < end:
-                offline = _status(dev, boot_id, closes, "offline", rng, arrive)
+            # The day ends "offline": said by the box as it shuts down cleanly (7 days in
+            # 10), else by the broker for it, its will, a keepalive and a half after it went
+            # (edge/uplink/mqtt.py). A day without a link ends so once the link came back and
+            # the box had sent that day's messages (`arrive`). A day left "online" was a box
+            # connected with its program stuck, which the devices page flags "online but
+            # silent: restart it": on a Monday morning a third of the seed's boxes asked to
+            # be restarted (an officer's walk).
+            clean = rng.random() < 0.7  # drawn as before the will was sent: the same seed
+            if closes < end:
+                went = closes if arrive is None else arrive + WILL_AFTER_S
+                if clean:  # the same draws as before for the rest of the seed
+                    offline = _status(dev, boot_id, went, "offline", rng,
+                                      None if arrive is None else went)
+                else:
+                    went += WILL_AFTER_S if arrive is None else 0.0
+                    offline = _status(dev, boot_id, went, "offline", will_rng,
+                                      None if arrive is None else went)
                 if offline[7] <= end:  # else still on its way, as the day's messages are
                     yield offline
 
