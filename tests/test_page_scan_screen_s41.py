@@ -56,9 +56,10 @@ RECORD = """() => {
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("s41")
-    # ~34 s: each round the heads, then the example screens, the femur last
+    # ~21 s: each round the heads, then the example screens, the femur last; the second
+    # round's heads give the change of view from the femur, the third its repeat
     clip = make_clip(data_dir, tmp / "clip.avi", black_s=1.0, per_head=10, per_example=10,
-                     rounds=5)
+                     rounds=3)
     # every frame streamed (the loop's 15 a second), so the page draws nearly all of them
     with device(tmp, clip, extra_config="max_fps = 30\n") as (base, _proc), \
             chromium(tmp) as context:

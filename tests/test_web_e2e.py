@@ -41,9 +41,9 @@ POLL = {"timeout": 60_000, "polling": 200}  # wait_for_function without rAF (bac
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("web")
-    # ~37 s: room for every step up to the last exam's, on a loaded host too (at ~25 s a
+    # ~31 s: room for every step up to the last exam's, on a loaded host too (at ~25 s a
     # busy CI host's clip ended before two viewers or stop and start had their frames)
-    clip = make_clip(data_dir, tmp / "clip.avi", rounds=5)
+    clip = make_clip(data_dir, tmp / "clip.avi", rounds=4)
     with chromium(tmp) as context, device(tmp, clip) as (base, proc):
         yield {"base": base, "context": context, "proc": proc, "tmp": tmp}
 
