@@ -304,7 +304,8 @@ def withdrawn_exams(store: Store) -> dict[tuple[str, str], int]:
         except (TypeError, ValueError):
             continue  # not as the collector writes one (a damaged database): left out
         exam_id, said = data.get("exam_id"), data.get("withdrawn")
-        if not isinstance(exam_id, str) or not isinstance(said, bool):
+        if not isinstance(exam_id, str) or not isinstance(said, bool) \
+                or not isinstance(seq, int):
             continue
         if (dev, exam_id) not in latest or int(seq) > latest[(dev, exam_id)][0]:
             latest[(dev, exam_id)] = (int(seq), said)

@@ -4,8 +4,8 @@ hour, which only the rollup's work depends on), rolled up, into FOLDER/central.s
 
 Run by tests/conftest.py (`BACKGROUND`) beside the first tests, on the second core, once
 collection shows a test needs it: seeding and rolling it up took 40-50 s when this was
-written, about 100 s on a quiet AMD EPYC without VNNI on 7 December (the rollup has grown:
-half of it), which the suite waited for."""
+written, 90 s of one worker on an AMD EPYC without VNNI on 7 December (the rollup has
+grown), and about half that since with half the exams (`make`), which the suite waits for."""
 
 from __future__ import annotations
 
