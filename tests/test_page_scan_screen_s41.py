@@ -119,10 +119,6 @@ def test_a_plane_s_name_held_after_a_change_of_view_is_dimmed_and_has_no_number(
     assert all(hc not in r["figures"] for r in off), [r["figures"] for r in off][:3]
 
 
-def _rect(page, sel: str) -> dict:
-    return page.eval_on_selector(sel, "e => { const r = e.getBoundingClientRect(); return "
-                                 "{x: r.left, y: r.top, w: r.width, h: r.height}; }")
-
 
 # The image's and the figures' boxes and the HC's type size, read in one go: the figures are
 # drawn anew with every frame, so reads in separate calls could straddle a redraw (a line
@@ -131,11 +127,12 @@ LAYOUT = """() => {
   const box = s => { const e = document.querySelector(s); if (!e) return null;
     const r = e.getBoundingClientRect(); return {x: r.left, y: r.top, w: r.width, h: r.height}; };
   const bio = document.querySelector('#ga .line.bio');
-  return bio && [box('#video'), box('#ga'), parseFloat(getComputedStyle(bio).fontSize)];
+  return bio && [box('#video'), box('#ga'), parseFloat(getComputedStyle(bio).fontSize),
+                 box('#quality')];
 }"""
 
 
-def _steady(page) -> tuple[dict, dict, float]:
+def _steady(page) -> tuple[dict, dict, float, dict]:
     """LAYOUT once two reads 100 ms apart agree (the layout settled after a frame), at most
     3 s; else the last read."""
     last = None
@@ -146,7 +143,7 @@ def _steady(page) -> tuple[dict, dict, float]:
         last = now
         page.wait_for_timeout(100)
     assert last is not None, "no head figures on the page"
-    return last[0], last[1], last[2]
+    return last[0], last[1], last[2], last[3]
 
 
 def _overlap(a: dict, b: dict) -> float:
@@ -165,7 +162,7 @@ def test_on_a_small_phone_the_head_s_figures_do_not_cover_the_image(scan):
                "window.sonoedge.lastState.exam && window.sonoedge.lastState.exam.running && "
                "document.querySelectorAll('#ga .line.bio').length === 2")
     page.wait_for_function(figures, **POLL)
-    image, box, size = _steady(page)
+    image, box, size, quality = _steady(page)
     covered = _overlap(image, box) / (image["w"] * image["h"])
     assert covered <= 0.02, f"the head's figures cover {covered:.0%} of the image"
     ar = page.evaluate("parseFloat(getComputedStyle(document.querySelector('#stage'))"
@@ -192,13 +189,12 @@ def test_on_a_small_phone_the_head_s_figures_do_not_cover_the_image(scan):
                or line["bottom"] > stage["y"] + stage["h"] + 1]
     assert not outside, f"cut off: {outside} {lines} {stage}"
     assert size >= 13, f"the HC is {size}px"  # small, still read at arm's length
-    quality = _rect(page, "#quality")
     assert _overlap(image, quality) >= 0.95 * quality["w"] * quality["h"]  # on the image
     # a tablet: on the image's top right, as before
     page.set_viewport_size(TABLET)
     page.wait_for_timeout(300)
     page.wait_for_function(figures, **POLL)
-    image, box = _rect(page, "#video"), _rect(page, "#ga")
+    image, box, _, _ = _steady(page)
     assert _overlap(image, box) >= 0.95 * box["w"] * box["h"], (image, box)
     assert image["x"] + image["w"] - (box["x"] + box["w"]) < 20 and box["y"] - image["y"] < 20
     page.set_viewport_size(PHONE)
