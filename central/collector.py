@@ -303,7 +303,7 @@ class DeadLetterQuota:
     def __init__(self, limit: int, window_s: float):
         self.limit = limit
         self.window_s = window_s
-        self._windows: dict = {}  # key: (opened, letters written)
+        self._windows: dict[object, tuple[float, int]] = {}  # key: (opened, written)
         self._swept = 0.0
 
     def plan(self, now: float) -> QuotaPlan:

@@ -21,7 +21,14 @@ from dataclasses import asdict, dataclass, field
 
 from central.dashboard.config import CLOCK_OFF_FLAG_S, UNREGISTERED
 from central.dashboard.queries import span
-from central.dashboard.store import clock_offset
+from central.dashboard.store import (
+    Withdrawal,
+    clock_offset,
+    exam_key,
+    keep_latest,
+    missing_seen,
+    withdrawal_entry,
+)
 from central.db import SEQ_KINDS_SQL, Store
 from wire.schema import NOT_A_VIEW, loads_bounded, wall_ts_or_none
 from wire.shown import printable
@@ -131,11 +138,12 @@ def _exam_line(dev: str, clinic: str, exam: dict) -> dict:
 
 def _missed_kinds(protocol: dict) -> dict:
     """Its named missing slots never found (coach where to look) and found but never clear
-    enough (coach the image), from the summary's `missing_seen`; both None where it does
-    not say (a box before it, or a summary that shed it to fit 1 KB): not guessed."""
-    seen = protocol.get("missing_seen")
+    enough (coach the image), from the summary's `missing_seen` as the dashboard reads it
+    (`missing_seen`); both None where it does not say (a box before it, or a summary that
+    shed it to fit 1 KB): not guessed."""
+    seen = missing_seen(protocol)
     missing = protocol.get("missing")
-    if not isinstance(seen, list) or not isinstance(missing, list):
+    if seen is None or not isinstance(missing, list):
         return {"missing_not_found": None, "missing_not_clear_enough": None}
     named = [slot for slot in missing if isinstance(slot, str)]
     return {"missing_not_found": [slot for slot in named if slot not in seen],
@@ -292,33 +300,31 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000,
 
 
 def withdrawn_exams(store: Store) -> dict[tuple[str, str], int]:
-    """(device, clinic as stored): its exams the midwife withdrew and did not restore (each
-    exam's latest `withdrawal` by the box's seq says withdrawn). The dashboard counts them
-    in no figure; the report counted them among the exams, so a box's and a clinic's exams
-    here were more than the dashboard's (the seeded box-03a: 308 here, 304 there)."""
-    latest: dict[tuple[str, str], tuple[int, bool]] = {}
-    for dev, seq, payload in store.query(
-            "SELECT device_id, seq, payload FROM messages WHERE kind = 'withdrawal'"):
+    """(device, clinic as stored): its exams the midwife withdrew and did not restore, read
+    as the dashboard's rollup reads them (`withdrawal_entry`, the latest by the box's seq:
+    `keep_latest`). The dashboard counts them in no figure; the report counted them among
+    the exams, so a box's and a clinic's exams here were more than the dashboard's (the
+    seeded box-03a: 308 here, 304 there)."""
+    latest: dict[tuple[str, str], Withdrawal] = {}
+    for dev, seq, msg_id, received, payload in store.query(
+            "SELECT device_id, seq, msg_id, received_ts, payload FROM messages "
+            "WHERE kind = 'withdrawal'"):
         try:
             data = stored_payload(payload)
         except (TypeError, ValueError):
             continue  # not as the collector writes one (a damaged database): left out
-        exam_id, said = data.get("exam_id"), data.get("withdrawn")
-        if not isinstance(exam_id, str) or not isinstance(said, bool) \
-                or not isinstance(seq, int):
-            continue
-        if (dev, exam_id) not in latest or int(seq) > latest[(dev, exam_id)][0]:
-            latest[(dev, exam_id)] = (int(seq), said)
+        if isinstance(seq, int) and (w := withdrawal_entry(data, seq, msg_id, received)):
+            keep_latest(latest, (dev, w.exam_id), w)
     out: dict[tuple[str, str], int] = {}
-    for dev in sorted({d for (d, _), (_, said) in latest.items() if said}):
+    for dev in sorted({d for (d, _), w in latest.items() if w.withdrawn}):
         for clinic, payload in store.query(
                 "SELECT clinic_id, payload FROM messages WHERE kind = 'exam' "
                 "AND device_id = ?", (dev,)):
             try:
-                exam_id = stored_payload(payload).get("exam_id")
+                w = latest.get((dev, exam_key(stored_payload(payload).get("exam_id"))))
             except (TypeError, ValueError):
                 continue
-            if isinstance(exam_id, str) and latest.get((dev, exam_id), (0, False))[1]:
+            if w is not None and w.withdrawn:
                 out[(dev, clinic)] = out.get((dev, clinic), 0) + 1
     return out
 

@@ -671,10 +671,10 @@ def _add(db: Db, rows: list[tuple]) -> None:
                 lat["online_lag_s"] = _lag(device_ts, received)
                 clocks.online(dev, received, lat["online_lag_s"])
             if kind == "dates" and (c := _correction(data, int(seq), msg_id, ts)) is not None:
-                _keep_latest(corrections, (dev, c.exam_id), c)
+                keep_latest(corrections, (dev, c.exam_id), c)
             if kind == "withdrawal" and (
-                    w := _withdrawal(data, int(seq), msg_id, ts)) is not None:
-                _keep_latest(withdrawals, (dev, w.exam_id), w)
+                    w := withdrawal_entry(data, int(seq), msg_id, ts)) is not None:
+                keep_latest(withdrawals, (dev, w.exam_id), w)
             if kind != "exam":
                 continue
             batch_exams.append((msg_id, dev, clinic, day, ts, data))
@@ -696,7 +696,7 @@ def _add(db: Db, rows: list[tuple]) -> None:
     dated = _add_corrections(db, corrections, batch_exams)
     withdrawn = _add_withdrawals(db, withdrawals, batch_exams, weeks, day_device)
     for msg_id, dev, clinic, day, ts, data in batch_exams:
-        key = (dev, _exam_id(data.get("exam_id")))
+        key = (dev, exam_key(data.get("exam_id")))
         try:
             if key in withdrawn:  # withdrawn before it arrived: out of every count
                 _count_exam(weeks, day_device, dev, clinic, day, data, -1)
@@ -767,7 +767,7 @@ class _Weeks:
             pc[0] += sign
             pc[1] += sign * _complete(protocol)
             named = [_text(slot, 32) for slot in protocol.get("missing") or []]
-            seen = _missing_seen(protocol)
+            seen = missing_seen(protocol)
             for slot in named:
                 m = self.missing[(week, clinic, name, slot)]
                 m[0] += sign
@@ -1096,7 +1096,7 @@ def _complete(protocol: dict) -> int:
     return int(not protocol.get("missing"))
 
 
-def _missing_seen(protocol: dict) -> set[str] | None:
+def missing_seen(protocol: dict) -> set[str] | None:
     """The missed slots an exam found but never good enough (`missing_seen`, as stored,
     cut as `missing` is), or None where the summary does not say: a box before it, or a
     summary that shed it to fit 1 KB. Its missed slots are then of unknown kind."""
@@ -1127,7 +1127,7 @@ EXAM_ID_CHARS = 40  # the schema allows 36
 FROM_SUMMARY = object()
 
 
-def _exam_id(value) -> str:
+def exam_key(value) -> str:
     """An exam's id as dash.exams and dash.exam_dates both keep it, so that they match."""
     return _text(value or "", EXAM_ID_CHARS)
 
@@ -1153,7 +1153,7 @@ def _exam_row(msg_id: str, dev: str, clinic: str, day: int, ts: float, data: dic
     missing = protocol.get("missing") or []
     hc = number_or_none(bio.get("hc_mm"))
     z = None if hc is None or ga is None else ig_z(hc, ga)
-    return (msg_id, dev, clinic, _exam_id(data.get("exam_id")), day, ts,
+    return (msg_id, dev, clinic, exam_key(data.get("exam_id")), day, ts,
             str(protocol.get("name") or "") or None,
             protocol.get("required"), protocol.get("captured"),
             None if not protocol else _complete(protocol),
@@ -1226,7 +1226,7 @@ def _correction(data: dict, seq: int, msg_id: str, ts: float) -> Correction | No
     checked it against the schema; the fallbacks (weeks that are no number read as
     cleared, a missing entered_ts as the message's date) keep a bad row from failing the
     batch."""
-    exam_id = _exam_id(data.get("exam_id"))
+    exam_id = exam_key(data.get("exam_id"))
     if not exam_id:
         return None
     entered = number_or_none(data.get("entered_ts"))
@@ -1263,7 +1263,7 @@ def _entries_to_read(db: Db, table: str, entries: dict, batch_exams: list[tuple]
     """(this batch's exams, the (device, exam_id) whose stored entries of `table` matter):
     those the batch's entries name, and the batch's exams too once any entry was ever
     stored (an entry may come before its exam). Nothing is read while none was."""
-    in_batch = {(dev, _exam_id(data.get("exam_id"))) for _, dev, _, _, _, data in batch_exams}
+    in_batch = {(dev, exam_key(data.get("exam_id"))) for _, dev, _, _, _, data in batch_exams}
     wanted = set(entries)
     if in_batch and (entries or db.query(f"SELECT 1 FROM dash.{table} LIMIT 1")):
         wanted |= in_batch
@@ -1360,11 +1360,11 @@ class Withdrawal(NamedTuple):
     msg_id: str
 
 
-def _withdrawal(data: dict, seq: int, msg_id: str, ts: float) -> Withdrawal | None:
+def withdrawal_entry(data: dict, seq: int, msg_id: str, ts: float) -> Withdrawal | None:
     """A ``withdrawal`` message's entry; None when it names no exam or says neither
     withdrawn nor restored (the collector checked the schema: a bad row must not fail the
     batch)."""
-    exam_id = _exam_id(data.get("exam_id"))
+    exam_id = exam_key(data.get("exam_id"))
     withdrawn = data.get("withdrawn")
     if not exam_id or not isinstance(withdrawn, bool):
         return None
@@ -1374,7 +1374,7 @@ def _withdrawal(data: dict, seq: int, msg_id: str, ts: float) -> Withdrawal | No
                       ts if entered is None else entered, seq, msg_id)
 
 
-def _keep_latest(latest: dict, key: tuple[str, str], entry: Correction | Withdrawal) -> None:
+def keep_latest(latest: dict, key: tuple[str, str], entry: Correction | Withdrawal) -> None:
     """A batch's entries of one kind per exam: the later (greater seq) stays."""
     before = latest.get(key)
     if before is None or entry.seq > before.seq:
