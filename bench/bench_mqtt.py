@@ -227,7 +227,8 @@ def bench_collector(broker, work: Path, db: str, n: int = 2000) -> float:
                              f"mqtt://central:{broker.passwords['central']}@127.0.0.1:"
                              f"{broker.port}", "--db", db, "--client-id",
                              f"bench-{uuid.uuid4().hex[:6]}", "--no-share", "--duration-s",
-                             "120"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                             "120", "--exam-quota", str(10 ** 9)],  # throughput, not quota
+                            stdout=log, stderr=subprocess.STDOUT, env=env,
                             cwd=str(REPO))
     try:
         deadline = time.monotonic() + 15
