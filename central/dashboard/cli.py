@@ -185,7 +185,8 @@ def _why_not(line: str, parts: list[str] | None, clinic_re, district_re) -> str:
     line alone had said "expected clinic_id,district[,name]" of a district with a space."""
     if parts is None:
         return ("a control character (a tab, a line break)" if not line.isprintable()
-                else "a quote left open")
+                else "a quote left open" if line.count('"') % 2
+                else f"a field over {csv.field_size_limit():,} characters")
     if len(parts) not in (2, 3):
         return (f"{len(parts)} field{'' if len(parts) == 1 else 's'} (a name holding a "
                 'comma is quoted: "Kibaha, Ward 3")')
