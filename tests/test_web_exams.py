@@ -282,7 +282,8 @@ def test_the_report_shows_the_frame_its_hc_was_measured_on_with_its_ellipse(box,
         picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         # the ellipse of that frame's journaled result, its region scaled to the picture
         cx, cy, a, b, angle = record["biometry"]["ellipse"]
-        x0, y0, w0, h0 = record["roi"]
+        # a frame scored before its screen's region was found is measured, and drawn, whole
+        x0, y0, w0, h0 = record["roi"] or (0, 0, SCREEN_W, SCREEN_H)
         t = np.linspace(0, 2 * np.pi, 180, endpoint=False)
         c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
         expected = np.stack([(cx + a * np.cos(t) * c - b * np.sin(t) * s - x0)
