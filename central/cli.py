@@ -61,8 +61,11 @@ def _collector_parser() -> argparse.ArgumentParser:
 
     ap = OneLineParser(prog="sonoedge-central", description="MQTT collector: "
                                  "stores every device message once, bad ones dead-lettered.")
-    ap.add_argument("--mqtt-url", required=True,
-                    help="mqtt[s]://user@host:port (the password from --password-file)")
+    # required, but checked after the words it does not know (`collector_main`): `run frob`
+    # was answered "--mqtt-url is required"
+    ap.add_argument("--mqtt-url", default="",
+                    help="mqtt[s]://user@host:port (the password from --password-file); "
+                         "required")
     ap.add_argument("--password-file", default="",
                     help="file holding the MQTT password (mode 0600); never put it in the URL")
     ap.add_argument("--registry", default="",
@@ -170,7 +173,16 @@ def collector_main(argv: list[str]) -> int:
     from central.collector import Collector, CollectorSettings
     from wire.mqtt import URL_PASSWORD_WARNING, url_has_password
 
-    args = _collector_parser().parse_args(argv)
+    ap = _collector_parser()
+    args, unknown = ap.parse_known_args(argv)
+    if unknown:  # a word it does not know, said first (`run frob`), as itself
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        print(f"sonoedge-central: error: unknown argument {shown(unknown[0])}{more}: "
+              "the collector (run) takes only its flags (see sonoedge-central --help)",
+              file=sys.stderr)
+        return 2
+    if not args.mqtt_url:
+        ap.error("the following arguments are required: --mqtt-url")
     try:
         check_collector_numbers(args)
     except ValueError as exc:

@@ -43,3 +43,26 @@ def test_an_unknown_command_is_one_line_naming_it_and_the_commands(tmp_path):
                         str(tmp_path / "c.sqlite3"), "--max-bytes", "-1")
         assert proc.returncode == 2 and proc.stderr.splitlines() == [
             "sonoedge-central: --max-bytes -1: must be 1-1048576"], proc.stderr
+
+
+def test_an_unknown_word_after_run_is_one_line_naming_it_not_a_missing_mqtt_url(tmp_path):
+    """`sonoedge-central run frob` still answered "--mqtt-url is required" (a fresh-eyes
+    walk, 7 December): argparse checks the required flag before the words it does not
+    know. The word is said first, as itself, wherever it stands; a missing --mqtt-url is
+    still said when nothing else is wrong."""
+    db = str(tmp_path / "c.sqlite3")
+    for args, word in ((("run", "frob"), "frob"), (("run", "--db", db, "frob"), "frob"),
+                       (("--mqtt-url", "mqtt://127.0.0.1:1", "frob"), "frob"),
+                       (("run", "--frob"), "--frob"), (("run", "a\nb\x1b[2J"), "a\nb\x1b[2J"),
+                       (("run", "x" * 5000), "x" * 5000)):
+        proc = _central(*args)
+        assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith(f"sonoedge-central: error: unknown argument {word[:20]!r}"[:-1])
+        assert "--mqtt-url" not in line and "\x1b" not in line and len(line) < 240, line
+    proc = _central("run", "frob", "bar")
+    assert "unknown argument 'frob' (and 1 more)" in proc.stderr
+    proc = _central("run", "--db", db)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "sonoedge-central: error: the following arguments are required: --mqtt-url "
+        "(see sonoedge-central --help)"]
