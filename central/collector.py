@@ -47,8 +47,10 @@ never sooner for being over) until a window with room stores it; a health or sta
 message is dropped (``stats["dropped_over_quota"]``): the next one repeats its figures, and
 the dashboard shows the box's latest and a hole in its sequence for those dropped. A box
 that has never had a receipt deletes on PUBACK, so the quota is larger than any backlog a
-real box sends before its first one. The quotas live in each collector's memory: several
-collectors sharing the load, or one restarted, allow that much each.
+real box sends before its first one. The quotas live in each collector's memory, seeded
+at its start from the database (each device's writes of the last window: ``Store.
+recent_writes``), so a restarted collector goes on from what was stored; several
+collectors sharing the load each allow that much.
 
 Receipts (wire/receipt.py): the broker may drop a message it acknowledged to its box
 (Mosquitto drops what overflows this collector's session queue while it is away), so after
@@ -378,6 +380,18 @@ class MessageQuota(DeadLetterQuota):
     def plan(self, now: float) -> MessagePlan:
         return MessagePlan(self, now)
 
+    def seed(self, writes: list[tuple[str, str, int, float]], wall: float, now: float
+             ) -> None:
+        """Each key's window as the database counts it (``Store.recent_writes`` of the last
+        ``window_s``, received times on the wall clock `wall` is of): its writes, in a
+        window opened at the first of them, on the clock of `now` (the plans'). A restarted
+        collector allowed every box the window's quota again. The count may hold the end
+        of the window before (it counts back ``window_s``, a rolling count): never fewer
+        than the lost window's, in a window that closes no later."""
+        for dev, kind, n, first in writes:
+            if (dev, kind) not in self._windows and wall < first + self.window_s:
+                self._windows[(dev, kind)] = (now - max(0.0, wall - first), n)
+
 
 class MessagePlan:
     """One batch's room for each device's messages (``central.db.RowRoom``): a write fits
@@ -456,6 +470,13 @@ class Collector:
         self._over: Counter = Counter()  # over quota since the last line that said so
         self.message_quota = MessageQuota(settings.exam_quota, settings.health_quota,
                                           settings.message_window_s)
+        wall = time.time()  # each box's writes so far in the window, from the database
+        try:
+            self.message_quota.seed(self.store.recent_writes(
+                wall - settings.message_window_s), wall, time.monotonic())
+        except DbError as exc:  # the quota starts from nothing, as before; said
+            log.warning("central: could not count each box's messages of the last %g s, "
+                        "its quota starts from none: %s", settings.message_window_s, exc)
         self._over_messages: Counter = Counter()  # (device, kind): the same, of messages
         self._over_said = -float("inf")
         self._db_down: float | None = None  # since when the database cannot be written

@@ -576,6 +576,19 @@ class Store:
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
             (name,))[0][0])
 
+    def recent_writes(self, since: float) -> list[tuple[str, str, int, float]]:
+        """(device, kind, writes, the first one's received time) of the writes received
+        since `since`: messages stored, and re-sent seqs kept in ``resent`` (what the
+        collector's ``MessageQuota`` counts), so that a restarted collector goes on from
+        the database's count (``MessageQuota.seed``). One query at a collector's start
+        (it reads the dashboard's index on ``received_ts`` where one was made)."""
+        writes = ("SELECT device_id, kind, received_ts FROM messages WHERE received_ts >= ? "
+                  "UNION ALL SELECT device_id, kind, received_ts FROM resent "
+                  "WHERE received_ts >= ?")
+        return [(dev, kind, int(n), float(first)) for dev, kind, n, first in self.query(
+            f"SELECT device_id, kind, COUNT(*), MIN(received_ts) FROM ({writes}) w "
+            "GROUP BY device_id, kind", (since, since))]
+
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:
             with self.tx() as cur:

@@ -20,6 +20,7 @@ failed on the code before the change.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 import subprocess
@@ -96,6 +97,10 @@ def test_a_box_over_its_exam_quota_keeps_what_gets_no_receipt_and_it_is_stored_a
                           health_every=1000, wait_receipts=20)
         assert done["awaiting_receipt"] == 0 and done["used_bytes"] == 0, done
     first.stop()
+    # a collector counts the last window's writes from the database as it starts (`seed`):
+    # these two runs' would spend some of the 4, so they are a window old first
+    last = query(url, "SELECT MAX(received_ts) FROM messages")[0][0]
+    wait_for(lambda: time.time() > last + window + 0.2, window + 5, "a window to pass")
 
     c = collectors(broker.url("central"), url, tmp_path, "central",
                    extra=("--exam-quota", "4", "--message-window-s", str(window)))
@@ -199,6 +204,51 @@ def test_over_quota_a_new_exam_gets_no_receipt_a_stored_one_does_and_health_is_d
     lines, said = over_said(log)
     assert 1 <= lines <= 2 and said == {"dev-a exam": 2, "dev-a health": 2}, (lines, said)
     assert "Traceback" not in log
+
+
+def test_a_restarted_collector_goes_on_from_the_windows_count_in_the_database(
+        broker, collectors, tmp_path, url):
+    """The quota lived in the collector's memory alone: restarted (an upgrade, a crash, a
+    box's flood that had it killed), it allowed each box the window's quota again. Now it
+    counts each box's writes of the last window from the database as it starts. dev-a's 2
+    exams stored a minute ago fill its quota of 2 a day: its third gets no receipt and is
+    not stored. dev-b's 2 of two days ago are of a window past: its exam is stored and
+    receipted, and so is dev-a's health (a kind of its own quota)."""
+    store = Store(url)
+    try:
+        now = time.time()
+        store.store([dataclasses.replace(row(message("exam", seq=s)), received_ts=now - 60 + s)
+                     for s in (1, 2)]
+                    + [dataclasses.replace(row(message("exam", device="dev-b", seq=s)),
+                                           received_ts=now - 2 * 86400 + s) for s in (1, 2)],
+                    [])
+    finally:
+        store.close()
+    c = collectors(broker.url("central"), url, tmp_path, "central",
+                   extra=("--exam-quota", "2", "--message-window-s", "86400"))
+    c.wait_subscribed()
+    a, b = raw_client(broker, "dev-a"), raw_client(broker, "dev-b")
+    to_a, to_b = _reader(a, "dev-a"), _reader(b, "dev-b")
+    e3, theirs = message("exam", seq=3), message("exam", device="dev-b", seq=3)
+    try:
+        publish_wait(a, "sonoedge/dev-a/exam", encode(e3))
+        publish_wait(a, "sonoedge/dev-a/health", encode(message("health", seq=4)))
+        publish_wait(b, "sonoedge/dev-b/exam", encode(theirs))
+        wait_for(lambda: _ids(to_b) == {theirs["msg_id"]}, 20, "dev-b's receipt")
+        wait_for(lambda: ("health", 4) in [(r[2], r[1]) for r in stored(url, "dev-a")], 20,
+                 "dev-a's health stored")
+        time.sleep(1.0)  # whatever else was on its way has landed
+        assert to_a == [], to_a
+    finally:
+        for client in (a, b):
+            client.loop_stop()
+            client.disconnect()
+    c.stop()
+    assert [(r[2], r[1]) for r in stored(url, "dev-a")] == [
+        ("exam", 1), ("exam", 2), ("health", 4)]
+    assert [r[1] for r in stored(url, "dev-b", ("exam",))] == [1, 2, 3]
+    stats = final_stats(c.log_text())
+    assert (stats["stored"], stats["withheld_over_quota"]) == (2, 1), stats
 
 
 # -- the quota itself ----------------------------------------------------------------------------
