@@ -20,10 +20,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from central.dashboard.config import CLOCK_OFF_FLAG_S, UNREGISTERED
+from central.dashboard.pages import deficiency_label, withdrawal_words
 from central.dashboard.queries import span
 from central.dashboard.store import (
     Withdrawal,
     clock_offset,
+    exam_day_of,
     exam_key,
     keep_latest,
     missing_seen,
@@ -78,24 +80,56 @@ class ClinicReport:
     lost: int = 0
 
 
-# Planes that count as "seen" in an exam: the standard views, not Background or the rest.
+def recent_exams(store: Store, limit: int = 20,
+                 withdrawals: dict[tuple[str, str], Withdrawal] | None = None) -> list[dict]:
+    """The newest exams by when each was done, as a district reviewer reads them: when,
+    where, which protocol and how much of its checklist was captured, the standard views
+    seen and the best quality among them, the deficiencies seen most often, how often the
+    model abstained, the head biometry with its age range, and whether the midwife withdrew
+    it (`withdrawals`, `standing_withdrawals`: read here when not given) and why.
 
-
-def recent_exams(store: Store, limit: int = 20) -> list[dict]:
-    """The newest exams received, as a district reviewer reads them: when, where, which
-    protocol and how much of its checklist was captured, the standard views seen and the
-    best quality among them, the deficiencies seen most often, how often the model
-    abstained, and the head biometry with its age range."""
+    Newest first by the exam's own time as the dashboard dates it (`exam_day_of`: when it
+    ended on the box, never after it arrived), not by arrival: a box back from a week
+    offline had put its week-old exams above the day's. Ties: the later arrival, then by
+    msg_id (unique: the same order each time). An exam dated so is never after its
+    arrival, so one done after the `limit` newest arrivals' oldest time arrived after it
+    too: the exams read are those arrived since then, not all."""
+    if withdrawals is None:
+        withdrawals = standing_withdrawals(store)
+    order = "ORDER BY received_ts DESC, msg_id"  # the dashboard's index on received_ts
+    rows, read = _dated_exams(store, f"{order} LIMIT {int(limit)}", ())
+    if read >= limit:
+        # a row not as the collector writes it is left out: then every exam is read
+        since = (min(r[0] for r in rows),) if len(rows) >= limit else ()
+        rows, _ = _dated_exams(store, ("AND received_ts >= ? " if since else "") + order,
+                               since)
+    rows.sort(key=lambda r: -r[0])  # stable: ties stay in the order above
     out = []
-    for dev, clinic, payload in store.query(
-        "SELECT device_id, clinic_id, payload FROM messages WHERE kind = 'exam' "
-        f"ORDER BY received_ts DESC, seq DESC LIMIT {int(limit)}"
-    ):
-        try:
-            out.append(_exam_line(dev, clinic, stored_payload(payload)))
-        except (TypeError, ValueError, AttributeError, KeyError, IndexError):
-            continue  # not as the collector writes an exam (a damaged database): left out
+    for _, line in rows[:limit]:
+        w = withdrawals.get((line["device_id"], exam_key(line["exam_id"])))
+        out.append({**line, "withdrawn": bool(w and w.withdrawn),
+                    "withdrawn_reason": (w.reason or None) if w and w.withdrawn else None})
     return out
+
+
+def _dated_exams(store: Store, tail: str, params: tuple) -> tuple[list[tuple], int]:
+    """(the exam's time by `exam_day_of`, its `_exam_line`) of the stored exams
+    `tail` selects, and how many rows it gave: a row not as the collector writes an exam
+    (a damaged database) is left out."""
+    rows = store.query("SELECT device_id, clinic_id, payload, device_ts, received_ts "
+                       f"FROM messages WHERE kind = 'exam' {tail}", params)
+    out = []
+    for dev, clinic, payload, device_ts, received in rows:
+        received = wall_ts_or_none(received)
+        try:
+            exam = stored_payload(payload)
+            line = _exam_line(dev, clinic, exam)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+            continue
+        if received is not None:
+            ts, _ = exam_day_of(exam.get("ended_ts"), wall_ts_or_none(device_ts), received)
+            out.append((ts, line))
+    return out, len(rows)
 
 
 def stored_payload(payload: object) -> dict:
@@ -169,6 +203,17 @@ def _missed_words(e: dict) -> str:
     return "; ".join(parts)
 
 
+def _withdrawn_words(e: dict) -> str:
+    """A withdrawn exam's mark, first on its line: "WITHDRAWN by the midwife: a test scan
+    (in no count above)"; "" for one that stands. The counts above leave it out, as the
+    dashboard's do; the list keeps it, marked, so that its officer sees what was done."""
+    if not e.get("withdrawn"):
+        return ""
+    reason = e.get("withdrawn_reason")
+    why = f": {withdrawal_words(str(reason))}" if reason else ""
+    return f"WITHDRAWN by the midwife{why} (in no count above)"
+
+
 def _not_named(protocol: dict) -> int:
     req, cap, named = protocol.get("required"), protocol.get("captured"), protocol.get("missing")
     if not isinstance(req, int) or not isinstance(cap, int):
@@ -205,7 +250,8 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000,
         if clinic and first is not None and (dev not in named or first < named[dev][0]):
             named[dev] = (first, clinic)
     counted: set[tuple[str, str]] = set()  # (device, clinic) pairs a clinic counts
-    withdrawn = withdrawn_exams(store)
+    withdrawals = standing_withdrawals(store)
+    withdrawn = withdrawn_exams(store, withdrawals)
     for dev, clinic, exams, health, status, first, last, last_dev, max_seq in rows:
         exams = int(exams) - withdrawn.get((dev, clinic), 0)
         clinic = clinic or named.get(dev, (0.0, ""))[1]
@@ -294,17 +340,15 @@ def build_report(store: Store, max_gaps: int = 10, seq_jump: int = 1000,
         "devices": [asdict(devices[k]) for k in sorted(devices)],
         "clinics": [asdict(clinics[k]) for k in sorted(clinics)],
         "dead_letters": {"total": len(dead), "by_reason": dict(sorted(dead_by.items()))},
-        "recent_exams": recent_exams(store),
+        "recent_exams": recent_exams(store, withdrawals=withdrawals),
         "fleet": bundle_rows(latest),
     }
 
 
-def withdrawn_exams(store: Store) -> dict[tuple[str, str], int]:
-    """(device, clinic as stored): its exams the midwife withdrew and did not restore, read
-    as the dashboard's rollup reads them (`withdrawal_entry`, the latest by the box's seq:
-    `keep_latest`). The dashboard counts them in no figure; the report counted them among
-    the exams, so a box's and a clinic's exams here were more than the dashboard's (the
-    seeded box-03a: 308 here, 304 there)."""
+def standing_withdrawals(store: Store) -> dict[tuple[str, str], Withdrawal]:
+    """(device, exam key): each exam's latest withdrawal entry, as the dashboard's rollup
+    reads them (`withdrawal_entry`, the latest by the box's seq: `keep_latest`); one that
+    restored the exam stands too (its `withdrawn` False)."""
     latest: dict[tuple[str, str], Withdrawal] = {}
     for dev, seq, msg_id, received, payload in store.query(
             "SELECT device_id, seq, msg_id, received_ts, payload FROM messages "
@@ -315,6 +359,17 @@ def withdrawn_exams(store: Store) -> dict[tuple[str, str], int]:
             continue  # not as the collector writes one (a damaged database): left out
         if isinstance(seq, int) and (w := withdrawal_entry(data, seq, msg_id, received)):
             keep_latest(latest, (dev, w.exam_id), w)
+    return latest
+
+
+def withdrawn_exams(store: Store, latest: dict[tuple[str, str], Withdrawal] | None = None
+                    ) -> dict[tuple[str, str], int]:
+    """(device, clinic as stored): its exams the midwife withdrew and did not restore
+    (`standing_withdrawals`, read here when not given). The dashboard counts them in no
+    figure; the report counted them among the exams, so a box's and a clinic's exams here
+    were more than the dashboard's (the seeded box-03a: 308 here, 304 there)."""
+    if latest is None:
+        latest = standing_withdrawals(store)
     out: dict[tuple[str, str], int] = {}
     for dev in sorted({d for (d, _), w in latest.items() if w.withdrawn}):
         for clinic, payload in store.query(
@@ -423,7 +478,10 @@ def _state(d: dict) -> str:
     return d["last_state"] + ("" if since is None else f" since {_ts(since)}")
 
 
-def _ts(value: float | None) -> str:
+def _ts(value: object) -> str:
+    """A time as the report prints it; "-" for none, or for one that is no time (a stored
+    exam's `ended_ts` the collector did not check: a text there failed the report)."""
+    value = wall_ts_or_none(value)
     if value is None:
         return "-"
     import time
@@ -471,15 +529,16 @@ def format_report(rep: dict) -> str:
         lines += ["", "Recent exams"]
         head = (f"{'ended (device clock, UTC)':<25} {'device':<20} {'protocol':<16} "
                 f"{'done':>5} {'frames':>7} {'views':>5} {'best q':>6} {'unsure':>6} "
-                f"{'heads':>5} {'HC mm':>6} {'GA wk':>5}  missing; most frequent deficiencies")
+                f"{'heads':>5} {'HC mm':>6} {'GA wk':>5}  withdrawn?; missed slots; "
+                "most frequent deficiencies")
         lines += [head, "-" * len(head)]
         for e in exams:
             unsure = "-" if e["uncertain_fraction"] is None else f"{e['uncertain_fraction']:.0%}"
             done = (f"{e['captured']}/{e['required']}" if e.get("required") is not None
                     else "-")
             quality = "-" if e.get("best_quality") is None else f"{e['best_quality']:.2f}"
-            notes = "; ".join(x for x in (_missed_words(e),
-                                          ", ".join(e.get("deficiencies") or [])) if x)
+            notes = "; ".join(x for x in (_withdrawn_words(e), _missed_words(e), ", ".join(
+                deficiency_label(str(d)) for d in e.get("deficiencies") or [])) if x)
             lines.append(
                 f"{_ts(e['ended_ts']):<25} {e['device_id']:<20} {e.get('protocol') or '-':<16} "
                 f"{done:>5} {e['frames'] or 0:>7} {len(e['views']):>5} {quality:>6} "

@@ -301,6 +301,7 @@ def test_a_clinic_whose_only_box_was_never_heard_from_has_a_page_saying_so(tmp_p
         assert [d for d, _ in _device_rows(page)] == ["box-zz"]
         assert "never heard from" in _device_rows(page)[0][1]
         assert {b["data-exams"] for b in _bars(page)} == {"0"}
+        assert "Nothing this month: no box of the clinic was heard." in page
 
 
 # -- scope, and what a URL may hold ----------------------------------------------------------
@@ -373,3 +374,48 @@ def test_a_period_or_district_not_offered_on_a_clinics_page_is_one_line_naming_i
                               lite["admin"])
     assert status == 400
     assert json.loads(body)["error"].startswith(f"{field}: ")
+
+
+# -- this month so far -----------------------------------------------------------------------
+def _month_rows(page: str) -> list[dict[str, str]]:
+    """The month table's rows: their data-* attributes (the monthly CSV's columns)."""
+    table = re.search(r'<table class="month">.*?</table>', page, re.S)
+    assert table, "no month table"
+    return [{k.removeprefix("data-").replace("-", "_"): v for k, v in _attrs(tag).items()}
+            for tag in re.findall(r"<tr data-[^>]*>", table.group(0))]
+
+
+def test_a_clinics_page_shows_this_months_figures_as_the_monthly_return_counts_them(site):
+    """The monthly return's CSV had each clinic's month so far and no page showed it (a
+    fresh-eyes walk, 7 December): an officer asked "how many exams has clinic 2 done this
+    month, how many complete?" had to download the district's CSV and find its rows. The
+    clinic's page has them, a row per protocol, the CSV's own rows (`monthly_return`)."""
+    month = Q.this_month()
+    # the CSV's rows, but for the district column it ends with (the page says its district)
+    returned = [{k: v for k, v in r.items() if k != "district"}
+                for r in _csv(site, "monthly", f"month={month.text}")]
+    assert sum(int(r["exams"]) for r in returned), "the seed did no exam this month"
+    for clinic in CLINICS:
+        page = _get(site, f"/clinic/{clinic}?weeks=8")
+        assert f"<h2>This month so far: {month.title}</h2>" in page
+        rows = _month_rows(page)
+        want = [r for r in returned if r["clinic_id"] == clinic]
+        assert rows == want, clinic
+        table = re.search(r'<table class="month">.*?</table>', page, re.S).group(0)
+        for r in want:
+            cells = re.search(rf'<tr data-month="{month.text}" data-clinic-id="{clinic}" '
+                              rf'[^>]*data-protocol="{r["protocol"]}"[^>]*>(.*?)</tr>',
+                              table, re.S).group(1)
+            said = re.findall(r"<td[^>]*>(.*?)</td>", cells)
+            n, done = int(r["exams"]), int(r["complete"])
+            assert said[1:3] == [r["exams"], f"{round(100 * done / n)}% ({done} of {n})"
+                                 if n else "-"], (clinic, said)
+        lead = re.search(r'<h2>This month so far[^<]*</h2><p class="lead">(.*?)</p>',
+                         page).group(1)
+        assert f"heard on {want[0]['heard_days']} day" in lead, lead
+        assert f"of {want[0]['days_counted']} day" in lead, lead
+        assert f'href="/api/monthly.csv?month={month.text}"' in page
+    # a viewer's page is her district's, and links her district's return
+    page = _get(site, "/clinic/clinic-02", who="viewer")
+    assert _month_rows(page) == [r for r in returned if r["clinic_id"] == "clinic-02"]
+    assert f'href="/api/monthly.csv?month={month.text}&amp;district=district-1"' in page

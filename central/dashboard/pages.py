@@ -456,6 +456,23 @@ def clinics_csv(page: Q.ClinicsPage) -> str:
 
 
 # -- the monthly return ----------------------------------------------------------------------
+MONTHLY_COLUMNS = ["month", "clinic_id", "clinic_name", "protocol", "protocol_title",
+                   "exams", "complete", "complete_share", "hc_measured", "dates_small",
+                   "dates_large", "exam_days", "heard_days", "days_counted",
+                   "complete_month", "first_heard_day"]
+
+
+def monthly_values(r: Q.MonthlyRow, month: Q.Month) -> list:
+    """A monthly return's row (MONTHLY_COLUMNS): the CSV's, and the clinic page's month
+    table's data-* (one source, so that the two cannot disagree)."""
+    return [month.text, r.clinic_id, r.clinic_name, r.protocol,
+            protocol_title(r.protocol) if r.protocol else "", r.exams, r.complete,
+            round(r.complete / r.exams, 4) if r.exams else None, r.hc_measured,
+            r.dates_small, r.dates_large, r.exam_days, r.heard_days, r.days_counted,
+            int(r.complete_month),
+            None if r.first_heard_day is None else Q.day_text(r.first_heard_day)]
+
+
 def monthly_csv(rows: list[Q.MonthlyRow], month: Q.Month) -> str:
     """A row per clinic and protocol over one calendar month, every clinic of the scope
     (one with no exam has a row of zeros and no protocol). `days_counted`: the clinic's
@@ -463,17 +480,46 @@ def monthly_csv(rows: list[Q.MonthlyRow], month: Q.Month) -> str:
     set up: no days of zero exams); `complete_month` 1 only when that is every day of the
     month. `first_heard_day` (last, so that scripts reading the columns by position read
     them as before): the clinic's first message, "" if it never sent one."""
-    return to_csv(["month", "clinic_id", "clinic_name", "protocol", "protocol_title",
-                   "exams", "complete", "complete_share", "hc_measured", "dates_small",
-                   "dates_large", "exam_days", "heard_days", "days_counted",
-                   "complete_month", "first_heard_day"],
-                  [[month.text, r.clinic_id, r.clinic_name, r.protocol,
-                    protocol_title(r.protocol) if r.protocol else "", r.exams, r.complete,
-                    round(r.complete / r.exams, 4) if r.exams else None, r.hc_measured,
-                    r.dates_small, r.dates_large, r.exam_days, r.heard_days, r.days_counted,
-                    int(r.complete_month),
-                    None if r.first_heard_day is None else Q.day_text(r.first_heard_day)]
-                   for r in rows])
+    return to_csv(MONTHLY_COLUMNS, [monthly_values(r, month) for r in rows])
+
+
+def month_table(page: Q.ClinicPage, district: str | None) -> str:
+    """The clinic's page's "this month so far": its rows of this month's monthly return
+    (`page.month_rows`, `Q.monthly_return` as the CSV has them), a row per protocol, each
+    row's CSV values in data-* (MONTHLY_COLUMNS); the return's link under it. An officer
+    asked for a clinic's month had to download the district's CSV and find its rows."""
+    month = page.month
+    if month is None:
+        return ""
+    where = f"&district={district}" if district else ""
+    link = (f'<p class="csv"><a href="/api/monthly.csv?month={month.text}{esc(where)}" '
+            f"download>The district's monthly return, {esc(month.title)} to date "
+            "(CSV)</a></p>")
+    if not page.month_rows:
+        return f'<p class="lead">Nothing this month: no box of the clinic was heard.</p>{link}'
+    first = page.month_rows[0]
+    counted = (f"{plural(first.days_counted, 'day')} counted (from "
+               f"{Q.day_text(max(month.first_day, first.first_heard_day))})"
+               if first.first_heard_day is not None else "no day counted: never heard")
+    body = []
+    for r in page.month_rows:
+        data = " ".join(f'data-{k.replace("_", "-")}="{esc("" if v is None else str(v))}"'
+                        for k, v in zip(MONTHLY_COLUMNS, monthly_values(r, month),
+                                        strict=True))
+        name = esc(protocol_title(r.protocol)) if r.protocol else "no exams"
+        share = f"{pct(r.complete / r.exams)} ({r.complete} of {r.exams})" if r.exams else "-"
+        body.append(f"<tr {data}><td>{name}</td><td class=num>{r.exams}</td>"
+                    f"<td class=num>{share}</td><td class=num>{r.hc_measured}</td>"
+                    f"<td class=num>{r.dates_small}</td><td class=num>{r.dates_large}</td>"
+                    f"<td class=num>{r.exam_days}</td></tr>")
+    return (f'<p class="lead">{esc(month.title)} from its first day to '
+            f"{esc(Q.day_text(page.month_last_day))} (UTC days), as the monthly return "
+            f"counts it: its boxes heard on {plural(first.heard_days, 'day')} of "
+            f"{esc(counted)}; exams count on the day they ended on the box.</p>"
+            '<div class="wide"><table class="month"><tr><th>protocol</th><th>exams</th>'
+            "<th>complete</th><th>head measured</th><th>head small for the dates</th>"
+            "<th>head large for the dates</th><th>days with exams</th></tr>"
+            f"{''.join(body)}</table></div>{link}")
 
 
 def monthly_links(months: list[Q.Month], district: str | None) -> str:
@@ -823,6 +869,12 @@ def deficiency_words(name: str) -> str:
     return C.DEFICIENCY_WORDS.get(name, "")
 
 
+def deficiency_label(name: str) -> str:
+    """A criterion as a chart's bar or a report's line names it: the midwife's words, else
+    its own name with spaces (a name the dashboard does not know)."""
+    return deficiency_words(name) or name.replace("_", " ")
+
+
 def deficiencies_svg(page: Q.QualityPage) -> str:
     rows = []
     for d in page.deficiencies:
@@ -830,7 +882,7 @@ def deficiencies_svg(page: Q.QualityPage) -> str:
         other = d.name == C.DEFICIENCY_OTHER
         words = deficiency_words(d.name)
         rows.append({
-            "label": C.DEFICIENCY_OTHER_LABEL if other else words or d.name.replace("_", " "),
+            "label": C.DEFICIENCY_OTHER_LABEL if other else deficiency_label(d.name),
             "title": words if other else f"{words or d.name} (criterion {d.name})",
             "value": share or 0.0, "note": f"{pct(share)}: {plural(d.exams, 'exam')}",
             "data": {"data_name": d.name, "data_exams": d.exams}})
@@ -1293,10 +1345,15 @@ WITHDRAWAL_WORDS = {"mistake": "started by mistake", "test_scan": "a test scan",
                     "wrong_woman": "the wrong woman", "two_women": "two women in one exam"}
 
 
+def withdrawal_words(reason: str) -> str:
+    """Why the midwife withdrew an exam, in words; a reason not known here as it came."""
+    return WITHDRAWAL_WORDS.get(reason, reason)
+
+
 def figure_words(key: str) -> str:
     reason = key.removeprefix("withdrawn:")
     if reason != key:
-        return f"of those, {WITHDRAWAL_WORDS.get(reason, reason)}"
+        return f"of those, {withdrawal_words(reason)}"
     protocol = key.removeprefix("complete:")
     if protocol == key:
         return FIGURE_WORDS[key]

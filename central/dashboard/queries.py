@@ -1546,6 +1546,11 @@ class ClinicPage:
     now: ClinicFigures
     before: ClinicFigures  # the previous period of the same length
     devices: list[DeviceRow]
+    # this calendar month so far, the clinic's rows of the monthly return (`monthly_return`,
+    # as its CSV has them), and the month's last day counted (today)
+    month: Month | None = None
+    month_rows: list[MonthlyRow] = field(default_factory=list)
+    month_last_day: int = 0
 
     @property
     def period(self) -> Period:
@@ -1575,8 +1580,12 @@ class ClinicPage:
 
 def clinic_page(db: Db, scope: Scope, per: Period) -> ClinicPage:
     """One clinic (`scope.clinic`, which the caller has found in `clinics_known`) over
-    `per` and the period before it, and its boxes as the devices page flags them."""
+    `per` and the period before it, its boxes as the devices page flags them, and this
+    calendar month so far as the monthly return counts it (its rows of that CSV)."""
     clinic = scope.clinic
+    month = this_month()
+    rows, last = monthly_return(db, scope, month)
     return ClinicPage(clinic, clinic_names(db, scope).get(clinic, ""),
                       clinic_districts(db).get(clinic), clinic_figures(db, scope, per),
-                      clinic_figures(db, scope, per.previous()), devices_page(db, scope, per))
+                      clinic_figures(db, scope, per.previous()), devices_page(db, scope, per),
+                      month, rows, last)

@@ -497,6 +497,9 @@ class Dashboard:
                   "clinic: completeness and quality count by whole weeks (the period "
                   "before takes its last week whole), the rest by day.</p>"
                 + P.clinic_compare_table(page)
+                + (f"<h2>This month so far: {esc(page.month.title)}</h2>" if page.month
+                   else "")
+                + P.month_table(page, scope.district)
                 + "<h2>Boxes</h2>"
                   '<p class="lead">As the devices page lists them: the most urgent first, '
                   "with why each may need a visit.</p>"
