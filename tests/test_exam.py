@@ -534,7 +534,7 @@ def test_sonoedge_score_adds_the_audit_to_every_frame(sweep):
 
 
 @pytest.mark.parametrize("args,needles", [
-    (["--protocol", "heart"], ["unknown protocol 'heart'"]),
+    (["--protocol", "heart"], ["--protocol: unknown protocol 'heart'"]),
     (["--config", "CONFIG"], ["exam", "end_gap_s"]),
     (["--config", "RULES"], ["criteria.gain", "unknown key"]),
 ])
@@ -550,6 +550,25 @@ def test_bad_exam_input_is_one_line(sweep, tmp_path, args, needles):
     proc = sonoedge("exam", str(sweep), *args)
     assert proc.returncode == 2
     one_line_error(proc, *needles)
+
+
+def test_an_unknown_protocol_on_the_command_line_names_the_flag_not_the_config(sweep,
+                                                                              tmp_path):
+    """`exam --protocol heart` said "command line: exam.protocol: unknown protocol 'heart'"
+    (with --config, the config's name): a key of a config she never wrote, or a config
+    that was right. The line names the flag and the protocols there are."""
+    config = tmp_path / "device.toml"
+    config.write_text('[exam]\nprotocol = "biometry"\n')
+    for extra in ([], ["--config", str(config)]):
+        proc = sonoedge("exam", str(sweep), "--protocol", "heart", *extra)
+        assert proc.returncode == 2
+        line = one_line_error(proc)
+        assert line == ("sonoedge: error: --protocol: unknown protocol 'heart': choose one of "
+                        "biometry, second-trimester"), line
+    proc = sonoedge("exam", str(sweep), "--protocol", "a\nb\x1b[2J" + "x" * 300)
+    assert proc.returncode == 2
+    line = one_line_error(proc, "--protocol: unknown protocol 'a\\nb\\x1b[2J", "...")
+    assert len(line) < 200, line
 
 
 def test_an_exam_over_a_path_with_no_frames_is_one_line_and_no_exam(sweep, tmp_path):

@@ -20,11 +20,31 @@ from pathlib import Path
 from edge.capture.sources import narrowing, open_sources
 from edge.cli import BACKEND_HELP, CONFIG_HELP, MODELS_DIR_HELP, THREADS_HELP
 from edge.config import frame_limits, load_settings
-from edge.exam.protocol import check_anatomy, check_head_planes, check_named, find_protocol
+from edge.exam.protocol import (
+    Protocol,
+    ProtocolError,
+    check_anatomy,
+    check_head_planes,
+    check_named,
+    find_protocol,
+    load_protocols,
+)
 from edge.exam.session import ExamSession, format_exam
 from edge.exam.thumbs import ThumbStore
 from edge.models.roi import Roi
 from edge.scorer import make_scorer, timed_frames
+from wire.shown import shown
+
+
+def given_protocol(name: str, protocols_file: str | None) -> Protocol:
+    """The protocol `--protocol` names, checked here as `run` checks `--max-frames`: given
+    to the config's loader, an unknown one was blamed on the config's key ("command line:
+    exam.protocol: ..."), and the flag went unnamed."""
+    protocols = load_protocols(protocols_file)
+    if name not in protocols:
+        raise ProtocolError(f"--protocol: unknown protocol {shown(name)}: choose one of "
+                            f"{', '.join(sorted(protocols))}")
+    return protocols[name]
 
 
 def main(args) -> int:
@@ -34,10 +54,11 @@ def main(args) -> int:
                               # as `score`: a pixel size given here is these frames' scale,
                               # not a config's ruler, which measured none of them
                               "ruler_tick_mm": args.ruler_tick if args.ruler_tick is not None
-                              else 0.0 if args.pixel_size is not None else None},
-                 "exam": {"protocol": args.protocol}}
+                              else 0.0 if args.pixel_size is not None else None}}
     settings = load_settings(args.config, overrides)
-    protocol = find_protocol(settings.exam.protocol, settings.exam.protocols_file or None)
+    protocols_file = settings.exam.protocols_file or None
+    protocol = find_protocol(settings.exam.protocol, protocols_file) if args.protocol is None \
+        else given_protocol(args.protocol, protocols_file)
     scorer = make_scorer(settings)
     check_named(protocol, scorer.manifest.labels, scorer.manifest.ident)
     check_head_planes(tuple(settings.biometry.head_planes), scorer.manifest.labels,
