@@ -230,6 +230,43 @@ class SteadyConfidence:
         return self.shown
 
 
+def instruction(plane: str | None, message: str | None, key: str | None, held: bool,
+                exam: dict | None) -> dict:
+    """What the instruction under the image says, decided here for the page to render:
+    {"key": a catalog key or None, "text": its English words (the quality rules'),
+    "class": "fix" | "good" | "idle"}, and for a plane off the exam's list that "plane"
+    and the "slots" still to find (plane labels: the page names them in its language).
+
+    The quality audit's instruction (`message`, its catalog `key`) comes first. Then a name
+    held against the frames (`held`, SteadyConfidence: the probe has left that view) gets
+    no verdict: "Good image: hold still" stood beside a dimmed name of a view already left.
+    A good image of a plane on none of the running exam's slots, while slots are still to
+    capture, is not what the exam needs: it says which are ("Good image: hold still" over
+    an abdomen in a head exam kept her still on the wrong view, a user's walk). Else the
+    image is good to hold."""
+    if message:
+        return {"key": key, "text": message, "class": "fix"}
+    if held and plane not in (None, UNCERTAIN):
+        return {"key": "instruction.moving", "text": None, "class": "idle"}
+    wanted = slots_still_wanted(plane, exam)
+    if wanted:
+        return {"key": "instruction.off_list", "text": None, "class": "fix", "plane": plane,
+                "slots": wanted}
+    return {"key": "instruction.good", "text": None, "class": "good"}
+
+
+def slots_still_wanted(plane: str | None, exam: dict | None) -> list[str]:
+    """The running exam's slots still to capture (their plane labels, in the checklist's
+    order) when `plane` is on none of its slots; else none."""
+    if not plane or plane == UNCERTAIN or not exam or not exam.get("running"):
+        return []
+    rows = [row for row in exam.get("checklist") or () if isinstance(row, dict)]
+    if any(plane in (row.get("accepts") or [row.get("plane")]) for row in rows):
+        return []
+    return [row["plane"] for row in rows
+            if not row.get("captured") and isinstance(row.get("plane"), str)]
+
+
 def exam_snapshot(session, running: bool, ended_by: str | None = None,
                   body: dict | None = None) -> dict:
     """A plain copy of an exam for the page: its checklist with each plane's best frame,

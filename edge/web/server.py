@@ -105,7 +105,7 @@ from edge.web.clock import (
     set_from_phone,
 )
 from edge.web.history import BadQuery, ExamHistory, parse_limit, report_lang
-from edge.web.live import LiveView
+from edge.web.live import LiveView, instruction
 from edge.web.settings import WebError, WebSettings, parse_listen
 from edge.web.tls import PageTls
 from wire.http_log import (
@@ -582,12 +582,14 @@ class _Poller:
 
 
 def frame_header(record: dict, shown: object | None, seq: int,
-                 confidence: int | None = None, held: bool = False) -> dict:
-    """The overlay data of one frame: what the page draws over the image. `confidence` is
-    the shown plane's steady percentage (`edge.web.live.SteadyConfidence`), and `held`
-    whether that plane is held against the frames (its name trailing a change of view,
-    without a percentage); the frame's own `confidence` is this frame's top plane's, for
-    the record only."""
+                 confidence: int | None = None, held: bool = False,
+                 rules: Rules | None = None, exam: dict | None = None) -> dict:
+    """The overlay data of one frame: what the page draws over the image, and the
+    instruction under it (`edge.web.live.instruction`, over `exam`, the page's copy of the
+    exam). `confidence` is the shown plane's steady percentage
+    (`edge.web.live.SteadyConfidence`), and `held` whether that plane is held against the
+    frames (its name trailing a change of view, without a percentage); the frame's own
+    `confidence` is this frame's top plane's, for the record only."""
     quality = record.get("quality") or {}
     head = record.get("head") or {}
     bio = record.get("biometry") or {}
@@ -603,11 +605,13 @@ def frame_header(record: dict, shown: object | None, seq: int,
         "latency_ms": record.get("latency_ms"),
     }
     if shown is not None:
-        out["shown"] = {"plane": getattr(shown, "plane", None),
-                        "score": getattr(shown, "score", None),
-                        "advice": getattr(shown, "advice", None),
-                        "message": getattr(shown, "message", None),
-                        "confidence": confidence, "held": bool(held)}
+        plane, advice = getattr(shown, "plane", None), getattr(shown, "advice", None)
+        message = getattr(shown, "message", None)
+        key = i18n.message_key(rules, advice, message)
+        out["shown"] = {"plane": plane, "score": getattr(shown, "score", None),
+                        "advice": advice, "message": message, "key": key,
+                        "confidence": confidence, "held": bool(held),
+                        "instruction": instruction(plane, message, key, bool(held), exam)}
     return out
 
 
@@ -1124,10 +1128,8 @@ class WebServer:
         latest = self.view.latest
         frame = None if latest is None else frame_header(latest.record, latest.shown,
                                                          latest.seq, latest.confidence,
-                                                         latest.held)
-        if frame is not None and latest.shown is not None:
-            frame["shown"]["key"] = i18n.message_key(self.rules, frame["shown"]["advice"],
-                                                     frame["shown"]["message"])
+                                                         latest.held, self.rules,
+                                                         self.view.exam)
         return {"frame": frame, "exam": i18n.exam_with_advice_keys(self.rules, self.view.exam),
                 "protocol": self.view.protocol, "screening": self._screening(),
                 "status": await self._status_now()}
@@ -1415,10 +1417,7 @@ class WebServer:
         t0, cpu0 = time.perf_counter(), time.thread_time()
         settings = self.settings
         header = frame_header(latest.record, latest.shown, latest.seq, latest.confidence,
-                              latest.held)
-        if latest.shown is not None:
-            header["shown"]["key"] = i18n.message_key(self.rules, header["shown"]["advice"],
-                                                      header["shown"]["message"])
+                              latest.held, self.rules, self.view.exam)
         jpeg = b""
         image = latest.image
         if image is not None:

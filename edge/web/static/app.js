@@ -461,6 +461,7 @@ function renderTags(h) {
     && state.screening.ga_tolerance_days;
   const plusMinus = ga && days ? t("overlay.ga_tolerance", { days }) : "";
   addLine([plusMinus, rangeOf(range)].filter(Boolean).join(" · "), "small");
+  right.classList.toggle("room", figuresRoom(right.childElementCount > 0 || headShown(plane)));
   const bar = qualityBar(h);
   const line = $("#quality");
   line.hidden = bar == null;
@@ -488,8 +489,28 @@ function qualityBar(h) { // {q, cls} of the bar under the image, or null for non
   const q = shown && shown.score != null ? shown.score : h ? h.quality : null;
   if (q == null) return null;
   if (!shown) return { q, cls: q >= QUALITY_GOOD ? "good" : q >= QUALITY_POOR ? "fair" : "poor" };
-  if (!shown.message && !slotsStillWanted(shown.plane).length) return { q, cls: "good" };
+  if (shown.instruction && shown.instruction.class === "good") return { q, cls: "good" };
   return { q, cls: q >= QUALITY_POOR ? "fair" : "poor" };
+}
+
+// On a phone the head's figures sit under the image (app.css), in a room of their own that
+// is kept while a head is shown: the steadied plane's name (held a few frames after the
+// probe has left it), not each frame's, so the segmenter missing a skull on one frame does
+// not move the instruction under them. With no head and no figures the room goes (it was
+// an empty band under every other plane); a figure on one odd frame opens it, and it stays
+// FIGURES_ROOM_HOLD_MS after the last figure or head, so odd frames do not make it blink.
+const FIGURES_ROOM_HOLD_MS = 2000;
+let figuresRoomUntil = 0;
+
+function figuresRoom(wanted) { // whether the figures' room is kept now
+  const now = performance.now();
+  if (wanted) figuresRoomUntil = now + FIGURES_ROOM_HOLD_MS;
+  return now < figuresRoomUntil;
+}
+
+function headShown(plane) { // the steadied plane shown is one the exam measures the head on
+  const heads = state && state.protocol && state.protocol.head_planes;
+  return !!plane && Array.isArray(heads) && heads.includes(plane);
 }
 
 function weeksDays(w) {
@@ -573,32 +594,17 @@ function renderInstruction(h) {
     el.textContent = t("instruction.held");
     return;
   }
-  const shown = h && h.shown;
-  if (!shown) { el.className = "instruction idle"; el.textContent = ""; return; }
-  const wanted = shown.message ? [] : slotsStillWanted(shown.plane);
-  if (shown.message) {
-    el.className = "instruction fix";
-    el.textContent = shown.key ? t(shown.key, { _fallback: shown.message }) : shown.message;
-  } else if (wanted.length) {
-    el.className = "instruction fix";
-    el.textContent = t("instruction.off_list", { plane: planeName(shown.plane),
-                                                 slots: wanted.join(", ") });
-  } else {
-    el.className = "instruction good";
-    el.textContent = t("instruction.good");
-  }
-}
-
-// The running exam's slots still to capture, by name, when the plane shown is on none of
-// its slots: then a good image of it is not what the exam needs. "Good image: hold still"
-// over an abdomen in a head exam kept her still on the wrong view (a user's walk).
-function slotsStillWanted(plane) {
-  const exam = state && state.exam;
-  if (!plane || plane === "uncertain" || !exam || !exam.running) return [];
-  const rows = exam.checklist || [];
-  if (rows.some(row => (row.accepts || [row.plane]).includes(plane))) return [];
-  return rows.filter(row => !row.captured)
-    .map(row => t("slot." + row.plane, { _fallback: planeName(row.plane) }));
+  // What it says is the box's (edge/web/live.py instruction): the quality audit's, no
+  // verdict beside a name held against the frames, the slots still to find beside a plane
+  // off the exam's list, else "Good image". The page only puts it in its language.
+  const said = h && h.shown && h.shown.instruction;
+  if (!said) { el.className = "instruction idle"; el.textContent = ""; return; }
+  el.className = "instruction " + (["fix", "good", "idle"].includes(said.class) ? said.class : "fix");
+  const vars = { _fallback: said.text || "" };
+  if (said.plane) vars.plane = planeName(said.plane);
+  if (said.slots) vars.slots = said.slots.map(p => t("slot." + p, { _fallback: planeName(p) }))
+    .join(", ");
+  el.textContent = said.key ? t(said.key, vars) : said.text || "";
 }
 
 // ---------------------------------------------------------------- state

@@ -1,0 +1,124 @@
+"""The instruction under the image is decided on the box (`edge.web.live.instruction`), as
+the quality audit's own instruction always was: the page only puts it in its language.
+
+Before, whether the plane shown was on the exam's list, and which slots were still to find,
+was worked out in the page's script, from its own copy of the exam a second old; and once
+every slot was captured any plane got "Good image: hold still", a name held against the
+frames too (the probe had left that view, its name dimmed): green words beside a stale name.
+
+On real exams (`ExamSession` on the shipped protocols, their page snapshot) and the real
+frame header the server streams; no browser.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from edge.exam.feedback import Shown
+from edge.exam.protocol import load_protocols
+from edge.exam.session import ExamSession
+from edge.models.quality import load_rules
+from edge.web.i18n import CATALOG_DIR
+from edge.web.live import LiveView, exam_snapshot, instruction, slots_still_wanted
+from edge.web.server import frame_header
+
+HEAD = "Head (HC, BPD)"  # the biometry protocol's one slot, filled by either head plane
+
+
+def head_exam(captured: bool = False, running: bool = True) -> dict:
+    """The page's copy of a running head exam (protocol `biometry`)."""
+    exam = exam_snapshot(ExamSession(load_protocols()["biometry"]), running=running)
+    if captured:
+        exam["checklist"] = [{**row, "captured": True} for row in exam["checklist"]]
+    return exam
+
+
+def test_a_good_image_of_a_plane_off_the_exams_list_names_the_slots_still_to_find():
+    said = instruction("Abdominal", None, None, False, head_exam())
+    assert said == {"key": "instruction.off_list", "text": None, "class": "fix",
+                    "plane": "Abdominal", "slots": [HEAD]}
+    # a second-trimester screen: every slot not yet captured, in the checklist's order
+    exam = exam_snapshot(ExamSession(load_protocols()["second-trimester"]), running=True)
+    wanted = [row["plane"] for row in exam["checklist"]]
+    assert slots_still_wanted("Background", exam) == wanted
+    exam["checklist"][0] = {**exam["checklist"][0], "captured": True}
+    assert slots_still_wanted("Background", exam) == wanted[1:]
+
+
+def test_a_good_image_of_a_plane_the_exam_takes_is_good_to_hold():
+    for plane in ("Brain (Tv.)", "Brain (Cb.)"):  # either fills the head slot
+        assert instruction(plane, None, None, False, head_exam())["key"] == "instruction.good"
+    good = {"key": "instruction.good", "text": None, "class": "good"}
+    # every slot captured: nothing more to ask for
+    assert instruction("Abdominal", None, None, False, head_exam(captured=True)) == good
+    # no exam running (none yet, or the last one ended): no list to hold the plane to
+    assert instruction("Abdominal", None, None, False, head_exam(running=False)) == good
+    assert instruction("Abdominal", None, None, False, None) == good
+    # the plane model abstaining names no plane to send her from
+    assert instruction("uncertain", None, None, False, head_exam()) == good
+
+
+def test_the_quality_audits_instruction_comes_first():
+    said = instruction("Abdominal", "Zoom in", "quality.size.low", False, head_exam())
+    assert said == {"key": "quality.size.low", "text": "Zoom in", "class": "fix"}
+    said = instruction("Brain (Tv.)", "Zoom in", None, True, head_exam(captured=True))
+    assert said == {"key": None, "text": "Zoom in", "class": "fix"}
+
+
+def test_a_name_held_against_the_frames_never_has_good_image_beside_it():
+    """Every slot captured, the probe moved off the view it named: its name is held,
+    dimmed, for a few frames. Before, "Good image: hold still" stood beside it."""
+    for exam in (head_exam(captured=True), head_exam(), None):
+        for plane in ("Femur", "Brain (Tv.)"):
+            said = instruction(plane, None, None, True, exam)
+            assert said == {"key": "instruction.moving", "text": None, "class": "idle"}, \
+                (plane, exam and exam["captured"], said)
+
+
+def test_a_hostile_exam_copy_asks_for_nothing_rather_than_failing():
+    for exam in ({"running": True}, {"running": True, "checklist": None},
+                 {"running": True, "checklist": ["x", 3, None]},
+                 {"running": True, "checklist": [{"captured": False}]}):
+        said = instruction("Abdominal", None, None, False, exam)
+        assert said["key"] == "instruction.good", said
+    said = instruction("Abdominal", None, None, False,
+                       {"running": True, "checklist": [{"plane": "Femur", "captured": False}]})
+    assert said["slots"] == ["Femur"]
+
+
+def test_the_frame_header_the_page_reads_carries_the_instruction_with_its_catalog_key():
+    """The server's header (the stream's and the state's alike) sends the decision."""
+    view = LiveView()
+    view.exam = head_exam()
+    record = {"ts": time.time(), "plane": "Abdominal", "plane_confidence": 1.0,
+              "quality": {"score": 0.9}}
+    header = frame_header(record, Shown("Abdominal", 0.9, None, None), 1, 90, False,
+                          None, view.exam)
+    assert header["shown"]["instruction"]["key"] == "instruction.off_list"
+    assert header["shown"]["instruction"]["slots"] == [HEAD]
+    rules = load_rules()
+    gain = next(rule for rule in rules.criteria if rule.name == "gain")
+    header = frame_header(record, Shown("Abdominal", 0.3, "gain", gain.message_high), 2,
+                          None, True, rules, view.exam)
+    said = header["shown"]["instruction"]
+    assert said == {"key": header["shown"]["key"], "text": gain.message_high, "class": "fix"}
+    assert said["key"] == "quality.gain.high"
+    header = frame_header(record, Shown("Femur", 0.9, None, None), 3, None, True, rules,
+                          head_exam(captured=True))
+    assert header["shown"]["instruction"]["key"] == "instruction.moving"
+
+
+def test_every_instruction_the_box_sends_is_in_every_catalog_shipped():
+    """The page's catalog check (tests/test_page_s19.py) reads the keys in app.js; these
+    are the box's now, so they are checked here: a key missing would show the key."""
+    said = [instruction("Abdominal", None, None, False, head_exam()),
+            instruction("Brain (Tv.)", None, None, False, head_exam()),
+            instruction("Femur", None, None, True, head_exam())]
+    keys = {s["key"] for s in said}
+    assert keys == {"instruction.off_list", "instruction.good", "instruction.moving"}
+    for path in sorted(CATALOG_DIR.glob("*.json")):
+        catalog = json.loads(path.read_text())
+        assert keys <= set(catalog), (path.name, keys - set(catalog))
+        assert "{plane}" in catalog["instruction.off_list"] and \
+            "{slots}" in catalog["instruction.off_list"], path.name
