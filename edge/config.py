@@ -51,6 +51,10 @@ MAX_FRAME_PIXELS = MAX_CAPTURE_SIDE ** 2
 # Reopens of a lost grabber: at the 30 s default backoff 100,000 is about a month; "for
 # ever" is said with -1.
 MAX_REOPEN_ATTEMPTS = 100_000
+# Reopens of a lost grabber in `run --once` where the config says "for ever" (-1): a run
+# that is to end does not wait a month for a cable; at the 0.5 s first backoff, doubling,
+# 5 reopens are about 15 s.
+ONCE_REOPEN_ATTEMPTS = 5
 # loop.max_frames: a billion frames is a year at 30 fps; "until the source ends" is 0.
 MAX_LOOP_FRAMES = 1_000_000_000
 # loop.roi_refresh_frames: 100,000 frames is about an hour at 30 fps; a changed screen
@@ -246,7 +250,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict] | None = 
     data: dict = {}
     label = "command line"
     if path is not None:
-        label = shown_path(path)
+        label = shown_path(Path(path))
         try:
             data = read_toml_bounded(Path(path), MAX_CONFIG_BYTES)
         except FileNotFoundError:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edge.capture.clock import WallSteps, booted_ts
-from edge.capture.sources import LiveSettings, Source, narrowing, open_source
-from edge.config import Settings, frame_limits
+from edge.capture.sources import LiveSettings, Source, SourceError, narrowing, open_source
+from edge.config import ONCE_REOPEN_ATTEMPTS, Settings, frame_limits
 from edge.exam.feedback import SteadyFeedback
 from edge.exam.protocol import (
     ProtocolError,
@@ -45,21 +45,29 @@ from edge.store.state import StateLock, prepare_state_dir
 from edge.uplink.mqtt import Uplink
 from edge.web.clock import last_set
 from wire.schema import number_or_none
+from wire.shown import shown_path
 
 log = logging.getLogger(__name__)
 
 
-def live_settings(settings: Settings) -> LiveSettings:
+def live_settings(settings: Settings, once: bool = False) -> LiveSettings:
     """The long-running loop's live source: a grabber absent at start is waited for, as one
     unplugged later is. A box often boots before its capture dongle is plugged in; refusing
     to start kept the midwife's page down (systemd restarting the service every 2 s) where
-    it should say "no signal"."""
+    it should say "no signal". Each wait is at most `backoff_max_s` (validated: an hour).
+
+    `once` (`run --once`) is a run that is to end: a grabber absent at start is one line
+    at once (`v4l2:99` waited for ever), and one lost on the way is reopened at most
+    ONCE_REOPEN_ATTEMPTS times where the config says for ever."""
     src = settings.source
+    attempts = None if src.max_reopen_attempts < 0 else src.max_reopen_attempts
+    if once and attempts is None:
+        attempts = ONCE_REOPEN_ATTEMPTS
     return LiveSettings(
-        wait_for_device=True,
+        wait_for_device=not once,
         backoff_initial_s=src.backoff_initial_s,
         backoff_max_s=max(src.backoff_max_s, src.backoff_initial_s),
-        max_reopen_attempts=None if src.max_reopen_attempts < 0 else src.max_reopen_attempts,
+        max_reopen_attempts=attempts,
         width=src.width or None, height=src.height or None, fps=src.fps or None,
         limits=frame_limits(settings))
 
@@ -481,7 +489,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     tell_district_since(settings, journal, uplink)
     # The demo plays at its own frame rate, as a scanner would; files run as fast as they can.
     spec = settings.source.spec
-    source = open_source(spec, live=live_settings(settings),
+    source = open_source(spec, live=live_settings(settings, once),
                          pace=spec == "demo" or settings.source.pace)
     if source.demo is not None and source.demo.kind == "phantom":
         echo(f"demo source is a generated phantom: {source.demo.description}")
@@ -664,4 +672,7 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         if models_switched.is_set():
             echo(f"models switched to bundle {fleet.status()['bundle']}: starting again")
             return RESTART_EXIT
+    if once and getattr(source, "gave_up", False):  # a run to end: its grabber was lost
+        raise SourceError(f"{shown_path(source.name)}: the grabber was lost and did not "
+                          f"come back after {source.settings.max_reopen_attempts} reopens")
     return 0

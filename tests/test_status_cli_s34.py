@@ -85,8 +85,9 @@ def test_a_state_dir_that_is_not_there_is_one_line_saying_where_it_came_from(tmp
     env.pop("SONOEDGE_STATE_DIR", None)
     config = tmp_path / "device.toml"
     config.write_text(f'[device]\nstate_dir = "{tmp_path / "gone"}"\n')
-    default = ("state: no such folder (the default state dir; the box's is in its config: "
-               "give --config FILE or --state-dir DIR)")
+    # the default's name made absolute: the line is read later, in a log, elsewhere
+    default = (f"{tmp_path / 'state'}: no such folder (the default state dir; the box's is "
+               "in its config: give --config FILE or --state-dir DIR)")
     configured = f"{tmp_path / 'gone'}: no such folder ({config}: [device] state_dir)"
     for args, said in (((), default), (("--config", str(config)), configured)):
         for verb in ("status", "outbox"):

@@ -38,7 +38,17 @@ def printable(text: str) -> str:
 def shown_path(path: object, limit: int | None = 200) -> str:
     """A path or source spec as one line of at most about `limit` characters: bytes that
     are not UTF-8 and control characters (a newline) as \\xNN, a very long one cut in its
-    middle, keeping its start and its end (the file name); `limit` None never cuts."""
+    middle, keeping its start and its end (the file name); `limit` None never cuts.
+
+    A path (a `Path`, not a spec's text such as `v4l2:0`) is shown absolute: an installer
+    reads the line later, in a log, from another folder, where `./device.toml` names
+    nothing. Made absolute from the current folder as written (`os.path.abspath`), links
+    not followed and nothing asked of the file system: the name given, not another one."""
+    if isinstance(path, os.PathLike):
+        try:
+            path = os.path.abspath(path)
+        except (OSError, ValueError):  # the current folder removed under the process
+            pass
     text = printable(os.fsencode(str(path)).decode("utf-8", "backslashreplace"))
     if limit is not None and len(text) > limit:
         half = limit // 2 - 2

@@ -215,7 +215,7 @@ class VideoFileSource(Source):
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"{shown_path(str(path))}: cannot open video (corrupt or "
+            raise SourceError(f"{shown_path(path)}: cannot open video (corrupt or "
                               "unsupported codec)")
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
         height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
@@ -498,6 +498,7 @@ class LiveSource(Source):
         self.reshape: Reshape | None = None  # before `prepare`, on the same thread
         self._done = False
         self.end_reason: str | None = None
+        self.gave_up = False  # ended after max_reopen_attempts failed reopens
         self.frames_grabbed = 0
         self.open_attempts = 0
         self.delays: deque[float] = deque(maxlen=32)  # recent backoff waits, for status/tests
@@ -534,6 +535,7 @@ class LiveSource(Source):
                 if cap is None:
                     failures += 1
                     if s.max_reopen_attempts is not None and failures > s.max_reopen_attempts:
+                        self.gave_up = True
                         self._finish(f"{self.name}: giving up after {failures - 1} reopen"
                                      " attempts")
                         return
@@ -742,7 +744,7 @@ def list_folder_images(folder: Path) -> list[Path]:
     Anything named like an image that is not a folder is a frame: a link whose image went
     missing, or a pipe, then says why it gave no image (`decode_image_file`), where a
     regular-files-only listing dropped it without a word."""
-    shown = shown_path(str(folder))
+    shown = shown_path(Path(folder))
     try:
         listed = sorted(folder.iterdir())
         folders = [p.name for p in listed if p.is_dir()]
@@ -772,7 +774,7 @@ def _open_file_spec(spec: str, *, pace: bool = False,
     if not str(spec).strip():  # Path("") is the current folder: `score ""` scored it
         raise SourceError(f"{shown_path(spec)!r}: an empty path names no file or folder")
     path = Path(spec)
-    shown = shown_path(spec)
+    shown = shown_path(path)
     try:
         found = path.exists()
     except OSError as e:  # a name longer than the file system takes, and the like
