@@ -55,8 +55,21 @@ def test_a_good_image_of_a_plane_the_exam_takes_is_good_to_hold():
     # no exam running (none yet, or the last one ended): no list to hold the plane to
     assert instruction("Abdominal", None, None, False, head_exam(running=False)) == good
     assert instruction("Abdominal", None, None, False, None) == good
-    # the plane model abstaining names no plane to send her from
-    assert instruction("uncertain", None, None, False, head_exam()) == good
+
+
+def test_no_view_named_is_never_a_good_image_to_hold():
+    """The plane model abstaining ("Searching...") over a clean image said "Good image: hold
+    still" under a name that names nothing: she held a view the box could not name. Now it
+    asks her to move slowly, naming what the running exam still wants."""
+    for plane in ("uncertain", None):
+        assert instruction(plane, None, None, False, head_exam()) == {
+            "key": "instruction.find", "text": None, "class": "idle", "slots": [HEAD]}
+        for exam in (head_exam(captured=True), head_exam(running=False), None):
+            assert instruction(plane, None, None, False, exam) == {
+                "key": "instruction.searching", "text": None, "class": "idle"}
+    # the quality audit's own instruction still comes first
+    said = instruction("uncertain", "Zoom in", "quality.size.low", False, head_exam())
+    assert said == {"key": "quality.size.low", "text": "Zoom in", "class": "fix"}
 
 
 def test_the_quality_audits_instruction_comes_first():
@@ -114,11 +127,15 @@ def test_every_instruction_the_box_sends_is_in_every_catalog_shipped():
     are the box's now, so they are checked here: a key missing would show the key."""
     said = [instruction("Abdominal", None, None, False, head_exam()),
             instruction("Brain (Tv.)", None, None, False, head_exam()),
-            instruction("Femur", None, None, True, head_exam())]
+            instruction("Femur", None, None, True, head_exam()),
+            instruction("uncertain", None, None, False, head_exam()),
+            instruction(None, None, None, False, None)]
     keys = {s["key"] for s in said}
-    assert keys == {"instruction.off_list", "instruction.good", "instruction.moving"}
+    assert keys == {"instruction.off_list", "instruction.good", "instruction.moving",
+                    "instruction.find", "instruction.searching"}
     for path in sorted(CATALOG_DIR.glob("*.json")):
         catalog = json.loads(path.read_text())
         assert keys <= set(catalog), (path.name, keys - set(catalog))
         assert "{plane}" in catalog["instruction.off_list"] and \
             "{slots}" in catalog["instruction.off_list"], path.name
+        assert "{slots}" in catalog["instruction.find"], path.name

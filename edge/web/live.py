@@ -248,6 +248,13 @@ def instruction(plane: str | None, message: str | None, key: str | None, held: b
         return {"key": key, "text": message, "class": "fix"}
     if held and plane not in (None, UNCERTAIN):
         return {"key": "instruction.moving", "text": None, "class": "idle"}
+    if plane in (None, UNCERTAIN):
+        # no view named (the plane model abstains: "Searching..."): not a good image to
+        # hold, whatever its quality; the slots still to find where an exam runs
+        wanted = slots_still_wanted("", exam, every=True)
+        if wanted:
+            return {"key": "instruction.find", "text": None, "class": "idle", "slots": wanted}
+        return {"key": "instruction.searching", "text": None, "class": "idle"}
     wanted = slots_still_wanted(plane, exam)
     if wanted:
         return {"key": "instruction.off_list", "text": None, "class": "fix", "plane": plane,
@@ -255,13 +262,16 @@ def instruction(plane: str | None, message: str | None, key: str | None, held: b
     return {"key": "instruction.good", "text": None, "class": "good"}
 
 
-def slots_still_wanted(plane: str | None, exam: dict | None) -> list[str]:
+def slots_still_wanted(plane: str | None, exam: dict | None, every: bool = False
+                       ) -> list[str]:
     """The running exam's slots still to capture (their plane labels, in the checklist's
-    order) when `plane` is on none of its slots; else none."""
-    if not plane or plane == UNCERTAIN or not exam or not exam.get("running"):
+    order) when `plane` is on none of its slots; else none. `every`: whatever the plane."""
+    if not every and (not plane or plane == UNCERTAIN):
+        return []
+    if not exam or not exam.get("running"):
         return []
     rows = [row for row in exam.get("checklist") or () if isinstance(row, dict)]
-    if any(plane in (row.get("accepts") or [row.get("plane")]) for row in rows):
+    if not every and any(plane in (row.get("accepts") or [row.get("plane")]) for row in rows):
         return []
     return [row["plane"] for row in rows
             if not row.get("captured") and isinstance(row.get("plane"), str)]
