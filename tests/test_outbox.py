@@ -90,6 +90,34 @@ def test_a_refused_message_is_kept_but_no_longer_blocks_the_queue(tmp_path):
     assert box.retry_rejected() == 1 and len(box.pending(10)) == 2
 
 
+def test_her_refused_exams_and_corrections_are_counted_for_her_chip_and_health_is_not(
+        tmp_path):
+    """The midwife's uplink chip (`exam_counts`) counts her exams and corrections the broker
+    refused (none reaches the district until `--retry-rejected`), never the box's health
+    messages refused beside them; `sonoedge status` (`counts_of`) counts every refused
+    message and her exams among them. Across a reopen, and back to none after the retry."""
+    box = open_outbox(tmp_path)
+    exam = box.enqueue("exam", exam_body())
+    dates = box.enqueue("dates", messages.build_dates(
+        messages.envelope("dates", "dev-a", "c1", "boot"), "e1", 25.29, 1000.0))
+    health = [box.enqueue("health", health_body(i)) for i in range(3)]
+    box.enqueue("exam", exam_body())  # still to go
+    for msg in (exam, dates, *health):
+        box.reject(msg.msg_id, "broker refused: Not authorized")
+    assert box.exam_counts()["rejected"] == 2 and box.exam_counts()["pending"] == 1
+    box.close()
+    box = open_outbox(tmp_path)
+    counts = box.exam_counts()
+    assert (counts["rejected"], counts["pending"], counts["awaiting_receipt"]) == (2, 1, 0)
+    assert (box.counts()["rejected"], box.counts()["rejected_exams"]) == (5, 2)
+    assert box.retry_rejected() == 5
+    assert box.exam_counts()["rejected"] == 0 and box.exam_counts()["pending"] == 3
+    assert box.counts()["rejected_exams"] == 0
+    # a state no send takes (a damaged or hand-edited row) is never sent: counted alike
+    box._db.execute("UPDATE outbox SET state = 'lost' WHERE msg_id = ?", (exam.msg_id,))
+    assert box.exam_counts()["rejected"] == 1 and box.counts()["rejected_exams"] == 1
+
+
 def test_bad_input_is_refused_with_a_clear_error(tmp_path):
     box = open_outbox(tmp_path, quota_bytes=2000)
     with pytest.raises(OutboxError, match="kind must be one of"):

@@ -53,7 +53,7 @@ def test_exams_gone_on_puback_before_any_receipt_wait_for_their_own_receipt(tmp_
     assert box.pending_count() == 0 and box.awaiting_receipt_count() == 0
     box.receipt(["not-one-of-ours"])
     assert box.exam_counts() == {"pending": 0, "awaiting_receipt": 0, "unconfirmed": 2,
-                                 "unconfirmed_old": 0, "receipts_seen": True}
+                                 "unconfirmed_old": 0, "rejected": 0, "receipts_seen": True}
     box.close()
     box = open_outbox(tmp_path)
     box.receipt([second])
@@ -82,7 +82,8 @@ def test_the_ids_kept_are_bounded_and_those_past_the_bound_still_count(tmp_path,
         small.enqueue("exam", exam_body())
     assert small.drop_report()["exam"] == 1
     assert small.exam_counts() == {"pending": 2, "awaiting_receipt": 0, "unconfirmed": 1,
-                                   "unconfirmed_old": 0, "receipts_seen": False}
+                                   "unconfirmed_old": 0, "rejected": 0,
+                                   "receipts_seen": False}
 
 
 def test_an_exam_gone_without_a_receipt_is_waited_for_a_week_then_counted_apart(tmp_path):

@@ -621,6 +621,8 @@ def _label_lines(page, view, label: str) -> int:
 UPLINK_STATES = [dict(enabled=False, connected=False, pending=9999),
                  dict(enabled=True, connected=False, pending=9999),
                  dict(enabled=True, connected=True, pending=9999),
+                 # her exams the broker refused (the box not authorised): said in red
+                 dict(enabled=True, connected=True, pending=0, rejected=9999),
                  dict(enabled=True, connected=True, pending=0, receipts_seen=False),
                  dict(enabled=True, connected=True, pending=0, awaiting_receipt=9999,
                       receipts_seen=True),

@@ -267,6 +267,12 @@ def status_main(argv: list[str]) -> int:
           f"quota used {box.get('used_bytes', '?')}/"
           f"{box.get('quota_bytes', '?')} bytes; dropped {box.get('dropped_health', 0)} "
           f"health, {box.get('dropped_exam', 0)} exam")
+    if box.get("rejected"):  # never sent again by themselves: said with the fix
+        exams = box.get("rejected_exams")
+        among = "" if exams is None else f", {exams} of them exams or corrections"
+        print(f"refused by the broker: {box['rejected']} message(s){among}; none reaches the "
+              "district: mend the box's MQTT credentials, its device id or the broker's ACL, "
+              "then run `sonoedge outbox --retry-rejected`")
     print(f"status written {_age(status.get('updated_ts'))} ago")
     return 0
 

@@ -749,7 +749,10 @@ class Outbox:
         kept until the district's receipt; `unconfirmed`: gone without one
         (`_unconfirmed`) within UNCONFIRMED_WAIT_S; `unconfirmed_old`: gone without one
         longer ago, or forgotten past UNCONFIRMED_MAX (never counted as confirmed, no longer
-        waited for); `receipts_seen`: whether the district ever sent a receipt. One read."""
+        waited for); `rejected`: refused by the broker (`reject`: most often the box not
+        authorised for its topic), never sent again until `retry_rejected`, so none reaches
+        the district (a state no send takes counts too, as in `counts_of`);
+        `receipts_seen`: whether the district ever sent a receipt. One read."""
         marks = ",".join("?" * len(EXAM_KINDS))
         cutoff = (time.time() if now is None else now) - UNCONFIRMED_WAIT_S
         with self._lock:
@@ -762,6 +765,7 @@ class Outbox:
             forgotten, receipts = self._meta("unconfirmed_forgotten", "receipts")
         return {"pending": per.get("pending", 0), "awaiting_receipt": per.get("sent", 0),
                 "unconfirmed": recent, "unconfirmed_old": every - recent + forgotten,
+                "rejected": sum(n for st, n in per.items() if st not in ("pending", "sent")),
                 "receipts_seen": receipts == 1}
 
     def awaiting_receipt_count(self) -> int:
@@ -877,7 +881,9 @@ def counts_of(conn: sqlite3.Connection) -> dict:
     text counter is 0, a size of 1e308 counts as none. `used_bytes`: payload and row
     overhead, as the quota counts them; `by_kind`: "state/kind" -> messages;
     `awaiting_receipt`: sent, kept until the district's receipt (`Outbox.receipt`);
-    `unconfirmed`: exams and corrections gone without one (`Outbox.exam_counts`)."""
+    `unconfirmed`: exams and corrections gone without one (`Outbox.exam_counts`);
+    `rejected`: messages the broker refused, `rejected_exams` the exams and corrections
+    among them (as the midwife's chip counts them)."""
     per: dict[tuple[str, str], tuple[int, int]] = {
         (str(kind), str(state)): (int(n), _bytes(size)) for kind, state, n, size in
         conn.execute("SELECT kind, state, COUNT(*), TOTAL(size) FROM outbox "
@@ -903,6 +909,8 @@ def counts_of(conn: sqlite3.Connection) -> dict:
             "unconfirmed": gone + counter("unconfirmed_forgotten"),
             "rejected": sum(n for (_, st), (n, _) in per.items()
                             if st not in ("pending", "sent")),
+            "rejected_exams": sum(n for (k, st), (n, _) in per.items()
+                                  if st not in ("pending", "sent") and k in EXAM_KINDS),
             "used_bytes": sum(size + n * ROW_OVERHEAD_BYTES for n, size in per.values()),
             "payload_bytes": sum(size for _, size in per.values()),
             "by_kind": {f"{st}/{k}": n for (k, st), (n, _) in sorted(per.items())},

@@ -227,7 +227,7 @@ _STATUS_FIELDS = {
 # from, so it must be one an outbox may take (`seq_ok`: an integer up to SEQ_FLOOR_MAX)
 _OUTBOX_FIELDS = {**{name: _count for name in (
     "pending", "pending_exam", "pending_health", "rejected", "used_bytes", "quota_bytes",
-    "dropped_health", "dropped_exam", "awaiting_receipt", "unconfirmed")},
+    "dropped_health", "dropped_exam", "awaiting_receipt", "unconfirmed", "rejected_exams")},
     "last_seq": seq_ok}
 
 

@@ -1076,12 +1076,13 @@ class WebServer:
         else:
             status = uplink.status()
             try:  # her exams and corrections (never health): to go, sent and kept until
-                # the district's receipt (wire/receipt.py), gone without one; whether one
-                # ever came: only then can the page say "confirmed"
+                # the district's receipt (wire/receipt.py), gone without one, refused by
+                # the broker (none reaches the district); whether a receipt ever came:
+                # only then can the page say "confirmed"
                 counts = uplink.outbox.exam_counts()
             except Exception:  # a closed outbox at shutdown
                 counts = dict.fromkeys(("pending", "awaiting_receipt", "unconfirmed",
-                                        "unconfirmed_old", "receipts_seen"))
+                                        "unconfirmed_old", "rejected", "receipts_seen"))
             out["uplink"] = {"enabled": bool(status.get("enabled")),
                              "connected": bool(status.get("connected")), **counts,
                              "broker": status.get("broker") or ""}

@@ -630,14 +630,20 @@ function chip(id, text, cls, title) {
 // Its counts are her exams and their corrections, never the box's health messages; one
 // gone from the box without its receipt (sent before the district's receipts began) stays
 // not confirmed until its receipt comes. The title gives a supervisor the exact counts.
+// Exams the broker refused (the box not authorised for its topic: its credentials or the
+// ACL set up wrong) are never sent again by themselves: whatever else is true, the chip
+// says so in red, for her to call the installer, and its title names his fix.
 function uplinkChip(up) {
   if (!up) return [""];
   const queued = up.pending ?? 0, sent = up.awaiting_receipt ?? 0,
-    gone = up.unconfirmed ?? 0, old = up.unconfirmed_old ?? 0, waiting = sent + gone;
-  const title = up.receipts_seen
+    gone = up.unconfirmed ?? 0, old = up.unconfirmed_old ?? 0, waiting = sent + gone,
+    refused = up.rejected ?? 0;
+  const title = (up.receipts_seen
     ? t("status.uplink_counts", { q: queued, w: sent, u: gone }) +
       (old ? ` · ${t("status.uplink_counts_old", { o: old })}` : "")
-    : t("status.uplink_counts_no_receipts", { q: queued });
+    : t("status.uplink_counts_no_receipts", { q: queued })) +
+    (refused ? ` · ${t("status.uplink_counts_refused", { r: refused })}` : "");
+  if (refused > 0) return [t("status.uplink_refused", { n: refused }), "bad", title];
   if (!up.enabled) return [t("status.uplink_off", { n: queued }), "", title];
   if (!up.connected) return [t("status.offline", { n: queued }), "warn", title];
   if (queued > 0) return [t("status.uplink_sending", { n: queued }), "", title];
