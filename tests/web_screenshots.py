@@ -29,7 +29,8 @@ SIZES = {"phone": {"width": 390, "height": 844}, "tablet": {"width": 1280, "heig
 
 # a plane the exam does not measure the head on, shown live after the exam measured one
 NOT_A_HEAD = """() => { const h = window.sonoedge.lastHeader, s = window.sonoedge.lastState;
-  return !!(h && h.shown && h.shown.plane && !h.ellipse && s && s.exam && s.exam.biometry &&
+  return !!(h && h.shown && h.shown.plane && !h.shown.held && !h.ellipse && s && s.exam &&
+            s.exam.biometry &&
             s.status.phase === "running" && !s.protocol.head_planes.includes(h.shown.plane)); }"""
 
 
