@@ -22,7 +22,9 @@ FAN_HEADS = ("200_HC.png", "250_HC.png", "299_HC.png", "359_HC.png", "438_HC.png
              "519_HC.png")
 
 
-def _stretched_clip(data_dir, dest, rounds: int = 4, per_head: int = 10):
+def _stretched_clip(data_dir, dest, rounds: int = 2, per_head: int = 10):
+    """Black, then the fan heads stretched to 16:9: the box's verdict comes from a few of
+    its first fan frames (every 5th read), long before the second round ends."""
     rng = np.random.default_rng(7)
     frames = [np.zeros((720, 1280, 3), np.uint8)] * 15
     for _ in range(rounds):
@@ -38,12 +40,19 @@ def _stretched_clip(data_dir, dest, rounds: int = 4, per_head: int = 10):
     return dest
 
 
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One Chromium for the module: each test opens its own tab on its own box (a box on
+    another port knows no other box's session, so each tab enters the PIN)."""
+    with chromium(tmp_path_factory.mktemp("stretch-browser")) as context:
+        yield context
+
+
 def test_heads_on_a_stretched_picture_are_not_measured_and_the_card_says_why(
-        tmp_path, data_dir):
+        tmp_path, data_dir, browser):
     clip = _stretched_clip(data_dir, tmp_path / "stretched.avi")
-    with chromium(tmp_path) as context, device(tmp_path, clip, pixel_size_mm=0.15) as (
-            base, _):
-        page = unlocked_page(context, base)
+    with device(tmp_path, clip, pixel_size_mm=0.15) as (base, _):
+        page = unlocked_page(browser, base)
         page.wait_for_function(
             "() => { const s = window.sonoedge.lastState, b = s && s.exam && s.exam.biometry;"
             " return b && b.declined && b.declined.screen_stretched > 0 && !b.measured; }",
@@ -58,6 +67,7 @@ def test_heads_on_a_stretched_picture_are_not_measured_and_the_card_says_why(
             "fan is not the shape it has on the scanner), so every head would measure "
             "wrong. Ask for the box's video grabber to be set to keep the scanner's picture "
             "shape (for example 4:3, not 16:9).")
+        page.close()
     log = (tmp_path / "device.log").read_text()
     assert ("screen shape: checked on the probe's fan every 30 frames (every 5 for a new "
             "screen's first 450)") in log
@@ -69,9 +79,10 @@ def test_heads_on_a_stretched_picture_are_not_measured_and_the_card_says_why(
     assert entry["stretch"] == pytest.approx(4 / 3, abs=0.03)
 
 
-def _zoomed_in_clip(data_dir, dest, frames: int = 90):
+def _zoomed_in_clip(data_dir, dest, frames: int = 45):
     """A Voluson transthalamic head whose fan is cut by the image (the scanner zoomed in):
-    no frame can show the box the fan's shape."""
+    no frame can show the box the fan's shape. Three seconds of it: its heads are measured
+    within the first, and the test waits for the recording's end to end the exam."""
     rng = np.random.default_rng(11)
     image = cv2.imread(str(data_dir / "planes" / "images" / "Patient01715_Plane3_2_of_3.png"))
     writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (960, 720))
@@ -84,14 +95,13 @@ def _zoomed_in_clip(data_dir, dest, frames: int = 90):
 
 
 def test_heads_measured_before_the_shape_could_be_checked_say_so_on_the_card_and_report(
-        tmp_path, data_dir):
+        tmp_path, data_dir, browser):
     """A scanner kept zoomed in never shows its whole fan, so the box cannot see a stretch:
     the heads are measured, and the card and the report say the shape was not checked and
     how to let the box check it, where before the figures looked checked."""
     clip = _zoomed_in_clip(data_dir, tmp_path / "zoomed.avi")
-    with chromium(tmp_path) as context, device(tmp_path, clip, pixel_size_mm=0.15) as (
-            base, _):
-        page = unlocked_page(context, base)
+    with device(tmp_path, clip, pixel_size_mm=0.15) as (base, _):
+        page = unlocked_page(browser, base)
         page.wait_for_function(
             "() => { const s = window.sonoedge.lastState, b = s && s.exam && s.exam.biometry;"
             " return b && b.measured > 0 && b.shape === 'unchecked'; }", **POLL)
@@ -106,3 +116,4 @@ def test_heads_measured_before_the_shape_could_be_checked_say_so_on_the_card_and
         exam_id = page.evaluate("() => window.sonoedge.lastState.exam.exam_id")
         page.goto(f"{base}/report/{exam_id}")
         assert "The picture's shape was not checked for these heads" in page.content()
+        page.close()

@@ -26,7 +26,7 @@ import pytest
 
 from edge.store.outbox import OUTBOX_FILE, counts_of
 from tests.servers import Mosquitto
-from tests.test_page_uplink_receipts import chip_reads, exam_ended, say, title
+from tests.test_page_uplink_receipts import CLIP, chip_reads, exam_ended, say, title
 from tests.test_receipts import RECEIPTS, _client, _close, _receipt
 from tests.test_uplink_scenarios import publish_wait
 from tests.web_harness import chromium, device, login_cookie, make_clip, unlocked_page
@@ -35,18 +35,23 @@ from wire.schema import sqlite_uri
 
 pytest.importorskip("playwright.sync_api")
 DEVICE = "dev-a"
+# A health message every second; and back online within a second of the broker's return
+# (the default backoff grows to a minute while it is down: waiting, not what is tested).
+MQTT_EXTRA = "health_interval_s = 1.0\nreconnect_max_s = 1.0"
 
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory, data_dir):
-    """The broker, the district's plain subscriber, the clip (~60 s of real frames) and a
-    browser; `run(name)` starts the box on its one state folder (`stop()` stops it)."""
+    """The broker, the district's plain subscriber, the clip (~60 s of real frames, at
+    the receipts' `CLIP` rate) and one browser; `run(name)` starts the box on its one state
+    folder and opens a tab on its page (`stop()` closes both; the box restarted knows no
+    session of the box before, so the new tab enters the PIN)."""
     tmp = tmp_path_factory.mktemp("uplinkcounts")
     broker = Mosquitto(tmp / "broker")
     broker.add_user(DEVICE, "device")
     broker.add_user("central", "central")
     broker.start()
-    clip = make_clip(data_dir, tmp / "clip.avi", black_s=1.0, rounds=10)
+    clip = make_clip(data_dir, tmp / "clip.avi", black_s=1.0, rounds=8, **CLIP)
     box = {"broker": broker, "tmp": tmp}
     district(box)
     runs = contextlib.ExitStack()
@@ -55,15 +60,18 @@ def box(tmp_path_factory, data_dir):
         runs.close()  # the run before, had its test failed before stopping it
         base, _ = runs.enter_context(device(
             tmp, clip, log_name=f"{name}.log", mqtt_url=broker.url(DEVICE), device_id=DEVICE,
-            mqtt_extra="health_interval_s = 1.0"))
-        context = runs.enter_context(chromium(tmp / name))
-        box.update(base=base, cookie=login_cookie(base), page=unlocked_page(context, base))
+            mqtt_extra=MQTT_EXTRA))
+        cookie = login_cookie(base)
+        page = unlocked_page(box["browser"], base)
+        runs.callback(page.close)
+        box.update(base=base, cookie=cookie, page=page)
 
     box.update(run=run, stop=runs.close)
     try:
-        yield box
+        with chromium(tmp) as browser, runs:
+            box["browser"] = browser
+            yield box
     finally:
-        runs.close()
         _close(box["central"])
         broker.stop()
 

@@ -15,11 +15,18 @@ import json
 import sqlite3
 import time
 import urllib.request
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
-from tests.test_web_exams import two_exam_clip
+from tests.test_web_exams import FPS
 from tests.web_harness import (
+    HEADS,
+    SCREEN_H,
+    SCREEN_W,
+    _screen,
     chromium,
     client_ssl,
     device,
@@ -33,13 +40,42 @@ from wire.schema import validate_payload
 pytest.importorskip("playwright")
 POLL = {"timeout": 90_000, "polling": 250}
 TABLET = {"width": 1280, "height": 800}
+PER_HEAD = 6  # frames of each head: an exam is begun by its first, and a withdrawal
+# needs two kept exams, not many frames of them (the clip plays at its own rate)
+END_GAP_S = 3.0  # the box's [exam] end_gap_s here (the harness's is 5 s): a shorter gap
+GAP_S = END_GAP_S + 2.0  # without ultrasound, 2 s longer (tests/test_web_exams.py's margin)
+
+
+def two_exams(data_dir: Path, dest: Path) -> Path:
+    """Half a second of black, three heads, a gap with no image longer than the box's
+    `[exam] end_gap_s` (the first exam ends, as when the probe is lifted), three other
+    heads (the next woman's exam, ended with the recording): tests/test_web_exams.py's
+    clip with fewer frames of each head and a shorter gap."""
+    rng = np.random.default_rng(19)
+    black = np.zeros((SCREEN_H, SCREEN_W, 3), np.uint8)
+    frames = [black] * int(FPS / 2)
+    for i, group in enumerate((HEADS[:3], HEADS[3:])):
+        if i:
+            frames += [black] * int(GAP_S * FPS)
+        for name in group:
+            image = cv2.imread(str(data_dir / "hc18" / "images" / name))
+            frames += [_screen(image, rng, k > 0) for k in range(PER_HEAD)]
+    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), FPS,
+                             (SCREEN_W, SCREEN_H))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return dest
 
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory, data_dir):
+    """The box on the clip of two exams, played to its end, and a browser (started while
+    the clip plays)."""
     tmp = tmp_path_factory.mktemp("withdraw")
-    clip = two_exam_clip(data_dir, tmp / "clip.avi")
-    with device(tmp, clip) as (base, proc):
+    clip = two_exams(data_dir, tmp / "clip.avi")
+    with device(tmp, clip, end_gap_s=END_GAP_S) as (base, proc), chromium(tmp) as browser:
         state = tmp / "state"
         cookie = login_cookie(base)
 
@@ -48,9 +84,8 @@ def box(tmp_path_factory, data_dir):
             return status["phase"] == "ended" and len(exam_ids(state)) == 2
 
         wait_for(both_ended, 120, "the clip to end with two exams journaled", poll_s=0.5)
-        with chromium(tmp) as browser:
-            yield {"base": base, "proc": proc, "state": state, "cookie": cookie,
-                   "browser": browser, "exams": exam_ids(state)}
+        yield {"base": base, "proc": proc, "state": state, "cookie": cookie,
+               "browser": browser, "exams": exam_ids(state)}
 
 
 def _read(state, db_name: str, sql: str, args: tuple = ()) -> list[tuple]:

@@ -84,8 +84,10 @@ def test_the_midwife_withdraws_the_exam_she_just_ended_from_its_card_then_undoes
     page.check(f"{row} input[value='two_women']")
     page.check(f"{CARD} input[value='test_scan']")
     assert page.is_checked(f"{row} input[value='two_women']")
-    # the state comes every second: the card's reasons stay open, her choice with them
-    time.sleep(2.5)
+    # the state comes every second: two more drawn, the card's reasons stay open, her
+    # choice with them
+    states = page.evaluate("window.sonoedge.states")
+    page.wait_for_function(f"window.sonoedge.states >= {states + 2}", **POLL)
     assert page.is_visible(f"{CARD} fieldset.confirm")
     assert page.is_checked(f"{CARD} input[value='test_scan']")
     page.click(f"{row} button.cancel")

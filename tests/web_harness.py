@@ -95,10 +95,11 @@ def make_clip(data_dir: Path, dest: Path, fps: float = 15.0, black_s: float = 6.
 def write_config(path: Path, state_dir: Path, clip: Path, port: int, mqtt_port: int,
                  extra: str = "", pixel_size_mm: float = PIXEL_SIZE_MM,
                  ruler_tick_mm: float = 0.0, mqtt_url: str = "",
-                 device_id: str = "web-test", mqtt_extra: str = "") -> Path:
+                 device_id: str = "web-test", mqtt_extra: str = "",
+                 end_gap_s: float = 5.0) -> Path:
     """The device's config; its uplink to `mqtt_url` (a broker's, with the device's
     credentials), else to nothing listening on `mqtt_port`; `mqtt_extra`: more lines of
-    its `[mqtt]` table."""
+    its `[mqtt]` table; an exam ends after `end_gap_s` without ultrasound."""
     mqtt_url = mqtt_url or f"mqtt://127.0.0.1:{mqtt_port}"
     path.write_text(f"""
 [source]
@@ -122,7 +123,7 @@ clinic_id = "clinic-test"
 {mqtt_extra}
 
 [exam]
-end_gap_s = 5.0
+end_gap_s = {end_gap_s}
 
 [web]
 listen = "127.0.0.1:{port}"
@@ -170,11 +171,12 @@ def set_pin(state_dir: Path, pin: str = PIN) -> subprocess.CompletedProcess:
 @contextmanager
 def device(tmp: Path, clip: Path, extra_config: str = "", log_name: str = "device.log",
            tls: bool = True, pixel_size_mm: float = PIXEL_SIZE_MM, ruler_tick_mm: float = 0.0,
-           mqtt_url: str = "", device_id: str = "web-test", mqtt_extra: str = ""):
+           mqtt_url: str = "", device_id: str = "web-test", mqtt_extra: str = "",
+           end_gap_s: float = 5.0):
     """`sonoedge run` with the page on a free loopback port; yields (base_url, process).
     The broker port is free and closed (the uplink stays offline and queues), unless
     `mqtt_url` names a broker: the device then sends as `device_id` (`mqtt_extra`: more
-    lines of its `[mqtt]` table). The page is
+    lines of its `[mqtt]` table; `end_gap_s`: its `[exam] end_gap_s`). The page is
     https:// with the certificate the device makes (trusted by `http()`), or with `tls`
     false plain http:// (`[web] tls = "off"`)."""
     state = tmp / "state"
@@ -184,7 +186,8 @@ def device(tmp: Path, clip: Path, extra_config: str = "", log_name: str = "devic
     if not tls:
         extra_config = 'tls = "off"\n' + extra_config
     cfg = write_config(tmp / "device.toml", state, clip, port, free_port(), extra_config,
-                       pixel_size_mm, ruler_tick_mm, mqtt_url, device_id, mqtt_extra)
+                       pixel_size_mm, ruler_tick_mm, mqtt_url, device_id, mqtt_extra,
+                       end_gap_s)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = open(tmp / log_name, "w")
     proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(cfg)],
