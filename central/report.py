@@ -19,8 +19,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from central.dashboard.config import CLOCK_OFF_FLAG_S, UNREGISTERED
-from central.dashboard.pages import deficiency_label, withdrawal_words
+from central.dashboard.config import (
+    CLOCK_OFF_FLAG_S,
+    UNREGISTERED,
+    deficiency_label,
+    withdrawal_words,
+)
 from central.dashboard.queries import span
 from central.dashboard.store import (
     Withdrawal,

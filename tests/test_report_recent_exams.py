@@ -6,7 +6,7 @@ the midwife withdrew looked like the others, though no count above it holds it.
 
 Now: newest first by when each exam was done (the dashboard's `exam_day_of`: its end on
 the box, never after it arrived), ties by the later arrival; each fault in the words the
-dashboard's charts give it (`pages.deficiency_label`, one table); a withdrawn exam marked
+dashboard's charts give it (`config.deficiency_label`, one table); a withdrawn exam marked
 first on its line with the midwife's reason, in `--json` as `withdrawn` and
 `withdrawn_reason`; one withdrawn and then restored stands as any other.
 

@@ -261,6 +261,31 @@ DEFICIENCY_OTHER = "(other)"
 DEFICIENCY_OTHER_WORDS = "other (names this dashboard does not know)"  # the CSV, the hover
 # its bar's label: the words above are 262 px wide, past the chart's 214 px for a label
 DEFICIENCY_OTHER_LABEL = "Other (names not known here)"
+
+
+def deficiency_words(name: str) -> str:
+    """A criterion in the midwife's words, "" for a name she has none for; the rollup's one
+    row for the names the dashboard does not know (DEFICIENCY_OTHER) says what it is."""
+    if name == DEFICIENCY_OTHER:
+        return DEFICIENCY_OTHER_WORDS
+    return DEFICIENCY_WORDS.get(name, "")
+
+
+def deficiency_label(name: str) -> str:
+    """A criterion as a chart's bar or a report's line names it: the midwife's words, else
+    its own name with spaces (a name the dashboard does not know)."""
+    return deficiency_words(name) or name.replace("_", " ")
+
+
+# Why a midwife withdrew an exam (wire/schemas/withdrawal.schema.json's reasons), in the
+# words the pages and the report give it
+WITHDRAWAL_WORDS = {"mistake": "started by mistake", "test_scan": "a test scan",
+                    "wrong_woman": "the wrong woman", "two_women": "two women in one exam"}
+
+
+def withdrawal_words(reason: str) -> str:
+    """Why the midwife withdrew an exam, in words; a reason not known here as it came."""
+    return WITHDRAWAL_WORDS.get(reason, reason)
 # Protocols with a chart of their own on the completeness page, most exams first; a box
 # names its protocol, so their number has no bound but this. The CSV has them all.
 PROTOCOLS_SHOWN = 6

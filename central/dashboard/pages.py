@@ -861,28 +861,14 @@ def quality_svg(page: Q.QualityPage) -> str:
     return svg.done()
 
 
-def deficiency_words(name: str) -> str:
-    """A criterion in the midwife's words, "" for a name she has none for; the rollup's one
-    row for the names the dashboard does not know (C.DEFICIENCY_OTHER) says what it is."""
-    if name == C.DEFICIENCY_OTHER:
-        return C.DEFICIENCY_OTHER_WORDS
-    return C.DEFICIENCY_WORDS.get(name, "")
-
-
-def deficiency_label(name: str) -> str:
-    """A criterion as a chart's bar or a report's line names it: the midwife's words, else
-    its own name with spaces (a name the dashboard does not know)."""
-    return deficiency_words(name) or name.replace("_", " ")
-
-
 def deficiencies_svg(page: Q.QualityPage) -> str:
     rows = []
     for d in page.deficiencies:
         share = d.exams / page.exams if page.exams else None
         other = d.name == C.DEFICIENCY_OTHER
-        words = deficiency_words(d.name)
+        words = C.deficiency_words(d.name)
         rows.append({
-            "label": C.DEFICIENCY_OTHER_LABEL if other else deficiency_label(d.name),
+            "label": C.DEFICIENCY_OTHER_LABEL if other else C.deficiency_label(d.name),
             "title": words if other else f"{words or d.name} (criterion {d.name})",
             "value": share or 0.0, "note": f"{pct(share)}: {plural(d.exams, 'exam')}",
             "data": {"data_name": d.name, "data_exams": d.exams}})
@@ -969,7 +955,7 @@ def quality_clinics_table(page: Q.QualityPage) -> str:
 def deficiencies_csv(page: Q.QualityPage) -> str:
     return to_csv(["criterion", "exams_listing_it", "frames_failing", "exams_in_period",
                    "words"],
-                  [[d.name, d.exams, d.frames, page.exams, deficiency_words(d.name)]
+                  [[d.name, d.exams, d.frames, page.exams, C.deficiency_words(d.name)]
                    for d in page.deficiencies])
 
 
@@ -1340,20 +1326,10 @@ FIGURE_WORDS = {
     "setup_refused": "Exams whose heads the box's set-up refused (no head measured: "
                      "calibration, depth scale or picture shape)",
     "withdrawn": f"{WITHDRAWN_WORDS[:1].upper()}{WITHDRAWN_WORDS[1:]} (in no figure above)"}
-# Why a midwife withdrew an exam (wire/schemas/withdrawal.schema.json's reasons)
-WITHDRAWAL_WORDS = {"mistake": "started by mistake", "test_scan": "a test scan",
-                    "wrong_woman": "the wrong woman", "two_women": "two women in one exam"}
-
-
-def withdrawal_words(reason: str) -> str:
-    """Why the midwife withdrew an exam, in words; a reason not known here as it came."""
-    return WITHDRAWAL_WORDS.get(reason, reason)
-
-
 def figure_words(key: str) -> str:
     reason = key.removeprefix("withdrawn:")
     if reason != key:
-        return f"of those, {withdrawal_words(reason)}"
+        return f"of those, {C.withdrawal_words(reason)}"
     protocol = key.removeprefix("complete:")
     if protocol == key:
         return FIGURE_WORDS[key]
