@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Protocol
 
 from wire.mqtt import redact_url, topic_for
-from wire.schema import CLOCK_STEP_S, QUEUED_KINDS, TIME_FIELDS, finite_number
+from wire.schema import CLOCK_STEP_S, QUEUED_KINDS, TIME_FIELDS, finite_number, wall_ts_or_none
 from wire.shown import one_line, printable, read_failure, shown_path
 
 DEFAULT_DB = "sonoedge-central.sqlite3"
@@ -585,9 +585,16 @@ class Store:
         writes = ("SELECT device_id, kind, received_ts FROM messages WHERE received_ts >= ? "
                   "UNION ALL SELECT device_id, kind, received_ts FROM resent "
                   "WHERE received_ts >= ?")
-        return [(dev, kind, int(n), float(first)) for dev, kind, n, first in self.query(
-            f"SELECT device_id, kind, COUNT(*), MIN(received_ts) FROM ({writes}) w "
-            "GROUP BY device_id, kind", (since, since))]
+        out = []
+        for dev, kind, n, first in self.query(
+                f"SELECT device_id, kind, COUNT(*), MIN(received_ts) FROM ({writes}) w "
+                "GROUP BY device_id, kind", (since, since)):
+            # a received time that is no time (a damaged row: SQLite keeps a text where a
+            # number was) leaves its box's count at none, as before the seed, not the
+            # collector down with a traceback
+            if (first := wall_ts_or_none(first)) is not None:
+                out.append((dev, kind, int(n), first))
+        return out
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:

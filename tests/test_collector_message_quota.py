@@ -23,6 +23,7 @@ import ast
 import dataclasses
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -249,6 +250,31 @@ def test_a_restarted_collector_goes_on_from_the_windows_count_in_the_database(
     assert [r[1] for r in stored(url, "dev-b", ("exam",))] == [1, 2, 3]
     stats = final_stats(c.log_text())
     assert (stats["stored"], stats["withheld_over_quota"]) == (2, 1), stats
+
+
+def test_a_received_time_that_is_no_time_leaves_that_boxs_count_at_none(tmp_path):
+    """The count read at a collector's start took every row's received time for a number: a
+    damaged one (SQLite keeps a text where a number was) stopped the collector with a
+    traceback. That box's count now starts from none, as before the seed; the others are
+    read as they are."""
+    url = f"sqlite:///{tmp_path / 'central.sqlite3'}"
+    store = Store(url)
+    now = time.time()
+    try:
+        store.store([dataclasses.replace(row(message("exam", seq=1)), received_ts=now),
+                     dataclasses.replace(row(message("exam", device="dev-b", seq=1)),
+                                         received_ts=now)], [])
+    finally:
+        store.close()
+    db = sqlite3.connect(tmp_path / "central.sqlite3")
+    db.execute("UPDATE messages SET received_ts = 'later' WHERE device_id = 'dev-a'")
+    db.commit()
+    db.close()
+    store = Store(url)
+    try:
+        assert store.recent_writes(now - 60) == [("dev-b", "exam", 1, now)]
+    finally:
+        store.close()
 
 
 # -- the quota itself ----------------------------------------------------------------------------
