@@ -111,6 +111,9 @@ SEQ_FLOOR_MAX = 1 << 52
 # Kept alike under the quota: an exam's age-by-dates correction, or its withdrawal, is as
 # much the district's record as the exam itself, and far smaller.
 EXAM_KINDS = RECEIPTED_KINDS  # exam, dates, withdrawal: also the kinds kept until their receipt
+# The states a send still takes; any other ('rejected', or one a damaged database holds) is
+# refused: counted so by the status and the midwife's chip alike
+SENDING_STATES = ("pending", "sent")
 # The ids of exams and corrections gone without their receipt (`unconfirmed`) kept to match a
 # late receipt: a clinic's exams of a year and more (~100 bytes each, 1 MB in all); beyond,
 # the oldest is only counted (`unconfirmed_forgotten`).
@@ -765,7 +768,7 @@ class Outbox:
             forgotten, receipts = self._meta("unconfirmed_forgotten", "receipts")
         return {"pending": per.get("pending", 0), "awaiting_receipt": per.get("sent", 0),
                 "unconfirmed": recent, "unconfirmed_old": every - recent + forgotten,
-                "rejected": sum(n for st, n in per.items() if st not in ("pending", "sent")),
+                "rejected": sum(n for st, n in per.items() if st not in SENDING_STATES),
                 "receipts_seen": receipts == 1}
 
     def awaiting_receipt_count(self) -> int:
@@ -908,9 +911,9 @@ def counts_of(conn: sqlite3.Connection) -> dict:
             "awaiting_receipt": sum(n for (_, st), (n, _) in per.items() if st == "sent"),
             "unconfirmed": gone + counter("unconfirmed_forgotten"),
             "rejected": sum(n for (_, st), (n, _) in per.items()
-                            if st not in ("pending", "sent")),
+                            if st not in SENDING_STATES),
             "rejected_exams": sum(n for (k, st), (n, _) in per.items()
-                                  if st not in ("pending", "sent") and k in EXAM_KINDS),
+                                  if st not in SENDING_STATES and k in EXAM_KINDS),
             "used_bytes": sum(size + n * ROW_OVERHEAD_BYTES for n, size in per.values()),
             "payload_bytes": sum(size for _, size in per.values()),
             "by_kind": {f"{st}/{k}": n for (k, st), (n, _) in sorted(per.items())},
