@@ -251,7 +251,7 @@ def instruction(plane: str | None, message: str | None, key: str | None, held: b
     if plane in (None, UNCERTAIN):
         # no view named (the plane model abstains: "Searching..."): not a good image to
         # hold, whatever its quality; the slots still to find where an exam runs
-        wanted = slots_still_wanted("", exam, every=True)
+        wanted = slots_to_capture(exam)
         if wanted:
             return {"key": "instruction.find", "text": None, "class": "idle", "slots": wanted}
         return {"key": "instruction.searching", "text": None, "class": "idle"}
@@ -262,19 +262,26 @@ def instruction(plane: str | None, message: str | None, key: str | None, held: b
     return {"key": "instruction.good", "text": None, "class": "good"}
 
 
-def slots_still_wanted(plane: str | None, exam: dict | None, every: bool = False
-                       ) -> list[str]:
+def slots_to_capture(exam: dict | None) -> list[str]:
     """The running exam's slots still to capture (their plane labels, in the checklist's
-    order) when `plane` is on none of its slots; else none. `every`: whatever the plane."""
-    if not every and (not plane or plane == UNCERTAIN):
-        return []
+    order); none where no exam runs."""
     if not exam or not exam.get("running"):
         return []
-    rows = [row for row in exam.get("checklist") or () if isinstance(row, dict)]
-    if not every and any(plane in (row.get("accepts") or [row.get("plane")]) for row in rows):
-        return []
-    return [row["plane"] for row in rows
+    return [row["plane"] for row in _checklist(exam)
             if not row.get("captured") and isinstance(row.get("plane"), str)]
+
+
+def slots_still_wanted(plane: str | None, exam: dict | None) -> list[str]:
+    """The running exam's slots still to capture when `plane` is on none of its slots;
+    else none."""
+    if not plane or plane == UNCERTAIN or any(
+            plane in (row.get("accepts") or [row.get("plane")]) for row in _checklist(exam)):
+        return []
+    return slots_to_capture(exam)
+
+
+def _checklist(exam: dict | None) -> list[dict]:
+    return [row for row in (exam or {}).get("checklist") or () if isinstance(row, dict)]
 
 
 def exam_snapshot(session, running: bool, ended_by: str | None = None,
