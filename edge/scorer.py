@@ -72,9 +72,10 @@ def aside(job, *args, name: str = "sonoedge-roi") -> Future:
     """`job(*args)` on a thread of its own, its result (or error) in the future.
 
     Finding the region costs a whole frame's greying and more, 3-5 ms: on the frames it was
-    found on, it was most of the head-plane p90. Beside the loop it runs on the core the
-    models leave idle between their invokes (OpenCV lets the GIL go); so does the reading
-    of the fan's shape (`edge.models.fan`), 9 ms on a real screen."""
+    found on, it was most of the head-plane p90. Beside the loop (OpenCV lets the GIL go),
+    started once a frame's models have run (`Scorer._start_due`), it uses the pause
+    before the next frame; so does the reading of the fan's shape (`edge.models.fan`),
+    4-9 ms on a real screen."""
     future: Future = Future()
 
     def run() -> None:
@@ -157,6 +158,9 @@ class Scorer:
     _ruler_lost_said: float = -1e9  # when its loss was last logged (monotonic s)
     _stretch: StretchWatch | None = None  # the fans read on this source (`_watch_fan`)
     _fan_pending: Future | None = None
+    # The jobs this frame found due beside the loop (a region search, a fan reading),
+    # started once its models have run (`_start_due`), not before them.
+    _due: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _screen_frames: int = 0  # frames of this source and size so far
     _screen: str = ""  # its name for the verdict's memory (`screen_key`)
     _stretch_said: bool | None = None  # the verdict last logged; None: none yet
@@ -215,7 +219,14 @@ class Scorer:
         again every `roi_refresh_frames` frames beside the loop (`find_roi_aside`): the
         frame it is found on keeps the region before, and the next frame takes the new one,
         waiting for it if need be. So every frame's region is that of a known earlier frame,
-        whatever the timing, and no frame waits for a whole search."""
+        whatever the timing.
+
+        The search, like the fan's reading (`_watch_fan`), is started once the frame's
+        models have run (`_start_due`), not before them: on two cores it took a core from
+        the models' two threads while they ran. At a live frame rate it runs in the pause
+        before the next frame; frames handed over back to back may wait at the next frame
+        for the rest of a search instead."""
+        self._due.clear()  # a frame that failed midway starts nothing
         key = (frame.source, frame.image.shape)
         if key != self._roi_key:
             self._roi_pending = None
@@ -230,11 +241,23 @@ class Scorer:
             pending, self._roi_pending = self._roi_pending, None
             self._roi = pending.result()
         if self._since_roi >= self.roi_refresh_frames:
-            self._roi_pending = find_roi_aside(frame.image, self.roi_settings)
+            self._due.append(lambda: self._search_roi_aside(frame))
             self._since_roi = 0
         self._since_roi += 1
         self._watch_fan(frame)
         return self._roi, FrameViews(frame.image, self._roi, half=frame.half_grey)
+
+    def _search_roi_aside(self, frame: Frame) -> None:
+        self._roi_pending = find_roi_aside(frame.image, self.roi_settings)
+
+    def _read_fan_aside(self, frame: Frame) -> None:
+        self._fan_pending = read_fan_aside(frame.image, self._stretch.settings)
+
+    def _start_due(self) -> None:
+        """Start the jobs beside the loop that this frame found due (`_views`)."""
+        due, self._due = self._due, []
+        for start in due:
+            start()
 
     def _new_screen(self, key: str) -> None:
         """A new source or frame size: its fans are read afresh, starting from the verdict
@@ -253,7 +276,8 @@ class Scorer:
             self._say_stretch(" (remembered from the last run)")
 
     def _watch_fan(self, frame: Frame) -> None:
-        """Take the fan read beside the loop, if done, and start the next: every
+        """Take the fan read beside the loop, if done, and have the next started after this
+        frame's models (`_start_due`): every
         `fast_every_frames` for the first `fast_for_frames` of a screen, then every
         `every_frames`. A frame that cannot show its fan adds nothing."""
         if self._stretch is None:
@@ -291,7 +315,7 @@ class Scorer:
                         "scale); once heads are, they are said unchecked until a frame shows "
                         "the whole fan")
         if self._fan_pending is None and self._screen_frames % every == 0:
-            self._fan_pending = read_fan_aside(frame.image, settings)
+            self._due.append(lambda: self._read_fan_aside(frame))
 
     def _say_stretch(self, where: str = "") -> None:
         """The verdict, logged when it is first reached and whenever it turns."""
@@ -462,6 +486,7 @@ class Scorer:
             roi=roi.as_list() if roi else None, model=ident, ts=frame.t_wall,
             mono_s=self._clock(frame), biometry=biometry, quality=quality, head=head,
             head_ms=round(_ms(t3 - t2), 3) if head is not None else None)
+        self._start_due()
         return result
 
     def measure_kept(self, image: np.ndarray, roi: Roi | None,
