@@ -290,7 +290,10 @@ def main() -> int:
             print(f"the same, every frame decoded before the first is scored (the scoring "
                   f"alone, no decode of the next frame on the other core): "
                   f"{_head_frames(decoded)}; all {decoded['frames']} frames "
-                  f"median {decoded['median_ms']:.2f} ms")
+                  f"median {decoded['median_ms']:.2f} ms. Of a head-plane frame, the "
+                  f"models' own invokes median {decoded['head_invokes_median_ms']:.2f} ms, "
+                  f"the rest of its path (region, views, the head's ellipse, the audit) "
+                  f"median {decoded['head_rest_median_ms']:.2f} ms")
         paced = time_device_path(student_int8, 2, BENCH_PIXEL_SIZE_MM, paced=True)
         if paced.get("head_frames"):
             print(f"the same, the clip paced at its own frame rate as a live scanner's frames "

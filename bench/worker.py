@@ -80,6 +80,8 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
                                      "infer_ms": []}
     head_ms: list[float] = []
     head_total: list[float] = []
+    head_invokes: list[float] = []  # the models' own invokes within each head-plane frame
+    invoked = _time_invokes()
     quality_ms: list[float] = []
     judged_ms: list[float] = []
     # As the loop runs: an exam tracker keeps the heads it reports and measures them again
@@ -97,6 +99,7 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
     frames = list(clip()) if decoded else None
     started = time.perf_counter()
     for frame, capture_s in (frames if decoded else clip()):
+        invoked[0] = 0.0
         result = scorer.score(frame, 0.0 if decoded else capture_s)
         roi = Roi(*result.roi) if result.roi else None
         tracker.feed(result.to_dict(), frame.image, roi, mono=frame.t_mono)
@@ -106,6 +109,7 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
             if result.biometry is not None:
                 head_ms.append(result.biometry["ms"])
                 head_total.append(result.latency_ms)
+                head_invokes.append(invoked[0] * 1000)
             if result.quality is not None:
                 quality_ms.append(result.quality["ms"])
             if result.head_ms is not None:
@@ -136,8 +140,31 @@ def time_path(models_dir: str, name: str, threads: int, pixel_size_mm: float = 0
         if head_ms:
             out.update(head_ms_median=statistics.median(head_ms), head_ms_p90=_p90(head_ms),
                        head_frame_median_ms=statistics.median(head_total),
-                       head_frame_p90_ms=_p90(head_total))
+                       head_frame_p90_ms=_p90(head_total),
+                       head_invokes_median_ms=statistics.median(head_invokes),
+                       head_rest_median_ms=statistics.median(
+                           t - m for t, m in zip(head_total, head_invokes, strict=True)))
     return out
+
+
+def _time_invokes() -> list[float]:
+    """Every model's invoke in this process timed into the one-element list returned
+    (seconds, summed until the caller resets it): what a frame's models themselves took,
+    apart from the rest of its path."""
+    from edge.models.runtime import Model
+
+    total = [0.0]
+    invoke = Model._invoke
+
+    def timed(self, x):
+        started = time.perf_counter()
+        try:
+            return invoke(self, x)
+        finally:
+            total[0] += time.perf_counter() - started
+
+    Model._invoke = timed
+    return total
 
 
 def time_passes(manifest_path: str, threads: int, margin: float, max_zoom: float,
