@@ -393,7 +393,8 @@ class Scorer:
 
     def _scale_fixed(self, frame: Frame) -> bool:
         """A head here would be measured at the calibration set for one depth (no ruler,
-        no scale of the frame's own): advice that changes the depth is not given."""
+        no scale of the frame's own): advice that changes the depth is not given, nor does
+        a bigger head score or rank better (`audit`)."""
         return (self.head is not None and self.head.ruler is None
                 and frame.pixel_size_mm is None and bool(self.head.pixel_size_mm))
 
@@ -468,13 +469,10 @@ class Scorer:
             # for "is this a standard plane", whatever threshold the installed model carries.
             confidence = 0.0 if plane.top_label == "Background" else plane.confidence
             measures["plane_margin"] = confidence - self._abstain_below
-            learned = {}
             if self.quality.learned is not None:
                 learned = learned_severities(self.quality.learned, frame.image, roi, views)
                 measures.update({f"learned:{k}": v for k, v in learned.items()})
             quality = audit(self.quality.rules, measures, self._scale_fixed(frame)).to_dict()
-            if learned:  # every branch, also those no rule reads: they rank equal-score frames
-                quality["learned"] = {k: round(v, 3) for k, v in learned.items()}
             quality["ms"] = round(_ms(time.perf_counter() - t3), 3)
         t4 = time.perf_counter()
         preprocess_s, infer_s = t1 - t0, t2 - t1

@@ -216,7 +216,8 @@ def test_zoom_in_is_not_said_where_the_scale_is_a_calibration_fixed_for_one_dept
     """BRAIN-TV's head fills 0.2 of its image, under the zoom criterion's 0.3. Where the
     box reads the ruler (or has no scale, so no HC to spoil) the midwife is told "Zoom in";
     where the head is measured at a calibration set for one depth, obeying would make every
-    HC after it wrong, so the criterion still scores the frame the same but is not said."""
+    HC after it wrong, so the criterion is still judged and shown but is not said, and
+    (rules 1.3.9) takes nothing off the score: a bigger head would rank better."""
     screen = _screen("BRAIN-TV")
     said = {}
     for name, biometry in (("ruler", {"ruler_tick_mm": VOLUSON_TICK_MM}),
@@ -227,7 +228,8 @@ def test_zoom_in_is_not_said_where_the_scale_is_a_calibration_fixed_for_one_dept
     assert said["ruler"]["advice"] == said["none"]["advice"] == "zoom"
     assert said["fixed"]["advice"] is None
     assert said["fixed"]["criteria"]["zoom"]["pass"] is False
-    assert said["fixed"]["score"] == said["ruler"]["score"]
+    assert said["fixed"]["withheld"] == ["zoom"]
+    assert said["fixed"]["score"] > said["ruler"]["score"] == said["none"]["score"]
 
 
 def test_a_rule_that_changes_the_scale_says_so_with_a_true_or_false(tmp_path):

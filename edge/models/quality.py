@@ -7,7 +7,9 @@ bounds in the quality rules (`quality_rules.toml`, versioned, every number with 
 source). Each gives `pass`, the `value` and a plain-language `message`; the frame's `score`
 in 0..1 is the product over criteria of (1 - weight * (1 - goodness)), so one critical
 failure (no image) zeroes it while small deficiencies only dent it. The `advice` is the one
-failing criterion that matters most, by the rules' priority.
+failing criterion that matters most, by the rules' priority. Where the head's scale is a
+calibration fixed for one depth, a criterion whose instruction changes the scale is judged
+and shown but neither advised nor scored (`audit`).
 
 No I/O here beyond reading the rules file once: evidence in, a `QualityResult` out. The
 criteria that need evidence a frame does not have are left out of that frame's audit: the
@@ -37,6 +39,10 @@ from wire.shown import is_one_line, read_failure, shown, shown_path
 RULES_FILE = Path(__file__).resolve().parent / "quality_rules.toml"
 TASK = "quality_regression"
 QUALITY_HEAD_LABELS = ("blur", "gain", "noise", "shadow", "cutoff", "zoom")
+# The learned head's branches that estimate the depth or zoom (trained on quantize/degrade.py
+# `zoom`, a depth set too deep): a bigger head lowers them, like a rule that `changes_scale`,
+# so they rank no frame where the head scale is a calibration fixed for one depth (`audit`).
+SCALE_BRANCHES = ("zoom",)
 
 # What a criterion may measure. Image statistics are of the plane model's grey view of the
 # region (uint8, the model's input size); head figures come from `biometry.HeadShape`.
@@ -430,16 +436,23 @@ class QualityResult:
     score: float
     criteria: dict[str, Criterion] = field(default_factory=dict)
     advice: str | None = None  # the failing criterion that matters most, or None
-    # Criteria judged but never the advice on this frame: their instruction changes the
-    # scale, and the head is measured at a calibration fixed for one depth (`audit`). The
-    # exam's tally does not count them as faults to coach either (edge/exam/tally.py).
+    # Criteria judged and shown but neither the advice on this frame nor a loss of its
+    # score: their instruction changes the scale, and the head is measured at a calibration
+    # fixed for one depth (`audit`). The exam's tally does not count them as faults to
+    # coach either (edge/exam/tally.py).
     withheld: tuple[str, ...] = ()
+    # The learned head's severities by branch, every branch (also those no rule reads):
+    # they rank frames of equal score (edge/exam/session.py `discounted`). Where the scale
+    # is fixed, not the branches that estimate it (`SCALE_BRANCHES`).
+    learned: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = {"score": round(self.score, 4), "advice": self.advice,
                "criteria": {name: c.to_dict() for name, c in self.criteria.items()}}
         if self.withheld:
             out["withheld"] = list(self.withheld)
+        if self.learned:
+            out["learned"] = {k: round(v, 3) for k, v in self.learned.items()}
         return out
 
     @property
@@ -450,9 +463,14 @@ class QualityResult:
 def audit(rules: Rules, measures: dict[str, float], scale_fixed: bool = False) -> QualityResult:
     """Judge every criterion whose measure is present in `measures`. With `scale_fixed` (a
     head measured at a calibration set for one depth: `[biometry] pixel_size_mm` without
-    the depth ruler), a criterion whose instruction changes the scale still scores but is
-    never the advice: obeying "Zoom in" made every HC after it wrong by the ratio. Such
-    criteria judged on the frame are listed as `withheld`."""
+    the depth ruler), a criterion whose instruction changes the scale is judged and shown
+    but is never the advice and takes nothing off the score: obeying "Zoom in" made every
+    HC after it wrong by the ratio, and a score that rewards a bigger head made the exam
+    keep the zoomed-in frames, the very heads measured at the wrong scale. Such criteria
+    judged on the frame are listed as `withheld`; the learned head's estimates of the
+    zoom (`SCALE_BRANCHES`) are left out of `learned`, which ranks frames, for the same
+    reason. Every reader of the score (best frames, best heads, the capture bar) thus
+    ranks on what the midwife can mend without changing the scale."""
     criteria: dict[str, Criterion] = {}
     score = 1.0
     for rule in rules.criteria:
@@ -460,7 +478,7 @@ def audit(rules: Rules, measures: dict[str, float], scale_fixed: bool = False) -
         if value is None or not math.isfinite(value):
             continue
         good = rule.goodness(value)
-        loss = rule.weight * (1.0 - good)
+        loss = 0.0 if scale_fixed and rule.changes_scale else rule.weight * (1.0 - good)
         score *= 1.0 - loss
         criteria[rule.name] = Criterion(rule.name, rule.passes(value), float(value),
                                         rule.message(value), loss, rule.priority)
@@ -475,7 +493,11 @@ def audit(rules: Rules, measures: dict[str, float], scale_fixed: bool = False) -
                          if r.changes_scale and r.name in criteria)
         failing = [c for c in failing if c.name not in withheld]
     advice = min(failing, key=lambda c: (c.priority, -c.loss)).name if failing else None
-    return QualityResult(max(0.0, min(1.0, score)), criteria, advice, withheld)
+    learned = {m.split(":", 1)[1]: v for m, v in measures.items()
+               if m.startswith("learned:") and math.isfinite(v)}
+    if scale_fixed:
+        learned = {k: v for k, v in learned.items() if k not in SCALE_BRANCHES}
+    return QualityResult(max(0.0, min(1.0, score)), criteria, advice, withheld, learned)
 
 
 def _explained_by_dim_echoes(rules: Rules, measures: dict[str, float],
