@@ -23,7 +23,7 @@ from edge.store.state import lock_holder
 from edge.uplink.mqtt import STATUS_FILE, load_status
 from wire.cli import OneLineParser
 from wire.schema import number_or_none, sqlite_uri
-from wire.shown import printable, shown_path
+from wire.shown import one_line, printable, shown_path
 
 DEFAULT_STATE_DIR = os.environ.get("SONOEDGE_STATE_DIR", "state")
 
@@ -109,8 +109,8 @@ def _live_counts(state_dir: Path) -> tuple[dict | None, str | None]:
                 return counts_of(conn), None
         finally:
             conn.close()
-    except sqlite3.Error as exc:
-        return None, f"{state_dir / OUTBOX_FILE}: {exc}"
+    except sqlite3.Error as exc:  # not a database, damaged, a folder in its place
+        return None, f"{shown_path(state_dir / OUTBOX_FILE)}: {printable(one_line(exc))}"
 
 
 def outbox_main(argv: list[str]) -> int:
@@ -202,7 +202,9 @@ def status_main(argv: list[str]) -> int:
     """What the uplink's status file says (read as hostile input, `load_status`), with
     the outbox's counts from its database (`counts_of`): what can be read is shown, and
     what is damaged is said in one line on stderr, never a traceback; the running uplink
-    rewrites the file at its next change."""
+    rewrites the file at its next change. With no status file (the uplink never wrote one,
+    or it is gone) the outbox's own counts are still shown: exams the broker refused wait
+    there, with their fix, whether or not the uplink ever said so."""
     args = _parser("sonoedge status").parse_args(argv)
     state_dir = _state_dir(args, "sonoedge status")
     if state_dir is None:
@@ -213,26 +215,30 @@ def status_main(argv: list[str]) -> int:
         print(f"sonoedge status: {problem}", file=sys.stderr)
     live, unread = _live_counts(state_dir)
     if unread:
-        print(f"sonoedge status: {unread}; the outbox counts are the status file's",
-              file=sys.stderr)
+        instead = ("the outbox counts are the status file's" if status is not None
+                   else "its messages cannot be counted")
+        print(f"sonoedge status: {unread}; {instead}", file=sys.stderr)
     if status is not None and live is not None:  # the database's, not the file's snapshot
         status["outbox"] = {**(status.get("outbox") or {}), **live}
     if status is not None:
         status["running"] = holder is not None
         if holder is None:
             status["connected"] = False  # whatever the file says: nobody holds a link
-    if args.json:
-        print(json.dumps({"uplink": status, **({"damaged": problem} if problem else {})},
-                         indent=1))
+    if args.json:  # no status file: the outbox's counts alone, beside "uplink": null
+        alone = {"outbox": live} if status is None and live is not None else {}
+        print(json.dumps({"uplink": status, **alone,
+                          **({"damaged": problem} if problem else {})}, indent=1))
         return 0
     running = ("a run holds this state dir" if holder is not None
                else "no run holds this state dir")
-    if status is None and problem:
-        print(f"mqtt: unknown (its status file is damaged); {running}")
-        return 0
-    if status is None:
-        print(f"sonoedge status: no {STATUS_FILE} in {state_dir}: the uplink has not run "
-              "there yet")
+    if status is None:  # whatever the uplink never wrote, the outbox may still hold refusals
+        if problem:
+            print(f"mqtt: unknown (its status file is damaged); {running}")
+        else:
+            print(f"sonoedge status: no {STATUS_FILE} in {shown_path(state_dir)}: the uplink "
+                  "has not run there yet")
+        if live is not None:
+            _print_outbox(live)
         return 0
     box = status.get("outbox") or {}
     pid = status.get("pid", "?")
@@ -261,11 +267,21 @@ def status_main(argv: list[str]) -> int:
     if held:
         print(f"disk full: {held} exam summar{'y' if held == 1 else 'ies'} held in memory "
               "until there is room")
+    _print_outbox(box)
+    print(f"status written {_age(status.get('updated_ts'))} ago")
+    return 0
+
+
+def _print_outbox(box: dict) -> None:
+    """The outbox's line, and the broker's refusals with their fix: from the database
+    (`counts_of`), else the status file's last snapshot. The quota is the running uplink's
+    setting, known from the status file only: without one, the bytes used alone."""
+    quota = box.get("quota_bytes")
+    used = f"{box.get('used_bytes', '?')}" + ("" if quota is None else f"/{quota}")
     print(f"outbox: {box.get('pending', '?')} pending ({box.get('pending_exam', '?')} exam), "
           f"{box.get('rejected', 0)} rejected, {box.get('awaiting_receipt', 0)} sent awaiting "
           f"the district's receipt, {box.get('unconfirmed', 0)} gone without one, "
-          f"quota used {box.get('used_bytes', '?')}/"
-          f"{box.get('quota_bytes', '?')} bytes; dropped {box.get('dropped_health', 0)} "
+          f"quota used {used} bytes; dropped {box.get('dropped_health', 0)} "
           f"health, {box.get('dropped_exam', 0)} exam")
     if box.get("rejected"):  # never sent again by themselves: said with the fix
         exams = box.get("rejected_exams")
@@ -273,8 +289,6 @@ def status_main(argv: list[str]) -> int:
         print(f"refused by the broker: {box['rejected']} message(s){among}; none reaches the "
               "district: mend the box's MQTT credentials, its device id or the broker's ACL, "
               "then run `sonoedge outbox --retry-rejected`")
-    print(f"status written {_age(status.get('updated_ts'))} ago")
-    return 0
 
 
 if __name__ == "__main__":
