@@ -229,7 +229,9 @@ def test_empty_folder_missing_path_and_unsupported_type_raise_one_line(tmp_path)
 @pytest.mark.parametrize(("spec", "needles"), [
     ("", ("source spec is empty", "--source")),  # Path("") would read the current folder
     ("a" * 5000, ("File name too long",)),  # was an OSError traceback
-    ("v4l2:" + "a" * 5000, ("no such device",)),
+    ("v4l2:" + "a" * 5000, ("not a V4L2 device", "v4l2:0", "v4l2:/dev/video0")),
+    ("v4l2:" + "9" * 5000, ("v4l2:/dev/video99", "no such device")),  # a number: said so
+    ("picamera2:\u00b2", ("picamera2:\u00b2", "camera number")),  # int() raised on it
     ("clinic\nframes", ("clinic\\x0aframes", "no such file")),  # was two lines
     ("picamera2:\n1", ("picamera2:\\x0a1", "camera number")),
 ])

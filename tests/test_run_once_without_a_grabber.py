@@ -13,12 +13,13 @@ import time
 
 import pytest
 
-from edge.capture.sources import SourceError
+from edge.capture.sources import LiveSettings, SourceError, open_source
 from edge.config import ONCE_REOPEN_ATTEMPTS, ConfigError, load_settings
 from edge.loop import live_settings, run
 from tests.cli_run import one_line_error, sonoedge
 from tests.test_unplugged_exam import _unpluggable_grabber
 from tests.web_harness import wait_for
+from wire.shown import shown_path
 
 
 def test_run_once_on_a_camera_that_does_not_exist_is_one_line_and_ends(tmp_path):
@@ -29,6 +30,31 @@ def test_run_once_on_a_camera_that_does_not_exist_is_one_line_and_ends(tmp_path)
     one_line_error(proc, "v4l2:/dev/video99", "no such device")
     assert "waiting for it" not in proc.stderr
     assert time.monotonic() - start < 60
+    # a number, however written, is a device number: none such here
+    zeros = sonoedge("run", "--once", "--source", "v4l2:0099", "--state-dir",
+                     str(tmp_path / "state"), timeout=60)
+    assert zeros.returncode == 2
+    one_line_error(zeros, "v4l2:/dev/video99: no such device (is the capture dongle "
+                   "plugged in?)")
+
+
+@pytest.mark.parametrize("spec", [
+    "v4l2:abc", "v4l2:", "v4l2:-1", "v4l2:1e9", "v4l2:0x1", "v4l2: 0", "v4l2:video0",
+    "v4l2:\u0663", "v4l2:\u00b2", "v4l2:a\x1b[2J\nb", "v4l2:" + "a" * 4000])
+def test_a_spec_that_names_no_v4l2_device_says_so_and_the_forms_it_takes(tmp_path, spec):
+    """`v4l2:abc` is no device number and no device path, yet it was said as "no such
+    device (is the capture dongle plugged in?)", and the live loop waited for it to be
+    plugged in; an Arabic-Indic three opened /dev/video3, a superscript two was a
+    traceback. One line naming the spec as given (escaped), the forms a V4L2 device
+    takes, exit 2."""
+    proc = sonoedge("run", "--once", "--source", spec, "--state-dir",
+                    str(tmp_path / "state"), timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = one_line_error(proc, "not a V4L2 device", "v4l2:0", "v4l2:/dev/video0")
+    assert "no such device" not in line and len(line) < 400, line
+    assert shown_path(spec)[:60] in line, line
+    with pytest.raises(SourceError, match="not a V4L2 device"):  # the service waits not
+        open_source(spec, live=LiveSettings(wait_for_device=True))
 
 
 def test_the_live_loop_waits_for_a_grabber_each_wait_bounded_and_once_does_not(tmp_path):

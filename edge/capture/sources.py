@@ -621,15 +621,28 @@ class LiveSource(Source):
             self._thread.join(timeout_s)
 
 
+def _device_number(text: str) -> str | None:
+    """A device or camera number as written, in ASCII digits, without its leading zeros;
+    None for anything else: '-1', '1e9', '0x1', ' 0', and digits of other scripts ('٣',
+    '²', which str.isdigit takes and int() reads as 3 or refuses with a traceback)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return text.lstrip("0") or "0"
+
+
 def _v4l2_target(spec: str) -> str | None:
-    """'v4l2:0', 'v4l2:/dev/video0', '/dev/video0', '/dev/v4l/by-id/...' -> device path."""
+    """'v4l2:0', 'v4l2:/dev/video0', '/dev/video0', '/dev/v4l/by-id/...' -> device path;
+    None for a spec that is neither a device number nor an absolute path ('v4l2:abc' was
+    taken as a file of that name in the current folder: "no such device", and the live
+    loop waited for it to be plugged in)."""
     m = _V4L2_RE.match(spec)
     rest = m.group(1) if m else spec
-    if rest.isdigit():
-        return f"/dev/video{int(rest)}"
-    if rest.startswith("/dev/"):
+    number = _device_number(rest)
+    if number is not None:
+        return f"/dev/video{number}"
+    if rest.startswith("/dev/") or (m and rest.startswith("/")):
         return rest
-    return None if not m else rest
+    return None
 
 
 def _v4l2_opener(dev: str, s: LiveSettings) -> Callable[[], CaptureLike]:
@@ -659,8 +672,8 @@ def open_v4l2(spec: str, settings: LiveSettings | None = None) -> LiveSource:
     s = settings or LiveSettings()
     dev = _v4l2_target(spec)
     if dev is None:
-        raise SourceError(f"{shown_path(spec)}: not a V4L2 device (use v4l2:N or "
-                          "v4l2:/dev/videoN)")
+        raise SourceError(f"{shown_path(spec)}: not a V4L2 device (give its number, "
+                          "v4l2:0, or its path, v4l2:/dev/video0 or a /dev/v4l/by-id link)")
     name = f"v4l2:{dev}"
     shown = f"v4l2:{shown_path(dev)}"
     opener = _v4l2_opener(dev, s)
@@ -717,10 +730,11 @@ class _Picamera2Capture:
 def open_picamera2(spec: str, settings: LiveSettings | None = None) -> LiveSource:
     s = settings or LiveSettings()
     _, _, num_s = spec.partition(":")
-    if num_s and not num_s.isdigit():
+    number = _device_number(num_s or "0")
+    if number is None:
         raise SourceError(f"{shown_path(spec)}: camera number must be an integer "
                           "(picamera2:N)")
-    num = int(num_s or 0)
+    num = int(number)
     name = f"picamera2:{num}"
     try:
         import picamera2  # optional: Raspberry Pi only
