@@ -21,8 +21,10 @@ from dataclasses import asdict, dataclass, field
 
 from central.dashboard.config import (
     CLOCK_OFF_FLAG_S,
+    PROTOCOL_TITLES,
     UNREGISTERED,
     deficiency_label,
+    protocol_title,
     withdrawal_words,
 )
 from central.dashboard.queries import span
@@ -42,6 +44,10 @@ from wire.shown import printable
 # A stored payload read back: the collector stores at most --max-bytes (4 kB by default); a
 # row of more than this did not come from it.
 MAX_STORED_BYTES = 1 << 20
+# "Recent exams" names each protocol by the dashboard's title for it: its column is as wide
+# as the longest title (an id the dashboard has no title for, 32 characters at most on the
+# wire, fits; a longer name, only from a damaged row, runs over as a long device id does).
+PROTOCOL_WIDTH = max(len("protocol"), *(len(t) for t in PROTOCOL_TITLES.values()))
 
 
 @dataclass
@@ -152,12 +158,14 @@ def _exam_line(dev: str, clinic: str, exam: dict) -> dict:
     scored = int(exam.get("frames_scored") or 0)
     bio = exam.get("biometry") or {}
     protocol = exam.get("protocol") or {}
+    name = protocol.get("name")  # an id the dashboard has no title for: as it came
     views = {k: v for k, v in planes.items() if k not in NOT_A_VIEW and v[0] > 0}
     qualities = [v[2] for v in views.values() if len(v) > 2]
     return {
         "device_id": dev, "clinic_id": clinic, "exam_id": exam.get("exam_id"),
         "ended_ts": exam.get("ended_ts"), "frames": exam.get("frames"),
-        "ended_by": exam.get("ended_by"), "protocol": protocol.get("name"),
+        "ended_by": exam.get("ended_by"), "protocol": name,
+        "protocol_title": None if name is None else protocol_title(str(name)),
         "captured": protocol.get("captured"), "required": protocol.get("required"),
         "missing": protocol.get("missing") or [],
         # a busy exam sheds its missing slots' names to fit 1 KB, keeping the counts
@@ -531,7 +539,8 @@ def format_report(rep: dict) -> str:
     exams = rep.get("recent_exams") or []
     if exams:
         lines += ["", "Recent exams"]
-        head = (f"{'ended (device clock, UTC)':<25} {'device':<20} {'protocol':<16} "
+        head = (f"{'ended (device clock, UTC)':<25} {'device':<20} "
+                f"{'protocol':<{PROTOCOL_WIDTH}} "
                 f"{'done':>5} {'frames':>7} {'views':>5} {'best q':>6} {'unsure':>6} "
                 f"{'heads':>5} {'HC mm':>6} {'GA wk':>5}  withdrawn?; missed slots; "
                 "most frequent deficiencies")
@@ -544,7 +553,8 @@ def format_report(rep: dict) -> str:
             notes = "; ".join(x for x in (_withdrawn_words(e), _missed_words(e), ", ".join(
                 deficiency_label(str(d)) for d in e.get("deficiencies") or [])) if x)
             lines.append(
-                f"{_ts(e['ended_ts']):<25} {e['device_id']:<20} {e.get('protocol') or '-':<16} "
+                f"{_ts(e['ended_ts']):<25} {e['device_id']:<20} "
+                f"{e.get('protocol_title') or '-':<{PROTOCOL_WIDTH}} "
                 f"{done:>5} {e['frames'] or 0:>7} {len(e['views']):>5} {quality:>6} "
                 f"{unsure:>6} {_num(e['heads_measured']):>5} {_num(e['hc_mm']):>6} "
                 f"{_num(e['ga_weeks']):>5}  {notes or '-'}")

@@ -234,11 +234,19 @@ CACHE_ENTRIES = 256
 # (nice 10), so a busy dashboard slows itself, not ingestion (measured in bench/dashboard.py).
 SERVE_NICE = 10
 OUTLIERS_SHOWN = 200  # the page lists at most this many; the CSV has them all
-# The completeness page's words for the protocols the boxes ship (edge/exam/protocols.toml;
+# The dashboard's and the report's words for the protocols the boxes ship (edge/exam/protocols.toml;
 # the district never imports the device's code, and a test holds the two together). A
 # protocol not named here is shown by its own name.
 PROTOCOL_TITLES = {"biometry": "head measurement",
                    "second-trimester": "second-trimester screen (13 planes)"}
+
+
+def protocol_title(protocol: str) -> str:
+    """The district's words for a protocol's name, as the pages and the report give it; as
+    it was sent where it has none."""
+    return PROTOCOL_TITLES.get(protocol, protocol)
+
+
 # The quality criteria in the midwife's own words, as her page says them when an exam names
 # them among its deficiencies (edge/web/i18n/en.json "deficiency.*"; a test holds the two
 # together): "sector cut" or "ellipse regular" needed an engineer (an officer's walk). A

@@ -466,7 +466,7 @@ def monthly_values(r: Q.MonthlyRow, month: Q.Month) -> list:
     """A monthly return's row (MONTHLY_COLUMNS): the CSV's, and the clinic page's month
     table's data-* (one source, so that the two cannot disagree)."""
     return [month.text, r.clinic_id, r.clinic_name, r.protocol,
-            protocol_title(r.protocol) if r.protocol else "", r.exams, r.complete,
+            C.protocol_title(r.protocol) if r.protocol else "", r.exams, r.complete,
             round(r.complete / r.exams, 4) if r.exams else None, r.hc_measured,
             r.dates_small, r.dates_large, r.exam_days, r.heard_days, r.days_counted,
             int(r.complete_month),
@@ -506,7 +506,7 @@ def month_table(page: Q.ClinicPage, district: str | None) -> str:
         data = " ".join(f'data-{k.replace("_", "-")}="{esc("" if v is None else str(v))}"'
                         for k, v in zip(MONTHLY_COLUMNS, monthly_values(r, month),
                                         strict=True))
-        name = esc(protocol_title(r.protocol)) if r.protocol else "no exams"
+        name = esc(C.protocol_title(r.protocol)) if r.protocol else "no exams"
         share = f"{pct(r.complete / r.exams)} ({r.complete} of {r.exams})" if r.exams else "-"
         body.append(f"<tr {data}><td>{name}</td><td class=num>{r.exams}</td>"
                     f"<td class=num>{share}</td><td class=num>{r.hc_measured}</td>"
@@ -543,11 +543,6 @@ def monthly_links(months: list[Q.Month], district: str | None) -> str:
 
 
 # -- completeness ----------------------------------------------------------------------------
-def protocol_title(protocol: str) -> str:
-    """The district's words for a protocol's name, as it was sent where it has none."""
-    return C.PROTOCOL_TITLES.get(protocol, protocol)
-
-
 def completeness_svg(page: Q.CompletenessPage, protocol: str) -> str:
     """One protocol's share of complete exams per clinic, least complete first: a head
     measurement of one slot and a screen of 13 are complete at rates too far apart to
@@ -563,7 +558,7 @@ def completeness_svg(page: Q.CompletenessPage, protocol: str) -> str:
                      "colour": ORANGE if share is not None and share < 0.5 else BLUES[3],
                      "data": {"data_clinic": c.clinic_id, "data_protocol": protocol,
                               "data_complete": complete, "data_exams": exams}})
-    return hbars(f"Share of {protocol_title(protocol)} exams that captured every slot, "
+    return hbars(f"Share of {C.protocol_title(protocol)} exams that captured every slot, "
                  "per clinic", "completeness", rows)
 
 
@@ -588,7 +583,7 @@ def missed_svg(page: Q.CompletenessPage) -> str:
     in words under it: what to coach, where to look or the image."""
     rows = []
     for s in page.slots[:20]:
-        where = f"{s.slot} ({protocol_title(s.protocol)})"
+        where = f"{s.slot} ({C.protocol_title(s.protocol)})"
         parts = [(n / s.missed if s.missed else 0.0, colour,
                   f"{where}: {n} of {plural(s.missed, 'miss', 'misses')} {words}: {coach}",
                   {"data_kind": kind, "data_n": n})
@@ -632,7 +627,7 @@ def missed_kinds_table(page: Q.CompletenessPage) -> str:
     if not page.slots:
         return '<p class="lead">No slot missed in this period.</p>'
     rows = "".join(
-        f"<tr><td>{esc(s.slot)} ({esc(protocol_title(s.protocol))})</td>"
+        f"<tr><td>{esc(s.slot)} ({esc(C.protocol_title(s.protocol))})</td>"
         f"<td class=num>{pct(s.share)} ({s.missed} of {s.exams})</td>"
         f"<td class=num>{s.not_found}</td><td class=num>{s.poor}</td>"
         f"<td class=num>{s.unknown or '-'}</td></tr>" for s in page.slots)
@@ -655,11 +650,11 @@ def completeness_table(page: Q.CompletenessPage, missed_shown: int = 3) -> str:
     of its exams of their protocol (a raw count ranked a head measurement's one slot, which
     every head exam requires, over a screen's planes)."""
     shown = [p.protocol for p in page.shown]
-    head = "".join(f"<th>{esc(protocol_title(p))}</th>" for p in shown)
+    head = "".join(f"<th>{esc(C.protocol_title(p))}</th>" for p in shown)
     rows = "".join(
         f"<tr><td>{clinic_html(c.clinic_id, c.name, page.period.weeks)}</td>"
         + "".join(protocol_cell(c, p) for p in shown) + "<td>"
-        + (", ".join(f'<span title="{esc(protocol_title(s.protocol))}: '
+        + (", ".join(f'<span title="{esc(C.protocol_title(s.protocol))}: '
                      f'{esc(slot_missed_kinds(s))}">{esc(slot_missed_text(s))}</span>'
                      for s in c.slots_missed()[:missed_shown]) or "-")
         + "</td></tr>" for c in page.clinics)
@@ -1333,7 +1328,7 @@ def figure_words(key: str) -> str:
     protocol = key.removeprefix("complete:")
     if protocol == key:
         return FIGURE_WORDS[key]
-    title = protocol_title(protocol)
+    title = C.protocol_title(protocol)
     return f"{title[:1].upper()}{title[1:]} exams complete"
 
 

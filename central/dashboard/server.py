@@ -597,7 +597,7 @@ class Dashboard:
         shown = page.shown
         more = page.protocols[len(shown):]
         each = "".join(
-            f"<li><strong>{esc(P.protocol_title(p.protocol))}</strong>: "
+            f"<li><strong>{esc(C.protocol_title(p.protocol))}</strong>: "
             f"{P.share_of(p.share, p.exams)}{' complete' if p.exams else ''}</li>"
             for p in shown)
         if more:
@@ -605,7 +605,7 @@ class Dashboard:
                      f"{P.plural(sum(p.exams for p in more), 'exam')}: in the CSV by "
                      "protocol</li>")
         charts = "".join(
-            f"<h3>{esc(P.protocol_title(p.protocol))}</h3>"
+            f"<h3>{esc(C.protocol_title(p.protocol))}</h3>"
             f'<div class="plot">{P.completeness_svg(page, p.protocol)}</div>' for p in shown)
         return (f"<h2>Complete exams, last {weeks} weeks</h2>"
                 f'<p class="lead">The share of exams that captured every slot of their '
