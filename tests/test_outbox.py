@@ -506,3 +506,34 @@ def test_after_a_step_the_next_batch_is_taken_after_the_publisher_says_online_ag
         assert said == ["online"]  # once per step
     finally:
         box.close()
+
+
+def test_outbox_cli_shows_a_rows_hostile_texts_and_a_folders_name_on_their_own_lines(
+        tmp_path):
+    """A broker's reason, or a damaged row, may hold a newline or a terminal's escape: the
+    listing shows them escaped, one line per message; a folder's name with a newline too."""
+    state = tmp_path / "box\nstate"
+    state.mkdir()
+    up = Uplink(MqttSettings(device_id="dev-a"), state)
+    up.enqueue_health({"fps": 1.0})
+    up.close()
+    with sqlite3.connect(state / "outbox.sqlite3") as db:
+        db.execute("UPDATE outbox SET state = 'rejected', reason = ?, kind = ?",
+                   ("not authorised\nFAKE 1 pending\x1b[31m", "exam\x1b[2J"))
+    db.close()
+    out = subprocess.run([sys.executable, "-m", "edge.cli.outbox", "outbox", "--state-dir",
+                          str(state)], capture_output=True, text=True, env=py_env(),
+                         cwd=str(REPO), timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, lines  # the summary, the header, the one message
+    assert "not authorised\\x0aFAKE 1 pending\\x1b[31m" in lines[2]
+    assert "exam\\x1b[2J" in lines[2] and "\x1b" not in out.stdout
+    empty = tmp_path / "empty\nbox"
+    empty.mkdir()
+    for args in ([], ["--retry-rejected"]):
+        said = subprocess.run([sys.executable, "-m", "edge.cli.outbox", "outbox",
+                               "--state-dir", str(empty), *args], capture_output=True,
+                              text=True, env=py_env(), cwd=str(REPO), timeout=30)
+        assert said.returncode == 0 and len(said.stdout.splitlines()) == 1, said.stdout
+        assert "empty\\x0abox" in said.stdout, said.stdout

@@ -128,7 +128,8 @@ def outbox_main(argv: list[str]) -> int:
     try:
         conn = _open_ro(state_dir)
         if conn is None:
-            print(f"sonoedge outbox: no outbox in {state_dir} (nothing recorded yet)")
+            print(f"sonoedge outbox: no outbox in {shown_path(state_dir)} (nothing recorded "
+                  "yet)")
             return 0
         with conn:
             rows = conn.execute(
@@ -137,7 +138,8 @@ def outbox_main(argv: list[str]) -> int:
             counts = counts_of(conn)
         conn.close()
     except sqlite3.Error as exc:
-        print(f"sonoedge outbox: {state_dir / OUTBOX_FILE}: {exc}", file=sys.stderr)
+        print(f"sonoedge outbox: {shown_path(state_dir / OUTBOX_FILE)}: "
+              f"{printable(one_line(exc))}", file=sys.stderr)
         return 2
     summary = {
         "pending": counts["pending"],
@@ -167,9 +169,11 @@ def outbox_main(argv: list[str]) -> int:
     if rows:
         print(f"{'seq':>7} {'kind':<7} {'msg_id':<36} {'bytes':>6} {'age':>6} {'tries':>5} state")
     for seq, kind, msg_id, size, created, attempts, state, reason in rows:
-        extra = f" ({reason})" if reason else ""
-        print(f"{seq:>7} {kind:<7} {msg_id:<36} {size:>6} {_age(created):>6} {attempts:>5} "
-              f"{state}{extra}")
+        # a row's texts as stored: a broker's reason or a damaged row, never a second line
+        kind, msg_id, state = (printable(str(v)) for v in (kind, msg_id, state))
+        extra = f" ({printable(str(reason))})" if reason else ""
+        print(f"{seq!s:>7} {kind:<7} {msg_id:<36} {size!s:>6} {_age(created):>6} "
+              f"{attempts!s:>5} {state}{extra}")
     total = summary["pending"] + summary["awaiting_receipt"] + summary["rejected"]
     if total > len(rows):
         print(f"... {total - len(rows)} more")
@@ -179,7 +183,7 @@ def outbox_main(argv: list[str]) -> int:
 def _retry_rejected(state_dir: Path) -> int:
     path = state_dir / OUTBOX_FILE
     if not path.is_file():
-        print(f"sonoedge outbox: no outbox in {state_dir} (nothing recorded yet)")
+        print(f"sonoedge outbox: no outbox in {shown_path(state_dir)} (nothing recorded yet)")
         return 0
     try:
         conn = sqlite3.connect(path, timeout=10, isolation_level=None)
@@ -189,7 +193,8 @@ def _retry_rejected(state_dir: Path) -> int:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        print(f"sonoedge outbox: {path}: {exc}", file=sys.stderr)
+        print(f"sonoedge outbox: {shown_path(path)}: {printable(one_line(exc))}",
+              file=sys.stderr)
         return 2
     live = lock_holder(state_dir)
     when = ("the running sonoedge (pid {}) sends them now".format(live.get("pid", "?"))
