@@ -92,8 +92,9 @@ class SourceSettings:
     pace: bool = False  # play a video file at its own frame rate, as a scanner would
     # How much wider the grabber draws the scanner's picture than it is: each frame is
     # narrowed by it before anything reads it (edge/capture/sources.py `narrowing`). For a
-    # grabber that cannot be set: 1.125 for a 4:3 screen in NTSC 720x480, 1.333 for 4:3
-    # filling 16:9. The screen-shape check (edge/models/fan.py) then reads the result.
+    # grabber that cannot be set: 1.125 for a 4:3 screen in NTSC 720x480, 0.9375 in PAL
+    # 720x576, 1.333 for 4:3 filling 16:9. The screen-shape check (edge/models/fan.py) then
+    # reads the result.
     stretch: float = 1.0
 
 
@@ -156,7 +157,8 @@ class BiometryConfig:
     ruler_tick_mm: float = 0.0
     # How far the probe's fan may be from its true shape before the picture is called
     # stretched sideways and heads are not measured (edge/models/fan.py, where the 8% is
-    # argued: real screens read up to 3.6% off). 0 = not checked.
+    # argued: real screens read up to 3.6% off; an SD grabber's 720x576 frame is judged
+    # nearer, by its known squeeze, `sd_sizes`). 0 = not checked.
     stretch_tolerance: float = _FAN.tolerance
     segmenter: str = "head_segmenter"  # manifest name in models.dir; absent = no biometry
     head_planes: tuple[str, ...] = HEAD_PLANES  # plane labels measured

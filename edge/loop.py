@@ -534,9 +534,11 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         fan = scorer.head.fan
         log.info("screen shape: checked on the probe's fan every %d frames (every %d for a "
                  "new screen's first %d); heads are not measured on a picture stretched or "
-                 "squeezed sideways by more than %g%% ([biometry] stretch_tolerance)",
+                 "squeezed sideways by more than %g%% ([biometry] stretch_tolerance)%s",
                  fan.every_frames, fan.fast_every_frames, fan.fast_for_frames,
-                 fan.tolerance * 100)
+                 fan.tolerance * 100, "" if fan.undone != 1.0 else
+                 ", nor on an SD grabber's frame (720x576 and the like) whose fan reads as it "
+                 "squeezes a 4:3 picture")
     elif scorer.head is not None:
         log.warning("screen shape: not checked ([biometry] stretch_tolerance = 0): a "
                     "grabber that stretches the scanner's picture makes every head wrong")

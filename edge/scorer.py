@@ -230,7 +230,8 @@ class Scorer:
         key = (frame.source, frame.image.shape)
         if key != self._roi_key:
             self._roi_pending = None
-            self._new_screen(screen_key(frame.source, frame.image.shape))
+            self._new_screen(screen_key(frame.source, frame.image.shape),
+                             frame.image.shape)
             grey = to_grey(frame.image)
             self._roi = find_roi(grey, self.roi_settings)
             self._roi_key = key
@@ -259,9 +260,10 @@ class Scorer:
         for start in due:
             start()
 
-    def _new_screen(self, key: str) -> None:
-        """A new source or frame size: its fans are read afresh, starting from the verdict
-        remembered for it, if any."""
+    def _new_screen(self, key: str, shape: tuple[int, ...] | None = None) -> None:
+        """A new source or frame size (`shape`, its frame's): its fans are read afresh,
+        starting from the verdict remembered for it, if any; an SD grabber's frame size
+        tells what its squeeze reads (`edge.models.fan.limits`)."""
         self._fan_pending = None
         self._screen_frames = 0
         self._screen = key
@@ -270,7 +272,7 @@ class Scorer:
         remembered = self.recall_shape(key) if self.recall_shape is not None else None
         if self._stretch is None:
             self._stretch = StretchWatch(self.head.fan)
-        self._stretch.clear(remembered)
+        self._stretch.clear(remembered, shape)
         if remembered is not None:
             self._stretch_said = None
             self._say_stretch(" (remembered from the last run)")
@@ -326,12 +328,15 @@ class Scorer:
         seen = where or (f" (median of the last {self._stretch.count} frames that showed "
                          "it)")
         if self._stretch_said:
+            watch = self._stretch
+            sd = (f", as an SD grabber draws a 4:3 picture in {watch.shape[1]}x"
+                  f"{watch.shape[0]} ({watch.sd_ratio:.4g})" if watch.as_sd else "")
             log.warning("screen shape: the probe's fan is %.3f times as wide as its true "
-                        "shape%s: the picture is %s sideways, so heads are not measured. "
+                        "shape%s: the picture is %s sideways%s, so heads are not measured. "
                         "Set the grabber to keep the scanner's own shape (a 4:3 screen "
                         "filling a 16:9 frame reads 1.33), or, where it cannot be set, "
-                        "[source] stretch to undo it (the setting times %.3f)", stretch, seen,
-                        "stretched" if stretch > 1.0 else "squeezed", stretch)
+                        "set [source] stretch = %g to undo it", stretch, seen,
+                        "stretched" if stretch > 1.0 else "squeezed", sd, watch.setting)
         else:
             log.info("screen shape: the probe's fan keeps its shape, %.3f%s: the picture "
                      "is not stretched", stretch, seen)
@@ -522,7 +527,8 @@ def make_head_model(settings: Settings) -> HeadModel | None:
     # capture whose black sits at grey 16 sets black_level 24 and outline_level 16)
     fan = (dataclasses.replace(FanSettings(), tolerance=bio.stretch_tolerance,
                                level=max(1, settings.roi.black_level - 2),
-                               outside_level=settings.roi.outline_level + 4)
+                               outside_level=settings.roi.outline_level + 4,
+                               undone=settings.source.stretch)
            if bio.stretch_tolerance else None)
     return HeadModel(model, measurement, bio.pixel_size_mm, frozenset(bio.head_planes),
                      passes_for_model(model.manifest),

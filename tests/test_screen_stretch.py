@@ -8,11 +8,14 @@ a curved-array image's far edge is an arc about the apex where its straight side
 a stretched one is an ellipse. Specified on the real screens here that show their whole
 fan, each drawn as grabbers draw it; on the 1,272 HC18 heads (which show a fan about one
 time in nine) no verdict of "stretched" is ever reached; and through the device's scorer.
+A PAL grabber's 720x576 squeeze of a 4:3 picture (0.9375), within the 8%, is caught by the
+frame's size, and the setting the warning names undoes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 
@@ -20,11 +23,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture.sources import Frame
+from edge.capture.sources import Frame, narrowing
 from edge.config import ConfigError, load_settings
 from edge.exam.tally import ExamTally
 from edge.models.biometry import SCREEN_STRETCHED
-from edge.models.fan import FanSettings, StretchWatch, read_fan
+from edge.models.fan import FanSettings, StretchWatch, limits, read_fan
 from edge.models.roi import to_grey
 from edge.scorer import make_scorer
 from tests.conftest import DATA
@@ -47,7 +50,7 @@ TOLERANCE = FanSettings().tolerance
 # NTSC 720x480, and a 16:9 scanner squeezed into a 4:3 frame.
 STRETCHES = (4 / 3, 1.2, 1.125, 0.75)
 # Read, and within the tolerance (a real screen read 1.036 as captured): a 5:4 screen in
-# 4:3, a 4:3 screen in PAL 720x576.
+# 4:3, a 4:3 screen squeezed as PAL 720x576 squeezes it (caught there by the frame's size).
 SLIGHT = (16 / 15, 0.9375)
 
 
@@ -175,18 +178,24 @@ def test_a_stretch_tolerance_of_zero_turns_the_check_off(tmp_path):
     assert make_scorer(load_settings(config)).head.fan is None
 
 
-def _through_scorer(stretch: float, frames: int = 40) -> list[dict]:
-    """A real fan screen, then a real transthalamic head of the same scanner and size,
-    both as the grabber delivers them, through the device's scorer at a calibration."""
+def _through_scorer(stretch: float = 1.0, frames: int = 40, draw=None,
+                    source_stretch: float = 1.0, heads: int = 1) -> list[dict]:
+    """A real fan screen, then (the last `heads` frames) a real transthalamic head of the
+    same scanner and size, both as the grabber delivers them (`draw`: stretched by
+    `stretch` by default), through the device's scorer at a calibration; with `[source]
+    stretch` narrowed back as the capture thread narrows them."""
     scorer = make_scorer(load_settings(overrides={
-        "biometry": {"pixel_size_mm": 0.15}, "loop": {"roi_refresh_frames": 1}}))
+        "biometry": {"pixel_size_mm": 0.15}, "loop": {"roi_refresh_frames": 1},
+        "source": {"stretch": source_stretch}}))
     scorer.head = dataclasses.replace(
         scorer.head, fan=dataclasses.replace(scorer.head.fan, fast_every_frames=1))
-    fan = _stretched(cv2.imread(str(PLANES / "Patient01630_Plane1_1_of_3.png")), stretch)
-    head = _stretched(cv2.imread(str(PLANES / "Patient01715_Plane3_2_of_3.png")), stretch)
+    draw = draw or (lambda image: _stretched(image, stretch))
+    undo = narrowing(source_stretch) or (lambda image: image)
+    fan = undo(draw(cv2.imread(str(PLANES / "Patient01630_Plane1_1_of_3.png"))))
+    head = undo(draw(cv2.imread(str(PLANES / "Patient01715_Plane3_2_of_3.png"))))
     results = []
     for index in range(frames):
-        image = fan if index < frames - 1 else head
+        image = fan if index < frames - heads else head
         results.append(scorer.score(Frame("grabber", index, image, time.monotonic(),
                                           time.time())).to_dict())
         time.sleep(0.02)  # the fan is read beside the loop, as between live frames
@@ -378,18 +387,21 @@ def test_a_source_stretch_out_of_range_is_one_line_naming_it(tmp_path, value):
     assert "\n" not in str(raised.value)
 
 
-def _fan_head_clip(data_dir, dest, width: int) -> None:
+def _fan_head_clip(data_dir, dest, width: int, height: int = 720) -> None:
     """Real HC18 heads whose fan shows, on a 960x720 screen (tests/web_harness.py), drawn
-    `width` wide by the grabber: 960 keeps the shape, 1280 fills 16:9."""
+    `width` x `height` by the grabber: 960x720 keeps the shape, 1280x720 fills 16:9, PAL's
+    720x576 squeezes it to 0.9375 (768x576 keeps it)."""
     from tests.web_harness import _screen
     rng = np.random.default_rng(3)
-    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (width, 720))
+    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), 15.0,
+                             (width, height))
     assert writer.isOpened()
     for name in ("200_HC.png", "250_HC.png", "299_HC.png"):
         image = cv2.imread(str(data_dir / "hc18" / "images" / name))
         for k in range(30):
-            writer.write(cv2.resize(_screen(image, rng, k > 0), (width, 720),
-                                    interpolation=cv2.INTER_LINEAR))
+            writer.write(cv2.resize(_screen(image, rng, k > 0), (width, height),
+                                    interpolation=cv2.INTER_AREA if height < 720
+                                    else cv2.INTER_LINEAR))
     writer.release()
 
 
@@ -425,6 +437,159 @@ def test_a_grabber_that_cannot_be_set_is_undone_by_source_stretch(tmp_path, data
     undone = _exam_cli(tmp_path, wide, "[source]\nstretch = 1.3333\n")
     assert own is not None
     assert hc(refused) is None and "screen_stretched" in refused
-    assert "[source] stretch to undo it (the setting times 1.3" in refused
+    assert "set [source] stretch = 1.3" in refused
     assert "keeps its shape" in undone, undone[-1500:]
     assert hc(undone) == pytest.approx(own, rel=0.01), undone[-1500:]
+
+
+def _as_video(image: np.ndarray) -> np.ndarray:
+    """The screen as its scanner sends it over composite or S-video: a 4:3 picture at the
+    screen's own shape, black around it."""
+    height, width = image.shape[:2]
+    canvas_h = max(height, math.ceil(width * 3 / 4))
+    canvas = np.zeros((canvas_h, round(canvas_h * 4 / 3)) + image.shape[2:], np.uint8)
+    top, left = (canvas.shape[0] - height) // 2, (canvas.shape[1] - width) // 2
+    canvas[top:top + height, left:left + width] = image
+    return canvas
+
+
+def _drawn(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """That 4:3 picture as a grabber draws it in a width x height frame, filling it."""
+    return cv2.resize(_as_video(image), (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _pal(image: np.ndarray) -> np.ndarray:
+    """As an SD (PAL) grabber draws it: 720x576, 0.9375 as wide as it is."""
+    return _drawn(image, 720, 576)
+
+
+def _letterboxed(image: np.ndarray) -> np.ndarray:
+    """A 720x576 frame whose pixels truly are square: the 4:3 picture kept at its shape,
+    720x540, black above and below (a grabber or a recorder that rescales)."""
+    frame = np.zeros((576, 720) + image.shape[2:], np.uint8)
+    frame[18:558] = _drawn(image, 720, 540)
+    return frame
+
+
+def _verdict(frame: np.ndarray, settings: FanSettings | None = None,
+             must_read: bool = True) -> StretchWatch:
+    """A screen that shows this frame's fan three times, judged at the frame's size."""
+    watch = StretchWatch(settings or FanSettings(), shape=frame.shape)
+    for _ in range(3):
+        watch.add(read_fan(frame))
+    assert watch.stretch is not None or not must_read, frame.shape
+    return watch
+
+
+@needs_data
+@pytest.mark.parametrize("path", WHOLE_FANS, ids=lambda p: p.stem[:24])
+def test_a_whole_fan_through_a_pal_grabber_is_squeezed_and_its_setting_reads_true(path):
+    """A portable scanner's video into a cheap PAL grabber: its 4:3 picture is drawn
+    720x576, 0.9375 as wide as it is, within the 8% tolerance, and every head measured about
+    3% short on HC. The frame's size gives it away: each real screen drawn so is found
+    squeezed, and the setting named, `[source] stretch = 0.9375`, narrowed as the capture
+    thread narrows (to 768x576), reads true. The same squeeze at a size no SD grabber
+    gives keeps the 8% rule, and a 720x576 frame whose pixels are square reads true."""
+    grey = _grey(path)
+    pal = _verdict(_pal(grey))
+    assert pal.stretched and pal.setting == 0.9375, (pal.stretch, pal.setting)
+    undone = narrowing(pal.setting)(_pal(grey))
+    assert undone.shape == (576, 768)
+    assert not _verdict(undone, dataclasses.replace(FanSettings(), undone=0.9375)).stretched
+    assert not _verdict(_drawn(grey, 960, 768)).stretched  # 1024x768 squeezed as PAL does
+    # (the two Voluson E8 spine screens, drawn that small and centred, show no fan: no
+    # verdict, no refusal)
+    assert not _verdict(_letterboxed(grey), must_read=path.parent != EXAMPLES).stretched
+
+
+@needs_data
+def test_a_head_through_a_pal_grabber_is_refused_and_the_setting_named_measures_it(caplog):
+    """Through the device's scorer: a real fan screen and a transthalamic head, drawn
+    720x576 by a PAL grabber, where the head went out measured 3% short with status ok.
+    It is refused, the log names the setting; set, the frames are narrowed back on the
+    capture thread and the head measures within 1% of the scanner's own shape."""
+    caplog.set_level("INFO", logger="edge.scorer")
+    refused = _through_scorer(draw=_pal, heads=3)[-1]
+    assert refused["plane"] in ("Brain (Tv.)", "Brain (Cb.)"), refused["plane"]
+    assert refused["biometry"]["status"] == SCREEN_STRETCHED
+    assert refused["biometry"].get("hc_mm") is None
+    said = [r.getMessage() for r in caplog.records if "times as wide" in r.getMessage()]
+    assert len(said) == 1 and "squeezed sideways, as an SD grabber draws a 4:3 picture in " \
+        "720x576 (0.9375), so heads are not measured" in said[0], said
+    value = float(re.search(r"set \[source\] stretch = ([0-9.]+) to undo it",
+                            said[0]).group(1))
+    assert value == 0.9375
+    caplog.clear()
+    measured = _through_scorer(draw=_pal, source_stretch=value, heads=3)[-1]
+    assert measured["biometry"]["status"] == "ok", measured["biometry"]
+    assert any("screen shape: the probe's fan keeps its shape" in r.getMessage()
+               for r in caplog.records)
+    own = _through_scorer(draw=lambda image: _drawn(image, 768, 576), heads=3)[-1]
+    assert measured["biometry"]["hc_mm"] == pytest.approx(own["biometry"]["hc_mm"], rel=0.01)
+
+
+@needs_data
+def test_a_pal_screen_remembered_squeezed_refuses_its_first_head():
+    """A verdict kept before (its key: source and frame size) holds after a restart: a PAL
+    grabber's 720x576 screen remembered at 0.94 refuses its first head; the same reading
+    remembered for a size no SD grabber gives is within the 8% rule."""
+    head = cv2.imread(str(PLANES / "Patient01715_Plane3_2_of_3.png"))
+    for width, height, status in ((720, 576, SCREEN_STRETCHED), (960, 768, "ok")):
+        scorer = make_scorer(load_settings(overrides={"biometry": {"pixel_size_mm": 0.15}}))
+        key = f"grabber|{width}x{height}"
+        scorer.recall_shape = lambda asked, key=key: 0.94 if asked == key else None
+        first = scorer.score(Frame("grabber", 0, _drawn(head, width, height),
+                                   time.monotonic(), time.time())).to_dict()
+        assert first["biometry"]["status"] == status, (width, first["biometry"])
+
+
+@needs_data
+def test_a_pal_grabber_s_exam_is_refused_and_names_the_setting_that_measures_it(
+        tmp_path, data_dir):
+    """`sonoedge exam` of real HC18 heads on a 4:3 screen through a PAL grabber (720x576):
+    where every HC went out about 3% short, the heads are refused and the output names the
+    exact setting; with it in the config the heads measure as the same screen drawn at its
+    own shape, 768x576 (within 1%)."""
+    native, pal = tmp_path / "native.avi", tmp_path / "pal.avi"
+    _fan_head_clip(data_dir, native, 768, 576)
+    _fan_head_clip(data_dir, pal, 720, 576)
+
+    def hc(text):
+        found = re.search(r"head: HC ([0-9.]+) mm", text)
+        return float(found.group(1)) if found else None
+
+    refused = _exam_cli(tmp_path, pal)
+    assert hc(refused) is None and "screen_stretched" in refused, refused[-1500:]
+    value = re.search(r"as an SD grabber draws a 4:3 picture in 720x576 \(0\.9375\), so "
+                      r"heads are not measured\. .* set \[source\] stretch = ([0-9.]+) to "
+                      r"undo it", refused)
+    assert value is not None and value.group(1) == "0.9375", refused[-1500:]
+    undone = _exam_cli(tmp_path, pal, f"[source]\nstretch = {value.group(1)}\n")
+    assert "keeps its shape" in undone, undone[-1500:]
+    assert hc(undone) == pytest.approx(hc(_exam_cli(tmp_path, native)), rel=0.01), \
+        undone[-1500:]
+
+
+def test_the_size_rule_keeps_to_sd_sizes_and_to_the_grabber_s_own_frames():
+    """Only a grabber's own SD frame is judged by its size: with `[source] stretch` set the
+    frames were narrowed on the capture thread (a 768x576 grabber narrowed to 720x576 is
+    not a PAL frame), so the 8% rule judges them, and the setting named is the whole one.
+    Nowhere is the size rule looser than the configured tolerance."""
+    def judged(settings, shape, stretch):
+        watch = StretchWatch(settings, shape=shape)
+        for _ in range(3):
+            watch.add(read_fan_stub(stretch))
+        return watch
+
+    plain = make_scorer(load_settings()).head.fan
+    assert judged(plain, (576, 720, 3), 0.95).stretched
+    assert not judged(plain, (576, 768, 3), 0.95).stretched
+    assert not judged(plain, (576, 720, 3), 0.995).stretched
+    assert judged(plain, (480, 720, 3), 1.125).setting == 1.125
+    assert judged(plain, (576, 720, 3), 0.703).setting == 0.703  # 16:9 in PAL: its own
+    undone = make_scorer(load_settings(overrides={"source": {"stretch": 1.0667}})).head.fan
+    assert undone.undone == 1.0667
+    assert not judged(undone, (576, 720, 3), 0.95).stretched
+    assert judged(undone, (576, 720, 3), 0.9).setting == pytest.approx(0.96, abs=0.001)
+    strict = make_scorer(load_settings(overrides={"biometry": {"stretch_tolerance": 0.01}}))
+    assert limits(strict.head.fan, (576, 720, 3)) == (0.01, 0.01)

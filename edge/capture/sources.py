@@ -362,8 +362,9 @@ Reshape = Callable[[np.ndarray], np.ndarray]
 def narrowing(stretch: float) -> Reshape | None:
     """Each frame narrowed by `stretch` (`[source] stretch`: how much wider the grabber
     draws the scanner's picture than it is), so everything after sees the scanner's own
-    shape; None for 1. A grabber that cannot be set (an SD one: 4:3 in 720x480 is 1.125)
-    otherwise has every head refused as stretched (edge/models/fan.py), or measured wide."""
+    shape; None for 1. A grabber that cannot be set (an SD one: 4:3 in 720x480 is 1.125,
+    in 720x576 0.9375, widened back to 768) otherwise has every head refused as stretched
+    (edge/models/fan.py), or measured wrong."""
     if stretch == 1.0:
         return None
 

@@ -15,6 +15,11 @@ within 0.3% on the frames that show the whole fan, and 1.33 on the same frames s
 Only a frame that shows both sides and the far edge can tell (a zoomed-in image, a linear
 probe's rectangle, a screen without black around the image cannot); such a frame gives no
 reading, and `StretchWatch` decides from the frames that could.
+
+The frame's size is evidence too: an SD (PAL or NTSC) grabber's 720x576 draws a 4:3
+picture 0.9375 as wide as it is, within the 8% that real screens' readings need, yet 3% on
+every HC. At such a size (`FanSettings.sd_sizes`) the verdict lies halfway between what a
+true screen reads and what that squeeze reads (`limits`).
 """
 
 from __future__ import annotations
@@ -58,11 +63,34 @@ class FanSettings:
     # 8%: real screens as captured read up to 3.6% off (a Voluson E10 cord JPEG) and a
     # capture scaled to half size moved one by 3.5%; every grabber's usual fault lies
     # beyond: 4:3 in 16:9 (1.333), in 16:10 (1.2), in NTSC 720x480 (1.125), 16:9 squeezed
-    # into 4:3 (0.75). Not caught: a 5:4 screen in 4:3 (1.067), 4:3 in PAL 720x576 (0.94).
+    # into 4:3 (0.75). Not caught by it: a 5:4 screen in 4:3 (1.067), and 4:3 in PAL
+    # 720x576 (0.9375), which the frame's size gives away (`sd_sizes`).
     readings: int = 9
     min_readings: int = 3
     tolerance: float = 0.08
     back_fraction: float = 0.625  # 5% at 8%
+    # A frame of a standard-definition capture size comes from an SD (PAL or NTSC) grabber,
+    # whose pixels are not square: (width, height, what the fan of a 4:3 picture drawn
+    # there reads). A 4:3 picture filling the frame: 720x576 is 720/768 = 0.9375 as wide as
+    # it is (16:15 pixels, CEA-861's 720x576), 704x576 704/768 (12:11, ITU-R BT.601's 704
+    # active samples, H.264 Table E-1), 720x480 720/640 (8:9), 704x480 704/640 (10:11),
+    # 720x486 (NTSC's full D1) 720/648. BT.601's own 720x576 sampling (the picture on
+    # 702-704 of the 720, 59:54 or 12:11 pixels) reads 0.915-0.917: 0.9375, the nearer 1,
+    # is the one to tell from a true screen, and catching it catches both.
+    sd_sizes: tuple[tuple[int, int, float], ...] = (
+        (720, 576, 720 / 768), (704, 576, 704 / 768), (720, 480, 720 / 640),
+        (704, 480, 704 / 640), (720, 486, 720 / 648))
+    # What a screen that keeps its shape reads: the 8 real whole-fan screens 0.998-1.029 as
+    # captured and 0.997-1.043 letterboxed into 720x576, the Voluson E10 screen 1.028-1.051
+    # frame to frame, HC18's median of nine 0.991-1.007. At an SD size the verdict lies
+    # halfway between these and the same readings times the size's ratio (`limits`): for
+    # 720x576 below 0.987 is squeezed (true again above 0.992), where "nearer 0.9375 than
+    # 1.0" (0.969) let the E10 screen through at 0.979.
+    true_reads: tuple[float, float] = (0.99, 1.05)
+    # `[source] stretch`: the frames were narrowed by this on the capture thread, so their
+    # size is no longer the grabber's (the size rule is off) and the setting that undoes a
+    # verdict is this times the reading.
+    undone: float = 1.0
     # When a frame is read (beside the loop): every `fast_every_frames` for the first
     # `fast_for_frames` of a new screen (a verdict within seconds where the fan shows),
     # then every `every_frames`. One reading is 4-14 ms on one core (`make bench`).
@@ -246,20 +274,48 @@ def screen_key(source: str, shape: tuple[int, ...]) -> str:
     return f"{str(source)[:280]}|{width}x{height}"
 
 
+def sd_ratio(settings: FanSettings, shape: tuple[int, ...] | None) -> float | None:
+    """What the fan of a 4:3 picture reads in a frame of this size drawn by an SD grabber
+    (`sd_sizes`); None for any other size, or where `[source] stretch` narrowed the frames
+    (their size is then not the grabber's)."""
+    if shape is None or len(shape) < 2 or settings.undone != 1.0:
+        return None
+    height, width = shape[:2]
+    return next((ratio for w, h, ratio in settings.sd_sizes if (w, h) == (width, height)),
+                None)
+
+
+def limits(settings: FanSettings, shape: tuple[int, ...] | None) -> tuple[float, float]:
+    """How far below and above 1.0 the median may read before the verdict: `tolerance`
+    either way; at an SD size, on its ratio's side, halfway between what a true screen
+    reads (`true_reads`) and what it reads squeezed by that ratio, where that is nearer."""
+    below = above = settings.tolerance
+    ratio = sd_ratio(settings, shape)
+    low, high = settings.true_reads
+    if ratio is not None and ratio * high < low:
+        below = min(below, 1.0 - (low + ratio * high) / 2)
+    elif ratio is not None and ratio * low > high:
+        above = min(above, (high + ratio * low) / 2 - 1.0)
+    return below, above
+
+
 class StretchWatch:
     """The verdict from the frames that showed their fan: the median of the last few, with
     a margin to turn back (`back_fraction`), and, until this screen has given its own, the
-    verdict remembered from the box's last run (`remembered`)."""
+    verdict remembered from the box's last run (`remembered`). The frame's size (`shape`)
+    is evidence too: an SD grabber's squeezes a 4:3 picture by a known ratio (`limits`)."""
 
     def __init__(self, settings: FanSettings = FanSettings(),
-                 remembered: float | None = None) -> None:
+                 remembered: float | None = None,
+                 shape: tuple[int, ...] | None = None) -> None:
         self.settings = settings
-        self.remembered = remembered
         self._readings: deque[float] = deque(maxlen=settings.readings)
-        self._stretched = remembered is not None and self._beyond(remembered, False)
+        self.clear(remembered, shape)
 
     def _beyond(self, stretch: float, stretched_now: bool) -> bool:
-        limit = self.settings.tolerance * (self.settings.back_fraction if stretched_now else 1)
+        below, above = self._limits
+        limit = (below if stretch < 1.0 else above) * (
+            self.settings.back_fraction if stretched_now else 1)
         return abs(stretch - 1.0) > limit
 
     def add(self, reading: FanReading | None) -> None:
@@ -270,9 +326,14 @@ class StretchWatch:
         if stretch is not None:
             self._stretched = self._beyond(stretch, self._stretched)
 
-    def clear(self, remembered: float | None = None) -> None:
+    def clear(self, remembered: float | None = None,
+              shape: tuple[int, ...] | None = None) -> None:
+        """A new screen (source and frame size, `shape` its frame's): no readings yet."""
         self._readings.clear()
         self.remembered = remembered
+        self.shape = tuple(shape[:2]) if shape is not None else None
+        self.sd_ratio = sd_ratio(self.settings, shape)
+        self._limits = limits(self.settings, shape)
         self._stretched = remembered is not None and self._beyond(remembered, False)
 
     @property
@@ -296,3 +357,23 @@ class StretchWatch:
     def stretched(self) -> bool:
         """True only on evidence: a screen that never shows its fan is not called stretched."""
         return self._stretched
+
+    @property
+    def as_sd(self) -> bool:
+        """Whether the median reads as this SD size draws a 4:3 picture (within the
+        tolerance of its ratio): the ratio, not the noisier reading, is then the fix."""
+        stretch = self.stretch
+        return (self.sd_ratio is not None and stretch is not None
+                and abs(stretch / self.sd_ratio - 1.0) <= self.settings.tolerance)
+
+    @property
+    def setting(self) -> float | None:
+        """The `[source] stretch` that undoes the verdict (frames are narrowed by it before
+        anything reads them, `edge.capture.sources.narrowing`): the SD ratio where the
+        median reads as one, else the median, times any setting already undone."""
+        stretch = self.stretch
+        if stretch is None:
+            return None
+        if self.as_sd:
+            return round(self.sd_ratio, 4)
+        return round(self.settings.undone * stretch, 3)
