@@ -543,8 +543,14 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
         log.warning("screen shape: not checked ([biometry] stretch_tolerance = 0): a "
                     "grabber that stretches the scanner's picture makes every head wrong")
     if settings.source.stretch != 1.0:
-        log.info("screen shape: each frame is narrowed by %g ([source] stretch) before it "
-                 "is read, undoing the grabber's stretch", settings.source.stretch)
+        # below 1 the frames are widened (a PAL grabber's 720x576 to 768x576): "narrowed
+        # by 0.9375" told the installer the opposite of what the box does
+        stretch = settings.source.stretch
+        log.info("screen shape: each frame is %s by %g ([source] stretch = %g) before it is "
+                 "read, undoing the grabber's %s",
+                 "narrowed" if stretch > 1.0 else "widened",
+                 stretch if stretch > 1.0 else round(1.0 / stretch, 4), stretch,
+                 "stretch" if stretch > 1.0 else "squeeze")
     if (scorer.head is not None and not settings.biometry.pixel_size_mm
             and not settings.biometry.ruler_tick_mm):
         if any(source.pixel_sizes):  # the demo clip knows its heads' scales, and measures

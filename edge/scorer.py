@@ -331,12 +331,17 @@ class Scorer:
             watch = self._stretch
             sd = (f", as an SD grabber draws a 4:3 picture in {watch.shape[1]}x"
                   f"{watch.shape[0]} ({watch.sd_ratio:.4g})" if watch.as_sd else "")
+            # the example is this grabber's own where its size tells it (a PAL squeeze was
+            # told how a 16:9 frame reads): the same picture with square pixels
+            shape = (f"{round(watch.shape[1] / watch.sd_ratio)}x{watch.shape[0]}, not "
+                     f"{watch.shape[1]}x{watch.shape[0]}" if watch.as_sd else
+                     "a 4:3 screen filling a 16:9 frame reads 1.33")
             log.warning("screen shape: the probe's fan is %.3f times as wide as its true "
                         "shape%s: the picture is %s sideways%s, so heads are not measured. "
-                        "Set the grabber to keep the scanner's own shape (a 4:3 screen "
-                        "filling a 16:9 frame reads 1.33), or, where it cannot be set, "
-                        "set [source] stretch = %g to undo it", stretch, seen,
-                        "stretched" if stretch > 1.0 else "squeezed", sd, watch.setting)
+                        "Set the grabber to keep the scanner's own shape (%s), or, where it "
+                        "cannot be set, set [source] stretch = %g to undo it", stretch, seen,
+                        "stretched" if stretch > 1.0 else "squeezed", sd, shape,
+                        watch.setting)
         else:
             log.info("screen shape: the probe's fan keeps its shape, %.3f%s: the picture "
                      "is not stretched", stretch, seen)

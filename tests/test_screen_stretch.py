@@ -593,3 +593,47 @@ def test_the_size_rule_keeps_to_sd_sizes_and_to_the_grabber_s_own_frames():
     assert judged(undone, (576, 720, 3), 0.9).setting == pytest.approx(0.96, abs=0.001)
     strict = make_scorer(load_settings(overrides={"biometry": {"stretch_tolerance": 0.01}}))
     assert limits(strict.head.fan, (576, 720, 3)) == (0.01, 0.01)
+
+
+@needs_data
+def test_a_pal_grabber_s_refused_exam_says_why_and_names_the_grabber_s_own_shape(
+        tmp_path, data_dir):
+    """What the installer reads after `sonoedge exam` (and `run`) of a PAL grabber's clip:
+    the warning's example is this grabber's own square-pixel size (768x576), where it told
+    how a 4:3 screen filling 16:9 reads beside a squeezed picture, and the summary's
+    "head: not measured (screen_stretched N)" says why in words, as the page's card does,
+    where it gave the status alone."""
+    pal = tmp_path / "pal.avi"
+    _fan_head_clip(data_dir, pal, 720, 576)
+    refused = _exam_cli(tmp_path, pal)
+    [warning] = [line for line in refused.splitlines() if "times as wide" in line]
+    assert "keep the scanner's own shape (768x576, not 720x576), or" in warning, warning
+    assert "16:9" not in warning, warning
+    [head] = [line for line in refused.splitlines() if line.startswith("  head:")]
+    assert re.fullmatch(r"  head: not measured \(screen_stretched \d+\): the picture is "
+                        r"stretched or squeezed sideways, so every head would measure wrong; "
+                        r"the 'screen shape' warning names the setting that undoes it",
+                        head), head
+
+
+@needs_data
+def test_run_with_the_pal_setting_says_it_widens_the_frames_and_measures(tmp_path, data_dir):
+    """`sonoedge run --once` with the warning's fix in the config, as an installer follows
+    it: the start-up line says the frames are widened (720x576 to 768x576), where it said
+    "narrowed by 0.9375", the fan keeps its shape, and the exam's heads are measured."""
+    from tests.cli_run import sonoedge
+    pal = tmp_path / "pal.avi"
+    _fan_head_clip(data_dir, pal, 720, 576)
+    config = tmp_path / "device.toml"
+    config.write_text(f'[source]\nstretch = 0.9375\n\n[device]\nstate_dir = "{tmp_path}/state"'
+                      '\n\n[biometry]\npixel_size_mm = 0.15\n')
+    done = sonoedge("run", "--once", "--config", str(config), "--source", str(pal))
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = done.stdout + done.stderr
+    [line] = [line for line in said.splitlines() if "[source] stretch" in line
+              and "before it is read" in line]
+    assert "each frame is widened by 1.0667 ([source] stretch = 0.9375) before it is read, " \
+        "undoing the grabber's squeeze" in line, line
+    assert "screen shape: the probe's fan keeps its shape" in said
+    assert "times as wide" not in said
+    assert re.search(r"  head: HC [0-9.]+ mm", said), said[-1500:]

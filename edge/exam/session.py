@@ -49,7 +49,7 @@ from edge.exam.thumbs import (
     make_thumbnail,
     measured_head_thumbnail,
 )
-from edge.models.biometry import MEASURED, PIXEL_SIZE_MISSING
+from edge.models.biometry import MEASURED, PIXEL_SIZE_MISSING, SCREEN_STRETCHED
 from edge.models.quality import HEAD_MEASURES, Rules, RulesError, load_rules
 from edge.models.roi import Roi
 from wire.dating import HADLOCK_1984_WEEKS
@@ -734,9 +734,14 @@ def format_exam(session: ExamSession, body: dict, set_scale: str = "") -> str:
             lines.append(f"  head: not measured on its {n} head-plane frame"
                          f"{'' if n == 1 else 's'}: the pixel size is unknown{set_scale}")
         else:
+            # the refusal the installer can undo says why, as the page's card does: a bare
+            # "screen_stretched 301" left the exam's heads unexplained
             lines.append("  head: not measured ("
                          + (", ".join(f"{k} {v}" for k, v in declined.items())
-                            or "no head frames") + ")")
+                            or "no head frames") + ")"
+                         + (": the picture is stretched or squeezed sideways, so every "
+                            "head would measure wrong; the 'screen shape' warning names the "
+                            "setting that undoes it" if declined.get(SCREEN_STRETCHED) else ""))
     if body.get("deficiencies"):
         lines.append("  most frequent deficiencies: " + _frames_list(body["deficiencies"]))
     if body.get("deficiencies_not_counted"):
