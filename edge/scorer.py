@@ -38,7 +38,13 @@ from edge.models.biometry import (
     pixel_size_status,
     settings_for_model,
 )
-from edge.models.fan import FanSettings, StretchWatch, read_fan, screen_key
+from edge.models.fan import (
+    FanSettings,
+    StretchWatch,
+    read_fan,
+    screen_key,
+    setting_for_another_size,
+)
 from edge.models.manifest import Manifest, find_manifest
 from edge.models.planes import (
     PlaneResult,
@@ -273,6 +279,16 @@ class Scorer:
         if self._stretch is None:
             self._stretch = StretchWatch(self.head.fan)
         self._stretch.clear(remembered, shape)
+        meant = setting_for_another_size(self.head.fan, shape)
+        if meant is not None:  # a setting copied from another box, or made by mistake
+            undone = self.head.fan.undone
+            log.warning("screen shape: [source] stretch = %g undoes an SD grabber's %dx%d, "
+                        "but this grabber's frames are %dx%d: if its picture keeps the "
+                        "scanner's shape, remove the setting, or every head measures about "
+                        "%.0f%% too %s on HC, too little for the fan's check to tell", undone,
+                        meant[0], meant[1], round(shape[1] * undone), shape[0],
+                        abs(1.0 / undone - 1.0) / 2 * 100,
+                        "large" if undone < 1.0 else "small")
         if remembered is not None:
             self._stretch_said = None
             self._say_stretch(" (remembered from the last run)")

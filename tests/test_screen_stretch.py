@@ -529,6 +529,30 @@ def test_a_head_through_a_pal_grabber_is_refused_and_the_setting_named_measures_
 
 
 @needs_data
+def test_the_pal_setting_on_a_grabber_that_keeps_the_shape_is_said_where_the_fan_cannot_tell(
+        caplog):
+    """0.9375 set on a grabber whose 960x720 frames keep the scanner's shape (copied from a
+    PAL box, or set by mistake): the frames are widened to 1024x720, the fan reads about
+    1.067, within the 8%, and the head goes out about 3% large with status ok. Only the
+    frame's size tells: the scorer says once which size the setting is for, and what it
+    costs. On the PAL grabber it undoes, and without the setting, nothing is said."""
+    caplog.set_level("INFO", logger="edge.scorer")
+    keeps = lambda image: _drawn(image, 960, 720)  # noqa: E731
+    wrong = _through_scorer(draw=keeps, source_stretch=0.9375, frames=12, heads=3)[-1]
+    right = _through_scorer(draw=keeps, frames=12, heads=3)[-1]
+    assert wrong["biometry"]["status"] == right["biometry"]["status"] == "ok"
+    assert wrong["biometry"]["hc_mm"] > right["biometry"]["hc_mm"] * 1.02  # why it is said
+    said = [r.getMessage() for r in caplog.records if "undoes an SD grabber" in r.getMessage()]
+    assert said == ["screen shape: [source] stretch = 0.9375 undoes an SD grabber's 720x576, "
+                    "but this grabber's frames are 960x720: if its picture keeps the "
+                    "scanner's shape, remove the setting, or every head measures about 3% "
+                    "too large on HC, too little for the fan's check to tell"], said
+    caplog.clear()
+    _through_scorer(draw=_pal, source_stretch=0.9375, frames=4)
+    assert not any("undoes an SD grabber" in r.getMessage() for r in caplog.records)
+
+
+@needs_data
 def test_a_pal_screen_remembered_squeezed_refuses_its_first_head():
     """A verdict kept before (its key: source and frame size) holds after a restart: a PAL
     grabber's 720x576 screen remembered at 0.94 refuses its first head; the same reading

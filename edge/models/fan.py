@@ -285,6 +285,24 @@ def sd_ratio(settings: FanSettings, shape: tuple[int, ...] | None) -> float | No
                 None)
 
 
+def setting_for_another_size(settings: FanSettings,
+                             shape: tuple[int, ...] | None) -> tuple[int, int] | None:
+    """The SD size whose squeeze `[source] stretch` undoes (`sd_sizes`), where the grabber's
+    own frames (`shape` is theirs after the setting: `edge.capture.sources.narrowing`) are
+    not of that size; else None. 0.9375 set on a grabber that keeps the picture's shape
+    makes every head about 4% too large on HC, and the fan then reads 1.067, within the 8%:
+    only the frame's size tells."""
+    if settings.undone == 1.0 or shape is None or len(shape) < 2:
+        return None
+    height, width = shape[:2]
+    before = round(width * settings.undone)  # the grabber's own width, before the setting
+    sizes = [(w, h) for w, h, ratio in settings.sd_sizes
+             if abs(settings.undone / ratio - 1.0) < 1e-3]  # the sizes it is the ratio of
+    if not sizes or any(abs(before - w) <= 1 and height == h for w, h in sizes):
+        return None
+    return sizes[0]
+
+
 def limits(settings: FanSettings, shape: tuple[int, ...] | None) -> tuple[float, float]:
     """How far below and above 1.0 the median may read before the verdict: `tolerance`
     either way; at an SD size, on its ratio's side, halfway between what a true screen
