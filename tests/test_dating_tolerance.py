@@ -70,3 +70,19 @@ def test_the_tolerance_is_that_of_the_age_as_it_is_said_to_the_day():
             text = re.sub(r"<[^>]+>", " ", _report(bio, lang))
             wd = said if lang == "en" else said.replace("w ", " SA ").replace("d", " j")
             assert f"{wd} ± {days} {unit}" in text, (weeks, lang)
+
+
+def test_the_reports_models_line_sets_the_colon_as_each_language_does():
+    """The colon after the models' label was the code's, English-style: French sets a space
+    before it, as every other label of the French page does (a walk's find)."""
+    session = ExamSession(load_protocols()["biometry"])
+    summary = {**session.summary("gap", ended_ts=time.time() - 600),
+               "models": {"plane_student": "1.5.0", "head_segmenter": "1.4.0"}}
+    protocols = read_protocols()
+    exam = present(summary, {}, protocols, protocol_titles(protocols))
+    said = {lang: re.sub(r"<[^>]+>", " ", render_report(
+        exam, catalog(lang, load_rules(None)), {"device_id": "box-1", "clinic_id": "c-1"}))
+        for lang in ("en", "fr")}
+    assert "Model versions: plane_student 1.5.0 · head_segmenter 1.4.0" in said["en"]
+    assert "Versions des modèles : plane_student 1.5.0" in said["fr"]
+    assert "modèles:" not in said["fr"]

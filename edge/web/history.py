@@ -851,7 +851,8 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     models = " · ".join(f"{k} {v}" for k, v in exam.get("models", {}).items())
     out.append('<footer>')
     if models:
-        out.append(f'<p>{e(_t(text, "report.models"))}: {e(models)}</p>')
+        # the colon is the language's own (French sets a space before it)
+        out.append(f'<p>{e(_t(text, "report.models"))} {e(models)}</p>')
     out.append(f'<p>{e(_t(text, "report.exam_id", id=exam_id))}</p>')
     out.append(f'<p class="aid">{e(_t(text, "screen.aid"))}</p></footer></main>')
     return _page(text, f'{_t(text, "report.title")} · {title}', "\n".join(out), "report")
