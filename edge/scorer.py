@@ -284,11 +284,11 @@ class Scorer:
             undone = self.head.fan.undone
             log.warning("screen shape: [source] stretch = %g undoes an SD grabber's %dx%d, "
                         "but this grabber's frames are %dx%d: if its picture keeps the "
-                        "scanner's shape, remove the setting, or every head measures about "
-                        "%.0f%% too %s on HC, too little for the fan's check to tell", undone,
-                        meant[0], meant[1], round(shape[1] * undone), shape[0],
-                        abs(1.0 / undone - 1.0) / 2 * 100,
-                        "large" if undone < 1.0 else "small")
+                        "scanner's shape, remove the setting: it draws every head %.1f%% too "
+                        "%s (HC about half that off), too little for the fan's check to "
+                        "tell", undone, meant[0], meant[1], round(shape[1] * undone),
+                        shape[0], abs(1.0 / undone - 1.0) * 100,
+                        "wide" if undone < 1.0 else "narrow")
         if remembered is not None:
             self._stretch_said = None
             self._say_stretch(" (remembered from the last run)")

@@ -545,8 +545,9 @@ def test_the_pal_setting_on_a_grabber_that_keeps_the_shape_is_said_where_the_fan
     said = [r.getMessage() for r in caplog.records if "undoes an SD grabber" in r.getMessage()]
     assert said == ["screen shape: [source] stretch = 0.9375 undoes an SD grabber's 720x576, "
                     "but this grabber's frames are 960x720: if its picture keeps the "
-                    "scanner's shape, remove the setting, or every head measures about 3% "
-                    "too large on HC, too little for the fan's check to tell"], said
+                    "scanner's shape, remove the setting: it draws every head 6.7% too "
+                    "wide (HC about half that off), too little for the fan's check to "
+                    "tell"], said
     caplog.clear()
     _through_scorer(draw=_pal, source_stretch=0.9375, frames=4)
     assert not any("undoes an SD grabber" in r.getMessage() for r in caplog.records)

@@ -290,7 +290,7 @@ def setting_for_another_size(settings: FanSettings,
     """The SD size whose squeeze `[source] stretch` undoes (`sd_sizes`), where the grabber's
     own frames (`shape` is theirs after the setting: `edge.capture.sources.narrowing`) are
     not of that size; else None. 0.9375 set on a grabber that keeps the picture's shape
-    makes every head about 4% too large on HC, and the fan then reads 1.067, within the 8%:
+    draws every head 6.7% too wide (HC 3-4% large), and the fan reads 1.067, within the 8%:
     only the frame's size tells."""
     if settings.undone == 1.0 or shape is None or len(shape) < 2:
         return None
