@@ -311,6 +311,20 @@ def _paths_beside(path: Path, data: dict) -> None:
             table[key] = str(base / value)
 
 
+def fan_settings(settings: Settings) -> FanSettings | None:
+    """The screen-shape check's settings (`edge.models.fan`) as the box runs it, for the
+    scorer and `sonoedge status` alike; None where `[biometry] stretch_tolerance = 0` turns
+    it off. Its image and black levels follow the screen's, as the region's do (`[roi]`: a
+    capture whose black sits at grey 16 sets black_level 24 and outline_level 16)."""
+    bio = settings.biometry
+    if not bio.stretch_tolerance:
+        return None
+    return dataclasses.replace(FanSettings(), tolerance=bio.stretch_tolerance,
+                               level=max(1, settings.roi.black_level - 2),
+                               outside_level=settings.roi.outline_level + 4,
+                               undone=settings.source.stretch)
+
+
 def frame_limits(settings: Settings) -> FrameLimits:
     """The pixel budget and minimum frame size of `[source]`."""
     return FrameLimits(settings.source.max_frame_pixels, settings.source.min_frame_side)

@@ -7,7 +7,6 @@ models' own files, read once at start-up.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -20,7 +19,7 @@ import numpy as np
 
 from edge.capture.clock import ScanClock
 from edge.capture.sources import Frame, Prepare, Reshape, Source, read_ahead
-from edge.config import Settings
+from edge.config import Settings, fan_settings
 from edge.models.biometry import (
     RULER_UNREAD,
     SCALE_CALIBRATION,
@@ -42,6 +41,7 @@ from edge.models.fan import (
     FanSettings,
     StretchWatch,
     read_fan,
+    refusal,
     screen_key,
     setting_for_another_size,
 )
@@ -344,20 +344,8 @@ class Scorer:
         seen = where or (f" (median of the last {self._stretch.count} frames that showed "
                          "it)")
         if self._stretch_said:
-            watch = self._stretch
-            sd = (f", as an SD grabber draws a 4:3 picture in {watch.shape[1]}x"
-                  f"{watch.shape[0]} ({watch.sd_ratio:.4g})" if watch.as_sd else "")
-            # the example is this grabber's own where its size tells it (a PAL squeeze was
-            # told how a 16:9 frame reads): the same picture with square pixels
-            shape = (f"{round(watch.shape[1] / watch.sd_ratio)}x{watch.shape[0]}, not "
-                     f"{watch.shape[1]}x{watch.shape[0]}" if watch.as_sd else
-                     "a 4:3 screen filling a 16:9 frame reads 1.33")
             log.warning("screen shape: the probe's fan is %.3f times as wide as its true "
-                        "shape%s: the picture is %s sideways%s, so heads are not measured. "
-                        "Set the grabber to keep the scanner's own shape (%s), or, where it "
-                        "cannot be set, set [source] stretch = %g to undo it", stretch, seen,
-                        "stretched" if stretch > 1.0 else "squeezed", sd, shape,
-                        watch.setting)
+                        "shape%s: %s", stretch, seen, refusal(self._stretch))
         else:
             log.info("screen shape: the probe's fan keeps its shape, %.3f%s: the picture "
                      "is not stretched", stretch, seen)
@@ -544,13 +532,7 @@ def make_head_model(settings: Settings) -> HeadModel | None:
                     "head quality criteria", path)
         return None
     model, measurement = load_segmenter(settings)
-    # the fan's image and black levels follow the screen's, as the region's do (`[roi]`: a
-    # capture whose black sits at grey 16 sets black_level 24 and outline_level 16)
-    fan = (dataclasses.replace(FanSettings(), tolerance=bio.stretch_tolerance,
-                               level=max(1, settings.roi.black_level - 2),
-                               outside_level=settings.roi.outline_level + 4,
-                               undone=settings.source.stretch)
-           if bio.stretch_tolerance else None)
+    fan = fan_settings(settings)
     return HeadModel(model, measurement, bio.pixel_size_mm, frozenset(bio.head_planes),
                      passes_for_model(model.manifest),
                      RulerReader(bio.ruler_tick_mm) if bio.ruler_tick_mm else None, fan)

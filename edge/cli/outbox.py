@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -229,11 +230,22 @@ def status_main(argv: list[str]) -> int:
         status["running"] = holder is not None
         if holder is None:
             status["connected"] = False  # whatever the file says: nobody holds a link
+    shapes, shape_lines = _screen_shapes(args, state_dir)
     if args.json:  # no status file: the outbox's counts alone, beside "uplink": null
         alone = {"outbox": live} if status is None and live is not None else {}
         print(json.dumps({"uplink": status, **alone,
-                          **({"damaged": problem} if problem else {})}, indent=1))
+                          **({"damaged": problem} if problem else {}),
+                          "screen_shape": shapes}, indent=1))
         return 0
+    _print_uplink(status, problem, holder, live, state_dir)
+    for line in shape_lines:  # after the uplink's lines, whichever were shown
+        print(line)
+    return 0
+
+
+def _print_uplink(status: dict | None, problem: str | None, holder: object,
+                  live: dict | None, state_dir: Path) -> None:
+    """The uplink's lines, and the outbox's: from its status file, else what is known."""
     running = ("a run holds this state dir" if holder is not None
                else "no run holds this state dir")
     if status is None:  # whatever the uplink never wrote, the outbox may still hold refusals
@@ -244,7 +256,7 @@ def status_main(argv: list[str]) -> int:
                   "has not run there yet")
         if live is not None:
             _print_outbox(live)
-        return 0
+        return
     box = status.get("outbox") or {}
     pid = status.get("pid", "?")
     broker = _text(status.get("broker", "?"))
@@ -274,7 +286,67 @@ def status_main(argv: list[str]) -> int:
               "until there is room")
     _print_outbox(box)
     print(f"status written {_age(status.get('updated_ts'))} ago")
-    return 0
+
+
+_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+
+
+def _screen_shapes(args: argparse.Namespace, state_dir: Path) -> tuple[dict | None, list[str]]:
+    """The screen-shape verdict of each screen the box remembers (`screen_shape.json`), as
+    the box gives it from that remembered reading: the scorer's own rule (`StretchWatch`,
+    `edge.models.fan.limits`) and wording (`refusal`), with the box's settings from
+    --config, else the defaults (said which). An installer who checks `status` rather than
+    `run`'s log learns that heads are not measured, and the setting that undoes it. No
+    file: nothing (None, no line); a damaged one: one line on stderr naming it."""
+    from edge.config import ConfigError, Settings, fan_settings, load_settings
+    from edge.models.fan import StretchWatch, refusal
+    from edge.store import screen_shape
+
+    screens, damaged = screen_shape.recalled(state_dir)
+    if damaged:
+        print(f"sonoedge status: screen shape: {damaged}; no verdict shown", file=sys.stderr)
+        return {"screens": [], "damaged": damaged}, []
+    if not screens:
+        return None, []
+    try:  # read already for the state dir: a failure here is a file changed since
+        box = Settings() if args.config is None else load_settings(args.config)
+    except ConfigError as exc:
+        print(f"sonoedge status: screen shape: {exc}", file=sys.stderr)
+        return None, []
+    fan = fan_settings(box)
+    judged = ("the defaults: give --config for the box's own" if args.config is None
+              else f"the settings of {shown_path(args.config)}")
+    if fan is None:
+        judged = (f"not checked: [biometry] stretch_tolerance = 0 in "
+                  f"{shown_path(args.config)}")
+    shown_list, lines = [], []
+    for key, stretch, at in reversed(screens):  # the newest first: likely the grabber now
+        source, _, size = key.rpartition("|")
+        sized = _SIZE.fullmatch(size) if source else None
+        if sized is None:  # not a key the box writes: shown whole, judged without a size
+            source, shape = key, None
+        else:
+            shape = (int(sized.group(2)), int(sized.group(1)))
+        entry = {"source": printable(source), "width": None if shape is None else shape[1],
+                 "height": None if shape is None else shape[0], "stretch": stretch,
+                 "at": number_or_none(at)}
+        if fan is None:
+            verdict = "not judged"
+            entry.update(stretched=None, setting=None)
+        else:
+            watch = StretchWatch(fan, stretch, shape)
+            verdict = refusal(watch) if watch.stretched else "keeps its shape"
+            entry.update(stretched=watch.stretched,
+                         setting=watch.setting if watch.stretched else None)
+        entry["verdict"] = verdict
+        shown_list.append(entry)
+        where = "?" if shape is None else f"{shape[1]}x{shape[0]}"
+        lines.append(f"  {_text(source, 120)} {where}: remembered {stretch:.3f}"
+                     f" ({_ago(at)}): {verdict}")
+    lines.insert(0, f"screen shape: {len(screens)} screen(s) remembered, the newest first, "
+                    + (f"judged with {judged}" if fan is not None else judged))
+    return {"settings": "defaults" if args.config is None else shown_path(args.config),
+            "checked": fan is not None, "screens": shown_list}, lines
 
 
 def _print_outbox(box: dict) -> None:

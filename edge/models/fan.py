@@ -395,3 +395,21 @@ class StretchWatch:
         if self.as_sd:
             return round(self.sd_ratio, 4)
         return round(self.settings.undone * stretch, 3)
+
+
+def refusal(watch: StretchWatch) -> str:
+    """Why a screen found stretched has its heads refused, and the fix: how the picture is
+    drawn (an SD grabber's squeeze where its size tells, `as_sd`), and the setting that
+    undoes it. One wording for `run`'s log (`Scorer._say_stretch`) and `sonoedge status`."""
+    stretch = watch.stretch or 1.0
+    sd = (f", as an SD grabber draws a 4:3 picture in {watch.shape[1]}x{watch.shape[0]} "
+          f"({watch.sd_ratio:.4g})" if watch.as_sd else "")
+    # the example is this grabber's own where its size tells it (a PAL squeeze was told
+    # how a 16:9 frame reads): the same picture with square pixels
+    shape = (f"{round(watch.shape[1] / watch.sd_ratio)}x{watch.shape[0]}, not "
+             f"{watch.shape[1]}x{watch.shape[0]}" if watch.as_sd else
+             "a 4:3 screen filling a 16:9 frame reads 1.33")
+    return (f"the picture is {'stretched' if stretch > 1.0 else 'squeezed'} sideways{sd}, so "
+            "heads are not measured. Set the grabber to keep the scanner's own shape "
+            f"({shape}), or, where it cannot be set, set [source] stretch = {watch.setting:g} "
+            "to undo it")

@@ -32,33 +32,48 @@ def _plausible(value: object) -> bool:
             and math.isfinite(value) and 0.25 <= value <= 4.0)
 
 
-def _read(path: Path) -> dict[str, dict]:
+def _load(path: Path) -> tuple[dict[str, dict], str | None]:
+    """The screens kept in the file (the last `MAX_SCREENS`, each a text key and a plausible
+    stretch; any other entry is passed over), and why the file cannot be read as a whole
+    (None where it can, or is not there)."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        return {}
+        return {}, None
     except OSError as exc:
-        log.warning("screen shape: %s not read (%s); no verdict remembered", shown_path(path),
-                    exc.strerror or exc)
-        return {}
+        return {}, f"{shown_path(path)} not read ({exc.strerror or exc})"
     try:
         if len(raw) > MAX_FILE_BYTES:
             raise PayloadError(f"larger than {MAX_FILE_BYTES} bytes")
         data = loads_bounded(raw, MAX_FILE_BYTES, max_depth=4)
     except (PayloadError, ValueError) as exc:
-        log.warning("screen shape: %s is not a verdict file (%s); no verdict remembered",
-                    shown_path(path), shown(str(exc))[:120])
-        return {}
+        return {}, f"{shown_path(path)} is not a verdict file ({shown(str(exc))[:120]})"
     screens = data.get("screens") if isinstance(data, dict) else None
     if not isinstance(screens, list):  # oldest first: a list keeps its order in the file
-        return {}
+        return {}, None
     kept: dict[str, dict] = {}
     for entry in screens[-MAX_SCREENS:]:
         if (isinstance(entry, dict) and isinstance(entry.get("screen"), str)
                 and len(entry["screen"]) <= MAX_KEY_CHARS and _plausible(entry.get("stretch"))):
             kept[entry["screen"]] = entry
+    return kept, None
+
+
+def _read(path: Path) -> dict[str, dict]:
+    kept, problem = _load(path)
+    if problem:
+        log.warning("screen shape: %s; no verdict remembered", problem)
     return kept
+
+
+def recalled(state_dir: Path) -> tuple[list[tuple[str, float, object]], str | None]:
+    """Every screen remembered, oldest first: (key, stretch, when kept: as read, unchecked),
+    and why the file cannot be read (None where it can or is not there), for
+    `sonoedge status`."""
+    kept, problem = _load(Path(state_dir) / SCREEN_SHAPE_FILE)
+    return [(key, float(entry["stretch"]), entry.get("at")) for key, entry in kept.items()], \
+        problem
 
 
 def remembered(state_dir: Path, key: str) -> float | None:
