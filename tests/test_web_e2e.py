@@ -143,12 +143,16 @@ def test_heatmap_toggle(page, live):
         assert "Not available with this model (plane_student" in \
             page.text_content("#heatmap-note")
         return
-    # a model with class maps: the named plane's map is drawn over the region
-    page.check("#heatmap-toggle")
+    # a model with class maps: the named plane's map is drawn over the region. Tapped as
+    # the element itself: a pointer click at its place missed it on a loaded host, where
+    # the cards above it grew between Playwright's "stable" and its click (a rehearsal)
+    page.eval_on_selector("#heatmap-toggle", "el => el.click()")
+    assert page.is_checked("#heatmap-toggle")
     page.wait_for_function("(window.sonoedge.heatmapDrawn || 0) > 3", **POLL)
     header = page.evaluate("window.sonoedge.lastHeader")
     assert header["heatmap"]["w"] > 1 and header["heatmap"]["h"] > 1
-    page.uncheck("#heatmap-toggle")
+    page.eval_on_selector("#heatmap-toggle", "el => el.click()")
+    assert not page.is_checked("#heatmap-toggle")
 
 
 def test_dates_give_the_hc_flag_a_reference(page):
