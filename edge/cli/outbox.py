@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sqlite3
 import sys
 import time
@@ -288,9 +287,6 @@ def _print_uplink(status: dict | None, problem: str | None, holder: object,
     print(f"status written {_age(status.get('updated_ts'))} ago")
 
 
-_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
-
-
 def _screen_shapes(args: argparse.Namespace, state_dir: Path) -> tuple[dict | None, list[str]]:
     """The screen-shape verdict of each screen the box remembers (`screen_shape.json`), as
     the box gives it from that remembered reading: the scorer's own rule (`StretchWatch`,
@@ -299,7 +295,7 @@ def _screen_shapes(args: argparse.Namespace, state_dir: Path) -> tuple[dict | No
     `run`'s log learns that heads are not measured, and the setting that undoes it. No
     file: nothing (None, no line); a damaged one: one line on stderr naming it."""
     from edge.config import ConfigError, Settings, fan_settings, load_settings
-    from edge.models.fan import StretchWatch, refusal
+    from edge.models.fan import StretchWatch, parse_screen_key, refusal
     from edge.store import screen_shape
 
     screens, damaged = screen_shape.recalled(state_dir)
@@ -321,12 +317,7 @@ def _screen_shapes(args: argparse.Namespace, state_dir: Path) -> tuple[dict | No
                   f"{shown_path(args.config)}")
     shown_list, lines = [], []
     for key, stretch, at in reversed(screens):  # the newest first: likely the grabber now
-        source, _, size = key.rpartition("|")
-        sized = _SIZE.fullmatch(size) if source else None
-        if sized is None:  # not a key the box writes: shown whole, judged without a size
-            source, shape = key, None
-        else:
-            shape = (int(sized.group(2)), int(sized.group(1)))
+        source, shape = parse_screen_key(key)  # not a key the box writes: no size
         entry = {"source": printable(source), "width": None if shape is None else shape[1],
                  "height": None if shape is None else shape[0], "stretch": stretch,
                  "at": number_or_none(at)}

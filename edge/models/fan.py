@@ -25,6 +25,7 @@ true screen reads and what that squeeze reads (`limits`).
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
 from dataclasses import dataclass
 
@@ -272,6 +273,19 @@ def screen_key(source: str, shape: tuple[int, ...]) -> str:
     and the frame's size (a grabber set anew comes back at another size, or another name)."""
     height, width = shape[:2]
     return f"{str(source)[:280]}|{width}x{height}"
+
+
+_KEY_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+
+
+def parse_screen_key(key: str) -> tuple[str, tuple[int, int] | None]:
+    """A `screen_key` read back: (source, (height, width)), or (the key whole, None) for
+    a key the box does not write (no "|WxH" after the source)."""
+    source, _, size = key.rpartition("|")
+    sized = _KEY_SIZE.fullmatch(size) if source else None
+    if sized is None:
+        return key, None
+    return source, (int(sized.group(2)), int(sized.group(1)))
 
 
 def sd_ratio(settings: FanSettings, shape: tuple[int, ...] | None) -> float | None:
