@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -35,33 +37,61 @@ def models_copy(tmp_path: Path) -> Path:
 
 
 # Long, single-threaded work some tests wait for, started as processes of their own beside
-# the first tests (the second core is mostly idle) once collection shows a test needs it:
-# the two-year district's seed (40-50 s) and the emulated arm64 run (about 60 s), which the
-# suite waited for in turn. Each job: the fixture that waits for it, its command.
+# the first tests (the cores are not busy all the time: many tests wait on servers and
+# browsers): the two-year district's seed (40-60 s) and the emulated arm64 run (about 60-75 s
+# from scratch), which the suite waited for in turn. Each job: the fixture that waits for
+# it, its command.
 BACKGROUND = {
     "_two_year_district": [sys.executable, "-m", "tests.seed_two_year", "{folder}"],
     "arm64_emulated_run": ["bash", "scripts/arm64_emulated.sh"],
 }
 _JOBS: dict[str, dict] = {}  # fixture -> {"folder", "proc", "log"}
+# Under xdist (`make test`) the workers learn a job the controller started from this
+# variable's folder, where its exit code lands in a file of its own when it ends.
+_JOB_ENV = "SONOEDGE_TEST_JOB_"
+
+
+def _start_job(name: str) -> None:
+    if name == "arm64_emulated_run" and os.geteuid() != 0:
+        return  # its test is skipped: debootstrap and unshare -m need root
+    folder = Path(tempfile.mkdtemp(prefix=f"sonoedge-{name.strip('_')}-"))
+    log = open(folder / "job.log", "wb")
+    argv = [a.replace("{folder}", str(folder)) for a in BACKGROUND[name]]
+    # the exit code written last, by the shell that waited for it: a worker polls for it
+    wrapped = ["sh", "-c", '"$@"; echo $? > "$0/rc.tmp" && mv "$0/rc.tmp" "$0/rc"',
+               str(folder), *argv]
+    _JOBS[name] = {"folder": folder, "log": log, "proc": subprocess.Popen(
+        wrapped, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=_job_env(),
+        start_new_session=True,  # killed as a group: the shell and its job
+        preexec_fn=lambda: os.nice(5))}  # the tests in the foreground first
+    os.environ[_JOB_ENV + name.strip("_")] = str(folder)
+
+
+def pytest_configure(config) -> None:
+    """Under xdist, the controller starts the jobs of a whole-suite run (`make test`) before
+    its workers are spawned: a worker only collects, and started in the worker whose test
+    needs it, each job ran in its foreground (a minute of the seed, one of debootstrap)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses",
+                                                             None):
+        return
+    whole = (config.args_source == pytest.Config.ArgsSource.TESTPATHS
+             and not config.option.keyword and not config.option.markexpr
+             and not config.getoption("deselect", None))
+    if whole:
+        for name in sorted(BACKGROUND):
+            _start_job(name)
 
 
 @pytest.hookimpl(trylast=True)  # after -k, -m and --deselect have chosen the items
 def pytest_collection_modifyitems(session, config, items) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        # Under xdist (`make test`) every worker collects every test but runs only some
-        # files: each would start its own copy of every job. The other worker is the
-        # overlap, so a job runs in the foreground of the worker whose test needs it.
+    if os.environ.get("PYTEST_XDIST_WORKER") or _JOBS:
+        # Under xdist every worker collects every test but runs only some files: the
+        # controller started the jobs of a whole-suite run (pytest_configure); with files
+        # or -k chosen, a job runs in the foreground of the worker whose test needs it.
         return
     needed = {name for item in items for name in item.fixturenames if name in BACKGROUND}
     for name in sorted(needed - set(_JOBS)):
-        if name == "arm64_emulated_run" and os.geteuid() != 0:
-            continue  # its test is skipped: debootstrap and unshare -m need root
-        folder = Path(tempfile.mkdtemp(prefix=f"sonoedge-{name.strip('_')}-"))
-        log = open(folder / "job.log", "wb")
-        argv = [a.replace("{folder}", str(folder)) for a in BACKGROUND[name]]
-        _JOBS[name] = {"folder": folder, "log": log, "proc": subprocess.Popen(
-            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=_job_env(),
-            preexec_fn=lambda: os.nice(5))}  # the tests in the foreground first
+        _start_job(name)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -82,9 +112,7 @@ def _job_env() -> dict[str, str]:
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     for job in _JOBS.values():
-        if job["proc"].poll() is None:
-            job["proc"].kill()
-            job["proc"].wait(10)
+        _stop(job)
         job["log"].close()
         shutil.rmtree(job["folder"], ignore_errors=True)
 
@@ -93,16 +121,29 @@ def background_job(name: str, timeout_s: float = 1800) -> tuple[int, str, Path] 
     """Wait for a background job: (exit code, the tail of its output, its folder), or None
     where none was started (its test collected some other way)."""
     job = _JOBS.get(name)
-    if job is None:
+    started = os.environ.get(_JOB_ENV + name.strip("_"))
+    if job is None and not started:
         return None
-    try:
-        job["proc"].wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        job["proc"].kill()
-        raise
-    job["log"].flush()
-    tail = (job["folder"] / "job.log").read_text(errors="replace")[-4000:]
-    return job["proc"].returncode, tail, job["folder"]
+    folder = job["folder"] if job else Path(started)  # the xdist controller's, or this one's
+    deadline = time.monotonic() + timeout_s
+    while not (folder / "rc").is_file():
+        if job and job["proc"].poll() is not None and not (folder / "rc").is_file():
+            return 1, f"its shell ended ({job['proc'].returncode}) without an exit code", folder
+        if time.monotonic() > deadline:
+            if job:
+                _stop(job)
+            raise TimeoutError(f"background job {name} not done in {timeout_s:.0f} s")
+        time.sleep(0.5)
+    if job:
+        job["log"].flush()
+    tail = (folder / "job.log").read_text(errors="replace")[-4000:]
+    return int((folder / "rc").read_text().strip() or 1), tail, folder
+
+
+def _stop(job: dict) -> None:
+    if job["proc"].poll() is None:
+        os.killpg(job["proc"].pid, signal.SIGKILL)
+        job["proc"].wait(10)
 
 
 @pytest.fixture(scope="session")
