@@ -40,10 +40,10 @@ from edge.models.biometry import (
 from edge.models.fan import (
     FanSettings,
     StretchWatch,
+    another_size,
     read_fan,
     refusal,
     screen_key,
-    setting_for_another_size,
 )
 from edge.models.manifest import Manifest, find_manifest
 from edge.models.planes import (
@@ -279,16 +279,9 @@ class Scorer:
         if self._stretch is None:
             self._stretch = StretchWatch(self.head.fan)
         self._stretch.clear(remembered, shape)
-        meant = setting_for_another_size(self.head.fan, shape)
-        if meant is not None:  # a setting copied from another box, or made by mistake
-            undone = self.head.fan.undone
-            log.warning("screen shape: [source] stretch = %g undoes an SD grabber's %dx%d, "
-                        "but this grabber's frames are %dx%d: if its picture keeps the "
-                        "scanner's shape, remove the setting: it draws every head %.1f%% too "
-                        "%s (HC about half that off), too little for the fan's check to "
-                        "tell", undone, meant[0], meant[1], round(shape[1] * undone),
-                        shape[0], abs(1.0 / undone - 1.0) * 100,
-                        "wide" if undone < 1.0 else "narrow")
+        costs = another_size(self.head.fan, shape)
+        if costs is not None:  # a setting copied from another box, or made by mistake
+            log.warning("screen shape: %s", costs)
         if remembered is not None:
             self._stretch_said = None
             self._say_stretch(" (remembered from the last run)")

@@ -35,10 +35,12 @@ def test_a_pixel_size_given_to_exam_measures_the_heads_on_a_box_that_reads_the_r
     config.write_text("[biometry]\nruler_tick_mm = 5.0\n")
     plain = sonoedge("exam", "--config", str(config), str(folder))
     assert plain.returncode == 0, plain.stderr
-    assert "not measured (ruler_unread" in plain.stdout  # the box's own setting, as before
+    # the box's own setting, as before, said in words with what undoes it
+    assert "not measured (depth scale not read on 3 frames): the depth scale beside the " \
+        "image could not be read" in plain.stdout, plain.stdout
     given = sonoedge("exam", "--config", str(config), "--pixel-size", "0.15", str(folder))
     assert given.returncode == 0, given.stderr
-    assert "ruler_unread" not in given.stdout
+    assert "depth scale" not in given.stdout
     assert 100 < _hc(given.stdout) < 300
 
 

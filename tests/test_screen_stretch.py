@@ -436,7 +436,7 @@ def test_a_grabber_that_cannot_be_set_is_undone_by_source_stretch(tmp_path, data
     refused = _exam_cli(tmp_path, wide)
     undone = _exam_cli(tmp_path, wide, "[source]\nstretch = 1.3333\n")
     assert own is not None
-    assert hc(refused) is None and "screen_stretched" in refused
+    assert hc(refused) is None and "picture out of shape on" in refused
     assert "set [source] stretch = 1.3" in refused
     assert "keeps its shape" in undone, undone[-1500:]
     assert hc(undone) == pytest.approx(own, rel=0.01), undone[-1500:]
@@ -584,7 +584,7 @@ def test_a_pal_grabber_s_exam_is_refused_and_names_the_setting_that_measures_it(
         return float(found.group(1)) if found else None
 
     refused = _exam_cli(tmp_path, pal)
-    assert hc(refused) is None and "screen_stretched" in refused, refused[-1500:]
+    assert hc(refused) is None and "picture out of shape on" in refused, refused[-1500:]
     value = re.search(r"as an SD grabber draws a 4:3 picture in 720x576 \(0\.9375\), so "
                       r"heads are not measured\. .* set \[source\] stretch = ([0-9.]+) to "
                       r"undo it", refused)
@@ -626,8 +626,8 @@ def test_a_pal_grabber_s_refused_exam_says_why_and_names_the_grabber_s_own_shape
     """What the installer reads after `sonoedge exam` (and `run`) of a PAL grabber's clip:
     the warning's example is this grabber's own square-pixel size (768x576), where it told
     how a 4:3 screen filling 16:9 reads beside a squeezed picture, and the summary's
-    "head: not measured (screen_stretched N)" says why in words, as the page's card does,
-    where it gave the status alone."""
+    "head: not measured (picture out of shape on N frames)" says why in words, as the
+    page's card does, where it gave the status code alone."""
     pal = tmp_path / "pal.avi"
     _fan_head_clip(data_dir, pal, 720, 576)
     refused = _exam_cli(tmp_path, pal)
@@ -635,9 +635,10 @@ def test_a_pal_grabber_s_refused_exam_says_why_and_names_the_grabber_s_own_shape
     assert "keep the scanner's own shape (768x576, not 720x576), or" in warning, warning
     assert "16:9" not in warning, warning
     [head] = [line for line in refused.splitlines() if line.startswith("  head:")]
-    assert re.fullmatch(r"  head: not measured \(screen_stretched \d+\): the picture is "
-                        r"stretched or squeezed sideways, so every head would measure wrong; "
-                        r"the 'screen shape' warning names the setting that undoes it",
+    assert re.fullmatch(r"  head: not measured \(picture out of shape on \d+ frames\): the "
+                        r"picture is stretched or squeezed sideways, so every head would "
+                        r"measure wrong; the 'screen shape' warning names the setting that "
+                        r"undoes it",
                         head), head
 
 

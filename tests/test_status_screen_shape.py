@@ -118,3 +118,53 @@ def test_a_damaged_or_hostile_shape_file_is_one_line_never_a_traceback(tmp_path)
     assert len(shown["screens"]) == 10 and shown["screens"][0]["source"] == "x|99999999x1"
     assert shown["screens"][2]["source"] == "cam\\x1b[2J\\x0a", shown["screens"][2]
     assert {s["at"] for s in shown["screens"] if s["source"] != "no size at all"} == {None}
+
+
+def test_status_warns_of_a_pal_setting_on_a_screen_whose_frames_are_not_pal(tmp_path):
+    """`[source] stretch = 0.9375` (copied from a PAL box) on a grabber whose 960x720 frames
+    keep the scanner's shape: the box widens them to 1024x720, the fan reads about 1.067,
+    within the 8%, and every head goes out 3-4% large with status ok. `run` warns of it when
+    the screen starts (`fan.another_size`); `status` said "keeps its shape" alone, so an
+    installer who checked `status` saw a box set right. It now gives `run`'s warning, by
+    the same rule, for each remembered screen whose frames are not the setting's SD size;
+    a PAL grabber the setting undoes (720x576 widened to 768x576) is said to be right, and so
+    is its 720x576 screen remembered squeezed before the setting was made, as told."""
+    state = tmp_path / "state"
+    state.mkdir()
+    screen_shape.remember(state, PAL, 0.94)  # before the installer set 0.9375, as told
+    screen_shape.remember(state, "grabber|1024x720", 1.067)
+    screen_shape.remember(state, "v4l2:0|768x576", 1.0)
+    screen_shape.remember(state, "no size at all", 1.0)
+    config = tmp_path / "device.toml"
+    config.write_text("[source]\nstretch = 0.9375\n")
+    out = sonoedge("status", "--config", str(config), "--state-dir", str(state), timeout=60)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    lines = _shape_lines(out.stdout)
+    assert len(lines) == 5, out.stdout
+    assert sum("undoes an SD grabber" in line for line in lines) == 1, lines
+    wrong = _line_of(lines, "grabber|1024x720")
+    # `run`'s own words (tests/test_screen_stretch.py), after the verdict, on its one line
+    assert wrong.endswith(
+        "s ago): keeps its shape; [source] stretch = 0.9375 undoes an SD grabber's 720x576, "
+        "but this grabber's frames are 960x720: if its picture keeps the scanner's shape, "
+        "remove the setting: it draws every head 6.7% too wide (HC about half that off), "
+        "too little for the fan's check to tell"), wrong
+    assert _line_of(lines, "v4l2:0|768x576").endswith("s ago): keeps its shape"), lines
+    assert any(line.endswith("s ago): keeps its shape") and "no size at all ?" in line
+               for line in lines), lines
+    shown = json.loads(sonoedge("status", "--config", str(config), "--state-dir", str(state),
+                                "--json", timeout=60).stdout)["screen_shape"]
+    by_source = {s["source"]: s for s in shown["screens"]}
+    assert by_source["grabber"]["setting_meant_for"] == {"width": 720, "height": 576}
+    assert by_source["grabber"]["warning"] == wrong.split("keeps its shape; ")[1]
+    assert by_source["grabber"]["verdict"] == "keeps its shape"
+    for screen in shown["screens"]:
+        if screen["source"] != "grabber":
+            assert (screen["setting_meant_for"], screen["warning"]) == (None, None), screen
+    # no setting (the defaults), or the check off as `run` has it: nothing to warn of
+    plain = json.loads(sonoedge("status", "--state-dir", str(state), "--json",
+                                timeout=60).stdout)["screen_shape"]
+    assert {s["warning"] for s in plain["screens"]} == {None}
+    config.write_text("[source]\nstretch = 0.9375\n\n[biometry]\nstretch_tolerance = 0\n")
+    out = sonoedge("status", "--config", str(config), "--state-dir", str(state), timeout=60)
+    assert "undoes an SD grabber" not in out.stdout, out.stdout

@@ -292,10 +292,19 @@ def _screen_shapes(args: argparse.Namespace, state_dir: Path) -> tuple[dict | No
     the box gives it from that remembered reading: the scorer's own rule (`StretchWatch`,
     `edge.models.fan.limits`) and wording (`refusal`), with the box's settings from
     --config, else the defaults (said which). An installer who checks `status` rather than
-    `run`'s log learns that heads are not measured, and the setting that undoes it. No
-    file: nothing (None, no line); a damaged one: one line on stderr naming it."""
+    `run`'s log learns that heads are not measured, and the setting that undoes it; and, as
+    `run` warns, where the box's `[source] stretch` is an SD size's and the screen's frames
+    are not of that size, what that costs (`another_size`): the fan cannot tell (not for a
+    screen of that SD size itself, remembered before the setting was made). No file:
+    nothing (None, no line); a damaged one: one line on stderr naming it."""
     from edge.config import ConfigError, Settings, fan_settings, load_settings
-    from edge.models.fan import StretchWatch, parse_screen_key, refusal
+    from edge.models.fan import (
+        StretchWatch,
+        another_size,
+        parse_screen_key,
+        refusal,
+        setting_for_another_size,
+    )
     from edge.store import screen_shape
 
     screens, damaged = screen_shape.recalled(state_dir)
@@ -321,6 +330,7 @@ def _screen_shapes(args: argparse.Namespace, state_dir: Path) -> tuple[dict | No
         entry = {"source": printable(source), "width": None if shape is None else shape[1],
                  "height": None if shape is None else shape[0], "stretch": stretch,
                  "at": number_or_none(at)}
+        costs = meant = None
         if fan is None:
             verdict = "not judged"
             entry.update(stretched=None, setting=None)
@@ -329,11 +339,22 @@ def _screen_shapes(args: argparse.Namespace, state_dir: Path) -> tuple[dict | No
             verdict = refusal(watch) if watch.stretched else "keeps its shape"
             entry.update(stretched=watch.stretched,
                          setting=watch.setting if watch.stretched else None)
+            # `[source] stretch` made for an SD size these frames are not: as `run` warns.
+            # A screen of that very size was remembered before the setting was made (after
+            # it, its frames are widened): the setting is the one it needs.
+            meant = setting_for_another_size(fan, shape)
+            if meant is not None and (shape[1], shape[0]) != meant:
+                costs = another_size(fan, shape)
+            else:
+                meant = None
         entry["verdict"] = verdict
+        entry["setting_meant_for"] = (None if meant is None
+                                      else {"width": meant[0], "height": meant[1]})
+        entry["warning"] = costs
         shown_list.append(entry)
         where = "?" if shape is None else f"{shape[1]}x{shape[0]}"
         lines.append(f"  {_text(source, 120)} {where}: remembered {stretch:.3f}"
-                     f" ({_ago(at)}): {verdict}")
+                     f" ({_ago(at)}): {verdict}" + ("" if costs is None else f"; {costs}"))
     lines.insert(0, f"screen shape: {len(screens)} screen(s) remembered, the newest first, "
                     + (f"judged with {judged}" if fan is not None else judged))
     return {"settings": "defaults" if args.config is None else shown_path(args.config),

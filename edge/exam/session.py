@@ -49,11 +49,18 @@ from edge.exam.thumbs import (
     make_thumbnail,
     measured_head_thumbnail,
 )
-from edge.models.biometry import MEASURED, PIXEL_SIZE_MISSING, SCREEN_STRETCHED
+from edge.models.biometry import (
+    MEASURED,
+    PIXEL_SIZE_MISSING,
+    REFUSAL_WORDS,
+    SET_UP_FIXES,
+    SET_UP_STATUSES,
+)
 from edge.models.quality import HEAD_MEASURES, Rules, RulesError, load_rules
 from edge.models.roi import Roi
 from wire.dating import HADLOCK_1984_WEEKS
 from wire.schema import PLANES, UNCERTAIN, finite_number, floor_digits
+from wire.shown import printable
 
 log = logging.getLogger(__name__)
 
@@ -732,22 +739,32 @@ def format_exam(session: ExamSession, body: dict, set_scale: str = "") -> str:
         if set(declined) == {PIXEL_SIZE_MISSING}:  # a box whose calibration is not set
             n = declined[PIXEL_SIZE_MISSING]
             lines.append(f"  head: not measured on its {n} head-plane frame"
-                         f"{'' if n == 1 else 's'}: the pixel size is unknown{set_scale}")
+                         f"{'' if n == 1 else 's'}: "
+                         + SET_UP_FIXES[PIXEL_SIZE_MISSING].format(set_scale=set_scale))
         else:
-            # the refusal the installer can undo says why, as the page's card does: a bare
-            # "screen_stretched 301" left the exam's heads unexplained
+            # each refusal in words, and what undoes the set-up ones, as the page's card
+            # says: a bare "ruler_unread 12" left the exam's heads unexplained
+            fixes = [SET_UP_FIXES[k].format(set_scale=set_scale)
+                     for k in SET_UP_STATUSES if declined.get(k)]
             lines.append("  head: not measured ("
-                         + (", ".join(f"{k} {v}" for k, v in declined.items())
+                         + (", ".join(_refused(k, v) for k, v in declined.items())
                             or "no head frames") + ")"
-                         + (": the picture is stretched or squeezed sideways, so every "
-                            "head would measure wrong; the 'screen shape' warning names the "
-                            "setting that undoes it" if declined.get(SCREEN_STRETCHED) else ""))
+                         + (": " + "; ".join(fixes) if fixes else ""))
     if body.get("deficiencies"):
         lines.append("  most frequent deficiencies: " + _frames_list(body["deficiencies"]))
     if body.get("deficiencies_not_counted"):
         lines.append("  not counted, never advised at a calibration fixed for one depth: "
                      + _frames_list(body["deficiencies_not_counted"]))
     return "\n".join(lines)
+
+
+def _refused(status: object, frames: object) -> str:
+    """One refusal of the summary's heads in words, with its count (`REFUSAL_WORDS`); a
+    status the box does not give (a damaged journal's) as it came, escaped."""
+    words = REFUSAL_WORDS.get(status) if isinstance(status, str) else None
+    count = (f"{frames} frame{'' if frames == 1 else 's'}" if type(frames) is int
+             else f"{printable(str(frames)[:20])} frames")
+    return f"{words or printable(str(status)[:40])} on {count}"
 
 
 def _frames_list(faults: dict[str, int]) -> str:

@@ -86,6 +86,31 @@ STATUSES = (OK, GA_OUT_OF_RANGE, NO_HEAD, SEVERAL_HEADS, HEAD_CUT_OFF, POOR_FIT,
 # and the report tell the midwife to have fixed (the district's words for them are its own,
 # central/dashboard/config.py SETUP_REFUSALS, checked against these by a test).
 SET_UP_STATUSES = (PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD, RULER_UNREAD, SCREEN_STRETCHED)
+# Each refusal in the installer's words, as the box's terminal says it (the exam summary of
+# `sonoedge exam` and `run`, `edge.exam.session.format_exam`): the meaning of the page's
+# card (edge/web/i18n "bio.*"), which the page words its own way.
+REFUSAL_WORDS = {
+    NO_HEAD: "no head found",
+    SEVERAL_HEADS: "more than one head-like region",
+    HEAD_CUT_OFF: "head cut off by the image's edge",
+    POOR_FIT: "head outline unclear",
+    PIXEL_SIZE_MISSING: "no calibration (pixel size unknown)",
+    PIXEL_SIZE_ABSURD: "bad calibration (pixel size impossible)",
+    RULER_UNREAD: "depth scale not read",
+    SCREEN_STRETCHED: "picture out of shape"}
+# What undoes each set-up refusal, said after the words above: the meaning of the page's
+# "exam.not_measured_*", with the settings an installer sets. `{set_scale}`: how the caller
+# takes a pixel size (`format_exam`'s `set_scale`: a flag, or the config's key).
+SET_UP_FIXES = {
+    PIXEL_SIZE_MISSING: "the pixel size is unknown{set_scale}",
+    PIXEL_SIZE_ABSURD: "the pixel size is impossible for a scanner (outside [biometry] "
+                       "pixel_size_min_mm to pixel_size_max_mm): check it{set_scale}",
+    RULER_UNREAD: "the depth scale beside the image could not be read: keep it on the "
+                  "screen, uncovered, or set the box up for this scanner ([biometry] "
+                  "ruler_tick_mm, its tick in mm, or 0 to use a pixel size)",
+    SCREEN_STRETCHED: "the picture is stretched or squeezed sideways, so every head would "
+                      "measure wrong; the 'screen shape' warning names the setting that "
+                      "undoes it"}
 # Where a head's scale came from (its biometry's `scale`, an exam's `biometry.scale`): the
 # frame's own (the demo clip, a CSV of pixel sizes), the scanner's depth ruler read on the
 # frame, or the calibration `[biometry] pixel_size_mm`, which holds for one depth alone.

@@ -317,6 +317,21 @@ def setting_for_another_size(settings: FanSettings,
     return sizes[0]
 
 
+def another_size(settings: FanSettings, shape: tuple[int, ...] | None) -> str | None:
+    """What a setting made for another size costs (`setting_for_another_size`), where it
+    is one; else None. One wording for `run`'s log (`Scorer._new_screen`) and `sonoedge
+    status`, for a screen whose frames are `shape` (after the setting, as the box keys it)."""
+    meant = setting_for_another_size(settings, shape)
+    if meant is None:
+        return None
+    undone = settings.undone
+    return (f"[source] stretch = {undone:g} undoes an SD grabber's {meant[0]}x{meant[1]}, but "
+            f"this grabber's frames are {round(shape[1] * undone)}x{shape[0]}: if its picture "
+            "keeps the scanner's shape, remove the setting: it draws every head "
+            f"{abs(1.0 / undone - 1.0) * 100:.1f}% too {'wide' if undone < 1.0 else 'narrow'} "
+            "(HC about half that off), too little for the fan's check to tell")
+
+
 def limits(settings: FanSettings, shape: tuple[int, ...] | None) -> tuple[float, float]:
     """How far below and above 1.0 the median may read before the verdict: `tolerance`
     either way; at an SD size, on its ratio's side, halfway between what a true screen
