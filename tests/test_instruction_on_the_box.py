@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import time
 
-from edge.exam.feedback import Shown
+from edge.exam.feedback import Shown, SteadyFeedback
 from edge.exam.protocol import load_protocols
 from edge.exam.session import ExamSession
+from edge.models.biometry import SET_UP_STATUSES
 from edge.models.quality import load_rules
 from edge.web.i18n import CATALOG_DIR
-from edge.web.live import LiveView, exam_snapshot, instruction, slots_still_wanted
+from edge.web.live import LiveView, LoopHook, exam_snapshot, instruction, slots_still_wanted
 from edge.web.server import frame_header
 
 HEAD = "Head (HC, BPD)"  # the biometry protocol's one slot, filled by either head plane
@@ -130,12 +131,104 @@ def test_every_instruction_the_box_sends_is_in_every_catalog_shipped():
             instruction("Femur", None, None, True, head_exam()),
             instruction("uncertain", None, None, False, head_exam()),
             instruction(None, None, None, False, None)]
+    said += [instruction("Brain (Tv.)", None, None, False, head_exam(), status)
+             for status in SET_UP_STATUSES]
     keys = {s["key"] for s in said}
     assert keys == {"instruction.off_list", "instruction.good", "instruction.moving",
-                    "instruction.find", "instruction.searching"}
+                    "instruction.find", "instruction.searching",
+                    *(f"instruction.good_not_measured_{s}" for s in SET_UP_STATUSES)}
     for path in sorted(CATALOG_DIR.glob("*.json")):
         catalog = json.loads(path.read_text())
         assert keys <= set(catalog), (path.name, keys - set(catalog))
         assert "{plane}" in catalog["instruction.off_list"] and \
             "{slots}" in catalog["instruction.off_list"], path.name
         assert "{slots}" in catalog["instruction.find"], path.name
+
+
+# -- a good head image the box cannot measure for its set-up ------------------------------
+
+def test_a_good_head_image_refused_for_the_set_up_says_the_head_is_not_measured_and_why():
+    """A box with no calibration (or a wrong one, the depth ruler unread, a stretched
+    picture) measures no head; over a good image of the head plane the instruction said
+    "Good image: hold still" in green, and she took the exam as measured. Now it says the
+    image is good but the head is not measured, and why, in the fix-needed style."""
+    for status in SET_UP_STATUSES:
+        for exam in (head_exam(), head_exam(captured=True), head_exam(running=False), None):
+            said = instruction("Brain (Cb.)", None, None, False, exam, status)
+            assert said == {"key": f"instruction.good_not_measured_{status}", "text": None,
+                            "class": "fix"}, (status, said)
+    # what the image needs comes first, and a name held against the frames gets no verdict
+    said = instruction("Brain (Tv.)", "Zoom in", "quality.size.low", False, head_exam(),
+                       "pixel_size_missing")
+    assert said == {"key": "quality.size.low", "text": "Zoom in", "class": "fix"}
+    said = instruction("Brain (Tv.)", None, None, True, head_exam(), "pixel_size_missing")
+    assert said["key"] == "instruction.moving"
+    # a head measured, refused for the scan itself (no head, cut off), or a hostile status:
+    # the image is good to hold
+    for status in (None, "ok", "no_head", "head_cut_off", "", 3, ["ruler_unread"],
+                   "instruction.good"):
+        assert instruction("Brain (Tv.)", None, None, False, head_exam(), status)["key"] \
+            == "instruction.good", status
+    for path in sorted(CATALOG_DIR.glob("*.json")):
+        catalog = json.loads(path.read_text())
+        for status in SET_UP_STATUSES:
+            words = catalog[f"instruction.good_not_measured_{status}"]
+            assert words != catalog["instruction.good"], (path.name, status)
+
+
+class _NoExam:
+    current = None
+
+
+def _head_frame(rules, plane: str, bio_status: str | None, frame: int) -> dict:
+    """A frame's result as the scorer gives it: every criterion passing (a good image),
+    with a head's biometry only where the frame itself names a head plane."""
+    criteria = {r.name: {"pass": True, "value": 0.0, "message": r.ok} for r in rules.criteria}
+    return {"source": "script", "frame": frame, "ts": time.time(), "error": None,
+            "plane": plane, "plane_confidence": 0.9, "roi": None, "head": None,
+            "biometry": None if bio_status is None else {"status": bio_status},
+            "quality": {"score": 0.9, "advice": None, "criteria": criteria}}
+
+
+def _play(frames: list[tuple[str, str | None]]) -> list[str]:
+    """The instruction key the page reads after each frame, through the real steady
+    feedback, loop hook and frame header, on a running head exam."""
+    rules = load_rules()
+    view = LiveView()
+    view.protocol = {"name": "biometry", "head_planes": ["Brain (Tv.)", "Brain (Cb.)"]}
+    view.exam = head_exam()
+    hook = LoopHook(view, end_gap_s=5.0)
+    steady = SteadyFeedback(rules.feedback)
+    keys = []
+    for n, (plane, status) in enumerate(frames):
+        record = _head_frame(rules, plane, status, n)
+        hook.after_frame(None, record, steady.update(record), None, float(n), _NoExam())
+        latest = view.latest
+        header = frame_header(latest.record, latest.shown, latest.seq, latest.confidence,
+                              latest.held, rules, view.exam, latest.set_up)
+        keys.append(header["shown"]["instruction"]["key"])
+    return keys
+
+
+def test_the_head_not_measured_instruction_is_steady_as_any_instruction():
+    """Played through the loop's hook: the refusal is said once it has held as long as an
+    instruction must (message_change_frames), and then holds over a frame that names
+    another plane under the head plane still shown (it carries no biometry), over one whose
+    ruler was read, and over one whose plane model named nothing."""
+    needed = load_rules().feedback.message_change_frames
+    tv, cb = "Brain (Tv.)", "Brain (Cb.)"
+    unread = "ruler_unread"
+    said = "instruction.good_not_measured_ruler_unread"
+    keys = _play([(tv, unread)] * needed
+                 + [(tv, unread), ("Abdominal", None), (tv, unread), (tv, "ok"), (cb, unread),
+                    (tv, unread), ("uncertain", None), (tv, unread), (tv, "no_head")] * 4)
+    assert said not in keys[:needed - 1] and "instruction.good" in keys[:needed - 1], keys
+    assert keys[needed - 1:] == [said] * (len(keys) - needed + 1), keys
+    # heads read again on every frame: measured, after the same hold, and good to hold
+    keys = _play([(tv, unread)] * needed + [(tv, "ok")] * (needed + 1))
+    assert keys[needed - 1:2 * needed - 1] == [said] * needed, keys
+    assert keys[2 * needed - 1:] == ["instruction.good"] * 2, keys
+    # not on a plane the exam does not measure the head on, whatever the head frames said
+    keys = _play([(tv, "pixel_size_missing")] * needed + [("Femur", None)] * 10)
+    assert keys[needed - 1] == "instruction.good_not_measured_pixel_size_missing"
+    assert keys[-1] == "instruction.off_list", keys

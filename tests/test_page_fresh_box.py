@@ -14,6 +14,8 @@ example screens), headless Chromium.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.web_harness import chromium, device, make_clip, unlocked_page
@@ -21,6 +23,20 @@ from tests.web_harness import chromium, device, make_clip, unlocked_page
 pytest.importorskip("playwright")
 
 POLL = {"timeout": 90_000, "polling": 200}
+# Every instruction the page shows under the image, with the plane named above it, from the
+# moment it is unlocked: the head frames pass while the other tests look elsewhere.
+WATCH = """() => {
+  window.__instructions = [];
+  const read = () => {
+    const i = document.querySelector('#instruction');
+    const row = {text: i.textContent, cls: i.className,
+                 plane: document.querySelector('#plane').textContent};
+    const last = window.__instructions[window.__instructions.length - 1];
+    if (!last || JSON.stringify(last) !== JSON.stringify(row)) window.__instructions.push(row);
+  };
+  new MutationObserver(read).observe(document.querySelector('#live'),
+    {subtree: true, childList: true, attributes: true, characterData: true});
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +45,7 @@ def fresh_box(tmp_path_factory, data_dir):
     clip = make_clip(data_dir, tmp / "clip.avi", black_s=2.0, rounds=1)
     with chromium(tmp) as context, device(tmp, clip, pixel_size_mm=0) as (base, proc):
         page = unlocked_page(context, base)
+        page.evaluate(WATCH)
         page.proc = proc  # the last test takes the box away
         yield page, tmp
 
@@ -51,6 +68,42 @@ def test_a_box_without_calibration_says_the_head_was_not_measured_and_why(fresh_
         **POLL)
     log = (tmp / "device.log").read_text()
     assert "no [biometry] pixel_size_mm" in log and "not measured" in log
+
+
+def test_a_good_head_image_says_the_head_is_not_measured_and_the_slot_too(fresh_box):
+    """Over a good image of the head plane the instruction said "Good image: hold still" in
+    green, and the checklist ticked the head slot "✓ Head for HC and BPD", where her eyes
+    are, while only the card said the head was not measured. Now the instruction says the
+    image is good but the head is not measured, and why, in the fix-needed style, without
+    turning back to "hold still" over the head; and the slot says it is not measured."""
+    page, _ = fresh_box
+    said = ("Good image, but the head is not measured: this box has no calibration. See "
+            "the box's set-up.")
+    page.wait_for_function(
+        f"() => window.__instructions.some((r) => r.text === {json.dumps(said)})", **POLL)
+    seen = page.evaluate("() => window.__instructions")
+    first = next(i for i, r in enumerate(seen) if r["text"] == said)
+    assert seen[first]["cls"] == "instruction fix", seen[first]
+    assert seen[first]["plane"].startswith("Head ("), seen[first]
+    good = page.evaluate("() => window.sonoedge.t('instruction.good')")
+    assert not [r for r in seen[first:] if r["text"] == good
+                and r["plane"].startswith("Head (")], seen[first:]
+    # the checklist: captured, not measured, in the page's language
+    slot = "#checklist li.captured .name"
+    page.wait_for_function(f"() => document.querySelector({json.dumps(slot)})", **POLL)
+    assert page.text_content(slot) == "✓ Head for HC and BPD — not measured"
+    page.select_option("#controls select.lang", "fr")
+    page.wait_for_function(
+        f"() => document.querySelector({json.dumps(slot)}).textContent === "
+        "'✓ Tête pour PC et BIP — sans mesure'", **POLL)
+    assert page.evaluate(
+        "() => window.sonoedge.t('instruction.good_not_measured_pixel_size_missing')") == (
+        "Bonne image, mais la tête n'est pas mesurée : ce boîtier n'a pas d'étalonnage. "
+        "Voir le réglage du boîtier.")
+    page.select_option("#controls select.lang", "en")
+    page.wait_for_function(
+        f"() => document.querySelector({json.dumps(slot)}).textContent === "
+        "'✓ Head for HC and BPD — not measured'", **POLL)
 
 
 def test_the_exam_figures_stand_on_the_image_only_over_a_head_not_beside_any_outline(

@@ -20,7 +20,7 @@ from edge.models.quality import Feedback
 
 
 @dataclass
-class _Hysteresis:
+class Hysteresis:
     """A shown value that holds until it has been absent from the last `needed` frames;
     then the most common of those frames' values (the latest on a tie) is shown.
 
@@ -65,8 +65,8 @@ class Shown:
 class SteadyFeedback:
     def __init__(self, settings: Feedback):
         self.settings = settings
-        self._plane = _Hysteresis(settings.plane_change_frames)
-        self._advice = _Hysteresis(settings.message_change_frames)
+        self._plane = Hysteresis(settings.plane_change_frames)
+        self._advice = Hysteresis(settings.message_change_frames)
         self._score: float | None = None
         self._messages: dict[str, str] = {}
         self._followed = 0  # frames in a row on which the shown instruction's criterion passed

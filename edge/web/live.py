@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge.exam.feedback import Hysteresis
+from edge.models.biometry import SET_UP_STATUSES
+from edge.models.quality import Feedback
 from edge.store.outbox import shifted_times
 from wire.schema import UNCERTAIN
 
@@ -54,6 +57,8 @@ class Published:
     published: float  # wall clock when the loop handed it over (the latency's middle point)
     confidence: int | None = None  # the shown plane's steady confidence, percent (or None)
     held: bool = False  # the shown plane is held against the frames (SteadyConfidence)
+    # the set-up status refusing the shown head plane's heads (SteadySetUp), or None
+    set_up: str | None = None
 
 
 @dataclass
@@ -101,7 +106,8 @@ class LiveView:
 
     def publish(self, image: np.ndarray | None, record: dict, shown: object | None,
                 class_map: np.ndarray | None, mono: float,
-                confidence: int | None = None, held: bool = False) -> None:
+                confidence: int | None = None, held: bool = False,
+                set_up: str | None = None) -> None:
         """Loop thread, per frame: a few stores and, with a viewer, one wake-up."""
         self._seq += 1
         now = time.monotonic()
@@ -113,7 +119,7 @@ class LiveView:
         self.last_frame_mono = now
         self.frames += 1
         self.latest = Published(self._seq, image, record, shown, class_map, mono,
-                                time.time(), confidence, held)
+                                time.time(), confidence, held, set_up)
         notify = self.notify
         if notify is not None and self.viewers:
             notify()
@@ -230,8 +236,35 @@ class SteadyConfidence:
         return self.shown
 
 
+class SteadySetUp:
+    """Whether the shown head plane's heads are refused for the box's set-up (a status of
+    SET_UP_STATUSES: no calibration, a wrong one, the depth ruler unread, the picture
+    stretched), steady as the instruction is.
+
+    A frame carries its head's biometry only where it names a head plane itself, so a frame
+    of another plane, or none, under a head plane still shown says nothing and the verdict
+    holds. The verdict changes as the quality audit's instruction does
+    (`edge.exam.feedback`): once it has been absent from the last `needed` frames that say,
+    the most common of theirs is taken. So a ruler read on one frame in a few does not make
+    the instruction blink between measured and not."""
+
+    def __init__(self, needed: int = Feedback.message_change_frames):
+        self._status = Hysteresis(needed)
+
+    def update(self, shown_plane: str | None, record: dict,
+               head_planes: list | tuple | None) -> str | None:
+        """Feed one frame's result dict; returns the set-up status refusing the heads of
+        `shown_plane`, or None (its heads measured, or not a head plane)."""
+        bio = record.get("biometry")
+        if isinstance(bio, dict) and not record.get("error"):
+            status = bio.get("status")
+            self._status.update(status if status in SET_UP_STATUSES else None)
+        heads = head_planes if isinstance(head_planes, list | tuple) else ()
+        return self._status.shown if shown_plane in heads else None
+
+
 def instruction(plane: str | None, message: str | None, key: str | None, held: bool,
-                exam: dict | None) -> dict:
+                exam: dict | None, set_up: str | None = None) -> dict:
     """What the instruction under the image says, decided here for the page to render:
     {"key": a catalog key or None, "text": its English words (the quality rules'),
     "class": "fix" | "good" | "idle"}, and for a plane off the exam's list that "plane"
@@ -242,8 +275,11 @@ def instruction(plane: str | None, message: str | None, key: str | None, held: b
     no verdict: "Good image: hold still" stood beside a dimmed name of a view already left.
     A good image of a plane on none of the running exam's slots, while slots are still to
     capture, is not what the exam needs: it says which are ("Good image: hold still" over
-    an abdomen in a head exam kept her still on the wrong view, a user's walk). Else the
-    image is good to hold."""
+    an abdomen in a head exam kept her still on the wrong view, a user's walk). A good
+    image of a head plane whose heads the box refuses for its set-up (`set_up`, SteadySetUp)
+    says that the head is not measured, and why: "Good image: hold still" in green over it
+    had her take the exam as measured, while only the card said otherwise. Else the image
+    is good to hold."""
     if message:
         return {"key": key, "text": message, "class": "fix"}
     if held and plane not in (None, UNCERTAIN):
@@ -259,6 +295,8 @@ def instruction(plane: str | None, message: str | None, key: str | None, held: b
     if wanted:
         return {"key": "instruction.off_list", "text": None, "class": "fix", "plane": plane,
                 "slots": wanted}
+    if set_up in SET_UP_STATUSES:
+        return {"key": "instruction.good_not_measured_" + set_up, "text": None, "class": "fix"}
     return {"key": "instruction.good", "text": None, "class": "good"}
 
 
@@ -319,6 +357,7 @@ class LoopHook:
         self.end_gap_s = end_gap_s
         self.server = server  # edge.web.server.WebServer, stopped by close()
         self.confidence = SteadyConfidence()
+        self.set_up = SteadySetUp()  # steadied as the rules' instruction is, once attached
         self._last_content: float | None = None  # the scan's clock at the last ultrasound
         self._next_snapshot = 0.0
         self.stop_requested = threading.Event()  # ends `linger` (tests; signals do it live)
@@ -351,6 +390,8 @@ class LoopHook:
         if self.server is not None:
             self.server.uplink = uplink
             self.server.rules = scorer.quality.rules if scorer.quality else None
+        if scorer.quality:
+            self.set_up = SteadySetUp(scorer.quality.rules.feedback.message_change_frames)
         view.phase = "running"
 
     def accepts(self, record: dict, mono: float, has_content: bool) -> bool:
@@ -426,8 +467,10 @@ class LoopHook:
             class_map = None
         confidence = self.confidence.update(getattr(shown, "plane", None), record.get("plane"),
                                             record.get("plane_confidence"))
+        set_up = self.set_up.update(getattr(shown, "plane", None), record,
+                                    self.view.protocol.get("head_planes"))
         self.view.publish(image, record, shown, class_map, mono, confidence,
-                          self.confidence.held)
+                          self.confidence.held, set_up)
         now = time.monotonic()
         current = tracker.current
         if current is not None:

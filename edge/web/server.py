@@ -583,13 +583,15 @@ class _Poller:
 
 def frame_header(record: dict, shown: object | None, seq: int,
                  confidence: int | None = None, held: bool = False,
-                 rules: Rules | None = None, exam: dict | None = None) -> dict:
+                 rules: Rules | None = None, exam: dict | None = None,
+                 set_up: str | None = None) -> dict:
     """The overlay data of one frame: what the page draws over the image, and the
     instruction under it (`edge.web.live.instruction`, over `exam`, the page's copy of the
     exam). `confidence` is the shown plane's steady percentage
     (`edge.web.live.SteadyConfidence`), and `held` whether that plane is held against the
-    frames (its name trailing a change of view, without a percentage); the frame's own
-    `confidence` is this frame's top plane's, for the record only."""
+    frames (its name trailing a change of view, without a percentage); `set_up` the
+    set-up status refusing that head plane's heads (`edge.web.live.SteadySetUp`); the
+    frame's own `confidence` is this frame's top plane's, for the record only."""
     quality = record.get("quality") or {}
     head = record.get("head") or {}
     bio = record.get("biometry") or {}
@@ -611,7 +613,8 @@ def frame_header(record: dict, shown: object | None, seq: int,
         out["shown"] = {"plane": plane, "score": getattr(shown, "score", None),
                         "advice": advice, "message": message, "key": key,
                         "confidence": confidence, "held": bool(held),
-                        "instruction": instruction(plane, message, key, bool(held), exam)}
+                        "instruction": instruction(plane, message, key, bool(held), exam,
+                                                   set_up)}
     return out
 
 
@@ -1130,7 +1133,7 @@ class WebServer:
         frame = None if latest is None else frame_header(latest.record, latest.shown,
                                                          latest.seq, latest.confidence,
                                                          latest.held, self.rules,
-                                                         self.view.exam)
+                                                         self.view.exam, latest.set_up)
         return {"frame": frame, "exam": i18n.exam_with_advice_keys(self.rules, self.view.exam),
                 "protocol": self.view.protocol, "screening": self._screening(),
                 "status": await self._status_now()}
@@ -1418,7 +1421,7 @@ class WebServer:
         t0, cpu0 = time.perf_counter(), time.thread_time()
         settings = self.settings
         header = frame_header(latest.record, latest.shown, latest.seq, latest.confidence,
-                              latest.held, self.rules, self.view.exam)
+                              latest.held, self.rules, self.view.exam, latest.set_up)
         jpeg = b""
         image = latest.image
         if image is not None:

@@ -539,6 +539,13 @@ function unmeasuredWhy() {
   return status ? t("exam.not_measured_" + status) : "";
 }
 
+// A slot the exam measures the head on: its plane, or one it accepts, is a head plane.
+function headSlot(row) {
+  const heads = state && state.protocol && state.protocol.head_planes;
+  const planes = Array.isArray(row.accepts) ? row.accepts : [row.plane];
+  return Array.isArray(heads) && planes.some((p) => heads.includes(p));
+}
+
 function examBiometry() { // the exam's head figures, or null before a head is measured
   const bio = state && state.exam && state.exam.biometry;
   return bio && bio.hc_mm != null && bio.bpd_mm != null ? bio : null;
@@ -865,7 +872,11 @@ function renderExam(s) {
     }
     const name = document.createElement("div");
     name.className = "name";
-    name.textContent = (row.captured ? "✓ " : "") + t("slot." + row.plane, { _fallback: planeName(row.plane) });
+    const slot = t("slot." + row.plane, { _fallback: planeName(row.plane) });
+    // a head slot captured while the box refuses every head for its set-up (the card says
+    // why): a plain tick had her take the exam as measured
+    name.textContent = !row.captured ? slot : "✓ " + (why && headSlot(row)
+      ? t("exam.slot_not_measured", { slot }) : slot);
     li.appendChild(name);
     const q = document.createElement("div");
     q.className = "q";
