@@ -51,7 +51,9 @@ def _load(path: Path) -> tuple[dict[str, dict], str | None]:
         return {}, f"{shown_path(path)} is not a verdict file ({shown(str(exc))[:120]})"
     screens = data.get("screens") if isinstance(data, dict) else None
     if not isinstance(screens, list):  # oldest first: a list keeps its order in the file
-        return {}, None
+        # said, as any damaged file is: read as none, a stretched screen's remembered
+        # refusal was lost without a word (a walk's hand-edited `"screens": "many"`)
+        return {}, f"{shown_path(path)} is not a verdict file (no list of screens)"
     kept: dict[str, dict] = {}
     for entry in screens[-MAX_SCREENS:]:
         if (isinstance(entry, dict) and isinstance(entry.get("screen"), str)
