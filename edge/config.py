@@ -20,7 +20,7 @@ from edge.exam.protocol import ProtocolError, load_protocols
 from edge.exam.session import HEAD_PLANES, ExamSettings
 from edge.fleet.settings import FleetSettings, check_fleet_settings
 from edge.models.biometry import BiometrySettings
-from edge.models.fan import FanSettings
+from edge.models.fan import MAX_SOURCE_STRETCH, MIN_SOURCE_STRETCH, FanSettings
 from edge.models.roi import RoiSettings
 from edge.uplink.mqtt import MqttSettings, check_mqtt_settings, resolve_device_id
 from edge.web.settings import WebSettings, check_web_settings
@@ -73,9 +73,8 @@ MIN_RULER_TICK_MM, MAX_RULER_TICK_MM = 1.0, 50.0
 # biometry.stretch_tolerance: below 1% every screen would be refused (one read 3.6% off as
 # captured); a 4:3 screen filling 16:9 is 33% off, so beyond 30% the check would pass it.
 MIN_STRETCH_TOLERANCE, MAX_STRETCH_TOLERANCE = 0.01, 0.3
-# source.stretch: 16:9 squeezed into 4:3 is 0.75, 4:3 filling 16:9 1.333; past half or
-# twice no grabber draws a screen.
-MIN_SOURCE_STRETCH, MAX_SOURCE_STRETCH = 0.5, 2.0
+# source.stretch: MIN_SOURCE_STRETCH-MAX_SOURCE_STRETCH, kept beside the check whose fix it
+# is (edge/models/fan.py), which names a setting only within them (`setting_read_back`)
 
 
 @dataclass(frozen=True)

@@ -468,6 +468,9 @@ class Scorer:
             shape = self._shape_checked(scale[2])
             if shape is not None:
                 biometry["shape"] = shape
+            if biometry["status"] == SCREEN_STRETCHED and self._stretch.setting is not None:
+                # the setting the verdict names (`refusal`), for the exam's card and report
+                biometry["stretch_setting"] = self._stretch.setting
         quality = None
         if self.quality is not None:
             measures.update(image_measures(grey))

@@ -2,16 +2,19 @@
 real HC18 heads that show their probe's fan, on a 4:3 screen filled into a 16:9 frame
 (960x720 to 1280x720), through `sonoedge run --web` and headless Chromium. The heads are
 found, not measured, and the exam card says why, where before every HC was a third too
-wide with status ok; the log tells the installer what to set."""
+wide with status ok; the log tells the installer what to set, and so do the card and the
+report (a PAL grabber's 720x576 too)."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
 import pytest
 
+from tests.test_screen_stretch import _fan_head_clip
 from tests.web_harness import _screen, chromium, device, unlocked_page
 
 pytest.importorskip("playwright")
@@ -20,6 +23,11 @@ POLL = {"timeout": 90_000, "polling": 200}
 # HC18 heads whose fan (sides and far edge) is on the image, read within 1% of round
 FAN_HEADS = ("200_HC.png", "250_HC.png", "299_HC.png", "359_HC.png", "438_HC.png",
              "519_HC.png")
+# The card's words for a stretched picture where the box knows the setting that undoes it
+CARD = ("Head not measured: the picture is stretched or squeezed sideways (the probe's fan "
+        "is not the shape it has on the scanner), so every head would measure wrong. The "
+        "box's set-up needs [source] stretch = {setting} to undo it: ask for it to be set, "
+        "or for the box's video grabber to be set to keep the scanner's picture shape.")
 
 
 def _stretched_clip(data_dir, dest, rounds: int = 2, per_head: int = 10):
@@ -62,11 +70,11 @@ def test_heads_on_a_stretched_picture_are_not_measured_and_the_card_says_why(
         page.wait_for_function(
             "() => document.querySelector('#exam-bio').textContent.includes('stretched')",
             **POLL)
-        assert page.locator("#exam-bio").text_content() == (
-            "Head not measured: the picture is stretched or squeezed sideways (the probe's "
-            "fan is not the shape it has on the scanner), so every head would measure "
-            "wrong. Ask for the box's video grabber to be set to keep the scanner's picture "
-            "shape (for example 4:3, not 16:9).")
+        # the exact setting that undoes it, the scorer's own (the median of the fans read)
+        said = re.fullmatch(re.escape(CARD.format(setting="@")).replace("@", "([0-9.]+)"),
+                            page.locator("#exam-bio").text_content())
+        assert said is not None, page.locator("#exam-bio").text_content()
+        assert float(said.group(1)) == pytest.approx(4 / 3, abs=0.03), said.group(1)
         page.close()
     log = (tmp_path / "device.log").read_text()
     assert ("screen shape: checked on the probe's fan every 30 frames (every 5 for a new "
@@ -117,3 +125,39 @@ def test_heads_measured_before_the_shape_could_be_checked_say_so_on_the_card_and
         page.goto(f"{base}/report/{exam_id}")
         assert "The picture's shape was not checked for these heads" in page.content()
         page.close()
+
+
+def test_a_pal_grabber_s_card_and_report_name_the_setting_that_undoes_it(
+        tmp_path, data_dir, browser):
+    """Real HC18 fan screens drawn 720x576 by a PAL grabber (0.9375 as wide as they are):
+    the heads are refused, and the card, after the exam too, and the exam's report, in
+    English and in French, name the very setting `run`'s warning names, where they gave
+    only "for example 4:3, not 16:9" and the installer had to find the log."""
+    pal = tmp_path / "pal.avi"
+    _fan_head_clip(data_dir, pal, 720, 576)
+    with device(tmp_path, pal, pixel_size_mm=0.15) as (base, _):
+        page = unlocked_page(browser, base)
+        page.wait_for_function(
+            "() => document.querySelector('#exam-bio').textContent.includes('stretched')",
+            **POLL)
+        assert page.locator("#exam-bio").text_content() == CARD.format(setting="0.9375")
+        page.wait_for_function(
+            "() => { const s = window.sonoedge.lastState;"
+            " return s && s.exam && !s.exam.running && s.exam.exam_id; }", **POLL)
+        exam = page.evaluate("() => window.sonoedge.lastState.exam")
+        assert not exam["biometry"]["measured"] and exam["biometry"]["declined"], exam
+        assert page.locator("#exam-bio").text_content() == CARD.format(setting="0.9375")
+        page.select_option("#controls select.lang", "fr")
+        page.wait_for_function(
+            "() => document.querySelector('#exam-bio').textContent.startsWith('Tête')",
+            **POLL)
+        assert "Le réglage du boîtier doit comporter [source] stretch = 0.9375 pour la " \
+            "corriger" in page.locator("#exam-bio").text_content()
+        for lang, said in (("en", CARD.format(setting="0.9375")),
+                           ("fr", "Le réglage du boîtier doit comporter [source] stretch = "
+                                  "0.9375 pour la corriger")):
+            page.goto(f"{base}/report/{exam['exam_id']}?lang={lang}")
+            assert said in page.locator("section.bio p.why").text_content(), lang
+        page.close()
+    log = (tmp_path / "device.log").read_text()
+    assert "set [source] stretch = 0.9375 to undo it" in log

@@ -45,6 +45,7 @@ from edge.exam.tally import ExamTally, confidence_of, quality_score
 from edge.exam.thumbs import (
     HEAD_MEASURED,
     MISSED_ADVICE,
+    SET_UP,
     ThumbStore,
     make_thumbnail,
     measured_head_thumbnail,
@@ -392,11 +393,14 @@ class ExamSession:
     def kept_frames(self) -> dict[str, dict]:
         """What the journal keeps of the exam's frames: `best_frames`, and under
         `HEAD_MEASURED` (no plane's name, so never taken for one) where its head was
-        measured (`measured_head`), once it has ended, and under `MISSED_ADVICE` what the
-        checklist advised on each slot found but never good enough."""
+        measured (`measured_head`), once it has ended, under `MISSED_ADVICE` what the
+        checklist advised on each slot found but never good enough, and under `SET_UP` the
+        setting its heads refused for a stretched picture named (`ExamTally.stretch_setting`)."""
         kept = self.best_frames()
         if self.measured_head is not None:
             kept[HEAD_MEASURED] = dict(self.measured_head)
+        if self.tally.stretch_setting is not None:
+            kept[SET_UP] = {"stretch_setting": self.tally.stretch_setting}
         # the advice the card gave each slot found but never good enough: the report says it
         advice = {row["plane"]: row["best"]["advice"] for row in self.checklist()
                   if row.get("seen") and (row.get("best") or {}).get("advice")}

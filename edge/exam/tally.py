@@ -21,6 +21,7 @@ from edge.models.biometry import (
     SHAPE_CHECKED,
     SHAPE_UNCHECKED,
 )
+from edge.models.fan import setting_read_back
 from wire.dating import hadlock_ga_weeks
 from wire.schema import PLANES, UNCERTAIN, finite_number, floor_digits
 
@@ -128,6 +129,10 @@ class ExamTally:
         # Whether the screen's shape was known when the heads were measured (biometry
         # `shape`): the answers seen
         self.head_shapes: set[str] = set()
+        # The `[source] stretch` that undoes the picture's stretch, as the last head refused
+        # for it named it (biometry `stretch_setting`); None: none named. The box's own: the
+        # exam's card and report say it, its summary to the district does not.
+        self.stretch_setting: float | None = None
         # Faults of frames without ultrasound since the last frame with it: counted when
         # scanning goes on, left out if it does not. An exam ended by a gap ends with
         # `end_gap_s` of the probe in the air, whose "no image" and "washed out" frames
@@ -228,8 +233,12 @@ class ExamTally:
         elif len(self.head_declined) < 8 or bio["status"] in self.head_declined:
             status = bio["status"][:24]
             self.head_declined[status] = self.head_declined.get(status, 0) + 1
-            if status == SCREEN_STRETCHED and self.measured:
-                self._void_heads(status)
+            if status == SCREEN_STRETCHED:
+                setting = setting_read_back(bio.get("stretch_setting"))
+                if setting is not None:  # a head of an older box's journal names none
+                    self.stretch_setting = setting
+                if self.measured:
+                    self._void_heads(status)
 
     def _void_heads(self, status: str) -> None:
         """The heads measured so far come through the same grabber as the frame found

@@ -38,6 +38,11 @@ HEAD_MEASURED = "head_measured"
 # What the checklist advised on each slot found but never good enough, by slot: its entry
 # among the journal's best frames (no plane's name, no thumbnail), for the exam's report
 MISSED_ADVICE = "missed_advice"
+# What the box's set-up needs to measure heads it refused, as the scorer named it: its entry
+# among the journal's best frames (no plane's name, no thumbnail), {"stretch_setting": the
+# `[source] stretch` that undoes a stretched picture}, for the exam's report. The box's
+# own: the exam's summary, to the district, is checked against a schema without it.
+SET_UP = "set_up"
 # Drawn on the measured head, in BGR: the ellipse yellow on a black rim, so it shows on the
 # white skull, on the dark brain and on a black-and-white printout; the calipers cyan.
 ELLIPSE_RIM, ELLIPSE_INK, CALIPER_INK = (0, 0, 0), (0, 255, 255), (255, 255, 0)
@@ -72,7 +77,7 @@ def thumbnails_on_disk(best: dict[str, dict], root: Path, exam_id: str,
     if not is_exam_folder(exam_id):
         return best
     for plane, entry in best.items():
-        if plane in (HEAD_MEASURED, MISSED_ADVICE):
+        if plane in (HEAD_MEASURED, MISSED_ADVICE, SET_UP):
             continue
         name = f"{plane_slug(plane)}.jpg"
         if "thumbnail" not in entry and (root / exam_id / name).is_file():

@@ -32,6 +32,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+# `[source] stretch` (edge/config.py): 16:9 squeezed into 4:3 is 0.75, 4:3 filling 16:9
+# 1.333; past half or twice no grabber draws a screen.
+MIN_SOURCE_STRETCH, MAX_SOURCE_STRETCH = 0.5, 2.0
+
 
 @dataclass(frozen=True)
 class FanSettings:
@@ -442,3 +446,19 @@ def refusal(watch: StretchWatch) -> str:
             "heads are not measured. Set the grabber to keep the scanner's own shape "
             f"({shape}), or, where it cannot be set, set [source] stretch = {watch.setting:g} "
             "to undo it")
+
+
+def setting_read_back(value: object) -> float | None:
+    """A `StretchWatch.setting` carried past the scorer (a frame's biometry
+    `stretch_setting`, the exam's, the journal's: any of them may be damaged) as a number
+    to name, to four decimals, where it is one `[source] stretch` accepts; else None, and
+    the fix is said without it."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a float
+        return None
+    if not MIN_SOURCE_STRETCH <= number <= MAX_SOURCE_STRETCH:  # NaN fails it too
+        return None
+    return round(number, 4)

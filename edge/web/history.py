@@ -37,7 +37,9 @@ advice the card gave a slot found from the journal's `MISSED_ADVICE` entry.
 Beside the best frames the journal keeps where the exam's head was measured (`measured_head`,
 `ExamSession.measured_head`): the frame whose HC is the exam's, its figures, and its
 thumbnail with the fitted ellipse drawn on it, which the report shows beside the figures.
-An exam journaled before has none, and the report says nothing more.
+An exam journaled before has none, and the report says nothing more. Beside them too, under
+`SET_UP`, the `[source] stretch` that undoes a stretched picture, as its refused heads named
+it: the card and the report say it where they say why no head was measured.
 """
 
 from __future__ import annotations
@@ -66,8 +68,15 @@ from edge.exam.screening import (
     read_dates,
     same_weeks,
 )
-from edge.exam.thumbs import HEAD_MEASURED, MISSED_ADVICE, THUMBS_DIR
-from edge.models.biometry import HEAD_SCALES, HEAD_SHAPES, SET_UP_STATUSES, SHAPE_UNCHECKED
+from edge.exam.thumbs import HEAD_MEASURED, MISSED_ADVICE, SET_UP, THUMBS_DIR
+from edge.models.biometry import (
+    HEAD_SCALES,
+    HEAD_SHAPES,
+    SCREEN_STRETCHED,
+    SET_UP_STATUSES,
+    SHAPE_UNCHECKED,
+)
+from edge.models.fan import setting_read_back
 from edge.store.journal import (
     JOURNAL_FILE,
     MAX_DATES_BYTES,
@@ -310,6 +319,13 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
             bio["scale"] = bio_in["scale"]
         if bio_in.get("shape") in HEAD_SHAPES:
             bio["shape"] = bio_in["shape"]
+        # the setting its heads refused for a stretched picture named, kept beside the
+        # best frames (`ExamSession.kept_frames`): as the card's exam has it
+        set_up = best_frames.get(SET_UP)
+        setting = setting_read_back(set_up.get("stretch_setting")) \
+            if isinstance(set_up, dict) else None
+        if setting is not None:
+            bio["stretch_setting"] = setting
     models = summary.get("models") if isinstance(summary.get("models"), dict) else {}
     ended_by = _text(summary.get("ended_by"))
     kept_dates = read_dates(dates)
@@ -589,6 +605,17 @@ def _t(text: dict[str, str], key: str, fallback: str | None = None, **values) ->
     return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), template)
 
 
+def not_measured_why(text: dict[str, str], status: str, bio: dict) -> str:
+    """Why no head was measured, for a set-up status, as the card says it (app.js
+    `unmeasuredWhy`): a stretched picture with the exact `[source] stretch` that undoes it
+    where the box named one (`stretch_setting`; a config's line, so with a dot in every
+    language), else the general fix."""
+    setting = setting_read_back(bio.get("stretch_setting"))
+    if status == SCREEN_STRETCHED and setting is not None:
+        return _t(text, "exam.not_measured_screen_stretched_setting", setting=f"{setting:g}")
+    return _t(text, "exam.not_measured_" + status)
+
+
 def half_up(value: float) -> int:
     """The nearest whole number as the page rounds (JavaScript's Math.round and toFixed(0):
     half up). Python's round and format go half to even, so an HC of 200.5 mm read 201 on
@@ -767,7 +794,7 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
                 for label, n in why if label) + "</ul>")
         set_up = next((k for k in SET_UP_STATUSES if bio.get("declined", {}).get(k)), None)
         if set_up:
-            out.append(f'<p class="why">{e(_t(text, "exam.not_measured_" + set_up))}</p>')
+            out.append(f'<p class="why">{e(not_measured_why(text, set_up, bio))}</p>')
     out.append("</section>")
 
     # the flags the page shows: head shape, and head size against the dates

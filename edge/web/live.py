@@ -325,8 +325,15 @@ def _checklist(exam: dict | None) -> list[dict]:
 def exam_snapshot(session, running: bool, ended_by: str | None = None,
                   body: dict | None = None) -> dict:
     """A plain copy of an exam for the page: its checklist with each plane's best frame,
-    the exam's biometry (medians of the best head frames) and how far it got."""
+    the exam's biometry (medians of the best head frames) and how far it got. Its biometry
+    is the summary's (`body`, the district's once ended) with one thing more, kept on the
+    box: the `[source] stretch` its heads refused for a stretched picture named
+    (`stretch_setting`), which the card says where it says why no head was measured."""
     checklist = session.checklist()
+    biometry = (body or {}).get("biometry") if body else session.tally.biometry()
+    setting = session.tally.stretch_setting
+    if isinstance(biometry, dict) and setting is not None:
+        biometry = {**biometry, "stretch_setting": setting}
     return {"exam_id": session.exam_id, "running": running, "ended_by": ended_by,
             "protocol": session.protocol.name, "title": session.protocol.title,
             "started_ts": session.started_ts, "frames": session.tally.frames,
@@ -334,7 +341,7 @@ def exam_snapshot(session, running: bool, ended_by: str | None = None,
             "checklist": checklist,
             "captured": sum(1 for row in checklist if row["captured"]),
             "required": len(checklist),
-            "biometry": (body or {}).get("biometry") if body else session.tally.biometry()}
+            "biometry": biometry}
 
 
 class LoopHook:

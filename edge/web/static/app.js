@@ -536,7 +536,19 @@ function unmeasuredWhy() {
   const bio = state && state.exam && state.exam.biometry;
   if (!bio || bio.measured || !bio.declined) return "";
   const status = SCALE_PROBLEMS.find((s) => bio.declined[s]);
+  const setting = status === "screen_stretched" ? stretchSetting(bio) : "";
+  if (setting) return t("exam.not_measured_screen_stretched_setting", { setting });
   return status ? t("exam.not_measured_" + status) : "";
+}
+
+// The `[source] stretch` that undoes a stretched picture, as the box's verdict named it
+// (edge/models/fan.py StretchWatch.setting, bounded there: `setting_read_back`), to four
+// decimals as the report writes it; a config's line, so with a dot in every language. ""
+// where the box named none: the card then says the general fix.
+function stretchSetting(bio) {
+  const value = bio.stretch_setting;
+  return typeof value === "number" && Number.isFinite(value) && value > 0
+    ? String(Math.round(value * 1e4) / 1e4) : "";
 }
 
 // A slot the exam measures the head on: its plane, or one it accepts, is a head plane.
