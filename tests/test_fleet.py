@@ -334,6 +334,208 @@ def test_a_failed_selftest_never_swaps_and_is_reported(tmp_path, fleet_kit, monk
                    "not newer than 3.0")
 
 
+# -- the quality rules the expectations were made with ---------------------------------------
+
+MADE_WITH = "selftest/made_with.json"  # wire/fleet.py MADE_WITH_MEMBER
+
+
+def _rules_copy(path: Path, version: str) -> Path:
+    """The shipped quality rules under `version`, with the content bound moved so that the
+    frame's quality score falls to about 0 (the models' outputs are untouched)."""
+    from edge.models.quality import RULES_FILE
+
+    text = RULES_FILE.read_text()
+    shipped = _box_rules()
+    assert text.count(f'version = "{shipped}"') == 1 and text.count(
+        "min = 0.25\nsoft = 0.15\n") == 1
+    path.write_text(text.replace(f'version = "{shipped}"', f'version = "{version}"')
+                    .replace("min = 0.25\nsoft = 0.15\n", "min = 1.0\nsoft = 0.01\n"))
+    return path
+
+
+def _box_rules() -> str:
+    from edge.models.quality import load_rules
+
+    return load_rules().version
+
+
+def _made_under_rules(kit: dict, tmp_path: Path, monkeypatch, rules_version: str,
+                      version: str) -> Path:
+    """A bundle made by the real `make_bundle` on a district machine whose quality rules
+    are `rules_version` (and score this frame otherwise than the box's)."""
+    from edge.models import quality
+
+    monkeypatch.setattr(quality, "RULES_FILE",
+                        _rules_copy(tmp_path / f"rules-{version}.toml", rules_version))
+    out = tmp_path / f"rules-{version}.bundle"
+    make_bundle(kit["models"], kit["key"], out, version=version, group=GROUP,
+                min_app_version="0.1.0", frames=[FRAME], pixel_size_mm=0.12)
+    monkeypatch.undo()
+    return out
+
+
+def _bundle_record(path: Path) -> tuple[dict, str | None]:
+    """The first frame's expectations and the recorded quality rules version (None: none)."""
+    with tarfile.open(path, "r:xz") as tar:
+        manifest = parse_manifest(tar.extractfile("bundle.json").read(), 1 << 30)
+        record = json.loads(tar.extractfile(MADE_WITH).read())["quality_rules"] \
+            if MADE_WITH in tar.getnames() else None
+    return manifest.frames[0].expect, record
+
+
+def _without_rules_record(kit: dict, path: Path, out: Path) -> Path:
+    """`path` as a bundle made before the rules version was recorded: the same signed
+    manifest and members, less `selftest/made_with.json`."""
+    with tarfile.open(path, "r:xz") as tar:
+        manifest = json.loads(tar.extractfile("bundle.json").read())
+        blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers()[2:]}
+    blobs.pop(MADE_WITH, None)
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != MADE_WITH]
+    return _signed_archive(kit, out, manifest, [(tarfile.TarInfo(n), b)
+                                                for n, b in blobs.items()])
+
+
+def test_a_bundle_records_the_quality_rules_its_expectations_were_made_with(fleet_kit):
+    expect, record = _bundle_record(fleet_kit["v2"])
+    assert record == _box_rules()
+    assert 0 <= expect["quality_score"] <= 1
+
+
+def test_a_bundle_made_under_other_quality_rules_installs_without_their_quality_score(
+        tmp_path, fleet_kit, monkeypatch):
+    """A district machine on another app (other quality rules: 1.3.9 moved the score of
+    zoomed heads on a fixed calibration) made the bundle. Its quality scores are those
+    rules', not the models': every box on other rules refused it, so the district's model
+    update never landed on a mixed fleet. Plane, confidence, head status and HC, the
+    models', are still compared; the quality score is not, and `bundle install` says so."""
+    bundle = _made_under_rules(fleet_kit, tmp_path, monkeypatch, "1.3.1", "3.0")
+    expect, record = _bundle_record(bundle)
+    honest, _ = _bundle_record(fleet_kit["v2"])
+    assert abs(expect["quality_score"] - honest["quality_score"]) > 0.3
+    assert expect["plane"] == honest["plane"] and expect["head_status"] == "ok"
+    config = device_config(tmp_path, fleet_kit)
+    out = sonoedge("bundle", "install", str(bundle), "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "bundle 3.0 installed (was factory)" in out.stdout
+    said = (f"quality score not compared: expectations made with quality rules 1.3.1, this "
+            f"box runs {_box_rules()}")
+    assert f"self-test: {said}\n" in out.stdout
+    assert f"fleet: bundle 3.0 self-test: {said}\n" in out.stderr
+    assert fleet_of(tmp_path).status()["bundle"] == "3.0"
+    assert record == "1.3.1"
+
+
+def test_a_lying_plane_is_still_refused_under_other_quality_rules(tmp_path, fleet_kit,
+                                                                 monkeypatch):
+    """Other rules spare the quality score only: the models' own outputs are compared."""
+    from edge.fleet import selftest
+
+    honest = selftest.score_selftest
+    monkeypatch.setattr(selftest, "score_selftest", lambda *a, **k: [
+        {**out, "plane": "Femur"} for out in honest(*a, **k)])
+    bundle = _made_under_rules(fleet_kit, tmp_path, monkeypatch, "1.3.1", "3.0")
+    fleet = fleet_of(tmp_path)
+    fleet.ensure(fleet_kit["models"])
+    before = snapshot(fleet)
+    out = sonoedge("bundle", "install", str(bundle), "--config",
+                   str(device_config(tmp_path, fleet_kit)))
+    line = one_line_error(out, "bundle 3.0 failed its self-test, factory stays",
+                          "plane 'Brain (Tv.)' here, the bundle expects 'Femur'")
+    assert "quality_score" not in line
+    assert "fleet: bundle 3.0 self-test: quality score not compared" in out.stderr
+    assert snapshot(fleet_of(tmp_path)) == before
+
+
+def test_the_same_quality_mismatch_under_the_same_rules_is_still_refused(
+        tmp_path, fleet_kit, monkeypatch):
+    """Under the box's own rules version a quality score that differs is the models' (or
+    a lie): refused as ever, and the line says the rules were the same."""
+    bundle = _made_under_rules(fleet_kit, tmp_path, monkeypatch, _box_rules(), "3.0")
+    fleet = fleet_of(tmp_path)
+    fleet.ensure(fleet_kit["models"])
+    before = snapshot(fleet)
+    out = sonoedge("bundle", "install", str(bundle), "--config",
+                   str(device_config(tmp_path, fleet_kit)))
+    assert out.returncode == 2
+    one_line_error(out, "bundle 3.0 failed its self-test, factory stays",
+                   "quality_score ", f"(+-0.05) (same quality rules {_box_rules()})")
+    assert "not compared" not in out.stderr + out.stdout
+    assert snapshot(fleet_of(tmp_path)) == before
+    assert _bundle_record(bundle)[1] == _box_rules()
+
+
+def test_an_old_bundle_without_the_rules_record_installs_and_is_compared_as_before(
+        tmp_path, fleet_kit, monkeypatch):
+    """A bundle made before the rules version was recorded: its rules are unknown, so the
+    quality score is compared as before (the only check of the learned quality head's
+    numbers). One made under this box's rules installs; one that differs is refused, and
+    the line tells the district how to mend it."""
+    old = _without_rules_record(fleet_kit, fleet_kit["make"]("old-honest", "3.0"),
+                                tmp_path / "old.bundle")
+    assert _bundle_record(old)[1] is None
+    for box in ("box1", "box2"):
+        (tmp_path / box).mkdir()
+    out = sonoedge("bundle", "install", str(old), "--config",
+                   str(device_config(tmp_path / "box1", fleet_kit)))
+    assert out.returncode == 0, out.stderr
+    assert "bundle 3.0 installed (was factory)" in out.stdout
+    assert "not compared" not in out.stdout + out.stderr
+    other = _without_rules_record(
+        fleet_kit, _made_under_rules(fleet_kit, tmp_path, monkeypatch, "1.3.1", "3.0"),
+        tmp_path / "old-other-rules.bundle")
+    out = sonoedge("bundle", "install", str(other), "--config",
+                   str(device_config(tmp_path / "box2", fleet_kit)))
+    one_line_error(out, "bundle 3.0 failed its self-test, factory stays", "quality_score ",
+                   "(the bundle does not name the quality rules it was made with: make it "
+                   "again with a current sonoedge)")
+
+
+@pytest.mark.parametrize("record", [
+    b"[]", b'{"quality_rules": "1.3.9", "by": "x"}', b'{"quality_rules": 139}',
+    b'{"quality_rules": "1.3.9\\n"}', b'{"quality_rules": "1.3.9.1.2"}',
+    b'{"quality_rules": "1.3.9 or else"}', b'{"quality_rules": NaN}', b"\xff\xfe",
+    b'{"quality_rules": [[[[["1"]]]]]}', b'{"quality_rules": "' + b"9" * 2000 + b'"}',
+    b'{"quality_rules": "1.3.9", "quality_rules": "1.3.8"}', b""])
+def test_a_hostile_rules_record_is_one_line_naming_it(record):
+    """Signed, and still read as hostile: bounded, exact keys, a dotted version."""
+    from wire.fleet import parse_made_with
+
+    with pytest.raises(BundleError) as refused:
+        parse_made_with(record)
+    line = str(refused.value)
+    assert line.startswith("selftest/made_with.json: ") and "\n" not in line, line
+    assert len(line) < 200, line
+
+
+def test_a_signed_bundle_with_a_bad_rules_record_fails_its_selftest_in_one_line(
+        tmp_path, fleet_kit):
+    """Signed, listed and hashed, and still read as hostile on the box."""
+    with tarfile.open(fleet_kit["v2"], "r:xz") as tar:
+        manifest = json.loads(tar.extractfile("bundle.json").read())
+        blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers()[2:]}
+    for name, record, needle in (
+            ("a", b'{"quality_rules": "../../etc"}', "quality_rules must be 1-4 dotted "
+                                                     "numbers such as 2025.6.1, got '../../etc'"),
+            ("b", b"x" * 2000, f"bundle manifest: {MADE_WITH} must be at most 1024 bytes")):
+        blobs[MADE_WITH] = record
+        manifest["version"] = "3.0"
+        for entry in manifest["files"]:
+            if entry["path"] == MADE_WITH:
+                entry["sha256"] = hashlib.sha256(record).hexdigest()
+                entry["size"] = len(record)
+        bad = _signed_archive(fleet_kit, tmp_path / f"{name}.bundle", manifest,
+                              [(tarfile.TarInfo(n), b) for n, b in blobs.items()])
+        box = tmp_path / name
+        box.mkdir()
+        fleet = fleet_of(box)
+        fleet.ensure(fleet_kit["models"])
+        before = snapshot(fleet)
+        out = sonoedge("bundle", "install", str(bad), "--config",
+                       str(device_config(box, fleet_kit)))
+        one_line_error(out, needle)
+        assert snapshot(fleet_of(box)) == before
+
+
 CRASHING_RUN = """
 import os, signal, sys
 import edge.scorer as scorer

@@ -57,6 +57,15 @@ SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 EXPECT_KEYS = {"plane": str, "plane_confidence": float, "quality_score": float,
                "head_status": str, "hc_mm": float}
 TOLERANCE_KEYS = ("plane_confidence", "quality_score", "hc_mm")
+# What the expectations were made with, beside the frames: the quality score is the quality
+# rules' (edge/models/quality_rules.toml, which ship with the app), not only the models', so
+# a box compares it only under the rules version that made it (edge/fleet/selftest.py). A
+# listed, signed member and not a manifest field: the manifest is strict, and a box already
+# in the field refuses a field it does not know, before it reads min_app_version (so raising
+# that would not be its line); a member no frame names it unpacks and ignores, and compares
+# as it always did.
+MADE_WITH_MEMBER = "selftest/made_with.json"
+MAX_MADE_WITH_BYTES = 1024
 
 
 class BundleError(ValueError):
@@ -170,6 +179,9 @@ def parse_manifest(data: bytes, max_member_bytes: int) -> BundleManifest:
         entries.append(FileEntry(path, digest, size))
     if not any(e.path.startswith("models/") and e.path.endswith(".json") for e in entries):
         raise bad("files", "holds no model manifest (models/*.json)")
+    made_with = next((e for e in entries if e.path == MADE_WITH_MEMBER), None)
+    if made_with is not None and made_with.size > MAX_MADE_WITH_BYTES:
+        raise bad(MADE_WITH_MEMBER, f"must be at most {MAX_MADE_WITH_BYTES} bytes")
     frames, tolerance, pixel = _parse_selftest(raw.get("selftest"), entries, bad)
     return BundleManifest(version=raw["version"], group=group,
                           min_app_version=raw["min_app_version"], created_ts=float(created),
@@ -214,6 +226,20 @@ def _parse_selftest(block: object, entries: list[FileEntry], bad):
                           f"has the wrong type: {shown(value)}")
         frames.append(SelfTestFrame(path, dict(expect)))
     return tuple(frames), {k: float(v) for k, v in tolerance.items()}, float(pixel)
+
+
+def parse_made_with(data: bytes) -> str:
+    """`MADE_WITH_MEMBER`'s bytes -> the quality rules version the self-test's expectations
+    were made with, or `BundleError` naming the field. Signed (its sha256 is in the
+    manifest), and still read as hostile: bounded, exact keys, a dotted version."""
+    try:
+        raw = loads_bounded(data, MAX_MADE_WITH_BYTES, max_depth=2)
+    except PayloadError as exc:
+        raise BundleError(f"{MADE_WITH_MEMBER}: {exc}") from None
+    if not isinstance(raw, dict) or set(raw) != {"quality_rules"}:
+        raise BundleError(f"{MADE_WITH_MEMBER}: must be {{quality_rules}}")
+    parse_version(raw["quality_rules"], f"{MADE_WITH_MEMBER}: quality_rules")
+    return raw["quality_rules"]
 
 
 def verify_signature(manifest: bytes, signature: bytes, keys: list) -> str:

@@ -94,6 +94,8 @@ def _install(args: argparse.Namespace) -> int:
           f"{t.get('verify_s', 0):.2f} s, self-test {t.get('selftest_s', 0):.2f} s, swap "
           f"{t.get('swap_s', 0) * 1000:.1f} ms; on trial for {settings.fleet.trial_min:g} "
           f"min of running; a running loop picks it up within seconds")
+    for note in fleet.selftest_notes:
+        print(f"self-test: {note}")
     return 0
 
 

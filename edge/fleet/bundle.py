@@ -1,7 +1,8 @@
 """Make a signed model bundle, and read one back without trusting a byte of it.
 
 `make_bundle` packs a models folder (every manifest that loads, with its model file), a
-few self-test frames with the outputs these models give on them, and a manifest listing
+few self-test frames with the outputs these models give on them (and the quality rules
+version that scored them, `selftest/made_with.json`), and a manifest listing
 every file's size and sha256, signed with the district's Ed25519 key
 (`wire/fleet.py` describes the format). `read_bundle` is the only way a device looks inside:
 it decompresses with a memory limit, counts every byte it reads (a hostile archive cannot
@@ -30,6 +31,7 @@ from edge.store.state import fsync_dir
 from wire.fleet import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
+    MADE_WITH_MEMBER,
     MANIFEST_MEMBER,
     MAX_MANIFEST_BYTES,
     MAX_SELFTEST_FRAMES,
@@ -39,11 +41,13 @@ from wire.fleet import (
     BundleError,
     BundleManifest,
     check_group,
+    parse_made_with,
     parse_manifest,
     parse_version,
     verify_signature,
 )
 from wire.schema import PayloadError, finite_number, open_regular_file
+from wire.shown import shown
 
 XZ_MEMLIMIT = 128 << 20  # an xz stream asking for a larger dictionary is refused
 XZ_PRESET = 6 | lzma.PRESET_EXTREME  # 8 MiB dictionary: more than a bundle, little RAM
@@ -278,7 +282,7 @@ def make_bundle(models_dir: Path, key_path: Path, out: Path, *, version: str, gr
     """Write a signed bundle to `out`; returns its manifest. The self-test expectations are
     what these models give on these frames here, through the device's own scorer."""
     from edge.fleet.keys import load_private_key
-    from edge.fleet.selftest import score_selftest
+    from edge.fleet.selftest import rules_version, score_selftest
 
     parse_version(version, "--version")
     parse_version(min_app_version, "--min-app")
@@ -296,7 +300,18 @@ def make_bundle(models_dir: Path, key_path: Path, out: Path, *, version: str, gr
             (work / "models" / src.name).write_bytes(src.read_bytes())
         pictures = _selftest_frames(frames, work)
         outputs = score_selftest(work / "models", pictures, pixel_size_mm, num_threads)
-        members = sorted((work / "models").iterdir()) + pictures
+        rules = rules_version(work / "models")
+        extra = []
+        if rules is not None:  # a box compares the quality score only under these rules
+            record = json.dumps({"quality_rules": rules}).encode()
+            try:
+                parse_made_with(record)  # what we sign must be what a device accepts
+            except BundleError:
+                raise BundleError(f"the quality rules' version {shown(rules)} must be 1-4 "
+                                  "dotted numbers (a box compares it)") from None
+            (work / MADE_WITH_MEMBER).write_bytes(record)
+            extra = [work / MADE_WITH_MEMBER]
+        members = sorted((work / "models").iterdir()) + pictures + extra
         files = [{"path": f"{p.parent.name}/{p.name}", "sha256": sha256_of(p),
                   "size": p.stat().st_size} for p in members]
         manifest = {

@@ -1,10 +1,13 @@
 """Self-test: the new models, through the device's own scorer, on the frames in the bundle.
 
 The bundle carries a few frames and what the district's machine got on them with these very
-models (plane, confidence, quality score, head status and HC), with tolerances. The device
-scores the same frames from the staged slot and compares. It runs in a child process
-(`python -m edge.fleet.selftest`) with a time limit: a model that crashes or hangs the
-runtime fails the test, never the loop that is still scoring with the current set.
+models (plane, confidence, quality score, head status and HC), with tolerances, and the
+quality rules version it scored them with (`MADE_WITH_MEMBER`). The device scores the same
+frames from the staged slot and compares; the quality score only under the same rules
+version, since a rules change moves it whatever the models (and fleets are always mixed).
+It runs in a child process (`python -m edge.fleet.selftest`) with a time limit: a model
+that crashes or hangs the runtime fails the test, never the loop that is still scoring
+with the current set.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wire.fleet import BundleManifest
+from wire.fleet import (
+    MADE_WITH_MEMBER,
+    MAX_MADE_WITH_BYTES,
+    BundleError,
+    BundleManifest,
+    parse_made_with,
+)
+from wire.schema import PayloadError, read_regular_file
 
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4  # linux/prctl.h
 # A child ended by one of these was stopped from outside (`systemctl stop` sends SIGTERM to
@@ -45,12 +55,9 @@ def _outputs(record: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
 
-def score_selftest(models_dir: Path, pictures: list[Path], pixel_size_mm: float,
-                   num_threads: int = 1, names: dict | None = None) -> list[dict]:
-    """What the models in `models_dir` give on each picture (the self-test's outputs)."""
-    from edge.capture.sources import open_sources
+def _settings(models_dir: Path, pixel_size_mm: float, num_threads: int, names: dict | None):
+    """The scorer's settings for a self-test (and for `bundle make`'s expectations)."""
     from edge.config import load_settings
-    from edge.scorer import make_scorer, timed_frames
 
     names = names or {}
     overrides = {"models": {"dir": str(models_dir), "num_threads": num_threads,
@@ -58,7 +65,16 @@ def score_selftest(models_dir: Path, pictures: list[Path], pixel_size_mm: float,
                  "biometry": {"pixel_size_mm": float(pixel_size_mm),
                               "segmenter": names.get("segmenter")},
                  "quality": {"learned": names.get("learned")}}
-    scorer = make_scorer(load_settings(None, overrides))
+    return load_settings(None, overrides)
+
+
+def score_selftest(models_dir: Path, pictures: list[Path], pixel_size_mm: float,
+                   num_threads: int = 1, names: dict | None = None) -> list[dict]:
+    """What the models in `models_dir` give on each picture (the self-test's outputs)."""
+    from edge.capture.sources import open_sources
+    from edge.scorer import make_scorer, timed_frames
+
+    scorer = make_scorer(_settings(models_dir, pixel_size_mm, num_threads, names))
     outputs = []
     with open_sources([str(p) for p in pictures]) as source:
         for frame, capture_s in timed_frames(source, scorer.prepare_frame):
@@ -69,6 +85,45 @@ def score_selftest(models_dir: Path, pictures: list[Path], pixel_size_mm: float,
     if len(outputs) != len(pictures):
         raise ValueError(f"scored {len(outputs)} of {len(pictures)} self-test frames")
     return outputs
+
+
+def rules_version(models_dir: Path, names: dict | None = None) -> str | None:
+    """The version of the quality rules `score_selftest` judges frames by (the loader
+    `make_scorer` uses, on the same settings); None with the audit off."""
+    from edge.models.quality import load_rules
+
+    quality = _settings(models_dir, 0.0, 1, names).quality
+    return load_rules(quality.rules or None).version if quality.enabled else None
+
+
+def made_with(slot: Path, manifest: BundleManifest) -> str | None:
+    """The quality rules version the bundle's expectations were made with; None for a
+    bundle made before it was recorded. `BundleError` (one line) for a bad record."""
+    if manifest.file(MADE_WITH_MEMBER) is None:
+        return None
+    try:
+        data, _ = read_regular_file(slot / MADE_WITH_MEMBER, MAX_MADE_WITH_BYTES)
+    except PayloadError as exc:
+        raise BundleError(f"{MADE_WITH_MEMBER}: {exc}") from None
+    return parse_made_with(data)
+
+
+def quality_plan(bundle_rules: str | None, box_rules: str | None) -> tuple[bool, str]:
+    """Whether the quality score is compared, and what to say beside it: a note when it is
+    not, else a hint for a failure. A rules change moves the score whatever the models
+    (rules 1.3.9 did, for zoomed heads on a fixed calibration), so under another version it
+    means nothing, while plane, confidence, head status and HC, the models', are still
+    compared. A bundle that does not say (made before this was recorded) is compared as
+    before: its rules are unknown, maybe this box's, and the score is all that checks the
+    learned quality head's numbers; a refusal keeps the running models, and the district
+    makes it again with a current `bundle make`, which the hint says."""
+    if bundle_rules is None:
+        return True, ("the bundle does not name the quality rules it was made with: make it "
+                      "again with a current sonoedge")
+    if bundle_rules != box_rules:
+        return False, (f"quality score not compared: expectations made with quality rules "
+                       f"{bundle_rules}, this box runs {box_rules or 'none (audit off)'}")
+    return True, f"same quality rules {bundle_rules}"
 
 
 def compare(expected: dict, got: dict, tolerance: dict) -> list[str]:
@@ -87,20 +142,26 @@ def compare(expected: dict, got: dict, tolerance: dict) -> list[str]:
 
 
 def check_slot(slot: Path, manifest: BundleManifest, num_threads: int = 1,
-               names: dict | None = None) -> list[str]:
-    """Score the slot's self-test frames with its models; the failures, [] when it passed."""
+               names: dict | None = None) -> tuple[list[str], list[str]]:
+    """Score the slot's self-test frames with its models: (the failures, [] when it passed;
+    the notes, e.g. that the quality score was not compared and why)."""
     pictures = [slot / f.path for f in manifest.frames]
+    bundle_rules = made_with(slot, manifest)  # a bad record is its own line (BundleError)
     try:
+        compared, said = quality_plan(bundle_rules, rules_version(slot / "models", names))
         outputs = score_selftest(slot / "models", pictures, manifest.pixel_size_mm,
                                  num_threads, names)
     except Exception as exc:  # any failure to load or score is the test failing
-        return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+        return [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"], []
     failures = []
     for frame, got in zip(manifest.frames, outputs, strict=True):
-        diff = compare(frame.expect, got, manifest.tolerance)
+        expect = {k: v for k, v in frame.expect.items()
+                  if compared or k != "quality_score"}
+        diff = [f"{d} ({said})" if d.startswith("quality_score ") else d
+                for d in compare(expect, got, manifest.tolerance)]
         if diff:
             failures.append(f"{Path(frame.path).name}: {'; '.join(diff)}")
-    return failures
+    return failures, ([] if compared else [said])
 
 
 class StoppedFromOutside(Exception):
@@ -109,9 +170,9 @@ class StoppedFromOutside(Exception):
 
 
 def run_selftest(slot: Path, timeout_s: float, num_threads: int = 1,
-                 names: dict | None = None) -> list[str]:
-    """`check_slot` in a child process with a time limit; the failures, [] when it passed.
-    `StoppedFromOutside` when a signal from outside ended the child."""
+                 names: dict | None = None) -> tuple[list[str], list[str]]:
+    """`check_slot` in a child process with a time limit: (the failures, [] when it passed;
+    its notes). `StoppedFromOutside` when a signal from outside ended the child."""
     cmd = [sys.executable, "-m", "edge.fleet.selftest", str(slot), "--threads",
            str(num_threads), "--names", json.dumps(names or {})]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -121,18 +182,19 @@ def run_selftest(slot: Path, timeout_s: float, num_threads: int = 1,
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        return [f"self-test did not finish within {timeout_s:g} s"]
+        return [f"self-test did not finish within {timeout_s:g} s"], []
     if -done.returncode in OUTSIDE_SIGNALS:
         raise StoppedFromOutside(f"self-test stopped by {signal.Signals(-done.returncode).name} "
                           "from outside (not the bundle's fault)")
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode not in (0, 1) or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        return [f"self-test process ended with code {done.returncode}: {tail}"]
+        return [f"self-test process ended with code {done.returncode}: {tail}"], []
     try:
-        return list(json.loads(lines[-1])["failures"])
-    except (ValueError, KeyError, TypeError):
-        return ["self-test process gave no verdict"]
+        verdict = json.loads(lines[-1])
+        return list(verdict["failures"]), [str(n)[:200] for n in verdict.get("notes", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ["self-test process gave no verdict"], []
 
 
 def drop_capabilities() -> None:
@@ -170,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         manifest = parse_manifest((args.slot / MANIFEST_MEMBER).read_bytes(), 1 << 40)
-        failures = check_slot(args.slot, manifest, args.threads, json.loads(args.names))
+        failures, notes = check_slot(args.slot, manifest, args.threads,
+                                     json.loads(args.names))
     except (OSError, ValueError) as exc:  # a BundleError is a ValueError
-        failures = [str(exc)]
-    print(json.dumps({"failures": failures}), flush=True)
+        failures, notes = [str(exc)], []
+    print(json.dumps({"failures": failures, "notes": notes}), flush=True)
     return 1 if failures else 0
 
 

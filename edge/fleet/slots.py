@@ -244,6 +244,7 @@ class Fleet:
         self._base: dict = {}  # state.json as this object last read or wrote it
         self._seen: tuple | None = None  # and that file's identity then (`refresh`)
         self._said: dict[str, str] = {}  # the damage last said per slot.json, said once
+        self.selftest_notes: list[str] = []  # the last self-test's (`run_selftest`)
 
     # -- layout -------------------------------------------------------------------------
     @property
@@ -702,6 +703,7 @@ class Fleet:
         shutil.rmtree(staging, ignore_errors=True)
         _step("cleared-staging")
         app = app_version()
+        self.selftest_notes = []
         seen: list[str] = []
 
         def on_file(name: str) -> None:
@@ -721,12 +723,16 @@ class Fleet:
         _step("extracted")
         t0 = time.monotonic()
         try:
-            failures = run_selftest(staging, s.selftest_timeout_s, s.selftest_threads, names)
+            failures, notes = run_selftest(staging, s.selftest_timeout_s, s.selftest_threads,
+                                           names)
         except StoppedFromOutside as exc:  # not the bundle's doing: tried again later
             shutil.rmtree(staging, ignore_errors=True)
             raise DeviceFault(f"bundle {manifest.version}: {exc}; "
                               f"{self._version(self.active_slot())} stays") from None
         selftest_s = time.monotonic() - t0
+        self.selftest_notes = notes  # what it did not compare and why; `bundle install` says it
+        for note in notes:
+            log.info("fleet: bundle %s self-test: %s", manifest.version, note)
         if failures:
             # Never swapped, never ran: a refusal (`install` keeps the line below as
             # `last_error`, which health reports), not a rollback; kept in the history.
