@@ -626,8 +626,9 @@ def test_a_pal_grabber_s_refused_exam_says_why_and_names_the_grabber_s_own_shape
     """What the installer reads after `sonoedge exam` (and `run`) of a PAL grabber's clip:
     the warning's example is this grabber's own square-pixel size (768x576), where it told
     how a 4:3 screen filling 16:9 reads beside a squeezed picture, and the summary's
-    "head: not measured (picture out of shape on N frames)" says why in words, as the
-    page's card does, where it gave the status code alone."""
+    "head: not measured (picture out of shape on N frames)" says why in words and the
+    setting that undoes it, as the page's card does, where it gave the status code alone
+    and then pointed at the log for the value."""
     pal = tmp_path / "pal.avi"
     _fan_head_clip(data_dir, pal, 720, 576)
     refused = _exam_cli(tmp_path, pal)
@@ -635,10 +636,11 @@ def test_a_pal_grabber_s_refused_exam_says_why_and_names_the_grabber_s_own_shape
     assert "keep the scanner's own shape (768x576, not 720x576), or" in warning, warning
     assert "16:9" not in warning, warning
     [head] = [line for line in refused.splitlines() if line.startswith("  head:")]
+    # and the value itself, as the verdict named it (the card and the report say it too)
     assert re.fullmatch(r"  head: not measured \(picture out of shape on \d+ frames\): the "
                         r"picture is stretched or squeezed sideways, so every head would "
-                        r"measure wrong; the 'screen shape' warning names the setting that "
-                        r"undoes it",
+                        r"measure wrong; set \[source\] stretch = 0\.9375 to undo it \(the "
+                        r"'screen shape' warning says why\)",
                         head), head
 
 

@@ -54,9 +54,12 @@ from edge.models.biometry import (
     MEASURED,
     PIXEL_SIZE_MISSING,
     REFUSAL_WORDS,
+    SCREEN_STRETCHED,
     SET_UP_FIXES,
     SET_UP_STATUSES,
+    STRETCH_FIX_NAMED,
 )
+from edge.models.fan import setting_read_back
 from edge.models.quality import HEAD_MEASURES, Rules, RulesError, load_rules
 from edge.models.roi import Roi
 from wire.dating import HADLOCK_1984_WEEKS
@@ -748,7 +751,10 @@ def format_exam(session: ExamSession, body: dict, set_scale: str = "") -> str:
         else:
             # each refusal in words, and what undoes the set-up ones, as the page's card
             # says: a bare "ruler_unread 12" left the exam's heads unexplained
-            fixes = [SET_UP_FIXES[k].format(set_scale=set_scale)
+            setting = setting_read_back(session.tally.stretch_setting)
+            fixes = [STRETCH_FIX_NAMED.format(setting=f"{setting:g}")
+                     if k == SCREEN_STRETCHED and setting is not None
+                     else SET_UP_FIXES[k].format(set_scale=set_scale)
                      for k in SET_UP_STATUSES if declined.get(k)]
             lines.append("  head: not measured ("
                          + (", ".join(_refused(k, v) for k, v in declined.items())
