@@ -20,16 +20,17 @@ from edge.models import biometry as B
 SET_SCALE = " ([biometry] pixel_size_mm)"  # as `run` gives it
 
 
-def _head_line(statuses: list[str]) -> str:
-    """The summary's head line of an exam of transthalamic frames refused for `statuses`,
-    fed as `run`'s journal replay feeds them."""
+def _head_line(statuses: list[str], **biometry) -> str:
+    """The summary's head line of an exam of transthalamic frames refused for `statuses`
+    (each frame's biometry with `biometry` besides), fed as `run`'s journal replay feeds
+    them."""
     bodies = []
     tracker = ExamTracker(find_protocol("biometry"), ExamSettings(), None,
                           lambda session, body: bodies.append((session, body)))
     for i, status in enumerate(statuses):
         tracker.feed({"source": "j", "frame": i, "plane": "Brain (Tv.)",
                       "plane_confidence": 0.9, "latency_ms": 5.0, "ts": 1.7e9 + i,
-                      "roi": [0, 0, 10, 10], "biometry": {"status": status}},
+                      "roi": [0, 0, 10, 10], "biometry": {"status": status, **biometry}},
                      mono=float(i), row=i + 1, run_id="run")
     tracker.end("recovered")
     ((session, body),) = bodies
@@ -93,6 +94,25 @@ def test_two_set_up_refusals_each_say_their_fix_on_the_one_line():
     assert line.endswith("; the picture is stretched or squeezed sideways, so every head "
                          "would measure wrong; the 'screen shape' warning names the setting "
                          "that undoes it"), line
+
+
+def test_a_stretched_picture_s_line_names_the_setting_its_heads_named():
+    """A user's walk (7 December), a PAL grabber: the card and the report named "[source]
+    stretch = 0.9375", while the summary `run` and `sonoedge exam` print beneath the same
+    exam sent the installer up the log for "the 'screen shape' warning", which a long run
+    had scrolled away. It names the setting, as the card does, where the heads named one."""
+    line = _head_line([B.SCREEN_STRETCHED] * 3, stretch_setting=0.9375)
+    assert line == ("  head: not measured (picture out of shape on 3 frames): the picture is "
+                    "stretched or squeezed sideways, so every head would measure wrong; set "
+                    "[source] stretch = 0.9375 to undo it, or set the grabber to keep the "
+                    "scanner's own shape"), line
+    assert _head_line([B.RULER_UNREAD, B.SCREEN_STRETCHED], stretch_setting=1.3333).endswith(
+        "; set [source] stretch = 1.3333 to undo it, or set the grabber to keep the "
+        "scanner's own shape")
+    # a setting no `[source] stretch` takes (a damaged journal) is not named: the warning is
+    for hostile in (0.1, 7.0, float("nan"), float("inf"), True, "0.9375", [0.9375], 10**400):
+        assert _head_line([B.SCREEN_STRETCHED], stretch_setting=hostile).endswith(
+            "the 'screen shape' warning names the setting that undoes it"), hostile
 
 
 @pytest.mark.parametrize("status,shown", [

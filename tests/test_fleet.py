@@ -414,11 +414,18 @@ def test_a_bundle_made_under_other_quality_rules_installs_without_their_quality_
     assert abs(expect["quality_score"] - honest["quality_score"]) > 0.3
     assert expect["plane"] == honest["plane"] and expect["head_status"] == "ok"
     config = device_config(tmp_path, fleet_kit)
+    # the clinic's loop runs its own rules (2.0.1); the self-test, the shipped ones: the line
+    # names those as what they are, where "this box runs 1.3.9" contradicted the clinic's
+    # (a user's walk, 7 December)
+    clinic = _rules_copy(tmp_path / "clinic-rules.toml", "2.0.1")
+    config.write_text(config.read_text() + f'[quality]\nrules = "{clinic}"\n')
     out = sonoedge("bundle", "install", str(bundle), "--config", str(config))
     assert out.returncode == 0, out.stderr
     assert "bundle 3.0 installed (was factory)" in out.stdout
     said = (f"quality score not compared: expectations made with quality rules 1.3.1, this "
-            f"box runs {_box_rules()}")
+            f"box's sonoedge ships {_box_rules()} (the self-test's, whatever [quality] "
+            "rules its loop runs)")
+    assert "2.0.1" not in out.stdout + out.stderr
     assert f"self-test: {said}\n" in out.stdout
     assert f"fleet: bundle 3.0 self-test: {said}\n" in out.stderr
     assert fleet_of(tmp_path).status()["bundle"] == "3.0"

@@ -176,6 +176,35 @@ def test_a_good_head_image_refused_for_the_set_up_says_the_head_is_not_measured_
             assert words != catalog["instruction.good"], (path.name, status)
 
 
+def test_the_head_not_measured_instruction_asks_her_what_the_card_asks_in_its_words():
+    """A user's walk (7 December) on a fresh box and a PAL grabber: the yellow instruction
+    ended "See the box's set-up." ("Voir le réglage du boîtier."), a set-up the midwife has
+    no way into, while the card beneath told her to ask for it to be set; and over a PAL
+    grabber's squeezed picture it said "the picture is stretched", where the image's own
+    line said "picture out of shape" and the card "stretched or squeezed". Now it asks as
+    the card asks, and names a picture out of shape as the image does."""
+    asks = {"en": {"pixel_size_missing": "Ask for it to be set.",
+                   "pixel_size_absurd": "Ask for it to be checked.",
+                   "screen_stretched": "Ask for the box to be set up."},
+            "fr": {"pixel_size_missing": "Demandez qu'on le règle.",
+                   "pixel_size_absurd": "Demandez qu'on le vérifie.",
+                   "screen_stretched": "Demandez qu'on règle le boîtier."}}
+    # the instruction's words for it, and the image's line's (`bio.screen_stretched`)
+    shape = {"en": ("the picture is out of shape.", "picture out of shape"),
+             "fr": ("l'image est déformée.", "image déformée")}
+    for lang in ("en", "fr"):
+        catalog = json.loads((CATALOG_DIR / f"{lang}.json").read_text())
+        for status, ask in asks[lang].items():
+            said = catalog[f"instruction.good_not_measured_{status}"]
+            assert said.endswith(" " + ask), (lang, status, said)
+            assert "set-up" not in said and "Voir" not in said, (lang, status, said)
+        for status in ("pixel_size_missing", "pixel_size_absurd"):  # the card's own ask
+            assert catalog[f"exam.not_measured_{status}"].endswith(" " + asks[lang][status])
+        stretched = catalog["instruction.good_not_measured_screen_stretched"]
+        assert shape[lang][0] in stretched, (lang, stretched)
+        assert catalog["bio.screen_stretched"].endswith(shape[lang][1]), lang
+
+
 class _NoExam:
     current = None
 

@@ -77,8 +77,8 @@ def test_a_good_head_image_says_the_head_is_not_measured_and_the_slot_too(fresh_
     image is good but the head is not measured, and why, in the fix-needed style, without
     turning back to "hold still" over the head; and the slot says it is not measured."""
     page, _ = fresh_box
-    said = ("Good image, but the head is not measured: this box has no calibration. See "
-            "the box's set-up.")
+    said = ("Good image, but the head is not measured: this box has no calibration. Ask "
+            "for it to be set.")
     page.wait_for_function(
         f"() => window.__instructions.some((r) => r.text === {json.dumps(said)})", **POLL)
     seen = page.evaluate("() => window.__instructions")
@@ -99,7 +99,7 @@ def test_a_good_head_image_says_the_head_is_not_measured_and_the_slot_too(fresh_
     assert page.evaluate(
         "() => window.sonoedge.t('instruction.good_not_measured_pixel_size_missing')") == (
         "Bonne image, mais la tête n'est pas mesurée : ce boîtier n'a pas d'étalonnage. "
-        "Voir le réglage du boîtier.")
+        "Demandez qu'on le règle.")
     page.select_option("#controls select.lang", "en")
     page.wait_for_function(
         f"() => document.querySelector({json.dumps(slot)}).textContent === "

@@ -639,8 +639,8 @@ def test_a_pal_grabber_s_refused_exam_says_why_and_names_the_grabber_s_own_shape
     # and the value itself, as the verdict named it (the card and the report say it too)
     assert re.fullmatch(r"  head: not measured \(picture out of shape on \d+ frames\): the "
                         r"picture is stretched or squeezed sideways, so every head would "
-                        r"measure wrong; set \[source\] stretch = 0\.9375 to undo it \(the "
-                        r"'screen shape' warning says why\)",
+                        r"measure wrong; set \[source\] stretch = 0\.9375 to undo it, or set "
+                        r"the grabber to keep the scanner's own shape",
                         head), head
 
 

@@ -93,6 +93,15 @@ def test_a_damaged_or_hostile_shape_file_is_one_line_never_a_traceback(tmp_path)
                 assert "is not a verdict file (no list of screens)" in out.stderr, out.stderr
             if args:
                 assert json.loads(out.stdout)["screen_shape"]["screens"] == []
+    # a list whose every screen is passed over (a walk's hand-edited stretch as text): said
+    # as damaged, where it was read silently as no memory
+    for odd in ([{"screen": "pal.avi|720x576", "stretch": "0.9375"}],
+                [{"screen": "pal.avi|720x576"}, 7, {"stretch": 0.94}]):
+        path.write_text(json.dumps({"version": 1, "screens": odd}))
+        out = sonoedge("status", "--state-dir", str(state), timeout=60)
+        assert out.returncode == 0 and out.stderr == (
+            f"sonoedge status: screen shape: {shown_path} is not a verdict file (none of its "
+            f"{len(odd)} last screens readable); no verdict shown\n"), out.stderr
     # odd entries: passed over, or shown escaped and bounded; the last 16 entries at most
     entries = [{"screen": f"f{i}|640x480", "stretch": 1.0, "odd": "k"}
                for i in range(9)]

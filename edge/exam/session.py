@@ -57,9 +57,8 @@ from edge.models.biometry import (
     SCREEN_STRETCHED,
     SET_UP_FIXES,
     SET_UP_STATUSES,
-    STRETCH_FIX_NAMED,
+    STRETCH_SETTING_FIX,
 )
-from edge.models.fan import setting_read_back
 from edge.models.quality import HEAD_MEASURES, Rules, RulesError, load_rules
 from edge.models.roi import Roi
 from wire.dating import HADLOCK_1984_WEEKS
@@ -751,8 +750,8 @@ def format_exam(session: ExamSession, body: dict, set_scale: str = "") -> str:
         else:
             # each refusal in words, and what undoes the set-up ones, as the page's card
             # says: a bare "ruler_unread 12" left the exam's heads unexplained
-            setting = setting_read_back(session.tally.stretch_setting)
-            fixes = [STRETCH_FIX_NAMED.format(setting=f"{setting:g}")
+            setting = session.tally.stretch_setting  # as the card names it, where known
+            fixes = [STRETCH_SETTING_FIX.format(setting=setting)
                      if k == SCREEN_STRETCHED and setting is not None
                      else SET_UP_FIXES[k].format(set_scale=set_scale)
                      for k in SET_UP_STATUSES if declined.get(k)]

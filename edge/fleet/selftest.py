@@ -121,8 +121,12 @@ def quality_plan(bundle_rules: str | None, box_rules: str | None) -> tuple[bool,
         return True, ("the bundle does not name the quality rules it was made with: make it "
                       "again with a current sonoedge")
     if bundle_rules != box_rules:
+        # the shipped rules the self-test scores with (`rules_version`), not the loop's own
+        # `[quality] rules`: "this box runs 1.3.9" contradicted a clinic's rules file
         return False, (f"quality score not compared: expectations made with quality rules "
-                       f"{bundle_rules}, this box runs {box_rules or 'none (audit off)'}")
+                       f"{bundle_rules}, this box's sonoedge ships "
+                       f"{box_rules or 'none (audit off)'} (the self-test's, whatever "
+                       "[quality] rules its loop runs)")
     return True, f"same quality rules {bundle_rules}"
 
 

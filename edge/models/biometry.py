@@ -111,11 +111,13 @@ SET_UP_FIXES = {
     SCREEN_STRETCHED: "the picture is stretched or squeezed sideways, so every head would "
                       "measure wrong; the 'screen shape' warning names the setting that "
                       "undoes it"}
-# The same where the exam's refused heads named that setting (`ExamTally.stretch_setting`,
-# the verdict's own): the installer reads the value here, not only in the log.
-STRETCH_FIX_NAMED = ("the picture is stretched or squeezed sideways, so every head would "
-                     "measure wrong; set [source] stretch = {setting} to undo it (the 'screen "
-                     "shape' warning says why)")
+# ... and for a stretched picture where its heads named the setting that undoes it (biometry
+# `stretch_setting`, `ExamTally.stretch_setting`): that setting, as the page's card names it
+# ("exam.not_measured_screen_stretched_setting"), so the terminal does not send the installer
+# up a long log for the warning that names it.
+STRETCH_SETTING_FIX = ("the picture is stretched or squeezed sideways, so every head would "
+                       "measure wrong; set [source] stretch = {setting:g} to undo it, or set "
+                       "the grabber to keep the scanner's own shape")
 # Where a head's scale came from (its biometry's `scale`, an exam's `biometry.scale`): the
 # frame's own (the demo clip, a CSV of pixel sizes), the scanner's depth ruler read on the
 # frame, or the calibration `[biometry] pixel_size_mm`, which holds for one depth alone.

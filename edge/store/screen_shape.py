@@ -59,6 +59,11 @@ def _load(path: Path) -> tuple[dict[str, dict], str | None]:
         if (isinstance(entry, dict) and isinstance(entry.get("screen"), str)
                 and len(entry["screen"]) <= MAX_KEY_CHARS and _plausible(entry.get("stretch"))):
             kept[entry["screen"]] = entry
+    if screens and not kept:
+        # every screen passed over (a hand-edited `"stretch": "0.94"`) is no memory as
+        # surely as no list: said, or a stretched screen's refusal is lost without a word
+        return {}, (f"{shown_path(path)} is not a verdict file (none of its "
+                    f"{min(len(screens), MAX_SCREENS)} last screens readable)")
     return kept, None
 
 
