@@ -52,3 +52,37 @@ def test_a_finished_report_does_not_say_no_head_measured_yet(lang, live):
     report = _report({"measured": 0, "declined": {"no_head": 40}}, lang)
     assert live not in report
     assert catalog(lang, load_rules(None))["report.no_head"] in report
+
+
+@pytest.mark.parametrize("lang", ["en", "fr"])
+def test_a_head_slot_captured_with_its_heads_refused_for_the_set_up_says_not_measured(lang):
+    """The page's head slot says "— not measured" where the box refused every head for its
+    set-up; the report ticked it "✓ Head for HC and BPD · Captured" under its own "not
+    measured" (a walk). The report says it as the page does; a head measured, heads not
+    found (the scan's, not the set-up's), or a box that does not say its head planes keep
+    the plain tick."""
+    session = ExamSession(load_protocols()["biometry"])
+    ended = session.summary("gap", ended_ts=time.time() - 600)
+    captured = {**ended["protocol"], "captured": 1, "missing": [], "missing_seen": []}
+    protocols = read_protocols()
+    text = catalog(lang, load_rules(None))
+    slot = text["slot.Head (HC, BPD)"]
+    refused = text["exam.slot_not_measured"].format(slot=slot)
+
+    def report(bio: dict, heads: object) -> str:
+        exam = present({**ended, "protocol": captured, "biometry": bio}, {}, protocols,
+                       protocol_titles(protocols), head_planes=heads)
+        html = render_report(exam, text, {"device_id": "box-1", "clinic_id": "clinic-1"})
+        return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).replace("&#x27;", "'")
+
+    heads = ["Brain (Tv.)", "Brain (Cb.)"]
+    assert "✓ " + refused in report({"measured": 0, "declined": {"pixel_size_missing": 12}},
+                                    heads)
+    assert "✓ " + refused in report({"measured": 0, "declined": {"no_head": 2,
+                                                                 "screen_stretched": 9}}, heads)
+    for bio, given in (({"measured": 0, "declined": {"no_head": 40}}, heads),
+                       ({"measured": 0, "declined": {"pixel_size_missing": 12}}, None),
+                       ({"measured": 0, "declined": {"pixel_size_missing": 12}}, "Brain"),
+                       ({"measured": 0, "declined": {"pixel_size_missing": 12}}, [3, None])):
+        said = report(bio, given)
+        assert "✓ " + slot in said and refused not in said, (bio, given)

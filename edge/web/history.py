@@ -302,11 +302,19 @@ def _advice(best_frames: dict, slot: str) -> dict | None:
 
 def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
             titles: dict[str, str], dates: dict | None = None,
-            told: str | None = None, withdrawal: Withdrawal | None = None) -> dict:
-    """One journaled exam as the page shows an exam (see the module's docstring)."""
+            told: str | None = None, withdrawal: Withdrawal | None = None,
+            head_planes: object = ()) -> dict:
+    """One journaled exam as the page shows an exam (see the module's docstring).
+    `head_planes`: the planes the box measures heads on (`LiveView.protocol`'s), which mark
+    the checklist's head slots (`head`), as the page marks them (app.js `headSlot`)."""
     proto = summary.get("protocol") if isinstance(summary.get("protocol"), dict) else {}
     name = _text(proto.get("name"))
     rows = checklist(summary, best_frames, protocols.get(name))
+    heads = {p for p in head_planes if isinstance(p, str)} \
+        if isinstance(head_planes, list | tuple) else set()
+    for row in rows:
+        if heads & set(row.get("accepts") or [row["plane"]]):
+            row["head"] = True
     bio_in = summary.get("biometry") if isinstance(summary.get("biometry"), dict) else None
     bio = None
     if bio_in is not None:
@@ -529,7 +537,8 @@ class ExamHistory:
                     or summary.get("exam_id") != exam_id:
                 continue  # damaged or oversized: skipped, the others listed
             item = present(summary, best or {}, self._protocols, titles,
-                           self._parse(dates_raw), told, read_withdrawal(tuple(withdrawal)))
+                           self._parse(dates_raw), told, read_withdrawal(tuple(withdrawal)),
+                           (running or {}).get("head_planes", ()))
             for row in item["checklist"]:
                 best_row = row.get("best") or {}
                 if "thumbnail" in best_row:
@@ -825,7 +834,10 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
     out.append(f'<p class="fine">{e(_t(text, "screen.limits"))}</p>'
                f'<p class="fine">{e(_t(text, "screen.not_checked"))}</p></section>')
 
-    # the checklist with the thumbnails
+    # the checklist with the thumbnails; its head slots say "not measured" where the box
+    # refused every head for its set-up, as the page's do (app.js `unmeasuredWhy`)
+    unmeasured = bio.get("hc_mm") is None and any(
+        bio.get("declined", {}).get(k) for k in SET_UP_STATUSES)
     out.append(f'<section class="planes"><h2>{e(_t(text, "report.checklist"))}</h2>'
                '<ul class="checklist">')
     for row in exam["checklist"]:
@@ -844,6 +856,9 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
         else:
             out.append(f'<div class="thumb empty">{e(_t(text, "report.no_image"))}</div>')
         mark = "✓ " if row["captured"] else "✗ "
+        if row["captured"] and row.get("head") and unmeasured:
+            # as the page's slot: a plain tick over the "not measured" above read as measured
+            name = _t(text, "exam.slot_not_measured", slot=name)
         out.append(f'<div class="name">{e(mark + name)}</div>')
         # a missed slot: found but never clear enough (the image to improve), or not
         # found (where to look); an exam journaled before the summary said is "not captured"
