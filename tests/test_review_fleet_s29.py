@@ -79,6 +79,21 @@ def test_bundle_make_to_an_out_it_cannot_write_is_one_line_and_leaves_nothing(
     assert not out_path.with_name(out_path.name + ".tmp").exists()
 
 
+def test_bundle_make_says_the_quality_rules_its_expectations_were_scored_with(tmp_path,
+                                                                          fleet_kit):
+    """A box under other quality rules does not compare the quality score (the bundle's
+    `selftest/made_with.json`); the district that made it learned which rules only when a
+    box installed it (a walk). `bundle make` says it."""
+    from edge.models.quality import load_rules
+
+    out = sonoedge("bundle", "make", "--models", str(fleet_kit["models"]), "--key",
+                   str(fleet_kit["key"]), "--out", str(tmp_path / "b.bundle"),
+                   "--version", "5.0", "--group", GROUP, "--frames", str(FRAME))
+    assert out.returncode == 0, out.stderr
+    assert f"self-test frames scored with quality rules {load_rules().version} (a box under " \
+        "other rules does not compare their quality scores)" in out.stdout, out.stdout
+
+
 # -- reading a bundle ------------------------------------------------------------------------
 
 

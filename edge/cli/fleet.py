@@ -47,6 +47,8 @@ def _keys_new(args: argparse.Namespace) -> int:
 
 def _make(args: argparse.Namespace) -> int:
     from edge.fleet.bundle import make_bundle
+    from edge.fleet.selftest import rules_version
+    from wire.fleet import MADE_WITH_MEMBER
 
     t0 = time.monotonic()
     try:
@@ -61,10 +63,16 @@ def _make(args: argparse.Namespace) -> int:
                            pixel_size_mm=args.pixel_size, tolerance=tolerance, note=args.note)
     size = Path(args.out).stat().st_size
     unpacked = sum(f["size"] for f in manifest["files"])
+    # the rules its expectations were scored with: a box under others does not compare the
+    # quality score, and the district learned that only when a box installed it (a walk)
+    recorded = any(f["path"] == MADE_WITH_MEMBER for f in manifest["files"])
+    rules = rules_version(Path(args.models)) if recorded else None
     print(f"{args.out}: bundle {manifest['version']} for group {manifest['group']}, "
           f"{len(manifest['files'])} files, {size} bytes ({unpacked} unpacked), "
-          f"{len(manifest['selftest']['frames'])} self-test frames, "
-          f"{time.monotonic() - t0:.1f} s")
+          f"{len(manifest['selftest']['frames'])} self-test frames scored with "
+          + (f"quality rules {rules} (a box under other rules does not compare their "
+             "quality scores)" if rules else "no quality rules (the audit is off)")
+          + f", {time.monotonic() - t0:.1f} s")
     return 0
 
 
