@@ -59,7 +59,7 @@ class _Session:
         self.exam_id = exam_id
         self.protocol = SimpleNamespace(name="basic", title="Basic")
         self.started_ts = time.time()
-        self.tally = SimpleNamespace(frames=1, biometry=lambda: None)
+        self.tally = SimpleNamespace(frames=1, biometry=lambda: None, stretch_setting=None)
 
     def checklist(self) -> list:
         return []
