@@ -92,6 +92,10 @@ def test_a_good_head_image_says_the_head_is_not_measured_and_the_slot_too(fresh_
     slot = "#checklist li.captured .name"
     page.wait_for_function(f"() => document.querySelector({json.dumps(slot)})", **POLL)
     assert page.text_content(slot) == "✓ Head for HC and BPD — not measured"
+    # and the exam's "1 of 1" is not the green of an exam done (nor, ended, in the list)
+    page.wait_for_function("() => document.querySelector('#progress').textContent "
+                           "=== '1 of 1'", **POLL)
+    assert page.get_attribute("#progress", "class") == "badge refused"
     page.select_option("#controls select.lang", "fr")
     page.wait_for_function(
         f"() => document.querySelector({json.dumps(slot)}).textContent === "

@@ -532,6 +532,18 @@ function overAHead(plane, h) {
 const SCALE_PROBLEMS = ["pixel_size_missing", "pixel_size_absurd", "ruler_unread",
   "screen_stretched"];
 
+// Every head of the exam refused for the box's set-up: its slots all captured is no exam
+// done, and a green "1 of 1" beside "no HC" read as measured (a walk): its badge is yellow.
+function headsRefused(bio) {
+  return !!bio && !bio.measured && !!bio.declined && typeof bio.declined === "object"
+    && SCALE_PROBLEMS.some((s) => bio.declined[s]);
+}
+
+function progressBadge(exam) {
+  if (headsRefused(exam.biometry)) return "badge refused";
+  return "badge" + (exam.captured === exam.required ? " done" : "");
+}
+
 function unmeasuredWhy() {
   const bio = state && state.exam && state.exam.biometry;
   if (!bio || bio.measured || !bio.declined) return "";
@@ -801,7 +813,7 @@ function renderExam(s) {
   const progress = $("#progress");
   if (exam) {
     progress.textContent = t("exam.progress", { n: exam.captured, m: exam.required });
-    progress.className = "badge" + (exam.captured === exam.required ? " done" : "");
+    progress.className = progressBadge(exam);
   } else { progress.textContent = ""; progress.className = "badge"; }
   const st = s.status || {};
   const live = st.phase === "running";
@@ -1212,8 +1224,7 @@ function drawEarlier() {
         .filter(Boolean).join(" · ");
     }
     a.append(part("when", examWhen(exam.started_ts)), part("what", title),
-      part("badge" + (exam.captured === exam.required ? " done" : ""),
-        t("exam.progress", { n: exam.captured, m: exam.required })),
+      part(progressBadge(exam), t("exam.progress", { n: exam.captured, m: exam.required })),
       part("fig", figures));
     const li = document.createElement("li");
     const withdrawn = exam.withdrawal && exam.withdrawal.withdrawn;
