@@ -614,6 +614,12 @@ def _t(text: dict[str, str], key: str, fallback: str | None = None, **values) ->
     return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), template)
 
 
+def set_up_refusal(bio: dict) -> str | None:
+    """The set-up status that refused an exam's heads (the first of SET_UP_STATUSES among
+    its `declined`), or None: what the report's "why" and its head slot both go by."""
+    return next((k for k in SET_UP_STATUSES if bio.get("declined", {}).get(k)), None)
+
+
 def not_measured_why(text: dict[str, str], status: str, bio: dict) -> str:
     """Why no head was measured, for a set-up status, as the card says it (app.js
     `unmeasuredWhy`): a stretched picture with the exact `[source] stretch` that undoes it
@@ -801,7 +807,7 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
             out.append("<ul>" + "".join(
                 f"<li>{e(_t(text, 'report.frames', label=label, n=n))}</li>"
                 for label, n in why if label) + "</ul>")
-        set_up = next((k for k in SET_UP_STATUSES if bio.get("declined", {}).get(k)), None)
+        set_up = set_up_refusal(bio)
         if set_up:
             out.append(f'<p class="why">{e(not_measured_why(text, set_up, bio))}</p>')
     out.append("</section>")
@@ -836,8 +842,7 @@ def render_report(exam: dict, text: dict[str, str], box: dict[str, str]) -> str:
 
     # the checklist with the thumbnails; its head slots say "not measured" where the box
     # refused every head for its set-up, as the page's do (app.js `unmeasuredWhy`)
-    unmeasured = bio.get("hc_mm") is None and any(
-        bio.get("declined", {}).get(k) for k in SET_UP_STATUSES)
+    unmeasured = bio.get("hc_mm") is None and set_up_refusal(bio) is not None
     out.append(f'<section class="planes"><h2>{e(_t(text, "report.checklist"))}</h2>'
                '<ul class="checklist">')
     for row in exam["checklist"]:

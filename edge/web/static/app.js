@@ -532,22 +532,23 @@ function overAHead(plane, h) {
 const SCALE_PROBLEMS = ["pixel_size_missing", "pixel_size_absurd", "ruler_unread",
   "screen_stretched"];
 
-// Every head of the exam refused for the box's set-up: its slots all captured is no exam
-// done, and a green "1 of 1" beside "no HC" read as measured (a walk): its badge is yellow.
-function headsRefused(bio) {
-  return !!bio && !bio.measured && !!bio.declined && typeof bio.declined === "object"
-    && SCALE_PROBLEMS.some((s) => bio.declined[s]);
+// The set-up status that refused every head of an exam, or undefined: the card's why, the
+// slot's "not measured" and the badge all go by it.
+function setUpRefusal(bio) {
+  if (!bio || bio.measured || !bio.declined || typeof bio.declined !== "object") return undefined;
+  return SCALE_PROBLEMS.find((s) => bio.declined[s]);
 }
 
+// Every head of the exam refused for the box's set-up: its slots all captured is no exam
+// done, and a green "1 of 1" beside "no HC" read as measured (a walk): its badge is yellow.
 function progressBadge(exam) {
-  if (headsRefused(exam.biometry)) return "badge refused";
+  if (setUpRefusal(exam.biometry)) return "badge refused";
   return "badge" + (exam.captured === exam.required ? " done" : "");
 }
 
 function unmeasuredWhy() {
   const bio = state && state.exam && state.exam.biometry;
-  if (!bio || bio.measured || !bio.declined) return "";
-  const status = SCALE_PROBLEMS.find((s) => bio.declined[s]);
+  const status = setUpRefusal(bio);
   const setting = status === "screen_stretched" ? stretchSetting(bio) : "";
   if (setting) return t("exam.not_measured_screen_stretched_setting", { setting });
   return status ? t("exam.not_measured_" + status) : "";
