@@ -122,17 +122,19 @@ def test_a_plane_s_name_held_after_a_change_of_view_is_dimmed_and_has_no_number(
 
 # The image's and the figures' boxes and the HC's type size, read in one go: the figures are
 # drawn anew with every frame, so reads in separate calls could straddle a redraw (a line
-# read detached gave a size of NaN)
+# read detached gave a size of NaN; the image's shape read apart from its box was the next
+# head's crop in a CI run)
 LAYOUT = """() => {
   const box = s => { const e = document.querySelector(s); if (!e) return null;
     const r = e.getBoundingClientRect(); return {x: r.left, y: r.top, w: r.width, h: r.height}; };
   const bio = document.querySelector('#ga .line.bio');
   return bio && [box('#video'), box('#ga'), parseFloat(getComputedStyle(bio).fontSize),
-                 box('#quality')];
+                 box('#quality'), parseFloat(getComputedStyle(document.querySelector('#stage'))
+                                             .getPropertyValue('--ar'))];
 }"""
 
 
-def _steady(page) -> tuple[dict, dict, float, dict]:
+def _steady(page) -> tuple[dict, dict, float, dict, float]:
     """LAYOUT once two reads 100 ms apart agree (the layout settled after a frame), at most
     3 s; else the last read."""
     last = None
@@ -143,7 +145,7 @@ def _steady(page) -> tuple[dict, dict, float, dict]:
         last = now
         page.wait_for_timeout(100)
     assert last is not None, "no head figures on the page"
-    return last[0], last[1], last[2], last[3]
+    return last[0], last[1], last[2], last[3], last[4]
 
 
 def _overlap(a: dict, b: dict) -> float:
@@ -162,11 +164,9 @@ def test_on_a_small_phone_the_head_s_figures_do_not_cover_the_image(scan):
                "window.sonoedge.lastState.exam && window.sonoedge.lastState.exam.running && "
                "document.querySelectorAll('#ga .line.bio').length === 2")
     page.wait_for_function(figures, **POLL)
-    image, box, size, quality = _steady(page)
+    image, box, size, quality, ar = _steady(page)
     covered = _overlap(image, box) / (image["w"] * image["h"])
     assert covered <= 0.02, f"the head's figures cover {covered:.0%} of the image"
-    ar = page.evaluate("parseFloat(getComputedStyle(document.querySelector('#stage'))"
-                       ".getPropertyValue('--ar'))")
     assert abs(image["w"] / image["h"] - ar) < 0.02, (image, ar)  # the image keeps its shape
     assert image["w"] >= PHONE["width"] - 30  # and the phone's width
     stage, lines = page.evaluate("""() => {
@@ -194,7 +194,7 @@ def test_on_a_small_phone_the_head_s_figures_do_not_cover_the_image(scan):
     page.set_viewport_size(TABLET)
     page.wait_for_timeout(300)
     page.wait_for_function(figures, **POLL)
-    image, box, _, _ = _steady(page)
+    image, box, _, _, _ = _steady(page)
     assert _overlap(image, box) >= 0.95 * box["w"] * box["h"], (image, box)
     assert image["x"] + image["w"] - (box["x"] + box["w"]) < 20 and box["y"] - image["y"] < 20
     page.set_viewport_size(PHONE)
