@@ -239,25 +239,64 @@ def _play(frames: list[tuple[str, str | None]]) -> list[str]:
     return keys
 
 
-def test_the_head_not_measured_instruction_is_steady_as_any_instruction():
-    """Played through the loop's hook: the refusal is said once it has held as long as an
-    instruction must (message_change_frames), and then holds over a frame that names
-    another plane under the head plane still shown (it carries no biometry), over one whose
-    ruler was read, and over one whose plane model named nothing."""
-    needed = load_rules().feedback.message_change_frames
+def test_the_head_not_measured_instruction_is_said_at_once_and_held_as_any_instruction():
+    """Played through the loop's hook: a verdict on the set-up (here the picture found
+    stretched) is said on the first frame that carries it under a head plane shown, where
+    it waited as long as an instruction must (message_change_frames, a second), the
+    previous instruction ("Good image: hold still") standing over heads the box refused.
+    It then holds over a frame that names another plane under the head plane still shown
+    (it carries no biometry), over one measured, and over one whose plane model named
+    nothing. A depth ruler unread, read on each frame, is held as any instruction: one
+    frame that missed it among read ones does not turn the instruction yellow."""
+    rules = load_rules()
+    needed, plane_change = (rules.feedback.message_change_frames,
+                            rules.feedback.plane_change_frames)
     tv, cb = "Brain (Tv.)", "Brain (Cb.)"
-    unread = "ruler_unread"
-    said = "instruction.good_not_measured_ruler_unread"
-    keys = _play([(tv, unread)] * needed
-                 + [(tv, unread), ("Abdominal", None), (tv, unread), (tv, "ok"), (cb, unread),
-                    (tv, unread), ("uncertain", None), (tv, unread), (tv, "no_head")] * 4)
-    assert said not in keys[:needed - 1] and "instruction.good" in keys[:needed - 1], keys
-    assert keys[needed - 1:] == [said] * (len(keys) - needed + 1), keys
-    # heads read again on every frame: measured, after the same hold, and good to hold
-    keys = _play([(tv, unread)] * needed + [(tv, "ok")] * (needed + 1))
-    assert keys[needed - 1:2 * needed - 1] == [said] * needed, keys
-    assert keys[2 * needed - 1:] == ["instruction.good"] * 2, keys
+    stretched = "screen_stretched"
+    said = "instruction.good_not_measured_screen_stretched"
+    good = "instruction.good"
+    cycle = [(tv, stretched), ("Abdominal", None), (tv, stretched), (tv, "ok"),
+             (cb, stretched), (tv, stretched), ("uncertain", None), (tv, stretched),
+             (tv, "no_head")]
+    keys = _play([(tv, stretched)] * needed + cycle * 4)
+    # the head plane is named once the plane's own hold has passed: said from that frame
+    assert keys[:plane_change - 1] == ["instruction.find"] * (plane_change - 1), keys
+    assert keys[plane_change - 1:] == [said] * (len(keys) - plane_change + 1), keys
+    # measured heads first (a fresh box before it has seen its picture stretched), then
+    # refused: said on the first refused frame, never "hold still" over one
+    keys = _play([(tv, "ok")] * needed + [(tv, stretched)] + cycle * 2)
+    assert keys[needed - 1] == good and keys[needed:] == [said] * (len(keys) - needed), keys
+    # heads read again on every frame: measured, after an instruction's hold, and good to
+    # hold; refused again: said at once
+    keys = _play([(tv, stretched)] * needed + [(tv, "ok")] * (needed + 1) + [(tv, stretched)])
+    assert keys[plane_change - 1:2 * needed - 1] == [said] * (2 * needed - plane_change), keys
+    assert keys[2 * needed - 1:] == [good, good, said], keys
+    # the depth ruler, read on each frame: one missed among read ones changes nothing;
+    # unread on every frame, said once it has held as an instruction must, and then held
+    unread, unread_said = "ruler_unread", "instruction.good_not_measured_ruler_unread"
+    keys = _play([(tv, "ok")] * needed + [(tv, unread)] + [(tv, "ok")] * needed)
+    assert keys[needed - 1:] == [good] * (needed + 2), keys
+    keys = _play([(tv, "ok")] * needed + [(tv, unread)] * needed
+                 + [(tv, unread), (tv, "ok"), (tv, unread), ("Abdominal", None)] * 4)
+    assert keys[needed - 1:2 * needed - 1] == [good] * needed, keys
+    assert keys[2 * needed - 1:] == [unread_said] * (len(keys) - 2 * needed + 1), keys
+    # a status that is none of the set-up's (hostile or garbled) refuses nothing at once
+    keys = _play([(tv, "ok")] * needed + [(tv, [stretched]), (tv, 3), (tv, ""),
+                                          (tv, {"status": stretched}), (tv, stretched.upper())])
+    assert keys[needed - 1:] == [good] * 6, keys
+    # from one refusal to another: a refusal is said either way, the reason held as any
+    # instruction (it does not blink between the two)
+    missing = "instruction.good_not_measured_pixel_size_missing"
+    keys = _play([(tv, stretched)] * needed + [(tv, "pixel_size_missing"), (tv, stretched)] * 3
+                 + [(tv, "pixel_size_missing")] * needed)
+    assert keys[plane_change - 1:-1] == [said] * (len(keys) - plane_change), keys
+    assert keys[-1] == missing, keys
     # not on a plane the exam does not measure the head on, whatever the head frames said
     keys = _play([(tv, "pixel_size_missing")] * needed + [("Femur", None)] * 10)
-    assert keys[needed - 1] == "instruction.good_not_measured_pixel_size_missing"
+    assert keys[plane_change - 1] == missing
     assert keys[-1] == "instruction.off_list", keys
+    # a head plane named after another plane, over heads refused all along: said as soon
+    # as the head plane is shown
+    keys = _play([("Femur", None)] * needed + [(tv, "pixel_size_missing")] * needed)
+    shown = keys.index(missing)
+    assert keys[shown:] == [missing] * (len(keys) - shown) and good not in keys, keys

@@ -30,11 +30,12 @@ CARD = ("Head not measured: the picture is stretched or squeezed sideways (the p
         "or for the box's video grabber to be set to keep the scanner's picture shape.")
 
 
-def _stretched_clip(data_dir, dest, rounds: int = 2, per_head: int = 10):
-    """Black, then the fan heads stretched to 16:9: the box's verdict comes from a few of
-    its first fan frames (every 5th read), long before the second round ends."""
+def _stretched_clip(data_dir, dest, rounds: int = 2, per_head: int = 10, black: int = 15):
+    """`black` frames of black, then the fan heads stretched to 16:9: the box's verdict
+    comes from a few of its first fan frames (every 5th read), long before the second round
+    ends."""
     rng = np.random.default_rng(7)
-    frames = [np.zeros((720, 1280, 3), np.uint8)] * 15
+    frames = [np.zeros((720, 1280, 3), np.uint8)] * black
     for _ in range(rounds):
         for name in FAN_HEADS:
             image = cv2.imread(str(data_dir / "hc18" / "images" / name))

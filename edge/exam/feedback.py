@@ -33,11 +33,17 @@ class Hysteresis:
     shown: object = None
     recent: deque = field(default_factory=deque)
 
-    def update(self, value: object) -> object:
+    def update(self, value: object, at_once: bool = False) -> object:
+        """Feed one frame's value; returns the value to show. `at_once`: this frame's value
+        is shown now, without the hold, for a value that must not wait (a head the box
+        refuses for its set-up: "Good image: hold still" held over it for a second had her
+        hold still while nothing was measured); going from it is held as from any."""
         self.recent.append(value)
         while len(self.recent) > self.needed:
             self.recent.popleft()
-        if len(self.recent) == self.needed and self.shown not in self.recent:
+        if at_once:
+            self.shown = value
+        elif len(self.recent) == self.needed and self.shown not in self.recent:
             self.shown = _most_common(list(self.recent))
         return self.shown
 

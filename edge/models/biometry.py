@@ -86,6 +86,10 @@ STATUSES = (OK, GA_OUT_OF_RANGE, NO_HEAD, SEVERAL_HEADS, HEAD_CUT_OFF, POOR_FIT,
 # and the report tell the midwife to have fixed (the district's words for them are its own,
 # central/dashboard/config.py SETUP_REFUSALS, checked against these by a test).
 SET_UP_STATUSES = (PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD, RULER_UNREAD, SCREEN_STRETCHED)
+# Those of them that are a verdict on the set-up, the same on every frame until it changes
+# (no calibration, a wrong one, the picture stretched), unlike a ruler read on each frame,
+# where one frame in many may miss it: the page says these on their first frame.
+STEADY_SET_UP_STATUSES = (PIXEL_SIZE_MISSING, PIXEL_SIZE_ABSURD, SCREEN_STRETCHED)
 # Each refusal in the installer's words, as the box's terminal says it (the exam summary of
 # `sonoedge exam` and `run`, `edge.exam.session.format_exam`): the meaning of the page's
 # card (edge/web/i18n "bio.*"), which the page words its own way.

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.exam.feedback import Hysteresis
-from edge.models.biometry import SET_UP_STATUSES
+from edge.models.biometry import SET_UP_STATUSES, STEADY_SET_UP_STATUSES
 from edge.models.quality import Feedback
 from edge.store.outbox import shifted_times
 from wire.schema import UNCERTAIN
@@ -243,10 +243,16 @@ class SteadySetUp:
 
     A frame carries its head's biometry only where it names a head plane itself, so a frame
     of another plane, or none, under a head plane still shown says nothing and the verdict
-    holds. The verdict changes as the quality audit's instruction does
-    (`edge.exam.feedback`): once it has been absent from the last `needed` frames that say,
-    the most common of theirs is taken. So a ruler read on one frame in a few does not make
-    the instruction blink between measured and not."""
+    holds. A verdict on the set-up (`STEADY_SET_UP_STATUSES`: no calibration, a wrong one,
+    the picture stretched) is said on the first frame that carries it, over a verdict of
+    measured: held like an instruction (`needed` frames), "Good image: hold still" stood
+    for a second over the heads a fresh box refused once it had seen its picture
+    stretched, while nothing was measured. Any other change (back to measured, from one
+    refusal to another, or to a depth ruler unread, which is read on each frame) is the
+    quality audit's instruction's (`edge.exam.feedback`): once the verdict has been absent
+    from the last `needed` frames that say, the most common of theirs is taken. So a ruler
+    missed on one frame among read ones does not turn the instruction yellow for a second,
+    and one read on a frame in a few does not turn the refusal back to "hold still"."""
 
     def __init__(self, needed: int = Feedback.message_change_frames):
         self._status = Hysteresis(needed)
@@ -258,7 +264,9 @@ class SteadySetUp:
         bio = record.get("biometry")
         if isinstance(bio, dict) and not record.get("error"):
             status = bio.get("status")
-            self._status.update(status if status in SET_UP_STATUSES else None)
+            refused = status if status in SET_UP_STATUSES else None
+            self._status.update(refused, at_once=refused in STEADY_SET_UP_STATUSES
+                                and self._status.shown is None)
         heads = head_planes if isinstance(head_planes, list | tuple) else ()
         return self._status.shown if shown_plane in heads else None
 
