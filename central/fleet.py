@@ -234,6 +234,9 @@ def format_fleet(rows: list[dict]) -> str:
             note = f"{note}; {r['error']}" if note else r["error"]
         if r.get("download"):
             note = f"{note}; fetching {r['download']}" if note else f"fetching {r['download']}"
+        if r.get("unchecked"):  # what its self-test did not compare (edge/fleet)
+            said = f"self-test: {r['unchecked']}"
+            note = f"{note}; {said}" if note else said
         lines.append(f"{r['device_id']:<20} {r.get('group', '-'):<14} {r.get('bundle', '-'):<12} "
                      f"{state:<10} {r.get('slot', '-'):<4}  {note or '-'}")
     return "\n".join(printable(line) for line in lines)

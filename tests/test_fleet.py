@@ -337,6 +337,7 @@ def test_a_failed_selftest_never_swaps_and_is_reported(tmp_path, fleet_kit, monk
 # -- the quality rules the expectations were made with ---------------------------------------
 
 MADE_WITH = "selftest/made_with.json"  # wire/fleet.py MADE_WITH_MEMBER
+LEARNED = "selftest/learned.json"  # wire/fleet.py LEARNED_MEMBER
 
 
 def _rules_copy(path: Path, version: str) -> Path:
@@ -360,13 +361,20 @@ def _box_rules() -> str:
 
 
 def _made_under_rules(kit: dict, tmp_path: Path, monkeypatch, rules_version: str,
-                      version: str) -> Path:
+                      version: str, blur_shift: float = 0.0) -> Path:
     """A bundle made by the real `make_bundle` on a district machine whose quality rules
-    are `rules_version` (and score this frame otherwise than the box's)."""
+    are `rules_version` (and score this frame otherwise than the box's); with
+    `blur_shift`, one whose recorded learned head's blur severity is off by that much."""
+    from edge.fleet import selftest
     from edge.models import quality
 
     monkeypatch.setattr(quality, "RULES_FILE",
                         _rules_copy(tmp_path / f"rules-{version}.toml", rules_version))
+    if blur_shift:
+        honest = selftest.score_selftest
+        monkeypatch.setattr(selftest, "score_selftest", lambda *a, **k: [
+            {**out, "learned": {**out["learned"], "blur": out["learned"]["blur"] + blur_shift}}
+            for out in honest(*a, **k)])
     out = tmp_path / f"rules-{version}.bundle"
     make_bundle(kit["models"], kit["key"], out, version=version, group=GROUP,
                 min_app_version="0.1.0", frames=[FRAME], pixel_size_mm=0.12)
@@ -383,14 +391,18 @@ def _bundle_record(path: Path) -> tuple[dict, str | None]:
     return manifest.frames[0].expect, record
 
 
-def _without_rules_record(kit: dict, path: Path, out: Path) -> Path:
+def _without_rules_record(kit: dict, path: Path, out: Path,
+                          drop: tuple[str, ...] = (MADE_WITH, LEARNED)) -> Path:
     """`path` as a bundle made before the rules version was recorded: the same signed
-    manifest and members, less `selftest/made_with.json`."""
+    manifest and members, less `selftest/made_with.json` (and `selftest/learned.json`,
+    recorded since); `drop=(LEARNED,)`: one made after the rules were recorded but before
+    the learned head's numbers were."""
     with tarfile.open(path, "r:xz") as tar:
         manifest = json.loads(tar.extractfile("bundle.json").read())
         blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers()[2:]}
-    blobs.pop(MADE_WITH, None)
-    manifest["files"] = [f for f in manifest["files"] if f["path"] != MADE_WITH]
+    for name in drop:
+        blobs.pop(name, None)
+    manifest["files"] = [f for f in manifest["files"] if f["path"] not in drop]
     return _signed_archive(kit, out, manifest, [(tarfile.TarInfo(n), b)
                                                 for n, b in blobs.items()])
 
@@ -399,6 +411,22 @@ def test_a_bundle_records_the_quality_rules_its_expectations_were_made_with(flee
     expect, record = _bundle_record(fleet_kit["v2"])
     assert record == _box_rules()
     assert 0 <= expect["quality_score"] <= 1
+
+
+def _learned_record(path: Path) -> dict:
+    with tarfile.open(path, "r:xz") as tar:
+        return json.loads(tar.extractfile(LEARNED).read())
+
+
+def test_a_bundle_records_its_learned_quality_head_s_own_numbers(fleet_kit):
+    """The learned head's severities on each self-test frame, the models' own numbers and
+    not the rules': a box under other rules can still check them (was: nothing)."""
+    learned = _learned_record(fleet_kit["v2"])
+    branches = learned["frames"]["selftest/BRAIN-TV.png"]
+    # the zoom branch ranks no frame on a fixed calibration (pixel_size_mm, no ruler):
+    # neither side scores it, so it is not recorded
+    assert set(branches) == {"blur", "gain", "noise", "shadow", "cutoff"}
+    assert all(0 <= v <= 1 for v in branches.values())
 
 
 def test_a_bundle_made_under_other_quality_rules_installs_without_their_quality_score(
@@ -414,18 +442,17 @@ def test_a_bundle_made_under_other_quality_rules_installs_without_their_quality_
     assert abs(expect["quality_score"] - honest["quality_score"]) > 0.3
     assert expect["plane"] == honest["plane"] and expect["head_status"] == "ok"
     config = device_config(tmp_path, fleet_kit)
-    # the clinic's loop runs its own rules (2.0.1); the self-test, the shipped ones: the line
-    # names those as what they are, where "this box runs 1.3.9" contradicted the clinic's
-    # (a user's walk, 7 December)
+    # the clinic's loop runs its own rules (2.0.1), and so does the self-test
     clinic = _rules_copy(tmp_path / "clinic-rules.toml", "2.0.1")
     config.write_text(config.read_text() + f'[quality]\nrules = "{clinic}"\n')
     out = sonoedge("bundle", "install", str(bundle), "--config", str(config))
     assert out.returncode == 0, out.stderr
     assert "bundle 3.0 installed (was factory)" in out.stdout
-    said = (f"quality score not compared: expectations made with quality rules 1.3.1, this "
-            f"box's sonoedge ships {_box_rules()} (the self-test's, whatever [quality] "
-            "rules its loop runs)")
-    assert "2.0.1" not in out.stdout + out.stderr
+    said = ("quality score not compared, learned quality head compared instead (5 "
+            "severities): made with quality rules 1.3.1, this box runs 2.0.1 (its [quality] "
+            "rules, clinic-rules.toml)")
+    assert "self-test: scored with quality rules 2.0.1 (its [quality] rules, " \
+        "clinic-rules.toml)\n" in out.stdout
     assert f"self-test: {said}\n" in out.stdout
     assert f"fleet: bundle 3.0 self-test: {said}\n" in out.stderr
     assert fleet_of(tmp_path).status()["bundle"] == "3.0"
@@ -493,8 +520,170 @@ def test_an_old_bundle_without_the_rules_record_installs_and_is_compared_as_befo
     out = sonoedge("bundle", "install", str(other), "--config",
                    str(device_config(tmp_path / "box2", fleet_kit)))
     one_line_error(out, "bundle 3.0 failed its self-test, factory stays", "quality_score ",
-                   "(the bundle does not name the quality rules it was made with: make it "
-                   "again with a current sonoedge)")
+                   "(the bundle does not name the quality rules it was made with, this box "
+                   f"scores with {_box_rules()} (the rules sonoedge ships): make bundle 3.0 "
+                   "(old-other-rules.bundle) again with a current sonoedge: `sonoedge bundle "
+                   "make --models MODELS --key KEY --frames FRAMES --version 3.0.1 --group "
+                   f"{GROUP} --min-app 0.1.0 --pixel-size 0.12 --out NEW.bundle`)")
+
+
+def _clinic_config(tmp_path: Path, kit: dict, version: str = "2.0.1") -> Path:
+    """A box whose loop runs the clinic's own quality rules (`version`, scoring the frame
+    otherwise than the shipped ones) from its config's `[quality] rules`."""
+    config = device_config(tmp_path, kit)
+    clinic = _rules_copy(tmp_path / "clinic-rules.toml", version)
+    config.write_text(config.read_text() + f'[quality]\nrules = "{clinic}"\n')
+    return config
+
+
+def test_the_selftest_scores_with_the_box_s_own_quality_rules(tmp_path, fleet_kit,
+                                                               monkeypatch):
+    """The self-test judges by the rules the box's loop runs (`[quality] rules`), not the
+    ones the app ships: a box running the very rules a bundle was made with compares its
+    quality score (it was told "not compared": the shipped ones differed), and a box under
+    other rules than the bundle's is told so even where the app ships the bundle's."""
+    bundle = _made_under_rules(fleet_kit, tmp_path, monkeypatch, "1.3.1", "3.0")
+    for box in ("same", "other"):
+        (tmp_path / box).mkdir()
+    out = sonoedge("bundle", "install", str(bundle), "--config",
+                   str(_clinic_config(tmp_path / "same", fleet_kit, "1.3.1")))
+    assert out.returncode == 0, out.stderr
+    assert "self-test: scored with quality rules 1.3.1 (its [quality] rules, " \
+        "clinic-rules.toml)\n" in out.stdout
+    assert "not compared" not in out.stdout + out.stderr
+    assert "unchecked" not in fleet_of(tmp_path / "same").status()
+    # the shipped rules' bundle, on a box whose loop runs the clinic's
+    out = sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config",
+                   str(_clinic_config(tmp_path / "other", fleet_kit)))
+    assert out.returncode == 0, out.stderr
+    assert ("self-test: quality score not compared, learned quality head compared instead (5 "
+            f"severities): made with quality rules {_box_rules()}, this box runs 2.0.1 (its "
+            "[quality] rules, clinic-rules.toml)\n") in out.stdout
+
+
+def test_a_learned_head_that_lies_is_refused_under_other_quality_rules(tmp_path, fleet_kit,
+                                                                        monkeypatch):
+    """Under other rules the quality score means nothing, but the learned head's own
+    severities are the models': a bundle whose head gives other numbers than it records is
+    refused (it installed, its head checked only for loading and running), and the line
+    says which branch, here and expected."""
+    bundle = _made_under_rules(fleet_kit, tmp_path, monkeypatch, "1.3.1", "3.0",
+                               blur_shift=0.5)
+    fleet = fleet_of(tmp_path)
+    fleet.ensure(fleet_kit["models"])
+    before = snapshot(fleet)
+    out = sonoedge("bundle", "install", str(bundle), "--config",
+                   str(_clinic_config(tmp_path, fleet_kit)))
+    honest = _learned_record(fleet_kit["v2"])["frames"]["selftest/BRAIN-TV.png"]["blur"]
+    line = one_line_error(out, "bundle 3.0 failed its self-test, factory stays",
+                          f"BRAIN-TV.png: learned:blur {honest} here, the bundle expects "
+                          f"{honest + 0.5} (+-0.05)")
+    assert "quality_score" not in line
+    assert snapshot(fleet_of(tmp_path)) == before
+
+
+def test_health_tells_the_district_the_quality_score_was_not_compared(tmp_path, fleet_kit,
+                                                                       monkeypatch):
+    """The note went to the log and `bundle install` only: the district could not see
+    that a box runs a model whose quality score was not checked. Health carries it, within
+    its schema, while that set runs (another process reads it; its trial's end keeps it; a
+    fully compared newer bundle clears it), and the district's report and devices page
+    show it. A bundle from before the learned head's numbers were recorded says they were
+    not checked either."""
+    from central.dashboard.pages import _bundle_cell
+    from central.dashboard.queries import DeviceRow, device_flags
+    from central.dashboard.store import _health_digest
+    from central.fleet import format_fleet
+    from edge.uplink.messages import build_health, envelope
+    from wire.schema import load_schema, validate
+
+    no_learned = _without_rules_record(
+        fleet_kit, _made_under_rules(fleet_kit, tmp_path, monkeypatch, "1.3.1", "3.0"),
+        tmp_path / "no-learned.bundle", drop=(LEARNED,))
+    assert _bundle_record(no_learned)[1] == "1.3.1"
+    config = _clinic_config(tmp_path, fleet_kit)
+    out = sonoedge("bundle", "install", str(no_learned), "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    said = ("quality score not compared, nor the learned quality head's numbers (the bundle "
+            "records none; a current `sonoedge bundle make` does): made with quality rules "
+            "1.3.1, this box runs 2.0.1 (its [quality] rules, clinic-rules.toml)")
+    assert f"self-test: {said}\n" in out.stdout
+    status = fleet_of(tmp_path).status()  # as the loop, another process, reads it
+    assert status["bundle"] == "3.0"
+    assert status["unchecked"] == said[:157] + "..."
+    payload = build_health(envelope("health", "dev-a", "c", "boot"), {}, {}, {}, 1.0, {},
+                           1.0, 60.0, fleet=status)
+    payload |= {"msg_id": "00000000-0000-4000-8000-000000000000", "seq": 1}
+    assert validate(payload, load_schema("health")) == []
+    digest = _health_digest(payload)["bundle"]
+    assert digest["unchecked"] == status["unchecked"]
+    assert "self-test: quality score not compared, nor the learned quality head&#x27;s " \
+        "numbers (the bundle records none; a current" in _bundle_cell(digest)
+    now = time.time()
+    row = DeviceRow("dev-a", "clinic-7", now, "online", now, 0, 0, 0, 0, 5000.0, 40.0, {},
+                    digest, now)
+    assert "bundle's quality score not checked" in device_flags(row, now)
+    assert "self-test: quality score not compared" in format_fleet(
+        [{"device_id": "dev-a", **status}])
+    # still so once its trial confirmed it: it still runs unchecked
+    fleet = fleet_of(tmp_path)
+    assert fleet.tick(3600.0) and fleet_of(tmp_path).status()["unchecked"] == \
+        status["unchecked"]
+    # a newer bundle made under the box's own rules compares everything: the note goes
+    monkeypatch.setattr("edge.models.quality.RULES_FILE", tmp_path / "clinic-rules.toml")
+    same = fleet_kit["make"]("clinic-rules-4", "4.0")
+    monkeypatch.undo()
+    out = sonoedge("bundle", "install", str(same), "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "not compared" not in out.stdout
+    assert "unchecked" not in fleet_of(tmp_path).status()
+
+
+def test_an_old_bundle_is_refused_under_the_box_s_own_rules_and_the_line_says_how_to_remake(
+        tmp_path, fleet_kit):
+    """A bundle from before the rules were recorded, made under the shipped rules, on a box
+    whose loop runs the clinic's: its rules are unknown, so its quality score is compared
+    under the box's (the only check of its learned head's numbers) and differs. Refused,
+    since "maybe other rules" is also "maybe a broken head"; the line names the bundle's
+    file, the rules the box scored with and the command that makes it again, whose bundle
+    then installs on that box."""
+    old = _without_rules_record(fleet_kit, fleet_kit["make"]("old-shipped", "3.0"),
+                                tmp_path / "old-shipped.bundle")
+    config = _clinic_config(tmp_path, fleet_kit)
+    out = sonoedge("bundle", "install", str(old), "--config", str(config))
+    one_line_error(out, "bundle 3.0 failed its self-test, factory stays",
+                   "BRAIN-TV.png: quality_score ",
+                   "(the bundle does not name the quality rules it was made with, this box "
+                   "scores with 2.0.1 (its [quality] rules, clinic-rules.toml): make bundle 3.0 "
+                   "(old-shipped.bundle) again with a current sonoedge: `sonoedge bundle make "
+                   "--models MODELS --key KEY --frames FRAMES --version 3.0.1 --group "
+                   f"{GROUP} --min-app 0.1.0 --pixel-size 0.12 --out NEW.bundle`)")
+    remade = tmp_path / "NEW.bundle"
+    made = sonoedge("bundle", "make", "--models", str(fleet_kit["models"]), "--key",
+                    str(fleet_kit["key"]), "--frames", str(FRAME), "--version", "3.0.1",
+                    "--group", GROUP, "--min-app", "0.1.0", "--pixel-size", "0.12", "--out",
+                    str(remade))
+    assert made.returncode == 0, made.stderr
+    out = sonoedge("bundle", "install", str(remade), "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "learned quality head compared instead" in out.stdout
+
+
+def test_a_box_whose_own_quality_rules_do_not_load_never_refuses_the_bundle_for_it(
+        tmp_path, fleet_kit):
+    """The self-test judges by the box's rules: where they do not load (its loop cannot
+    start on them either) that is the box's trouble, one line, and the same bundle installs
+    once they are mended (a refusal would have kept it off the box for good)."""
+    config = device_config(tmp_path, fleet_kit)
+    base = config.read_text()
+    config.write_text(base + f'[quality]\nrules = "{tmp_path / "missing.toml"}"\n')
+    out = sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config", str(config))
+    one_line_error(out, "bundle 2.0: this box's quality rules do not load, so no self-test: ",
+                   "missing.toml: quality rules file not found; factory stays")
+    assert fleet_of(tmp_path).status()["bundle"] == "factory"
+    config.write_text(base)
+    out = sonoedge("bundle", "install", str(fleet_kit["v2"]), "--config", str(config))
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.parametrize("record", [
@@ -520,14 +709,20 @@ def test_a_signed_bundle_with_a_bad_rules_record_fails_its_selftest_in_one_line(
     with tarfile.open(fleet_kit["v2"], "r:xz") as tar:
         manifest = json.loads(tar.extractfile("bundle.json").read())
         blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers()[2:]}
-    for name, record, needle in (
-            ("a", b'{"quality_rules": "../../etc"}', "quality_rules must be 1-4 dotted "
-                                                     "numbers such as 2025.6.1, got '../../etc'"),
-            ("b", b"x" * 2000, f"bundle manifest: {MADE_WITH} must be at most 1024 bytes")):
-        blobs[MADE_WITH] = record
+    for name, member, record, needle in (
+            ("a", MADE_WITH, b'{"quality_rules": "../../etc"}',
+             "quality_rules must be 1-4 dotted numbers such as 2025.6.1, got '../../etc'"),
+            ("b", MADE_WITH, b"x" * 2000,
+             f"bundle manifest: {MADE_WITH} must be at most 1024 bytes"),
+            ("c", LEARNED, b'{"frames": {"selftest/../../etc/passwd": {"blur": 0.1}}}',
+             f"{LEARNED}: frames: 'selftest/../../etc/passwd' is not a self-test frame"),
+            ("d", LEARNED, b"x" * 20000,
+             f"bundle manifest: {LEARNED} must be at most 16384 bytes")):
+        original = blobs[member]
+        blobs[member] = record
         manifest["version"] = "3.0"
         for entry in manifest["files"]:
-            if entry["path"] == MADE_WITH:
+            if entry["path"] == member:
                 entry["sha256"] = hashlib.sha256(record).hexdigest()
                 entry["size"] = len(record)
         bad = _signed_archive(fleet_kit, tmp_path / f"{name}.bundle", manifest,
@@ -541,6 +736,35 @@ def test_a_signed_bundle_with_a_bad_rules_record_fails_its_selftest_in_one_line(
                        str(device_config(box, fleet_kit)))
         one_line_error(out, needle)
         assert snapshot(fleet_of(box)) == before
+        blobs[member] = original
+        for entry in manifest["files"]:
+            if entry["path"] == member:
+                entry["sha256"] = hashlib.sha256(original).hexdigest()
+                entry["size"] = len(original)
+
+
+@pytest.mark.parametrize("record", [
+    b"[]", b'{"frames": {}, "by": "x"}', b'{"frames": []}',
+    b'{"frames": {"selftest/BRAIN-TV.png": {"blur": "0.1"}}}',
+    b'{"frames": {"selftest/BRAIN-TV.png": {"blur": NaN}}}',
+    b'{"frames": {"selftest/BRAIN-TV.png": {"blur": 1e400}}}',
+    b'{"frames": {"selftest/BRAIN-TV.png": {"Blur\\n": 0.1}}}',
+    b'{"frames": {"selftest/BRAIN-TV.png": [0.1]}}',
+    b'{"frames": {"selftest/BRAIN-TV.png": {' + b", ".join(
+        b'"b%d": 0.1' % i for i in range(17)) + b"}}}",
+    b'{"frames": {"selftest/other.png": {"blur": 0.1}}}',
+    b'{"frames": {"' + b"x" * 20000 + b'": {}}}', b"\xff\xfe", b"",
+    b'{"frames": {"selftest/BRAIN-TV.png": {"blur": [[[[0.1]]]]}}}'])
+def test_a_hostile_learned_record_is_one_line_naming_it(record):
+    """Signed, and still read as hostile: bounded, exact keys, the manifest's own frames,
+    a head's label for each branch, finite numbers."""
+    from wire.fleet import SelfTestFrame, parse_learned
+
+    with pytest.raises(BundleError) as refused:
+        parse_learned(record, (SelfTestFrame("selftest/BRAIN-TV.png", {"plane": "x"}),))
+    line = str(refused.value)
+    assert line.startswith(f"{LEARNED}: ") and "\n" not in line, line
+    assert len(line) < 200, line
 
 
 CRASHING_RUN = """

@@ -22,7 +22,13 @@ from edge.fleet.agent import FleetAgent
 from edge.fleet.slots import Fleet
 from tests.conftest_mqtt import REPO, CollectorProc, py_env, wait_for
 from tests.servers import Mosquitto
-from tests.test_fleet import GROUP, device_config, fleet_kit  # noqa: F401  (fixture)
+from tests.test_fleet import (  # noqa: F401  (fixture)
+    GROUP,
+    _box_rules,
+    _clinic_config,
+    device_config,
+    fleet_kit,
+)
 from wire.fleet import chunk_topic, offer_topic
 
 
@@ -45,15 +51,20 @@ def _secret(tmp_path: Path, name: str, password: str) -> Path:
     return path
 
 
+@pytest.mark.parametrize("rules", ["shipped", "clinic"])
 def test_a_device_offline_at_publication_gets_the_bundle_when_it_connects(
-        tmp_path, fleet_kit, fleet_broker):  # noqa: F811
+        tmp_path, fleet_kit, fleet_broker, rules):  # noqa: F811
+    """With `rules` "clinic", the box's loop runs its own quality rules (2.0.1), not the
+    shipped ones the bundle was made with: its self-test does not compare the quality score
+    (it compares the learned head's numbers instead), and the district reads so in the
+    report, from the box's health (the collector stores it, not as a dead letter)."""
     pub = _secret(tmp_path, "publisher", fleet_broker.passwords["publisher"])
     url = f"mqtt://publisher@127.0.0.1:{fleet_broker.port}"
     offer = publish(fleet_kit["v2"], GROUP, url, str(pub), str(fleet_kit["trusted"]),
                     chunk_size=32 * 1024, timeout_s=60)
     assert offer.count == -(-fleet_kit["v2"].stat().st_size // (32 * 1024))
     # The device connects only now, for the first time.
-    config = device_config(tmp_path, fleet_kit)
+    config = (device_config if rules == "shipped" else _clinic_config)(tmp_path, fleet_kit)
     dev = _secret(tmp_path, "dev-a", fleet_broker.passwords["dev-a"])
     with open(config, "a") as handle:
         handle.write(f'[mqtt]\nurl = "mqtt://dev-a@127.0.0.1:{fleet_broker.port}"\n'
@@ -89,6 +100,15 @@ def test_a_device_offline_at_publication_gets_the_bundle_when_it_connects(
             # the district report shows what the device runs, from its health messages
             row = wait_for(report_row, 30, "the report to show bundle 2.0 on trial")
             assert GROUP in row and "2.0" in row and "trial (0)" in row
+            said = ("self-test: quality score not compared, learned quality head compared "
+                    f"instead (5 severities): made with quality rules {_box_rules()}, this box "
+                    "runs 2.0.1")
+            if rules == "clinic":
+                assert said in row, row
+                assert f"fleet: bundle 2.0 self-test: {said.removeprefix('self-test: ')}" \
+                    in log.read_text()
+            else:
+                assert "self-test:" not in row, row
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)

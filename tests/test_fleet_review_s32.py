@@ -107,7 +107,7 @@ def test_a_failed_selftest_is_a_refusal_not_a_rollback(tmp_path, fleet_kit, monk
     fleet = fleet_of(tmp_path)
     fleet.ensure(fleet_kit["models"])
     monkeypatch.setattr(selftest, "run_selftest",
-                        lambda *a, **k: (["BRAIN-TV.png: plane 'Brain (Tv.)' here"], []))
+                        lambda *a, **k: (["BRAIN-TV.png: plane 'Brain (Tv.)' here"], [], ""))
     with pytest.raises(BundleError, match="failed its self-test"):
         fleet.install(fleet_kit["v2"], _keys(fleet_kit))
     monkeypatch.undo()

@@ -66,6 +66,15 @@ TOLERANCE_KEYS = ("plane_confidence", "quality_score", "hc_mm")
 # as it always did.
 MADE_WITH_MEMBER = "selftest/made_with.json"
 MAX_MADE_WITH_BYTES = 1024
+# The learned quality head's own numbers on each self-test frame (its severities by branch,
+# edge/models/quality.py `learned_severities`): the models' outputs, not the rules', so a
+# box compares them whatever quality rules it runs, where the quality score it cannot (a
+# bundle made under other rules had that head checked only for loading and running). A
+# listed, signed member for the same reason as MADE_WITH_MEMBER: a box before it ignores it.
+LEARNED_MEMBER = "selftest/learned.json"
+MAX_LEARNED_BYTES = 16 * 1024  # 32 frames of 6 branches are ~4 kB
+MAX_LEARNED_BRANCHES = 16
+BRANCH_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")  # a quality head's label
 
 
 class BundleError(ValueError):
@@ -182,6 +191,9 @@ def parse_manifest(data: bytes, max_member_bytes: int) -> BundleManifest:
     made_with = next((e for e in entries if e.path == MADE_WITH_MEMBER), None)
     if made_with is not None and made_with.size > MAX_MADE_WITH_BYTES:
         raise bad(MADE_WITH_MEMBER, f"must be at most {MAX_MADE_WITH_BYTES} bytes")
+    learned = next((e for e in entries if e.path == LEARNED_MEMBER), None)
+    if learned is not None and learned.size > MAX_LEARNED_BYTES:
+        raise bad(LEARNED_MEMBER, f"must be at most {MAX_LEARNED_BYTES} bytes")
     frames, tolerance, pixel = _parse_selftest(raw.get("selftest"), entries, bad)
     return BundleManifest(version=raw["version"], group=group,
                           min_app_version=raw["min_app_version"], created_ts=float(created),
@@ -240,6 +252,39 @@ def parse_made_with(data: bytes) -> str:
         raise BundleError(f"{MADE_WITH_MEMBER}: must be {{quality_rules}}")
     parse_version(raw["quality_rules"], f"{MADE_WITH_MEMBER}: quality_rules")
     return raw["quality_rules"]
+
+
+def parse_learned(data: bytes, frames: tuple[SelfTestFrame, ...]) -> dict[str, dict]:
+    """`LEARNED_MEMBER`'s bytes -> {self-test frame path: {branch: severity}}, or
+    `BundleError` naming the field. Signed, and still read as hostile: bounded, exact keys,
+    only the manifest's own frames, short branch names, finite numbers. A frame it leaves
+    out had no learned head's numbers where it was made (none installed)."""
+    where = LEARNED_MEMBER
+    try:
+        raw = loads_bounded(data, MAX_LEARNED_BYTES, max_depth=4)
+    except PayloadError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    if not isinstance(raw, dict) or set(raw) != {"frames"} or not isinstance(raw["frames"],
+                                                                              dict):
+        raise BundleError(f"{where}: must be {{frames: {{path: {{branch: severity}}}}}}")
+    paths = {f.path for f in frames}
+    out: dict[str, dict] = {}
+    for path, branches in raw["frames"].items():
+        if path not in paths:
+            raise BundleError(f"{where}: frames: {shown(path)} is not a self-test frame of "
+                              "the manifest")
+        if not isinstance(branches, dict) or len(branches) > MAX_LEARNED_BRANCHES:
+            raise BundleError(f"{where}: frames.{path}: must be at most "
+                              f"{MAX_LEARNED_BRANCHES} branches, each a severity")
+        for name, value in branches.items():
+            if not BRANCH_RE.fullmatch(name):
+                raise BundleError(f"{where}: frames.{path}: branch {shown(name)} is not a "
+                                  "quality head's label")
+            if not finite_number(value) or abs(value) > 1e6:
+                raise BundleError(f"{where}: frames.{path}.{name}: {shown(value)} is not a "
+                                  "number")
+        out[path] = {name: float(value) for name, value in branches.items()}
+    return out
 
 
 def verify_signature(manifest: bytes, signature: bytes, keys: list) -> str:

@@ -1169,13 +1169,16 @@ def fleet_errors_table(errors: list[Q.FleetError], more: dict[str, int], now: fl
 
 
 def _bundle_cell(b: dict) -> str:
-    """The installed bundle and its state; a rollback or an error under it."""
+    """The installed bundle and its state; a rollback, an error, or what its self-test did
+    not compare under it."""
     if not b:
         return '<span class="muted">not reported</span>'
     out = f"{esc(b.get('bundle') or '-')} <span class=small>({esc(b.get('state') or '-')})</span>"
     for key in ("rollback", "error"):
         if b.get(key):
             out += f'<br><span class="warn">{esc(key)}: {esc(b[key])}</span>'
+    if b.get("unchecked"):
+        out += f'<br><span class="warn">self-test: {esc(b["unchecked"])}</span>'
     return out
 
 

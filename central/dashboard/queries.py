@@ -1240,6 +1240,8 @@ def ranked_flags(d: DeviceRow, now: float, heard: float | None = None
         flags.append((CHECK, "bundle error"))
     if d.bundle.get("rollback"):
         flags.append((NOTE, "bundle rolled back"))
+    if d.bundle.get("unchecked"):
+        flags.append((NOTE, "bundle's quality score not checked"))
     if d.clock_set and now - d.clock_set[0] <= C.CLOCK_SET_SHOWN_S:
         flags.append((NOTE, f"clock set {span(d.clock_set[1])} forward from the clinic's page "
                             f"on {day_text(int(d.clock_set[0] // C.DAY_S))}"))

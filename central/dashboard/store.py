@@ -1498,6 +1498,8 @@ def _health_digest(data: dict) -> dict:
             b["error"] = _text(fleet["error"], C.FLEET_ERROR_CHARS)
         if fleet.get("download"):
             b["download"] = str(fleet["download"])[:80]
+        if fleet.get("unchecked"):  # what its self-test did not compare (edge/fleet)
+            b["unchecked"] = _text(fleet["unchecked"], C.FLEET_ERROR_CHARS)
         out["bundle"] = b
     return out
 

@@ -48,7 +48,7 @@ def _keys_new(args: argparse.Namespace) -> int:
 def _make(args: argparse.Namespace) -> int:
     from edge.fleet.bundle import make_bundle
     from edge.fleet.selftest import rules_version
-    from wire.fleet import MADE_WITH_MEMBER
+    from wire.fleet import LEARNED_MEMBER, MADE_WITH_MEMBER
 
     t0 = time.monotonic()
     try:
@@ -65,13 +65,16 @@ def _make(args: argparse.Namespace) -> int:
     unpacked = sum(f["size"] for f in manifest["files"])
     # the rules its expectations were scored with: a box under others does not compare the
     # quality score, and the district learned that only when a box installed it (a walk)
-    recorded = any(f["path"] == MADE_WITH_MEMBER for f in manifest["files"])
-    rules = rules_version(Path(args.models)) if recorded else None
+    paths = {f["path"] for f in manifest["files"]}
+    rules = rules_version(Path(args.models)) if MADE_WITH_MEMBER in paths else None
+    # and whether a box under other rules can check the learned quality head's numbers
+    learned = ("but does the learned quality head's severities" if LEARNED_MEMBER in paths
+               else "and no learned quality head's numbers are recorded")
     print(f"{args.out}: bundle {manifest['version']} for group {manifest['group']}, "
           f"{len(manifest['files'])} files, {size} bytes ({unpacked} unpacked), "
           f"{len(manifest['selftest']['frames'])} self-test frames scored with "
           + (f"quality rules {rules} (a box under other rules does not compare their "
-             "quality scores)" if rules else "no quality rules (the audit is off)")
+             f"quality scores, {learned})" if rules else "no quality rules (the audit is off)")
           + f", {time.monotonic() - t0:.1f} s")
     return 0
 
@@ -102,6 +105,8 @@ def _install(args: argparse.Namespace) -> int:
           f"{t.get('verify_s', 0):.2f} s, self-test {t.get('selftest_s', 0):.2f} s, swap "
           f"{t.get('swap_s', 0) * 1000:.1f} ms; on trial for {settings.fleet.trial_min:g} "
           f"min of running; a running loop picks it up within seconds")
+    if fleet.selftest_rules:
+        print(f"self-test: scored with quality rules {fleet.selftest_rules}")
     for note in fleet.selftest_notes:
         print(f"self-test: {note}")
     return 0

@@ -302,7 +302,8 @@ class FleetAgent:
                     self.uplink.set_subscriptions({offer_topic(self.cfg.group)})
             return
         try:
-            manifest = self.fleet.install(path, keys, selftest_names(self.settings))
+            manifest = self.fleet.install(path, keys, selftest_names(self.settings),
+                                          file_named=False)  # a download's name says nothing
         except DeviceFault as exc:
             self._not_now(offer, str(exc))
             return

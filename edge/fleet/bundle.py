@@ -2,7 +2,8 @@
 
 `make_bundle` packs a models folder (every manifest that loads, with its model file), a
 few self-test frames with the outputs these models give on them (and the quality rules
-version that scored them, `selftest/made_with.json`), and a manifest listing
+version that scored them, `selftest/made_with.json`; the learned quality head's severities,
+`selftest/learned.json`), and a manifest listing
 every file's size and sha256, signed with the district's Ed25519 key
 (`wire/fleet.py` describes the format). `read_bundle` is the only way a device looks inside:
 it decompresses with a memory limit, counts every byte it reads (a hostile archive cannot
@@ -31,6 +32,7 @@ from edge.store.state import fsync_dir
 from wire.fleet import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
+    LEARNED_MEMBER,
     MADE_WITH_MEMBER,
     MANIFEST_MEMBER,
     MAX_MANIFEST_BYTES,
@@ -41,6 +43,7 @@ from wire.fleet import (
     BundleError,
     BundleManifest,
     check_group,
+    parse_learned,
     parse_made_with,
     parse_manifest,
     parse_version,
@@ -282,7 +285,7 @@ def make_bundle(models_dir: Path, key_path: Path, out: Path, *, version: str, gr
     """Write a signed bundle to `out`; returns its manifest. The self-test expectations are
     what these models give on these frames here, through the device's own scorer."""
     from edge.fleet.keys import load_private_key
-    from edge.fleet.selftest import rules_version, score_selftest
+    from edge.fleet.selftest import rules_version, score_selftest, split_learned
 
     parse_version(version, "--version")
     parse_version(min_app_version, "--min-app")
@@ -299,7 +302,8 @@ def make_bundle(models_dir: Path, key_path: Path, out: Path, *, version: str, gr
         for src in _model_files(models_dir):
             (work / "models" / src.name).write_bytes(src.read_bytes())
         pictures = _selftest_frames(frames, work)
-        outputs = score_selftest(work / "models", pictures, pixel_size_mm, num_threads)
+        outputs, learned = split_learned(score_selftest(work / "models", pictures,
+                                                        pixel_size_mm, num_threads))
         rules = rules_version(work / "models")
         extra = []
         if rules is not None:  # a box compares the quality score only under these rules
@@ -311,6 +315,12 @@ def make_bundle(models_dir: Path, key_path: Path, out: Path, *, version: str, gr
                                   "dotted numbers (a box compares it)") from None
             (work / MADE_WITH_MEMBER).write_bytes(record)
             extra = [work / MADE_WITH_MEMBER]
+        if any(learned):  # the learned head's own numbers: a box compares them under any rules
+            record = json.dumps({"frames": {f"selftest/{p.name}": learned[i]
+                                            for i, p in enumerate(pictures) if learned[i]}},
+                                sort_keys=True).encode()
+            (work / LEARNED_MEMBER).write_bytes(record)
+            extra.append(work / LEARNED_MEMBER)
         members = sorted((work / "models").iterdir()) + pictures + extra
         files = [{"path": f"{p.parent.name}/{p.name}", "sha256": sha256_of(p),
                   "size": p.stat().st_size} for p in members]
@@ -325,7 +335,9 @@ def make_bundle(models_dir: Path, key_path: Path, out: Path, *, version: str, gr
             "note": note,
         }
         data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-        parse_manifest(data, 1 << 40)  # what we sign must be what a device accepts
+        checked = parse_manifest(data, 1 << 40)  # what we sign must be what a device accepts
+        if (work / LEARNED_MEMBER).exists():
+            parse_learned((work / LEARNED_MEMBER).read_bytes(), checked.frames)
         signature = key.sign(data)
         out = Path(out)
         tmp_out = out.with_name(out.name + ".tmp")

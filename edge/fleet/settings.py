@@ -76,6 +76,9 @@ def fleet_root(settings, state_dir: Path | str | None = None) -> Path:
 
 
 def selftest_names(settings) -> dict:
-    """The device's model names and backend, so the self-test loads what the loop loads."""
+    """The device's model names, backend and quality rules, so the self-test loads and
+    judges by what the loop does (it scored with the shipped rules, whatever a clinic's
+    `[quality] rules` said)."""
     return {"plane": settings.models.plane, "segmenter": settings.biometry.segmenter,
-            "learned": settings.quality.learned, "backend": settings.models.backend}
+            "learned": settings.quality.learned, "backend": settings.models.backend,
+            "rules": settings.quality.rules}

@@ -226,6 +226,10 @@ class SlotInfo:
     version: str  # "factory" for the set copied from [models] dir
     installed_ts: float | None
     signer: str
+    # What its self-test did not compare, and why (`check_slot`'s notes: the quality score
+    # under other quality rules, and whether the learned head's numbers were checked
+    # instead); "" when it compared everything. Health carries it (`status`).
+    unchecked: str = ""
 
 
 class Fleet:
@@ -245,6 +249,7 @@ class Fleet:
         self._seen: tuple | None = None  # and that file's identity then (`refresh`)
         self._said: dict[str, str] = {}  # the damage last said per slot.json, said once
         self.selftest_notes: list[str] = []  # the last self-test's (`run_selftest`)
+        self.selftest_rules = ""  # the quality rules it scored with, in words
 
     # -- layout -------------------------------------------------------------------------
     @property
@@ -294,8 +299,10 @@ class Fleet:
                             problem, slot)
             return None
         self._said.pop(slot, None)
+        unchecked = raw.get("unchecked", "")
         return SlotInfo(slot, version, wall_ts_or_none(raw.get("installed_ts")),
-                        signer[:120])
+                        signer[:120], short_error(unchecked, ERROR_SHOWN_CHARS)
+                        if isinstance(unchecked, str) else "")
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -656,9 +663,11 @@ class Fleet:
             return None
         return lock
 
-    def install(self, path: Path, keys: list, names: dict | None = None) -> BundleManifest:
+    def install(self, path: Path, keys: list, names: dict | None = None,
+                file_named: bool = True) -> BundleManifest:
         """Verify, stage, self-test and swap in a bundle; `BundleError` (one line) leaves
-        `current` and its models exactly as they were."""
+        `current` and its models exactly as they were. `file_named`: the self-test's lines
+        name the bundle's file (a hand install's; not a download's, named by its version)."""
         (self.root / "slots").mkdir(parents=True, exist_ok=True)
         lock = self._install_lock()
         # Both refusals below are the device's state, not the bundle's (DeviceFault): the
@@ -676,7 +685,7 @@ class Fleet:
                                   "after that")
             before = self.active_slot()
             try:
-                return self._install(Path(path), keys, names)
+                return self._install(Path(path), keys, names, file_named)
             except BundleError as exc:
                 error = exc
             except OSError as exc:
@@ -694,8 +703,9 @@ class Fleet:
                 pass  # the disk is still full: the error line below says what went wrong
             raise error from None
 
-    def _install(self, path: Path, keys: list, names: dict | None) -> BundleManifest:
-        from edge.fleet.selftest import StoppedFromOutside, run_selftest
+    def _install(self, path: Path, keys: list, names: dict | None,
+                 file_named: bool = True) -> BundleManifest:
+        from edge.fleet.selftest import BoxFault, run_selftest
 
         s = self.settings
         limits = Limits(int(s.max_bundle_mb * 1e6), int(s.max_unpacked_mb * 1e6))
@@ -703,7 +713,7 @@ class Fleet:
         shutil.rmtree(staging, ignore_errors=True)
         _step("cleared-staging")
         app = app_version()
-        self.selftest_notes = []
+        self.selftest_notes, self.selftest_rules = [], ""
         seen: list[str] = []
 
         def on_file(name: str) -> None:
@@ -723,14 +733,20 @@ class Fleet:
         _step("extracted")
         t0 = time.monotonic()
         try:
-            failures, notes = run_selftest(staging, s.selftest_timeout_s, s.selftest_threads,
-                                           names)
-        except StoppedFromOutside as exc:  # not the bundle's doing: tried again later
+            failures, notes, rules = run_selftest(staging, s.selftest_timeout_s,
+                                                  s.selftest_threads, names,
+                                                  path.name if file_named else "")
+        except BoxFault as exc:  # not the bundle's doing: tried again later
             shutil.rmtree(staging, ignore_errors=True)
             raise DeviceFault(f"bundle {manifest.version}: {exc}; "
                               f"{self._version(self.active_slot())} stays") from None
         selftest_s = time.monotonic() - t0
-        self.selftest_notes = notes  # what it did not compare and why; `bundle install` says it
+        # what it did not compare and why: `bundle install` says it, and slot.json keeps it
+        # for health while this set runs (the district saw only a refusal, never this)
+        self.selftest_notes, self.selftest_rules = notes, rules
+        if rules:
+            log.info("fleet: bundle %s self-test scored with quality rules %s",
+                     manifest.version, rules)
         for note in notes:
             log.info("fleet: bundle %s self-test: %s", manifest.version, note)
         if failures:
@@ -747,9 +763,11 @@ class Fleet:
                               f"stays: {failures[0]}" + (f" (and {len(failures) - 1} more)"
                                                          if len(failures) > 1 else ""))
         _step("selftested")
-        write_json(staging / SLOT_FILE, {"version": manifest.version, "signer": signer,
-                                         "installed_ts": round(time.time(), 1),
-                                         "group": manifest.group})
+        slot = {"version": manifest.version, "signer": signer,
+                "installed_ts": round(time.time(), 1), "group": manifest.group}
+        if notes:
+            slot["unchecked"] = short_error("; ".join(notes))
+        write_json(staging / SLOT_FILE, slot)
         t0 = time.monotonic()
         spare = self.spare_slot()
         shutil.rmtree(self.slot_dir(spare), ignore_errors=True)
@@ -879,9 +897,11 @@ class Fleet:
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> dict:
         """What `health` reports: the installed bundle, its state, the last rollback (until
-        a newer bundle is confirmed), the last error."""
+        a newer bundle is confirmed), the last error, and what its self-test did not
+        compare (`SlotInfo.unchecked`)."""
         active = self.active_slot()
-        version = self._version(active)
+        info = self.slot_info(active)
+        version = info.version if info else "none"
         trial = self.state.get("trial")
         state = ("trial" if isinstance(trial, dict) else
                  "factory" if version == FACTORY else "confirmed")
@@ -901,4 +921,6 @@ class Fleet:
                                "ts": wall_ts_or_none(rollback.get("ts"))}
         if self.state.get("last_error"):
             out["error"] = short_error(self.state["last_error"], ERROR_SHOWN_CHARS)
+        if info is not None and info.unchecked:
+            out["unchecked"] = info.unchecked
         return out
