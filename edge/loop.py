@@ -459,7 +459,8 @@ def run(settings: Settings, once: bool = False, echo: Callable[[str], None] = pr
     scorer = make_scorer(settings)
     # a screen found stretched stays so across a restart, until it gives readings of its own
     scorer.recall_shape = lambda key: screen_shape.remembered(state_dir, key)
-    scorer.keep_shape = lambda key, stretch: screen_shape.remember(state_dir, key, stretch)
+    scorer.keep_shape = lambda key, stretch, setting: screen_shape.remember(
+        state_dir, key, stretch, setting)
     models = scorer.model_versions()
     mqtt = settings.mqtt
     if settings.device.device_id and not mqtt.device_id:

@@ -43,7 +43,9 @@ from edge.models.fan import (
     another_size,
     read_fan,
     refusal,
+    same_frames,
     screen_key,
+    setting_words,
 )
 from edge.models.manifest import Manifest, find_manifest
 from edge.models.planes import (
@@ -170,11 +172,14 @@ class Scorer:
     _screen_frames: int = 0  # frames of this source and size so far
     _screen: str = ""  # its name for the verdict's memory (`screen_key`)
     _stretch_said: bool | None = None  # the verdict last logged; None: none yet
+    _shape_unrecorded: bool = False  # the memory started from has no setting (`_recalled`)
     # Where a screen's verdict is kept across runs (`sonoedge run`: the state folder,
-    # edge/store/screen_shape.py): (key -> the stretch remembered) and (key, stretch) to
-    # keep a new one. None: nothing remembered (`score`, `exam`, tests).
-    recall_shape: Callable[[str], float | None] | None = field(default=None, repr=False)
-    keep_shape: Callable[[str, float], None] | None = field(default=None, repr=False)
+    # edge/store/screen_shape.py): (key -> the stretch remembered and the `[source]
+    # stretch` it was read under, None where not recorded) and (key, stretch, the setting
+    # now) to keep a new one. None: nothing remembered (`score`, `exam`, tests).
+    recall_shape: Callable[[str], tuple[float, float | None] | None] | None = field(
+        default=None, repr=False)
+    keep_shape: Callable[[str, float, float], None] | None = field(default=None, repr=False)
     # The named plane's class map of the last scored frame, (h, w) over the region, when the
     # plane model has a class_maps output (edge/models/planes.py); None otherwise. Kept
     # beside the result, not in it: the web view shows it, the journal does not keep it.
@@ -275,7 +280,7 @@ class Scorer:
         self._screen = key
         if self.head is None or self.head.fan is None:
             return
-        remembered = self.recall_shape(key) if self.recall_shape is not None else None
+        remembered = self._recalled(key, shape)
         if self._stretch is None:
             self._stretch = StretchWatch(self.head.fan)
         self._stretch.clear(remembered, shape)
@@ -285,6 +290,36 @@ class Scorer:
         if remembered is not None:
             self._stretch_said = None
             self._say_stretch(" (remembered from the last run)")
+
+    def _recalled(self, key: str, shape: tuple[int, ...] | None) -> float | None:
+        """The verdict remembered for this screen, where it is one of these very frames.
+
+        The key's size is the frames' after `[source] stretch` (`narrowing`: round(the
+        grabber's width / setting)), so a verdict kept under this key but read under
+        another setting was read on a grabber frame of another width (`fan.same_frames`):
+        another picture. The box starts without it and reads the fan afresh. Not with the
+        reading scaled by the settings' ratio: that holds for the same grabber frames
+        narrowed anew (`fan.under_setting`, what `sonoedge status` says of a screen read
+        before a new setting), and those come back at another size, under another key.
+        Here the grabber's frames changed, and a grabber fills its frame with the picture:
+        a 1920x1080 one at 1.333 and a 1440x1080 one at none both give 1440x1080 frames of
+        the same 4:3 picture, reading 1.0, which the ratio would make 1.333, refusing every
+        head. A setting refined by less than a pixel keeps the frames, and the verdict. A
+        verdict kept before the box recorded its setting is of frames of this size, as
+        today's are: started from, and kept anew with the setting once the screen gives
+        its own."""
+        recalled = self.recall_shape(key) if self.recall_shape is not None else None
+        self._shape_unrecorded = recalled is not None and recalled[1] is None
+        if recalled is None:
+            return None
+        stretch, read_under = recalled
+        if read_under is None or same_frames(self.head.fan, shape, read_under):
+            return stretch
+        log.info("screen shape: the verdict remembered for this screen (%.3f) was read under "
+                 "%s, and %s is set now: frames of this size came from another grabber "
+                 "size then, so it is not used; the fan is read afresh", stretch,
+                 setting_words(read_under), setting_words(self.head.fan.undone))
+        return None
 
     def _watch_fan(self, frame: Frame) -> None:
         """Take the fan read beside the loop, if done, and have the next started after this
@@ -304,9 +339,11 @@ class Scorer:
             said = self._stretch_said
             self._stretch.add(reading)
             self._say_stretch()
-            if self._stretch.fresh and self._stretch_said != said \
+            if self._stretch.fresh and (self._stretch_said != said or self._shape_unrecorded) \
                     and self.keep_shape is not None:
-                self.keep_shape(self._screen, self._stretch.stretch)
+                self._shape_unrecorded = False  # now kept with the setting it is read under
+                self.keep_shape(self._screen, self._stretch.stretch,
+                                self._stretch.settings.undone)
         settings = self._stretch.settings
         every = (settings.fast_every_frames if self._screen_frames < settings.fast_for_frames
                  else settings.every_frames)

@@ -86,6 +86,7 @@ def test_heads_on_a_stretched_picture_are_not_measured_and_the_card_says_why(
     [entry] = kept["screens"]
     assert entry["screen"] == "stretched.avi|1280x720", entry
     assert entry["stretch"] == pytest.approx(4 / 3, abs=0.03)
+    assert entry["setting"] == 1.0, "kept with the [source] stretch it was read under: none"
 
 
 def _zoomed_in_clip(data_dir, dest, frames: int = 45):

@@ -88,7 +88,7 @@ def test_a_head_measured_before_any_whole_fan_says_its_shape_was_not_checked():
 @needs_data
 def test_a_screen_remembered_from_the_last_run_counts_as_checked():
     scorer = _scorer()
-    scorer.recall_shape = lambda key: 1.01
+    scorer.recall_shape = lambda key: (1.01, 1.0)  # read under no [source] stretch
     head = cv2.imread(str(HEAD))
     assert {b["shape"] for b in _measured([_score(scorer, head, i) for i in range(3)])} \
         == {"checked"}

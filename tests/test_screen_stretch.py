@@ -15,6 +15,7 @@ frame's size, and the setting the warning names undoes it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import time
@@ -179,16 +180,19 @@ def test_a_stretch_tolerance_of_zero_turns_the_check_off(tmp_path):
 
 
 def _through_scorer(stretch: float = 1.0, frames: int = 40, draw=None,
-                    source_stretch: float = 1.0, heads: int = 1) -> list[dict]:
+                    source_stretch: float = 1.0, heads: int = 1, recall=None,
+                    keep=None) -> list[dict]:
     """A real fan screen, then (the last `heads` frames) a real transthalamic head of the
     same scanner and size, both as the grabber delivers them (`draw`: stretched by
     `stretch` by default), through the device's scorer at a calibration; with `[source]
-    stretch` narrowed back as the capture thread narrows them."""
+    stretch` narrowed back as the capture thread narrows them (and the verdict's memory,
+    `recall` and `keep`, as `run` gives it)."""
     scorer = make_scorer(load_settings(overrides={
         "biometry": {"pixel_size_mm": 0.15}, "loop": {"roi_refresh_frames": 1},
         "source": {"stretch": source_stretch}}))
     scorer.head = dataclasses.replace(
         scorer.head, fan=dataclasses.replace(scorer.head.fan, fast_every_frames=1))
+    scorer.recall_shape, scorer.keep_shape = recall, keep
     draw = draw or (lambda image: _stretched(image, stretch))
     undo = narrowing(source_stretch) or (lambda image: image)
     fan = undo(draw(cv2.imread(str(PLANES / "Patient01630_Plane1_1_of_3.png"))))
@@ -320,11 +324,12 @@ def test_a_verdict_is_remembered_across_runs_and_a_damaged_memory_is_none(tmp_pa
     from edge.store import screen_shape
     key = "v4l2:0|1280x720"
     assert screen_shape.remembered(tmp_path, key) is None
-    screen_shape.remember(tmp_path, key, 1.3331)
-    screen_shape.remember(tmp_path, "v4l2:0|1024x768", 1.001)
-    assert screen_shape.remembered(tmp_path, key) == pytest.approx(1.3331)
+    screen_shape.remember(tmp_path, key, 1.3331, 1.0)
+    screen_shape.remember(tmp_path, "v4l2:0|1024x768", 1.001, 0.9375)
+    assert screen_shape.remembered(tmp_path, key) == (pytest.approx(1.3331), 1.0)
+    assert screen_shape.remembered(tmp_path, "v4l2:0|1024x768") == (1.001, 0.9375)
     for i in range(40):  # bounded: the oldest screens go first
-        screen_shape.remember(tmp_path, f"file{i}.avi|640x480", 1.0)
+        screen_shape.remember(tmp_path, f"file{i}.avi|640x480", 1.0, 1.0)
     assert screen_shape.remembered(tmp_path, key) is None
     assert (tmp_path / screen_shape.SCREEN_SHAPE_FILE).stat().st_size < 16_384
     path = tmp_path / screen_shape.SCREEN_SHAPE_FILE
@@ -343,13 +348,93 @@ def test_a_verdict_is_remembered_across_runs_and_a_damaged_memory_is_none(tmp_pa
     assert all("\n" not in r.getMessage() for r in caplog.records)
 
 
+def test_a_verdict_keeps_the_setting_it_was_read_under_and_an_old_file_reads_without(
+        tmp_path, caplog):
+    """Each verdict keeps the `[source] stretch` in force when it was read (1.0: none): the
+    size in its key is its frames' after that setting. A file kept before the box recorded
+    it is still read, its setting not known (None); a setting that is no `[source]
+    stretch` (a text, a boolean, out of 0.5-2, null) is passed over as a damaged stretch
+    is, and a file of nothing else is one line, never a traceback."""
+    from edge.store import screen_shape
+    path = tmp_path / screen_shape.SCREEN_SHAPE_FILE
+    old = {"screen": "v4l2:0|720x576", "stretch": 0.94, "at": 1_700_000_000}
+    path.write_text(json.dumps({"version": 1, "screens": [old]}))
+    assert screen_shape.remembered(tmp_path, "v4l2:0|720x576") == (0.94, None)
+    screen_shape.remember(tmp_path, "v4l2:0|768x576", 1.0021, 0.9375)
+    kept = json.loads(path.read_text())["screens"]
+    assert kept[0] == old, "an old verdict is kept as it was"
+    assert (kept[1]["screen"], kept[1]["stretch"], kept[1]["setting"]) == \
+        ("v4l2:0|768x576", 1.0021, 0.9375)
+    for hostile in ("0.9375", True, 1e308, -1, 0, 0.49, 2.01, None, [1.0], {"v": 1}):
+        path.write_text(json.dumps({"version": 1, "screens": [
+            {"screen": "v4l2:0|768x576", "stretch": 1.0, "setting": hostile},
+            {"screen": "v4l2:0|720x576", "stretch": 0.94, "setting": 1}]}))
+        assert screen_shape.remembered(tmp_path, "v4l2:0|768x576") is None, hostile
+        assert screen_shape.remembered(tmp_path, "v4l2:0|720x576") == (0.94, 1.0), hostile
+        assert screen_shape.recalled(tmp_path) == (
+            [("v4l2:0|720x576", 0.94, None, 1.0)], None), hostile
+    path.write_text(json.dumps({"version": 1, "screens": [
+        {"screen": "v4l2:0|768x576", "stretch": 1.0, "setting": "none"}]}))
+    assert screen_shape.remembered(tmp_path, "v4l2:0|768x576") is None
+    said = [r.getMessage() for r in caplog.records if "screen shape:" in r.getMessage()]
+    assert said and all("\n" not in line for line in said), said
+    assert "none of its 1 last screens readable" in said[-1], said
+
+
+@needs_data
+def test_a_verdict_read_under_another_setting_is_not_applied_to_frames_of_its_size(caplog):
+    """The size a screen is remembered by is its frames' after `[source] stretch`
+    (`narrowing`). After a restart under another setting, frames of that size come from a
+    grabber frame of another width: a verdict read on 960x720 frames under 1.3333 (a
+    1280x720 grabber's, narrowed) is not that of a grabber now set to 960x720 with the
+    setting removed. Started from, its first head was judged by another picture's verdict
+    (here refused); the box now reads the fan afresh and says why. The verdict's own
+    setting, one refined by less than a pixel (1.0001 at 960 wide), and a verdict kept
+    before the box recorded its setting are started from, as before."""
+    caplog.set_level("INFO", logger="edge.scorer")
+    head = _drawn(cv2.imread(str(PLANES / "Patient01715_Plane3_2_of_3.png")), 960, 720)
+    for setting, recalled, status, shape in (
+            (1.0, (1.333, 1.3333), "ok", "unchecked"),
+            (1.0, (1.333, 1.0), SCREEN_STRETCHED, "checked"),
+            (1.0001, (1.333, 1.0), SCREEN_STRETCHED, "checked"),
+            (1.0, (1.333, None), SCREEN_STRETCHED, "checked")):
+        scorer = make_scorer(load_settings(overrides={"biometry": {"pixel_size_mm": 0.15},
+                                                      "source": {"stretch": setting}}))
+        scorer.recall_shape = lambda key, recalled=recalled: (
+            recalled if key == "grabber|960x720" else None)
+        first = scorer.score(Frame("grabber", 0, head, time.monotonic(),
+                                   time.time())).to_dict()["biometry"]
+        assert (first["status"], first["shape"]) == (status, shape), (recalled, first)
+    said = [r.getMessage() for r in caplog.records if "remembered for this" in r.getMessage()]
+    assert said == ["screen shape: the verdict remembered for this screen (1.333) was read "
+                    "under [source] stretch = 1.3333, and no [source] stretch is set now: "
+                    "frames of this size came from another grabber size then, so it is not "
+                    "used; the fan is read afresh"], said
+
+
+@needs_data
+def test_a_verdict_kept_without_its_setting_is_kept_anew_with_it():
+    """A verdict kept before the box recorded its setting is started from, and kept again,
+    with the setting, once the screen gives its own (where a verdict that does not turn is
+    otherwise not written again): the memory does not stay of an unknown setting."""
+    written = {}
+    for recalled in ((1.0, None), (1.0, 1.0)):
+        written[recalled] = []
+        _through_scorer(frames=12, recall=lambda key, recalled=recalled: recalled,
+                        keep=lambda *args, recalled=recalled: written[recalled].append(args))
+    assert written[(1.0, 1.0)] == [], "the same verdict under the same setting"
+    [(key, stretch, setting)] = written[(1.0, None)]
+    assert key.startswith("grabber|") and setting == 1.0, written
+    assert stretch == pytest.approx(1.0, abs=0.05), written
+
+
 @needs_data
 def test_a_screen_remembered_stretched_refuses_its_first_head(caplog):
     """After a restart the first exam's heads are refused at once, before the screen has
     shown its fan again; the log says the verdict was remembered."""
     caplog.set_level("INFO", logger="edge.scorer")
     scorer = make_scorer(load_settings(overrides={"biometry": {"pixel_size_mm": 0.15}}))
-    scorer.recall_shape = lambda key: 1.333 if key == "grabber|853x392" else None
+    scorer.recall_shape = lambda key: (1.333, 1.0) if key == "grabber|853x392" else None
     head = _stretched(cv2.imread(str(PLANES / "Patient01715_Plane3_2_of_3.png")), 4 / 3)
     first = scorer.score(Frame("grabber", 0, head, time.monotonic(), time.time())).to_dict()
     assert first["biometry"]["status"] == SCREEN_STRETCHED
@@ -562,7 +647,7 @@ def test_a_pal_screen_remembered_squeezed_refuses_its_first_head():
     for width, height, status in ((720, 576, SCREEN_STRETCHED), (960, 768, "ok")):
         scorer = make_scorer(load_settings(overrides={"biometry": {"pixel_size_mm": 0.15}}))
         key = f"grabber|{width}x{height}"
-        scorer.recall_shape = lambda asked, key=key: 0.94 if asked == key else None
+        scorer.recall_shape = lambda asked, key=key: (0.94, 1.0) if asked == key else None
         first = scorer.score(Frame("grabber", 0, _drawn(head, width, height),
                                    time.monotonic(), time.time())).to_dict()
         assert first["biometry"]["status"] == status, (width, first["biometry"])
@@ -648,13 +733,30 @@ def test_a_pal_grabber_s_refused_exam_says_why_and_names_the_grabber_s_own_shape
 def test_run_with_the_pal_setting_says_it_widens_the_frames_and_measures(tmp_path, data_dir):
     """`sonoedge run --once` with the warning's fix in the config, as an installer follows
     it: the start-up line says the frames are widened (720x576 to 768x576), where it said
-    "narrowed by 0.9375", the fan keeps its shape, and the exam's heads are measured."""
+    "narrowed by 0.9375", the fan keeps its shape, and the exam's heads are measured. Each
+    run keeps its verdict with the setting it was read under, and `sonoedge status` says of
+    the one read before the setting that it is of the picture before it, and what the
+    setting gives (about 1.0: keeps its shape), where it judged 0.94 as read under it."""
+    from edge.store import screen_shape
     from tests.cli_run import sonoedge
     pal = tmp_path / "pal.avi"
     _fan_head_clip(data_dir, pal, 720, 576)
     config = tmp_path / "device.toml"
-    config.write_text(f'[source]\nstretch = 0.9375\n\n[device]\nstate_dir = "{tmp_path}/state"'
-                      '\n\n[biometry]\npixel_size_mm = 0.15\n')
+    box = f'[device]\nstate_dir = "{tmp_path}/state"\n\n[biometry]\npixel_size_mm = 0.15\n'
+    config.write_text(box)
+    before = sonoedge("run", "--once", "--config", str(config), "--source", str(pal))
+    assert before.returncode == 0, before.stderr[-2000:]
+    [(key, squeezed, _, setting)], _ = screen_shape.recalled(tmp_path / "state")
+    assert (key, setting) == ("pal.avi|720x576", 1.0) and squeezed < 0.97, (key, squeezed)
+    config.write_text(f"[source]\nstretch = 0.9375\n\n{box}")
+    status = sonoedge("status", "--config", str(config), timeout=60)
+    [line] = [line for line in status.stdout.splitlines() if line.startswith("  pal.avi ")]
+    read = re.search(r"  pal\.avi 720x576: remembered 0\.9[0-9]+ \([0-9]+s ago\) under no "
+                     r"\[source\] stretch, but \[source\] stretch = 0\.9375 is set now: a "
+                     r"verdict of the picture before it; under it the frames become 768x576 "
+                     r"and should read ([0-9.]+): keeps its shape; the box reads it afresh",
+                     line)
+    assert read is not None and float(read.group(1)) == pytest.approx(1.0, abs=0.03), line
     done = sonoedge("run", "--once", "--config", str(config), "--source", str(pal))
     assert done.returncode == 0, done.stderr[-2000:]
     said = done.stdout + done.stderr
@@ -665,3 +767,8 @@ def test_run_with_the_pal_setting_says_it_widens_the_frames_and_measures(tmp_pat
     assert "screen shape: the probe's fan keeps its shape" in said
     assert "times as wide" not in said
     assert re.search(r"  head: HC [0-9.]+ mm", said), said[-1500:]
+    remembered = dict((key, (stretch, setting)) for key, stretch, _, setting
+                      in screen_shape.recalled(tmp_path / "state")[0])
+    assert remembered["pal.avi|768x576"][1] == 0.9375, remembered
+    # what status foretold is what the box read under the setting
+    assert remembered["pal.avi|768x576"][0] == pytest.approx(float(read.group(1)), abs=0.02)

@@ -294,16 +294,28 @@ def _screen_shapes(args: argparse.Namespace, state_dir: Path) -> tuple[dict | No
     --config, else the defaults (said which). An installer who checks `status` rather than
     `run`'s log learns that heads are not measured, and the setting that undoes it; and, as
     `run` warns, where the box's `[source] stretch` is an SD size's and the screen's frames
-    are not of that size, what that costs (`another_size`): the fan cannot tell (not for a
-    screen of that SD size itself, remembered before the setting was made). No file:
-    nothing (None, no line); a damaged one: one line on stderr naming it."""
+    are not of that size, what that costs (`another_size`): the fan cannot tell.
+
+    A verdict read under another `[source] stretch` than the one set now is of the picture
+    before it (its frames were narrowed by the setting then): it is said so, with what the
+    same grabber frames read under the setting now (`under_setting`), judged by the same
+    rule, and that the box reads the screen afresh (it comes back at that size, under
+    another key). One kept before the box recorded its setting is judged as read under
+    the setting now, as the scorer starts from it (`Scorer._recalled`), and said so (not
+    warned of as another size's where its frames are that SD size: remembered before the
+    setting was made). No file: nothing (None, no line); a damaged one: one line on stderr
+    naming it."""
     from edge.config import ConfigError, Settings, fan_settings, load_settings
     from edge.models.fan import (
+        FanSettings,
         StretchWatch,
         another_size,
         parse_screen_key,
         refusal,
+        same_frames,
         setting_for_another_size,
+        setting_words,
+        under_setting,
     )
     from edge.store import screen_shape
 
@@ -319,32 +331,49 @@ def _screen_shapes(args: argparse.Namespace, state_dir: Path) -> tuple[dict | No
         print(f"sonoedge status: screen shape: {exc}", file=sys.stderr)
         return None, []
     fan = fan_settings(box)
+    now = box.source.stretch
+    geometry = fan if fan is not None else FanSettings(undone=now)  # where the check is off
     judged = ("the defaults: give --config for the box's own" if args.config is None
               else f"the settings of {shown_path(args.config)}")
     if fan is None:
         judged = (f"not checked: [biometry] stretch_tolerance = 0 in "
                   f"{shown_path(args.config)}")
     shown_list, lines = [], []
-    for key, stretch, at in reversed(screens):  # the newest first: likely the grabber now
+    for key, stretch, at, read_under in reversed(screens):  # the newest first
         source, shape = parse_screen_key(key)  # not a key the box writes: no size
         entry = {"source": printable(source), "width": None if shape is None else shape[1],
                  "height": None if shape is None else shape[0], "stretch": stretch,
-                 "at": number_or_none(at)}
+                 "at": number_or_none(at), "read_under": read_under, "as_now": None}
+        moved = read_under is not None and not same_frames(geometry, shape, read_under)
+        reading, frames, before = stretch, shape, ""
+        if read_under is None:
+            before = (f" under {setting_words(None)} (kept before the box recorded it), "
+                      f"judged as under {setting_words(now)}")
+        if moved:
+            before = (f" under {setting_words(read_under)}, but {setting_words(now)} is set "
+                      "now: a verdict of the picture before it")
+            if shape is not None:
+                reading, frames = under_setting(geometry, stretch, shape, read_under)
+                entry["as_now"] = {"width": frames[1], "height": frames[0],
+                                   "stretch": reading}
+                before += (f"; under it the frames become {frames[1]}x{frames[0]} and "
+                           f"should read {reading:.3f}")
         costs = meant = None
-        if fan is None:
-            verdict = "not judged"
+        if fan is None or (moved and shape is None):
+            verdict = "not judged" + ("" if fan is None else ": the box reads it afresh")
             entry.update(stretched=None, setting=None)
         else:
-            watch = StretchWatch(fan, stretch, shape)
+            watch = StretchWatch(fan, reading, frames)
             verdict = refusal(watch) if watch.stretched else "keeps its shape"
             entry.update(stretched=watch.stretched,
                          setting=watch.setting if watch.stretched else None)
             # `[source] stretch` made for an SD size these frames are not: as `run` warns.
-            # A screen of that very size was remembered before the setting was made (after
-            # it, its frames are widened): the setting is the one it needs.
-            meant = setting_for_another_size(fan, shape)
-            if meant is not None and (shape[1], shape[0]) != meant:
-                costs = another_size(fan, shape)
+            # One of that very size kept before the box recorded its setting was read
+            # before the setting was made (after it, its frames are widened).
+            meant = setting_for_another_size(fan, frames)
+            if meant is not None and (read_under is not None
+                                      or (frames[1], frames[0]) != meant):
+                costs = another_size(fan, frames)
             else:
                 meant = None
         entry["verdict"] = verdict
@@ -353,12 +382,15 @@ def _screen_shapes(args: argparse.Namespace, state_dir: Path) -> tuple[dict | No
         entry["warning"] = costs
         shown_list.append(entry)
         where = "?" if shape is None else f"{shape[1]}x{shape[0]}"
+        after = "" if costs is None else f"; {costs}"
+        if moved and fan is not None and shape is not None:
+            after += "; the box reads it afresh (not yet read under it)"
         lines.append(f"  {_text(source, 120)} {where}: remembered {stretch:.3f}"
-                     f" ({_ago(at)}): {verdict}" + ("" if costs is None else f"; {costs}"))
+                     f" ({_ago(at)}){before}: {verdict}{after}")
     lines.insert(0, f"screen shape: {len(screens)} screen(s) remembered, the newest first, "
                     + (f"judged with {judged}" if fan is not None else judged))
     return {"settings": "defaults" if args.config is None else shown_path(args.config),
-            "checked": fan is not None, "screens": shown_list}, lines
+            "checked": fan is not None, "setting_now": now, "screens": shown_list}, lines
 
 
 def _print_outbox(box: dict) -> None:

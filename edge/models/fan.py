@@ -292,6 +292,48 @@ def parse_screen_key(key: str) -> tuple[str, tuple[int, int] | None]:
     return source, (int(sized.group(2)), int(sized.group(1)))
 
 
+def _grabber_width(width: int, setting: float) -> int:
+    """The grabber's own frame width, from its frames' `width` after `[source] stretch =
+    setting` (`narrowing` makes it round(the grabber's / setting))."""
+    return round(width * setting)
+
+
+def same_frames(settings: FanSettings, shape: tuple[int, ...] | None,
+                read_under: float) -> bool:
+    """Whether frames of `shape` (as the box keys a screen: after `[source] stretch`), read
+    under the setting `read_under`, are the very frames the box reads at that size under the
+    setting now (`undone`): their grabber's own width narrowed by the setting now is their
+    width again (the same setting, or one refined by less than a pixel). Else frames of
+    this size now come from a grabber frame of another width: another picture."""
+    if read_under == settings.undone:
+        return True
+    if shape is None or len(shape) < 2:
+        return False
+    width = shape[1]
+    return round(_grabber_width(width, read_under) / settings.undone) == width
+
+
+def under_setting(settings: FanSettings, stretch: float, shape: tuple[int, ...],
+                  read_under: float) -> tuple[float, tuple[int, int]]:
+    """What a screen whose fan read `stretch` on frames of `shape` under `[source] stretch =
+    read_under` reads under the setting now (`undone`), and its frames' (height, width)
+    then: the same grabber frames narrowed by the setting now instead (`narrowing`). The
+    narrowing scales across only, and the reading (the far edge's width over its height)
+    scales with it: the stretch times the new width over the old. The picture the grabber
+    draws is unchanged, so the setting that undoes it (`StretchWatch.setting`, the setting
+    times the reading) is the same either way."""
+    height, width = shape[:2]
+    now = max(1, round(_grabber_width(width, read_under) / settings.undone))
+    return round(stretch * now / width, 4), (height, now)
+
+
+def setting_words(setting: float | None) -> str:
+    """A `[source] stretch` as `sonoedge status` and `run`'s log name it."""
+    if setting is None:
+        return "a [source] stretch not recorded"
+    return "no [source] stretch" if setting == 1.0 else f"[source] stretch = {setting:g}"
+
+
 def sd_ratio(settings: FanSettings, shape: tuple[int, ...] | None) -> float | None:
     """What the fan of a 4:3 picture reads in a frame of this size drawn by an SD grabber
     (`sd_sizes`); None for any other size, or where `[source] stretch` narrowed the frames

@@ -4,8 +4,11 @@ A verdict needs a few frames that show the probe's whole fan, and after a restar
 first exams' heads would be measured before it, through a grabber already found to
 stretch the picture. The box keeps each screen's last verdict (its source and frame size)
 in the state folder, `screen_shape.json`, and starts from it until that screen has given
-enough readings of its own. A damaged or foreign file is one log line and no memory:
-nothing here is worth refusing a start for.
+enough readings of its own. Each verdict keeps the `[source] stretch` it was read under
+(`setting`; 1.0 where none is set): its frames were narrowed by it, and the verdict is of
+that picture (`edge.models.fan.same_frames`). A verdict kept before the box recorded it
+has none: its setting is not known (None). A damaged or foreign file is one log line and
+no memory: nothing here is worth refusing a start for.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import time
 from pathlib import Path
 
+from edge.models.fan import MAX_SOURCE_STRETCH, MIN_SOURCE_STRETCH
 from edge.store.state import write_json
 from wire.schema import PayloadError, loads_bounded
 from wire.shown import shown, shown_path
@@ -32,9 +36,23 @@ def _plausible(value: object) -> bool:
             and math.isfinite(value) and 0.25 <= value <= 4.0)
 
 
+def _setting(entry: dict) -> tuple[bool, float | None]:
+    """(readable, the `[source] stretch` the entry was read under): None, readable, where
+    the entry has none (kept before the box recorded it); unreadable where it is anything
+    but a number `[source] stretch` accepts (a hand edit, a damaged file)."""
+    if "setting" not in entry:
+        return True, None
+    value = entry["setting"]
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and MIN_SOURCE_STRETCH <= value <= MAX_SOURCE_STRETCH):
+        return True, float(value)
+    return False, None
+
+
 def _load(path: Path) -> tuple[dict[str, dict], str | None]:
-    """The screens kept in the file (the last `MAX_SCREENS`, each a text key and a plausible
-    stretch; any other entry is passed over), and why the file cannot be read as a whole
+    """The screens kept in the file (the last `MAX_SCREENS`, each a text key, a plausible
+    stretch and, where it has one, a setting `[source] stretch` accepts; any other entry is
+    passed over), and why the file cannot be read as a whole
     (None where it can, or is not there)."""
     try:
         with open(path, "rb") as handle:
@@ -57,7 +75,8 @@ def _load(path: Path) -> tuple[dict[str, dict], str | None]:
     kept: dict[str, dict] = {}
     for entry in screens[-MAX_SCREENS:]:
         if (isinstance(entry, dict) and isinstance(entry.get("screen"), str)
-                and len(entry["screen"]) <= MAX_KEY_CHARS and _plausible(entry.get("stretch"))):
+                and len(entry["screen"]) <= MAX_KEY_CHARS and _plausible(entry.get("stretch"))
+                and _setting(entry)[0]):
             kept[entry["screen"]] = entry
     if screens and not kept:
         # every screen passed over (a hand-edited `"stretch": "0.94"`) is no memory as
@@ -74,28 +93,31 @@ def _read(path: Path) -> dict[str, dict]:
     return kept
 
 
-def recalled(state_dir: Path) -> tuple[list[tuple[str, float, object]], str | None]:
-    """Every screen remembered, oldest first: (key, stretch, when kept: as read, unchecked),
-    and why the file cannot be read (None where it can or is not there), for
-    `sonoedge status`."""
+def recalled(state_dir: Path) -> tuple[list[tuple[str, float, object, float | None]],
+                                       str | None]:
+    """Every screen remembered, oldest first: (key, stretch, when kept: as read, unchecked,
+    the setting it was read under: None where not recorded), and why the file cannot be
+    read (None where it can or is not there), for `sonoedge status`."""
     kept, problem = _load(Path(state_dir) / SCREEN_SHAPE_FILE)
-    return [(key, float(entry["stretch"]), entry.get("at")) for key, entry in kept.items()], \
-        problem
+    return [(key, float(entry["stretch"]), entry.get("at"), _setting(entry)[1])
+            for key, entry in kept.items()], problem
 
 
-def remembered(state_dir: Path, key: str) -> float | None:
-    """This screen's last verdict (its median stretch), or None."""
+def remembered(state_dir: Path, key: str) -> tuple[float, float | None] | None:
+    """This screen's last verdict (its median stretch) and the `[source] stretch` it was
+    read under (None: not recorded), or None."""
     entry = _read(Path(state_dir) / SCREEN_SHAPE_FILE).get(key)
-    return None if entry is None else float(entry["stretch"])
+    return None if entry is None else (float(entry["stretch"]), _setting(entry)[1])
 
 
-def remember(state_dir: Path, key: str, stretch: float) -> None:
-    """Keep this screen's verdict (written whole and durably); a failure is one line."""
+def remember(state_dir: Path, key: str, stretch: float, setting: float) -> None:
+    """Keep this screen's verdict and the `[source] stretch` it was read under (1.0: none),
+    written whole and durably; a failure is one line."""
     path = Path(state_dir) / SCREEN_SHAPE_FILE
     screens = _read(path)
     screens.pop(key, None)
     screens[key] = {"screen": key[:MAX_KEY_CHARS], "stretch": round(float(stretch), 4),
-                    "at": round(time.time())}
+                    "setting": float(setting), "at": round(time.time())}
     try:
         write_json(path, {"version": 1, "screens": list(screens.values())[-MAX_SCREENS:]})
     except OSError as exc:
