@@ -506,8 +506,11 @@ class Scorer:
             if shape is not None:
                 biometry["shape"] = shape
             if biometry["status"] == SCREEN_STRETCHED and self._stretch.setting is not None:
-                # the setting the verdict names (`refusal`), for the exam's card and report
+                # the setting the verdict names (`refusal`), for the exam's card and report,
+                # and the grabber's frame size it is for
                 biometry["stretch_setting"] = self._stretch.setting
+                if self._stretch.frame is not None:
+                    biometry["stretch_frame"] = self._stretch.frame
         quality = None
         if self.quality is not None:
             measures.update(image_measures(grey))

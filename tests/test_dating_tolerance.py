@@ -84,5 +84,5 @@ def test_the_reports_models_line_sets_the_colon_as_each_language_does():
         exam, catalog(lang, load_rules(None)), {"device_id": "box-1", "clinic_id": "c-1"}))
         for lang in ("en", "fr")}
     assert "Model versions: plane_student 1.5.0 · head_segmenter 1.4.0" in said["en"]
-    assert "Versions des modèles : plane_student 1.5.0" in said["fr"]
+    assert "Versions des modèles\u202f: plane_student 1.5.0" in said["fr"]
     assert "modèles:" not in said["fr"]

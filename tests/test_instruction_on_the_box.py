@@ -133,10 +133,10 @@ def test_every_instruction_the_box_sends_is_in_every_catalog_shipped():
             instruction(None, None, None, False, None)]
     said += [instruction("Brain (Tv.)", None, None, False, head_exam(), status)
              for status in SET_UP_STATUSES]
-    keys = {s["key"] for s in said}
+    keys = {s["key"] for s in said} | {s["detail"] for s in said if "detail" in s}
     assert keys == {"instruction.off_list", "instruction.good", "instruction.moving",
-                    "instruction.find", "instruction.searching",
-                    *(f"instruction.good_not_measured_{s}" for s in SET_UP_STATUSES)}
+                    "instruction.find", "instruction.searching", "instruction.not_measured",
+                    *(f"instruction.not_measured_{s}" for s in SET_UP_STATUSES)}
     for path in sorted(CATALOG_DIR.glob("*.json")):
         catalog = json.loads(path.read_text())
         assert keys <= set(catalog), (path.name, keys - set(catalog))
@@ -151,11 +151,12 @@ def test_a_good_head_image_refused_for_the_set_up_says_the_head_is_not_measured_
     """A box with no calibration (or a wrong one, the depth ruler unread, a stretched
     picture) measures no head; over a good image of the head plane the instruction said
     "Good image: hold still" in green, and she took the exam as measured. Now it says the
-    image is good but the head is not measured, and why, in the fix-needed style."""
+    head is not measured, and under it why, in the fix-needed style."""
     for status in SET_UP_STATUSES:
         for exam in (head_exam(), head_exam(captured=True), head_exam(running=False), None):
             said = instruction("Brain (Cb.)", None, None, False, exam, status)
-            assert said == {"key": f"instruction.good_not_measured_{status}", "text": None,
+            assert said == {"key": "instruction.not_measured",
+                            "detail": f"instruction.not_measured_{status}", "text": None,
                             "class": "fix"}, (status, said)
     # what the image needs comes first, and a name held against the frames gets no verdict
     said = instruction("Brain (Tv.)", "Zoom in", "quality.size.low", False, head_exam(),
@@ -167,12 +168,12 @@ def test_a_good_head_image_refused_for_the_set_up_says_the_head_is_not_measured_
     # the image is good to hold
     for status in (None, "ok", "no_head", "head_cut_off", "", 3, ["ruler_unread"],
                    "instruction.good"):
-        assert instruction("Brain (Tv.)", None, None, False, head_exam(), status)["key"] \
-            == "instruction.good", status
+        said = instruction("Brain (Tv.)", None, None, False, head_exam(), status)
+        assert said["key"] == "instruction.good" and "detail" not in said, status
     for path in sorted(CATALOG_DIR.glob("*.json")):
         catalog = json.loads(path.read_text())
         for status in SET_UP_STATUSES:
-            words = catalog[f"instruction.good_not_measured_{status}"]
+            words = catalog[f"instruction.not_measured_{status}"]
             assert words != catalog["instruction.good"], (path.name, status)
 
 
@@ -182,27 +183,28 @@ def test_the_head_not_measured_instruction_asks_her_what_the_card_asks_in_its_wo
     no way into, while the card beneath told her to ask for it to be set; and over a PAL
     grabber's squeezed picture it said "the picture is stretched", where the image's own
     line said "picture out of shape" and the card "stretched or squeezed". Now it asks as
-    the card asks, and names a picture out of shape as the image does."""
-    asks = {"en": {"pixel_size_missing": "Ask for it to be set.",
-                   "pixel_size_absurd": "Ask for it to be checked.",
-                   "screen_stretched": "Ask for the box to be set up."},
-            "fr": {"pixel_size_missing": "Demandez qu'on le règle.",
-                   "pixel_size_absurd": "Demandez qu'on le vérifie.",
-                   "screen_stretched": "Demandez qu'on règle le boîtier."}}
-    # the instruction's words for it, and the image's line's (`bio.screen_stretched`)
-    shape = {"en": ("the picture is out of shape.", "picture out of shape"),
-             "fr": ("l'image est déformée.", "image déformée")}
+    the card asks, and names the fault as the image's line does (`bio.*`), on the smaller
+    line under "Head not measured"."""
+    asks = {"en": {"pixel_size_missing": "ask for it to be set.",
+                   "pixel_size_absurd": "ask for it to be checked.",
+                   "screen_stretched": "ask for the box to be set up."},
+            "fr": {"pixel_size_missing": "demandez qu'on le règle.",
+                   "pixel_size_absurd": "demandez qu'on le vérifie.",
+                   "screen_stretched": "demandez qu'on règle le boîtier."}}
     for lang in ("en", "fr"):
-        catalog = json.loads((CATALOG_DIR / f"{lang}.json").read_text())
-        for status, ask in asks[lang].items():
-            said = catalog[f"instruction.good_not_measured_{status}"]
-            assert said.endswith(" " + ask), (lang, status, said)
+        catalog = json.loads((CATALOG_DIR / f"{lang}.json").read_text(encoding="utf-8"))
+        colon = ": " if lang == "en" else "\u202f: "
+        for status in SET_UP_STATUSES:
+            said = catalog[f"instruction.not_measured_{status}"]
+            # the image's line's words for the fault ("Not measured: picture out of shape")
+            fault = catalog[f"bio.{status}"].split(colon, 1)[1]
+            assert said.lower().startswith(fault.lower() + colon), (lang, status, said)
             assert "set-up" not in said and "Voir" not in said, (lang, status, said)
+            if status in asks[lang]:
+                assert said.endswith(colon + asks[lang][status]), (lang, status, said)
         for status in ("pixel_size_missing", "pixel_size_absurd"):  # the card's own ask
-            assert catalog[f"exam.not_measured_{status}"].endswith(" " + asks[lang][status])
-        stretched = catalog["instruction.good_not_measured_screen_stretched"]
-        assert shape[lang][0] in stretched, (lang, stretched)
-        assert catalog["bio.screen_stretched"].endswith(shape[lang][1]), lang
+            assert catalog[f"exam.not_measured_{status}"].lower().endswith(
+                " " + asks[lang][status])
 
 
 class _NoExam:
@@ -235,7 +237,8 @@ def _play(frames: list[tuple[str, str | None]]) -> list[str]:
         latest = view.latest
         header = frame_header(latest.record, latest.shown, latest.seq, latest.confidence,
                               latest.held, rules, view.exam, latest.set_up)
-        keys.append(header["shown"]["instruction"]["key"])
+        said = header["shown"]["instruction"]
+        keys.append(said.get("detail") or said["key"])
     return keys
 
 
@@ -253,7 +256,7 @@ def test_the_head_not_measured_instruction_is_said_at_once_and_held_as_any_instr
                             rules.feedback.plane_change_frames)
     tv, cb = "Brain (Tv.)", "Brain (Cb.)"
     stretched = "screen_stretched"
-    said = "instruction.good_not_measured_screen_stretched"
+    said = "instruction.not_measured_screen_stretched"
     good = "instruction.good"
     cycle = [(tv, stretched), ("Abdominal", None), (tv, stretched), (tv, "ok"),
              (cb, stretched), (tv, stretched), ("uncertain", None), (tv, stretched),
@@ -273,7 +276,7 @@ def test_the_head_not_measured_instruction_is_said_at_once_and_held_as_any_instr
     assert keys[2 * needed - 1:] == [good, good, said], keys
     # the depth ruler, read on each frame: one missed among read ones changes nothing;
     # unread on every frame, said once it has held as an instruction must, and then held
-    unread, unread_said = "ruler_unread", "instruction.good_not_measured_ruler_unread"
+    unread, unread_said = "ruler_unread", "instruction.not_measured_ruler_unread"
     keys = _play([(tv, "ok")] * needed + [(tv, unread)] + [(tv, "ok")] * needed)
     assert keys[needed - 1:] == [good] * (needed + 2), keys
     keys = _play([(tv, "ok")] * needed + [(tv, unread)] * needed
@@ -286,7 +289,7 @@ def test_the_head_not_measured_instruction_is_said_at_once_and_held_as_any_instr
     assert keys[needed - 1:] == [good] * 6, keys
     # from one refusal to another: a refusal is said either way, the reason held as any
     # instruction (it does not blink between the two)
-    missing = "instruction.good_not_measured_pixel_size_missing"
+    missing = "instruction.not_measured_pixel_size_missing"
     keys = _play([(tv, stretched)] * needed + [(tv, "pixel_size_missing"), (tv, stretched)] * 3
                  + [(tv, "pixel_size_missing")] * needed)
     assert keys[plane_change - 1:-1] == [said] * (len(keys) - plane_change), keys

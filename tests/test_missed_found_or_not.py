@@ -176,7 +176,7 @@ def test_the_report_names_the_two_kinds_with_the_cards_advice_in_english_and_fre
     history = ExamHistory(state)
     rules = load_rules()
     words = {"en": ("Found, not clear enough", "Not found", "Too dark: turn the gain up"),
-             "fr": ("Trouvé, pas assez net", "Non trouvé", "Trop sombre : augmentez le gain")}
+             "fr": ("Trouvé, pas assez net", "Non trouvé", "Trop sombre\u202f: augmentez le gain")}
     for lang, (seen, not_found, advice) in words.items():
         response = asyncio.run(history.report(body["exam_id"], lang, rules, {}, True, None))
         assert response.status == 200
@@ -448,8 +448,8 @@ def test_the_end_of_exam_card_names_the_two_kinds_with_the_advice_in_each_langua
     body = session.finish("command")
     words = {"en": ("Found, not clear enough: Head (ventricles)", "Not found: ",
                     "Too dark: turn the gain up"),
-             "fr": ("Trouvé, pas assez net : Tête (ventricules)", "Non trouvé : ",
-                    "Trop sombre : augmentez le gain")}
+             "fr": ("Trouvé, pas assez net\u202f: Tête (ventricules)", "Non trouvé\u202f: ",
+                    "Trop sombre\u202f: augmentez le gain")}
     with page_alone(tmp_path / "state") as srv, chromium(tmp_path) as context:
         srv.rules = load_rules()  # as a box with the audit on: its advice has catalog keys
         srv.view.exam = exam_snapshot(session, running=True)

@@ -74,11 +74,10 @@ def test_a_good_head_image_says_the_head_is_not_measured_and_the_slot_too(fresh_
     """Over a good image of the head plane the instruction said "Good image: hold still" in
     green, and the checklist ticked the head slot "✓ Head for HC and BPD", where her eyes
     are, while only the card said the head was not measured. Now the instruction says the
-    image is good but the head is not measured, and why, in the fix-needed style, without
-    turning back to "hold still" over the head; and the slot says it is not measured."""
+    head is not measured, and under it why, in the fix-needed style, without turning back
+    to "hold still" over the head; and the slot says it is not measured."""
     page, _ = fresh_box
-    said = ("Good image, but the head is not measured: this box has no calibration. Ask "
-            "for it to be set.")
+    said = "Head not measured No calibration: ask for it to be set."
     page.wait_for_function(
         f"() => window.__instructions.some((r) => r.text === {json.dumps(said)})", **POLL)
     seen = page.evaluate("() => window.__instructions")
@@ -101,9 +100,9 @@ def test_a_good_head_image_says_the_head_is_not_measured_and_the_slot_too(fresh_
         f"() => document.querySelector({json.dumps(slot)}).textContent === "
         "'✓ Tête pour PC et BIP — sans mesure'", **POLL)
     assert page.evaluate(
-        "() => window.sonoedge.t('instruction.good_not_measured_pixel_size_missing')") == (
-        "Bonne image, mais la tête n'est pas mesurée : ce boîtier n'a pas d'étalonnage. "
-        "Demandez qu'on le règle.")
+        "() => [window.sonoedge.t('instruction.not_measured'),"
+        " window.sonoedge.t('instruction.not_measured_pixel_size_missing')]") == [
+        "Tête non mesurée", "Pas d'étalonnage\u202f: demandez qu'on le règle."]
     page.select_option("#controls select.lang", "en")
     page.wait_for_function(
         f"() => document.querySelector({json.dumps(slot)}).textContent === "

@@ -99,7 +99,7 @@ def test_a_good_image_of_a_plane_off_the_exams_list_says_what_the_exam_still_nee
                                    f"{good!r}", **WAIT)
             fr = say("instruction.off_list", plane=say("plane.Abdominal"),
                      slots=say("slot.Head (HC, BPD)"))
-            assert fr == ("Abdomen n'est pas sur la liste de cet examen. Cherchez : "
+            assert fr == ("Abdomen n'est pas sur la liste de cet examen. Cherchez\u202f: "
                           "Tête pour PC et BIP")
             text, _ = instruction_after(view, page, "Abdominal", fr)
             assert text == fr, text

@@ -500,7 +500,7 @@ def test_the_page_and_the_report_say_what_the_box_does_not_check(box, view):
                    for f in fine), fine
         write_in = page.text_content("p.write-in")
         assert write_in.strip() == ("Woman's name or record number:" if lang == "en" else
-                                    "Nom de la femme ou numéro de dossier :"), write_in
+                                    "Nom de la femme ou numéro de dossier\u202f:"), write_in
         line = page.eval_on_selector("p.write-in .blank",
                                      "e => getComputedStyle(e).borderBottomStyle")
         assert line == "solid"  # a line to write on

@@ -1,6 +1,7 @@
 """A fresh box whose grabber stretches the picture: over the first head frames it refuses for
 its set-up, the page said the previous instruction, "Good image: hold still" in green, for
-about a second before the yellow "Good image, but the head is not measured: ..." took over.
+about a second before the yellow "Head not measured" (then "Good image, but the head is not
+measured: ...") took over.
 
 Where the second came from: the box cannot know the picture is stretched until it has read
 the probe's fan on a few head frames (`edge/scorer.py`, every 5th frame of a new screen),
@@ -26,7 +27,7 @@ from tests.web_harness import chromium, device, unlocked_page
 pytest.importorskip("playwright")
 
 POLL = {"timeout": 120_000, "polling": 200}
-SAID = "instruction.good_not_measured_screen_stretched"
+SAID = ("instruction.not_measured", "instruction.not_measured_screen_stretched")  # and why
 
 # Every frame the page draws: its header (the frame's plane and biometry, the shown plane
 # and the box's instruction) and what the instruction under the image then says.
@@ -42,6 +43,7 @@ RECORD = """() => {
         status: h.biometry ? h.biometry.status : null,
         shown: h.shown ? h.shown.plane : null, held: !!(h.shown && h.shown.held),
         key: h.shown && h.shown.instruction ? h.shown.instruction.key : null,
+        detail: h.shown && h.shown.instruction ? h.shown.instruction.detail || null : null,
         text: el.textContent, cls: el.className});
     }
     requestAnimationFrame(tick);
@@ -65,7 +67,8 @@ def stretched_scan(tmp_path_factory, data_dir):
                                "window.sonoedge.lastState.status.phase === 'ended'", **POLL)
         rows = page.evaluate("window.__rows")
         heads = page.evaluate("window.sonoedge.lastState.protocol.head_planes")
-        words = page.evaluate(f"window.sonoedge.t({SAID!r})")
+        words = page.evaluate(f"window.sonoedge.t({SAID[0]!r}) + ' ' + "
+                              f"window.sonoedge.t({SAID[1]!r})")
         good = page.evaluate("window.sonoedge.t('instruction.good')")
         page.close()
     yield rows, heads, words, good, (tmp / "device.log").read_text()
@@ -82,7 +85,7 @@ def test_the_set_up_instruction_is_said_on_the_first_head_frame_the_box_refuses(
     refused = [r for r in rows if r["frame"] in heads and r["shown"] in heads
                and r["status"] == "screen_stretched"]
     assert len(refused) >= 10, f"only {len(refused)} refused head frames drawn"
-    wrong = [r for r in refused if r["key"] != SAID or r["text"] != words
+    wrong = [r for r in refused if (r["key"], r["detail"]) != SAID or r["text"] != words
              or r["cls"] != "instruction fix"]
     span = (wrong[-1]["ts"] or 0) - (refused[0]["ts"] or 0) if wrong else 0
     assert not wrong, (f"{len(wrong)} of {len(refused)} refused head frames said something "

@@ -3,7 +3,7 @@ real HC18 heads that show their probe's fan, on a 4:3 screen filled into a 16:9 
 (960x720 to 1280x720), through `sonoedge run --web` and headless Chromium. The heads are
 found, not measured, and the exam card says why, where before every HC was a third too
 wide with status ok; the log tells the installer what to set, and so do the card and the
-report (a PAL grabber's 720x576 too)."""
+report (a PAL grabber's 720x576 too), for the grabber's frame size they name."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ POLL = {"timeout": 90_000, "polling": 200}
 # HC18 heads whose fan (sides and far edge) is on the image, read within 1% of round
 FAN_HEADS = ("200_HC.png", "250_HC.png", "299_HC.png", "359_HC.png", "438_HC.png",
              "519_HC.png")
-# The card's words for a stretched picture where the box knows the setting that undoes it
+# The card's words for a stretched picture where the box knows the setting that undoes it,
+# and the grabber's frame size it is for
 CARD = ("Head not measured: the picture is stretched or squeezed sideways (the probe's fan "
-        "is not the shape it has on the scanner), so every head would measure wrong. The "
-        "box's set-up needs [source] stretch = {setting} to undo it: ask for it to be set, "
-        "or for the box's video grabber to be set to keep the scanner's picture shape.")
+        "is not the shape it has on the scanner), so every head would measure wrong. For "
+        "the video grabber's {frame} frames, the box's set-up needs [source] stretch = "
+        "{setting} to undo it: ask for it to be set, or for the box's video grabber to be "
+        "set to keep the scanner's picture shape.")
 
 
 def _stretched_clip(data_dir, dest, rounds: int = 2, per_head: int = 10, black: int = 15):
@@ -72,7 +74,8 @@ def test_heads_on_a_stretched_picture_are_not_measured_and_the_card_says_why(
             "() => document.querySelector('#exam-bio').textContent.includes('stretched')",
             **POLL)
         # the exact setting that undoes it, the scorer's own (the median of the fans read)
-        said = re.fullmatch(re.escape(CARD.format(setting="@")).replace("@", "([0-9.]+)"),
+        said = re.fullmatch(re.escape(CARD.format(setting="@", frame="1280x720"))
+                            .replace("@", "([0-9.]+)"),
                             page.locator("#exam-bio").text_content())
         assert said is not None, page.locator("#exam-bio").text_content()
         assert float(said.group(1)) == pytest.approx(4 / 3, abs=0.03), said.group(1)
@@ -142,21 +145,25 @@ def test_a_pal_grabber_s_card_and_report_name_the_setting_that_undoes_it(
         page.wait_for_function(
             "() => document.querySelector('#exam-bio').textContent.includes('stretched')",
             **POLL)
-        assert page.locator("#exam-bio").text_content() == CARD.format(setting="0.9375")
+        assert page.locator("#exam-bio").text_content() == CARD.format(setting="0.9375",
+                                                                       frame="720x576")
         page.wait_for_function(
             "() => { const s = window.sonoedge.lastState;"
             " return s && s.exam && !s.exam.running && s.exam.exam_id; }", **POLL)
         exam = page.evaluate("() => window.sonoedge.lastState.exam")
         assert not exam["biometry"]["measured"] and exam["biometry"]["declined"], exam
-        assert page.locator("#exam-bio").text_content() == CARD.format(setting="0.9375")
+        assert page.locator("#exam-bio").text_content() == CARD.format(setting="0.9375",
+                                                                       frame="720x576")
         page.select_option("#controls select.lang", "fr")
         page.wait_for_function(
             "() => document.querySelector('#exam-bio').textContent.startsWith('Tête')",
             **POLL)
-        assert "Le réglage du boîtier doit comporter [source] stretch = 0.9375 pour la " \
-            "corriger" in page.locator("#exam-bio").text_content()
-        for lang, said in (("en", CARD.format(setting="0.9375")),
-                           ("fr", "Le réglage du boîtier doit comporter [source] stretch = "
+        assert "Pour les images 720x576 de la carte d'acquisition, le réglage du boîtier " \
+            "doit comporter [source] stretch = 0.9375 pour la corriger\u202f: " \
+            in page.locator("#exam-bio").text_content()
+        for lang, said in (("en", CARD.format(setting="0.9375", frame="720x576")),
+                           ("fr", "Pour les images 720x576 de la carte d'acquisition, le "
+                                  "réglage du boîtier doit comporter [source] stretch = "
                                   "0.9375 pour la corriger")):
             page.goto(f"{base}/report/{exam['exam_id']}?lang={lang}")
             assert said in page.locator("section.bio p.why").text_content(), lang

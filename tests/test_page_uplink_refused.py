@@ -108,7 +108,7 @@ def test_exams_the_broker_refused_are_said_in_red_with_the_installers_fix(box):
         page.select_option("select.lang >> nth=-1", "fr")
         page.wait_for_function("document.documentElement.lang === 'fr'")
         chip_reads(page, "status.uplink_refused", n=1)
-        assert page.text_content("#uplink") == "1 refusé : appelez l'installateur"
+        assert page.text_content("#uplink") == "1 refusé\u202f: appelez l'installateur"
         assert FIX in title(page) and "refusés par le serveur du district" in title(page)
     finally:
         page.select_option("select.lang >> nth=-1", "en")

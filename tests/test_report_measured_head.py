@@ -257,8 +257,8 @@ def test_the_report_shows_the_measured_head_with_its_caption_and_serves_it(heads
         assert "Frame 3, Head (ventricles): of the 5" in page  # no "(Head (...))"
         assert "the 5 best head frames" in page
         french = report(history, session.exam_id, "fr")
-        assert f"PC mesuré ici : {hc} mm" in french and f"BIP {bpd} mm" in french
-        assert "Image 3, Tête (ventricules) :" in french
+        assert f"PC mesuré ici\u202f: {hc} mm" in french and f"BIP {bpd} mm" in french
+        assert "Image 3, Tête (ventricules)\u202f:" in french
         # the page's server serves it: the journal lists it for that exam
         found, path = asyncio.run(history.thumbnail(session.exam_id, MEASURED_NAME))
         assert found == "ok" and path == (state / session.measured_head["thumbnail"]).resolve()

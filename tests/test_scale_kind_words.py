@@ -213,7 +213,7 @@ def test_the_report_of_a_calibrated_box_says_zoom_was_not_counted_and_why(box, e
         assert not any(zoom in line for line in listed), listed
         note = page.text_content("section.faults p.not-counted")
         frames = "frames" if lang == "en" else "images"
-        assert note.startswith(("Not counted: " if lang == "en" else "Non compté : ")
+        assert note.startswith(("Not counted: " if lang == "en" else "Non compté\u202f: ")
                                + f"{zoom} ({n} {frames})."), note
         assert why in note, note
         _report(page, box, exams["small"]["ruler"], lang)

@@ -20,6 +20,7 @@ import re
 import time
 import uuid
 
+import cv2
 import pytest
 
 from edge.exam.protocol import load_protocols
@@ -33,7 +34,7 @@ from edge.uplink.messages import build_exam, envelope
 from edge.web.history import ExamHistory, present, protocol_titles, read_protocols, render_report
 from edge.web.i18n import catalog
 from edge.web.live import exam_snapshot
-from tests.test_screen_stretch import _pal, _through_scorer, needs_data
+from tests.test_screen_stretch import PLANES, _pal, _stretched, _through_scorer, needs_data
 from wire.schema import validate_payload
 
 SAID = {
@@ -41,11 +42,29 @@ SAID = {
           "is not the shape it has on the scanner), so every head would measure wrong. The "
           "box's set-up needs [source] stretch = {setting} to undo it: ask for it to be set, "
           "or for the box's video grabber to be set to keep the scanner's picture shape.",
-    "fr": "Tête non mesurée : l'image est étirée ou écrasée en largeur (l'éventail de la "
+    "fr": "Tête non mesurée\u202f: l'image est étirée ou écrasée en largeur (l'éventail de la "
           "sonde n'a pas la forme qu'il a sur l'échographe), si bien que chaque tête serait "
           "mal mesurée. Le réglage du boîtier doit comporter [source] stretch = {setting} "
-          "pour la corriger : demandez qu'on l'ajoute, ou qu'on règle la carte "
+          "pour la corriger\u202f: demandez qu'on l'ajoute, ou qu'on règle la carte "
           "d'acquisition du boîtier pour garder la forme d'image de l'échographe."}
+# ... and where the box named the grabber's frame size the setting is for: at another size
+# (the grabber set anew) the setting is another
+SAID_FRAME = {
+    "en": "Head not measured: the picture is stretched or squeezed sideways (the probe's fan "
+          "is not the shape it has on the scanner), so every head would measure wrong. For "
+          "the video grabber's {frame} frames, the box's set-up needs [source] stretch = "
+          "{setting} to undo it: ask for it to be set, or for the box's video grabber to be "
+          "set to keep the scanner's picture shape.",
+    "fr": "Tête non mesurée\u202f: l'image est étirée ou écrasée en largeur (l'éventail de la "
+          "sonde n'a pas la forme qu'il a sur l'échographe), si bien que chaque tête serait "
+          "mal mesurée. Pour les images {frame} de la carte d'acquisition, le réglage du "
+          "boîtier doit comporter [source] stretch = {setting} pour la corriger\u202f: "
+          "demandez qu'on l'ajoute, ou qu'on règle la carte d'acquisition du boîtier pour "
+          "garder la forme d'image de l'échographe."}
+# frame sizes no screen key writes, and what a damaged journal may hold
+DAMAGED_FRAMES = ("0x576", "720x0", "720x576\n", " 720x576", "720×576", "123456x576",
+                  "-720x576", "720x576x3", "", 720, 720.0, ["720", "576"], {"w": 720}, True,
+                  None)
 # what they said before, and still say where the box named no setting
 GENERAL = {"en": "Ask for the box's video grabber to be set to keep the scanner's picture "
                  "shape (for example 4:3, not 16:9).",
@@ -62,24 +81,27 @@ def _head(bio: dict) -> dict:
             "biometry": bio}
 
 
-def _refused(setting: object = 0.9375) -> dict:
+def _refused(setting: object = 0.9375, **frame) -> dict:
     return _head({"status": SCREEN_STRETCHED, "scale": "calibration",
-                  "stretch_setting": setting})
+                  "stretch_setting": setting, **frame})
 
 
-def _exam(setting: object = 0.9375, measured_first: int = 2) -> ExamSession:
+def _exam(setting: object = 0.9375, measured_first: int = 2, **frame) -> ExamSession:
     """An exam whose first heads were measured, then refused once the screen was found
-    stretched (they are dropped with them: `ExamTally._void_heads`)."""
+    stretched (they are dropped with them: `ExamTally._void_heads`); `stretch_frame=` the
+    grabber's frame size its heads named."""
     session = ExamSession(load_protocols()["biometry"])
     for _ in range(measured_first):
         session.add(_head(MEASURED))
     for _ in range(3):
-        session.add(_refused(setting))
+        session.add(_refused(setting, **frame))
     return session
 
 
 def _text(html: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).replace("&#x27;", "'")
+    """The report's words, its markup's line breaks and indents as one space each (French
+    no-break spaces kept: they are the words')."""
+    return re.sub(r"[ \t\r\n]+", " ", re.sub(r"<[^>]+>", " ", html)).replace("&#x27;", "'")
 
 
 def _report(exam: dict, lang: str) -> str:
@@ -98,10 +120,33 @@ def test_a_refused_head_carries_the_setting_the_warning_names(caplog):
     [said] = [r.getMessage() for r in caplog.records if "times as wide" in r.getMessage()]
     named = re.search(r"set \[source\] stretch = ([0-9.]+) to undo it", said).group(1)
     assert named == "0.9375" and refused["stretch_setting"] == float(named), refused
+    assert refused["stretch_frame"] == "720x576", refused  # the size the setting is for
     wide = _through_scorer(4 / 3)[-1]["biometry"]
     assert wide["status"] == SCREEN_STRETCHED
     assert wide["stretch_setting"] == pytest.approx(4 / 3, abs=0.03), wide
-    assert "stretch_setting" not in _through_scorer(1.0)[-1]["biometry"]
+    assert wide["stretch_frame"] == _drawn_size(4 / 3), wide
+    measured = _through_scorer(1.0)[-1]["biometry"]
+    assert "stretch_setting" not in measured and "stretch_frame" not in measured
+
+
+def _drawn_size(stretch: float) -> str:
+    """The frame size a grabber stretching by `stretch` draws `_through_scorer`'s screens."""
+    height, width = _stretched(cv2.imread(str(PLANES / "Patient01630_Plane1_1_of_3.png")),
+                               stretch).shape[:2]
+    return f"{width}x{height}"
+
+
+@needs_data
+def test_the_frame_size_named_is_the_grabber_s_own_where_a_setting_already_narrows_it():
+    """A 16:9 grabber with `[source] stretch = 1.2` set, a part of its 1.33: the frames the
+    box reads are narrowed by it, but the setting named (1.2 times the reading) is for the
+    frames the grabber sends, and so is the size named with it."""
+    refused = _through_scorer(4 / 3, source_stretch=1.2)[-1]["biometry"]
+    assert refused["status"] == SCREEN_STRETCHED
+    assert refused["stretch_setting"] == pytest.approx(4 / 3, abs=0.03), refused
+    width, height = (int(side) for side in refused["stretch_frame"].split("x"))
+    drawn_width, drawn_height = (int(side) for side in _drawn_size(4 / 3).split("x"))
+    assert height == drawn_height and abs(width - drawn_width) <= 1, refused
 
 
 def test_the_card_names_the_setting_during_and_after_the_exam_and_the_district_gets_none():
@@ -184,6 +229,56 @@ def test_a_setting_read_back_damaged_is_not_named_and_the_general_fix_is_said(ke
         tally = ExamTally()
         tally.add(_refused(kept["stretch_setting"]))
         assert tally.stretch_setting is None
+
+
+@pytest.mark.parametrize("lang", ["en", "fr"])
+def test_the_card_and_the_report_name_the_grabber_s_frame_size_the_setting_is_for(
+        tmp_path, lang):
+    """A setting undoes one size's stretch: the grabber set anew, at another size, needs
+    another. The card (`exam_snapshot`) and the report, read from the journal, say the frame
+    size the setting is for, where the heads named it; the district's summary has neither."""
+    session = _exam(stretch_frame="720x576")
+    assert exam_snapshot(session, True)["biometry"]["stretch_frame"] == "720x576"
+    body = session.finish("source_end")
+    assert "stretch_frame" not in body["biometry"]
+    assert exam_snapshot(session, False, "source_end", body)["biometry"]["stretch_frame"] \
+        == "720x576"
+    assert session.kept_frames()[SET_UP] == {"stretch_setting": 0.9375,
+                                             "stretch_frame": "720x576"}
+    journal = Journal(tmp_path / JOURNAL_FILE)
+    assert journal.add_exam(None, body, session.kept_frames())
+    journal.close()
+    response = asyncio.run(ExamHistory(tmp_path).report(session.exam_id, lang, None, {},
+                                                        True, None))
+    report = _text(response.text)
+    said = SAID_FRAME[lang].format(setting="0.9375", frame="720x576")
+    assert said in report and report.count(said) == 1, report
+
+
+@pytest.mark.parametrize("frame", DAMAGED_FRAMES, ids=lambda frame: repr(frame)[:20])
+def test_a_frame_size_read_back_damaged_is_not_named_and_the_setting_alone_is(frame):
+    """A frame's, or a journal's, size that no screen key writes: the setting is named as
+    before, without a size; a size written with leading zeros is written plainly."""
+    tally = ExamTally()
+    tally.add(_refused(0.9375, stretch_frame=frame))
+    assert tally.stretch_setting == 0.9375 and tally.stretch_frame is None
+    session = ExamSession(load_protocols()["biometry"])
+    summary = {**session.summary("gap", ended_ts=time.time() - 600),
+               "biometry": {"measured": 0, "declined": {SCREEN_STRETCHED: 3}}}
+    protocols = read_protocols()
+    exam = present(summary, {SET_UP: {"stretch_setting": 0.9375, "stretch_frame": frame}},
+                   protocols, protocol_titles(protocols))
+    assert "stretch_frame" not in exam["biometry"]
+    for lang in ("en", "fr"):
+        report = _report(exam, lang)
+        assert SAID[lang].format(setting="0.9375") in report, report
+    # a size kept without its setting names nothing: the size is the setting's
+    exam = present(summary, {SET_UP: {"stretch_frame": "720x576"}}, protocols,
+                   protocol_titles(protocols))
+    assert "stretch_frame" not in exam["biometry"]
+    exam = present(summary, {SET_UP: {"stretch_setting": 0.9375, "stretch_frame": "0720x0576"}},
+                   protocols, protocol_titles(protocols))
+    assert exam["biometry"]["stretch_frame"] == "720x576"
 
 
 @pytest.mark.parametrize("setting, shown", [(0.9375, "0.9375"), (1.3334, "1.3334"),

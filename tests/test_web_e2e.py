@@ -269,7 +269,8 @@ def test_another_language_needs_no_code(live):
     second.fill("#lmp", (datetime.date.today() - datetime.timedelta(weeks=20)).isoformat())
     second.click("#lmp-form button")
     second.wait_for_function("document.querySelector('#flags').textContent.includes("
-                             "\"Les dates n'ont pas été gardées : l'examen de la page\")", **POLL)
+                             "\"Les dates n'ont pas été gardées\u202f: l'examen de la page\")",
+                             **POLL)
     second.unroute("**/api/lmp")
     # Counts take the language's own plural rule: French counts 0 and 1 as one.
     assert second.evaluate(f"[0, 1, 2].map({running})") == [

@@ -299,7 +299,7 @@ def test_the_report_shows_the_frame_its_hc_was_measured_on_with_its_ellipse(box,
     # in French too
     exam_id = ended["exams"][0][0]
     status, _, body = http(f"{base}/report/{exam_id}?lang=fr", cookie=cookie)
-    assert status == 200 and "PC mesuré ici :" in body.decode()
+    assert status == 200 and "PC mesuré ici\u202f:" in body.decode()
 
 
 def test_thumbnails_come_from_the_journal_and_hostile_values_are_one_line(box, ended):

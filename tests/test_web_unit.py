@@ -243,9 +243,29 @@ def test_another_language_is_one_file_and_covers_every_instruction():
     french = i18n.catalog("fr", rules)
     gain = next(r for r in rules.criteria if r.name == "gain")
     key = i18n.message_key(rules, "gain", gain.message_high)
-    assert key == "quality.gain.high" and french[key] == "Trop clair : baissez le gain"
+    assert key == "quality.gain.high" and french[key] == "Trop clair\u202f: baissez le gain"
     assert i18n.languages() == {"en": "English", "fr": "Français"}
     assert i18n.catalog("xx", rules)["_lang"] == "en"
+
+
+# French sets a space before : ; ? ! and inside « »: a plain one is a place to break the
+# line, and on a 360 px phone a colon began the next line, alone (a walk). Before : ; ? !
+# it is the narrow no-break space, inside « » the no-break space, in every French entry.
+FRENCH_SPACES = (("before : ; ? !", re.compile(r"\s(?=[:;?!])"), "\u202f"),
+                 ("inside « »", re.compile(r"(?<=«)\s|\s(?=»)"), "\u00a0"))
+
+
+def test_no_french_sign_can_begin_a_line():
+    own = json.loads((i18n.CATALOG_DIR / "fr.json").read_text(encoding="utf-8"))
+    wrong = [f"{key} ({where}: {value!r})" for key, value in own.items()
+             for where, space, wanted in FRENCH_SPACES
+             if any(m.group() != wanted for m in space.finditer(value))]
+    assert not wrong, f"{len(wrong)} French entries with a breakable space: " + \
+        "; ".join(wrong[:4])
+    # what the page is sent has them too (`catalog`: the file, over the English)
+    french = i18n.catalog("fr", load_rules(None))
+    assert french["quality.gain.high"] == "Trop clair\u202f: baissez le gain"
+    assert french["exam.hint_running"].startswith("«\u00a0Commencer l'examen\u00a0»")
 
 
 def test_a_slots_advice_reaches_the_page_with_its_catalog_key():

@@ -203,7 +203,7 @@ def test_the_report_withdraws_too_and_every_refusal_is_one_line(box):
     report.check("#report-withdraw input[value='wrong_woman']")
     report.click("#report-withdraw button.confirm")
     report.wait_for_selector("#withdrawn")  # drawn again, withdrawn
-    assert report.text_content("#withdrawn").startswith("Retiré : Mauvaise patiente.")
+    assert report.text_content("#withdrawn").startswith("Retiré\u202f: Mauvaise patiente.")
     report.close()
     assert journaled(state, second_id) == (1, "wrong_woman", 1)
     before = len(queued(state, second_id, 1))

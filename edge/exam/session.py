@@ -397,12 +397,15 @@ class ExamSession:
         `HEAD_MEASURED` (no plane's name, so never taken for one) where its head was
         measured (`measured_head`), once it has ended, under `MISSED_ADVICE` what the
         checklist advised on each slot found but never good enough, and under `SET_UP` the
-        setting its heads refused for a stretched picture named (`ExamTally.stretch_setting`)."""
+        setting its heads refused for a stretched picture named (`ExamTally.stretch_setting`),
+        with the grabber's frame size it is for where they named it (`stretch_frame`)."""
         kept = self.best_frames()
         if self.measured_head is not None:
             kept[HEAD_MEASURED] = dict(self.measured_head)
         if self.tally.stretch_setting is not None:
             kept[SET_UP] = {"stretch_setting": self.tally.stretch_setting}
+            if self.tally.stretch_frame is not None:
+                kept[SET_UP]["stretch_frame"] = self.tally.stretch_frame
         # the advice the card gave each slot found but never good enough: the report says it
         advice = {row["plane"]: row["best"]["advice"] for row in self.checklist()
                   if row.get("seen") and (row.get("best") or {}).get("advice")}

@@ -21,7 +21,7 @@ from edge.models.biometry import (
     SHAPE_CHECKED,
     SHAPE_UNCHECKED,
 )
-from edge.models.fan import setting_read_back
+from edge.models.fan import frame_read_back, setting_read_back
 from wire.dating import hadlock_ga_weeks
 from wire.schema import PLANES, UNCERTAIN, finite_number, floor_digits
 
@@ -133,6 +133,9 @@ class ExamTally:
         # for it named it (biometry `stretch_setting`); None: none named. The box's own: the
         # exam's card and report say it, its summary to the district does not.
         self.stretch_setting: float | None = None
+        # The grabber's frame size that setting is for ("720x576", biometry
+        # `stretch_frame`), named by the same head; None: not named (an older box's head)
+        self.stretch_frame: str | None = None
         # Faults of frames without ultrasound since the last frame with it: counted when
         # scanning goes on, left out if it does not. An exam ended by a gap ends with
         # `end_gap_s` of the probe in the air, whose "no image" and "washed out" frames
@@ -237,6 +240,7 @@ class ExamTally:
                 setting = setting_read_back(bio.get("stretch_setting"))
                 if setting is not None:  # a head of an older box's journal names none
                     self.stretch_setting = setting
+                    self.stretch_frame = frame_read_back(bio.get("stretch_frame"))
                 if self.measured:
                     self._void_heads(status)
 

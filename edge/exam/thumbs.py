@@ -40,7 +40,8 @@ HEAD_MEASURED = "head_measured"
 MISSED_ADVICE = "missed_advice"
 # What the box's set-up needs to measure heads it refused, as the scorer named it: its entry
 # among the journal's best frames (no plane's name, no thumbnail), {"stretch_setting": the
-# `[source] stretch` that undoes a stretched picture}, for the exam's report. The box's
+# `[source] stretch` that undoes a stretched picture, "stretch_frame": the grabber's frame
+# size it is for, "720x576", where known}, for the exam's report. The box's
 # own: the exam's summary, to the district, is checked against a schema without it.
 SET_UP = "set_up"
 # Drawn on the measured head, in BGR: the ellipse yellow on a black rim, so it shows on the

@@ -471,6 +471,18 @@ class StretchWatch:
             return round(self.sd_ratio, 4)
         return round(self.settings.undone * stretch, 3)
 
+    @property
+    def frame(self) -> str | None:
+        """The grabber's own frame size ("720x576") the `setting` is for: this screen's
+        frames widened back by any setting already undone (it narrowed them), as
+        `setting_for_another_size` reads them. A setting is one number for every frame the
+        grabber sends: at another size it is another setting. None where the size is not
+        known."""
+        if self.shape is None or len(self.shape) < 2:
+            return None
+        height, width = self.shape
+        return f"{max(1, round(width * self.settings.undone))}x{height}"
+
 
 def refusal(watch: StretchWatch) -> str:
     """Why a screen found stretched has its heads refused, and the fix: how the picture is
@@ -504,3 +516,14 @@ def setting_read_back(value: object) -> float | None:
     if not MIN_SOURCE_STRETCH <= number <= MAX_SOURCE_STRETCH:  # NaN fails it too
         return None
     return round(number, 4)
+
+
+def frame_read_back(value: object) -> str | None:
+    """A `StretchWatch.frame` carried past the scorer (a frame's biometry `stretch_frame`,
+    the exam's, the journal's: any of them may be damaged) as "WxH", where it is a size a
+    screen key writes (`_KEY_SIZE`, neither side 0); else None, and the setting is named
+    without it."""
+    sized = _KEY_SIZE.fullmatch(value) if isinstance(value, str) else None
+    if sized is None or not all(int(side) for side in sized.groups()):
+        return None
+    return f"{int(sized.group(1))}x{int(sized.group(2))}"

@@ -76,7 +76,7 @@ from edge.models.biometry import (
     SET_UP_STATUSES,
     SHAPE_UNCHECKED,
 )
-from edge.models.fan import setting_read_back
+from edge.models.fan import frame_read_back, setting_read_back
 from edge.store.journal import (
     JOURNAL_FILE,
     MAX_DATES_BYTES,
@@ -327,13 +327,17 @@ def present(summary: dict, best_frames: dict, protocols: dict[str, Protocol],
             bio["scale"] = bio_in["scale"]
         if bio_in.get("shape") in HEAD_SHAPES:
             bio["shape"] = bio_in["shape"]
-        # the setting its heads refused for a stretched picture named, kept beside the
-        # best frames (`ExamSession.kept_frames`): as the card's exam has it
+        # the setting its heads refused for a stretched picture named, and the grabber's
+        # frame size it is for, kept beside the best frames (`ExamSession.kept_frames`):
+        # as the card's exam has them
         set_up = best_frames.get(SET_UP)
         setting = setting_read_back(set_up.get("stretch_setting")) \
             if isinstance(set_up, dict) else None
         if setting is not None:
             bio["stretch_setting"] = setting
+            frame = frame_read_back(set_up.get("stretch_frame"))
+            if frame is not None:
+                bio["stretch_frame"] = frame
     models = summary.get("models") if isinstance(summary.get("models"), dict) else {}
     ended_by = _text(summary.get("ended_by"))
     kept_dates = read_dates(dates)
@@ -624,9 +628,14 @@ def not_measured_why(text: dict[str, str], status: str, bio: dict) -> str:
     """Why no head was measured, for a set-up status, as the card says it (app.js
     `unmeasuredWhy`): a stretched picture with the exact `[source] stretch` that undoes it
     where the box named one (`stretch_setting`; a config's line, so with a dot in every
-    language), else the general fix."""
+    language), and the grabber's frame size it is for where known (`stretch_frame`: at
+    another size it is another setting), else the general fix."""
     setting = setting_read_back(bio.get("stretch_setting"))
     if status == SCREEN_STRETCHED and setting is not None:
+        frame = frame_read_back(bio.get("stretch_frame"))
+        if frame is not None:
+            return _t(text, "exam.not_measured_screen_stretched_setting_frame",
+                      setting=f"{setting:g}", frame=frame)
         return _t(text, "exam.not_measured_screen_stretched_setting", setting=f"{setting:g}")
     return _t(text, "exam.not_measured_" + status)
 

@@ -276,7 +276,8 @@ def instruction(plane: str | None, message: str | None, key: str | None, held: b
     """What the instruction under the image says, decided here for the page to render:
     {"key": a catalog key or None, "text": its English words (the quality rules'),
     "class": "fix" | "good" | "idle"}, and for a plane off the exam's list that "plane"
-    and the "slots" still to find (plane labels: the page names them in its language).
+    and the "slots" still to find (plane labels: the page names them in its language); for
+    a head refused for the set-up a "detail", the catalog key of a smaller line under it.
 
     The quality audit's instruction (`message`, its catalog `key`) comes first. Then a name
     held against the frames (`held`, SteadyConfidence: the probe has left that view) gets
@@ -285,9 +286,10 @@ def instruction(plane: str | None, message: str | None, key: str | None, held: b
     capture, is not what the exam needs: it says which are ("Good image: hold still" over
     an abdomen in a head exam kept her still on the wrong view, a user's walk). A good
     image of a head plane whose heads the box refuses for its set-up (`set_up`, SteadySetUp)
-    says that the head is not measured, and why: "Good image: hold still" in green over it
-    had her take the exam as measured, while only the card said otherwise. Else the image
-    is good to hold."""
+    says that the head is not measured, and beneath, smaller, why and what to ask for:
+    "Good image: hold still" in green over it had her take the exam as measured, while only
+    the card said otherwise; said in one sentence it took six lines of a 360x640 phone and
+    pushed the exam's card below the fold. Else the image is good to hold."""
     if message:
         return {"key": key, "text": message, "class": "fix"}
     if held and plane not in (None, UNCERTAIN):
@@ -304,7 +306,8 @@ def instruction(plane: str | None, message: str | None, key: str | None, held: b
         return {"key": "instruction.off_list", "text": None, "class": "fix", "plane": plane,
                 "slots": wanted}
     if set_up in SET_UP_STATUSES:
-        return {"key": "instruction.good_not_measured_" + set_up, "text": None, "class": "fix"}
+        return {"key": "instruction.not_measured", "detail": "instruction.not_measured_" + set_up,
+                "text": None, "class": "fix"}
     return {"key": "instruction.good", "text": None, "class": "good"}
 
 
@@ -336,12 +339,15 @@ def exam_snapshot(session, running: bool, ended_by: str | None = None,
     the exam's biometry (medians of the best head frames) and how far it got. Its biometry
     is the summary's (`body`, the district's once ended) with one thing more, kept on the
     box: the `[source] stretch` its heads refused for a stretched picture named
-    (`stretch_setting`), which the card says where it says why no head was measured."""
+    (`stretch_setting`), and the grabber's frame size it is for (`stretch_frame`), which
+    the card says where it says why no head was measured."""
     checklist = session.checklist()
     biometry = (body or {}).get("biometry") if body else session.tally.biometry()
     setting = session.tally.stretch_setting
     if isinstance(biometry, dict) and setting is not None:
         biometry = {**biometry, "stretch_setting": setting}
+        if session.tally.stretch_frame is not None:
+            biometry["stretch_frame"] = session.tally.stretch_frame
     return {"exam_id": session.exam_id, "running": running, "ended_by": ended_by,
             "protocol": session.protocol.name, "title": session.protocol.title,
             "started_ts": session.started_ts, "frames": session.tally.frames,

@@ -550,6 +550,8 @@ function unmeasuredWhy() {
   const bio = state && state.exam && state.exam.biometry;
   const status = setUpRefusal(bio);
   const setting = status === "screen_stretched" ? stretchSetting(bio) : "";
+  const frame = setting ? stretchFrame(bio) : "";
+  if (frame) return t("exam.not_measured_screen_stretched_setting_frame", { setting, frame });
   if (setting) return t("exam.not_measured_screen_stretched_setting", { setting });
   return status ? t("exam.not_measured_" + status) : "";
 }
@@ -562,6 +564,15 @@ function stretchSetting(bio) {
   const value = bio.stretch_setting;
   return typeof value === "number" && Number.isFinite(value) && value > 0
     ? String(Math.round(value * 1e4) / 1e4) : "";
+}
+
+// The grabber's frame size that setting is for ("720x576", edge/models/fan.py
+// StretchWatch.frame, bounded there: `frame_read_back`): one setting is for one size. ""
+// where the box named none: the card then names the setting alone.
+function stretchFrame(bio) {
+  const sized = typeof bio.stretch_frame === "string"
+    ? /^([0-9]{1,5})x([0-9]{1,5})$/.exec(bio.stretch_frame) : null;
+  return sized && +sized[1] > 0 && +sized[2] > 0 ? `${+sized[1]}x${+sized[2]}` : "";
 }
 
 // A slot the exam measures the head on: its plane, or one it accepts, is a head plane.
@@ -636,7 +647,21 @@ function renderInstruction(h) {
   if (said.plane) vars.plane = planeName(said.plane);
   if (said.slots) vars.slots = said.slots.map(p => t("slot." + p, { _fallback: planeName(p) }))
     .join(", ");
-  el.textContent = said.key ? t(said.key, vars) : said.text || "";
+  const text = said.key ? t(said.key, vars) : said.text || "";
+  // a head refused for the box's set-up: "Head not measured" large, and under it, smaller,
+  // why and what to ask for (app.css .detail). In one sentence at the headline's size it
+  // took six lines of a 360x640 phone and pushed the exam's card below the fold (a walk).
+  const detail = typeof said.detail === "string" ? t(said.detail, { _fallback: "" }) : "";
+  if (!detail) { el.textContent = text; return; }
+  if (el.querySelector(".detail") && el.textContent === `${text} ${detail}`) return; // as drawn
+  const part = (cls, words) => {
+    const span = document.createElement("span");
+    span.className = cls;
+    span.textContent = words;
+    return span;
+  };
+  el.textContent = "";
+  el.append(part("head", text), " ", part("detail", detail));
 }
 
 // ---------------------------------------------------------------- state
