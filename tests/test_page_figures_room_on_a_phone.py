@@ -19,12 +19,8 @@ import numpy as np
 import pytest
 
 from edge.exam.feedback import Shown
-from edge.web.auth import read_pin, write_pin
 from edge.web.live import LiveView
-from edge.web.server import WebServer
-from edge.web.settings import WebSettings
-from tests.servers import free_port
-from tests.web_harness import PIN, chromium
+from tests.web_harness import page_on_view, scanning_view
 
 pytest.importorskip("playwright.sync_api")
 WAIT = {"timeout": 10_000, "polling": 100}
@@ -78,54 +74,34 @@ def scan(view: LiveView, page, plane: str, seconds: float, measured_every: int =
 
 def test_on_a_phone_the_figures_room_goes_with_no_head_and_stays_through_a_heads_frames(
         tmp_path):
-    state = tmp_path / "state"
-    write_pin(state, PIN)
-    view = LiveView()
-    view.models = {"plane_student": "x"}
-    view.protocol = {"name": "biometry", "title": "Fetal biometry: head",
-                     "head_planes": [HEAD, "Brain (Cb.)"]}
-    view.source_name, view.source_live, view.phase = "scanner", True, "running"
-    server = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}"), view, state,
-                       read_pin(state))
-    server.start()
-    try:
-        with chromium(tmp_path) as context:
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.set_viewport_size({"width": 320, "height": 568})
-            page.goto(f"https://localhost:{server.port}/")
-            page.fill("#pin", PIN)
-            page.click("#unlock")
-            page.wait_for_selector("#app:not([hidden])")
-            page.wait_for_function("(window.sonoedge.lastState || {}).protocol != null",
-                                   **WAIT)
-            page.evaluate(RECORD)
-            # an abdomen, no head in view: no empty band between the image and the words
-            rows = scan(view, page, "Abdominal", 2.0)
-            assert rows and all(r["figures"] == 0 for r in rows), rows[-3:]
-            bare = {r["gap"] for r in rows}
-            assert len(bare) == 1 and max(bare) < 20, bare
-            # a head, its figures on one frame in three (the segmenter missing the others):
-            # the room stays as it is, the instruction under it does not move
-            rows = scan(view, page, HEAD, 3.0, measured_every=3)
-            drawn = rows[2:]  # the first frames open the room
-            assert any(r["figures"] for r in drawn) and not all(r["figures"] for r in drawn)
-            gaps = {r["gap"] for r in drawn}
-            assert len(gaps) == 1 and min(gaps) > max(bare) + 20, (gaps, bare)
-            # back on the abdomen: the room a moment longer (a head may come back), then it
-            # goes, once, and stays gone
-            rows = scan(view, page, "Abdominal", 4.0)
-            changes = [b["gap"] for a, b in zip(rows, rows[1:], strict=False)
-                       if a["gap"] != b["gap"]]
-            assert changes == [max(bare)], [r["gap"] for r in rows]
-            assert rows[0]["gap"] == min(gaps) and rows[-1]["gap"] == max(bare)
-            # one frame of a head measured in an abdomen's scan (an odd frame): its figures
-            # are shown, and their room kept a while, not closed on the next frame
-            publish(view, "Abdominal", True)
-            page.wait_for_function("window.sonoedge.lastHeader.biometry != null", **WAIT)
-            rows = scan(view, page, "Abdominal", 1.0)
-            assert all(r["gap"] > max(bare) + 20 for r in rows), [r["gap"] for r in rows]
-            assert not errors, errors
-    finally:
-        server.stop()
+    view = scanning_view({"plane_student": "x"}, [HEAD, "Brain (Cb.)"])
+    with page_on_view(tmp_path, view, (320, 568)) as (page, errors):
+        page.wait_for_function("(window.sonoedge.lastState || {}).protocol != null",
+                               **WAIT)
+        page.evaluate(RECORD)
+        # an abdomen, no head in view: no empty band between the image and the words
+        rows = scan(view, page, "Abdominal", 2.0)
+        assert rows and all(r["figures"] == 0 for r in rows), rows[-3:]
+        bare = {r["gap"] for r in rows}
+        assert len(bare) == 1 and max(bare) < 20, bare
+        # a head, its figures on one frame in three (the segmenter missing the others):
+        # the room stays as it is, the instruction under it does not move
+        rows = scan(view, page, HEAD, 3.0, measured_every=3)
+        drawn = rows[2:]  # the first frames open the room
+        assert any(r["figures"] for r in drawn) and not all(r["figures"] for r in drawn)
+        gaps = {r["gap"] for r in drawn}
+        assert len(gaps) == 1 and min(gaps) > max(bare) + 20, (gaps, bare)
+        # back on the abdomen: the room a moment longer (a head may come back), then it
+        # goes, once, and stays gone
+        rows = scan(view, page, "Abdominal", 4.0)
+        changes = [b["gap"] for a, b in zip(rows, rows[1:], strict=False)
+                   if a["gap"] != b["gap"]]
+        assert changes == [max(bare)], [r["gap"] for r in rows]
+        assert rows[0]["gap"] == min(gaps) and rows[-1]["gap"] == max(bare)
+        # one frame of a head measured in an abdomen's scan (an odd frame): its figures
+        # are shown, and their room kept a while, not closed on the next frame
+        publish(view, "Abdominal", True)
+        page.wait_for_function("window.sonoedge.lastHeader.biometry != null", **WAIT)
+        rows = scan(view, page, "Abdominal", 1.0)
+        assert all(r["gap"] > max(bare) + 20 for r in rows), [r["gap"] for r in rows]
+        assert not errors, errors

@@ -22,12 +22,8 @@ import pytest
 from edge.exam.feedback import Shown
 from edge.exam.protocol import load_protocols
 from edge.exam.session import ExamSession
-from edge.web.auth import read_pin, write_pin
 from edge.web.live import LiveView, exam_snapshot
-from edge.web.server import WebServer
-from edge.web.settings import WebSettings
-from tests.servers import free_port
-from tests.web_harness import PIN, chromium
+from tests.web_harness import page_on_view, scanning_view
 
 pytest.importorskip("playwright.sync_api")
 WAIT = {"timeout": 10_000, "polling": 100}
@@ -57,68 +53,49 @@ def instruction_after(view: LiveView, page, plane: str, words: str,
 
 def test_a_good_image_of_a_plane_off_the_exams_list_says_what_the_exam_still_needs(
         tmp_path):
-    state = tmp_path / "state"
-    write_pin(state, PIN)
-    view = LiveView()
-    view.models = {"plane_student": "x"}
-    view.protocol = {"name": "biometry", "title": "Fetal biometry: head",
-                     "head_planes": ["Brain (Tv.)", "Brain (Cb.)"]}
-    view.source_name, view.source_live, view.phase = "scanner", True, "running"
+    view = scanning_view({"plane_student": "x"}, ["Brain (Tv.)", "Brain (Cb.)"])
     view.exam = exam_snapshot(ExamSession(load_protocols()["biometry"]), running=True)
-    server = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}"), view, state,
-                       read_pin(state))
-    server.start()
-    try:
-        with chromium(tmp_path) as context:
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"https://localhost:{server.port}/")
-            page.fill("#pin", PIN)
-            page.click("#unlock")
-            page.wait_for_selector("#app:not([hidden])")
-            page.wait_for_function("(window.sonoedge.lastState || {}).exam != null", **WAIT)
+    with page_on_view(tmp_path, view) as (page, errors):
+        page.wait_for_function("(window.sonoedge.lastState || {}).exam != null", **WAIT)
 
-            def say(key: str, **values) -> str:
-                return page.evaluate("([k, v]) => window.sonoedge.t(k, v)", [key, values])
+        def say(key: str, **values) -> str:
+            return page.evaluate("([k, v]) => window.sonoedge.t(k, v)", [key, values])
 
-            off = say("instruction.off_list", plane=say("plane.Abdominal"),
-                      slots=say("slot.Head (HC, BPD)"))
-            assert off == "Abdomen is not on this exam's list. Find: Head for HC and BPD"
-            text, cls = instruction_after(view, page, "Abdominal", off)
-            assert text == off and "good" not in cls, (text, cls)
-            # the bar beside it is not green either: green sits beside "Good image" only
-            assert page.get_attribute("#quality", "class") == "qline fair"
-            # a head, the exam's own plane: a good image of it is to hold
-            good = say("instruction.good")
-            text, cls = instruction_after(view, page, "Brain (Tv.)", good)
-            assert text == good and "good" in cls, (text, cls)
-            # in French, the same words from its own catalog
-            page.select_option("#controls select.lang", "fr")
-            page.wait_for_function("window.sonoedge.t('instruction.good') !== "
-                                   f"{good!r}", **WAIT)
-            fr = say("instruction.off_list", plane=say("plane.Abdominal"),
-                     slots=say("slot.Head (HC, BPD)"))
-            assert fr == ("Abdomen n'est pas sur la liste de cet examen. Cherchez\u202f: "
-                          "Tête pour PC et BIP")
-            text, _ = instruction_after(view, page, "Abdominal", fr)
-            assert text == fr, text
-            # once every slot is captured, nothing more is asked for
-            session = ExamSession(load_protocols()["biometry"])
-            done = exam_snapshot(session, running=True)
-            done["checklist"] = [{**row, "captured": True} for row in done["checklist"]]
-            view.exam = done
-            good_fr = say("instruction.good")
-            text, cls = instruction_after(view, page, "Abdominal", good_fr)
-            assert text == good_fr and "good" in cls, (text, cls)
-            # the probe has left the view it named, whose name is held (dimmed) a few frames:
-            # no "Good image" beside it (before: green words beside a stale name)
-            moving = say("instruction.moving")
-            assert moving == "Recherche de la nouvelle vue…"
-            text, cls = instruction_after(view, page, "Femur", moving, held_by="Brain (Tv.)")
-            assert text == moving and "idle" in cls, (text, cls)
-            assert page.get_attribute("#plane", "class") == "tag held"
-            assert page.get_attribute("#quality", "class") != "qline good"
-            assert not errors, errors
-    finally:
-        server.stop()
+        off = say("instruction.off_list", plane=say("plane.Abdominal"),
+                  slots=say("slot.Head (HC, BPD)"))
+        assert off == "Abdomen is not on this exam's list. Find: Head for HC and BPD"
+        text, cls = instruction_after(view, page, "Abdominal", off)
+        assert text == off and "good" not in cls, (text, cls)
+        # the bar beside it is not green either: green sits beside "Good image" only
+        assert page.get_attribute("#quality", "class") == "qline fair"
+        # a head, the exam's own plane: a good image of it is to hold
+        good = say("instruction.good")
+        text, cls = instruction_after(view, page, "Brain (Tv.)", good)
+        assert text == good and "good" in cls, (text, cls)
+        # in French, the same words from its own catalog
+        page.select_option("#controls select.lang", "fr")
+        page.wait_for_function("window.sonoedge.t('instruction.good') !== "
+                               f"{good!r}", **WAIT)
+        fr = say("instruction.off_list", plane=say("plane.Abdominal"),
+                 slots=say("slot.Head (HC, BPD)"))
+        assert fr == ("Abdomen n'est pas sur la liste de cet examen. Cherchez\u202f: "
+                      "Tête pour PC et BIP")
+        text, _ = instruction_after(view, page, "Abdominal", fr)
+        assert text == fr, text
+        # once every slot is captured, nothing more is asked for
+        session = ExamSession(load_protocols()["biometry"])
+        done = exam_snapshot(session, running=True)
+        done["checklist"] = [{**row, "captured": True} for row in done["checklist"]]
+        view.exam = done
+        good_fr = say("instruction.good")
+        text, cls = instruction_after(view, page, "Abdominal", good_fr)
+        assert text == good_fr and "good" in cls, (text, cls)
+        # the probe has left the view it named, whose name is held (dimmed) a few frames:
+        # no "Good image" beside it (before: green words beside a stale name)
+        moving = say("instruction.moving")
+        assert moving == "Recherche de la nouvelle vue…"
+        text, cls = instruction_after(view, page, "Femur", moving, held_by="Brain (Tv.)")
+        assert text == moving and "idle" in cls, (text, cls)
+        assert page.get_attribute("#plane", "class") == "tag held"
+        assert page.get_attribute("#quality", "class") != "qline good"
+        assert not errors, errors

@@ -28,12 +28,8 @@ from edge.exam.feedback import Shown
 from edge.exam.protocol import load_protocols
 from edge.exam.session import ExamSession
 from edge.models.biometry import SCREEN_STRETCHED, SET_UP_STATUSES
-from edge.web.auth import read_pin, write_pin
 from edge.web.live import LiveView, exam_snapshot
-from edge.web.server import WebServer
-from edge.web.settings import WebSettings
-from tests.servers import free_port
-from tests.web_harness import PIN, chromium
+from tests.web_harness import page_on_view, scanning_view
 
 pytest.importorskip("playwright.sync_api")
 WAIT = {"timeout": 10_000, "polling": 100}
@@ -107,29 +103,9 @@ def scanning(view: LiveView, status: str):
 @pytest.fixture
 def page(tmp_path):
     """The page unlocked on a box whose view is set by hand; (page, view, errors)."""
-    state = tmp_path / "state"
-    write_pin(state, PIN)
-    view = LiveView()
-    view.models = {"plane_student": "1.5.0"}
-    view.protocol = {"name": "biometry", "title": "Fetal biometry: head",
-                     "head_planes": [HEAD, "Brain (Cb.)"]}
-    view.source_name, view.source_live, view.phase = "scanner", True, "running"
-    server = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}"), view, state,
-                       read_pin(state))
-    server.start()
-    try:
-        with chromium(tmp_path) as context:
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.set_viewport_size({"width": PHONE[0], "height": PHONE[1]})
-            page.goto(f"https://localhost:{server.port}/")
-            page.fill("#pin", PIN)
-            page.click("#unlock")
-            page.wait_for_selector("#app:not([hidden])")
-            yield page, view, errors
-    finally:
-        server.stop()
+    view = scanning_view({"plane_student": "1.5.0"}, [HEAD, "Brain (Cb.)"])
+    with page_on_view(tmp_path, view, PHONE) as (page, errors):
+        yield page, view, errors
 
 
 def _in_language(page, lang: str) -> None:

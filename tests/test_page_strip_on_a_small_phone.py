@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.web.auth import read_pin, write_pin
-from edge.web.live import LiveView
-from edge.web.server import WebServer
-from edge.web.settings import WebSettings
-from tests.servers import free_port
-from tests.web_harness import PIN, chromium
+from tests.web_harness import page_on_view, scanning_view
 
 pytest.importorskip("playwright.sync_api")
 WAIT = {"timeout": 10_000, "polling": 100}
@@ -28,34 +23,18 @@ SHOWN = "e => e.getClientRects().length > 0"
 
 
 def test_on_a_small_phone_the_strip_is_short_and_the_versions_are_at_the_foot(tmp_path):
-    state = tmp_path / "state"
-    write_pin(state, PIN)
-    view = LiveView()
-    view.models = MODELS
-    view.source_name, view.source_live, view.phase = "scanner", True, "running"
-    server = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}"), view, state,
-                       read_pin(state))
-    server.start()
-    try:
-        with chromium(tmp_path) as context:
-            page = context.new_page()
-            page.set_viewport_size({"width": 320, "height": 568})
-            page.goto(f"https://localhost:{server.port}/")
-            page.fill("#pin", PIN)
-            page.click("#unlock")
-            page.wait_for_selector("#app:not([hidden])")
-            page.wait_for_function(f"document.querySelector('#models').textContent "
-                                   f"=== {VERSIONS!r}", **WAIT)
-            strip = page.eval_on_selector("#status", "e => e.getBoundingClientRect().height")
-            assert strip <= 0.15 * 568, f"the strip takes {strip:.0f} px of 568"
-            assert not page.eval_on_selector("#models", SHOWN)
-            assert page.text_content("#models-foot") == VERSIONS
-            assert page.eval_on_selector("#models-foot", SHOWN)
-            # a tablet in landscape: the versions in the strip, as before, once only
-            page.set_viewport_size({"width": 1280, "height": 800})
-            page.wait_for_function("document.querySelector('#models')"
-                                   ".getClientRects().length > 0", **WAIT)
-            assert page.text_content("#models") == VERSIONS
-            assert not page.eval_on_selector("#models-foot", SHOWN)
-    finally:
-        server.stop()
+    view = scanning_view(MODELS)
+    with page_on_view(tmp_path, view, (320, 568)) as (page, errors):
+        page.wait_for_function(f"document.querySelector('#models').textContent "
+                               f"=== {VERSIONS!r}", **WAIT)
+        strip = page.eval_on_selector("#status", "e => e.getBoundingClientRect().height")
+        assert strip <= 0.15 * 568, f"the strip takes {strip:.0f} px of 568"
+        assert not page.eval_on_selector("#models", SHOWN)
+        assert page.text_content("#models-foot") == VERSIONS
+        assert page.eval_on_selector("#models-foot", SHOWN)
+        # a tablet in landscape: the versions in the strip, as before, once only
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.wait_for_function("document.querySelector('#models')"
+                               ".getClientRects().length > 0", **WAIT)
+        assert page.text_content("#models") == VERSIONS
+        assert not page.eval_on_selector("#models-foot", SHOWN)

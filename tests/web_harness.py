@@ -327,3 +327,47 @@ def page_alone(state_dir: Path):
         yield srv
     finally:
         srv.stop()
+
+
+def scanning_view(models: dict, head_planes: list[str] | None = None):
+    """A `LiveView` set by hand as a box scanning from its grabber, with no loop: these
+    models' versions and, given head planes, the head biometry protocol. The test then sets
+    its frames and exam itself."""
+    from edge.web.live import LiveView
+
+    view = LiveView()
+    view.models = models
+    if head_planes is not None:
+        view.protocol = {"name": "biometry", "title": "Fetal biometry: head",
+                         "head_planes": list(head_planes)}
+    view.source_name, view.source_live, view.phase = "scanner", True, "running"
+    return view
+
+
+@contextmanager
+def page_on_view(tmp: Path, view, viewport: tuple[int, int] | None = None):
+    """The page's real server (TLS, as the box serves it) on `view`, and a Chromium tab
+    unlocked with the harness's PIN at `viewport`: (page, the page's script errors)."""
+    from edge.web.auth import read_pin, write_pin
+    from edge.web.server import WebServer
+    from edge.web.settings import WebSettings
+
+    state = tmp / "state"
+    write_pin(state, PIN)
+    server = WebServer(WebSettings(listen=f"127.0.0.1:{free_port()}"), view, state,
+                       read_pin(state))
+    server.start()
+    try:
+        with chromium(tmp) as context:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            if viewport is not None:
+                page.set_viewport_size({"width": viewport[0], "height": viewport[1]})
+            page.goto(f"https://localhost:{server.port}/")
+            page.fill("#pin", PIN)
+            page.click("#unlock")
+            page.wait_for_selector("#app:not([hidden])")
+            yield page, errors
+    finally:
+        server.stop()
