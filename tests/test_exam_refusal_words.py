@@ -109,6 +109,14 @@ def test_a_stretched_picture_s_line_names_the_setting_its_heads_named():
     assert _head_line([B.RULER_UNREAD, B.SCREEN_STRETCHED], stretch_setting=1.3333).endswith(
         "; set [source] stretch = 1.3333 to undo it, or set the grabber to keep the "
         "scanner's own shape")
+    # with the grabber's frame size the heads named (as the card says it): a setting made
+    # for another size misleads; a size the tally does not take back is left out
+    line = _head_line([B.SCREEN_STRETCHED] * 2, stretch_setting=0.9375, stretch_frame="720x576")
+    assert line.endswith("set [source] stretch = 0.9375 (for the grabber's 720x576 frames) to "
+                         "undo it, or set the grabber to keep the scanner's own shape"), line
+    for hostile in ("720x576\n", "0x576", "720×576", 720, None, ["720x576"]):
+        line = _head_line([B.SCREEN_STRETCHED], stretch_setting=0.9375, stretch_frame=hostile)
+        assert "set [source] stretch = 0.9375 to undo it" in line, (hostile, line)
     # a setting no `[source] stretch` takes (a damaged journal) is not named: the warning is
     for hostile in (0.1, 7.0, float("nan"), float("inf"), True, "0.9375", [0.9375], 10**400):
         assert _head_line([B.SCREEN_STRETCHED], stretch_setting=hostile).endswith(

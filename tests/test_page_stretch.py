@@ -169,4 +169,4 @@ def test_a_pal_grabber_s_card_and_report_name_the_setting_that_undoes_it(
             assert said in page.locator("section.bio p.why").text_content(), lang
         page.close()
     log = (tmp_path / "device.log").read_text()
-    assert "set [source] stretch = 0.9375 to undo it" in log
+    assert "set [source] stretch = 0.9375 (for the grabber's 720x576 frames) to undo it" in log

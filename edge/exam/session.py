@@ -57,6 +57,7 @@ from edge.models.biometry import (
     SCREEN_STRETCHED,
     SET_UP_FIXES,
     SET_UP_STATUSES,
+    STRETCH_FRAME_FOR,
     STRETCH_SETTING_FIX,
 )
 from edge.models.quality import HEAD_MEASURES, Rules, RulesError, load_rules
@@ -754,7 +755,9 @@ def format_exam(session: ExamSession, body: dict, set_scale: str = "") -> str:
             # each refusal in words, and what undoes the set-up ones, as the page's card
             # says: a bare "ruler_unread 12" left the exam's heads unexplained
             setting = session.tally.stretch_setting  # as the card names it, where known
-            fixes = [STRETCH_SETTING_FIX.format(setting=setting)
+            frame = session.tally.stretch_frame
+            for_frame = "" if frame is None else STRETCH_FRAME_FOR.format(frame=frame)
+            fixes = [STRETCH_SETTING_FIX.format(setting=setting, frame=for_frame)
                      if k == SCREEN_STRETCHED and setting is not None
                      else SET_UP_FIXES[k].format(set_scale=set_scale)
                      for k in SET_UP_STATUSES if declined.get(k)]

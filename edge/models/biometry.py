@@ -120,8 +120,12 @@ SET_UP_FIXES = {
 # ("exam.not_measured_screen_stretched_setting"), so the terminal does not send the installer
 # up a long log for the warning that names it.
 STRETCH_SETTING_FIX = ("the picture is stretched or squeezed sideways, so every head would "
-                       "measure wrong; set [source] stretch = {setting:g} to undo it, or set "
-                       "the grabber to keep the scanner's own shape")
+                       "measure wrong; set [source] stretch = {setting:g}{frame} to undo it, "
+                       "or set the grabber to keep the scanner's own shape")
+# `{frame}` above, where the heads named the grabber's frame size the setting is for (the
+# card's and the report's "for the video grabber's 720x576 frames"): a setting made for one
+# size misleads on another (`edge.models.fan.another_size`)
+STRETCH_FRAME_FOR = " (for the grabber's {frame} frames)"
 # Where a head's scale came from (its biometry's `scale`, an exam's `biometry.scale`): the
 # frame's own (the demo clip, a CSV of pixel sizes), the scanner's depth ruler read on the
 # frame, or the calibration `[biometry] pixel_size_mm`, which holds for one depth alone.
