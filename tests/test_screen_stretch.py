@@ -721,12 +721,13 @@ def test_a_pal_grabber_s_refused_exam_says_why_and_names_the_grabber_s_own_shape
     assert "keep the scanner's own shape (768x576, not 720x576), or" in warning, warning
     assert "16:9" not in warning, warning
     [head] = [line for line in refused.splitlines() if line.startswith("  head:")]
-    # and the value itself, as the verdict named it (the card and the report say it too)
+    # and the value itself, as the verdict named it, for the grabber's frame size (the
+    # card and the report say them too)
     assert re.fullmatch(r"  head: not measured \(picture out of shape on \d+ frames\): the "
                         r"picture is stretched or squeezed sideways, so every head would "
-                        r"measure wrong; set \[source\] stretch = 0\.9375 to undo it, or set "
-                        r"the grabber to keep the scanner's own shape",
-                        head), head
+                        r"measure wrong; set \[source\] stretch = 0\.9375 \(for the "
+                        r"grabber's 720x576 frames\) to undo it, or set the grabber to keep "
+                        r"the scanner's own shape", head), head
 
 
 @needs_data
