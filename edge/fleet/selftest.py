@@ -127,28 +127,30 @@ def rules_said(version: str | None, names: dict | None) -> str:
     return f"{version or 'none (audit off)'} ({where})"
 
 
+def _record(slot: Path, manifest: BundleManifest, member: str, limit: int) -> bytes | None:
+    """A signed record member's bytes, read bounded; None where the bundle has none (made
+    before it was recorded). `BundleError` (one line) where it cannot be read."""
+    if manifest.file(member) is None:
+        return None
+    try:
+        data, _ = read_regular_file(slot / member, limit)
+    except PayloadError as exc:
+        raise BundleError(f"{member}: {exc}") from None
+    return data
+
+
 def learned_record(slot: Path, manifest: BundleManifest) -> dict | None:
     """The learned head's severities the bundle recorded per frame; None for a bundle made
     before they were. `BundleError` (one line) for a bad record."""
-    if manifest.file(LEARNED_MEMBER) is None:
-        return None
-    try:
-        data, _ = read_regular_file(slot / LEARNED_MEMBER, MAX_LEARNED_BYTES)
-    except PayloadError as exc:
-        raise BundleError(f"{LEARNED_MEMBER}: {exc}") from None
-    return parse_learned(data, manifest.frames)
+    data = _record(slot, manifest, LEARNED_MEMBER, MAX_LEARNED_BYTES)
+    return None if data is None else parse_learned(data, manifest.frames)
 
 
 def made_with(slot: Path, manifest: BundleManifest) -> str | None:
     """The quality rules version the bundle's expectations were made with; None for a
     bundle made before it was recorded. `BundleError` (one line) for a bad record."""
-    if manifest.file(MADE_WITH_MEMBER) is None:
-        return None
-    try:
-        data, _ = read_regular_file(slot / MADE_WITH_MEMBER, MAX_MADE_WITH_BYTES)
-    except PayloadError as exc:
-        raise BundleError(f"{MADE_WITH_MEMBER}: {exc}") from None
-    return parse_made_with(data)
+    data = _record(slot, manifest, MADE_WITH_MEMBER, MAX_MADE_WITH_BYTES)
+    return None if data is None else parse_made_with(data)
 
 
 def remake_command(manifest: BundleManifest) -> str:
