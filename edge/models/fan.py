@@ -355,7 +355,7 @@ def setting_for_another_size(settings: FanSettings,
     if settings.undone == 1.0 or shape is None or len(shape) < 2:
         return None
     height, width = shape[:2]
-    before = round(width * settings.undone)  # the grabber's own width, before the setting
+    before = _grabber_width(width, settings.undone)  # before the setting
     sizes = [(w, h) for w, h, ratio in settings.sd_sizes
              if abs(settings.undone / ratio - 1.0) < 1e-3]  # the sizes it is the ratio of
     if not sizes or any(abs(before - w) <= 1 and height == h for w, h in sizes):
@@ -481,7 +481,7 @@ class StretchWatch:
         if self.shape is None or len(self.shape) < 2:
             return None
         height, width = self.shape
-        return f"{max(1, round(width * self.settings.undone))}x{height}"
+        return f"{max(1, _grabber_width(width, self.settings.undone))}x{height}"
 
 
 def refusal(watch: StretchWatch) -> str:
